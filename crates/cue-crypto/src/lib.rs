@@ -1,1 +1,45 @@
-//! placeholder
+//! Keys, invites and sealed envelopes for cue: everything secret, and everything the
+//! relay must never be able to read or forge. Pure: no IO, no clock; randomness comes
+//! only from the OS (keys, nonces), with deterministic entry points for tests.
+//!
+//! How the daemon uses it:
+//! - `cue sync init`: [`WorkspaceSecret::generate`] and [`DeviceKey::generate`], stored
+//!   in 0600 files; [`WorkspaceKeys::derive`] on every start.
+//! - `cue sync invite` / `join`: [`Invite::to_token`] / [`Invite::parse`]; the joiner
+//!   then sends its [`Admission`] sealed as [`MessageType::Admission`].
+//! - Joining the relay: the room id is [`WorkspaceKeys::room_id`]; the challenge is
+//!   answered with [`WorkspaceKeys::sign_join`].
+//! - Sending: a [`SeqAllocator`] per stream (persist its mark when told), then
+//!   [`Sealer::seal`].
+//! - Receiving: [`open`] with the member list and a persisted [`ReplayGuard`]; every
+//!   [`OpenError`] means "drop and count". A [`Gap`] in [`Opened::gap`] means the relay may
+//!   have withheld broadcasts; call [`ReplayGuard::on_disconnect`] and
+//!   [`ReplayGuard::on_peer_left`] so that gaps across a disconnection stay quiet.
+//!
+//! The wire formats are specified in `docs/protocol.md` (section 2) and the threat model
+//! in `docs/security.md`.
+
+mod admission;
+mod envelope;
+mod invite;
+mod keys;
+mod replay;
+
+pub use admission::{
+    ADMISSION_DOMAIN, ADMISSION_VERSION, Admission, AdmissionError, DeviceNameError,
+    MAX_DEVICE_NAME_LEN, validate_device_name,
+};
+pub use cue_proto::RoomId;
+pub use envelope::{
+    ENVELOPE_OVERHEAD, ENVELOPE_VERSION, EnvelopeHeader, MAX_ENVELOPE_LEN, MAX_PLAINTEXT_LEN,
+    MIN_ENVELOPE_LEN, MessageType, OpenError, Opened, SIGNATURE_DOMAIN, SealError, Sealer, Stream,
+    max_plaintext_for, open, open_without_replay_check, padded_len, sealed_len,
+};
+pub use invite::{
+    INVITE_PREFIX, INVITE_VERSION, Invite, InviteError, MAX_RELAY_URL_LEN, RelayUrlError,
+    validate_relay_url,
+};
+pub use keys::{
+    DeviceId, DeviceKey, ParseIdError, RandomnessError, WorkspaceId, WorkspaceKeys, WorkspaceSecret,
+};
+pub use replay::{DEFAULT_SEQ_BLOCK, Gap, REPLAY_WINDOW, ReplayGuard, SeqAllocator, SeqNext};
