@@ -1,0 +1,409 @@
+//! The start-up scan: every file in the workspace with its length, mtime and blake3 hash.
+//!
+//! The daemon compares a scan with its path/hash index to turn whatever changed while it
+//! was stopped (edits, new files, deletions, renames where the content shows one) into
+//! changes, and rescans after the watcher overflows.
+//!
+//! The walk never follows symlinks and uses the same [`IgnoreRules`] as the watcher (the
+//! root's `.cueignore` plus the never-synced names), so scan and watcher agree on every
+//! path; an ignored folder is not descended into. Files are opened through
+//! [`WorkspaceFs`], so a file swapped for a symlink mid-scan is reported, not followed.
+//! Symlinks, special files, files over `max_file_size` (by their size, without reading
+//! them) and names cue cannot sync are listed as skipped, for `status` to show.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use ignore::WalkBuilder;
+
+use crate::fsio::{FileKind, FsError, WorkspaceFs};
+use crate::ignore_rules::IgnoreRules;
+use crate::paths::{CUE_TEMP_PREFIX, PathError, WorkspacePath};
+
+/// Why the workspace could not be scanned at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("the workspace folder {0:?} is missing or not a folder")]
+    RootMissing(PathBuf),
+}
+
+/// Scan settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanOptions {
+    /// Larger files are listed as skipped and not read (config `max_file_size`).
+    pub max_file_size: u64,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        ScanOptions {
+            max_file_size: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// A regular file found by the scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScannedFile {
+    pub path: WorkspacePath,
+    /// Bytes hashed (the length of the content `hash` covers).
+    pub len: u64,
+    /// Modification time, nanoseconds since the Unix epoch, as seen before reading.
+    pub mtime_ns: i64,
+    /// blake3 of the content.
+    pub hash: [u8; 32],
+}
+
+/// Why a path is not synced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipReason {
+    Symlink,
+    /// A named pipe, socket or device.
+    Special(FileKind),
+    TooLarge {
+        size: u64,
+    },
+    /// A name cue cannot sync (not UTF-8, a control character, a backslash, too long).
+    InvalidName(PathError),
+    /// Could not be read (permissions, IO error); the message says why.
+    Unreadable(String),
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SkipReason::Symlink => f.write_str("symlink (cue never follows symlinks)"),
+            SkipReason::Special(kind) => write!(f, "{kind}, not a regular file"),
+            SkipReason::TooLarge { size } => write!(f, "larger than max_file_size ({size} bytes)"),
+            SkipReason::InvalidName(e) => write!(f, "name cannot be synced: {e}"),
+            SkipReason::Unreadable(e) => write!(f, "unreadable: {e}"),
+        }
+    }
+}
+
+/// A path the scan found but does not sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// Relative to the root (lossy if the name is not UTF-8).
+    pub path: String,
+    pub reason: SkipReason,
+}
+
+/// The result of a scan, each list sorted by path.
+#[derive(Debug, Clone, Default)]
+pub struct ScanReport {
+    pub files: Vec<ScannedFile>,
+    pub skipped: Vec<Skipped>,
+    /// cue's own temporary files left by a crash; remove them with
+    /// [`WorkspaceFs::remove_stale_temp`].
+    pub stale_temps: Vec<String>,
+}
+
+/// Scans the workspace opened as `fs`.
+pub fn scan(
+    fs: &WorkspaceFs,
+    rules: &IgnoreRules,
+    options: &ScanOptions,
+) -> Result<ScanReport, ScanError> {
+    let root = fs.root_path().to_owned();
+    if !std::fs::metadata(&root).is_ok_and(|m| m.is_dir()) {
+        return Err(ScanError::RootMissing(root));
+    }
+    let filter_rules = rules.clone();
+    let filter_root = root.clone();
+    let walker = WalkBuilder::new(&root)
+        // Only our rules: no .gitignore, .ignore, global excludes or parent folders' files.
+        .standard_filters(false)
+        .hidden(false)
+        .follow_links(false)
+        .filter_entry(move |entry| {
+            if entry.depth() == 0 {
+                return true;
+            }
+            if entry
+                .file_name()
+                .as_encoded_bytes()
+                .starts_with(CUE_TEMP_PREFIX.as_bytes())
+            {
+                return true; // reported as stale temporaries
+            }
+            let Some(rel) = rel_str(&filter_root, entry.path()) else {
+                return true; // reported as an invalid name
+            };
+            let is_dir = entry.file_type().is_some_and(|t| t.is_dir());
+            !filter_rules.is_ignored(rel, is_dir)
+        })
+        .build();
+
+    let mut report = ScanReport::default();
+    for entry in walker {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                let path = error_path(&e)
+                    .and_then(|p| {
+                        p.strip_prefix(&root)
+                            .ok()
+                            .map(|p| p.to_string_lossy().into_owned())
+                    })
+                    .unwrap_or_default();
+                tracing::warn!(%path, "scan: {e}");
+                report.skipped.push(Skipped {
+                    path,
+                    reason: SkipReason::Unreadable(e.to_string()),
+                });
+                continue;
+            }
+        };
+        if entry.depth() == 0 {
+            continue;
+        }
+        let Some(file_type) = entry.file_type() else {
+            continue;
+        };
+        if file_type.is_dir() {
+            continue;
+        }
+        let lossy = entry
+            .path()
+            .strip_prefix(&root)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if entry
+            .file_name()
+            .as_encoded_bytes()
+            .starts_with(CUE_TEMP_PREFIX.as_bytes())
+        {
+            if file_type.is_file() {
+                report.stale_temps.push(lossy);
+            }
+            continue;
+        }
+        let skip = |reason| Skipped {
+            path: lossy.clone(),
+            reason,
+        };
+        if file_type.is_symlink() {
+            report.skipped.push(skip(SkipReason::Symlink));
+            continue;
+        }
+        if !file_type.is_file() {
+            report
+                .skipped
+                .push(skip(SkipReason::Special(special_kind(&file_type))));
+            continue;
+        }
+        let path =
+            match rel_str(&root, entry.path()).ok_or_else(|| PathError::NotUtf8(lossy.clone())) {
+                Ok(rel) => match WorkspacePath::parse(rel) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        report.skipped.push(skip(SkipReason::InvalidName(e)));
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    report.skipped.push(skip(SkipReason::InvalidName(e)));
+                    continue;
+                }
+            };
+        match hash_file(fs, &path, options.max_file_size) {
+            Ok(Some(Hashed::File(file))) => report.files.push(file),
+            Ok(Some(Hashed::TooLarge(size))) => {
+                report.skipped.push(skip(SkipReason::TooLarge { size }))
+            }
+            Ok(None) => {} // deleted since the folder was listed; the watcher reports it
+            Err(FsError::Symlink { .. }) => report.skipped.push(skip(SkipReason::Symlink)),
+            Err(FsError::NotRegular { kind, .. }) => {
+                report.skipped.push(skip(SkipReason::Special(kind)));
+            }
+            Err(e) => report
+                .skipped
+                .push(skip(SkipReason::Unreadable(e.to_string()))),
+        }
+    }
+    report.files.sort_by(|a, b| a.path.cmp(&b.path));
+    report.skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    report.stale_temps.sort();
+    Ok(report)
+}
+
+enum Hashed {
+    File(ScannedFile),
+    TooLarge(u64),
+}
+
+/// Hashes one file, reading at most `max + 1` bytes so a file growing during the scan is
+/// still caught as too large without reading it all.
+fn hash_file(fs: &WorkspaceFs, path: &WorkspacePath, max: u64) -> Result<Option<Hashed>, FsError> {
+    let Some((file, st)) = fs.open_regular(path)? else {
+        return Ok(None);
+    };
+    if st.len > max {
+        return Ok(Some(Hashed::TooLarge(st.len)));
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(file.take(max.saturating_add(1)))
+        .map_err(|e| FsError::Io {
+            op: "read",
+            path: path.to_string(),
+            source: e,
+        })?;
+    let len = hasher.count();
+    if len > max {
+        return Ok(Some(Hashed::TooLarge(len)));
+    }
+    Ok(Some(Hashed::File(ScannedFile {
+        path: path.clone(),
+        len,
+        mtime_ns: st.mtime_ns,
+        hash: *hasher.finalize().as_bytes(),
+    })))
+}
+
+fn rel_str<'a>(root: &Path, path: &'a Path) -> Option<&'a str> {
+    path.strip_prefix(root).ok()?.to_str()
+}
+
+fn special_kind(t: &std::fs::FileType) -> FileKind {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        FileKind::Fifo
+    } else if t.is_socket() {
+        FileKind::Socket
+    } else if t.is_char_device() {
+        FileKind::CharDevice
+    } else if t.is_block_device() {
+        FileKind::BlockDevice
+    } else {
+        FileKind::Unknown
+    }
+}
+
+fn error_path(e: &ignore::Error) -> Option<&Path> {
+    match e {
+        ignore::Error::WithPath { path, .. } => Some(path),
+        ignore::Error::WithDepth { err, .. } | ignore::Error::WithLineNumber { err, .. } => {
+            error_path(err)
+        }
+        ignore::Error::Loop { child, .. } => Some(child),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn setup() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ws");
+        std::fs::create_dir(&root).unwrap();
+        (dir, root)
+    }
+
+    fn write(root: &Path, rel: &str, content: &[u8]) {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+
+    fn run(root: &Path, max: u64) -> ScanReport {
+        let fs = WorkspaceFs::open(root).unwrap();
+        let rules = IgnoreRules::load(root).unwrap();
+        scan(&fs, &rules, &ScanOptions { max_file_size: max }).unwrap()
+    }
+
+    #[test]
+    fn lists_files_sorted_with_hashes() {
+        let (_d, root) = setup();
+        write(&root, "b.md", b"bee");
+        write(&root, "a/z.md", b"zed");
+        write(&root, "a/.hidden.md", b"h");
+        write(&root, ".cueignore", b"*.log\nbuild/\n");
+        write(&root, "x.log", b"ignored");
+        write(&root, "build/out.md", b"ignored");
+        write(&root, ".git/HEAD", b"ref");
+        write(&root, ".cuedeck/config.toml", b"");
+        write(&root, "notes.md.swp", b"vim");
+        write(&root, "sub/.gitignore", b"*.md\n"); // not a cue rule
+        write(&root, "sub/kept.md", b"kept");
+
+        let report = run(&root, 1024);
+        let paths: Vec<_> = report.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                ".cueignore",
+                "a/.hidden.md",
+                "a/z.md",
+                "b.md",
+                "sub/.gitignore",
+                "sub/kept.md"
+            ]
+        );
+        let b = &report.files[3];
+        assert_eq!(b.len, 3);
+        assert_eq!(b.hash, *blake3::hash(b"bee").as_bytes());
+        assert!(b.mtime_ns > 0);
+        assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    }
+
+    #[test]
+    fn symlinks_special_and_large_files_are_skipped() {
+        let (dir, root) = setup();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        write(&outside, "secret.md", b"secret");
+        symlink(&outside, root.join("dirlink")).unwrap();
+        symlink(outside.join("secret.md"), root.join("filelink.md")).unwrap();
+        write(&root, "big.bin", &vec![7u8; 2000]);
+        write(&root, "ok.md", b"ok");
+        std::fs::write(root.join("ctl\u{1}.md"), b"bad name").unwrap();
+        let sock = root.join("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+
+        let report = run(&root, 1000);
+        let paths: Vec<_> = report.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["ok.md"]);
+        let skipped: Vec<_> = report
+            .skipped
+            .iter()
+            .map(|s| (s.path.as_str(), s.reason.clone()))
+            .collect();
+        assert_eq!(skipped.len(), 5, "{skipped:?}");
+        assert!(skipped.contains(&("big.bin", SkipReason::TooLarge { size: 2000 })));
+        assert!(skipped.contains(&("dirlink", SkipReason::Symlink)));
+        assert!(skipped.contains(&("filelink.md", SkipReason::Symlink)));
+        assert!(skipped.contains(&("sock", SkipReason::Special(FileKind::Socket))));
+        assert!(
+            skipped
+                .iter()
+                .any(|(p, r)| *p == "ctl\u{1}.md" && matches!(r, SkipReason::InvalidName(_)))
+        );
+    }
+
+    #[test]
+    fn stale_temporaries_are_reported() {
+        let (_d, root) = setup();
+        write(&root, "d/.cue-tmp-99-1", b"half");
+        write(&root, "d/real.md", b"real");
+        let report = run(&root, 1024);
+        assert_eq!(report.stale_temps, ["d/.cue-tmp-99-1"]);
+        assert_eq!(report.files.len(), 1);
+    }
+
+    #[test]
+    fn missing_root_is_an_error() {
+        let (_d, root) = setup();
+        let fs = WorkspaceFs::open(&root).unwrap();
+        std::fs::remove_dir(&root).unwrap();
+        let rules = IgnoreRules::from_source(&root, None);
+        assert!(matches!(
+            scan(&fs, &rules, &ScanOptions::default()),
+            Err(ScanError::RootMissing(_))
+        ));
+    }
+}
