@@ -1,1 +1,603 @@
-//! placeholder
+//! A deterministic simulation of many cue engines, an in-memory relay and faults.
+//!
+//! Each simulated peer has an engine, a store (a map of the bytes the engine persisted)
+//! and a disk (a map of path → bytes). The world plays both the daemon (carrying out
+//! effects, feeding the watcher's inputs) and the relay (broadcasting to whoever is
+//! online, dropping, duplicating and reordering messages when told to). Everything,
+//! including time, comes from one seed, so a failing seed replays exactly.
+//!
+//! Tests use it two ways: hand-written scenarios for each merge rule (`tests/rules.rs`),
+//! and thousands of random schedules (`tests/seeds.rs`) that assert, after healing,
+//! identical trees on every peer and no lost edit.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use cue_core::{Config, DeviceId, DocId, DocStore, Effect, Engine, FileId, Input, Persist, Restored, Status, content_hash};
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+
+/// What a peer's engine persisted, as the daemon's store would hold it.
+#[derive(Debug, Default, Clone)]
+pub struct MemStore {
+    pub docs: BTreeMap<DocId, Vec<u8>>,
+    pub metas: BTreeMap<FileId, Vec<u8>>,
+    pub state: Option<Vec<u8>>,
+}
+
+impl DocStore for MemStore {
+    fn load(&mut self, doc: &DocId) -> Option<Vec<u8>> {
+        self.docs.get(doc).cloned()
+    }
+}
+
+impl MemStore {
+    fn apply(&mut self, p: Persist) {
+        match p {
+            Persist::Doc {
+                doc,
+                bytes,
+                snapshot,
+                meta,
+            } => {
+                let stored = self.docs.entry(doc).or_default();
+                if snapshot {
+                    *stored = bytes;
+                } else {
+                    stored.extend(bytes);
+                }
+                if let DocId::File(f) = doc
+                    && !meta.is_empty()
+                {
+                    self.metas.insert(f, meta);
+                }
+            }
+            Persist::DeleteDoc { doc } => {
+                self.docs.remove(&doc);
+                if let DocId::File(f) = doc {
+                    self.metas.remove(&f);
+                }
+            }
+            Persist::State { bytes } => self.state = Some(bytes),
+        }
+    }
+
+    fn restored(&self) -> Restored {
+        Restored {
+            state: self.state.clone(),
+            index: self.docs.get(&DocId::Index).cloned(),
+            metas: self.metas.iter().map(|(f, m)| (*f, m.clone())).collect(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Peer {
+    pub name: String,
+    pub device: DeviceId,
+    pub epoch: u32,
+    pub engine: Engine,
+    pub store: MemStore,
+    pub disk: BTreeMap<String, Vec<u8>>,
+    pub online: bool,
+    pub activity: Vec<cue_core::Activity>,
+}
+
+#[derive(Debug, Clone)]
+struct InFlight {
+    from: usize,
+    to: usize,
+    bytes: Vec<u8>,
+}
+
+/// Faults the relay and network inject.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    pub drop: f64,
+    pub duplicate: f64,
+    pub reorder: bool,
+}
+
+#[derive(Debug)]
+pub struct World {
+    pub peers: Vec<Peer>,
+    inflight: VecDeque<InFlight>,
+    pub now_ms: i64,
+    pub rng: Xoshiro256PlusPlus,
+    pub faults: Faults,
+    pub config: Config,
+    pub messages_delivered: u64,
+}
+
+fn device_for(i: usize) -> DeviceId {
+    let mut d = [0u8; 32];
+    let h = blake3::hash(format!("sim device {i}").as_bytes());
+    d.copy_from_slice(h.as_bytes());
+    DeviceId(d)
+}
+
+impl World {
+    /// `n` peers, all offline, with empty folders.
+    pub fn new(n: usize, seed: u64, config: Config) -> World {
+        let now_ms = 1_700_000_000_000;
+        let mut peers = Vec::new();
+        for i in 0..n {
+            let name = format!("p{i}");
+            let device = device_for(i);
+            let (engine, effects) = Engine::new(device, &name, 1, config.clone(), Restored::default(), now_ms);
+            let mut peer = Peer {
+                name,
+                device,
+                epoch: 1,
+                engine,
+                store: MemStore::default(),
+                disk: BTreeMap::new(),
+                online: false,
+                activity: Vec::new(),
+            };
+            for e in effects {
+                if let Effect::Persist(p) = e {
+                    peer.store.apply(p);
+                }
+            }
+            peers.push(peer);
+        }
+        World {
+            peers,
+            inflight: VecDeque::new(),
+            now_ms,
+            rng: Xoshiro256PlusPlus::seed_from_u64(seed),
+            faults: Faults::default(),
+            config,
+            messages_delivered: 0,
+        }
+    }
+
+    fn index_of(&self, device: DeviceId) -> Option<usize> {
+        self.peers.iter().position(|p| p.device == device)
+    }
+
+    /// Feed an input to a peer's engine and carry out the effects.
+    pub fn input(&mut self, peer: usize, input: Input) {
+        let now = self.now_ms;
+        let p = &mut self.peers[peer];
+        let effects = p.engine.handle(now, input, &mut p.store);
+        self.apply(peer, effects, 0);
+    }
+
+    fn apply(&mut self, peer: usize, effects: Vec<Effect>, depth: usize) {
+        let mut feedback = Vec::new();
+        for e in effects {
+            match e {
+                Effect::Persist(p) => self.peers[peer].store.apply(p),
+                Effect::WriteFile { path, bytes, expect } => {
+                    let disk = &mut self.peers[peer].disk;
+                    let actual = disk.get(&path).map(|b| content_hash(b));
+                    if actual == expect {
+                        disk.insert(path, bytes);
+                    } else if let Some(content) = disk.get(&path) {
+                        // A local edit the engine has not taken in: merge it first.
+                        feedback.push(Input::FileChanged {
+                            path,
+                            content: content.clone(),
+                        });
+                    } else {
+                        disk.insert(path, bytes);
+                    }
+                }
+                Effect::RemoveFile { path, expect } => {
+                    let disk = &mut self.peers[peer].disk;
+                    let actual = disk.get(&path).map(|b| content_hash(b));
+                    if actual.is_some() && actual == expect {
+                        disk.remove(&path);
+                    } else if let Some(content) = disk.get(&path) {
+                        feedback.push(Input::FileChanged {
+                            path,
+                            content: content.clone(),
+                        });
+                    }
+                }
+                Effect::Send { to, bytes } => {
+                    if !self.peers[peer].online {
+                        continue;
+                    }
+                    let targets: Vec<usize> = match to {
+                        None => (0..self.peers.len()).filter(|&i| i != peer && self.peers[i].online).collect(),
+                        Some(d) => self.index_of(d).filter(|&i| self.peers[i].online).into_iter().collect(),
+                    };
+                    for t in targets {
+                        self.inflight.push_back(InFlight {
+                            from: peer,
+                            to: t,
+                            bytes: bytes.clone(),
+                        });
+                    }
+                }
+                Effect::Activity(a) => self.peers[peer].activity.push(a),
+            }
+        }
+        if depth < 8 {
+            for input in feedback {
+                let now = self.now_ms;
+                let p = &mut self.peers[peer];
+                let effects = p.engine.handle(now, input, &mut p.store);
+                self.apply(peer, effects, depth + 1);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ what users do
+
+    /// A user saves a file (the watcher reports it).
+    pub fn write(&mut self, peer: usize, path: &str, bytes: &[u8]) {
+        self.peers[peer].disk.insert(path.to_string(), bytes.to_vec());
+        self.input(
+            peer,
+            Input::FileChanged {
+                path: path.to_string(),
+                content: bytes.to_vec(),
+            },
+        );
+    }
+
+    pub fn delete(&mut self, peer: usize, path: &str) {
+        if self.peers[peer].disk.remove(path).is_some() {
+            self.input(peer, Input::FileRemoved { path: path.to_string() });
+        }
+    }
+
+    pub fn rename(&mut self, peer: usize, from: &str, to: &str) {
+        if let Some(content) = self.peers[peer].disk.remove(from) {
+            self.peers[peer].disk.insert(to.to_string(), content.clone());
+            self.input(
+                peer,
+                Input::FileRenamed {
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    content,
+                },
+            );
+        }
+    }
+
+    pub fn read(&self, peer: usize, path: &str) -> Option<String> {
+        self.peers[peer]
+            .disk
+            .get(path)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    }
+
+    // ------------------------------------------------------------ network
+
+    pub fn connect(&mut self, peer: usize) {
+        if self.peers[peer].online {
+            return;
+        }
+        self.peers[peer].online = true;
+        self.input(peer, Input::Connected);
+    }
+
+    pub fn disconnect(&mut self, peer: usize) {
+        if !self.peers[peer].online {
+            return;
+        }
+        self.peers[peer].online = false;
+        self.inflight.retain(|m| m.to != peer && m.from != peer);
+        self.input(peer, Input::Disconnected);
+        let device = self.peers[peer].device;
+        for i in 0..self.peers.len() {
+            if i != peer && self.peers[i].online {
+                self.input(i, Input::PeerLeft { device });
+            }
+        }
+    }
+
+    pub fn connect_all(&mut self) {
+        for i in 0..self.peers.len() {
+            self.connect(i);
+        }
+    }
+
+    /// The daemon stops (or crashes) and starts again: a new engine from the store alone,
+    /// then the start-up scan turns every difference on disk into inputs.
+    pub fn restart(&mut self, peer: usize) {
+        let was_online = self.peers[peer].online;
+        self.disconnect(peer);
+        let now = self.now_ms;
+        let config = self.config.clone();
+        let p = &mut self.peers[peer];
+        p.epoch += 1;
+        let (engine, effects) = Engine::new(p.device, &p.name, p.epoch, config, p.store.restored(), now);
+        p.engine = engine;
+        self.apply(peer, effects, 0);
+        self.startup_scan(peer);
+        if was_online {
+            self.connect(peer);
+        }
+    }
+
+    /// What the daemon does at start-up: compare the disk with what the engine believes
+    /// is there.
+    pub fn startup_scan(&mut self, peer: usize) {
+        let view = self.peers[peer].engine.disk_view();
+        let disk = self.peers[peer].disk.clone();
+        for (path, bytes) in &disk {
+            if view.get(path) != Some(&content_hash(bytes)) {
+                self.input(
+                    peer,
+                    Input::FileChanged {
+                        path: path.clone(),
+                        content: bytes.clone(),
+                    },
+                );
+            }
+        }
+        for path in view.keys() {
+            if !disk.contains_key(path) {
+                self.input(peer, Input::FileRemoved { path: path.clone() });
+            }
+        }
+    }
+
+    /// Deliver one message in flight (a random one when reordering). Returns false when
+    /// none is left.
+    pub fn step(&mut self) -> bool {
+        if self.inflight.is_empty() {
+            return false;
+        }
+        let i = if self.faults.reorder {
+            self.rng.random_range(0..self.inflight.len())
+        } else {
+            0
+        };
+        let Some(m) = self.inflight.remove(i) else {
+            return false;
+        };
+        if self.faults.drop > 0.0 && self.rng.random_bool(self.faults.drop) {
+            return true;
+        }
+        if self.faults.duplicate > 0.0 && self.rng.random_bool(self.faults.duplicate) {
+            self.inflight.push_back(m.clone());
+        }
+        if !self.peers[m.to].online {
+            return true;
+        }
+        self.now_ms += 1;
+        self.messages_delivered += 1;
+        let from = self.peers[m.from].device;
+        self.input(m.to, Input::Message { from, bytes: m.bytes });
+        true
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Time passes for everyone.
+    pub fn advance(&mut self, ms: i64) {
+        self.now_ms += ms;
+        for i in 0..self.peers.len() {
+            self.input(i, Input::Tick);
+        }
+    }
+
+    /// Deliver everything, with time passing so that lost messages are re-announced,
+    /// until nothing moves. Bounded: gives up after `rounds` anti-entropy rounds.
+    pub fn settle(&mut self, rounds: usize) {
+        for _ in 0..rounds {
+            let mut n = 0;
+            while self.step() {
+                n += 1;
+                if n > 1_000_000 {
+                    break;
+                }
+            }
+            if self.converged().is_ok() {
+                return;
+            }
+            self.advance(self.config.anti_entropy_ms + 1);
+        }
+    }
+
+    /// Every online peer's disk is the same, and each disk is what its engine holds.
+    pub fn converged(&mut self) -> Result<(), String> {
+        let mut reference: Option<(usize, BTreeMap<String, Vec<u8>>)> = None;
+        for i in 0..self.peers.len() {
+            let p = &mut self.peers[i];
+            let live = p.engine.live_files(&mut p.store);
+            let disk: BTreeMap<String, [u8; 32]> = p.disk.iter().map(|(k, v)| (k.clone(), content_hash(v))).collect();
+            if live != disk {
+                let a: BTreeSet<&String> = live.keys().collect();
+                let b: BTreeSet<&String> = disk.keys().collect();
+                return Err(format!(
+                    "peer {i}: disk differs from engine (engine-only {:?}, disk-only {:?}, different {:?})",
+                    a.difference(&b).collect::<Vec<_>>(),
+                    b.difference(&a).collect::<Vec<_>>(),
+                    a.intersection(&b).filter(|k| live.get(**k) != disk.get(**k)).collect::<Vec<_>>()
+                ));
+            }
+            match &reference {
+                None => reference = Some((i, p.disk.clone())),
+                Some((j, r)) => {
+                    if *r != p.disk {
+                        let a: BTreeSet<&String> = r.keys().collect();
+                        let b: BTreeSet<&String> = p.disk.keys().collect();
+                        return Err(format!(
+                            "peer {i} differs from peer {j}: only on {j}: {:?}, only on {i}: {:?}, different: {:?}",
+                            a.difference(&b).collect::<Vec<_>>(),
+                            b.difference(&a).collect::<Vec<_>>(),
+                            a.intersection(&b).filter(|k| r.get(**k) != p.disk.get(**k)).collect::<Vec<_>>()
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn status(&mut self, peer: usize) -> Status {
+        let p = &mut self.peers[peer];
+        p.engine.status(&mut p.store)
+    }
+
+    pub fn restore(&mut self, peer: usize, path: &str) -> Result<(), cue_core::CommandError> {
+        let now = self.now_ms;
+        let p = &mut self.peers[peer];
+        let effects = p.engine.restore(now, path, &mut p.store)?;
+        self.apply(peer, effects, 0);
+        Ok(())
+    }
+
+    pub fn resolve(&mut self, peer: usize, path: &str) -> Result<(), cue_core::CommandError> {
+        let now = self.now_ms;
+        let p = &mut self.peers[peer];
+        let effects = p.engine.resolve(now, path, &mut p.store)?;
+        self.apply(peer, effects, 0);
+        Ok(())
+    }
+}
+
+/// One random schedule: peers edit, create, delete, rename, write binaries, go offline,
+/// restart, while the relay drops, duplicates and reorders. Then the network heals and
+/// the world must converge with no lost edit. Returns a description of the failure.
+pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
+    // Two to four peers, chosen by the seed so that a seed alone replays a schedule.
+    let peers = 2 + (seed % 3) as usize;
+    let mut config = Config {
+        anti_entropy_ms: 5_000,
+        pull_timeout_ms: 20_000,
+        cache_docs: 3,
+        max_message_bytes: 2048,
+        compact_after: 5,
+        ..Config::default()
+    };
+    config.tombstone_ms = i64::MAX / 4;
+    let mut w = World::new(peers, seed, config);
+    w.faults = Faults {
+        drop: 0.05,
+        duplicate: 0.05,
+        reorder: true,
+    };
+    w.connect_all();
+    let mut markers: Vec<(String, usize)> = Vec::new();
+    let mut deleted: BTreeSet<String> = BTreeSet::new();
+    let mut next_marker = 0u64;
+    let paths = ["a.md", "b.md", "notes/c.md", "d.txt", "img.bin"];
+    for _ in 0..steps {
+        let p = w.rng.random_range(0..peers);
+        let action = w.rng.random_range(0..100);
+        next_marker += 1;
+        let marker = format!("<m{next_marker}>");
+        match action {
+            0..=34 => {
+                // Insert a marker into a text file (creating it if needed).
+                let path = paths[w.rng.random_range(0..4)];
+                let old = w.read(p, path).unwrap_or_default();
+                let text = if old.is_empty() && path.ends_with(".md") {
+                    format!("---\ntitle: t\ntags: [x]\n---\n{marker}\n")
+                } else {
+                    let chars: Vec<char> = old.chars().collect();
+                    let at = w.rng.random_range(0..=chars.len());
+                    let mut s: String = chars[..at].iter().collect();
+                    s.push_str(&marker);
+                    s.extend(&chars[at..]);
+                    s
+                };
+                w.write(p, path, text.as_bytes());
+                markers.push((marker, p));
+            }
+            35..=44 => {
+                // Frontmatter: change the title (last writer wins) or add a tag (union).
+                let path = paths[w.rng.random_range(0..3)];
+                if let Some(old) = w.read(p, path)
+                    && old.starts_with("---\n")
+                {
+                    let new = if w.rng.random_bool(0.5) {
+                        old.replacen("title: ", &format!("title: {marker}"), 1)
+                    } else if let Some(i) = old.find("tags: [") {
+                        let j = i + "tags: [".len();
+                        format!("{}{}, {}", &old[..j], &marker[1..marker.len() - 1], &old[j..])
+                    } else {
+                        old
+                    };
+                    w.write(p, path, new.as_bytes());
+                }
+            }
+            45..=52 => {
+                let path = paths[w.rng.random_range(0..4)];
+                if let Some(content) = w.read(p, path) {
+                    for (m, _) in &markers {
+                        if content.contains(m.as_str()) {
+                            deleted.insert(m.clone());
+                        }
+                    }
+                    w.delete(p, path);
+                }
+            }
+            53..=58 => {
+                let from = paths[w.rng.random_range(0..4)];
+                let to = format!("moved/{}", from.replace('/', "_"));
+                if w.read(p, &to).is_none() {
+                    w.rename(p, from, &to);
+                }
+            }
+            59..=64 => {
+                // Overwriting a binary replaces what this peer saw: that is a deletion.
+                if let Some(old) = w.read(p, "img.bin") {
+                    for (m, _) in &markers {
+                        if old.contains(m.as_str()) {
+                            deleted.insert(m.clone());
+                        }
+                    }
+                }
+                let mut bytes = vec![0u8, 159, 146, 150];
+                bytes.extend(marker.as_bytes());
+                w.write(p, "img.bin", &bytes);
+                markers.push((marker, p));
+            }
+            65..=72 => {
+                if w.peers[p].online {
+                    w.disconnect(p);
+                } else {
+                    w.connect(p);
+                }
+            }
+            73..=75 => w.restart(p),
+            _ => {
+                let n = w.rng.random_range(0..20);
+                for _ in 0..n {
+                    w.step();
+                }
+                let dt = w.rng.random_range(0..3_000);
+                w.advance(dt);
+            }
+        }
+    }
+    // Heal.
+    w.faults = Faults::default();
+    w.connect_all();
+    w.settle(40);
+    w.converged().map_err(|e| format!("seed {seed}: not converged: {e}"))?;
+    // No lost edit: every marker not causally deleted is somewhere in the tree.
+    let everything: String = w.peers[0]
+        .disk
+        .values()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    for (m, who) in &markers {
+        if !deleted.contains(m) && !everything.contains(m.as_str()) {
+            return Err(format!("seed {seed}: edit {m} by peer {who} was lost"));
+        }
+    }
+    Ok(ScheduleReport {
+        files: w.peers[0].disk.len(),
+        markers: markers.len(),
+        messages: w.messages_delivered,
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct ScheduleReport {
+    pub files: usize,
+    pub markers: usize,
+    pub messages: u64,
+}

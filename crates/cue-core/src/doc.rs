@@ -1,0 +1,627 @@
+//! One file as one automerge document, and the exact bytes it stands for.
+//!
+//! Layout of a file document (all keys at the root):
+//!
+//! | key        | type        | meaning                                                    |
+//! |------------|-------------|------------------------------------------------------------|
+//! | `kind`     | str         | `text` or `binary`                                         |
+//! | `body`     | Text        | the text after the frontmatter (all of a non-Markdown file) |
+//! | `fm`       | str         | frontmatter mode: `none`, `yaml` or `raw`                   |
+//! | `fm_open`  | str         | the opening `---` line                                     |
+//! | `fm_close` | str         | the closing `---` line                                     |
+//! | `fm_pre`   | str         | lines before the first key (comments)                      |
+//! | `fm_raw`   | Text        | frontmatter that is not valid YAML, merged as text          |
+//! | `fm_keys`  | List of str | key order                                                  |
+//! | `fm_vals`  | Map         | key → str (a scalar block, last writer wins) or Map (a list) |
+//! | `bytes`    | bytes       | a binary file's content, last writer wins                  |
+//!
+//! A list value is a Map `{flow, head, sep, tail, items: List of str}` whose items are the
+//! exact item lines; items are unique by value when materialised, so concurrent additions
+//! of one value give one item, and removals apply to what the remover saw.
+
+use automerge::transaction::Transactable;
+use automerge::{ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use similar::{Algorithm, DiffOp, capture_diff_slices};
+
+use crate::frontmatter::{self, Block, BlockValue, FrontmatterContent, List};
+use crate::textdiff;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DocError {
+    #[error("document could not be decoded: {0}")]
+    Decode(String),
+    #[error("document has an unexpected shape: {0}")]
+    Shape(&'static str),
+    #[error("automerge: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+}
+
+/// What a file's content is, for merging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ContentKind {
+    Text,
+    Binary,
+}
+
+impl ContentKind {
+    /// UTF-8 content is text (merged by character); anything else is binary (last writer wins).
+    pub fn of(bytes: &[u8]) -> ContentKind {
+        if std::str::from_utf8(bytes).is_ok() && !bytes.contains(&0) {
+            ContentKind::Text
+        } else {
+            ContentKind::Binary
+        }
+    }
+}
+
+/// Concurrent values the merge had to choose between, as seen in one document.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FieldConflict {
+    /// A frontmatter key written concurrently: `winner` is on disk, `losers` were not kept.
+    Frontmatter {
+        key: String,
+        winner: String,
+        losers: Vec<(String, String)>,
+    },
+    /// A binary file written concurrently: each loser's op id and bytes.
+    Binary { losers: Vec<(String, Vec<u8>)> },
+}
+
+/// A file's automerge document.
+#[derive(Debug)]
+pub struct FileDoc {
+    doc: AutoCommit,
+    /// Heads at the last save: `AutoCommit::load` does not set its own save cursor, so
+    /// its `save_incremental` after a load would repeat the whole document.
+    saved: Vec<ChangeHash>,
+}
+
+fn str_of(v: &Value<'_>) -> Option<String> {
+    match v {
+        Value::Scalar(s) => match s.as_ref() {
+            ScalarValue::Str(s) => Some(s.to_string()),
+            _ => None,
+        },
+        Value::Object(_) => None,
+    }
+}
+
+impl FileDoc {
+    pub fn new(actor: ActorId) -> FileDoc {
+        FileDoc {
+            doc: AutoCommit::new().with_actor(actor),
+            saved: Vec::new(),
+        }
+    }
+
+    pub fn load(bytes: &[u8], actor: ActorId) -> Result<FileDoc, DocError> {
+        let mut doc = AutoCommit::load(bytes).map_err(|e| DocError::Decode(e.to_string()))?;
+        let saved = doc.get_heads();
+        Ok(FileDoc {
+            doc: doc.with_actor(actor),
+            saved,
+        })
+    }
+
+    pub fn automerge(&mut self) -> &mut AutoCommit {
+        &mut self.doc
+    }
+
+    pub fn heads(&mut self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    pub fn save(&mut self) -> Vec<u8> {
+        self.saved = self.doc.get_heads();
+        self.doc.save()
+    }
+
+    /// The changes since the last save (or load), to append to the stored form.
+    pub fn save_incremental(&mut self) -> Vec<u8> {
+        let bytes = self.doc.save_after(&self.saved);
+        self.saved = self.doc.get_heads();
+        bytes
+    }
+
+    fn get_str(&self, obj: &ObjId, key: &str) -> Option<String> {
+        let (v, _) = self.doc.get(obj, key).ok()??;
+        str_of(&v)
+    }
+
+    fn get_obj(&self, obj: &ObjId, key: &str) -> Option<ObjId> {
+        match self.doc.get(obj, key).ok()?? {
+            (Value::Object(_), id) => Some(id),
+            _ => None,
+        }
+    }
+
+    pub fn kind(&self) -> Option<ContentKind> {
+        match self.get_str(&ROOT, "kind")?.as_str() {
+            "text" => Some(ContentKind::Text),
+            "binary" => Some(ContentKind::Binary),
+            _ => None,
+        }
+    }
+
+    /// Is there anything to materialise yet (a document whose first change has arrived)?
+    pub fn is_empty(&self) -> bool {
+        self.kind().is_none()
+    }
+
+    /// The exact bytes this document stands for.
+    pub fn materialize(&self) -> Result<Vec<u8>, DocError> {
+        match self.kind() {
+            None => Err(DocError::Shape("no kind")),
+            Some(ContentKind::Binary) => match self.doc.get(ROOT, "bytes")? {
+                Some((Value::Scalar(s), _)) => match s.as_ref() {
+                    ScalarValue::Bytes(b) => Ok(b.clone()),
+                    _ => Err(DocError::Shape("bytes is not bytes")),
+                },
+                _ => Ok(Vec::new()),
+            },
+            Some(ContentKind::Text) => Ok(self.render_text()?.into_bytes()),
+        }
+    }
+
+    fn text_of(&self, key: &str) -> Result<String, DocError> {
+        match self.get_obj(&ROOT, key) {
+            Some(obj) => Ok(self.doc.text(&obj)?),
+            None => Ok(String::new()),
+        }
+    }
+
+    fn render_text(&self) -> Result<String, DocError> {
+        let mut out = String::new();
+        let mode = self.get_str(&ROOT, "fm").unwrap_or_else(|| "none".into());
+        if mode != "none" {
+            out.push_str(&self.get_str(&ROOT, "fm_open").unwrap_or_default());
+            if mode == "raw" {
+                out.push_str(&self.text_of("fm_raw")?);
+            } else {
+                out.push_str(&self.get_str(&ROOT, "fm_pre").unwrap_or_default());
+                for block in self.current_blocks()? {
+                    out.push_str(&block.render());
+                }
+            }
+            out.push_str(&self.get_str(&ROOT, "fm_close").unwrap_or_default());
+        }
+        out.push_str(&self.text_of("body")?);
+        Ok(out)
+    }
+
+    /// Key order as stored: the `fm_keys` list without repeats (two peers adding the same
+    /// key concurrently both insert it), then any valued key missing from it, sorted.
+    fn key_order(&self) -> Vec<String> {
+        let mut order = Vec::new();
+        let Some(vals) = self.get_obj(&ROOT, "fm_vals") else {
+            return order;
+        };
+        if let Some(keys) = self.get_obj(&ROOT, "fm_keys") {
+            for item in self.doc.list_range(&keys, ..) {
+                if let Some(k) = str_of(&item.value.into())
+                    && !order.contains(&k)
+                    && self.doc.get(&vals, k.as_str()).ok().flatten().is_some()
+                {
+                    order.push(k);
+                }
+            }
+        }
+        let mut rest: Vec<String> = self
+            .doc
+            .keys(&vals)
+            .filter(|k| !order.contains(k))
+            .collect();
+        rest.sort();
+        order.extend(rest);
+        order
+    }
+
+    /// The frontmatter blocks as they materialise now.
+    fn current_blocks(&self) -> Result<Vec<Block>, DocError> {
+        let Some(vals) = self.get_obj(&ROOT, "fm_vals") else {
+            return Ok(Vec::new());
+        };
+        let mut blocks = Vec::new();
+        for key in self.key_order() {
+            let all = self.doc.get_all(&vals, key.as_str())?;
+            let Some((winner, winner_id)) = all.last().cloned() else {
+                continue;
+            };
+            let value = match winner {
+                Value::Scalar(_) => BlockValue::Scalar(str_of(&winner).unwrap_or_default()),
+                Value::Object(_) => {
+                    // Concurrent creations of one list key: union all of them.
+                    let mut list = self.read_list(&winner_id)?;
+                    for (v, id) in all.iter().rev().skip(1) {
+                        if let Value::Object(ObjType::Map) = v {
+                            let other = self.read_list(id)?;
+                            list.items.extend(other.items);
+                        }
+                    }
+                    dedupe_items(&mut list);
+                    BlockValue::List(list)
+                }
+            };
+            blocks.push(Block { key, value });
+        }
+        Ok(blocks)
+    }
+
+    fn read_list(&self, obj: &ObjId) -> Result<List, DocError> {
+        let flow = matches!(
+            self.doc.get(obj, "flow")?,
+            Some((Value::Scalar(s), _)) if matches!(s.as_ref(), ScalarValue::Boolean(true))
+        );
+        let mut items = Vec::new();
+        if let Some(list) = self.get_obj(obj, "items") {
+            for item in self.doc.list_range(&list, ..) {
+                if let Some(raw) = str_of(&item.value.into()) {
+                    let value = frontmatter::item_value(flow, &raw).unwrap_or_else(|| raw.clone());
+                    items.push(frontmatter::Item { raw, value });
+                }
+            }
+        }
+        Ok(List {
+            flow,
+            head: self.get_str(obj, "head").unwrap_or_default(),
+            sep: self.get_str(obj, "sep").unwrap_or_default(),
+            tail: self.get_str(obj, "tail").unwrap_or_default(),
+            items,
+        })
+    }
+
+    /// Record `bytes` as the file's new content, as the smallest change. Returns the new
+    /// change, or `None` when the content is what the document already holds.
+    pub fn write(&mut self, path: &str, bytes: &[u8], time_s: i64) -> Result<Option<Change>, DocError> {
+        if !self.is_empty() && self.materialize().ok().as_deref() == Some(bytes) {
+            return Ok(None);
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(text) if ContentKind::of(bytes) == ContentKind::Text => self.write_text(path, text)?,
+            _ => self.write_binary(bytes)?,
+        }
+        self.commit(time_s)
+    }
+
+    fn commit(&mut self, time_s: i64) -> Result<Option<Change>, DocError> {
+        let opts = automerge::transaction::CommitOptions::default().with_time(time_s);
+        match self.doc.commit_with(opts) {
+            Some(_) => Ok(self.doc.get_last_local_change()),
+            None => Ok(None),
+        }
+    }
+
+    fn put_str_if_changed(&mut self, obj: &ObjId, key: &str, value: &str) -> Result<(), DocError> {
+        let all = self.doc.get_all(obj, key)?;
+        let same = all.len() == 1 && str_of(&all[0].0).as_deref() == Some(value);
+        if !same {
+            self.doc.put(obj, key, value)?;
+        }
+        Ok(())
+    }
+
+    fn ensure_obj(&mut self, obj: &ObjId, key: &str, ty: ObjType) -> Result<ObjId, DocError> {
+        match self.doc.get(obj, key)? {
+            Some((Value::Object(t), id)) if t == ty => Ok(id),
+            _ => Ok(self.doc.put_object(obj, key, ty)?),
+        }
+    }
+
+    fn update_text(&mut self, key: &str, new: &str) -> Result<(), DocError> {
+        let obj = self.ensure_obj(&ROOT, key, ObjType::Text)?;
+        let old = self.doc.text(&obj)?;
+        for s in textdiff::splices(&old, new) {
+            self.doc
+                .splice_text(&obj, s.pos, s.delete as isize, &s.insert)?;
+        }
+        Ok(())
+    }
+
+    fn write_binary(&mut self, bytes: &[u8]) -> Result<(), DocError> {
+        self.put_str_if_changed(&ROOT, "kind", "binary")?;
+        self.doc.put(ROOT, "bytes", ScalarValue::Bytes(bytes.to_vec()))?;
+        Ok(())
+    }
+
+    fn write_text(&mut self, path: &str, text: &str) -> Result<(), DocError> {
+        self.put_str_if_changed(&ROOT, "kind", "text")?;
+        if self.doc.get(ROOT, "bytes")?.is_some() {
+            // The binary content is no longer what the file holds.
+            self.doc.delete(ROOT, "bytes")?;
+        }
+        let md = if frontmatter::is_markdown_path(path) {
+            frontmatter::parse(text)
+        } else {
+            frontmatter::Markdown {
+                frontmatter: None,
+                body: text.to_string(),
+            }
+        };
+        match md.frontmatter {
+            None => self.put_str_if_changed(&ROOT, "fm", "none")?,
+            Some(fm) => {
+                self.put_str_if_changed(&ROOT, "fm_open", &fm.open)?;
+                self.put_str_if_changed(&ROOT, "fm_close", &fm.close)?;
+                match fm.content {
+                    FrontmatterContent::Raw(raw) => {
+                        self.put_str_if_changed(&ROOT, "fm", "raw")?;
+                        self.update_text("fm_raw", &raw)?;
+                    }
+                    FrontmatterContent::Yaml { preamble, blocks } => {
+                        self.put_str_if_changed(&ROOT, "fm", "yaml")?;
+                        self.put_str_if_changed(&ROOT, "fm_pre", &preamble)?;
+                        self.write_blocks(&blocks)?;
+                    }
+                }
+            }
+        }
+        self.update_text("body", &md.body)
+    }
+
+    fn write_blocks(&mut self, new: &[Block]) -> Result<(), DocError> {
+        let vals = self.ensure_obj(&ROOT, "fm_vals", ObjType::Map)?;
+        let keys = self.ensure_obj(&ROOT, "fm_keys", ObjType::List)?;
+        let old = self.current_blocks()?;
+
+        // Key order: remove keys that went, insert keys that came, each after its
+        // predecessor, so concurrent insertions elsewhere keep their places.
+        let old_order: Vec<&str> = old.iter().map(|b| b.key.as_str()).collect();
+        let new_order: Vec<&str> = new.iter().map(|b| b.key.as_str()).collect();
+        if old_order != new_order {
+            for op in capture_diff_slices(Algorithm::Myers, &old_order, &new_order) {
+                match op {
+                    DiffOp::Delete {
+                        old_index, old_len, ..
+                    } => {
+                        for k in &old_order[old_index..old_index + old_len] {
+                            self.remove_key_from_order(&keys, k)?;
+                        }
+                    }
+                    DiffOp::Insert {
+                        new_index, new_len, ..
+                    } => self.insert_keys(&keys, &new_order, new_index, new_len)?,
+                    DiffOp::Replace {
+                        old_index,
+                        old_len,
+                        new_index,
+                        new_len,
+                    } => {
+                        for k in &old_order[old_index..old_index + old_len] {
+                            self.remove_key_from_order(&keys, k)?;
+                        }
+                        self.insert_keys(&keys, &new_order, new_index, new_len)?;
+                    }
+                    DiffOp::Equal { .. } => {}
+                }
+            }
+        }
+
+        for block in new {
+            let previous = old.iter().find(|b| b.key == block.key);
+            if previous == Some(block) {
+                continue;
+            }
+            let conflicted = self.doc.get_all(&vals, block.key.as_str())?.len() > 1;
+            match (&block.value, previous.map(|p| &p.value), conflicted) {
+                (BlockValue::List(new_list), Some(BlockValue::List(old_list)), false)
+                    if new_list.flow == old_list.flow =>
+                {
+                    let obj = self.ensure_obj(&vals, &block.key, ObjType::Map)?;
+                    self.update_list(&obj, old_list, new_list)?;
+                }
+                (BlockValue::List(new_list), _, _) => {
+                    let obj = self.doc.put_object(&vals, block.key.as_str(), ObjType::Map)?;
+                    self.fill_list(&obj, new_list)?;
+                }
+                (BlockValue::Scalar(raw), _, _) => {
+                    self.doc.put(&vals, block.key.as_str(), raw.as_str())?;
+                }
+            }
+        }
+        for b in &old {
+            if !new.iter().any(|n| n.key == b.key) {
+                self.doc.delete(&vals, b.key.as_str())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_key_from_order(&mut self, keys: &ObjId, key: &str) -> Result<(), DocError> {
+        let len = self.doc.length(keys);
+        for i in (0..len).rev() {
+            if let Some((v, _)) = self.doc.get(keys, i)?
+                && str_of(&v).as_deref() == Some(key)
+            {
+                self.doc.delete(keys, i)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn insert_keys(&mut self, keys: &ObjId, order: &[&str], at: usize, n: usize) -> Result<(), DocError> {
+        for (offset, key) in order[at..at + n].iter().enumerate() {
+            let idx = at + offset;
+            // Insert after the raw position of the previous key in the new order.
+            let pos = if idx == 0 {
+                0
+            } else {
+                self.raw_index_of(keys, order[idx - 1])?.map_or(0, |i| i + 1)
+            };
+            self.doc.insert(keys, pos, *key)?;
+        }
+        Ok(())
+    }
+
+    fn raw_index_of(&self, list: &ObjId, key: &str) -> Result<Option<usize>, DocError> {
+        let mut found = None;
+        for (i, item) in self.doc.list_range(list, ..).enumerate() {
+            if str_of(&item.value.into()).as_deref() == Some(key) {
+                found = Some(i);
+            }
+        }
+        Ok(found)
+    }
+
+    fn fill_list(&mut self, obj: &ObjId, list: &List) -> Result<(), DocError> {
+        self.doc.put(obj, "flow", list.flow)?;
+        self.doc.put(obj, "head", list.head.as_str())?;
+        self.doc.put(obj, "sep", list.sep.as_str())?;
+        self.doc.put(obj, "tail", list.tail.as_str())?;
+        let items = self.doc.put_object(obj, "items", ObjType::List)?;
+        for (i, item) in list.items.iter().enumerate() {
+            self.doc.insert(&items, i, item.raw.as_str())?;
+        }
+        Ok(())
+    }
+
+    /// Change a list in place: items that went are deleted (all copies of that value),
+    /// items that came are inserted after their predecessor; untouched items stay.
+    fn update_list(&mut self, obj: &ObjId, old: &List, new: &List) -> Result<(), DocError> {
+        self.put_str_if_changed(obj, "head", &new.head)?;
+        self.put_str_if_changed(obj, "sep", &new.sep)?;
+        self.put_str_if_changed(obj, "tail", &new.tail)?;
+        let items = self.ensure_obj(obj, "items", ObjType::List)?;
+        let old_vals: Vec<&str> = old.items.iter().map(|i| i.value.as_str()).collect();
+        let new_vals: Vec<&str> = new.items.iter().map(|i| i.value.as_str()).collect();
+        for op in capture_diff_slices(Algorithm::Myers, &old_vals, &new_vals) {
+            let (del, ins) = match op {
+                DiffOp::Equal {
+                    old_index,
+                    new_index,
+                    len,
+                } => {
+                    // Same values; keep the raw text exact (indentation, quoting).
+                    for k in 0..len {
+                        let (o, n) = (&old.items[old_index + k], &new.items[new_index + k]);
+                        if o.raw != n.raw {
+                            self.replace_item_raw(&items, new.flow, &o.value, &n.raw)?;
+                        }
+                    }
+                    continue;
+                }
+                DiffOp::Delete {
+                    old_index, old_len, ..
+                } => (old_index..old_index + old_len, 0..0),
+                DiffOp::Insert {
+                    new_index, new_len, ..
+                } => (0..0, new_index..new_index + new_len),
+                DiffOp::Replace {
+                    old_index,
+                    old_len,
+                    new_index,
+                    new_len,
+                } => (old_index..old_index + old_len, new_index..new_index + new_len),
+            };
+            for i in del {
+                self.delete_items_with_value(&items, new.flow, &old.items[i].value)?;
+            }
+            for i in ins.clone() {
+                let pos = if i == 0 {
+                    0
+                } else {
+                    self.raw_index_of_value(&items, new.flow, &new.items[i - 1].value)?
+                        .map_or(0, |p| p + 1)
+                };
+                self.doc.insert(&items, pos, new.items[i].raw.as_str())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn item_values(&self, items: &ObjId, flow: bool) -> Vec<Option<String>> {
+        self.doc
+            .list_range(items, ..)
+            .map(|item| {
+                str_of(&item.value.into()).map(|raw| frontmatter::item_value(flow, &raw).unwrap_or(raw))
+            })
+            .collect()
+    }
+
+    fn delete_items_with_value(&mut self, items: &ObjId, flow: bool, value: &str) -> Result<(), DocError> {
+        let values = self.item_values(items, flow);
+        for (i, v) in values.iter().enumerate().rev() {
+            if v.as_deref() == Some(value) {
+                self.doc.delete(items, i)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn replace_item_raw(&mut self, items: &ObjId, flow: bool, value: &str, raw: &str) -> Result<(), DocError> {
+        if let Some(i) = self.raw_index_of_value(items, flow, value)? {
+            self.doc.put(items, i, raw)?;
+        }
+        Ok(())
+    }
+
+    fn raw_index_of_value(&self, items: &ObjId, flow: bool, value: &str) -> Result<Option<usize>, DocError> {
+        Ok(self
+            .item_values(items, flow)
+            .iter()
+            .rposition(|v| v.as_deref() == Some(value)))
+    }
+
+    /// Values the merge chose between. The first value automerge reports is the winner on
+    /// every peer (it orders concurrent writes by operation id, never by wall clock).
+    pub fn conflicts(&self) -> Vec<FieldConflict> {
+        let mut out = Vec::new();
+        match self.kind() {
+            Some(ContentKind::Binary) => {
+                if let Ok(all) = self.doc.get_all(ROOT, "bytes")
+                    && all.len() > 1
+                {
+                    let losers = all[..all.len() - 1]
+                        .iter()
+                        .filter_map(|(v, id)| match v {
+                            Value::Scalar(s) => match s.as_ref() {
+                                ScalarValue::Bytes(b) => Some((id.to_string(), b.clone())),
+                                _ => None,
+                            },
+                            Value::Object(_) => None,
+                        })
+                        .collect();
+                    out.push(FieldConflict::Binary { losers });
+                }
+            }
+            Some(ContentKind::Text) => {
+                let Some(vals) = self.get_obj(&ROOT, "fm_vals") else {
+                    return out;
+                };
+                if self.get_str(&ROOT, "fm").as_deref() != Some("yaml") {
+                    return out;
+                }
+                for key in self.doc.keys(&vals).collect::<Vec<_>>() {
+                    let Ok(all) = self.doc.get_all(&vals, key.as_str()) else {
+                        continue;
+                    };
+                    if all.len() < 2 || all.iter().any(|(v, _)| matches!(v, Value::Object(_))) {
+                        // Lists are merged as sets, not chosen between.
+                        continue;
+                    }
+                    let Some(winner) = all.last().and_then(|(v, _)| str_of(v)) else {
+                        continue;
+                    };
+                    let losers = all[..all.len() - 1]
+                        .iter()
+                        .filter_map(|(v, id)| str_of(v).map(|s| (id.to_string(), s)))
+                        .filter(|(_, s)| *s != winner)
+                        .collect::<Vec<_>>();
+                    if !losers.is_empty() {
+                        out.push(FieldConflict::Frontmatter {
+                            key,
+                            winner,
+                            losers,
+                        });
+                    }
+                }
+            }
+            None => {}
+        }
+        out
+    }
+}
+
+fn dedupe_items(list: &mut List) {
+    let mut seen = std::collections::BTreeSet::new();
+    list.items.retain(|i| seen.insert(i.value.clone()));
+}

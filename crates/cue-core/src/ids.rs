@@ -1,0 +1,104 @@
+//! Identifiers: devices, files and documents.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A device: the public half of its ed25519 identity key.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeviceId(pub [u8; 32]);
+
+impl DeviceId {
+    /// The first six hex digits, as used in conflict-copy names.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..3])
+    }
+
+    pub fn from_hex(s: &str) -> Option<DeviceId> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(DeviceId(out))
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DeviceId({})", &hex::encode(self.0)[..12])
+    }
+}
+
+/// A file's stable identity; a rename changes its path, never its id.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FileId(pub [u8; 16]);
+
+impl FileId {
+    pub fn from_hex(s: &str) -> Option<FileId> {
+        let mut out = [0u8; 16];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(FileId(out))
+    }
+
+    /// A deterministic id from a domain and parts: the same inputs give the same id on
+    /// every peer (used for conflict copies, which several peers may create at once).
+    pub fn derive(domain: &str, parts: &[&[u8]]) -> FileId {
+        let mut h = blake3::Hasher::new_derive_key(domain);
+        for p in parts {
+            h.update(&(p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        FileId(out)
+    }
+}
+
+impl fmt::Display for FileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for FileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FileId({})", hex::encode(self.0))
+    }
+}
+
+/// A document of the workspace: the index, or one file.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Debug)]
+pub enum DocId {
+    Index,
+    File(FileId),
+}
+
+impl fmt::Display for DocId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DocId::Index => f.write_str("index"),
+            DocId::File(id) => write!(f, "file-{id}"),
+        }
+    }
+}
+
+impl DocId {
+    /// Parse the `Display` form back (the daemon uses it as a storage key).
+    pub fn parse(s: &str) -> Option<DocId> {
+        if s == "index" {
+            return Some(DocId::Index);
+        }
+        FileId::from_hex(s.strip_prefix("file-")?).map(DocId::File)
+    }
+}
+
+/// A content hash (blake3) of a file's bytes.
+pub type ContentHash = [u8; 32];
+
+pub fn content_hash(bytes: &[u8]) -> ContentHash {
+    *blake3::hash(bytes).as_bytes()
+}

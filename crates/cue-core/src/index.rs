@@ -1,0 +1,382 @@
+//! The index document: which files exist, where, who deleted what, who is a member, and
+//! which conflicts are open. One per workspace, always in memory (it is small: a few
+//! dozen bytes a file).
+//!
+//! Every map holds plain scalars, never nested objects: two peers that derive the same
+//! fact (a conflict copy's name, a conflict record) write equal values, which automerge
+//! merges into one value instead of two competing objects.
+//!
+//! | map         | key       | value                                             |
+//! |-------------|-----------|---------------------------------------------------|
+//! | `path`      | file id   | the file's path                                   |
+//! | `origin`    | file id   | the device that created it                        |
+//! | `tomb`      | file id   | `<time ms>;<heads>`: deleted at, seeing these heads |
+//! | `members`   | device id | the device's name                                 |
+//! | `conflicts` | conflict id | an encoded [`ConflictRecord`]                   |
+
+use std::collections::BTreeMap;
+
+use automerge::transaction::Transactable;
+use automerge::{ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+
+use crate::doc::DocError;
+use crate::ids::{DeviceId, FileId};
+
+const MAPS: [&str; 5] = ["path", "origin", "tomb", "members", "conflicts"];
+
+#[derive(Debug)]
+pub struct IndexDoc {
+    doc: AutoCommit,
+    /// Heads at the last save: `AutoCommit::load` does not set its own save cursor, so
+    /// its `save_incremental` after a load would repeat the whole document.
+    saved: Vec<ChangeHash>,
+}
+
+/// A deletion: when, and which version of the file the deleter saw. An edit the deleter
+/// did not see keeps the file alive (DESIGN §4: a delete concurrent with an edit keeps
+/// the edit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    pub time_ms: i64,
+    pub heads: Vec<ChangeHash>,
+}
+
+impl Tombstone {
+    fn encode(&self) -> String {
+        let heads: Vec<String> = self.heads.iter().map(|h| h.to_string()).collect();
+        format!("{};{}", self.time_ms, heads.join(","))
+    }
+
+    fn decode(s: &str) -> Option<Tombstone> {
+        let (t, h) = s.split_once(';')?;
+        let heads = if h.is_empty() {
+            Vec::new()
+        } else {
+            h.split(',').map(|x| x.parse().ok()).collect::<Option<_>>()?
+        };
+        Some(Tombstone {
+            time_ms: t.parse().ok()?,
+            heads,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ConflictKind {
+    Frontmatter,
+    Create,
+    Binary,
+}
+
+impl ConflictKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ConflictKind::Frontmatter => "frontmatter",
+            ConflictKind::Create => "create",
+            ConflictKind::Binary => "binary",
+        }
+    }
+
+    fn parse(s: &str) -> Option<ConflictKind> {
+        Some(match s {
+            "frontmatter" => ConflictKind::Frontmatter,
+            "create" => ConflictKind::Create,
+            "binary" => ConflictKind::Binary,
+            _ => return None,
+        })
+    }
+}
+
+/// A conflict as recorded in the synced index, so every peer lists the same ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConflictRecord {
+    pub kind: ConflictKind,
+    /// The file the conflict is about.
+    pub file: FileId,
+    /// Its path when the conflict was found.
+    pub path: String,
+    /// For `create` and `binary`: the conflict copy holding the losing version.
+    pub copy: Option<(FileId, String)>,
+    /// For `frontmatter`: the key and the value that lost.
+    pub detail: String,
+    pub time_ms: i64,
+    /// `resolve` marks a conflict seen; the record stays so that a peer that finds the
+    /// same conflict later does not raise it again.
+    pub resolved: bool,
+}
+
+const SEP: char = '\u{1f}';
+
+impl ConflictRecord {
+    fn encode(&self) -> String {
+        let (copy_id, copy_path) = match &self.copy {
+            Some((id, p)) => (id.to_string(), p.clone()),
+            None => (String::new(), String::new()),
+        };
+        [
+            self.kind.as_str().to_string(),
+            self.file.to_string(),
+            self.path.clone(),
+            copy_id,
+            copy_path,
+            self.detail.clone(),
+            self.time_ms.to_string(),
+            (self.resolved as u8).to_string(),
+        ]
+        .join(&SEP.to_string())
+    }
+
+    fn decode(s: &str) -> Option<ConflictRecord> {
+        let f: Vec<&str> = s.split(SEP).collect();
+        if f.len() != 8 {
+            return None;
+        }
+        let copy = if f[3].is_empty() {
+            None
+        } else {
+            Some((FileId::from_hex(f[3])?, f[4].to_string()))
+        };
+        Some(ConflictRecord {
+            kind: ConflictKind::parse(f[0])?,
+            file: FileId::from_hex(f[1])?,
+            path: f[2].to_string(),
+            copy,
+            detail: f[5].to_string(),
+            time_ms: f[6].parse().ok()?,
+            resolved: f[7] == "1",
+        })
+    }
+}
+
+fn str_of(v: &Value<'_>) -> Option<String> {
+    match v {
+        Value::Scalar(s) => match s.as_ref() {
+            ScalarValue::Str(s) => Some(s.to_string()),
+            _ => None,
+        },
+        Value::Object(_) => None,
+    }
+}
+
+impl IndexDoc {
+    /// A new, empty index. Its first change creates the top-level maps with a fixed actor
+    /// and time, so that every device's first change is the *same* change (same hash):
+    /// two devices that create their index independently still agree on the map objects.
+    pub fn new(actor: ActorId) -> IndexDoc {
+        let mut doc = AutoCommit::new().with_actor(ActorId::from(&b"cue-index-genesis"[..]));
+        for m in MAPS {
+            // Cannot fail on a fresh document.
+            let _ = doc.put_object(ROOT, m, ObjType::Map);
+        }
+        doc.commit_with(automerge::transaction::CommitOptions::default().with_time(0));
+        IndexDoc {
+            doc: doc.with_actor(actor),
+            saved: Vec::new(),
+        }
+    }
+
+    pub fn load(bytes: &[u8], actor: ActorId) -> Result<IndexDoc, DocError> {
+        let mut doc = AutoCommit::load(bytes).map_err(|e| DocError::Decode(e.to_string()))?;
+        let saved = doc.get_heads();
+        let idx = IndexDoc {
+            doc: doc.with_actor(actor),
+            saved,
+        };
+        for m in MAPS {
+            if idx.map(m).is_none() {
+                return Err(DocError::Shape("index lacks a map"));
+            }
+        }
+        Ok(idx)
+    }
+
+    pub fn automerge(&mut self) -> &mut AutoCommit {
+        &mut self.doc
+    }
+
+    pub fn heads(&mut self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    pub fn save(&mut self) -> Vec<u8> {
+        self.saved = self.doc.get_heads();
+        self.doc.save()
+    }
+
+    /// The changes since the last save (or load), to append to the stored form.
+    pub fn save_incremental(&mut self) -> Vec<u8> {
+        let bytes = self.doc.save_after(&self.saved);
+        self.saved = self.doc.get_heads();
+        bytes
+    }
+
+    fn map(&self, name: &str) -> Option<ObjId> {
+        match self.doc.get(ROOT, name).ok()?? {
+            (Value::Object(ObjType::Map), id) => Some(id),
+            _ => None,
+        }
+    }
+
+    fn entries(&self, name: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        if let Some(m) = self.map(name) {
+            for item in self.doc.map_range(&m, ..) {
+                if let Some(v) = str_of(&item.value.into()) {
+                    out.insert(item.key.to_string(), v);
+                }
+            }
+        }
+        out
+    }
+
+    fn get(&self, name: &str, key: &str) -> Option<String> {
+        let m = self.map(name)?;
+        let (v, _) = self.doc.get(&m, key).ok()??;
+        str_of(&v)
+    }
+
+    fn put(&mut self, name: &str, key: &str, value: &str) -> Result<(), DocError> {
+        if self.get(name, key).as_deref() == Some(value)
+            && self
+                .map(name)
+                .and_then(|m| self.doc.get_all(&m, key).ok())
+                .is_some_and(|all| all.len() == 1)
+        {
+            return Ok(());
+        }
+        let m = self.map(name).ok_or(DocError::Shape("index lacks a map"))?;
+        self.doc.put(&m, key, value)?;
+        Ok(())
+    }
+
+    fn delete(&mut self, name: &str, key: &str) -> Result<(), DocError> {
+        let m = self.map(name).ok_or(DocError::Shape("index lacks a map"))?;
+        if self.doc.get(&m, key)?.is_some() {
+            self.doc.delete(&m, key)?;
+        }
+        Ok(())
+    }
+
+    pub fn commit(&mut self, time_s: i64) -> Option<Change> {
+        let opts = automerge::transaction::CommitOptions::default().with_time(time_s);
+        self.doc.commit_with(opts)?;
+        self.doc.get_last_local_change()
+    }
+
+    /// Every file the index knows, with its path (deleted ones included).
+    pub fn paths(&self) -> BTreeMap<FileId, String> {
+        self.entries("path")
+            .into_iter()
+            .filter_map(|(k, v)| Some((FileId::from_hex(&k)?, v)))
+            .collect()
+    }
+
+    pub fn path_of(&self, file: &FileId) -> Option<String> {
+        self.get("path", &file.to_string())
+    }
+
+    pub fn set_path(&mut self, file: &FileId, path: &str) -> Result<(), DocError> {
+        self.put("path", &file.to_string(), path)
+    }
+
+    pub fn origin(&self, file: &FileId) -> Option<DeviceId> {
+        DeviceId::from_hex(&self.get("origin", &file.to_string())?)
+    }
+
+    pub fn set_origin(&mut self, file: &FileId, device: &DeviceId) -> Result<(), DocError> {
+        self.put("origin", &file.to_string(), &device.to_string())
+    }
+
+    pub fn tombstone(&self, file: &FileId) -> Option<Tombstone> {
+        Tombstone::decode(&self.get("tomb", &file.to_string())?)
+    }
+
+    pub fn tombstones(&self) -> BTreeMap<FileId, Tombstone> {
+        self.entries("tomb")
+            .into_iter()
+            .filter_map(|(k, v)| Some((FileId::from_hex(&k)?, Tombstone::decode(&v)?)))
+            .collect()
+    }
+
+    pub fn set_tombstone(&mut self, file: &FileId, tomb: &Tombstone) -> Result<(), DocError> {
+        self.put("tomb", &file.to_string(), &tomb.encode())
+    }
+
+    pub fn clear_tombstone(&mut self, file: &FileId) -> Result<(), DocError> {
+        self.delete("tomb", &file.to_string())
+    }
+
+    /// Forget a file entirely (its tombstone expired).
+    pub fn purge(&mut self, file: &FileId) -> Result<(), DocError> {
+        let key = file.to_string();
+        for m in ["path", "origin", "tomb"] {
+            self.delete(m, &key)?;
+        }
+        Ok(())
+    }
+
+    pub fn members(&self) -> BTreeMap<DeviceId, String> {
+        self.entries("members")
+            .into_iter()
+            .filter_map(|(k, v)| Some((DeviceId::from_hex(&k)?, v)))
+            .collect()
+    }
+
+    pub fn set_member(&mut self, device: &DeviceId, name: &str) -> Result<(), DocError> {
+        self.put("members", &device.to_string(), name)
+    }
+
+    pub fn conflicts(&self) -> BTreeMap<String, ConflictRecord> {
+        self.entries("conflicts")
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, ConflictRecord::decode(&v)?)))
+            .collect()
+    }
+
+    pub fn has_conflict(&self, id: &str) -> bool {
+        self.get("conflicts", id).is_some()
+    }
+
+    pub fn put_conflict(&mut self, id: &str, rec: &ConflictRecord) -> Result<(), DocError> {
+        self.put("conflicts", id, &rec.encode())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn independent_indexes_share_their_genesis() {
+        let mut a = IndexDoc::new(ActorId::from(&[1u8; 4][..]));
+        let mut b = IndexDoc::new(ActorId::from(&[2u8; 4][..]));
+        assert_eq!(a.heads(), b.heads());
+        let f = FileId([7; 16]);
+        a.set_path(&f, "a.md").unwrap();
+        a.commit(0);
+        b.set_member(&DeviceId([9; 32]), "bee").unwrap();
+        b.commit(0);
+        a.automerge().merge(b.automerge()).unwrap();
+        assert_eq!(a.path_of(&f).as_deref(), Some("a.md"));
+        assert_eq!(a.members().len(), 1);
+    }
+
+    #[test]
+    fn records_roundtrip() {
+        let rec = ConflictRecord {
+            kind: ConflictKind::Create,
+            file: FileId([1; 16]),
+            path: "notes/a.md".into(),
+            copy: Some((FileId([2; 16]), "notes/a.conflict-bee-0a0b0c.md".into())),
+            detail: String::new(),
+            time_ms: 42,
+            resolved: false,
+        };
+        assert_eq!(ConflictRecord::decode(&rec.encode()), Some(rec));
+        let t = Tombstone {
+            time_ms: 5,
+            heads: vec![ChangeHash([3; 32])],
+        };
+        assert_eq!(Tombstone::decode(&t.encode()), Some(t));
+    }
+}
