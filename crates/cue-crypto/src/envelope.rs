@@ -217,7 +217,7 @@ pub fn padded_len(plaintext_len: usize) -> usize {
 
 fn is_bucket(padded: usize) -> bool {
     (MIN_BUCKET..=BUCKET_STEP).contains(&padded) && padded.is_power_of_two()
-        || padded > BUCKET_STEP && padded % BUCKET_STEP == 0 && padded <= MAX_PADDED_LEN
+        || padded > BUCKET_STEP && padded.is_multiple_of(BUCKET_STEP) && padded <= MAX_PADDED_LEN
 }
 
 /// The exact length of the envelope that sealing `plaintext_len` bytes produces.

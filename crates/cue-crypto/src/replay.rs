@@ -181,7 +181,7 @@ impl ReplayGuard {
 /// Default reservation size: one durable write per 1,000 envelopes sent.
 pub const DEFAULT_SEQ_BLOCK: u64 = 1000;
 
-/// What [`SeqAllocator::next`] asks of the caller.
+/// What [`SeqAllocator::allocate`] asks of the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub enum SeqNext {
@@ -208,7 +208,7 @@ pub enum SeqNext {
 /// let mut on_disk = 0; // what the daemon stored, 0 for a new device
 /// let mut seqs = SeqAllocator::resume(on_disk);
 /// let seq = loop {
-///     match seqs.next() {
+///     match seqs.allocate() {
 ///         SeqNext::Ready(n) => break n,
 ///         SeqNext::PersistFirst(mark) => { on_disk = mark; seqs.persisted(mark) }
 ///         SeqNext::Exhausted => unreachable!(),
@@ -240,7 +240,7 @@ impl SeqAllocator {
     }
 
     /// The next number, or what must be persisted before it may be used.
-    pub fn next(&mut self) -> SeqNext {
+    pub fn allocate(&mut self) -> SeqNext {
         if self.next < self.reserved_until {
             let n = self.next;
             self.next += 1;
@@ -280,7 +280,7 @@ mod tests {
             // Crash after a varying number of messages.
             for _ in 0..(round * 5 + 3) {
                 let n = loop {
-                    match a.next() {
+                    match a.allocate() {
                         SeqNext::Ready(n) => break n,
                         SeqNext::PersistFirst(m) => {
                             assert!(m > disk);
@@ -299,13 +299,13 @@ mod tests {
     #[test]
     fn allocator_exhaustion_is_reported() {
         let mut a = SeqAllocator::resume(u64::MAX - 1);
-        let SeqNext::PersistFirst(m) = a.next() else {
+        let SeqNext::PersistFirst(m) = a.allocate() else {
             panic!()
         };
         assert_eq!(m, u64::MAX);
         a.persisted(m);
-        assert_eq!(a.next(), SeqNext::Ready(u64::MAX - 1));
-        assert_eq!(a.next(), SeqNext::Exhausted);
+        assert_eq!(a.allocate(), SeqNext::Ready(u64::MAX - 1));
+        assert_eq!(a.allocate(), SeqNext::Exhausted);
     }
 
     #[test]
