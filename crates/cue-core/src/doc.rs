@@ -273,6 +273,35 @@ impl FileDoc {
     /// Record `bytes` as the file's new content, as the smallest change. Returns the new
     /// change, or `None` when the content is what the document already holds.
     pub fn write(&mut self, path: &str, bytes: &[u8], time_s: i64) -> Result<Option<Change>, DocError> {
+        self.write_at(&[], path, bytes, time_s)
+    }
+
+    /// Record `bytes` as an edit of the version at `base` (what was on disk when the user
+    /// edited it). Remote changes merged since then are kept: the edit is made on a fork
+    /// at `base` and merged back, rather than diffed against the newer merged text (which
+    /// would undo the remote changes).
+    pub fn write_at(&mut self, base: &[ChangeHash], path: &str, bytes: &[u8], time_s: i64) -> Result<Option<Change>, DocError> {
+        let current = self.doc.get_heads();
+        let usable = !base.is_empty()
+            && base != current.as_slice()
+            && base.iter().all(|h| self.doc.get_change_by_hash(h).is_some());
+        if usable {
+            let actor = self.doc.get_actor().clone();
+            let fork = self.doc.fork_at(base)?.with_actor(actor);
+            let mut forked = FileDoc {
+                doc: fork,
+                saved: Vec::new(),
+            };
+            let change = forked.write_here(path, bytes, time_s)?;
+            if change.is_some() {
+                self.doc.merge(&mut forked.doc)?;
+            }
+            return Ok(change);
+        }
+        self.write_here(path, bytes, time_s)
+    }
+
+    fn write_here(&mut self, path: &str, bytes: &[u8], time_s: i64) -> Result<Option<Change>, DocError> {
         if !self.is_empty() && self.materialize().ok().as_deref() == Some(bytes) {
             return Ok(None);
         }

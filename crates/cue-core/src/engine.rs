@@ -66,6 +66,11 @@ pub trait DocStore {
 pub enum Input {
     /// A file's content on disk, seen at start-up or after a save.
     FileChanged { path: String, content: Vec<u8> },
+    /// A [`Effect::WriteFile`] or [`Effect::RemoveFile`] was not carried out because the
+    /// disk did not hold what the engine expected: the user saved something the watcher
+    /// has not reported yet. This is that content; it is merged as an edit of the version
+    /// that was on disk before the refused write.
+    WriteRefused { path: String, content: Vec<u8> },
     /// A file larger than `max_file_size`: not synced, listed as skipped.
     FileTooLarge { path: String, size: u64 },
     /// A file is gone from disk.
@@ -198,6 +203,11 @@ pub struct FileMeta {
     pub size: u64,
     /// What we believe is on disk for this file: its path and content hash.
     pub disk: Option<(String, ContentHash)>,
+    /// The document heads whose content is on disk: a local edit is an edit of that
+    /// version.
+    pub disk_heads: Heads,
+    /// `disk_heads` before the last write we asked for, in case it is refused.
+    pub prev_disk_heads: Heads,
     pub increments: u32,
 }
 
@@ -452,6 +462,14 @@ impl Engine {
         self.now_ms = now_ms;
         match input {
             Input::FileChanged { path, content } => self.local_change(&path, content, store),
+            Input::WriteRefused { path, content } => {
+                if let Some(f) = self.file_at(&path)
+                    && let Some(m) = self.metas.get_mut(&f)
+                {
+                    m.disk_heads = std::mem::take(&mut m.prev_disk_heads);
+                }
+                self.local_change(&path, content, store);
+            }
             Input::FileTooLarge { path, size } => {
                 self.state.skipped.insert(path, size);
                 self.state_dirty = true;
@@ -519,15 +537,23 @@ impl Engine {
             meta.disk = Some((path.to_string(), hash));
             if meta.doc_hash == Some(hash) {
                 // Our own write coming back, or a save that changed nothing.
+                meta.disk_heads = meta.heads.clone();
                 self.dirty.insert(file);
                 return;
             }
         }
         let time_s = self.now_ms / 1000;
-        let result = self.with_doc(file, store, |doc| doc.write(path, &content, time_s));
+        let base = self.metas.get(&file).map(|m| from_heads(&m.disk_heads)).unwrap_or_default();
+        let result = self.with_doc(file, store, |doc| doc.write_at(&base, path, &content, time_s));
         match result {
             Ok(Some(change)) => {
+                let hash = change.hash();
                 self.after_local_change(file, change);
+                self.refresh_meta(file, store);
+                // The disk now holds exactly our new change's version.
+                if let Some(m) = self.metas.get_mut(&file) {
+                    m.disk_heads = vec![hash.0];
+                }
                 let name = self.name.clone();
                 self.activity(ActivityKind::LocalChange, Some(path.to_string()), &name, None);
             }
@@ -1012,8 +1038,10 @@ impl Engine {
                 bytes,
                 expect,
             });
+            let heads = self.metas.get(&f).map(|m| m.heads.clone()).unwrap_or_default();
             if let Some(m) = self.metas.get_mut(&f) {
                 m.disk = Some((path, hash));
+                m.prev_disk_heads = std::mem::replace(&mut m.disk_heads, heads);
             }
             self.dirty.insert(f);
         }

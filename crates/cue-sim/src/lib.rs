@@ -176,7 +176,7 @@ impl World {
                         disk.insert(path, bytes);
                     } else if let Some(content) = disk.get(&path) {
                         // A local edit the engine has not taken in: merge it first.
-                        feedback.push(Input::FileChanged {
+                        feedback.push(Input::WriteRefused {
                             path,
                             content: content.clone(),
                         });
@@ -190,7 +190,7 @@ impl World {
                     if actual.is_some() && actual == expect {
                         disk.remove(&path);
                     } else if let Some(content) = disk.get(&path) {
-                        feedback.push(Input::FileChanged {
+                        feedback.push(Input::WriteRefused {
                             path,
                             content: content.clone(),
                         });
@@ -404,7 +404,13 @@ impl World {
         for i in 0..self.peers.len() {
             let p = &mut self.peers[i];
             let live = p.engine.live_files(&mut p.store);
-            let disk: BTreeMap<String, [u8; 32]> = p.disk.iter().map(|(k, v)| (k.clone(), content_hash(v))).collect();
+            let skipped: BTreeSet<String> = p.engine.status(&mut p.store).skipped.into_iter().map(|(s, _)| s).collect();
+            let disk: BTreeMap<String, [u8; 32]> = p
+                .disk
+                .iter()
+                .filter(|(k, _)| !skipped.contains(*k))
+                .map(|(k, v)| (k.clone(), content_hash(v)))
+                .collect();
             if live != disk {
                 let a: BTreeSet<&String> = live.keys().collect();
                 let b: BTreeSet<&String> = disk.keys().collect();
@@ -416,16 +422,17 @@ impl World {
                 ));
             }
             match &reference {
-                None => reference = Some((i, p.disk.clone())),
+                None => reference = Some((i, p.disk.iter().filter(|(k, _)| !skipped.contains(*k)).map(|(k, v)| (k.clone(), v.clone())).collect())),
                 Some((j, r)) => {
-                    if *r != p.disk {
+                    let mine: BTreeMap<String, Vec<u8>> = p.disk.iter().filter(|(k, _)| !skipped.contains(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+                    if *r != mine {
                         let a: BTreeSet<&String> = r.keys().collect();
-                        let b: BTreeSet<&String> = p.disk.keys().collect();
+                        let b: BTreeSet<&String> = mine.keys().collect();
                         return Err(format!(
                             "peer {i} differs from peer {j}: only on {j}: {:?}, only on {i}: {:?}, different: {:?}",
                             a.difference(&b).collect::<Vec<_>>(),
                             b.difference(&a).collect::<Vec<_>>(),
-                            a.intersection(&b).filter(|k| r.get(**k) != p.disk.get(**k)).collect::<Vec<_>>()
+                            a.intersection(&b).filter(|k| r.get(**k) != mine.get(**k)).collect::<Vec<_>>()
                         ));
                     }
                 }

@@ -1,0 +1,383 @@
+//! One scenario per merge rule of DESIGN §4, across simulated peers. Each fails without
+//! the rule it names.
+
+use cue_core::{Config, ConflictKind};
+use cue_sim::World;
+
+fn world(n: usize) -> World {
+    let mut w = World::new(n, 7, Config::default());
+    w.connect_all();
+    w.settle(5);
+    w
+}
+
+fn settle(w: &mut World) {
+    w.settle(10);
+    if let Err(e) = w.converged() {
+        panic!("not converged: {e}");
+    }
+}
+
+#[test]
+fn initial_sync_copies_files_to_a_new_peer() {
+    let mut w = World::new(2, 1, Config::default());
+    w.write(0, "a.md", b"# A\n");
+    w.write(0, "dir/b.txt", b"bee");
+    w.connect_all();
+    settle(&mut w);
+    assert_eq!(w.read(1, "a.md").as_deref(), Some("# A\n"));
+    assert_eq!(w.read(1, "dir/b.txt").as_deref(), Some("bee"));
+}
+
+#[test]
+fn live_edit_reaches_the_other_peer() {
+    let mut w = world(2);
+    w.write(0, "a.md", b"hello\n");
+    settle(&mut w);
+    w.write(1, "a.md", b"hello world\n");
+    settle(&mut w);
+    assert_eq!(w.read(0, "a.md").as_deref(), Some("hello world\n"));
+}
+
+#[test]
+fn concurrent_edits_to_different_places_both_survive() {
+    let mut w = world(2);
+    w.write(0, "a.md", b"line one\nline two\n");
+    settle(&mut w);
+    w.disconnect(1);
+    w.write(0, "a.md", b"line ONE\nline two\n");
+    w.write(1, "a.md", b"line one\nline two!\n");
+    w.connect(1);
+    settle(&mut w);
+    assert_eq!(w.read(0, "a.md").as_deref(), Some("line ONE\nline two!\n"));
+}
+
+#[test]
+fn concurrent_inserts_at_one_place_each_stay_whole() {
+    let mut w = world(2);
+    w.write(0, "a.md", b"ab");
+    settle(&mut w);
+    w.disconnect(1);
+    w.write(0, "a.md", b"aXXXXb");
+    w.write(1, "a.md", b"aYYYYb");
+    w.connect(1);
+    settle(&mut w);
+    let merged = w.read(0, "a.md").unwrap();
+    assert!(merged == "aXXXXYYYYb" || merged == "aYYYYXXXXb", "{merged}");
+}
+
+#[test]
+fn frontmatter_scalar_last_writer_wins_and_loser_is_a_conflict() {
+    let mut w = world(2);
+    w.write(0, "a.md", b"---\ntitle: One\nstatus: draft\n---\nbody\n");
+    settle(&mut w);
+    w.disconnect(1);
+    w.write(0, "a.md", b"---\ntitle: Two\nstatus: draft\n---\nbody\n");
+    w.write(1, "a.md", b"---\ntitle: Three\nstatus: draft\n---\nbody\n");
+    w.connect(1);
+    settle(&mut w);
+    let merged = w.read(0, "a.md").unwrap();
+    assert!(
+        merged == "---\ntitle: Two\nstatus: draft\n---\nbody\n" || merged == "---\ntitle: Three\nstatus: draft\n---\nbody\n",
+        "no interleaving: {merged}"
+    );
+    for p in 0..2 {
+        let st = w.status(p);
+        assert_eq!(st.conflicts.len(), 1, "peer {p}: {:?}", st.conflicts);
+        assert_eq!(st.conflicts[0].kind, ConflictKind::Frontmatter);
+        assert_eq!(st.conflicts[0].path, "a.md");
+    }
+    w.resolve(1, "a.md").unwrap();
+    settle(&mut w);
+    assert!(w.status(0).conflicts.is_empty());
+}
+
+#[test]
+fn frontmatter_causal_change_is_not_a_conflict() {
+    let mut w = world(2);
+    w.write(0, "a.md", b"---\ntitle: One\n---\n");
+    settle(&mut w);
+    w.write(1, "a.md", b"---\ntitle: Two\n---\n");
+    settle(&mut w);
+    w.write(0, "a.md", b"---\ntitle: Three\n---\n");
+    settle(&mut w);
+    assert_eq!(w.read(1, "a.md").as_deref(), Some("---\ntitle: Three\n---\n"));
+    assert!(w.status(1).conflicts.is_empty());
+}
+
+#[test]
+fn frontmatter_arrays_merge_as_a_union_with_causal_removals() {
+    let mut w = world(2);
+    w.write(0, "a.md", b"---\ntags:\n  - a\n  - b\n---\n");
+    settle(&mut w);
+    w.disconnect(1);
+    w.write(0, "a.md", b"---\ntags:\n  - a\n  - b\n  - c\n---\n");
+    w.write(1, "a.md", b"---\ntags:\n  - b\n  - d\n  - c\n---\n");
+    w.connect(1);
+    settle(&mut w);
+    let merged = w.read(0, "a.md").unwrap();
+    // `a` was removed by peer 1 who had seen it; c was added by both: once.
+    assert_eq!(merged.matches("- c").count(), 1, "{merged}");
+    assert!(!merged.contains("- a"), "{merged}");
+    assert!(merged.contains("- b") && merged.contains("- d"), "{merged}");
+    assert!(w.status(0).conflicts.is_empty());
+}
+
+#[test]
+fn changing_one_key_touches_only_its_line() {
+    let mut w = world(2);
+    let original = "---\n# keep this comment\ntitle:   Spaced   # trailing\ntags: [a,b]\nnested:\n    deep: {x: 1}\nstatus: draft\n---\nbody\n";
+    w.write(0, "a.md", original.as_bytes());
+    settle(&mut w);
+    assert_eq!(w.read(1, "a.md").as_deref(), Some(original), "byte-identical copy");
+    let edited = original.replace("status: draft", "status: done");
+    w.write(1, "a.md", edited.as_bytes());
+    settle(&mut w);
+    assert_eq!(w.read(0, "a.md").as_deref(), Some(edited.as_str()));
+}
+
+#[test]
+fn invalid_frontmatter_merges_as_text() {
+    let mut w = world(2);
+    w.write(0, "a.md", b"---\ntitle: [broken\nowner: x\n---\nbody\n");
+    settle(&mut w);
+    w.disconnect(1);
+    w.write(0, "a.md", b"---\ntitle: [broken, more\nowner: x\n---\nbody\n");
+    w.write(1, "a.md", b"---\ntitle: [broken\nowner: xy\n---\nbody\n");
+    w.connect(1);
+    settle(&mut w);
+    assert_eq!(w.read(0, "a.md").as_deref(), Some("---\ntitle: [broken, more\nowner: xy\n---\nbody\n"));
+}
+
+#[test]
+fn delete_then_restore_brings_back_the_last_content() {
+    let mut w = world(2);
+    w.write(0, "a.md", b"precious\n");
+    settle(&mut w);
+    w.delete(1, "a.md");
+    settle(&mut w);
+    assert_eq!(w.read(0, "a.md"), None);
+    assert!(w.restore(0, "never.md").is_err());
+    w.restore(0, "a.md").unwrap();
+    settle(&mut w);
+    assert_eq!(w.read(1, "a.md").as_deref(), Some("precious\n"));
+}
+
+#[test]
+fn delete_concurrent_with_edit_keeps_the_edit() {
+    let mut w = world(2);
+    w.write(0, "a.md", b"v1\n");
+    settle(&mut w);
+    w.disconnect(1);
+    w.delete(0, "a.md");
+    w.write(1, "a.md", b"v1 edited\n");
+    w.connect(1);
+    settle(&mut w);
+    assert_eq!(w.read(0, "a.md").as_deref(), Some("v1 edited\n"));
+}
+
+#[test]
+fn rename_and_concurrent_edit_both_land() {
+    let mut w = world(2);
+    w.write(0, "a.md", b"text\n");
+    settle(&mut w);
+    w.disconnect(1);
+    w.rename(0, "a.md", "b.md");
+    w.write(1, "a.md", b"text edited\n");
+    w.connect(1);
+    settle(&mut w);
+    assert_eq!(w.read(1, "a.md"), None);
+    assert_eq!(w.read(1, "b.md").as_deref(), Some("text edited\n"));
+}
+
+#[test]
+fn concurrent_creation_keeps_both_as_a_conflict_copy() {
+    let mut w = world(2);
+    w.disconnect(1);
+    w.write(0, "notes.md", b"from zero\n");
+    w.write(1, "notes.md", b"from one\n");
+    w.connect(1);
+    settle(&mut w);
+    let files: Vec<String> = w.peers[0].disk.keys().cloned().collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let copy = files.iter().find(|f| f.contains(".conflict-")).unwrap();
+    assert!(copy.starts_with("notes.conflict-p") && copy.ends_with(".md"), "{copy}");
+    let contents: Vec<String> = files.iter().map(|f| w.read(0, f).unwrap()).collect();
+    assert!(contents.contains(&"from zero\n".to_string()) && contents.contains(&"from one\n".to_string()));
+    for p in 0..2 {
+        let st = w.status(p);
+        assert_eq!(st.conflicts.len(), 1);
+        assert_eq!(st.conflicts[0].kind, ConflictKind::Create);
+    }
+    // Deleting the copy clears the conflict on every peer.
+    let copy = copy.clone();
+    w.delete(1, &copy);
+    settle(&mut w);
+    assert!(w.status(0).conflicts.is_empty());
+}
+
+#[test]
+fn identical_concurrent_creations_are_one_file() {
+    let mut w = world(2);
+    w.disconnect(1);
+    w.write(0, "same.md", b"same\n");
+    w.write(1, "same.md", b"same\n");
+    w.connect(1);
+    settle(&mut w);
+    assert_eq!(w.peers[0].disk.len(), 1);
+    assert!(w.status(0).conflicts.is_empty());
+}
+
+#[test]
+fn binary_last_writer_wins_and_loser_is_a_conflict_copy() {
+    let mut w = world(2);
+    w.write(0, "img.png", &[0, 1, 2, 255]);
+    settle(&mut w);
+    w.disconnect(1);
+    w.write(0, "img.png", &[0, 1, 2, 254]);
+    w.write(1, "img.png", &[0, 1, 2, 253]);
+    w.connect(1);
+    settle(&mut w);
+    let files: Vec<String> = w.peers[0].disk.keys().cloned().collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let all: Vec<Vec<u8>> = w.peers[0].disk.values().cloned().collect();
+    assert!(all.contains(&vec![0, 1, 2, 254]) && all.contains(&vec![0, 1, 2, 253]));
+    assert_eq!(w.status(1).conflicts[0].kind, ConflictKind::Binary);
+}
+
+#[test]
+fn same_changes_in_any_order_give_the_same_bytes() {
+    for seed in 0..20 {
+        let mut w = World::new(3, seed, Config::default());
+        w.faults.reorder = true;
+        w.connect_all();
+        w.write(0, "a.md", b"---\ntags: [a]\n---\nbase\n");
+        w.settle(5);
+        w.write(0, "a.md", b"---\ntags: [a, b]\n---\nbase zero\n");
+        w.write(1, "a.md", b"---\ntags: [a, c]\n---\none base\n");
+        w.write(2, "a.md", b"---\ntags: [d, a]\n---\nbase two\n");
+        settle(&mut w);
+    }
+}
+
+#[test]
+fn unchanged_files_are_never_rewritten_and_own_writes_do_not_echo() {
+    let mut w = world(2);
+    w.write(0, "a.md", b"one\n");
+    w.write(0, "b.md", b"two\n");
+    settle(&mut w);
+    let before = w.peers[1].activity.len();
+    w.write(0, "a.md", b"one!\n");
+    settle(&mut w);
+    // Peer 1 saw one remote change (a.md) and nothing about b.md.
+    let acts: Vec<_> = w.peers[1].activity[before..].iter().filter(|a| a.path.as_deref() == Some("b.md")).collect();
+    assert!(acts.is_empty(), "{acts:?}");
+    // Peer 1's write of a.md coming back through the watcher is not a change.
+    let pending = w.status(1).pending_changes;
+    w.write(1, "a.md", b"one!\n");
+    assert_eq!(w.status(1).pending_changes, pending);
+}
+
+#[test]
+fn local_edit_not_yet_seen_is_merged_not_overwritten() {
+    let mut w = world(2);
+    w.write(0, "a.md", b"one\ntwo\n");
+    settle(&mut w);
+    // Peer 1's user saves, but the watcher has not reported it yet.
+    w.peers[1].disk.insert("a.md".into(), b"one\ntwo\nthree\n".to_vec());
+    w.write(0, "a.md", b"zero\none\ntwo\n");
+    settle(&mut w);
+    assert_eq!(w.read(1, "a.md").as_deref(), Some("zero\none\ntwo\nthree\n"));
+}
+
+#[test]
+fn offline_work_syncs_when_peers_meet_and_restart_scans_changes() {
+    let mut w = world(2);
+    w.write(0, "a.md", b"a\n");
+    w.write(0, "b.md", b"b\n");
+    settle(&mut w);
+    w.disconnect(1);
+    // Daemon stopped: the folder changes behind its back.
+    w.peers[1].disk.insert("a.md".into(), b"a edited offline\n".to_vec());
+    w.peers[1].disk.remove("b.md");
+    w.peers[1].disk.insert("c.md".into(), b"new offline\n".to_vec());
+    w.restart(1);
+    w.connect(1);
+    settle(&mut w);
+    assert_eq!(w.read(0, "a.md").as_deref(), Some("a edited offline\n"));
+    assert_eq!(w.read(0, "b.md"), None);
+    assert_eq!(w.read(0, "c.md").as_deref(), Some("new offline\n"));
+}
+
+#[test]
+fn long_absence_triggers_a_full_resync_that_keeps_local_work() {
+    let config = Config {
+        max_offline_ms: 1_000,
+        ..Config::default()
+    };
+    let mut w = World::new(2, 3, config);
+    w.connect_all();
+    w.write(0, "a.md", b"shared\n");
+    settle(&mut w);
+    w.disconnect(1);
+    w.write(1, "mine.md", b"offline work\n");
+    w.write(0, "theirs.md", b"their work\n");
+    w.advance(5_000);
+    w.connect(1);
+    settle(&mut w);
+    assert_eq!(w.read(0, "mine.md").as_deref(), Some("offline work\n"));
+    assert_eq!(w.read(1, "theirs.md").as_deref(), Some("their work\n"));
+    assert!(w.status(1).last_full_resync_ms.is_some() || w.status(0).last_full_resync_ms.is_some());
+}
+
+#[test]
+fn large_files_split_over_small_messages() {
+    let config = Config {
+        max_message_bytes: 1024,
+        ..Config::default()
+    };
+    let mut w = World::new(2, 3, config);
+    w.connect_all();
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    w.write(0, "big.bin", &big);
+    settle(&mut w);
+    assert_eq!(w.peers[1].disk.get("big.bin"), Some(&big));
+}
+
+#[test]
+fn files_over_the_size_limit_are_skipped_and_listed() {
+    let config = Config {
+        max_file_size: 10,
+        ..Config::default()
+    };
+    let mut w = World::new(2, 3, config);
+    w.connect_all();
+    w.write(0, "big.txt", b"this is longer than ten bytes");
+    settle(&mut w);
+    assert_eq!(w.read(1, "big.txt"), None);
+    assert_eq!(w.status(0).skipped, vec![("big.txt".to_string(), 29)]);
+}
+
+#[test]
+fn pending_changes_count_until_a_peer_confirms() {
+    let mut w = World::new(2, 3, Config::default());
+    w.connect(0);
+    w.write(0, "a.md", b"x\n");
+    assert!(w.status(0).pending_changes > 0);
+    w.connect(1);
+    settle(&mut w);
+    assert_eq!(w.status(0).pending_changes, 0);
+}
+
+#[test]
+fn garbage_messages_are_counted_and_change_nothing() {
+    let mut w = world(2);
+    w.write(0, "a.md", b"x\n");
+    settle(&mut w);
+    let from = w.peers[0].device;
+    for bytes in [vec![], vec![1], vec![1, 255, 255, 255, 255, 255], vec![9; 100]] {
+        w.input(1, cue_core::Input::Message { from, bytes });
+    }
+    assert!(w.peers[1].engine.counters().bad_messages >= 3);
+    assert_eq!(w.read(1, "a.md").as_deref(), Some("x\n"));
+}
