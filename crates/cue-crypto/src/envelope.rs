@@ -18,7 +18,7 @@
 //! Bytes 0..106 are the AEAD's associated data, so the ciphertext is bound to version,
 //! type, room, sender, stream and sequence number even before the signature is checked.
 //! The padded plaintext is a 4-byte true length, the plaintext, then zeros up to a size
-//! bucket (see [`padded_len`]), so the relay learns a size class, not a size.
+//! bucket (see [`bucket_len`]), so the relay learns a size class, not a size.
 
 use std::fmt;
 
@@ -45,20 +45,19 @@ const LEN_PREFIX: usize = 4;
 
 /// Bytes an envelope adds around its padded plaintext: header, nonce, tag, signature.
 pub const ENVELOPE_OVERHEAD: usize = HEADER_LEN + TAG_LEN + SIG_LEN;
-/// Smallest padding bucket: every envelope carries at least this many padded bytes.
+/// Smallest padding bucket: every envelope carries at least this many plaintext bytes.
 pub const MIN_BUCKET: usize = 256;
 /// Below this size buckets are powers of two; above it, multiples of it.
 pub const BUCKET_STEP: usize = 64 * 1024;
-/// Largest padded plaintext accepted. Relay messages are limited far below (1 MiB by
-/// default); this bound only caps what a decoder will look at. Use [`max_plaintext_for`]
-/// with the relay's announced limit to split messages.
-pub const MAX_PADDED_LEN: usize = 16 * 1024 * 1024;
+/// Largest plaintext [`Sealer::seal`] accepts and [`open`] looks at. Relay messages are
+/// limited far below (1 MiB by default); this bound only caps what a decoder will
+/// allocate. Use [`max_plaintext_for`] with the relay's announced limit to split messages.
+pub const MAX_PLAINTEXT_LEN: usize = 16 * 1024 * 1024;
+const MAX_PADDED_LEN: usize = MAX_PLAINTEXT_LEN + LEN_PREFIX;
 /// Largest envelope accepted by [`open`].
 pub const MAX_ENVELOPE_LEN: usize = MAX_PADDED_LEN + ENVELOPE_OVERHEAD;
-/// Largest plaintext [`Sealer::seal`] accepts.
-pub const MAX_PLAINTEXT_LEN: usize = MAX_PADDED_LEN - LEN_PREFIX;
 /// Size of the smallest possible envelope.
-pub const MIN_ENVELOPE_LEN: usize = MIN_BUCKET + ENVELOPE_OVERHEAD;
+pub const MIN_ENVELOPE_LEN: usize = MIN_BUCKET + LEN_PREFIX + ENVELOPE_OVERHEAD;
 
 /// What an envelope carries, as the engine sees it. Unknown values are rejected, so new
 /// types need a new version or a peer that knows them.
@@ -199,25 +198,32 @@ pub enum SealError {
     Encrypt,
 }
 
-/// The padded size for a plaintext of `plaintext_len` bytes: the 4-byte length plus the
-/// plaintext, rounded up to 256 B, then to the next power of two up to 64 KiB, then to a
-/// multiple of 64 KiB. Powers of two hide the size of small messages (most engine
-/// messages are a few hundred bytes) at most 2x cost; 64 KiB steps keep the waste of large
-/// transfers (whole documents, file chunks) under 64 KiB each.
-pub fn padded_len(plaintext_len: usize) -> usize {
-    let need = plaintext_len.saturating_add(LEN_PREFIX);
-    if need <= MIN_BUCKET {
+/// The bucket a plaintext of `plaintext_len` bytes is padded to: at least 256 B, then the
+/// next power of two up to 64 KiB, then the next multiple of 64 KiB. Powers of two hide
+/// the size of small messages (most engine messages are a few hundred bytes) at most 2x
+/// cost; 64 KiB steps keep the waste of large transfers (whole documents, file chunks)
+/// under 64 KiB each. A message that fills a bucket exactly (as split chunks do) wastes
+/// nothing.
+pub fn bucket_len(plaintext_len: usize) -> usize {
+    if plaintext_len <= MIN_BUCKET {
         MIN_BUCKET
-    } else if need <= BUCKET_STEP {
-        need.next_power_of_two()
+    } else if plaintext_len <= BUCKET_STEP {
+        plaintext_len.next_power_of_two()
     } else {
-        need.div_ceil(BUCKET_STEP).saturating_mul(BUCKET_STEP)
+        plaintext_len
+            .div_ceil(BUCKET_STEP)
+            .saturating_mul(BUCKET_STEP)
     }
 }
 
-fn is_bucket(padded: usize) -> bool {
-    (MIN_BUCKET..=BUCKET_STEP).contains(&padded) && padded.is_power_of_two()
-        || padded > BUCKET_STEP && padded.is_multiple_of(BUCKET_STEP) && padded <= MAX_PADDED_LEN
+/// The padded plaintext's length: the 4-byte true length plus the bucket.
+pub fn padded_len(plaintext_len: usize) -> usize {
+    bucket_len(plaintext_len).saturating_add(LEN_PREFIX)
+}
+
+fn is_bucket(bucket: usize) -> bool {
+    (MIN_BUCKET..=BUCKET_STEP).contains(&bucket) && bucket.is_power_of_two()
+        || bucket > BUCKET_STEP && bucket.is_multiple_of(BUCKET_STEP) && bucket <= MAX_PLAINTEXT_LEN
 }
 
 /// The exact length of the envelope that sealing `plaintext_len` bytes produces.
@@ -229,21 +235,20 @@ pub fn sealed_len(plaintext_len: usize) -> usize {
 /// announced message limit less its frame overhead), or `None` if not even an empty one
 /// fits. The daemon splits larger messages by this.
 pub fn max_plaintext_for(envelope_limit: usize) -> Option<usize> {
-    let padded_limit = envelope_limit
-        .checked_sub(ENVELOPE_OVERHEAD)?
-        .min(MAX_PADDED_LEN);
-    if padded_limit < MIN_BUCKET {
+    let limit = envelope_limit
+        .checked_sub(ENVELOPE_OVERHEAD + LEN_PREFIX)?
+        .min(MAX_PLAINTEXT_LEN);
+    if limit < MIN_BUCKET {
         return None;
     }
-    let bucket = if padded_limit >= 2 * BUCKET_STEP {
-        padded_limit / BUCKET_STEP * BUCKET_STEP
-    } else if padded_limit >= BUCKET_STEP {
+    Some(if limit >= 2 * BUCKET_STEP {
+        limit / BUCKET_STEP * BUCKET_STEP
+    } else if limit >= BUCKET_STEP {
         BUCKET_STEP
     } else {
         // Largest power of two not above the limit.
-        1usize << (usize::BITS - 1 - padded_limit.leading_zeros())
-    };
-    Some(bucket - LEN_PREFIX)
+        1usize << (usize::BITS - 1 - limit.leading_zeros())
+    })
 }
 
 /// Seals envelopes as one device of one workspace.
@@ -361,7 +366,7 @@ impl EnvelopeHeader {
         if len < MIN_ENVELOPE_LEN {
             return Err(OpenError::Truncated { len });
         }
-        if !is_bucket(len - ENVELOPE_OVERHEAD) {
+        if !is_bucket(len - ENVELOPE_OVERHEAD - LEN_PREFIX) {
             return Err(OpenError::Malformed(
                 "ciphertext length is not a padding bucket",
             ));
@@ -549,29 +554,29 @@ mod tests {
 
     #[test]
     fn buckets() {
-        assert_eq!(padded_len(0), 256);
-        assert_eq!(padded_len(252), 256);
-        assert_eq!(padded_len(253), 512);
-        assert_eq!(padded_len(300), 512);
-        assert_eq!(padded_len(65532), 65536);
-        assert_eq!(padded_len(65533), 131072);
-        assert_eq!(padded_len(65536 * 2), 65536 * 3);
+        assert_eq!(padded_len(0), 260);
+        assert_eq!(padded_len(256), 260);
+        assert_eq!(padded_len(257), 516);
+        assert_eq!(padded_len(300), 516);
+        assert_eq!(padded_len(65536), 65540);
+        assert_eq!(padded_len(65537), 131076);
+        assert_eq!(bucket_len(65536 * 2 + 1), 65536 * 3);
         for n in [
             0,
             1,
-            252,
-            253,
+            256,
+            257,
             1000,
-            65532,
-            65533,
+            65536,
+            65537,
             200_000,
             MAX_PLAINTEXT_LEN,
         ] {
-            assert!(is_bucket(padded_len(n)), "{n}");
+            assert!(is_bucket(bucket_len(n)), "{n}");
         }
         assert!(!is_bucket(255));
         assert!(!is_bucket(768));
-        assert!(!is_bucket(MAX_PADDED_LEN + BUCKET_STEP));
+        assert!(!is_bucket(MAX_PLAINTEXT_LEN + BUCKET_STEP));
     }
 
     #[test]
@@ -601,17 +606,18 @@ mod tests {
 
     #[test]
     fn unpad_rejects_non_canonical() {
-        let mut p = vec![0u8; 512];
-        p[3] = 10; // 10 bytes in a 512 bucket: should have been 256
+        let mut p = vec![0u8; 516];
+        p[3] = 10; // 10 bytes in the 512 bucket: should have been 256
         assert!(unpad(p).is_err());
-        let mut p = vec![0u8; 256];
+        let mut p = vec![0u8; 260];
         p[3] = 1;
         p[100] = 1; // non-zero padding
         assert!(unpad(p).is_err());
-        let mut p = vec![0u8; 256];
-        p[2] = 1; // length 256 > 252
+        let mut p = vec![0u8; 260];
+        p[2] = 1;
+        p[3] = 1; // length 257 > 256
         assert!(unpad(p).is_err());
-        let mut p = vec![0u8; 256];
+        let mut p = vec![0u8; 260];
         p[3] = 2;
         p[4] = 9;
         p[5] = 8;

@@ -5,7 +5,7 @@
 //! that survives chat clients and can be read aloud, and its checksum catches typos.
 //!
 //! BIP-173 limits bech32 strings to 90 characters because the checksum *guarantees*
-//! detecting up to 4 errors only that far; our tokens are 110 to ~900 characters. The
+//! detecting up to 4 errors only that far; our tokens are 101 to 911 characters. The
 //! same BCH code is defined up to 1023 characters (the `bech32` crate's `Bech32m` enforces
 //! exactly that length, and BOLT-11 invoices use it the same way): there it still detects
 //! any single error and misses a random corruption with probability about 1 in 10^9.

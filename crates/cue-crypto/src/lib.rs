@@ -31,9 +31,10 @@ pub use admission::{
 };
 pub use cue_proto::RoomId;
 pub use envelope::{
-    ENVELOPE_OVERHEAD, ENVELOPE_VERSION, EnvelopeHeader, MAX_ENVELOPE_LEN, MAX_PLAINTEXT_LEN,
-    MIN_ENVELOPE_LEN, MessageType, OpenError, Opened, SIGNATURE_DOMAIN, SealError, Sealer, Stream,
-    max_plaintext_for, open, open_without_replay_check, padded_len, sealed_len,
+    BUCKET_STEP, ENVELOPE_OVERHEAD, ENVELOPE_VERSION, EnvelopeHeader, MAX_ENVELOPE_LEN,
+    MAX_PLAINTEXT_LEN, MIN_BUCKET, MIN_ENVELOPE_LEN, MessageType, OpenError, Opened,
+    SIGNATURE_DOMAIN, SealError, Sealer, Stream, bucket_len, max_plaintext_for, open,
+    open_without_replay_check, padded_len, sealed_len,
 };
 pub use invite::{
     INVITE_PREFIX, INVITE_VERSION, Invite, InviteError, MAX_RELAY_URL_LEN, RelayUrlError,
