@@ -189,6 +189,9 @@ pub enum SealError {
         /// The plaintext length.
         len: usize,
     },
+    /// A direct message to the all-zero id, which on the wire means "broadcast".
+    #[error("a direct message needs a recipient device id; all zeros means broadcast")]
+    InvalidRecipient,
     /// No nonce could be drawn.
     #[error(transparent)]
     Randomness(#[from] RandomnessError),
@@ -290,6 +293,9 @@ impl<'a> Sealer<'a> {
         nonce: [u8; NONCE_LEN],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, SealError> {
+        if stream == Stream::Direct(DeviceId([0; 32])) {
+            return Err(SealError::InvalidRecipient);
+        }
         if plaintext.len() > MAX_PLAINTEXT_LEN {
             return Err(SealError::TooLarge {
                 len: plaintext.len(),

@@ -109,6 +109,7 @@ impl FromStr for WorkspaceId {
 }
 
 /// Everything a member derives from the workspace secret. Zeroized on drop.
+#[derive(Clone)]
 pub struct WorkspaceKeys {
     payload_key: Zeroizing<[u8; 32]>,
     room_key: SigningKey,

@@ -9,9 +9,9 @@ mod common;
 
 use common::Fixture;
 use cue_crypto::{
-    Admission, DeviceId, DeviceKey, EnvelopeHeader, Invite, MAX_ENVELOPE_LEN, MessageType,
-    OpenError, ReplayGuard, SIGNATURE_DOMAIN, Sealer, Stream, WorkspaceKeys, WorkspaceSecret, open,
-    open_without_replay_check, sealed_len,
+    Admission, DeviceId, DeviceKey, EnvelopeHeader, Invite, MAX_ENVELOPE_LEN, MAX_PLAINTEXT_LEN,
+    MessageType, OpenError, ReplayGuard, SIGNATURE_DOMAIN, SealError, Sealer, Stream,
+    WorkspaceKeys, WorkspaceSecret, open, open_without_replay_check, sealed_len,
 };
 use ed25519_dalek::{Signer, SigningKey};
 use proptest::prelude::*;
@@ -58,6 +58,36 @@ fn a_sealed_message_opens_for_its_recipients() {
 
     let direct = seal(&f, &f.alice, Stream::Direct(f.bob.device_id()), 0, b"psst");
     assert_eq!(open_as(&f, &f.bob, &direct).unwrap().plaintext, b"psst");
+}
+
+#[test]
+fn sealing_refuses_what_cannot_be_sent() {
+    let f = Fixture::new();
+    let sealer = Sealer::new(&f.keys, &f.alice);
+    assert!(matches!(
+        sealer.seal(
+            MessageType::Engine,
+            Stream::Direct(DeviceId([0; 32])),
+            0,
+            b"x"
+        ),
+        Err(SealError::InvalidRecipient)
+    ));
+    let too_big = vec![0u8; MAX_PLAINTEXT_LEN + 1];
+    assert!(matches!(
+        sealer.seal(MessageType::Engine, Stream::Broadcast, 0, &too_big),
+        Err(SealError::TooLarge { .. })
+    ));
+    // The largest plaintext still seals, and opens.
+    let max = vec![7u8; MAX_PLAINTEXT_LEN];
+    let bytes = sealer
+        .seal(MessageType::Engine, Stream::Broadcast, 0, &max)
+        .unwrap();
+    assert_eq!(bytes.len(), MAX_ENVELOPE_LEN);
+    assert_eq!(
+        open_as(&f, &f.bob, &bytes).unwrap().plaintext.len(),
+        MAX_PLAINTEXT_LEN
+    );
 }
 
 #[test]
