@@ -16,7 +16,6 @@
 
 use std::fmt;
 
-use bech32::primitives::correction::CorrectableError;
 use bech32::primitives::decode::{CharError, CheckedHrpstring, CheckedHrpstringError};
 use bech32::{Bech32m, Hrp};
 use zeroize::Zeroizing;
@@ -250,7 +249,7 @@ impl Invite {
             return Err(InviteError::TooLong { len });
         }
         let checked =
-            CheckedHrpstring::new::<Bech32m>(token).map_err(|e| checksum_error(&e, len))?;
+            CheckedHrpstring::new::<Bech32m>(token).map_err(|e| checksum_error(&e, token))?;
         let payload: Zeroizing<Vec<u8>> = Zeroizing::new(checked.byte_iter().collect());
         Self::from_payload(&payload)
     }
@@ -277,7 +276,8 @@ impl Invite {
     }
 }
 
-fn checksum_error(e: &CheckedHrpstringError, len: usize) -> InviteError {
+fn checksum_error(e: &CheckedHrpstringError, token: &str) -> InviteError {
+    let len = token.len();
     use bech32::primitives::decode::{ChecksumError, UncheckedHrpstringError};
     match e {
         CheckedHrpstringError::Parse(UncheckedHrpstringError::Char(CharError::MixedCase)) => {
@@ -288,7 +288,7 @@ fn checksum_error(e: &CheckedHrpstringError, len: usize) -> InviteError {
         }
         CheckedHrpstringError::Checksum(ChecksumError::InvalidResidue(_)) => {
             InviteError::BadChecksum {
-                likely_position: single_error_position(e, len),
+                likely_position: single_error_position(token),
             }
         }
         // Everything else was ruled out by the checks before (prefix, characters,
@@ -300,17 +300,68 @@ fn checksum_error(e: &CheckedHrpstringError, len: usize) -> InviteError {
 }
 
 /// When exactly one character is wrong, the BCH code can say which one.
-fn single_error_position(e: &CheckedHrpstringError, len: usize) -> Option<usize> {
-    let corrector = e.correction_context::<Bech32m>()?;
-    let mut errors = corrector.bch_errors()?;
-    let (from_end, _) = errors.next()?;
-    if errors.next().is_some() {
+///
+/// The `bech32` crate has an error corrector, but its iterator panics on some inputs
+/// ("error guaranteed to lie in base field", found by our fuzz test with the token in
+/// `tests::corrector_regression`), so the search is done here. The checksum is linear
+/// over GF(2): changing the character at position `p` by XOR `e` changes the final
+/// residue by `L_p(e)`, where `L_p` shifts `e` through the symbols after `p`. A token
+/// with one wrong character has `residue ^ target == L_p(e)` for exactly one (p, e),
+/// since the code's distance is at least 4 up to 1023 characters.
+fn single_error_position(token: &str) -> Option<usize> {
+    const GEN: [u32; 5] = [0x3b6a57b2, 0x26508e6d, 0x1ea119fa, 0x3d4233dd, 0x2a1462b3];
+    const BECH32M_TARGET: u32 = 0x2bc830a3;
+    fn step(chk: u32, value: u32) -> u32 {
+        let top = chk >> 25;
+        let mut chk = (chk & 0x01ff_ffff) << 5 ^ value;
+        for (i, g) in GEN.iter().enumerate() {
+            if top >> i & 1 == 1 {
+                chk ^= g;
+            }
+        }
+        chk
+    }
+    let lower = token.to_ascii_lowercase();
+    let (hrp, data) = lower.split_once('1')?;
+    let values: Vec<u32> = data
+        .bytes()
+        .map(|c| CHARSET.iter().position(|&x| x == c).map(|v| v as u32))
+        .collect::<Option<_>>()?;
+    let mut chk = 1;
+    for c in hrp.bytes() {
+        chk = step(chk, u32::from(c >> 5));
+    }
+    chk = step(chk, 0);
+    for c in hrp.bytes() {
+        chk = step(chk, u32::from(c & 31));
+    }
+    for &v in &values {
+        chk = step(chk, v);
+    }
+    let syndrome = chk ^ BECH32M_TARGET;
+    if syndrome == 0 {
         return None;
     }
-    // Positions count back from the last character; one outside the data part means
-    // the guess is wrong (see `ErrorIterator`'s docs), so say nothing.
-    let index = len.checked_sub(1)?.checked_sub(from_end)?;
-    (index >= INVITE_PREFIX.len()).then_some(index + 1)
+    // Walk from the last character back, keeping the images of the 5 bit positions.
+    let mut basis = [1u32, 2, 4, 8, 16];
+    let mut found = None;
+    for i in (0..values.len()).rev() {
+        for e in 1u32..32 {
+            let image = (0..5)
+                .filter(|j| e >> j & 1 == 1)
+                .fold(0, |acc, j| acc ^ basis[j]);
+            if image == syndrome {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(INVITE_PREFIX.len() + i + 1);
+            }
+        }
+        for b in &mut basis {
+            *b = step(*b, 0);
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -394,6 +445,39 @@ mod tests {
             Invite::parse(&long),
             Err(InviteError::TooLong { .. })
         ));
+    }
+
+    #[test]
+    fn corrector_regression() {
+        // Made bech32 0.12's own corrector panic; ours must just answer.
+        let token = "cueinv1q88uwen8lgqnf5cvat8rtspzmnpccu8f3959hvekznwptxhx892fq0wgsnhwden5te0wfjkccte9ejhsctdwpkx2tnrdakj77q3rntvu";
+        assert!(matches!(
+            Invite::parse(token),
+            Err(InviteError::BadChecksum { .. })
+        ));
+    }
+
+    #[test]
+    fn every_single_typo_is_located() {
+        let token = invite("wss://relay.example.com:8443/cue").to_token();
+        for i in INVITE_PREFIX.len()..token.len() {
+            for &c in CHARSET {
+                if c == token.as_bytes()[i] {
+                    continue;
+                }
+                let mut typo = token.as_bytes().to_vec();
+                typo[i] = c;
+                let typo = String::from_utf8(typo).unwrap();
+                assert_eq!(
+                    Invite::parse(&typo),
+                    Err(InviteError::BadChecksum {
+                        likely_position: Some(i + 1)
+                    }),
+                    "{i} {}",
+                    c as char
+                );
+            }
+        }
     }
 
     #[test]
