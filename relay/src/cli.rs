@@ -1,0 +1,181 @@
+//! The relay's command line, shared by `cue-relay` and `cue relay`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+use cue_proto::Limits;
+
+use crate::config::{Config, IpNet};
+
+/// Flags of the relay; each is also a `CUE_RELAY_*` environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    /// Address to listen on (port 0 picks a free one; the bound address is printed).
+    #[arg(long, env = "CUE_RELAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Shared secret that peers must present before joining (empty: none).
+    #[arg(long, env = "CUE_RELAY_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+
+    /// Most peers in one room.
+    #[arg(long, env = "CUE_RELAY_MAX_PEERS_PER_ROOM", default_value_t = Limits::default().max_peers_per_room)]
+    pub max_peers_per_room: u64,
+
+    /// Messages a second a peer may send, sustained.
+    #[arg(long, env = "CUE_RELAY_MESSAGES_PER_SECOND", default_value_t = Limits::default().messages_per_second)]
+    pub messages_per_second: u64,
+
+    /// Messages a peer may send at once above the sustained rate.
+    #[arg(long, env = "CUE_RELAY_BURST", default_value_t = Limits::default().burst)]
+    pub burst: u64,
+
+    /// Payload bytes a second a peer may send.
+    #[arg(long, env = "CUE_RELAY_BYTES_PER_SECOND", default_value_t = Limits::default().bytes_per_second)]
+    pub bytes_per_second: u64,
+
+    /// Payload bytes a second a room may deliver (a broadcast counts once per recipient).
+    #[arg(long, env = "CUE_RELAY_ROOM_BYTES_PER_SECOND", default_value_t = Limits::default().room_bytes_per_second)]
+    pub room_bytes_per_second: u64,
+
+    /// Largest payload of one message, in bytes.
+    #[arg(long, env = "CUE_RELAY_MAX_MESSAGE_BYTES", default_value_t = Limits::default().max_message_bytes)]
+    pub max_message_bytes: u64,
+
+    /// Open connections from one client address.
+    #[arg(long, env = "CUE_RELAY_MAX_CONNECTIONS_PER_IP", default_value_t = Config::default().max_connections_per_ip)]
+    pub max_connections_per_ip: u32,
+
+    /// Open connections in all.
+    #[arg(long, env = "CUE_RELAY_MAX_CONNECTIONS", default_value_t = Config::default().max_connections)]
+    pub max_connections: usize,
+
+    /// Proxies (addresses or CIDR blocks, comma-separated) whose X-Forwarded-For is
+    /// believed.
+    #[arg(
+        long = "trusted-proxy",
+        env = "CUE_RELAY_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Time from connect to admission (e.g. 10s, 500ms).
+    #[arg(long, env = "CUE_RELAY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Interval between pings to each peer.
+    #[arg(long, env = "CUE_RELAY_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A peer silent this long (no frame, no pong) is closed.
+    #[arg(long, env = "CUE_RELAY_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Frames queued towards one peer before it is dropped as a slow reader.
+    #[arg(long, env = "CUE_RELAY_OUTBOUND_QUEUE_FRAMES", default_value_t = Config::default().outbound_queue_frames)]
+    pub outbound_queue_frames: usize,
+
+    /// Bytes queued towards one peer before it is dropped as a slow reader.
+    #[arg(long, env = "CUE_RELAY_OUTBOUND_QUEUE_BYTES", default_value_t = Config::default().outbound_queue_bytes)]
+    pub outbound_queue_bytes: usize,
+
+    /// WebSocket read buffer per connection, in bytes.
+    #[arg(long, env = "CUE_RELAY_READ_BUFFER_BYTES", default_value_t = Config::default().read_buffer_bytes)]
+    pub read_buffer_bytes: usize,
+}
+
+impl RelayArgs {
+    /// The configuration these flags describe (validated by [`crate::serve`]).
+    pub fn to_config(&self) -> Config {
+        Config {
+            limits: Limits {
+                max_message_bytes: self.max_message_bytes,
+                messages_per_second: self.messages_per_second,
+                burst: self.burst,
+                bytes_per_second: self.bytes_per_second,
+                room_bytes_per_second: self.room_bytes_per_second,
+                max_peers_per_room: self.max_peers_per_room,
+            },
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_connections: self.max_connections,
+            trusted_proxies: self.trusted_proxies.clone(),
+            auth_token: self.auth_token.clone().filter(|token| !token.is_empty()),
+            handshake_timeout: self.handshake_timeout,
+            ping_interval: self.ping_interval,
+            idle_timeout: self.idle_timeout,
+            outbound_queue_frames: self.outbound_queue_frames,
+            outbound_queue_bytes: self.outbound_queue_bytes,
+            read_buffer_bytes: self.read_buffer_bytes,
+            ..Config::default()
+        }
+    }
+}
+
+/// `250ms`, `10s`, `2m`, or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (like 500ms, 10s or 2m)"))?;
+    let seconds = match unit.trim() {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        _ => return Err(format!("{text:?}: the unit must be ms, s or m")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|error| format!("{text:?}: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        relay: RelayArgs,
+    }
+
+    #[test]
+    fn defaults_are_the_design_defaults() {
+        let cli = Cli::try_parse_from(["cue-relay"]).unwrap();
+        let config = cli.relay.to_config();
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.max_connections_per_ip, 256);
+        assert_eq!(config.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(config.ping_interval, Duration::from_secs(20));
+        assert_eq!(cli.relay.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn flags_reach_the_config() {
+        let cli = Cli::try_parse_from([
+            "cue-relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--trusted-proxy",
+            "10.0.0.0/8,192.0.2.1",
+            "--handshake-timeout",
+            "250ms",
+            "--burst",
+            "7",
+            "--auth-token",
+            "",
+        ])
+        .unwrap();
+        let config = cli.relay.to_config();
+        assert_eq!(config.trusted_proxies.len(), 2);
+        assert_eq!(config.handshake_timeout, Duration::from_millis(250));
+        assert_eq!(config.limits.burst, 7);
+        assert_eq!(config.auth_token, None);
+        assert!(parse_duration("3h").is_err());
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+    }
+}
