@@ -94,12 +94,45 @@ fn random_envelopes_never_panic_and_never_open() {
     let mut rng = Rng::new(seed);
     let valid = valid_envelopes(&f, &mut rng);
     let me = f.bob.device_id();
+    let carol_admission = Admission::create(&f.keys, &f.carol, "carol")
+        .unwrap()
+        .encode();
     let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
     for _ in 0..iters {
-        let input = match rng.below(4) {
+        let input = match rng.below(5) {
             0 => {
                 let len = rng.below(1200);
                 rng.bytes(len)
+            }
+            4 => {
+                // Validly sealed and signed, with a random or mutated admission inside:
+                // reaches the decoders behind the AEAD.
+                let sender = if rng.below(2) == 0 {
+                    &f.alice
+                } else {
+                    &f.carol
+                };
+                let inner = if rng.below(2) == 0 {
+                    let len = rng.below(200);
+                    rng.bytes(len)
+                } else {
+                    mutate(&mut rng, &carol_admission)
+                };
+                let bytes = Sealer::new(&f.keys, sender)
+                    .seal(MessageType::Admission, Stream::Broadcast, rng.u64(), &inner)
+                    .unwrap();
+                match open_without_replay_check(&f.keys, &me, &bytes, f.is_member()) {
+                    Ok(opened) => {
+                        assert_eq!(
+                            opened.plaintext, carol_admission,
+                            "only Carol's own admission opens"
+                        );
+                        assert_eq!(opened.sender, f.carol.device_id());
+                        *kinds.entry("sealed_admission_opened").or_default() += 1;
+                    }
+                    Err(e) => *kinds.entry(e.kind()).or_default() += 1,
+                }
+                continue;
             }
             1 => {
                 // Structurally valid header and length, random everything else: reaches
@@ -148,7 +181,18 @@ fn random_invites_never_panic() {
     let mut ok = 0u64;
     let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
     for _ in 0..iters {
-        let input: String = match rng.below(3) {
+        let input: String = match rng.below(4) {
+            3 => {
+                // A correct checksum around random content: reaches the payload checks
+                // (version, consistency, URL).
+                let len = rng.below(120);
+                let mut payload = rng.bytes(len);
+                if let Some(v) = payload.first_mut() {
+                    *v %= 3;
+                }
+                let hrp = bech32::Hrp::parse("cueinv").unwrap();
+                bech32::encode_lower::<bech32::Bech32m>(hrp, &payload).unwrap()
+            }
             0 => {
                 let len = rng.below(300);
                 String::from_utf8_lossy(&rng.bytes(len)).into_owned()
