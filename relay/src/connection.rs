@@ -659,12 +659,17 @@ impl Connection {
 
     /// Says goodbye where the socket allows it, and counts the close.
     async fn finish(&mut self, end: End) {
-        let cause = match end {
+        let cause = match &end {
+            End::Close { cause, .. } | End::Drop(cause) => *cause,
+            End::PeerClosed => CloseCause::Peer,
+        };
+        self.shared.metrics.closed(cause);
+        match end {
             End::Close {
-                cause,
                 code,
                 reason,
                 refusal,
+                ..
             } => {
                 let farewell = async {
                     if let Some(refusal) = refusal {
@@ -684,15 +689,12 @@ impl Connection {
                     Ok::<(), WsError>(())
                 };
                 let _ = timeout(FAREWELL_TIMEOUT, farewell).await;
-                cause
             }
             End::PeerClosed => {
                 let _ = timeout(FAREWELL_TIMEOUT, self.ws.flush()).await;
-                CloseCause::Peer
             }
-            End::Drop(cause) => cause,
-        };
-        self.shared.metrics.closed(cause);
+            End::Drop(_) => {}
+        }
     }
 }
 
