@@ -116,6 +116,12 @@ impl FileDoc {
         self.doc.save()
     }
 
+    /// Forget that anything was saved: the next incremental save holds everything (for a
+    /// document made from bytes that were never stored).
+    pub fn mark_unsaved(&mut self) {
+        self.saved.clear();
+    }
+
     /// The changes since the last save (or load), to append to the stored form.
     pub fn save_incremental(&mut self) -> Vec<u8> {
         let bytes = self.doc.save_after(&self.saved);
@@ -653,4 +659,30 @@ impl FileDoc {
 fn dedupe_items(list: &mut List) {
     let mut seen = std::collections::BTreeSet::new();
     list.items.retain(|i| seen.insert(i.value.clone()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actor(b: u8) -> ActorId {
+        ActorId::from(vec![b; 20])
+    }
+
+    #[test]
+    fn concurrent_binary_writes_pick_one_winner_everywhere() {
+        for (x, y, z) in [(1u8, 2u8, 3u8), (3, 2, 1), (2, 3, 1), (2, 1, 3), (1, 3, 2), (3, 1, 2)] {
+            let mut a = FileDoc::new(actor(x));
+            a.write("f.bin", &[0, 1], 0).unwrap();
+            let saved = a.save();
+            let mut b = FileDoc::load(&saved, actor(y)).unwrap();
+            let mut c = FileDoc::load(&saved, actor(z)).unwrap();
+            let cb = b.write("f.bin", &[0, 2], 0).unwrap().unwrap();
+            let cc = c.write("f.bin", &[0, 3], 0).unwrap().unwrap();
+            b.automerge().apply_changes(vec![cc]).unwrap();
+            c.automerge().apply_changes(vec![cb]).unwrap();
+            assert_eq!(b.materialize().unwrap(), c.materialize().unwrap(), "actors {x} {y} {z}");
+            assert_eq!(b.conflicts().len(), 1);
+        }
+    }
 }

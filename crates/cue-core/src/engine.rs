@@ -554,6 +554,9 @@ impl Engine {
                 if let Some(m) = self.metas.get_mut(&file) {
                     m.disk_heads = vec![hash.0];
                 }
+                // An edit of an older version can meet a remote write it had not seen
+                // (binary files: both values stand until a copy keeps the loser).
+                self.record_field_conflicts(file, store);
                 let name = self.name.clone();
                 self.activity(ActivityKind::LocalChange, Some(path.to_string()), &name, None);
             }
@@ -744,7 +747,13 @@ impl Engine {
             Ok((heads, content))
         });
         if let Ok((heads, content)) = r {
+            let tombstoned = self.index.tombstone(&file).is_some();
             let meta = self.metas.entry(file).or_default();
+            // A file that just got its first content, or a deleted one that changed, may
+            // now be alive: path clashes must be looked at again.
+            if meta.doc_hash.is_none() || tombstoned {
+                self.index_changed = true;
+            }
             meta.heads = heads;
             meta.doc_hash = content.as_ref().map(|c| content_hash(c));
             meta.size = content.map_or(0, |c| c.len() as u64);
@@ -872,7 +881,11 @@ impl Engine {
         if conflicts.is_empty() {
             return;
         }
-        let path = self.index.path_of(&file).unwrap_or_default();
+        // Without a path (its index entry has not arrived yet) there is nothing to name
+        // a copy after; the check runs again when the document next changes.
+        let Some(path) = self.index.path_of(&file) else {
+            return;
+        };
         let members = self.index.members();
         let mut changed = false;
         for c in conflicts {
@@ -927,6 +940,7 @@ impl Engine {
                             Err(_) => continue,
                         };
                         let saved = doc.save();
+                        doc.mark_unsaved();
                         let t = self.touch();
                         self.cache.insert(copy_id, (doc, t));
                         self.metas.insert(copy_id, FileMeta::default());

@@ -166,7 +166,16 @@ impl World {
 
     fn apply(&mut self, peer: usize, effects: Vec<Effect>, depth: usize) {
         let mut feedback = Vec::new();
+        let trace = std::env::var_os("CUE_SIM_TRACE").is_some();
         for e in effects {
+            if trace {
+                match &e {
+                    Effect::WriteFile { path, bytes, expect } => eprintln!("  p{peer} write {path} {:?} expect {:?} (disk {:?})", String::from_utf8_lossy(bytes), expect.map(|h| h[0]), self.peers[peer].disk.get(path).map(|b| content_hash(b)[0])),
+                    Effect::RemoveFile { path, expect } => eprintln!("  p{peer} remove {path} expect {:?}", expect.map(|h| h[0])),
+                    Effect::Activity(a) => eprintln!("  p{peer} activity {:?} {:?} {:?} {:?}", a.kind, a.path, a.device, a.detail),
+                    _ => {}
+                }
+            }
             match e {
                 Effect::Persist(p) => self.peers[peer].store.apply(p),
                 Effect::WriteFile { path, bytes, expect } => {
@@ -215,7 +224,10 @@ impl World {
                 Effect::Activity(a) => self.peers[peer].activity.push(a),
             }
         }
-        if depth < 8 {
+        if depth >= 8 && !feedback.is_empty() {
+            panic!("peer {peer}: refused writes keep coming back: {feedback:?}");
+        }
+        {
             for input in feedback {
                 let now = self.now_ms;
                 let p = &mut self.peers[peer];
@@ -489,9 +501,13 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
     let mut deleted: BTreeSet<String> = BTreeSet::new();
     let mut next_marker = 0u64;
     let paths = ["a.md", "b.md", "notes/c.md", "d.txt", "img.bin"];
-    for _ in 0..steps {
+    let trace = std::env::var_os("CUE_SIM_TRACE").is_some();
+    for step in 0..steps {
         let p = w.rng.random_range(0..peers);
         let action = w.rng.random_range(0..100);
+        if trace {
+            eprintln!("step {step}: peer {p} action {action} (m{}) online={:?} disk={:?}", next_marker + 1, w.peers.iter().map(|x| x.online).collect::<Vec<_>>(), w.peers[p].disk.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect::<Vec<_>>());
+        }
         next_marker += 1;
         let marker = format!("<m{next_marker}>");
         match action {
@@ -502,8 +518,21 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
                 let text = if old.is_empty() && path.ends_with(".md") {
                     format!("---\ntitle: t\ntags: [x]\n---\n{marker}\n")
                 } else {
+                    // Into the body: frontmatter values are last-writer-wins, so a
+                    // marker there may lose by design.
+                    let body_start = if path.ends_with(".md") {
+                        cue_core::frontmatter::parse(&old)
+                            .frontmatter
+                            .map_or(0, |fm| old.chars().count() - fm_body_chars(&old, &fm))
+                    } else {
+                        0
+                    };
                     let chars: Vec<char> = old.chars().collect();
-                    let at = w.rng.random_range(0..=chars.len());
+                    // Never inside another marker, or neither could be found again.
+                    let spots: Vec<usize> = (body_start..=chars.len())
+                        .filter(|&i| i == body_start || matches!(chars[i - 1], '>' | '\n'))
+                        .collect();
+                    let at = spots[w.rng.random_range(0..spots.len())];
                     let mut s: String = chars[..at].iter().collect();
                     s.push_str(&marker);
                     s.extend(&chars[at..]);
@@ -583,7 +612,20 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
     w.faults = Faults::default();
     w.connect_all();
     w.settle(40);
-    w.converged().map_err(|e| format!("seed {seed}: not converged: {e}"))?;
+    if let Err(e) = w.converged() {
+        if trace {
+            for i in 0..w.peers.len() {
+                let pe = &mut w.peers[i];
+                let st = pe.engine.status(&mut pe.store);
+                eprintln!("peer {i}: conflicts {:?}", st.conflicts);
+                for (path, bytes) in pe.disk.clone() {
+                    let doc = pe.engine.read(&path, &mut pe.store);
+                    eprintln!("  {path}: disk {:?} engine {:?}", String::from_utf8_lossy(&bytes), doc.map(|d| String::from_utf8_lossy(&d).into_owned()));
+                }
+            }
+        }
+        return Err(format!("seed {seed}: not converged: {e}"));
+    }
     // No lost edit: every marker not causally deleted is somewhere in the tree.
     let everything: String = w.peers[0]
         .disk
@@ -607,4 +649,9 @@ pub struct ScheduleReport {
     pub files: usize,
     pub markers: usize,
     pub messages: u64,
+}
+
+/// How many characters of `text` come after its frontmatter.
+fn fm_body_chars(text: &str, _fm: &cue_core::frontmatter::Frontmatter) -> usize {
+    cue_core::frontmatter::parse(text).body.chars().count()
 }
