@@ -20,7 +20,9 @@
 //! of one value give one item, and removals apply to what the remover saw.
 
 use automerge::transaction::Transactable;
-use automerge::{ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::{
+    ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
+};
 use similar::{Algorithm, DiffOp, capture_diff_slices};
 
 use crate::frontmatter::{self, Block, BlockValue, FrontmatterContent, List};
@@ -278,7 +280,12 @@ impl FileDoc {
 
     /// Record `bytes` as the file's new content, as the smallest change. Returns the new
     /// change, or `None` when the content is what the document already holds.
-    pub fn write(&mut self, path: &str, bytes: &[u8], time_s: i64) -> Result<Option<Change>, DocError> {
+    pub fn write(
+        &mut self,
+        path: &str,
+        bytes: &[u8],
+        time_s: i64,
+    ) -> Result<Option<Change>, DocError> {
         self.write_at(&[], path, bytes, time_s)
     }
 
@@ -286,11 +293,19 @@ impl FileDoc {
     /// edited it). Remote changes merged since then are kept: the edit is made on a fork
     /// at `base` and merged back, rather than diffed against the newer merged text (which
     /// would undo the remote changes).
-    pub fn write_at(&mut self, base: &[ChangeHash], path: &str, bytes: &[u8], time_s: i64) -> Result<Option<Change>, DocError> {
+    pub fn write_at(
+        &mut self,
+        base: &[ChangeHash],
+        path: &str,
+        bytes: &[u8],
+        time_s: i64,
+    ) -> Result<Option<Change>, DocError> {
         let current = self.doc.get_heads();
         let usable = !base.is_empty()
             && base != current.as_slice()
-            && base.iter().all(|h| self.doc.get_change_by_hash(h).is_some());
+            && base
+                .iter()
+                .all(|h| self.doc.get_change_by_hash(h).is_some());
         if usable {
             let actor = self.doc.get_actor().clone();
             let fork = self.doc.fork_at(base)?.with_actor(actor);
@@ -307,12 +322,19 @@ impl FileDoc {
         self.write_here(path, bytes, time_s)
     }
 
-    fn write_here(&mut self, path: &str, bytes: &[u8], time_s: i64) -> Result<Option<Change>, DocError> {
+    fn write_here(
+        &mut self,
+        path: &str,
+        bytes: &[u8],
+        time_s: i64,
+    ) -> Result<Option<Change>, DocError> {
         if !self.is_empty() && self.materialize().ok().as_deref() == Some(bytes) {
             return Ok(None);
         }
         match std::str::from_utf8(bytes) {
-            Ok(text) if ContentKind::of(bytes) == ContentKind::Text => self.write_text(path, text)?,
+            Ok(text) if ContentKind::of(bytes) == ContentKind::Text => {
+                self.write_text(path, text)?
+            }
             _ => self.write_binary(bytes)?,
         }
         self.commit(time_s)
@@ -354,7 +376,8 @@ impl FileDoc {
 
     fn write_binary(&mut self, bytes: &[u8]) -> Result<(), DocError> {
         self.put_str_if_changed(&ROOT, "kind", "binary")?;
-        self.doc.put(ROOT, "bytes", ScalarValue::Bytes(bytes.to_vec()))?;
+        self.doc
+            .put(ROOT, "bytes", ScalarValue::Bytes(bytes.to_vec()))?;
         Ok(())
     }
 
@@ -445,7 +468,9 @@ impl FileDoc {
                     self.update_list(&obj, old_list, new_list)?;
                 }
                 (BlockValue::List(new_list), _, _) => {
-                    let obj = self.doc.put_object(&vals, block.key.as_str(), ObjType::Map)?;
+                    let obj = self
+                        .doc
+                        .put_object(&vals, block.key.as_str(), ObjType::Map)?;
                     self.fill_list(&obj, new_list)?;
                 }
                 (BlockValue::Scalar(raw), _, _) => {
@@ -473,14 +498,21 @@ impl FileDoc {
         Ok(())
     }
 
-    fn insert_keys(&mut self, keys: &ObjId, order: &[&str], at: usize, n: usize) -> Result<(), DocError> {
+    fn insert_keys(
+        &mut self,
+        keys: &ObjId,
+        order: &[&str],
+        at: usize,
+        n: usize,
+    ) -> Result<(), DocError> {
         for (offset, key) in order[at..at + n].iter().enumerate() {
             let idx = at + offset;
             // Insert after the raw position of the previous key in the new order.
             let pos = if idx == 0 {
                 0
             } else {
-                self.raw_index_of(keys, order[idx - 1])?.map_or(0, |i| i + 1)
+                self.raw_index_of(keys, order[idx - 1])?
+                    .map_or(0, |i| i + 1)
             };
             self.doc.insert(keys, pos, *key)?;
         }
@@ -545,7 +577,10 @@ impl FileDoc {
                     old_len,
                     new_index,
                     new_len,
-                } => (old_index..old_index + old_len, new_index..new_index + new_len),
+                } => (
+                    old_index..old_index + old_len,
+                    new_index..new_index + new_len,
+                ),
             };
             for i in del {
                 self.delete_items_with_value(&items, new.flow, &old.items[i].value)?;
@@ -567,12 +602,18 @@ impl FileDoc {
         self.doc
             .list_range(items, ..)
             .map(|item| {
-                str_of(&item.value.into()).map(|raw| frontmatter::item_value(flow, &raw).unwrap_or(raw))
+                str_of(&item.value.into())
+                    .map(|raw| frontmatter::item_value(flow, &raw).unwrap_or(raw))
             })
             .collect()
     }
 
-    fn delete_items_with_value(&mut self, items: &ObjId, flow: bool, value: &str) -> Result<(), DocError> {
+    fn delete_items_with_value(
+        &mut self,
+        items: &ObjId,
+        flow: bool,
+        value: &str,
+    ) -> Result<(), DocError> {
         let values = self.item_values(items, flow);
         for (i, v) in values.iter().enumerate().rev() {
             if v.as_deref() == Some(value) {
@@ -582,14 +623,25 @@ impl FileDoc {
         Ok(())
     }
 
-    fn replace_item_raw(&mut self, items: &ObjId, flow: bool, value: &str, raw: &str) -> Result<(), DocError> {
+    fn replace_item_raw(
+        &mut self,
+        items: &ObjId,
+        flow: bool,
+        value: &str,
+        raw: &str,
+    ) -> Result<(), DocError> {
         if let Some(i) = self.raw_index_of_value(items, flow, value)? {
             self.doc.put(items, i, raw)?;
         }
         Ok(())
     }
 
-    fn raw_index_of_value(&self, items: &ObjId, flow: bool, value: &str) -> Result<Option<usize>, DocError> {
+    fn raw_index_of_value(
+        &self,
+        items: &ObjId,
+        flow: bool,
+        value: &str,
+    ) -> Result<Option<usize>, DocError> {
         Ok(self
             .item_values(items, flow)
             .iter()
@@ -671,7 +723,14 @@ mod tests {
 
     #[test]
     fn concurrent_binary_writes_pick_one_winner_everywhere() {
-        for (x, y, z) in [(1u8, 2u8, 3u8), (3, 2, 1), (2, 3, 1), (2, 1, 3), (1, 3, 2), (3, 1, 2)] {
+        for (x, y, z) in [
+            (1u8, 2u8, 3u8),
+            (3, 2, 1),
+            (2, 3, 1),
+            (2, 1, 3),
+            (1, 3, 2),
+            (3, 1, 2),
+        ] {
             let mut a = FileDoc::new(actor(x));
             a.write("f.bin", &[0, 1], 0).unwrap();
             let saved = a.save();
@@ -681,7 +740,11 @@ mod tests {
             let cc = c.write("f.bin", &[0, 3], 0).unwrap().unwrap();
             b.automerge().apply_changes(vec![cc]).unwrap();
             c.automerge().apply_changes(vec![cb]).unwrap();
-            assert_eq!(b.materialize().unwrap(), c.materialize().unwrap(), "actors {x} {y} {z}");
+            assert_eq!(
+                b.materialize().unwrap(),
+                c.materialize().unwrap(),
+                "actors {x} {y} {z}"
+            );
             assert_eq!(b.conflicts().len(), 1);
         }
     }

@@ -105,9 +105,13 @@ pub enum Persist {
         snapshot: bool,
         meta: Vec<u8>,
     },
-    DeleteDoc { doc: DocId },
+    DeleteDoc {
+        doc: DocId,
+    },
     /// The engine's own small state (peers, sync times, pending changes).
-    State { bytes: Vec<u8> },
+    State {
+        bytes: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +131,10 @@ pub enum Effect {
         expect: Option<ContentHash>,
     },
     /// Send an engine message to one peer, or to all (`to: None`).
-    Send { to: Option<DeviceId>, bytes: Vec<u8> },
+    Send {
+        to: Option<DeviceId>,
+        bytes: Vec<u8>,
+    },
     Activity(Activity),
 }
 
@@ -351,7 +358,12 @@ pub fn actor_for(device: &DeviceId, epoch: u32) -> ActorId {
 
 /// The conflict copy's name: `<stem>.conflict-<device>-<6 hex>.<ext>` (DESIGN §3), with a
 /// counter when that name is taken.
-pub fn conflict_copy_name(path: &str, device_name: &str, device: &DeviceId, taken: &dyn Fn(&str) -> bool) -> String {
+pub fn conflict_copy_name(
+    path: &str,
+    device_name: &str,
+    device: &DeviceId,
+    taken: &dyn Fn(&str) -> bool,
+) -> String {
     let (dir, file) = match path.rfind('/') {
         Some(i) => (&path[..=i], &path[i + 1..]),
         None => ("", path),
@@ -373,10 +385,21 @@ pub fn conflict_copy_name(path: &str, device_name: &str, device: &DeviceId, take
 impl Engine {
     /// Start an engine for `device`. `restored` is what a previous run persisted (empty
     /// for a new workspace or a join).
-    pub fn new(device: DeviceId, name: &str, epoch: u32, config: Config, restored: Restored, now_ms: i64) -> (Engine, Vec<Effect>) {
+    pub fn new(
+        device: DeviceId,
+        name: &str,
+        epoch: u32,
+        config: Config,
+        restored: Restored,
+        now_ms: i64,
+    ) -> (Engine, Vec<Effect>) {
         let actor = actor_for(&device, epoch);
         let mut counters_err = 0u64;
-        let index = match restored.index.as_deref().map(|b| IndexDoc::load(b, actor.clone())) {
+        let index = match restored
+            .index
+            .as_deref()
+            .map(|b| IndexDoc::load(b, actor.clone()))
+        {
             Some(Ok(idx)) => idx,
             Some(Err(_)) => {
                 counters_err += 1;
@@ -475,7 +498,9 @@ impl Engine {
                 self.state_dirty = true;
             }
             Input::FileRemoved { path } => self.local_remove(&path, store),
-            Input::FileRenamed { from, to, content } => self.local_rename(&from, &to, content, store),
+            Input::FileRenamed { from, to, content } => {
+                self.local_rename(&from, &to, content, store)
+            }
             Input::Connected => {
                 self.connected = true;
                 self.hello(None, true, store);
@@ -483,7 +508,12 @@ impl Engine {
             Input::Disconnected => {
                 self.connected = false;
                 self.pull = None;
-                let online: Vec<DeviceId> = self.peers.iter().filter(|(_, p)| p.online).map(|(d, _)| *d).collect();
+                let online: Vec<DeviceId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.online)
+                    .map(|(d, _)| *d)
+                    .collect();
                 for d in online {
                     self.peer_offline(d);
                 }
@@ -496,7 +526,12 @@ impl Engine {
                     let _ = self.index.set_member(&device, &name);
                     self.commit_index();
                     if !members.contains_key(&device) {
-                        self.activity(ActivityKind::PeerJoined, None, &name, Some("admitted to the workspace".into()));
+                        self.activity(
+                            ActivityKind::PeerJoined,
+                            None,
+                            &name,
+                            Some("admitted to the workspace".into()),
+                        );
                     }
                 }
             }
@@ -521,7 +556,9 @@ impl Engine {
             return;
         }
         if content.len() as u64 > self.config.max_file_size {
-            self.state.skipped.insert(path.to_string(), content.len() as u64);
+            self.state
+                .skipped
+                .insert(path.to_string(), content.len() as u64);
             self.state_dirty = true;
             return;
         }
@@ -529,7 +566,10 @@ impl Engine {
             self.state_dirty = true;
         }
         let hash = content_hash(&content);
-        let file = match self.file_at(path).or_else(|| self.live_file_with_path(path)) {
+        let file = match self
+            .file_at(path)
+            .or_else(|| self.live_file_with_path(path))
+        {
             Some(f) => f,
             None => self.create_file(path),
         };
@@ -543,8 +583,14 @@ impl Engine {
             }
         }
         let time_s = self.now_ms / 1000;
-        let base = self.metas.get(&file).map(|m| from_heads(&m.disk_heads)).unwrap_or_default();
-        let result = self.with_doc(file, store, |doc| doc.write_at(&base, path, &content, time_s));
+        let base = self
+            .metas
+            .get(&file)
+            .map(|m| from_heads(&m.disk_heads))
+            .unwrap_or_default();
+        let result = self.with_doc(file, store, |doc| {
+            doc.write_at(&base, path, &content, time_s)
+        });
         match result {
             Ok(Some(change)) => {
                 let hash = change.hash();
@@ -558,7 +604,12 @@ impl Engine {
                 // (binary files: both values stand until a copy keeps the loser).
                 self.record_field_conflicts(file, store);
                 let name = self.name.clone();
-                self.activity(ActivityKind::LocalChange, Some(path.to_string()), &name, None);
+                self.activity(
+                    ActivityKind::LocalChange,
+                    Some(path.to_string()),
+                    &name,
+                    None,
+                );
             }
             Ok(None) => {}
             Err(e) => self.doc_error(path, &e),
@@ -574,7 +625,12 @@ impl Engine {
     fn create_file(&mut self, path: &str) -> FileId {
         self.new_file_counter += 1;
         let heads = self.index.heads();
-        let mut parts: Vec<Vec<u8>> = vec![self.device.0.to_vec(), self.actor.to_bytes().to_vec(), self.new_file_counter.to_le_bytes().to_vec(), path.as_bytes().to_vec()];
+        let mut parts: Vec<Vec<u8>> = vec![
+            self.device.0.to_vec(),
+            self.actor.to_bytes().to_vec(),
+            self.new_file_counter.to_le_bytes().to_vec(),
+            path.as_bytes().to_vec(),
+        ];
         parts.extend(heads.iter().map(|h| h.0.to_vec()));
         let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
         let file = FileId::derive("cue file id", &refs);
@@ -642,19 +698,27 @@ impl Engine {
         }
         let _ = self.index.set_path(&file, to);
         self.commit_index();
-        if let Some(meta) = self.metas.get_mut(&file) {
-            if let Some((p, _)) = meta.disk.as_mut() {
-                *p = to.to_string();
-            }
+        if let Some((p, _)) = self.metas.get_mut(&file).and_then(|m| m.disk.as_mut()) {
+            *p = to.to_string();
         }
         self.dirty.insert(file);
         let name = self.name.clone();
-        self.activity(ActivityKind::Rename, Some(to.to_string()), &name, Some(format!("from {from}")));
+        self.activity(
+            ActivityKind::Rename,
+            Some(to.to_string()),
+            &name,
+            Some(format!("from {from}")),
+        );
         self.local_change(to, content, store);
     }
 
     /// Bring back the last content of a deleted file.
-    pub fn restore(&mut self, now_ms: i64, path: &str, store: &mut dyn DocStore) -> Result<Vec<Effect>, CommandError> {
+    pub fn restore(
+        &mut self,
+        now_ms: i64,
+        path: &str,
+        store: &mut dyn DocStore,
+    ) -> Result<Vec<Effect>, CommandError> {
         self.now_ms = now_ms;
         let live = self.live_view(store);
         if live.values().any(|p| p == path) {
@@ -676,7 +740,12 @@ impl Engine {
     }
 
     /// Mark the conflicts reported for `path` as seen, on every peer.
-    pub fn resolve(&mut self, now_ms: i64, path: &str, store: &mut dyn DocStore) -> Result<Vec<Effect>, CommandError> {
+    pub fn resolve(
+        &mut self,
+        now_ms: i64,
+        path: &str,
+        store: &mut dyn DocStore,
+    ) -> Result<Vec<Effect>, CommandError> {
         self.now_ms = now_ms;
         let open = self.open_conflicts(store);
         let matching: Vec<&ConflictInfo> = open
@@ -706,7 +775,12 @@ impl Engine {
     }
 
     /// Run `f` on a file's document, loading it if needed.
-    fn with_doc<T>(&mut self, file: FileId, store: &mut dyn DocStore, f: impl FnOnce(&mut FileDoc) -> Result<T, DocError>) -> Result<T, DocError> {
+    fn with_doc<T>(
+        &mut self,
+        file: FileId,
+        store: &mut dyn DocStore,
+        f: impl FnOnce(&mut FileDoc) -> Result<T, DocError>,
+    ) -> Result<T, DocError> {
         let t = self.touch();
         if !self.cache.contains_key(&file) {
             let doc = match store.load(&DocId::File(file)) {
@@ -715,10 +789,7 @@ impl Engine {
             };
             self.cache.insert(file, (doc, t));
         }
-        let entry = self
-            .cache
-            .get_mut(&file)
-            .ok_or(DocError::Shape("cache"))?;
+        let entry = self.cache.get_mut(&file).ok_or(DocError::Shape("cache"))?;
         entry.1 = t;
         f(&mut entry.0)
     }
@@ -729,21 +800,31 @@ impl Engine {
         {
             return from_heads(&m.heads);
         }
-        self.with_doc(file, store, |d| Ok(d.heads())).unwrap_or_default()
+        self.with_doc(file, store, |d| Ok(d.heads()))
+            .unwrap_or_default()
     }
 
     fn doc_error(&mut self, path: &str, e: &DocError) {
         self.state.counters.bad_documents += 1;
         self.state_dirty = true;
         let name = self.name.clone();
-        self.activity(ActivityKind::Error, Some(path.to_string()), &name, Some(e.to_string()));
+        self.activity(
+            ActivityKind::Error,
+            Some(path.to_string()),
+            &name,
+            Some(e.to_string()),
+        );
     }
 
     /// Refresh a file's record after its document changed.
     fn refresh_meta(&mut self, file: FileId, store: &mut dyn DocStore) {
         let r = self.with_doc(file, store, |d| {
             let heads = to_heads(&d.heads());
-            let content = if d.is_empty() { None } else { d.materialize().ok() };
+            let content = if d.is_empty() {
+                None
+            } else {
+                d.materialize().ok()
+            };
             Ok((heads, content))
         });
         if let Ok((heads, content)) = r {
@@ -844,13 +925,20 @@ impl Engine {
                 let loser_hash = self.metas.get(loser).and_then(|m| m.doc_hash);
                 if loser_hash == winner_hash {
                     let heads = self.doc_heads(*loser, store);
-                    let _ = self.index.set_tombstone(loser, &Tombstone { time_ms: 0, heads });
+                    let _ = self
+                        .index
+                        .set_tombstone(loser, &Tombstone { time_ms: 0, heads });
                     changed = true;
                     continue;
                 }
                 let origin = self.index.origin(loser).unwrap_or(self.device);
-                let origin_name = members.get(&origin).cloned().unwrap_or_else(|| "unknown".into());
-                let copy = conflict_copy_name(path, &origin_name, &origin, &|c| taken.contains(c) || new_names.contains(c));
+                let origin_name = members
+                    .get(&origin)
+                    .cloned()
+                    .unwrap_or_else(|| "unknown".into());
+                let copy = conflict_copy_name(path, &origin_name, &origin, &|c| {
+                    taken.contains(c) || new_names.contains(c)
+                });
                 new_names.insert(copy.clone());
                 let _ = self.index.set_path(loser, &copy);
                 let id = format!("create-{loser}");
@@ -865,7 +953,12 @@ impl Engine {
                         resolved: false,
                     };
                     let _ = self.index.put_conflict(&id, &rec);
-                    self.activity(ActivityKind::Conflict, Some(path.to_string()), &origin_name, Some(format!("kept as {copy}")));
+                    self.activity(
+                        ActivityKind::Conflict,
+                        Some(path.to_string()),
+                        &origin_name,
+                        Some(format!("kept as {copy}")),
+                    );
                 }
                 changed = true;
             }
@@ -877,7 +970,9 @@ impl Engine {
 
     /// After a remote change to a file: record what the merge chose between.
     fn record_field_conflicts(&mut self, file: FileId, store: &mut dyn DocStore) {
-        let conflicts = self.with_doc(file, store, |d| Ok(d.conflicts())).unwrap_or_default();
+        let conflicts = self
+            .with_doc(file, store, |d| Ok(d.conflicts()))
+            .unwrap_or_default();
         if conflicts.is_empty() {
             return;
         }
@@ -890,14 +985,29 @@ impl Engine {
         let mut changed = false;
         for c in conflicts {
             match c {
-                FieldConflict::Frontmatter { key, winner: _, losers } => {
+                FieldConflict::Frontmatter {
+                    key,
+                    winner: _,
+                    losers,
+                } => {
                     let mut ids: Vec<&str> = losers.iter().map(|(id, _)| id.as_str()).collect();
                     ids.sort();
-                    let id = format!("fm-{}", hex::encode(&blake3::hash(format!("{file}\u{1f}{key}\u{1f}{}", ids.join(",")).as_bytes()).as_bytes()[..12]));
+                    let id = format!(
+                        "fm-{}",
+                        hex::encode(
+                            &blake3::hash(
+                                format!("{file}\u{1f}{key}\u{1f}{}", ids.join(",")).as_bytes()
+                            )
+                            .as_bytes()[..12]
+                        )
+                    );
                     if self.index.has_conflict(&id) {
                         continue;
                     }
-                    let lost: Vec<String> = losers.iter().map(|(_, v)| v.trim_end().to_string()).collect();
+                    let lost: Vec<String> = losers
+                        .iter()
+                        .map(|(_, v)| v.trim_end().to_string())
+                        .collect();
                     let device = losers
                         .first()
                         .and_then(|(op, _)| device_of_op(op, &members))
@@ -913,20 +1023,31 @@ impl Engine {
                         resolved: false,
                     };
                     let _ = self.index.put_conflict(&id, &rec);
-                    self.activity(ActivityKind::Conflict, Some(path.clone()), &device, Some(rec.detail.clone()));
+                    self.activity(
+                        ActivityKind::Conflict,
+                        Some(path.clone()),
+                        &device,
+                        Some(rec.detail.clone()),
+                    );
                     changed = true;
                 }
                 FieldConflict::Binary { losers } => {
                     for (op, bytes) in losers {
-                        let copy_id = FileId::derive("cue conflict copy", &[&file.0, op.as_bytes()]);
+                        let copy_id =
+                            FileId::derive("cue conflict copy", &[&file.0, op.as_bytes()]);
                         if self.index.path_of(&copy_id).is_some() {
                             continue;
                         }
                         let origin = device_of_op(&op, &members).unwrap_or(self.device);
-                        let origin_name = members.get(&origin).cloned().unwrap_or_else(|| "unknown".into());
+                        let origin_name = members
+                            .get(&origin)
+                            .cloned()
+                            .unwrap_or_else(|| "unknown".into());
                         let live = self.live_view(store);
                         let taken: BTreeSet<String> = live.into_values().collect();
-                        let copy = conflict_copy_name(&path, &origin_name, &origin, &|c| taken.contains(c));
+                        let copy = conflict_copy_name(&path, &origin_name, &origin, &|c| {
+                            taken.contains(c)
+                        });
                         // Every peer that finds this conflict makes the same first change
                         // (same actor, time and content), so the copies are one document.
                         let mut actor = b"cue-copy".to_vec();
@@ -962,7 +1083,12 @@ impl Engine {
                             resolved: false,
                         };
                         let _ = self.index.put_conflict(&id, &rec);
-                        self.activity(ActivityKind::Conflict, Some(path.clone()), &origin_name, Some(format!("kept as {copy}")));
+                        self.activity(
+                            ActivityKind::Conflict,
+                            Some(path.clone()),
+                            &origin_name,
+                            Some(format!("kept as {copy}")),
+                        );
                         changed = true;
                     }
                 }
@@ -988,8 +1114,15 @@ impl Engine {
         let mut desired: BTreeMap<FileId, Option<(String, ContentHash)>> = BTreeMap::new();
         for f in &files {
             let want = if self.is_live(*f, store) {
-                match (self.index.path_of(f), self.metas.get(f).and_then(|m| m.doc_hash)) {
-                    (Some(p), Some(h)) if valid_path(&p).is_ok() && !self.state.skipped.contains_key(&p) => Some((p, h)),
+                match (
+                    self.index.path_of(f),
+                    self.metas.get(f).and_then(|m| m.doc_hash),
+                ) {
+                    (Some(p), Some(h))
+                        if valid_path(&p).is_ok() && !self.state.skipped.contains_key(&p) =>
+                    {
+                        Some((p, h))
+                    }
                     (Some(p), Some(_)) if valid_path(&p).is_err() => {
                         self.state.counters.bad_paths += 1;
                         None
@@ -1004,7 +1137,9 @@ impl Engine {
         // Removals and moves away first, so that a path freed in this round can be
         // written in it.
         for (f, want) in &desired {
-            let Some(meta) = self.metas.get(f) else { continue };
+            let Some(meta) = self.metas.get(f) else {
+                continue;
+            };
             if let Some((cur_path, cur_hash)) = meta.disk.clone()
                 && want.as_ref().is_none_or(|(p, _)| *p != cur_path)
             {
@@ -1012,10 +1147,6 @@ impl Engine {
                     path: cur_path.clone(),
                     expect: Some(cur_hash),
                 });
-                if want.is_none() && self.index.tombstone(f).is_some() {
-                    let name = self.name.clone();
-                    let _ = name;
-                }
                 if let Some(m) = self.metas.get_mut(f) {
                     m.disk = None;
                 }
@@ -1032,7 +1163,10 @@ impl Engine {
             // already been removed above).
             let expect = match &current {
                 Some((p, h)) if *p == path => Some(*h),
-                _ => self.file_at(&path).and_then(|g| self.metas.get(&g)).and_then(|m| m.disk.as_ref().map(|(_, h)| *h)),
+                _ => self
+                    .file_at(&path)
+                    .and_then(|g| self.metas.get(&g))
+                    .and_then(|m| m.disk.as_ref().map(|(_, h)| *h)),
             };
             if let Some(other) = self.file_at(&path)
                 && other != f
@@ -1052,7 +1186,11 @@ impl Engine {
                 bytes,
                 expect,
             });
-            let heads = self.metas.get(&f).map(|m| m.heads.clone()).unwrap_or_default();
+            let heads = self
+                .metas
+                .get(&f)
+                .map(|m| m.heads.clone())
+                .unwrap_or_default();
             if let Some(m) = self.metas.get_mut(&f) {
                 m.disk = Some((path, hash));
                 m.prev_disk_heads = std::mem::replace(&mut m.disk_heads, heads);
@@ -1116,7 +1254,12 @@ impl Engine {
             self.pull = None;
         }
         if was {
-            let name = self.index.members().get(&device).cloned().unwrap_or_default();
+            let name = self
+                .index
+                .members()
+                .get(&device)
+                .cloned()
+                .unwrap_or_default();
             self.activity(ActivityKind::PeerLeft, None, &name, None);
         }
     }
@@ -1139,7 +1282,13 @@ impl Engine {
         }
     }
 
-    fn item(&mut self, from: DeviceId, item: Item, store: &mut dyn DocStore, acks: &mut Vec<(DocId, Heads)>) {
+    fn item(
+        &mut self,
+        from: DeviceId,
+        item: Item,
+        store: &mut dyn DocStore,
+        acks: &mut Vec<(DocId, Heads)>,
+    ) {
         match item {
             Item::Hello { digest, reply } => self.on_hello(from, digest, reply, store),
             Item::Pull {
@@ -1196,7 +1345,14 @@ impl Engine {
         }
     }
 
-    fn on_chunk(&mut self, from: DeviceId, id: u64, index: u32, total: u32, bytes: Vec<u8>) -> Option<Item> {
+    fn on_chunk(
+        &mut self,
+        from: DeviceId,
+        id: u64,
+        index: u32,
+        total: u32,
+        bytes: Vec<u8>,
+    ) -> Option<Item> {
         let peer = self.peers.entry(from).or_default();
         if total == 0 || index >= total {
             self.state.counters.dropped_chunks += 1;
@@ -1235,7 +1391,13 @@ impl Engine {
         }
     }
 
-    fn on_hello(&mut self, from: DeviceId, digest: [u8; 32], reply: bool, store: &mut dyn DocStore) {
+    fn on_hello(
+        &mut self,
+        from: DeviceId,
+        digest: [u8; 32],
+        reply: bool,
+        store: &mut dyn DocStore,
+    ) {
         let peer = self.peers.entry(from).or_default();
         let was_online = peer.online;
         peer.online = true;
@@ -1290,12 +1452,20 @@ impl Engine {
             .is_some_and(|t| now - t > self.config.max_offline_ms);
         let mut entries = vec![(DocId::Index, to_heads(&self.index.heads()))];
         let paths = self.index.paths();
-        let files: Vec<FileId> = self.metas.keys().copied().filter(|f| paths.contains_key(f)).collect();
+        let files: Vec<FileId> = self
+            .metas
+            .keys()
+            .copied()
+            .filter(|f| paths.contains_key(f))
+            .collect();
         for f in files {
             let heads = if self.cache.contains_key(&f) {
                 to_heads(&self.doc_heads(f, store))
             } else {
-                self.metas.get(&f).map(|m| m.heads.clone()).unwrap_or_default()
+                self.metas
+                    .get(&f)
+                    .map(|m| m.heads.clone())
+                    .unwrap_or_default()
             };
             entries.push((DocId::File(f), heads));
         }
@@ -1327,8 +1497,18 @@ impl Engine {
         self.synced_with(pull.peer);
         if pull.full {
             self.state.last_full_resync_ms = Some(self.now_ms);
-            let name = self.index.members().get(&pull.peer).cloned().unwrap_or_default();
-            self.activity(ActivityKind::FullResync, None, &name, Some("whole workspace merged after a long absence".into()));
+            let name = self
+                .index
+                .members()
+                .get(&pull.peer)
+                .cloned()
+                .unwrap_or_default();
+            self.activity(
+                ActivityKind::FullResync,
+                None,
+                &name,
+                Some("whole workspace merged after a long absence".into()),
+            );
         }
         if pull.changed {
             // Tell everyone what we hold now, so that peers behind us catch up.
@@ -1342,14 +1522,23 @@ impl Engine {
     }
 
     /// Answer a pull: for each document, what the asker lacks given its heads.
-    fn on_pull(&mut self, from: DeviceId, id: u64, full: bool, complete: bool, entries: Vec<(DocId, Heads)>, store: &mut dyn DocStore) {
+    fn on_pull(
+        &mut self,
+        from: DeviceId,
+        id: u64,
+        full: bool,
+        complete: bool,
+        entries: Vec<(DocId, Heads)>,
+        store: &mut dyn DocStore,
+    ) {
         let mut listed = BTreeSet::new();
         for (doc, heads) in &entries {
             listed.insert(*doc);
             self.confirm(*doc, heads, store);
         }
         let paths = self.index.paths();
-        let mut docs: Vec<(DocId, Option<Heads>)> = entries.into_iter().map(|(d, h)| (d, Some(h))).collect();
+        let mut docs: Vec<(DocId, Option<Heads>)> =
+            entries.into_iter().map(|(d, h)| (d, Some(h))).collect();
         if complete {
             if !listed.contains(&DocId::Index) {
                 docs.insert(0, (DocId::Index, None));
@@ -1368,7 +1557,13 @@ impl Engine {
         self.send(from, Item::PullDone { id });
     }
 
-    fn answer_for(&mut self, doc: DocId, their: Option<&Heads>, full: bool, store: &mut dyn DocStore) -> Option<Item> {
+    fn answer_for(
+        &mut self,
+        doc: DocId,
+        their: Option<&Heads>,
+        full: bool,
+        store: &mut dyn DocStore,
+    ) -> Option<Item> {
         let mine = match doc {
             DocId::Index => to_heads(&self.index.heads()),
             DocId::File(f) => self.metas.get(&f)?.heads.clone(),
@@ -1393,9 +1588,21 @@ impl Engine {
             Some(h) if !full && !h.is_empty() => {
                 let have = from_heads(h);
                 let changes: Vec<Vec<u8>> = match doc {
-                    DocId::Index => self.index.automerge().get_changes(&have).iter().map(|c| c.raw_bytes().to_vec()).collect(),
+                    DocId::Index => self
+                        .index
+                        .automerge()
+                        .get_changes(&have)
+                        .iter()
+                        .map(|c| c.raw_bytes().to_vec())
+                        .collect(),
                     DocId::File(f) => self
-                        .with_doc(f, store, |d| Ok(d.automerge().get_changes(&have).iter().map(|c| c.raw_bytes().to_vec()).collect()))
+                        .with_doc(f, store, |d| {
+                            Ok(d.automerge()
+                                .get_changes(&have)
+                                .iter()
+                                .map(|c| c.raw_bytes().to_vec())
+                                .collect())
+                        })
                         .ok()?,
                 };
                 if changes.is_empty() {
@@ -1418,9 +1625,22 @@ impl Engine {
         }
         let have = from_heads(heads);
         let missing: Option<BTreeSet<[u8; 32]>> = match doc {
-            DocId::Index => Some(self.index.automerge().get_changes(&have).iter().map(|c| c.hash().0).collect()),
+            DocId::Index => Some(
+                self.index
+                    .automerge()
+                    .get_changes(&have)
+                    .iter()
+                    .map(|c| c.hash().0)
+                    .collect(),
+            ),
             DocId::File(f) => self
-                .with_doc(f, store, |d| Ok(d.automerge().get_changes(&have).iter().map(|c| c.hash().0).collect()))
+                .with_doc(f, store, |d| {
+                    Ok(d.automerge()
+                        .get_changes(&have)
+                        .iter()
+                        .map(|c| c.hash().0)
+                        .collect())
+                })
                 .ok(),
         };
         if let (Some(missing), Some(pending)) = (missing, self.state.unconfirmed.get_mut(&doc)) {
@@ -1434,7 +1654,13 @@ impl Engine {
 
     /// Apply changes or a whole document from a peer. Returns our new heads if anything
     /// was applied.
-    fn apply_remote(&mut self, from: DeviceId, doc: DocId, remote: Remote, store: &mut dyn DocStore) -> Option<Heads> {
+    fn apply_remote(
+        &mut self,
+        from: DeviceId,
+        doc: DocId,
+        remote: Remote,
+        store: &mut dyn DocStore,
+    ) -> Option<Heads> {
         let before: Heads;
         let after: Heads;
         let missing: bool;
@@ -1463,13 +1689,18 @@ impl Engine {
                 }
             }
             DocId::File(f) => {
-                before = self.metas.get(&f).map(|m| m.heads.clone()).unwrap_or_default();
+                before = self
+                    .metas
+                    .get(&f)
+                    .map(|m| m.heads.clone())
+                    .unwrap_or_default();
                 let r = self.with_doc(f, store, |d| {
                     let am = d.automerge();
                     match remote {
                         Remote::Changes(c) => am.apply_changes(c)?,
                         Remote::Whole(bytes) => {
-                            let mut other = automerge::AutoCommit::load(&bytes).map_err(|e| DocError::Decode(e.to_string()))?;
+                            let mut other = automerge::AutoCommit::load(&bytes)
+                                .map_err(|e| DocError::Decode(e.to_string()))?;
                             am.merge(&mut other)?;
                         }
                     }
@@ -1550,7 +1781,12 @@ impl Engine {
             self.metas.remove(&f);
             self.cache.remove(&f);
             self.dirty.remove(&f);
-            self.out_files.insert(0, Effect::Persist(Persist::DeleteDoc { doc: DocId::File(f) }));
+            self.out_files.insert(
+                0,
+                Effect::Persist(Persist::DeleteDoc {
+                    doc: DocId::File(f),
+                }),
+            );
             purged = true;
         }
         if purged {
@@ -1558,7 +1794,13 @@ impl Engine {
         }
     }
 
-    fn activity(&mut self, kind: ActivityKind, path: Option<String>, device: &str, detail: Option<String>) {
+    fn activity(
+        &mut self,
+        kind: ActivityKind,
+        path: Option<String>,
+        device: &str,
+        detail: Option<String>,
+    ) {
         self.out_activity.push(Effect::Activity(Activity {
             time_ms: self.now_ms,
             kind,
@@ -1596,18 +1838,26 @@ impl Engine {
         }
         for f in std::mem::take(&mut self.dirty) {
             let compact_after = self.config.compact_after;
-            let Some(meta) = self.metas.get_mut(&f) else { continue };
+            let Some(meta) = self.metas.get_mut(&f) else {
+                continue;
+            };
             meta.increments += 1;
             let snapshot = meta.increments >= compact_after;
             if snapshot {
                 meta.increments = 0;
             }
             let bytes = if let Some((doc, _)) = self.cache.get_mut(&f) {
-                if snapshot { doc.save() } else { doc.save_incremental() }
+                if snapshot {
+                    doc.save()
+                } else {
+                    doc.save_incremental()
+                }
             } else {
                 Vec::new()
             };
-            let Some(meta) = self.metas.get(&f) else { continue };
+            let Some(meta) = self.metas.get(&f) else {
+                continue;
+            };
             let meta_bytes = postcard::to_allocvec(meta).unwrap_or_default();
             effects.push(Effect::Persist(Persist::Doc {
                 doc: DocId::File(f),
@@ -1663,7 +1913,10 @@ impl Engine {
             .into_iter()
             .filter(|(_, p)| p == path)
             .map(|(f, _)| f)
-            .find(|f| self.metas.get(f).is_some_and(|m| m.doc_hash.is_some()) && self.index.tombstone(f).is_none())
+            .find(|f| {
+                self.metas.get(f).is_some_and(|m| m.doc_hash.is_some())
+                    && self.index.tombstone(f).is_none()
+            })
     }
 
     fn open_conflicts(&mut self, store: &mut dyn DocStore) -> Vec<ConflictInfo> {
@@ -1708,7 +1961,12 @@ impl Engine {
             files: live.len(),
             pending_changes: self.state.unconfirmed.values().map(BTreeSet::len).sum(),
             conflicts: self.open_conflicts(store),
-            skipped: self.state.skipped.iter().map(|(p, s)| (p.clone(), *s)).collect(),
+            skipped: self
+                .state
+                .skipped
+                .iter()
+                .map(|(p, s)| (p.clone(), *s))
+                .collect(),
             peers,
             last_full_resync_ms: self.state.last_full_resync_ms,
             connected: self.connected,
@@ -1727,10 +1985,7 @@ impl Engine {
     /// What the engine believes is on disk (path → hash): the driver compares this with
     /// a scan at start-up to find what changed while it was stopped.
     pub fn disk_view(&self) -> BTreeMap<String, ContentHash> {
-        self.metas
-            .values()
-            .filter_map(|m| m.disk.clone())
-            .collect()
+        self.metas.values().filter_map(|m| m.disk.clone()).collect()
     }
 
     /// The materialised bytes of the live file at `path` (tests, the demo).

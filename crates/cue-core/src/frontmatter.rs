@@ -31,7 +31,10 @@ pub struct Frontmatter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrontmatterContent {
     /// Valid YAML mapping: lines before the first key, then one block per key.
-    Yaml { preamble: String, blocks: Vec<Block> },
+    Yaml {
+        preamble: String,
+        blocks: Vec<Block>,
+    },
     /// Not valid YAML (or a shape we do not split): merged as plain text.
     Raw(String),
 }
@@ -276,7 +279,10 @@ fn split_block(chunk: &[&str], key: String) -> Option<Block> {
         let set: std::collections::BTreeSet<&String> = vs.iter().collect();
         set.len() == vs.len()
     });
-    let value = match values.filter(|_| unique).and_then(|values| cut_list(chunk, &raw, &values)) {
+    let value = match values
+        .filter(|_| unique)
+        .and_then(|values| cut_list(chunk, &raw, &values))
+    {
         Some(list) => BlockValue::List(list),
         None => BlockValue::Scalar(raw),
     };
@@ -422,7 +428,9 @@ mod tests {
         };
         let keys: Vec<_> = blocks.iter().map(|b| b.key.as_str()).collect();
         assert_eq!(keys, ["title", "tags", "nested"]);
-        assert!(matches!(blocks[0].value, BlockValue::Scalar(ref s) if s == "title: Plan\n# a comment\n"));
+        assert!(
+            matches!(blocks[0].value, BlockValue::Scalar(ref s) if s == "title: Plan\n# a comment\n")
+        );
         let BlockValue::List(l) = &blocks[1].value else {
             panic!("tags is a list")
         };
@@ -441,7 +449,10 @@ mod tests {
             panic!()
         };
         assert!(l.flow);
-        assert_eq!(l.items.iter().map(|i| i.raw.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(
+            l.items.iter().map(|i| i.raw.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
     }
 
     #[test]

@@ -17,7 +17,9 @@
 use std::collections::BTreeMap;
 
 use automerge::transaction::Transactable;
-use automerge::{ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::{
+    ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
+};
 
 use crate::doc::DocError;
 use crate::ids::{DeviceId, FileId};
@@ -52,7 +54,9 @@ impl Tombstone {
         let heads = if h.is_empty() {
             Vec::new()
         } else {
-            h.split(',').map(|x| x.parse().ok()).collect::<Option<_>>()?
+            h.split(',')
+                .map(|x| x.parse().ok())
+                .collect::<Option<_>>()?
         };
         Some(Tombstone {
             time_ms: t.parse().ok()?,

@@ -59,7 +59,20 @@ mod tests {
     fn accepts_ordinary_and_refuses_escapes() {
         assert!(valid_path("notes/a.md").is_ok());
         assert!(valid_path("ünï/c ode.md").is_ok());
-        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "./a", "a/.", "C:/x", "a\0b", "a\\b", ".cuedeck/keys", "x/.git/config"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a//b",
+            "./a",
+            "a/.",
+            "C:/x",
+            "a\0b",
+            "a\\b",
+            ".cuedeck/keys",
+            "x/.git/config",
+        ] {
             assert!(valid_path(bad).is_err(), "{bad:?} must be refused");
         }
         assert!(valid_path(&"a/".repeat(3000)).is_err());

@@ -84,7 +84,12 @@ fn char_splices(a: &[char], b: &[char], mut pos: usize, out: &mut Vec<Splice>) -
             DiffOp::Insert {
                 new_index, new_len, ..
             } => {
-                push(out, pos, 0, b[new_index..new_index + new_len].iter().collect());
+                push(
+                    out,
+                    pos,
+                    0,
+                    b[new_index..new_index + new_len].iter().collect(),
+                );
                 pos += new_len;
             }
             DiffOp::Replace {

@@ -157,7 +157,11 @@ mod tests {
         };
         let mut next = 0;
         let msgs = pack(vec![small.clone(), big, small], 1024, &mut next);
-        assert!(msgs.iter().all(|m| m.len() <= 1024), "{:?}", msgs.iter().map(Vec::len).collect::<Vec<_>>());
+        assert!(
+            msgs.iter().all(|m| m.len() <= 1024),
+            "{:?}",
+            msgs.iter().map(Vec::len).collect::<Vec<_>>()
+        );
         assert!(msgs.len() > 10);
         assert_eq!(next, 1);
         for m in &msgs {

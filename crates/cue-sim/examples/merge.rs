@@ -5,13 +5,21 @@ use cue_core::Config;
 use cue_sim::World;
 
 fn show(w: &World, peer: usize, path: &str) {
-    println!("--- {path} on {} ---\n{}", w.peers[peer].name, w.read(peer, path).unwrap_or_default());
+    println!(
+        "--- {path} on {} ---\n{}",
+        w.peers[peer].name,
+        w.read(peer, path).unwrap_or_default()
+    );
 }
 
 fn main() {
     let mut w = World::new(2, 1, Config::default());
     w.connect_all();
-    w.write(0, "plan.md", b"---\ntitle: Plan\ntags: [work]\nstatus: draft\n---\n# Plan\n\nShip the engine.\n");
+    w.write(
+        0,
+        "plan.md",
+        b"---\ntitle: Plan\ntags: [work]\nstatus: draft\n---\n# Plan\n\nShip the engine.\n",
+    );
     w.settle(5);
     show(&w, 1, "plan.md");
 
@@ -28,7 +36,10 @@ fn main() {
     show(&w, 0, "plan.md");
     show(&w, 0, "notes.md");
     match w.converged() {
-        Ok(()) => println!("both peers hold the same bytes ({} messages exchanged)", w.messages_delivered),
+        Ok(()) => println!(
+            "both peers hold the same bytes ({} messages exchanged)",
+            w.messages_delivered
+        ),
         Err(e) => println!("NOT converged: {e}"),
     }
 }

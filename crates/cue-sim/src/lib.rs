@@ -12,7 +12,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use cue_core::{Config, DeviceId, DocId, DocStore, Effect, Engine, FileId, Input, Persist, Restored, Status, content_hash};
+use cue_core::{
+    Config, DeviceId, DocId, DocStore, Effect, Engine, FileId, Input, Persist, Restored, Status,
+    content_hash,
+};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
@@ -123,7 +126,14 @@ impl World {
         for i in 0..n {
             let name = format!("p{i}");
             let device = device_for(i);
-            let (engine, effects) = Engine::new(device, &name, 1, config.clone(), Restored::default(), now_ms);
+            let (engine, effects) = Engine::new(
+                device,
+                &name,
+                1,
+                config.clone(),
+                Restored::default(),
+                now_ms,
+            );
             let mut peer = Peer {
                 name,
                 device,
@@ -170,15 +180,33 @@ impl World {
         for e in effects {
             if trace {
                 match &e {
-                    Effect::WriteFile { path, bytes, expect } => eprintln!("  p{peer} write {path} {:?} expect {:?} (disk {:?})", String::from_utf8_lossy(bytes), expect.map(|h| h[0]), self.peers[peer].disk.get(path).map(|b| content_hash(b)[0])),
-                    Effect::RemoveFile { path, expect } => eprintln!("  p{peer} remove {path} expect {:?}", expect.map(|h| h[0])),
-                    Effect::Activity(a) => eprintln!("  p{peer} activity {:?} {:?} {:?} {:?}", a.kind, a.path, a.device, a.detail),
+                    Effect::WriteFile {
+                        path,
+                        bytes,
+                        expect,
+                    } => eprintln!(
+                        "  p{peer} write {path} {:?} expect {:?} (disk {:?})",
+                        String::from_utf8_lossy(bytes),
+                        expect.map(|h| h[0]),
+                        self.peers[peer].disk.get(path).map(|b| content_hash(b)[0])
+                    ),
+                    Effect::RemoveFile { path, expect } => {
+                        eprintln!("  p{peer} remove {path} expect {:?}", expect.map(|h| h[0]))
+                    }
+                    Effect::Activity(a) => eprintln!(
+                        "  p{peer} activity {:?} {:?} {:?} {:?}",
+                        a.kind, a.path, a.device, a.detail
+                    ),
                     _ => {}
                 }
             }
             match e {
                 Effect::Persist(p) => self.peers[peer].store.apply(p),
-                Effect::WriteFile { path, bytes, expect } => {
+                Effect::WriteFile {
+                    path,
+                    bytes,
+                    expect,
+                } => {
                     let disk = &mut self.peers[peer].disk;
                     let actual = disk.get(&path).map(|b| content_hash(b));
                     if actual == expect {
@@ -210,8 +238,14 @@ impl World {
                         continue;
                     }
                     let targets: Vec<usize> = match to {
-                        None => (0..self.peers.len()).filter(|&i| i != peer && self.peers[i].online).collect(),
-                        Some(d) => self.index_of(d).filter(|&i| self.peers[i].online).into_iter().collect(),
+                        None => (0..self.peers.len())
+                            .filter(|&i| i != peer && self.peers[i].online)
+                            .collect(),
+                        Some(d) => self
+                            .index_of(d)
+                            .filter(|&i| self.peers[i].online)
+                            .into_iter()
+                            .collect(),
                     };
                     for t in targets {
                         self.inflight.push_back(InFlight {
@@ -241,7 +275,9 @@ impl World {
 
     /// A user saves a file (the watcher reports it).
     pub fn write(&mut self, peer: usize, path: &str, bytes: &[u8]) {
-        self.peers[peer].disk.insert(path.to_string(), bytes.to_vec());
+        self.peers[peer]
+            .disk
+            .insert(path.to_string(), bytes.to_vec());
         self.input(
             peer,
             Input::FileChanged {
@@ -253,13 +289,20 @@ impl World {
 
     pub fn delete(&mut self, peer: usize, path: &str) {
         if self.peers[peer].disk.remove(path).is_some() {
-            self.input(peer, Input::FileRemoved { path: path.to_string() });
+            self.input(
+                peer,
+                Input::FileRemoved {
+                    path: path.to_string(),
+                },
+            );
         }
     }
 
     pub fn rename(&mut self, peer: usize, from: &str, to: &str) {
         if let Some(content) = self.peers[peer].disk.remove(from) {
-            self.peers[peer].disk.insert(to.to_string(), content.clone());
+            self.peers[peer]
+                .disk
+                .insert(to.to_string(), content.clone());
             self.input(
                 peer,
                 Input::FileRenamed {
@@ -318,7 +361,8 @@ impl World {
         let config = self.config.clone();
         let p = &mut self.peers[peer];
         p.epoch += 1;
-        let (engine, effects) = Engine::new(p.device, &p.name, p.epoch, config, p.store.restored(), now);
+        let (engine, effects) =
+            Engine::new(p.device, &p.name, p.epoch, config, p.store.restored(), now);
         p.engine = engine;
         self.apply(peer, effects, 0);
         self.startup_scan(peer);
@@ -376,7 +420,13 @@ impl World {
         self.now_ms += 1;
         self.messages_delivered += 1;
         let from = self.peers[m.from].device;
-        self.input(m.to, Input::Message { from, bytes: m.bytes });
+        self.input(
+            m.to,
+            Input::Message {
+                from,
+                bytes: m.bytes,
+            },
+        );
         true
     }
 
@@ -416,7 +466,13 @@ impl World {
         for i in 0..self.peers.len() {
             let p = &mut self.peers[i];
             let live = p.engine.live_files(&mut p.store);
-            let skipped: BTreeSet<String> = p.engine.status(&mut p.store).skipped.into_iter().map(|(s, _)| s).collect();
+            let skipped: BTreeSet<String> = p
+                .engine
+                .status(&mut p.store)
+                .skipped
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect();
             let disk: BTreeMap<String, [u8; 32]> = p
                 .disk
                 .iter()
@@ -430,13 +486,29 @@ impl World {
                     "peer {i}: disk differs from engine (engine-only {:?}, disk-only {:?}, different {:?})",
                     a.difference(&b).collect::<Vec<_>>(),
                     b.difference(&a).collect::<Vec<_>>(),
-                    a.intersection(&b).filter(|k| live.get(**k) != disk.get(**k)).collect::<Vec<_>>()
+                    a.intersection(&b)
+                        .filter(|k| live.get(**k) != disk.get(**k))
+                        .collect::<Vec<_>>()
                 ));
             }
             match &reference {
-                None => reference = Some((i, p.disk.iter().filter(|(k, _)| !skipped.contains(*k)).map(|(k, v)| (k.clone(), v.clone())).collect())),
+                None => {
+                    reference = Some((
+                        i,
+                        p.disk
+                            .iter()
+                            .filter(|(k, _)| !skipped.contains(*k))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    ))
+                }
                 Some((j, r)) => {
-                    let mine: BTreeMap<String, Vec<u8>> = p.disk.iter().filter(|(k, _)| !skipped.contains(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+                    let mine: BTreeMap<String, Vec<u8>> = p
+                        .disk
+                        .iter()
+                        .filter(|(k, _)| !skipped.contains(*k))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
                     if *r != mine {
                         let a: BTreeSet<&String> = r.keys().collect();
                         let b: BTreeSet<&String> = mine.keys().collect();
@@ -444,7 +516,9 @@ impl World {
                             "peer {i} differs from peer {j}: only on {j}: {:?}, only on {i}: {:?}, different: {:?}",
                             a.difference(&b).collect::<Vec<_>>(),
                             b.difference(&a).collect::<Vec<_>>(),
-                            a.intersection(&b).filter(|k| r.get(**k) != mine.get(**k)).collect::<Vec<_>>()
+                            a.intersection(&b)
+                                .filter(|k| r.get(**k) != mine.get(**k))
+                                .collect::<Vec<_>>()
                         ));
                     }
                 }
@@ -506,7 +580,16 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
         let p = w.rng.random_range(0..peers);
         let action = w.rng.random_range(0..100);
         if trace {
-            eprintln!("step {step}: peer {p} action {action} (m{}) online={:?} disk={:?}", next_marker + 1, w.peers.iter().map(|x| x.online).collect::<Vec<_>>(), w.peers[p].disk.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect::<Vec<_>>());
+            eprintln!(
+                "step {step}: peer {p} action {action} (m{}) online={:?} disk={:?}",
+                next_marker + 1,
+                w.peers.iter().map(|x| x.online).collect::<Vec<_>>(),
+                w.peers[p]
+                    .disk
+                    .iter()
+                    .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                    .collect::<Vec<_>>()
+            );
         }
         next_marker += 1;
         let marker = format!("<m{next_marker}>");
@@ -551,7 +634,12 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
                         old.replacen("title: ", &format!("title: {marker}"), 1)
                     } else if let Some(i) = old.find("tags: [") {
                         let j = i + "tags: [".len();
-                        format!("{}{}, {}", &old[..j], &marker[1..marker.len() - 1], &old[j..])
+                        format!(
+                            "{}{}, {}",
+                            &old[..j],
+                            &marker[1..marker.len() - 1],
+                            &old[j..]
+                        )
                     } else {
                         old
                     };
@@ -620,7 +708,11 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
                 eprintln!("peer {i}: conflicts {:?}", st.conflicts);
                 for (path, bytes) in pe.disk.clone() {
                     let doc = pe.engine.read(&path, &mut pe.store);
-                    eprintln!("  {path}: disk {:?} engine {:?}", String::from_utf8_lossy(&bytes), doc.map(|d| String::from_utf8_lossy(&d).into_owned()));
+                    eprintln!(
+                        "  {path}: disk {:?} engine {:?}",
+                        String::from_utf8_lossy(&bytes),
+                        doc.map(|d| String::from_utf8_lossy(&d).into_owned())
+                    );
                 }
             }
         }

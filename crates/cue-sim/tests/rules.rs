@@ -78,7 +78,8 @@ fn frontmatter_scalar_last_writer_wins_and_loser_is_a_conflict() {
     settle(&mut w);
     let merged = w.read(0, "a.md").unwrap();
     assert!(
-        merged == "---\ntitle: Two\nstatus: draft\n---\nbody\n" || merged == "---\ntitle: Three\nstatus: draft\n---\nbody\n",
+        merged == "---\ntitle: Two\nstatus: draft\n---\nbody\n"
+            || merged == "---\ntitle: Three\nstatus: draft\n---\nbody\n",
         "no interleaving: {merged}"
     );
     for p in 0..2 {
@@ -101,7 +102,10 @@ fn frontmatter_causal_change_is_not_a_conflict() {
     settle(&mut w);
     w.write(0, "a.md", b"---\ntitle: Three\n---\n");
     settle(&mut w);
-    assert_eq!(w.read(1, "a.md").as_deref(), Some("---\ntitle: Three\n---\n"));
+    assert_eq!(
+        w.read(1, "a.md").as_deref(),
+        Some("---\ntitle: Three\n---\n")
+    );
     assert!(w.status(1).conflicts.is_empty());
 }
 
@@ -129,7 +133,11 @@ fn changing_one_key_touches_only_its_line() {
     let original = "---\n# keep this comment\ntitle:   Spaced   # trailing\ntags: [a,b]\nnested:\n    deep: {x: 1}\nstatus: draft\n---\nbody\n";
     w.write(0, "a.md", original.as_bytes());
     settle(&mut w);
-    assert_eq!(w.read(1, "a.md").as_deref(), Some(original), "byte-identical copy");
+    assert_eq!(
+        w.read(1, "a.md").as_deref(),
+        Some(original),
+        "byte-identical copy"
+    );
     let edited = original.replace("status: draft", "status: done");
     w.write(1, "a.md", edited.as_bytes());
     settle(&mut w);
@@ -142,11 +150,18 @@ fn invalid_frontmatter_merges_as_text() {
     w.write(0, "a.md", b"---\ntitle: [broken\nowner: x\n---\nbody\n");
     settle(&mut w);
     w.disconnect(1);
-    w.write(0, "a.md", b"---\ntitle: [broken, more\nowner: x\n---\nbody\n");
+    w.write(
+        0,
+        "a.md",
+        b"---\ntitle: [broken, more\nowner: x\n---\nbody\n",
+    );
     w.write(1, "a.md", b"---\ntitle: [broken\nowner: xy\n---\nbody\n");
     w.connect(1);
     settle(&mut w);
-    assert_eq!(w.read(0, "a.md").as_deref(), Some("---\ntitle: [broken, more\nowner: xy\n---\nbody\n"));
+    assert_eq!(
+        w.read(0, "a.md").as_deref(),
+        Some("---\ntitle: [broken, more\nowner: xy\n---\nbody\n")
+    );
 }
 
 #[test]
@@ -201,9 +216,15 @@ fn concurrent_creation_keeps_both_as_a_conflict_copy() {
     let files: Vec<String> = w.peers[0].disk.keys().cloned().collect();
     assert_eq!(files.len(), 2, "{files:?}");
     let copy = files.iter().find(|f| f.contains(".conflict-")).unwrap();
-    assert!(copy.starts_with("notes.conflict-p") && copy.ends_with(".md"), "{copy}");
+    assert!(
+        copy.starts_with("notes.conflict-p") && copy.ends_with(".md"),
+        "{copy}"
+    );
     let contents: Vec<String> = files.iter().map(|f| w.read(0, f).unwrap()).collect();
-    assert!(contents.contains(&"from zero\n".to_string()) && contents.contains(&"from one\n".to_string()));
+    assert!(
+        contents.contains(&"from zero\n".to_string())
+            && contents.contains(&"from one\n".to_string())
+    );
     for p in 0..2 {
         let st = w.status(p);
         assert_eq!(st.conflicts.len(), 1);
@@ -270,7 +291,10 @@ fn unchanged_files_are_never_rewritten_and_own_writes_do_not_echo() {
     w.write(0, "a.md", b"one!\n");
     settle(&mut w);
     // Peer 1 saw one remote change (a.md) and nothing about b.md.
-    let acts: Vec<_> = w.peers[1].activity[before..].iter().filter(|a| a.path.as_deref() == Some("b.md")).collect();
+    let acts: Vec<_> = w.peers[1].activity[before..]
+        .iter()
+        .filter(|a| a.path.as_deref() == Some("b.md"))
+        .collect();
     assert!(acts.is_empty(), "{acts:?}");
     // Peer 1's write of a.md coming back through the watcher is not a change.
     let pending = w.status(1).pending_changes;
@@ -284,10 +308,15 @@ fn local_edit_not_yet_seen_is_merged_not_overwritten() {
     w.write(0, "a.md", b"one\ntwo\n");
     settle(&mut w);
     // Peer 1's user saves, but the watcher has not reported it yet.
-    w.peers[1].disk.insert("a.md".into(), b"one\ntwo\nthree\n".to_vec());
+    w.peers[1]
+        .disk
+        .insert("a.md".into(), b"one\ntwo\nthree\n".to_vec());
     w.write(0, "a.md", b"zero\none\ntwo\n");
     settle(&mut w);
-    assert_eq!(w.read(1, "a.md").as_deref(), Some("zero\none\ntwo\nthree\n"));
+    assert_eq!(
+        w.read(1, "a.md").as_deref(),
+        Some("zero\none\ntwo\nthree\n")
+    );
 }
 
 #[test]
@@ -298,9 +327,13 @@ fn offline_work_syncs_when_peers_meet_and_restart_scans_changes() {
     settle(&mut w);
     w.disconnect(1);
     // Daemon stopped: the folder changes behind its back.
-    w.peers[1].disk.insert("a.md".into(), b"a edited offline\n".to_vec());
+    w.peers[1]
+        .disk
+        .insert("a.md".into(), b"a edited offline\n".to_vec());
     w.peers[1].disk.remove("b.md");
-    w.peers[1].disk.insert("c.md".into(), b"new offline\n".to_vec());
+    w.peers[1]
+        .disk
+        .insert("c.md".into(), b"new offline\n".to_vec());
     w.restart(1);
     w.connect(1);
     settle(&mut w);
@@ -375,7 +408,12 @@ fn garbage_messages_are_counted_and_change_nothing() {
     w.write(0, "a.md", b"x\n");
     settle(&mut w);
     let from = w.peers[0].device;
-    for bytes in [vec![], vec![1], vec![1, 255, 255, 255, 255, 255], vec![9; 100]] {
+    for bytes in [
+        vec![],
+        vec![1],
+        vec![1, 255, 255, 255, 255, 255],
+        vec![9; 100],
+    ] {
         w.input(1, cue_core::Input::Message { from, bytes });
     }
     assert!(w.peers[1].engine.counters().bad_messages >= 3);

@@ -11,7 +11,10 @@ fn random_schedules_converge_without_losing_edits() {
         assert!(r.is_ok(), "{}", r.unwrap_err());
         return;
     }
-    let seeds: u64 = std::env::var("CUE_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(400);
+    let seeds: u64 = std::env::var("CUE_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(400);
     let start = Instant::now();
     let mut failures = Vec::new();
     let mut messages = 0;
@@ -24,6 +27,13 @@ fn random_schedules_converge_without_losing_edits() {
             break;
         }
     }
-    eprintln!("{seeds} seeds, {messages} messages delivered, {:.1} s", start.elapsed().as_secs_f64());
-    assert!(failures.is_empty(), "failing seeds (replay with CUE_SIM_SEED=<seed>):\n{}", failures.join("\n"));
+    eprintln!(
+        "{seeds} seeds, {messages} messages delivered, {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    assert!(
+        failures.is_empty(),
+        "failing seeds (replay with CUE_SIM_SEED=<seed>):\n{}",
+        failures.join("\n")
+    );
 }
