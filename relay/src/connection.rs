@@ -489,6 +489,10 @@ impl Connection {
             tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
+        // One timer for the connection's life, re-armed only when it fires early: arming a
+        // fresh timer for every frame would cost a timer-wheel insert and removal each.
+        let idle = sleep_until(last_heard + idle_timeout);
+        tokio::pin!(idle);
         loop {
             // Select an event first and act on it after: the branches' futures borrow the
             // socket and the receivers, which the handling needs back.
@@ -498,7 +502,7 @@ impl Connection {
                 Some(frame) = inbox.recv() => Event::Outbound(frame),
                 incoming = self.ws.next() => Event::Incoming(incoming),
                 _ = ping.tick() => Event::Ping,
-                _ = sleep_until(last_heard + idle_timeout) => Event::Idle,
+                () = &mut idle => Event::Idle,
             };
             match event {
                 Event::Shutdown => return End::shutdown(),
@@ -555,6 +559,9 @@ impl Connection {
                     if sent.is_err() {
                         return End::Drop(CloseCause::Peer);
                     }
+                }
+                Event::Idle if last_heard + idle_timeout > Instant::now() => {
+                    idle.as_mut().reset(last_heard + idle_timeout);
                 }
                 Event::Idle => {
                     return End::Close {
