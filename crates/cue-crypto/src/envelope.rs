@@ -307,7 +307,7 @@ impl<'a> Sealer<'a> {
         })?;
 
         // The signature covers the domain tag and the envelope, so build both in one
-        // buffer, encrypt in place and sign it; removing the 16-byte tag afterwards is
+        // buffer, encrypt in place and sign it; removing the 16-byte domain tag afterwards is
         // one memmove, cheaper than assembling a second buffer to sign.
         let dom = SIGNATURE_DOMAIN.len();
         let mut buf = Vec::with_capacity(dom + padded + ENVELOPE_OVERHEAD);
