@@ -19,7 +19,7 @@ use ed25519_dalek::SigningKey;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{Mutex, Notify, mpsc};
+use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
@@ -96,7 +96,10 @@ fn main() -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 // The bare relay
 
-type BareRooms = Arc<Mutex<HashMap<String, HashMap<u64, mpsc::UnboundedSender<Bytes>>>>>;
+/// Rooms by path; each room's members by connection number. Plain mutexes held only to
+/// look up and fan out, as in cue-relay, so the comparison isolates auth and limits.
+type BareRoom = Arc<std::sync::Mutex<HashMap<u64, mpsc::UnboundedSender<Bytes>>>>;
+type BareRooms = Arc<std::sync::Mutex<HashMap<String, BareRoom>>>;
 
 async fn bare_relay(listen: SocketAddr) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).await?;
@@ -109,62 +112,64 @@ async fn bare_relay(listen: SocketAddr) -> anyhow::Result<()> {
         let rooms = rooms.clone();
         let id = next_id.fetch_add(1, Relaxed);
         tokio::spawn(async move {
-            let mut path = String::new();
-            // tungstenite dictates the callback's error type (an HTTP response).
-            #[allow(clippy::result_large_err)]
-            let callback =
-                |request: &tokio_tungstenite::tungstenite::handshake::server::Request, response| {
-                    path = request.uri().path().to_owned();
-                    Ok(response)
-                };
-            let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
-                return;
-            };
-            let (mut sink, mut stream) = ws.split();
-            let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
-            rooms
-                .lock()
-                .await
-                .entry(path.clone())
-                .or_default()
-                .insert(id, tx);
-            let writer = tokio::spawn(async move {
-                while let Some(frame) = rx.recv().await {
-                    if sink.feed(Message::Binary(frame)).await.is_err() {
-                        return;
-                    }
-                    while let Ok(frame) = rx.try_recv() {
-                        if sink.feed(Message::Binary(frame)).await.is_err() {
-                            return;
-                        }
-                    }
-                    if sink.flush().await.is_err() {
-                        return;
-                    }
-                }
-            });
-            while let Some(Ok(message)) = stream.next().await {
-                if let Message::Binary(bytes) = message {
-                    let rooms = rooms.lock().await;
-                    if let Some(members) = rooms.get(&path) {
-                        for (other, tx) in members {
-                            if *other != id {
-                                let _ = tx.send(bytes.clone());
-                            }
-                        }
-                    }
-                }
-            }
-            let mut rooms = rooms.lock().await;
-            if let Some(members) = rooms.get_mut(&path) {
-                members.remove(&id);
-                if members.is_empty() {
-                    rooms.remove(&path);
-                }
-            }
-            writer.abort();
+            let _ = bare_connection(rooms, stream, id).await;
         });
     }
+}
+
+async fn bare_connection(rooms: BareRooms, stream: TcpStream, id: u64) -> anyhow::Result<()> {
+    let mut path = String::new();
+    // tungstenite dictates the callback's error type (an HTTP response).
+    #[allow(clippy::result_large_err)]
+    let callback = |request: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                    response| {
+        path = request.uri().path().to_owned();
+        Ok(response)
+    };
+    let mut ws = tokio_tungstenite::accept_hdr_async(stream, callback).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    let room = {
+        let mut rooms = rooms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        rooms.entry(path.clone()).or_default().clone()
+    };
+    room.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(id, tx);
+    loop {
+        tokio::select! {
+            incoming = ws.next() => match incoming {
+                Some(Ok(Message::Binary(bytes))) => {
+                    let members = room.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    for (other, tx) in members.iter() {
+                        if *other != id {
+                            let _ = tx.send(bytes.clone());
+                        }
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            },
+            Some(frame) = rx.recv() => {
+                ws.feed(Message::Binary(frame)).await?;
+                for _ in 1..64 {
+                    let Ok(frame) = rx.try_recv() else { break };
+                    ws.feed(Message::Binary(frame)).await?;
+                }
+                ws.flush().await?;
+            }
+        }
+    }
+    let mut rooms = rooms
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut members = room.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    members.remove(&id);
+    if members.is_empty() {
+        rooms.remove(&path);
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -654,6 +659,12 @@ async fn bench(shape: Shape, window: u64, idle: usize, relay_bin: PathBuf) -> an
         &format!("half load ({half_rate:.0} msg/s a sender), bare relay"),
         &bare_half,
     );
+    // Light load: the hop latency when neither the relay nor this generator competes for
+    // the cores.
+    let light = run_load(Kind::Cue, cue.addr, cue.pid(), shape, Pace::Rate(10.0)).await?;
+    row("light load (10 msg/s a sender), cue-relay", &light);
+    let bare_light = run_load(Kind::Bare, bare.addr, bare.pid(), shape, Pace::Rate(10.0)).await?;
+    row("light load (10 msg/s a sender), bare relay", &bare_light);
     drop(cue);
 
     let limited = cue_relay(&relay_bin, false)?;
