@@ -1,5 +1,40 @@
-//! placeholder
+//! The cue daemon's IO: everything between the sans-IO sync engine and the machine.
+//!
+//! The engine (`cue-core`) takes inputs and returns effects; this crate supplies the
+//! inputs from the disk and carries the effects out, safely and durably:
+//!
+//! - [`paths`]: [`WorkspacePath`], the only form in which a path from a peer or the disk
+//!   travels, and the list of names cue never syncs;
+//! - [`fsio`]: reads and atomic, durable writes confined to the workspace by the kernel
+//!   (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), with batch durability for
+//!   many files at once and content preconditions so a local edit is never overwritten;
+//! - [`ignore_rules`]: `.cueignore` plus the never-synced names, shared by scan and watcher;
+//! - [`scan`]: the start-up (and after-overflow) inventory with blake3 hashes;
+//! - [`watch`]: notify events, debounced and translated into changes of synced paths;
+//! - [`store`]: the crash-safe SQLite store of opaque document bytes, engine state,
+//!   sequence-number reservations and the activity log;
+//! - [`lock`]: the single-daemon lock and the control socket's location.
+//!
+//! All of it is blocking, thread-based IO; the daemon's async main loop bridges it (the
+//! watcher's channel through a blocking task, the store on a thread of its own).
+//! Nothing here knows about automerge, the relay or the wire format.
+
 pub mod fsio;
 pub mod ignore_rules;
+pub mod lock;
 pub mod paths;
 pub mod scan;
+pub mod store;
+pub mod watch;
+
+pub use fsio::{
+    BatchOutcome, Expect, FileKind, FileStat, FsError, Outcome, WorkspaceFs, WriteBatch,
+};
+pub use ignore_rules::{IgnoreError, IgnoreRules};
+pub use lock::{DaemonLock, LockError, SocketPathError, control_socket_path, prepare_socket_dir};
+pub use paths::{PathError, WorkspacePath, is_never_synced};
+pub use scan::{ScanError, ScanOptions, ScanReport, ScannedFile, SkipReason, Skipped, scan};
+pub use store::{
+    ActivityEntry, ActivityKind, ActivityRecord, ChunkMark, Loaded, Store, StoreError, StoreTx,
+};
+pub use watch::{WatchConfig, WatchError, WatchEvent, Watcher};

@@ -228,6 +228,37 @@ pub fn scan(
     Ok(report)
 }
 
+/// The regular files at or below the folder `dir` that the rules let through, sorted,
+/// without reading them: how the watcher expands a folder that appeared all at once (moved
+/// in from outside, or created faster than its watch was added).
+pub fn list_files_under(
+    root: &Path,
+    rules: &IgnoreRules,
+    dir: &WorkspacePath,
+) -> Vec<WorkspacePath> {
+    let filter_rules = rules.clone();
+    let filter_root = root.to_owned();
+    let walker = WalkBuilder::new(dir.to_fs_path(root))
+        .standard_filters(false)
+        .hidden(false)
+        .follow_links(false)
+        .filter_entry(move |entry| {
+            let Some(rel) = rel_str(&filter_root, entry.path()) else {
+                return false;
+            };
+            let is_dir = entry.file_type().is_some_and(|t| t.is_dir());
+            !filter_rules.is_ignored(rel, is_dir)
+        })
+        .build();
+    let mut files: Vec<WorkspacePath> = walker
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_some_and(|t| t.is_file()))
+        .filter_map(|e| rel_str(root, e.path()).and_then(|r| WorkspacePath::parse(r).ok()))
+        .collect();
+    files.sort();
+    files
+}
+
 enum Hashed {
     File(ScannedFile),
     TooLarge(u64),
@@ -393,6 +424,21 @@ mod tests {
         let report = run(&root, 1024);
         assert_eq!(report.stale_temps, ["d/.cue-tmp-99-1"]);
         assert_eq!(report.files.len(), 1);
+    }
+
+    #[test]
+    fn lists_files_under_a_folder() {
+        let (_d, root) = setup();
+        write(&root, "d/a.md", b"");
+        write(&root, "d/e/b.md", b"");
+        write(&root, "d/x.swp", b"");
+        write(&root, "other.md", b"");
+        std::os::unix::fs::symlink(root.join("other.md"), root.join("d/link.md")).unwrap();
+        let rules = IgnoreRules::from_source(&root, None);
+        let d = WorkspacePath::parse("d").unwrap();
+        let files = list_files_under(&root, &rules, &d);
+        let names: Vec<_> = files.iter().map(|p| p.as_str()).collect();
+        assert_eq!(names, ["d/a.md", "d/e/b.md"]);
     }
 
     #[test]

@@ -1,0 +1,668 @@
+//! The watcher: filesystem events in, [`WatchEvent`]s about synced paths out.
+//!
+//! Built on notify 8 and notify-debouncer-full 0.7 with a short debounce (config
+//! `debounce_ms`, 10 ms by default), which joins rename pairs, drops modifications that
+//! follow a creation, and folds a folder's removal into one event. On top of that the
+//! watcher translates by *what is on disk now* rather than by the raw event kind, because
+//! the kinds mislead: a save through a temporary file and a rename arrives as a removal of
+//! the target (marked "override") followed by a creation, vim's backup rename looks like
+//! the file moving away, and an event may describe a file that has changed again since.
+//! So every path is checked with an `lstat` confined to the workspace before it is
+//! reported:
+//!
+//! - a regular file that exists → [`WatchEvent::Changed`] (the daemon compares content
+//!   hashes, so a spurious `Changed` costs a read, never a change);
+//! - a path that no longer exists, or is now a symlink or special file →
+//!   [`WatchEvent::Removed`]; it means the path *and everything below it* if it was a
+//!   folder (a folder moved out of the workspace arrives as a single event);
+//! - a rename between two synced names → [`WatchEvent::Renamed`] or
+//!   [`WatchEvent::DirRenamed`] (the caller remaps the folder's children); from an ignored
+//!   name (an editor's temporary) to a synced one → `Changed(target)`; from a synced name
+//!   to an ignored one → `Removed(source)` unless the source exists again;
+//! - a folder that appears (moved in, or created with files faster than its watch was
+//!   added) → `Changed` for every file in it;
+//! - `Access` events, ignored and never-synced paths, symlinks and names that are not
+//!   valid [`WorkspacePath`]s → nothing;
+//! - an overflowed event queue or a watcher error → [`WatchEvent::Rescan`]; the workspace
+//!   root itself removed or moved → [`WatchEvent::RootGone`].
+//!
+//! A change to `.cueignore` reloads the rules, and is reported as `Changed(".cueignore")`
+//! (it is synced) followed by `Rescan`, since paths may have entered or left the rules.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use notify::event::{EventKind, ModifyKind, RenameMode};
+use notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer_opt};
+
+use crate::fsio::{FileKind, FsError, WorkspaceFs};
+use crate::ignore_rules::IgnoreRules;
+use crate::paths::{CUEIGNORE_FILE, WorkspacePath, is_never_synced};
+use crate::scan::list_files_under;
+
+/// What changed in the workspace, in the words of synced paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// A regular file was created or modified (or may have been: compare hashes).
+    Changed(WorkspacePath),
+    /// The path no longer holds a synced file; if it was a folder, nothing below it does.
+    Removed(WorkspacePath),
+    /// A file moved within the workspace. The target may have replaced an existing file.
+    Renamed {
+        from: WorkspacePath,
+        to: WorkspacePath,
+    },
+    /// A folder moved within the workspace; every path below `from` is now below `to`.
+    DirRenamed {
+        from: WorkspacePath,
+        to: WorkspacePath,
+    },
+    /// Events were lost (queue overflow, watcher error, ignore rules changed): compare a
+    /// fresh scan with the index.
+    Rescan,
+    /// The workspace folder itself was removed or moved away (the mass-deletion guard's
+    /// first case): do not turn this into deletions.
+    RootGone,
+}
+
+/// Why the watcher could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot watch {path:?}: {source}")]
+    Notify {
+        path: PathBuf,
+        source: notify::Error,
+    },
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("cannot resolve the workspace path {path:?}: {source}")]
+    Root {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Watcher settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchConfig {
+    /// How long a path must be quiet before its events are reported (`debounce_ms`).
+    pub debounce: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            debounce: Duration::from_millis(10),
+        }
+    }
+}
+
+/// A running watcher; dropping it stops it (and closes the event channel).
+#[derive(Debug)]
+pub struct Watcher {
+    _debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
+    rules: Arc<RwLock<IgnoreRules>>,
+    root: PathBuf,
+}
+
+impl Watcher {
+    /// Watches the workspace at `root` recursively. Events arrive on the returned channel;
+    /// once this returns, every later change is reported.
+    pub fn start(
+        root: &Path,
+        rules: IgnoreRules,
+        config: WatchConfig,
+    ) -> Result<(Watcher, Receiver<WatchEvent>), WatchError> {
+        let root = root.canonicalize().map_err(|source| WatchError::Root {
+            path: root.to_owned(),
+            source,
+        })?;
+        let (tx, rx) = channel();
+        let rules = Arc::new(RwLock::new(rules));
+        let mut translator = Translator {
+            fs: WorkspaceFs::open(&root)?,
+            root: root.clone(),
+            rules: rules.clone(),
+            tx,
+        };
+        let debounce = config.debounce.max(Duration::from_millis(1));
+        let mut debouncer = new_debouncer_opt::<_, RecommendedWatcher, RecommendedCache>(
+            debounce,
+            None,
+            move |result: DebounceEventResult| translator.handle(result),
+            RecommendedCache::new(),
+            // Never descend through a symlinked folder: its contents are not ours.
+            notify::Config::default().with_follow_symlinks(false),
+        )
+        .map_err(|source| WatchError::Notify {
+            path: root.clone(),
+            source,
+        })?;
+        debouncer
+            .watch(&root, RecursiveMode::Recursive)
+            .map_err(|source| WatchError::Notify {
+                path: root.clone(),
+                source,
+            })?;
+        Ok((
+            Watcher {
+                _debouncer: debouncer,
+                rules,
+                root,
+            },
+            rx,
+        ))
+    }
+
+    /// The ignore rules in force now (reloaded when `.cueignore` changes).
+    pub fn rules(&self) -> IgnoreRules {
+        self.rules
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The canonical workspace root the watcher reports paths against.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// Runs on the debouncer's thread: turns debounced notify events into [`WatchEvent`]s.
+struct Translator {
+    fs: WorkspaceFs,
+    root: PathBuf,
+    rules: Arc<RwLock<IgnoreRules>>,
+    tx: Sender<WatchEvent>,
+}
+
+/// What is at a path now, as far as syncing goes.
+enum Present {
+    File(WorkspacePath),
+    Dir(WorkspacePath),
+    /// Nothing, or a symlink or special file: nothing cue syncs.
+    Gone(WorkspacePath),
+}
+
+impl Translator {
+    fn handle(&mut self, result: DebounceEventResult) {
+        match result {
+            Ok(events) => {
+                for event in events {
+                    self.translate(&event);
+                }
+            }
+            Err(errors) => {
+                for e in &errors {
+                    tracing::warn!("watcher error, rescanning: {e}");
+                }
+                self.send(WatchEvent::Rescan);
+            }
+        }
+    }
+
+    fn send(&self, event: WatchEvent) {
+        // The receiver is gone only when the daemon is shutting down.
+        let _ = self.tx.send(event);
+    }
+
+    fn translate(&mut self, event: &notify::Event) {
+        if event.need_rescan() {
+            self.send(WatchEvent::Rescan);
+            return;
+        }
+        let Some(first) = event.paths.first() else {
+            return;
+        };
+        match event.kind {
+            EventKind::Access(_) | EventKind::Other | EventKind::Any => {}
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => match event.paths.get(1) {
+                Some(to) => self.renamed(first, to),
+                None => self.check(first),
+            },
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)) | EventKind::Remove(_)
+                if *first == self.root =>
+            {
+                self.send(WatchEvent::RootGone);
+            }
+            // Creations, modifications, removals, moves in and out: what matters is what
+            // is there now.
+            _ => self.check(first),
+        }
+    }
+
+    /// The path relative to the root, if it is below the root and not a never-synced name.
+    fn rel<'a>(&self, abs: &'a Path) -> Option<&'a str> {
+        let rel = abs.strip_prefix(&self.root).ok()?.to_str()?;
+        (!rel.is_empty() && !is_never_synced(rel)).then_some(rel)
+    }
+
+    fn is_ignored(&self, rel: &WorkspacePath, is_dir: bool) -> bool {
+        self.rules
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_ignored(rel.as_str(), is_dir)
+    }
+
+    /// Looks at what is at `rel` now; `None` for a name cue does not sync.
+    fn present(&self, rel: &str) -> Option<Present> {
+        let path = match WorkspacePath::parse(rel) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!("not syncing {rel:?}: {e}");
+                return None;
+            }
+        };
+        let kind = match self.fs.stat(&path) {
+            Ok(Some(st)) => st.kind,
+            Ok(None) => return Some(Present::Gone(path)),
+            // A folder on the way became a symlink or a file: nothing synced is there.
+            Err(FsError::SymlinkOnTheWay { .. } | FsError::NotADirectory { .. }) => {
+                return Some(Present::Gone(path));
+            }
+            Err(e) => {
+                tracing::warn!("cannot look at {rel:?}, rescanning: {e}");
+                self.send(WatchEvent::Rescan);
+                return None;
+            }
+        };
+        Some(match kind {
+            FileKind::Regular => Present::File(path),
+            FileKind::Directory => Present::Dir(path),
+            _ => Present::Gone(path),
+        })
+    }
+
+    /// Reports whatever is at `abs` now.
+    fn check(&mut self, abs: &Path) {
+        if abs == self.root {
+            if !self.root.is_dir() {
+                self.send(WatchEvent::RootGone);
+            }
+            return;
+        }
+        let Some(rel) = self.rel(abs) else {
+            return;
+        };
+        match self.present(rel) {
+            Some(Present::File(path)) if !self.is_ignored(&path, false) => {
+                self.send(WatchEvent::Changed(path.clone()));
+                self.maybe_reload(&path);
+            }
+            Some(Present::Dir(path)) => self.expand(&path),
+            Some(Present::Gone(path)) if !self.is_ignored(&path, false) => {
+                self.send(WatchEvent::Removed(path.clone()));
+                self.maybe_reload(&path);
+            }
+            _ => {}
+        }
+    }
+
+    /// Reports every file below a folder that appeared.
+    fn expand(&self, dir: &WorkspacePath) {
+        if self.is_ignored(dir, true) {
+            return;
+        }
+        let rules = self
+            .rules
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        for file in list_files_under(&self.root, &rules, dir) {
+            self.send(WatchEvent::Changed(file));
+        }
+    }
+
+    fn renamed(&mut self, from_abs: &Path, to_abs: &Path) {
+        if from_abs == self.root {
+            self.send(WatchEvent::RootGone);
+            return;
+        }
+        let from = self
+            .rel(from_abs)
+            .and_then(|r| WorkspacePath::parse(r).ok());
+        let Some(to_rel) = self.rel(to_abs) else {
+            // Renamed to a never-synced name: the source is gone unless recreated since.
+            self.check(from_abs);
+            return;
+        };
+        match self.present(to_rel) {
+            None => self.check(from_abs),
+            Some(Present::Gone(_)) => {
+                // Renamed again since, or the target is now a symlink: report both ends as
+                // they are now.
+                self.check(from_abs);
+                self.check(to_abs);
+            }
+            Some(Present::File(to)) => {
+                let to_synced = !self.is_ignored(&to, false);
+                match from.filter(|f| !self.is_ignored(f, false)) {
+                    Some(from) if to_synced => {
+                        self.send(WatchEvent::Renamed {
+                            from: from.clone(),
+                            to: to.clone(),
+                        });
+                        self.maybe_reload(&from);
+                        self.maybe_reload(&to);
+                        // Something may already stand at the old name again.
+                        if matches!(
+                            self.present(from.as_str()),
+                            Some(Present::File(_) | Present::Dir(_))
+                        ) {
+                            self.check(from_abs);
+                        }
+                    }
+                    // An editor's temporary renamed over the file: a save.
+                    None if to_synced => {
+                        self.send(WatchEvent::Changed(to.clone()));
+                        self.maybe_reload(&to);
+                    }
+                    Some(_) => self.check(from_abs),
+                    None => {}
+                }
+            }
+            Some(Present::Dir(to)) => {
+                let to_synced = !self.is_ignored(&to, true);
+                match from.filter(|f| !self.is_ignored(f, true)) {
+                    Some(from) if to_synced => {
+                        self.send(WatchEvent::DirRenamed {
+                            from: from.clone(),
+                            to,
+                        });
+                        if matches!(
+                            self.present(from.as_str()),
+                            Some(Present::File(_) | Present::Dir(_))
+                        ) {
+                            self.check(from_abs);
+                        }
+                    }
+                    None if to_synced => self.expand(&to),
+                    Some(_) => self.check(from_abs),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// After an event about `.cueignore`: reload the rules and ask for a rescan if they
+    /// changed.
+    fn maybe_reload(&self, path: &WorkspacePath) {
+        if path.as_str() != CUEIGNORE_FILE {
+            return;
+        }
+        let mut rules = self
+            .rules
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match rules.reload() {
+            Ok(false) => {}
+            Ok(true) => {
+                drop(rules);
+                self.send(WatchEvent::Rescan);
+            }
+            Err(e) => tracing::warn!("keeping the previous ignore rules: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::Instant;
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        outside: PathBuf,
+        watcher: Watcher,
+        rx: Receiver<WatchEvent>,
+    }
+
+    fn p(s: &str) -> WorkspacePath {
+        WorkspacePath::parse(s).unwrap()
+    }
+
+    /// A workspace with `files` in it, watched.
+    fn fixture(files: &[(&str, &str)]) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ws");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        let root = root.canonicalize().unwrap();
+        for (path, content) in files {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        let rules = IgnoreRules::load(&root).unwrap();
+        let (watcher, rx) = Watcher::start(&root, rules, WatchConfig::default()).unwrap();
+        Fixture {
+            _dir: dir,
+            root,
+            outside,
+            watcher,
+            rx,
+        }
+    }
+
+    impl Fixture {
+        /// Receives events until one equals `want`; returns everything received up to and
+        /// including it. Panics at the deadline.
+        fn wait_for(&self, want: &WatchEvent) -> Vec<WatchEvent> {
+            let deadline = Instant::now() + DEADLINE;
+            let mut seen = Vec::new();
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.rx.recv_timeout(left) {
+                    Ok(e) => {
+                        let done = e == *want;
+                        seen.push(e);
+                        if done {
+                            return seen;
+                        }
+                    }
+                    Err(_) => panic!("no {want:?} before the deadline; saw {seen:?}"),
+                }
+            }
+        }
+
+        /// Writes a sentinel file and waits for it: every earlier event has been
+        /// delivered by then. Returns the events before the sentinel's.
+        fn settle(&self) -> Vec<WatchEvent> {
+            std::fs::write(self.root.join("sentinel.md"), b"s").unwrap();
+            let mut seen = self.wait_for(&WatchEvent::Changed(p("sentinel.md")));
+            seen.pop();
+            seen
+        }
+    }
+
+    fn mentions(events: &[WatchEvent], path: &str) -> bool {
+        events.iter().any(|e| match e {
+            WatchEvent::Changed(p) | WatchEvent::Removed(p) => p.as_str() == path,
+            WatchEvent::Renamed { from, to } | WatchEvent::DirRenamed { from, to } => {
+                from.as_str() == path || to.as_str() == path
+            }
+            _ => false,
+        })
+    }
+
+    #[test]
+    fn in_place_write() {
+        let f = fixture(&[("a.md", "one")]);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(f.root.join("a.md"))
+            .unwrap();
+        file.write_all(b"two").unwrap();
+        drop(file);
+        f.wait_for(&WatchEvent::Changed(p("a.md")));
+    }
+
+    #[test]
+    fn new_file_in_new_folder() {
+        let f = fixture(&[]);
+        std::fs::create_dir_all(f.root.join("x/y")).unwrap();
+        std::fs::write(f.root.join("x/y/new.md"), b"n").unwrap();
+        f.wait_for(&WatchEvent::Changed(p("x/y/new.md")));
+    }
+
+    #[test]
+    fn save_through_temporary_and_rename() {
+        let f = fixture(&[("a.md", "one")]);
+        for tmp in [".a.md.Xy12Zq", "a.md.tmp", ".cue-tmp-1-1"] {
+            std::fs::write(f.root.join(tmp), b"two").unwrap();
+            std::fs::rename(f.root.join(tmp), f.root.join("a.md")).unwrap();
+            let seen = f.wait_for(&WatchEvent::Changed(p("a.md")));
+            assert!(
+                !seen
+                    .iter()
+                    .any(|e| matches!(e, WatchEvent::Removed(_) | WatchEvent::Renamed { .. })),
+                "{tmp}: {seen:?}"
+            );
+            let rest = f.settle();
+            assert!(
+                !rest.contains(&WatchEvent::Removed(p("a.md"))),
+                "{tmp}: {rest:?}"
+            );
+            assert!(!mentions(&rest, tmp), "{rest:?}");
+        }
+    }
+
+    #[test]
+    fn sed_in_place() {
+        let f = fixture(&[("a.md", "hello world\n")]);
+        let status = std::process::Command::new("sed")
+            .args(["-i", "s/world/there/", "a.md"])
+            .current_dir(&f.root)
+            .status();
+        match status {
+            Ok(s) => assert!(s.success()),
+            Err(e) => {
+                eprintln!("sed not available, skipping: {e}");
+                return;
+            }
+        }
+        let mut seen = f.wait_for(&WatchEvent::Changed(p("a.md")));
+        seen.extend(f.settle());
+        assert!(!seen.contains(&WatchEvent::Removed(p("a.md"))), "{seen:?}");
+        assert!(
+            seen.iter()
+                .all(|e| matches!(e, WatchEvent::Changed(p) if p.as_str() == "a.md")),
+            "only the file itself: {seen:?}"
+        );
+    }
+
+    #[test]
+    fn delete() {
+        let f = fixture(&[("a.md", "one"), ("d/b.md", "b")]);
+        std::fs::remove_file(f.root.join("a.md")).unwrap();
+        f.wait_for(&WatchEvent::Removed(p("a.md")));
+        std::fs::remove_dir_all(f.root.join("d")).unwrap();
+        f.wait_for(&WatchEvent::Removed(p("d")));
+    }
+
+    #[test]
+    fn rename_file() {
+        let f = fixture(&[("a.md", "one")]);
+        std::fs::rename(f.root.join("a.md"), f.root.join("b.md")).unwrap();
+        f.wait_for(&WatchEvent::Renamed {
+            from: p("a.md"),
+            to: p("b.md"),
+        });
+    }
+
+    #[test]
+    fn rename_folder() {
+        let f = fixture(&[("d/x.md", "x"), ("d/e/y.md", "y")]);
+        std::fs::rename(f.root.join("d"), f.root.join("renamed")).unwrap();
+        f.wait_for(&WatchEvent::DirRenamed {
+            from: p("d"),
+            to: p("renamed"),
+        });
+        // Watches follow the folder: a later edit inside is reported at its new path.
+        std::fs::write(f.root.join("renamed/e/y.md"), b"y2").unwrap();
+        f.wait_for(&WatchEvent::Changed(p("renamed/e/y.md")));
+    }
+
+    #[test]
+    fn move_out_and_in() {
+        let f = fixture(&[("a.md", "one"), ("d/x.md", "x")]);
+        std::fs::rename(f.root.join("a.md"), f.outside.join("a.md")).unwrap();
+        f.wait_for(&WatchEvent::Removed(p("a.md")));
+        std::fs::rename(f.root.join("d"), f.outside.join("d")).unwrap();
+        f.wait_for(&WatchEvent::Removed(p("d")));
+
+        std::fs::create_dir_all(f.outside.join("m/n")).unwrap();
+        std::fs::write(f.outside.join("m/one.md"), b"1").unwrap();
+        std::fs::write(f.outside.join("m/n/two.md"), b"2").unwrap();
+        std::fs::rename(f.outside.join("m"), f.root.join("m")).unwrap();
+        let mut seen = f.wait_for(&WatchEvent::Changed(p("m/n/two.md")));
+        seen.extend(f.settle());
+        assert!(
+            seen.contains(&WatchEvent::Changed(p("m/one.md"))),
+            "{seen:?}"
+        );
+    }
+
+    #[test]
+    fn ignored_and_never_synced_paths_are_silent() {
+        let f = fixture(&[(".cueignore", "*.log\nbuild/\n")]);
+        std::fs::write(f.root.join("x.log"), b"log").unwrap();
+        std::fs::create_dir_all(f.root.join("build/deep")).unwrap();
+        std::fs::write(f.root.join("build/deep/out.md"), b"o").unwrap();
+        std::fs::create_dir_all(f.root.join(".git")).unwrap();
+        std::fs::write(f.root.join(".git/HEAD"), b"h").unwrap();
+        std::fs::create_dir_all(f.root.join(".cuedeck")).unwrap();
+        std::fs::write(f.root.join(".cuedeck/store.sqlite3"), b"s").unwrap();
+        std::fs::write(f.root.join("notes.md.swp"), b"vim").unwrap();
+        let seen = f.settle();
+        assert!(seen.is_empty(), "{seen:?}");
+    }
+
+    #[test]
+    fn symlinks_are_not_reported() {
+        let f = fixture(&[]);
+        std::fs::write(f.outside.join("target.md"), b"t").unwrap();
+        std::os::unix::fs::symlink(f.outside.join("target.md"), f.root.join("link.md")).unwrap();
+        std::os::unix::fs::symlink(&f.outside, f.root.join("dirlink")).unwrap();
+        let seen = f.settle();
+        assert!(
+            !seen.iter().any(|e| matches!(e, WatchEvent::Changed(_))),
+            "{seen:?}"
+        );
+        // Writes in the folder a symlink points to are not ours.
+        std::fs::write(f.outside.join("other.md"), b"o").unwrap();
+        let seen = f.settle();
+        assert!(seen.is_empty(), "{seen:?}");
+    }
+
+    #[test]
+    fn cueignore_change_reloads_rules() {
+        let f = fixture(&[]);
+        std::fs::write(f.root.join(".cueignore"), b"*.log\n").unwrap();
+        let seen = f.wait_for(&WatchEvent::Rescan);
+        assert!(
+            seen.contains(&WatchEvent::Changed(p(".cueignore"))),
+            "{seen:?}"
+        );
+        assert!(f.watcher.rules().is_ignored("a.log", false));
+        std::fs::write(f.root.join("a.log"), b"now ignored").unwrap();
+        let seen = f.settle();
+        assert!(!mentions(&seen, "a.log"), "{seen:?}");
+    }
+
+    #[test]
+    fn root_removed() {
+        let f = fixture(&[("a.md", "a")]);
+        std::fs::rename(&f.root, f.outside.join("moved-root")).unwrap();
+        f.wait_for(&WatchEvent::RootGone);
+    }
+}
