@@ -228,6 +228,8 @@ impl Translator {
             {
                 self.send(WatchEvent::RootGone);
             }
+            // A folder's own attributes changed (chmod, touch): its files did not.
+            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Metadata(_)) if first.is_dir() => {}
             // Creations, modifications, removals, moves in and out: what matters is what
             // is there now.
             _ => self.check(first),
@@ -558,6 +560,60 @@ mod tests {
                 .all(|e| matches!(e, WatchEvent::Changed(p) if p.as_str() == "a.md")),
             "only the file itself: {seen:?}"
         );
+    }
+
+    #[test]
+    fn vim_style_backup_save() {
+        // vim with `backupcopy=no`: move the file to its backup, write a new file, delete
+        // the backup. Whatever the timing, the last word about the file is `Changed`.
+        let f = fixture(&[("a.md", "one")]);
+        std::fs::write(f.root.join("4913"), b"").unwrap();
+        std::fs::remove_file(f.root.join("4913")).unwrap();
+        std::fs::rename(f.root.join("a.md"), f.root.join("a.md~")).unwrap();
+        std::fs::write(f.root.join("a.md"), b"two").unwrap();
+        std::fs::remove_file(f.root.join("a.md~")).unwrap();
+        let seen = f.settle();
+        let about_a: Vec<_> = seen
+            .iter()
+            .filter(|e| mentions(std::slice::from_ref(e), "a.md"))
+            .collect();
+        assert_eq!(
+            about_a.last(),
+            Some(&&WatchEvent::Changed(p("a.md"))),
+            "{seen:?}"
+        );
+        assert!(
+            !mentions(&seen, "a.md~") && !mentions(&seen, "4913"),
+            "{seen:?}"
+        );
+    }
+
+    #[test]
+    fn burst_of_files() {
+        let f = fixture(&[]);
+        std::fs::create_dir(f.root.join("many")).unwrap();
+        for i in 0..300 {
+            std::fs::write(f.root.join(format!("many/f{i}.md")), b"x").unwrap();
+        }
+        let seen = f.settle();
+        for i in 0..300 {
+            assert!(
+                seen.contains(&WatchEvent::Changed(p(&format!("many/f{i}.md")))),
+                "f{i} missing"
+            );
+        }
+    }
+
+    #[test]
+    fn touching_a_folder_reports_nothing() {
+        let f = fixture(&[("d/a.md", "a"), ("d/b.md", "b")]);
+        std::fs::set_permissions(
+            f.root.join("d"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o750),
+        )
+        .unwrap();
+        let seen = f.settle();
+        assert!(seen.is_empty(), "{seen:?}");
     }
 
     #[test]
