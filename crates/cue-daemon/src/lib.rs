@@ -13,19 +13,32 @@
 //! - [`watch`]: notify events, debounced and translated into changes of synced paths;
 //! - [`store`]: the crash-safe SQLite store of opaque document bytes, engine state,
 //!   sequence-number reservations and the activity log;
-//! - [`lock`]: the single-daemon lock and the control socket's location.
+//! - [`lock`]: the single-daemon lock and the control socket's location;
+//! - [`config`] and [`workspace`]: `.cuedeck/` with its config, keys and store;
+//! - [`driver`]: the engine, store and folder tied together (effects carried out in the
+//!   engine's order, start-up scan, echo suppression, the mass-deletion guard);
+//! - [`relay_client`]: the WebSocket to the relay room, reconnecting with backoff;
+//! - [`control`]: the control socket's requests and the `status --json` document;
+//! - [`run`]: the daemon's main loop, and starting it in the background.
 //!
-//! All of it is blocking, thread-based IO; the daemon's async main loop bridges it (the
-//! watcher's channel through a blocking task, the store on a thread of its own).
-//! Nothing here knows about automerge, the relay or the wire format.
+//! The building blocks are blocking, thread-based IO; the main loop (tokio) owns the
+//! driver in one task, bridges the watcher's channel from a thread, and runs the relay
+//! client and the control socket as tasks. Only the main loop holds secrets beyond the
+//! room key; the relay client deals in frames.
 
+pub mod config;
+pub mod control;
+pub mod driver;
 pub mod fsio;
 pub mod ignore_rules;
 pub mod lock;
 pub mod paths;
+pub mod relay_client;
+pub mod run;
 pub mod scan;
 pub mod store;
 pub mod watch;
+pub mod workspace;
 
 pub use fsio::{
     BatchOutcome, Expect, FileKind, FileStat, FsError, Outcome, WorkspaceFs, WriteBatch,

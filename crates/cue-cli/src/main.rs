@@ -1,0 +1,591 @@
+//! `cue`: the command line of cue (DESIGN §2). It makes and joins workspaces, starts and
+//! stops the sync daemon (which lives in `cue-daemon`), and reports status and activity.
+//!
+//! Errors are one line on stderr saying what to do, exit 1; usage errors exit 2 (clap's
+//! own). The commands, flags and JSON keys are pinned by the contract: end-to-end tests
+//! drive exactly these.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Component, Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use cue_daemon::control::{self, Request, StatusContext, StatusReport};
+use cue_daemon::driver::{Driver, now_ms, offline_status};
+use cue_daemon::run::{run_foreground, start_background};
+use cue_daemon::workspace::{Workspace, find_root};
+use cue_daemon::{DaemonLock, Store};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cue",
+    version,
+    about = "Keep a folder in sync between machines, local-first and end-to-end encrypted",
+    after_help = "Example:\n  cue sync init --relay wss://relay.example.org\n  cue sync start\n  cue sync invite   # give the token to your other machine: cue sync join TOKEN"
+)]
+struct Cli {
+    /// Act on the workspace at DIR (like git -C) instead of the current folder.
+    #[arg(short = 'C', global = true, value_name = "DIR")]
+    dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Debug, Subcommand)]
+enum Top {
+    /// Workspaces and the sync daemon.
+    #[command(subcommand)]
+    Sync(SyncCmd),
+    /// Watch the folder and sync it, in the foreground (`watch --sync`).
+    Watch {
+        /// Sync through the relay (the same as `cue sync start --foreground`).
+        #[arg(long)]
+        sync: bool,
+        /// Relay URL to use (saved into the config).
+        #[arg(long, value_name = "URL")]
+        relay: Option<String>,
+    },
+    /// What happened in the workspace.
+    #[command(subcommand)]
+    Activity(ActivityCmd),
+    /// Run the relay in this process (the same code as `cue-relay`).
+    Relay(RelayCmd),
+}
+
+#[derive(Debug, Args)]
+struct RelayCmd {
+    #[command(flatten)]
+    relay: cue_relay::RelayArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum SyncCmd {
+    /// Make this folder a new workspace (.cuedeck/), importing the files already here.
+    #[command(after_help = "Example:\n  cue sync init --relay ws://127.0.0.1:8080 --name laptop")]
+    Init {
+        #[arg(long, value_name = "URL")]
+        relay: Option<String>,
+        /// This device's name (letters, digits, '.', '_', '-'; default: the host name).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// Print the invite token for another device (a secret, like a password).
+    Invite,
+    /// Make this folder a copy of the workspace of TOKEN (files here are merged).
+    #[command(after_help = "Example:\n  cue sync join cueinv1... --name desktop")]
+    Join {
+        token: String,
+        #[arg(long, value_name = "URL")]
+        relay: Option<String>,
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// Start the sync daemon (in the background unless --foreground).
+    Start {
+        /// Relay URL to use (saved into the config).
+        #[arg(long, value_name = "URL")]
+        relay: Option<String>,
+        /// Run in this terminal instead of detaching.
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Stop the daemon once everything it knows is on disk.
+    Stop,
+    /// Daemon, relay, peers, pending changes and conflicts (exit 1 if no daemon runs).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring back a deleted file.
+    Restore { path: PathBuf },
+    /// Mark the conflicts reported for PATH as seen, on every device.
+    Resolve { path: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum ActivityCmd {
+    /// The activity log, newest last.
+    #[command(after_help = "Example:\n  cue activity log --since 2h30m --json")]
+    Log {
+        /// How far back: 1d, 2h30m, 45m, or a date (2026-11-01 or RFC 3339).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// At most this many entries (the newest).
+        #[arg(short = 'n', value_name = "N")]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            // One line: the chain of causes joined, ending with what to do.
+            eprintln!("cue: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = std::env::var("CUE_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        // Colour codes only on a terminal, never in daemon.log.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .try_init();
+}
+
+/// The folder the command acts on: `-C DIR`, else the current one.
+fn base_dir(cli_dir: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let cwd = std::env::current_dir().context("cannot read the current folder")?;
+    Ok(match cli_dir {
+        Some(d) => cwd.join(d),
+        None => cwd,
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let base = base_dir(&cli.dir)?;
+    match cli.command {
+        Top::Sync(cmd) => sync(&base, cmd),
+        Top::Watch { sync: true, relay } => {
+            let root = find_root(&base)?;
+            foreground(&root, relay.as_deref())
+        }
+        Top::Watch { sync: false, .. } => {
+            bail!("`cue watch` syncs the folder: run `cue watch --sync`")
+        }
+        Top::Activity(ActivityCmd::Log { since, limit, json }) => {
+            let root = find_root(&base)?;
+            activity_log(&root, since.as_deref(), limit, json)
+        }
+        Top::Relay(cmd) => relay(cmd),
+    }
+}
+
+fn foreground(root: &Path, relay: Option<&str>) -> anyhow::Result<ExitCode> {
+    run_foreground(root, relay)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        SyncCmd::Init { relay, name } => {
+            let ws = Workspace::init(base, relay.as_deref(), name.as_deref())?;
+            let files = import(&ws)?;
+            println!(
+                "Created workspace {} in {} ({files} files imported) as device {}.",
+                ws.workspace_id(),
+                ws.root.display(),
+                ws.device_name()
+            );
+            println!(
+                "Next: `cue sync start`; on your other machines, `cue sync join` with the token from `cue sync invite`."
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        SyncCmd::Join { token, relay, name } => {
+            let ws = Workspace::join(base, &token, relay.as_deref(), name.as_deref())?;
+            let files = import(&ws)?;
+            println!(
+                "Joined workspace {} in {} ({files} files here, merged when peers meet) as device {}.",
+                ws.workspace_id(),
+                ws.root.display(),
+                ws.device_name()
+            );
+            println!("Next: `cue sync start`.");
+            Ok(ExitCode::SUCCESS)
+        }
+        SyncCmd::Invite => {
+            let ws = Workspace::open(&find_root(base)?)?;
+            println!("{}", ws.invite_token()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        SyncCmd::Start {
+            relay,
+            foreground: true,
+        } => {
+            let root = find_root(base)?;
+            foreground(&root, relay.as_deref())
+        }
+        SyncCmd::Start {
+            relay,
+            foreground: false,
+        } => {
+            let root = find_root(base)?;
+            let pid = start_background(&root, relay.as_deref(), Duration::from_secs(120))?;
+            println!("cue daemon started (pid {pid}) for {}.", root.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        SyncCmd::Stop => stop(&find_root(base)?),
+        SyncCmd::Status { json } => status(&find_root(base)?, json),
+        SyncCmd::Restore { path } => {
+            let root = find_root(base)?;
+            let rel = workspace_relative(base, &root, &path)?;
+            command(&root, Request::Restore { path: rel.clone() })?;
+            println!("Restored {rel}.");
+            Ok(ExitCode::SUCCESS)
+        }
+        SyncCmd::Resolve { path } => {
+            let root = find_root(base)?;
+            let rel = workspace_relative(base, &root, &path)?;
+            command(&root, Request::Resolve { path: rel.clone() })?;
+            println!("Marked the conflicts of {rel} as resolved.");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Imports the files already in a new workspace (the daemon's start-up scan, offline).
+fn import(ws: &Workspace) -> anyhow::Result<usize> {
+    let _lock = DaemonLock::acquire(&ws.dir()).context("cannot lock the new workspace")?;
+    let mut driver = Driver::open(ws, &ws.config)?;
+    driver.startup_scan(now_ms())?;
+    Ok(driver.status().files)
+}
+
+/// PATH as the workspace names it: relative to the folder the command runs in.
+fn workspace_relative(base: &Path, root: &Path, path: &Path) -> anyhow::Result<String> {
+    // The root is canonical; the base may reach it through a symlink.
+    let base = base.canonicalize().unwrap_or_else(|_| base.to_owned());
+    let mut norm = PathBuf::new();
+    for c in base.join(path).components() {
+        match c {
+            Component::ParentDir => {
+                norm.pop();
+            }
+            Component::CurDir => {}
+            other => norm.push(other),
+        }
+    }
+    let rel = norm.strip_prefix(root).map_err(|_| {
+        anyhow!(
+            "{} is outside the workspace {}; give a path inside it",
+            path.display(),
+            root.display()
+        )
+    })?;
+    rel.to_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("{} does not name a file", path.display()))
+}
+
+/// Runs restore/resolve through the daemon, or on the store directly when none runs.
+fn command(root: &Path, req: Request) -> anyhow::Result<()> {
+    let ws = Workspace::open(root)?;
+    if DaemonLock::probe(&ws.dir())?.is_some() {
+        let socket = cue_daemon::run::socket_for(root)?;
+        let response = control::request(&socket, &req, Duration::from_secs(30)).context(
+            "the daemon did not answer; check `cue sync status` and .cuedeck/daemon.log",
+        )?;
+        if !response.ok {
+            bail!("{}", response.error.unwrap_or_else(|| "failed".into()));
+        }
+        return Ok(());
+    }
+    // No daemon: do it here, holding the lock so that none starts meanwhile. Peers learn
+    // of it when the daemon next connects.
+    let _lock = match DaemonLock::acquire(&ws.dir()) {
+        Ok(l) => l,
+        Err(cue_daemon::LockError::AlreadyRunning { .. }) => {
+            bail!("a daemon started meanwhile; run the command again")
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut driver = Driver::open(&ws, &ws.config)?;
+    driver.startup_scan(now_ms())?;
+    let result = match &req {
+        Request::Restore { path } => driver.restore(now_ms(), path)?,
+        Request::Resolve { path } => driver.resolve(now_ms(), path)?,
+        _ => return Ok(()),
+    };
+    result.map(|_| ()).map_err(|e| anyhow!("{e}"))
+}
+
+fn stop(root: &Path) -> anyhow::Result<ExitCode> {
+    let ws = Workspace::open(root)?;
+    if DaemonLock::probe(&ws.dir())?.is_none() {
+        println!("No cue daemon is running for {}.", root.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let socket = cue_daemon::run::socket_for(root)?;
+    let response = control::request(&socket, &Request::Stop, Duration::from_secs(60)).context(
+        "the daemon did not answer; if it is stuck, kill it (`kill $(cat .cuedeck/daemon.pid)`)",
+    )?;
+    if !response.ok {
+        bail!(
+            "the daemon stopped with an error: {} (see .cuedeck/daemon.log)",
+            response.error.unwrap_or_default()
+        );
+    }
+    // The answer comes once everything is on disk; the lock goes when the process ends.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while DaemonLock::probe(&ws.dir())?.is_some() {
+        if std::time::Instant::now() > until {
+            bail!("the daemon answered but has not exited yet; check `cue sync status`");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("cue daemon stopped.");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(root: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let ws = Workspace::open(root)?;
+    let mut report: Option<StatusReport> = None;
+    if let Some(_pid) = DaemonLock::probe(&ws.dir())? {
+        let socket = cue_daemon::run::socket_for(root)?;
+        if let Ok(r) = control::request(&socket, &Request::Status, Duration::from_secs(10)) {
+            report = r.status;
+        }
+    }
+    let report = match report {
+        Some(r) => r,
+        None => {
+            // No daemon (or it does not answer): what the store says.
+            let pid = DaemonLock::probe(&ws.dir())?.flatten();
+            let s = offline_status(&ws)?;
+            control::status_report(
+                &StatusContext {
+                    workspace: &ws,
+                    running: false,
+                    pid,
+                    connected: false,
+                    deletions_paused: None,
+                },
+                &s,
+            )
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_status(&report);
+    }
+    Ok(if report.daemon.running {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_status(r: &StatusReport) {
+    let online = r.peers.iter().filter(|p| p.online).count();
+    let state = if !r.daemon.running {
+        "daemon not running (start it with `cue sync start`)".to_string()
+    } else if r.pending_changes > 0 {
+        format!("{} changes not yet confirmed by a peer", r.pending_changes)
+    } else {
+        "up to date".to_string()
+    };
+    let relay = if r.relay.connected {
+        "relay connected".to_string()
+    } else if r.daemon.running {
+        format!("offline, retrying {}", r.relay.url)
+    } else {
+        "offline".to_string()
+    };
+    println!(
+        "{}: {state} · {relay} · {online} peer{} online · {} files",
+        r.root,
+        if online == 1 { "" } else { "s" },
+        r.files
+    );
+    if let Some(reason) = &r.deletions_paused {
+        println!("\nDeletions paused: {reason}");
+        println!("  (check the folder, then `cue sync stop` and `cue sync start`)");
+    }
+    if !r.conflicts.is_empty() {
+        println!("\nConflicts:");
+        for c in &r.conflicts {
+            match &c.copy {
+                Some(copy) => println!("  {} ({}): other version in {copy}", c.path, c.kind),
+                None => println!("  {} ({}): {}", c.path, c.kind, c.detail),
+            }
+        }
+        println!("  (delete or rename a conflict copy to resolve it, or `cue sync resolve PATH`)");
+    }
+    if !r.skipped.is_empty() {
+        println!("\nNot synced:");
+        for s in &r.skipped {
+            println!("  {}: {}", s.path, s.reason);
+        }
+    }
+    if !r.peers.is_empty() {
+        println!("\nPeers:");
+        for p in &r.peers {
+            let seen = if p.online {
+                "online".to_string()
+            } else {
+                match &p.last_sync {
+                    Some(t) => format!("last synced {t}"),
+                    None => "never synced".to_string(),
+                }
+            };
+            println!("  {} ({}…): {seen}", p.name, &p.device_id[..6]);
+        }
+    }
+    if let Some(t) = &r.last_full_resync {
+        println!("\nLast full resync: {t}");
+    }
+}
+
+/// `1d`, `2h30m`, `45m`, `90s`, `1w`, or a date, to milliseconds since the epoch.
+fn parse_since(s: &str, now: i64) -> anyhow::Result<i64> {
+    let s = s.trim();
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Ok((t.unix_timestamp_nanos() / 1_000_000) as i64);
+    }
+    let date_format = time::macros::format_description!("[year]-[month]-[day]");
+    if let Ok(d) = time::Date::parse(s, date_format) {
+        let t = d.midnight().assume_utc();
+        return Ok((t.unix_timestamp_nanos() / 1_000_000) as i64);
+    }
+    let mut total: i64 = 0;
+    let mut num = String::new();
+    let mut any = false;
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let unit: i64 = match c {
+            's' => 1_000,
+            'm' => 60_000,
+            'h' => 3_600_000,
+            'd' => 86_400_000,
+            'w' => 7 * 86_400_000,
+            _ => bail!(
+                "--since {s:?}: use a duration like 1d, 2h30m or 45m, or a date like 2026-11-01"
+            ),
+        };
+        let n: i64 = num.parse().map_err(|_| {
+            anyhow!("--since {s:?}: a number must come before each unit, as in 2h30m")
+        })?;
+        total = total.saturating_add(n.saturating_mul(unit));
+        num.clear();
+        any = true;
+    }
+    if !num.is_empty() || !any {
+        bail!("--since {s:?}: give a unit (s, m, h, d, w), as in 1d or 2h30m");
+    }
+    Ok(now - total)
+}
+
+fn activity_log(
+    root: &Path,
+    since: Option<&str>,
+    limit: Option<usize>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let ws = Workspace::open(root)?;
+    let since_ms = match since {
+        Some(s) => parse_since(s, now_ms())?,
+        None => 0,
+    };
+    let store = Store::open(&ws.store_path())?;
+    let mut entries = store.activity_since(since_ms, 1_000_000)?;
+    if let Some(n) = limit {
+        let skip = entries.len().saturating_sub(n);
+        entries.drain(..skip);
+    }
+    let mut out = std::io::stdout().lock();
+    for e in entries {
+        let r = e.record;
+        let time = control::rfc3339(r.time_ms);
+        if json {
+            let line = serde_json::json!({
+                "time": time,
+                "kind": r.kind.as_str(),
+                "path": r.path,
+                "device": r.device,
+                "detail": r.detail,
+            });
+            writeln!(out, "{line}")?;
+        } else {
+            let mut line = format!("{time}  {:<13} {}", r.kind.as_str(), r.device);
+            if let Some(p) = &r.path {
+                line.push_str(&format!("  {p}"));
+            }
+            if let Some(d) = &r.detail {
+                line.push_str(&format!("  ({d})"));
+            }
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn relay(cmd: RelayCmd) -> anyhow::Result<ExitCode> {
+    let config = cmd.relay.to_config();
+    config.validate().context("check the relay's flags")?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let listener = tokio::net::TcpListener::bind(cmd.relay.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cmd.relay.listen))?;
+        let bound = listener.local_addr()?;
+        println!("listening on {bound}");
+        std::io::stdout().flush()?;
+        cue_relay::serve(config, listener, async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        })
+        .await?;
+        anyhow::Ok(())
+    })?;
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_accepts_durations_and_dates() {
+        let now = 10 * 86_400_000;
+        assert_eq!(parse_since("1d", now).expect("1d"), 9 * 86_400_000);
+        assert_eq!(
+            parse_since("2h30m", now).expect("2h30m"),
+            now - 2 * 3_600_000 - 30 * 60_000
+        );
+        assert_eq!(parse_since("1970-01-02", now).expect("date"), 86_400_000);
+        assert!(parse_since("yesterday", now).is_err());
+        assert!(parse_since("12", now).is_err());
+    }
+
+    #[test]
+    fn paths_are_taken_relative_to_the_workspace() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().canonicalize().expect("canon");
+        std::fs::create_dir_all(root.join("notes")).expect("mkdir");
+        assert_eq!(
+            workspace_relative(&root.join("notes"), &root, Path::new("a.md")).expect("rel"),
+            "notes/a.md"
+        );
+        assert_eq!(
+            workspace_relative(&root, &root, Path::new("./x/../b.md")).expect("rel"),
+            "b.md"
+        );
+        assert!(workspace_relative(&root, &root, Path::new("../b.md")).is_err());
+    }
+}

@@ -1,0 +1,281 @@
+//! The control socket: how `cue` talks to a running daemon.
+//!
+//! A Unix socket at [`crate::control_socket_path`], private to the user (its folder is
+//! 0700). One JSON request a line, one JSON response a line, then the daemon closes the
+//! connection. The requests are few (status, stop, restore, resolve); the activity log
+//! is read by the CLI straight from the store, which SQLite lets another process read
+//! while the daemon writes.
+//!
+//! Also here: the `status --json` document (DESIGN §2), built by the daemon from the
+//! live engine, or by the CLI from the store when no daemon runs.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as TokioBufReader};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+/// What the CLI asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    /// Stop after making everything durable; answered once it is.
+    Stop,
+    Restore {
+        path: String,
+    },
+    Resolve {
+        path: String,
+    },
+}
+
+/// What the daemon answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Response {
+    pub ok: bool,
+    /// One line saying what went wrong and what to do.
+    pub error: Option<String>,
+    pub status: Option<StatusReport>,
+}
+
+impl Response {
+    pub fn ok() -> Response {
+        Response {
+            ok: true,
+            ..Response::default()
+        }
+    }
+
+    pub fn error(message: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            error: Some(message.into()),
+            status: None,
+        }
+    }
+}
+
+/// `cue sync status --json` (DESIGN §2: nested objects, these keys at least).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub schema_version: u32,
+    pub workspace_id: String,
+    pub device_id: String,
+    pub device_name: String,
+    pub root: String,
+    pub daemon: DaemonInfo,
+    pub relay: RelayInfo,
+    pub peers: Vec<PeerReport>,
+    pub files: u64,
+    pub pending_changes: u64,
+    pub conflicts: Vec<ConflictReport>,
+    pub skipped: Vec<SkippedReport>,
+    pub last_full_resync: Option<String>,
+    /// Why deletions are not being propagated (the mass-deletion guard), if they are not.
+    pub deletions_paused: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub running: bool,
+    pub pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelayInfo {
+    pub url: String,
+    pub connected: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerReport {
+    pub device_id: String,
+    pub name: String,
+    pub online: bool,
+    pub last_sync: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictReport {
+    pub path: String,
+    pub kind: String,
+    pub time: String,
+    /// The conflict copy holding the losing version, if there is one.
+    pub copy: Option<String>,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkippedReport {
+    pub path: String,
+    pub reason: String,
+}
+
+/// RFC 3339 UTC with milliseconds, from milliseconds since the Unix epoch.
+pub fn rfc3339(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let t = t
+        .replace_nanosecond((ms.rem_euclid(1000) as u32) * 1_000_000)
+        .unwrap_or(t);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+/// What the status document needs besides the engine's [`cue_core::Status`].
+#[derive(Debug, Clone)]
+pub struct StatusContext<'a> {
+    pub workspace: &'a crate::workspace::Workspace,
+    pub running: bool,
+    pub pid: Option<u32>,
+    pub connected: bool,
+    pub deletions_paused: Option<String>,
+}
+
+/// Builds the status document.
+pub fn status_report(ctx: &StatusContext<'_>, s: &cue_core::Status) -> StatusReport {
+    let ws = ctx.workspace;
+    StatusReport {
+        schema_version: 1,
+        workspace_id: ws.workspace_id(),
+        device_id: ws.device_id_hex(),
+        device_name: ws.device_name(),
+        root: ws.root.display().to_string(),
+        daemon: DaemonInfo {
+            running: ctx.running,
+            pid: ctx.pid,
+        },
+        relay: RelayInfo {
+            url: ws.config.sync.relay.url.clone(),
+            connected: ctx.connected,
+        },
+        peers: s
+            .peers
+            .iter()
+            .map(|p| PeerReport {
+                device_id: hex::encode(p.device.0),
+                name: p.name.clone(),
+                online: p.online && ctx.connected,
+                last_sync: p.last_sync_ms.map(rfc3339),
+            })
+            .collect(),
+        files: s.files as u64,
+        pending_changes: s.pending_changes as u64,
+        conflicts: s
+            .conflicts
+            .iter()
+            .map(|c| ConflictReport {
+                path: c.path.clone(),
+                kind: c.kind.as_str().to_string(),
+                time: rfc3339(c.time_ms),
+                copy: c.copy.clone(),
+                detail: c.detail.clone(),
+            })
+            .collect(),
+        skipped: s
+            .skipped
+            .iter()
+            .map(|(path, size)| SkippedReport {
+                path: path.clone(),
+                reason: format!("larger than max_file_size ({size} bytes)"),
+            })
+            .collect(),
+        last_full_resync: s.last_full_resync_ms.map(rfc3339),
+        deletions_paused: ctx.deletions_paused.clone(),
+    }
+}
+
+/// Sends one request to the daemon at `socket` and waits for its answer. An error means
+/// no daemon answered (none runs, or it is stuck).
+pub fn request(socket: &Path, req: &Request, timeout: Duration) -> std::io::Result<Response> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut line = serde_json::to_string(req).map_err(std::io::Error::other)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut answer = String::new();
+    reader.read_line(&mut answer)?;
+    if answer.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the daemon closed the connection without answering",
+        ));
+    }
+    serde_json::from_str(&answer).map_err(std::io::Error::other)
+}
+
+/// A request waiting for the main loop, with where to send the answer.
+pub type Pending = (Request, oneshot::Sender<Response>);
+
+/// Accepts connections on `listener` forever, handing each request to the main loop.
+pub async fn serve(listener: UnixListener, to_loop: mpsc::Sender<Pending>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(%error, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let to_loop = to_loop.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut reader = TokioBufReader::new(read.take(64 * 1024));
+            let mut line = String::new();
+            let response =
+                match tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+                    .await
+                {
+                    Ok(Ok(n)) if n > 0 => match serde_json::from_str::<Request>(&line) {
+                        Ok(req) => {
+                            let (tx, rx) = oneshot::channel();
+                            if to_loop.send((req, tx)).await.is_err() {
+                                Response::error("the daemon is stopping")
+                            } else {
+                                rx.await
+                                    .unwrap_or_else(|_| Response::error("the daemon is stopping"))
+                            }
+                        }
+                        Err(e) => Response::error(format!("bad request: {e}")),
+                    },
+                    _ => return,
+                };
+            if let Ok(mut text) = serde_json::to_string(&response) {
+                text.push('\n');
+                let _ = write.write_all(text.as_bytes()).await;
+                let _ = write.shutdown().await;
+            }
+        });
+    }
+}
+
+use tokio::io::AsyncReadExt as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn requests_are_one_json_object() {
+        let r = Request::Restore {
+            path: "a.md".into(),
+        };
+        let text = serde_json::to_string(&r).expect("json");
+        assert_eq!(text, r#"{"cmd":"restore","path":"a.md"}"#);
+        assert_eq!(serde_json::from_str::<Request>(&text).expect("back"), r);
+    }
+}

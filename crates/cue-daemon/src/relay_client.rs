@@ -1,0 +1,367 @@
+//! The relay client: one WebSocket to the workspace's room, kept up for as long as the
+//! daemon runs.
+//!
+//! It speaks frames only (`cue-proto`); sealing and opening envelopes is the main loop's
+//! business, which keeps every secret but the room key out of this task. It joins by the
+//! signed challenge (answering an auth request with the configured token first),
+//! reports the relay's peers joining and leaving and their messages, and sends what the
+//! main loop hands it. A message the relay refuses for rate is sent again after the
+//! relay's `retry_after_ms` (sent frames are kept a few seconds for that, bounded in
+//! bytes). A lost connection is reported and retried with exponential backoff from
+//! about 100 ms, capped at 5 s, with jitter so that many peers dropped by one relay
+//! restart do not return in lockstep. An unreachable relay is a state ("offline,
+//! retrying"), never an error.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use cue_crypto::WorkspaceKeys;
+use cue_proto::{ClientFrame, Limits, PeerId, RelayFrame, RoomId};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// What happened at the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayEvent {
+    /// Admitted to the room.
+    Connected {
+        you: PeerId,
+        peers: Vec<PeerId>,
+        limits: Limits,
+    },
+    PeerJoined(PeerId),
+    PeerLeft(PeerId),
+    Message {
+        from: PeerId,
+        direct: bool,
+        payload: Vec<u8>,
+    },
+    /// The connection is gone (every peer is offline now); reconnecting.
+    Disconnected {
+        reason: String,
+    },
+}
+
+/// What the main loop asks the client to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayCommand {
+    Broadcast(Vec<u8>),
+    Direct(PeerId, Vec<u8>),
+    /// Close the connection and end the task.
+    Close,
+}
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct RelayParams {
+    /// `ws://host:port` or `wss://...` (no room path).
+    pub url: String,
+    pub auth_token: String,
+    /// The workspace keys: the room id and the room key that signs the challenge.
+    pub keys: WorkspaceKeys,
+}
+
+impl std::fmt::Debug for RelayParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayParams")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The WebSocket URL of the room.
+pub fn room_url(base: &str, room: &RoomId) -> String {
+    format!("{}{}", base.trim_end_matches('/'), room.path())
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a sent frame is kept in case the relay refuses it for rate.
+const KEEP_SENT: Duration = Duration::from_secs(5);
+/// At most this many bytes of sent frames are kept for resending.
+const KEEP_SENT_BYTES: usize = 64 * 1024 * 1024;
+
+enum End {
+    /// Asked to stop (or the main loop is gone).
+    Closed,
+    /// The connection failed or dropped; `admitted` says whether we had joined the room.
+    Lost { reason: String, admitted: bool },
+}
+
+/// Runs the client until [`RelayCommand::Close`] (or the command channel closes).
+pub async fn run(
+    params: RelayParams,
+    events: mpsc::UnboundedSender<RelayEvent>,
+    mut commands: mpsc::UnboundedReceiver<RelayCommand>,
+) {
+    let mut backoff = BACKOFF_START;
+    loop {
+        match session(&params, &events, &mut commands).await {
+            End::Closed => return,
+            End::Lost { reason, admitted } => {
+                tracing::info!(%reason, "relay connection lost; retrying");
+                if admitted {
+                    backoff = BACKOFF_START;
+                    if events.send(RelayEvent::Disconnected { reason }).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let delay = jitter(backoff);
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        let until = Instant::now() + delay;
+        // While waiting, what the main loop sends cannot go anywhere: drop it (the
+        // engine catches up on reconnecting), but obey a close at once.
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => break,
+                cmd = commands.recv() => match cmd {
+                    None | Some(RelayCommand::Close) => return,
+                    Some(_) => {}
+                },
+            }
+        }
+    }
+}
+
+/// `d` scaled by a random factor in [0.5, 1.5).
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let r = if getrandom::fill(&mut b).is_ok() {
+        f64::from(u16::from_le_bytes(b)) / 65536.0
+    } else {
+        0.5
+    };
+    d.mul_f64(0.5 + r)
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn session(
+    params: &RelayParams,
+    events: &mpsc::UnboundedSender<RelayEvent>,
+    commands: &mut mpsc::UnboundedReceiver<RelayCommand>,
+) -> End {
+    let lost = |reason: String| End::Lost {
+        reason,
+        admitted: false,
+    };
+    let url = room_url(&params.url, &params.keys.room_id());
+    // 16 MiB envelopes plus frame overhead; the relay enforces its own, smaller limit.
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(cue_crypto::MAX_ENVELOPE_LEN + 1024))
+        .max_frame_size(Some(cue_crypto::MAX_ENVELOPE_LEN + 1024));
+    let connect = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
+    let mut ws: Ws = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok((ws, _response))) => ws,
+        Ok(Err(e)) => return lost(format!("cannot connect to {}: {e}", params.url)),
+        Err(_) => return lost(format!("no answer from {} in time", params.url)),
+    };
+
+    // The handshake: optional auth, the challenge, then Welcome.
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(deadline, ws.next()) => next,
+            cmd = commands.recv() => match cmd {
+                None | Some(RelayCommand::Close) => {
+                    let _ = ws.close(None).await;
+                    return End::Closed;
+                }
+                Some(_) => continue, // not admitted: nowhere to send it
+            },
+        };
+        let frame = match next {
+            Err(_) => return lost("the relay's handshake timed out".into()),
+            Ok(None) => return lost("the relay closed the connection".into()),
+            Ok(Some(Err(e))) => return lost(e.to_string()),
+            Ok(Some(Ok(WsMessage::Binary(bytes)))) => match cue_proto::decode::<RelayFrame>(&bytes)
+            {
+                Ok(f) => f,
+                Err(e) => return lost(format!("undecodable frame from the relay: {e}")),
+            },
+            Ok(Some(Ok(WsMessage::Close(c)))) => {
+                return lost(format!("the relay closed the connection: {c:?}"));
+            }
+            Ok(Some(Ok(_))) => continue,
+        };
+        let reply = match frame {
+            RelayFrame::AuthRequired => ClientFrame::Auth {
+                token: params.auth_token.clone(),
+            },
+            RelayFrame::Challenge { nonce } => ClientFrame::Proof {
+                signature: params.keys.sign_join(&nonce),
+            },
+            RelayFrame::Welcome { you, peers, limits } => {
+                if events
+                    .send(RelayEvent::Connected { you, peers, limits })
+                    .is_err()
+                {
+                    return End::Closed;
+                }
+                break;
+            }
+            RelayFrame::Refused { reason, .. } => {
+                return lost(format!(
+                    "the relay refused to admit us: {}",
+                    reason.as_str()
+                ));
+            }
+            _ => continue,
+        };
+        if let Err(e) = ws
+            .send(WsMessage::Binary(cue_proto::encode(&reply).into()))
+            .await
+        {
+            return lost(e.to_string());
+        }
+    }
+
+    let admitted_lost = |reason: String| End::Lost {
+        reason,
+        admitted: true,
+    };
+    let mut next_id: u64 = 1;
+    let mut sent: VecDeque<(u64, Instant, ClientFrame)> = VecDeque::new();
+    let mut sent_bytes = 0usize;
+    let mut retry: Vec<(Instant, ClientFrame)> = Vec::new();
+    loop {
+        let next_retry = retry.iter().map(|(t, _)| *t).min();
+        let to_send: Vec<ClientFrame> = tokio::select! {
+            msg = ws.next() => {
+                let bytes = match msg {
+                    None => return admitted_lost("the relay closed the connection".into()),
+                    Some(Err(e)) => return admitted_lost(e.to_string()),
+                    Some(Ok(WsMessage::Binary(b))) => b,
+                    Some(Ok(WsMessage::Close(c))) => {
+                        return admitted_lost(format!("the relay closed the connection: {c:?}"));
+                    }
+                    Some(Ok(_)) => continue,
+                };
+                let frame = match cue_proto::decode::<RelayFrame>(&bytes) {
+                    Ok(f) => f,
+                    Err(error) => {
+                        tracing::warn!(%error, "undecodable frame from the relay; ignored");
+                        continue;
+                    }
+                };
+                let event = match frame {
+                    RelayFrame::PeerJoined(p) => RelayEvent::PeerJoined(p),
+                    RelayFrame::PeerLeft(p) => RelayEvent::PeerLeft(p),
+                    RelayFrame::Message { from, direct, payload } => {
+                        RelayEvent::Message { from, direct, payload }
+                    }
+                    RelayFrame::Refused { id, reason, limit, retry_after_ms } => {
+                        let found = id.and_then(|id| sent.iter().position(|(i, _, _)| *i == id));
+                        match found {
+                            Some(pos) if reason.is_transient() => {
+                                if let Some((_, _, frame)) = sent.remove(pos) {
+                                    sent_bytes -= frame_len(&frame);
+                                    let wait = Duration::from_millis(retry_after_ms.clamp(10, 10_000));
+                                    tracing::debug!(reason = reason.as_str(), ?wait, "relay refused for rate; will resend");
+                                    retry.push((Instant::now() + wait, frame));
+                                }
+                            }
+                            _ => tracing::warn!(reason = reason.as_str(), limit, ?id, "the relay refused a message"),
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                };
+                if events.send(event).is_err() {
+                    let _ = ws.close(None).await;
+                    return End::Closed;
+                }
+                continue;
+            }
+            cmd = commands.recv() => match cmd {
+                None | Some(RelayCommand::Close) => {
+                    let _ = ws.close(None).await;
+                    return End::Closed;
+                }
+                Some(RelayCommand::Broadcast(payload)) => {
+                    vec![ClientFrame::Broadcast { id: 0, payload }]
+                }
+                Some(RelayCommand::Direct(to, payload)) => {
+                    vec![ClientFrame::Direct { id: 0, to, payload }]
+                }
+            },
+            () = sleep_until_opt(next_retry) => {
+                let now = Instant::now();
+                let (due, later): (Vec<_>, Vec<_>) = retry.into_iter().partition(|(t, _)| *t <= now);
+                retry = later;
+                due.into_iter().map(|(_, f)| f).collect()
+            }
+        };
+        let now = Instant::now();
+        for mut frame in to_send {
+            // A fresh id per attempt, so a refusal always names the latest one.
+            let id = next_id;
+            next_id += 1;
+            match &mut frame {
+                ClientFrame::Broadcast { id: i, .. } | ClientFrame::Direct { id: i, .. } => *i = id,
+                _ => {}
+            }
+            if let Err(e) = ws
+                .send(WsMessage::Binary(cue_proto::encode(&frame).into()))
+                .await
+            {
+                return admitted_lost(e.to_string());
+            }
+            sent_bytes += frame_len(&frame);
+            sent.push_back((id, now, frame));
+        }
+        while let Some((_, t, frame)) = sent.front() {
+            if now.duration_since(*t) > KEEP_SENT || sent_bytes > KEEP_SENT_BYTES {
+                sent_bytes -= frame_len(frame);
+                sent.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+fn frame_len(f: &ClientFrame) -> usize {
+    match f {
+        ClientFrame::Broadcast { payload, .. } | ClientFrame::Direct { payload, .. } => {
+            payload.len()
+        }
+        _ => 0,
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_urls_join_cleanly() {
+        let room = RoomId([0xab; 32]);
+        assert_eq!(
+            room_url("ws://127.0.0.1:8080/", &room),
+            format!("ws://127.0.0.1:8080/v1/rooms/{}", "ab".repeat(32))
+        );
+    }
+
+    #[test]
+    fn jitter_stays_within_half_either_side() {
+        for _ in 0..100 {
+            let d = jitter(Duration::from_millis(100));
+            assert!(d >= Duration::from_millis(50) && d < Duration::from_millis(150));
+        }
+    }
+}

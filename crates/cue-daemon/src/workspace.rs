@@ -1,0 +1,406 @@
+//! A workspace on disk: `.cuedeck/` with its config, keys and store (DESIGN §3).
+//!
+//! `init` makes a new workspace secret and device key; `join` takes the secret from an
+//! invite token, so joining needs no relay. The secrets live in files of mode 0600,
+//! created with that mode (never widened and then narrowed). The store is created here
+//! too; importing the files already present is the driver's start-up scan, run by the
+//! caller right after.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use cue_crypto::{DeviceKey, Invite, WorkspaceKeys, WorkspaceSecret};
+use zeroize::Zeroizing;
+
+use crate::config::{CONFIG_FILE, Config};
+use crate::store::{STORE_FILE, Store};
+
+/// The workspace's private folder.
+pub const CUEDECK_DIR: &str = ".cuedeck";
+/// The workspace secret (64 hex digits), mode 0600.
+pub const SECRET_FILE: &str = "workspace.key";
+/// This device's ed25519 seed (64 hex digits), mode 0600.
+pub const DEVICE_KEY_FILE: &str = "device.key";
+/// Where the background daemon's standard streams go.
+pub const LOG_FILE: &str = "daemon.log";
+
+/// What can go wrong with a workspace, each with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error(
+        "{0} is not in a cue workspace (no .cuedeck/ here or above); run `cue sync init` or `cue sync join TOKEN` first"
+    )]
+    NotAWorkspace(PathBuf),
+    #[error("{0} is already a cue workspace (it has .cuedeck/); use it, or pick another folder")]
+    AlreadyAWorkspace(PathBuf),
+    #[error("{0} is not a folder")]
+    NotAFolder(PathBuf),
+    #[error(
+        "invalid device name {name:?}: {message}; use letters, digits, '.', '_' or '-', at most 32"
+    )]
+    BadName { name: String, message: String },
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Invite(#[from] cue_crypto::InviteError),
+    #[error("invalid relay URL {url:?}: {message}")]
+    BadRelay { url: String, message: String },
+    #[error("{path}: {message}")]
+    Key { path: PathBuf, message: String },
+    #[error("cannot create {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the operating system's random source failed: {0}")]
+    Random(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// An opened workspace: where it is, its settings and its keys.
+pub struct Workspace {
+    /// The workspace folder (canonical).
+    pub root: PathBuf,
+    pub config: Config,
+    pub secret: WorkspaceSecret,
+    pub keys: WorkspaceKeys,
+    pub device: DeviceKey,
+}
+
+impl std::fmt::Debug for Workspace {
+    // Keys never go into logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workspace")
+            .field("root", &self.root)
+            .field("workspace_id", &self.workspace_id())
+            .field("device_id", &self.device_id_hex())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The nearest folder at or above `start` that holds `.cuedeck/`.
+pub fn find_root(start: &Path) -> Result<PathBuf, WorkspaceError> {
+    let start = start
+        .canonicalize()
+        .map_err(|_| WorkspaceError::NotAWorkspace(start.to_owned()))?;
+    let mut dir = start.as_path();
+    loop {
+        if dir.join(CUEDECK_DIR).is_dir() {
+            return Ok(dir.to_owned());
+        }
+        match dir.parent() {
+            Some(parent) => dir = parent,
+            None => return Err(WorkspaceError::NotAWorkspace(start)),
+        }
+    }
+}
+
+/// The device name from `--name`, else from the host name made to fit the rules.
+pub fn choose_device_name(name: Option<&str>) -> Result<String, WorkspaceError> {
+    if let Some(name) = name {
+        cue_crypto::validate_device_name(name).map_err(|e| WorkspaceError::BadName {
+            name: name.to_string(),
+            message: e.to_string(),
+        })?;
+        return Ok(name.to_string());
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    Ok(sanitize_name(host.trim()))
+}
+
+/// A host name as a valid device name: other characters become `-`, cut to 32.
+fn sanitize_name(host: &str) -> String {
+    let mut name: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(cue_crypto::MAX_DEVICE_NAME_LEN)
+        .collect();
+    if cue_crypto::validate_device_name(&name).is_err() {
+        name = "device".to_string();
+    }
+    name
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WorkspaceError + '_ {
+    move |source| WorkspaceError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Writes a secret file with mode 0600 from its creation on.
+fn write_secret(path: &Path, bytes: &[u8; 32]) -> Result<(), WorkspaceError> {
+    let hexed = Zeroizing::new(hex::encode(bytes));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.write_all(hexed.as_bytes()).map_err(io_err(path))?;
+    f.write_all(b"\n").map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))?;
+    Ok(())
+}
+
+fn read_secret(path: &Path) -> Result<[u8; 32], WorkspaceError> {
+    let key_err = |message: String| WorkspaceError::Key {
+        path: path.to_owned(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| key_err(format!("cannot read: {e}")))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(key_err(
+            "is readable by other users; run `chmod 600` on it (it is a secret)".into(),
+        ));
+    }
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| key_err(e.to_string()))?);
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut out)
+        .map_err(|_| key_err("is not 64 hex digits; the key file is damaged".into()))?;
+    Ok(out)
+}
+
+impl Workspace {
+    /// `.cuedeck/` of this workspace.
+    pub fn dir(&self) -> PathBuf {
+        self.root.join(CUEDECK_DIR)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir().join(CONFIG_FILE)
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.dir().join(STORE_FILE)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir().join(LOG_FILE)
+    }
+
+    /// The workspace id users see (32 hex digits).
+    pub fn workspace_id(&self) -> String {
+        self.keys.workspace_id().to_string()
+    }
+
+    /// This device's id (64 hex digits).
+    pub fn device_id_hex(&self) -> String {
+        hex::encode(self.device.device_id().0)
+    }
+
+    /// This device's id as the engine knows it.
+    pub fn core_device_id(&self) -> cue_core::DeviceId {
+        cue_core::DeviceId(self.device.device_id().0)
+    }
+
+    /// The device name in use.
+    pub fn device_name(&self) -> String {
+        if self.config.device.name.is_empty() {
+            sanitize_name("device")
+        } else {
+            self.config.device.name.clone()
+        }
+    }
+
+    /// Opens the workspace whose root is `root` (see [`find_root`]).
+    pub fn open(root: &Path) -> Result<Workspace, WorkspaceError> {
+        let root = root
+            .canonicalize()
+            .map_err(|_| WorkspaceError::NotAWorkspace(root.to_owned()))?;
+        let dir = root.join(CUEDECK_DIR);
+        if !dir.is_dir() {
+            return Err(WorkspaceError::NotAWorkspace(root));
+        }
+        let config = Config::load(&dir.join(CONFIG_FILE))?;
+        let secret = WorkspaceSecret::from_bytes(read_secret(&dir.join(SECRET_FILE))?);
+        let device = DeviceKey::from_bytes(&read_secret(&dir.join(DEVICE_KEY_FILE))?);
+        let keys = WorkspaceKeys::derive(&secret);
+        Ok(Workspace {
+            root,
+            config,
+            secret,
+            keys,
+            device,
+        })
+    }
+
+    /// Makes a new workspace in `root`: `.cuedeck/`, a new secret and device key, the
+    /// config and an empty store.
+    pub fn init(
+        root: &Path,
+        relay: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Workspace, WorkspaceError> {
+        let secret =
+            WorkspaceSecret::generate().map_err(|e| WorkspaceError::Random(e.to_string()))?;
+        Self::create(root, secret, relay, name)
+    }
+
+    /// Makes the workspace of an invite token in `root`, without the relay. Files already
+    /// in the folder are imported by the start-up scan and merged when peers meet.
+    pub fn join(
+        root: &Path,
+        token: &str,
+        relay: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Workspace, WorkspaceError> {
+        let invite = Invite::parse(token)?;
+        let relay = relay.unwrap_or(invite.relay_url()).to_string();
+        Self::create(root, invite.secret().clone(), Some(&relay), name)
+    }
+
+    fn create(
+        root: &Path,
+        secret: WorkspaceSecret,
+        relay: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<Workspace, WorkspaceError> {
+        if !root.is_dir() {
+            return Err(WorkspaceError::NotAFolder(root.to_owned()));
+        }
+        let root = root.canonicalize().map_err(io_err(root))?;
+        let dir = root.join(CUEDECK_DIR);
+        if dir.exists() {
+            return Err(WorkspaceError::AlreadyAWorkspace(root));
+        }
+        // Check everything before creating anything, so a bad flag leaves no trace.
+        let name = choose_device_name(name)?;
+        let mut config = Config::default();
+        if let Some(url) = relay {
+            cue_crypto::validate_relay_url(url).map_err(|e| WorkspaceError::BadRelay {
+                url: url.to_string(),
+                message: e.to_string(),
+            })?;
+            config.sync.relay.url = url.to_string();
+        }
+        config.device.name = name;
+        let device = DeviceKey::generate().map_err(|e| WorkspaceError::Random(e.to_string()))?;
+
+        // Build in a temporary folder and rename it into place: a workspace is either
+        // complete or absent, never half made.
+        let tmp = root.join(format!(".cuedeck.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(io_err(&tmp))?;
+        let built = (|| {
+            write_secret(&tmp.join(SECRET_FILE), secret.as_bytes())?;
+            write_secret(&tmp.join(DEVICE_KEY_FILE), &device.to_bytes())?;
+            config.save(&tmp.join(CONFIG_FILE))?;
+            drop(Store::open(&tmp.join(STORE_FILE))?);
+            Ok::<(), WorkspaceError>(())
+        })();
+        if let Err(e) = built {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        if let Err(e) = std::fs::rename(&tmp, &dir) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(WorkspaceError::Io {
+                path: dir,
+                source: e,
+            });
+        }
+        let keys = WorkspaceKeys::derive(&secret);
+        Ok(Workspace {
+            root,
+            config,
+            secret,
+            keys,
+            device,
+        })
+    }
+
+    /// The invite token for this workspace (a secret, like a password).
+    pub fn invite_token(&self) -> Result<String, WorkspaceError> {
+        let invite = Invite::new(self.secret.clone(), &self.config.sync.relay.url)?;
+        Ok(invite.to_token().to_string())
+    }
+
+    /// Saves a new relay URL into the config.
+    pub fn set_relay(&mut self, url: &str) -> Result<(), WorkspaceError> {
+        cue_crypto::validate_relay_url(url).map_err(|e| WorkspaceError::BadRelay {
+            url: url.to_string(),
+            message: e.to_string(),
+        })?;
+        if self.config.sync.relay.url != url {
+            self.config.sync.relay.url = url.to_string();
+            self.config.save(&self.config_path())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_then_open_and_join_from_the_invite() {
+        let a = tempfile::tempdir().expect("tempdir");
+        let ws = Workspace::init(a.path(), Some("ws://127.0.0.1:9"), Some("alice")).expect("init");
+        for f in [SECRET_FILE, DEVICE_KEY_FILE] {
+            let mode = std::fs::metadata(ws.dir().join(f))
+                .expect("key file")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+        assert!(matches!(
+            Workspace::init(a.path(), None, None),
+            Err(WorkspaceError::AlreadyAWorkspace(_))
+        ));
+        let again = Workspace::open(a.path()).expect("open");
+        assert_eq!(again.workspace_id(), ws.workspace_id());
+        assert_eq!(again.device_id_hex(), ws.device_id_hex());
+        assert_eq!(again.device_name(), "alice");
+
+        let token = ws.invite_token().expect("token");
+        let b = tempfile::tempdir().expect("tempdir");
+        let joined = Workspace::join(b.path(), &token, None, Some("bob")).expect("join");
+        assert_eq!(joined.workspace_id(), ws.workspace_id());
+        assert_ne!(joined.device_id_hex(), ws.device_id_hex());
+        assert_eq!(joined.config.sync.relay.url, "ws://127.0.0.1:9");
+
+        let sub = a.path().join("x/y");
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        assert_eq!(
+            find_root(&sub).expect("root"),
+            a.path().canonicalize().expect("canon")
+        );
+    }
+
+    #[test]
+    fn bad_input_leaves_nothing_behind() {
+        let a = tempfile::tempdir().expect("tempdir");
+        assert!(Workspace::init(a.path(), None, Some("bad name")).is_err());
+        assert!(Workspace::init(a.path(), Some("http://x"), None).is_err());
+        assert!(Workspace::join(a.path(), "cueinv1garbage", None, None).is_err());
+        assert_eq!(std::fs::read_dir(a.path()).expect("ls").count(), 0);
+        assert!(matches!(
+            find_root(a.path()),
+            Err(WorkspaceError::NotAWorkspace(_))
+        ));
+    }
+
+    #[test]
+    fn host_names_become_valid_device_names() {
+        assert_eq!(sanitize_name("my laptop"), "my-laptop");
+        assert_eq!(sanitize_name(""), "device");
+        assert_eq!(sanitize_name(&"x".repeat(40)).len(), 32);
+    }
+}
