@@ -173,6 +173,10 @@ pub struct Driver {
     pending_replay: Option<Vec<u8>>,
     /// Errors met while carrying out effects (a write that failed), for status.
     pub write_errors: u64,
+    /// Files the driver wrote, and when, until one check after the watcher's debounce.
+    written: Vec<(String, std::time::Instant)>,
+    /// The watcher's debounce: how long to wait before that check.
+    settle: std::time::Duration,
 }
 
 impl std::fmt::Debug for Driver {
@@ -224,6 +228,8 @@ impl Driver {
             guard: None,
             pending_replay: None,
             write_errors: 0,
+            written: Vec::new(),
+            settle: std::time::Duration::from_millis(config.sync.debounce_ms * 2 + 50),
         };
         // Nothing can be sent yet (not connected): what Engine::new returns is storage.
         let _ = driver.apply(now_ms(), effects, 0)?;
@@ -282,6 +288,35 @@ impl Driver {
     pub fn input(&mut self, now: i64, input: Input) -> Result<Vec<Outgoing>, DriverError> {
         let effects = self.engine.handle(now, input, &mut StoreDocs(&self.store));
         self.apply(now, effects, 0)
+    }
+
+    /// Time passed: the engine's tick, and a check of the files written lately.
+    ///
+    /// The watcher's debouncer drops a file's creation and removal when both fall in one
+    /// debounce window, as when a user deletes a file the daemon had just written: no
+    /// event at all arrives. So each file the driver writes is looked at once more after
+    /// the window has passed, and a file found missing is a removal.
+    pub fn tick(&mut self, now: i64) -> Result<Vec<Outgoing>, DriverError> {
+        let mut out = self.input(now, Input::Tick)?;
+        if self.written.is_empty() {
+            return Ok(out);
+        }
+        let cutoff = std::time::Instant::now().checked_sub(self.settle);
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.written)
+            .into_iter()
+            .partition(|(_, t)| cutoff.is_some_and(|c| *t <= c));
+        self.written = later;
+        if self.guard.is_some() {
+            return Ok(out);
+        }
+        let view = self.engine.disk_view();
+        let mut seen = BTreeSet::new();
+        for (path, _) in due {
+            if seen.insert(path.clone()) && view.contains_key(&path) && !self.exists(&path) {
+                out.extend(self.input(now, Input::FileRemoved { path })?);
+            }
+        }
+        Ok(out)
     }
 
     /// `cue sync restore PATH`.
@@ -449,6 +484,9 @@ impl Driver {
             }
             match batch.commit() {
                 Ok(outcome) => {
+                    let t = std::time::Instant::now();
+                    self.written
+                        .extend(outcome.written.iter().map(|r| (r.as_str().to_string(), t)));
                     for rel in outcome.unexpected {
                         if let Some((rel, bytes, _)) = staged.remove(rel.as_str()) {
                             self.after_unexpected(&rel, &bytes, feedback);
@@ -483,7 +521,7 @@ impl Driver {
         feedback: &mut Vec<Input>,
     ) {
         match self.fs.write_atomic_if(rel, bytes, to_expect(expect)) {
-            Ok(Outcome::Done) => {}
+            Ok(Outcome::Done) => self.note_written(rel),
             Ok(Outcome::Unexpected) => self.after_unexpected(rel, bytes, feedback),
             Err(error) => self.write_failed(rel, &error),
         }
@@ -498,7 +536,7 @@ impl Driver {
                 content,
             }),
             Ok(None) => match self.fs.write_atomic_if(rel, bytes, Expect::Absent) {
-                Ok(Outcome::Done) => {}
+                Ok(Outcome::Done) => self.note_written(rel),
                 Ok(Outcome::Unexpected) => {
                     if let Ok(Some(content)) = self.fs.read(rel) {
                         feedback.push(Input::WriteRefused {
@@ -511,6 +549,11 @@ impl Driver {
             },
             Err(error) => self.write_failed(rel, &error),
         }
+    }
+
+    fn note_written(&mut self, rel: &WorkspacePath) {
+        self.written
+            .push((rel.as_str().to_string(), std::time::Instant::now()));
     }
 
     fn write_failed(&mut self, rel: &WorkspacePath, error: &FsError) {

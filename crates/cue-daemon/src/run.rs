@@ -292,7 +292,7 @@ async fn daemon(ws: Workspace) -> Result<(), RunError> {
                     }
                 }
             }
-            _ = tick.tick() => driver.input(now_ms(), Input::Tick),
+            _ = tick.tick() => driver.tick(now_ms()),
             _ = sigterm.recv() => break Ok(()),
             _ = sigint.recv() => break Ok(()),
         };

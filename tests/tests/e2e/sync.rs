@@ -1,0 +1,195 @@
+//! Syncing across real daemons: live edits both ways, offline work merged on restart,
+//! delete and restore, ignore rules, a relay restart and a crash.
+
+use cue_e2e::{Peer, Relay, pair, wait_for_file, wait_until};
+
+#[test]
+fn files_already_there_and_live_edits_sync_both_ways() {
+    let relay = Relay::start();
+    let a = Peer::new("alice");
+    let b = Peer::new("bob");
+    a.write(
+        "notes/today.md",
+        "---\ntitle: Today\ntags: [a]\n---\nfirst line\n",
+    );
+    a.init(&relay.url());
+    b.join(&a.invite());
+    a.start();
+    b.start();
+    // Initial sync of what was there before init.
+    wait_for_file(&b, "notes/today.md", "imported file", |c| {
+        c.contains("first line")
+    });
+
+    // An in-place edit on a, a temp-file-and-rename save on b.
+    a.write(
+        "notes/today.md",
+        "---\ntitle: Today\ntags: [a]\n---\nfirst line\nfrom alice\n",
+    );
+    wait_for_file(&b, "notes/today.md", "alice's edit", |c| {
+        c.contains("from alice")
+    });
+    b.write_via_rename(
+        "notes/today.md",
+        "---\ntitle: Today\ntags: [a]\n---\nfirst line\nfrom alice\nfrom bob\n",
+    );
+    wait_for_file(&a, "notes/today.md", "bob's edit", |c| {
+        c.contains("from bob")
+    });
+
+    // A new file, and a deletion.
+    b.write("b.txt", "made by bob\n");
+    wait_for_file(&a, "b.txt", "bob's new file", |c| c == "made by bob\n");
+    a.remove("b.txt");
+    wait_until("the deletion to reach bob", || b.read("b.txt").is_none());
+
+    // Nothing echoes: the daemons' own writes are not changes, so both settle with
+    // nothing pending.
+    wait_until("nothing pending on either side", || {
+        a.status().0["pending_changes"] == 0 && b.status().0["pending_changes"] == 0
+    });
+    assert_eq!(a.read("notes/today.md"), b.read("notes/today.md"));
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn concurrent_offline_edits_merge_when_the_daemons_start_again() {
+    let (_relay, a, b) = pair();
+    a.write("doc.md", "one\ntwo\nthree\n");
+    a.write("gone.md", "to be deleted\n");
+    wait_for_file(&b, "doc.md", "the first version", |c| {
+        c == "one\ntwo\nthree\n"
+    });
+    wait_for_file(&b, "gone.md", "the file to delete", |_| true);
+    a.stop();
+    b.stop();
+
+    // Both edit while stopped: different lines of one file, a new file, a deletion.
+    a.write("doc.md", "one (alice)\ntwo\nthree\n");
+    a.write("new-on-a.md", "alice was offline\n");
+    b.write("doc.md", "one\ntwo\nthree (bob)\n");
+    b.remove("gone.md");
+
+    a.start();
+    b.start();
+    let merged = "one (alice)\ntwo\nthree (bob)\n";
+    wait_for_file(&a, "doc.md", "both edits", |c| c == merged);
+    wait_for_file(&b, "doc.md", "both edits", |c| c == merged);
+    wait_for_file(&b, "new-on-a.md", "alice's offline file", |_| true);
+    wait_until("bob's offline deletion to reach alice", || {
+        a.read("gone.md").is_none()
+    });
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn delete_then_restore() {
+    let (_relay, a, b) = pair();
+    a.write("keep.md", "precious\n");
+    wait_for_file(&b, "keep.md", "the file", |c| c == "precious\n");
+    b.remove("keep.md");
+    wait_until("the deletion to reach alice", || {
+        a.read("keep.md").is_none()
+    });
+    a.cue_ok(&["sync", "restore", "keep.md"]);
+    assert_eq!(a.read("keep.md").as_deref(), Some("precious\n"));
+    wait_for_file(&b, "keep.md", "the restored file", |c| c == "precious\n");
+    let log = a.cue_ok(&["activity", "log", "--json"]);
+    let kinds: Vec<String> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            assert!(v["time"].as_str().unwrap().ends_with('Z'), "{v}");
+            assert!(v["device"].is_string(), "{v}");
+            v["kind"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert!(kinds.iter().any(|k| k == "restore"), "{kinds:?}");
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn ignored_files_and_git_stay_local() {
+    let (_relay, a, b) = pair();
+    a.write(".cueignore", "*.log\nbuild/\n");
+    wait_for_file(&b, ".cueignore", "the ignore rules", |_| true);
+    a.write("debug.log", "noise\n");
+    a.write("build/out.bin", "artefact\n");
+    a.write(".git/config", "[core]\n");
+    a.write("marker.md", "after the ignored ones\n");
+    wait_for_file(&b, "marker.md", "the marker", |_| true);
+    // The marker was written after the ignored files, and changes flow in order.
+    assert!(b.read("debug.log").is_none());
+    assert!(b.read("build/out.bin").is_none());
+    assert!(b.read(".git/config").is_none());
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn a_relay_restart_loses_nothing() {
+    let (relay, a, b) = pair();
+    a.write("r.md", "before\n");
+    wait_for_file(&b, "r.md", "the first version", |c| c == "before\n");
+    let addr = relay.stop();
+    wait_until("alice to notice the relay is gone", || {
+        a.status().0["relay"]["connected"] == false
+    });
+    a.write("r.md", "before\nduring the outage\n");
+    wait_until("alice to take the edit in", || {
+        a.status().0["pending_changes"] != 0
+    });
+    let _relay = Relay::start_on(&addr.to_string());
+    wait_for_file(&b, "r.md", "the edit made while the relay was down", |c| {
+        c.contains("during the outage")
+    });
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn a_crash_right_after_an_edit_loses_nothing() {
+    let (_relay, a, b) = pair();
+    wait_until("the peers to meet", || {
+        a.status().0["peers"][0]["online"] == true
+    });
+    b.stop();
+    a.write("crash.md", "saved just before the crash\n");
+    wait_until("alice to take the edit in", || a.status().0["files"] == 1);
+    a.kill_daemon();
+    a.start();
+    b.start();
+    wait_for_file(&b, "crash.md", "the edit from before the crash", |c| {
+        c == "saved just before the crash\n"
+    });
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn a_third_peer_joining_later_gets_everything() {
+    let (relay, a, b) = pair();
+    a.write("one.md", "1\n");
+    b.write("two.md", "2\n");
+    wait_for_file(&a, "two.md", "bob's file", |_| true);
+    wait_for_file(&b, "one.md", "alice's file", |_| true);
+    let c = Peer::new("carol");
+    c.write("three.md", "3\n");
+    c.join(&b.invite());
+    c.start();
+    for (p, f) in [
+        (&c, "one.md"),
+        (&c, "two.md"),
+        (&a, "three.md"),
+        (&b, "three.md"),
+    ] {
+        wait_for_file(p, f, "the other peers' files", |_| true);
+    }
+    drop(relay);
+    for p in [&a, &b, &c] {
+        p.stop();
+    }
+}
