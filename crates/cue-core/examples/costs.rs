@@ -14,14 +14,19 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 fn report(name: &str, mut samples: Vec<f64>) {
     let p50 = percentile(&mut samples, 0.5);
     let p99 = percentile(&mut samples, 0.99);
-    println!("{name:<48} p50 {p50:>8.3} ms   p99 {p99:>8.3} ms   (n={})", samples.len());
+    println!(
+        "{name:<48} p50 {p50:>8.3} ms   p99 {p99:>8.3} ms   (n={})",
+        samples.len()
+    );
 }
 
 fn note(i: usize) -> String {
     let mut s = String::from("---\ntitle: Weekly notes\ntags: [team, notes]\nstatus: draft\n---\n");
     let mut n = 0;
     while s.len() < 4096 {
-        s.push_str(&format!("Line {n} of note {i}: the quick brown fox jumps over the lazy dog.\n"));
+        s.push_str(&format!(
+            "Line {n} of note {i}: the quick brown fox jumps over the lazy dog.\n"
+        ));
         n += 1;
     }
     s
@@ -66,5 +71,10 @@ fn main() {
         load.push(t.elapsed().as_secs_f64() * 1e3);
     }
     report("load + materialise, 100 edits of history", load);
-    println!("stored size after 100 edits: {} B for {} B of text ({:.2}x)", saved.len(), t2.len(), saved.len() as f64 / t2.len() as f64);
+    println!(
+        "stored size after 100 edits: {} B for {} B of text ({:.2}x)",
+        saved.len(),
+        t2.len(),
+        saved.len() as f64 / t2.len() as f64
+    );
 }

@@ -335,6 +335,7 @@ pub struct Engine {
     /// Files whose disk state must be brought in line with their document.
     to_reconcile: BTreeSet<FileId>,
     index_changed: bool,
+    live_cache: Option<BTreeMap<FileId, String>>,
 }
 
 fn to_heads(h: &[ChangeHash]) -> Heads {
@@ -450,6 +451,7 @@ impl Engine {
             out_items: BTreeMap::new(),
             to_reconcile: BTreeSet::new(),
             index_changed: false,
+            live_cache: None,
         };
         // Make sure we are in our own member list (a new workspace, or a renamed device).
         if engine.index.members().get(&device) != Some(&engine.name) {
@@ -834,6 +836,7 @@ impl Engine {
             // now be alive: path clashes must be looked at again.
             if meta.doc_hash.is_none() || tombstoned {
                 self.index_changed = true;
+                self.live_cache = None;
             }
             meta.heads = heads;
             meta.doc_hash = content.as_ref().map(|c| content_hash(c));
@@ -857,6 +860,7 @@ impl Engine {
             });
             self.index_dirty = true;
             self.index_changed = true;
+            self.live_cache = None;
             self.digest = None;
         }
     }
@@ -866,13 +870,23 @@ impl Engine {
     /// Is this file alive? Deleted files come back when their document holds an edit
     /// the deleter had not seen.
     fn is_live(&mut self, file: FileId, store: &mut dyn DocStore) -> bool {
+        let tomb = self.index.tombstone(&file);
+        self.is_live_with(file, tomb.as_ref(), store)
+    }
+
+    fn is_live_with(
+        &mut self,
+        file: FileId,
+        tomb: Option<&Tombstone>,
+        store: &mut dyn DocStore,
+    ) -> bool {
         let Some(meta) = self.metas.get(&file) else {
             return false;
         };
         if meta.doc_hash.is_none() {
             return false;
         }
-        let Some(tomb) = self.index.tombstone(&file) else {
+        let Some(tomb) = tomb else {
             return true;
         };
         let mut seen = tomb.heads.clone();
@@ -891,14 +905,20 @@ impl Engine {
         .unwrap_or(false)
     }
 
-    /// Live files and their paths.
+    /// Live files and their paths. Cached until the index or a file's liveness changes
+    /// (both raise `index_changed`), since reconciling after every input needs it.
     fn live_view(&mut self, store: &mut dyn DocStore) -> BTreeMap<FileId, String> {
+        if let Some(view) = &self.live_cache {
+            return view.clone();
+        }
+        let tombs = self.index.tombstones();
         let mut out = BTreeMap::new();
         for (file, path) in self.index.paths() {
-            if self.is_live(file, store) {
+            if self.is_live_with(file, tombs.get(&file), store) {
                 out.insert(file, path);
             }
         }
+        self.live_cache = Some(out.clone());
         out
     }
 
@@ -912,6 +932,12 @@ impl Engine {
             by_path.entry(p.as_str()).or_default().push(*f);
         }
         let taken: BTreeSet<String> = live.values().cloned().collect();
+        let copies: BTreeSet<FileId> = self
+            .index
+            .conflicts()
+            .values()
+            .filter_map(|c| c.copy.as_ref().map(|(f, _)| *f))
+            .collect();
         let mut changed = false;
         let members = self.index.members();
         let mut new_names: BTreeSet<String> = BTreeSet::new();
@@ -923,7 +949,11 @@ impl Engine {
             let winner_hash = self.metas.get(&winner).and_then(|m| m.doc_hash);
             for loser in &files[1..] {
                 let loser_hash = self.metas.get(loser).and_then(|m| m.doc_hash);
-                if loser_hash == winner_hash {
+                // Two creations of the same bytes (a folder copied to two machines) are
+                // one file. Conflict copies are never merged away this way: they hold a
+                // version that lost, and equal bytes at one moment say nothing of later.
+                if loser_hash == winner_hash && !copies.contains(loser) && !copies.contains(&winner)
+                {
                     let heads = self.doc_heads(*loser, store);
                     let _ = self
                         .index
@@ -1035,7 +1065,16 @@ impl Engine {
                     for (op, bytes) in losers {
                         let copy_id =
                             FileId::derive("cue conflict copy", &[&file.0, op.as_bytes()]);
-                        if self.index.path_of(&copy_id).is_some() {
+                        if std::env::var_os("CUE_SIM_TRACE").is_some() {
+                            eprintln!(
+                                "    copy {copy_id} for {file} op {op} bytes {:?}",
+                                String::from_utf8_lossy(&bytes)
+                            );
+                        }
+                        if self.index.path_of(&copy_id).is_some()
+                            || self.metas.contains_key(&copy_id)
+                        {
+                            // Already made, here or by a peer whose copy reached us.
                             continue;
                         }
                         let origin = device_of_op(&op, &members).unwrap_or(self.device);
@@ -1111,11 +1150,22 @@ impl Engine {
             return;
         }
         let files: Vec<FileId> = std::mem::take(&mut self.to_reconcile).into_iter().collect();
+        // While a clash is not yet settled in the index (a peer's concurrent rename can
+        // undo our settlement until its next round), only the file that will keep the
+        // path is written there; the others stay as they are on disk.
+        let live = self.live_view(store);
+        let mut owner: BTreeMap<&str, FileId> = BTreeMap::new();
+        for (f, p) in &live {
+            owner.entry(p.as_str()).or_insert(*f);
+        }
         let mut desired: BTreeMap<FileId, Option<(String, ContentHash)>> = BTreeMap::new();
         for f in &files {
-            let want = if self.is_live(*f, store) {
+            let want = if let Some(path) = live.get(f) {
+                if owner.get(path.as_str()) != Some(f) {
+                    continue;
+                }
                 match (
-                    self.index.path_of(f),
+                    Some(path.clone()),
                     self.metas.get(f).and_then(|m| m.doc_hash),
                 ) {
                     (Some(p), Some(h))
@@ -1170,9 +1220,15 @@ impl Engine {
             };
             if let Some(other) = self.file_at(&path)
                 && other != f
-                && let Some(m) = self.metas.get_mut(&other)
             {
-                m.disk = None;
+                if live.get(&other) == Some(&path) {
+                    // A clashing file still sits there; it moves when the clash is
+                    // settled, and this file is written then.
+                    continue;
+                }
+                if let Some(m) = self.metas.get_mut(&other) {
+                    m.disk = None;
+                }
             }
             let bytes = match self.with_doc(f, store, |d| d.materialize()) {
                 Ok(b) => b,
@@ -1685,6 +1741,7 @@ impl Engine {
                 if before != after {
                     self.index_dirty = true;
                     self.index_changed = true;
+                    self.live_cache = None;
                     self.digest = None;
                 }
             }

@@ -168,6 +168,23 @@ impl World {
 
     /// Feed an input to a peer's engine and carry out the effects.
     pub fn input(&mut self, peer: usize, input: Input) {
+        if std::env::var_os("CUE_SIM_TRACE").is_some() {
+            match &input {
+                Input::FileChanged { path, content } | Input::WriteRefused { path, content } => {
+                    eprintln!(
+                        "  p{peer} <- {} {path} {:?}",
+                        if matches!(input, Input::FileChanged { .. }) {
+                            "changed"
+                        } else {
+                            "refused"
+                        },
+                        String::from_utf8_lossy(content)
+                    );
+                }
+                Input::Message { .. } | Input::Tick => {}
+                other => eprintln!("  p{peer} <- {other:?}"),
+            }
+        }
         let now = self.now_ms;
         let p = &mut self.peers[peer];
         let effects = p.engine.handle(now, input, &mut p.store);
@@ -558,7 +575,12 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
     let mut config = Config {
         anti_entropy_ms: 5_000,
         pull_timeout_ms: 20_000,
-        cache_docs: 3,
+        // A tiny document cache in one schedule of four exercises eviction and reloading
+        // from the store; the rest run faster with everything loaded.
+        cache_docs: std::env::var("CUE_SIM_CACHE")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(if seed.is_multiple_of(4) { 3 } else { 64 }),
         max_message_bytes: 2048,
         compact_after: 5,
         ..Config::default()
@@ -706,6 +728,7 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
                 let pe = &mut w.peers[i];
                 let st = pe.engine.status(&mut pe.store);
                 eprintln!("peer {i}: conflicts {:?}", st.conflicts);
+                eprintln!("peer {i}: counters {:?}", pe.engine.counters());
                 for (path, bytes) in pe.disk.clone() {
                     let doc = pe.engine.read(&path, &mut pe.store);
                     eprintln!(
@@ -726,6 +749,11 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
         .collect();
     for (m, who) in &markers {
         if !deleted.contains(m) && !everything.contains(m.as_str()) {
+            if trace {
+                for (i, pe) in w.peers.iter().enumerate() {
+                    eprintln!("peer {i}: counters {:?}", pe.engine.counters());
+                }
+            }
             return Err(format!("seed {seed}: edit {m} by peer {who} was lost"));
         }
     }
