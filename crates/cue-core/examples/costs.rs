@@ -1,6 +1,8 @@
 //! The engine's costs for one 4 KB Markdown file (issue 2's figures), as medians and p99
 //! over repeated runs: `cargo run --release -p cue-core --example costs`.
 
+#![allow(clippy::unwrap_used)] // a measuring tool: any failure is a bug to see at once
+
 use std::time::Instant;
 
 use automerge::ActorId;

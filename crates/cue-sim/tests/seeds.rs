@@ -17,8 +17,9 @@ fn run_share(share: u64) {
     if let Ok(seed) = std::env::var("CUE_SIM_SEED") {
         if share == 0 {
             let seed: u64 = seed.parse().expect("CUE_SIM_SEED must be a number");
-            let r = cue_sim::run_schedule(seed, 120);
-            assert!(r.is_ok(), "{}", r.unwrap_err());
+            if let Err(e) = cue_sim::run_schedule(seed, 120) {
+                panic!("{e}");
+            }
         }
         return;
     }
