@@ -721,6 +721,60 @@ mod tests {
         ActorId::from(vec![b; 20])
     }
 
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever bytes a file holds, the document gives back exactly those bytes, and
+        /// after a second save it still does (so the diff from one version to the next is
+        /// exact too).
+        #[test]
+        fn any_content_roundtrips_byte_for_byte(
+            first in prop_oneof![
+                r"(---\n([a-z]{1,4}: [a-z ]{0,6}\n|tags:\n(  - [a-z]{1,3}\n){1,3}|[a-z]{1,3}: \[[a-z]{1,2}(, [a-z]{1,2}){0,3}\]\n){0,5}---\n)?\PC{0,80}",
+                proptest::collection::vec(any::<u8>(), 0..200).prop_map(|v| String::from_utf8_lossy(&v).into_owned()),
+            ],
+            second in r"(---\n([a-z]{1,4}: [a-z ]{0,6}\n){0,4}---\n)?\PC{0,80}",
+            binary in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            for path in ["n.md", "n.txt"] {
+                let mut d = FileDoc::new(actor(1));
+                d.write(path, first.as_bytes(), 0).unwrap();
+                prop_assert_eq!(d.materialize().unwrap(), first.as_bytes());
+                d.write(path, second.as_bytes(), 0).unwrap();
+                prop_assert_eq!(d.materialize().unwrap(), second.as_bytes());
+                d.write(path, &binary, 0).unwrap();
+                prop_assert_eq!(d.materialize().unwrap(), binary.clone());
+                d.write(path, first.as_bytes(), 0).unwrap();
+                prop_assert_eq!(d.materialize().unwrap(), first.as_bytes());
+                let reloaded = FileDoc::load(&d.save(), actor(2)).unwrap();
+                prop_assert_eq!(reloaded.materialize().unwrap(), first.as_bytes());
+            }
+        }
+
+        /// Arbitrary bytes given as a stored document are an error, never a panic.
+        #[test]
+        fn garbage_documents_are_errors(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(d) = FileDoc::load(&bytes, actor(1)) {
+                let _ = d.materialize();
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_documents_are_errors() {
+        let mut d = FileDoc::new(actor(1));
+        d.write("a.md", b"---\ntitle: x\n---\nbody text\n", 0)
+            .unwrap();
+        let saved = d.save();
+        for cut in 1..saved.len() {
+            assert!(
+                FileDoc::load(&saved[..cut], actor(2)).is_err(),
+                "a document cut at {cut} of {} bytes must be refused",
+                saved.len()
+            );
+        }
+    }
+
     #[test]
     fn concurrent_binary_writes_pick_one_winner_everywhere() {
         for (x, y, z) in [

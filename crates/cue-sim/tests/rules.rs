@@ -419,3 +419,99 @@ fn garbage_messages_are_counted_and_change_nothing() {
     assert!(w.peers[1].engine.counters().bad_messages >= 3);
     assert_eq!(w.read(1, "a.md").as_deref(), Some("x\n"));
 }
+
+#[test]
+fn corrupt_documents_and_changes_from_a_peer_are_counted_and_change_nothing() {
+    use cue_core::wire::{Item, Message, encode};
+    use cue_core::{DocId, FileId};
+    let mut w = world(2);
+    w.write(0, "a.md", b"keep me\n");
+    settle(&mut w);
+    let from = w.peers[0].device;
+    let file = DocId::File(FileId([9; 16]));
+    let items = vec![
+        // Truncated / garbage whole documents, for a known and an unknown document.
+        Item::Whole {
+            doc: DocId::Index,
+            bytes: vec![0x85, 0x6f, 0x4a, 0x83, 1, 2, 3],
+        },
+        Item::Whole {
+            doc: file,
+            bytes: vec![1; 64],
+        },
+        // Garbage changes, and changes for a document nobody named.
+        Item::Changes {
+            doc: file,
+            changes: vec![vec![0; 10], vec![]],
+        },
+        // Chunks that cannot be reassembled.
+        Item::Chunk {
+            id: 1,
+            index: 5,
+            total: 2,
+            bytes: vec![1],
+        },
+        Item::Chunk {
+            id: 2,
+            index: 0,
+            total: 0,
+            bytes: vec![],
+        },
+    ];
+    w.input(
+        1,
+        cue_core::Input::Message {
+            from,
+            bytes: encode(&Message { items }),
+        },
+    );
+    let c = w.peers[1].engine.counters().clone();
+    assert!(c.bad_documents >= 2, "{c:?}");
+    assert!(c.bad_changes >= 2, "{c:?}");
+    assert!(c.dropped_chunks >= 2, "{c:?}");
+    assert_eq!(w.read(1, "a.md").as_deref(), Some("keep me\n"));
+    // And everything still works afterwards.
+    w.write(1, "a.md", b"keep me, edited\n");
+    settle(&mut w);
+    assert_eq!(w.read(0, "a.md").as_deref(), Some("keep me, edited\n"));
+}
+
+#[test]
+fn a_peer_path_escaping_the_workspace_is_never_written() {
+    use cue_core::index::IndexDoc;
+    use cue_core::wire::{Item, Message, encode};
+    let mut w = world(2);
+    w.write(0, "a.md", b"x\n");
+    settle(&mut w);
+    // A hostile member edits the index by hand: the file's path now points outside.
+    let stored = w.peers[0].store.docs[&cue_core::DocId::Index].clone();
+    let mut index = IndexDoc::load(&stored, automerge::ActorId::from(vec![66u8; 20])).unwrap();
+    let (file, _) = index.paths().into_iter().next().unwrap();
+    let from = w.peers[0].device;
+    for bad in [
+        "../escape.md",
+        "/etc/passwd",
+        ".cuedeck/config.toml",
+        "a/../../b",
+        ".git/hooks/x",
+        "a\0b",
+    ] {
+        index.set_path(&file, bad).unwrap();
+        let change = index.commit(0).unwrap();
+        let items = vec![Item::Changes {
+            doc: cue_core::DocId::Index,
+            changes: vec![change.raw_bytes().to_vec()],
+        }];
+        w.input(
+            1,
+            cue_core::Input::Message {
+                from,
+                bytes: encode(&Message { items }),
+            },
+        );
+        for p in w.peers[1].disk.keys() {
+            assert!(cue_core::paths::valid_path(p).is_ok(), "peer 1 wrote {p:?}");
+        }
+    }
+    assert!(w.peers[1].engine.counters().bad_paths > 0);
+}
