@@ -86,8 +86,14 @@ impl Relay {
 
     /// A relay on `listen` (e.g. the address of a relay that was stopped, to restart it).
     pub fn start_on(listen: &str) -> Relay {
+        Relay::start_with(listen, &[])
+    }
+
+    /// A relay with extra flags (limits).
+    pub fn start_with(listen: &str, flags: &[&str]) -> Relay {
         let mut child = Command::new(relay_bin())
             .args(["--listen", listen])
+            .args(flags)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -301,10 +307,87 @@ impl Drop for Peer {
     }
 }
 
+/// A TCP proxy on 127.0.0.1 in front of `target` that records every byte both ways, to
+/// check what the relay (or anyone on the wire) gets to see.
+#[derive(Debug)]
+pub struct Recorder {
+    pub addr: SocketAddr,
+    bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Recorder {
+    pub fn start(target: SocketAddr) -> Recorder {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (rec, stopped) = (bytes.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let rec = rec.clone();
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut buf = [0u8; 65536];
+                        // Ends when either side closes.
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            rec.lock().unwrap().extend_from_slice(&buf[..n]);
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Recorder { addr, bytes, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Everything that went through so far.
+    pub fn recorded(&self) -> Vec<u8> {
+        self.bytes.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wake the accept loop so its thread ends.
+        let _ = std::net::TcpStream::connect(self.addr);
+    }
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// A relay and two peers of one workspace (`a` made it, `b` joined with its invite),
 /// both daemons running.
 pub fn pair() -> (Relay, Peer, Peer) {
-    let relay = Relay::start();
+    pair_on(Relay::start())
+}
+
+/// [`pair`] on a given relay.
+pub fn pair_on(relay: Relay) -> (Relay, Peer, Peer) {
     let a = Peer::new("alice");
     let b = Peer::new("bob");
     a.init(&relay.url());

@@ -9,6 +9,11 @@
 //! not reported yet) the write is refused and the disk's content is fed back as
 //! `WriteRefused`, so a local edit is merged, never overwritten.
 //!
+//! Because the engine's record of what is on disk is committed before the files are
+//! written, the same transaction journals every path about to be written or removed; a
+//! crash in between is finished at the next start, before the start-up scan could take a
+//! missing file for a deletion (which the scan would otherwise propagate).
+//!
 //! Echo suppression is by content: a watcher event whose file hashes to what the engine
 //! believes is on disk (`disk_view`, updated by every write the driver makes) is not a
 //! change. No time windows.
@@ -45,6 +50,8 @@ const KEY_EPOCH: &str = "epoch";
 const NS_ENGINE: &str = "engine";
 const KEY_STATE: &str = "state";
 const NS_FILEMETA: &str = "filemeta";
+/// File writes and removals whose effect was committed but may not be on disk yet.
+const NS_JOURNAL: &str = "write_journal";
 /// Where the network layer keeps its replay guard (persisted with the next batch).
 pub const NS_NET: &str = "net";
 pub const KEY_REPLAY: &str = "replay";
@@ -177,6 +184,9 @@ pub struct Driver {
     written: Vec<(String, std::time::Instant)>,
     /// The watcher's debounce: how long to wait before that check.
     settle: std::time::Duration,
+    /// Journal entries whose write or removal has been carried out, to clear with the
+    /// next transaction.
+    journal_done: Vec<String>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -230,10 +240,76 @@ impl Driver {
             write_errors: 0,
             written: Vec::new(),
             settle: std::time::Duration::from_millis(config.sync.debounce_ms * 2 + 50),
+            journal_done: Vec::new(),
         };
         // Nothing can be sent yet (not connected): what Engine::new returns is storage.
         let _ = driver.apply(now_ms(), effects, 0)?;
+        driver.finish_interrupted_writes(now_ms())?;
         Ok(driver)
+    }
+
+    /// After a crash between committing a batch and carrying out its file effects, the
+    /// engine believes files are on disk that are not (or are gone that are not): a
+    /// start-up scan would take them for local deletions (or edits reverting the remote
+    /// change). The journal names those paths; here they are brought in line with the
+    /// engine before anything else looks at the disk. A path the user changed meanwhile
+    /// is fed back as a refused write, merged like any local edit.
+    fn finish_interrupted_writes(&mut self, now: i64) -> Result<(), DriverError> {
+        let entries = self.store.list_meta(NS_JOURNAL)?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let view = self.engine.disk_view();
+        let mut feedback = Vec::new();
+        for (path, expect) in &entries {
+            let Ok(rel) = WorkspacePath::parse(path) else {
+                continue;
+            };
+            let before: Option<ContentHash> = <[u8; 32]>::try_from(expect.as_slice()).ok();
+            let on_disk = self.read(path)?;
+            let disk_hash = on_disk.as_deref().map(content_hash);
+            let believed = view.get(path).copied();
+            if disk_hash == believed {
+                continue; // the effect did happen
+            }
+            if disk_hash != before {
+                // Neither the old nor the new content: a local edit made meanwhile.
+                if let Some(content) = on_disk {
+                    feedback.push(Input::WriteRefused {
+                        path: path.clone(),
+                        content,
+                    });
+                }
+                continue;
+            }
+            match believed {
+                Some(hash) => {
+                    let Some(bytes) = self
+                        .engine
+                        .read(path, &mut StoreDocs(&self.store))
+                        .filter(|b| content_hash(b) == hash)
+                    else {
+                        continue;
+                    };
+                    self.write_one(&rel, &bytes, before, &mut feedback);
+                }
+                None => self.remove(path, before, &mut feedback),
+            }
+        }
+        tracing::info!(
+            entries = entries.len(),
+            "finished file writes interrupted by a crash"
+        );
+        self.store.transaction(|tx| {
+            for (path, _) in &entries {
+                tx.delete_meta(NS_JOURNAL, path)?;
+            }
+            Ok(())
+        })?;
+        for input in feedback {
+            let _ = self.input(now, input)?;
+        }
+        Ok(())
     }
 
     pub fn engine(&self) -> &Engine {
@@ -275,11 +351,21 @@ impl Driver {
         self.pending_replay = Some(bytes);
     }
 
-    /// Commits whatever is waiting for a transaction (the replay guard).
+    /// Commits whatever is waiting for a transaction (the replay guard, the journal of
+    /// completed writes).
     pub fn flush(&mut self) -> Result<(), DriverError> {
-        if let Some(bytes) = self.pending_replay.take() {
-            self.store
-                .transaction(|tx| tx.put_meta(NS_NET, KEY_REPLAY, &bytes))?;
+        let replay = self.pending_replay.take();
+        let done = std::mem::take(&mut self.journal_done);
+        if replay.is_some() || !done.is_empty() {
+            self.store.transaction(|tx| {
+                if let Some(bytes) = &replay {
+                    tx.put_meta(NS_NET, KEY_REPLAY, bytes)?;
+                }
+                for path in &done {
+                    tx.delete_meta(NS_JOURNAL, path)?;
+                }
+                Ok(())
+            })?;
         }
         Ok(())
     }
@@ -397,11 +483,32 @@ impl Driver {
                 }),
             }
         }
-        if !persists.is_empty() || !activities.is_empty() || self.pending_replay.is_some() {
+        let journal: Vec<(String, Vec<u8>)> = files
+            .iter()
+            .filter_map(|e| match e {
+                Effect::WriteFile { path, expect, .. } | Effect::RemoveFile { path, expect } => {
+                    Some((path.clone(), expect.map(|h| h.to_vec()).unwrap_or_default()))
+                }
+                _ => None,
+            })
+            .collect();
+        if !persists.is_empty()
+            || !activities.is_empty()
+            || !journal.is_empty()
+            || self.pending_replay.is_some()
+        {
             let replay = self.pending_replay.take();
+            let done = std::mem::take(&mut self.journal_done);
             self.store.transaction(|tx| {
+                // Cleared first: a path written again in this batch is journaled anew.
+                for path in &done {
+                    tx.delete_meta(NS_JOURNAL, path)?;
+                }
                 for p in &persists {
                     persist(tx, p)?;
+                }
+                for (path, expect) in &journal {
+                    tx.put_meta(NS_JOURNAL, path, expect)?;
                 }
                 if let Some(bytes) = &replay {
                     tx.put_meta(NS_NET, KEY_REPLAY, bytes)?;
@@ -413,6 +520,8 @@ impl Driver {
             })?;
         }
         let feedback = self.carry_out_files(files);
+        self.journal_done
+            .extend(journal.into_iter().map(|(path, _)| path));
         for input in feedback {
             if depth >= MAX_FEEDBACK_DEPTH {
                 self.record(

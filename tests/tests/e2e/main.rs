@@ -5,4 +5,6 @@
 #![allow(clippy::unwrap_used)] // tests fail by panicking
 
 mod cli;
+mod robustness;
+mod rules;
 mod sync;

@@ -1,0 +1,236 @@
+//! Limits, faults and safety: small relay messages, rate limits, the mass-deletion
+//! guard, symlinks, a crash during the first sync, a full resync, what the relay sees,
+//! and several peers.
+
+use cue_e2e::{Peer, Recorder, Relay, contains, pair, pair_on, wait_for_file, wait_until};
+
+#[test]
+fn files_larger_than_a_relay_message_sync_in_pieces() {
+    let relay = Relay::start_with("127.0.0.1:0", &["--max-message-bytes", "65536"]);
+    let (_relay, a, b) = pair_on(relay);
+    // ~1 MiB of text that does not compress into one message, and a binary file.
+    let text: String = (0..40_000)
+        .map(|i| format!("line {i} {}\n", i * 7919 % 10007))
+        .collect();
+    a.write("big.md", &text);
+    let binary: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(a.path("blob.bin"), &binary).unwrap();
+    wait_for_file(&b, "big.md", "the whole large file", |c| c == text);
+    wait_until("the binary file", || {
+        std::fs::read(b.path("blob.bin")).is_ok_and(|c| c == binary)
+    });
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn files_over_max_file_size_are_skipped_and_listed() {
+    let (_relay, a, b) = pair();
+    a.stop();
+    let config = a.path(".cuedeck/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("max_file_size = 16777216", "max_file_size = 1000"),
+    )
+    .unwrap();
+    a.write("huge.txt", &"x".repeat(5000));
+    a.write("small.txt", "fits\n");
+    a.start();
+    wait_for_file(&b, "small.txt", "the small file", |_| true);
+    let (s, _) = a.status();
+    let skipped = s["skipped"].as_array().unwrap();
+    assert!(
+        skipped
+            .iter()
+            .any(|k| k["path"] == "huge.txt" && k["reason"].is_string()),
+        "{s}"
+    );
+    assert!(b.read("huge.txt").is_none());
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn a_rate_limited_relay_still_delivers_everything() {
+    let relay = Relay::start_with(
+        "127.0.0.1:0",
+        &["--messages-per-second", "3", "--burst", "3"],
+    );
+    let (_relay, a, b) = pair_on(relay);
+    for i in 0..30 {
+        a.write(&format!("burst/{i:02}.md"), &format!("file {i}\n"));
+    }
+    for i in 0..30 {
+        wait_for_file(
+            &b,
+            &format!("burst/{i:02}.md"),
+            "every file of the burst",
+            |c| c == format!("file {i}\n"),
+        );
+    }
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn mass_deletion_is_not_propagated() {
+    let (_relay, a, b) = pair();
+    for i in 0..22 {
+        a.write(&format!("mounted/{i:02}.md"), &format!("{i}\n"));
+    }
+    a.write("other.md", "stays\n");
+    wait_until("all files on bob", || {
+        (0..22).all(|i| b.read(&format!("mounted/{i:02}.md")).is_some())
+    });
+    // The folder vanishes at once, as an unmounted disk would.
+    std::fs::remove_dir_all(a.path("mounted")).unwrap();
+    wait_until("alice to pause deletions", || {
+        a.status().0["deletions_paused"].is_string()
+    });
+    // Later changes still flow; the deletions do not.
+    a.write("after.md", "still syncing\n");
+    wait_for_file(&b, "after.md", "a change after the guard tripped", |_| true);
+    assert!((0..22).all(|i| b.read(&format!("mounted/{i:02}.md")).is_some()));
+    let log = a.cue_ok(&["activity", "log", "--json"]);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"kind\":\"error\"") && l.contains("deletions paused")),
+        "{log}"
+    );
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn symlinks_are_never_followed() {
+    let (_relay, a, b) = pair();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.txt"), "outside secret\n").unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret.txt"), a.path("link.txt")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), a.path("linkdir")).unwrap();
+    a.write("marker.md", "after the links\n");
+    wait_for_file(&b, "marker.md", "the marker", |_| true);
+    assert!(b.read("link.txt").is_none());
+    assert!(!b.path("linkdir").exists());
+    assert!(std::fs::symlink_metadata(b.path("link.txt")).is_err());
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn the_relay_sees_no_file_names_and_no_content() {
+    let relay = Relay::start();
+    let proxy = Recorder::start(relay.addr);
+    let a = Peer::new("alice");
+    let b = Peer::new("bob");
+    a.init(&proxy.url());
+    b.join(&a.invite());
+    a.start();
+    b.start();
+    a.write("confidential-plans.md", "the launch is on tuesday\n");
+    wait_for_file(&b, "confidential-plans.md", "the file", |_| true);
+    let wire = proxy.recorded();
+    assert!(
+        wire.len() > 1000,
+        "the proxy saw the traffic ({} bytes)",
+        wire.len()
+    );
+    for needle in ["confidential-plans", "launch is on tuesday", "alice", "bob"] {
+        assert!(
+            !contains(&wire, needle.as_bytes()),
+            "{needle:?} on the wire"
+        );
+    }
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn a_crash_during_the_first_sync_loses_nothing() {
+    let relay = Relay::start();
+    let a = Peer::new("alice");
+    for i in 0..300 {
+        a.write(&format!("d{}/f{i:03}.md", i % 7), &format!("content {i}\n"));
+    }
+    a.init(&relay.url());
+    let b = Peer::new("bob");
+    b.join(&a.invite());
+    a.start();
+    b.start();
+    wait_until("bob to have something", || b.path("d0").exists());
+    b.kill_daemon();
+    b.start();
+    wait_until("all 300 files on bob", || {
+        (0..300).all(|i| {
+            b.read(&format!("d{}/f{i:03}.md", i % 7)).as_deref() == Some(&format!("content {i}\n"))
+        })
+    });
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn a_long_absence_means_a_full_resync() {
+    let (_relay, a, b) = pair();
+    a.write("x.md", "v1\n");
+    wait_for_file(&b, "x.md", "the file", |_| true);
+    wait_until("bob to have synced with alice", || {
+        b.status().0["peers"][0]["last_sync"].is_string()
+    });
+    b.stop();
+    // Any gap is too long now.
+    let config = b.path(".cuedeck/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("max_offline_days = 7.0", "max_offline_days = 0.0"),
+    )
+    .unwrap();
+    a.write("x.md", "v1\nv2\n");
+    b.write("mine.md", "offline work\n");
+    b.start();
+    wait_for_file(&b, "x.md", "the change made while away", |c| {
+        c == "v1\nv2\n"
+    });
+    wait_for_file(&a, "mine.md", "bob's offline work, kept", |_| true);
+    wait_until("the full resync in status", || {
+        b.status().0["last_full_resync"].is_string()
+    });
+    let log = b.cue_ok(&["activity", "log", "--json"]);
+    assert!(log.contains("\"kind\":\"full_resync\""), "{log}");
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn five_peers_converge() {
+    let relay = Relay::start();
+    let first = Peer::new("p0");
+    first.init(&relay.url());
+    let token = first.invite();
+    let mut peers = vec![first];
+    for i in 1..5 {
+        let p = Peer::new(&format!("p{i}"));
+        p.join(&token);
+        peers.push(p);
+    }
+    for p in &peers {
+        p.start();
+    }
+    for (i, p) in peers.iter().enumerate() {
+        p.write(&format!("from-{i}.md"), &format!("written by peer {i}\n"));
+    }
+    for p in &peers {
+        for i in 0..5 {
+            wait_for_file(p, &format!("from-{i}.md"), "every peer's file", |c| {
+                c == format!("written by peer {i}\n")
+            });
+        }
+    }
+    for p in &peers {
+        p.stop();
+    }
+}
