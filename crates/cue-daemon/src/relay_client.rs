@@ -357,6 +357,31 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn wss_is_supported_and_an_unreachable_relay_is_a_reason_not_a_panic() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(9);
+        let params = RelayParams {
+            url: format!("wss://127.0.0.1:{port}"),
+            auth_token: String::new(),
+            keys: WorkspaceKeys::derive(&cue_crypto::WorkspaceSecret::from_bytes([7; 32])),
+        };
+        let (events, _rx) = mpsc::unbounded_channel();
+        let (_tx, mut commands) = mpsc::unbounded_channel();
+        match session(&params, &events, &mut commands).await {
+            End::Lost { reason, admitted } => {
+                assert!(!admitted);
+                assert!(!reason.contains("TLS support"), "{reason}");
+                assert!(reason.contains("cannot connect"), "{reason}");
+            }
+            End::Closed => panic!("expected a lost connection"),
+        }
+    }
+
     #[test]
     fn jitter_stays_within_half_either_side() {
         for _ in 0..100 {

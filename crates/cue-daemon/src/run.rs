@@ -73,6 +73,8 @@ pub fn run_foreground(root: &Path, relay: Option<&str>) -> Result<(), RunError> 
         // Fails only if we already lead a group, which a spawned child never does.
         let _ = rustix::process::setsid();
     }
+    // wss:// relays: rustls with ring, the one provider compiled in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut ws = Workspace::open(root)?;
     let lock = match DaemonLock::acquire(&ws.dir()) {
         Ok(l) => l,
