@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use automerge::{ActorId, Change, ChangeHash};
 use serde::{Deserialize, Serialize};
 
-use crate::doc::{ContentKind, DocError, FieldConflict, FileDoc};
+use crate::doc::{DocError, FieldConflict, FileDoc};
 use crate::ids::{ContentHash, DeviceId, DocId, FileId, content_hash};
 use crate::index::{ConflictKind, ConflictRecord, IndexDoc, Tombstone};
 use crate::paths::valid_path;
@@ -505,7 +505,7 @@ impl Engine {
             }
             Input::Connected => {
                 self.connected = true;
-                self.hello(None, true, store);
+                self.hello(None, true);
             }
             Input::Disconnected => {
                 self.connected = false;
@@ -1065,12 +1065,6 @@ impl Engine {
                     for (op, bytes) in losers {
                         let copy_id =
                             FileId::derive("cue conflict copy", &[&file.0, op.as_bytes()]);
-                        if std::env::var_os("CUE_SIM_TRACE").is_some() {
-                            eprintln!(
-                                "    copy {copy_id} for {file} op {op} bytes {:?}",
-                                String::from_utf8_lossy(&bytes)
-                            );
-                        }
                         if self.index.path_of(&copy_id).is_some()
                             || self.metas.contains_key(&copy_id)
                         {
@@ -1289,7 +1283,7 @@ impl Engine {
         d
     }
 
-    fn hello(&mut self, to: Option<DeviceId>, reply: bool, _store: &mut dyn DocStore) {
+    fn hello(&mut self, to: Option<DeviceId>, reply: bool) {
         let digest = self.digest();
         let item = Item::Hello { digest, reply };
         match to {
@@ -1463,7 +1457,7 @@ impl Engine {
             self.activity(ActivityKind::PeerJoined, None, &name, Some("online".into()));
         }
         if reply {
-            self.hello(Some(from), false, store);
+            self.hello(Some(from), false);
         }
         if digest == self.digest() {
             self.synced_with(from);
@@ -1813,7 +1807,7 @@ impl Engine {
     fn tick(&mut self, store: &mut dyn DocStore) {
         let now = self.now_ms;
         if self.connected && now - self.last_hello_ms >= self.config.anti_entropy_ms {
-            self.hello(None, false, store);
+            self.hello(None, false);
         }
         if let Some(p) = &self.pull
             && now - p.started_ms > self.config.pull_timeout_ms
@@ -2050,13 +2044,6 @@ impl Engine {
         let live = self.live_view(store);
         let (f, _) = live.into_iter().find(|(_, p)| p == path)?;
         self.with_doc(f, store, |d| d.materialize()).ok()
-    }
-
-    /// Kind of the live file at `path`.
-    pub fn kind(&mut self, path: &str, store: &mut dyn DocStore) -> Option<ContentKind> {
-        let live = self.live_view(store);
-        let (f, _) = live.into_iter().find(|(_, p)| p == path)?;
-        self.with_doc(f, store, |d| Ok(d.kind())).ok().flatten()
     }
 }
 
