@@ -1,0 +1,633 @@
+//! `cue-bench`: the daemon's figures (issues 5 and 7) on real processes over loopback.
+//!
+//! It starts a real `cue-relay` and real `cue` daemons in temporary folders and measures,
+//! over repeated runs: save→peer latency with 2 and 10 peers, the first sync of 1,000
+//! (and with `--big` 10,000) Markdown files of 4 KB to a newly joined peer, the idle RSS
+//! and CPU of daemons holding those files, and store bytes over raw bytes after import.
+//! It writes a JSON file and prints a Markdown table. Figures, never assertions: `--quick`
+//! runs everything in seconds for CI.
+//!
+//! ```sh
+//! cargo build --release -p cue-cli -p cue-relay -p cue-bench
+//! target/release/cue-bench            # the full run (a few minutes)
+//! target/release/cue-bench --quick    # seconds, CI
+//! ```
+
+mod harness;
+mod procfs;
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use notify::Watcher;
+use serde_json::{Value, json};
+
+use harness::{Bins, Peer, Relay, cluster, wait_until};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cue-bench",
+    about = "Benchmarks of cue daemons on real processes over loopback"
+)]
+struct Args {
+    /// Seconds-long run of every measurement (few saves, 50 files, 2-second idle).
+    #[arg(long)]
+    quick: bool,
+    /// Repeated runs of each measurement (each on fresh daemons).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Saves measured per latency run (after 5 unmeasured warm-up saves).
+    #[arg(long)]
+    saves: Option<usize>,
+    /// Peer counts for the latency runs, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    peers: Option<Vec<usize>>,
+    /// Pause between one save arriving everywhere and the next save.
+    #[arg(long, default_value_t = 50)]
+    gap_ms: u64,
+    /// Files for the first-sync, RSS, CPU and store runs.
+    #[arg(long)]
+    files: Option<usize>,
+    /// Also run the first sync (and idle figures) with 10,000 files, once.
+    #[arg(long)]
+    big: bool,
+    /// Length of the idle window for CPU and RSS, seconds.
+    #[arg(long)]
+    idle_secs: Option<u64>,
+    /// Where to write the results.
+    #[arg(long, default_value = "target/cue-bench.json")]
+    out: PathBuf,
+    /// The `cue` binary (default: next to this one, or CUE_BIN).
+    #[arg(long)]
+    cue_bin: Option<PathBuf>,
+    /// The `cue-relay` binary (default: next to this one, or CUE_RELAY_BIN).
+    #[arg(long)]
+    relay_bin: Option<PathBuf>,
+}
+
+/// Settings after `--quick` and the defaults are applied.
+#[derive(Debug)]
+struct Plan {
+    quick: bool,
+    runs: usize,
+    saves: usize,
+    warmup: usize,
+    peers: Vec<usize>,
+    gap: Duration,
+    files: Vec<(usize, usize)>, // (file count, runs)
+    idle: Duration,
+    deadline: Duration,
+}
+
+impl Plan {
+    fn from(a: &Args) -> Plan {
+        let runs = a.runs.unwrap_or(if a.quick { 1 } else { 3 });
+        let nfiles = a.files.unwrap_or(if a.quick { 50 } else { 1000 });
+        let mut files = vec![(nfiles, runs)];
+        if a.big {
+            files.push((10_000, 1));
+        }
+        Plan {
+            quick: a.quick,
+            runs,
+            saves: a.saves.unwrap_or(if a.quick { 10 } else { 100 }),
+            warmup: if a.quick { 2 } else { 5 },
+            peers: a
+                .peers
+                .clone()
+                .unwrap_or(if a.quick { vec![2, 3] } else { vec![2, 10] }),
+            gap: Duration::from_millis(a.gap_ms),
+            files,
+            idle: Duration::from_secs(a.idle_secs.unwrap_or(if a.quick { 2 } else { 60 })),
+            deadline: Duration::from_secs(if a.big { 600 } else { 120 }),
+        }
+    }
+}
+
+/// A Markdown note of exactly `size` bytes: frontmatter, a heading, and words drawn from
+/// a small generator seeded by `i` (so notes differ and do not compress to nothing).
+fn note(i: usize, size: usize, marker: &str) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "sync", "local", "first", "relay", "daemon", "merge", "edit", "peer", "note", "file",
+        "change", "folder", "device", "offline", "commit", "history", "text", "line", "the", "a",
+        "of", "and", "to", "in", "is", "that", "with", "for", "on", "markdown",
+    ];
+    let mut s = format!(
+        "---\ntitle: Note {i}\ntags: [bench, t{}]\n---\n# Note {i}\n\n{marker}\n\n",
+        i % 10
+    );
+    let mut x = (i as u64)
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut col = 0;
+    while s.len() < size {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let w = WORDS[((x >> 33) as usize) % WORDS.len()];
+        if col > 70 {
+            s.push('\n');
+            col = 0;
+        } else if col > 0 {
+            s.push(' ');
+            col += 1;
+        }
+        s.push_str(w);
+        col += w.len();
+    }
+    s.truncate(size - 1);
+    s.push('\n');
+    s.into_bytes()
+}
+
+fn note_path(i: usize) -> String {
+    format!("notes/{:02}/note-{i:05}.md", i / 100)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Nearest-rank percentile of sorted values.
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+    s.sort_by(f64::total_cmp);
+    pct(&s, 50.0)
+}
+
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .filter(|x| !x.is_nan())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
+/// One latency run: `n` peers, saves on the first, seen on every other.
+fn latency_run(bins: &Bins, plan: &Plan, n: usize) -> anyhow::Result<Value> {
+    let (_relay, peers) = cluster(bins, n, plan.deadline)?;
+    let sender = &peers[0];
+    let receivers = &peers[1..];
+    let rel = "lat.md";
+    sender_write(sender, rel, &note(0, 4096, "marker: none"))?;
+    for r in receivers {
+        wait_until(&format!("{rel} on {}", r.name), plan.deadline, || {
+            Ok(r.path(rel).exists())
+        })?;
+    }
+    // One inotify watch per receiving folder; each event names its receiver.
+    let (tx, rx) = mpsc::channel::<usize>();
+    let mut watchers = Vec::new();
+    for (k, r) in receivers.iter().enumerate() {
+        let tx = tx.clone();
+        let mut w = notify::recommended_watcher(move |_ev: notify::Result<notify::Event>| {
+            let _ = tx.send(k);
+        })?;
+        w.watch(r.root(), notify::RecursiveMode::NonRecursive)?;
+        watchers.push(w);
+    }
+    let nonce = std::process::id();
+    let (mut first, mut last, mut lost) = (Vec::new(), Vec::new(), 0usize);
+    let per_save = Duration::from_secs(10);
+    for i in 0..plan.warmup + plan.saves {
+        let marker = format!("marker: {nonce}-{n}-{i}");
+        let content = note(0, 4096, &marker);
+        while rx.try_recv().is_ok() {}
+        let mut seen: Vec<Option<Duration>> = vec![None; receivers.len()];
+        let t0 = Instant::now();
+        sender_write(sender, rel, &content)?;
+        let has = |r: &Peer| {
+            std::fs::read(r.path(rel))
+                .is_ok_and(|c| c.windows(marker.len()).any(|w| w == marker.as_bytes()))
+        };
+        while seen.iter().any(Option::is_none) && t0.elapsed() < per_save {
+            let mut check = vec![false; receivers.len()];
+            match rx.recv_timeout(Duration::from_millis(5)) {
+                Ok(k) => {
+                    check[k] = true;
+                    while let Ok(k) = rx.try_recv() {
+                        check[k] = true;
+                    }
+                }
+                // A missed event costs at most 5 ms: check everyone.
+                Err(_) => check.iter_mut().for_each(|c| *c = true),
+            }
+            for (k, r) in receivers.iter().enumerate() {
+                if check[k] && seen[k].is_none() && has(r) {
+                    seen[k] = Some(t0.elapsed());
+                }
+            }
+        }
+        if seen.iter().any(Option::is_none) {
+            lost += 1;
+        } else if i >= plan.warmup {
+            let got: Vec<f64> = seen.iter().flatten().map(|d| ms(*d)).collect();
+            first.push(got.iter().copied().fold(f64::INFINITY, f64::min));
+            last.push(got.iter().copied().fold(0.0, f64::max));
+        }
+        std::thread::sleep(plan.gap);
+    }
+    drop(watchers);
+    first.sort_by(f64::total_cmp);
+    last.sort_by(f64::total_cmp);
+    let stats = |v: &[f64]| {
+        json!({"p50": pct(v, 50.0), "p95": pct(v, 95.0), "p99": pct(v, 99.0),
+               "max": v.last().copied().unwrap_or(f64::NAN), "n": v.len()})
+    };
+    Ok(json!({
+        "peers": n,
+        "first_receiver_ms": stats(&first),
+        "all_receivers_ms": stats(&last),
+        "lost": lost,
+        "load1": procfs::load1(),
+    }))
+}
+
+/// A save in place (truncate and write), as most editors do.
+fn sender_write(p: &Peer, rel: &str, content: &[u8]) -> anyhow::Result<()> {
+    let path = p.path(rel);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))
+}
+
+/// One first-sync run: a workspace made over `files` notes, a new peer joins; then both
+/// sit idle.
+fn first_sync_run(bins: &Bins, plan: &Plan, files: usize) -> anyhow::Result<Value> {
+    let relay = Relay::start(bins)?;
+    let src = Peer::new(bins, "src")?;
+    for i in 0..files {
+        sender_write(&src, &note_path(i), &note(i, 4096, "marker: none"))?;
+    }
+    let raw = (files * 4096) as f64;
+    let t = Instant::now();
+    src.init(&relay.url())?;
+    let init_s = t.elapsed().as_secs_f64();
+    src.start()?;
+    wait_until(
+        "the source daemon to hold every file",
+        plan.deadline,
+        || Ok(src.status()?["files"].as_u64() == Some(files as u64)),
+    )?;
+    let store_import = procfs::dir_bytes(&src.path(".cuedeck"), true) as f64;
+    let src_pid = src.daemon_pid()?;
+
+    let new = Peer::new(bins, "new")?;
+    new.join(&src.invite()?)?;
+    let (in0, out0) = (
+        relay.metric("cue_relay_bytes_in_total")?,
+        relay.metric("cue_relay_bytes_out_total")?,
+    );
+    let t = Instant::now();
+    new.start()?;
+    let started_s = t.elapsed().as_secs_f64();
+    let mut missing: Vec<usize> = (0..files).collect();
+    let mut pass = 0u64;
+    let sync = wait_until("every file on the new peer", plan.deadline, || {
+        pass += 1;
+        missing.retain(|&i| {
+            std::fs::read(new.path(&note_path(i)))
+                .map_or(true, |c| c != note(i, 4096, "marker: none"))
+        });
+        Ok(missing.is_empty())
+    })
+    .map(|_| t.elapsed());
+    let sync = match sync {
+        Ok(d) => d,
+        Err(e) => bail!("{e} ({} of {files} missing)", missing.len()),
+    };
+    let load_sync = procfs::load1();
+    let (in1, out1) = (
+        relay.metric("cue_relay_bytes_in_total")?,
+        relay.metric("cue_relay_bytes_out_total")?,
+    );
+    let new_pid = new.daemon_pid()?;
+    let new_peak = procfs::hwm_kib(new_pid);
+
+    // Idle: once both say nothing is pending, CPU over the window, RSS at its end.
+    wait_until("both daemons to settle", plan.deadline, || {
+        let (a, b) = (src.status()?, new.status()?);
+        Ok(a["pending_changes"] == 0 && b["pending_changes"] == 0)
+    })?;
+    let cpu0 = (procfs::cpu_secs(src_pid), procfs::cpu_secs(new_pid));
+    let relay_cpu0 = procfs::cpu_secs(relay.pid());
+    let mut series = Vec::new();
+    let t = Instant::now();
+    let mut prev = cpu0.0;
+    while t.elapsed() < plan.idle {
+        std::thread::sleep(Duration::from_secs(1).min(plan.idle));
+        let now = procfs::cpu_secs(src_pid);
+        series.push(now.zip(prev).map(|(a, b)| a - b));
+        prev = now;
+    }
+    let window = t.elapsed().as_secs_f64();
+    let cpu1 = (procfs::cpu_secs(src_pid), procfs::cpu_secs(new_pid));
+    let per_min = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| (b - a) * 60.0 / window);
+    let relay_cpu = per_min(relay_cpu0, procfs::cpu_secs(relay.pid()));
+    let out = json!({
+        "files": files,
+        "raw_bytes": raw,
+        "init_s": init_s,
+        "start_returned_s": started_s,
+        "first_sync_s": sync.as_secs_f64(),
+        "first_sync_passes": pass,
+        "wire_bytes_in": in1 - in0,
+        "wire_bytes_out": out1 - out0,
+        "new_peer_peak_rss_mib": new_peak.map(|k| k as f64 / 1024.0),
+        "load1_sync": load_sync,
+        "store_over_raw_import": store_import / raw,
+        "store_bytes_import": store_import,
+        "store_over_raw_after_sync_src": procfs::dir_bytes(&src.path(".cuedeck"), true) as f64 / raw,
+        "store_over_raw_after_sync_new": procfs::dir_bytes(&new.path(".cuedeck"), true) as f64 / raw,
+        "idle_window_s": window,
+        "idle_cpu_s_per_min_src": per_min(cpu0.0, cpu1.0),
+        "idle_cpu_s_per_min_new": per_min(cpu0.1, cpu1.1),
+        "idle_cpu_s_per_min_relay": relay_cpu,
+        "idle_cpu_series_src": series,
+        "idle_rss_mib_src": procfs::rss_kib(src_pid).map(|k| k as f64 / 1024.0),
+        "idle_rss_mib_new": procfs::rss_kib(new_pid).map(|k| k as f64 / 1024.0),
+        "load1_idle": procfs::load1(),
+    });
+    Ok(out)
+}
+
+/// One row of the table: a figure over runs (median [min–max]) against its goal.
+struct Row {
+    figure: String,
+    goal: Option<(f64, &'static str)>, // (at most, how it is written)
+    values: Vec<f64>,
+    unit: &'static str,
+    load: Vec<f64>,
+    digits: usize,
+}
+
+impl Row {
+    fn render(&self, quick: bool) -> String {
+        let m = median(&self.values);
+        let (lo, hi) = min_max(&self.values);
+        let d = self.digits;
+        let result = if self.values.len() > 1 {
+            format!("{m:.d$} {} [{lo:.d$}–{hi:.d$}]", self.unit)
+        } else {
+            format!("{m:.d$} {}", self.unit)
+        };
+        let (goal, verdict) = match self.goal {
+            None => ("—".to_string(), "—".to_string()),
+            Some((_, text)) if quick => (text.to_string(), "(quick run)".to_string()),
+            Some((g, text)) if m <= g => (text.to_string(), "**met**".to_string()),
+            Some((_, text)) => (text.to_string(), "**missed**".to_string()),
+        };
+        let (llo, lhi) = min_max(&self.load);
+        let load = if (llo - lhi).abs() < 0.05 {
+            format!("{llo:.1}")
+        } else {
+            format!("{llo:.1}–{lhi:.1}")
+        };
+        format!(
+            "| {} | {goal} | {result} | {verdict} | {load} |",
+            self.figure
+        )
+    }
+}
+
+fn field(runs: &[Value], path: &[&str]) -> Vec<f64> {
+    runs.iter()
+        .map(|r| {
+            path.iter()
+                .fold(r, |v, k| &v[*k])
+                .as_f64()
+                .unwrap_or(f64::NAN)
+        })
+        .collect()
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let plan = Plan::from(&args);
+    let bins = Bins::locate(args.cue_bin.clone(), args.relay_bin.clone())?;
+    eprintln!("cue-bench: {plan:?}");
+    let started = Instant::now();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut results = json!({
+        "quick": plan.quick,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "load1_start": procfs::load1(),
+        "cue_bin": bins.cue.display().to_string(),
+        "latency": [],
+        "first_sync": [],
+    });
+
+    for &n in &plan.peers {
+        let mut runs = Vec::new();
+        for run in 0..plan.runs {
+            let r = latency_run(&bins, &plan, n)
+                .with_context(|| format!("latency run {run} with {n} peers"))?;
+            eprintln!("latency, {n} peers, run {run}: {r}");
+            runs.push(r);
+        }
+        let load = field(&runs, &["load1"]);
+        for (p, goal) in [
+            ("p50", Some((15.0, "≤ 15 ms"))),
+            ("p95", Some((30.0, "≤ 30 ms"))),
+            ("p99", None),
+        ] {
+            rows.push(Row {
+                figure: format!("save→peer {p}, {n} peers"),
+                goal,
+                values: field(&runs, &["first_receiver_ms", p]),
+                unit: "ms",
+                load: load.clone(),
+                digits: 1,
+            });
+        }
+        if n > 2 {
+            for p in ["p50", "p95", "p99"] {
+                rows.push(Row {
+                    figure: format!("save→all {} receivers {p}, {n} peers", n - 1),
+                    goal: None,
+                    values: field(&runs, &["all_receivers_ms", p]),
+                    unit: "ms",
+                    load: load.clone(),
+                    digits: 1,
+                });
+            }
+        }
+        let lost: f64 = field(&runs, &["lost"]).iter().sum();
+        if lost > 0.0 {
+            eprintln!("warning: {lost} saves never arrived within 10 s ({n} peers)");
+        }
+        if let Some(a) = results["latency"].as_array_mut() {
+            a.push(json!({"peers": n, "runs": runs}));
+        }
+    }
+
+    for &(files, nruns) in &plan.files {
+        let mut runs = Vec::new();
+        for run in 0..nruns {
+            let r = first_sync_run(&bins, &plan, files)
+                .with_context(|| format!("first-sync run {run} with {files} files"))?;
+            eprintln!("first sync, {files} files, run {run}: {r}");
+            runs.push(r);
+        }
+        let load_sync = field(&runs, &["load1_sync"]);
+        let load_idle = field(&runs, &["load1_idle"]);
+        let big = files >= 10_000;
+        let nf = if files >= 1000 {
+            format!("{},{:03}", files / 1000, files % 1000)
+        } else {
+            files.to_string()
+        };
+        let idle_s = plan.idle.as_secs();
+        let mut push = |figure: String,
+                        goal: Option<(f64, &'static str)>,
+                        path: &[&str],
+                        unit: &'static str,
+                        scale: f64,
+                        digits: usize,
+                        load: &Vec<f64>| {
+            rows.push(Row {
+                figure,
+                goal,
+                values: field(&runs, path).iter().map(|v| v * scale).collect(),
+                unit,
+                load: load.clone(),
+                digits,
+            })
+        };
+        push(
+            format!("first sync, {nf} × 4 KB to a new peer"),
+            (!big).then_some((1.0, "≤ 1.0 s")),
+            &["first_sync_s"],
+            "s",
+            1.0,
+            2,
+            &load_sync,
+        );
+        push(
+            "… bytes through the relay (in / payload)".to_string(),
+            None,
+            &["wire_bytes_in"],
+            "MiB",
+            1.0 / 1048576.0,
+            2,
+            &load_sync,
+        );
+        push(
+            "… bytes delivered by the relay (out / payload)".to_string(),
+            None,
+            &["wire_bytes_out"],
+            "MiB",
+            1.0 / 1048576.0,
+            2,
+            &load_sync,
+        );
+        push(
+            "… new peer's peak RSS during it".to_string(),
+            None,
+            &["new_peer_peak_rss_mib"],
+            "MiB",
+            1.0,
+            1,
+            &load_sync,
+        );
+        push(
+            format!("daemon RSS idle at {nf} files (source)"),
+            Some(if big {
+                (64.0, "≤ 64 MiB")
+            } else {
+                (40.0, "≤ 40 MiB")
+            }),
+            &["idle_rss_mib_src"],
+            "MiB",
+            1.0,
+            1,
+            &load_idle,
+        );
+        push(
+            format!("daemon RSS idle at {nf} files (new peer)"),
+            Some(if big {
+                (64.0, "≤ 64 MiB")
+            } else {
+                (40.0, "≤ 40 MiB")
+            }),
+            &["idle_rss_mib_new"],
+            "MiB",
+            1.0,
+            1,
+            &load_idle,
+        );
+        push(
+            "store / raw after import (`.cuedeck/` but logs)".to_string(),
+            Some((0.5, "≤ 0.5")),
+            &["store_over_raw_import"],
+            "×",
+            1.0,
+            2,
+            &load_sync,
+        );
+        push(
+            "store / raw on the new peer after first sync".to_string(),
+            None,
+            &["store_over_raw_after_sync_new"],
+            "×",
+            1.0,
+            2,
+            &load_sync,
+        );
+        push(
+            format!("idle CPU, {nf} files (source), over {idle_s} s"),
+            (!big).then_some((0.1, "≤ 0.1 CPU-s/min")),
+            &["idle_cpu_s_per_min_src"],
+            "CPU-s/min",
+            1.0,
+            3,
+            &load_idle,
+        );
+        push(
+            format!("idle CPU, {nf} files (new peer), over {idle_s} s"),
+            (!big).then_some((0.1, "≤ 0.1 CPU-s/min")),
+            &["idle_cpu_s_per_min_new"],
+            "CPU-s/min",
+            1.0,
+            3,
+            &load_idle,
+        );
+        if let Some(a) = results["first_sync"].as_array_mut() {
+            a.push(json!({"files": files, "runs": runs}));
+        }
+    }
+
+    let mut table = String::from(
+        "| figure | goal | result: median [min–max] over runs | verdict | load avg (1 min) |\n\
+         | --- | --- | ---: | --- | ---: |\n",
+    );
+    for r in &rows {
+        table.push_str(&r.render(plan.quick));
+        table.push('\n');
+    }
+    results["elapsed_s"] = json!(started.elapsed().as_secs_f64());
+    results["table"] = json!(table);
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&results)?)?;
+    println!("{table}");
+    eprintln!(
+        "cue-bench: {:.0} s; results in {}",
+        started.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    Ok(())
+}
