@@ -1,0 +1,84 @@
+//! `cue-bench --quick` end to end, so the harness cannot rot: every measurement runs on
+//! real daemons and produces its figures. Nothing here checks a duration.
+//!
+//! It needs the `cue` and `cue-relay` binaries of the same profile next to `cue-bench`;
+//! if they are missing it builds them (`cargo build -p cue-cli -p cue-relay`).
+
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
+use std::path::Path;
+use std::process::Command;
+
+/// Builds `cue` and `cue-relay` into `dir` (`target/<profile>`) unless they are there.
+fn ensure_binaries(dir: &Path) {
+    if dir.join("cue").exists() && dir.join("cue-relay").exists() {
+        return;
+    }
+    let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let profile = if profile == "debug" {
+        "dev".to_string()
+    } else {
+        profile
+    };
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args([
+            "build",
+            "--profile",
+            &profile,
+            "-p",
+            "cue-cli",
+            "-p",
+            "cue-relay",
+        ])
+        .arg("--manifest-path")
+        .arg(manifest)
+        .status()
+        .unwrap();
+    assert!(status.success(), "building cue and cue-relay failed");
+}
+
+#[test]
+fn quick_run_measures_everything() {
+    let bench = Path::new(env!("CARGO_BIN_EXE_cue-bench"));
+    ensure_binaries(bench.parent().unwrap());
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("quick.json");
+    let run = Command::new(bench)
+        .arg("--quick")
+        .arg("--out")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "cue-bench --quick failed: {}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let table = String::from_utf8(run.stdout).unwrap();
+    assert!(table.contains("| save→peer p50, 2 peers |"), "{table}");
+    assert!(table.contains("| first sync, 50 × 4 KB"), "{table}");
+
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    for lat in r["latency"].as_array().unwrap() {
+        for run in lat["runs"].as_array().unwrap() {
+            assert_eq!(run["lost"], 0, "a save never arrived: {run}");
+            assert_eq!(run["first_receiver_ms"]["n"], 10, "{run}");
+        }
+    }
+    let sync = &r["first_sync"][0]["runs"][0];
+    assert_eq!(sync["files"], 50);
+    // Measured, whatever the values: the relay carried the files, /proc was readable.
+    assert!(
+        sync["wire_bytes_out"].as_f64().unwrap() >= 50.0 * 4096.0 * 0.3,
+        "{sync}"
+    );
+    for key in [
+        "idle_rss_mib_src",
+        "idle_cpu_s_per_min_src",
+        "store_over_raw_import",
+    ] {
+        assert!(sync[key].as_f64().is_some(), "{key} missing: {sync}");
+    }
+}
