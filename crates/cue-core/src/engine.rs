@@ -458,7 +458,9 @@ impl Engine {
             let _ = engine.index.set_member(&device, name);
             engine.commit_index();
         }
-        let effects = engine.finish(&mut NoStore);
+        // No documents can be read here (no store yet): the disk is brought in line with
+        // them on the first input, which comes with the store.
+        let effects = engine.effects();
         (engine, effects)
     }
 
@@ -1868,6 +1870,11 @@ impl Engine {
         if self.index_changed {
             self.reconcile(store);
         }
+        self.effects()
+    }
+
+    /// Turn what this call changed into effects, without reconciling the disk.
+    fn effects(&mut self) -> Vec<Effect> {
         let mut effects = Vec::new();
         // 1. Persistence.
         if self.index_dirty {
@@ -2060,13 +2067,4 @@ fn device_of_op(op: &str, members: &BTreeMap<DeviceId, String>) -> Option<Device
         return None;
     }
     members.keys().find(|d| d.0[..16] == prefix[..16]).copied()
-}
-
-/// A store with nothing in it (used when nothing can be loaded yet).
-struct NoStore;
-
-impl DocStore for NoStore {
-    fn load(&mut self, _doc: &DocId) -> Option<Vec<u8>> {
-        None
-    }
 }

@@ -515,3 +515,25 @@ fn a_peer_path_escaping_the_workspace_is_never_written() {
     }
     assert!(w.peers[1].engine.counters().bad_paths > 0);
 }
+
+#[test]
+fn restart_under_a_new_device_name_keeps_files_and_edits() {
+    let mut w = world(2);
+    w.write(0, "a.md", b"one\n");
+    w.write(0, "b.md", b"two\n");
+    settle(&mut w);
+    w.disconnect(1);
+    w.peers[1]
+        .disk
+        .insert("a.md".into(), b"one, edited while stopped\n".to_vec());
+    w.peers[1].name = "renamed".into();
+    w.restart(1);
+    w.connect(1);
+    settle(&mut w);
+    assert_eq!(
+        w.read(0, "a.md").as_deref(),
+        Some("one, edited while stopped\n")
+    );
+    assert_eq!(w.read(0, "b.md").as_deref(), Some("two\n"));
+    assert!(w.status(0).peers.iter().any(|p| p.name == "renamed"));
+}
