@@ -984,13 +984,7 @@ impl Engine {
                         time_ms: self.now_ms,
                         resolved: false,
                     };
-                    let _ = self.index.put_conflict(&id, &rec);
-                    self.activity(
-                        ActivityKind::Conflict,
-                        Some(path.to_string()),
-                        &origin_name,
-                        Some(format!("kept as {copy}")),
-                    );
+                    self.record_conflict(&id, &rec, &origin_name, format!("kept as {copy}"));
                 }
                 changed = true;
             }
@@ -1054,13 +1048,7 @@ impl Engine {
                         time_ms: self.now_ms,
                         resolved: false,
                     };
-                    let _ = self.index.put_conflict(&id, &rec);
-                    self.activity(
-                        ActivityKind::Conflict,
-                        Some(path.clone()),
-                        &device,
-                        Some(rec.detail.clone()),
-                    );
+                    self.record_conflict(&id, &rec, &device, rec.detail.clone());
                     changed = true;
                 }
                 FieldConflict::Binary { losers } => {
@@ -1117,13 +1105,7 @@ impl Engine {
                             time_ms: self.now_ms,
                             resolved: false,
                         };
-                        let _ = self.index.put_conflict(&id, &rec);
-                        self.activity(
-                            ActivityKind::Conflict,
-                            Some(path.clone()),
-                            &origin_name,
-                            Some(format!("kept as {copy}")),
-                        );
+                        self.record_conflict(&id, &rec, &origin_name, format!("kept as {copy}"));
                         changed = true;
                     }
                 }
@@ -1132,6 +1114,17 @@ impl Engine {
         if changed {
             self.commit_index();
         }
+    }
+
+    /// Put a conflict into the synced index (the caller commits) and the activity log.
+    fn record_conflict(&mut self, id: &str, rec: &ConflictRecord, device: &str, detail: String) {
+        let _ = self.index.put_conflict(id, rec);
+        self.activity(
+            ActivityKind::Conflict,
+            Some(rec.path.clone()),
+            device,
+            Some(detail),
+        );
     }
 
     /// Bring the disk in line with the documents for the files in `to_reconcile` (all
