@@ -118,6 +118,9 @@ enum ActivityCmd {
         limit: Option<usize>,
         #[arg(long)]
         json: bool,
+        /// Keep printing new entries as they happen (Ctrl-C to stop).
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
 }
 
@@ -167,9 +170,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Top::Watch { sync: false, .. } => {
             bail!("`cue watch` syncs the folder: run `cue watch --sync`")
         }
-        Top::Activity(ActivityCmd::Log { since, limit, json }) => {
+        Top::Activity(ActivityCmd::Log {
+            since,
+            limit,
+            json,
+            follow,
+        }) => {
             let root = find_root(&base)?;
-            activity_log(&root, since.as_deref(), limit, json)
+            activity_log(&root, since.as_deref(), limit, json, follow)
         }
         Top::Relay(cmd) => relay(cmd),
     }
@@ -490,6 +498,7 @@ fn activity_log(
     since: Option<&str>,
     limit: Option<usize>,
     json: bool,
+    follow: bool,
 ) -> anyhow::Result<ExitCode> {
     let ws = Workspace::open(root)?;
     let since_ms = match since {
@@ -502,6 +511,33 @@ fn activity_log(
         let skip = entries.len().saturating_sub(n);
         entries.drain(..skip);
     }
+    let mut last = entries.last().map_or(0, |e| e.id);
+    if follow && entries.is_empty() {
+        // Nothing recent enough to print: follow from the end of the log.
+        loop {
+            let older = store.activity_after(last, 10_000)?;
+            match older.last() {
+                Some(e) => last = e.id,
+                None => break,
+            }
+        }
+    }
+    print_entries(entries, json)?;
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    loop {
+        // The daemon appends from another process; SQLite's WAL lets us read alongside.
+        std::thread::sleep(Duration::from_millis(200));
+        let more = store.activity_after(last, 1000)?;
+        if let Some(e) = more.last() {
+            last = e.id;
+        }
+        print_entries(more, json)?;
+    }
+}
+
+fn print_entries(entries: Vec<cue_daemon::ActivityEntry>, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     for e in entries {
         let r = e.record;
@@ -526,7 +562,8 @@ fn activity_log(
             writeln!(out, "{line}")?;
         }
     }
-    Ok(ExitCode::SUCCESS)
+    out.flush()?;
+    Ok(())
 }
 
 fn relay(cmd: RelayCmd) -> anyhow::Result<ExitCode> {

@@ -211,8 +211,14 @@ pub fn request(socket: &Path, req: &Request, timeout: Duration) -> std::io::Resu
     serde_json::from_str(&answer).map_err(std::io::Error::other)
 }
 
-/// A request waiting for the main loop, with where to send the answer.
-pub type Pending = (Request, oneshot::Sender<Response>);
+/// A request waiting for the main loop: where to send the answer, and a signal that the
+/// answer has been written to the client (so that `stop` can answer before exiting).
+#[derive(Debug)]
+pub struct Pending {
+    pub request: Request,
+    pub reply: oneshot::Sender<Response>,
+    pub written: oneshot::Receiver<()>,
+}
 
 /// Accepts connections on `listener` forever, handing each request to the main loop.
 pub async fn serve(listener: UnixListener, to_loop: mpsc::Sender<Pending>) {
@@ -230,14 +236,22 @@ pub async fn serve(listener: UnixListener, to_loop: mpsc::Sender<Pending>) {
             let (read, mut write) = stream.into_split();
             let mut reader = TokioBufReader::new(read.take(64 * 1024));
             let mut line = String::new();
+            let mut done_tx = None;
             let response =
                 match tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
                     .await
                 {
                     Ok(Ok(n)) if n > 0 => match serde_json::from_str::<Request>(&line) {
-                        Ok(req) => {
-                            let (tx, rx) = oneshot::channel();
-                            if to_loop.send((req, tx)).await.is_err() {
+                        Ok(request) => {
+                            let (reply, rx) = oneshot::channel();
+                            let (done, written) = oneshot::channel();
+                            done_tx = Some(done);
+                            let pending = Pending {
+                                request,
+                                reply,
+                                written,
+                            };
+                            if to_loop.send(pending).await.is_err() {
                                 Response::error("the daemon is stopping")
                             } else {
                                 rx.await
@@ -252,6 +266,9 @@ pub async fn serve(listener: UnixListener, to_loop: mpsc::Sender<Pending>) {
                 text.push('\n');
                 let _ = write.write_all(text.as_bytes()).await;
                 let _ = write.shutdown().await;
+            }
+            if let Some(done) = done_tx {
+                let _ = done.send(());
             }
         });
     }

@@ -281,15 +281,15 @@ async fn daemon(ws: Workspace) -> Result<(), RunError> {
         let step: Result<Vec<Outgoing>, DriverError> = tokio::select! {
             Some(batch) = watch_events.recv() => driver.watch_events(now_ms(), batch),
             Some(event) = relay_events.recv() => on_relay_event(&ws, &mut driver, &mut net, event),
-            Some((req, reply)) = control_rx.recv() => {
-                match req {
+            Some(pending) = control_rx.recv() => {
+                match pending.request {
                     Request::Stop => {
-                        stop_reply = Some(reply);
+                        stop_reply = Some(pending);
                         break Ok(());
                     }
                     req => {
                         let (response, sends) = on_request(&ws, &mut driver, &net, req);
-                        let _ = reply.send(response);
+                        let _ = pending.reply.send(response);
                         sends
                     }
                 }
@@ -323,17 +323,24 @@ async fn daemon(ws: Workspace) -> Result<(), RunError> {
     if let Err(e) = driver.flush() {
         result = result.and(Err(e.into()));
     }
+    // Free pages back to the filesystem and an empty WAL: the store at rest is small.
+    if let Err(error) = driver.store_mut().reclaim_space() {
+        tracing::warn!(%error, "cannot compact the store's files");
+    }
     let _ = net.relay_tx.send(RelayCommand::Close);
     let _ = tokio::time::timeout(Duration::from_secs(2), relay_task).await;
     drop(watcher);
     control_task.abort();
     let _ = std::fs::remove_file(&socket);
     tracing::info!(rejected = ?net.rejected, "daemon stopped");
-    if let Some(reply) = stop_reply {
-        let _ = reply.send(match &result {
+    if let Some(pending) = stop_reply {
+        let _ = pending.reply.send(match &result {
             Ok(()) => Response::ok(),
             Err(e) => Response::error(e.to_string()),
         });
+        // The answer must reach `cue sync stop` before the runtime (and its connection
+        // task) goes away.
+        let _ = tokio::time::timeout(Duration::from_secs(5), pending.written).await;
     }
     result
 }
