@@ -10,6 +10,8 @@ use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod demo;
+
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use cue_daemon::control::{self, Request, StatusContext, StatusReport};
@@ -53,6 +55,9 @@ enum Top {
     Activity(ActivityCmd),
     /// Run the relay in this process (the same code as `cue-relay`).
     Relay(RelayCmd),
+    /// Show the whole system on this machine: a relay and two peers in temporary
+    /// folders, edits on both, live convergence, figures; cleans up after itself.
+    Demo,
 }
 
 #[derive(Debug, Args)]
@@ -126,7 +131,12 @@ enum ActivityCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The demo's own output is the point: the in-process relay's logs only on request.
+    init_logging(if matches!(cli.command, Top::Demo) {
+        "warn"
+    } else {
+        "info"
+    });
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
@@ -137,11 +147,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     let filter = std::env::var("CUE_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| "info".to_string());
+        .unwrap_or_else(|| default.to_string());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -180,6 +190,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             activity_log(&root, since.as_deref(), limit, json, follow)
         }
         Top::Relay(cmd) => relay(cmd),
+        Top::Demo => {
+            demo::run()?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -132,3 +132,22 @@ fn an_unreachable_relay_is_offline_not_an_error() {
     });
     p.stop();
 }
+
+#[test]
+fn the_demo_runs_and_cleans_up() {
+    let out = std::process::Command::new(cue_e2e::cue_bin())
+        .arg("demo")
+        .env_remove("CUE_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("the same bytes on both machines"), "{text}");
+    assert!(text.contains("(alice)") && text.contains("(bob)"), "{text}");
+    assert!(text.contains("removed the folders"), "{text}");
+}
