@@ -55,6 +55,11 @@ enum Top {
     Activity(ActivityCmd),
     /// Run the relay in this process (the same code as `cue-relay`).
     Relay(RelayCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Example:\n  cue completions bash > ~/.local/share/bash-completion/completions/cue"
+    )]
+    Completions { shell: clap_complete::Shell },
     /// Show the whole system on this machine: a relay and two peers in temporary
     /// folders, edits on both, live convergence, figures; cleans up after itself.
     Demo,
@@ -190,6 +195,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             activity_log(&root, since.as_deref(), limit, json, follow)
         }
         Top::Relay(cmd) => relay(cmd),
+        Top::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "cue", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Top::Demo => {
             demo::run()?;
             Ok(ExitCode::SUCCESS)

@@ -35,3 +35,16 @@ fn outside_a_workspace_says_what_to_do() {
     assert!(err.contains("cue sync init"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn completions_for_the_usual_shells() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = cue(&["completions", shell]);
+        assert!(out.status.success(), "{shell}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("sync"),
+            "{shell}"
+        );
+    }
+    assert_eq!(cue(&["completions", "tcsh-ish"]).status.code(), Some(2));
+}
