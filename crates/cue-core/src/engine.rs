@@ -336,6 +336,8 @@ pub struct Engine {
     to_reconcile: BTreeSet<FileId>,
     index_changed: bool,
     live_cache: Option<BTreeMap<FileId, String>>,
+    /// Whole documents received for files we did not have: stored as received.
+    adopted: BTreeMap<FileId, Vec<u8>>,
 }
 
 fn to_heads(h: &[ChangeHash]) -> Heads {
@@ -452,6 +454,7 @@ impl Engine {
             to_reconcile: BTreeSet::new(),
             index_changed: false,
             live_cache: None,
+            adopted: BTreeMap::new(),
         };
         // Make sure we are in our own member list (a new workspace, or a renamed device).
         if engine.index.members().get(&device) != Some(&engine.name) {
@@ -1740,6 +1743,29 @@ impl Engine {
                     .get(&f)
                     .map(|m| m.heads.clone())
                     .unwrap_or_default();
+                // A document we do not have at all is taken as sent: loading it is the
+                // only cost, and its bytes are stored as they came (no merge into an
+                // empty document, no re-encoding).
+                let remote = match remote {
+                    Remote::Whole(bytes)
+                        if !self.metas.contains_key(&f) && !self.cache.contains_key(&f) =>
+                    {
+                        match FileDoc::load(&bytes, self.actor.clone()) {
+                            Ok(doc) => {
+                                let t = self.touch();
+                                self.cache.insert(f, (doc, t));
+                                self.adopted.insert(f, bytes);
+                                Remote::Changes(Vec::new())
+                            }
+                            Err(_) => {
+                                self.state.counters.bad_documents += 1;
+                                self.state_dirty = true;
+                                return None;
+                            }
+                        }
+                    }
+                    other => other,
+                };
                 let r = self.with_doc(f, store, |d| {
                     let am = d.automerge();
                     match remote {
@@ -1888,6 +1914,15 @@ impl Engine {
             self.index_dirty = false;
         }
         for f in std::mem::take(&mut self.dirty) {
+            if let Some(received) = self.adopted.remove(&f) {
+                // Stored as it came; anything changed since follows as an increment.
+                effects.push(Effect::Persist(Persist::Doc {
+                    doc: DocId::File(f),
+                    bytes: received,
+                    snapshot: true,
+                    meta: Vec::new(),
+                }));
+            }
             let compact_after = self.config.compact_after;
             let Some(meta) = self.metas.get_mut(&f) else {
                 continue;
