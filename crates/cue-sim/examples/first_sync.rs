@@ -23,6 +23,9 @@ fn main() {
         w.write(0, &format!("notes/n{i:05}.md"), text.as_bytes());
     }
     println!("import of {n} files: {:.2} s", t.elapsed().as_secs_f64());
+    if std::env::var_os("IMPORT_ONLY").is_some() {
+        return;
+    }
     let t = Instant::now();
     w.connect_all();
     w.settle(5);
