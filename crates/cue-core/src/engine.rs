@@ -138,7 +138,9 @@ pub enum Effect {
     Activity(Activity),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The kinds of activity-log entries (DESIGN §2); the engine emits them and the
+/// daemon's store keeps them by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ActivityKind {
     LocalChange,
     RemoteChange,
@@ -153,6 +155,24 @@ pub enum ActivityKind {
 }
 
 impl ActivityKind {
+    pub const ALL: [ActivityKind; 10] = [
+        ActivityKind::LocalChange,
+        ActivityKind::RemoteChange,
+        ActivityKind::Delete,
+        ActivityKind::Restore,
+        ActivityKind::Rename,
+        ActivityKind::Conflict,
+        ActivityKind::FullResync,
+        ActivityKind::PeerJoined,
+        ActivityKind::PeerLeft,
+        ActivityKind::Error,
+    ];
+
+    pub fn parse(s: &str) -> Option<ActivityKind> {
+        ActivityKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The name used in the store and in `activity log --json`.
     pub fn as_str(&self) -> &'static str {
         match self {
             ActivityKind::LocalChange => "local_change",
@@ -166,6 +186,12 @@ impl ActivityKind {
             ActivityKind::PeerLeft => "peer_left",
             ActivityKind::Error => "error",
         }
+    }
+}
+
+impl std::fmt::Display for ActivityKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

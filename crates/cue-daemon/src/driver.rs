@@ -28,8 +28,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cue_core::{
-    ActivityKind as CoreKind, ContentHash, DeviceId, DocId, DocStore, Effect, Engine, FileId,
-    Input, Persist, Restored, Status, content_hash,
+    ContentHash, DeviceId, DocId, DocStore, Effect, Engine, FileId, Input, Persist, Restored,
+    Status, content_hash,
 };
 
 use crate::config::Config;
@@ -148,21 +148,6 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn activity_kind(kind: CoreKind) -> ActivityKind {
-    match kind {
-        CoreKind::LocalChange => ActivityKind::LocalChange,
-        CoreKind::RemoteChange => ActivityKind::RemoteChange,
-        CoreKind::Delete => ActivityKind::Delete,
-        CoreKind::Restore => ActivityKind::Restore,
-        CoreKind::Rename => ActivityKind::Rename,
-        CoreKind::Conflict => ActivityKind::Conflict,
-        CoreKind::FullResync => ActivityKind::FullResync,
-        CoreKind::PeerJoined => ActivityKind::PeerJoined,
-        CoreKind::PeerLeft => ActivityKind::PeerLeft,
-        CoreKind::Error => ActivityKind::Error,
-    }
 }
 
 /// The engine, the store and the folder of one workspace.
@@ -476,7 +461,7 @@ impl Driver {
                 Effect::Send { to, bytes } => sends.push((to, bytes)),
                 Effect::Activity(a) => activities.push(ActivityRecord {
                     time_ms: a.time_ms,
-                    kind: activity_kind(a.kind),
+                    kind: a.kind,
                     path: a.path,
                     device: a.device,
                     detail: a.detail,

@@ -62,61 +62,8 @@ pub struct Loaded {
     pub through: ChunkMark,
 }
 
-/// The kinds of activity-log entries (DESIGN §2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ActivityKind {
-    LocalChange,
-    RemoteChange,
-    Delete,
-    Restore,
-    Rename,
-    Conflict,
-    FullResync,
-    PeerJoined,
-    PeerLeft,
-    Error,
-}
-
-impl ActivityKind {
-    pub const ALL: [ActivityKind; 10] = [
-        ActivityKind::LocalChange,
-        ActivityKind::RemoteChange,
-        ActivityKind::Delete,
-        ActivityKind::Restore,
-        ActivityKind::Rename,
-        ActivityKind::Conflict,
-        ActivityKind::FullResync,
-        ActivityKind::PeerJoined,
-        ActivityKind::PeerLeft,
-        ActivityKind::Error,
-    ];
-
-    /// The name used in the store and in `activity log --json`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActivityKind::LocalChange => "local_change",
-            ActivityKind::RemoteChange => "remote_change",
-            ActivityKind::Delete => "delete",
-            ActivityKind::Restore => "restore",
-            ActivityKind::Rename => "rename",
-            ActivityKind::Conflict => "conflict",
-            ActivityKind::FullResync => "full_resync",
-            ActivityKind::PeerJoined => "peer_joined",
-            ActivityKind::PeerLeft => "peer_left",
-            ActivityKind::Error => "error",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ActivityKind> {
-        ActivityKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
-
-impl std::fmt::Display for ActivityKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The kinds of activity-log entries: the engine's own, stored by name.
+pub use cue_core::ActivityKind;
 
 /// One activity-log entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
