@@ -51,7 +51,8 @@ fn main() {
         let line = format!("Line {} of note", (round * 7) % 50);
         let edited = current.replacen(&line, &format!("{line} ({round})"), 1);
         let t = Instant::now();
-        let change = a.write("n.md", edited.as_bytes(), 0).unwrap().unwrap();
+        let hash = a.write("n.md", edited.as_bytes(), 0).unwrap().unwrap();
+        let change = automerge::Change::from_bytes(a.change(&hash).unwrap()).unwrap();
         let l = t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
         b.automerge().apply_changes(vec![change]).unwrap();

@@ -622,12 +622,28 @@ impl Engine {
             .map(|m| from_heads(&m.disk_heads))
             .unwrap_or_default();
         let result = self.with_doc(file, store, |doc| {
-            doc.write_at(&base, path, &content, time_s)
+            let new = doc.is_empty();
+            Ok(doc.write_at(&base, path, &content, time_s)?.map(|hash| {
+                // A new document goes out whole: its `save()` is 30× cheaper than
+                // encoding its first change, and a peer adopts it as it comes.
+                let doc_id = DocId::File(file);
+                let item = if new {
+                    Some(Item::Whole {
+                        doc: doc_id,
+                        bytes: doc.automerge().save(),
+                    })
+                } else {
+                    doc.change(&hash).map(|c| Item::Changes {
+                        doc: doc_id,
+                        changes: vec![c],
+                    })
+                };
+                (hash, item)
+            }))
         });
         match result {
-            Ok(Some(change)) => {
-                let hash = change.hash();
-                self.after_local_change(file, change);
+            Ok(Some((hash, item))) => {
+                self.after_local_change(file, hash, item);
                 self.refresh_meta(file, store);
                 // The disk now holds exactly our new change's version.
                 if let Some(m) = self.metas.get_mut(&file) {
@@ -674,18 +690,17 @@ impl Engine {
         file
     }
 
-    fn after_local_change(&mut self, file: FileId, change: Change) {
-        let hash = change.hash();
+    fn after_local_change(&mut self, file: FileId, hash: ChangeHash, item: Option<Item>) {
         self.state
             .unconfirmed
             .entry(DocId::File(file))
             .or_default()
             .insert(hash.0);
         self.state_dirty = true;
-        self.broadcast(Item::Changes {
-            doc: DocId::File(file),
-            changes: vec![change.raw_bytes().to_vec()],
-        });
+        // `None` is not expected (the change was just made); catch-up would carry it.
+        if let Some(item) = item {
+            self.broadcast(item);
+        }
         self.dirty.insert(file);
         self.digest = None;
     }
@@ -1697,6 +1712,18 @@ impl Engine {
         if pending.is_empty() {
             return;
         }
+        // The usual answer needs no document: a peer whose heads are ours, or name every
+        // pending change, has them all. Loading each document here would cost a first
+        // sync of 1,000 files 1,000 loads on the sending side.
+        let mine = match doc {
+            DocId::Index => Some(to_heads(&self.index.heads())),
+            DocId::File(f) => self.metas.get(&f).map(|m| m.heads.clone()),
+        };
+        if mine.as_ref() == Some(heads) || pending.iter().all(|h| heads.contains(h)) {
+            self.state.unconfirmed.remove(&doc);
+            self.state_dirty = true;
+            return;
+        }
         let have = from_heads(heads);
         let missing: Option<BTreeSet<[u8; 32]>> = match doc {
             DocId::Index => Some(
@@ -1954,7 +1981,11 @@ impl Engine {
                 continue;
             };
             meta.increments += 1;
-            let snapshot = meta.increments >= compact_after;
+            // A document never stored before is stored whole: `save()` of a new 4 KB file
+            // costs 0.1 ms where its first increment costs 3 ms, and a stored `save()` can
+            // be sent to a new peer without loading it.
+            let never_saved = self.cache.get(&f).is_some_and(|(d, _)| d.never_saved());
+            let snapshot = meta.increments >= compact_after || never_saved;
             if snapshot {
                 meta.increments = 0;
             }
