@@ -59,6 +59,14 @@ pub trait DocStore {
     /// The stored bytes of a document (a snapshot, possibly followed by incremental
     /// saves), or `None` if it was never stored.
     fn load(&mut self, doc: &DocId) -> Option<Vec<u8>>;
+
+    /// The bytes at `path` on disk if they hash to `hash`, else `None`. Lets a document
+    /// go to a new peer with its content (`Item::Adopt`) without loading it. A store that
+    /// cannot read the disk keeps the default, and such documents go as `Item::Whole`.
+    fn content(&mut self, path: &str, hash: &ContentHash) -> Option<Vec<u8>> {
+        let _ = (path, hash);
+        None
+    }
 }
 
 /// Something that happened that the engine must know of.
@@ -249,6 +257,31 @@ struct PeerRecord {
     last_sync_ms: Option<i64>,
 }
 
+/// What was added to the persisted state after its first layout: stored after it, so
+/// that a state written before it still decodes (postcard is not self-describing).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct StateTail {
+    /// Documents adopted with the content their sender said they render to, not yet
+    /// checked against that content (see [`Item::Adopt`]).
+    unverified: BTreeSet<FileId>,
+}
+
+fn encode_state(state: &State, tail: &StateTail) -> Vec<u8> {
+    let mut bytes = postcard::to_allocvec(state).unwrap_or_default();
+    bytes.extend(postcard::to_allocvec(tail).unwrap_or_default());
+    bytes
+}
+
+fn decode_state(bytes: &[u8]) -> Option<(State, StateTail)> {
+    let (state, rest) = postcard::take_from_bytes::<State>(bytes).ok()?;
+    let tail = if rest.is_empty() {
+        StateTail::default()
+    } else {
+        postcard::from_bytes(rest).ok()?
+    };
+    Some((state, tail))
+}
+
 /// The engine's own persisted state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct State {
@@ -329,6 +362,9 @@ pub struct Status {
 /// `max_file_size`; its document a little more).
 const MAX_CHUNKED_ITEM: usize = 64 * 1024 * 1024;
 const MAX_PARTIAL_ITEMS_PER_PEER: usize = 16;
+/// Adopted documents checked per tick: ~4 ms each for a 4 KB note, so a tick stays short
+/// and 1,000 adopted files are checked within a minute at the daemon's tick rate.
+const VERIFY_PER_TICK: usize = 8;
 
 #[derive(Debug)]
 pub struct Engine {
@@ -364,6 +400,9 @@ pub struct Engine {
     live_cache: Option<BTreeMap<FileId, String>>,
     /// Whole documents received for files we did not have: stored as received.
     adopted: BTreeMap<FileId, Vec<u8>>,
+    /// Content that came with adopted documents, until it is written to disk.
+    adopted_content: BTreeMap<FileId, Vec<u8>>,
+    tail: StateTail,
 }
 
 fn to_heads(h: &[ChangeHash]) -> Heads {
@@ -436,10 +475,10 @@ impl Engine {
             }
             None => IndexDoc::new(actor.clone()),
         };
-        let mut state: State = restored
+        let (mut state, tail) = restored
             .state
             .as_deref()
-            .and_then(|b| postcard::from_bytes(b).ok())
+            .and_then(decode_state)
             .unwrap_or_default();
         state.counters.bad_documents += counters_err;
         let mut metas = BTreeMap::new();
@@ -481,6 +520,8 @@ impl Engine {
             index_changed: false,
             live_cache: None,
             adopted: BTreeMap::new(),
+            adopted_content: BTreeMap::new(),
+            tail,
         };
         // Make sure we are in our own member list (a new workspace, or a renamed device).
         if engine.index.members().get(&device) != Some(&engine.name) {
@@ -627,7 +668,16 @@ impl Engine {
                 // A new document goes out whole: its `save()` is 30× cheaper than
                 // encoding its first change, and a peer adopts it as it comes.
                 let doc_id = DocId::File(file);
-                let item = if new {
+                // (When the edit was merged with other changes, the document renders to
+                // something else than `content`, and goes without it.)
+                let item = if new && doc.heads() == [hash] {
+                    Some(Item::Adopt {
+                        doc: doc_id,
+                        bytes: doc.automerge().save(),
+                        heads: vec![hash.0],
+                        content: content.clone(),
+                    })
+                } else if new {
                     Some(Item::Whole {
                         doc: doc_id,
                         bytes: doc.automerge().save(),
@@ -831,7 +881,12 @@ impl Engine {
     ) -> Result<T, DocError> {
         let t = self.touch();
         if !self.cache.contains_key(&file) {
-            let doc = match store.load(&DocId::File(file)) {
+            // An adopted document is persisted only with this call's effects.
+            let stored = match self.adopted.get(&file) {
+                Some(bytes) => Some(bytes.clone()),
+                None => store.load(&DocId::File(file)),
+            };
+            let doc = match stored {
                 Some(bytes) => FileDoc::load(&bytes, self.actor.clone())?,
                 None => FileDoc::new(self.actor.clone()),
             };
@@ -1263,12 +1318,19 @@ impl Engine {
                     m.disk = None;
                 }
             }
-            let bytes = match self.with_doc(f, store, |d| d.materialize()) {
-                Ok(b) => b,
-                Err(e) => {
-                    self.doc_error(&path, &e);
-                    continue;
-                }
+            let adopted = self
+                .adopted_content
+                .remove(&f)
+                .filter(|c| content_hash(c) == hash);
+            let bytes = match adopted {
+                Some(b) => b,
+                None => match self.with_doc(f, store, |d| d.materialize()) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.doc_error(&path, &e);
+                        continue;
+                    }
+                },
             };
             self.out_files.push(Effect::WriteFile {
                 path: path.clone(),
@@ -1286,6 +1348,9 @@ impl Engine {
             }
             self.dirty.insert(f);
         }
+        // Content not written in this round (a clash, a tombstone) is read from the
+        // document when it is written.
+        self.adopted_content.clear();
     }
 
     // ---------------------------------------------------------------- messages
@@ -1404,6 +1469,22 @@ impl Engine {
             }
             Item::Whole { doc, bytes } => {
                 if let Some(heads) = self.apply_remote(from, doc, Remote::Whole(bytes), store) {
+                    acks.retain(|(d, _)| *d != doc);
+                    acks.push((doc, heads));
+                }
+            }
+            Item::Adopt {
+                doc,
+                bytes,
+                heads,
+                content,
+            } => {
+                let adopted = match doc {
+                    DocId::File(f) => self.adopt(from, f, bytes, heads, content, store),
+                    // The index is never adopted: every peer has one from the start.
+                    DocId::Index => self.apply_remote(from, doc, Remote::Whole(bytes), store),
+                };
+                if let Some(heads) = adopted {
                     acks.retain(|(d, _)| *d != doc);
                     acks.push((doc, heads));
                 }
@@ -1660,19 +1741,6 @@ impl Engine {
         if !full && their == Some(&mine) {
             return None;
         }
-        let whole = |this: &mut Engine, store: &mut dyn DocStore| -> Option<Vec<u8>> {
-            match doc {
-                DocId::Index => Some(this.index.save()),
-                DocId::File(f) => {
-                    if this.cache.contains_key(&f) {
-                        this.with_doc(f, store, |d| Ok(d.save())).ok()
-                    } else {
-                        // Stored bytes go out as they are: no need to load the document.
-                        store.load(&doc)
-                    }
-                }
-            }
-        };
         match their {
             Some(h) if !full && !h.is_empty() => {
                 let have = from_heads(h);
@@ -1700,8 +1768,67 @@ impl Engine {
                     Some(Item::Changes { doc, changes })
                 }
             }
-            _ => whole(self, store).map(|bytes| Item::Whole { doc, bytes }),
+            _ => self.whole(doc, mine, store),
         }
+    }
+
+    /// A whole document for a peer that lacks it: with its content when that is at hand
+    /// (so that the peer need not load it), else alone.
+    fn whole(&mut self, doc: DocId, heads: Heads, store: &mut dyn DocStore) -> Option<Item> {
+        let f = match doc {
+            DocId::Index => {
+                return Some(Item::Whole {
+                    doc,
+                    bytes: self.index.automerge().save(),
+                });
+            }
+            DocId::File(f) => f,
+        };
+        if self.cache.contains_key(&f) {
+            // `automerge().save()`, not `FileDoc::save`: the save cursor stays where the
+            // store is, or unsaved changes would never be persisted.
+            let (bytes, heads, content) = self
+                .with_doc(f, store, |d| {
+                    let content = if d.is_empty() {
+                        None
+                    } else {
+                        d.materialize().ok()
+                    };
+                    Ok((d.automerge().save(), to_heads(&d.heads()), content))
+                })
+                .ok()?;
+            return Some(match content {
+                Some(content) if !heads.is_empty() => Item::Adopt {
+                    doc,
+                    bytes,
+                    heads,
+                    content,
+                },
+                _ => Item::Whole { doc, bytes },
+            });
+        }
+        // Stored bytes go out as they are: no need to load the document. Its content is
+        // on disk when what we last wrote or read there is what it renders to.
+        let bytes = match self.adopted.get(&f) {
+            Some(b) => b.clone(),
+            None => store.load(&doc)?,
+        };
+        let meta = self.metas.get(&f)?;
+        let content = match (meta.doc_hash, &meta.disk) {
+            (Some(hash), Some((path, on_disk))) if *on_disk == hash && !heads.is_empty() => {
+                store.content(path, &hash)
+            }
+            _ => None,
+        };
+        Some(match content {
+            Some(content) => Item::Adopt {
+                doc,
+                bytes,
+                heads,
+                content,
+            },
+            None => Item::Whole { doc, bytes },
+        })
     }
 
     /// Mark our local changes that `heads` covers as confirmed by a peer.
@@ -1750,6 +1877,84 @@ impl Engine {
                 self.state.unconfirmed.remove(&doc);
             }
             self.state_dirty = true;
+        }
+    }
+
+    /// A whole document with its content (`Item::Adopt`). A document we do not have is
+    /// stored as it came and its content written as it came, without loading it; it is
+    /// checked against that content later (`verify_adopted`). One we have is merged.
+    fn adopt(
+        &mut self,
+        from: DeviceId,
+        f: FileId,
+        bytes: Vec<u8>,
+        heads: Heads,
+        content: Vec<u8>,
+        store: &mut dyn DocStore,
+    ) -> Option<Heads> {
+        let known = self.metas.contains_key(&f) || self.cache.contains_key(&f);
+        if known || heads.is_empty() {
+            return self.apply_remote(from, DocId::File(f), Remote::Whole(bytes), store);
+        }
+        let meta = FileMeta {
+            heads: heads.clone(),
+            doc_hash: Some(content_hash(&content)),
+            size: content.len() as u64,
+            ..FileMeta::default()
+        };
+        self.metas.insert(f, meta);
+        self.adopted.insert(f, bytes);
+        self.adopted_content.insert(f, content);
+        self.tail.unverified.insert(f);
+        self.state_dirty = true;
+        // A file that got content may now clash with another at its path.
+        self.index_changed = true;
+        self.live_cache = None;
+        self.digest = None;
+        self.dirty.insert(f);
+        self.to_reconcile.insert(f);
+        if let Some(path) = self.index.path_of(&f) {
+            let name = self.index.members().get(&from).cloned().unwrap_or_default();
+            self.activity(ActivityKind::RemoteChange, Some(path), &name, None);
+        }
+        Some(heads)
+    }
+
+    /// Check up to `budget` adopted documents against the content they came with. A
+    /// document that renders to something else (a faulty or lying sender) wins: its real
+    /// heads and content replace what was believed, and the disk follows.
+    fn verify_adopted(&mut self, budget: usize, store: &mut dyn DocStore) {
+        let batch: Vec<FileId> = self.tail.unverified.iter().take(budget).copied().collect();
+        for f in batch {
+            self.tail.unverified.remove(&f);
+            self.state_dirty = true;
+            let Some(believed) = self.metas.get(&f).map(|m| (m.heads.clone(), m.doc_hash)) else {
+                continue;
+            };
+            let actual = self.with_doc(f, store, |d| {
+                let heads = to_heads(&d.heads());
+                let hash = if d.is_empty() {
+                    None
+                } else {
+                    d.materialize().ok().map(|c| content_hash(&c))
+                };
+                Ok((heads, hash))
+            });
+            match actual {
+                Ok(actual) if actual == believed => {}
+                Ok(_) => {
+                    self.state.counters.bad_documents += 1;
+                    self.refresh_meta(f, store);
+                    self.to_reconcile.insert(f);
+                }
+                Err(_) => {
+                    // The stored bytes do not load: nothing can be said of the file but
+                    // what is on disk, which stays.
+                    self.state.counters.bad_documents += 1;
+                    continue;
+                }
+            }
+            self.record_field_conflicts(f, store);
         }
     }
 
@@ -1917,6 +2122,7 @@ impl Engine {
         if purged {
             self.commit_index();
         }
+        self.verify_adopted(VERIFY_PER_TICK, store);
     }
 
     fn activity(
@@ -2016,7 +2222,7 @@ impl Engine {
         effects.extend(persist);
         if self.state_dirty {
             effects.push(Effect::Persist(Persist::State {
-                bytes: postcard::to_allocvec(&self.state).unwrap_or_default(),
+                bytes: encode_state(&self.state, &self.tail),
             }));
             self.state_dirty = false;
         }
@@ -2123,6 +2329,11 @@ impl Engine {
         live.into_iter()
             .filter_map(|(f, p)| Some((p, self.metas.get(&f)?.doc_hash?)))
             .collect()
+    }
+
+    /// Documents adopted with their sender's content and not yet checked against it.
+    pub fn unverified(&self) -> usize {
+        self.tail.unverified.len()
     }
 
     /// What the engine believes is on disk (path → hash): the driver compares this with

@@ -48,6 +48,16 @@ pub enum Item {
         total: u32,
         bytes: Vec<u8>,
     },
+    /// A whole document with the content it renders to and its heads, for a peer that
+    /// lacks it: the peer writes `content` at once and checks it against the document
+    /// later, when it has time, instead of loading every document of a first sync
+    /// (automerge's `load` costs ~4 ms for a 4 KB note; writing the content, ~20 µs).
+    Adopt {
+        doc: DocId,
+        bytes: Vec<u8>,
+        heads: Heads,
+        content: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

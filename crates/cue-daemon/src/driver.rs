@@ -80,6 +80,24 @@ pub enum DriverError {
 /// (automerge loads that as one document).
 struct StoreDocs<'a>(&'a Store);
 
+/// The same, with the workspace beside it, so that a document can go to a new peer with
+/// the content on disk (the peer then need not load it).
+struct StoreAndDisk<'a>(&'a Store, &'a WorkspaceFs);
+
+impl DocStore for StoreAndDisk<'_> {
+    fn load(&mut self, doc: &DocId) -> Option<Vec<u8>> {
+        StoreDocs(self.0).load(doc)
+    }
+
+    fn content(&mut self, path: &str, hash: &cue_core::ContentHash) -> Option<Vec<u8>> {
+        let rel = WorkspacePath::parse(path).ok()?;
+        // Read beneath the root without following links; a file edited since is not
+        // what the document renders to and is not sent.
+        let bytes = self.1.read(&rel).ok()??;
+        (cue_core::content_hash(&bytes) == *hash).then_some(bytes)
+    }
+}
+
 impl DocStore for StoreDocs<'_> {
     fn load(&mut self, doc: &DocId) -> Option<Vec<u8>> {
         match self.0.load(&doc.to_string()) {
@@ -357,7 +375,9 @@ impl Driver {
 
     /// Feeds one input and carries out the effects; returns the messages to send.
     pub fn input(&mut self, now: i64, input: Input) -> Result<Vec<Outgoing>, DriverError> {
-        let effects = self.engine.handle(now, input, &mut StoreDocs(&self.store));
+        let effects = self
+            .engine
+            .handle(now, input, &mut StoreAndDisk(&self.store, &self.fs));
         self.apply(now, effects, 0)
     }
 
@@ -517,7 +537,9 @@ impl Driver {
                 );
                 break;
             }
-            let effects = self.engine.handle(now, input, &mut StoreDocs(&self.store));
+            let effects = self
+                .engine
+                .handle(now, input, &mut StoreAndDisk(&self.store, &self.fs));
             // The feedback's own persistence is committed before anything is sent, and
             // before this batch's messages, which may depend on it only loosely.
             sends.extend(self.apply(now, effects, depth + 1)?);

@@ -33,6 +33,26 @@ impl DocStore for MemStore {
     }
 }
 
+/// The store with the peer's disk beside it, as the daemon has them: documents can go to
+/// a new peer with their content (`Item::Adopt`).
+struct WithDisk<'a> {
+    store: &'a mut MemStore,
+    disk: &'a BTreeMap<String, Vec<u8>>,
+}
+
+impl DocStore for WithDisk<'_> {
+    fn load(&mut self, doc: &DocId) -> Option<Vec<u8>> {
+        self.store.load(doc)
+    }
+
+    fn content(&mut self, path: &str, hash: &cue_core::ContentHash) -> Option<Vec<u8>> {
+        self.disk
+            .get(path)
+            .filter(|c| cue_core::content_hash(c) == *hash)
+            .cloned()
+    }
+}
+
 impl MemStore {
     fn apply(&mut self, p: Persist) {
         match p {
@@ -187,7 +207,11 @@ impl World {
         }
         let now = self.now_ms;
         let p = &mut self.peers[peer];
-        let effects = p.engine.handle(now, input, &mut p.store);
+        let mut store = WithDisk {
+            store: &mut p.store,
+            disk: &p.disk,
+        };
+        let effects = p.engine.handle(now, input, &mut store);
         self.apply(peer, effects, 0);
     }
 
@@ -282,7 +306,11 @@ impl World {
             for input in feedback {
                 let now = self.now_ms;
                 let p = &mut self.peers[peer];
-                let effects = p.engine.handle(now, input, &mut p.store);
+                let mut store = WithDisk {
+                    store: &mut p.store,
+                    disk: &p.disk,
+                };
+                let effects = p.engine.handle(now, input, &mut store);
                 self.apply(peer, effects, depth + 1);
             }
         }
@@ -482,6 +510,14 @@ impl World {
         let mut reference: Option<(usize, BTreeMap<String, Vec<u8>>)> = None;
         for i in 0..self.peers.len() {
             let p = &mut self.peers[i];
+            // Adopted documents must have been checked against the content they came
+            // with: what is on disk is then what the documents say.
+            if p.engine.unverified() > 0 {
+                return Err(format!(
+                    "peer {i}: {} adopted documents not yet verified",
+                    p.engine.unverified()
+                ));
+            }
             let live = p.engine.live_files(&mut p.store);
             let skipped: BTreeSet<String> = p
                 .engine

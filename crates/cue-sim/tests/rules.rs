@@ -537,3 +537,56 @@ fn restart_under_a_new_device_name_keeps_files_and_edits() {
     assert_eq!(w.read(0, "b.md").as_deref(), Some("two\n"));
     assert!(w.status(0).peers.iter().any(|p| p.name == "renamed"));
 }
+
+#[test]
+fn a_document_sent_with_the_wrong_content_is_corrected_from_the_document() {
+    use cue_core::index::IndexDoc;
+    use cue_core::wire::{Item, Message, encode};
+    use cue_core::{DocId, FileDoc, FileId};
+    let mut w = world(2);
+    w.write(0, "a.md", b"x\n");
+    settle(&mut w);
+    // A faulty member sends a new file whose content does not match its document.
+    let actor = automerge::ActorId::from(vec![66u8; 20]);
+    let mut doc = FileDoc::new(actor.clone());
+    doc.write("b.md", b"what the document says\n", 0).unwrap();
+    let heads: Vec<[u8; 32]> = doc.heads().iter().map(|h| h.0).collect();
+    let bytes = doc.save();
+    let stored = w.peers[0].store.docs[&DocId::Index].clone();
+    let mut index = IndexDoc::load(&stored, actor).unwrap();
+    let file = FileId([7; 16]);
+    index.set_path(&file, "b.md").unwrap();
+    let change = index.commit(0).unwrap();
+    let items = vec![
+        Item::Changes {
+            doc: DocId::Index,
+            changes: vec![change.raw_bytes().to_vec()],
+        },
+        Item::Adopt {
+            doc: DocId::File(file),
+            bytes,
+            heads,
+            content: b"a lie\n".to_vec(),
+        },
+    ];
+    let from = w.peers[0].device;
+    w.input(
+        1,
+        cue_core::Input::Message {
+            from,
+            bytes: encode(&Message { items }),
+        },
+    );
+    // Written at once as it came, then checked: the document wins, on both peers.
+    assert_eq!(w.read(1, "b.md").as_deref(), Some("a lie\n"));
+    settle(&mut w);
+    assert_eq!(
+        w.read(1, "b.md").as_deref(),
+        Some("what the document says\n")
+    );
+    assert_eq!(
+        w.read(0, "b.md").as_deref(),
+        Some("what the document says\n")
+    );
+    assert!(w.peers[1].engine.counters().bad_documents >= 1);
+}
