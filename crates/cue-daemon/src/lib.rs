@@ -28,6 +28,7 @@
 
 pub mod config;
 pub mod control;
+mod debounce;
 pub mod driver;
 pub mod fsio;
 pub mod ignore_rules;

@@ -1,8 +1,9 @@
 //! The watcher: filesystem events in, [`WatchEvent`]s about synced paths out.
 //!
-//! Built on notify 8 and notify-debouncer-full 0.7 with a short debounce (config
-//! `debounce_ms`, 10 ms by default), which joins rename pairs, drops modifications that
-//! follow a creation, and folds a folder's removal into one event. On top of that the
+//! Built on notify 8 and a batcher ([`crate::debounce`]) with a short quiet period
+//! (config `debounce_ms`, 10 ms by default) that joins rename pairs and drops repeated
+//! events without waking while the folder is quiet (notify-debouncer-full, used at
+//! first, polls 400 times a second with this debounce). On top of that the
 //! watcher translates by *what is on disk now* rather than by the raw event kind, because
 //! the kinds mislead: a save through a temporary file and a rename arrives as a removal of
 //! the target (marked "override") followed by a creation, vim's backup rename looks like
@@ -35,8 +36,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use notify::event::{EventKind, ModifyKind, RenameMode};
-use notify::{RecommendedWatcher, RecursiveMode};
-use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer_opt};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
+
+use crate::debounce::{self, Batch};
 
 use crate::fsio::{FileKind, FsError, WorkspaceFs};
 use crate::ignore_rules::IgnoreRules;
@@ -83,6 +85,8 @@ pub enum WatchError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot start the watcher's thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Watcher settings.
@@ -103,7 +107,8 @@ impl Default for WatchConfig {
 /// A running watcher; dropping it stops it (and closes the event channel).
 #[derive(Debug)]
 pub struct Watcher {
-    _debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
+    /// Dropping it closes the batcher's channel, which ends the batcher's thread.
+    _watcher: RecommendedWatcher,
     rules: Arc<RwLock<IgnoreRules>>,
     root: PathBuf,
 }
@@ -129,11 +134,9 @@ impl Watcher {
             tx,
         };
         let debounce = config.debounce.max(Duration::from_millis(1));
-        let mut debouncer = new_debouncer_opt::<_, RecommendedWatcher, RecommendedCache>(
-            debounce,
-            None,
-            move |result: DebounceEventResult| translator.handle(result),
-            RecommendedCache::new(),
+        let (raw_tx, raw_rx) = channel();
+        let mut watcher = RecommendedWatcher::new(
+            raw_tx,
             // Never descend through a symlinked folder: its contents are not ours.
             notify::Config::default().with_follow_symlinks(false),
         )
@@ -141,7 +144,11 @@ impl Watcher {
             path: root.clone(),
             source,
         })?;
-        debouncer
+        // A file written without pause is still reported every so often.
+        let max = (debounce * 10).max(Duration::from_millis(100));
+        debounce::spawn(raw_rx, debounce, max, move |batch| translator.handle(batch))
+            .map_err(WatchError::Thread)?;
+        watcher
             .watch(&root, RecursiveMode::Recursive)
             .map_err(|source| WatchError::Notify {
                 path: root.clone(),
@@ -149,7 +156,7 @@ impl Watcher {
             })?;
         Ok((
             Watcher {
-                _debouncer: debouncer,
+                _watcher: watcher,
                 rules,
                 root,
             },
@@ -171,7 +178,7 @@ impl Watcher {
     }
 }
 
-/// Runs on the debouncer's thread: turns debounced notify events into [`WatchEvent`]s.
+/// Runs on the batcher's thread: turns debounced notify events into [`WatchEvent`]s.
 struct Translator {
     fs: WorkspaceFs,
     root: PathBuf,
@@ -188,19 +195,15 @@ enum Present {
 }
 
 impl Translator {
-    fn handle(&mut self, result: DebounceEventResult) {
-        match result {
-            Ok(events) => {
-                for event in events {
-                    self.translate(&event);
-                }
+    fn handle(&mut self, batch: Batch) {
+        for event in &batch.events {
+            self.translate(event);
+        }
+        if !batch.errors.is_empty() {
+            for e in &batch.errors {
+                tracing::warn!("watcher error, rescanning: {e}");
             }
-            Err(errors) => {
-                for e in &errors {
-                    tracing::warn!("watcher error, rescanning: {e}");
-                }
-                self.send(WatchEvent::Rescan);
-            }
+            self.send(WatchEvent::Rescan);
         }
     }
 

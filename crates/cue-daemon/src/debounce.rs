@@ -1,0 +1,274 @@
+//! Batches raw notify events by a quiet period, without waking while nothing happens.
+//!
+//! notify-debouncer-full (which the watcher used first) polls its queue every
+//! `timeout / 4`: with our 10 ms debounce, 400 wake-ups a second on an idle daemon,
+//! measured at ≈0.25 CPU-seconds a minute, more than the whole idle budget of 0.1. This
+//! batcher blocks until an event comes, then collects events until `quiet` passes without
+//! one (or `max` since the batch began, so that a file written without pause is still
+//! reported), and hands the batch over. An idle daemon's watcher thread never runs.
+//!
+//! What the debouncer did that the watcher relies on is kept: within a batch, the two
+//! halves of a rename that notify joined (a `Both` event with the same tracker) are
+//! dropped in favour of the joined event, and repeated events for one path in a row are
+//! kept once. Everything else (what a path is now) the watcher decides by looking at
+//! the disk, so the batch boundaries only affect how often it looks.
+
+use std::collections::BTreeSet;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use notify::Event;
+use notify::event::{EventKind, ModifyKind, RenameMode};
+
+/// One batch: the events in the order they happened, and the watcher's errors.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub events: Vec<Event>,
+    pub errors: Vec<notify::Error>,
+}
+
+/// Runs the batcher on its own thread until the sending side (the notify watcher) is
+/// dropped; `handle` gets every batch.
+pub(crate) fn spawn(
+    rx: Receiver<notify::Result<Event>>,
+    quiet: Duration,
+    max: Duration,
+    mut handle: impl FnMut(Batch) + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("cue-watch-batch".into())
+        .spawn(move || {
+            // Blocks while idle: no timer, no wake-ups.
+            while let Ok(first) = rx.recv() {
+                let (batch, open) = collect(first, &rx, quiet, max);
+                handle(batch);
+                if !open {
+                    return;
+                }
+            }
+        })
+}
+
+/// Collects one batch that starts with `first`. Returns it and whether the channel is
+/// still open.
+fn collect(
+    first: notify::Result<Event>,
+    rx: &Receiver<notify::Result<Event>>,
+    quiet: Duration,
+    max: Duration,
+) -> (Batch, bool) {
+    let start = Instant::now();
+    let mut raw = Batch::default();
+    let push = |r: notify::Result<Event>, raw: &mut Batch| match r {
+        Ok(e) => raw.events.push(e),
+        Err(e) => raw.errors.push(e),
+    };
+    push(first, &mut raw);
+    let mut open = true;
+    loop {
+        let now = Instant::now();
+        let deadline = (now + quiet).min(start + max);
+        let Some(wait) = deadline
+            .checked_duration_since(now)
+            .filter(|d| !d.is_zero())
+        else {
+            break;
+        };
+        match rx.recv_timeout(wait) {
+            Ok(r) => push(r, &mut raw),
+            Err(RecvTimeoutError::Timeout) => break,
+            Err(RecvTimeoutError::Disconnected) => {
+                open = false;
+                break;
+            }
+        }
+    }
+    raw.events = prune(raw.events);
+    (raw, open)
+}
+
+fn rename_mode(e: &Event) -> Option<RenameMode> {
+    match e.kind {
+        EventKind::Modify(ModifyKind::Name(mode)) => Some(mode),
+        _ => None,
+    }
+}
+
+/// Drops what a batch says twice: the halves of joined renames, access events, and an
+/// event repeating the one kept just before it.
+pub(crate) fn prune(events: Vec<Event>) -> Vec<Event> {
+    let joined: BTreeSet<usize> = events
+        .iter()
+        .filter(|e| rename_mode(e) == Some(RenameMode::Both))
+        .filter_map(Event::tracker)
+        .collect();
+    let mut out: Vec<Event> = Vec::with_capacity(events.len());
+    for e in events {
+        if matches!(e.kind, EventKind::Access(_)) && !e.need_rescan() {
+            continue;
+        }
+        let half = matches!(rename_mode(&e), Some(RenameMode::From | RenameMode::To));
+        if half && e.tracker().is_some_and(|t| joined.contains(&t)) {
+            continue;
+        }
+        let repeat = out.last().is_some_and(|prev| {
+            rename_mode(prev).is_none()
+                && rename_mode(&e).is_none()
+                && prev.paths == e.paths
+                && !e.need_rescan()
+        });
+        if repeat {
+            continue;
+        }
+        out.push(e);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::mpsc::channel;
+
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, Flag};
+
+    use super::*;
+
+    fn ev(kind: EventKind, paths: &[&str]) -> Event {
+        let mut e = Event::new(kind);
+        for p in paths {
+            e = e.add_path(PathBuf::from(p));
+        }
+        e
+    }
+
+    fn name(mode: RenameMode, paths: &[&str], tracker: usize) -> Event {
+        ev(EventKind::Modify(ModifyKind::Name(mode)), paths).set_tracker(tracker)
+    }
+
+    fn write(path: &str) -> Event {
+        ev(
+            EventKind::Modify(ModifyKind::Data(DataChange::Content)),
+            &[path],
+        )
+    }
+
+    #[test]
+    fn joined_renames_replace_their_halves_and_lone_halves_stay() {
+        let events = vec![
+            name(RenameMode::From, &["/w/a"], 1),
+            name(RenameMode::To, &["/w/b"], 1),
+            name(RenameMode::Both, &["/w/a", "/w/b"], 1),
+            // Moved out of the folder: no partner, stays a lone half.
+            name(RenameMode::From, &["/w/c"], 2),
+        ];
+        let kept = prune(events);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(rename_mode(&kept[0]), Some(RenameMode::Both));
+        assert_eq!(
+            kept[0].paths,
+            vec![PathBuf::from("/w/a"), PathBuf::from("/w/b")]
+        );
+        assert_eq!(rename_mode(&kept[1]), Some(RenameMode::From));
+    }
+
+    #[test]
+    fn repeats_in_a_row_are_kept_once_but_order_around_renames_is_kept() {
+        let events = vec![
+            ev(EventKind::Create(CreateKind::File), &["/w/a"]),
+            write("/w/a"),
+            write("/w/a"),
+            ev(
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                &["/w/a"],
+            ),
+            name(RenameMode::Both, &["/w/a", "/w/b"], 3),
+            write("/w/a"),
+        ];
+        let kept = prune(events);
+        let kinds: Vec<_> = kept.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                // The writes and the close say nothing the creation did not: the
+                // watcher looks at what is on disk.
+                EventKind::Create(CreateKind::File),
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+                EventKind::Modify(ModifyKind::Data(DataChange::Content)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rescan_request_is_never_dropped() {
+        let rescan = Event::new(EventKind::Other).set_flag(Flag::Rescan);
+        let kept = prune(vec![rescan.clone(), rescan]);
+        assert_eq!(kept.len(), 2);
+        assert!(kept.iter().all(Event::need_rescan));
+    }
+
+    #[test]
+    fn a_batch_ends_after_the_quiet_period_and_at_most_after_max() {
+        let (tx, rx) = channel();
+        // Quiet period: events that keep coming within it stay in one batch.
+        for i in 0..5 {
+            tx.send(Ok(write(&format!("/w/{i}")))).unwrap();
+        }
+        let first = rx.recv().unwrap();
+        let (batch, open) = collect(
+            first,
+            &rx,
+            Duration::from_millis(20),
+            Duration::from_secs(5),
+        );
+        assert!(open);
+        assert_eq!(batch.events.len(), 5);
+        // A writer that never pauses still gets its batch cut at `max`: it writes until
+        // told to stop (or 30 s), and the batch must end while it is still writing.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop_w = stop.clone();
+        let writer = std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < until && !stop_w.load(std::sync::atomic::Ordering::SeqCst) {
+                if tx.send(Ok(write("/w/busy"))).is_err() {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            stop_w.load(std::sync::atomic::Ordering::SeqCst)
+        });
+        let first = rx.recv().unwrap();
+        let (_, open) = collect(
+            first,
+            &rx,
+            Duration::from_millis(50),
+            Duration::from_millis(100),
+        );
+        assert!(open);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            writer.join().unwrap(),
+            "the batch lasted as long as the writer: it was not cut at max"
+        );
+    }
+
+    #[test]
+    fn the_batcher_stops_when_the_watcher_is_dropped() {
+        let (tx, rx) = channel::<notify::Result<Event>>();
+        let (out_tx, out_rx) = channel();
+        let thread = spawn(
+            rx,
+            Duration::from_millis(1),
+            Duration::from_millis(10),
+            move |b| {
+                let _ = out_tx.send(b.events.len());
+            },
+        )
+        .unwrap();
+        tx.send(Ok(write("/w/a"))).unwrap();
+        assert_eq!(out_rx.recv_timeout(Duration::from_secs(10)), Ok(1));
+        drop(tx);
+        thread.join().unwrap();
+    }
+}
