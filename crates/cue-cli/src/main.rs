@@ -144,8 +144,8 @@ enum ActivityCmd {
     #[command(after_help = "Example:\n  cue activity log --since 2h30m --json")]
     Log {
         /// How far back: 1d, 2h30m, 45m, or a date (2026-11-01 or RFC 3339).
-        #[arg(long, value_name = "WHEN")]
-        since: Option<String>,
+        #[arg(long, value_name = "WHEN", value_parser = since_arg)]
+        since: Option<i64>,
         /// At most this many entries (the newest).
         #[arg(short = 'n', value_name = "N")]
         limit: Option<usize>,
@@ -287,7 +287,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             follow,
         }) => {
             let root = find_root(&base)?;
-            activity_log(&root, since.as_deref(), limit, json, follow)
+            activity_log(&root, since, limit, json, follow)
         }
         Top::Relay(cmd) => relay(cmd),
         Top::Completions { shell } => {
@@ -555,35 +555,36 @@ fn parse_since(s: &str, now: i64) -> anyhow::Result<i64> {
             'h' => 3_600_000,
             'd' => 86_400_000,
             'w' => 7 * 86_400_000,
-            _ => bail!(
-                "--since {s:?}: use a duration like 1d, 2h30m or 45m, or a date like 2026-11-01"
-            ),
+            _ => bail!("use a duration like 1d, 2h30m or 45m, or a date like 2026-11-01"),
         };
-        let n: i64 = num.parse().map_err(|_| {
-            anyhow!("--since {s:?}: a number must come before each unit, as in 2h30m")
-        })?;
+        let n: i64 = num
+            .parse()
+            .map_err(|_| anyhow!("a number must come before each unit, as in 2h30m"))?;
         total = total.saturating_add(n.saturating_mul(unit));
         num.clear();
         any = true;
     }
     if !num.is_empty() || !any {
-        bail!("--since {s:?}: give a unit (s, m, h, d, w), as in 1d or 2h30m");
+        bail!("give a unit (s, m, h, d, w), as in 1d or 2h30m");
     }
     Ok(now - total)
 }
 
+/// `--since` as clap takes it: a bad value is a usage error (exit 2).
+fn since_arg(s: &str) -> Result<i64, String> {
+    parse_since(s, now_ms()).map_err(|e| e.to_string())
+}
+
+/// `since_ms`: milliseconds since the epoch (from `--since`).
 fn activity_log(
     root: &Path,
-    since: Option<&str>,
+    since_ms: Option<i64>,
     limit: Option<usize>,
     json: bool,
     follow: bool,
 ) -> anyhow::Result<ExitCode> {
     let ws = Workspace::open(root)?;
-    let since_ms = match since {
-        Some(s) => parse_since(s, now_ms())?,
-        None => 0,
-    };
+    let since_ms = since_ms.unwrap_or(0);
     let store = Store::open(&ws.store_path())?;
     let mut entries = store.activity_since(since_ms, 1_000_000)?;
     if let Some(n) = limit {
