@@ -311,6 +311,18 @@ fn an_unreachable_relay_is_offline_not_an_error() {
     let (s, code) = p.status();
     assert_eq!(code, 0);
     assert_eq!(s["relay"]["connected"], false);
+    // In words: offline and retrying, with what to check.
+    let out = p.cue(&["sync", "status"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().next().unwrap().contains("offline, retrying"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cannot reach the relay at ws://127.0.0.1:9"),
+        "{text}"
+    );
     p.write("x.md", "local work\n");
     wait_until("the offline edit to be taken in", || {
         p.status().0["files"] == 1
