@@ -161,14 +161,18 @@ impl Peer {
     /// Runs `cue -C <folder> args...` and returns its output (never hangs on a
     /// background daemon: the daemon's streams are not ours).
     pub fn cue(&self, args: &[&str]) -> Output {
-        Command::new(cue_bin())
-            .arg("-C")
+        self.command(args).output().unwrap()
+    }
+
+    /// `cue -C <folder> args...` to run, for a test that sets its environment or streams.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(cue_bin());
+        cmd.arg("-C")
             .arg(self.root())
             .args(args)
             .env("CUE_LOG", "info")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .stdin(Stdio::null());
+        cmd
     }
 
     /// Runs `cue` and fails the test unless it exits 0; returns stdout.
@@ -372,6 +376,76 @@ impl Drop for Recorder {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         // Wake the accept loop so its thread ends.
         let _ = std::net::TcpStream::connect(self.addr);
+    }
+}
+
+/// Which of a command's streams go to a pseudo-terminal (the others are piped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnTerminal {
+    Stdout,
+    Stderr,
+}
+
+/// What a command run by [`run_on_terminal`] wrote: to the terminal (as a terminal
+/// shows it, `\n` as `\r\n`), to the piped stream, and its exit code.
+#[derive(Debug)]
+pub struct TerminalRun {
+    pub terminal: String,
+    pub piped: String,
+    pub code: Option<i32>,
+}
+
+/// Runs `cmd` with one of its streams on a new pseudo-terminal (`TERM=xterm-256color`,
+/// the colour variables of the test's own environment removed unless `cmd` sets them),
+/// as a user at a terminal would.
+pub fn run_on_terminal(mut cmd: Command, on: OnTerminal) -> TerminalRun {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    use std::io::Read;
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname(&master, Vec::new()).unwrap();
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().unwrap())
+        .unwrap();
+    let explicit: Vec<_> = cmd.get_envs().map(|(k, _)| k.to_owned()).collect();
+    for var in ["NO_COLOR", "CLICOLOR", "CLICOLOR_FORCE"] {
+        if !explicit.iter().any(|k| k == var) {
+            cmd.env_remove(var);
+        }
+    }
+    cmd.env("TERM", "xterm-256color");
+    match on {
+        OnTerminal::Stdout => cmd.stdout(slave).stderr(Stdio::piped()),
+        OnTerminal::Stderr => cmd.stderr(slave).stdout(Stdio::piped()),
+    };
+    let child = cmd.spawn().unwrap();
+    // The child's copy is the only one left open: reading ends (EIO) when it exits.
+    drop(cmd);
+    let reader = std::thread::spawn(move || {
+        let mut master = std::fs::File::from(master);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    });
+    let output = child.wait_with_output().unwrap();
+    let terminal = reader.join().unwrap();
+    let piped = match on {
+        OnTerminal::Stdout => output.stderr,
+        OnTerminal::Stderr => output.stdout,
+    };
+    TerminalRun {
+        terminal: String::from_utf8_lossy(&terminal).into_owned(),
+        piped: String::from_utf8_lossy(&piped).into_owned(),
+        code: output.status.code(),
     }
 }
 

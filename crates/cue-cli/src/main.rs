@@ -5,12 +5,14 @@
 //! own). The commands, flags and JSON keys are pinned by the contract: end-to-end tests
 //! drive exactly these.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 mod demo;
+mod progress;
+mod status_view;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
@@ -39,9 +41,15 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Top {
     /// Workspaces and the sync daemon.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  cue sync init --name laptop && cue sync start\n  cue sync status"
+    )]
     Sync(SyncCmd),
     /// Watch the folder and sync it, in the foreground (`watch --sync`).
+    #[command(
+        after_help = "Example (an always-on peer on a server):\n  cue -C /srv/notes watch --sync"
+    )]
     Watch {
         /// Sync through the relay (the same as `cue sync start --foreground`).
         #[arg(long)]
@@ -51,9 +59,10 @@ enum Top {
         relay: Option<String>,
     },
     /// What happened in the workspace.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Example:\n  cue activity log --since 1d")]
     Activity(ActivityCmd),
     /// Run the relay in this process (the same code as `cue-relay`).
+    #[command(after_help = "Example:\n  cue relay --listen 127.0.0.1:8080")]
     Relay(RelayCmd),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(
@@ -62,6 +71,7 @@ enum Top {
     Completions { shell: clap_complete::Shell },
     /// Show the whole system on this machine: a relay and two peers in temporary
     /// folders, edits on both, live convergence, figures; cleans up after itself.
+    #[command(after_help = "Example:\n  cue demo")]
     Demo,
 }
 
@@ -83,6 +93,9 @@ enum SyncCmd {
         name: Option<String>,
     },
     /// Print the invite token for another device (a secret, like a password).
+    #[command(
+        after_help = "Example:\n  cue sync invite        # then, on the other machine: cue sync join TOKEN"
+    )]
     Invite,
     /// Make this folder a copy of the workspace of TOKEN (files here are merged).
     #[command(after_help = "Example:\n  cue sync join cueinv1... --name desktop")]
@@ -94,6 +107,11 @@ enum SyncCmd {
         name: Option<String>,
     },
     /// Start the sync daemon (in the background unless --foreground).
+    ///
+    /// Returns once the daemon has scanned the folder and watches it; it does not wait
+    /// for the relay. On a terminal, a device that joined shows its first sync's
+    /// progress until it completes (Ctrl-C stops watching, the daemon goes on).
+    #[command(after_help = "Example:\n  cue sync start --relay wss://relay.example.org")]
     Start {
         /// Relay URL to use (saved into the config).
         #[arg(long, value_name = "URL")]
@@ -103,15 +121,20 @@ enum SyncCmd {
         foreground: bool,
     },
     /// Stop the daemon once everything it knows is on disk.
+    #[command(after_help = "Example:\n  cue sync stop")]
     Stop,
     /// Daemon, relay, peers, pending changes and conflicts (exit 1 if no daemon runs).
+    #[command(after_help = "Example:\n  cue sync status\n  cue sync status --json | jq .peers")]
     Status {
+        /// One JSON object (schema_version 1), printed also when no daemon runs.
         #[arg(long)]
         json: bool,
     },
     /// Bring back a deleted file.
+    #[command(after_help = "Example:\n  cue sync restore notes/todo.md")]
     Restore { path: PathBuf },
     /// Mark the conflicts reported for PATH as seen, on every device.
+    #[command(after_help = "Example:\n  cue sync resolve notes/todo.md")]
     Resolve { path: PathBuf },
 }
 
@@ -121,11 +144,12 @@ enum ActivityCmd {
     #[command(after_help = "Example:\n  cue activity log --since 2h30m --json")]
     Log {
         /// How far back: 1d, 2h30m, 45m, or a date (2026-11-01 or RFC 3339).
-        #[arg(long, value_name = "WHEN")]
-        since: Option<String>,
+        #[arg(long, value_name = "WHEN", value_parser = since_arg)]
+        since: Option<i64>,
         /// At most this many entries (the newest).
         #[arg(short = 'n', value_name = "N")]
         limit: Option<usize>,
+        /// One JSON object a line.
         #[arg(long)]
         json: bool,
         /// Keep printing new entries as they happen (Ctrl-C to stop).
@@ -135,7 +159,10 @@ enum ActivityCmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     // The demo's own output is the point: the in-process relay's logs only on request.
     init_logging(if matches!(cli.command, Top::Demo) {
         "warn"
@@ -152,6 +179,73 @@ fn main() -> ExitCode {
     }
 }
 
+/// A usage error as one line on stderr saying what to do, exit 2; help and version as
+/// clap prints them.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    eprintln!(
+        "cue: error: {}; see `{} --help`",
+        usage_line(&e.render().to_string()),
+        command_path(&args)
+    );
+    ExitCode::from(2)
+}
+
+/// The command the arguments name, as far as they name one: `cue sync status`.
+fn command_path(args: &[String]) -> String {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut path = vec!["cue".to_string()];
+    let mut args = args.iter();
+    while let Some(a) = args.next() {
+        if a == "-C" {
+            args.next();
+            continue;
+        }
+        if a.starts_with('-') {
+            continue;
+        }
+        let Some(sub) = cmd.find_subcommand(a).cloned() else {
+            break;
+        };
+        path.push(sub.get_name().to_string());
+        cmd = sub;
+    }
+    path.join(" ")
+}
+
+/// clap's rendered error (message, tips, usage) as one line: the message and the tips.
+fn usage_line(rendered: &str) -> String {
+    let mut paragraphs = rendered.split("\n\n").map(|p| {
+        p.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    let message = paragraphs.next().unwrap_or_default();
+    let message = message
+        .strip_prefix("error: ")
+        .unwrap_or(&message)
+        .to_string();
+    let mut line = message;
+    for p in paragraphs {
+        if let Some(tip) = p.strip_prefix("tip: ") {
+            line.push_str(&format!(" ({tip})"));
+        }
+    }
+    line
+}
+
 fn init_logging(default: &str) {
     let filter = std::env::var("CUE_LOG")
         .ok()
@@ -160,8 +254,9 @@ fn init_logging(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
-        // Colour codes only on a terminal, never in daemon.log.
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        // Colour codes only on a terminal that takes them (NO_COLOR, CLICOLOR, TERM),
+        // never in daemon.log.
+        .with_ansi(anstream::AutoStream::choice(&std::io::stderr()) != anstream::ColorChoice::Never)
         .try_init();
 }
 
@@ -192,7 +287,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             follow,
         }) => {
             let root = find_root(&base)?;
-            activity_log(&root, since.as_deref(), limit, json, follow)
+            activity_log(&root, since, limit, json, follow)
         }
         Top::Relay(cmd) => relay(cmd),
         Top::Completions { shell } => {
@@ -216,7 +311,7 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         SyncCmd::Init { relay, name } => {
             let ws = Workspace::init(base, relay.as_deref(), name.as_deref())?;
-            let files = import(&ws)?;
+            let files = import(&ws, false)?;
             println!(
                 "Created workspace {} in {} ({files} files imported) as device {}.",
                 ws.workspace_id(),
@@ -230,7 +325,7 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
         }
         SyncCmd::Join { token, relay, name } => {
             let ws = Workspace::join(base, &token, relay.as_deref(), name.as_deref())?;
-            let files = import(&ws)?;
+            let files = import(&ws, true)?;
             println!(
                 "Joined workspace {} in {} ({files} files here, merged when peers meet) as device {}.",
                 ws.workspace_id(),
@@ -259,6 +354,10 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
             let root = find_root(base)?;
             let pid = start_background(&root, relay.as_deref(), Duration::from_secs(120))?;
             println!("cue daemon started (pid {pid}) for {}.", root.display());
+            std::io::stdout().flush()?;
+            let ws = Workspace::open(&root)?;
+            let socket = cue_daemon::run::socket_for(&root)?;
+            progress::follow_first_sync(&ws, &socket);
             Ok(ExitCode::SUCCESS)
         }
         SyncCmd::Stop => stop(&find_root(base)?),
@@ -280,11 +379,19 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Imports the files already in a new workspace (the daemon's start-up scan, offline).
-fn import(ws: &Workspace) -> anyhow::Result<usize> {
+/// Imports the files already in a new workspace (the daemon's start-up scan, offline),
+/// with a progress bar on a terminal. A joined device notes that it expects a first sync.
+fn import(ws: &Workspace, joined: bool) -> anyhow::Result<usize> {
     let _lock = DaemonLock::acquire(&ws.dir()).context("cannot lock the new workspace")?;
     let mut driver = Driver::open(ws, &ws.config)?;
-    driver.startup_scan(now_ms())?;
+    let mut bar = progress::ImportBar::start();
+    let scanned =
+        driver.startup_scan_with_progress(now_ms(), &mut |done, total| bar.update(done, total));
+    bar.finish();
+    scanned?;
+    if joined {
+        progress::expect_first_sync(driver.store_mut())?;
+    }
     Ok(driver.status().files)
 }
 
@@ -405,74 +512,22 @@ fn status(root: &Path, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        print_status(&report);
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let text = status_view::render(
+            &report,
+            home.as_deref(),
+            now_ms(),
+            status_view::Paint::for_stdout(false),
+        );
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())?;
+        out.flush()?;
     }
     Ok(if report.daemon.running {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
-}
-
-fn print_status(r: &StatusReport) {
-    let online = r.peers.iter().filter(|p| p.online).count();
-    let state = if !r.daemon.running {
-        "daemon not running (start it with `cue sync start`)".to_string()
-    } else if r.pending_changes > 0 {
-        format!("{} changes not yet confirmed by a peer", r.pending_changes)
-    } else {
-        "up to date".to_string()
-    };
-    let relay = if r.relay.connected {
-        "relay connected".to_string()
-    } else if r.daemon.running {
-        format!("offline, retrying {}", r.relay.url)
-    } else {
-        "offline".to_string()
-    };
-    println!(
-        "{}: {state} · {relay} · {online} peer{} online · {} files",
-        r.root,
-        if online == 1 { "" } else { "s" },
-        r.files
-    );
-    if let Some(reason) = &r.deletions_paused {
-        println!("\nDeletions paused: {reason}");
-        println!("  (check the folder, then `cue sync stop` and `cue sync start`)");
-    }
-    if !r.conflicts.is_empty() {
-        println!("\nConflicts:");
-        for c in &r.conflicts {
-            match &c.copy {
-                Some(copy) => println!("  {} ({}): other version in {copy}", c.path, c.kind),
-                None => println!("  {} ({}): {}", c.path, c.kind, c.detail),
-            }
-        }
-        println!("  (delete or rename a conflict copy to resolve it, or `cue sync resolve PATH`)");
-    }
-    if !r.skipped.is_empty() {
-        println!("\nNot synced:");
-        for s in &r.skipped {
-            println!("  {}: {}", s.path, s.reason);
-        }
-    }
-    if !r.peers.is_empty() {
-        println!("\nPeers:");
-        for p in &r.peers {
-            let seen = if p.online {
-                "online".to_string()
-            } else {
-                match &p.last_sync {
-                    Some(t) => format!("last synced {t}"),
-                    None => "never synced".to_string(),
-                }
-            };
-            println!("  {} ({}…): {seen}", p.name, &p.device_id[..6]);
-        }
-    }
-    if let Some(t) = &r.last_full_resync {
-        println!("\nLast full resync: {t}");
-    }
 }
 
 /// `1d`, `2h30m`, `45m`, `90s`, `1w`, or a date, to milliseconds since the epoch.
@@ -500,35 +555,36 @@ fn parse_since(s: &str, now: i64) -> anyhow::Result<i64> {
             'h' => 3_600_000,
             'd' => 86_400_000,
             'w' => 7 * 86_400_000,
-            _ => bail!(
-                "--since {s:?}: use a duration like 1d, 2h30m or 45m, or a date like 2026-11-01"
-            ),
+            _ => bail!("use a duration like 1d, 2h30m or 45m, or a date like 2026-11-01"),
         };
-        let n: i64 = num.parse().map_err(|_| {
-            anyhow!("--since {s:?}: a number must come before each unit, as in 2h30m")
-        })?;
+        let n: i64 = num
+            .parse()
+            .map_err(|_| anyhow!("a number must come before each unit, as in 2h30m"))?;
         total = total.saturating_add(n.saturating_mul(unit));
         num.clear();
         any = true;
     }
     if !num.is_empty() || !any {
-        bail!("--since {s:?}: give a unit (s, m, h, d, w), as in 1d or 2h30m");
+        bail!("give a unit (s, m, h, d, w), as in 1d or 2h30m");
     }
     Ok(now - total)
 }
 
+/// `--since` as clap takes it: a bad value is a usage error (exit 2).
+fn since_arg(s: &str) -> Result<i64, String> {
+    parse_since(s, now_ms()).map_err(|e| e.to_string())
+}
+
+/// `since_ms`: milliseconds since the epoch (from `--since`).
 fn activity_log(
     root: &Path,
-    since: Option<&str>,
+    since_ms: Option<i64>,
     limit: Option<usize>,
     json: bool,
     follow: bool,
 ) -> anyhow::Result<ExitCode> {
     let ws = Workspace::open(root)?;
-    let since_ms = match since {
-        Some(s) => parse_since(s, now_ms())?,
-        None => 0,
-    };
+    let since_ms = since_ms.unwrap_or(0);
     let store = Store::open(&ws.store_path())?;
     let mut entries = store.activity_since(since_ms, 1_000_000)?;
     if let Some(n) = limit {
@@ -620,6 +676,53 @@ fn relay(cmd: RelayCmd) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_command_has_help_with_an_example() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, seen: &mut usize) {
+            let help = cmd
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(help.contains("Example"), "`{path} --help` has no example");
+            assert!(cmd.get_about().is_some(), "`{path}` has no description");
+            *seen += 1;
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() != "help" {
+                    walk(sub, &format!("{path} {}", sub.get_name()), seen);
+                }
+            }
+        }
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut seen = 0;
+        walk(&cmd, "cue", &mut seen);
+        // cue, sync and its 8 commands, watch, activity, activity log, relay,
+        // completions, demo.
+        assert_eq!(seen, 16);
+    }
+
+    #[test]
+    fn usage_errors_become_one_line_naming_the_help_to_read() {
+        let rendered = "error: unexpected argument '--bogus' found\n\n  tip: to pass '--bogus' as a value, use '-- --bogus'\n\nUsage: cue sync status [OPTIONS]\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_line(rendered),
+            "unexpected argument '--bogus' found (to pass '--bogus' as a value, use '-- --bogus')"
+        );
+        let rendered = "error: the following required arguments were not provided:\n  <TOKEN>\n\nUsage: cue sync join <TOKEN>\n";
+        assert_eq!(
+            usage_line(rendered),
+            "the following required arguments were not provided: <TOKEN>"
+        );
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            command_path(&args(&["-C", "sync", "sync", "status", "--bogus"])),
+            "cue sync status"
+        );
+        assert_eq!(command_path(&args(&["sync", "strat"])), "cue sync");
+        assert_eq!(command_path(&args(&["--nope"])), "cue");
+    }
 
     #[test]
     fn since_accepts_durations_and_dates() {

@@ -356,6 +356,21 @@ pub struct Status {
     pub last_full_resync_ms: Option<i64>,
     pub connected: bool,
     pub syncing: bool,
+    /// The catch-up with a peer under way, if one is (what a first sync shows).
+    pub catch_up: Option<CatchUp>,
+}
+
+/// How far a catch-up with a peer has got. The peer's index comes first in its answer,
+/// so the total is known early; the held count grows as the documents arrive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatchUp {
+    pub peer: DeviceId,
+    /// Whole documents after a long absence (a full resync).
+    pub full: bool,
+    /// Live files whose document is held here.
+    pub files_held: usize,
+    /// Files the index names that are not deleted (at least `files_held`).
+    pub files_total: usize,
 }
 
 /// Above this, a reassembled chunked item is refused (a file is at most
@@ -2306,6 +2321,21 @@ impl Engine {
                 last_sync_ms: self.state.peers.get(d).and_then(|p| p.last_sync_ms),
             })
             .collect();
+        let catch_up = self.pull.as_ref().map(|p| {
+            let tombs = self.index.tombstones();
+            let total = self
+                .index
+                .paths()
+                .into_keys()
+                .filter(|f| live.contains_key(f) || !tombs.contains_key(f))
+                .count();
+            CatchUp {
+                peer: p.peer,
+                full: p.full,
+                files_held: live.len(),
+                files_total: total.max(live.len()),
+            }
+        });
         Status {
             files: live.len(),
             pending_changes: self.state.unconfirmed.values().map(BTreeSet::len).sum(),
@@ -2320,6 +2350,7 @@ impl Engine {
             last_full_resync_ms: self.state.last_full_resync_ms,
             connected: self.connected,
             syncing: self.pull.is_some(),
+            catch_up,
         }
     }
 

@@ -23,8 +23,9 @@ pub mod wire;
 
 pub use doc::{ContentKind, DocError, FieldConflict, FileDoc};
 pub use engine::{
-    Activity, ActivityKind, CommandError, Config, ConflictInfo, Counters, DocStore, Effect, Engine,
-    FileMeta, Input, PeerInfo, Persist, Restored, Status, actor_for, conflict_copy_name,
+    Activity, ActivityKind, CatchUp, CommandError, Config, ConflictInfo, Counters, DocStore,
+    Effect, Engine, FileMeta, Input, PeerInfo, Persist, Restored, Status, actor_for,
+    conflict_copy_name,
 };
 pub use ids::{ContentHash, DeviceId, DocId, FileId, content_hash};
 pub use index::ConflictKind;

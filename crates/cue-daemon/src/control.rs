@@ -78,6 +78,22 @@ pub struct StatusReport {
     pub last_full_resync: Option<String>,
     /// Why deletions are not being propagated (the mass-deletion guard), if they are not.
     pub deletions_paused: Option<String>,
+    /// The catch-up with a peer under way (a first sync shows its progress here).
+    #[serde(default)]
+    pub catch_up: Option<CatchUpReport>,
+}
+
+/// A catch-up with a peer under way: `files_held` of `files_total` so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatchUpReport {
+    /// The name of the peer being caught up with.
+    pub peer: String,
+    /// This device has never completed a sync with any peer: its first sync.
+    pub first: bool,
+    /// Whole documents after a long absence (a full resync).
+    pub full: bool,
+    pub files_held: u64,
+    pub files_total: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,6 +203,17 @@ pub fn status_report(ctx: &StatusContext<'_>, s: &cue_core::Status) -> StatusRep
             .collect(),
         last_full_resync: s.last_full_resync_ms.map(rfc3339),
         deletions_paused: ctx.deletions_paused.clone(),
+        catch_up: s.catch_up.as_ref().map(|c| CatchUpReport {
+            peer: s
+                .peers
+                .iter()
+                .find(|p| p.device == c.peer)
+                .map_or_else(|| hex::encode(&c.peer.0[..3]), |p| p.name.clone()),
+            first: s.peers.iter().all(|p| p.last_sync_ms.is_none()),
+            full: c.full,
+            files_held: c.files_held as u64,
+            files_total: c.files_total as u64,
+        }),
     }
 }
 

@@ -729,6 +729,17 @@ impl Driver {
     /// difference: edits, new files, deletions, renames where the content shows one.
     /// Used at start-up and after the watcher lost events.
     pub fn startup_scan(&mut self, now: i64) -> Result<Vec<Outgoing>, DriverError> {
+        self.startup_scan_with_progress(now, &mut |_, _| {})
+    }
+
+    /// [`Driver::startup_scan`], calling `progress(done, total)` as it takes in the new
+    /// and changed files it found (first with `done` 0, once the folder is scanned): the
+    /// import bar of `cue sync init` and `join`.
+    pub fn startup_scan_with_progress(
+        &mut self,
+        now: i64,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<Outgoing>, DriverError> {
         if let Err(error) = self.rules.reload() {
             tracing::warn!(%error, "cannot reload .cueignore; keeping the old rules");
         }
@@ -798,15 +809,22 @@ impl Driver {
                 _ => None,
             })
             .collect();
+        let total = renames.len() + changed.len();
+        progress(0, total);
+        let mut done = 0;
         for (from, to) in renames {
             if let Some(content) = self.read(&to)? {
                 out.extend(self.input(now, Input::FileRenamed { from, to, content })?);
             }
+            done += 1;
+            progress(done, total);
         }
         for path in changed {
             if let Some(content) = self.read(&path)? {
                 out.extend(self.input(now, Input::FileChanged { path, content })?);
             }
+            done += 1;
+            progress(done, total);
         }
         for (path, size) in too_large {
             out.extend(self.input(now, Input::FileTooLarge { path, size })?);

@@ -85,13 +85,49 @@ fn bad_input_is_one_line_and_the_right_exit_code() {
         assert!(err.contains("cue sync init"), "{args:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
-    // A wrong token changes nothing on disk.
-    let out = p.cue(&["sync", "join", "cueinv1qqqqqqqq"]);
-    assert_eq!(out.status.code(), Some(1));
+    // A wrong token, or a real one cut short, changes nothing on disk.
+    let real = {
+        let other = Peer::new("other");
+        other.cue_ok(&[
+            "sync",
+            "init",
+            "--relay",
+            "ws://127.0.0.1:9",
+            "--name",
+            "other",
+        ]);
+        other.invite()
+    };
+    for token in [
+        "cueinv1qqqqqqqq",
+        &real[..real.len() / 2],
+        &real[..real.len() - 1],
+    ] {
+        let out = p.cue(&["sync", "join", token]);
+        assert_eq!(out.status.code(), Some(1), "{token}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("token"), "{err}");
+        assert!(!p.path(".cuedeck").exists());
+    }
+    // Usage errors (an unknown command or flag, a bad value) exit 2 with one line that
+    // names the help to read.
+    for (args, help) in [
+        (&["sync", "frobnicate"][..], "cue sync --help"),
+        (&["sync", "status", "--bogus"], "cue sync status --help"),
+        (
+            &["activity", "log", "--since", "yesterday"],
+            "cue activity log --help",
+        ),
+        (&["sync", "join"], "cue sync join --help"),
+    ] {
+        let out = p.cue(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(help), "{args:?}: {err}");
+    }
     assert!(!p.path(".cuedeck").exists());
-    // Usage errors exit 2.
-    assert_eq!(p.cue(&["sync", "frobnicate"]).status.code(), Some(2));
-    assert_eq!(p.cue(&["sync", "status", "--bogus"]).status.code(), Some(2));
     // A bad device name.
     let out = p.cue(&["sync", "init", "--name", "no spaces"]);
     assert_eq!(out.status.code(), Some(1));
@@ -105,9 +141,158 @@ fn bad_input_is_one_line_and_the_right_exit_code() {
         "--name",
         "carol",
     ]);
+    p.write("here.md", "kept as it is\n");
+    let before = user_files(&p);
     let out = p.cue(&["sync", "restore", "never.md"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("never deleted"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("never deleted"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // Resolving a path with no conflict, with and without a daemon.
+    let out = p.cue(&["sync", "resolve", "here.md"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no open conflict"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    p.start();
+    for args in [
+        &["sync", "resolve", "here.md"][..],
+        &["sync", "restore", "here.md"],
+    ] {
+        let out = p.cue(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    // A second start: one line, exit 1.
+    let out = p.cue(&["sync", "start"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already running") && err.contains("cue sync stop"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    p.stop();
+    assert_eq!(user_files(&p), before, "nothing changed on disk");
+}
+
+/// The workspace's files (not `.cuedeck/`) with their contents.
+fn user_files(p: &Peer) -> Vec<(String, Vec<u8>)> {
+    fn walk(dir: &std::path::Path, root: &std::path::Path, out: &mut Vec<(String, Vec<u8>)>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = e.path();
+            if e.file_name() == ".cuedeck" {
+                continue;
+            }
+            if path.is_dir() {
+                walk(&path, root, out);
+            } else {
+                let rel = path.strip_prefix(root).unwrap().display().to_string();
+                out.push((rel, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(p.root(), p.root(), &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn activity_log_newest_last_since_n_json_and_follow() {
+    use std::io::BufRead;
+    let p = Peer::new("gina");
+    p.cue_ok(&[
+        "sync",
+        "init",
+        "--relay",
+        "ws://127.0.0.1:9",
+        "--name",
+        "gina",
+    ]);
+    p.start();
+    for name in ["one.md", "two.md", "three.md"] {
+        p.write(name, name);
+        wait_until("the change in the log", || {
+            p.cue_ok(&["activity", "log"]).contains(name)
+        });
+    }
+    let log = p.cue_ok(&["activity", "log", "--json"]);
+    let entries: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(entries.len() >= 3, "{log}");
+    let times: Vec<&str> = entries
+        .iter()
+        .map(|e| e["time"].as_str().unwrap())
+        .collect();
+    for t in &times {
+        // RFC 3339 UTC: 2026-11-22T03:55:34.977Z
+        assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+    }
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted, "newest last");
+    let paths: Vec<&str> = entries.iter().filter_map(|e| e["path"].as_str()).collect();
+    let pos = |n: &str| paths.iter().position(|p| *p == n).unwrap();
+    assert!(pos("one.md") < pos("two.md") && pos("two.md") < pos("three.md"));
+    for e in &entries {
+        assert_eq!(e["device"], "gina", "{e}");
+        assert!(e["kind"].is_string(), "{e}");
+    }
+
+    // -n: the newest N.
+    let last = p.cue_ok(&["activity", "log", "-n", "1", "--json"]);
+    assert_eq!(last.lines().count(), 1);
+    assert_eq!(last.trim(), log.lines().last().unwrap());
+    // --since: durations and dates.
+    for since in ["1d", "2h30m", "2000-01-01", "2000-01-01T00:00:00Z"] {
+        let out = p.cue_ok(&["activity", "log", "--since", since, "--json"]);
+        assert_eq!(out, log, "--since {since}");
+    }
+    let out = p.cue_ok(&["activity", "log", "--since", "2999-01-01"]);
+    assert!(out.is_empty(), "{out}");
+
+    // --follow: what happens next, as it happens.
+    let mut follow = p
+        .command(&["activity", "log", "--follow", "--json", "-n", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    p.write("four.md", "four");
+    let deadline = std::time::Instant::now() + cue_e2e::DEADLINE;
+    let mut followed = Vec::new();
+    while !followed.iter().any(|l: &String| l.contains("four.md")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => followed.push(line),
+            Err(_) => break,
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        followed.iter().any(|l| l.contains("four.md")),
+        "followed: {followed:?}"
+    );
+    // Only new entries: nothing from before the follow began.
+    assert!(
+        !followed.iter().any(|l| l.contains("one.md")),
+        "{followed:?}"
+    );
+    p.stop();
 }
 
 #[test]
@@ -126,6 +311,18 @@ fn an_unreachable_relay_is_offline_not_an_error() {
     let (s, code) = p.status();
     assert_eq!(code, 0);
     assert_eq!(s["relay"]["connected"], false);
+    // In words: offline and retrying, with what to check.
+    let out = p.cue(&["sync", "status"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().next().unwrap().contains("offline, retrying"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cannot reach the relay at ws://127.0.0.1:9"),
+        "{text}"
+    );
     p.write("x.md", "local work\n");
     wait_until("the offline edit to be taken in", || {
         p.status().0["files"] == 1

@@ -8,3 +8,4 @@ mod cli;
 mod robustness;
 mod rules;
 mod sync;
+mod terminal;

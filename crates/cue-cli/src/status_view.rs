@@ -1,0 +1,449 @@
+//! `cue sync status` for people, in the manner of git and tailscale: one headline line
+//! (`~/notes: up to date · relay connected · 2 peers online`), then sections only for
+//! what needs attention (deletions paused, pending changes, conflicts, files not synced),
+//! one line a peer with when it last synced, and hints in parentheses.
+//!
+//! [`render`] is a pure function of the status document, so tests pin the wording; the
+//! caller decides colour ([`Paint`]) from the terminal, `NO_COLOR` and `--json`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anstyle::{AnsiColor, Style};
+use cue_daemon::control::{CatchUpReport, StatusReport};
+
+/// Whether to colour, decided once by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paint {
+    pub colour: bool,
+}
+
+const GOOD: Style = AnsiColor::Green.on_default();
+const WARN: Style = AnsiColor::Yellow.on_default();
+const BAD: Style = AnsiColor::Red.on_default().bold();
+const HINT: Style = Style::new().dimmed();
+const HEAD: Style = Style::new().bold();
+
+impl Paint {
+    /// Colour where stdout takes it: a terminal, `NO_COLOR` unset or empty, `CLICOLOR`
+    /// not 0, a `TERM` that is not dumb (anstream's rules); never for JSON.
+    pub fn for_stdout(json: bool) -> Paint {
+        let choice = anstream::AutoStream::choice(&std::io::stdout());
+        Paint {
+            colour: !json && choice != anstream::ColorChoice::Never,
+        }
+    }
+
+    fn paint(self, style: Style, text: &str) -> String {
+        if self.colour {
+            format!("{style}{text}{style:#}")
+        } else {
+            text.to_string()
+        }
+    }
+}
+
+/// The workspace folder as the user knows it: under the home folder, `~/...`.
+pub fn display_root(root: &str, home: Option<&Path>) -> String {
+    if let Some(home) = home
+        && let Ok(rest) = Path::new(root).strip_prefix(home)
+        && !home.as_os_str().is_empty()
+    {
+        if rest.as_os_str().is_empty() {
+            return "~".to_string();
+        }
+        return format!("~/{}", rest.display());
+    }
+    root.to_string()
+}
+
+/// `just now`, `5 min ago`, `3 h ago`, `2 days ago` for an RFC 3339 time.
+pub fn ago(rfc3339: &str, now_ms: i64) -> String {
+    let Ok(t) =
+        time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+    else {
+        return rfc3339.to_string();
+    };
+    let then_ms = (t.unix_timestamp_nanos() / 1_000_000) as i64;
+    let secs = (now_ms - then_ms).max(0) / 1000;
+    match secs {
+        0..60 => "just now".to_string(),
+        60..3600 => format!("{} min ago", secs / 60),
+        3600..172_800 => format!("{} h ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86_400),
+    }
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// What a catch-up says in the headline: `first sync, 340 of 1000 files`.
+pub fn catch_up_text(c: &CatchUpReport) -> String {
+    let what = if c.first {
+        "first sync".to_string()
+    } else if c.full {
+        format!("full resync with {}", c.peer)
+    } else {
+        format!("catching up with {}", c.peer)
+    };
+    format!("{what}, {} of {} files", c.files_held, c.files_total)
+}
+
+/// The whole human status, ending with a newline.
+pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) -> String {
+    let mut out = String::new();
+    let running = r.daemon.running;
+    let online = r.peers.iter().filter(|p| p.online).count() as u64;
+
+    // The headline.
+    let mut parts: Vec<String> = Vec::new();
+    let state = if !running {
+        paint.paint(BAD, "not running")
+    } else if let Some(c) = &r.catch_up {
+        paint.paint(WARN, &catch_up_text(c))
+    } else if r.pending_changes > 0 {
+        paint.paint(
+            WARN,
+            &format!(
+                "{} not yet confirmed",
+                plural(r.pending_changes, "change", "changes")
+            ),
+        )
+    } else {
+        paint.paint(GOOD, "up to date")
+    };
+    parts.push(state);
+    if running {
+        parts.push(if r.relay.connected {
+            paint.paint(GOOD, "relay connected")
+        } else {
+            paint.paint(WARN, "offline, retrying")
+        });
+        if r.peers.is_empty() {
+            parts.push("no other devices yet".to_string());
+        } else {
+            parts.push(plural(online, "peer online", "peers online"));
+        }
+    } else {
+        parts.push(plural(r.files, "file", "files"));
+    }
+    if !r.conflicts.is_empty() {
+        parts.push(paint.paint(
+            WARN,
+            &plural(r.conflicts.len() as u64, "conflict", "conflicts"),
+        ));
+    }
+    let _ = writeln!(
+        out,
+        "{}: {}",
+        paint.paint(HEAD, &display_root(&r.root, home)),
+        parts.join(" · ")
+    );
+    let hint = |out: &mut String, text: &str| {
+        let _ = writeln!(out, "  {}", paint.paint(HINT, &format!("({text})")));
+    };
+    if !running {
+        hint(&mut out, "start syncing with `cue sync start`");
+    } else if !r.relay.connected {
+        hint(
+            &mut out,
+            &format!(
+                "cannot reach the relay at {}; the daemon keeps retrying, and your work is kept meanwhile",
+                r.relay.url
+            ),
+        );
+    } else if r.peers.is_empty() {
+        hint(
+            &mut out,
+            "add a device: `cue sync invite` here, then `cue sync join TOKEN` there",
+        );
+    }
+
+    // Sections, only when there is something to say.
+    if let Some(reason) = &r.deletions_paused {
+        let _ = writeln!(out, "\n{}", paint.paint(BAD, "Deletions paused:"));
+        let _ = writeln!(out, "  {reason}");
+        hint(
+            &mut out,
+            "check the folder, then `cue sync stop` and `cue sync start` to go on",
+        );
+    }
+    if r.pending_changes > 0 {
+        let _ = writeln!(out, "\n{}", paint.paint(HEAD, "Pending changes:"));
+        let _ = writeln!(
+            out,
+            "  {} made here that no peer has confirmed yet",
+            plural(r.pending_changes, "change", "changes")
+        );
+        hint(
+            &mut out,
+            "they go out when a peer is online; nothing is lost meanwhile",
+        );
+    }
+    if !r.conflicts.is_empty() {
+        let _ = writeln!(out, "\n{}", paint.paint(HEAD, "Conflicts:"));
+        for c in &r.conflicts {
+            let line = match &c.copy {
+                Some(copy) => format!("{} ({}): the other version is in {copy}", c.path, c.kind),
+                None if c.detail.is_empty() => format!("{} ({})", c.path, c.kind),
+                None => format!("{} ({}): {}", c.path, c.kind, c.detail),
+            };
+            let _ = writeln!(out, "  {}", paint.paint(WARN, &line));
+        }
+        hint(
+            &mut out,
+            "delete or rename a conflict copy to resolve it, or `cue sync resolve PATH` to mark it seen",
+        );
+    }
+    if !r.skipped.is_empty() {
+        let _ = writeln!(out, "\n{}", paint.paint(HEAD, "Not synced:"));
+        for s in &r.skipped {
+            let _ = writeln!(out, "  {}: {}", s.path, s.reason);
+        }
+        hint(&mut out, "max_file_size is set in .cuedeck/config.toml");
+    }
+    if !r.peers.is_empty() {
+        let _ = writeln!(out, "\n{}", paint.paint(HEAD, "Peers:"));
+        let width = r.peers.iter().map(|p| p.name.len()).max().unwrap_or(0);
+        for p in &r.peers {
+            let state = if p.online {
+                paint.paint(GOOD, "online ")
+            } else {
+                "offline".to_string()
+            };
+            let seen = match &p.last_sync {
+                Some(t) => format!("last synced {}", ago(t, now_ms)),
+                None => "never synced".to_string(),
+            };
+            let _ = writeln!(out, "  {:<width$}  {state}  {seen}", p.name);
+        }
+    }
+    if let Some(t) = &r.last_full_resync {
+        let _ = writeln!(out, "\nLast full resync: {} ({t})", ago(t, now_ms));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cue_daemon::control::{
+        ConflictReport, DaemonInfo, PeerReport, RelayInfo, SkippedReport, rfc3339,
+    };
+
+    const NOW: i64 = 1_763_700_000_000;
+    const OFF: Paint = Paint { colour: false };
+
+    fn report() -> StatusReport {
+        StatusReport {
+            schema_version: 1,
+            workspace_id: "00".repeat(16),
+            device_id: "11".repeat(32),
+            device_name: "laptop".into(),
+            root: "/home/ann/notes".into(),
+            daemon: DaemonInfo {
+                running: true,
+                pid: Some(42),
+            },
+            relay: RelayInfo {
+                url: "wss://relay.example.org".into(),
+                connected: true,
+            },
+            peers: vec![
+                PeerReport {
+                    device_id: "22".repeat(32),
+                    name: "desktop".into(),
+                    online: true,
+                    last_sync: Some(rfc3339(NOW - 5_000)),
+                },
+                PeerReport {
+                    device_id: "33".repeat(32),
+                    name: "server".into(),
+                    online: true,
+                    last_sync: Some(rfc3339(NOW - 3 * 3_600_000)),
+                },
+            ],
+            files: 12,
+            pending_changes: 0,
+            conflicts: vec![],
+            skipped: vec![],
+            last_full_resync: None,
+            deletions_paused: None,
+            catch_up: None,
+        }
+    }
+
+    fn home() -> Option<&'static Path> {
+        Some(Path::new("/home/ann"))
+    }
+
+    #[test]
+    fn all_is_well_is_one_headline_and_the_peers() {
+        let text = render(&report(), home(), NOW, OFF);
+        assert_eq!(
+            text,
+            "~/notes: up to date · relay connected · 2 peers online\n\
+             \n\
+             Peers:\n  \
+             desktop  online   last synced just now\n  \
+             server   online   last synced 3 h ago\n"
+        );
+    }
+
+    #[test]
+    fn sections_appear_for_pending_changes_conflicts_and_skipped_files() {
+        let mut r = report();
+        r.pending_changes = 3;
+        r.peers[1].online = false;
+        r.peers[1].last_sync = Some(rfc3339(NOW - 2 * 86_400_000));
+        r.conflicts = vec![
+            ConflictReport {
+                path: "a.md".into(),
+                kind: "create".into(),
+                time: rfc3339(NOW),
+                copy: Some("a.conflict-desktop-222222.md".into()),
+                detail: String::new(),
+            },
+            ConflictReport {
+                path: "b.md".into(),
+                kind: "frontmatter".into(),
+                time: rfc3339(NOW),
+                copy: None,
+                detail: "title: kept \"B\", lost \"b\"".into(),
+            },
+        ];
+        r.skipped = vec![SkippedReport {
+            path: "big.iso".into(),
+            reason: "larger than max_file_size (20000000 bytes)".into(),
+        }];
+        let text = render(&r, home(), NOW, OFF);
+        assert_eq!(
+            text,
+            "~/notes: 3 changes not yet confirmed · relay connected · 1 peer online · 2 conflicts\n\
+             \n\
+             Pending changes:\n  \
+             3 changes made here that no peer has confirmed yet\n  \
+             (they go out when a peer is online; nothing is lost meanwhile)\n\
+             \n\
+             Conflicts:\n  \
+             a.md (create): the other version is in a.conflict-desktop-222222.md\n  \
+             b.md (frontmatter): title: kept \"B\", lost \"b\"\n  \
+             (delete or rename a conflict copy to resolve it, or `cue sync resolve PATH` to mark it seen)\n\
+             \n\
+             Not synced:\n  \
+             big.iso: larger than max_file_size (20000000 bytes)\n  \
+             (max_file_size is set in .cuedeck/config.toml)\n\
+             \n\
+             Peers:\n  \
+             desktop  online   last synced just now\n  \
+             server   offline  last synced 2 days ago\n"
+        );
+    }
+
+    #[test]
+    fn a_stopped_daemon_and_an_unreachable_relay_say_what_to_do() {
+        let mut r = report();
+        r.daemon = DaemonInfo {
+            running: false,
+            pid: None,
+        };
+        r.relay.connected = false;
+        r.peers.iter_mut().for_each(|p| p.online = false);
+        let text = render(&r, home(), NOW, OFF);
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("~/notes: not running · 12 files"));
+        assert_eq!(
+            lines.next(),
+            Some("  (start syncing with `cue sync start`)")
+        );
+
+        r.daemon.running = true;
+        let text = render(&r, home(), NOW, OFF);
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next(),
+            Some("~/notes: up to date · offline, retrying · 0 peers online")
+        );
+        assert!(
+            lines
+                .next()
+                .is_some_and(|l| l.contains("wss://relay.example.org") && l.contains("retrying")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_first_sync_shows_its_progress_in_the_headline() {
+        let mut r = report();
+        r.peers.truncate(1);
+        r.peers[0].last_sync = None;
+        r.catch_up = Some(CatchUpReport {
+            peer: "desktop".into(),
+            first: true,
+            full: false,
+            files_held: 340,
+            files_total: 1000,
+        });
+        let text = render(&r, home(), NOW, OFF);
+        assert!(
+            text.starts_with(
+                "~/notes: first sync, 340 of 1000 files · relay connected · 1 peer online\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("desktop  online   never synced"), "{text}");
+        let c = r.catch_up.as_mut().expect("set above");
+        c.first = false;
+        assert_eq!(
+            catch_up_text(c),
+            "catching up with desktop, 340 of 1000 files"
+        );
+        c.full = true;
+        assert_eq!(
+            catch_up_text(c),
+            "full resync with desktop, 340 of 1000 files"
+        );
+    }
+
+    #[test]
+    fn a_lone_device_is_told_how_to_add_one() {
+        let mut r = report();
+        r.peers.clear();
+        let text = render(&r, home(), NOW, OFF);
+        assert_eq!(
+            text,
+            "~/notes: up to date · relay connected · no other devices yet\n  \
+             (add a device: `cue sync invite` here, then `cue sync join TOKEN` there)\n"
+        );
+    }
+
+    #[test]
+    fn colour_only_when_asked_and_the_text_is_the_same() {
+        let r = report();
+        let plain = render(&r, home(), NOW, OFF);
+        assert!(!plain.contains('\x1b'));
+        let coloured = render(&r, home(), NOW, Paint { colour: true });
+        assert!(coloured.contains("\x1b["), "{coloured:?}");
+        assert_eq!(anstream::adapter::strip_str(&coloured).to_string(), plain);
+    }
+
+    #[test]
+    fn the_home_folder_is_shown_as_a_tilde() {
+        let home = Some(Path::new("/home/ann"));
+        assert_eq!(display_root("/home/ann/notes", home), "~/notes");
+        assert_eq!(display_root("/home/ann", home), "~");
+        assert_eq!(display_root("/home/annex/notes", home), "/home/annex/notes");
+        assert_eq!(display_root("/srv/notes", home), "/srv/notes");
+        assert_eq!(display_root("/srv/notes", None), "/srv/notes");
+    }
+
+    #[test]
+    fn times_read_as_how_long_ago() {
+        assert_eq!(ago(&rfc3339(NOW - 59_000), NOW), "just now");
+        assert_eq!(ago(&rfc3339(NOW - 5 * 60_000), NOW), "5 min ago");
+        assert_eq!(ago(&rfc3339(NOW - 47 * 3_600_000), NOW), "47 h ago");
+        assert_eq!(ago(&rfc3339(NOW - 3 * 86_400_000), NOW), "3 days ago");
+        assert_eq!(ago("not a time", NOW), "not a time");
+    }
+}
