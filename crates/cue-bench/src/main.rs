@@ -57,6 +57,9 @@ struct Args {
     /// Length of the idle window for CPU and RSS, seconds.
     #[arg(long)]
     idle_secs: Option<u64>,
+    /// Edits a file for the store-after-edits figure (over 100 files; 0 skips it).
+    #[arg(long)]
+    edits: Option<usize>,
     /// Where to write the results.
     #[arg(long, default_value = "target/cue-bench.json")]
     out: PathBuf,
@@ -80,6 +83,8 @@ struct Plan {
     files: Vec<(usize, usize)>, // (file count, runs)
     idle: Duration,
     deadline: Duration,
+    edit_files: usize,
+    edits: usize,
 }
 
 impl Plan {
@@ -103,6 +108,8 @@ impl Plan {
             files,
             idle: Duration::from_secs(a.idle_secs.unwrap_or(if a.quick { 2 } else { 60 })),
             deadline: Duration::from_secs(if a.big { 600 } else { 120 }),
+            edit_files: if a.quick { 5 } else { 100 },
+            edits: a.edits.unwrap_or(if a.quick { 3 } else { 100 }),
         }
     }
 }
@@ -363,6 +370,52 @@ fn first_sync_run(bins: &Bins, plan: &Plan, files: usize) -> anyhow::Result<Valu
     Ok(out)
 }
 
+/// Store bytes over raw bytes after `edits` rounds of edits to every one of `files`
+/// notes, each round taken in by both daemons (the second one's files show it) before
+/// the next, so that every edit is its own change and compaction runs as in use.
+fn edits_run(bins: &Bins, plan: &Plan) -> anyhow::Result<Value> {
+    let files = plan.edit_files;
+    let relay = Relay::start(bins)?;
+    let a = Peer::new(bins, "a")?;
+    for i in 0..files {
+        sender_write(&a, &note_path(i), &note(i, 4096, "marker: none"))?;
+    }
+    a.init(&relay.url())?;
+    a.start()?;
+    let b = Peer::new(bins, "b")?;
+    b.join(&a.invite()?)?;
+    b.start()?;
+    let arrived = |r: &str| -> anyhow::Result<bool> {
+        Ok((0..files)
+            .all(|i| std::fs::read(b.path(&note_path(i))).is_ok_and(|c| c == note(i, 4096, r))))
+    };
+    wait_until("the first sync", plan.deadline, || arrived("marker: none"))?;
+    let t = Instant::now();
+    for round in 0..plan.edits {
+        let marker = format!("marker: edit {round}");
+        for i in 0..files {
+            sender_write(&a, &note_path(i), &note(i, 4096, &marker))?;
+        }
+        wait_until("a round of edits on the other peer", plan.deadline, || {
+            arrived(&marker)
+        })?;
+    }
+    let took = t.elapsed().as_secs_f64();
+    wait_until("both daemons to settle", plan.deadline, || {
+        let (x, y) = (a.status()?, b.status()?);
+        Ok(x["pending_changes"] == 0 && y["pending_changes"] == 0)
+    })?;
+    let raw = (files * 4096) as f64;
+    Ok(json!({
+        "files": files,
+        "edits_per_file": plan.edits,
+        "edits_s": took,
+        "store_over_raw_editor": procfs::dir_bytes(&a.path(".cuedeck"), true) as f64 / raw,
+        "store_over_raw_receiver": procfs::dir_bytes(&b.path(".cuedeck"), true) as f64 / raw,
+        "load1": procfs::load1(),
+    }))
+}
+
 /// One row of the table: a figure over runs (median [min–max]) against its goal.
 struct Row {
     figure: String,
@@ -607,6 +660,29 @@ fn main() -> anyhow::Result<()> {
         if let Some(a) = results["first_sync"].as_array_mut() {
             a.push(json!({"files": files, "runs": runs}));
         }
+    }
+
+    if plan.edits > 0 {
+        let r = edits_run(&bins, &plan).context("store-after-edits run")?;
+        eprintln!("store after edits: {r}");
+        let load = vec![r["load1"].as_f64().unwrap_or(0.0)];
+        for (who, key) in [
+            ("editing", "store_over_raw_editor"),
+            ("receiving", "store_over_raw_receiver"),
+        ] {
+            rows.push(Row {
+                figure: format!(
+                    "store / raw after {} edits a file ({} files), {who} peer",
+                    plan.edits, plan.edit_files
+                ),
+                goal: Some((1.0, "≤ 1.0")),
+                values: vec![r[key].as_f64().unwrap_or(f64::NAN)],
+                unit: "×",
+                load: load.clone(),
+                digits: 2,
+            });
+        }
+        results["edits"] = r;
     }
 
     let mut table = String::from(

@@ -136,11 +136,36 @@ pub struct SkippedReport {
 pub fn rfc3339(ms: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let t = t
-        .replace_nanosecond((ms.rem_euclid(1000) as u32) * 1_000_000)
-        .unwrap_or(t);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| ms.to_string())
+    // Always three digits of milliseconds (the well-known RFC 3339 format drops
+    // trailing zeros), so that times sort as strings do.
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        ms.rem_euclid(1000)
+    )
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::rfc3339;
+
+    #[test]
+    fn times_have_three_digits_of_milliseconds_and_sort_as_strings() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        let a = rfc3339(1_795_320_055_290);
+        let b = rfc3339(1_795_320_055_298);
+        assert!(a.ends_with(".290Z"), "{a}");
+        assert!(a < b);
+        let parsed =
+            time::OffsetDateTime::parse(&a, &time::format_description::well_known::Rfc3339)
+                .unwrap();
+        assert_eq!(parsed.unix_timestamp_nanos(), 1_795_320_055_290_000_000);
+    }
 }
 
 /// What the status document needs besides the engine's [`cue_core::Status`].
@@ -309,7 +334,7 @@ mod tests {
 
     #[test]
     fn times_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
     }
 

@@ -7,6 +7,12 @@
 //! one (or `max` since the batch began, so that a file written without pause is still
 //! reported), and hands the batch over. An idle daemon's watcher thread never runs.
 //!
+//! A file closed after writing (inotify's `CLOSE_WRITE`, under a name that is not an
+//! editor's temporary) is a finished save: the batch then ends after a short grace
+//! (`GRACE`, for the rename or chmod that may follow) rather than the full quiet period,
+//! so a save reaches the engine ~1 ms after it, not 10. Renames are not taken as the end
+//! of a save: vim renames the file away before writing the new one.
+//!
 //! What the debouncer did that the watcher relies on is kept: within a batch, the two
 //! halves of a rename that notify joined (a `Both` event with the same tracker) are
 //! dropped in favour of the joined event, and repeated events for one path in a row are
@@ -19,7 +25,22 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use notify::Event;
-use notify::event::{EventKind, ModifyKind, RenameMode};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+
+use crate::paths::is_temporary_name;
+
+/// How long a batch waits after a finished save for what follows it.
+const GRACE: Duration = Duration::from_millis(1);
+
+/// A file closed after writing, under a name that is not a temporary's.
+fn finished_save(e: &Event) -> bool {
+    e.kind == EventKind::Access(AccessKind::Close(AccessMode::Write))
+        && e.paths.first().is_some_and(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !is_temporary_name(n))
+        })
+}
 
 /// One batch: the events in the order they happened, and the watcher's errors.
 #[derive(Debug, Default)]
@@ -60,15 +81,24 @@ fn collect(
 ) -> (Batch, bool) {
     let start = Instant::now();
     let mut raw = Batch::default();
-    let push = |r: notify::Result<Event>, raw: &mut Batch| match r {
-        Ok(e) => raw.events.push(e),
+    // The quiet period now: short right after a finished save, else the full one.
+    let mut wait_for = quiet;
+    let push = |r: notify::Result<Event>, raw: &mut Batch, wait_for: &mut Duration| match r {
+        Ok(e) => {
+            *wait_for = if finished_save(&e) {
+                GRACE.min(quiet)
+            } else {
+                quiet
+            };
+            raw.events.push(e)
+        }
         Err(e) => raw.errors.push(e),
     };
-    push(first, &mut raw);
+    push(first, &mut raw, &mut wait_for);
     let mut open = true;
     loop {
         let now = Instant::now();
-        let deadline = (now + quiet).min(start + max);
+        let deadline = (now + wait_for).min(start + max);
         let Some(wait) = deadline
             .checked_duration_since(now)
             .filter(|d| !d.is_zero())
@@ -76,7 +106,7 @@ fn collect(
             break;
         };
         match rx.recv_timeout(wait) {
-            Ok(r) => push(r, &mut raw),
+            Ok(r) => push(r, &mut raw, &mut wait_for),
             Err(RecvTimeoutError::Timeout) => break,
             Err(RecvTimeoutError::Disconnected) => {
                 open = false;
@@ -131,7 +161,7 @@ mod tests {
     use std::path::PathBuf;
     use std::sync::mpsc::channel;
 
-    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, Flag};
+    use notify::event::{CreateKind, DataChange, Flag};
 
     use super::*;
 
@@ -251,6 +281,43 @@ mod tests {
             writer.join().unwrap(),
             "the batch lasted as long as the writer: it was not cut at max"
         );
+    }
+
+    fn closed(path: &str) -> Event {
+        ev(
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            &[path],
+        )
+    }
+
+    #[test]
+    fn a_finished_save_ends_the_batch_without_the_quiet_period() {
+        let (tx, rx) = channel();
+        tx.send(Ok(write("/w/a.md"))).unwrap();
+        tx.send(Ok(closed("/w/a.md"))).unwrap();
+        let first = rx.recv().unwrap();
+        let started = Instant::now();
+        // Without the early end this would wait the whole minute.
+        let (batch, open) = collect(first, &rx, Duration::from_secs(60), Duration::from_secs(60));
+        assert!(open);
+        assert!(started.elapsed() < Duration::from_secs(30));
+        assert_eq!(batch.events.len(), 1, "the close repeats the write");
+        drop(tx);
+    }
+
+    #[test]
+    fn only_a_synced_name_closed_after_writing_is_a_finished_save() {
+        assert!(finished_save(&closed("/w/notes/a.md")));
+        // Editors' and tools' temporaries are renamed into place next.
+        for temp in ["/w/sedAb12Cd", "/w/.a.md.swp", "/w/a.md~", "/w/a.md.tmp"] {
+            assert!(!finished_save(&closed(temp)), "{temp}");
+        }
+        assert!(!finished_save(&write("/w/a.md")));
+        assert!(!finished_save(&name(
+            RenameMode::Both,
+            &["/w/a.md", "/w/a.md~"],
+            1
+        )));
     }
 
     #[test]

@@ -41,6 +41,8 @@ use crate::workspace::{Workspace, WorkspaceError};
 pub const DETACHED_ENV: &str = "CUE_DAEMON_DETACHED";
 
 const TICK: Duration = Duration::from_millis(250);
+/// How long the daemon must have been quiet before it truncates the store's WAL.
+const RECLAIM_AFTER_QUIET: Duration = Duration::from_secs(5);
 const SEQ_BROADCAST: &str = "broadcast";
 const SEQ_DIRECT: &str = "direct";
 
@@ -220,10 +222,9 @@ async fn daemon(ws: Workspace) -> Result<(), RunError> {
     std::thread::Builder::new()
         .name("cue-watch-bridge".into())
         .spawn(move || {
-            while let Ok(first) = watch_rx.recv() {
-                let mut batch = vec![first];
+            while let Ok(mut batch) = watch_rx.recv() {
                 while let Ok(more) = watch_rx.try_recv() {
-                    batch.push(more);
+                    batch.extend(more);
                 }
                 if watch_tx.blocking_send(batch).is_err() {
                     return;
@@ -277,10 +278,21 @@ async fn daemon(ws: Workspace) -> Result<(), RunError> {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop_reply = None;
+    // The store's WAL and free pages are given back once the daemon has been quiet for a
+    // while after writing (a WAL grows to megabytes between checkpoints, which alone
+    // would be several times a small workspace's size).
+    let mut last_busy = std::time::Instant::now();
+    let mut reclaim_due = false;
     let outcome: Result<(), RunError> = loop {
         let step: Result<Vec<Outgoing>, DriverError> = tokio::select! {
-            Some(batch) = watch_events.recv() => driver.watch_events(now_ms(), batch),
-            Some(event) = relay_events.recv() => on_relay_event(&ws, &mut driver, &mut net, event),
+            Some(batch) = watch_events.recv() => {
+                (last_busy, reclaim_due) = (std::time::Instant::now(), true);
+                driver.watch_events(now_ms(), batch)
+            }
+            Some(event) = relay_events.recv() => {
+                (last_busy, reclaim_due) = (std::time::Instant::now(), true);
+                on_relay_event(&ws, &mut driver, &mut net, event)
+            }
             Some(pending) = control_rx.recv() => {
                 match pending.request {
                     Request::Stop => {
@@ -294,7 +306,15 @@ async fn daemon(ws: Workspace) -> Result<(), RunError> {
                     }
                 }
             }
-            _ = tick.tick() => driver.tick(now_ms()),
+            _ = tick.tick() => {
+                if reclaim_due && last_busy.elapsed() >= RECLAIM_AFTER_QUIET {
+                    reclaim_due = false;
+                    if let Err(error) = driver.store_mut().reclaim_space() {
+                        tracing::warn!(%error, "cannot compact the store's files");
+                    }
+                }
+                driver.tick(now_ms())
+            }
             _ = sigterm.recv() => break Ok(()),
             _ = sigint.recv() => break Ok(()),
         };

@@ -120,7 +120,7 @@ impl Watcher {
         root: &Path,
         rules: IgnoreRules,
         config: WatchConfig,
-    ) -> Result<(Watcher, Receiver<WatchEvent>), WatchError> {
+    ) -> Result<(Watcher, Receiver<Vec<WatchEvent>>), WatchError> {
         let root = root.canonicalize().map_err(|source| WatchError::Root {
             path: root.to_owned(),
             source,
@@ -132,6 +132,7 @@ impl Watcher {
             root: root.clone(),
             rules: rules.clone(),
             tx,
+            out: Default::default(),
         };
         let debounce = config.debounce.max(Duration::from_millis(1));
         let (raw_tx, raw_rx) = channel();
@@ -144,8 +145,9 @@ impl Watcher {
             path: root.clone(),
             source,
         })?;
-        // A file written without pause is still reported every so often.
-        let max = (debounce * 10).max(Duration::from_millis(100));
+        // A file written without pause is still reported every second. (Not sooner: a
+        // folder's removal must arrive as one batch for the mass-deletion guard.)
+        let max = (debounce * 10).max(Duration::from_secs(1));
         debounce::spawn(raw_rx, debounce, max, move |batch| translator.handle(batch))
             .map_err(WatchError::Thread)?;
         watcher
@@ -183,7 +185,10 @@ struct Translator {
     fs: WorkspaceFs,
     root: PathBuf,
     rules: Arc<RwLock<IgnoreRules>>,
-    tx: Sender<WatchEvent>,
+    /// One message a batch: what happened together is judged together (the
+    /// mass-deletion guard counts a batch's removals).
+    tx: Sender<Vec<WatchEvent>>,
+    out: std::cell::RefCell<Vec<WatchEvent>>,
 }
 
 /// What is at a path now, as far as syncing goes.
@@ -205,11 +210,15 @@ impl Translator {
             }
             self.send(WatchEvent::Rescan);
         }
+        let out = self.out.take();
+        if !out.is_empty() {
+            // The receiver is gone only when the daemon is shutting down.
+            let _ = self.tx.send(out);
+        }
     }
 
     fn send(&self, event: WatchEvent) {
-        // The receiver is gone only when the daemon is shutting down.
-        let _ = self.tx.send(event);
+        self.out.borrow_mut().push(event);
     }
 
     fn translate(&mut self, event: &notify::Event) {
@@ -426,7 +435,9 @@ mod tests {
         root: PathBuf,
         outside: PathBuf,
         watcher: Watcher,
-        rx: Receiver<WatchEvent>,
+        rx: Receiver<Vec<WatchEvent>>,
+        /// Events of a batch received but not yet looked at.
+        queued: std::cell::RefCell<std::collections::VecDeque<WatchEvent>>,
     }
 
     fn p(s: &str) -> WorkspacePath {
@@ -454,6 +465,7 @@ mod tests {
             outside,
             watcher,
             rx,
+            queued: Default::default(),
         }
     }
 
@@ -465,7 +477,16 @@ mod tests {
             let mut seen = Vec::new();
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
-                match self.rx.recv_timeout(left) {
+                let queued = self.queued.borrow_mut().pop_front();
+                let next = match queued {
+                    Some(e) => Ok(e),
+                    None => self.rx.recv_timeout(left).map(|batch| {
+                        let mut q = self.queued.borrow_mut();
+                        q.extend(batch);
+                        q.pop_front().expect("batches are never empty")
+                    }),
+                };
+                match next {
                     Ok(e) => {
                         let done = e == *want;
                         seen.push(e);

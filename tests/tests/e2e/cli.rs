@@ -271,20 +271,28 @@ fn activity_log_newest_last_since_n_json_and_follow() {
             }
         }
     });
-    p.write("four.md", "four");
+    // The follower connects on its own time: a save made before it did is not new to
+    // it, so saves go on (a new file each half second) until one is followed.
     let deadline = std::time::Instant::now() + cue_e2e::DEADLINE;
     let mut followed = Vec::new();
-    while !followed.iter().any(|l: &String| l.contains("four.md")) {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => followed.push(line),
-            Err(_) => break,
+    let mut k = 0;
+    while !followed.iter().any(|l: &String| l.contains("four-"))
+        && std::time::Instant::now() < deadline
+    {
+        p.write(&format!("four-{k}.md"), "four");
+        k += 1;
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(line) => followed.push(line),
+                Err(_) => break,
+            }
         }
     }
     let _ = follow.kill();
     let _ = follow.wait();
     assert!(
-        followed.iter().any(|l| l.contains("four.md")),
+        followed.iter().any(|l| l.contains("four-")),
         "followed: {followed:?}"
     );
     // Only new entries: nothing from before the follow began.
