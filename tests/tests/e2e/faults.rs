@@ -155,6 +155,40 @@ const BURST: (u64, u64) = (1, 12);
 /// makes, without overloading a debug build on two cores.
 const STEADY: (u64, u64) = (10, 60);
 
+/// Fails unless every file of `t` (a snapshot of `p`) is one of the versions written:
+/// never a prefix, a mix, or a file nobody made.
+fn assert_untorn(p: &Peer, t: &BTreeMap<String, Vec<u8>>, truth: &Truth, what: &str) {
+    for (rel, bytes) in t {
+        if is_temporary(rel) || written_in_place(rel) {
+            continue;
+        }
+        assert!(
+            truth.knows(rel, bytes),
+            "{what}: {rel} on {} ({} bytes) is torn or unknown: not a version anyone wrote. \
+             Its title line: {:?}",
+            p.name,
+            bytes.len(),
+            String::from_utf8_lossy(bytes.split(|b| *b == b'\n').nth(1).unwrap_or(&[]))
+        );
+    }
+}
+
+/// Reads every peer's files over and over until `done`, checking each is a version that
+/// was written (a version is recorded before it is saved, so any complete file is known).
+fn sample_untorn(peers: &[&Peer], truth: &Mutex<Truth>, done: &AtomicBool, what: &str) -> u64 {
+    let mut reads = 0;
+    while !done.load(Relaxed) {
+        for p in peers {
+            let t = tree(p.root());
+            reads += t.len() as u64;
+            assert_untorn(p, &t, &truth.lock().unwrap(), what);
+        }
+        // Pacing the sampling.
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    reads
+}
+
 /// Waits until every peer holds exactly the last saved version of every file and nothing
 /// else; meanwhile, every file read on any peer must be one of the versions written.
 fn settle(peers: &[&Peer], truth: &Truth, what: &str) {
@@ -164,19 +198,7 @@ fn settle(peers: &[&Peer], truth: &Truth, what: &str) {
         let mut behind = Vec::new();
         for p in peers {
             let t = tree(p.root());
-            for (rel, bytes) in &t {
-                if is_temporary(rel) || written_in_place(rel) {
-                    continue;
-                }
-                assert!(
-                    truth.knows(rel, bytes),
-                    "{what}: {rel} on {} ({} bytes) is torn or unknown: not a version anyone wrote. \
-                     First line: {:?}",
-                    p.name,
-                    bytes.len(),
-                    String::from_utf8_lossy(bytes.split(|b| *b == b'\n').nth(1).unwrap_or(&[]))
-                );
-            }
+            assert_untorn(p, &t, truth, what);
             if t != truth.last {
                 let missing = truth
                     .last
@@ -263,6 +285,7 @@ fn kill_9_at_random_instants_loses_nothing() {
 
     let mut done = 0;
     let mut round = 0;
+    let mut sampled = 0;
     let started = Instant::now();
     while done < kills {
         if round % 10 == 0 {
@@ -302,9 +325,14 @@ fn kill_9_at_random_instants_loses_nothing() {
             let again = rng.percent(20);
             let stop = AtomicBool::new(false);
             let (ra, rb) = (rng.fork(), rng.fork());
+            let writing_done = AtomicBool::new(false);
+            let what = format!("round {round}, during the burst");
             std::thread::scope(|s| {
-                s.spawn(|| burst(&a, ra, &truth, edits, BURST, &stop));
-                s.spawn(|| burst(&b, rb, &truth, edits, BURST, &stop));
+                let writers = [
+                    s.spawn(|| burst(&a, ra, &truth, edits, BURST, &stop)),
+                    s.spawn(|| burst(&b, rb, &truth, edits, BURST, &stop)),
+                ];
+                let sampler = s.spawn(|| sample_untorn(&[&a, &b], &truth, &writing_done, &what));
                 std::thread::sleep(after);
                 eprintln!(
                     "round {round}: kill -9 {} {after:?} into a burst of {edits} edits a peer{}",
@@ -323,6 +351,11 @@ fn kill_9_at_random_instants_loses_nothing() {
                     done += 1;
                     restart(victim);
                 }
+                for w in writers {
+                    w.join().unwrap();
+                }
+                writing_done.store(true, Relaxed);
+                sampled += sampler.join().unwrap();
             });
             settle(
                 &[&a, &b],
@@ -341,7 +374,8 @@ fn kill_9_at_random_instants_loses_nothing() {
         .map(BTreeSet::len)
         .sum();
     eprintln!(
-        "{done} kills in {round} rounds, {files} files, {versions} versions written, all settled in {:?}",
+        "{done} kills in {round} rounds, {files} files, {versions} versions written, \
+         {sampled} file reads during the bursts, all settled in {:?}",
         started.elapsed()
     );
     a.stop();
@@ -365,10 +399,11 @@ fn a_network_that_delays_stalls_cuts_and_refuses_loses_nothing() {
 
     let stop = AtomicBool::new(false);
     let (ra, rb) = (rng.fork(), rng.fork());
-    std::thread::scope(|s| {
-        // Both peers keep editing through the faults.
+    let sampled = std::thread::scope(|s| {
+        // Both peers keep editing through the faults, and no file is ever seen torn.
         s.spawn(|| burst(&a, ra, &truth, usize::MAX, STEADY, &stop));
         s.spawn(|| burst(&b, rb, &truth, usize::MAX, STEADY, &stop));
+        let sampler = s.spawn(|| sample_untorn(&[&a, &b], &truth, &stop, "during the faults"));
         let start = Instant::now();
         let mut faults = BTreeMap::<&str, u32>::new();
         while start.elapsed() < faulty_for {
@@ -404,7 +439,9 @@ fn a_network_that_delays_stalls_cuts_and_refuses_loses_nothing() {
             "faults over {faulty_for:?}: {faults:?}; proxy (passed, cut, refused) {:?}",
             proxy.counts()
         );
+        sampler.join().unwrap()
     });
+    eprintln!("{sampled} file reads during the faults, none torn");
     proxy.heal();
     let (_, cut, _) = proxy.counts();
     assert!(
