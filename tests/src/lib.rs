@@ -477,3 +477,499 @@ pub fn wait_for_file(peer: &Peer, rel: &str, what: &str, cond: impl Fn(&str) -> 
         peer.read(rel).is_some_and(|c| cond(&c))
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// Fault injection: seeds, trees, a kill -9 for the relay, a faulty network, a flooder.
+
+/// Whether the long versions of the fault-injection tests run (`CUE_FAULTS_LONG=1`).
+pub fn faults_long() -> bool {
+    std::env::var("CUE_FAULTS_LONG").is_ok_and(|v| v == "1")
+}
+
+/// A small seeded generator (splitmix64) for fault schedules. The seed is printed, and
+/// `CUE_FAULTS_SEED=S` replays it.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// The seed from `CUE_FAULTS_SEED`, else from the clock; printed with `test`'s name.
+    pub fn seeded(test: &str) -> Rng {
+        let seed = std::env::var("CUE_FAULTS_SEED")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("{test}: seed {seed} (replay with CUE_FAULTS_SEED={seed})");
+        Rng(seed)
+    }
+
+    /// A generator of its own, seeded from this one (for another thread).
+    pub fn fork(&mut self) -> Rng {
+        Rng(self.next_u64())
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// True with probability `percent` in 100.
+    pub fn percent(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    /// Uniform in `lo..hi` milliseconds.
+    pub fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi.saturating_sub(lo).max(1)))
+    }
+}
+
+/// Every regular file under `root` (relative path → bytes), `.cuedeck/` excluded. Files
+/// that vanish during the walk are skipped.
+pub fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, Vec<u8>>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if rel == ".cuedeck" {
+                continue;
+            }
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => walk(root, &path, out),
+                Ok(t) if t.is_file() => {
+                    if let Ok(bytes) = std::fs::read(&path) {
+                        out.insert(rel, bytes);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Whether a file name is a temporary that a save or a daemon write leaves for an instant
+/// (cue's own `.cue-tmp-*`, the `.tmp` of [`Peer::save_atomically`]).
+pub fn is_temporary(rel: &str) -> bool {
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    name.starts_with(".cue-tmp-") || name.ends_with(".tmp")
+}
+
+/// Waits until every peer holds the same tree, byte for byte, with no temporary left.
+pub fn wait_converged(peers: &[&Peer]) {
+    let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    let last = loop {
+        let trees = peers.iter().map(|p| tree(p.root())).collect::<Vec<_>>();
+        let same = trees.windows(2).all(|w| w[0] == w[1]);
+        let clean = trees[0].keys().all(|k| !is_temporary(k));
+        if same && clean {
+            return;
+        }
+        if start.elapsed() > DEADLINE {
+            break trees;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    };
+    // Say which files differ, to make the failure readable.
+    let mut report = String::new();
+    let all: std::collections::BTreeSet<&String> = last.iter().flat_map(|t| t.keys()).collect();
+    for path in all {
+        let versions: Vec<Option<usize>> = last.iter().map(|t| t.get(path).map(Vec::len)).collect();
+        let first = last[0].get(path);
+        if last.iter().any(|t| t.get(path) != first) || is_temporary(path) {
+            report.push_str(&format!("\n  {path}: sizes {versions:?}"));
+        }
+    }
+    panic!("timed out after {DEADLINE:?} waiting for {names:?} to converge:{report}");
+}
+
+impl Relay {
+    /// kill -9, as a crash would; returns the address to restart it on.
+    pub fn kill(mut self) -> SocketAddr {
+        signal(self.child.id(), rustix::process::Signal::KILL);
+        let _ = self.child.wait();
+        self.addr
+    }
+
+    /// `GET /metrics`, the Prometheus text.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    /// One counter of `/metrics` (the whole line's name and labels, e.g.
+    /// `cue_relay_refusals_total{reason="rate_limited"}`), 0 when absent.
+    pub fn metric(&self, name: &str) -> u64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Peer {
+    /// Runs the real `sed -i -e SCRIPT` on a file, as a user editing in a shell would.
+    pub fn sed_in_place(&self, rel: &str, script: &str) {
+        let out = Command::new("sed")
+            .arg("-i")
+            .arg("-e")
+            .arg(script)
+            .arg(self.path(rel))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "sed -i {script:?} {rel}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Saves bytes through a temporary `.NAME.tmp` and a rename (an atomic save), so no
+    /// reader ever sees a half-written file.
+    pub fn save_atomically(&self, rel: &str, content: &[u8]) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let tmp = p.with_file_name(format!(".{}.tmp", p.file_name().unwrap().to_string_lossy()));
+        std::fs::write(&tmp, content).unwrap();
+        std::fs::rename(tmp, p).unwrap();
+    }
+
+    /// Whether this peer's daemon is running (its status says so).
+    pub fn running(&self) -> bool {
+        let (s, code) = self.status();
+        code == 0 && s["daemon"]["running"] == true
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 in front of `target` that misbehaves on demand, like a bad
+/// network between the daemons and the relay: it adds latency, stalls (holds every byte
+/// for a while), cuts every open connection, and refuses new ones.
+#[derive(Debug)]
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    state: std::sync::Arc<ProxyState>,
+}
+
+#[derive(Debug)]
+struct ProxyState {
+    stop: std::sync::atomic::AtomicBool,
+    refusing: std::sync::atomic::AtomicBool,
+    stalled: std::sync::atomic::AtomicBool,
+    latency_ms: std::sync::atomic::AtomicU64,
+    open: std::sync::Mutex<Vec<std::net::TcpStream>>,
+    /// Connections accepted and passed on, cut, and refused.
+    accepted: std::sync::atomic::AtomicU64,
+    cut: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl FaultProxy {
+    pub fn start(target: SocketAddr) -> FaultProxy {
+        use std::sync::atomic::Ordering::Relaxed;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = std::sync::Arc::new(ProxyState {
+            stop: Default::default(),
+            refusing: Default::default(),
+            stalled: Default::default(),
+            latency_ms: Default::default(),
+            open: Default::default(),
+            accepted: Default::default(),
+            cut: Default::default(),
+            refused: Default::default(),
+        });
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if st.stop.load(Relaxed) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                if st.refusing.load(Relaxed) {
+                    st.refused.fetch_add(1, Relaxed);
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                st.accepted.fetch_add(1, Relaxed);
+                {
+                    let mut open = st.open.lock().unwrap();
+                    open.push(client.try_clone().unwrap());
+                    open.push(server.try_clone().unwrap());
+                }
+                for (from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    pump(st.clone(), from, to);
+                }
+            }
+        });
+        FaultProxy { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Delays every byte by `latency` (each direction).
+    pub fn set_latency(&self, latency: Duration) {
+        self.state.latency_ms.store(
+            latency.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Holds every byte (nothing is lost: it flows again when the stall ends).
+    pub fn set_stalled(&self, stalled: bool) {
+        self.state
+            .stalled
+            .store(stalled, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Closes every new connection at once while `refusing`.
+    pub fn set_refusing(&self, refusing: bool) {
+        self.state
+            .refusing
+            .store(refusing, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Cuts every open connection, both ways, as a dropped network would.
+    pub fn cut_all(&self) {
+        let open = std::mem::take(&mut *self.state.open.lock().unwrap());
+        for s in &open {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        self.state
+            .cut
+            .fetch_add(open.len() as u64 / 2, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Back to a healthy network: no latency, no stall, no refusals.
+    pub fn heal(&self) {
+        self.set_latency(Duration::ZERO);
+        self.set_stalled(false);
+        self.set_refusing(false);
+    }
+
+    /// (connections passed on, connections cut, connections refused) so far.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.state.accepted.load(Relaxed),
+            self.state.cut.load(Relaxed),
+            self.state.refused.load(Relaxed),
+        )
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.state
+            .stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wake the accept loop so its thread ends, and end every pump.
+        let _ = std::net::TcpStream::connect(self.addr);
+        self.cut_all();
+    }
+}
+
+/// Copies `from` to `to` through a queue that releases each chunk once its latency has
+/// passed and no stall holds it; when either side ends, both sockets are shut.
+fn pump(state: std::sync::Arc<ProxyState>, mut from: std::net::TcpStream, to: std::net::TcpStream) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering::Relaxed;
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    let reader_to = to.try_clone().unwrap();
+    let reader_state = state.clone();
+    std::thread::spawn(move || {
+        let state = reader_state;
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let due = Instant::now() + Duration::from_millis(state.latency_ms.load(Relaxed));
+            if tx.send((due, buf[..n].to_vec())).is_err() {
+                break;
+            }
+            if state.stop.load(Relaxed) {
+                break;
+            }
+        }
+        let _ = from.shutdown(std::net::Shutdown::Both);
+        let _ = reader_to.shutdown(std::net::Shutdown::Both);
+        // The writer ends when the queue is empty and this sender is gone.
+    });
+    let writer_state = state;
+    std::thread::spawn(move || {
+        let mut to = to;
+        for (due, chunk) in rx {
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            // A stall holds the bytes until it ends (or the proxy stops).
+            while writer_state.stalled.load(Relaxed) && !writer_state.stop.load(Relaxed) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if to.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+/// A raw relay client that joins a room of its own (a fresh room key) and broadcasts as
+/// fast as `per_second` allows, reading back what the relay answers: the misbehaving
+/// peer of a flood test. Runs on its own thread until dropped.
+#[derive(Debug)]
+pub struct Flooder {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Frames sent, and `Refused { reason: RateLimited }` frames received.
+    pub sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub rate_limited: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// When the flood began (just after admission).
+    pub started: Instant,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flooder {
+    /// Joins a fresh room on `relay` (a room key from `seed`) and starts flooding; returns
+    /// once admitted.
+    pub fn start(relay: SocketAddr, seed: u64, per_second: u64) -> Flooder {
+        use cue_proto::{ClientFrame, RefuseReason, RelayFrame, RoomId, decode, encode};
+        use std::sync::atomic::Ordering::Relaxed;
+        use tungstenite::{Bytes, Message};
+        let mut key_seed = [7u8; 32];
+        key_seed[..8].copy_from_slice(&seed.to_le_bytes());
+        let key = ed25519_dalek::SigningKey::from_bytes(&key_seed);
+        let room = RoomId(key.verifying_key().to_bytes());
+        let stream = std::net::TcpStream::connect(relay).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let (mut ws, _) =
+            tungstenite::client(format!("ws://{relay}{}", room.path()), stream).unwrap();
+        loop {
+            let Message::Binary(bytes) = ws.read().unwrap() else {
+                continue;
+            };
+            match decode::<RelayFrame>(&bytes).unwrap() {
+                RelayFrame::Challenge { nonce } => {
+                    let proof = ClientFrame::Proof {
+                        signature: cue_proto::sign_join_proof(&key, &nonce),
+                    };
+                    ws.send(Message::Binary(Bytes::from(encode(&proof))))
+                        .unwrap();
+                }
+                RelayFrame::Welcome { .. } => break,
+                other => panic!("the flooder was not admitted: {other:?}"),
+            }
+        }
+        // Non-blocking from here: reads only drain what has arrived (a read timeout
+        // would round up to a scheduler tick and cap the rate), the sends set the pace.
+        ws.get_ref().set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let rate_limited = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (st, se, rl) = (stop.clone(), sent.clone(), rate_limited.clone());
+        let started = Instant::now();
+        let thread = std::thread::spawn(move || {
+            let would_block = |e: &tungstenite::Error| matches!(e, tungstenite::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+            let mut id = 0u64;
+            while !st.load(Relaxed) {
+                // Pace: message n goes out at n / per_second.
+                let due = started + Duration::from_secs_f64(id as f64 / per_second as f64);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                let frame = ClientFrame::Broadcast {
+                    id,
+                    payload: vec![0xa5; 200],
+                };
+                // WouldBlock: queued in the socket's buffer, flushed with the next one.
+                match ws.send(Message::Binary(Bytes::from(encode(&frame)))) {
+                    Ok(()) => {}
+                    Err(e) if would_block(&e) => {}
+                    Err(_) => return,
+                }
+                id += 1;
+                se.store(id, Relaxed);
+                loop {
+                    match ws.read() {
+                        Ok(Message::Binary(bytes)) => {
+                            if let Ok(RelayFrame::Refused {
+                                reason: RefuseReason::RateLimited,
+                                ..
+                            }) = decode::<RelayFrame>(&bytes)
+                            {
+                                rl.fetch_add(1, Relaxed);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) if would_block(&e) => break,
+                        Err(_) => return,
+                    }
+                }
+            }
+            let _ = ws.close(None);
+        });
+        Flooder {
+            stop,
+            sent,
+            rate_limited,
+            started,
+            thread: Some(thread),
+        }
+    }
+
+    /// Whether the flooding thread is still at it (the relay has not closed on it).
+    pub fn alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl Drop for Flooder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

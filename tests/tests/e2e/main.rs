@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)] // tests fail by panicking
 
 mod cli;
+mod faults;
 mod robustness;
 mod rules;
 mod sync;

@@ -1,8 +1,10 @@
 //! Limits, faults and safety: small relay messages, rate limits, the mass-deletion
 //! guard, symlinks, a crash during the first sync, a full resync, what the relay sees,
-//! and several peers.
+//! and several peers (five and ten) converging.
 
-use cue_e2e::{Peer, Recorder, Relay, contains, pair, pair_on, wait_for_file, wait_until};
+use cue_e2e::{
+    Peer, Recorder, Relay, contains, pair, pair_on, wait_converged, wait_for_file, wait_until,
+};
 
 #[test]
 fn files_larger_than_a_relay_message_sync_in_pieces() {
@@ -207,12 +209,39 @@ fn a_long_absence_means_a_full_resync() {
 
 #[test]
 fn five_peers_converge() {
+    peers_converge(5);
+}
+
+#[test]
+fn ten_peers_converge() {
+    peers_converge(10);
+}
+
+/// `n` daemons in one workspace: each creates a file and edits one made by another while
+/// all are online, then each edits its own line of one shared file while all are stopped;
+/// every peer ends with the same tree, byte for byte, holding every edit.
+fn peers_converge(n: usize) {
     let relay = Relay::start();
     let first = Peer::new("p0");
+    for k in 0..n {
+        first.write(&format!("shared/{k}.md"), &format!("shared file {k}\n"));
+    }
+    let lines = |edited: &dyn Fn(usize) -> bool| -> String {
+        (0..n)
+            .map(|i| {
+                if edited(i) {
+                    format!("line {i}: edited by peer {i}\n")
+                } else {
+                    format!("line {i}: as written\n")
+                }
+            })
+            .collect()
+    };
+    first.write("all.md", &lines(&|_| false));
     first.init(&relay.url());
     let token = first.invite();
     let mut peers = vec![first];
-    for i in 1..5 {
+    for i in 1..n {
         let p = Peer::new(&format!("p{i}"));
         p.join(&token);
         peers.push(p);
@@ -220,16 +249,52 @@ fn five_peers_converge() {
     for p in &peers {
         p.start();
     }
+    let all: Vec<&Peer> = peers.iter().collect();
+    wait_converged(&all);
+
+    // Live: a new file each, and an edit to a file another peer made.
     for (i, p) in peers.iter().enumerate() {
         p.write(&format!("from-{i}.md"), &format!("written by peer {i}\n"));
+        let k = (i + 1) % n;
+        p.write_via_rename(
+            &format!("shared/{k}.md"),
+            &format!("shared file {k}\nedited by peer {i}\n"),
+        );
     }
     for p in &peers {
-        for i in 0..5 {
+        for i in 0..n {
             wait_for_file(p, &format!("from-{i}.md"), "every peer's file", |c| {
                 c == format!("written by peer {i}\n")
             });
+            let k = (i + 1) % n;
+            wait_for_file(p, &format!("shared/{k}.md"), "every peer's edit", |c| {
+                c == format!("shared file {k}\nedited by peer {i}\n")
+            });
         }
     }
+    wait_converged(&all);
+
+    // Offline: everyone edits one file at once, each its own line.
+    for p in &peers {
+        p.stop();
+    }
+    for (i, p) in peers.iter().enumerate() {
+        let text = p.read("all.md").unwrap();
+        let mine = format!("line {i}: as written\n");
+        assert!(text.contains(&mine), "{text}");
+        p.write(
+            "all.md",
+            &text.replace(&mine, &format!("line {i}: edited by peer {i}\n")),
+        );
+    }
+    for p in &peers {
+        p.start();
+    }
+    let merged = lines(&|_| true);
+    for p in &peers {
+        wait_for_file(p, "all.md", "every peer's line", |c| c == merged);
+    }
+    wait_converged(&all);
     for p in &peers {
         p.stop();
     }

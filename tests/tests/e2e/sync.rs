@@ -1,7 +1,8 @@
 //! Syncing across real daemons: live edits both ways, offline work merged on restart,
-//! delete and restore, ignore rules, a relay restart and a crash.
+//! delete and restore, ignore rules, edits made with `sed -i`, a relay restart (also one
+//! killed in the middle of a burst) and a crash.
 
-use cue_e2e::{Peer, Relay, pair, wait_for_file, wait_until};
+use cue_e2e::{Peer, Relay, pair, tree, wait_converged, wait_for_file, wait_until};
 
 #[test]
 fn files_already_there_and_live_edits_sync_both_ways() {
@@ -192,4 +193,80 @@ fn a_third_peer_joining_later_gets_everything() {
     for p in [&a, &b, &c] {
         p.stop();
     }
+}
+
+#[test]
+fn sed_in_place_edits_sync() {
+    let (_relay, a, b) = pair();
+    let first = "---\ntitle: Draft\n---\nthe colour is red\n";
+    a.write("notes/sed.md", first);
+    wait_for_file(&b, "notes/sed.md", "the first version", |c| c == first);
+
+    // GNU sed -i writes a temporary `sedXXXXXX` next to the file and renames it over.
+    a.sed_in_place("notes/sed.md", "s/red/blue/");
+    let mut expected = first.replace("red", "blue");
+    assert_eq!(a.read("notes/sed.md").as_deref(), Some(expected.as_str()));
+    wait_for_file(&b, "notes/sed.md", "the sed -i edit", |c| c == expected);
+
+    // Several in a row, as fast as a shell runs them.
+    for i in 0..8 {
+        a.sed_in_place("notes/sed.md", &format!("$a line {i} from alice"));
+        expected.push_str(&format!("line {i} from alice\n"));
+    }
+    assert_eq!(a.read("notes/sed.md").as_deref(), Some(expected.as_str()));
+    wait_for_file(&b, "notes/sed.md", "every quick sed -i", |c| c == expected);
+
+    // And the other way, on the frontmatter and the body at once.
+    b.sed_in_place(
+        "notes/sed.md",
+        "s/title: Draft/title: Final/;s/line 3 from/line three from/",
+    );
+    let expected = expected
+        .replace("title: Draft", "title: Final")
+        .replace("line 3 from", "line three from");
+    wait_for_file(&a, "notes/sed.md", "bob's sed -i", |c| c == expected);
+    wait_converged(&[&a, &b]);
+    // sed's temporaries never became files of the workspace.
+    let files: Vec<String> = tree(b.root()).into_keys().collect();
+    assert_eq!(files, ["notes/sed.md"]);
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn a_relay_killed_in_the_middle_of_a_burst_loses_nothing() {
+    let (relay, a, b) = pair();
+    wait_until("the peers to meet", || {
+        a.status().0["peers"][0]["online"] == true
+    });
+    let mut relay = Some(relay);
+    let mut addr = None;
+    let mut log = String::new();
+    for i in 0..50 {
+        a.write(&format!("burst/a{i:02}.md"), &format!("alice's file {i}\n"));
+        b.write_via_rename(&format!("burst/b{i:02}.md"), &format!("bob's file {i}\n"));
+        log.push_str(&format!("entry {i}\n"));
+        a.write("log.md", &log);
+        if i == 15 {
+            // kill -9: no "going away", the sockets just die.
+            addr = relay.take().map(Relay::kill);
+        }
+        if i == 35 {
+            relay = Some(Relay::start_on(&addr.unwrap().to_string()));
+        }
+        // Pacing the burst.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    for i in 0..50 {
+        wait_for_file(&b, &format!("burst/a{i:02}.md"), "alice's burst", |c| {
+            c == format!("alice's file {i}\n")
+        });
+        wait_for_file(&a, &format!("burst/b{i:02}.md"), "bob's burst", |c| {
+            c == format!("bob's file {i}\n")
+        });
+    }
+    wait_for_file(&b, "log.md", "every append", |c| c == log);
+    wait_converged(&[&a, &b]);
+    a.stop();
+    b.stop();
 }
