@@ -358,6 +358,8 @@ pub struct Status {
     pub syncing: bool,
     /// The catch-up with a peer under way, if one is (what a first sync shows).
     pub catch_up: Option<CatchUp>,
+    /// Files received with their content and not yet checked against their documents.
+    pub unverified: usize,
 }
 
 /// How far a catch-up with a peer has got. The peer's index comes first in its answer,
@@ -380,6 +382,9 @@ const MAX_PARTIAL_ITEMS_PER_PEER: usize = 16;
 /// Adopted documents checked per tick: ~4 ms each for a 4 KB note, so a tick stays short
 /// and 1,000 adopted files are checked within a minute at the daemon's tick rate.
 const VERIFY_PER_TICK: usize = 8;
+/// Documents stored whole again per tick, and after how many increments.
+const COMPACT_PER_TICK: usize = 4;
+const COMPACT_WHEN_TICKING_AFTER: u32 = 8;
 
 #[derive(Debug)]
 pub struct Engine {
@@ -2138,6 +2143,30 @@ impl Engine {
             self.commit_index();
         }
         self.verify_adopted(VERIFY_PER_TICK, store);
+        self.compact_some(COMPACT_PER_TICK, store);
+    }
+
+    /// Stores a few documents with many increments whole again: without it a document
+    /// edited 100 times keeps up to `compact_after` small increments (≈190 bytes each
+    /// for a one-line edit), several times the file's size.
+    fn compact_some(&mut self, budget: usize, store: &mut dyn DocStore) {
+        let due: Vec<FileId> = self
+            .metas
+            .iter()
+            .filter(|(_, m)| m.increments >= COMPACT_WHEN_TICKING_AFTER)
+            .map(|(f, _)| *f)
+            .take(budget)
+            .collect();
+        for f in due {
+            // Loaded into the cache, so that `effects` stores its `save()`.
+            if self.with_doc(f, store, |_| Ok(())).is_err() {
+                continue;
+            }
+            if let Some(m) = self.metas.get_mut(&f) {
+                m.increments = self.config.compact_after.saturating_sub(1);
+            }
+            self.dirty.insert(f);
+        }
     }
 
     fn activity(
@@ -2351,6 +2380,7 @@ impl Engine {
             connected: self.connected,
             syncing: self.pull.is_some(),
             catch_up,
+            unverified: self.tail.unverified.len(),
         }
     }
 

@@ -81,6 +81,10 @@ pub struct StatusReport {
     /// The catch-up with a peer under way (a first sync shows its progress here).
     #[serde(default)]
     pub catch_up: Option<CatchUpReport>,
+    /// Files received with their content, not yet checked against their documents (a
+    /// few are checked each tick after a first sync).
+    #[serde(default)]
+    pub files_unverified: u64,
 }
 
 /// A catch-up with a peer under way: `files_held` of `files_total` so far.
@@ -239,6 +243,7 @@ pub fn status_report(ctx: &StatusContext<'_>, s: &cue_core::Status) -> StatusRep
             files_held: c.files_held as u64,
             files_total: c.files_total as u64,
         }),
+        files_unverified: s.unverified as u64,
     }
 }
 

@@ -172,6 +172,8 @@ pub fn now_ms() -> i64 {
 pub struct Driver {
     engine: Engine,
     store: Store,
+    /// Store writes so far (the daemon gives space back after the last of a series).
+    store_writes: u64,
     fs: WorkspaceFs,
     rules: IgnoreRules,
     name: String,
@@ -242,6 +244,7 @@ impl Driver {
             pending_replay: None,
             write_errors: 0,
             written: Vec::new(),
+            store_writes: 0,
             settle: std::time::Duration::from_millis(config.sync.debounce_ms * 2 + 50),
             journal_done: Vec::new(),
         };
@@ -387,6 +390,11 @@ impl Driver {
     /// debounce window, as when a user deletes a file the daemon had just written: no
     /// event at all arrives. So each file the driver writes is looked at once more after
     /// the window has passed, and a file found missing is a removal.
+    /// How many times the engine asked for something to be stored so far.
+    pub fn store_writes(&self) -> u64 {
+        self.store_writes
+    }
+
     pub fn tick(&mut self, now: i64) -> Result<Vec<Outgoing>, DriverError> {
         let mut out = self.input(now, Input::Tick)?;
         if self.written.is_empty() {
@@ -476,7 +484,10 @@ impl Driver {
         let mut activities = Vec::new();
         for e in effects {
             match e {
-                Effect::Persist(p) => persists.push(p),
+                Effect::Persist(p) => {
+                    self.store_writes += 1;
+                    persists.push(p)
+                }
                 Effect::WriteFile { .. } | Effect::RemoveFile { .. } => files.push(e),
                 Effect::Send { to, bytes } => sends.push((to, bytes)),
                 Effect::Activity(a) => activities.push(ActivityRecord {

@@ -313,7 +313,13 @@ async fn daemon(ws: Workspace) -> Result<(), RunError> {
                         tracing::warn!(%error, "cannot compact the store's files");
                     }
                 }
-                driver.tick(now_ms())
+                let writes = driver.store_writes();
+                let step = driver.tick(now_ms());
+                // Compaction and checks run in ticks: space is given back after them.
+                if driver.store_writes() != writes {
+                    (last_busy, reclaim_due) = (std::time::Instant::now(), true);
+                }
+                step
             }
             _ = sigterm.recv() => break Ok(()),
             _ = sigint.recv() => break Ok(()),
