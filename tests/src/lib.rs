@@ -135,6 +135,10 @@ impl Drop for Relay {
     }
 }
 
+/// A relay address where nothing listens (the discard port on loopback): a workspace
+/// made with it starts offline and keeps retrying.
+pub const UNREACHABLE_RELAY: &str = "ws://127.0.0.1:9";
+
 /// One device: a temporary folder and the `cue` commands run on it.
 #[derive(Debug)]
 pub struct Peer {

@@ -224,6 +224,7 @@ mod tests {
             last_full_resync: None,
             deletions_paused: None,
             catch_up: None,
+            files_unverified: 0,
         }
     }
 

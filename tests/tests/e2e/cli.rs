@@ -88,14 +88,7 @@ fn bad_input_is_one_line_and_the_right_exit_code() {
     // A wrong token, or a real one cut short, changes nothing on disk.
     let real = {
         let other = Peer::new("other");
-        other.cue_ok(&[
-            "sync",
-            "init",
-            "--relay",
-            "ws://127.0.0.1:9",
-            "--name",
-            "other",
-        ]);
+        other.init(cue_e2e::UNREACHABLE_RELAY);
         other.invite()
     };
     for token in [
@@ -133,14 +126,7 @@ fn bad_input_is_one_line_and_the_right_exit_code() {
     assert_eq!(out.status.code(), Some(1));
     assert!(!p.path(".cuedeck").exists());
     // Restoring what was never deleted.
-    p.cue_ok(&[
-        "sync",
-        "init",
-        "--relay",
-        "ws://127.0.0.1:9",
-        "--name",
-        "carol",
-    ]);
+    p.init(cue_e2e::UNREACHABLE_RELAY);
     p.write("here.md", "kept as it is\n");
     let before = user_files(&p);
     let out = p.cue(&["sync", "restore", "never.md"]);
@@ -203,14 +189,7 @@ fn user_files(p: &Peer) -> Vec<(String, Vec<u8>)> {
 fn activity_log_newest_last_since_n_json_and_follow() {
     use std::io::BufRead;
     let p = Peer::new("gina");
-    p.cue_ok(&[
-        "sync",
-        "init",
-        "--relay",
-        "ws://127.0.0.1:9",
-        "--name",
-        "gina",
-    ]);
+    p.init(cue_e2e::UNREACHABLE_RELAY);
     p.start();
     for name in ["one.md", "two.md", "three.md"] {
         p.write(name, name);
@@ -307,14 +286,7 @@ fn activity_log_newest_last_since_n_json_and_follow() {
 fn an_unreachable_relay_is_offline_not_an_error() {
     // Port 9 (discard) on loopback: nothing listens.
     let p = Peer::new("dave");
-    p.cue_ok(&[
-        "sync",
-        "init",
-        "--relay",
-        "ws://127.0.0.1:9",
-        "--name",
-        "dave",
-    ]);
+    p.init(cue_e2e::UNREACHABLE_RELAY);
     p.start();
     let (s, code) = p.status();
     assert_eq!(code, 0);

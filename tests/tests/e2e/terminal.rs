@@ -9,14 +9,7 @@ const ESC: char = '\x1b';
 #[test]
 fn status_is_coloured_only_on_a_terminal_and_never_with_no_color_or_json() {
     let p = Peer::new("erin");
-    p.cue_ok(&[
-        "sync",
-        "init",
-        "--relay",
-        "ws://127.0.0.1:9",
-        "--name",
-        "erin",
-    ]);
+    p.init(cue_e2e::UNREACHABLE_RELAY);
 
     let run = run_on_terminal(p.command(&["sync", "status"]), OnTerminal::Stdout);
     assert_eq!(run.code, Some(1), "no daemon: exit 1 ({})", run.terminal);
@@ -142,14 +135,7 @@ fn progress_is_drawn_on_a_terminal_and_nothing_goes_to_a_piped_stderr() {
 #[test]
 fn log_levels_come_from_cue_log_else_rust_log() {
     let p = Peer::new("frank");
-    p.cue_ok(&[
-        "sync",
-        "init",
-        "--relay",
-        "ws://127.0.0.1:9",
-        "--name",
-        "frank",
-    ]);
+    p.init(cue_e2e::UNREACHABLE_RELAY);
     let ready = || {
         std::fs::read_to_string(p.path(".cuedeck/daemon.log"))
             .unwrap_or_default()
