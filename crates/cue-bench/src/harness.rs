@@ -159,8 +159,10 @@ pub struct Peer {
 impl Peer {
     pub fn new(bins: &Bins, name: &str) -> anyhow::Result<Peer> {
         Ok(Peer {
+            // CUE_BENCH_KEEP=1 leaves the folders behind, to look into their stores.
             dir: tempfile::Builder::new()
                 .prefix(&format!("cue-bench-{name}-"))
+                .disable_cleanup(std::env::var_os("CUE_BENCH_KEEP").is_some())
                 .tempdir()?,
             name: name.to_string(),
             cue: bins.cue.clone(),

@@ -2397,6 +2397,30 @@ impl Engine {
         self.tail.unverified.len()
     }
 
+    /// Whether ticks have work to do soon: adopted documents to check, documents to
+    /// compact, a pull under way, or an online peer whose workspace differs from ours.
+    /// When there is none, ticks only send the periodic hello and expire tombstones
+    /// (seconds and days apart), so the host may tick rarely: an idle daemon should
+    /// cost next to nothing.
+    pub fn wants_frequent_ticks(&mut self) -> bool {
+        if !self.tail.unverified.is_empty() || self.pull.is_some() {
+            return true;
+        }
+        if self.connected {
+            let mine = self.digest();
+            if self
+                .peers
+                .values()
+                .any(|p| p.online && p.digest.is_some_and(|d| d != mine))
+            {
+                return true;
+            }
+        }
+        self.metas
+            .values()
+            .any(|m| m.increments >= COMPACT_WHEN_TICKING_AFTER)
+    }
+
     /// What the engine believes is on disk (path → hash): the driver compares this with
     /// a scan at start-up to find what changed while it was stopped.
     pub fn disk_view(&self) -> BTreeMap<String, ContentHash> {

@@ -384,17 +384,23 @@ impl Driver {
         self.apply(now, effects, 0)
     }
 
+    /// How many times the engine asked for something to be stored so far.
+    pub fn store_writes(&self) -> u64 {
+        self.store_writes
+    }
+
+    /// Whether the next tick should come soon (see `Engine::wants_frequent_ticks`), or
+    /// files written lately still wait for their second look.
+    pub fn wants_frequent_ticks(&mut self) -> bool {
+        !self.written.is_empty() || self.engine.wants_frequent_ticks()
+    }
+
     /// Time passed: the engine's tick, and a check of the files written lately.
     ///
     /// The watcher's debouncer drops a file's creation and removal when both fall in one
     /// debounce window, as when a user deletes a file the daemon had just written: no
     /// event at all arrives. So each file the driver writes is looked at once more after
     /// the window has passed, and a file found missing is a removal.
-    /// How many times the engine asked for something to be stored so far.
-    pub fn store_writes(&self) -> u64 {
-        self.store_writes
-    }
-
     pub fn tick(&mut self, now: i64) -> Result<Vec<Outgoing>, DriverError> {
         let mut out = self.input(now, Input::Tick)?;
         if self.written.is_empty() {

@@ -2,7 +2,9 @@
 //!
 //! One task owns the [`Driver`] (engine, store, folder) and everything secret; around it
 //! run the watcher (a std thread bridging its channel), the relay client task (frames
-//! only), the control socket and a 250 ms tick. Envelopes are sealed and opened here:
+//! only), the control socket and a tick: every 250 ms while the engine has background
+//! work (checks, compaction, a pull) or events arrived lately, every 2 s otherwise, so
+//! that an idle daemon costs next to nothing. Envelopes are sealed and opened here:
 //! engine messages go out sealed as broadcasts or to one device (the relay's peer id for
 //! a device is learned from that device's envelopes), admissions introduce devices to
 //! each other before any engine message, and everything that arrives is opened with the
@@ -41,6 +43,9 @@ use crate::workspace::{Workspace, WorkspaceError};
 pub const DETACHED_ENV: &str = "CUE_DAEMON_DETACHED";
 
 const TICK: Duration = Duration::from_millis(250);
+/// The tick when nothing is under way: the hello every `anti_entropy_ms` (30 s) and the
+/// expiry of tombstones (days) are all that is left to do.
+const IDLE_TICK: Duration = Duration::from_secs(2);
 /// How long the daemon must have been quiet before it truncates the store's WAL.
 const RECLAIM_AFTER_QUIET: Duration = Duration::from_secs(5);
 const SEQ_BROADCAST: &str = "broadcast";
@@ -275,8 +280,7 @@ async fn daemon(ws: Workspace) -> Result<(), RunError> {
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Runtime)?;
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_tick = tokio::time::Instant::now() + TICK;
     let mut stop_reply = None;
     // The store's WAL and free pages are given back once the daemon has been quiet for a
     // while after writing (a WAL grows to megabytes between checkpoints, which alone
@@ -284,6 +288,7 @@ async fn daemon(ws: Workspace) -> Result<(), RunError> {
     let mut last_busy = std::time::Instant::now();
     let mut reclaim_due = false;
     let outcome: Result<(), RunError> = loop {
+        let mut ticked = false;
         let step: Result<Vec<Outgoing>, DriverError> = tokio::select! {
             Some(batch) = watch_events.recv() => {
                 (last_busy, reclaim_due) = (std::time::Instant::now(), true);
@@ -306,7 +311,7 @@ async fn daemon(ws: Workspace) -> Result<(), RunError> {
                     }
                 }
             }
-            _ = tick.tick() => {
+            _ = tokio::time::sleep_until(next_tick) => {
                 if reclaim_due && last_busy.elapsed() >= RECLAIM_AFTER_QUIET {
                     reclaim_due = false;
                     if let Err(error) = driver.store_mut().reclaim_space() {
@@ -319,11 +324,23 @@ async fn daemon(ws: Workspace) -> Result<(), RunError> {
                 if driver.store_writes() != writes {
                     (last_busy, reclaim_due) = (std::time::Instant::now(), true);
                 }
+                let every = if reclaim_due || driver.wants_frequent_ticks() {
+                    TICK
+                } else {
+                    IDLE_TICK
+                };
+                next_tick = tokio::time::Instant::now() + every;
+                ticked = true;
                 step
             }
             _ = sigterm.recv() => break Ok(()),
             _ = sigint.recv() => break Ok(()),
         };
+        // Whatever just happened may have left work for the ticks (documents to check,
+        // a pull to start, space to give back): tick soon.
+        if !ticked {
+            next_tick = next_tick.min(tokio::time::Instant::now() + TICK);
+        }
         match step {
             Ok(sends) => send_all(&ws, &mut driver, &mut net, sends),
             Err(e) => break Err(e.into()),
