@@ -385,6 +385,10 @@ const VERIFY_PER_TICK: usize = 8;
 /// Documents stored whole again per tick, and after how many increments.
 const COMPACT_PER_TICK: usize = 4;
 const COMPACT_WHEN_TICKING_AFTER: u32 = 8;
+/// Once nothing has happened for this long, every document with increments (and the
+/// index) is stored whole: at rest a store holds one snapshot a document. A snapshot of
+/// a cached document costs a `save()` (≈0.1 ms for a 4 KB note).
+const COMPACT_AT_REST_AFTER_MS: i64 = 2_000;
 
 #[derive(Debug)]
 pub struct Engine {
@@ -410,6 +414,8 @@ pub struct Engine {
     last_hello_ms: i64,
     digest: Option<[u8; 32]>,
     now_ms: i64,
+    /// When an input other than a tick last arrived (compaction at rest waits for quiet).
+    last_input_ms: i64,
     // Output being built during one call.
     out_files: Vec<Effect>,
     out_activity: Vec<Effect>,
@@ -533,6 +539,7 @@ impl Engine {
             last_hello_ms: now_ms,
             digest: None,
             now_ms,
+            last_input_ms: now_ms,
             out_files: Vec::new(),
             out_activity: Vec::new(),
             out_items: BTreeMap::new(),
@@ -577,6 +584,9 @@ impl Engine {
     /// Handle one input at time `now_ms`.
     pub fn handle(&mut self, now_ms: i64, input: Input, store: &mut dyn DocStore) -> Vec<Effect> {
         self.now_ms = now_ms;
+        if !matches!(input, Input::Tick) {
+            self.last_input_ms = now_ms;
+        }
         match input {
             Input::FileChanged { path, content } => self.local_change(&path, content, store),
             Input::WriteRefused { path, content } => {
@@ -2149,17 +2159,35 @@ impl Engine {
     /// Stores a few documents with many increments whole again: without it a document
     /// edited 100 times keeps up to `compact_after` small increments (≈190 bytes each
     /// for a one-line edit), several times the file's size.
+    /// At rest (nothing happened for `COMPACT_AT_REST_AFTER_MS`) every document with an
+    /// increment is stored whole, the cached ones first (no load needed).
     fn compact_some(&mut self, budget: usize, store: &mut dyn DocStore) {
-        let due: Vec<FileId> = self
+        let at_rest = self.at_rest();
+        let least = if at_rest {
+            1
+        } else {
+            COMPACT_WHEN_TICKING_AFTER
+        };
+        if at_rest && self.index_increments > 0 {
+            self.index_increments = self.config.compact_after.saturating_sub(1);
+            self.index_dirty = true;
+        }
+        let mut due: Vec<FileId> = self
             .metas
             .iter()
-            .filter(|(_, m)| m.increments >= COMPACT_WHEN_TICKING_AFTER)
+            .filter(|(_, m)| m.increments >= least)
             .map(|(f, _)| *f)
-            .take(budget)
             .collect();
+        due.sort_by_key(|f| !self.cache.contains_key(f));
+        due.truncate(budget);
         for f in due {
-            // Loaded into the cache, so that `effects` stores its `save()`.
+            // Loaded into the cache, so that `effects` stores its `save()`. One that
+            // cannot be loaded is not tried again each tick (it is counted when loaded
+            // for real).
             if self.with_doc(f, store, |_| Ok(())).is_err() {
+                if let Some(m) = self.metas.get_mut(&f) {
+                    m.increments = 0;
+                }
                 continue;
             }
             if let Some(m) = self.metas.get_mut(&f) {
@@ -2230,15 +2258,11 @@ impl Engine {
             let Some(meta) = self.metas.get_mut(&f) else {
                 continue;
             };
-            meta.increments += 1;
             // A document never stored before is stored whole: `save()` of a new 4 KB file
             // costs 0.1 ms where its first increment costs 3 ms, and a stored `save()` can
             // be sent to a new peer without loading it.
             let never_saved = self.cache.get(&f).is_some_and(|(d, _)| d.never_saved());
-            let snapshot = meta.increments >= compact_after || never_saved;
-            if snapshot {
-                meta.increments = 0;
-            }
+            let snapshot = meta.increments + 1 >= compact_after || never_saved;
             let bytes = if let Some((doc, _)) = self.cache.get_mut(&f) {
                 if snapshot {
                     doc.save()
@@ -2248,6 +2272,13 @@ impl Engine {
             } else {
                 Vec::new()
             };
+            // Only stored increments count towards compaction (an adopted document
+            // that is not loaded stores none: it is whole as received).
+            if snapshot && self.cache.contains_key(&f) {
+                meta.increments = 0;
+            } else if !bytes.is_empty() {
+                meta.increments += 1;
+            }
             let Some(meta) = self.metas.get(&f) else {
                 continue;
             };
@@ -2416,9 +2447,11 @@ impl Engine {
                 return true;
             }
         }
-        self.metas
-            .values()
-            .any(|m| m.increments >= COMPACT_WHEN_TICKING_AFTER)
+        self.index_increments > 0 || self.metas.values().any(|m| m.increments > 0)
+    }
+
+    fn at_rest(&self) -> bool {
+        self.now_ms - self.last_input_ms >= COMPACT_AT_REST_AFTER_MS
     }
 
     /// What the engine believes is on disk (path → hash): the driver compares this with

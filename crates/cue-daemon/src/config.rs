@@ -53,6 +53,8 @@ pub struct SyncConfig {
     pub debounce_ms: u64,
     /// Larger files are not synced and are listed under `skipped`.
     pub max_file_size: u64,
+    /// How long the activity log keeps an entry (fractions allowed; 0 keeps them all).
+    pub activity_retention_days: f64,
     pub relay: RelayConfig,
 }
 
@@ -64,6 +66,7 @@ impl Default for SyncConfig {
             tombstone_days: 7.0,
             debounce_ms: 10,
             max_file_size: 16 * 1024 * 1024,
+            activity_retention_days: 90.0,
             relay: RelayConfig::default(),
         }
     }
@@ -139,6 +142,7 @@ impl Config {
         for (name, v) in [
             ("max_offline_days", s.max_offline_days),
             ("tombstone_days", s.tombstone_days),
+            ("activity_retention_days", s.activity_retention_days),
         ] {
             if !(0.0..=100_000.0).contains(&v) {
                 return Err(format!(
@@ -165,6 +169,12 @@ impl Config {
                 .map_err(|e| format!("device.name {:?}: {e}", self.device.name))?;
         }
         Ok(())
+    }
+
+    /// Activity entries older than this many milliseconds are dropped (`None`: kept).
+    pub fn activity_retention_ms(&self) -> Option<i64> {
+        let days = self.sync.activity_retention_days;
+        (days > 0.0).then(|| (days * DAY_MS) as i64)
     }
 
     /// The engine's settings from this config.

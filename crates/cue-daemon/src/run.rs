@@ -280,6 +280,7 @@ async fn daemon(ws: Workspace) -> Result<(), RunError> {
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Runtime)?;
+    prune_activity(&mut driver, &config);
     let mut next_tick = tokio::time::Instant::now() + TICK;
     let mut stop_reply = None;
     // The store's WAL and free pages are given back once the daemon has been quiet for a
@@ -314,6 +315,7 @@ async fn daemon(ws: Workspace) -> Result<(), RunError> {
             _ = tokio::time::sleep_until(next_tick) => {
                 if reclaim_due && last_busy.elapsed() >= RECLAIM_AFTER_QUIET {
                     reclaim_due = false;
+                    prune_activity(&mut driver, &config);
                     if let Err(error) = driver.store_mut().reclaim_space() {
                         tracing::warn!(%error, "cannot compact the store's files");
                     }
@@ -386,6 +388,18 @@ async fn daemon(ws: Workspace) -> Result<(), RunError> {
         let _ = tokio::time::timeout(Duration::from_secs(5), pending.written).await;
     }
     result
+}
+
+/// Drops activity entries older than `sync.activity_retention_days`.
+fn prune_activity(driver: &mut Driver, config: &crate::config::Config) {
+    let Some(keep) = config.activity_retention_ms() else {
+        return;
+    };
+    match driver.store_mut().prune_activity_before(now_ms() - keep) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(entries = n, "dropped activity older than the retention"),
+        Err(error) => tracing::warn!(%error, "cannot prune the activity log"),
+    }
 }
 
 fn on_request(

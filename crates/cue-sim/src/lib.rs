@@ -25,6 +25,8 @@ pub struct MemStore {
     pub docs: BTreeMap<DocId, Vec<u8>>,
     pub metas: BTreeMap<FileId, Vec<u8>>,
     pub state: Option<Vec<u8>>,
+    /// Increments stored after each document's last whole snapshot.
+    pub increments: BTreeMap<DocId, usize>,
 }
 
 impl DocStore for MemStore {
@@ -63,10 +65,13 @@ impl MemStore {
                 meta,
             } => {
                 let stored = self.docs.entry(doc).or_default();
+                let increments = self.increments.entry(doc).or_default();
                 if snapshot {
                     *stored = bytes;
-                } else {
+                    *increments = 0;
+                } else if !bytes.is_empty() {
                     stored.extend(bytes);
+                    *increments += 1;
                 }
                 if let DocId::File(f) = doc
                     && !meta.is_empty()
@@ -76,6 +81,7 @@ impl MemStore {
             }
             Persist::DeleteDoc { doc } => {
                 self.docs.remove(&doc);
+                self.increments.remove(&doc);
                 if let DocId::File(f) = doc {
                     self.metas.remove(&f);
                 }

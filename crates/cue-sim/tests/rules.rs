@@ -590,3 +590,33 @@ fn a_document_sent_with_the_wrong_content_is_corrected_from_the_document() {
     );
     assert!(w.peers[1].engine.counters().bad_documents >= 1);
 }
+
+#[test]
+fn edited_documents_are_stored_whole_once_the_workspace_is_at_rest() {
+    let mut w = world(2);
+    w.write(0, "a.md", b"# A\n");
+    w.write(0, "b.md", b"# B\n");
+    settle(&mut w);
+    for i in 0..5 {
+        w.write(0, "a.md", format!("# A\n\nedit {i}\n").as_bytes());
+        w.write(1, "b.md", format!("# B\n\nedit {i}\n").as_bytes());
+        settle(&mut w);
+    }
+    let increments = |w: &World, p: usize| w.peers[p].store.increments.values().sum::<usize>();
+    assert!(
+        increments(&w, 0) > 0 && increments(&w, 1) > 0,
+        "edits are stored as increments while the workspace is busy"
+    );
+    // Quiet: a few ticks later every document (and the index) is one snapshot.
+    for _ in 0..5 {
+        w.advance(1_000);
+    }
+    assert_eq!(increments(&w, 0), 0);
+    assert_eq!(increments(&w, 1), 0);
+    // And the snapshots hold every edit: a restarted peer reads them back.
+    w.restart(0);
+    w.restart(1);
+    settle(&mut w);
+    assert_eq!(w.read(0, "a.md").as_deref(), Some("# A\n\nedit 4\n"));
+    assert_eq!(w.read(1, "b.md").as_deref(), Some("# B\n\nedit 4\n"));
+}

@@ -186,6 +186,40 @@ fn user_files(p: &Peer) -> Vec<(String, Vec<u8>)> {
 }
 
 #[test]
+fn activity_older_than_the_retention_is_dropped() {
+    let p = Peer::new("hugo");
+    p.init(cue_e2e::UNREACHABLE_RELAY);
+    p.start();
+    p.write("old.md", "old\n");
+    wait_until("the change in the log", || {
+        p.cue_ok(&["activity", "log"]).contains("old.md")
+    });
+    p.stop();
+    // A retention of 0.00002 days (1.7 s): once the entry is older than that, the next
+    // start drops it.
+    let config = p.path(".cuedeck/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("activity_retention_days = 90.0"), "{text}");
+    std::fs::write(
+        &config,
+        text.replace(
+            "activity_retention_days = 90.0",
+            "activity_retention_days = 0.00002",
+        ),
+    )
+    .unwrap();
+    let written = std::time::Instant::now();
+    wait_until("the entry to be older than the retention", || {
+        written.elapsed() > std::time::Duration::from_secs(2)
+    });
+    p.start();
+    wait_until("the old entry to be dropped", || {
+        !p.cue_ok(&["activity", "log"]).contains("old.md")
+    });
+    assert_eq!(p.read("old.md").as_deref(), Some("old\n"), "the file stays");
+}
+
+#[test]
 fn activity_log_newest_last_since_n_json_and_follow() {
     use std::io::BufRead;
     let p = Peer::new("gina");
