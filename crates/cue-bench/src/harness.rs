@@ -94,8 +94,14 @@ pub struct Relay {
 
 impl Relay {
     pub fn start(bins: &Bins) -> anyhow::Result<Relay> {
+        Relay::start_with(bins, &[])
+    }
+
+    /// A relay with extra flags (limits: `--messages-per-second N --burst N`).
+    pub fn start_with(bins: &Bins, flags: &[&str]) -> anyhow::Result<Relay> {
         let mut child = Command::new(&bins.relay)
             .args(["--listen", "127.0.0.1:0"])
+            .args(flags)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -284,6 +290,17 @@ impl Drop for Peer {
 /// every daemon started and every peer seeing all others online.
 pub fn cluster(bins: &Bins, n: usize, deadline: Duration) -> anyhow::Result<(Relay, Vec<Peer>)> {
     let relay = Relay::start(bins)?;
+    let peers = cluster_on(bins, &relay, n, deadline)?;
+    Ok((relay, peers))
+}
+
+/// A workspace of `n` peers on a running relay, as [`cluster`].
+pub fn cluster_on(
+    bins: &Bins,
+    relay: &Relay,
+    n: usize,
+    deadline: Duration,
+) -> anyhow::Result<Vec<Peer>> {
     let mut peers = Vec::new();
     for i in 0..n {
         peers.push(Peer::new(bins, &format!("p{i}"))?);
@@ -303,5 +320,5 @@ pub fn cluster(bins: &Bins, n: usize, deadline: Duration) -> anyhow::Result<(Rel
             || Ok(p.online_peers()? == n - 1),
         )?;
     }
-    Ok((relay, peers))
+    Ok(peers)
 }

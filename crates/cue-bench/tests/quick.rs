@@ -11,7 +11,7 @@ use std::process::Command;
 
 /// Builds `cue` and `cue-relay` into `dir` (`target/<profile>`) unless they are there.
 fn ensure_binaries(dir: &Path) {
-    if dir.join("cue").exists() && dir.join("cue-relay").exists() {
+    if ["cue", "cue-relay"].iter().all(|b| dir.join(b).exists()) {
         return;
     }
     let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
@@ -81,4 +81,20 @@ fn quick_run_measures_everything() {
     ] {
         assert!(sync[key].as_f64().is_some(), "{key} missing: {sync}");
     }
+
+    // The flood figure: latency without and with each flood; the flooders flooded and
+    // were refused (counts, not rates, are checked: the relay answered at all).
+    let flood = &r["flood"]["runs"][0];
+    for key in ["no_flood", "flood_10x", "flood_unpaced"] {
+        assert_eq!(flood[key]["first_receiver_ms"]["n"], 10, "{key}: {flood}");
+    }
+    for key in ["flood_10x", "flood_unpaced"] {
+        let f = &flood[key]["flooder"];
+        assert!(f["sent"].as_u64().unwrap() > 0, "{key}: {f}");
+        assert!(
+            f["refused_rate_limited"].as_u64().unwrap() > 0,
+            "{key}: {f}"
+        );
+    }
+    assert!(table.contains("flood in another room at 10 ×"), "{table}");
 }
