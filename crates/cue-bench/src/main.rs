@@ -17,6 +17,7 @@
 //! target/release/cue-bench --quick                      # seconds, CI
 //! ```
 
+mod docs;
 mod flood;
 mod harness;
 mod procfs;
@@ -70,6 +71,11 @@ struct Args {
     /// this rate, then unpaced. 0 skips the flood figure.
     #[arg(long, default_value_t = 100)]
     flood_rate: u64,
+    /// Replace the section between `<!-- cue-bench:begin -->` and `<!-- cue-bench:end -->`
+    /// of this Markdown file with this run (date, machine, command, table, relay-load
+    /// output); without the markers, append a section holding them.
+    #[arg(long)]
+    docs: Option<PathBuf>,
     /// Where to write the results.
     #[arg(long, default_value = "target/cue-bench.json")]
     out: PathBuf,
@@ -608,9 +614,16 @@ fn main() -> anyhow::Result<()> {
     let bins = Bins::locate(args.cue_bin.clone(), args.relay_bin.clone())?;
     eprintln!("cue-bench: {plan:?}");
     let started = Instant::now();
+    let date = docs::utc_now();
+    let command = docs::command_line();
+    let loadavg_start = docs::loadavg();
     let mut rows: Vec<Row> = Vec::new();
     let mut results = json!({
         "quick": plan.quick,
+        "date": date,
+        "command": command,
+        "machine": docs::machine(),
+        "loadavg_start": loadavg_start,
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "load1_start": procfs::load1(),
         "cue_bin": bins.cue.display().to_string(),
@@ -870,6 +883,26 @@ fn main() -> anyhow::Result<()> {
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&results)?)?;
     println!("{table}");
+    if let Some(path) = &args.docs {
+        let section = docs_section(
+            &plan,
+            &DocsRun {
+                date: &date,
+                command: &command,
+                loadavg_start: &loadavg_start,
+                elapsed_s: started.elapsed().as_secs_f64(),
+                table: &table,
+            },
+        );
+        let doc = match std::fs::read_to_string(path) {
+            Ok(doc) => doc,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let doc = docs::splice(&doc, &section).with_context(|| path.display().to_string())?;
+        std::fs::write(path, doc).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("cue-bench: wrote its section of {}", path.display());
+    }
     eprintln!(
         "cue-bench: {:.0} s; results in {}",
         started.elapsed().as_secs_f64(),
@@ -937,4 +970,36 @@ fn flood_rows(rows: &mut Vec<Row>, runs: &[Value], rate: u64) {
             digits: 2,
         });
     }
+}
+
+/// What the generated section of the docs says about a run.
+struct DocsRun<'a> {
+    date: &'a str,
+    command: &'a str,
+    loadavg_start: &'a str,
+    elapsed_s: f64,
+    table: &'a str,
+}
+
+/// The generated section of docs/benchmarks.md (between its markers).
+fn docs_section(plan: &Plan, run: &DocsRun<'_>) -> String {
+    let mut s = String::new();
+    if plan.quick {
+        s.push_str(
+            "**A quick run** (`--quick`: seconds-long, a few saves, 50 files; it shows \
+              the harness works, these are not the figures).\n\n",
+        );
+    }
+    s.push_str(&format!(
+        "- date: {}\n- machine: {}; load average at start {} (1, 5, 15 min)\n\
+         - command: `{}` (after `cargo build --release -p cue-cli -p cue-relay -p cue-bench`)\n\
+         - took {:.0} s\n\n",
+        run.date,
+        docs::machine(),
+        run.loadavg_start,
+        run.command,
+        run.elapsed_s
+    ));
+    s.push_str(run.table);
+    s
 }

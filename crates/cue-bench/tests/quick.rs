@@ -44,10 +44,18 @@ fn quick_run_measures_everything() {
     ensure_binaries(bench.parent().unwrap());
     let out = tempfile::tempdir().unwrap();
     let json = out.path().join("quick.json");
+    let doc = out.path().join("benchmarks.md");
+    std::fs::write(
+        &doc,
+        "# b\n\nkept above\n<!-- cue-bench:begin -->\nold run\n<!-- cue-bench:end -->\nkept below\n",
+    )
+    .unwrap();
     let run = Command::new(bench)
         .arg("--quick")
         .arg("--out")
         .arg(&json)
+        .arg("--docs")
+        .arg(&doc)
         .output()
         .unwrap();
     assert!(
@@ -97,4 +105,20 @@ fn quick_run_measures_everything() {
         );
     }
     assert!(table.contains("flood in another room at 10 ×"), "{table}");
+
+    // The docs section was replaced, the rest kept.
+    let doc = std::fs::read_to_string(&doc).unwrap();
+    assert!(
+        doc.starts_with("# b\n\nkept above\n<!-- cue-bench:begin -->\n"),
+        "{doc}"
+    );
+    assert!(
+        doc.ends_with("<!-- cue-bench:end -->\nkept below\n"),
+        "{doc}"
+    );
+    assert!(!doc.contains("old run"), "{doc}");
+    assert!(
+        doc.contains("--quick") && doc.contains("| save→peer p50, 2 peers |"),
+        "{doc}"
+    );
 }
