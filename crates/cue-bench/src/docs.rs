@@ -31,6 +31,19 @@ pub fn command_line() -> String {
     shell_words(&std::env::args().collect::<Vec<_>>())
 }
 
+/// `text` in a fenced code block whose fence is longer than any run of backticks in it.
+pub fn fenced(text: &str, info: &str) -> String {
+    let mut longest = 0;
+    let mut run = 0;
+    for c in text.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat((longest + 1).max(3));
+    let body = text.trim_end_matches('\n');
+    format!("{fence}{info}\n{body}\n{fence}\n")
+}
+
 /// The CPU model (first `model name` of /proc/cpuinfo) and the kernel release.
 pub fn machine() -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")
@@ -143,5 +156,6 @@ mod tests {
             shell_words(&["cue-bench", "--docs", "docs/b.md", "a b", "it's", ""]),
             r"cue-bench --docs docs/b.md 'a b' 'it'\''s' ''"
         );
+        assert_eq!(fenced("a ``` b", "text"), "````text\na ``` b\n````\n");
     }
 }

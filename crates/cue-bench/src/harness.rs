@@ -16,12 +16,19 @@ use anyhow::{Context, anyhow, bail};
 pub struct Bins {
     pub cue: PathBuf,
     pub relay: PathBuf,
+    /// `cue-relay-load`, when the relay-load figures are asked for.
+    pub relay_load: Option<PathBuf>,
 }
 
 impl Bins {
     /// `cue` and `cue-relay` from the flags, else `CUE_BIN`/`CUE_RELAY_BIN`, else next to
-    /// this executable (`target/release/`).
-    pub fn locate(cue: Option<PathBuf>, relay: Option<PathBuf>) -> anyhow::Result<Bins> {
+    /// this executable (`target/release/`); the same for `cue-relay-load`
+    /// (`CUE_RELAY_LOAD_BIN`) when `relay_load` is `Some`.
+    pub fn locate(
+        cue: Option<PathBuf>,
+        relay: Option<PathBuf>,
+        relay_load: Option<Option<PathBuf>>,
+    ) -> anyhow::Result<Bins> {
         let here = std::env::current_exe()?
             .parent()
             .map(Path::to_path_buf)
@@ -41,6 +48,9 @@ impl Bins {
         Ok(Bins {
             cue: pick(cue, "CUE_BIN", "cue")?,
             relay: pick(relay, "CUE_RELAY_BIN", "cue-relay")?,
+            relay_load: relay_load
+                .map(|flag| pick(flag, "CUE_RELAY_LOAD_BIN", "cue-relay-load"))
+                .transpose()?,
         })
     }
 }
@@ -69,6 +79,11 @@ fn signal(pid: u32, sig: rustix::process::Signal) {
     if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
         let _ = rustix::process::kill_process(pid, sig);
     }
+}
+
+/// kill -9 `pid` (a process this harness started, directly or through a child).
+pub fn kill(pid: u32) {
+    signal(pid, rustix::process::Signal::KILL);
 }
 
 /// Whether process `pid` has exited (no thread left that is not a zombie).

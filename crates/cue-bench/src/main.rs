@@ -21,6 +21,7 @@ mod docs;
 mod flood;
 mod harness;
 mod procfs;
+mod relay_load;
 
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -71,6 +72,10 @@ struct Args {
     /// this rate, then unpaced. 0 skips the flood figure.
     #[arg(long, default_value_t = 100)]
     flood_rate: u64,
+    /// Skip the relay's own figures (`cue-relay-load bench`, run as a child process: 10
+    /// rooms × 10 peers, 3 s a scenario, 10,000 idle connections; tiny with `--quick`).
+    #[arg(long)]
+    no_relay_load: bool,
     /// Replace the section between `<!-- cue-bench:begin -->` and `<!-- cue-bench:end -->`
     /// of this Markdown file with this run (date, machine, command, table, relay-load
     /// output); without the markers, append a section holding them.
@@ -85,6 +90,9 @@ struct Args {
     /// The `cue-relay` binary (default: next to this one, or CUE_RELAY_BIN).
     #[arg(long)]
     relay_bin: Option<PathBuf>,
+    /// The `cue-relay-load` binary (default: next to this one, or CUE_RELAY_LOAD_BIN).
+    #[arg(long)]
+    relay_load_bin: Option<PathBuf>,
 }
 
 /// Settings after `--quick` and the defaults are applied.
@@ -102,6 +110,7 @@ struct Plan {
     edit_files: usize,
     edits: usize,
     flood_rate: u64,
+    relay_load: Option<relay_load::Shape>,
 }
 
 impl Plan {
@@ -128,6 +137,13 @@ impl Plan {
             edit_files: if a.quick { 5 } else { 100 },
             edits: a.edits.unwrap_or(if a.quick { 3 } else { 100 }),
             flood_rate: a.flood_rate,
+            relay_load: (!a.no_relay_load).then(|| {
+                if a.quick {
+                    relay_load::Shape::quick()
+                } else {
+                    relay_load::Shape::full()
+                }
+            }),
         }
     }
 }
@@ -611,7 +627,13 @@ fn field(runs: &[Value], path: &[&str]) -> Vec<f64> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let plan = Plan::from(&args);
-    let bins = Bins::locate(args.cue_bin.clone(), args.relay_bin.clone())?;
+    let bins = Bins::locate(
+        args.cue_bin.clone(),
+        args.relay_bin.clone(),
+        plan.relay_load
+            .as_ref()
+            .map(|_| args.relay_load_bin.clone()),
+    )?;
     eprintln!("cue-bench: {plan:?}");
     let started = Instant::now();
     let date = docs::utc_now();
@@ -868,6 +890,27 @@ fn main() -> anyhow::Result<()> {
         results["edits"] = r;
     }
 
+    // Last: the relay's own figures, from its load generator (it wants both cores).
+    let mut failed = None;
+    let relay_load_md = match (&plan.relay_load, &bins.relay_load) {
+        (Some(shape), Some(bin)) => {
+            let deadline = Duration::from_secs(if plan.quick { 120 } else { 900 });
+            let r = relay_load::run(bin, &bins.relay, shape, deadline)
+                .context("running cue-relay-load")?;
+            let md = relay_load_markdown(&r);
+            if r["ok"] != true {
+                eprintln!("cue-relay-load failed: {}", r["stderr_tail"]);
+                failed = Some(format!(
+                    "cue-relay-load failed ({}): {}",
+                    r["exit"], r["stderr_tail"]
+                ));
+            }
+            results["relay_load"] = r;
+            Some(md)
+        }
+        _ => None,
+    };
+
     let mut table = String::from(
         "| figure | goal | result: median [min–max] over runs | verdict | load avg (1 min) |\n\
          | --- | --- | ---: | --- | ---: |\n",
@@ -883,6 +926,9 @@ fn main() -> anyhow::Result<()> {
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&results)?)?;
     println!("{table}");
+    if let Some(md) = &relay_load_md {
+        println!("{md}");
+    }
     if let Some(path) = &args.docs {
         let section = docs_section(
             &plan,
@@ -892,6 +938,7 @@ fn main() -> anyhow::Result<()> {
                 loadavg_start: &loadavg_start,
                 elapsed_s: started.elapsed().as_secs_f64(),
                 table: &table,
+                relay_load: relay_load_md.as_deref(),
             },
         );
         let doc = match std::fs::read_to_string(path) {
@@ -908,7 +955,10 @@ fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         args.out.display()
     );
-    Ok(())
+    match failed {
+        Some(why) => bail!(why),
+        None => Ok(()),
+    }
 }
 
 /// The rows of the flood figure: latency percentiles without and with each flood, and
@@ -972,6 +1022,29 @@ fn flood_rows(rows: &mut Vec<Row>, runs: &[Value], rate: u64) {
     }
 }
 
+/// The relay-load output for the Markdown: the command, then its stdout verbatim.
+fn relay_load_markdown(r: &Value) -> String {
+    let mut md = format!(
+        "Relay: `{}` (deliveries a second, hop latency, RSS with idle connections; its \
+         output verbatim, {:.0} s{}):\n\n",
+        r["command"].as_str().unwrap_or("cue-relay-load"),
+        r["elapsed_s"].as_f64().unwrap_or(f64::NAN),
+        match r["nofile_soft"].as_u64() {
+            Some(n) => format!(", open-file limit {n}"),
+            None => String::new(),
+        }
+    );
+    md.push_str(&docs::fenced(r["stdout"].as_str().unwrap_or(""), "text"));
+    if r["ok"] != true {
+        md.push_str(&format!(
+            "\n**cue-relay-load failed** ({}):\n\n{}",
+            r["exit"],
+            docs::fenced(r["stderr_tail"].as_str().unwrap_or(""), "text")
+        ));
+    }
+    md
+}
+
 /// What the generated section of the docs says about a run.
 struct DocsRun<'a> {
     date: &'a str,
@@ -979,6 +1052,7 @@ struct DocsRun<'a> {
     loadavg_start: &'a str,
     elapsed_s: f64,
     table: &'a str,
+    relay_load: Option<&'a str>,
 }
 
 /// The generated section of docs/benchmarks.md (between its markers).
@@ -986,8 +1060,8 @@ fn docs_section(plan: &Plan, run: &DocsRun<'_>) -> String {
     let mut s = String::new();
     if plan.quick {
         s.push_str(
-            "**A quick run** (`--quick`: seconds-long, a few saves, 50 files; it shows \
-              the harness works, these are not the figures).\n\n",
+            "**A quick run** (`--quick`: seconds-long, a few saves, 50 files, tiny relay \
+             load; it shows the harness works, these are not the figures).\n\n",
         );
     }
     s.push_str(&format!(
@@ -1001,5 +1075,9 @@ fn docs_section(plan: &Plan, run: &DocsRun<'_>) -> String {
         run.elapsed_s
     ));
     s.push_str(run.table);
+    if let Some(md) = run.relay_load {
+        s.push('\n');
+        s.push_str(md);
+    }
     s
 }

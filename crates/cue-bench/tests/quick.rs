@@ -1,17 +1,22 @@
 //! `cue-bench --quick` end to end, so the harness cannot rot: every measurement runs on
 //! real daemons and produces its figures. Nothing here checks a duration.
 //!
-//! It needs the `cue` and `cue-relay` binaries of the same profile next to `cue-bench`;
-//! if they are missing it builds them (`cargo build -p cue-cli -p cue-relay`).
+//! It needs the `cue`, `cue-relay` and `cue-relay-load` binaries of the same profile next
+//! to `cue-bench`; if they are missing it builds them (`cargo build -p cue-cli -p
+//! cue-relay`).
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use std::path::Path;
 use std::process::Command;
 
-/// Builds `cue` and `cue-relay` into `dir` (`target/<profile>`) unless they are there.
+/// Builds `cue`, `cue-relay` and `cue-relay-load` into `dir` (`target/<profile>`) unless
+/// they are there.
 fn ensure_binaries(dir: &Path) {
-    if ["cue", "cue-relay"].iter().all(|b| dir.join(b).exists()) {
+    if ["cue", "cue-relay", "cue-relay-load"]
+        .iter()
+        .all(|b| dir.join(b).exists())
+    {
         return;
     }
     let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
@@ -106,6 +111,13 @@ fn quick_run_measures_everything() {
     }
     assert!(table.contains("flood in another room at 10 ×"), "{table}");
 
+    // The relay's load generator ran and its output is passed through.
+    let load = &r["relay_load"];
+    assert_eq!(load["ok"], true, "{load}");
+    let printed = load["stdout"].as_str().unwrap();
+    assert!(!printed.trim().is_empty(), "{load}");
+    assert!(table.contains(printed.trim()), "{table}");
+
     // The docs section was replaced, the rest kept.
     let doc = std::fs::read_to_string(&doc).unwrap();
     assert!(
@@ -121,4 +133,5 @@ fn quick_run_measures_everything() {
         doc.contains("--quick") && doc.contains("| save→peer p50, 2 peers |"),
         "{doc}"
     );
+    assert!(doc.contains(printed.trim()), "{doc}");
 }
