@@ -16,12 +16,19 @@ use anyhow::{Context, anyhow, bail};
 pub struct Bins {
     pub cue: PathBuf,
     pub relay: PathBuf,
+    /// `cue-relay-load`, when the relay-load figures are asked for.
+    pub relay_load: Option<PathBuf>,
 }
 
 impl Bins {
     /// `cue` and `cue-relay` from the flags, else `CUE_BIN`/`CUE_RELAY_BIN`, else next to
-    /// this executable (`target/release/`).
-    pub fn locate(cue: Option<PathBuf>, relay: Option<PathBuf>) -> anyhow::Result<Bins> {
+    /// this executable (`target/release/`); the same for `cue-relay-load`
+    /// (`CUE_RELAY_LOAD_BIN`) when `relay_load` is `Some`.
+    pub fn locate(
+        cue: Option<PathBuf>,
+        relay: Option<PathBuf>,
+        relay_load: Option<Option<PathBuf>>,
+    ) -> anyhow::Result<Bins> {
         let here = std::env::current_exe()?
             .parent()
             .map(Path::to_path_buf)
@@ -41,6 +48,9 @@ impl Bins {
         Ok(Bins {
             cue: pick(cue, "CUE_BIN", "cue")?,
             relay: pick(relay, "CUE_RELAY_BIN", "cue-relay")?,
+            relay_load: relay_load
+                .map(|flag| pick(flag, "CUE_RELAY_LOAD_BIN", "cue-relay-load"))
+                .transpose()?,
         })
     }
 }
@@ -71,6 +81,11 @@ fn signal(pid: u32, sig: rustix::process::Signal) {
     }
 }
 
+/// kill -9 `pid` (a process this harness started, directly or through a child).
+pub fn kill(pid: u32) {
+    signal(pid, rustix::process::Signal::KILL);
+}
+
 /// Whether process `pid` has exited (no thread left that is not a zombie).
 pub fn gone(pid: u32) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -94,8 +109,14 @@ pub struct Relay {
 
 impl Relay {
     pub fn start(bins: &Bins) -> anyhow::Result<Relay> {
+        Relay::start_with(bins, &[])
+    }
+
+    /// A relay with extra flags (limits: `--messages-per-second N --burst N`).
+    pub fn start_with(bins: &Bins, flags: &[&str]) -> anyhow::Result<Relay> {
         let mut child = Command::new(&bins.relay)
             .args(["--listen", "127.0.0.1:0"])
+            .args(flags)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -284,6 +305,17 @@ impl Drop for Peer {
 /// every daemon started and every peer seeing all others online.
 pub fn cluster(bins: &Bins, n: usize, deadline: Duration) -> anyhow::Result<(Relay, Vec<Peer>)> {
     let relay = Relay::start(bins)?;
+    let peers = cluster_on(bins, &relay, n, deadline)?;
+    Ok((relay, peers))
+}
+
+/// A workspace of `n` peers on a running relay, as [`cluster`].
+pub fn cluster_on(
+    bins: &Bins,
+    relay: &Relay,
+    n: usize,
+    deadline: Duration,
+) -> anyhow::Result<Vec<Peer>> {
     let mut peers = Vec::new();
     for i in 0..n {
         peers.push(Peer::new(bins, &format!("p{i}"))?);
@@ -303,5 +335,5 @@ pub fn cluster(bins: &Bins, n: usize, deadline: Duration) -> anyhow::Result<(Rel
             || Ok(p.online_peers()? == n - 1),
         )?;
     }
-    Ok((relay, peers))
+    Ok(peers)
 }

@@ -1,20 +1,27 @@
-//! `cue-bench`: the daemon's figures (issues 5 and 7) on real processes over loopback.
+//! `cue-bench`: the daemon's and relay's figures (issues 5 and 7) on real processes over
+//! loopback.
 //!
 //! It starts a real `cue-relay` and real `cue` daemons in temporary folders and measures,
-//! over repeated runs: save→peer latency with 2 and 10 peers, the first sync of 1,000
-//! (and with `--big` 10,000) Markdown files of 4 KB to a newly joined peer, the idle RSS
-//! and CPU of daemons holding those files, and store bytes over raw bytes after import.
-//! It writes a JSON file and prints a Markdown table. Figures, never assertions: `--quick`
-//! runs everything in seconds for CI.
+//! over repeated runs: save→peer latency with 2 and 10 peers, and with 2 peers while a
+//! raw client floods another room of the relay (at 10 × its rate limit, then unpaced);
+//! the first sync of 1,000 (and with `--big` 10,000) Markdown files of 4 KB to a newly
+//! joined peer, the idle RSS and CPU of daemons holding those files, and store bytes over
+//! raw bytes after import and after edits. Last it runs the relay's load generator
+//! (`cue-relay-load bench`) and keeps its output as it is. It writes a JSON file, prints
+//! a Markdown table, and with `--docs docs/benchmarks.md` replaces that file's generated
+//! section. Figures, never assertions: `--quick` runs everything in seconds for CI.
 //!
 //! ```sh
 //! cargo build --release -p cue-cli -p cue-relay -p cue-bench
-//! target/release/cue-bench            # the full run (a few minutes)
-//! target/release/cue-bench --quick    # seconds, CI
+//! target/release/cue-bench --docs docs/benchmarks.md   # the full run (several minutes)
+//! target/release/cue-bench --quick                      # seconds, CI
 //! ```
 
+mod docs;
+mod flood;
 mod harness;
 mod procfs;
+mod relay_load;
 
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -25,7 +32,7 @@ use clap::Parser;
 use notify::Watcher;
 use serde_json::{Value, json};
 
-use harness::{Bins, Peer, Relay, cluster, wait_until};
+use harness::{Bins, Peer, Relay, cluster, cluster_on, wait_until};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,6 +67,20 @@ struct Args {
     /// Edits a file for the store-after-edits figure (over 100 files; 0 skips it).
     #[arg(long)]
     edits: Option<usize>,
+    /// The relay's rate limit (messages a second a peer, and burst) for the flood figure:
+    /// room B's save→peer latency without a flood, then with a flooder in room A at 10 ×
+    /// this rate, then unpaced. 0 skips the flood figure.
+    #[arg(long, default_value_t = 100)]
+    flood_rate: u64,
+    /// Skip the relay's own figures (`cue-relay-load bench`, run as a child process: 10
+    /// rooms × 10 peers, 3 s a scenario, 10,000 idle connections; tiny with `--quick`).
+    #[arg(long)]
+    no_relay_load: bool,
+    /// Replace the section between `<!-- cue-bench:begin -->` and `<!-- cue-bench:end -->`
+    /// of this Markdown file with this run (date, machine, command, table, relay-load
+    /// output); without the markers, append a section holding them.
+    #[arg(long)]
+    docs: Option<PathBuf>,
     /// Where to write the results.
     #[arg(long, default_value = "target/cue-bench.json")]
     out: PathBuf,
@@ -69,6 +90,9 @@ struct Args {
     /// The `cue-relay` binary (default: next to this one, or CUE_RELAY_BIN).
     #[arg(long)]
     relay_bin: Option<PathBuf>,
+    /// The `cue-relay-load` binary (default: next to this one, or CUE_RELAY_LOAD_BIN).
+    #[arg(long)]
+    relay_load_bin: Option<PathBuf>,
 }
 
 /// Settings after `--quick` and the defaults are applied.
@@ -85,6 +109,8 @@ struct Plan {
     deadline: Duration,
     edit_files: usize,
     edits: usize,
+    flood_rate: u64,
+    relay_load: Option<relay_load::Shape>,
 }
 
 impl Plan {
@@ -110,6 +136,14 @@ impl Plan {
             deadline: Duration::from_secs(if a.big { 600 } else { 120 }),
             edit_files: if a.quick { 5 } else { 100 },
             edits: a.edits.unwrap_or(if a.quick { 3 } else { 100 }),
+            flood_rate: a.flood_rate,
+            relay_load: (!a.no_relay_load).then(|| {
+                if a.quick {
+                    relay_load::Shape::quick()
+                } else {
+                    relay_load::Shape::full()
+                }
+            }),
         }
     }
 }
@@ -184,8 +218,22 @@ fn min_max(v: &[f64]) -> (f64, f64) {
 /// One latency run: `n` peers, saves on the first, seen on every other.
 fn latency_run(bins: &Bins, plan: &Plan, n: usize) -> anyhow::Result<Value> {
     let (_relay, peers) = cluster(bins, n, plan.deadline)?;
-    let sender = &peers[0];
-    let receivers = &peers[1..];
+    let mut out = measure_latency(&peers[0], &peers[1..], plan, &format!("{n}"))?;
+    out["peers"] = json!(n);
+    out["load1"] = json!(procfs::load1());
+    Ok(out)
+}
+
+/// Save→peer latency on running daemons: `plan.warmup` unmeasured then `plan.saves`
+/// measured saves of one note on `sender`, each timed until every receiver's file holds
+/// it (inotify on their folders, checked at least every 5 ms). `tag` makes this series'
+/// markers unique. Returns the first and last receiver's percentiles and lost saves.
+fn measure_latency(
+    sender: &Peer,
+    receivers: &[Peer],
+    plan: &Plan,
+    tag: &str,
+) -> anyhow::Result<Value> {
     let rel = "lat.md";
     sender_write(sender, rel, &note(0, 4096, "marker: none"))?;
     for r in receivers {
@@ -208,7 +256,7 @@ fn latency_run(bins: &Bins, plan: &Plan, n: usize) -> anyhow::Result<Value> {
     let (mut first, mut last, mut lost) = (Vec::new(), Vec::new(), 0usize);
     let per_save = Duration::from_secs(10);
     for i in 0..plan.warmup + plan.saves {
-        let marker = format!("marker: {nonce}-{n}-{i}");
+        let marker = format!("marker: {nonce}-{tag}-{i}");
         let content = note(0, 4096, &marker);
         while rx.try_recv().is_ok() {}
         let mut seen: Vec<Option<Duration>> = vec![None; receivers.len()];
@@ -253,12 +301,80 @@ fn latency_run(bins: &Bins, plan: &Plan, n: usize) -> anyhow::Result<Value> {
                "max": v.last().copied().unwrap_or(f64::NAN), "n": v.len()})
     };
     Ok(json!({
-        "peers": n,
         "first_receiver_ms": stats(&first),
         "all_receivers_ms": stats(&last),
         "lost": lost,
-        "load1": procfs::load1(),
     }))
+}
+
+/// The flood figure: two daemons in room B on a relay limited to `plan.flood_rate`
+/// messages a second a peer; save→peer latency first without a flood, then while one
+/// raw client floods room A at 10 × that rate, then while it floods as fast as one
+/// connection sends. Also what the flooder sent and was refused, and the relay's CPU.
+fn flood_run(bins: &Bins, plan: &Plan, run: usize) -> anyhow::Result<Value> {
+    let rate = plan.flood_rate;
+    let r = rate.to_string();
+    let relay = Relay::start_with(bins, &["--messages-per-second", &r, "--burst", &r])?;
+    let peers = cluster_on(bins, &relay, 2, plan.deadline)?;
+    let (sender, receivers) = (&peers[0], &peers[1..]);
+    let relay_cpu = || procfs::cpu_secs(relay.pid());
+    let hits_metric = r#"cue_relay_rate_limit_hits_total{limit="messages"}"#;
+
+    let cpu0 = relay_cpu();
+    let t = Instant::now();
+    let mut none = measure_latency(sender, receivers, plan, &format!("calm-{run}"))?;
+    none["relay_cpu_cores"] = json!(
+        relay_cpu()
+            .zip(cpu0)
+            .map(|(b, a)| (b - a) / t.elapsed().as_secs_f64())
+    );
+    none["load1"] = json!(procfs::load1());
+    let mut out = json!({ "rate_limit": rate, "no_flood": none });
+
+    let seed = u64::from(std::process::id()) << 16 | run as u64;
+    for (key, pace) in [
+        ("flood_10x", flood::Pace::PerSecond(10 * rate)),
+        ("flood_unpaced", flood::Pace::Unpaced),
+    ] {
+        let hits0 = relay.metric(hits_metric).ok();
+        let cpu0 = relay_cpu();
+        let flooder =
+            flood::Flooder::start(relay.addr, seed ^ key.len() as u64, pace, plan.deadline)
+                .with_context(|| format!("starting the flooder ({key})"))?;
+        wait_until(
+            "the flooder to be told it is rate limited",
+            plan.deadline,
+            || Ok(flooder.rate_limited() > 0 || !flooder.alive()),
+        )?;
+        let mut lat = measure_latency(sender, receivers, plan, &format!("{key}-{run}"))?;
+        let alive = flooder.alive();
+        let report = flooder.stop();
+        lat["relay_cpu_cores"] =
+            json!(relay_cpu().zip(cpu0).map(|(b, a)| (b - a) / report.seconds));
+        lat["relay_rate_limit_hits"] = json!(
+            relay
+                .metric(hits_metric)
+                .ok()
+                .zip(hits0)
+                .map(|(b, a)| b - a)
+        );
+        lat["flooder"] = json!({
+            "pace_per_second": match pace {
+                flood::Pace::PerSecond(n) => json!(n),
+                flood::Pace::Unpaced => json!("unpaced"),
+            },
+            "seconds": report.seconds,
+            "sent": report.sent,
+            "refused_rate_limited": report.rate_limited,
+            "refused_other": report.refused_other,
+            "sent_per_second": report.sent as f64 / report.seconds,
+            "alive_at_end": alive,
+            "ended_early": report.ended_early,
+        });
+        lat["load1"] = json!(procfs::load1());
+        out[key] = lat;
+    }
+    Ok(out)
 }
 
 /// A save in place (truncate and write), as most editors do.
@@ -468,10 +584,15 @@ impl Row {
         let m = median(&self.values);
         let (lo, hi) = min_max(&self.values);
         let d = self.digits;
-        let result = if self.values.len() > 1 {
-            format!("{m:.d$} {} [{lo:.d$}–{hi:.d$}]", self.unit)
+        let unit = if self.unit.is_empty() {
+            String::new()
         } else {
-            format!("{m:.d$} {}", self.unit)
+            format!(" {}", self.unit)
+        };
+        let result = if self.values.len() > 1 {
+            format!("{m:.d$}{unit} [{lo:.d$}–{hi:.d$}]")
+        } else {
+            format!("{m:.d$}{unit}")
         };
         let (goal, verdict) = match self.goal {
             None => ("—".to_string(), "—".to_string()),
@@ -506,12 +627,25 @@ fn field(runs: &[Value], path: &[&str]) -> Vec<f64> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let plan = Plan::from(&args);
-    let bins = Bins::locate(args.cue_bin.clone(), args.relay_bin.clone())?;
+    let bins = Bins::locate(
+        args.cue_bin.clone(),
+        args.relay_bin.clone(),
+        plan.relay_load
+            .as_ref()
+            .map(|_| args.relay_load_bin.clone()),
+    )?;
     eprintln!("cue-bench: {plan:?}");
     let started = Instant::now();
+    let date = docs::utc_now();
+    let command = docs::command_line();
+    let loadavg_start = docs::loadavg();
     let mut rows: Vec<Row> = Vec::new();
     let mut results = json!({
         "quick": plan.quick,
+        "date": date,
+        "command": command,
+        "machine": docs::machine(),
+        "loadavg_start": loadavg_start,
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "load1_start": procfs::load1(),
         "cue_bin": bins.cue.display().to_string(),
@@ -561,6 +695,17 @@ fn main() -> anyhow::Result<()> {
         if let Some(a) = results["latency"].as_array_mut() {
             a.push(json!({"peers": n, "runs": runs}));
         }
+    }
+
+    if plan.flood_rate > 0 {
+        let mut runs = Vec::new();
+        for run in 0..plan.runs {
+            let r = flood_run(&bins, &plan, run).with_context(|| format!("flood run {run}"))?;
+            eprintln!("flood, run {run}: {r}");
+            runs.push(r);
+        }
+        flood_rows(&mut rows, &runs, plan.flood_rate);
+        results["flood"] = json!({"rate_limit": plan.flood_rate, "runs": runs});
     }
 
     for &(files, nruns) in &plan.files {
@@ -745,6 +890,27 @@ fn main() -> anyhow::Result<()> {
         results["edits"] = r;
     }
 
+    // Last: the relay's own figures, from its load generator (it wants both cores).
+    let mut failed = None;
+    let relay_load_md = match (&plan.relay_load, &bins.relay_load) {
+        (Some(shape), Some(bin)) => {
+            let deadline = Duration::from_secs(if plan.quick { 120 } else { 900 });
+            let r = relay_load::run(bin, &bins.relay, shape, deadline)
+                .context("running cue-relay-load")?;
+            let md = relay_load_markdown(&r);
+            if r["ok"] != true {
+                eprintln!("cue-relay-load failed: {}", r["stderr_tail"]);
+                failed = Some(format!(
+                    "cue-relay-load failed ({}): {}",
+                    r["exit"], r["stderr_tail"]
+                ));
+            }
+            results["relay_load"] = r;
+            Some(md)
+        }
+        _ => None,
+    };
+
     let mut table = String::from(
         "| figure | goal | result: median [min–max] over runs | verdict | load avg (1 min) |\n\
          | --- | --- | ---: | --- | ---: |\n",
@@ -760,10 +926,158 @@ fn main() -> anyhow::Result<()> {
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&results)?)?;
     println!("{table}");
+    if let Some(md) = &relay_load_md {
+        println!("{md}");
+    }
+    if let Some(path) = &args.docs {
+        let section = docs_section(
+            &plan,
+            &DocsRun {
+                date: &date,
+                command: &command,
+                loadavg_start: &loadavg_start,
+                elapsed_s: started.elapsed().as_secs_f64(),
+                table: &table,
+                relay_load: relay_load_md.as_deref(),
+            },
+        );
+        let doc = match std::fs::read_to_string(path) {
+            Ok(doc) => doc,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let doc = docs::splice(&doc, &section).with_context(|| path.display().to_string())?;
+        std::fs::write(path, doc).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("cue-bench: wrote its section of {}", path.display());
+    }
     eprintln!(
         "cue-bench: {:.0} s; results in {}",
         started.elapsed().as_secs_f64(),
         args.out.display()
     );
-    Ok(())
+    match failed {
+        Some(why) => bail!(why),
+        None => Ok(()),
+    }
+}
+
+/// The rows of the flood figure: latency percentiles without and with each flood, and
+/// what each flooder sent and was refused.
+fn flood_rows(rows: &mut Vec<Row>, runs: &[Value], rate: u64) {
+    let load = |key: &str| field(runs, &[key, "load1"]);
+    let phases = [
+        ("no_flood", "no flood".to_string()),
+        (
+            "flood_10x",
+            format!("flood in another room at 10 × ({} msg/s)", 10 * rate),
+        ),
+        (
+            "flood_unpaced",
+            "flood in another room, unpaced (one connection's fastest)".to_string(),
+        ),
+    ];
+    for (key, what) in &phases {
+        for p in ["p50", "p95", "p99"] {
+            rows.push(Row {
+                figure: format!("save→peer {p}, 2 peers, relay limit {rate} msg/s, {what}"),
+                goal: None,
+                values: field(runs, &[key, "first_receiver_ms", p]),
+                unit: "ms",
+                load: load(key),
+                digits: 1,
+            });
+        }
+        let lost: f64 = field(runs, &[key, "lost"]).iter().sum();
+        if lost > 0.0 {
+            eprintln!("warning: {lost} saves never arrived within 10 s ({what})");
+        }
+    }
+    for (key, what) in &phases[1..] {
+        for (figure, path, unit, digits) in [
+            ("messages sent", "sent", "", 0),
+            ("… refused for rate", "refused_rate_limited", "", 0),
+            ("… flood lasted", "seconds", "s", 1),
+        ] {
+            rows.push(Row {
+                figure: if figure.starts_with('…') {
+                    figure.to_string()
+                } else {
+                    format!("{what}: flooder's {figure}")
+                },
+                goal: None,
+                values: field(runs, &[key, "flooder", path]),
+                unit,
+                load: load(key),
+                digits,
+            });
+        }
+        rows.push(Row {
+            figure: "… relay CPU during it".to_string(),
+            goal: None,
+            values: field(runs, &[key, "relay_cpu_cores"]),
+            unit: "cores",
+            load: load(key),
+            digits: 2,
+        });
+    }
+}
+
+/// The relay-load output for the Markdown: the command, then its stdout verbatim.
+fn relay_load_markdown(r: &Value) -> String {
+    let mut md = format!(
+        "Relay: `{}` (deliveries a second, hop latency, RSS with idle connections; its \
+         output verbatim, {:.0} s{}):\n\n",
+        r["command"].as_str().unwrap_or("cue-relay-load"),
+        r["elapsed_s"].as_f64().unwrap_or(f64::NAN),
+        match r["nofile_soft"].as_u64() {
+            Some(n) => format!(", open-file limit {n}"),
+            None => String::new(),
+        }
+    );
+    md.push_str(&docs::fenced(r["stdout"].as_str().unwrap_or(""), "text"));
+    if r["ok"] != true {
+        md.push_str(&format!(
+            "\n**cue-relay-load failed** ({}):\n\n{}",
+            r["exit"],
+            docs::fenced(r["stderr_tail"].as_str().unwrap_or(""), "text")
+        ));
+    }
+    md
+}
+
+/// What the generated section of the docs says about a run.
+struct DocsRun<'a> {
+    date: &'a str,
+    command: &'a str,
+    loadavg_start: &'a str,
+    elapsed_s: f64,
+    table: &'a str,
+    relay_load: Option<&'a str>,
+}
+
+/// The generated section of docs/benchmarks.md (between its markers).
+fn docs_section(plan: &Plan, run: &DocsRun<'_>) -> String {
+    let mut s = String::new();
+    if plan.quick {
+        s.push_str(
+            "**A quick run** (`--quick`: seconds-long, a few saves, 50 files, tiny relay \
+             load; it shows the harness works, these are not the figures).\n\n",
+        );
+    }
+    s.push_str(&format!(
+        "- date: {}\n- machine: {}; load average at start {} (1, 5, 15 min)\n\
+         - command: `{}` (after `cargo build --release -p cue-cli -p cue-relay -p cue-bench`)\n\
+         - took {:.0} s\n\n",
+        run.date,
+        docs::machine(),
+        run.loadavg_start,
+        run.command,
+        run.elapsed_s
+    ));
+    s.push_str(run.table);
+    if let Some(md) = run.relay_load {
+        s.push('\n');
+        s.push_str(md);
+    }
+    s
 }

@@ -1,17 +1,22 @@
 //! `cue-bench --quick` end to end, so the harness cannot rot: every measurement runs on
 //! real daemons and produces its figures. Nothing here checks a duration.
 //!
-//! It needs the `cue` and `cue-relay` binaries of the same profile next to `cue-bench`;
-//! if they are missing it builds them (`cargo build -p cue-cli -p cue-relay`).
+//! It needs the `cue`, `cue-relay` and `cue-relay-load` binaries of the same profile next
+//! to `cue-bench`; if they are missing it builds them (`cargo build -p cue-cli -p
+//! cue-relay`).
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use std::path::Path;
 use std::process::Command;
 
-/// Builds `cue` and `cue-relay` into `dir` (`target/<profile>`) unless they are there.
+/// Builds `cue`, `cue-relay` and `cue-relay-load` into `dir` (`target/<profile>`) unless
+/// they are there.
 fn ensure_binaries(dir: &Path) {
-    if dir.join("cue").exists() && dir.join("cue-relay").exists() {
+    if ["cue", "cue-relay", "cue-relay-load"]
+        .iter()
+        .all(|b| dir.join(b).exists())
+    {
         return;
     }
     let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
@@ -44,10 +49,18 @@ fn quick_run_measures_everything() {
     ensure_binaries(bench.parent().unwrap());
     let out = tempfile::tempdir().unwrap();
     let json = out.path().join("quick.json");
+    let doc = out.path().join("benchmarks.md");
+    std::fs::write(
+        &doc,
+        "# b\n\nkept above\n<!-- cue-bench:begin -->\nold run\n<!-- cue-bench:end -->\nkept below\n",
+    )
+    .unwrap();
     let run = Command::new(bench)
         .arg("--quick")
         .arg("--out")
         .arg(&json)
+        .arg("--docs")
+        .arg(&doc)
         .output()
         .unwrap();
     assert!(
@@ -81,4 +94,44 @@ fn quick_run_measures_everything() {
     ] {
         assert!(sync[key].as_f64().is_some(), "{key} missing: {sync}");
     }
+
+    // The flood figure: latency without and with each flood; the flooders flooded and
+    // were refused (counts, not rates, are checked: the relay answered at all).
+    let flood = &r["flood"]["runs"][0];
+    for key in ["no_flood", "flood_10x", "flood_unpaced"] {
+        assert_eq!(flood[key]["first_receiver_ms"]["n"], 10, "{key}: {flood}");
+    }
+    for key in ["flood_10x", "flood_unpaced"] {
+        let f = &flood[key]["flooder"];
+        assert!(f["sent"].as_u64().unwrap() > 0, "{key}: {f}");
+        assert!(
+            f["refused_rate_limited"].as_u64().unwrap() > 0,
+            "{key}: {f}"
+        );
+    }
+    assert!(table.contains("flood in another room at 10 ×"), "{table}");
+
+    // The relay's load generator ran and its output is passed through.
+    let load = &r["relay_load"];
+    assert_eq!(load["ok"], true, "{load}");
+    let printed = load["stdout"].as_str().unwrap();
+    assert!(!printed.trim().is_empty(), "{load}");
+    assert!(table.contains(printed.trim()), "{table}");
+
+    // The docs section was replaced, the rest kept.
+    let doc = std::fs::read_to_string(&doc).unwrap();
+    assert!(
+        doc.starts_with("# b\n\nkept above\n<!-- cue-bench:begin -->\n"),
+        "{doc}"
+    );
+    assert!(
+        doc.ends_with("<!-- cue-bench:end -->\nkept below\n"),
+        "{doc}"
+    );
+    assert!(!doc.contains("old run"), "{doc}");
+    assert!(
+        doc.contains("--quick") && doc.contains("| save→peer p50, 2 peers |"),
+        "{doc}"
+    );
+    assert!(doc.contains(printed.trim()), "{doc}");
 }
