@@ -174,7 +174,7 @@ impl Config {
     /// Activity entries older than this many milliseconds are dropped (`None`: kept).
     pub fn activity_retention_ms(&self) -> Option<i64> {
         let days = self.sync.activity_retention_days;
-        (days > 0.0).then(|| (days * DAY_MS) as i64)
+        (days > 0.0).then_some((days * DAY_MS) as i64)
     }
 
     /// The engine's settings from this config.
