@@ -607,7 +607,7 @@ impl Connection {
                 id,
                 RefuseReason::RateLimited,
                 limits.messages_per_second,
-                retry_after_ms(&not_until),
+                retry_after_ms(&peer_limits.messages, &not_until),
             );
         }
         if let Some(len) = NonZeroU32::new(u32::try_from(payload.len()).unwrap_or(u32::MAX)) {
@@ -618,7 +618,7 @@ impl Connection {
                         id,
                         RefuseReason::ByteRateLimited,
                         limits.bytes_per_second,
-                        retry_after_ms(&not_until),
+                        retry_after_ms(&peer_limits.bytes, &not_until),
                     );
                 }
                 // Cannot happen: validation keeps the budget above the largest message.

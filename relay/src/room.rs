@@ -157,7 +157,7 @@ impl Room {
         match self.delivered_bytes.check_n(bytes) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(not_until)) => Err(DeliveryError::RoomBytes {
-                retry_after_ms: retry_after_ms(&not_until),
+                retry_after_ms: retry_after_ms(&self.delivered_bytes, &not_until),
             }),
             // Unreachable after the clamp; refuse rather than panic.
             Err(_) => Err(DeliveryError::RoomBytes { retry_after_ms: 0 }),
@@ -219,11 +219,16 @@ impl Room {
 }
 
 /// The milliseconds until a rate limiter lets the refused cells through, rounded up.
+///
+/// It reads the limiter's own clock: building a fresh `DefaultClock` for every refusal
+/// costs a CPUID instruction (quanta's TSC check), which traps to the hypervisor on a VM
+/// and showed up in the profile of a peer over its rate.
 pub(crate) fn retry_after_ms(
+    limiter: &DefaultDirectRateLimiter,
     not_until: &governor::NotUntil<governor::clock::QuantaInstant>,
 ) -> u64 {
-    use governor::clock::{Clock, DefaultClock};
-    let wait = not_until.wait_time_from(DefaultClock::default().now());
+    use governor::clock::Clock;
+    let wait = not_until.wait_time_from(limiter.clock().now());
     u64::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
 }
 

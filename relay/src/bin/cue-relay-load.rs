@@ -19,7 +19,7 @@ use ed25519_dalek::SigningKey;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
@@ -55,6 +55,21 @@ enum Cmd {
         /// The cue-relay binary (default: next to this one).
         #[arg(long)]
         relay_bin: Option<PathBuf>,
+        /// Run both relays on these CPUs only (a `taskset -c` list, e.g. `0`), so that
+        /// they do not share cores with this generator. The half-load rate is then half of
+        /// the saturation measured in this placement.
+        #[arg(long)]
+        relay_cpus: Option<String>,
+        /// Pin this generator to these CPUs (e.g. `1`). On a single CPU it runs a
+        /// current-thread runtime: one core, no work stealing between workers.
+        #[arg(long)]
+        load_cpus: Option<String>,
+        /// How paced senders wait for their next message: `timer` sleeps on tokio's timer
+        /// (1 ms resolution, so every message due within a millisecond leaves in one
+        /// burst); `spin` yields until the exact time, spreading sends over the
+        /// millisecond (it keeps the generator's core busy: use it with --load-cpus).
+        #[arg(long, value_enum, default_value_t = Pacing::Timer)]
+        pacing: Pacing,
     },
     /// Serve the bare comparison relay: every binary message is sent to every other
     /// connection on the same path. No auth, no limits, unbounded queues.
@@ -64,9 +79,67 @@ enum Cmd {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Pacing {
+    Timer,
+    Spin,
+}
+
+/// Where the relays and this generator run.
+#[derive(Debug, Clone, Default)]
+struct Placement {
+    relay_cpus: Option<String>,
+    load_cpus: Option<String>,
+}
+
+/// Parses a `taskset -c` style list (`0`, `0,2`, `1-3`).
+fn parse_cpus(list: &str) -> anyhow::Result<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+    {
+        match part.split_once('-') {
+            Some((first, last)) => cpus.extend(first.parse::<usize>()?..=last.parse::<usize>()?),
+            None => cpus.push(part.parse()?),
+        }
+    }
+    if cpus.is_empty() {
+        bail!("empty CPU list {list:?}");
+    }
+    Ok(cpus)
+}
+
+/// Pins the calling thread, and so every thread it starts later, to `cpus`.
+fn pin_self(cpus: &[usize]) -> anyhow::Result<()> {
+    let mut set = rustix::thread::CpuSet::new();
+    for &cpu in cpus {
+        set.set(cpu);
+    }
+    rustix::thread::sched_setaffinity(None, &set).context("sched_setaffinity")?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Runtime::new()?;
+    let mut current_thread = false;
+    if let Cmd::Bench {
+        load_cpus: Some(list),
+        ..
+    } = &cli.command
+    {
+        let cpus = parse_cpus(list)?;
+        pin_self(&cpus)?;
+        current_thread = cpus.len() == 1;
+    }
+    let runtime = if current_thread {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Runtime::new()?
+    };
     match cli.command {
         Cmd::BareRelay { listen } => runtime.block_on(bare_relay(listen)),
         Cmd::Bench {
@@ -77,6 +150,9 @@ fn main() -> anyhow::Result<()> {
             window,
             idle,
             relay_bin,
+            relay_cpus,
+            load_cpus,
+            pacing,
         } => {
             let relay_bin = match relay_bin {
                 Some(path) => path,
@@ -87,8 +163,16 @@ fn main() -> anyhow::Result<()> {
                 peers,
                 size: size.max(16),
                 seconds,
+                pacing,
             };
-            runtime.block_on(bench(shape, window, idle, relay_bin))
+            if let Some(list) = &relay_cpus {
+                parse_cpus(list)?;
+            }
+            let placement = Placement {
+                relay_cpus,
+                load_cpus,
+            };
+            runtime.block_on(bench(shape, window, idle, relay_bin, placement))
         }
     }
 }
@@ -181,6 +265,7 @@ struct Shape {
     peers: usize,
     size: usize,
     seconds: f64,
+    pacing: Pacing,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -262,7 +347,9 @@ struct RunResult {
     refused_per_second: f64,
     p50_us: f64,
     p99_us: f64,
+    p999_us: f64,
     relay_cpu: f64,
+    load_cpu: f64,
 }
 
 async fn run_load(
@@ -274,10 +361,11 @@ async fn run_load(
 ) -> anyhow::Result<RunResult> {
     let base = Instant::now();
     let counters = Arc::new(Counters::default());
-    let stop = Arc::new(AtomicBool::new(false));
+    let (stop_all, stop) = watch::channel(false);
     let senders = shape.rooms * shape.peers;
     let acks: Arc<Vec<Acks>> = Arc::new((0..senders).map(|_| Acks::default()).collect());
     let mut tasks = Vec::new();
+    let mut sinks = Vec::new();
     for room in 0..shape.rooms {
         for peer in 0..shape.peers {
             let index = room * shape.peers + peer;
@@ -295,35 +383,52 @@ async fn run_load(
                 acks.clone(),
                 acks_for,
             )));
-            tokio::spawn(send(
-                kind,
-                sink,
-                index,
-                shape.size,
-                pace,
-                base,
-                counters.clone(),
-                stop.clone(),
-                acks.clone(),
-            ));
+            match pace {
+                Pace::Window(window) => {
+                    tokio::spawn(send_windowed(
+                        kind,
+                        sink,
+                        index,
+                        shape.size,
+                        window,
+                        base,
+                        counters.clone(),
+                        stop.clone(),
+                        acks.clone(),
+                    ));
+                }
+                Pace::Rate(_) => sinks.push(sink),
+            }
         }
+    }
+    if let Pace::Rate(rate) = pace {
+        tokio::spawn(send_paced(
+            kind,
+            sinks,
+            shape,
+            rate,
+            base,
+            counters.clone(),
+            stop.clone(),
+        ));
     }
     // Warm up, then measure.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let cpu_before = process_cpu_seconds(relay_pid)?;
+    let load_cpu_before = process_cpu_seconds(std::process::id())?;
     counters.measuring.store(true, Relaxed);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(shape.seconds)).await;
     counters.measuring.store(false, Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = process_cpu_seconds(relay_pid)? - cpu_before;
-    stop.store(true, Relaxed);
+    let load_cpu = process_cpu_seconds(std::process::id())? - load_cpu_before;
+    stop_all.send_replace(true);
     for notify in acks.iter() {
         notify.notify.notify_one();
     }
     let mut latencies: Vec<u32> = Vec::new();
     for task in tasks {
-        // Receivers end at their next message or after a short wait.
         if let Ok(Ok(samples)) = tokio::time::timeout(Duration::from_secs(2), task).await {
             latencies.extend(samples);
         }
@@ -340,75 +445,116 @@ async fn run_load(
         refused_per_second: counters.refused.load(Relaxed) as f64 / elapsed,
         p50_us: quantile(0.5),
         p99_us: quantile(0.99),
+        p999_us: quantile(0.999),
         relay_cpu: cpu / elapsed,
+        load_cpu: load_cpu / elapsed,
     })
 }
 
+/// A message from sender `index`: the send time (nanoseconds since `base`), the sender and
+/// its sequence number in the first 16 bytes of the payload.
+fn stamped(kind: Kind, payload: &mut [u8], base: Instant, index: usize, seq: u64) -> Message {
+    let now = base.elapsed().as_nanos() as u64;
+    payload[..8].copy_from_slice(&now.to_le_bytes());
+    payload[8..12].copy_from_slice(&(index as u32).to_le_bytes());
+    payload[12..16].copy_from_slice(&(seq as u32).to_le_bytes());
+    let bytes = match kind {
+        Kind::Bare => payload.to_vec(),
+        Kind::Cue => encode(&ClientFrame::Broadcast {
+            id: seq,
+            payload: payload.to_vec(),
+        }),
+    };
+    Message::Binary(Bytes::from(bytes))
+}
+
+/// Saturation: one task a sender, keeping `window` messages in flight (not yet read by
+/// the sender's designated receiver).
 #[allow(clippy::too_many_arguments)]
-async fn send(
+async fn send_windowed(
     kind: Kind,
     mut sink: SplitSink<Ws, Message>,
     index: usize,
     size: usize,
-    pace: Pace,
+    window: u64,
     base: Instant,
     counters: Arc<Counters>,
-    stop: Arc<AtomicBool>,
+    stop: watch::Receiver<bool>,
     acks: Arc<Vec<Acks>>,
 ) {
     let mut payload = vec![0u8; size];
     let mut seq = 0u64;
-    let (period, per_tick) = match pace {
-        Pace::Rate(rate) => {
-            let period = (1.0 / rate).max(0.001);
-            (
-                Duration::from_secs_f64(period),
-                (rate * period).round().max(1.0) as u64,
-            )
-        }
-        Pace::Window(_) => (Duration::ZERO, 1),
-    };
-    let mut ticker = (!period.is_zero()).then(|| tokio::time::interval(period));
-    while !stop.load(Relaxed) {
-        match (&mut ticker, pace) {
-            (Some(ticker), _) => {
-                ticker.tick().await;
+    while !*stop.borrow() {
+        loop {
+            let notified = acks[index].notify.notified();
+            if seq < acks[index].received.load(Relaxed) + window || *stop.borrow() {
+                break;
             }
-            (None, Pace::Window(window)) => loop {
-                let notified = acks[index].notify.notified();
-                if seq < acks[index].received.load(Relaxed) + window || stop.load(Relaxed) {
-                    break;
-                }
-                notified.await;
-            },
-            (None, Pace::Rate(_)) => {}
+            notified.await;
         }
-        for _ in 0..per_tick {
-            let now = base.elapsed().as_nanos() as u64;
-            payload[..8].copy_from_slice(&now.to_le_bytes());
-            payload[8..12].copy_from_slice(&(index as u32).to_le_bytes());
-            payload[12..16].copy_from_slice(&(seq as u32).to_le_bytes());
-            let bytes = match kind {
-                Kind::Bare => payload.clone(),
-                Kind::Cue => encode(&ClientFrame::Broadcast {
-                    id: seq,
-                    payload: payload.clone(),
-                }),
-            };
-            if sink
-                .feed(Message::Binary(Bytes::from(bytes)))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            seq += 1;
-            if counters.measuring.load(Relaxed) {
-                counters.sent.fetch_add(1, Relaxed);
-            }
-        }
-        if sink.flush().await.is_err() {
+        if sink
+            .send(stamped(kind, &mut payload, base, index, seq))
+            .await
+            .is_err()
+        {
             return;
+        }
+        seq += 1;
+        if counters.measuring.load(Relaxed) {
+            counters.sent.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// A fixed offered rate: one task sends for every sender, `rate` messages a second each,
+/// at exponentially distributed intervals (Poisson arrivals, as from independent peers),
+/// taking the senders in turn.
+async fn send_paced(
+    kind: Kind,
+    mut sinks: Vec<SplitSink<Ws, Message>>,
+    shape: Shape,
+    rate: f64,
+    base: Instant,
+    counters: Arc<Counters>,
+    stop: watch::Receiver<bool>,
+) {
+    let total = rate * sinks.len() as f64;
+    let mut payload = vec![0u8; shape.size];
+    let mut seqs = vec![0u64; sinks.len()];
+    // xorshift64*: reproducible and good enough for inter-arrival times.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut uniform = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        // (0, 1]: never 0, whose logarithm is infinite.
+        ((state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    };
+    let mut next = Instant::now();
+    let mut turn = 0;
+    while !*stop.borrow() {
+        next += Duration::from_secs_f64(-uniform().ln() / total);
+        match shape.pacing {
+            Pacing::Timer => {
+                if next > Instant::now() {
+                    tokio::time::sleep_until(next.into()).await;
+                }
+            }
+            Pacing::Spin => {
+                while Instant::now() < next {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        let index = turn;
+        turn = (turn + 1) % sinks.len();
+        let message = stamped(kind, &mut payload, base, index, seqs[index]);
+        if sinks[index].send(message).await.is_err() {
+            return;
+        }
+        seqs[index] += 1;
+        if counters.measuring.load(Relaxed) {
+            counters.sent.fetch_add(1, Relaxed);
         }
     }
 }
@@ -418,29 +564,36 @@ async fn receive(
     mut stream: SplitStream<Ws>,
     base: Instant,
     counters: Arc<Counters>,
-    stop: Arc<AtomicBool>,
+    mut stop: watch::Receiver<bool>,
     acks: Arc<Vec<Acks>>,
     acks_for: usize,
 ) -> Vec<u32> {
     let mut latencies = Vec::new();
     loop {
-        let next = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
-        if stop.load(Relaxed) {
-            return latencies;
-        }
-        let Ok(Some(Ok(message))) = next else {
-            if matches!(next, Ok(None) | Ok(Some(Err(_)))) {
-                return latencies;
-            }
-            continue;
+        // The stream first: the stop signal is looked at only when nothing is waiting.
+        let next = tokio::select! {
+            biased;
+            next = stream.next() => next,
+            _ = stop.wait_for(|stop| *stop) => return latencies,
+        };
+        // Read the clock as soon as the frame is out of the socket, before decoding it.
+        let now = base.elapsed().as_nanos() as u64;
+        let message = match next {
+            Some(Ok(message)) => message,
+            Some(Err(_)) | None => return latencies,
         };
         let Message::Binary(bytes) = message else {
             continue;
         };
-        let payload: Vec<u8> = match kind {
-            Kind::Bare => bytes.to_vec(),
+        let payload: &[u8];
+        let decoded;
+        match kind {
+            Kind::Bare => payload = &bytes,
             Kind::Cue => match decode::<RelayFrame>(&bytes) {
-                Ok(RelayFrame::Message { payload, .. }) => payload,
+                Ok(RelayFrame::Message { payload: inner, .. }) => {
+                    decoded = inner;
+                    payload = &decoded;
+                }
                 Ok(RelayFrame::Refused { .. }) => {
                     if counters.measuring.load(Relaxed) {
                         counters.refused.fetch_add(1, Relaxed);
@@ -449,11 +602,10 @@ async fn receive(
                 }
                 _ => continue,
             },
-        };
+        }
         if payload.len() < 16 {
             continue;
         }
-        let now = base.elapsed().as_nanos() as u64;
         let sent = u64::from_le_bytes(payload[..8].try_into().unwrap_or_default());
         let sender = u32::from_le_bytes(payload[8..12].try_into().unwrap_or_default()) as usize;
         let seq = u32::from_le_bytes(payload[12..16].try_into().unwrap_or_default());
@@ -464,6 +616,9 @@ async fn receive(
         if counters.measuring.load(Relaxed) {
             counters.deliveries.fetch_add(1, Relaxed);
             latencies.push((now.saturating_sub(sent) / 1000) as u32);
+        }
+        if *stop.borrow() {
+            return latencies;
         }
     }
 }
@@ -535,8 +690,25 @@ fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((user + system) / 100.0)
 }
 
-fn cue_relay(relay_bin: &PathBuf, raised: bool) -> anyhow::Result<Server> {
-    let mut command = Command::new(relay_bin);
+/// A command for `program`, under `taskset -c CPUS` when the relays are pinned (so the
+/// relay's runtime sees one CPU from its start and sizes its workers to it).
+fn placed(program: &std::path::Path, placement: &Placement) -> Command {
+    match &placement.relay_cpus {
+        Some(cpus) => {
+            let mut command = Command::new("taskset");
+            command.args(["-c", cpus]).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+fn cue_relay(
+    relay_bin: &std::path::Path,
+    raised: bool,
+    placement: &Placement,
+) -> anyhow::Result<Server> {
+    let mut command = placed(relay_bin, placement);
     command.args(["--listen", "127.0.0.1:0"]);
     if raised {
         command.args([
@@ -553,8 +725,8 @@ fn cue_relay(relay_bin: &PathBuf, raised: bool) -> anyhow::Result<Server> {
     Server::start(command)
 }
 
-fn bare_relay_process() -> anyhow::Result<Server> {
-    let mut command = Command::new(std::env::current_exe()?);
+fn bare_relay_process(placement: &Placement) -> anyhow::Result<Server> {
+    let mut command = placed(&std::env::current_exe()?, placement);
     command.arg("bare-relay");
     Server::start(command)
 }
@@ -597,35 +769,61 @@ async fn idle_rss(
     Ok((before, with))
 }
 
-async fn bench(shape: Shape, window: u64, idle: usize, relay_bin: PathBuf) -> anyhow::Result<()> {
+async fn bench(
+    shape: Shape,
+    window: u64,
+    idle: usize,
+    relay_bin: PathBuf,
+    placement: Placement,
+) -> anyhow::Result<()> {
     let deliveries_per_message = (shape.peers - 1) as f64;
+    let senders = (shape.rooms * shape.peers) as f64;
     println!(
-        "shape: {} rooms x {} peers, {} B payloads, {} s measured per run; {} cores",
+        "shape: {} rooms x {} peers, {} B payloads, {} s measured per run; {} cores online",
         shape.rooms,
         shape.peers,
         shape.size,
         shape.seconds,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::fs::read_to_string("/sys/devices/system/cpu/online")
+            .map_or_else(|_| "?".to_owned(), |online| online.trim().to_owned())
+    );
+    println!(
+        "placement: relays on CPUs {}, generator on CPUs {} ({} runtime), {:?} pacing",
+        placement.relay_cpus.as_deref().unwrap_or("any"),
+        placement.load_cpus.as_deref().unwrap_or("any"),
+        if placement
+            .load_cpus
+            .as_deref()
+            .and_then(|list| parse_cpus(list).ok())
+            .is_some_and(|cpus| cpus.len() == 1)
+        {
+            "current-thread"
+        } else {
+            "multi-thread"
+        },
+        shape.pacing,
     );
     let row = |name: &str, result: &RunResult| {
         println!(
-            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
             result.sent_per_second,
             result.deliveries_per_second,
             result.refused_per_second,
             result.p50_us,
             result.p99_us,
-            result.relay_cpu
+            result.p999_us,
+            result.relay_cpu,
+            result.load_cpu,
         );
     };
     println!();
     println!(
-        "| run | sent/s | deliveries/s | refused/s | hop p50 µs | hop p99 µs | relay CPU (cores) |"
+        "| run | sent/s | deliveries/s | refused/s | hop p50 µs | hop p99 µs | hop p99.9 µs | relay CPU (cores) | generator CPU (cores) |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
 
-    let cue = cue_relay(&relay_bin, true)?;
-    let bare = bare_relay_process()?;
+    let cue = cue_relay(&relay_bin, true, &placement)?;
+    let bare = bare_relay_process(&placement)?;
     let cue_max = run_load(Kind::Cue, cue.addr, cue.pid(), shape, Pace::Window(window)).await?;
     row("saturation, cue-relay (limits raised)", &cue_max);
     let bare_max = run_load(
@@ -638,25 +836,25 @@ async fn bench(shape: Shape, window: u64, idle: usize, relay_bin: PathBuf) -> an
     .await?;
     row("saturation, bare relay", &bare_max);
 
-    let half_rate = cue_max.deliveries_per_second
-        / 2.0
-        / deliveries_per_message
-        / (shape.rooms * shape.peers) as f64;
-    let cue_half = run_load(Kind::Cue, cue.addr, cue.pid(), shape, Pace::Rate(half_rate)).await?;
+    // Half of what each relay saturated at, in this same placement.
+    let half = |max: &RunResult| max.deliveries_per_second / 2.0 / deliveries_per_message / senders;
+    let cue_rate = half(&cue_max);
+    let cue_half = run_load(Kind::Cue, cue.addr, cue.pid(), shape, Pace::Rate(cue_rate)).await?;
     row(
-        &format!("half load ({half_rate:.0} msg/s a sender), cue-relay"),
+        &format!("half load ({cue_rate:.0} msg/s a sender), cue-relay"),
         &cue_half,
     );
+    let bare_rate = half(&bare_max);
     let bare_half = run_load(
         Kind::Bare,
         bare.addr,
         bare.pid(),
         shape,
-        Pace::Rate(half_rate),
+        Pace::Rate(bare_rate),
     )
     .await?;
     row(
-        &format!("half load ({half_rate:.0} msg/s a sender), bare relay"),
+        &format!("half load ({bare_rate:.0} msg/s a sender), bare relay"),
         &bare_half,
     );
     // Light load: the hop latency when neither the relay nor this generator competes for
@@ -667,7 +865,7 @@ async fn bench(shape: Shape, window: u64, idle: usize, relay_bin: PathBuf) -> an
     row("light load (10 msg/s a sender), bare relay", &bare_light);
     drop(cue);
 
-    let limited = cue_relay(&relay_bin, false)?;
+    let limited = cue_relay(&relay_bin, false, &placement)?;
     let over = run_load(
         Kind::Cue,
         limited.addr,
@@ -705,8 +903,8 @@ async fn bench(shape: Shape, window: u64, idle: usize, relay_bin: PathBuf) -> an
             (Kind::Bare, "bare relay"),
         ] {
             let server = match kind {
-                Kind::Cue => cue_relay(&relay_bin, false)?,
-                Kind::Bare => bare_relay_process()?,
+                Kind::Cue => cue_relay(&relay_bin, false, &placement)?,
+                Kind::Bare => bare_relay_process(&placement)?,
             };
             let (before, with) = idle_rss(kind, &server, idle, 50).await?;
             println!(
