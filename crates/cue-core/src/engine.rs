@@ -583,9 +583,29 @@ impl Engine {
 
     /// Handle one input at time `now_ms`.
     pub fn handle(&mut self, now_ms: i64, input: Input, store: &mut dyn DocStore) -> Vec<Effect> {
+        self.handle_batch(now_ms, [input], store)
+    }
+
+    /// Handle several inputs at time `now_ms`, settling once after the last: the same
+    /// outcome as handling them one by one, but the work that looks at every file (the
+    /// disk brought in line after the index changed, the state written) is done once,
+    /// not once per input. Importing 10,000 files one input at a time is quadratic.
+    pub fn handle_batch(
+        &mut self,
+        now_ms: i64,
+        inputs: impl IntoIterator<Item = Input>,
+        store: &mut dyn DocStore,
+    ) -> Vec<Effect> {
         self.now_ms = now_ms;
+        for input in inputs {
+            self.dispatch(input, store);
+        }
+        self.finish(store)
+    }
+
+    fn dispatch(&mut self, input: Input, store: &mut dyn DocStore) {
         if !matches!(input, Input::Tick) {
-            self.last_input_ms = now_ms;
+            self.last_input_ms = self.now_ms;
         }
         match input {
             Input::FileChanged { path, content } => self.local_change(&path, content, store),
@@ -641,7 +661,6 @@ impl Engine {
             }
             Input::Tick => self.tick(store),
         }
-        self.finish(store)
     }
 
     // ---------------------------------------------------------------- local changes
@@ -2332,15 +2351,10 @@ impl Engine {
     // ---------------------------------------------------------------- status
 
     fn live_file_with_path(&mut self, path: &str) -> Option<FileId> {
-        self.index
-            .paths()
-            .into_iter()
-            .filter(|(_, p)| p == path)
-            .map(|(f, _)| f)
-            .find(|f| {
-                self.metas.get(f).is_some_and(|m| m.doc_hash.is_some())
-                    && self.index.tombstone(f).is_none()
-            })
+        self.index.files_at(path).into_iter().find(|f| {
+            self.metas.get(f).is_some_and(|m| m.doc_hash.is_some())
+                && self.index.tombstone(f).is_none()
+        })
     }
 
     fn open_conflicts(&mut self, store: &mut dyn DocStore) -> Vec<ConflictInfo> {

@@ -14,7 +14,7 @@
 //! | `members`   | device id | the device's name                                 |
 //! | `conflicts` | conflict id | an encoded [`ConflictRecord`]                   |
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::transaction::Transactable;
 use automerge::{
@@ -32,6 +32,36 @@ pub struct IndexDoc {
     /// Heads at the last save: `AutoCommit::load` does not set its own save cursor, so
     /// its `save_incremental` after a load would repeat the whole document.
     saved: Vec<ChangeHash>,
+    /// The "path" map read out, built on first use and kept up to date by `set_path` and
+    /// `purge`; anything else that can change the map (`automerge()`, through which
+    /// remote changes arrive) drops it. Reading 10,000 entries out of automerge for
+    /// every imported file made an import quadratic.
+    paths: std::cell::RefCell<Option<PathCache>>,
+}
+
+#[derive(Debug, Default)]
+struct PathCache {
+    of: BTreeMap<FileId, String>,
+    at: BTreeMap<String, BTreeSet<FileId>>,
+}
+
+impl PathCache {
+    fn set(&mut self, file: FileId, path: &str) {
+        self.remove(&file);
+        self.of.insert(file, path.to_string());
+        self.at.entry(path.to_string()).or_default().insert(file);
+    }
+
+    fn remove(&mut self, file: &FileId) {
+        if let Some(old) = self.of.remove(file)
+            && let Some(files) = self.at.get_mut(&old)
+        {
+            files.remove(file);
+            if files.is_empty() {
+                self.at.remove(&old);
+            }
+        }
+    }
 }
 
 /// A deletion: when, and which version of the file the deleter saw. An edit the deleter
@@ -176,6 +206,7 @@ impl IndexDoc {
         IndexDoc {
             doc: doc.with_actor(actor),
             saved: Vec::new(),
+            paths: Default::default(),
         }
     }
 
@@ -185,6 +216,7 @@ impl IndexDoc {
         let idx = IndexDoc {
             doc: doc.with_actor(actor),
             saved,
+            paths: Default::default(),
         };
         for m in MAPS {
             if idx.map(m).is_none() {
@@ -195,6 +227,7 @@ impl IndexDoc {
     }
 
     pub fn automerge(&mut self) -> &mut AutoCommit {
+        *self.paths.get_mut() = None;
         &mut self.doc
     }
 
@@ -269,10 +302,30 @@ impl IndexDoc {
 
     /// Every file the index knows, with its path (deleted ones included).
     pub fn paths(&self) -> BTreeMap<FileId, String> {
-        self.entries("path")
-            .into_iter()
-            .filter_map(|(k, v)| Some((FileId::from_hex(&k)?, v)))
-            .collect()
+        self.with_paths(|c| c.of.clone())
+    }
+
+    /// The files the index puts at `path` (deleted ones included).
+    pub fn files_at(&self, path: &str) -> Vec<FileId> {
+        self.with_paths(|c| {
+            c.at.get(path)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default()
+        })
+    }
+
+    fn with_paths<T>(&self, f: impl FnOnce(&PathCache) -> T) -> T {
+        let mut cache = self.paths.borrow_mut();
+        let cache = cache.get_or_insert_with(|| {
+            let mut c = PathCache::default();
+            for (k, v) in self.entries("path") {
+                if let Some(file) = FileId::from_hex(&k) {
+                    c.set(file, &v);
+                }
+            }
+            c
+        });
+        f(cache)
     }
 
     pub fn path_of(&self, file: &FileId) -> Option<String> {
@@ -280,7 +333,13 @@ impl IndexDoc {
     }
 
     pub fn set_path(&mut self, file: &FileId, path: &str) -> Result<(), DocError> {
-        self.put("path", &file.to_string(), path)
+        let put = self.put("path", &file.to_string(), path);
+        match (&put, self.paths.get_mut()) {
+            (Ok(()), Some(cache)) => cache.set(*file, path),
+            (Err(_), cache) => *cache = None,
+            (Ok(()), None) => {}
+        }
+        put
     }
 
     pub fn origin(&self, file: &FileId) -> Option<DeviceId> {
@@ -313,6 +372,7 @@ impl IndexDoc {
     /// Forget a file entirely (its tombstone expired).
     pub fn purge(&mut self, file: &FileId) -> Result<(), DocError> {
         let key = file.to_string();
+        *self.paths.get_mut() = None;
         for m in ["path", "origin", "tomb"] {
             self.delete(m, &key)?;
         }

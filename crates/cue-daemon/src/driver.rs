@@ -58,6 +58,11 @@ pub const KEY_REPLAY: &str = "replay";
 
 /// The guard trips when a workspace of at least this many files...
 const GUARD_MIN_FILES: usize = 20;
+/// The start-up scan feeds the engine at most this many files (or bytes) at a time:
+/// enough that settling the workspace once a batch costs little, few enough that the
+/// progress bar moves and memory stays bounded.
+const SCAN_BATCH_FILES: usize = 64;
+const SCAN_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Above this many staged writes in one batch, make them durable together.
 const BATCH_MIN: usize = 8;
 /// `WriteRefused` feedback deeper than this means the disk keeps changing under us.
@@ -381,6 +386,22 @@ impl Driver {
         let effects = self
             .engine
             .handle(now, input, &mut StoreAndDisk(&self.store, &self.fs));
+        self.apply(now, effects, 0)
+    }
+
+    /// Several inputs handled together and committed in one transaction (see
+    /// `Engine::handle_batch`).
+    pub fn input_batch(
+        &mut self,
+        now: i64,
+        inputs: Vec<Input>,
+    ) -> Result<Vec<Outgoing>, DriverError> {
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let effects =
+            self.engine
+                .handle_batch(now, inputs, &mut StoreAndDisk(&self.store, &self.fs));
         self.apply(now, effects, 0)
     }
 
@@ -828,21 +849,36 @@ impl Driver {
             .collect();
         let total = renames.len() + changed.len();
         progress(0, total);
+        // Fed to the engine in batches (bounded in files and bytes read): one input at a
+        // time, each new file would settle the whole workspace again.
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
         let mut done = 0;
-        for (from, to) in renames {
-            if let Some(content) = self.read(&to)? {
-                out.extend(self.input(now, Input::FileRenamed { from, to, content })?);
-            }
-            done += 1;
-            progress(done, total);
-        }
-        for path in changed {
+        let work = renames
+            .into_iter()
+            .map(|(from, to)| (Some(from), to))
+            .chain(changed.into_iter().map(|path| (None, path)));
+        for (from, path) in work {
             if let Some(content) = self.read(&path)? {
-                out.extend(self.input(now, Input::FileChanged { path, content })?);
+                batch_bytes += content.len();
+                batch.push(match from {
+                    Some(from) => Input::FileRenamed {
+                        from,
+                        to: path,
+                        content,
+                    },
+                    None => Input::FileChanged { path, content },
+                });
             }
             done += 1;
-            progress(done, total);
+            if batch.len() >= SCAN_BATCH_FILES || batch_bytes >= SCAN_BATCH_BYTES {
+                out.extend(self.input_batch(now, std::mem::take(&mut batch))?);
+                batch_bytes = 0;
+                progress(done, total);
+            }
         }
+        out.extend(self.input_batch(now, batch)?);
+        progress(done, total);
         for (path, size) in too_large {
             out.extend(self.input(now, Input::FileTooLarge { path, size })?);
         }

@@ -221,6 +221,19 @@ impl World {
         self.apply(peer, effects, 0);
     }
 
+    /// Feed several inputs to a peer's engine at once, as the daemon's start-up scan
+    /// does (`Engine::handle_batch`).
+    pub fn input_batch(&mut self, peer: usize, inputs: Vec<Input>) {
+        let now = self.now_ms;
+        let p = &mut self.peers[peer];
+        let mut store = WithDisk {
+            store: &mut p.store,
+            disk: &p.disk,
+        };
+        let effects = p.engine.handle_batch(now, inputs, &mut store);
+        self.apply(peer, effects, 0);
+    }
+
     fn apply(&mut self, peer: usize, effects: Vec<Effect>, depth: usize) {
         let mut feedback = Vec::new();
         let trace = std::env::var_os("CUE_SIM_TRACE").is_some();
@@ -338,6 +351,19 @@ impl World {
         );
     }
 
+    /// A user saves many files at once and the watcher reports them in one batch.
+    pub fn write_many(&mut self, peer: usize, files: &[(String, Vec<u8>)]) {
+        let mut inputs = Vec::new();
+        for (path, bytes) in files {
+            self.peers[peer].disk.insert(path.clone(), bytes.clone());
+            inputs.push(Input::FileChanged {
+                path: path.clone(),
+                content: bytes.clone(),
+            });
+        }
+        self.input_batch(peer, inputs);
+    }
+
     pub fn delete(&mut self, peer: usize, path: &str) {
         if self.peers[peer].disk.remove(path).is_some() {
             self.input(
@@ -427,17 +453,16 @@ impl World {
     pub fn startup_scan(&mut self, peer: usize) {
         let view = self.peers[peer].engine.disk_view();
         let disk = self.peers[peer].disk.clone();
-        for (path, bytes) in &disk {
-            if view.get(path) != Some(&content_hash(bytes)) {
-                self.input(
-                    peer,
-                    Input::FileChanged {
-                        path: path.clone(),
-                        content: bytes.clone(),
-                    },
-                );
-            }
-        }
+        // In one batch, as the daemon's scan feeds them.
+        let changed: Vec<Input> = disk
+            .iter()
+            .filter(|(path, bytes)| view.get(*path) != Some(&content_hash(bytes)))
+            .map(|(path, bytes)| Input::FileChanged {
+                path: path.clone(),
+                content: bytes.clone(),
+            })
+            .collect();
+        self.input_batch(peer, changed);
         for path in view.keys() {
             if !disk.contains_key(path) {
                 self.input(peer, Input::FileRemoved { path: path.clone() });

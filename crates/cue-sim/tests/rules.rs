@@ -620,3 +620,32 @@ fn edited_documents_are_stored_whole_once_the_workspace_is_at_rest() {
     assert_eq!(w.read(0, "a.md").as_deref(), Some("# A\n\nedit 4\n"));
     assert_eq!(w.read(1, "b.md").as_deref(), Some("# B\n\nedit 4\n"));
 }
+
+#[test]
+fn saves_handled_as_one_batch_end_as_the_same_saves_one_by_one() {
+    let files: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| {
+            (
+                format!("d{}/n{i}.md", i % 4),
+                format!("# {i}\n\nbody {i}\n").into_bytes(),
+            )
+        })
+        .collect();
+    // Two saves of one path in a batch: the later one wins, as one by one.
+    let mut batch = files.clone();
+    batch.push(("d0/n0.md".to_string(), b"# 0\n\nsaved twice\n".to_vec()));
+    let mut one_by_one = world(2);
+    let mut batched = world(2);
+    for (path, bytes) in &batch {
+        one_by_one.write(0, path, bytes);
+    }
+    batched.write_many(0, &batch);
+    settle(&mut one_by_one);
+    settle(&mut batched);
+    assert_eq!(batched.peers[1].disk, one_by_one.peers[1].disk);
+    assert_eq!(batched.peers[1].disk.len(), 40);
+    assert_eq!(
+        batched.read(1, "d0/n0.md").as_deref(),
+        Some("# 0\n\nsaved twice\n")
+    );
+}
