@@ -33,6 +33,7 @@ pub mod driver;
 pub mod fsio;
 pub mod ignore_rules;
 pub mod lock;
+mod memory;
 pub mod paths;
 pub mod relay_client;
 pub mod run;

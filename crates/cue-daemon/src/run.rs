@@ -281,6 +281,8 @@ async fn daemon(ws: Workspace) -> Result<(), RunError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Runtime)?;
     prune_activity(&mut driver, &config);
+    // Loading the store and scanning the folder peak well above what the daemon keeps.
+    crate::memory::release_free_memory();
     let mut next_tick = tokio::time::Instant::now() + TICK;
     let mut stop_reply = None;
     // The store's WAL and free pages are given back once the daemon has been quiet for a
@@ -319,6 +321,7 @@ async fn daemon(ws: Workspace) -> Result<(), RunError> {
                     if let Err(error) = driver.store_mut().reclaim_space() {
                         tracing::warn!(%error, "cannot compact the store's files");
                     }
+                    crate::memory::release_free_memory();
                 }
                 let writes = driver.store_writes();
                 let step = driver.tick(now_ms());
