@@ -392,6 +392,19 @@ fn import(ws: &Workspace, joined: bool) -> anyhow::Result<usize> {
     if joined {
         progress::expect_first_sync(driver.store_mut())?;
     }
+    // Leave the store as the daemon leaves it at rest: the index's increments stored
+    // whole (the engine does that once nothing happened for a while, so the ticks are
+    // dated after that pause), then the freed pages and the WAL given back to the
+    // filesystem.
+    let mut at = now_ms() + 5_000;
+    for _ in 0..64 {
+        if !driver.wants_frequent_ticks() {
+            break;
+        }
+        driver.tick(at)?;
+        at += 250;
+    }
+    driver.store_mut().reclaim_space()?;
     Ok(driver.status().files)
 }
 
