@@ -27,12 +27,13 @@ pub const STORE_FILE: &str = "store.sqlite3";
 /// The schema this code writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 1;
 
-/// The page size of a new store (an existing one keeps its own). Measured (docs/
-/// benchmarks.md): 16 KiB pages waste less around 1.6 KB documents (10 % of the pages
-/// against 22 % after importing 1,000 notes of 4 KB, store/raw 0.59 against 0.66), but
-/// every table and index takes at least one page, so a 100-file workspace pays 115 KB
-/// for near-empty pages (store/raw after 100 edits a file 1.08 against 0.73).
-const PAGE_SIZE: i64 = 4096;
+/// The page size of a new store (an existing one keeps its own). Measured by importing
+/// workspaces (docs/benchmarks.md, "Store size"): a note of 4 KB is a document of about
+/// 1.6 KB, and 4 KiB pages hold two of them and waste a fifth of the store (store/raw
+/// after importing 1,000 notes 0.63; 8 KiB 0.54; 16 KiB 0.56). Every table and index
+/// takes at least one page, so larger pages cost small workspaces: 8 KiB pays about
+/// 40 KB more than 4 KiB for the near-empty ones, 16 KiB about 120 KB.
+const PAGE_SIZE: i64 = 8192;
 
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -571,7 +572,7 @@ mod tests {
     use std::time::Instant;
 
     #[test]
-    fn a_new_store_has_4_kib_pages_and_an_older_one_keeps_its_own_layout() {
+    fn a_new_store_has_8_kib_pages_and_an_older_one_keeps_its_own_layout() {
         let (dir, store) = open_temp();
         let page = |c: &Connection| -> i64 {
             c.pragma_query_value(None, "page_size", |r| r.get(0))
@@ -584,7 +585,7 @@ mod tests {
         let old = dir.path().join("old.sqlite3");
         {
             let c = Connection::open(&old).unwrap();
-            c.pragma_update(None, "page_size", 8192).unwrap();
+            c.pragma_update(None, "page_size", 4096).unwrap();
             c.execute_batch(
                 "CREATE TABLE meta (ns TEXT NOT NULL, key TEXT NOT NULL,
                      value BLOB NOT NULL, PRIMARY KEY (ns, key));
@@ -596,7 +597,7 @@ mod tests {
             .unwrap();
         }
         let mut s = Store::open(&old).unwrap();
-        assert_eq!(page(&s.conn), 8192);
+        assert_eq!(page(&s.conn), 4096);
         s.put_meta("ns", "k", b"v").unwrap();
         assert_eq!(s.get_meta("ns", "k").unwrap().as_deref(), Some(&b"v"[..]));
         s.append_activity(&record(5, ActivityKind::LocalChange, Some("x.md")))
