@@ -649,3 +649,29 @@ fn saves_handled_as_one_batch_end_as_the_same_saves_one_by_one() {
         Some("# 0\n\nsaved twice\n")
     );
 }
+
+#[test]
+fn pending_changes_are_kept_by_file_and_survive_a_restart() {
+    let mut w = World::new(2, 5, Config::default());
+    let files: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| (format!("n{i}.md"), format!("note {i}\n").into_bytes()))
+        .collect();
+    w.write_many(0, &files);
+    w.settle(10);
+    let pending = w.status(0).pending_changes;
+    assert!(pending >= 40, "{pending}");
+    // An edit of a file adds its change to that file's record, not to the engine's
+    // state, which is rewritten whole and would grow with the workspace.
+    let state = w.peers[0].store.state.clone();
+    w.write(0, "n3.md", b"note 3, edited\n");
+    w.settle(10);
+    assert_eq!(w.status(0).pending_changes, pending + 1);
+    assert_eq!(w.peers[0].store.state, state);
+    w.restart(0);
+    assert_eq!(w.status(0).pending_changes, pending + 1);
+    w.connect_all();
+    settle(&mut w);
+    assert_eq!(w.status(0).pending_changes, 0);
+    w.restart(0);
+    assert_eq!(w.status(0).pending_changes, 0);
+}
