@@ -244,6 +244,10 @@ impl IndexDoc {
         self.doc.get_heads()
     }
 
+    pub fn change_by_hash(&mut self, hash: &ChangeHash) -> Option<automerge::Change> {
+        self.doc.get_change_by_hash(hash)
+    }
+
     pub fn save(&mut self) -> Vec<u8> {
         self.saved = self.doc.get_heads();
         self.doc.save()
