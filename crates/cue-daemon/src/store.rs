@@ -171,10 +171,11 @@ impl Store {
                 value BLOB NOT NULL,
                 PRIMARY KEY (ns, key)
             ) WITHOUT ROWID;
+            -- WITHOUT ROWID too: one b-tree instead of a table and its key's index.
             CREATE TABLE IF NOT EXISTS seq_reservations (
                 stream TEXT PRIMARY KEY NOT NULL,
                 upto INTEGER NOT NULL
-            );
+            ) WITHOUT ROWID;
             CREATE TABLE IF NOT EXISTS activity (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,
                 time_ms INTEGER NOT NULL,
