@@ -1961,6 +1961,23 @@ impl Engine {
         match their {
             Some(h) if !full && !h.is_empty() => {
                 let have = from_heads(h);
+                // Heads we do not know (the asker made changes of its own, as a new
+                // peer does to the index when it joins) make `get_changes` return every
+                // change we have: when none of them is known, the whole document, which
+                // is compressed, is a third of the size of its changes one by one.
+                let known = match doc {
+                    DocId::Index => have.iter().any(|h| self.index.change_by_hash(h).is_some()),
+                    DocId::File(f) => self
+                        .with_doc(f, store, |d| {
+                            Ok(have
+                                .iter()
+                                .any(|h| d.automerge().get_change_by_hash(h).is_some()))
+                        })
+                        .ok()?,
+                };
+                if !known {
+                    return self.whole(doc, mine, store);
+                }
                 let changes: Vec<Vec<u8>> = match doc {
                     DocId::Index => self
                         .index

@@ -135,6 +135,9 @@ pub struct World {
     pub faults: Faults,
     pub config: Config,
     pub messages_delivered: u64,
+    /// When set, every message delivered is recorded here (sender, receiver, bytes), for
+    /// tests that look at what goes over the wire.
+    pub traffic: Option<Vec<(usize, usize, Vec<u8>)>>,
 }
 
 fn device_for(i: usize) -> DeviceId {
@@ -185,6 +188,7 @@ impl World {
             faults: Faults::default(),
             config,
             messages_delivered: 0,
+            traffic: None,
         }
     }
 
@@ -495,6 +499,9 @@ impl World {
         }
         self.now_ms += 1;
         self.messages_delivered += 1;
+        if let Some(log) = &mut self.traffic {
+            log.push((m.from, m.to, m.bytes.clone()));
+        }
         let from = self.peers[m.from].device;
         self.input(
             m.to,
