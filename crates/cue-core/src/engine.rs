@@ -582,6 +582,11 @@ pub fn actor_for(device: &DeviceId, epoch: u32) -> ActorId {
     ActorId::from(bytes)
 }
 
+/// Whether `actor` is one of `device`'s, in any epoch (see [`actor_for`]).
+fn made_by(device: &DeviceId, actor: &ActorId) -> bool {
+    actor.to_bytes().starts_with(&device.0[..16])
+}
+
 /// The conflict copy's name: `<stem>.conflict-<device>-<6 hex>.<ext>` (DESIGN §3), with a
 /// counter when that name is taken.
 pub fn conflict_copy_name(
@@ -2114,13 +2119,13 @@ impl Engine {
         let left = if all {
             0
         } else {
-            let ours = &self.device.0[..16];
+            let device = self.device;
             let missing = self
                 .index
                 .automerge()
                 .get_changes(&from_heads(heads))
                 .iter()
-                .filter(|c| c.actor_id().to_bytes().starts_with(ours))
+                .filter(|c| made_by(&device, c.actor_id()))
                 .count() as u64;
             missing.min(pending.count)
         };
