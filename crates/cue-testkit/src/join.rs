@@ -9,7 +9,7 @@
 //! the programs that poke at a relay.
 
 use cue_proto::{ClientFrame, DecodeError, Limits, PeerId, RelayFrame, RoomId, decode, encode};
-use ed25519_dalek::SigningKey;
+pub use ed25519_dalek::SigningKey;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Bytes, Message};
 

@@ -1,22 +1,23 @@
-//! A relay on 127.0.0.1 and clients that speak to it. Every wait has a deadline.
+//! A relay served in-process on 127.0.0.1 and clients that speak to it (the join
+//! handshake is cue-testkit's). Every wait has a deadline.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use cue_proto::{ClientFrame, Limits, PeerId, RelayFrame, RoomId, decode, encode, sign_join_proof};
+use cue_proto::{ClientFrame, Limits, PeerId, RelayFrame, RoomId, encode};
 use cue_relay::{Config, ServeError, serve};
-use ed25519_dalek::SigningKey;
+use cue_testkit::async_ws::{self, Origin, Ws};
+use cue_testkit::join::SigningKey;
+use cue_testkit::{JoinError, Welcome};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
+
+pub use cue_testkit::{Next, room_key, room_of};
 
 /// The longest any test waits for something that should happen promptly.
 pub const DEADLINE: Duration = Duration::from_secs(10);
@@ -131,27 +132,9 @@ where
     }
 }
 
-pub fn room_key(seed: u8) -> SigningKey {
-    SigningKey::from_bytes(&[seed; 32])
-}
-
-pub fn room_of(key: &SigningKey) -> RoomId {
-    RoomId(key.verifying_key().to_bytes())
-}
-
-/// What a client saw next.
-#[derive(Debug, PartialEq)]
-pub enum Next {
-    Frame(RelayFrame),
-    /// A close frame (its code and reason).
-    Closed(Option<(u16, String)>),
-    /// The connection ended without a close frame.
-    Gone,
-}
-
 /// A WebSocket client of the relay, admitted or not.
 pub struct Client {
-    pub ws: WebSocketStream<TcpStream>,
+    pub ws: Ws,
 }
 
 impl Client {
@@ -166,28 +149,13 @@ impl Client {
         source: Option<IpAddr>,
         forwarded_for: Option<&str>,
     ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
-        let socket = TcpSocket::new_v4().unwrap();
-        if let Some(source) = source {
-            socket.bind(SocketAddr::new(source, 0)).unwrap();
-        }
-        let stream = timeout(DEADLINE, socket.connect(relay))
+        let from = Origin {
+            source,
+            forwarded_for,
+        };
+        let ws = timeout(DEADLINE, async_ws::connect(relay, room, from))
             .await
-            .unwrap()
-            .unwrap();
-        let mut request = format!("ws://{relay}{}", room.path())
-            .into_client_request()
-            .unwrap();
-        if let Some(forwarded) = forwarded_for {
-            request
-                .headers_mut()
-                .insert("X-Forwarded-For", HeaderValue::from_str(forwarded).unwrap());
-        }
-        let (ws, _response) = timeout(
-            DEADLINE,
-            tokio_tungstenite::client_async_with_config(request, stream, None),
-        )
-        .await
-        .expect("the upgrade is answered")?;
+            .expect("the upgrade is answered")?;
         Ok(Client { ws })
     }
 
@@ -208,18 +176,10 @@ impl Client {
             let message = timeout(DEADLINE, self.ws.next())
                 .await
                 .expect("timed out waiting for the relay");
-            match message {
-                Some(Ok(Message::Binary(bytes))) => {
-                    return Next::Frame(decode(&bytes).expect("the relay sends valid frames"));
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    return Next::Closed(
-                        frame.map(|CloseFrame { code, reason }| {
-                            (u16::from(code), reason.to_string())
-                        }),
-                    );
-                }
-                Some(Ok(_)) => {}
+            match message.map(|read| read.map(Next::from_message)) {
+                Some(Ok(Some(Next::Invalid(e)))) => panic!("the relay sends valid frames: {e}"),
+                Some(Ok(Some(next))) => return next,
+                Some(Ok(None)) => {}
                 Some(Err(_)) | None => return Next::Gone,
             }
         }
@@ -263,37 +223,25 @@ pub struct Peer {
     pub limits: Limits,
 }
 
-/// Runs the join handshake on `client`; returns what refused it, if anything did.
+/// Runs the join handshake on `client`; returns what refused it, if anything did (a
+/// connection that failed is `Next::Gone`).
 pub async fn handshake(
     mut client: Client,
     key: &SigningKey,
     token: Option<&str>,
 ) -> Result<Peer, (Client, Next)> {
-    let mut next = client.next().await;
-    if next == Next::Frame(RelayFrame::AuthRequired) {
-        client
-            .send(&ClientFrame::Auth {
-                token: token.unwrap_or_default().to_owned(),
-            })
-            .await;
-        next = client.next().await;
-    }
-    let Next::Frame(RelayFrame::Challenge { nonce }) = next else {
-        return Err((client, next));
-    };
-    client
-        .send(&ClientFrame::Proof {
-            signature: sign_join_proof(key, &nonce),
-        })
-        .await;
-    match client.next().await {
-        Next::Frame(RelayFrame::Welcome { you, peers, limits }) => Ok(Peer {
+    let joined = timeout(DEADLINE, async_ws::join(&mut client.ws, key, token))
+        .await
+        .expect("timed out waiting for the relay");
+    match joined {
+        Ok(Welcome { you, peers, limits }) => Ok(Peer {
             client,
             id: you,
             peers,
             limits,
         }),
-        other => Err((client, other)),
+        Err(JoinError::Refused(next)) => Err((client, next)),
+        Err(JoinError::Transport(_)) => Err((client, Next::Gone)),
     }
 }
 
