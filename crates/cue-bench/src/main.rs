@@ -12,7 +12,7 @@
 //! section. Figures, never assertions: `--quick` runs everything in seconds for CI.
 //!
 //! ```sh
-//! cargo build --release -p cue-cli -p cue-relay -p cue-bench
+//! cargo build --release -p cue-cli -p cue-relay -p cue-relay-load -p cue-bench
 //! target/release/cue-bench --docs docs/benchmarks.md   # the full run (several minutes)
 //! target/release/cue-bench --quick                      # seconds, CI
 //! ```
@@ -1079,7 +1079,7 @@ fn docs_section(plan: &Plan, run: &DocsRun<'_>) -> String {
     }
     s.push_str(&format!(
         "- date: {}\n- machine: {}; load average at start {} (1, 5, 15 min)\n\
-         - command: `{}` (after `cargo build --release -p cue-cli -p cue-relay -p cue-bench`)\n\
+         - command: `{}` (after `cargo build --release -p cue-cli -p cue-relay -p cue-relay-load -p cue-bench`)\n\
          - took {:.0} s\n\n",
         run.date,
         docs::machine(),

@@ -3,7 +3,7 @@
 //!
 //! It needs the `cue`, `cue-relay` and `cue-relay-load` binaries of the same profile next
 //! to `cue-bench`; if they are missing it builds them (`cargo build -p cue-cli -p
-//! cue-relay`).
+//! cue-relay -p cue-relay-load`).
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
@@ -35,12 +35,17 @@ fn ensure_binaries(dir: &Path) {
             "cue-cli",
             "-p",
             "cue-relay",
+            "-p",
+            "cue-relay-load",
         ])
         .arg("--manifest-path")
         .arg(manifest)
         .status()
         .unwrap();
-    assert!(status.success(), "building cue and cue-relay failed");
+    assert!(
+        status.success(),
+        "building cue, cue-relay and cue-relay-load failed"
+    );
 }
 
 #[test]

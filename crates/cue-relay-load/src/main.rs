@@ -7,20 +7,20 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use cue_proto::{ClientFrame, RelayFrame, RoomId, decode, encode, sign_join_proof};
-use ed25519_dalek::SigningKey;
+use cue_proto::{ClientFrame, RelayFrame, decode, encode};
+use cue_testkit::async_ws::{self, Origin, Ws};
+use cue_testkit::{Relay, room_key, room_of};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, watch};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 #[derive(Debug, Parser)]
@@ -274,46 +274,18 @@ enum Kind {
     Bare,
 }
 
-type Ws = WebSocketStream<TcpStream>;
-
-fn room_key(room: usize) -> SigningKey {
-    let mut seed = [0u8; 32];
-    seed[..8].copy_from_slice(&(room as u64 + 1).to_le_bytes());
-    SigningKey::from_bytes(&seed)
-}
-
 /// Connects (from `source`) and, for the cue relay, joins the room.
 async fn connect(kind: Kind, relay: SocketAddr, room: usize, source: IpAddr) -> anyhow::Result<Ws> {
-    let key = room_key(room);
-    let room_id = RoomId(key.verifying_key().to_bytes());
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(source, 0))?;
-    let stream = socket.connect(relay).await?;
-    stream.set_nodelay(true)?;
-    let url = format!("ws://{relay}{}", room_id.path());
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
-    if kind == Kind::Bare {
-        return Ok(ws);
+    let key = room_key(room as u64 + 1);
+    let from = Origin {
+        source: Some(source),
+        forwarded_for: None,
+    };
+    let mut ws = async_ws::connect(relay, &room_of(&key), from).await?;
+    if kind == Kind::Cue {
+        async_ws::join(&mut ws, &key, None).await?;
     }
-    loop {
-        let Some(message) = ws.next().await else {
-            bail!("closed during the handshake");
-        };
-        let Message::Binary(bytes) = message? else {
-            continue;
-        };
-        match decode::<RelayFrame>(&bytes)? {
-            RelayFrame::Challenge { nonce } => {
-                let proof = ClientFrame::Proof {
-                    signature: sign_join_proof(&key, &nonce),
-                };
-                ws.send(Message::Binary(Bytes::from(encode(&proof))))
-                    .await?;
-            }
-            RelayFrame::Welcome { .. } => return Ok(ws),
-            other => bail!("refused: {other:?}"),
-        }
-    }
+    Ok(ws)
 }
 
 /// Where the peers' traffic is counted.
@@ -626,40 +598,10 @@ async fn receive(
 // ---------------------------------------------------------------------------------------
 // Processes and measurements
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn start(mut command: Command) -> anyhow::Result<Server> {
-        use std::io::{BufRead, BufReader};
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .env("RUST_LOG", "error")
-            .spawn()
-            .context("starting a relay")?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("relay stdout")?).read_line(&mut line)?;
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .with_context(|| format!("unexpected first line {line:?}"))?
-            .parse()?;
-        Ok(Server { child, addr })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A relay process (`cue-relay` or the bare relay), killed when dropped.
+fn server(mut command: Command) -> anyhow::Result<Relay> {
+    command.env("RUST_LOG", "error");
+    Relay::spawn(command).context("starting a relay")
 }
 
 fn rss_mib(pid: u32) -> anyhow::Result<f64> {
@@ -707,7 +649,7 @@ fn cue_relay(
     relay_bin: &std::path::Path,
     raised: bool,
     placement: &Placement,
-) -> anyhow::Result<Server> {
+) -> anyhow::Result<Relay> {
     let mut command = placed(relay_bin, placement);
     command.args(["--listen", "127.0.0.1:0"]);
     if raised {
@@ -722,20 +664,20 @@ fn cue_relay(
             "4000000000",
         ]);
     }
-    Server::start(command)
+    server(command)
 }
 
-fn bare_relay_process(placement: &Placement) -> anyhow::Result<Server> {
+fn bare_relay_process(placement: &Placement) -> anyhow::Result<Relay> {
     let mut command = placed(&std::env::current_exe()?, placement);
     command.arg("bare-relay");
-    Server::start(command)
+    server(command)
 }
 
 /// Opens `count` admitted, idle connections (200 per source address), holds them, and
 /// returns the relay's RSS before and with them.
 async fn idle_rss(
     kind: Kind,
-    server: &Server,
+    server: &Relay,
     count: usize,
     peers: usize,
 ) -> anyhow::Result<(f64, f64)> {
