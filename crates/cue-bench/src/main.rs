@@ -18,7 +18,6 @@
 //! ```
 
 mod docs;
-mod flood;
 mod harness;
 mod procfs;
 mod relay_load;
@@ -32,7 +31,8 @@ use clap::Parser;
 use notify::Watcher;
 use serde_json::{Value, json};
 
-use harness::{Bins, Peer, Relay, cluster, cluster_on, wait_until};
+use cue_testkit::{ANY_PORT, Flooder, Kit, Pace, Peer, Relay, wait_until};
+use harness::{cluster, cluster_on};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -216,8 +216,8 @@ fn min_max(v: &[f64]) -> (f64, f64) {
 }
 
 /// One latency run: `n` peers, saves on the first, seen on every other.
-fn latency_run(bins: &Bins, plan: &Plan, n: usize) -> anyhow::Result<Value> {
-    let (_relay, peers) = cluster(bins, n, plan.deadline)?;
+fn latency_run(kit: &Kit, plan: &Plan, n: usize) -> anyhow::Result<Value> {
+    let (_relay, peers) = cluster(kit, n, plan.deadline)?;
     let mut out = measure_latency(&peers[0], &peers[1..], plan, &format!("{n}"))?;
     out["peers"] = json!(n);
     out["load1"] = json!(procfs::load1());
@@ -311,11 +311,11 @@ fn measure_latency(
 /// messages a second a peer; save→peer latency first without a flood, then while one
 /// raw client floods room A at 10 × that rate, then while it floods as fast as one
 /// connection sends. Also what the flooder sent and was refused, and the relay's CPU.
-fn flood_run(bins: &Bins, plan: &Plan, run: usize) -> anyhow::Result<Value> {
+fn flood_run(kit: &Kit, plan: &Plan, run: usize) -> anyhow::Result<Value> {
     let rate = plan.flood_rate;
     let r = rate.to_string();
-    let relay = Relay::start_with(bins, &["--messages-per-second", &r, "--burst", &r])?;
-    let peers = cluster_on(bins, &relay, 2, plan.deadline)?;
+    let relay = Relay::start(kit, ANY_PORT, &["--messages-per-second", &r, "--burst", &r])?;
+    let peers = cluster_on(kit, &relay, 2, plan.deadline)?;
     let (sender, receivers) = (&peers[0], &peers[1..]);
     let relay_cpu = || procfs::cpu_secs(relay.pid());
     let hits_metric = r#"cue_relay_rate_limit_hits_total{limit="messages"}"#;
@@ -333,14 +333,13 @@ fn flood_run(bins: &Bins, plan: &Plan, run: usize) -> anyhow::Result<Value> {
 
     let seed = u64::from(std::process::id()) << 16 | run as u64;
     for (key, pace) in [
-        ("flood_10x", flood::Pace::PerSecond(10 * rate)),
-        ("flood_unpaced", flood::Pace::Unpaced),
+        ("flood_10x", Pace::PerSecond(10 * rate)),
+        ("flood_unpaced", Pace::Unpaced),
     ] {
         let hits0 = relay.metric(hits_metric).ok();
         let cpu0 = relay_cpu();
-        let flooder =
-            flood::Flooder::start(relay.addr, seed ^ key.len() as u64, pace, plan.deadline)
-                .with_context(|| format!("starting the flooder ({key})"))?;
+        let flooder = Flooder::start(relay.addr, seed ^ key.len() as u64, pace, plan.deadline)
+            .with_context(|| format!("starting the flooder ({key})"))?;
         wait_until(
             "the flooder to be told it is rate limited",
             plan.deadline,
@@ -360,8 +359,8 @@ fn flood_run(bins: &Bins, plan: &Plan, run: usize) -> anyhow::Result<Value> {
         );
         lat["flooder"] = json!({
             "pace_per_second": match pace {
-                flood::Pace::PerSecond(n) => json!(n),
-                flood::Pace::Unpaced => json!("unpaced"),
+                Pace::PerSecond(n) => json!(n),
+                Pace::Unpaced => json!("unpaced"),
             },
             "seconds": report.seconds,
             "sent": report.sent,
@@ -388,9 +387,9 @@ fn sender_write(p: &Peer, rel: &str, content: &[u8]) -> anyhow::Result<()> {
 
 /// One first-sync run: a workspace made over `files` notes, a new peer joins; then both
 /// sit idle.
-fn first_sync_run(bins: &Bins, plan: &Plan, files: usize) -> anyhow::Result<Value> {
-    let relay = Relay::start(bins)?;
-    let src = Peer::new(bins, "src")?;
+fn first_sync_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value> {
+    let relay = Relay::start(kit, ANY_PORT, &[])?;
+    let src = Peer::new(kit, "src")?;
     for i in 0..files {
         sender_write(&src, &note_path(i), &note(i, 4096, "marker: none"))?;
     }
@@ -405,12 +404,12 @@ fn first_sync_run(bins: &Bins, plan: &Plan, files: usize) -> anyhow::Result<Valu
     wait_until(
         "the source daemon to hold every file",
         plan.deadline,
-        || Ok(src.status()?["files"].as_u64() == Some(files as u64)),
+        || Ok(src.status()?.0["files"].as_u64() == Some(files as u64)),
     )?;
     let store_import = procfs::dir_bytes(&src.path(".cuedeck"), true) as f64;
-    let src_pid = src.daemon_pid()?;
+    let src_pid = src.live_daemon().context("no daemon running for src")?;
 
-    let new = Peer::new(bins, "new")?;
+    let new = Peer::new(kit, "new")?;
     new.join(&src.invite()?)?;
     let (in0, out0) = (
         relay.metric("cue_relay_bytes_in_total")?,
@@ -439,7 +438,7 @@ fn first_sync_run(bins: &Bins, plan: &Plan, files: usize) -> anyhow::Result<Valu
         relay.metric("cue_relay_bytes_in_total")?,
         relay.metric("cue_relay_bytes_out_total")?,
     );
-    let new_pid = new.daemon_pid()?;
+    let new_pid = new.live_daemon().context("no daemon running for new")?;
     let new_peak = procfs::hwm_kib(new_pid);
 
     // The new peer checks the documents it adopted with their content, a few a tick:
@@ -448,12 +447,12 @@ fn first_sync_run(bins: &Bins, plan: &Plan, files: usize) -> anyhow::Result<Valu
     wait_until(
         "the new peer to check what it adopted",
         plan.deadline,
-        || Ok(new.status()?["files_unverified"] == 0),
+        || Ok(new.status()?.0["files_unverified"] == 0),
     )?;
     let verify_s = t.elapsed().as_secs_f64();
     // Idle: once both say nothing is pending, CPU over the window, RSS at its end.
     wait_until("both daemons to settle", plan.deadline, || {
-        let (a, b) = (src.status()?, new.status()?);
+        let (a, b) = (src.status()?.0, new.status()?.0);
         Ok(a["pending_changes"] == 0 && b["pending_changes"] == 0)
     })?;
     let cpu0 = (procfs::cpu_secs(src_pid), procfs::cpu_secs(new_pid));
@@ -503,16 +502,16 @@ fn first_sync_run(bins: &Bins, plan: &Plan, files: usize) -> anyhow::Result<Valu
 /// Store bytes over raw bytes after `edits` rounds of edits to every one of `files`
 /// notes, each round taken in by both daemons (the second one's files show it) before
 /// the next, so that every edit is its own change and compaction runs as in use.
-fn edits_run(bins: &Bins, plan: &Plan) -> anyhow::Result<Value> {
+fn edits_run(kit: &Kit, plan: &Plan) -> anyhow::Result<Value> {
     let files = plan.edit_files;
-    let relay = Relay::start(bins)?;
-    let a = Peer::new(bins, "a")?;
+    let relay = Relay::start(kit, ANY_PORT, &[])?;
+    let a = Peer::new(kit, "a")?;
     for i in 0..files {
         sender_write(&a, &note_path(i), &note(i, 4096, "marker: none"))?;
     }
     a.init(&relay.url())?;
     a.start()?;
-    let b = Peer::new(bins, "b")?;
+    let b = Peer::new(kit, "b")?;
     b.join(&a.invite()?)?;
     b.start()?;
     let arrived = |r: &str| -> anyhow::Result<bool> {
@@ -532,7 +531,7 @@ fn edits_run(bins: &Bins, plan: &Plan) -> anyhow::Result<Value> {
     }
     let took = t.elapsed().as_secs_f64();
     wait_until("both daemons to settle", plan.deadline, || {
-        let (x, y) = (a.status()?, b.status()?);
+        let (x, y) = (a.status()?.0, b.status()?.0);
         Ok(x["pending_changes"] == 0 && y["pending_changes"] == 0)
     })?;
     // The store at rest: the daemons compact edited documents and then, once quiet,
@@ -631,13 +630,12 @@ fn field(runs: &[Value], path: &[&str]) -> Vec<f64> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let plan = Plan::from(&args);
-    let bins = Bins::locate(
-        args.cue_bin.clone(),
-        args.relay_bin.clone(),
-        plan.relay_load
-            .as_ref()
-            .map(|_| args.relay_load_bin.clone()),
-    )?;
+    let kit = harness::kit(args.cue_bin.clone(), args.relay_bin.clone())?;
+    let relay_load_bin = plan
+        .relay_load
+        .as_ref()
+        .map(|_| harness::relay_load_bin(args.relay_load_bin.clone()))
+        .transpose()?;
     eprintln!("cue-bench: {plan:?}");
     let started = Instant::now();
     let date = docs::utc_now();
@@ -652,7 +650,7 @@ fn main() -> anyhow::Result<()> {
         "loadavg_start": loadavg_start,
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "load1_start": procfs::load1(),
-        "cue_bin": bins.cue.display().to_string(),
+        "cue_bin": kit.cue.display().to_string(),
         "latency": [],
         "first_sync": [],
     });
@@ -660,7 +658,7 @@ fn main() -> anyhow::Result<()> {
     for &n in &plan.peers {
         let mut runs = Vec::new();
         for run in 0..plan.runs {
-            let r = latency_run(&bins, &plan, n)
+            let r = latency_run(&kit, &plan, n)
                 .with_context(|| format!("latency run {run} with {n} peers"))?;
             eprintln!("latency, {n} peers, run {run}: {r}");
             runs.push(r);
@@ -704,7 +702,7 @@ fn main() -> anyhow::Result<()> {
     if plan.flood_rate > 0 {
         let mut runs = Vec::new();
         for run in 0..plan.runs {
-            let r = flood_run(&bins, &plan, run).with_context(|| format!("flood run {run}"))?;
+            let r = flood_run(&kit, &plan, run).with_context(|| format!("flood run {run}"))?;
             eprintln!("flood, run {run}: {r}");
             runs.push(r);
         }
@@ -715,7 +713,7 @@ fn main() -> anyhow::Result<()> {
     for &(files, nruns) in &plan.files {
         let mut runs = Vec::new();
         for run in 0..nruns {
-            let r = first_sync_run(&bins, &plan, files)
+            let r = first_sync_run(&kit, &plan, files)
                 .with_context(|| format!("first-sync run {run} with {files} files"))?;
             eprintln!("first sync, {files} files, run {run}: {r}");
             runs.push(r);
@@ -858,7 +856,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     if plan.edits > 0 {
-        let r = edits_run(&bins, &plan).context("store-after-edits run")?;
+        let r = edits_run(&kit, &plan).context("store-after-edits run")?;
         eprintln!("store after edits: {r}");
         let load = vec![r["load1"].as_f64().unwrap_or(0.0)];
         for (who, key, log) in [
@@ -905,10 +903,10 @@ fn main() -> anyhow::Result<()> {
 
     // Last: the relay's own figures, from its load generator (it wants both cores).
     let mut failed = None;
-    let relay_load_md = match (&plan.relay_load, &bins.relay_load) {
+    let relay_load_md = match (&plan.relay_load, &relay_load_bin) {
         (Some(shape), Some(bin)) => {
             let deadline = Duration::from_secs(if plan.quick { 120 } else { 900 });
-            let r = relay_load::run(bin, &bins.relay, shape, deadline)
+            let r = relay_load::run(bin, &kit.relay, shape, deadline)
                 .context("running cue-relay-load")?;
             let md = relay_load_markdown(&r);
             if r["ok"] != true {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use crate::harness::wait_until;
 use crate::procfs;
+use cue_testkit::wait_until;
 
 /// The shape of a `cue-relay-load bench` run (its flags).
 #[derive(Debug, Clone)]
@@ -148,7 +148,7 @@ pub fn run(bin: &Path, relay: &Path, shape: &Shape, deadline: Duration) -> anyho
         // The relays it started would outlive a killed generator: stop them first, by
         // their pids, then the generator.
         for pid in procfs::children(child.id()) {
-            crate::harness::kill(pid);
+            cue_testkit::kill(pid);
         }
         let _ = child.kill();
         status = child.wait().ok();
