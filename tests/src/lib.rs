@@ -1,5 +1,7 @@
-//! The end-to-end harness: real `cue-relay` and `cue` processes on 127.0.0.1, each peer
-//! in a temporary folder.
+//! The end-to-end harness: cue-testkit's real `cue-relay` and `cue` processes on
+//! 127.0.0.1, each peer in a temporary folder, as tests use them (a failure fails the
+//! test), and what only these tests need: file edits as editors make them, proxies that
+//! record or misbehave, a terminal, fault schedules.
 //!
 //! The binaries are the workspace's own builds, found next to the test executable
 //! (`target/<profile>/`); `cargo nextest run --workspace` (CI) builds them. Run alone,
@@ -12,126 +14,112 @@
 
 #![allow(clippy::unwrap_used)] // a harness fails its test by panicking
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use cue_testkit::{ANY_PORT, Kit, metric_value, poll_until};
+
+pub use cue_testkit::{FloodReport, Flooder, Pace};
 
 /// How long any condition may take before the test fails (generous: CI machines are
 /// shared and debug builds are slow).
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/e2e-<hash> → target/<profile>
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+/// What every test's processes share: the binaries, found once; folders named
+/// `cue-e2e-*`; daemons that log at info, for the failures' sake.
+fn kit() -> &'static Kit {
+    static KIT: OnceLock<Kit> = OnceLock::new();
+    KIT.get_or_init(|| {
+        let mut kit = must(Kit::locate("cue-e2e", None, None));
+        kit.env.push(("CUE_LOG".into(), "info".into()));
+        kit
+    })
 }
 
-fn binary(env: &str, name: &str) -> PathBuf {
-    if let Some(p) = std::env::var_os(env) {
-        return PathBuf::from(p);
-    }
-    let p = target_dir().join(name);
-    assert!(
-        p.exists(),
-        "{} not found: build it first (`cargo build -p cue-cli -p cue-relay`) or set {env}",
-        p.display()
-    );
-    p
+/// The value, or the test fails with the whole error chain.
+#[track_caller]
+fn must<T>(result: anyhow::Result<T>) -> T {
+    result.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The `cue` binary.
 pub fn cue_bin() -> PathBuf {
-    binary("CUE_BIN", "cue")
+    kit().cue.clone()
 }
 
 /// The `cue-relay` binary.
 pub fn relay_bin() -> PathBuf {
-    binary("CUE_RELAY_BIN", "cue-relay")
+    kit().relay.clone()
 }
 
-/// Polls `cond` until it holds; fails the test with `what` after [`DEADLINE`].
+/// Polls `cond` until it holds; fails the test with `what` after [`DEADLINE`]. Pauses
+/// grow to 50 ms: most conditions here run `cue sync status`, a process each.
+#[track_caller]
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(2);
-    while !cond() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for: {what}"
-        );
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
+    must(poll_until(
+        what,
+        DEADLINE,
+        Duration::from_millis(50),
+        || Ok(cond()),
+    ));
 }
 
-fn signal(pid: u32, sig: rustix::process::Signal) {
-    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-        let _ = rustix::process::kill_process(pid, sig);
-    }
-}
-
-/// A `cue-relay` process.
+/// A `cue-relay` process: cue-testkit's, with failures failing the test.
 #[derive(Debug)]
-pub struct Relay {
-    child: Child,
-    pub addr: SocketAddr,
+pub struct Relay(cue_testkit::Relay);
+
+impl Deref for Relay {
+    type Target = cue_testkit::Relay;
+
+    fn deref(&self) -> &cue_testkit::Relay {
+        &self.0
+    }
 }
 
 impl Relay {
     /// A relay on a free port of 127.0.0.1.
+    #[track_caller]
     pub fn start() -> Relay {
-        Relay::start_on("127.0.0.1:0")
+        Relay::start_on(ANY_PORT)
     }
 
     /// A relay on `listen` (e.g. the address of a relay that was stopped, to restart it).
+    #[track_caller]
     pub fn start_on(listen: &str) -> Relay {
         Relay::start_with(listen, &[])
     }
 
     /// A relay with extra flags (limits).
+    #[track_caller]
     pub fn start_with(listen: &str, flags: &[&str]) -> Relay {
-        let mut child = Command::new(relay_bin())
-            .args(["--listen", listen])
-            .args(flags)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        // The relay prints `listening on ADDR` once bound; a dead relay closes stdout,
-        // which ends the read, so this cannot hang.
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("relay did not start: {line:?}"))
-            .parse()
-            .unwrap();
-        Relay { child, addr }
-    }
-
-    pub fn url(&self) -> String {
-        format!("ws://{}", self.addr)
+        Relay(must(cue_testkit::Relay::start(kit(), listen, flags)))
     }
 
     /// SIGTERM ("going away" to every peer), then wait for the process.
-    pub fn stop(mut self) -> SocketAddr {
-        signal(self.child.id(), rustix::process::Signal::TERM);
-        let _ = self.child.wait();
-        self.addr
+    pub fn stop(self) -> SocketAddr {
+        self.0.stop()
     }
-}
 
-impl Drop for Relay {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            signal(self.child.id(), rustix::process::Signal::KILL);
-            let _ = self.child.wait();
-        }
+    /// kill -9, as a crash would; returns the address to restart it on.
+    pub fn kill(self) -> SocketAddr {
+        self.0.kill()
+    }
+
+    /// `GET /metrics`, the Prometheus text.
+    #[track_caller]
+    pub fn metrics(&self) -> String {
+        must(self.0.metrics())
+    }
+
+    /// One counter of `/metrics` (the whole line's name and labels, e.g.
+    /// `cue_relay_refusals_total{reason="rate_limited"}`), 0 when absent.
+    #[track_caller]
+    pub fn metric(&self, name: &str) -> u64 {
+        metric_value(&self.metrics(), name).map_or(0, |v| v as u64)
     }
 }
 
@@ -139,63 +127,81 @@ impl Drop for Relay {
 /// made with it starts offline and keeps retrying.
 pub const UNREACHABLE_RELAY: &str = "ws://127.0.0.1:9";
 
-/// One device: a temporary folder and the `cue` commands run on it.
+/// One device: a temporary folder and the `cue` commands run on it (cue-testkit's
+/// `Peer`, with failures failing the test, and the edits tests make).
 #[derive(Debug)]
-pub struct Peer {
-    pub dir: tempfile::TempDir,
-    pub name: String,
+pub struct Peer(cue_testkit::Peer);
+
+impl Deref for Peer {
+    type Target = cue_testkit::Peer;
+
+    fn deref(&self) -> &cue_testkit::Peer {
+        &self.0
+    }
 }
 
 impl Peer {
     /// An empty folder for a device called `name`.
+    #[track_caller]
     pub fn new(name: &str) -> Peer {
-        Peer {
-            dir: tempfile::Builder::new()
-                .prefix(&format!("cue-e2e-{name}-"))
-                .tempdir()
-                .unwrap(),
-            name: name.to_string(),
-        }
+        Peer(must(cue_testkit::Peer::new(kit(), name)))
     }
 
-    pub fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Runs `cue -C <folder> args...` and returns its output (never hangs on a
-    /// background daemon: the daemon's streams are not ours).
+    /// Runs `cue -C <folder> args...` and returns its output, whatever its exit status.
+    #[track_caller]
     pub fn cue(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
-    }
-
-    /// `cue -C <folder> args...` to run, for a test that sets its environment or streams.
-    pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(cue_bin());
-        cmd.arg("-C")
-            .arg(self.root())
-            .args(args)
-            .env("CUE_LOG", "info")
-            .stdin(Stdio::null());
-        cmd
+        must(self.0.cue(args))
     }
 
     /// Runs `cue` and fails the test unless it exits 0; returns stdout.
+    #[track_caller]
     pub fn cue_ok(&self, args: &[&str]) -> String {
-        let out = self.cue(args);
-        assert!(
-            out.status.success(),
-            "`cue {}` on {} failed ({}): {}{}",
-            args.join(" "),
-            self.name,
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        must(self.0.cue_ok(args))
     }
 
-    pub fn path(&self, rel: &str) -> PathBuf {
-        self.root().join(rel)
+    /// `cue sync init` here.
+    #[track_caller]
+    pub fn init(&self, relay: &str) {
+        must(self.0.init(relay));
+    }
+
+    /// `cue sync join TOKEN` here.
+    #[track_caller]
+    pub fn join(&self, token: &str) {
+        must(self.0.join(token));
+    }
+
+    #[track_caller]
+    pub fn invite(&self) -> String {
+        must(self.0.invite())
+    }
+
+    #[track_caller]
+    pub fn start(&self) {
+        must(self.0.start());
+    }
+
+    #[track_caller]
+    pub fn stop(&self) {
+        must(self.0.stop());
+    }
+
+    /// `status --json`, parsed, with its exit code.
+    #[track_caller]
+    pub fn status(&self) -> (serde_json::Value, i32) {
+        must(self.0.status())
+    }
+
+    /// Whether this peer's daemon is running (its status says so).
+    #[track_caller]
+    pub fn running(&self) -> bool {
+        must(self.0.running())
+    }
+
+    /// kill -9 the daemon, as a crash would, and wait until it is gone (its lock free).
+    #[track_caller]
+    pub fn kill_daemon(&self) {
+        must(self.0.kill_daemon(DEADLINE));
     }
 
     /// Writes a file in place (creating folders), as most editors do.
@@ -223,95 +229,6 @@ impl Peer {
 
     pub fn remove(&self, rel: &str) {
         std::fs::remove_file(self.path(rel)).unwrap();
-    }
-
-    /// `cue sync init` here.
-    pub fn init(&self, relay: &str) {
-        self.cue_ok(&["sync", "init", "--relay", relay, "--name", &self.name]);
-    }
-
-    /// `cue sync join TOKEN` here.
-    pub fn join(&self, token: &str) {
-        self.cue_ok(&["sync", "join", token, "--name", &self.name]);
-    }
-
-    pub fn invite(&self) -> String {
-        self.cue_ok(&["sync", "invite"]).trim().to_string()
-    }
-
-    pub fn start(&self) {
-        self.cue_ok(&["sync", "start"]);
-    }
-
-    pub fn stop(&self) {
-        self.cue_ok(&["sync", "stop"]);
-    }
-
-    /// `status --json`, parsed, with its exit code.
-    pub fn status(&self) -> (serde_json::Value, i32) {
-        let out = self.cue(&["sync", "status", "--json"]);
-        let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "status --json is not JSON ({e}): {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (json, out.status.code().unwrap_or(-1))
-    }
-
-    /// The running daemon's pid, from the pid file.
-    pub fn daemon_pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.path(".cuedeck/daemon.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    /// kill -9 the daemon, as a crash would, and wait until it is gone (its lock free).
-    pub fn kill_daemon(&self) {
-        let pid = self.daemon_pid().expect("a daemon pid");
-        assert!(self.owns(pid), "pid {pid} is not {}'s daemon", self.name);
-        signal(pid, rustix::process::Signal::KILL);
-        wait_until("the killed daemon to be gone", || gone(pid));
-    }
-
-    /// Whether `pid` is a live `cue` process working on this peer's folder (a pid file
-    /// can be stale and its pid reused).
-    fn owns(&self, pid: u32) -> bool {
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            return false;
-        };
-        let root = self.root().to_string_lossy().into_owned();
-        !gone(pid) && String::from_utf8_lossy(&cmdline).contains(&root)
-    }
-}
-
-/// Whether process `pid` has finished exiting. A killed process lingers as a zombie
-/// leader while its other threads exit, and those still hold its files (the daemon's
-/// lock among them): it is gone once no thread is left that is not a zombie.
-fn gone(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return true;
-    };
-    !tasks.flatten().any(|t| {
-        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
-            stat.rsplit(')')
-                .next()
-                .is_some_and(|rest| !matches!(rest.trim_start().chars().next(), Some('Z' | 'X')))
-        })
-    })
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        // Whatever happened in the test, no daemon outlives it.
-        if let Some(pid) = self.daemon_pid()
-            && self.owns(pid)
-        {
-            signal(pid, rustix::process::Signal::KILL);
-        }
     }
 }
 
@@ -611,36 +528,6 @@ pub fn wait_converged(peers: &[&Peer]) {
     panic!("timed out after {DEADLINE:?} waiting for {names:?} to converge:{report}");
 }
 
-impl Relay {
-    /// kill -9, as a crash would; returns the address to restart it on.
-    pub fn kill(mut self) -> SocketAddr {
-        signal(self.child.id(), rustix::process::Signal::KILL);
-        let _ = self.child.wait();
-        self.addr
-    }
-
-    /// `GET /metrics`, the Prometheus text.
-    pub fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(self.addr).unwrap();
-        s.set_read_timeout(Some(DEADLINE)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
-    }
-
-    /// One counter of `/metrics` (the whole line's name and labels, e.g.
-    /// `cue_relay_refusals_total{reason="rate_limited"}`), 0 when absent.
-    pub fn metric(&self, name: &str) -> u64 {
-        self.metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
-
 impl Peer {
     /// Runs the real `sed -i -e SCRIPT` on a file, as a user editing in a shell would.
     pub fn sed_in_place(&self, rel: &str, script: &str) {
@@ -666,12 +553,6 @@ impl Peer {
         let tmp = p.with_file_name(format!(".{}.tmp", p.file_name().unwrap().to_string_lossy()));
         std::fs::write(&tmp, content).unwrap();
         std::fs::rename(tmp, p).unwrap();
-    }
-
-    /// Whether this peer's daemon is running (its status says so).
-    pub fn running(&self) -> bool {
-        let (s, code) = self.status();
-        code == 0 && s["daemon"]["running"] == true
     }
 }
 
@@ -857,123 +738,4 @@ fn pump(state: std::sync::Arc<ProxyState>, mut from: std::net::TcpStream, to: st
         }
         let _ = to.shutdown(std::net::Shutdown::Both);
     });
-}
-
-/// A raw relay client that joins a room of its own (a fresh room key) and broadcasts as
-/// fast as `per_second` allows, reading back what the relay answers: the misbehaving
-/// peer of a flood test. Runs on its own thread until dropped.
-#[derive(Debug)]
-pub struct Flooder {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// Frames sent, and `Refused { reason: RateLimited }` frames received.
-    pub sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    pub rate_limited: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// When the flood began (just after admission).
-    pub started: Instant,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Flooder {
-    /// Joins a fresh room on `relay` (a room key from `seed`) and starts flooding; returns
-    /// once admitted.
-    pub fn start(relay: SocketAddr, seed: u64, per_second: u64) -> Flooder {
-        use cue_proto::{ClientFrame, RefuseReason, RelayFrame, RoomId, decode, encode};
-        use std::sync::atomic::Ordering::Relaxed;
-        use tungstenite::{Bytes, Message};
-        let mut key_seed = [7u8; 32];
-        key_seed[..8].copy_from_slice(&seed.to_le_bytes());
-        let key = ed25519_dalek::SigningKey::from_bytes(&key_seed);
-        let room = RoomId(key.verifying_key().to_bytes());
-        let stream = std::net::TcpStream::connect(relay).unwrap();
-        stream.set_nodelay(true).unwrap();
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        let (mut ws, _) =
-            tungstenite::client(format!("ws://{relay}{}", room.path()), stream).unwrap();
-        loop {
-            let Message::Binary(bytes) = ws.read().unwrap() else {
-                continue;
-            };
-            match decode::<RelayFrame>(&bytes).unwrap() {
-                RelayFrame::Challenge { nonce } => {
-                    let proof = ClientFrame::Proof {
-                        signature: cue_proto::sign_join_proof(&key, &nonce),
-                    };
-                    ws.send(Message::Binary(Bytes::from(encode(&proof))))
-                        .unwrap();
-                }
-                RelayFrame::Welcome { .. } => break,
-                other => panic!("the flooder was not admitted: {other:?}"),
-            }
-        }
-        // Non-blocking from here: reads only drain what has arrived (a read timeout
-        // would round up to a scheduler tick and cap the rate), the sends set the pace.
-        ws.get_ref().set_nonblocking(true).unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let rate_limited = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (st, se, rl) = (stop.clone(), sent.clone(), rate_limited.clone());
-        let started = Instant::now();
-        let thread = std::thread::spawn(move || {
-            let would_block = |e: &tungstenite::Error| matches!(e, tungstenite::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock);
-            let mut id = 0u64;
-            while !st.load(Relaxed) {
-                // Pace: message n goes out at n / per_second.
-                let due = started + Duration::from_secs_f64(id as f64 / per_second as f64);
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
-                }
-                let frame = ClientFrame::Broadcast {
-                    id,
-                    payload: vec![0xa5; 200],
-                };
-                // WouldBlock: queued in the socket's buffer, flushed with the next one.
-                match ws.send(Message::Binary(Bytes::from(encode(&frame)))) {
-                    Ok(()) => {}
-                    Err(e) if would_block(&e) => {}
-                    Err(_) => return,
-                }
-                id += 1;
-                se.store(id, Relaxed);
-                loop {
-                    match ws.read() {
-                        Ok(Message::Binary(bytes)) => {
-                            if let Ok(RelayFrame::Refused {
-                                reason: RefuseReason::RateLimited,
-                                ..
-                            }) = decode::<RelayFrame>(&bytes)
-                            {
-                                rl.fetch_add(1, Relaxed);
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) if would_block(&e) => break,
-                        Err(_) => return,
-                    }
-                }
-            }
-            let _ = ws.close(None);
-        });
-        Flooder {
-            stop,
-            sent,
-            rate_limited,
-            started,
-            thread: Some(thread),
-        }
-    }
-
-    /// Whether the flooding thread is still at it (the relay has not closed on it).
-    pub fn alive(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
-    }
-}
-
-impl Drop for Flooder {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }

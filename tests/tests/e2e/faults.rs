@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use cue_e2e::{
-    DEADLINE, FaultProxy, Flooder, Peer, Relay, Rng, faults_long, is_temporary, tree, wait_until,
+    DEADLINE, FaultProxy, Flooder, Pace, Peer, Relay, Rng, faults_long, is_temporary, tree,
+    wait_until,
 };
 
 /// What the users wrote: every version of every file (as hashes), and the last one saved.
@@ -483,9 +484,15 @@ fn a_flood_at_ten_times_the_rate_limit_is_refused_and_other_rooms_still_sync() {
     settle(&[&a, &b], &truth.lock().unwrap(), "before the flood");
 
     // Room A: one raw client sending at ten times the limit.
-    let flooder = Flooder::start(relay.addr, rng.next_u64(), 10 * rate);
+    let flooder = Flooder::start(
+        relay.addr,
+        rng.next_u64(),
+        Pace::PerSecond(10 * rate),
+        DEADLINE,
+    )
+    .unwrap();
     wait_until("the flooder to be told it is rate limited", || {
-        flooder.rate_limited.load(Relaxed) > 0
+        flooder.rate_limited() > 0
     });
     let metric = r#"cue_relay_rate_limit_hits_total{limit="messages"}"#;
     let hits_before = relay.metric(metric);
@@ -510,9 +517,9 @@ fn a_flood_at_ten_times_the_rate_limit_is_refused_and_other_rooms_still_sync() {
         assert!(flooder.alive(), "the flood stopped early");
         rounds += 1;
     }
-    let limited = flooder.rate_limited.load(Relaxed);
-    let sent = flooder.sent.load(Relaxed);
-    let flooding = flooder.started.elapsed().as_secs_f64();
+    let limited = flooder.rate_limited();
+    let sent = flooder.sent();
+    let flooding = flooder.started().elapsed().as_secs_f64();
     let hits = relay.metric(metric);
     eprintln!(
         "{rounds} rounds of edits synced during {flooding:.1} s of flood: {sent} sent ({:.0} a second \
