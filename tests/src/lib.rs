@@ -51,11 +51,6 @@ pub fn cue_bin() -> PathBuf {
     kit().cue.clone()
 }
 
-/// The `cue-relay` binary.
-pub fn relay_bin() -> PathBuf {
-    kit().relay.clone()
-}
-
 /// Polls `cond` until it holds; fails the test with `what` after [`DEADLINE`]. Pauses
 /// grow to 50 ms: most conditions here run `cue sync status`, a process each.
 #[track_caller]
