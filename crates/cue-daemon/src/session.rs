@@ -577,27 +577,23 @@ mod tests {
 
     #[test]
     fn a_run_of_messages_is_opened_in_order_and_the_guard_stored_once() {
-        let Pair {
-            _dirs,
-            a,
-            b,
-            mut driver,
-        } = pair();
+        let mut p = pair();
+        let (a, b, driver) = (&p.a, &p.b, &mut p.driver);
         let (tx, _rx) = mpsc::unbounded_channel();
-        let mut session = Session::resume(&a, driver.store(), tx).expect("session");
+        let mut session = Session::resume(a, driver.store(), tx).expect("session");
         // Bob's messages are accepted only because his admission came first in the run.
         let run = vec![
-            admission(&b, 0),
-            from(&b, MessageType::Engine, 1, b"not an engine message"),
-            from(&b, MessageType::Engine, 2, b"nor this"),
+            admission(b, 0),
+            from(b, MessageType::Engine, 1, b"not an engine message"),
+            from(b, MessageType::Engine, 2, b"nor this"),
         ];
-        session.on_relay_events(&mut driver, run).expect("handled");
+        session.on_relay_events(driver, run).expect("handled");
         assert!(session.rejected().is_empty(), "{:?}", session.rejected());
         assert_eq!(session.replay_writes(), 1);
         // Committed with the admission's effects, before anything else was done.
         let bob = b.device.device_id();
         assert_eq!(
-            stored_guard(&driver).highest(&bob, &Stream::Broadcast),
+            stored_guard(driver).highest(&bob, &Stream::Broadcast),
             Some(2)
         );
         assert!(driver.engine().is_member(&core_id(&bob)));
@@ -606,23 +602,19 @@ mod tests {
 
     #[test]
     fn a_replay_after_a_restart_is_refused() {
-        let Pair {
-            _dirs,
-            a,
-            b,
-            mut driver,
-        } = pair();
+        let mut p = pair();
+        let (a, b, driver) = (&p.a, &p.b, &mut p.driver);
         let (tx, _rx) = mpsc::unbounded_channel();
-        let mut session = Session::resume(&a, driver.store(), tx.clone()).expect("session");
-        let first = admission(&b, 5);
+        let mut session = Session::resume(a, driver.store(), tx.clone()).expect("session");
+        let first = admission(b, 5);
         session
-            .on_relay_events(&mut driver, vec![first.clone()])
+            .on_relay_events(driver, vec![first.clone()])
             .expect("handled");
         drop(session);
-        let mut again = Session::resume(&a, driver.store(), tx).expect("session");
-        let later = from(&b, MessageType::Engine, 6, b"new");
+        let mut again = Session::resume(a, driver.store(), tx).expect("session");
+        let later = from(b, MessageType::Engine, 6, b"new");
         again
-            .on_relay_events(&mut driver, vec![first, later])
+            .on_relay_events(driver, vec![first, later])
             .expect("handled");
         assert_eq!(again.rejected().get("replayed"), Some(&1));
         assert_eq!(again.rejected().len(), 1);
@@ -630,47 +622,39 @@ mod tests {
 
     #[test]
     fn a_stranger_is_refused_once_and_nothing_is_stored_for_it() {
-        let Pair {
-            _dirs,
-            a,
-            b,
-            mut driver,
-        } = pair();
+        let mut p = pair();
+        let (a, b, driver) = (&p.a, &p.b, &mut p.driver);
         let (tx, _rx) = mpsc::unbounded_channel();
-        let mut session = Session::resume(&a, driver.store(), tx).expect("session");
+        let mut session = Session::resume(a, driver.store(), tx).expect("session");
         let c_dir = tempfile::tempdir().expect("tempdir");
         let token = a.invite_token().expect("token");
         let c = Workspace::join(c_dir.path(), &token, None, Some("carol")).expect("c");
         let run = vec![
-            admission(&b, 0),
+            admission(b, 0),
             from(&c, MessageType::Engine, 0, b"not admitted"),
         ];
-        session.on_relay_events(&mut driver, run).expect("handled");
+        session.on_relay_events(driver, run).expect("handled");
         assert_eq!(session.rejected().get("not_member"), Some(&1));
         let carol = c.device.device_id();
         assert_eq!(
-            stored_guard(&driver).highest(&carol, &Stream::Broadcast),
+            stored_guard(driver).highest(&carol, &Stream::Broadcast),
             None
         );
     }
 
     #[test]
     fn connecting_sends_our_admission_before_anything_else() {
-        let Pair {
-            _dirs,
-            a,
-            b,
-            mut driver,
-        } = pair();
+        let mut p = pair();
+        let (a, b, driver) = (&p.a, &p.b, &mut p.driver);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut session = Session::resume(&a, driver.store(), tx).expect("session");
+        let mut session = Session::resume(a, driver.store(), tx).expect("session");
         let connected = RelayEvent::Connected {
             you: PeerId(1),
             peers: vec![PeerId(2)],
             limits: Limits::default(),
         };
         session
-            .on_relay_events(&mut driver, vec![connected])
+            .on_relay_events(driver, vec![connected])
             .expect("handled");
         assert!(session.connected());
         let Ok(RelayCommand::Broadcast(first)) = rx.try_recv() else {
