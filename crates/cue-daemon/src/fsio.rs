@@ -11,10 +11,10 @@
 //!
 //! Writes are atomic and durable: a temporary file named `.cue-tmp-*` (which the watcher
 //! and scanner ignore) in the same directory, written, made durable, renamed over the
-//! target, then the directory made durable. One `fsync` per file costs over a second per
-//! 1,000 files on our machines, so [`WriteBatch`] writes every temporary file first, makes
-//! them all durable with one `syncfs`, renames them, and then fsyncs each touched
-//! directory once.
+//! target, then the directory made durable. One `fsync` per file is slow for many files
+//! (docs/benchmarks.md), so [`WriteBatch`] writes every temporary file first, makes them
+//! all durable with one `syncfs`, renames them, and then fsyncs each touched directory
+//! once.
 //!
 //! cue never follows, creates or writes through a symlink: a symlink at the target is an
 //! error ([`FsError::Symlink`]), not something to replace.
@@ -788,85 +788,88 @@ impl WriteBatch<'_> {
                 .push(i);
         }
         for indices in by_dir.values() {
-            let first = &self.staged[indices[0]].path;
-            let dir = match self.fs.open_parent(first) {
-                Ok(Some(fd)) => fd,
-                Ok(None) => {
-                    for &i in indices {
-                        let p = self.staged[i].path.clone();
-                        outcome.failed.push((
-                            p.clone(),
-                            FsError::io("rename into place", p.as_str(), Errno::NOENT),
-                        ));
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    for &i in indices {
-                        let p = self.staged[i].path.clone();
-                        outcome.failed.push((
-                            p.clone(),
-                            FsError::io(
-                                "open folder of",
-                                p.as_str(),
-                                io::Error::other(msg.clone()),
-                            ),
-                        ));
-                    }
-                    continue;
-                }
-            };
-            let mut renamed_any = false;
-            for &i in indices {
-                let s = &mut self.staged[i];
-                let result = (|| {
-                    if let Some(st) = stat_leaf(&dir, &s.path)? {
-                        check_regular(&s.path, st.kind)?;
-                    }
-                    if !expectation_holds(&dir, &s.path, s.expect)? {
-                        return Ok(Outcome::Unexpected);
-                    }
-                    rustix::fs::renameat(&dir, s.tmp.as_str(), &dir, s.path.file_name())
-                        .map_err(|e| FsError::io("rename into place", s.path.as_str(), e))?;
-                    Ok(Outcome::Done)
-                })();
-                match result {
-                    Ok(Outcome::Done) => {
-                        s.done = true;
-                        renamed_any = true;
-                        outcome.written.push(s.path.clone());
-                    }
-                    Ok(Outcome::Unexpected) => {
-                        let _ = rustix::fs::unlinkat(&dir, s.tmp.as_str(), AtFlags::empty());
-                        s.done = true;
-                        outcome.unexpected.push(s.path.clone());
-                    }
-                    Err(e) => {
-                        let _ = rustix::fs::unlinkat(&dir, s.tmp.as_str(), AtFlags::empty());
-                        s.done = true;
-                        outcome.failed.push((s.path.clone(), e));
-                    }
-                }
-            }
-            if renamed_any && let Err(e) = rustix::fs::fsync(&dir) {
-                // The renames happened but may not survive a power loss: report them.
-                let msg = e.to_string();
-                let written: Vec<_> = indices
-                    .iter()
-                    .map(|&i| self.staged[i].path.clone())
-                    .collect();
-                outcome.written.retain(|p| !written.contains(p));
-                for p in written {
-                    outcome.failed.push((
-                        p.clone(),
-                        FsError::io("fsync folder of", p.as_str(), io::Error::other(msg.clone())),
-                    ));
-                }
-            }
+            self.commit_dir(indices, &mut outcome);
         }
         Ok(outcome)
     }
+
+    /// Renames the staged files of one folder (`indices` into `staged`) into place, then
+    /// makes the folder durable.
+    fn commit_dir(&mut self, indices: &[usize], outcome: &mut BatchOutcome) {
+        let first = &self.staged[indices[0]].path;
+        let dir = match self.fs.open_parent(first) {
+            Ok(Some(fd)) => fd,
+            Ok(None) => {
+                return self.fail_all(indices, outcome, |p| {
+                    FsError::io("rename into place", p.as_str(), Errno::NOENT)
+                });
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                return self.fail_all(indices, outcome, |p| {
+                    FsError::io("open folder of", p.as_str(), io::Error::other(msg.clone()))
+                });
+            }
+        };
+        let mut renamed_any = false;
+        for &i in indices {
+            let s = &mut self.staged[i];
+            let result = rename_staged(&dir, s);
+            if !matches!(result, Ok(Outcome::Done)) {
+                let _ = rustix::fs::unlinkat(&dir, s.tmp.as_str(), AtFlags::empty());
+            }
+            s.done = true;
+            match result {
+                Ok(Outcome::Done) => {
+                    renamed_any = true;
+                    outcome.written.push(s.path.clone());
+                }
+                Ok(Outcome::Unexpected) => outcome.unexpected.push(s.path.clone()),
+                Err(e) => outcome.failed.push((s.path.clone(), e)),
+            }
+        }
+        if renamed_any && let Err(e) = rustix::fs::fsync(&dir) {
+            // The renames happened but may not survive a power loss: report them.
+            let msg = e.to_string();
+            let folder: Vec<_> = indices
+                .iter()
+                .map(|&i| self.staged[i].path.clone())
+                .collect();
+            outcome.written.retain(|p| !folder.contains(p));
+            for p in folder {
+                let error =
+                    FsError::io("fsync folder of", p.as_str(), io::Error::other(msg.clone()));
+                outcome.failed.push((p, error));
+            }
+        }
+    }
+
+    /// Reports every file of one folder as failed, with the error `error` makes for it.
+    fn fail_all(
+        &self,
+        indices: &[usize],
+        outcome: &mut BatchOutcome,
+        error: impl Fn(&WorkspacePath) -> FsError,
+    ) {
+        for &i in indices {
+            let p = self.staged[i].path.clone();
+            let e = error(&p);
+            outcome.failed.push((p, e));
+        }
+    }
+}
+
+/// Renames one staged file over its target in `dir` if the target is still as expected.
+fn rename_staged(dir: &OwnedFd, s: &Staged) -> Result<Outcome, FsError> {
+    if let Some(st) = stat_leaf(dir, &s.path)? {
+        check_regular(&s.path, st.kind)?;
+    }
+    if !expectation_holds(dir, &s.path, s.expect)? {
+        return Ok(Outcome::Unexpected);
+    }
+    rustix::fs::renameat(dir, s.tmp.as_str(), dir, s.path.file_name())
+        .map_err(|e| FsError::io("rename into place", s.path.as_str(), e))?;
+    Ok(Outcome::Done)
 }
 
 impl Drop for WriteBatch<'_> {

@@ -18,13 +18,16 @@
 //! - [`driver`]: the engine, store and folder tied together (effects carried out in the
 //!   engine's order, start-up scan, echo suppression, the mass-deletion guard);
 //! - [`relay_client`]: the WebSocket to the relay room, reconnecting with backoff;
+//! - `session`: the network session: sealing and opening envelopes, admissions, the
+//!   peers' routes, our sequence numbers and the replay guard (stored with the driver's
+//!   transactions);
 //! - [`control`]: the control socket's requests and the `status --json` document;
 //! - [`run`]: the daemon's main loop, and starting it in the background.
 //!
 //! The building blocks are blocking, thread-based IO; the main loop (tokio) owns the
-//! driver in one task, bridges the watcher's channel from a thread, and runs the relay
-//! client and the control socket as tasks. Only the main loop holds secrets beyond the
-//! room key; the relay client deals in frames.
+//! driver and the session in one task, bridges the watcher's channel from a thread, and
+//! runs the relay client and the control socket as tasks. Only the main loop's task holds
+//! secrets beyond the room key; the relay client deals in frames.
 
 pub mod config;
 pub mod control;
@@ -38,6 +41,7 @@ pub mod paths;
 pub mod relay_client;
 pub mod run;
 pub mod scan;
+mod session;
 pub mod store;
 pub mod watch;
 pub mod workspace;

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use cue_crypto::WorkspaceKeys;
-use cue_proto::{ClientFrame, Limits, PeerId, RelayFrame, RoomId};
+use cue_proto::{ClientFrame, Limits, PeerId, RefuseReason, RelayFrame, RoomId};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -143,28 +143,57 @@ fn jitter(d: Duration) -> Duration {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// One connection, from connecting to its end.
 async fn session(
     params: &RelayParams,
     events: &mpsc::UnboundedSender<RelayEvent>,
     commands: &mut mpsc::UnboundedReceiver<RelayCommand>,
 ) -> End {
-    let lost = |reason: String| End::Lost {
+    let mut ws = match connect(params).await {
+        Ok(ws) => ws,
+        Err(end) => return end,
+    };
+    if let Err(end) = handshake(params, &mut ws, events, commands).await {
+        return end;
+    }
+    exchange(ws, events, commands).await
+}
+
+fn lost(reason: String) -> End {
+    End::Lost {
         reason,
         admitted: false,
-    };
+    }
+}
+
+fn admitted_lost(reason: String) -> End {
+    End::Lost {
+        reason,
+        admitted: true,
+    }
+}
+
+async fn connect(params: &RelayParams) -> Result<Ws, End> {
     let url = room_url(&params.url, &params.keys.room_id());
     // 16 MiB envelopes plus frame overhead; the relay enforces its own, smaller limit.
     let config = WebSocketConfig::default()
         .max_message_size(Some(cue_crypto::MAX_ENVELOPE_LEN + 1024))
         .max_frame_size(Some(cue_crypto::MAX_ENVELOPE_LEN + 1024));
     let connect = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
-    let mut ws: Ws = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-        Ok(Ok((ws, _response))) => ws,
-        Ok(Err(e)) => return lost(format!("cannot connect to {}: {e}", params.url)),
-        Err(_) => return lost(format!("no answer from {} in time", params.url)),
-    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok((ws, _response))) => Ok(ws),
+        Ok(Err(e)) => Err(lost(format!("cannot connect to {}: {e}", params.url))),
+        Err(_) => Err(lost(format!("no answer from {} in time", params.url))),
+    }
+}
 
-    // The handshake: optional auth, the challenge, then Welcome.
+/// The handshake: optional auth, the challenge, then Welcome (reported as `Connected`).
+async fn handshake(
+    params: &RelayParams,
+    ws: &mut Ws,
+    events: &mpsc::UnboundedSender<RelayEvent>,
+    commands: &mut mpsc::UnboundedReceiver<RelayCommand>,
+) -> Result<(), End> {
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     loop {
         let next = tokio::select! {
@@ -172,22 +201,22 @@ async fn session(
             cmd = commands.recv() => match cmd {
                 None | Some(RelayCommand::Close) => {
                     let _ = ws.close(None).await;
-                    return End::Closed;
+                    return Err(End::Closed);
                 }
                 Some(_) => continue, // not admitted: nowhere to send it
             },
         };
         let frame = match next {
-            Err(_) => return lost("the relay's handshake timed out".into()),
-            Ok(None) => return lost("the relay closed the connection".into()),
-            Ok(Some(Err(e))) => return lost(e.to_string()),
+            Err(_) => return Err(lost("the relay's handshake timed out".into())),
+            Ok(None) => return Err(lost("the relay closed the connection".into())),
+            Ok(Some(Err(e))) => return Err(lost(e.to_string())),
             Ok(Some(Ok(WsMessage::Binary(bytes)))) => match cue_proto::decode::<RelayFrame>(&bytes)
             {
                 Ok(f) => f,
-                Err(e) => return lost(format!("undecodable frame from the relay: {e}")),
+                Err(e) => return Err(lost(format!("undecodable frame from the relay: {e}"))),
             },
             Ok(Some(Ok(WsMessage::Close(c)))) => {
-                return lost(format!("the relay closed the connection: {c:?}"));
+                return Err(lost(format!("the relay closed the connection: {c:?}")));
             }
             Ok(Some(Ok(_))) => continue,
         };
@@ -199,87 +228,43 @@ async fn session(
                 signature: params.keys.sign_join(&nonce),
             },
             RelayFrame::Welcome { you, peers, limits } => {
-                if events
-                    .send(RelayEvent::Connected { you, peers, limits })
-                    .is_err()
-                {
-                    return End::Closed;
-                }
-                break;
+                let connected = RelayEvent::Connected { you, peers, limits };
+                return events.send(connected).map_err(|_| End::Closed);
             }
             RelayFrame::Refused { reason, .. } => {
-                return lost(format!(
-                    "the relay refused to admit us: {}",
-                    reason.as_str()
-                ));
+                let reason = reason.as_str();
+                return Err(lost(format!("the relay refused to admit us: {reason}")));
             }
             _ => continue,
         };
-        if let Err(e) = ws
-            .send(WsMessage::Binary(cue_proto::encode(&reply).into()))
-            .await
-        {
-            return lost(e.to_string());
+        let encoded = WsMessage::Binary(cue_proto::encode(&reply).into());
+        if let Err(e) = ws.send(encoded).await {
+            return Err(lost(e.to_string()));
         }
     }
+}
 
-    let admitted_lost = |reason: String| End::Lost {
-        reason,
-        admitted: true,
-    };
-    let mut next_id: u64 = 1;
-    let mut sent: VecDeque<(u64, Instant, ClientFrame)> = VecDeque::new();
-    let mut sent_bytes = 0usize;
-    let mut retry: Vec<(Instant, ClientFrame)> = Vec::new();
+/// Admitted: the relay's frames become events, the main loop's commands become frames,
+/// and frames the relay refuses for rate are sent again.
+async fn exchange(
+    mut ws: Ws,
+    events: &mpsc::UnboundedSender<RelayEvent>,
+    commands: &mut mpsc::UnboundedReceiver<RelayCommand>,
+) -> End {
+    let mut out = Outbox::new();
     loop {
-        let next_retry = retry.iter().map(|(t, _)| *t).min();
         let to_send: Vec<ClientFrame> = tokio::select! {
-            msg = ws.next() => {
-                let bytes = match msg {
-                    None => return admitted_lost("the relay closed the connection".into()),
-                    Some(Err(e)) => return admitted_lost(e.to_string()),
-                    Some(Ok(WsMessage::Binary(b))) => b,
-                    Some(Ok(WsMessage::Close(c))) => {
-                        return admitted_lost(format!("the relay closed the connection: {c:?}"));
+            msg = ws.next() => match incoming(msg, &mut out) {
+                Incoming::Event(event) => {
+                    if events.send(event).is_err() {
+                        let _ = ws.close(None).await;
+                        return End::Closed;
                     }
-                    Some(Ok(_)) => continue,
-                };
-                let frame = match cue_proto::decode::<RelayFrame>(&bytes) {
-                    Ok(f) => f,
-                    Err(error) => {
-                        tracing::warn!(%error, "undecodable frame from the relay; ignored");
-                        continue;
-                    }
-                };
-                let event = match frame {
-                    RelayFrame::PeerJoined(p) => RelayEvent::PeerJoined(p),
-                    RelayFrame::PeerLeft(p) => RelayEvent::PeerLeft(p),
-                    RelayFrame::Message { from, direct, payload } => {
-                        RelayEvent::Message { from, direct, payload }
-                    }
-                    RelayFrame::Refused { id, reason, limit, retry_after_ms } => {
-                        let found = id.and_then(|id| sent.iter().position(|(i, _, _)| *i == id));
-                        match found {
-                            Some(pos) if reason.is_transient() => {
-                                if let Some((_, _, frame)) = sent.remove(pos) {
-                                    sent_bytes -= frame_len(&frame);
-                                    let wait = Duration::from_millis(retry_after_ms.clamp(10, 10_000));
-                                    tracing::debug!(reason = reason.as_str(), ?wait, "relay refused for rate; will resend");
-                                    retry.push((Instant::now() + wait, frame));
-                                }
-                            }
-                            _ => tracing::warn!(reason = reason.as_str(), limit, ?id, "the relay refused a message"),
-                        }
-                        continue;
-                    }
-                    _ => continue,
-                };
-                if events.send(event).is_err() {
-                    let _ = ws.close(None).await;
-                    return End::Closed;
+                    continue;
                 }
-                continue;
-            }
+                Incoming::Nothing => continue,
+                Incoming::Lost(reason) => return admitted_lost(reason),
+            },
             cmd = commands.recv() => match cmd {
                 None | Some(RelayCommand::Close) => {
                     let _ = ws.close(None).await;
@@ -292,39 +277,155 @@ async fn session(
                     vec![ClientFrame::Direct { id: 0, to, payload }]
                 }
             },
-            () = sleep_until_opt(next_retry) => {
-                let now = Instant::now();
-                let (due, later): (Vec<_>, Vec<_>) = retry.into_iter().partition(|(t, _)| *t <= now);
-                retry = later;
-                due.into_iter().map(|(_, f)| f).collect()
-            }
+            () = sleep_until_opt(out.next_retry()) => out.due(Instant::now()),
         };
+        if let Err(e) = out.send(&mut ws, to_send).await {
+            return admitted_lost(e.to_string());
+        }
+    }
+}
+
+/// What a frame from the relay means once admitted.
+enum Incoming {
+    Event(RelayEvent),
+    /// Nothing for the main loop (a refusal is dealt with here).
+    Nothing,
+    /// The connection is gone.
+    Lost(String),
+}
+
+fn incoming(
+    msg: Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>,
+    out: &mut Outbox,
+) -> Incoming {
+    let bytes = match msg {
+        None => return Incoming::Lost("the relay closed the connection".into()),
+        Some(Err(e)) => return Incoming::Lost(e.to_string()),
+        Some(Ok(WsMessage::Binary(b))) => b,
+        Some(Ok(WsMessage::Close(c))) => {
+            return Incoming::Lost(format!("the relay closed the connection: {c:?}"));
+        }
+        Some(Ok(_)) => return Incoming::Nothing,
+    };
+    let frame = match cue_proto::decode::<RelayFrame>(&bytes) {
+        Ok(f) => f,
+        Err(error) => {
+            tracing::warn!(%error, "undecodable frame from the relay; ignored");
+            return Incoming::Nothing;
+        }
+    };
+    match frame {
+        RelayFrame::PeerJoined(p) => Incoming::Event(RelayEvent::PeerJoined(p)),
+        RelayFrame::PeerLeft(p) => Incoming::Event(RelayEvent::PeerLeft(p)),
+        RelayFrame::Message {
+            from,
+            direct,
+            payload,
+        } => Incoming::Event(RelayEvent::Message {
+            from,
+            direct,
+            payload,
+        }),
+        RelayFrame::Refused {
+            id,
+            reason,
+            limit,
+            retry_after_ms,
+        } => {
+            out.refused(id, reason, limit, retry_after_ms);
+            Incoming::Nothing
+        }
+        _ => Incoming::Nothing,
+    }
+}
+
+/// Frames sent lately, kept [`KEEP_SENT`] (and [`KEEP_SENT_BYTES`] at most) in case the
+/// relay refuses them for rate, and refused frames waiting to be sent again.
+struct Outbox {
+    next_id: u64,
+    sent: VecDeque<(u64, Instant, ClientFrame)>,
+    sent_bytes: usize,
+    retry: Vec<(Instant, ClientFrame)>,
+}
+
+impl Outbox {
+    fn new() -> Self {
+        Outbox {
+            next_id: 1,
+            sent: VecDeque::new(),
+            sent_bytes: 0,
+            retry: Vec::new(),
+        }
+    }
+
+    /// When the next refused frame is due again.
+    fn next_retry(&self) -> Option<Instant> {
+        self.retry.iter().map(|(t, _)| *t).min()
+    }
+
+    /// The refused frames due by `now`.
+    fn due(&mut self, now: Instant) -> Vec<ClientFrame> {
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retry)
+            .into_iter()
+            .partition(|(t, _)| *t <= now);
+        self.retry = later;
+        due.into_iter().map(|(_, f)| f).collect()
+    }
+
+    /// The relay refused frame `id`: sent again after its wait if the reason passes.
+    fn refused(&mut self, id: Option<u64>, reason: RefuseReason, limit: u64, retry_after_ms: u64) {
+        let found = id.and_then(|id| self.sent.iter().position(|(i, _, _)| *i == id));
+        match found {
+            Some(pos) if reason.is_transient() => {
+                if let Some((_, _, frame)) = self.sent.remove(pos) {
+                    self.sent_bytes -= frame_len(&frame);
+                    let wait = Duration::from_millis(retry_after_ms.clamp(10, 10_000));
+                    tracing::debug!(
+                        reason = reason.as_str(),
+                        ?wait,
+                        "relay refused for rate; will resend"
+                    );
+                    self.retry.push((Instant::now() + wait, frame));
+                }
+            }
+            _ => tracing::warn!(
+                reason = reason.as_str(),
+                limit,
+                ?id,
+                "the relay refused a message"
+            ),
+        }
+    }
+
+    /// Sends `frames`, each under a fresh id, keeps them, and forgets the oldest kept.
+    async fn send(
+        &mut self,
+        ws: &mut Ws,
+        frames: Vec<ClientFrame>,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
         let now = Instant::now();
-        for mut frame in to_send {
+        for mut frame in frames {
             // A fresh id per attempt, so a refusal always names the latest one.
-            let id = next_id;
-            next_id += 1;
+            let id = self.next_id;
+            self.next_id += 1;
             match &mut frame {
                 ClientFrame::Broadcast { id: i, .. } | ClientFrame::Direct { id: i, .. } => *i = id,
                 _ => {}
             }
-            if let Err(e) = ws
-                .send(WsMessage::Binary(cue_proto::encode(&frame).into()))
-                .await
-            {
-                return admitted_lost(e.to_string());
-            }
-            sent_bytes += frame_len(&frame);
-            sent.push_back((id, now, frame));
+            ws.send(WsMessage::Binary(cue_proto::encode(&frame).into()))
+                .await?;
+            self.sent_bytes += frame_len(&frame);
+            self.sent.push_back((id, now, frame));
         }
-        while let Some((_, t, frame)) = sent.front() {
-            if now.duration_since(*t) > KEEP_SENT || sent_bytes > KEEP_SENT_BYTES {
-                sent_bytes -= frame_len(frame);
-                sent.pop_front();
+        while let Some((_, t, frame)) = self.sent.front() {
+            if now.duration_since(*t) > KEEP_SENT || self.sent_bytes > KEEP_SENT_BYTES {
+                self.sent_bytes -= frame_len(frame);
+                self.sent.pop_front();
             } else {
                 break;
             }
         }
+        Ok(())
     }
 }
 

@@ -1,14 +1,13 @@
 //! The daemon's main loop, and starting it in the background.
 //!
-//! One task owns the [`Driver`] (engine, store, folder) and everything secret; around it
-//! run the watcher (a std thread bridging its channel), the relay client task (frames
-//! only), the control socket and a tick: every 250 ms while the engine has background
-//! work (checks, compaction, a pull) or events arrived lately, every 2 s otherwise, so
-//! that an idle daemon costs next to nothing. Envelopes are sealed and opened here:
-//! engine messages go out sealed as broadcasts or to one device (the relay's peer id for
-//! a device is learned from that device's envelopes), admissions introduce devices to
-//! each other before any engine message, and everything that arrives is opened with the
-//! member list and the replay guard, which is persisted with the store's next commit.
+//! One task owns the [`Driver`] (engine, store, folder) and the network session
+//! (`session.rs`: sealing and opening envelopes, admissions, peers, sequence numbers and
+//! the replay guard), and with them everything secret; around it run the watcher (a std
+//! thread bridging its channel), the relay client task (frames only), the control socket
+//! and a tick: every 250 ms while the engine has background work (checks, compaction, a
+//! pull) or events arrived lately, every 2 s otherwise, so that an idle daemon costs next
+//! to nothing. The loop itself only dispatches: each event goes to its handler, and what
+//! the engine wants sent goes through the session.
 //!
 //! Order of start-up: lock, store, engine, watcher, scan (so that a change made during
 //! the scan is seen by the watcher), control socket, relay. `cue sync start` waits for
@@ -16,25 +15,20 @@
 //! A clean stop handles the watcher's last events, commits, closes the relay connection
 //! and removes the socket before answering.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cue_core::Input;
-use cue_crypto::{
-    Admission, DeviceId as CryptoDeviceId, MessageType, ReplayGuard, Sealer, SeqAllocator, SeqNext,
-    Stream,
-};
-use cue_proto::PeerId;
 use tokio::net::UnixListener;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::control::{self, Pending, Request, Response, StatusContext};
-use crate::driver::{Driver, DriverError, KEY_REPLAY, NS_NET, Outgoing, now_ms};
+use crate::driver::{Driver, DriverError, Outgoing, now_ms};
 use crate::lock::{DaemonLock, LockError, control_socket_path, prepare_socket_dir};
 use crate::relay_client::{self, RelayCommand, RelayEvent, RelayParams};
+use crate::session::Session;
 use crate::watch::{WatchConfig, WatchEvent, Watcher};
 use crate::workspace::{Workspace, WorkspaceError};
 
@@ -48,8 +42,10 @@ const TICK: Duration = Duration::from_millis(250);
 const IDLE_TICK: Duration = Duration::from_secs(2);
 /// How long the daemon must have been quiet before it truncates the store's WAL.
 const RECLAIM_AFTER_QUIET: Duration = Duration::from_secs(5);
-const SEQ_BROADCAST: &str = "broadcast";
-const SEQ_DIRECT: &str = "direct";
+/// At most this many relay events are taken at once (the first and those already waiting
+/// behind it): messages received together are opened together and the replay guard is
+/// stored once for them, while a save waits behind at most one such batch.
+const RELAY_BATCH: usize = 16;
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -175,55 +171,119 @@ pub fn start_background(
     }
 }
 
-/// Everything about the network the main loop keeps.
-struct Net {
-    connected: bool,
-    relay_tx: mpsc::UnboundedSender<RelayCommand>,
-    peer_device: HashMap<PeerId, CryptoDeviceId>,
-    device_peer: HashMap<cue_core::DeviceId, PeerId>,
-    /// Devices whose admission we verified in this run (members before the engine has
-    /// taken the admission in).
-    admitted: HashSet<CryptoDeviceId>,
-    replay: ReplayGuard,
-    seq_broadcast: SeqAllocator,
-    seq_direct: SeqAllocator,
-    rejected: BTreeMap<&'static str, u64>,
+/// What the main loop waits on, besides its tick.
+struct Inbox {
+    watch: mpsc::Receiver<Vec<WatchEvent>>,
+    relay: mpsc::UnboundedReceiver<RelayEvent>,
+    control: mpsc::Receiver<Pending>,
+    sigterm: Signal,
+    sigint: Signal,
+}
+
+/// What runs beside the main loop, to take down at the end.
+struct Services {
+    watcher: Watcher,
+    socket: PathBuf,
+    control_task: JoinHandle<()>,
+    relay_task: JoinHandle<()>,
+}
+
+/// The main loop's state: the driver, the network session, and when to tick.
+struct Daemon<'w> {
+    ws: &'w Workspace,
+    driver: Driver,
+    session: Session<'w>,
+    next_tick: tokio::time::Instant,
+    /// The store's WAL and free pages are given back once the daemon has been quiet for
+    /// [`RECLAIM_AFTER_QUIET`] after writing (a WAL grows to megabytes between
+    /// checkpoints, which alone would be several times a small workspace's size).
+    last_busy: std::time::Instant,
+    reclaim_due: bool,
+}
+
+/// What the loop does after an event.
+enum Flow {
+    Continue,
+    /// Stop cleanly; answer this `cue sync stop` when done.
+    Stop(Option<Pending>),
 }
 
 async fn daemon(ws: Workspace) -> Result<(), RunError> {
-    let config = ws.config.clone();
-    let mut driver = Driver::open(&ws, &config)?;
+    let mut driver = Driver::open(&ws, &ws.config)?;
+    let (watcher, watch) = watch_and_scan(&ws, &mut driver)?;
+    let (relay_tx, relay_cmds) = mpsc::unbounded_channel();
+    let session = Session::resume(&ws, driver.store(), relay_tx).map_err(DriverError::from)?;
+    let watch = bridge(watch)?;
+    let (socket, control, control_task) = listen(&ws)?;
+    let (relay, relay_task) = start_relay(&ws, relay_cmds);
+    tracing::info!(
+        root = %ws.root.display(),
+        relay = %ws.config.sync.relay.url,
+        device = %driver.device_name(),
+        epoch = driver.epoch(),
+        "daemon ready"
+    );
+    let mut inbox = Inbox {
+        watch,
+        relay,
+        control,
+        sigterm: signal(SignalKind::terminate()).map_err(RunError::Runtime)?,
+        sigint: signal(SignalKind::interrupt()).map_err(RunError::Runtime)?,
+    };
+    let services = Services {
+        watcher,
+        socket,
+        control_task,
+        relay_task,
+    };
+    prune_activity(&mut driver, &ws.config);
+    // Loading the store and scanning the folder peak well above what the daemon keeps.
+    crate::memory::release_free_memory();
+    let mut daemon = Daemon {
+        ws: &ws,
+        driver,
+        session,
+        next_tick: tokio::time::Instant::now() + TICK,
+        last_busy: std::time::Instant::now(),
+        reclaim_due: false,
+    };
+    let (outcome, stop_reply) = match daemon.run(&mut inbox).await {
+        Ok(reply) => (Ok(()), reply),
+        Err(e) => (Err(e), None),
+    };
+    let result = daemon.finish(outcome, &mut inbox.watch).await;
+    daemon.session.close();
+    services.end().await;
+    tracing::info!(
+        rejected = ?daemon.session.rejected(),
+        replay_writes = daemon.session.replay_writes(),
+        "daemon stopped"
+    );
+    if let Some(pending) = stop_reply {
+        answer_stop(pending, &result).await;
+    }
+    result
+}
+
+/// Starts the watcher, then scans (so that a change made during the scan is seen).
+fn watch_and_scan(
+    ws: &Workspace,
+    driver: &mut Driver,
+) -> Result<(Watcher, std::sync::mpsc::Receiver<Vec<WatchEvent>>), RunError> {
     let rules = crate::ignore_rules::IgnoreRules::load(&ws.root)
         .map_err(|e| RunError::Driver(DriverError::Ignore(e)))?;
-    let (watcher, watch_rx) = Watcher::start(
-        &ws.root,
-        rules,
-        WatchConfig {
-            debounce: Duration::from_millis(config.sync.debounce_ms),
-        },
-    )?;
+    let debounce = Duration::from_millis(ws.config.sync.debounce_ms);
+    let (watcher, watch_rx) = Watcher::start(&ws.root, rules, WatchConfig { debounce })?;
     // Not connected yet: the scan's changes are stored, and sent on connecting.
     let _ = driver.startup_scan(now_ms())?;
+    Ok((watcher, watch_rx))
+}
 
-    let replay = driver
-        .store()
-        .get_meta(NS_NET, KEY_REPLAY)
-        .map_err(DriverError::from)?
-        .and_then(|b| postcard::from_bytes::<ReplayGuard>(&b).ok())
-        .unwrap_or_default();
-    let seq_b = driver
-        .store()
-        .seq_reservation(SEQ_BROADCAST)
-        .map_err(DriverError::from)?
-        .unwrap_or(0);
-    let seq_d = driver
-        .store()
-        .seq_reservation(SEQ_DIRECT)
-        .map_err(DriverError::from)?
-        .unwrap_or(0);
-
-    // The watcher's std channel, bridged: each batch is what was waiting together.
-    let (watch_tx, mut watch_events) = mpsc::channel::<Vec<WatchEvent>>(64);
+/// The watcher's std channel, bridged: each batch is what was waiting together.
+fn bridge(
+    watch_rx: std::sync::mpsc::Receiver<Vec<WatchEvent>>,
+) -> Result<mpsc::Receiver<Vec<WatchEvent>>, RunError> {
+    let (watch_tx, watch_events) = mpsc::channel::<Vec<WatchEvent>>(64);
     std::thread::Builder::new()
         .name("cue-watch-bridge".into())
         .spawn(move || {
@@ -237,160 +297,212 @@ async fn daemon(ws: Workspace) -> Result<(), RunError> {
             }
         })
         .map_err(|e| RunError::Spawn(e.to_string()))?;
+    Ok(watch_events)
+}
 
-    // The control socket, last: answering it means "ready".
+/// The control socket: answering it means "ready", so it comes after the scan.
+fn listen(ws: &Workspace) -> Result<(PathBuf, mpsc::Receiver<Pending>, JoinHandle<()>), RunError> {
     let socket = control_socket_path(&ws.root).map_err(|e| RunError::Socket(e.to_string()))?;
     prepare_socket_dir(&socket).map_err(|e| RunError::Socket(e.to_string()))?;
     // We hold the lock, so a socket file there is a dead daemon's.
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)
         .map_err(|e| RunError::Socket(format!("{}: {e}", socket.display())))?;
-    let (control_tx, mut control_rx) = mpsc::channel::<Pending>(16);
+    let (control_tx, control_rx) = mpsc::channel::<Pending>(16);
     let control_task = tokio::spawn(control::serve(listener, control_tx));
+    Ok((socket, control_rx, control_task))
+}
 
-    let (relay_tx, relay_cmds) = mpsc::unbounded_channel();
-    let (relay_events_tx, mut relay_events) = mpsc::unbounded_channel();
-    let relay_task = tokio::spawn(relay_client::run(
-        RelayParams {
-            url: config.sync.relay.url.clone(),
-            auth_token: config.sync.relay.auth_token.clone(),
-            keys: ws.keys.clone(),
-        },
-        relay_events_tx,
-        relay_cmds,
-    ));
-    let mut net = Net {
-        connected: false,
-        relay_tx,
-        peer_device: HashMap::new(),
-        device_peer: HashMap::new(),
-        admitted: HashSet::new(),
-        replay,
-        seq_broadcast: SeqAllocator::resume(seq_b),
-        seq_direct: SeqAllocator::resume(seq_d),
-        rejected: BTreeMap::new(),
+/// The relay client task, taking its commands from `commands`.
+fn start_relay(
+    ws: &Workspace,
+    commands: mpsc::UnboundedReceiver<RelayCommand>,
+) -> (mpsc::UnboundedReceiver<RelayEvent>, JoinHandle<()>) {
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let params = RelayParams {
+        url: ws.config.sync.relay.url.clone(),
+        auth_token: ws.config.sync.relay.auth_token.clone(),
+        keys: ws.keys.clone(),
     };
-    tracing::info!(
-        root = %ws.root.display(),
-        relay = %config.sync.relay.url,
-        device = %driver.device_name(),
-        epoch = driver.epoch(),
-        "daemon ready"
-    );
+    let task = tokio::spawn(relay_client::run(params, events_tx, commands));
+    (events, task)
+}
 
-    let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Runtime)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Runtime)?;
-    prune_activity(&mut driver, &config);
-    // Loading the store and scanning the folder peak well above what the daemon keeps.
-    crate::memory::release_free_memory();
-    let mut next_tick = tokio::time::Instant::now() + TICK;
-    let mut stop_reply = None;
-    // The store's WAL and free pages are given back once the daemon has been quiet for a
-    // while after writing (a WAL grows to megabytes between checkpoints, which alone
-    // would be several times a small workspace's size).
-    let mut last_busy = std::time::Instant::now();
-    let mut reclaim_due = false;
-    let outcome: Result<(), RunError> = loop {
-        let mut ticked = false;
-        let step: Result<Vec<Outgoing>, DriverError> = tokio::select! {
-            Some(batch) = watch_events.recv() => {
-                (last_busy, reclaim_due) = (std::time::Instant::now(), true);
-                driver.watch_events(now_ms(), batch)
-            }
-            Some(event) = relay_events.recv() => {
-                (last_busy, reclaim_due) = (std::time::Instant::now(), true);
-                on_relay_event(&ws, &mut driver, &mut net, event)
-            }
-            Some(pending) = control_rx.recv() => {
-                match pending.request {
-                    Request::Stop => {
-                        stop_reply = Some(pending);
-                        break Ok(());
-                    }
-                    req => {
-                        let (response, sends) = on_request(&ws, &mut driver, &net, req);
-                        let _ = pending.reply.send(response);
-                        sends
-                    }
+impl Daemon<'_> {
+    /// The main loop: until a signal, `cue sync stop`, or an error of the driver.
+    async fn run(&mut self, inbox: &mut Inbox) -> Result<Option<Pending>, RunError> {
+        loop {
+            let flow = tokio::select! {
+                Some(batch) = inbox.watch.recv() => self.on_watch(batch),
+                Some(first) = inbox.relay.recv() => {
+                    self.on_relay(with_waiting(first, &mut inbox.relay))
                 }
+                Some(pending) = inbox.control.recv() => self.on_control(pending),
+                () = tokio::time::sleep_until(self.next_tick) => self.on_tick(),
+                _ = inbox.sigterm.recv() => Ok(Flow::Stop(None)),
+                _ = inbox.sigint.recv() => Ok(Flow::Stop(None)),
+            };
+            if let Flow::Stop(reply) = flow? {
+                return Ok(reply);
             }
-            _ = tokio::time::sleep_until(next_tick) => {
-                if reclaim_due && last_busy.elapsed() >= RECLAIM_AFTER_QUIET {
-                    reclaim_due = false;
-                    prune_activity(&mut driver, &config);
-                    if let Err(error) = driver.store_mut().reclaim_space() {
-                        tracing::warn!(%error, "cannot compact the store's files");
-                    }
-                    crate::memory::release_free_memory();
-                }
-                let writes = driver.store_writes();
-                let step = driver.tick(now_ms());
-                // Compaction and checks run in ticks: space is given back after them.
-                if driver.store_writes() != writes {
-                    (last_busy, reclaim_due) = (std::time::Instant::now(), true);
-                }
-                let every = if reclaim_due || driver.wants_frequent_ticks() {
-                    TICK
-                } else {
-                    IDLE_TICK
-                };
-                next_tick = tokio::time::Instant::now() + every;
-                ticked = true;
-                step
-            }
-            _ = sigterm.recv() => break Ok(()),
-            _ = sigint.recv() => break Ok(()),
+        }
+    }
+
+    /// Saves, renames and removals in the folder.
+    fn on_watch(&mut self, batch: Vec<WatchEvent>) -> Result<Flow, RunError> {
+        self.busy();
+        let sends = self.driver.watch_events(now_ms(), batch);
+        self.after_event(sends)
+    }
+
+    /// The room: joined or lost, peers coming and going, their messages.
+    fn on_relay(&mut self, events: Vec<RelayEvent>) -> Result<Flow, RunError> {
+        self.busy();
+        let handled = self.session.on_relay_events(&mut self.driver, events);
+        self.after_event(handled.map(|()| Vec::new()))
+    }
+
+    /// A request on the control socket.
+    fn on_control(&mut self, pending: Pending) -> Result<Flow, RunError> {
+        if matches!(pending.request, Request::Stop) {
+            return Ok(Flow::Stop(Some(pending)));
+        }
+        let Pending { request, reply, .. } = pending;
+        let (response, sends) = self.answer(request);
+        let _ = reply.send(response);
+        self.after_event(sends)
+    }
+
+    /// Time passed: the driver's tick, space given back after a quiet while, and the
+    /// next tick set by how much is under way.
+    fn on_tick(&mut self) -> Result<Flow, RunError> {
+        if self.reclaim_due && self.last_busy.elapsed() >= RECLAIM_AFTER_QUIET {
+            self.reclaim_due = false;
+            prune_activity(&mut self.driver, &self.ws.config);
+            reclaim_space(&mut self.driver);
+            crate::memory::release_free_memory();
+        }
+        let writes = self.driver.store_writes();
+        let step = self.driver.tick(now_ms());
+        // Compaction and checks run in ticks: space is given back after them.
+        if self.driver.store_writes() != writes {
+            self.busy();
+        }
+        let every = if self.reclaim_due || self.driver.wants_frequent_ticks() {
+            TICK
+        } else {
+            IDLE_TICK
         };
-        // Whatever just happened may have left work for the ticks (documents to check,
-        // a pull to start, space to give back): tick soon.
-        if !ticked {
-            next_tick = next_tick.min(tokio::time::Instant::now() + TICK);
-        }
-        match step {
-            Ok(sends) => send_all(&ws, &mut driver, &mut net, sends),
-            Err(e) => break Err(e.into()),
-        }
-    };
+        self.next_tick = tokio::time::Instant::now() + every;
+        self.session.send_all(&mut self.driver, step?);
+        Ok(Flow::Continue)
+    }
 
-    // Clean stop: take in what the watcher still has (a save just before the stop),
-    // commit, close the connection, remove the socket.
-    tokio::time::sleep(Duration::from_millis(config.sync.debounce_ms * 2 + 20)).await;
-    let mut result = outcome;
-    while let Ok(batch) = watch_events.try_recv() {
-        match driver.watch_events(now_ms(), batch) {
-            Ok(sends) => send_all(&ws, &mut driver, &mut net, sends),
-            Err(e) => {
-                result = result.and(Err(e.into()));
-                break;
+    fn busy(&mut self) {
+        (self.last_busy, self.reclaim_due) = (std::time::Instant::now(), true);
+    }
+
+    /// After any event but a tick: send what the engine wants sent, and tick soon, since
+    /// whatever just happened may have left work for the ticks (documents to check, a
+    /// pull to start, space to give back).
+    fn after_event(&mut self, sends: Result<Vec<Outgoing>, DriverError>) -> Result<Flow, RunError> {
+        self.next_tick = self.next_tick.min(tokio::time::Instant::now() + TICK);
+        self.session.send_all(&mut self.driver, sends?);
+        Ok(Flow::Continue)
+    }
+
+    fn answer(&mut self, req: Request) -> (Response, Result<Vec<Outgoing>, DriverError>) {
+        let now = now_ms();
+        let command = match req {
+            Request::Status | Request::Stop => {
+                let status = self.driver.status();
+                let context = StatusContext {
+                    workspace: self.ws,
+                    running: true,
+                    pid: Some(std::process::id()),
+                    connected: self.session.connected(),
+                    deletions_paused: self.driver.guard().map(str::to_string),
+                };
+                let response = Response {
+                    ok: true,
+                    error: None,
+                    status: Some(control::status_report(&context, &status)),
+                };
+                return (response, Ok(Vec::new()));
+            }
+            Request::Restore { path } => self.driver.restore(now, &path),
+            Request::Resolve { path } => self.driver.resolve(now, &path),
+        };
+        match command {
+            Ok(Ok(sends)) => (Response::ok(), Ok(sends)),
+            Ok(Err(e)) => (Response::error(e.to_string()), Ok(Vec::new())),
+            Err(e) => (Response::error(e.to_string()), Err(e)),
+        }
+    }
+
+    /// The clean stop's work on the store: take in what the watcher still has (a save
+    /// just before the stop), commit (the replay guard with the rest), and give space
+    /// back (free pages to the filesystem and an empty WAL: the store at rest is small).
+    async fn finish(
+        &mut self,
+        outcome: Result<(), RunError>,
+        watch: &mut mpsc::Receiver<Vec<WatchEvent>>,
+    ) -> Result<(), RunError> {
+        let debounce = self.ws.config.sync.debounce_ms;
+        tokio::time::sleep(Duration::from_millis(debounce * 2 + 20)).await;
+        let mut result = outcome;
+        while let Ok(batch) = watch.try_recv() {
+            match self.driver.watch_events(now_ms(), batch) {
+                Ok(sends) => self.session.send_all(&mut self.driver, sends),
+                Err(e) => {
+                    result = result.and(Err(e.into()));
+                    break;
+                }
             }
         }
+        self.session.persist_replay(&mut self.driver);
+        if let Err(e) = self.driver.flush() {
+            result = result.and(Err(e.into()));
+        }
+        reclaim_space(&mut self.driver);
+        result
     }
-    if let Ok(bytes) = postcard::to_allocvec(&net.replay) {
-        driver.set_replay_state(bytes);
+}
+
+impl Services {
+    /// After the session asked the relay client to close: waits for it a little, stops
+    /// watching and listening, removes the socket.
+    async fn end(self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.relay_task).await;
+        drop(self.watcher);
+        self.control_task.abort();
+        let _ = std::fs::remove_file(&self.socket);
     }
-    if let Err(e) = driver.flush() {
-        result = result.and(Err(e.into()));
+}
+
+/// Answers `cue sync stop` with how the stop went.
+async fn answer_stop(pending: Pending, result: &Result<(), RunError>) {
+    let _ = pending.reply.send(match result {
+        Ok(()) => Response::ok(),
+        Err(e) => Response::error(e.to_string()),
+    });
+    // The answer must reach `cue sync stop` before the runtime (and its connection
+    // task) goes away.
+    let _ = tokio::time::timeout(Duration::from_secs(5), pending.written).await;
+}
+
+/// `first` and the events already waiting behind it, [`RELAY_BATCH`] at most.
+fn with_waiting(
+    first: RelayEvent,
+    rx: &mut mpsc::UnboundedReceiver<RelayEvent>,
+) -> Vec<RelayEvent> {
+    let mut events = vec![first];
+    while events.len() < RELAY_BATCH
+        && let Ok(event) = rx.try_recv()
+    {
+        events.push(event);
     }
-    // Free pages back to the filesystem and an empty WAL: the store at rest is small.
-    if let Err(error) = driver.store_mut().reclaim_space() {
-        tracing::warn!(%error, "cannot compact the store's files");
-    }
-    let _ = net.relay_tx.send(RelayCommand::Close);
-    let _ = tokio::time::timeout(Duration::from_secs(2), relay_task).await;
-    drop(watcher);
-    control_task.abort();
-    let _ = std::fs::remove_file(&socket);
-    tracing::info!(rejected = ?net.rejected, "daemon stopped");
-    if let Some(pending) = stop_reply {
-        let _ = pending.reply.send(match &result {
-            Ok(()) => Response::ok(),
-            Err(e) => Response::error(e.to_string()),
-        });
-        // The answer must reach `cue sync stop` before the runtime (and its connection
-        // task) goes away.
-        let _ = tokio::time::timeout(Duration::from_secs(5), pending.written).await;
-    }
-    result
+    events
 }
 
 /// Drops activity entries older than `sync.activity_retention_days`.
@@ -405,235 +517,9 @@ fn prune_activity(driver: &mut Driver, config: &crate::config::Config) {
     }
 }
 
-fn on_request(
-    ws: &Workspace,
-    driver: &mut Driver,
-    net: &Net,
-    req: Request,
-) -> (Response, Result<Vec<Outgoing>, DriverError>) {
-    let now = now_ms();
-    let command = match req {
-        Request::Status | Request::Stop => {
-            let status = driver.status();
-            let report = control::status_report(
-                &StatusContext {
-                    workspace: ws,
-                    running: true,
-                    pid: Some(std::process::id()),
-                    connected: net.connected,
-                    deletions_paused: driver.guard().map(str::to_string),
-                },
-                &status,
-            );
-            let response = Response {
-                ok: true,
-                error: None,
-                status: Some(report),
-            };
-            return (response, Ok(Vec::new()));
-        }
-        Request::Restore { path } => driver.restore(now, &path),
-        Request::Resolve { path } => driver.resolve(now, &path),
-    };
-    match command {
-        Ok(Ok(sends)) => (Response::ok(), Ok(sends)),
-        Ok(Err(e)) => (Response::error(e.to_string()), Ok(Vec::new())),
-        Err(e) => (Response::error(e.to_string()), Err(e)),
-    }
-}
-
-fn core_id(d: &CryptoDeviceId) -> cue_core::DeviceId {
-    cue_core::DeviceId(d.0)
-}
-
-fn on_relay_event(
-    ws: &Workspace,
-    driver: &mut Driver,
-    net: &mut Net,
-    event: RelayEvent,
-) -> Result<Vec<Outgoing>, DriverError> {
-    let now = now_ms();
-    match event {
-        RelayEvent::Connected { you, peers, limits } => {
-            tracing::info!(?you, peers = peers.len(), "joined the relay room");
-            net.connected = true;
-            net.peer_device.clear();
-            net.device_peer.clear();
-            let limit = usize::try_from(limits.max_message_bytes).unwrap_or(usize::MAX);
-            if let Some(max) = cue_crypto::max_plaintext_for(limit) {
-                driver.engine_mut().set_max_message_bytes(max);
-            }
-            // Introduce ourselves before any engine message, so that peers (a joiner
-            // especially) know us as a member when our Hello arrives.
-            send_admission(ws, driver, net, None);
-            driver.input(now, Input::Connected)
-        }
-        RelayEvent::PeerJoined(peer) => {
-            send_admission(ws, driver, net, Some(peer));
-            Ok(Vec::new())
-        }
-        RelayEvent::PeerLeft(peer) => {
-            let Some(device) = net.peer_device.remove(&peer) else {
-                return Ok(Vec::new());
-            };
-            net.device_peer.remove(&core_id(&device));
-            net.replay.on_peer_left(&device);
-            driver.input(
-                now,
-                Input::PeerLeft {
-                    device: core_id(&device),
-                },
-            )
-        }
-        RelayEvent::Disconnected { reason } => {
-            tracing::info!(%reason, "offline; reconnecting");
-            net.connected = false;
-            net.peer_device.clear();
-            net.device_peer.clear();
-            net.replay.on_disconnect();
-            driver.input(now, Input::Disconnected)
-        }
-        RelayEvent::Message { from, payload, .. } => {
-            let me = ws.device.device_id();
-            let engine = driver.engine();
-            let admitted = &net.admitted;
-            let opened = cue_crypto::open(&ws.keys, &me, &mut net.replay, &payload, |d| {
-                engine.is_member(&core_id(d)) || admitted.contains(d)
-            });
-            let opened = match opened {
-                Ok(o) => o,
-                Err(e) => {
-                    *net.rejected.entry(e.kind()).or_default() += 1;
-                    tracing::debug!(error = %e, "dropped a message");
-                    return Ok(Vec::new());
-                }
-            };
-            if let Some(gap) = &opened.gap {
-                tracing::debug!(?gap, "broadcasts from a peer may have been withheld");
-            }
-            net.peer_device.insert(from, opened.sender);
-            net.device_peer.insert(core_id(&opened.sender), from);
-            if let Ok(bytes) = postcard::to_allocvec(&net.replay) {
-                driver.set_replay_state(bytes);
-            }
-            match opened.ty {
-                MessageType::Admission => {
-                    let admission = match Admission::decode(&opened.plaintext) {
-                        Ok(a) if a.device == opened.sender && a.verify(&ws.keys).is_ok() => a,
-                        _ => {
-                            *net.rejected.entry("bad_admission").or_default() += 1;
-                            return Ok(Vec::new());
-                        }
-                    };
-                    net.admitted.insert(admission.device);
-                    let device = core_id(&admission.device);
-                    if driver.engine().members().get(&device) == Some(&admission.name) {
-                        return Ok(Vec::new());
-                    }
-                    driver.input(
-                        now,
-                        Input::Admit {
-                            device,
-                            name: admission.name,
-                        },
-                    )
-                }
-                MessageType::Engine => driver.input(
-                    now,
-                    Input::Message {
-                        from: core_id(&opened.sender),
-                        bytes: opened.plaintext,
-                    },
-                ),
-            }
-        }
-    }
-}
-
-/// Our admission: to the room (`None`) or to one peer that just joined.
-fn send_admission(ws: &Workspace, driver: &mut Driver, net: &mut Net, to: Option<PeerId>) {
-    let admission = match Admission::create(&ws.keys, &ws.device, &ws.device_name()) {
-        Ok(a) => a,
-        Err(error) => {
-            tracing::error!(%error, "cannot make our admission (device name)");
-            return;
-        }
-    };
-    // Sealed on the broadcast stream even when sent to one peer: we do not know its
-    // device yet, which a direct stream would name.
-    let Some(envelope) = seal(
-        ws,
-        driver,
-        net,
-        MessageType::Admission,
-        Stream::Broadcast,
-        &admission.encode(),
-    ) else {
-        return;
-    };
-    let cmd = match to {
-        None => RelayCommand::Broadcast(envelope),
-        Some(p) => RelayCommand::Direct(p, envelope),
-    };
-    let _ = net.relay_tx.send(cmd);
-}
-
-fn seal(
-    ws: &Workspace,
-    driver: &mut Driver,
-    net: &mut Net,
-    ty: MessageType,
-    stream: Stream,
-    plaintext: &[u8],
-) -> Option<Vec<u8>> {
-    let (alloc, name) = match stream {
-        Stream::Broadcast => (&mut net.seq_broadcast, SEQ_BROADCAST),
-        Stream::Direct(_) => (&mut net.seq_direct, SEQ_DIRECT),
-    };
-    let seq = loop {
-        match alloc.allocate() {
-            SeqNext::Ready(n) => break n,
-            SeqNext::PersistFirst(mark) => match driver.store_mut().reserve_seq(name, mark) {
-                Ok(stored) => alloc.persisted(stored),
-                Err(error) => {
-                    tracing::error!(%error, "cannot reserve sequence numbers; message not sent");
-                    return None;
-                }
-            },
-            SeqNext::Exhausted => {
-                tracing::error!("sequence numbers exhausted; this device needs a new key");
-                return None;
-            }
-        }
-    };
-    match Sealer::new(&ws.keys, &ws.device).seal(ty, stream, seq, plaintext) {
-        Ok(env) => Some(env),
-        Err(error) => {
-            tracing::error!(%error, "cannot seal a message");
-            None
-        }
-    }
-}
-
-fn send_all(ws: &Workspace, driver: &mut Driver, net: &mut Net, sends: Vec<Outgoing>) {
-    if !net.connected {
-        return; // the engine knows: it catches up on connecting
-    }
-    for (to, bytes) in sends {
-        let stream = match to {
-            None => Stream::Broadcast,
-            Some(d) => Stream::Direct(CryptoDeviceId(d.0)),
-        };
-        let Some(envelope) = seal(ws, driver, net, MessageType::Engine, stream, &bytes) else {
-            continue;
-        };
-        // A direct message to a device whose relay peer we have not learned yet goes to
-        // the room; the others drop it as not theirs.
-        let cmd = match to.and_then(|d| net.device_peer.get(&d)) {
-            Some(peer) => RelayCommand::Direct(*peer, envelope),
-            None => RelayCommand::Broadcast(envelope),
-        };
-        let _ = net.relay_tx.send(cmd);
+fn reclaim_space(driver: &mut Driver) {
+    if let Err(error) = driver.store_mut().reclaim_space() {
+        tracing::warn!(%error, "cannot compact the store's files");
     }
 }
 

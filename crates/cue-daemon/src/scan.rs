@@ -109,23 +109,32 @@ pub fn scan(
     if !std::fs::metadata(&root).is_ok_and(|m| m.is_dir()) {
         return Err(ScanError::RootMissing(root));
     }
+    let mut report = ScanReport::default();
+    for entry in walk(&root, rules) {
+        match entry {
+            Ok(entry) => take_entry(fs, &root, options, &entry, &mut report),
+            Err(e) => report.skipped.push(walk_error(&root, &e)),
+        }
+    }
+    report.files.sort_by(|a, b| a.path.cmp(&b.path));
+    report.skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    report.stale_temps.sort();
+    Ok(report)
+}
+
+/// The walk below `root`: only our rules (no .gitignore, .ignore, global excludes or
+/// parent folders' files), never following links. cue's temporary files and names that
+/// cannot be synced are let through, to be reported.
+fn walk(root: &Path, rules: &IgnoreRules) -> ignore::Walk {
     let filter_rules = rules.clone();
-    let filter_root = root.clone();
-    let walker = WalkBuilder::new(&root)
-        // Only our rules: no .gitignore, .ignore, global excludes or parent folders' files.
+    let filter_root = root.to_owned();
+    WalkBuilder::new(root)
         .standard_filters(false)
         .hidden(false)
         .follow_links(false)
         .filter_entry(move |entry| {
-            if entry.depth() == 0 {
+            if entry.depth() == 0 || is_cue_temp(entry) {
                 return true;
-            }
-            if entry
-                .file_name()
-                .as_encoded_bytes()
-                .starts_with(CUE_TEMP_PREFIX.as_bytes())
-            {
-                return true; // reported as stale temporaries
             }
             let Some(rel) = rel_str(&filter_root, entry.path()) else {
                 return true; // reported as an invalid name
@@ -133,99 +142,82 @@ pub fn scan(
             let is_dir = entry.file_type().is_some_and(|t| t.is_dir());
             !filter_rules.is_ignored(rel, is_dir)
         })
-        .build();
+        .build()
+}
 
-    let mut report = ScanReport::default();
-    for entry in walker {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) => {
-                let path = error_path(&e)
-                    .and_then(|p| {
-                        p.strip_prefix(&root)
-                            .ok()
-                            .map(|p| p.to_string_lossy().into_owned())
-                    })
-                    .unwrap_or_default();
-                tracing::warn!(%path, "scan: {e}");
-                report.skipped.push(Skipped {
-                    path,
-                    reason: SkipReason::Unreadable(e.to_string()),
-                });
-                continue;
-            }
-        };
-        if entry.depth() == 0 {
-            continue;
-        }
-        let Some(file_type) = entry.file_type() else {
-            continue;
-        };
-        if file_type.is_dir() {
-            continue;
-        }
-        let lossy = entry
-            .path()
-            .strip_prefix(&root)
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if entry
-            .file_name()
-            .as_encoded_bytes()
-            .starts_with(CUE_TEMP_PREFIX.as_bytes())
-        {
-            if file_type.is_file() {
-                report.stale_temps.push(lossy);
-            }
-            continue;
-        }
-        let skip = |reason| Skipped {
-            path: lossy.clone(),
-            reason,
-        };
-        if file_type.is_symlink() {
-            report.skipped.push(skip(SkipReason::Symlink));
-            continue;
-        }
-        if !file_type.is_file() {
-            report
-                .skipped
-                .push(skip(SkipReason::Special(special_kind(&file_type))));
-            continue;
-        }
-        let path =
-            match rel_str(&root, entry.path()).ok_or_else(|| PathError::NotUtf8(lossy.clone())) {
-                Ok(rel) => match WorkspacePath::parse(rel) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        report.skipped.push(skip(SkipReason::InvalidName(e)));
-                        continue;
-                    }
-                },
-                Err(e) => {
-                    report.skipped.push(skip(SkipReason::InvalidName(e)));
-                    continue;
-                }
-            };
-        match hash_file(fs, &path, options.max_file_size) {
-            Ok(Some(Hashed::File(file))) => report.files.push(file),
-            Ok(Some(Hashed::TooLarge(size))) => {
-                report.skipped.push(skip(SkipReason::TooLarge { size }))
-            }
-            Ok(None) => {} // deleted since the folder was listed; the watcher reports it
-            Err(FsError::Symlink { .. }) => report.skipped.push(skip(SkipReason::Symlink)),
-            Err(FsError::NotRegular { kind, .. }) => {
-                report.skipped.push(skip(SkipReason::Special(kind)));
-            }
-            Err(e) => report
-                .skipped
-                .push(skip(SkipReason::Unreadable(e.to_string()))),
-        }
+fn is_cue_temp(entry: &ignore::DirEntry) -> bool {
+    entry
+        .file_name()
+        .as_encoded_bytes()
+        .starts_with(CUE_TEMP_PREFIX.as_bytes())
+}
+
+/// A folder or file the walk could not read.
+fn walk_error(root: &Path, e: &ignore::Error) -> Skipped {
+    let path = error_path(e)
+        .and_then(|p| {
+            p.strip_prefix(root)
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default();
+    tracing::warn!(%path, "scan: {e}");
+    Skipped {
+        path,
+        reason: SkipReason::Unreadable(e.to_string()),
     }
-    report.files.sort_by(|a, b| a.path.cmp(&b.path));
-    report.skipped.sort_by(|a, b| a.path.cmp(&b.path));
-    report.stale_temps.sort();
-    Ok(report)
+}
+
+/// Puts one entry of the walk into the report: a file hashed, a path skipped and why, or
+/// a stale temporary file.
+fn take_entry(
+    fs: &WorkspaceFs,
+    root: &Path,
+    options: &ScanOptions,
+    entry: &ignore::DirEntry,
+    report: &mut ScanReport,
+) {
+    let Some(file_type) = entry.file_type() else {
+        return;
+    };
+    if entry.depth() == 0 || file_type.is_dir() {
+        return;
+    }
+    let lossy = entry
+        .path()
+        .strip_prefix(root)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if is_cue_temp(entry) {
+        if file_type.is_file() {
+            report.stale_temps.push(lossy);
+        }
+        return;
+    }
+    let reason = if file_type.is_symlink() {
+        SkipReason::Symlink
+    } else if !file_type.is_file() {
+        SkipReason::Special(special_kind(&file_type))
+    } else {
+        let parsed = rel_str(root, entry.path())
+            .ok_or_else(|| PathError::NotUtf8(lossy.clone()))
+            .and_then(WorkspacePath::parse);
+        match parsed {
+            Ok(path) => match hash_file(fs, &path, options.max_file_size) {
+                Ok(Some(Hashed::File(file))) => return report.files.push(file),
+                Ok(Some(Hashed::TooLarge(size))) => SkipReason::TooLarge { size },
+                Ok(None) => return, // deleted since the folder was listed; the watcher reports it
+                Err(FsError::Symlink { .. }) => SkipReason::Symlink,
+                Err(FsError::NotRegular { kind, .. }) => SkipReason::Special(kind),
+                Err(e) => SkipReason::Unreadable(e.to_string()),
+            },
+            Err(e) => SkipReason::InvalidName(e),
+        }
+    };
+    report.skipped.push(Skipped {
+        path: lossy,
+        reason,
+    });
 }
 
 /// The regular files at or below the folder `dir` that the rules let through, sorted,
