@@ -1,0 +1,224 @@
+//! Remote changes and adopted documents: applying what peers send and verifying
+//! documents adopted whole.
+
+use super::*;
+
+pub(super) enum Remote {
+    Changes(Vec<Change>),
+    Whole(Vec<u8>),
+}
+
+/// The member whose actor made op `op` (`counter@actorhex`).
+pub(super) fn device_of_op(op: &str, members: &BTreeMap<DeviceId, String>) -> Option<DeviceId> {
+    let actor = op.split_once('@')?.1;
+    let prefix = hex::decode(actor).ok()?;
+    if prefix.len() < 16 {
+        return None;
+    }
+    members.keys().find(|d| d.0[..16] == prefix[..16]).copied()
+}
+
+impl Engine {
+    /// A whole document with its content (`Item::Adopt`). A document we do not have is
+    /// stored as it came and its content written as it came, without loading it; it is
+    /// checked against that content later (`verify_adopted`). One we have is merged.
+    pub(super) fn adopt(
+        &mut self,
+        from: DeviceId,
+        f: FileId,
+        bytes: Vec<u8>,
+        heads: Heads,
+        content: Vec<u8>,
+        store: &mut dyn DocStore,
+    ) -> Option<Heads> {
+        let known = self.metas.contains_key(&f) || self.cache.contains_key(&f);
+        if known || heads.is_empty() {
+            return self.apply_remote(from, DocId::File(f), Remote::Whole(bytes), store);
+        }
+        let meta = FileMeta {
+            heads: heads.clone(),
+            doc_hash: Some(content_hash(&content)),
+            size: content.len() as u64,
+            ..FileMeta::default()
+        };
+        self.metas.insert(f, meta);
+        self.adopted.insert(f, bytes);
+        self.adopted_content.insert(f, content);
+        self.tail.unverified.insert(f);
+        self.state_dirty = true;
+        // A file that got content may now clash with another at its path.
+        self.index_changed = true;
+        self.live_cache = None;
+        self.digest = None;
+        self.dirty.insert(f);
+        self.to_reconcile.insert(f);
+        if let Some(path) = self.index.path_of(&f) {
+            let name = self.index.members().get(&from).cloned().unwrap_or_default();
+            self.activity(ActivityKind::RemoteChange, Some(path), &name, None);
+        }
+        Some(heads)
+    }
+
+    /// Check up to `budget` adopted documents against the content they came with. A
+    /// document that renders to something else (a faulty or lying sender) wins: its real
+    /// heads and content replace what was believed, and the disk follows.
+    pub(super) fn verify_adopted(&mut self, budget: usize, store: &mut dyn DocStore) {
+        let batch: Vec<FileId> = self.tail.unverified.iter().take(budget).copied().collect();
+        for f in batch {
+            self.tail.unverified.remove(&f);
+            self.state_dirty = true;
+            let Some(believed) = self.metas.get(&f).map(|m| (m.heads.clone(), m.doc_hash)) else {
+                continue;
+            };
+            let actual = self.with_doc(f, store, |d| {
+                let heads = to_heads(&d.heads());
+                let hash = if d.is_empty() {
+                    None
+                } else {
+                    d.materialize().ok().map(|c| content_hash(&c))
+                };
+                Ok((heads, hash))
+            });
+            match actual {
+                Ok(actual) if actual == believed => {}
+                Ok(_) => {
+                    self.state.counters.bad_documents += 1;
+                    self.refresh_meta(f, store);
+                    self.to_reconcile.insert(f);
+                }
+                Err(_) => {
+                    // The stored bytes do not load: nothing can be said of the file but
+                    // what is on disk, which stays.
+                    self.state.counters.bad_documents += 1;
+                    continue;
+                }
+            }
+            self.record_field_conflicts(f, store);
+        }
+    }
+
+    /// Apply changes or a whole document from a peer. Returns our new heads if anything
+    /// was applied.
+    pub(super) fn apply_remote(
+        &mut self,
+        from: DeviceId,
+        doc: DocId,
+        remote: Remote,
+        store: &mut dyn DocStore,
+    ) -> Option<Heads> {
+        let before: Heads;
+        let after: Heads;
+        let missing: bool;
+        match doc {
+            DocId::Index => {
+                before = to_heads(&self.index.heads());
+                let am = self.index.automerge();
+                let ok = match remote {
+                    Remote::Changes(c) => am.apply_changes(c).is_ok(),
+                    Remote::Whole(bytes) => match automerge::AutoCommit::load(&bytes) {
+                        Ok(mut other) => am.merge(&mut other).is_ok(),
+                        Err(_) => false,
+                    },
+                };
+                if !ok {
+                    self.state.counters.bad_documents += 1;
+                    self.state_dirty = true;
+                    return None;
+                }
+                missing = !self.index.automerge().get_missing_deps(&[]).is_empty();
+                after = to_heads(&self.index.heads());
+                if before != after {
+                    self.index_dirty = true;
+                    self.index_changed = true;
+                    self.live_cache = None;
+                    self.digest = None;
+                }
+            }
+            DocId::File(f) => {
+                before = self
+                    .metas
+                    .get(&f)
+                    .map(|m| m.heads.clone())
+                    .unwrap_or_default();
+                // A document we do not have at all is taken as sent: loading it is the
+                // only cost, and its bytes are stored as they came (no merge into an
+                // empty document, no re-encoding).
+                let remote = match remote {
+                    Remote::Whole(bytes)
+                        if !self.metas.contains_key(&f) && !self.cache.contains_key(&f) =>
+                    {
+                        match FileDoc::load(&bytes, self.actor.clone()) {
+                            Ok(doc) => {
+                                let t = self.touch();
+                                self.cache.insert(f, (doc, t));
+                                self.adopted.insert(f, bytes);
+                                Remote::Changes(Vec::new())
+                            }
+                            Err(_) => {
+                                self.state.counters.bad_documents += 1;
+                                self.state_dirty = true;
+                                return None;
+                            }
+                        }
+                    }
+                    other => other,
+                };
+                let r = self.with_doc(f, store, |d| {
+                    let am = d.automerge();
+                    match remote {
+                        Remote::Changes(c) => am.apply_changes(c)?,
+                        Remote::Whole(bytes) => {
+                            let mut other = automerge::AutoCommit::load(&bytes)
+                                .map_err(|e| DocError::Decode(e.to_string()))?;
+                            am.merge(&mut other)?;
+                        }
+                    }
+                    let missing = !am.get_missing_deps(&[]).is_empty();
+                    Ok((to_heads(&am.get_heads()), missing))
+                });
+                let (heads, m) = match r {
+                    Ok(x) => x,
+                    Err(_) => {
+                        self.state.counters.bad_documents += 1;
+                        self.state_dirty = true;
+                        // A document that failed to apply may be half-updated in memory;
+                        // drop it so the stored version is what counts.
+                        self.cache.remove(&f);
+                        return None;
+                    }
+                };
+                after = heads;
+                missing = m;
+                if before != after {
+                    self.metas.entry(f).or_default();
+                    self.refresh_meta(f, store);
+                    self.record_field_conflicts(f, store);
+                    self.to_reconcile.insert(f);
+                    if let Some(path) = self.index.path_of(&f) {
+                        let name = self.index.members().get(&from).cloned().unwrap_or_default();
+                        self.activity(ActivityKind::RemoteChange, Some(path), &name, None);
+                    }
+                }
+            }
+        }
+        if before != after
+            && let Some(p) = self.pull.as_mut()
+        {
+            p.changed = true;
+        }
+        if missing {
+            // We lack changes these depend on: ask the sender for this document.
+            let heads = after.clone();
+            self.send(
+                from,
+                Item::Pull {
+                    id: 0,
+                    full: false,
+                    complete: false,
+                    entries: vec![(doc, heads)],
+                },
+            );
+        }
+        (before != after).then_some(after)
+    }
+}

@@ -1,0 +1,196 @@
+//! Conflicts: clashing paths, field conflicts and the conflict copies that keep the
+//! losing side.
+
+use super::*;
+
+/// The conflict copy's name: `<stem>.conflict-<device>-<6 hex>.<ext>` (DESIGN §3), with a
+/// counter when that name is taken.
+pub fn conflict_copy_name(
+    path: &str,
+    device_name: &str,
+    device: &DeviceId,
+    taken: &dyn Fn(&str) -> bool,
+) -> String {
+    let (dir, file) = match path.rfind('/') {
+        Some(i) => (&path[..=i], &path[i + 1..]),
+        None => ("", path),
+    };
+    let (stem, ext) = match file.rfind('.') {
+        Some(i) if i > 0 => (&file[..i], &file[i..]),
+        _ => (file, ""),
+    };
+    let base = format!("{dir}{stem}.conflict-{device_name}-{}", device.short());
+    let mut candidate = format!("{base}{ext}");
+    let mut n = 2;
+    while taken(&candidate) {
+        candidate = format!("{base}-{n}{ext}");
+        n += 1;
+    }
+    candidate
+}
+
+impl Engine {
+    /// After a remote change to a file: record what the merge chose between.
+    pub(super) fn record_field_conflicts(&mut self, file: FileId, store: &mut dyn DocStore) {
+        let conflicts = self
+            .with_doc(file, store, |d| Ok(d.conflicts()))
+            .unwrap_or_default();
+        if conflicts.is_empty() {
+            return;
+        }
+        // Without a path (its index entry has not arrived yet) there is nothing to name
+        // a copy after; the check runs again when the document next changes.
+        let Some(path) = self.index.path_of(&file) else {
+            return;
+        };
+        let members = self.index.members();
+        let mut changed = false;
+        for c in conflicts {
+            match c {
+                FieldConflict::Frontmatter {
+                    key,
+                    winner: _,
+                    losers,
+                } => {
+                    let mut ids: Vec<&str> = losers.iter().map(|(id, _)| id.as_str()).collect();
+                    ids.sort();
+                    let id = format!(
+                        "fm-{}",
+                        hex::encode(
+                            &blake3::hash(
+                                format!("{file}\u{1f}{key}\u{1f}{}", ids.join(",")).as_bytes()
+                            )
+                            .as_bytes()[..12]
+                        )
+                    );
+                    if self.index.has_conflict(&id) {
+                        continue;
+                    }
+                    let lost: Vec<String> = losers
+                        .iter()
+                        .map(|(_, v)| v.trim_end().to_string())
+                        .collect();
+                    let device = losers
+                        .first()
+                        .and_then(|(op, _)| device_of_op(op, &members))
+                        .map(|d| members.get(&d).cloned().unwrap_or_default())
+                        .unwrap_or_default();
+                    let rec = ConflictRecord {
+                        kind: ConflictKind::Frontmatter,
+                        file,
+                        path: path.clone(),
+                        copy: None,
+                        detail: format!("{key}: kept the later value; lost {}", lost.join(" | ")),
+                        time_ms: self.now_ms,
+                        resolved: false,
+                    };
+                    self.record_conflict(&id, &rec, &device, rec.detail.clone());
+                    changed = true;
+                }
+                FieldConflict::Binary { losers } => {
+                    for (op, bytes) in losers {
+                        let copy_id =
+                            FileId::derive("cue conflict copy", &[&file.0, op.as_bytes()]);
+                        if self.index.path_of(&copy_id).is_some()
+                            || self.metas.contains_key(&copy_id)
+                        {
+                            // Already made, here or by a peer whose copy reached us.
+                            continue;
+                        }
+                        let origin = device_of_op(&op, &members).unwrap_or(self.device);
+                        let origin_name = members
+                            .get(&origin)
+                            .cloned()
+                            .unwrap_or_else(|| "unknown".into());
+                        let live = self.live_view(store);
+                        let taken: BTreeSet<String> = live.into_values().collect();
+                        let copy = conflict_copy_name(&path, &origin_name, &origin, &|c| {
+                            taken.contains(c)
+                        });
+                        // Every peer that finds this conflict makes the same first change
+                        // (same actor, time and content), so the copies are one document.
+                        let mut actor = b"cue-copy".to_vec();
+                        actor.extend_from_slice(&copy_id.0);
+                        let mut doc = FileDoc::new(ActorId::from(actor));
+                        if doc.write("", &bytes, 0).is_err() {
+                            continue;
+                        }
+                        let mut doc = match FileDoc::load(&doc.save(), self.actor.clone()) {
+                            Ok(d) => d,
+                            Err(_) => continue,
+                        };
+                        let saved = doc.save();
+                        doc.mark_unsaved();
+                        let t = self.touch();
+                        self.cache.insert(copy_id, (doc, t));
+                        self.metas.insert(copy_id, FileMeta::default());
+                        self.refresh_meta(copy_id, store);
+                        self.broadcast(Item::Whole {
+                            doc: DocId::File(copy_id),
+                            bytes: saved,
+                        });
+                        let _ = self.index.set_path(&copy_id, &copy);
+                        let _ = self.index.set_origin(&copy_id, &origin);
+                        let id = format!("binary-{copy_id}");
+                        let rec = ConflictRecord {
+                            kind: ConflictKind::Binary,
+                            file,
+                            path: path.clone(),
+                            copy: Some((copy_id, copy.clone())),
+                            detail: format!("written at the same time on {origin_name}"),
+                            time_ms: self.now_ms,
+                            resolved: false,
+                        };
+                        self.record_conflict(&id, &rec, &origin_name, format!("kept as {copy}"));
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if changed {
+            self.commit_index();
+        }
+    }
+
+    /// Put a conflict into the synced index (the caller commits) and the activity log.
+    pub(super) fn record_conflict(
+        &mut self,
+        id: &str,
+        rec: &ConflictRecord,
+        device: &str,
+        detail: String,
+    ) {
+        let _ = self.index.put_conflict(id, rec);
+        self.activity(
+            ActivityKind::Conflict,
+            Some(rec.path.clone()),
+            device,
+            Some(detail),
+        );
+    }
+
+    pub(super) fn open_conflicts(&mut self, store: &mut dyn DocStore) -> Vec<ConflictInfo> {
+        let live = self.live_view(store);
+        let mut out = Vec::new();
+        for (id, rec) in self.index.conflicts() {
+            if rec.resolved {
+                continue;
+            }
+            // A conflict copy's conflict clears when the copy is deleted or renamed.
+            if let Some((copy, copy_path)) = &rec.copy
+                && live.get(copy) != Some(copy_path)
+            {
+                continue;
+            }
+            out.push(ConflictInfo {
+                id,
+                kind: rec.kind,
+                path: rec.path.clone(),
+                copy: rec.copy.map(|(_, p)| p),
+                detail: rec.detail,
+                time_ms: rec.time_ms,
+            });
+        }
+        out
+    }
+}

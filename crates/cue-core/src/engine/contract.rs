@@ -1,0 +1,278 @@
+//! The engine's public contract: its settings, inputs, effects, activity, counters and
+//! the status it reports. A driver (the daemon, the simulation) sees only these.
+
+use super::*;
+
+/// Engine settings (the `[sync]` section of the config, in engine units).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A gap longer than this since the last sync with any peer makes the next catch-up
+    /// a full resync.
+    pub max_offline_ms: i64,
+    /// Deleted files can be restored for this long; then they are forgotten.
+    pub tombstone_ms: i64,
+    /// Larger files are not synced and are listed as skipped.
+    pub max_file_size: u64,
+    /// How many file documents to keep loaded.
+    pub cache_docs: usize,
+    /// How often to re-announce our digest so that lost messages heal.
+    pub anti_entropy_ms: i64,
+    /// A catch-up with no answer for this long is abandoned and retried.
+    pub pull_timeout_ms: i64,
+    /// The largest engine message to send (the relay's limit minus envelope overhead).
+    pub max_message_bytes: usize,
+    /// Compact a document's stored form after this many incremental saves.
+    pub compact_after: u32,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_offline_ms: 7 * 24 * 3600 * 1000,
+            tombstone_ms: 7 * 24 * 3600 * 1000,
+            max_file_size: 16 * 1024 * 1024,
+            cache_docs: 256,
+            anti_entropy_ms: 30_000,
+            pull_timeout_ms: 60_000,
+            max_message_bytes: 1024 * 1024 - 4096,
+            compact_after: 64,
+        }
+    }
+}
+
+/// Where the engine reads persisted documents from. Writes go out as [`Effect::Persist`].
+pub trait DocStore {
+    /// The stored bytes of a document (a snapshot, possibly followed by incremental
+    /// saves), or `None` if it was never stored.
+    fn load(&mut self, doc: &DocId) -> Option<Vec<u8>>;
+
+    /// The bytes at `path` on disk if they hash to `hash`, else `None`. Lets a document
+    /// go to a new peer with its content (`Item::Adopt`) without loading it. A store that
+    /// cannot read the disk keeps the default, and such documents go as `Item::Whole`.
+    fn content(&mut self, path: &str, hash: &ContentHash) -> Option<Vec<u8>> {
+        let _ = (path, hash);
+        None
+    }
+}
+
+/// Something that happened that the engine must know of.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A file's content on disk, seen at start-up or after a save.
+    FileChanged { path: String, content: Vec<u8> },
+    /// A [`Effect::WriteFile`] or [`Effect::RemoveFile`] was not carried out because the
+    /// disk did not hold what the engine expected: the user saved something the watcher
+    /// has not reported yet. This is that content; it is merged as an edit of the version
+    /// that was on disk before the refused write.
+    WriteRefused { path: String, content: Vec<u8> },
+    /// A file larger than `max_file_size`: not synced, listed as skipped.
+    FileTooLarge { path: String, size: u64 },
+    /// A file is gone from disk.
+    FileRemoved { path: String },
+    /// A file moved (its content at the new place included, as it may have changed too).
+    FileRenamed {
+        from: String,
+        to: String,
+        content: Vec<u8>,
+    },
+    /// We reached the relay (and so any peer that is online).
+    Connected,
+    /// We lost the relay: every peer is offline now.
+    Disconnected,
+    /// A peer left the relay room.
+    PeerLeft { device: DeviceId },
+    /// An engine message from a peer (already verified and decrypted by the driver).
+    Message { from: DeviceId, bytes: Vec<u8> },
+    /// A device proved it holds the workspace invite: make it a member.
+    Admit { device: DeviceId, name: String },
+    /// Time passed (drives re-announcements, timeouts, tombstone expiry, compaction).
+    Tick,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Persist {
+    /// Store a document: `snapshot` replaces what is stored, otherwise `bytes` is
+    /// appended. `meta` is the engine's record of the file, stored beside it.
+    Doc {
+        doc: DocId,
+        bytes: Vec<u8>,
+        snapshot: bool,
+        meta: Vec<u8>,
+    },
+    DeleteDoc {
+        doc: DocId,
+    },
+    /// The engine's own small state (peers, sync times, pending changes).
+    State {
+        bytes: Vec<u8>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    Persist(Persist),
+    /// Write `bytes` to `path`. `expect` is what the engine believes is there now (`None`:
+    /// nothing). If the disk holds something else, the driver must not write: it feeds
+    /// the disk's content back as [`Input::FileChanged`] and the engine merges it first.
+    WriteFile {
+        path: String,
+        bytes: Vec<u8>,
+        expect: Option<ContentHash>,
+    },
+    /// Remove `path` if it still holds `expect`.
+    RemoveFile {
+        path: String,
+        expect: Option<ContentHash>,
+    },
+    /// Send an engine message to one peer, or to all (`to: None`).
+    Send {
+        to: Option<DeviceId>,
+        bytes: Vec<u8>,
+    },
+    Activity(Activity),
+}
+
+/// The kinds of activity-log entries (DESIGN §2); the engine emits them and the
+/// daemon's store keeps them by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ActivityKind {
+    LocalChange,
+    RemoteChange,
+    Delete,
+    Restore,
+    Rename,
+    Conflict,
+    FullResync,
+    PeerJoined,
+    PeerLeft,
+    Error,
+}
+
+impl ActivityKind {
+    pub const ALL: [ActivityKind; 10] = [
+        ActivityKind::LocalChange,
+        ActivityKind::RemoteChange,
+        ActivityKind::Delete,
+        ActivityKind::Restore,
+        ActivityKind::Rename,
+        ActivityKind::Conflict,
+        ActivityKind::FullResync,
+        ActivityKind::PeerJoined,
+        ActivityKind::PeerLeft,
+        ActivityKind::Error,
+    ];
+
+    pub fn parse(s: &str) -> Option<ActivityKind> {
+        ActivityKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The name used in the store and in `activity log --json`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ActivityKind::LocalChange => "local_change",
+            ActivityKind::RemoteChange => "remote_change",
+            ActivityKind::Delete => "delete",
+            ActivityKind::Restore => "restore",
+            ActivityKind::Rename => "rename",
+            ActivityKind::Conflict => "conflict",
+            ActivityKind::FullResync => "full_resync",
+            ActivityKind::PeerJoined => "peer_joined",
+            ActivityKind::PeerLeft => "peer_left",
+            ActivityKind::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for ActivityKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activity {
+    pub time_ms: i64,
+    pub kind: ActivityKind,
+    pub path: Option<String>,
+    /// The name of the device that did it.
+    pub device: String,
+    pub detail: Option<String>,
+}
+
+/// Bad input the engine refused, counted by kind (it never panics on it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub bad_messages: u64,
+    pub bad_changes: u64,
+    pub bad_documents: u64,
+    pub bad_paths: u64,
+    pub dropped_chunks: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CommandError {
+    #[error("{0} was never deleted, or its tombstone has expired (see `cue activity log`)")]
+    NotDeleted(String),
+    #[error("{0} exists; move it away before restoring the deleted file")]
+    PathTaken(String),
+    #[error("no open conflict is reported for {0} (see `cue sync status`)")]
+    NoConflict(String),
+    #[error("the document for {0} is not available: {1}")]
+    Unavailable(String, String),
+}
+
+/// Everything a restarted engine needs besides its documents (loaded on demand).
+#[derive(Debug, Clone, Default)]
+pub struct Restored {
+    pub state: Option<Vec<u8>>,
+    pub index: Option<Vec<u8>>,
+    pub metas: Vec<(FileId, Vec<u8>)>,
+}
+
+/// A conflict as status shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConflictInfo {
+    pub id: String,
+    pub kind: ConflictKind,
+    pub path: String,
+    pub copy: Option<String>,
+    pub detail: String,
+    pub time_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub device: DeviceId,
+    pub name: String,
+    pub online: bool,
+    pub last_sync_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub files: usize,
+    pub pending_changes: usize,
+    pub conflicts: Vec<ConflictInfo>,
+    pub skipped: Vec<(String, u64)>,
+    pub peers: Vec<PeerInfo>,
+    pub last_full_resync_ms: Option<i64>,
+    pub connected: bool,
+    pub syncing: bool,
+    /// The catch-up with a peer under way, if one is (what a first sync shows).
+    pub catch_up: Option<CatchUp>,
+    /// Files received with their content and not yet checked against their documents.
+    pub unverified: usize,
+}
+
+/// How far a catch-up with a peer has got. The peer's index comes first in its answer,
+/// so the total is known early; the held count grows as the documents arrive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatchUp {
+    pub peer: DeviceId,
+    /// Whole documents after a long absence (a full resync).
+    pub full: bool,
+    /// Live files whose document is held here.
+    pub files_held: usize,
+    /// Files the index names that are not deleted (at least `files_held`).
+    pub files_total: usize,
+}

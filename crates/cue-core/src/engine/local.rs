@@ -1,0 +1,259 @@
+//! Local edits: what the watcher saw on disk becomes document changes, tombstones and
+//! renames; `restore` and `resolve` are the user's commands on them.
+
+use super::*;
+
+impl Engine {
+    pub(super) fn local_change(&mut self, path: &str, content: Vec<u8>, store: &mut dyn DocStore) {
+        if valid_path(path).is_err() {
+            self.state.counters.bad_paths += 1;
+            self.state_dirty = true;
+            return;
+        }
+        if content.len() as u64 > self.config.max_file_size {
+            self.state
+                .skipped
+                .insert(path.to_string(), content.len() as u64);
+            self.state_dirty = true;
+            return;
+        }
+        if self.state.skipped.remove(path).is_some() {
+            self.state_dirty = true;
+        }
+        let hash = content_hash(&content);
+        let file = match self
+            .file_at(path)
+            .or_else(|| self.live_file_with_path(path))
+        {
+            Some(f) => f,
+            None => self.create_file(path),
+        };
+        if let Some(meta) = self.metas.get_mut(&file) {
+            meta.disk = Some((path.to_string(), hash));
+            if meta.doc_hash == Some(hash) {
+                // Our own write coming back, or a save that changed nothing.
+                meta.disk_heads = meta.heads.clone();
+                self.dirty.insert(file);
+                return;
+            }
+        }
+        let time_s = self.now_ms / 1000;
+        let base = self
+            .metas
+            .get(&file)
+            .map(|m| from_heads(&m.disk_heads))
+            .unwrap_or_default();
+        let result = self.with_doc(file, store, |doc| {
+            let new = doc.is_empty();
+            Ok(doc.write_at(&base, path, &content, time_s)?.map(|hash| {
+                // A new document goes out whole: its `save()` is 30× cheaper than
+                // encoding its first change, and a peer adopts it as it comes.
+                let doc_id = DocId::File(file);
+                // (When the edit was merged with other changes, the document renders to
+                // something else than `content`, and goes without it.)
+                let item = if new && doc.heads() == [hash] {
+                    Some(Item::Adopt {
+                        doc: doc_id,
+                        bytes: doc.automerge().save(),
+                        heads: vec![hash.0],
+                        content: content.clone(),
+                    })
+                } else if new {
+                    Some(Item::Whole {
+                        doc: doc_id,
+                        bytes: doc.automerge().save(),
+                    })
+                } else {
+                    doc.change(&hash).map(|c| Item::Changes {
+                        doc: doc_id,
+                        changes: vec![c],
+                    })
+                };
+                (hash, item)
+            }))
+        });
+        match result {
+            Ok(Some((hash, item))) => {
+                self.after_local_change(file, hash, item);
+                self.refresh_meta(file, store);
+                // The disk now holds exactly our new change's version.
+                if let Some(m) = self.metas.get_mut(&file) {
+                    m.disk_heads = vec![hash.0];
+                }
+                // An edit of an older version can meet a remote write it had not seen
+                // (binary files: both values stand until a copy keeps the loser).
+                self.record_field_conflicts(file, store);
+                let name = self.name.clone();
+                self.activity(
+                    ActivityKind::LocalChange,
+                    Some(path.to_string()),
+                    &name,
+                    None,
+                );
+            }
+            Ok(None) => {}
+            Err(e) => self.doc_error(path, &e),
+        }
+        // A file deleted earlier and written again at the same place is alive again.
+        if self.index.tombstone(&file).is_some() {
+            let _ = self.index.clear_tombstone(&file);
+            self.commit_index();
+        }
+        self.to_reconcile.insert(file);
+    }
+
+    pub(super) fn create_file(&mut self, path: &str) -> FileId {
+        self.new_file_counter += 1;
+        let heads = self.index.heads();
+        let mut parts: Vec<Vec<u8>> = vec![
+            self.device.0.to_vec(),
+            self.actor.to_bytes().to_vec(),
+            self.new_file_counter.to_le_bytes().to_vec(),
+            path.as_bytes().to_vec(),
+        ];
+        parts.extend(heads.iter().map(|h| h.0.to_vec()));
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let file = FileId::derive("cue file id", &refs);
+        let _ = self.index.set_path(&file, path);
+        let _ = self.index.set_origin(&file, &self.device);
+        self.commit_index();
+        self.metas.insert(file, FileMeta::default());
+        file
+    }
+
+    pub(super) fn after_local_change(
+        &mut self,
+        file: FileId,
+        hash: ChangeHash,
+        item: Option<Item>,
+    ) {
+        if let Some(m) = self.metas.get_mut(&file)
+            && let Err(at) = m.pending.binary_search(&hash.0)
+        {
+            m.pending.insert(at, hash.0);
+        }
+        self.dirty.insert(file);
+        // `None` is not expected (the change was just made); catch-up would carry it.
+        if let Some(item) = item {
+            self.broadcast(item);
+        }
+        self.dirty.insert(file);
+        self.digest = None;
+    }
+
+    pub(super) fn local_remove(&mut self, path: &str, store: &mut dyn DocStore) {
+        if self.state.skipped.remove(path).is_some() {
+            self.state_dirty = true;
+        }
+        let Some(file) = self.file_at(path) else {
+            return;
+        };
+        let heads = self.doc_heads(file, store);
+        if let Some(meta) = self.metas.get_mut(&file) {
+            meta.disk = None;
+        }
+        self.dirty.insert(file);
+        let _ = self.index.set_tombstone(
+            &file,
+            &Tombstone {
+                time_ms: self.now_ms,
+                heads,
+            },
+        );
+        self.commit_index();
+        let name = self.name.clone();
+        self.activity(ActivityKind::Delete, Some(path.to_string()), &name, None);
+    }
+
+    pub(super) fn local_rename(
+        &mut self,
+        from: &str,
+        to: &str,
+        content: Vec<u8>,
+        store: &mut dyn DocStore,
+    ) {
+        let Some(file) = self.file_at(from) else {
+            self.local_change(to, content, store);
+            return;
+        };
+        if valid_path(to).is_err() {
+            self.local_remove(from, store);
+            return;
+        }
+        // A file the rename replaced is deleted.
+        if let Some(other) = self.file_at(to)
+            && other != file
+        {
+            self.local_remove(to, store);
+        }
+        let _ = self.index.set_path(&file, to);
+        self.commit_index();
+        if let Some((p, _)) = self.metas.get_mut(&file).and_then(|m| m.disk.as_mut()) {
+            *p = to.to_string();
+        }
+        self.dirty.insert(file);
+        let name = self.name.clone();
+        self.activity(
+            ActivityKind::Rename,
+            Some(to.to_string()),
+            &name,
+            Some(format!("from {from}")),
+        );
+        self.local_change(to, content, store);
+    }
+
+    /// Bring back the last content of a deleted file.
+    pub fn restore(
+        &mut self,
+        now_ms: i64,
+        path: &str,
+        store: &mut dyn DocStore,
+    ) -> Result<Vec<Effect>, CommandError> {
+        self.now_ms = now_ms;
+        let live = self.live_view(store);
+        if live.values().any(|p| p == path) {
+            return Err(CommandError::PathTaken(path.to_string()));
+        }
+        let candidate = self
+            .index
+            .tombstones()
+            .into_iter()
+            .filter(|(f, _)| self.index.path_of(f).as_deref() == Some(path))
+            .max_by_key(|(_, t)| t.time_ms)
+            .map(|(f, _)| f)
+            .ok_or_else(|| CommandError::NotDeleted(path.to_string()))?;
+        let _ = self.index.clear_tombstone(&candidate);
+        self.commit_index();
+        let name = self.name.clone();
+        self.activity(ActivityKind::Restore, Some(path.to_string()), &name, None);
+        Ok(self.finish(store))
+    }
+
+    /// Mark the conflicts reported for `path` as seen, on every peer.
+    pub fn resolve(
+        &mut self,
+        now_ms: i64,
+        path: &str,
+        store: &mut dyn DocStore,
+    ) -> Result<Vec<Effect>, CommandError> {
+        self.now_ms = now_ms;
+        let open = self.open_conflicts(store);
+        let matching: Vec<&ConflictInfo> = open
+            .iter()
+            .filter(|c| c.path == path || c.copy.as_deref() == Some(path))
+            .collect();
+        if matching.is_empty() {
+            return Err(CommandError::NoConflict(path.to_string()));
+        }
+        let records = self.index.conflicts();
+        for c in matching {
+            if let Some(rec) = records.get(&c.id) {
+                let mut rec = rec.clone();
+                rec.resolved = true;
+                let _ = self.index.put_conflict(&c.id, &rec);
+            }
+        }
+        self.commit_index();
+        Ok(self.finish(store))
+    }
+}

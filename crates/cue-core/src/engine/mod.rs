@@ -1,0 +1,339 @@
+//! The sync engine: a state machine that takes inputs and returns effects.
+//!
+//! The daemon (and the simulation) owns the IO: it feeds [`Input`]s with the current time
+//! and a [`DocStore`] to read persisted documents from, and carries out the [`Effect`]s in
+//! order. Effects come out in a fixed order: persistence first, then file writes, then
+//! messages. A driver must make the persistence durable before sending, so that a change
+//! a peer has seen is never lost in a crash.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use automerge::{ActorId, Change, ChangeHash};
+use serde::{Deserialize, Serialize};
+
+use crate::doc::{DocError, FieldConflict, FileDoc};
+use crate::ids::{ContentHash, DeviceId, DocId, FileId, content_hash};
+use crate::index::{ConflictKind, ConflictRecord, IndexDoc, Tombstone};
+use crate::paths::valid_path;
+use crate::wire::{self, Heads, Item};
+
+mod apply;
+mod conflicts;
+mod contract;
+mod docs;
+mod layout;
+mod local;
+mod outbox;
+mod peers;
+mod pull;
+mod status;
+mod view;
+
+use apply::*;
+pub use conflicts::conflict_copy_name;
+pub use contract::*;
+pub use layout::FileMeta;
+use layout::*;
+use peers::*;
+use pull::*;
+
+/// Above this, a reassembled chunked item is refused (a file is at most
+/// `max_file_size`; its document a little more).
+const MAX_CHUNKED_ITEM: usize = 64 * 1024 * 1024;
+const MAX_PARTIAL_ITEMS_PER_PEER: usize = 16;
+/// Adopted documents checked per tick: ~4 ms each for a 4 KB note, so a tick stays short
+/// and 1,000 adopted files are checked within a minute at the daemon's tick rate.
+const VERIFY_PER_TICK: usize = 8;
+/// Documents stored whole again per tick, and after how many increments.
+const COMPACT_PER_TICK: usize = 4;
+const COMPACT_WHEN_TICKING_AFTER: u32 = 8;
+/// Once nothing has happened for this long, every document with increments (and the
+/// index) is stored whole: at rest a store holds one snapshot a document. A snapshot of
+/// a cached document costs a `save()` (≈0.1 ms for a 4 KB note).
+const COMPACT_AT_REST_AFTER_MS: i64 = 2_000;
+
+#[derive(Debug)]
+pub struct Engine {
+    device: DeviceId,
+    name: String,
+    actor: ActorId,
+    config: Config,
+    index: IndexDoc,
+    index_dirty: bool,
+    index_increments: u32,
+    metas: BTreeMap<FileId, FileMeta>,
+    cache: BTreeMap<FileId, (FileDoc, u64)>,
+    use_clock: u64,
+    dirty: BTreeSet<FileId>,
+    state: State,
+    state_dirty: bool,
+    peers: BTreeMap<DeviceId, PeerLive>,
+    connected: bool,
+    pull: Option<ActivePull>,
+    next_pull_id: u64,
+    next_chunk_id: u64,
+    new_file_counter: u64,
+    last_hello_ms: i64,
+    digest: Option<[u8; 32]>,
+    now_ms: i64,
+    /// When an input other than a tick last arrived (compaction at rest waits for quiet).
+    last_input_ms: i64,
+    // Output being built during one call.
+    out_files: Vec<Effect>,
+    out_activity: Vec<Effect>,
+    out_items: BTreeMap<Option<DeviceId>, Vec<Item>>,
+    /// Files whose disk state must be brought in line with their document.
+    to_reconcile: BTreeSet<FileId>,
+    index_changed: bool,
+    live_cache: Option<BTreeMap<FileId, String>>,
+    /// Whole documents received for files we did not have: stored as received.
+    adopted: BTreeMap<FileId, Vec<u8>>,
+    /// Content that came with adopted documents, until it is written to disk.
+    adopted_content: BTreeMap<FileId, Vec<u8>>,
+    tail: StateTail,
+    tail2: StateTail2,
+}
+
+pub(super) fn to_heads(h: &[ChangeHash]) -> Heads {
+    let mut v: Heads = h.iter().map(|c| c.0).collect();
+    v.sort();
+    v
+}
+
+pub(super) fn from_heads(h: &Heads) -> Vec<ChangeHash> {
+    h.iter().map(|b| ChangeHash(*b)).collect()
+}
+
+/// The actor id for a device in one run: the device id's first 16 bytes and an epoch the
+/// driver increments at every start. A crash can lose a change that was made but not
+/// stored; a new epoch means the next change can never reuse its sequence number.
+pub fn actor_for(device: &DeviceId, epoch: u32) -> ActorId {
+    let mut bytes = device.0[..16].to_vec();
+    bytes.extend_from_slice(&epoch.to_be_bytes());
+    ActorId::from(bytes)
+}
+
+/// Whether `actor` is one of `device`'s, in any epoch (see [`actor_for`]).
+pub(super) fn made_by(device: &DeviceId, actor: &ActorId) -> bool {
+    actor.to_bytes().starts_with(&device.0[..16])
+}
+
+impl Engine {
+    /// Start an engine for `device`. `restored` is what a previous run persisted (empty
+    /// for a new workspace or a join).
+    pub fn new(
+        device: DeviceId,
+        name: &str,
+        epoch: u32,
+        config: Config,
+        restored: Restored,
+        now_ms: i64,
+    ) -> (Engine, Vec<Effect>) {
+        let actor = actor_for(&device, epoch);
+        let mut counters_err = 0u64;
+        let mut index = match restored
+            .index
+            .as_deref()
+            .map(|b| IndexDoc::load(b, actor.clone()))
+        {
+            Some(Ok(idx)) => idx,
+            Some(Err(_)) => {
+                counters_err += 1;
+                IndexDoc::new(actor.clone())
+            }
+            None => IndexDoc::new(actor.clone()),
+        };
+        let (mut state, tail, mut tail2) = restored
+            .state
+            .as_deref()
+            .and_then(decode_state)
+            .unwrap_or_default();
+        state.counters.bad_documents += counters_err;
+        let mut metas = BTreeMap::new();
+        for (id, bytes) in restored.metas {
+            match decode_meta(&bytes) {
+                Some(m) => {
+                    metas.insert(id, m);
+                }
+                None => state.counters.bad_documents += 1,
+            }
+        }
+        let mut moved = BTreeSet::new();
+        let older_layout = !state.unconfirmed.is_empty();
+        state.unconfirmed.retain(|doc, hashes| match doc {
+            DocId::Index => {
+                // The latest is the one with the highest operation counter.
+                let latest = hashes
+                    .iter()
+                    .filter_map(|h| {
+                        let change = index.change_by_hash(&ChangeHash(*h))?;
+                        Some((change.max_op(), *h))
+                    })
+                    .max()
+                    .map(|(_, h)| h);
+                tail2.index_pending = IndexPending {
+                    count: hashes.len() as u64,
+                    latest,
+                };
+                false
+            }
+            DocId::File(f) => {
+                if let Some(m) = metas.get_mut(f) {
+                    m.pending.extend(hashes.iter());
+                    m.pending.sort_unstable();
+                    m.pending.dedup();
+                    moved.insert(*f);
+                }
+                false
+            }
+        });
+        let mut engine = Engine {
+            device,
+            name: name.to_string(),
+            actor,
+            config,
+            index,
+            index_dirty: false,
+            index_increments: 0,
+            metas,
+            cache: BTreeMap::new(),
+            use_clock: 0,
+            // Files whose pending changes came out of an older state are stored with
+            // them, in the same transaction as the state without them.
+            state_dirty: older_layout,
+            dirty: moved,
+            state,
+            peers: BTreeMap::new(),
+            connected: false,
+            pull: None,
+            next_pull_id: 1,
+            next_chunk_id: 1,
+            new_file_counter: 0,
+            last_hello_ms: now_ms,
+            digest: None,
+            now_ms,
+            last_input_ms: now_ms,
+            out_files: Vec::new(),
+            out_activity: Vec::new(),
+            out_items: BTreeMap::new(),
+            to_reconcile: BTreeSet::new(),
+            index_changed: false,
+            live_cache: None,
+            adopted: BTreeMap::new(),
+            adopted_content: BTreeMap::new(),
+            tail,
+            tail2,
+        };
+        // Make sure we are in our own member list (a new workspace, or a renamed device).
+        if engine.index.members().get(&device) != Some(&engine.name) {
+            let _ = engine.index.set_member(&device, name);
+            engine.commit_index();
+        }
+        // No documents can be read here (no store yet): the disk is brought in line with
+        // them on the first input, which comes with the store.
+        let effects = engine.effects();
+        (engine, effects)
+    }
+
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.state.counters
+    }
+
+    pub fn is_member(&self, device: &DeviceId) -> bool {
+        self.index.members().contains_key(device)
+    }
+
+    pub fn members(&self) -> BTreeMap<DeviceId, String> {
+        self.index.members()
+    }
+
+    pub fn set_max_message_bytes(&mut self, max: usize) {
+        self.config.max_message_bytes = max;
+    }
+
+    /// Handle one input at time `now_ms`.
+    pub fn handle(&mut self, now_ms: i64, input: Input, store: &mut dyn DocStore) -> Vec<Effect> {
+        self.handle_batch(now_ms, [input], store)
+    }
+
+    /// Handle several inputs at time `now_ms`, settling once after the last: the same
+    /// outcome as handling them one by one, but the work that looks at every file (the
+    /// disk brought in line after the index changed, the state written) is done once,
+    /// not once per input. Importing 10,000 files one input at a time is quadratic.
+    pub fn handle_batch(
+        &mut self,
+        now_ms: i64,
+        inputs: impl IntoIterator<Item = Input>,
+        store: &mut dyn DocStore,
+    ) -> Vec<Effect> {
+        self.now_ms = now_ms;
+        for input in inputs {
+            self.dispatch(input, store);
+        }
+        self.finish(store)
+    }
+
+    fn dispatch(&mut self, input: Input, store: &mut dyn DocStore) {
+        if !matches!(input, Input::Tick) {
+            self.last_input_ms = self.now_ms;
+        }
+        match input {
+            Input::FileChanged { path, content } => self.local_change(&path, content, store),
+            Input::WriteRefused { path, content } => {
+                if let Some(f) = self.file_at(&path)
+                    && let Some(m) = self.metas.get_mut(&f)
+                {
+                    m.disk_heads = std::mem::take(&mut m.prev_disk_heads);
+                }
+                self.local_change(&path, content, store);
+            }
+            Input::FileTooLarge { path, size } => {
+                self.state.skipped.insert(path, size);
+                self.state_dirty = true;
+            }
+            Input::FileRemoved { path } => self.local_remove(&path, store),
+            Input::FileRenamed { from, to, content } => {
+                self.local_rename(&from, &to, content, store)
+            }
+            Input::Connected => {
+                self.connected = true;
+                self.hello(None, true);
+            }
+            Input::Disconnected => {
+                self.connected = false;
+                self.pull = None;
+                let online: Vec<DeviceId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.online)
+                    .map(|(d, _)| *d)
+                    .collect();
+                for d in online {
+                    self.peer_offline(d);
+                }
+            }
+            Input::PeerLeft { device } => self.peer_offline(device),
+            Input::Message { from, bytes } => self.message(from, &bytes, store),
+            Input::Admit { device, name } => {
+                let members = self.index.members();
+                if members.get(&device) != Some(&name) {
+                    let _ = self.index.set_member(&device, &name);
+                    self.commit_index();
+                    if !members.contains_key(&device) {
+                        self.activity(
+                            ActivityKind::PeerJoined,
+                            None,
+                            &name,
+                            Some("admitted to the workspace".into()),
+                        );
+                    }
+                }
+            }
+            Input::Tick => self.tick(store),
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Peers and messages: announcements, digests, who is online, and the reassembly of
+//! chunked items.
+
+use super::*;
+
+#[derive(Debug, Default)]
+pub(super) struct PeerLive {
+    pub(super) online: bool,
+    pub(super) digest: Option<[u8; 32]>,
+    /// The digest we last pulled from this peer at, and when: a peer is not asked again
+    /// for the same state until the anti-entropy interval has passed.
+    pub(super) last_pull: Option<([u8; 32], i64)>,
+    pub(super) chunks: BTreeMap<u64, ChunkBuf>,
+}
+
+#[derive(Debug)]
+pub(super) struct ChunkBuf {
+    pub(super) total: u32,
+    pub(super) parts: BTreeMap<u32, Vec<u8>>,
+    pub(super) bytes: usize,
+}
+
+impl Engine {
+    pub(super) fn broadcast(&mut self, item: Item) {
+        self.out_items.entry(None).or_default().push(item);
+    }
+
+    pub(super) fn send(&mut self, to: DeviceId, item: Item) {
+        self.out_items.entry(Some(to)).or_default().push(item);
+    }
+
+    pub(super) fn digest(&mut self) -> [u8; 32] {
+        if let Some(d) = self.digest {
+            return d;
+        }
+        let mut h = blake3::Hasher::new_derive_key("cue workspace digest");
+        for head in to_heads(&self.index.heads()) {
+            h.update(&head);
+        }
+        let paths = self.index.paths();
+        for (f, m) in &self.metas {
+            if !paths.contains_key(f) {
+                continue;
+            }
+            h.update(&f.0);
+            h.update(&(m.heads.len() as u64).to_le_bytes());
+            for head in &m.heads {
+                h.update(head);
+            }
+        }
+        let d = *h.finalize().as_bytes();
+        self.digest = Some(d);
+        d
+    }
+
+    pub(super) fn hello(&mut self, to: Option<DeviceId>, reply: bool) {
+        let digest = self.digest();
+        let item = Item::Hello { digest, reply };
+        match to {
+            Some(d) => self.send(d, item),
+            None => {
+                self.last_hello_ms = self.now_ms;
+                self.broadcast(item)
+            }
+        }
+    }
+
+    pub(super) fn peer_offline(&mut self, device: DeviceId) {
+        let peer = self.peers.entry(device).or_default();
+        let was = peer.online;
+        peer.online = false;
+        peer.chunks.clear();
+        if self.pull.as_ref().is_some_and(|p| p.peer == device) {
+            self.pull = None;
+        }
+        if was {
+            let name = self
+                .index
+                .members()
+                .get(&device)
+                .cloned()
+                .unwrap_or_default();
+            self.activity(ActivityKind::PeerLeft, None, &name, None);
+        }
+    }
+
+    pub(super) fn message(&mut self, from: DeviceId, bytes: &[u8], store: &mut dyn DocStore) {
+        let msg = match wire::decode(bytes) {
+            Ok(m) => m,
+            Err(_) => {
+                self.state.counters.bad_messages += 1;
+                self.state_dirty = true;
+                return;
+            }
+        };
+        let mut acks: Vec<(DocId, Heads)> = Vec::new();
+        for item in msg.items {
+            self.item(from, item, store, &mut acks);
+        }
+        if !acks.is_empty() {
+            self.send(from, Item::Ack { entries: acks });
+        }
+    }
+
+    pub(super) fn item(
+        &mut self,
+        from: DeviceId,
+        item: Item,
+        store: &mut dyn DocStore,
+        acks: &mut Vec<(DocId, Heads)>,
+    ) {
+        match item {
+            Item::Hello { digest, reply } => self.on_hello(from, digest, reply, store),
+            Item::Pull {
+                id,
+                full,
+                complete,
+                entries,
+            } => self.on_pull(from, id, full, complete, entries, store),
+            Item::Changes { doc, changes } => {
+                let mut decoded = Vec::with_capacity(changes.len());
+                for c in changes {
+                    match Change::from_bytes(c) {
+                        Ok(c) => decoded.push(c),
+                        Err(_) => {
+                            self.state.counters.bad_changes += 1;
+                            self.state_dirty = true;
+                        }
+                    }
+                }
+                if let Some(heads) = self.apply_remote(from, doc, Remote::Changes(decoded), store) {
+                    acks.retain(|(d, _)| *d != doc);
+                    acks.push((doc, heads));
+                }
+            }
+            Item::Whole { doc, bytes } => {
+                if let Some(heads) = self.apply_remote(from, doc, Remote::Whole(bytes), store) {
+                    acks.retain(|(d, _)| *d != doc);
+                    acks.push((doc, heads));
+                }
+            }
+            Item::Adopt {
+                doc,
+                bytes,
+                heads,
+                content,
+            } => {
+                let adopted = match doc {
+                    DocId::File(f) => self.adopt(from, f, bytes, heads, content, store),
+                    // The index is never adopted: every peer has one from the start.
+                    DocId::Index => self.apply_remote(from, doc, Remote::Whole(bytes), store),
+                };
+                if let Some(heads) = adopted {
+                    acks.retain(|(d, _)| *d != doc);
+                    acks.push((doc, heads));
+                }
+            }
+            Item::Ack { entries } => {
+                for (doc, heads) in entries {
+                    self.confirm(doc, &heads, store);
+                }
+            }
+            Item::PullDone { id } => {
+                if let Some(p) = self.pull.clone()
+                    && p.peer == from
+                    && p.id == id
+                {
+                    self.pull_complete(p);
+                }
+            }
+            Item::Chunk {
+                id,
+                index,
+                total,
+                bytes,
+            } => {
+                if let Some(item) = self.on_chunk(from, id, index, total, bytes) {
+                    self.item(from, item, store, acks);
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_chunk(
+        &mut self,
+        from: DeviceId,
+        id: u64,
+        index: u32,
+        total: u32,
+        bytes: Vec<u8>,
+    ) -> Option<Item> {
+        let peer = self.peers.entry(from).or_default();
+        if total == 0 || index >= total {
+            self.state.counters.dropped_chunks += 1;
+            return None;
+        }
+        if !peer.chunks.contains_key(&id) && peer.chunks.len() >= MAX_PARTIAL_ITEMS_PER_PEER {
+            // Drop the oldest partial item rather than grow without bound.
+            let oldest = *peer.chunks.keys().next()?;
+            peer.chunks.remove(&oldest);
+            self.state.counters.dropped_chunks += 1;
+        }
+        let peer = self.peers.entry(from).or_default();
+        let buf = peer.chunks.entry(id).or_insert_with(|| ChunkBuf {
+            total,
+            parts: BTreeMap::new(),
+            bytes: 0,
+        });
+        if buf.total != total || buf.bytes + bytes.len() > MAX_CHUNKED_ITEM {
+            peer.chunks.remove(&id);
+            self.state.counters.dropped_chunks += 1;
+            return None;
+        }
+        buf.bytes += bytes.len();
+        buf.parts.insert(index, bytes);
+        if buf.parts.len() as u32 != buf.total {
+            return None;
+        }
+        let buf = peer.chunks.remove(&id)?;
+        let whole: Vec<u8> = buf.parts.into_values().flatten().collect();
+        match wire::decode_item(&whole) {
+            Ok(Item::Chunk { .. }) | Err(_) => {
+                self.state.counters.bad_messages += 1;
+                None
+            }
+            Ok(item) => Some(item),
+        }
+    }
+
+    pub(super) fn on_hello(
+        &mut self,
+        from: DeviceId,
+        digest: [u8; 32],
+        reply: bool,
+        store: &mut dyn DocStore,
+    ) {
+        let peer = self.peers.entry(from).or_default();
+        let was_online = peer.online;
+        peer.online = true;
+        peer.digest = Some(digest);
+        if !was_online {
+            let name = self.index.members().get(&from).cloned().unwrap_or_default();
+            self.activity(ActivityKind::PeerJoined, None, &name, Some("online".into()));
+        }
+        if reply {
+            self.hello(Some(from), false);
+        }
+        if digest == self.digest() {
+            self.synced_with(from);
+            // They hold everything we hold.
+            if self.tail2.index_pending.count > 0 {
+                self.tail2.index_pending = IndexPending::default();
+                self.state_dirty = true;
+            }
+            for (f, m) in &mut self.metas {
+                if !m.pending.is_empty() {
+                    m.pending.clear();
+                    self.dirty.insert(*f);
+                }
+            }
+        } else {
+            self.maybe_pull(store);
+        }
+    }
+
+    pub(super) fn synced_with(&mut self, peer: DeviceId) {
+        self.state.peers.entry(peer).or_default().last_sync_ms = Some(self.now_ms);
+        self.state.last_workspace_sync_ms = Some(self.now_ms);
+        self.state_dirty = true;
+    }
+}

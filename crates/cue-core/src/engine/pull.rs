@@ -1,0 +1,354 @@
+//! Catch-up: pulling what a peer has that we lack, answering pulls, and confirmations
+//! of our pending changes.
+
+use super::*;
+
+#[derive(Debug, Clone)]
+pub(super) struct ActivePull {
+    pub(super) peer: DeviceId,
+    pub(super) id: u64,
+    pub(super) started_ms: i64,
+    pub(super) full: bool,
+    pub(super) changed: bool,
+}
+
+impl Engine {
+    /// Catch up with one peer at a time: among online peers whose digest differs from
+    /// ours, ask the first one we have not just asked for that same state.
+    pub(super) fn maybe_pull(&mut self, store: &mut dyn DocStore) {
+        if self.pull.is_some() || !self.connected {
+            return;
+        }
+        let mine = self.digest();
+        let now = self.now_ms;
+        let ae = self.config.anti_entropy_ms;
+        let candidate = self.peers.iter().find(|(_, p)| {
+            p.online
+                && p.digest.is_some_and(|d| d != mine)
+                && !p
+                    .last_pull
+                    .is_some_and(|(d, t)| Some(d) == p.digest && now - t < ae)
+        });
+        let Some((&peer, _)) = candidate else {
+            return;
+        };
+        let full = self
+            .state
+            .last_workspace_sync_ms
+            .is_some_and(|t| now - t > self.config.max_offline_ms);
+        let mut entries = vec![(DocId::Index, to_heads(&self.index.heads()))];
+        let paths = self.index.paths();
+        let files: Vec<FileId> = self
+            .metas
+            .keys()
+            .copied()
+            .filter(|f| paths.contains_key(f))
+            .collect();
+        for f in files {
+            let heads = if self.cache.contains_key(&f) {
+                to_heads(&self.doc_heads(f, store))
+            } else {
+                self.metas
+                    .get(&f)
+                    .map(|m| m.heads.clone())
+                    .unwrap_or_default()
+            };
+            entries.push((DocId::File(f), heads));
+        }
+        let id = self.next_pull_id;
+        self.next_pull_id += 1;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.last_pull = p.digest.map(|d| (d, now));
+        }
+        self.pull = Some(ActivePull {
+            peer,
+            id,
+            started_ms: now,
+            full,
+            changed: false,
+        });
+        self.send(
+            peer,
+            Item::Pull {
+                id,
+                full,
+                complete: true,
+                entries,
+            },
+        );
+    }
+
+    pub(super) fn pull_complete(&mut self, pull: ActivePull) {
+        self.pull = None;
+        self.synced_with(pull.peer);
+        if pull.full {
+            self.state.last_full_resync_ms = Some(self.now_ms);
+            let name = self
+                .index
+                .members()
+                .get(&pull.peer)
+                .cloned()
+                .unwrap_or_default();
+            self.activity(
+                ActivityKind::FullResync,
+                None,
+                &name,
+                Some("whole workspace merged after a long absence".into()),
+            );
+        }
+        if pull.changed {
+            // Tell everyone what we hold now, so that peers behind us catch up.
+            let digest = self.digest();
+            self.last_hello_ms = self.now_ms;
+            self.broadcast(Item::Hello {
+                digest,
+                reply: false,
+            });
+        }
+    }
+
+    /// Answer a pull: for each document, what the asker lacks given its heads.
+    pub(super) fn on_pull(
+        &mut self,
+        from: DeviceId,
+        id: u64,
+        full: bool,
+        complete: bool,
+        entries: Vec<(DocId, Heads)>,
+        store: &mut dyn DocStore,
+    ) {
+        let mut listed = BTreeSet::new();
+        for (doc, heads) in &entries {
+            listed.insert(*doc);
+            self.confirm(*doc, heads, store);
+        }
+        let paths = self.index.paths();
+        let mut docs: Vec<(DocId, Option<Heads>)> =
+            entries.into_iter().map(|(d, h)| (d, Some(h))).collect();
+        if complete {
+            if !listed.contains(&DocId::Index) {
+                docs.insert(0, (DocId::Index, None));
+            }
+            for f in self.metas.keys() {
+                if paths.contains_key(f) && !listed.contains(&DocId::File(*f)) {
+                    docs.push((DocId::File(*f), None));
+                }
+            }
+        }
+        for (doc, their) in docs {
+            if let Some(item) = self.answer_for(doc, their.as_ref(), full, store) {
+                self.send(from, item);
+            }
+        }
+        self.send(from, Item::PullDone { id });
+    }
+
+    pub(super) fn answer_for(
+        &mut self,
+        doc: DocId,
+        their: Option<&Heads>,
+        full: bool,
+        store: &mut dyn DocStore,
+    ) -> Option<Item> {
+        let mine = match doc {
+            DocId::Index => to_heads(&self.index.heads()),
+            DocId::File(f) => self.metas.get(&f)?.heads.clone(),
+        };
+        if !full && their == Some(&mine) {
+            return None;
+        }
+        match their {
+            Some(h) if !full && !h.is_empty() => {
+                let have = from_heads(h);
+                // Heads we do not know (the asker made changes of its own, as a new
+                // peer does to the index when it joins) make `get_changes` return every
+                // change we have: when none of them is known, the whole document, which
+                // is compressed, is a third of the size of its changes one by one.
+                let known = match doc {
+                    DocId::Index => have.iter().any(|h| self.index.change_by_hash(h).is_some()),
+                    DocId::File(f) => self
+                        .with_doc(f, store, |d| {
+                            Ok(have
+                                .iter()
+                                .any(|h| d.automerge().get_change_by_hash(h).is_some()))
+                        })
+                        .ok()?,
+                };
+                if !known {
+                    return self.whole(doc, mine, store);
+                }
+                let changes: Vec<Vec<u8>> = match doc {
+                    DocId::Index => self
+                        .index
+                        .automerge()
+                        .get_changes(&have)
+                        .iter()
+                        .map(|c| c.raw_bytes().to_vec())
+                        .collect(),
+                    DocId::File(f) => self
+                        .with_doc(f, store, |d| {
+                            Ok(d.automerge()
+                                .get_changes(&have)
+                                .iter()
+                                .map(|c| c.raw_bytes().to_vec())
+                                .collect())
+                        })
+                        .ok()?,
+                };
+                if changes.is_empty() {
+                    None
+                } else {
+                    Some(Item::Changes { doc, changes })
+                }
+            }
+            _ => self.whole(doc, mine, store),
+        }
+    }
+
+    /// A whole document for a peer that lacks it: with its content when that is at hand
+    /// (so that the peer need not load it), else alone.
+    pub(super) fn whole(
+        &mut self,
+        doc: DocId,
+        heads: Heads,
+        store: &mut dyn DocStore,
+    ) -> Option<Item> {
+        let f = match doc {
+            DocId::Index => {
+                return Some(Item::Whole {
+                    doc,
+                    bytes: self.index.automerge().save(),
+                });
+            }
+            DocId::File(f) => f,
+        };
+        if self.cache.contains_key(&f) {
+            // `automerge().save()`, not `FileDoc::save`: the save cursor stays where the
+            // store is, or unsaved changes would never be persisted.
+            let (bytes, heads, content) = self
+                .with_doc(f, store, |d| {
+                    let content = if d.is_empty() {
+                        None
+                    } else {
+                        d.materialize().ok()
+                    };
+                    Ok((d.automerge().save(), to_heads(&d.heads()), content))
+                })
+                .ok()?;
+            return Some(match content {
+                Some(content) if !heads.is_empty() => Item::Adopt {
+                    doc,
+                    bytes,
+                    heads,
+                    content,
+                },
+                _ => Item::Whole { doc, bytes },
+            });
+        }
+        // Stored bytes go out as they are: no need to load the document. Its content is
+        // on disk when what we last wrote or read there is what it renders to.
+        let bytes = match self.adopted.get(&f) {
+            Some(b) => b.clone(),
+            None => store.load(&doc)?,
+        };
+        let meta = self.metas.get(&f)?;
+        let content = match (meta.doc_hash, &meta.disk) {
+            (Some(hash), Some((path, on_disk))) if *on_disk == hash && !heads.is_empty() => {
+                store.content(path, &hash)
+            }
+            _ => None,
+        };
+        Some(match content {
+            Some(content) => Item::Adopt {
+                doc,
+                bytes,
+                heads,
+                content,
+            },
+            None => Item::Whole { doc, bytes },
+        })
+    }
+
+    /// Mark our local changes that `heads` covers as confirmed by a peer.
+    pub(super) fn confirm(&mut self, doc: DocId, heads: &Heads, store: &mut dyn DocStore) {
+        let f = match doc {
+            DocId::Index => return self.confirm_index(heads),
+            DocId::File(f) => f,
+        };
+        let Some(meta) = self.metas.get(&f) else {
+            return;
+        };
+        if meta.pending.is_empty() {
+            return;
+        }
+        // The usual answer needs no document: a peer whose heads are ours, or name every
+        // pending change, has them all. Loading each document here would cost a first
+        // sync of 1,000 files 1,000 loads on the sending side.
+        if meta.heads == *heads || meta.pending.iter().all(|h| heads.contains(h)) {
+            self.set_pending(f, Vec::new());
+            return;
+        }
+        let pending = meta.pending.clone();
+        let have = from_heads(heads);
+        let missing = self.with_doc(f, store, |d| {
+            Ok(d.automerge()
+                .get_changes(&have)
+                .iter()
+                .map(|c| c.hash().0)
+                .collect::<BTreeSet<_>>())
+        });
+        if let Ok(missing) = missing {
+            let left = pending
+                .into_iter()
+                .filter(|h| missing.contains(h))
+                .collect();
+            self.set_pending(f, left);
+        }
+    }
+
+    /// See [`IndexPending`]: what a peer with `heads` lacks of our changes is what is
+    /// still pending, or fewer if another peer confirmed more.
+    pub(super) fn confirm_index(&mut self, heads: &Heads) {
+        let pending = self.tail2.index_pending.clone();
+        if pending.count == 0 {
+            return;
+        }
+        let all = to_heads(&self.index.heads()) == *heads
+            || pending.latest.is_some_and(|h| heads.contains(&h));
+        let left = if all {
+            0
+        } else {
+            let device = self.device;
+            let missing = self
+                .index
+                .automerge()
+                .get_changes(&from_heads(heads))
+                .iter()
+                .filter(|c| made_by(&device, c.actor_id()))
+                .count() as u64;
+            missing.min(pending.count)
+        };
+        let next = if left == 0 {
+            IndexPending::default()
+        } else {
+            IndexPending {
+                count: left,
+                ..pending.clone()
+            }
+        };
+        if next != pending {
+            self.tail2.index_pending = next;
+            self.state_dirty = true;
+        }
+    }
+
+    /// Replace a file's unconfirmed changes (`left` sorted), persisting the change.
+    pub(super) fn set_pending(&mut self, f: FileId, left: Vec<[u8; 32]>) {
+        if let Some(m) = self.metas.get_mut(&f)
+            && m.pending != left
+        {
+            m.pending = left;
+            self.dirty.insert(f);
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! What the engine reports: status, the live files, and what it believes is on disk.
+
+use super::*;
+
+impl Engine {
+    pub fn status(&mut self, store: &mut dyn DocStore) -> Status {
+        let live = self.live_view(store);
+        let members = self.index.members();
+        let peers = members
+            .iter()
+            .filter(|(d, _)| **d != self.device)
+            .map(|(d, name)| PeerInfo {
+                device: *d,
+                name: name.clone(),
+                online: self.peers.get(d).is_some_and(|p| p.online),
+                last_sync_ms: self.state.peers.get(d).and_then(|p| p.last_sync_ms),
+            })
+            .collect();
+        let catch_up = self.pull.as_ref().map(|p| {
+            let tombs = self.index.tombstones();
+            let total = self
+                .index
+                .paths()
+                .into_keys()
+                .filter(|f| live.contains_key(f) || !tombs.contains_key(f))
+                .count();
+            CatchUp {
+                peer: p.peer,
+                full: p.full,
+                files_held: live.len(),
+                files_total: total.max(live.len()),
+            }
+        });
+        Status {
+            files: live.len(),
+            pending_changes: self.tail2.index_pending.count as usize
+                + self.metas.values().map(|m| m.pending.len()).sum::<usize>(),
+            conflicts: self.open_conflicts(store),
+            skipped: self
+                .state
+                .skipped
+                .iter()
+                .map(|(p, s)| (p.clone(), *s))
+                .collect(),
+            peers,
+            last_full_resync_ms: self.state.last_full_resync_ms,
+            connected: self.connected,
+            syncing: self.pull.is_some(),
+            catch_up,
+            unverified: self.tail.unverified.len(),
+        }
+    }
+
+    /// The paths of all live files with their content hash (what the disk should hold).
+    pub fn live_files(&mut self, store: &mut dyn DocStore) -> BTreeMap<String, ContentHash> {
+        let live = self.live_view(store);
+        live.into_iter()
+            .filter_map(|(f, p)| Some((p, self.metas.get(&f)?.doc_hash?)))
+            .collect()
+    }
+
+    /// Documents adopted with their sender's content and not yet checked against it.
+    pub fn unverified(&self) -> usize {
+        self.tail.unverified.len()
+    }
+
+    /// Whether ticks have work to do soon: adopted documents to check, documents to
+    /// compact, a pull under way, or an online peer whose workspace differs from ours.
+    /// When there is none, ticks only send the periodic hello and expire tombstones
+    /// (seconds and days apart), so the host may tick rarely: an idle daemon should
+    /// cost next to nothing.
+    pub fn wants_frequent_ticks(&mut self) -> bool {
+        if !self.tail.unverified.is_empty() || self.pull.is_some() {
+            return true;
+        }
+        if self.connected {
+            let mine = self.digest();
+            if self
+                .peers
+                .values()
+                .any(|p| p.online && p.digest.is_some_and(|d| d != mine))
+            {
+                return true;
+            }
+        }
+        self.index_increments > 0 || self.metas.values().any(|m| m.increments > 0)
+    }
+
+    pub(super) fn at_rest(&self) -> bool {
+        self.now_ms - self.last_input_ms >= COMPACT_AT_REST_AFTER_MS
+    }
+
+    /// What the engine believes is on disk (path → hash): the driver compares this with
+    /// a scan at start-up to find what changed while it was stopped.
+    pub fn disk_view(&self) -> BTreeMap<String, ContentHash> {
+        self.metas.values().filter_map(|m| m.disk.clone()).collect()
+    }
+
+    /// The materialised bytes of the live file at `path` (tests, the demo).
+    pub fn read(&mut self, path: &str, store: &mut dyn DocStore) -> Option<Vec<u8>> {
+        let live = self.live_view(store);
+        let (f, _) = live.into_iter().find(|(_, p)| p == path)?;
+        self.with_doc(f, store, |d| d.materialize()).ok()
+    }
+}

@@ -1,0 +1,272 @@
+//! The live view (which file is at which path) and reconcile, which brings the disk in
+//! line with the documents.
+
+use super::*;
+
+impl Engine {
+    pub(super) fn file_at(&self, path: &str) -> Option<FileId> {
+        self.metas
+            .iter()
+            .find(|(_, m)| m.disk.as_ref().is_some_and(|(p, _)| p == path))
+            .map(|(id, _)| *id)
+    }
+
+    /// Is this file alive? Deleted files come back when their document holds an edit
+    /// the deleter had not seen.
+    pub(super) fn is_live(&mut self, file: FileId, store: &mut dyn DocStore) -> bool {
+        let tomb = self.index.tombstone(&file);
+        self.is_live_with(file, tomb.as_ref(), store)
+    }
+
+    pub(super) fn is_live_with(
+        &mut self,
+        file: FileId,
+        tomb: Option<&Tombstone>,
+        store: &mut dyn DocStore,
+    ) -> bool {
+        let Some(meta) = self.metas.get(&file) else {
+            return false;
+        };
+        if meta.doc_hash.is_none() {
+            return false;
+        }
+        let Some(tomb) = tomb else {
+            return true;
+        };
+        let mut seen = tomb.heads.clone();
+        seen.sort();
+        if to_heads(&seen) == meta.heads {
+            return false;
+        }
+        // Live only if we hold everything the deleter saw (else we are merely behind)
+        // and something more.
+        self.with_doc(file, store, |d| {
+            Ok(tomb
+                .heads
+                .iter()
+                .all(|h| d.automerge().get_change_by_hash(h).is_some()))
+        })
+        .unwrap_or(false)
+    }
+
+    /// Live files and their paths. Cached until the index or a file's liveness changes
+    /// (both raise `index_changed`), since reconciling after every input needs it.
+    pub(super) fn live_view(&mut self, store: &mut dyn DocStore) -> BTreeMap<FileId, String> {
+        if let Some(view) = &self.live_cache {
+            return view.clone();
+        }
+        let tombs = self.index.tombstones();
+        let mut out = BTreeMap::new();
+        for (file, path) in self.index.paths() {
+            if self.is_live_with(file, tombs.get(&file), store) {
+                out.insert(file, path);
+            }
+        }
+        self.live_cache = Some(out.clone());
+        out
+    }
+
+    /// Two live files at one path: the smallest id keeps it; an identical duplicate is
+    /// dropped, a different one becomes a conflict copy (DESIGN §4). Deterministic, so
+    /// every peer that sees the clash settles it the same way.
+    pub(super) fn settle_path_clashes(&mut self, store: &mut dyn DocStore) {
+        let live = self.live_view(store);
+        let mut by_path: BTreeMap<&str, Vec<FileId>> = BTreeMap::new();
+        for (f, p) in &live {
+            by_path.entry(p.as_str()).or_default().push(*f);
+        }
+        let taken: BTreeSet<String> = live.values().cloned().collect();
+        let copies: BTreeSet<FileId> = self
+            .index
+            .conflicts()
+            .values()
+            .filter_map(|c| c.copy.as_ref().map(|(f, _)| *f))
+            .collect();
+        let mut changed = false;
+        let members = self.index.members();
+        let mut new_names: BTreeSet<String> = BTreeSet::new();
+        for (path, files) in by_path {
+            if files.len() < 2 {
+                continue;
+            }
+            let winner = files[0];
+            let winner_hash = self.metas.get(&winner).and_then(|m| m.doc_hash);
+            for loser in &files[1..] {
+                let loser_hash = self.metas.get(loser).and_then(|m| m.doc_hash);
+                // Two creations of the same bytes (a folder copied to two machines) are
+                // one file. Conflict copies are never merged away this way: they hold a
+                // version that lost, and equal bytes at one moment say nothing of later.
+                if loser_hash == winner_hash && !copies.contains(loser) && !copies.contains(&winner)
+                {
+                    let heads = self.doc_heads(*loser, store);
+                    let _ = self
+                        .index
+                        .set_tombstone(loser, &Tombstone { time_ms: 0, heads });
+                    changed = true;
+                    continue;
+                }
+                let origin = self.index.origin(loser).unwrap_or(self.device);
+                let origin_name = members
+                    .get(&origin)
+                    .cloned()
+                    .unwrap_or_else(|| "unknown".into());
+                let copy = conflict_copy_name(path, &origin_name, &origin, &|c| {
+                    taken.contains(c) || new_names.contains(c)
+                });
+                new_names.insert(copy.clone());
+                let _ = self.index.set_path(loser, &copy);
+                let id = format!("create-{loser}");
+                if !self.index.has_conflict(&id) {
+                    let rec = ConflictRecord {
+                        kind: ConflictKind::Create,
+                        file: winner,
+                        path: path.to_string(),
+                        copy: Some((*loser, copy.clone())),
+                        detail: format!("created at the same time on {origin_name}"),
+                        time_ms: self.now_ms,
+                        resolved: false,
+                    };
+                    self.record_conflict(&id, &rec, &origin_name, format!("kept as {copy}"));
+                }
+                changed = true;
+            }
+        }
+        if changed {
+            self.commit_index();
+        }
+    }
+
+    /// Bring the disk in line with the documents for the files in `to_reconcile` (all
+    /// files when the index changed).
+    pub(super) fn reconcile(&mut self, store: &mut dyn DocStore) {
+        if self.index_changed {
+            self.settle_path_clashes(store);
+            self.to_reconcile.extend(self.metas.keys().copied());
+            self.index_changed = false;
+        }
+        if self.to_reconcile.is_empty() {
+            return;
+        }
+        let files: Vec<FileId> = std::mem::take(&mut self.to_reconcile).into_iter().collect();
+        // While a clash is not yet settled in the index (a peer's concurrent rename can
+        // undo our settlement until its next round), only the file that will keep the
+        // path is written there; the others stay as they are on disk.
+        let live = self.live_view(store);
+        let mut owner: BTreeMap<&str, FileId> = BTreeMap::new();
+        for (f, p) in &live {
+            owner.entry(p.as_str()).or_insert(*f);
+        }
+        let mut desired: BTreeMap<FileId, Option<(String, ContentHash)>> = BTreeMap::new();
+        for f in &files {
+            let want = if let Some(path) = live.get(f) {
+                if owner.get(path.as_str()) != Some(f) {
+                    continue;
+                }
+                match (
+                    Some(path.clone()),
+                    self.metas.get(f).and_then(|m| m.doc_hash),
+                ) {
+                    (Some(p), Some(h))
+                        if valid_path(&p).is_ok() && !self.state.skipped.contains_key(&p) =>
+                    {
+                        Some((p, h))
+                    }
+                    (Some(p), Some(_)) if valid_path(&p).is_err() => {
+                        self.state.counters.bad_paths += 1;
+                        None
+                    }
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            desired.insert(*f, want);
+        }
+        // Removals and moves away first, so that a path freed in this round can be
+        // written in it.
+        for (f, want) in &desired {
+            let Some(meta) = self.metas.get(f) else {
+                continue;
+            };
+            if let Some((cur_path, cur_hash)) = meta.disk.clone()
+                && want.as_ref().is_none_or(|(p, _)| *p != cur_path)
+            {
+                self.out_files.push(Effect::RemoveFile {
+                    path: cur_path.clone(),
+                    expect: Some(cur_hash),
+                });
+                if let Some(m) = self.metas.get_mut(f) {
+                    m.disk = None;
+                }
+                self.dirty.insert(*f);
+            }
+        }
+        for (f, want) in desired {
+            let Some((path, hash)) = want else { continue };
+            let current = self.metas.get(&f).and_then(|m| m.disk.clone());
+            if current.as_ref() == Some(&(path.clone(), hash)) {
+                continue;
+            }
+            // Whatever we believe occupies the path now (another file moving away has
+            // already been removed above).
+            let expect = match &current {
+                Some((p, h)) if *p == path => Some(*h),
+                _ => self
+                    .file_at(&path)
+                    .and_then(|g| self.metas.get(&g))
+                    .and_then(|m| m.disk.as_ref().map(|(_, h)| *h)),
+            };
+            if let Some(other) = self.file_at(&path)
+                && other != f
+            {
+                if live.get(&other) == Some(&path) {
+                    // A clashing file still sits there; it moves when the clash is
+                    // settled, and this file is written then.
+                    continue;
+                }
+                if let Some(m) = self.metas.get_mut(&other) {
+                    m.disk = None;
+                }
+            }
+            let adopted = self
+                .adopted_content
+                .remove(&f)
+                .filter(|c| content_hash(c) == hash);
+            let bytes = match adopted {
+                Some(b) => b,
+                None => match self.with_doc(f, store, |d| d.materialize()) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.doc_error(&path, &e);
+                        continue;
+                    }
+                },
+            };
+            self.out_files.push(Effect::WriteFile {
+                path: path.clone(),
+                bytes,
+                expect,
+            });
+            let heads = self
+                .metas
+                .get(&f)
+                .map(|m| m.heads.clone())
+                .unwrap_or_default();
+            if let Some(m) = self.metas.get_mut(&f) {
+                m.disk = Some((path, hash));
+                m.prev_disk_heads = std::mem::replace(&mut m.disk_heads, heads);
+            }
+            self.dirty.insert(f);
+        }
+        // Content not written in this round (a clash, a tombstone) is read from the
+        // document when it is written.
+        self.adopted_content.clear();
+    }
+
+    pub(super) fn live_file_with_path(&mut self, path: &str) -> Option<FileId> {
+        self.index.files_at(path).into_iter().find(|f| {
+            self.metas.get(f).is_some_and(|m| m.doc_hash.is_some())
+                && self.index.tombstone(f).is_none()
+        })
+    }
+}
