@@ -10,8 +10,10 @@
 //! Layout: one automerge document per file ([`doc`]) and an index document ([`index`])
 //! naming files, deletions, members and conflicts; [`frontmatter`] cuts Markdown into
 //! mergeable pieces; [`textdiff`] turns a saved file into the smallest edit; [`wire`] is
-//! what engines say to each other; [`engine`] ties it together.
+//! what engines say to each other; [`engine`] ties it together; [`carry`] is how a driver
+//! carries out the engine's effects.
 
+pub mod carry;
 pub mod doc;
 pub mod engine;
 pub mod frontmatter;

@@ -1,72 +1,43 @@
 //! The driver: the engine, the store and the workspace folder, tied together.
 //!
-//! It feeds the engine what happened on disk (the start-up scan, watcher events) and
-//! carries out the engine's effects in the order the engine's contract demands: every
-//! `Persist` of a batch is committed in one store transaction (one fsync) *before* any
-//! message of that batch is handed back for sending, so a change a peer has seen is never
-//! lost in a crash. File writes go through [`WorkspaceFs::write_atomic_if`] with the hash
-//! the engine expects on disk; when the disk holds something else (a save the watcher has
-//! not reported yet) the write is refused and the disk's content is fed back as
-//! `WriteRefused`, so a local edit is merged, never overwritten.
-//!
-//! Because the engine's record of what is on disk is committed before the files are
-//! written, the same transaction journals every path about to be written or removed; a
-//! crash in between is finished at the next start, before the start-up scan could take a
-//! missing file for a deletion (which the scan would otherwise propagate).
+//! It feeds the engine what happened on disk (the start-up scan, watcher events) and has
+//! the engine's effects carried out by [`cue_core::carry`] against [`DaemonHost`] (the
+//! store and the folder): persistence committed before files are touched and messages
+//! sent, writes refused when the disk holds an unreported save and fed back as
+//! `WriteRefused`, so a local edit is merged, never overwritten. Those rules are the
+//! simulation's too.
 //!
 //! Echo suppression is by content: a watcher event whose file hashes to what the engine
-//! believes is on disk (`disk_view`, updated by every write the driver makes) is not a
+//! believes is on disk ([`Engine::on_disk`], updated by every write carried out) is not a
 //! change. No time windows.
 //!
-//! The mass-deletion guard (DESIGN §4): when the workspace root disappears, or more than
-//! half of a workspace of at least 20 files disappears in one batch of events (or between
-//! two runs), the driver stops feeding deletions to the engine, records an `error`
-//! activity and reports the reason in status until the daemon is restarted.
+//! The mass-deletion guard (docs/reference.md §3.3): when the workspace root disappears,
+//! or more than half of a workspace of at least 20 files disappears in one batch of events
+//! (or between two runs), the driver stops feeding deletions to the engine, records an
+//! `error` activity and reports the reason in status until the daemon is restarted.
 //!
 //! The driver is synchronous; the daemon's main loop owns it and calls it from one task.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use cue_core::{
-    ContentHash, DeviceId, DocId, DocStore, Effect, Engine, FileId, Input, Persist, Restored,
-    Status, content_hash,
-};
+use cue_core::carry::{self, Found};
+use cue_core::{ContentHash, Engine, FileId, Input, Restored, Status, content_hash};
 
 use crate::config::Config;
-use crate::fsio::{Expect, FsError, Outcome, WorkspaceFs};
+use crate::fsio::{FsError, WorkspaceFs};
+use crate::host::{
+    DaemonHost, KEY_EPOCH, KEY_STATE, NS_DAEMON, NS_ENGINE, NS_FILEMETA, NS_JOURNAL, StoreDocs,
+    join_loaded,
+};
+pub use crate::host::{KEY_REPLAY, NS_NET};
 use crate::ignore_rules::IgnoreRules;
 use crate::paths::WorkspacePath;
 use crate::scan::{ScanOptions, SkipReason, scan};
-use crate::store::{ActivityKind, ActivityRecord, Store, StoreError, StoreTx};
+use crate::store::{ActivityKind, Store, StoreError};
 use crate::watch::WatchEvent;
 use crate::workspace::Workspace;
 
-/// A message the engine wants sent: to one device, or to every peer (`None`).
-pub type Outgoing = (Option<DeviceId>, Vec<u8>);
-
-/// Store namespaces and keys the driver uses.
-const NS_DAEMON: &str = "daemon";
-const KEY_EPOCH: &str = "epoch";
-const NS_ENGINE: &str = "engine";
-const KEY_STATE: &str = "state";
-const NS_FILEMETA: &str = "filemeta";
-/// File writes and removals whose effect was committed but may not be on disk yet.
-const NS_JOURNAL: &str = "write_journal";
-/// Where the network layer keeps its replay guard (persisted with the next batch).
-pub const NS_NET: &str = "net";
-pub const KEY_REPLAY: &str = "replay";
-
-/// The guard trips when a workspace of at least this many files...
-const GUARD_MIN_FILES: usize = 20;
-/// The start-up scan feeds the engine at most this many files (or bytes) at a time:
-/// enough that settling the workspace once a batch costs little, few enough that the
-/// progress bar moves and memory stays bounded.
-const SCAN_BATCH_FILES: usize = 64;
-const SCAN_BATCH_BYTES: usize = 8 * 1024 * 1024;
-/// Above this many staged writes in one batch, make them durable together.
-const BATCH_MIN: usize = 8;
-/// `WriteRefused` feedback deeper than this means the disk keeps changing under us.
-const MAX_FEEDBACK_DEPTH: usize = 8;
+pub use cue_core::carry::Outgoing;
 
 /// Why the driver could not go on.
 #[derive(Debug, thiserror::Error)]
@@ -81,55 +52,14 @@ pub enum DriverError {
     Ignore(#[from] crate::ignore_rules::IgnoreError),
 }
 
-/// The engine's view of stored documents: snapshot then appended chunks, concatenated
-/// (automerge loads that as one document).
-struct StoreDocs<'a>(&'a Store);
-
-/// The same, with the workspace beside it, so that a document can go to a new peer with
-/// the content on disk (the peer then need not load it).
-struct StoreAndDisk<'a>(&'a Store, &'a WorkspaceFs);
-
-impl DocStore for StoreAndDisk<'_> {
-    fn load(&mut self, doc: &DocId) -> Option<Vec<u8>> {
-        StoreDocs(self.0).load(doc)
-    }
-
-    fn content(&mut self, path: &str, hash: &cue_core::ContentHash) -> Option<Vec<u8>> {
-        let rel = WorkspacePath::parse(path).ok()?;
-        // Read beneath the root without following links; a file edited since is not
-        // what the document renders to and is not sent.
-        let bytes = self.1.read(&rel).ok()??;
-        (cue_core::content_hash(&bytes) == *hash).then_some(bytes)
-    }
-}
-
-impl DocStore for StoreDocs<'_> {
-    fn load(&mut self, doc: &DocId) -> Option<Vec<u8>> {
-        match self.0.load(&doc.to_string()) {
-            Ok(Some(loaded)) => Some(join_loaded(loaded)),
-            Ok(None) => None,
-            Err(error) => {
-                tracing::error!(%error, %doc, "cannot load a document from the store");
-                None
-            }
-        }
-    }
-}
-
-fn join_loaded(loaded: crate::store::Loaded) -> Vec<u8> {
-    let mut bytes = loaded.snapshot.unwrap_or_default();
-    for chunk in loaded.chunks {
-        bytes.extend_from_slice(&chunk);
-    }
-    bytes
-}
-
 /// What the engine's persisted state says, read without running a daemon (for
 /// `status` when none runs).
 pub fn restored_from(store: &Store) -> Result<Restored, StoreError> {
     store.read(|tx| {
         let state = tx.get_meta(NS_ENGINE, KEY_STATE)?;
-        let index = tx.load(&DocId::Index.to_string())?.map(join_loaded);
+        let index = tx
+            .load(&cue_core::DocId::Index.to_string())?
+            .map(join_loaded);
         let metas = tx
             .list_meta(NS_FILEMETA)?
             .into_iter()
@@ -176,33 +106,20 @@ pub fn now_ms() -> i64 {
 /// The engine, the store and the folder of one workspace.
 pub struct Driver {
     engine: Engine,
-    store: Store,
-    /// Store writes so far (the daemon gives space back after the last of a series).
-    store_writes: u64,
-    fs: WorkspaceFs,
+    host: DaemonHost,
     rules: IgnoreRules,
-    name: String,
     max_file_size: u64,
     epoch: u32,
     /// Why deletions are not being propagated (the mass-deletion guard), if they are not.
     guard: Option<String>,
-    /// Bytes to store under [`NS_NET`]/[`KEY_REPLAY`] with the next transaction.
-    pending_replay: Option<Vec<u8>>,
-    /// Errors met while carrying out effects (a write that failed), for status.
-    pub write_errors: u64,
-    /// Files the driver wrote, and when, until one check after the watcher's debounce.
-    written: Vec<(String, std::time::Instant)>,
-    /// The watcher's debounce: how long to wait before that check.
+    /// The watcher's debounce: how long to wait before looking again at a written file.
     settle: std::time::Duration,
-    /// Journal entries whose write or removal has been carried out, to clear with the
-    /// next transaction.
-    journal_done: Vec<String>,
 }
 
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Driver")
-            .field("root", &self.fs.root_path())
+            .field("root", &self.host.fs.root_path())
             .field("epoch", &self.epoch)
             .field("guard", &self.guard)
             .finish_non_exhaustive()
@@ -235,26 +152,27 @@ impl Driver {
             restored,
             now_ms(),
         );
-        let fs = WorkspaceFs::open(&ws.root)?;
-        let rules = IgnoreRules::load(&ws.root)?;
-        let mut driver = Driver {
-            engine,
+        let host = DaemonHost {
             store,
-            fs,
-            rules,
+            fs: WorkspaceFs::open(&ws.root)?,
             name,
-            max_file_size: config.sync.max_file_size,
-            epoch,
-            guard: None,
+            store_writes: 0,
             pending_replay: None,
             write_errors: 0,
             written: Vec::new(),
-            store_writes: 0,
-            settle: std::time::Duration::from_millis(config.sync.debounce_ms * 2 + 50),
             journal_done: Vec::new(),
         };
+        let mut driver = Driver {
+            engine,
+            host,
+            rules: IgnoreRules::load(&ws.root)?,
+            max_file_size: config.sync.max_file_size,
+            epoch,
+            guard: None,
+            settle: std::time::Duration::from_millis(config.sync.debounce_ms * 2 + 50),
+        };
         // Nothing can be sent yet (not connected): what Engine::new returns is storage.
-        let _ = driver.apply(now_ms(), effects, 0)?;
+        let _ = carry::carry_out(&mut driver.engine, &mut driver.host, now_ms(), effects)?;
         driver.finish_interrupted_writes(now_ms())?;
         Ok(driver)
     }
@@ -266,20 +184,17 @@ impl Driver {
     /// engine before anything else looks at the disk. A path the user changed meanwhile
     /// is fed back as a refused write, merged like any local edit.
     fn finish_interrupted_writes(&mut self, now: i64) -> Result<(), DriverError> {
-        let entries = self.store.list_meta(NS_JOURNAL)?;
+        let entries = self.host.store.list_meta(NS_JOURNAL)?;
         if entries.is_empty() {
             return Ok(());
         }
-        let view = self.engine.disk_view();
+        let mut redo = Vec::new();
         let mut feedback = Vec::new();
         for (path, expect) in &entries {
-            let Ok(rel) = WorkspacePath::parse(path) else {
-                continue;
-            };
             let before: Option<ContentHash> = <[u8; 32]>::try_from(expect.as_slice()).ok();
             let on_disk = self.read(path)?;
             let disk_hash = on_disk.as_deref().map(content_hash);
-            let believed = view.get(path).copied();
+            let believed = self.engine.on_disk(path);
             if disk_hash == believed {
                 continue; // the effect did happen
             }
@@ -295,31 +210,37 @@ impl Driver {
             }
             match believed {
                 Some(hash) => {
-                    let Some(bytes) = self
+                    let bytes = self
                         .engine
-                        .read(path, &mut StoreDocs(&self.store))
-                        .filter(|b| content_hash(b) == hash)
-                    else {
-                        continue;
-                    };
-                    self.write_one(&rel, &bytes, before, &mut feedback);
+                        .read(path, &mut StoreDocs(&self.host.store))
+                        .filter(|b| content_hash(b) == hash);
+                    if let Some(bytes) = bytes {
+                        redo.push(cue_core::Effect::WriteFile {
+                            path: path.clone(),
+                            bytes,
+                            expect: before,
+                        });
+                    }
                 }
-                None => self.remove(path, before, &mut feedback),
+                None => redo.push(cue_core::Effect::RemoveFile {
+                    path: path.clone(),
+                    expect: before,
+                }),
             }
         }
         tracing::info!(
             entries = entries.len(),
-            "finished file writes interrupted by a crash"
+            "finishing file writes interrupted by a crash"
         );
-        self.store.transaction(|tx| {
+        // Carried out by the usual rules (journaled again until done).
+        let _ = carry::carry_out(&mut self.engine, &mut self.host, now, redo)?;
+        self.host.store.transaction(|tx| {
             for (path, _) in &entries {
                 tx.delete_meta(NS_JOURNAL, path)?;
             }
             Ok(())
         })?;
-        for input in feedback {
-            let _ = self.input(now, input)?;
-        }
+        let _ = carry::handle(&mut self.engine, &mut self.host, now, feedback)?;
         Ok(())
     }
 
@@ -332,11 +253,11 @@ impl Driver {
     }
 
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.host.store
     }
 
     pub fn store_mut(&mut self) -> &mut Store {
-        &mut self.store
+        &mut self.host.store
     }
 
     pub fn epoch(&self) -> u32 {
@@ -344,7 +265,7 @@ impl Driver {
     }
 
     pub fn device_name(&self) -> &str {
-        &self.name
+        &self.host.name
     }
 
     /// Why deletions are paused, if they are.
@@ -352,41 +273,30 @@ impl Driver {
         self.guard.as_deref()
     }
 
+    /// Files that could not be written so far.
+    pub fn write_errors(&self) -> u64 {
+        self.host.write_errors
+    }
+
     /// The engine's status.
     pub fn status(&mut self) -> Status {
-        self.engine.status(&mut StoreDocs(&self.store))
+        self.engine.status(&mut StoreDocs(&self.host.store))
     }
 
     /// Stores `bytes` as the replay guard with the next transaction (or now, on `flush`).
     pub fn set_replay_state(&mut self, bytes: Vec<u8>) {
-        self.pending_replay = Some(bytes);
+        self.host.pending_replay = Some(bytes);
     }
 
     /// Commits whatever is waiting for a transaction (the replay guard, the journal of
     /// completed writes).
     pub fn flush(&mut self) -> Result<(), DriverError> {
-        let replay = self.pending_replay.take();
-        let done = std::mem::take(&mut self.journal_done);
-        if replay.is_some() || !done.is_empty() {
-            self.store.transaction(|tx| {
-                if let Some(bytes) = &replay {
-                    tx.put_meta(NS_NET, KEY_REPLAY, bytes)?;
-                }
-                for path in &done {
-                    tx.delete_meta(NS_JOURNAL, path)?;
-                }
-                Ok(())
-            })?;
-        }
-        Ok(())
+        Ok(self.host.flush()?)
     }
 
     /// Feeds one input and carries out the effects; returns the messages to send.
     pub fn input(&mut self, now: i64, input: Input) -> Result<Vec<Outgoing>, DriverError> {
-        let effects = self
-            .engine
-            .handle(now, input, &mut StoreAndDisk(&self.store, &self.fs));
-        self.apply(now, effects, 0)
+        self.input_batch(now, vec![input])
     }
 
     /// Several inputs handled together and committed in one transaction (see
@@ -396,24 +306,23 @@ impl Driver {
         now: i64,
         inputs: Vec<Input>,
     ) -> Result<Vec<Outgoing>, DriverError> {
-        if inputs.is_empty() {
-            return Ok(Vec::new());
+        let sends = carry::handle(&mut self.engine, &mut self.host, now, inputs)?;
+        if self.host.pending_replay.is_some() {
+            // Nothing was stored: the replay guard still goes before anything is sent.
+            self.host.flush()?;
         }
-        let effects =
-            self.engine
-                .handle_batch(now, inputs, &mut StoreAndDisk(&self.store, &self.fs));
-        self.apply(now, effects, 0)
+        Ok(sends)
     }
 
     /// How many times the engine asked for something to be stored so far.
     pub fn store_writes(&self) -> u64 {
-        self.store_writes
+        self.host.store_writes
     }
 
     /// Whether the next tick should come soon (see `Engine::wants_frequent_ticks`), or
     /// files written lately still wait for their second look.
     pub fn wants_frequent_ticks(&mut self) -> bool {
-        !self.written.is_empty() || self.engine.wants_frequent_ticks()
+        !self.host.written.is_empty() || self.engine.wants_frequent_ticks()
     }
 
     /// Time passed: the engine's tick, and a check of the files written lately.
@@ -424,21 +333,23 @@ impl Driver {
     /// the window has passed, and a file found missing is a removal.
     pub fn tick(&mut self, now: i64) -> Result<Vec<Outgoing>, DriverError> {
         let mut out = self.input(now, Input::Tick)?;
-        if self.written.is_empty() {
+        if self.host.written.is_empty() {
             return Ok(out);
         }
         let cutoff = std::time::Instant::now().checked_sub(self.settle);
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.written)
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.host.written)
             .into_iter()
             .partition(|(_, t)| cutoff.is_some_and(|c| *t <= c));
-        self.written = later;
+        self.host.written = later;
         if self.guard.is_some() {
             return Ok(out);
         }
-        let view = self.engine.disk_view();
         let mut seen = BTreeSet::new();
         for (path, _) in due {
-            if seen.insert(path.clone()) && view.contains_key(&path) && !self.exists(&path) {
+            if seen.insert(path.clone())
+                && self.engine.on_disk(&path).is_some()
+                && !self.host.exists(&path)
+            {
                 out.extend(self.input(now, Input::FileRemoved { path })?);
             }
         }
@@ -451,8 +362,16 @@ impl Driver {
         now: i64,
         path: &str,
     ) -> Result<Result<Vec<Outgoing>, cue_core::CommandError>, DriverError> {
-        match self.engine.restore(now, path, &mut StoreDocs(&self.store)) {
-            Ok(effects) => Ok(Ok(self.apply(now, effects, 0)?)),
+        match self
+            .engine
+            .restore(now, path, &mut StoreDocs(&self.host.store))
+        {
+            Ok(effects) => Ok(Ok(carry::carry_out(
+                &mut self.engine,
+                &mut self.host,
+                now,
+                effects,
+            )?)),
             Err(e) => Ok(Err(e)),
         }
     }
@@ -463,24 +382,23 @@ impl Driver {
         now: i64,
         path: &str,
     ) -> Result<Result<Vec<Outgoing>, cue_core::CommandError>, DriverError> {
-        match self.engine.resolve(now, path, &mut StoreDocs(&self.store)) {
-            Ok(effects) => Ok(Ok(self.apply(now, effects, 0)?)),
+        match self
+            .engine
+            .resolve(now, path, &mut StoreDocs(&self.host.store))
+        {
+            Ok(effects) => Ok(Ok(carry::carry_out(
+                &mut self.engine,
+                &mut self.host,
+                now,
+                effects,
+            )?)),
             Err(e) => Ok(Err(e)),
         }
     }
 
     /// Records an activity of the daemon's own (not from the engine).
     pub fn record(&mut self, kind: ActivityKind, path: Option<String>, detail: String) {
-        let record = ActivityRecord {
-            time_ms: now_ms(),
-            kind,
-            path,
-            device: self.name.clone(),
-            detail: Some(detail),
-        };
-        if let Err(error) = self.store.append_activity(&record) {
-            tracing::error!(%error, "cannot record an activity");
-        }
+        self.host.record(kind, path, detail);
     }
 
     fn trip_guard(&mut self, reason: String) {
@@ -494,270 +412,6 @@ impl Driver {
                 ),
             );
             self.guard = Some(reason);
-        }
-    }
-
-    /// Carries out effects in the engine's order: persistence (one transaction), files,
-    /// then hands back the messages; activities are stored with the persistence.
-    fn apply(
-        &mut self,
-        now: i64,
-        effects: Vec<Effect>,
-        depth: usize,
-    ) -> Result<Vec<Outgoing>, DriverError> {
-        let mut persists = Vec::new();
-        let mut files = Vec::new();
-        let mut sends = Vec::new();
-        let mut activities = Vec::new();
-        for e in effects {
-            match e {
-                Effect::Persist(p) => {
-                    self.store_writes += 1;
-                    persists.push(p)
-                }
-                Effect::WriteFile { .. } | Effect::RemoveFile { .. } => files.push(e),
-                Effect::Send { to, bytes } => sends.push((to, bytes)),
-                Effect::Activity(a) => activities.push(ActivityRecord {
-                    time_ms: a.time_ms,
-                    kind: a.kind,
-                    path: a.path,
-                    device: a.device,
-                    detail: a.detail,
-                }),
-            }
-        }
-        let journal: Vec<(String, Vec<u8>)> = files
-            .iter()
-            .filter_map(|e| match e {
-                Effect::WriteFile { path, expect, .. } | Effect::RemoveFile { path, expect } => {
-                    Some((path.clone(), expect.map(|h| h.to_vec()).unwrap_or_default()))
-                }
-                _ => None,
-            })
-            .collect();
-        if !persists.is_empty()
-            || !activities.is_empty()
-            || !journal.is_empty()
-            || self.pending_replay.is_some()
-        {
-            let replay = self.pending_replay.take();
-            let done = std::mem::take(&mut self.journal_done);
-            self.store.transaction(|tx| {
-                // Cleared first: a path written again in this batch is journaled anew.
-                for path in &done {
-                    tx.delete_meta(NS_JOURNAL, path)?;
-                }
-                for p in &persists {
-                    persist(tx, p)?;
-                }
-                for (path, expect) in &journal {
-                    tx.put_meta(NS_JOURNAL, path, expect)?;
-                }
-                if let Some(bytes) = &replay {
-                    tx.put_meta(NS_NET, KEY_REPLAY, bytes)?;
-                }
-                for a in &activities {
-                    tx.append_activity(a)?;
-                }
-                Ok(())
-            })?;
-        }
-        let feedback = self.carry_out_files(files);
-        self.journal_done
-            .extend(journal.into_iter().map(|(path, _)| path));
-        for input in feedback {
-            if depth >= MAX_FEEDBACK_DEPTH {
-                self.record(
-                    ActivityKind::Error,
-                    None,
-                    "a file keeps changing while cue writes it; will retry on its next save"
-                        .to_string(),
-                );
-                break;
-            }
-            let effects = self
-                .engine
-                .handle(now, input, &mut StoreAndDisk(&self.store, &self.fs));
-            // The feedback's own persistence is committed before anything is sent, and
-            // before this batch's messages, which may depend on it only loosely.
-            sends.extend(self.apply(now, effects, depth + 1)?);
-        }
-        Ok(sends)
-    }
-
-    /// Writes and removals; returns the refusals to feed back.
-    fn carry_out_files(&mut self, files: Vec<Effect>) -> Vec<Input> {
-        let mut feedback = Vec::new();
-        let mut writes: Vec<(WorkspacePath, Vec<u8>, Option<ContentHash>)> = Vec::new();
-        for e in files {
-            match e {
-                Effect::WriteFile {
-                    path,
-                    bytes,
-                    expect,
-                } => match WorkspacePath::parse(&path) {
-                    Ok(rel) => writes.push((rel, bytes, expect)),
-                    Err(error) => {
-                        self.write_errors += 1;
-                        tracing::error!(%error, "refusing to write a path the engine produced");
-                    }
-                },
-                Effect::RemoveFile { path, expect } => {
-                    // Keep the engine's order: writes before this removal happen first.
-                    self.write_all(std::mem::take(&mut writes), &mut feedback);
-                    self.remove(&path, expect, &mut feedback);
-                }
-                _ => {}
-            }
-        }
-        self.write_all(writes, &mut feedback);
-        feedback
-    }
-
-    fn write_all(
-        &mut self,
-        writes: Vec<(WorkspacePath, Vec<u8>, Option<ContentHash>)>,
-        feedback: &mut Vec<Input>,
-    ) {
-        if writes.len() >= BATCH_MIN {
-            // Many files at once (a first sync): one syncfs instead of one fsync each.
-            let mut batch = self.fs.batch();
-            let mut staged = BTreeMap::new();
-            let mut single = Vec::new();
-            for (rel, bytes, expect) in writes {
-                if staged.contains_key(rel.as_str()) {
-                    single.push((rel, bytes, expect));
-                    continue;
-                }
-                match batch.stage(&rel, &bytes, to_expect(expect)) {
-                    Ok(()) => {
-                        staged.insert(rel.as_str().to_string(), (rel, bytes, expect));
-                    }
-                    Err(_) => single.push((rel, bytes, expect)),
-                }
-            }
-            match batch.commit() {
-                Ok(outcome) => {
-                    let t = std::time::Instant::now();
-                    self.written
-                        .extend(outcome.written.iter().map(|r| (r.as_str().to_string(), t)));
-                    for rel in outcome.unexpected {
-                        if let Some((rel, bytes, _)) = staged.remove(rel.as_str()) {
-                            self.after_unexpected(&rel, &bytes, feedback);
-                        }
-                    }
-                    for (rel, _) in outcome.failed {
-                        if let Some(w) = staged.remove(rel.as_str()) {
-                            single.push(w);
-                        }
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "batch write failed; writing file by file");
-                    single.extend(staged.into_values());
-                }
-            }
-            for (rel, bytes, expect) in single {
-                self.write_one(&rel, &bytes, expect, feedback);
-            }
-        } else {
-            for (rel, bytes, expect) in writes {
-                self.write_one(&rel, &bytes, expect, feedback);
-            }
-        }
-    }
-
-    fn write_one(
-        &mut self,
-        rel: &WorkspacePath,
-        bytes: &[u8],
-        expect: Option<ContentHash>,
-        feedback: &mut Vec<Input>,
-    ) {
-        match self.fs.write_atomic_if(rel, bytes, to_expect(expect)) {
-            Ok(Outcome::Done) => self.note_written(rel),
-            Ok(Outcome::Unexpected) => self.after_unexpected(rel, bytes, feedback),
-            Err(error) => self.write_failed(rel, &error),
-        }
-    }
-
-    /// The disk did not hold what the engine expected: merge what it holds, or, when
-    /// the file is simply gone, write it (the engine's version is all there is).
-    fn after_unexpected(&mut self, rel: &WorkspacePath, bytes: &[u8], feedback: &mut Vec<Input>) {
-        match self.fs.read(rel) {
-            Ok(Some(content)) => feedback.push(Input::WriteRefused {
-                path: rel.as_str().to_string(),
-                content,
-            }),
-            Ok(None) => match self.fs.write_atomic_if(rel, bytes, Expect::Absent) {
-                Ok(Outcome::Done) => self.note_written(rel),
-                Ok(Outcome::Unexpected) => {
-                    if let Ok(Some(content)) = self.fs.read(rel) {
-                        feedback.push(Input::WriteRefused {
-                            path: rel.as_str().to_string(),
-                            content,
-                        });
-                    }
-                }
-                Err(error) => self.write_failed(rel, &error),
-            },
-            Err(error) => self.write_failed(rel, &error),
-        }
-    }
-
-    fn note_written(&mut self, rel: &WorkspacePath) {
-        self.written
-            .push((rel.as_str().to_string(), std::time::Instant::now()));
-    }
-
-    fn write_failed(&mut self, rel: &WorkspacePath, error: &FsError) {
-        self.write_errors += 1;
-        tracing::error!(%error, path = rel.as_str(), "cannot write a synced file");
-        self.record(
-            ActivityKind::Error,
-            Some(rel.as_str().to_string()),
-            format!("cannot write: {error}"),
-        );
-    }
-
-    fn remove(&mut self, path: &str, expect: Option<ContentHash>, feedback: &mut Vec<Input>) {
-        let rel = match WorkspacePath::parse(path) {
-            Ok(rel) => rel,
-            Err(error) => {
-                tracing::error!(%error, "refusing to remove a path the engine produced");
-                return;
-            }
-        };
-        let result = match expect {
-            Some(h) => self.fs.remove_if(&rel, Expect::Content(h)),
-            // The engine believes nothing is there: whatever is there is a local file.
-            None => match self.fs.stat(&rel) {
-                Ok(Some(_)) => Ok(Some(Outcome::Unexpected)),
-                Ok(None) => Ok(None),
-                Err(e) => Err(e),
-            },
-        };
-        match result {
-            Ok(Some(Outcome::Done)) => {
-                // Folders emptied by the removal go too, as the peer's did.
-                let mut dir = rel.parent();
-                while let Some(d) = dir {
-                    if !matches!(self.fs.remove_empty_dir(&d), Ok(true)) {
-                        break;
-                    }
-                    dir = d.parent();
-                }
-            }
-            Ok(Some(Outcome::Unexpected)) => {
-                if let Ok(Some(content)) = self.fs.read(&rel) {
-                    feedback.push(Input::WriteRefused {
-                        path: path.to_string(),
-                        content,
-                    });
-                }
-            }
-            Ok(None) => {}
-            Err(error) => self.write_failed(&rel, &error),
         }
     }
 
@@ -782,124 +436,51 @@ impl Driver {
             tracing::warn!(%error, "cannot reload .cueignore; keeping the old rules");
         }
         let report = scan(
-            &self.fs,
+            &self.host.fs,
             &self.rules,
             &ScanOptions {
                 max_file_size: self.max_file_size,
             },
         )?;
         for tmp in &report.stale_temps {
-            let _ = self.fs.remove_stale_temp(tmp);
+            let _ = self.host.fs.remove_stale_temp(tmp);
         }
-        let view = self.engine.disk_view();
-        let on_disk: BTreeMap<&str, ContentHash> = report
-            .files
-            .iter()
-            .map(|f| (f.path.as_str(), f.hash))
-            .collect();
-        let too_large: BTreeSet<&str> = report
-            .skipped
-            .iter()
-            .filter(|s| matches!(s.reason, SkipReason::TooLarge { .. }))
-            .map(|s| s.path.as_str())
-            .collect();
-        let mut changed: Vec<&str> = report
-            .files
-            .iter()
-            .filter(|f| view.get(f.path.as_str()) != Some(&f.hash))
-            .map(|f| f.path.as_str())
-            .collect();
-        let mut removed: Vec<&str> = view
-            .keys()
-            .map(String::as_str)
-            .filter(|p| !on_disk.contains_key(p) && !too_large.contains(p))
-            .collect();
-        let mut out = Vec::new();
-        // A removed file whose content reappeared under a new name (not known before)
-        // was renamed while we were away.
-        let mut renames = Vec::new();
-        removed.retain(|from| {
-            let hash = view[*from];
-            if let Some(pos) = changed
-                .iter()
-                .position(|to| !view.contains_key(*to) && on_disk.get(to) == Some(&hash))
-            {
-                renames.push((from.to_string(), changed.remove(pos).to_string()));
-                false
-            } else {
-                true
-            }
-        });
-        if view.len() >= GUARD_MIN_FILES && removed.len() * 2 > view.len() {
+        let found = Found {
+            files: report
+                .files
+                .into_iter()
+                .map(|f| (f.path.as_str().to_string(), f.hash))
+                .collect(),
+            too_large: report
+                .skipped
+                .into_iter()
+                .filter_map(|s| match s.reason {
+                    SkipReason::TooLarge { size } => Some((s.path, size)),
+                    _ => None,
+                })
+                .collect(),
+        };
+        let diff = carry::diff_scan(&self.engine, &found);
+        if carry::too_many_missing(diff.known, diff.removed.len()) {
             self.trip_guard(format!(
                 "{} of the {} files were missing at start-up",
-                removed.len(),
-                view.len()
+                diff.removed.len(),
+                diff.known
             ));
         }
-        let changed: Vec<String> = changed.into_iter().map(str::to_string).collect();
-        let removed: Vec<String> = removed.into_iter().map(str::to_string).collect();
-        let too_large: Vec<(String, u64)> = report
-            .skipped
-            .iter()
-            .filter_map(|s| match s.reason {
-                SkipReason::TooLarge { size } => Some((s.path.clone(), size)),
-                _ => None,
-            })
-            .collect();
-        let total = renames.len() + changed.len();
-        progress(0, total);
-        // Fed to the engine in batches (bounded in files and bytes read): one input at a
-        // time, each new file would settle the whole workspace again.
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0;
-        let mut done = 0;
-        let work = renames
-            .into_iter()
-            .map(|(from, to)| (Some(from), to))
-            .chain(changed.into_iter().map(|path| (None, path)));
-        for (from, path) in work {
-            if let Some(content) = self.read(&path)? {
-                batch_bytes += content.len();
-                batch.push(match from {
-                    Some(from) => Input::FileRenamed {
-                        from,
-                        to: path,
-                        content,
-                    },
-                    None => Input::FileChanged { path, content },
-                });
-            }
-            done += 1;
-            if batch.len() >= SCAN_BATCH_FILES || batch_bytes >= SCAN_BATCH_BYTES {
-                out.extend(self.input_batch(now, std::mem::take(&mut batch))?);
-                batch_bytes = 0;
-                progress(done, total);
-            }
-        }
-        out.extend(self.input_batch(now, batch)?);
-        progress(done, total);
-        for (path, size) in too_large {
-            out.extend(self.input(now, Input::FileTooLarge { path, size })?);
-        }
-        if self.guard.is_none() {
-            for path in removed {
-                out.extend(self.input(now, Input::FileRemoved { path })?);
-            }
-        }
-        Ok(out)
+        Ok(carry::feed_scan(
+            &mut self.engine,
+            &mut self.host,
+            now,
+            diff,
+            found.too_large,
+            self.guard.is_some(),
+            progress,
+        )?)
     }
 
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>, DriverError> {
-        let Ok(rel) = WorkspacePath::parse(path) else {
-            return Ok(None);
-        };
-        match self.fs.read(&rel) {
-            Ok(v) => Ok(v),
-            // A symlink or folder now stands there: not a synced file.
-            Err(FsError::Symlink { .. } | FsError::NotRegular { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.host.read(path)?)
     }
 
     /// Feeds one batch of watcher events (drained together: "at once" for the guard).
@@ -912,78 +493,17 @@ impl Driver {
         if events.iter().any(|e| matches!(e, WatchEvent::RootGone)) {
             self.trip_guard("the workspace folder itself disappeared".to_string());
         }
-        // Count what the batch removes before feeding any of it.
-        let view = self.engine.disk_view();
-        let mut gone: BTreeSet<String> = BTreeSet::new();
-        for e in &events {
-            if let WatchEvent::Removed(p) = e {
-                for path in under(&view, p.as_str()) {
-                    if !self.exists(&path) {
-                        gone.insert(path);
-                    }
-                }
-            }
-        }
-        if view.len() >= GUARD_MIN_FILES && gone.len() * 2 > view.len() {
-            self.trip_guard(format!(
-                "{} of the {} files disappeared at once",
-                gone.len(),
-                view.len()
-            ));
-        }
+        self.guard_batch(&events);
         let mut rescan = false;
         for e in events {
             match e {
                 WatchEvent::Changed(p) => out.extend(self.file_changed(now, p.as_str())?),
-                WatchEvent::Removed(p) => {
-                    if self.guard.is_some() {
-                        continue;
-                    }
-                    let view = self.engine.disk_view();
-                    for path in under(&view, p.as_str()) {
-                        if !self.exists(&path) {
-                            out.extend(self.input(now, Input::FileRemoved { path })?);
-                        } else {
-                            // Replaced since the event: take the new content.
-                            out.extend(self.file_changed(now, &path)?);
-                        }
-                    }
-                }
+                WatchEvent::Removed(p) => out.extend(self.removed(now, p.as_str())?),
                 WatchEvent::Renamed { from, to } => {
-                    let known = self.engine.disk_view().contains_key(from.as_str());
-                    match self.read(to.as_str())? {
-                        Some(content) if known && !self.exists(from.as_str()) => {
-                            out.extend(self.input(
-                                now,
-                                Input::FileRenamed {
-                                    from: from.as_str().to_string(),
-                                    to: to.as_str().to_string(),
-                                    content,
-                                },
-                            )?);
-                        }
-                        _ => {
-                            out.extend(self.file_changed(now, to.as_str())?);
-                            out.extend(self.file_changed(now, from.as_str())?);
-                        }
-                    }
+                    out.extend(self.renamed(now, from.as_str(), to.as_str())?)
                 }
                 WatchEvent::DirRenamed { from, to } => {
-                    let view = self.engine.disk_view();
-                    for old in under(&view, from.as_str()) {
-                        let new = format!("{}{}", to.as_str(), &old[from.as_str().len()..]);
-                        match self.read(&new)? {
-                            Some(content) => out.extend(self.input(
-                                now,
-                                Input::FileRenamed {
-                                    from: old,
-                                    to: new,
-                                    content,
-                                },
-                            )?),
-                            None => out.extend(self.file_changed(now, &old)?),
-                        }
-                    }
+                    out.extend(self.dir_renamed(now, from.as_str(), to.as_str())?)
                 }
                 WatchEvent::Rescan => rescan = true,
                 WatchEvent::RootGone => {}
@@ -995,11 +515,85 @@ impl Driver {
         Ok(out)
     }
 
-    fn exists(&self, path: &str) -> bool {
-        WorkspacePath::parse(path)
-            .ok()
-            .and_then(|rel| self.fs.stat(&rel).ok().flatten())
-            .is_some()
+    /// Counts what a batch of events removes before feeding any of it: the guard.
+    fn guard_batch(&mut self, events: &[WatchEvent]) {
+        let mut gone: BTreeSet<String> = BTreeSet::new();
+        for e in events {
+            if let WatchEvent::Removed(p) = e {
+                for path in self.engine.on_disk_under(p.as_str()) {
+                    if !self.host.exists(&path) {
+                        gone.insert(path);
+                    }
+                }
+            }
+        }
+        let known = self.engine.disk().count();
+        if carry::too_many_missing(known, gone.len()) {
+            self.trip_guard(format!(
+                "{} of the {known} files disappeared at once",
+                gone.len()
+            ));
+        }
+    }
+
+    /// A path (a file or a folder) is gone.
+    fn removed(&mut self, now: i64, p: &str) -> Result<Vec<Outgoing>, DriverError> {
+        let mut out = Vec::new();
+        if self.guard.is_some() {
+            return Ok(out);
+        }
+        for path in self.engine.on_disk_under(p) {
+            if !self.host.exists(&path) {
+                out.extend(self.input(now, Input::FileRemoved { path })?);
+            } else {
+                // Replaced since the event: take the new content.
+                out.extend(self.file_changed(now, &path)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn renamed(&mut self, now: i64, from: &str, to: &str) -> Result<Vec<Outgoing>, DriverError> {
+        let known = self.engine.on_disk(from).is_some();
+        match self.read(to)? {
+            Some(content) if known && !self.host.exists(from) => self.input(
+                now,
+                Input::FileRenamed {
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    content,
+                },
+            ),
+            _ => {
+                let mut out = self.file_changed(now, to)?;
+                out.extend(self.file_changed(now, from)?);
+                Ok(out)
+            }
+        }
+    }
+
+    fn dir_renamed(
+        &mut self,
+        now: i64,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<Outgoing>, DriverError> {
+        let mut out = Vec::new();
+        for old in self.engine.on_disk_under(from) {
+            let new = format!("{to}{}", &old[from.len()..]);
+            match self.read(&new)? {
+                Some(content) => out.extend(self.input(
+                    now,
+                    Input::FileRenamed {
+                        from: old,
+                        to: new,
+                        content,
+                    },
+                )?),
+                None => out.extend(self.file_changed(now, &old)?),
+            }
+        }
+        Ok(out)
     }
 
     /// A path may have changed: feed its content if it differs from what the engine
@@ -1008,8 +602,8 @@ impl Driver {
         let Ok(rel) = WorkspacePath::parse(path) else {
             return Ok(Vec::new());
         };
-        let known = self.engine.disk_view().get(path).copied();
-        let stat = match self.fs.stat(&rel) {
+        let known = self.engine.on_disk(path);
+        let stat = match self.host.fs.stat(&rel) {
             Ok(s) => s,
             Err(FsError::Symlink { .. } | FsError::SymlinkOnTheWay { .. }) => None,
             Err(e) => return Err(e.into()),
@@ -1048,53 +642,4 @@ impl Driver {
             },
         )
     }
-}
-
-/// The known paths equal to `p` or below it.
-fn under(view: &BTreeMap<String, ContentHash>, p: &str) -> Vec<String> {
-    let prefix = format!("{p}/");
-    view.keys()
-        .filter(|k| k.as_str() == p || k.starts_with(&prefix))
-        .cloned()
-        .collect()
-}
-
-fn to_expect(expect: Option<ContentHash>) -> Expect {
-    match expect {
-        Some(h) => Expect::Content(h),
-        None => Expect::Absent,
-    }
-}
-
-fn persist(tx: &StoreTx<'_>, p: &Persist) -> Result<(), StoreError> {
-    match p {
-        Persist::Doc {
-            doc,
-            bytes,
-            snapshot,
-            meta,
-        } => {
-            let key = doc.to_string();
-            if *snapshot {
-                // Compaction: the snapshot replaces the document and every chunk.
-                tx.delete_doc(&key)?;
-                tx.put_snapshot(&key, bytes)?;
-            } else if !bytes.is_empty() {
-                tx.append_changes(&key, bytes)?;
-            }
-            if let DocId::File(f) = doc
-                && !meta.is_empty()
-            {
-                tx.put_meta(NS_FILEMETA, &f.to_string(), meta)?;
-            }
-        }
-        Persist::DeleteDoc { doc } => {
-            tx.delete_doc(&doc.to_string())?;
-            if let DocId::File(f) = doc {
-                tx.delete_meta(NS_FILEMETA, &f.to_string())?;
-            }
-        }
-        Persist::State { bytes } => tx.put_meta(NS_ENGINE, KEY_STATE, bytes)?,
-    }
-    Ok(())
 }

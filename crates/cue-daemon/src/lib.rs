@@ -34,6 +34,7 @@ pub mod control;
 mod debounce;
 pub mod driver;
 pub mod fsio;
+mod host;
 pub mod ignore_rules;
 pub mod lock;
 mod memory;

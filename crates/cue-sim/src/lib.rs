@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use cue_core::carry;
 use cue_core::{
     Config, DeviceId, DocId, DocStore, Effect, Engine, FileId, Input, Persist, Restored, Status,
     content_hash,
@@ -35,23 +36,158 @@ impl DocStore for MemStore {
     }
 }
 
-/// The store with the peer's disk beside it, as the daemon has them: documents can go to
-/// a new peer with their content (`Item::Adopt`).
-struct WithDisk<'a> {
+/// A peer's store, folder and logs as the daemon's carry-out rules see them
+/// ([`cue_core::carry`]): the simulation runs the daemon's rules, not a copy of them.
+///
+/// The folder is a map of path → bytes; folders are the paths' prefixes, so a file
+/// cannot be written where a folder is, nor below a file, as on a real disk.
+struct SimHost<'a> {
     store: &'a mut MemStore,
-    disk: &'a BTreeMap<String, Vec<u8>>,
+    disk: &'a mut BTreeMap<String, Vec<u8>>,
+    activity: &'a mut Vec<cue_core::Activity>,
+    write_failures: &'a mut Vec<(String, String)>,
+    trace: Option<usize>,
 }
 
-impl DocStore for WithDisk<'_> {
+impl DocStore for SimHost<'_> {
     fn load(&mut self, doc: &DocId) -> Option<Vec<u8>> {
         self.store.load(doc)
     }
 
+    /// Documents can go to a new peer with their content (`Item::Adopt`).
     fn content(&mut self, path: &str, hash: &cue_core::ContentHash) -> Option<Vec<u8>> {
         self.disk
             .get(path)
             .filter(|c| cue_core::content_hash(c) == *hash)
             .cloned()
+    }
+}
+
+impl SimHost<'_> {
+    fn is_folder(&self, path: &str) -> bool {
+        let prefix = format!("{path}/");
+        self.disk
+            .range(prefix.clone()..)
+            .next()
+            .is_some_and(|(p, _)| p.starts_with(&prefix))
+    }
+
+    /// Why nothing can be written at `path`, if nothing can.
+    fn blocked(&self, path: &str) -> Option<String> {
+        if self.is_folder(path) {
+            return Some(format!("{path} is a folder, not a regular file"));
+        }
+        let mut at = 0;
+        while let Some(i) = path[at..].find('/') {
+            let dir = &path[..at + i];
+            if self.disk.contains_key(dir) {
+                return Some(format!(
+                    "a component on the way to {path} is a file, not a folder"
+                ));
+            }
+            at += i + 1;
+        }
+        None
+    }
+}
+
+impl carry::Host for SimHost<'_> {
+    type Error = std::convert::Infallible;
+    type DiskError = String;
+
+    fn commit(
+        &mut self,
+        persists: Vec<Persist>,
+        activities: Vec<cue_core::Activity>,
+        files: &[Effect],
+    ) -> Result<(), Self::Error> {
+        if let Some(peer) = self.trace {
+            for e in files {
+                trace_file_effect(peer, e, self.disk);
+            }
+            for a in &activities {
+                eprintln!(
+                    "  p{peer} activity {:?} {:?} {:?} {:?}",
+                    a.kind, a.path, a.device, a.detail
+                );
+            }
+        }
+        for p in persists {
+            self.store.apply(p);
+        }
+        self.activity.extend(activities);
+        Ok(())
+    }
+
+    fn write_if(
+        &mut self,
+        path: &str,
+        bytes: &[u8],
+        expect: Option<cue_core::ContentHash>,
+    ) -> Result<carry::Outcome, String> {
+        if let Some(why) = self.blocked(path) {
+            return Err(why);
+        }
+        if self.disk.get(path).map(|b| content_hash(b)) != expect {
+            return Ok(carry::Outcome::Unexpected);
+        }
+        self.disk.insert(path.to_string(), bytes.to_vec());
+        Ok(carry::Outcome::Done)
+    }
+
+    fn remove_if(
+        &mut self,
+        path: &str,
+        expect: cue_core::ContentHash,
+    ) -> Result<Option<carry::Outcome>, String> {
+        match self.disk.get(path).map(|b| content_hash(b)) {
+            None => Ok(None),
+            Some(h) if h == expect => {
+                self.disk.remove(path);
+                Ok(Some(carry::Outcome::Done))
+            }
+            Some(_) => Ok(Some(carry::Outcome::Unexpected)),
+        }
+    }
+
+    fn remove_empty_dir(&mut self, dir: &str) -> bool {
+        // Folders are the files' prefixes: an empty one is already gone.
+        !self.is_folder(dir)
+    }
+
+    fn read_file(&mut self, path: &str) -> Result<Option<Vec<u8>>, String> {
+        Ok(self.disk.get(path).cloned())
+    }
+
+    fn exists(&mut self, path: &str) -> Result<bool, String> {
+        Ok(self.disk.contains_key(path) || self.is_folder(path))
+    }
+
+    fn write_failed(&mut self, path: &str, error: String) {
+        self.write_failures.push((path.to_string(), error));
+    }
+
+    fn gave_up(&mut self, feedback: &[Input]) {
+        panic!("refused writes keep coming back: {feedback:?}");
+    }
+}
+
+fn trace_file_effect(peer: usize, e: &Effect, disk: &BTreeMap<String, Vec<u8>>) {
+    match e {
+        Effect::WriteFile {
+            path,
+            bytes,
+            expect,
+        } => eprintln!(
+            "  p{peer} write {path} {:?} expect {:?} (disk {:?})",
+            String::from_utf8_lossy(bytes),
+            expect.map(|h| h[0]),
+            disk.get(path).map(|b| content_hash(b)[0])
+        ),
+        Effect::RemoveFile { path, expect } => {
+            eprintln!("  p{peer} remove {path} expect {:?}", expect.map(|h| h[0]))
+        }
+        _ => {}
     }
 }
 
@@ -109,6 +245,10 @@ pub struct Peer {
     pub disk: BTreeMap<String, Vec<u8>>,
     pub online: bool,
     pub activity: Vec<cue_core::Activity>,
+    /// Files the carry-out could not write or remove (path, why), as the daemon logs them.
+    pub write_failures: Vec<(String, String)>,
+    /// Why deletions are paused (the mass-deletion guard), as the daemon's status says.
+    pub guard: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -163,7 +303,7 @@ impl World {
                 Restored::default(),
                 now_ms,
             );
-            let mut peer = Peer {
+            let peer = Peer {
                 name,
                 device,
                 epoch: 1,
@@ -172,15 +312,13 @@ impl World {
                 disk: BTreeMap::new(),
                 online: false,
                 activity: Vec::new(),
+                write_failures: Vec::new(),
+                guard: None,
             };
-            for e in effects {
-                if let Effect::Persist(p) = e {
-                    peer.store.apply(p);
-                }
-            }
-            peers.push(peer);
+            peers.push((peer, effects));
         }
-        World {
+        let (peers, effects): (Vec<Peer>, Vec<Vec<Effect>>) = peers.into_iter().unzip();
+        let mut world = World {
             peers,
             inflight: VecDeque::new(),
             now_ms,
@@ -189,7 +327,11 @@ impl World {
             config,
             messages_delivered: 0,
             traffic: None,
+        };
+        for (i, effects) in effects.into_iter().enumerate() {
+            world.apply(i, effects);
         }
+        world
     }
 
     fn index_of(&self, device: DeviceId) -> Option<usize> {
@@ -215,126 +357,63 @@ impl World {
                 other => eprintln!("  p{peer} <- {other:?}"),
             }
         }
-        let now = self.now_ms;
-        let p = &mut self.peers[peer];
-        let mut store = WithDisk {
-            store: &mut p.store,
-            disk: &p.disk,
-        };
-        let effects = p.engine.handle(now, input, &mut store);
-        self.apply(peer, effects, 0);
+        self.input_batch(peer, vec![input]);
     }
 
     /// Feed several inputs to a peer's engine at once, as the daemon's start-up scan
-    /// does (`Engine::handle_batch`).
+    /// does (`Engine::handle_batch`), and carry out the effects by the daemon's rules.
     pub fn input_batch(&mut self, peer: usize, inputs: Vec<Input>) {
         let now = self.now_ms;
+        let trace = std::env::var_os("CUE_SIM_TRACE").is_some().then_some(peer);
         let p = &mut self.peers[peer];
-        let mut store = WithDisk {
+        let mut host = SimHost {
             store: &mut p.store,
-            disk: &p.disk,
+            disk: &mut p.disk,
+            activity: &mut p.activity,
+            write_failures: &mut p.write_failures,
+            trace,
         };
-        let effects = p.engine.handle_batch(now, inputs, &mut store);
-        self.apply(peer, effects, 0);
+        let Ok(sends) = carry::handle(&mut p.engine, &mut host, now, inputs);
+        self.route(peer, sends);
     }
 
-    fn apply(&mut self, peer: usize, effects: Vec<Effect>, depth: usize) {
-        let mut feedback = Vec::new();
-        let trace = std::env::var_os("CUE_SIM_TRACE").is_some();
-        for e in effects {
-            if trace {
-                match &e {
-                    Effect::WriteFile {
-                        path,
-                        bytes,
-                        expect,
-                    } => eprintln!(
-                        "  p{peer} write {path} {:?} expect {:?} (disk {:?})",
-                        String::from_utf8_lossy(bytes),
-                        expect.map(|h| h[0]),
-                        self.peers[peer].disk.get(path).map(|b| content_hash(b)[0])
-                    ),
-                    Effect::RemoveFile { path, expect } => {
-                        eprintln!("  p{peer} remove {path} expect {:?}", expect.map(|h| h[0]))
-                    }
-                    Effect::Activity(a) => eprintln!(
-                        "  p{peer} activity {:?} {:?} {:?} {:?}",
-                        a.kind, a.path, a.device, a.detail
-                    ),
-                    _ => {}
-                }
-            }
-            match e {
-                Effect::Persist(p) => self.peers[peer].store.apply(p),
-                Effect::WriteFile {
-                    path,
-                    bytes,
-                    expect,
-                } => {
-                    let disk = &mut self.peers[peer].disk;
-                    let actual = disk.get(&path).map(|b| content_hash(b));
-                    if actual == expect {
-                        disk.insert(path, bytes);
-                    } else if let Some(content) = disk.get(&path) {
-                        // A local edit the engine has not taken in: merge it first.
-                        feedback.push(Input::WriteRefused {
-                            path,
-                            content: content.clone(),
-                        });
-                    } else {
-                        disk.insert(path, bytes);
-                    }
-                }
-                Effect::RemoveFile { path, expect } => {
-                    let disk = &mut self.peers[peer].disk;
-                    let actual = disk.get(&path).map(|b| content_hash(b));
-                    if actual.is_some() && actual == expect {
-                        disk.remove(&path);
-                    } else if let Some(content) = disk.get(&path) {
-                        feedback.push(Input::WriteRefused {
-                            path,
-                            content: content.clone(),
-                        });
-                    }
-                }
-                Effect::Send { to, bytes } => {
-                    if !self.peers[peer].online {
-                        continue;
-                    }
-                    let targets: Vec<usize> = match to {
-                        None => (0..self.peers.len())
-                            .filter(|&i| i != peer && self.peers[i].online)
-                            .collect(),
-                        Some(d) => self
-                            .index_of(d)
-                            .filter(|&i| self.peers[i].online)
-                            .into_iter()
-                            .collect(),
-                    };
-                    for t in targets {
-                        self.inflight.push_back(InFlight {
-                            from: peer,
-                            to: t,
-                            bytes: bytes.clone(),
-                        });
-                    }
-                }
-                Effect::Activity(a) => self.peers[peer].activity.push(a),
-            }
+    /// Carry out effects (those of `Engine::new`) by the daemon's rules.
+    fn apply(&mut self, peer: usize, effects: Vec<Effect>) {
+        let now = self.now_ms;
+        let p = &mut self.peers[peer];
+        let mut host = SimHost {
+            store: &mut p.store,
+            disk: &mut p.disk,
+            activity: &mut p.activity,
+            write_failures: &mut p.write_failures,
+            trace: None,
+        };
+        let Ok(sends) = carry::carry_out(&mut p.engine, &mut host, now, effects);
+        self.route(peer, sends);
+    }
+
+    /// Messages go to the relay, which passes them to whoever is online.
+    fn route(&mut self, peer: usize, sends: Vec<carry::Outgoing>) {
+        if !self.peers[peer].online {
+            return;
         }
-        if depth >= 8 && !feedback.is_empty() {
-            panic!("peer {peer}: refused writes keep coming back: {feedback:?}");
-        }
-        {
-            for input in feedback {
-                let now = self.now_ms;
-                let p = &mut self.peers[peer];
-                let mut store = WithDisk {
-                    store: &mut p.store,
-                    disk: &p.disk,
-                };
-                let effects = p.engine.handle(now, input, &mut store);
-                self.apply(peer, effects, depth + 1);
+        for (to, bytes) in sends {
+            let targets: Vec<usize> = match to {
+                None => (0..self.peers.len())
+                    .filter(|&i| i != peer && self.peers[i].online)
+                    .collect(),
+                Some(d) => self
+                    .index_of(d)
+                    .filter(|&i| self.peers[i].online)
+                    .into_iter()
+                    .collect(),
+            };
+            for t in targets {
+                self.inflight.push_back(InFlight {
+                    from: peer,
+                    to: t,
+                    bytes: bytes.clone(),
+                });
             }
         }
     }
@@ -445,7 +524,7 @@ impl World {
         let (engine, effects) =
             Engine::new(p.device, &p.name, p.epoch, config, p.store.restored(), now);
         p.engine = engine;
-        self.apply(peer, effects, 0);
+        self.apply(peer, effects);
         self.startup_scan(peer);
         if was_online {
             self.connect(peer);
@@ -453,25 +532,52 @@ impl World {
     }
 
     /// What the daemon does at start-up: compare the disk with what the engine believes
-    /// is there.
+    /// is there, by the daemon's own rules (renames told from content, the mass-deletion
+    /// guard, files too large to sync).
     pub fn startup_scan(&mut self, peer: usize) {
-        let view = self.peers[peer].engine.disk_view();
-        let disk = self.peers[peer].disk.clone();
-        // In one batch, as the daemon's scan feeds them.
-        let changed: Vec<Input> = disk
+        let max = self.config.max_file_size;
+        let p = &mut self.peers[peer];
+        let (files, too_large) = p
+            .disk
             .iter()
-            .filter(|(path, bytes)| view.get(*path) != Some(&content_hash(bytes)))
-            .map(|(path, bytes)| Input::FileChanged {
-                path: path.clone(),
-                content: bytes.clone(),
-            })
-            .collect();
-        self.input_batch(peer, changed);
-        for path in view.keys() {
-            if !disk.contains_key(path) {
-                self.input(peer, Input::FileRemoved { path: path.clone() });
-            }
+            .partition::<Vec<_>, _>(|(_, b)| b.len() as u64 <= max);
+        let found = carry::Found {
+            files: files
+                .into_iter()
+                .map(|(path, b)| (path.clone(), content_hash(b)))
+                .collect(),
+            too_large: too_large
+                .into_iter()
+                .map(|(path, b)| (path.clone(), b.len() as u64))
+                .collect(),
+        };
+        let diff = carry::diff_scan(&p.engine, &found);
+        if carry::too_many_missing(diff.known, diff.removed.len()) && p.guard.is_none() {
+            p.guard = Some(format!(
+                "{} of the {} files were missing at start-up",
+                diff.removed.len(),
+                diff.known
+            ));
         }
+        let now = self.now_ms;
+        let paused = p.guard.is_some();
+        let mut host = SimHost {
+            store: &mut p.store,
+            disk: &mut p.disk,
+            activity: &mut p.activity,
+            write_failures: &mut p.write_failures,
+            trace: None,
+        };
+        let Ok(sends) = carry::feed_scan(
+            &mut p.engine,
+            &mut host,
+            now,
+            diff,
+            found.too_large,
+            paused,
+            &mut |_, _| {},
+        );
+        self.route(peer, sends);
     }
 
     /// Deliver one message in flight (a random one when reordering). Returns false when
@@ -627,7 +733,7 @@ impl World {
         let now = self.now_ms;
         let p = &mut self.peers[peer];
         let effects = p.engine.restore(now, path, &mut p.store)?;
-        self.apply(peer, effects, 0);
+        self.apply(peer, effects);
         Ok(())
     }
 
@@ -635,7 +741,7 @@ impl World {
         let now = self.now_ms;
         let p = &mut self.peers[peer];
         let effects = p.engine.resolve(now, path, &mut p.store)?;
-        self.apply(peer, effects, 0);
+        self.apply(peer, effects);
         Ok(())
     }
 }

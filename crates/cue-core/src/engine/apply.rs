@@ -31,7 +31,7 @@ impl Engine {
         content: Vec<u8>,
         store: &mut dyn DocStore,
     ) -> Option<Heads> {
-        let known = self.metas.contains_key(&f) || self.cache.contains_key(&f);
+        let known = self.files.contains(&f) || self.cache.contains_key(&f);
         if known || heads.is_empty() {
             return self.apply_remote(from, DocId::File(f), Remote::Whole(bytes), store);
         }
@@ -41,15 +41,13 @@ impl Engine {
             size: content.len() as u64,
             ..FileMeta::default()
         };
-        self.metas.insert(f, meta);
+        self.files.insert(f, meta);
         self.adopted.insert(f, bytes);
         self.adopted_content.insert(f, content);
         self.tail.unverified.insert(f);
         self.state_dirty = true;
         // A file that got content may now clash with another at its path.
-        self.index_changed = true;
-        self.live_cache = None;
-        self.digest = None;
+        self.invalidate(Stale::View);
         self.dirty.insert(f);
         self.to_reconcile.insert(f);
         if let Some(path) = self.index.path_of(&f) {
@@ -67,7 +65,7 @@ impl Engine {
         for f in batch {
             self.tail.unverified.remove(&f);
             self.state_dirty = true;
-            let Some(believed) = self.metas.get(&f).map(|m| (m.heads.clone(), m.doc_hash)) else {
+            let Some(believed) = self.files.get(&f).map(|m| (m.heads.clone(), m.doc_hash)) else {
                 continue;
             };
             let actual = self.with_doc(f, store, |d| {
@@ -129,14 +127,12 @@ impl Engine {
                 after = to_heads(&self.index.heads());
                 if before != after {
                     self.index_dirty = true;
-                    self.index_changed = true;
-                    self.live_cache = None;
-                    self.digest = None;
+                    self.invalidate(Stale::View);
                 }
             }
             DocId::File(f) => {
                 before = self
-                    .metas
+                    .files
                     .get(&f)
                     .map(|m| m.heads.clone())
                     .unwrap_or_default();
@@ -145,7 +141,7 @@ impl Engine {
                 // empty document, no re-encoding).
                 let remote = match remote {
                     Remote::Whole(bytes)
-                        if !self.metas.contains_key(&f) && !self.cache.contains_key(&f) =>
+                        if !self.files.contains(&f) && !self.cache.contains_key(&f) =>
                     {
                         match FileDoc::load(&bytes, self.actor.clone()) {
                             Ok(doc) => {
@@ -190,7 +186,7 @@ impl Engine {
                 after = heads;
                 missing = m;
                 if before != after {
-                    self.metas.entry(f).or_default();
+                    self.files.get_or_default(f);
                     self.refresh_meta(f, store);
                     self.record_field_conflicts(f, store);
                     self.to_reconcile.insert(f);

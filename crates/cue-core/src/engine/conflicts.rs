@@ -3,7 +3,7 @@
 
 use super::*;
 
-/// The conflict copy's name: `<stem>.conflict-<device>-<6 hex>.<ext>` (DESIGN §3), with a
+/// The conflict copy's name: `<stem>.conflict-<device>-<6 hex>.<ext>` (docs/reference.md §2.6), with a
 /// counter when that name is taken.
 pub fn conflict_copy_name(
     path: &str,
@@ -91,9 +91,7 @@ impl Engine {
                     for (op, bytes) in losers {
                         let copy_id =
                             FileId::derive("cue conflict copy", &[&file.0, op.as_bytes()]);
-                        if self.index.path_of(&copy_id).is_some()
-                            || self.metas.contains_key(&copy_id)
-                        {
+                        if self.index.path_of(&copy_id).is_some() || self.files.contains(&copy_id) {
                             // Already made, here or by a peer whose copy reached us.
                             continue;
                         }
@@ -123,7 +121,7 @@ impl Engine {
                         doc.mark_unsaved();
                         let t = self.touch();
                         self.cache.insert(copy_id, (doc, t));
-                        self.metas.insert(copy_id, FileMeta::default());
+                        self.files.insert(copy_id, FileMeta::default());
                         self.refresh_meta(copy_id, store);
                         self.broadcast(Item::Whole {
                             doc: DocId::File(copy_id),

@@ -132,7 +132,7 @@ pub enum Effect {
     Activity(Activity),
 }
 
-/// The kinds of activity-log entries (DESIGN §2); the engine emits them and the
+/// The kinds of activity-log entries (docs/reference.md §1.10); the engine emits them and the
 /// daemon's store keeps them by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ActivityKind {

@@ -35,7 +35,7 @@ impl Engine {
     }
 
     pub(super) fn doc_heads(&mut self, file: FileId, store: &mut dyn DocStore) -> Vec<ChangeHash> {
-        if let Some(m) = self.metas.get(&file)
+        if let Some(m) = self.files.get(&file)
             && !self.cache.contains_key(&file)
         {
             return from_heads(&m.heads);
@@ -69,19 +69,20 @@ impl Engine {
         });
         if let Ok((heads, content)) = r {
             let tombstoned = self.index.tombstone(&file).is_some();
-            let meta = self.metas.entry(file).or_default();
+            let mut meta = self.files.get_or_default(file);
             // A file that just got its first content, or a deleted one that changed, may
             // now be alive: path clashes must be looked at again.
-            if meta.doc_hash.is_none() || tombstoned {
-                self.index_changed = true;
-                self.live_cache = None;
-            }
+            let view_stale = meta.doc_hash.is_none() || tombstoned;
             meta.heads = heads;
             meta.doc_hash = content.as_ref().map(|c| content_hash(c));
             meta.size = content.map_or(0, |c| c.len() as u64);
+            drop(meta);
+            if view_stale {
+                self.invalidate(Stale::View);
+            }
         }
         self.dirty.insert(file);
-        self.digest = None;
+        self.invalidate(Stale::Digest);
     }
 
     pub(super) fn commit_index(&mut self) {
@@ -95,9 +96,7 @@ impl Engine {
                 changes: vec![change.raw_bytes().to_vec()],
             });
             self.index_dirty = true;
-            self.index_changed = true;
-            self.live_cache = None;
-            self.digest = None;
+            self.invalidate(Stale::View);
         }
     }
 
@@ -118,7 +117,7 @@ impl Engine {
             self.index_dirty = true;
         }
         let mut due: Vec<FileId> = self
-            .metas
+            .files
             .iter()
             .filter(|(_, m)| m.increments >= least)
             .map(|(f, _)| *f)
@@ -130,12 +129,12 @@ impl Engine {
             // cannot be loaded is not tried again each tick (it is counted when loaded
             // for real).
             if self.with_doc(f, store, |_| Ok(())).is_err() {
-                if let Some(m) = self.metas.get_mut(&f) {
+                if let Some(mut m) = self.files.get_mut(&f) {
                     m.increments = 0;
                 }
                 continue;
             }
-            if let Some(m) = self.metas.get_mut(&f) {
+            if let Some(mut m) = self.files.get_mut(&f) {
                 m.increments = self.config.compact_after.saturating_sub(1);
             }
             self.dirty.insert(f);

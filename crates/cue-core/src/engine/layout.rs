@@ -289,7 +289,7 @@ mod tests {
         };
         let (engine, effects) =
             Engine::new(DeviceId([1; 32]), "a", 1, Config::default(), restored, 0);
-        assert_eq!(engine.metas[&file].pending, vec![[9; 32]]);
+        assert_eq!(engine.files.get(&file).unwrap().pending, vec![[9; 32]]);
         assert!(engine.state.unconfirmed.is_empty());
         // Both go to the store at once: the record with them, the state without them.
         let stored_meta = effects.iter().find_map(|e| match e {

@@ -28,7 +28,7 @@ impl Engine {
             Some(f) => f,
             None => self.create_file(path),
         };
-        if let Some(meta) = self.metas.get_mut(&file) {
+        if let Some(mut meta) = self.files.get_mut(&file) {
             meta.disk = Some((path.to_string(), hash));
             if meta.doc_hash == Some(hash) {
                 // Our own write coming back, or a save that changed nothing.
@@ -39,7 +39,7 @@ impl Engine {
         }
         let time_s = self.now_ms / 1000;
         let base = self
-            .metas
+            .files
             .get(&file)
             .map(|m| from_heads(&m.disk_heads))
             .unwrap_or_default();
@@ -77,7 +77,7 @@ impl Engine {
                 self.after_local_change(file, hash, item);
                 self.refresh_meta(file, store);
                 // The disk now holds exactly our new change's version.
-                if let Some(m) = self.metas.get_mut(&file) {
+                if let Some(mut m) = self.files.get_mut(&file) {
                     m.disk_heads = vec![hash.0];
                 }
                 // An edit of an older version can meet a remote write it had not seen
@@ -117,7 +117,7 @@ impl Engine {
         let _ = self.index.set_path(&file, path);
         let _ = self.index.set_origin(&file, &self.device);
         self.commit_index();
-        self.metas.insert(file, FileMeta::default());
+        self.files.insert(file, FileMeta::default());
         file
     }
 
@@ -127,7 +127,7 @@ impl Engine {
         hash: ChangeHash,
         item: Option<Item>,
     ) {
-        if let Some(m) = self.metas.get_mut(&file)
+        if let Some(mut m) = self.files.get_mut(&file)
             && let Err(at) = m.pending.binary_search(&hash.0)
         {
             m.pending.insert(at, hash.0);
@@ -138,7 +138,7 @@ impl Engine {
             self.broadcast(item);
         }
         self.dirty.insert(file);
-        self.digest = None;
+        self.invalidate(Stale::Digest);
     }
 
     pub(super) fn local_remove(&mut self, path: &str, store: &mut dyn DocStore) {
@@ -149,7 +149,7 @@ impl Engine {
             return;
         };
         let heads = self.doc_heads(file, store);
-        if let Some(meta) = self.metas.get_mut(&file) {
+        if let Some(mut meta) = self.files.get_mut(&file) {
             meta.disk = None;
         }
         self.dirty.insert(file);
@@ -188,7 +188,9 @@ impl Engine {
         }
         let _ = self.index.set_path(&file, to);
         self.commit_index();
-        if let Some((p, _)) = self.metas.get_mut(&file).and_then(|m| m.disk.as_mut()) {
+        if let Some(mut m) = self.files.get_mut(&file)
+            && let Some((p, _)) = m.disk.as_mut()
+        {
             *p = to.to_string();
         }
         self.dirty.insert(file);

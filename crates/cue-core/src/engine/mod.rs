@@ -21,6 +21,7 @@ mod apply;
 mod conflicts;
 mod contract;
 mod docs;
+mod files;
 mod layout;
 mod local;
 mod outbox;
@@ -32,10 +33,12 @@ mod view;
 use apply::*;
 pub use conflicts::conflict_copy_name;
 pub use contract::*;
+use files::Files;
 pub use layout::FileMeta;
 use layout::*;
 use peers::*;
 use pull::*;
+use view::Stale;
 
 /// Above this, a reassembled chunked item is refused (a file is at most
 /// `max_file_size`; its document a little more).
@@ -61,7 +64,8 @@ pub struct Engine {
     index: IndexDoc,
     index_dirty: bool,
     index_increments: u32,
-    metas: BTreeMap<FileId, FileMeta>,
+    /// Every file's record, and what is believed to be on disk.
+    files: Files,
     cache: BTreeMap<FileId, (FileDoc, u64)>,
     use_clock: u64,
     dirty: BTreeSet<FileId>,
@@ -195,7 +199,7 @@ impl Engine {
             index,
             index_dirty: false,
             index_increments: 0,
-            metas,
+            files: Files::new(metas),
             cache: BTreeMap::new(),
             use_clock: 0,
             // Files whose pending changes came out of an older state are stored with
@@ -285,7 +289,7 @@ impl Engine {
             Input::FileChanged { path, content } => self.local_change(&path, content, store),
             Input::WriteRefused { path, content } => {
                 if let Some(f) = self.file_at(&path)
-                    && let Some(m) = self.metas.get_mut(&f)
+                    && let Some(mut m) = self.files.get_mut(&f)
                 {
                     m.disk_heads = std::mem::take(&mut m.prev_disk_heads);
                 }

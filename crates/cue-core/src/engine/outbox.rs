@@ -29,7 +29,7 @@ impl Engine {
                 continue;
             }
             let _ = self.index.purge(&f);
-            self.metas.remove(&f);
+            self.files.remove(&f);
             self.cache.remove(&f);
             self.dirty.remove(&f);
             self.out_files.insert(
@@ -105,7 +105,7 @@ impl Engine {
                 }));
             }
             let compact_after = self.config.compact_after;
-            let Some(meta) = self.metas.get_mut(&f) else {
+            let Some(mut meta) = self.files.get_mut(&f) else {
                 continue;
             };
             // A document never stored before is stored whole: `save()` of a new 4 KB file
@@ -129,10 +129,8 @@ impl Engine {
             } else if !bytes.is_empty() {
                 meta.increments += 1;
             }
-            let Some(meta) = self.metas.get(&f) else {
-                continue;
-            };
-            let meta_bytes = encode_meta(meta);
+            let meta_bytes = encode_meta(&meta);
+            drop(meta);
             effects.push(Effect::Persist(Persist::Doc {
                 doc: DocId::File(f),
                 bytes,

@@ -38,7 +38,7 @@ impl Engine {
             h.update(&head);
         }
         let paths = self.index.paths();
-        for (f, m) in &self.metas {
+        for (f, m) in self.files.iter() {
             if !paths.contains_key(f) {
                 continue;
             }
@@ -252,12 +252,7 @@ impl Engine {
                 self.tail2.index_pending = IndexPending::default();
                 self.state_dirty = true;
             }
-            for (f, m) in &mut self.metas {
-                if !m.pending.is_empty() {
-                    m.pending.clear();
-                    self.dirty.insert(*f);
-                }
-            }
+            self.dirty.extend(self.files.clear_pending());
         } else {
             self.maybe_pull(store);
         }

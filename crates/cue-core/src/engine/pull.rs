@@ -39,8 +39,8 @@ impl Engine {
         let mut entries = vec![(DocId::Index, to_heads(&self.index.heads()))];
         let paths = self.index.paths();
         let files: Vec<FileId> = self
-            .metas
-            .keys()
+            .files
+            .ids()
             .copied()
             .filter(|f| paths.contains_key(f))
             .collect();
@@ -48,7 +48,7 @@ impl Engine {
             let heads = if self.cache.contains_key(&f) {
                 to_heads(&self.doc_heads(f, store))
             } else {
-                self.metas
+                self.files
                     .get(&f)
                     .map(|m| m.heads.clone())
                     .unwrap_or_default()
@@ -129,7 +129,7 @@ impl Engine {
             if !listed.contains(&DocId::Index) {
                 docs.insert(0, (DocId::Index, None));
             }
-            for f in self.metas.keys() {
+            for f in self.files.ids() {
                 if paths.contains_key(f) && !listed.contains(&DocId::File(*f)) {
                     docs.push((DocId::File(*f), None));
                 }
@@ -152,7 +152,7 @@ impl Engine {
     ) -> Option<Item> {
         let mine = match doc {
             DocId::Index => to_heads(&self.index.heads()),
-            DocId::File(f) => self.metas.get(&f)?.heads.clone(),
+            DocId::File(f) => self.files.get(&f)?.heads.clone(),
         };
         if !full && their == Some(&mine) {
             return None;
@@ -251,7 +251,7 @@ impl Engine {
             Some(b) => b.clone(),
             None => store.load(&doc)?,
         };
-        let meta = self.metas.get(&f)?;
+        let meta = self.files.get(&f)?;
         let content = match (meta.doc_hash, &meta.disk) {
             (Some(hash), Some((path, on_disk))) if *on_disk == hash && !heads.is_empty() => {
                 store.content(path, &hash)
@@ -275,7 +275,7 @@ impl Engine {
             DocId::Index => return self.confirm_index(heads),
             DocId::File(f) => f,
         };
-        let Some(meta) = self.metas.get(&f) else {
+        let Some(meta) = self.files.get(&f) else {
             return;
         };
         if meta.pending.is_empty() {
@@ -344,7 +344,7 @@ impl Engine {
 
     /// Replace a file's unconfirmed changes (`left` sorted), persisting the change.
     pub(super) fn set_pending(&mut self, f: FileId, left: Vec<[u8; 32]>) {
-        if let Some(m) = self.metas.get_mut(&f)
+        if let Some(mut m) = self.files.get_mut(&f)
             && m.pending != left
         {
             m.pending = left;

@@ -34,7 +34,7 @@ impl Engine {
         Status {
             files: live.len(),
             pending_changes: self.tail2.index_pending.count as usize
-                + self.metas.values().map(|m| m.pending.len()).sum::<usize>(),
+                + self.files.records().map(|m| m.pending.len()).sum::<usize>(),
             conflicts: self.open_conflicts(store),
             skipped: self
                 .state
@@ -55,7 +55,7 @@ impl Engine {
     pub fn live_files(&mut self, store: &mut dyn DocStore) -> BTreeMap<String, ContentHash> {
         let live = self.live_view(store);
         live.into_iter()
-            .filter_map(|(f, p)| Some((p, self.metas.get(&f)?.doc_hash?)))
+            .filter_map(|(f, p)| Some((p, self.files.get(&f)?.doc_hash?)))
             .collect()
     }
 
@@ -83,17 +83,29 @@ impl Engine {
                 return true;
             }
         }
-        self.index_increments > 0 || self.metas.values().any(|m| m.increments > 0)
+        self.index_increments > 0 || self.files.records().any(|m| m.increments > 0)
     }
 
     pub(super) fn at_rest(&self) -> bool {
         self.now_ms - self.last_input_ms >= COMPACT_AT_REST_AFTER_MS
     }
 
-    /// What the engine believes is on disk (path → hash): the driver compares this with
-    /// a scan at start-up to find what changed while it was stopped.
-    pub fn disk_view(&self) -> BTreeMap<String, ContentHash> {
-        self.metas.values().filter_map(|m| m.disk.clone()).collect()
+    /// The hash of what the engine believes is on disk at `path` (`None`: nothing it
+    /// knows of). Every write the driver carries out updates it, so a watcher event whose
+    /// file hashes to this is the driver's own write coming back.
+    pub fn on_disk(&self, path: &str) -> Option<ContentHash> {
+        self.files.on_disk(path)
+    }
+
+    /// Everything the engine believes is on disk, path → hash, in path order: the
+    /// start-up scan compares the folder with it.
+    pub fn disk(&self) -> impl Iterator<Item = (&str, ContentHash)> {
+        self.files.disk()
+    }
+
+    /// The paths believed on disk that are `path` or below it (a folder's files).
+    pub fn on_disk_under(&self, path: &str) -> Vec<String> {
+        self.files.under(path)
     }
 
     /// The materialised bytes of the live file at `path` (tests, the demo).

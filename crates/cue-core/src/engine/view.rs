@@ -3,12 +3,29 @@
 
 use super::*;
 
+/// What a change made stale (see [`Engine::invalidate`]).
+pub(super) enum Stale {
+    /// The digest of what is held.
+    Digest,
+    /// The digest, the live view and every file's place on disk.
+    View,
+}
+
 impl Engine {
     pub(super) fn file_at(&self, path: &str) -> Option<FileId> {
-        self.metas
-            .iter()
-            .find(|(_, m)| m.disk.as_ref().is_some_and(|(p, _)| p == path))
-            .map(|(id, _)| *id)
+        self.files.at(path)
+    }
+
+    /// Drops derived state after a change: the one place caches are invalidated. Any
+    /// change to a document makes the digest of everything held stale; a change that can
+    /// make a file live or dead, or move it, makes the live view stale and has every file
+    /// reconciled with the disk at the next settle.
+    pub(super) fn invalidate(&mut self, stale: Stale) {
+        self.digest = None;
+        if let Stale::View = stale {
+            self.index_changed = true;
+            self.live_cache = None;
+        }
     }
 
     /// Is this file alive? Deleted files come back when their document holds an edit
@@ -24,7 +41,7 @@ impl Engine {
         tomb: Option<&Tombstone>,
         store: &mut dyn DocStore,
     ) -> bool {
-        let Some(meta) = self.metas.get(&file) else {
+        let Some(meta) = self.files.get(&file) else {
             return false;
         };
         if meta.doc_hash.is_none() {
@@ -67,7 +84,7 @@ impl Engine {
     }
 
     /// Two live files at one path: the smallest id keeps it; an identical duplicate is
-    /// dropped, a different one becomes a conflict copy (DESIGN §4). Deterministic, so
+    /// dropped, a different one becomes a conflict copy (docs/reference.md §3.1). Deterministic, so
     /// every peer that sees the clash settles it the same way.
     pub(super) fn settle_path_clashes(&mut self, store: &mut dyn DocStore) {
         let live = self.live_view(store);
@@ -90,9 +107,9 @@ impl Engine {
                 continue;
             }
             let winner = files[0];
-            let winner_hash = self.metas.get(&winner).and_then(|m| m.doc_hash);
+            let winner_hash = self.files.get(&winner).and_then(|m| m.doc_hash);
             for loser in &files[1..] {
-                let loser_hash = self.metas.get(loser).and_then(|m| m.doc_hash);
+                let loser_hash = self.files.get(loser).and_then(|m| m.doc_hash);
                 // Two creations of the same bytes (a folder copied to two machines) are
                 // one file. Conflict copies are never merged away this way: they hold a
                 // version that lost, and equal bytes at one moment say nothing of later.
@@ -141,7 +158,7 @@ impl Engine {
     pub(super) fn reconcile(&mut self, store: &mut dyn DocStore) {
         if self.index_changed {
             self.settle_path_clashes(store);
-            self.to_reconcile.extend(self.metas.keys().copied());
+            self.to_reconcile.extend(self.files.ids().copied());
             self.index_changed = false;
         }
         if self.to_reconcile.is_empty() {
@@ -164,7 +181,7 @@ impl Engine {
                 }
                 match (
                     Some(path.clone()),
-                    self.metas.get(f).and_then(|m| m.doc_hash),
+                    self.files.get(f).and_then(|m| m.doc_hash),
                 ) {
                     (Some(p), Some(h))
                         if valid_path(&p).is_ok() && !self.state.skipped.contains_key(&p) =>
@@ -185,7 +202,7 @@ impl Engine {
         // Removals and moves away first, so that a path freed in this round can be
         // written in it.
         for (f, want) in &desired {
-            let Some(meta) = self.metas.get(f) else {
+            let Some(meta) = self.files.get(f) else {
                 continue;
             };
             if let Some((cur_path, cur_hash)) = meta.disk.clone()
@@ -195,7 +212,7 @@ impl Engine {
                     path: cur_path.clone(),
                     expect: Some(cur_hash),
                 });
-                if let Some(m) = self.metas.get_mut(f) {
+                if let Some(mut m) = self.files.get_mut(f) {
                     m.disk = None;
                 }
                 self.dirty.insert(*f);
@@ -203,7 +220,7 @@ impl Engine {
         }
         for (f, want) in desired {
             let Some((path, hash)) = want else { continue };
-            let current = self.metas.get(&f).and_then(|m| m.disk.clone());
+            let current = self.files.get(&f).and_then(|m| m.disk.clone());
             if current.as_ref() == Some(&(path.clone(), hash)) {
                 continue;
             }
@@ -213,7 +230,7 @@ impl Engine {
                 Some((p, h)) if *p == path => Some(*h),
                 _ => self
                     .file_at(&path)
-                    .and_then(|g| self.metas.get(&g))
+                    .and_then(|g| self.files.get(&g))
                     .and_then(|m| m.disk.as_ref().map(|(_, h)| *h)),
             };
             if let Some(other) = self.file_at(&path)
@@ -224,7 +241,7 @@ impl Engine {
                     // settled, and this file is written then.
                     continue;
                 }
-                if let Some(m) = self.metas.get_mut(&other) {
+                if let Some(mut m) = self.files.get_mut(&other) {
                     m.disk = None;
                 }
             }
@@ -248,11 +265,11 @@ impl Engine {
                 expect,
             });
             let heads = self
-                .metas
+                .files
                 .get(&f)
                 .map(|m| m.heads.clone())
                 .unwrap_or_default();
-            if let Some(m) = self.metas.get_mut(&f) {
+            if let Some(mut m) = self.files.get_mut(&f) {
                 m.disk = Some((path, hash));
                 m.prev_disk_heads = std::mem::replace(&mut m.disk_heads, heads);
             }
@@ -265,7 +282,7 @@ impl Engine {
 
     pub(super) fn live_file_with_path(&mut self, path: &str) -> Option<FileId> {
         self.index.files_at(path).into_iter().find(|f| {
-            self.metas.get(f).is_some_and(|m| m.doc_hash.is_some())
+            self.files.get(f).is_some_and(|m| m.doc_hash.is_some())
                 && self.index.tombstone(f).is_none()
         })
     }

@@ -1,0 +1,407 @@
+//! Carrying out the engine's effects, and the start-up scan: the rules every driver
+//! follows, written once.
+//!
+//! The engine decides; a driver (the daemon, the simulation) does the IO. What a driver
+//! does with the effects is not a detail of the driver: the order of persistence, files
+//! and messages, a write refused because the user saved meanwhile (fed back as
+//! [`Input::WriteRefused`], at most [`MAX_FEEDBACK_DEPTH`] deep), a removal that empties
+//! folders, and the start-up comparison of the folder with what the engine believes is
+//! there (with renames told from the content) decide whether an edit survives. So they
+//! live here, against a [`Host`] that the daemon implements over its store and folder and
+//! the simulation over maps in memory. The simulation thus runs the daemon's rules.
+//!
+//! Still no IO here: a [`Host`] is an interface, called synchronously.
+
+use std::collections::BTreeMap;
+
+use crate::engine::{Activity, DocStore, Effect, Engine, Input, Persist};
+use crate::ids::{ContentHash, DeviceId};
+
+/// A message the engine wants sent: to one device, or to every peer (`None`).
+pub type Outgoing = (Option<DeviceId>, Vec<u8>);
+
+/// `WriteRefused` feedback deeper than this means the disk keeps changing under us: the
+/// rest waits for the file's next save.
+pub const MAX_FEEDBACK_DEPTH: usize = 8;
+
+/// The mass-deletion guard trips when a workspace of at least this many files...
+pub const GUARD_MIN_FILES: usize = 20;
+
+/// ...loses more than half of them at once (see docs/reference.md §3.3).
+pub fn too_many_missing(known: usize, missing: usize) -> bool {
+    known >= GUARD_MIN_FILES && missing * 2 > known
+}
+
+/// The start-up scan feeds the engine at most this many files (or bytes) at a time:
+/// enough that settling the workspace once a batch costs little, few enough that the
+/// progress bar moves and memory stays bounded.
+pub const SCAN_BATCH_FILES: usize = 64;
+pub const SCAN_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// What a conditional write or removal found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// The disk did not hold what was expected; nothing was changed.
+    Unexpected,
+}
+
+/// One file write the engine asked for: `bytes` at `path` if the disk holds `expect`
+/// there (`None`: nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    pub path: String,
+    pub bytes: Vec<u8>,
+    pub expect: Option<ContentHash>,
+}
+
+/// What a driver provides: a store to make the engine's output durable, and a folder.
+pub trait Host: DocStore {
+    /// An error that stops the driver (the store failing). A file that cannot be written
+    /// is not one: it is reported through [`Host::write_failed`] and the rest goes on.
+    type Error;
+    /// Why one file operation failed.
+    type DiskError: std::fmt::Display;
+
+    /// Makes a batch's persistence and activities durable, in one transaction, with the
+    /// file effects about to be carried out (so a crash between the two can be finished
+    /// at the next start). Called before any file of the batch is touched or any of its
+    /// messages is sent: a change a peer has seen is never lost in a crash.
+    fn commit(
+        &mut self,
+        persists: Vec<Persist>,
+        activities: Vec<Activity>,
+        files: &[Effect],
+    ) -> Result<(), Self::Error>;
+
+    /// The batch's file effects were carried out (successfully or not).
+    fn files_done(&mut self, _files: &[Effect]) {}
+
+    /// Writes `bytes` at `path` if the disk holds `expect` there, atomically.
+    fn write_if(
+        &mut self,
+        path: &str,
+        bytes: &[u8],
+        expect: Option<ContentHash>,
+    ) -> Result<Outcome, Self::DiskError>;
+
+    /// Several writes at once, in order; one result each. A host that can make many files
+    /// durable together (one `syncfs` rather than an `fsync` each) does so here.
+    fn write_many(&mut self, writes: &[Write]) -> Vec<Result<Outcome, Self::DiskError>> {
+        writes
+            .iter()
+            .map(|w| self.write_if(&w.path, &w.bytes, w.expect))
+            .collect()
+    }
+
+    /// Removes `path` if it holds `expect`; `Ok(None)` when nothing is there.
+    fn remove_if(
+        &mut self,
+        path: &str,
+        expect: ContentHash,
+    ) -> Result<Option<Outcome>, Self::DiskError>;
+
+    /// Removes the folder `dir` if it is empty; whether it did.
+    fn remove_empty_dir(&mut self, dir: &str) -> bool;
+
+    /// The content of the regular file at `path`; `None` when there is none (nothing, a
+    /// folder, a link).
+    fn read_file(&mut self, path: &str) -> Result<Option<Vec<u8>>, Self::DiskError>;
+
+    /// Whether anything at all is at `path`.
+    fn exists(&mut self, path: &str) -> Result<bool, Self::DiskError>;
+
+    /// A file was written (the daemon looks at it once more after its watcher's window).
+    fn written(&mut self, _path: &str) {}
+
+    /// A file could not be written or removed: the host reports it. Nothing else follows
+    /// from it; in particular it is never taken for a deletion.
+    fn write_failed(&mut self, path: &str, error: Self::DiskError);
+
+    /// The disk kept changing under [`MAX_FEEDBACK_DEPTH`] refused writes in a row; the
+    /// rest of the feedback is dropped until the files' next save.
+    fn gave_up(&mut self, feedback: &[Input]);
+}
+
+/// Feeds inputs to the engine and carries out what it returns; the messages to send.
+pub fn handle<H: Host>(
+    engine: &mut Engine,
+    host: &mut H,
+    now_ms: i64,
+    inputs: Vec<Input>,
+) -> Result<Vec<Outgoing>, H::Error> {
+    if inputs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let effects = engine.handle_batch(now_ms, inputs, host);
+    carry_out(engine, host, now_ms, effects)
+}
+
+/// Carries out effects in the engine's order: persistence and activities (committed
+/// together), then files, then the messages are handed back. Writes the disk refused are
+/// fed back to the engine, whose answer is carried out the same way.
+pub fn carry_out<H: Host>(
+    engine: &mut Engine,
+    host: &mut H,
+    now_ms: i64,
+    effects: Vec<Effect>,
+) -> Result<Vec<Outgoing>, H::Error> {
+    carry_out_at(engine, host, now_ms, effects, 0)
+}
+
+fn carry_out_at<H: Host>(
+    engine: &mut Engine,
+    host: &mut H,
+    now_ms: i64,
+    effects: Vec<Effect>,
+    depth: usize,
+) -> Result<Vec<Outgoing>, H::Error> {
+    let mut persists = Vec::new();
+    let mut files = Vec::new();
+    let mut sends = Vec::new();
+    let mut activities = Vec::new();
+    for e in effects {
+        match e {
+            Effect::Persist(p) => persists.push(p),
+            Effect::WriteFile { .. } | Effect::RemoveFile { .. } => files.push(e),
+            Effect::Send { to, bytes } => sends.push((to, bytes)),
+            Effect::Activity(a) => activities.push(a),
+        }
+    }
+    if !persists.is_empty() || !activities.is_empty() || !files.is_empty() {
+        host.commit(persists, activities, &files)?;
+    }
+    let feedback = files_to_disk(host, &files);
+    host.files_done(&files);
+    if depth >= MAX_FEEDBACK_DEPTH && !feedback.is_empty() {
+        host.gave_up(&feedback);
+        return Ok(sends);
+    }
+    for input in feedback {
+        let effects = engine.handle(now_ms, input, host);
+        // The feedback's own persistence is committed before anything is sent.
+        sends.extend(carry_out_at(engine, host, now_ms, effects, depth + 1)?);
+    }
+    Ok(sends)
+}
+
+/// Writes and removals in the engine's order; the refusals to feed back.
+fn files_to_disk<H: Host>(host: &mut H, files: &[Effect]) -> Vec<Input> {
+    let mut feedback = Vec::new();
+    let mut writes: Vec<Write> = Vec::new();
+    for e in files {
+        match e {
+            Effect::WriteFile {
+                path,
+                bytes,
+                expect,
+            } => writes.push(Write {
+                path: path.clone(),
+                bytes: bytes.clone(),
+                expect: *expect,
+            }),
+            Effect::RemoveFile { path, expect } => {
+                // Writes before this removal happen first.
+                write_all(host, std::mem::take(&mut writes), &mut feedback);
+                remove(host, path, *expect, &mut feedback);
+            }
+            _ => {}
+        }
+    }
+    write_all(host, writes, &mut feedback);
+    feedback
+}
+
+fn write_all<H: Host>(host: &mut H, writes: Vec<Write>, feedback: &mut Vec<Input>) {
+    if writes.is_empty() {
+        return;
+    }
+    let results = host.write_many(&writes);
+    for (w, result) in writes.into_iter().zip(results) {
+        match result {
+            Ok(Outcome::Done) => host.written(&w.path),
+            Ok(Outcome::Unexpected) => after_unexpected(host, &w, feedback),
+            Err(error) => host.write_failed(&w.path, error),
+        }
+    }
+}
+
+/// The disk did not hold what the engine expected: merge what it holds, or, when the
+/// file is simply gone, write it (the engine's version is all there is).
+fn after_unexpected<H: Host>(host: &mut H, w: &Write, feedback: &mut Vec<Input>) {
+    match host.read_file(&w.path) {
+        Ok(Some(content)) => refused(&w.path, content, feedback),
+        Ok(None) => match host.write_if(&w.path, &w.bytes, None) {
+            Ok(Outcome::Done) => host.written(&w.path),
+            Ok(Outcome::Unexpected) => {
+                if let Ok(Some(content)) = host.read_file(&w.path) {
+                    refused(&w.path, content, feedback);
+                }
+            }
+            Err(error) => host.write_failed(&w.path, error),
+        },
+        Err(error) => host.write_failed(&w.path, error),
+    }
+}
+
+fn refused(path: &str, content: Vec<u8>, feedback: &mut Vec<Input>) {
+    feedback.push(Input::WriteRefused {
+        path: path.to_string(),
+        content,
+    });
+}
+
+fn remove<H: Host>(
+    host: &mut H,
+    path: &str,
+    expect: Option<ContentHash>,
+    feedback: &mut Vec<Input>,
+) {
+    let result = match expect {
+        Some(h) => host.remove_if(path, h),
+        // The engine believes nothing is there: whatever is there is a local file.
+        None => host
+            .exists(path)
+            .map(|there| there.then_some(Outcome::Unexpected)),
+    };
+    match result {
+        Ok(Some(Outcome::Done)) => {
+            // Folders emptied by the removal go too, as the peer's did.
+            let mut dir = parent(path);
+            while let Some(d) = dir {
+                if !host.remove_empty_dir(d) {
+                    break;
+                }
+                dir = parent(d);
+            }
+        }
+        Ok(Some(Outcome::Unexpected)) => {
+            if let Ok(Some(content)) = host.read_file(path) {
+                refused(path, content, feedback);
+            }
+        }
+        Ok(None) => {}
+        Err(error) => host.write_failed(path, error),
+    }
+}
+
+fn parent(path: &str) -> Option<&str> {
+    path.rfind('/').map(|i| &path[..i])
+}
+
+/// What a scan of the folder found: every regular file that is synced, with the hash of
+/// its content, and those too large to sync.
+#[derive(Debug, Clone, Default)]
+pub struct Found {
+    pub files: BTreeMap<String, ContentHash>,
+    pub too_large: BTreeMap<String, u64>,
+}
+
+/// How the folder differs from what the engine believes is on disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanDiff {
+    /// (from, to): a file gone whose content reappeared under a path not known before.
+    pub renames: Vec<(String, String)>,
+    /// New files, and known files whose content differs.
+    pub changed: Vec<String>,
+    /// Known files no longer there (a file now too large to sync is not removed).
+    pub removed: Vec<String>,
+    /// How many files the engine believed were on disk.
+    pub known: usize,
+}
+
+/// Compares what a scan found with what the engine believes is on disk.
+pub fn diff_scan(engine: &Engine, found: &Found) -> ScanDiff {
+    let believed: BTreeMap<&str, ContentHash> = engine.disk().collect();
+    let mut changed: Vec<&str> = found
+        .files
+        .iter()
+        .filter(|(p, h)| believed.get(p.as_str()) != Some(h))
+        .map(|(p, _)| p.as_str())
+        .collect();
+    let mut renames = Vec::new();
+    let mut removed = Vec::new();
+    for (from, hash) in &believed {
+        if found.files.contains_key(*from) || found.too_large.contains_key(*from) {
+            continue;
+        }
+        // A removed file whose content reappeared under a new name was renamed while
+        // nobody watched.
+        let moved_to = changed
+            .iter()
+            .position(|to| !believed.contains_key(to) && found.files.get(*to) == Some(hash));
+        match moved_to {
+            Some(pos) => renames.push((from.to_string(), changed.remove(pos).to_string())),
+            None => removed.push(from.to_string()),
+        }
+    }
+    ScanDiff {
+        renames,
+        changed: changed.into_iter().map(str::to_string).collect(),
+        removed,
+        known: believed.len(),
+    }
+}
+
+/// Feeds a scan's differences to the engine and carries out the effects: renames and
+/// changes in batches bounded in files and bytes (one input at a time, each new file
+/// would settle the whole workspace again), files too large to sync, then removals, unless
+/// `deletions_paused`. `progress(done, total)` is called as the batches go.
+pub fn feed_scan<H: Host>(
+    engine: &mut Engine,
+    host: &mut H,
+    now_ms: i64,
+    diff: ScanDiff,
+    too_large: BTreeMap<String, u64>,
+    deletions_paused: bool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Outgoing>, H::Error> {
+    let total = diff.renames.len() + diff.changed.len();
+    progress(0, total);
+    let mut out = Vec::new();
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0;
+    let mut done = 0;
+    let work = diff
+        .renames
+        .into_iter()
+        .map(|(from, to)| (Some(from), to))
+        .chain(diff.changed.into_iter().map(|path| (None, path)));
+    for (from, path) in work {
+        // A file that cannot be read now (gone, or a folder) is looked at by the watcher.
+        if let Ok(Some(content)) = host.read_file(&path) {
+            batch_bytes += content.len();
+            batch.push(match from {
+                Some(from) => Input::FileRenamed {
+                    from,
+                    to: path,
+                    content,
+                },
+                None => Input::FileChanged { path, content },
+            });
+        }
+        done += 1;
+        if batch.len() >= SCAN_BATCH_FILES || batch_bytes >= SCAN_BATCH_BYTES {
+            out.extend(handle(engine, host, now_ms, std::mem::take(&mut batch))?);
+            batch_bytes = 0;
+            progress(done, total);
+        }
+    }
+    out.extend(handle(engine, host, now_ms, batch)?);
+    progress(done, total);
+    let mut rest: Vec<Input> = too_large
+        .into_iter()
+        .map(|(path, size)| Input::FileTooLarge { path, size })
+        .collect();
+    if !deletions_paused {
+        rest.extend(
+            diff.removed
+                .into_iter()
+                .map(|path| Input::FileRemoved { path }),
+        );
+    }
+    for input in rest {
+        out.extend(handle(engine, host, now_ms, vec![input])?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,220 @@
+//! Per-file records and the engine's belief about the disk.
+//!
+//! [`Files`] holds every file's [`FileMeta`] and an index of them by the path they are
+//! believed to be at on disk. It is the only writer of that belief: a record is changed
+//! through a [`MetaMut`], which brings the index in line when it is dropped, so "which
+//! file is at P" and "what is on disk at P" are answered by a lookup, never by a walk over
+//! every file, and can never disagree with the records.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::{Deref, DerefMut};
+
+use crate::ids::{ContentHash, FileId};
+
+use super::layout::FileMeta;
+
+#[derive(Debug, Default)]
+pub(super) struct Files {
+    metas: BTreeMap<FileId, FileMeta>,
+    /// (disk path, file) for every record whose `disk` is set. A set of pairs rather than a
+    /// map, so two records claiming one path for a moment (a rename under way) both stay
+    /// indexed; the lowest file id answers, as the order of the records would.
+    by_path: BTreeSet<(String, FileId)>,
+}
+
+impl Files {
+    pub(super) fn new(metas: BTreeMap<FileId, FileMeta>) -> Files {
+        let by_path = metas
+            .iter()
+            .filter_map(|(f, m)| m.disk.as_ref().map(|(p, _)| (p.clone(), *f)))
+            .collect();
+        Files { metas, by_path }
+    }
+
+    pub(super) fn get(&self, file: &FileId) -> Option<&FileMeta> {
+        self.metas.get(file)
+    }
+
+    /// A record to change; the disk index follows when the guard is dropped.
+    pub(super) fn get_mut(&mut self, file: &FileId) -> Option<MetaMut<'_>> {
+        let meta = self.metas.get_mut(file)?;
+        let before = meta.disk.as_ref().map(|(p, _)| p.clone());
+        Some(MetaMut {
+            file: *file,
+            meta,
+            by_path: &mut self.by_path,
+            before,
+        })
+    }
+
+    /// The record of `file`, made empty if there was none.
+    pub(super) fn get_or_default(&mut self, file: FileId) -> MetaMut<'_> {
+        let meta = self.metas.entry(file).or_default();
+        let before = meta.disk.as_ref().map(|(p, _)| p.clone());
+        MetaMut {
+            file,
+            meta,
+            by_path: &mut self.by_path,
+            before,
+        }
+    }
+
+    pub(super) fn insert(&mut self, file: FileId, meta: FileMeta) {
+        self.remove(&file);
+        if let Some((p, _)) = &meta.disk {
+            self.by_path.insert((p.clone(), file));
+        }
+        self.metas.insert(file, meta);
+    }
+
+    pub(super) fn remove(&mut self, file: &FileId) -> Option<FileMeta> {
+        let meta = self.metas.remove(file)?;
+        if let Some((p, _)) = &meta.disk {
+            self.by_path.remove(&(p.clone(), *file));
+        }
+        Some(meta)
+    }
+
+    pub(super) fn contains(&self, file: &FileId) -> bool {
+        self.metas.contains_key(file)
+    }
+
+    pub(super) fn ids(&self) -> impl Iterator<Item = &FileId> {
+        self.metas.keys()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&FileId, &FileMeta)> {
+        self.metas.iter()
+    }
+
+    /// Forget every file's pending changes (a peer holds them all); the files changed.
+    pub(super) fn clear_pending(&mut self) -> Vec<FileId> {
+        let mut cleared = Vec::new();
+        for (f, m) in &mut self.metas {
+            if !m.pending.is_empty() {
+                m.pending.clear();
+                cleared.push(*f);
+            }
+        }
+        cleared
+    }
+
+    pub(super) fn records(&self) -> impl Iterator<Item = &FileMeta> {
+        self.metas.values()
+    }
+
+    /// The file believed to be at `path` on disk.
+    pub(super) fn at(&self, path: &str) -> Option<FileId> {
+        let (p, f) = self
+            .by_path
+            .range((path.to_string(), FileId([0; 16]))..)
+            .next()?;
+        (p == path).then_some(*f)
+    }
+
+    /// The hash of what is believed to be on disk at `path`.
+    pub(super) fn on_disk(&self, path: &str) -> Option<ContentHash> {
+        let meta = self.metas.get(&self.at(path)?)?;
+        meta.disk.as_ref().map(|(_, h)| *h)
+    }
+
+    /// The paths believed on disk that are `path` or below it.
+    pub(super) fn under(&self, path: &str) -> Vec<String> {
+        let prefix = format!("{path}/");
+        let below = self
+            .by_path
+            .range((prefix.clone(), FileId([0; 16]))..)
+            .take_while(|(p, _)| p.starts_with(&prefix))
+            .map(|(p, _)| p.clone());
+        let mut paths: Vec<String> = self
+            .at(path)
+            .map(|_| path.to_string())
+            .into_iter()
+            .collect();
+        paths.extend(below);
+        paths.dedup();
+        paths
+    }
+
+    /// Everything believed to be on disk, path → hash, in path order.
+    pub(super) fn disk(&self) -> impl Iterator<Item = (&str, ContentHash)> {
+        self.by_path.iter().filter_map(|(p, f)| {
+            let (_, h) = self.metas.get(f)?.disk.as_ref()?;
+            Some((p.as_str(), *h))
+        })
+    }
+}
+
+/// A record being changed. Dropping it re-indexes the file if its disk path changed.
+pub(super) struct MetaMut<'a> {
+    file: FileId,
+    meta: &'a mut FileMeta,
+    by_path: &'a mut BTreeSet<(String, FileId)>,
+    before: Option<String>,
+}
+
+impl Deref for MetaMut<'_> {
+    type Target = FileMeta;
+    fn deref(&self) -> &FileMeta {
+        self.meta
+    }
+}
+
+impl DerefMut for MetaMut<'_> {
+    fn deref_mut(&mut self) -> &mut FileMeta {
+        self.meta
+    }
+}
+
+impl Drop for MetaMut<'_> {
+    fn drop(&mut self) {
+        let now = self.meta.disk.as_ref().map(|(p, _)| p);
+        if now == self.before.as_ref() {
+            return;
+        }
+        if let Some(p) = self.before.take() {
+            self.by_path.remove(&(p, self.file));
+        }
+        if let Some(p) = now {
+            self.by_path.insert((p.clone(), self.file));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::content_hash;
+
+    fn at(path: &str) -> FileMeta {
+        FileMeta {
+            disk: Some((path.to_string(), content_hash(path.as_bytes()))),
+            ..FileMeta::default()
+        }
+    }
+
+    #[test]
+    fn the_disk_index_follows_every_change_of_a_record() {
+        let (a, b) = (FileId([1; 16]), FileId([2; 16]));
+        let mut files = Files::new([(a, at("x.md"))].into());
+        assert_eq!(files.at("x.md"), Some(a));
+        // Renamed through the guard.
+        files.get_mut(&a).unwrap().disk = Some(("y.md".into(), content_hash(b"y")));
+        assert_eq!(files.at("x.md"), None);
+        assert_eq!(files.at("y.md"), Some(a));
+        assert_eq!(files.on_disk("y.md"), Some(content_hash(b"y")));
+        // Two records on one path for a moment: the lower id answers, the other remains.
+        files.insert(b, at("y.md"));
+        files.get_mut(&a).unwrap().disk = None;
+        assert_eq!(files.at("y.md"), Some(b));
+        files.remove(&b);
+        assert_eq!(files.at("y.md"), None);
+        assert_eq!(files.disk().count(), 0);
+        // A prefix of another path is not that path, nor a folder of it.
+        files.insert(a, at("notes/a.md.bak"));
+        files.insert(b, at("notes/a.md/x"));
+        assert_eq!(files.at("notes/a.md"), None);
+        assert_eq!(files.under("notes/a.md"), vec!["notes/a.md/x".to_string()]);
+        assert_eq!(files.under("notes").len(), 2);
+    }
+}
