@@ -17,8 +17,8 @@ use zeroize::Zeroizing;
 use crate::config::{CONFIG_FILE, Config};
 use crate::store::{STORE_FILE, Store};
 
-/// The workspace's private folder.
-pub const CUEDECK_DIR: &str = ".cuedeck";
+/// The workspace's private folder (its name is one cue-core never syncs).
+pub use cue_core::paths::CUEDECK_DIR;
 /// The workspace secret (64 hex digits), mode 0600.
 pub const SECRET_FILE: &str = "workspace.key";
 /// This device's ed25519 seed (64 hex digits), mode 0600.
