@@ -1,4 +1,5 @@
-//! A workspace on disk: `.cuedeck/` with its config, keys and store (DESIGN §3).
+//! A workspace on disk: `.cuedeck/` with its config, keys and store
+//! (docs/reference.md §2.1).
 //!
 //! `init` makes a new workspace secret and device key; `join` takes the secret from an
 //! invite token, so joining needs no relay. The secrets live in files of mode 0600,
