@@ -1,4 +1,5 @@
-//! The relay's settings: every limit of DESIGN §5 in one type, checked once at start.
+//! The relay's settings: every limit of docs/reference.md §4.3 in one type, checked once at
+//! start.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -7,7 +8,8 @@ use std::time::Duration;
 
 use cue_proto::{FRAME_OVERHEAD, Limits, MAX_HANDSHAKE_FRAME_BYTES};
 
-/// Everything the relay enforces. [`Config::default`] holds the design's defaults.
+/// Everything the relay enforces. [`Config::default`] holds the defaults of
+/// docs/reference.md §4.3.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The limits announced to every peer in its welcome.

@@ -3,8 +3,8 @@
 //! Peers of one workspace meet in a room at `/v1/rooms/{room id}` after proving, with a
 //! signed challenge, that they hold the room key. The relay forwards their opaque payloads
 //! (broadcast to the room, or to one peer), tells them who joins and leaves, and enforces
-//! the limits of DESIGN §5, refusing with a frame that names the limit rather than
-//! queueing. It keeps nothing on disk and can read nothing: it depends on `cue-proto`
+//! the limits of docs/reference.md §4.3, refusing with a frame that names the limit rather
+//! than queueing. It keeps nothing on disk and can read nothing: it depends on `cue-proto`
 //! (frames and the join proof) and on no crate that could open an envelope.
 //!
 //! [`serve`] runs a relay on a bound listener until a shutdown future completes; the

@@ -1,6 +1,7 @@
-//! The daemon's figures (issue 5), measured on real processes on loopback:
-//! save→peer latency over 50 saves, 1,000 × 4 KB files to a new peer, idle RSS and CPU,
-//! and store size over raw bytes. Figures, not tests: nothing here asserts a duration.
+//! The daemon's figures (docs/benchmarks.md, "## Daemon"), measured on real processes on
+//! loopback: save→peer latency over 50 saves, 1,000 × 4 KB files to a new peer, idle RSS
+//! and CPU, and store size over raw bytes. Figures, not tests: nothing here asserts a
+//! duration.
 //!
 //! `cargo build --release -p cue-cli -p cue-relay && cargo run --release -p cue-e2e --example figures`
 

@@ -1,5 +1,5 @@
-//! `cue-bench`: the daemon's and relay's figures (issues 5 and 7) on real processes over
-//! loopback.
+//! `cue-bench`: the daemon's and relay's figures (docs/benchmarks.md, "## Daemon" and
+//! "## Relay") on real processes over loopback.
 //!
 //! It starts a real `cue-relay` and real `cue` daemons in temporary folders and measures,
 //! over repeated runs: save→peer latency with 2 and 10 peers, and with 2 peers while a

@@ -1,5 +1,6 @@
-//! `cue`: the command line of cue (DESIGN §2). It makes and joins workspaces, starts and
-//! stops the sync daemon (which lives in `cue-daemon`), and reports status and activity.
+//! `cue`: the command line of cue (docs/reference.md §1). It makes and joins workspaces,
+//! starts and stops the sync daemon (which lives in `cue-daemon`), and reports status and
+//! activity.
 //!
 //! Errors are one line on stderr saying what to do, exit 1; usage errors exit 2 (clap's
 //! own). The commands, flags and JSON keys are pinned by the contract: end-to-end tests

@@ -1,5 +1,6 @@
-//! The engine's costs for one 4 KB Markdown file (issue 2's figures), as medians and p99
-//! over repeated runs: `cargo run --release -p cue-core --example costs`.
+//! The engine's costs for one 4 KB Markdown file, as medians and p99 over repeated runs
+//! (the figures of docs/benchmarks.md, "## Engine"):
+//! `cargo run --release -p cue-core --example costs`.
 
 #![allow(clippy::unwrap_used)] // a measuring tool: any failure is a bug to see at once
 

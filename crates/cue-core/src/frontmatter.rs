@@ -8,7 +8,7 @@
 //!
 //! The YAML parser (saphyr) is used only to *check* the frontmatter: that it is a mapping
 //! with string keys, and that our line-based cut agrees with what a YAML parser sees. When
-//! it does not, the frontmatter is treated as plain text (DESIGN §4).
+//! it does not, the frontmatter is treated as plain text (docs/reference.md §3.1).
 
 use saphyr::{LoadableYamlNode, Scalar, Yaml};
 

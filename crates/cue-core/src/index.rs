@@ -64,9 +64,9 @@ impl PathCache {
     }
 }
 
-/// A deletion: when, and which version of the file the deleter saw. An edit the deleter
-/// did not see keeps the file alive (DESIGN §4: a delete concurrent with an edit keeps
-/// the edit).
+/// A deletion: when, and which version of the file the deleter saw. An edit the deleter did
+/// not see keeps the file alive (docs/reference.md §3.1: a delete concurrent with an edit
+/// keeps the edit).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tombstone {
     pub time_ms: i64,

@@ -3,8 +3,8 @@
 //! Diffing by character over a whole file is quadratic in the worst case, so we diff by
 //! line first (cheap even for big rewrites) and by character only inside the lines that
 //! changed, when the changed region is small enough for that to be cheap. The result is
-//! expressed in Unicode code points, which is what automerge's Rust text counts
-//! (FACTS.md: byte offsets must be converted).
+//! expressed in Unicode code points, which is what automerge's Rust text counts (a byte
+//! offset must be converted).
 
 use similar::{Algorithm, DiffOp, capture_diff_slices};
 

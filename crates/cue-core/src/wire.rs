@@ -51,7 +51,8 @@ pub enum Item {
     /// A whole document with the content it renders to and its heads, for a peer that
     /// lacks it: the peer writes `content` at once and checks it against the document
     /// later, when it has time, instead of loading every document of a first sync
-    /// (automerge's `load` costs ~4 ms for a 4 KB note; writing the content, ~20 µs).
+    /// (loading a document costs milliseconds, writing its content microseconds; see
+    /// docs/benchmarks.md, "## Daemon").
     Adopt {
         doc: DocId,
         bytes: Vec<u8>,

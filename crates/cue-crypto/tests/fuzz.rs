@@ -1,7 +1,7 @@
 //! Random-input tests standing in for cargo-fuzz (which needs a nightly toolchain).
 //!
-//! Normal runs use small counts. For the full runs the issue asks for (at least a
-//! million inputs; byte flips over 1,000 messages), in release mode:
+//! Normal runs use small counts. The full run (a million inputs a decoder; byte flips over
+//! 1,000 messages), in release mode:
 //!
 //! ```text
 //! CUE_FUZZ_ITERS=1000000 cargo test --release -p cue-crypto --test fuzz -- --nocapture

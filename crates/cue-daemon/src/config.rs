@@ -1,4 +1,5 @@
-//! `.cuedeck/config.toml`: the workspace's settings (DESIGN §3), with their defaults.
+//! `.cuedeck/config.toml`: the workspace's settings (docs/reference.md §2.3), with their
+//! defaults.
 //!
 //! Every key is optional in the file: a missing one takes its default, so a config
 //! written by an older version keeps working. Unknown keys are refused, since a typo
@@ -91,8 +92,8 @@ impl Default for RelayConfig {
     }
 }
 
-/// `[device]`: this machine's name in the workspace (DESIGN §3 naming rules). Kept in the
-/// config so that a user can rename the device by editing it.
+/// `[device]`: this machine's name in the workspace (naming rules: docs/reference.md §2.5).
+/// Kept in the config so that a user can rename the device by editing it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeviceConfig {

@@ -6,8 +6,8 @@
 //! is read by the CLI straight from the store, which SQLite lets another process read
 //! while the daemon writes.
 //!
-//! Also here: the `status --json` document (DESIGN §2), built by the daemon from the
-//! live engine, or by the CLI from the store when no daemon runs.
+//! Also here: the `status --json` document (docs/reference.md §1.9), built by the daemon
+//! from the live engine, or by the CLI from the store when no daemon runs.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -60,7 +60,7 @@ impl Response {
     }
 }
 
-/// `cue sync status --json` (DESIGN §2: nested objects, these keys at least).
+/// `cue sync status --json` (docs/reference.md §1.9: nested objects, these keys at least).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
     pub schema_version: u32,

@@ -1,11 +1,11 @@
 //! Batches raw notify events by a quiet period, without waking while nothing happens.
 //!
-//! notify-debouncer-full (which the watcher used first) polls its queue every
-//! `timeout / 4`: with our 10 ms debounce, 400 wake-ups a second on an idle daemon,
-//! measured at ≈0.25 CPU-seconds a minute, more than the whole idle budget of 0.1. This
-//! batcher blocks until an event comes, then collects events until `quiet` passes without
-//! one (or `max` since the batch began, so that a file written without pause is still
-//! reported), and hands the batch over. An idle daemon's watcher thread never runs.
+//! A debouncer that polls its queue (notify-debouncer-full polls every `timeout / 4`, 400
+//! times a second with our 10 ms debounce) costs an idle daemon more CPU than its whole
+//! idle budget (docs/benchmarks.md, "## Daemon"). This batcher blocks until an event comes,
+//! then collects events until `quiet` passes without one (or `max` since the batch began,
+//! so that a file written without pause is still reported), and hands the batch over. An
+//! idle daemon's watcher thread never runs.
 //!
 //! A file closed after writing (inotify's `CLOSE_WRITE`, under a name that is not an
 //! editor's temporary) is a finished save: the batch then ends after a short grace

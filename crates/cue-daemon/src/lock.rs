@@ -9,7 +9,7 @@
 //! The control socket lives outside the workspace because Unix socket paths are limited
 //! to about 107 bytes: `$XDG_RUNTIME_DIR/cue/<hash>.sock`, else
 //! `<temp dir>/cue-<uid>/<hash>.sock`, where `<hash>` is the first 16 hex digits of the
-//! blake3 hash of the canonical workspace path (DESIGN §3).
+//! blake3 hash of the canonical workspace path (docs/reference.md §2.2).
 
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -166,7 +166,8 @@ pub fn read_pid(cuedeck_dir: &Path) -> Option<u32> {
         .ok()
 }
 
-/// The control socket's path for the workspace at `workspace_root` (DESIGN §3).
+/// The control socket's path for the workspace at `workspace_root`
+/// (docs/reference.md §2.2).
 pub fn control_socket_path(workspace_root: &Path) -> Result<PathBuf, SocketPathError> {
     let canonical =
         workspace_root

@@ -2,8 +2,8 @@
 //!
 //! glibc's allocator keeps freed memory in its arenas. After a burst (loading a large
 //! index at start-up, a first sync of thousands of files) a daemon that then idles for
-//! days would go on holding the burst's peak: measured at 10,000 files, 121 MiB resident
-//! with 25 MiB in use, 40 MiB after a trim. So the daemon trims once a burst is over.
+//! days would go on holding the burst's peak, several times what it uses (see
+//! docs/benchmarks.md, "## Daemon"). So the daemon trims once a burst is over.
 
 /// Returns free heap pages to the system (glibc only; elsewhere a no-op).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -1,10 +1,11 @@
 //! Workspace-relative paths, validated once at the edge.
 //!
 //! Every path that reaches the daemon — from a peer's message or from the disk — is parsed
-//! into a [`WorkspacePath`] before anything else looks at it. A `WorkspacePath` is relative,
-//! normalised and cannot name anything outside the workspace or inside `.cuedeck/` or
-//! `.git/`, so the code that writes files only has to trust the type. (The kernel still
-//! enforces confinement at the write itself: see [`crate::fsio`].)
+//! into a [`WorkspacePath`] before anything else looks at it. A `WorkspacePath` is a name
+//! that [`cue_core::paths::valid_path`] accepts (the engine's rules, stated there once), so
+//! the code that writes files only has to trust the type. What needs this machine is
+//! checked here (UTF-8, under the root) and by the kernel at the write itself: see
+//! [`crate::fsio`].
 //!
 //! [`is_never_synced`] says which names cue leaves alone whatever `.cueignore` says:
 //!
@@ -29,46 +30,29 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// Longest path, in bytes, cue syncs (Linux's `PATH_MAX`).
-pub const MAX_PATH_BYTES: usize = 4096;
-/// Longest path component, in bytes (`NAME_MAX` on every common filesystem).
-pub const MAX_COMPONENT_BYTES: usize = 255;
+pub use cue_core::paths::{CUEDECK_DIR, MAX_COMPONENT_BYTES, MAX_PATH_BYTES};
+use cue_core::paths::{is_reserved_name, valid_path};
+
 /// Prefix of cue's own temporary files; the watcher and the scanner skip them.
 pub const CUE_TEMP_PREFIX: &str = ".cue-tmp-";
-/// Name of the workspace's state directory.
-pub const CUEDECK_DIR: &str = ".cuedeck";
 /// Name of the ignore file at the workspace root.
 pub const CUEIGNORE_FILE: &str = ".cueignore";
 
-/// Why a string is not a [`WorkspacePath`].
+/// Why a path is not a [`WorkspacePath`]: a name cue does not sync (the rules are
+/// cue-core's, the same the engine applies), or a path on this machine that does not
+/// make a workspace path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
-    #[error("the path is empty")]
-    Empty,
-    #[error("the path {0:?} is absolute; workspace paths are relative to the workspace")]
-    Absolute(String),
-    #[error("the path {0:?} starts with a drive name")]
-    Drive(String),
-    #[error("the path {0:?} has an empty, `.` or `..` component; it must be normalised")]
-    NotNormalised(String),
-    #[error("the path {0:?} contains a backslash; workspace paths use `/`")]
-    Backslash(String),
-    #[error("the path {0:?} contains NUL or a control character")]
-    ControlChar(String),
-    #[error("the path {path:?} has a `{component}` component, which cue never syncs")]
-    Reserved { path: String, component: String },
-    #[error("a component of the path {0:?} is longer than 255 bytes")]
-    ComponentTooLong(String),
-    #[error("the path is {0} bytes long; the limit is 4096")]
-    TooLong(usize),
+    #[error(transparent)]
+    Invalid(#[from] cue_core::paths::PathError),
     #[error("the path {0:?} is not valid UTF-8")]
     NotUtf8(String),
     #[error("the path {path:?} is not inside the workspace {root:?}")]
     OutsideRoot { path: PathBuf, root: PathBuf },
 }
 
-/// A validated path relative to the workspace root: `/`-separated, normalised, UTF-8,
-/// free of control characters and of `.cuedeck`/`.git` components, within length limits.
+/// A validated path relative to the workspace root: one [`cue_core::paths::valid_path`]
+/// accepts.
 ///
 /// Ordered and compared by its bytes, so sorted lists are the same on every peer.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -77,7 +61,7 @@ pub struct WorkspacePath(String);
 impl WorkspacePath {
     /// Validates `s` as a workspace path.
     pub fn parse(s: &str) -> Result<WorkspacePath, PathError> {
-        validate(s)?;
+        valid_path(s)?;
         Ok(WorkspacePath(s.to_owned()))
     }
 
@@ -182,7 +166,7 @@ impl TryFrom<&str> for WorkspacePath {
 impl TryFrom<String> for WorkspacePath {
     type Error = PathError;
     fn try_from(s: String) -> Result<Self, PathError> {
-        validate(&s)?;
+        valid_path(&s)?;
         Ok(WorkspacePath(s))
     }
 }
@@ -191,56 +175,6 @@ impl From<WorkspacePath> for String {
     fn from(p: WorkspacePath) -> String {
         p.0
     }
-}
-
-fn validate(s: &str) -> Result<(), PathError> {
-    if s.is_empty() {
-        return Err(PathError::Empty);
-    }
-    if s.len() > MAX_PATH_BYTES {
-        return Err(PathError::TooLong(s.len()));
-    }
-    if s.chars().any(char::is_control) {
-        // Checked before the rest so an error message never carries a raw control byte
-        // to a terminal; `{:?}` escapes it anyway.
-        return Err(PathError::ControlChar(s.to_owned()));
-    }
-    if s.contains('\\') {
-        return Err(PathError::Backslash(s.to_owned()));
-    }
-    if s.starts_with('/') {
-        return Err(PathError::Absolute(s.to_owned()));
-    }
-    if is_drive_prefix(s) {
-        return Err(PathError::Drive(s.to_owned()));
-    }
-    for component in s.split('/') {
-        if component.is_empty() || component == "." || component == ".." {
-            return Err(PathError::NotNormalised(s.to_owned()));
-        }
-        if component.len() > MAX_COMPONENT_BYTES {
-            return Err(PathError::ComponentTooLong(s.to_owned()));
-        }
-        if is_reserved_component(component) {
-            return Err(PathError::Reserved {
-                path: s.to_owned(),
-                component: component.to_owned(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// `C:`, `c:foo`: a Windows drive (absolute or drive-relative) path.
-fn is_drive_prefix(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':'
-}
-
-/// `.cuedeck` and `.git`, in any case: on case-insensitive filesystems (macOS, Windows)
-/// `.GIT` is the same directory as `.git`.
-fn is_reserved_component(c: &str) -> bool {
-    c.eq_ignore_ascii_case(CUEDECK_DIR) || c.eq_ignore_ascii_case(".git")
 }
 
 /// Whether cue leaves `rel` alone whatever `.cueignore` says: anything under `.cuedeck/` or
@@ -253,7 +187,7 @@ pub fn is_never_synced(rel: &str) -> bool {
     let Some(name) = rel.rsplit('/').find(|c| !c.is_empty()) else {
         return false;
     };
-    components.any(is_reserved_component) || is_temporary_name(name)
+    components.any(is_reserved_name) || is_temporary_name(name)
 }
 
 /// Whether a file name is an editor's or tool's temporary (see the module documentation).
@@ -315,88 +249,58 @@ fn looks_random(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
-    fn accepts_ordinary_paths() {
-        for ok in [
-            "a",
-            "notes.md",
-            "dir/sub/file.md",
-            "Ünïcödé/日本語.md",
-            "with space/and-dash_.md",
-            ".cueignore",
-            ".hidden/file",
-            "ab:c",
-            "dir/C:x",
-            ".gitignore",
-            "x.git",
-            "...",
-            "..x",
+    fn refuses_what_cue_core_refuses_with_its_error() {
+        assert!(WorkspacePath::parse("dir/sub/Ünïcödé.md").is_ok());
+        for bad in [
+            "",
+            ".GIT/x",
+            "a/.CueDeck/b",
+            "..",
+            "a//b",
+            "/etc",
+            "a\\b",
+            "a\0b",
         ] {
-            assert!(
-                WorkspacePath::parse(ok).is_ok(),
-                "{ok:?} should be accepted"
-            );
+            let core = cue_core::paths::valid_path(bad).expect_err(bad);
+            assert_eq!(WorkspacePath::parse(bad), Err(PathError::Invalid(core)));
         }
+        let long = "a".repeat(256);
+        let err = WorkspacePath::parse(&long).expect_err("a 256-byte name");
+        assert_eq!(
+            err.to_string(),
+            format!("the path {long:?} has a name of 256 bytes; the limit is 255 bytes")
+        );
     }
 
-    #[test]
-    fn rejects_unsafe_paths() {
-        type Check = fn(&PathError) -> bool;
-        let cases: &[(&str, Check)] = &[
-            ("", |e| matches!(e, PathError::Empty)),
-            ("/etc/passwd", |e| matches!(e, PathError::Absolute(_))),
-            ("C:", |e| matches!(e, PathError::Drive(_))),
-            ("c:/windows", |e| matches!(e, PathError::Drive(_))),
-            ("C:foo", |e| matches!(e, PathError::Drive(_))),
-            ("../x", |e| matches!(e, PathError::NotNormalised(_))),
-            ("a/../../x", |e| matches!(e, PathError::NotNormalised(_))),
-            ("a/./b", |e| matches!(e, PathError::NotNormalised(_))),
-            ("./a", |e| matches!(e, PathError::NotNormalised(_))),
-            ("..", |e| matches!(e, PathError::NotNormalised(_))),
-            ("a//b", |e| matches!(e, PathError::NotNormalised(_))),
-            ("a/", |e| matches!(e, PathError::NotNormalised(_))),
-            ("a\\b", |e| matches!(e, PathError::Backslash(_))),
-            ("..\\x", |e| matches!(e, PathError::Backslash(_))),
-            ("a\0b", |e| matches!(e, PathError::ControlChar(_))),
-            ("a\nb", |e| matches!(e, PathError::ControlChar(_))),
-            ("a\u{7f}", |e| matches!(e, PathError::ControlChar(_))),
-            ("a\u{85}", |e| matches!(e, PathError::ControlChar(_))),
-            (".cuedeck/config.toml", |e| {
-                matches!(e, PathError::Reserved { .. })
-            }),
-            ("sub/.git/config", |e| {
-                matches!(e, PathError::Reserved { .. })
-            }),
-            (".GIT/HEAD", |e| matches!(e, PathError::Reserved { .. })),
-            (".CueDeck", |e| matches!(e, PathError::Reserved { .. })),
+    /// Strings built from the characters and names the rules are about.
+    fn name_like() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            "[a-zA-Z0-9é]{1,4}",
+            Just("/".to_owned()),
+            Just(".".to_owned()),
+            Just("..".to_owned()),
+            "\\.[gG][iI][tT]",
+            "\\.[cC][uU][eE][dD][eE][cC][kK]",
+            Just("\\".to_owned()),
+            Just(":".to_owned()),
+            "[\u{0}\n\u{7f}\u{85}]",
+            (250usize..260).prop_map(|n| "y".repeat(n)),
         ];
-        for (input, check) in cases {
-            let err = WorkspacePath::parse(input).expect_err(input);
-            assert!(check(&err), "{input:?} gave {err:?}");
-        }
+        proptest::collection::vec(piece, 0..8).prop_map(|v| v.concat())
     }
 
-    #[test]
-    fn length_limits() {
-        let long_component = "a".repeat(256);
-        assert!(matches!(
-            WorkspacePath::parse(&long_component),
-            Err(PathError::ComponentTooLong(_))
-        ));
-        assert!(WorkspacePath::parse(&"a".repeat(255)).is_ok());
-        // 255-byte components joined: 16 of them are 4095 bytes, 17 exceed 4096.
-        let c = "b".repeat(255);
-        let ok = vec![c.as_str(); 16].join("/");
-        assert_eq!(ok.len(), 4095);
-        assert!(WorkspacePath::parse(&ok).is_ok());
-        let too_long = vec![c.as_str(); 17].join("/");
-        assert!(matches!(
-            WorkspacePath::parse(&too_long),
-            Err(PathError::TooLong(_))
-        ));
-        // A multi-byte name is measured in bytes, not characters.
-        assert!(WorkspacePath::parse(&"é".repeat(128)).is_err());
+    proptest! {
+        /// The daemon accepts a name exactly when the engine does, with the engine's error.
+        #[test]
+        fn accepts_the_same_names_as_cue_core(s in name_like()) {
+            match cue_core::paths::valid_path(&s) {
+                Ok(()) => prop_assert_eq!(WorkspacePath::parse(&s).map(String::from), Ok(s)),
+                Err(e) => prop_assert_eq!(WorkspacePath::parse(&s), Err(PathError::Invalid(e))),
+            }
+        }
     }
 
     #[test]

@@ -27,12 +27,11 @@ pub const STORE_FILE: &str = "store.sqlite3";
 /// The schema this code writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 1;
 
-/// The page size of a new store (an existing one keeps its own). Measured by importing
-/// workspaces (docs/benchmarks.md, "Store size"): a note of 4 KB is a document of about
-/// 1.6 KB, and 4 KiB pages hold two of them and waste a fifth of the store (store/raw
-/// after importing 1,000 notes 0.63; 8 KiB 0.54; 16 KiB 0.56). Every table and index
-/// takes at least one page, so larger pages cost small workspaces: 8 KiB pays about
-/// 40 KB more than 4 KiB for the near-empty ones, 16 KiB about 120 KB.
+/// The page size of a new store (an existing one keeps its own). A note of 4 KB is a
+/// document of about 1.6 KB, which 4 KiB pages hold badly; every table and index takes at
+/// least one page, so larger pages cost small workspaces. 8 KiB is the best of the sizes
+/// measured by importing workspaces (docs/benchmarks.md, "The store at half the raw
+/// bytes").
 const PAGE_SIZE: i64 = 8192;
 
 /// What went wrong in the store.

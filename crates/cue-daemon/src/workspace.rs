@@ -1,4 +1,5 @@
-//! A workspace on disk: `.cuedeck/` with its config, keys and store (DESIGN §3).
+//! A workspace on disk: `.cuedeck/` with its config, keys and store
+//! (docs/reference.md §2.1).
 //!
 //! `init` makes a new workspace secret and device key; `join` takes the secret from an
 //! invite token, so joining needs no relay. The secrets live in files of mode 0600,
@@ -17,8 +18,8 @@ use zeroize::Zeroizing;
 use crate::config::{CONFIG_FILE, Config};
 use crate::store::{STORE_FILE, Store};
 
-/// The workspace's private folder.
-pub const CUEDECK_DIR: &str = ".cuedeck";
+/// The workspace's private folder (its name is one cue-core never syncs).
+pub use cue_core::paths::CUEDECK_DIR;
 /// The workspace secret (64 hex digits), mode 0600.
 pub const SECRET_FILE: &str = "workspace.key";
 /// This device's ed25519 seed (64 hex digits), mode 0600.

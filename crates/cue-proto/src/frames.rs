@@ -184,7 +184,7 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// The defaults of the design (DESIGN §5).
+    /// The relay's defaults (docs/reference.md §4.3).
     fn default() -> Self {
         Limits {
             max_message_bytes: 1024 * 1024,

@@ -1,5 +1,5 @@
-//! One scenario per merge rule of DESIGN §4, across simulated peers. Each fails without
-//! the rule it names.
+//! One scenario per merge rule of docs/reference.md §3.1, across simulated peers. Each
+//! fails without the rule it names.
 
 use cue_core::{Config, ConflictKind};
 use cue_sim::World;

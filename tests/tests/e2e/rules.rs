@@ -1,5 +1,5 @@
-//! The merge rules of DESIGN §4 across real daemons. Concurrency is made deterministic by
-//! editing while both daemons are stopped, then starting them again.
+//! The merge rules of docs/reference.md §3.1 across real daemons. Concurrency is made
+//! deterministic by editing while both daemons are stopped, then starting them again.
 
 use cue_e2e::{Peer, pair, wait_for_file, wait_until};
 
