@@ -104,99 +104,10 @@ impl Engine {
         remote: Remote,
         store: &mut dyn DocStore,
     ) -> Option<Heads> {
-        let before: Heads;
-        let after: Heads;
-        let missing: bool;
-        match doc {
-            DocId::Index => {
-                before = to_heads(&self.index.heads());
-                let am = self.index.automerge();
-                let ok = match remote {
-                    Remote::Changes(c) => am.apply_changes(c).is_ok(),
-                    Remote::Whole(bytes) => match automerge::AutoCommit::load(&bytes) {
-                        Ok(mut other) => am.merge(&mut other).is_ok(),
-                        Err(_) => false,
-                    },
-                };
-                if !ok {
-                    self.state.counters.bad_documents += 1;
-                    self.state_dirty = true;
-                    return None;
-                }
-                missing = !self.index.automerge().get_missing_deps(&[]).is_empty();
-                after = to_heads(&self.index.heads());
-                if before != after {
-                    self.index_dirty = true;
-                    self.invalidate(Stale::View);
-                }
-            }
-            DocId::File(f) => {
-                before = self
-                    .files
-                    .get(&f)
-                    .map(|m| m.heads.clone())
-                    .unwrap_or_default();
-                // A document we do not have at all is taken as sent: loading it is the
-                // only cost, and its bytes are stored as they came (no merge into an
-                // empty document, no re-encoding).
-                let remote = match remote {
-                    Remote::Whole(bytes)
-                        if !self.files.contains(&f) && !self.cache.contains_key(&f) =>
-                    {
-                        match FileDoc::load(&bytes, self.actor.clone()) {
-                            Ok(doc) => {
-                                let t = self.touch();
-                                self.cache.insert(f, (doc, t));
-                                self.adopted.insert(f, bytes);
-                                Remote::Changes(Vec::new())
-                            }
-                            Err(_) => {
-                                self.state.counters.bad_documents += 1;
-                                self.state_dirty = true;
-                                return None;
-                            }
-                        }
-                    }
-                    other => other,
-                };
-                let r = self.with_doc(f, store, |d| {
-                    let am = d.automerge();
-                    match remote {
-                        Remote::Changes(c) => am.apply_changes(c)?,
-                        Remote::Whole(bytes) => {
-                            let mut other = automerge::AutoCommit::load(&bytes)
-                                .map_err(|e| DocError::Decode(e.to_string()))?;
-                            am.merge(&mut other)?;
-                        }
-                    }
-                    let missing = !am.get_missing_deps(&[]).is_empty();
-                    Ok((to_heads(&am.get_heads()), missing))
-                });
-                let (heads, m) = match r {
-                    Ok(x) => x,
-                    Err(_) => {
-                        self.state.counters.bad_documents += 1;
-                        self.state_dirty = true;
-                        // A document that failed to apply may be half-updated in memory;
-                        // drop it so the stored version is what counts.
-                        self.cache.remove(&f);
-                        return None;
-                    }
-                };
-                after = heads;
-                missing = m;
-                if before != after {
-                    self.files.get_or_default(f);
-                    self.refresh_meta(f, store);
-                    self.record_field_conflicts(f, store);
-                    self.to_reconcile.insert(f);
-                    if let Some(path) = self.index.path_of(&f) {
-                        let name = self.index.members().get(&from).cloned().unwrap_or_default();
-                        self.activity(ActivityKind::RemoteChange, Some(path), &name, None);
-                    }
-                }
-            }
-        }
+        let (before, after, missing) = match doc {
+            DocId::Index => self.apply_to_index(remote)?,
+            DocId::File(f) => self.apply_to_file(from, f, remote, store)?,
+        };
         if before != after
             && let Some(p) = self.pull.as_mut()
         {
@@ -204,17 +115,117 @@ impl Engine {
         }
         if missing {
             // We lack changes these depend on: ask the sender for this document.
-            let heads = after.clone();
             self.send(
                 from,
                 Item::Pull {
                     id: 0,
                     full: false,
                     complete: false,
-                    entries: vec![(doc, heads)],
+                    entries: vec![(doc, after.clone())],
                 },
             );
         }
         (before != after).then_some(after)
+    }
+
+    /// A document from a peer that could not be used: counted, and nothing changes.
+    fn bad_document(&mut self) -> Option<(Heads, Heads, bool)> {
+        self.state.counters.bad_documents += 1;
+        self.state_dirty = true;
+        None
+    }
+
+    /// Applies a peer's changes (or whole index) to the index: (heads before, after,
+    /// whether changes they depend on are missing).
+    fn apply_to_index(&mut self, remote: Remote) -> Option<(Heads, Heads, bool)> {
+        let before = to_heads(&self.index.heads());
+        let am = self.index.automerge();
+        let ok = match remote {
+            Remote::Changes(c) => am.apply_changes(c).is_ok(),
+            Remote::Whole(bytes) => match automerge::AutoCommit::load(&bytes) {
+                Ok(mut other) => am.merge(&mut other).is_ok(),
+                Err(_) => false,
+            },
+        };
+        if !ok {
+            return self.bad_document();
+        }
+        let missing = !self.index.automerge().get_missing_deps(&[]).is_empty();
+        let after = to_heads(&self.index.heads());
+        if before != after {
+            self.index_dirty = true;
+            self.invalidate(Stale::View);
+        }
+        Some((before, after, missing))
+    }
+
+    /// Applies a peer's changes (or whole document) to a file's document, as
+    /// [`Engine::apply_to_index`] does to the index.
+    fn apply_to_file(
+        &mut self,
+        from: DeviceId,
+        f: FileId,
+        remote: Remote,
+        store: &mut dyn DocStore,
+    ) -> Option<(Heads, Heads, bool)> {
+        let before = self
+            .files
+            .get(&f)
+            .map(|m| m.heads.clone())
+            .unwrap_or_default();
+        let remote = self.adopt_whole(f, remote)?;
+        let r = self.with_doc(f, store, |d| {
+            let am = d.automerge();
+            match remote {
+                Remote::Changes(c) => am.apply_changes(c)?,
+                Remote::Whole(bytes) => {
+                    let mut other = automerge::AutoCommit::load(&bytes)
+                        .map_err(|e| DocError::Decode(e.to_string()))?;
+                    am.merge(&mut other)?;
+                }
+            }
+            let missing = !am.get_missing_deps(&[]).is_empty();
+            Ok((to_heads(&am.get_heads()), missing))
+        });
+        let Ok((after, missing)) = r else {
+            // A document that failed to apply may be half-updated in memory; drop it so
+            // the stored version is what counts.
+            self.cache.remove(&f);
+            return self.bad_document();
+        };
+        if before != after {
+            self.files.get_or_default(f);
+            self.refresh_meta(f, store);
+            self.record_field_conflicts(f, store);
+            self.to_reconcile.insert(f);
+            if let Some(path) = self.index.path_of(&f) {
+                let name = self.index.members().get(&from).cloned().unwrap_or_default();
+                self.activity(ActivityKind::RemoteChange, Some(path), &name, None);
+            }
+        }
+        Some((before, after, missing))
+    }
+
+    /// A whole document we do not have at all is taken as sent: loading it is the only
+    /// cost, and its bytes are stored as they came (no merge into an empty document, no
+    /// re-encoding). What is left to apply; `None` when the bytes are not a document.
+    fn adopt_whole(&mut self, f: FileId, remote: Remote) -> Option<Remote> {
+        match remote {
+            Remote::Whole(bytes) if !self.files.contains(&f) && !self.cache.contains_key(&f) => {
+                match FileDoc::load(&bytes, self.actor.clone()) {
+                    Ok(doc) => {
+                        let t = self.touch();
+                        self.cache.insert(f, (doc, t));
+                        self.adopted.insert(f, bytes);
+                        Some(Remote::Changes(Vec::new()))
+                    }
+                    Err(_) => {
+                        self.bad_document();
+                        None
+                    }
+                }
+            }
+            other => Some(other),
+        }
     }
 }

@@ -47,100 +47,12 @@ impl Engine {
         let mut changed = false;
         for c in conflicts {
             match c {
-                FieldConflict::Frontmatter {
-                    key,
-                    winner: _,
-                    losers,
-                } => {
-                    let mut ids: Vec<&str> = losers.iter().map(|(id, _)| id.as_str()).collect();
-                    ids.sort();
-                    let id = format!(
-                        "fm-{}",
-                        hex::encode(
-                            &blake3::hash(
-                                format!("{file}\u{1f}{key}\u{1f}{}", ids.join(",")).as_bytes()
-                            )
-                            .as_bytes()[..12]
-                        )
-                    );
-                    if self.index.has_conflict(&id) {
-                        continue;
-                    }
-                    let lost: Vec<String> = losers
-                        .iter()
-                        .map(|(_, v)| v.trim_end().to_string())
-                        .collect();
-                    let device = losers
-                        .first()
-                        .and_then(|(op, _)| device_of_op(op, &members))
-                        .map(|d| members.get(&d).cloned().unwrap_or_default())
-                        .unwrap_or_default();
-                    let rec = ConflictRecord {
-                        kind: ConflictKind::Frontmatter,
-                        file,
-                        path: path.clone(),
-                        copy: None,
-                        detail: format!("{key}: kept the later value; lost {}", lost.join(" | ")),
-                        time_ms: self.now_ms,
-                        resolved: false,
-                    };
-                    self.record_conflict(&id, &rec, &device, rec.detail.clone());
-                    changed = true;
+                FieldConflict::Frontmatter { key, losers, .. } => {
+                    changed |= self.frontmatter_conflict(file, &path, &key, &losers, &members);
                 }
                 FieldConflict::Binary { losers } => {
                     for (op, bytes) in losers {
-                        let copy_id =
-                            FileId::derive("cue conflict copy", &[&file.0, op.as_bytes()]);
-                        if self.index.path_of(&copy_id).is_some() || self.files.contains(&copy_id) {
-                            // Already made, here or by a peer whose copy reached us.
-                            continue;
-                        }
-                        let origin = device_of_op(&op, &members).unwrap_or(self.device);
-                        let origin_name = members
-                            .get(&origin)
-                            .cloned()
-                            .unwrap_or_else(|| "unknown".into());
-                        let live = self.live_view(store);
-                        let taken: BTreeSet<String> = live.into_values().collect();
-                        let copy = conflict_copy_name(&path, &origin_name, &origin, &|c| {
-                            taken.contains(c)
-                        });
-                        // Every peer that finds this conflict makes the same first change
-                        // (same actor, time and content), so the copies are one document.
-                        let mut actor = b"cue-copy".to_vec();
-                        actor.extend_from_slice(&copy_id.0);
-                        let mut doc = FileDoc::new(ActorId::from(actor));
-                        if doc.write("", &bytes, 0).is_err() {
-                            continue;
-                        }
-                        let mut doc = match FileDoc::load(&doc.save(), self.actor.clone()) {
-                            Ok(d) => d,
-                            Err(_) => continue,
-                        };
-                        let saved = doc.save();
-                        doc.mark_unsaved();
-                        let t = self.touch();
-                        self.cache.insert(copy_id, (doc, t));
-                        self.files.insert(copy_id, FileMeta::default());
-                        self.refresh_meta(copy_id, store);
-                        self.broadcast(Item::Whole {
-                            doc: DocId::File(copy_id),
-                            bytes: saved,
-                        });
-                        let _ = self.index.set_path(&copy_id, &copy);
-                        let _ = self.index.set_origin(&copy_id, &origin);
-                        let id = format!("binary-{copy_id}");
-                        let rec = ConflictRecord {
-                            kind: ConflictKind::Binary,
-                            file,
-                            path: path.clone(),
-                            copy: Some((copy_id, copy.clone())),
-                            detail: format!("written at the same time on {origin_name}"),
-                            time_ms: self.now_ms,
-                            resolved: false,
-                        };
-                        self.record_conflict(&id, &rec, &origin_name, format!("kept as {copy}"));
-                        changed = true;
+                        changed |= self.binary_conflict(file, &path, &op, &bytes, &members, store);
                     }
                 }
             }
@@ -148,6 +60,105 @@ impl Engine {
         if changed {
             self.commit_index();
         }
+    }
+
+    /// Records that a frontmatter key kept the later of concurrent values; whether it
+    /// was new.
+    fn frontmatter_conflict(
+        &mut self,
+        file: FileId,
+        path: &str,
+        key: &str,
+        losers: &[(String, String)],
+        members: &BTreeMap<DeviceId, String>,
+    ) -> bool {
+        let mut ids: Vec<&str> = losers.iter().map(|(id, _)| id.as_str()).collect();
+        ids.sort();
+        let digest = blake3::hash(format!("{file}\u{1f}{key}\u{1f}{}", ids.join(",")).as_bytes());
+        let id = format!("fm-{}", hex::encode(&digest.as_bytes()[..12]));
+        if self.index.has_conflict(&id) {
+            return false;
+        }
+        let lost: Vec<String> = losers
+            .iter()
+            .map(|(_, v)| v.trim_end().to_string())
+            .collect();
+        let device = losers
+            .first()
+            .and_then(|(op, _)| device_of_op(op, members))
+            .map(|d| members.get(&d).cloned().unwrap_or_default())
+            .unwrap_or_default();
+        let rec = ConflictRecord {
+            kind: ConflictKind::Frontmatter,
+            file,
+            path: path.to_string(),
+            copy: None,
+            detail: format!("{key}: kept the later value; lost {}", lost.join(" | ")),
+            time_ms: self.now_ms,
+            resolved: false,
+        };
+        self.record_conflict(&id, &rec, &device, rec.detail.clone());
+        true
+    }
+
+    /// Keeps the losing value of concurrent binary writes as a conflict copy; whether a
+    /// copy was made.
+    fn binary_conflict(
+        &mut self,
+        file: FileId,
+        path: &str,
+        op: &str,
+        bytes: &[u8],
+        members: &BTreeMap<DeviceId, String>,
+        store: &mut dyn DocStore,
+    ) -> bool {
+        let copy_id = FileId::derive("cue conflict copy", &[&file.0, op.as_bytes()]);
+        if self.index.path_of(&copy_id).is_some() || self.files.contains(&copy_id) {
+            // Already made, here or by a peer whose copy reached us.
+            return false;
+        }
+        let origin = device_of_op(op, members).unwrap_or(self.device);
+        let origin_name = members
+            .get(&origin)
+            .cloned()
+            .unwrap_or_else(|| "unknown".into());
+        let taken: BTreeSet<String> = self.live_view(store).into_values().collect();
+        let copy = conflict_copy_name(path, &origin_name, &origin, &|c| taken.contains(c));
+        // Every peer that finds this conflict makes the same first change (same actor,
+        // time and content), so the copies are one document.
+        let mut actor = b"cue-copy".to_vec();
+        actor.extend_from_slice(&copy_id.0);
+        let mut doc = FileDoc::new(ActorId::from(actor));
+        if doc.write("", bytes, 0).is_err() {
+            return false;
+        }
+        let Ok(mut doc) = FileDoc::load(&doc.save(), self.actor.clone()) else {
+            return false;
+        };
+        let saved = doc.save();
+        doc.mark_unsaved();
+        let t = self.touch();
+        self.cache.insert(copy_id, (doc, t));
+        self.files.insert(copy_id, FileMeta::default());
+        self.refresh_meta(copy_id, store);
+        self.broadcast(Item::Whole {
+            doc: DocId::File(copy_id),
+            bytes: saved,
+        });
+        let _ = self.index.set_path(&copy_id, &copy);
+        let _ = self.index.set_origin(&copy_id, &origin);
+        let rec = ConflictRecord {
+            kind: ConflictKind::Binary,
+            file,
+            path: path.to_string(),
+            copy: Some((copy_id, copy.clone())),
+            detail: format!("written at the same time on {origin_name}"),
+            time_ms: self.now_ms,
+            resolved: false,
+        };
+        let id = format!("binary-{copy_id}");
+        self.record_conflict(&id, &rec, &origin_name, format!("kept as {copy}"));
+        true
     }
 
     /// Put a conflict into the synced index (the caller commits) and the activity log.

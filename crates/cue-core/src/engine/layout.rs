@@ -192,6 +192,104 @@ pub(super) struct State {
     pub(super) counters: Counters,
 }
 
+/// What a previous run persisted, decoded and brought to the current layout.
+pub(super) struct Decoded {
+    pub(super) index: IndexDoc,
+    pub(super) state: State,
+    pub(super) tail: StateTail,
+    pub(super) tail2: StateTail2,
+    pub(super) metas: BTreeMap<FileId, FileMeta>,
+    /// Files whose pending changes came out of an older state: stored with them, in the
+    /// same transaction as the state without them.
+    pub(super) moved: BTreeSet<FileId>,
+    /// The state was of an earlier layout: it is stored again in the current one.
+    pub(super) older_layout: bool,
+}
+
+/// Decodes what a previous run persisted. What cannot be decoded is counted in
+/// `bad_documents` and left out (a new index, no record), never a panic.
+pub(super) fn decode_restored(restored: Restored, actor: &ActorId) -> Decoded {
+    let mut bad = 0u64;
+    let mut index = match restored
+        .index
+        .as_deref()
+        .map(|b| IndexDoc::load(b, actor.clone()))
+    {
+        Some(Ok(idx)) => idx,
+        Some(Err(_)) => {
+            bad += 1;
+            IndexDoc::new(actor.clone())
+        }
+        None => IndexDoc::new(actor.clone()),
+    };
+    let (mut state, tail, mut tail2) = restored
+        .state
+        .as_deref()
+        .and_then(decode_state)
+        .unwrap_or_default();
+    let mut metas = BTreeMap::new();
+    for (id, bytes) in restored.metas {
+        match decode_meta(&bytes) {
+            Some(m) => {
+                metas.insert(id, m);
+            }
+            None => bad += 1,
+        }
+    }
+    state.counters.bad_documents += bad;
+    let older_layout = !state.unconfirmed.is_empty();
+    let moved = move_unconfirmed(&mut state, &mut tail2, &mut metas, &mut index);
+    Decoded {
+        index,
+        state,
+        tail,
+        tail2,
+        metas,
+        moved,
+        older_layout,
+    }
+}
+
+/// States of an earlier layout kept every unconfirmed change in the state: the files'
+/// move to their records, the index's become a count and the latest hash. Returns the
+/// files whose records changed.
+fn move_unconfirmed(
+    state: &mut State,
+    tail2: &mut StateTail2,
+    metas: &mut BTreeMap<FileId, FileMeta>,
+    index: &mut IndexDoc,
+) -> BTreeSet<FileId> {
+    let mut moved = BTreeSet::new();
+    for (doc, hashes) in std::mem::take(&mut state.unconfirmed) {
+        match doc {
+            DocId::Index => {
+                // The latest is the one with the highest operation counter.
+                let latest = hashes
+                    .iter()
+                    .filter_map(|h| {
+                        let change = index.change_by_hash(&ChangeHash(*h))?;
+                        Some((change.max_op(), *h))
+                    })
+                    .max()
+                    .map(|(_, h)| h);
+                tail2.index_pending = IndexPending {
+                    count: hashes.len() as u64,
+                    latest,
+                };
+            }
+            DocId::File(f) => {
+                if let Some(m) = metas.get_mut(&f) {
+                    m.pending.extend(hashes.iter());
+                    m.pending.sort_unstable();
+                    m.pending.dedup();
+                    moved.insert(f);
+                }
+            }
+        }
+    }
+    moved
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

@@ -4,21 +4,28 @@
 use super::*;
 
 impl Engine {
-    pub(super) fn local_change(&mut self, path: &str, content: Vec<u8>, store: &mut dyn DocStore) {
+    /// Whether a file seen on disk is synced: a valid path, and not too large (then it is
+    /// listed as skipped until it shrinks).
+    fn takes_local(&mut self, path: &str, size: usize) -> bool {
         if valid_path(path).is_err() {
             self.state.counters.bad_paths += 1;
             self.state_dirty = true;
-            return;
+            return false;
         }
-        if content.len() as u64 > self.config.max_file_size {
-            self.state
-                .skipped
-                .insert(path.to_string(), content.len() as u64);
+        if size as u64 > self.config.max_file_size {
+            self.state.skipped.insert(path.to_string(), size as u64);
             self.state_dirty = true;
-            return;
+            return false;
         }
         if self.state.skipped.remove(path).is_some() {
             self.state_dirty = true;
+        }
+        true
+    }
+
+    pub(super) fn local_change(&mut self, path: &str, content: Vec<u8>, store: &mut dyn DocStore) {
+        if !self.takes_local(path, content.len()) {
+            return;
         }
         let hash = content_hash(&content);
         let file = match self

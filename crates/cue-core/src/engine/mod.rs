@@ -134,63 +134,15 @@ impl Engine {
         now_ms: i64,
     ) -> (Engine, Vec<Effect>) {
         let actor = actor_for(&device, epoch);
-        let mut counters_err = 0u64;
-        let mut index = match restored
-            .index
-            .as_deref()
-            .map(|b| IndexDoc::load(b, actor.clone()))
-        {
-            Some(Ok(idx)) => idx,
-            Some(Err(_)) => {
-                counters_err += 1;
-                IndexDoc::new(actor.clone())
-            }
-            None => IndexDoc::new(actor.clone()),
-        };
-        let (mut state, tail, mut tail2) = restored
-            .state
-            .as_deref()
-            .and_then(decode_state)
-            .unwrap_or_default();
-        state.counters.bad_documents += counters_err;
-        let mut metas = BTreeMap::new();
-        for (id, bytes) in restored.metas {
-            match decode_meta(&bytes) {
-                Some(m) => {
-                    metas.insert(id, m);
-                }
-                None => state.counters.bad_documents += 1,
-            }
-        }
-        let mut moved = BTreeSet::new();
-        let older_layout = !state.unconfirmed.is_empty();
-        state.unconfirmed.retain(|doc, hashes| match doc {
-            DocId::Index => {
-                // The latest is the one with the highest operation counter.
-                let latest = hashes
-                    .iter()
-                    .filter_map(|h| {
-                        let change = index.change_by_hash(&ChangeHash(*h))?;
-                        Some((change.max_op(), *h))
-                    })
-                    .max()
-                    .map(|(_, h)| h);
-                tail2.index_pending = IndexPending {
-                    count: hashes.len() as u64,
-                    latest,
-                };
-                false
-            }
-            DocId::File(f) => {
-                if let Some(m) = metas.get_mut(f) {
-                    m.pending.extend(hashes.iter());
-                    m.pending.sort_unstable();
-                    m.pending.dedup();
-                    moved.insert(*f);
-                }
-                false
-            }
-        });
+        let Decoded {
+            index,
+            state,
+            tail,
+            tail2,
+            metas,
+            moved,
+            older_layout,
+        } = decode_restored(restored, &actor);
         let mut engine = Engine {
             device,
             name: name.to_string(),

@@ -165,119 +165,126 @@ impl Engine {
             return;
         }
         let files: Vec<FileId> = std::mem::take(&mut self.to_reconcile).into_iter().collect();
-        // While a clash is not yet settled in the index (a peer's concurrent rename can
-        // undo our settlement until its next round), only the file that will keep the
-        // path is written there; the others stay as they are on disk.
         let live = self.live_view(store);
-        let mut owner: BTreeMap<&str, FileId> = BTreeMap::new();
-        for (f, p) in &live {
-            owner.entry(p.as_str()).or_insert(*f);
-        }
-        let mut desired: BTreeMap<FileId, Option<(String, ContentHash)>> = BTreeMap::new();
-        for f in &files {
-            let want = if let Some(path) = live.get(f) {
-                if owner.get(path.as_str()) != Some(f) {
-                    continue;
-                }
-                match (
-                    Some(path.clone()),
-                    self.files.get(f).and_then(|m| m.doc_hash),
-                ) {
-                    (Some(p), Some(h))
-                        if valid_path(&p).is_ok() && !self.state.skipped.contains_key(&p) =>
-                    {
-                        Some((p, h))
-                    }
-                    (Some(p), Some(_)) if valid_path(&p).is_err() => {
-                        self.state.counters.bad_paths += 1;
-                        None
-                    }
-                    _ => None,
-                }
-            } else {
-                None
-            };
-            desired.insert(*f, want);
-        }
+        let desired = self.desired(&files, &live);
         // Removals and moves away first, so that a path freed in this round can be
         // written in it.
         for (f, want) in &desired {
-            let Some(meta) = self.files.get(f) else {
-                continue;
-            };
-            if let Some((cur_path, cur_hash)) = meta.disk.clone()
-                && want.as_ref().is_none_or(|(p, _)| *p != cur_path)
-            {
-                self.out_files.push(Effect::RemoveFile {
-                    path: cur_path.clone(),
-                    expect: Some(cur_hash),
-                });
-                if let Some(mut m) = self.files.get_mut(f) {
-                    m.disk = None;
-                }
-                self.dirty.insert(*f);
-            }
+            self.move_away(*f, want.as_ref().map(|(p, _)| p.as_str()));
         }
         for (f, want) in desired {
-            let Some((path, hash)) = want else { continue };
-            let current = self.files.get(&f).and_then(|m| m.disk.clone());
-            if current.as_ref() == Some(&(path.clone(), hash)) {
-                continue;
+            if let Some((path, hash)) = want {
+                self.write_to_disk(f, path, hash, &live, store);
             }
-            // Whatever we believe occupies the path now (another file moving away has
-            // already been removed above).
-            let expect = match &current {
-                Some((p, h)) if *p == path => Some(*h),
-                _ => self
-                    .file_at(&path)
-                    .and_then(|g| self.files.get(&g))
-                    .and_then(|m| m.disk.as_ref().map(|(_, h)| *h)),
-            };
-            if let Some(other) = self.file_at(&path)
-                && other != f
-            {
-                if live.get(&other) == Some(&path) {
-                    // A clashing file still sits there; it moves when the clash is
-                    // settled, and this file is written then.
-                    continue;
-                }
-                if let Some(mut m) = self.files.get_mut(&other) {
-                    m.disk = None;
-                }
-            }
-            let adopted = self
-                .adopted_content
-                .remove(&f)
-                .filter(|c| content_hash(c) == hash);
-            let bytes = match adopted {
-                Some(b) => b,
-                None => match self.with_doc(f, store, |d| d.materialize()) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        self.doc_error(&path, &e);
-                        continue;
-                    }
-                },
-            };
-            self.out_files.push(Effect::WriteFile {
-                path: path.clone(),
-                bytes,
-                expect,
-            });
-            let heads = self
-                .files
-                .get(&f)
-                .map(|m| m.heads.clone())
-                .unwrap_or_default();
-            if let Some(mut m) = self.files.get_mut(&f) {
-                m.disk = Some((path, hash));
-                m.prev_disk_heads = std::mem::replace(&mut m.disk_heads, heads);
-            }
-            self.dirty.insert(f);
         }
         // Content not written in this round (a clash, a tombstone) is read from the
         // document when it is written.
         self.adopted_content.clear();
+    }
+
+    /// Where each of `files` should be on disk and with what content (`None`: nowhere).
+    /// Files left out stay as they are: while a clash is not yet settled in the index (a
+    /// peer's concurrent rename can undo our settlement until its next round), only the
+    /// file that will keep the path is written there.
+    fn desired(
+        &mut self,
+        files: &[FileId],
+        live: &BTreeMap<FileId, String>,
+    ) -> BTreeMap<FileId, Option<(String, ContentHash)>> {
+        let mut owner: BTreeMap<&str, FileId> = BTreeMap::new();
+        for (f, p) in live {
+            owner.entry(p.as_str()).or_insert(*f);
+        }
+        let mut desired = BTreeMap::new();
+        for f in files {
+            let want = match (live.get(f), self.files.get(f).and_then(|m| m.doc_hash)) {
+                (Some(path), _) if owner.get(path.as_str()) != Some(f) => continue,
+                (Some(p), Some(_)) if valid_path(p).is_err() => {
+                    self.state.counters.bad_paths += 1;
+                    None
+                }
+                (Some(p), Some(h)) if !self.state.skipped.contains_key(p) => Some((p.clone(), h)),
+                _ => None,
+            };
+            desired.insert(*f, want);
+        }
+        desired
+    }
+
+    /// Removes `f` from where it is on disk if it should be elsewhere (or nowhere).
+    fn move_away(&mut self, f: FileId, want: Option<&str>) {
+        let Some((cur_path, cur_hash)) = self.files.get(&f).and_then(|m| m.disk.clone()) else {
+            return;
+        };
+        if want == Some(cur_path.as_str()) {
+            return;
+        }
+        self.out_files.push(Effect::RemoveFile {
+            path: cur_path,
+            expect: Some(cur_hash),
+        });
+        if let Some(mut m) = self.files.get_mut(&f) {
+            m.disk = None;
+        }
+        self.dirty.insert(f);
+    }
+
+    /// Writes `f`'s content at `path` unless it is there already, with the hash of what
+    /// is believed to occupy the path now (another file moving away has already been
+    /// removed).
+    fn write_to_disk(
+        &mut self,
+        f: FileId,
+        path: String,
+        hash: ContentHash,
+        live: &BTreeMap<FileId, String>,
+        store: &mut dyn DocStore,
+    ) {
+        let current = self.files.get(&f).and_then(|m| m.disk.clone());
+        if current.as_ref() == Some(&(path.clone(), hash)) {
+            return;
+        }
+        let expect = match &current {
+            Some((p, h)) if *p == path => Some(*h),
+            _ => self.files.on_disk(&path),
+        };
+        if let Some(other) = self.file_at(&path)
+            && other != f
+        {
+            if live.get(&other) == Some(&path) {
+                // A clashing file still sits there; it moves when the clash is settled,
+                // and this file is written then.
+                return;
+            }
+            if let Some(mut m) = self.files.get_mut(&other) {
+                m.disk = None;
+            }
+        }
+        let adopted = self
+            .adopted_content
+            .remove(&f)
+            .filter(|c| content_hash(c) == hash);
+        let bytes = match adopted {
+            Some(b) => b,
+            None => match self.with_doc(f, store, |d| d.materialize()) {
+                Ok(b) => b,
+                Err(e) => {
+                    self.doc_error(&path, &e);
+                    return;
+                }
+            },
+        };
+        self.out_files.push(Effect::WriteFile {
+            path: path.clone(),
+            bytes,
+            expect,
+        });
+        if let Some(mut m) = self.files.get_mut(&f) {
+            let heads = m.heads.clone();
+            m.disk = Some((path, hash));
+            m.prev_disk_heads = std::mem::replace(&mut m.disk_heads, heads);
+        }
+        self.dirty.insert(f);
     }
 
     pub(super) fn live_file_with_path(&mut self, path: &str) -> Option<FileId> {
