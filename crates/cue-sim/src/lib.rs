@@ -249,6 +249,8 @@ pub struct Peer {
     pub write_failures: Vec<(String, String)>,
     /// Why deletions are paused (the mass-deletion guard), as the daemon's status says.
     pub guard: Option<String>,
+    /// How far this peer's clock is off (its engine sees the world's time plus this).
+    pub clock_offset_ms: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -314,6 +316,7 @@ impl World {
                 activity: Vec::new(),
                 write_failures: Vec::new(),
                 guard: None,
+                clock_offset_ms: 0,
             };
             peers.push((peer, effects));
         }
@@ -363,7 +366,7 @@ impl World {
     /// Feed several inputs to a peer's engine at once, as the daemon's start-up scan
     /// does (`Engine::handle_batch`), and carry out the effects by the daemon's rules.
     pub fn input_batch(&mut self, peer: usize, inputs: Vec<Input>) {
-        let now = self.now_ms;
+        let now = self.now_ms + self.peers[peer].clock_offset_ms;
         let trace = std::env::var_os("CUE_SIM_TRACE").is_some().then_some(peer);
         let p = &mut self.peers[peer];
         let mut host = SimHost {
@@ -379,7 +382,7 @@ impl World {
 
     /// Carry out effects (those of `Engine::new`) by the daemon's rules.
     fn apply(&mut self, peer: usize, effects: Vec<Effect>) {
-        let now = self.now_ms;
+        let now = self.now_ms + self.peers[peer].clock_offset_ms;
         let p = &mut self.peers[peer];
         let mut host = SimHost {
             store: &mut p.store,
@@ -517,7 +520,7 @@ impl World {
     pub fn restart(&mut self, peer: usize) {
         let was_online = self.peers[peer].online;
         self.disconnect(peer);
-        let now = self.now_ms;
+        let now = self.now_ms + self.peers[peer].clock_offset_ms;
         let config = self.config.clone();
         let p = &mut self.peers[peer];
         p.epoch += 1;
@@ -559,7 +562,7 @@ impl World {
                 diff.known
             ));
         }
-        let now = self.now_ms;
+        let now = self.now_ms + p.clock_offset_ms;
         let paused = p.guard.is_some();
         let mut host = SimHost {
             store: &mut p.store,
@@ -730,7 +733,7 @@ impl World {
     }
 
     pub fn restore(&mut self, peer: usize, path: &str) -> Result<(), cue_core::CommandError> {
-        let now = self.now_ms;
+        let now = self.now_ms + self.peers[peer].clock_offset_ms;
         let p = &mut self.peers[peer];
         let effects = p.engine.restore(now, path, &mut p.store)?;
         self.apply(peer, effects);
@@ -738,7 +741,7 @@ impl World {
     }
 
     pub fn resolve(&mut self, peer: usize, path: &str) -> Result<(), cue_core::CommandError> {
-        let now = self.now_ms;
+        let now = self.now_ms + self.peers[peer].clock_offset_ms;
         let p = &mut self.peers[peer];
         let effects = p.engine.resolve(now, path, &mut p.store)?;
         self.apply(peer, effects);

@@ -158,25 +158,53 @@ pub(super) struct IndexPending {
     pub(super) latest: Option<[u8; 32]>,
 }
 
-pub(super) fn encode_state(state: &State, tail: &StateTail, tail2: &StateTail2) -> Vec<u8> {
+/// Added after [`StateTail2`], after it in the same way.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct StateTail3 {
+    /// When this peer first saw each tombstone, by its own clock. A tombstone expires
+    /// `tombstone_ms` after that, never after a time another peer wrote: a peer's clock
+    /// can be wrong by any amount, and a hostile member can write any time it likes.
+    pub(super) tombs_seen: BTreeMap<FileId, i64>,
+}
+
+pub(super) fn encode_state(
+    state: &State,
+    tail: &StateTail,
+    tail2: &StateTail2,
+    tail3: &StateTail3,
+) -> Vec<u8> {
     let mut bytes = postcard::to_allocvec(state).unwrap_or_default();
     bytes.extend(postcard::to_allocvec(tail).unwrap_or_default());
     bytes.extend(postcard::to_allocvec(tail2).unwrap_or_default());
+    bytes.extend(postcard::to_allocvec(tail3).unwrap_or_default());
     bytes
 }
 
-pub(super) fn decode_state(bytes: &[u8]) -> Option<(State, StateTail, StateTail2)> {
+/// The state and whichever of its tails were written (older layouts end earlier).
+pub(super) type Stored = (State, StateTail, StateTail2, StateTail3);
+
+pub(super) fn decode_state(bytes: &[u8]) -> Option<Stored> {
     let (state, rest) = postcard::take_from_bytes::<State>(bytes).ok()?;
+    let mut stored = (
+        state,
+        StateTail::default(),
+        StateTail2::default(),
+        StateTail3::default(),
+    );
     if rest.is_empty() {
-        return Some((state, StateTail::default(), StateTail2::default()));
+        return Some(stored);
     }
     let (tail, rest) = postcard::take_from_bytes::<StateTail>(rest).ok()?;
-    let tail2 = if rest.is_empty() {
-        StateTail2::default()
-    } else {
-        postcard::from_bytes(rest).ok()?
-    };
-    Some((state, tail, tail2))
+    stored.1 = tail;
+    if rest.is_empty() {
+        return Some(stored);
+    }
+    let (tail2, rest) = postcard::take_from_bytes::<StateTail2>(rest).ok()?;
+    stored.2 = tail2;
+    if !rest.is_empty() {
+        stored.3 = postcard::from_bytes(rest).ok()?;
+    }
+    Some(stored)
 }
 
 /// The engine's own persisted state.
@@ -198,6 +226,7 @@ pub(super) struct Decoded {
     pub(super) state: State,
     pub(super) tail: StateTail,
     pub(super) tail2: StateTail2,
+    pub(super) tail3: StateTail3,
     pub(super) metas: BTreeMap<FileId, FileMeta>,
     /// Files whose pending changes came out of an older state: stored with them, in the
     /// same transaction as the state without them.
@@ -222,7 +251,7 @@ pub(super) fn decode_restored(restored: Restored, actor: &ActorId) -> Decoded {
         }
         None => IndexDoc::new(actor.clone()),
     };
-    let (mut state, tail, mut tail2) = restored
+    let (mut state, tail, mut tail2, tail3) = restored
         .state
         .as_deref()
         .and_then(decode_state)
@@ -244,6 +273,7 @@ pub(super) fn decode_restored(restored: Restored, actor: &ActorId) -> Decoded {
         state,
         tail,
         tail2,
+        tail3,
         metas,
         moved,
         older_layout,
@@ -381,6 +411,7 @@ mod tests {
                 &state,
                 &StateTail::default(),
                 &StateTail2::default(),
+                &StateTail3::default(),
             )),
             index: None,
             metas: vec![(file, encode_meta(&meta))],
@@ -401,7 +432,7 @@ mod tests {
             Effect::Persist(Persist::State { bytes }) => decode_state(bytes),
             _ => None,
         });
-        let (stored_state, _, tail2) = stored_state.expect("state stored");
+        let (stored_state, _, tail2, _) = stored_state.expect("state stored");
         assert!(stored_state.unconfirmed.is_empty());
         // The index's pending change, and the engine's own first one (it enters itself
         // in the member list of the new index).

@@ -96,6 +96,7 @@ pub struct Engine {
     adopted_content: BTreeMap<FileId, Vec<u8>>,
     tail: StateTail,
     tail2: StateTail2,
+    tail3: StateTail3,
 }
 
 pub(super) fn to_heads(h: &[ChangeHash]) -> Heads {
@@ -139,6 +140,7 @@ impl Engine {
             state,
             tail,
             tail2,
+            tail3,
             metas,
             moved,
             older_layout,
@@ -179,6 +181,7 @@ impl Engine {
             adopted_content: BTreeMap::new(),
             tail,
             tail2,
+            tail3,
         };
         // Make sure we are in our own member list (a new workspace, or a renamed device).
         if engine.index.members().get(&device) != Some(&engine.name) {

@@ -4,6 +4,31 @@
 use super::*;
 
 impl Engine {
+    /// Deleted files whose tombstone this peer has seen for longer than `tombstone_ms`
+    /// by its own clock. Tombstones seen for the first time are noted now; those no
+    /// longer in the index are forgotten.
+    fn expired_tombstones(&mut self) -> Vec<FileId> {
+        let now = self.now_ms;
+        let tombstones = self.index.tombstones();
+        let seen = &mut self.tail3.tombs_seen;
+        let before = seen.len();
+        seen.retain(|f, _| tombstones.contains_key(f));
+        let mut changed = seen.len() != before;
+        for f in tombstones.keys() {
+            if !seen.contains_key(f) {
+                seen.insert(*f, now);
+                changed = true;
+            }
+        }
+        if changed {
+            self.state_dirty = true;
+        }
+        seen.iter()
+            .filter(|(_, t)| now - **t > self.config.tombstone_ms)
+            .map(|(f, _)| *f)
+            .collect()
+    }
+
     pub(super) fn tick(&mut self, store: &mut dyn DocStore) {
         let now = self.now_ms;
         if self.connected && now - self.last_hello_ms >= self.config.anti_entropy_ms {
@@ -15,14 +40,7 @@ impl Engine {
             self.pull = None;
         }
         self.maybe_pull(store);
-        // Forget deleted files whose tombstone expired.
-        let expired: Vec<FileId> = self
-            .index
-            .tombstones()
-            .into_iter()
-            .filter(|(_, t)| t.time_ms > 0 && now - t.time_ms > self.config.tombstone_ms)
-            .map(|(f, _)| f)
-            .collect();
+        let expired = self.expired_tombstones();
         let mut purged = false;
         for f in expired {
             if self.is_live(f, store) {
@@ -148,7 +166,7 @@ impl Engine {
         effects.extend(persist);
         if self.state_dirty {
             effects.push(Effect::Persist(Persist::State {
-                bytes: encode_state(&self.state, &self.tail, &self.tail2),
+                bytes: encode_state(&self.state, &self.tail, &self.tail2, &self.tail3),
             }));
             self.state_dirty = false;
         }
