@@ -90,6 +90,16 @@ pub fn catch_up_text(c: &CatchUpReport) -> String {
     format!("{what}, {} of {} files", c.files_held, c.files_total)
 }
 
+/// How many files could not be written on this device, if any.
+fn unwritable(r: &StatusReport) -> Option<u64> {
+    let n = r
+        .skipped
+        .iter()
+        .filter(|s| s.reason.starts_with("cannot be written"))
+        .count() as u64;
+    (n > 0).then_some(n)
+}
+
 /// The whole human status, ending with a newline.
 pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) -> String {
     let mut out = String::new();
@@ -109,6 +119,13 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
                 "{} not yet confirmed",
                 plural(r.pending_changes, "change", "changes")
             ),
+        )
+    } else if r.deletions_paused.is_some() {
+        paint.paint(BAD, "deletions paused")
+    } else if let Some(n) = unwritable(r) {
+        paint.paint(
+            BAD,
+            &format!("{} cannot be written here", plural(n, "file", "files")),
         )
     } else {
         paint.paint(GOOD, "up to date")
@@ -201,7 +218,12 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
         for s in &r.skipped {
             let _ = writeln!(out, "  {}: {}", s.path, s.reason);
         }
-        hint(&mut out, "max_file_size is set in .cuedeck/config.toml");
+        if r.skipped
+            .iter()
+            .any(|s| s.reason.starts_with("larger than"))
+        {
+            hint(&mut out, "max_file_size is set in .cuedeck/config.toml");
+        }
     }
     if !r.peers.is_empty() {
         let _ = writeln!(out, "\n{}", paint.paint(HEAD, "Peers:"));
@@ -405,6 +427,25 @@ mod tests {
             catch_up_text(c),
             "full resync with desktop, 340 of 1000 files"
         );
+    }
+
+    #[test]
+    fn files_that_cannot_be_written_here_are_the_headline_and_listed() {
+        let mut r = report();
+        r.skipped = vec![SkippedReport {
+            path: "t2/x/in.md".into(),
+            reason: "cannot be written here (a component on the way to t2/x/in.md is a file, not a folder); kept on the other devices".into(),
+        }];
+        let text = render(&r, home(), NOW, OFF);
+        assert!(
+            text.starts_with("~/notes: 1 file cannot be written here · "),
+            "{text}"
+        );
+        assert!(
+            text.contains("Not synced:\n  t2/x/in.md: cannot be written here"),
+            "{text}"
+        );
+        assert!(!text.contains("max_file_size"), "{text}");
     }
 
     #[test]

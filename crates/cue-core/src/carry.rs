@@ -114,9 +114,10 @@ pub trait Host: DocStore {
     /// A file was written (the daemon looks at it once more after its watcher's window).
     fn written(&mut self, _path: &str) {}
 
-    /// A file could not be written or removed: the host reports it. Nothing else follows
-    /// from it; in particular it is never taken for a deletion.
-    fn write_failed(&mut self, path: &str, error: Self::DiskError);
+    /// A file could not be written or removed: the host logs and counts it. The engine
+    /// is told too ([`Input::WriteFailed`]): it takes its belief back and lists the file;
+    /// a write that failed is never taken for a deletion.
+    fn write_failed(&mut self, path: &str, error: &Self::DiskError);
 
     /// The disk kept changing under [`MAX_FEEDBACK_DEPTH`] refused writes in a row; the
     /// rest of the feedback is dropped until the files' next save.
@@ -221,9 +222,26 @@ fn write_all<H: Host>(host: &mut H, writes: Vec<Write>, feedback: &mut Vec<Input
         match result {
             Ok(Outcome::Done) => host.written(&w.path),
             Ok(Outcome::Unexpected) => after_unexpected(host, &w, feedback),
-            Err(error) => host.write_failed(&w.path, error),
+            Err(error) => failed(host, &w.path, w.expect, &error, feedback),
         }
     }
+}
+
+/// Reports a failed write or removal to the host and, as feedback, to the engine: the
+/// disk still holds `expect` at `path`.
+fn failed<H: Host>(
+    host: &mut H,
+    path: &str,
+    expect: Option<ContentHash>,
+    error: &H::DiskError,
+    feedback: &mut Vec<Input>,
+) {
+    host.write_failed(path, error);
+    feedback.push(Input::WriteFailed {
+        path: path.to_string(),
+        expect,
+        reason: error.to_string(),
+    });
 }
 
 /// The disk did not hold what the engine expected: merge what it holds, or, when the
@@ -238,9 +256,9 @@ fn after_unexpected<H: Host>(host: &mut H, w: &Write, feedback: &mut Vec<Input>)
                     refused(&w.path, content, feedback);
                 }
             }
-            Err(error) => host.write_failed(&w.path, error),
+            Err(error) => failed(host, &w.path, None, &error, feedback),
         },
-        Err(error) => host.write_failed(&w.path, error),
+        Err(error) => failed(host, &w.path, w.expect, &error, feedback),
     }
 }
 
@@ -281,7 +299,7 @@ fn remove<H: Host>(
             }
         }
         Ok(None) => {}
-        Err(error) => host.write_failed(path, error),
+        Err(error) => failed(host, path, expect, &error, feedback),
     }
 }
 

@@ -229,6 +229,10 @@ pub fn status_report(ctx: &StatusContext<'_>, s: &cue_core::Status) -> StatusRep
                 path: path.clone(),
                 reason: format!("larger than max_file_size ({size} bytes)"),
             })
+            .chain(s.unwritable.iter().map(|(path, why)| SkippedReport {
+                path: path.clone(),
+                reason: format!("cannot be written here ({why}); kept on the other devices"),
+            }))
             .collect(),
         last_full_resync: s.last_full_resync_ms.map(rfc3339),
         deletions_paused: ctx.deletions_paused.clone(),

@@ -307,14 +307,10 @@ impl carry::Host for DaemonHost {
             .push((path.to_string(), std::time::Instant::now()));
     }
 
-    fn write_failed(&mut self, path: &str, error: FileError) {
+    fn write_failed(&mut self, path: &str, error: &FileError) {
+        // The engine records it in the activity log (once, not at every retry).
         self.write_errors += 1;
         tracing::error!(%error, path, "cannot write a synced file");
-        self.record(
-            ActivityKind::Error,
-            Some(path.to_string()),
-            format!("cannot write: {error}"),
-        );
     }
 
     fn gave_up(&mut self, _feedback: &[Input]) {

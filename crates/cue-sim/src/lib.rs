@@ -46,6 +46,7 @@ struct SimHost<'a> {
     disk: &'a mut BTreeMap<String, Vec<u8>>,
     activity: &'a mut Vec<cue_core::Activity>,
     write_failures: &'a mut Vec<(String, String)>,
+    refuse_writes_under: &'a BTreeSet<String>,
     trace: Option<usize>,
 }
 
@@ -74,6 +75,13 @@ impl SimHost<'_> {
 
     /// Why nothing can be written at `path`, if nothing can.
     fn blocked(&self, path: &str) -> Option<String> {
+        if let Some(dir) = self
+            .refuse_writes_under
+            .iter()
+            .find(|d| path.starts_with(&format!("{d}/")))
+        {
+            return Some(format!("permission denied in {dir}"));
+        }
         if self.is_folder(path) {
             return Some(format!("{path} is a folder, not a regular file"));
         }
@@ -140,6 +148,9 @@ impl carry::Host for SimHost<'_> {
         path: &str,
         expect: cue_core::ContentHash,
     ) -> Result<Option<carry::Outcome>, String> {
+        if let Some(why) = self.blocked(path).filter(|_| self.disk.contains_key(path)) {
+            return Err(why);
+        }
         match self.disk.get(path).map(|b| content_hash(b)) {
             None => Ok(None),
             Some(h) if h == expect => {
@@ -163,8 +174,8 @@ impl carry::Host for SimHost<'_> {
         Ok(self.disk.contains_key(path) || self.is_folder(path))
     }
 
-    fn write_failed(&mut self, path: &str, error: String) {
-        self.write_failures.push((path.to_string(), error));
+    fn write_failed(&mut self, path: &str, error: &String) {
+        self.write_failures.push((path.to_string(), error.clone()));
     }
 
     fn gave_up(&mut self, feedback: &[Input]) {
@@ -251,6 +262,8 @@ pub struct Peer {
     pub guard: Option<String>,
     /// How far this peer's clock is off (its engine sees the world's time plus this).
     pub clock_offset_ms: i64,
+    /// Folders where the disk refuses every write (no permission, a link in the way).
+    pub refuse_writes_under: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -317,6 +330,7 @@ impl World {
                 write_failures: Vec::new(),
                 guard: None,
                 clock_offset_ms: 0,
+                refuse_writes_under: BTreeSet::new(),
             };
             peers.push((peer, effects));
         }
@@ -374,6 +388,7 @@ impl World {
             disk: &mut p.disk,
             activity: &mut p.activity,
             write_failures: &mut p.write_failures,
+            refuse_writes_under: &p.refuse_writes_under,
             trace,
         };
         let Ok(sends) = carry::handle(&mut p.engine, &mut host, now, inputs);
@@ -389,6 +404,7 @@ impl World {
             disk: &mut p.disk,
             activity: &mut p.activity,
             write_failures: &mut p.write_failures,
+            refuse_writes_under: &p.refuse_writes_under,
             trace: None,
         };
         let Ok(sends) = carry::carry_out(&mut p.engine, &mut host, now, effects);
@@ -569,6 +585,7 @@ impl World {
             disk: &mut p.disk,
             activity: &mut p.activity,
             write_failures: &mut p.write_failures,
+            refuse_writes_under: &p.refuse_writes_under,
             trace: None,
         };
         let Ok(sends) = carry::feed_scan(

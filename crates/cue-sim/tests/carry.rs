@@ -136,3 +136,84 @@ fn tombstones_expire_after_tombstone_days_of_a_peers_own_clock() {
     settle(&mut w);
     assert!(w.restore(0, "a.md").is_err(), "the tombstone never expired");
 }
+
+/// One peer turns a file into a folder of the same name while another edits the file:
+/// no disk can hold both. The file moves to a conflict copy on every peer, the folder's
+/// files stay, and nothing is deleted, before or after a restart.
+#[test]
+fn a_file_that_became_a_folder_elsewhere_is_kept_as_a_copy() {
+    let mut w = World::new(2, 15, Config::default());
+    w.connect_all();
+    w.write(0, "t2/x", b"file x\n");
+    w.write(0, "t2/y.md", b"y\n");
+    settle(&mut w);
+    w.disconnect(1);
+    w.write(1, "t2/x", b"file x\nedited on p1\n");
+    w.delete(0, "t2/x");
+    w.write(0, "t2/x/in.md", b"in\n");
+    w.connect(1);
+    settle(&mut w);
+    for _ in 0..2 {
+        for p in 0..2 {
+            let disk = &w.peers[p].disk;
+            assert_eq!(
+                disk.get("t2/x/in.md").map(Vec::as_slice),
+                Some(&b"in\n"[..]),
+                "peer {p}"
+            );
+            assert_eq!(
+                disk.get("t2/y.md").map(Vec::as_slice),
+                Some(&b"y\n"[..]),
+                "peer {p}"
+            );
+            let copy: Vec<_> = disk
+                .iter()
+                .filter(|(k, _)| k.starts_with("t2/x.conflict-"))
+                .collect();
+            assert_eq!(copy.len(), 1, "peer {p}: {:?}", disk.keys());
+            assert_eq!(copy[0].1, b"file x\nedited on p1\n", "peer {p}");
+            assert!(
+                w.peers[p].write_failures.is_empty(),
+                "peer {p}: {:?}",
+                w.peers[p].write_failures
+            );
+        }
+        assert_eq!(w.status(0).conflicts.len(), 1);
+        w.restart(0);
+        w.restart(1);
+        settle(&mut w);
+    }
+}
+
+/// A write the disk refuses is reported, retried, and never becomes a deletion: not
+/// here, not at the next start, not on the peer that made the file.
+#[test]
+fn a_write_the_disk_refuses_never_becomes_a_deletion() {
+    let mut w = World::new(2, 16, Config::default());
+    w.connect_all();
+    w.peers[1].refuse_writes_under.insert("locked".into());
+    w.write(0, "locked/a.md", b"from p0\n");
+    w.write(0, "open.md", b"open\n");
+    w.settle(5);
+    assert_eq!(w.read(1, "open.md").as_deref(), Some("open\n"));
+    assert_eq!(w.read(1, "locked/a.md"), None);
+    let status = w.status(1);
+    assert_eq!(status.unwritable.len(), 1, "{status:?}");
+    assert_eq!(status.unwritable[0].0, "locked/a.md");
+    assert!(
+        w.peers[1]
+            .activity
+            .iter()
+            .any(|a| a.kind == ActivityKind::Error && a.path.as_deref() == Some("locked/a.md"))
+    );
+    // A restart's scan finds nothing missing: nothing is deleted anywhere.
+    w.restart(1);
+    w.settle(5);
+    assert_eq!(w.read(0, "locked/a.md").as_deref(), Some("from p0\n"));
+    // Once the disk accepts it, the retry writes it.
+    w.peers[1].refuse_writes_under.clear();
+    w.advance(61_000);
+    settle(&mut w);
+    assert_eq!(w.read(1, "locked/a.md").as_deref(), Some("from p0\n"));
+    assert!(w.status(1).unwritable.is_empty());
+}

@@ -2,6 +2,7 @@
 //! losing side.
 
 use super::*;
+use crate::paths::MAX_COMPONENT_BYTES;
 
 /// The conflict copy's name: `<stem>.conflict-<device>-<6 hex>.<ext>` (docs/reference.md §2.6), with a
 /// counter when that name is taken.
@@ -19,14 +20,35 @@ pub fn conflict_copy_name(
         Some(i) if i > 0 => (&file[..i], &file[i..]),
         _ => (file, ""),
     };
-    let base = format!("{dir}{stem}.conflict-{device_name}-{}", device.short());
-    let mut candidate = format!("{base}{ext}");
-    let mut n = 2;
-    while taken(&candidate) {
-        candidate = format!("{base}-{n}{ext}");
+    let mut n = 1;
+    loop {
+        let counter = if n == 1 {
+            String::new()
+        } else {
+            format!("-{n}")
+        };
+        let suffix = format!(".conflict-{device_name}-{}{counter}{ext}", device.short());
+        // The name must fit a filesystem's 255 bytes: the stem is cut (at a character
+        // boundary), never the suffix that says what the copy is, nor the extension.
+        let room = MAX_COMPONENT_BYTES.saturating_sub(suffix.len());
+        let candidate = format!("{dir}{}{suffix}", cut_at_char(stem, room));
+        if !taken(&candidate) {
+            return candidate;
+        }
         n += 1;
     }
-    candidate
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends at a character boundary.
+fn cut_at_char(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 impl Engine {
@@ -201,5 +223,32 @@ impl Engine {
             });
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conflict_copy_name_fits_255_bytes_whatever_the_original() {
+        let device = DeviceId([7; 32]);
+        for stem_len in [1, 100, 233, 240, 250, 251] {
+            // Multi-byte characters, so a cut in the middle of one would be invalid.
+            let stem: String = "é".repeat(stem_len / 2) + &"a".repeat(stem_len % 2);
+            let path = format!("notes/{stem}.md");
+            let taken = |c: &str| c.ends_with("-abc.md");
+            let name = conflict_copy_name(&path, "laptop", &device, &taken);
+            let file = name.rsplit('/').next().unwrap();
+            assert!(file.len() <= 255, "{} bytes: {file}", file.len());
+            assert!(file.ends_with(".md"), "{file}");
+            assert!(file.contains(".conflict-laptop-"), "{file}");
+            assert!(crate::paths::valid_path(&name).is_ok(), "{name}");
+            // A second copy gets a counter and still fits.
+            let first = name.clone();
+            let second = conflict_copy_name(&path, "laptop", &device, &|c| c == first);
+            assert_ne!(second, first);
+            assert!(second.rsplit('/').next().unwrap().len() <= 255);
+        }
     }
 }

@@ -65,6 +65,16 @@ pub enum Input {
     /// has not reported yet. This is that content; it is merged as an edit of the version
     /// that was on disk before the refused write.
     WriteRefused { path: String, content: Vec<u8> },
+    /// A [`Effect::WriteFile`] or [`Effect::RemoveFile`] at `path` could not be carried out
+    /// (a folder or a link in the way, no permission, a full disk): the disk still holds
+    /// `expect`, the hash the effect expected there. The engine takes its belief back,
+    /// lists the file as not synced here and tries again later; it never takes the file
+    /// for deleted.
+    WriteFailed {
+        path: String,
+        expect: Option<ContentHash>,
+        reason: String,
+    },
     /// A file larger than `max_file_size`: not synced, listed as skipped.
     FileTooLarge { path: String, size: u64 },
     /// A file is gone from disk.
@@ -254,6 +264,8 @@ pub struct Status {
     pub pending_changes: usize,
     pub conflicts: Vec<ConflictInfo>,
     pub skipped: Vec<(String, u64)>,
+    /// Files that could not be written here, and why (retried now and then).
+    pub unwritable: Vec<(String, String)>,
     pub peers: Vec<PeerInfo>,
     pub last_full_resync_ms: Option<i64>,
     pub connected: bool,

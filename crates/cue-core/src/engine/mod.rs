@@ -38,7 +38,7 @@ pub use layout::FileMeta;
 use layout::*;
 use peers::*;
 use pull::*;
-use view::Stale;
+use view::{Stale, Unwritable};
 
 /// Above this, a reassembled chunked item is refused (a file is at most
 /// `max_file_size`; its document a little more).
@@ -54,6 +54,9 @@ const COMPACT_WHEN_TICKING_AFTER: u32 = 8;
 /// index) is stored whole: at rest a store holds one snapshot a document. A snapshot of
 /// a cached document costs a `save()` (≈0.1 ms for a 4 KB note).
 const COMPACT_AT_REST_AFTER_MS: i64 = 2_000;
+/// A file that could not be written is tried again after this long (or as soon as the
+/// index changes, which is how a folder in the way usually goes).
+const UNWRITABLE_RETRY_MS: i64 = 60_000;
 
 #[derive(Debug)]
 pub struct Engine {
@@ -97,6 +100,12 @@ pub struct Engine {
     tail: StateTail,
     tail2: StateTail2,
     tail3: StateTail3,
+    /// The file each path was last written or removed for, so that a write that failed
+    /// is taken back from the right file (cleared at each tick).
+    disk_ops: BTreeMap<String, FileId>,
+    /// Files whose write or removal failed. Not written again until the index changes or
+    /// [`UNWRITABLE_RETRY_MS`] passes.
+    unwritable: BTreeMap<FileId, Unwritable>,
 }
 
 pub(super) fn to_heads(h: &[ChangeHash]) -> Heads {
@@ -175,13 +184,17 @@ impl Engine {
             out_activity: Vec::new(),
             out_items: BTreeMap::new(),
             to_reconcile: BTreeSet::new(),
-            index_changed: false,
+            // Every file is brought in line with the disk once after a start (a file that
+            // could not be written before is tried again).
+            index_changed: true,
             live_cache: None,
             adopted: BTreeMap::new(),
             adopted_content: BTreeMap::new(),
             tail,
             tail2,
             tail3,
+            disk_ops: BTreeMap::new(),
+            unwritable: BTreeMap::new(),
         };
         // Make sure we are in our own member list (a new workspace, or a renamed device).
         if engine.index.members().get(&device) != Some(&engine.name) {
@@ -250,6 +263,11 @@ impl Engine {
                 }
                 self.local_change(&path, content, store);
             }
+            Input::WriteFailed {
+                path,
+                expect,
+                reason,
+            } => self.write_failed(&path, expect, reason),
             Input::FileTooLarge { path, size } => {
                 self.state.skipped.insert(path, size);
                 self.state_dirty = true;

@@ -61,6 +61,7 @@ impl Engine {
         if purged {
             self.commit_index();
         }
+        self.retry_unwritable();
         self.verify_adopted(VERIFY_PER_TICK, store);
         self.compact_some(COMPACT_PER_TICK, store);
     }

@@ -36,6 +36,7 @@ impl Engine {
             pending_changes: self.tail2.index_pending.count as usize
                 + self.files.records().map(|m| m.pending.len()).sum::<usize>(),
             conflicts: self.open_conflicts(store),
+            unwritable: self.unwritable_files(),
             skipped: self
                 .state
                 .skipped

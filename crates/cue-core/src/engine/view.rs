@@ -3,6 +3,18 @@
 
 use super::*;
 
+/// A file that could not be written (or removed) here.
+#[derive(Debug)]
+pub(super) struct Unwritable {
+    path: String,
+    reason: String,
+    /// When it last failed.
+    failed_ms: i64,
+    /// Being tried again: a failure comes back within the same call, so an entry still
+    /// retrying at the next tick was written.
+    retrying: bool,
+}
+
 /// What a change made stale (see [`Engine::invalidate`]).
 pub(super) enum Stale {
     /// The digest of what is held.
@@ -148,9 +160,63 @@ impl Engine {
                 changed = true;
             }
         }
+        changed |= self.settle_file_folder_clashes(&live, &taken, &mut new_names);
         if changed {
             self.commit_index();
         }
+    }
+
+    /// A live file whose path is a folder of other live files (one peer made a folder
+    /// where another kept a file): no disk can hold both. The file moves to a conflict-copy
+    /// name and the folder's files stay; every peer decides alike, from the index.
+    fn settle_file_folder_clashes(
+        &mut self,
+        live: &BTreeMap<FileId, String>,
+        taken: &BTreeSet<String>,
+        new_names: &mut BTreeSet<String>,
+    ) -> bool {
+        let mut folders: BTreeSet<&str> = BTreeSet::new();
+        for p in live.values() {
+            let mut at = p.as_str();
+            while let Some(i) = at.rfind('/') {
+                at = &at[..i];
+                if !folders.insert(at) {
+                    break;
+                }
+            }
+        }
+        let members = self.index.members();
+        let mut changed = false;
+        for (f, path) in live {
+            if !folders.contains(path.as_str()) || self.index.path_of(f).as_ref() != Some(path) {
+                continue;
+            }
+            let origin = self.index.origin(f).unwrap_or(self.device);
+            let origin_name = members
+                .get(&origin)
+                .cloned()
+                .unwrap_or_else(|| "unknown".into());
+            let copy = conflict_copy_name(path, &origin_name, &origin, &|c| {
+                taken.contains(c) || new_names.contains(c) || folders.contains(c)
+            });
+            new_names.insert(copy.clone());
+            let _ = self.index.set_path(f, &copy);
+            let id = format!("folder-{f}");
+            if !self.index.has_conflict(&id) {
+                let rec = ConflictRecord {
+                    kind: ConflictKind::Create,
+                    file: *f,
+                    path: path.clone(),
+                    copy: Some((*f, copy.clone())),
+                    detail: "a folder of the same name was made on another device".into(),
+                    time_ms: self.now_ms,
+                    resolved: false,
+                };
+                self.record_conflict(&id, &rec, &origin_name, format!("file kept as {copy}"));
+            }
+            changed = true;
+        }
+        changed
     }
 
     /// Bring the disk in line with the documents for the files in `to_reconcile` (all
@@ -160,6 +226,10 @@ impl Engine {
             self.settle_path_clashes(store);
             self.to_reconcile.extend(self.files.ids().copied());
             self.index_changed = false;
+            // What was in the way (a file where a folder goes) may have moved.
+            for u in self.unwritable.values_mut() {
+                u.retrying = true;
+            }
         }
         if self.to_reconcile.is_empty() {
             return;
@@ -213,12 +283,16 @@ impl Engine {
 
     /// Removes `f` from where it is on disk if it should be elsewhere (or nowhere).
     fn move_away(&mut self, f: FileId, want: Option<&str>) {
+        if self.unwritable.get(&f).is_some_and(|u| !u.retrying) {
+            return;
+        }
         let Some((cur_path, cur_hash)) = self.files.get(&f).and_then(|m| m.disk.clone()) else {
             return;
         };
         if want == Some(cur_path.as_str()) {
             return;
         }
+        self.disk_ops.insert(cur_path.clone(), f);
         self.out_files.push(Effect::RemoveFile {
             path: cur_path,
             expect: Some(cur_hash),
@@ -241,7 +315,9 @@ impl Engine {
         store: &mut dyn DocStore,
     ) {
         let current = self.files.get(&f).and_then(|m| m.disk.clone());
-        if current.as_ref() == Some(&(path.clone(), hash)) {
+        if current.as_ref() == Some(&(path.clone(), hash))
+            || self.unwritable.get(&f).is_some_and(|u| !u.retrying)
+        {
             return;
         }
         let expect = match &current {
@@ -274,6 +350,7 @@ impl Engine {
                 }
             },
         };
+        self.disk_ops.insert(path.clone(), f);
         self.out_files.push(Effect::WriteFile {
             path: path.clone(),
             bytes,
@@ -292,5 +369,70 @@ impl Engine {
             self.files.get(f).is_some_and(|m| m.doc_hash.is_some())
                 && self.index.tombstone(f).is_none()
         })
+    }
+
+    /// A write or removal at `path` failed: the disk still holds `expect` there. The
+    /// file's belief goes back to that (so a restart's scan finds nothing missing), and
+    /// it waits in `unwritable` until the index changes or the retry time passes.
+    pub(super) fn write_failed(&mut self, path: &str, expect: Option<ContentHash>, reason: String) {
+        let Some(f) = self.disk_ops.get(path).copied() else {
+            return;
+        };
+        if let Some(mut m) = self.files.get_mut(&f) {
+            let believed_here = m.disk.as_ref().is_some_and(|(p, _)| p == path);
+            if believed_here || m.disk.is_none() {
+                m.disk = expect.map(|h| (path.to_string(), h));
+                m.disk_heads = m.prev_disk_heads.clone();
+            }
+        }
+        self.dirty.insert(f);
+        let now = self.now_ms;
+        if let Some(u) = self.unwritable.get_mut(&f) {
+            // Failed again on a retry: said once already.
+            u.reason = reason;
+            u.failed_ms = now;
+            u.retrying = false;
+            return;
+        }
+        let name = self.name.clone();
+        self.activity(
+            ActivityKind::Error,
+            Some(path.to_string()),
+            &name,
+            Some(format!(
+                "cannot write: {reason}; kept on the other devices, will retry"
+            )),
+        );
+        let unwritable = Unwritable {
+            path: path.to_string(),
+            reason,
+            failed_ms: now,
+            retrying: false,
+        };
+        self.unwritable.insert(f, unwritable);
+    }
+
+    /// Files not written here, and why (status). One being retried has been written
+    /// unless it failed again (which clears `retrying`).
+    pub(super) fn unwritable_files(&self) -> Vec<(String, String)> {
+        self.unwritable
+            .values()
+            .filter(|u| !u.retrying)
+            .map(|u| (u.path.clone(), u.reason.clone()))
+            .collect()
+    }
+
+    /// Files that failed long enough ago are tried again; those tried since the last tick
+    /// without failing were written.
+    pub(super) fn retry_unwritable(&mut self) {
+        let now = self.now_ms;
+        self.unwritable.retain(|_, u| !u.retrying);
+        for (f, u) in &mut self.unwritable {
+            if now - u.failed_ms >= UNWRITABLE_RETRY_MS {
+                u.retrying = true;
+                self.to_reconcile.insert(*f);
+            }
+        }
+        self.disk_ops.clear();
     }
 }
