@@ -72,6 +72,11 @@ pub struct RelayArgs {
     #[arg(long, env = "CUE_RELAY_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
+    /// A peer whose socket takes no bytes for this long, while frames wait for it, is
+    /// dropped as a slow reader.
+    #[arg(long, env = "CUE_RELAY_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
     /// Frames queued towards one peer before it is dropped as a slow reader.
     #[arg(long, env = "CUE_RELAY_OUTBOUND_QUEUE_FRAMES", default_value_t = Config::default().outbound_queue_frames)]
     pub outbound_queue_frames: usize,
@@ -104,6 +109,7 @@ impl RelayArgs {
             handshake_timeout: self.handshake_timeout,
             ping_interval: self.ping_interval,
             idle_timeout: self.idle_timeout,
+            write_timeout: self.write_timeout,
             outbound_queue_frames: self.outbound_queue_frames,
             outbound_queue_bytes: self.outbound_queue_bytes,
             read_buffer_bytes: self.read_buffer_bytes,

@@ -3,8 +3,8 @@
 //! Peers of one workspace meet in a room at `/v1/rooms/{room id}` after proving, with a
 //! signed challenge, that they hold the room key. The relay forwards their opaque payloads
 //! (broadcast to the room, or to one peer), tells them who joins and leaves, and enforces
-//! the limits of DESIGN §5, refusing with a frame that names the limit rather than
-//! queueing. It keeps nothing on disk and can read nothing: it depends on `cue-proto`
+//! the limits of docs/reference.md §4.3, refusing with a frame that names the limit
+//! rather than queueing. It keeps nothing on disk and can read nothing: it depends on `cue-proto`
 //! (frames and the join proof) and on no crate that could open an envelope.
 //!
 //! [`serve`] runs a relay on a bound listener until a shutdown future completes; the
@@ -18,12 +18,15 @@ pub mod healthcheck;
 mod http;
 mod metrics;
 mod per_ip;
+mod preauth;
 mod room;
+mod socket;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cue_proto::MAX_HANDSHAKE_FRAME_BYTES;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -48,7 +51,10 @@ pub enum ServeError {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: Config,
+    /// tungstenite's limits for an admitted peer.
     pub(crate) ws_config: WebSocketConfig,
+    /// Its limits for saying goodbye to a peer refused before admission.
+    pub(crate) handshake_ws_config: WebSocketConfig,
     pub(crate) rooms: Arc<Rooms>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) ips: Arc<PerIpConnections>,
@@ -74,6 +80,18 @@ fn websocket_config(config: &Config) -> WebSocketConfig {
         .max_frame_size(Some(max_frame))
 }
 
+/// tungstenite's limits before admission, where it only sends a refusal and a close frame
+/// and reads the peer's close: nothing larger than a handshake frame is accepted
+/// (`preauth` reads the handshake itself).
+fn handshake_websocket_config(config: &Config) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(config.read_buffer_bytes.min(MAX_HANDSHAKE_FRAME_BYTES))
+        .write_buffer_size(0)
+        .max_write_buffer_size(2 * MAX_HANDSHAKE_FRAME_BYTES)
+        .max_message_size(Some(MAX_HANDSHAKE_FRAME_BYTES))
+        .max_frame_size(Some(MAX_HANDSHAKE_FRAME_BYTES))
+}
+
 /// Runs the relay on `listener` until `shutdown` completes.
 ///
 /// Then it stops accepting, closes every WebSocket with "going away" (1001), waits up to
@@ -88,6 +106,7 @@ pub async fn serve(
     let (stop, stopped) = watch::channel(false);
     let shared = Arc::new(Shared {
         ws_config: websocket_config(&config),
+        handshake_ws_config: handshake_websocket_config(&config),
         rooms: Arc::new(Rooms::new(config.limits)),
         metrics: Arc::new(Metrics::default()),
         ips: PerIpConnections::new(config.max_connections_per_ip),
