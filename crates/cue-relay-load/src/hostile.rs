@@ -7,7 +7,8 @@
 //!    read; a partner from another address sends each of them `bytes_per_reader` in
 //!    direct messages, less than the outbound queue holds, so the queue never overflows.
 //! 2. Strangers: M connections from one address upgrade to a room and, without joining,
-//!    send the header of a largest (1 MiB) message and all but one byte of it.
+//!    send the header of a message (by default a largest one, 1 MiB) and all but one
+//!    byte of it, or nothing at all.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -32,6 +33,9 @@ pub(crate) struct Hostile {
     pub(crate) slow_readers: usize,
     pub(crate) bytes_per_reader: usize,
     pub(crate) strangers: usize,
+    /// The message each stranger sends (all but its last byte); 0 sends nothing after
+    /// the upgrade, holding the connection until the handshake timeout.
+    pub(crate) stranger_message_bytes: usize,
     /// How long to watch the relay after each attack has sent everything.
     pub(crate) watch: Duration,
     /// Extra flags for every cue-relay started.
@@ -63,8 +67,13 @@ pub(crate) async fn run(relay_bin: &Path, hostile: Hostile) -> anyhow::Result<()
     if hostile.strangers > 0 {
         let relay = start(relay_bin, &hostile.relay_args)?;
         let row = strangers(&relay, &hostile).await?;
+        let what = match hostile.stranger_message_bytes {
+            0 => "nothing sent after the upgrade".to_owned(),
+            bytes if bytes % (1 << 20) == 0 => format!("{} MiB message each", bytes >> 20),
+            bytes => format!("{bytes}-byte message each"),
+        };
         println!(
-            "| {} unauthenticated connections from one address, 1 MiB message each | {:.1} | {:.1} | {:.1} | {} |",
+            "| {} unauthenticated connections from one address, {what} | {:.1} | {:.1} | {:.1} | {} |",
             hostile.strangers, row.before, row.peak, row.end, row.closed
         );
     }
@@ -232,11 +241,13 @@ fn upgrade_request(relay: SocketAddr, room: u64) -> String {
 async fn strangers(relay: &Relay, hostile: &Hostile) -> anyhow::Result<Row> {
     let before = rss_mib(relay.pid())?;
     let mut peak = before;
-    // A masked binary frame header announcing 1 MiB (mask 0: the payload goes as is).
+    // A masked binary frame header announcing the message (mask 0: the payload goes as
+    // is), and all of the payload but its last byte.
+    let message = hostile.stranger_message_bytes;
     let mut header = vec![0x82, 0x80 | 127];
-    header.extend((1u64 << 20).to_be_bytes());
+    header.extend((message as u64).to_be_bytes());
     header.extend([0, 0, 0, 0]);
-    let body = vec![0u8; (1 << 20) - 1];
+    let body = vec![0u8; message.saturating_sub(1)];
     let mut held = Vec::with_capacity(hostile.strangers);
     for index in 0..hostile.strangers {
         let socket = TcpSocket::new_v4()?;
@@ -248,7 +259,7 @@ async fn strangers(relay: &Relay, hostile: &Hostile) -> anyhow::Result<Row> {
         read_response_head(&mut stream).await?;
         // The relay may close as soon as it has read the header: a failed write is its
         // refusal, not an error of this run.
-        if stream.write_all(&header).await.is_ok() {
+        if message > 0 && stream.write_all(&header).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&body)).await;
         }
         held.push(stream);

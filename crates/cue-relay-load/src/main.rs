@@ -88,6 +88,9 @@ enum Cmd {
         /// relay's per-address limit (256) give `--relay-arg=--max-connections-per-ip=N`.
         #[arg(long, default_value_t = 1000)]
         strangers: usize,
+        /// Bytes of the message each stranger sends, all but the last (0: none).
+        #[arg(long, default_value_t = 1 << 20)]
+        stranger_message_bytes: usize,
         /// Seconds to watch the relay's memory after each attack has sent everything.
         #[arg(long, default_value_t = 15.0)]
         watch: f64,
@@ -173,6 +176,7 @@ fn main() -> anyhow::Result<()> {
             slow_readers,
             mib_per_reader,
             strangers,
+            stranger_message_bytes,
             watch,
             relay_args,
             relay_bin,
@@ -185,6 +189,7 @@ fn main() -> anyhow::Result<()> {
                 slow_readers,
                 bytes_per_reader: mib_per_reader << 20,
                 strangers,
+                stranger_message_bytes,
                 watch: Duration::from_secs_f64(watch),
                 relay_args,
             };
