@@ -16,7 +16,10 @@ COPY --from=builder /src/target/release/cue-relay /usr/local/bin/cue-relay
 ENV CUE_RELAY_LISTEN=0.0.0.0:8080
 EXPOSE 8080
 USER 65532:65532
-# There is no curl in the image: the relay checks itself (GET /healthz on CUE_RELAY_LISTEN).
+# There is no curl in the image: the relay checks itself (GET /healthz). `cue-relay
+# healthcheck` finds the address as the server does: from the server's own command line
+# (it is process 1 here, so `docker run cue-relay --listen 0.0.0.0:9000` is checked on
+# 9000) or CUE_RELAY_LISTEN; `healthcheck --listen HOST:PORT` or `--url URL` override it.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 \
     CMD ["/usr/local/bin/cue-relay", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/cue-relay"]

@@ -1,6 +1,6 @@
 //! The relay's command line, shared by `cue-relay` and `cue relay`.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use clap::Args;
@@ -11,8 +11,9 @@ use crate::config::{Config, IpNet};
 /// Flags of the relay; each is also a `CUE_RELAY_*` environment variable.
 #[derive(Debug, Clone, Args)]
 pub struct RelayArgs {
-    /// Address to listen on (port 0 picks a free one; the bound address is printed).
-    #[arg(long, env = "CUE_RELAY_LISTEN", default_value = "0.0.0.0:8080")]
+    /// Address to listen on, HOST:PORT; a host name is resolved and its first address
+    /// used (port 0 picks a free one; the bound address is printed).
+    #[arg(long, env = "CUE_RELAY_LISTEN", default_value = "0.0.0.0:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
     /// Shared secret that peers must present before joining (empty: none).
@@ -72,6 +73,11 @@ pub struct RelayArgs {
     #[arg(long, env = "CUE_RELAY_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
+    /// A peer whose socket takes no bytes for this long, while frames wait for it, is
+    /// dropped as a slow reader.
+    #[arg(long, env = "CUE_RELAY_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
     /// Frames queued towards one peer before it is dropped as a slow reader.
     #[arg(long, env = "CUE_RELAY_OUTBOUND_QUEUE_FRAMES", default_value_t = Config::default().outbound_queue_frames)]
     pub outbound_queue_frames: usize,
@@ -104,12 +110,35 @@ impl RelayArgs {
             handshake_timeout: self.handshake_timeout,
             ping_interval: self.ping_interval,
             idle_timeout: self.idle_timeout,
+            write_timeout: self.write_timeout,
             outbound_queue_frames: self.outbound_queue_frames,
             outbound_queue_bytes: self.outbound_queue_bytes,
             read_buffer_bytes: self.read_buffer_bytes,
             ..Config::default()
         }
     }
+}
+
+/// `IP:PORT`, `[IPv6]:PORT`, or `HOST:PORT` with a host name to resolve (`localhost:8080`).
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!(
+            "{text:?} is not HOST:PORT (like 0.0.0.0:8080 or localhost:8080)"
+        ));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!(
+            "{text:?} is not HOST:PORT (like 0.0.0.0:8080 or localhost:8080)"
+        ));
+    }
+    text.to_socket_addrs()
+        .map_err(|error| format!("cannot resolve {host:?}: {error}"))?
+        .next()
+        .ok_or_else(|| format!("{host:?} has no address"))
 }
 
 /// `250ms`, `10s`, `2m`, or a bare number of seconds.
@@ -176,6 +205,19 @@ mod tests {
         assert_eq!(config.limits.burst, 7);
         assert_eq!(config.auth_token, None);
         assert!(parse_duration("3h").is_err());
+        assert_eq!(config.write_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_listen_address_may_be_a_host_name() {
+        let cli = Cli::try_parse_from(["cue-relay", "--listen", "localhost:8080"]).unwrap();
+        assert!(cli.relay.listen.ip().is_loopback(), "{}", cli.relay.listen);
+        assert_eq!(cli.relay.listen.port(), 8080);
+        assert_eq!(parse_listen("[::]:9000"), Ok("[::]:9000".parse().unwrap()));
+        assert!(parse_listen("localhost").is_err(), "a port is needed");
+        assert!(parse_listen("localhost:http").is_err());
+        assert!(parse_listen(":8080").is_err());
+        assert!(Cli::try_parse_from(["cue-relay", "--listen", "no.such.host.invalid:80"]).is_err());
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
     }
 }

@@ -30,6 +30,10 @@ pub struct Config {
     pub ping_interval: Duration,
     /// A peer from which nothing (not even a pong) arrived for this long is closed.
     pub idle_timeout: Duration,
+    /// A peer whose socket accepts no bytes for this long while frames wait for it is
+    /// dropped as a slow reader; with the queue bounds below, this is what keeps a peer
+    /// that stops reading from holding memory.
+    pub write_timeout: Duration,
     /// Frames waiting to be written to one peer; more and the peer is dropped as a slow
     /// reader.
     pub outbound_queue_frames: usize,
@@ -56,6 +60,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
             outbound_queue_frames: 1024,
             outbound_queue_bytes: 8 * 1024 * 1024,
             read_buffer_bytes: 4096,
@@ -143,6 +148,7 @@ impl Config {
             ("handshake timeout", self.handshake_timeout),
             ("ping interval", self.ping_interval),
             ("idle timeout", self.idle_timeout),
+            ("write timeout", self.write_timeout),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::Zero(name));

@@ -4,9 +4,11 @@
 //!    `/v1/rooms/{id}` to a WebSocket.
 //! 2. Join: optional auth token, then the signed challenge. Until admitted a connection
 //!    gets nothing but these frames and may send nothing else, in small frames, within
-//!    the handshake timeout (counted from accept).
-//! 3. Admitted: one task multiplexes the peer's incoming frames, its bounded outbound
-//!    queue, pings, the idle timer, the slow-reader kick and shutdown.
+//!    the handshake timeout (counted from accept). They are read by [`HandshakeSocket`],
+//!    not tungstenite, so that a stranger cannot make the relay buffer a large message.
+//! 3. Admitted: tungstenite takes the socket, with the admitted limits, and one task
+//!    multiplexes the peer's incoming frames, its bounded outbound queue, pings, the idle
+//!    timer, the slow-reader kick, the stalled-write timer and shutdown.
 //!
 //! Every way out goes through [`End`], so every close is counted and, where the socket
 //! still works, says why.
@@ -36,9 +38,11 @@ use crate::Shared;
 use crate::http::{self, Request};
 use crate::metrics::{CloseCause, HttpRejection};
 use crate::per_ip::IpSlot;
+use crate::preauth::{HandshakeSocket, Incoming, ReadError};
 use crate::room::{DeliveryError, Inbox, Membership, Outbox, outbound_queue, retry_after_ms};
+use crate::socket::{Socket, WriteClock};
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Socket>;
 
 /// How long the relay tries to say goodbye (a refusal, a close frame) before it just drops
 /// the socket.
@@ -129,19 +133,37 @@ pub(crate) async fn handle(shared: Arc<Shared>, mut stream: TcpStream, peer: Soc
     {
         return;
     }
+    let mut joining = Joining {
+        socket: HandshakeSocket::new(stream, request.rest),
+        shared: &shared,
+        shutdown: &mut shutdown,
+    };
+    let joined = joining.run(room_id, deadline).await;
+    let (stream, leftover) = joining.socket.into_parts();
+    let clock = WriteClock::new();
+    // Admitted: tungstenite takes over with the admitted limits. Refused: it only says
+    // goodbye, with the small ones.
+    let ws_config = match joined {
+        Ok(()) => shared.ws_config,
+        Err(_) => shared.handshake_ws_config,
+    };
     let ws = WebSocketStream::from_partially_read(
-        stream,
-        request.rest,
+        Socket::new(stream, clock.clone()),
+        leftover,
         Role::Server,
-        Some(shared.ws_config),
+        Some(ws_config),
     )
     .await;
     let mut connection = Connection {
         ws,
         shared: shared.clone(),
-        shutdown,
+        shutdown: &mut shutdown,
+        clock,
     };
-    let end = connection.run(room_id, deadline).await;
+    let end = match joined {
+        Ok(()) => connection.run(room_id).await,
+        Err(end) => end,
+    };
     connection.finish(end).await;
 }
 
@@ -241,23 +263,42 @@ impl End {
         }
     }
 
+    fn oversized(max_message_bytes: u64) -> End {
+        End::Close {
+            cause: CloseCause::Oversized,
+            code: CloseCode::Size,
+            reason: "message too large",
+            refusal: Some(refusal(None, RefuseReason::TooLarge, max_message_bytes, 0)),
+        }
+    }
+
+    fn protocol_error() -> End {
+        End::Close {
+            cause: CloseCause::ProtocolError,
+            code: CloseCode::Protocol,
+            reason: "protocol error",
+            refusal: None,
+        }
+    }
+
+    fn text_frame() -> End {
+        End::Close {
+            cause: CloseCause::ProtocolError,
+            code: CloseCode::Unsupported,
+            reason: "binary frames only",
+            refusal: None,
+        }
+    }
+
     /// A WebSocket-level error while reading.
     fn from_ws_error(error: WsError, max_message_bytes: u64) -> End {
         match error {
-            WsError::Capacity(CapacityError::MessageTooLong { .. }) => End::Close {
-                cause: CloseCause::Oversized,
-                code: CloseCode::Size,
-                reason: "message too large",
-                refusal: Some(refusal(None, RefuseReason::TooLarge, max_message_bytes, 0)),
-            },
+            WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+                End::oversized(max_message_bytes)
+            }
             WsError::Protocol(error) => {
                 tracing::debug!(%error, "WebSocket protocol error");
-                End::Close {
-                    cause: CloseCause::ProtocolError,
-                    code: CloseCode::Protocol,
-                    reason: "protocol error",
-                    refusal: None,
-                }
+                End::protocol_error()
             }
             _ => End::Drop(CloseCause::Peer),
         }
@@ -273,102 +314,61 @@ fn refusal(id: Option<u64>, reason: RefuseReason, limit: u64, retry_after_ms: u6
     }
 }
 
-struct Connection {
-    ws: Ws,
-    shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
+/// A connection between the upgrade and admission: the auth token, then the proof.
+struct Joining<'a> {
+    socket: HandshakeSocket,
+    shared: &'a Shared,
+    shutdown: &'a mut watch::Receiver<bool>,
 }
 
-/// What woke an admitted peer's task.
-enum Event {
-    Shutdown,
-    Kicked,
-    Outbound(Bytes),
-    Incoming(Option<Result<Message, WsError>>),
-    Ping,
-    Idle,
-}
+impl Joining<'_> {
+    /// Ok once the peer has proved it holds the room key.
+    async fn run(&mut self, room_id: RoomId, deadline: Instant) -> Result<(), End> {
+        self.authenticate(deadline).await?;
+        self.prove(room_id, deadline).await
+    }
 
-/// An admitted peer's own rate limits.
-struct PeerLimits {
-    messages: DefaultDirectRateLimiter,
-    bytes: DefaultDirectRateLimiter,
-}
-
-impl Connection {
-    async fn run(&mut self, room_id: RoomId, deadline: Instant) -> End {
-        if let Err(end) = self.authenticate(deadline).await {
-            return end;
+    fn handshake_timeout() -> End {
+        End::Close {
+            cause: CloseCause::HandshakeTimeout,
+            code: CloseCode::Policy,
+            reason: "handshake timeout",
+            refusal: None,
         }
-        if let Err(end) = self.prove(room_id, deadline).await {
-            return end;
-        }
-        let config = &self.shared.config;
-        let (outbox, inbox) =
-            outbound_queue(config.outbound_queue_frames, config.outbound_queue_bytes);
-        let (kick, kicked) = watch::channel(false);
-        let membership =
-            match self
-                .shared
-                .rooms
-                .join(room_id, outbox.clone(), kick, &self.shared.metrics)
-            {
-                Ok(membership) => membership,
-                Err(_full) => {
-                    self.shared.metrics.refused(RefuseReason::RoomFull);
-                    tracing::debug!("refused: room full");
-                    return End::refuse(
-                        RefuseReason::RoomFull,
-                        config.limits.max_peers_per_room,
-                        CloseCode::Again,
-                        "room full",
-                    );
-                }
-            };
-        tracing::info!(peer = %membership.peer, "peer admitted");
-        let end = self.admitted(&membership, inbox, outbox, kicked).await;
-        tracing::info!(peer = %membership.peer, ?end, "peer left");
-        end
     }
 
     /// Waits for one frame before admission: small, binary, within the deadline.
     async fn handshake_frame(&mut self, deadline: Instant) -> Result<ClientFrame, End> {
-        loop {
-            let next = tokio::select! {
-                next = timeout_at(deadline, self.ws.next()) => next,
-                _ = self.shutdown.wait_for(|stop| *stop) => return Err(End::shutdown()),
-            };
-            let message = match next {
-                Err(_elapsed) => {
-                    return Err(End::Close {
-                        cause: CloseCause::HandshakeTimeout,
-                        code: CloseCode::Policy,
-                        reason: "handshake timeout",
-                        refusal: None,
-                    });
-                }
-                Ok(None) => return Err(End::Drop(CloseCause::Peer)),
-                Ok(Some(Err(error))) => {
-                    return Err(End::from_ws_error(error, MAX_HANDSHAKE_FRAME_BYTES as u64));
-                }
-                Ok(Some(Ok(message))) => message,
-            };
-            match message {
-                Message::Binary(bytes) => {
-                    return decode_limited::<ClientFrame>(&bytes, MAX_HANDSHAKE_FRAME_BYTES)
-                        .map_err(|error| self.undecodable(&error));
-                }
-                Message::Text(_) => {
-                    return Err(End::Close {
-                        cause: CloseCause::ProtocolError,
-                        code: CloseCode::Unsupported,
-                        reason: "binary frames only",
-                        refusal: None,
-                    });
-                }
-                Message::Close(_) => return Err(End::PeerClosed),
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        let next = tokio::select! {
+            next = timeout_at(deadline, self.socket.next_message()) => next,
+            _ = self.shutdown.wait_for(|stop| *stop) => return Err(End::shutdown()),
+        };
+        match next {
+            Err(_elapsed) => Err(Self::handshake_timeout()),
+            Ok(Err(ReadError::Io(error))) => {
+                tracing::debug!(%error, "connection lost before admission");
+                Err(End::Drop(CloseCause::Peer))
             }
+            Ok(Err(ReadError::TooLarge(len))) => {
+                tracing::debug!(len, "oversized handshake frame");
+                Err(End::oversized(MAX_HANDSHAKE_FRAME_BYTES as u64))
+            }
+            Ok(Err(ReadError::Protocol(error))) => {
+                tracing::debug!(error, "WebSocket protocol error before admission");
+                Err(End::protocol_error())
+            }
+            Ok(Ok(Incoming::Binary(bytes))) => {
+                decode_limited::<ClientFrame>(&bytes, MAX_HANDSHAKE_FRAME_BYTES)
+                    .map_err(|error| self.undecodable(&error))
+            }
+            Ok(Ok(Incoming::Text)) => Err(End::text_frame()),
+            // Answer the peer's close frame with ours.
+            Ok(Ok(Incoming::Close)) => Err(End::Close {
+                cause: CloseCause::Peer,
+                code: CloseCode::Normal,
+                reason: "",
+                refusal: None,
+            }),
         }
     }
 
@@ -384,19 +384,23 @@ impl Connection {
         End::refuse(reason, limit, code, "bad handshake frame")
     }
 
-    async fn send_now(&mut self, frame: &RelayFrame) -> Result<(), End> {
+    async fn send_now(&mut self, frame: &RelayFrame, deadline: Instant) -> Result<(), End> {
         let sent = tokio::select! {
-            sent = self.ws.send(Message::Binary(Bytes::from(encode(frame)))) => sent,
+            sent = timeout_at(deadline, self.socket.send_binary(encode(frame))) => sent,
             _ = self.shutdown.wait_for(|stop| *stop) => return Err(End::shutdown()),
         };
-        sent.map_err(|_| End::Drop(CloseCause::Peer))
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Drop(CloseCause::Peer)),
+            Err(_elapsed) => Err(Self::handshake_timeout()),
+        }
     }
 
     async fn authenticate(&mut self, deadline: Instant) -> Result<(), End> {
         let Some(expected) = self.shared.config.auth_token.clone() else {
             return Ok(());
         };
-        self.send_now(&RelayFrame::AuthRequired).await?;
+        self.send_now(&RelayFrame::AuthRequired, deadline).await?;
         match self.handshake_frame(deadline).await? {
             ClientFrame::Auth { token }
                 if bool::from(token.as_bytes().ct_eq(expected.as_bytes())) =>
@@ -436,7 +440,8 @@ impl Connection {
                 refusal: None,
             });
         }
-        self.send_now(&RelayFrame::Challenge { nonce }).await?;
+        self.send_now(&RelayFrame::Challenge { nonce }, deadline)
+            .await?;
         match self.handshake_frame(deadline).await? {
             ClientFrame::Proof { signature } if verify_join_proof(&room_id, &nonce, &signature) => {
                 Ok(())
@@ -462,6 +467,61 @@ impl Connection {
             }
         }
     }
+}
+
+struct Connection<'a> {
+    ws: Ws,
+    shared: Arc<Shared>,
+    shutdown: &'a mut watch::Receiver<bool>,
+    clock: Arc<WriteClock>,
+}
+
+/// What woke an admitted peer's task.
+enum Event {
+    Shutdown,
+    Kicked,
+    Outbound(Bytes),
+    Incoming(Option<Result<Message, WsError>>),
+    Ping,
+    Idle,
+}
+
+/// An admitted peer's own rate limits.
+struct PeerLimits {
+    messages: DefaultDirectRateLimiter,
+    bytes: DefaultDirectRateLimiter,
+}
+
+impl Connection<'_> {
+    /// Joins the room of a peer that proved it may, and serves it until it ends.
+    async fn run(&mut self, room_id: RoomId) -> End {
+        let config = &self.shared.config;
+        let (outbox, inbox) =
+            outbound_queue(config.outbound_queue_frames, config.outbound_queue_bytes);
+        let (kick, kicked) = watch::channel(false);
+        let membership =
+            match self
+                .shared
+                .rooms
+                .join(room_id, outbox.clone(), kick, &self.shared.metrics)
+            {
+                Ok(membership) => membership,
+                Err(_full) => {
+                    self.shared.metrics.refused(RefuseReason::RoomFull);
+                    tracing::debug!("refused: room full");
+                    return End::refuse(
+                        RefuseReason::RoomFull,
+                        config.limits.max_peers_per_room,
+                        CloseCode::Again,
+                        "room full",
+                    );
+                }
+            };
+        tracing::info!(peer = %membership.peer, "peer admitted");
+        let end = self.admitted(&membership, inbox, outbox, kicked).await;
+        tracing::info!(peer = %membership.peer, ?end, "peer left");
+        end
+    }
 
     async fn admitted(
         &mut self,
@@ -485,6 +545,7 @@ impl Connection {
             ))),
         };
         let idle_timeout = config.idle_timeout;
+        let write_timeout = config.write_timeout;
         let mut ping =
             tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -511,8 +572,12 @@ impl Connection {
                     return End::Drop(CloseCause::SlowReader);
                 }
                 Event::Outbound(frame) => {
+                    let began = Instant::now();
                     let written = tokio::select! {
                         written = write_batch(&mut self.ws, frame, &mut inbox) => written,
+                        () = self.clock.stalled(began, write_timeout) => {
+                            return write_stalled(membership, write_timeout);
+                        }
                         Ok(_) = kicked.wait_for(|kick| *kick) => {
                             return End::Drop(CloseCause::SlowReader);
                         }
@@ -539,21 +604,18 @@ impl Connection {
                                 return End::Drop(CloseCause::SlowReader);
                             }
                         }
-                        Message::Text(_) => {
-                            return End::Close {
-                                cause: CloseCause::ProtocolError,
-                                code: CloseCode::Unsupported,
-                                reason: "binary frames only",
-                                refusal: None,
-                            };
-                        }
+                        Message::Text(_) => return End::text_frame(),
                         Message::Close(_) => return End::PeerClosed,
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                     }
                 }
                 Event::Ping => {
+                    let began = Instant::now();
                     let sent = tokio::select! {
                         sent = self.ws.send(Message::Ping(Bytes::new())) => sent,
+                        () = self.clock.stalled(began, write_timeout) => {
+                            return write_stalled(membership, write_timeout);
+                        }
                         _ = self.shutdown.wait_for(|stop| *stop) => return End::shutdown(),
                     };
                     if sent.is_err() {
@@ -700,9 +762,21 @@ impl Connection {
             End::PeerClosed => {
                 let _ = timeout(FAREWELL_TIMEOUT, self.ws.flush()).await;
             }
+            End::Drop(CloseCause::SlowReader | CloseCause::WriteTimeout) => {
+                self.ws.get_ref().reset_on_close();
+            }
             End::Drop(_) => {}
         }
     }
+}
+
+fn write_stalled(membership: &Membership, timeout: Duration) -> End {
+    tracing::info!(
+        peer = %membership.peer,
+        ?timeout,
+        "dropping slow reader: its socket took no bytes"
+    );
+    End::Drop(CloseCause::WriteTimeout)
 }
 
 async fn write_batch(ws: &mut Ws, first: Bytes, inbox: &mut Inbox) -> Result<(), WsError> {

@@ -18,18 +18,21 @@ pub mod healthcheck;
 mod http;
 mod metrics;
 mod per_ip;
+mod preauth;
 mod room;
+mod socket;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cue_proto::MAX_HANDSHAKE_FRAME_BYTES;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-pub use cli::RelayArgs;
+pub use cli::{RelayArgs, parse_listen};
 pub use config::{Config, ConfigError, IpNet, IpNetError};
 
 use metrics::Metrics;
@@ -48,7 +51,10 @@ pub enum ServeError {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: Config,
+    /// tungstenite's limits for an admitted peer.
     pub(crate) ws_config: WebSocketConfig,
+    /// Its limits for saying goodbye to a peer refused before admission.
+    pub(crate) handshake_ws_config: WebSocketConfig,
     pub(crate) rooms: Arc<Rooms>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) ips: Arc<PerIpConnections>,
@@ -74,6 +80,18 @@ fn websocket_config(config: &Config) -> WebSocketConfig {
         .max_frame_size(Some(max_frame))
 }
 
+/// tungstenite's limits before admission, where it only sends a refusal and a close frame
+/// and reads the peer's close: nothing larger than a handshake frame is accepted
+/// (`preauth` reads the handshake itself).
+fn handshake_websocket_config(config: &Config) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(config.read_buffer_bytes.min(MAX_HANDSHAKE_FRAME_BYTES))
+        .write_buffer_size(0)
+        .max_write_buffer_size(2 * MAX_HANDSHAKE_FRAME_BYTES)
+        .max_message_size(Some(MAX_HANDSHAKE_FRAME_BYTES))
+        .max_frame_size(Some(MAX_HANDSHAKE_FRAME_BYTES))
+}
+
 /// Runs the relay on `listener` until `shutdown` completes.
 ///
 /// Then it stops accepting, closes every WebSocket with "going away" (1001), waits up to
@@ -88,6 +106,7 @@ pub async fn serve(
     let (stop, stopped) = watch::channel(false);
     let shared = Arc::new(Shared {
         ws_config: websocket_config(&config),
+        handshake_ws_config: handshake_websocket_config(&config),
         rooms: Arc::new(Rooms::new(config.limits)),
         metrics: Arc::new(Metrics::default()),
         ips: PerIpConnections::new(config.max_connections_per_ip),

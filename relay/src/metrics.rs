@@ -21,6 +21,8 @@ pub(crate) enum CloseCause {
     IdleTimeout,
     /// Its outbound queue overflowed.
     SlowReader,
+    /// Its socket accepted no bytes for the write timeout while frames waited for it.
+    WriteTimeout,
     /// A WebSocket message over the size limit.
     Oversized,
     /// A protocol violation (text frame, wrong frame in the handshake, bad WebSocket).
@@ -30,12 +32,13 @@ pub(crate) enum CloseCause {
 }
 
 impl CloseCause {
-    const ALL: [CloseCause; 8] = [
+    const ALL: [CloseCause; 9] = [
         CloseCause::Peer,
         CloseCause::Shutdown,
         CloseCause::HandshakeTimeout,
         CloseCause::IdleTimeout,
         CloseCause::SlowReader,
+        CloseCause::WriteTimeout,
         CloseCause::Oversized,
         CloseCause::ProtocolError,
         CloseCause::Refused,
@@ -48,6 +51,7 @@ impl CloseCause {
             CloseCause::HandshakeTimeout => "handshake_timeout",
             CloseCause::IdleTimeout => "idle_timeout",
             CloseCause::SlowReader => "slow_reader",
+            CloseCause::WriteTimeout => "write_timeout",
             CloseCause::Oversized => "oversized",
             CloseCause::ProtocolError => "protocol_error",
             CloseCause::Refused => "refused",

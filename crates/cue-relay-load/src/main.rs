@@ -2,7 +2,10 @@
 //! a bare broadcast relay built on the same tokio-tungstenite with no auth and no limits),
 //! drives R rooms × P peers over loopback, and prints a Markdown table: deliveries a
 //! second at saturation, hop latency p50/p99 at half load, the default limits holding, and
-//! the resident memory of 10,000 idle connections. See docs/benchmarks.md.
+//! the resident memory of 10,000 idle connections. `hostile` measures the relay's memory
+//! under slow readers and unauthenticated senders. See docs/benchmarks.md.
+
+mod hostile;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -70,6 +73,33 @@ enum Cmd {
         /// millisecond (it keeps the generator's core busy: use it with --load-cpus).
         #[arg(long, value_enum, default_value_t = Pacing::Timer)]
         pacing: Pacing,
+    },
+    /// Measure cue-relay's resident memory under slow readers and under unauthenticated
+    /// connections sending a large message (one fresh relay each); print a Markdown table.
+    Hostile {
+        /// Peers from one address that join rooms and never read (0 skips this attack).
+        #[arg(long, default_value_t = 256)]
+        slow_readers: usize,
+        /// MiB sent to each slow reader (below the 8 MiB outbound queue, so the queue
+        /// never overflows and only the write timeout can drop the reader).
+        #[arg(long, default_value_t = 6)]
+        mib_per_reader: usize,
+        /// Unauthenticated connections from one address (0 skips this attack). Above the
+        /// relay's per-address limit (256) give `--relay-arg=--max-connections-per-ip=N`.
+        #[arg(long, default_value_t = 1000)]
+        strangers: usize,
+        /// Bytes of the message each stranger sends, all but the last (0: none).
+        #[arg(long, default_value_t = 1 << 20)]
+        stranger_message_bytes: usize,
+        /// Seconds to watch the relay's memory after each attack has sent everything.
+        #[arg(long, default_value_t = 15.0)]
+        watch: f64,
+        /// A flag for every cue-relay started (repeat for several).
+        #[arg(long = "relay-arg", allow_hyphen_values = true)]
+        relay_args: Vec<String>,
+        /// The cue-relay binary (default: next to this one).
+        #[arg(long)]
+        relay_bin: Option<PathBuf>,
     },
     /// Serve the bare comparison relay: every binary message is sent to every other
     /// connection on the same path. No auth, no limits, unbounded queues.
@@ -142,6 +172,29 @@ fn main() -> anyhow::Result<()> {
     };
     match cli.command {
         Cmd::BareRelay { listen } => runtime.block_on(bare_relay(listen)),
+        Cmd::Hostile {
+            slow_readers,
+            mib_per_reader,
+            strangers,
+            stranger_message_bytes,
+            watch,
+            relay_args,
+            relay_bin,
+        } => {
+            let relay_bin = match relay_bin {
+                Some(path) => path,
+                None => std::env::current_exe()?.with_file_name("cue-relay"),
+            };
+            let hostile = hostile::Hostile {
+                slow_readers,
+                bytes_per_reader: mib_per_reader << 20,
+                strangers,
+                stranger_message_bytes,
+                watch: Duration::from_secs_f64(watch),
+                relay_args,
+            };
+            runtime.block_on(hostile::run(&relay_bin, hostile))
+        }
         Cmd::Bench {
             rooms,
             peers,

@@ -10,6 +10,7 @@ mod dockerfile;
 mod http;
 mod join;
 mod limits;
+mod memory;
 mod robustness;
 mod shutdown;
 mod util;

@@ -13,9 +13,17 @@ const BINARY: &str = env!("CARGO_BIN_EXE_cue-relay");
 
 /// Starts the binary on a free port and reads its `listening on` line.
 fn start_binary(extra: &[&str]) -> (Child, SocketAddr) {
-    let mut child = Command::new(BINARY)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
+    start_binary_with(
+        Command::new(BINARY)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra),
+    )
+}
+
+/// Starts `command` (the binary with its flags) and reads its `listening on` line.
+fn start_binary_with(command: &mut Command) -> (Child, SocketAddr) {
+    let mut child = command
+        .env_remove("CUE_RELAY_LISTEN")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -46,12 +54,29 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
 }
 
 fn healthcheck(addr: SocketAddr) -> bool {
-    Command::new(BINARY)
-        .args(["healthcheck", "--url", &format!("http://{addr}/healthz")])
-        .stderr(Stdio::null())
+    healthcheck_with(
+        &["healthcheck", "--url", &format!("http://{addr}/healthz")],
+        None,
+    )
+}
+
+/// Runs the binary with `args`, and CUE_RELAY_LISTEN set to `env_listen` if given;
+/// whether it exits 0.
+fn healthcheck_with(args: &[&str], env_listen: Option<&str>) -> bool {
+    let mut command = Command::new(BINARY);
+    command.args(args).env_remove("CUE_RELAY_LISTEN");
+    if let Some(listen) = env_listen {
+        command.env("CUE_RELAY_LISTEN", listen);
+    }
+    command.stderr(Stdio::null()).status().unwrap().success()
+}
+
+fn sigterm(child: &Child) {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
         .status()
-        .unwrap()
-        .success()
+        .unwrap();
+    assert!(killed.success());
 }
 
 #[tokio::test]
@@ -72,11 +97,7 @@ async fn sigterm_closes_every_socket_with_going_away_and_exits_zero() {
         RelayFrame::Challenge { .. }
     ));
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    sigterm(&child);
 
     for peer in &mut peers {
         let (_, end) = peer.client.until_closed().await;
@@ -111,4 +132,58 @@ fn bad_flags_are_a_usage_error_and_env_vars_are_read() {
         stderr.contains("messages per second must be greater than zero"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_healthcheck_finds_the_address_as_the_server_does() {
+    // A host name is resolved, by the server and the healthcheck alike.
+    let (mut child, addr) =
+        start_binary_with(Command::new(BINARY).args(["--listen", "localhost:0"]));
+    assert!(addr.ip().is_loopback(), "{addr}");
+    let by_name = format!("localhost:{}", addr.port());
+    let by_address = addr.to_string();
+    assert!(healthcheck_with(
+        &["healthcheck", "--listen", &by_name],
+        None
+    ));
+    assert!(healthcheck_with(
+        &["healthcheck", "--listen", &by_address],
+        None
+    ));
+    assert!(healthcheck_with(
+        &["--listen", &by_address, "healthcheck"],
+        None
+    ));
+    assert!(healthcheck_with(&["healthcheck"], Some(&by_address)));
+    // The command's own --listen wins over the environment.
+    assert!(healthcheck_with(
+        &["healthcheck", "--listen", &by_address],
+        Some("127.0.0.1:1")
+    ));
+    assert!(!healthcheck_with(&["healthcheck"], Some("127.0.0.1:1")));
+    sigterm(&child);
+    assert!(wait_exit(&mut child).success());
+}
+
+#[test]
+fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let mut child = Command::new(BINARY)
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("CUE_RELAY_LISTEN")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on "), "{line:?}");
+    sigterm(&child);
+    assert!(wait_exit(&mut child).success());
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut logs).unwrap();
+    assert!(logs.contains("relay started"), "{logs}");
+    assert!(!logs.contains('\x1b'), "escape codes in {logs:?}");
 }
