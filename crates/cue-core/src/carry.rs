@@ -12,7 +12,7 @@
 //!
 //! Still no IO here: a [`Host`] is an interface, called synchronously.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::engine::{Activity, DocStore, Effect, Engine, Input, Persist};
 use crate::ids::{ContentHash, DeviceId};
@@ -313,6 +313,9 @@ fn parent(path: &str) -> Option<&str> {
 pub struct Found {
     pub files: BTreeMap<String, ContentHash>,
     pub too_large: BTreeMap<String, u64>,
+    /// Paths the engine believes on disk that the ignore rules now exclude (they are
+    /// still there; the scan did not look at them).
+    pub ignored: BTreeSet<String>,
 }
 
 /// How the folder differs from what the engine believes is on disk.
@@ -324,6 +327,8 @@ pub struct ScanDiff {
     pub changed: Vec<String>,
     /// Known files no longer there (a file now too large to sync is not removed).
     pub removed: Vec<String>,
+    /// Known files the ignore rules now exclude: never removed (see [`Input::Ignored`]).
+    pub ignored: BTreeSet<String>,
     /// How many files the engine believed were on disk.
     pub known: usize,
 }
@@ -340,7 +345,10 @@ pub fn diff_scan(engine: &Engine, found: &Found) -> ScanDiff {
     let mut renames = Vec::new();
     let mut removed = Vec::new();
     for (from, hash) in &believed {
-        if found.files.contains_key(*from) || found.too_large.contains_key(*from) {
+        if found.files.contains_key(*from)
+            || found.too_large.contains_key(*from)
+            || found.ignored.contains(*from)
+        {
             continue;
         }
         // A removed file whose content reappeared under a new name was renamed while
@@ -357,6 +365,7 @@ pub fn diff_scan(engine: &Engine, found: &Found) -> ScanDiff {
         renames,
         changed: changed.into_iter().map(str::to_string).collect(),
         removed,
+        ignored: found.ignored.clone(),
         known: believed.len(),
     }
 }
@@ -376,7 +385,14 @@ pub fn feed_scan<H: Host>(
 ) -> Result<Vec<Outgoing>, H::Error> {
     let total = diff.renames.len() + diff.changed.len();
     progress(0, total);
-    let mut out = Vec::new();
+    let mut out = handle(
+        engine,
+        host,
+        now_ms,
+        vec![Input::Ignored {
+            paths: diff.ignored,
+        }],
+    )?;
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
     let mut done = 0;

@@ -459,7 +459,10 @@ impl Driver {
                     _ => None,
                 })
                 .collect(),
+            ignored: BTreeSet::new(),
         };
+        let mut found = found;
+        found.ignored = self.newly_ignored(&found);
         let diff = carry::diff_scan(&self.engine, &found);
         if carry::too_many_missing(diff.known, diff.removed.len()) {
             self.trip_guard(format!(
@@ -477,6 +480,18 @@ impl Driver {
             self.guard.is_some(),
             progress,
         )?)
+    }
+
+    /// Files the engine believes on disk that the scan did not report because the ignore
+    /// rules exclude them now, and that are still there: ignoring them deletes nothing.
+    fn newly_ignored(&self, found: &Found) -> BTreeSet<String> {
+        self.engine
+            .disk()
+            .map(|(p, _)| p)
+            .filter(|p| !found.files.contains_key(*p) && !found.too_large.contains_key(*p))
+            .filter(|p| self.rules.is_ignored(p, false) && self.host.exists(p))
+            .map(str::to_string)
+            .collect()
     }
 
     fn read(&self, path: &str) -> Result<Option<Vec<u8>>, DriverError> {

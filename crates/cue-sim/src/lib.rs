@@ -264,6 +264,8 @@ pub struct Peer {
     pub clock_offset_ms: i64,
     /// Folders where the disk refuses every write (no permission, a link in the way).
     pub refuse_writes_under: BTreeSet<String>,
+    /// Paths this peer's ignore rules exclude (its `.cueignore`): its scan skips them.
+    pub ignored_here: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -331,6 +333,7 @@ impl World {
                 guard: None,
                 clock_offset_ms: 0,
                 refuse_writes_under: BTreeSet::new(),
+                ignored_here: BTreeSet::new(),
             };
             peers.push((peer, effects));
         }
@@ -559,7 +562,14 @@ impl World {
         let (files, too_large) = p
             .disk
             .iter()
+            .filter(|(path, _)| !p.ignored_here.contains(*path))
             .partition::<Vec<_>, _>(|(_, b)| b.len() as u64 <= max);
+        let ignored = p
+            .engine
+            .disk()
+            .map(|(path, _)| path.to_string())
+            .filter(|path| p.ignored_here.contains(path) && p.disk.contains_key(path))
+            .collect();
         let found = carry::Found {
             files: files
                 .into_iter()
@@ -569,6 +579,7 @@ impl World {
                 .into_iter()
                 .map(|(path, b)| (path.clone(), b.len() as u64))
                 .collect(),
+            ignored,
         };
         let diff = carry::diff_scan(&p.engine, &found);
         if carry::too_many_missing(diff.known, diff.removed.len()) && p.guard.is_none() {

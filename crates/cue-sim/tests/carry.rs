@@ -217,3 +217,33 @@ fn a_write_the_disk_refuses_never_becomes_a_deletion() {
     assert_eq!(w.read(1, "locked/a.md").as_deref(), Some("from p0\n"));
     assert!(w.status(1).unwritable.is_empty());
 }
+
+/// Ignoring a synced file (a `.cueignore` added later, or one that arrived from a peer)
+/// stops syncing it from this peer and deletes it nowhere: not on the other peers, not
+/// here when a peer deletes or changes it.
+#[test]
+fn ignoring_a_file_later_deletes_it_nowhere() {
+    let mut w = World::new(2, 17, Config::default());
+    w.connect_all();
+    w.write(0, "a.md", b"a\n");
+    w.write(0, "build/out.log", b"log 1\n");
+    settle(&mut w);
+    w.peers[1].ignored_here.insert("build/out.log".into());
+    // The rules changed: the daemon rescans.
+    w.startup_scan(1);
+    w.settle(10);
+    assert_eq!(w.read(0, "build/out.log").as_deref(), Some("log 1\n"));
+    assert_eq!(w.read(1, "build/out.log").as_deref(), Some("log 1\n"));
+    // A later change elsewhere is not written over the ignored file here...
+    w.write(0, "build/out.log", b"log 2\n");
+    w.settle(10);
+    assert_eq!(w.read(1, "build/out.log").as_deref(), Some("log 1\n"));
+    // ...nor does a deletion elsewhere remove it, nor a restart here delete it there.
+    w.restart(1);
+    w.settle(10);
+    assert_eq!(w.read(0, "build/out.log").as_deref(), Some("log 2\n"));
+    w.delete(0, "build/out.log");
+    w.settle(10);
+    assert_eq!(w.read(1, "build/out.log").as_deref(), Some("log 1\n"));
+    assert_eq!(w.read(1, "a.md").as_deref(), Some("a\n"));
+}

@@ -130,6 +130,34 @@ fn ignored_files_and_git_stay_local() {
     b.stop();
 }
 
+/// A `.cueignore` added after the files it names were synced (here on one peer, and
+/// arriving on the other as a synced file): both keep the files, nothing is deleted.
+#[test]
+fn a_cueignore_added_later_deletes_nothing_anywhere() {
+    let (_relay, a, b) = pair();
+    a.write("debug.log", "noise\n");
+    a.write("build/out.bin", "artefact\n");
+    a.write("notes.md", "kept\n");
+    wait_for_file(&b, "build/out.bin", "the artefact", |_| true);
+    wait_for_file(&b, "debug.log", "the log", |_| true);
+    b.write(".cueignore", "*.log\nbuild/\n");
+    wait_for_file(&a, ".cueignore", "the ignore rules", |_| true);
+    // Something after the rules, to know both daemons have taken them in and rescanned.
+    b.write("marker.md", "after the rules\n");
+    wait_for_file(&a, "marker.md", "the marker", |_| true);
+    a.write("marker2.md", "and back\n");
+    wait_for_file(&b, "marker2.md", "the second marker", |_| true);
+    for peer in [&a, &b] {
+        assert_eq!(peer.read("debug.log").as_deref(), Some("noise\n"));
+        assert_eq!(peer.read("build/out.bin").as_deref(), Some("artefact\n"));
+        assert_eq!(peer.read("notes.md").as_deref(), Some("kept\n"));
+    }
+    let log = a.cue_ok(&["activity", "log", "--json"]);
+    assert!(!log.contains("\"delete\""), "{log}");
+    a.stop();
+    b.stop();
+}
+
 #[test]
 fn a_relay_restart_loses_nothing() {
     let (relay, a, b) = pair();

@@ -75,6 +75,11 @@ pub enum Input {
         expect: Option<ContentHash>,
         reason: String,
     },
+    /// The files believed on disk that this device's ignore rules now exclude (the whole
+    /// set; it replaces the last one). As in git, ignoring a path stops syncing it from
+    /// here and deletes nothing anywhere: these stay as they are on disk, are never
+    /// written, removed or taken for deleted here, until the rules change.
+    Ignored { paths: BTreeSet<String> },
     /// A file larger than `max_file_size`: not synced, listed as skipped.
     FileTooLarge { path: String, size: u64 },
     /// A file is gone from disk.

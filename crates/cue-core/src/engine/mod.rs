@@ -106,6 +106,8 @@ pub struct Engine {
     /// Files whose write or removal failed. Not written again until the index changes or
     /// [`UNWRITABLE_RETRY_MS`] passes.
     unwritable: BTreeMap<FileId, Unwritable>,
+    /// Paths this device's ignore rules exclude (see [`Input::Ignored`]).
+    ignored: BTreeSet<String>,
 }
 
 pub(super) fn to_heads(h: &[ChangeHash]) -> Heads {
@@ -195,6 +197,7 @@ impl Engine {
             tail3,
             disk_ops: BTreeMap::new(),
             unwritable: BTreeMap::new(),
+            ignored: BTreeSet::new(),
         };
         // Make sure we are in our own member list (a new workspace, or a renamed device).
         if engine.index.members().get(&device) != Some(&engine.name) {
@@ -268,6 +271,12 @@ impl Engine {
                 expect,
                 reason,
             } => self.write_failed(&path, expect, reason),
+            Input::Ignored { paths } => {
+                if paths != self.ignored {
+                    self.ignored = paths;
+                    self.invalidate(Stale::View);
+                }
+            }
             Input::FileTooLarge { path, size } => {
                 self.state.skipped.insert(path, size);
                 self.state_dirty = true;

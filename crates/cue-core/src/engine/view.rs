@@ -267,6 +267,12 @@ impl Engine {
         }
         let mut desired = BTreeMap::new();
         for f in files {
+            // Ignored here: left as it is on disk, wherever the documents say it goes.
+            let on_disk = self.files.get(f).and_then(|m| m.disk.as_ref());
+            let ignored = |p: &str| self.ignored.contains(p);
+            if on_disk.is_some_and(|(p, _)| ignored(p)) || live.get(f).is_some_and(|p| ignored(p)) {
+                continue;
+            }
             let want = match (live.get(f), self.files.get(f).and_then(|m| m.doc_hash)) {
                 (Some(path), _) if owner.get(path.as_str()) != Some(f) => continue,
                 (Some(p), Some(_)) if valid_path(p).is_err() => {
