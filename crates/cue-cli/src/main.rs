@@ -131,9 +131,17 @@ enum SyncCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Bring back a deleted file.
-    #[command(after_help = "Example:\n  cue sync restore notes/todo.md")]
-    Restore { path: PathBuf },
+    /// Bring back a deleted file, or everything deleted under a folder (`.`: all), the
+    /// deletions the mass-deletion guard holds included.
+    #[command(after_help = "Examples:\n  cue sync restore notes/todo.md\n  cue sync restore .")]
+    Restore {
+        /// A file, a folder, or `.` for the whole workspace.
+        path: PathBuf,
+    },
+    /// Let the deletions the mass-deletion guard holds go through (here and to the
+    /// other devices).
+    #[command(after_help = "Example:\n  cue sync apply-deletions")]
+    ApplyDeletions,
     /// Mark the conflicts reported for PATH as seen, on every device.
     #[command(after_help = "Example:\n  cue sync resolve notes/todo.md")]
     Resolve { path: PathBuf },
@@ -365,9 +373,18 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
         SyncCmd::Status { json } => status(&find_root(base)?, json),
         SyncCmd::Restore { path } => {
             let root = find_root(base)?;
-            let rel = workspace_relative(base, &root, &path)?;
+            let rel = workspace_relative(base, &root, &path).unwrap_or_else(|_| ".".into());
             command(&root, Request::Restore { path: rel.clone() })?;
-            println!("Restored {rel}.");
+            if rel == "." {
+                println!("Restored the deleted files.");
+            } else {
+                println!("Restored {rel}.");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SyncCmd::ApplyDeletions => {
+            command(&find_root(base)?, Request::ApplyDeletions)?;
+            println!("Applied the deletions that were paused.");
             Ok(ExitCode::SUCCESS)
         }
         SyncCmd::Resolve { path } => {
@@ -463,6 +480,7 @@ fn command(root: &Path, req: Request) -> anyhow::Result<()> {
     let result = match &req {
         Request::Restore { path } => driver.restore(now_ms(), path)?,
         Request::Resolve { path } => driver.resolve(now_ms(), path)?,
+        Request::ApplyDeletions => Ok(driver.apply_deletions(now_ms())?.1),
         _ => return Ok(()),
     };
     result.map(|_| ()).map_err(|e| anyhow!("{e}"))

@@ -121,7 +121,17 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
             ),
         )
     } else if r.deletions_paused.is_some() {
-        paint.paint(BAD, "deletions paused")
+        paint.paint(
+            BAD,
+            &format!(
+                "{} paused",
+                plural(
+                    r.deletions_paused.as_ref().map_or(0, |p| p.count),
+                    "deletion",
+                    "deletions"
+                )
+            ),
+        )
     } else if let Some(n) = unwritable(r) {
         paint.paint(
             BAD,
@@ -178,12 +188,17 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
     }
 
     // Sections, only when there is something to say.
-    if let Some(reason) = &r.deletions_paused {
+    if let Some(paused) = &r.deletions_paused {
         let _ = writeln!(out, "\n{}", paint.paint(BAD, "Deletions paused:"));
-        let _ = writeln!(out, "  {reason}");
+        let _ = writeln!(
+            out,
+            "  {} held: {}",
+            plural(paused.count, "deletion", "deletions"),
+            paused.reason
+        );
         hint(
             &mut out,
-            "check the folder, then `cue sync stop` and `cue sync start` to go on",
+            "`cue sync restore .` brings the files back, `cue sync apply-deletions` deletes them everywhere",
         );
     }
     if r.pending_changes > 0 {

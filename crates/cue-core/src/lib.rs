@@ -25,8 +25,8 @@ pub mod wire;
 
 pub use doc::{ContentKind, DocError, FieldConflict, FileDoc};
 pub use engine::{
-    Activity, ActivityKind, CatchUp, CommandError, Config, ConflictInfo, Counters, DocStore,
-    Effect, Engine, FileMeta, Input, PeerInfo, Persist, Restored, Status, actor_for,
+    Activity, ActivityKind, CatchUp, CommandError, Config, ConflictInfo, Counters, DeletionsPaused,
+    DocStore, Effect, Engine, FileMeta, Input, PeerInfo, Persist, Restored, Status, actor_for,
     conflict_copy_name,
 };
 pub use ids::{ContentHash, DeviceId, DocId, FileId, content_hash};

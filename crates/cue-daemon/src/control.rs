@@ -32,6 +32,8 @@ pub enum Request {
     Resolve {
         path: String,
     },
+    /// Let the deletions the mass-deletion guard holds through.
+    ApplyDeletions,
 }
 
 /// What the daemon answers.
@@ -76,8 +78,8 @@ pub struct StatusReport {
     pub conflicts: Vec<ConflictReport>,
     pub skipped: Vec<SkippedReport>,
     pub last_full_resync: Option<String>,
-    /// Why deletions are not being propagated (the mass-deletion guard), if they are not.
-    pub deletions_paused: Option<String>,
+    /// Deletions the mass-deletion guard holds (local ones and peers'), if any.
+    pub deletions_paused: Option<DeletionsPausedReport>,
     /// The catch-up with a peer under way (a first sync shows its progress here).
     #[serde(default)]
     pub catch_up: Option<CatchUpReport>,
@@ -85,6 +87,15 @@ pub struct StatusReport {
     /// few are checked each tick after a first sync).
     #[serde(default)]
     pub files_unverified: u64,
+}
+
+/// Deletions held by the mass-deletion guard (docs/reference.md §1.9, §3.3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeletionsPausedReport {
+    pub count: u64,
+    pub reason: String,
+    /// RFC 3339.
+    pub since: String,
 }
 
 /// A catch-up with a peer under way: `files_held` of `files_total` so far.
@@ -179,7 +190,7 @@ pub struct StatusContext<'a> {
     pub running: bool,
     pub pid: Option<u32>,
     pub connected: bool,
-    pub deletions_paused: Option<String>,
+    pub deletions_paused: Option<crate::driver::Paused>,
 }
 
 /// Builds the status document.
@@ -235,7 +246,14 @@ pub fn status_report(ctx: &StatusContext<'_>, s: &cue_core::Status) -> StatusRep
             }))
             .collect(),
         last_full_resync: s.last_full_resync_ms.map(rfc3339),
-        deletions_paused: ctx.deletions_paused.clone(),
+        deletions_paused: ctx
+            .deletions_paused
+            .as_ref()
+            .map(|p| DeletionsPausedReport {
+                count: p.count as u64,
+                reason: p.reason.clone(),
+                since: rfc3339(p.since_ms),
+            }),
         catch_up: s.catch_up.as_ref().map(|c| CatchUpReport {
             peer: s
                 .peers

@@ -103,6 +103,23 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The mass-deletion guard, tripped: local deletions are not fed to the engine.
+#[derive(Debug, Clone)]
+struct Guard {
+    reason: String,
+    /// How many files were missing when it tripped.
+    count: usize,
+    since_ms: i64,
+}
+
+/// Deletions held, local or from peers, as status reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paused {
+    pub count: usize,
+    pub reason: String,
+    pub since_ms: i64,
+}
+
 /// The engine, the store and the folder of one workspace.
 pub struct Driver {
     engine: Engine,
@@ -111,7 +128,7 @@ pub struct Driver {
     max_file_size: u64,
     epoch: u32,
     /// Why deletions are not being propagated (the mass-deletion guard), if they are not.
-    guard: Option<String>,
+    guard: Option<Guard>,
     /// The watcher's debounce: how long to wait before looking again at a written file.
     settle: std::time::Duration,
 }
@@ -270,7 +287,87 @@ impl Driver {
 
     /// Why deletions are paused, if they are.
     pub fn guard(&self) -> Option<&str> {
-        self.guard.as_deref()
+        self.guard.as_ref().map(|g| g.reason.as_str())
+    }
+
+    /// Every deletion held: local ones (the guard) and those from peers (the engine's).
+    pub fn deletions_paused(&mut self) -> Option<Paused> {
+        let local = self.guard.as_ref().map(|g| Paused {
+            count: g.count,
+            reason: g.reason.clone(),
+            since_ms: g.since_ms,
+        });
+        let remote = self.status().deletions_paused.map(|d| Paused {
+            count: d.count,
+            reason: d.reason,
+            since_ms: d.since_ms,
+        });
+        match (local, remote) {
+            (Some(l), Some(r)) => Some(Paused {
+                count: l.count + r.count,
+                reason: format!("{}; {}", l.reason, r.reason),
+                since_ms: l.since_ms.min(r.since_ms),
+            }),
+            (l, r) => l.or(r),
+        }
+    }
+
+    /// `cue sync apply-deletions`: the deletions the guard holds go through, local ones to
+    /// the peers, peers' ones here. How many.
+    pub fn apply_deletions(&mut self, now: i64) -> Result<(usize, Vec<Outgoing>), DriverError> {
+        let (remote, effects) = self
+            .engine
+            .apply_deletions(now, &mut StoreDocs(&self.host.store));
+        let mut out = carry::carry_out(&mut self.engine, &mut self.host, now, effects)?;
+        let mut local = 0;
+        if let Some(guard) = self.guard.take() {
+            let before = self.engine.disk().count();
+            out.extend(self.scan(now, &mut |_, _| {}, true)?);
+            local = before.saturating_sub(self.engine.disk().count());
+            self.record(
+                ActivityKind::Delete,
+                None,
+                format!("applied {local} deletions held since: {}", guard.reason),
+            );
+        }
+        Ok((local + remote, out))
+    }
+
+    /// Writes back the files under `dir` (`.`: all) that the engine believes on disk and
+    /// that are missing: the local deletions the guard holds. How many.
+    fn restore_missing(
+        &mut self,
+        now: i64,
+        dir: &str,
+    ) -> Result<(usize, Vec<Outgoing>), DriverError> {
+        let prefix = format!("{dir}/");
+        let missing: Vec<(String, ContentHash)> = self
+            .engine
+            .disk()
+            .filter(|(p, _)| dir == "." || *p == dir || p.starts_with(&prefix))
+            .map(|(p, h)| (p.to_string(), h))
+            .filter(|(p, _)| !self.host.exists(p))
+            .collect();
+        let mut writes = Vec::new();
+        for (path, hash) in missing {
+            let bytes = self
+                .engine
+                .read(&path, &mut StoreDocs(&self.host.store))
+                .filter(|b| content_hash(b) == hash);
+            if let Some(bytes) = bytes {
+                writes.push(cue_core::Effect::WriteFile {
+                    path,
+                    bytes,
+                    expect: None,
+                });
+            }
+        }
+        let n = writes.len();
+        let out = carry::carry_out(&mut self.engine, &mut self.host, now, writes)?;
+        if self.guard.is_some() && !self.engine.disk().any(|(p, _)| !self.host.exists(p)) {
+            self.guard = None;
+        }
+        Ok((n, out))
     }
 
     /// Files that could not be written so far.
@@ -356,22 +453,28 @@ impl Driver {
         Ok(out)
     }
 
-    /// `cue sync restore PATH`.
+    /// `cue sync restore PATH`: a deleted file, or everything deleted under a folder (`.`:
+    /// the whole workspace), deletions the guard holds included.
     pub fn restore(
         &mut self,
         now: i64,
         path: &str,
     ) -> Result<Result<Vec<Outgoing>, cue_core::CommandError>, DriverError> {
+        let (written, mut out) = self.restore_missing(now, path)?;
         match self
             .engine
             .restore(now, path, &mut StoreDocs(&self.host.store))
         {
-            Ok(effects) => Ok(Ok(carry::carry_out(
-                &mut self.engine,
-                &mut self.host,
-                now,
-                effects,
-            )?)),
+            Ok(effects) => {
+                out.extend(carry::carry_out(
+                    &mut self.engine,
+                    &mut self.host,
+                    now,
+                    effects,
+                )?);
+                Ok(Ok(out))
+            }
+            Err(_) if written > 0 => Ok(Ok(out)),
             Err(e) => Ok(Err(e)),
         }
     }
@@ -401,17 +504,21 @@ impl Driver {
         self.host.record(kind, path, detail);
     }
 
-    fn trip_guard(&mut self, reason: String) {
+    fn trip_guard(&mut self, reason: String, count: usize) {
         if self.guard.is_none() {
             tracing::error!(%reason, "mass-deletion guard: deletions are no longer propagated");
             self.record(
                 ActivityKind::Error,
                 None,
                 format!(
-                    "deletions paused: {reason}; nothing was deleted on other devices. Check the folder, then restart the daemon (`cue sync stop`, `cue sync start`)"
+                    "deletions paused: {reason}; nothing was deleted on other devices. `cue sync restore .` brings the files back, `cue sync apply-deletions` deletes them on the other devices too"
                 ),
             );
-            self.guard = Some(reason);
+            self.guard = Some(Guard {
+                reason,
+                count,
+                since_ms: now_ms(),
+            });
         }
     }
 
@@ -431,6 +538,17 @@ impl Driver {
         &mut self,
         now: i64,
         progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<Outgoing>, DriverError> {
+        self.scan(now, progress, false)
+    }
+
+    /// The scan; `mass_ok` when the user said the deletions are meant (the guard does
+    /// not look at them).
+    fn scan(
+        &mut self,
+        now: i64,
+        progress: &mut dyn FnMut(usize, usize),
+        mass_ok: bool,
     ) -> Result<Vec<Outgoing>, DriverError> {
         if let Err(error) = self.rules.reload() {
             tracing::warn!(%error, "cannot reload .cueignore; keeping the old rules");
@@ -464,12 +582,15 @@ impl Driver {
         let mut found = found;
         found.ignored = self.newly_ignored(&found);
         let diff = carry::diff_scan(&self.engine, &found);
-        if carry::too_many_missing(diff.known, diff.removed.len()) {
-            self.trip_guard(format!(
-                "{} of the {} files were missing at start-up",
+        if !mass_ok && carry::too_many_missing(diff.known, diff.removed.len()) {
+            self.trip_guard(
+                format!(
+                    "{} of the {} files were missing at start-up",
+                    diff.removed.len(),
+                    diff.known
+                ),
                 diff.removed.len(),
-                diff.known
-            ));
+            );
         }
         Ok(carry::feed_scan(
             &mut self.engine,
@@ -506,7 +627,8 @@ impl Driver {
     ) -> Result<Vec<Outgoing>, DriverError> {
         let mut out = Vec::new();
         if events.iter().any(|e| matches!(e, WatchEvent::RootGone)) {
-            self.trip_guard("the workspace folder itself disappeared".to_string());
+            let known = self.engine.disk().count();
+            self.trip_guard("the workspace folder itself disappeared".to_string(), known);
         }
         self.guard_batch(&events);
         let mut rescan = false;
@@ -544,10 +666,10 @@ impl Driver {
         }
         let known = self.engine.disk().count();
         if carry::too_many_missing(known, gone.len()) {
-            self.trip_guard(format!(
-                "{} of the {known} files disappeared at once",
-                gone.len()
-            ));
+            self.trip_guard(
+                format!("{} of the {known} files disappeared at once", gone.len()),
+                gone.len(),
+            );
         }
     }
 

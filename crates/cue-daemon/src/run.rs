@@ -421,7 +421,7 @@ impl Daemon<'_> {
                     running: true,
                     pid: Some(std::process::id()),
                     connected: self.session.connected(),
-                    deletions_paused: self.driver.guard().map(str::to_string),
+                    deletions_paused: self.driver.deletions_paused(),
                 };
                 let response = Response {
                     ok: true,
@@ -432,6 +432,7 @@ impl Daemon<'_> {
             }
             Request::Restore { path } => self.driver.restore(now, &path),
             Request::Resolve { path } => self.driver.resolve(now, &path),
+            Request::ApplyDeletions => self.driver.apply_deletions(now).map(|(_, out)| Ok(out)),
         };
         match command {
             Ok(Ok(sends)) => (Response::ok(), Ok(sends)),

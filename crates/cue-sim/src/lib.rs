@@ -768,6 +768,15 @@ impl World {
         Ok(())
     }
 
+    /// `cue sync apply-deletions` on a peer.
+    pub fn apply_deletions(&mut self, peer: usize) -> usize {
+        let now = self.now_ms + self.peers[peer].clock_offset_ms;
+        let p = &mut self.peers[peer];
+        let (n, effects) = p.engine.apply_deletions(now, &mut p.store);
+        self.apply(peer, effects);
+        n
+    }
+
     pub fn resolve(&mut self, peer: usize, path: &str) -> Result<(), cue_core::CommandError> {
         let now = self.now_ms + self.peers[peer].clock_offset_ms;
         let p = &mut self.peers[peer];

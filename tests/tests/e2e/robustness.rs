@@ -90,7 +90,7 @@ fn mass_deletion_is_not_propagated() {
     // The folder vanishes at once, as an unmounted disk would.
     std::fs::remove_dir_all(a.path("mounted")).unwrap();
     wait_until("alice to pause deletions", || {
-        a.status().0["deletions_paused"].is_string()
+        a.status().0["deletions_paused"]["count"] == 22
     });
     // Later changes still flow; the deletions do not.
     a.write("after.md", "still syncing\n");
@@ -102,6 +102,42 @@ fn mass_deletion_is_not_propagated() {
             .any(|l| l.contains("\"kind\":\"error\"") && l.contains("deletions paused")),
         "{log}"
     );
+    // The way back: restore brings them back here, and the guard is lifted.
+    a.cue_ok(&["sync", "restore", "."]);
+    wait_until("the files back on alice", || {
+        (0..22).all(|i| a.read(&format!("mounted/{i:02}.md")).is_some())
+    });
+    assert!(a.status().0["deletions_paused"].is_null());
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn held_deletions_go_through_when_applied() {
+    let (_relay, a, b) = pair();
+    for i in 0..22 {
+        a.write(&format!("old/{i:02}.md"), &format!("{i}\n"));
+    }
+    a.write("other.md", "stays\n");
+    wait_until("all files on bob", || {
+        (0..22).all(|i| b.read(&format!("old/{i:02}.md")).is_some())
+    });
+    std::fs::remove_dir_all(a.path("old")).unwrap();
+    wait_until("alice to pause deletions", || {
+        !a.status().0["deletions_paused"].is_null()
+    });
+    a.cue_ok(&["sync", "apply-deletions"]);
+    // Bob's guard holds deletions from a peer as it would its own: he applies them too.
+    wait_until("bob to pause the deletions he received", || {
+        b.status().0["deletions_paused"]["count"] == 22
+    });
+    assert!((0..22).all(|i| b.read(&format!("old/{i:02}.md")).is_some()));
+    b.cue_ok(&["sync", "apply-deletions"]);
+    wait_until("the deletions on bob", || {
+        (0..22).all(|i| b.read(&format!("old/{i:02}.md")).is_none())
+    });
+    assert_eq!(b.read("other.md").as_deref(), Some("stays\n"));
+    assert!(a.status().0["deletions_paused"].is_null());
     a.stop();
     b.stop();
 }

@@ -105,7 +105,7 @@ impl Engine {
         store: &mut dyn DocStore,
     ) -> Option<Heads> {
         let (before, after, missing) = match doc {
-            DocId::Index => self.apply_to_index(remote)?,
+            DocId::Index => self.apply_to_index(from, remote, store)?,
             DocId::File(f) => self.apply_to_file(from, f, remote, store)?,
         };
         if before != after
@@ -137,8 +137,15 @@ impl Engine {
 
     /// Applies a peer's changes (or whole index) to the index: (heads before, after,
     /// whether changes they depend on are missing).
-    fn apply_to_index(&mut self, remote: Remote) -> Option<(Heads, Heads, bool)> {
+    fn apply_to_index(
+        &mut self,
+        from: DeviceId,
+        remote: Remote,
+        store: &mut dyn DocStore,
+    ) -> Option<(Heads, Heads, bool)> {
         let before = to_heads(&self.index.heads());
+        let live_before = self.live_view(store);
+        let tombs_before: BTreeSet<FileId> = self.index.tombstones().into_keys().collect();
         let am = self.index.automerge();
         let ok = match remote {
             Remote::Changes(c) => am.apply_changes(c).is_ok(),
@@ -155,8 +162,79 @@ impl Engine {
         if before != after {
             self.index_dirty = true;
             self.invalidate(Stale::View);
+            self.guard_remote_deletions(from, &live_before, &tombs_before, store);
+            // Held files a peer brought back (`restore` elsewhere) are held no more.
+            let back: Vec<FileId> = self
+                .tail3
+                .held
+                .clone()
+                .into_iter()
+                .filter(|f| self.index.tombstone(f).is_none())
+                .collect();
+            self.release_held(&back);
         }
         Some((before, after, missing))
+    }
+
+    /// The mass-deletion guard for deletions from peers: when one batch of index changes
+    /// deletes more than half of a workspace (as a local `rm -rf` would, or a hostile
+    /// member), the deletions are held: the files stay on disk here, status says so, and
+    /// the user applies or undoes them. While deletions are held, every later one is too.
+    fn guard_remote_deletions(
+        &mut self,
+        from: DeviceId,
+        live_before: &BTreeMap<FileId, String>,
+        tombs_before: &BTreeSet<FileId>,
+        store: &mut dyn DocStore,
+    ) {
+        let new_tombs: Vec<FileId> = self
+            .index
+            .tombstones()
+            .into_keys()
+            .filter(|f| !tombs_before.contains(f) && live_before.contains_key(f))
+            .collect();
+        if new_tombs.is_empty() {
+            return;
+        }
+        let dead: Vec<FileId> = new_tombs
+            .into_iter()
+            .filter(|f| !self.is_live(*f, store))
+            .collect();
+        // Deletions arrive one change at a time (a `rm -rf` is one removal per file):
+        // they count together over a short window, measured against the workspace as it
+        // was before the window began.
+        let now = self.now_ms;
+        self.recent_remote_deletions
+            .retain(|(t, _)| now - *t <= REMOTE_GUARD_WINDOW_MS);
+        let known = live_before.len() + self.recent_remote_deletions.len();
+        self.recent_remote_deletions
+            .extend(dead.iter().map(|f| (now, *f)));
+        let deleted = self.recent_remote_deletions.len();
+        let paused = !self.tail3.held.is_empty();
+        if !paused && !crate::carry::too_many_missing(known, deleted) {
+            return;
+        }
+        let dead: Vec<FileId> = self
+            .recent_remote_deletions
+            .iter()
+            .map(|(_, f)| *f)
+            .collect();
+        if !paused {
+            let name = self.index.members().get(&from).cloned().unwrap_or_default();
+            let reason = format!("{deleted} of the {known} files were deleted at once by {name}");
+            let me = self.name.clone();
+            self.activity(
+                ActivityKind::Error,
+                None,
+                &me,
+                Some(format!(
+                    "deletions paused: {reason}; nothing was deleted here. `cue sync restore .` brings the files back everywhere, `cue sync apply-deletions` deletes them here too"
+                )),
+            );
+            self.tail3.held_reason = Some((reason, self.now_ms));
+        }
+        self.tail3.held.extend(dead);
+        self.state_dirty = true;
     }
 
     /// Applies a peer's changes (or whole document) to a file's document, as

@@ -271,6 +271,8 @@ pub struct Status {
     pub skipped: Vec<(String, u64)>,
     /// Files that could not be written here, and why (retried now and then).
     pub unwritable: Vec<(String, String)>,
+    /// Deletions from peers held by the mass-deletion guard, if any.
+    pub deletions_paused: Option<DeletionsPaused>,
     pub peers: Vec<PeerInfo>,
     pub last_full_resync_ms: Option<i64>,
     pub connected: bool,
@@ -279,6 +281,15 @@ pub struct Status {
     pub catch_up: Option<CatchUp>,
     /// Files received with their content and not yet checked against their documents.
     pub unverified: usize,
+}
+
+/// Deletions held by the mass-deletion guard (docs/reference.md §3.3): `cue sync
+/// apply-deletions` lets them through, `cue sync restore .` undoes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletionsPaused {
+    pub count: usize,
+    pub reason: String,
+    pub since_ms: i64,
 }
 
 /// How far a catch-up with a peer has got. The peer's index comes first in its answer,

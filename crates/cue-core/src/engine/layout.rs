@@ -165,6 +165,11 @@ pub(super) struct StateTail3 {
     /// `tombstone_ms` after that, never after a time another peer wrote: a peer's clock
     /// can be wrong by any amount, and a hostile member can write any time it likes.
     pub(super) tombs_seen: BTreeMap<FileId, i64>,
+    /// Deletions that arrived from peers and are held (the mass-deletion guard): the
+    /// files stay on disk here until the user applies or undoes them.
+    pub(super) held: BTreeSet<FileId>,
+    /// Why they are held, and since when (this peer's clock).
+    pub(super) held_reason: Option<(String, i64)>,
 }
 
 pub(super) fn encode_state(

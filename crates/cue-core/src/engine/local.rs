@@ -105,6 +105,7 @@ impl Engine {
         if self.index.tombstone(&file).is_some() {
             let _ = self.index.clear_tombstone(&file);
             self.commit_index();
+            self.release_held(&[file]);
         }
         self.to_reconcile.insert(file);
     }
@@ -220,24 +221,93 @@ impl Engine {
     ) -> Result<Vec<Effect>, CommandError> {
         self.now_ms = now_ms;
         let live = self.live_view(store);
-        if live.values().any(|p| p == path) {
+        let restored = if path == "." || !self.tombstoned_under(path).is_empty() {
+            self.restore_under(path, &live)
+        } else if live.values().any(|p| p == path) {
             return Err(CommandError::PathTaken(path.to_string()));
+        } else {
+            let candidate = self
+                .index
+                .tombstones()
+                .into_iter()
+                .filter(|(f, _)| self.index.path_of(f).as_deref() == Some(path))
+                .max_by_key(|(_, t)| t.time_ms)
+                .map(|(f, _)| f)
+                .ok_or_else(|| CommandError::NotDeleted(path.to_string()))?;
+            let _ = self.index.clear_tombstone(&candidate);
+            vec![(candidate, path.to_string())]
+        };
+        if restored.is_empty() {
+            return Err(CommandError::NotDeleted(path.to_string()));
         }
-        let candidate = self
-            .index
-            .tombstones()
-            .into_iter()
-            .filter(|(f, _)| self.index.path_of(f).as_deref() == Some(path))
-            .max_by_key(|(_, t)| t.time_ms)
-            .map(|(f, _)| f)
-            .ok_or_else(|| CommandError::NotDeleted(path.to_string()))?;
-        let _ = self.index.clear_tombstone(&candidate);
         self.commit_index();
+        let ids: Vec<FileId> = restored.iter().map(|(f, _)| *f).collect();
+        self.release_held(&ids);
         let name = self.name.clone();
-        self.activity(ActivityKind::Restore, Some(path.to_string()), &name, None);
+        for (_, p) in restored {
+            self.activity(ActivityKind::Restore, Some(p), &name, None);
+        }
         Ok(self.finish(store))
     }
 
+    /// Deleted files (tombstones, held ones included) whose path is in the folder
+    /// `dir` (`.`: everywhere).
+    fn tombstoned_under(&self, dir: &str) -> Vec<(FileId, String)> {
+        let prefix = format!("{dir}/");
+        self.index
+            .tombstones()
+            .into_keys()
+            .filter_map(|f| Some((f, self.index.path_of(&f)?)))
+            .filter(|(_, p)| dir == "." || p.starts_with(&prefix))
+            .collect()
+    }
+
+    /// Brings back every deleted file in the folder `dir` whose path is free; the ones
+    /// brought back.
+    fn restore_under(
+        &mut self,
+        dir: &str,
+        live: &BTreeMap<FileId, String>,
+    ) -> Vec<(FileId, String)> {
+        let mut taken: BTreeSet<String> = live.values().cloned().collect();
+        let mut restored = Vec::new();
+        for (f, p) in self.tombstoned_under(dir) {
+            if taken.insert(p.clone()) {
+                let _ = self.index.clear_tombstone(&f);
+                restored.push((f, p));
+            }
+        }
+        restored
+    }
+
+    /// `cue sync apply-deletions`: the deletions the guard holds go through here (the
+    /// files are removed). How many.
+    pub fn apply_deletions(
+        &mut self,
+        now_ms: i64,
+        store: &mut dyn DocStore,
+    ) -> (usize, Vec<Effect>) {
+        self.now_ms = now_ms;
+        let held = std::mem::take(&mut self.tail3.held);
+        self.tail3.held_reason = None;
+        self.state_dirty = true;
+        self.to_reconcile.extend(held.iter().copied());
+        (held.len(), self.finish(store))
+    }
+
+    /// Files no longer held (brought back, or edited again).
+    pub(super) fn release_held(&mut self, files: &[FileId]) {
+        if self.tail3.held.is_empty() {
+            return;
+        }
+        for f in files {
+            self.tail3.held.remove(f);
+        }
+        if self.tail3.held.is_empty() {
+            self.tail3.held_reason = None;
+        }
+        self.state_dirty = true;
+    }
     /// Mark the conflicts reported for `path` as seen, on every peer.
     pub fn resolve(
         &mut self,

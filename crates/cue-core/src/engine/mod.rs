@@ -44,6 +44,12 @@ use view::{Stale, Unwritable};
 /// `max_file_size`; its document a little more).
 const MAX_CHUNKED_ITEM: usize = 64 * 1024 * 1024;
 const MAX_PARTIAL_ITEMS_PER_PEER: usize = 16;
+/// Above this, in partly received items from all peers together, a new piece is refused
+/// (a member can send as many partial items as it likes, and more than one member can).
+const MAX_PARTIAL_BYTES: usize = 2 * MAX_CHUNKED_ITEM;
+/// What one received piece costs besides its bytes (its place in the map), counted
+/// against the limits so that empty pieces are not free.
+const PIECE_OVERHEAD: usize = 64;
 /// Adopted documents checked per tick: ~4 ms each for a 4 KB note, so a tick stays short
 /// and 1,000 adopted files are checked within a minute at the daemon's tick rate.
 const VERIFY_PER_TICK: usize = 8;
@@ -57,6 +63,8 @@ const COMPACT_AT_REST_AFTER_MS: i64 = 2_000;
 /// A file that could not be written is tried again after this long (or as soon as the
 /// index changes, which is how a folder in the way usually goes).
 const UNWRITABLE_RETRY_MS: i64 = 60_000;
+/// Deletions from peers within this long count together for the mass-deletion guard.
+const REMOTE_GUARD_WINDOW_MS: i64 = 10_000;
 
 #[derive(Debug)]
 pub struct Engine {
@@ -108,6 +116,8 @@ pub struct Engine {
     unwritable: BTreeMap<FileId, Unwritable>,
     /// Paths this device's ignore rules exclude (see [`Input::Ignored`]).
     ignored: BTreeSet<String>,
+    /// Files peers deleted lately (when, which): the remote mass-deletion guard's window.
+    recent_remote_deletions: Vec<(i64, FileId)>,
 }
 
 pub(super) fn to_heads(h: &[ChangeHash]) -> Heads {
@@ -198,6 +208,7 @@ impl Engine {
             disk_ops: BTreeMap::new(),
             unwritable: BTreeMap::new(),
             ignored: BTreeSet::new(),
+            recent_remote_deletions: Vec::new(),
         };
         // Make sure we are in our own member list (a new workspace, or a renamed device).
         if engine.index.members().get(&device) != Some(&engine.name) {

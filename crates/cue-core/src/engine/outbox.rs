@@ -23,8 +23,10 @@ impl Engine {
         if changed {
             self.state_dirty = true;
         }
+        // A held deletion is never forgotten: the user has not decided yet.
+        let held = &self.tail3.held;
         seen.iter()
-            .filter(|(_, t)| now - **t > self.config.tombstone_ms)
+            .filter(|(f, t)| now - **t > self.config.tombstone_ms && !held.contains(*f))
             .map(|(f, _)| *f)
             .collect()
     }

@@ -189,6 +189,10 @@ impl Engine {
         total: u32,
         bytes: Vec<u8>,
     ) -> Option<Item> {
+        // Each piece costs its bytes and its place in the map: counted together, so that
+        // empty pieces of a huge `total` cannot grow memory outside the bound.
+        let cost = bytes.len() + PIECE_OVERHEAD;
+        let held_elsewhere = self.partial_bytes() - self.partial_bytes_of(&from, id);
         let peer = self.peers.entry(from).or_default();
         if total == 0 || index >= total {
             self.state.counters.dropped_chunks += 1;
@@ -200,19 +204,21 @@ impl Engine {
             peer.chunks.remove(&oldest);
             self.state.counters.dropped_chunks += 1;
         }
-        let peer = self.peers.entry(from).or_default();
         let buf = peer.chunks.entry(id).or_insert_with(|| ChunkBuf {
             total,
             parts: BTreeMap::new(),
             bytes: 0,
         });
-        if buf.total != total || buf.bytes + bytes.len() > MAX_CHUNKED_ITEM {
+        let too_big = buf.bytes + cost > MAX_CHUNKED_ITEM;
+        let too_much = held_elsewhere + buf.bytes + cost > MAX_PARTIAL_BYTES;
+        if buf.total != total || too_big || too_much {
             peer.chunks.remove(&id);
             self.state.counters.dropped_chunks += 1;
             return None;
         }
-        buf.bytes += bytes.len();
-        buf.parts.insert(index, bytes);
+        if buf.parts.insert(index, bytes).is_none() {
+            buf.bytes += cost;
+        }
         if buf.parts.len() as u32 != buf.total {
             return None;
         }
@@ -225,6 +231,22 @@ impl Engine {
             }
             Ok(item) => Some(item),
         }
+    }
+
+    /// Bytes held in partly received items, from every peer.
+    fn partial_bytes(&self) -> usize {
+        self.peers
+            .values()
+            .flat_map(|p| p.chunks.values())
+            .map(|b| b.bytes)
+            .sum()
+    }
+
+    fn partial_bytes_of(&self, from: &DeviceId, id: u64) -> usize {
+        self.peers
+            .get(from)
+            .and_then(|p| p.chunks.get(&id))
+            .map_or(0, |b| b.bytes)
     }
 
     pub(super) fn on_hello(

@@ -37,6 +37,13 @@ impl Engine {
                 + self.files.records().map(|m| m.pending.len()).sum::<usize>(),
             conflicts: self.open_conflicts(store),
             unwritable: self.unwritable_files(),
+            deletions_paused: self.tail3.held_reason.as_ref().map(|(reason, since)| {
+                DeletionsPaused {
+                    count: self.tail3.held.len(),
+                    reason: reason.clone(),
+                    since_ms: *since,
+                }
+            }),
             skipped: self
                 .state
                 .skipped

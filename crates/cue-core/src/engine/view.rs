@@ -273,6 +273,22 @@ impl Engine {
             if on_disk.is_some_and(|(p, _)| ignored(p)) || live.get(f).is_some_and(|p| ignored(p)) {
                 continue;
             }
+            // A deletion the mass-deletion guard holds: the file stays (or comes back, if
+            // it went before the guard tripped) where it was, unless a live file took
+            // the path.
+            if self.tail3.held.contains(f) && !live.contains_key(f) {
+                let path = self
+                    .index
+                    .path_of(f)
+                    .filter(|p| !owner.contains_key(p.as_str()));
+                let hash = self.files.get(f).and_then(|m| m.doc_hash);
+                if let (Some(p), Some(h)) = (path, hash)
+                    && valid_path(&p).is_ok()
+                {
+                    desired.insert(*f, Some((p, h)));
+                }
+                continue;
+            }
             let want = match (live.get(f), self.files.get(f).and_then(|m| m.doc_hash)) {
                 (Some(path), _) if owner.get(path.as_str()) != Some(f) => continue,
                 (Some(p), Some(_)) if valid_path(p).is_err() => {
