@@ -199,6 +199,17 @@ impl Peer {
         must(self.0.kill_daemon(DEADLINE));
     }
 
+    /// kill -9 the daemon and return at once with its pid: the process may still be
+    /// exiting, its lock still held, when this returns.
+    #[track_caller]
+    pub fn kill_daemon_now(&self) -> u32 {
+        let pid = self
+            .live_daemon()
+            .unwrap_or_else(|| panic!("{} has no running daemon", self.name));
+        cue_testkit::kill(pid);
+        pid
+    }
+
     /// Writes a file in place (creating folders), as most editors do.
     pub fn write(&self, rel: &str, content: &str) {
         let p = self.path(rel);

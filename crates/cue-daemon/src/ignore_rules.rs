@@ -155,6 +155,42 @@ mod tests {
     }
 
     #[test]
+    fn system_metadata_files_are_never_synced_at_any_depth() {
+        // A `.cueignore` cannot bring them back.
+        let with_reinclusion = rules("!.DS_Store\n!Thumbs.db\n!desktop.ini\n");
+        for r in [
+            IgnoreRules::from_source(Path::new("/ws"), None),
+            with_reinclusion,
+        ] {
+            for path in [
+                ".DS_Store",
+                "notes/.DS_Store",
+                "a/b/c/.DS_Store",
+                "Thumbs.db",
+                "photos/2024/Thumbs.db",
+                "thumbs.db",
+                "desktop.ini",
+                "music/Desktop.ini",
+            ] {
+                assert!(r.is_ignored(path, false), "{path}");
+            }
+            assert!(r.is_ignored("desktop.ini", true), "a folder of that name");
+            assert!(
+                r.is_ignored("desktop.ini/notes.md", false),
+                "and what is in it"
+            );
+            for path in [
+                "notes.md",
+                "notes/DS_Store.md",
+                "Thumbs.db.md",
+                "my-desktop.ini",
+            ] {
+                assert!(!r.is_ignored(path, false), "{path}");
+            }
+        }
+    }
+
+    #[test]
     fn gitignore_syntax() {
         let r = rules("# comment\n*.log\nbuild/\n/top-only.md\n!important.log\ndocs/**/draft-*\n");
         assert!(r.is_ignored("x.log", false));

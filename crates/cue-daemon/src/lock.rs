@@ -6,6 +6,11 @@
 //! file, a socket) can block the next start. `daemon.pid` is written for people and for
 //! `status`, and read only as information.
 //!
+//! The kernel drops the lock only once every thread of the dead process has exited,
+//! which takes a moment after a `kill -9` (a thread may be inside an `fsync`). Until then
+//! the lock is still held, by a process on its way out: taking the lock waits for such a
+//! holder, for at most [`EXITING_HOLDER_WAIT`], instead of calling it a running daemon.
+//!
 //! The control socket lives outside the workspace because Unix socket paths are limited
 //! to about 107 bytes: `$XDG_RUNTIME_DIR/cue/<hash>.sock`, else
 //! `<temp dir>/cue-<uid>/<hash>.sock`, where `<hash>` is the first 16 hex digits of the
@@ -16,6 +21,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// The lock file's name inside `.cuedeck/`.
 pub const LOCK_FILE: &str = "daemon.lock";
@@ -23,6 +29,14 @@ pub const LOCK_FILE: &str = "daemon.lock";
 pub const PID_FILE: &str = "daemon.pid";
 /// Socket paths must stay below this many bytes (`sun_path` is 108 on Linux, 104 on macOS).
 pub const MAX_SOCKET_PATH_BYTES: usize = 100;
+/// How long taking the lock waits for a holder that is exiting (killed, its threads not
+/// all gone yet) to let go of it.
+pub const EXITING_HOLDER_WAIT: Duration = Duration::from_secs(5);
+/// How often a held lock is looked at again while waiting.
+const RETRY_PAUSE: Duration = Duration::from_millis(10);
+/// A `probe` (from `status`) holds a shared lock for an instant: this many retries, over
+/// ~50 ms, keep it from looking like a running daemon whatever its pid file says.
+const PROBE_RETRIES: u32 = 5;
 
 /// Why the lock could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -63,23 +77,23 @@ pub struct DaemonLock {
 impl DaemonLock {
     /// Takes the lock in `cuedeck_dir` (the workspace's `.cuedeck/`) and writes the pid
     /// file, or says that another daemon holds it.
+    ///
+    /// A holder that is on its way out is waited for (see the module documentation).
     pub fn acquire(cuedeck_dir: &Path) -> Result<DaemonLock, LockError> {
         let lock_path = cuedeck_dir.join(LOCK_FILE);
         let file = open_lock_file(&lock_path)?;
-        // A `probe` (from `status`) holds a shared lock for an instant; a few retries
-        // over ~50 ms keep it from looking like a running daemon.
+        let start = Instant::now();
         let mut attempts = 0;
         loop {
             match file.try_lock() {
                 Ok(()) => break,
-                Err(TryLockError::WouldBlock) if attempts < 5 => {
-                    attempts += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
                 Err(TryLockError::WouldBlock) => {
-                    return Err(LockError::AlreadyRunning {
-                        pid: read_pid(cuedeck_dir),
-                    });
+                    attempts += 1;
+                    let pid = read_pid(cuedeck_dir);
+                    if attempts > PROBE_RETRIES && !still_waiting(start, pid) {
+                        return Err(LockError::AlreadyRunning { pid });
+                    }
+                    std::thread::sleep(RETRY_PAUSE);
                 }
                 Err(TryLockError::Error(source)) => {
                     return Err(LockError::Io {
@@ -120,6 +134,67 @@ impl DaemonLock {
             }),
         }
     }
+
+    /// [`DaemonLock::probe`] that waits (at most [`EXITING_HOLDER_WAIT`]) while the holder
+    /// is exiting, so that a daemon killed a moment ago does not count as running:
+    /// `Some(pid)` only for a holder that is not on its way out.
+    pub fn probe_running(cuedeck_dir: &Path) -> Result<Option<Option<u32>>, LockError> {
+        let start = Instant::now();
+        loop {
+            match DaemonLock::probe(cuedeck_dir)? {
+                Some(pid) if still_waiting(start, pid) => std::thread::sleep(RETRY_PAUSE),
+                held => return Ok(held),
+            }
+        }
+    }
+}
+
+/// Whether a wait that began at `start` goes on for the lock's holder, `pid` as its pid
+/// file names it: while the holder is exiting, up to [`EXITING_HOLDER_WAIT`].
+fn still_waiting(start: Instant, pid: Option<u32>) -> bool {
+    start.elapsed() < EXITING_HOLDER_WAIT && pid.is_none_or(is_exiting)
+}
+
+/// Whether process `pid` is gone or on its way out: no such process, a zombie or dead
+/// leader (state `Z` or `X` in `/proc/PID/status`, while its other threads still exit),
+/// or a SIGKILL pending that it has not acted on yet.
+///
+/// A lock held with no pid file is also waited for (by [`still_waiting`]): a daemon holds
+/// the lock without one only for the instant after taking it and before letting it go.
+pub fn is_exiting(pid: u32) -> bool {
+    let Some(raw) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(status) => proc_status_says_exiting(&status),
+        // No /proc entry: gone, if this system has /proc at all; otherwise ask the kernel.
+        Err(_) if Path::new("/proc/self/status").exists() => true,
+        Err(_) => matches!(
+            rustix::process::test_kill_process(raw),
+            Err(rustix::io::Errno::SRCH)
+        ),
+    }
+}
+
+/// The part of [`is_exiting`] that reads `/proc/PID/status`.
+fn proc_status_says_exiting(status: &str) -> bool {
+    const SIGKILL_BIT: u64 = 1 << (9 - 1);
+    status.lines().any(|line| {
+        let Some((key, value)) = line.split_once(':') else {
+            return false;
+        };
+        let value = value.trim();
+        match key {
+            "State" => value.starts_with('Z') || value.starts_with('X'),
+            "SigPnd" | "ShdPnd" => {
+                u64::from_str_radix(value, 16).is_ok_and(|mask| mask & SIGKILL_BIT != 0)
+            }
+            _ => false,
+        }
+    })
 }
 
 impl Drop for DaemonLock {
@@ -261,6 +336,79 @@ mod tests {
         assert_eq!(DaemonLock::probe(dir.path()).unwrap(), None);
         assert_eq!(read_pid(dir.path()), None);
         let _again = DaemonLock::acquire(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn an_exiting_holder_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        // Held by a process that is gone as far as the pid file says: what a kill -9 looks
+        // like while the dead daemon's threads still exit.
+        let lock = DaemonLock::acquire(dir.path()).unwrap();
+        let gone = exited_child_pid();
+        std::fs::write(dir.path().join(PID_FILE), format!("{gone}\n")).unwrap();
+        assert_eq!(DaemonLock::probe(dir.path()).unwrap(), Some(Some(gone)));
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(lock);
+        });
+        let start = Instant::now();
+        let again = DaemonLock::acquire(dir.path()).expect("waited for the exiting holder");
+        assert!(start.elapsed() < EXITING_HOLDER_WAIT);
+        release.join().unwrap();
+
+        // The same for `probe_running`.
+        std::fs::write(dir.path().join(PID_FILE), format!("{gone}\n")).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(again);
+        });
+        assert_eq!(DaemonLock::probe_running(dir.path()).unwrap(), None);
+        release.join().unwrap();
+    }
+
+    #[test]
+    fn a_live_holder_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let _lock = DaemonLock::acquire(dir.path()).unwrap();
+        let start = Instant::now();
+        assert!(matches!(
+            DaemonLock::acquire(dir.path()),
+            Err(LockError::AlreadyRunning { pid: Some(p) }) if p == std::process::id()
+        ));
+        assert_eq!(
+            DaemonLock::probe_running(dir.path()).unwrap(),
+            Some(Some(std::process::id()))
+        );
+        assert!(start.elapsed() < EXITING_HOLDER_WAIT);
+    }
+
+    #[test]
+    fn exiting_processes_are_told_from_running_ones() {
+        assert!(!is_exiting(std::process::id()));
+        assert!(is_exiting(exited_child_pid()));
+        let running = "Name:\tcue\nState:\tS (sleeping)\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000000\n";
+        assert!(!proc_status_says_exiting(running));
+        for exiting in [
+            "State:\tZ (zombie)\nShdPnd:\t0000000000000000\n",
+            "State:\tX (dead)\n",
+            "State:\tS (sleeping)\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000100\n",
+            "State:\tR (running)\nSigPnd:\t0000000000000100\n",
+        ] {
+            assert!(proc_status_says_exiting(exiting), "{exiting}");
+        }
+        // Other signals pending are not an exit.
+        assert!(!proc_status_says_exiting(
+            "State:\tS (sleeping)\nShdPnd:\t0000000000004000\n"
+        ));
+    }
+
+    /// The pid of a child that has exited and been reaped: no process has it (until the
+    /// kernel hands it out again, which takes a full turn of the pid space).
+    fn exited_child_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
     }
 
     #[test]

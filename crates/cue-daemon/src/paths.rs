@@ -9,9 +9,10 @@
 //!
 //! [`is_never_synced`] says which names cue leaves alone whatever `.cueignore` says:
 //!
-//! | pattern (on any component / on the file name) | what it is |
+//! | pattern (on any component) | what it is |
 //! | --- | --- |
-//! | `.cuedeck`, `.git` (any component, any case) | cue's own state, git's repository |
+//! | `.cuedeck`, `.git` (any case) | cue's own state, git's repository |
+//! | `.DS_Store`, `Thumbs.db`, `desktop.ini` (any case) | folder metadata macOS Finder and Windows Explorer leave in every folder they show |
 //! | `.cue-tmp-*` | cue's own temporary files (atomic writes) |
 //! | `*.swp`, `*.swo`, `*.swn`, `*.swx` | vim swap files |
 //! | `4913` | vim's "can I write here" probe file |
@@ -178,16 +179,27 @@ impl From<WorkspacePath> for String {
 }
 
 /// Whether cue leaves `rel` alone whatever `.cueignore` says: anything under `.cuedeck/` or
-/// `.git/`, and the editor and tool temporaries listed in the module documentation.
+/// `.git/`, the system's folder metadata files and the editor and tool temporaries listed
+/// in the module documentation.
 ///
 /// `rel` is a `/`-separated path relative to the workspace root; it need not be a valid
 /// [`WorkspacePath`] (the watcher asks before parsing).
+///
+/// Every rule applies to every component: a folder with such a name is left alone with
+/// everything in it, as the start-up scan, which never descends into it, leaves it.
 pub fn is_never_synced(rel: &str) -> bool {
-    let mut components = rel.split('/').filter(|c| !c.is_empty());
-    let Some(name) = rel.rsplit('/').find(|c| !c.is_empty()) else {
-        return false;
-    };
-    components.any(is_reserved_name) || is_temporary_name(name)
+    rel.split('/')
+        .filter(|c| !c.is_empty())
+        .any(|c| is_reserved_name(c) || is_system_file_name(c) || is_temporary_name(c))
+}
+
+/// Whether a file name is one of the metadata files a desktop's file manager writes into
+/// the folders it shows: macOS Finder's `.DS_Store`, Windows Explorer's `Thumbs.db` and
+/// `desktop.ini`. Compared without letter case, as both systems' file systems usually do.
+pub fn is_system_file_name(name: &str) -> bool {
+    [".DS_Store", "Thumbs.db", "desktop.ini"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
 }
 
 /// Whether a file name is an editor's or tool's temporary (see the module documentation).
@@ -368,6 +380,18 @@ mod tests {
             "sed123456",
             ".notes.md.Ab12Cd",
             ".notes.md.x9k2m1",
+            ".DS_Store",
+            "deep/er/.DS_Store",
+            ".ds_store",
+            "Thumbs.db",
+            "photos/2024/Thumbs.db",
+            "THUMBS.DB",
+            "desktop.ini",
+            "a/b/Desktop.ini",
+            "desktop.ini/notes.md",
+            ".DS_Store/notes.md",
+            "old.tmp/notes.md",
+            "backup~/notes.md",
         ] {
             assert!(is_never_synced(yes), "{yes:?} should never be synced");
         }
@@ -385,6 +409,11 @@ mod tests {
             "dir/notes.md",
             ".hidden",
             "tmp/notes.md",
+            ".DS_Store.md",
+            "my.DS_Store",
+            "Thumbs.db.md",
+            "thumbs.dbx",
+            "desktop.ini.bak",
         ] {
             assert!(!is_never_synced(no), "{no:?} should be synced");
         }

@@ -7,7 +7,10 @@
 //! reports the relay's peers joining and leaving and their messages, and sends what the
 //! main loop hands it. A message the relay refuses for rate is sent again after the
 //! relay's `retry_after_ms` (sent frames are kept a few seconds for that, bounded in
-//! bytes). A lost connection is reported and retried with exponential backoff from
+//! bytes). A direct message to a relay peer that has left the room is dropped here: the
+//! main loop learns of the leave only once it has handled every message received before
+//! it, and answering that backlog (acknowledgements, mostly) would otherwise send one
+//! message after another to a peer the relay no longer knows. A lost connection is reported and retried with exponential backoff from
 //! about 100 ms, capped at 5 s, with jitter so that many peers dropped by one relay
 //! restart do not return in lockstep. An unreachable relay is a state ("offline,
 //! retrying"), never an error.
@@ -84,6 +87,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const KEEP_SENT: Duration = Duration::from_secs(5);
 /// At most this many bytes of sent frames are kept for resending.
 const KEEP_SENT_BYTES: usize = 64 * 1024 * 1024;
+/// The relay peers that left during a connection are remembered, the latest this many:
+/// messages to an older one are long since answered.
+const LEFT_PEERS_KEPT: usize = 256;
 
 enum End {
     /// Asked to stop (or the main loop is gone).
@@ -247,14 +253,30 @@ async fn handshake(
 /// Admitted: the relay's frames become events, the main loop's commands become frames,
 /// and frames the relay refuses for rate are sent again.
 async fn exchange(
-    mut ws: Ws,
+    ws: Ws,
     events: &mpsc::UnboundedSender<RelayEvent>,
     commands: &mut mpsc::UnboundedReceiver<RelayCommand>,
 ) -> End {
     let mut out = Outbox::new();
+    let end = exchange_with(ws, events, commands, &mut out).await;
+    if out.to_left_peers > 0 {
+        tracing::debug!(
+            messages = out.to_left_peers,
+            "direct messages to peers that had left the room were dropped this connection"
+        );
+    }
+    end
+}
+
+async fn exchange_with(
+    mut ws: Ws,
+    events: &mpsc::UnboundedSender<RelayEvent>,
+    commands: &mut mpsc::UnboundedReceiver<RelayCommand>,
+    out: &mut Outbox,
+) -> End {
     loop {
         let to_send: Vec<ClientFrame> = tokio::select! {
-            msg = ws.next() => match incoming(msg, &mut out) {
+            msg = ws.next() => match incoming(msg, out) {
                 Incoming::Event(event) => {
                     if events.send(event).is_err() {
                         let _ = ws.close(None).await;
@@ -316,7 +338,10 @@ fn incoming(
     };
     match frame {
         RelayFrame::PeerJoined(p) => Incoming::Event(RelayEvent::PeerJoined(p)),
-        RelayFrame::PeerLeft(p) => Incoming::Event(RelayEvent::PeerLeft(p)),
+        RelayFrame::PeerLeft(p) => {
+            out.peer_left(p);
+            Incoming::Event(RelayEvent::PeerLeft(p))
+        }
         RelayFrame::Message {
             from,
             direct,
@@ -340,12 +365,19 @@ fn incoming(
 }
 
 /// Frames sent lately, kept [`KEEP_SENT`] (and [`KEEP_SENT_BYTES`] at most) in case the
-/// relay refuses them for rate, and refused frames waiting to be sent again.
+/// relay refuses them for rate, refused frames waiting to be sent again, and the peers
+/// that left the room (direct messages to them are dropped).
 struct Outbox {
     next_id: u64,
     sent: VecDeque<(u64, Instant, ClientFrame)>,
     sent_bytes: usize,
     retry: Vec<(Instant, ClientFrame)>,
+    /// Relay peers that left during this connection, the latest last, each with whether
+    /// a message to it was dropped yet (the first drop is logged).
+    left: VecDeque<(PeerId, bool)>,
+    /// Direct messages to peers that had left: dropped here, or refused by the relay
+    /// (`unknown_peer`) when sent before the leave was known.
+    to_left_peers: u64,
 }
 
 impl Outbox {
@@ -355,7 +387,36 @@ impl Outbox {
             sent: VecDeque::new(),
             sent_bytes: 0,
             retry: Vec::new(),
+            left: VecDeque::new(),
+            to_left_peers: 0,
         }
+    }
+
+    /// The relay said `peer` left the room: no direct message goes to it any more.
+    fn peer_left(&mut self, peer: PeerId) {
+        if self.left.len() >= LEFT_PEERS_KEPT {
+            self.left.pop_front();
+        }
+        self.left.push_back((peer, false));
+    }
+
+    /// `frames` without the direct messages to peers that left, which are counted.
+    fn sendable(&mut self, mut frames: Vec<ClientFrame>) -> Vec<ClientFrame> {
+        frames.retain(|frame| {
+            let ClientFrame::Direct { to, .. } = frame else {
+                return true;
+            };
+            let Some((_, dropped_before)) = self.left.iter_mut().find(|(p, _)| p == to) else {
+                return true;
+            };
+            if !*dropped_before {
+                *dropped_before = true;
+                tracing::debug!(peer = ?to, "dropping direct messages to a peer that left the room");
+            }
+            self.to_left_peers += 1;
+            false
+        });
+        frames
     }
 
     /// When the next refused frame is due again.
@@ -374,6 +435,13 @@ impl Outbox {
 
     /// The relay refused frame `id`: sent again after its wait if the reason passes.
     fn refused(&mut self, id: Option<u64>, reason: RefuseReason, limit: u64, retry_after_ms: u64) {
+        if reason == RefuseReason::UnknownPeer {
+            // Sent before the relay's word that the peer left reached us: expected when a
+            // peer leaves while messages to it are under way, and nothing to resend.
+            self.to_left_peers += 1;
+            tracing::debug!(?id, "the relay refused a message to a peer that left");
+            return;
+        }
         let found = id.and_then(|id| self.sent.iter().position(|(i, _, _)| *i == id));
         match found {
             Some(pos) if reason.is_transient() => {
@@ -404,7 +472,7 @@ impl Outbox {
         frames: Vec<ClientFrame>,
     ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
         let now = Instant::now();
-        for mut frame in frames {
+        for mut frame in self.sendable(frames) {
             // A fresh id per attempt, so a refusal always names the latest one.
             let id = self.next_id;
             self.next_id += 1;
@@ -481,6 +549,36 @@ mod tests {
             }
             End::Closed => panic!("expected a lost connection"),
         }
+    }
+
+    #[test]
+    fn direct_messages_to_a_peer_that_left_are_dropped_and_counted() {
+        let direct = |to: u64| ClientFrame::Direct {
+            id: 0,
+            to: PeerId(to),
+            payload: vec![1, 2, 3],
+        };
+        let broadcast = ClientFrame::Broadcast {
+            id: 0,
+            payload: vec![4],
+        };
+        let mut out = Outbox::new();
+        assert_eq!(out.sendable(vec![direct(1), direct(2)]).len(), 2);
+        out.peer_left(PeerId(1));
+        let kept = out.sendable(vec![direct(1), broadcast.clone(), direct(2), direct(1)]);
+        assert_eq!(kept, vec![broadcast, direct(2)]);
+        assert_eq!(out.to_left_peers, 2);
+        // A refusal for the same reason is counted, not warned about nor resent.
+        out.refused(Some(7), RefuseReason::UnknownPeer, 0, 0);
+        assert_eq!(out.to_left_peers, 3);
+        assert!(out.retry.is_empty());
+        // Only the latest leaves are remembered.
+        for p in 100..100 + LEFT_PEERS_KEPT as u64 {
+            out.peer_left(PeerId(p));
+        }
+        assert_eq!(out.left.len(), LEFT_PEERS_KEPT);
+        assert_eq!(out.sendable(vec![direct(1)]).len(), 1);
+        assert!(out.sendable(vec![direct(100)]).is_empty());
     }
 
     #[test]

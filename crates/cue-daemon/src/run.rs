@@ -109,7 +109,9 @@ pub fn start_background(
     deadline: Duration,
 ) -> Result<u32, RunError> {
     let ws = Workspace::open(root)?;
-    if let Ok(Some(pid)) = DaemonLock::probe(&ws.dir()) {
+    // A daemon killed a moment ago still holds the lock while its threads exit: wait for
+    // it rather than calling it running.
+    if let Ok(Some(pid)) = DaemonLock::probe_running(&ws.dir()) {
         return Err(RunError::AlreadyRunning { pid });
     }
     let exe = std::env::current_exe().map_err(|e| RunError::Spawn(e.to_string()))?;

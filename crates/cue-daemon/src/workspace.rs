@@ -6,6 +6,10 @@
 //! created with that mode (never widened and then narrowed). The store is created here
 //! too; importing the files already present is the driver's start-up scan, run by the
 //! caller right after.
+//!
+//! `.cuedeck/` also holds a `.gitignore` of `*`, so that `git add -A` in a workspace that
+//! is a git repository never stages the keys: written when the workspace is made, and
+//! when one made before it was is opened (docs/reference.md §2.1).
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -26,6 +30,11 @@ pub const SECRET_FILE: &str = "workspace.key";
 pub const DEVICE_KEY_FILE: &str = "device.key";
 /// Where the background daemon's standard streams go.
 pub const LOG_FILE: &str = "daemon.log";
+/// Keeps git away from everything in `.cuedeck/` (the keys above all).
+pub const GITIGNORE_FILE: &str = ".gitignore";
+/// What [`GITIGNORE_FILE`] holds: every name, itself included.
+const GITIGNORE_TEXT: &str =
+    "# Written by cue: nothing here is for git; workspace.key is the workspace's secret.\n*\n";
 
 /// What can go wrong with a workspace, each with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +165,32 @@ fn write_secret(path: &Path, bytes: &[u8; 32]) -> Result<(), WorkspaceError> {
     Ok(())
 }
 
+/// Writes `.cuedeck/.gitignore` unless the folder already has one (whatever its content:
+/// one a user changed is theirs). Written under a temporary name and renamed, so git never
+/// reads it half written.
+fn write_gitignore(cuedeck_dir: &Path) -> Result<(), WorkspaceError> {
+    let path = cuedeck_dir.join(GITIGNORE_FILE);
+    if std::fs::symlink_metadata(&path).is_ok() {
+        return Ok(());
+    }
+    let tmp = cuedeck_dir.join(format!("{GITIGNORE_FILE}.tmp-{}", std::process::id()));
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(GITIGNORE_TEXT.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(io_err(&path))
+}
+
 fn read_secret(path: &Path) -> Result<[u8; 32], WorkspaceError> {
     let key_err = |message: String| WorkspaceError::Key {
         path: path.to_owned(),
@@ -228,6 +263,11 @@ impl Workspace {
         let config = Config::load(&dir.join(CONFIG_FILE))?;
         let secret = WorkspaceSecret::from_bytes(read_secret(&dir.join(SECRET_FILE))?);
         let device = DeviceKey::from_bytes(&read_secret(&dir.join(DEVICE_KEY_FILE))?);
+        // A workspace made before `.cuedeck/.gitignore` existed gets one now. Failing to
+        // write it (a read-only folder) does not stop the workspace from being used.
+        if let Err(error) = write_gitignore(&dir) {
+            tracing::warn!(%error, "cannot write .cuedeck/.gitignore; git could stage the keys");
+        }
         let keys = WorkspaceKeys::derive(&secret);
         Ok(Workspace {
             root,
@@ -301,6 +341,7 @@ impl Workspace {
         let built = (|| {
             write_secret(&tmp.join(SECRET_FILE), secret.as_bytes())?;
             write_secret(&tmp.join(DEVICE_KEY_FILE), &device.to_bytes())?;
+            write_gitignore(&tmp)?;
             config.save(&tmp.join(CONFIG_FILE))?;
             drop(Store::open(&tmp.join(STORE_FILE))?);
             Ok::<(), WorkspaceError>(())
@@ -382,6 +423,46 @@ mod tests {
         assert_eq!(
             find_root(&sub).expect("root"),
             a.path().canonicalize().expect("canon")
+        );
+    }
+
+    #[test]
+    fn cuedeck_holds_a_gitignore_of_everything() {
+        let a = tempfile::tempdir().expect("tempdir");
+        let ws = Workspace::init(a.path(), None, Some("alice")).expect("init");
+        let gitignore = ws.dir().join(GITIGNORE_FILE);
+        let text = std::fs::read_to_string(&gitignore).expect("written by init");
+        assert_eq!(text.lines().rfind(|l| !l.starts_with('#')), Some("*"));
+
+        let b = tempfile::tempdir().expect("tempdir");
+        let token = ws.invite_token().expect("token");
+        let joined = Workspace::join(b.path(), &token, None, Some("bob")).expect("join");
+        assert_eq!(
+            std::fs::read_to_string(joined.dir().join(GITIGNORE_FILE)).expect("written by join"),
+            text
+        );
+
+        // A workspace made before the file existed gets it when opened.
+        std::fs::remove_file(&gitignore).expect("rm");
+        Workspace::open(a.path()).expect("open");
+        assert_eq!(
+            std::fs::read_to_string(&gitignore).expect("rewritten"),
+            text
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(ws.dir())
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+
+        // One the user changed is left as it is.
+        std::fs::write(&gitignore, "*\n!config.toml\n").expect("edit");
+        Workspace::open(a.path()).expect("open");
+        assert_eq!(
+            std::fs::read_to_string(&gitignore).expect("kept"),
+            "*\n!config.toml\n"
         );
     }
 

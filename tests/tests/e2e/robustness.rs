@@ -143,6 +143,40 @@ fn held_deletions_go_through_when_applied() {
 }
 
 #[test]
+fn system_metadata_files_are_never_synced() {
+    let (_relay, a, b) = pair();
+    // Seen by the watcher, at any depth...
+    for rel in [
+        ".DS_Store",
+        "sub/deep/.DS_Store",
+        "Thumbs.db",
+        "sub/desktop.ini",
+    ] {
+        a.write(rel, "folder metadata\n");
+    }
+    a.write("sub/deep/marker.md", "after the metadata\n");
+    wait_for_file(&b, "sub/deep/marker.md", "the marker", |_| true);
+    // ...and by the start-up scan.
+    a.stop();
+    a.write("other/Thumbs.db", "folder metadata\n");
+    a.write("other/marker.md", "after a restart\n");
+    a.start();
+    wait_for_file(&b, "other/marker.md", "the second marker", |_| true);
+    for rel in [
+        ".DS_Store",
+        "sub/deep/.DS_Store",
+        "Thumbs.db",
+        "sub/desktop.ini",
+        "other/Thumbs.db",
+    ] {
+        assert!(!b.path(rel).exists(), "{rel} reached bob");
+    }
+    assert_eq!(a.status().0["files"], 2, "only the markers are synced");
+    a.stop();
+    b.stop();
+}
+
+#[test]
 fn symlinks_are_never_followed() {
     let (_relay, a, b) = pair();
     let outside = tempfile::tempdir().unwrap();
