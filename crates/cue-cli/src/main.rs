@@ -730,9 +730,9 @@ mod tests {
         cmd.clone().debug_assert();
         let mut seen = 0;
         walk(&cmd, "cue", &mut seen);
-        // cue, sync and its 8 commands, watch, activity, activity log, relay,
+        // cue, sync and its 9 commands, watch, activity, activity log, relay,
         // completions, demo.
-        assert_eq!(seen, 16);
+        assert_eq!(seen, 17);
     }
 
     #[test]
