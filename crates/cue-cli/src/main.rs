@@ -173,8 +173,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
-            // One line: the chain of causes joined, ending with what to do.
-            eprintln!("cue: error: {error:#}");
+            // One line: the chain of causes, each said once, ending with what to do.
+            eprintln!("cue: error: {}", cue_relay::error_line(error.as_ref()));
             ExitCode::FAILURE
         }
     }

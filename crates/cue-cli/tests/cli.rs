@@ -48,3 +48,49 @@ fn completions_for_the_usual_shells() {
     }
     assert_eq!(cue(&["completions", "tcsh-ish"]).status.code(), Some(2));
 }
+
+/// `cue -C DIR args...`.
+fn cue_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cue"))
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env_remove("CUE_LOG")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run cue")
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_mistyped_invite_is_one_line_said_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).expect("mkdir");
+    std::fs::create_dir_all(&b).expect("mkdir");
+    let out = cue_in(
+        &a,
+        &["sync", "init", "--relay", "wss://relay.example.org", "--name", "a"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = String::from_utf8(cue_in(&a, &["sync", "invite"]).stdout).expect("utf-8");
+    let token = token.trim();
+    // One character changed to another of the alphabet.
+    let at = 20;
+    let swapped = if token.as_bytes()[at] == b'q' { "p" } else { "q" };
+    let mistyped = format!("{}{swapped}{}", &token[..at], &token[at + 1..]);
+    let out = cue_in(&b, &["sync", "join", &mistyped]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.starts_with("cue: error: "), "{err}");
+    assert_eq!(
+        err.matches("checksum does not match").count(),
+        1,
+        "said once: {err}"
+    );
+    assert!(!b.join(".cuedeck").exists());
+}
