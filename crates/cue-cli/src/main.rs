@@ -55,7 +55,7 @@ enum Top {
         /// Sync through the relay (the same as `cue sync start --foreground`).
         #[arg(long)]
         sync: bool,
-        /// Relay URL to use (saved into the config).
+        /// Relay URL to use from now on, ws:// or wss:// (saved into the config).
         #[arg(long, value_name = "URL")]
         relay: Option<String>,
     },
@@ -69,7 +69,11 @@ enum Top {
     #[command(
         after_help = "Example:\n  cue completions bash > ~/.local/share/bash-completion/completions/cue"
     )]
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// The shell to write the script for.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
     /// Show the whole system on this machine: a relay and two peers in temporary
     /// folders, edits on both, live convergence, figures; cleans up after itself.
     #[command(after_help = "Example:\n  cue demo")]
@@ -80,7 +84,21 @@ enum Top {
 struct RelayCmd {
     #[command(flatten)]
     relay: cue_relay::RelayArgs,
+
+    /// Log format on stderr (filter with CUE_LOG or RUST_LOG, default info).
+    #[arg(long, env = "CUE_RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
+
+/// `--log-format` of `cue relay`, as `cue-relay` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
 
 #[derive(Debug, Subcommand)]
 enum SyncCmd {
@@ -101,9 +119,15 @@ enum SyncCmd {
     /// Make this folder a copy of the workspace of TOKEN (files here are merged).
     #[command(after_help = "Example:\n  cue sync join cueinv1... --name desktop")]
     Join {
+        /// The invite token (cueinv1...) that `cue sync invite` printed on a device of the
+        /// workspace.
+        #[arg(value_name = "TOKEN")]
         token: String,
+        /// Relay URL to use instead of the one the token carries, ws:// or wss:// (saved
+        /// into the config).
         #[arg(long, value_name = "URL")]
         relay: Option<String>,
+        /// This device's name (letters, digits, '.', '_', '-'; default: the host name).
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
     },
@@ -114,7 +138,8 @@ enum SyncCmd {
     /// progress until it completes (Ctrl-C stops watching, the daemon goes on).
     #[command(after_help = "Example:\n  cue sync start --relay wss://relay.example.org")]
     Start {
-        /// Relay URL to use (saved into the config).
+        /// Relay URL to use from now on, ws:// or wss:// (saved into the config, and
+        /// carried by the invites made after it).
         #[arg(long, value_name = "URL")]
         relay: Option<String>,
         /// Run in this terminal instead of detaching.
@@ -133,10 +158,18 @@ enum SyncCmd {
     },
     /// Bring back a deleted file.
     #[command(after_help = "Example:\n  cue sync restore notes/todo.md")]
-    Restore { path: PathBuf },
+    Restore {
+        /// The deleted file, relative to the current folder.
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+    },
     /// Mark the conflicts reported for PATH as seen, on every device.
     #[command(after_help = "Example:\n  cue sync resolve notes/todo.md")]
-    Resolve { path: PathBuf },
+    Resolve {
+        /// The conflicted file or its conflict copy, relative to the current folder.
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,17 +192,48 @@ enum ActivityCmd {
     },
 }
 
+/// The command line as clap sees it. `-C` is global, but names no workspace for the
+/// commands that act on none (`relay`, `demo`, `completions`): it is left out of their
+/// help.
+fn cli_command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    // A subcommand that has an argument of the global's id keeps its own: a hidden copy.
+    let dir = cmd
+        .get_arguments()
+        .find(|a| a.get_id() == "dir")
+        .cloned()
+        .map(|a| a.global(false).hide(true));
+    if let Some(dir) = dir {
+        for name in ["relay", "demo", "completions"] {
+            cmd = cmd.mut_subcommand(name, |sub| sub.arg(dir.clone()));
+        }
+    }
+    cmd
+}
+
+fn parse() -> Result<Cli, clap::Error> {
+    use clap::FromArgMatches;
+    let mut cmd = cli_command();
+    let matches = cmd.try_get_matches_from_mut(std::env::args_os())?;
+    Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
     // The demo's own output is the point: the in-process relay's logs only on request.
-    init_logging(if matches!(cli.command, Top::Demo) {
-        "warn"
-    } else {
-        "info"
-    });
+    let json_logs = matches!(&cli.command, Top::Relay(r) if r.log_format == LogFormat::Json);
+    init_logging(
+        if matches!(cli.command, Top::Demo) {
+            "warn"
+        } else {
+            "info"
+        },
+        json_logs,
+    );
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
@@ -203,8 +267,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
 
 /// The command the arguments name, as far as they name one: `cue sync status`.
 fn command_path(args: &[String]) -> String {
-    use clap::CommandFactory;
-    let mut cmd = Cli::command();
+    let mut cmd = cli_command();
     let mut path = vec!["cue".to_string()];
     let mut args = args.iter();
     while let Some(a) = args.next() {
@@ -247,18 +310,24 @@ fn usage_line(rendered: &str) -> String {
     line
 }
 
-fn init_logging(default: &str) {
+fn init_logging(default: &str, json: bool) {
     let filter = std::env::var("CUE_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| default.to_string());
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         // Colour codes only on a terminal that takes them (NO_COLOR, CLICOLOR, TERM),
         // never in daemon.log.
-        .with_ansi(anstream::AutoStream::choice(&std::io::stderr()) != anstream::ColorChoice::Never)
-        .try_init();
+        .with_ansi(
+            !json && anstream::AutoStream::choice(&std::io::stderr()) != anstream::ColorChoice::Never,
+        );
+    let _ = if json {
+        logs.json().try_init()
+    } else {
+        logs.try_init()
+    };
 }
 
 /// The folder the command acts on: `-C DIR`, else the current one.
@@ -292,8 +361,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Top::Relay(cmd) => relay(cmd),
         Top::Completions { shell } => {
-            use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "cue", &mut std::io::stdout());
+            clap_complete::generate(shell, &mut cli_command(), "cue", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
         Top::Demo => {
@@ -708,13 +776,57 @@ mod tests {
                 }
             }
         }
-        let cmd = Cli::command();
+        let cmd = cli_command();
         cmd.clone().debug_assert();
         let mut seen = 0;
         walk(&cmd, "cue", &mut seen);
         // cue, sync and its 8 commands, watch, activity, activity log, relay,
         // completions, demo.
         assert_eq!(seen, 16);
+    }
+
+    #[test]
+    fn every_argument_and_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, seen: &mut usize) {
+            for arg in cmd.get_arguments() {
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                assert!(
+                    !help.trim().is_empty(),
+                    "`{path}`: {} has no help",
+                    arg.get_id()
+                );
+                *seen += 1;
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), seen);
+            }
+        }
+        let mut cmd = cli_command();
+        // Every subcommand built, so that each holds its copy of the global `-C` and
+        // clap's own --help and --version.
+        cmd.build();
+        let mut seen = 0;
+        walk(&cmd, "cue", &mut seen);
+        assert!(seen > 40, "walked {seen} arguments");
+    }
+
+    #[test]
+    fn dir_is_left_out_where_it_names_no_workspace() {
+        let cmd = cli_command();
+        let hidden = |name: &str| {
+            let sub = cmd.find_subcommand(name).expect("subcommand");
+            sub.get_arguments()
+                .find(|a| a.get_id() == "dir")
+                .is_some_and(|a| a.is_hide_set())
+        };
+        for name in ["relay", "demo", "completions"] {
+            assert!(hidden(name), "{name}");
+        }
+        for name in ["sync", "watch", "activity"] {
+            assert!(!hidden(name), "{name}");
+        }
+        let relay = cmd.find_subcommand("relay").expect("relay");
+        assert!(relay.get_arguments().any(|a| a.get_id() == "log_format"));
     }
 
     #[test]

@@ -94,3 +94,15 @@ fn a_mistyped_invite_is_one_line_said_once() {
     );
     assert!(!b.join(".cuedeck").exists());
 }
+
+#[test]
+fn relay_help_has_its_flags_and_not_the_workspace_option() {
+    let out = cue(&["relay", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--log-format"), "{help}");
+    assert!(help.contains("--listen"), "{help}");
+    assert!(!help.contains("-C <DIR>"), "{help}");
+    let out = cue(&["sync", "status", "--help"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("-C <DIR>"));
+}
