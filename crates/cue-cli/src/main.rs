@@ -44,7 +44,7 @@ enum Top {
     /// Workspaces and the sync daemon.
     #[command(
         subcommand,
-        after_help = "Example:\n  cue sync init --name laptop && cue sync start\n  cue sync status"
+        after_help = "Example:\n  cue sync init --relay wss://relay.example.org --name laptop && cue sync start\n  cue sync status"
     )]
     Sync(SyncCmd),
     /// Watch the folder and sync it, in the foreground (`watch --sync`).
@@ -103,8 +103,12 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum SyncCmd {
     /// Make this folder a new workspace (.cuedeck/), importing the files already here.
-    #[command(after_help = "Example:\n  cue sync init --relay ws://127.0.0.1:8080 --name laptop")]
+    #[command(
+        after_help = "Example:\n  cue sync init --relay wss://relay.example.org --name laptop\n  cue sync init --relay ws://127.0.0.1:8080   # trying it on one machine, with `cue relay`"
+    )]
     Init {
+        /// Relay URL, ws:// or wss:// (default ws://127.0.0.1:8080: this machine only);
+        /// saved into the config and carried by invites.
         #[arg(long, value_name = "URL")]
         relay: Option<String>,
         /// This device's name (letters, digits, '.', '_', '-'; default: the host name).
@@ -380,11 +384,26 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         SyncCmd::Init { relay, name } => {
             let ws = Workspace::init(base, relay.as_deref(), name.as_deref())?;
+            let url = &ws.config.sync.relay.url;
+            let origin = if relay.is_some() {
+                "from --relay"
+            } else {
+                "the default"
+            };
+            eprintln!("Relay: {url} ({origin})");
+            if relay_is_local(url) {
+                eprintln!(
+                    "warning: {url} is on this machine only (loopback): other machines cannot reach it, and invites carry it; \
+                     for a second machine, run a relay it can reach and set it with `cue sync start --relay URL` \
+                     (or `--relay URL` at `cue sync init`)"
+                );
+            }
             let files = import(&ws, false)?;
             println!(
-                "Created workspace {} in {} ({files} files imported) as device {}.",
+                "Created workspace {} in {} ({} imported) as device {}.",
                 ws.workspace_id(),
                 ws.root.display(),
+                status_view::plural(files as u64, "file", "files"),
                 ws.device_name()
             );
             println!(
@@ -394,11 +413,25 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
         }
         SyncCmd::Join { token, relay, name } => {
             let ws = Workspace::join(base, &token, relay.as_deref(), name.as_deref())?;
+            let url = &ws.config.sync.relay.url;
+            let origin = if relay.is_some() {
+                "from --relay"
+            } else {
+                "from the invite"
+            };
+            eprintln!("Relay: {url} ({origin})");
+            if relay_is_local(url) {
+                eprintln!(
+                    "warning: {url} is on loopback: it works only if the relay runs on this machine; \
+                     if it runs elsewhere, set its address with `cue sync start --relay URL`"
+                );
+            }
             let files = import(&ws, true)?;
             println!(
-                "Joined workspace {} in {} ({files} files here, merged when peers meet) as device {}.",
+                "Joined workspace {} in {} ({} here, merged when peers meet) as device {}.",
                 ws.workspace_id(),
                 ws.root.display(),
+                status_view::plural(files as u64, "file", "files"),
                 ws.device_name()
             );
             println!("Next: `cue sync start`.");
@@ -407,6 +440,14 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
         SyncCmd::Invite => {
             let ws = Workspace::open(&find_root(base)?)?;
             println!("{}", ws.invite_token()?);
+            let url = &ws.config.sync.relay.url;
+            if relay_is_local(url) {
+                eprintln!(
+                    "warning: this token carries the relay {url}, which is on this machine only (loopback): \
+                     another machine cannot reach it; set one it can reach with `cue sync start --relay URL`, \
+                     then invite again"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         SyncCmd::Start {
@@ -446,6 +487,27 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Whether a relay URL names this machine only (a loopback or unspecified address, or
+/// localhost): another machine cannot reach such a relay.
+fn relay_is_local(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("wss://")
+        .or_else(|| url.strip_prefix("ws://"))
+        .unwrap_or(url);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host == "localhost" || host.ends_with(".localhost") {
+        return true;
+    }
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.to_canonical().is_loopback() || ip.is_unspecified())
 }
 
 /// Imports the files already in a new workspace (the daemon's start-up scan, offline),
@@ -761,7 +823,6 @@ mod tests {
 
     #[test]
     fn every_command_has_help_with_an_example() {
-        use clap::CommandFactory;
         fn walk(cmd: &clap::Command, path: &str, seen: &mut usize) {
             let help = cmd
                 .get_after_help()
@@ -848,6 +909,36 @@ mod tests {
         );
         assert_eq!(command_path(&args(&["sync", "strat"])), "cue sync");
         assert_eq!(command_path(&args(&["--nope"])), "cue");
+    }
+
+    #[test]
+    fn a_relay_on_this_machine_only_is_recognised() {
+        for url in [
+            "ws://127.0.0.1:8080",
+            "ws://127.1.2.3",
+            "wss://localhost/x",
+            "ws://LOCALHOST:80",
+            "ws://relay.localhost:1",
+            "ws://[::1]:8080/",
+            "ws://[::ffff:127.0.0.1]:8080",
+            "ws://0.0.0.0:8080",
+            "ws://user@127.0.0.1:9",
+        ] {
+            assert!(relay_is_local(url), "{url}");
+        }
+        for url in [
+            "wss://relay.example.org",
+            "ws://192.168.1.10:8080",
+            "ws://[2001:db8::1]:8080",
+            "ws://localhost.example.org",
+            "ws://10.0.0.127",
+        ] {
+            assert!(!relay_is_local(url), "{url}");
+        }
+        // The default a workspace gets without --relay.
+        assert!(relay_is_local(
+            &cue_daemon::config::RelayConfig::default().url
+        ));
     }
 
     #[test]

@@ -74,7 +74,8 @@ pub fn ago(rfc3339: &str, now_ms: i64) -> String {
     }
 }
 
-fn plural(n: u64, one: &str, many: &str) -> String {
+/// `1 file`, `2 files`.
+pub fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 

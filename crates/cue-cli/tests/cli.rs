@@ -106,3 +106,59 @@ fn relay_help_has_its_flags_and_not_the_workspace_option() {
     let out = cue(&["sync", "status", "--help"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("-C <DIR>"));
 }
+
+#[test]
+fn init_says_which_relay_and_warns_when_only_this_machine_reaches_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).expect("mkdir");
+    std::fs::create_dir_all(&b).expect("mkdir");
+
+    // Without --relay: the default, on loopback, said and warned about, with the way out.
+    let out = cue_in(&a, &["sync", "init", "--name", "laptop"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let mut lines = err.lines();
+    assert_eq!(
+        lines.next(),
+        Some("Relay: ws://127.0.0.1:8080 (the default)"),
+        "{err}"
+    );
+    let warning = lines.next().unwrap_or_default();
+    assert!(warning.starts_with("warning: ws://127.0.0.1:8080 "), "{err}");
+    assert!(
+        warning.contains("other machines cannot reach it")
+            && warning.contains("cue sync start --relay URL"),
+        "{err}"
+    );
+    // The invite carries it: said again, on stderr, the token alone on stdout.
+    let out = cue_in(&a, &["sync", "invite"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert!(
+        stderr(&out).contains("warning: this token carries the relay ws://127.0.0.1:8080"),
+        "{}",
+        stderr(&out)
+    );
+
+    // With a relay other machines can reach: said, no warning.
+    let out = cue_in(
+        &b,
+        &[
+            "sync",
+            "init",
+            "--relay",
+            "wss://relay.example.org",
+            "--name",
+            "desktop",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        "Relay: wss://relay.example.org (from --relay)"
+    );
+    let out = cue_in(&b, &["sync", "invite"]);
+    assert!(out.status.success());
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+}
