@@ -761,14 +761,27 @@ fn activity_log(
     }
 }
 
+/// A time for people: local (`TZ`, else the system's zone), to the second, with the
+/// offset: `2026-11-22 12:55:34 +09:00`. JSON keeps RFC 3339 UTC (docs/reference.md
+/// §1.10).
+fn local_time(ms: i64, zone: &jiff::tz::TimeZone) -> String {
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(t) => t
+            .to_zoned(zone.clone())
+            .strftime("%Y-%m-%d %H:%M:%S %:z")
+            .to_string(),
+        Err(_) => control::rfc3339(ms),
+    }
+}
+
 fn print_entries(entries: Vec<cue_daemon::ActivityEntry>, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
+    let zone = jiff::tz::TimeZone::system();
     for e in entries {
         let r = e.record;
-        let time = control::rfc3339(r.time_ms);
         if json {
             let line = serde_json::json!({
-                "time": time,
+                "time": control::rfc3339(r.time_ms),
                 "kind": r.kind.as_str(),
                 "path": r.path,
                 "device": r.device,
@@ -776,6 +789,7 @@ fn print_entries(entries: Vec<cue_daemon::ActivityEntry>, json: bool) -> anyhow:
             });
             writeln!(out, "{line}")?;
         } else {
+            let time = local_time(r.time_ms, &zone);
             let mut line = format!("{time}  {:<13} {}", r.kind.as_str(), r.device);
             if let Some(p) = &r.path {
                 line.push_str(&format!("  {p}"));
@@ -939,6 +953,19 @@ mod tests {
         assert!(relay_is_local(
             &cue_daemon::config::RelayConfig::default().url
         ));
+    }
+
+    #[test]
+    fn activity_times_are_local_for_people() {
+        // 2026-11-22T03:55:34.977Z
+        let ms = 1_795_319_734_977;
+        assert_eq!(control::rfc3339(ms), "2026-11-22T03:55:34.977Z");
+        let tokyo = jiff::tz::TimeZone::get("Asia/Tokyo").expect("the tz database");
+        assert_eq!(local_time(ms, &tokyo), "2026-11-22 12:55:34 +09:00");
+        assert_eq!(
+            local_time(ms, &jiff::tz::TimeZone::UTC),
+            "2026-11-22 03:55:34 +00:00"
+        );
     }
 
     #[test]

@@ -162,3 +162,44 @@ fn init_says_which_relay_and_warns_when_only_this_machine_reaches_it() {
     assert!(out.status.success());
     assert!(stderr(&out).is_empty(), "{}", stderr(&out));
 }
+
+#[test]
+fn activity_times_are_local_for_people_and_utc_in_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ws = dir.path();
+    std::fs::write(ws.join("a.md"), "a\n").expect("write");
+    let out = cue_in(
+        ws,
+        &["sync", "init", "--relay", "wss://relay.example.org", "--name", "a"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A deletion and a restore, without a daemon: entries in the log.
+    std::fs::remove_file(ws.join("a.md")).expect("rm");
+    assert!(cue_in(ws, &["sync", "restore", "a.md"]).status.success());
+    let log = |tz: &str, json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cue"));
+        cmd.arg("-C").arg(ws).args(["activity", "log"]).env("TZ", tz);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().expect("run cue");
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let tokyo = log("Asia/Tokyo", false);
+    assert!(tokyo.contains("restore"), "{tokyo}");
+    for line in tokyo.lines() {
+        // 2026-11-22 12:55:34 +09:00  restore  a  a.md
+        assert_eq!(line.get(19..27), Some(" +09:00 "), "{line}");
+    }
+    let utc = log("UTC", false);
+    assert!(utc.lines().all(|l| l.get(19..27) == Some(" +00:00 ")), "{utc}");
+    for line in log("Asia/Tokyo", true).lines() {
+        let time = line
+            .split("\"time\":\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a time");
+        assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{time}");
+    }
+}
