@@ -99,7 +99,6 @@ enum LogFormat {
     Json,
 }
 
-
 #[derive(Debug, Subcommand)]
 enum SyncCmd {
     /// Make this folder a new workspace (.cuedeck/), importing the files already here.
@@ -325,7 +324,8 @@ fn init_logging(default: &str, json: bool) {
         // Colour codes only on a terminal that takes them (NO_COLOR, CLICOLOR, TERM),
         // never in daemon.log.
         .with_ansi(
-            !json && anstream::AutoStream::choice(&std::io::stderr()) != anstream::ColorChoice::Never,
+            !json
+                && anstream::AutoStream::choice(&std::io::stderr()) != anstream::ColorChoice::Never,
         );
     let _ = if json {
         logs.json().try_init()

@@ -126,10 +126,7 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
     } else if pending > 0 {
         paint.paint(
             WARN,
-            &format!(
-                "{} not yet confirmed",
-                plural(pending, "change", "changes")
-            ),
+            &format!("{} not yet confirmed", plural(pending, "change", "changes")),
         )
     } else if r.deletions_paused.is_some() {
         paint.paint(BAD, "deletions paused")
@@ -517,7 +514,9 @@ mod tests {
         });
         let text = render(&r, home(), NOW, OFF);
         assert!(
-            text.starts_with("~/notes: waiting for a first sync · relay connected · 0 peers online\n"),
+            text.starts_with(
+                "~/notes: waiting for a first sync · relay connected · 0 peers online\n"
+            ),
             "{text}"
         );
         assert!(!text.contains("Pending changes"), "{text}");
@@ -529,7 +528,10 @@ mod tests {
             text.starts_with("~/notes: 1 change not yet confirmed · "),
             "{text}"
         );
-        assert!(text.contains("Pending changes:\n  1 change made here"), "{text}");
+        assert!(
+            text.contains("Pending changes:\n  1 change made here"),
+            "{text}"
+        );
     }
 
     #[test]

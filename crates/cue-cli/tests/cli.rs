@@ -73,14 +73,25 @@ fn a_mistyped_invite_is_one_line_said_once() {
     std::fs::create_dir_all(&b).expect("mkdir");
     let out = cue_in(
         &a,
-        &["sync", "init", "--relay", "wss://relay.example.org", "--name", "a"],
+        &[
+            "sync",
+            "init",
+            "--relay",
+            "wss://relay.example.org",
+            "--name",
+            "a",
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let token = String::from_utf8(cue_in(&a, &["sync", "invite"]).stdout).expect("utf-8");
     let token = token.trim();
     // One character changed to another of the alphabet.
     let at = 20;
-    let swapped = if token.as_bytes()[at] == b'q' { "p" } else { "q" };
+    let swapped = if token.as_bytes()[at] == b'q' {
+        "p"
+    } else {
+        "q"
+    };
     let mistyped = format!("{}{swapped}{}", &token[..at], &token[at + 1..]);
     let out = cue_in(&b, &["sync", "join", &mistyped]);
     assert_eq!(out.status.code(), Some(1));
@@ -125,7 +136,10 @@ fn init_says_which_relay_and_warns_when_only_this_machine_reaches_it() {
         "{err}"
     );
     let warning = lines.next().unwrap_or_default();
-    assert!(warning.starts_with("warning: ws://127.0.0.1:8080 "), "{err}");
+    assert!(
+        warning.starts_with("warning: ws://127.0.0.1:8080 "),
+        "{err}"
+    );
     assert!(
         warning.contains("other machines cannot reach it")
             && warning.contains("cue sync start --relay URL"),
@@ -170,7 +184,14 @@ fn activity_times_are_local_for_people_and_utc_in_json() {
     std::fs::write(ws.join("a.md"), "a\n").expect("write");
     let out = cue_in(
         ws,
-        &["sync", "init", "--relay", "wss://relay.example.org", "--name", "a"],
+        &[
+            "sync",
+            "init",
+            "--relay",
+            "wss://relay.example.org",
+            "--name",
+            "a",
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     // A deletion and a restore, without a daemon: entries in the log.
@@ -178,7 +199,10 @@ fn activity_times_are_local_for_people_and_utc_in_json() {
     assert!(cue_in(ws, &["sync", "restore", "a.md"]).status.success());
     let log = |tz: &str, json: bool| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cue"));
-        cmd.arg("-C").arg(ws).args(["activity", "log"]).env("TZ", tz);
+        cmd.arg("-C")
+            .arg(ws)
+            .args(["activity", "log"])
+            .env("TZ", tz);
         if json {
             cmd.arg("--json");
         }
@@ -193,7 +217,10 @@ fn activity_times_are_local_for_people_and_utc_in_json() {
         assert_eq!(line.get(19..27), Some(" +09:00 "), "{line}");
     }
     let utc = log("UTC", false);
-    assert!(utc.lines().all(|l| l.get(19..27) == Some(" +00:00 ")), "{utc}");
+    assert!(
+        utc.lines().all(|l| l.get(19..27) == Some(" +00:00 ")),
+        "{utc}"
+    );
     for line in log("Asia/Tokyo", true).lines() {
         let time = line
             .split("\"time\":\"")
