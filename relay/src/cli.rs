@@ -141,6 +141,31 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{host:?} has no address"))
 }
 
+/// An error as the one line `cue-relay` and `cue` print on stderr (docs/reference.md
+/// §1.11): the message, then each cause whose text the line does not already hold. Many
+/// errors repeat their source in their own message (`"{url}: {source}"`, or a bare
+/// `"{0}"` around another error) and also return it as their `source()`, which would
+/// otherwise print it twice. Line breaks inside a message become spaces.
+pub fn error_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = one_line(&error.to_string());
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = one_line(&cause.to_string());
+        if !text.is_empty() && !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// `250ms`, `10s`, `2m`, or a bare number of seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -169,6 +194,52 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         relay: RelayArgs,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("{0}")]
+        Bare(#[from] Inner),
+        #[error("{url}: {source}")]
+        Io { url: String, source: Inner },
+        #[error("cannot start")]
+        Plain(#[source] Inner),
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("the invite token's checksum does not match:\n  copy the whole line again")]
+    struct Inner;
+
+    #[test]
+    fn an_error_is_one_line_and_says_each_cause_once() {
+        let inner = "the invite token's checksum does not match: copy the whole line again";
+        assert_eq!(error_line(&Outer::Bare(Inner)), inner);
+        let io = Outer::Io {
+            url: "http://127.0.0.1:9/healthz".into(),
+            source: Inner,
+        };
+        assert_eq!(
+            error_line(&io),
+            format!("http://127.0.0.1:9/healthz: {inner}")
+        );
+        assert_eq!(
+            error_line(&Outer::Plain(Inner)),
+            format!("cannot start: {inner}")
+        );
+        // anyhow's context: each layer once, the repeated one dropped.
+        let error = anyhow::Error::new(Outer::Bare(Inner)).context("joining the workspace");
+        assert_eq!(
+            error_line(error.as_ref()),
+            format!("joining the workspace: {inner}")
+        );
+        // What `cue-relay healthcheck` printed twice.
+        let refused = crate::healthcheck::HealthError::Io {
+            url: "http://127.0.0.1:9/healthz".into(),
+            source: std::io::Error::from_raw_os_error(111),
+        };
+        let line = error_line(&refused);
+        assert!(line.starts_with("http://127.0.0.1:9/healthz: "), "{line}");
+        assert_eq!(line.matches("os error 111").count(), 1, "{line}");
     }
 
     #[test]

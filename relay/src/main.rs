@@ -89,7 +89,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("cue-relay: error: {error:#}");
+            eprintln!(
+                "cue-relay: error: {}",
+                cue_relay::error_line(error.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

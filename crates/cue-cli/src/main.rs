@@ -44,7 +44,7 @@ enum Top {
     /// Workspaces and the sync daemon.
     #[command(
         subcommand,
-        after_help = "Example:\n  cue sync init --name laptop && cue sync start\n  cue sync status"
+        after_help = "Example:\n  cue sync init --relay wss://relay.example.org --name laptop && cue sync start\n  cue sync status"
     )]
     Sync(SyncCmd),
     /// Watch the folder and sync it, in the foreground (`watch --sync`).
@@ -55,7 +55,7 @@ enum Top {
         /// Sync through the relay (the same as `cue sync start --foreground`).
         #[arg(long)]
         sync: bool,
-        /// Relay URL to use (saved into the config).
+        /// Relay URL to use from now on, ws:// or wss:// (saved into the config).
         #[arg(long, value_name = "URL")]
         relay: Option<String>,
     },
@@ -69,7 +69,11 @@ enum Top {
     #[command(
         after_help = "Example:\n  cue completions bash > ~/.local/share/bash-completion/completions/cue"
     )]
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// The shell to write the script for.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
     /// Show the whole system on this machine: a relay and two peers in temporary
     /// folders, edits on both, live convergence, figures; cleans up after itself.
     #[command(after_help = "Example:\n  cue demo")]
@@ -80,13 +84,30 @@ enum Top {
 struct RelayCmd {
     #[command(flatten)]
     relay: cue_relay::RelayArgs,
+
+    /// Log format on stderr (filter with CUE_LOG or RUST_LOG, default info).
+    #[arg(long, env = "CUE_RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// `--log-format` of `cue relay`, as `cue-relay` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
 enum SyncCmd {
     /// Make this folder a new workspace (.cuedeck/), importing the files already here.
-    #[command(after_help = "Example:\n  cue sync init --relay ws://127.0.0.1:8080 --name laptop")]
+    #[command(
+        after_help = "Example:\n  cue sync init --relay wss://relay.example.org --name laptop\n  cue sync init --relay ws://127.0.0.1:8080   # trying it on one machine, with `cue relay`"
+    )]
     Init {
+        /// Relay URL, ws:// or wss:// (default ws://127.0.0.1:8080: this machine only);
+        /// saved into the config and carried by invites.
         #[arg(long, value_name = "URL")]
         relay: Option<String>,
         /// This device's name (letters, digits, '.', '_', '-'; default: the host name).
@@ -101,9 +122,15 @@ enum SyncCmd {
     /// Make this folder a copy of the workspace of TOKEN (files here are merged).
     #[command(after_help = "Example:\n  cue sync join cueinv1... --name desktop")]
     Join {
+        /// The invite token (cueinv1...) that `cue sync invite` printed on a device of the
+        /// workspace.
+        #[arg(value_name = "TOKEN")]
         token: String,
+        /// Relay URL to use instead of the one the token carries, ws:// or wss:// (saved
+        /// into the config).
         #[arg(long, value_name = "URL")]
         relay: Option<String>,
+        /// This device's name (letters, digits, '.', '_', '-'; default: the host name).
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
     },
@@ -114,7 +141,8 @@ enum SyncCmd {
     /// progress until it completes (Ctrl-C stops watching, the daemon goes on).
     #[command(after_help = "Example:\n  cue sync start --relay wss://relay.example.org")]
     Start {
-        /// Relay URL to use (saved into the config).
+        /// Relay URL to use from now on, ws:// or wss:// (saved into the config, and
+        /// carried by the invites made after it).
         #[arg(long, value_name = "URL")]
         relay: Option<String>,
         /// Run in this terminal instead of detaching.
@@ -144,7 +172,11 @@ enum SyncCmd {
     ApplyDeletions,
     /// Mark the conflicts reported for PATH as seen, on every device.
     #[command(after_help = "Example:\n  cue sync resolve notes/todo.md")]
-    Resolve { path: PathBuf },
+    Resolve {
+        /// The conflicted file or its conflict copy, relative to the current folder.
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,22 +199,53 @@ enum ActivityCmd {
     },
 }
 
+/// The command line as clap sees it. `-C` is global, but names no workspace for the
+/// commands that act on none (`relay`, `demo`, `completions`): it is left out of their
+/// help.
+fn cli_command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    // A subcommand that has an argument of the global's id keeps its own: a hidden copy.
+    let dir = cmd
+        .get_arguments()
+        .find(|a| a.get_id() == "dir")
+        .cloned()
+        .map(|a| a.global(false).hide(true));
+    if let Some(dir) = dir {
+        for name in ["relay", "demo", "completions"] {
+            cmd = cmd.mut_subcommand(name, |sub| sub.arg(dir.clone()));
+        }
+    }
+    cmd
+}
+
+fn parse() -> Result<Cli, clap::Error> {
+    use clap::FromArgMatches;
+    let mut cmd = cli_command();
+    let matches = cmd.try_get_matches_from_mut(std::env::args_os())?;
+    Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
     // The demo's own output is the point: the in-process relay's logs only on request.
-    init_logging(if matches!(cli.command, Top::Demo) {
-        "warn"
-    } else {
-        "info"
-    });
+    let json_logs = matches!(&cli.command, Top::Relay(r) if r.log_format == LogFormat::Json);
+    init_logging(
+        if matches!(cli.command, Top::Demo) {
+            "warn"
+        } else {
+            "info"
+        },
+        json_logs,
+    );
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
-            // One line: the chain of causes joined, ending with what to do.
-            eprintln!("cue: error: {error:#}");
+            // One line: the chain of causes, each said once, ending with what to do.
+            eprintln!("cue: error: {}", cue_relay::error_line(error.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -211,8 +274,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
 
 /// The command the arguments name, as far as they name one: `cue sync status`.
 fn command_path(args: &[String]) -> String {
-    use clap::CommandFactory;
-    let mut cmd = Cli::command();
+    let mut cmd = cli_command();
     let mut path = vec!["cue".to_string()];
     let mut args = args.iter();
     while let Some(a) = args.next() {
@@ -255,18 +317,25 @@ fn usage_line(rendered: &str) -> String {
     line
 }
 
-fn init_logging(default: &str) {
+fn init_logging(default: &str, json: bool) {
     let filter = std::env::var("CUE_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| default.to_string());
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         // Colour codes only on a terminal that takes them (NO_COLOR, CLICOLOR, TERM),
         // never in daemon.log.
-        .with_ansi(anstream::AutoStream::choice(&std::io::stderr()) != anstream::ColorChoice::Never)
-        .try_init();
+        .with_ansi(
+            !json
+                && anstream::AutoStream::choice(&std::io::stderr()) != anstream::ColorChoice::Never,
+        );
+    let _ = if json {
+        logs.json().try_init()
+    } else {
+        logs.try_init()
+    };
 }
 
 /// The folder the command acts on: `-C DIR`, else the current one.
@@ -300,8 +369,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Top::Relay(cmd) => relay(cmd),
         Top::Completions { shell } => {
-            use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "cue", &mut std::io::stdout());
+            clap_complete::generate(shell, &mut cli_command(), "cue", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
         Top::Demo => {
@@ -320,11 +388,26 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         SyncCmd::Init { relay, name } => {
             let ws = Workspace::init(base, relay.as_deref(), name.as_deref())?;
+            let url = &ws.config.sync.relay.url;
+            let origin = if relay.is_some() {
+                "from --relay"
+            } else {
+                "the default"
+            };
+            eprintln!("Relay: {url} ({origin})");
+            if relay_is_local(url) {
+                eprintln!(
+                    "warning: {url} is on this machine only (loopback): other machines cannot reach it, and invites carry it; \
+                     for a second machine, run a relay it can reach and set it with `cue sync start --relay URL` \
+                     (or `--relay URL` at `cue sync init`)"
+                );
+            }
             let files = import(&ws, false)?;
             println!(
-                "Created workspace {} in {} ({files} files imported) as device {}.",
+                "Created workspace {} in {} ({} imported) as device {}.",
                 ws.workspace_id(),
                 ws.root.display(),
+                status_view::plural(files as u64, "file", "files"),
                 ws.device_name()
             );
             println!(
@@ -334,11 +417,25 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
         }
         SyncCmd::Join { token, relay, name } => {
             let ws = Workspace::join(base, &token, relay.as_deref(), name.as_deref())?;
+            let url = &ws.config.sync.relay.url;
+            let origin = if relay.is_some() {
+                "from --relay"
+            } else {
+                "from the invite"
+            };
+            eprintln!("Relay: {url} ({origin})");
+            if relay_is_local(url) {
+                eprintln!(
+                    "warning: {url} is on loopback: it works only if the relay runs on this machine; \
+                     if it runs elsewhere, set its address with `cue sync start --relay URL`"
+                );
+            }
             let files = import(&ws, true)?;
             println!(
-                "Joined workspace {} in {} ({files} files here, merged when peers meet) as device {}.",
+                "Joined workspace {} in {} ({} here, merged when peers meet) as device {}.",
                 ws.workspace_id(),
                 ws.root.display(),
+                status_view::plural(files as u64, "file", "files"),
                 ws.device_name()
             );
             println!("Next: `cue sync start`.");
@@ -347,6 +444,14 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
         SyncCmd::Invite => {
             let ws = Workspace::open(&find_root(base)?)?;
             println!("{}", ws.invite_token()?);
+            let url = &ws.config.sync.relay.url;
+            if relay_is_local(url) {
+                eprintln!(
+                    "warning: this token carries the relay {url}, which is on this machine only (loopback): \
+                     another machine cannot reach it; set one it can reach with `cue sync start --relay URL`, \
+                     then invite again"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         SyncCmd::Start {
@@ -395,6 +500,27 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Whether a relay URL names this machine only (a loopback or unspecified address, or
+/// localhost): another machine cannot reach such a relay.
+fn relay_is_local(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("wss://")
+        .or_else(|| url.strip_prefix("ws://"))
+        .unwrap_or(url);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host == "localhost" || host.ends_with(".localhost") {
+        return true;
+    }
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.to_canonical().is_loopback() || ip.is_unspecified())
 }
 
 /// Imports the files already in a new workspace (the daemon's start-up scan, offline),
@@ -649,14 +775,27 @@ fn activity_log(
     }
 }
 
+/// A time for people: local (`TZ`, else the system's zone), to the second, with the
+/// offset: `2026-11-22 12:55:34 +09:00`. JSON keeps RFC 3339 UTC (docs/reference.md
+/// §1.10).
+fn local_time(ms: i64, zone: &jiff::tz::TimeZone) -> String {
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(t) => t
+            .to_zoned(zone.clone())
+            .strftime("%Y-%m-%d %H:%M:%S %:z")
+            .to_string(),
+        Err(_) => control::rfc3339(ms),
+    }
+}
+
 fn print_entries(entries: Vec<cue_daemon::ActivityEntry>, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
+    let zone = jiff::tz::TimeZone::system();
     for e in entries {
         let r = e.record;
-        let time = control::rfc3339(r.time_ms);
         if json {
             let line = serde_json::json!({
-                "time": time,
+                "time": control::rfc3339(r.time_ms),
                 "kind": r.kind.as_str(),
                 "path": r.path,
                 "device": r.device,
@@ -664,6 +803,7 @@ fn print_entries(entries: Vec<cue_daemon::ActivityEntry>, json: bool) -> anyhow:
             });
             writeln!(out, "{line}")?;
         } else {
+            let time = local_time(r.time_ms, &zone);
             let mut line = format!("{time}  {:<13} {}", r.kind.as_str(), r.device);
             if let Some(p) = &r.path {
                 line.push_str(&format!("  {p}"));
@@ -711,7 +851,6 @@ mod tests {
 
     #[test]
     fn every_command_has_help_with_an_example() {
-        use clap::CommandFactory;
         fn walk(cmd: &clap::Command, path: &str, seen: &mut usize) {
             let help = cmd
                 .get_after_help()
@@ -726,13 +865,57 @@ mod tests {
                 }
             }
         }
-        let cmd = Cli::command();
+        let cmd = cli_command();
         cmd.clone().debug_assert();
         let mut seen = 0;
         walk(&cmd, "cue", &mut seen);
         // cue, sync and its 9 commands, watch, activity, activity log, relay,
         // completions, demo.
         assert_eq!(seen, 17);
+    }
+
+    #[test]
+    fn every_argument_and_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, seen: &mut usize) {
+            for arg in cmd.get_arguments() {
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                assert!(
+                    !help.trim().is_empty(),
+                    "`{path}`: {} has no help",
+                    arg.get_id()
+                );
+                *seen += 1;
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), seen);
+            }
+        }
+        let mut cmd = cli_command();
+        // Every subcommand built, so that each holds its copy of the global `-C` and
+        // clap's own --help and --version.
+        cmd.build();
+        let mut seen = 0;
+        walk(&cmd, "cue", &mut seen);
+        assert!(seen > 40, "walked {seen} arguments");
+    }
+
+    #[test]
+    fn dir_is_left_out_where_it_names_no_workspace() {
+        let cmd = cli_command();
+        let hidden = |name: &str| {
+            let sub = cmd.find_subcommand(name).expect("subcommand");
+            sub.get_arguments()
+                .find(|a| a.get_id() == "dir")
+                .is_some_and(|a| a.is_hide_set())
+        };
+        for name in ["relay", "demo", "completions"] {
+            assert!(hidden(name), "{name}");
+        }
+        for name in ["sync", "watch", "activity"] {
+            assert!(!hidden(name), "{name}");
+        }
+        let relay = cmd.find_subcommand("relay").expect("relay");
+        assert!(relay.get_arguments().any(|a| a.get_id() == "log_format"));
     }
 
     #[test]
@@ -754,6 +937,49 @@ mod tests {
         );
         assert_eq!(command_path(&args(&["sync", "strat"])), "cue sync");
         assert_eq!(command_path(&args(&["--nope"])), "cue");
+    }
+
+    #[test]
+    fn a_relay_on_this_machine_only_is_recognised() {
+        for url in [
+            "ws://127.0.0.1:8080",
+            "ws://127.1.2.3",
+            "wss://localhost/x",
+            "ws://LOCALHOST:80",
+            "ws://relay.localhost:1",
+            "ws://[::1]:8080/",
+            "ws://[::ffff:127.0.0.1]:8080",
+            "ws://0.0.0.0:8080",
+            "ws://user@127.0.0.1:9",
+        ] {
+            assert!(relay_is_local(url), "{url}");
+        }
+        for url in [
+            "wss://relay.example.org",
+            "ws://192.168.1.10:8080",
+            "ws://[2001:db8::1]:8080",
+            "ws://localhost.example.org",
+            "ws://10.0.0.127",
+        ] {
+            assert!(!relay_is_local(url), "{url}");
+        }
+        // The default a workspace gets without --relay.
+        assert!(relay_is_local(
+            &cue_daemon::config::RelayConfig::default().url
+        ));
+    }
+
+    #[test]
+    fn activity_times_are_local_for_people() {
+        // 2026-11-22T03:55:34.977Z
+        let ms = 1_795_319_734_977;
+        assert_eq!(control::rfc3339(ms), "2026-11-22T03:55:34.977Z");
+        let tokyo = jiff::tz::TimeZone::get("Asia/Tokyo").expect("the tz database");
+        assert_eq!(local_time(ms, &tokyo), "2026-11-22 12:55:34 +09:00");
+        assert_eq!(
+            local_time(ms, &jiff::tz::TimeZone::UTC),
+            "2026-11-22 03:55:34 +00:00"
+        );
     }
 
     #[test]

@@ -74,7 +74,8 @@ pub fn ago(rfc3339: &str, now_ms: i64) -> String {
     }
 }
 
-fn plural(n: u64, one: &str, many: &str) -> String {
+/// `1 file`, `2 files`.
+pub fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
@@ -105,20 +106,27 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
     let mut out = String::new();
     let running = r.daemon.running;
     let online = r.peers.iter().filter(|p| p.online).count() as u64;
+    // Until a first peer has synced, every local change is "not confirmed" (a new
+    // workspace counts several for its first file): nothing to worry about, so neither
+    // the headline nor a section counts them. The JSON keeps the count.
+    let first_peer_awaited = r.peers.iter().all(|p| p.last_sync.is_none());
+    let pending = if first_peer_awaited {
+        0
+    } else {
+        r.pending_changes
+    };
 
     // The headline.
     let mut parts: Vec<String> = Vec::new();
+    let mut said_lone = false;
     let state = if !running {
         paint.paint(BAD, "not running")
     } else if let Some(c) = &r.catch_up {
         paint.paint(WARN, &catch_up_text(c))
-    } else if r.pending_changes > 0 {
+    } else if pending > 0 {
         paint.paint(
             WARN,
-            &format!(
-                "{} not yet confirmed",
-                plural(r.pending_changes, "change", "changes")
-            ),
+            &format!("{} not yet confirmed", plural(pending, "change", "changes")),
         )
     } else if r.deletions_paused.is_some() {
         paint.paint(
@@ -137,6 +145,11 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
             BAD,
             &format!("{} cannot be written here", plural(n, "file", "files")),
         )
+    } else if r.peers.is_empty() {
+        said_lone = true;
+        "waiting for a first peer".to_string()
+    } else if first_peer_awaited && r.pending_changes > 0 {
+        "waiting for a first sync".to_string()
     } else {
         paint.paint(GOOD, "up to date")
     };
@@ -148,7 +161,9 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
             paint.paint(WARN, "offline, retrying")
         });
         if r.peers.is_empty() {
-            parts.push("no other devices yet".to_string());
+            if !said_lone {
+                parts.push("no other devices yet".to_string());
+            }
         } else {
             parts.push(plural(online, "peer online", "peers online"));
         }
@@ -183,7 +198,7 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
     } else if r.peers.is_empty() {
         hint(
             &mut out,
-            "add a device: `cue sync invite` here, then `cue sync join TOKEN` there",
+            "add a device: `cue sync invite` here, then `cue sync join TOKEN` there; it gets everything made here",
         );
     }
 
@@ -201,12 +216,12 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
             "`cue sync restore .` brings the files back, `cue sync apply-deletions` deletes them everywhere",
         );
     }
-    if r.pending_changes > 0 {
+    if pending > 0 {
         let _ = writeln!(out, "\n{}", paint.paint(HEAD, "Pending changes:"));
         let _ = writeln!(
             out,
             "  {} made here that no peer has confirmed yet",
-            plural(r.pending_changes, "change", "changes")
+            plural(pending, "change", "changes")
         );
         hint(
             &mut out,
@@ -470,8 +485,67 @@ mod tests {
         let text = render(&r, home(), NOW, OFF);
         assert_eq!(
             text,
-            "~/notes: up to date · relay connected · no other devices yet\n  \
-             (add a device: `cue sync invite` here, then `cue sync join TOKEN` there)\n"
+            "~/notes: waiting for a first peer · relay connected\n  \
+             (add a device: `cue sync invite` here, then `cue sync join TOKEN` there; it gets everything made here)\n"
+        );
+    }
+
+    #[test]
+    fn changes_no_peer_could_confirm_yet_raise_no_alarm() {
+        // Right after `init`, one file: the engine counts 3 changes, and nobody to
+        // confirm them.
+        let mut r = report();
+        r.peers.clear();
+        r.files = 1;
+        r.pending_changes = 3;
+        let lone = render(&r, home(), NOW, OFF);
+        assert!(
+            lone.starts_with("~/notes: waiting for a first peer · relay connected\n"),
+            "{lone}"
+        );
+        assert!(!lone.contains("change"), "{lone}");
+        assert!(!lone.contains('3'), "{lone}");
+
+        // A joined folder whose daemon never ran.
+        r.daemon = DaemonInfo {
+            running: false,
+            pid: None,
+        };
+        r.relay.connected = false;
+        r.pending_changes = 1;
+        let text = render(&r, home(), NOW, OFF);
+        assert_eq!(
+            text,
+            "~/notes: not running · 1 file\n  (start syncing with `cue sync start`)\n"
+        );
+
+        // Peers known, none synced yet: waiting, not alarming.
+        r.daemon.running = true;
+        r.relay.connected = true;
+        r.peers = report().peers;
+        r.peers.iter_mut().for_each(|p| {
+            p.last_sync = None;
+            p.online = false;
+        });
+        let text = render(&r, home(), NOW, OFF);
+        assert!(
+            text.starts_with(
+                "~/notes: waiting for a first sync · relay connected · 0 peers online\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("Pending changes"), "{text}");
+
+        // Once a peer has synced, unconfirmed changes are news again.
+        r.peers[0].last_sync = Some(rfc3339(NOW - 60_000));
+        let text = render(&r, home(), NOW, OFF);
+        assert!(
+            text.starts_with("~/notes: 1 change not yet confirmed · "),
+            "{text}"
+        );
+        assert!(
+            text.contains("Pending changes:\n  1 change made here"),
+            "{text}"
         );
     }
 

@@ -48,3 +48,185 @@ fn completions_for_the_usual_shells() {
     }
     assert_eq!(cue(&["completions", "tcsh-ish"]).status.code(), Some(2));
 }
+
+/// `cue -C DIR args...`.
+fn cue_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cue"))
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env_remove("CUE_LOG")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run cue")
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_mistyped_invite_is_one_line_said_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).expect("mkdir");
+    std::fs::create_dir_all(&b).expect("mkdir");
+    let out = cue_in(
+        &a,
+        &[
+            "sync",
+            "init",
+            "--relay",
+            "wss://relay.example.org",
+            "--name",
+            "a",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = String::from_utf8(cue_in(&a, &["sync", "invite"]).stdout).expect("utf-8");
+    let token = token.trim();
+    // One character changed to another of the alphabet.
+    let at = 20;
+    let swapped = if token.as_bytes()[at] == b'q' {
+        "p"
+    } else {
+        "q"
+    };
+    let mistyped = format!("{}{swapped}{}", &token[..at], &token[at + 1..]);
+    let out = cue_in(&b, &["sync", "join", &mistyped]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.starts_with("cue: error: "), "{err}");
+    assert_eq!(
+        err.matches("checksum does not match").count(),
+        1,
+        "said once: {err}"
+    );
+    assert!(!b.join(".cuedeck").exists());
+}
+
+#[test]
+fn relay_help_has_its_flags_and_not_the_workspace_option() {
+    let out = cue(&["relay", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--log-format"), "{help}");
+    assert!(help.contains("--listen"), "{help}");
+    assert!(!help.contains("-C <DIR>"), "{help}");
+    let out = cue(&["sync", "status", "--help"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("-C <DIR>"));
+}
+
+#[test]
+fn init_says_which_relay_and_warns_when_only_this_machine_reaches_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).expect("mkdir");
+    std::fs::create_dir_all(&b).expect("mkdir");
+
+    // Without --relay: the default, on loopback, said and warned about, with the way out.
+    let out = cue_in(&a, &["sync", "init", "--name", "laptop"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let mut lines = err.lines();
+    assert_eq!(
+        lines.next(),
+        Some("Relay: ws://127.0.0.1:8080 (the default)"),
+        "{err}"
+    );
+    let warning = lines.next().unwrap_or_default();
+    assert!(
+        warning.starts_with("warning: ws://127.0.0.1:8080 "),
+        "{err}"
+    );
+    assert!(
+        warning.contains("other machines cannot reach it")
+            && warning.contains("cue sync start --relay URL"),
+        "{err}"
+    );
+    // The invite carries it: said again, on stderr, the token alone on stdout.
+    let out = cue_in(&a, &["sync", "invite"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert!(
+        stderr(&out).contains("warning: this token carries the relay ws://127.0.0.1:8080"),
+        "{}",
+        stderr(&out)
+    );
+
+    // With a relay other machines can reach: said, no warning.
+    let out = cue_in(
+        &b,
+        &[
+            "sync",
+            "init",
+            "--relay",
+            "wss://relay.example.org",
+            "--name",
+            "desktop",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        "Relay: wss://relay.example.org (from --relay)"
+    );
+    let out = cue_in(&b, &["sync", "invite"]);
+    assert!(out.status.success());
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+}
+
+#[test]
+fn activity_times_are_local_for_people_and_utc_in_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ws = dir.path();
+    std::fs::write(ws.join("a.md"), "a\n").expect("write");
+    let out = cue_in(
+        ws,
+        &[
+            "sync",
+            "init",
+            "--relay",
+            "wss://relay.example.org",
+            "--name",
+            "a",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A deletion and a restore, without a daemon: entries in the log.
+    std::fs::remove_file(ws.join("a.md")).expect("rm");
+    assert!(cue_in(ws, &["sync", "restore", "a.md"]).status.success());
+    let log = |tz: &str, json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cue"));
+        cmd.arg("-C")
+            .arg(ws)
+            .args(["activity", "log"])
+            .env("TZ", tz);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().expect("run cue");
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let tokyo = log("Asia/Tokyo", false);
+    assert!(tokyo.contains("restore"), "{tokyo}");
+    for line in tokyo.lines() {
+        // 2026-11-22 12:55:34 +09:00  restore  a  a.md
+        assert_eq!(line.get(19..27), Some(" +09:00 "), "{line}");
+    }
+    let utc = log("UTC", false);
+    assert!(
+        utc.lines().all(|l| l.get(19..27) == Some(" +00:00 ")),
+        "{utc}"
+    );
+    for line in log("Asia/Tokyo", true).lines() {
+        let time = line
+            .split("\"time\":\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a time");
+        assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{time}");
+    }
+}

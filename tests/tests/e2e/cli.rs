@@ -415,5 +415,67 @@ fn the_demo_runs_and_cleans_up() {
     );
     assert!(text.contains("the same bytes on both machines"), "{text}");
     assert!(text.contains("(alice)") && text.contains("(bob)"), "{text}");
+    // Each figure says what it measures; counts agree with their nouns.
+    assert!(
+        text.contains("after bob's `cue sync start` began"),
+        "{text}"
+    );
+    assert!(
+        text.contains("6 saves synced, each timed from the save"),
+        "{text}"
+    );
+    assert!(text.contains("on alice's disk after"), "{text}");
+    assert!(text.contains("alice: 1 file, "), "{text}");
+    assert!(!text.contains(" 1 files"), "{text}");
+    assert!(
+        text.contains("restore    bob ran `cue sync restore plan.md`"),
+        "{text}"
+    );
     assert!(text.contains("removed the folders"), "{text}");
+}
+
+#[test]
+fn an_interrupted_demo_stops_its_daemons_and_removes_its_folder() {
+    use rustix::process::{Pid, Signal, kill_process};
+    use std::io::BufRead;
+    for (signal, code) in [(Signal::INT, 130), (Signal::TERM, 143)] {
+        let mut demo = std::process::Command::new(cue_e2e::cue_bin())
+            .arg("demo")
+            .env_remove("CUE_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(demo.stdout.take().unwrap()).lines();
+        // Both daemons run once bob's first sync is reported; the demo then goes on for
+        // a second or more (the concurrent edit).
+        let mut folder = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(bob) = line.strip_prefix("bob        cue sync join   -> ") {
+                folder = std::path::Path::new(bob).parent().map(|p| p.to_owned());
+            }
+            if line.starts_with("bob        first sync") {
+                break;
+            }
+        }
+        let folder = folder.expect("the demo names its folders");
+        let pids: Vec<u32> = ["alice", "bob"]
+            .iter()
+            .map(|who| {
+                let pid =
+                    std::fs::read_to_string(folder.join(who).join(".cuedeck/daemon.pid")).unwrap();
+                pid.trim().parse().unwrap()
+            })
+            .collect();
+        assert!(pids.iter().all(|&pid| !cue_testkit::gone(pid)), "{pids:?}");
+        kill_process(Pid::from_raw(demo.id() as i32).unwrap(), signal).unwrap();
+        let status = demo.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "{signal:?}");
+        wait_until("the demo's daemons to exit", || {
+            pids.iter().all(|&pid| cue_testkit::gone(pid))
+        });
+        assert!(!folder.exists(), "{} is left behind", folder.display());
+    }
 }
