@@ -212,7 +212,8 @@ impl Engine {
         self.local_change(to, content, store);
     }
 
-    /// Bring back the last content of a deleted file.
+    /// Bring back the last content of a deleted file, or of every deleted file in a
+    /// folder (`.`: the workspace), held deletions included.
     pub fn restore(
         &mut self,
         now_ms: i64,
@@ -308,6 +309,7 @@ impl Engine {
         }
         self.state_dirty = true;
     }
+
     /// Mark the conflicts reported for `path` as seen, on every peer.
     pub fn resolve(
         &mut self,
