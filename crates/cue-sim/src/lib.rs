@@ -268,6 +268,21 @@ pub struct Peer {
     pub ignored_here: BTreeSet<String>,
 }
 
+impl Peer {
+    /// The engine, and the rest of the peer as the carry-out rules see it.
+    fn split(&mut self, trace: Option<usize>) -> (&mut Engine, SimHost<'_>) {
+        let host = SimHost {
+            store: &mut self.store,
+            disk: &mut self.disk,
+            activity: &mut self.activity,
+            write_failures: &mut self.write_failures,
+            refuse_writes_under: &self.refuse_writes_under,
+            trace,
+        };
+        (&mut self.engine, host)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct InFlight {
     from: usize,
@@ -386,15 +401,8 @@ impl World {
         let now = self.now_ms + self.peers[peer].clock_offset_ms;
         let trace = std::env::var_os("CUE_SIM_TRACE").is_some().then_some(peer);
         let p = &mut self.peers[peer];
-        let mut host = SimHost {
-            store: &mut p.store,
-            disk: &mut p.disk,
-            activity: &mut p.activity,
-            write_failures: &mut p.write_failures,
-            refuse_writes_under: &p.refuse_writes_under,
-            trace,
-        };
-        let Ok(sends) = carry::handle(&mut p.engine, &mut host, now, inputs);
+        let (engine, mut host) = p.split(trace);
+        let Ok(sends) = carry::handle(engine, &mut host, now, inputs);
         self.route(peer, sends);
     }
 
@@ -402,15 +410,8 @@ impl World {
     fn apply(&mut self, peer: usize, effects: Vec<Effect>) {
         let now = self.now_ms + self.peers[peer].clock_offset_ms;
         let p = &mut self.peers[peer];
-        let mut host = SimHost {
-            store: &mut p.store,
-            disk: &mut p.disk,
-            activity: &mut p.activity,
-            write_failures: &mut p.write_failures,
-            refuse_writes_under: &p.refuse_writes_under,
-            trace: None,
-        };
-        let Ok(sends) = carry::carry_out(&mut p.engine, &mut host, now, effects);
+        let (engine, mut host) = p.split(None);
+        let Ok(sends) = carry::carry_out(engine, &mut host, now, effects);
         self.route(peer, sends);
     }
 
@@ -591,16 +592,9 @@ impl World {
         }
         let now = self.now_ms + p.clock_offset_ms;
         let paused = p.guard.is_some();
-        let mut host = SimHost {
-            store: &mut p.store,
-            disk: &mut p.disk,
-            activity: &mut p.activity,
-            write_failures: &mut p.write_failures,
-            refuse_writes_under: &p.refuse_writes_under,
-            trace: None,
-        };
+        let (engine, mut host) = p.split(None);
         let Ok(sends) = carry::feed_scan(
-            &mut p.engine,
+            engine,
             &mut host,
             now,
             diff,

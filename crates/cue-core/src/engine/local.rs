@@ -298,11 +298,12 @@ impl Engine {
 
     /// Files no longer held (brought back, or edited again).
     pub(super) fn release_held(&mut self, files: &[FileId]) {
-        if self.tail3.held.is_empty() {
-            return;
-        }
+        let before = self.tail3.held.len();
         for f in files {
             self.tail3.held.remove(f);
+        }
+        if self.tail3.held.len() == before {
+            return;
         }
         if self.tail3.held.is_empty() {
             self.tail3.held_reason = None;
