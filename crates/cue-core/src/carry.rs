@@ -20,8 +20,9 @@ use crate::ids::{ContentHash, DeviceId};
 /// A message the engine wants sent: to one device, or to every peer (`None`).
 pub type Outgoing = (Option<DeviceId>, Vec<u8>);
 
-/// `WriteRefused` feedback deeper than this means the disk keeps changing under us: the
-/// rest waits for the file's next save.
+/// `WriteRefused` feedback deeper than this means the disk keeps changing under us (a
+/// program appending every few milliseconds): what the disk held is still merged, but the
+/// files are written again only at the engine's next tick ([`Input::WriteDeferred`]).
 pub const MAX_FEEDBACK_DEPTH: usize = 8;
 
 /// The mass-deletion guard trips when a workspace of at least this many files...
@@ -39,11 +40,15 @@ pub const SCAN_BATCH_FILES: usize = 64;
 pub const SCAN_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 /// What a conditional write or removal found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Done,
     /// The disk did not hold what was expected; nothing was changed.
     Unexpected,
+    /// Done, but the file replaced or removed was written to in the instant between the
+    /// check and the replacement (a program appending to it): what it held then. Fed back
+    /// as [`Input::ReplacedEdit`].
+    DoneOverEdit(Vec<u8>),
 }
 
 /// One file write the engine asked for: `bytes` at `path` if the disk holds `expect`
@@ -119,9 +124,9 @@ pub trait Host: DocStore {
     /// a write that failed is never taken for a deletion.
     fn write_failed(&mut self, path: &str, error: &Self::DiskError);
 
-    /// The disk kept changing under [`MAX_FEEDBACK_DEPTH`] refused writes in a row; the
-    /// rest of the feedback is dropped until the files' next save.
-    fn gave_up(&mut self, feedback: &[Input]);
+    /// The disk kept changing under [`MAX_FEEDBACK_DEPTH`] refused writes in a row: these
+    /// files are merged but written at the next tick.
+    fn deferred(&mut self, _paths: &[String]) {}
 }
 
 /// Feeds inputs to the engine and carries out what it returns; the messages to send.
@@ -172,12 +177,31 @@ fn carry_out_at<H: Host>(
     if !persists.is_empty() || !activities.is_empty() || !files.is_empty() {
         host.commit(persists, activities, &files)?;
     }
-    let feedback = files_to_disk(host, &files);
-    host.files_done(&files);
-    if depth >= MAX_FEEDBACK_DEPTH && !feedback.is_empty() {
-        host.gave_up(&feedback);
+    if depth > MAX_FEEDBACK_DEPTH {
+        // Merged already; written at the next tick. The engine takes its belief back.
+        let mut deferred = Vec::new();
+        for e in &files {
+            if let Effect::WriteFile { path, expect, .. } | Effect::RemoveFile { path, expect } = e
+            {
+                deferred.push(Input::WriteDeferred {
+                    path: path.clone(),
+                    expect: *expect,
+                });
+            }
+        }
+        let paths: Vec<String> = files.iter().filter_map(effect_path).collect();
+        host.deferred(&paths);
+        host.files_done(&files);
+        let effects = engine.handle_batch(now_ms, deferred, host);
+        // Taking a belief back writes nothing, and a file put off is not written again
+        // before the next tick, so this ends; the bound is a second safeguard.
+        if depth <= 2 * MAX_FEEDBACK_DEPTH {
+            sends.extend(carry_out_at(engine, host, now_ms, effects, depth + 1)?);
+        }
         return Ok(sends);
     }
+    let feedback = files_to_disk(host, &files);
+    host.files_done(&files);
     for input in feedback {
         let effects = engine.handle(now_ms, input, host);
         // The feedback's own persistence is committed before anything is sent.
@@ -221,6 +245,10 @@ fn write_all<H: Host>(host: &mut H, writes: Vec<Write>, feedback: &mut Vec<Input
     for (w, result) in writes.into_iter().zip(results) {
         match result {
             Ok(Outcome::Done) => host.written(&w.path),
+            Ok(Outcome::DoneOverEdit(content)) => {
+                host.written(&w.path);
+                replaced_edit(&w.path, content, feedback);
+            }
             Ok(Outcome::Unexpected) => after_unexpected(host, &w, feedback),
             Err(error) => failed(host, &w.path, w.expect, &error, feedback),
         }
@@ -250,7 +278,7 @@ fn after_unexpected<H: Host>(host: &mut H, w: &Write, feedback: &mut Vec<Input>)
     match host.read_file(&w.path) {
         Ok(Some(content)) => refused(&w.path, content, feedback),
         Ok(None) => match host.write_if(&w.path, &w.bytes, None) {
-            Ok(Outcome::Done) => host.written(&w.path),
+            Ok(Outcome::Done | Outcome::DoneOverEdit(_)) => host.written(&w.path),
             Ok(Outcome::Unexpected) => {
                 if let Ok(Some(content)) = host.read_file(&w.path) {
                     refused(&w.path, content, feedback);
@@ -260,6 +288,13 @@ fn after_unexpected<H: Host>(host: &mut H, w: &Write, feedback: &mut Vec<Input>)
         },
         Err(error) => failed(host, &w.path, w.expect, &error, feedback),
     }
+}
+
+fn replaced_edit(path: &str, content: Vec<u8>, feedback: &mut Vec<Input>) {
+    feedback.push(Input::ReplacedEdit {
+        path: path.to_string(),
+        content,
+    });
 }
 
 fn refused(path: &str, content: Vec<u8>, feedback: &mut Vec<Input>) {
@@ -298,8 +333,16 @@ fn remove<H: Host>(
                 refused(path, content, feedback);
             }
         }
+        Ok(Some(Outcome::DoneOverEdit(content))) => replaced_edit(path, content, feedback),
         Ok(None) => {}
         Err(error) => failed(host, path, expect, &error, feedback),
+    }
+}
+
+fn effect_path(e: &Effect) -> Option<String> {
+    match e {
+        Effect::WriteFile { path, .. } | Effect::RemoveFile { path, .. } => Some(path.clone()),
+        _ => None,
     }
 }
 

@@ -286,19 +286,25 @@ impl FileDoc {
         bytes: &[u8],
         time_s: i64,
     ) -> Result<Option<ChangeHash>, DocError> {
-        self.write_at(&[], path, bytes, time_s)
+        let own = self.doc.get_actor().clone();
+        self.write_at(&[], path, bytes, time_s, own)
     }
 
     /// Record `bytes` as an edit of the version at `base` (what was on disk when the user
     /// edited it). Remote changes merged since then are kept: the edit is made on a fork
     /// at `base` and merged back, rather than diffed against the newer merged text (which
     /// would undo the remote changes).
+    ///
+    /// A change by one actor must follow its previous one, so when this document's own
+    /// actor has changes after `base` (the user saved twice while a remote change was
+    /// merged), the edit is made under `fork_actor`, an actor used for nothing else.
     pub fn write_at(
         &mut self,
         base: &[ChangeHash],
         path: &str,
         bytes: &[u8],
         time_s: i64,
+        fork_actor: ActorId,
     ) -> Result<Option<ChangeHash>, DocError> {
         let current = self.doc.get_heads();
         let usable = !base.is_empty()
@@ -307,7 +313,13 @@ impl FileDoc {
                 .iter()
                 .all(|h| self.doc.get_change_by_hash(h).is_some());
         if usable {
-            let actor = self.doc.get_actor().clone();
+            let own = self.doc.get_actor().clone();
+            let own_since_base = self
+                .doc
+                .get_changes_meta(base)
+                .iter()
+                .any(|c| *c.actor == own);
+            let actor = if own_since_base { fork_actor } else { own };
             let fork = self.doc.fork_at(base)?.with_actor(actor);
             let mut forked = FileDoc {
                 doc: fork,
@@ -733,6 +745,50 @@ mod tests {
 
     fn actor(b: u8) -> ActorId {
         ActorId::from(vec![b; 20])
+    }
+
+    /// An edit of an older version, made after this device's own later edit (a line
+    /// appended to a file the daemon replaced a moment ago): both edits are kept. Under
+    /// the document's own actor the fork's change would repeat a sequence number and be
+    /// refused, losing the edit.
+    #[test]
+    fn an_edit_of_an_older_version_after_an_own_edit_is_kept() {
+        let mut doc = FileDoc::new(actor(1));
+        doc.write("log.md", b"one\n", 0).unwrap();
+        let v1 = doc.automerge().get_heads();
+        doc.write("log.md", b"one\ntwo\n", 0).unwrap();
+        let edit = doc
+            .write_at(&v1, "log.md", b"one\nlate\n", 0, actor(2))
+            .unwrap();
+        assert!(edit.is_some());
+        let text = String::from_utf8(doc.materialize().unwrap()).unwrap();
+        assert!(
+            text.contains("two\n") && text.contains("late\n"),
+            "{text:?}"
+        );
+        // With no own change since the base, the document's own actor is kept.
+        let v2 = doc.automerge().get_heads();
+        let mut other = FileDoc::new(actor(3));
+        other.automerge().merge(doc.automerge()).unwrap();
+        other
+            .write("log.md", &[text.as_bytes(), b"three\n"].concat(), 0)
+            .unwrap();
+        doc.automerge().merge(other.automerge()).unwrap();
+        doc.write_at(
+            &v2,
+            "log.md",
+            &[text.as_bytes(), b"mine\n"].concat(),
+            0,
+            actor(4),
+        )
+        .unwrap();
+        let actors: std::collections::BTreeSet<ActorId> = doc
+            .automerge()
+            .get_changes(&[])
+            .iter()
+            .map(|c| c.actor_id().clone())
+            .collect();
+        assert!(!actors.contains(&actor(4)), "{actors:?}");
     }
 
     use proptest::prelude::*;

@@ -403,6 +403,9 @@ impl Driver {
         now: i64,
         inputs: Vec<Input>,
     ) -> Result<Vec<Outgoing>, DriverError> {
+        for i in &inputs {
+            trace_input(i);
+        }
         let sends = carry::handle(&mut self.engine, &mut self.host, now, inputs)?;
         if self.host.pending_replay.is_some() {
             // Nothing was stored: the replay guard still goes before anything is sent.
@@ -419,7 +422,27 @@ impl Driver {
     /// Whether the next tick should come soon (see `Engine::wants_frequent_ticks`), or
     /// files written lately still wait for their second look.
     pub fn wants_frequent_ticks(&mut self) -> bool {
-        !self.host.written.is_empty() || self.engine.wants_frequent_ticks()
+        !self.host.written.is_empty()
+            || self.host.fs.watching_replaced()
+            || self.engine.wants_frequent_ticks()
+    }
+
+    /// Files a program kept writing to after a write replaced them: what they hold goes to
+    /// the engine, which keeps it as a copy. `all` at a stop.
+    pub fn late_writes(&mut self, now: i64, all: bool) -> Result<Vec<Outgoing>, DriverError> {
+        let late = self.host.fs.late_writes(all);
+        if late.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inputs = late
+            .into_iter()
+            .map(|(path, replaced, content)| Input::LateWrite {
+                path: path.as_str().to_string(),
+                replaced,
+                content,
+            })
+            .collect();
+        self.input_batch(now, inputs)
     }
 
     /// Time passed: the engine's tick, and a check of the files written lately.
@@ -430,6 +453,7 @@ impl Driver {
     /// the window has passed, and a file found missing is a removal.
     pub fn tick(&mut self, now: i64) -> Result<Vec<Outgoing>, DriverError> {
         let mut out = self.input(now, Input::Tick)?;
+        out.extend(self.late_writes(now, false)?);
         if self.host.written.is_empty() {
             return Ok(out);
         }
@@ -778,5 +802,33 @@ impl Driver {
                 content,
             },
         )
+    }
+}
+
+/// What a file input says, for the debug log (`CUE_LOG=cue_daemon=debug`).
+fn trace_input(input: &Input) {
+    match input {
+        Input::FileChanged { path, content }
+        | Input::WriteRefused { path, content }
+        | Input::ReplacedEdit { path, content } => tracing::debug!(
+            kind = input_kind(input),
+            path,
+            len = content.len(),
+            tail = ?String::from_utf8_lossy(&content[content.len().saturating_sub(16)..]),
+            "input"
+        ),
+        Input::LateWrite { path, content, .. } => {
+            tracing::debug!(kind = "late_write", path, len = content.len(), "input")
+        }
+        _ => {}
+    }
+}
+
+fn input_kind(input: &Input) -> &'static str {
+    match input {
+        Input::FileChanged { .. } => "file_changed",
+        Input::WriteRefused { .. } => "write_refused",
+        Input::ReplacedEdit { .. } => "replaced_edit",
+        _ => "other",
     }
 }

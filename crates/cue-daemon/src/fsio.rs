@@ -154,11 +154,14 @@ pub enum Expect {
 }
 
 /// Whether a conditional write or removal happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Done,
     /// The file was not as expected; nothing was changed. Re-read it and merge.
     Unexpected,
+    /// Done, but the file it replaced or removed had been written to after the check (a
+    /// program appending to it in that instant): this is what it held. Merge it.
+    DoneOverEdit(Vec<u8>),
 }
 
 /// The workspace root, opened once; every path below it is resolved by the kernel relative
@@ -170,7 +173,26 @@ pub struct WorkspaceFs {
     root_dev: u64,
     /// Cleared on the first `ENOSYS` from `openat2`; the component walk takes over.
     use_openat2: AtomicBool,
+    /// Files replaced lately, kept aside a while (see [`WorkspaceFs::late_writes`]).
+    replaced: std::sync::Mutex<Vec<Replaced>>,
 }
+
+/// A file a write replaced, kept under a temporary name next to it for
+/// [`LATE_WRITE_WINDOW`]: a program that had it open may still write to it.
+#[derive(Debug)]
+struct Replaced {
+    path: WorkspacePath,
+    aside: String,
+    /// The hash of what it held when it was replaced (that much was merged).
+    seen: [u8; 32],
+    at: std::time::Instant,
+}
+
+/// How long a replaced file is watched for late writes.
+pub const LATE_WRITE_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// At most this many replaced files are watched at once; more are removed at once.
+const MAX_REPLACED: usize = 1024;
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -204,7 +226,61 @@ impl WorkspaceFs {
             root: fd,
             root_path: root.to_owned(),
             use_openat2: AtomicBool::new(true),
+            replaced: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Files replaced at least [`LATE_WRITE_WINDOW`] ago (all of them with `all`) that a
+    /// program wrote to after the replacement (it kept the file open): their path and what
+    /// the hash of what they held when replaced, and what they hold now. The kept-aside
+    /// files are removed.
+    pub fn late_writes(&self, all: bool) -> Vec<(WorkspacePath, [u8; 32], Vec<u8>)> {
+        let due: Vec<Replaced> = {
+            let mut replaced = self.replaced.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            let (due, later) = std::mem::take(&mut *replaced)
+                .into_iter()
+                .partition(|r| all || now.duration_since(r.at) >= LATE_WRITE_WINDOW);
+            *replaced = later;
+            due
+        };
+        let mut out = Vec::new();
+        for r in due {
+            let Ok(Some(dir)) = self.open_parent(&r.path) else {
+                continue;
+            };
+            if let Ok(bytes) = read_leaf(&dir, &r.aside, &r.path)
+                && *blake3::hash(&bytes).as_bytes() != r.seen
+            {
+                out.push((r.path.clone(), r.seen, bytes));
+            }
+            let _ = rustix::fs::unlinkat(&dir, r.aside.as_str(), AtFlags::empty());
+        }
+        out
+    }
+
+    /// Whether replaced files are still watched for late writes.
+    pub fn watching_replaced(&self) -> bool {
+        !self
+            .replaced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// Keeps the file that `rel`'s write replaced (now named `aside`) for a while.
+    fn keep_replaced(&self, dir: &OwnedFd, rel: &WorkspacePath, aside: String, seen: [u8; 32]) {
+        let mut replaced = self.replaced.lock().unwrap_or_else(|p| p.into_inner());
+        if replaced.len() >= MAX_REPLACED {
+            let _ = rustix::fs::unlinkat(dir, aside.as_str(), AtFlags::empty());
+            return;
+        }
+        replaced.push(Replaced {
+            path: rel.clone(),
+            aside,
+            seen,
+            at: std::time::Instant::now(),
+        });
     }
 
     /// The path the workspace was opened with.
@@ -293,20 +369,16 @@ impl WorkspaceFs {
             check_regular(rel, st.kind)?;
         }
         let tmp = write_temp(&parent, rel, bytes, existing.map(|s| s.mode), true)?;
-        let result = (|| {
-            if !expectation_holds(&parent, rel, expect)? {
-                return Ok(Outcome::Unexpected);
-            }
-            rustix::fs::renameat(&parent, tmp.as_str(), &parent, rel.file_name())
-                .map_err(|e| FsError::io("rename into place", rel.as_str(), e))?;
-            rustix::fs::fsync(&parent)
-                .map_err(|e| FsError::io("fsync folder of", rel.as_str(), e))?;
-            Ok(Outcome::Done)
-        })();
-        if !matches!(result, Ok(Outcome::Done)) {
+        let result = replace(self, &parent, &tmp, rel, expect);
+        if !matches!(result, Ok(Outcome::Done | Outcome::DoneOverEdit(_))) {
             let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
         }
-        result
+        let outcome = result?;
+        if !matches!(outcome, Outcome::Unexpected) {
+            rustix::fs::fsync(&parent)
+                .map_err(|e| FsError::io("fsync folder of", rel.as_str(), e))?;
+        }
+        Ok(outcome)
     }
 
     /// Starts a batch of writes made durable together.
@@ -341,16 +413,27 @@ impl WorkspaceFs {
             None => return Ok(None),
             Some(st) => check_regular(rel, st.kind)?,
         }
-        if !expectation_holds(&parent, rel, expect)? {
-            return Ok(Some(Outcome::Unexpected));
+        let outcome = match expect {
+            Expect::Content(want) => match remove_checked(&parent, rel, want)? {
+                Some(outcome) => outcome,
+                None => return Ok(None),
+            },
+            _ => {
+                if !expectation_holds(&parent, rel, expect)? {
+                    return Ok(Some(Outcome::Unexpected));
+                }
+                match rustix::fs::unlinkat(&parent, rel.file_name(), AtFlags::empty()) {
+                    Ok(()) => Outcome::Done,
+                    Err(Errno::NOENT) => return Ok(None),
+                    Err(e) => return Err(FsError::io("remove", rel.as_str(), e)),
+                }
+            }
+        };
+        if !matches!(outcome, Outcome::Unexpected) {
+            rustix::fs::fsync(&parent)
+                .map_err(|e| FsError::io("fsync folder of", rel.as_str(), e))?;
         }
-        match rustix::fs::unlinkat(&parent, rel.file_name(), AtFlags::empty()) {
-            Ok(()) => {}
-            Err(Errno::NOENT) => return Ok(None),
-            Err(e) => return Err(FsError::io("remove", rel.as_str(), e)),
-        }
-        rustix::fs::fsync(&parent).map_err(|e| FsError::io("fsync folder of", rel.as_str(), e))?;
-        Ok(Some(Outcome::Done))
+        Ok(Some(outcome))
     }
 
     /// Removes a folder if it is empty; `false` when it is not empty or does not exist.
@@ -612,35 +695,17 @@ fn expectation_holds(
     match expect {
         Expect::Any => Ok(true),
         Expect::Absent => Ok(stat_leaf(parent, rel)?.is_none()),
-        Expect::Content(want) => {
-            let fd = match rustix::fs::openat(
-                parent,
-                rel.file_name(),
-                OFlags::RDONLY
-                    | OFlags::NOFOLLOW
-                    | OFlags::NONBLOCK
-                    | OFlags::NOCTTY
-                    | OFlags::CLOEXEC,
-                Mode::empty(),
-            ) {
-                Ok(fd) => fd,
-                Err(Errno::NOENT) => return Ok(false),
-                Err(Errno::LOOP) => {
-                    return Err(FsError::Symlink {
-                        path: rel.to_string(),
-                    });
-                }
-                Err(e) => return Err(FsError::io("open", rel.as_str(), e)),
-            };
-            let st = rustix::fs::fstat(&fd).map_err(|e| FsError::io("stat", rel.as_str(), e))?;
-            check_regular(rel, FileStat::from_stat(&st).kind)?;
-            let mut hasher = blake3::Hasher::new();
-            hasher
-                .update_reader(File::from(fd))
-                .map_err(|e| FsError::io("read", rel.as_str(), e))?;
-            Ok(*hasher.finalize().as_bytes() == want)
-        }
+        Expect::Content(want) => match open_leaf(parent, rel.file_name(), rel)? {
+            None => Ok(false),
+            Some(mut file) => Ok(blake3_of(&mut file, rel)? == want),
+        },
     }
+}
+
+/// A fresh name for a temporary file (ignored by the watcher and the scanner).
+fn temp_name() -> String {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{CUE_TEMP_PREFIX}{}-{n}", std::process::id())
 }
 
 /// Creates and fills a temporary file next to `rel`; returns its name. `mode` carries the
@@ -653,8 +718,7 @@ fn write_temp(
     sync: bool,
 ) -> Result<String, FsError> {
     let (name, fd) = loop {
-        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{CUE_TEMP_PREFIX}{}-{n}", std::process::id());
+        let name = temp_name();
         match rustix::fs::openat(
             parent,
             name.as_str(),
@@ -719,6 +783,9 @@ pub struct BatchOutcome {
     pub unexpected: Vec<WorkspacePath>,
     /// Not written because of an error; the rest of the batch still went through.
     pub failed: Vec<(WorkspacePath, FsError)>,
+    /// Written (and in `written`), but the replaced file had been written to at that
+    /// instant: what it held, to merge.
+    pub over_edits: Vec<(WorkspacePath, Vec<u8>)>,
 }
 
 impl WriteBatch<'_> {
@@ -814,8 +881,8 @@ impl WriteBatch<'_> {
         let mut renamed_any = false;
         for &i in indices {
             let s = &mut self.staged[i];
-            let result = rename_staged(&dir, s);
-            if !matches!(result, Ok(Outcome::Done)) {
+            let result = rename_staged(self.fs, &dir, s);
+            if !matches!(result, Ok(Outcome::Done | Outcome::DoneOverEdit(_))) {
                 let _ = rustix::fs::unlinkat(&dir, s.tmp.as_str(), AtFlags::empty());
             }
             s.done = true;
@@ -823,6 +890,11 @@ impl WriteBatch<'_> {
                 Ok(Outcome::Done) => {
                     renamed_any = true;
                     outcome.written.push(s.path.clone());
+                }
+                Ok(Outcome::DoneOverEdit(bytes)) => {
+                    renamed_any = true;
+                    outcome.written.push(s.path.clone());
+                    outcome.over_edits.push((s.path.clone(), bytes));
                 }
                 Ok(Outcome::Unexpected) => outcome.unexpected.push(s.path.clone()),
                 Err(e) => outcome.failed.push((s.path.clone(), e)),
@@ -860,16 +932,215 @@ impl WriteBatch<'_> {
 }
 
 /// Renames one staged file over its target in `dir` if the target is still as expected.
-fn rename_staged(dir: &OwnedFd, s: &Staged) -> Result<Outcome, FsError> {
+fn rename_staged(fs: &WorkspaceFs, dir: &OwnedFd, s: &Staged) -> Result<Outcome, FsError> {
     if let Some(st) = stat_leaf(dir, &s.path)? {
         check_regular(&s.path, st.kind)?;
     }
-    if !expectation_holds(dir, &s.path, s.expect)? {
+    replace(fs, dir, &s.tmp, &s.path, s.expect)
+}
+
+/// Puts the temporary file `tmp` in `rel`'s place if `rel` is as `expect` says, without a
+/// window in which a program's write to `rel` could be lost:
+/// - nothing expected: the rename refuses to replace a file created meanwhile;
+/// - a content expected: the two names are exchanged atomically, so whatever `rel` held at
+///   that instant (a file an editor renamed into place, bytes appended a moment ago) ends
+///   up under `tmp`'s name, where it is read back: anything else than `expect` comes back
+///   as [`Outcome::DoneOverEdit`] to be merged.
+///
+/// A program that keeps the replaced file open and writes to it later writes to a file no
+/// longer in the folder: that file is kept aside for [`LATE_WRITE_WINDOW`] and what is
+/// written to it meanwhile is found by [`WorkspaceFs::late_writes`].
+fn replace(
+    fs: &WorkspaceFs,
+    dir: &OwnedFd,
+    tmp: &str,
+    rel: &WorkspacePath,
+    expect: Expect,
+) -> Result<Outcome, FsError> {
+    let name = rel.file_name();
+    let rename_error = |e| FsError::io("rename into place", rel.as_str(), e);
+    match expect {
+        Expect::Any => {
+            rustix::fs::renameat(dir, tmp, dir, name).map_err(rename_error)?;
+            Ok(Outcome::Done)
+        }
+        Expect::Absent => {
+            match rustix::fs::renameat_with(dir, tmp, dir, name, RenameFlags::NOREPLACE) {
+                Ok(()) => Ok(Outcome::Done),
+                Err(Errno::EXIST) => Ok(Outcome::Unexpected),
+                // Filesystems without RENAME_NOREPLACE: check, then rename.
+                Err(Errno::INVAL | Errno::NOSYS) => {
+                    if !expectation_holds(dir, rel, expect)? {
+                        return Ok(Outcome::Unexpected);
+                    }
+                    rustix::fs::renameat(dir, tmp, dir, name).map_err(rename_error)?;
+                    Ok(Outcome::Done)
+                }
+                Err(e) => Err(rename_error(e)),
+            }
+        }
+        Expect::Content(want) => {
+            // A cheap check first: a file already changed is not replaced at all.
+            if !expectation_holds(dir, rel, expect)? {
+                return Ok(Outcome::Unexpected);
+            }
+            match rustix::fs::renameat_with(dir, tmp, dir, name, RenameFlags::EXCHANGE) {
+                Ok(()) => {}
+                Err(Errno::NOENT) => return Ok(Outcome::Unexpected),
+                Err(Errno::INVAL | Errno::NOSYS) => return replace_holding(dir, tmp, rel, want),
+                Err(e) => return Err(rename_error(e)),
+            }
+            // `tmp` now names what `rel` held at the exchange.
+            let replaced = match read_leaf(dir, tmp, rel) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    // A folder or a link was swapped in meanwhile: put it back.
+                    let _ = rustix::fs::renameat_with(dir, tmp, dir, name, RenameFlags::EXCHANGE);
+                    return Err(e);
+                }
+            };
+            let outcome = done_over(&replaced, want);
+            fs.keep_replaced(
+                dir,
+                rel,
+                tmp.to_string(),
+                *blake3::hash(&replaced).as_bytes(),
+            );
+            Ok(outcome)
+        }
+    }
+}
+
+/// [`replace`] where the filesystem cannot exchange names: the replaced file is held open
+/// across the rename and read after it, which catches writes to it (not a file renamed
+/// into place in that instant).
+fn replace_holding(
+    dir: &OwnedFd,
+    tmp: &str,
+    rel: &WorkspacePath,
+    want: [u8; 32],
+) -> Result<Outcome, FsError> {
+    let Some(mut held) = open_leaf(dir, rel.file_name(), rel)? else {
+        return Ok(Outcome::Unexpected);
+    };
+    if blake3_of(&mut held, rel)? != want {
         return Ok(Outcome::Unexpected);
     }
-    rustix::fs::renameat(dir, s.tmp.as_str(), dir, s.path.file_name())
-        .map_err(|e| FsError::io("rename into place", s.path.as_str(), e))?;
-    Ok(Outcome::Done)
+    rustix::fs::renameat(dir, tmp, dir, rel.file_name())
+        .map_err(|e| FsError::io("rename into place", rel.as_str(), e))?;
+    let mut after = Vec::new();
+    rustix::fs::seek(&held, rustix::fs::SeekFrom::Start(0))
+        .map_err(|e| FsError::io("read", rel.as_str(), e))?;
+    held.read_to_end(&mut after)
+        .map_err(|e| FsError::io("read", rel.as_str(), e))?;
+    Ok(done_over(&after, want))
+}
+
+/// Removes `rel` if it holds `want`, without losing a write made at that instant: the
+/// file is first renamed aside, then checked; if it changed it goes back (or, if a new
+/// file took its place meanwhile, its content comes back to be merged). `None` when
+/// nothing was there.
+fn remove_checked(
+    dir: &OwnedFd,
+    rel: &WorkspacePath,
+    want: [u8; 32],
+) -> Result<Option<Outcome>, FsError> {
+    if !expectation_holds(dir, rel, Expect::Content(want))? {
+        return Ok(Some(Outcome::Unexpected));
+    }
+    let aside = temp_name();
+    match rustix::fs::renameat_with(
+        dir,
+        rel.file_name(),
+        dir,
+        aside.as_str(),
+        RenameFlags::NOREPLACE,
+    )
+    .or_else(|e| match e {
+        Errno::INVAL | Errno::NOSYS => {
+            rustix::fs::renameat(dir, rel.file_name(), dir, aside.as_str())
+        }
+        e => Err(e),
+    }) {
+        Ok(()) => {}
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(FsError::io("remove", rel.as_str(), e)),
+    }
+    let held = match read_leaf(dir, &aside, rel) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let _ = rustix::fs::renameat(dir, aside.as_str(), dir, rel.file_name());
+            return Err(e);
+        }
+    };
+    if *blake3::hash(&held).as_bytes() == want {
+        rustix::fs::unlinkat(dir, aside.as_str(), AtFlags::empty())
+            .map_err(|e| FsError::io("remove", rel.as_str(), e))?;
+        return Ok(Some(Outcome::Done));
+    }
+    match rustix::fs::renameat_with(
+        dir,
+        aside.as_str(),
+        dir,
+        rel.file_name(),
+        RenameFlags::NOREPLACE,
+    ) {
+        Ok(()) => Ok(Some(Outcome::Unexpected)),
+        Err(_) => {
+            // Something new is at `rel` already: the edited file's content goes back to
+            // the engine, which keeps it.
+            let _ = rustix::fs::unlinkat(dir, aside.as_str(), AtFlags::empty());
+            Ok(Some(Outcome::DoneOverEdit(held)))
+        }
+    }
+}
+
+fn done_over(replaced: &[u8], want: [u8; 32]) -> Outcome {
+    if *blake3::hash(replaced).as_bytes() == want {
+        Outcome::Done
+    } else {
+        Outcome::DoneOverEdit(replaced.to_vec())
+    }
+}
+
+/// Opens the regular file `name` in `dir` for reading; `None` when nothing is there.
+fn open_leaf(dir: &OwnedFd, name: &str, rel: &WorkspacePath) -> Result<Option<File>, FsError> {
+    let fd = match rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(Errno::LOOP) => {
+            return Err(FsError::Symlink {
+                path: rel.to_string(),
+            });
+        }
+        Err(e) => return Err(FsError::io("open", rel.as_str(), e)),
+    };
+    let st = rustix::fs::fstat(&fd).map_err(|e| FsError::io("stat", rel.as_str(), e))?;
+    check_regular(rel, FileStat::from_stat(&st).kind)?;
+    Ok(Some(File::from(fd)))
+}
+
+/// The content of the regular file `name` in `dir` (which stands for `rel`).
+fn read_leaf(dir: &OwnedFd, name: &str, rel: &WorkspacePath) -> Result<Vec<u8>, FsError> {
+    let mut file = open_leaf(dir, name, rel)?
+        .ok_or_else(|| FsError::io("open", rel.as_str(), Errno::NOENT))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| FsError::io("read", rel.as_str(), e))?;
+    Ok(bytes)
+}
+
+fn blake3_of(file: &mut File, rel: &WorkspacePath) -> Result<[u8; 32], FsError> {
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(file)
+        .map_err(|e| FsError::io("read", rel.as_str(), e))?;
+    Ok(*hasher.finalize().as_bytes())
 }
 
 impl Drop for WriteBatch<'_> {

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use cue_core::carry::{self, Host as _, Outcome, Write};
-use cue_core::{Activity, ContentHash, DocId, DocStore, Effect, Input, Persist};
+use cue_core::{Activity, ContentHash, DocId, DocStore, Effect, Persist};
 
 use crate::fsio::{self, Expect, FsError, WorkspaceFs};
 use crate::paths::{PathError, WorkspacePath};
@@ -156,13 +156,18 @@ impl DaemonHost {
         match batch.commit() {
             Ok(outcome) => {
                 for rel in outcome.written {
-                    if let Some(i) = staged.remove(rel.as_str()) {
-                        results[i] = Some(Ok(Outcome::Done));
+                    if let Some(i) = staged.get(rel.as_str()) {
+                        results[*i] = Some(Ok(Outcome::Done));
                     }
                 }
                 for rel in outcome.unexpected {
                     if let Some(i) = staged.remove(rel.as_str()) {
                         results[i] = Some(Ok(Outcome::Unexpected));
+                    }
+                }
+                for (rel, bytes) in outcome.over_edits {
+                    if let Some(i) = staged.get(rel.as_str()) {
+                        results[*i] = Some(Ok(Outcome::DoneOverEdit(bytes)));
                     }
                 }
             }
@@ -262,11 +267,14 @@ impl carry::Host for DaemonHost {
         expect: Option<ContentHash>,
     ) -> Result<Outcome, FileError> {
         let rel = WorkspacePath::parse(path)?;
-        Ok(outcome(self.fs.write_atomic_if(
-            &rel,
-            bytes,
-            to_expect(expect),
-        )?))
+        let result = outcome(self.fs.write_atomic_if(&rel, bytes, to_expect(expect))?);
+        let what = match &result {
+            Outcome::Done => "done",
+            Outcome::Unexpected => "unexpected",
+            Outcome::DoneOverEdit(_) => "done over an edit",
+        };
+        tracing::debug!(path, len = bytes.len(), outcome = what, "write");
+        Ok(result)
     }
 
     fn write_many(&mut self, writes: &[Write]) -> Vec<Result<Outcome, FileError>> {
@@ -313,11 +321,12 @@ impl carry::Host for DaemonHost {
         tracing::error!(%error, path, "cannot write a synced file");
     }
 
-    fn gave_up(&mut self, _feedback: &[Input]) {
-        self.record(
-            ActivityKind::Error,
-            None,
-            "a file keeps changing while cue writes it; will retry on its next save".to_string(),
+    fn deferred(&mut self, paths: &[String]) {
+        // Nothing is lost (what the disk held is merged): the write waits for the next
+        // tick, so this is no error for the activity log.
+        tracing::debug!(
+            ?paths,
+            "files keep changing while cue writes them; writing at the next tick"
         );
     }
 }
@@ -326,6 +335,7 @@ fn outcome(o: fsio::Outcome) -> Outcome {
     match o {
         fsio::Outcome::Done => Outcome::Done,
         fsio::Outcome::Unexpected => Outcome::Unexpected,
+        fsio::Outcome::DoneOverEdit(bytes) => Outcome::DoneOverEdit(bytes),
     }
 }
 

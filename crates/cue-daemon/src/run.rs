@@ -463,6 +463,10 @@ impl Daemon<'_> {
                 }
             }
         }
+        match self.driver.late_writes(now_ms(), true) {
+            Ok(sends) => self.session.send_all(&mut self.driver, sends),
+            Err(e) => result = result.and(Err(e.into())),
+        }
         self.session.persist_replay(&mut self.driver);
         if let Err(e) = self.driver.flush() {
             result = result.and(Err(e.into()));

@@ -47,6 +47,7 @@ struct SimHost<'a> {
     activity: &'a mut Vec<cue_core::Activity>,
     write_failures: &'a mut Vec<(String, String)>,
     refuse_writes_under: &'a BTreeSet<String>,
+    append_while_replaced: &'a mut BTreeMap<String, Vec<u8>>,
     trace: Option<usize>,
 }
 
@@ -65,6 +66,18 @@ impl DocStore for SimHost<'_> {
 }
 
 impl SimHost<'_> {
+    /// A program appended to the file at `path` in the instant it was replaced or
+    /// removed: the daemon reads the replaced file back and reports what it held.
+    fn appended_in_the_instant(&mut self, path: &str, replaced: Option<Vec<u8>>) -> carry::Outcome {
+        match (self.append_while_replaced.remove(path), replaced) {
+            (Some(tail), Some(mut old)) => {
+                old.extend_from_slice(&tail);
+                carry::Outcome::DoneOverEdit(old)
+            }
+            _ => carry::Outcome::Done,
+        }
+    }
+
     fn is_folder(&self, path: &str) -> bool {
         let prefix = format!("{path}/");
         self.disk
@@ -139,8 +152,8 @@ impl carry::Host for SimHost<'_> {
         if self.disk.get(path).map(|b| content_hash(b)) != expect {
             return Ok(carry::Outcome::Unexpected);
         }
-        self.disk.insert(path.to_string(), bytes.to_vec());
-        Ok(carry::Outcome::Done)
+        let replaced = self.disk.insert(path.to_string(), bytes.to_vec());
+        Ok(self.appended_in_the_instant(path, replaced))
     }
 
     fn remove_if(
@@ -154,8 +167,8 @@ impl carry::Host for SimHost<'_> {
         match self.disk.get(path).map(|b| content_hash(b)) {
             None => Ok(None),
             Some(h) if h == expect => {
-                self.disk.remove(path);
-                Ok(Some(carry::Outcome::Done))
+                let removed = self.disk.remove(path);
+                Ok(Some(self.appended_in_the_instant(path, removed)))
             }
             Some(_) => Ok(Some(carry::Outcome::Unexpected)),
         }
@@ -178,8 +191,8 @@ impl carry::Host for SimHost<'_> {
         self.write_failures.push((path.to_string(), error.clone()));
     }
 
-    fn gave_up(&mut self, feedback: &[Input]) {
-        panic!("refused writes keep coming back: {feedback:?}");
+    fn deferred(&mut self, paths: &[String]) {
+        panic!("refused writes keep coming back: {paths:?}");
     }
 }
 
@@ -266,6 +279,9 @@ pub struct Peer {
     pub refuse_writes_under: BTreeSet<String>,
     /// Paths this peer's ignore rules exclude (its `.cueignore`): its scan skips them.
     pub ignored_here: BTreeSet<String>,
+    /// Bytes a program appends to a file in the instant the daemon next replaces or
+    /// removes it (once per path).
+    pub append_while_replaced: BTreeMap<String, Vec<u8>>,
 }
 
 impl Peer {
@@ -277,6 +293,7 @@ impl Peer {
             activity: &mut self.activity,
             write_failures: &mut self.write_failures,
             refuse_writes_under: &self.refuse_writes_under,
+            append_while_replaced: &mut self.append_while_replaced,
             trace,
         };
         (&mut self.engine, host)
@@ -349,6 +366,7 @@ impl World {
                 clock_offset_ms: 0,
                 refuse_writes_under: BTreeSet::new(),
                 ignored_here: BTreeSet::new(),
+                append_while_replaced: BTreeMap::new(),
             };
             peers.push((peer, effects));
         }

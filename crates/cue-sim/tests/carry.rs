@@ -247,3 +247,98 @@ fn ignoring_a_file_later_deletes_it_nowhere() {
     assert_eq!(w.read(1, "build/out.log").as_deref(), Some("log 1\n"));
     assert_eq!(w.read(1, "a.md").as_deref(), Some("a\n"));
 }
+
+/// Two peers create the same new file at nearly the same moment: the remote version
+/// arrives before this peer's watcher has reported its own (the write of the remote
+/// version is refused, the file being there). The create rule holds at any timing: one
+/// version keeps the path, the other becomes a conflict copy, listed on both peers.
+#[test]
+fn a_file_created_on_two_peers_at_once_keeps_both_versions_at_any_timing() {
+    for watcher_first in [false, true] {
+        let mut w = World::new(2, 17, Config::default());
+        w.connect_all();
+        w.write(0, "seed.md", b"seed\n");
+        settle(&mut w);
+        // p1's save is on disk; its watcher has not reported it yet.
+        w.peers[1]
+            .disk
+            .insert("a/race1.md".into(), b"B side\n".to_vec());
+        if watcher_first {
+            w.write(1, "a/race1.md", b"B side\n");
+            w.write(0, "a/race1.md", b"A side\n");
+        } else {
+            w.write(0, "a/race1.md", b"A side\n");
+            w.settle(10);
+            // The watcher's late report reads what the path holds by then.
+            report_as_saved(&mut w, 1, "a/race1.md");
+        }
+        settle(&mut w);
+        for p in 0..2 {
+            let versions: Vec<&[u8]> = w.peers[p]
+                .disk
+                .iter()
+                .filter(|(k, _)| k.starts_with("a/race1"))
+                .map(|(_, v)| v.as_slice())
+                .collect();
+            assert_eq!(versions.len(), 2, "peer {p}: {:?}", w.peers[p].disk.keys());
+            assert!(
+                versions.contains(&&b"A side\n"[..]),
+                "peer {p}: {:?}",
+                w.peers[p].disk
+            );
+            assert!(versions.contains(&&b"B side\n"[..]), "peer {p}");
+            let conflicts = w.status(p).conflicts;
+            assert_eq!(conflicts.len(), 1, "peer {p}: {conflicts:?}");
+            assert_eq!(conflicts[0].path, "a/race1.md");
+        }
+    }
+}
+
+/// The watcher reports `path` at `peer` with whatever the disk holds there now.
+fn report_as_saved(w: &mut World, peer: usize, path: &str) {
+    if let Some(content) = w.peers[peer].disk.get(path).cloned() {
+        w.input(
+            peer,
+            cue_core::Input::FileChanged {
+                path: path.into(),
+                content,
+            },
+        );
+    }
+}
+
+/// A program appends to a file in the very instant the daemon replaces it with a peer's
+/// version (or removes it for a peer's deletion): the line it wrote is read back from the
+/// replaced file and merged, on both peers.
+#[test]
+fn a_line_appended_while_the_file_is_replaced_is_kept() {
+    let mut w = World::new(2, 18, Config::default());
+    w.connect_all();
+    w.write(0, "log.md", b"one\n");
+    settle(&mut w);
+    w.peers[1]
+        .append_while_replaced
+        .insert("log.md".into(), b"two (p1)\n".to_vec());
+    w.write(0, "log.md", b"one\nthree (p0)\n");
+    settle(&mut w);
+    for p in 0..2 {
+        let text = w.read(p, "log.md").unwrap();
+        assert!(text.contains("two (p1)\n"), "peer {p}: {text:?}");
+        assert!(text.contains("three (p0)\n"), "peer {p}: {text:?}");
+    }
+    // A peer deletes the file while a program appends to it here: the append is kept.
+    w.peers[1]
+        .append_while_replaced
+        .insert("log.md".into(), b"four (p1)\n".to_vec());
+    w.delete(0, "log.md");
+    settle(&mut w);
+    for p in 0..2 {
+        let kept: Vec<String> = w.peers[p]
+            .disk
+            .values()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .filter(|t| t.contains("four (p1)"))
+            .collect();
+        assert_eq!(kept.len(), 1, "peer {p}: {:?}", w.peers[p].disk);
+    }
+}

@@ -2,6 +2,8 @@
 //! delete and restore, ignore rules, edits made with `sed -i`, a relay restart (also one
 //! killed in the middle of a burst) and a crash.
 
+use std::time::Duration;
+
 use cue_e2e::{Peer, Relay, pair, tree, wait_converged, wait_for_file, wait_until};
 
 #[test]
@@ -295,6 +297,100 @@ fn a_relay_killed_in_the_middle_of_a_burst_loses_nothing() {
     }
     wait_for_file(&b, "log.md", "every append", |c| c == log);
     wait_converged(&[&a, &b]);
+    a.stop();
+    b.stop();
+}
+
+/// Both peers append to one file at once, as `>>` does (open, append, close), A every
+/// 3 ms and B every 5 ms: every line survives, on both peers, whatever the
+/// interleaving with the daemons replacing the file by the other's version.
+#[test]
+fn concurrent_appends_keep_every_line() {
+    use std::io::Write as _;
+    let (_relay, a, b) = pair();
+    a.write("log.md", "# log\n");
+    wait_for_file(&b, "log.md", "the log", |_| true);
+    let append = |peer: &Peer, who: &str, lines: usize, every_ms: u64| {
+        let path = peer.path("log.md");
+        for i in 0..lines {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            // One write, as `echo … >>` makes (`writeln!` would make four).
+            f.write_all(format!("{who} {i}\n").as_bytes()).unwrap();
+            drop(f);
+            // The pace of the workload, not a wait for a condition.
+            std::thread::sleep(Duration::from_millis(every_ms));
+        }
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| append(&a, "A", 500, 3));
+        s.spawn(|| append(&b, "B", 300, 5));
+    });
+    let missing = |text: &str| -> Vec<String> {
+        let lines: std::collections::BTreeSet<&str> = text.lines().collect();
+        let want = (0..500)
+            .map(|i| format!("A {i}"))
+            .chain((0..300).map(|i| format!("B {i}")));
+        want.filter(|l| !lines.contains(l.as_str())).collect()
+    };
+    let mut last = (None, None);
+    let settled = cue_testkit::wait_until("every line on both", Duration::from_secs(30), || {
+        last = (a.read("log.md"), b.read("log.md"));
+        Ok(last.0.is_some()
+            && last.0 == last.1
+            && missing(last.0.as_deref().unwrap_or("")).is_empty())
+    })
+    .is_ok();
+    let (ta, tb) = last;
+    let (ta, tb) = (ta.unwrap_or_default(), tb.unwrap_or_default());
+    assert!(
+        settled,
+        "alice misses {:?}, bob misses {:?}; same bytes: {}; odd lines at alice: {:?}",
+        missing(&ta),
+        missing(&tb),
+        ta == tb,
+        ta.lines()
+            .filter(|l| !(l.starts_with("A ") || l.starts_with("B ")) || l.len() > 6)
+            .collect::<Vec<_>>()
+    );
+    a.stop();
+    b.stop();
+}
+
+/// A program keeps a file open for appending (a logger) while the other peer edits the
+/// file: cue replaces the file with the merged version, and the logger goes on writing
+/// to the file it has open, which is no longer in the folder. cue keeps that file aside
+/// for a while and merges what is written to it: no line is lost, on either peer.
+#[test]
+fn a_program_writing_to_a_replaced_file_loses_nothing() {
+    use std::io::Write as _;
+    let (_relay, a, b) = pair();
+    a.write("app.log.md", "# app\n");
+    wait_for_file(&b, "app.log.md", "the log", |_| true);
+    let mut logger = std::fs::OpenOptions::new()
+        .append(true)
+        .open(a.path("app.log.md"))
+        .unwrap();
+    logger.write_all(b"L 0\n").unwrap();
+    wait_for_file(&b, "app.log.md", "the first line", |c| c.contains("L 0"));
+    b.write("app.log.md", "# app, edited on bob\nL 0\n");
+    wait_for_file(&a, "app.log.md", "bob's edit", |c| {
+        c.contains("edited on bob")
+    });
+    // The logger's file is now the replaced one.
+    for i in 1..20 {
+        logger.write_all(format!("L {i}\n").as_bytes()).unwrap();
+    }
+    drop(logger);
+    wait_until("every logged line in the file on both peers", || {
+        [&a, &b].iter().all(|p| {
+            let text = p.read("app.log.md").unwrap_or_default();
+            text.contains("edited on bob")
+                && (0..20).all(|i| text.lines().any(|l| l == format!("L {i}")))
+        })
+    });
     a.stop();
     b.stop();
 }

@@ -65,6 +65,29 @@ pub enum Input {
     /// has not reported yet. This is that content; it is merged as an edit of the version
     /// that was on disk before the refused write.
     WriteRefused { path: String, content: Vec<u8> },
+    /// A [`Effect::WriteFile`] or [`Effect::RemoveFile`] at `path` was carried out, but the
+    /// file it replaced had been written to in that instant (a program appending to it):
+    /// `content` is what that file held. It is merged as an edit of the version that was on
+    /// disk before the write; a removed file's edit is kept beside as a copy.
+    ReplacedEdit { path: String, content: Vec<u8> },
+    /// A program kept writing to the file at `path` after a write replaced it (it had the
+    /// file open): `content` is what that replaced file holds now, `replaced` the hash of
+    /// what it held when it was replaced. Merged as an edit of that version when the
+    /// engine still knows it (it remembers the last few), else kept beside as a copy and
+    /// said in the activity log.
+    LateWrite {
+        path: String,
+        replaced: ContentHash,
+        content: Vec<u8>,
+    },
+    /// A [`Effect::WriteFile`] or [`Effect::RemoveFile`] at `path` was not carried out
+    /// because the file keeps changing under the writes (the carry-out's feedback limit):
+    /// the disk still holds `expect`. Like [`Input::WriteFailed`] without the error: the
+    /// belief goes back, and the write is made at the next tick.
+    WriteDeferred {
+        path: String,
+        expect: Option<ContentHash>,
+    },
     /// A [`Effect::WriteFile`] or [`Effect::RemoveFile`] at `path` could not be carried out
     /// (a folder or a link in the way, no permission, a full disk): the disk still holds
     /// `expect`, the hash the effect expected there. The engine takes its belief back,

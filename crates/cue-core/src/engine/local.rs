@@ -32,6 +32,20 @@ impl Engine {
             .file_at(path)
             .or_else(|| self.live_file_with_path(path))
         {
+            Some(f) if self.never_on_disk_here(f, hash) => {
+                // A version of this file was never on this disk, yet the path holds other
+                // bytes: the user created it here while the remote one was on its way (the
+                // write of the remote one was refused). It is a second creation, kept
+                // whole beside the first by the create rule, not an edit of a file the
+                // user never saw.
+                if let Some(mut m) = self.files.get_mut(&f)
+                    && m.disk.as_ref().is_some_and(|(p, _)| p == path)
+                {
+                    m.disk = None;
+                }
+                self.to_reconcile.insert(f);
+                self.create_file(path)
+            }
             Some(f) => f,
             None => self.create_file(path),
         };
@@ -50,34 +64,37 @@ impl Engine {
             .get(&file)
             .map(|m| from_heads(&m.disk_heads))
             .unwrap_or_default();
+        let fork_actor = self.fork_actor();
         let result = self.with_doc(file, store, |doc| {
             let new = doc.is_empty();
-            Ok(doc.write_at(&base, path, &content, time_s)?.map(|hash| {
-                // A new document goes out whole: its `save()` is 30× cheaper than
-                // encoding its first change, and a peer adopts it as it comes.
-                let doc_id = DocId::File(file);
-                // (When the edit was merged with other changes, the document renders to
-                // something else than `content`, and goes without it.)
-                let item = if new && doc.heads() == [hash] {
-                    Some(Item::Adopt {
-                        doc: doc_id,
-                        bytes: doc.automerge().save(),
-                        heads: vec![hash.0],
-                        content: content.clone(),
-                    })
-                } else if new {
-                    Some(Item::Whole {
-                        doc: doc_id,
-                        bytes: doc.automerge().save(),
-                    })
-                } else {
-                    doc.change(&hash).map(|c| Item::Changes {
-                        doc: doc_id,
-                        changes: vec![c],
-                    })
-                };
-                (hash, item)
-            }))
+            Ok(doc
+                .write_at(&base, path, &content, time_s, fork_actor)?
+                .map(|hash| {
+                    // A new document goes out whole: its `save()` is 30× cheaper than
+                    // encoding its first change, and a peer adopts it as it comes.
+                    let doc_id = DocId::File(file);
+                    // (When the edit was merged with other changes, the document renders to
+                    // something else than `content`, and goes without it.)
+                    let item = if new && doc.heads() == [hash] {
+                        Some(Item::Adopt {
+                            doc: doc_id,
+                            bytes: doc.automerge().save(),
+                            heads: vec![hash.0],
+                            content: content.clone(),
+                        })
+                    } else if new {
+                        Some(Item::Whole {
+                            doc: doc_id,
+                            bytes: doc.automerge().save(),
+                        })
+                    } else {
+                        doc.change(&hash).map(|c| Item::Changes {
+                            doc: doc_id,
+                            changes: vec![c],
+                        })
+                    };
+                    (hash, item)
+                }))
         });
         match result {
             Ok(Some((hash, item))) => {
@@ -108,6 +125,127 @@ impl Engine {
             self.release_held(&[file]);
         }
         self.to_reconcile.insert(file);
+    }
+
+    /// A write or removal at `path` replaced a file a program wrote to in that instant:
+    /// `content` is what it held. Merged as an edit of the version on disk before the
+    /// write, while the disk belief stays what was written (the merge is written next).
+    /// With nothing written there to merge into (a removal), it is kept as a copy.
+    pub(super) fn replaced_edit(&mut self, path: &str, content: Vec<u8>, store: &mut dyn DocStore) {
+        let found = self.file_at(path).and_then(|f| {
+            let m = self.files.get(&f)?;
+            (!m.prev_disk_heads.is_empty()).then(|| (f, m.disk.clone(), m.disk_heads.clone()))
+        });
+        if let Some((f, _, _)) = found {
+            let base = self.files.get(&f).map(|m| m.prev_disk_heads.clone());
+            let hash = content_hash(&content);
+            let version = self.edit_of_replaced(f, path, base.unwrap_or_default(), content, store);
+            // A program still writing to that file edits this version.
+            self.remember_replaced(hash, version);
+            return;
+        }
+        self.keep_as_copy(path, content, store);
+    }
+
+    /// [`Input::LateWrite`]: merged as an edit of the replaced version when it is still
+    /// known and the file is still here; whether it was.
+    pub(super) fn late_write_merged(
+        &mut self,
+        path: &str,
+        replaced: ContentHash,
+        content: &[u8],
+        store: &mut dyn DocStore,
+    ) -> bool {
+        let Some(base) = self
+            .replaced_versions
+            .iter()
+            .rev()
+            .find(|(h, _)| *h == replaced)
+            .map(|(_, heads)| heads.clone())
+        else {
+            return false;
+        };
+        let Some(f) = self.file_at(path) else {
+            return false;
+        };
+        let hash = content_hash(content);
+        let version = self.edit_of_replaced(f, path, base, content.to_vec(), store);
+        self.remember_replaced(hash, version);
+        true
+    }
+
+    /// `content` was written over the version `base` of `f`, in a file no longer at
+    /// `path`: merged as that edit, while the belief of what `path` holds stays. The
+    /// version that renders exactly `content` (the edit's own change).
+    fn edit_of_replaced(
+        &mut self,
+        f: FileId,
+        path: &str,
+        base: Heads,
+        content: Vec<u8>,
+        store: &mut dyn DocStore,
+    ) -> Heads {
+        let Some((disk, written_heads)) = self
+            .files
+            .get(&f)
+            .map(|m| (m.disk.clone(), m.disk_heads.clone()))
+        else {
+            return Vec::new();
+        };
+        if let Some(mut m) = self.files.get_mut(&f) {
+            m.disk_heads = base;
+        }
+        self.local_change(path, content, store);
+        let mut version = Vec::new();
+        if let Some(mut m) = self.files.get_mut(&f) {
+            // `local_change` left the belief at the version it made of `content`.
+            version = std::mem::replace(&mut m.disk_heads, written_heads);
+            m.disk = disk;
+        }
+        self.to_reconcile.insert(f);
+        version
+    }
+
+    /// `content`, which was at `path` and is no longer on disk, becomes a new file beside
+    /// it under a conflict-copy name (written at the next reconcile); that name.
+    pub(super) fn keep_as_copy(
+        &mut self,
+        path: &str,
+        content: Vec<u8>,
+        store: &mut dyn DocStore,
+    ) -> String {
+        let live = self.live_view(store);
+        let taken: BTreeSet<&String> = live.values().collect();
+        let name = self.name.clone();
+        let copy = conflict_copy_name(path, &name, &self.device, &|c| {
+            taken.contains(&c.to_string())
+        });
+        self.local_change(&copy, content, store);
+        if let Some(f) = self.file_at(&copy)
+            && let Some(mut m) = self.files.get_mut(&f)
+        {
+            // Not on disk yet: the next reconcile writes it.
+            m.disk = None;
+            self.to_reconcile.insert(f);
+        }
+        copy
+    }
+
+    /// Whether `file` holds a version that was never on this disk while the disk holds
+    /// `hash`, another one.
+    fn never_on_disk_here(&self, file: FileId, hash: ContentHash) -> bool {
+        self.files.get(&file).is_some_and(|m| {
+            m.disk_heads.is_empty() && m.doc_hash.is_some() && m.doc_hash != Some(hash)
+        })
+    }
+
+    /// An actor of this device's for one edit made on a fork of an older version (see
+    /// `FileDoc::write_at`): this run's actor and a counter, so it is never used twice.
+    fn fork_actor(&mut self) -> ActorId {
+        self.forks += 1;
+        let mut bytes = self.actor.to_bytes().to_vec();
+        bytes.extend_from_slice(&self.forks.to_be_bytes());
+        ActorId::from(bytes)
     }
 
     pub(super) fn create_file(&mut self, path: &str) -> FileId {

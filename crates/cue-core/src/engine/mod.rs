@@ -6,7 +6,7 @@
 //! messages. A driver must make the persistence durable before sending, so that a change
 //! a peer has seen is never lost in a crash.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use automerge::{ActorId, Change, ChangeHash};
 use serde::{Deserialize, Serialize};
@@ -114,6 +114,11 @@ pub struct Engine {
     /// Files whose write or removal failed. Not written again until the index changes or
     /// [`UNWRITABLE_RETRY_MS`] passes.
     unwritable: BTreeMap<FileId, Unwritable>,
+    /// The versions that writes replaced lately, by the hash of their content: a program
+    /// still writing to a replaced file ([`Input::LateWrite`]) edited that version.
+    replaced_versions: VecDeque<(ContentHash, Heads)>,
+    /// Fork actors used in this run (see `fork_actor`).
+    forks: u32,
     /// Paths this device's ignore rules exclude (see [`Input::Ignored`]).
     ignored: BTreeSet<String>,
     /// Files peers deleted lately (when, which): the remote mass-deletion guard's window.
@@ -207,6 +212,8 @@ impl Engine {
             tail3,
             disk_ops: BTreeMap::new(),
             unwritable: BTreeMap::new(),
+            replaced_versions: VecDeque::new(),
+            forks: 0,
             ignored: BTreeSet::new(),
             recent_remote_deletions: Vec::new(),
         };
@@ -276,6 +283,28 @@ impl Engine {
                     m.disk_heads = std::mem::take(&mut m.prev_disk_heads);
                 }
                 self.local_change(&path, content, store);
+            }
+            Input::ReplacedEdit { path, content } => self.replaced_edit(&path, content, store),
+            Input::WriteDeferred { path, expect } => self.write_deferred(&path, expect),
+            Input::LateWrite {
+                path,
+                replaced,
+                content,
+            } => {
+                if self.late_write_merged(&path, replaced, &content, store) {
+                    return;
+                }
+                let copy = self.keep_as_copy(&path, content, store);
+                let name = self.name.clone();
+                self.activity(
+                    ActivityKind::Error,
+                    Some(path),
+                    &name,
+                    Some(format!(
+                        "a program kept writing to this file after cue replaced it with a \
+                         peer's version; what it wrote is kept as {copy}"
+                    )),
+                );
             }
             Input::WriteFailed {
                 path,

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// How many replaced versions are remembered for late writes (as many as the daemon
+/// watches replaced files for).
+const REPLACED_VERSIONS: usize = 1024;
+
 /// A file that could not be written (or removed) here.
 #[derive(Debug)]
 pub(super) struct Unwritable {
@@ -13,6 +17,9 @@ pub(super) struct Unwritable {
     /// Being tried again: a failure comes back within the same call, so an entry still
     /// retrying at the next tick was written.
     retrying: bool,
+    /// Not a failure: the file kept changing under the writes; tried again at the next
+    /// tick, and not listed.
+    deferred: bool,
 }
 
 /// What a change made stale (see [`Engine::invalidate`]).
@@ -226,8 +233,10 @@ impl Engine {
             self.settle_path_clashes(store);
             self.to_reconcile.extend(self.files.ids().copied());
             self.index_changed = false;
-            // What was in the way (a file where a folder goes) may have moved.
-            for u in self.unwritable.values_mut() {
+            // What was in the way (a file where a folder goes) may have moved. (A file
+            // put off because it keeps changing waits for the tick: retrying it now could
+            // go round the carry-out's feedback without end.)
+            for u in self.unwritable.values_mut().filter(|u| !u.deferred) {
                 u.retrying = true;
             }
         }
@@ -383,7 +392,22 @@ impl Engine {
             m.disk = Some((path, hash));
             m.prev_disk_heads = std::mem::replace(&mut m.disk_heads, heads);
         }
+        if let Some(replaced) = expect {
+            let heads = self.files.get(&f).map(|m| m.prev_disk_heads.clone());
+            self.remember_replaced(replaced, heads.unwrap_or_default());
+        }
         self.dirty.insert(f);
+    }
+
+    /// A write replaces the version `heads`, whose content hashes to `hash`.
+    pub(super) fn remember_replaced(&mut self, hash: ContentHash, heads: Heads) {
+        if heads.is_empty() {
+            return;
+        }
+        if self.replaced_versions.len() >= REPLACED_VERSIONS {
+            self.replaced_versions.pop_front();
+        }
+        self.replaced_versions.push_back((hash, heads));
     }
 
     pub(super) fn live_file_with_path(&mut self, path: &str) -> Option<FileId> {
@@ -397,19 +421,11 @@ impl Engine {
     /// file's belief goes back to that (so a restart's scan finds nothing missing), and
     /// it waits in `unwritable` until the index changes or the retry time passes.
     pub(super) fn write_failed(&mut self, path: &str, expect: Option<ContentHash>, reason: String) {
-        let Some(f) = self.disk_ops.get(path).copied() else {
+        let Some(f) = self.take_belief_back(path, expect) else {
             return;
         };
-        if let Some(mut m) = self.files.get_mut(&f) {
-            let believed_here = m.disk.as_ref().is_some_and(|(p, _)| p == path);
-            if believed_here || m.disk.is_none() {
-                m.disk = expect.map(|h| (path.to_string(), h));
-                m.disk_heads = m.prev_disk_heads.clone();
-            }
-        }
-        self.dirty.insert(f);
         let now = self.now_ms;
-        if let Some(u) = self.unwritable.get_mut(&f) {
+        if let Some(u) = self.unwritable.get_mut(&f).filter(|u| !u.deferred) {
             // Failed again on a retry: said once already.
             u.reason = reason;
             u.failed_ms = now;
@@ -430,8 +446,43 @@ impl Engine {
             reason,
             failed_ms: now,
             retrying: false,
+            deferred: false,
         };
         self.unwritable.insert(f, unwritable);
+    }
+
+    /// A write or removal at `path` was put off (the file keeps changing under the
+    /// writes): the disk still holds `expect`; tried again at the next tick.
+    pub(super) fn write_deferred(&mut self, path: &str, expect: Option<ContentHash>) {
+        let Some(f) = self.take_belief_back(path, expect) else {
+            return;
+        };
+        let now = self.now_ms;
+        let u = self.unwritable.entry(f).or_insert_with(|| Unwritable {
+            path: path.to_string(),
+            reason: String::new(),
+            failed_ms: now,
+            retrying: false,
+            deferred: true,
+        });
+        // A retry put off again waits for the next tick too: reconcile skips it until
+        // then, which is what ends the carry-out's feedback.
+        u.retrying = false;
+    }
+
+    /// The disk still holds `expect` at `path` after an effect there was not carried out:
+    /// the file's belief goes back to that. The file, if the effect was this round's.
+    fn take_belief_back(&mut self, path: &str, expect: Option<ContentHash>) -> Option<FileId> {
+        let f = self.disk_ops.get(path).copied()?;
+        if let Some(mut m) = self.files.get_mut(&f) {
+            let believed_here = m.disk.as_ref().is_some_and(|(p, _)| p == path);
+            if believed_here || m.disk.is_none() {
+                m.disk = expect.map(|h| (path.to_string(), h));
+                m.disk_heads = m.prev_disk_heads.clone();
+            }
+        }
+        self.dirty.insert(f);
+        Some(f)
     }
 
     /// Files not written here, and why (status). One being retried has been written
@@ -439,7 +490,7 @@ impl Engine {
     pub(super) fn unwritable_files(&self) -> Vec<(String, String)> {
         self.unwritable
             .values()
-            .filter(|u| !u.retrying)
+            .filter(|u| !u.retrying && !u.deferred)
             .map(|u| (u.path.clone(), u.reason.clone()))
             .collect()
     }
@@ -450,7 +501,7 @@ impl Engine {
         let now = self.now_ms;
         self.unwritable.retain(|_, u| !u.retrying);
         for (f, u) in &mut self.unwritable {
-            if now - u.failed_ms >= UNWRITABLE_RETRY_MS {
+            if u.deferred || now - u.failed_ms >= UNWRITABLE_RETRY_MS {
                 u.retrying = true;
                 self.to_reconcile.insert(*f);
             }
