@@ -468,7 +468,11 @@ pub fn feed_scan<H: Host>(
     progress(done, total);
     let mut rest: Vec<Input> = too_large
         .into_iter()
-        .map(|(path, size)| Input::FileTooLarge { path, size })
+        .map(|(path, size)| Input::FileTooLarge {
+            path,
+            size,
+            head: Vec::new(),
+        })
         .collect();
     if !deletions_paused {
         rest.extend(

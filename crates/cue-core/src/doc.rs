@@ -156,6 +156,16 @@ impl FileDoc {
         self.kind().is_none()
     }
 
+    /// The exact bytes the version at `heads` stood for.
+    pub fn materialize_at(&mut self, heads: &[ChangeHash]) -> Result<Vec<u8>, DocError> {
+        let doc = self.doc.fork_at(heads)?;
+        FileDoc {
+            doc,
+            saved: Vec::new(),
+        }
+        .materialize()
+    }
+
     /// The exact bytes this document stands for.
     pub fn materialize(&self) -> Result<Vec<u8>, DocError> {
         match self.kind() {

@@ -26,6 +26,9 @@ use crate::ids::{DeviceId, FileId};
 
 const MAPS: [&str; 5] = ["path", "origin", "tomb", "members", "conflicts"];
 
+/// Keys of the `origin` map that say a file is too large on a device.
+const LARGE_PREFIX: &str = "large:";
+
 #[derive(Debug)]
 pub struct IndexDoc {
     doc: AutoCommit,
@@ -390,6 +393,38 @@ impl IndexDoc {
             self.delete(m, &key)?;
         }
         Ok(())
+    }
+
+    /// The files some device holds too large to sync, with its size there. (Kept in the
+    /// `origin` map under `large:FILE:DEVICE` keys: a new top-level map would change the
+    /// index's genesis change, which every device must share.)
+    pub fn too_large(&self) -> Vec<(FileId, DeviceId, u64)> {
+        self.entries("origin")
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let rest = k.strip_prefix(LARGE_PREFIX)?;
+                let (file, device) = rest.split_once(':')?;
+                Some((
+                    FileId::from_hex(file)?,
+                    DeviceId::from_hex(device)?,
+                    v.parse().ok()?,
+                ))
+            })
+            .collect()
+    }
+
+    /// `device` holds `file` at `size` bytes, too large to sync (`None`: no longer).
+    pub fn set_too_large(
+        &mut self,
+        file: &FileId,
+        device: &DeviceId,
+        size: Option<u64>,
+    ) -> Result<(), DocError> {
+        let key = format!("{LARGE_PREFIX}{file}:{device}");
+        match size {
+            Some(size) => self.put("origin", &key, &size.to_string()),
+            None => self.delete("origin", &key),
+        }
     }
 
     pub fn members(&self) -> BTreeMap<DeviceId, String> {

@@ -240,6 +240,21 @@ pub fn status_report(ctx: &StatusContext<'_>, s: &cue_core::Status) -> StatusRep
                 path: path.clone(),
                 reason: format!("larger than max_file_size ({size} bytes)"),
             })
+            .chain(
+                s.too_large_elsewhere
+                    .iter()
+                    .map(|(path, device, size)| SkippedReport {
+                        path: path.clone(),
+                        reason: format!(
+                            "larger than max_file_size on {device} ({size} bytes); this device \
+                             keeps the last synced content"
+                        ),
+                    }),
+            )
+            .chain(s.unsyncable.iter().map(|(path, why)| SkippedReport {
+                path: path.clone(),
+                reason: why.clone(),
+            }))
             .chain(s.unwritable.iter().map(|(path, why)| SkippedReport {
                 path: path.clone(),
                 reason: format!("cannot be written here ({why}); kept on the other devices"),

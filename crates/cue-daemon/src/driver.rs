@@ -595,14 +595,26 @@ impl Driver {
                 .collect(),
             too_large: report
                 .skipped
-                .into_iter()
+                .iter()
                 .filter_map(|s| match s.reason {
-                    SkipReason::TooLarge { size } => Some((s.path, size)),
+                    SkipReason::TooLarge { size } => Some((s.path.clone(), size)),
                     _ => None,
                 })
                 .collect(),
             ignored: BTreeSet::new(),
         };
+        let unsyncable = report
+            .skipped
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.reason,
+                    SkipReason::InvalidName(_) | SkipReason::Unreadable(_)
+                )
+            })
+            .map(|s| (s.path.clone(), s.reason.to_string()))
+            .collect();
+        let mut out = self.input(now, Input::Unsyncable { files: unsyncable })?;
         let mut found = found;
         found.ignored = self.newly_ignored(&found);
         let diff = carry::diff_scan(&self.engine, &found);
@@ -616,7 +628,7 @@ impl Driver {
                 diff.removed.len(),
             );
         }
-        Ok(carry::feed_scan(
+        out.extend(carry::feed_scan(
             &mut self.engine,
             &mut self.host,
             now,
@@ -624,7 +636,8 @@ impl Driver {
             found.too_large,
             self.guard.is_some(),
             progress,
-        )?)
+        )?);
+        Ok(out)
     }
 
     /// Files the engine believes on disk that the scan did not report because the ignore
@@ -668,6 +681,13 @@ impl Driver {
                 }
                 WatchEvent::Rescan => rescan = true,
                 WatchEvent::RootGone => {}
+                WatchEvent::Unsyncable { path, reason } => out.extend(self.input(
+                    now,
+                    Input::UnsyncableFile {
+                        path: path.clone(),
+                        reason: reason.clone(),
+                    },
+                )?),
             }
         }
         if rescan && self.guard.is_none() {
@@ -698,6 +718,21 @@ impl Driver {
     }
 
     /// A path (a file or a folder) is gone.
+    /// The first `len` bytes of the file at `rel` (fewer if it is shorter or gone).
+    fn head(&self, rel: &WorkspacePath, len: usize) -> Result<Vec<u8>, DriverError> {
+        use std::io::Read as _;
+        let mut head = Vec::new();
+        if len == 0 {
+            return Ok(head);
+        }
+        if let Some((file, _)) = self.host.fs.open_regular(rel)? {
+            file.take(len as u64)
+                .read_to_end(&mut head)
+                .map_err(|e| FsError::io("read", rel.as_str(), e))?;
+        }
+        Ok(head)
+    }
+
     fn removed(&mut self, now: i64, p: &str) -> Result<Vec<Outgoing>, DriverError> {
         let mut out = Vec::new();
         if self.guard.is_some() {
@@ -781,11 +816,13 @@ impl Driver {
             return Ok(Vec::new());
         };
         if stat.len > self.max_file_size {
+            let head = self.head(&rel, self.engine.growth_check_len(path))?;
             return self.input(
                 now,
                 Input::FileTooLarge {
                     path: path.to_string(),
                     size: stat.len,
+                    head,
                 },
             );
         }

@@ -59,7 +59,7 @@ pub enum FsError {
 }
 
 impl FsError {
-    fn io(op: &'static str, path: &str, e: impl Into<io::Error>) -> FsError {
+    pub(crate) fn io(op: &'static str, path: &str, e: impl Into<io::Error>) -> FsError {
         FsError::Io {
             op,
             path: path.to_owned(),

@@ -42,8 +42,9 @@ use crate::debounce::{self, Batch};
 
 use crate::fsio::{FileKind, FsError, WorkspaceFs};
 use crate::ignore_rules::IgnoreRules;
-use crate::paths::{CUEIGNORE_FILE, WorkspacePath, is_never_synced};
+use crate::paths::{CUE_TEMP_PREFIX, CUEIGNORE_FILE, WorkspacePath, is_never_synced};
 use crate::scan::list_files_under;
+use cue_core::paths::PathError;
 
 /// What changed in the workspace, in the words of synced paths.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +69,12 @@ pub enum WatchEvent {
     /// The workspace folder itself was removed or moved away (the mass-deletion guard's
     /// first case): do not turn this into deletions.
     RootGone,
+    /// A file whose name cannot be synced (a backslash, a control character) appeared
+    /// (with why) or went (`None`): listed under `skipped`, nothing else.
+    Unsyncable {
+        path: String,
+        reason: Option<String>,
+    },
 }
 
 /// Why the watcher could not start.
@@ -267,6 +274,24 @@ impl Translator {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!("not syncing {rel:?}: {e}");
+                // A name no synced file can have: said in status while it is there.
+                let is_file = std::fs::symlink_metadata(self.root.join(rel))
+                    .is_ok_and(|m| m.file_type().is_file());
+                let ignored = self
+                    .rules
+                    .read()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .is_ignored(rel, false);
+                let a_name = !matches!(
+                    e,
+                    crate::paths::PathError::Invalid(PathError::Reserved { .. } | PathError::Empty)
+                );
+                if a_name && !ignored && !rel.split('/').any(|c| c.starts_with(CUE_TEMP_PREFIX)) {
+                    self.send(WatchEvent::Unsyncable {
+                        path: rel.to_string(),
+                        reason: is_file.then(|| format!("name cannot be synced: {e}")),
+                    });
+                }
                 return None;
             }
         };

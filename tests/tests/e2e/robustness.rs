@@ -55,6 +55,106 @@ fn files_over_max_file_size_are_skipped_and_listed() {
     b.stop();
 }
 
+/// A synced file rewritten in place, slowly, until it is over `max_file_size`: the
+/// watcher sees it empty and half-written on the way. The other device keeps the content
+/// from before the rewrite (not an empty or cut file), and both list the file as skipped.
+#[test]
+fn a_file_grown_past_max_file_size_in_place_keeps_its_content_elsewhere() {
+    use std::io::Write as _;
+    let (_relay, a, b) = pair();
+    a.stop();
+    let config = a.path(".cuedeck/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("max_file_size = 16777216", "max_file_size = 100000"),
+    )
+    .unwrap();
+    a.start();
+    a.write("grows.md", "the real content\n");
+    wait_for_file(&b, "grows.md", "the first version", |c| {
+        c == "the real content\n"
+    });
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(a.path("grows.md"))
+        .unwrap();
+    // Empty for a while, then written in pieces, as a slow copy does.
+    wait_until("alice to take in the empty file", || {
+        a.status().0["pending_changes"] != 0
+    });
+    for _ in 0..20 {
+        f.write_all(&[b'x'; 10_000]).unwrap();
+        f.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(f);
+    wait_until("both devices to list the file as skipped", || {
+        [&a, &b].iter().all(|p| {
+            p.status().0["skipped"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|k| k["path"] == "grows.md"))
+        })
+    });
+    wait_for_file(&b, "grows.md", "the content from before", |c| {
+        c == "the real content\n"
+    });
+    assert_eq!(
+        std::fs::metadata(a.path("grows.md")).unwrap().len(),
+        200_000,
+        "the large file stays as it is where it was written"
+    );
+    a.stop();
+    b.stop();
+}
+
+/// Names no synced file can have (a backslash, a tab, a newline) are listed under
+/// `skipped` with the reason, whether found at start-up or made while running, and leave
+/// the list when the file goes.
+#[test]
+fn names_that_cannot_be_synced_are_listed_as_skipped() {
+    let (_relay, a, b) = pair();
+    a.stop();
+    a.write("back\\slash.md", "x\n");
+    a.start();
+    a.write("tab\there.md", "x\n");
+    a.write("new\nline.md", "x\n");
+    a.write("fine.md", "synced\n");
+    wait_for_file(&b, "fine.md", "the file with a good name", |_| true);
+    let skipped = |p: &Peer| -> Vec<(String, String)> {
+        p.status().0["skipped"]
+            .as_array()
+            .map(|s| {
+                s.iter()
+                    .map(|k| {
+                        (
+                            k["path"].as_str().unwrap_or("").to_string(),
+                            k["reason"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    wait_until("the three names listed as skipped", || {
+        let s = skipped(&a);
+        ["back\\slash.md", "tab\there.md", "new\nline.md"]
+            .iter()
+            .all(|n| {
+                s.iter()
+                    .any(|(p, r)| p == n && r.contains("cannot be synced"))
+            })
+    });
+    a.remove("tab\there.md");
+    wait_until("a removed one to leave the list", || {
+        !skipped(&a).iter().any(|(p, _)| p == "tab\there.md")
+    });
+    assert!(b.read("back\\slash.md").is_none());
+    a.stop();
+    b.stop();
+}
+
 #[test]
 fn a_rate_limited_relay_still_delivers_everything() {
     let relay = Relay::start_with(

@@ -100,16 +100,22 @@ fn delete_then_restore() {
     assert_eq!(a.read("keep.md").as_deref(), Some("precious\n"));
     wait_for_file(&b, "keep.md", "the restored file", |c| c == "precious\n");
     let log = a.cue_ok(&["activity", "log", "--json"]);
-    let kinds: Vec<String> = log
+    let entries: Vec<serde_json::Value> = log
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .map(|v| {
+        .inspect(|v| {
             assert!(v["time"].as_str().unwrap().ends_with('Z'), "{v}");
             assert!(v["device"].is_string(), "{v}");
-            v["kind"].as_str().unwrap().to_string()
         })
         .collect();
-    assert!(kinds.iter().any(|k| k == "restore"), "{kinds:?}");
+    assert!(entries.iter().any(|v| v["kind"] == "restore"), "{log}");
+    // Bob's deletion is logged here as a deletion, by bob.
+    assert!(
+        entries
+            .iter()
+            .any(|v| v["kind"] == "delete" && v["device"] == "bob" && v["path"] == "keep.md"),
+        "{log}"
+    );
     a.stop();
     b.stop();
 }
@@ -389,6 +395,46 @@ fn a_program_writing_to_a_replaced_file_loses_nothing() {
             let text = p.read("app.log.md").unwrap_or_default();
             text.contains("edited on bob")
                 && (0..20).all(|i| text.lines().any(|l| l == format!("L {i}")))
+        })
+    });
+    a.stop();
+    b.stop();
+}
+
+/// Two running peers create the same new file at the same moment, five times over: each
+/// time one version keeps the name and the other becomes a conflict copy, on both peers,
+/// and both list the conflict.
+#[test]
+fn a_file_created_at_once_on_two_peers_keeps_both_versions() {
+    let (_relay, a, b) = pair();
+    wait_until("the peers to meet", || {
+        a.status().0["peers"][0]["online"] == true
+    });
+    for i in 0..5 {
+        std::thread::scope(|s| {
+            s.spawn(|| a.write(&format!("race{i}.md"), "A side\n"));
+            s.spawn(|| b.write(&format!("race{i}.md"), "B side\n"));
+        });
+    }
+    let versions = |peer: &Peer, i: usize| -> Vec<String> {
+        let mut v: Vec<String> = tree(&peer.path(""))
+            .into_iter()
+            .filter(|(p, _)| p.starts_with(&format!("race{i}.")))
+            .map(|(_, c)| String::from_utf8_lossy(&c).into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    wait_until("both versions of every race on both peers", || {
+        [&a, &b]
+            .iter()
+            .all(|p| (0..5).all(|i| versions(p, i) == ["A side\n", "B side\n"]))
+    });
+    wait_until("five conflicts listed on both peers", || {
+        [&a, &b].iter().all(|p| {
+            p.status().0["conflicts"]
+                .as_array()
+                .is_some_and(|c| c.len() == 5)
         })
     });
     a.stop();

@@ -200,6 +200,12 @@ impl Engine {
             .into_iter()
             .filter(|f| !self.is_live(*f, store))
             .collect();
+        let by = self.index.members().get(&from).cloned().unwrap_or_default();
+        for f in &dead {
+            if let Some(path) = live_before.get(f) {
+                self.activity(ActivityKind::Delete, Some(path.clone()), &by, None);
+            }
+        }
         // Deletions arrive one change at a time (a `rm -rf` is one removal per file):
         // they count together over a short window, measured against the workspace as it
         // was before the window began.

@@ -70,6 +70,15 @@ pub enum Input {
     /// `content` is what that file held. It is merged as an edit of the version that was on
     /// disk before the write; a removed file's edit is kept beside as a copy.
     ReplacedEdit { path: String, content: Vec<u8> },
+    /// Files found on disk that cannot be synced, and why (a name with a backslash or a
+    /// control character, an unreadable file): the whole set, from a scan. Listed under
+    /// `skipped`; nothing else follows from them.
+    Unsyncable { files: BTreeMap<String, String> },
+    /// One such file appeared (`reason`) or went (`None`).
+    UnsyncableFile {
+        path: String,
+        reason: Option<String>,
+    },
     /// A program kept writing to the file at `path` after a write replaced it (it had the
     /// file open): `content` is what that replaced file holds now, `replaced` the hash of
     /// what it held when it was replaced. Merged as an edit of that version when the
@@ -104,7 +113,16 @@ pub enum Input {
     /// written, removed or taken for deleted here, until the rules change.
     Ignored { paths: BTreeSet<String> },
     /// A file larger than `max_file_size`: not synced, listed as skipped.
-    FileTooLarge { path: String, size: u64 },
+    ///
+    /// `head` is the file's first [`Engine::growth_check_len`] bytes (empty when not
+    /// asked for): versions taken in here while the file was being written to that size
+    /// (a partial copy, the empty file a rewrite starts with) are its beginnings, and the
+    /// file's synced content goes back to what it was before them.
+    FileTooLarge {
+        path: String,
+        size: u64,
+        head: Vec<u8>,
+    },
     /// A file is gone from disk.
     FileRemoved { path: String },
     /// A file moved (its content at the new place included, as it may have changed too).
@@ -292,8 +310,13 @@ pub struct Status {
     pub pending_changes: usize,
     pub conflicts: Vec<ConflictInfo>,
     pub skipped: Vec<(String, u64)>,
+    /// Files another device holds too large to sync (path, its name, size there): this
+    /// device keeps their last synced content.
+    pub too_large_elsewhere: Vec<(String, String, u64)>,
     /// Files that could not be written here, and why (retried now and then).
     pub unwritable: Vec<(String, String)>,
+    /// Files on disk here that cannot be synced, and why (see [`Input::Unsyncable`]).
+    pub unsyncable: Vec<(String, String)>,
     /// Deletions from peers held by the mass-deletion guard, if any.
     pub deletions_paused: Option<DeletionsPaused>,
     pub peers: Vec<PeerInfo>,

@@ -19,8 +19,27 @@ impl Engine {
         }
         if self.state.skipped.remove(path).is_some() {
             self.state_dirty = true;
+            self.say_too_large(path, None);
         }
         true
+    }
+
+    /// Tells the other devices (through the index) that the synced file at `path` is
+    /// `size` bytes here, too large to sync (`None`: no longer).
+    pub(super) fn say_too_large(&mut self, path: &str, size: Option<u64>) {
+        let Some(f) = self.file_at(path) else {
+            return;
+        };
+        let device = self.device;
+        let said = self
+            .index
+            .too_large()
+            .into_iter()
+            .find(|(file, d, _)| *file == f && *d == device)
+            .map(|(_, _, s)| s);
+        if said != size && self.index.set_too_large(&f, &device, size).is_ok() {
+            self.commit_index();
+        }
     }
 
     pub(super) fn local_change(&mut self, path: &str, content: Vec<u8>, store: &mut dyn DocStore) {
@@ -104,6 +123,8 @@ impl Engine {
                 if let Some(mut m) = self.files.get_mut(&file) {
                     m.disk_heads = vec![hash.0];
                 }
+                let before = base.iter().map(|h| h.0).collect();
+                self.record_growth(file, before, vec![hash.0], content.len());
                 // An edit of an older version can meet a remote write it had not seen
                 // (binary files: both values stand until a copy keeps the loser).
                 self.record_field_conflicts(file, store);
@@ -290,6 +311,7 @@ impl Engine {
     pub(super) fn local_remove(&mut self, path: &str, store: &mut dyn DocStore) {
         if self.state.skipped.remove(path).is_some() {
             self.state_dirty = true;
+            self.say_too_large(path, None);
         }
         let Some(file) = self.file_at(path) else {
             return;

@@ -22,6 +22,7 @@ mod conflicts;
 mod contract;
 mod docs;
 mod files;
+mod growth;
 mod layout;
 mod local;
 mod outbox;
@@ -119,6 +120,10 @@ pub struct Engine {
     replaced_versions: VecDeque<(ContentHash, Heads)>,
     /// Fork actors used in this run (see `fork_actor`).
     forks: u32,
+    /// Files on disk that cannot be synced, and why (as the driver found them).
+    unsyncable: BTreeMap<String, String>,
+    /// Each file's last local versions (see `growth`).
+    growth: BTreeMap<FileId, VecDeque<growth::Version>>,
     /// Paths this device's ignore rules exclude (see [`Input::Ignored`]).
     ignored: BTreeSet<String>,
     /// Files peers deleted lately (when, which): the remote mass-deletion guard's window.
@@ -214,6 +219,8 @@ impl Engine {
             unwritable: BTreeMap::new(),
             replaced_versions: VecDeque::new(),
             forks: 0,
+            unsyncable: BTreeMap::new(),
+            growth: BTreeMap::new(),
             ignored: BTreeSet::new(),
             recent_remote_deletions: Vec::new(),
         };
@@ -286,6 +293,15 @@ impl Engine {
             }
             Input::ReplacedEdit { path, content } => self.replaced_edit(&path, content, store),
             Input::WriteDeferred { path, expect } => self.write_deferred(&path, expect),
+            Input::Unsyncable { files } => self.unsyncable = files,
+            Input::UnsyncableFile { path, reason } => match reason {
+                Some(reason) => {
+                    self.unsyncable.insert(path, reason);
+                }
+                None => {
+                    self.unsyncable.remove(&path);
+                }
+            },
             Input::LateWrite {
                 path,
                 replaced,
@@ -317,9 +333,11 @@ impl Engine {
                     self.invalidate(Stale::View);
                 }
             }
-            Input::FileTooLarge { path, size } => {
-                self.state.skipped.insert(path, size);
+            Input::FileTooLarge { path, size, head } => {
+                self.state.skipped.insert(path.clone(), size);
                 self.state_dirty = true;
+                self.undo_growth(&path, &head, store);
+                self.say_too_large(&path, Some(size));
             }
             Input::FileRemoved { path } => self.local_remove(&path, store),
             Input::FileRenamed { from, to, content } => {

@@ -50,6 +50,12 @@ impl Engine {
                 .iter()
                 .map(|(p, s)| (p.clone(), *s))
                 .collect(),
+            too_large_elsewhere: self.too_large_elsewhere(store),
+            unsyncable: self
+                .unsyncable
+                .iter()
+                .map(|(p, r)| (p.clone(), r.clone()))
+                .collect(),
             peers,
             last_full_resync_ms: self.state.last_full_resync_ms,
             connected: self.connected,
@@ -121,5 +127,24 @@ impl Engine {
         let live = self.live_view(store);
         let (f, _) = live.into_iter().find(|(_, p)| p == path)?;
         self.with_doc(f, store, |d| d.materialize()).ok()
+    }
+
+    /// Live files another device holds too large to sync.
+    fn too_large_elsewhere(&mut self, store: &mut dyn DocStore) -> Vec<(String, String, u64)> {
+        let entries = self.index.too_large();
+        if entries.is_empty() {
+            return Vec::new();
+        }
+        let live = self.live_view(store);
+        let members = self.index.members();
+        entries
+            .into_iter()
+            .filter(|(_, d, _)| *d != self.device)
+            .filter_map(|(f, d, size)| {
+                let path = live.get(&f)?.clone();
+                let name = members.get(&d).cloned().unwrap_or_else(|| d.to_string());
+                Some((path, name, size))
+            })
+            .collect()
     }
 }

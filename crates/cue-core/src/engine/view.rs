@@ -282,6 +282,11 @@ impl Engine {
             if on_disk.is_some_and(|(p, _)| ignored(p)) || live.get(f).is_some_and(|p| ignored(p)) {
                 continue;
             }
+            // Too large to sync here: the large file stays as it is, whatever the
+            // document holds (its synced content is the one from before it grew).
+            if on_disk.is_some_and(|(p, _)| self.state.skipped.contains_key(p)) {
+                continue;
+            }
             // A deletion the mass-deletion guard holds: the file stays (or comes back, if
             // it went before the guard tripped) where it was, unless a live file took
             // the path.
