@@ -495,8 +495,21 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
         SyncCmd::Resolve { path } => {
             let root = find_root(base)?;
             let rel = workspace_relative(base, &root, &path)?;
+            // What is marked, named as status names it (docs/reference.md §1.5).
+            let marked: Vec<String> = status_report(&root)
+                .map(|r| {
+                    r.conflicts
+                        .iter()
+                        .filter(|c| c.path == rel || c.copy.as_deref() == Some(rel.as_str()))
+                        .map(status_view::conflict_line)
+                        .collect()
+                })
+                .unwrap_or_default();
             command(&root, Request::Resolve { path: rel.clone() })?;
             println!("Marked the conflicts of {rel} as resolved.");
+            for line in marked {
+                println!("  {line}");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -640,7 +653,8 @@ fn stop(root: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(root: &Path, json: bool) -> anyhow::Result<ExitCode> {
+/// The status document: the daemon's answer, or what the store holds when none answers.
+fn status_report(root: &Path) -> anyhow::Result<StatusReport> {
     let ws = Workspace::open(root)?;
     let mut report: Option<StatusReport> = None;
     if let Some(_pid) = DaemonLock::probe(&ws.dir())? {
@@ -649,7 +663,7 @@ fn status(root: &Path, json: bool) -> anyhow::Result<ExitCode> {
             report = r.status;
         }
     }
-    let report = match report {
+    Ok(match report {
         Some(r) => r,
         None => {
             // No daemon (or it does not answer): what the store says.
@@ -666,7 +680,11 @@ fn status(root: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 &s,
             )
         }
-    };
+    })
+}
+
+fn status(root: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let report = status_report(root)?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anstyle::{AnsiColor, Style};
-use cue_daemon::control::{CatchUpReport, StatusReport};
+use cue_daemon::control::{CatchUpReport, ConflictReport, StatusReport};
 
 /// Whether to colour, decided once by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +99,16 @@ fn unwritable(r: &StatusReport) -> Option<u64> {
         .filter(|s| s.reason.starts_with("cannot be written"))
         .count() as u64;
     (n > 0).then_some(n)
+}
+
+/// One conflict as status and `cue sync resolve` name it: the path, the kind, and where
+/// the other version went (a conflict copy) or what was kept and set aside.
+pub fn conflict_line(c: &ConflictReport) -> String {
+    match &c.copy {
+        Some(copy) => format!("{} ({}): the other version is in {copy}", c.path, c.kind),
+        None if c.detail.is_empty() => format!("{} ({})", c.path, c.kind),
+        None => format!("{} ({}): {}", c.path, c.kind, c.detail),
+    }
 }
 
 /// The whole human status, ending with a newline.
@@ -231,12 +241,7 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
     if !r.conflicts.is_empty() {
         let _ = writeln!(out, "\n{}", paint.paint(HEAD, "Conflicts:"));
         for c in &r.conflicts {
-            let line = match &c.copy {
-                Some(copy) => format!("{} ({}): the other version is in {copy}", c.path, c.kind),
-                None if c.detail.is_empty() => format!("{} ({})", c.path, c.kind),
-                None => format!("{} ({}): {}", c.path, c.kind, c.detail),
-            };
-            let _ = writeln!(out, "  {}", paint.paint(WARN, &line));
+            let _ = writeln!(out, "  {}", paint.paint(WARN, &conflict_line(c)));
         }
         hint(
             &mut out,
@@ -363,7 +368,7 @@ mod tests {
                 kind: "frontmatter".into(),
                 time: rfc3339(NOW),
                 copy: None,
-                detail: "title: kept \"B\", lost \"b\"".into(),
+                detail: "title: kept \"B\" (desk); set aside \"b\" (laptop)".into(),
             },
         ];
         r.skipped = vec![SkippedReport {
@@ -381,7 +386,7 @@ mod tests {
              \n\
              Conflicts:\n  \
              a.md (create): the other version is in a.conflict-desktop-222222.md\n  \
-             b.md (frontmatter): title: kept \"B\", lost \"b\"\n  \
+             b.md (frontmatter): title: kept \"B\" (desk); set aside \"b\" (laptop)\n  \
              (delete or rename a conflict copy to resolve it, or `cue sync resolve PATH` to mark it seen)\n\
              \n\
              Not synced:\n  \

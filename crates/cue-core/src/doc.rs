@@ -59,10 +59,11 @@ impl ContentKind {
 /// Concurrent values the merge had to choose between, as seen in one document.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FieldConflict {
-    /// A frontmatter key written concurrently: `winner` is on disk, `losers` were not kept.
+    /// A frontmatter key written concurrently: `winner` (op id, raw block) is on disk,
+    /// `losers` (op id, raw block each) were not kept.
     Frontmatter {
         key: String,
-        winner: String,
+        winner: (String, String),
         losers: Vec<(String, String)>,
     },
     /// A binary file written concurrently: each loser's op id and bytes.
@@ -698,7 +699,10 @@ impl FileDoc {
                         // Lists are merged as sets, not chosen between.
                         continue;
                     }
-                    let Some(winner) = all.last().and_then(|(v, _)| str_of(v)) else {
+                    let Some((winner, winner_op)) = all
+                        .last()
+                        .and_then(|(v, id)| str_of(v).map(|s| (s, id.to_string())))
+                    else {
                         continue;
                     };
                     let losers = all[..all.len() - 1]
@@ -709,7 +713,7 @@ impl FileDoc {
                     if !losers.is_empty() {
                         out.push(FieldConflict::Frontmatter {
                             key,
-                            winner,
+                            winner: (winner_op, winner),
                             losers,
                         });
                     }
