@@ -675,6 +675,9 @@ fn status_report(root: &Path) -> anyhow::Result<StatusReport> {
                     running: false,
                     pid,
                     connected: false,
+                    relay_reason: None,
+                    // The last daemon's log, if one ran here in the background.
+                    log: Some(ws.log_path()).filter(|p| p.exists()),
                     deletions_paused: None,
                 },
                 &s,

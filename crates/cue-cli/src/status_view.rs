@@ -198,13 +198,20 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
     if !running {
         hint(&mut out, "start syncing with `cue sync start`");
     } else if !r.relay.connected {
+        let why = match &r.relay.reason {
+            Some(reason) => format!("cannot reach the relay at {}: {reason}", r.relay.url),
+            // The first attempt is still under way.
+            None => format!("cannot reach the relay at {} yet", r.relay.url),
+        };
         hint(
             &mut out,
-            &format!(
-                "cannot reach the relay at {}; the daemon keeps retrying, and your work is kept meanwhile",
-                r.relay.url
-            ),
+            &format!("{why}; the daemon keeps retrying, and your work is kept meanwhile"),
         );
+        let log = match &r.daemon.log {
+            Some(log) => format!("details in {log}"),
+            None => "details in the daemon's own output: it runs in the foreground".to_string(),
+        };
+        hint(&mut out, &log);
     } else if r.peers.is_empty() {
         hint(
             &mut out,
@@ -302,10 +309,12 @@ mod tests {
             daemon: DaemonInfo {
                 running: true,
                 pid: Some(42),
+                log: Some("/home/ann/notes/.cuedeck/daemon.log".into()),
             },
             relay: RelayInfo {
                 url: "wss://relay.example.org".into(),
                 connected: true,
+                reason: None,
             },
             peers: vec![
                 PeerReport {
@@ -405,6 +414,7 @@ mod tests {
         r.daemon = DaemonInfo {
             running: false,
             pid: None,
+            log: None,
         };
         r.relay.connected = false;
         r.peers.iter_mut().for_each(|p| p.online = false);
@@ -417,6 +427,7 @@ mod tests {
         );
 
         r.daemon.running = true;
+        r.daemon.log = Some("/home/ann/notes/.cuedeck/daemon.log".into());
         let text = render(&r, home(), NOW, OFF);
         let mut lines = text.lines();
         assert_eq!(
@@ -427,6 +438,28 @@ mod tests {
             lines
                 .next()
                 .is_some_and(|l| l.contains("wss://relay.example.org") && l.contains("retrying")),
+            "{text}"
+        );
+
+        // Once an attempt has failed, the hint says why and where the log is.
+        r.relay.reason = Some("connection refused by 127.0.0.1:9".into());
+        let text = render(&r, home(), NOW, OFF);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1],
+            "  (cannot reach the relay at wss://relay.example.org: connection refused by \
+             127.0.0.1:9; the daemon keeps retrying, and your work is kept meanwhile)"
+        );
+        assert_eq!(
+            lines[2],
+            "  (details in /home/ann/notes/.cuedeck/daemon.log)"
+        );
+
+        // A daemon in the foreground logs to its own output.
+        r.daemon.log = None;
+        let text = render(&r, home(), NOW, OFF);
+        assert!(
+            text.contains("(details in the daemon's own output: it runs in the foreground)"),
             "{text}"
         );
     }
@@ -515,6 +548,7 @@ mod tests {
         r.daemon = DaemonInfo {
             running: false,
             pid: None,
+            log: None,
         };
         r.relay.connected = false;
         r.pending_changes = 1;

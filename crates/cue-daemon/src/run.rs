@@ -423,6 +423,10 @@ impl Daemon<'_> {
                     running: true,
                     pid: Some(std::process::id()),
                     connected: self.session.connected(),
+                    relay_reason: self.session.relay_problem().map(str::to_string),
+                    // A daemon in the background writes to daemon.log (start_background);
+                    // one in the foreground to its own stderr.
+                    log: std::env::var_os(DETACHED_ENV).map(|_| self.ws.log_path()),
                     deletions_paused: self.driver.deletions_paused(),
                 };
                 let response = Response {

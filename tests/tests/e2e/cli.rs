@@ -399,6 +399,74 @@ fn an_unreachable_relay_is_offline_not_an_error() {
     p.stop();
 }
 
+/// A port of 127.0.0.1 that nothing listens on: one the kernel gave out and took back.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn daemon_log(p: &Peer) -> String {
+    std::fs::read_to_string(p.path(".cuedeck/daemon.log")).unwrap_or_default()
+}
+
+#[test]
+fn an_unreachable_relay_says_why_and_where_the_log_is() {
+    let port = closed_port();
+    let url = format!("ws://127.0.0.1:{port}");
+    let p = Peer::new("erin");
+    p.init(&url);
+    p.start();
+    let refused = format!("connection refused by 127.0.0.1:{port}");
+    wait_until("status to say why the relay cannot be reached", || {
+        p.status().0["relay"]["reason"] == refused.as_str()
+    });
+    let (s, _) = p.status();
+    assert_eq!(s["relay"]["connected"], false);
+    let log_path = p.path(".cuedeck/daemon.log");
+    let log_path = log_path.to_str().unwrap();
+    assert_eq!(s["daemon"]["log"], log_path, "{s}");
+    let text = p.cue_ok(&["sync", "status"]);
+    assert!(
+        text.contains(&format!("cannot reach the relay at {url}: {refused};")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("(details in {log_path})")), "{text}");
+    // The log says the same, once, and never calls it a lost connection: there was none.
+    wait_until("the daemon log to say why", || {
+        daemon_log(&p).contains(&format!("cannot reach relay at {url}: {refused}"))
+    });
+    let log = daemon_log(&p);
+    assert!(!log.contains("relay connection lost"), "{log}");
+    p.stop();
+}
+
+#[test]
+fn a_relay_that_goes_away_is_a_lost_connection_in_the_log() {
+    let relay = Relay::start();
+    let url = relay.url();
+    let p = Peer::new("fred");
+    p.init(&url);
+    p.start();
+    wait_until("the daemon to join the relay", || {
+        p.status().0["relay"]["connected"] == true
+    });
+    assert!(p.status().0["relay"]["reason"].is_null());
+    assert!(!daemon_log(&p).contains("cannot reach relay"));
+    let addr = relay.stop();
+    wait_until("the log to say the connection was lost", || {
+        daemon_log(&p).contains("relay connection lost")
+    });
+    // Reconnecting to the stopped relay then fails with its reason.
+    let refused = format!("connection refused by {addr}");
+    wait_until("status to say why the relay cannot be reached", || {
+        p.status().0["relay"]["reason"] == refused.as_str()
+    });
+    wait_until("the log to say why", || {
+        daemon_log(&p).contains(&format!("cannot reach relay at {url}: {refused}"))
+    });
+    p.stop();
+}
+
 #[test]
 fn the_demo_runs_and_cleans_up() {
     let out = std::process::Command::new(cue_e2e::cue_bin())
