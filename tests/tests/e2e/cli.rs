@@ -467,6 +467,83 @@ fn a_relay_that_goes_away_is_a_lost_connection_in_the_log() {
     p.stop();
 }
 
+/// The mode bits of a file.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn the_auth_token_comes_from_a_file_or_the_environment_never_the_config() {
+    const TOKEN: &str = "team-relay-token-7f3a";
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("relay-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let token_path = token_file.to_str().unwrap();
+    let relay = Relay::start_with(cue_testkit::ANY_PORT, &["--auth-token-file", token_path]);
+
+    // Alice gives the token in the environment, Bob in a file.
+    let a = Peer::new("alice");
+    a.init(&relay.url());
+    let b = Peer::new("bob");
+    b.join(&a.invite());
+    let out = a
+        .command(&["sync", "start"])
+        .env("CUE_AUTH_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    b.cue_ok(&["sync", "start", "--auth-token-file", token_path]);
+    for p in [&a, &b] {
+        wait_until(
+            &format!("{} to join the relay with the token", p.name),
+            || p.status().0["relay"]["connected"] == true,
+        );
+        wait_until(&format!("{} to see the other online", p.name), || {
+            p.status().0["peers"][0]["online"] == true
+        });
+    }
+    for p in [&a, &b] {
+        // Not saved, not on the daemon's command line (which every user sees in `ps`).
+        let config = p.path(".cuedeck/config.toml");
+        assert!(!std::fs::read_to_string(&config).unwrap().contains(TOKEN));
+        assert_eq!(mode(&config), 0o600, "{}'s config", p.name);
+        let pid = p.status().0["daemon"]["pid"].as_u64().unwrap();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(TOKEN),
+            "{}",
+            String::from_utf8_lossy(&cmdline)
+        );
+    }
+
+    // Without the token the relay turns a device away, and status says why.
+    let c = Peer::new("carol");
+    c.join(&a.invite());
+    c.start();
+    wait_until("carol's status to say the relay wants a token", || {
+        c.status().0["relay"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("rejected by the relay: it needs an auth token"))
+    });
+    let text = c.cue_ok(&["sync", "status"]);
+    assert!(text.contains("CUE_AUTH_TOKEN"), "{text}");
+
+    // An empty token file is an error that names it, not a silent "no token".
+    std::fs::write(&token_file, "\n").unwrap();
+    c.stop();
+    let out = c.cue(&["sync", "start", "--auth-token-file", token_path]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is empty") && err.contains(token_path),
+        "{err}"
+    );
+    for p in [&a, &b] {
+        p.stop();
+    }
+}
+
 #[test]
 fn the_demo_runs_and_cleans_up() {
     let out = std::process::Command::new(cue_e2e::cue_bin())
