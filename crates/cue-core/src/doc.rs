@@ -662,8 +662,9 @@ impl FileDoc {
             .rposition(|v| v.as_deref() == Some(value)))
     }
 
-    /// Values the merge chose between. The first value automerge reports is the winner on
-    /// every peer (it orders concurrent writes by operation id, never by wall clock).
+    /// Values the merge chose between. The last value automerge's `get_all` reports is the
+    /// winner on every peer, the one the file shows (it orders concurrent writes by
+    /// operation id, never by wall clock).
     pub fn conflicts(&self) -> Vec<FieldConflict> {
         let mut out = Vec::new();
         match self.kind() {
