@@ -1,6 +1,8 @@
 //! The relay's command line, shared by `cue-relay` and `cue relay`.
 
+use std::io::Read as _;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
@@ -16,9 +18,26 @@ pub struct RelayArgs {
     #[arg(long, env = "CUE_RELAY_LISTEN", default_value = "0.0.0.0:8080", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
-    /// Shared secret that peers must present before joining (empty: none).
-    #[arg(long, env = "CUE_RELAY_AUTH_TOKEN", hide_env_values = true)]
+    /// Shared secret that peers must present before joining (empty: none). A flag is
+    /// visible to every user of the machine in `ps`: prefer the variable or
+    /// --auth-token-file.
+    #[arg(
+        long,
+        env = "CUE_RELAY_AUTH_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub auth_token: Option<String>,
+
+    /// Read the auth token from this file (surrounding whitespace ignored; keep it mode
+    /// 0600), instead of --auth-token.
+    #[arg(
+        long,
+        env = "CUE_RELAY_AUTH_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "auth_token"
+    )]
+    pub auth_token_file: Option<PathBuf>,
 
     /// Most peers in one room.
     #[arg(long, env = "CUE_RELAY_MAX_PEERS_PER_ROOM", default_value_t = Limits::default().max_peers_per_room)]
@@ -92,9 +111,14 @@ pub struct RelayArgs {
 }
 
 impl RelayArgs {
-    /// The configuration these flags describe (validated by [`crate::serve`]).
-    pub fn to_config(&self) -> Config {
-        Config {
+    /// The configuration these flags describe (validated by [`crate::serve`]); fails
+    /// only when the auth token file cannot be read.
+    pub fn to_config(&self) -> Result<Config, TokenFileError> {
+        let auth_token = match &self.auth_token_file {
+            Some(path) => Some(read_token_file(path)?),
+            None => self.auth_token.clone().filter(|token| !token.is_empty()),
+        };
+        Ok(Config {
             limits: Limits {
                 max_message_bytes: self.max_message_bytes,
                 messages_per_second: self.messages_per_second,
@@ -106,7 +130,7 @@ impl RelayArgs {
             max_connections_per_ip: self.max_connections_per_ip,
             max_connections: self.max_connections,
             trusted_proxies: self.trusted_proxies.clone(),
-            auth_token: self.auth_token.clone().filter(|token| !token.is_empty()),
+            auth_token,
             handshake_timeout: self.handshake_timeout,
             ping_interval: self.ping_interval,
             idle_timeout: self.idle_timeout,
@@ -115,8 +139,49 @@ impl RelayArgs {
             outbound_queue_bytes: self.outbound_queue_bytes,
             read_buffer_bytes: self.read_buffer_bytes,
             ..Config::default()
-        }
+        })
     }
+}
+
+/// A token file larger than this is not a token file (a token is at most 400 bytes).
+const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+
+/// Why an auth token file gave no token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("cannot read the auth token file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the auth token file {0} is empty; write the token into it")]
+    Empty(String),
+    #[error("the auth token file {0} is larger than 4096 bytes; it should hold only the token")]
+    TooLarge(String),
+}
+
+/// The auth token held in the file at `path`, without surrounding whitespace (so a
+/// file written by `echo TOKEN > file` works). Shared by `cue-relay --auth-token-file`
+/// and the `cue` client's.
+pub fn read_token_file(path: &Path) -> Result<String, TokenFileError> {
+    let shown = path.display().to_string();
+    let read = |source| TokenFileError::Read {
+        path: shown.clone(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read)?;
+    let mut text = String::new();
+    file.take(MAX_TOKEN_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read)?;
+    if text.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        return Err(TokenFileError::TooLarge(shown));
+    }
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(TokenFileError::Empty(shown));
+    }
+    Ok(token.to_string())
 }
 
 /// `IP:PORT`, `[IPv6]:PORT`, or `HOST:PORT` with a host name to resolve (`localhost:8080`).
@@ -245,7 +310,7 @@ mod tests {
     #[test]
     fn defaults_are_the_design_defaults() {
         let cli = Cli::try_parse_from(["cue-relay"]).unwrap();
-        let config = cli.relay.to_config();
+        let config = cli.relay.to_config().unwrap();
         assert_eq!(config.limits, Limits::default());
         assert_eq!(config.max_connections_per_ip, 256);
         assert_eq!(config.handshake_timeout, Duration::from_secs(10));
@@ -270,13 +335,46 @@ mod tests {
             "",
         ])
         .unwrap();
-        let config = cli.relay.to_config();
+        let config = cli.relay.to_config().unwrap();
         assert_eq!(config.trusted_proxies.len(), 2);
         assert_eq!(config.handshake_timeout, Duration::from_millis(250));
         assert_eq!(config.limits.burst, 7);
         assert_eq!(config.auth_token, None);
         assert!(parse_duration("3h").is_err());
         assert_eq!(config.write_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_auth_token_may_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret-token\n").unwrap();
+        let file = path.to_str().unwrap();
+        let cli = Cli::try_parse_from(["cue-relay", "--auth-token-file", file]).unwrap();
+        let config = cli.relay.to_config().unwrap();
+        assert_eq!(config.auth_token.as_deref(), Some("s3cret-token"));
+        // Not both: which one would win is not obvious.
+        assert!(
+            Cli::try_parse_from(["cue-relay", "--auth-token-file", file, "--auth-token", "x"])
+                .is_err()
+        );
+        // An empty or missing file is an error that names it, never "no token".
+        std::fs::write(&path, " \n").unwrap();
+        let cli = Cli::try_parse_from(["cue-relay", "--auth-token-file", file]).unwrap();
+        let error = cli.relay.to_config().unwrap_err().to_string();
+        assert!(
+            error.contains("is empty") && error.contains(file),
+            "{error}"
+        );
+        let missing = dir.path().join("missing");
+        let cli =
+            Cli::try_parse_from(["cue-relay", "--auth-token-file", missing.to_str().unwrap()])
+                .unwrap();
+        let error = cli.relay.to_config().unwrap_err().to_string();
+        assert!(
+            error.starts_with("cannot read the auth token file"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-pub use cli::{RelayArgs, error_line, parse_listen};
+pub use cli::{RelayArgs, TokenFileError, error_line, parse_listen, read_token_file};
 pub use config::{Config, ConfigError, IpNet, IpNetError};
 
 use metrics::Metrics;

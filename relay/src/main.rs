@@ -140,7 +140,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    let config = cli.relay.to_config();
+    let config = cli.relay.to_config()?;
     config.validate().context("check the relay's flags")?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let result = runtime.block_on(async {

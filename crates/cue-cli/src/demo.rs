@@ -175,11 +175,11 @@ pub fn run() -> anyhow::Result<()> {
     println!("bob        cue sync join   -> {}", b.display());
     // Noted before each start, so that an interrupted start is stopped too.
     note(&|l| l.daemons.push(a.clone()));
-    start_background(&a, None, Duration::from_secs(30))?;
+    start_background(&a, None, None, Duration::from_secs(30))?;
     let da = Daemon { root: a.clone() };
     note(&|l| l.daemons.push(b.clone()));
     let t0 = Instant::now();
-    start_background(&b, None, Duration::from_secs(30))?;
+    start_background(&b, None, None, Duration::from_secs(30))?;
     let db = Daemon { root: b.clone() };
     wait_for("bob's first sync", Duration::from_secs(20), || {
         read(&b, "plan.md").is_some()

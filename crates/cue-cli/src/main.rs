@@ -58,6 +58,8 @@ enum Top {
         /// Relay URL to use from now on, ws:// or wss:// (saved into the config).
         #[arg(long, value_name = "URL")]
         relay: Option<String>,
+        #[command(flatten)]
+        auth: AuthArgs,
     },
     /// What happened in the workspace.
     #[command(subcommand, after_help = "Example:\n  cue activity log --since 1d")]
@@ -78,6 +80,41 @@ enum Top {
     /// folders, edits on both, live convergence, figures; cleans up after itself.
     #[command(after_help = "Example:\n  cue demo")]
     Demo,
+}
+
+/// The relay's auth token for this run of the daemon, for self-hosted relays that ask
+/// for one: used instead of `sync.relay.auth_token` and never saved.
+#[derive(Debug, Args)]
+struct AuthArgs {
+    /// The relay's auth token, instead of sync.relay.auth_token (not saved). A flag is
+    /// visible to every user of the machine in `ps`: prefer the variable or
+    /// --auth-token-file.
+    #[arg(
+        long,
+        env = "CUE_AUTH_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    auth_token: Option<String>,
+    /// Read the relay's auth token from this file (surrounding whitespace ignored; keep
+    /// it mode 0600), instead of sync.relay.auth_token (not saved).
+    #[arg(
+        long,
+        env = "CUE_AUTH_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "auth_token"
+    )]
+    auth_token_file: Option<PathBuf>,
+}
+
+impl AuthArgs {
+    /// The token these say, if any (an empty one is none: the config's is used).
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        Ok(match &self.auth_token_file {
+            Some(path) => Some(cue_relay::read_token_file(path)?),
+            None => self.auth_token.clone().filter(|token| !token.is_empty()),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +185,8 @@ enum SyncCmd {
         /// Run in this terminal instead of detaching.
         #[arg(long)]
         foreground: bool,
+        #[command(flatten)]
+        auth: AuthArgs,
     },
     /// Stop the daemon once everything it knows is on disk.
     #[command(after_help = "Example:\n  cue sync stop")]
@@ -351,9 +390,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let base = base_dir(&cli.dir)?;
     match cli.command {
         Top::Sync(cmd) => sync(&base, cmd),
-        Top::Watch { sync: true, relay } => {
+        Top::Watch {
+            sync: true,
+            relay,
+            auth,
+        } => {
             let root = find_root(&base)?;
-            foreground(&root, relay.as_deref())
+            foreground(&root, relay.as_deref(), auth.token()?.as_deref())
         }
         Top::Watch { sync: false, .. } => {
             bail!("`cue watch` syncs the folder: run `cue watch --sync`")
@@ -379,8 +422,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn foreground(root: &Path, relay: Option<&str>) -> anyhow::Result<ExitCode> {
-    run_foreground(root, relay)?;
+fn foreground(
+    root: &Path,
+    relay: Option<&str>,
+    auth_token: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    run_foreground(root, relay, auth_token)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -457,16 +504,24 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
         SyncCmd::Start {
             relay,
             foreground: true,
+            auth,
         } => {
             let root = find_root(base)?;
-            foreground(&root, relay.as_deref())
+            foreground(&root, relay.as_deref(), auth.token()?.as_deref())
         }
         SyncCmd::Start {
             relay,
             foreground: false,
+            auth,
         } => {
             let root = find_root(base)?;
-            let pid = start_background(&root, relay.as_deref(), Duration::from_secs(120))?;
+            let token = auth.token()?;
+            let pid = start_background(
+                &root,
+                relay.as_deref(),
+                token.as_deref(),
+                Duration::from_secs(120),
+            )?;
             println!("cue daemon started (pid {pid}) for {}.", root.display());
             std::io::stdout().flush()?;
             let ws = Workspace::open(&root)?;
@@ -495,8 +550,21 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
         SyncCmd::Resolve { path } => {
             let root = find_root(base)?;
             let rel = workspace_relative(base, &root, &path)?;
+            // What is marked, named as status names it (docs/reference.md §1.5).
+            let marked: Vec<String> = status_report(&root)
+                .map(|r| {
+                    r.conflicts
+                        .iter()
+                        .filter(|c| c.path == rel || c.copy.as_deref() == Some(rel.as_str()))
+                        .map(status_view::conflict_line)
+                        .collect()
+                })
+                .unwrap_or_default();
             command(&root, Request::Resolve { path: rel.clone() })?;
             println!("Marked the conflicts of {rel} as resolved.");
+            for line in marked {
+                println!("  {line}");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -640,7 +708,8 @@ fn stop(root: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(root: &Path, json: bool) -> anyhow::Result<ExitCode> {
+/// The status document: the daemon's answer, or what the store holds when none answers.
+fn status_report(root: &Path) -> anyhow::Result<StatusReport> {
     let ws = Workspace::open(root)?;
     let mut report: Option<StatusReport> = None;
     if let Some(_pid) = DaemonLock::probe(&ws.dir())? {
@@ -649,7 +718,7 @@ fn status(root: &Path, json: bool) -> anyhow::Result<ExitCode> {
             report = r.status;
         }
     }
-    let report = match report {
+    Ok(match report {
         Some(r) => r,
         None => {
             // No daemon (or it does not answer): what the store says.
@@ -661,12 +730,19 @@ fn status(root: &Path, json: bool) -> anyhow::Result<ExitCode> {
                     running: false,
                     pid,
                     connected: false,
+                    relay_reason: None,
+                    // The last daemon's log, if one ran here in the background.
+                    log: Some(ws.log_path()).filter(|p| p.exists()),
                     deletions_paused: None,
                 },
                 &s,
             )
         }
-    };
+    })
+}
+
+fn status(root: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let report = status_report(root)?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -819,7 +895,7 @@ fn print_entries(entries: Vec<cue_daemon::ActivityEntry>, json: bool) -> anyhow:
 }
 
 fn relay(cmd: RelayCmd) -> anyhow::Result<ExitCode> {
-    let config = cmd.relay.to_config();
+    let config = cmd.relay.to_config()?;
     config.validate().context("check the relay's flags")?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {

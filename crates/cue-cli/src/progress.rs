@@ -211,10 +211,12 @@ mod tests {
             daemon: DaemonInfo {
                 running: true,
                 pid: Some(1),
+                log: None,
             },
             relay: RelayInfo {
                 url: "ws://127.0.0.1:8080".into(),
                 connected,
+                reason: None,
             },
             peers: vec![],
             files: 0,

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anstyle::{AnsiColor, Style};
-use cue_daemon::control::{CatchUpReport, StatusReport};
+use cue_daemon::control::{CatchUpReport, ConflictReport, StatusReport};
 
 /// Whether to colour, decided once by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +101,16 @@ fn unwritable(r: &StatusReport) -> Option<u64> {
     (n > 0).then_some(n)
 }
 
+/// One conflict as status and `cue sync resolve` name it: the path, the kind, and where
+/// the other version went (a conflict copy) or what was kept and set aside.
+pub fn conflict_line(c: &ConflictReport) -> String {
+    match &c.copy {
+        Some(copy) => format!("{} ({}): the other version is in {copy}", c.path, c.kind),
+        None if c.detail.is_empty() => format!("{} ({})", c.path, c.kind),
+        None => format!("{} ({}): {}", c.path, c.kind, c.detail),
+    }
+}
+
 /// The whole human status, ending with a newline.
 pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) -> String {
     let mut out = String::new();
@@ -188,13 +198,20 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
     if !running {
         hint(&mut out, "start syncing with `cue sync start`");
     } else if !r.relay.connected {
+        let why = match &r.relay.reason {
+            Some(reason) => format!("cannot reach the relay at {}: {reason}", r.relay.url),
+            // The first attempt is still under way.
+            None => format!("cannot reach the relay at {} yet", r.relay.url),
+        };
         hint(
             &mut out,
-            &format!(
-                "cannot reach the relay at {}; the daemon keeps retrying, and your work is kept meanwhile",
-                r.relay.url
-            ),
+            &format!("{why}; the daemon keeps retrying, and your work is kept meanwhile"),
         );
+        let log = match &r.daemon.log {
+            Some(log) => format!("details in {log}"),
+            None => "details in the daemon's own output: it runs in the foreground".to_string(),
+        };
+        hint(&mut out, &log);
     } else if r.peers.is_empty() {
         hint(
             &mut out,
@@ -231,12 +248,7 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
     if !r.conflicts.is_empty() {
         let _ = writeln!(out, "\n{}", paint.paint(HEAD, "Conflicts:"));
         for c in &r.conflicts {
-            let line = match &c.copy {
-                Some(copy) => format!("{} ({}): the other version is in {copy}", c.path, c.kind),
-                None if c.detail.is_empty() => format!("{} ({})", c.path, c.kind),
-                None => format!("{} ({}): {}", c.path, c.kind, c.detail),
-            };
-            let _ = writeln!(out, "  {}", paint.paint(WARN, &line));
+            let _ = writeln!(out, "  {}", paint.paint(WARN, &conflict_line(c)));
         }
         hint(
             &mut out,
@@ -297,10 +309,12 @@ mod tests {
             daemon: DaemonInfo {
                 running: true,
                 pid: Some(42),
+                log: Some("/home/ann/notes/.cuedeck/daemon.log".into()),
             },
             relay: RelayInfo {
                 url: "wss://relay.example.org".into(),
                 connected: true,
+                reason: None,
             },
             peers: vec![
                 PeerReport {
@@ -363,7 +377,7 @@ mod tests {
                 kind: "frontmatter".into(),
                 time: rfc3339(NOW),
                 copy: None,
-                detail: "title: kept \"B\", lost \"b\"".into(),
+                detail: "title: kept \"B\" (desk); set aside \"b\" (laptop)".into(),
             },
         ];
         r.skipped = vec![SkippedReport {
@@ -381,7 +395,7 @@ mod tests {
              \n\
              Conflicts:\n  \
              a.md (create): the other version is in a.conflict-desktop-222222.md\n  \
-             b.md (frontmatter): title: kept \"B\", lost \"b\"\n  \
+             b.md (frontmatter): title: kept \"B\" (desk); set aside \"b\" (laptop)\n  \
              (delete or rename a conflict copy to resolve it, or `cue sync resolve PATH` to mark it seen)\n\
              \n\
              Not synced:\n  \
@@ -400,6 +414,7 @@ mod tests {
         r.daemon = DaemonInfo {
             running: false,
             pid: None,
+            log: None,
         };
         r.relay.connected = false;
         r.peers.iter_mut().for_each(|p| p.online = false);
@@ -412,6 +427,7 @@ mod tests {
         );
 
         r.daemon.running = true;
+        r.daemon.log = Some("/home/ann/notes/.cuedeck/daemon.log".into());
         let text = render(&r, home(), NOW, OFF);
         let mut lines = text.lines();
         assert_eq!(
@@ -422,6 +438,28 @@ mod tests {
             lines
                 .next()
                 .is_some_and(|l| l.contains("wss://relay.example.org") && l.contains("retrying")),
+            "{text}"
+        );
+
+        // Once an attempt has failed, the hint says why and where the log is.
+        r.relay.reason = Some("connection refused by 127.0.0.1:9".into());
+        let text = render(&r, home(), NOW, OFF);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1],
+            "  (cannot reach the relay at wss://relay.example.org: connection refused by \
+             127.0.0.1:9; the daemon keeps retrying, and your work is kept meanwhile)"
+        );
+        assert_eq!(
+            lines[2],
+            "  (details in /home/ann/notes/.cuedeck/daemon.log)"
+        );
+
+        // A daemon in the foreground logs to its own output.
+        r.daemon.log = None;
+        let text = render(&r, home(), NOW, OFF);
+        assert!(
+            text.contains("(details in the daemon's own output: it runs in the foreground)"),
             "{text}"
         );
     }
@@ -510,6 +548,7 @@ mod tests {
         r.daemon = DaemonInfo {
             running: false,
             pid: None,
+            log: None,
         };
         r.relay.connected = false;
         r.pending_changes = 1;

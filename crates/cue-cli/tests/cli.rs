@@ -119,6 +119,27 @@ fn relay_help_has_its_flags_and_not_the_workspace_option() {
 }
 
 #[test]
+fn help_says_where_the_auth_token_can_come_from() {
+    for args in [
+        &["sync", "start", "--help"][..],
+        &["watch", "--help"],
+        &["relay", "--help"],
+    ] {
+        let out = cue(args);
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("--auth-token-file <PATH>"), "{help}");
+        assert!(help.contains("`ps`"), "the flag's risk is said: {help}");
+        let var = if args[0] == "relay" {
+            "CUE_RELAY_AUTH_TOKEN"
+        } else {
+            "CUE_AUTH_TOKEN"
+        };
+        assert!(help.contains(&format!("[env: {var}]")), "{help}");
+    }
+}
+
+#[test]
 fn init_says_which_relay_and_warns_when_only_this_machine_reaches_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));

@@ -59,10 +59,11 @@ impl ContentKind {
 /// Concurrent values the merge had to choose between, as seen in one document.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FieldConflict {
-    /// A frontmatter key written concurrently: `winner` is on disk, `losers` were not kept.
+    /// A frontmatter key written concurrently: `winner` (op id, raw block) is on disk,
+    /// `losers` (op id, raw block each) were not kept.
     Frontmatter {
         key: String,
-        winner: String,
+        winner: (String, String),
         losers: Vec<(String, String)>,
     },
     /// A binary file written concurrently: each loser's op id and bytes.
@@ -683,8 +684,9 @@ impl FileDoc {
             .rposition(|v| v.as_deref() == Some(value)))
     }
 
-    /// Values the merge chose between. The first value automerge reports is the winner on
-    /// every peer (it orders concurrent writes by operation id, never by wall clock).
+    /// Values the merge chose between. The last value automerge's `get_all` reports is the
+    /// winner on every peer, the one the file shows (it orders concurrent writes by
+    /// operation id, never by wall clock).
     pub fn conflicts(&self) -> Vec<FieldConflict> {
         let mut out = Vec::new();
         match self.kind() {
@@ -720,7 +722,10 @@ impl FileDoc {
                         // Lists are merged as sets, not chosen between.
                         continue;
                     }
-                    let Some(winner) = all.last().and_then(|(v, _)| str_of(v)) else {
+                    let Some((winner, winner_op)) = all
+                        .last()
+                        .and_then(|(v, id)| str_of(v).map(|s| (s, id.to_string())))
+                    else {
                         continue;
                     };
                     let losers = all[..all.len() - 1]
@@ -731,7 +736,7 @@ impl FileDoc {
                     if !losers.is_empty() {
                         out.push(FieldConflict::Frontmatter {
                             key,
-                            winner,
+                            winner: (winner_op, winner),
                             losers,
                         });
                     }

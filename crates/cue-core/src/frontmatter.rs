@@ -217,6 +217,41 @@ fn scalar_text(y: &Yaml<'_>) -> Option<String> {
     }
 }
 
+/// Longest value `display_value` shows, in characters, before it cuts with `…`.
+const DISPLAY_CHARS: usize = 60;
+
+/// A top-level key's value as a person reads it, from its block's exact source lines
+/// (`title: "Done"\n` gives `Done`): a scalar's text without YAML quoting, anything else
+/// (a nested mapping, a block scalar) its source after the key on one line; at most 60
+/// characters. Used to name the kept and set-aside values of a frontmatter conflict.
+pub fn display_value(block: &str) -> String {
+    let scalar = match load(block) {
+        Some(Yaml::Mapping(m)) if m.len() == 1 => m.values().next().and_then(|v| match v {
+            Yaml::Value(Scalar::Null) => Some(String::new()),
+            Yaml::Representation(s, _, _) if s.trim() == "~" || s.trim() == "null" => {
+                Some(String::new())
+            }
+            other => scalar_text(other),
+        }),
+        _ => None,
+    };
+    let text = scalar.unwrap_or_else(|| {
+        let after_key = block.split_once(':').map_or(block, |(_, v)| v);
+        after_key
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    if text.chars().count() <= DISPLAY_CHARS {
+        return text;
+    }
+    let mut cut: String = text.chars().take(DISPLAY_CHARS - 1).collect();
+    cut.push('…');
+    cut
+}
+
 fn parse_content(inner: &str) -> FrontmatterContent {
     split_yaml(inner).unwrap_or_else(|| FrontmatterContent::Raw(inner.to_string()))
 }
@@ -409,6 +444,22 @@ mod tests {
         let md = parse(s);
         assert_eq!(md.render(), s, "render must give back the input");
         md
+    }
+
+    #[test]
+    fn a_value_is_shown_as_a_person_reads_it() {
+        assert_eq!(display_value("title: Done\n"), "Done");
+        assert_eq!(display_value("title: \"Done: at last\"\n"), "Done: at last");
+        assert_eq!(display_value("count: 3\n"), "3");
+        assert_eq!(display_value("due:\n"), "");
+        assert_eq!(
+            display_value("owner:\n  name: Ann\n  team: ops\n"),
+            "name: Ann team: ops"
+        );
+        let long = format!("title: {}\n", "x".repeat(100));
+        let shown = display_value(&long);
+        assert_eq!(shown.chars().count(), 60);
+        assert!(shown.ends_with('…'), "{shown}");
     }
 
     #[test]

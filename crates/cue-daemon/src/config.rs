@@ -6,6 +6,8 @@
 //! (`tombstone_day = 1`) silently ignored would be worse than a clear error. Day counts
 //! accept fractions (`0.5` is twelve hours), which tests use to shorten them.
 
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -121,7 +123,8 @@ impl Config {
     }
 
     /// Writes the config atomically (temporary file and rename), so a crash never
-    /// leaves half a file.
+    /// leaves half a file. It may hold the relay's auth token, so the file is mode 0600
+    /// from its creation on, and a config of wider mode is replaced by one of 0600.
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
         let write_err = |source| ConfigError::Write {
             path: path.display().to_string(),
@@ -132,7 +135,21 @@ impl Config {
             source: std::io::Error::other(e.to_string()),
         })?;
         let tmp = path.with_extension("toml.tmp");
-        std::fs::write(&tmp, text).map_err(write_err)?;
+        // A temporary file left by a crash may have another mode: start afresh, since
+        // the mode below applies only to a file it creates.
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(write_err(e)),
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(write_err)?;
+        file.write_all(text.as_bytes()).map_err(write_err)?;
+        drop(file);
         std::fs::rename(&tmp, path).map_err(write_err)?;
         Ok(())
     }
@@ -192,6 +209,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn defaults_round_trip_and_fill_missing_keys() {
@@ -221,6 +239,22 @@ mod tests {
         let mut c = Config::default();
         c.sync.relay.url = "http://example.com".into();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_config_is_private_to_its_owner() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(CONFIG_FILE);
+        let mode = |p: &Path| std::fs::metadata(p).expect("config").permissions().mode() & 0o777;
+        let mut c = Config::default();
+        c.sync.relay.auth_token = "s3cret".into();
+        c.save(&path).expect("save");
+        assert_eq!(mode(&path), 0o600, "a new config");
+        // One written before, readable by everyone, is tightened by the next write.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        c.save(&path).expect("save");
+        assert_eq!(mode(&path), 0o600, "a rewritten config");
+        assert_eq!(Config::load(&path).expect("load"), c);
     }
 
     #[test]

@@ -115,12 +115,22 @@ pub struct CatchUpReport {
 pub struct DaemonInfo {
     pub running: bool,
     pub pid: Option<u32>,
+    /// Where the daemon logs: `.cuedeck/daemon.log` for a daemon in the background, `None`
+    /// for one in the foreground (its own stderr). Beyond the contract (docs/reference.md
+    /// §1.9).
+    #[serde(default)]
+    pub log: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RelayInfo {
     pub url: String,
     pub connected: bool,
+    /// While not connected: why the last attempt failed (connection refused, DNS, TLS,
+    /// the relay's HTTP status or refusal, a timeout) or the connection was lost. Beyond
+    /// the contract (docs/reference.md §1.9).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -190,6 +200,10 @@ pub struct StatusContext<'a> {
     pub running: bool,
     pub pid: Option<u32>,
     pub connected: bool,
+    /// Why the relay is not connected, when known.
+    pub relay_reason: Option<String>,
+    /// Where the daemon's log is, when it is a file.
+    pub log: Option<std::path::PathBuf>,
     pub deletions_paused: Option<crate::driver::Paused>,
 }
 
@@ -205,10 +219,12 @@ pub fn status_report(ctx: &StatusContext<'_>, s: &cue_core::Status) -> StatusRep
         daemon: DaemonInfo {
             running: ctx.running,
             pid: ctx.pid,
+            log: ctx.log.as_ref().map(|p| p.display().to_string()),
         },
         relay: RelayInfo {
             url: ws.config.sync.relay.url.clone(),
             connected: ctx.connected,
+            reason: ctx.relay_reason.clone().filter(|_| !ctx.connected),
         },
         peers: s
             .peers

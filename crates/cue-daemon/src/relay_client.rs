@@ -13,17 +13,24 @@
 //! message after another to a peer the relay no longer knows. A lost connection is reported and retried with exponential backoff from
 //! about 100 ms, capped at 5 s, with jitter so that many peers dropped by one relay
 //! restart do not return in lockstep. An unreachable relay is a state ("offline,
-//! retrying"), never an error.
+//! retrying"), never an error: an attempt that fails before admission is logged as
+//! "cannot reach relay at URL: why" (once while the reason stays the same) and its
+//! reason reported for status; "relay connection lost" is logged only for a connection
+//! that had been admitted.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use cue_crypto::WorkspaceKeys;
 use cue_proto::{ClientFrame, Limits, PeerId, RefuseReason, RelayFrame, RoomId};
 use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// What happened at the relay.
@@ -44,6 +51,12 @@ pub enum RelayEvent {
     },
     /// The connection is gone (every peer is offline now); reconnecting.
     Disconnected {
+        reason: String,
+    },
+    /// An attempt to join the room failed before admission (nothing to reach, refused,
+    /// TLS, the relay's HTTP answer, a timeout): why, for status. Sent when the reason
+    /// differs from the last attempt's; retrying.
+    Unreachable {
         reason: String,
     },
 }
@@ -105,14 +118,34 @@ pub async fn run(
     mut commands: mpsc::UnboundedReceiver<RelayCommand>,
 ) {
     let mut backoff = BACKOFF_START;
+    // The reason of the last failed attempt since the last admission: a relay that stays
+    // unreachable for the same reason is logged (and reported) once, not every retry.
+    let mut unreachable: Option<String> = None;
     loop {
         match session(&params, &events, &mut commands).await {
             End::Closed => return,
-            End::Lost { reason, admitted } => {
-                tracing::info!(%reason, "relay connection lost; retrying");
-                if admitted {
-                    backoff = BACKOFF_START;
-                    if events.send(RelayEvent::Disconnected { reason }).is_err() {
+            End::Lost {
+                reason,
+                admitted: true,
+            } => {
+                tracing::warn!(url = %params.url, %reason, "relay connection lost; reconnecting");
+                backoff = BACKOFF_START;
+                unreachable = None;
+                if events.send(RelayEvent::Disconnected { reason }).is_err() {
+                    return;
+                }
+            }
+            End::Lost {
+                reason,
+                admitted: false,
+            } => {
+                if unreachable.as_deref() == Some(reason.as_str()) {
+                    tracing::debug!(url = %params.url, %reason, "relay still unreachable");
+                } else {
+                    // Said in words, not fields: this is the line a user looks for.
+                    tracing::warn!("cannot reach relay at {}: {reason}; retrying", params.url);
+                    unreachable = Some(reason.clone());
+                    if events.send(RelayEvent::Unreachable { reason }).is_err() {
                         return;
                     }
                 }
@@ -146,8 +179,7 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + r)
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
 /// One connection, from connecting to its end.
 async fn session(
@@ -179,18 +211,111 @@ fn admitted_lost(reason: String) -> End {
     }
 }
 
+/// Connects to the room's WebSocket one step at a time (name lookup, TCP, then TLS and
+/// the HTTP upgrade), so that a failure says which step failed and why.
 async fn connect(params: &RelayParams) -> Result<Ws, End> {
     let url = room_url(&params.url, &params.keys.room_id());
     // 16 MiB envelopes plus frame overhead; the relay enforces its own, smaller limit.
     let config = WebSocketConfig::default()
         .max_message_size(Some(cue_crypto::MAX_ENVELOPE_LEN + 1024))
         .max_frame_size(Some(cue_crypto::MAX_ENVELOPE_LEN + 1024));
-    let connect = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
-    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+    let request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| lost(format!("the relay URL is not usable: {e}")))?;
+    let tls = request.uri().scheme_str() == Some("wss");
+    let host = request
+        .uri()
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = request
+        .uri()
+        .port_u16()
+        .unwrap_or(if tls { 443 } else { 80 });
+    let stream = tcp_connect(&host, port).await.map_err(lost)?;
+    let upgrade =
+        tokio_tungstenite::client_async_tls_with_config(request, stream, Some(config), None);
+    match tokio::time::timeout(CONNECT_TIMEOUT, upgrade).await {
         Ok(Ok((ws, _response))) => Ok(ws),
-        Ok(Err(e)) => Err(lost(format!("cannot connect to {}: {e}", params.url))),
-        Err(_) => Err(lost(format!("no answer from {} in time", params.url))),
+        Ok(Err(e)) => Err(lost(upgrade_failure(&e, tls))),
+        Err(_) => Err(lost(format!(
+            "timed out: connected, but no WebSocket answer within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
     }
+}
+
+/// The TCP connection to the relay's host: each address the name resolves to in turn.
+/// The error is why, in words (no lookup, refused, unreachable, timed out).
+async fn tcp_connect(host: &str, port: u16) -> Result<TcpStream, String> {
+    let timeout = CONNECT_TIMEOUT.as_secs();
+    let addrs: Vec<SocketAddr> =
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+            Err(_) => return Err(format!("DNS lookup of {host} timed out after {timeout} s")),
+            Ok(Err(e)) => return Err(format!("DNS lookup of {host} failed: {e}")),
+            Ok(Ok(addrs)) => addrs.collect(),
+        };
+    let mut why = format!("DNS lookup of {host} found no address");
+    for addr in addrs {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                // Small frames go out at once (an acknowledgement, a short edit).
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Ok(Err(e)) => why = connect_failure(&e, addr),
+            Err(_) => why = format!("timed out connecting to {addr} after {timeout} s"),
+        }
+    }
+    Err(why)
+}
+
+/// Why a TCP connection to `addr` failed, in words.
+fn connect_failure(e: &std::io::Error, addr: SocketAddr) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::ConnectionRefused => format!("connection refused by {addr}"),
+        ErrorKind::TimedOut => format!("timed out connecting to {addr}"),
+        ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
+            format!("{addr} is unreachable: {e}")
+        }
+        _ => format!("cannot connect to {addr}: {e}"),
+    }
+}
+
+/// Why the TLS handshake or the WebSocket upgrade failed, in words.
+fn upgrade_failure(e: &WsError, tls: bool) -> String {
+    match e {
+        WsError::Http(response) => {
+            format!("rejected by the relay with HTTP {}", response.status())
+        }
+        WsError::Tls(e) => format!("TLS error: {e}"),
+        // rustls reports a failed handshake as an IO error wrapping its own.
+        WsError::Io(io) if tls => match io.get_ref() {
+            Some(inner) if inner.is::<rustls::Error>() => format!("TLS error: {inner}"),
+            _ if io.kind() == std::io::ErrorKind::InvalidData => format!("TLS error: {io}"),
+            _ => format!("the connection failed during TLS or the WebSocket upgrade: {io}"),
+        },
+        WsError::Io(io) => format!("the connection failed during the WebSocket upgrade: {io}"),
+        WsError::Url(e) => format!("the relay URL is not usable: {e}"),
+        other => format!("the WebSocket upgrade failed: {other}"),
+    }
+}
+
+/// Why the relay refused to admit us, in words.
+fn refusal(reason: RefuseReason, limit: u64) -> String {
+    let why = match reason {
+        RefuseReason::AuthRequired => {
+            "it needs an auth token and ours is missing or wrong (sync.relay.auth_token, or CUE_AUTH_TOKEN)".to_string()
+        }
+        RefuseReason::RoomFull => format!("the room is full ({limit} devices)"),
+        RefuseReason::BadProof => "our proof of the room key did not verify".to_string(),
+        other => other.as_str().to_string(),
+    };
+    format!("rejected by the relay: {why}")
 }
 
 /// The handshake: optional auth, the challenge, then Welcome (reported as `Connected`).
@@ -213,7 +338,12 @@ async fn handshake(
             },
         };
         let frame = match next {
-            Err(_) => return Err(lost("the relay's handshake timed out".into())),
+            Err(_) => {
+                return Err(lost(format!(
+                    "timed out: the relay did not admit us within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
             Ok(None) => return Err(lost("the relay closed the connection".into())),
             Ok(Some(Err(e))) => return Err(lost(e.to_string())),
             Ok(Some(Ok(WsMessage::Binary(bytes)))) => match cue_proto::decode::<RelayFrame>(&bytes)
@@ -237,9 +367,8 @@ async fn handshake(
                 let connected = RelayEvent::Connected { you, peers, limits };
                 return events.send(connected).map_err(|_| End::Closed);
             }
-            RelayFrame::Refused { reason, .. } => {
-                let reason = reason.as_str();
-                return Err(lost(format!("the relay refused to admit us: {reason}")));
+            RelayFrame::Refused { reason, limit, .. } => {
+                return Err(lost(refusal(reason, limit)));
             }
             _ => continue,
         };
@@ -545,10 +674,71 @@ mod tests {
             End::Lost { reason, admitted } => {
                 assert!(!admitted);
                 assert!(!reason.contains("TLS support"), "{reason}");
-                assert!(reason.contains("cannot connect"), "{reason}");
+                assert_eq!(reason, format!("connection refused by 127.0.0.1:{port}"));
             }
             End::Closed => panic!("expected a lost connection"),
         }
+    }
+
+    /// Why one attempt to reach `url` failed, against a server on 127.0.0.1 that reads
+    /// what the client sends first and answers `reply` (then closes).
+    async fn failure_against(scheme: &str, reply: &'static [u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket.write_all(reply).await;
+            let _ = socket.shutdown().await;
+        });
+        let params = RelayParams {
+            url: format!("{scheme}://{addr}"),
+            auth_token: String::new(),
+            keys: WorkspaceKeys::derive(&cue_crypto::WorkspaceSecret::from_bytes([7; 32])),
+        };
+        let (events, _rx) = mpsc::unbounded_channel();
+        let (_tx, mut commands) = mpsc::unbounded_channel();
+        let end = session(&params, &events, &mut commands).await;
+        server.await.unwrap();
+        match end {
+            End::Lost { reason, admitted } => {
+                assert!(!admitted, "{reason}");
+                reason
+            }
+            End::Closed => panic!("expected a failed attempt"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_that_is_not_a_relay_is_named_by_its_http_status() {
+        let reason =
+            failure_against("ws", b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").await;
+        assert_eq!(reason, "rejected by the relay with HTTP 404 Not Found");
+    }
+
+    #[tokio::test]
+    async fn a_failed_tls_handshake_is_called_a_tls_error() {
+        // wss:// to a server that answers in plain HTTP.
+        let reason = failure_against(
+            "wss",
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await;
+        assert!(reason.starts_with("TLS error: "), "{reason}");
+    }
+
+    #[test]
+    fn a_refusal_at_admission_says_what_to_do() {
+        assert_eq!(
+            refusal(RefuseReason::RoomFull, 50),
+            "rejected by the relay: the room is full (50 devices)"
+        );
+        let auth = refusal(RefuseReason::AuthRequired, 0);
+        assert!(auth.contains("auth token"), "{auth}");
+        assert!(auth.contains("CUE_AUTH_TOKEN"), "{auth}");
     }
 
     #[test]

@@ -68,9 +68,21 @@ pub enum RunError {
     Spawn(String),
 }
 
+/// The environment variable that carries the relay's auth token to a daemon started in
+/// the background (never its command line, which every user sees in `ps`); the `cue`
+/// command line reads it too (docs/reference.md §2.3).
+pub const AUTH_TOKEN_ENV: &str = "CUE_AUTH_TOKEN";
+/// The variable naming a file that holds the relay's auth token.
+pub const AUTH_TOKEN_FILE_ENV: &str = "CUE_AUTH_TOKEN_FILE";
+
 /// Runs the daemon in this process until it is stopped (`cue sync start --foreground`,
-/// `cue watch --sync`). `relay` overrides the relay URL and is saved into the config.
-pub fn run_foreground(root: &Path, relay: Option<&str>) -> Result<(), RunError> {
+/// `cue watch --sync`). `relay` overrides the relay URL and is saved into the config;
+/// `auth_token` overrides `sync.relay.auth_token` for this run and is never saved.
+pub fn run_foreground(
+    root: &Path,
+    relay: Option<&str>,
+    auth_token: Option<&str>,
+) -> Result<(), RunError> {
     if std::env::var_os(DETACHED_ENV).is_some() {
         // Our own session: the caller's terminal closing or its Ctrl-C never reaches us.
         // Fails only if we already lead a group, which a spawned child never does.
@@ -92,7 +104,9 @@ pub fn run_foreground(root: &Path, relay: Option<&str>) -> Result<(), RunError> 
         .enable_all()
         .build()
         .map_err(RunError::Runtime)?;
-    let result = runtime.block_on(daemon(ws));
+    let auth_token =
+        auth_token.map_or_else(|| ws.config.sync.relay.auth_token.clone(), str::to_string);
+    let result = runtime.block_on(daemon(ws, auth_token));
     // Tasks still running (the control socket's) end with the runtime.
     runtime.shutdown_timeout(Duration::from_secs(1));
     drop(lock);
@@ -106,6 +120,7 @@ pub fn run_foreground(root: &Path, relay: Option<&str>) -> Result<(), RunError> 
 pub fn start_background(
     root: &Path,
     relay: Option<&str>,
+    auth_token: Option<&str>,
     deadline: Duration,
 ) -> Result<u32, RunError> {
     let ws = Workspace::open(root)?;
@@ -131,6 +146,12 @@ pub fn start_background(
         .args(["sync", "start", "--foreground"]);
     if let Some(url) = relay {
         cmd.args(["--relay", url]);
+    }
+    if let Some(token) = auth_token {
+        // The token as the caller found it (flag, variable or file), to the daemon
+        // through its environment: readable only by this user (/proc/PID/environ).
+        cmd.env(AUTH_TOKEN_ENV, token)
+            .env_remove(AUTH_TOKEN_FILE_ENV);
     }
     cmd.env(DETACHED_ENV, "1")
         .stdin(Stdio::null())
@@ -210,14 +231,14 @@ enum Flow {
     Stop(Option<Pending>),
 }
 
-async fn daemon(ws: Workspace) -> Result<(), RunError> {
+async fn daemon(ws: Workspace, auth_token: String) -> Result<(), RunError> {
     let mut driver = Driver::open(&ws, &ws.config)?;
     let (watcher, watch) = watch_and_scan(&ws, &mut driver)?;
     let (relay_tx, relay_cmds) = mpsc::unbounded_channel();
     let session = Session::resume(&ws, driver.store(), relay_tx).map_err(DriverError::from)?;
     let watch = bridge(watch)?;
     let (socket, control, control_task) = listen(&ws)?;
-    let (relay, relay_task) = start_relay(&ws, relay_cmds);
+    let (relay, relay_task) = start_relay(&ws, auth_token, relay_cmds);
     tracing::info!(
         root = %ws.root.display(),
         relay = %ws.config.sync.relay.url,
@@ -318,12 +339,13 @@ fn listen(ws: &Workspace) -> Result<(PathBuf, mpsc::Receiver<Pending>, JoinHandl
 /// The relay client task, taking its commands from `commands`.
 fn start_relay(
     ws: &Workspace,
+    auth_token: String,
     commands: mpsc::UnboundedReceiver<RelayCommand>,
 ) -> (mpsc::UnboundedReceiver<RelayEvent>, JoinHandle<()>) {
     let (events_tx, events) = mpsc::unbounded_channel();
     let params = RelayParams {
         url: ws.config.sync.relay.url.clone(),
-        auth_token: ws.config.sync.relay.auth_token.clone(),
+        auth_token,
         keys: ws.keys.clone(),
     };
     let task = tokio::spawn(relay_client::run(params, events_tx, commands));
@@ -423,6 +445,10 @@ impl Daemon<'_> {
                     running: true,
                     pid: Some(std::process::id()),
                     connected: self.session.connected(),
+                    relay_reason: self.session.relay_problem().map(str::to_string),
+                    // A daemon in the background writes to daemon.log (start_background);
+                    // one in the foreground to its own stderr.
+                    log: std::env::var_os(DETACHED_ENV).map(|_| self.ws.log_path()),
                     deletions_paused: self.driver.deletions_paused(),
                 };
                 let response = Response {

@@ -59,6 +59,8 @@ pub(crate) struct Session<'w> {
     ws: &'w Workspace,
     relay: mpsc::UnboundedSender<RelayCommand>,
     connected: bool,
+    /// Why the relay could not be reached or was lost, while not connected (for status).
+    relay_problem: Option<String>,
     peers: Peers,
     admitted: HashSet<CryptoDeviceId>,
     replay: Replay,
@@ -92,6 +94,7 @@ impl<'w> Session<'w> {
             ws,
             relay,
             connected: false,
+            relay_problem: None,
             peers: Peers::default(),
             admitted: HashSet::new(),
             replay: Replay::load(store)?,
@@ -103,6 +106,16 @@ impl<'w> Session<'w> {
     /// Whether we are in the relay room.
     pub fn connected(&self) -> bool {
         self.connected
+    }
+
+    /// While not connected: why the last attempt to reach the relay failed, or why the
+    /// connection was lost (`None` before the first attempt has ended).
+    pub fn relay_problem(&self) -> Option<&str> {
+        if self.connected {
+            None
+        } else {
+            self.relay_problem.as_deref()
+        }
     }
 
     /// Envelopes refused so far, by reason.
@@ -139,6 +152,7 @@ impl<'w> Session<'w> {
                 RelayEvent::Connected { you, peers, limits } => {
                     tracing::info!(?you, peers = peers.len(), "joined the relay room");
                     self.connected = true;
+                    self.relay_problem = None;
                     self.peers.clear();
                     let limit = usize::try_from(limits.max_message_bytes).unwrap_or(usize::MAX);
                     if let Some(max) = cue_crypto::max_plaintext_for(limit) {
@@ -161,10 +175,15 @@ impl<'w> Session<'w> {
                 },
                 RelayEvent::Disconnected { reason } => {
                     tracing::info!(%reason, "offline; reconnecting");
+                    self.relay_problem = Some(format!("connection lost: {reason}"));
                     self.connected = false;
                     self.peers.clear();
                     self.replay.guard_mut().on_disconnect();
                     self.input(driver, Input::Disconnected)?
+                }
+                RelayEvent::Unreachable { reason } => {
+                    self.relay_problem = Some(reason);
+                    Vec::new()
                 }
             };
             self.send_all(driver, sends);

@@ -191,6 +191,26 @@ fn write_gitignore(cuedeck_dir: &Path) -> Result<(), WorkspaceError> {
     written.map_err(io_err(&path))
 }
 
+/// Makes a file that holds a secret (a config with the relay's auth token, written by
+/// a version that made it readable by everyone) private to its owner. A failure (a
+/// file not ours, a read-only folder) is logged, not fatal.
+fn tighten(path: &Path) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    if meta.permissions().mode() & 0o077 == 0 {
+        return;
+    }
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "made the config, which holds the relay's auth token, private (mode 0600)")
+        }
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "the config holds the relay's auth token and is readable by others; chmod 600 it")
+        }
+    }
+}
+
 fn read_secret(path: &Path) -> Result<[u8; 32], WorkspaceError> {
     let key_err = |message: String| WorkspaceError::Key {
         path: path.to_owned(),
@@ -261,6 +281,9 @@ impl Workspace {
             return Err(WorkspaceError::NotAWorkspace(root));
         }
         let config = Config::load(&dir.join(CONFIG_FILE))?;
+        if !config.sync.relay.auth_token.is_empty() {
+            tighten(&dir.join(CONFIG_FILE));
+        }
         let secret = WorkspaceSecret::from_bytes(read_secret(&dir.join(SECRET_FILE))?);
         let device = DeviceKey::from_bytes(&read_secret(&dir.join(DEVICE_KEY_FILE))?);
         // A workspace made before `.cuedeck/.gitignore` existed gets one now. Failing to
@@ -395,7 +418,7 @@ mod tests {
     fn init_then_open_and_join_from_the_invite() {
         let a = tempfile::tempdir().expect("tempdir");
         let ws = Workspace::init(a.path(), Some("ws://127.0.0.1:9"), Some("alice")).expect("init");
-        for f in [SECRET_FILE, DEVICE_KEY_FILE] {
+        for f in [SECRET_FILE, DEVICE_KEY_FILE, CONFIG_FILE] {
             let mode = std::fs::metadata(ws.dir().join(f))
                 .expect("key file")
                 .permissions()
@@ -424,6 +447,29 @@ mod tests {
             find_root(&sub).expect("root"),
             a.path().canonicalize().expect("canon")
         );
+    }
+
+    #[test]
+    fn a_config_holding_an_auth_token_is_made_private_on_open() {
+        let a = tempfile::tempdir().expect("tempdir");
+        let ws = Workspace::init(a.path(), None, Some("alice")).expect("init");
+        let path = ws.config_path();
+        let mode = || {
+            std::fs::metadata(&path)
+                .expect("config")
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        // A config edited by hand to hold a token, readable by everyone.
+        let text = std::fs::read_to_string(&path).expect("read");
+        let text = text.replace("auth_token = \"\"", "auth_token = \"s3cret\"");
+        assert!(text.contains("s3cret"), "{text}");
+        std::fs::write(&path, text).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let opened = Workspace::open(a.path()).expect("open");
+        assert_eq!(opened.config.sync.relay.auth_token, "s3cret");
+        assert_eq!(mode(), 0o600);
     }
 
     #[test]

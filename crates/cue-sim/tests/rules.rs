@@ -82,11 +82,27 @@ fn frontmatter_scalar_last_writer_wins_and_loser_is_a_conflict() {
             || merged == "---\ntitle: Three\nstatus: draft\n---\nbody\n",
         "no interleaving: {merged}"
     );
+    // The kept value is the one on disk, named with its device; the other is set aside
+    // with its device's name (p0 wrote "Two", p1 "Three").
+    let expected = if merged.contains("title: Two") {
+        r#"title: kept "Two" (p0); set aside "Three" (p1)"#
+    } else {
+        r#"title: kept "Three" (p1); set aside "Two" (p0)"#
+    };
     for p in 0..2 {
         let st = w.status(p);
         assert_eq!(st.conflicts.len(), 1, "peer {p}: {:?}", st.conflicts);
         assert_eq!(st.conflicts[0].kind, ConflictKind::Frontmatter);
         assert_eq!(st.conflicts[0].path, "a.md");
+        assert_eq!(st.conflicts[0].detail, expected, "peer {p}");
+    }
+    let logged: Vec<_> = (0..2)
+        .flat_map(|p| w.peers[p].activity.iter())
+        .filter(|a| a.kind == cue_core::ActivityKind::Conflict)
+        .collect();
+    assert!(!logged.is_empty(), "the conflict is in an activity log");
+    for a in logged {
+        assert_eq!(a.detail.as_deref(), Some(expected), "activity log: {a:?}");
     }
     w.resolve(1, "a.md").unwrap();
     settle(&mut w);

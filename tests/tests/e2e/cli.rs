@@ -399,6 +399,151 @@ fn an_unreachable_relay_is_offline_not_an_error() {
     p.stop();
 }
 
+/// A port of 127.0.0.1 that nothing listens on: one the kernel gave out and took back.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn daemon_log(p: &Peer) -> String {
+    std::fs::read_to_string(p.path(".cuedeck/daemon.log")).unwrap_or_default()
+}
+
+#[test]
+fn an_unreachable_relay_says_why_and_where_the_log_is() {
+    let port = closed_port();
+    let url = format!("ws://127.0.0.1:{port}");
+    let p = Peer::new("erin");
+    p.init(&url);
+    p.start();
+    let refused = format!("connection refused by 127.0.0.1:{port}");
+    wait_until("status to say why the relay cannot be reached", || {
+        p.status().0["relay"]["reason"] == refused.as_str()
+    });
+    let (s, _) = p.status();
+    assert_eq!(s["relay"]["connected"], false);
+    let log_path = p.path(".cuedeck/daemon.log");
+    let log_path = log_path.to_str().unwrap();
+    assert_eq!(s["daemon"]["log"], log_path, "{s}");
+    let text = p.cue_ok(&["sync", "status"]);
+    assert!(
+        text.contains(&format!("cannot reach the relay at {url}: {refused};")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("(details in {log_path})")), "{text}");
+    // The log says the same, once, and never calls it a lost connection: there was none.
+    wait_until("the daemon log to say why", || {
+        daemon_log(&p).contains(&format!("cannot reach relay at {url}: {refused}"))
+    });
+    let log = daemon_log(&p);
+    assert!(!log.contains("relay connection lost"), "{log}");
+    p.stop();
+}
+
+#[test]
+fn a_relay_that_goes_away_is_a_lost_connection_in_the_log() {
+    let relay = Relay::start();
+    let url = relay.url();
+    let p = Peer::new("fred");
+    p.init(&url);
+    p.start();
+    wait_until("the daemon to join the relay", || {
+        p.status().0["relay"]["connected"] == true
+    });
+    assert!(p.status().0["relay"]["reason"].is_null());
+    assert!(!daemon_log(&p).contains("cannot reach relay"));
+    let addr = relay.stop();
+    wait_until("the log to say the connection was lost", || {
+        daemon_log(&p).contains("relay connection lost")
+    });
+    // Reconnecting to the stopped relay then fails with its reason.
+    let refused = format!("connection refused by {addr}");
+    wait_until("status to say why the relay cannot be reached", || {
+        p.status().0["relay"]["reason"] == refused.as_str()
+    });
+    wait_until("the log to say why", || {
+        daemon_log(&p).contains(&format!("cannot reach relay at {url}: {refused}"))
+    });
+    p.stop();
+}
+
+/// The mode bits of a file.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn the_auth_token_comes_from_a_file_or_the_environment_never_the_config() {
+    const TOKEN: &str = "team-relay-token-7f3a";
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("relay-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let token_path = token_file.to_str().unwrap();
+    let relay = Relay::start_with(cue_testkit::ANY_PORT, &["--auth-token-file", token_path]);
+
+    // Alice gives the token in the environment, Bob in a file.
+    let a = Peer::new("alice");
+    a.init(&relay.url());
+    let b = Peer::new("bob");
+    b.join(&a.invite());
+    let out = a
+        .command(&["sync", "start"])
+        .env("CUE_AUTH_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    b.cue_ok(&["sync", "start", "--auth-token-file", token_path]);
+    for p in [&a, &b] {
+        wait_until(
+            &format!("{} to join the relay with the token", p.name),
+            || p.status().0["relay"]["connected"] == true,
+        );
+        wait_until(&format!("{} to see the other online", p.name), || {
+            p.status().0["peers"][0]["online"] == true
+        });
+    }
+    for p in [&a, &b] {
+        // Not saved, not on the daemon's command line (which every user sees in `ps`).
+        let config = p.path(".cuedeck/config.toml");
+        assert!(!std::fs::read_to_string(&config).unwrap().contains(TOKEN));
+        assert_eq!(mode(&config), 0o600, "{}'s config", p.name);
+        let pid = p.status().0["daemon"]["pid"].as_u64().unwrap();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(TOKEN),
+            "{}",
+            String::from_utf8_lossy(&cmdline)
+        );
+    }
+
+    // Without the token the relay turns a device away, and status says why.
+    let c = Peer::new("carol");
+    c.join(&a.invite());
+    c.start();
+    wait_until("carol's status to say the relay wants a token", || {
+        c.status().0["relay"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("rejected by the relay: it needs an auth token"))
+    });
+    let text = c.cue_ok(&["sync", "status"]);
+    assert!(text.contains("CUE_AUTH_TOKEN"), "{text}");
+
+    // An empty token file is an error that names it, not a silent "no token".
+    std::fs::write(&token_file, "\n").unwrap();
+    c.stop();
+    let out = c.cue(&["sync", "start", "--auth-token-file", token_path]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is empty") && err.contains(token_path),
+        "{err}"
+    );
+    for p in [&a, &b] {
+        p.stop();
+    }
+}
+
 #[test]
 fn the_demo_runs_and_cleans_up() {
     let out = std::process::Command::new(cue_e2e::cue_bin())

@@ -69,6 +69,42 @@ fn frontmatter_last_writer_wins_and_arrays_union() {
             .iter()
             .any(|c| c["kind"] == "frontmatter" && c["path"] == "fm.md")
     });
+    // The conflict names the value kept (the one in the file) and the one set aside,
+    // each with its device, in the same words in status, the activity log and resolve.
+    let detail = if merged.contains("title: Alice") {
+        r#"title: kept "Alice" (alice); set aside "Bob" (bob)"#
+    } else {
+        r#"title: kept "Bob" (bob); set aside "Alice" (alice)"#
+    };
+    for p in [&a, &b] {
+        wait_until(&format!("{}'s status to name both titles", p.name), || {
+            p.status().0["conflicts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["path"] == "fm.md" && c["detail"] == detail)
+        });
+    }
+    let human = a.cue_ok(&["sync", "status"]);
+    assert!(
+        human.contains(&format!("fm.md (frontmatter): {detail}")),
+        "{human}"
+    );
+    // The device that found the conflict first logged it (the other learnt of it
+    // from the synced record).
+    let log = a.cue_ok(&["activity", "log", "--json"]) + &b.cue_ok(&["activity", "log", "--json"]);
+    let entries: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &serde_json::Value| e["kind"] == "conflict")
+        .collect();
+    assert!(!entries.is_empty(), "{log}");
+    assert!(entries.iter().all(|e| e["detail"] == detail), "{log}");
+    let resolved = a.cue_ok(&["sync", "resolve", "fm.md"]);
+    assert!(
+        resolved.contains(&format!("fm.md (frontmatter): {detail}")),
+        "{resolved}"
+    );
     a.stop();
     b.stop();
 }

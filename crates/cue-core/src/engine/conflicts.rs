@@ -2,6 +2,7 @@
 //! losing side.
 
 use super::*;
+use crate::frontmatter;
 use crate::paths::MAX_COMPONENT_BYTES;
 
 /// The conflict copy's name: `<stem>.conflict-<device>-<6 hex>.<ext>` (docs/reference.md §2.6), with a
@@ -51,6 +52,26 @@ fn cut_at_char(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// What a frontmatter conflict says, the same in status, the activity log and
+/// `cue sync resolve`: `title: kept "Done" (desk); set aside "Todo" (laptop)`. `kept`
+/// and each of `set_aside` are a value as shown to people and its device's name.
+fn frontmatter_conflict_detail(
+    key: &str,
+    kept: (&str, &str),
+    set_aside: &[(String, String)],
+) -> String {
+    let aside: Vec<String> = set_aside
+        .iter()
+        .map(|(value, device)| format!("\"{value}\" ({device})"))
+        .collect();
+    format!(
+        "{key}: kept \"{}\" ({}); set aside {}",
+        kept.0,
+        kept.1,
+        aside.join(", ")
+    )
+}
+
 impl Engine {
     /// After a remote change to a file: record what the merge chose between.
     pub(super) fn record_field_conflicts(&mut self, file: FileId, store: &mut dyn DocStore) {
@@ -69,8 +90,13 @@ impl Engine {
         let mut changed = false;
         for c in conflicts {
             match c {
-                FieldConflict::Frontmatter { key, losers, .. } => {
-                    changed |= self.frontmatter_conflict(file, &path, &key, &losers, &members);
+                FieldConflict::Frontmatter {
+                    key,
+                    winner,
+                    losers,
+                } => {
+                    changed |=
+                        self.frontmatter_conflict(file, &path, &key, &winner, &losers, &members);
                 }
                 FieldConflict::Binary { losers } => {
                     for (op, bytes) in losers {
@@ -84,13 +110,14 @@ impl Engine {
         }
     }
 
-    /// Records that a frontmatter key kept the later of concurrent values; whether it
-    /// was new.
+    /// Records which of concurrent values a frontmatter key kept and which it set
+    /// aside, naming each value's device; whether the conflict was new.
     fn frontmatter_conflict(
         &mut self,
         file: FileId,
         path: &str,
         key: &str,
+        winner: &(String, String),
         losers: &[(String, String)],
         members: &BTreeMap<DeviceId, String>,
     ) -> bool {
@@ -101,21 +128,33 @@ impl Engine {
         if self.index.has_conflict(&id) {
             return false;
         }
-        let lost: Vec<String> = losers
-            .iter()
-            .map(|(_, v)| v.trim_end().to_string())
-            .collect();
+        let name_of = |op: &str| {
+            device_of_op(op, members)
+                .and_then(|d| members.get(&d).cloned())
+                .unwrap_or_else(|| "unknown device".into())
+        };
+        let (winner_op, winner_block) = winner;
+        let detail = frontmatter_conflict_detail(
+            key,
+            (
+                &frontmatter::display_value(winner_block),
+                &name_of(winner_op),
+            ),
+            &losers
+                .iter()
+                .map(|(op, block)| (frontmatter::display_value(block), name_of(op)))
+                .collect::<Vec<_>>(),
+        );
         let device = losers
             .first()
-            .and_then(|(op, _)| device_of_op(op, members))
-            .map(|d| members.get(&d).cloned().unwrap_or_default())
+            .map(|(op, _)| name_of(op))
             .unwrap_or_default();
         let rec = ConflictRecord {
             kind: ConflictKind::Frontmatter,
             file,
             path: path.to_string(),
             copy: None,
-            detail: format!("{key}: kept the later value; lost {}", lost.join(" | ")),
+            detail,
             time_ms: self.now_ms,
             resolved: false,
         };
