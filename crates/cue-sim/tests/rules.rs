@@ -691,3 +691,26 @@ fn pending_changes_are_kept_by_file_and_survive_a_restart() {
     w.restart(0);
     assert_eq!(w.status(0).pending_changes, 0);
 }
+
+/// One device empties a file while another edits it, offline: the text the other typed
+/// survives (nothing typed is lost), without the text around it that the first device
+/// deleted; both end with the same bytes. docs/user-guide.md shows what this looks like.
+#[test]
+fn emptying_a_file_while_another_device_edits_it_keeps_the_typed_text() {
+    let mut w = World::new(2, 31, Config::default());
+    w.connect_all();
+    w.write(0, "t.md", b"line one\nline two\n");
+    w.settle(10);
+    w.disconnect(0);
+    w.disconnect(1);
+    w.write(0, "t.md", b"");
+    w.write(1, "t.md", b"line one B edit\nline two\nB new\n");
+    w.connect_all();
+    w.settle(10);
+    w.converged().unwrap();
+    let text = w.read(0, "t.md").unwrap();
+    assert!(text.contains(" B edit"), "{text:?}");
+    assert!(text.contains("B new\n"), "{text:?}");
+    assert!(!text.contains("line"), "{text:?}");
+    assert_eq!(text, " B editB new\n");
+}
