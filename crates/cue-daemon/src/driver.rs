@@ -617,6 +617,12 @@ impl Driver {
         let mut out = self.input(now, Input::Unsyncable { files: unsyncable })?;
         let mut found = found;
         found.ignored = self.newly_ignored(&found);
+        // Files listed as too large that are no longer there leave the list.
+        for path in self.engine.skipped_under(".") {
+            if !found.too_large.contains_key(&path) && !found.files.contains_key(&path) {
+                out.extend(self.input(now, Input::FileRemoved { path })?);
+            }
+        }
         let diff = carry::diff_scan(&self.engine, &found);
         if !mass_ok && carry::too_many_missing(diff.known, diff.removed.len()) {
             self.trip_guard(
@@ -746,6 +752,12 @@ impl Driver {
                 out.extend(self.file_changed(now, &path)?);
             }
         }
+        // A file listed as too large leaves the list when it goes.
+        for path in self.engine.skipped_under(p) {
+            if !self.host.exists(&path) {
+                out.extend(self.input(now, Input::FileRemoved { path })?);
+            }
+        }
         Ok(out)
     }
 
@@ -805,7 +817,8 @@ impl Driver {
             Err(e) => return Err(e.into()),
         };
         let Some(stat) = stat.filter(|s| s.kind == crate::fsio::FileKind::Regular) else {
-            if known.is_some() && self.guard.is_none() {
+            let listed = !self.engine.skipped_under(path).is_empty();
+            if (known.is_some() || listed) && self.guard.is_none() {
                 return self.input(
                     now,
                     Input::FileRemoved {

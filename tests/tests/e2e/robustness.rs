@@ -51,6 +51,13 @@ fn files_over_max_file_size_are_skipped_and_listed() {
         "{s}"
     );
     assert!(b.read("huge.txt").is_none());
+    // Deleted, it leaves the list.
+    a.remove("huge.txt");
+    wait_until("the deleted file to leave the list", || {
+        !a.status().0["skipped"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|k| k["path"] == "huge.txt"))
+    });
     a.stop();
     b.stop();
 }

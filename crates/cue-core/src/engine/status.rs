@@ -122,6 +122,17 @@ impl Engine {
         self.files.under(path)
     }
 
+    /// The files listed as too large to sync here that are `path` or below it.
+    pub fn skipped_under(&self, path: &str) -> Vec<String> {
+        let prefix = format!("{path}/");
+        self.state
+            .skipped
+            .keys()
+            .filter(|p| *p == path || p.starts_with(&prefix) || path == ".")
+            .cloned()
+            .collect()
+    }
+
     /// The materialised bytes of the live file at `path` (tests, the demo).
     pub fn read(&mut self, path: &str, store: &mut dyn DocStore) -> Option<Vec<u8>> {
         let live = self.live_view(store);
