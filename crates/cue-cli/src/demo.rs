@@ -252,16 +252,52 @@ pub fn run() -> anyhow::Result<()> {
         ms(on_alice),
         ms(on_bob),
     );
-    if on_alice.max(on_bob) > Duration::from_millis(500) {
-        println!(
-            "           (saves within a millisecond of each other are taken in at the file watcher's \
-             one-second limit,\n            not a millisecond after the save; a few milliseconds apart \
-             they merge as fast as the live saves)"
-        );
-    }
     println!("\nplan.md, the same bytes on both machines:\n");
     for line in read(&a, "plan.md").unwrap_or_default().lines() {
         println!("    {line}");
+    }
+
+    // One frontmatter key set to two values at once: a conflict, said on both devices.
+    let base = read(&a, "plan.md").ok_or_else(|| anyhow!("plan.md vanished"))?;
+    let set = |value: &str| base.replacen("---\n", &format!("---\nstatus: {value}\n"), 1);
+    std::fs::write(a.join("plan.md"), set("review"))?;
+    std::fs::write(b.join("plan.md"), set("done"))?;
+    let conflict_on = |root: &std::path::Path| -> Option<control::ConflictReport> {
+        let status = control::request(
+            &socket_for(root).ok()?,
+            &Request::Status,
+            Duration::from_secs(5),
+        )
+        .ok()?
+        .status?;
+        status
+            .conflicts
+            .into_iter()
+            .find(|c| c.kind == "frontmatter")
+    };
+    // Polled gently: each look is a status request to each daemon.
+    let t0 = Instant::now();
+    let mut conflict = None;
+    while t0.elapsed() < Duration::from_secs(10) {
+        if read(&a, "plan.md") == read(&b, "plan.md") {
+            conflict = conflict_on(&a).filter(|_| conflict_on(&b).is_some());
+            if conflict.is_some() {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    match conflict {
+        Some(c) => println!(
+            "\nconflict   alice set `status: review` while bob set `status: done`; both devices keep the same one and say so:\n\
+             \x20          {}: {}\n\
+             \x20          (`cue sync status` lists it until `cue sync resolve {}`)",
+            c.path, c.detail, c.path
+        ),
+        None => println!(
+            "\nconflict   alice set `status: review` and bob `status: done`, but one save reached the other \
+             device first: a plain edit, no conflict this time"
+        ),
     }
 
     // A deletion reaches the other device; a restore brings the file back on both.

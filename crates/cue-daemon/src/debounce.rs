@@ -81,24 +81,31 @@ fn collect(
 ) -> (Batch, bool) {
     let start = Instant::now();
     let mut raw = Batch::default();
-    // The quiet period now: short right after a finished save, else the full one.
+    // The quiet period now: short right after a finished save, else the full one,
+    // counted from the last event that can be a change. A file merely opened or read
+    // (an editor, an indexer, a script polling it) changes nothing and does not hold the
+    // batch back: otherwise a file read in a loop would sync only at `max`.
     let mut wait_for = quiet;
-    let push = |r: notify::Result<Event>, raw: &mut Batch, wait_for: &mut Duration| match r {
+    let mut last_change = start;
+    let push = |r: notify::Result<Event>,
+                raw: &mut Batch,
+                wait_for: &mut Duration,
+                last_change: &mut Instant| match r {
         Ok(e) => {
-            *wait_for = if finished_save(&e) {
-                GRACE.min(quiet)
-            } else {
-                quiet
-            };
+            let saved = finished_save(&e);
+            if saved || !matches!(e.kind, EventKind::Access(_)) || e.need_rescan() {
+                *wait_for = if saved { GRACE.min(quiet) } else { quiet };
+                *last_change = Instant::now();
+            }
             raw.events.push(e)
         }
         Err(e) => raw.errors.push(e),
     };
-    push(first, &mut raw, &mut wait_for);
+    push(first, &mut raw, &mut wait_for, &mut last_change);
     let mut open = true;
     loop {
         let now = Instant::now();
-        let deadline = (now + wait_for).min(start + max);
+        let deadline = (last_change + wait_for).min(start + max);
         let Some(wait) = deadline
             .checked_duration_since(now)
             .filter(|d| !d.is_zero())
@@ -106,7 +113,7 @@ fn collect(
             break;
         };
         match rx.recv_timeout(wait) {
-            Ok(r) => push(r, &mut raw, &mut wait_for),
+            Ok(r) => push(r, &mut raw, &mut wait_for, &mut last_change),
             Err(RecvTimeoutError::Timeout) => break,
             Err(RecvTimeoutError::Disconnected) => {
                 open = false;
@@ -303,6 +310,44 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(30));
         assert_eq!(batch.events.len(), 1, "the close repeats the write");
         drop(tx);
+    }
+
+    /// A program reading files in a loop (an editor, an indexer, a script polling) sends
+    /// open and read events without pause: they change nothing and must not hold a save's
+    /// batch back until `max`.
+    #[test]
+    fn reads_in_a_loop_do_not_hold_a_batch_back() {
+        let (tx, rx) = channel();
+        tx.send(Ok(write("/w/a.md"))).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop_r = stop.clone();
+        let reader = std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < until && !stop_r.load(std::sync::atomic::Ordering::SeqCst) {
+                let open = ev(
+                    EventKind::Access(AccessKind::Open(AccessMode::Read)),
+                    &["/w/a.md"],
+                );
+                if tx.send(Ok(open)).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        let first = rx.recv().unwrap();
+        let (batch, open) = collect(
+            first,
+            &rx,
+            Duration::from_millis(50),
+            Duration::from_secs(60),
+        );
+        // The reader reads for 30 s unless stopped: the batch must end while it reads.
+        let ended_while_reading = !reader.is_finished();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        reader.join().unwrap();
+        assert!(open);
+        assert!(ended_while_reading, "the reads held the batch back");
+        assert!(batch.events.iter().any(|e| e.kind == write("/w/a.md").kind));
     }
 
     #[test]
