@@ -317,26 +317,8 @@ impl WorkspaceFs {
             None => return Ok(None),
             Some(st) => check_regular(rel, st.kind)?,
         }
-        let fd = match rustix::fs::openat(
-            &parent,
-            rel.file_name(),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(fd) => fd,
-            Err(Errno::NOENT) => return Ok(None),
-            Err(Errno::LOOP) => {
-                return Err(FsError::Symlink {
-                    path: rel.to_string(),
-                });
-            }
-            Err(e) => return Err(FsError::io("open", rel.as_str(), e)),
-        };
         // Checked again on the descriptor: the name may have been swapped after the lstat.
-        let st = rustix::fs::fstat(&fd).map_err(|e| FsError::io("stat", rel.as_str(), e))?;
-        let st = FileStat::from_stat(&st);
-        check_regular(rel, st.kind)?;
-        Ok(Some((File::from(fd), st)))
+        open_leaf(&parent, rel.file_name(), rel)
     }
 
     /// The content of a regular file; `None` when it does not exist.
@@ -697,7 +679,7 @@ fn expectation_holds(
         Expect::Absent => Ok(stat_leaf(parent, rel)?.is_none()),
         Expect::Content(want) => match open_leaf(parent, rel.file_name(), rel)? {
             None => Ok(false),
-            Some(mut file) => Ok(blake3_of(&mut file, rel)? == want),
+            Some((mut file, _)) => Ok(blake3_of(&mut file, rel)? == want),
         },
     }
 }
@@ -1020,7 +1002,7 @@ fn replace_holding(
     rel: &WorkspacePath,
     want: [u8; 32],
 ) -> Result<Outcome, FsError> {
-    let Some(mut held) = open_leaf(dir, rel.file_name(), rel)? else {
+    let Some((mut held, _)) = open_leaf(dir, rel.file_name(), rel)? else {
         return Ok(Outcome::Unexpected);
     };
     if blake3_of(&mut held, rel)? != want {
@@ -1103,8 +1085,14 @@ fn done_over(replaced: &[u8], want: [u8; 32]) -> Outcome {
     }
 }
 
-/// Opens the regular file `name` in `dir` for reading; `None` when nothing is there.
-fn open_leaf(dir: &OwnedFd, name: &str, rel: &WorkspacePath) -> Result<Option<File>, FsError> {
+/// Opens the regular file `name` in `dir` (which stands for `rel`) for reading, never
+/// following a symlink; `None` when nothing is there. The kind is checked on the
+/// descriptor.
+fn open_leaf(
+    dir: &OwnedFd,
+    name: &str,
+    rel: &WorkspacePath,
+) -> Result<Option<(File, FileStat)>, FsError> {
     let fd = match rustix::fs::openat(
         dir,
         name,
@@ -1121,13 +1109,14 @@ fn open_leaf(dir: &OwnedFd, name: &str, rel: &WorkspacePath) -> Result<Option<Fi
         Err(e) => return Err(FsError::io("open", rel.as_str(), e)),
     };
     let st = rustix::fs::fstat(&fd).map_err(|e| FsError::io("stat", rel.as_str(), e))?;
-    check_regular(rel, FileStat::from_stat(&st).kind)?;
-    Ok(Some(File::from(fd)))
+    let st = FileStat::from_stat(&st);
+    check_regular(rel, st.kind)?;
+    Ok(Some((File::from(fd), st)))
 }
 
 /// The content of the regular file `name` in `dir` (which stands for `rel`).
 fn read_leaf(dir: &OwnedFd, name: &str, rel: &WorkspacePath) -> Result<Vec<u8>, FsError> {
-    let mut file = open_leaf(dir, name, rel)?
+    let (mut file, _) = open_leaf(dir, name, rel)?
         .ok_or_else(|| FsError::io("open", rel.as_str(), Errno::NOENT))?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)

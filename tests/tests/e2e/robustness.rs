@@ -31,13 +31,7 @@ fn files_larger_than_a_relay_message_sync_in_pieces() {
 fn files_over_max_file_size_are_skipped_and_listed() {
     let (_relay, a, b) = pair();
     a.stop();
-    let config = a.path(".cuedeck/config.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace("max_file_size = 16777216", "max_file_size = 1000"),
-    )
-    .unwrap();
+    set_max_file_size(&a, 1000);
     a.write("huge.txt", &"x".repeat(5000));
     a.write("small.txt", "fits\n");
     a.start();
@@ -70,13 +64,7 @@ fn a_file_grown_past_max_file_size_in_place_keeps_its_content_elsewhere() {
     use std::io::Write as _;
     let (_relay, a, b) = pair();
     a.stop();
-    let config = a.path(".cuedeck/config.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace("max_file_size = 16777216", "max_file_size = 100000"),
-    )
-    .unwrap();
+    set_max_file_size(&a, 100_000);
     a.start();
     a.write("grows.md", "the real content\n");
     wait_for_file(&b, "grows.md", "the first version", |c| {
@@ -87,10 +75,9 @@ fn a_file_grown_past_max_file_size_in_place_keeps_its_content_elsewhere() {
         .truncate(true)
         .open(a.path("grows.md"))
         .unwrap();
-    // Empty for a while, then written in pieces, as a slow copy does.
-    wait_until("alice to take in the empty file", || {
-        a.status().0["pending_changes"] != 0
-    });
+    // Empty for a while (long enough to reach bob), then written in pieces, as a slow
+    // copy does.
+    wait_for_file(&b, "grows.md", "the empty file", str::is_empty);
     for _ in 0..20 {
         f.write_all(&[b'x'; 10_000]).unwrap();
         f.flush().unwrap();
@@ -475,4 +462,16 @@ fn peers_converge(n: usize) {
     for p in &peers {
         p.stop();
     }
+}
+
+/// Sets a stopped peer's `max_file_size` (from the default).
+fn set_max_file_size(peer: &Peer, bytes: u64) {
+    let config = peer.path(".cuedeck/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("max_file_size = 16777216"), "{text}");
+    let text = text.replace(
+        "max_file_size = 16777216",
+        &format!("max_file_size = {bytes}"),
+    );
+    std::fs::write(&config, text).unwrap();
 }
