@@ -19,6 +19,7 @@ pub mod engine;
 pub mod frontmatter;
 pub mod ids;
 pub mod index;
+pub mod inflate;
 pub mod paths;
 pub mod textdiff;
 pub mod wire;

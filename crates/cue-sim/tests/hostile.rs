@@ -106,3 +106,83 @@ fn held_deletions_go_through_when_applied() {
     w.settle(10);
     assert_eq!(w.read(1, "x.md"), None);
 }
+
+/// A compressed automerge chunk (`kind` 2: a change) or a document (`kind` 0) whose one
+/// compressed op column inflates to `mib` MiB of zeros: a few tens of KB on the wire.
+fn bomb(kind: u8, mib: usize) -> Vec<u8> {
+    use std::io::Write;
+    fn uleb(mut v: u64, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        e.write_all(&zeros).unwrap();
+    }
+    let zeros = e.finish().unwrap();
+    let data = if kind == 2 {
+        zeros
+    } else {
+        let mut data = Vec::new();
+        for n in [0, 0, 0, 1, (1 << 4) | 0b1000, zeros.len() as u64] {
+            uleb(n, &mut data);
+        }
+        data.extend(zeros);
+        data
+    };
+    let mut out = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, kind];
+    uleb(data.len() as u64, &mut out);
+    out.extend(data);
+    out
+}
+
+/// A member sends changes and documents that inflate to more than the bound (automerge
+/// would inflate them whole before any check): each is refused unparsed and counted as
+/// oversized, and the peer keeps syncing.
+#[test]
+fn a_decompression_bomb_is_refused_before_automerge_inflates_it() {
+    let mut w = world();
+    let from = w.peers[0].device;
+    let f = cue_core::FileId([9; 16]);
+    let items = vec![
+        Item::Changes {
+            doc: cue_core::DocId::Index,
+            changes: vec![bomb(2, 65)],
+        },
+        // Two changes of 40 MiB each: the bound is per item.
+        Item::Changes {
+            doc: cue_core::DocId::Index,
+            changes: vec![bomb(2, 40), bomb(2, 40)],
+        },
+        Item::Whole {
+            doc: cue_core::DocId::File(f),
+            bytes: bomb(0, 65),
+        },
+        Item::Adopt {
+            doc: cue_core::DocId::File(f),
+            bytes: bomb(0, 65),
+            heads: vec![[1; 32]],
+            content: b"x".to_vec(),
+        },
+    ];
+    let bytes = encode(&Message { items });
+    assert!(bytes.len() < 300_000, "{}", bytes.len());
+    w.input(1, Input::Message { from, bytes });
+    let c = w.peers[1].engine.counters().clone();
+    assert_eq!(c.oversized_items, 4, "{c:?}");
+    assert_eq!(w.status(1).unverified, 0, "a bomb was adopted");
+    w.write(0, "a.md", b"x\ny\n");
+    w.settle(5);
+    assert_eq!(w.read(1, "a.md").as_deref(), Some("x\ny\n"));
+    // The count survives a restart.
+    w.restart(1);
+    assert_eq!(w.peers[1].engine.counters().oversized_items, 4);
+}

@@ -222,6 +222,21 @@ pub struct Counters {
     pub bad_documents: u64,
     pub bad_paths: u64,
     pub dropped_chunks: u64,
+    /// Items refused unparsed because they would inflate past
+    /// [`crate::inflate::MAX_INFLATED_ITEM`] (a decompression bomb).
+    /// These counters are stored after the state's last tail ([`LaterCounters`]), so
+    /// older states still decode.
+    #[serde(skip)]
+    pub oversized_items: u64,
+    /// Live changes whose actor is not one of the sender's, refused.
+    #[serde(skip)]
+    pub forged_changes: u64,
+    /// Pulls from a peer that asked again too soon: not answered.
+    #[serde(skip)]
+    pub excess_pulls: u64,
+    /// Member-list entries without a valid admission, ignored.
+    #[serde(skip)]
+    pub bad_members: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::doc::{DocError, FieldConflict, FileDoc};
 use crate::ids::{ContentHash, DeviceId, DocId, FileId, content_hash};
 use crate::index::{ConflictKind, ConflictRecord, IndexDoc, Tombstone};
+use crate::inflate::{Budget, InflateError, MAX_INFLATED_ITEM};
 use crate::paths::valid_path;
 use crate::wire::{self, Heads, Item};
 

@@ -20,6 +20,23 @@ pub(super) struct ChunkBuf {
     pub(super) bytes: usize,
 }
 
+/// Checks that the automerge bytes of an item (the changes of a `Changes` item together,
+/// or a whole document) inflate to at most [`MAX_INFLATED_ITEM`], before automerge, which
+/// inflates without a bound, sees them (see `crate::inflate`).
+pub(super) fn automerge_bytes_bounded(item: &Item) -> Result<(), InflateError> {
+    let mut budget = Budget::new(MAX_INFLATED_ITEM);
+    match item {
+        Item::Changes { changes, .. } => {
+            for c in changes {
+                budget.measure(c)?;
+            }
+            Ok(())
+        }
+        Item::Whole { bytes, .. } | Item::Adopt { bytes, .. } => budget.measure(bytes),
+        _ => Ok(()),
+    }
+}
+
 impl Engine {
     pub(super) fn broadcast(&mut self, item: Item) {
         self.out_items.entry(None).or_default().push(item);
@@ -109,6 +126,17 @@ impl Engine {
         store: &mut dyn DocStore,
         acks: &mut Vec<(DocId, Heads)>,
     ) {
+        if let Err(e) = automerge_bytes_bounded(&item) {
+            // automerge would inflate these without a bound: never handed to it.
+            match e {
+                InflateError::TooLarge { .. } => self.state.counters.oversized_items += 1,
+                InflateError::BadDeflate | InflateError::Malformed(_) => {
+                    self.state.counters.bad_documents += 1
+                }
+            }
+            self.state_dirty = true;
+            return;
+        }
         match item {
             Item::Hello { digest, reply } => self.on_hello(from, digest, reply, store),
             Item::Pull {
