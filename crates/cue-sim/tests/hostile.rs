@@ -186,3 +186,61 @@ fn a_decompression_bomb_is_refused_before_automerge_inflates_it() {
     w.restart(1);
     assert_eq!(w.peers[1].engine.counters().oversized_items, 4);
 }
+
+/// The one file's document id and stored bytes on `peer`.
+fn only_file(w: &World, peer: usize) -> (cue_core::FileId, Vec<u8>) {
+    w.peers[peer]
+        .store
+        .docs
+        .iter()
+        .find_map(|(d, b)| match d {
+            cue_core::DocId::File(f) => Some((*f, b.clone())),
+            cue_core::DocId::Index => None,
+        })
+        .expect("a file document")
+}
+
+/// A member forges a change under another member's actor and next sequence number, and
+/// sends it live with one of its own. The forged change is refused and counted, its own
+/// applies, and the genuine author's next change (which has that sequence number) still
+/// reaches everyone.
+#[test]
+fn a_forged_change_is_refused_and_the_authors_next_change_still_applies() {
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ROOT, ReadDoc};
+    let mut w = World::new(3, 24, Config::default());
+    w.connect_all();
+    w.write(0, "a.md", b"one\n");
+    w.settle(5);
+    let (f, bytes) = only_file(&w, 0);
+    let victim_actor = cue_core::actor_for(&w.peers[0].device, w.peers[0].epoch);
+    let mut forged = AutoCommit::load(&bytes).unwrap().with_actor(victim_actor);
+    let body = forged.get(ROOT, "body").unwrap().unwrap().1;
+    forged.splice_text(&body, 0, 0, "FORGED ").unwrap();
+    forged.commit();
+    let forged = forged.get_last_local_change().unwrap().raw_bytes().to_vec();
+    // And a change of the hostile member's own, in the same item.
+    let hostile_actor = cue_core::actor_for(&w.peers[2].device, w.peers[2].epoch);
+    let mut own = AutoCommit::load(&bytes).unwrap().with_actor(hostile_actor);
+    own.splice_text(&body, 3, 0, " two").unwrap();
+    own.commit();
+    let own = own.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let from = w.peers[2].device;
+    let msg = encode(&Message {
+        items: vec![Item::Changes {
+            doc: cue_core::DocId::File(f),
+            changes: vec![forged, own],
+        }],
+    });
+    w.input(1, Input::Message { from, bytes: msg });
+    w.settle(5);
+    assert_eq!(w.peers[1].engine.counters().forged_changes, 1);
+    assert_eq!(w.read(1, "a.md").as_deref(), Some("one two\n"));
+    // The genuine author edits: its change has the sequence number the forgery took.
+    w.write(0, "a.md", b"one two\nthree\n");
+    w.settle(10);
+    for p in 0..3 {
+        assert_eq!(w.read(p, "a.md").as_deref(), Some("one two\nthree\n"), "p{p}");
+    }
+    w.converged().unwrap();
+}

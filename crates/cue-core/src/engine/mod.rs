@@ -119,6 +119,9 @@ pub struct Engine {
     ignored: BTreeSet<String>,
     /// Files peers deleted lately (when, which): the remote mass-deletion guard's window.
     recent_remote_deletions: Vec<(i64, FileId)>,
+    /// Documents we asked a peer for because changes it sent lacked their dependencies,
+    /// and when: its answer may carry other members' changes.
+    asked: BTreeMap<(DeviceId, DocId), i64>,
 }
 
 pub(super) fn to_heads(h: &[ChangeHash]) -> Heads {
@@ -210,6 +213,7 @@ impl Engine {
             unwritable: BTreeMap::new(),
             ignored: BTreeSet::new(),
             recent_remote_deletions: Vec::new(),
+            asked: BTreeMap::new(),
         };
         // Make sure we are in our own member list (a new workspace, or a renamed device).
         if engine.index.members().get(&device) != Some(&engine.name) {

@@ -22,18 +22,30 @@ pub(super) struct ChunkBuf {
 
 /// Checks that the automerge bytes of an item (the changes of a `Changes` item together,
 /// or a whole document) inflate to at most [`MAX_INFLATED_ITEM`], before automerge, which
-/// inflates without a bound, sees them (see `crate::inflate`).
-pub(super) fn automerge_bytes_bounded(item: &Item) -> Result<(), InflateError> {
+/// inflates without a bound, sees them (see `crate::inflate`). Changes that are not
+/// automerge chunks are taken out of the item (returned as a count: they are bad
+/// changes); any other refusal is for the whole item.
+pub(super) fn automerge_bytes_bounded(item: &mut Item) -> Result<u64, InflateError> {
     let mut budget = Budget::new(MAX_INFLATED_ITEM);
     match item {
         Item::Changes { changes, .. } => {
-            for c in changes {
-                budget.measure(c)?;
+            let before = changes.len();
+            let mut too_large = None;
+            changes.retain(|c| match budget.measure(c) {
+                Ok(()) => true,
+                Err(e @ InflateError::TooLarge { .. }) => {
+                    too_large = Some(e);
+                    false
+                }
+                Err(_) => false,
+            });
+            match too_large {
+                Some(e) => Err(e),
+                None => Ok((before - changes.len()) as u64),
             }
-            Ok(())
         }
-        Item::Whole { bytes, .. } | Item::Adopt { bytes, .. } => budget.measure(bytes),
-        _ => Ok(()),
+        Item::Whole { bytes, .. } | Item::Adopt { bytes, .. } => budget.measure(bytes).map(|()| 0),
+        _ => Ok(0),
     }
 }
 
@@ -126,16 +138,25 @@ impl Engine {
         store: &mut dyn DocStore,
         acks: &mut Vec<(DocId, Heads)>,
     ) {
-        if let Err(e) = automerge_bytes_bounded(&item) {
-            // automerge would inflate these without a bound: never handed to it.
-            match e {
-                InflateError::TooLarge { .. } => self.state.counters.oversized_items += 1,
-                InflateError::BadDeflate | InflateError::Malformed(_) => {
-                    self.state.counters.bad_documents += 1
-                }
+        let mut item = item;
+        match automerge_bytes_bounded(&mut item) {
+            Ok(0) => {}
+            Ok(bad) => {
+                self.state.counters.bad_changes += bad;
+                self.state_dirty = true;
             }
-            self.state_dirty = true;
-            return;
+            Err(e) => {
+                // automerge would inflate these without a bound, or could not read them:
+                // never handed to it.
+                match e {
+                    InflateError::TooLarge { .. } => self.state.counters.oversized_items += 1,
+                    InflateError::BadDeflate | InflateError::Malformed(_) => {
+                        self.state.counters.bad_documents += 1
+                    }
+                }
+                self.state_dirty = true;
+                return;
+            }
         }
         match item {
             Item::Hello { digest, reply } => self.on_hello(from, digest, reply, store),
