@@ -244,3 +244,80 @@ fn a_forged_change_is_refused_and_the_authors_next_change_still_applies() {
     }
     w.converged().unwrap();
 }
+
+/// `PullDone` ids `from` sent `to` in the traffic log.
+fn pulls_answered(w: &World, from: usize, to: usize) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for (f, t, bytes) in w.traffic.as_deref().unwrap_or_default() {
+        if (*f, *t) != (from, to) {
+            continue;
+        }
+        for item in cue_core::wire::decode(bytes).map(|m| m.items).unwrap_or_default() {
+            if let Item::PullDone { id } = item {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}
+
+fn deliver(w: &mut World) {
+    while w.step() {}
+}
+
+/// A member asks for the whole workspace a hundred times at once (a few bytes each): a
+/// few are answered, the rest are counted and the latest waits for the asker's
+/// allowance. The same member's honest catch-up later completes within seconds, not
+/// after its pull times out, and other peers are not slowed.
+#[test]
+fn a_flood_of_pulls_is_answered_a_few_times_and_a_catch_up_still_completes() {
+    let mut w = World::new(3, 25, Config::default());
+    w.connect_all();
+    let files: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| (format!("n{i}.md"), format!("note {i}\n").into_bytes()))
+        .collect();
+    w.write_many(0, &files);
+    w.settle(5);
+    w.traffic = Some(Vec::new());
+    let from = w.peers[1].device;
+    for id in 1000..1100 {
+        let pull = Item::Pull {
+            id,
+            full: true,
+            complete: true,
+            entries: Vec::new(),
+        };
+        let bytes = encode(&Message { items: vec![pull] });
+        w.input(0, Input::Message { from, bytes });
+    }
+    deliver(&mut w);
+    let answered = pulls_answered(&w, 0, 1);
+    assert_eq!(answered.len(), 3, "{answered:?}");
+    assert_eq!(w.peers[0].engine.counters().excess_pulls, 97);
+    // The latest is answered once the asker has room again.
+    w.advance(10_001);
+    deliver(&mut w);
+    assert_eq!(pulls_answered(&w, 0, 1).last(), Some(&1099));
+
+    // An honest catch-up by the same member: offline while p0 edits, then back.
+    w.disconnect(1);
+    w.write(0, "new.md", b"made while p1 was away\n");
+    deliver(&mut w);
+    w.connect(1);
+    deliver(&mut w);
+    w.advance(10_001);
+    deliver(&mut w);
+    assert_eq!(
+        w.read(1, "new.md").as_deref(),
+        Some("made while p1 was away\n")
+    );
+    // Another peer's catch-up is not slowed by the flood.
+    w.disconnect(2);
+    w.write(0, "other.md", b"for p2\n");
+    deliver(&mut w);
+    w.connect(2);
+    deliver(&mut w);
+    assert_eq!(w.read(2, "other.md").as_deref(), Some("for p2\n"));
+    w.settle(3);
+    w.converged().unwrap();
+}

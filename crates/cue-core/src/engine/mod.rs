@@ -24,6 +24,7 @@ mod contract;
 mod docs;
 mod files;
 mod layout;
+mod limit;
 mod local;
 mod outbox;
 mod peers;
@@ -37,6 +38,7 @@ pub use contract::*;
 use files::Files;
 pub use layout::FileMeta;
 use layout::*;
+use limit::{DeferredPull, PullLimiter};
 use peers::*;
 use pull::*;
 use view::{Stale, Unwritable};
@@ -122,6 +124,10 @@ pub struct Engine {
     /// Documents we asked a peer for because changes it sent lacked their dependencies,
     /// and when: its answer may carry other members' changes.
     asked: BTreeMap<(DeviceId, DocId), i64>,
+    /// How often each peer's pulls are answered (see `limit.rs`).
+    pull_limits: PullLimiter,
+    /// Heavy pulls waiting for their asker's allowance, the latest per asker.
+    deferred_pulls: BTreeMap<DeviceId, DeferredPull>,
 }
 
 pub(super) fn to_heads(h: &[ChangeHash]) -> Heads {
@@ -214,6 +220,8 @@ impl Engine {
             ignored: BTreeSet::new(),
             recent_remote_deletions: Vec::new(),
             asked: BTreeMap::new(),
+            pull_limits: PullLimiter::new(),
+            deferred_pulls: BTreeMap::new(),
         };
         // Make sure we are in our own member list (a new workspace, or a renamed device).
         if engine.index.members().get(&device) != Some(&engine.name) {
@@ -262,6 +270,7 @@ impl Engine {
         store: &mut dyn DocStore,
     ) -> Vec<Effect> {
         self.now_ms = now_ms;
+        self.pull_limits.set_time(now_ms);
         for input in inputs {
             self.dispatch(input, store);
         }

@@ -99,6 +99,7 @@ impl Engine {
         let was = peer.online;
         peer.online = false;
         peer.chunks.clear();
+        self.deferred_pulls.remove(&device);
         if self.pull.as_ref().is_some_and(|p| p.peer == device) {
             self.pull = None;
         }
@@ -165,7 +166,16 @@ impl Engine {
                 full,
                 complete,
                 entries,
-            } => self.on_pull(from, id, full, complete, entries, store),
+            } => self.pull_asked(
+                from,
+                DeferredPull {
+                    id,
+                    full,
+                    complete,
+                    entries,
+                },
+                store,
+            ),
             Item::Changes { doc, changes } => {
                 let mut decoded = Vec::with_capacity(changes.len());
                 for c in changes {

@@ -78,7 +78,10 @@ impl Engine {
     /// (seconds and days apart), so the host may tick rarely: an idle daemon should
     /// cost next to nothing.
     pub fn wants_frequent_ticks(&mut self) -> bool {
-        if !self.tail.unverified.is_empty() || self.pull.is_some() {
+        if !self.tail.unverified.is_empty()
+            || self.pull.is_some()
+            || !self.deferred_pulls.is_empty()
+        {
             return true;
         }
         if self.connected {
