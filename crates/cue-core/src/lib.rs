@@ -26,7 +26,8 @@ pub mod wire;
 
 pub use doc::{ContentKind, DocError, FieldConflict, FileDoc};
 pub use engine::{
-    Activity, ActivityKind, CatchUp, CommandError, Config, ConflictInfo, Counters, DeletionsPaused,
+    ADMISSION_PREFIX, Activity, ActivityKind, AdmissionCheck, CatchUp, CommandError, Config,
+    ConflictInfo, Counters, DeletionsPaused,
     DocStore, Effect, Engine, FileMeta, Input, PeerInfo, Persist, Restored, Status, actor_for,
     conflict_copy_name,
 };

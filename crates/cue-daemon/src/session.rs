@@ -264,6 +264,7 @@ impl<'w> Session<'w> {
                 }
                 Input::Admit {
                     device,
+                    admission: admission.encode(),
                     name: admission.name,
                 }
             }

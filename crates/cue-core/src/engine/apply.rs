@@ -140,7 +140,7 @@ impl Engine {
         self.dirty.insert(f);
         self.to_reconcile.insert(f);
         if let Some(path) = self.index.path_of(&f) {
-            let name = self.index.members().get(&from).cloned().unwrap_or_default();
+            let name = self.members_view.get(&from).cloned().unwrap_or_default();
             self.activity(ActivityKind::RemoteChange, Some(path), &name, None);
         }
         Some(heads)
@@ -254,6 +254,7 @@ impl Engine {
         let after = to_heads(&self.index.heads());
         if before != after {
             self.index_dirty = true;
+            self.refresh_members();
             self.invalidate(Stale::View);
             self.guard_remote_deletions(from, &live_before, &tombs_before, store);
             // Held files a peer brought back (`restore` elsewhere) are held no more.
@@ -313,7 +314,7 @@ impl Engine {
             .map(|(_, f)| *f)
             .collect();
         if !paused {
-            let name = self.index.members().get(&from).cloned().unwrap_or_default();
+            let name = self.members_view.get(&from).cloned().unwrap_or_default();
             let reason = format!("{deleted} of the {known} files were deleted at once by {name}");
             let me = self.name.clone();
             self.activity(
@@ -366,7 +367,7 @@ impl Engine {
             self.record_field_conflicts(f, store);
             self.to_reconcile.insert(f);
             if let Some(path) = self.index.path_of(&f) {
-                let name = self.index.members().get(&from).cloned().unwrap_or_default();
+                let name = self.members_view.get(&from).cloned().unwrap_or_default();
                 self.activity(ActivityKind::RemoteChange, Some(path), &name, None);
             }
         }

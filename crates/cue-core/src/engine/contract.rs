@@ -98,8 +98,14 @@ pub enum Input {
     PeerLeft { device: DeviceId },
     /// An engine message from a peer (already verified and decrypted by the driver).
     Message { from: DeviceId, bytes: Vec<u8> },
-    /// A device proved it holds the workspace invite: make it a member.
-    Admit { device: DeviceId, name: String },
+    /// A device proved it holds the workspace invite: make it a member. `admission` is
+    /// its signed admission (docs/protocol.md §2.6), kept in the member list so that
+    /// every member can check it; empty for a driver that has none.
+    Admit {
+        device: DeviceId,
+        name: String,
+        admission: Vec<u8>,
+    },
     /// Time passed (drives re-announcements, timeouts, tombstone expiry, compaction).
     Tick,
 }

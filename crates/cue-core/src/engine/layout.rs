@@ -172,13 +172,15 @@ pub(super) struct StateTail3 {
     pub(super) held_reason: Option<(String, i64)>,
 }
 
-/// Counters added after [`StateTail3`], stored after it in the same way.
+/// Added after [`StateTail3`], stored after it in the same way: counters of bad input
+/// added since, and the members taken so far.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(super) struct LaterCounters {
     oversized_items: u64,
     forged_changes: u64,
     excess_pulls: u64,
     bad_members: u64,
+    members: BTreeMap<DeviceId, String>,
 }
 
 pub(super) fn encode_state(
@@ -197,6 +199,7 @@ pub(super) fn encode_state(
         forged_changes: c.forged_changes,
         excess_pulls: c.excess_pulls,
         bad_members: c.bad_members,
+        members: state.members.clone(),
     };
     bytes.extend(postcard::to_allocvec(&later).unwrap_or_default());
     bytes
@@ -235,6 +238,7 @@ pub(super) fn decode_state(bytes: &[u8]) -> Option<Stored> {
         c.forged_changes = later.forged_changes;
         c.excess_pulls = later.excess_pulls;
         c.bad_members = later.bad_members;
+        stored.0.members = later.members;
     }
     Some(stored)
 }
@@ -250,6 +254,9 @@ pub(super) struct State {
     pub(super) unconfirmed: BTreeMap<DocId, BTreeSet<[u8; 32]>>,
     pub(super) skipped: BTreeMap<String, u64>,
     pub(super) counters: Counters,
+    /// Every device taken for a member (see `members.rs`), stored in [`LaterCounters`].
+    #[serde(skip)]
+    pub(super) members: BTreeMap<DeviceId, String>,
 }
 
 /// What a previous run persisted, decoded and brought to the current layout.

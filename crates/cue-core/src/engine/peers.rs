@@ -320,7 +320,7 @@ impl Engine {
         peer.online = true;
         peer.digest = Some(digest);
         if !was_online {
-            let name = self.index.members().get(&from).cloned().unwrap_or_default();
+            let name = self.members_view.get(&from).cloned().unwrap_or_default();
             self.activity(ActivityKind::PeerJoined, None, &name, Some("online".into()));
         }
         if reply {

@@ -5,7 +5,7 @@ use super::*;
 impl Engine {
     pub fn status(&mut self, store: &mut dyn DocStore) -> Status {
         let live = self.live_view(store);
-        let members = self.index.members();
+        let members = self.members_view.clone();
         let peers = members
             .iter()
             .filter(|(d, _)| **d != self.device)
