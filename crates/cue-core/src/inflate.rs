@@ -294,7 +294,11 @@ mod tests {
         let mut d = big_doc();
         let saved = d.save();
         let inflated = inflated_size(&saved, MAX_INFLATED_ITEM).unwrap();
-        assert!(inflated > saved.len() as u64, "{inflated} <= {}", saved.len());
+        assert!(
+            inflated > saved.len() as u64,
+            "{inflated} <= {}",
+            saved.len()
+        );
         // A snapshot followed by increments, as a store holds it.
         let text = d.get(ROOT, "body").unwrap().unwrap().1;
         d.splice_text(&text, 3, 0, "more").unwrap();

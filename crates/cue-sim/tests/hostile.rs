@@ -240,7 +240,11 @@ fn a_forged_change_is_refused_and_the_authors_next_change_still_applies() {
     w.write(0, "a.md", b"one two\nthree\n");
     w.settle(10);
     for p in 0..3 {
-        assert_eq!(w.read(p, "a.md").as_deref(), Some("one two\nthree\n"), "p{p}");
+        assert_eq!(
+            w.read(p, "a.md").as_deref(),
+            Some("one two\nthree\n"),
+            "p{p}"
+        );
     }
     w.converged().unwrap();
 }
@@ -252,7 +256,10 @@ fn pulls_answered(w: &World, from: usize, to: usize) -> Vec<u64> {
         if (*f, *t) != (from, to) {
             continue;
         }
-        for item in cue_core::wire::decode(bytes).map(|m| m.items).unwrap_or_default() {
+        for item in cue_core::wire::decode(bytes)
+            .map(|m| m.items)
+            .unwrap_or_default()
+        {
             if let Item::PullDone { id } = item {
                 ids.push(id);
             }
@@ -340,11 +347,12 @@ fn admission(device: &cue_core::DeviceId, name: &str, valid: bool) -> Vec<u8> {
 
 fn check_admissions(w: &mut World) {
     for p in &mut w.peers {
-        p.engine.set_admission_check(std::sync::Arc::new(|d, bytes: &[u8]| {
-            let n = usize::from(*bytes.get(33)?);
-            let name = std::str::from_utf8(bytes.get(34..34 + n)?).ok()?;
-            (bytes.get(1..33)? == d.0 && admission(d, name, true) == bytes).then(|| name.into())
-        }));
+        p.engine
+            .set_admission_check(std::sync::Arc::new(|d, bytes: &[u8]| {
+                let n = usize::from(*bytes.get(33)?);
+                let name = std::str::from_utf8(bytes.get(34..34 + n)?).ok()?;
+                (bytes.get(1..33)? == d.0 && admission(d, name, true) == bytes).then(|| name.into())
+            }));
     }
 }
 
@@ -398,7 +406,12 @@ fn the_member_list_takes_only_admitted_or_self_written_entries() {
         assert_eq!(m.get(&d1).map(String::as_str), Some("p1"), "p{p}: {m:?}");
         assert!(!m.contains_key(&stranger), "p{p}: {m:?}");
         assert!(!m.contains_key(&forged), "p{p}: {m:?}");
-        assert_eq!(m.get(&invited).map(String::as_str), Some("invited"), "p{p}: {m:?} {:?}", w.peers[p].engine.counters());
+        assert_eq!(
+            m.get(&invited).map(String::as_str),
+            Some("invited"),
+            "p{p}: {m:?} {:?}",
+            w.peers[p].engine.counters()
+        );
         assert_eq!(w.peers[p].engine.counters().bad_members, 3, "p{p}");
     }
     // Still so after a restart (the members taken are kept; the verdicts redone).

@@ -76,8 +76,8 @@ impl PullLimiter {
         let heavy = Quota::with_period(Duration::from_millis(HEAVY_PULL_PERIOD_MS))
             .map(|q| q.allow_burst(nonzero(HEAVY_PULL_BURST)))
             .unwrap_or_else(|| Quota::per_minute(nonzero(6)));
-        let light =
-            Quota::per_second(nonzero(LIGHT_PULLS_PER_SECOND)).allow_burst(nonzero(LIGHT_PULL_BURST));
+        let light = Quota::per_second(nonzero(LIGHT_PULLS_PER_SECOND))
+            .allow_burst(nonzero(LIGHT_PULL_BURST));
         PullLimiter {
             heavy: RateLimiter::hashmap_with_clock_and_hasher(
                 heavy,

@@ -66,7 +66,11 @@ impl Engine {
             format!("{ADMISSION_PREFIX}{}", hex::encode(&admission))
         };
         let known = self.members_view.contains_key(&device);
-        let current = self.index.member_values().remove(&device).unwrap_or_default();
+        let current = self
+            .index
+            .member_values()
+            .remove(&device)
+            .unwrap_or_default();
         if current.len() != 1 || current[0].0 != value {
             let _ = self.index.set_member(&device, &value);
             self.commit_index();
