@@ -125,9 +125,9 @@ fn bomb(kind: u8, mib: usize) -> Vec<u8> {
     let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
     let zeros = vec![0u8; 1 << 20];
     for _ in 0..mib {
-        e.write_all(&zeros).unwrap();
+        e.write_all(&zeros).expect("deflate to memory");
     }
-    let zeros = e.finish().unwrap();
+    let zeros = e.finish().expect("deflate to memory");
     let data = if kind == 2 {
         zeros
     } else {
