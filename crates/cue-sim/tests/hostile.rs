@@ -178,7 +178,10 @@ fn a_decompression_bomb_is_refused_before_automerge_inflates_it() {
     w.input(1, Input::Message { from, bytes });
     let c = w.peers[1].engine.counters().clone();
     assert_eq!(c.oversized_items, 4, "{c:?}");
-    assert_eq!(w.status(1).unverified, 0, "a bomb was adopted");
+    let status = w.status(1);
+    assert_eq!(status.unverified, 0, "a bomb was adopted");
+    // What `status --json` shows as `refused_input`.
+    assert_eq!(status.refused.nonzero(), vec![("oversized_items", 4)]);
     w.write(0, "a.md", b"x\ny\n");
     w.settle(5);
     assert_eq!(w.read(1, "a.md").as_deref(), Some("x\ny\n"));

@@ -245,6 +245,27 @@ pub struct Counters {
     pub bad_members: u64,
 }
 
+impl Counters {
+    /// Each kind of refused input by name, with its count, leaving out those at zero
+    /// (what `status --json` shows as `refused_input`).
+    pub fn nonzero(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("bad_messages", self.bad_messages),
+            ("bad_changes", self.bad_changes),
+            ("bad_documents", self.bad_documents),
+            ("bad_paths", self.bad_paths),
+            ("dropped_chunks", self.dropped_chunks),
+            ("oversized_items", self.oversized_items),
+            ("forged_changes", self.forged_changes),
+            ("excess_pulls", self.excess_pulls),
+            ("bad_members", self.bad_members),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect()
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CommandError {
     #[error("{0} was never deleted, or its tombstone has expired (see `cue activity log`)")]
@@ -302,6 +323,8 @@ pub struct Status {
     pub catch_up: Option<CatchUp>,
     /// Files received with their content and not yet checked against their documents.
     pub unverified: usize,
+    /// Input from peers refused since the workspace began here, by kind.
+    pub refused: Counters,
 }
 
 /// Deletions held by the mass-deletion guard (docs/reference.md §3.3): `cue sync

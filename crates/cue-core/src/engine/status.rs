@@ -56,6 +56,7 @@ impl Engine {
             syncing: self.pull.is_some(),
             catch_up,
             unverified: self.tail.unverified.len(),
+            refused: self.state.counters.clone(),
         }
     }
 
