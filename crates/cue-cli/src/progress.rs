@@ -227,6 +227,7 @@ mod tests {
             deletions_paused: None,
             catch_up: None,
             files_unverified: 0,
+            refused_input: Default::default(),
         }
     }
 

@@ -438,6 +438,32 @@ impl IndexDoc {
         self.put("members", &device.to_string(), name)
     }
 
+    /// Every value of every member-list entry (concurrent writes keep several), with the
+    /// actor that wrote it: what the engine checks before it takes anyone for a member.
+    pub fn member_values(&self) -> BTreeMap<DeviceId, Vec<(String, ActorId)>> {
+        let mut out = BTreeMap::new();
+        let Some(m) = self.map("members") else {
+            return out;
+        };
+        for item in self.doc.map_range(&m, ..) {
+            let Some(device) = DeviceId::from_hex(&item.key) else {
+                continue;
+            };
+            let Ok(all) = self.doc.get_all(&m, item.key.as_ref()) else {
+                continue;
+            };
+            let values: Vec<(String, ActorId)> = all
+                .into_iter()
+                .filter_map(|(v, id)| match id {
+                    ObjId::Id(_, actor, _) => Some((str_of(&v)?, actor)),
+                    ObjId::Root => None,
+                })
+                .collect();
+            out.insert(device, values);
+        }
+        out
+    }
+
     pub fn conflicts(&self) -> BTreeMap<String, ConflictRecord> {
         self.entries("conflicts")
             .into_iter()

@@ -19,15 +19,16 @@ pub mod engine;
 pub mod frontmatter;
 pub mod ids;
 pub mod index;
+pub mod inflate;
 pub mod paths;
 pub mod textdiff;
 pub mod wire;
 
 pub use doc::{ContentKind, DocError, FieldConflict, FileDoc};
 pub use engine::{
-    Activity, ActivityKind, CatchUp, CommandError, Config, ConflictInfo, Counters, DeletionsPaused,
-    DocStore, Effect, Engine, FileMeta, Input, PeerInfo, Persist, Restored, Status, actor_for,
-    conflict_copy_name,
+    ADMISSION_PREFIX, Activity, ActivityKind, AdmissionCheck, CatchUp, CommandError, Config,
+    ConflictInfo, Counters, DeletionsPaused, DocStore, Effect, Engine, FileMeta, Input, PeerInfo,
+    Persist, Restored, Status, actor_for, conflict_copy_name,
 };
 pub use ids::{ContentHash, DeviceId, DocId, FileId, content_hash};
 pub use index::ConflictKind;

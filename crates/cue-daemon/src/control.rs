@@ -87,6 +87,11 @@ pub struct StatusReport {
     /// few are checked each tick after a first sync).
     #[serde(default)]
     pub files_unverified: u64,
+    /// Input from peers the engine refused (a decompression bomb, a forged change, too
+    /// many pulls, a member-list entry without an admission, ...), by kind; kinds at zero
+    /// are left out (docs/security.md).
+    #[serde(default)]
+    pub refused_input: std::collections::BTreeMap<String, u64>,
 }
 
 /// Deletions held by the mass-deletion guard (docs/reference.md §1.9, §3.3).
@@ -297,6 +302,12 @@ pub fn status_report(ctx: &StatusContext<'_>, s: &cue_core::Status) -> StatusRep
             files_total: c.files_total as u64,
         }),
         files_unverified: s.unverified as u64,
+        refused_input: s
+            .refused
+            .nonzero()
+            .into_iter()
+            .map(|(k, n)| (k.to_string(), n))
+            .collect(),
     }
 }
 

@@ -86,6 +86,7 @@ pub fn offline_status(ws: &Workspace) -> Result<Status, StoreError> {
         restored,
         now_ms(),
     );
+    engine.set_admission_check(ws.admission_check());
     Ok(engine.status(&mut StoreDocs(&store)))
 }
 
@@ -131,6 +132,8 @@ pub struct Driver {
     guard: Option<Guard>,
     /// The watcher's debounce: how long to wait before looking again at a written file.
     settle: std::time::Duration,
+    /// Our admission, for our member-list entry after the first start-up scan.
+    own_admission: Vec<u8>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -187,9 +190,13 @@ impl Driver {
             epoch,
             guard: None,
             settle: std::time::Duration::from_millis(config.sync.debounce_ms * 2 + 50),
+            own_admission: ws.own_admission(),
         };
         // Nothing can be sent yet (not connected): what Engine::new returns is storage.
         let _ = carry::carry_out(&mut driver.engine, &mut driver.host, now_ms(), effects)?;
+        // Member-list entries are taken only with a valid admission or written by their
+        // device; ours goes in with our admission (once: the engine skips an equal one).
+        driver.engine.set_admission_check(ws.admission_check());
         driver.finish_interrupted_writes(now_ms())?;
         Ok(driver)
     }
@@ -563,7 +570,20 @@ impl Driver {
         now: i64,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<Outgoing>, DriverError> {
-        self.scan(now, progress, false)
+        let mut out = self.scan(now, progress, false)?;
+        // Our member-list entry carries our admission, so that every member can check it
+        // (the engine writes nothing when it already does).
+        let admit = Input::Admit {
+            device: self.engine.device(),
+            name: self.host.name.clone(),
+            admission: std::mem::take(&mut self.own_admission),
+        };
+        if let Input::Admit { admission, .. } = &admit
+            && !admission.is_empty()
+        {
+            out.extend(self.input(now, admit)?);
+        }
+        Ok(out)
     }
 
     /// The scan; `mass_ok` when the user said the deletions are meant (the guard does

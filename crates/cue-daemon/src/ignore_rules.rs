@@ -101,6 +101,12 @@ impl IgnoreRules {
         if is_never_synced(rel) {
             return true;
         }
+        // The rules themselves are always synced: a `.cueignore` that ignored itself
+        // (`*`, `.*`) would stop every later change to it, a member's undo included,
+        // from reaching the devices that hold it (docs/security.md).
+        if rel == CUEIGNORE_FILE {
+            return false;
+        }
         if self.gitignore.is_empty() {
             return false;
         }
@@ -152,6 +158,24 @@ mod tests {
         assert!(!r.is_ignored("notes.md", false));
         assert!(!r.is_ignored(".cueignore", false));
         assert!(!r.is_ignored("", true));
+    }
+
+    /// A member who writes `*` into the synced `.cueignore` stops every device syncing
+    /// its files, but not `.cueignore` itself: the next change to it (an undo) still
+    /// reaches everyone and brings the files back into sync.
+    #[test]
+    fn the_rules_file_is_never_ignored_by_its_own_rules() {
+        for (text, other) in [
+            ("*\n", "other.md"),
+            (".*\n", ".hidden"),
+            (".cueignore\nx.md\n", "x.md"),
+            ("/*\n!notes.md\n", "other.md"),
+            ("**\n", "a/b.md"),
+        ] {
+            let r = rules(text);
+            assert!(!r.is_ignored(".cueignore", false), "{text:?}");
+            assert!(r.is_ignored(other, false), "{text:?}");
+        }
     }
 
     #[test]

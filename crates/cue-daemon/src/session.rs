@@ -283,6 +283,7 @@ impl<'w> Session<'w> {
                 }
                 Input::Admit {
                     device,
+                    admission: admission.encode(),
                     name: admission.name,
                 }
             }
@@ -617,6 +618,26 @@ mod tests {
         );
         assert!(driver.engine().is_member(&core_id(&bob)));
         assert_eq!(session.peers.route(&core_id(&bob)), Some(PeerId(7)));
+    }
+
+    /// The member list keeps admissions; the engine takes an entry written by another
+    /// member only if its admission is the entry's device's own, for this room, as signed.
+    #[test]
+    fn the_member_list_check_takes_only_a_devices_own_signed_admission() {
+        let p = pair();
+        let check = p.a.admission_check();
+        let bob = Admission::create(&p.b.keys, &p.b.device, "bob").expect("admission");
+        let bob_id = core_id(&bob.device);
+        assert_eq!(check(&bob_id, &bob.encode()).as_deref(), Some("bob"));
+        // Another device's entry holding Bob's admission, a renamed copy, garbage.
+        assert_eq!(
+            check(&core_id(&p.a.device.device_id()), &bob.encode()),
+            None
+        );
+        let mut renamed = bob.clone();
+        renamed.name = "eve".into();
+        assert_eq!(check(&bob_id, &renamed.encode()), None);
+        assert_eq!(check(&bob_id, b"bob"), None);
     }
 
     #[test]

@@ -262,6 +262,25 @@ impl Workspace {
         cue_core::DeviceId(self.device.device_id().0)
     }
 
+    /// How the engine checks the admissions kept in the member list: the admission must
+    /// be of the entry's device, for this workspace's room, with a valid signature
+    /// (docs/protocol.md §2.6).
+    pub fn admission_check(&self) -> cue_core::AdmissionCheck {
+        let keys = self.keys.clone();
+        std::sync::Arc::new(move |device: &cue_core::DeviceId, bytes: &[u8]| {
+            let a = cue_crypto::Admission::decode(bytes).ok()?;
+            (a.device.0 == device.0 && a.verify(&keys).is_ok()).then_some(a.name)
+        })
+    }
+
+    /// This device's own admission, encoded, as it goes into the member list (empty if
+    /// the device name cannot be admitted, which `init` and `join` refuse).
+    pub fn own_admission(&self) -> Vec<u8> {
+        cue_crypto::Admission::create(&self.keys, &self.device, &self.device_name())
+            .map(|a| a.encode())
+            .unwrap_or_default()
+    }
+
     /// The device name in use.
     pub fn device_name(&self) -> String {
         if self.config.device.name.is_empty() {

@@ -106,3 +106,321 @@ fn held_deletions_go_through_when_applied() {
     w.settle(10);
     assert_eq!(w.read(1, "x.md"), None);
 }
+
+/// A compressed automerge chunk (`kind` 2: a change) or a document (`kind` 0) whose one
+/// compressed op column inflates to `mib` MiB of zeros: a few tens of KB on the wire.
+fn bomb(kind: u8, mib: usize) -> Vec<u8> {
+    use std::io::Write;
+    fn uleb(mut v: u64, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        e.write_all(&zeros).expect("deflate to memory");
+    }
+    let zeros = e.finish().expect("deflate to memory");
+    let data = if kind == 2 {
+        zeros
+    } else {
+        let mut data = Vec::new();
+        for n in [0, 0, 0, 1, (1 << 4) | 0b1000, zeros.len() as u64] {
+            uleb(n, &mut data);
+        }
+        data.extend(zeros);
+        data
+    };
+    let mut out = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, kind];
+    uleb(data.len() as u64, &mut out);
+    out.extend(data);
+    out
+}
+
+/// A member sends changes and documents that inflate to more than the bound (automerge
+/// would inflate them whole before any check): each is refused unparsed and counted as
+/// oversized, and the peer keeps syncing.
+#[test]
+fn a_decompression_bomb_is_refused_before_automerge_inflates_it() {
+    let mut w = world();
+    let from = w.peers[0].device;
+    let f = cue_core::FileId([9; 16]);
+    let items = vec![
+        Item::Changes {
+            doc: cue_core::DocId::Index,
+            changes: vec![bomb(2, 65)],
+        },
+        // Two changes of 40 MiB each: the bound is per item.
+        Item::Changes {
+            doc: cue_core::DocId::Index,
+            changes: vec![bomb(2, 40), bomb(2, 40)],
+        },
+        Item::Whole {
+            doc: cue_core::DocId::File(f),
+            bytes: bomb(0, 65),
+        },
+        Item::Adopt {
+            doc: cue_core::DocId::File(f),
+            bytes: bomb(0, 65),
+            heads: vec![[1; 32]],
+            content: b"x".to_vec(),
+        },
+    ];
+    let bytes = encode(&Message { items });
+    assert!(bytes.len() < 300_000, "{}", bytes.len());
+    w.input(1, Input::Message { from, bytes });
+    let c = w.peers[1].engine.counters().clone();
+    assert_eq!(c.oversized_items, 4, "{c:?}");
+    let status = w.status(1);
+    assert_eq!(status.unverified, 0, "a bomb was adopted");
+    // What `status --json` shows as `refused_input`.
+    assert_eq!(status.refused.nonzero(), vec![("oversized_items", 4)]);
+    w.write(0, "a.md", b"x\ny\n");
+    w.settle(5);
+    assert_eq!(w.read(1, "a.md").as_deref(), Some("x\ny\n"));
+    // The count survives a restart.
+    w.restart(1);
+    assert_eq!(w.peers[1].engine.counters().oversized_items, 4);
+}
+
+/// The one file's document id and stored bytes on `peer`.
+fn only_file(w: &World, peer: usize) -> (cue_core::FileId, Vec<u8>) {
+    w.peers[peer]
+        .store
+        .docs
+        .iter()
+        .find_map(|(d, b)| match d {
+            cue_core::DocId::File(f) => Some((*f, b.clone())),
+            cue_core::DocId::Index => None,
+        })
+        .expect("a file document")
+}
+
+/// A member forges a change under another member's actor and next sequence number, and
+/// sends it live with one of its own. The forged change is refused and counted, its own
+/// applies, and the genuine author's next change (which has that sequence number) still
+/// reaches everyone.
+#[test]
+fn a_forged_change_is_refused_and_the_authors_next_change_still_applies() {
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ROOT, ReadDoc};
+    let mut w = World::new(3, 24, Config::default());
+    w.connect_all();
+    w.write(0, "a.md", b"one\n");
+    w.settle(5);
+    let (f, bytes) = only_file(&w, 0);
+    let victim_actor = cue_core::actor_for(&w.peers[0].device, w.peers[0].epoch);
+    let mut forged = AutoCommit::load(&bytes).unwrap().with_actor(victim_actor);
+    let body = forged.get(ROOT, "body").unwrap().unwrap().1;
+    forged.splice_text(&body, 0, 0, "FORGED ").unwrap();
+    forged.commit();
+    let forged = forged.get_last_local_change().unwrap().raw_bytes().to_vec();
+    // And a change of the hostile member's own, in the same item.
+    let hostile_actor = cue_core::actor_for(&w.peers[2].device, w.peers[2].epoch);
+    let mut own = AutoCommit::load(&bytes).unwrap().with_actor(hostile_actor);
+    own.splice_text(&body, 3, 0, " two").unwrap();
+    own.commit();
+    let own = own.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let from = w.peers[2].device;
+    let msg = encode(&Message {
+        items: vec![Item::Changes {
+            doc: cue_core::DocId::File(f),
+            changes: vec![forged, own],
+        }],
+    });
+    w.input(1, Input::Message { from, bytes: msg });
+    w.settle(5);
+    assert_eq!(w.peers[1].engine.counters().forged_changes, 1);
+    assert_eq!(w.read(1, "a.md").as_deref(), Some("one two\n"));
+    // The genuine author edits: its change has the sequence number the forgery took.
+    w.write(0, "a.md", b"one two\nthree\n");
+    w.settle(10);
+    for p in 0..3 {
+        assert_eq!(
+            w.read(p, "a.md").as_deref(),
+            Some("one two\nthree\n"),
+            "p{p}"
+        );
+    }
+    w.converged().unwrap();
+}
+
+/// `PullDone` ids `from` sent `to` in the traffic log.
+fn pulls_answered(w: &World, from: usize, to: usize) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for (f, t, bytes) in w.traffic.as_deref().unwrap_or_default() {
+        if (*f, *t) != (from, to) {
+            continue;
+        }
+        for item in cue_core::wire::decode(bytes)
+            .map(|m| m.items)
+            .unwrap_or_default()
+        {
+            if let Item::PullDone { id } = item {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}
+
+fn deliver(w: &mut World) {
+    while w.step() {}
+}
+
+/// A member asks for the whole workspace a hundred times at once (a few bytes each): a
+/// few are answered, the rest are counted and the latest waits for the asker's
+/// allowance. The same member's honest catch-up later completes within seconds, not
+/// after its pull times out, and other peers are not slowed.
+#[test]
+fn a_flood_of_pulls_is_answered_a_few_times_and_a_catch_up_still_completes() {
+    let mut w = World::new(3, 25, Config::default());
+    w.connect_all();
+    let files: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| (format!("n{i}.md"), format!("note {i}\n").into_bytes()))
+        .collect();
+    w.write_many(0, &files);
+    w.settle(5);
+    w.traffic = Some(Vec::new());
+    let from = w.peers[1].device;
+    for id in 1000..1100 {
+        let pull = Item::Pull {
+            id,
+            full: true,
+            complete: true,
+            entries: Vec::new(),
+        };
+        let bytes = encode(&Message { items: vec![pull] });
+        w.input(0, Input::Message { from, bytes });
+    }
+    deliver(&mut w);
+    let answered = pulls_answered(&w, 0, 1);
+    assert_eq!(answered.len(), 3, "{answered:?}");
+    assert_eq!(w.peers[0].engine.counters().excess_pulls, 97);
+    // The latest is answered once the asker has room again.
+    w.advance(10_001);
+    deliver(&mut w);
+    assert_eq!(pulls_answered(&w, 0, 1).last(), Some(&1099));
+
+    // An honest catch-up by the same member: offline while p0 edits, then back.
+    w.disconnect(1);
+    w.write(0, "new.md", b"made while p1 was away\n");
+    deliver(&mut w);
+    w.connect(1);
+    deliver(&mut w);
+    w.advance(10_001);
+    deliver(&mut w);
+    assert_eq!(
+        w.read(1, "new.md").as_deref(),
+        Some("made while p1 was away\n")
+    );
+    // Another peer's catch-up is not slowed by the flood.
+    w.disconnect(2);
+    w.write(0, "other.md", b"for p2\n");
+    deliver(&mut w);
+    w.connect(2);
+    deliver(&mut w);
+    assert_eq!(w.read(2, "other.md").as_deref(), Some("for p2\n"));
+    w.settle(3);
+    w.converged().unwrap();
+}
+
+/// A fake admission for the simulation: version, device, name, and a "signature" only
+/// the device can make (here: a keyed hash of device and name with the device's id as
+/// the key stands in for its ed25519 signature; a member forging one for another device
+/// is modelled by a wrong signature).
+fn admission(device: &cue_core::DeviceId, name: &str, valid: bool) -> Vec<u8> {
+    let mut out = vec![1];
+    out.extend(device.0);
+    out.push(name.len() as u8);
+    out.extend(name.as_bytes());
+    let sig = blake3::keyed_hash(&device.0, name.as_bytes());
+    let sig = if valid { *sig.as_bytes() } else { [0; 32] };
+    out.extend(sig);
+    out.extend(sig);
+    out
+}
+
+fn check_admissions(w: &mut World) {
+    for p in &mut w.peers {
+        p.engine
+            .set_admission_check(std::sync::Arc::new(|d, bytes: &[u8]| {
+                let n = usize::from(*bytes.get(33)?);
+                let name = std::str::from_utf8(bytes.get(34..34 + n)?).ok()?;
+                (bytes.get(1..33)? == d.0 && admission(d, name, true) == bytes).then(|| name.into())
+            }));
+    }
+}
+
+/// A member edits the member list by hand: adds a stranger, admits a device with a
+/// forged admission, renames another member and deletes a third. None of it is taken;
+/// each bad entry is counted. An entry with a valid admission is taken, whoever wrote it.
+#[test]
+fn the_member_list_takes_only_admitted_or_self_written_entries() {
+    use automerge::transaction::Transactable;
+    use automerge::{ROOT, ReadDoc};
+    use cue_core::index::IndexDoc;
+    let mut w = World::new(3, 26, Config::default());
+    check_admissions(&mut w);
+    w.connect_all();
+    w.write(0, "a.md", b"x\n");
+    w.settle(5);
+    let (d0, d1) = (w.peers[0].device, w.peers[1].device);
+    let stranger = cue_core::DeviceId([0xee; 32]);
+    let invited = cue_core::DeviceId([0xdd; 32]);
+    let forged = cue_core::DeviceId([0xcc; 32]);
+    // Under one of the hostile member's own actors (another epoch).
+    let from = w.peers[2].device;
+    let stored = w.peers[2].store.docs[&cue_core::DocId::Index].clone();
+    let mut index = IndexDoc::load(&stored, cue_core::actor_for(&from, 99)).unwrap();
+    let hex = |b: &[u8]| format!("{}{}", cue_core::ADMISSION_PREFIX, hex::encode(b));
+    index.set_member(&stranger, "stranger").unwrap();
+    index.set_member(&d0, "renamed").unwrap();
+    index
+        .set_member(&forged, &hex(&admission(&forged, "forged", false)))
+        .unwrap();
+    index
+        .set_member(&invited, &hex(&admission(&invited, "invited", true)))
+        .unwrap();
+    let am = index.automerge();
+    let members = am.get(ROOT, "members").unwrap().unwrap().1;
+    am.delete(&members, d1.to_string()).unwrap();
+    let change = index.commit(0).unwrap();
+    let msg = encode(&Message {
+        items: vec![Item::Changes {
+            doc: cue_core::DocId::Index,
+            changes: vec![change.raw_bytes().to_vec()],
+        }],
+    });
+    w.input(0, Input::Message { from, bytes: msg });
+    // p1 learns it from p0 at the next anti-entropy round (a pull answer: relayed).
+    w.advance(31_000);
+    w.settle(5);
+    for p in [0, 1] {
+        let m = w.peers[p].engine.members();
+        assert_eq!(m.get(&d0).map(String::as_str), Some("p0"), "p{p}: {m:?}");
+        assert_eq!(m.get(&d1).map(String::as_str), Some("p1"), "p{p}: {m:?}");
+        assert!(!m.contains_key(&stranger), "p{p}: {m:?}");
+        assert!(!m.contains_key(&forged), "p{p}: {m:?}");
+        assert_eq!(
+            m.get(&invited).map(String::as_str),
+            Some("invited"),
+            "p{p}: {m:?} {:?}",
+            w.peers[p].engine.counters()
+        );
+        assert_eq!(w.peers[p].engine.counters().bad_members, 3, "p{p}");
+    }
+    // Still so after a restart (the members taken are kept; the verdicts redone).
+    w.restart(1);
+    check_admissions(&mut w);
+    w.settle(3);
+    let m = w.peers[1].engine.members();
+    assert!(m.contains_key(&d1) && !m.contains_key(&stranger), "{m:?}");
+}

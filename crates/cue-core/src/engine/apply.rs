@@ -18,7 +18,96 @@ pub(super) fn device_of_op(op: &str, members: &BTreeMap<DeviceId, String>) -> Op
     members.keys().find(|d| d.0[..16] == prefix[..16]).copied()
 }
 
+/// Whether a change under `actor` may come from `from` as a live edit: one of its own
+/// actors (see [`actor_for`]), or one of the fixed actors every peer writes the same first
+/// change with (the index's genesis, conflict copies), which anyone may hold.
+pub(super) fn may_author(from: &DeviceId, actor: &ActorId) -> bool {
+    let bytes = actor.to_bytes();
+    made_by(from, actor) || bytes == b"cue-index-genesis" || bytes.starts_with(b"cue-copy")
+}
+
+/// Applies `changes` as one batch or, when automerge refuses the batch (it refuses all of
+/// it for one bad change, such as one that reuses an actor's sequence number), one at a
+/// time, so that the good ones still apply. Returns how many were refused.
+fn apply_isolated(am: &mut automerge::AutoCommit, changes: Vec<Change>) -> u64 {
+    if changes.is_empty() || am.apply_changes(changes.iter().cloned()).is_ok() {
+        return 0;
+    }
+    // A refused batch applied nothing (automerge checks every change before applying).
+    changes
+        .into_iter()
+        .filter(|c| am.apply_changes([c.clone()]).is_err())
+        .count() as u64
+}
+
+/// What is to be applied of `remote` to a document `am`: its changes, or for a whole
+/// document the changes `am` lacks of it; unless `relayed`, changes `from` did not make
+/// are left out, and counted (the second value). `None` when the bytes are not a
+/// document.
+fn changes_to_apply(
+    from: &DeviceId,
+    relayed: bool,
+    am: &mut automerge::AutoCommit,
+    remote: Remote,
+) -> Option<(Vec<Change>, u64)> {
+    let changes = match remote {
+        Remote::Changes(c) => c,
+        Remote::Whole(bytes) => {
+            let mut other = automerge::AutoCommit::load(&bytes).ok()?;
+            am.get_changes_added(&mut other)
+        }
+    };
+    if relayed {
+        return Some((changes, 0));
+    }
+    let (own, forged): (Vec<Change>, Vec<Change>) = changes
+        .into_iter()
+        .partition(|c| may_author(from, c.actor_id()));
+    Some((own, forged.len() as u64))
+}
+
+/// Applies what `remote` brings to `am` (see [`changes_to_apply`], [`apply_isolated`]):
+/// (changes refused as forged, changes automerge refused), `None` when the bytes are not
+/// a document.
+fn apply_checked(
+    from: &DeviceId,
+    relayed: bool,
+    am: &mut automerge::AutoCommit,
+    remote: Remote,
+) -> Option<(u64, u64)> {
+    let (changes, forged) = changes_to_apply(from, relayed, am, remote)?;
+    Some((forged, apply_isolated(am, changes)))
+}
+
+/// Missing-dependency pulls asked of peers that are remembered at most, so that a peer
+/// cannot grow the set by sending changes for made-up documents.
+const MAX_ASKED: usize = 1024;
+
 impl Engine {
+    /// Whether changes from `from` to `doc` may carry other members' changes: an answer
+    /// to a pull we sent it (the catch-up under way, or a pull of that one document for
+    /// missing dependencies), not a live edit, which is always its author's own.
+    pub(super) fn relays_for_us(&mut self, from: DeviceId, doc: DocId) -> bool {
+        if self.pull.as_ref().is_some_and(|p| p.peer == from) {
+            return true;
+        }
+        let now = self.now_ms;
+        let timeout = self.config.pull_timeout_ms;
+        self.asked
+            .get(&(from, doc))
+            .is_some_and(|t| now - *t <= timeout)
+    }
+
+    fn remember_asked(&mut self, from: DeviceId, doc: DocId) {
+        let now = self.now_ms;
+        let timeout = self.config.pull_timeout_ms;
+        self.asked.retain(|_, t| now - *t <= timeout);
+        if self.asked.len() >= MAX_ASKED && !self.asked.contains_key(&(from, doc)) {
+            return;
+        }
+        self.asked.insert((from, doc), now);
+    }
+
     /// A whole document with its content (`Item::Adopt`). A document we do not have is
     /// stored as it came and its content written as it came, without loading it; it is
     /// checked against that content later (`verify_adopted`). One we have is merged.
@@ -51,7 +140,7 @@ impl Engine {
         self.dirty.insert(f);
         self.to_reconcile.insert(f);
         if let Some(path) = self.index.path_of(&f) {
-            let name = self.index.members().get(&from).cloned().unwrap_or_default();
+            let name = self.members_view.get(&from).cloned().unwrap_or_default();
             self.activity(ActivityKind::RemoteChange, Some(path), &name, None);
         }
         Some(heads)
@@ -115,6 +204,7 @@ impl Engine {
         }
         if missing {
             // We lack changes these depend on: ask the sender for this document.
+            self.remember_asked(from, doc);
             self.send(
                 from,
                 Item::Pull {
@@ -126,6 +216,15 @@ impl Engine {
             );
         }
         (before != after).then_some(after)
+    }
+
+    /// Counts changes refused as forged and changes automerge refused.
+    fn count_refused(&mut self, (forged, refused): (u64, u64)) {
+        if forged + refused > 0 {
+            self.state.counters.forged_changes += forged;
+            self.state.counters.bad_changes += refused;
+            self.state_dirty = true;
+        }
     }
 
     /// A document from a peer that could not be used: counted, and nothing changes.
@@ -146,21 +245,16 @@ impl Engine {
         let before = to_heads(&self.index.heads());
         let live_before = self.live_view(store);
         let tombs_before: BTreeSet<FileId> = self.index.tombstones().into_keys().collect();
-        let am = self.index.automerge();
-        let ok = match remote {
-            Remote::Changes(c) => am.apply_changes(c).is_ok(),
-            Remote::Whole(bytes) => match automerge::AutoCommit::load(&bytes) {
-                Ok(mut other) => am.merge(&mut other).is_ok(),
-                Err(_) => false,
-            },
-        };
-        if !ok {
+        let relayed = self.relays_for_us(from, DocId::Index);
+        let Some(refused) = apply_checked(&from, relayed, self.index.automerge(), remote) else {
             return self.bad_document();
-        }
+        };
+        self.count_refused(refused);
         let missing = !self.index.automerge().get_missing_deps(&[]).is_empty();
         let after = to_heads(&self.index.heads());
         if before != after {
             self.index_dirty = true;
+            self.refresh_members();
             self.invalidate(Stale::View);
             self.guard_remote_deletions(from, &live_before, &tombs_before, store);
             // Held files a peer brought back (`restore` elsewhere) are held no more.
@@ -226,7 +320,7 @@ impl Engine {
             .map(|(_, f)| *f)
             .collect();
         if !paused {
-            let name = self.index.members().get(&from).cloned().unwrap_or_default();
+            let name = self.members_view.get(&from).cloned().unwrap_or_default();
             let reason = format!("{deleted} of the {known} files were deleted at once by {name}");
             let me = self.name.clone();
             self.activity(
@@ -258,32 +352,28 @@ impl Engine {
             .map(|m| m.heads.clone())
             .unwrap_or_default();
         let remote = self.adopt_whole(f, remote)?;
+        let relayed = self.relays_for_us(from, DocId::File(f));
         let r = self.with_doc(f, store, |d| {
             let am = d.automerge();
-            match remote {
-                Remote::Changes(c) => am.apply_changes(c)?,
-                Remote::Whole(bytes) => {
-                    let mut other = automerge::AutoCommit::load(&bytes)
-                        .map_err(|e| DocError::Decode(e.to_string()))?;
-                    am.merge(&mut other)?;
-                }
-            }
+            let refused = apply_checked(&from, relayed, am, remote)
+                .ok_or(DocError::Decode("not a document".into()))?;
             let missing = !am.get_missing_deps(&[]).is_empty();
-            Ok((to_heads(&am.get_heads()), missing))
+            Ok((to_heads(&am.get_heads()), missing, refused))
         });
-        let Ok((after, missing)) = r else {
+        let Ok((after, missing, refused)) = r else {
             // A document that failed to apply may be half-updated in memory; drop it so
             // the stored version is what counts.
             self.cache.remove(&f);
             return self.bad_document();
         };
+        self.count_refused(refused);
         if before != after {
             self.files.get_or_default(f);
             self.refresh_meta(f, store);
             self.record_field_conflicts(f, store);
             self.to_reconcile.insert(f);
             if let Some(path) = self.index.path_of(&f) {
-                let name = self.index.members().get(&from).cloned().unwrap_or_default();
+                let name = self.members_view.get(&from).cloned().unwrap_or_default();
                 self.activity(ActivityKind::RemoteChange, Some(path), &name, None);
             }
         }
@@ -311,5 +401,48 @@ impl Engine {
             }
             other => Some(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ROOT};
+
+    fn change(doc: &mut AutoCommit, key: &str) -> Change {
+        doc.put(ROOT, key, "v").unwrap();
+        doc.commit();
+        doc.get_last_local_change().unwrap()
+    }
+
+    /// automerge refuses a whole batch for one change that reuses an actor's sequence
+    /// number; the good changes of the batch apply all the same.
+    #[test]
+    fn one_bad_change_does_not_block_the_rest_of_its_batch() {
+        let a = ActorId::from(&[1u8; 16][..]);
+        let b = ActorId::from(&[2u8; 16][..]);
+        let mut target = AutoCommit::new();
+        // The target holds a forgery of `a`'s first change.
+        let forged = change(&mut AutoCommit::new().with_actor(a.clone()), "forged");
+        target.apply_changes([forged]).unwrap();
+        let genuine = change(&mut AutoCommit::new().with_actor(a), "genuine");
+        let good = change(&mut AutoCommit::new().with_actor(b), "good");
+        assert!(
+            target
+                .clone()
+                .apply_changes([genuine.clone(), good.clone()])
+                .is_err()
+        );
+        assert_eq!(apply_isolated(&mut target, vec![genuine, good.clone()]), 1);
+        assert!(target.get_change_by_hash(&good.hash()).is_some());
+    }
+
+    #[test]
+    fn live_changes_are_their_senders_own() {
+        let d = DeviceId([7; 32]);
+        assert!(may_author(&d, &actor_for(&d, 3)));
+        assert!(!may_author(&d, &actor_for(&DeviceId([8; 32]), 3)));
+        assert!(may_author(&d, &ActorId::from(&b"cue-index-genesis"[..])));
     }
 }

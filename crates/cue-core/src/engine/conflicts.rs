@@ -86,7 +86,7 @@ impl Engine {
         let Some(path) = self.index.path_of(&file) else {
             return;
         };
-        let members = self.index.members();
+        let members = self.members_view.clone();
         let mut changed = false;
         for c in conflicts {
             match c {

@@ -139,8 +139,14 @@ pub enum Input {
     PeerLeft { device: DeviceId },
     /// An engine message from a peer (already verified and decrypted by the driver).
     Message { from: DeviceId, bytes: Vec<u8> },
-    /// A device proved it holds the workspace invite: make it a member.
-    Admit { device: DeviceId, name: String },
+    /// A device proved it holds the workspace invite: make it a member. `admission` is
+    /// its signed admission (docs/protocol.md §2.6), kept in the member list so that
+    /// every member can check it; empty for a driver that has none.
+    Admit {
+        device: DeviceId,
+        name: String,
+        admission: Vec<u8>,
+    },
     /// Time passed (drives re-announcements, timeouts, tombstone expiry, compaction).
     Tick,
 }
@@ -263,6 +269,42 @@ pub struct Counters {
     pub bad_documents: u64,
     pub bad_paths: u64,
     pub dropped_chunks: u64,
+    /// Items refused unparsed because they would inflate past
+    /// [`crate::inflate::MAX_INFLATED_ITEM`] (a decompression bomb).
+    /// These counters are stored after the state's last tail ([`LaterCounters`]), so
+    /// older states still decode.
+    #[serde(skip)]
+    pub oversized_items: u64,
+    /// Live changes whose actor is not one of the sender's, refused.
+    #[serde(skip)]
+    pub forged_changes: u64,
+    /// Pulls from a peer that asked again too soon: not answered.
+    #[serde(skip)]
+    pub excess_pulls: u64,
+    /// Member-list entries without a valid admission, ignored.
+    #[serde(skip)]
+    pub bad_members: u64,
+}
+
+impl Counters {
+    /// Each kind of refused input by name, with its count, leaving out those at zero
+    /// (what `status --json` shows as `refused_input`).
+    pub fn nonzero(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("bad_messages", self.bad_messages),
+            ("bad_changes", self.bad_changes),
+            ("bad_documents", self.bad_documents),
+            ("bad_paths", self.bad_paths),
+            ("dropped_chunks", self.dropped_chunks),
+            ("oversized_items", self.oversized_items),
+            ("forged_changes", self.forged_changes),
+            ("excess_pulls", self.excess_pulls),
+            ("bad_members", self.bad_members),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect()
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -327,6 +369,8 @@ pub struct Status {
     pub catch_up: Option<CatchUp>,
     /// Files received with their content and not yet checked against their documents.
     pub unverified: usize,
+    /// Input from peers refused since the workspace began here, by kind.
+    pub refused: Counters,
 }
 
 /// Deletions held by the mass-deletion guard (docs/reference.md §3.3): `cue sync

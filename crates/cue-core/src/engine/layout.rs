@@ -172,6 +172,17 @@ pub(super) struct StateTail3 {
     pub(super) held_reason: Option<(String, i64)>,
 }
 
+/// Added after [`StateTail3`], stored after it in the same way: counters of bad input
+/// added since, and the members taken so far.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct LaterCounters {
+    oversized_items: u64,
+    forged_changes: u64,
+    excess_pulls: u64,
+    bad_members: u64,
+    members: BTreeMap<DeviceId, String>,
+}
+
 pub(super) fn encode_state(
     state: &State,
     tail: &StateTail,
@@ -182,6 +193,15 @@ pub(super) fn encode_state(
     bytes.extend(postcard::to_allocvec(tail).unwrap_or_default());
     bytes.extend(postcard::to_allocvec(tail2).unwrap_or_default());
     bytes.extend(postcard::to_allocvec(tail3).unwrap_or_default());
+    let c = &state.counters;
+    let later = LaterCounters {
+        oversized_items: c.oversized_items,
+        forged_changes: c.forged_changes,
+        excess_pulls: c.excess_pulls,
+        bad_members: c.bad_members,
+        members: state.members.clone(),
+    };
+    bytes.extend(postcard::to_allocvec(&later).unwrap_or_default());
     bytes
 }
 
@@ -206,8 +226,19 @@ pub(super) fn decode_state(bytes: &[u8]) -> Option<Stored> {
     }
     let (tail2, rest) = postcard::take_from_bytes::<StateTail2>(rest).ok()?;
     stored.2 = tail2;
+    if rest.is_empty() {
+        return Some(stored);
+    }
+    let (tail3, rest) = postcard::take_from_bytes::<StateTail3>(rest).ok()?;
+    stored.3 = tail3;
     if !rest.is_empty() {
-        stored.3 = postcard::from_bytes(rest).ok()?;
+        let later: LaterCounters = postcard::from_bytes(rest).ok()?;
+        let c = &mut stored.0.counters;
+        c.oversized_items = later.oversized_items;
+        c.forged_changes = later.forged_changes;
+        c.excess_pulls = later.excess_pulls;
+        c.bad_members = later.bad_members;
+        stored.0.members = later.members;
     }
     Some(stored)
 }
@@ -223,6 +254,9 @@ pub(super) struct State {
     pub(super) unconfirmed: BTreeMap<DocId, BTreeSet<[u8; 32]>>,
     pub(super) skipped: BTreeMap<String, u64>,
     pub(super) counters: Counters,
+    /// Every device taken for a member (see `members.rs`), stored in [`LaterCounters`].
+    #[serde(skip)]
+    pub(super) members: BTreeMap<DeviceId, String>,
 }
 
 /// What a previous run persisted, decoded and brought to the current layout.

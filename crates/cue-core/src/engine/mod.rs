@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::doc::{DocError, FieldConflict, FileDoc};
 use crate::ids::{ContentHash, DeviceId, DocId, FileId, content_hash};
 use crate::index::{ConflictKind, ConflictRecord, IndexDoc, Tombstone};
+use crate::inflate::{Budget, InflateError, MAX_INFLATED_ITEM};
 use crate::paths::valid_path;
 use crate::wire::{self, Heads, Item};
 
@@ -24,7 +25,9 @@ mod docs;
 mod files;
 mod growth;
 mod layout;
+mod limit;
 mod local;
+mod members;
 mod outbox;
 mod peers;
 mod pull;
@@ -37,6 +40,9 @@ pub use contract::*;
 use files::Files;
 pub use layout::FileMeta;
 use layout::*;
+use limit::{DeferredPull, PullLimiter};
+use members::Check;
+pub use members::{ADMISSION_PREFIX, AdmissionCheck};
 use peers::*;
 use pull::*;
 use view::{Stale, Unwritable};
@@ -128,6 +134,20 @@ pub struct Engine {
     ignored: BTreeSet<String>,
     /// Files peers deleted lately (when, which): the remote mass-deletion guard's window.
     recent_remote_deletions: Vec<(i64, FileId)>,
+    /// Documents we asked a peer for because changes it sent lacked their dependencies,
+    /// and when: its answer may carry other members' changes.
+    asked: BTreeMap<(DeviceId, DocId), i64>,
+    /// How often each peer's pulls are answered (see `limit.rs`).
+    pull_limits: PullLimiter,
+    /// Heavy pulls waiting for their asker's allowance, the latest per asker.
+    deferred_pulls: BTreeMap<DeviceId, DeferredPull>,
+    /// The driver's check of admissions in the member list (see `members.rs`).
+    admission_check: Option<Check>,
+    /// Who is taken for a member now, by name (see `members.rs`).
+    members_view: BTreeMap<DeviceId, String>,
+    /// What each member-list value written by an actor was judged to be (the name it
+    /// admits, or nothing), so that each is checked and counted once.
+    member_verdicts: BTreeMap<(DeviceId, String, Vec<u8>), Option<String>>,
 }
 
 pub(super) fn to_heads(h: &[ChangeHash]) -> Heads {
@@ -223,12 +243,19 @@ impl Engine {
             growth: BTreeMap::new(),
             ignored: BTreeSet::new(),
             recent_remote_deletions: Vec::new(),
+            asked: BTreeMap::new(),
+            pull_limits: PullLimiter::new(),
+            deferred_pulls: BTreeMap::new(),
+            admission_check: None,
+            members_view: BTreeMap::new(),
+            member_verdicts: BTreeMap::new(),
         };
         // Make sure we are in our own member list (a new workspace, or a renamed device).
-        if engine.index.members().get(&device) != Some(&engine.name) {
+        if !engine.own_entry_current() {
             let _ = engine.index.set_member(&device, name);
             engine.commit_index();
         }
+        engine.refresh_members();
         // No documents can be read here (no store yet): the disk is brought in line with
         // them on the first input, which comes with the store.
         let effects = engine.effects();
@@ -243,12 +270,15 @@ impl Engine {
         &self.state.counters
     }
 
+    /// Whether `device` is taken for a member (see `members.rs`: not every entry a peer
+    /// writes into the member list is).
     pub fn is_member(&self, device: &DeviceId) -> bool {
-        self.index.members().contains_key(device)
+        self.members_view.contains_key(device)
     }
 
+    /// The members and their names (see [`Engine::is_member`]).
     pub fn members(&self) -> BTreeMap<DeviceId, String> {
-        self.index.members()
+        self.members_view.clone()
     }
 
     pub fn set_max_message_bytes(&mut self, max: usize) {
@@ -271,6 +301,7 @@ impl Engine {
         store: &mut dyn DocStore,
     ) -> Vec<Effect> {
         self.now_ms = now_ms;
+        self.pull_limits.set_time(now_ms);
         for input in inputs {
             self.dispatch(input, store);
         }
@@ -362,21 +393,11 @@ impl Engine {
             }
             Input::PeerLeft { device } => self.peer_offline(device),
             Input::Message { from, bytes } => self.message(from, &bytes, store),
-            Input::Admit { device, name } => {
-                let members = self.index.members();
-                if members.get(&device) != Some(&name) {
-                    let _ = self.index.set_member(&device, &name);
-                    self.commit_index();
-                    if !members.contains_key(&device) {
-                        self.activity(
-                            ActivityKind::PeerJoined,
-                            None,
-                            &name,
-                            Some("admitted to the workspace".into()),
-                        );
-                    }
-                }
-            }
+            Input::Admit {
+                device,
+                name,
+                admission,
+            } => self.admit(device, name, admission),
             Input::Tick => self.tick(store),
         }
     }

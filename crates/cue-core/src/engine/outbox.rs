@@ -41,6 +41,7 @@ impl Engine {
         {
             self.pull = None;
         }
+        self.answer_deferred_pulls(store);
         self.maybe_pull(store);
         let expired = self.expired_tombstones();
         let mut purged = false;

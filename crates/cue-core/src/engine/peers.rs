@@ -20,6 +20,35 @@ pub(super) struct ChunkBuf {
     pub(super) bytes: usize,
 }
 
+/// Checks that the automerge bytes of an item (the changes of a `Changes` item together,
+/// or a whole document) inflate to at most [`MAX_INFLATED_ITEM`], before automerge, which
+/// inflates without a bound, sees them (see `crate::inflate`). Changes that are not
+/// automerge chunks are taken out of the item (returned as a count: they are bad
+/// changes); any other refusal is for the whole item.
+pub(super) fn automerge_bytes_bounded(item: &mut Item) -> Result<u64, InflateError> {
+    let mut budget = Budget::new(MAX_INFLATED_ITEM);
+    match item {
+        Item::Changes { changes, .. } => {
+            let before = changes.len();
+            let mut too_large = None;
+            changes.retain(|c| match budget.measure(c) {
+                Ok(()) => true,
+                Err(e @ InflateError::TooLarge { .. }) => {
+                    too_large = Some(e);
+                    false
+                }
+                Err(_) => false,
+            });
+            match too_large {
+                Some(e) => Err(e),
+                None => Ok((before - changes.len()) as u64),
+            }
+        }
+        Item::Whole { bytes, .. } | Item::Adopt { bytes, .. } => budget.measure(bytes).map(|()| 0),
+        _ => Ok(0),
+    }
+}
+
 impl Engine {
     pub(super) fn broadcast(&mut self, item: Item) {
         self.out_items.entry(None).or_default().push(item);
@@ -70,6 +99,7 @@ impl Engine {
         let was = peer.online;
         peer.online = false;
         peer.chunks.clear();
+        self.deferred_pulls.remove(&device);
         if self.pull.as_ref().is_some_and(|p| p.peer == device) {
             self.pull = None;
         }
@@ -109,6 +139,26 @@ impl Engine {
         store: &mut dyn DocStore,
         acks: &mut Vec<(DocId, Heads)>,
     ) {
+        let mut item = item;
+        match automerge_bytes_bounded(&mut item) {
+            Ok(0) => {}
+            Ok(bad) => {
+                self.state.counters.bad_changes += bad;
+                self.state_dirty = true;
+            }
+            Err(e) => {
+                // automerge would inflate these without a bound, or could not read them:
+                // never handed to it.
+                match e {
+                    InflateError::TooLarge { .. } => self.state.counters.oversized_items += 1,
+                    InflateError::BadDeflate | InflateError::Malformed(_) => {
+                        self.state.counters.bad_documents += 1
+                    }
+                }
+                self.state_dirty = true;
+                return;
+            }
+        }
         match item {
             Item::Hello { digest, reply } => self.on_hello(from, digest, reply, store),
             Item::Pull {
@@ -116,7 +166,16 @@ impl Engine {
                 full,
                 complete,
                 entries,
-            } => self.on_pull(from, id, full, complete, entries, store),
+            } => self.pull_asked(
+                from,
+                DeferredPull {
+                    id,
+                    full,
+                    complete,
+                    entries,
+                },
+                store,
+            ),
             Item::Changes { doc, changes } => {
                 let mut decoded = Vec::with_capacity(changes.len());
                 for c in changes {
@@ -261,7 +320,7 @@ impl Engine {
         peer.online = true;
         peer.digest = Some(digest);
         if !was_online {
-            let name = self.index.members().get(&from).cloned().unwrap_or_default();
+            let name = self.members_view.get(&from).cloned().unwrap_or_default();
             self.activity(ActivityKind::PeerJoined, None, &name, Some("online".into()));
         }
         if reply {

@@ -5,7 +5,7 @@ use super::*;
 impl Engine {
     pub fn status(&mut self, store: &mut dyn DocStore) -> Status {
         let live = self.live_view(store);
-        let members = self.index.members();
+        let members = self.members_view.clone();
         let peers = members
             .iter()
             .filter(|(d, _)| **d != self.device)
@@ -62,6 +62,7 @@ impl Engine {
             syncing: self.pull.is_some(),
             catch_up,
             unverified: self.tail.unverified.len(),
+            refused: self.state.counters.clone(),
         }
     }
 
@@ -84,7 +85,10 @@ impl Engine {
     /// (seconds and days apart), so the host may tick rarely: an idle daemon should
     /// cost next to nothing.
     pub fn wants_frequent_ticks(&mut self) -> bool {
-        if !self.tail.unverified.is_empty() || self.pull.is_some() {
+        if !self.tail.unverified.is_empty()
+            || self.pull.is_some()
+            || !self.deferred_pulls.is_empty()
+        {
             return true;
         }
         if self.connected {

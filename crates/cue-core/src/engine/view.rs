@@ -119,7 +119,7 @@ impl Engine {
             .filter_map(|c| c.copy.as_ref().map(|(f, _)| *f))
             .collect();
         let mut changed = false;
-        let members = self.index.members();
+        let members = self.members_view.clone();
         let mut new_names: BTreeSet<String> = BTreeSet::new();
         for (path, files) in by_path {
             if files.len() < 2 {
@@ -192,7 +192,7 @@ impl Engine {
                 }
             }
         }
-        let members = self.index.members();
+        let members = self.members_view.clone();
         let mut changed = false;
         for (f, path) in live {
             if !folders.contains(path.as_str()) || self.index.path_of(f).as_ref() != Some(path) {

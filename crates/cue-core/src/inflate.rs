@@ -1,0 +1,358 @@
+//! What automerge would inflate, measured with a bound before it sees a peer's bytes.
+//!
+//! automerge 0.12 inflates the DEFLATE-compressed parts of what it parses (compressed
+//! change chunks, and compressed columns of document and bundle chunks) into memory with
+//! no limit, before it checks anything else: a 1 MB message of compressed zeros makes it
+//! allocate about 2 GB. So every automerge byte string a peer sends is walked here first,
+//! chunk by chunk (the chunk layout is automerge's binary format: a header of magic
+//! bytes, checksum, type and length, then for documents and bundles the column metadata
+//! that says which columns are compressed). Each compressed part is inflated into a small
+//! buffer that is counted and thrown away, stopping as soon as the total passes the
+//! bound. Memory stays constant; the work is bounded by the limit.
+//!
+//! The walk is strict: bytes it cannot follow are refused (`Malformed`), so nothing
+//! reaches automerge that this walk did not measure. It accepts everything automerge's
+//! own `save`, `save_incremental` and change encoding produce (tested below).
+
+use std::io::Read;
+
+/// The most one item from a peer (a document, or the changes of one `Changes` item) may
+/// take once inflated. A file is at most 16 MiB by default and its document a little
+/// more; a chunked item is at most 64 MiB on the wire, and this is the same bound.
+pub const MAX_INFLATED_ITEM: u64 = 64 * 1024 * 1024;
+
+const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+/// The deflate bit of a column specification.
+const DEFLATE_BIT: u32 = 0b1000;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum InflateError {
+    #[error("inflates to more than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("compressed data that does not inflate")]
+    BadDeflate,
+    #[error("not an automerge chunk sequence: {0}")]
+    Malformed(&'static str),
+}
+
+/// A running total of inflated bytes against a limit, shared by the byte strings of one
+/// item.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    used: u64,
+    limit: u64,
+}
+
+impl Budget {
+    pub fn new(limit: u64) -> Budget {
+        Budget { used: 0, limit }
+    }
+
+    /// Bytes counted so far.
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    fn add(&mut self, n: u64) -> Result<(), InflateError> {
+        self.used = self.used.saturating_add(n);
+        if self.used > self.limit {
+            return Err(InflateError::TooLarge { limit: self.limit });
+        }
+        Ok(())
+    }
+
+    /// Count what `bytes` (a sequence of automerge chunks: a change, a saved document,
+    /// saved increments) takes once every compressed part is inflated.
+    pub fn measure(&mut self, bytes: &[u8]) -> Result<(), InflateError> {
+        let mut r = Reader(bytes);
+        if r.0.is_empty() {
+            return Err(InflateError::Malformed("empty"));
+        }
+        while !r.0.is_empty() {
+            if r.take(4)? != MAGIC {
+                return Err(InflateError::Malformed("magic bytes"));
+            }
+            r.take(4)?; // checksum
+            let kind = r.take(1)?[0];
+            let len = r.uleb()?;
+            let data = r.take_u64(len)?;
+            match kind {
+                0 => self.document(data)?,
+                1 => self.add(data.len() as u64)?,
+                2 => self.inflate(data)?,
+                3 => self.bundle(data)?,
+                _ => return Err(InflateError::Malformed("chunk type")),
+            }
+        }
+        Ok(())
+    }
+
+    /// A document chunk: actors, heads, change column metadata, op column metadata, then
+    /// the change columns, the op columns and head indices.
+    fn document(&mut self, data: &[u8]) -> Result<(), InflateError> {
+        let mut r = Reader(data);
+        r.actors()?;
+        r.hashes()?;
+        let changes = r.columns()?;
+        let ops = r.columns()?;
+        self.columns(&mut r, &changes)?;
+        self.columns(&mut r, &ops)?;
+        self.add(r.0.len() as u64)
+    }
+
+    /// A bundle chunk: dependencies, actors, then change metadata and columns, then op
+    /// metadata and columns.
+    fn bundle(&mut self, data: &[u8]) -> Result<(), InflateError> {
+        let mut r = Reader(data);
+        r.hashes()?;
+        r.actors()?;
+        let changes = r.columns()?;
+        self.columns(&mut r, &changes)?;
+        let ops = r.columns()?;
+        self.columns(&mut r, &ops)?;
+        self.add(r.0.len() as u64)
+    }
+
+    fn columns(&mut self, r: &mut Reader<'_>, cols: &[(u32, u64)]) -> Result<(), InflateError> {
+        for &(spec, len) in cols {
+            let data = r.take_u64(len)?;
+            if spec & DEFLATE_BIT != 0 {
+                self.inflate(data)?;
+            } else {
+                self.add(data.len() as u64)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Inflate `data` (raw DEFLATE, as automerge writes it) into a scratch buffer,
+    /// counting, and stop once the budget is spent.
+    fn inflate(&mut self, data: &[u8]) -> Result<(), InflateError> {
+        let mut decoder = flate2::bufread::DeflateDecoder::new(data);
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match decoder.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.add(n as u64)?,
+                Err(_) => return Err(InflateError::BadDeflate),
+            }
+        }
+    }
+}
+
+/// What `bytes` takes once inflated, or an error once that passes `limit`.
+pub fn inflated_size(bytes: &[u8], limit: u64) -> Result<u64, InflateError> {
+    let mut b = Budget::new(limit);
+    b.measure(bytes)?;
+    Ok(b.used())
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], InflateError> {
+        if n > self.0.len() {
+            return Err(InflateError::Malformed("cut short"));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+
+    fn take_u64(&mut self, n: u64) -> Result<&'a [u8], InflateError> {
+        self.take(usize::try_from(n).map_err(|_| InflateError::Malformed("length"))?)
+    }
+
+    fn uleb(&mut self) -> Result<u64, InflateError> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let b = self.take(1)?[0];
+            let part = u64::from(b & 0x7f);
+            if i == 9 && part > 1 {
+                return Err(InflateError::Malformed("integer overflow"));
+            }
+            value |= part << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(InflateError::Malformed("integer overflow"))
+    }
+
+    fn actors(&mut self) -> Result<(), InflateError> {
+        let n = self.uleb()?;
+        for _ in 0..n {
+            let len = self.uleb()?;
+            self.take_u64(len)?;
+        }
+        Ok(())
+    }
+
+    fn hashes(&mut self) -> Result<(), InflateError> {
+        let n = self.uleb()?;
+        self.take_u64(n.checked_mul(32).ok_or(InflateError::Malformed("length"))?)?;
+        Ok(())
+    }
+
+    /// Column metadata: a count, then (specification, length) pairs.
+    fn columns(&mut self) -> Result<Vec<(u32, u64)>, InflateError> {
+        let n = self.uleb()?;
+        let mut cols = Vec::new();
+        for _ in 0..n {
+            let spec = u32::try_from(self.uleb()?)
+                .map_err(|_| InflateError::Malformed("column specification"))?;
+            let len = self.uleb()?;
+            // Every column holds at least its metadata's worth of bytes in the chunk, so
+            // the count is bounded by what is there.
+            if len > self.0.len() as u64 {
+                return Err(InflateError::Malformed("column length"));
+            }
+            cols.push((spec, len));
+        }
+        Ok(cols)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::transaction::Transactable;
+    use automerge::{ActorId, AutoCommit, ObjType, ROOT, ReadDoc};
+    use std::io::Write;
+
+    fn uleb(mut v: u64, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+
+    fn deflate_zeros(n: usize) -> Vec<u8> {
+        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(zeros.len());
+            e.write_all(&zeros[..k]).unwrap();
+            left -= k;
+        }
+        e.finish().unwrap()
+    }
+
+    /// A compressed change chunk whose data inflates to `n` zeros.
+    fn compressed_chunk(n: usize) -> Vec<u8> {
+        let data = deflate_zeros(n);
+        let mut out = MAGIC.to_vec();
+        out.extend([0; 4]);
+        out.push(2);
+        uleb(data.len() as u64, &mut out);
+        out.extend(data);
+        out
+    }
+
+    /// A document chunk with one compressed op column that inflates to `n` zeros.
+    fn document_with_compressed_column(n: usize) -> Vec<u8> {
+        let col = deflate_zeros(n);
+        let mut data = Vec::new();
+        uleb(0, &mut data); // actors
+        uleb(0, &mut data); // heads
+        uleb(0, &mut data); // change columns
+        uleb(1, &mut data); // op columns
+        uleb(u64::from((1 << 4) | DEFLATE_BIT), &mut data);
+        uleb(col.len() as u64, &mut data);
+        data.extend(col);
+        let mut out = MAGIC.to_vec();
+        out.extend([0; 4]);
+        out.push(0);
+        uleb(data.len() as u64, &mut out);
+        out.extend(data);
+        out
+    }
+
+    fn big_doc() -> AutoCommit {
+        let mut d = AutoCommit::new().with_actor(ActorId::from(&[1u8; 16][..]));
+        let text = d.put_object(ROOT, "body", ObjType::Text).unwrap();
+        let line = "All work and no play makes Jack a dull boy.\n".repeat(2_000);
+        d.splice_text(&text, 0, 0, &line).unwrap();
+        d.commit();
+        for i in 0..50 {
+            d.splice_text(&text, i * 7, 1, "x").unwrap();
+            d.commit();
+        }
+        d.put(ROOT, "bytes", vec![0u8; 200_000]).unwrap();
+        d.commit();
+        d
+    }
+
+    #[test]
+    fn what_automerge_writes_is_measured_and_passes() {
+        let mut d = big_doc();
+        let saved = d.save();
+        let inflated = inflated_size(&saved, MAX_INFLATED_ITEM).unwrap();
+        assert!(
+            inflated > saved.len() as u64,
+            "{inflated} <= {}",
+            saved.len()
+        );
+        // A snapshot followed by increments, as a store holds it.
+        let text = d.get(ROOT, "body").unwrap().unwrap().1;
+        d.splice_text(&text, 3, 0, "more").unwrap();
+        d.commit();
+        let mut stored = saved.clone();
+        stored.extend(d.save_incremental());
+        inflated_size(&stored, MAX_INFLATED_ITEM).unwrap();
+        // Single changes, large (compressed) and small.
+        for c in d.get_changes(&[]) {
+            inflated_size(c.raw_bytes(), MAX_INFLATED_ITEM).unwrap();
+            let mut c = c.clone();
+            inflated_size(c.bytes().as_ref(), MAX_INFLATED_ITEM).unwrap();
+        }
+        assert!(AutoCommit::load(&stored).is_ok());
+    }
+
+    #[test]
+    fn a_compressed_change_that_inflates_past_the_bound_is_refused() {
+        let bomb = compressed_chunk(8 * 1024 * 1024);
+        assert!(bomb.len() < 16 * 1024, "{}", bomb.len());
+        assert_eq!(
+            inflated_size(&bomb, 1024 * 1024),
+            Err(InflateError::TooLarge { limit: 1024 * 1024 })
+        );
+        assert_eq!(inflated_size(&bomb, 64 << 20), Ok(8 << 20));
+    }
+
+    #[test]
+    fn a_compressed_document_column_past_the_bound_is_refused() {
+        let bomb = document_with_compressed_column(8 * 1024 * 1024);
+        assert_eq!(
+            inflated_size(&bomb, 1024 * 1024),
+            Err(InflateError::TooLarge { limit: 1024 * 1024 })
+        );
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_measured() {
+        assert!(matches!(
+            inflated_size(b"hello", MAX_INFLATED_ITEM),
+            Err(InflateError::Malformed(_))
+        ));
+        let mut cut = compressed_chunk(1000);
+        cut.truncate(cut.len() - 1);
+        assert!(matches!(
+            inflated_size(&cut, MAX_INFLATED_ITEM),
+            Err(InflateError::Malformed(_))
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = inflated_size(&bytes, 1 << 20);
+        }
+    }
+}
