@@ -294,7 +294,7 @@ impl Engine {
             .into_iter()
             .filter(|f| !self.is_live(*f, store))
             .collect();
-        let by = self.index.members().get(&from).cloned().unwrap_or_default();
+        let by = self.members_view.get(&from).cloned().unwrap_or_default();
         for f in &dead {
             if let Some(path) = live_before.get(f) {
                 self.activity(ActivityKind::Delete, Some(path.clone()), &by, None);

@@ -104,12 +104,7 @@ impl Engine {
             self.pull = None;
         }
         if was {
-            let name = self
-                .index
-                .members()
-                .get(&device)
-                .cloned()
-                .unwrap_or_default();
+            let name = self.members_view.get(&device).cloned().unwrap_or_default();
             self.activity(ActivityKind::PeerLeft, None, &name, None);
         }
     }

@@ -84,8 +84,7 @@ impl Engine {
         if pull.full {
             self.state.last_full_resync_ms = Some(self.now_ms);
             let name = self
-                .index
-                .members()
+                .members_view
                 .get(&pull.peer)
                 .cloned()
                 .unwrap_or_default();

@@ -151,7 +151,7 @@ impl Engine {
             return Vec::new();
         }
         let live = self.live_view(store);
-        let members = self.index.members();
+        let members = self.members_view.clone();
         entries
             .into_iter()
             .filter(|(_, d, _)| *d != self.device)
