@@ -10,6 +10,8 @@
 //! and thousands of random schedules (`tests/seeds.rs`) that assert, after healing,
 //! identical trees on every peer and no lost edit.
 
+pub mod bomb;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use cue_core::carry;

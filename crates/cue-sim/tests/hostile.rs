@@ -4,6 +4,7 @@
 use cue_core::wire::{Item, Message, encode};
 use cue_core::{Config, Input};
 use cue_sim::World;
+use cue_sim::bomb::{Kind, bomb};
 
 fn world() -> World {
     let mut w = World::new(2, 21, Config::default());
@@ -107,43 +108,6 @@ fn held_deletions_go_through_when_applied() {
     assert_eq!(w.read(1, "x.md"), None);
 }
 
-/// A compressed automerge chunk (`kind` 2: a change) or a document (`kind` 0) whose one
-/// compressed op column inflates to `mib` MiB of zeros: a few tens of KB on the wire.
-fn bomb(kind: u8, mib: usize) -> Vec<u8> {
-    use std::io::Write;
-    fn uleb(mut v: u64, out: &mut Vec<u8>) {
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(b);
-                return;
-            }
-            out.push(b | 0x80);
-        }
-    }
-    let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
-    let zeros = vec![0u8; 1 << 20];
-    for _ in 0..mib {
-        e.write_all(&zeros).expect("deflate to memory");
-    }
-    let zeros = e.finish().expect("deflate to memory");
-    let data = if kind == 2 {
-        zeros
-    } else {
-        let mut data = Vec::new();
-        for n in [0, 0, 0, 1, (1 << 4) | 0b1000, zeros.len() as u64] {
-            uleb(n, &mut data);
-        }
-        data.extend(zeros);
-        data
-    };
-    let mut out = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, kind];
-    uleb(data.len() as u64, &mut out);
-    out.extend(data);
-    out
-}
-
 /// A member sends changes and documents that inflate to more than the bound (automerge
 /// would inflate them whole before any check): each is refused unparsed and counted as
 /// oversized, and the peer keeps syncing.
@@ -155,20 +119,20 @@ fn a_decompression_bomb_is_refused_before_automerge_inflates_it() {
     let items = vec![
         Item::Changes {
             doc: cue_core::DocId::Index,
-            changes: vec![bomb(2, 65)],
+            changes: vec![bomb(Kind::Change, 65)],
         },
         // Two changes of 40 MiB each: the bound is per item.
         Item::Changes {
             doc: cue_core::DocId::Index,
-            changes: vec![bomb(2, 40), bomb(2, 40)],
+            changes: vec![bomb(Kind::Change, 40), bomb(Kind::Change, 40)],
         },
         Item::Whole {
             doc: cue_core::DocId::File(f),
-            bytes: bomb(0, 65),
+            bytes: bomb(Kind::Document, 65),
         },
         Item::Adopt {
             doc: cue_core::DocId::File(f),
-            bytes: bomb(0, 65),
+            bytes: bomb(Kind::Document, 65),
             heads: vec![[1; 32]],
             content: b"x".to_vec(),
         },
