@@ -694,9 +694,15 @@ impl World {
         }
     }
 
-    /// Every online peer's disk is the same, and each disk is what its engine holds.
+    /// Every online peer's disk is the same, and each disk is what its engine holds,
+    /// except at paths some peer holds a file too large to sync (each keeps its own).
     pub fn converged(&mut self) -> Result<(), String> {
         let mut reference: Option<(usize, BTreeMap<String, Vec<u8>>)> = None;
+        let mut skipped = BTreeSet::new();
+        for p in &mut self.peers {
+            let status = p.engine.status(&mut p.store);
+            skipped.extend(status.skipped.into_iter().map(|(s, _)| s));
+        }
         for i in 0..self.peers.len() {
             let p = &mut self.peers[i];
             // Adopted documents must have been checked against the content they came
@@ -707,14 +713,8 @@ impl World {
                     p.engine.unverified()
                 ));
             }
-            let live = p.engine.live_files(&mut p.store);
-            let skipped: BTreeSet<String> = p
-                .engine
-                .status(&mut p.store)
-                .skipped
-                .into_iter()
-                .map(|(s, _)| s)
-                .collect();
+            let mut live = p.engine.live_files(&mut p.store);
+            live.retain(|k, _| !skipped.contains(k));
             let disk: BTreeMap<String, [u8; 32]> = p
                 .disk
                 .iter()

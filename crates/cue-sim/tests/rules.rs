@@ -407,6 +407,34 @@ fn files_over_the_size_limit_are_skipped_and_listed() {
     assert_eq!(w.status(0).skipped, vec![("big.txt".to_string(), 29)]);
 }
 
+/// A peer's file arrives for a path where this device holds a file too large to sync:
+/// the large file is left alone (not overwritten, not read again and again), and the
+/// peer's file keeps its place on the other device.
+#[test]
+fn a_peer_file_never_replaces_a_file_too_large_here() {
+    let config = Config {
+        max_file_size: 10,
+        ..Config::default()
+    };
+    let mut w = World::new(2, 4, config);
+    w.connect_all();
+    w.write(0, "big.txt", b"this is longer than ten bytes");
+    w.write(1, "big.txt", b"small\n");
+    settle(&mut w);
+    assert_eq!(
+        w.peers[0].disk.get("big.txt").map(Vec::as_slice),
+        Some(&b"this is longer than ten bytes"[..])
+    );
+    assert_eq!(w.read(1, "big.txt").as_deref(), Some("small\n"));
+    assert_eq!(w.status(0).skipped, vec![("big.txt".to_string(), 29)]);
+    // The large file goes: that deletes nothing of the peer's, which now comes here.
+    w.delete(0, "big.txt");
+    settle(&mut w);
+    for p in 0..2 {
+        assert_eq!(w.read(p, "big.txt").as_deref(), Some("small\n"), "peer {p}");
+    }
+}
+
 #[test]
 fn pending_changes_count_until_a_peer_confirms() {
     let mut w = World::new(2, 3, Config::default());

@@ -312,6 +312,10 @@ impl Engine {
         if self.state.skipped.remove(path).is_some() {
             self.state_dirty = true;
             self.say_too_large(path, None);
+            // A peer's file waiting for the path (see `desired`) can come now.
+            if let Some(f) = self.live_file_with_path(path) {
+                self.to_reconcile.insert(f);
+            }
         }
         let Some(file) = self.file_at(path) else {
             return;

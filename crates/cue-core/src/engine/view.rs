@@ -283,8 +283,10 @@ impl Engine {
                 continue;
             }
             // Too large to sync here: the large file stays as it is, whatever the
-            // document holds (its synced content is the one from before it grew).
-            if on_disk.is_some_and(|(p, _)| self.state.skipped.contains_key(p)) {
+            // document holds (its synced content is the one from before it grew), and a
+            // file from a peer for that path waits until the large one goes.
+            let skipped = |p: &str| self.state.skipped.contains_key(p);
+            if on_disk.is_some_and(|(p, _)| skipped(p)) || live.get(f).is_some_and(|p| skipped(p)) {
                 continue;
             }
             // A deletion the mass-deletion guard holds: the file stays (or comes back, if
