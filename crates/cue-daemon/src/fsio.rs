@@ -1051,7 +1051,14 @@ fn remove_checked(
     let held = match read_leaf(dir, &aside, rel) {
         Ok(bytes) => bytes,
         Err(e) => {
-            let _ = rustix::fs::renameat(dir, aside.as_str(), dir, rel.file_name());
+            // Back where it was, unless something new took the name meanwhile.
+            let _ = rustix::fs::renameat_with(
+                dir,
+                aside.as_str(),
+                dir,
+                rel.file_name(),
+                RenameFlags::NOREPLACE,
+            );
             return Err(e);
         }
     };

@@ -66,10 +66,14 @@ impl Engine {
             .remove(&f)
             .unwrap_or_default()
             .into_iter()
-            .filter(|v| now - v.time_ms <= GROWTH_WINDOW_MS && v.len <= head.len())
+            .filter(|v| now - v.time_ms <= GROWTH_WINDOW_MS)
             .collect();
         let mut restore: Option<Heads> = None;
         for v in versions.iter().rev() {
+            // Longer than what was read of the file: not a beginning of it.
+            if v.len > head.len() {
+                break;
+            }
             let after = from_heads(&v.after);
             let beginning = self
                 .with_doc(f, store, |doc| doc.materialize_at(&after))
