@@ -50,6 +50,21 @@ fn completions_for_the_usual_shells() {
 }
 
 /// `cue -C DIR args...`.
+/// `cue sync init` in `dir` with a relay other machines can reach, as device `name`.
+fn init_in(dir: &std::path::Path, name: &str) -> std::process::Output {
+    cue_in(
+        dir,
+        &[
+            "sync",
+            "init",
+            "--relay",
+            "wss://relay.example.org",
+            "--name",
+            name,
+        ],
+    )
+}
+
 fn cue_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_cue"))
         .arg("-C")
@@ -71,17 +86,7 @@ fn a_mistyped_invite_is_one_line_said_once() {
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     std::fs::create_dir_all(&a).expect("mkdir");
     std::fs::create_dir_all(&b).expect("mkdir");
-    let out = cue_in(
-        &a,
-        &[
-            "sync",
-            "init",
-            "--relay",
-            "wss://relay.example.org",
-            "--name",
-            "a",
-        ],
-    );
+    let out = init_in(&a, "a");
     assert!(out.status.success(), "{}", stderr(&out));
     let token = String::from_utf8(cue_in(&a, &["sync", "invite"]).stdout).expect("utf-8");
     let token = token.trim();
@@ -177,17 +182,7 @@ fn init_says_which_relay_and_warns_when_only_this_machine_reaches_it() {
     );
 
     // With a relay other machines can reach: said, no warning.
-    let out = cue_in(
-        &b,
-        &[
-            "sync",
-            "init",
-            "--relay",
-            "wss://relay.example.org",
-            "--name",
-            "desktop",
-        ],
-    );
+    let out = init_in(&b, "desktop");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         stderr(&out).trim(),
@@ -203,17 +198,7 @@ fn activity_times_are_local_for_people_and_utc_in_json() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ws = dir.path();
     std::fs::write(ws.join("a.md"), "a\n").expect("write");
-    let out = cue_in(
-        ws,
-        &[
-            "sync",
-            "init",
-            "--relay",
-            "wss://relay.example.org",
-            "--name",
-            "a",
-        ],
-    );
+    let out = init_in(ws, "a");
     assert!(out.status.success(), "{}", stderr(&out));
     // A deletion and a restore, without a daemon: entries in the log.
     std::fs::remove_file(ws.join("a.md")).expect("rm");
