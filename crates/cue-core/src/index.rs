@@ -441,14 +441,20 @@ impl IndexDoc {
     /// Every value of every member-list entry (concurrent writes keep several), with the
     /// actor that wrote it: what the engine checks before it takes anyone for a member.
     pub fn member_values(&self) -> BTreeMap<DeviceId, Vec<(String, ActorId)>> {
+        self.raw_values("members")
+            .into_iter()
+            .filter_map(|(k, v)| Some((DeviceId::from_hex(&k)?, v)))
+            .collect()
+    }
+
+    /// Every value under every key of map `name` (concurrent writes keep several), with
+    /// the actor that wrote each.
+    pub(crate) fn raw_values(&self, name: &str) -> BTreeMap<String, Vec<(String, ActorId)>> {
         let mut out = BTreeMap::new();
-        let Some(m) = self.map("members") else {
+        let Some(m) = self.map(name) else {
             return out;
         };
         for item in self.doc.map_range(&m, ..) {
-            let Some(device) = DeviceId::from_hex(&item.key) else {
-                continue;
-            };
             let Ok(all) = self.doc.get_all(&m, item.key.as_ref()) else {
                 continue;
             };
@@ -459,9 +465,15 @@ impl IndexDoc {
                     ObjId::Root => None,
                 })
                 .collect();
-            out.insert(device, values);
+            out.insert(item.key.to_string(), values);
         }
         out
+    }
+
+    /// Sets `key` of map `name` (records kept beside the member list: rotations, who
+    /// admitted whom).
+    pub(crate) fn put_raw(&mut self, name: &str, key: &str, value: &str) -> Result<(), DocError> {
+        self.put(name, key, value)
     }
 
     pub fn conflicts(&self) -> BTreeMap<String, ConflictRecord> {

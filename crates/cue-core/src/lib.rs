@@ -27,8 +27,9 @@ pub mod wire;
 pub use doc::{ContentKind, DocError, FieldConflict, FileDoc};
 pub use engine::{
     ADMISSION_PREFIX, Activity, ActivityKind, AdmissionCheck, CatchUp, CommandError, Config,
-    ConflictInfo, Counters, DeletionsPaused, DocStore, Effect, Engine, FileMeta, Input, PeerInfo,
-    Persist, Restored, Status, actor_for, conflict_copy_name,
+    ConflictInfo, Counters, DeletionsPaused, DeviceInfo, DocStore, Effect, Engine, FileMeta,
+    Generation, Input, LobbyAnswer, PeerInfo, Persist, Removal, Restored, RotationCheck,
+    RotationMeta, Status, actor_for, conflict_copy_name,
 };
 pub use ids::{ContentHash, DeviceId, DocId, FileId, content_hash};
 pub use index::ConflictKind;

@@ -11,13 +11,14 @@
 //! identical trees on every peer and no lost edit.
 
 pub mod bomb;
+pub mod rotation;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use cue_core::carry;
 use cue_core::{
-    Config, DeviceId, DocId, DocStore, Effect, Engine, FileId, Input, Persist, Restored, Status,
-    content_hash,
+    Config, DeviceId, DocId, DocStore, Effect, Engine, FileId, Generation, Input, Persist,
+    Restored, Status, content_hash,
 };
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
@@ -284,6 +285,11 @@ pub struct Peer {
     /// Bytes a program appends to a file in the instant the daemon next replaces or
     /// removes it (once per path).
     pub append_while_replaced: BTreeMap<String, Vec<u8>>,
+    /// The secret generation this peer holds, and so the room it is in.
+    pub held: Generation,
+    /// The generations whose secret this peer has (made here, or handed over in the
+    /// lobby).
+    pub secrets: BTreeSet<Generation>,
 }
 
 impl Peer {
@@ -307,6 +313,8 @@ struct InFlight {
     from: usize,
     to: usize,
     bytes: Vec<u8>,
+    /// The room it was sent in: a peer that has left it no longer receives it.
+    room: Generation,
 }
 
 /// Faults the relay and network inject.
@@ -346,7 +354,7 @@ impl World {
         for i in 0..n {
             let name = format!("p{i}");
             let device = device_for(i);
-            let (engine, effects) = Engine::new(
+            let (mut engine, effects) = Engine::new(
                 device,
                 &name,
                 1,
@@ -354,6 +362,7 @@ impl World {
                 Restored::default(),
                 now_ms,
             );
+            engine.set_rotation_check(rotation::check());
             let peer = Peer {
                 name,
                 device,
@@ -369,6 +378,8 @@ impl World {
                 refuse_writes_under: BTreeSet::new(),
                 ignored_here: BTreeSet::new(),
                 append_while_replaced: BTreeMap::new(),
+                held: Generation::default(),
+                secrets: BTreeSet::from([Generation::default()]),
             };
             peers.push((peer, effects));
         }
@@ -424,6 +435,7 @@ impl World {
         let (engine, mut host) = p.split(trace);
         let Ok(sends) = carry::handle(engine, &mut host, now, inputs);
         self.route(peer, sends);
+        self.follow_generation(peer);
     }
 
     /// Carry out effects (those of `Engine::new`) by the daemon's rules.
@@ -433,6 +445,7 @@ impl World {
         let (engine, mut host) = p.split(None);
         let Ok(sends) = carry::carry_out(engine, &mut host, now, effects);
         self.route(peer, sends);
+        self.follow_generation(peer);
     }
 
     /// Messages go to the relay, which passes them to whoever is online.
@@ -440,14 +453,16 @@ impl World {
         if !self.peers[peer].online {
             return;
         }
+        let room = self.peers[peer].held;
+        let in_room = |p: &Peer| p.online && p.held == room;
         for (to, bytes) in sends {
             let targets: Vec<usize> = match to {
                 None => (0..self.peers.len())
-                    .filter(|&i| i != peer && self.peers[i].online)
+                    .filter(|&i| i != peer && in_room(&self.peers[i]))
                     .collect(),
                 Some(d) => self
                     .index_of(d)
-                    .filter(|&i| self.peers[i].online)
+                    .filter(|&i| in_room(&self.peers[i]))
                     .into_iter()
                     .collect(),
             };
@@ -456,6 +471,7 @@ impl World {
                     from: peer,
                     to: t,
                     bytes: bytes.clone(),
+                    room,
                 });
             }
         }
@@ -564,8 +580,9 @@ impl World {
         let config = self.config.clone();
         let p = &mut self.peers[peer];
         p.epoch += 1;
-        let (engine, effects) =
+        let (mut engine, effects) =
             Engine::new(p.device, &p.name, p.epoch, config, p.store.restored(), now);
+        engine.set_rotation_check(rotation::check());
         p.engine = engine;
         self.apply(peer, effects);
         self.startup_scan(peer);
@@ -645,7 +662,7 @@ impl World {
         if self.faults.duplicate > 0.0 && self.rng.random_bool(self.faults.duplicate) {
             self.inflight.push_back(m.clone());
         }
-        if !self.peers[m.to].online {
+        if !self.peers[m.to].online || self.peers[m.to].held != m.room {
             return true;
         }
         self.now_ms += 1;
@@ -674,6 +691,7 @@ impl World {
         for i in 0..self.peers.len() {
             self.input(i, Input::Tick);
         }
+        self.lobby();
     }
 
     /// Deliver everything, with time passing so that lost messages are re-announced,
@@ -705,6 +723,10 @@ impl World {
         }
         for i in 0..self.peers.len() {
             let p = &mut self.peers[i];
+            if p.engine.removed_here().is_some() {
+                // Removed from the workspace: it keeps what it had, and gets nothing new.
+                continue;
+            }
             // Adopted documents must have been checked against the content they came
             // with: what is on disk is then what the documents say.
             if p.engine.unverified() > 0 {

@@ -147,6 +147,12 @@ pub enum Input {
         name: String,
         admission: Vec<u8>,
     },
+    /// This device admitted `device` (it proved it holds one of our invites): recorded
+    /// in the index, so that every member sees who admitted whom and when.
+    Admitted { device: DeviceId },
+    /// Rotation records, made here (`cue sync rotate`, `remove`) or received through the
+    /// lobby: kept in the index if valid (see `rotation.rs`).
+    Rotations { records: Vec<Vec<u8>> },
     /// Time passed (drives re-announcements, timeouts, tombstone expiry, compaction).
     Tick,
 }
@@ -284,6 +290,9 @@ pub struct Counters {
     /// Member-list entries without a valid admission, ignored.
     #[serde(skip)]
     pub bad_members: u64,
+    /// Rotation records that are not valid (bad signature, not a member's), ignored.
+    #[serde(skip)]
+    pub bad_rotations: u64,
 }
 
 impl Counters {
@@ -300,6 +309,7 @@ impl Counters {
             ("forged_changes", self.forged_changes),
             ("excess_pulls", self.excess_pulls),
             ("bad_members", self.bad_members),
+            ("bad_rotations", self.bad_rotations),
         ]
         .into_iter()
         .filter(|(_, n)| *n > 0)

@@ -183,6 +183,12 @@ pub(super) struct LaterCounters {
     members: BTreeMap<DeviceId, String>,
 }
 
+/// Added after [`LaterCounters`], stored after it in the same way.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct LaterCounters2 {
+    bad_rotations: u64,
+}
+
 pub(super) fn encode_state(
     state: &State,
     tail: &StateTail,
@@ -202,6 +208,10 @@ pub(super) fn encode_state(
         members: state.members.clone(),
     };
     bytes.extend(postcard::to_allocvec(&later).unwrap_or_default());
+    let later2 = LaterCounters2 {
+        bad_rotations: c.bad_rotations,
+    };
+    bytes.extend(postcard::to_allocvec(&later2).unwrap_or_default());
     bytes
 }
 
@@ -232,13 +242,17 @@ pub(super) fn decode_state(bytes: &[u8]) -> Option<Stored> {
     let (tail3, rest) = postcard::take_from_bytes::<StateTail3>(rest).ok()?;
     stored.3 = tail3;
     if !rest.is_empty() {
-        let later: LaterCounters = postcard::from_bytes(rest).ok()?;
+        let (later, rest) = postcard::take_from_bytes::<LaterCounters>(rest).ok()?;
         let c = &mut stored.0.counters;
         c.oversized_items = later.oversized_items;
         c.forged_changes = later.forged_changes;
         c.excess_pulls = later.excess_pulls;
         c.bad_members = later.bad_members;
         stored.0.members = later.members;
+        if !rest.is_empty() {
+            let later2: LaterCounters2 = postcard::from_bytes(rest).ok()?;
+            stored.0.counters.bad_rotations = later2.bad_rotations;
+        }
     }
     Some(stored)
 }

@@ -60,6 +60,10 @@ impl Engine {
     /// A device proved it holds the invite: its entry, with its admission if there is
     /// one, goes into the member list.
     pub(super) fn admit(&mut self, device: DeviceId, name: String, admission: Vec<u8>) {
+        if self.chain.removed.contains_key(&device) {
+            // Removed from the workspace: its admission admits it no more.
+            return;
+        }
         let value = if admission.is_empty() {
             name.clone()
         } else {
@@ -139,6 +143,12 @@ impl Engine {
             self.state_dirty = true;
         }
         self.members_view = view;
+        // Removed devices stay in the persisted list (their names) but are members no
+        // more; the chain needs the members first (a record's author must be one).
+        self.refresh_chain();
+        let me = self.device;
+        self.members_view
+            .retain(|d, _| *d == me || !self.chain.removed.contains_key(d));
     }
 
     /// The name a member-list value written by `writer` admits `device` under, if it is

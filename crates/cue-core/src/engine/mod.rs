@@ -31,6 +31,7 @@ mod members;
 mod outbox;
 mod peers;
 mod pull;
+mod rotation;
 mod status;
 mod view;
 
@@ -45,6 +46,8 @@ use members::Check;
 pub use members::{ADMISSION_PREFIX, AdmissionCheck};
 use peers::*;
 use pull::*;
+use rotation::{Chain, RotCheck};
+pub use rotation::{DeviceInfo, Generation, LobbyAnswer, Removal, RotationCheck, RotationMeta};
 use view::{Stale, Unwritable};
 
 /// Above this, a reassembled chunked item is refused (a file is at most
@@ -148,6 +151,12 @@ pub struct Engine {
     /// What each member-list value written by an actor was judged to be (the name it
     /// admits, or nothing), so that each is checked and counted once.
     member_verdicts: BTreeMap<(DeviceId, String, Vec<u8>), Option<String>>,
+    /// The driver's check of rotation records (see `rotation.rs`).
+    rotation_check: Option<RotCheck>,
+    /// What each rotation record was judged to be, so that each is checked once.
+    rotation_verdicts: BTreeMap<Vec<u8>, Option<RotationMeta>>,
+    /// The secret generations the index's records amount to.
+    chain: Chain,
 }
 
 pub(super) fn to_heads(h: &[ChangeHash]) -> Heads {
@@ -249,6 +258,9 @@ impl Engine {
             admission_check: None,
             members_view: BTreeMap::new(),
             member_verdicts: BTreeMap::new(),
+            rotation_check: None,
+            rotation_verdicts: BTreeMap::new(),
+            chain: Chain::default(),
         };
         // Make sure we are in our own member list (a new workspace, or a renamed device).
         if !engine.own_entry_current() {
@@ -398,6 +410,8 @@ impl Engine {
                 name,
                 admission,
             } => self.admit(device, name, admission),
+            Input::Admitted { device } => self.record_admitted(device),
+            Input::Rotations { records } => self.take_rotations(records),
             Input::Tick => self.tick(store),
         }
     }

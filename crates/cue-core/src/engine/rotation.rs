@@ -1,0 +1,393 @@
+//! The workspace secret's generations: who is removed, which secret is current
+//! (docs/security.md, "Removing a device and rotating the secret").
+//!
+//! A rotation is a record signed by the member who made it: its generation, the hash of
+//! the record it follows (`parent`; zero for generation 1), when, and the devices it
+//! removes. Records live in the synced index (the `members` map, under `rotation:HASH`
+//! keys, since a new top-level map would change the index's genesis change), so every
+//! device that syncs learns them; the lobby hands them to a device that was away. The
+//! engine does not see secrets: it decides which record each generation follows, and the
+//! driver, which compares [`Engine::generation`] with the secret it holds after each
+//! call (after sending what the call produced, so that a record reaches the old room
+//! before the driver leaves it), fetches or hands out the matching secret.
+//!
+//! The chain: generation 0 is the secret made at `init`. Generation g+1's record is,
+//! among the valid records of generation g+1 whose parent is generation g's record and
+//! whose author is a member not removed so far, the one with the lowest hash. So two
+//! members rotating at once converge on one record without talking. The winning
+//! records' removals count; the author of a losing record that removed someone rotates
+//! again once it holds the winning secret (see [`Engine::removals_to_redo`]), unless the
+//! winner removed that author.
+//!
+//! Who admitted whom: the admitting device writes `admitted:DEVICE` = `BY:TIME_MS`; an
+//! entry counts only when written by the device it names as the admitter.
+
+use std::sync::Arc;
+
+use super::*;
+
+/// How a rotation record's key in the `members` map starts; the record's hash follows.
+const ROTATION_PREFIX: &str = "rotation:";
+/// How an admitted-by entry's key starts; the admitted device's id follows.
+const ADMITTED_PREFIX: &str = "admitted:";
+
+/// What the driver's check makes of an encoded rotation record (the daemon verifies the
+/// signature with cue-crypto): `None` when it is not a valid record.
+pub type RotationCheck = Arc<dyn Fn(&[u8]) -> Option<RotationMeta> + Send + Sync>;
+
+/// A valid rotation record, as the engine needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationMeta {
+    pub generation: u32,
+    pub parent: [u8; 32],
+    pub rotated_by: DeviceId,
+    pub at_ms: i64,
+    pub removed: Vec<DeviceId>,
+    /// The record's hash: the tie-break between concurrent records, and the next
+    /// generation's parent.
+    pub hash: [u8; 32],
+}
+
+#[derive(Clone)]
+pub(super) struct RotCheck(RotationCheck);
+
+impl std::fmt::Debug for RotCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RotationCheck")
+    }
+}
+
+/// The secret generation in use: its number and its record's hash (zero for 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Generation {
+    pub number: u32,
+    pub winner: [u8; 32],
+}
+
+/// Who removed a device, and when (the record's time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removal {
+    pub by: DeviceId,
+    pub at_ms: i64,
+    pub generation: u32,
+}
+
+/// One device of the workspace, as `cue sync devices` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub device: DeviceId,
+    pub name: String,
+    /// When it was admitted, and by whom (unknown for the device that made the workspace
+    /// and for devices admitted before this was recorded).
+    pub joined_ms: Option<i64>,
+    pub admitted_by: Option<DeviceId>,
+    pub last_seen_ms: Option<i64>,
+    pub online: bool,
+    pub removed: Option<Removal>,
+    pub this_device: bool,
+}
+
+/// What the records in the index amount to (recomputed when the index changes).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Chain {
+    pub(super) current: Generation,
+    /// The winning record of each generation from 1, with its bytes.
+    pub(super) winners: Vec<(RotationMeta, Vec<u8>)>,
+    pub(super) removed: BTreeMap<DeviceId, Removal>,
+    /// Devices removed only by a record that lost to a concurrent one, with the author.
+    pub(super) unfinished: BTreeMap<DeviceId, DeviceId>,
+}
+
+impl Engine {
+    /// Sets how rotation records are checked. Without a check no record counts.
+    pub fn set_rotation_check(&mut self, check: RotationCheck) {
+        self.rotation_check = Some(RotCheck(check));
+        self.rotation_verdicts.clear();
+        self.refresh_members();
+    }
+
+    /// The secret generation in use.
+    pub fn generation(&self) -> Generation {
+        self.chain.current
+    }
+
+    /// The winning records of every generation from `after + 1` on, encoded: what a
+    /// device at generation `after` needs to catch up (or to learn it was removed).
+    pub fn records_after(&self, after: u32) -> Vec<Vec<u8>> {
+        self.chain
+            .winners
+            .iter()
+            .filter(|(m, _)| m.generation > after)
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+
+    /// Every valid record the index holds (winners and losers), encoded: what a device
+    /// at the same generation with another winner needs to converge.
+    pub fn all_records(&self) -> Vec<Vec<u8>> {
+        self.rotation_entries()
+            .into_iter()
+            .filter(|(_, b)| self.judge_record(b).is_some())
+            .map(|(_, b)| b)
+            .collect()
+    }
+
+    /// The devices removed from the workspace.
+    pub fn removed(&self) -> &BTreeMap<DeviceId, Removal> {
+        &self.chain.removed
+    }
+
+    /// Whether this device was removed.
+    pub fn removed_here(&self) -> Option<Removal> {
+        self.chain.removed.get(&self.device).copied()
+    }
+
+    /// Devices that a record of ours removed but that lost to a concurrent rotation: this
+    /// device must rotate again, removing them, once it holds the current secret.
+    pub fn removals_to_redo(&self) -> Vec<DeviceId> {
+        self.chain
+            .unfinished
+            .iter()
+            .filter(|(_, author)| **author == self.device)
+            .map(|(d, _)| *d)
+            .collect()
+    }
+
+    /// Rotation records (made here, or received through the lobby) go into the index;
+    /// invalid ones are counted in `bad_rotations` and dropped.
+    pub(super) fn take_rotations(&mut self, records: Vec<Vec<u8>>) {
+        let known: BTreeSet<String> = self.rotation_entries().into_keys().collect();
+        let mut added = false;
+        for bytes in records {
+            let Some(meta) = self.judge_record(&bytes) else {
+                self.state.counters.bad_rotations += 1;
+                self.state_dirty = true;
+                continue;
+            };
+            let key = format!("{ROTATION_PREFIX}{}", hex::encode(meta.hash));
+            if known.contains(&key) {
+                continue;
+            }
+            if self
+                .index
+                .put_raw("members", &key, &hex::encode(&bytes))
+                .is_ok()
+            {
+                added = true;
+            }
+        }
+        if added {
+            self.commit_index();
+            self.refresh_members();
+        }
+    }
+
+    /// Records that this device admitted `device` now.
+    pub(super) fn record_admitted(&mut self, device: DeviceId) {
+        let key = format!("{ADMITTED_PREFIX}{device}");
+        let value = format!("{}:{}", self.device, self.now_ms);
+        if self.index.put_raw("members", &key, &value).is_ok() {
+            self.commit_index();
+        }
+    }
+
+    /// The devices of the workspace: members, and removed devices with what is known.
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        let admitted = self.admitted();
+        let mut names = self.state.members.clone();
+        names.extend(self.members_view.clone());
+        for d in self.chain.removed.keys() {
+            names.entry(*d).or_insert_with(|| d.short());
+        }
+        names
+            .into_iter()
+            .map(|(device, name)| {
+                let live = self.peers.get(&device);
+                let (joined_ms, admitted_by) = match admitted.get(&device) {
+                    Some((by, at)) => (Some(*at), Some(*by)),
+                    None => (None, None),
+                };
+                DeviceInfo {
+                    device,
+                    name,
+                    joined_ms,
+                    admitted_by,
+                    last_seen_ms: if device == self.device {
+                        Some(self.now_ms)
+                    } else {
+                        self.state.peers.get(&device).and_then(|p| p.last_sync_ms)
+                    },
+                    online: device == self.device || live.is_some_and(|p| p.online),
+                    removed: self.chain.removed.get(&device).copied(),
+                    this_device: device == self.device,
+                }
+            })
+            .collect()
+    }
+
+    /// Admitted-by entries written by the admitter they name.
+    fn admitted(&self) -> BTreeMap<DeviceId, (DeviceId, i64)> {
+        let mut out = BTreeMap::new();
+        for (key, values) in self.index.raw_values("members") {
+            let Some(device) = key
+                .strip_prefix(ADMITTED_PREFIX)
+                .and_then(DeviceId::from_hex)
+            else {
+                continue;
+            };
+            for (value, actor) in values {
+                let Some((by, at)) = value.split_once(':') else {
+                    continue;
+                };
+                let (Some(by), Ok(at)) = (DeviceId::from_hex(by), at.parse::<i64>()) else {
+                    continue;
+                };
+                if made_by(&by, &actor) {
+                    out.insert(device, (by, at));
+                }
+            }
+        }
+        out
+    }
+
+    fn rotation_entries(&self) -> BTreeMap<String, Vec<u8>> {
+        self.index
+            .raw_values("members")
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ROTATION_PREFIX))
+            .filter_map(|(k, vals)| {
+                let (v, _) = vals.into_iter().next()?;
+                Some((k, hex::decode(v).ok()?))
+            })
+            .collect()
+    }
+
+    fn judge_record(&self, bytes: &[u8]) -> Option<RotationMeta> {
+        let check = self.rotation_check.as_ref()?;
+        if let Some(v) = self.rotation_verdicts.get(bytes) {
+            return v.clone();
+        }
+        (check.0)(bytes).filter(|m| m.generation >= 1)
+    }
+
+    /// Recomputes the chain from the records in the index (see the module docs); the
+    /// member view then leaves the removed devices out.
+    pub(super) fn refresh_chain(&mut self) {
+        let mut records: Vec<(RotationMeta, Vec<u8>)> = Vec::new();
+        for (_, bytes) in self.rotation_entries() {
+            let verdict = match self.rotation_verdicts.get(&bytes) {
+                Some(v) => v.clone(),
+                None => {
+                    let v = self.judge_record(&bytes);
+                    if v.is_none() && self.rotation_check.is_some() {
+                        self.state.counters.bad_rotations += 1;
+                        self.state_dirty = true;
+                    }
+                    self.rotation_verdicts.insert(bytes.clone(), v.clone());
+                    v
+                }
+            };
+            if let Some(meta) = verdict {
+                records.push((meta, bytes));
+            }
+        }
+        records.sort_by_key(|(m, _)| (m.generation, m.hash));
+        let mut chain = Chain::default();
+        let mut parent = [0u8; 32];
+        let mut losers: Vec<&RotationMeta> = Vec::new();
+        for generation in 1.. {
+            let candidates: Vec<&(RotationMeta, Vec<u8>)> = records
+                .iter()
+                .filter(|(m, _)| {
+                    m.generation == generation
+                        && m.parent == parent
+                        && self.was_member(&m.rotated_by)
+                        && !chain.removed.contains_key(&m.rotated_by)
+                })
+                .collect();
+            // Sorted by hash: the first is the winner.
+            let Some((winner, bytes)) = candidates.first() else {
+                break;
+            };
+            for d in &winner.removed {
+                chain.removed.entry(*d).or_insert(Removal {
+                    by: winner.rotated_by,
+                    at_ms: winner.at_ms,
+                    generation,
+                });
+            }
+            losers.extend(candidates[1..].iter().map(|(m, _)| m));
+            parent = winner.hash;
+            chain.current = Generation {
+                number: generation,
+                winner: winner.hash,
+            };
+            chain.winners.push((winner.clone(), bytes.clone()));
+        }
+        for m in losers {
+            if chain.removed.contains_key(&m.rotated_by) {
+                continue;
+            }
+            for d in &m.removed {
+                if !chain.removed.contains_key(d) {
+                    chain.unfinished.entry(*d).or_insert(m.rotated_by);
+                }
+            }
+        }
+        self.chain = chain;
+    }
+
+    /// Whether `device` is or was taken for a member (a record's author must be).
+    fn was_member(&self, device: &DeviceId) -> bool {
+        self.state.members.contains_key(device) || self.members_view.contains_key(device)
+    }
+}
+
+/// What to answer a device's lobby hello (docs/security.md): the daemon and the
+/// simulation both follow this, the daemon sealing the secret it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LobbyAnswer {
+    /// Nothing: it is where we are, ahead of us, or not a member.
+    Nothing,
+    /// Rotation records only: it was removed (it learns so), or it is at our generation
+    /// with another record (a concurrent rotation: it needs ours to converge).
+    Records(Vec<Vec<u8>>),
+    /// The records it lacks and the secret we hold, sealed to it: a member that was
+    /// away during a rotation, or that did not have the secret yet.
+    RecordsAndSecret(Vec<Vec<u8>>),
+}
+
+impl Engine {
+    /// What to answer `from`'s hello saying it holds the secret of `theirs`, given that
+    /// we hold the secret of `held`.
+    pub fn answer_hello(
+        &self,
+        held: Generation,
+        from: DeviceId,
+        theirs: Generation,
+    ) -> LobbyAnswer {
+        if from == self.device || theirs == held {
+            return LobbyAnswer::Nothing;
+        }
+        if self.chain.removed.contains_key(&from) {
+            return LobbyAnswer::Records(self.records_after(theirs.number.min(held.number)));
+        }
+        if !self.is_member(&from) {
+            return LobbyAnswer::Nothing;
+        }
+        // At our generation with another record (a concurrent rotation): all our
+        // records, so that it converges; behind: the records it lacks.
+        let records = if theirs.number >= held.number {
+            self.all_records()
+        } else {
+            self.records_after(theirs.number)
+        };
+        if held == self.chain.current && theirs.number <= held.number {
+            return LobbyAnswer::RecordsAndSecret(records);
+        }
+        if theirs.number == held.number {
+            return LobbyAnswer::Records(records);
+        }
+        LobbyAnswer::Nothing
+    }
+}

@@ -1,0 +1,214 @@
+//! Removing devices and rotating the secret (docs/security.md): every remaining peer
+//! ends on one secret generation with the same bytes, a removed peer gets nothing new
+//! and learns it was removed, and no edit of a remaining peer is lost.
+
+use cue_core::{Config, Input};
+use cue_sim::World;
+use cue_sim::rotation::record;
+
+/// `n` peers online, with a few files everyone holds.
+fn world(n: usize, seed: u64) -> World {
+    let mut w = World::new(n, seed, Config::default());
+    w.connect_all();
+    let files: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| (format!("n{i}.md"), format!("note {i}\n").into_bytes()))
+        .collect();
+    w.write_many(0, &files);
+    w.settle(10);
+    for i in 1..n {
+        assert_eq!(w.read(i, "n4.md").as_deref(), Some("note 4\n"));
+    }
+    w
+}
+
+/// Settles messages and lobby exchanges until the remaining peers agree.
+fn settle(w: &mut World) {
+    for _ in 0..6 {
+        w.settle(10);
+        w.lobby();
+    }
+    w.settle(10);
+}
+
+fn assert_one_generation(w: &World, peers: &[usize]) {
+    let g = w.peers[peers[0]].held;
+    for &i in peers {
+        assert_eq!(
+            w.peers[i].held, g,
+            "peer {i} holds generation {:?}, peer {} holds {:?}",
+            w.peers[i].held, peers[0], g
+        );
+        assert_eq!(w.peers[i].engine.generation(), g, "peer {i}'s engine");
+    }
+}
+
+#[test]
+fn a_removed_peer_gets_nothing_new_and_learns_it_was_removed() {
+    let mut w = world(3, 1);
+    w.rotate(0, &[2]);
+    settle(&mut w);
+    assert_one_generation(&w, &[0, 1]);
+    assert_eq!(w.peers[0].held.number, 1);
+    assert!(w.peers[2].engine.removed_here().is_some(), "2 was not told");
+    assert_eq!(
+        w.peers[2].held.number, 0,
+        "the removed peer got the new secret"
+    );
+
+    // Edits after the removal reach the remaining peers only.
+    w.write(0, "after.md", b"secret plans\n");
+    w.write(1, "n1.md", b"note 1\nfrom p1\n");
+    settle(&mut w);
+    assert_eq!(w.read(1, "after.md").as_deref(), Some("secret plans\n"));
+    assert_eq!(w.read(0, "n1.md").as_deref(), Some("note 1\nfrom p1\n"));
+    assert_eq!(w.read(2, "after.md"), None);
+    assert_eq!(w.read(2, "n1.md").as_deref(), Some("note 1\n"));
+    // What it had stays with it.
+    assert_eq!(w.read(2, "n4.md").as_deref(), Some("note 4\n"));
+    w.converged().unwrap();
+
+    // Its edits reach no one, and its admission admits it no more.
+    w.write(2, "n2.md", b"vandalised\n");
+    let (device, name) = (w.peers[2].device, w.peers[2].name.clone());
+    w.input(
+        0,
+        Input::Admit {
+            device,
+            name,
+            admission: Vec::new(),
+        },
+    );
+    settle(&mut w);
+    assert_eq!(w.read(0, "n2.md").as_deref(), Some("note 2\n"));
+    assert!(!w.peers[0].engine.is_member(&device));
+    let listed = w.peers[1].engine.devices();
+    let entry = listed.iter().find(|d| d.device == device).unwrap();
+    assert_eq!(entry.removed.unwrap().by, w.peers[0].device);
+}
+
+#[test]
+fn peers_offline_during_a_rotation_catch_up_when_they_return() {
+    let mut w = world(4, 2);
+    // p1 is away with an edit of its own; p3 (to be removed) is away too.
+    w.disconnect(1);
+    w.disconnect(3);
+    w.write(1, "n1.md", b"note 1\nwritten offline\n");
+    w.rotate(0, &[3]);
+    w.write(0, "n0.md", b"note 0\nafter the rotation\n");
+    settle(&mut w);
+    assert_one_generation(&w, &[0, 2]);
+
+    w.connect(1);
+    w.connect(3);
+    settle(&mut w);
+    assert_one_generation(&w, &[0, 1, 2]);
+    assert_eq!(
+        w.read(2, "n1.md").as_deref(),
+        Some("note 1\nwritten offline\n")
+    );
+    assert_eq!(
+        w.read(1, "n0.md").as_deref(),
+        Some("note 0\nafter the rotation\n")
+    );
+    assert!(w.peers[3].engine.removed_here().is_some(), "3 never learnt");
+    assert_eq!(w.read(3, "n0.md").as_deref(), Some("note 0\n"));
+    w.converged().unwrap();
+}
+
+#[test]
+fn two_rotations_at_once_converge_on_one_secret() {
+    for seed in 0..20 {
+        let mut w = world(4, 100 + seed);
+        // Both rotate before either hears of the other's record.
+        w.rotate(0, &[]);
+        w.rotate(1, &[]);
+        w.write(2, "n2.md", b"note 2\nduring\n");
+        settle(&mut w);
+        assert_one_generation(&w, &[0, 1, 2, 3]);
+        assert_eq!(w.peers[0].held.number, 1, "seed {seed}");
+        assert_eq!(w.read(0, "n2.md").as_deref(), Some("note 2\nduring\n"));
+        w.converged().unwrap();
+    }
+}
+
+/// Two members remove two devices at once: one record wins, and the other's author
+/// removes again, so both devices end up removed and the rest on one secret.
+#[test]
+fn concurrent_removals_both_take_effect() {
+    for seed in 0..10 {
+        let mut w = world(5, 200 + seed);
+        w.rotate(0, &[3]);
+        w.rotate(1, &[4]);
+        settle(&mut w);
+        assert_one_generation(&w, &[0, 1, 2]);
+        for removed in [3, 4] {
+            let d = w.peers[removed].device;
+            for i in 0..3 {
+                assert!(
+                    w.peers[i].engine.removed().contains_key(&d),
+                    "seed {seed}: peer {i} still takes {removed} for a member"
+                );
+            }
+            assert!(
+                w.peers[removed].held != w.peers[0].held,
+                "seed {seed}: removed peer {removed} holds the secret in use"
+            );
+        }
+        w.write(2, "x.md", b"x\n");
+        settle(&mut w);
+        assert_eq!(w.read(0, "x.md").as_deref(), Some("x\n"));
+        assert_eq!(w.read(3, "x.md"), None);
+        assert_eq!(w.read(4, "x.md"), None);
+    }
+}
+
+/// A peer catching up on many files when the peer it pulls from rotates: the pull's
+/// answer is lost with the old room, and the catch-up completes in the new one.
+#[test]
+fn a_removal_during_a_pull_loses_nothing() {
+    let mut w = world(3, 3);
+    w.disconnect(1);
+    let files: Vec<(String, Vec<u8>)> = (0..60)
+        .map(|i| (format!("bulk/{i}.md"), format!("bulk {i}\n").into_bytes()))
+        .collect();
+    w.write_many(0, &files);
+    w.write(1, "mine.md", b"p1 offline work\n");
+    w.connect(1);
+    // A few messages of the catch-up, then the rotation.
+    for _ in 0..3 {
+        w.step();
+    }
+    w.rotate(0, &[2]);
+    settle(&mut w);
+    assert_one_generation(&w, &[0, 1]);
+    for (p, c) in &files {
+        assert_eq!(
+            w.read(1, p).as_deref(),
+            Some(std::str::from_utf8(c).unwrap())
+        );
+    }
+    assert_eq!(w.read(0, "mine.md").as_deref(), Some("p1 offline work\n"));
+    w.converged().unwrap();
+}
+
+/// Records that do not chain, or whose author is not a member, change nothing.
+#[test]
+fn a_record_from_a_stranger_or_off_the_chain_is_ignored() {
+    let mut w = world(2, 4);
+    let stranger = cue_core::DeviceId([9; 32]);
+    let target = w.peers[1].device;
+    let member = w.peers[0].device;
+    let bad = vec![
+        record(1, [0; 32], stranger, 0, &[target]),
+        record(2, [7; 32], member, 0, &[target]),
+        b"garbage".to_vec(),
+    ];
+    w.input(1, Input::Rotations { records: bad });
+    settle(&mut w);
+    assert_eq!(w.peers[1].engine.generation().number, 0);
+    assert!(w.peers[1].engine.removed().is_empty());
+    assert!(w.peers[1].engine.counters().bad_rotations >= 1);
+    w.write(0, "still.md", b"syncing\n");
+    settle(&mut w);
+    assert_eq!(w.read(1, "still.md").as_deref(), Some("syncing\n"));
+}
