@@ -24,6 +24,7 @@ mod envelope;
 mod invite;
 mod keys;
 mod replay;
+mod sealed;
 
 pub use admission::{
     ADMISSION_DOMAIN, ADMISSION_VERSION, Admission, AdmissionError, DeviceNameError,
@@ -44,3 +45,4 @@ pub use keys::{
     DeviceId, DeviceKey, ParseIdError, RandomnessError, WorkspaceId, WorkspaceKeys, WorkspaceSecret,
 };
 pub use replay::{DEFAULT_SEQ_BLOCK, Gap, REPLAY_WINDOW, ReplayGuard, SeqAllocator, SeqNext};
+pub use sealed::{SEALED_OVERHEAD, SealedError, open_sealed, seal_to, seal_to_with};
