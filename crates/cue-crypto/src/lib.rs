@@ -24,6 +24,7 @@ mod envelope;
 mod invite;
 mod keys;
 mod replay;
+mod rotation;
 mod sealed;
 
 pub use admission::{
@@ -45,4 +46,8 @@ pub use keys::{
     DeviceId, DeviceKey, ParseIdError, RandomnessError, WorkspaceId, WorkspaceKeys, WorkspaceSecret,
 };
 pub use replay::{DEFAULT_SEQ_BLOCK, Gap, REPLAY_WINDOW, ReplayGuard, SeqAllocator, SeqNext};
+pub use rotation::{
+    MAX_REMOVED, MAX_ROTATION_LEN, MIN_ROTATION_LEN, ROTATION_DOMAIN, ROTATION_VERSION,
+    RotationError, RotationRecord,
+};
 pub use sealed::{SEALED_OVERHEAD, SealedError, open_sealed, seal_to, seal_to_with};
