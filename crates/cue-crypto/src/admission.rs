@@ -1,23 +1,28 @@
 //! Admissions: how a device holding an invite asks to join the member list.
 //!
-//! The joining device signs (room id, its id, its name) with its own device key and
-//! sends that, sealed under the workspace payload key, as a [`MessageType::Admission`]
-//! envelope. Sealing proves it holds the invite; the inner signature makes the admission
-//! a self-standing record that members store in the synced index and that any member can
-//! re-check later without the envelope it came in.
+//! The joining device signs (room id, its id, its name) with its own device key. The
+//! signature makes the admission a self-standing record that members store in the synced
+//! index and that any member can re-check later without the envelope it came in.
 //!
-//! Encoding (version 1): `1` | device id (32) | name length (1) | name | signature (64).
+//! The room is explicit: callers pass the workspace's *lobby* room id
+//! ([`crate::LobbySecret::keys`]), which stays the same across rotations, so an admission
+//! made before a rotation still verifies after it. (Version 1 admissions were bound to the
+//! workspace room of the secret at the time, which changes with every rotation; they are
+//! refused as [`AdmissionError::OldVersion`] and callers fall back to other rules.)
 //!
-//! [`MessageType::Admission`]: crate::MessageType::Admission
+//! Encoding (version 2): `2` | device id (32) | name length (1) | name | signature (64).
 
 use std::fmt;
 
-use crate::keys::{DeviceId, DeviceKey, WorkspaceKeys};
+use cue_proto::RoomId;
+
+use crate::keys::{DeviceId, DeviceKey};
 
 /// Version byte of the admission encoding.
-pub const ADMISSION_VERSION: u8 = 1;
-/// Domain tag of the admission signature (distinct from the envelope's).
-pub const ADMISSION_DOMAIN: &[u8] = b"cue/v1/admission\0";
+pub const ADMISSION_VERSION: u8 = 2;
+/// Domain tag of the admission signature (distinct from the envelope's, and from version
+/// 1's, whose room meant something else).
+pub const ADMISSION_DOMAIN: &[u8] = b"cue/v2/admission\0";
 /// Longest device name, in characters (all ASCII, so also bytes).
 pub const MAX_DEVICE_NAME_LEN: usize = 32;
 const FIXED_LEN: usize = 1 + 32 + 1 + 64;
@@ -63,6 +68,10 @@ pub enum AdmissionError {
     /// Bytes after the signature.
     #[error("admission has {0} trailing bytes")]
     TrailingBytes(usize),
+    /// A version 1 admission: bound to a workspace room of one generation, not to the
+    /// lobby. Callers decide by other rules (e.g. the member list) instead.
+    #[error("admission version 1 was made by an older cue (bound to a room that rotations change)")]
+    OldVersion,
     /// A version this build does not read.
     #[error("admission version {0} is not supported")]
     UnsupportedVersion(u8),
@@ -94,10 +103,10 @@ impl fmt::Debug for Admission {
     }
 }
 
-fn signed_message(keys: &WorkspaceKeys, device: &DeviceId, name: &str) -> Vec<u8> {
+fn signed_message(room: &RoomId, device: &DeviceId, name: &str) -> Vec<u8> {
     let mut m = Vec::with_capacity(ADMISSION_DOMAIN.len() + 65 + name.len());
     m.extend_from_slice(ADMISSION_DOMAIN);
-    m.extend_from_slice(&keys.room_id().0);
+    m.extend_from_slice(&room.0);
     m.extend_from_slice(&device.0);
     // The length keeps (name, anything after it) unambiguous should fields be added.
     m.push(name.len() as u8);
@@ -106,15 +115,11 @@ fn signed_message(keys: &WorkspaceKeys, device: &DeviceId, name: &str) -> Vec<u8
 }
 
 impl Admission {
-    /// `device` asks to join the room of `keys` under `name`.
-    pub fn create(
-        keys: &WorkspaceKeys,
-        device: &DeviceKey,
-        name: &str,
-    ) -> Result<Self, DeviceNameError> {
+    /// `device` asks to join under `name`, bound to `room` (the workspace's lobby room).
+    pub fn create(room: &RoomId, device: &DeviceKey, name: &str) -> Result<Self, DeviceNameError> {
         validate_device_name(name)?;
         let id = device.device_id();
-        let signature = device.sign(&signed_message(keys, &id, name));
+        let signature = device.sign(&signed_message(room, &id, name));
         Ok(Self {
             device: id,
             name: name.to_owned(),
@@ -122,11 +127,11 @@ impl Admission {
         })
     }
 
-    /// Checks the name and the signature (`verify_strict`) for the room of `keys`.
-    pub fn verify(&self, keys: &WorkspaceKeys) -> Result<(), AdmissionError> {
+    /// Checks the name and the signature (`verify_strict`) for `room`.
+    pub fn verify(&self, room: &RoomId) -> Result<(), AdmissionError> {
         validate_device_name(&self.name)?;
         if self.device.verify(
-            &signed_message(keys, &self.device, &self.name),
+            &signed_message(room, &self.device, &self.name),
             &self.signature,
         ) {
             Ok(())
@@ -155,6 +160,9 @@ impl Admission {
     /// [`Admission::verify`].
     pub fn decode(bytes: &[u8]) -> Result<Self, AdmissionError> {
         let (&version, rest) = bytes.split_first().ok_or(AdmissionError::Truncated)?;
+        if version == 1 {
+            return Err(AdmissionError::OldVersion);
+        }
         if version != ADMISSION_VERSION {
             return Err(AdmissionError::UnsupportedVersion(version));
         }
@@ -191,7 +199,7 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::WorkspaceSecret;
+    use crate::keys::{WorkspaceKeys, WorkspaceSecret};
 
     #[test]
     fn names() {
@@ -218,18 +226,18 @@ mod tests {
 
     #[test]
     fn create_verify_and_binding() {
-        let keys = WorkspaceKeys::derive(&WorkspaceSecret::from_bytes([1; 32]));
-        let other = WorkspaceKeys::derive(&WorkspaceSecret::from_bytes([2; 32]));
+        let room = WorkspaceKeys::derive(&WorkspaceSecret::from_bytes([1; 32])).room_id();
+        let other = WorkspaceKeys::derive(&WorkspaceSecret::from_bytes([2; 32])).room_id();
         let device = DeviceKey::from_bytes(&[9; 32]);
-        let a = Admission::create(&keys, &device, "laptop").unwrap();
-        a.verify(&keys).unwrap();
+        let a = Admission::create(&room, &device, "laptop").unwrap();
+        a.verify(&room).unwrap();
         assert_eq!(a.verify(&other), Err(AdmissionError::BadSignature));
         let mut renamed = a.clone();
         renamed.name = "server".into();
-        assert_eq!(renamed.verify(&keys), Err(AdmissionError::BadSignature));
+        assert_eq!(renamed.verify(&room), Err(AdmissionError::BadSignature));
         let mut stolen = a.clone();
         stolen.device = DeviceKey::from_bytes(&[8; 32]).device_id();
-        assert_eq!(stolen.verify(&keys), Err(AdmissionError::BadSignature));
+        assert_eq!(stolen.verify(&room), Err(AdmissionError::BadSignature));
         let bytes = a.encode();
         assert_eq!(bytes.len(), a.encoded_len());
         assert_eq!(Admission::decode(&bytes).unwrap(), a);
@@ -243,6 +251,15 @@ mod tests {
             Admission::decode(&long),
             Err(AdmissionError::TrailingBytes(1))
         );
-        assert!(Admission::create(&keys, &device, "bad name").is_err());
+        assert!(Admission::create(&room, &device, "bad name").is_err());
+        let mut old = bytes.clone();
+        old[0] = 1;
+        assert_eq!(Admission::decode(&old), Err(AdmissionError::OldVersion));
+        old[0] = 3;
+        assert_eq!(
+            Admission::decode(&old),
+            Err(AdmissionError::UnsupportedVersion(3))
+        );
+        assert_eq!(bytes[0], ADMISSION_VERSION);
     }
 }

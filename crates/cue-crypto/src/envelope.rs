@@ -5,7 +5,7 @@
 //! ```text
 //! offset  size  field
 //!      0     1  version (1)
-//!      1     1  message type (1 engine, 2 admission)
+//!      1     1  message type (1 engine, 2 admission, 3 lobby)
 //!      2    32  room id
 //!     34    32  sender device id (ed25519 public key)
 //!     66    32  stream: all zero = broadcast, else the recipient's device id
@@ -66,8 +66,13 @@ pub const MIN_ENVELOPE_LEN: usize = MIN_BUCKET + LEN_PREFIX + ENVELOPE_OVERHEAD;
 pub enum MessageType {
     /// A message of the sync engine (summaries, changes, documents).
     Engine = 1,
-    /// A joining device's [`Admission`], the one type accepted from a non-member.
+    /// A joining device's [`Admission`]; accepted from a non-member.
     Admission = 2,
+    /// A [`crate::LobbyMessage`], in a workspace's lobby room; accepted from a
+    /// non-member (a joining device asks in with one). The lobby's key is held by every
+    /// invite holder and by removed devices, so the receiver judges each lobby message
+    /// by its sender ([`Opened::sender`]) and content, never by its having opened.
+    Lobby = 3,
 }
 
 impl TryFrom<u8> for MessageType {
@@ -76,6 +81,7 @@ impl TryFrom<u8> for MessageType {
         match value {
             1 => Ok(Self::Engine),
             2 => Ok(Self::Admission),
+            3 => Ok(Self::Lobby),
             other => Err(OpenError::UnknownMessageType(other)),
         }
     }
@@ -436,8 +442,13 @@ impl fmt::Debug for Opened {
 
 /// Opens an envelope addressed to `me` and records it in `guard`, which rejects replays
 /// and reports gaps. `is_member` answers from the synced member list. Checks, cheapest
-/// first: structure, signature (`verify_strict`), room and recipient, membership, AEAD,
-/// padding, admission, replay. The guard is updated only for a message that passed
+/// first: structure, signature (`verify_strict`), room and recipient, membership (a
+/// non-member may send only [`MessageType::Admission`] and [`MessageType::Lobby`]), AEAD,
+/// padding, admission, replay.
+///
+/// An admission is checked to be well-formed and the sender's own; its inner signature
+/// is bound to the lobby room, which `keys` does not know: check it with
+/// [`Admission::verify`] before recording it. The guard is updated only for a message that passed
 /// everything, so forgeries cannot poison it.
 pub fn open(
     keys: &WorkspaceKeys,
@@ -478,7 +489,7 @@ pub fn open_without_replay_check(
         return Err(OpenError::NotForMe);
     }
     let member = is_member(&header.sender);
-    if !member && header.ty != MessageType::Admission {
+    if !member && !matches!(header.ty, MessageType::Admission | MessageType::Lobby) {
         return Err(OpenError::NotMember(header.sender));
     }
 
@@ -502,10 +513,11 @@ pub fn open_without_replay_check(
 
     if header.ty == MessageType::Admission {
         // An admission must be the sender's own, or a member could enrol a stranger and a
-        // stranger could replay someone else's admission as its own.
+        // stranger could replay someone else's admission as its own. Its signature is
+        // bound to the lobby room, unknown here: the caller verifies it.
         let valid = Admission::decode(&plaintext)
             .ok()
-            .filter(|a| a.device == header.sender && a.verify(keys).is_ok());
+            .filter(|a| a.device == header.sender);
         if valid.is_none() {
             return Err(if member {
                 OpenError::Malformed("admission is invalid or not the sender's own")

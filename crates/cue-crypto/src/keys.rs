@@ -12,7 +12,6 @@ use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
 use cue_proto::RoomId;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use hkdf::Hkdf;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
@@ -91,7 +90,7 @@ pub struct ParseIdError {
     expected: usize,
 }
 
-fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], ParseIdError> {
+pub(crate) fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], ParseIdError> {
     let err = ParseIdError { expected: N * 2 };
     if s.len() != N * 2 {
         return Err(err);
@@ -210,6 +209,13 @@ impl DeviceKey {
     pub(crate) fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.0.sign(message).to_bytes()
     }
+
+    /// The device key's X25519 secret: the ed25519 secret scalar's bytes (the first half
+    /// of SHA-512 of the seed), which the X25519 multiplication clamps exactly as ed25519
+    /// does. See [`crate::seal_to`].
+    pub(crate) fn x25519_scalar(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.0.to_scalar_bytes())
+    }
 }
 
 impl fmt::Debug for DeviceKey {
@@ -266,30 +272,36 @@ impl FromStr for DeviceId {
     }
 }
 
+/// Serde for a fixed-size id newtype: its `Display`/`FromStr` text in human-readable
+/// formats, its raw bytes in binary ones.
 macro_rules! hex_or_bytes_serde {
     ($ty:ident, $n:expr) => {
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 if serializer.is_human_readable() {
                     serializer.collect_str(self)
                 } else {
-                    self.0.serialize(serializer)
+                    serde::Serialize::serialize(&self.0, serializer)
                 }
             }
         }
 
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 if deserializer.is_human_readable() {
-                    let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                    let s = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(
+                        deserializer,
+                    )?;
                     s.parse().map_err(serde::de::Error::custom)
                 } else {
-                    <[u8; $n]>::deserialize(deserializer).map($ty)
+                    <[u8; $n] as serde::Deserialize>::deserialize(deserializer).map($ty)
                 }
             }
         }
     };
 }
+
+pub(crate) use hex_or_bytes_serde;
 
 hex_or_bytes_serde!(DeviceId, 32);
 hex_or_bytes_serde!(WorkspaceId, 16);

@@ -9,9 +9,10 @@ mod common;
 
 use common::Fixture;
 use cue_crypto::{
-    Admission, DeviceId, DeviceKey, EnvelopeHeader, Invite, MAX_ENVELOPE_LEN, MAX_PLAINTEXT_LEN,
-    MessageType, OpenError, ReplayGuard, SIGNATURE_DOMAIN, SealError, Sealer, Stream,
-    WorkspaceKeys, WorkspaceSecret, open, open_without_replay_check, sealed_len,
+    Admission, AdmissionError, DeviceId, DeviceKey, EnvelopeHeader, Invite, InviteSecret,
+    LobbyMessage, LobbySecret, MAX_ENVELOPE_LEN, MAX_PLAINTEXT_LEN, MessageType, OpenError,
+    ReplayGuard, SIGNATURE_DOMAIN, SealError, Sealer, Stream, WorkspaceId, WorkspaceKeys,
+    WorkspaceSecret, open, open_without_replay_check, sealed_len,
 };
 use ed25519_dalek::{Signer, SigningKey};
 use proptest::prelude::*;
@@ -175,10 +176,10 @@ fn rejects_non_members() {
 }
 
 #[test]
-fn admission_is_the_one_message_a_non_member_may_send() {
+fn admissions_may_come_from_non_members() {
     let f = Fixture::new();
     let carol = Sealer::new(&f.keys, &f.carol);
-    let own = Admission::create(&f.keys, &f.carol, "carol-laptop").unwrap();
+    let own = Admission::create(&f.lobby, &f.carol, "carol-laptop").unwrap();
     let bytes = carol
         .seal(MessageType::Admission, Stream::Broadcast, 0, &own.encode())
         .unwrap();
@@ -188,7 +189,7 @@ fn admission_is_the_one_message_a_non_member_may_send() {
 
     // Someone else's admission, replayed by Carol as her own: refused.
     let dave = DeviceKey::from_bytes(&[4; 32]);
-    let dave_admission = Admission::create(&f.keys, &dave, "dave").unwrap();
+    let dave_admission = Admission::create(&f.lobby, &dave, "dave").unwrap();
     let bytes = carol
         .seal(
             MessageType::Admission,
@@ -202,9 +203,10 @@ fn admission_is_the_one_message_a_non_member_may_send() {
         Err(OpenError::NotMember(f.carol.device_id()))
     );
 
-    // An admission for another workspace's room: refused.
+    // An admission bound to another lobby room opens (the envelope cannot tell which
+    // room it is for), but does not verify for this workspace's lobby.
     let other = WorkspaceKeys::derive(&WorkspaceSecret::from_bytes([99; 32]));
-    let foreign = Admission::create(&other, &f.carol, "carol").unwrap();
+    let foreign = Admission::create(&other.room_id(), &f.carol, "carol").unwrap();
     let bytes = carol
         .seal(
             MessageType::Admission,
@@ -213,9 +215,12 @@ fn admission_is_the_one_message_a_non_member_may_send() {
             &foreign.encode(),
         )
         .unwrap();
+    let opened = open_as(&f, &f.bob, &bytes).unwrap();
     assert_eq!(
-        open_as(&f, &f.bob, &bytes),
-        Err(OpenError::NotMember(f.carol.device_id()))
+        Admission::decode(&opened.plaintext)
+            .unwrap()
+            .verify(&f.lobby),
+        Err(AdmissionError::BadSignature)
     );
 
     // Garbage typed as an admission.
@@ -248,6 +253,44 @@ fn admission_is_the_one_message_a_non_member_may_send() {
         .seal(MessageType::Admission, Stream::Broadcast, 5, &own.encode())
         .unwrap();
     assert_eq!(open_as(&f, &f.bob, &bytes), Err(OpenError::WrongRoom));
+}
+
+#[test]
+fn lobby_messages_come_from_non_members_too() {
+    let f = Fixture::new();
+    let lobby = LobbySecret::from_bytes([12; 32]).keys();
+    let invite = InviteSecret::from_bytes([5; 32]);
+    let request = LobbyMessage::JoinRequest {
+        invite: invite.id(),
+        name: "carol".into(),
+        proof: invite.proof(&lobby.room_id(), &f.carol.device_id(), "carol"),
+    };
+    let carol = Sealer::new(&lobby, &f.carol);
+    let bytes = carol
+        .seal(MessageType::Lobby, Stream::Broadcast, 0, &request.encode())
+        .unwrap();
+    let opened =
+        open_without_replay_check(&lobby, &f.bob.device_id(), &bytes, f.is_member()).unwrap();
+    assert_eq!(opened.ty, MessageType::Lobby);
+    assert_eq!(opened.sender, f.carol.device_id());
+    let Ok(LobbyMessage::JoinRequest {
+        invite: id,
+        name,
+        proof,
+    }) = LobbyMessage::decode(&opened.plaintext)
+    else {
+        panic!("not a join request");
+    };
+    assert_eq!(id, invite.id());
+    assert!(invite.verify_proof(&lobby.room_id(), &opened.sender, &name, &proof));
+    // Engine messages in the lobby still need a member.
+    let bytes = carol
+        .seal(MessageType::Engine, Stream::Broadcast, 1, b"sync me")
+        .unwrap();
+    assert_eq!(
+        open_without_replay_check(&lobby, &f.bob.device_id(), &bytes, f.is_member()),
+        Err(OpenError::NotMember(f.carol.device_id()))
+    );
 }
 
 #[test]
@@ -338,6 +381,12 @@ fn rejects_other_versions_and_unknown_types() {
         Err(OpenError::UnsupportedVersion(2))
     );
     let mut bytes = seal(&f, &f.alice, Stream::Broadcast, 1, b"x");
+    bytes[1] = 4;
+    assert_eq!(
+        open_as(&f, &f.bob, &bytes),
+        Err(OpenError::UnknownMessageType(4))
+    );
+    let mut bytes = seal(&f, &f.alice, Stream::Broadcast, 1, b"x");
     bytes[1] = 9;
     assert_eq!(
         open_as(&f, &f.bob, &bytes),
@@ -400,7 +449,7 @@ proptest! {
         let sealer = Sealer::new(&f.keys, &f.alice);
         let ty = if admission_type { MessageType::Admission } else { MessageType::Engine };
         let plaintext = if admission_type {
-            Admission::create(&f.keys, &f.alice, "alice").unwrap().encode()
+            Admission::create(&f.lobby, &f.alice, "alice").unwrap().encode()
         } else {
             plaintext
         };
@@ -423,7 +472,10 @@ proptest! {
 
     #[test]
     fn invite_round_trip(
+        workspace in any::<[u8; 16]>(),
+        lobby in any::<[u8; 32]>(),
         secret in any::<[u8; 32]>(),
+        expires_at in 1u64..,
         tls in any::<bool>(),
         host in "[a-z0-9][a-z0-9.-]{0,60}",
         port in proptest::option::of(1u16..),
@@ -433,28 +485,38 @@ proptest! {
         let scheme = if tls { "wss" } else { "ws" };
         let port = port.map(|p| format!(":{p}")).unwrap_or_default();
         let url = format!("{scheme}://{host}{port}{path}");
-        let invite = Invite::new(WorkspaceSecret::from_bytes(secret), &url).unwrap();
+        let invite = Invite::new(
+            WorkspaceId(workspace),
+            LobbySecret::from_bytes(lobby),
+            InviteSecret::from_bytes(secret),
+            expires_at,
+            &url,
+        )
+        .unwrap();
         let token = invite.to_token();
         prop_assert_eq!(token.len(), invite.token_len());
         prop_assert!(token.starts_with("cueinv1"));
         let text: String = if upper { token.to_uppercase() } else { token.to_string() };
         let back = Invite::parse(&text).unwrap();
         prop_assert_eq!(back.relay_url(), url.as_str());
+        prop_assert_eq!(back.lobby().as_bytes(), &lobby);
         prop_assert_eq!(back.secret().as_bytes(), &secret);
-        prop_assert_eq!(back.workspace_id(), invite.workspace_id());
+        prop_assert_eq!(back.expires_at(), expires_at);
+        prop_assert_eq!(back.workspace_id(), WorkspaceId(workspace));
+        prop_assert_eq!(&back, &invite);
     }
 
     #[test]
     fn admission_round_trip(seed in any::<[u8; 32]>(), name in "[A-Za-z0-9._-]{1,32}") {
         let f = Fixture::new();
         let device = DeviceKey::from_bytes(&seed);
-        let admission = Admission::create(&f.keys, &device, &name).unwrap();
+        let admission = Admission::create(&f.lobby, &device, &name).unwrap();
         let bytes = admission.encode();
         prop_assert_eq!(bytes.len(), admission.encoded_len());
         prop_assert_eq!(bytes.len(), 98 + name.len());
         let back = Admission::decode(&bytes).unwrap();
         prop_assert_eq!(&back, &admission);
-        prop_assert!(back.verify(&f.keys).is_ok());
+        prop_assert!(back.verify(&f.lobby).is_ok());
         prop_assert_eq!(back.device, device.device_id());
     }
 }

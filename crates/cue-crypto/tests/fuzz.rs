@@ -20,14 +20,15 @@ use std::collections::BTreeMap;
 
 use common::{Fixture, Rng, fuzz_iters, fuzz_seed};
 use cue_crypto::{
-    Admission, EnvelopeHeader, Invite, MessageType, ReplayGuard, Sealer, Stream,
-    open_without_replay_check,
+    Admission, EnvelopeHeader, Invite, InviteSecret, LobbyMessage, LobbySecret, MessageType,
+    ReplayGuard, RotationRecord, Sealer, Stream, WorkspaceId, WorkspaceSecret,
+    open_without_replay_check, seal_secret,
 };
 
 fn valid_envelopes(f: &Fixture, rng: &mut Rng) -> Vec<Vec<u8>> {
     let alice = Sealer::new(&f.keys, &f.alice);
     let carol = Sealer::new(&f.keys, &f.carol);
-    let admission = Admission::create(&f.keys, &f.carol, "carol")
+    let admission = Admission::create(&f.lobby, &f.carol, "carol")
         .unwrap()
         .encode();
     let mut out = Vec::new();
@@ -94,7 +95,7 @@ fn random_envelopes_never_panic_and_never_open() {
     let mut rng = Rng::new(seed);
     let valid = valid_envelopes(&f, &mut rng);
     let me = f.bob.device_id();
-    let carol_admission = Admission::create(&f.keys, &f.carol, "carol")
+    let carol_admission = Admission::create(&f.lobby, &f.carol, "carol")
         .unwrap()
         .encode();
     let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
@@ -123,11 +124,15 @@ fn random_envelopes_never_panic_and_never_open() {
                     .unwrap();
                 match open_without_replay_check(&f.keys, &me, &bytes, f.is_member()) {
                     Ok(opened) => {
-                        assert_eq!(
-                            opened.plaintext, carol_admission,
-                            "only Carol's own admission opens"
-                        );
+                        // Only Carol's own admissions open (the envelope cannot check
+                        // the signature, bound to the lobby room), and of those only the
+                        // genuine one verifies.
                         assert_eq!(opened.sender, f.carol.device_id());
+                        let admission = Admission::decode(&opened.plaintext).unwrap();
+                        assert_eq!(admission.device, f.carol.device_id());
+                        if admission.verify(&f.lobby).is_ok() {
+                            assert_eq!(opened.plaintext, carol_admission);
+                        }
                         *kinds.entry("sealed_admission_opened").or_default() += 1;
                     }
                     Err(e) => *kinds.entry(e.kind()).or_default() += 1,
@@ -140,7 +145,7 @@ fn random_envelopes_never_panic_and_never_open() {
                 let len = [470, 726, 1238][rng.below(3)];
                 let mut v = rng.bytes(len);
                 v[0] = 1;
-                v[1] = 1 + rng.below(2) as u8;
+                v[1] = 1 + rng.below(3) as u8;
                 v
             }
             _ => {
@@ -174,8 +179,16 @@ fn random_invites_never_panic() {
     let tokens: Vec<String> = ["ws://127.0.0.1:8080", "wss://relay.example.com/x"]
         .iter()
         .map(|url| {
-            let secret = cue_crypto::WorkspaceSecret::from_bytes(rng.array());
-            Invite::new(secret, url).unwrap().to_token().to_string()
+            Invite::new(
+                WorkspaceId(rng.array()),
+                LobbySecret::from_bytes(rng.array()),
+                InviteSecret::from_bytes(rng.array()),
+                1 + rng.u64() / 2,
+                url,
+            )
+            .unwrap()
+            .to_token()
+            .to_string()
         })
         .collect();
     let mut ok = 0u64;
@@ -185,7 +198,7 @@ fn random_invites_never_panic() {
             3 => {
                 // A correct checksum around random content: reaches the payload checks
                 // (version, consistency, URL).
-                let len = rng.below(120);
+                let len = rng.below(200);
                 let mut payload = rng.bytes(len);
                 if let Some(v) = payload.first_mut() {
                     *v %= 3;
@@ -237,7 +250,7 @@ fn random_admissions_and_guards_never_panic() {
     println!("admission + replay-guard fuzz: {iters} inputs each, seed {seed}");
     let f = Fixture::new();
     let mut rng = Rng::new(seed ^ 2);
-    let good = Admission::create(&f.keys, &f.carol, "carol-laptop")
+    let good = Admission::create(&f.lobby, &f.carol, "carol-laptop")
         .unwrap()
         .encode();
     let mut guard = ReplayGuard::new();
@@ -255,7 +268,7 @@ fn random_admissions_and_guards_never_panic() {
             mutate(&mut rng, &good)
         };
         if let Ok(a) = Admission::decode(&input)
-            && a.verify(&f.keys).is_ok()
+            && a.verify(&f.lobby).is_ok()
         {
             assert_eq!(input, good, "only the genuine admission verifies");
         }
@@ -270,6 +283,71 @@ fn random_admissions_and_guards_never_panic() {
             let _ = g.accept(f.alice.device_id(), Stream::Broadcast, rng.u64());
         }
     }
+}
+
+#[test]
+fn random_lobby_messages_and_rotation_records_never_panic() {
+    let iters = fuzz_iters(20_000);
+    let seed = fuzz_seed();
+    println!("lobby + rotation fuzz: {iters} inputs each, seed {seed}");
+    let f = Fixture::new();
+    let mut rng = Rng::new(seed ^ 4);
+    let removed = [f.carol.device_id(), f.bob.device_id()];
+    let record = RotationRecord::create(WorkspaceId([1; 16]), 2, [3; 32], &f.alice, 5, &removed);
+    let record_bytes = record.encode();
+    let invite = InviteSecret::from_bytes([6; 32]);
+    let lobby = [
+        LobbyMessage::JoinRequest {
+            invite: invite.id(),
+            name: "carol".into(),
+            proof: invite.proof(&f.lobby, &f.carol.device_id(), "carol"),
+        },
+        seal_secret(
+            &f.carol.device_id(),
+            &f.lobby,
+            2,
+            record.hash(),
+            &WorkspaceSecret::from_bytes([7; 32]),
+        )
+        .unwrap(),
+        LobbyMessage::Refused {
+            invite: invite.id(),
+            reason: "expired".into(),
+        },
+        LobbyMessage::Hello {
+            generation: 2,
+            winner: record.hash(),
+        },
+        LobbyMessage::Records {
+            records: vec![record_bytes.clone(); 3],
+        },
+    ]
+    .map(|m| m.encode());
+    let (mut records_ok, mut lobby_ok) = (0u64, 0u64);
+    for _ in 0..iters {
+        let input = match rng.below(3) {
+            0 => {
+                let len = rng.below(400);
+                rng.bytes(len)
+            }
+            1 => mutate(&mut rng, &record_bytes),
+            _ => {
+                let base = &lobby[rng.below(lobby.len())];
+                mutate(&mut rng, base)
+            }
+        };
+        if let Ok(r) = RotationRecord::decode(&input) {
+            records_ok += 1;
+            if r.verify().is_ok() {
+                assert_eq!(input, record_bytes, "only the genuine record verifies");
+            }
+        }
+        if let Ok(m) = LobbyMessage::decode(&input) {
+            lobby_ok += 1;
+            assert_eq!(LobbyMessage::decode(&m.encode()), Ok(m));
+        }
+    }
+    println!("decoded: {records_ok} records, {lobby_ok} lobby messages");
 }
 
 /// Flips every byte position of nonce, associated data, ciphertext and signature, one at

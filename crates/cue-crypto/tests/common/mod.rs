@@ -3,10 +3,12 @@
 
 #![allow(dead_code)]
 
-use cue_crypto::{DeviceId, DeviceKey, WorkspaceKeys, WorkspaceSecret};
+use cue_crypto::{DeviceId, DeviceKey, LobbySecret, RoomId, WorkspaceKeys, WorkspaceSecret};
 
 pub struct Fixture {
     pub keys: WorkspaceKeys,
+    /// The workspace's lobby room, to which admissions are bound.
+    pub lobby: RoomId,
     pub alice: DeviceKey,
     pub bob: DeviceKey,
     /// Holds the invite (the secret) but is not in the member list.
@@ -17,6 +19,7 @@ impl Fixture {
     pub fn new() -> Self {
         Self {
             keys: WorkspaceKeys::derive(&WorkspaceSecret::from_bytes([11; 32])),
+            lobby: LobbySecret::from_bytes([12; 32]).keys().room_id(),
             alice: DeviceKey::from_bytes(&[1; 32]),
             bob: DeviceKey::from_bytes(&[2; 32]),
             carol: DeviceKey::from_bytes(&[3; 32]),
