@@ -165,11 +165,21 @@ pub fn run() -> anyhow::Result<()> {
         "---\ntitle: Launch plan\ntags: [draft]\n---\n# Plan\n\n1. write the notes\n2. review them\n3. ship\n",
     )?;
     let wa = Workspace::init(&a, Some(&url), Some("alice"))?;
-    {
+    let token = {
         let _lock = DaemonLock::acquire(&wa.dir())?;
-        Driver::open(&wa, &wa.config)?.startup_scan(now_ms())?;
-    }
-    let token = wa.invite_token()?;
+        let mut driver = Driver::open(&wa, &wa.config)?;
+        driver.startup_scan(now_ms())?;
+        let made = cue_daemon::devices::invite(
+            &wa,
+            driver.store_mut(),
+            now_ms(),
+            cue_daemon::invites::DEFAULT_EXPIRY_MS,
+            Some(1),
+            0,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        made["token"].as_str().unwrap_or_default().to_string()
+    };
     Workspace::join(&b, &token, None, Some("bob"))?;
     println!("alice      cue sync init   -> {}", a.display());
     println!("bob        cue sync join   -> {}", b.display());

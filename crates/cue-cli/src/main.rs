@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod demo;
+mod members;
 mod progress;
 mod status_view;
 
@@ -151,11 +152,50 @@ enum SyncCmd {
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
     },
-    /// Print the invite token for another device (a secret, like a password).
+    /// Print a new invite token for another device (a secret, like a password), or
+    /// list or revoke this device's invites.
+    ///
+    /// The token admits devices until it expires (7 days unless --expires says
+    /// otherwise), at most --uses of them, and only while the workspace secret is not
+    /// rotated. This device admits them: its daemon must be running when they start.
     #[command(
-        after_help = "Example:\n  cue sync invite        # then, on the other machine: cue sync join TOKEN"
+        after_help = "Examples:\n  cue sync invite                      # then, on the other machine: cue sync join TOKEN\n  cue sync invite --expires 1h --uses 1\n  cue sync invite --list\n  cue sync invite --revoke 3f2a"
     )]
-    Invite,
+    Invite {
+        /// How long the token admits devices: 30m, 12h, 7d, 2w (default 7d).
+        #[arg(long, value_name = "DURATION", conflicts_with_all = ["list", "revoke"])]
+        expires: Option<String>,
+        /// At most this many devices join with it (default: any number until it expires).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), conflicts_with_all = ["list", "revoke"])]
+        uses: Option<u32>,
+        /// List the invites this device made, with their state.
+        #[arg(long, conflicts_with = "revoke")]
+        list: bool,
+        /// Revoke the invite whose id starts with ID (see --list).
+        #[arg(long, value_name = "ID")]
+        revoke: Option<String>,
+    },
+    /// Every device of the workspace: name, id, joined, admitted by, last seen, online,
+    /// removed; this one marked.
+    #[command(
+        after_help = "Example:\n  cue sync devices\n  cue sync devices --json | jq '.[].name'"
+    )]
+    Devices {
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a device (a lost laptop) and rotate the workspace secret: it decrypts
+    /// nothing new and cannot come back with what it holds.
+    #[command(after_help = "Example:\n  cue sync remove old-laptop\n  cue sync remove 3f2a9c")]
+    Remove {
+        /// The device's name, or the start of its id (see `cue sync devices`).
+        #[arg(value_name = "DEVICE")]
+        device: String,
+    },
+    /// Rotate the workspace secret (after a token leaked): earlier invites stop working.
+    #[command(after_help = "Example:\n  cue sync rotate")]
+    Rotate,
     /// Make this folder a copy of the workspace of TOKEN (files here are merged).
     #[command(after_help = "Example:\n  cue sync join cueinv1... --name desktop")]
     Join {
@@ -485,22 +525,20 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
                 status_view::plural(files as u64, "file", "files"),
                 ws.device_name()
             );
-            println!("Next: `cue sync start`.");
+            println!(
+                "Next: `cue sync start`. A member admits this device then: the one who made the invite must be online (its daemon running); until then `cue sync status` says it waits."
+            );
             Ok(ExitCode::SUCCESS)
         }
-        SyncCmd::Invite => {
-            let ws = Workspace::open(&find_root(base)?)?;
-            println!("{}", ws.invite_token()?);
-            let url = &ws.config.sync.relay.url;
-            if relay_is_local(url) {
-                eprintln!(
-                    "warning: this token carries the relay {url}, which is on this machine only (loopback): \
-                     another machine cannot reach it; set one it can reach with `cue sync start --relay URL`, \
-                     then invite again"
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        SyncCmd::Invite {
+            expires,
+            uses,
+            list,
+            revoke,
+        } => members::invite(&find_root(base)?, expires, uses, list, revoke),
+        SyncCmd::Devices { json } => members::devices(&find_root(base)?, json),
+        SyncCmd::Remove { device } => members::remove(&find_root(base)?, Some(&device)),
+        SyncCmd::Rotate => members::remove(&find_root(base)?, None),
         SyncCmd::Start {
             relay,
             foreground: true,
@@ -572,7 +610,7 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
 
 /// Whether a relay URL names this machine only (a loopback or unspecified address, or
 /// localhost): another machine cannot reach such a relay.
-fn relay_is_local(url: &str) -> bool {
+pub(crate) fn relay_is_local(url: &str) -> bool {
     let rest = url
         .strip_prefix("wss://")
         .or_else(|| url.strip_prefix("ws://"))
@@ -734,6 +772,7 @@ fn status_report(root: &Path) -> anyhow::Result<StatusReport> {
                     // The last daemon's log, if one ran here in the background.
                     log: Some(ws.log_path()).filter(|p| p.exists()),
                     deletions_paused: None,
+                    standing: None,
                 },
                 &s,
             )

@@ -228,6 +228,7 @@ mod tests {
             catch_up: None,
             files_unverified: 0,
             refused_input: Default::default(),
+            membership: None,
         }
     }
 

@@ -34,6 +34,24 @@ pub enum Request {
     },
     /// Let the deletions the mass-deletion guard holds through.
     ApplyDeletions,
+    /// A new invite (`data`: `{"token": …, "id": …}`).
+    Invite {
+        expires_ms: i64,
+        uses: Option<u32>,
+    },
+    /// This device's invites (`data`: a list of [`crate::invites::InviteInfo`]).
+    Invites,
+    /// Revokes the invite whose id starts with `id` (`data`: its full id).
+    Revoke {
+        id: String,
+    },
+    /// The devices of the workspace (`data`: a list of [`crate::devices::DeviceReport`]).
+    Devices,
+    /// Rotates the secret, removing the devices listed (full hex ids); `data`: the new
+    /// generation's number.
+    Rotate {
+        remove: Vec<String>,
+    },
 }
 
 /// What the daemon answers.
@@ -43,6 +61,9 @@ pub struct Response {
     /// One line saying what went wrong and what to do.
     pub error: Option<String>,
     pub status: Option<StatusReport>,
+    /// What a request other than status answers with.
+    #[serde(default)]
+    pub data: Option<serde_json::Value>,
 }
 
 impl Response {
@@ -57,7 +78,15 @@ impl Response {
         Response {
             ok: false,
             error: Some(message.into()),
-            status: None,
+            ..Response::default()
+        }
+    }
+
+    pub fn with_data(data: serde_json::Value) -> Response {
+        Response {
+            ok: true,
+            data: Some(data),
+            ..Response::default()
         }
     }
 }
@@ -92,6 +121,19 @@ pub struct StatusReport {
     /// are left out (docs/security.md).
     #[serde(default)]
     pub refused_input: std::collections::BTreeMap<String, u64>,
+    /// Where this device stands in the workspace (docs/reference.md §1.9).
+    #[serde(default)]
+    pub membership: Option<MembershipReport>,
+}
+
+/// `member`, `waiting_for_admission` (joined; the member who made the invite must be
+/// online), `refused` (the invite admits nobody), or `removed`; why, and which
+/// generation of the workspace secret this device holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MembershipReport {
+    pub state: String,
+    pub reason: Option<String>,
+    pub generation: u32,
 }
 
 /// Deletions held by the mass-deletion guard (docs/reference.md §1.9, §3.3).
@@ -210,6 +252,7 @@ pub struct StatusContext<'a> {
     /// Where the daemon's log is, when it is a file.
     pub log: Option<std::path::PathBuf>,
     pub deletions_paused: Option<crate::driver::Paused>,
+    pub standing: Option<crate::membership::Standing>,
 }
 
 /// Builds the status document.
@@ -302,6 +345,11 @@ pub fn status_report(ctx: &StatusContext<'_>, s: &cue_core::Status) -> StatusRep
             files_total: c.files_total as u64,
         }),
         files_unverified: s.unverified as u64,
+        membership: ctx.standing.as_ref().map(|m| MembershipReport {
+            state: m.state.to_string(),
+            reason: m.reason.clone(),
+            generation: m.generation,
+        }),
         refused_input: s
             .refused
             .nonzero()

@@ -87,6 +87,7 @@ pub fn offline_status(ws: &Workspace) -> Result<Status, StoreError> {
         now_ms(),
     );
     engine.set_admission_check(ws.admission_check());
+    engine.set_rotation_check(ws.rotation_check());
     Ok(engine.status(&mut StoreDocs(&store)))
 }
 
@@ -197,6 +198,7 @@ impl Driver {
         // Member-list entries are taken only with a valid admission or written by their
         // device; ours goes in with our admission (once: the engine skips an equal one).
         driver.engine.set_admission_check(ws.admission_check());
+        driver.engine.set_rotation_check(ws.rotation_check());
         driver.finish_interrupted_writes(now_ms())?;
         Ok(driver)
     }

@@ -21,6 +21,8 @@
 //! - `session`: the network session: sealing and opening envelopes, admissions, the
 //!   peers' routes, our sequence numbers and the replay guard (stored with the driver's
 //!   transactions);
+//! - [`membership`]: the secret generation held (the room), admission through the lobby
+//!   (`lobby`, [`invites`]), removal and rotation;
 //! - [`control`]: the control socket's requests and the `status --json` document;
 //! - [`run`]: the daemon's main loop, and starting it in the background.
 //!
@@ -32,11 +34,15 @@
 pub mod config;
 pub mod control;
 mod debounce;
+pub mod devices;
 pub mod driver;
 pub mod fsio;
 mod host;
 pub mod ignore_rules;
+pub mod invites;
+mod lobby;
 pub mod lock;
+pub mod membership;
 mod memory;
 pub mod paths;
 pub mod relay_client;

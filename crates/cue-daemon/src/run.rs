@@ -27,7 +27,8 @@ use tokio::task::JoinHandle;
 use crate::control::{self, Pending, Request, Response, StatusContext};
 use crate::driver::{Driver, DriverError, Outgoing, now_ms};
 use crate::lock::{DaemonLock, LockError, control_socket_path, prepare_socket_dir};
-use crate::relay_client::{self, RelayCommand, RelayEvent, RelayParams};
+use crate::membership::Membership;
+use crate::relay_client::RelayEvent;
 use crate::session::Session;
 use crate::watch::{WatchConfig, WatchEvent, Watcher};
 use crate::workspace::{Workspace, WorkspaceError};
@@ -198,6 +199,7 @@ pub fn start_background(
 struct Inbox {
     watch: mpsc::Receiver<Vec<WatchEvent>>,
     relay: mpsc::UnboundedReceiver<RelayEvent>,
+    lobby: mpsc::UnboundedReceiver<RelayEvent>,
     control: mpsc::Receiver<Pending>,
     sigterm: Signal,
     sigint: Signal,
@@ -208,7 +210,6 @@ struct Services {
     watcher: Watcher,
     socket: PathBuf,
     control_task: JoinHandle<()>,
-    relay_task: JoinHandle<()>,
 }
 
 /// The main loop's state: the driver, the network session, and when to tick.
@@ -216,6 +217,9 @@ struct Daemon<'w> {
     ws: &'w Workspace,
     driver: Driver,
     session: Session<'w>,
+    membership: Membership,
+    /// The relay clients (the room's, the lobby's, and those of rooms left).
+    relay_tasks: Vec<JoinHandle<()>>,
     next_tick: tokio::time::Instant,
     /// The store's WAL and free pages are given back once the daemon has been quiet for
     /// [`RECLAIM_AFTER_QUIET`] after writing (a WAL grows to megabytes between
@@ -235,10 +239,24 @@ async fn daemon(ws: Workspace, auth_token: String) -> Result<(), RunError> {
     let mut driver = Driver::open(&ws, &ws.config)?;
     let (watcher, watch) = watch_and_scan(&ws, &mut driver)?;
     let (relay_tx, relay_cmds) = mpsc::unbounded_channel();
-    let session = Session::resume(&ws, driver.store(), relay_tx).map_err(DriverError::from)?;
+    let (membership, (lobby, lobby_task)) = Membership::start(&ws, auth_token);
+    // While waiting to be admitted there is no room to be in: the session waits, never
+    // connected, until the lobby hands it the secret's keys (placeholder keys till then,
+    // which never reach a relay).
+    let keys = membership.room_keys().unwrap_or_else(|| {
+        cue_crypto::WorkspaceKeys::derive(&cue_crypto::WorkspaceSecret::from_bytes([0; 32]))
+    });
+    let session =
+        Session::resume(&ws, keys.clone(), driver.store(), relay_tx).map_err(DriverError::from)?;
     let watch = bridge(watch)?;
     let (socket, control, control_task) = listen(&ws)?;
-    let (relay, relay_task) = start_relay(&ws, auth_token, relay_cmds);
+    let (relay, mut relay_tasks) = match membership.room_keys() {
+        Some(keys) => {
+            let (events, task) = membership.connect_room(keys, relay_cmds);
+            (events, vec![task, lobby_task])
+        }
+        None => (mpsc::unbounded_channel().1, vec![lobby_task]),
+    };
     tracing::info!(
         root = %ws.root.display(),
         relay = %ws.config.sync.relay.url,
@@ -249,6 +267,7 @@ async fn daemon(ws: Workspace, auth_token: String) -> Result<(), RunError> {
     let mut inbox = Inbox {
         watch,
         relay,
+        lobby,
         control,
         sigterm: signal(SignalKind::terminate()).map_err(RunError::Runtime)?,
         sigint: signal(SignalKind::interrupt()).map_err(RunError::Runtime)?,
@@ -257,7 +276,6 @@ async fn daemon(ws: Workspace, auth_token: String) -> Result<(), RunError> {
         watcher,
         socket,
         control_task,
-        relay_task,
     };
     prune_activity(&mut driver, &ws.config);
     // Loading the store and scanning the folder peak well above what the daemon keeps.
@@ -266,6 +284,8 @@ async fn daemon(ws: Workspace, auth_token: String) -> Result<(), RunError> {
         ws: &ws,
         driver,
         session,
+        membership,
+        relay_tasks: std::mem::take(&mut relay_tasks),
         next_tick: tokio::time::Instant::now() + TICK,
         last_busy: std::time::Instant::now(),
         reclaim_due: false,
@@ -276,7 +296,8 @@ async fn daemon(ws: Workspace, auth_token: String) -> Result<(), RunError> {
     };
     let result = daemon.finish(outcome, &mut inbox.watch).await;
     daemon.session.close();
-    services.end().await;
+    daemon.membership.lobby.close();
+    services.end(std::mem::take(&mut daemon.relay_tasks)).await;
     tracing::info!(
         rejected = ?daemon.session.rejected(),
         replay_writes = daemon.session.replay_writes(),
@@ -336,22 +357,6 @@ fn listen(ws: &Workspace) -> Result<(PathBuf, mpsc::Receiver<Pending>, JoinHandl
     Ok((socket, control_rx, control_task))
 }
 
-/// The relay client task, taking its commands from `commands`.
-fn start_relay(
-    ws: &Workspace,
-    auth_token: String,
-    commands: mpsc::UnboundedReceiver<RelayCommand>,
-) -> (mpsc::UnboundedReceiver<RelayEvent>, JoinHandle<()>) {
-    let (events_tx, events) = mpsc::unbounded_channel();
-    let params = RelayParams {
-        url: ws.config.sync.relay.url.clone(),
-        auth_token,
-        keys: ws.keys.clone(),
-    };
-    let task = tokio::spawn(relay_client::run(params, events_tx, commands));
-    (events, task)
-}
-
 impl Daemon<'_> {
     /// The main loop: until a signal, `cue sync stop`, or an error of the driver.
     async fn run(&mut self, inbox: &mut Inbox) -> Result<Option<Pending>, RunError> {
@@ -361,11 +366,19 @@ impl Daemon<'_> {
                 Some(first) = inbox.relay.recv() => {
                     self.on_relay(with_waiting(first, &mut inbox.relay))
                 }
+                Some(first) = inbox.lobby.recv() => {
+                    self.on_lobby(with_waiting(first, &mut inbox.lobby))
+                }
                 Some(pending) = inbox.control.recv() => self.on_control(pending),
                 () = tokio::time::sleep_until(self.next_tick) => self.on_tick(),
                 _ = inbox.sigterm.recv() => Ok(Flow::Stop(None)),
                 _ = inbox.sigint.recv() => Ok(Flow::Stop(None)),
             };
+            // A rotation moved us to another room: its client takes the old one's place.
+            if let Some((events, task)) = self.membership.new_room.take() {
+                inbox.relay = events;
+                self.relay_tasks.push(task);
+            }
             if let Flow::Stop(reply) = flow? {
                 return Ok(reply);
             }
@@ -383,6 +396,14 @@ impl Daemon<'_> {
     fn on_relay(&mut self, events: Vec<RelayEvent>) -> Result<Flow, RunError> {
         self.busy();
         let handled = self.session.on_relay_events(&mut self.driver, events);
+        self.after_event(handled.map(|()| Vec::new()))
+    }
+
+    /// The lobby: admissions, and catching up with rotations.
+    fn on_lobby(&mut self, events: Vec<RelayEvent>) -> Result<Flow, RunError> {
+        let handled =
+            self.membership
+                .on_lobby(self.ws, &mut self.driver, &mut self.session, events);
         self.after_event(handled.map(|()| Vec::new()))
     }
 
@@ -419,6 +440,9 @@ impl Daemon<'_> {
         };
         self.next_tick = tokio::time::Instant::now() + every;
         self.session.send_all(&mut self.driver, step?);
+        self.membership.tick(self.ws);
+        self.membership
+            .follow(self.ws, &mut self.driver, &mut self.session)?;
         Ok(Flow::Continue)
     }
 
@@ -432,6 +456,10 @@ impl Daemon<'_> {
     fn after_event(&mut self, sends: Result<Vec<Outgoing>, DriverError>) -> Result<Flow, RunError> {
         self.next_tick = self.next_tick.min(tokio::time::Instant::now() + TICK);
         self.session.send_all(&mut self.driver, sends?);
+        // What was just sent went to the room we are in; now the engine may say that the
+        // workspace moved on (a rotation).
+        self.membership
+            .follow(self.ws, &mut self.driver, &mut self.session)?;
         Ok(Flow::Continue)
     }
 
@@ -450,17 +478,66 @@ impl Daemon<'_> {
                     // one in the foreground to its own stderr.
                     log: std::env::var_os(DETACHED_ENV).map(|_| self.ws.log_path()),
                     deletions_paused: self.driver.deletions_paused(),
+                    standing: Some(self.membership.standing()),
                 };
                 let response = Response {
                     ok: true,
-                    error: None,
                     status: Some(control::status_report(&context, &status)),
+                    ..Response::default()
                 };
                 return (response, Ok(Vec::new()));
             }
             Request::Restore { path } => self.driver.restore(now, &path),
             Request::Resolve { path } => self.driver.resolve(now, &path),
             Request::ApplyDeletions => self.driver.apply_deletions(now).map(|(_, out)| Ok(out)),
+            Request::Invite { expires_ms, uses } => {
+                let made = crate::devices::invite(
+                    self.ws,
+                    self.driver.store_mut(),
+                    now,
+                    expires_ms,
+                    uses,
+                    self.membership.standing().generation,
+                );
+                return (
+                    match made {
+                        Ok(data) => Response::with_data(data),
+                        Err(e) => Response::error(e),
+                    },
+                    Ok(Vec::new()),
+                );
+            }
+            Request::Invites => {
+                let listed = crate::invites::list(
+                    self.driver.store(),
+                    now,
+                    self.membership.standing().generation,
+                );
+                return (data_or_error(listed), Ok(Vec::new()));
+            }
+            Request::Revoke { id } => {
+                let revoked = crate::invites::revoke(self.driver.store_mut(), &id);
+                return (data_or_error(revoked), Ok(Vec::new()));
+            }
+            Request::Devices => {
+                let devices =
+                    crate::devices::report(self.driver.engine(), self.session.connected());
+                return (data_or_error::<_, String>(Ok(devices)), Ok(Vec::new()));
+            }
+            Request::Rotate { remove } => {
+                let removed: Vec<cue_crypto::DeviceId> = remove
+                    .iter()
+                    .filter_map(|h| {
+                        let mut b = [0u8; 32];
+                        hex::decode_to_slice(h, &mut b).ok()?;
+                        Some(cue_crypto::DeviceId(b))
+                    })
+                    .collect();
+                let rotated =
+                    self.membership
+                        .rotate(self.ws, &mut self.driver, &mut self.session, &removed);
+                return (data_or_error(rotated.map(|g| g.number)), Ok(Vec::new()));
+            }
         };
         match command {
             Ok(Ok(sends)) => (Response::ok(), Ok(sends)),
@@ -503,13 +580,27 @@ impl Daemon<'_> {
 }
 
 impl Services {
-    /// After the session asked the relay client to close: waits for it a little, stops
+    /// After the session asked the relay clients to close: waits for them a little, stops
     /// watching and listening, removes the socket.
-    async fn end(self) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.relay_task).await;
+    async fn end(self, relay_tasks: Vec<JoinHandle<()>>) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            for task in relay_tasks {
+                let _ = task.await;
+            }
+        })
+        .await;
         drop(self.watcher);
         self.control_task.abort();
         let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// A request's answer: its data, or its error in words.
+fn data_or_error<T: serde::Serialize, E: std::fmt::Display>(result: Result<T, E>) -> Response {
+    match result.map(|v| serde_json::to_value(v)) {
+        Ok(Ok(v)) => Response::with_data(v),
+        Ok(Err(e)) => Response::error(e.to_string()),
+        Err(e) => Response::error(e.to_string()),
     }
 }
 

@@ -57,6 +57,8 @@ fn core_id(d: &CryptoDeviceId) -> cue_core::DeviceId {
 /// The network session of one running daemon (see the module docs).
 pub(crate) struct Session<'w> {
     ws: &'w Workspace,
+    /// The keys of the secret generation whose room we are in.
+    keys: cue_crypto::WorkspaceKeys,
     relay: mpsc::UnboundedSender<RelayCommand>,
     connected: bool,
     /// Why the relay could not be reached or was lost, while not connected (for status).
@@ -87,11 +89,13 @@ impl<'w> Session<'w> {
     /// reservations from the store. Not connected until the relay client says so.
     pub fn resume(
         ws: &'w Workspace,
+        keys: cue_crypto::WorkspaceKeys,
         store: &Store,
         relay: mpsc::UnboundedSender<RelayCommand>,
     ) -> Result<Self, StoreError> {
         Ok(Session {
             ws,
+            keys,
             relay,
             connected: false,
             relay_problem: None,
@@ -106,6 +110,42 @@ impl<'w> Session<'w> {
     /// Whether we are in the relay room.
     pub fn connected(&self) -> bool {
         self.connected
+    }
+
+    /// Moves to the room of another secret generation (a rotation): the old connection
+    /// is closed, `relay` is the client of the new room, and until it connects every
+    /// peer is offline for the engine.
+    pub fn switch(
+        &mut self,
+        driver: &mut Driver,
+        keys: cue_crypto::WorkspaceKeys,
+        relay: mpsc::UnboundedSender<RelayCommand>,
+    ) -> Result<(), DriverError> {
+        self.close();
+        self.keys = keys;
+        self.relay = relay;
+        self.relay_problem = None;
+        if self.connected {
+            self.connected = false;
+            self.peers.clear();
+            self.replay.guard_mut().on_disconnect();
+            let sends = self.input(driver, Input::Disconnected)?;
+            self.send_all(driver, sends);
+        }
+        Ok(())
+    }
+
+    /// Leaves the room for good (this device was removed from the workspace).
+    pub fn leave(&mut self, driver: &mut Driver) -> Result<(), DriverError> {
+        self.close();
+        if self.connected {
+            self.connected = false;
+            self.peers.clear();
+            let sends = self.input(driver, Input::Disconnected)?;
+            self.send_all(driver, sends);
+        }
+        self.relay_problem = Some("this device was removed from the workspace".into());
+        Ok(())
     }
 
     /// While not connected: why the last attempt to reach the relay failed, or why the
@@ -238,8 +278,9 @@ impl<'w> Session<'w> {
         let me = self.ws.device.device_id();
         let engine = driver.engine();
         let admitted = &self.admitted;
-        let opened = self.replay.open(&self.ws.keys, &me, payload, |d| {
-            engine.is_member(&core_id(d)) || admitted.contains(d)
+        let opened = self.replay.open(&self.keys, &me, payload, |d| {
+            let d2 = core_id(d);
+            !engine.removed().contains_key(&d2) && (engine.is_member(&d2) || admitted.contains(d))
         })?;
         if let Some(gap) = &opened.gap {
             tracing::debug!(?gap, "broadcasts from a peer may have been withheld");
@@ -253,7 +294,7 @@ impl<'w> Session<'w> {
         let what = match ty {
             MessageType::Engine => What::Engine(plaintext),
             MessageType::Admission => match Admission::decode(&plaintext) {
-                Ok(a) if a.device == sender && a.verify(&self.ws.keys).is_ok() => {
+                Ok(a) if a.device == sender && a.verify(&self.ws.lobby_room()).is_ok() => {
                     self.admitted.insert(a.device);
                     What::Admit(a)
                 }
@@ -262,6 +303,11 @@ impl<'w> Session<'w> {
                     What::Nothing
                 }
             },
+            // Lobby messages belong to the lobby room, never to this one.
+            MessageType::Lobby => {
+                *self.rejected.entry("lobby_in_room").or_default() += 1;
+                What::Nothing
+            }
         };
         Ok(Received { from, sender, what })
     }
@@ -336,7 +382,7 @@ impl<'w> Session<'w> {
     /// Our admission: to the room (`None`) or to one peer that just joined.
     fn send_admission(&mut self, store: &mut Store, to: Option<PeerId>) {
         let ws = self.ws;
-        let admission = match Admission::create(&ws.keys, &ws.device, &ws.device_name()) {
+        let admission = match Admission::create(&ws.lobby_room(), &ws.device, &ws.device_name()) {
             Ok(a) => a,
             Err(error) => {
                 tracing::error!(%error, "cannot make our admission (device name)");
@@ -365,7 +411,7 @@ impl<'w> Session<'w> {
         plaintext: &[u8],
     ) -> Option<Vec<u8>> {
         let seq = self.seqs.next(store, &stream)?;
-        match Sealer::new(&self.ws.keys, &self.ws.device).seal(ty, stream, seq, plaintext) {
+        match Sealer::new(&self.keys, &self.ws.device).seal(ty, stream, seq, plaintext) {
             Ok(env) => Some(env),
             Err(error) => {
                 tracing::error!(%error, "cannot seal a message");
@@ -559,8 +605,7 @@ mod tests {
         let da = tempfile::tempdir().expect("tempdir");
         let db = tempfile::tempdir().expect("tempdir");
         let a = Workspace::init(da.path(), Some("ws://127.0.0.1:9"), Some("alice")).expect("a");
-        let token = a.invite_token().expect("token");
-        let b = Workspace::join(db.path(), &token, None, Some("bob")).expect("b");
+        let b = crate::workspace::joined_for_tests(&a, db.path(), "bob");
         let driver = Driver::open(&a, &a.config).expect("driver");
         Pair {
             _dirs: [da, db],
@@ -571,7 +616,7 @@ mod tests {
     }
 
     fn from(ws: &Workspace, ty: MessageType, seq: u64, plaintext: &[u8]) -> RelayEvent {
-        let payload = Sealer::new(&ws.keys, &ws.device)
+        let payload = Sealer::new(&ws.keys().expect("keys"), &ws.device)
             .seal(ty, Stream::Broadcast, seq, plaintext)
             .expect("seal");
         RelayEvent::Message {
@@ -582,7 +627,8 @@ mod tests {
     }
 
     fn admission(ws: &Workspace, seq: u64) -> RelayEvent {
-        let a = Admission::create(&ws.keys, &ws.device, &ws.device_name()).expect("admission");
+        let a =
+            Admission::create(&ws.lobby_room(), &ws.device, &ws.device_name()).expect("admission");
         from(ws, MessageType::Admission, seq, &a.encode())
     }
 
@@ -600,7 +646,8 @@ mod tests {
         let mut p = pair();
         let (a, b, driver) = (&p.a, &p.b, &mut p.driver);
         let (tx, _rx) = mpsc::unbounded_channel();
-        let mut session = Session::resume(a, driver.store(), tx).expect("session");
+        let mut session =
+            Session::resume(a, a.keys().expect("keys"), driver.store(), tx).expect("session");
         // Bob's messages are accepted only because his admission came first in the run.
         let run = vec![
             admission(b, 0),
@@ -626,7 +673,7 @@ mod tests {
     fn the_member_list_check_takes_only_a_devices_own_signed_admission() {
         let p = pair();
         let check = p.a.admission_check();
-        let bob = Admission::create(&p.b.keys, &p.b.device, "bob").expect("admission");
+        let bob = Admission::create(&p.b.lobby_room(), &p.b.device, "bob").expect("admission");
         let bob_id = core_id(&bob.device);
         assert_eq!(check(&bob_id, &bob.encode()).as_deref(), Some("bob"));
         // Another device's entry holding Bob's admission, a renamed copy, garbage.
@@ -645,13 +692,15 @@ mod tests {
         let mut p = pair();
         let (a, b, driver) = (&p.a, &p.b, &mut p.driver);
         let (tx, _rx) = mpsc::unbounded_channel();
-        let mut session = Session::resume(a, driver.store(), tx.clone()).expect("session");
+        let mut session = Session::resume(a, a.keys().expect("keys"), driver.store(), tx.clone())
+            .expect("session");
         let first = admission(b, 5);
         session
             .on_relay_events(driver, vec![first.clone()])
             .expect("handled");
         drop(session);
-        let mut again = Session::resume(a, driver.store(), tx).expect("session");
+        let mut again =
+            Session::resume(a, a.keys().expect("keys"), driver.store(), tx).expect("session");
         let later = from(b, MessageType::Engine, 6, b"new");
         again
             .on_relay_events(driver, vec![first, later])
@@ -665,10 +714,10 @@ mod tests {
         let mut p = pair();
         let (a, b, driver) = (&p.a, &p.b, &mut p.driver);
         let (tx, _rx) = mpsc::unbounded_channel();
-        let mut session = Session::resume(a, driver.store(), tx).expect("session");
+        let mut session =
+            Session::resume(a, a.keys().expect("keys"), driver.store(), tx).expect("session");
         let c_dir = tempfile::tempdir().expect("tempdir");
-        let token = a.invite_token().expect("token");
-        let c = Workspace::join(c_dir.path(), &token, None, Some("carol")).expect("c");
+        let c = crate::workspace::joined_for_tests(a, c_dir.path(), "carol");
         let run = vec![
             admission(b, 0),
             from(&c, MessageType::Engine, 0, b"not admitted"),
@@ -687,7 +736,8 @@ mod tests {
         let mut p = pair();
         let (a, b, driver) = (&p.a, &p.b, &mut p.driver);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut session = Session::resume(a, driver.store(), tx).expect("session");
+        let mut session =
+            Session::resume(a, a.keys().expect("keys"), driver.store(), tx).expect("session");
         let connected = RelayEvent::Connected {
             you: PeerId(1),
             peers: vec![PeerId(2)],
@@ -700,11 +750,13 @@ mod tests {
         let Ok(RelayCommand::Broadcast(first)) = rx.try_recv() else {
             panic!("no admission broadcast first");
         };
-        let opened =
-            cue_crypto::open_without_replay_check(&b.keys, &b.device.device_id(), &first, |_| {
-                false
-            })
-            .expect("opens");
+        let opened = cue_crypto::open_without_replay_check(
+            &b.keys().expect("keys"),
+            &b.device.device_id(),
+            &first,
+            |_| false,
+        )
+        .expect("opens");
         assert_eq!(opened.ty, MessageType::Admission);
         assert_eq!(opened.sender, a.device.device_id());
     }

@@ -16,7 +16,11 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use cue_crypto::{DeviceKey, Invite, WorkspaceKeys, WorkspaceSecret};
+use cue_core::Generation;
+use cue_crypto::{
+    DeviceKey, Invite, InviteSecret, LobbySecret, RoomId, WorkspaceId, WorkspaceKeys,
+    WorkspaceSecret,
+};
 use zeroize::Zeroizing;
 
 use crate::config::{CONFIG_FILE, Config};
@@ -28,6 +32,18 @@ pub use cue_core::paths::CUEDECK_DIR;
 pub const SECRET_FILE: &str = "workspace.key";
 /// This device's ed25519 seed (64 hex digits), mode 0600.
 pub const DEVICE_KEY_FILE: &str = "device.key";
+/// The lobby secret (64 hex digits), mode 0600: the lobby room, where devices are
+/// admitted and catch up with rotations (docs/security.md).
+pub const LOBBY_KEY_FILE: &str = "lobby.key";
+/// Which generation `workspace.key` is: `NUMBER WINNER_HEX` (absent: the first).
+pub const GENERATION_FILE: &str = "generation";
+/// The workspace id users see (32 hex digits); it stays when the secret is rotated.
+pub const WORKSPACE_ID_FILE: &str = "workspace.id";
+/// The invite this device joins with, while no member has admitted it yet (64 hex
+/// digits, mode 0600).
+pub const JOIN_KEY_FILE: &str = "join.key";
+/// Why a member refused this device's invite (text), once one did.
+pub const JOIN_REFUSED_FILE: &str = "join.refused";
 /// Where the background daemon's standard streams go.
 pub const LOG_FILE: &str = "daemon.log";
 /// Keeps git away from everything in `.cuedeck/` (the keys above all).
@@ -66,6 +82,10 @@ pub enum WorkspaceError {
     },
     #[error("the operating system's random source failed: {0}")]
     Random(String),
+    #[error(
+        "this invite expired at {at} (UTC): it admits nobody; ask a member for a new one (`cue sync invite`)"
+    )]
+    InviteExpired { at: String },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
@@ -75,9 +95,16 @@ pub struct Workspace {
     /// The workspace folder (canonical).
     pub root: PathBuf,
     pub config: Config,
-    pub secret: WorkspaceSecret,
-    pub keys: WorkspaceKeys,
+    /// The secret of [`Workspace::generation`]; `None` while this device waits for a
+    /// member to admit it (it joined, and holds an invite: [`Workspace::joining`]).
+    pub secret: Option<WorkspaceSecret>,
+    /// Which generation of the workspace secret `secret` is.
+    pub generation: Generation,
+    pub workspace: WorkspaceId,
+    pub lobby: LobbySecret,
     pub device: DeviceKey,
+    /// The invite this device joins with, until a member admits it.
+    pub joining: Option<InviteSecret>,
 }
 
 impl std::fmt::Debug for Workspace {
@@ -148,6 +175,57 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WorkspaceError + '_ {
         path: path.to_owned(),
         source,
     }
+}
+
+/// What a new workspace starts from: a secret of its own (`init`), or an invite (`join`).
+enum Made {
+    Secret(WorkspaceSecret),
+    Joining(InviteSecret),
+}
+
+/// Writes a small text file (not a secret), whole or not at all.
+fn write_text(path: &Path, text: &str) -> Result<(), WorkspaceError> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, format!("{text}\n"))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(io_err(path))
+}
+
+fn write_generation(dir: &Path, g: Generation) -> Result<(), WorkspaceError> {
+    write_text(
+        &dir.join(GENERATION_FILE),
+        &format!("{} {}", g.number, hex::encode(g.winner)),
+    )
+}
+
+fn read_generation(dir: &Path) -> Result<Generation, WorkspaceError> {
+    let path = dir.join(GENERATION_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(Generation::default());
+    };
+    let damaged = || WorkspaceError::Key {
+        path: path.clone(),
+        message: "is damaged: it should hold a number and 64 hex digits".into(),
+    };
+    let (n, w) = text.trim().split_once(' ').ok_or_else(damaged)?;
+    let mut winner = [0u8; 32];
+    hex::decode_to_slice(w, &mut winner).map_err(|_| damaged())?;
+    Ok(Generation {
+        number: n.parse().map_err(|_| damaged())?,
+        winner,
+    })
+}
+
+fn read_workspace_id(dir: &Path) -> Result<WorkspaceId, WorkspaceError> {
+    let path = dir.join(WORKSPACE_ID_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| WorkspaceError::Key {
+        path: path.clone(),
+        message: format!("cannot read: {e}"),
+    })?;
+    text.trim().parse().map_err(|_| WorkspaceError::Key {
+        path,
+        message: "is not 32 hex digits; the file is damaged".into(),
+    })
 }
 
 /// Writes a secret file with mode 0600 from its creation on.
@@ -249,7 +327,53 @@ impl Workspace {
 
     /// The workspace id users see (32 hex digits).
     pub fn workspace_id(&self) -> String {
-        self.keys.workspace_id().to_string()
+        self.workspace.to_string()
+    }
+
+    /// The keys of the secret held (the room and the payload key), if one is.
+    pub fn keys(&self) -> Option<WorkspaceKeys> {
+        self.secret.as_ref().map(WorkspaceKeys::derive)
+    }
+
+    /// The lobby room's id: admissions are signed for it, since it stays the same when
+    /// the secret is rotated.
+    pub fn lobby_room(&self) -> RoomId {
+        self.lobby.keys().room_id()
+    }
+
+    /// Why a member refused this device's invite, if one did.
+    pub fn join_refused(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir().join(JOIN_REFUSED_FILE))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    /// A member refused our invite: remembered, so that the daemon stops asking and
+    /// status says why until the user joins with another token.
+    pub fn set_join_refused(&self, reason: &str) -> Result<(), WorkspaceError> {
+        let path = self.dir().join(JOIN_REFUSED_FILE);
+        std::fs::write(&path, format!("{reason}\n")).map_err(io_err(&path))
+    }
+
+    /// Holds a new generation's secret: written under a temporary name and renamed over
+    /// `workspace.key`, then its generation; the invite this device joined with goes.
+    /// (The files only: a running daemon keeps what it holds in `membership.rs`.)
+    pub fn hold_secret(
+        &self,
+        secret: &WorkspaceSecret,
+        generation: Generation,
+    ) -> Result<(), WorkspaceError> {
+        let dir = self.dir();
+        let tmp = dir.join(format!("{SECRET_FILE}.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        write_secret(&tmp, secret.as_bytes())?;
+        let path = dir.join(SECRET_FILE);
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        write_generation(&dir, generation)?;
+        for f in [JOIN_KEY_FILE, JOIN_REFUSED_FILE] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+        Ok(())
     }
 
     /// This device's id (64 hex digits).
@@ -266,17 +390,37 @@ impl Workspace {
     /// be of the entry's device, for this workspace's room, with a valid signature
     /// (docs/protocol.md §2.6).
     pub fn admission_check(&self) -> cue_core::AdmissionCheck {
-        let keys = self.keys.clone();
+        let room = self.lobby_room();
         std::sync::Arc::new(move |device: &cue_core::DeviceId, bytes: &[u8]| {
             let a = cue_crypto::Admission::decode(bytes).ok()?;
-            (a.device.0 == device.0 && a.verify(&keys).is_ok()).then_some(a.name)
+            (a.device.0 == device.0 && a.verify(&room).is_ok()).then_some(a.name)
+        })
+    }
+
+    /// How the engine checks rotation records: well formed, of this workspace, signed by
+    /// the device they name as their author (the engine then checks that it is a member).
+    pub fn rotation_check(&self) -> cue_core::RotationCheck {
+        let workspace = self.workspace;
+        std::sync::Arc::new(move |bytes: &[u8]| {
+            let r = cue_crypto::RotationRecord::decode(bytes).ok()?;
+            if r.workspace != workspace || r.verify().is_err() {
+                return None;
+            }
+            Some(cue_core::RotationMeta {
+                generation: r.generation,
+                parent: r.parent,
+                rotated_by: cue_core::DeviceId(r.rotated_by.0),
+                at_ms: r.at_ms,
+                removed: r.removed.iter().map(|d| cue_core::DeviceId(d.0)).collect(),
+                hash: r.hash(),
+            })
         })
     }
 
     /// This device's own admission, encoded, as it goes into the member list (empty if
     /// the device name cannot be admitted, which `init` and `join` refuse).
     pub fn own_admission(&self) -> Vec<u8> {
-        cue_crypto::Admission::create(&self.keys, &self.device, &self.device_name())
+        cue_crypto::Admission::create(&self.lobby_room(), &self.device, &self.device_name())
             .map(|a| a.encode())
             .unwrap_or_default()
     }
@@ -303,20 +447,49 @@ impl Workspace {
         if !config.sync.relay.auth_token.is_empty() {
             tighten(&dir.join(CONFIG_FILE));
         }
-        let secret = WorkspaceSecret::from_bytes(read_secret(&dir.join(SECRET_FILE))?);
         let device = DeviceKey::from_bytes(&read_secret(&dir.join(DEVICE_KEY_FILE))?);
+        let joining = match dir.join(JOIN_KEY_FILE).exists() {
+            true => Some(InviteSecret::from_bytes(read_secret(
+                &dir.join(JOIN_KEY_FILE),
+            )?)),
+            false => None,
+        };
+        let secret = match joining {
+            Some(_) => None,
+            None => Some(WorkspaceSecret::from_bytes(read_secret(
+                &dir.join(SECRET_FILE),
+            )?)),
+        };
         // A workspace made before `.cuedeck/.gitignore` existed gets one now. Failing to
         // write it (a read-only folder) does not stop the workspace from being used.
         if let Err(error) = write_gitignore(&dir) {
             tracing::warn!(%error, "cannot write .cuedeck/.gitignore; git could stage the keys");
         }
-        let keys = WorkspaceKeys::derive(&secret);
+        let generation = read_generation(&dir)?;
+        // A workspace made before rotations existed holds its first secret: its id and
+        // lobby come from it, and are written down now that the secret can change.
+        let (workspace, lobby) = match (&secret, generation.number) {
+            (Some(first), 0) if !dir.join(LOBBY_KEY_FILE).exists() => {
+                let lobby = LobbySecret::derive_legacy(first);
+                let id = WorkspaceKeys::derive(first).workspace_id();
+                write_secret(&dir.join(LOBBY_KEY_FILE), lobby.as_bytes())?;
+                write_text(&dir.join(WORKSPACE_ID_FILE), &id.to_string())?;
+                (id, lobby)
+            }
+            _ => (
+                read_workspace_id(&dir)?,
+                LobbySecret::from_bytes(read_secret(&dir.join(LOBBY_KEY_FILE))?),
+            ),
+        };
         Ok(Workspace {
             root,
             config,
             secret,
-            keys,
+            generation,
+            workspace,
+            lobby,
             device,
+            joining,
         })
     }
 
@@ -329,11 +502,16 @@ impl Workspace {
     ) -> Result<Workspace, WorkspaceError> {
         let secret =
             WorkspaceSecret::generate().map_err(|e| WorkspaceError::Random(e.to_string()))?;
-        Self::create(root, secret, relay, name)
+        let lobby = LobbySecret::generate().map_err(|e| WorkspaceError::Random(e.to_string()))?;
+        let workspace = WorkspaceKeys::derive(&secret).workspace_id();
+        Self::create(root, Made::Secret(secret), workspace, lobby, relay, name)
     }
 
     /// Makes the workspace of an invite token in `root`, without the relay. Files already
-    /// in the folder are imported by the start-up scan and merged when peers meet.
+    /// in the folder are imported by the start-up scan and merged when peers meet. The
+    /// device holds no workspace secret yet: the daemon asks in the lobby, and the member
+    /// who made the invite admits it (docs/security.md). An invite already expired by
+    /// this machine's clock is refused here (the member checks again by its own).
     pub fn join(
         root: &Path,
         token: &str,
@@ -341,13 +519,31 @@ impl Workspace {
         name: Option<&str>,
     ) -> Result<Workspace, WorkspaceError> {
         let invite = Invite::parse(token)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if invite.is_expired(now) {
+            let at = i64::try_from(invite.expires_at()).unwrap_or(i64::MAX / 1000) * 1000;
+            return Err(WorkspaceError::InviteExpired {
+                at: crate::control::rfc3339(at),
+            });
+        }
         let relay = relay.unwrap_or(invite.relay_url()).to_string();
-        Self::create(root, invite.secret().clone(), Some(&relay), name)
+        Self::create(
+            root,
+            Made::Joining(invite.secret().clone()),
+            invite.workspace_id(),
+            invite.lobby().clone(),
+            Some(&relay),
+            name,
+        )
     }
 
     fn create(
         root: &Path,
-        secret: WorkspaceSecret,
+        made: Made,
+        workspace: WorkspaceId,
+        lobby: LobbySecret,
         relay: Option<&str>,
         name: Option<&str>,
     ) -> Result<Workspace, WorkspaceError> {
@@ -381,7 +577,12 @@ impl Workspace {
             .create(&tmp)
             .map_err(io_err(&tmp))?;
         let built = (|| {
-            write_secret(&tmp.join(SECRET_FILE), secret.as_bytes())?;
+            match &made {
+                Made::Secret(secret) => write_secret(&tmp.join(SECRET_FILE), secret.as_bytes())?,
+                Made::Joining(invite) => write_secret(&tmp.join(JOIN_KEY_FILE), invite.as_bytes())?,
+            }
+            write_secret(&tmp.join(LOBBY_KEY_FILE), lobby.as_bytes())?;
+            write_text(&tmp.join(WORKSPACE_ID_FILE), &workspace.to_string())?;
             write_secret(&tmp.join(DEVICE_KEY_FILE), &device.to_bytes())?;
             write_gitignore(&tmp)?;
             config.save(&tmp.join(CONFIG_FILE))?;
@@ -399,19 +600,36 @@ impl Workspace {
                 source: e,
             });
         }
-        let keys = WorkspaceKeys::derive(&secret);
+        let (secret, joining) = match made {
+            Made::Secret(s) => (Some(s), None),
+            Made::Joining(i) => (None, Some(i)),
+        };
         Ok(Workspace {
             root,
             config,
             secret,
-            keys,
+            generation: Generation::default(),
+            workspace,
+            lobby,
             device,
+            joining,
         })
     }
 
-    /// The invite token for this workspace (a secret, like a password).
-    pub fn invite_token(&self) -> Result<String, WorkspaceError> {
-        let invite = Invite::new(self.secret.clone(), &self.config.sync.relay.url)?;
+    /// An invite token for `secret` (a secret, like a password), expiring at `expires_at`
+    /// (Unix seconds). The invite itself is kept by `invites.rs`.
+    pub fn invite_token(
+        &self,
+        secret: &InviteSecret,
+        expires_at: u64,
+    ) -> Result<String, WorkspaceError> {
+        let invite = Invite::new(
+            self.workspace,
+            self.lobby.clone(),
+            secret.clone(),
+            expires_at,
+            &self.config.sync.relay.url,
+        )?;
         Ok(invite.to_token().to_string())
     }
 
@@ -427,6 +645,18 @@ impl Workspace {
         }
         Ok(())
     }
+}
+
+/// A second device of `a`'s workspace in `root`, joined with an invite and holding the
+/// secret as a member's admission would hand it over (for tests).
+#[cfg(test)]
+pub(crate) fn joined_for_tests(a: &Workspace, root: &Path, name: &str) -> Workspace {
+    let invite = InviteSecret::from_bytes([1; 32]);
+    let token = a.invite_token(&invite, u64::MAX / 2).expect("token");
+    let b = Workspace::join(root, &token, None, Some(name)).expect("join");
+    b.hold_secret(a.secret.as_ref().expect("secret"), a.generation)
+        .expect("hold");
+    Workspace::open(root).expect("open")
 }
 
 #[cfg(test)]
@@ -453,12 +683,28 @@ mod tests {
         assert_eq!(again.device_id_hex(), ws.device_id_hex());
         assert_eq!(again.device_name(), "alice");
 
-        let token = ws.invite_token().expect("token");
         let b = tempfile::tempdir().expect("tempdir");
-        let joined = Workspace::join(b.path(), &token, None, Some("bob")).expect("join");
+        let invite = InviteSecret::from_bytes([1; 32]);
+        let token = ws.invite_token(&invite, u64::MAX / 2).expect("token");
+        let pending = Workspace::join(b.path(), &token, None, Some("bob")).expect("join");
+        // Joined, but holding no secret until a member admits it.
+        assert!(pending.secret.is_none());
+        assert_eq!(pending.joining.as_ref().map(|i| i.id()), Some(invite.id()));
+        assert_eq!(pending.lobby_room(), ws.lobby_room());
+        let joined = joined_for_tests(&ws, tempfile::tempdir().expect("tmp").path(), "bob");
         assert_eq!(joined.workspace_id(), ws.workspace_id());
         assert_ne!(joined.device_id_hex(), ws.device_id_hex());
         assert_eq!(joined.config.sync.relay.url, "ws://127.0.0.1:9");
+        assert_eq!(
+            joined.keys().map(|k| k.room_id()),
+            ws.keys().map(|k| k.room_id())
+        );
+        // An expired invite is refused at once, with when it expired.
+        let expired = ws.invite_token(&invite, 1).expect("token");
+        let c = tempfile::tempdir().expect("tempdir");
+        let e = Workspace::join(c.path(), &expired, None, None).expect_err("refused");
+        assert!(e.to_string().contains("expired at 1970-01-01"), "{e}");
+        assert_eq!(std::fs::read_dir(c.path()).expect("ls").count(), 0);
 
         let sub = a.path().join("x/y");
         std::fs::create_dir_all(&sub).expect("mkdir");
@@ -500,7 +746,9 @@ mod tests {
         assert_eq!(text.lines().rfind(|l| !l.starts_with('#')), Some("*"));
 
         let b = tempfile::tempdir().expect("tempdir");
-        let token = ws.invite_token().expect("token");
+        let token = ws
+            .invite_token(&InviteSecret::from_bytes([1; 32]), u64::MAX / 2)
+            .expect("token");
         let joined = Workspace::join(b.path(), &token, None, Some("bob")).expect("join");
         assert_eq!(
             std::fs::read_to_string(joined.dir().join(GITIGNORE_FILE)).expect("written by join"),

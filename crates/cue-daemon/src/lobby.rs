@@ -1,0 +1,281 @@
+//! The lobby: a second relay room per workspace where devices are admitted and catch up
+//! with rotations (docs/security.md, "Removing a device and rotating the secret").
+//!
+//! Its keys come from the lobby secret, which never changes and which invites carry, so
+//! anyone who holds or held an invite can be here: nothing here is trusted for being
+//! here. What is said:
+//!
+//! - a joining device asks with its invite (`JoinRequest`, with a proof made from the
+//!   invite secret); the device that made the invite checks it (`invites.rs`) and answers
+//!   with the current secret sealed to the joining device's key, or with why not;
+//! - every member says which secret generation it holds (`Hello`), on connecting, when
+//!   it changes, and now and then; a member ahead answers by the engine's rule
+//!   ([`cue_core::Engine::answer_hello`]): the rotation records, and the secret sealed to
+//!   the asker if it is a member, so a device away during a rotation catches up, and a
+//!   removed one learns it was removed.
+//!
+//! Envelopes here are sealed under the lobby's payload key and signed by the sender's
+//! device key like any other; the replay guard is in memory, and sequence numbers start
+//! from the clock at each start so that they never go back across restarts.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use cue_core::{Generation, LobbyAnswer};
+use cue_crypto::{
+    DeviceId, LobbyMessage, MessageType, ReplayGuard, RoomId, Sealer, Stream, WorkspaceKeys,
+    WorkspaceSecret,
+};
+use cue_proto::PeerId;
+use tokio::sync::mpsc;
+
+use crate::relay_client::{RelayCommand, RelayEvent};
+use crate::workspace::Workspace;
+
+/// How often a member says hello anyway, and a joining device asks again.
+const HELLO_EVERY: Duration = Duration::from_secs(30);
+/// At most one hello a second when asked for by changes (a burst of records).
+const HELLO_AT_MOST: Duration = Duration::from_secs(1);
+
+/// What the lobby heard that the daemon must act on.
+#[derive(Debug)]
+pub(crate) enum Heard {
+    /// A member handed us the secret of `generation`, sealed to this device.
+    Secret {
+        generation: Generation,
+        sealed: Vec<u8>,
+        from: DeviceId,
+    },
+    /// Rotation records, for the engine.
+    Records(Vec<Vec<u8>>),
+    /// A device asks to join with one of our invites.
+    JoinRequest {
+        device: DeviceId,
+        invite: cue_crypto::InviteId,
+        name: String,
+        proof: [u8; 32],
+    },
+    /// A device says which generation it holds.
+    Hello {
+        device: DeviceId,
+        theirs: Generation,
+    },
+    /// The member who made our invite refused it.
+    Refused(String),
+}
+
+pub(crate) struct Lobby {
+    keys: WorkspaceKeys,
+    room: RoomId,
+    me: DeviceId,
+    relay: mpsc::UnboundedSender<RelayCommand>,
+    connected: bool,
+    routes: HashMap<DeviceId, PeerId>,
+    guard: ReplayGuard,
+    seq: u64,
+    last_hello: Option<Instant>,
+    /// Lobby messages refused, by reason (for the log).
+    pub rejected: HashMap<&'static str, u64>,
+}
+
+impl Lobby {
+    pub fn new(ws: &Workspace, relay: mpsc::UnboundedSender<RelayCommand>) -> Lobby {
+        let keys = ws.lobby.keys();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Lobby {
+            room: keys.room_id(),
+            keys,
+            me: ws.device.device_id(),
+            relay,
+            connected: false,
+            routes: HashMap::new(),
+            guard: ReplayGuard::new(),
+            // A thousand numbers a millisecond: more than a device sends, and never
+            // below what an earlier run used.
+            seq: now.saturating_mul(1000),
+            last_hello: None,
+            rejected: HashMap::new(),
+        }
+    }
+
+    pub fn room(&self) -> RoomId {
+        self.room
+    }
+
+    /// Takes in relay events; returns what was heard, in order, and whether the lobby
+    /// just connected or a peer came (the daemon then says hello or asks again).
+    pub fn on_events(&mut self, events: Vec<RelayEvent>) -> (Vec<Heard>, bool) {
+        let mut heard = Vec::new();
+        let mut greet = false;
+        for event in events {
+            match event {
+                RelayEvent::Connected { .. } => {
+                    self.connected = true;
+                    self.routes.clear();
+                    greet = true;
+                }
+                RelayEvent::PeerJoined(_) => greet = true,
+                RelayEvent::PeerLeft(peer) => self.routes.retain(|_, p| *p != peer),
+                RelayEvent::Disconnected { .. } => {
+                    self.connected = false;
+                    self.routes.clear();
+                    self.guard.on_disconnect();
+                }
+                RelayEvent::Unreachable { .. } => {}
+                RelayEvent::Message { from, payload, .. } => {
+                    if let Some(h) = self.open(from, &payload) {
+                        heard.push(h);
+                    }
+                }
+            }
+        }
+        (heard, greet)
+    }
+
+    fn open(&mut self, from: PeerId, payload: &[u8]) -> Option<Heard> {
+        let opened =
+            match cue_crypto::open(&self.keys, &self.me, &mut self.guard, payload, |_| true) {
+                Ok(o) => o,
+                Err(e) => {
+                    *self.rejected.entry(e.kind()).or_default() += 1;
+                    return None;
+                }
+            };
+        if opened.ty != MessageType::Lobby {
+            *self.rejected.entry("not_lobby").or_default() += 1;
+            return None;
+        }
+        let sender = opened.sender;
+        self.routes.insert(sender, from);
+        let msg = match LobbyMessage::decode(&opened.plaintext) {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::debug!(%error, "a lobby message that does not decode");
+                *self.rejected.entry("bad_lobby_message").or_default() += 1;
+                return None;
+            }
+        };
+        Some(match msg {
+            LobbyMessage::JoinRequest {
+                invite,
+                name,
+                proof,
+            } => Heard::JoinRequest {
+                device: sender,
+                invite,
+                name,
+                proof,
+            },
+            LobbyMessage::Hello { generation, winner } => Heard::Hello {
+                device: sender,
+                theirs: Generation {
+                    number: generation,
+                    winner,
+                },
+            },
+            LobbyMessage::Records { records } => Heard::Records(records),
+            LobbyMessage::Refused { reason, .. } => Heard::Refused(reason),
+            LobbyMessage::Secret {
+                generation,
+                winner,
+                sealed,
+            } => Heard::Secret {
+                generation: Generation {
+                    number: generation,
+                    winner,
+                },
+                sealed,
+                from: sender,
+            },
+        })
+    }
+
+    /// Seals and sends a lobby message, to one device or to everyone here.
+    pub fn send(&mut self, ws: &Workspace, to: Option<DeviceId>, msg: &LobbyMessage) {
+        if !self.connected {
+            return;
+        }
+        self.seq += 1;
+        let stream = to.map_or(Stream::Broadcast, Stream::Direct);
+        let sealed = Sealer::new(&self.keys, &ws.device).seal(
+            MessageType::Lobby,
+            stream,
+            self.seq,
+            &msg.encode(),
+        );
+        let envelope = match sealed {
+            Ok(e) => e,
+            Err(error) => {
+                tracing::error!(%error, "cannot seal a lobby message");
+                return;
+            }
+        };
+        let cmd = match to.and_then(|d| self.routes.get(&d)) {
+            Some(peer) => RelayCommand::Direct(*peer, envelope),
+            None => RelayCommand::Broadcast(envelope),
+        };
+        let _ = self.relay.send(cmd);
+    }
+
+    /// Says which generation we hold (or asks to join), unless we did less than a
+    /// second ago; `periodic` only when [`HELLO_EVERY`] has passed.
+    pub fn due(&mut self, periodic: bool) -> bool {
+        if !self.connected {
+            return false;
+        }
+        let wait = if periodic { HELLO_EVERY } else { HELLO_AT_MOST };
+        if self.last_hello.is_some_and(|t| t.elapsed() < wait) {
+            return false;
+        }
+        self.last_hello = Some(Instant::now());
+        true
+    }
+
+    /// Forget when we last said hello: the next [`Lobby::due`] says it.
+    pub fn hello_soon(&mut self) {
+        self.last_hello = None;
+    }
+
+    pub fn close(&self) {
+        let _ = self.relay.send(RelayCommand::Close);
+    }
+}
+
+/// The message answering a member's hello by the engine's rule, sealing the secret we
+/// hold to it when the rule says so.
+pub(crate) fn answer(
+    answer: LobbyAnswer,
+    to: &DeviceId,
+    room: &RoomId,
+    held: Generation,
+    secret: Option<&WorkspaceSecret>,
+) -> Vec<LobbyMessage> {
+    match answer {
+        LobbyAnswer::Nothing => Vec::new(),
+        LobbyAnswer::Records(records) => records_message(records),
+        LobbyAnswer::RecordsAndSecret(records) => {
+            let mut out = records_message(records);
+            if let Some(secret) = secret {
+                match cue_crypto::seal_secret(to, room, held.number, held.winner, secret) {
+                    Ok(m) => out.push(m),
+                    Err(error) => tracing::warn!(%error, "cannot seal the secret to a member"),
+                }
+            }
+            out
+        }
+    }
+}
+
+fn records_message(records: Vec<Vec<u8>>) -> Vec<LobbyMessage> {
+    if records.is_empty() {
+        return Vec::new();
+    }
+    records
+        .chunks(cue_crypto::MAX_LOBBY_RECORDS)
+        .map(|c| LobbyMessage::Records {
+            records: c.to_vec(),
+        })
+        .collect()
+}
