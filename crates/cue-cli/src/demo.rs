@@ -171,6 +171,7 @@ pub fn run() -> anyhow::Result<()> {
         driver.startup_scan(now_ms())?;
         let made = cue_daemon::devices::invite(
             &wa,
+            true,
             driver.store_mut(),
             now_ms(),
             cue_daemon::invites::DEFAULT_EXPIRY_MS,

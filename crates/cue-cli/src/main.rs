@@ -773,6 +773,7 @@ fn status_report(root: &Path) -> anyhow::Result<StatusReport> {
                     log: Some(ws.log_path()).filter(|p| p.exists()),
                     deletions_paused: None,
                     standing: None,
+                    opened: 0,
                 },
                 &s,
             )
@@ -984,9 +985,9 @@ mod tests {
         cmd.clone().debug_assert();
         let mut seen = 0;
         walk(&cmd, "cue", &mut seen);
-        // cue, sync and its 9 commands, watch, activity, activity log, relay,
+        // cue, sync and its 12 commands, watch, activity, activity log, relay,
         // completions, demo.
-        assert_eq!(seen, 17);
+        assert_eq!(seen, 20);
     }
 
     #[test]

@@ -44,8 +44,17 @@ fn offline(ws: &Workspace, req: Request) -> anyhow::Result<Response> {
     let held = ws.generation.number;
     let data = match req {
         Request::Invite { expires_ms, uses } => {
-            devices::invite(ws, driver.store_mut(), now, expires_ms, uses, held)
-                .map_err(|e| anyhow!(e))?
+            let admitted = ws.secret.is_some() && driver.engine().removed_here().is_none();
+            devices::invite(
+                ws,
+                admitted,
+                driver.store_mut(),
+                now,
+                expires_ms,
+                uses,
+                held,
+            )
+            .map_err(|e| anyhow!(e))?
         }
         Request::Invites => serde_json::to_value(invites::list(driver.store(), now, held)?)?,
         Request::Revoke { id } => serde_json::to_value(invites::revoke(driver.store_mut(), &id)?)?,

@@ -217,6 +217,7 @@ mod tests {
                 url: "ws://127.0.0.1:8080".into(),
                 connected,
                 reason: None,
+                opened: 0,
             },
             peers: vec![],
             files: 0,

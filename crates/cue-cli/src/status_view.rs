@@ -315,6 +315,7 @@ mod tests {
                 url: "wss://relay.example.org".into(),
                 connected: true,
                 reason: None,
+                opened: 0,
             },
             peers: vec![
                 PeerReport {

@@ -178,6 +178,10 @@ pub struct RelayInfo {
     /// the contract (docs/reference.md §1.9).
     #[serde(default)]
     pub reason: Option<String>,
+    /// Envelopes from peers this daemon opened since it started (a removed device opens
+    /// nothing new). Beyond the contract.
+    #[serde(default)]
+    pub opened: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -253,6 +257,7 @@ pub struct StatusContext<'a> {
     pub log: Option<std::path::PathBuf>,
     pub deletions_paused: Option<crate::driver::Paused>,
     pub standing: Option<crate::membership::Standing>,
+    pub opened: u64,
 }
 
 /// Builds the status document.
@@ -273,6 +278,7 @@ pub fn status_report(ctx: &StatusContext<'_>, s: &cue_core::Status) -> StatusRep
             url: ws.config.sync.relay.url.clone(),
             connected: ctx.connected,
             reason: ctx.relay_reason.clone().filter(|_| !ctx.connected),
+            opened: ctx.opened,
         },
         peers: s
             .peers

@@ -90,14 +90,18 @@ pub fn resolve(devices: &[DeviceReport], query: &str) -> Result<DeviceReport, St
 /// Makes an invite (kept in `store`) and its token: `{"token", "id", "expires"}`.
 pub fn invite(
     ws: &crate::workspace::Workspace,
+    admitted: bool,
     store: &mut crate::store::Store,
     now_ms: i64,
     expires_ms: i64,
     uses: Option<u32>,
     generation: u32,
 ) -> Result<serde_json::Value, String> {
-    if ws.secret.is_none() && ws.joining.is_some() {
-        return Err("this device is not admitted to the workspace yet: it cannot invite".into());
+    if !admitted {
+        return Err(
+            "this device is not a member of the workspace (not admitted yet, or removed): it cannot invite"
+                .into(),
+        );
     }
     let expires = now_ms.saturating_add(expires_ms);
     let (secret, id) = crate::invites::create(store, now_ms, expires, uses, generation)

@@ -74,6 +74,8 @@ pub(crate) struct Lobby {
     guard: ReplayGuard,
     seq: u64,
     last_hello: Option<Instant>,
+    /// Why the lobby could not be reached, while not connected (for status).
+    pub problem: Option<String>,
     /// Lobby messages refused, by reason (for the log).
     pub rejected: HashMap<&'static str, u64>,
 }
@@ -96,6 +98,7 @@ impl Lobby {
             // below what an earlier run used.
             seq: now.saturating_mul(1000),
             last_hello: None,
+            problem: None,
             rejected: HashMap::new(),
         }
     }
@@ -113,17 +116,19 @@ impl Lobby {
             match event {
                 RelayEvent::Connected { .. } => {
                     self.connected = true;
+                    self.problem = None;
                     self.routes.clear();
                     greet = true;
                 }
                 RelayEvent::PeerJoined(_) => greet = true,
                 RelayEvent::PeerLeft(peer) => self.routes.retain(|_, p| *p != peer),
-                RelayEvent::Disconnected { .. } => {
+                RelayEvent::Disconnected { reason } => {
                     self.connected = false;
+                    self.problem = Some(format!("connection lost: {reason}"));
                     self.routes.clear();
                     self.guard.on_disconnect();
                 }
-                RelayEvent::Unreachable { .. } => {}
+                RelayEvent::Unreachable { reason } => self.problem = Some(reason),
                 RelayEvent::Message { from, payload, .. } => {
                     if let Some(h) = self.open(from, &payload) {
                         heard.push(h);

@@ -159,6 +159,21 @@ impl Membership {
         }
     }
 
+    /// Whether this device holds a secret (a member that was admitted, not removed).
+    pub fn admitted(&self) -> bool {
+        self.secret.is_some() && self.removed.is_none()
+    }
+
+    /// Why the relay cannot be reached, when this device is not in a room (waiting to
+    /// be admitted): the lobby's connection is the one that tells.
+    pub fn relay_problem(&self) -> Option<String> {
+        if self.joining.is_some() {
+            self.lobby.problem.clone()
+        } else {
+            None
+        }
+    }
+
     /// Lobby events: what was heard is handled, then the engine followed.
     pub fn on_lobby(
         &mut self,

@@ -473,12 +473,17 @@ impl Daemon<'_> {
                     running: true,
                     pid: Some(std::process::id()),
                     connected: self.session.connected(),
-                    relay_reason: self.session.relay_problem().map(str::to_string),
+                    relay_reason: self
+                        .session
+                        .relay_problem()
+                        .map(str::to_string)
+                        .or_else(|| self.membership.relay_problem()),
                     // A daemon in the background writes to daemon.log (start_background);
                     // one in the foreground to its own stderr.
                     log: std::env::var_os(DETACHED_ENV).map(|_| self.ws.log_path()),
                     deletions_paused: self.driver.deletions_paused(),
                     standing: Some(self.membership.standing()),
+                    opened: self.session.opened(),
                 };
                 let response = Response {
                     ok: true,
@@ -493,6 +498,7 @@ impl Daemon<'_> {
             Request::Invite { expires_ms, uses } => {
                 let made = crate::devices::invite(
                     self.ws,
+                    self.membership.admitted(),
                     self.driver.store_mut(),
                     now,
                     expires_ms,

@@ -68,6 +68,8 @@ pub(crate) struct Session<'w> {
     replay: Replay,
     seqs: Seqs,
     rejected: BTreeMap<&'static str, u64>,
+    /// Envelopes opened in this run (status shows it: a removed device opens nothing).
+    opened: u64,
 }
 
 /// An envelope that passed every check, waiting to be handed to the engine.
@@ -104,6 +106,7 @@ impl<'w> Session<'w> {
             replay: Replay::load(store)?,
             seqs: Seqs::resume(store)?,
             rejected: BTreeMap::new(),
+            opened: 0,
         })
     }
 
@@ -156,6 +159,11 @@ impl<'w> Session<'w> {
         } else {
             self.relay_problem.as_deref()
         }
+    }
+
+    /// Envelopes opened so far in this run.
+    pub fn opened(&self) -> u64 {
+        self.opened
     }
 
     /// Envelopes refused so far, by reason.
@@ -282,6 +290,7 @@ impl<'w> Session<'w> {
             let d2 = core_id(d);
             !engine.removed().contains_key(&d2) && (engine.is_member(&d2) || admitted.contains(d))
         })?;
+        self.opened += 1;
         if let Some(gap) = &opened.gap {
             tracing::debug!(?gap, "broadcasts from a peer may have been withheld");
         }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)] // tests fail by panicking
 
 mod cli;
+mod devices;
 mod faults;
 mod robustness;
 mod rules;

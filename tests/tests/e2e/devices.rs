@@ -1,0 +1,185 @@
+//! Devices come and go (docs/reference.md §1.3, §1.6; docs/security.md, "Removing a
+//! device and rotating the secret"): `cue sync devices`, `remove`, `rotate`, and invites
+//! that expire and run out.
+
+use cue_e2e::*;
+
+fn membership(p: &Peer) -> String {
+    p.status().0["membership"]["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn devices(p: &Peer) -> Vec<serde_json::Value> {
+    let out = p.cue_ok(&["sync", "devices", "--json"]);
+    serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn opened(p: &Peer) -> u64 {
+    p.status().0["relay"]["opened"].as_u64().unwrap()
+}
+
+/// Three peers; carol is removed: alice and bob keep syncing, carol opens nothing more,
+/// says she was removed, and can come back neither with her old token nor by restarting;
+/// a fresh invite admits a new device.
+#[test]
+fn a_removed_device_opens_nothing_new_and_cannot_come_back() {
+    let relay = Relay::start();
+    let (a, b, c) = (Peer::new("alice"), Peer::new("bob"), Peer::new("carol"));
+    a.write("plan.md", "the plan\n");
+    a.init(&relay.url());
+    let token = a.invite();
+    b.join(&token);
+    c.join(&token);
+    for p in [&a, &b, &c] {
+        p.start();
+    }
+    wait_converged(&[&a, &b, &c]);
+
+    let listed = devices(&a);
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let me = listed.iter().find(|d| d["this_device"] == true).unwrap();
+    assert_eq!(me["name"], "alice");
+    for name in ["bob", "carol"] {
+        let d = listed.iter().find(|d| d["name"] == name).unwrap();
+        assert_eq!(d["admitted_by"], "alice", "{d}");
+        assert!(d["joined"].is_string(), "{d}");
+        assert_eq!(d["removed"], false);
+    }
+
+    let out = a.cue_ok(&["sync", "remove", "carol"]);
+    assert!(out.contains("Removed carol"), "{out}");
+    wait_until("carol to learn she was removed", || {
+        membership(&c) == "removed"
+    });
+    let carol_opened = opened(&c);
+
+    // Alice and Bob go on, in both directions.
+    a.write("after.md", "written after the removal\n");
+    b.write("plan.md", "the plan\nbob's line\n");
+    wait_for_file(&b, "after.md", "alice's new file", |_| true);
+    wait_for_file(&a, "plan.md", "bob's edit", |c| c.contains("bob's line"));
+    assert_eq!(c.read("after.md"), None);
+    assert_eq!(c.read("plan.md").as_deref(), Some("the plan\n"));
+    assert_eq!(
+        opened(&c),
+        carol_opened,
+        "carol opened a message after removal"
+    );
+    let listed = devices(&b);
+    let carol = listed.iter().find(|d| d["name"] == "carol").unwrap();
+    assert_eq!(carol["removed"], true);
+    assert_eq!(carol["removed_by"], "alice");
+
+    // Restarting changes nothing for her.
+    c.stop();
+    c.start();
+    wait_until("carol to say again she was removed", || {
+        membership(&c) == "removed"
+    });
+    // Her old token admits nobody any more, not even a new device of hers.
+    let again = Peer::new("carol2");
+    again.join(&token);
+    again.start();
+    wait_until("the old token to be refused", || {
+        membership(&again) == "refused"
+    });
+    let (status, _) = again.status();
+    let why = status["membership"]["reason"].as_str().unwrap();
+    assert!(why.contains("rotated"), "{why}");
+    assert_eq!(again.read("plan.md"), None);
+
+    // A fresh invite admits a new device, which gets everything.
+    let d = Peer::new("dave");
+    d.join(&a.invite());
+    d.start();
+    wait_for_file(&d, "after.md", "everything", |_| true);
+    wait_for_file(&d, "plan.md", "bob's edit", |c| c.contains("bob's line"));
+    assert_eq!(membership(&d), "member");
+    for p in [&a, &b, &c, &again, &d] {
+        p.stop();
+    }
+}
+
+/// An invite made with `--expires 1s` fails two seconds later with a clear error; a
+/// `--uses 1` invite admits one device and refuses the second.
+#[test]
+fn invites_expire_and_run_out() {
+    let relay = Relay::start();
+    let a = Peer::new("alice");
+    a.write("x.md", "x\n");
+    a.init(&relay.url());
+    a.start();
+
+    let short = a.cue_ok(&["sync", "invite", "--expires", "1s"]);
+    let made = std::time::Instant::now();
+    wait_until("the invite to expire", || {
+        made.elapsed() >= std::time::Duration::from_secs(2)
+    });
+    let late = Peer::new("late");
+    let out = late.cue(&["sync", "join", short.trim(), "--name", "late"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("expired") && err.contains("cue sync invite"),
+        "{err}"
+    );
+    assert!(
+        !late.path(".cuedeck").exists(),
+        "a refused join left a workspace"
+    );
+
+    let once = a.cue_ok(&["sync", "invite", "--uses", "1"]);
+    let first = Peer::new("first");
+    first.join(once.trim());
+    first.start();
+    wait_for_file(&first, "x.md", "the workspace", |_| true);
+    let second = Peer::new("second");
+    second.join(once.trim());
+    second.start();
+    wait_until("the second device to be refused", || {
+        membership(&second) == "refused"
+    });
+    let why = second.status().0["membership"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(why.contains("used up"), "{why}");
+    assert_eq!(second.read("x.md"), None);
+
+    let list = a.cue_ok(&["sync", "invite", "--list"]);
+    assert!(
+        list.contains("used up") && list.contains("expired"),
+        "{list}"
+    );
+    for p in [&a, &first, &second] {
+        p.stop();
+    }
+}
+
+/// A device that was offline during a rotation gets the new secret from a member when it
+/// returns, with what was written meanwhile, and its own offline edit reaches the others.
+#[test]
+fn a_device_offline_during_a_rotation_catches_up() {
+    let (_relay, a, b) = pair();
+    a.write("n.md", "one\n");
+    wait_for_file(&b, "n.md", "the first version", |_| true);
+    b.stop();
+    b.write("mine.md", "written offline\n");
+    let out = a.cue_ok(&["sync", "rotate"]);
+    assert!(out.contains("generation 1"), "{out}");
+    a.write("n.md", "one\ntwo\n");
+    b.start();
+    wait_for_file(&b, "n.md", "the edit made after the rotation", |c| {
+        c.contains("two")
+    });
+    wait_for_file(&a, "mine.md", "bob's offline file", |_| true);
+    assert_eq!(b.status().0["membership"]["generation"], 1);
+    a.stop();
+    b.stop();
+}
