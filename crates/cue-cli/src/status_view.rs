@@ -129,8 +129,20 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
     // The headline.
     let mut parts: Vec<String> = Vec::new();
     let mut said_lone = false;
+    // Not (or no longer) a member: that says it all.
+    let standing = r
+        .membership
+        .as_ref()
+        .filter(|m| m.state != "member")
+        .filter(|_| running);
     let state = if !running {
         paint.paint(BAD, "not running")
+    } else if let Some(m) = standing {
+        match m.state.as_str() {
+            "waiting_for_admission" => paint.paint(WARN, "waiting to be admitted"),
+            "refused" => paint.paint(BAD, "invite refused"),
+            _ => paint.paint(BAD, "removed from the workspace"),
+        }
     } else if let Some(c) = &r.catch_up {
         paint.paint(WARN, &catch_up_text(c))
     } else if pending > 0 {
@@ -164,7 +176,7 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
         paint.paint(GOOD, "up to date")
     };
     parts.push(state);
-    if running {
+    if running && standing.is_none() {
         parts.push(if r.relay.connected {
             paint.paint(GOOD, "relay connected")
         } else {
@@ -197,6 +209,14 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
     };
     if !running {
         hint(&mut out, "start syncing with `cue sync start`");
+    } else if let Some(m) = standing {
+        hint(&mut out, m.reason.as_deref().unwrap_or_default());
+        if let Some(reason) = r.relay.reason.as_ref().filter(|_| m.state != "removed") {
+            hint(
+                &mut out,
+                &format!("cannot reach the relay at {}: {reason}", r.relay.url),
+            );
+        }
     } else if !r.relay.connected {
         let why = match &r.relay.reason {
             Some(reason) => format!("cannot reach the relay at {}: {reason}", r.relay.url),
