@@ -199,6 +199,9 @@ impl Driver {
         // device; ours goes in with our admission (once: the engine skips an equal one).
         driver.engine.set_admission_check(ws.admission_check());
         driver.engine.set_rotation_check(ws.rotation_check());
+        if let Some(by) = ws.admitted_by() {
+            driver.engine.trust(by);
+        }
         driver.finish_interrupted_writes(now_ms())?;
         Ok(driver)
     }

@@ -332,10 +332,15 @@ impl Membership {
                 };
                 if self.joining.is_some() {
                     // Only the member holding our invite could seal it to us after our
-                    // request: we are admitted.
+                    // request: we are admitted, and take it for a member.
                     tracing::info!(from = %from.short(), generation = generation.number, "admitted to the workspace");
+                    let by = CoreId(from.0);
+                    if let Err(error) = ws.set_admitted_by(&by) {
+                        tracing::warn!(%error, "cannot record who admitted us");
+                    }
+                    driver.engine_mut().trust(by);
                     self.hold(ws, driver, session, generation, secret)?;
-                } else if driver.engine().is_member(&CoreId(from.0))
+                } else if driver.engine().knows_member(&CoreId(from.0))
                     && self.pending.len() < MAX_PENDING_SECRETS
                 {
                     self.pending.insert(generation, secret);

@@ -44,6 +44,9 @@ pub const WORKSPACE_ID_FILE: &str = "workspace.id";
 pub const JOIN_KEY_FILE: &str = "join.key";
 /// Why a member refused this device's invite (text), once one did.
 pub const JOIN_REFUSED_FILE: &str = "join.refused";
+/// The device that admitted this one (64 hex digits): taken for a member before the
+/// member list says so (see `Engine::trust`).
+pub const ADMITTED_BY_FILE: &str = "admitted_by";
 /// Where the background daemon's standard streams go.
 pub const LOG_FILE: &str = "daemon.log";
 /// Keeps git away from everything in `.cuedeck/` (the keys above all).
@@ -339,6 +342,17 @@ impl Workspace {
     /// the secret is rotated.
     pub fn lobby_room(&self) -> RoomId {
         self.lobby.keys().room_id()
+    }
+
+    /// The device that admitted this one, if it joined with an invite.
+    pub fn admitted_by(&self) -> Option<cue_core::DeviceId> {
+        let text = std::fs::read_to_string(self.dir().join(ADMITTED_BY_FILE)).ok()?;
+        cue_core::DeviceId::from_hex(text.trim())
+    }
+
+    /// Remembers which device admitted this one.
+    pub fn set_admitted_by(&self, device: &cue_core::DeviceId) -> Result<(), WorkspaceError> {
+        write_text(&self.dir().join(ADMITTED_BY_FILE), &device.to_string())
     }
 
     /// Why a member refused this device's invite, if one did.

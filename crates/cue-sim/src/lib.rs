@@ -397,7 +397,21 @@ impl World {
         for (i, effects) in effects.into_iter().enumerate() {
             world.apply(i, effects);
         }
+        for i in 0..n {
+            world.trust_all(i);
+        }
         world
+    }
+
+    /// Each peer was admitted by one of the others, in a world that starts with all of
+    /// them: each takes the others for members before their entries arrive.
+    fn trust_all(&mut self, peer: usize) {
+        let others: Vec<DeviceId> = self.peers.iter().map(|p| p.device).collect();
+        for d in others {
+            if d != self.peers[peer].device {
+                self.peers[peer].engine.trust(d);
+            }
+        }
     }
 
     fn index_of(&self, device: DeviceId) -> Option<usize> {
@@ -584,6 +598,7 @@ impl World {
             Engine::new(p.device, &p.name, p.epoch, config, p.store.restored(), now);
         engine.set_rotation_check(rotation::check());
         p.engine = engine;
+        self.trust_all(peer);
         self.apply(peer, effects);
         self.startup_scan(peer);
         if was_online {
@@ -715,6 +730,24 @@ impl World {
     /// Every online peer's disk is the same, and each disk is what its engine holds,
     /// except at paths some peer holds a file too large to sync (each keeps its own).
     pub fn converged(&mut self) -> Result<(), String> {
+        // One secret generation for everyone still in the workspace, and each in its room.
+        let members: Vec<&Peer> = self
+            .peers
+            .iter()
+            .filter(|p| p.engine.removed_here().is_none())
+            .collect();
+        for p in &members {
+            if p.held != p.engine.generation() || p.held != members[0].held {
+                return Err(format!(
+                    "{} holds generation {} (its engine says {}), {} holds {}",
+                    p.name,
+                    p.held.number,
+                    p.engine.generation().number,
+                    members[0].name,
+                    members[0].held.number
+                ));
+            }
+        }
         let mut reference: Option<(usize, BTreeMap<String, Vec<u8>>)> = None;
         let mut skipped = BTreeSet::new();
         for p in &mut self.peers {
@@ -963,7 +996,12 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
                     w.connect(p);
                 }
             }
-            73..=75 => w.restart(p),
+            73..=74 => w.restart(p),
+            75 => {
+                // A rotation of the workspace secret (`cue sync rotate`), online or not:
+                // the others follow through the lobby.
+                w.rotate(p, &[]);
+            }
             _ => {
                 let n = w.rng.random_range(0..20);
                 for _ in 0..n {

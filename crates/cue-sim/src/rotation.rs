@@ -70,6 +70,10 @@ impl World {
         let removed: Vec<DeviceId> = removed.iter().map(|&i| self.peers[i].device).collect();
         let p = &mut self.peers[peer];
         let current = p.engine.generation();
+        // As the daemon: only from the generation it holds, and never once removed.
+        if current != p.held || p.engine.removed_here().is_some() {
+            return;
+        }
         let now = self.now_ms + p.clock_offset_ms;
         let bytes = record(current.number + 1, current.winner, p.device, now, &removed);
         let hash = *blake3::hash(&bytes).as_bytes();
@@ -147,7 +151,22 @@ impl World {
         let (theirs, from) = (self.peers[asker].held, self.peers[asker].device);
         let a = &self.peers[answerer];
         let held = a.held;
-        let (records, secret) = match a.engine.answer_hello(held, from, theirs) {
+        let ans = a.engine.answer_hello(held, from, theirs);
+        if std::env::var_os("CUE_SIM_TRACE_LOBBY").is_some() {
+            eprintln!(
+                "lobby: p{asker} (holds {}, engine {}) -> p{answerer} (holds {}, engine {}): {}",
+                theirs.number,
+                self.peers[asker].engine.generation().number,
+                held.number,
+                a.engine.generation().number,
+                match &ans {
+                    LobbyAnswer::Nothing => "nothing".to_string(),
+                    LobbyAnswer::Records(r) => format!("{} records", r.len()),
+                    LobbyAnswer::RecordsAndSecret(r) => format!("{} records + secret", r.len()),
+                }
+            );
+        }
+        let (records, secret) = match ans {
             LobbyAnswer::Nothing => return,
             LobbyAnswer::Records(r) => (r, None),
             LobbyAnswer::RecordsAndSecret(r) => (r, Some(held)),

@@ -157,6 +157,8 @@ pub struct Engine {
     rotation_verdicts: BTreeMap<Vec<u8>, Option<RotationMeta>>,
     /// The secret generations the index's records amount to.
     chain: Chain,
+    /// Devices taken for members before the index says so (see [`Engine::trust`]).
+    introducers: BTreeSet<DeviceId>,
 }
 
 pub(super) fn to_heads(h: &[ChangeHash]) -> Heads {
@@ -261,6 +263,7 @@ impl Engine {
             rotation_check: None,
             rotation_verdicts: BTreeMap::new(),
             chain: Chain::default(),
+            introducers: BTreeSet::new(),
         };
         // Make sure we are in our own member list (a new workspace, or a renamed device).
         if !engine.own_entry_current() {

@@ -11,13 +11,15 @@
 //! call (after sending what the call produced, so that a record reaches the old room
 //! before the driver leaves it), fetches or hands out the matching secret.
 //!
-//! The chain: generation 0 is the secret made at `init`. Generation g+1's record is,
-//! among the valid records of generation g+1 whose parent is generation g's record and
-//! whose author is a member not removed so far, the one with the lowest hash. So two
-//! members rotating at once converge on one record without talking. The winning
-//! records' removals count; the author of a losing record that removed someone rotates
-//! again once it holds the winning secret (see [`Engine::removals_to_redo`]), unless the
-//! winner removed that author.
+//! The chain: generation 0 is the secret made at `init`. The valid records form a tree:
+//! each names its parent (the record of the generation before), and counts only if its
+//! author is a member not removed by the records before it on its branch. The longest
+//! branch wins, and among branches as long the one whose last record has the lowest
+//! hash: two members rotating at once converge on one record without talking, and a
+//! record that arrives late (from a device that was away) never takes the workspace
+//! back to an older generation. The winning branch's removals count; the author of a
+//! record off it that removed someone rotates again once it holds the winning secret
+//! (see [`Engine::removals_to_redo`]), unless the winning branch removed that author.
 //!
 //! Who admitted whom: the admitting device writes `admitted:DEVICE` = `BY:TIME_MS`; an
 //! entry counts only when written by the device it names as the admitter.
@@ -122,6 +124,18 @@ impl Engine {
             .collect()
     }
 
+    /// The hash of generation `n`'s winning record (zero for generation 0).
+    fn winner_at(&self, n: u32) -> Option<[u8; 32]> {
+        if n == 0 {
+            return Some([0; 32]);
+        }
+        self.chain
+            .winners
+            .iter()
+            .find(|(m, _)| m.generation == n)
+            .map(|(m, _)| m.hash)
+    }
+
     /// Every valid record the index holds (winners and losers), encoded: what a device
     /// at the same generation with another winner needs to converge.
     pub fn all_records(&self) -> Vec<Vec<u8>> {
@@ -180,6 +194,24 @@ impl Engine {
             self.commit_index();
             self.refresh_members();
         }
+    }
+
+    /// Takes `device` for a member although the index does not say so yet: the device
+    /// that admitted this one (it handed us the secret in answer to our invite). A
+    /// device admitted just before a rotation has synced no member list yet, and must
+    /// still be able to check the rotation's record and take the secret from its author.
+    pub fn trust(&mut self, device: DeviceId) {
+        if self.introducers.insert(device) {
+            self.refresh_members();
+        }
+    }
+
+    /// Whether `device` is, was, or is about to be a member as far as this device knows
+    /// (a member, an author of the chain, admitted by a member, or our introducer), and
+    /// is not removed: who may be handed the secret, and whose sealed secret we take.
+    pub fn knows_member(&self, device: &DeviceId) -> bool {
+        !self.chain.removed.contains_key(device)
+            && (self.was_member(device) || self.admitted().contains_key(device))
     }
 
     /// Records that this device admitted `device` now.
@@ -292,39 +324,65 @@ impl Engine {
             }
         }
         records.sort_by_key(|(m, _)| (m.generation, m.hash));
-        let mut chain = Chain::default();
-        let mut parent = [0u8; 32];
-        let mut losers: Vec<&RotationMeta> = Vec::new();
-        for generation in 1.. {
-            let candidates: Vec<&(RotationMeta, Vec<u8>)> = records
-                .iter()
-                .filter(|(m, _)| {
-                    m.generation == generation
-                        && m.parent == parent
-                        && self.was_member(&m.rotated_by)
-                        && !chain.removed.contains_key(&m.rotated_by)
-                })
-                .collect();
-            // Sorted by hash: the first is the winner.
-            let Some((winner, bytes)) = candidates.first() else {
-                break;
+        // Every record that chains back to generation 0, each through a parent of the
+        // generation before, its author a member not removed by the records before it:
+        // the tips of a tree of branches (in generation order, a parent is placed first).
+        let mut placed: BTreeMap<[u8; 32], (usize, BTreeSet<DeviceId>)> = BTreeMap::new();
+        for (i, (m, _)) in records.iter().enumerate() {
+            let removed_before = if m.generation == 1 && m.parent == [0; 32] {
+                BTreeSet::new()
+            } else {
+                match placed.get(&m.parent) {
+                    Some((p, removed)) if records[*p].0.generation + 1 == m.generation => {
+                        removed.clone()
+                    }
+                    _ => continue,
+                }
             };
+            if !self.was_member(&m.rotated_by) || removed_before.contains(&m.rotated_by) {
+                continue;
+            }
+            let mut removed = removed_before;
+            removed.extend(m.removed.iter().copied());
+            placed.insert(m.hash, (i, removed));
+        }
+        // The longest branch wins, the lowest hash among equals: a record that arrives
+        // late never takes the workspace back to an older generation.
+        let tip = placed
+            .values()
+            .map(|(i, _)| &records[*i].0)
+            .max_by(|a, b| a.generation.cmp(&b.generation).then(b.hash.cmp(&a.hash)));
+        let mut chain = Chain::default();
+        let mut path: Vec<usize> = Vec::new();
+        let mut at = tip.map(|m| m.hash);
+        while let Some(h) = at {
+            let Some((i, _)) = placed.get(&h) else { break };
+            path.push(*i);
+            let parent = records[*i].0.parent;
+            at = (parent != [0; 32] || records[*i].0.generation > 1).then_some(parent);
+        }
+        path.reverse();
+        let on_path: BTreeSet<[u8; 32]> = path.iter().map(|i| records[*i].0.hash).collect();
+        for i in path {
+            let (winner, bytes) = &records[i];
             for d in &winner.removed {
                 chain.removed.entry(*d).or_insert(Removal {
                     by: winner.rotated_by,
                     at_ms: winner.at_ms,
-                    generation,
+                    generation: winner.generation,
                 });
             }
-            losers.extend(candidates[1..].iter().map(|(m, _)| m));
-            parent = winner.hash;
             chain.current = Generation {
-                number: generation,
+                number: winner.generation,
                 winner: winner.hash,
             };
             chain.winners.push((winner.clone(), bytes.clone()));
         }
-        for m in losers {
+        // Records off the winning branch: their removals are redone by their authors.
+        for (m, _) in records
+            .iter()
+            .filter(|(m, _)| placed.contains_key(&m.hash) && !on_path.contains(&m.hash))
+        {
             if chain.removed.contains_key(&m.rotated_by) {
                 continue;
             }
@@ -339,7 +397,9 @@ impl Engine {
 
     /// Whether `device` is or was taken for a member (a record's author must be).
     fn was_member(&self, device: &DeviceId) -> bool {
-        self.state.members.contains_key(device) || self.members_view.contains_key(device)
+        self.state.members.contains_key(device)
+            || self.members_view.contains_key(device)
+            || self.introducers.contains(device)
     }
 }
 
@@ -372,15 +432,20 @@ impl Engine {
         if self.chain.removed.contains_key(&from) {
             return LobbyAnswer::Records(self.records_after(theirs.number.min(held.number)));
         }
-        if !self.is_member(&from) {
+        if !self.knows_member(&from) {
             return LobbyAnswer::Nothing;
         }
         // At our generation with another record (a concurrent rotation): all our
         // records, so that it converges; behind: the records it lacks.
-        let records = if theirs.number >= held.number {
-            self.all_records()
-        } else {
+        // Behind on our chain: the records after its generation. Off our chain (it holds
+        // a record that lost at that generation): all of them, so that it finds where
+        // the chains part.
+        let on_our_chain =
+            theirs.number < held.number && self.winner_at(theirs.number) == Some(theirs.winner);
+        let records = if on_our_chain {
             self.records_after(theirs.number)
+        } else {
+            self.all_records()
         };
         if held == self.chain.current && theirs.number <= held.number {
             return LobbyAnswer::RecordsAndSecret(records);
