@@ -62,7 +62,7 @@ pub use keys::{
 };
 pub use lobby::{
     LOBBY_VERSION, LobbyError, LobbyMessage, MAX_LOBBY_RECORDS, MAX_REASON_LEN, SEALED_SECRET_LEN,
-    open_secret, seal_secret,
+    open_admission, open_secret, seal_admission, seal_secret,
 };
 pub use replay::{DEFAULT_SEQ_BLOCK, Gap, REPLAY_WINDOW, ReplayGuard, SeqAllocator, SeqNext};
 pub use rotation::{

@@ -106,6 +106,22 @@ pub enum LobbyMessage {
         #[serde(deserialize_with = "bounded_records")]
         records: Vec<Vec<u8>>,
     },
+    /// The answer to a join request: the secret of `generation` sealed to the joining
+    /// device as in [`LobbyMessage::Secret`], with a proof made with the invite's secret
+    /// over the sealed box ([`seal_admission`]), so that the joining device knows the
+    /// answer comes from the invite's maker and not from whoever else is in the lobby.
+    Admitted {
+        /// Which invite.
+        invite: InviteId,
+        /// The generation of the secret.
+        generation: u32,
+        /// The hash of that generation's winning rotation record; zeros for generation 0.
+        winner: [u8; 32],
+        /// The sealed secret, [`SEALED_SECRET_LEN`] bytes.
+        sealed: Vec<u8>,
+        /// [`InviteSecret::proof`](crate::InviteSecret::proof) over the box.
+        proof: [u8; 32],
+    },
 }
 
 impl fmt::Debug for LobbyMessage {
@@ -140,6 +156,13 @@ impl fmt::Debug for LobbyMessage {
                 .debug_struct("Records")
                 .field("count", &records.len())
                 .finish(),
+            LobbyMessage::Admitted {
+                invite, generation, ..
+            } => f
+                .debug_struct("Admitted")
+                .field("invite", invite)
+                .field("generation", generation)
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -205,7 +228,9 @@ impl LobbyMessage {
         }
         match &message {
             LobbyMessage::JoinRequest { name, .. } => validate_device_name(name)?,
-            LobbyMessage::Secret { sealed, .. } if sealed.len() != SEALED_SECRET_LEN => {
+            LobbyMessage::Secret { sealed, .. } | LobbyMessage::Admitted { sealed, .. }
+                if sealed.len() != SEALED_SECRET_LEN =>
+            {
                 return Err(LobbyError::BadSealedLength(sealed.len()));
             }
             LobbyMessage::Refused { reason, .. } if reason.len() > MAX_REASON_LEN => {
@@ -271,6 +296,62 @@ pub fn open_secret(
         .try_into()
         .map_err(|_| SealedError::Decrypt)?;
     Ok(WorkspaceSecret::from_bytes(bytes))
+}
+
+/// What an admission's proof covers besides the lobby room and the recipient: the
+/// generation, its winner and the sealed box.
+fn admission_statement(generation: u32, winner: &[u8; 32], sealed: &[u8]) -> String {
+    use sha2::Digest;
+    format!(
+        "admitted {generation} {} {}",
+        hex::encode(winner),
+        hex::encode(sha2::Sha256::digest(sealed))
+    )
+}
+
+/// The [`LobbyMessage::Admitted`] answering `recipient`'s join request with `invite`:
+/// the secret of `generation` sealed to it, and the invite's proof over the box.
+pub fn seal_admission(
+    invite: &crate::InviteSecret,
+    recipient: &DeviceId,
+    lobby_room: &RoomId,
+    generation: u32,
+    winner: [u8; 32],
+    secret: &WorkspaceSecret,
+) -> Result<LobbyMessage, SealedError> {
+    let aad = secret_aad(lobby_room, recipient, generation, &winner);
+    let sealed = seal_to(recipient, secret.as_bytes(), &aad)?;
+    let proof = invite.proof(
+        lobby_room,
+        recipient,
+        &admission_statement(generation, &winner, &sealed),
+    );
+    Ok(LobbyMessage::Admitted {
+        invite: invite.id(),
+        generation,
+        winner,
+        sealed,
+        proof,
+    })
+}
+
+/// Opens a [`LobbyMessage::Admitted`] received by `device`, which asked with `invite`:
+/// the proof must be the invite's over this box (else [`SealedError::Decrypt`]: it is
+/// not from the invite's maker), then the box opens as [`open_secret`]'s does.
+pub fn open_admission(
+    device: &DeviceKey,
+    invite: &crate::InviteSecret,
+    lobby_room: &RoomId,
+    generation: u32,
+    winner: &[u8; 32],
+    sealed: &[u8],
+    proof: &[u8; 32],
+) -> Result<WorkspaceSecret, SealedError> {
+    let statement = admission_statement(generation, winner, sealed);
+    if !invite.verify_proof(lobby_room, &device.device_id(), &statement, proof) {
+        return Err(SealedError::Decrypt);
+    }
+    open_secret(device, lobby_room, generation, winner, sealed)
 }
 
 #[cfg(test)]
@@ -469,5 +550,42 @@ mod tests {
                 prop_assert_eq!(LobbyMessage::decode(&m.encode()), Ok(m));
             }
         }
+    }
+
+    /// Only the invite's maker can make an answer the joining device takes: a box sealed
+    /// by anyone else (a former member in the lobby) has no valid proof.
+    #[test]
+    fn an_admission_is_taken_only_with_the_invites_proof() {
+        let joiner = DeviceKey::from_bytes(&[3; 32]);
+        let room = RoomId([4; 32]);
+        let invite = crate::InviteSecret::from_bytes([5; 32]);
+        let secret = WorkspaceSecret::from_bytes([6; 32]);
+        let msg =
+            seal_admission(&invite, &joiner.device_id(), &room, 2, [7; 32], &secret).expect("seal");
+        let back = LobbyMessage::decode(&msg.encode()).expect("decode");
+        let LobbyMessage::Admitted {
+            generation,
+            winner,
+            sealed,
+            proof,
+            ..
+        } = back
+        else {
+            panic!("not an admission");
+        };
+        let opened = open_admission(
+            &joiner, &invite, &room, generation, &winner, &sealed, &proof,
+        )
+        .expect("open");
+        assert_eq!(opened.as_bytes(), secret.as_bytes());
+        // Someone without the invite secret: a box of its own, any proof.
+        let other = crate::InviteSecret::from_bytes([9; 32]);
+        let forged =
+            seal_admission(&other, &joiner.device_id(), &room, 2, [7; 32], &secret).expect("seal");
+        let LobbyMessage::Admitted { sealed, proof, .. } = forged else {
+            panic!("not an admission");
+        };
+        assert!(open_admission(&joiner, &invite, &room, 2, &[7; 32], &sealed, &proof).is_err());
+        assert!(open_admission(&joiner, &invite, &room, 3, &[7; 32], &sealed, &proof).is_err());
     }
 }

@@ -176,15 +176,15 @@ pub struct Ask<'a> {
 }
 
 /// A device asks to join: `Ok(None)` when the invite is not one of ours (another member
-/// answers it), `Ok(Some(Ok(())))` when it admits the device (the use is recorded),
-/// `Ok(Some(Err(reason)))` when it refuses.
+/// answers it), `Ok(Some(Ok(secret)))` when it admits the device (the use is recorded;
+/// the invite's secret proves the answer), `Ok(Some(Err(reason)))` when it refuses.
 pub fn admit(
     store: &mut Store,
     lobby_room: &RoomId,
     ask: &Ask<'_>,
     now_ms: i64,
     generation: u32,
-) -> Result<Option<Result<(), String>>, InviteStoreError> {
+) -> Result<Option<Result<InviteSecret, String>>, InviteStoreError> {
     let Ask {
         invite,
         device,
@@ -207,14 +207,14 @@ pub fn admit(
     let hex_id = hex::encode(device.0);
     if record.used_by.iter().any(|(d, _)| *d == hex_id) {
         // The same device asking again (our answer was lost): admitted already.
-        return Ok(Some(Ok(())));
+        return Ok(Some(Ok(secret)));
     }
     if let Some(reason) = record.closed(now_ms, generation) {
         return Ok(Some(Err(reason)));
     }
     record.used_by.push((hex_id, now_ms));
     put(store, &id, &record)?;
-    Ok(Some(Ok(())))
+    Ok(Some(Ok(secret)))
 }
 
 fn all(store: &Store) -> Result<Vec<(String, InviteRecord)>, StoreError> {
@@ -266,9 +266,9 @@ mod tests {
             let proof = secret.proof(&room, d, "x");
             admit(s, &room, &asking(&id, d, &proof), now, generation).expect("admit")
         };
-        assert_eq!(ask(&mut s, &dev(1), 2_000, 0), Some(Ok(())));
+        assert!(matches!(ask(&mut s, &dev(1), 2_000, 0), Some(Ok(_))));
         // The same device again: still admitted; another: used up.
-        assert_eq!(ask(&mut s, &dev(1), 2_100, 0), Some(Ok(())));
+        assert!(matches!(ask(&mut s, &dev(1), 2_100, 0), Some(Ok(_))));
         let refused = ask(&mut s, &dev(2), 2_200, 0).expect("ours").unwrap_err();
         assert!(refused.contains("used up"), "{refused}");
 
@@ -293,9 +293,10 @@ mod tests {
         let bad = admit(&mut s, &room, &asking(&id2, &dev(4), &[0; 32]), 5_000, 0).expect("admit");
         assert!(bad.unwrap().is_err());
         let other = InviteSecret::from_bytes([8; 32]).id();
-        assert_eq!(
-            admit(&mut s, &room, &asking(&other, &dev(4), &[0; 32]), 5_000, 0).expect("admit"),
-            None
+        assert!(
+            admit(&mut s, &room, &asking(&other, &dev(4), &[0; 32]), 5_000, 0)
+                .expect("admit")
+                .is_none()
         );
         revoke(&mut s, &id2.to_string()[..6]).expect("revoke");
         assert!(

@@ -40,6 +40,14 @@ const HELLO_AT_MOST: Duration = Duration::from_secs(1);
 /// What the lobby heard that the daemon must act on.
 #[derive(Debug)]
 pub(crate) enum Heard {
+    /// The answer to our join request: the secret, sealed to this device, with the
+    /// invite's proof.
+    Admitted {
+        generation: Generation,
+        sealed: Vec<u8>,
+        proof: [u8; 32],
+        from: DeviceId,
+    },
     /// A member handed us the secret of `generation`, sealed to this device.
     Secret {
         generation: Generation,
@@ -192,6 +200,21 @@ impl Lobby {
                     winner,
                 },
                 sealed,
+                from: sender,
+            },
+            LobbyMessage::Admitted {
+                generation,
+                winner,
+                sealed,
+                proof,
+                ..
+            } => Heard::Admitted {
+                generation: Generation {
+                    number: generation,
+                    winner,
+                },
+                sealed,
+                proof,
                 from: sender,
             },
         })

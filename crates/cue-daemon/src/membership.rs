@@ -267,8 +267,9 @@ impl Membership {
                 };
                 match verdict {
                     None => {}
-                    Some(Ok(())) => {
-                        match cue_crypto::seal_secret(
+                    Some(Ok(invite_secret)) => {
+                        match cue_crypto::seal_admission(
+                            &invite_secret,
                             &device,
                             &room,
                             self.held.number,
@@ -312,11 +313,48 @@ impl Membership {
                 let sends = driver.input(now_ms(), Input::Rotations { records })?;
                 session.send_all(driver, sends);
             }
+            Heard::Admitted {
+                generation,
+                sealed,
+                proof,
+                from,
+            } => {
+                // Only the answer to our own request, proven with our invite's secret:
+                // anyone else in the lobby could seal a secret of its own to us.
+                let Some(invite) = self.joining.clone() else {
+                    return Ok(());
+                };
+                let secret = match cue_crypto::open_admission(
+                    &ws.device,
+                    &invite,
+                    &room,
+                    generation.number,
+                    &generation.winner,
+                    &sealed,
+                    &proof,
+                ) {
+                    Ok(s) => s,
+                    Err(error) => {
+                        tracing::warn!(%error, from = %from.short(), "an admission without our invite's proof: ignored");
+                        return Ok(());
+                    }
+                };
+                tracing::info!(from = %from.short(), generation = generation.number, "admitted to the workspace");
+                let by = CoreId(from.0);
+                if let Err(error) = ws.set_admitted_by(&by) {
+                    tracing::warn!(%error, "cannot record who admitted us");
+                }
+                driver.engine_mut().trust(by);
+                self.hold(ws, driver, session, generation, secret)?;
+            }
             Heard::Secret {
                 generation,
                 sealed,
                 from,
             } => {
+                if self.joining.is_some() {
+                    return Ok(());
+                }
                 let secret = match cue_crypto::open_secret(
                     &ws.device,
                     &room,
@@ -330,17 +368,7 @@ impl Membership {
                         return Ok(());
                     }
                 };
-                if self.joining.is_some() {
-                    // Only the member holding our invite could seal it to us after our
-                    // request: we are admitted, and take it for a member.
-                    tracing::info!(from = %from.short(), generation = generation.number, "admitted to the workspace");
-                    let by = CoreId(from.0);
-                    if let Err(error) = ws.set_admitted_by(&by) {
-                        tracing::warn!(%error, "cannot record who admitted us");
-                    }
-                    driver.engine_mut().trust(by);
-                    self.hold(ws, driver, session, generation, secret)?;
-                } else if driver.engine().knows_member(&CoreId(from.0))
+                if driver.engine().knows_member(&CoreId(from.0))
                     && self.pending.len() < MAX_PENDING_SECRETS
                 {
                     self.pending.insert(generation, secret);

@@ -301,7 +301,7 @@ fn a_flood_of_pulls_is_answered_a_few_times_and_a_catch_up_still_completes() {
 /// the key stands in for its ed25519 signature; a member forging one for another device
 /// is modelled by a wrong signature).
 fn admission(device: &cue_core::DeviceId, name: &str, valid: bool) -> Vec<u8> {
-    let mut out = vec![1];
+    let mut out = vec![2];
     out.extend(device.0);
     out.push(name.len() as u8);
     out.extend(name.as_bytes());

@@ -162,24 +162,37 @@ fn invites_expire_and_run_out() {
     }
 }
 
-/// A device that was offline during a rotation gets the new secret from a member when it
-/// returns, with what was written meanwhile, and its own offline edit reaches the others.
+/// Devices offline during a removal: a member gets the new secret from a member when it
+/// returns, with what was written meanwhile, and its own offline edit reaches the others;
+/// the removed device learns, when it returns, that it was removed.
 #[test]
-fn a_device_offline_during_a_rotation_catches_up() {
+fn devices_offline_during_a_removal_catch_up_or_learn_they_were_removed() {
     let (_relay, a, b) = pair();
+    let c = Peer::new("carol");
+    c.join(&a.invite());
+    c.start();
     a.write("n.md", "one\n");
     wait_for_file(&b, "n.md", "the first version", |_| true);
+    wait_for_file(&c, "n.md", "the first version", |_| true);
     b.stop();
+    c.stop();
     b.write("mine.md", "written offline\n");
-    let out = a.cue_ok(&["sync", "rotate"]);
+    let out = a.cue_ok(&["sync", "remove", "carol"]);
     assert!(out.contains("generation 1"), "{out}");
     a.write("n.md", "one\ntwo\n");
     b.start();
+    c.start();
     wait_for_file(&b, "n.md", "the edit made after the rotation", |c| {
         c.contains("two")
     });
     wait_for_file(&a, "mine.md", "bob's offline file", |_| true);
     assert_eq!(b.status().0["membership"]["generation"], 1);
-    a.stop();
-    b.stop();
+    wait_until("carol to learn on her return that she was removed", || {
+        membership(&c) == "removed"
+    });
+    assert_eq!(c.read("n.md").as_deref(), Some("one\n"));
+    assert_eq!(c.read("mine.md"), None);
+    for p in [&a, &b, &c] {
+        p.stop();
+    }
 }

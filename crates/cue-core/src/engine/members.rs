@@ -37,7 +37,9 @@ impl std::fmt::Debug for Check {
 /// length, name, signature), unchecked.
 fn admission_name(device: &DeviceId, bytes: &[u8]) -> Option<String> {
     let (&version, rest) = bytes.split_first()?;
-    if version != 1 || rest.len() < 33 || rest[..32] != device.0 {
+    // Version 2 (signed for the lobby room): an older one is written again at the
+    // device's next start, since members no longer take it.
+    if version != 2 || rest.len() < 33 || rest[..32] != device.0 {
         return None;
     }
     let n = usize::from(rest[32]);
