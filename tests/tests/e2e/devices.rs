@@ -196,3 +196,38 @@ fn devices_offline_during_a_removal_catch_up_or_learn_they_were_removed() {
         p.stop();
     }
 }
+
+/// A device that joined again from scratch (its `.cuedeck/` deleted) under a new name
+/// leaves its old self as an offline peer; `cue sync remove` takes the old one out of
+/// status and devices, and the new one goes on syncing.
+#[test]
+fn the_old_self_of_a_device_that_joined_again_can_be_removed() {
+    let (_relay, a, b) = pair();
+    a.write("n.md", "one\n");
+    wait_for_file(&b, "n.md", "the first version", |_| true);
+    b.stop();
+    std::fs::remove_dir_all(b.path(".cuedeck")).unwrap();
+    b.cue_ok(&["sync", "join", a.invite().trim(), "--name", "bob-again"]);
+    b.start();
+    let names = |p: &Peer| -> Vec<String> {
+        p.status().0["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    wait_until("alice to see both of bob's selves", || {
+        let n = names(&a);
+        n.contains(&"bob".to_string()) && n.contains(&"bob-again".to_string())
+    });
+    a.cue_ok(&["sync", "remove", "bob"]);
+    wait_until("the old self to leave alice's peers", || {
+        names(&a) == vec!["bob-again".to_string()]
+    });
+    a.write("n.md", "one\ntwo\n");
+    wait_for_file(&b, "n.md", "an edit after the removal", |c| c.contains("two"));
+    assert_eq!(names(&b), vec!["alice".to_string()]);
+    a.stop();
+    b.stop();
+}
