@@ -226,7 +226,9 @@ fn the_old_self_of_a_device_that_joined_again_can_be_removed() {
         names(&a) == vec!["bob-again".to_string()]
     });
     a.write("n.md", "one\ntwo\n");
-    wait_for_file(&b, "n.md", "an edit after the removal", |c| c.contains("two"));
+    wait_for_file(&b, "n.md", "an edit after the removal", |c| {
+        c.contains("two")
+    });
     assert_eq!(names(&b), vec!["alice".to_string()]);
     a.stop();
     b.stop();
