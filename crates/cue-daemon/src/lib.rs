@@ -31,6 +31,7 @@
 //! runs the relay client and the control socket as tasks. Only the main loop's task holds
 //! secrets beyond the room key; the relay client deals in frames.
 
+pub mod alone;
 pub mod config;
 pub mod control;
 mod debounce;

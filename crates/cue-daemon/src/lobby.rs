@@ -84,6 +84,8 @@ pub(crate) struct Lobby {
     last_hello: Option<Instant>,
     /// Why the lobby could not be reached, while not connected (for status).
     pub problem: Option<String>,
+    /// How many other connections the lobby has, as the relay says.
+    present: usize,
     /// Lobby messages refused, by reason (for the log).
     pub rejected: HashMap<&'static str, u64>,
 }
@@ -107,6 +109,7 @@ impl Lobby {
             seq: now.saturating_mul(1000),
             last_hello: None,
             problem: None,
+            present: 0,
             rejected: HashMap::new(),
         }
     }
@@ -122,16 +125,24 @@ impl Lobby {
         let mut greet = false;
         for event in events {
             match event {
-                RelayEvent::Connected { .. } => {
+                RelayEvent::Connected { peers, .. } => {
                     self.connected = true;
+                    self.present = peers.len();
                     self.problem = None;
                     self.routes.clear();
                     greet = true;
                 }
-                RelayEvent::PeerJoined(_) => greet = true,
-                RelayEvent::PeerLeft(peer) => self.routes.retain(|_, p| *p != peer),
+                RelayEvent::PeerJoined(_) => {
+                    self.present += 1;
+                    greet = true;
+                }
+                RelayEvent::PeerLeft(peer) => {
+                    self.present = self.present.saturating_sub(1);
+                    self.routes.retain(|_, p| *p != peer);
+                }
                 RelayEvent::Disconnected { reason } => {
                     self.connected = false;
+                    self.present = 0;
                     self.problem = Some(format!("connection lost: {reason}"));
                     self.routes.clear();
                     self.guard.on_disconnect();
@@ -268,6 +279,16 @@ impl Lobby {
 
     pub fn close(&self) {
         let _ = self.relay.send(RelayCommand::Close);
+    }
+
+    /// Connected, with no other connection in the lobby.
+    pub fn alone(&self) -> bool {
+        self.connected && self.present == 0
+    }
+
+    /// Drops the connection and connects again (see `alone.rs`).
+    pub fn reconnect(&self) {
+        let _ = self.relay.send(RelayCommand::Reconnect);
     }
 }
 

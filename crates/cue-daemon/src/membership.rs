@@ -62,6 +62,7 @@ pub(crate) struct Membership {
     params: RelayParams,
     /// A client for a new room, for the main loop to swap in.
     pub new_room: Option<Room>,
+    lobby_alone: crate::alone::Alone,
 }
 
 /// Where this device stands, for status.
@@ -95,6 +96,7 @@ impl Membership {
             removed: None,
             params,
             new_room: None,
+            lobby_alone: crate::alone::Alone::new(crate::alone::jitter()),
         };
         (membership, (events, task))
     }
@@ -193,10 +195,25 @@ impl Membership {
         self.follow(ws, driver, session)
     }
 
-    /// Now and then: say hello again (or ask again to join).
-    pub fn tick(&mut self, ws: &Workspace) {
+    /// Now and then: say hello again (or ask again to join), and reconnect the lobby if
+    /// it is alone there while someone should be (`alone.rs`). `others`: whether the
+    /// workspace has other members.
+    pub fn tick(&mut self, ws: &Workspace, others: bool) {
         if self.lobby.due(true) {
             self.say(ws);
+        }
+        let expected =
+            self.removed.is_none() && self.refused.is_none() && (others || self.joining.is_some());
+        let j = crate::alone::jitter();
+        if !self.lobby.alone() {
+            self.lobby_alone.met(j);
+        }
+        if self
+            .lobby_alone
+            .check(std::time::Instant::now(), self.lobby.alone(), expected, j)
+        {
+            tracing::info!("alone in the lobby while others should be there: connecting again");
+            self.lobby.reconnect();
         }
     }
 

@@ -66,6 +66,9 @@ pub enum RelayEvent {
 pub enum RelayCommand {
     Broadcast(Vec<u8>),
     Direct(PeerId, Vec<u8>),
+    /// Drop the connection and connect again at once (alone in a room that a balancer
+    /// may have split: `alone.rs`).
+    Reconnect,
     /// Close the connection and end the task.
     Close,
 }
@@ -161,6 +164,7 @@ pub async fn run(
                 () = tokio::time::sleep_until(until) => break,
                 cmd = commands.recv() => match cmd {
                     None | Some(RelayCommand::Close) => return,
+                    Some(RelayCommand::Reconnect) => break,
                     Some(_) => {}
                 },
             }
@@ -426,6 +430,12 @@ async fn exchange_with(
                 }
                 Some(RelayCommand::Direct(to, payload)) => {
                     vec![ClientFrame::Direct { id: 0, to, payload }]
+                }
+                Some(RelayCommand::Reconnect) => {
+                    let _ = ws.close(None).await;
+                    return admitted_lost(
+                        "alone in the room while others should be there: connecting again".into(),
+                    );
                 }
             },
             () = sleep_until_opt(out.next_retry()) => out.due(Instant::now()),

@@ -220,6 +220,8 @@ struct Daemon<'w> {
     membership: Membership,
     /// The relay clients (the room's, the lobby's, and those of rooms left).
     relay_tasks: Vec<JoinHandle<()>>,
+    /// How long the room has had nobody else in it (see `alone.rs`).
+    alone: crate::alone::Alone,
     next_tick: tokio::time::Instant,
     /// The store's WAL and free pages are given back once the daemon has been quiet for
     /// [`RECLAIM_AFTER_QUIET`] after writing (a WAL grows to megabytes between
@@ -286,6 +288,7 @@ async fn daemon(ws: Workspace, auth_token: String) -> Result<(), RunError> {
         session,
         membership,
         relay_tasks: std::mem::take(&mut relay_tasks),
+        alone: crate::alone::Alone::new(crate::alone::jitter()),
         next_tick: tokio::time::Instant::now() + TICK,
         last_busy: std::time::Instant::now(),
         reclaim_due: false,
@@ -440,10 +443,31 @@ impl Daemon<'_> {
         };
         self.next_tick = tokio::time::Instant::now() + every;
         self.session.send_all(&mut self.driver, step?);
-        self.membership.tick(self.ws);
+        let others = self.driver.engine().members().len() > 1;
+        self.heal_split_room(others);
+        self.membership.tick(self.ws, others);
         self.membership
             .follow(self.ws, &mut self.driver, &mut self.session)?;
         Ok(Flow::Continue)
+    }
+
+    /// Alone in the room while the workspace has other members: after a while, connect
+    /// again, in case a balancer split the room over two relays (`alone.rs`).
+    fn heal_split_room(&mut self, others: bool) {
+        let j = crate::alone::jitter();
+        let alone = self.session.alone();
+        if !alone {
+            self.alone.met(j);
+        }
+        if self
+            .alone
+            .check(std::time::Instant::now(), alone, others, j)
+        {
+            tracing::info!(
+                "alone in the room while the workspace has other members: connecting again"
+            );
+            self.session.reconnect();
+        }
     }
 
     fn busy(&mut self) {

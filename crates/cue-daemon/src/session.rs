@@ -70,6 +70,8 @@ pub(crate) struct Session<'w> {
     rejected: BTreeMap<&'static str, u64>,
     /// Envelopes opened in this run (status shows it: a removed device opens nothing).
     opened: u64,
+    /// How many other connections the room has, as the relay says.
+    present: usize,
 }
 
 /// An envelope that passed every check, waiting to be handed to the engine.
@@ -107,6 +109,7 @@ impl<'w> Session<'w> {
             seqs: Seqs::resume(store)?,
             rejected: BTreeMap::new(),
             opened: 0,
+            present: 0,
         })
     }
 
@@ -161,6 +164,16 @@ impl<'w> Session<'w> {
         }
     }
 
+    /// Connected, with no other connection in the room.
+    pub fn alone(&self) -> bool {
+        self.connected && self.present == 0
+    }
+
+    /// Drops the connection and connects again (see `alone.rs`).
+    pub fn reconnect(&self) {
+        let _ = self.relay.send(RelayCommand::Reconnect);
+    }
+
     /// Envelopes opened so far in this run.
     pub fn opened(&self) -> u64 {
         self.opened
@@ -201,6 +214,7 @@ impl<'w> Session<'w> {
                     tracing::info!(?you, peers = peers.len(), "joined the relay room");
                     self.connected = true;
                     self.relay_problem = None;
+                    self.present = peers.len();
                     self.peers.clear();
                     let limit = usize::try_from(limits.max_message_bytes).unwrap_or(usize::MAX);
                     if let Some(max) = cue_crypto::max_plaintext_for(limit) {
@@ -210,21 +224,26 @@ impl<'w> Session<'w> {
                     self.input(driver, Input::Connected)?
                 }
                 RelayEvent::PeerJoined(peer) => {
+                    self.present += 1;
                     self.send_admission(driver.store_mut(), Some(peer));
                     Vec::new()
                 }
-                RelayEvent::PeerLeft(peer) => match self.peers.left(peer) {
-                    Some(device) => {
-                        self.replay.guard_mut().on_peer_left(&device);
-                        let device = core_id(&device);
-                        self.input(driver, Input::PeerLeft { device })?
+                RelayEvent::PeerLeft(peer) => {
+                    self.present = self.present.saturating_sub(1);
+                    match self.peers.left(peer) {
+                        Some(device) => {
+                            self.replay.guard_mut().on_peer_left(&device);
+                            let device = core_id(&device);
+                            self.input(driver, Input::PeerLeft { device })?
+                        }
+                        None => Vec::new(),
                     }
-                    None => Vec::new(),
-                },
+                }
                 RelayEvent::Disconnected { reason } => {
                     tracing::info!(%reason, "offline; reconnecting");
                     self.relay_problem = Some(format!("connection lost: {reason}"));
                     self.connected = false;
+                    self.present = 0;
                     self.peers.clear();
                     self.replay.guard_mut().on_disconnect();
                     self.input(driver, Input::Disconnected)?

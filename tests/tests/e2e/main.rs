@@ -7,6 +7,7 @@
 mod cli;
 mod devices;
 mod faults;
+mod fleet;
 mod robustness;
 mod rules;
 mod sync;
