@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 mod demo;
+mod history;
 mod members;
 mod progress;
 mod status_view;
@@ -65,6 +66,29 @@ enum Top {
     /// What happened in the workspace.
     #[command(subcommand, after_help = "Example:\n  cue activity log --since 1d")]
     Activity(ActivityCmd),
+    /// The versions of a file, newest first: REV, time, device, what changed (follows
+    /// renames).
+    #[command(
+        after_help = "Example:\n  cue history notes/plan.md\n  cue history notes/plan.md --json | jq '.[0].rev'"
+    )]
+    History {
+        /// The file, relative to the current folder.
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a version of a file, as it was (REV from `cue history`).
+    #[command(after_help = "Example:\n  cue show notes/plan.md --at 3f2a9c1d0e4b")]
+    Show {
+        /// The file, relative to the current folder.
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+        /// The version: a REV of `cue history` (at least its first 4 hex digits).
+        #[arg(long, value_name = "REV")]
+        at: String,
+    },
     /// Run the relay in this process (the same code as `cue-relay`).
     #[command(after_help = "Example:\n  cue relay --listen 127.0.0.1:8080")]
     Relay(RelayCmd),
@@ -242,8 +266,12 @@ enum SyncCmd {
     /// deletions the mass-deletion guard holds included.
     #[command(after_help = "Examples:\n  cue sync restore notes/todo.md\n  cue sync restore .")]
     Restore {
-        /// A file, a folder, or `.` for the whole workspace.
-        path: PathBuf,
+        /// Files, folders, or `.` for the whole workspace (one file with --at).
+        #[arg(value_name = "PATH", required = true)]
+        paths: Vec<PathBuf>,
+        /// Bring the file back to this version of `cue history`, as a new edit.
+        #[arg(long, value_name = "REV")]
+        at: Option<String>,
     },
     /// Let the deletions the mass-deletion guard holds go through (here and to the
     /// other devices).
@@ -450,6 +478,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let root = find_root(&base)?;
             activity_log(&root, since, limit, json, follow)
         }
+        Top::History { path, json } => {
+            let root = find_root(&base)?;
+            let rel = workspace_relative(&base, &root, &path)?;
+            history::history(&root, &rel, json)
+        }
+        Top::Show { path, at } => {
+            let root = find_root(&base)?;
+            let rel = workspace_relative(&base, &root, &path)?;
+            history::show(&root, &rel, &at)
+        }
         Top::Relay(cmd) => relay(cmd),
         Top::Completions { shell } => {
             clap_complete::generate(shell, &mut cli_command(), "cue", &mut std::io::stdout());
@@ -569,14 +607,27 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
         }
         SyncCmd::Stop => stop(&find_root(base)?),
         SyncCmd::Status { json } => status(&find_root(base)?, json),
-        SyncCmd::Restore { path } => {
+        SyncCmd::Restore {
+            paths,
+            at: Some(rev),
+        } => {
+            let [path] = paths.as_slice() else {
+                bail!("--at restores one file: give one PATH (REV is a version of that file)");
+            };
             let root = find_root(base)?;
-            let rel = workspace_relative(base, &root, &path).unwrap_or_else(|_| ".".into());
-            command(&root, Request::Restore { path: rel.clone() })?;
-            if rel == "." {
-                println!("Restored the deleted files.");
-            } else {
-                println!("Restored {rel}.");
+            let rel = workspace_relative(base, &root, path)?;
+            history::restore_at(&root, &rel, &rev)
+        }
+        SyncCmd::Restore { paths, at: None } => {
+            let root = find_root(base)?;
+            for path in &paths {
+                let rel = workspace_relative(base, &root, path).unwrap_or_else(|_| ".".into());
+                command(&root, Request::Restore { path: rel.clone() })?;
+                if rel == "." {
+                    println!("Restored the deleted files.");
+                } else {
+                    println!("Restored {rel}.");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -894,7 +945,7 @@ fn activity_log(
 /// A time for people: local (`TZ`, else the system's zone), to the second, with the
 /// offset: `2026-11-22 12:55:34 +09:00`. JSON keeps RFC 3339 UTC (docs/reference.md
 /// §1.10).
-fn local_time(ms: i64, zone: &jiff::tz::TimeZone) -> String {
+pub(crate) fn local_time(ms: i64, zone: &jiff::tz::TimeZone) -> String {
     match jiff::Timestamp::from_millisecond(ms) {
         Ok(t) => t
             .to_zoned(zone.clone())
@@ -985,9 +1036,9 @@ mod tests {
         cmd.clone().debug_assert();
         let mut seen = 0;
         walk(&cmd, "cue", &mut seen);
-        // cue, sync and its 12 commands, watch, activity, activity log, relay,
-        // completions, demo.
-        assert_eq!(seen, 20);
+        // cue, sync and its 12 commands, watch, activity, activity log, history, show,
+        // relay, completions, demo.
+        assert_eq!(seen, 22);
     }
 
     #[test]

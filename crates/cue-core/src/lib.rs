@@ -28,8 +28,8 @@ pub use doc::{ContentKind, DocError, FieldConflict, FileDoc};
 pub use engine::{
     ADMISSION_PREFIX, Activity, ActivityKind, AdmissionCheck, CatchUp, CommandError, Config,
     ConflictInfo, Counters, DeletionsPaused, DeviceInfo, DocStore, Effect, Engine, FileMeta,
-    Generation, Input, LobbyAnswer, PeerInfo, Persist, Removal, Restored, RotationCheck,
-    RotationMeta, Status, actor_for, conflict_copy_name,
+    Generation, HistoryError, Input, LobbyAnswer, PeerInfo, Persist, Removal, Restored,
+    RotationCheck, RotationMeta, Status, Version, actor_for, conflict_copy_name,
 };
 pub use ids::{ContentHash, DeviceId, DocId, FileId, content_hash};
 pub use index::ConflictKind;

@@ -75,6 +75,14 @@ pub fn restored_from(store: &Store) -> Result<Restored, StoreError> {
 
 /// The engine's status computed from the store alone (no daemon running).
 pub fn offline_status(ws: &Workspace) -> Result<Status, StoreError> {
+    let (mut engine, store) = reading_engine(ws)?;
+    Ok(engine.status(&mut StoreDocs(&store)))
+}
+
+/// An engine over the store, for reading only (status without a daemon, a file's
+/// history): nothing it does is stored, so it may run beside a daemon (SQLite lets
+/// another process read while the daemon writes).
+pub fn reading_engine(ws: &Workspace) -> Result<(Engine, Store), StoreError> {
     let store = Store::open(&ws.store_path())?;
     let restored = restored_from(&store)?;
     let epoch = current_epoch(&store)?;
@@ -88,7 +96,29 @@ pub fn offline_status(ws: &Workspace) -> Result<Status, StoreError> {
     );
     engine.set_admission_check(ws.admission_check());
     engine.set_rotation_check(ws.rotation_check());
-    Ok(engine.status(&mut StoreDocs(&store)))
+    Ok((engine, store))
+}
+
+/// A file's versions, newest first (`cue history`).
+pub fn history(ws: &Workspace, path: &str) -> Result<Vec<cue_core::Version>, String> {
+    let (mut engine, store) = reading_engine(ws).map_err(|e| e.to_string())?;
+    engine
+        .history(path, &mut StoreDocs(&store))
+        .map_err(|e| e.to_string())
+}
+
+/// The content of a file at a version (`cue show --at`, `cue sync restore --at`).
+pub fn version(ws: &Workspace, path: &str, rev: &str) -> Result<Vec<u8>, String> {
+    let (mut engine, store) = reading_engine(ws).map_err(|e| e.to_string())?;
+    engine
+        .version(path, rev, &mut StoreDocs(&store))
+        .map_err(|e| e.to_string())
+}
+
+/// The content of a file as cue last took it in, if it is a live synced file.
+pub fn current(ws: &Workspace, path: &str) -> Option<Vec<u8>> {
+    let (mut engine, store) = reading_engine(ws).ok()?;
+    engine.read(path, &mut StoreDocs(&store))
 }
 
 fn current_epoch(store: &Store) -> Result<u32, StoreError> {

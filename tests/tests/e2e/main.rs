@@ -8,6 +8,7 @@ mod cli;
 mod devices;
 mod faults;
 mod fleet;
+mod history;
 mod robustness;
 mod rules;
 mod sync;

@@ -1,0 +1,96 @@
+//! A file's history (docs/reference.md §1.5): `cue history`, `cue show --at`, `cue sync
+//! restore --at`, with or without a daemon.
+
+use cue_e2e::*;
+
+fn revs(p: &Peer, rel: &str) -> Vec<serde_json::Value> {
+    let out = p.cue_ok(&["history", rel, "--json"]);
+    serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn history_show_and_restore_at_a_version() {
+    let (_relay, a, b) = pair();
+    let v1 = "---\ntitle: Plan\n---\nfirst line\n";
+    let v2 = "---\ntitle: Plan\n---\nfirst line\nsecond line\n";
+    let v3 = "---\ntitle: The plan\n---\nfirst line\nsecond line\nbob's line\n";
+    a.write("plan.md", v1);
+    wait_for_file(&b, "plan.md", "v1", |c| c == v1);
+    a.write("plan.md", v2);
+    wait_for_file(&b, "plan.md", "v2", |c| c == v2);
+    b.write("plan.md", v3);
+    wait_for_file(&a, "plan.md", "v3", |c| c == v3);
+    // Into a folder the watcher already watches (a file there made it sync).
+    a.write("notes/readme.md", "notes\n");
+    wait_for_file(&b, "notes/readme.md", "the folder", |_| true);
+    std::fs::rename(a.path("plan.md"), a.path("notes/plan.md")).unwrap();
+    wait_for_file(&b, "notes/plan.md", "the rename", |c| c == v3);
+
+    // Newest first, by whom, what changed; the same on both devices, across the rename.
+    let h = revs(&b, "notes/plan.md");
+    assert_eq!(h.len(), 3, "{h:?}");
+    assert_eq!(h[0]["device"], "bob");
+    assert_eq!(
+        (&h[0]["lines_added"], &h[0]["lines_removed"]),
+        (&2.into(), &1.into())
+    );
+    assert_eq!(h[0]["frontmatter_changed"], serde_json::json!(["title"]));
+    assert_eq!(h[1]["device"], "alice");
+    assert_eq!(h[2]["size"], v1.len());
+    assert_eq!(revs(&a, "notes/plan.md"), h);
+    let text = b.cue_ok(&["history", "notes/plan.md"]);
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(text.lines().next().unwrap().contains("bob"), "{text}");
+    assert!(text.contains("frontmatter: title"), "{text}");
+
+    // A version, as it was.
+    let oldest = h[2]["rev"].as_str().unwrap();
+    assert_eq!(b.cue_ok(&["show", "notes/plan.md", "--at", oldest]), v1);
+    let out = b.cue(&["show", "notes/plan.md", "--at", "ffffffff"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cue history"));
+
+    // Brought back as a new edit, everywhere.
+    let out = a.cue_ok(&["sync", "restore", "notes/plan.md", "--at", oldest]);
+    assert!(out.contains("Restored"), "{out}");
+    wait_for_file(&b, "notes/plan.md", "the restored version", |c| c == v1);
+    wait_until("the restore to be the newest version", || {
+        let h = revs(&b, "notes/plan.md");
+        h.len() == 4 && h[0]["device"] == "alice"
+    });
+
+    // Not over changes cue has not taken in (no daemon to take them).
+    a.stop();
+    a.write("notes/plan.md", "unsynced edit\n");
+    let out = a.cue(&["sync", "restore", "notes/plan.md", "--at", oldest]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not taken in"));
+    assert_eq!(a.read("notes/plan.md").as_deref(), Some("unsynced edit\n"));
+    b.stop();
+}
+
+#[test]
+fn restore_takes_several_paths() {
+    let (_relay, a, b) = pair();
+    a.write("one.md", "1\n");
+    a.write("two.md", "2\n");
+    wait_for_file(&b, "two.md", "the files", |_| true);
+    wait_for_file(&b, "one.md", "the files", |_| true);
+    a.remove("one.md");
+    a.remove("two.md");
+    wait_until("the deletions to reach bob", || {
+        b.read("one.md").is_none() && b.read("two.md").is_none()
+    });
+    let out = b.cue_ok(&["sync", "restore", "one.md", "two.md"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    wait_for_file(&a, "one.md", "one restored", |c| c == "1\n");
+    wait_for_file(&a, "two.md", "two restored", |c| c == "2\n");
+    let out = b.cue(&["sync", "restore", "one.md", "two.md", "--at", "abcd"]);
+    assert_eq!(out.status.code(), Some(1));
+    a.stop();
+    b.stop();
+}
