@@ -87,3 +87,49 @@ pub fn restore_at(root: &Path, rel: &str, rev: &str) -> anyhow::Result<ExitCode>
     println!("Restored {rel} to version {rev}, as a new edit.");
     Ok(ExitCode::SUCCESS)
 }
+
+/// `cue export --automerge DIR`: `files/PATH.automerge` for each synced file, the index
+/// as `index.automerge`, and `manifest.json` (path, file id, kind, size, SHA-256 of the
+/// content) into DIR, which must be empty or absent (docs/schema.md).
+pub fn export(root: &Path, dir: &Path) -> anyhow::Result<ExitCode> {
+    use sha2::Digest;
+    let ws = Workspace::open(root)?;
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        bail!(
+            "{} is not empty: export into a new or empty folder",
+            dir.display()
+        );
+    }
+    let (files, index) = driver::export(&ws).map_err(|e| anyhow!(e))?;
+    std::fs::create_dir_all(dir.join("files"))?;
+    let mut manifest = Vec::with_capacity(files.len());
+    for f in &files {
+        let target = dir.join("files").join(format!("{}.automerge", f.path));
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&target, &f.document)?;
+        manifest.push(serde_json::json!({
+            "path": f.path,
+            "document": format!("files/{}.automerge", f.path),
+            "file_id": f.file.to_string(),
+            "kind": if std::str::from_utf8(&f.content).is_ok() { "text" } else { "binary" },
+            "size": f.content.len(),
+            "sha256": hex::encode(sha2::Sha256::digest(&f.content)),
+        }));
+    }
+    std::fs::write(dir.join("index.automerge"), &index)?;
+    let doc = serde_json::json!({
+        "schema_version": 1,
+        "workspace_id": ws.workspace_id(),
+        "index": "index.automerge",
+        "files": manifest,
+    });
+    std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&doc)?)?;
+    println!(
+        "Exported {} to {} (docs/schema.md describes the documents).",
+        crate::status_view::plural(files.len() as u64, "file", "files"),
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

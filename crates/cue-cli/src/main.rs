@@ -79,6 +79,14 @@ enum Top {
         #[arg(long)]
         json: bool,
     },
+    /// Write every synced file's automerge document and the index into DIR (readable by
+    /// any automerge implementation: docs/schema.md).
+    #[command(after_help = "Example:\n  cue export --automerge ~/notes-export")]
+    Export {
+        /// Write automerge documents (the only format today).
+        #[arg(long, value_name = "DIR")]
+        automerge: PathBuf,
+    },
     /// Print a version of a file, as it was (REV from `cue history`).
     #[command(after_help = "Example:\n  cue show notes/plan.md --at 3f2a9c1d0e4b")]
     Show {
@@ -482,6 +490,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let root = find_root(&base)?;
             let rel = workspace_relative(&base, &root, &path)?;
             history::history(&root, &rel, json)
+        }
+        Top::Export { automerge } => {
+            let root = find_root(&base)?;
+            history::export(&root, &base.join(automerge))
         }
         Top::Show { path, at } => {
             let root = find_root(&base)?;
@@ -1036,9 +1048,9 @@ mod tests {
         cmd.clone().debug_assert();
         let mut seen = 0;
         walk(&cmd, "cue", &mut seen);
-        // cue, sync and its 12 commands, watch, activity, activity log, history, show,
-        // relay, completions, demo.
-        assert_eq!(seen, 22);
+        // cue, sync and its 12 commands, watch, activity, activity log, history, export,
+        // show, relay, completions, demo.
+        assert_eq!(seen, 23);
     }
 
     #[test]

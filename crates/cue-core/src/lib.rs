@@ -27,8 +27,8 @@ pub mod wire;
 pub use doc::{ContentKind, DocError, FieldConflict, FileDoc};
 pub use engine::{
     ADMISSION_PREFIX, Activity, ActivityKind, AdmissionCheck, CatchUp, CommandError, Config,
-    ConflictInfo, Counters, DeletionsPaused, DeviceInfo, DocStore, Effect, Engine, FileMeta,
-    Generation, HistoryError, Input, LobbyAnswer, PeerInfo, Persist, Removal, Restored,
+    ConflictInfo, Counters, DeletionsPaused, DeviceInfo, DocStore, Effect, Engine, Exported,
+    FileMeta, Generation, HistoryError, Input, LobbyAnswer, PeerInfo, Persist, Removal, Restored,
     RotationCheck, RotationMeta, Status, Version, actor_for, conflict_copy_name,
 };
 pub use ids::{ContentHash, DeviceId, DocId, FileId, content_hash};

@@ -115,6 +115,14 @@ pub fn version(ws: &Workspace, path: &str, rev: &str) -> Result<Vec<u8>, String>
         .map_err(|e| e.to_string())
 }
 
+/// Every synced file's document and the index's, as automerge saves them (`cue export`).
+pub fn export(ws: &Workspace) -> Result<(Vec<cue_core::Exported>, Vec<u8>), String> {
+    let (mut engine, store) = reading_engine(ws).map_err(|e| e.to_string())?;
+    engine
+        .export(&mut StoreDocs(&store))
+        .map_err(|e| e.to_string())
+}
+
 /// The content of a file as cue last took it in, if it is a live synced file.
 pub fn current(ws: &Workspace, path: &str) -> Option<Vec<u8>> {
     let (mut engine, store) = reading_engine(ws).ok()?;

@@ -94,3 +94,68 @@ fn restore_takes_several_paths() {
     a.stop();
     b.stop();
 }
+
+/// `cue export --automerge`: every document loads in the reference JavaScript automerge,
+/// renders by docs/schema.md to the exact bytes on disk, and saves again to the same
+/// bytes (`tests/automerge-js/check.mjs`; `.ci/run` installs its npm package).
+#[test]
+fn an_export_reads_back_in_javascript_automerge_byte_for_byte() {
+    let checker = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("automerge-js");
+    if !checker.join("node_modules/@automerge/automerge").exists() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "tests/automerge-js has no node_modules: .ci/run runs npm ci there"
+        );
+        eprintln!("npm ci in tests/automerge-js first: the export check is skipped");
+        return;
+    }
+    let (_relay, a, b) = pair();
+    a.write(
+        "notes/plan.md",
+        "---\n# kept comment\ntitle: Plan\ntags: [a, b]\nsteps:\n  - one\n  - two\n---\n# Plan\n\nfirst\n",
+    );
+    a.write("raw.md", "---\nnot: [valid\n---\nbody\n");
+    a.write("plain.txt", "héllo wörld\n");
+    std::fs::write(a.path("image.bin"), [0xffu8, 0, 1, 2, 0xfe]).unwrap();
+    wait_for_file(&b, "plain.txt", "the files", |_| true);
+    wait_for_file(&b, "notes/plan.md", "the files", |_| true);
+    // Edits from both devices: documents with two actors' changes.
+    b.write(
+        "notes/plan.md",
+        "---\n# kept comment\ntitle: The plan\ntags: [a, b, c]\nsteps:\n  - one\n  - two\n  - three\n---\n# Plan\n\nfirst\nsecond, from bob\n",
+    );
+    wait_for_file(&a, "notes/plan.md", "bob's edit", |c| {
+        c.contains("from bob")
+    });
+    wait_until("the binary file on bob", || {
+        b.read("image.bin").is_none() && b.path("image.bin").exists()
+    });
+
+    let out_dir = tempfile::tempdir().unwrap();
+    let export = out_dir.path().join("export");
+    let said = a.cue_ok(&["export", "--automerge", export.to_str().unwrap()]);
+    assert!(said.contains("Exported 4 files"), "{said}");
+    let run = std::process::Command::new("node")
+        .arg(checker.join("check.mjs"))
+        .arg(&export)
+        .arg(a.path(""))
+        .current_dir(&checker)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        report.lines().filter(|l| l.contains(": ok")).count(),
+        4,
+        "{report}"
+    );
+    // Not over an earlier export.
+    let again = a.cue(&["export", "--automerge", export.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    a.stop();
+    b.stop();
+}

@@ -210,3 +210,43 @@ fn frontmatter_changes(before: &[u8], after: &[u8]) -> Vec<String> {
     changed.dedup();
     changed
 }
+
+/// One synced file as `cue export` writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exported {
+    pub path: String,
+    pub file: FileId,
+    /// The document, as automerge's `save()` writes it.
+    pub document: Vec<u8>,
+    /// The bytes it materialises to (what is on disk).
+    pub content: Vec<u8>,
+}
+
+impl Engine {
+    /// Every live synced file's document, and the index's, as automerge saves them
+    /// (`cue export --automerge`; docs/schema.md).
+    pub fn export(
+        &mut self,
+        store: &mut dyn DocStore,
+    ) -> Result<(Vec<Exported>, Vec<u8>), HistoryError> {
+        let live = self.live_view(store);
+        let mut files = Vec::with_capacity(live.len());
+        for (file, path) in live {
+            let unreadable = |e: DocError| HistoryError::Unreadable(path.clone(), e.to_string());
+            let (document, content) = self
+                .with_doc(file, store, |d| {
+                    let content = d.materialize()?;
+                    Ok((d.automerge().save(), content))
+                })
+                .map_err(unreadable)?;
+            files.push(Exported {
+                path,
+                file,
+                document,
+                content,
+            });
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok((files, self.index.automerge().save()))
+    }
+}

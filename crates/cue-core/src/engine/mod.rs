@@ -40,7 +40,7 @@ use apply::*;
 pub use conflicts::conflict_copy_name;
 pub use contract::*;
 use files::Files;
-pub use history::{HistoryError, REV_DIGITS, Version};
+pub use history::{Exported, HistoryError, REV_DIGITS, Version};
 pub use layout::FileMeta;
 use layout::*;
 use limit::{DeferredPull, PullLimiter};
