@@ -260,20 +260,24 @@ fn fleet(kind: Kind) {
     // balancer now hashes the room, the returned relay for the rooms it held, while the
     // other side stays on the relay it failed over to: those rooms are split.
     relays[busiest] = Some(Relay::start_on(&killed_at.to_string()));
+    let returned = std::time::Instant::now();
     let back = relays[busiest].as_ref().unwrap();
     if lb.kind == Kind::Haproxy {
         // Marked up after two good checks ("rise 2"); the third is after that.
         wait_until("HAProxy to take the relay back", || checked(back, 3));
     }
-    // (nginx tries a failed server again after its fail_timeout, 2 s: the attempts
-    // below restart the peers until a room splits.)
+    // nginx tries a failed server again only after its fail_timeout (2 s) has passed
+    // since the last connection it failed.
+    wait_until("nginx's fail_timeout to pass", || {
+        lb.kind == Kind::Haproxy || returned.elapsed() > Duration::from_secs(3)
+    });
     let is_split = |(a, b): &(Peer, Peer)| {
         // Both sides connected, and neither sees the other.
         let connected = |p: &Peer| p.status().0["relay"]["connected"] == true;
         connected(a) && connected(b) && online_peers(a) == 0 && online_peers(b) == 0
     };
     let mut split = 0;
-    for _attempt in 0..3 {
+    for _attempt in 0..6 {
         for (_, b) in &pairs {
             b.stop();
             b.start();
