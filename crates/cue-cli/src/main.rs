@@ -14,6 +14,7 @@ use std::time::Duration;
 mod demo;
 mod history;
 mod members;
+mod now;
 mod progress;
 mod status_view;
 
@@ -259,6 +260,15 @@ enum SyncCmd {
         foreground: bool,
         #[command(flatten)]
         auth: AuthArgs,
+    },
+    /// Sync once and exit: 0 when every online peer holds what this device holds and
+    /// the other way round, 1 with the reason otherwise (for scripts and cron; starts a
+    /// daemon for the while if none runs).
+    #[command(after_help = "Example:\n  cue sync now --timeout 1m && echo synced")]
+    Now {
+        /// How long to try: 30s, 2m... (default 30s).
+        #[arg(long, value_name = "DURATION", default_value = "30s")]
+        timeout: String,
     },
     /// Stop the daemon once everything it knows is on disk.
     #[command(after_help = "Example:\n  cue sync stop")]
@@ -618,6 +628,13 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         SyncCmd::Stop => stop(&find_root(base)?),
+        SyncCmd::Now { timeout } => {
+            let ms = cue_daemon::devices::parse_expiry(&timeout).map_err(|e| anyhow!(e))?;
+            now::now(
+                &find_root(base)?,
+                Duration::from_millis(u64::try_from(ms).unwrap_or(30_000)),
+            )
+        }
         SyncCmd::Status { json } => status(&find_root(base)?, json),
         SyncCmd::Restore {
             paths,
@@ -1048,9 +1065,9 @@ mod tests {
         cmd.clone().debug_assert();
         let mut seen = 0;
         walk(&cmd, "cue", &mut seen);
-        // cue, sync and its 12 commands, watch, activity, activity log, history, export,
+        // cue, sync and its 13 commands, watch, activity, activity log, history, export,
         // show, relay, completions, demo.
-        assert_eq!(seen, 23);
+        assert_eq!(seen, 24);
     }
 
     #[test]

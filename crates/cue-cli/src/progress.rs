@@ -244,6 +244,7 @@ mod tests {
             name: "laptop".into(),
             online: true,
             last_sync: None,
+            in_sync: false,
         });
         r.catch_up = Some(CatchUpReport {
             peer: "laptop".into(),

@@ -198,6 +198,31 @@ pub fn validate_relay_url(url: &str) -> Result<(), RelayUrlError> {
     Ok(())
 }
 
+/// `generate` (from the OS's randomness), `from_bytes` and `as_bytes` for a 32-byte
+/// secret newtype.
+macro_rules! random_secret {
+    ($t:ident) => {
+        impl $t {
+            /// A fresh secret from the OS's randomness.
+            pub fn generate() -> Result<Self, RandomnessError> {
+                let mut bytes = Zeroizing::new([0u8; 32]);
+                os_random(bytes.as_mut_slice())?;
+                Ok(Self(*bytes))
+            }
+
+            /// Rebuilds the secret from its stored bytes.
+            pub fn from_bytes(bytes: [u8; 32]) -> Self {
+                Self(bytes)
+            }
+
+            /// The raw bytes, for storing. Keep the borrow short and never log it.
+            pub fn as_bytes(&self) -> &[u8; 32] {
+                &self.0
+            }
+        }
+    };
+}
+
 /// The constant secret of a workspace's lobby: the relay room where joining devices ask
 /// in and where members hand out rotated secrets. Its keys are [`WorkspaceKeys`] derived
 /// from it as if it were a workspace secret. It never changes (every invite ever made
@@ -206,24 +231,9 @@ pub fn validate_relay_url(url: &str) -> Result<(), RelayUrlError> {
 #[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
 pub struct LobbySecret([u8; 32]);
 
+random_secret!(LobbySecret);
+
 impl LobbySecret {
-    /// A fresh lobby secret from the OS's randomness (at `init`).
-    pub fn generate() -> Result<Self, RandomnessError> {
-        let mut bytes = Zeroizing::new([0u8; 32]);
-        os_random(bytes.as_mut_slice())?;
-        Ok(Self(*bytes))
-    }
-
-    /// Rebuilds a lobby secret from its stored bytes.
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-
-    /// The raw bytes, for storing. Keep the borrow short and never log it.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
     /// The lobby's room key, room id and payload key.
     pub fn keys(&self) -> WorkspaceKeys {
         WorkspaceKeys::derive(&WorkspaceSecret::from_bytes(self.0))
@@ -255,24 +265,9 @@ impl fmt::Debug for LobbySecret {
 #[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
 pub struct InviteSecret([u8; 32]);
 
+random_secret!(InviteSecret);
+
 impl InviteSecret {
-    /// A fresh invite secret from the OS's randomness.
-    pub fn generate() -> Result<Self, RandomnessError> {
-        let mut bytes = Zeroizing::new([0u8; 32]);
-        os_random(bytes.as_mut_slice())?;
-        Ok(Self(*bytes))
-    }
-
-    /// Rebuilds an invite secret from its stored bytes.
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-
-    /// The raw bytes, for storing. Keep the borrow short and never log it.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
     fn expand<const N: usize>(&self, label: &[u8]) -> Zeroizing<[u8; N]> {
         let hk = Hkdf::<Sha256>::new(Some(INVITE_SALT), &self.0);
         let mut out = Zeroizing::new([0u8; N]);

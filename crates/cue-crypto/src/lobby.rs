@@ -260,6 +260,18 @@ fn secret_aad(
     aad
 }
 
+/// `secret` sealed to `recipient`, bound to the lobby, the recipient and the generation.
+fn seal_box(
+    recipient: &DeviceId,
+    lobby_room: &RoomId,
+    generation: u32,
+    winner: &[u8; 32],
+    secret: &WorkspaceSecret,
+) -> Result<Vec<u8>, SealedError> {
+    let aad = secret_aad(lobby_room, recipient, generation, winner);
+    seal_to(recipient, secret.as_bytes(), &aad)
+}
+
 /// The [`LobbyMessage::Secret`] handing `secret`, the workspace secret of `generation`
 /// (whose winning record hashes to `winner`, zeros for generation 0), to `recipient`.
 /// Send it as a direct envelope to that device.
@@ -270,8 +282,7 @@ pub fn seal_secret(
     winner: [u8; 32],
     secret: &WorkspaceSecret,
 ) -> Result<LobbyMessage, SealedError> {
-    let aad = secret_aad(lobby_room, recipient, generation, &winner);
-    let sealed = seal_to(recipient, secret.as_bytes(), &aad)?;
+    let sealed = seal_box(recipient, lobby_room, generation, &winner, secret)?;
     Ok(LobbyMessage::Secret {
         generation,
         winner,
@@ -319,8 +330,7 @@ pub fn seal_admission(
     winner: [u8; 32],
     secret: &WorkspaceSecret,
 ) -> Result<LobbyMessage, SealedError> {
-    let aad = secret_aad(lobby_room, recipient, generation, &winner);
-    let sealed = seal_to(recipient, secret.as_bytes(), &aad)?;
+    let sealed = seal_box(recipient, lobby_room, generation, &winner, secret)?;
     let proof = invite.proof(
         lobby_room,
         recipient,

@@ -52,6 +52,8 @@ pub enum Request {
     Rotate {
         remove: Vec<String>,
     },
+    /// `cue sync now`: announce and ask every online peer for its state (then poll status).
+    SyncNow,
 }
 
 /// What the daemon answers.
@@ -190,6 +192,9 @@ pub struct PeerReport {
     pub name: String,
     pub online: bool,
     pub last_sync: Option<String>,
+    /// Online and holding exactly what this device holds (beyond the contract).
+    #[serde(default)]
+    pub in_sync: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -288,6 +293,7 @@ pub fn status_report(ctx: &StatusContext<'_>, s: &cue_core::Status) -> StatusRep
                 name: p.name.clone(),
                 online: p.online && ctx.connected,
                 last_sync: p.last_sync_ms.map(rfc3339),
+                in_sync: p.in_sync && ctx.connected,
             })
             .collect(),
         files: s.files as u64,

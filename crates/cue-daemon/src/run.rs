@@ -537,6 +537,7 @@ impl Daemon<'_> {
                     Ok(Vec::new()),
                 );
             }
+            Request::SyncNow => self.driver.input(now, cue_core::Input::SyncNow).map(Ok),
             Request::Invites => {
                 let listed = crate::invites::list(
                     self.driver.store(),

@@ -159,3 +159,42 @@ fn an_export_reads_back_in_javascript_automerge_byte_for_byte() {
     a.stop();
     b.stop();
 }
+
+/// `cue sync now`: exit 0 once the online peers and this device hold each other's
+/// changes (with or without a daemon here), exit 1 with the reason when no peer is
+/// reachable in time.
+#[test]
+fn sync_now_exits_once_synced_or_says_why_not() {
+    let (relay, a, b) = pair();
+    a.write("x.md", "x\n");
+    wait_for_file(&b, "x.md", "x", |_| true);
+    // No daemon on bob: one is started for the while, and stopped after.
+    b.stop();
+    b.write("offline.md", "written while stopped\n");
+    a.write("x.md", "x\ny\n");
+    let out = b.cue_ok(&["sync", "now", "--timeout", "30s"]);
+    assert!(out.starts_with("Synced with alice"), "{out}");
+    assert_eq!(
+        a.read("offline.md").as_deref(),
+        Some("written while stopped\n")
+    );
+    assert_eq!(b.read("x.md").as_deref(), Some("x\ny\n"));
+    assert!(!b.running(), "the daemon sync now started is still running");
+    // With the daemon running.
+    b.start();
+    a.write("z.md", "z\n");
+    let out = b.cue_ok(&["sync", "now"]);
+    assert!(out.starts_with("Synced with alice"), "{out}");
+    assert_eq!(b.read("z.md").as_deref(), Some("z\n"));
+    // Nobody to sync with.
+    a.stop();
+    let out = b.cue(&["sync", "now", "--timeout", "2s"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no other device of the workspace is online"),
+        "{err}"
+    );
+    drop(relay);
+    b.stop();
+}

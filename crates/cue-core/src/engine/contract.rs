@@ -153,6 +153,9 @@ pub enum Input {
     /// Rotation records, made here (`cue sync rotate`, `remove`) or received through the
     /// lobby: kept in the index if valid (see `rotation.rs`).
     Rotations { records: Vec<Vec<u8>> },
+    /// `cue sync now`: announce our state to every online peer and ask each for its own,
+    /// so that each side pulls what it lacks and confirms what it holds.
+    SyncNow,
     /// Time passed (drives re-announcements, timeouts, tombstone expiry, compaction).
     Tick,
 }
@@ -354,6 +357,8 @@ pub struct PeerInfo {
     pub name: String,
     pub online: bool,
     pub last_sync_ms: Option<i64>,
+    /// Online, and the digest it last announced is ours: each holds what the other does.
+    pub in_sync: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -417,6 +417,12 @@ impl Engine {
             } => self.admit(device, name, admission),
             Input::Admitted { device } => self.record_admitted(device),
             Input::Rotations { records } => self.take_rotations(records),
+            Input::SyncNow => {
+                if self.connected {
+                    self.hello(None, true);
+                    self.maybe_pull(store);
+                }
+            }
             Input::Tick => self.tick(store),
         }
     }

@@ -6,6 +6,7 @@ impl Engine {
     pub fn status(&mut self, store: &mut dyn DocStore) -> Status {
         let live = self.live_view(store);
         let members = self.members_view.clone();
+        let ours = self.digest();
         let peers = members
             .iter()
             .filter(|(d, _)| **d != self.device)
@@ -14,6 +15,10 @@ impl Engine {
                 name: name.clone(),
                 online: self.peers.get(d).is_some_and(|p| p.online),
                 last_sync_ms: self.state.peers.get(d).and_then(|p| p.last_sync_ms),
+                in_sync: self
+                    .peers
+                    .get(d)
+                    .is_some_and(|p| p.online && p.digest == Some(ours)),
             })
             .collect();
         let catch_up = self.pull.as_ref().map(|p| {
