@@ -21,7 +21,7 @@ use cue_daemon::workspace::Workspace;
 /// How often the peers are asked again for their state while waiting.
 const ASK_EVERY: Duration = Duration::from_secs(2);
 /// How often status is read while waiting.
-const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(250);
 
 /// Synced: connected, some peer online, every online peer holding what we hold, nothing
 /// unconfirmed, no catch-up under way.

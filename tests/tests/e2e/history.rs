@@ -117,8 +117,9 @@ fn an_export_reads_back_in_javascript_automerge_byte_for_byte() {
     a.write("raw.md", "---\nnot: [valid\n---\nbody\n");
     a.write("plain.txt", "héllo wörld\n");
     std::fs::write(a.path("image.bin"), [0xffu8, 0, 1, 2, 0xfe]).unwrap();
-    wait_for_file(&b, "plain.txt", "the files", |_| true);
-    wait_for_file(&b, "notes/plan.md", "the files", |_| true);
+    for f in ["plain.txt", "raw.md", "notes/plan.md"] {
+        wait_for_file(&b, f, "the files", |_| true);
+    }
     // Edits from both devices: documents with two actors' changes.
     b.write(
         "notes/plan.md",
@@ -172,6 +173,14 @@ fn sync_now_exits_once_synced_or_says_why_not() {
     b.stop();
     b.write("offline.md", "written while stopped\n");
     a.write("x.md", "x\ny\n");
+    // A save is a change once alice's daemon has taken it in (its history shows it).
+    let taken_in = |p: &Peer, rel: &str, n: usize| {
+        let out = p.cue(&["history", rel, "--json"]);
+        out.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .is_ok_and(|v| v.as_array().is_some_and(|a| a.len() >= n))
+    };
+    wait_until("alice to take in her edit", || taken_in(&a, "x.md", 2));
     let out = b.cue_ok(&["sync", "now", "--timeout", "30s"]);
     assert!(out.starts_with("Synced with alice"), "{out}");
     assert_eq!(
@@ -183,6 +192,7 @@ fn sync_now_exits_once_synced_or_says_why_not() {
     // With the daemon running.
     b.start();
     a.write("z.md", "z\n");
+    wait_until("alice to take in z.md", || taken_in(&a, "z.md", 1));
     let out = b.cue_ok(&["sync", "now"]);
     assert!(out.starts_with("Synced with alice"), "{out}");
     assert_eq!(b.read("z.md").as_deref(), Some("z\n"));
