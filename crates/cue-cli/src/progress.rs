@@ -230,6 +230,7 @@ mod tests {
             files_unverified: 0,
             refused_input: Default::default(),
             membership: None,
+            ignored_files: 0,
         }
     }
 

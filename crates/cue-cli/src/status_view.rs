@@ -238,6 +238,17 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
             "add a device: `cue sync invite` here, then `cue sync join TOKEN` there; it gets everything made here",
         );
     }
+    if r.ignored_files > 0 {
+        // A rule any member can write (`.cueignore` syncs): say it, or a `*` there would
+        // look like nothing changing.
+        hint(
+            &mut out,
+            &format!(
+                "{} ignored here by .cueignore: kept as they are on this device, no longer synced",
+                plural(r.ignored_files, "synced file is", "synced files are")
+            ),
+        );
+    }
 
     // Sections, only when there is something to say.
     if let Some(paused) = &r.deletions_paused {
@@ -363,6 +374,7 @@ mod tests {
             files_unverified: 0,
             refused_input: Default::default(),
             membership: None,
+            ignored_files: 0,
         }
     }
 

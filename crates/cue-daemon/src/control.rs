@@ -126,6 +126,9 @@ pub struct StatusReport {
     /// Where this device stands in the workspace (docs/reference.md §1.9).
     #[serde(default)]
     pub membership: Option<MembershipReport>,
+    /// Synced files this device's `.cueignore` excludes now (beyond the contract).
+    #[serde(default)]
+    pub ignored_files: u64,
 }
 
 /// `member`, `waiting_for_admission` (joined; the member who made the invite must be
@@ -357,6 +360,7 @@ pub fn status_report(ctx: &StatusContext<'_>, s: &cue_core::Status) -> StatusRep
             files_total: c.files_total as u64,
         }),
         files_unverified: s.unverified as u64,
+        ignored_files: s.ignored as u64,
         membership: ctx.standing.as_ref().map(|m| MembershipReport {
             state: m.state.to_string(),
             reason: m.reason.clone(),

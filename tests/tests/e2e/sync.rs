@@ -162,6 +162,18 @@ fn a_cueignore_added_later_deletes_nothing_anywhere() {
     }
     let log = a.cue_ok(&["activity", "log", "--json"]);
     assert!(!log.contains("\"delete\""), "{log}");
+    // Status says how many synced files the rules now leave out here.
+    for peer in [&a, &b] {
+        wait_until(
+            &format!("{}'s status to count the ignored files", peer.name),
+            || peer.status().0["ignored_files"] == 2,
+        );
+        let text = String::from_utf8_lossy(&peer.cue(&["sync", "status"]).stdout).into_owned();
+        assert!(
+            text.contains("2 synced files are ignored here by .cueignore"),
+            "{text}"
+        );
+    }
     a.stop();
     b.stop();
 }

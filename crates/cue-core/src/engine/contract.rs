@@ -384,6 +384,9 @@ pub struct Status {
     pub catch_up: Option<CatchUp>,
     /// Files received with their content and not yet checked against their documents.
     pub unverified: usize,
+    /// Synced files that this device's ignore rules exclude now: they stay as they are
+    /// here and no longer sync.
+    pub ignored: usize,
     /// Input from peers refused since the workspace began here, by kind.
     pub refused: Counters,
 }

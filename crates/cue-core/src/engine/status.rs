@@ -67,6 +67,7 @@ impl Engine {
             syncing: self.pull.is_some(),
             catch_up,
             unverified: self.tail.unverified.len(),
+            ignored: self.ignored.len(),
             refused: self.state.counters.clone(),
         }
     }
