@@ -64,10 +64,10 @@ pub fn show(root: &Path, rel: &str, rev: &str) -> anyhow::Result<ExitCode> {
 /// Refused while the file holds changes cue has not taken in yet, which it would lose.
 pub fn restore_at(root: &Path, rel: &str, rev: &str) -> anyhow::Result<ExitCode> {
     let ws = Workspace::open(root)?;
-    let bytes = driver::version(&ws, rel, rev).map_err(|e| anyhow!(e))?;
+    let (bytes, current) = driver::version_and_current(&ws, rel, rev).map_err(|e| anyhow!(e))?;
     let path = root.join(rel);
     let on_disk = std::fs::read(&path).ok();
-    if on_disk != driver::current(&ws, rel) {
+    if on_disk != current {
         bail!(
             "{rel} has changes that cue has not taken in yet (is the daemon running? `cue sync start`); \
              restoring now would lose them: try again once `cue sync status` shows nothing pending"

@@ -107,12 +107,23 @@ pub fn history(ws: &Workspace, path: &str) -> Result<Vec<cue_core::Version>, Str
         .map_err(|e| e.to_string())
 }
 
-/// The content of a file at a version (`cue show --at`, `cue sync restore --at`).
+/// The content of a file at a version (`cue show --at`).
 pub fn version(ws: &Workspace, path: &str, rev: &str) -> Result<Vec<u8>, String> {
+    version_and_current(ws, path, rev).map(|(v, _)| v)
+}
+
+/// The content of a file at a version, and its content as cue last took it in
+/// (`cue sync restore --at`), from one reading of the store.
+pub fn version_and_current(
+    ws: &Workspace,
+    path: &str,
+    rev: &str,
+) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
     let (mut engine, store) = reading_engine(ws).map_err(|e| e.to_string())?;
-    engine
+    let version = engine
         .version(path, rev, &mut StoreDocs(&store))
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok((version, engine.read(path, &mut StoreDocs(&store))))
 }
 
 /// Every synced file's document and the index's, as automerge saves them (`cue export`).
@@ -121,12 +132,6 @@ pub fn export(ws: &Workspace) -> Result<(Vec<cue_core::Exported>, Vec<u8>), Stri
     engine
         .export(&mut StoreDocs(&store))
         .map_err(|e| e.to_string())
-}
-
-/// The content of a file as cue last took it in, if it is a live synced file.
-pub fn current(ws: &Workspace, path: &str) -> Option<Vec<u8>> {
-    let (mut engine, store) = reading_engine(ws).ok()?;
-    engine.read(path, &mut StoreDocs(&store))
 }
 
 fn current_epoch(store: &Store) -> Result<u32, StoreError> {
