@@ -462,17 +462,24 @@ impl Workspace {
             tighten(&dir.join(CONFIG_FILE));
         }
         let device = DeviceKey::from_bytes(&read_secret(&dir.join(DEVICE_KEY_FILE))?);
-        let joining = match dir.join(JOIN_KEY_FILE).exists() {
-            true => Some(InviteSecret::from_bytes(read_secret(
-                &dir.join(JOIN_KEY_FILE),
-            )?)),
-            false => None,
-        };
-        let secret = match joining {
-            Some(_) => None,
-            None => Some(WorkspaceSecret::from_bytes(read_secret(
-                &dir.join(SECRET_FILE),
-            )?)),
+        // A device admitted a moment ago: its daemon writes `workspace.key`, then removes
+        // `join.key`; a reader in between (status, a `start` following the daemon) must
+        // take the secret, not fail on the invite that just went.
+        let secret_path = dir.join(SECRET_FILE);
+        let (secret, joining) = if secret_path.exists() {
+            (
+                Some(WorkspaceSecret::from_bytes(read_secret(&secret_path)?)),
+                None,
+            )
+        } else {
+            match read_secret(&dir.join(JOIN_KEY_FILE)) {
+                Ok(invite) => (None, Some(InviteSecret::from_bytes(invite))),
+                Err(_) if secret_path.exists() => (
+                    Some(WorkspaceSecret::from_bytes(read_secret(&secret_path)?)),
+                    None,
+                ),
+                Err(e) => return Err(e),
+            }
         };
         // A workspace made before `.cuedeck/.gitignore` existed gets one now. Failing to
         // write it (a read-only folder) does not stop the workspace from being used.
