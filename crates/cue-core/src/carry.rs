@@ -12,6 +12,7 @@
 //!
 //! Still no IO here: a [`Host`] is an interface, called synchronously.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::engine::{Activity, DocStore, Effect, Engine, Input, Persist};
@@ -376,29 +377,37 @@ pub struct ScanDiff {
     pub known: usize,
 }
 
-/// Compares what a scan found with what the engine believes is on disk.
+/// Compares what a scan found with what the engine believes is on disk. Paths are
+/// compared by the engine's [`Engine::disk_key`]: a folder that ignores case may list a
+/// file under another spelling of its name than the one the engine wrote or saw, and it
+/// is still that file (neither removed nor new).
 pub fn diff_scan(engine: &Engine, found: &Found) -> ScanDiff {
-    let believed: BTreeMap<&str, ContentHash> = engine.disk().collect();
+    let key = |p| engine.disk_key(p);
+    let believed: BTreeMap<Cow<'_, str>, (&str, ContentHash)> =
+        engine.disk().map(|(p, h)| (key(p), (p, h))).collect();
+    let there: BTreeSet<Cow<'_, str>> = found
+        .files
+        .keys()
+        .chain(found.too_large.keys())
+        .map(|p| key(p))
+        .collect();
     let mut changed: Vec<&str> = found
         .files
         .iter()
-        .filter(|(p, h)| believed.get(p.as_str()) != Some(h))
+        .filter(|(p, h)| believed.get(&key(p)).map(|(_, b)| b) != Some(h))
         .map(|(p, _)| p.as_str())
         .collect();
     let mut renames = Vec::new();
     let mut removed = Vec::new();
-    for (from, hash) in &believed {
-        if found.files.contains_key(*from)
-            || found.too_large.contains_key(*from)
-            || found.ignored.contains(*from)
-        {
+    for (k, (from, hash)) in &believed {
+        if there.contains(k) || found.ignored.contains(*from) {
             continue;
         }
         // A removed file whose content reappeared under a new name was renamed while
         // nobody watched.
         let moved_to = changed
             .iter()
-            .position(|to| !believed.contains_key(to) && found.files.get(*to) == Some(hash));
+            .position(|to| !believed.contains_key(&key(to)) && found.files.get(*to) == Some(hash));
         match moved_to {
             Some(pos) => renames.push((from.to_string(), changed.remove(pos).to_string())),
             None => removed.push(from.to_string()),

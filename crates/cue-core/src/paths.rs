@@ -91,6 +91,21 @@ pub fn is_reserved_name(name: &str) -> bool {
     name.eq_ignore_ascii_case(CUEDECK_DIR) || name.eq_ignore_ascii_case(GIT_DIR)
 }
 
+/// What a path is to the filesystems cue meets: its Unicode NFC form in lower case.
+///
+/// Two paths with one key look the same to a user (`café.md` written in NFC and in NFD)
+/// or are one file on a case-insensitive filesystem (macOS and Windows by default, exFAT,
+/// ext4 with casefold): the workspace never holds two live files with one key
+/// (docs/reference.md §2.4), and a device whose folder ignores case finds its files by key.
+pub fn name_key(path: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    if path.is_ascii() {
+        return path.to_ascii_lowercase();
+    }
+    // Lower case first: NFC of the result is then one form whatever form came in.
+    path.to_lowercase().nfc().collect()
+}
+
 /// `C:`, `c:foo`: a Windows drive path, absolute or drive-relative.
 fn starts_with_drive(path: &str) -> bool {
     let b = path.as_bytes();
@@ -101,6 +116,19 @@ fn starts_with_drive(path: &str) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn names_one_filesystem_or_user_takes_for_the_same_share_a_key() {
+        let nfc = "caf\u{e9}.md";
+        let nfd = "cafe\u{301}.md";
+        assert_ne!(nfc, nfd);
+        assert_eq!(name_key(nfc), name_key(nfd));
+        assert_eq!(name_key("Notes/README.md"), name_key("notes/readme.md"));
+        assert_eq!(name_key("CAF\u{c9}.md"), name_key(nfd));
+        assert_eq!(name_key("\u{1e9e}"), name_key("\u{df}"));
+        assert_ne!(name_key("a.md"), name_key("b.md"));
+        assert_ne!(name_key("notes/a"), name_key("notesa"));
+    }
 
     #[test]
     fn accepts_ordinary_names() {

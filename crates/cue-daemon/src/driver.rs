@@ -90,7 +90,7 @@ pub fn reading_engine(ws: &Workspace) -> Result<(Engine, Store), StoreError> {
         ws.core_device_id(),
         &ws.device_name(),
         epoch,
-        ws.config.engine_config(),
+        ws.engine_config(&ws.config),
         restored,
         now_ms(),
     );
@@ -212,7 +212,7 @@ impl Driver {
             ws.core_device_id(),
             &name,
             epoch,
-            config.engine_config(),
+            ws.engine_config(config),
             restored,
             now_ms(),
         );

@@ -204,6 +204,29 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::NOFOLLOW)
     .union(OFlags::CLOEXEC);
 
+/// Does the filesystem holding `dir` take names differing only in letter case for one
+/// (macOS and Windows by default, exFAT, FAT, ext4 with casefold)? Asked by creating a
+/// file under a lower-case name and looking it up under the upper-case one; the engine
+/// then finds a file at any spelling of its name (docs/reference.md §2.4). When the
+/// question cannot be asked (a read-only folder), the answer is no.
+pub fn ignores_case(dir: &Path) -> bool {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let name = format!(".cue-tmp-case-{}-{nanos:x}", std::process::id());
+    let lower = dir.join(&name);
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&lower);
+    if created.is_err() {
+        return false;
+    }
+    let folds = std::fs::symlink_metadata(dir.join(name.to_uppercase())).is_ok();
+    let _ = std::fs::remove_file(&lower);
+    folds
+}
+
 fn resolve_flags() -> ResolveFlags {
     ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
 }

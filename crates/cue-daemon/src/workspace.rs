@@ -320,6 +320,14 @@ impl Workspace {
         self.dir().join(CONFIG_FILE)
     }
 
+    /// The engine's settings: the config's, and whether this folder ignores case.
+    pub fn engine_config(&self, config: &Config) -> cue_core::Config {
+        cue_core::Config {
+            case_insensitive: crate::fsio::ignores_case(&self.dir()),
+            ..config.engine_config()
+        }
+    }
+
     pub fn store_path(&self) -> PathBuf {
         self.dir().join(STORE_FILE)
     }

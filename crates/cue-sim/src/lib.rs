@@ -16,6 +16,7 @@ pub mod rotation;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use cue_core::carry;
+use cue_core::paths::name_key;
 use cue_core::{
     Config, DeviceId, DocId, DocStore, Effect, Engine, FileId, Generation, Input, Persist,
     Restored, Status, content_hash,
@@ -51,7 +52,40 @@ struct SimHost<'a> {
     write_failures: &'a mut Vec<(String, String)>,
     refuse_writes_under: &'a BTreeSet<String>,
     append_while_replaced: &'a mut BTreeMap<String, Vec<u8>>,
+    case_insensitive: bool,
     trace: Option<usize>,
+}
+
+/// Where `path` lands in `disk`: itself, or on a folder that ignores case (as macOS's,
+/// exFAT, ext4 with casefold) the entry already there under another spelling of it, or
+/// below the deepest folder already there under another spelling.
+fn place(disk: &BTreeMap<String, Vec<u8>>, case_insensitive: bool, path: &str) -> String {
+    if !case_insensitive || disk.contains_key(path) {
+        return path.to_string();
+    }
+    let names: Vec<&str> = path.split('/').collect();
+    for depth in (1..=names.len()).rev() {
+        let want = name_key(&names[..depth].join("/"));
+        for k in disk.keys() {
+            let theirs: Vec<&str> = k.split('/').collect();
+            if theirs.len() >= depth && name_key(&theirs[..depth].join("/")) == want {
+                let mut placed = theirs[..depth].to_vec();
+                placed.extend(&names[depth..]);
+                return placed.join("/");
+            }
+        }
+    }
+    path.to_string()
+}
+
+/// `map` with its paths as a folder that ignores case takes them, when `fold`.
+fn keyed<V: Clone>(fold: bool, map: &BTreeMap<String, V>) -> BTreeMap<String, V> {
+    map.iter()
+        .map(|(k, v)| {
+            let k = if fold { name_key(k) } else { k.clone() };
+            (k, v.clone())
+        })
+        .collect()
 }
 
 impl DocStore for SimHost<'_> {
@@ -62,13 +96,17 @@ impl DocStore for SimHost<'_> {
     /// Documents can go to a new peer with their content (`Item::Adopt`).
     fn content(&mut self, path: &str, hash: &cue_core::ContentHash) -> Option<Vec<u8>> {
         self.disk
-            .get(path)
+            .get(&self.place(path))
             .filter(|c| cue_core::content_hash(c) == *hash)
             .cloned()
     }
 }
 
 impl SimHost<'_> {
+    fn place(&self, path: &str) -> String {
+        place(self.disk, self.case_insensitive, path)
+    }
+
     /// A program appended to the file at `path` in the instant it was replaced or
     /// removed: the daemon reads the replaced file back and reports what it held.
     fn appended_in_the_instant(&mut self, path: &str, replaced: Option<Vec<u8>>) -> carry::Outcome {
@@ -149,6 +187,7 @@ impl carry::Host for SimHost<'_> {
         bytes: &[u8],
         expect: Option<cue_core::ContentHash>,
     ) -> Result<carry::Outcome, String> {
+        let path = &self.place(path);
         if let Some(why) = self.blocked(path) {
             return Err(why);
         }
@@ -164,6 +203,7 @@ impl carry::Host for SimHost<'_> {
         path: &str,
         expect: cue_core::ContentHash,
     ) -> Result<Option<carry::Outcome>, String> {
+        let path = &self.place(path);
         if let Some(why) = self.blocked(path).filter(|_| self.disk.contains_key(path)) {
             return Err(why);
         }
@@ -183,10 +223,11 @@ impl carry::Host for SimHost<'_> {
     }
 
     fn read_file(&mut self, path: &str) -> Result<Option<Vec<u8>>, String> {
-        Ok(self.disk.get(path).cloned())
+        Ok(self.disk.get(&self.place(path)).cloned())
     }
 
     fn exists(&mut self, path: &str) -> Result<bool, String> {
+        let path = &self.place(path);
         Ok(self.disk.contains_key(path) || self.is_folder(path))
     }
 
@@ -290,6 +331,8 @@ pub struct Peer {
     /// The generations whose secret this peer has (made here, or handed over in the
     /// lobby).
     pub secrets: BTreeSet<Generation>,
+    /// This peer's folder ignores letter case ([`World::make_case_insensitive`]).
+    pub case_insensitive: bool,
 }
 
 impl Peer {
@@ -302,6 +345,7 @@ impl Peer {
             write_failures: &mut self.write_failures,
             refuse_writes_under: &self.refuse_writes_under,
             append_while_replaced: &mut self.append_while_replaced,
+            case_insensitive: self.case_insensitive,
             trace,
         };
         (&mut self.engine, host)
@@ -380,6 +424,7 @@ impl World {
                 append_while_replaced: BTreeMap::new(),
                 held: Generation::default(),
                 secrets: BTreeSet::from([Generation::default()]),
+                case_insensitive: false,
             };
             peers.push((peer, effects));
         }
@@ -495,13 +540,14 @@ impl World {
 
     /// A user saves a file (the watcher reports it).
     pub fn write(&mut self, peer: usize, path: &str, bytes: &[u8]) {
-        self.peers[peer]
-            .disk
-            .insert(path.to_string(), bytes.to_vec());
+        let p = &mut self.peers[peer];
+        // The watcher reports the name as the folder holds it.
+        let path = place(&p.disk, p.case_insensitive, path);
+        p.disk.insert(path.clone(), bytes.to_vec());
         self.input(
             peer,
             Input::FileChanged {
-                path: path.to_string(),
+                path,
                 content: bytes.to_vec(),
             },
         );
@@ -548,9 +594,9 @@ impl World {
     }
 
     pub fn read(&self, peer: usize, path: &str) -> Option<String> {
-        self.peers[peer]
-            .disk
-            .get(path)
+        let p = &self.peers[peer];
+        p.disk
+            .get(&place(&p.disk, p.case_insensitive, path))
             .map(|b| String::from_utf8_lossy(b).into_owned())
     }
 
@@ -591,8 +637,11 @@ impl World {
         let was_online = self.peers[peer].online;
         self.disconnect(peer);
         let now = self.now_ms + self.peers[peer].clock_offset_ms;
-        let config = self.config.clone();
         let p = &mut self.peers[peer];
+        let config = Config {
+            case_insensitive: p.case_insensitive,
+            ..self.config.clone()
+        };
         p.epoch += 1;
         let (mut engine, effects) =
             Engine::new(p.device, &p.name, p.epoch, config, p.store.restored(), now);
@@ -604,6 +653,13 @@ impl World {
         if was_online {
             self.connect(peer);
         }
+    }
+
+    /// This peer's folder ignores letter case from now on (as a daemon started on such a
+    /// folder finds): its engine is started again knowing it.
+    pub fn make_case_insensitive(&mut self, peer: usize) {
+        self.peers[peer].case_insensitive = true;
+        self.restart(peer);
     }
 
     /// What the daemon does at start-up: compare the disk with what the engine believes
@@ -749,6 +805,8 @@ impl World {
             }
         }
         let mut reference: Option<(usize, BTreeMap<String, Vec<u8>>)> = None;
+        // Names are compared as a folder that ignores case takes them when one does.
+        let fold = self.peers.iter().any(|p| p.case_insensitive);
         let mut skipped = BTreeSet::new();
         for p in &mut self.peers {
             let status = p.engine.status(&mut p.store);
@@ -776,6 +834,11 @@ impl World {
                 .filter(|(k, _)| !skipped.contains(*k))
                 .map(|(k, v)| (k.clone(), content_hash(v)))
                 .collect();
+            // A folder that ignores case may spell a folder as it was made first.
+            let (live, disk) = (
+                keyed(p.case_insensitive, &live),
+                keyed(p.case_insensitive, &disk),
+            );
             if live != disk {
                 let a: BTreeSet<&String> = live.keys().collect();
                 let b: BTreeSet<&String> = disk.keys().collect();
@@ -790,14 +853,13 @@ impl World {
             }
             match &reference {
                 None => {
-                    reference = Some((
-                        i,
-                        p.disk
-                            .iter()
-                            .filter(|(k, _)| !skipped.contains(*k))
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect(),
-                    ))
+                    let mine: BTreeMap<String, Vec<u8>> = p
+                        .disk
+                        .iter()
+                        .filter(|(k, _)| !skipped.contains(*k))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    reference = Some((i, keyed(fold, &mine)))
                 }
                 Some((j, r)) => {
                     let mine: BTreeMap<String, Vec<u8>> = p
@@ -806,6 +868,7 @@ impl World {
                         .filter(|(k, _)| !skipped.contains(*k))
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect();
+                    let mine = keyed(fold, &mine);
                     if *r != mine {
                         let a: BTreeSet<&String> = r.keys().collect();
                         let b: BTreeSet<&String> = mine.keys().collect();

@@ -23,6 +23,10 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Compact a document's stored form after this many incremental saves.
     pub compact_after: u32,
+    /// The folder is on a filesystem that takes names differing only in letter case (or
+    /// Unicode form) for one (macOS and Windows by default, exFAT, ext4 with casefold):
+    /// a file reported at any spelling of its name is that file.
+    pub case_insensitive: bool,
 }
 
 impl Default for Config {
@@ -36,6 +40,7 @@ impl Default for Config {
             pull_timeout_ms: 60_000,
             max_message_bytes: 1024 * 1024 - 4096,
             compact_after: 64,
+            case_insensitive: false,
         }
     }
 }

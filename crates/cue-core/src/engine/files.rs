@@ -6,10 +6,12 @@
 //! file is at P" and "what is on disk at P" are answered by a lookup, never by a walk over
 //! every file, and can never disagree with the records.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::{Deref, DerefMut};
 
 use crate::ids::{ContentHash, FileId};
+use crate::paths::name_key;
 
 use super::layout::FileMeta;
 
@@ -18,17 +20,39 @@ pub(super) struct Files {
     metas: BTreeMap<FileId, FileMeta>,
     /// (disk path, file) for every record whose `disk` is set. A set of pairs rather than a
     /// map, so two records claiming one path for a moment (a rename under way) both stay
-    /// indexed; the lowest file id answers, as the order of the records would.
+    /// indexed; the lowest file id answers, as the order of the records would. When the
+    /// disk ignores case the path is its [`name_key`]: the disk may spell a file's name
+    /// otherwise than the workspace does (`Notes/a.md` in a folder `notes/` made first),
+    /// and it is still that file.
     by_path: BTreeSet<(String, FileId)>,
+    /// The folder is on a filesystem that ignores letter case (and Unicode form).
+    fold: bool,
+}
+
+/// How a path is looked up: as it is, or by its [`name_key`] when `fold`.
+pub(super) fn key(fold: bool, path: &str) -> Cow<'_, str> {
+    if fold {
+        Cow::Owned(name_key(path))
+    } else {
+        Cow::Borrowed(path)
+    }
 }
 
 impl Files {
-    pub(super) fn new(metas: BTreeMap<FileId, FileMeta>) -> Files {
+    pub(super) fn new(metas: BTreeMap<FileId, FileMeta>, fold: bool) -> Files {
         let by_path = metas
             .iter()
-            .filter_map(|(f, m)| m.disk.as_ref().map(|(p, _)| (p.clone(), *f)))
+            .filter_map(|(f, m)| {
+                m.disk
+                    .as_ref()
+                    .map(|(p, _)| (key(fold, p).into_owned(), *f))
+            })
             .collect();
-        Files { metas, by_path }
+        Files {
+            metas,
+            by_path,
+            fold,
+        }
     }
 
     pub(super) fn get(&self, file: &FileId) -> Option<&FileMeta> {
@@ -44,6 +68,7 @@ impl Files {
             meta,
             by_path: &mut self.by_path,
             before,
+            fold: self.fold,
         })
     }
 
@@ -56,13 +81,14 @@ impl Files {
             meta,
             by_path: &mut self.by_path,
             before,
+            fold: self.fold,
         }
     }
 
     pub(super) fn insert(&mut self, file: FileId, meta: FileMeta) {
         self.remove(&file);
         if let Some((p, _)) = &meta.disk {
-            self.by_path.insert((p.clone(), file));
+            self.by_path.insert((key(self.fold, p).into_owned(), file));
         }
         self.metas.insert(file, meta);
     }
@@ -70,7 +96,8 @@ impl Files {
     pub(super) fn remove(&mut self, file: &FileId) -> Option<FileMeta> {
         let meta = self.metas.remove(file)?;
         if let Some((p, _)) = &meta.disk {
-            self.by_path.remove(&(p.clone(), *file));
+            self.by_path
+                .remove(&(key(self.fold, p).into_owned(), *file));
         }
         Some(meta)
     }
@@ -103,13 +130,20 @@ impl Files {
         self.metas.values()
     }
 
-    /// The file believed to be at `path` on disk.
+    /// The file believed to be at `path` on disk (at any spelling of it, when the disk
+    /// ignores case).
     pub(super) fn at(&self, path: &str) -> Option<FileId> {
+        let path = key(self.fold, path);
         let (p, f) = self
             .by_path
             .range((path.to_string(), FileId([0; 16]))..)
             .next()?;
-        (p == path).then_some(*f)
+        (*p == path).then_some(*f)
+    }
+
+    /// The path `file` is believed to be at on disk, as the engine wrote or saw it.
+    fn disk_path(&self, file: &FileId) -> Option<&str> {
+        self.metas.get(file)?.disk.as_ref().map(|(p, _)| p.as_str())
     }
 
     /// The hash of what is believed to be on disk at `path`.
@@ -120,15 +154,16 @@ impl Files {
 
     /// The paths believed on disk that are `path` or below it.
     pub(super) fn under(&self, path: &str) -> Vec<String> {
-        let prefix = format!("{path}/");
+        let prefix = format!("{}/", key(self.fold, path));
         let below = self
             .by_path
             .range((prefix.clone(), FileId([0; 16]))..)
             .take_while(|(p, _)| p.starts_with(&prefix))
-            .map(|(p, _)| p.clone());
+            .filter_map(|(_, f)| self.disk_path(f).map(str::to_string));
         let mut paths: Vec<String> = self
             .at(path)
-            .map(|_| path.to_string())
+            .and_then(|f| self.disk_path(&f))
+            .map(str::to_string)
             .into_iter()
             .collect();
         paths.extend(below);
@@ -136,12 +171,18 @@ impl Files {
         paths
     }
 
-    /// Everything believed to be on disk, path → hash, in path order.
+    /// Everything believed to be on disk, path → hash, in path order (in the order of
+    /// their keys when the disk ignores case).
     pub(super) fn disk(&self) -> impl Iterator<Item = (&str, ContentHash)> {
-        self.by_path.iter().filter_map(|(p, f)| {
-            let (_, h) = self.metas.get(f)?.disk.as_ref()?;
+        self.by_path.iter().filter_map(|(_, f)| {
+            let (p, h) = self.metas.get(f)?.disk.as_ref()?;
             Some((p.as_str(), *h))
         })
+    }
+
+    /// Does the disk take these two paths for one?
+    pub(super) fn same_on_disk(&self, a: &str, b: &str) -> bool {
+        key(self.fold, a) == key(self.fold, b)
     }
 }
 
@@ -151,6 +192,7 @@ pub(super) struct MetaMut<'a> {
     meta: &'a mut FileMeta,
     by_path: &'a mut BTreeSet<(String, FileId)>,
     before: Option<String>,
+    fold: bool,
 }
 
 impl Deref for MetaMut<'_> {
@@ -173,10 +215,12 @@ impl Drop for MetaMut<'_> {
             return;
         }
         if let Some(p) = self.before.take() {
-            self.by_path.remove(&(p, self.file));
+            self.by_path
+                .remove(&(key(self.fold, &p).into_owned(), self.file));
         }
         if let Some(p) = now {
-            self.by_path.insert((p.clone(), self.file));
+            self.by_path
+                .insert((key(self.fold, p).into_owned(), self.file));
         }
     }
 }
@@ -196,7 +240,7 @@ mod tests {
     #[test]
     fn the_disk_index_follows_every_change_of_a_record() {
         let (a, b) = (FileId([1; 16]), FileId([2; 16]));
-        let mut files = Files::new([(a, at("x.md"))].into());
+        let mut files = Files::new([(a, at("x.md"))].into(), false);
         assert_eq!(files.at("x.md"), Some(a));
         // Renamed through the guard.
         files.get_mut(&a).unwrap().disk = Some(("y.md".into(), content_hash(b"y")));
@@ -216,5 +260,32 @@ mod tests {
         assert_eq!(files.at("notes/a.md"), None);
         assert_eq!(files.under("notes/a.md"), vec!["notes/a.md/x".to_string()]);
         assert_eq!(files.under("notes").len(), 2);
+    }
+
+    #[test]
+    fn a_disk_that_ignores_case_finds_a_file_at_any_spelling_of_its_name() {
+        let (a, b) = (FileId([1; 16]), FileId([2; 16]));
+        let mut files = Files::new([(a, at("notes/Caf\u{e9}.md"))].into(), true);
+        assert_eq!(files.at("NOTES/cafe\u{301}.md"), Some(a));
+        assert_eq!(
+            files.on_disk("notes/café.md"),
+            files.get(&a).unwrap().disk.as_ref().map(|d| d.1)
+        );
+        // What is listed is the spelling the engine holds, not the key.
+        assert_eq!(
+            files.disk().map(|(p, _)| p).collect::<Vec<_>>(),
+            vec!["notes/Caf\u{e9}.md"]
+        );
+        files.insert(b, at("Notes/b.md"));
+        assert_eq!(files.under("notes").len(), 2);
+        assert!(files.under("notes").contains(&"Notes/b.md".to_string()));
+        // A case-only rename through the guard re-indexes it.
+        files.get_mut(&b).unwrap().disk = Some(("Notes/B.md".into(), content_hash(b"b")));
+        assert_eq!(files.at("notes/b.md"), Some(b));
+        files.get_mut(&b).unwrap().disk = None;
+        assert_eq!(files.at("notes/b.md"), None);
+        // A disk that keeps case tells the spellings apart.
+        let files = Files::new([(a, at("Notes.md"))].into(), false);
+        assert_eq!(files.at("notes.md"), None);
     }
 }

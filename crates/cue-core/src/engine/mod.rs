@@ -15,7 +15,7 @@ use crate::doc::{DocError, FieldConflict, FileDoc};
 use crate::ids::{ContentHash, DeviceId, DocId, FileId, content_hash};
 use crate::index::{ConflictKind, ConflictRecord, IndexDoc, Tombstone};
 use crate::inflate::{Budget, InflateError, MAX_INFLATED_ITEM};
-use crate::paths::valid_path;
+use crate::paths::{name_key, valid_path};
 use crate::wire::{self, Heads, Item};
 
 mod apply;
@@ -209,6 +209,7 @@ impl Engine {
             moved,
             older_layout,
         } = decode_restored(restored, &actor);
+        let fold_case = config.case_insensitive;
         let mut engine = Engine {
             device,
             name: name.to_string(),
@@ -217,7 +218,7 @@ impl Engine {
             index,
             index_dirty: false,
             index_increments: 0,
-            files: Files::new(metas),
+            files: Files::new(metas, fold_case),
             cache: BTreeMap::new(),
             use_clock: 0,
             // Files whose pending changes came out of an older state are stored with

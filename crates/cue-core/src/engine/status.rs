@@ -127,6 +127,13 @@ impl Engine {
         self.files.disk()
     }
 
+    /// What the folder takes `path` for: the path itself, or its [`name_key`] when the
+    /// folder ignores case ([`Config::case_insensitive`]). Two paths with one disk key are
+    /// one file here.
+    pub fn disk_key<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
+        files::key(self.config.case_insensitive, path)
+    }
+
     /// The paths believed on disk that are `path` or below it (a folder's files).
     pub fn on_disk_under(&self, path: &str) -> Vec<String> {
         self.files.under(path)

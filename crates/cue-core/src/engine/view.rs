@@ -1,6 +1,8 @@
 //! The live view (which file is at which path) and reconcile, which brings the disk in
 //! line with the documents.
 
+use std::borrow::Cow;
+
 use super::*;
 
 /// How many replaced versions are remembered for late writes (as many as the daemon
@@ -102,16 +104,20 @@ impl Engine {
         out
     }
 
-    /// Two live files at one path: the smallest id keeps it; an identical duplicate is
-    /// dropped, a different one becomes a conflict copy (docs/reference.md §3.1). Deterministic, so
-    /// every peer that sees the clash settles it the same way.
+    /// Two live files at one path, or at paths with one [`name_key`] (equal after Unicode
+    /// NFC normalisation and case folding: two names that look the same, or one file on a
+    /// case-insensitive filesystem): the smallest id keeps its path; an identical
+    /// duplicate is dropped, a different one becomes a conflict copy (docs/reference.md
+    /// §2.4, §3.1). Deterministic and the same on every device whatever its filesystem,
+    /// so every peer that sees the clash settles it the same way and ends up with the
+    /// same names.
     pub(super) fn settle_path_clashes(&mut self, store: &mut dyn DocStore) {
         let live = self.live_view(store);
-        let mut by_path: BTreeMap<&str, Vec<FileId>> = BTreeMap::new();
+        let mut by_key: BTreeMap<String, Vec<FileId>> = BTreeMap::new();
         for (f, p) in &live {
-            by_path.entry(p.as_str()).or_default().push(*f);
+            by_key.entry(name_key(p)).or_default().push(*f);
         }
-        let taken: BTreeSet<String> = live.values().cloned().collect();
+        let taken: BTreeSet<String> = live.values().map(|p| name_key(p)).collect();
         let copies: BTreeSet<FileId> = self
             .index
             .conflicts()
@@ -121,11 +127,12 @@ impl Engine {
         let mut changed = false;
         let members = self.members_view.clone();
         let mut new_names: BTreeSet<String> = BTreeSet::new();
-        for (path, files) in by_path {
+        for files in by_key.into_values() {
             if files.len() < 2 {
                 continue;
             }
             let winner = files[0];
+            let path = live[&winner].as_str();
             let winner_hash = self.files.get(&winner).and_then(|m| m.doc_hash);
             for loser in &files[1..] {
                 let loser_hash = self.files.get(loser).and_then(|m| m.doc_hash);
@@ -146,10 +153,12 @@ impl Engine {
                     .get(&origin)
                     .cloned()
                     .unwrap_or_else(|| "unknown".into());
-                let copy = conflict_copy_name(path, &origin_name, &origin, &|c| {
-                    taken.contains(c) || new_names.contains(c)
+                // The copy keeps the loser's own spelling of the name.
+                let copy = conflict_copy_name(&live[loser], &origin_name, &origin, &|c| {
+                    let key = name_key(c);
+                    taken.contains(&key) || new_names.contains(&key)
                 });
-                new_names.insert(copy.clone());
+                new_names.insert(name_key(&copy));
                 let _ = self.index.set_path(loser, &copy);
                 let id = format!("create-{loser}");
                 if !self.index.has_conflict(&id) {
@@ -182,9 +191,12 @@ impl Engine {
         taken: &BTreeSet<String>,
         new_names: &mut BTreeSet<String>,
     ) -> bool {
+        // Folders by key: on a case-insensitive disk `Notes/` is the folder `notes` too.
+        // (A key's folders are the keys of the path's folders: `/` is kept as it is.)
+        let keys: BTreeMap<FileId, String> = live.iter().map(|(f, p)| (*f, name_key(p))).collect();
         let mut folders: BTreeSet<&str> = BTreeSet::new();
-        for p in live.values() {
-            let mut at = p.as_str();
+        for key in keys.values() {
+            let mut at = key.as_str();
             while let Some(i) = at.rfind('/') {
                 at = &at[..i];
                 if !folders.insert(at) {
@@ -195,7 +207,7 @@ impl Engine {
         let members = self.members_view.clone();
         let mut changed = false;
         for (f, path) in live {
-            if !folders.contains(path.as_str()) || self.index.path_of(f).as_ref() != Some(path) {
+            if !folders.contains(keys[f].as_str()) || self.index.path_of(f).as_ref() != Some(path) {
                 continue;
             }
             let origin = self.index.origin(f).unwrap_or(self.device);
@@ -204,9 +216,10 @@ impl Engine {
                 .cloned()
                 .unwrap_or_else(|| "unknown".into());
             let copy = conflict_copy_name(path, &origin_name, &origin, &|c| {
-                taken.contains(c) || new_names.contains(c) || folders.contains(c)
+                let key = name_key(c);
+                taken.contains(&key) || new_names.contains(&key) || folders.contains(key.as_str())
             });
-            new_names.insert(copy.clone());
+            new_names.insert(name_key(&copy));
             let _ = self.index.set_path(f, &copy);
             let id = format!("folder-{f}");
             if !self.index.has_conflict(&id) {
@@ -270,9 +283,13 @@ impl Engine {
         files: &[FileId],
         live: &BTreeMap<FileId, String>,
     ) -> BTreeMap<FileId, Option<(String, ContentHash)>> {
-        let mut owner: BTreeMap<&str, FileId> = BTreeMap::new();
+        // By disk key: on a disk that ignores case two live files whose names differ only
+        // in case (not yet settled by the clash rule) are one place, and only its owner
+        // is written there.
+        let fold = self.config.case_insensitive;
+        let mut owner: BTreeMap<Cow<'_, str>, FileId> = BTreeMap::new();
         for (f, p) in live {
-            owner.entry(p.as_str()).or_insert(*f);
+            owner.entry(files::key(fold, p)).or_insert(*f);
         }
         let mut desired = BTreeMap::new();
         for f in files {
@@ -296,7 +313,7 @@ impl Engine {
                 let path = self
                     .index
                     .path_of(f)
-                    .filter(|p| !owner.contains_key(p.as_str()));
+                    .filter(|p| !owner.contains_key(&files::key(fold, p)));
                 let hash = self.files.get(f).and_then(|m| m.doc_hash);
                 if let (Some(p), Some(h)) = (path, hash)
                     && valid_path(&p).is_ok()
@@ -306,7 +323,7 @@ impl Engine {
                 continue;
             }
             let want = match (live.get(f), self.files.get(f).and_then(|m| m.doc_hash)) {
-                (Some(path), _) if owner.get(path.as_str()) != Some(f) => continue,
+                (Some(path), _) if owner.get(&files::key(fold, path)) != Some(f) => continue,
                 (Some(p), Some(_)) if valid_path(p).is_err() => {
                     self.state.counters.bad_paths += 1;
                     None
@@ -327,7 +344,9 @@ impl Engine {
         let Some((cur_path, cur_hash)) = self.files.get(&f).and_then(|m| m.disk.clone()) else {
             return;
         };
-        if want == Some(cur_path.as_str()) {
+        // (On a disk that ignores case, a name spelled otherwise is the same place: the
+        // file is written where it is, and a peer's change of case only is not copied.)
+        if want.is_some_and(|w| self.files.same_on_disk(w, &cur_path)) {
             return;
         }
         self.disk_ops.insert(cur_path.clone(), f);
@@ -353,14 +372,19 @@ impl Engine {
         store: &mut dyn DocStore,
     ) {
         let current = self.files.get(&f).and_then(|m| m.disk.clone());
-        if current.as_ref() == Some(&(path.clone(), hash))
+        let here = current
+            .as_ref()
+            .filter(|(p, _)| self.files.same_on_disk(p, &path));
+        if here.is_some_and(|(_, h)| *h == hash)
             || self.unwritable.get(&f).is_some_and(|u| !u.retrying)
         {
             return;
         }
-        let expect = match &current {
-            Some((p, h)) if *p == path => Some(*h),
-            _ => self.files.on_disk(&path),
+        // Written where it is on disk (its spelling, when the disk ignores case).
+        let path = here.map_or(path, |(p, _)| p.clone());
+        let expect = match here {
+            Some((_, h)) => Some(*h),
+            None => self.files.on_disk(&path),
         };
         if let Some(other) = self.file_at(&path)
             && other != f

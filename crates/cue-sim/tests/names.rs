@@ -1,0 +1,163 @@
+//! Names that look the same, and folders that ignore letter case (docs/reference.md
+//! §2.4): the workspace never holds two live files whose names are equal after Unicode
+//! NFC normalisation and case folding, so no filesystem ever takes two of its files for
+//! one, and no device shows two files that look identical.
+
+use cue_core::paths::name_key;
+use cue_core::{Config, ConflictKind};
+use cue_sim::World;
+
+const NFC: &str = "caf\u{e9}.md";
+const NFD: &str = "cafe\u{301}.md";
+
+fn settle(w: &mut World) {
+    w.settle(10);
+    if let Err(e) = w.converged() {
+        panic!("not converged: {e}");
+    }
+}
+
+/// The files on a peer's disk as (name, content), in name order.
+fn files(w: &World, peer: usize) -> Vec<(String, String)> {
+    w.peers[peer]
+        .disk
+        .iter()
+        .map(|(p, b)| (p.clone(), String::from_utf8_lossy(b).into_owned()))
+        .collect()
+}
+
+/// Two devices, offline, each create a file under one of `names`; then they meet.
+fn created_apart(names: [&str; 2], contents: [&str; 2]) -> World {
+    let mut w = World::new(2, 3, Config::default());
+    w.write(0, names[0], contents[0].as_bytes());
+    w.write(1, names[1], contents[1].as_bytes());
+    w.connect_all();
+    settle(&mut w);
+    w
+}
+
+/// Both contents are kept, under two names that do not look the same, and the clash is
+/// listed as a conflict on every peer.
+fn assert_kept_apart(w: &mut World, contents: [&str; 2]) {
+    for p in 0..2 {
+        let on_disk = files(w, p);
+        assert_eq!(on_disk.len(), 2, "peer {p}: {on_disk:?}");
+        let keys: Vec<String> = on_disk.iter().map(|(n, _)| name_key(n)).collect();
+        assert_ne!(keys[0], keys[1], "peer {p}: {on_disk:?}");
+        for c in contents {
+            assert!(on_disk.iter().any(|(_, b)| b == c), "peer {p} lost {c:?}");
+        }
+        assert!(
+            on_disk.iter().any(|(n, _)| n.contains(".conflict-")),
+            "peer {p}: {on_disk:?}"
+        );
+        let st = w.status(p);
+        assert_eq!(st.conflicts.len(), 1, "peer {p}: {:?}", st.conflicts);
+        assert_eq!(st.conflicts[0].kind, ConflictKind::Create);
+    }
+}
+
+#[test]
+fn names_equal_after_nfc_normalisation_are_one_file() {
+    let mut w = created_apart([NFC, NFD], ["from p0\n", "from p1\n"]);
+    assert_kept_apart(&mut w, ["from p0\n", "from p1\n"]);
+    // The same bytes under both forms are one file, as two creations of one path are.
+    let w = created_apart([NFC, NFD], ["same\n", "same\n"]);
+    for p in 0..2 {
+        assert_eq!(files(&w, p).len(), 1, "peer {p}: {:?}", files(&w, p));
+    }
+}
+
+#[test]
+fn names_differing_only_in_case_are_never_two_files() {
+    let mut w = created_apart(["Notes.md", "notes.md"], ["upper\n", "lower\n"]);
+    assert_kept_apart(&mut w, ["upper\n", "lower\n"]);
+}
+
+#[test]
+fn a_file_and_a_folder_differing_only_in_case_are_kept_apart() {
+    let mut w = created_apart(["Plans", "plans/q1.md"], ["a file\n", "in a folder\n"]);
+    for p in 0..2 {
+        let on_disk = files(&w, p);
+        assert_eq!(on_disk.len(), 2, "peer {p}: {on_disk:?}");
+        assert!(
+            on_disk.iter().any(|(n, _)| n == "plans/q1.md"),
+            "peer {p}: {on_disk:?}"
+        );
+        assert!(
+            on_disk
+                .iter()
+                .any(|(n, b)| n.starts_with("Plans.conflict-") && b == "a file\n"),
+            "peer {p}: {on_disk:?}"
+        );
+        assert_eq!(w.status(p).conflicts.len(), 1);
+    }
+}
+
+/// One device on a folder that keeps case (Linux), one on a folder that ignores it (a
+/// Mac, exFAT): files the first holds under names differing in case must each keep their
+/// content on the second.
+#[test]
+fn a_folder_that_ignores_case_never_overwrites_one_file_with_another() {
+    let mut w = World::new(2, 5, Config::default());
+    w.make_case_insensitive(1);
+    w.write(0, "Notes.md", b"upper\n");
+    w.write(0, "notes.md", b"lower\n");
+    // Two folders on the first disk, one on the second.
+    w.write(0, "Docs/a.md", b"a\n");
+    w.write(0, "docs/b.md", b"b\n");
+    w.connect_all();
+    settle(&mut w);
+    let on_1 = files(&w, 1);
+    for c in ["upper\n", "lower\n", "a\n", "b\n"] {
+        assert!(on_1.iter().any(|(_, b)| b == c), "lost {c:?}: {on_1:?}");
+    }
+    assert_eq!(on_1.len(), 4, "{on_1:?}");
+
+    // One folder there: one of the two files sits in a folder spelled otherwise than its
+    // path in the workspace.
+    let folders: Vec<&str> = on_1
+        .iter()
+        .filter_map(|(n, _)| n.split_once('/'))
+        .map(|(d, _)| d)
+        .collect();
+    assert_eq!(folders[0], folders[1], "{on_1:?}");
+    // The second device edits both: edits, not new files nor removals.
+    w.write(1, "DOCS/a.md", b"a, edited on a Mac\n");
+    w.write(1, "DOCS/b.md", b"b, edited on a Mac\n");
+    settle(&mut w);
+    assert_eq!(
+        w.read(0, "Docs/a.md").as_deref(),
+        Some("a, edited on a Mac\n")
+    );
+    assert_eq!(
+        w.read(0, "docs/b.md").as_deref(),
+        Some("b, edited on a Mac\n")
+    );
+    assert_eq!(files(&w, 0).len(), 4, "{:?}", files(&w, 0));
+
+    // Its start-up scan finds every file where the engine put it, at any spelling.
+    w.restart(1);
+    settle(&mut w);
+    assert_eq!(files(&w, 0).len(), 4, "{:?}", files(&w, 0));
+    assert_eq!(files(&w, 1).len(), 4, "{:?}", files(&w, 1));
+    assert!(w.status(1).conflicts.len() <= 1);
+}
+
+#[test]
+fn a_change_of_case_only_keeps_the_file_on_a_folder_that_ignores_case() {
+    let mut w = World::new(2, 9, Config::default());
+    w.make_case_insensitive(1);
+    w.write(0, "readme.md", b"hello\n");
+    w.connect_all();
+    settle(&mut w);
+    w.rename(0, "readme.md", "README.md");
+    settle(&mut w);
+    assert_eq!(w.read(1, "README.md").as_deref(), Some("hello\n"));
+    assert_eq!(files(&w, 1).len(), 1, "{:?}", files(&w, 1));
+    // An edit there still reaches the other device's renamed file.
+    w.write(1, "README.md", b"hello again\n");
+    settle(&mut w);
+    assert_eq!(w.read(0, "README.md").as_deref(), Some("hello again\n"));
+    assert_eq!(files(&w, 0).len(), 1, "{:?}", files(&w, 0));
+}
