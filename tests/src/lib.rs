@@ -142,6 +142,12 @@ impl Peer {
         Peer(must(cue_testkit::Peer::new(kit(), name)))
     }
 
+    /// [`Peer::new`] with its folder inside `parent`.
+    #[track_caller]
+    pub fn new_in(name: &str, parent: &std::path::Path) -> Peer {
+        Peer(must(cue_testkit::Peer::new_in(kit(), name, parent)))
+    }
+
     /// Runs `cue -C <folder> args...` and returns its output, whatever its exit status.
     #[track_caller]
     pub fn cue(&self, args: &[&str]) -> Output {

@@ -27,11 +27,17 @@ pub struct Peer {
 impl Peer {
     /// An empty folder for a device called `name`.
     pub fn new(kit: &Kit, name: &str) -> anyhow::Result<Peer> {
+        Peer::new_in(kit, name, &std::env::temp_dir())
+    }
+
+    /// [`Peer::new`] with its folder made inside `parent` (a folder on another
+    /// filesystem, say).
+    pub fn new_in(kit: &Kit, name: &str, parent: &Path) -> anyhow::Result<Peer> {
         Ok(Peer {
             dir: tempfile::Builder::new()
                 .prefix(&format!("{}-{name}-", kit.label))
                 .disable_cleanup(kit.keep)
-                .tempdir()?,
+                .tempdir_in(parent)?,
             name: name.to_owned(),
             cue: kit.cue.clone(),
             env: kit.env.clone(),

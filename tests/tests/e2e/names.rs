@@ -4,7 +4,12 @@
 //! second becomes a conflict copy, on every peer, and nothing is lost. (So a folder that
 //! ignores case, as a Mac's does, never has one overwrite the other.)
 
-use cue_e2e::{pair, tree, wait_converged, wait_until};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use cue_e2e::{Peer, Relay, pair, tree, wait_converged, wait_for_file, wait_until};
 use unicode_normalization::UnicodeNormalization;
 
 const NFC: &str = "caf\u{e9}.md";
@@ -80,6 +85,159 @@ fn names_that_look_the_same_are_never_two_files() {
         let human = peer.cue_ok(&["sync", "status"]);
         assert!(human.contains(".conflict-"), "{}: {human}", peer.name);
     }
+    a.stop();
+    b.stop();
+}
+
+/// An exFAT filesystem mounted through FUSE: a folder that ignores letter case and keeps
+/// it, as a Mac's (APFS) and Windows' do. Unmounted when dropped.
+struct Exfat {
+    dir: tempfile::TempDir,
+    device: String,
+}
+
+impl Exfat {
+    /// `None` where it cannot be made (not root, no FUSE, no exfat-fuse and exfatprogs):
+    /// the test is skipped then, except under CI, where `.ci/run` installs them.
+    fn mount() -> Option<Exfat> {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("exfat.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let mount = dir.path().join("mnt");
+        std::fs::create_dir(&mount).unwrap();
+        let run = |program: &str, args: &[&str]| {
+            Command::new(program)
+                .args(args)
+                .stderr(Stdio::null())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        };
+        let image = image.to_str().unwrap();
+        let device =
+            run("mkfs.exfat", &[image]).and_then(|_| run("losetup", &["-f", "--show", image]));
+        let Some(device) = device else {
+            skip_or_fail("mkfs.exfat or losetup");
+            return None;
+        };
+        // Keys must not be readable by others (the daemon checks): files 0600, folders 0700.
+        let opts = "fmask=0177,dmask=0077";
+        if run(
+            "mount.exfat-fuse",
+            &["-o", opts, &device, mount.to_str().unwrap()],
+        )
+        .is_none()
+        {
+            let _ = run("losetup", &["-d", &device]);
+            skip_or_fail("mount.exfat-fuse");
+            return None;
+        }
+        Some(Exfat { dir, device })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+fn skip_or_fail(what: &str) {
+    assert!(
+        std::env::var("CI").is_err(),
+        "{what} failed: .ci/run installs exfat-fuse and exfatprogs, and CI runs as root"
+    );
+    eprintln!("{what} failed (needs root, FUSE, exfat-fuse, exfatprogs): test skipped");
+}
+
+impl Drop for Exfat {
+    fn drop(&mut self) {
+        let mount = self.path();
+        // The daemons are gone, but FUSE may take a moment to let go.
+        for _ in 0..50 {
+            let done = Command::new("umount")
+                .arg(&mount)
+                .stderr(Stdio::null())
+                .status();
+            if done.is_ok_and(|s| s.success()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
+/// name key → content, for a folder that may spell a name otherwise than another does.
+fn by_key(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    tree(root).into_iter().map(|(n, c)| (key(&n), c)).collect()
+}
+
+#[test]
+fn a_folder_that_ignores_case_never_has_one_file_overwrite_another() {
+    let Some(exfat) = Exfat::mount() else {
+        return;
+    };
+    let relay = Relay::start();
+    let a = Peer::new("alice");
+    let b = Peer::new_in("bob", &exfat.path());
+    // On alice's Linux disk: two files and two folders whose names differ in case only.
+    a.write("Notes.md", "upper\n");
+    a.write("notes.md", "lower\n");
+    a.write("Docs/a.md", "a\n");
+    a.write("docs/b.md", "b\n");
+    a.init(&relay.url());
+    b.join(&a.invite());
+    a.start();
+    b.start();
+    wait_until("bob to hold all four files, none over another", || {
+        let files = tree(b.root());
+        files.len() == 4
+            && ["upper\n", "lower\n", "a\n", "b\n"]
+                .iter()
+                .all(|c| files.values().any(|f| f == c.as_bytes()))
+    });
+    wait_until("the same four files on both, by name", || {
+        by_key(a.root()) == by_key(b.root())
+    });
+    let (status, _) = b.status();
+    let conflicts = status["conflicts"].as_array().unwrap();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0]["kind"], "create");
+
+    // Bob edits both files of the one folder his disk has, by its spelling there: edits
+    // of the files alice has in two folders, not new files.
+    let files = tree(b.root());
+    let folder = files
+        .keys()
+        .find_map(|n| n.split_once('/'))
+        .unwrap()
+        .0
+        .to_string();
+    b.write(&format!("{folder}/a.md"), "a, edited by bob\n");
+    b.write(&format!("{folder}/b.md"), "b, edited by bob\n");
+    wait_for_file(&a, "Docs/a.md", "bob's edit of a", |c| {
+        c == "a, edited by bob\n"
+    });
+    wait_for_file(&a, "docs/b.md", "bob's edit of b", |c| {
+        c == "b, edited by bob\n"
+    });
+
+    // Bob's daemon starts again: its scan finds every file where it put it.
+    b.stop();
+    b.start();
+    b.cue_ok(&["sync", "now", "--timeout", "30s"]);
+    // (The files a write replaced are kept aside for a moment, for late writes.)
+    wait_until("the same four files on both after the restart", || {
+        tree(a.root()).len() == 4 && by_key(a.root()) == by_key(b.root())
+    });
+    // Nothing was taken for new, edited or removed at bob's start.
+    let log = a.cue_ok(&["activity", "log", "--json"]);
+    let from_bob: Vec<&str> = log.lines().filter(|l| l.contains("\"bob\"")).collect();
+    let changes = from_bob.iter().filter(|l| !l.contains("\"peer_")).count();
+    assert_eq!(changes, 2, "{from_bob:#?}");
     a.stop();
     b.stop();
 }
