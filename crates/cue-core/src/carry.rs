@@ -391,13 +391,20 @@ pub fn diff_scan(engine: &Engine, found: &Found) -> ScanDiff {
         .chain(found.too_large.keys())
         .map(|p| key(p))
         .collect();
-    let mut changed: Vec<&str> = found
-        .files
-        .iter()
-        .filter(|(p, h)| believed.get(&key(p)).map(|(_, b)| b) != Some(h))
-        .map(|(p, _)| p.as_str())
-        .collect();
     let mut renames = Vec::new();
+    let mut changed = Vec::new();
+    for (p, h) in &found.files {
+        match believed.get(&key(p)) {
+            // The same file under a name whose last part changed case: renamed (on a
+            // folder that ignores case) while nobody watched. (Its folders may be spelled
+            // otherwise than the workspace spells them: the folder made first.)
+            Some((b, _)) if file_name(b) != file_name(p) => {
+                renames.push((b.to_string(), p.clone()));
+            }
+            Some((_, b)) if b == h => {}
+            _ => changed.push(p.as_str()),
+        }
+    }
     let mut removed = Vec::new();
     for (k, (from, hash)) in &believed {
         if there.contains(k) || found.ignored.contains(*from) {
@@ -420,6 +427,11 @@ pub fn diff_scan(engine: &Engine, found: &Found) -> ScanDiff {
         ignored: found.ignored.clone(),
         known: believed.len(),
     }
+}
+
+/// The last part of a path.
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
 }
 
 /// Feeds a scan's differences to the engine and carries out the effects: renames and

@@ -831,8 +831,11 @@ impl Driver {
 
     fn renamed(&mut self, now: i64, from: &str, to: &str) -> Result<Vec<Outgoing>, DriverError> {
         let known = self.engine.on_disk(from).is_some();
+        // On a folder that ignores case, a change of case leaves `from` there: it is `to`.
+        let gone =
+            self.engine.disk_key(from) == self.engine.disk_key(to) || !self.host.exists(from);
         match self.read(to)? {
-            Some(content) if known && !self.host.exists(from) => self.input(
+            Some(content) if known && gone => self.input(
                 now,
                 Input::FileRenamed {
                     from: from.to_string(),

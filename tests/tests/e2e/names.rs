@@ -238,6 +238,30 @@ fn a_folder_that_ignores_case_never_has_one_file_overwrite_another() {
     let from_bob: Vec<&str> = log.lines().filter(|l| l.contains("\"bob\"")).collect();
     let changes = from_bob.iter().filter(|l| !l.contains("\"peer_")).count();
     assert_eq!(changes, 2, "{from_bob:#?}");
+
+    // A change of case only, made on the folder that ignores case, is a rename everywhere.
+    let notes = tree(b.root())
+        .into_keys()
+        .find(|n| n.eq_ignore_ascii_case("notes.md"))
+        .unwrap();
+    std::fs::rename(b.root().join(&notes), b.root().join("NOTES.md")).unwrap();
+    wait_until("bob's change of case to reach alice", || {
+        a.read("NOTES.md").is_some() && tree(a.root()).len() == 4
+    });
+    assert_eq!(by_key(a.root()), by_key(b.root()));
+    // One made on alice's side is a rename on bob's folder too.
+    std::fs::rename(a.root().join("Docs/a.md"), a.root().join("Docs/A.md")).unwrap();
+    wait_until("alice's change of case to reach bob's folder", || {
+        tree(b.root()).keys().any(|n| n.ends_with("/A.md")) && tree(b.root()).len() == 4
+    });
+    // And one made while his daemon was stopped, found by the scan at its start.
+    b.stop();
+    std::fs::rename(b.root().join("NOTES.md"), b.root().join("nOtEs.md")).unwrap();
+    b.start();
+    wait_until(
+        "bob's change of case made while stopped to reach alice",
+        || a.read("nOtEs.md").is_some() && tree(a.root()).len() == 4,
+    );
     a.stop();
     b.stop();
 }

@@ -180,9 +180,13 @@ impl Files {
         })
     }
 
-    /// Does the disk take these two paths for one?
+    /// Is a file at `a` at `b` as well, with the name `b` gives it? On a disk that ignores
+    /// case, `a`'s folders may be spelled otherwise (the disk keeps the spelling of the
+    /// folder made first, and nothing can change it file by file), but a name whose case
+    /// differs is a rename to make.
     pub(super) fn same_on_disk(&self, a: &str, b: &str) -> bool {
-        key(self.fold, a) == key(self.fold, b)
+        let name = |p: &str| p.rsplit('/').next().map(str::to_string);
+        a == b || (self.fold && key(self.fold, a) == key(self.fold, b) && name(a) == name(b))
     }
 }
 

@@ -344,8 +344,7 @@ impl Engine {
         let Some((cur_path, cur_hash)) = self.files.get(&f).and_then(|m| m.disk.clone()) else {
             return;
         };
-        // (On a disk that ignores case, a name spelled otherwise is the same place: the
-        // file is written where it is, and a peer's change of case only is not copied.)
+        // (On a disk that ignores case, a file in a folder spelled otherwise is in place.)
         if want.is_some_and(|w| self.files.same_on_disk(w, &cur_path)) {
             return;
         }
