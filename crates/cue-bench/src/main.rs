@@ -31,7 +31,7 @@ use clap::Parser;
 use notify::Watcher;
 use serde_json::{Value, json};
 
-use cue_testkit::{ANY_PORT, Flooder, Kit, Pace, Peer, Relay, wait_until};
+use cue_testkit::{ANY_PORT, Flooder, Kit, Pace, Peer, Relay, poll_until, wait_until};
 use harness::{cluster, cluster_on};
 
 #[derive(Debug, Parser)]
@@ -61,6 +61,10 @@ struct Args {
     /// Also run the first sync (and idle figures) with 10,000 files, once.
     #[arg(long)]
     big: bool,
+    /// File counts for the burst runs (copied into a running peer, timed until all are on
+    /// the other), comma-separated; 0 skips them.
+    #[arg(long, value_delimiter = ',')]
+    burst: Option<Vec<usize>>,
     /// Length of the idle window for CPU and RSS, seconds.
     #[arg(long)]
     idle_secs: Option<u64>,
@@ -105,6 +109,7 @@ struct Plan {
     peers: Vec<usize>,
     gap: Duration,
     files: Vec<(usize, usize)>, // (file count, runs)
+    burst: Vec<usize>,
     idle: Duration,
     deadline: Duration,
     edit_files: usize,
@@ -132,6 +137,13 @@ impl Plan {
                 .unwrap_or(if a.quick { vec![2, 3] } else { vec![2, 10] }),
             gap: Duration::from_millis(a.gap_ms),
             files,
+            burst: a
+                .burst
+                .clone()
+                .unwrap_or(if a.quick { vec![100] } else { vec![1000, 3000] })
+                .into_iter()
+                .filter(|n| *n > 0)
+                .collect(),
             idle: Duration::from_secs(a.idle_secs.unwrap_or(if a.quick { 2 } else { 60 })),
             deadline: Duration::from_secs(if a.big { 600 } else { 120 }),
             edit_files: if a.quick { 5 } else { 100 },
@@ -383,6 +395,66 @@ fn sender_write(p: &Peer, rel: &str, content: &[u8]) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))
+}
+
+/// One burst run: two peers in sync, then `files` new notes copied into one of them as
+/// fast as the disk takes them (as `cp -r` or unzipping a folder does); timed until every
+/// one is on the other peer with its content. RSS peaks of both daemons.
+fn burst_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value> {
+    let relay = Relay::start(kit, ANY_PORT, &[])?;
+    let src = Peer::new(kit, "src")?;
+    let dst = Peer::new(kit, "dst")?;
+    src.init(&relay.url())?;
+    dst.join(&src.invite()?)?;
+    src.start()?;
+    dst.start()?;
+    wait_until("the two peers to see each other", plan.deadline, || {
+        let (a, b) = (src.status()?.0, dst.status()?.0);
+        Ok(a["peers"][0]["online"] == true && b["peers"][0]["online"] == true)
+    })?;
+    let (src_pid, dst_pid) = (
+        src.live_daemon().context("no daemon running for src")?,
+        dst.live_daemon().context("no daemon running for dst")?,
+    );
+    let notes: Vec<(String, Vec<u8>)> = (0..files)
+        .map(|i| (note_path(i), note(i, 4096, "marker: burst")))
+        .collect();
+    let t = Instant::now();
+    for (path, content) in &notes {
+        sender_write(&src, path, content)?;
+    }
+    let copied_s = t.elapsed().as_secs_f64();
+    let mut missing: Vec<usize> = (0..files).collect();
+    // When the source daemon had taken every file in (its status counts them).
+    let mut taken_in: Option<Duration> = None;
+    let every = Duration::from_millis(100);
+    let arrived = poll_until("every file on the other peer", plan.deadline, every, || {
+        if taken_in.is_none() && src.status()?.0["files"].as_u64() == Some(files as u64) {
+            taken_in = Some(t.elapsed());
+        }
+        missing.retain(|&i| std::fs::read(dst.path(&notes[i].0)).map_or(true, |c| c != notes[i].1));
+        Ok(missing.is_empty())
+    })
+    .map(|_| t.elapsed());
+    let arrived = match arrived {
+        Ok(d) => d,
+        Err(e) => bail!("{e} ({} of {files} missing)", missing.len()),
+    };
+    let load = procfs::load1();
+    let mib = |kib: Option<u64>| kib.map_or(f64::NAN, |k| k as f64 / 1024.0);
+    let out = json!({
+        "files": files,
+        "copied_s": copied_s,
+        "taken_in_s": taken_in.map_or(f64::NAN, |d| d.as_secs_f64()),
+        "all_on_peer_s": arrived.as_secs_f64(),
+        "src_peak_mib": mib(procfs::hwm_kib(src_pid)),
+        "dst_peak_mib": mib(procfs::hwm_kib(dst_pid)),
+        "src_rss_mib": mib(procfs::rss_kib(src_pid)),
+        "load1": load,
+    });
+    src.stop()?;
+    dst.stop()?;
+    Ok(out)
 }
 
 /// One first-sync run: a workspace made over `files` notes, a new peer joins; then both
@@ -653,6 +725,7 @@ fn main() -> anyhow::Result<()> {
         "cue_bin": kit.cue.display().to_string(),
         "latency": [],
         "first_sync": [],
+        "burst": [],
     });
 
     for &n in &plan.peers {
@@ -708,6 +781,57 @@ fn main() -> anyhow::Result<()> {
         }
         flood_rows(&mut rows, &runs, plan.flood_rate);
         results["flood"] = json!({"rate_limit": plan.flood_rate, "runs": runs});
+    }
+
+    for &files in &plan.burst {
+        let mut runs = Vec::new();
+        for run in 0..plan.runs {
+            let r = burst_run(&kit, &plan, files)
+                .with_context(|| format!("burst run {run} with {files} files"))?;
+            eprintln!("burst, {files} files, run {run}: {r}");
+            runs.push(r);
+        }
+        let load = field(&runs, &["load1"]);
+        let goal = match files {
+            3000 => Some((2.0, "≤ 2 s")),
+            10_000 => Some((6.0, "≤ 6 s")),
+            _ => None,
+        };
+        for (figure, goal, key, unit, digits) in [
+            (
+                format!("burst: {files} × 4 KB copied into a running peer → all on the other"),
+                goal,
+                "all_on_peer_s",
+                "s",
+                2,
+            ),
+            (
+                "… source daemon RSS peak".to_string(),
+                None,
+                "src_peak_mib",
+                "MiB",
+                1,
+            ),
+            (
+                "… receiving daemon RSS peak".to_string(),
+                None,
+                "dst_peak_mib",
+                "MiB",
+                1,
+            ),
+        ] {
+            rows.push(Row {
+                figure,
+                goal,
+                values: field(&runs, &[key]),
+                unit,
+                load: load.clone(),
+                digits,
+            });
+        }
+        if let Some(a) = results["burst"].as_array_mut() {
+            a.push(json!({"files": files, "runs": runs}));
+        }
     }
 
     for &(files, nruns) in &plan.files {

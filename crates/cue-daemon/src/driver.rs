@@ -178,6 +178,34 @@ pub struct Driver {
     settle: std::time::Duration,
     /// Our admission, for our member-list entry after the first start-up scan.
     own_admission: Vec<u8>,
+    /// Inputs gathered from one batch of watcher events, fed to the engine together.
+    gathered: Option<Gathered>,
+}
+
+/// Inputs gathered from watcher events to be handled in one settle and one transaction
+/// (a `cp -r` of 3,000 files was 3,000 settles of the whole workspace, 3,000 commits and
+/// 3,000 messages), at most [`carry::SCAN_BATCH_FILES`] inputs or
+/// [`carry::SCAN_BATCH_BYTES`] at a time, as the start-up scan feeds them.
+#[derive(Default)]
+struct Gathered {
+    inputs: Vec<Input>,
+    bytes: usize,
+    /// The paths the inputs are about: an event about one of them (or a folder of one)
+    /// needs the engine to know them first.
+    paths: BTreeSet<String>,
+}
+
+impl Gathered {
+    /// Does an event about `path` (a file or a folder) depend on what is gathered?
+    fn touches(&self, path: &str) -> bool {
+        let below = format!("{path}/");
+        self.paths.contains(path)
+            || self
+                .paths
+                .range(below.clone()..)
+                .next()
+                .is_some_and(|p| p.starts_with(&below))
+    }
 }
 
 impl std::fmt::Debug for Driver {
@@ -235,6 +263,7 @@ impl Driver {
             guard: None,
             settle: std::time::Duration::from_millis(config.sync.debounce_ms * 2 + 50),
             own_admission: ws.own_admission(),
+            gathered: None,
         };
         // Nothing can be sent yet (not connected): what Engine::new returns is storage.
         let _ = carry::carry_out(&mut driver.engine, &mut driver.host, now_ms(), effects)?;
@@ -449,6 +478,42 @@ impl Driver {
     /// Feeds one input and carries out the effects; returns the messages to send.
     pub fn input(&mut self, now: i64, input: Input) -> Result<Vec<Outgoing>, DriverError> {
         self.input_batch(now, vec![input])
+    }
+
+    /// An input from a watcher event: gathered while a batch of events is fed (fed once
+    /// the gathering is full), else fed at once.
+    fn feed(&mut self, now: i64, input: Input) -> Result<Vec<Outgoing>, DriverError> {
+        let Some(g) = &mut self.gathered else {
+            return self.input(now, input);
+        };
+        let (path, bytes) = match &input {
+            Input::FileChanged { path, content } => (Some(path), content.len()),
+            Input::FileRemoved { path }
+            | Input::FileTooLarge { path, .. }
+            | Input::UnsyncableFile { path, .. } => (Some(path), 0),
+            Input::FileRenamed { to, content, .. } => (Some(to), content.len()),
+            _ => (None, 0),
+        };
+        if let Some(p) = path {
+            g.paths.insert(p.clone());
+        }
+        if let Input::FileRenamed { from, .. } = &input {
+            g.paths.insert(from.clone());
+        }
+        g.bytes += bytes;
+        g.inputs.push(input);
+        if g.inputs.len() >= carry::SCAN_BATCH_FILES || g.bytes >= carry::SCAN_BATCH_BYTES {
+            return self.feed_gathered(now);
+        }
+        Ok(Vec::new())
+    }
+
+    /// Feeds what is gathered so far (the gathering goes on, empty).
+    fn feed_gathered(&mut self, now: i64) -> Result<Vec<Outgoing>, DriverError> {
+        match self.gathered.as_mut().map(std::mem::take) {
+            Some(g) if !g.inputs.is_empty() => self.input_batch(now, g.inputs),
+            _ => Ok(Vec::new()),
+        }
     }
 
     /// Several inputs handled together and committed in one transaction (see
@@ -743,7 +808,38 @@ impl Driver {
         }
         self.guard_batch(&events);
         let mut rescan = false;
+        self.gathered = Some(Gathered::default());
+        let result = self.gather_events(now, events, &mut rescan, &mut out);
+        let fed = self.feed_gathered(now);
+        self.gathered = None;
+        result?;
+        out.extend(fed?);
+        if rescan && self.guard.is_none() {
+            out.extend(self.startup_scan(now)?);
+        }
+        Ok(out)
+    }
+
+    /// Turns events into inputs, gathered. An event that looks at what the engine knows
+    /// of a path (a removal, a rename) first has whatever is gathered about that path fed.
+    fn gather_events(
+        &mut self,
+        now: i64,
+        events: Vec<WatchEvent>,
+        rescan: &mut bool,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), DriverError> {
         for e in events {
+            let depends = self.gathered.as_ref().is_some_and(|g| match &e {
+                WatchEvent::Removed(p) => g.touches(p.as_str()),
+                WatchEvent::Renamed { from, to } | WatchEvent::DirRenamed { from, to } => {
+                    g.touches(from.as_str()) || g.touches(to.as_str())
+                }
+                _ => false,
+            });
+            if depends {
+                out.extend(self.feed_gathered(now)?);
+            }
             match e {
                 WatchEvent::Changed(p) => out.extend(self.file_changed(now, p.as_str())?),
                 WatchEvent::Removed(p) => out.extend(self.removed(now, p.as_str())?),
@@ -753,9 +849,9 @@ impl Driver {
                 WatchEvent::DirRenamed { from, to } => {
                     out.extend(self.dir_renamed(now, from.as_str(), to.as_str())?)
                 }
-                WatchEvent::Rescan => rescan = true,
+                WatchEvent::Rescan => *rescan = true,
                 WatchEvent::RootGone => {}
-                WatchEvent::Unsyncable { path, reason } => out.extend(self.input(
+                WatchEvent::Unsyncable { path, reason } => out.extend(self.feed(
                     now,
                     Input::UnsyncableFile {
                         path: path.clone(),
@@ -764,10 +860,7 @@ impl Driver {
                 )?),
             }
         }
-        if rescan && self.guard.is_none() {
-            out.extend(self.startup_scan(now)?);
-        }
-        Ok(out)
+        Ok(())
     }
 
     /// Counts what a batch of events removes before feeding any of it: the guard.
@@ -814,7 +907,7 @@ impl Driver {
         }
         for path in self.engine.on_disk_under(p) {
             if !self.host.exists(&path) {
-                out.extend(self.input(now, Input::FileRemoved { path })?);
+                out.extend(self.feed(now, Input::FileRemoved { path })?);
             } else {
                 // Replaced since the event: take the new content.
                 out.extend(self.file_changed(now, &path)?);
@@ -823,7 +916,7 @@ impl Driver {
         // A file listed as too large leaves the list when it goes.
         for path in self.engine.skipped_under(p) {
             if !self.host.exists(&path) {
-                out.extend(self.input(now, Input::FileRemoved { path })?);
+                out.extend(self.feed(now, Input::FileRemoved { path })?);
             }
         }
         Ok(out)
@@ -835,7 +928,7 @@ impl Driver {
         let gone =
             self.engine.disk_key(from) == self.engine.disk_key(to) || !self.host.exists(from);
         match self.read(to)? {
-            Some(content) if known && gone => self.input(
+            Some(content) if known && gone => self.feed(
                 now,
                 Input::FileRenamed {
                     from: from.to_string(),
@@ -861,7 +954,7 @@ impl Driver {
         for old in self.engine.on_disk_under(from) {
             let new = format!("{to}{}", &old[from.len()..]);
             match self.read(&new)? {
-                Some(content) => out.extend(self.input(
+                Some(content) => out.extend(self.feed(
                     now,
                     Input::FileRenamed {
                         from: old,
@@ -890,7 +983,7 @@ impl Driver {
         let Some(stat) = stat.filter(|s| s.kind == crate::fsio::FileKind::Regular) else {
             let listed = !self.engine.skipped_under(path).is_empty();
             if (known.is_some() || listed) && self.guard.is_none() {
-                return self.input(
+                return self.feed(
                     now,
                     Input::FileRemoved {
                         path: path.to_string(),
@@ -901,7 +994,7 @@ impl Driver {
         };
         if stat.len > self.max_file_size {
             let head = self.head(&rel, self.engine.growth_check_len(path))?;
-            return self.input(
+            return self.feed(
                 now,
                 Input::FileTooLarge {
                     path: path.to_string(),
@@ -916,7 +1009,7 @@ impl Driver {
         if known == Some(content_hash(&content)) {
             return Ok(Vec::new());
         }
-        self.input(
+        self.feed(
             now,
             Input::FileChanged {
                 path: path.to_string(),
