@@ -296,6 +296,49 @@ fn a_flood_of_pulls_is_answered_a_few_times_and_a_catch_up_still_completes() {
     w.converged().unwrap();
 }
 
+/// A member can make device ids of its own (it may invite them), each with its own
+/// allowance of heavy pulls: heavy pulls are also bounded for all askers together, and an
+/// honest peer's catch-up still completes in seconds.
+#[test]
+fn heavy_pulls_from_many_devices_of_one_member_are_bounded_together() {
+    let mut w = World::new(2, 26, Config::default());
+    w.connect_all();
+    let files: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| (format!("n{i}.md"), format!("note {i}\n").into_bytes()))
+        .collect();
+    w.write_many(0, &files);
+    w.settle(5);
+    let before = w.peers[0].engine.counters().excess_pulls;
+    for i in 0..40u8 {
+        let from = cue_core::DeviceId([i.wrapping_add(100); 32]);
+        let pull = Item::Pull {
+            id: u64::from(i),
+            full: true,
+            complete: true,
+            entries: Vec::new(),
+        };
+        let bytes = encode(&Message { items: vec![pull] });
+        w.input(0, Input::Message { from, bytes });
+    }
+    // Eight answered at once (each asker within its own allowance), the rest wait.
+    assert_eq!(w.peers[0].engine.counters().excess_pulls - before, 32);
+
+    // An honest catch-up meanwhile.
+    w.disconnect(1);
+    w.write(0, "new.md", b"made while p1 was away\n");
+    deliver(&mut w);
+    w.connect(1);
+    deliver(&mut w);
+    w.advance(5_000);
+    deliver(&mut w);
+    assert_eq!(
+        w.read(1, "new.md").as_deref(),
+        Some("made while p1 was away\n")
+    );
+    w.settle(3);
+    w.converged().unwrap();
+}
+
 /// A fake admission for the simulation: version, device, name, and a "signature" only
 /// the device can make (here: a keyed hash of device and name with the device's id as
 /// the key stands in for its ed25519 signature; a member forging one for another device

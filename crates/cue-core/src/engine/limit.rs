@@ -6,7 +6,11 @@
 //! lost); a light one over its own allowance is dropped (the asker asks again with its
 //! next changes, and anti-entropy heals the rest). Both are counted (`excess_pulls`).
 //!
-//! The limiter is governor's (GCRA), keyed by asker, on a clock the engine sets from its
+//! A member can make new device ids (it may invite), each with its own allowance, so
+//! heavy pulls are also bounded for all askers together: [`HEAVY_PULLS_ALL_BURST`] at
+//! once, then one every [`HEAVY_PULLS_ALL_PERIOD_MS`]; a pull over that waits too.
+//!
+//! The limiters are governor's (GCRA), keyed by asker, on a clock the engine sets from its
 //! inputs' time: no clock is read, and a seed replays.
 
 use std::collections::hash_map::DefaultHasher;
@@ -25,6 +29,11 @@ use super::*;
 pub(super) const HEAVY_PULL_BURST: u32 = 3;
 /// Then one heavy pull per asker this often (well under the asker's 60 s pull timeout).
 pub(super) const HEAVY_PULL_PERIOD_MS: u64 = 10_000;
+/// Heavy pulls answered at once for all askers together (a team restarting together, a
+/// few peers catching up), before the period applies.
+pub(super) const HEAVY_PULLS_ALL_BURST: u32 = 8;
+/// Then one heavy pull (any asker's) this often.
+pub(super) const HEAVY_PULLS_ALL_PERIOD_MS: u64 = 2_000;
 /// A pull naming more documents than this without `complete` costs as much as one that
 /// names them all: it is heavy.
 pub(super) const LIGHT_PULL_DOCS: usize = 16;
@@ -48,6 +57,9 @@ pub(super) struct DeferredPull {
     pub(super) full: bool,
     pub(super) complete: bool,
     pub(super) entries: Vec<(DocId, Heads)>,
+    /// When it was put to wait (an order): the waiting are answered oldest first, so that
+    /// askers who keep asking go to the back.
+    pub(super) queued: u64,
 }
 
 pub(super) struct PullLimiter {
@@ -56,6 +68,15 @@ pub(super) struct PullLimiter {
     at_ms: Option<i64>,
     heavy: Limiter,
     light: Limiter,
+    /// Heavy pulls of all askers together.
+    heavy_all: RateLimiter<
+        governor::state::NotKeyed,
+        governor::state::InMemoryState,
+        FakeRelativeClock,
+        NoOpMiddleware<<FakeRelativeClock as Clock>::Instant>,
+    >,
+    /// Askers that took from their own heavy allowance, then found none shared left.
+    paid: BTreeSet<DeviceId>,
 }
 
 impl std::fmt::Debug for PullLimiter {
@@ -78,6 +99,9 @@ impl PullLimiter {
             .unwrap_or_else(|| Quota::per_minute(nonzero(6)));
         let light = Quota::per_second(nonzero(LIGHT_PULLS_PER_SECOND))
             .allow_burst(nonzero(LIGHT_PULL_BURST));
+        let heavy_all = Quota::with_period(Duration::from_millis(HEAVY_PULLS_ALL_PERIOD_MS))
+            .map(|q| q.allow_burst(nonzero(HEAVY_PULLS_ALL_BURST)))
+            .unwrap_or_else(|| Quota::per_minute(nonzero(30)));
         PullLimiter {
             heavy: RateLimiter::hashmap_with_clock_and_hasher(
                 heavy,
@@ -89,6 +113,8 @@ impl PullLimiter {
                 clock.clone(),
                 BuildHasherDefault::default(),
             ),
+            heavy_all: RateLimiter::direct_with_clock(heavy_all, clock.clone()),
+            paid: BTreeSet::new(),
             clock,
             at_ms: None,
         }
@@ -109,9 +135,23 @@ impl PullLimiter {
     }
 
     /// Whether `from` may have a pull of this weight answered now (taking it if so).
-    pub(super) fn allow(&self, from: &DeviceId, heavy: bool) -> bool {
-        let limiter = if heavy { &self.heavy } else { &self.light };
-        limiter.check_key(from).is_ok()
+    /// A heavy pull takes from the asker's allowance first, so that an asker over its own
+    /// never uses up what all askers share; one that got its own but not the shared one
+    /// keeps what it took (`paid`) for its next try.
+    pub(super) fn allow(&mut self, from: &DeviceId, heavy: bool) -> bool {
+        if !heavy {
+            return self.light.check_key(from).is_ok();
+        }
+        if !self.paid.contains(from) && self.heavy.check_key(from).is_err() {
+            return false;
+        }
+        if self.heavy_all.check().is_ok() {
+            self.paid.remove(from);
+            true
+        } else {
+            self.paid.insert(*from);
+            false
+        }
     }
 
     /// Forgets askers whose allowance is whole again.
@@ -142,13 +182,22 @@ impl Engine {
         self.state.counters.excess_pulls += 1;
         self.state_dirty = true;
         if heavy {
-            self.deferred_pulls.insert(from, pull);
+            self.deferred_queue += 1;
+            let queued = self.deferred_queue;
+            self.deferred_pulls
+                .insert(from, DeferredPull { queued, ..pull });
         }
     }
 
     /// Answers the waiting pulls whose askers have room again.
     pub(super) fn answer_deferred_pulls(&mut self, store: &mut dyn DocStore) {
-        let askers: Vec<DeviceId> = self.deferred_pulls.keys().copied().collect();
+        let mut askers: Vec<(u64, DeviceId)> = self
+            .deferred_pulls
+            .iter()
+            .map(|(d, p)| (p.queued, *d))
+            .collect();
+        askers.sort();
+        let askers = askers.into_iter().map(|(_, d)| d);
         for from in askers {
             if !self.peers.get(&from).is_some_and(|p| p.online) {
                 self.deferred_pulls.remove(&from);

@@ -146,6 +146,8 @@ pub struct Engine {
     pull_limits: PullLimiter,
     /// Heavy pulls waiting for their asker's allowance, the latest per asker.
     deferred_pulls: BTreeMap<DeviceId, DeferredPull>,
+    /// The order of the pulls put to wait ([`DeferredPull::queued`]).
+    deferred_queue: u64,
     /// The driver's check of admissions in the member list (see `members.rs`).
     admission_check: Option<Check>,
     /// Who is taken for a member now, by name (see `members.rs`).
@@ -260,6 +262,7 @@ impl Engine {
             asked: BTreeMap::new(),
             pull_limits: PullLimiter::new(),
             deferred_pulls: BTreeMap::new(),
+            deferred_queue: 0,
             admission_check: None,
             members_view: BTreeMap::new(),
             member_verdicts: BTreeMap::new(),

@@ -168,6 +168,7 @@ impl Engine {
                     full,
                     complete,
                     entries,
+                    queued: 0,
                 },
                 store,
             ),
