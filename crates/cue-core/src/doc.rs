@@ -14,6 +14,7 @@
 //! | `fm_keys`  | List of str | key order                                                  |
 //! | `fm_vals`  | Map         | key → str (a scalar block, last writer wins) or Map (a list) |
 //! | `bytes`    | bytes       | a binary file's content, last writer wins                  |
+//! | `exec`     | boolean     | the executable bit (git's rule); absent: not executable, last writer wins |
 //!
 //! A list value is a Map `{flow, head, sep, tail, items: List of str}` whose items are the
 //! exact item lines; items are unique by value when materialised, so concurrent additions
@@ -150,6 +151,16 @@ impl FileDoc {
             "binary" => Some(ContentKind::Binary),
             _ => None,
         }
+    }
+
+    /// Whether the file is executable: `exec` is `true`. Absent (every document made
+    /// before the bit was synced, and every file never made executable) or anything else
+    /// is not.
+    pub fn exec(&self) -> bool {
+        matches!(
+            self.doc.get(ROOT, "exec"),
+            Ok(Some((Value::Scalar(s), _))) if matches!(s.as_ref(), ScalarValue::Boolean(true))
+        )
     }
 
     /// Is there anything to materialise yet (a document whose first change has arrived)?
@@ -289,22 +300,24 @@ impl FileDoc {
         })
     }
 
-    /// Record `bytes` as the file's new content, as the smallest change. Returns the new
-    /// change's hash, or `None` when the content is what the document already holds.
+    /// Record `bytes` as the file's new content, as the smallest change, leaving the
+    /// executable bit as it is. Returns the new change's hash, or `None` when the content
+    /// is what the document already holds.
     pub fn write(
         &mut self,
         path: &str,
         bytes: &[u8],
         time_s: i64,
     ) -> Result<Option<ChangeHash>, DocError> {
-        let own = self.doc.get_actor().clone();
-        self.write_at(&[], path, bytes, time_s, own)
+        self.write_here(path, bytes, None, time_s)
     }
 
     /// Record `bytes` as an edit of the version at `base` (what was on disk when the user
     /// edited it). Remote changes merged since then are kept: the edit is made on a fork
     /// at `base` and merged back, rather than diffed against the newer merged text (which
-    /// would undo the remote changes).
+    /// would undo the remote changes). `exec` is the executable bit the file had; it is
+    /// recorded only when it differs from the version at `base`, so a device that never
+    /// changes modes never writes the field, and a concurrent `chmod` elsewhere stands.
     ///
     /// A change by one actor must follow its previous one, so when this document's own
     /// actor has changes after `base` (the user saved twice while a remote change was
@@ -314,6 +327,7 @@ impl FileDoc {
         base: &[ChangeHash],
         path: &str,
         bytes: &[u8],
+        exec: bool,
         time_s: i64,
         fork_actor: ActorId,
     ) -> Result<Option<ChangeHash>, DocError> {
@@ -336,29 +350,40 @@ impl FileDoc {
                 doc: fork,
                 saved: Vec::new(),
             };
-            let change = forked.write_here(path, bytes, time_s)?;
+            let change = forked.write_here(path, bytes, Some(exec), time_s)?;
             if change.is_some() {
                 self.doc.merge(&mut forked.doc)?;
             }
             return Ok(change);
         }
-        self.write_here(path, bytes, time_s)
+        self.write_here(path, bytes, Some(exec), time_s)
     }
 
+    /// Records `bytes`, and `exec` unless `None`, as one change; `None` when both are what
+    /// the document holds already.
     fn write_here(
         &mut self,
         path: &str,
         bytes: &[u8],
+        exec: Option<bool>,
         time_s: i64,
     ) -> Result<Option<ChangeHash>, DocError> {
-        if !self.is_empty() && self.materialize().ok().as_deref() == Some(bytes) {
+        let same_content = !self.is_empty() && self.materialize().ok().as_deref() == Some(bytes);
+        // Absent means not executable: a file that never was is never given the field.
+        let exec_change = exec.filter(|e| *e != self.exec());
+        if same_content && exec_change.is_none() {
             return Ok(None);
         }
-        match std::str::from_utf8(bytes) {
-            Ok(text) if ContentKind::of(bytes) == ContentKind::Text => {
-                self.write_text(path, text)?
+        if !same_content {
+            match std::str::from_utf8(bytes) {
+                Ok(text) if ContentKind::of(bytes) == ContentKind::Text => {
+                    self.write_text(path, text)?
+                }
+                _ => self.write_binary(bytes)?,
             }
-            _ => self.write_binary(bytes)?,
+        }
+        if let Some(exec) = exec_change {
+            self.doc.put(ROOT, "exec", exec)?;
         }
         self.commit(time_s)
     }
@@ -773,7 +798,7 @@ mod tests {
         let v1 = doc.automerge().get_heads();
         doc.write("log.md", b"one\ntwo\n", 0).unwrap();
         let edit = doc
-            .write_at(&v1, "log.md", b"one\nlate\n", 0, actor(2))
+            .write_at(&v1, "log.md", b"one\nlate\n", false, 0, actor(2))
             .unwrap();
         assert!(edit.is_some());
         let text = String::from_utf8(doc.materialize().unwrap()).unwrap();
@@ -793,6 +818,7 @@ mod tests {
             &v2,
             "log.md",
             &[text.as_bytes(), b"mine\n"].concat(),
+            false,
             0,
             actor(4),
         )
