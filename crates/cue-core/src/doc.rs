@@ -170,12 +170,17 @@ impl FileDoc {
 
     /// The exact bytes the version at `heads` stood for.
     pub fn materialize_at(&mut self, heads: &[ChangeHash]) -> Result<Vec<u8>, DocError> {
+        Ok(self.file_at(heads)?.0)
+    }
+
+    /// The bytes the version at `heads` stood for, and whether the file was executable.
+    pub fn file_at(&mut self, heads: &[ChangeHash]) -> Result<(Vec<u8>, bool), DocError> {
         let doc = self.doc.fork_at(heads)?;
-        FileDoc {
+        let at = FileDoc {
             doc,
             saved: Vec::new(),
-        }
-        .materialize()
+        };
+        Ok((at.materialize()?, at.exec()))
     }
 
     /// The exact bytes this document stands for.
@@ -830,6 +835,58 @@ mod tests {
             .map(|c| c.actor_id().clone())
             .collect();
         assert!(!actors.contains(&actor(4)), "{actors:?}");
+    }
+
+    /// A device that never changes modes never writes the `exec` field (documents stay
+    /// as they were before the bit was synced); a `chmod` alone is one change.
+    #[test]
+    fn exec_is_written_only_when_it_changes() {
+        let mut doc = FileDoc::new(actor(1));
+        doc.write_at(&[], "a.sh", b"echo\n", false, 0, actor(2))
+            .unwrap();
+        let v1 = doc.heads();
+        assert!(doc.automerge().get(ROOT, "exec").unwrap().is_none());
+        assert_eq!(
+            doc.write_at(&v1, "a.sh", b"echo\n", false, 0, actor(2))
+                .unwrap(),
+            None
+        );
+        let chmod = doc
+            .write_at(&v1, "a.sh", b"echo\n", true, 0, actor(2))
+            .unwrap();
+        assert!(chmod.is_some(), "a chmod alone is a change");
+        assert!(doc.exec());
+        assert_eq!(doc.materialize().unwrap(), b"echo\n");
+        // A later save of the same file keeps the bit without writing it again.
+        let exec_op = |d: &mut FileDoc| d.automerge().get(ROOT, "exec").unwrap().unwrap().1;
+        let set_by_chmod = exec_op(&mut doc);
+        let v2 = doc.heads();
+        doc.write_at(&v2, "a.sh", b"echo two\n", true, 0, actor(2))
+            .unwrap();
+        assert_eq!(exec_op(&mut doc), set_by_chmod, "only the text changed");
+        // Content written as a conflict copy (`write`) leaves the bit alone.
+        doc.write("a.sh", b"echo three\n", 0).unwrap();
+        assert!(doc.exec());
+    }
+
+    /// `chmod +x` on one device and an edit of the content on another, concurrently: both
+    /// stand, whichever way the merge goes.
+    #[test]
+    fn a_concurrent_chmod_and_edit_both_stand() {
+        let mut a = FileDoc::new(actor(1));
+        a.write("a.sh", b"echo one\n", 0).unwrap();
+        let base = a.heads();
+        let mut b = FileDoc::load(&a.save(), actor(2)).unwrap();
+        a.write_at(&base, "a.sh", b"echo one\n", true, 0, actor(3))
+            .unwrap();
+        b.write_at(&base, "a.sh", b"echo one\necho two\n", false, 0, actor(4))
+            .unwrap();
+        a.automerge().merge(b.automerge()).unwrap();
+        b.automerge().merge(a.automerge()).unwrap();
+        for d in [&a, &b] {
+            assert!(d.exec());
+            assert_eq!(d.materialize().unwrap(), b"echo one\necho two\n");
+        }
     }
 
     use proptest::prelude::*;

@@ -139,3 +139,29 @@ pub fn mode_with_exec(mode: u32, exec: bool) -> u32 {
         mode & !0o111
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_executable_bit_follows_gits_rule() {
+        assert_eq!(mode_with_exec(0o644, true), 0o755);
+        assert_eq!(mode_with_exec(0o600, true), 0o700);
+        assert_eq!(mode_with_exec(0o640, true), 0o750);
+        // The owner's bit is the one read back, even where the owner may not read.
+        assert_eq!(mode_with_exec(0o200, true), 0o300);
+        assert_eq!(mode_with_exec(0o755, false), 0o644);
+        // No other bit changes (setuid, sticky, write).
+        assert_eq!(mode_with_exec(0o4755, false), 0o4644);
+        assert_eq!(mode_with_exec(0o1664, true), 0o1775);
+        assert!(is_exec(0o744) && !is_exec(0o655));
+    }
+
+    #[test]
+    fn a_plain_files_hash_is_its_bytes_hash_and_the_bit_makes_a_difference() {
+        assert_eq!(file_hash(b"x", false), content_hash(b"x"));
+        assert_ne!(file_hash(b"x", true), content_hash(b"x"));
+        assert_eq!(file_hash(b"x", true), with_exec(content_hash(b"x"), true));
+    }
+}

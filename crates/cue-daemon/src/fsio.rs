@@ -1252,6 +1252,78 @@ mod tests {
         });
     }
 
+    fn mode_of(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// Git's rule on a write: `+x` gives `x` where `r` is set, `-x` clears every `x`, and
+    /// no other bit changes; a new file gets the umask's mode, made executable the same
+    /// way. What a file holds is known by its bytes and its bit.
+    #[test]
+    fn writes_set_or_clear_the_executable_bit_only() {
+        both_modes(|root, fs| {
+            let f = p("run.sh");
+            std::fs::write(root.join("run.sh"), b"old").unwrap();
+            std::fs::set_permissions(root.join("run.sh"), std::fs::Permissions::from_mode(0o640))
+                .unwrap();
+            let plain = cue_core::file_hash(b"old", false);
+            assert_eq!(
+                fs.write_atomic_if(&f, b"new", Some(true), Expect::Content(plain))
+                    .unwrap(),
+                Outcome::Done
+            );
+            assert_eq!(mode_of(&root.join("run.sh")), 0o750);
+            assert_eq!(fs.read_file(&f).unwrap(), Some((b"new".to_vec(), true)));
+            // The bit is part of what is expected: a plain file's hash no longer holds.
+            let plain = cue_core::file_hash(b"new", false);
+            let exec = cue_core::file_hash(b"new", true);
+            assert_eq!(
+                fs.write_atomic_if(&f, b"x", Some(false), Expect::Content(plain))
+                    .unwrap(),
+                Outcome::Unexpected
+            );
+            assert_eq!(
+                fs.write_atomic_if(&f, b"new", Some(false), Expect::Content(exec))
+                    .unwrap(),
+                Outcome::Done
+            );
+            assert_eq!(mode_of(&root.join("run.sh")), 0o640);
+
+            let mut batch = fs.batch();
+            batch
+                .stage(&p("bin/tool"), b"\x7fELF", Some(true), Expect::Absent)
+                .unwrap();
+            batch
+                .stage(&p("bin/data"), b"\x7fELF", Some(false), Expect::Absent)
+                .unwrap();
+            batch.commit().unwrap();
+            let (tool, data) = (mode_of(&root.join("bin/tool")), mode_of(&root.join("bin/data")));
+            assert!(cue_core::is_exec(tool) && !cue_core::is_exec(data));
+            assert_eq!(tool, cue_core::mode_with_exec(data, true));
+        });
+    }
+
+    /// A removal expects the bit too: a file made executable since is not removed.
+    #[test]
+    fn a_removal_expects_the_bit_too() {
+        both_modes(|root, fs| {
+            let f = p("run.sh");
+            std::fs::write(root.join("run.sh"), b"same").unwrap();
+            std::fs::set_permissions(root.join("run.sh"), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+            assert_eq!(
+                fs.remove_if(&f, Expect::Content(cue_core::file_hash(b"same", false)))
+                    .unwrap(),
+                Some(Outcome::Unexpected)
+            );
+            assert_eq!(
+                fs.remove_if(&f, Expect::Content(cue_core::file_hash(b"same", true)))
+                    .unwrap(),
+                Some(Outcome::Done)
+            );
+        });
+    }
+
     #[test]
     fn symlinked_parent_to_outside_is_refused() {
         both_modes(|root, fs| {

@@ -927,8 +927,8 @@ impl World {
     }
 }
 
-/// One random schedule: peers edit, create, delete, rename, write binaries, go offline,
-/// restart, while the relay drops, duplicates and reorders. Then the network heals and
+/// One random schedule: peers edit, create, delete, rename, write binaries, change the
+/// executable bit, go offline, restart, while the relay drops, duplicates and reorders. Then the network heals and
 /// the world must converge with no lost edit. Returns a description of the failure.
 pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
     // Two to four peers, chosen by the seed so that a seed alone replays a schedule.
@@ -1073,6 +1073,12 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
                 // A rotation of the workspace secret (`cue sync rotate`), online or not:
                 // the others follow through the lobby.
                 w.rotate(p, &[]);
+            }
+            76..=78 => {
+                // `chmod +x` or `-x`: only the executable bit syncs, last writer wins.
+                let path = paths[w.rng.random_range(0..paths.len())];
+                let exec = w.rng.random_bool(0.5);
+                w.chmod(p, path, exec);
             }
             _ => {
                 let n = w.rng.random_range(0..20);
