@@ -32,6 +32,7 @@ pub use engine::{
     RotationCheck, RotationMeta, Status, Version, actor_for, conflict_copy_name,
 };
 pub use ids::{
-    ContentHash, DeviceId, DocId, FileId, content_hash, file_hash, is_exec, mode_with_exec, with_exec,
+    ContentHash, DeviceId, DocId, FileId, content_hash, file_hash, is_exec, mode_with_exec,
+    with_exec,
 };
 pub use index::ConflictKind;

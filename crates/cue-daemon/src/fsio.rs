@@ -1297,7 +1297,10 @@ mod tests {
                 .stage(&p("bin/data"), b"\x7fELF", Some(false), Expect::Absent)
                 .unwrap();
             batch.commit().unwrap();
-            let (tool, data) = (mode_of(&root.join("bin/tool")), mode_of(&root.join("bin/data")));
+            let (tool, data) = (
+                mode_of(&root.join("bin/tool")),
+                mode_of(&root.join("bin/data")),
+            );
             assert!(cue_core::is_exec(tool) && !cue_core::is_exec(data));
             assert_eq!(tool, cue_core::mode_with_exec(data, true));
         });
@@ -1339,7 +1342,11 @@ mod tests {
                 .unwrap_err();
             assert!(matches!(err, FsError::SymlinkOnTheWay { .. }), "{err:?}");
             let mut batch = fs.batch();
-            assert!(batch.stage(&p("link/evil.md"), b"x", None, Expect::Any).is_err());
+            assert!(
+                batch
+                    .stage(&p("link/evil.md"), b"x", None, Expect::Any)
+                    .is_err()
+            );
             drop(batch);
             assert!(fs.read(&p("link/evil.md")).is_err());
             assert!(fs.rename(&p("link"), &p("moved")).is_err());
@@ -1423,22 +1430,26 @@ mod tests {
         both_modes(|_root, fs| {
             let f = p("f.md");
             assert_eq!(
-                fs.write_atomic_if(&f, b"one", None, Expect::Absent).unwrap(),
+                fs.write_atomic_if(&f, b"one", None, Expect::Absent)
+                    .unwrap(),
                 Outcome::Done
             );
             assert_eq!(
-                fs.write_atomic_if(&f, b"two", None, Expect::Absent).unwrap(),
+                fs.write_atomic_if(&f, b"two", None, Expect::Absent)
+                    .unwrap(),
                 Outcome::Unexpected
             );
             let h1 = *blake3::hash(b"one").as_bytes();
             let h2 = *blake3::hash(b"two").as_bytes();
             assert_eq!(
-                fs.write_atomic_if(&f, b"x", None, Expect::Content(h2)).unwrap(),
+                fs.write_atomic_if(&f, b"x", None, Expect::Content(h2))
+                    .unwrap(),
                 Outcome::Unexpected
             );
             assert_eq!(fs.read(&f).unwrap().unwrap(), b"one");
             assert_eq!(
-                fs.write_atomic_if(&f, b"two", None, Expect::Content(h1)).unwrap(),
+                fs.write_atomic_if(&f, b"two", None, Expect::Content(h1))
+                    .unwrap(),
                 Outcome::Done
             );
             assert_eq!(
@@ -1484,7 +1495,12 @@ mod tests {
             for i in 0..200 {
                 let path = p(&format!("dir{}/file{i}.md", i % 7));
                 batch
-                    .stage(&path, format!("content {i}").as_bytes(), None, Expect::Absent)
+                    .stage(
+                        &path,
+                        format!("content {i}").as_bytes(),
+                        None,
+                        Expect::Absent,
+                    )
                     .unwrap();
             }
             batch

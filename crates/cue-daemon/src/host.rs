@@ -179,9 +179,7 @@ impl DaemonHost {
         writes
             .iter()
             .zip(results)
-            .map(|(w, r)| {
-                r.unwrap_or_else(|| self.write_if(&w.path, &w.bytes, w.exec, w.expect))
-            })
+            .map(|(w, r)| r.unwrap_or_else(|| self.write_if(&w.path, &w.bytes, w.exec, w.expect)))
             .collect()
     }
 }

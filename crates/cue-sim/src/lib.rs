@@ -287,6 +287,9 @@ impl MemStore {
     }
 }
 
+/// A peer's files as `converged` compares them: content and executable bit, by path.
+type Files = BTreeMap<String, (Vec<u8>, bool)>;
+
 #[derive(Debug)]
 pub struct Peer {
     pub name: String,
@@ -819,8 +822,7 @@ impl World {
                 ));
             }
         }
-        // Content and executable bit, file by file.
-        let mut reference: Option<(usize, BTreeMap<String, (Vec<u8>, bool)>)> = None;
+        let mut reference: Option<(usize, Files)> = None;
         let mut skipped = BTreeSet::new();
         for p in &mut self.peers {
             let status = p.engine.status(&mut p.store);
@@ -872,7 +874,7 @@ impl World {
                     ))
                 }
                 Some((j, r)) => {
-                    let mine: BTreeMap<String, (Vec<u8>, bool)> = p
+                    let mine: Files = p
                         .disk
                         .iter()
                         .filter(|(k, _)| !skipped.contains(*k))

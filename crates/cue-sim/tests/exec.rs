@@ -110,7 +110,10 @@ fn a_binary_files_bit_syncs() {
     w.chmod(0, "prog", true);
     settle(&mut w);
     assert_eq!(w.is_exec(1, "prog"), Some(true));
-    assert_eq!(w.peers[1].disk.get("prog").map(Vec::as_slice), Some(&elf[..]));
+    assert_eq!(
+        w.peers[1].disk.get("prog").map(Vec::as_slice),
+        Some(&elf[..])
+    );
 }
 
 /// A new executable file reaches a new peer: documents sent with their content
