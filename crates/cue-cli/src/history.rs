@@ -89,6 +89,14 @@ pub fn restore_at(root: &Path, rel: &str, rev: &str) -> anyhow::Result<ExitCode>
         std::process::id()
     ));
     std::fs::write(&tmp, &bytes)?;
+    // Content is restored, not the mode: the file keeps its own (its executable bit is
+    // synced, and a new file's mode would take it away everywhere).
+    if let Ok(meta) = std::fs::metadata(&path)
+        && let Err(e) = std::fs::set_permissions(&tmp, meta.permissions())
+    {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
     if let Err(e) = std::fs::rename(&tmp, &path) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e.into());

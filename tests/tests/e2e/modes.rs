@@ -81,3 +81,46 @@ fn a_chmod_made_while_the_daemon_was_stopped_syncs_after_it_starts() {
     a.stop();
     b.stop();
 }
+
+/// `cue sync restore --at` brings back content, not a mode: an executable file stays
+/// executable everywhere. `cue history` says which version made it executable.
+#[test]
+fn restore_at_keeps_the_executable_bit_and_history_shows_it() {
+    let (_relay, a, b) = pair();
+    a.write("run.sh", "echo one\n");
+    wait_until("v1 on bob", || {
+        b.read("run.sh").as_deref() == Some("echo one\n")
+    });
+    a.write("run.sh", "echo two\n");
+    wait_until("v2 on bob", || {
+        b.read("run.sh").as_deref() == Some("echo two\n")
+    });
+    a.chmod("run.sh", 0o755);
+    wait_until("run.sh executable on bob", || is_exec(&b, "run.sh"));
+
+    let history = |p: &Peer| -> Vec<serde_json::Value> {
+        serde_json::from_str(&p.cue_ok(&["history", "run.sh", "--json"])).unwrap()
+    };
+    let h = history(&b);
+    let marks: Vec<&serde_json::Value> = h.iter().map(|v| &v["mode_changed"]).collect();
+    assert_eq!(
+        marks,
+        [
+            &serde_json::json!("+x"),
+            &serde_json::Value::Null,
+            &serde_json::Value::Null
+        ],
+        "{h:#?}"
+    );
+    assert!(b.cue_ok(&["history", "run.sh"]).contains("; +x"));
+
+    let oldest = h[2]["rev"].as_str().unwrap().to_string();
+    a.cue_ok(&["sync", "restore", "run.sh", "--at", &oldest]);
+    wait_until("the restored version on bob", || {
+        b.read("run.sh").as_deref() == Some("echo one\n")
+    });
+    nothing_pending(&[&a, &b]);
+    assert!(is_exec(&a, "run.sh") && is_exec(&b, "run.sh"));
+    a.stop();
+    b.stop();
+}
