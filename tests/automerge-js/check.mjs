@@ -1,14 +1,15 @@
 // Reads a `cue export --automerge DIR` folder with the reference JavaScript automerge
 // (@automerge/automerge) and checks that every file renders, by docs/schema.md's rules,
 // to the exact bytes cue wrote (the manifest's SHA-256, and the file in the workspace
-// when its folder is given), and that each document saves again to the same bytes.
+// when its folder is given, with its executable bit), and that each document saves again
+// to the same bytes.
 //
 //   node check.mjs EXPORT_DIR [WORKSPACE_DIR]
 //
 // Prints one line per file; exits 1 on the first mismatch.
 import * as A from "@automerge/automerge";
 import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 
 const [dir, workspace] = process.argv.slice(2);
@@ -84,6 +85,10 @@ for (const f of manifest.files) {
   if (workspace) {
     const disk = readFileSync(join(workspace, f.path));
     if (Buffer.compare(disk, content) !== 0) problems.push("differs from the file on disk");
+    // docs/schema.md: `exec` true is executable (the owner's x, git's rule); else not.
+    const exec = doc.exec === true;
+    const diskExec = (statSync(join(workspace, f.path)).mode & 0o100) !== 0;
+    if (exec !== diskExec) problems.push(`exec is ${exec}, the file on disk is ${diskExec ? "" : "not "}executable`);
   }
   if (Buffer.compare(Buffer.from(A.save(doc)), bytes) !== 0) problems.push("saves to other bytes");
   const pathOfId = indexDoc.path?.[f.file_id];

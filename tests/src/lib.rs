@@ -242,6 +242,19 @@ impl Peer {
     pub fn remove(&self, rel: &str) {
         std::fs::remove_file(self.path(rel)).unwrap();
     }
+
+    /// The permission bits of a file (`None`: no such file).
+    pub fn mode(&self, rel: &str) -> Option<u32> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::symlink_metadata(self.path(rel)).ok()?;
+        Some(meta.permissions().mode() & 0o7777)
+    }
+
+    /// `chmod MODE` a file, as a user in a shell would.
+    pub fn chmod(&self, rel: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(self.path(rel), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
 }
 
 /// A TCP proxy on 127.0.0.1 in front of `target` that records every byte both ways, to

@@ -24,6 +24,7 @@ pub fn history(root: &Path, rel: &str, json: bool) -> anyhow::Result<ExitCode> {
                     "lines_added": v.added,
                     "lines_removed": v.removed,
                     "frontmatter_changed": v.frontmatter,
+                    "mode_changed": v.exec.map(exec_word),
                     "size": v.size,
                 })
             })
@@ -38,6 +39,9 @@ pub fn history(root: &Path, rel: &str, json: bool) -> anyhow::Result<ExitCode> {
         if !v.frontmatter.is_empty() {
             what.push_str(&format!("; frontmatter: {}", v.frontmatter.join(", ")));
         }
+        if let Some(exec) = v.exec {
+            what.push_str(&format!("; {}", exec_word(exec)));
+        }
         writeln!(
             out,
             "{}  {}  {:<16}  {what}",
@@ -47,6 +51,11 @@ pub fn history(root: &Path, rel: &str, json: bool) -> anyhow::Result<ExitCode> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How a change of the executable bit is said: as `chmod` says it.
+fn exec_word(exec: bool) -> &'static str {
+    if exec { "+x" } else { "-x" }
 }
 
 /// `cue show PATH --at REV`: the version's bytes on stdout, as they were.
@@ -80,6 +89,14 @@ pub fn restore_at(root: &Path, rel: &str, rev: &str) -> anyhow::Result<ExitCode>
         std::process::id()
     ));
     std::fs::write(&tmp, &bytes)?;
+    // Content is restored, not the mode: the file keeps its own (its executable bit is
+    // synced, and a new file's mode would take it away everywhere).
+    if let Ok(meta) = std::fs::metadata(&path)
+        && let Err(e) = std::fs::set_permissions(&tmp, meta.permissions())
+    {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
     if let Err(e) = std::fs::rename(&tmp, &path) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e.into());

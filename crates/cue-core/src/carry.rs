@@ -47,17 +47,18 @@ pub enum Outcome {
     /// The disk did not hold what was expected; nothing was changed.
     Unexpected,
     /// Done, but the file replaced or removed was written to in the instant between the
-    /// check and the replacement (a program appending to it): what it held then. Fed back
-    /// as [`Input::ReplacedEdit`].
-    DoneOverEdit(Vec<u8>),
+    /// check and the replacement (a program appending to it): what it held then, and
+    /// whether it was executable. Fed back as [`Input::ReplacedEdit`].
+    DoneOverEdit(Vec<u8>, bool),
 }
 
-/// One file write the engine asked for: `bytes` at `path` if the disk holds `expect`
-/// there (`None`: nothing).
+/// One file write the engine asked for: `bytes` at `path`, executable or not (`exec`,
+/// see [`Effect::WriteFile`]), if the disk holds `expect` there (`None`: nothing).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Write {
     pub path: String,
     pub bytes: Vec<u8>,
+    pub exec: bool,
     pub expect: Option<ContentHash>,
 }
 
@@ -83,11 +84,14 @@ pub trait Host: DocStore {
     /// The batch's file effects were carried out (successfully or not).
     fn files_done(&mut self, _files: &[Effect]) {}
 
-    /// Writes `bytes` at `path` if the disk holds `expect` there, atomically.
+    /// Writes `bytes` at `path` if the disk holds `expect` there (a hash of the bytes
+    /// and the executable bit, [`crate::file_hash`]), atomically. `exec` sets or clears
+    /// the executable bits and leaves every other mode bit as it was.
     fn write_if(
         &mut self,
         path: &str,
         bytes: &[u8],
+        exec: bool,
         expect: Option<ContentHash>,
     ) -> Result<Outcome, Self::DiskError>;
 
@@ -96,7 +100,7 @@ pub trait Host: DocStore {
     fn write_many(&mut self, writes: &[Write]) -> Vec<Result<Outcome, Self::DiskError>> {
         writes
             .iter()
-            .map(|w| self.write_if(&w.path, &w.bytes, w.expect))
+            .map(|w| self.write_if(&w.path, &w.bytes, w.exec, w.expect))
             .collect()
     }
 
@@ -110,9 +114,9 @@ pub trait Host: DocStore {
     /// Removes the folder `dir` if it is empty; whether it did.
     fn remove_empty_dir(&mut self, dir: &str) -> bool;
 
-    /// The content of the regular file at `path`; `None` when there is none (nothing, a
-    /// folder, a link).
-    fn read_file(&mut self, path: &str) -> Result<Option<Vec<u8>>, Self::DiskError>;
+    /// The content of the regular file at `path` and whether it is executable
+    /// ([`crate::is_exec`]); `None` when there is none (nothing, a folder, a link).
+    fn read_file(&mut self, path: &str) -> Result<Option<(Vec<u8>, bool)>, Self::DiskError>;
 
     /// Whether anything at all is at `path`.
     fn exists(&mut self, path: &str) -> Result<bool, Self::DiskError>;
@@ -220,10 +224,12 @@ fn files_to_disk<H: Host>(host: &mut H, files: &[Effect]) -> Vec<Input> {
             Effect::WriteFile {
                 path,
                 bytes,
+                exec,
                 expect,
             } => writes.push(Write {
                 path: path.clone(),
                 bytes: bytes.clone(),
+                exec: *exec,
                 expect: *expect,
             }),
             Effect::RemoveFile { path, expect } => {
@@ -246,9 +252,9 @@ fn write_all<H: Host>(host: &mut H, writes: Vec<Write>, feedback: &mut Vec<Input
     for (w, result) in writes.into_iter().zip(results) {
         match result {
             Ok(Outcome::Done) => host.written(&w.path),
-            Ok(Outcome::DoneOverEdit(content)) => {
+            Ok(Outcome::DoneOverEdit(content, exec)) => {
                 host.written(&w.path);
-                replaced_edit(&w.path, content, feedback);
+                replaced_edit(&w.path, content, exec, feedback);
             }
             Ok(Outcome::Unexpected) => after_unexpected(host, &w, feedback),
             Err(error) => failed(host, &w.path, w.expect, &error, feedback),
@@ -278,8 +284,8 @@ fn failed<H: Host>(
 fn after_unexpected<H: Host>(host: &mut H, w: &Write, feedback: &mut Vec<Input>) {
     match host.read_file(&w.path) {
         Ok(Some(content)) => refused(&w.path, content, feedback),
-        Ok(None) => match host.write_if(&w.path, &w.bytes, None) {
-            Ok(Outcome::Done | Outcome::DoneOverEdit(_)) => host.written(&w.path),
+        Ok(None) => match host.write_if(&w.path, &w.bytes, w.exec, None) {
+            Ok(Outcome::Done | Outcome::DoneOverEdit(..)) => host.written(&w.path),
             Ok(Outcome::Unexpected) => {
                 if let Ok(Some(content)) = host.read_file(&w.path) {
                     refused(&w.path, content, feedback);
@@ -291,17 +297,19 @@ fn after_unexpected<H: Host>(host: &mut H, w: &Write, feedback: &mut Vec<Input>)
     }
 }
 
-fn replaced_edit(path: &str, content: Vec<u8>, feedback: &mut Vec<Input>) {
+fn replaced_edit(path: &str, content: Vec<u8>, exec: bool, feedback: &mut Vec<Input>) {
     feedback.push(Input::ReplacedEdit {
         path: path.to_string(),
         content,
+        exec,
     });
 }
 
-fn refused(path: &str, content: Vec<u8>, feedback: &mut Vec<Input>) {
+fn refused(path: &str, (content, exec): (Vec<u8>, bool), feedback: &mut Vec<Input>) {
     feedback.push(Input::WriteRefused {
         path: path.to_string(),
         content,
+        exec,
     });
 }
 
@@ -334,7 +342,9 @@ fn remove<H: Host>(
                 refused(path, content, feedback);
             }
         }
-        Ok(Some(Outcome::DoneOverEdit(content))) => replaced_edit(path, content, feedback),
+        Ok(Some(Outcome::DoneOverEdit(content, exec))) => {
+            replaced_edit(path, content, exec, feedback)
+        }
         Ok(None) => {}
         Err(error) => failed(host, path, expect, &error, feedback),
     }
@@ -352,7 +362,8 @@ fn parent(path: &str) -> Option<&str> {
 }
 
 /// What a scan of the folder found: every regular file that is synced, with the hash of
-/// its content, and those too large to sync.
+/// its content and executable bit ([`crate::file_hash`]: a `chmod` made while no daemon
+/// ran is a difference), and those too large to sync.
 #[derive(Debug, Clone, Default)]
 pub struct Found {
     pub files: BTreeMap<String, ContentHash>,
@@ -467,15 +478,20 @@ pub fn feed_scan<H: Host>(
         .chain(diff.changed.into_iter().map(|path| (None, path)));
     for (from, path) in work {
         // A file that cannot be read now (gone, or a folder) is looked at by the watcher.
-        if let Ok(Some(content)) = host.read_file(&path) {
+        if let Ok(Some((content, exec))) = host.read_file(&path) {
             batch_bytes += content.len();
             batch.push(match from {
                 Some(from) => Input::FileRenamed {
                     from,
                     to: path,
                     content,
+                    exec,
                 },
-                None => Input::FileChanged { path, content },
+                None => Input::FileChanged {
+                    path,
+                    content,
+                    exec,
+                },
             });
         }
         done += 1;

@@ -14,6 +14,7 @@
 //! | `fm_keys`  | List of str | key order                                                  |
 //! | `fm_vals`  | Map         | key → str (a scalar block, last writer wins) or Map (a list) |
 //! | `bytes`    | bytes       | a binary file's content, last writer wins                  |
+//! | `exec`     | boolean     | the executable bit (git's rule); absent: not executable, last writer wins |
 //!
 //! A list value is a Map `{flow, head, sep, tail, items: List of str}` whose items are the
 //! exact item lines; items are unique by value when materialised, so concurrent additions
@@ -152,6 +153,16 @@ impl FileDoc {
         }
     }
 
+    /// Whether the file is executable: `exec` is `true`. Absent (every document made
+    /// before the bit was synced, and every file never made executable) or anything else
+    /// is not.
+    pub fn exec(&self) -> bool {
+        matches!(
+            self.doc.get(ROOT, "exec"),
+            Ok(Some((Value::Scalar(s), _))) if matches!(s.as_ref(), ScalarValue::Boolean(true))
+        )
+    }
+
     /// Is there anything to materialise yet (a document whose first change has arrived)?
     pub fn is_empty(&self) -> bool {
         self.kind().is_none()
@@ -159,12 +170,17 @@ impl FileDoc {
 
     /// The exact bytes the version at `heads` stood for.
     pub fn materialize_at(&mut self, heads: &[ChangeHash]) -> Result<Vec<u8>, DocError> {
+        Ok(self.file_at(heads)?.0)
+    }
+
+    /// The bytes the version at `heads` stood for, and whether the file was executable.
+    pub fn file_at(&mut self, heads: &[ChangeHash]) -> Result<(Vec<u8>, bool), DocError> {
         let doc = self.doc.fork_at(heads)?;
-        FileDoc {
+        let at = FileDoc {
             doc,
             saved: Vec::new(),
-        }
-        .materialize()
+        };
+        Ok((at.materialize()?, at.exec()))
     }
 
     /// The exact bytes this document stands for.
@@ -289,22 +305,24 @@ impl FileDoc {
         })
     }
 
-    /// Record `bytes` as the file's new content, as the smallest change. Returns the new
-    /// change's hash, or `None` when the content is what the document already holds.
+    /// Record `bytes` as the file's new content, as the smallest change, leaving the
+    /// executable bit as it is. Returns the new change's hash, or `None` when the content
+    /// is what the document already holds.
     pub fn write(
         &mut self,
         path: &str,
         bytes: &[u8],
         time_s: i64,
     ) -> Result<Option<ChangeHash>, DocError> {
-        let own = self.doc.get_actor().clone();
-        self.write_at(&[], path, bytes, time_s, own)
+        self.write_here(path, bytes, None, time_s)
     }
 
     /// Record `bytes` as an edit of the version at `base` (what was on disk when the user
     /// edited it). Remote changes merged since then are kept: the edit is made on a fork
     /// at `base` and merged back, rather than diffed against the newer merged text (which
-    /// would undo the remote changes).
+    /// would undo the remote changes). `exec` is the executable bit the file had; it is
+    /// recorded only when it differs from the version at `base`, so a device that never
+    /// changes modes never writes the field, and a concurrent `chmod` elsewhere stands.
     ///
     /// A change by one actor must follow its previous one, so when this document's own
     /// actor has changes after `base` (the user saved twice while a remote change was
@@ -314,6 +332,7 @@ impl FileDoc {
         base: &[ChangeHash],
         path: &str,
         bytes: &[u8],
+        exec: bool,
         time_s: i64,
         fork_actor: ActorId,
     ) -> Result<Option<ChangeHash>, DocError> {
@@ -336,29 +355,40 @@ impl FileDoc {
                 doc: fork,
                 saved: Vec::new(),
             };
-            let change = forked.write_here(path, bytes, time_s)?;
+            let change = forked.write_here(path, bytes, Some(exec), time_s)?;
             if change.is_some() {
                 self.doc.merge(&mut forked.doc)?;
             }
             return Ok(change);
         }
-        self.write_here(path, bytes, time_s)
+        self.write_here(path, bytes, Some(exec), time_s)
     }
 
+    /// Records `bytes`, and `exec` unless `None`, as one change; `None` when both are what
+    /// the document holds already.
     fn write_here(
         &mut self,
         path: &str,
         bytes: &[u8],
+        exec: Option<bool>,
         time_s: i64,
     ) -> Result<Option<ChangeHash>, DocError> {
-        if !self.is_empty() && self.materialize().ok().as_deref() == Some(bytes) {
+        let same_content = !self.is_empty() && self.materialize().ok().as_deref() == Some(bytes);
+        // Absent means not executable: a file that never was is never given the field.
+        let exec_change = exec.filter(|e| *e != self.exec());
+        if same_content && exec_change.is_none() {
             return Ok(None);
         }
-        match std::str::from_utf8(bytes) {
-            Ok(text) if ContentKind::of(bytes) == ContentKind::Text => {
-                self.write_text(path, text)?
+        if !same_content {
+            match std::str::from_utf8(bytes) {
+                Ok(text) if ContentKind::of(bytes) == ContentKind::Text => {
+                    self.write_text(path, text)?
+                }
+                _ => self.write_binary(bytes)?,
             }
-            _ => self.write_binary(bytes)?,
+        }
+        if let Some(exec) = exec_change {
+            self.doc.put(ROOT, "exec", exec)?;
         }
         self.commit(time_s)
     }
@@ -773,7 +803,7 @@ mod tests {
         let v1 = doc.automerge().get_heads();
         doc.write("log.md", b"one\ntwo\n", 0).unwrap();
         let edit = doc
-            .write_at(&v1, "log.md", b"one\nlate\n", 0, actor(2))
+            .write_at(&v1, "log.md", b"one\nlate\n", false, 0, actor(2))
             .unwrap();
         assert!(edit.is_some());
         let text = String::from_utf8(doc.materialize().unwrap()).unwrap();
@@ -793,6 +823,7 @@ mod tests {
             &v2,
             "log.md",
             &[text.as_bytes(), b"mine\n"].concat(),
+            false,
             0,
             actor(4),
         )
@@ -804,6 +835,58 @@ mod tests {
             .map(|c| c.actor_id().clone())
             .collect();
         assert!(!actors.contains(&actor(4)), "{actors:?}");
+    }
+
+    /// A device that never changes modes never writes the `exec` field (documents stay
+    /// as they were before the bit was synced); a `chmod` alone is one change.
+    #[test]
+    fn exec_is_written_only_when_it_changes() {
+        let mut doc = FileDoc::new(actor(1));
+        doc.write_at(&[], "a.sh", b"echo\n", false, 0, actor(2))
+            .unwrap();
+        let v1 = doc.heads();
+        assert!(doc.automerge().get(ROOT, "exec").unwrap().is_none());
+        assert_eq!(
+            doc.write_at(&v1, "a.sh", b"echo\n", false, 0, actor(2))
+                .unwrap(),
+            None
+        );
+        let chmod = doc
+            .write_at(&v1, "a.sh", b"echo\n", true, 0, actor(2))
+            .unwrap();
+        assert!(chmod.is_some(), "a chmod alone is a change");
+        assert!(doc.exec());
+        assert_eq!(doc.materialize().unwrap(), b"echo\n");
+        // A later save of the same file keeps the bit without writing it again.
+        let exec_op = |d: &mut FileDoc| d.automerge().get(ROOT, "exec").unwrap().unwrap().1;
+        let set_by_chmod = exec_op(&mut doc);
+        let v2 = doc.heads();
+        doc.write_at(&v2, "a.sh", b"echo two\n", true, 0, actor(2))
+            .unwrap();
+        assert_eq!(exec_op(&mut doc), set_by_chmod, "only the text changed");
+        // Content written as a conflict copy (`write`) leaves the bit alone.
+        doc.write("a.sh", b"echo three\n", 0).unwrap();
+        assert!(doc.exec());
+    }
+
+    /// `chmod +x` on one device and an edit of the content on another, concurrently: both
+    /// stand, whichever way the merge goes.
+    #[test]
+    fn a_concurrent_chmod_and_edit_both_stand() {
+        let mut a = FileDoc::new(actor(1));
+        a.write("a.sh", b"echo one\n", 0).unwrap();
+        let base = a.heads();
+        let mut b = FileDoc::load(&a.save(), actor(2)).unwrap();
+        a.write_at(&base, "a.sh", b"echo one\n", true, 0, actor(3))
+            .unwrap();
+        b.write_at(&base, "a.sh", b"echo one\necho two\n", false, 0, actor(4))
+            .unwrap();
+        a.automerge().merge(b.automerge()).unwrap();
+        b.automerge().merge(a.automerge()).unwrap();
+        for d in [&a, &b] {
+            assert!(d.exec());
+            assert_eq!(d.materialize().unwrap(), b"echo one\necho two\n");
+        }
     }
 
     use proptest::prelude::*;

@@ -31,5 +31,8 @@ pub use engine::{
     FileMeta, Generation, HistoryError, Input, LobbyAnswer, PeerInfo, Persist, Removal, Restored,
     RotationCheck, RotationMeta, Status, Version, actor_for, conflict_copy_name,
 };
-pub use ids::{ContentHash, DeviceId, DocId, FileId, content_hash};
+pub use ids::{
+    ContentHash, DeviceId, DocId, FileId, content_hash, file_hash, is_exec, mode_with_exec,
+    with_exec,
+};
 pub use index::ConflictKind;

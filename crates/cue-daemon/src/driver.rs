@@ -21,7 +21,7 @@
 use std::collections::BTreeSet;
 
 use cue_core::carry::{self, Found};
-use cue_core::{ContentHash, Engine, FileId, Input, Restored, Status, content_hash};
+use cue_core::{ContentHash, Engine, FileId, Input, Restored, Status, file_hash, with_exec};
 
 use crate::config::Config;
 use crate::fsio::{FsError, WorkspaceFs};
@@ -294,31 +294,33 @@ impl Driver {
         for (path, expect) in &entries {
             let before: Option<ContentHash> = <[u8; 32]>::try_from(expect.as_slice()).ok();
             let on_disk = self.read(path)?;
-            let disk_hash = on_disk.as_deref().map(content_hash);
+            let disk_hash = on_disk.as_ref().map(|(b, exec)| file_hash(b, *exec));
             let believed = self.engine.on_disk(path);
             if disk_hash == believed {
                 continue; // the effect did happen
             }
             if disk_hash != before {
                 // Neither the old nor the new content: a local edit made meanwhile.
-                if let Some(content) = on_disk {
+                if let Some((content, exec)) = on_disk {
                     feedback.push(Input::WriteRefused {
                         path: path.clone(),
                         content,
+                        exec,
                     });
                 }
                 continue;
             }
             match believed {
                 Some(hash) => {
-                    let bytes = self
+                    let file = self
                         .engine
-                        .read(path, &mut StoreDocs(&self.host.store))
-                        .filter(|b| content_hash(b) == hash);
-                    if let Some(bytes) = bytes {
+                        .read_file(path, &mut StoreDocs(&self.host.store))
+                        .filter(|(b, exec)| file_hash(b, *exec) == hash);
+                    if let Some((bytes, exec)) = file {
                         redo.push(cue_core::Effect::WriteFile {
                             path: path.clone(),
                             bytes,
+                            exec,
                             expect: before,
                         });
                     }
@@ -434,14 +436,15 @@ impl Driver {
             .collect();
         let mut writes = Vec::new();
         for (path, hash) in missing {
-            let bytes = self
+            let file = self
                 .engine
-                .read(&path, &mut StoreDocs(&self.host.store))
-                .filter(|b| content_hash(b) == hash);
-            if let Some(bytes) = bytes {
+                .read_file(&path, &mut StoreDocs(&self.host.store))
+                .filter(|(b, exec)| file_hash(b, *exec) == hash);
+            if let Some((bytes, exec)) = file {
                 writes.push(cue_core::Effect::WriteFile {
                     path,
                     bytes,
+                    exec,
                     expect: None,
                 });
             }
@@ -487,7 +490,7 @@ impl Driver {
             return self.input(now, input);
         };
         let (path, bytes) = match &input {
-            Input::FileChanged { path, content } => (Some(path), content.len()),
+            Input::FileChanged { path, content, .. } => (Some(path), content.len()),
             Input::FileRemoved { path }
             | Input::FileTooLarge { path, .. }
             | Input::UnsyncableFile { path, .. } => (Some(path), 0),
@@ -556,10 +559,11 @@ impl Driver {
         }
         let inputs = late
             .into_iter()
-            .map(|(path, replaced, content)| Input::LateWrite {
+            .map(|(path, replaced, content, exec)| Input::LateWrite {
                 path: path.as_str().to_string(),
                 replaced,
                 content,
+                exec,
             })
             .collect();
         self.input_batch(now, inputs)
@@ -724,7 +728,7 @@ impl Driver {
             files: report
                 .files
                 .into_iter()
-                .map(|f| (f.path.as_str().to_string(), f.hash))
+                .map(|f| (f.path.as_str().to_string(), with_exec(f.hash, f.exec)))
                 .collect(),
             too_large: report
                 .skipped
@@ -791,7 +795,8 @@ impl Driver {
             .collect()
     }
 
-    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, DriverError> {
+    /// The file's content and whether it is executable.
+    fn read(&self, path: &str) -> Result<Option<(Vec<u8>, bool)>, DriverError> {
         Ok(self.host.read(path)?)
     }
 
@@ -928,12 +933,13 @@ impl Driver {
         let gone =
             self.engine.disk_key(from) == self.engine.disk_key(to) || !self.host.exists(from);
         match self.read(to)? {
-            Some(content) if known && gone => self.feed(
+            Some((content, exec)) if known && gone => self.feed(
                 now,
                 Input::FileRenamed {
                     from: from.to_string(),
                     to: to.to_string(),
                     content,
+                    exec,
                 },
             ),
             _ => {
@@ -954,12 +960,13 @@ impl Driver {
         for old in self.engine.on_disk_under(from) {
             let new = format!("{to}{}", &old[from.len()..]);
             match self.read(&new)? {
-                Some(content) => out.extend(self.feed(
+                Some((content, exec)) => out.extend(self.feed(
                     now,
                     Input::FileRenamed {
                         from: old,
                         to: new,
                         content,
+                        exec,
                     },
                 )?),
                 None => out.extend(self.file_changed(now, &old)?),
@@ -1003,10 +1010,12 @@ impl Driver {
                 },
             );
         }
-        let Some(content) = self.read(path)? else {
+        let Some((content, exec)) = self.read(path)? else {
             return Ok(Vec::new());
         };
-        if known == Some(content_hash(&content)) {
+        // The executable bit is part of the hash: a `chmod` alone is a change, and the
+        // mode this daemon wrote comes back as no change.
+        if known == Some(file_hash(&content, exec)) {
             return Ok(Vec::new());
         }
         self.feed(
@@ -1014,6 +1023,7 @@ impl Driver {
             Input::FileChanged {
                 path: path.to_string(),
                 content,
+                exec,
             },
         )
     }
@@ -1022,12 +1032,25 @@ impl Driver {
 /// What a file input says, for the debug log (`CUE_LOG=cue_daemon=debug`).
 fn trace_input(input: &Input) {
     match input {
-        Input::FileChanged { path, content }
-        | Input::WriteRefused { path, content }
-        | Input::ReplacedEdit { path, content } => tracing::debug!(
+        Input::FileChanged {
+            path,
+            content,
+            exec,
+        }
+        | Input::WriteRefused {
+            path,
+            content,
+            exec,
+        }
+        | Input::ReplacedEdit {
+            path,
+            content,
+            exec,
+        } => tracing::debug!(
             kind = input_kind(input),
             path,
             len = content.len(),
+            exec,
             tail = ?String::from_utf8_lossy(&content[content.len().saturating_sub(16)..]),
             "input"
         ),

@@ -149,7 +149,8 @@ pub enum Expect {
     Any,
     /// Only if nothing is there.
     Absent,
-    /// Only if the file's content has this blake3 hash.
+    /// Only if the file's content and executable bit have this hash
+    /// ([`cue_core::file_hash`]): a `chmod` not taken in yet is a change like an edit.
     Content([u8; 32]),
 }
 
@@ -160,8 +161,9 @@ pub enum Outcome {
     /// The file was not as expected; nothing was changed. Re-read it and merge.
     Unexpected,
     /// Done, but the file it replaced or removed had been written to after the check (a
-    /// program appending to it in that instant): this is what it held. Merge it.
-    DoneOverEdit(Vec<u8>),
+    /// program appending to it in that instant): this is what it held, and whether it was
+    /// executable. Merge it.
+    DoneOverEdit(Vec<u8>, bool),
 }
 
 /// The workspace root, opened once; every path below it is resolved by the kernel relative
@@ -183,7 +185,8 @@ pub struct WorkspaceFs {
 struct Replaced {
     path: WorkspacePath,
     aside: String,
-    /// The hash of what it held when it was replaced (that much was merged).
+    /// The hash of what it held when it was replaced, executable bit included (that much
+    /// was merged).
     seen: [u8; 32],
     at: std::time::Instant,
 }
@@ -255,9 +258,9 @@ impl WorkspaceFs {
 
     /// Files replaced at least [`LATE_WRITE_WINDOW`] ago (all of them with `all`) that a
     /// program wrote to after the replacement (it kept the file open): their path and what
-    /// the hash of what they held when replaced, and what they hold now. The kept-aside
-    /// files are removed.
-    pub fn late_writes(&self, all: bool) -> Vec<(WorkspacePath, [u8; 32], Vec<u8>)> {
+    /// the hash of what they held when replaced, and what they hold now (bytes, and whether
+    /// executable). The kept-aside files are removed.
+    pub fn late_writes(&self, all: bool) -> Vec<(WorkspacePath, [u8; 32], Vec<u8>, bool)> {
         let due: Vec<Replaced> = {
             let mut replaced = self.replaced.lock().unwrap_or_else(|p| p.into_inner());
             let now = std::time::Instant::now();
@@ -272,10 +275,10 @@ impl WorkspaceFs {
             let Ok(Some(dir)) = self.open_parent(&r.path) else {
                 continue;
             };
-            if let Ok(bytes) = read_leaf(&dir, &r.aside, &r.path)
-                && *blake3::hash(&bytes).as_bytes() != r.seen
+            if let Ok((bytes, exec)) = read_leaf(&dir, &r.aside, &r.path)
+                && cue_core::file_hash(&bytes, exec) != r.seen
             {
-                out.push((r.path.clone(), r.seen, bytes));
+                out.push((r.path.clone(), r.seen, bytes, exec));
             }
             let _ = rustix::fs::unlinkat(&dir, r.aside.as_str(), AtFlags::empty());
         }
@@ -346,26 +349,36 @@ impl WorkspaceFs {
 
     /// The content of a regular file; `None` when it does not exist.
     pub fn read(&self, rel: &WorkspacePath) -> Result<Option<Vec<u8>>, FsError> {
+        Ok(self.read_file(rel)?.map(|(bytes, _)| bytes))
+    }
+
+    /// The content of a regular file and whether it is executable (git's rule,
+    /// [`cue_core::is_exec`]); `None` when it does not exist.
+    pub fn read_file(&self, rel: &WorkspacePath) -> Result<Option<(Vec<u8>, bool)>, FsError> {
         let Some((mut file, st)) = self.open_regular(rel)? else {
             return Ok(None);
         };
         let mut buf = Vec::with_capacity(usize::try_from(st.len).unwrap_or(0).min(1 << 26));
         file.read_to_end(&mut buf)
             .map_err(|e| FsError::io("read", rel.as_str(), e))?;
-        Ok(Some(buf))
+        Ok(Some((buf, cue_core::is_exec(st.mode))))
     }
 
-    /// Writes `bytes` to `rel` atomically and durably, creating missing folders.
+    /// Writes `bytes` to `rel` atomically and durably, creating missing folders. A file
+    /// replaced keeps its mode.
     pub fn write_atomic(&self, rel: &WorkspacePath, bytes: &[u8]) -> Result<(), FsError> {
-        self.write_atomic_if(rel, bytes, Expect::Any).map(|_| ())
+        self.write_atomic_if(rel, bytes, None, Expect::Any)
+            .map(|_| ())
     }
 
     /// [`write_atomic`](Self::write_atomic) if the current content matches `expect`, checked
-    /// just before the rename.
+    /// just before the rename. With `exec` the file is made executable or not (see
+    /// [`cue_core::mode_with_exec`]); every other mode bit of a file replaced is kept.
     pub fn write_atomic_if(
         &self,
         rel: &WorkspacePath,
         bytes: &[u8],
+        exec: Option<bool>,
         expect: Expect,
     ) -> Result<Outcome, FsError> {
         let parent = self.open_parent_creating(rel, true)?;
@@ -373,9 +386,9 @@ impl WorkspaceFs {
         if let Some(st) = existing {
             check_regular(rel, st.kind)?;
         }
-        let tmp = write_temp(&parent, rel, bytes, existing.map(|s| s.mode), true)?;
+        let tmp = write_temp(&parent, rel, bytes, existing.map(|s| s.mode), exec, true)?;
         let result = replace(self, &parent, &tmp, rel, expect);
-        if !matches!(result, Ok(Outcome::Done | Outcome::DoneOverEdit(_))) {
+        if !matches!(result, Ok(Outcome::Done | Outcome::DoneOverEdit(..))) {
             let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
         }
         let outcome = result?;
@@ -702,7 +715,7 @@ fn expectation_holds(
         Expect::Absent => Ok(stat_leaf(parent, rel)?.is_none()),
         Expect::Content(want) => match open_leaf(parent, rel.file_name(), rel)? {
             None => Ok(false),
-            Some((mut file, _)) => Ok(blake3_of(&mut file, rel)? == want),
+            Some((mut file, st)) => Ok(hash_of(&mut file, &st, rel)? == want),
         },
     }
 }
@@ -714,12 +727,15 @@ fn temp_name() -> String {
 }
 
 /// Creates and fills a temporary file next to `rel`; returns its name. `mode` carries the
-/// replaced file's permissions over. The file is fsynced when `sync`.
+/// replaced file's permissions over, with the executable bits set or cleared by `exec`
+/// (`None`: as they were); a new file gets the usual mode (the umask's), made executable
+/// the same way. The file is fsynced when `sync`.
 fn write_temp(
     parent: &OwnedFd,
     rel: &WorkspacePath,
     bytes: &[u8],
     mode: Option<u32>,
+    exec: Option<bool>,
     sync: bool,
 ) -> Result<String, FsError> {
     let (name, fd) = loop {
@@ -737,6 +753,17 @@ fn write_temp(
         }
     };
     let result = (|| {
+        let mode = match (mode, exec) {
+            (Some(mode), None) => Some(mode),
+            (Some(mode), Some(exec)) => Some(cue_core::mode_with_exec(mode, exec)),
+            // Created with the umask's mode, which is not executable.
+            (None, None | Some(false)) => None,
+            (None, Some(true)) => {
+                let st = rustix::fs::fstat(&fd)
+                    .map_err(|e| FsError::io("stat temporary file for", rel.as_str(), e))?;
+                Some(cue_core::mode_with_exec(st.st_mode as u32 & 0o7777, true))
+            }
+        };
         if let Some(mode) = mode {
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode as _))
                 .map_err(|e| FsError::io("set permissions of", rel.as_str(), e))?;
@@ -789,18 +816,20 @@ pub struct BatchOutcome {
     /// Not written because of an error; the rest of the batch still went through.
     pub failed: Vec<(WorkspacePath, FsError)>,
     /// Written (and in `written`), but the replaced file had been written to at that
-    /// instant: what it held, to merge.
-    pub over_edits: Vec<(WorkspacePath, Vec<u8>)>,
+    /// instant: what it held (bytes, and whether executable), to merge.
+    pub over_edits: Vec<(WorkspacePath, Vec<u8>, bool)>,
 }
 
 impl WriteBatch<'_> {
     /// Writes `bytes` into a temporary file next to `rel` (creating folders); it replaces
-    /// `rel` at [`commit`](Self::commit) if `expect` still holds then. An error here
-    /// concerns this file only; the batch stays usable.
+    /// `rel` at [`commit`](Self::commit) if `expect` still holds then. `exec` as for
+    /// [`WorkspaceFs::write_atomic_if`]. An error here concerns this file only; the batch
+    /// stays usable.
     pub fn stage(
         &mut self,
         rel: &WorkspacePath,
         bytes: &[u8],
+        exec: Option<bool>,
         expect: Expect,
     ) -> Result<(), FsError> {
         let dir_key = rel.parent_str().to_owned();
@@ -822,7 +851,7 @@ impl WriteBatch<'_> {
         // syncfs covers the root's filesystem only; a folder mounted from elsewhere gets
         // its files fsynced one by one.
         let foreign = dev != self.fs.root_dev;
-        let tmp = write_temp(parent, rel, bytes, existing.map(|s| s.mode), foreign)?;
+        let tmp = write_temp(parent, rel, bytes, existing.map(|s| s.mode), exec, foreign)?;
         self.foreign_dev_fsynced |= foreign;
         self.staged.push(Staged {
             path: rel.clone(),
@@ -887,7 +916,7 @@ impl WriteBatch<'_> {
         for &i in indices {
             let s = &mut self.staged[i];
             let result = rename_staged(self.fs, &dir, s);
-            if !matches!(result, Ok(Outcome::Done | Outcome::DoneOverEdit(_))) {
+            if !matches!(result, Ok(Outcome::Done | Outcome::DoneOverEdit(..))) {
                 let _ = rustix::fs::unlinkat(&dir, s.tmp.as_str(), AtFlags::empty());
             }
             s.done = true;
@@ -896,10 +925,10 @@ impl WriteBatch<'_> {
                     renamed_any = true;
                     outcome.written.push(s.path.clone());
                 }
-                Ok(Outcome::DoneOverEdit(bytes)) => {
+                Ok(Outcome::DoneOverEdit(bytes, exec)) => {
                     renamed_any = true;
                     outcome.written.push(s.path.clone());
-                    outcome.over_edits.push((s.path.clone(), bytes));
+                    outcome.over_edits.push((s.path.clone(), bytes, exec));
                 }
                 Ok(Outcome::Unexpected) => outcome.unexpected.push(s.path.clone()),
                 Err(e) => outcome.failed.push((s.path.clone(), e)),
@@ -996,20 +1025,20 @@ fn replace(
                 Err(e) => return Err(rename_error(e)),
             }
             // `tmp` now names what `rel` held at the exchange.
-            let replaced = match read_leaf(dir, tmp, rel) {
-                Ok(bytes) => bytes,
+            let (replaced, exec) = match read_leaf(dir, tmp, rel) {
+                Ok(read) => read,
                 Err(e) => {
                     // A folder or a link was swapped in meanwhile: put it back.
                     let _ = rustix::fs::renameat_with(dir, tmp, dir, name, RenameFlags::EXCHANGE);
                     return Err(e);
                 }
             };
-            let outcome = done_over(&replaced, want);
+            let outcome = done_over(replaced.clone(), exec, want);
             fs.keep_replaced(
                 dir,
                 rel,
                 tmp.to_string(),
-                *blake3::hash(&replaced).as_bytes(),
+                cue_core::file_hash(&replaced, exec),
             );
             Ok(outcome)
         }
@@ -1025,10 +1054,10 @@ fn replace_holding(
     rel: &WorkspacePath,
     want: [u8; 32],
 ) -> Result<Outcome, FsError> {
-    let Some((mut held, _)) = open_leaf(dir, rel.file_name(), rel)? else {
+    let Some((mut held, st)) = open_leaf(dir, rel.file_name(), rel)? else {
         return Ok(Outcome::Unexpected);
     };
-    if blake3_of(&mut held, rel)? != want {
+    if hash_of(&mut held, &st, rel)? != want {
         return Ok(Outcome::Unexpected);
     }
     rustix::fs::renameat(dir, tmp, dir, rel.file_name())
@@ -1038,7 +1067,8 @@ fn replace_holding(
         .map_err(|e| FsError::io("read", rel.as_str(), e))?;
     held.read_to_end(&mut after)
         .map_err(|e| FsError::io("read", rel.as_str(), e))?;
-    Ok(done_over(&after, want))
+    let st = rustix::fs::fstat(&held).map_err(|e| FsError::io("stat", rel.as_str(), e))?;
+    Ok(done_over(after, cue_core::is_exec(st.st_mode as u32), want))
 }
 
 /// Removes `rel` if it holds `want`, without losing a write made at that instant: the
@@ -1071,8 +1101,8 @@ fn remove_checked(
         Err(Errno::NOENT) => return Ok(None),
         Err(e) => return Err(FsError::io("remove", rel.as_str(), e)),
     }
-    let held = match read_leaf(dir, &aside, rel) {
-        Ok(bytes) => bytes,
+    let (held, exec) = match read_leaf(dir, &aside, rel) {
+        Ok(read) => read,
         Err(e) => {
             // Back where it was, unless something new took the name meanwhile.
             let _ = rustix::fs::renameat_with(
@@ -1085,7 +1115,7 @@ fn remove_checked(
             return Err(e);
         }
     };
-    if *blake3::hash(&held).as_bytes() == want {
+    if cue_core::file_hash(&held, exec) == want {
         rustix::fs::unlinkat(dir, aside.as_str(), AtFlags::empty())
             .map_err(|e| FsError::io("remove", rel.as_str(), e))?;
         return Ok(Some(Outcome::Done));
@@ -1102,16 +1132,16 @@ fn remove_checked(
             // Something new is at `rel` already: the edited file's content goes back to
             // the engine, which keeps it.
             let _ = rustix::fs::unlinkat(dir, aside.as_str(), AtFlags::empty());
-            Ok(Some(Outcome::DoneOverEdit(held)))
+            Ok(Some(Outcome::DoneOverEdit(held, exec)))
         }
     }
 }
 
-fn done_over(replaced: &[u8], want: [u8; 32]) -> Outcome {
-    if *blake3::hash(replaced).as_bytes() == want {
+fn done_over(replaced: Vec<u8>, exec: bool, want: [u8; 32]) -> Outcome {
+    if cue_core::file_hash(&replaced, exec) == want {
         Outcome::Done
     } else {
-        Outcome::DoneOverEdit(replaced.to_vec())
+        Outcome::DoneOverEdit(replaced, exec)
     }
 }
 
@@ -1144,22 +1174,28 @@ fn open_leaf(
     Ok(Some((File::from(fd), st)))
 }
 
-/// The content of the regular file `name` in `dir` (which stands for `rel`).
-fn read_leaf(dir: &OwnedFd, name: &str, rel: &WorkspacePath) -> Result<Vec<u8>, FsError> {
-    let (mut file, _) = open_leaf(dir, name, rel)?
+/// The content of the regular file `name` in `dir` (which stands for `rel`), and whether
+/// it is executable.
+fn read_leaf(dir: &OwnedFd, name: &str, rel: &WorkspacePath) -> Result<(Vec<u8>, bool), FsError> {
+    let (mut file, st) = open_leaf(dir, name, rel)?
         .ok_or_else(|| FsError::io("open", rel.as_str(), Errno::NOENT))?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)
         .map_err(|e| FsError::io("read", rel.as_str(), e))?;
-    Ok(bytes)
+    Ok((bytes, cue_core::is_exec(st.mode)))
 }
 
-fn blake3_of(file: &mut File, rel: &WorkspacePath) -> Result<[u8; 32], FsError> {
+/// The hash the engine knows an open file by: its content and executable bit
+/// ([`cue_core::file_hash`]).
+fn hash_of(file: &mut File, st: &FileStat, rel: &WorkspacePath) -> Result<[u8; 32], FsError> {
     let mut hasher = blake3::Hasher::new();
     hasher
         .update_reader(file)
         .map_err(|e| FsError::io("read", rel.as_str(), e))?;
-    Ok(*hasher.finalize().as_bytes())
+    Ok(cue_core::with_exec(
+        *hasher.finalize().as_bytes(),
+        cue_core::is_exec(st.mode),
+    ))
 }
 
 impl Drop for WriteBatch<'_> {
@@ -1239,6 +1275,81 @@ mod tests {
         });
     }
 
+    fn mode_of(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// Git's rule on a write: `+x` gives `x` where `r` is set, `-x` clears every `x`, and
+    /// no other bit changes; a new file gets the umask's mode, made executable the same
+    /// way. What a file holds is known by its bytes and its bit.
+    #[test]
+    fn writes_set_or_clear_the_executable_bit_only() {
+        both_modes(|root, fs| {
+            let f = p("run.sh");
+            std::fs::write(root.join("run.sh"), b"old").unwrap();
+            std::fs::set_permissions(root.join("run.sh"), std::fs::Permissions::from_mode(0o640))
+                .unwrap();
+            let plain = cue_core::file_hash(b"old", false);
+            assert_eq!(
+                fs.write_atomic_if(&f, b"new", Some(true), Expect::Content(plain))
+                    .unwrap(),
+                Outcome::Done
+            );
+            assert_eq!(mode_of(&root.join("run.sh")), 0o750);
+            assert_eq!(fs.read_file(&f).unwrap(), Some((b"new".to_vec(), true)));
+            // The bit is part of what is expected: a plain file's hash no longer holds.
+            let plain = cue_core::file_hash(b"new", false);
+            let exec = cue_core::file_hash(b"new", true);
+            assert_eq!(
+                fs.write_atomic_if(&f, b"x", Some(false), Expect::Content(plain))
+                    .unwrap(),
+                Outcome::Unexpected
+            );
+            assert_eq!(
+                fs.write_atomic_if(&f, b"new", Some(false), Expect::Content(exec))
+                    .unwrap(),
+                Outcome::Done
+            );
+            assert_eq!(mode_of(&root.join("run.sh")), 0o640);
+
+            let mut batch = fs.batch();
+            batch
+                .stage(&p("bin/tool"), b"\x7fELF", Some(true), Expect::Absent)
+                .unwrap();
+            batch
+                .stage(&p("bin/data"), b"\x7fELF", Some(false), Expect::Absent)
+                .unwrap();
+            batch.commit().unwrap();
+            let (tool, data) = (
+                mode_of(&root.join("bin/tool")),
+                mode_of(&root.join("bin/data")),
+            );
+            assert!(cue_core::is_exec(tool) && !cue_core::is_exec(data));
+            assert_eq!(tool, cue_core::mode_with_exec(data, true));
+        });
+    }
+
+    /// A removal expects the bit too: a file made executable since is not removed.
+    #[test]
+    fn a_removal_expects_the_bit_too() {
+        both_modes(|root, fs| {
+            let f = p("run.sh");
+            std::fs::write(root.join("run.sh"), b"same").unwrap();
+            std::fs::set_permissions(root.join("run.sh"), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+            assert_eq!(
+                fs.remove_if(&f, Expect::Content(cue_core::file_hash(b"same", false)))
+                    .unwrap(),
+                Some(Outcome::Unexpected)
+            );
+            assert_eq!(
+                fs.remove_if(&f, Expect::Content(cue_core::file_hash(b"same", true)))
+                    .unwrap(),
+                Some(Outcome::Done)
+            );
+        });
+    }
+
     #[test]
     fn symlinked_parent_to_outside_is_refused() {
         both_modes(|root, fs| {
@@ -1254,7 +1365,11 @@ mod tests {
                 .unwrap_err();
             assert!(matches!(err, FsError::SymlinkOnTheWay { .. }), "{err:?}");
             let mut batch = fs.batch();
-            assert!(batch.stage(&p("link/evil.md"), b"x", Expect::Any).is_err());
+            assert!(
+                batch
+                    .stage(&p("link/evil.md"), b"x", None, Expect::Any)
+                    .is_err()
+            );
             drop(batch);
             assert!(fs.read(&p("link/evil.md")).is_err());
             assert!(fs.rename(&p("link"), &p("moved")).is_err());
@@ -1282,7 +1397,7 @@ mod tests {
             ));
             let mut batch = fs.batch();
             assert!(matches!(
-                batch.stage(&p("note.md"), b"x", Expect::Any),
+                batch.stage(&p("note.md"), b"x", None, Expect::Any),
                 Err(FsError::Symlink { .. })
             ));
             batch.commit().unwrap();
@@ -1298,7 +1413,7 @@ mod tests {
             let outside = root.parent().unwrap().join("outside2");
             std::fs::create_dir_all(&outside).unwrap();
             let mut batch = fs.batch();
-            batch.stage(&p("d/f.md"), b"x", Expect::Any).unwrap();
+            batch.stage(&p("d/f.md"), b"x", None, Expect::Any).unwrap();
             // The folder is swapped for a symlink between staging and commit.
             std::fs::rename(root.join("d"), root.join("d-old")).unwrap();
             symlink(&outside, root.join("d")).unwrap();
@@ -1338,22 +1453,26 @@ mod tests {
         both_modes(|_root, fs| {
             let f = p("f.md");
             assert_eq!(
-                fs.write_atomic_if(&f, b"one", Expect::Absent).unwrap(),
+                fs.write_atomic_if(&f, b"one", None, Expect::Absent)
+                    .unwrap(),
                 Outcome::Done
             );
             assert_eq!(
-                fs.write_atomic_if(&f, b"two", Expect::Absent).unwrap(),
+                fs.write_atomic_if(&f, b"two", None, Expect::Absent)
+                    .unwrap(),
                 Outcome::Unexpected
             );
             let h1 = *blake3::hash(b"one").as_bytes();
             let h2 = *blake3::hash(b"two").as_bytes();
             assert_eq!(
-                fs.write_atomic_if(&f, b"x", Expect::Content(h2)).unwrap(),
+                fs.write_atomic_if(&f, b"x", None, Expect::Content(h2))
+                    .unwrap(),
                 Outcome::Unexpected
             );
             assert_eq!(fs.read(&f).unwrap().unwrap(), b"one");
             assert_eq!(
-                fs.write_atomic_if(&f, b"two", Expect::Content(h1)).unwrap(),
+                fs.write_atomic_if(&f, b"two", None, Expect::Content(h1))
+                    .unwrap(),
                 Outcome::Done
             );
             assert_eq!(
@@ -1399,11 +1518,16 @@ mod tests {
             for i in 0..200 {
                 let path = p(&format!("dir{}/file{i}.md", i % 7));
                 batch
-                    .stage(&path, format!("content {i}").as_bytes(), Expect::Absent)
+                    .stage(
+                        &path,
+                        format!("content {i}").as_bytes(),
+                        None,
+                        Expect::Absent,
+                    )
                     .unwrap();
             }
             batch
-                .stage(&p("keep.md"), b"remote", Expect::Content(stale))
+                .stage(&p("keep.md"), b"remote", None, Expect::Content(stale))
                 .unwrap();
             assert_eq!(batch.len(), 201);
             let out = batch.commit().unwrap();
@@ -1434,8 +1558,8 @@ mod tests {
     fn dropped_batch_leaves_nothing() {
         both_modes(|root, fs| {
             let mut batch = fs.batch();
-            batch.stage(&p("x/a.md"), b"a", Expect::Any).unwrap();
-            batch.stage(&p("b.md"), b"b", Expect::Any).unwrap();
+            batch.stage(&p("x/a.md"), b"a", None, Expect::Any).unwrap();
+            batch.stage(&p("b.md"), b"b", None, Expect::Any).unwrap();
             drop(batch);
             assert_eq!(names_in(root), ["x"]);
             assert!(names_in(&root.join("x")).is_empty());

@@ -110,12 +110,13 @@ impl DaemonHost {
         self.commit(Vec::new(), Vec::new(), &[])
     }
 
-    /// The content of the regular file at `path`; `None` for nothing, a folder or a link.
-    pub fn read(&self, path: &str) -> Result<Option<Vec<u8>>, FsError> {
+    /// The content of the regular file at `path` and whether it is executable; `None` for
+    /// nothing, a folder or a link.
+    pub fn read(&self, path: &str) -> Result<Option<(Vec<u8>, bool)>, FsError> {
         let Ok(rel) = WorkspacePath::parse(path) else {
             return Ok(None);
         };
-        match self.fs.read(&rel) {
+        match self.fs.read_file(&rel) {
             Ok(v) => Ok(v),
             // A symlink or folder now stands there: not a synced file.
             Err(FsError::Symlink { .. } | FsError::NotRegular { .. }) => Ok(None),
@@ -148,7 +149,9 @@ impl DaemonHost {
             };
             // The same path twice in a batch: the second goes on its own, after.
             if !staged.contains_key(&w.path)
-                && batch.stage(&rel, &w.bytes, to_expect(w.expect)).is_ok()
+                && batch
+                    .stage(&rel, &w.bytes, Some(w.exec), to_expect(w.expect))
+                    .is_ok()
             {
                 staged.insert(w.path.clone(), i);
             }
@@ -165,9 +168,9 @@ impl DaemonHost {
                         results[i] = Some(Ok(Outcome::Unexpected));
                     }
                 }
-                for (rel, bytes) in outcome.over_edits {
+                for (rel, bytes, exec) in outcome.over_edits {
                     if let Some(i) = staged.get(rel.as_str()) {
-                        results[*i] = Some(Ok(Outcome::DoneOverEdit(bytes)));
+                        results[*i] = Some(Ok(Outcome::DoneOverEdit(bytes, exec)));
                     }
                 }
             }
@@ -176,7 +179,7 @@ impl DaemonHost {
         writes
             .iter()
             .zip(results)
-            .map(|(w, r)| r.unwrap_or_else(|| self.write_if(&w.path, &w.bytes, w.expect)))
+            .map(|(w, r)| r.unwrap_or_else(|| self.write_if(&w.path, &w.bytes, w.exec, w.expect)))
             .collect()
     }
 }
@@ -188,8 +191,10 @@ impl DocStore for DaemonHost {
 
     /// A document can go to a new peer with the content on disk (the peer then need not
     /// load it); a file edited since is not what the document renders to and is not sent.
+    /// Nor is an executable file (an `Adopt` carries no mode: its hash is never the bytes'
+    /// alone, which is what is compared).
     fn content(&mut self, path: &str, hash: &ContentHash) -> Option<Vec<u8>> {
-        let bytes = self.read(path).ok()??;
+        let (bytes, _) = self.read(path).ok()??;
         (cue_core::content_hash(&bytes) == *hash).then_some(bytes)
     }
 }
@@ -264,16 +269,20 @@ impl carry::Host for DaemonHost {
         &mut self,
         path: &str,
         bytes: &[u8],
+        exec: bool,
         expect: Option<ContentHash>,
     ) -> Result<Outcome, FileError> {
         let rel = WorkspacePath::parse(path)?;
-        let result = outcome(self.fs.write_atomic_if(&rel, bytes, to_expect(expect))?);
+        let written = self
+            .fs
+            .write_atomic_if(&rel, bytes, Some(exec), to_expect(expect))?;
+        let result = outcome(written);
         let what = match &result {
             Outcome::Done => "done",
             Outcome::Unexpected => "unexpected",
-            Outcome::DoneOverEdit(_) => "done over an edit",
+            Outcome::DoneOverEdit(..) => "done over an edit",
         };
-        tracing::debug!(path, len = bytes.len(), outcome = what, "write");
+        tracing::debug!(path, len = bytes.len(), exec, outcome = what, "write");
         Ok(result)
     }
 
@@ -283,7 +292,7 @@ impl carry::Host for DaemonHost {
         }
         writes
             .iter()
-            .map(|w| self.write_if(&w.path, &w.bytes, w.expect))
+            .map(|w| self.write_if(&w.path, &w.bytes, w.exec, w.expect))
             .collect()
     }
 
@@ -301,7 +310,7 @@ impl carry::Host for DaemonHost {
             .is_some_and(|rel| matches!(self.fs.remove_empty_dir(&rel), Ok(true)))
     }
 
-    fn read_file(&mut self, path: &str) -> Result<Option<Vec<u8>>, FileError> {
+    fn read_file(&mut self, path: &str) -> Result<Option<(Vec<u8>, bool)>, FileError> {
         Ok(self.read(path)?)
     }
 
@@ -335,7 +344,7 @@ fn outcome(o: fsio::Outcome) -> Outcome {
     match o {
         fsio::Outcome::Done => Outcome::Done,
         fsio::Outcome::Unexpected => Outcome::Unexpected,
-        fsio::Outcome::DoneOverEdit(bytes) => Outcome::DoneOverEdit(bytes),
+        fsio::Outcome::DoneOverEdit(bytes, exec) => Outcome::DoneOverEdit(bytes, exec),
     }
 }
 

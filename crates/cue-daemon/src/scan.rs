@@ -52,6 +52,10 @@ pub struct ScannedFile {
     pub mtime_ns: i64,
     /// blake3 of the content.
     pub hash: [u8; 32],
+    /// Whether the file is executable (git's rule, [`cue_core::is_exec`]): the engine's
+    /// hash of it is [`cue_core::with_exec`] of the two, so a `chmod` made while no daemon
+    /// ran is found.
+    pub exec: bool,
 }
 
 /// Why a path is not synced.
@@ -282,6 +286,7 @@ fn hash_file(fs: &WorkspaceFs, path: &WorkspacePath, max: u64) -> Result<Option<
         len,
         mtime_ns: st.mtime_ns,
         hash: *hasher.finalize().as_bytes(),
+        exec: cue_core::is_exec(st.mode),
     })))
 }
 

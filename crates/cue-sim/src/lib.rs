@@ -19,7 +19,7 @@ use cue_core::carry;
 use cue_core::paths::name_key;
 use cue_core::{
     Config, DeviceId, DocId, DocStore, Effect, Engine, FileId, Generation, Input, Persist,
-    Restored, Status, content_hash,
+    Restored, Status, content_hash, file_hash,
 };
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
@@ -48,6 +48,8 @@ impl DocStore for MemStore {
 struct SimHost<'a> {
     store: &'a mut MemStore,
     disk: &'a mut BTreeMap<String, Vec<u8>>,
+    /// The files of `disk` that are executable (the only mode bit cue syncs).
+    exec: &'a mut BTreeSet<String>,
     activity: &'a mut Vec<cue_core::Activity>,
     write_failures: &'a mut Vec<(String, String)>,
     refuse_writes_under: &'a BTreeSet<String>,
@@ -94,6 +96,7 @@ impl DocStore for SimHost<'_> {
     }
 
     /// Documents can go to a new peer with their content (`Item::Adopt`).
+    /// Like the daemon's, it compares the bytes' hash alone.
     fn content(&mut self, path: &str, hash: &cue_core::ContentHash) -> Option<Vec<u8>> {
         self.disk
             .get(&self.place(path))
@@ -107,13 +110,23 @@ impl SimHost<'_> {
         place(self.disk, self.case_insensitive, path)
     }
 
+    /// What the disk holds at `path`, as the engine hashes it (bytes and executable bit).
+    fn hash_at(&self, path: &str) -> Option<cue_core::ContentHash> {
+        let bytes = self.disk.get(path)?;
+        Some(file_hash(bytes, self.exec.contains(path)))
+    }
+
     /// A program appended to the file at `path` in the instant it was replaced or
     /// removed: the daemon reads the replaced file back and reports what it held.
-    fn appended_in_the_instant(&mut self, path: &str, replaced: Option<Vec<u8>>) -> carry::Outcome {
+    fn appended_in_the_instant(
+        &mut self,
+        path: &str,
+        replaced: Option<(Vec<u8>, bool)>,
+    ) -> carry::Outcome {
         match (self.append_while_replaced.remove(path), replaced) {
-            (Some(tail), Some(mut old)) => {
+            (Some(tail), Some((mut old, exec))) => {
                 old.extend_from_slice(&tail);
-                carry::Outcome::DoneOverEdit(old)
+                carry::Outcome::DoneOverEdit(old, exec)
             }
             _ => carry::Outcome::Done,
         }
@@ -185,17 +198,23 @@ impl carry::Host for SimHost<'_> {
         &mut self,
         path: &str,
         bytes: &[u8],
+        exec: bool,
         expect: Option<cue_core::ContentHash>,
     ) -> Result<carry::Outcome, String> {
         let path = &self.place(path);
         if let Some(why) = self.blocked(path) {
             return Err(why);
         }
-        if self.disk.get(path).map(|b| content_hash(b)) != expect {
+        if self.hash_at(path) != expect {
             return Ok(carry::Outcome::Unexpected);
         }
+        let was_exec = if exec {
+            !self.exec.insert(path.to_string())
+        } else {
+            self.exec.remove(path)
+        };
         let replaced = self.disk.insert(path.to_string(), bytes.to_vec());
-        Ok(self.appended_in_the_instant(path, replaced))
+        Ok(self.appended_in_the_instant(path, replaced.map(|b| (b, was_exec))))
     }
 
     fn remove_if(
@@ -207,10 +226,11 @@ impl carry::Host for SimHost<'_> {
         if let Some(why) = self.blocked(path).filter(|_| self.disk.contains_key(path)) {
             return Err(why);
         }
-        match self.disk.get(path).map(|b| content_hash(b)) {
+        match self.hash_at(path) {
             None => Ok(None),
             Some(h) if h == expect => {
-                let removed = self.disk.remove(path);
+                let was_exec = self.exec.remove(path);
+                let removed = self.disk.remove(path).map(|b| (b, was_exec));
                 Ok(Some(self.appended_in_the_instant(path, removed)))
             }
             Some(_) => Ok(Some(carry::Outcome::Unexpected)),
@@ -222,8 +242,12 @@ impl carry::Host for SimHost<'_> {
         !self.is_folder(dir)
     }
 
-    fn read_file(&mut self, path: &str) -> Result<Option<Vec<u8>>, String> {
-        Ok(self.disk.get(&self.place(path)).cloned())
+    fn read_file(&mut self, path: &str) -> Result<Option<(Vec<u8>, bool)>, String> {
+        let path = &self.place(path);
+        Ok(self
+            .disk
+            .get(path)
+            .map(|b| (b.clone(), self.exec.contains(path))))
     }
 
     fn exists(&mut self, path: &str) -> Result<bool, String> {
@@ -245,10 +269,12 @@ fn trace_file_effect(peer: usize, e: &Effect, disk: &BTreeMap<String, Vec<u8>>) 
         Effect::WriteFile {
             path,
             bytes,
+            exec,
             expect,
         } => eprintln!(
-            "  p{peer} write {path} {:?} expect {:?} (disk {:?})",
+            "  p{peer} write {path} {:?}{} expect {:?} (disk {:?})",
             String::from_utf8_lossy(bytes),
+            if *exec { " +x" } else { "" },
             expect.map(|h| h[0]),
             disk.get(path).map(|b| content_hash(b)[0])
         ),
@@ -303,6 +329,9 @@ impl MemStore {
     }
 }
 
+/// A peer's files as `converged` compares them: content and executable bit, by path.
+type Files = BTreeMap<String, (Vec<u8>, bool)>;
+
 #[derive(Debug)]
 pub struct Peer {
     pub name: String,
@@ -311,6 +340,9 @@ pub struct Peer {
     pub engine: Engine,
     pub store: MemStore,
     pub disk: BTreeMap<String, Vec<u8>>,
+    /// The files on `disk` that are executable. A file that leaves `disk` must leave
+    /// this too (the helpers below see to it).
+    pub exec: BTreeSet<String>,
     pub online: bool,
     pub activity: Vec<cue_core::Activity>,
     /// Files the carry-out could not write or remove (path, why), as the daemon logs them.
@@ -341,6 +373,7 @@ impl Peer {
         let host = SimHost {
             store: &mut self.store,
             disk: &mut self.disk,
+            exec: &mut self.exec,
             activity: &mut self.activity,
             write_failures: &mut self.write_failures,
             refuse_writes_under: &self.refuse_writes_under,
@@ -414,6 +447,7 @@ impl World {
                 engine,
                 store: MemStore::default(),
                 disk: BTreeMap::new(),
+                exec: BTreeSet::new(),
                 online: false,
                 activity: Vec::new(),
                 write_failures: Vec::new(),
@@ -467,7 +501,8 @@ impl World {
     pub fn input(&mut self, peer: usize, input: Input) {
         if std::env::var_os("CUE_SIM_TRACE").is_some() {
             match &input {
-                Input::FileChanged { path, content } | Input::WriteRefused { path, content } => {
+                Input::FileChanged { path, content, .. }
+                | Input::WriteRefused { path, content, .. } => {
                     eprintln!(
                         "  p{peer} <- {} {path} {:?}",
                         if matches!(input, Input::FileChanged { .. }) {
@@ -538,19 +573,49 @@ impl World {
 
     // ------------------------------------------------------------ what users do
 
-    /// A user saves a file (the watcher reports it).
+    /// A user saves a file (the watcher reports it). Its mode stays as it was, as an
+    /// editor keeps it.
     pub fn write(&mut self, peer: usize, path: &str, bytes: &[u8]) {
         let p = &mut self.peers[peer];
         // The watcher reports the name as the folder holds it.
         let path = place(&p.disk, p.case_insensitive, path);
         p.disk.insert(path.clone(), bytes.to_vec());
+        let exec = p.exec.contains(&path);
         self.input(
             peer,
             Input::FileChanged {
                 path,
                 content: bytes.to_vec(),
+                exec,
             },
         );
+    }
+
+    /// A user runs `chmod +x` (`exec`) or `chmod -x` on a file (the watcher reports it
+    /// as a change with the same content). Nothing when there is no such file.
+    pub fn chmod(&mut self, peer: usize, path: &str, exec: bool) {
+        let Some(content) = self.peers[peer].disk.get(path).cloned() else {
+            return;
+        };
+        if exec {
+            self.peers[peer].exec.insert(path.to_string());
+        } else {
+            self.peers[peer].exec.remove(path);
+        }
+        self.input(
+            peer,
+            Input::FileChanged {
+                path: path.to_string(),
+                content,
+                exec,
+            },
+        );
+    }
+
+    /// Whether the file at `path` is executable on `peer`'s disk (`None`: no file).
+    pub fn is_exec(&self, peer: usize, path: &str) -> Option<bool> {
+        let p = &self.peers[peer];
+        p.disk.contains_key(path).then(|| p.exec.contains(path))
     }
 
     /// A user saves many files at once and the watcher reports them in one batch.
@@ -561,12 +626,14 @@ impl World {
             inputs.push(Input::FileChanged {
                 path: path.clone(),
                 content: bytes.clone(),
+                exec: self.peers[peer].exec.contains(path),
             });
         }
         self.input_batch(peer, inputs);
     }
 
     pub fn delete(&mut self, peer: usize, path: &str) {
+        self.peers[peer].exec.remove(path);
         if self.peers[peer].disk.remove(path).is_some() {
             self.input(
                 peer,
@@ -582,12 +649,20 @@ impl World {
             self.peers[peer]
                 .disk
                 .insert(to.to_string(), content.clone());
+            // A rename keeps the mode.
+            let exec = self.peers[peer].exec.remove(from);
+            if exec {
+                self.peers[peer].exec.insert(to.to_string());
+            } else {
+                self.peers[peer].exec.remove(to);
+            }
             self.input(
                 peer,
                 Input::FileRenamed {
                     from: from.to_string(),
                     to: to.to_string(),
                     content,
+                    exec,
                 },
             );
         }
@@ -682,7 +757,7 @@ impl World {
         let found = carry::Found {
             files: files
                 .into_iter()
-                .map(|(path, b)| (path.clone(), content_hash(b)))
+                .map(|(path, b)| (path.clone(), file_hash(b, p.exec.contains(path))))
                 .collect(),
             too_large: too_large
                 .into_iter()
@@ -804,7 +879,7 @@ impl World {
                 ));
             }
         }
-        let mut reference: Option<(usize, BTreeMap<String, Vec<u8>>)> = None;
+        let mut reference: Option<(usize, Files)> = None;
         // Names are compared as a folder that ignores case takes them when one does.
         let fold = self.peers.iter().any(|p| p.case_insensitive);
         let mut skipped = BTreeSet::new();
@@ -832,7 +907,7 @@ impl World {
                 .disk
                 .iter()
                 .filter(|(k, _)| !skipped.contains(*k))
-                .map(|(k, v)| (k.clone(), content_hash(v)))
+                .map(|(k, v)| (k.clone(), file_hash(v, p.exec.contains(k))))
                 .collect();
             // A folder that ignores case may spell a folder as it was made first.
             let (live, disk) = (
@@ -853,20 +928,20 @@ impl World {
             }
             match &reference {
                 None => {
-                    let mine: BTreeMap<String, Vec<u8>> = p
+                    let mine: Files = p
                         .disk
                         .iter()
                         .filter(|(k, _)| !skipped.contains(*k))
-                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .map(|(k, v)| (k.clone(), (v.clone(), p.exec.contains(k))))
                         .collect();
                     reference = Some((i, keyed(fold, &mine)))
                 }
                 Some((j, r)) => {
-                    let mine: BTreeMap<String, Vec<u8>> = p
+                    let mine: Files = p
                         .disk
                         .iter()
                         .filter(|(k, _)| !skipped.contains(*k))
-                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .map(|(k, v)| (k.clone(), (v.clone(), p.exec.contains(k))))
                         .collect();
                     let mine = keyed(fold, &mine);
                     if *r != mine {
@@ -918,8 +993,8 @@ impl World {
     }
 }
 
-/// One random schedule: peers edit, create, delete, rename, write binaries, go offline,
-/// restart, while the relay drops, duplicates and reorders. Then the network heals and
+/// One random schedule: peers edit, create, delete, rename, write binaries, change the
+/// executable bit, go offline, restart, while the relay drops, duplicates and reorders. Then the network heals and
 /// the world must converge with no lost edit. Returns a description of the failure.
 pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
     // Two to four peers, chosen by the seed so that a seed alone replays a schedule.
@@ -1064,6 +1139,12 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
                 // A rotation of the workspace secret (`cue sync rotate`), online or not:
                 // the others follow through the lobby.
                 w.rotate(p, &[]);
+            }
+            76..=78 => {
+                // `chmod +x` or `-x`: only the executable bit syncs, last writer wins.
+                let path = paths[w.rng.random_range(0..paths.len())];
+                let exec = w.rng.random_bool(0.5);
+                w.chmod(p, path, exec);
             }
             _ => {
                 let n = w.rng.random_range(0..20);

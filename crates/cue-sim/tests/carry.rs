@@ -297,11 +297,13 @@ fn a_file_created_on_two_peers_at_once_keeps_both_versions_at_any_timing() {
 /// The watcher reports `path` at `peer` with whatever the disk holds there now.
 fn report_as_saved(w: &mut World, peer: usize, path: &str) {
     if let Some(content) = w.peers[peer].disk.get(path).cloned() {
+        let exec = w.peers[peer].exec.contains(path);
         w.input(
             peer,
             cue_core::Input::FileChanged {
                 path: path.into(),
                 content,
+                exec,
             },
         );
     }

@@ -117,9 +117,15 @@ fn an_export_reads_back_in_javascript_automerge_byte_for_byte() {
     a.write("raw.md", "---\nnot: [valid\n---\nbody\n");
     a.write("plain.txt", "héllo wörld\n");
     std::fs::write(a.path("image.bin"), [0xffu8, 0, 1, 2, 0xfe]).unwrap();
-    for f in ["plain.txt", "raw.md", "notes/plan.md"] {
+    // A file made executable: its document has `exec`.
+    a.write("run.sh", "#!/bin/sh\n");
+    for f in ["plain.txt", "raw.md", "notes/plan.md", "run.sh"] {
         wait_for_file(&b, f, "the files", |_| true);
     }
+    a.chmod("run.sh", 0o755);
+    wait_until("run.sh executable on bob", || {
+        b.mode("run.sh").is_some_and(|m| m & 0o100 != 0)
+    });
     // Edits from both devices: documents with two actors' changes.
     b.write(
         "notes/plan.md",
@@ -135,7 +141,7 @@ fn an_export_reads_back_in_javascript_automerge_byte_for_byte() {
     let out_dir = tempfile::tempdir().unwrap();
     let export = out_dir.path().join("export");
     let said = a.cue_ok(&["export", "--automerge", export.to_str().unwrap()]);
-    assert!(said.contains("Exported 4 files"), "{said}");
+    assert!(said.contains("Exported 5 files"), "{said}");
     let run = std::process::Command::new("node")
         .arg(checker.join("check.mjs"))
         .arg(&export)
@@ -151,7 +157,7 @@ fn an_export_reads_back_in_javascript_automerge_byte_for_byte() {
     );
     assert_eq!(
         report.lines().filter(|l| l.contains(": ok")).count(),
-        4,
+        5,
         "{report}"
     );
     // Not over an earlier export.

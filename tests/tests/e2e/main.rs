@@ -9,6 +9,7 @@ mod devices;
 mod faults;
 mod fleet;
 mod history;
+mod modes;
 mod names;
 mod robustness;
 mod rules;

@@ -124,6 +124,8 @@ impl Engine {
         if known || heads.is_empty() {
             return self.apply_remote(from, DocId::File(f), Remote::Whole(bytes), store);
         }
+        // An `Adopt` carries no mode: it is sent only for files that are not executable
+        // (see `whole`); a sender that lies about that is caught by `verify_adopted`.
         let meta = FileMeta {
             heads: heads.clone(),
             doc_hash: Some(content_hash(&content)),
@@ -162,7 +164,7 @@ impl Engine {
                 let hash = if d.is_empty() {
                     None
                 } else {
-                    d.materialize().ok().map(|c| content_hash(&c))
+                    d.materialize().ok().map(|c| file_hash(&c, d.exec()))
                 };
                 Ok((heads, hash))
             });

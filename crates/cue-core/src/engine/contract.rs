@@ -63,18 +63,32 @@ pub trait DocStore {
 /// Something that happened that the engine must know of.
 #[derive(Debug, Clone)]
 pub enum Input {
-    /// A file's content on disk, seen at start-up or after a save.
-    FileChanged { path: String, content: Vec<u8> },
+    /// A file's content on disk, seen at start-up or after a save, and whether it is
+    /// executable (git's rule: the owner's `x` bit; no other mode bit is synced). A
+    /// `chmod` alone is a change.
+    FileChanged {
+        path: String,
+        content: Vec<u8>,
+        exec: bool,
+    },
     /// A [`Effect::WriteFile`] or [`Effect::RemoveFile`] was not carried out because the
     /// disk did not hold what the engine expected: the user saved something the watcher
     /// has not reported yet. This is that content; it is merged as an edit of the version
     /// that was on disk before the refused write.
-    WriteRefused { path: String, content: Vec<u8> },
+    WriteRefused {
+        path: String,
+        content: Vec<u8>,
+        exec: bool,
+    },
     /// A [`Effect::WriteFile`] or [`Effect::RemoveFile`] at `path` was carried out, but the
     /// file it replaced had been written to in that instant (a program appending to it):
     /// `content` is what that file held. It is merged as an edit of the version that was on
     /// disk before the write; a removed file's edit is kept beside as a copy.
-    ReplacedEdit { path: String, content: Vec<u8> },
+    ReplacedEdit {
+        path: String,
+        content: Vec<u8>,
+        exec: bool,
+    },
     /// Files found on disk that cannot be synced, and why (a name with a backslash or a
     /// control character, an unreadable file): the whole set, from a scan. Listed under
     /// `skipped`; nothing else follows from them.
@@ -93,6 +107,7 @@ pub enum Input {
         path: String,
         replaced: ContentHash,
         content: Vec<u8>,
+        exec: bool,
     },
     /// A [`Effect::WriteFile`] or [`Effect::RemoveFile`] at `path` was not carried out
     /// because the file keeps changing under the writes (the carry-out's feedback limit):
@@ -135,6 +150,7 @@ pub enum Input {
         from: String,
         to: String,
         content: Vec<u8>,
+        exec: bool,
     },
     /// We reached the relay (and so any peer that is online).
     Connected,
@@ -190,9 +206,13 @@ pub enum Effect {
     /// Write `bytes` to `path`. `expect` is what the engine believes is there now (`None`:
     /// nothing). If the disk holds something else, the driver must not write: it feeds
     /// the disk's content back as [`Input::FileChanged`] and the engine merges it first.
+    /// With `exec` the file is made executable as git does (`x` where `r` is set), without
+    /// it every `x` bit is cleared; no other mode bit changes, and a new file gets the
+    /// usual mode.
     WriteFile {
         path: String,
         bytes: Vec<u8>,
+        exec: bool,
         expect: Option<ContentHash>,
     },
     /// Remove `path` if it still holds `expect`.

@@ -65,16 +65,16 @@ impl Engine {
             } else {
                 d.materialize().ok()
             };
-            Ok((heads, content))
+            Ok((heads, content, d.exec()))
         });
-        if let Ok((heads, content)) = r {
+        if let Ok((heads, content, exec)) = r {
             let tombstoned = self.index.tombstone(&file).is_some();
             let mut meta = self.files.get_or_default(file);
             // A file that just got its first content, or a deleted one that changed, may
             // now be alive: path clashes must be looked at again.
             let view_stale = meta.doc_hash.is_none() || tombstoned;
             meta.heads = heads;
-            meta.doc_hash = content.as_ref().map(|c| content_hash(c));
+            meta.doc_hash = content.as_ref().map(|c| file_hash(c, exec));
             meta.size = content.map_or(0, |c| c.len() as u64);
             drop(meta);
             if view_stale {

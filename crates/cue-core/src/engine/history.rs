@@ -32,6 +32,9 @@ pub struct Version {
     pub frontmatter: Vec<String>,
     /// The file's size at this version, in bytes.
     pub size: usize,
+    /// The executable bit this version set (`Some(true)`: `chmod +x`) or cleared, when it
+    /// changed it.
+    pub exec: Option<bool>,
 }
 
 /// Why a history or a version cannot be given.
@@ -74,11 +77,11 @@ impl Engine {
                     .collect();
                 let mut out = Vec::with_capacity(changes.len());
                 for (hash, deps, time_s, actor) in changes {
-                    let after = doc.materialize_at(&[hash]).unwrap_or_default();
-                    let before = if deps.is_empty() {
-                        Vec::new()
+                    let (after, exec_after) = doc.file_at(&[hash]).unwrap_or_default();
+                    let (before, exec_before) = if deps.is_empty() {
+                        (Vec::new(), false)
                     } else {
-                        doc.materialize_at(&deps).unwrap_or_default()
+                        doc.file_at(&deps).unwrap_or_default()
                     };
                     let (added, removed) = line_counts(&before, &after);
                     out.push(Version {
@@ -89,6 +92,7 @@ impl Engine {
                         removed,
                         frontmatter: frontmatter_changes(&before, &after),
                         size: after.len(),
+                        exec: (exec_after != exec_before).then_some(exec_after),
                     });
                 }
                 Ok(out)

@@ -42,11 +42,18 @@ impl Engine {
         }
     }
 
-    pub(super) fn local_change(&mut self, path: &str, content: Vec<u8>, store: &mut dyn DocStore) {
+    /// The file at `path` holds `content` and is executable or not (`exec`).
+    pub(super) fn local_change(
+        &mut self,
+        path: &str,
+        content: Vec<u8>,
+        exec: bool,
+        store: &mut dyn DocStore,
+    ) {
         if !self.takes_local(path, content.len()) {
             return;
         }
-        let hash = content_hash(&content);
+        let hash = file_hash(&content, exec);
         let file = match self
             .file_at(path)
             .or_else(|| self.live_file_with_path(path))
@@ -87,14 +94,15 @@ impl Engine {
         let result = self.with_doc(file, store, |doc| {
             let new = doc.is_empty();
             Ok(doc
-                .write_at(&base, path, &content, time_s, fork_actor)?
+                .write_at(&base, path, &content, exec, time_s, fork_actor)?
                 .map(|hash| {
                     // A new document goes out whole: its `save()` is 30× cheaper than
                     // encoding its first change, and a peer adopts it as it comes.
                     let doc_id = DocId::File(file);
                     // (When the edit was merged with other changes, the document renders to
-                    // something else than `content`, and goes without it.)
-                    let item = if new && doc.heads() == [hash] {
+                    // something else than `content`, and goes without it. An `Adopt`
+                    // carries no mode, so an executable file goes without it too.)
+                    let item = if new && !exec && doc.heads() == [hash] {
                         Some(Item::Adopt {
                             doc: doc_id,
                             bytes: doc.automerge().save(),
@@ -152,20 +160,27 @@ impl Engine {
     /// `content` is what it held. Merged as an edit of the version on disk before the
     /// write, while the disk belief stays what was written (the merge is written next).
     /// With nothing written there to merge into (a removal), it is kept as a copy.
-    pub(super) fn replaced_edit(&mut self, path: &str, content: Vec<u8>, store: &mut dyn DocStore) {
+    pub(super) fn replaced_edit(
+        &mut self,
+        path: &str,
+        content: Vec<u8>,
+        exec: bool,
+        store: &mut dyn DocStore,
+    ) {
         let found = self.file_at(path).and_then(|f| {
             let m = self.files.get(&f)?;
             (!m.prev_disk_heads.is_empty()).then(|| (f, m.disk.clone(), m.disk_heads.clone()))
         });
         if let Some((f, _, _)) = found {
             let base = self.files.get(&f).map(|m| m.prev_disk_heads.clone());
-            let hash = content_hash(&content);
-            let version = self.edit_of_replaced(f, path, base.unwrap_or_default(), content, store);
+            let hash = file_hash(&content, exec);
+            let base = base.unwrap_or_default();
+            let version = self.edit_of_replaced(f, path, base, content, exec, store);
             // A program still writing to that file edits this version.
             self.remember_replaced(hash, version);
             return;
         }
-        self.keep_as_copy(path, content, store);
+        self.keep_as_copy(path, content, exec, store);
     }
 
     /// [`Input::LateWrite`]: merged as an edit of the replaced version when it is still
@@ -175,6 +190,7 @@ impl Engine {
         path: &str,
         replaced: ContentHash,
         content: &[u8],
+        exec: bool,
         store: &mut dyn DocStore,
     ) -> bool {
         let Some(base) = self
@@ -189,8 +205,8 @@ impl Engine {
         let Some(f) = self.file_at(path) else {
             return false;
         };
-        let hash = content_hash(content);
-        let version = self.edit_of_replaced(f, path, base, content.to_vec(), store);
+        let hash = file_hash(content, exec);
+        let version = self.edit_of_replaced(f, path, base, content.to_vec(), exec, store);
         self.remember_replaced(hash, version);
         true
     }
@@ -204,6 +220,7 @@ impl Engine {
         path: &str,
         base: Heads,
         content: Vec<u8>,
+        exec: bool,
         store: &mut dyn DocStore,
     ) -> Heads {
         let Some((disk, written_heads)) = self
@@ -216,7 +233,7 @@ impl Engine {
         if let Some(mut m) = self.files.get_mut(&f) {
             m.disk_heads = base;
         }
-        self.local_change(path, content, store);
+        self.local_change(path, content, exec, store);
         let mut version = Vec::new();
         if let Some(mut m) = self.files.get_mut(&f) {
             // `local_change` left the belief at the version it made of `content`.
@@ -233,6 +250,7 @@ impl Engine {
         &mut self,
         path: &str,
         content: Vec<u8>,
+        exec: bool,
         store: &mut dyn DocStore,
     ) -> String {
         let live = self.live_view(store);
@@ -241,7 +259,7 @@ impl Engine {
         let copy = conflict_copy_name(path, &name, &self.device, &|c| {
             taken.contains(&c.to_string())
         });
-        self.local_change(&copy, content, store);
+        self.local_change(&copy, content, exec, store);
         if let Some(f) = self.file_at(&copy)
             && let Some(mut m) = self.files.get_mut(&f)
         {
@@ -342,10 +360,11 @@ impl Engine {
         from: &str,
         to: &str,
         content: Vec<u8>,
+        exec: bool,
         store: &mut dyn DocStore,
     ) {
         let Some(file) = self.file_at(from) else {
-            self.local_change(to, content, store);
+            self.local_change(to, content, exec, store);
             return;
         };
         if valid_path(to).is_err() {
@@ -373,7 +392,7 @@ impl Engine {
             &name,
             Some(format!("from {from}")),
         );
-        self.local_change(to, content, store);
+        self.local_change(to, content, exec, store);
     }
 
     /// Bring back the last content of a deleted file, or of every deleted file in a

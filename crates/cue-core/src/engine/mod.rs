@@ -12,7 +12,7 @@ use automerge::{ActorId, Change, ChangeHash};
 use serde::{Deserialize, Serialize};
 
 use crate::doc::{DocError, FieldConflict, FileDoc};
-use crate::ids::{ContentHash, DeviceId, DocId, FileId, content_hash};
+use crate::ids::{ContentHash, DeviceId, DocId, FileId, content_hash, file_hash};
 use crate::index::{ConflictKind, ConflictRecord, IndexDoc, Tombstone};
 use crate::inflate::{Budget, InflateError, MAX_INFLATED_ITEM};
 use crate::paths::{name_key, valid_path};
@@ -334,16 +334,28 @@ impl Engine {
             self.last_input_ms = self.now_ms;
         }
         match input {
-            Input::FileChanged { path, content } => self.local_change(&path, content, store),
-            Input::WriteRefused { path, content } => {
+            Input::FileChanged {
+                path,
+                content,
+                exec,
+            } => self.local_change(&path, content, exec, store),
+            Input::WriteRefused {
+                path,
+                content,
+                exec,
+            } => {
                 if let Some(f) = self.file_at(&path)
                     && let Some(mut m) = self.files.get_mut(&f)
                 {
                     m.disk_heads = std::mem::take(&mut m.prev_disk_heads);
                 }
-                self.local_change(&path, content, store);
+                self.local_change(&path, content, exec, store);
             }
-            Input::ReplacedEdit { path, content } => self.replaced_edit(&path, content, store),
+            Input::ReplacedEdit {
+                path,
+                content,
+                exec,
+            } => self.replaced_edit(&path, content, exec, store),
             Input::WriteDeferred { path, expect } => self.write_deferred(&path, expect),
             Input::Unsyncable { files } => self.unsyncable = files,
             Input::UnsyncableFile { path, reason } => match reason {
@@ -358,11 +370,12 @@ impl Engine {
                 path,
                 replaced,
                 content,
+                exec,
             } => {
-                if self.late_write_merged(&path, replaced, &content, store) {
+                if self.late_write_merged(&path, replaced, &content, exec, store) {
                     return;
                 }
-                let copy = self.keep_as_copy(&path, content, store);
+                let copy = self.keep_as_copy(&path, content, exec, store);
                 let name = self.name.clone();
                 self.activity(
                     ActivityKind::Error,
@@ -392,9 +405,12 @@ impl Engine {
                 self.say_too_large(&path, Some(size));
             }
             Input::FileRemoved { path } => self.local_remove(&path, store),
-            Input::FileRenamed { from, to, content } => {
-                self.local_rename(&from, &to, content, store)
-            }
+            Input::FileRenamed {
+                from,
+                to,
+                content,
+                exec,
+            } => self.local_rename(&from, &to, content, exec, store),
             Input::Connected => {
                 self.connected = true;
                 self.hello(None, true);

@@ -226,7 +226,8 @@ impl Engine {
             // store is, or unsaved changes would never be persisted.
             let (bytes, heads, content) = self
                 .with_doc(f, store, |d| {
-                    let content = if d.is_empty() {
+                    // An `Adopt` carries no mode: an executable file goes whole.
+                    let content = if d.is_empty() || d.exec() {
                         None
                     } else {
                         d.materialize().ok()
@@ -245,7 +246,9 @@ impl Engine {
             });
         }
         // Stored bytes go out as they are: no need to load the document. Its content is
-        // on disk when what we last wrote or read there is what it renders to.
+        // on disk when what we last wrote or read there is what it renders to. (The store
+        // compares the bytes' hash alone, which an executable file's hash never is: such
+        // a file goes whole, as an `Adopt` carries no mode.)
         let bytes = match self.adopted.get(&f) {
             Some(b) => b.clone(),
             None => store.load(&doc)?,

@@ -152,9 +152,16 @@ impl Engine {
 
     /// The materialised bytes of the live file at `path` (tests, the demo).
     pub fn read(&mut self, path: &str, store: &mut dyn DocStore) -> Option<Vec<u8>> {
+        self.read_file(path, store).map(|(bytes, _)| bytes)
+    }
+
+    /// The materialised bytes of the live file at `path`, and whether it is executable:
+    /// what a write of it puts on disk.
+    pub fn read_file(&mut self, path: &str, store: &mut dyn DocStore) -> Option<(Vec<u8>, bool)> {
         let live = self.live_view(store);
         let (f, _) = live.into_iter().find(|(_, p)| p == path)?;
-        self.with_doc(f, store, |d| d.materialize()).ok()
+        self.with_doc(f, store, |d| Ok((d.materialize()?, d.exec())))
+            .ok()
     }
 
     /// Live files another device holds too large to sync.

@@ -397,13 +397,14 @@ impl Engine {
                 m.disk = None;
             }
         }
+        // Adopted content is never executable (an `Adopt` carries no mode).
         let adopted = self
             .adopted_content
             .remove(&f)
             .filter(|c| content_hash(c) == hash);
-        let bytes = match adopted {
-            Some(b) => b,
-            None => match self.with_doc(f, store, |d| d.materialize()) {
+        let (bytes, exec) = match adopted {
+            Some(b) => (b, false),
+            None => match self.with_doc(f, store, |d| Ok((d.materialize()?, d.exec()))) {
                 Ok(b) => b,
                 Err(e) => {
                     self.doc_error(&path, &e);
@@ -415,6 +416,7 @@ impl Engine {
         self.out_files.push(Effect::WriteFile {
             path: path.clone(),
             bytes,
+            exec,
             expect,
         });
         if let Some(mut m) = self.files.get_mut(&f) {
