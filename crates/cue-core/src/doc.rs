@@ -23,6 +23,8 @@ use automerge::transaction::Transactable;
 use automerge::{
     ActorId, AutoCommit, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
 };
+use std::collections::BTreeSet;
+
 use similar::{Algorithm, DiffOp, capture_diff_slices};
 
 use crate::frontmatter::{self, Block, BlockValue, FrontmatterContent, List};
@@ -68,6 +70,17 @@ pub enum FieldConflict {
     },
     /// A binary file written concurrently: each loser's op id and bytes.
     Binary { losers: Vec<(String, Vec<u8>)> },
+}
+
+/// What [`FileDoc::overlaps`] found: the paragraphs both sides of a merge changed, and
+/// who made each side's changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overlaps {
+    pub paragraphs: Vec<crate::overlap::Paragraph>,
+    /// The actors of the changes of side `a` that side `b` did not have.
+    pub actors_a: BTreeSet<ActorId>,
+    /// The actors of the changes of side `b` that side `a` did not have.
+    pub actors_b: BTreeSet<ActorId>,
 }
 
 /// A file's automerge document.
@@ -682,6 +695,67 @@ impl FileDoc {
             .item_values(items, flow)
             .iter()
             .rposition(|v| v.as_deref() == Some(value)))
+    }
+
+    /// After versions `a` and `b` of this document were merged into it (its heads now),
+    /// the body paragraphs both changed (see [`crate::overlap`]) and the actors of each
+    /// side's own changes (those the other side did not have). `None` when the merge was
+    /// a fast-forward (one side held everything the other did), when either version is
+    /// unknown here, for a binary file, or when no paragraph was changed by both.
+    /// Frontmatter is left out: its concurrent values are field conflicts.
+    pub fn overlaps(
+        &mut self,
+        a: &[ChangeHash],
+        b: &[ChangeHash],
+    ) -> Result<Option<Overlaps>, DocError> {
+        let heads = self.doc.get_heads();
+        let same = |x: &[ChangeHash]| x.len() == heads.len() && x.iter().all(|h| heads.contains(h));
+        // The common path (an edit on top of everything the other side had) ends here,
+        // before any text is read.
+        if a.is_empty() || b.is_empty() || same(a) || same(b) {
+            return Ok(None);
+        }
+        if self.kind() != Some(ContentKind::Text)
+            || a.iter()
+                .chain(b)
+                .any(|h| self.doc.get_change_meta_by_hash(h).is_none())
+        {
+            return Ok(None);
+        }
+        let merged = self.text_of("body")?;
+        let body_a = self.body_at(a)?;
+        let body_b = self.body_at(b)?;
+        // The body is the end of the file: the lines before it are the frontmatter's.
+        let full = self.render_text()?;
+        let before_body = full
+            .get(..full.len().saturating_sub(merged.len()))
+            .unwrap_or_default();
+        let first_line = u32::try_from(before_body.matches('\n').count())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        let paragraphs = crate::overlap::both_changed(&merged, &body_a, &body_b, first_line);
+        if paragraphs.is_empty() {
+            return Ok(None);
+        }
+        let actors = |doc: &mut AutoCommit, other: &[ChangeHash]| -> BTreeSet<ActorId> {
+            doc.get_changes_meta(other)
+                .into_iter()
+                .map(|c| c.actor.into_owned())
+                .collect()
+        };
+        Ok(Some(Overlaps {
+            paragraphs,
+            actors_a: actors(&mut self.doc, b),
+            actors_b: actors(&mut self.doc, a),
+        }))
+    }
+
+    /// The body as it was at `heads` (empty where the version had none).
+    fn body_at(&self, heads: &[ChangeHash]) -> Result<String, DocError> {
+        match self.doc.get_at(ROOT, "body", heads)? {
+            Some((Value::Object(ObjType::Text), id)) => Ok(self.doc.text_at(&id, heads)?),
+            _ => Ok(String::new()),
+        }
     }
 
     /// Values the merge chose between. The last value automerge's `get_all` reports is the
