@@ -9,6 +9,7 @@ mod devices;
 mod faults;
 mod fleet;
 mod history;
+mod overlap;
 mod robustness;
 mod rules;
 mod sync;
