@@ -181,6 +181,10 @@ fn a_third_device_names_the_two_that_edited() {
     let st = w.status(2);
     assert_eq!(st.overlaps.len(), 1, "{:?}", st.overlaps);
     assert_eq!(st.overlaps[0].devices, vec!["p0", "p1"]);
+    // The entry is about the edit merged in: p1's, which p2 had not seen.
+    let logged = overlap_entries(&w, 2);
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0].device, "p1");
 }
 
 /// A save here whose report reaches the engine after a peer's change to the same

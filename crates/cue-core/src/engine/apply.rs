@@ -406,7 +406,7 @@ impl Engine {
                 self.activity(ActivityKind::RemoteChange, Some(path), &name, None);
             }
             if let Some(found) = overlaps {
-                self.note_overlaps(f, found, &name);
+                self.note_overlaps(f, found);
             }
         }
         Some((before, after, missing))

@@ -136,9 +136,7 @@ impl Engine {
                 // (binary files: both values stand until a copy keeps the loser).
                 self.record_field_conflicts(file, store);
                 if let Some(found) = overlaps {
-                    // The entry is about the other side: whose edit met this save.
-                    let by = self.other_author(&found.actors_b);
-                    self.note_overlaps(file, found, &by);
+                    self.note_overlaps(file, found);
                 }
                 let name = self.name.clone();
                 self.activity(

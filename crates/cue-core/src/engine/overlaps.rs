@@ -64,10 +64,12 @@ pub fn overlap_detail(line: u32, excerpt: &str, devices: &[String]) -> String {
 
 impl Engine {
     /// Records what [`FileDoc::overlaps`] found in `file`, named after the members whose
-    /// actors made each side's changes; `by` is the device the activity entry is about
-    /// (the sender of the merged changes). Nothing when the two sides are one device's
-    /// (a program writing to a file cue had just replaced here).
-    pub(super) fn note_overlaps(&mut self, file: FileId, found: Overlaps, by: &str) {
+    /// actors made each side's changes. Side `b` is the one merged in (a peer's changes,
+    /// or those that arrived while a save was on its way): the activity entry is about
+    /// its author. Nothing when the two sides are one device's (a program writing to a
+    /// file cue had just replaced here).
+    pub(super) fn note_overlaps(&mut self, file: FileId, found: Overlaps) {
+        let by = self.other_author(&found.actors_b);
         let members = &self.members_view;
         let devices_of = |actors: &BTreeSet<ActorId>| -> BTreeSet<DeviceId> {
             actors
@@ -88,7 +90,7 @@ impl Engine {
         };
         for p in found.paragraphs {
             let detail = overlap_detail(p.line, &p.excerpt, &devices);
-            self.activity(ActivityKind::Overlap, Some(path.clone()), by, Some(detail));
+            self.activity(ActivityKind::Overlap, Some(path.clone()), &by, Some(detail));
             let notices = &mut self.tail4.overlaps;
             // A paragraph found again at the same line is one notice, the latest.
             notices.retain(|n| !(n.file == file && n.line == p.line));
