@@ -880,6 +880,52 @@ mod tests {
         assert!(!actors.contains(&actor(4)), "{actors:?}");
     }
 
+    /// Two forks rewrite one paragraph; merged, it is found with each side's actor. A
+    /// fast-forward, an unknown version and a binary file find nothing.
+    #[test]
+    fn overlaps_are_found_only_where_a_merge_joins_two_rewrites_of_one_paragraph() {
+        let base = "---\ntitle: x\n---\none two\n\nthree\n";
+        let mut doc = FileDoc::new(actor(1));
+        doc.write("n.md", base.as_bytes(), 0).unwrap();
+        let v0 = doc.heads();
+        let mut other = FileDoc::load(&doc.save(), actor(2)).unwrap();
+        let a = doc
+            .write("n.md", base.replace("one", "ONE").as_bytes(), 0)
+            .unwrap()
+            .unwrap();
+        // A fast-forward: the merged version is `a`'s own.
+        assert!(doc.overlaps(&[a], &v0).unwrap().is_none());
+        let b = other
+            .write("n.md", base.replace("two", "TWO").as_bytes(), 0)
+            .unwrap()
+            .unwrap();
+        doc.automerge().merge(other.automerge()).unwrap();
+        let found = doc.overlaps(&[a], &[b]).unwrap().expect("an overlap");
+        assert_eq!(
+            found.paragraphs,
+            vec![crate::overlap::Paragraph {
+                line: 4,
+                excerpt: "ONE TWO".into()
+            }]
+        );
+        assert_eq!(found.actors_a, [actor(1)].into_iter().collect());
+        assert_eq!(found.actors_b, [actor(2)].into_iter().collect());
+        assert!(
+            doc.overlaps(&[a], &[ChangeHash([9; 32])])
+                .unwrap()
+                .is_none()
+        );
+        let mut bin = FileDoc::new(actor(1));
+        bin.write("f.bin", &[0, 1], 0).unwrap();
+        let v = bin.heads();
+        let mut bin2 = FileDoc::load(&bin.save(), actor(2)).unwrap();
+        let x = bin.write("f.bin", &[0, 2], 0).unwrap().unwrap();
+        let y = bin2.write("f.bin", &[0, 3], 0).unwrap().unwrap();
+        bin.automerge().merge(bin2.automerge()).unwrap();
+        assert_ne!(bin.heads(), v);
+        assert!(bin.overlaps(&[x], &[y]).unwrap().is_none());
+    }
+
     use proptest::prelude::*;
 
     proptest! {

@@ -214,3 +214,64 @@ fn a_save_merged_with_a_change_that_arrived_meanwhile_is_noticed() {
     assert_eq!(logged.len(), 1, "{logged:?}");
     assert_eq!(logged[0].device, "p0");
 }
+
+/// Two people still typing in one paragraph: the open notice is kept up to date and
+/// logged once; once resolved, the next overlap is logged again.
+#[test]
+fn an_open_notice_is_logged_once_while_the_overlap_goes_on() {
+    let mut w = with_plan(2);
+    same_paragraph_offline(&mut w);
+    let second = w.read(0, "plan.md").unwrap();
+    w.disconnect(1);
+    w.write(
+        0,
+        "plan.md",
+        second.replace("Tuesday", "Thursday").as_bytes(),
+    );
+    w.write(1, "plan.md", second.replace("slides", "charts").as_bytes());
+    w.connect(1);
+    settle(&mut w);
+    let st = w.status(0);
+    assert_eq!(st.overlaps.len(), 1, "{:?}", st.overlaps);
+    assert_eq!(st.overlaps[0].excerpt, "We meet on Thursday.");
+    assert_eq!(overlap_entries(&w, 0).len(), 1);
+    w.resolve(0, "plan.md").unwrap();
+    let third = w.read(0, "plan.md").unwrap();
+    w.disconnect(1);
+    w.write(0, "plan.md", third.replace("Thursday", "Friday").as_bytes());
+    w.write(1, "plan.md", third.replace("charts", "maps").as_bytes());
+    w.connect(1);
+    settle(&mut w);
+    assert_eq!(w.status(0).overlaps.len(), 1);
+    assert_eq!(overlap_entries(&w, 0).len(), 2);
+}
+
+/// Both sides rewrote every paragraph (each reformatted the file): the first ones are
+/// listed, the rest counted in one entry.
+#[test]
+fn a_merge_of_two_whole_rewrites_lists_the_first_paragraphs_and_counts_the_rest() {
+    let mut w = world(2);
+    let base: String = (0..40)
+        .map(|i| format!("Paragraph {i} here.\n\n"))
+        .collect();
+    w.write(0, "long.md", base.as_bytes());
+    settle(&mut w);
+    w.disconnect(1);
+    w.write(0, "long.md", base.replace(" here", " there").as_bytes());
+    w.write(
+        1,
+        "long.md",
+        base.replace("Paragraph", "Section").as_bytes(),
+    );
+    w.connect(1);
+    settle(&mut w);
+    let st = w.status(0);
+    assert_eq!(st.overlaps.len(), 16, "{:?}", st.overlaps);
+    assert_eq!(st.overlaps[0].line, 1);
+    let logged = overlap_entries(&w, 0);
+    assert_eq!(logged.len(), 17);
+    assert_eq!(
+        logged[16].detail.as_deref(),
+        Some("24 more paragraphs further down were edited at the same time on p0 and p1")
+    );
+}

@@ -21,6 +21,11 @@ use crate::doc::Overlaps;
 /// is rewritten whole at every change.
 pub(super) const MAX_OVERLAP_NOTICES: usize = 256;
 
+/// Paragraphs listed for one file at one merge; beyond it one activity entry counts the
+/// rest. A merge of two whole-file rewrites (each side reformatted the file) would
+/// otherwise log every paragraph, and the first ones already say to read the file.
+const MAX_PARAGRAPHS_PER_MERGE: usize = 16;
+
 /// One paragraph both sides of a merge changed, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct OverlapNotice {
@@ -54,12 +59,19 @@ pub struct OverlapInfo {
 /// What an overlap notice says, the same in the activity log and `cue sync resolve`:
 /// `line 3 ("We meet on Tuesday."): edited at the same time on desk and laptop`.
 pub fn overlap_detail(line: u32, excerpt: &str, devices: &[String]) -> String {
-    let who = match devices {
+    format!(
+        "line {line} (\"{excerpt}\"): edited at the same time on {}",
+        names(devices)
+    )
+}
+
+/// `desk and laptop`, `a, b and c`.
+fn names(devices: &[String]) -> String {
+    match devices {
         [] => "two devices".to_string(),
         [one] => one.clone(),
         [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
-    };
-    format!("line {line} (\"{excerpt}\"): edited at the same time on {who}")
+    }
 }
 
 impl Engine {
@@ -88,19 +100,40 @@ impl Engine {
         let Some(path) = self.index.path_of(&file) else {
             return;
         };
-        for p in found.paragraphs {
-            let detail = overlap_detail(p.line, &p.excerpt, &devices);
-            self.activity(ActivityKind::Overlap, Some(path.clone()), &by, Some(detail));
+        let mut paragraphs = found.paragraphs;
+        let unlisted = paragraphs.len().saturating_sub(MAX_PARAGRAPHS_PER_MERGE);
+        paragraphs.truncate(MAX_PARAGRAPHS_PER_MERGE);
+        for p in paragraphs {
             let notices = &mut self.tail4.overlaps;
-            // A paragraph found again at the same line is one notice, the latest.
-            notices.retain(|n| !(n.file == file && n.line == p.line));
-            notices.push(OverlapNotice {
+            // A paragraph found again at the same line, between the same devices (two
+            // people still typing in it), is one notice, the latest, logged once.
+            let open = notices
+                .iter()
+                .position(|n| n.file == file && n.line == p.line);
+            let again = open.is_some_and(|i| notices[i].devices == devices);
+            if let Some(i) = open {
+                notices.remove(i);
+            }
+            if !again {
+                let detail = overlap_detail(p.line, &p.excerpt, &devices);
+                self.activity(ActivityKind::Overlap, Some(path.clone()), &by, Some(detail));
+            }
+            self.tail4.overlaps.push(OverlapNotice {
                 file,
                 line: p.line,
                 excerpt: p.excerpt,
                 devices: devices.clone(),
                 time_ms: self.now_ms,
             });
+        }
+        if unlisted > 0 {
+            // Both sides rewrote the whole file (a reformatting on each): the first
+            // paragraphs say where to look; the rest is said in one entry.
+            let detail = format!(
+                "{unlisted} more paragraphs further down were edited at the same time on {}",
+                names(&devices)
+            );
+            self.activity(ActivityKind::Overlap, Some(path), &by, Some(detail));
         }
         let excess = self
             .tail4
