@@ -19,12 +19,12 @@
 //! exact item lines; items are unique by value when materialised, so concurrent additions
 //! of one value give one item, and removals apply to what the remover saw.
 
+use std::collections::BTreeSet;
+
 use automerge::transaction::Transactable;
 use automerge::{
     ActorId, AutoCommit, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
 };
-use std::collections::BTreeSet;
-
 use similar::{Algorithm, DiffOp, capture_diff_slices};
 
 use crate::frontmatter::{self, Block, BlockValue, FrontmatterContent, List};

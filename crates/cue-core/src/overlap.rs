@@ -59,13 +59,20 @@ pub fn both_changed(merged: &str, a: &str, b: &str, first_line: u32) -> Vec<Para
         .collect()
 }
 
-/// `line` trimmed and cut to [`EXCERPT_CHARS`] characters, with `…` when cut.
+/// `line` trimmed and cut to [`EXCERPT_CHARS`] characters, with `…` when cut. Control
+/// characters become `\u{FFFD}`: the excerpt is printed to terminals by status, and a
+/// peer's text must not drive them (an escape sequence in a paragraph).
 fn excerpt(line: &str) -> String {
-    let line = line.trim();
-    match line.char_indices().nth(EXCERPT_CHARS) {
-        Some((cut, _)) => format!("{}…", &line[..cut]),
-        None => line.to_string(),
+    let mut chars = line.trim().chars();
+    let mut out: String = chars
+        .by_ref()
+        .take(EXCERPT_CHARS)
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect();
+    if chars.next().is_some() {
+        out.push('…');
     }
+    out
 }
 
 #[cfg(test)]
@@ -115,5 +122,11 @@ mod tests {
         assert_eq!(found[1].excerpt.chars().count(), EXCERPT_CHARS + 1);
         assert!(found[1].excerpt.ends_with('…'));
         assert!(both_changed("", "", "", 1).is_empty());
+    }
+
+    #[test]
+    fn an_excerpt_carries_no_control_characters() {
+        let found = both_changed("\u{1b}[2Jcleared\tscreen\n", "", "", 1);
+        assert_eq!(found[0].excerpt, "\u{FFFD}[2Jcleared\u{FFFD}screen");
     }
 }

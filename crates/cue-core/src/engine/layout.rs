@@ -256,7 +256,11 @@ pub(super) fn decode_state(bytes: &[u8]) -> Option<Stored> {
             let (later2, rest) = postcard::take_from_bytes::<LaterCounters2>(rest).ok()?;
             stored.0.counters.bad_rotations = later2.bad_rotations;
             if !rest.is_empty() {
-                stored.4 = postcard::from_bytes(rest).ok()?;
+                // Notices that do not decode are lost alone, not the whole state with
+                // them: they only tell the user where to look.
+                stored.4 = postcard::take_from_bytes::<StateTail4>(rest)
+                    .map(|(tail4, _)| tail4)
+                    .unwrap_or_default();
             }
         }
     }
