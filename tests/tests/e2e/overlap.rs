@@ -118,8 +118,13 @@ fn concurrent_edits_of_one_paragraph_are_noticed_on_both_devices() {
     // Nothing left to clear.
     let again = a.cue(&["sync", "resolve", "plan.md"]);
     assert_eq!(again.status.code(), Some(1));
-    a.stop();
+    // Without a daemon, `resolve` clears it on the store.
     b.stop();
+    let resolved = b.cue_ok(&["sync", "resolve", "plan.md"]);
+    assert!(resolved.contains("Cleared the overlapping edits"), "{resolved}");
+    let (offline, _) = b.status();
+    assert!(offline["overlaps"].as_array().unwrap().is_empty(), "{offline}");
+    a.stop();
 }
 
 #[test]
