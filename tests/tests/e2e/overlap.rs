@@ -121,9 +121,15 @@ fn concurrent_edits_of_one_paragraph_are_noticed_on_both_devices() {
     // Without a daemon, `resolve` clears it on the store.
     b.stop();
     let resolved = b.cue_ok(&["sync", "resolve", "plan.md"]);
-    assert!(resolved.contains("Cleared the overlapping edits"), "{resolved}");
+    assert!(
+        resolved.contains("Cleared the overlapping edits"),
+        "{resolved}"
+    );
     let (offline, _) = b.status();
-    assert!(offline["overlaps"].as_array().unwrap().is_empty(), "{offline}");
+    assert!(
+        offline["overlaps"].as_array().unwrap().is_empty(),
+        "{offline}"
+    );
     a.stop();
 }
 
