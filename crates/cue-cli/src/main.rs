@@ -669,19 +669,37 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
             let root = find_root(base)?;
             let rel = workspace_relative(base, &root, &path)?;
             // What is marked, named as status names it (docs/reference.md §1.5).
-            let marked: Vec<String> = status_report(&root)
+            let (marked, cleared): (Vec<String>, Vec<String>) = status_report(&root)
                 .map(|r| {
-                    r.conflicts
+                    let conflicts = r
+                        .conflicts
                         .iter()
                         .filter(|c| c.path == rel || c.copy.as_deref() == Some(rel.as_str()))
                         .map(status_view::conflict_line)
-                        .collect()
+                        .collect();
+                    let overlaps = r
+                        .overlaps
+                        .iter()
+                        .filter(|o| o.path == rel)
+                        .map(status_view::overlap_line)
+                        .collect();
+                    (conflicts, overlaps)
                 })
                 .unwrap_or_default();
             command(&root, Request::Resolve { path: rel.clone() })?;
-            println!("Marked the conflicts of {rel} as resolved.");
-            for line in marked {
-                println!("  {line}");
+            // With neither listed (status could not be read), the command still did
+            // what it could: say it as before.
+            if !marked.is_empty() || cleared.is_empty() {
+                println!("Marked the conflicts of {rel} as resolved.");
+                for line in marked {
+                    println!("  {line}");
+                }
+            }
+            if !cleared.is_empty() {
+                println!("Cleared the overlapping edits noticed in {rel} on this device.");
+                for line in cleared {
+                    println!("  {line}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -223,6 +223,7 @@ mod tests {
             files: 0,
             pending_changes: 0,
             conflicts: vec![],
+            overlaps: vec![],
             skipped: vec![],
             last_full_resync: None,
             deletions_paused: None,

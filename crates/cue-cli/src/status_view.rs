@@ -1,6 +1,7 @@
 //! `cue sync status` for people, in the manner of git and tailscale: one headline line
 //! (`~/notes: up to date · relay connected · 2 peers online`), then sections only for
-//! what needs attention (deletions paused, pending changes, conflicts, files not synced),
+//! what needs attention (deletions paused, pending changes, conflicts, overlapping edits,
+//! files not synced),
 //! one line a peer with when it last synced, and hints in parentheses.
 //!
 //! [`render`] is a pure function of the status document, so tests pin the wording; the
@@ -10,7 +11,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anstyle::{AnsiColor, Style};
-use cue_daemon::control::{CatchUpReport, ConflictReport, StatusReport};
+use cue_daemon::control::{CatchUpReport, ConflictReport, OverlapReport, StatusReport};
 
 /// Whether to colour, decided once by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +112,17 @@ pub fn conflict_line(c: &ConflictReport) -> String {
     }
 }
 
+/// One overlapping edit as status and `cue sync resolve` name it, in the activity log's
+/// words: `plan.md, line 6 ("We meet on Tuesday."): edited at the same time on desk and
+/// laptop`.
+pub fn overlap_line(o: &OverlapReport) -> String {
+    format!(
+        "{}, {}",
+        o.path,
+        cue_core::overlap_detail(o.line, &o.excerpt, &o.devices)
+    )
+}
+
 /// The whole human status, ending with a newline.
 pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) -> String {
     let mut out = String::new();
@@ -196,6 +208,16 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
         parts.push(paint.paint(
             WARN,
             &plural(r.conflicts.len() as u64, "conflict", "conflicts"),
+        ));
+    }
+    if !r.overlaps.is_empty() {
+        parts.push(paint.paint(
+            WARN,
+            &plural(
+                r.overlaps.len() as u64,
+                "overlapping edit",
+                "overlapping edits",
+            ),
         ));
     }
     let _ = writeln!(
@@ -286,6 +308,16 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
             "delete or rename a conflict copy to resolve it, or `cue sync resolve PATH` to mark it seen",
         );
     }
+    if !r.overlaps.is_empty() {
+        let _ = writeln!(out, "\n{}", paint.paint(HEAD, "Overlapping edits:"));
+        for o in &r.overlaps {
+            let _ = writeln!(out, "  {}", paint.paint(WARN, &overlap_line(o)));
+        }
+        hint(
+            &mut out,
+            "both edits are kept, mixed together: read the paragraph and fix it, then `cue sync resolve PATH`",
+        );
+    }
     if !r.skipped.is_empty() {
         let _ = writeln!(out, "\n{}", paint.paint(HEAD, "Not synced:"));
         for s in &r.skipped {
@@ -367,6 +399,7 @@ mod tests {
             files: 12,
             pending_changes: 0,
             conflicts: vec![],
+            overlaps: vec![],
             skipped: vec![],
             last_full_resync: None,
             deletions_paused: None,
@@ -442,6 +475,31 @@ mod tests {
              Peers:\n  \
              desktop  online   last synced just now\n  \
              server   offline  last synced 2 days ago\n"
+        );
+    }
+
+    #[test]
+    fn overlapping_edits_are_counted_in_the_headline_and_listed_with_both_devices() {
+        let mut r = report();
+        r.overlaps = vec![OverlapReport {
+            path: "plan.md".into(),
+            line: 6,
+            excerpt: "We meet on Tuesday.".into(),
+            devices: vec!["desktop".into(), "laptop".into()],
+            time: rfc3339(NOW),
+        }];
+        let text = render(&r, home(), NOW, OFF);
+        assert_eq!(
+            text,
+            "~/notes: up to date · relay connected · 2 peers online · 1 overlapping edit\n\
+             \n\
+             Overlapping edits:\n  \
+             plan.md, line 6 (\"We meet on Tuesday.\"): edited at the same time on desktop and laptop\n  \
+             (both edits are kept, mixed together: read the paragraph and fix it, then `cue sync resolve PATH`)\n\
+             \n\
+             Peers:\n  \
+             desktop  online   last synced just now\n  \
+             server   online   last synced 3 h ago\n"
         );
     }
 

@@ -20,6 +20,8 @@
 //! exact item lines; items are unique by value when materialised, so concurrent additions
 //! of one value give one item, and removals apply to what the remover saw.
 
+use std::collections::BTreeSet;
+
 use automerge::transaction::Transactable;
 use automerge::{
     ActorId, AutoCommit, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
@@ -69,6 +71,17 @@ pub enum FieldConflict {
     },
     /// A binary file written concurrently: each loser's op id and bytes.
     Binary { losers: Vec<(String, Vec<u8>)> },
+}
+
+/// What [`FileDoc::overlaps`] found: the paragraphs both sides of a merge changed, and
+/// who made each side's changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overlaps {
+    pub paragraphs: Vec<crate::overlap::Paragraph>,
+    /// The actors of the changes of side `a` that side `b` did not have.
+    pub actors_a: BTreeSet<ActorId>,
+    /// The actors of the changes of side `b` that side `a` did not have.
+    pub actors_b: BTreeSet<ActorId>,
 }
 
 /// A file's automerge document.
@@ -714,6 +727,67 @@ impl FileDoc {
             .rposition(|v| v.as_deref() == Some(value)))
     }
 
+    /// After versions `a` and `b` of this document were merged into it (its heads now),
+    /// the body paragraphs both changed (see [`crate::overlap`]) and the actors of each
+    /// side's own changes (those the other side did not have). `None` when the merge was
+    /// a fast-forward (one side held everything the other did), when either version is
+    /// unknown here, for a binary file, or when no paragraph was changed by both.
+    /// Frontmatter is left out: its concurrent values are field conflicts.
+    pub fn overlaps(
+        &mut self,
+        a: &[ChangeHash],
+        b: &[ChangeHash],
+    ) -> Result<Option<Overlaps>, DocError> {
+        let heads = self.doc.get_heads();
+        let same = |x: &[ChangeHash]| x.len() == heads.len() && x.iter().all(|h| heads.contains(h));
+        // The common path (an edit on top of everything the other side had) ends here,
+        // before any text is read.
+        if a.is_empty() || b.is_empty() || same(a) || same(b) {
+            return Ok(None);
+        }
+        if self.kind() != Some(ContentKind::Text)
+            || a.iter()
+                .chain(b)
+                .any(|h| self.doc.get_change_meta_by_hash(h).is_none())
+        {
+            return Ok(None);
+        }
+        let merged = self.text_of("body")?;
+        let body_a = self.body_at(a)?;
+        let body_b = self.body_at(b)?;
+        // The body is the end of the file: the lines before it are the frontmatter's.
+        let full = self.render_text()?;
+        let before_body = full
+            .get(..full.len().saturating_sub(merged.len()))
+            .unwrap_or_default();
+        let first_line = u32::try_from(before_body.matches('\n').count())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        let paragraphs = crate::overlap::both_changed(&merged, &body_a, &body_b, first_line);
+        if paragraphs.is_empty() {
+            return Ok(None);
+        }
+        let actors = |doc: &mut AutoCommit, other: &[ChangeHash]| -> BTreeSet<ActorId> {
+            doc.get_changes_meta(other)
+                .into_iter()
+                .map(|c| c.actor.into_owned())
+                .collect()
+        };
+        Ok(Some(Overlaps {
+            paragraphs,
+            actors_a: actors(&mut self.doc, b),
+            actors_b: actors(&mut self.doc, a),
+        }))
+    }
+
+    /// The body as it was at `heads` (empty where the version had none).
+    fn body_at(&self, heads: &[ChangeHash]) -> Result<String, DocError> {
+        match self.doc.get_at(ROOT, "body", heads)? {
+            Some((Value::Object(ObjType::Text), id)) => Ok(self.doc.text_at(&id, heads)?),
+            _ => Ok(String::new()),
+        }
+    }
+
     /// Values the merge chose between. The last value automerge's `get_all` reports is the
     /// winner on every peer, the one the file shows (it orders concurrent writes by
     /// operation id, never by wall clock).
@@ -887,6 +961,52 @@ mod tests {
             assert!(d.exec());
             assert_eq!(d.materialize().unwrap(), b"echo one\necho two\n");
         }
+    }
+
+    /// Two forks rewrite one paragraph; merged, it is found with each side's actor. A
+    /// fast-forward, an unknown version and a binary file find nothing.
+    #[test]
+    fn overlaps_are_found_only_where_a_merge_joins_two_rewrites_of_one_paragraph() {
+        let base = "---\ntitle: x\n---\none two\n\nthree\n";
+        let mut doc = FileDoc::new(actor(1));
+        doc.write("n.md", base.as_bytes(), 0).unwrap();
+        let v0 = doc.heads();
+        let mut other = FileDoc::load(&doc.save(), actor(2)).unwrap();
+        let a = doc
+            .write("n.md", base.replace("one", "ONE").as_bytes(), 0)
+            .unwrap()
+            .unwrap();
+        // A fast-forward: the merged version is `a`'s own.
+        assert!(doc.overlaps(&[a], &v0).unwrap().is_none());
+        let b = other
+            .write("n.md", base.replace("two", "TWO").as_bytes(), 0)
+            .unwrap()
+            .unwrap();
+        doc.automerge().merge(other.automerge()).unwrap();
+        let found = doc.overlaps(&[a], &[b]).unwrap().expect("an overlap");
+        assert_eq!(
+            found.paragraphs,
+            vec![crate::overlap::Paragraph {
+                line: 4,
+                excerpt: "ONE TWO".into()
+            }]
+        );
+        assert_eq!(found.actors_a, [actor(1)].into_iter().collect());
+        assert_eq!(found.actors_b, [actor(2)].into_iter().collect());
+        assert!(
+            doc.overlaps(&[a], &[ChangeHash([9; 32])])
+                .unwrap()
+                .is_none()
+        );
+        let mut bin = FileDoc::new(actor(1));
+        bin.write("f.bin", &[0, 1], 0).unwrap();
+        let v = bin.heads();
+        let mut bin2 = FileDoc::load(&bin.save(), actor(2)).unwrap();
+        let x = bin.write("f.bin", &[0, 2], 0).unwrap().unwrap();
+        let y = bin2.write("f.bin", &[0, 3], 0).unwrap().unwrap();
+        bin.automerge().merge(bin2.automerge()).unwrap();
+        assert_ne!(bin.heads(), v);
+        assert!(bin.overlaps(&[x], &[y]).unwrap().is_none());
     }
 
     use proptest::prelude::*;

@@ -9,7 +9,8 @@
 //!
 //! Layout: one automerge document per file ([`doc`]) and an index document ([`index`])
 //! naming files, deletions, members and conflicts; [`frontmatter`] cuts Markdown into
-//! mergeable pieces; [`textdiff`] turns a saved file into the smallest edit; [`wire`] is
+//! mergeable pieces; [`overlap`] finds paragraphs concurrent edits both
+//! changed; [`textdiff`] turns a saved file into the smallest edit; [`wire`] is
 //! what engines say to each other; [`engine`] ties it together; [`carry`] is how a driver
 //! carries out the engine's effects.
 
@@ -20,6 +21,7 @@ pub mod frontmatter;
 pub mod ids;
 pub mod index;
 pub mod inflate;
+pub mod overlap;
 pub mod paths;
 pub mod textdiff;
 pub mod wire;
@@ -28,8 +30,9 @@ pub use doc::{ContentKind, DocError, FieldConflict, FileDoc};
 pub use engine::{
     ADMISSION_PREFIX, Activity, ActivityKind, AdmissionCheck, CatchUp, CommandError, Config,
     ConflictInfo, Counters, DeletionsPaused, DeviceInfo, DocStore, Effect, Engine, Exported,
-    FileMeta, Generation, HistoryError, Input, LobbyAnswer, PeerInfo, Persist, Removal, Restored,
-    RotationCheck, RotationMeta, Status, Version, actor_for, conflict_copy_name,
+    FileMeta, Generation, HistoryError, Input, LobbyAnswer, OverlapInfo, PeerInfo, Persist,
+    Removal, Restored, RotationCheck, RotationMeta, Status, Version, actor_for, conflict_copy_name,
+    overlap_detail,
 };
 pub use ids::{
     ContentHash, DeviceId, DocId, FileId, content_hash, file_hash, is_exec, mode_with_exec,

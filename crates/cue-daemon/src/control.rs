@@ -107,6 +107,10 @@ pub struct StatusReport {
     pub files: u64,
     pub pending_changes: u64,
     pub conflicts: Vec<ConflictReport>,
+    /// Paragraphs that concurrent edits from two devices both changed, found on this
+    /// device and not yet cleared with `cue sync resolve` (docs/reference.md §1.9, §3.1).
+    #[serde(default)]
+    pub overlaps: Vec<OverlapReport>,
     pub skipped: Vec<SkippedReport>,
     pub last_full_resync: Option<String>,
     /// Deletions the mass-deletion guard holds (local ones and peers'), if any.
@@ -210,6 +214,20 @@ pub struct ConflictReport {
     pub detail: String,
 }
 
+/// A paragraph both sides of a merge changed: both edits are kept, interleaved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OverlapReport {
+    pub path: String,
+    /// The paragraph's first line in the file when the merge was made, from 1.
+    pub line: u32,
+    /// That line, cut short.
+    pub excerpt: String,
+    /// The names of the devices whose edits were merged.
+    pub devices: Vec<String>,
+    /// When the merge was made here (RFC 3339).
+    pub time: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SkippedReport {
     pub path: String,
@@ -310,6 +328,17 @@ pub fn status_report(ctx: &StatusContext<'_>, s: &cue_core::Status) -> StatusRep
                 time: rfc3339(c.time_ms),
                 copy: c.copy.clone(),
                 detail: c.detail.clone(),
+            })
+            .collect(),
+        overlaps: s
+            .overlaps
+            .iter()
+            .map(|o| OverlapReport {
+                path: o.path.clone(),
+                line: o.line,
+                excerpt: o.excerpt.clone(),
+                devices: o.devices.clone(),
+                time: rfc3339(o.time_ms),
             })
             .collect(),
         skipped: s

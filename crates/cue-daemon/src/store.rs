@@ -719,18 +719,19 @@ mod tests {
                 .unwrap();
         }
         let all = s.activity_since(0, 100).unwrap();
-        assert_eq!(all.len(), 10);
+        assert_eq!(all.len(), 11);
         assert_eq!(all[0].record.kind, ActivityKind::LocalChange);
         assert_eq!(all[9].record.kind.as_str(), "error");
+        assert_eq!(all[10].record.kind.as_str(), "overlap");
         let recent = s.activity_since(1005, 2).unwrap();
         assert_eq!(
             recent.iter().map(|e| e.record.time_ms).collect::<Vec<_>>(),
             [1005, 1006]
         );
         let after = s.activity_after(all[7].id, 100).unwrap();
-        assert_eq!(after.len(), 2);
+        assert_eq!(after.len(), 3);
         assert_eq!(s.prune_activity_before(1003).unwrap(), 3);
-        assert_eq!(s.activity_since(0, 100).unwrap().len(), 7);
+        assert_eq!(s.activity_since(0, 100).unwrap().len(), 8);
     }
 
     #[test]

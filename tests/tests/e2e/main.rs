@@ -11,6 +11,7 @@ mod fleet;
 mod history;
 mod modes;
 mod names;
+mod overlap;
 mod robustness;
 mod rules;
 mod sync;

@@ -66,17 +66,40 @@ fn changes_to_apply(
     Some((own, forged.len() as u64))
 }
 
-/// Applies what `remote` brings to `am` (see [`changes_to_apply`], [`apply_isolated`]):
-/// (changes refused as forged, changes automerge refused), `None` when the bytes are not
-/// a document.
+/// What [`apply_checked`] did: changes refused as forged, changes automerge refused, and
+/// the version the applied changes make up (those of them no other of them depends on).
+struct Applied {
+    forged: u64,
+    refused: u64,
+    version: Vec<ChangeHash>,
+}
+
+/// Applies what `remote` brings to `am` (see [`changes_to_apply`], [`apply_isolated`]);
+/// `None` when the bytes are not a document.
 fn apply_checked(
     from: &DeviceId,
     relayed: bool,
     am: &mut automerge::AutoCommit,
     remote: Remote,
-) -> Option<(u64, u64)> {
+) -> Option<Applied> {
     let (changes, forged) = changes_to_apply(from, relayed, am, remote)?;
-    Some((forged, apply_isolated(am, changes)))
+    let deps: BTreeSet<ChangeHash> = changes.iter().flat_map(|c| c.deps().to_vec()).collect();
+    let tips: Vec<ChangeHash> = changes
+        .iter()
+        .map(|c| c.hash())
+        .filter(|h| !deps.contains(h))
+        .collect();
+    let refused = apply_isolated(am, changes);
+    // A change refused, or waiting for its dependencies, is not part of the version.
+    let version = tips
+        .into_iter()
+        .filter(|h| am.get_change_meta_by_hash(h).is_some())
+        .collect();
+    Some(Applied {
+        forged,
+        refused,
+        version,
+    })
 }
 
 /// Missing-dependency pulls asked of peers that are remembered at most, so that a peer
@@ -221,7 +244,8 @@ impl Engine {
     }
 
     /// Counts changes refused as forged and changes automerge refused.
-    fn count_refused(&mut self, (forged, refused): (u64, u64)) {
+    fn count_refused(&mut self, applied: &Applied) {
+        let (forged, refused) = (applied.forged, applied.refused);
         if forged + refused > 0 {
             self.state.counters.forged_changes += forged;
             self.state.counters.bad_changes += refused;
@@ -248,10 +272,10 @@ impl Engine {
         let live_before = self.live_view(store);
         let tombs_before: BTreeSet<FileId> = self.index.tombstones().into_keys().collect();
         let relayed = self.relays_for_us(from, DocId::Index);
-        let Some(refused) = apply_checked(&from, relayed, self.index.automerge(), remote) else {
+        let Some(applied) = apply_checked(&from, relayed, self.index.automerge(), remote) else {
             return self.bad_document();
         };
-        self.count_refused(refused);
+        self.count_refused(&applied);
         let missing = !self.index.automerge().get_missing_deps(&[]).is_empty();
         let after = to_heads(&self.index.heads());
         if before != after {
@@ -356,27 +380,35 @@ impl Engine {
         let remote = self.adopt_whole(f, remote)?;
         let relayed = self.relays_for_us(from, DocId::File(f));
         let r = self.with_doc(f, store, |d| {
+            let ours = d.heads();
             let am = d.automerge();
-            let refused = apply_checked(&from, relayed, am, remote)
+            let applied = apply_checked(&from, relayed, am, remote)
                 .ok_or(DocError::Decode("not a document".into()))?;
             let missing = !am.get_missing_deps(&[]).is_empty();
-            Ok((to_heads(&am.get_heads()), missing, refused))
+            let after = to_heads(&am.get_heads());
+            // Our version against the sender's: a fast-forward (the sender had all we
+            // had) returns at once. Failing to tell costs only the notice.
+            let overlaps = d.overlaps(&ours, &applied.version).ok().flatten();
+            Ok((after, missing, applied, overlaps))
         });
-        let Ok((after, missing, refused)) = r else {
+        let Ok((after, missing, applied, overlaps)) = r else {
             // A document that failed to apply may be half-updated in memory; drop it so
             // the stored version is what counts.
             self.cache.remove(&f);
             return self.bad_document();
         };
-        self.count_refused(refused);
+        self.count_refused(&applied);
         if before != after {
             self.files.get_or_default(f);
             self.refresh_meta(f, store);
             self.record_field_conflicts(f, store);
             self.to_reconcile.insert(f);
+            let name = self.members_view.get(&from).cloned().unwrap_or_default();
             if let Some(path) = self.index.path_of(&f) {
-                let name = self.members_view.get(&from).cloned().unwrap_or_default();
                 self.activity(ActivityKind::RemoteChange, Some(path), &name, None);
+            }
+            if let Some(found) = overlaps {
+                self.note_overlaps(f, found);
             }
         }
         Some((before, after, missing))

@@ -242,10 +242,13 @@ pub enum ActivityKind {
     PeerJoined,
     PeerLeft,
     Error,
+    /// Concurrent edits from two devices changed one paragraph; both are kept,
+    /// interleaved, and a person should read it (see `overlaps.rs`).
+    Overlap,
 }
 
 impl ActivityKind {
-    pub const ALL: [ActivityKind; 10] = [
+    pub const ALL: [ActivityKind; 11] = [
         ActivityKind::LocalChange,
         ActivityKind::RemoteChange,
         ActivityKind::Delete,
@@ -256,6 +259,7 @@ impl ActivityKind {
         ActivityKind::PeerJoined,
         ActivityKind::PeerLeft,
         ActivityKind::Error,
+        ActivityKind::Overlap,
     ];
 
     pub fn parse(s: &str) -> Option<ActivityKind> {
@@ -275,6 +279,7 @@ impl ActivityKind {
             ActivityKind::PeerJoined => "peer_joined",
             ActivityKind::PeerLeft => "peer_left",
             ActivityKind::Error => "error",
+            ActivityKind::Overlap => "overlap",
         }
     }
 }
@@ -351,7 +356,7 @@ pub enum CommandError {
     NotDeleted(String),
     #[error("{0} exists; move it away before restoring the deleted file")]
     PathTaken(String),
-    #[error("no open conflict is reported for {0} (see `cue sync status`)")]
+    #[error("no open conflict or overlapping edit is reported for {0} (see `cue sync status`)")]
     NoConflict(String),
     #[error("the document for {0} is not available: {1}")]
     Unavailable(String, String),
@@ -391,6 +396,9 @@ pub struct Status {
     pub files: usize,
     pub pending_changes: usize,
     pub conflicts: Vec<ConflictInfo>,
+    /// Paragraphs concurrent edits from two devices both changed, found here and not yet
+    /// cleared with `resolve` (see `overlaps.rs`).
+    pub overlaps: Vec<OverlapInfo>,
     pub skipped: Vec<(String, u64)>,
     /// Files another device holds too large to sync (path, its name, size there): this
     /// device keeps their last synced content.

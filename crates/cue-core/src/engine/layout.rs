@@ -194,6 +194,7 @@ pub(super) fn encode_state(
     tail: &StateTail,
     tail2: &StateTail2,
     tail3: &StateTail3,
+    tail4: &StateTail4,
 ) -> Vec<u8> {
     let mut bytes = postcard::to_allocvec(state).unwrap_or_default();
     bytes.extend(postcard::to_allocvec(tail).unwrap_or_default());
@@ -212,11 +213,12 @@ pub(super) fn encode_state(
         bad_rotations: c.bad_rotations,
     };
     bytes.extend(postcard::to_allocvec(&later2).unwrap_or_default());
+    bytes.extend(postcard::to_allocvec(tail4).unwrap_or_default());
     bytes
 }
 
 /// The state and whichever of its tails were written (older layouts end earlier).
-pub(super) type Stored = (State, StateTail, StateTail2, StateTail3);
+pub(super) type Stored = (State, StateTail, StateTail2, StateTail3, StateTail4);
 
 pub(super) fn decode_state(bytes: &[u8]) -> Option<Stored> {
     let (state, rest) = postcard::take_from_bytes::<State>(bytes).ok()?;
@@ -225,6 +227,7 @@ pub(super) fn decode_state(bytes: &[u8]) -> Option<Stored> {
         StateTail::default(),
         StateTail2::default(),
         StateTail3::default(),
+        StateTail4::default(),
     );
     if rest.is_empty() {
         return Some(stored);
@@ -250,8 +253,15 @@ pub(super) fn decode_state(bytes: &[u8]) -> Option<Stored> {
         c.bad_members = later.bad_members;
         stored.0.members = later.members;
         if !rest.is_empty() {
-            let later2: LaterCounters2 = postcard::from_bytes(rest).ok()?;
+            let (later2, rest) = postcard::take_from_bytes::<LaterCounters2>(rest).ok()?;
             stored.0.counters.bad_rotations = later2.bad_rotations;
+            if !rest.is_empty() {
+                // Notices that do not decode are lost alone, not the whole state with
+                // them: they only tell the user where to look.
+                stored.4 = postcard::take_from_bytes::<StateTail4>(rest)
+                    .map(|(tail4, _)| tail4)
+                    .unwrap_or_default();
+            }
         }
     }
     Some(stored)
@@ -280,6 +290,7 @@ pub(super) struct Decoded {
     pub(super) tail: StateTail,
     pub(super) tail2: StateTail2,
     pub(super) tail3: StateTail3,
+    pub(super) tail4: StateTail4,
     pub(super) metas: BTreeMap<FileId, FileMeta>,
     /// Files whose pending changes came out of an older state: stored with them, in the
     /// same transaction as the state without them.
@@ -304,7 +315,7 @@ pub(super) fn decode_restored(restored: Restored, actor: &ActorId) -> Decoded {
         }
         None => IndexDoc::new(actor.clone()),
     };
-    let (mut state, tail, mut tail2, tail3) = restored
+    let (mut state, tail, mut tail2, tail3, tail4) = restored
         .state
         .as_deref()
         .and_then(decode_state)
@@ -327,6 +338,7 @@ pub(super) fn decode_restored(restored: Restored, actor: &ActorId) -> Decoded {
         tail,
         tail2,
         tail3,
+        tail4,
         metas,
         moved,
         older_layout,
@@ -465,6 +477,7 @@ mod tests {
                 &StateTail::default(),
                 &StateTail2::default(),
                 &StateTail3::default(),
+                &StateTail4::default(),
             )),
             index: None,
             metas: vec![(file, encode_meta(&meta))],
@@ -485,11 +498,47 @@ mod tests {
             Effect::Persist(Persist::State { bytes }) => decode_state(bytes),
             _ => None,
         });
-        let (stored_state, _, tail2, _) = stored_state.expect("state stored");
+        let (stored_state, _, tail2, _, _) = stored_state.expect("state stored");
         assert!(stored_state.unconfirmed.is_empty());
         // The index's pending change, and the engine's own first one (it enters itself
         // in the member list of the new index).
         assert_eq!(tail2.index_pending.count, 2);
+    }
+
+    #[test]
+    fn overlap_notices_are_stored_after_the_last_tail_and_older_states_still_read() {
+        let notice = super::super::overlaps::OverlapNotice {
+            file: FileId([4; 16]),
+            line: 6,
+            excerpt: "We meet on Tuesday.".into(),
+            devices: vec!["desk".into(), "laptop".into()],
+            time_ms: 1_700_000_000_000,
+        };
+        let tail4 = StateTail4 {
+            overlaps: vec![notice.clone()],
+        };
+        let parts = (
+            State::default(),
+            StateTail::default(),
+            StateTail2::default(),
+            StateTail3::default(),
+        );
+        let bytes = encode_state(&parts.0, &parts.1, &parts.2, &parts.3, &tail4);
+        let decoded = decode_state(&bytes).expect("decodes");
+        assert_eq!(decoded.4.overlaps, vec![notice]);
+        // A state written before the notices existed ends before them.
+        let empty = postcard::to_allocvec(&StateTail4::default()).unwrap();
+        let older = &bytes[..bytes.len() - postcard::to_allocvec(&tail4).unwrap().len()];
+        let mut older_with_empty = older.to_vec();
+        older_with_empty.extend(empty);
+        assert!(decode_state(older).expect("decodes").4.overlaps.is_empty());
+        assert!(
+            decode_state(&older_with_empty)
+                .unwrap()
+                .4
+                .overlaps
+                .is_empty()
+        );
     }
 
     #[test]

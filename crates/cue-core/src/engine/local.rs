@@ -91,37 +91,44 @@ impl Engine {
             .map(|m| from_heads(&m.disk_heads))
             .unwrap_or_default();
         let fork_actor = self.fork_actor();
+        let mut overlaps = None;
         let result = self.with_doc(file, store, |doc| {
             let new = doc.is_empty();
-            Ok(doc
-                .write_at(&base, path, &content, exec, time_s, fork_actor)?
-                .map(|hash| {
-                    // A new document goes out whole: its `save()` is 30× cheaper than
-                    // encoding its first change, and a peer adopts it as it comes.
-                    let doc_id = DocId::File(file);
-                    // (When the edit was merged with other changes, the document renders to
-                    // something else than `content`, and goes without it. An `Adopt`
-                    // carries no mode, so an executable file goes without it too.)
-                    let item = if new && !exec && doc.heads() == [hash] {
-                        Some(Item::Adopt {
-                            doc: doc_id,
-                            bytes: doc.automerge().save(),
-                            heads: vec![hash.0],
-                            content: content.clone(),
-                        })
-                    } else if new {
-                        Some(Item::Whole {
-                            doc: doc_id,
-                            bytes: doc.automerge().save(),
-                        })
-                    } else {
-                        doc.change(&hash).map(|c| Item::Changes {
-                            doc: doc_id,
-                            changes: vec![c],
-                        })
-                    };
-                    (hash, item)
-                }))
+            let current = doc.heads();
+            let made = doc.write_at(&base, path, &content, exec, time_s, fork_actor)?;
+            if let Some(hash) = made {
+                // A save of an older version merged with changes that arrived meanwhile
+                // (the save's side against theirs); a fast-forward returns at once.
+                // Failing to tell costs only the notice, never the edit.
+                overlaps = doc.overlaps(&[hash], &current).ok().flatten();
+            }
+            Ok(made.map(|hash| {
+                // A new document goes out whole: its `save()` is 30× cheaper than
+                // encoding its first change, and a peer adopts it as it comes.
+                let doc_id = DocId::File(file);
+                // (When the edit was merged with other changes, the document renders to
+                // something else than `content`, and goes without it. An `Adopt`
+                // carries no mode, so an executable file goes without it too.)
+                let item = if new && !exec && doc.heads() == [hash] {
+                    Some(Item::Adopt {
+                        doc: doc_id,
+                        bytes: doc.automerge().save(),
+                        heads: vec![hash.0],
+                        content: content.clone(),
+                    })
+                } else if new {
+                    Some(Item::Whole {
+                        doc: doc_id,
+                        bytes: doc.automerge().save(),
+                    })
+                } else {
+                    doc.change(&hash).map(|c| Item::Changes {
+                        doc: doc_id,
+                        changes: vec![c],
+                    })
+                };
+                (hash, item)
+            }))
         });
         match result {
             Ok(Some((hash, item))) => {
@@ -136,6 +143,9 @@ impl Engine {
                 // An edit of an older version can meet a remote write it had not seen
                 // (binary files: both values stand until a copy keeps the loser).
                 self.record_field_conflicts(file, store);
+                if let Some(found) = overlaps {
+                    self.note_overlaps(file, found);
+                }
                 let name = self.name.clone();
                 self.activity(
                     ActivityKind::LocalChange,
@@ -494,7 +504,8 @@ impl Engine {
         self.state_dirty = true;
     }
 
-    /// Mark the conflicts reported for `path` as seen, on every peer.
+    /// Mark the conflicts reported for `path` as seen, on every peer, and clear this
+    /// device's overlapping-edit notices for it (they are this device's alone).
     pub fn resolve(
         &mut self,
         now_ms: i64,
@@ -507,7 +518,11 @@ impl Engine {
             .iter()
             .filter(|c| c.path == path || c.copy.as_deref() == Some(path))
             .collect();
+        let overlaps = self.clear_overlaps(path, store);
         if matching.is_empty() {
+            if overlaps > 0 {
+                return Ok(self.finish(store));
+            }
             return Err(CommandError::NoConflict(path.to_string()));
         }
         let records = self.index.conflicts();

@@ -30,6 +30,7 @@ mod limit;
 mod local;
 mod members;
 mod outbox;
+mod overlaps;
 mod peers;
 mod pull;
 mod rotation;
@@ -46,6 +47,8 @@ use layout::*;
 use limit::{DeferredPull, PullLimiter};
 use members::Check;
 pub use members::{ADMISSION_PREFIX, AdmissionCheck};
+use overlaps::StateTail4;
+pub use overlaps::{OverlapInfo, overlap_detail};
 use peers::*;
 use pull::*;
 use rotation::{Chain, RotCheck};
@@ -120,6 +123,8 @@ pub struct Engine {
     tail: StateTail,
     tail2: StateTail2,
     tail3: StateTail3,
+    /// Overlapping-edit notices (see `overlaps.rs`).
+    tail4: StateTail4,
     /// The file each path was last written or removed for, so that a write that failed
     /// is taken back from the right file (cleared at each tick).
     disk_ops: BTreeMap<String, FileId>,
@@ -207,6 +212,7 @@ impl Engine {
             tail,
             tail2,
             tail3,
+            tail4,
             metas,
             moved,
             older_layout,
@@ -251,6 +257,7 @@ impl Engine {
             tail,
             tail2,
             tail3,
+            tail4,
             disk_ops: BTreeMap::new(),
             unwritable: BTreeMap::new(),
             replaced_versions: VecDeque::new(),

@@ -63,6 +63,13 @@ impl Engine {
         }
         if purged {
             self.commit_index();
+            // A forgotten file's overlap notices can never show again.
+            let before = self.tail4.overlaps.len();
+            let files = &self.files;
+            self.tail4.overlaps.retain(|n| files.contains(&n.file));
+            if self.tail4.overlaps.len() != before {
+                self.state_dirty = true;
+            }
         }
         self.retry_unwritable();
         self.verify_adopted(VERIFY_PER_TICK, store);
@@ -170,7 +177,13 @@ impl Engine {
         effects.extend(persist);
         if self.state_dirty {
             effects.push(Effect::Persist(Persist::State {
-                bytes: encode_state(&self.state, &self.tail, &self.tail2, &self.tail3),
+                bytes: encode_state(
+                    &self.state,
+                    &self.tail,
+                    &self.tail2,
+                    &self.tail3,
+                    &self.tail4,
+                ),
             }));
             self.state_dirty = false;
         }

@@ -41,6 +41,7 @@ impl Engine {
             pending_changes: self.tail2.index_pending.count as usize
                 + self.files.records().map(|m| m.pending.len()).sum::<usize>(),
             conflicts: self.open_conflicts(store),
+            overlaps: self.open_overlaps(store),
             unwritable: self.unwritable_files(),
             deletions_paused: self.tail3.held_reason.as_ref().map(|(reason, since)| {
                 DeletionsPaused {
