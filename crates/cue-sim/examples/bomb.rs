@@ -1,12 +1,14 @@
 //! A decompression bomb from a member, fed to a real engine in this process: prints the
 //! victim's peak memory (VmHWM) and main-loop time before and after it.
 //!
-//! `cargo run --release -p cue-sim --example bomb -- [change|document] [inflated MiB]`
+//! `cargo run --release -p cue-sim --example bomb -- [change|document] [inflated MiB] [items]`
 //!
 //! The bomb is one engine message of at most the default message size (1 MiB less the
 //! envelope's share): a `Changes` item holding a compressed change chunk, or a `Whole`
 //! item holding a document whose one op column is compressed, each inflating to zeros
-//! (1,024 MiB by default). docs/benchmarks.md quotes its figures.
+//! (1,024 MiB by default). With `items`, the message holds that many such items (each
+//! below the 64 MiB bound, say): what a message just under every bound costs.
+//! docs/benchmarks.md quotes its figures.
 
 use std::time::Instant;
 
@@ -28,13 +30,14 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let kind = args.next().unwrap_or_else(|| "change".into());
     let mib: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1024);
-    let item = match kind.as_str() {
+    let count: u8 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let item = |i: u8| match kind.as_str() {
         "change" => Item::Changes {
             doc: DocId::Index,
             changes: vec![bomb(Kind::Change, mib)],
         },
         "document" => Item::Whole {
-            doc: DocId::File(FileId([9; 16])),
+            doc: DocId::File(FileId([i; 16])),
             bytes: bomb(Kind::Document, mib),
         },
         other => {
@@ -42,7 +45,8 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let bytes = encode(&Message { items: vec![item] });
+    let items = (0..count).map(item).collect();
+    let bytes = encode(&Message { items });
     let config = Config::default();
     if bytes.len() > config.max_message_bytes {
         eprintln!(
@@ -74,7 +78,7 @@ fn main() {
     w.settle(5);
     let synced = w.read(1, "a.md").as_deref() == Some("after\n");
     println!(
-        "bomb: {kind}, message {} bytes, inflating to {mib} MiB",
+        "bomb: {kind}, message {} bytes, {count} item(s) inflating to {mib} MiB each",
         bytes.len()
     );
     println!(
