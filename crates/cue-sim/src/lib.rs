@@ -962,6 +962,24 @@ impl World {
         Ok(())
     }
 
+    /// `n` peers with the default settings, online and settled: where most rule tests start.
+    pub fn online(n: usize, seed: u64) -> World {
+        let mut w = World::new(n, seed, Config::default());
+        w.connect_all();
+        w.settle(5);
+        w
+    }
+
+    /// Delivers what is in flight (ten rounds) and fails the test, saying how, unless every
+    /// peer has converged.
+    #[track_caller]
+    pub fn settle_converged(&mut self) {
+        self.settle(10);
+        if let Err(e) = self.converged() {
+            panic!("not converged: {e}");
+        }
+    }
+
     pub fn status(&mut self, peer: usize) -> Status {
         let p = &mut self.peers[peer];
         p.engine.status(&mut p.store)

@@ -4,13 +4,6 @@
 use cue_core::{ActivityKind, Config};
 use cue_sim::World;
 
-fn settle(w: &mut World) {
-    w.settle(10);
-    if let Err(e) = w.converged() {
-        panic!("not converged: {e}");
-    }
-}
-
 /// A file renamed while the daemon was stopped is found by content at start-up and synced
 /// as a rename: a peer's concurrent edit of the old name lands in the new one, instead of
 /// the old name coming back beside a copy.
@@ -19,7 +12,7 @@ fn a_rename_while_the_daemon_was_stopped_is_a_rename() {
     let mut w = World::new(2, 11, Config::default());
     w.connect_all();
     w.write(0, "notes/a.md", b"hello\n");
-    settle(&mut w);
+    w.settle_converged();
     w.disconnect(1);
     w.write(1, "notes/a.md", b"hello\nfrom p1\n");
     // p0's daemon is stopped; the user renames the file in the meantime.
@@ -36,7 +29,7 @@ fn a_rename_while_the_daemon_was_stopped_is_a_rename() {
         w.peers[0].activity
     );
     w.connect_all();
-    settle(&mut w);
+    w.settle_converged();
     for p in 0..2 {
         assert_eq!(w.read(p, "notes/a.md"), None, "peer {p}");
         assert_eq!(
@@ -57,7 +50,7 @@ fn most_files_missing_at_start_up_pause_deletions() {
         .map(|i| (format!("n{i}.md"), format!("note {i}\n").into_bytes()))
         .collect();
     w.write_many(0, &files);
-    settle(&mut w);
+    w.settle_converged();
     w.disconnect(0);
     for i in 0..20 {
         w.peers[0].disk.remove(&format!("n{i}.md"));
@@ -87,7 +80,7 @@ fn a_peer_with_a_clock_far_ahead_loses_no_edit_and_no_restore() {
     w.peers[2].clock_offset_ms = tombstone_ms + 10 * DAY_MS;
     w.connect_all();
     w.write(0, "a.md", b"one\n");
-    settle(&mut w);
+    w.settle_converged();
     w.disconnect(1);
     w.write(1, "a.md", b"one\ntwo, written offline\n");
     w.delete(0, "a.md");
@@ -98,7 +91,7 @@ fn a_peer_with_a_clock_far_ahead_loses_no_edit_and_no_restore() {
         w.settle(2);
     }
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     for p in 0..3 {
         assert_eq!(
             w.read(p, "a.md").as_deref(),
@@ -108,11 +101,11 @@ fn a_peer_with_a_clock_far_ahead_loses_no_edit_and_no_restore() {
     }
     // And a deletion can still be restored seconds later, on any peer.
     w.delete(2, "a.md");
-    settle(&mut w);
+    w.settle_converged();
     w.advance(5_000);
-    settle(&mut w);
+    w.settle_converged();
     w.restore(0, "a.md").expect("restorable");
-    settle(&mut w);
+    w.settle_converged();
     assert!(w.read(2, "a.md").is_some());
 }
 
@@ -124,16 +117,16 @@ fn tombstones_expire_after_tombstone_days_of_a_peers_own_clock() {
     let mut w = World::new(2, 14, config);
     w.connect_all();
     w.write(0, "a.md", b"one\n");
-    settle(&mut w);
+    w.settle_converged();
     w.delete(0, "a.md");
-    settle(&mut w);
+    w.settle_converged();
     w.advance(tombstone_ms / 2);
     assert!(w.restore(1, "a.md").is_ok());
     w.delete(1, "a.md");
-    settle(&mut w);
+    w.settle_converged();
     w.advance(tombstone_ms + 1_000);
     w.advance(1_000);
-    settle(&mut w);
+    w.settle_converged();
     assert!(w.restore(0, "a.md").is_err(), "the tombstone never expired");
 }
 
@@ -146,13 +139,13 @@ fn a_file_that_became_a_folder_elsewhere_is_kept_as_a_copy() {
     w.connect_all();
     w.write(0, "t2/x", b"file x\n");
     w.write(0, "t2/y.md", b"y\n");
-    settle(&mut w);
+    w.settle_converged();
     w.disconnect(1);
     w.write(1, "t2/x", b"file x\nedited on p1\n");
     w.delete(0, "t2/x");
     w.write(0, "t2/x/in.md", b"in\n");
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     for _ in 0..2 {
         for p in 0..2 {
             let disk = &w.peers[p].disk;
@@ -181,7 +174,7 @@ fn a_file_that_became_a_folder_elsewhere_is_kept_as_a_copy() {
         assert_eq!(w.status(0).conflicts.len(), 1);
         w.restart(0);
         w.restart(1);
-        settle(&mut w);
+        w.settle_converged();
     }
 }
 
@@ -213,7 +206,7 @@ fn a_write_the_disk_refuses_never_becomes_a_deletion() {
     // Once the disk accepts it, the retry writes it.
     w.peers[1].refuse_writes_under.clear();
     w.advance(61_000);
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.read(1, "locked/a.md").as_deref(), Some("from p0\n"));
     assert!(w.status(1).unwritable.is_empty());
 }
@@ -227,7 +220,7 @@ fn ignoring_a_file_later_deletes_it_nowhere() {
     w.connect_all();
     w.write(0, "a.md", b"a\n");
     w.write(0, "build/out.log", b"log 1\n");
-    settle(&mut w);
+    w.settle_converged();
     w.peers[1].ignored_here.insert("build/out.log".into());
     // The rules changed: the daemon rescans.
     w.startup_scan(1);
@@ -258,7 +251,7 @@ fn a_file_created_on_two_peers_at_once_keeps_both_versions_at_any_timing() {
         let mut w = World::new(2, 17, Config::default());
         w.connect_all();
         w.write(0, "seed.md", b"seed\n");
-        settle(&mut w);
+        w.settle_converged();
         // p1's save is on disk; its watcher has not reported it yet.
         w.peers[1]
             .disk
@@ -272,7 +265,7 @@ fn a_file_created_on_two_peers_at_once_keeps_both_versions_at_any_timing() {
             // The watcher's late report reads what the path holds by then.
             report_as_saved(&mut w, 1, "a/race1.md");
         }
-        settle(&mut w);
+        w.settle_converged();
         for p in 0..2 {
             let versions: Vec<&[u8]> = w.peers[p]
                 .disk
@@ -317,12 +310,12 @@ fn a_line_appended_while_the_file_is_replaced_is_kept() {
     let mut w = World::new(2, 18, Config::default());
     w.connect_all();
     w.write(0, "log.md", b"one\n");
-    settle(&mut w);
+    w.settle_converged();
     w.peers[1]
         .append_while_replaced
         .insert("log.md".into(), b"two (p1)\n".to_vec());
     w.write(0, "log.md", b"one\nthree (p0)\n");
-    settle(&mut w);
+    w.settle_converged();
     for p in 0..2 {
         let text = w.read(p, "log.md").unwrap();
         assert!(text.contains("two (p1)\n"), "peer {p}: {text:?}");
@@ -333,7 +326,7 @@ fn a_line_appended_while_the_file_is_replaced_is_kept() {
         .append_while_replaced
         .insert("log.md".into(), b"four (p1)\n".to_vec());
     w.delete(0, "log.md");
-    settle(&mut w);
+    w.settle_converged();
     for p in 0..2 {
         let kept: Vec<String> = w.peers[p]
             .disk

@@ -10,13 +10,6 @@ use cue_sim::World;
 const NFC: &str = "caf\u{e9}.md";
 const NFD: &str = "cafe\u{301}.md";
 
-fn settle(w: &mut World) {
-    w.settle(10);
-    if let Err(e) = w.converged() {
-        panic!("not converged: {e}");
-    }
-}
-
 /// The files on a peer's disk as (name, content), in name order.
 fn files(w: &World, peer: usize) -> Vec<(String, String)> {
     w.peers[peer]
@@ -32,7 +25,7 @@ fn created_apart(names: [&str; 2], contents: [&str; 2]) -> World {
     w.write(0, names[0], contents[0].as_bytes());
     w.write(1, names[1], contents[1].as_bytes());
     w.connect_all();
-    settle(&mut w);
+    w.settle_converged();
     w
 }
 
@@ -107,7 +100,7 @@ fn a_folder_that_ignores_case_never_overwrites_one_file_with_another() {
     w.write(0, "Docs/a.md", b"a\n");
     w.write(0, "docs/b.md", b"b\n");
     w.connect_all();
-    settle(&mut w);
+    w.settle_converged();
     let on_1 = files(&w, 1);
     for c in ["upper\n", "lower\n", "a\n", "b\n"] {
         assert!(on_1.iter().any(|(_, b)| b == c), "lost {c:?}: {on_1:?}");
@@ -125,7 +118,7 @@ fn a_folder_that_ignores_case_never_overwrites_one_file_with_another() {
     // The second device edits both: edits, not new files nor removals.
     w.write(1, "DOCS/a.md", b"a, edited on a Mac\n");
     w.write(1, "DOCS/b.md", b"b, edited on a Mac\n");
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(
         w.read(0, "Docs/a.md").as_deref(),
         Some("a, edited on a Mac\n")
@@ -138,7 +131,7 @@ fn a_folder_that_ignores_case_never_overwrites_one_file_with_another() {
 
     // Its start-up scan finds every file where the engine put it, at any spelling.
     w.restart(1);
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(files(&w, 0).len(), 4, "{:?}", files(&w, 0));
     assert_eq!(files(&w, 1).len(), 4, "{:?}", files(&w, 1));
     assert!(w.status(1).conflicts.len() <= 1);
@@ -150,9 +143,9 @@ fn a_change_of_case_only_is_a_rename_on_a_folder_that_ignores_case_too() {
     w.make_case_insensitive(1);
     w.write(0, "readme.md", b"hello\n");
     w.connect_all();
-    settle(&mut w);
+    w.settle_converged();
     w.rename(0, "readme.md", "README.md");
-    settle(&mut w);
+    w.settle_converged();
     // Renamed there too: the same name everywhere.
     assert_eq!(
         files(&w, 1),
@@ -160,7 +153,7 @@ fn a_change_of_case_only_is_a_rename_on_a_folder_that_ignores_case_too() {
     );
     // An edit there still reaches the other device's renamed file.
     w.write(1, "README.md", b"hello again\n");
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.read(0, "README.md").as_deref(), Some("hello again\n"));
     assert_eq!(files(&w, 0).len(), 1, "{:?}", files(&w, 0));
 }

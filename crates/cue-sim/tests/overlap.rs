@@ -3,31 +3,17 @@
 //! naming both devices; edits of different paragraphs, and edits one after the other,
 //! say nothing.
 
-use cue_core::{ActivityKind, Config, OverlapInfo};
+use cue_core::{ActivityKind, OverlapInfo};
 use cue_sim::World;
 
 const BASE: &str =
     "---\ntitle: Plan\n---\n# Plan\n\nWe meet on Monday.\nBring the notes.\n\nBudget is tight.\n";
 
-fn world(n: usize) -> World {
-    let mut w = World::new(n, 11, Config::default());
-    w.connect_all();
-    w.settle(5);
-    w
-}
-
-fn settle(w: &mut World) {
-    w.settle(10);
-    if let Err(e) = w.converged() {
-        panic!("not converged: {e}");
-    }
-}
-
 /// A world of `n` peers holding `plan.md` (BASE) everywhere.
 fn with_plan(n: usize) -> World {
-    let mut w = world(n);
+    let mut w = World::online(n, 11);
     w.write(0, "plan.md", BASE.as_bytes());
-    settle(&mut w);
+    w.settle_converged();
     w
 }
 
@@ -50,7 +36,7 @@ fn same_paragraph_offline(w: &mut World) {
             .as_bytes(),
     );
     w.connect(1);
-    settle(w);
+    w.settle_converged();
 }
 
 #[test]
@@ -98,17 +84,17 @@ fn a_notice_survives_a_restart_and_resolve_clears_it_on_that_device_only() {
     let mut w = with_plan(2);
     same_paragraph_offline(&mut w);
     w.restart(1);
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.status(1).overlaps.len(), 1, "kept across a restart");
     w.resolve(1, "plan.md").unwrap();
-    settle(&mut w);
+    w.settle_converged();
     assert!(w.status(1).overlaps.is_empty());
     assert_eq!(w.status(0).overlaps.len(), 1, "p0's notice is p0's own");
     // Resolving again finds nothing to clear.
     assert!(w.resolve(1, "plan.md").is_err());
     // A notice follows its file when it is renamed.
     w.rename(0, "plan.md", "old-plan.md");
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.status(0).overlaps[0].path, "old-plan.md");
     w.resolve(0, "old-plan.md").unwrap();
     assert!(w.status(0).overlaps.is_empty());
@@ -129,7 +115,7 @@ fn concurrent_edits_of_different_paragraphs_say_nothing() {
             .as_bytes(),
     );
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     let merged = w.read(1, "plan.md").unwrap();
     assert!(
         merged.contains("Tuesday") && merged.contains("fine"),
@@ -146,14 +132,14 @@ fn edits_one_after_the_other_say_nothing() {
     let mut w = with_plan(2);
     // Live, each on top of the other's.
     w.write(0, "plan.md", BASE.replace("Monday", "Tuesday").as_bytes());
-    settle(&mut w);
+    w.settle_converged();
     w.write(1, "plan.md", BASE.replace("Monday", "Wednesday").as_bytes());
-    settle(&mut w);
+    w.settle_converged();
     // Offline, one side only: a fast-forward when they meet.
     w.disconnect(1);
     w.write(0, "plan.md", BASE.replace("Monday", "Friday").as_bytes());
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     assert!(w.read(1, "plan.md").unwrap().contains("Friday"));
     for p in 0..2 {
         assert!(w.status(p).overlaps.is_empty(), "peer {p}");
@@ -177,7 +163,7 @@ fn a_third_device_names_the_two_that_edited() {
             .as_bytes(),
     );
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     let st = w.status(2);
     assert_eq!(st.overlaps.len(), 1, "{:?}", st.overlaps);
     assert_eq!(st.overlaps[0].devices, vec!["p0", "p1"]);
@@ -199,7 +185,7 @@ fn a_save_merged_with_a_change_that_arrived_meanwhile_is_noticed() {
         .disk
         .insert("plan.md".into(), saved.clone().into_bytes());
     w.write(0, "plan.md", BASE.replace("Monday", "Tuesday").as_bytes());
-    settle(&mut w);
+    w.settle_converged();
     let merged = w.read(1, "plan.md").unwrap();
     assert!(
         merged.contains("Tuesday") && merged.contains("slides"),
@@ -230,7 +216,7 @@ fn an_open_notice_is_logged_once_while_the_overlap_goes_on() {
     );
     w.write(1, "plan.md", second.replace("slides", "charts").as_bytes());
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     let st = w.status(0);
     assert_eq!(st.overlaps.len(), 1, "{:?}", st.overlaps);
     assert_eq!(st.overlaps[0].excerpt, "We meet on Thursday.");
@@ -241,7 +227,7 @@ fn an_open_notice_is_logged_once_while_the_overlap_goes_on() {
     w.write(0, "plan.md", third.replace("Thursday", "Friday").as_bytes());
     w.write(1, "plan.md", third.replace("charts", "maps").as_bytes());
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.status(0).overlaps.len(), 1);
     assert_eq!(overlap_entries(&w, 0).len(), 2);
 }
@@ -250,12 +236,12 @@ fn an_open_notice_is_logged_once_while_the_overlap_goes_on() {
 /// listed, the rest counted in one entry.
 #[test]
 fn a_merge_of_two_whole_rewrites_lists_the_first_paragraphs_and_counts_the_rest() {
-    let mut w = world(2);
+    let mut w = World::online(2, 11);
     let base: String = (0..40)
         .map(|i| format!("Paragraph {i} here.\n\n"))
         .collect();
     w.write(0, "long.md", base.as_bytes());
-    settle(&mut w);
+    w.settle_converged();
     w.disconnect(1);
     w.write(0, "long.md", base.replace(" here", " there").as_bytes());
     w.write(
@@ -264,7 +250,7 @@ fn a_merge_of_two_whole_rewrites_lists_the_first_paragraphs_and_counts_the_rest(
         base.replace("Paragraph", "Section").as_bytes(),
     );
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     let st = w.status(0);
     assert_eq!(st.overlaps.len(), 16, "{:?}", st.overlaps);
     assert_eq!(st.overlaps[0].line, 1);

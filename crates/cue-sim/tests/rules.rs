@@ -4,78 +4,64 @@
 use cue_core::{Config, ConflictKind};
 use cue_sim::World;
 
-fn world(n: usize) -> World {
-    let mut w = World::new(n, 7, Config::default());
-    w.connect_all();
-    w.settle(5);
-    w
-}
-
-fn settle(w: &mut World) {
-    w.settle(10);
-    if let Err(e) = w.converged() {
-        panic!("not converged: {e}");
-    }
-}
-
 #[test]
 fn initial_sync_copies_files_to_a_new_peer() {
     let mut w = World::new(2, 1, Config::default());
     w.write(0, "a.md", b"# A\n");
     w.write(0, "dir/b.txt", b"bee");
     w.connect_all();
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.read(1, "a.md").as_deref(), Some("# A\n"));
     assert_eq!(w.read(1, "dir/b.txt").as_deref(), Some("bee"));
 }
 
 #[test]
 fn live_edit_reaches_the_other_peer() {
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.write(0, "a.md", b"hello\n");
-    settle(&mut w);
+    w.settle_converged();
     w.write(1, "a.md", b"hello world\n");
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.read(0, "a.md").as_deref(), Some("hello world\n"));
 }
 
 #[test]
 fn concurrent_edits_to_different_places_both_survive() {
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.write(0, "a.md", b"line one\nline two\n");
-    settle(&mut w);
+    w.settle_converged();
     w.disconnect(1);
     w.write(0, "a.md", b"line ONE\nline two\n");
     w.write(1, "a.md", b"line one\nline two!\n");
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.read(0, "a.md").as_deref(), Some("line ONE\nline two!\n"));
 }
 
 #[test]
 fn concurrent_inserts_at_one_place_each_stay_whole() {
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.write(0, "a.md", b"ab");
-    settle(&mut w);
+    w.settle_converged();
     w.disconnect(1);
     w.write(0, "a.md", b"aXXXXb");
     w.write(1, "a.md", b"aYYYYb");
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     let merged = w.read(0, "a.md").unwrap();
     assert!(merged == "aXXXXYYYYb" || merged == "aYYYYXXXXb", "{merged}");
 }
 
 #[test]
 fn frontmatter_scalar_last_writer_wins_and_loser_is_a_conflict() {
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.write(0, "a.md", b"---\ntitle: One\nstatus: draft\n---\nbody\n");
-    settle(&mut w);
+    w.settle_converged();
     w.disconnect(1);
     w.write(0, "a.md", b"---\ntitle: Two\nstatus: draft\n---\nbody\n");
     w.write(1, "a.md", b"---\ntitle: Three\nstatus: draft\n---\nbody\n");
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     let merged = w.read(0, "a.md").unwrap();
     assert!(
         merged == "---\ntitle: Two\nstatus: draft\n---\nbody\n"
@@ -105,19 +91,19 @@ fn frontmatter_scalar_last_writer_wins_and_loser_is_a_conflict() {
         assert_eq!(a.detail.as_deref(), Some(expected), "activity log: {a:?}");
     }
     w.resolve(1, "a.md").unwrap();
-    settle(&mut w);
+    w.settle_converged();
     assert!(w.status(0).conflicts.is_empty());
 }
 
 #[test]
 fn frontmatter_causal_change_is_not_a_conflict() {
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.write(0, "a.md", b"---\ntitle: One\n---\n");
-    settle(&mut w);
+    w.settle_converged();
     w.write(1, "a.md", b"---\ntitle: Two\n---\n");
-    settle(&mut w);
+    w.settle_converged();
     w.write(0, "a.md", b"---\ntitle: Three\n---\n");
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(
         w.read(1, "a.md").as_deref(),
         Some("---\ntitle: Three\n---\n")
@@ -127,14 +113,14 @@ fn frontmatter_causal_change_is_not_a_conflict() {
 
 #[test]
 fn frontmatter_arrays_merge_as_a_union_with_causal_removals() {
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.write(0, "a.md", b"---\ntags:\n  - a\n  - b\n---\n");
-    settle(&mut w);
+    w.settle_converged();
     w.disconnect(1);
     w.write(0, "a.md", b"---\ntags:\n  - a\n  - b\n  - c\n---\n");
     w.write(1, "a.md", b"---\ntags:\n  - b\n  - d\n  - c\n---\n");
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     let merged = w.read(0, "a.md").unwrap();
     // `a` was removed by peer 1 who had seen it; c was added by both: once.
     assert_eq!(merged.matches("- c").count(), 1, "{merged}");
@@ -145,10 +131,10 @@ fn frontmatter_arrays_merge_as_a_union_with_causal_removals() {
 
 #[test]
 fn changing_one_key_touches_only_its_line() {
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     let original = "---\n# keep this comment\ntitle:   Spaced   # trailing\ntags: [a,b]\nnested:\n    deep: {x: 1}\nstatus: draft\n---\nbody\n";
     w.write(0, "a.md", original.as_bytes());
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(
         w.read(1, "a.md").as_deref(),
         Some(original),
@@ -156,15 +142,15 @@ fn changing_one_key_touches_only_its_line() {
     );
     let edited = original.replace("status: draft", "status: done");
     w.write(1, "a.md", edited.as_bytes());
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.read(0, "a.md").as_deref(), Some(edited.as_str()));
 }
 
 #[test]
 fn invalid_frontmatter_merges_as_text() {
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.write(0, "a.md", b"---\ntitle: [broken\nowner: x\n---\nbody\n");
-    settle(&mut w);
+    w.settle_converged();
     w.disconnect(1);
     w.write(
         0,
@@ -173,7 +159,7 @@ fn invalid_frontmatter_merges_as_text() {
     );
     w.write(1, "a.md", b"---\ntitle: [broken\nowner: xy\n---\nbody\n");
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(
         w.read(0, "a.md").as_deref(),
         Some("---\ntitle: [broken, more\nowner: xy\n---\nbody\n")
@@ -182,53 +168,53 @@ fn invalid_frontmatter_merges_as_text() {
 
 #[test]
 fn delete_then_restore_brings_back_the_last_content() {
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.write(0, "a.md", b"precious\n");
-    settle(&mut w);
+    w.settle_converged();
     w.delete(1, "a.md");
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.read(0, "a.md"), None);
     assert!(w.restore(0, "never.md").is_err());
     w.restore(0, "a.md").unwrap();
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.read(1, "a.md").as_deref(), Some("precious\n"));
 }
 
 #[test]
 fn delete_concurrent_with_edit_keeps_the_edit() {
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.write(0, "a.md", b"v1\n");
-    settle(&mut w);
+    w.settle_converged();
     w.disconnect(1);
     w.delete(0, "a.md");
     w.write(1, "a.md", b"v1 edited\n");
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.read(0, "a.md").as_deref(), Some("v1 edited\n"));
 }
 
 #[test]
 fn rename_and_concurrent_edit_both_land() {
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.write(0, "a.md", b"text\n");
-    settle(&mut w);
+    w.settle_converged();
     w.disconnect(1);
     w.rename(0, "a.md", "b.md");
     w.write(1, "a.md", b"text edited\n");
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.read(1, "a.md"), None);
     assert_eq!(w.read(1, "b.md").as_deref(), Some("text edited\n"));
 }
 
 #[test]
 fn concurrent_creation_keeps_both_as_a_conflict_copy() {
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.disconnect(1);
     w.write(0, "notes.md", b"from zero\n");
     w.write(1, "notes.md", b"from one\n");
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     let files: Vec<String> = w.peers[0].disk.keys().cloned().collect();
     assert_eq!(files.len(), 2, "{files:?}");
     let copy = files.iter().find(|f| f.contains(".conflict-")).unwrap();
@@ -249,32 +235,32 @@ fn concurrent_creation_keeps_both_as_a_conflict_copy() {
     // Deleting the copy clears the conflict on every peer.
     let copy = copy.clone();
     w.delete(1, &copy);
-    settle(&mut w);
+    w.settle_converged();
     assert!(w.status(0).conflicts.is_empty());
 }
 
 #[test]
 fn identical_concurrent_creations_are_one_file() {
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.disconnect(1);
     w.write(0, "same.md", b"same\n");
     w.write(1, "same.md", b"same\n");
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.peers[0].disk.len(), 1);
     assert!(w.status(0).conflicts.is_empty());
 }
 
 #[test]
 fn binary_last_writer_wins_and_loser_is_a_conflict_copy() {
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.write(0, "img.png", &[0, 1, 2, 255]);
-    settle(&mut w);
+    w.settle_converged();
     w.disconnect(1);
     w.write(0, "img.png", &[0, 1, 2, 254]);
     w.write(1, "img.png", &[0, 1, 2, 253]);
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     let files: Vec<String> = w.peers[0].disk.keys().cloned().collect();
     assert_eq!(files.len(), 2, "{files:?}");
     let all: Vec<Vec<u8>> = w.peers[0].disk.values().cloned().collect();
@@ -293,19 +279,19 @@ fn same_changes_in_any_order_give_the_same_bytes() {
         w.write(0, "a.md", b"---\ntags: [a, b]\n---\nbase zero\n");
         w.write(1, "a.md", b"---\ntags: [a, c]\n---\none base\n");
         w.write(2, "a.md", b"---\ntags: [d, a]\n---\nbase two\n");
-        settle(&mut w);
+        w.settle_converged();
     }
 }
 
 #[test]
 fn unchanged_files_are_never_rewritten_and_own_writes_do_not_echo() {
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.write(0, "a.md", b"one\n");
     w.write(0, "b.md", b"two\n");
-    settle(&mut w);
+    w.settle_converged();
     let before = w.peers[1].activity.len();
     w.write(0, "a.md", b"one!\n");
-    settle(&mut w);
+    w.settle_converged();
     // Peer 1 saw one remote change (a.md) and nothing about b.md.
     let acts: Vec<_> = w.peers[1].activity[before..]
         .iter()
@@ -320,15 +306,15 @@ fn unchanged_files_are_never_rewritten_and_own_writes_do_not_echo() {
 
 #[test]
 fn local_edit_not_yet_seen_is_merged_not_overwritten() {
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.write(0, "a.md", b"one\ntwo\n");
-    settle(&mut w);
+    w.settle_converged();
     // Peer 1's user saves, but the watcher has not reported it yet.
     w.peers[1]
         .disk
         .insert("a.md".into(), b"one\ntwo\nthree\n".to_vec());
     w.write(0, "a.md", b"zero\none\ntwo\n");
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(
         w.read(1, "a.md").as_deref(),
         Some("zero\none\ntwo\nthree\n")
@@ -337,10 +323,10 @@ fn local_edit_not_yet_seen_is_merged_not_overwritten() {
 
 #[test]
 fn offline_work_syncs_when_peers_meet_and_restart_scans_changes() {
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.write(0, "a.md", b"a\n");
     w.write(0, "b.md", b"b\n");
-    settle(&mut w);
+    w.settle_converged();
     w.disconnect(1);
     // Daemon stopped: the folder changes behind its back.
     w.peers[1]
@@ -352,7 +338,7 @@ fn offline_work_syncs_when_peers_meet_and_restart_scans_changes() {
         .insert("c.md".into(), b"new offline\n".to_vec());
     w.restart(1);
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.read(0, "a.md").as_deref(), Some("a edited offline\n"));
     assert_eq!(w.read(0, "b.md"), None);
     assert_eq!(w.read(0, "c.md").as_deref(), Some("new offline\n"));
@@ -367,13 +353,13 @@ fn long_absence_triggers_a_full_resync_that_keeps_local_work() {
     let mut w = World::new(2, 3, config);
     w.connect_all();
     w.write(0, "a.md", b"shared\n");
-    settle(&mut w);
+    w.settle_converged();
     w.disconnect(1);
     w.write(1, "mine.md", b"offline work\n");
     w.write(0, "theirs.md", b"their work\n");
     w.advance(5_000);
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.read(0, "mine.md").as_deref(), Some("offline work\n"));
     assert_eq!(w.read(1, "theirs.md").as_deref(), Some("their work\n"));
     assert!(w.status(1).last_full_resync_ms.is_some() || w.status(0).last_full_resync_ms.is_some());
@@ -389,7 +375,7 @@ fn large_files_split_over_small_messages() {
     w.connect_all();
     let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     w.write(0, "big.bin", &big);
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.peers[1].disk.get("big.bin"), Some(&big));
 }
 
@@ -402,7 +388,7 @@ fn files_over_the_size_limit_are_skipped_and_listed() {
     let mut w = World::new(2, 3, config);
     w.connect_all();
     w.write(0, "big.txt", b"this is longer than ten bytes");
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.read(1, "big.txt"), None);
     assert_eq!(w.status(0).skipped, vec![("big.txt".to_string(), 29)]);
 }
@@ -420,7 +406,7 @@ fn a_peer_file_never_replaces_a_file_too_large_here() {
     w.connect_all();
     w.write(0, "big.txt", b"this is longer than ten bytes");
     w.write(1, "big.txt", b"small\n");
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(
         w.peers[0].disk.get("big.txt").map(Vec::as_slice),
         Some(&b"this is longer than ten bytes"[..])
@@ -429,7 +415,7 @@ fn a_peer_file_never_replaces_a_file_too_large_here() {
     assert_eq!(w.status(0).skipped, vec![("big.txt".to_string(), 29)]);
     // The large file goes: that deletes nothing of the peer's, which now comes here.
     w.delete(0, "big.txt");
-    settle(&mut w);
+    w.settle_converged();
     for p in 0..2 {
         assert_eq!(w.read(p, "big.txt").as_deref(), Some("small\n"), "peer {p}");
     }
@@ -442,15 +428,15 @@ fn pending_changes_count_until_a_peer_confirms() {
     w.write(0, "a.md", b"x\n");
     assert!(w.status(0).pending_changes > 0);
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.status(0).pending_changes, 0);
 }
 
 #[test]
 fn garbage_messages_are_counted_and_change_nothing() {
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.write(0, "a.md", b"x\n");
-    settle(&mut w);
+    w.settle_converged();
     let from = w.peers[0].device;
     for bytes in [
         vec![],
@@ -468,9 +454,9 @@ fn garbage_messages_are_counted_and_change_nothing() {
 fn corrupt_documents_and_changes_from_a_peer_are_counted_and_change_nothing() {
     use cue_core::wire::{Item, Message, encode};
     use cue_core::{DocId, FileId};
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.write(0, "a.md", b"keep me\n");
-    settle(&mut w);
+    w.settle_converged();
     let from = w.peers[0].device;
     let file = DocId::File(FileId([9; 16]));
     let items = vec![
@@ -516,7 +502,7 @@ fn corrupt_documents_and_changes_from_a_peer_are_counted_and_change_nothing() {
     assert_eq!(w.read(1, "a.md").as_deref(), Some("keep me\n"));
     // And everything still works afterwards.
     w.write(1, "a.md", b"keep me, edited\n");
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.read(0, "a.md").as_deref(), Some("keep me, edited\n"));
 }
 
@@ -524,9 +510,9 @@ fn corrupt_documents_and_changes_from_a_peer_are_counted_and_change_nothing() {
 fn a_peer_path_escaping_the_workspace_is_never_written() {
     use cue_core::index::IndexDoc;
     use cue_core::wire::{Item, Message, encode};
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.write(0, "a.md", b"x\n");
-    settle(&mut w);
+    w.settle_converged();
     // A hostile member edits the index by hand: the file's path now points outside.
     let stored = w.peers[0].store.docs[&cue_core::DocId::Index].clone();
     // (Under one of the sender's own actors: a live change under another's is refused.)
@@ -563,10 +549,10 @@ fn a_peer_path_escaping_the_workspace_is_never_written() {
 
 #[test]
 fn restart_under_a_new_device_name_keeps_files_and_edits() {
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.write(0, "a.md", b"one\n");
     w.write(0, "b.md", b"two\n");
-    settle(&mut w);
+    w.settle_converged();
     w.disconnect(1);
     w.peers[1]
         .disk
@@ -574,7 +560,7 @@ fn restart_under_a_new_device_name_keeps_files_and_edits() {
     w.peers[1].name = "renamed".into();
     w.restart(1);
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(
         w.read(0, "a.md").as_deref(),
         Some("one, edited while stopped\n")
@@ -588,9 +574,9 @@ fn a_document_sent_with_the_wrong_content_is_corrected_from_the_document() {
     use cue_core::index::IndexDoc;
     use cue_core::wire::{Item, Message, encode};
     use cue_core::{DocId, FileDoc, FileId};
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.write(0, "a.md", b"x\n");
-    settle(&mut w);
+    w.settle_converged();
     // A faulty member sends a new file whose content does not match its document (made
     // under one of its own actors: a live change under another's is refused).
     let actor = cue_core::actor_for(&w.peers[0].device, 99);
@@ -625,7 +611,7 @@ fn a_document_sent_with_the_wrong_content_is_corrected_from_the_document() {
     );
     // Written at once as it came, then checked: the document wins, on both peers.
     assert_eq!(w.read(1, "b.md").as_deref(), Some("a lie\n"));
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(
         w.read(1, "b.md").as_deref(),
         Some("what the document says\n")
@@ -639,14 +625,14 @@ fn a_document_sent_with_the_wrong_content_is_corrected_from_the_document() {
 
 #[test]
 fn edited_documents_are_stored_whole_once_the_workspace_is_at_rest() {
-    let mut w = world(2);
+    let mut w = World::online(2, 7);
     w.write(0, "a.md", b"# A\n");
     w.write(0, "b.md", b"# B\n");
-    settle(&mut w);
+    w.settle_converged();
     for i in 0..5 {
         w.write(0, "a.md", format!("# A\n\nedit {i}\n").as_bytes());
         w.write(1, "b.md", format!("# B\n\nedit {i}\n").as_bytes());
-        settle(&mut w);
+        w.settle_converged();
     }
     let increments = |w: &World, p: usize| w.peers[p].store.increments.values().sum::<usize>();
     assert!(
@@ -662,7 +648,7 @@ fn edited_documents_are_stored_whole_once_the_workspace_is_at_rest() {
     // And the snapshots hold every edit: a restarted peer reads them back.
     w.restart(0);
     w.restart(1);
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.read(0, "a.md").as_deref(), Some("# A\n\nedit 4\n"));
     assert_eq!(w.read(1, "b.md").as_deref(), Some("# B\n\nedit 4\n"));
 }
@@ -680,14 +666,14 @@ fn saves_handled_as_one_batch_end_as_the_same_saves_one_by_one() {
     // Two saves of one path in a batch: the later one wins, as one by one.
     let mut batch = files.clone();
     batch.push(("d0/n0.md".to_string(), b"# 0\n\nsaved twice\n".to_vec()));
-    let mut one_by_one = world(2);
-    let mut batched = world(2);
+    let mut one_by_one = World::online(2, 7);
+    let mut batched = World::online(2, 7);
     for (path, bytes) in &batch {
         one_by_one.write(0, path, bytes);
     }
     batched.write_many(0, &batch);
-    settle(&mut one_by_one);
-    settle(&mut batched);
+    one_by_one.settle_converged();
+    batched.settle_converged();
     assert_eq!(batched.peers[1].disk, one_by_one.peers[1].disk);
     assert_eq!(batched.peers[1].disk.len(), 40);
     assert_eq!(
@@ -716,7 +702,7 @@ fn pending_changes_are_kept_by_file_and_survive_a_restart() {
     w.restart(0);
     assert_eq!(w.status(0).pending_changes, pending + 1);
     w.connect_all();
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.status(0).pending_changes, 0);
     w.restart(0);
     assert_eq!(w.status(0).pending_changes, 0);
