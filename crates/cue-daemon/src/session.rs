@@ -132,22 +132,27 @@ impl<'w> Session<'w> {
         self.relay = relay;
         self.relay_problem = None;
         if self.connected {
-            self.connected = false;
-            self.peers.clear();
-            self.replay.guard_mut().on_disconnect();
-            let sends = self.input(driver, Input::Disconnected)?;
+            let sends = self.forget_room(driver)?;
             self.send_all(driver, sends);
         }
         Ok(())
+    }
+
+    /// Out of the room (the connection lost, or left): nobody is there for this device
+    /// any more, and the engine is told so. Returns what it wants sent.
+    fn forget_room(&mut self, driver: &mut Driver) -> Result<Vec<Outgoing>, DriverError> {
+        self.connected = false;
+        self.present = 0;
+        self.peers.clear();
+        self.replay.guard_mut().on_disconnect();
+        self.input(driver, Input::Disconnected)
     }
 
     /// Leaves the room for good (this device was removed from the workspace).
     pub fn leave(&mut self, driver: &mut Driver) -> Result<(), DriverError> {
         self.close();
         if self.connected {
-            self.connected = false;
-            self.peers.clear();
-            let sends = self.input(driver, Input::Disconnected)?;
+            let sends = self.forget_room(driver)?;
             self.send_all(driver, sends);
         }
         self.relay_problem = Some("this device was removed from the workspace".into());
@@ -242,11 +247,7 @@ impl<'w> Session<'w> {
                 RelayEvent::Disconnected { reason } => {
                     tracing::info!(%reason, "offline; reconnecting");
                     self.relay_problem = Some(format!("connection lost: {reason}"));
-                    self.connected = false;
-                    self.present = 0;
-                    self.peers.clear();
-                    self.replay.guard_mut().on_disconnect();
-                    self.input(driver, Input::Disconnected)?
+                    self.forget_room(driver)?
                 }
                 RelayEvent::Unreachable { reason } => {
                     self.relay_problem = Some(reason);
