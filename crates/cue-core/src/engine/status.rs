@@ -122,6 +122,20 @@ impl Engine {
         self.files.on_disk(path)
     }
 
+    /// Whether a file the driver read, hashed as `read`, is what the engine believes is
+    /// there (`believed`, from [`on_disk`](Self::on_disk), [`disk`](Self::disk) or a
+    /// write's expectation). Equal hashes, or on a folder that does not keep modes
+    /// ([`Config::modes_unkept`], where the driver reads every file as not executable)
+    /// the same bytes with either bit.
+    pub fn same_on_disk(&self, believed: ContentHash, read: ContentHash) -> bool {
+        believed == read || (self.config.modes_unkept && crate::ids::same_bytes(believed, read))
+    }
+
+    /// Whether the folder keeps Unix modes ([`Config::modes_unkept`]).
+    pub fn modes_kept(&self) -> bool {
+        !self.config.modes_unkept
+    }
+
     /// Everything the engine believes is on disk, path → hash, in path order: the
     /// start-up scan compares the folder with it.
     pub fn disk(&self) -> impl Iterator<Item = (&str, ContentHash)> {
