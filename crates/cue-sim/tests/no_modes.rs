@@ -27,7 +27,7 @@ fn settle(w: &mut World) {
 /// The `exec` marks of the versions of `path` as peer 0 has them, newest first.
 fn marks(w: &mut World, path: &str) -> Vec<Option<bool>> {
     let p = &mut w.peers[0];
-    let h = p.engine.history(path, &mut p.store).unwrap();
+    let h = p.engine.history(path, &mut p.store).expect("history");
     h.iter().map(|v| v.exec).collect()
 }
 
