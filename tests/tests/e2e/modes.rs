@@ -153,6 +153,12 @@ fn a_folder_that_keeps_no_modes_spreads_no_bit() {
     });
     assert_eq!(b.mode("run.sh"), Some(0o600), "the mount's mode");
     nothing_pending(&[&a, &b]);
+    assert_eq!(b.status().0["modes_kept"], false);
+    assert_eq!(a.status().0["modes_kept"], true);
+    assert!(
+        b.cue_ok(&["sync", "status"])
+            .contains("keeps no Unix modes")
+    );
     let no_minus_x = |p: &Peer| {
         let h: Vec<serde_json::Value> =
             serde_json::from_str(&p.cue_ok(&["history", "run.sh", "--json"])).unwrap();

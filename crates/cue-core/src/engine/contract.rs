@@ -432,6 +432,8 @@ pub struct Status {
     pub ignored: usize,
     /// Input from peers refused since the workspace began here, by kind.
     pub refused: Counters,
+    /// Whether the folder keeps Unix modes (see [`Config::modes_unkept`]).
+    pub modes_kept: bool,
 }
 
 /// Deletions held by the mass-deletion guard (docs/reference.md §3.3): `cue sync

@@ -70,6 +70,7 @@ impl Engine {
             unverified: self.tail.unverified.len(),
             ignored: self.ignored.len(),
             refused: self.state.counters.clone(),
+            modes_kept: !self.config.modes_unkept,
         }
     }
 
