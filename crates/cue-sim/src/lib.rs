@@ -1094,6 +1094,11 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
     };
     config.tombstone_ms = i64::MAX / 4;
     let mut w = World::new(peers, seed, config);
+    // One schedule in five has a peer whose folder keeps no modes (exFAT): its chmods do
+    // nothing, and it must never change anyone's bit.
+    if seed % 5 == 2 {
+        w.make_modes_unkept(peers - 1);
+    }
     w.faults = Faults {
         drop: 0.05,
         duplicate: 0.05,
@@ -1258,6 +1263,26 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
             }
         }
         return Err(format!("seed {seed}: not converged: {e}"));
+    }
+    // The peer whose folder keeps no modes changed no file's bit.
+    if seed % 5 == 2 {
+        let name = w.peers[peers - 1].name.clone();
+        let paths: Vec<String> = w.peers[0].disk.keys().cloned().collect();
+        let p0 = &mut w.peers[0];
+        for path in paths {
+            let Ok(history) = p0.engine.history(&path, &mut p0.store) else {
+                continue;
+            };
+            if let Some(v) = history
+                .iter()
+                .find(|v| v.device == name && v.exec.is_some())
+            {
+                return Err(format!(
+                    "seed {seed}: {name}, whose folder keeps no modes, changed the bit of {path} ({})",
+                    v.rev
+                ));
+            }
+        }
     }
     // No lost edit: every marker not causally deleted is somewhere in the tree.
     let everything: String = w.peers[0]
