@@ -232,6 +232,7 @@ mod tests {
             refused_input: Default::default(),
             membership: None,
             ignored_files: 0,
+            modes_kept: true,
         }
     }
 

@@ -260,6 +260,12 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
             "add a device: `cue sync invite` here, then `cue sync join TOKEN` there; it gets everything made here",
         );
     }
+    if !r.modes_kept {
+        hint(
+            &mut out,
+            "this folder keeps no Unix modes (exFAT, FAT?): files keep the executable bit they have on the other devices, and nothing here changes it",
+        );
+    }
     if r.ignored_files > 0 {
         // A rule any member can write (`.cueignore` syncs): say it, or a `*` there would
         // look like nothing changing.
@@ -408,6 +414,7 @@ mod tests {
             refused_input: Default::default(),
             membership: None,
             ignored_files: 0,
+            modes_kept: true,
         }
     }
 

@@ -388,7 +388,8 @@ pub struct ScanDiff {
     pub known: usize,
 }
 
-/// Compares what a scan found with what the engine believes is on disk. Paths are
+/// Compares what a scan found with what the engine believes is on disk (hashes by
+/// [`Engine::same_on_disk`]: on a folder that does not keep modes, the bytes). Paths are
 /// compared by the engine's [`Engine::disk_key`]: a folder that ignores case may list a
 /// file under another spelling of its name than the one the engine wrote or saw, and it
 /// is still that file (neither removed nor new).
@@ -412,7 +413,7 @@ pub fn diff_scan(engine: &Engine, found: &Found) -> ScanDiff {
             Some((b, _)) if file_name(b) != file_name(p) => {
                 renames.push((b.to_string(), p.clone()));
             }
-            Some((_, b)) if b == h => {}
+            Some((_, b)) if engine.same_on_disk(*b, *h) => {}
             _ => changed.push(p.as_str()),
         }
     }
@@ -423,9 +424,13 @@ pub fn diff_scan(engine: &Engine, found: &Found) -> ScanDiff {
         }
         // A removed file whose content reappeared under a new name was renamed while
         // nobody watched.
-        let moved_to = changed
-            .iter()
-            .position(|to| !believed.contains_key(&key(to)) && found.files.get(*to) == Some(hash));
+        let moved_to = changed.iter().position(|to| {
+            !believed.contains_key(&key(to))
+                && found
+                    .files
+                    .get(*to)
+                    .is_some_and(|h| engine.same_on_disk(*hash, *h))
+        });
         match moved_to {
             Some(pos) => renames.push((from.to_string(), changed.remove(pos).to_string())),
             None => removed.push(from.to_string()),

@@ -336,6 +336,7 @@ impl FileDoc {
     /// would undo the remote changes). `exec` is the executable bit the file had; it is
     /// recorded only when it differs from the version at `base`, so a device that never
     /// changes modes never writes the field, and a concurrent `chmod` elsewhere stands.
+    /// `None` (a folder that does not keep modes) leaves the bit as it is.
     ///
     /// A change by one actor must follow its previous one, so when this document's own
     /// actor has changes after `base` (the user saved twice while a remote change was
@@ -345,7 +346,7 @@ impl FileDoc {
         base: &[ChangeHash],
         path: &str,
         bytes: &[u8],
-        exec: bool,
+        exec: Option<bool>,
         time_s: i64,
         fork_actor: ActorId,
     ) -> Result<Option<ChangeHash>, DocError> {
@@ -368,13 +369,13 @@ impl FileDoc {
                 doc: fork,
                 saved: Vec::new(),
             };
-            let change = forked.write_here(path, bytes, Some(exec), time_s)?;
+            let change = forked.write_here(path, bytes, exec, time_s)?;
             if change.is_some() {
                 self.doc.merge(&mut forked.doc)?;
             }
             return Ok(change);
         }
-        self.write_here(path, bytes, Some(exec), time_s)
+        self.write_here(path, bytes, exec, time_s)
     }
 
     /// Records `bytes`, and `exec` unless `None`, as one change; `None` when both are what
@@ -877,7 +878,7 @@ mod tests {
         let v1 = doc.automerge().get_heads();
         doc.write("log.md", b"one\ntwo\n", 0).unwrap();
         let edit = doc
-            .write_at(&v1, "log.md", b"one\nlate\n", false, 0, actor(2))
+            .write_at(&v1, "log.md", b"one\nlate\n", Some(false), 0, actor(2))
             .unwrap();
         assert!(edit.is_some());
         let text = String::from_utf8(doc.materialize().unwrap()).unwrap();
@@ -897,7 +898,7 @@ mod tests {
             &v2,
             "log.md",
             &[text.as_bytes(), b"mine\n"].concat(),
-            false,
+            Some(false),
             0,
             actor(4),
         )
@@ -916,17 +917,17 @@ mod tests {
     #[test]
     fn exec_is_written_only_when_it_changes() {
         let mut doc = FileDoc::new(actor(1));
-        doc.write_at(&[], "a.sh", b"echo\n", false, 0, actor(2))
+        doc.write_at(&[], "a.sh", b"echo\n", Some(false), 0, actor(2))
             .unwrap();
         let v1 = doc.heads();
         assert!(doc.automerge().get(ROOT, "exec").unwrap().is_none());
         assert_eq!(
-            doc.write_at(&v1, "a.sh", b"echo\n", false, 0, actor(2))
+            doc.write_at(&v1, "a.sh", b"echo\n", Some(false), 0, actor(2))
                 .unwrap(),
             None
         );
         let chmod = doc
-            .write_at(&v1, "a.sh", b"echo\n", true, 0, actor(2))
+            .write_at(&v1, "a.sh", b"echo\n", Some(true), 0, actor(2))
             .unwrap();
         assert!(chmod.is_some(), "a chmod alone is a change");
         assert!(doc.exec());
@@ -935,7 +936,7 @@ mod tests {
         let exec_op = |d: &mut FileDoc| d.automerge().get(ROOT, "exec").unwrap().unwrap().1;
         let set_by_chmod = exec_op(&mut doc);
         let v2 = doc.heads();
-        doc.write_at(&v2, "a.sh", b"echo two\n", true, 0, actor(2))
+        doc.write_at(&v2, "a.sh", b"echo two\n", Some(true), 0, actor(2))
             .unwrap();
         assert_eq!(exec_op(&mut doc), set_by_chmod, "only the text changed");
         // Content written as a conflict copy (`write`) leaves the bit alone.
@@ -951,10 +952,17 @@ mod tests {
         a.write("a.sh", b"echo one\n", 0).unwrap();
         let base = a.heads();
         let mut b = FileDoc::load(&a.save(), actor(2)).unwrap();
-        a.write_at(&base, "a.sh", b"echo one\n", true, 0, actor(3))
+        a.write_at(&base, "a.sh", b"echo one\n", Some(true), 0, actor(3))
             .unwrap();
-        b.write_at(&base, "a.sh", b"echo one\necho two\n", false, 0, actor(4))
-            .unwrap();
+        b.write_at(
+            &base,
+            "a.sh",
+            b"echo one\necho two\n",
+            Some(false),
+            0,
+            actor(4),
+        )
+        .unwrap();
         a.automerge().merge(b.automerge()).unwrap();
         b.automerge().merge(a.automerge()).unwrap();
         for d in [&a, &b] {

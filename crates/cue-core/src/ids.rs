@@ -123,6 +123,13 @@ pub fn with_exec(bytes_hash: ContentHash, exec: bool) -> ContentHash {
     *h.finalize().as_bytes()
 }
 
+/// Whether `believed`, a hash the engine gave ([`file_hash`] of a content and a bit), is
+/// the file a driver read as `read` ([`file_hash`] of the bytes read, not executable),
+/// on a folder that does not keep modes: the same bytes with either bit.
+pub fn same_bytes(believed: ContentHash, read: ContentHash) -> bool {
+    believed == read || believed == with_exec(read, true)
+}
+
 /// Git's rule for what of a mode is synced: whether the owner may execute the file.
 pub fn is_exec(mode: u32) -> bool {
     mode & 0o100 != 0

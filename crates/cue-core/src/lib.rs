@@ -36,6 +36,6 @@ pub use engine::{
 };
 pub use ids::{
     ContentHash, DeviceId, DocId, FileId, content_hash, file_hash, is_exec, mode_with_exec,
-    with_exec,
+    same_bytes, with_exec,
 };
 pub use index::ConflictKind;

@@ -133,6 +133,14 @@ pub struct StatusReport {
     /// Synced files this device's `.cueignore` excludes now (beyond the contract).
     #[serde(default)]
     pub ignored_files: u64,
+    /// Whether this folder keeps Unix modes (beyond the contract): `false` on exFAT, FAT
+    /// and the like, where this device never changes a file's executable bit.
+    #[serde(default = "yes")]
+    pub modes_kept: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `member`, `waiting_for_admission` (joined; the member who made the invite must be
@@ -390,6 +398,7 @@ pub fn status_report(ctx: &StatusContext<'_>, s: &cue_core::Status) -> StatusRep
         }),
         files_unverified: s.unverified as u64,
         ignored_files: s.ignored as u64,
+        modes_kept: s.modes_kept,
         membership: ctx.standing.as_ref().map(|m| MembershipReport {
             state: m.state.to_string(),
             reason: m.reason.clone(),

@@ -244,9 +244,16 @@ impl Driver {
             restored,
             now_ms(),
         );
+        if !engine.modes_kept() {
+            tracing::info!(
+                "this folder keeps no Unix modes (every file shows its mount's mode): \
+                 each file's executable bit is kept as its document has it, and never \
+                 changed from this device"
+            );
+        }
         let host = DaemonHost {
             store,
-            fs: WorkspaceFs::open(&ws.root)?,
+            fs: WorkspaceFs::open(&ws.root)?.keeping_modes(engine.modes_kept()),
             name,
             store_writes: 0,
             pending_replay: None,
@@ -296,10 +303,15 @@ impl Driver {
             let on_disk = self.read(path)?;
             let disk_hash = on_disk.as_ref().map(|(b, exec)| file_hash(b, *exec));
             let believed = self.engine.on_disk(path);
-            if disk_hash == believed {
+            // (On a folder that keeps no modes, the bytes are compared.)
+            let same = |a: Option<ContentHash>, b: Option<ContentHash>| match (a, b) {
+                (Some(a), Some(b)) => self.engine.same_on_disk(b, a),
+                (a, b) => a == b,
+            };
+            if same(disk_hash, believed) {
                 continue; // the effect did happen
             }
-            if disk_hash != before {
+            if !same(disk_hash, before) {
                 // Neither the old nor the new content: a local edit made meanwhile.
                 if let Some((content, exec)) = on_disk {
                     feedback.push(Input::WriteRefused {
@@ -1014,8 +1026,9 @@ impl Driver {
             return Ok(Vec::new());
         };
         // The executable bit is part of the hash: a `chmod` alone is a change, and the
-        // mode this daemon wrote comes back as no change.
-        if known == Some(file_hash(&content, exec)) {
+        // mode this daemon wrote comes back as no change. (On a folder that keeps no
+        // modes the bit read is no news: the bytes are compared.)
+        if known.is_some_and(|k| self.engine.same_on_disk(k, file_hash(&content, exec))) {
             return Ok(Vec::new());
         }
         self.feed(

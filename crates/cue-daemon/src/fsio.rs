@@ -177,6 +177,10 @@ pub struct WorkspaceFs {
     use_openat2: AtomicBool,
     /// Files replaced lately, kept aside a while (see [`WorkspaceFs::late_writes`]).
     replaced: std::sync::Mutex<Vec<Replaced>>,
+    /// Whether the folder keeps Unix modes ([`keeps_modes`]). When it does not, every file
+    /// reads as not executable, no write sets a mode, and a file holds what the engine
+    /// expects when its bytes do ([`cue_core::same_bytes`]).
+    modes: bool,
 }
 
 /// A file a write replaced, kept under a temporary name next to it for
@@ -230,6 +234,47 @@ pub fn ignores_case(dir: &Path) -> bool {
     folds
 }
 
+/// Does the filesystem holding `dir` keep Unix modes? Git's `core.fileMode` probe: a
+/// file created there is made executable, then not, and each must read back so. exFAT,
+/// FAT and some network mounts show every file with their mount's mode (`chmod` ignored
+/// or refused): there the executable bit read says nothing, and the engine keeps each
+/// file's bit as its document has it (docs/reference.md §2.4). When the question cannot
+/// be asked (a read-only folder), the answer is yes.
+pub fn keeps_modes(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let path = dir.join(format!(".cue-tmp-mode-{}-{nanos:x}", std::process::id()));
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path);
+    let Ok(file) = created else {
+        return true;
+    };
+    let sticks = |exec: bool| {
+        let Ok(meta) = file.metadata() else {
+            return false;
+        };
+        let mode = cue_core::mode_with_exec(meta.permissions().mode() & 0o7777, exec);
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .is_ok()
+            && std::fs::symlink_metadata(&path)
+                .is_ok_and(|m| cue_core::is_exec(m.permissions().mode()) == exec)
+    };
+    let kept = sticks(true) && sticks(false);
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    kept
+}
+
+/// A file holds `want` (a hash the engine gave) when it reads as `read`: the same hash,
+/// or where modes are not kept the same bytes.
+fn holds(modes: bool, want: [u8; 32], read: [u8; 32]) -> bool {
+    want == read || (!modes && cue_core::same_bytes(want, read))
+}
+
 fn resolve_flags() -> ResolveFlags {
     ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
 }
@@ -253,7 +298,20 @@ impl WorkspaceFs {
             root_path: root.to_owned(),
             use_openat2: AtomicBool::new(true),
             replaced: std::sync::Mutex::new(Vec::new()),
+            modes: true,
         })
+    }
+
+    /// This folder as one that keeps Unix modes or not ([`keeps_modes`]; the engine's
+    /// `Config::modes_unkept` says which).
+    pub fn keeping_modes(mut self, modes: bool) -> WorkspaceFs {
+        self.modes = modes;
+        self
+    }
+
+    /// Whether a file of this mode reads as executable: never where modes are not kept.
+    pub fn is_exec(&self, mode: u32) -> bool {
+        self.modes && cue_core::is_exec(mode)
     }
 
     /// Files replaced at least [`LATE_WRITE_WINDOW`] ago (all of them with `all`) that a
@@ -275,7 +333,7 @@ impl WorkspaceFs {
             let Ok(Some(dir)) = self.open_parent(&r.path) else {
                 continue;
             };
-            if let Ok((bytes, exec)) = read_leaf(&dir, &r.aside, &r.path)
+            if let Ok((bytes, exec)) = read_leaf(&dir, &r.aside, &r.path, self.modes)
                 && cue_core::file_hash(&bytes, exec) != r.seen
             {
                 out.push((r.path.clone(), r.seen, bytes, exec));
@@ -361,7 +419,7 @@ impl WorkspaceFs {
         let mut buf = Vec::with_capacity(usize::try_from(st.len).unwrap_or(0).min(1 << 26));
         file.read_to_end(&mut buf)
             .map_err(|e| FsError::io("read", rel.as_str(), e))?;
-        Ok(Some((buf, cue_core::is_exec(st.mode))))
+        Ok(Some((buf, self.is_exec(st.mode))))
     }
 
     /// Writes `bytes` to `rel` atomically and durably, creating missing folders. A file
@@ -386,7 +444,12 @@ impl WorkspaceFs {
         if let Some(st) = existing {
             check_regular(rel, st.kind)?;
         }
-        let tmp = write_temp(&parent, rel, bytes, existing.map(|s| s.mode), exec, true)?;
+        let (mode, exec) = match self.modes {
+            true => (existing.map(|s| s.mode), exec),
+            // No mode is set: a `chmod` there is ignored or refused.
+            false => (None, None),
+        };
+        let tmp = write_temp(&parent, rel, bytes, mode, exec, true)?;
         let result = replace(self, &parent, &tmp, rel, expect);
         if !matches!(result, Ok(Outcome::Done | Outcome::DoneOverEdit(..))) {
             let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
@@ -432,12 +495,12 @@ impl WorkspaceFs {
             Some(st) => check_regular(rel, st.kind)?,
         }
         let outcome = match expect {
-            Expect::Content(want) => match remove_checked(&parent, rel, want)? {
+            Expect::Content(want) => match remove_checked(&parent, rel, want, self.modes)? {
                 Some(outcome) => outcome,
                 None => return Ok(None),
             },
             _ => {
-                if !expectation_holds(&parent, rel, expect)? {
+                if !expectation_holds(&parent, rel, expect, self.modes)? {
                     return Ok(Some(Outcome::Unexpected));
                 }
                 match rustix::fs::unlinkat(&parent, rel.file_name(), AtFlags::empty()) {
@@ -709,13 +772,14 @@ fn expectation_holds(
     parent: &OwnedFd,
     rel: &WorkspacePath,
     expect: Expect,
+    modes: bool,
 ) -> Result<bool, FsError> {
     match expect {
         Expect::Any => Ok(true),
         Expect::Absent => Ok(stat_leaf(parent, rel)?.is_none()),
         Expect::Content(want) => match open_leaf(parent, rel.file_name(), rel)? {
             None => Ok(false),
-            Some((mut file, st)) => Ok(hash_of(&mut file, &st, rel)? == want),
+            Some((mut file, st)) => Ok(holds(modes, want, hash_of(&mut file, &st, rel, modes)?)),
         },
     }
 }
@@ -851,7 +915,11 @@ impl WriteBatch<'_> {
         // syncfs covers the root's filesystem only; a folder mounted from elsewhere gets
         // its files fsynced one by one.
         let foreign = dev != self.fs.root_dev;
-        let tmp = write_temp(parent, rel, bytes, existing.map(|s| s.mode), exec, foreign)?;
+        let (mode, exec) = match self.fs.modes {
+            true => (existing.map(|s| s.mode), exec),
+            false => (None, None),
+        };
+        let tmp = write_temp(parent, rel, bytes, mode, exec, foreign)?;
         self.foreign_dev_fsynced |= foreign;
         self.staged.push(Staged {
             path: rel.clone(),
@@ -1004,7 +1072,7 @@ fn replace(
                 Err(Errno::EXIST) => Ok(Outcome::Unexpected),
                 // Filesystems without RENAME_NOREPLACE: check, then rename.
                 Err(Errno::INVAL | Errno::NOSYS) => {
-                    if !expectation_holds(dir, rel, expect)? {
+                    if !expectation_holds(dir, rel, expect, fs.modes)? {
                         return Ok(Outcome::Unexpected);
                     }
                     rustix::fs::renameat(dir, tmp, dir, name).map_err(rename_error)?;
@@ -1015,17 +1083,19 @@ fn replace(
         }
         Expect::Content(want) => {
             // A cheap check first: a file already changed is not replaced at all.
-            if !expectation_holds(dir, rel, expect)? {
+            if !expectation_holds(dir, rel, expect, fs.modes)? {
                 return Ok(Outcome::Unexpected);
             }
             match rustix::fs::renameat_with(dir, tmp, dir, name, RenameFlags::EXCHANGE) {
                 Ok(()) => {}
                 Err(Errno::NOENT) => return Ok(Outcome::Unexpected),
-                Err(Errno::INVAL | Errno::NOSYS) => return replace_holding(dir, tmp, rel, want),
+                Err(Errno::INVAL | Errno::NOSYS) => {
+                    return replace_holding(dir, tmp, rel, want, fs.modes);
+                }
                 Err(e) => return Err(rename_error(e)),
             }
             // `tmp` now names what `rel` held at the exchange.
-            let (replaced, exec) = match read_leaf(dir, tmp, rel) {
+            let (replaced, exec) = match read_leaf(dir, tmp, rel, fs.modes) {
                 Ok(read) => read,
                 Err(e) => {
                     // A folder or a link was swapped in meanwhile: put it back.
@@ -1033,7 +1103,7 @@ fn replace(
                     return Err(e);
                 }
             };
-            let outcome = done_over(replaced.clone(), exec, want);
+            let outcome = done_over(replaced.clone(), exec, want, fs.modes);
             fs.keep_replaced(
                 dir,
                 rel,
@@ -1053,11 +1123,12 @@ fn replace_holding(
     tmp: &str,
     rel: &WorkspacePath,
     want: [u8; 32],
+    modes: bool,
 ) -> Result<Outcome, FsError> {
     let Some((mut held, st)) = open_leaf(dir, rel.file_name(), rel)? else {
         return Ok(Outcome::Unexpected);
     };
-    if hash_of(&mut held, &st, rel)? != want {
+    if !holds(modes, want, hash_of(&mut held, &st, rel, modes)?) {
         return Ok(Outcome::Unexpected);
     }
     rustix::fs::renameat(dir, tmp, dir, rel.file_name())
@@ -1068,7 +1139,8 @@ fn replace_holding(
     held.read_to_end(&mut after)
         .map_err(|e| FsError::io("read", rel.as_str(), e))?;
     let st = rustix::fs::fstat(&held).map_err(|e| FsError::io("stat", rel.as_str(), e))?;
-    Ok(done_over(after, cue_core::is_exec(st.st_mode as u32), want))
+    let exec = modes && cue_core::is_exec(st.st_mode as u32);
+    Ok(done_over(after, exec, want, modes))
 }
 
 /// Removes `rel` if it holds `want`, without losing a write made at that instant: the
@@ -1079,8 +1151,9 @@ fn remove_checked(
     dir: &OwnedFd,
     rel: &WorkspacePath,
     want: [u8; 32],
+    modes: bool,
 ) -> Result<Option<Outcome>, FsError> {
-    if !expectation_holds(dir, rel, Expect::Content(want))? {
+    if !expectation_holds(dir, rel, Expect::Content(want), modes)? {
         return Ok(Some(Outcome::Unexpected));
     }
     let aside = temp_name();
@@ -1101,7 +1174,7 @@ fn remove_checked(
         Err(Errno::NOENT) => return Ok(None),
         Err(e) => return Err(FsError::io("remove", rel.as_str(), e)),
     }
-    let (held, exec) = match read_leaf(dir, &aside, rel) {
+    let (held, exec) = match read_leaf(dir, &aside, rel, modes) {
         Ok(read) => read,
         Err(e) => {
             // Back where it was, unless something new took the name meanwhile.
@@ -1115,7 +1188,7 @@ fn remove_checked(
             return Err(e);
         }
     };
-    if cue_core::file_hash(&held, exec) == want {
+    if holds(modes, want, cue_core::file_hash(&held, exec)) {
         rustix::fs::unlinkat(dir, aside.as_str(), AtFlags::empty())
             .map_err(|e| FsError::io("remove", rel.as_str(), e))?;
         return Ok(Some(Outcome::Done));
@@ -1137,8 +1210,8 @@ fn remove_checked(
     }
 }
 
-fn done_over(replaced: Vec<u8>, exec: bool, want: [u8; 32]) -> Outcome {
-    if cue_core::file_hash(&replaced, exec) == want {
+fn done_over(replaced: Vec<u8>, exec: bool, want: [u8; 32], modes: bool) -> Outcome {
+    if holds(modes, want, cue_core::file_hash(&replaced, exec)) {
         Outcome::Done
     } else {
         Outcome::DoneOverEdit(replaced, exec)
@@ -1175,26 +1248,36 @@ fn open_leaf(
 }
 
 /// The content of the regular file `name` in `dir` (which stands for `rel`), and whether
-/// it is executable.
-fn read_leaf(dir: &OwnedFd, name: &str, rel: &WorkspacePath) -> Result<(Vec<u8>, bool), FsError> {
+/// it is executable (never where modes are not kept, `!modes`).
+fn read_leaf(
+    dir: &OwnedFd,
+    name: &str,
+    rel: &WorkspacePath,
+    modes: bool,
+) -> Result<(Vec<u8>, bool), FsError> {
     let (mut file, st) = open_leaf(dir, name, rel)?
         .ok_or_else(|| FsError::io("open", rel.as_str(), Errno::NOENT))?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)
         .map_err(|e| FsError::io("read", rel.as_str(), e))?;
-    Ok((bytes, cue_core::is_exec(st.mode)))
+    Ok((bytes, modes && cue_core::is_exec(st.mode)))
 }
 
 /// The hash the engine knows an open file by: its content and executable bit
 /// ([`cue_core::file_hash`]).
-fn hash_of(file: &mut File, st: &FileStat, rel: &WorkspacePath) -> Result<[u8; 32], FsError> {
+fn hash_of(
+    file: &mut File,
+    st: &FileStat,
+    rel: &WorkspacePath,
+    modes: bool,
+) -> Result<[u8; 32], FsError> {
     let mut hasher = blake3::Hasher::new();
     hasher
         .update_reader(file)
         .map_err(|e| FsError::io("read", rel.as_str(), e))?;
     Ok(cue_core::with_exec(
         *hasher.finalize().as_bytes(),
-        cue_core::is_exec(st.mode),
+        modes && cue_core::is_exec(st.mode),
     ))
 }
 
@@ -1327,6 +1410,71 @@ mod tests {
             assert!(cue_core::is_exec(tool) && !cue_core::is_exec(data));
             assert_eq!(tool, cue_core::mode_with_exec(data, true));
         });
+    }
+
+    /// The probe: tmpfs and ext4 keep modes.
+    #[test]
+    fn a_local_folder_keeps_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(keeps_modes(dir.path()));
+        assert_eq!(
+            names_in(dir.path()),
+            Vec::<String>::new(),
+            "the probe leaves nothing"
+        );
+    }
+
+    /// Where modes are not kept, every file reads as not executable, a write sets no mode
+    /// (a `chmod` there is ignored or refused), and a file holds what the engine expects
+    /// when its bytes do, whichever bit the engine believes.
+    #[test]
+    fn a_folder_without_modes_sets_none_and_compares_bytes() {
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path();
+            let fs = WorkspaceFs::open(root).unwrap().keeping_modes(false);
+            let f = p("run.sh");
+            std::fs::write(root.join("run.sh"), b"old").unwrap();
+            std::fs::set_permissions(root.join("run.sh"), std::fs::Permissions::from_mode(0o700))
+                .unwrap();
+            assert_eq!(fs.read_file(&f).unwrap(), Some((b"old".to_vec(), false)));
+            let believed_exec = cue_core::file_hash(b"old", true);
+            assert_eq!(
+                fs.write_atomic_if(&f, b"new", Some(false), Expect::Content(believed_exec))
+                    .unwrap(),
+                Outcome::Done
+            );
+            // A file as the folder makes them (here the umask's mode; on exFAT the
+            // mount's): nothing carried over, nothing set.
+            std::fs::write(root.join("fresh"), b"").unwrap();
+            let fresh = mode_of(&root.join("fresh"));
+            std::fs::remove_file(root.join("fresh")).unwrap();
+            assert_eq!(mode_of(&root.join("run.sh")), fresh, "no mode set");
+            let believed_plain = cue_core::file_hash(b"new", false);
+            assert_eq!(
+                fs.write_atomic_if(&f, b"two", Some(true), Expect::Content(believed_plain))
+                    .unwrap(),
+                Outcome::Done
+            );
+            assert_eq!(mode_of(&root.join("run.sh")), fresh, "no mode set");
+            assert_eq!(
+                fs.write_atomic_if(&f, b"x", None, Expect::Content(believed_plain))
+                    .unwrap(),
+                Outcome::Unexpected,
+                "other bytes"
+            );
+            let mut batch = fs.batch();
+            batch
+                .stage(&p("bin/tool"), b"\x7fELF", Some(true), Expect::Absent)
+                .unwrap();
+            batch.commit().unwrap();
+            assert!(!cue_core::is_exec(mode_of(&root.join("bin/tool"))));
+            assert_eq!(
+                fs.remove_if(&f, Expect::Content(cue_core::file_hash(b"two", true)))
+                    .unwrap(),
+                Some(Outcome::Done)
+            );
+        }
     }
 
     /// A removal expects the bit too: a file made executable since is not removed.

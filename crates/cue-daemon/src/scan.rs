@@ -286,7 +286,7 @@ fn hash_file(fs: &WorkspaceFs, path: &WorkspacePath, max: u64) -> Result<Option<
         len,
         mtime_ns: st.mtime_ns,
         hash: *hasher.finalize().as_bytes(),
-        exec: cue_core::is_exec(st.mode),
+        exec: fs.is_exec(st.mode),
     })))
 }
 

@@ -320,10 +320,12 @@ impl Workspace {
         self.dir().join(CONFIG_FILE)
     }
 
-    /// The engine's settings: the config's, and whether this folder ignores case.
+    /// The engine's settings: the config's, whether this folder ignores case, and whether
+    /// it keeps Unix modes (both probed in `.cuedeck/`).
     pub fn engine_config(&self, config: &Config) -> cue_core::Config {
         cue_core::Config {
             case_insensitive: crate::fsio::ignores_case(&self.dir()),
+            modes_unkept: !crate::fsio::keeps_modes(&self.dir()),
             ..config.engine_config()
         }
     }

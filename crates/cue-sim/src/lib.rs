@@ -55,6 +55,9 @@ struct SimHost<'a> {
     refuse_writes_under: &'a BTreeSet<String>,
     append_while_replaced: &'a mut BTreeMap<String, Vec<u8>>,
     case_insensitive: bool,
+    /// The folder keeps no modes ([`World::make_modes_unkept`]): read as the daemon
+    /// reads it then, every file not executable, and no write changes a mode.
+    modes_unkept: bool,
     trace: Option<usize>,
 }
 
@@ -113,7 +116,21 @@ impl SimHost<'_> {
     /// What the disk holds at `path`, as the engine hashes it (bytes and executable bit).
     fn hash_at(&self, path: &str) -> Option<cue_core::ContentHash> {
         let bytes = self.disk.get(path)?;
-        Some(file_hash(bytes, self.exec.contains(path)))
+        Some(file_hash(bytes, self.exec_at(path)))
+    }
+
+    /// Whether the file at `path` reads as executable (never, where modes are not kept).
+    fn exec_at(&self, path: &str) -> bool {
+        !self.modes_unkept && self.exec.contains(path)
+    }
+
+    /// Whether the disk holds what the engine expects at `path`, as the daemon compares:
+    /// the bytes alone where modes are not kept.
+    fn holds(&self, path: &str, expect: Option<cue_core::ContentHash>) -> bool {
+        match (self.hash_at(path), expect) {
+            (Some(h), Some(e)) if self.modes_unkept => cue_core::same_bytes(e, h),
+            (h, e) => h == e,
+        }
     }
 
     /// A program appended to the file at `path` in the instant it was replaced or
@@ -205,10 +222,13 @@ impl carry::Host for SimHost<'_> {
         if let Some(why) = self.blocked(path) {
             return Err(why);
         }
-        if self.hash_at(path) != expect {
+        if !self.holds(path, expect) {
             return Ok(carry::Outcome::Unexpected);
         }
-        let was_exec = if exec {
+        let was_exec = if self.modes_unkept {
+            // No mode is set: the file shows the mount's.
+            self.exec.contains(path)
+        } else if exec {
             !self.exec.insert(path.to_string())
         } else {
             self.exec.remove(path)
@@ -228,7 +248,7 @@ impl carry::Host for SimHost<'_> {
         }
         match self.hash_at(path) {
             None => Ok(None),
-            Some(h) if h == expect => {
+            Some(_) if self.holds(path, Some(expect)) => {
                 let was_exec = self.exec.remove(path);
                 let removed = self.disk.remove(path).map(|b| (b, was_exec));
                 Ok(Some(self.appended_in_the_instant(path, removed)))
@@ -244,10 +264,7 @@ impl carry::Host for SimHost<'_> {
 
     fn read_file(&mut self, path: &str) -> Result<Option<(Vec<u8>, bool)>, String> {
         let path = &self.place(path);
-        Ok(self
-            .disk
-            .get(path)
-            .map(|b| (b.clone(), self.exec.contains(path))))
+        Ok(self.disk.get(path).map(|b| (b.clone(), self.exec_at(path))))
     }
 
     fn exists(&mut self, path: &str) -> Result<bool, String> {
@@ -365,6 +382,8 @@ pub struct Peer {
     pub secrets: BTreeSet<Generation>,
     /// This peer's folder ignores letter case ([`World::make_case_insensitive`]).
     pub case_insensitive: bool,
+    /// This peer's folder keeps no Unix modes ([`World::make_modes_unkept`]).
+    pub modes_unkept: bool,
 }
 
 impl Peer {
@@ -379,6 +398,7 @@ impl Peer {
             refuse_writes_under: &self.refuse_writes_under,
             append_while_replaced: &mut self.append_while_replaced,
             case_insensitive: self.case_insensitive,
+            modes_unkept: self.modes_unkept,
             trace,
         };
         (&mut self.engine, host)
@@ -459,6 +479,7 @@ impl World {
                 held: Generation::default(),
                 secrets: BTreeSet::from([Generation::default()]),
                 case_insensitive: false,
+                modes_unkept: false,
             };
             peers.push((peer, effects));
         }
@@ -580,7 +601,7 @@ impl World {
         // The watcher reports the name as the folder holds it.
         let path = place(&p.disk, p.case_insensitive, path);
         p.disk.insert(path.clone(), bytes.to_vec());
-        let exec = p.exec.contains(&path);
+        let exec = !p.modes_unkept && p.exec.contains(&path);
         self.input(
             peer,
             Input::FileChanged {
@@ -597,6 +618,19 @@ impl World {
         let Some(content) = self.peers[peer].disk.get(path).cloned() else {
             return;
         };
+        if self.peers[peer].modes_unkept {
+            // The folder takes no mode: the file reads as before, and the watcher's
+            // event (a metadata change) carries nothing new.
+            self.input(
+                peer,
+                Input::FileChanged {
+                    path: path.to_string(),
+                    content,
+                    exec: false,
+                },
+            );
+            return;
+        }
         if exec {
             self.peers[peer].exec.insert(path.to_string());
         } else {
@@ -626,7 +660,7 @@ impl World {
             inputs.push(Input::FileChanged {
                 path: path.clone(),
                 content: bytes.clone(),
-                exec: self.peers[peer].exec.contains(path),
+                exec: !self.peers[peer].modes_unkept && self.peers[peer].exec.contains(path),
             });
         }
         self.input_batch(peer, inputs);
@@ -662,7 +696,7 @@ impl World {
                     from: from.to_string(),
                     to: to.to_string(),
                     content,
-                    exec,
+                    exec: exec && !self.peers[peer].modes_unkept,
                 },
             );
         }
@@ -715,6 +749,7 @@ impl World {
         let p = &mut self.peers[peer];
         let config = Config {
             case_insensitive: p.case_insensitive,
+            modes_unkept: p.modes_unkept,
             ..self.config.clone()
         };
         p.epoch += 1;
@@ -734,6 +769,16 @@ impl World {
     /// folder finds): its engine is started again knowing it.
     pub fn make_case_insensitive(&mut self, peer: usize) {
         self.peers[peer].case_insensitive = true;
+        self.restart(peer);
+    }
+
+    /// This peer's folder keeps no Unix modes from now on (exFAT, FAT: every file shows
+    /// the mount's mode, not executable, and `chmod` does nothing), as a daemon started on
+    /// such a folder finds: its files lose their executable bits and its engine is
+    /// started again knowing it.
+    pub fn make_modes_unkept(&mut self, peer: usize) {
+        self.peers[peer].modes_unkept = true;
+        self.peers[peer].exec.clear();
         self.restart(peer);
     }
 
@@ -757,7 +802,10 @@ impl World {
         let found = carry::Found {
             files: files
                 .into_iter()
-                .map(|(path, b)| (path.clone(), file_hash(b, p.exec.contains(path))))
+                .map(|(path, b)| {
+                    let exec = !p.modes_unkept && p.exec.contains(path);
+                    (path.clone(), file_hash(b, exec))
+                })
                 .collect(),
             too_large: too_large
                 .into_iter()
@@ -903,12 +951,30 @@ impl World {
             }
             let mut live = p.engine.live_files(&mut p.store);
             live.retain(|k, _| !skipped.contains(k));
+            let unkept = p.modes_unkept;
             let disk: BTreeMap<String, [u8; 32]> = p
                 .disk
                 .iter()
                 .filter(|(k, _)| !skipped.contains(*k))
-                .map(|(k, v)| (k.clone(), file_hash(v, p.exec.contains(k))))
+                .map(|(k, v)| (k.clone(), file_hash(v, !unkept && p.exec.contains(k))))
                 .collect();
+            // Where modes are not kept the disk says nothing of the bit: the engine's
+            // documents keep it, and the bytes are compared.
+            // (Its files' bits, to compare with other peers: its documents'.)
+            let doc_exec: BTreeSet<String> = live
+                .iter()
+                .filter(|(k, l)| p.disk.get(*k).is_some_and(|v| **l == file_hash(v, true)))
+                .map(|(k, _)| k.clone())
+                .collect();
+            if unkept {
+                for (k, h) in &disk {
+                    if let Some(l) = live.get_mut(k)
+                        && cue_core::same_bytes(*l, *h)
+                    {
+                        *l = *h;
+                    }
+                }
+            }
             // A folder that ignores case may spell a folder as it was made first.
             let (live, disk) = (
                 keyed(p.case_insensitive, &live),
@@ -932,7 +998,14 @@ impl World {
                         .disk
                         .iter()
                         .filter(|(k, _)| !skipped.contains(*k))
-                        .map(|(k, v)| (k.clone(), (v.clone(), p.exec.contains(k))))
+                        .map(|(k, v)| {
+                            let exec = if unkept {
+                                doc_exec.contains(k)
+                            } else {
+                                p.exec.contains(k)
+                            };
+                            (k.clone(), (v.clone(), exec))
+                        })
                         .collect();
                     reference = Some((i, keyed(fold, &mine)))
                 }
@@ -941,7 +1014,14 @@ impl World {
                         .disk
                         .iter()
                         .filter(|(k, _)| !skipped.contains(*k))
-                        .map(|(k, v)| (k.clone(), (v.clone(), p.exec.contains(k))))
+                        .map(|(k, v)| {
+                            let exec = if unkept {
+                                doc_exec.contains(k)
+                            } else {
+                                p.exec.contains(k)
+                            };
+                            (k.clone(), (v.clone(), exec))
+                        })
                         .collect();
                     let mine = keyed(fold, &mine);
                     if *r != mine {
@@ -1032,6 +1112,11 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
     };
     config.tombstone_ms = i64::MAX / 4;
     let mut w = World::new(peers, seed, config);
+    // One schedule in five has a peer whose folder keeps no modes (exFAT): its chmods do
+    // nothing, and it must never change anyone's bit.
+    if seed % 5 == 2 {
+        w.make_modes_unkept(peers - 1);
+    }
     w.faults = Faults {
         drop: 0.05,
         duplicate: 0.05,
@@ -1196,6 +1281,26 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
             }
         }
         return Err(format!("seed {seed}: not converged: {e}"));
+    }
+    // The peer whose folder keeps no modes changed no file's bit.
+    if seed % 5 == 2 {
+        let name = w.peers[peers - 1].name.clone();
+        let paths: Vec<String> = w.peers[0].disk.keys().cloned().collect();
+        let p0 = &mut w.peers[0];
+        for path in paths {
+            let Ok(history) = p0.engine.history(&path, &mut p0.store) else {
+                continue;
+            };
+            if let Some(v) = history
+                .iter()
+                .find(|v| v.device == name && v.exec.is_some())
+            {
+                return Err(format!(
+                    "seed {seed}: {name}, whose folder keeps no modes, changed the bit of {path} ({})",
+                    v.rev
+                ));
+            }
+        }
     }
     // No lost edit: every marker not causally deleted is somewhere in the tree.
     let everything: String = w.peers[0]

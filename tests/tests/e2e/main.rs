@@ -6,6 +6,7 @@
 
 mod cli;
 mod devices;
+mod exfat;
 mod faults;
 mod fleet;
 mod history;

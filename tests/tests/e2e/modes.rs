@@ -1,8 +1,11 @@
 //! The executable bit across real daemons (docs/reference.md "Modes"): `chmod +x` and
 //! `-x` sync as git does it, no other mode bit does, and a `chmod` made while the daemon
-//! was stopped is found when it starts.
+//! was stopped is found when it starts. A folder that keeps no modes (exFAT) takes no
+//! bit from what its files show, and spreads none.
 
-use cue_e2e::{Peer, pair, wait_until};
+use cue_e2e::{Peer, Relay, pair, wait_until};
+
+use crate::exfat::Exfat;
 
 fn is_exec(peer: &Peer, rel: &str) -> bool {
     peer.mode(rel).is_some_and(|m| m & 0o100 != 0)
@@ -121,6 +124,84 @@ fn restore_at_keeps_the_executable_bit_and_history_shows_it() {
     });
     nothing_pending(&[&a, &b]);
     assert!(is_exec(&a, "run.sh") && is_exec(&b, "run.sh"));
+    a.stop();
+    b.stop();
+}
+
+/// Bob's folder is exFAT: every file reads 0600 whatever was asked (the mount's `fmask`),
+/// and `chmod` does nothing. His daemon finds it at start and never takes a bit from what
+/// his files show: alice's executable file stays executable, nothing is pending, and
+/// bob's edits reach her with the bit kept, before and after his daemon starts again.
+#[test]
+fn a_folder_that_keeps_no_modes_spreads_no_bit() {
+    let Some(exfat) = Exfat::mount() else {
+        return;
+    };
+    let relay = Relay::start();
+    let a = Peer::new("alice");
+    let b = Peer::new_in("bob", &exfat.path());
+    a.write("run.sh", "#!/bin/sh\necho hi\n");
+    a.chmod("run.sh", 0o755);
+    a.write("note.md", "hello\n");
+    a.init(&relay.url());
+    b.join(&a.invite());
+    a.start();
+    b.start();
+    wait_until("both files on bob", || {
+        b.read("run.sh").as_deref() == Some("#!/bin/sh\necho hi\n")
+            && b.read("note.md").as_deref() == Some("hello\n")
+    });
+    assert_eq!(b.mode("run.sh"), Some(0o600), "the mount's mode");
+    nothing_pending(&[&a, &b]);
+    assert_eq!(b.status().0["modes_kept"], false);
+    assert_eq!(a.status().0["modes_kept"], true);
+    assert!(
+        b.cue_ok(&["sync", "status"])
+            .contains("keeps no Unix modes")
+    );
+    let no_minus_x = |p: &Peer| {
+        let h: Vec<serde_json::Value> =
+            serde_json::from_str(&p.cue_ok(&["history", "run.sh", "--json"])).unwrap();
+        assert!(
+            h.iter().all(|v| v["mode_changed"] != "-x"),
+            "{}: {h:#?}",
+            p.name
+        );
+    };
+
+    // Bob edits: the content reaches alice, the bit stays.
+    b.write("run.sh", "#!/bin/sh\necho bye\n");
+    wait_until("bob's edit on alice", || {
+        a.read("run.sh").as_deref() == Some("#!/bin/sh\necho bye\n")
+    });
+    nothing_pending(&[&a, &b]);
+    assert!(is_exec(&a, "run.sh"));
+    assert_eq!(a.mode("run.sh"), Some(0o755));
+    no_minus_x(&a);
+
+    // Alice's edits and chmods still reach bob's documents: a -x there and an edit
+    // by bob keep it.
+    a.chmod("note.md", 0o755);
+    a.write("run.sh", "#!/bin/sh\necho again\n");
+    wait_until("alice's edit on bob", || {
+        b.read("run.sh").as_deref() == Some("#!/bin/sh\necho again\n")
+    });
+    nothing_pending(&[&a, &b]);
+    assert!(is_exec(&a, "note.md") && is_exec(&a, "run.sh"));
+
+    // Bob's daemon starts again: its scan finds every file as it left it.
+    b.stop();
+    b.start();
+    b.cue_ok(&["sync", "now", "--timeout", "30s"]);
+    b.write("note.md", "hello, from bob\n");
+    wait_until("bob's edit after his restart on alice", || {
+        a.read("note.md").as_deref() == Some("hello, from bob\n")
+    });
+    nothing_pending(&[&a, &b]);
+    assert!(is_exec(&a, "note.md") && is_exec(&a, "run.sh"));
+    no_minus_x(&a);
+    let status = b.cue_ok(&["sync", "status"]);
+    assert!(!status.contains("error"), "{status}");
     a.stop();
     b.stop();
 }

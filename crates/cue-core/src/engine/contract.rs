@@ -27,6 +27,15 @@ pub struct Config {
     /// Unicode form) for one (macOS and Windows by default, exFAT, ext4 with casefold):
     /// a file reported at any spelling of its name is that file.
     pub case_insensitive: bool,
+    /// The folder is on a filesystem that does not keep Unix modes (exFAT, FAT, some
+    /// network mounts: every file shows its mount's mode, and `chmod` is ignored or
+    /// refused), so what its files' modes say is no news. The executable bit of every
+    /// input from disk is then ignored: a save keeps the bit the document has (this
+    /// device never changes it), and the engine's beliefs about the disk are in the
+    /// document's terms. The driver reads every file as not executable and compares a
+    /// hash it read with one the engine gave as [`Engine::same_on_disk`] does (the bit
+    /// ignored), and sets no mode when it writes.
+    pub modes_unkept: bool,
 }
 
 impl Default for Config {
@@ -41,6 +50,7 @@ impl Default for Config {
             max_message_bytes: 1024 * 1024 - 4096,
             compact_after: 64,
             case_insensitive: false,
+            modes_unkept: false,
         }
     }
 }
@@ -422,6 +432,8 @@ pub struct Status {
     pub ignored: usize,
     /// Input from peers refused since the workspace began here, by kind.
     pub refused: Counters,
+    /// Whether the folder keeps Unix modes (see [`Config::modes_unkept`]).
+    pub modes_kept: bool,
 }
 
 /// Deletions held by the mass-deletion guard (docs/reference.md §3.3): `cue sync

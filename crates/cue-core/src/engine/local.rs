@@ -53,7 +53,13 @@ impl Engine {
         if !self.takes_local(path, content.len()) {
             return;
         }
-        let hash = file_hash(&content, exec);
+        // On a folder that does not keep modes the bit read is no news: the save keeps
+        // the bit the document has, and the disk is believed to hold it.
+        let exec = (!self.config.modes_unkept).then_some(exec);
+        let hash = file_hash(
+            &content,
+            exec.unwrap_or_else(|| self.believed_exec(path, store)),
+        );
         let file = match self
             .file_at(path)
             .or_else(|| self.live_file_with_path(path))
@@ -109,7 +115,7 @@ impl Engine {
                 // (When the edit was merged with other changes, the document renders to
                 // something else than `content`, and goes without it. An `Adopt`
                 // carries no mode, so an executable file goes without it too.)
-                let item = if new && !exec && doc.heads() == [hash] {
+                let item = if new && !doc.exec() && doc.heads() == [hash] {
                     Some(Item::Adopt {
                         doc: doc_id,
                         bytes: doc.automerge().save(),
@@ -278,6 +284,15 @@ impl Engine {
             self.to_reconcile.insert(f);
         }
         copy
+    }
+
+    /// The executable bit of the document of the file at `path` (of the live file meant
+    /// for it), as a folder that does not keep modes is taken to hold it; `false` for a
+    /// new file.
+    fn believed_exec(&mut self, path: &str, store: &mut dyn DocStore) -> bool {
+        self.file_at(path)
+            .or_else(|| self.live_file_with_path(path))
+            .is_some_and(|f| self.with_doc(f, store, |d| Ok(d.exec())).unwrap_or(false))
     }
 
     /// Whether `file` holds a version that was never on this disk while the disk holds

@@ -70,6 +70,7 @@ impl Engine {
             unverified: self.tail.unverified.len(),
             ignored: self.ignored.len(),
             refused: self.state.counters.clone(),
+            modes_kept: !self.config.modes_unkept,
         }
     }
 
@@ -120,6 +121,20 @@ impl Engine {
     /// file hashes to this is the driver's own write coming back.
     pub fn on_disk(&self, path: &str) -> Option<ContentHash> {
         self.files.on_disk(path)
+    }
+
+    /// Whether a file the driver read, hashed as `read`, is what the engine believes is
+    /// there (`believed`, from [`on_disk`](Self::on_disk), [`disk`](Self::disk) or a
+    /// write's expectation). Equal hashes, or on a folder that does not keep modes
+    /// ([`Config::modes_unkept`], where the driver reads every file as not executable)
+    /// the same bytes with either bit.
+    pub fn same_on_disk(&self, believed: ContentHash, read: ContentHash) -> bool {
+        believed == read || (self.config.modes_unkept && crate::ids::same_bytes(believed, read))
+    }
+
+    /// Whether the folder keeps Unix modes ([`Config::modes_unkept`]).
+    pub fn modes_kept(&self) -> bool {
+        !self.config.modes_unkept
     }
 
     /// Everything the engine believes is on disk, path → hash, in path order: the
