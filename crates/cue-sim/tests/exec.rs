@@ -4,46 +4,32 @@
 use cue_core::Config;
 use cue_sim::World;
 
-fn world(n: usize) -> World {
-    let mut w = World::new(n, 11, Config::default());
-    w.connect_all();
-    w.settle(5);
-    w
-}
-
-fn settle(w: &mut World) {
-    w.settle(10);
-    if let Err(e) = w.converged() {
-        panic!("not converged: {e}");
-    }
-}
-
 #[test]
 fn a_chmod_alone_syncs_both_ways() {
-    let mut w = world(2);
+    let mut w = World::online(2, 11);
     w.write(0, "run.sh", b"#!/bin/sh\necho hi\n");
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.is_exec(1, "run.sh"), Some(false));
     w.chmod(0, "run.sh", true);
     assert_eq!(w.status(0).pending_changes, 1, "a chmod alone is a change");
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.is_exec(1, "run.sh"), Some(true));
     assert_eq!(w.read(1, "run.sh").as_deref(), Some("#!/bin/sh\necho hi\n"));
     w.chmod(1, "run.sh", false);
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.is_exec(0, "run.sh"), Some(false));
 }
 
 #[test]
 fn concurrent_chmod_and_content_edit_both_land() {
-    let mut w = world(2);
+    let mut w = World::online(2, 11);
     w.write(0, "run.sh", b"echo one\n");
-    settle(&mut w);
+    w.settle_converged();
     w.disconnect(1);
     w.chmod(0, "run.sh", true);
     w.write(1, "run.sh", b"echo one\necho two\n");
     w.connect(1);
-    settle(&mut w);
+    w.settle_converged();
     for peer in 0..2 {
         assert_eq!(w.is_exec(peer, "run.sh"), Some(true), "peer {peer}");
         assert_eq!(
@@ -58,13 +44,13 @@ fn concurrent_chmod_and_content_edit_both_land() {
 /// refused (the disk's hash covers the bit), the chmod is merged, and both stand.
 #[test]
 fn a_chmod_not_yet_reported_is_merged_not_overwritten() {
-    let mut w = world(2);
+    let mut w = World::online(2, 11);
     w.write(0, "run.sh", b"echo one\n");
-    settle(&mut w);
+    w.settle_converged();
     // Peer 1's user runs chmod +x; the watcher has not reported it.
     w.peers[1].exec.insert("run.sh".into());
     w.write(0, "run.sh", b"echo one\necho two\n");
-    settle(&mut w);
+    w.settle_converged();
     for peer in 0..2 {
         assert_eq!(w.is_exec(peer, "run.sh"), Some(true), "peer {peer}");
         assert_eq!(
@@ -76,10 +62,10 @@ fn a_chmod_not_yet_reported_is_merged_not_overwritten() {
 
 #[test]
 fn concurrent_chmods_pick_one_bit_everywhere() {
-    let mut w = world(3);
+    let mut w = World::online(3, 11);
     w.write(0, "run.sh", b"echo\n");
     w.chmod(0, "run.sh", true);
-    settle(&mut w);
+    w.settle_converged();
     w.disconnect(1);
     w.disconnect(2);
     w.chmod(1, "run.sh", false);
@@ -87,28 +73,28 @@ fn concurrent_chmods_pick_one_bit_everywhere() {
     w.chmod(2, "run.sh", true);
     w.connect_all();
     // `converged` compares the bit on every peer.
-    settle(&mut w);
+    w.settle_converged();
 }
 
 #[test]
 fn the_bit_survives_a_rename() {
-    let mut w = world(2);
+    let mut w = World::online(2, 11);
     w.write(0, "tool.sh", b"echo\n");
     w.chmod(0, "tool.sh", true);
-    settle(&mut w);
+    w.settle_converged();
     w.rename(1, "tool.sh", "bin/tool.sh");
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.is_exec(0, "bin/tool.sh"), Some(true));
     assert_eq!(w.is_exec(0, "tool.sh"), None);
 }
 
 #[test]
 fn a_binary_files_bit_syncs() {
-    let mut w = world(2);
+    let mut w = World::online(2, 11);
     let elf = [0x7f, b'E', b'L', b'F', 0, 1, 2, 0xff];
     w.write(0, "prog", &elf);
     w.chmod(0, "prog", true);
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.is_exec(1, "prog"), Some(true));
     assert_eq!(
         w.peers[1].disk.get("prog").map(Vec::as_slice),
@@ -130,7 +116,7 @@ fn an_executable_file_reaches_a_peer_that_joins_later() {
             w.restart(0);
         }
         w.connect_all();
-        settle(&mut w);
+        w.settle_converged();
         assert_eq!(w.is_exec(1, "a.sh"), Some(true), "restart {restart}");
         assert_eq!(w.is_exec(1, "b.md"), Some(false), "restart {restart}");
         assert_eq!(w.status(1).refused.bad_documents, 0, "restart {restart}");
@@ -141,10 +127,10 @@ fn an_executable_file_reaches_a_peer_that_joins_later() {
 /// at once).
 #[test]
 fn a_file_created_executable_arrives_executable() {
-    let mut w = world(2);
+    let mut w = World::online(2, 11);
     w.peers[0].exec.insert("new.sh".into());
     w.write(0, "new.sh", b"echo\n");
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.is_exec(1, "new.sh"), Some(true));
     assert_eq!(w.status(1).refused.bad_documents, 0);
 }
@@ -152,14 +138,14 @@ fn a_file_created_executable_arrives_executable() {
 /// `chmod +x` while the daemon was stopped: the start-up scan compares the bit too.
 #[test]
 fn a_chmod_made_while_stopped_is_found_at_start_up() {
-    let mut w = world(2);
+    let mut w = World::online(2, 11);
     w.write(0, "run.sh", b"echo\n");
-    settle(&mut w);
+    w.settle_converged();
     w.disconnect(0);
     w.peers[0].exec.insert("run.sh".into());
     w.restart(0);
     w.connect(0);
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.is_exec(1, "run.sh"), Some(true));
 }
 
@@ -167,28 +153,28 @@ fn a_chmod_made_while_stopped_is_found_at_start_up() {
 /// a save that keeps the bit changes only the content.
 #[test]
 fn own_writes_of_the_bit_do_not_echo() {
-    let mut w = world(2);
+    let mut w = World::online(2, 11);
     w.write(0, "run.sh", b"echo\n");
     w.chmod(0, "run.sh", true);
-    settle(&mut w);
+    w.settle_converged();
     let pending = w.status(1).pending_changes;
     w.chmod(1, "run.sh", true);
     assert_eq!(w.status(1).pending_changes, pending);
     w.write(1, "run.sh", b"echo\necho\n");
-    settle(&mut w);
+    w.settle_converged();
     assert_eq!(w.is_exec(0, "run.sh"), Some(true));
 }
 
 /// `cue history` says which versions changed the bit.
 #[test]
 fn history_says_plus_x_and_minus_x() {
-    let mut w = world(2);
+    let mut w = World::online(2, 11);
     w.write(0, "run.sh", b"echo\n");
     w.chmod(0, "run.sh", true);
     w.write(0, "run.sh", b"echo\necho\n");
-    settle(&mut w);
+    w.settle_converged();
     w.chmod(1, "run.sh", false);
-    settle(&mut w);
+    w.settle_converged();
     let p = &mut w.peers[0];
     let h = p.engine.history("run.sh", &mut p.store).unwrap();
     let marks: Vec<Option<bool>> = h.iter().map(|v| v.exec).collect();
