@@ -236,7 +236,7 @@ impl Driver {
         })?;
         let restored = restored_from(&store)?;
         let name = ws.device_name();
-        let (engine, effects) = Engine::new(
+        let (mut engine, effects) = Engine::new(
             ws.core_device_id(),
             &name,
             epoch,
@@ -251,6 +251,8 @@ impl Driver {
                  changed from this device"
             );
         }
+        // A burst of new files (a `cp -r`) has their documents made on every core.
+        engine.set_threads(std::thread::available_parallelism().map_or(1, |n| n.get().min(4)));
         let host = DaemonHost {
             store,
             fs: WorkspaceFs::open(&ws.root)?.keeping_modes(engine.modes_kept()),

@@ -653,6 +653,11 @@ impl World {
     }
 
     /// A user saves many files at once and the watcher reports them in one batch.
+    /// Lets `peer`'s engine make new files' documents on `threads` threads.
+    pub fn set_threads(&mut self, peer: usize, threads: usize) {
+        self.peers[peer].engine.set_threads(threads);
+    }
+
     pub fn write_many(&mut self, peer: usize, files: &[(String, Vec<u8>)]) {
         let mut inputs = Vec::new();
         for (path, bytes) in files {

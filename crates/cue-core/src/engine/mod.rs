@@ -81,6 +81,9 @@ const UNWRITABLE_RETRY_MS: i64 = 60_000;
 /// Deletions from peers within this long count together for the mass-deletion guard.
 const REMOTE_GUARD_WINDOW_MS: i64 = 10_000;
 
+/// A new file's document made ahead, and what making it returned.
+type Prepared = (FileDoc, Result<Option<ChangeHash>, DocError>);
+
 #[derive(Debug)]
 pub struct Engine {
     device: DeviceId,
@@ -120,6 +123,11 @@ pub struct Engine {
     adopted: BTreeMap<FileId, Vec<u8>>,
     /// Content that came with adopted documents, until it is written to disk.
     adopted_content: BTreeMap<FileId, Vec<u8>>,
+    /// Documents of the batch's new files made ahead on other threads
+    /// (`prepare_new_files`), by path and content hash, until the batch's end.
+    prepared: BTreeMap<(String, ContentHash), Prepared>,
+    /// How many threads may make new files' documents at once (`set_threads`).
+    threads: usize,
     tail: StateTail,
     tail2: StateTail2,
     tail3: StateTail3,
@@ -254,6 +262,8 @@ impl Engine {
             live_cache: None,
             adopted: BTreeMap::new(),
             adopted_content: BTreeMap::new(),
+            prepared: BTreeMap::new(),
+            threads: 1,
             tail,
             tail2,
             tail3,
@@ -330,10 +340,22 @@ impl Engine {
     ) -> Vec<Effect> {
         self.now_ms = now_ms;
         self.pull_limits.set_time(now_ms);
+        let inputs: Vec<Input> = inputs.into_iter().collect();
+        if self.threads > 1 {
+            self.prepare_new_files(&inputs);
+        }
         for input in inputs {
             self.dispatch(input, store);
         }
+        self.prepared.clear();
         self.finish(store)
+    }
+
+    /// Lets up to `threads` threads make the documents of a batch's new files (1, the
+    /// default: none but the caller's). The documents are the same whatever the number:
+    /// each is made from its file's content, this run's actor and the batch's time alone.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
     }
 
     fn dispatch(&mut self, input: Input, store: &mut dyn DocStore) {

@@ -49,6 +49,55 @@ pub(super) fn automerge_bytes_bounded(item: &mut Item) -> Result<u64, InflateErr
     }
 }
 
+/// The index changes of one message as one item, in the place of the first: a burst of
+/// new files on a peer sends one index change per file (64 to a message), and each
+/// application of index changes reads the whole index again (`live_view`, the deletion
+/// guard), which made a burst quadratic on the receiving side (72 % of its time at 3,000
+/// files). Applied together they are checked change by change as before (the sender's
+/// own, one refused never blocking the others). An item merges only while the group's
+/// inflated size stays within one item's bound, and one that fails its own check stays
+/// as it is, so the bound and its counters see what they saw before.
+pub(super) fn coalesce_index_changes(items: Vec<Item>) -> Vec<Item> {
+    let mut out: Vec<Item> = Vec::with_capacity(items.len());
+    // Where the current group is in `out`, and its inflated size.
+    let mut group: Option<(usize, u64)> = None;
+    for item in items {
+        let Item::Changes {
+            doc: DocId::Index,
+            changes,
+        } = item
+        else {
+            out.push(item);
+            continue;
+        };
+        let mut budget = Budget::new(MAX_INFLATED_ITEM);
+        if changes.iter().any(|c| budget.measure(c).is_err()) {
+            out.push(Item::Changes {
+                doc: DocId::Index,
+                changes,
+            });
+            continue;
+        }
+        let size = budget.used();
+        match group {
+            Some((at, used)) if used.saturating_add(size) <= MAX_INFLATED_ITEM => {
+                if let Some(Item::Changes { changes: all, .. }) = out.get_mut(at) {
+                    all.extend(changes);
+                }
+                group = Some((at, used + size));
+            }
+            _ => {
+                group = Some((out.len(), size));
+                out.push(Item::Changes {
+                    doc: DocId::Index,
+                    changes,
+                });
+            }
+        }
+    }
+    out
+}
+
 impl Engine {
     pub(super) fn broadcast(&mut self, item: Item) {
         self.out_items.entry(None).or_default().push(item);
@@ -119,7 +168,7 @@ impl Engine {
             }
         };
         let mut acks: Vec<(DocId, Heads)> = Vec::new();
-        for item in msg.items {
+        for item in coalesce_index_changes(msg.items) {
             self.item(from, item, store, &mut acks);
         }
         if !acks.is_empty() {
@@ -339,5 +388,69 @@ impl Engine {
         self.state.peers.entry(peer).or_default().last_sync_ms = Some(self.now_ms);
         self.state.last_workspace_sync_ms = Some(self.now_ms);
         self.state_dirty = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::transaction::Transactable;
+
+    /// Two index changes made one after the other (the second depends on the first).
+    fn index_changes() -> Vec<Vec<u8>> {
+        let mut doc = automerge::AutoCommit::new();
+        doc.put(automerge::ROOT, "a", 1).unwrap();
+        doc.commit();
+        doc.put(automerge::ROOT, "b", 2).unwrap();
+        doc.commit();
+        doc.get_changes(&[])
+            .iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect()
+    }
+
+    fn index_item(changes: Vec<Vec<u8>>) -> Item {
+        Item::Changes {
+            doc: DocId::Index,
+            changes,
+        }
+    }
+
+    #[test]
+    fn a_messages_index_changes_are_applied_as_one_item_in_the_place_of_the_first() {
+        let c = index_changes();
+        let file = DocId::File(FileId([7; 16]));
+        let items = vec![
+            Item::Hello {
+                digest: [1; 32],
+                reply: false,
+            },
+            index_item(vec![c[0].clone()]),
+            Item::Changes {
+                doc: file,
+                changes: vec![c[0].clone()],
+            },
+            index_item(vec![c[1].clone()]),
+            // Not automerge bytes: left alone, for `item` to count as before.
+            index_item(vec![b"garbage".to_vec()]),
+        ];
+        let out = coalesce_index_changes(items);
+        assert_eq!(out.len(), 4, "{out:?}");
+        assert!(matches!(out[0], Item::Hello { .. }));
+        match &out[1] {
+            Item::Changes {
+                doc: DocId::Index,
+                changes,
+            } => assert_eq!(changes, &c),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&out[2], Item::Changes { doc, .. } if *doc == file));
+        match &out[3] {
+            Item::Changes {
+                doc: DocId::Index,
+                changes,
+            } => assert_eq!(changes, &vec![b"garbage".to_vec()]),
+            other => panic!("{other:?}"),
+        }
     }
 }
