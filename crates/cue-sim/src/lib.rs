@@ -997,38 +997,23 @@ impl World {
                         .collect::<Vec<_>>()
                 ));
             }
+            let mine: Files = p
+                .disk
+                .iter()
+                .filter(|(k, _)| !skipped.contains(*k))
+                .map(|(k, v)| {
+                    let exec = if unkept {
+                        doc_exec.contains(k)
+                    } else {
+                        p.exec.contains(k)
+                    };
+                    (k.clone(), (v.clone(), exec))
+                })
+                .collect();
+            let mine = keyed(fold, &mine);
             match &reference {
-                None => {
-                    let mine: Files = p
-                        .disk
-                        .iter()
-                        .filter(|(k, _)| !skipped.contains(*k))
-                        .map(|(k, v)| {
-                            let exec = if unkept {
-                                doc_exec.contains(k)
-                            } else {
-                                p.exec.contains(k)
-                            };
-                            (k.clone(), (v.clone(), exec))
-                        })
-                        .collect();
-                    reference = Some((i, keyed(fold, &mine)))
-                }
+                None => reference = Some((i, mine)),
                 Some((j, r)) => {
-                    let mine: Files = p
-                        .disk
-                        .iter()
-                        .filter(|(k, _)| !skipped.contains(*k))
-                        .map(|(k, v)| {
-                            let exec = if unkept {
-                                doc_exec.contains(k)
-                            } else {
-                                p.exec.contains(k)
-                            };
-                            (k.clone(), (v.clone(), exec))
-                        })
-                        .collect();
-                    let mine = keyed(fold, &mine);
                     if *r != mine {
                         let a: BTreeSet<&String> = r.keys().collect();
                         let b: BTreeSet<&String> = mine.keys().collect();
