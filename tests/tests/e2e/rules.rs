@@ -1,16 +1,42 @@
 //! The merge rules of docs/reference.md §3.1 across real daemons. Concurrency is made
 //! deterministic by editing while both daemons are stopped, then starting them again.
 
-use cue_e2e::{Peer, pair, wait_for_file, wait_until};
+use cue_e2e::{DEADLINE, Peer, pair, wait_for_file, wait_until};
 
-/// Both peers hold `rel` with equal content satisfying `cond`.
+/// Both peers hold `rel` with equal content satisfying `cond`. On a timeout the failure
+/// shows what each held last, and each device's activity log.
 fn wait_converged(a: &Peer, b: &Peer, rel: &str, what: &str, cond: impl Fn(&str) -> bool) {
-    wait_until(&format!("{rel} to converge: {what}"), || {
-        match (a.read(rel), b.read(rel)) {
-            (Some(x), Some(y)) => x == y && cond(&x),
+    let mut last = (None, None);
+    let done = cue_testkit::wait_until(&format!("{rel} to converge: {what}"), DEADLINE, || {
+        last = (a.read(rel), b.read(rel));
+        Ok(match &last {
+            (Some(x), Some(y)) => x == y && cond(x),
             _ => false,
-        }
+        })
     });
+    if let Err(e) = done {
+        let tail = |p: &Peer| {
+            let log =
+                std::fs::read_to_string(p.root().join(".cuedeck/daemon.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
+        panic!(
+            "{e}\n{}: {:?}\n{}: {:?}\n{} activity:\n{}\n{} activity:\n{}\n{} daemon:\n{}\n{} daemon:\n{}",
+            a.name,
+            last.0,
+            b.name,
+            last.1,
+            a.name,
+            a.cue_ok(&["activity", "log"]),
+            b.name,
+            b.cue_ok(&["activity", "log"]),
+            a.name,
+            tail(a),
+            b.name,
+            tail(b)
+        );
+    }
 }
 
 /// The synced files of a peer (not `.cuedeck/`), sorted.
