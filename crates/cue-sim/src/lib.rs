@@ -61,6 +61,13 @@ struct SimHost<'a> {
     trace: Option<usize>,
 }
 
+/// `n` small notes, `n0.md` … with `note 0` …: what many tests start a workspace with.
+pub fn notes(n: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| (format!("n{i}.md"), format!("note {i}\n").into_bytes()))
+        .collect()
+}
+
 /// Where `path` lands in `disk`: itself, or on a folder that ignores case (as macOS's,
 /// exFAT, ext4 with casefold) the entry already there under another spelling of it, or
 /// below the deepest folder already there under another spelling.

@@ -46,9 +46,7 @@ fn a_rename_while_the_daemon_was_stopped_is_a_rename() {
 fn most_files_missing_at_start_up_pause_deletions() {
     let mut w = World::new(2, 12, Config::default());
     w.connect_all();
-    let files: Vec<(String, Vec<u8>)> = (0..30)
-        .map(|i| (format!("n{i}.md"), format!("note {i}\n").into_bytes()))
-        .collect();
+    let files = cue_sim::notes(30);
     w.write_many(0, &files);
     w.settle_converged();
     w.disconnect(0);

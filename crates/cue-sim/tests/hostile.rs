@@ -52,9 +52,7 @@ fn empty_chunk_pieces_cannot_grow_memory_without_bound() {
 fn a_peer_deleting_most_files_at_once_is_held_and_can_be_undone() {
     let mut w = World::new(3, 22, Config::default());
     w.connect_all();
-    let files: Vec<(String, Vec<u8>)> = (0..30)
-        .map(|i| (format!("n{i}.md"), format!("note {i}\n").into_bytes()))
-        .collect();
+    let files = cue_sim::notes(30);
     w.write_many(0, &files);
     w.settle(10);
     for (p, _) in &files {
@@ -247,9 +245,7 @@ fn deliver(w: &mut World) {
 fn a_flood_of_pulls_is_answered_a_few_times_and_a_catch_up_still_completes() {
     let mut w = World::new(3, 25, Config::default());
     w.connect_all();
-    let files: Vec<(String, Vec<u8>)> = (0..20)
-        .map(|i| (format!("n{i}.md"), format!("note {i}\n").into_bytes()))
-        .collect();
+    let files = cue_sim::notes(20);
     w.write_many(0, &files);
     w.settle(5);
     w.traffic = Some(Vec::new());
@@ -303,9 +299,7 @@ fn a_flood_of_pulls_is_answered_a_few_times_and_a_catch_up_still_completes() {
 fn heavy_pulls_from_many_devices_of_one_member_are_bounded_together() {
     let mut w = World::new(2, 26, Config::default());
     w.connect_all();
-    let files: Vec<(String, Vec<u8>)> = (0..20)
-        .map(|i| (format!("n{i}.md"), format!("note {i}\n").into_bytes()))
-        .collect();
+    let files = cue_sim::notes(20);
     w.write_many(0, &files);
     w.settle(5);
     let before = w.peers[0].engine.counters().excess_pulls;

@@ -10,9 +10,7 @@ use cue_sim::rotation::record;
 fn world(n: usize, seed: u64) -> World {
     let mut w = World::new(n, seed, Config::default());
     w.connect_all();
-    let files: Vec<(String, Vec<u8>)> = (0..5)
-        .map(|i| (format!("n{i}.md"), format!("note {i}\n").into_bytes()))
-        .collect();
+    let files = cue_sim::notes(5);
     w.write_many(0, &files);
     w.settle(10);
     for i in 1..n {

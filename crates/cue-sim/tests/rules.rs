@@ -685,9 +685,7 @@ fn saves_handled_as_one_batch_end_as_the_same_saves_one_by_one() {
 #[test]
 fn pending_changes_are_kept_by_file_and_survive_a_restart() {
     let mut w = World::new(2, 5, Config::default());
-    let files: Vec<(String, Vec<u8>)> = (0..40)
-        .map(|i| (format!("n{i}.md"), format!("note {i}\n").into_bytes()))
-        .collect();
+    let files = cue_sim::notes(40);
     w.write_many(0, &files);
     w.settle(10);
     let pending = w.status(0).pending_changes;
