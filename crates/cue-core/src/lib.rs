@@ -23,6 +23,7 @@ pub mod index;
 pub mod inflate;
 pub mod overlap;
 pub mod paths;
+pub mod seal;
 pub mod textdiff;
 pub mod wire;
 

@@ -11,8 +11,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::DocId;
+use crate::seal::Seal;
 
-pub const WIRE_VERSION: u8 = 1;
+/// 2: changes travel with their authors' seals ([`Item::Sealed`]); a peer of version 1
+/// would take changes no seal reaches, so the two do not talk.
+pub const WIRE_VERSION: u8 = 2;
 
 /// Heads of a document, as raw change hashes.
 pub type Heads = Vec<[u8; 32]>;
@@ -59,6 +62,10 @@ pub enum Item {
         heads: Heads,
         content: Vec<u8>,
     },
+    /// A document's changes (`Changes`, `Whole` or `Adopt`) with the latest seal of each
+    /// device that changed it (`crate::seal`), so that the receiver can tell the changes
+    /// are their authors' whoever passes them on.
+    Sealed { seals: Vec<Seal>, item: Box<Item> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -87,7 +87,7 @@ pub fn reading_engine(ws: &Workspace) -> Result<(Engine, Store), StoreError> {
     let restored = restored_from(&store)?;
     let epoch = current_epoch(&store)?;
     let (mut engine, _effects) = Engine::new(
-        ws.core_device_id(),
+        ws.seal_key(),
         &ws.device_name(),
         epoch,
         ws.engine_config(&ws.config),
@@ -237,7 +237,7 @@ impl Driver {
         let restored = restored_from(&store)?;
         let name = ws.device_name();
         let (mut engine, effects) = Engine::new(
-            ws.core_device_id(),
+            ws.seal_key(),
             &name,
             epoch,
             ws.engine_config(config),

@@ -410,6 +410,11 @@ impl Workspace {
         cue_core::DeviceId(self.device.device_id().0)
     }
 
+    /// This device's key as the engine seals its changes with (docs/security.md).
+    pub fn seal_key(&self) -> cue_core::seal::SealKey {
+        cue_core::seal::SealKey::from_seed(&self.device.to_bytes())
+    }
+
     /// How the engine checks the admissions kept in the member list: the admission must
     /// be of the entry's device, for this workspace's room, with a valid signature
     /// (docs/protocol.md §2.6).

@@ -17,6 +17,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use cue_core::carry;
 use cue_core::paths::name_key;
+use cue_core::seal::SealKey;
+use cue_core::wire::Item;
 use cue_core::{
     Config, DeviceId, DocId, DocStore, Effect, Engine, FileId, Generation, Input, Persist,
     Restored, Status, content_hash, file_hash,
@@ -59,6 +61,35 @@ struct SimHost<'a> {
     /// reads it then, every file not executable, and no write changes a mode.
     modes_unkept: bool,
     trace: Option<usize>,
+}
+
+/// `item` (a document's changes, whole or not) sealed as the device of `key` seals its
+/// own changes (`cue_core::seal`): a seal of `epoch` naming every change of its in the
+/// item. For tests that play a member sending what it made by hand.
+pub fn seal_as(key: &SealKey, epoch: u32, item: Item) -> Item {
+    let prefix: [u8; 16] = key.device().0[..16].try_into().unwrap_or([0; 16]);
+    let changes: Vec<automerge::Change> = match &item {
+        Item::Changes { changes, .. } => changes
+            .iter()
+            .filter_map(|c| automerge::Change::from_bytes(c.clone()).ok())
+            .collect(),
+        Item::Whole { bytes, .. } | Item::Adopt { bytes, .. } => automerge::AutoCommit::load(bytes)
+            .map(|mut d| d.get_changes(&[]))
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let heads: Vec<[u8; 32]> = changes
+        .iter()
+        .filter(|c| cue_core::seal::sealing_actor(c.actor_id()).is_some_and(|(p, _)| p == prefix))
+        .map(|c| c.hash().0)
+        .collect();
+    if heads.is_empty() {
+        return item;
+    }
+    Item::Sealed {
+        seals: vec![key.seal(epoch, 1, heads)],
+        item: Box::new(item),
+    }
 }
 
 /// `n` small notes, `n0.md` … with `note 0` …: what many tests start a workspace with.
@@ -360,6 +391,8 @@ type Files = BTreeMap<String, (Vec<u8>, bool)>;
 pub struct Peer {
     pub name: String,
     pub device: DeviceId,
+    /// Its signing key (its seals; `device` is its public half).
+    pub key: SealKey,
     pub epoch: u32,
     pub engine: Engine,
     pub store: MemStore,
@@ -443,11 +476,10 @@ pub struct World {
     pub traffic: Option<Vec<(usize, usize, Vec<u8>)>>,
 }
 
-fn device_for(i: usize) -> DeviceId {
-    let mut d = [0u8; 32];
-    let h = blake3::hash(format!("sim device {i}").as_bytes());
-    d.copy_from_slice(h.as_bytes());
-    DeviceId(d)
+/// Peer `i`'s key: real ed25519, so that seals are checked as the daemon's are and a
+/// hostile peer in a test cannot make another's.
+pub fn key_for(i: usize) -> SealKey {
+    SealKey::from_seed(blake3::hash(format!("sim device {i}").as_bytes()).as_bytes())
 }
 
 impl World {
@@ -457,9 +489,10 @@ impl World {
         let mut peers = Vec::new();
         for i in 0..n {
             let name = format!("p{i}");
-            let device = device_for(i);
+            let key = key_for(i);
+            let device = key.device();
             let (mut engine, effects) = Engine::new(
-                device,
+                key.clone(),
                 &name,
                 1,
                 config.clone(),
@@ -470,6 +503,7 @@ impl World {
             let peer = Peer {
                 name,
                 device,
+                key,
                 epoch: 1,
                 engine,
                 store: MemStore::default(),
@@ -765,8 +799,14 @@ impl World {
             ..self.config.clone()
         };
         p.epoch += 1;
-        let (mut engine, effects) =
-            Engine::new(p.device, &p.name, p.epoch, config, p.store.restored(), now);
+        let (mut engine, effects) = Engine::new(
+            p.key.clone(),
+            &p.name,
+            p.epoch,
+            config,
+            p.store.restored(),
+            now,
+        );
         engine.set_rotation_check(rotation::check());
         p.engine = engine;
         self.trust_all(peer);

@@ -1,12 +1,12 @@
 //! A burst of new files: documents made ahead on other threads (`Engine::set_threads`)
 //! are the documents one thread makes, so every effect is the same.
 
-use cue_core::{Config, DeviceId, Effect, Engine, Input, Restored};
+use cue_core::{Config, Effect, Engine, Input, Restored};
 use cue_sim::{MemStore, World};
 
 fn engine(threads: usize) -> Engine {
     let (mut e, _) = Engine::new(
-        DeviceId([3; 32]),
+        cue_core::seal::SealKey::from_seed(&[3; 32]),
         "p",
         1,
         Config {

@@ -1,7 +1,7 @@
 //! A member that sends what no honest engine would: each attack is bounded, counted and
 //! leaves the rest working.
 
-use cue_core::wire::{Item, Message, encode};
+use cue_core::wire::{Item, Message, decode, encode};
 use cue_core::{Config, Input};
 use cue_sim::World;
 use cue_sim::bomb::{Kind, bomb};
@@ -191,11 +191,14 @@ fn a_forged_change_is_refused_and_the_authors_next_change_still_applies() {
     own.commit();
     let own = own.get_last_local_change().unwrap().raw_bytes().to_vec();
     let from = w.peers[2].device;
+    // Sealed as the hostile member seals its own changes (its seal cannot reach the
+    // forged one: that is another device's).
+    let item = Item::Changes {
+        doc: cue_core::DocId::File(f),
+        changes: vec![forged, own],
+    };
     let msg = encode(&Message {
-        items: vec![Item::Changes {
-            doc: cue_core::DocId::File(f),
-            changes: vec![forged, own],
-        }],
+        items: vec![cue_sim::seal_as(&w.peers[2].key, w.peers[2].epoch, item)],
     });
     w.input(1, Input::Message { from, bytes: msg });
     w.settle(5);
@@ -394,11 +397,12 @@ fn the_member_list_takes_only_admitted_or_self_written_entries() {
     let members = am.get(ROOT, "members").unwrap().unwrap().1;
     am.delete(&members, d1.to_string()).unwrap();
     let change = index.commit(0).unwrap();
+    let item = Item::Changes {
+        doc: cue_core::DocId::Index,
+        changes: vec![change.raw_bytes().to_vec()],
+    };
     let msg = encode(&Message {
-        items: vec![Item::Changes {
-            doc: cue_core::DocId::Index,
-            changes: vec![change.raw_bytes().to_vec()],
-        }],
+        items: vec![cue_sim::seal_as(&w.peers[2].key, 99, item)],
     });
     w.input(0, Input::Message { from, bytes: msg });
     // p1 learns it from p0 at the next anti-entropy round (a pull answer: relayed).
@@ -424,4 +428,69 @@ fn the_member_list_takes_only_admitted_or_self_written_entries() {
     w.settle(3);
     let m = w.peers[1].engine.members();
     assert!(m.contains_key(&d1) && !m.contains_key(&stranger), "{m:?}");
+}
+
+/// A member answers a peer's catch-up pull (where every member's changes legitimately
+/// travel) with a change forged under another member's actor and its next sequence
+/// number. No seal of the genuine author reaches the forgery: it is refused and counted,
+/// and the author's own next change (with that very sequence number) reaches everyone.
+#[test]
+fn a_change_forged_into_a_pull_answer_is_refused_and_the_authors_next_change_applies() {
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ROOT, ReadDoc};
+    let mut w = World::new(3, 27, Config::default());
+    w.connect_all();
+    w.write(0, "a.md", b"one\n");
+    w.settle(5);
+    w.converged().unwrap();
+    let (f, bytes) = only_file(&w, 2);
+    let victim_actor = cue_core::actor_for(&w.peers[0].device, w.peers[0].epoch);
+    let mut forged = AutoCommit::load(&bytes).unwrap().with_actor(victim_actor);
+    let body = forged.get(ROOT, "body").unwrap().unwrap().1;
+    forged.splice_text(&body, 0, 0, "FORGED ").unwrap();
+    forged.commit();
+    let forged = forged.get_last_local_change().unwrap().raw_bytes().to_vec();
+    // p1 is away while p2 writes a file; p0 goes away; p1 comes back and catches up
+    // from p2 alone.
+    w.disconnect(1);
+    w.write(2, "b.md", b"b\n");
+    w.settle(5);
+    w.disconnect(0);
+    w.traffic = Some(Vec::new());
+    w.connect(1);
+    let asked = |w: &World| {
+        w.traffic.iter().flatten().any(|(from, to, bytes)| {
+            (*from, *to) == (1, 2)
+                && decode(bytes).is_ok_and(|m| {
+                    m.items
+                        .iter()
+                        .any(|i| matches!(i, Item::Pull { id, .. } if *id != 0))
+                })
+        })
+    };
+    let mut steps = 0;
+    while !asked(&w) {
+        assert!(w.step() && steps < 1000, "p1 never pulled from p2");
+        steps += 1;
+    }
+    // p2's answer carries the forgery.
+    let item = Item::Changes {
+        doc: cue_core::DocId::File(f),
+        changes: vec![forged],
+    };
+    let bytes = encode(&Message { items: vec![item] });
+    let from = w.peers[2].device;
+    w.input(1, Input::Message { from, bytes });
+    w.settle(10);
+    assert_eq!(w.peers[1].engine.counters().forged_changes, 1);
+    assert_eq!(w.read(1, "a.md").as_deref(), Some("one\n"));
+    assert_eq!(w.read(1, "b.md").as_deref(), Some("b\n"));
+    // The genuine author's next change has the sequence number the forgery took.
+    w.connect(0);
+    w.write(0, "a.md", b"one\ntwo\n");
+    w.settle(10);
+    for p in 0..3 {
+        assert_eq!(w.read(p, "a.md").as_deref(), Some("one\ntwo\n"), "p{p}");
+    }
+    w.converged().unwrap();
 }

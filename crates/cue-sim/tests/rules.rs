@@ -529,10 +529,11 @@ fn a_peer_path_escaping_the_workspace_is_never_written() {
     ] {
         index.set_path(&file, bad).unwrap();
         let change = index.commit(0).unwrap();
-        let items = vec![Item::Changes {
+        let item = Item::Changes {
             doc: cue_core::DocId::Index,
             changes: vec![change.raw_bytes().to_vec()],
-        }];
+        };
+        let items = vec![cue_sim::seal_as(&w.peers[0].key, 99, item)];
         w.input(
             1,
             cue_core::Input::Message {
@@ -589,17 +590,26 @@ fn a_document_sent_with_the_wrong_content_is_corrected_from_the_document() {
     let file = FileId([7; 16]);
     index.set_path(&file, "b.md").unwrap();
     let change = index.commit(0).unwrap();
+    let key = &w.peers[0].key;
     let items = vec![
-        Item::Changes {
-            doc: DocId::Index,
-            changes: vec![change.raw_bytes().to_vec()],
-        },
-        Item::Adopt {
-            doc: DocId::File(file),
-            bytes,
-            heads,
-            content: b"a lie\n".to_vec(),
-        },
+        cue_sim::seal_as(
+            key,
+            99,
+            Item::Changes {
+                doc: DocId::Index,
+                changes: vec![change.raw_bytes().to_vec()],
+            },
+        ),
+        cue_sim::seal_as(
+            key,
+            99,
+            Item::Adopt {
+                doc: DocId::File(file),
+                bytes,
+                heads,
+                content: b"a lie\n".to_vec(),
+            },
+        ),
     ];
     let from = w.peers[0].device;
     w.input(

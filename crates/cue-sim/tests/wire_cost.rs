@@ -16,6 +16,8 @@ fn kind(item: &Item) -> &'static str {
         Item::Whole { .. } => "whole",
         Item::Adopt { .. } => "adopt",
         Item::Ack { .. } => "ack",
+        // Counted as what it seals.
+        Item::Sealed { item, .. } => kind(item),
     }
 }
 

@@ -42,13 +42,15 @@ fn apply_isolated(am: &mut automerge::AutoCommit, changes: Vec<Change>) -> u64 {
 
 /// What is to be applied of `remote` to a document `am`: its changes, or for a whole
 /// document the changes `am` lacks of it; unless `relayed`, changes `from` did not make
-/// are left out, and counted (the second value). `None` when the bytes are not a
-/// document.
+/// are left out, and so are changes under a sealing actor that no seal of its device
+/// reaches (`crate::seal`), whoever sent them: both are counted (the second value).
+/// `None` when the bytes are not a document.
 fn changes_to_apply(
     from: &DeviceId,
     relayed: bool,
     am: &mut automerge::AutoCommit,
     remote: Remote,
+    seals: &[Seal],
 ) -> Option<(Vec<Change>, u64)> {
     let changes = match remote {
         Remote::Changes(c) => c,
@@ -57,14 +59,63 @@ fn changes_to_apply(
             am.get_changes_added(&mut other)
         }
     };
-    if relayed {
-        return Some((changes, 0));
-    }
-    let (own, forged): (Vec<Change>, Vec<Change>) = changes
+    // What we hold was checked when it came (and a seal cannot reach it from here).
+    let changes: Vec<Change> = changes
         .into_iter()
-        .partition(|c| may_author(from, c.actor_id()));
-    Some((own, forged.len() as u64))
+        .filter(|c| am.get_change_meta_by_hash(&c.hash()).is_none())
+        .collect();
+    let (own, mut forged): (Vec<Change>, Vec<Change>) = changes
+        .into_iter()
+        .partition(|c| relayed || may_author(from, c.actor_id()));
+    let (sealed, unsealed) = keep_sealed(own, seals);
+    forged.extend(unsealed);
+    Some((sealed, forged.len() as u64))
 }
+
+/// `changes` parted into those whose author's seal reaches them (or that need none) and
+/// those it does not.
+pub(super) fn keep_sealed(changes: Vec<Change>, seals: &[Seal]) -> (Vec<Change>, Vec<Change>) {
+    let refused = crate::seal::unsealed(&changes, seals);
+    if refused.is_empty() {
+        return (changes, Vec::new());
+    }
+    let (mut kept, mut out) = (Vec::new(), Vec::new());
+    for (i, c) in changes.into_iter().enumerate() {
+        if refused.contains(&i) {
+            out.push(c);
+        } else {
+            kept.push(c);
+        }
+    }
+    (kept, out)
+}
+
+/// A document made of `changes` alone (those whose dependencies are among them), for a
+/// whole document that came with changes not its authors'.
+pub(super) fn rebuilt(changes: Vec<Change>, actor: ActorId) -> Result<FileDoc, DocError> {
+    let mut am = automerge::AutoCommit::new();
+    apply_isolated(&mut am, changes);
+    FileDoc::load(&am.save(), actor)
+}
+
+/// The seals among `kept` and `new` to keep for a document `am` now (the latest of each
+/// device whose changes it holds), when they changed, and those of `new` that wait for
+/// their changes.
+pub(super) fn seals_now(
+    am: &mut automerge::AutoCommit,
+    kept: &[Seal],
+    new: &[Seal],
+) -> (Option<Vec<Seal>>, Vec<Seal>) {
+    let mut seals = kept.to_vec();
+    let (changed, waiting) = crate::seal::keep_latest(&mut seals, new, |h| {
+        am.get_change_meta_by_hash(&ChangeHash(*h)).is_some()
+    });
+    (changed.then_some(seals), waiting)
+}
+
+/// Documents with seals waiting for their changes, at most: a peer cannot grow the set
+/// by sealing changes it never sends.
+const MAX_WAITING: usize = 4096;
 
 /// What [`apply_checked`] did: changes refused as forged, changes automerge refused, and
 /// the version the applied changes make up (those of them no other of them depends on).
@@ -72,6 +123,10 @@ struct Applied {
     forged: u64,
     refused: u64,
     version: Vec<ChangeHash>,
+    /// The document's seals, when those that came changed them.
+    seals: Option<Vec<Seal>>,
+    /// Seals that came before their changes.
+    waiting: Vec<Seal>,
 }
 
 /// Applies what `remote` brings to `am` (see [`changes_to_apply`], [`apply_isolated`]);
@@ -81,8 +136,10 @@ fn apply_checked(
     relayed: bool,
     am: &mut automerge::AutoCommit,
     remote: Remote,
+    seals: (&[Seal], &[Seal]),
 ) -> Option<Applied> {
-    let (changes, forged) = changes_to_apply(from, relayed, am, remote)?;
+    let (kept, new) = seals;
+    let (changes, forged) = changes_to_apply(from, relayed, am, remote, new)?;
     let deps: BTreeSet<ChangeHash> = changes.iter().flat_map(|c| c.deps().to_vec()).collect();
     let tips: Vec<ChangeHash> = changes
         .iter()
@@ -95,10 +152,13 @@ fn apply_checked(
         .into_iter()
         .filter(|h| am.get_change_meta_by_hash(h).is_some())
         .collect();
+    let (seals, waiting) = seals_now(am, kept, new);
     Some(Applied {
         forged,
         refused,
         version,
+        seals,
+        waiting,
     })
 }
 
@@ -107,6 +167,23 @@ fn apply_checked(
 const MAX_ASKED: usize = 1024;
 
 impl Engine {
+    /// The seals that came for `doc` with those that wait for their changes.
+    fn with_waiting(&self, doc: DocId, seals: &[Seal]) -> Vec<Seal> {
+        let mut all = seals.to_vec();
+        if let Some(w) = self.waiting_seals.get(&doc) {
+            all.extend(w.iter().filter(|s| !seals.contains(s)).cloned());
+        }
+        all
+    }
+
+    fn set_waiting(&mut self, doc: DocId, waiting: Vec<Seal>) {
+        if waiting.is_empty() {
+            self.waiting_seals.remove(&doc);
+        } else if self.waiting_seals.len() < MAX_WAITING || self.waiting_seals.contains_key(&doc) {
+            self.waiting_seals.insert(doc, waiting);
+        }
+    }
+
     /// Whether changes from `from` to `doc` may carry other members' changes: an answer
     /// to a pull we sent it (the catch-up under way, or a pull of that one document for
     /// missing dependencies), not a live edit, which is always its author's own.
@@ -138,21 +215,25 @@ impl Engine {
         &mut self,
         from: DeviceId,
         f: FileId,
-        bytes: Vec<u8>,
-        heads: Heads,
-        content: Vec<u8>,
+        (bytes, heads, content): (Vec<u8>, Heads, Vec<u8>),
+        seals: Vec<Seal>,
         store: &mut dyn DocStore,
     ) -> Option<Heads> {
         let known = self.files.contains(&f) || self.cache.contains_key(&f);
         if known || heads.is_empty() {
-            return self.apply_remote(from, DocId::File(f), Remote::Whole(bytes), store);
+            return self.apply_remote(from, DocId::File(f), Remote::Whole(bytes), seals, store);
         }
         // An `Adopt` carries no mode: it is sent only for files that are not executable
         // (see `whole`); a sender that lies about that is caught by `verify_adopted`.
+        // Its seals are kept as they came (each verified); whether they reach every
+        // change of the document is checked with the rest in `verify_adopted`.
+        let mut kept = Vec::new();
+        crate::seal::keep_latest(&mut kept, &seals, |_| true);
         let meta = FileMeta {
             heads: heads.clone(),
             doc_hash: Some(content_hash(&content)),
             size: content.len() as u64,
+            seals: kept,
             ..FileMeta::default()
         };
         self.files.insert(f, meta);
@@ -173,12 +254,17 @@ impl Engine {
 
     /// Check up to `budget` adopted documents against the content they came with. A
     /// document that renders to something else (a faulty or lying sender) wins: its real
-    /// heads and content replace what was believed, and the disk follows.
+    /// heads and content replace what was believed, and the disk follows. Changes in it
+    /// that their authors' seals do not reach are taken out first (as a whole document
+    /// is when it comes, see `adopt_whole`).
     pub(super) fn verify_adopted(&mut self, budget: usize, store: &mut dyn DocStore) {
         let batch: Vec<FileId> = self.tail.unverified.iter().take(budget).copied().collect();
         for f in batch {
             self.tail.unverified.remove(&f);
             self.state_dirty = true;
+            if self.files.contains(&f) {
+                self.unseal_adopted(f, store);
+            }
             let Some(believed) = self.files.get(&f).map(|m| (m.heads.clone(), m.doc_hash)) else {
                 continue;
             };
@@ -209,18 +295,61 @@ impl Engine {
         }
     }
 
-    /// Apply changes or a whole document from a peer. Returns our new heads if anything
-    /// was applied.
+    /// An adopted document whose changes its seals do not all reach is made again of
+    /// those they reach; its seals are those of the changes it holds.
+    fn unseal_adopted(&mut self, f: FileId, store: &mut dyn DocStore) {
+        let seals = self
+            .files
+            .get(&f)
+            .map(|m| m.seals.clone())
+            .unwrap_or_default();
+        let actor = self.actor.clone();
+        let r = self.with_doc(f, store, |d| {
+            let all = d.automerge().get_changes(&[]);
+            let (kept, refused) = keep_sealed(all, &seals);
+            if refused.is_empty() {
+                return Ok((None, seals_now(d.automerge(), &[], &seals).0, 0));
+            }
+            let mut doc = rebuilt(kept, actor)?;
+            let now = seals_now(doc.automerge(), &[], &seals).0;
+            let n = refused.len() as u64;
+            Ok((Some(doc), now, n))
+        });
+        let Ok((doc, now, refused)) = r else {
+            return;
+        };
+        if let Some(doc) = doc {
+            let t = self.touch();
+            self.cache.insert(f, (doc, t));
+            self.adopted.remove(&f);
+            self.state.counters.forged_changes += refused;
+            self.state_dirty = true;
+            // Stored whole again, in place of what came.
+            let compact_after = self.config.compact_after;
+            if let Some(mut m) = self.files.get_mut(&f) {
+                m.increments = compact_after;
+            }
+        }
+        let seals = now.unwrap_or_default();
+        if let Some(mut m) = self.files.get_mut(&f) {
+            m.seals = seals;
+        }
+        self.dirty.insert(f);
+    }
+
+    /// Apply changes or a whole document from a peer, with the seals that came with
+    /// them (verified). Returns our new heads if anything was applied.
     pub(super) fn apply_remote(
         &mut self,
         from: DeviceId,
         doc: DocId,
         remote: Remote,
+        seals: Vec<Seal>,
         store: &mut dyn DocStore,
     ) -> Option<Heads> {
         let (before, after, missing) = match doc {
-            DocId::Index => self.apply_to_index(from, remote, store)?,
-            DocId::File(f) => self.apply_to_file(from, f, remote, store)?,
+            DocId::Index => self.apply_to_index(from, remote, &seals, store)?,
+            DocId::File(f) => self.apply_to_file(from, f, remote, &seals, store)?,
         };
         if before != after
             && let Some(p) = self.pull.as_mut()
@@ -266,15 +395,31 @@ impl Engine {
         &mut self,
         from: DeviceId,
         remote: Remote,
+        seals: &[Seal],
         store: &mut dyn DocStore,
     ) -> Option<(Heads, Heads, bool)> {
         let before = to_heads(&self.index.heads());
         let live_before = self.live_view(store);
         let tombs_before: BTreeSet<FileId> = self.index.tombstones().into_keys().collect();
         let relayed = self.relays_for_us(from, DocId::Index);
-        let Some(applied) = apply_checked(&from, relayed, self.index.automerge(), remote) else {
+        let kept = std::mem::take(&mut self.tail5.index_seals);
+        let seals = self.with_waiting(DocId::Index, seals);
+        let applied = apply_checked(
+            &from,
+            relayed,
+            self.index.automerge(),
+            remote,
+            (&kept, &seals),
+        );
+        self.tail5.index_seals = kept;
+        let Some(mut applied) = applied else {
             return self.bad_document();
         };
+        if let Some(now) = applied.seals.take() {
+            self.tail5.index_seals = now;
+            self.state_dirty = true;
+        }
+        self.set_waiting(DocId::Index, std::mem::take(&mut applied.waiting));
         self.count_refused(&applied);
         let missing = !self.index.automerge().get_missing_deps(&[]).is_empty();
         let after = to_heads(&self.index.heads());
@@ -370,6 +515,7 @@ impl Engine {
         from: DeviceId,
         f: FileId,
         remote: Remote,
+        seals: &[Seal],
         store: &mut dyn DocStore,
     ) -> Option<(Heads, Heads, bool)> {
         let before = self
@@ -377,12 +523,18 @@ impl Engine {
             .get(&f)
             .map(|m| m.heads.clone())
             .unwrap_or_default();
-        let remote = self.adopt_whole(f, remote)?;
+        let remote = self.adopt_whole(f, remote, seals)?;
         let relayed = self.relays_for_us(from, DocId::File(f));
+        let kept = self
+            .files
+            .get(&f)
+            .map(|m| m.seals.clone())
+            .unwrap_or_default();
+        let seals = self.with_waiting(DocId::File(f), seals);
         let r = self.with_doc(f, store, |d| {
             let ours = d.heads();
             let am = d.automerge();
-            let applied = apply_checked(&from, relayed, am, remote)
+            let applied = apply_checked(&from, relayed, am, remote, (&kept, &seals))
                 .ok_or(DocError::Decode("not a document".into()))?;
             let missing = !am.get_missing_deps(&[]).is_empty();
             let after = to_heads(&am.get_heads());
@@ -391,13 +543,18 @@ impl Engine {
             let overlaps = d.overlaps(&ours, &applied.version).ok().flatten();
             Ok((after, missing, applied, overlaps))
         });
-        let Ok((after, missing, applied, overlaps)) = r else {
+        let Ok((after, missing, mut applied, overlaps)) = r else {
             // A document that failed to apply may be half-updated in memory; drop it so
             // the stored version is what counts.
             self.cache.remove(&f);
             return self.bad_document();
         };
         self.count_refused(&applied);
+        if let Some(now) = applied.seals.take() {
+            self.files.get_or_default(f).seals = now;
+            self.dirty.insert(f);
+        }
+        self.set_waiting(DocId::File(f), std::mem::take(&mut applied.waiting));
         if before != after {
             self.files.get_or_default(f);
             self.refresh_meta(f, store);
@@ -416,15 +573,43 @@ impl Engine {
 
     /// A whole document we do not have at all is taken as sent: loading it is the only
     /// cost, and its bytes are stored as they came (no merge into an empty document, no
-    /// re-encoding). What is left to apply; `None` when the bytes are not a document.
-    fn adopt_whole(&mut self, f: FileId, remote: Remote) -> Option<Remote> {
+    /// re-encoding), unless some of its changes are not their authors' (`crate::seal`):
+    /// then it is made again of the others. What is left to apply; `None` when the bytes
+    /// are not a document.
+    fn adopt_whole(&mut self, f: FileId, remote: Remote, seals: &[Seal]) -> Option<Remote> {
         match remote {
             Remote::Whole(bytes) if !self.files.contains(&f) && !self.cache.contains_key(&f) => {
-                match FileDoc::load(&bytes, self.actor.clone()) {
-                    Ok(doc) => {
+                let loaded = FileDoc::load(&bytes, self.actor.clone()).and_then(|mut doc| {
+                    let all = doc.automerge().get_changes(&[]);
+                    let (kept, refused) = keep_sealed(all, seals);
+                    if refused.is_empty() {
+                        return Ok((doc, Some(bytes), 0));
+                    }
+                    Ok((
+                        rebuilt(kept, self.actor.clone())?,
+                        None,
+                        refused.len() as u64,
+                    ))
+                });
+                match loaded {
+                    Ok((mut doc, as_sent, refused)) => {
+                        if let (Some(now), _) = seals_now(doc.automerge(), &[], seals) {
+                            self.files.get_or_default(f).seals = now;
+                        }
                         let t = self.touch();
                         self.cache.insert(f, (doc, t));
-                        self.adopted.insert(f, bytes);
+                        match as_sent {
+                            Some(bytes) => {
+                                self.adopted.insert(f, bytes);
+                            }
+                            None => {
+                                self.state.counters.forged_changes += refused;
+                                self.state_dirty = true;
+                                // Stored whole, as made here.
+                                let compact_after = self.config.compact_after;
+                                self.files.get_or_default(f).increments = compact_after;
+                            }
+                        }
                         Some(Remote::Changes(Vec::new()))
                     }
                     Err(_) => {

@@ -22,6 +22,10 @@ pub struct FileMeta {
     /// sorted). Kept here rather than in the engine's state, which is rewritten whole:
     /// there, 10,000 imported files nobody had confirmed made every save rewrite 0.8 MB.
     pub pending: Heads,
+    /// The latest seal of each device that changed this document (`crate::seal`): sent
+    /// with its changes, so that a peer they reach through another member can tell they
+    /// are their author's. Stored after the compact record (older records have none).
+    pub seals: Vec<Seal>,
 }
 
 /// The first layout of [`FileMeta`] records (before `pending`), still read.
@@ -84,13 +88,23 @@ pub(super) fn encode_meta(m: &FileMeta) -> Vec<u8> {
     };
     let mut bytes = vec![META_COMPACT];
     bytes.extend(postcard::to_allocvec(&compact).unwrap_or_default());
+    if !m.seals.is_empty() {
+        bytes.extend(postcard::to_allocvec(&m.seals).unwrap_or_default());
+    }
     bytes
 }
 
 pub(super) fn decode_meta(bytes: &[u8]) -> Option<FileMeta> {
     if let Some((&META_COMPACT, rest)) = bytes.split_first()
-        && let Ok(c) = postcard::from_bytes::<CompactMeta>(rest)
+        && let Ok((c, rest)) = postcard::take_from_bytes::<CompactMeta>(rest)
     {
+        // Seals that do not decode are lost alone: the next seal of each device brings
+        // them back, and until then only changes that reach us through others wait.
+        let seals = if rest.is_empty() {
+            Vec::new()
+        } else {
+            postcard::from_bytes::<Vec<Seal>>(rest).unwrap_or_default()
+        };
         let doc_hash = match c.doc_hash {
             StoredHash::Unknown => None,
             StoredHash::AsOnDisk => c.disk.as_ref().map(|(_, h)| *h),
@@ -107,6 +121,7 @@ pub(super) fn decode_meta(bytes: &[u8]) -> Option<FileMeta> {
             disk: c.disk,
             prev_disk_heads: c.prev_disk_heads,
             increments: c.increments,
+            seals,
         });
     }
     let old = postcard::from_bytes::<FileMetaV1>(bytes).ok()?;
@@ -119,6 +134,7 @@ pub(super) fn decode_meta(bytes: &[u8]) -> Option<FileMeta> {
         prev_disk_heads: old.prev_disk_heads,
         increments: old.increments,
         pending: Vec::new(),
+        seals: Vec::new(),
     })
 }
 
@@ -183,6 +199,13 @@ pub(super) struct LaterCounters {
     members: BTreeMap<DeviceId, String>,
 }
 
+/// Added after [`StateTail4`], stored after it in the same way: the latest seal of each
+/// device that changed the index (a file's are in its [`FileMeta`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct StateTail5 {
+    pub(super) index_seals: Vec<Seal>,
+}
+
 /// Added after [`LaterCounters`], stored after it in the same way.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(super) struct LaterCounters2 {
@@ -195,6 +218,7 @@ pub(super) fn encode_state(
     tail2: &StateTail2,
     tail3: &StateTail3,
     tail4: &StateTail4,
+    tail5: &StateTail5,
 ) -> Vec<u8> {
     let mut bytes = postcard::to_allocvec(state).unwrap_or_default();
     bytes.extend(postcard::to_allocvec(tail).unwrap_or_default());
@@ -214,11 +238,19 @@ pub(super) fn encode_state(
     };
     bytes.extend(postcard::to_allocvec(&later2).unwrap_or_default());
     bytes.extend(postcard::to_allocvec(tail4).unwrap_or_default());
+    bytes.extend(postcard::to_allocvec(tail5).unwrap_or_default());
     bytes
 }
 
 /// The state and whichever of its tails were written (older layouts end earlier).
-pub(super) type Stored = (State, StateTail, StateTail2, StateTail3, StateTail4);
+pub(super) type Stored = (
+    State,
+    StateTail,
+    StateTail2,
+    StateTail3,
+    StateTail4,
+    StateTail5,
+);
 
 pub(super) fn decode_state(bytes: &[u8]) -> Option<Stored> {
     let (state, rest) = postcard::take_from_bytes::<State>(bytes).ok()?;
@@ -228,6 +260,7 @@ pub(super) fn decode_state(bytes: &[u8]) -> Option<Stored> {
         StateTail2::default(),
         StateTail3::default(),
         StateTail4::default(),
+        StateTail5::default(),
     );
     if rest.is_empty() {
         return Some(stored);
@@ -258,9 +291,11 @@ pub(super) fn decode_state(bytes: &[u8]) -> Option<Stored> {
             if !rest.is_empty() {
                 // Notices that do not decode are lost alone, not the whole state with
                 // them: they only tell the user where to look.
-                stored.4 = postcard::take_from_bytes::<StateTail4>(rest)
-                    .map(|(tail4, _)| tail4)
-                    .unwrap_or_default();
+                if let Ok((tail4, rest)) = postcard::take_from_bytes::<StateTail4>(rest) {
+                    stored.4 = tail4;
+                    // Seals that do not decode are lost alone too (see `decode_meta`).
+                    stored.5 = postcard::from_bytes::<StateTail5>(rest).unwrap_or_default();
+                }
             }
         }
     }
@@ -291,6 +326,7 @@ pub(super) struct Decoded {
     pub(super) tail2: StateTail2,
     pub(super) tail3: StateTail3,
     pub(super) tail4: StateTail4,
+    pub(super) tail5: StateTail5,
     pub(super) metas: BTreeMap<FileId, FileMeta>,
     /// Files whose pending changes came out of an older state: stored with them, in the
     /// same transaction as the state without them.
@@ -315,7 +351,7 @@ pub(super) fn decode_restored(restored: Restored, actor: &ActorId) -> Decoded {
         }
         None => IndexDoc::new(actor.clone()),
     };
-    let (mut state, tail, mut tail2, tail3, tail4) = restored
+    let (mut state, tail, mut tail2, tail3, tail4, tail5) = restored
         .state
         .as_deref()
         .and_then(decode_state)
@@ -339,6 +375,7 @@ pub(super) fn decode_restored(restored: Restored, actor: &ActorId) -> Decoded {
         tail2,
         tail3,
         tail4,
+        tail5,
         metas,
         moved,
         older_layout,
@@ -408,6 +445,7 @@ mod tests {
             increments in any::<u32>(),
             pending_same in any::<bool>(),
             mut pending in heads(),
+            seals in prop::collection::vec((0u8..4, any::<u32>(), any::<u64>(), any::<[u8; 32]>()), 0..3),
         ) -> FileMeta {
             pending.sort_unstable();
             pending.dedup();
@@ -431,6 +469,10 @@ mod tests {
                 } else {
                     pending
                 },
+                seals: seals
+                    .into_iter()
+                    .map(|(k, epoch, n, hash)| SealKey::from_seed(&[k; 32]).seal(epoch, n, vec![hash]))
+                    .collect(),
             }
         }
     }
@@ -453,7 +495,10 @@ mod tests {
                 increments: meta.increments,
             })
             .unwrap();
-            prop_assert_eq!(decode_meta(&old), Some(FileMeta { pending: Vec::new(), ..meta }));
+            prop_assert_eq!(
+                decode_meta(&old),
+                Some(FileMeta { pending: Vec::new(), seals: Vec::new(), ..meta })
+            );
         }
     }
 
@@ -478,12 +523,19 @@ mod tests {
                 &StateTail2::default(),
                 &StateTail3::default(),
                 &StateTail4::default(),
+                &StateTail5::default(),
             )),
             index: None,
             metas: vec![(file, encode_meta(&meta))],
         };
-        let (engine, effects) =
-            Engine::new(DeviceId([1; 32]), "a", 1, Config::default(), restored, 0);
+        let (engine, effects) = Engine::new(
+            SealKey::from_seed(&[1; 32]),
+            "a",
+            1,
+            Config::default(),
+            restored,
+            0,
+        );
         assert_eq!(engine.files.get(&file).unwrap().pending, vec![[9; 32]]);
         assert!(engine.state.unconfirmed.is_empty());
         // Both go to the store at once: the record with them, the state without them.
@@ -498,7 +550,7 @@ mod tests {
             Effect::Persist(Persist::State { bytes }) => decode_state(bytes),
             _ => None,
         });
-        let (stored_state, _, tail2, _, _) = stored_state.expect("state stored");
+        let (stored_state, _, tail2, _, _, _) = stored_state.expect("state stored");
         assert!(stored_state.unconfirmed.is_empty());
         // The index's pending change, and the engine's own first one (it enters itself
         // in the member list of the new index).
@@ -523,12 +575,22 @@ mod tests {
             StateTail2::default(),
             StateTail3::default(),
         );
-        let bytes = encode_state(&parts.0, &parts.1, &parts.2, &parts.3, &tail4);
+        let tail5 = StateTail5 {
+            index_seals: vec![SealKey::from_seed(&[2; 32]).seal(3, 4, vec![[5; 32]])],
+        };
+        let bytes = encode_state(&parts.0, &parts.1, &parts.2, &parts.3, &tail4, &tail5);
         let decoded = decode_state(&bytes).expect("decodes");
+        assert_eq!(decoded.4.overlaps, vec![notice.clone()]);
+        assert_eq!(decoded.5.index_seals, tail5.index_seals);
+        // A state written before the seals existed ends before them.
+        let before_seals = &bytes[..bytes.len() - postcard::to_allocvec(&tail5).unwrap().len()];
+        let decoded = decode_state(before_seals).expect("decodes");
         assert_eq!(decoded.4.overlaps, vec![notice]);
+        assert!(decoded.5.index_seals.is_empty());
         // A state written before the notices existed ends before them.
         let empty = postcard::to_allocvec(&StateTail4::default()).unwrap();
-        let older = &bytes[..bytes.len() - postcard::to_allocvec(&tail4).unwrap().len()];
+        let older =
+            &before_seals[..before_seals.len() - postcard::to_allocvec(&tail4).unwrap().len()];
         let mut older_with_empty = older.to_vec();
         older_with_empty.extend(empty);
         assert!(decode_state(older).expect("decodes").4.overlaps.is_empty());
@@ -553,8 +615,10 @@ mod tests {
             prev_disk_heads: Vec::new(),
             increments: 0,
             pending: vec![[1; 32]],
+            seals: Vec::new(),
         };
-        let old = postcard::to_allocvec(&meta).unwrap().len();
+        // As a plain record would be (its one-byte count of seals aside).
+        let old = postcard::to_allocvec(&meta).unwrap().len() - 1;
         // Three copies of 33 bytes (a hash and its marker) left out, for a tag and three
         // one-byte markers: 160 bytes a file become 85.
         assert_eq!(encode_meta(&meta).len() + 95, old);

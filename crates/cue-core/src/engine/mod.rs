@@ -16,6 +16,7 @@ use crate::ids::{ContentHash, DeviceId, DocId, FileId, content_hash, file_hash};
 use crate::index::{ConflictKind, ConflictRecord, IndexDoc, Tombstone};
 use crate::inflate::{Budget, InflateError, MAX_INFLATED_ITEM};
 use crate::paths::{name_key, valid_path};
+use crate::seal::{Seal, SealKey};
 use crate::wire::{self, Heads, Item};
 
 mod apply;
@@ -87,6 +88,15 @@ type Prepared = (FileDoc, Result<Option<ChangeHash>, DocError>);
 #[derive(Debug)]
 pub struct Engine {
     device: DeviceId,
+    /// This device's key: it seals our changes (`crate::seal`).
+    key: SealKey,
+    /// This run's epoch (part of our actor id).
+    epoch: u32,
+    /// Seals made in this run: their order (`crate::seal::Seal::counter`).
+    seal_counter: u64,
+    /// Seals that came (verified) before the changes they name: kept until those
+    /// arrive, a few thousand documents at most (see `apply.rs`).
+    waiting_seals: BTreeMap<DocId, Vec<Seal>>,
     name: String,
     actor: ActorId,
     config: Config,
@@ -133,6 +143,7 @@ pub struct Engine {
     tail3: StateTail3,
     /// Overlapping-edit notices (see `overlaps.rs`).
     tail4: StateTail4,
+    tail5: StateTail5,
     /// The file each path was last written or removed for, so that a write that failed
     /// is taken back from the right file (cleared at each tick).
     disk_ops: BTreeMap<String, FileId>,
@@ -188,12 +199,15 @@ pub(super) fn from_heads(h: &Heads) -> Vec<ChangeHash> {
     h.iter().map(|b| ChangeHash(*b)).collect()
 }
 
-/// The actor id for a device in one run: the device id's first 16 bytes and an epoch the
-/// driver increments at every start. A crash can lose a change that was made but not
-/// stored; a new epoch means the next change can never reuse its sequence number.
+/// The actor id for a device in one run: the device id's first 16 bytes, an epoch the
+/// driver increments at every start, and the era byte that says its changes are sealed
+/// (`crate::seal`; actors made before seals end at the epoch). A crash can lose a change
+/// that was made but not stored; a new epoch means the next change can never reuse its
+/// sequence number.
 pub fn actor_for(device: &DeviceId, epoch: u32) -> ActorId {
     let mut bytes = device.0[..16].to_vec();
     bytes.extend_from_slice(&epoch.to_be_bytes());
+    bytes.push(crate::seal::SEALING_ERA);
     ActorId::from(bytes)
 }
 
@@ -206,13 +220,14 @@ impl Engine {
     /// Start an engine for `device`. `restored` is what a previous run persisted (empty
     /// for a new workspace or a join).
     pub fn new(
-        device: DeviceId,
+        key: SealKey,
         name: &str,
         epoch: u32,
         config: Config,
         restored: Restored,
         now_ms: i64,
     ) -> (Engine, Vec<Effect>) {
+        let device = key.device();
         let actor = actor_for(&device, epoch);
         let Decoded {
             index,
@@ -221,6 +236,7 @@ impl Engine {
             tail2,
             tail3,
             tail4,
+            tail5,
             metas,
             moved,
             older_layout,
@@ -228,6 +244,10 @@ impl Engine {
         let fold_case = config.case_insensitive;
         let mut engine = Engine {
             device,
+            key,
+            epoch,
+            seal_counter: 0,
+            waiting_seals: BTreeMap::new(),
             name: name.to_string(),
             actor,
             config,
@@ -268,6 +288,7 @@ impl Engine {
             tail2,
             tail3,
             tail4,
+            tail5,
             disk_ops: BTreeMap::new(),
             unwritable: BTreeMap::new(),
             replaced_versions: VecDeque::new(),

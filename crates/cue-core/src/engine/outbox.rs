@@ -106,6 +106,17 @@ impl Engine {
     /// The index's changes since it was last stored, or all of it every `compact_after`.
     fn persist_index(&mut self) -> Effect {
         self.index_dirty = false;
+        if let Some(seal) = own_seal(
+            &self.key,
+            &self.actor,
+            self.epoch,
+            &mut self.seal_counter,
+            self.index.automerge(),
+            &self.tail5.index_seals,
+        ) {
+            crate::seal::keep_latest(&mut self.tail5.index_seals, &[seal], |_| true);
+            self.state_dirty = true;
+        }
         self.index_increments += 1;
         let snapshot = self.index_increments >= self.config.compact_after;
         let bytes = if snapshot {
@@ -132,6 +143,18 @@ impl Engine {
         // sent to a new peer without loading it.
         let never_saved = self.cache.get(&f).is_some_and(|(d, _)| d.never_saved());
         let snapshot = meta.increments + 1 >= compact_after || never_saved;
+        if let Some((doc, _)) = self.cache.get_mut(&f)
+            && let Some(seal) = own_seal(
+                &self.key,
+                &self.actor,
+                self.epoch,
+                &mut self.seal_counter,
+                doc.automerge(),
+                &meta.seals,
+            )
+        {
+            crate::seal::keep_latest(&mut meta.seals, &[seal], |_| true);
+        }
         let bytes = match self.cache.get_mut(&f) {
             Some((doc, _)) if snapshot => doc.save(),
             Some((doc, _)) => doc.save_incremental(),
@@ -150,6 +173,31 @@ impl Engine {
             snapshot: snapshot && cached,
             meta: encode_meta(&meta),
         }))
+    }
+
+    /// A document's changes go with its seals (the latest of each device that changed
+    /// it, ours included), so that whoever they reach through can be told they are their
+    /// authors' (`crate::seal`).
+    fn with_seals(&self, item: Item) -> Item {
+        let doc = match &item {
+            Item::Changes { doc, .. } | Item::Whole { doc, .. } | Item::Adopt { doc, .. } => *doc,
+            _ => return item,
+        };
+        let seals = match doc {
+            DocId::Index => self.tail5.index_seals.clone(),
+            DocId::File(f) => self
+                .files
+                .get(&f)
+                .map(|m| m.seals.clone())
+                .unwrap_or_default(),
+        };
+        if seals.is_empty() {
+            return item;
+        }
+        Item::Sealed {
+            seals,
+            item: Box::new(item),
+        }
     }
 
     pub(super) fn effects(&mut self) -> Vec<Effect> {
@@ -183,6 +231,7 @@ impl Engine {
                     &self.tail2,
                     &self.tail3,
                     &self.tail4,
+                    &self.tail5,
                 ),
             }));
             self.state_dirty = false;
@@ -196,6 +245,7 @@ impl Engine {
                 // Nobody to tell; the next catch-up carries these changes.
                 continue;
             }
+            let items = items.into_iter().map(|i| self.with_seals(i)).collect();
             for bytes in wire::pack(items, max, &mut self.next_chunk_id) {
                 effects.push(Effect::Send { to, bytes });
             }
@@ -205,4 +255,52 @@ impl Engine {
         self.evict();
         effects
     }
+}
+
+/// A seal on our frontier in a document (`am`; see `crate::seal`), when we changed it
+/// since our last seal `kept` holds. Our new changes are heads when the document is
+/// stored (stored in the call that made them, before anyone could build on them). A
+/// plain edit depends on everything the document held, so it alone is our frontier; an
+/// edit of an older version (under a fork actor) may be concurrent with our latest, so
+/// it joins the frontier.
+fn own_seal(
+    key: &SealKey,
+    actor: &ActorId,
+    epoch: u32,
+    counter: &mut u64,
+    am: &mut automerge::AutoCommit,
+    kept: &[Seal],
+) -> Option<Seal> {
+    let device = key.device();
+    let prefix: [u8; 16] = device.0[..16].try_into().ok()?;
+    let before: &[[u8; 32]] = kept
+        .iter()
+        .find(|s| s.device == device)
+        .map_or(&[], |s| &s.heads);
+    let mut plain = false;
+    let mut ours = Vec::new();
+    for h in am.get_heads() {
+        let Some(meta) = am.get_change_meta_by_hash(&h) else {
+            continue;
+        };
+        if crate::seal::sealing_actor(&meta.actor).is_some_and(|(p, _)| p == prefix) {
+            plain |= meta.actor.as_ref() == actor && !before.contains(&h.0);
+            ours.push(h.0);
+        }
+    }
+    if ours.iter().all(|h| before.contains(h)) {
+        return None;
+    }
+    let mut heads = if plain { Vec::new() } else { before.to_vec() };
+    for h in ours {
+        if !heads.contains(&h) {
+            heads.push(h);
+        }
+    }
+    // More concurrent edits of older versions than a seal names: the oldest go unnamed
+    // (their changes still reach peers directly; only relays of them wait).
+    let excess = heads.len().saturating_sub(crate::seal::MAX_SEALED_HEADS);
+    heads.drain(..excess);
+    *counter += 1;
+    Some(key.seal(epoch, *counter, heads))
 }

@@ -28,6 +28,7 @@ pub(super) struct ChunkBuf {
 pub(super) fn automerge_bytes_bounded(item: &mut Item) -> Result<u64, InflateError> {
     let mut budget = Budget::new(MAX_INFLATED_ITEM);
     match item {
+        Item::Sealed { item, .. } => automerge_bytes_bounded(item),
         Item::Changes { changes, .. } => {
             let before = changes.len();
             let mut too_large = None;
@@ -62,40 +63,107 @@ pub(super) fn coalesce_index_changes(items: Vec<Item>) -> Vec<Item> {
     // Where the current group is in `out`, and its inflated size.
     let mut group: Option<(usize, u64)> = None;
     for item in items {
-        let Item::Changes {
-            doc: DocId::Index,
-            changes,
-        } = item
-        else {
-            out.push(item);
+        let Some((seals, changes)) = index_changes(item, &mut out) else {
             continue;
         };
         let mut budget = Budget::new(MAX_INFLATED_ITEM);
         if changes.iter().any(|c| budget.measure(c).is_err()) {
-            out.push(Item::Changes {
-                doc: DocId::Index,
-                changes,
-            });
+            out.push(sealed(seals, changes));
             continue;
         }
         let size = budget.used();
         match group {
             Some((at, used)) if used.saturating_add(size) <= MAX_INFLATED_ITEM => {
-                if let Some(Item::Changes { changes: all, .. }) = out.get_mut(at) {
-                    all.extend(changes);
+                let merged = match out.get_mut(at) {
+                    Some(item) => merge_into(item, seals, changes),
+                    None => Err((seals, changes)),
+                };
+                match merged {
+                    Ok(()) => group = Some((at, used + size)),
+                    Err((seals, changes)) => {
+                        group = Some((out.len(), size));
+                        out.push(sealed(seals, changes));
+                    }
                 }
-                group = Some((at, used + size));
             }
             _ => {
                 group = Some((out.len(), size));
-                out.push(Item::Changes {
-                    doc: DocId::Index,
-                    changes,
-                });
+                out.push(sealed(seals, changes));
             }
         }
     }
     out
+}
+
+/// Adds index changes and their seals to `item`, a group of them; gives them back if it
+/// is not one.
+#[allow(clippy::type_complexity)]
+fn merge_into(
+    item: &mut Item,
+    seals: Vec<Seal>,
+    changes: Vec<Vec<u8>>,
+) -> Result<(), (Vec<Seal>, Vec<Vec<u8>>)> {
+    match item {
+        Item::Sealed { seals: all, item } => match &mut **item {
+            Item::Changes { changes: c, .. } => {
+                c.extend(changes);
+                let new: Vec<Seal> = seals.into_iter().filter(|s| !all.contains(s)).collect();
+                all.extend(new);
+                Ok(())
+            }
+            _ => Err((seals, changes)),
+        },
+        Item::Changes { changes: c, .. } => {
+            let mut c = std::mem::take(c);
+            c.extend(changes);
+            *item = sealed(seals, c);
+            Ok(())
+        }
+        _ => Err((seals, changes)),
+    }
+}
+
+/// The seals and changes of an item of index changes; any other item goes to `out`.
+fn index_changes(item: Item, out: &mut Vec<Item>) -> Option<(Vec<Seal>, Vec<Vec<u8>>)> {
+    match item {
+        Item::Changes {
+            doc: DocId::Index,
+            changes,
+        } => Some((Vec::new(), changes)),
+        Item::Sealed { seals, item } => match *item {
+            Item::Changes {
+                doc: DocId::Index,
+                changes,
+            } if seals.len() <= crate::seal::MAX_SEALS => Some((seals, changes)),
+            other => {
+                out.push(Item::Sealed {
+                    seals,
+                    item: Box::new(other),
+                });
+                None
+            }
+        },
+        other => {
+            out.push(other);
+            None
+        }
+    }
+}
+
+/// Index changes with their seals, if any.
+fn sealed(seals: Vec<Seal>, changes: Vec<Vec<u8>>) -> Item {
+    let item = Item::Changes {
+        doc: DocId::Index,
+        changes,
+    };
+    if seals.is_empty() {
+        item
+    } else {
+        Item::Sealed {
+            seals,
+            item: Box::new(item),
+        }
+    }
 }
 
 impl Engine {
@@ -203,7 +271,16 @@ impl Engine {
                 return;
             }
         }
+        let (seals, item) = match item {
+            Item::Sealed { seals, item } => match self.open_seals(seals, *item) {
+                Some(opened) => opened,
+                None => return,
+            },
+            other => (Vec::new(), other),
+        };
         match item {
+            // Opened above: what is left is never sealed again (`open_seals`).
+            Item::Sealed { .. } => {}
             Item::Hello { digest, reply } => self.on_hello(from, digest, reply, store),
             Item::Pull {
                 id,
@@ -232,13 +309,16 @@ impl Engine {
                         }
                     }
                 }
-                if let Some(heads) = self.apply_remote(from, doc, Remote::Changes(decoded), store) {
+                let remote = Remote::Changes(decoded);
+                if let Some(heads) = self.apply_remote(from, doc, remote, seals, store) {
                     acks.retain(|(d, _)| *d != doc);
                     acks.push((doc, heads));
                 }
             }
             Item::Whole { doc, bytes } => {
-                if let Some(heads) = self.apply_remote(from, doc, Remote::Whole(bytes), store) {
+                if let Some(heads) =
+                    self.apply_remote(from, doc, Remote::Whole(bytes), seals, store)
+                {
                     acks.retain(|(d, _)| *d != doc);
                     acks.push((doc, heads));
                 }
@@ -250,9 +330,11 @@ impl Engine {
                 content,
             } => {
                 let adopted = match doc {
-                    DocId::File(f) => self.adopt(from, f, bytes, heads, content, store),
+                    DocId::File(f) => self.adopt(from, f, (bytes, heads, content), seals, store),
                     // The index is never adopted: every peer has one from the start.
-                    DocId::Index => self.apply_remote(from, doc, Remote::Whole(bytes), store),
+                    DocId::Index => {
+                        self.apply_remote(from, doc, Remote::Whole(bytes), seals, store)
+                    }
                 };
                 if let Some(heads) = adopted {
                     acks.retain(|(d, _)| *d != doc);
@@ -283,6 +365,44 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// The seals that came with `item` (`Item::Sealed`), those whose signature holds,
+    /// and the item. `None` (counted) for what only a faulty or hostile peer sends: seals
+    /// around anything but a document's changes, or more seals than devices could make.
+    /// A seal with a bad signature is dropped and counted; the changes it would have
+    /// reached are refused when applied.
+    fn open_seals(&mut self, seals: Vec<Seal>, item: Item) -> Option<(Vec<Seal>, Item)> {
+        let doc = match &item {
+            Item::Changes { doc, .. } | Item::Whole { doc, .. } | Item::Adopt { doc, .. } => *doc,
+            _ => {
+                self.state.counters.bad_messages += 1;
+                self.state_dirty = true;
+                return None;
+            }
+        };
+        if seals.len() > crate::seal::MAX_SEALS {
+            self.state.counters.bad_messages += 1;
+            self.state_dirty = true;
+            return None;
+        }
+        let held = match doc {
+            DocId::Index => self.tail5.index_seals.clone(),
+            DocId::File(f) => self
+                .files
+                .get(&f)
+                .map(|m| m.seals.clone())
+                .unwrap_or_default(),
+        };
+        // A seal we hold was checked when it came.
+        let (good, bad): (Vec<Seal>, Vec<Seal>) = seals
+            .into_iter()
+            .partition(|s| held.contains(s) || s.verify());
+        if !bad.is_empty() {
+            self.state.counters.forged_changes += bad.len() as u64;
+            self.state_dirty = true;
+        }
+        Some((good, item))
     }
 
     pub(super) fn on_chunk(

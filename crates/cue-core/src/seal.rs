@@ -1,0 +1,331 @@
+//! Seals: a device's signature on its latest changes to a document, so that changes can
+//! travel through other members (a pull's answer carries every member's changes) and
+//! still be known for their author's.
+//!
+//! A device's change depends, through its dependencies, on everything the device held
+//! when it made it, its own earlier changes included; change hashes cover their
+//! dependencies, so a signature on a device's latest changes (its *frontier*: its own
+//! changes that none of its own later ones depend on; usually one) vouches for every
+//! earlier change of that device. One seal per device and document is kept, the latest,
+//! and travels with the document's changes. A change under a sealing actor that no seal
+//! of its device reaches is not its author's, and is refused (docs/security.md, "Forged
+//! authorship").
+//!
+//! Actors made before seals existed (20 bytes: no era byte) are taken as they were: their
+//! devices can no longer write under them, so a forgery under one cannot block anyone's
+//! next change, only name the wrong author.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use automerge::{ActorId, Change, ChangeHash};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::DeviceId;
+
+/// The byte after the epoch in an actor made since seals exist (see [`crate::actor_for`];
+/// an edit of an older version is made under that actor with a counter after it).
+pub const SEALING_ERA: u8 = 1;
+
+const DOMAIN: &[u8] = b"cue/v1/seal\0";
+
+/// How many seals an item may carry: one per device that ever edited the document; more
+/// is refused with the item.
+pub const MAX_SEALS: usize = 256;
+/// How many changes one seal may name. A device's frontier is one change but for edits
+/// of older versions made since its last plain edit.
+pub const MAX_SEALED_HEADS: usize = 64;
+
+/// This device's signing key, for sealing its own changes.
+#[derive(Clone)]
+pub struct SealKey(SigningKey);
+
+impl SealKey {
+    /// The key from its 32-byte seed (the device key's).
+    pub fn from_seed(seed: &[u8; 32]) -> SealKey {
+        SealKey(SigningKey::from_bytes(seed))
+    }
+
+    /// The device this key is: its public key.
+    pub fn device(&self) -> DeviceId {
+        DeviceId(self.0.verifying_key().to_bytes())
+    }
+
+    /// Seals `heads`, this device's frontier in a document, as its `counter`th seal of
+    /// `epoch`.
+    pub fn seal(&self, epoch: u32, counter: u64, heads: Vec<[u8; 32]>) -> Seal {
+        let device = self.device();
+        let sig = self
+            .0
+            .sign(&signed_bytes(&device, epoch, counter, &heads))
+            .to_bytes();
+        let (a, b) = sig.split_at(32);
+        Seal {
+            device,
+            epoch,
+            counter,
+            heads,
+            sig: [
+                a.try_into().unwrap_or([0; 32]),
+                b.try_into().unwrap_or([0; 32]),
+            ],
+        }
+    }
+}
+
+impl std::fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealKey({}, <secret redacted>)", self.device())
+    }
+}
+
+/// "These are my latest changes to the document", signed by `device` as its `counter`th
+/// seal of its run `epoch` (the order in which its seals were made).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seal {
+    pub device: DeviceId,
+    pub epoch: u32,
+    pub counter: u64,
+    pub heads: Vec<[u8; 32]>,
+    /// The ed25519 signature, in two halves (serde has no 64-byte arrays).
+    pub sig: [[u8; 32]; 2],
+}
+
+fn signed_bytes(device: &DeviceId, epoch: u32, counter: u64, heads: &[[u8; 32]]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(DOMAIN.len() + 32 + 4 + 8 + 4 + 32 * heads.len());
+    m.extend_from_slice(DOMAIN);
+    m.extend_from_slice(&device.0);
+    m.extend_from_slice(&epoch.to_be_bytes());
+    m.extend_from_slice(&counter.to_be_bytes());
+    m.extend_from_slice(&(heads.len() as u32).to_be_bytes());
+    for h in heads {
+        m.extend_from_slice(h);
+    }
+    m
+}
+
+impl Seal {
+    /// Whether the signature is the device's (and the seal of a size it may have).
+    pub fn verify(&self) -> bool {
+        if self.heads.is_empty() || self.heads.len() > MAX_SEALED_HEADS {
+            return false;
+        }
+        let Ok(key) = VerifyingKey::from_bytes(&self.device.0) else {
+            return false;
+        };
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&self.sig[0]);
+        sig[32..].copy_from_slice(&self.sig[1]);
+        key.verify(
+            &signed_bytes(&self.device, self.epoch, self.counter, &self.heads),
+            &Signature::from_bytes(&sig),
+        )
+        .is_ok()
+    }
+
+    /// Whether this seal was made after `other`, a seal of the same device.
+    pub fn later_than(&self, other: &Seal) -> bool {
+        (self.epoch, self.counter) > (other.epoch, other.counter)
+    }
+
+    fn prefix(&self) -> [u8; 16] {
+        self.device.0[..16].try_into().unwrap_or([0; 16])
+    }
+}
+
+/// The device prefix and epoch of a sealing actor (see [`crate::actor_for`]); `None` for
+/// any other actor (one made before seals, or a fixed one every peer shares).
+pub fn sealing_actor(actor: &ActorId) -> Option<([u8; 16], u32)> {
+    let b = actor.to_bytes();
+    if b.len() < 21 || b[20] != SEALING_ERA {
+        return None;
+    }
+    let device: [u8; 16] = b[..16].try_into().ok()?;
+    let epoch = u32::from_be_bytes(b[16..20].try_into().ok()?);
+    Some((device, epoch))
+}
+
+/// The changes of `changes` (by index) that are under a sealing actor and that no seal of
+/// their device reaches through the dependencies among `changes`: not their author's.
+/// `seals` must have been verified. A sealed change that is not among `changes` reaches
+/// none of them (what is held already was checked when it came).
+pub fn unsealed(changes: &[Change], seals: &[Seal]) -> BTreeSet<usize> {
+    let at: BTreeMap<ChangeHash, usize> = changes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.hash(), i))
+        .collect();
+    let mut reached: BTreeSet<(usize, [u8; 16])> = BTreeSet::new();
+    for seal in seals {
+        let device = seal.prefix();
+        let mut todo: Vec<usize> = seal
+            .heads
+            .iter()
+            .filter_map(|h| at.get(&ChangeHash(*h)).copied())
+            .collect();
+        while let Some(i) = todo.pop() {
+            if !reached.insert((i, device)) {
+                continue;
+            }
+            todo.extend(changes[i].deps().iter().filter_map(|d| at.get(d).copied()));
+        }
+    }
+    changes
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| match sealing_actor(c.actor_id()) {
+            Some((device, _)) => !reached.contains(&(*i, device)),
+            None => false,
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Puts into `kept` each seal of `new` (verified) that is the latest of its device and
+/// whose changes `held` says are all in the document; returns the seals of `new` later
+/// than what is kept whose changes are not all there yet (they wait for them), and
+/// whether `kept` changed.
+pub fn keep_latest(
+    kept: &mut Vec<Seal>,
+    new: &[Seal],
+    mut held: impl FnMut(&[u8; 32]) -> bool,
+) -> (bool, Vec<Seal>) {
+    let mut changed = false;
+    let mut waiting: Vec<Seal> = Vec::new();
+    for seal in new {
+        let at = kept.iter().position(|k| k.device == seal.device);
+        if at.is_some_and(|i| !seal.later_than(&kept[i])) {
+            continue;
+        }
+        if !seal.heads.iter().all(&mut held) {
+            match waiting.iter_mut().find(|w| w.device == seal.device) {
+                Some(w) if seal.later_than(w) => *w = seal.clone(),
+                Some(_) => {}
+                None => waiting.push(seal.clone()),
+            }
+            continue;
+        }
+        match at {
+            Some(i) => kept[i] = seal.clone(),
+            None => kept.push(seal.clone()),
+        }
+        changed = true;
+    }
+    if changed {
+        kept.sort_by_key(|s| s.device);
+    }
+    waiting.retain(|w| {
+        kept.iter()
+            .find(|k| k.device == w.device)
+            .is_none_or(|k| w.later_than(k))
+    });
+    (changed, waiting)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ROOT};
+
+    fn key(n: u8) -> SealKey {
+        SealKey::from_seed(&[n; 32])
+    }
+
+    fn actor(k: &SealKey, epoch: u32) -> ActorId {
+        crate::actor_for(&k.device(), epoch)
+    }
+
+    fn edit(doc: &mut AutoCommit, v: &str) -> Change {
+        doc.put(ROOT, "k", v).unwrap();
+        doc.commit();
+        doc.get_last_local_change().unwrap()
+    }
+
+    #[test]
+    fn a_seal_verifies_for_its_device_only() {
+        let s = key(1).seal(3, 4, vec![[9; 32]]);
+        assert!(s.verify());
+        let mut other = s.clone();
+        other.device = key(2).device();
+        assert!(!other.verify());
+        let mut moved = s.clone();
+        moved.heads = vec![[8; 32]];
+        assert!(!moved.verify());
+        assert!(!key(1).seal(3, 4, Vec::new()).verify());
+    }
+
+    /// A seal on a device's latest change reaches its earlier ones through the other
+    /// members' changes between them; a change forged under its actor is reached by none.
+    #[test]
+    fn the_latest_seal_vouches_for_the_devices_earlier_changes_only() {
+        let (a, b) = (key(1), key(2));
+        let mut da = AutoCommit::new().with_actor(actor(&a, 1));
+        let a1 = edit(&mut da, "a1");
+        let mut db = da.fork().with_actor(actor(&b, 1));
+        let b1 = edit(&mut db, "b1");
+        da.merge(&mut db).unwrap();
+        let a2 = edit(&mut da, "a2");
+        // A member forges a's next change, and seals it with its own key.
+        let mut forger = da.fork().with_actor(actor(&a, 1));
+        let forged = edit(&mut forger, "forged");
+        let all = vec![a1.clone(), b1.clone(), a2.clone(), forged.clone()];
+        let seals = vec![
+            a.seal(1, 2, vec![a2.hash().0]),
+            b.seal(1, 1, vec![b1.hash().0]),
+            b.seal(1, 2, vec![forged.hash().0]),
+        ];
+        assert_eq!(unsealed(&all, &seals), BTreeSet::from([3]));
+        // Without b's seal, b's change is not b's.
+        assert_eq!(unsealed(&all, &seals[..1]), BTreeSet::from([1, 3]));
+    }
+
+    /// An edit of an older version (under the actor with a counter after it) is
+    /// concurrent with the device's latest change: a seal naming both reaches both.
+    #[test]
+    fn a_seal_of_two_concurrent_changes_reaches_both() {
+        let a = key(1);
+        let mut d = AutoCommit::new().with_actor(actor(&a, 1));
+        let a1 = edit(&mut d, "a1");
+        let a2 = edit(&mut d, "a2");
+        let mut fork_actor = actor(&a, 1).to_bytes().to_vec();
+        fork_actor.extend_from_slice(&1u64.to_be_bytes());
+        let mut fork = d
+            .fork_at(&[a1.hash()])
+            .unwrap()
+            .with_actor(ActorId::from(fork_actor));
+        let f = edit(&mut fork, "f");
+        let all = vec![a1.clone(), a2.clone(), f.clone()];
+        assert_eq!(
+            unsealed(&all, &[a.seal(1, 2, vec![a2.hash().0])]),
+            BTreeSet::from([2])
+        );
+        let both = a.seal(1, 3, vec![a2.hash().0, f.hash().0]);
+        assert!(unsealed(&all, &[both]).is_empty());
+    }
+
+    #[test]
+    fn changes_under_older_actors_need_no_seal() {
+        let mut d = AutoCommit::new().with_actor(ActorId::from(&[5u8; 20][..]));
+        let c = edit(&mut d, "x");
+        assert!(unsealed(&[c], &[]).is_empty());
+    }
+
+    #[test]
+    fn only_the_latest_held_seal_of_a_device_is_kept_and_a_later_one_waits() {
+        let a = key(1);
+        let mut kept = vec![a.seal(1, 2, vec![[2; 32]])];
+        assert_eq!(
+            keep_latest(&mut kept, &[a.seal(1, 1, vec![[1; 32]])], |_| true),
+            (false, vec![])
+        );
+        let later = a.seal(2, 1, vec![[3; 32]]);
+        assert_eq!(
+            keep_latest(&mut kept, std::slice::from_ref(&later), |_| false),
+            (false, vec![later.clone()])
+        );
+        assert_eq!(keep_latest(&mut kept, &[later], |_| true), (true, vec![]));
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].heads, vec![[3; 32]]);
+    }
+}
