@@ -494,3 +494,62 @@ fn a_change_forged_into_a_pull_answer_is_refused_and_the_authors_next_change_app
     }
     w.converged().unwrap();
 }
+
+/// A whole document with content (`Adopt`, how a first sync sends files) that holds a
+/// change forged under another member's actor: written as it came, then checked with the
+/// rest of what adopted documents are checked for; the forged change is taken out, the
+/// sender's own kept, and the disk follows.
+#[test]
+fn a_forged_change_inside_an_adopted_document_is_taken_out() {
+    use automerge::transaction::Transactable;
+    use automerge::{ROOT, ReadDoc};
+    use cue_core::index::IndexDoc;
+    use cue_core::{DocId, FileDoc, FileId};
+    let mut w = World::online(3, 28);
+    w.write(0, "a.md", b"x\n");
+    w.settle_converged();
+    // The hostile p2 makes a file of its own, then a change to it under p0's actor.
+    let own = cue_core::actor_for(&w.peers[2].device, 99);
+    let mut doc = FileDoc::new(own.clone());
+    doc.write("b.md", b"mine\n", 0).unwrap();
+    let mut am = doc.automerge().clone().with_actor(cue_core::actor_for(&w.peers[0].device, 1));
+    let body = am.get(ROOT, "body").unwrap().unwrap().1;
+    am.splice_text(&body, 0, 0, "FORGED ").unwrap();
+    am.commit();
+    let heads: Vec<[u8; 32]> = am.get_heads().iter().map(|h| h.0).collect();
+    let bytes = am.save();
+    let stored = w.peers[2].store.docs[&DocId::Index].clone();
+    let mut index = IndexDoc::load(&stored, own).unwrap();
+    let file = FileId([9; 16]);
+    index.set_path(&file, "b.md").unwrap();
+    let change = index.commit(0).unwrap();
+    let key = &w.peers[2].key;
+    let items = vec![
+        cue_sim::seal_as(
+            key,
+            99,
+            Item::Changes {
+                doc: DocId::Index,
+                changes: vec![change.raw_bytes().to_vec()],
+            },
+        ),
+        cue_sim::seal_as(
+            key,
+            99,
+            Item::Adopt {
+                doc: DocId::File(file),
+                bytes,
+                heads,
+                content: b"FORGED mine\n".to_vec(),
+            },
+        ),
+    ];
+    let from = w.peers[2].device;
+    let bytes = encode(&Message { items });
+    w.input(1, Input::Message { from, bytes });
+    w.settle_converged();
+    assert!(w.peers[1].engine.counters().forged_changes >= 1);
+    for p in 0..3 {
+        assert_eq!(w.read(p, "b.md").as_deref(), Some("mine\n"), "p{p}");
+    }
+}
