@@ -553,3 +553,37 @@ fn a_forged_change_inside_an_adopted_document_is_taken_out() {
         assert_eq!(w.read(p, "b.md").as_deref(), Some("mine\n"), "p{p}");
     }
 }
+
+/// One message of many items, each just under the inflation bound: the sender's budget
+/// of inflated bytes lets a few go to automerge at once and the rest wait for later
+/// ticks (in order), so the receiver's main loop is never held for all of them, others'
+/// edits keep arriving meanwhile, and every item is handled in the end.
+#[test]
+fn a_message_of_many_large_items_is_handled_a_few_at_a_time() {
+    let mut w = World::online(3, 29);
+    w.write(0, "a.md", b"x\n");
+    w.settle_converged();
+    let from = w.peers[2].device;
+    let items: Vec<Item> = (0..8u8)
+        .map(|i| Item::Whole {
+            doc: cue_core::DocId::File(cue_core::FileId([0xb0 + i; 16])),
+            bytes: bomb(Kind::Document, 40),
+        })
+        .collect();
+    let bytes = encode(&Message { items });
+    let before = w.peers[1].engine.counters().bad_documents;
+    w.input(1, Input::Message { from, bytes });
+    let handled = |w: &World| w.peers[1].engine.counters().bad_documents - before;
+    // 128 MiB at once: three items of 40 MiB.
+    assert_eq!(handled(&w), 3);
+    // Another member's edit is not held up.
+    w.write(0, "a.md", b"x\ny\n");
+    w.settle(1);
+    assert_eq!(w.read(1, "a.md").as_deref(), Some("x\ny\n"));
+    // Then 64 MiB a second: the other five within a few seconds.
+    for _ in 0..10 {
+        w.advance(1_000);
+    }
+    assert_eq!(handled(&w), 8);
+    assert_eq!(w.peers[1].engine.counters().oversized_items, 0);
+}

@@ -32,6 +32,7 @@ mod local;
 mod members;
 mod outbox;
 mod overlaps;
+mod pace;
 mod peers;
 mod pull;
 mod rotation;
@@ -46,6 +47,7 @@ pub use history::{Exported, HistoryError, REV_DIGITS, Version};
 pub use layout::FileMeta;
 use layout::*;
 use limit::{DeferredPull, PullLimiter};
+use pace::Pacer;
 use members::Check;
 pub use members::{ADMISSION_PREFIX, AdmissionCheck};
 use overlaps::StateTail4;
@@ -168,6 +170,8 @@ pub struct Engine {
     asked: BTreeMap<(DeviceId, DocId), i64>,
     /// How often each peer's pulls are answered (see `limit.rs`).
     pull_limits: PullLimiter,
+    /// How fast each peer's automerge bytes go to automerge (see `pace.rs`).
+    pacer: Pacer,
     /// Heavy pulls waiting for their asker's allowance, the latest per asker.
     deferred_pulls: BTreeMap<DeviceId, DeferredPull>,
     /// The order of the pulls put to wait ([`DeferredPull::queued`]).
@@ -299,6 +303,7 @@ impl Engine {
             recent_remote_deletions: Vec::new(),
             asked: BTreeMap::new(),
             pull_limits: PullLimiter::new(),
+            pacer: Pacer::new(),
             deferred_pulls: BTreeMap::new(),
             deferred_queue: 0,
             admission_check: None,
@@ -361,6 +366,7 @@ impl Engine {
     ) -> Vec<Effect> {
         self.now_ms = now_ms;
         self.pull_limits.set_time(now_ms);
+        self.pacer.set_time(now_ms);
         let inputs: Vec<Input> = inputs.into_iter().collect();
         if self.threads > 1 {
             self.prepare_new_files(&inputs);

@@ -42,6 +42,7 @@ impl Engine {
             self.pull = None;
         }
         self.answer_deferred_pulls(store);
+        self.release_waiting(store);
         self.maybe_pull(store);
         let expired = self.expired_tombstones();
         let mut purged = false;

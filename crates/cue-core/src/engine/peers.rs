@@ -24,11 +24,11 @@ pub(super) struct ChunkBuf {
 /// or a whole document) inflate to at most [`MAX_INFLATED_ITEM`], before automerge, which
 /// inflates without a bound, sees them (see `crate::inflate`). Changes that are not
 /// automerge chunks are taken out of the item (returned as a count: they are bad
-/// changes); any other refusal is for the whole item.
-pub(super) fn automerge_bytes_bounded(item: &mut Item) -> Result<u64, InflateError> {
+/// changes), with what the rest inflate to; any other refusal is for the whole item.
+pub(super) fn automerge_bytes_bounded(item: &mut Item) -> Result<(u64, u64), InflateError> {
     let mut budget = Budget::new(MAX_INFLATED_ITEM);
-    match item {
-        Item::Sealed { item, .. } => automerge_bytes_bounded(item),
+    let bad = match item {
+        Item::Sealed { item, .. } => return automerge_bytes_bounded(item),
         Item::Changes { changes, .. } => {
             let before = changes.len();
             let mut too_large = None;
@@ -41,13 +41,17 @@ pub(super) fn automerge_bytes_bounded(item: &mut Item) -> Result<u64, InflateErr
                 Err(_) => false,
             });
             match too_large {
-                Some(e) => Err(e),
-                None => Ok((before - changes.len()) as u64),
+                Some(e) => return Err(e),
+                None => (before - changes.len()) as u64,
             }
         }
-        Item::Whole { bytes, .. } | Item::Adopt { bytes, .. } => budget.measure(bytes).map(|()| 0),
-        _ => Ok(0),
-    }
+        Item::Whole { bytes, .. } | Item::Adopt { bytes, .. } => {
+            budget.measure(bytes)?;
+            0
+        }
+        _ => 0,
+    };
+    Ok((bad, budget.used()))
 }
 
 /// The index changes of one message as one item, in the place of the first: a burst of
@@ -252,11 +256,12 @@ impl Engine {
         acks: &mut Vec<(DocId, Heads)>,
     ) {
         let mut item = item;
-        match automerge_bytes_bounded(&mut item) {
-            Ok(0) => {}
-            Ok(bad) => {
+        let inflated = match automerge_bytes_bounded(&mut item) {
+            Ok((0, inflated)) => inflated,
+            Ok((bad, inflated)) => {
                 self.state.counters.bad_changes += bad;
                 self.state_dirty = true;
+                inflated
             }
             Err(e) => {
                 // automerge would inflate these without a bound, or could not read them:
@@ -270,7 +275,18 @@ impl Engine {
                 self.state_dirty = true;
                 return;
             }
-        }
+        };
+        self.paced_item(from, item, inflated, store, acks);
+    }
+
+    /// Handles an item that was checked (`item`) and whose time has come (`pace.rs`).
+    pub(super) fn item_now(
+        &mut self,
+        from: DeviceId,
+        item: Item,
+        store: &mut dyn DocStore,
+        acks: &mut Vec<(DocId, Heads)>,
+    ) {
         let (seals, item) = match item {
             Item::Sealed { seals, item } => match self.open_seals(seals, *item) {
                 Some(opened) => opened,

@@ -1,0 +1,207 @@
+//! How fast a peer's automerge bytes are handed to automerge. Each item is bounded
+//! (`MAX_INFLATED_ITEM`, measured before automerge sees it), but a message may hold many
+//! items: fifteen just under the bound in one 1 MB message held the main loop 1.4–2.6 s
+//! (docs/benchmarks.md, "An engine under a decompression bomb"). So each sender also has
+//! a budget of inflated bytes over time ([`BURST_MIB`] at once, then [`MIB_PER_SECOND`]):
+//! an item over it waits, with everything the sender sends after it (order is kept: a
+//! pull's end comes after its answer), and is handled when the budget has room again, at
+//! a later tick. Nothing is refused for being large: honest messages can inflate far past
+//! any fixed bound (files of zeros compress a thousandfold), they only wait.
+//!
+//! What waits is bounded too ([`MAX_WAITING_BYTES`] of a sender's items as they came,
+//! [`MAX_WAITING_ALL_BYTES`] for everyone): past that an item is dropped and counted
+//! (`oversized_items`), and anti-entropy brings what an honest peer meant later.
+//!
+//! governor's GCRA, keyed by sender, on the engine's clock (as `limit.rs`).
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::BuildHasherDefault;
+use std::num::NonZeroU32;
+
+use governor::clock::{Clock, FakeRelativeClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::HashMapStateStore;
+use governor::{Quota, RateLimiter};
+
+use super::*;
+
+/// Inflated MiB a sender's items may cost at once (two items at the bound)...
+pub(super) const BURST_MIB: u32 = 128;
+/// ... and then each second.
+pub(super) const MIB_PER_SECOND: u32 = 64;
+/// A sender's waiting items, as they came (compressed), at most.
+pub(super) const MAX_WAITING_BYTES: usize = 32 << 20;
+/// Everyone's waiting items, at most.
+pub(super) const MAX_WAITING_ALL_BYTES: usize = 128 << 20;
+
+type Limiter = RateLimiter<
+    DeviceId,
+    HashMapStateStore<DeviceId, BuildHasherDefault<DefaultHasher>>,
+    FakeRelativeClock,
+    NoOpMiddleware<<FakeRelativeClock as Clock>::Instant>,
+>;
+
+/// An item waiting for its sender's budget: its cost in inflated MiB, its size as it
+/// came, the item.
+type Waiting = (u32, usize, Item);
+
+pub(super) struct Pacer {
+    clock: FakeRelativeClock,
+    at_ms: Option<i64>,
+    limiter: Limiter,
+    waiting: BTreeMap<DeviceId, VecDeque<Waiting>>,
+    /// Bytes waiting, by sender and in all.
+    bytes: BTreeMap<DeviceId, usize>,
+    all_bytes: usize,
+}
+
+impl std::fmt::Debug for Pacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pacer")
+            .field("waiting", &self.waiting.len())
+            .field("all_bytes", &self.all_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an item weighs in the waiting bound: its automerge bytes and content as they came.
+fn size(item: &Item) -> usize {
+    match item {
+        Item::Changes { changes, .. } => changes.iter().map(Vec::len).sum(),
+        Item::Whole { bytes, .. } => bytes.len(),
+        Item::Adopt { bytes, content, .. } => bytes.len() + content.len(),
+        Item::Sealed { item, seals } => size(item) + seals.len() * 200,
+        Item::Pull { entries, .. } | Item::Ack { entries } => entries.len() * 64,
+        _ => 64,
+    }
+}
+
+impl Pacer {
+    pub(super) fn new() -> Pacer {
+        let nz = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        let clock = FakeRelativeClock::default();
+        let quota = Quota::per_second(nz(MIB_PER_SECOND)).allow_burst(nz(BURST_MIB));
+        Pacer {
+            limiter: RateLimiter::hashmap_with_clock_and_hasher(
+                quota,
+                clock.clone(),
+                BuildHasherDefault::default(),
+            ),
+            clock,
+            at_ms: None,
+            waiting: BTreeMap::new(),
+            bytes: BTreeMap::new(),
+            all_bytes: 0,
+        }
+    }
+
+    /// Moves the clock to the engine's time (never back).
+    pub(super) fn set_time(&mut self, now_ms: i64) {
+        match self.at_ms {
+            Some(t) if now_ms > t => {
+                self.clock
+                    .advance(std::time::Duration::from_millis(now_ms.abs_diff(t)));
+                self.at_ms = Some(now_ms);
+            }
+            Some(_) => {}
+            None => self.at_ms = Some(now_ms),
+        }
+    }
+
+    /// Whether an item of `from` costing `mib` must wait (taking from the budget if
+    /// not): anything does while earlier items of its wait.
+    fn must_wait(&mut self, from: &DeviceId, mib: u32) -> bool {
+        if self.waiting.contains_key(from) {
+            return true;
+        }
+        !self.take(from, mib)
+    }
+
+    fn take(&mut self, from: &DeviceId, mib: u32) -> bool {
+        match NonZeroU32::new(mib) {
+            None => true,
+            // An item never costs more than the burst (it is bounded), so capacity is
+            // never short; if it ever were, the item goes now rather than never.
+            Some(n) => !matches!(self.limiter.check_key_n(from, n), Ok(Err(_))),
+        }
+    }
+
+    /// Puts an item to wait; false (nothing kept) past the bounds.
+    fn wait(&mut self, from: DeviceId, mib: u32, item: Item) -> bool {
+        let n = size(&item);
+        let mine = self.bytes.get(&from).copied().unwrap_or(0);
+        if mine + n > MAX_WAITING_BYTES || self.all_bytes + n > MAX_WAITING_ALL_BYTES {
+            return false;
+        }
+        self.bytes.insert(from, mine + n);
+        self.all_bytes += n;
+        self.waiting.entry(from).or_default().push_back((mib, n, item));
+        true
+    }
+
+    /// The next waiting item of `from` whose cost the budget has room for now.
+    fn next(&mut self, from: &DeviceId) -> Option<Item> {
+        let (mib, _, _) = self.waiting.get(from)?.front()?;
+        let mib = *mib;
+        if !self.take(from, mib) {
+            return None;
+        }
+        let queue = self.waiting.get_mut(from)?;
+        let (_, n, item) = queue.pop_front()?;
+        if queue.is_empty() {
+            self.waiting.remove(from);
+        }
+        if let Some(b) = self.bytes.get_mut(from) {
+            *b = b.saturating_sub(n);
+            if *b == 0 {
+                self.bytes.remove(from);
+            }
+        }
+        self.all_bytes = self.all_bytes.saturating_sub(n);
+        Some(item)
+    }
+
+    fn senders(&self) -> Vec<DeviceId> {
+        self.waiting.keys().copied().collect()
+    }
+}
+
+impl Engine {
+    /// Handles `item` of `from` now, or puts it to wait for the sender's budget (see the
+    /// module docs). `inflated` is what its automerge bytes inflate to.
+    pub(super) fn paced_item(
+        &mut self,
+        from: DeviceId,
+        item: Item,
+        inflated: u64,
+        store: &mut dyn DocStore,
+        acks: &mut Vec<(DocId, Heads)>,
+    ) {
+        // Pieces of a chunked item are handled at once: they are bounded on their own,
+        // and the item they make comes back here whole.
+        if matches!(item, Item::Chunk { .. }) {
+            return self.item_now(from, item, store, acks);
+        }
+        let mib = u32::try_from(inflated.div_ceil(1 << 20)).unwrap_or(u32::MAX);
+        if !self.pacer.must_wait(&from, mib) {
+            return self.item_now(from, item, store, acks);
+        }
+        if !self.pacer.wait(from, mib, item) {
+            self.state.counters.oversized_items += 1;
+            self.state_dirty = true;
+        }
+    }
+
+    /// Handles the waiting items whose senders' budgets have room again, in order.
+    pub(super) fn release_waiting(&mut self, store: &mut dyn DocStore) {
+        for from in self.pacer.senders() {
+            let mut acks = Vec::new();
+            while let Some(item) = self.pacer.next(&from) {
+                self.item_now(from, item, store, &mut acks);
+            }
+            if !acks.is_empty() {
+                self.send(from, Item::Ack { entries: acks });
+            }
+        }
+    }
+}
