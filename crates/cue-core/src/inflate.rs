@@ -36,21 +36,34 @@ pub enum InflateError {
 }
 
 /// A running total of inflated bytes against a limit, shared by the byte strings of one
-/// item.
+/// item, and of the operations they claim.
 #[derive(Debug, Clone)]
 pub struct Budget {
     used: u64,
     limit: u64,
+    ops: u64,
 }
 
 impl Budget {
     pub fn new(limit: u64) -> Budget {
-        Budget { used: 0, limit }
+        Budget {
+            used: 0,
+            limit,
+            ops: 0,
+        }
     }
 
     /// Bytes counted so far.
     pub fn used(&self) -> u64 {
         self.used
+    }
+
+    /// Operations the chunks counted so far claim: the rows of their op columns, as
+    /// their action column's run-length encoding says. automerge reserves memory for
+    /// every claimed operation when it loads a document (a run says "N times" in a few
+    /// bytes, so no inflation bound sees it): the caller bounds this too.
+    pub fn ops(&self) -> u64 {
+        self.ops
     }
 
     fn add(&mut self, n: u64) -> Result<(), InflateError> {
@@ -78,8 +91,16 @@ impl Budget {
             let data = r.take_u64(len)?;
             match kind {
                 0 => self.document(data)?,
-                1 => self.add(data.len() as u64)?,
-                2 => self.inflate(data)?,
+                1 => {
+                    self.add(data.len() as u64)?;
+                    self.change_ops(data)?
+                }
+                // A compressed change: its body inflated within the bound (and counted),
+                // then read as an uncompressed one.
+                2 => {
+                    let body = self.inflate_into(data)?;
+                    self.change_ops(&body)?
+                }
                 3 => self.bundle(data)?,
                 _ => return Err(InflateError::Malformed("chunk type")),
             }
@@ -96,7 +117,7 @@ impl Budget {
         let changes = r.columns()?;
         let ops = r.columns()?;
         self.columns(&mut r, &changes)?;
-        self.columns(&mut r, &ops)?;
+        self.op_columns(&mut r, &ops, true)?;
         self.add(r.0.len() as u64)
     }
 
@@ -109,8 +130,53 @@ impl Budget {
         let changes = r.columns()?;
         self.columns(&mut r, &changes)?;
         let ops = r.columns()?;
-        self.columns(&mut r, &ops)?;
+        self.op_columns(&mut r, &ops, true)?;
         self.add(r.0.len() as u64)
+    }
+
+    /// Op columns, their rows counted (see [`Budget::ops`]), and with `measure` their
+    /// bytes too, as `columns` does.
+    fn op_columns(
+        &mut self,
+        r: &mut Reader<'_>,
+        cols: &[(u32, u64)],
+        measure: bool,
+    ) -> Result<(), InflateError> {
+        for &(spec, len) in cols {
+            let data = r.take_u64(len)?;
+            let compressed = spec & DEFLATE_BIT != 0;
+            if measure && compressed {
+                self.inflate(data)?;
+            } else if measure {
+                self.add(data.len() as u64)?;
+            }
+            if spec & !DEFLATE_BIT == ACTION_COLUMN {
+                let rows = if compressed {
+                    rle_rows(flate2::bufread::DeflateDecoder::new(data))
+                } else {
+                    rle_rows(data)
+                }?;
+                self.ops = self.ops.saturating_add(rows);
+            }
+        }
+        Ok(())
+    }
+
+    /// The operations of an uncompressed change chunk (its bytes are counted by the
+    /// caller): its header, then op column metadata and columns.
+    fn change_ops(&mut self, data: &[u8]) -> Result<(), InflateError> {
+        let mut r = Reader(data);
+        r.hashes()?; // dependencies
+        let actor = r.uleb()?;
+        r.take_u64(actor)?;
+        r.uleb()?; // sequence number
+        r.uleb()?; // start op
+        r.uleb()?; // time (signed, as a LEB it reads the same)
+        let message = r.uleb()?;
+        r.take_u64(message)?;
+        r.actors()?; // other actors
+        let ops = r.columns()?;
+        self.op_columns(&mut r, &ops, false)
     }
 
     fn columns(&mut self, r: &mut Reader<'_>, cols: &[(u32, u64)]) -> Result<(), InflateError> {
@@ -138,6 +204,75 @@ impl Budget {
             }
         }
     }
+}
+
+impl Budget {
+    /// Inflates `data` into memory, counting, within what is left of the budget.
+    fn inflate_into(&mut self, data: &[u8]) -> Result<Vec<u8>, InflateError> {
+        let left = self.limit.saturating_sub(self.used);
+        let mut out = Vec::new();
+        let decoder = flate2::bufread::DeflateDecoder::new(data);
+        decoder
+            .take(left.saturating_add(1))
+            .read_to_end(&mut out)
+            .map_err(|_| InflateError::BadDeflate)?;
+        self.add(out.len() as u64)?;
+        Ok(out)
+    }
+}
+
+/// The action column of an op column set (id 4, unsigned run-length encoded): one value
+/// per operation.
+const ACTION_COLUMN: u32 = (4 << 4) | 2;
+
+/// The rows an unsigned run-length encoded column holds: runs (a positive signed count,
+/// then one value), literals (a negative count, then that many values) and nulls (a
+/// zero, then their count).
+fn rle_rows(mut input: impl Read) -> Result<u64, InflateError> {
+    let mut rows = 0u64;
+    loop {
+        let Some(count) = read_leb(&mut input, true)? else {
+            return Ok(rows);
+        };
+        let count = count as i64;
+        let n = match count {
+            0 => read_leb(&mut input, false)?.ok_or(InflateError::Malformed("null run"))?,
+            c if c > 0 => {
+                read_leb(&mut input, false)?.ok_or(InflateError::Malformed("run"))?;
+                c.unsigned_abs()
+            }
+            c => {
+                for _ in 0..c.unsigned_abs() {
+                    read_leb(&mut input, false)?.ok_or(InflateError::Malformed("literal"))?;
+                }
+                c.unsigned_abs()
+            }
+        };
+        rows = rows.saturating_add(n);
+    }
+}
+
+/// One LEB128 (signed: sign-extended into the u64's bits); `None` at the end of input.
+fn read_leb(input: &mut impl Read, signed: bool) -> Result<Option<u64>, InflateError> {
+    let mut value = 0u64;
+    let mut byte = [0u8; 1];
+    for i in 0..10 {
+        match input.read(&mut byte) {
+            Ok(0) if i == 0 => return Ok(None),
+            Ok(0) => return Err(InflateError::Malformed("cut short")),
+            Ok(_) => {}
+            Err(_) => return Err(InflateError::BadDeflate),
+        }
+        let b = byte[0];
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            if signed && i < 9 && b & 0x40 != 0 {
+                value |= u64::MAX << (7 * (i + 1));
+            }
+            return Ok(Some(value));
+        }
+    }
+    Err(InflateError::Malformed("integer overflow"))
 }
 
 /// What `bytes` takes once inflated, or an error once that passes `limit`.
@@ -354,5 +489,30 @@ mod tests {
         fn never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
             let _ = inflated_size(&bytes, 1 << 20);
         }
+    }
+
+    /// The operations a document or change claims are counted from its action column,
+    /// compressed or not, and agree with what automerge made.
+    #[test]
+    fn operations_are_counted_as_automerge_wrote_them() {
+        let mut doc = AutoCommit::new();
+        let text = doc.put_object(ROOT, "t", ObjType::Text).unwrap();
+        doc.splice_text(&text, 0, 0, &"x".repeat(5000)).unwrap();
+        doc.commit();
+        let change = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+        doc.splice_text(&text, 0, 4000, "").unwrap();
+        doc.commit();
+        let deletion = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+        let ops = |bytes: &[u8]| {
+            let mut b = Budget::new(MAX_INFLATED_ITEM);
+            b.measure(bytes).unwrap();
+            b.ops()
+        };
+        // The text object and its 5,000 characters; the document keeps deleted ones.
+        assert_eq!(ops(&change), 5001);
+        assert_eq!(ops(&doc.save()), 5001);
+        // 4,000 deletions in a few bytes: what a change may claim beyond its bytes.
+        assert_eq!(ops(&deletion), 4000);
+        assert!(deletion.len() < 200, "{}", deletion.len());
     }
 }

@@ -40,6 +40,10 @@ fn main() {
             doc: DocId::File(FileId([i; 16])),
             bytes: bomb(Kind::Document, mib),
         },
+        "rle" => Item::Whole {
+            doc: DocId::File(FileId([i; 16])),
+            bytes: bomb(Kind::RunLength, mib),
+        },
         other => {
             eprintln!("bomb: unknown kind {other} (change or document)");
             std::process::exit(2);

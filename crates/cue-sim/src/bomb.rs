@@ -11,14 +11,20 @@ pub enum Kind {
     Change,
     /// A document (an `Item::Whole` or `Item::Adopt`): one op column, compressed.
     Document,
+    /// A real document of 1,000 operations whose counts are rewritten to claim `mib`
+    /// mebi-operations: run-length encoded columns say "this value, N times" in a few
+    /// bytes, which no inflation bound sees (automerge 0.12 then reserves memory for
+    /// every claimed operation: 8 GiB at a time for 2^30).
+    RunLength,
 }
 
 /// A chunk of `kind` that inflates to `mib` MiB.
 pub fn bomb(kind: Kind, mib: usize) -> Vec<u8> {
-    let zeros = deflated_zeros(mib);
     let (chunk_type, data) = match kind {
-        Kind::Change => (2, zeros),
+        Kind::RunLength => return run_length(mib as u64 * (1 << 20)),
+        Kind::Change => (2, deflated_zeros(mib)),
         Kind::Document => {
+            let zeros = deflated_zeros(mib);
             let mut data = Vec::new();
             // No actors, no heads, no change columns; one op column, compressed.
             for n in [0, 0, 0, 1, (1 << 4) | 0b1000, zeros.len() as u64] {
@@ -33,6 +39,116 @@ pub fn bomb(kind: Kind, mib: usize) -> Vec<u8> {
     uleb(data.len() as u64, &mut out);
     out.extend(data);
     out
+}
+
+/// A list of 1,000 `true`s (every op column a run, no value bytes) saved, then every
+/// number near 1,000 in its change and op columns (the op count, the counters around
+/// it) rewritten as the same distance from `ops`, so that the columns agree with each
+/// other, and the chunk put back together with its lengths and checksum.
+fn run_length(ops: u64) -> Vec<u8> {
+    use automerge::transaction::Transactable;
+    let mut doc = automerge::AutoCommit::new();
+    let made = doc
+        .put_object(automerge::ROOT, "l", automerge::ObjType::List)
+        .and_then(|list| (0..1000).try_for_each(|i| doc.insert(&list, i, true)));
+    let saved = doc.save();
+    match made {
+        Ok(()) => rewrite_counts(&saved, 1000, ops.max(2)).unwrap_or(saved),
+        Err(_) => saved,
+    }
+}
+
+fn read_uleb(b: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The document chunk `saved` with each LEB of `from - 2 ..= from + 2` in its columns
+/// written as the same distance from `to`.
+fn rewrite_counts(saved: &[u8], from: u64, to: u64) -> Option<Vec<u8>> {
+    let mut at = 9;
+    let len = read_uleb(saved, &mut at)? as usize;
+    let body = saved.get(at..at + len)?;
+    let mut p = 0;
+    for _ in 0..read_uleb(body, &mut p)? {
+        let n = read_uleb(body, &mut p)? as usize;
+        p += n;
+    }
+    p += 32 * read_uleb(body, &mut p)? as usize;
+    let prefix_end = p;
+    let mut specs: Vec<Vec<(u64, usize)>> = Vec::new();
+    for _ in 0..2 {
+        let count = read_uleb(body, &mut p)?;
+        let mut cols = Vec::new();
+        for _ in 0..count {
+            cols.push((read_uleb(body, &mut p)?, read_uleb(body, &mut p)? as usize));
+        }
+        specs.push(cols);
+    }
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..5u64)
+        .map(|d| {
+            let (mut old, mut new) = (Vec::new(), Vec::new());
+            uleb(from + d - 2, &mut old);
+            uleb(to + d - 2, &mut new);
+            (old, new)
+        })
+        .collect();
+    let rewrite = |col: &[u8]| {
+        let mut out = Vec::new();
+        let mut i = 0;
+        'bytes: while i < col.len() {
+            for (old, new) in &pairs {
+                if col[i..].starts_with(old) {
+                    out.extend(new);
+                    i += old.len();
+                    continue 'bytes;
+                }
+            }
+            out.push(col[i]);
+            i += 1;
+        }
+        out
+    };
+    let mut data: Vec<Vec<Vec<u8>>> = Vec::new();
+    for cols in &specs {
+        let mut group = Vec::new();
+        for (_, n) in cols {
+            group.push(rewrite(body.get(p..p + n)?));
+            p += n;
+        }
+        data.push(group);
+    }
+    let mut new_body = body[..prefix_end].to_vec();
+    for (cols, group) in specs.iter().zip(&data) {
+        uleb(cols.len() as u64, &mut new_body);
+        for ((spec, _), d) in cols.iter().zip(group) {
+            uleb(*spec, &mut new_body);
+            uleb(d.len() as u64, &mut new_body);
+        }
+    }
+    for d in data.iter().flatten() {
+        new_body.extend(d);
+    }
+    new_body.extend(body.get(p..)?);
+    // The checksum automerge checks for uncompressed chunks: the first four bytes of
+    // SHA-256 of the type, the length and the body.
+    let mut checked = vec![saved[8]];
+    uleb(new_body.len() as u64, &mut checked);
+    checked.extend(new_body);
+    use sha2::Digest;
+    let sum = sha2::Sha256::digest(&checked);
+    let mut out = saved[..4].to_vec();
+    out.extend_from_slice(&sum[..4]);
+    out.extend(checked);
+    Some(out)
 }
 
 /// `mib` MiB of zeros, raw DEFLATE at its best ratio (about 1,000:1).

@@ -512,7 +512,10 @@ fn a_forged_change_inside_an_adopted_document_is_taken_out() {
     let own = cue_core::actor_for(&w.peers[2].device, 99);
     let mut doc = FileDoc::new(own.clone());
     doc.write("b.md", b"mine\n", 0).unwrap();
-    let mut am = doc.automerge().clone().with_actor(cue_core::actor_for(&w.peers[0].device, 1));
+    let mut am = doc
+        .automerge()
+        .clone()
+        .with_actor(cue_core::actor_for(&w.peers[0].device, 1));
     let body = am.get(ROOT, "body").unwrap().unwrap().1;
     am.splice_text(&body, 0, 0, "FORGED ").unwrap();
     am.commit();
@@ -586,4 +589,29 @@ fn a_message_of_many_large_items_is_handled_a_few_at_a_time() {
     }
     assert_eq!(handled(&w), 8);
     assert_eq!(w.peers[1].engine.counters().oversized_items, 0);
+}
+
+/// A document of a few hundred bytes whose run-length encoded columns claim millions or
+/// billions of operations (automerge reserves memory for each when it loads a document:
+/// 1.2 GiB for 16 Mi, an abort for 1 Gi): refused before automerge sees it, counted, and
+/// the peer keeps syncing.
+#[test]
+fn a_document_claiming_billions_of_operations_is_refused() {
+    let mut w = world();
+    let from = w.peers[0].device;
+    let items: Vec<Item> = [16usize, 1024]
+        .iter()
+        .enumerate()
+        .map(|(i, &mi)| Item::Whole {
+            doc: cue_core::DocId::File(cue_core::FileId([0xc0 + i as u8; 16])),
+            bytes: bomb(Kind::RunLength, mi),
+        })
+        .collect();
+    let bytes = encode(&Message { items });
+    assert!(bytes.len() < 1000, "{}", bytes.len());
+    w.input(1, Input::Message { from, bytes });
+    assert_eq!(w.peers[1].engine.counters().oversized_items, 2);
+    w.write(0, "a.md", b"x\ny\n");
+    w.settle(5);
+    assert_eq!(w.read(1, "a.md").as_deref(), Some("x\ny\n"));
 }

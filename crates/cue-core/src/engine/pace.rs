@@ -135,7 +135,10 @@ impl Pacer {
         }
         self.bytes.insert(from, mine + n);
         self.all_bytes += n;
-        self.waiting.entry(from).or_default().push_back((mib, n, item));
+        self.waiting
+            .entry(from)
+            .or_default()
+            .push_back((mib, n, item));
         true
     }
 

@@ -25,7 +25,7 @@ pub(super) struct ChunkBuf {
 /// inflates without a bound, sees them (see `crate::inflate`). Changes that are not
 /// automerge chunks are taken out of the item (returned as a count: they are bad
 /// changes), with what the rest inflate to; any other refusal is for the whole item.
-pub(super) fn automerge_bytes_bounded(item: &mut Item) -> Result<(u64, u64), InflateError> {
+pub(super) fn automerge_bytes_bounded(item: &mut Item) -> Result<Measured, InflateError> {
     let mut budget = Budget::new(MAX_INFLATED_ITEM);
     let bad = match item {
         Item::Sealed { item, .. } => return automerge_bytes_bounded(item),
@@ -51,8 +51,40 @@ pub(super) fn automerge_bytes_bounded(item: &mut Item) -> Result<(u64, u64), Inf
         }
         _ => 0,
     };
-    Ok((bad, budget.used()))
+    Ok(Measured {
+        bad,
+        inflated: budget.used(),
+        ops: budget.ops(),
+    })
 }
+
+/// The document an item of automerge bytes is about.
+fn doc_of(item: &Item) -> Option<DocId> {
+    match item {
+        Item::Changes { doc, .. } | Item::Whole { doc, .. } | Item::Adopt { doc, .. } => Some(*doc),
+        Item::Sealed { item, .. } => doc_of(item),
+        _ => None,
+    }
+}
+
+/// What [`automerge_bytes_bounded`] found of an item.
+pub(super) struct Measured {
+    /// Changes taken out (not automerge chunks).
+    pub(super) bad: u64,
+    /// What the rest inflate to.
+    pub(super) inflated: u64,
+    /// The operations they claim (see `Budget::ops`).
+    pub(super) ops: u64,
+}
+
+/// Operations an item may claim beyond two a byte it inflates to and one per byte of its
+/// document's content: every operation of a document carries a byte of its value (a
+/// character of text, a byte of a value) but a deletion, and a change cannot delete more
+/// than its document holds. A run-length encoded column can claim billions of operations
+/// in a few bytes, and automerge reserves memory for each when it loads a document (a
+/// 210-byte message took 1.2 GiB and 6 s, 2^30 operations aborted the process:
+/// docs/benchmarks.md, "An engine under a decompression bomb").
+pub(super) const OPS_SLACK: u64 = 1 << 16;
 
 /// The index changes of one message as one item, in the place of the first: a burst of
 /// new files on a peer sends one index change per file (64 to a message), and each
@@ -256,13 +288,8 @@ impl Engine {
         acks: &mut Vec<(DocId, Heads)>,
     ) {
         let mut item = item;
-        let inflated = match automerge_bytes_bounded(&mut item) {
-            Ok((0, inflated)) => inflated,
-            Ok((bad, inflated)) => {
-                self.state.counters.bad_changes += bad;
-                self.state_dirty = true;
-                inflated
-            }
+        let measured = match automerge_bytes_bounded(&mut item) {
+            Ok(m) => m,
             Err(e) => {
                 // automerge would inflate these without a bound, or could not read them:
                 // never handed to it.
@@ -276,7 +303,25 @@ impl Engine {
                 return;
             }
         };
-        self.paced_item(from, item, inflated, store, acks);
+        if measured.bad > 0 {
+            self.state.counters.bad_changes += measured.bad;
+            self.state_dirty = true;
+        }
+        let held = match doc_of(&item) {
+            Some(DocId::File(f)) => self.files.get(&f).map_or(0, |m| m.size),
+            _ => 0,
+        };
+        let allowed = measured
+            .inflated
+            .saturating_mul(2)
+            .saturating_add(held)
+            .saturating_add(OPS_SLACK);
+        if measured.ops > allowed {
+            self.state.counters.oversized_items += 1;
+            self.state_dirty = true;
+            return;
+        }
+        self.paced_item(from, item, measured.inflated, store, acks);
     }
 
     /// Handles an item that was checked (`item`) and whose time has come (`pace.rs`).
