@@ -29,6 +29,8 @@ use super::*;
 pub(super) const BURST_MIB: u32 = 128;
 /// ... and then each second.
 pub(super) const MIB_PER_SECOND: u32 = 64;
+/// The budget is counted in KiB (a small item costs what it inflates to, not a MiB).
+const KIB_PER_MIB: u32 = 1024;
 /// A sender's waiting items, as they came (compressed), at most.
 pub(super) const MAX_WAITING_BYTES: usize = 32 << 20;
 /// Everyone's waiting items, at most.
@@ -41,7 +43,7 @@ type Limiter = RateLimiter<
     NoOpMiddleware<<FakeRelativeClock as Clock>::Instant>,
 >;
 
-/// An item waiting for its sender's budget: its cost in inflated MiB, its size as it
+/// An item waiting for its sender's budget: its cost in inflated KiB, its size as it
 /// came, the item.
 type Waiting = (u32, usize, Item);
 
@@ -80,7 +82,8 @@ impl Pacer {
     pub(super) fn new() -> Pacer {
         let nz = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
         let clock = FakeRelativeClock::default();
-        let quota = Quota::per_second(nz(MIB_PER_SECOND)).allow_burst(nz(BURST_MIB));
+        let quota = Quota::per_second(nz(MIB_PER_SECOND * KIB_PER_MIB))
+            .allow_burst(nz(BURST_MIB * KIB_PER_MIB));
         Pacer {
             limiter: RateLimiter::hashmap_with_clock_and_hasher(
                 quota,
@@ -108,17 +111,17 @@ impl Pacer {
         }
     }
 
-    /// Whether an item of `from` costing `mib` must wait (taking from the budget if
+    /// Whether an item of `from` costing `kib` must wait (taking from the budget if
     /// not): anything does while earlier items of its wait.
-    fn must_wait(&mut self, from: &DeviceId, mib: u32) -> bool {
+    fn must_wait(&mut self, from: &DeviceId, kib: u32) -> bool {
         if self.waiting.contains_key(from) {
             return true;
         }
-        !self.take(from, mib)
+        !self.take(from, kib)
     }
 
-    fn take(&mut self, from: &DeviceId, mib: u32) -> bool {
-        match NonZeroU32::new(mib) {
+    fn take(&mut self, from: &DeviceId, kib: u32) -> bool {
+        match NonZeroU32::new(kib) {
             None => true,
             // An item never costs more than the burst (it is bounded), so capacity is
             // never short; if it ever were, the item goes now rather than never.
@@ -127,7 +130,7 @@ impl Pacer {
     }
 
     /// Puts an item to wait; false (nothing kept) past the bounds.
-    fn wait(&mut self, from: DeviceId, mib: u32, item: Item) -> bool {
+    fn wait(&mut self, from: DeviceId, kib: u32, item: Item) -> bool {
         let n = size(&item);
         let mine = self.bytes.get(&from).copied().unwrap_or(0);
         if mine + n > MAX_WAITING_BYTES || self.all_bytes + n > MAX_WAITING_ALL_BYTES {
@@ -138,15 +141,15 @@ impl Pacer {
         self.waiting
             .entry(from)
             .or_default()
-            .push_back((mib, n, item));
+            .push_back((kib, n, item));
         true
     }
 
     /// The next waiting item of `from` whose cost the budget has room for now.
     fn next(&mut self, from: &DeviceId) -> Option<Item> {
-        let (mib, _, _) = self.waiting.get(from)?.front()?;
-        let mib = *mib;
-        if !self.take(from, mib) {
+        let (kib, _, _) = self.waiting.get(from)?.front()?;
+        let kib = *kib;
+        if !self.take(from, kib) {
             return None;
         }
         let queue = self.waiting.get_mut(from)?;
@@ -185,11 +188,11 @@ impl Engine {
         if matches!(item, Item::Chunk { .. }) {
             return self.item_now(from, item, store, acks);
         }
-        let mib = u32::try_from(inflated.div_ceil(1 << 20)).unwrap_or(u32::MAX);
-        if !self.pacer.must_wait(&from, mib) {
+        let kib = u32::try_from(inflated.div_ceil(1 << 10)).unwrap_or(u32::MAX);
+        if !self.pacer.must_wait(&from, kib) {
             return self.item_now(from, item, store, acks);
         }
-        if !self.pacer.wait(from, mib, item) {
+        if !self.pacer.wait(from, kib, item) {
             self.state.counters.oversized_items += 1;
             self.state_dirty = true;
         }
@@ -206,5 +209,28 @@ impl Engine {
                 self.send(from, Item::Ack { entries: acks });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small items cost what they inflate to: a burst of thousands of notes (a few KiB
+    /// each) never waits, while items near the bound do after two.
+    #[test]
+    fn the_budget_counts_bytes_not_items() {
+        let mut p = Pacer::new();
+        p.set_time(0);
+        let from = DeviceId([1; 32]);
+        assert!((0..10_000).all(|_| !p.must_wait(&from, 4)));
+        let big = DeviceId([2; 32]);
+        let near_bound = 63 * KIB_PER_MIB;
+        assert!(!p.must_wait(&big, near_bound));
+        assert!(!p.must_wait(&big, near_bound));
+        assert!(p.must_wait(&big, near_bound));
+        // A second later there is room for one more.
+        p.set_time(1_000);
+        assert!(!p.must_wait(&big, near_bound));
     }
 }
