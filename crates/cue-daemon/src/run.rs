@@ -660,8 +660,22 @@ fn with_waiting(
     events
 }
 
-/// Drops activity entries older than `sync.activity_retention_days`.
+/// Saves older than this are summarised in the activity log, one entry a run of saves
+/// of a file by a device with no pause longer than [`SUMMARY_WINDOW_MS`].
+const SUMMARISE_AFTER_MS: i64 = 86_400_000;
+const SUMMARY_WINDOW_MS: i64 = 3_600_000;
+
+/// Summarises old saves in the activity log and drops entries older than
+/// `sync.activity_retention_days`.
 fn prune_activity(driver: &mut Driver, config: &crate::config::Config) {
+    match driver
+        .store_mut()
+        .summarise_activity_before(now_ms() - SUMMARISE_AFTER_MS, SUMMARY_WINDOW_MS)
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(entries = n, "summarised old saves in the activity log"),
+        Err(error) => tracing::warn!(%error, "cannot summarise the activity log"),
+    }
     let Some(keep) = config.activity_retention_ms() else {
         return;
     };

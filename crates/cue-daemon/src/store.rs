@@ -294,6 +294,15 @@ impl Store {
         self.transaction(|tx| tx.prune_activity_before(time_ms))
     }
 
+    /// See [`Tx::summarise_activity_before`].
+    pub fn summarise_activity_before(
+        &mut self,
+        time_ms: i64,
+        window_ms: i64,
+    ) -> Result<u64, StoreError> {
+        self.transaction(|tx| tx.summarise_activity_before(time_ms, window_ms))
+    }
+
     /// Gives free pages back to the filesystem and truncates the WAL: run it after
     /// compactions, when idle.
     pub fn reclaim_space(&mut self) -> Result<(), StoreError> {
@@ -554,6 +563,70 @@ impl StoreTx<'_> {
         Ok(out)
     }
 
+    /// Summarises the saves of the log older than `time_ms`: each run of `local_change`
+    /// or `remote_change` entries of one file by one device, each within `window_ms` of
+    /// the one before, becomes its last entry, whose detail says how many there were and
+    /// when the first was (`12 changes, the first at 2026-12-03T10:02:11Z`). A file saved
+    /// a hundred times in an afternoon keeps one entry for it, not a hundred. Entries
+    /// with a detail of their own are left as they are. Returns how many were removed.
+    pub fn summarise_activity_before(
+        &self,
+        time_ms: i64,
+        window_ms: i64,
+    ) -> Result<u64, StoreError> {
+        type Row = (i64, i64, String, String, String);
+        let rows: Vec<Row> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT id, time_ms, kind, path, device FROM activity
+                 WHERE time_ms < ?1 AND detail IS NULL AND path IS NOT NULL
+                   AND kind IN ('local_change', 'remote_change')
+                 ORDER BY kind, path, device, time_ms, id",
+            )?;
+            let mut rows = stmt.query(params![time_ms])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?));
+            }
+            out
+        };
+        let mut removed = 0u64;
+        let mut run: Vec<&Row> = Vec::new();
+        let mut flush = |run: &mut Vec<&Row>| -> Result<(), StoreError> {
+            if let (Some(first), Some(last)) = (run.first(), run.last())
+                && run.len() > 1
+            {
+                let detail = format!(
+                    "{} changes, the first at {}",
+                    run.len(),
+                    crate::control::rfc3339(first.1)
+                );
+                self.conn
+                    .prepare_cached("UPDATE activity SET detail = ?1 WHERE id = ?2")?
+                    .execute(params![detail, last.0])?;
+                let mut delete = self
+                    .conn
+                    .prepare_cached("DELETE FROM activity WHERE id = ?1")?;
+                for r in &run[..run.len() - 1] {
+                    removed += delete.execute(params![r.0])? as u64;
+                }
+            }
+            run.clear();
+            Ok(())
+        };
+        for row in &rows {
+            let continues = run.last().is_some_and(|prev| {
+                (&prev.2, &prev.3, &prev.4) == (&row.2, &row.3, &row.4)
+                    && row.1 - prev.1 <= window_ms
+            });
+            if !continues {
+                flush(&mut run)?;
+            }
+            run.push(row);
+        }
+        flush(&mut run)?;
+        Ok(removed)
+    }
+
     /// Drops activity entries older than `time_ms`; returns how many.
     pub fn prune_activity_before(&self, time_ms: i64) -> Result<u64, StoreError> {
         let n = self
@@ -732,6 +805,89 @@ mod tests {
         assert_eq!(after.len(), 3);
         assert_eq!(s.prune_activity_before(1003).unwrap(), 3);
         assert_eq!(s.activity_since(0, 100).unwrap().len(), 8);
+    }
+
+    /// A file saved a hundred times a minute apart two days ago keeps one entry saying
+    /// so; a pause of more than the window starts another; other files, other devices,
+    /// entries with details and recent entries stay as they are.
+    #[test]
+    fn old_saves_are_summarised_one_entry_a_run() {
+        let (_d, mut s) = open_temp();
+        let day = 86_400_000;
+        let t0 = 10 * day;
+        for i in 0..100 {
+            s.append_activity(&record(
+                t0 + i * 60_000,
+                ActivityKind::LocalChange,
+                Some("a.md"),
+            ))
+            .unwrap();
+        }
+        // Three hours later, two more saves: another run.
+        for i in 0..2 {
+            s.append_activity(&record(
+                t0 + 3 * 3_600_000 + i * 60_000,
+                ActivityKind::LocalChange,
+                Some("a.md"),
+            ))
+            .unwrap();
+        }
+        let mut other_device = record(t0 + 60_000, ActivityKind::LocalChange, Some("a.md"));
+        other_device.device = "desk".into();
+        s.append_activity(&other_device).unwrap();
+        s.append_activity(&record(t0, ActivityKind::RemoteChange, Some("b.md")))
+            .unwrap();
+        let mut with_detail = record(t0 + 120_000, ActivityKind::LocalChange, Some("a.md"));
+        with_detail.detail = Some("kept".into());
+        s.append_activity(&with_detail).unwrap();
+        s.append_activity(&record(t0, ActivityKind::Delete, Some("c.md")))
+            .unwrap();
+        // Today's saves stay one by one.
+        for i in 0..3 {
+            s.append_activity(&record(
+                t0 + 2 * day + i,
+                ActivityKind::LocalChange,
+                Some("a.md"),
+            ))
+            .unwrap();
+        }
+        let before = s.activity_since(0, 1000).unwrap().len();
+        assert_eq!(before, 109);
+        let removed = s.summarise_activity_before(t0 + day, 3_600_000).unwrap();
+        assert_eq!(removed, 99 + 1);
+        let all = s.activity_since(0, 1000).unwrap();
+        assert_eq!(all.len(), 9);
+        let a_laptop: Vec<_> = all
+            .iter()
+            .filter(|e| {
+                e.record.path.as_deref() == Some("a.md")
+                    && e.record.device == "laptop"
+                    && e.record.time_ms < t0 + day
+            })
+            .map(|e| (e.record.time_ms, e.record.detail.clone()))
+            .collect();
+        assert_eq!(
+            a_laptop,
+            vec![
+                (t0 + 120_000, Some("kept".into())),
+                (
+                    t0 + 99 * 60_000,
+                    Some(format!(
+                        "100 changes, the first at {}",
+                        crate::control::rfc3339(t0)
+                    ))
+                ),
+                (
+                    t0 + 3 * 3_600_000 + 60_000,
+                    Some(format!(
+                        "2 changes, the first at {}",
+                        crate::control::rfc3339(t0 + 3 * 3_600_000)
+                    ))
+                ),
+            ]
+        );
+        // Run again: nothing more to do.
+        assert_eq!(s.summarise_activity_before(t0 + day, 3_600_000).unwrap(), 0);
     }
 
     #[test]
