@@ -615,3 +615,108 @@ fn a_document_claiming_billions_of_operations_is_refused() {
     w.settle(5);
     assert_eq!(w.read(1, "a.md").as_deref(), Some("x\ny\n"));
 }
+
+/// The class of forgeries, over many seeds: while two members edit, a third keeps
+/// sending changes forged under their actors (their next sequence numbers, or one far
+/// ahead), bare or wrapped in its own seal, at random moments (some land while a peer is
+/// catching up from it, where other members' changes legitimately come from it). No
+/// forgery is ever applied, every edit of the two reaches everyone, and all converge.
+#[test]
+fn random_forgeries_during_editing_never_apply() {
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ROOT, ReadDoc};
+    use rand::{RngExt, SeedableRng};
+    for seed in 0..40u64 {
+        let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed);
+        let mut w = World::new(
+            3,
+            100 + seed,
+            Config {
+                anti_entropy_ms: 5_000,
+                ..Config::default()
+            },
+        );
+        w.connect_all();
+        let paths = ["a.md", "b.md", "c.md"];
+        let mut content: std::collections::BTreeMap<&str, String> = Default::default();
+        let mut forged = 0;
+        for step in 0..120 {
+            match rng.random_range(0..10) {
+                0..=5 => {
+                    let p = rng.random_range(0..2);
+                    let path = paths[rng.random_range(0..paths.len())];
+                    let mut text = w.read(p, path).unwrap_or_default();
+                    text.push_str(&format!("<m{step}>\n"));
+                    w.write(p, path, text.as_bytes());
+                    content.insert(path, text);
+                }
+                6..=7 => {
+                    // The hostile p2 forges a change to a file it holds.
+                    let docs: Vec<(cue_core::FileId, Vec<u8>)> = w.peers[2]
+                        .store
+                        .docs
+                        .iter()
+                        .filter_map(|(d, b)| match d {
+                            cue_core::DocId::File(f) => Some((*f, b.clone())),
+                            cue_core::DocId::Index => None,
+                        })
+                        .collect();
+                    if docs.is_empty() {
+                        continue;
+                    }
+                    let (f, bytes) = &docs[rng.random_range(0..docs.len())];
+                    let victim = rng.random_range(0..2);
+                    let actor = cue_core::actor_for(&w.peers[victim].device, w.peers[victim].epoch);
+                    let Ok(mut doc) = AutoCommit::load(bytes) else {
+                        continue;
+                    };
+                    let mut doc = doc.fork().with_actor(actor);
+                    let Some((_, body)) = doc.get(ROOT, "body").ok().flatten() else {
+                        continue;
+                    };
+                    doc.splice_text(&body, 0, 0, "FORGED ").unwrap();
+                    doc.commit();
+                    let change = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+                    let item = Item::Changes {
+                        doc: cue_core::DocId::File(*f),
+                        changes: vec![change],
+                    };
+                    let item = if rng.random_bool(0.5) {
+                        cue_sim::seal_as(&w.peers[2].key, w.peers[2].epoch, item)
+                    } else {
+                        item
+                    };
+                    let to = rng.random_range(0..2);
+                    let from = w.peers[2].device;
+                    let bytes = encode(&Message { items: vec![item] });
+                    w.input(to, Input::Message { from, bytes });
+                    forged += 1;
+                }
+                8 => {
+                    let p = rng.random_range(0..3);
+                    w.disconnect(p);
+                    w.settle(1);
+                    w.connect(p);
+                }
+                _ => {
+                    for _ in 0..rng.random_range(1..20) {
+                        w.step();
+                    }
+                }
+            }
+        }
+        w.settle(20);
+        w.converged().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        for (path, text) in &content {
+            let got = w.read(0, path).unwrap_or_default();
+            assert!(!got.contains("FORGED"), "seed {seed}: {path}: {got:?}");
+            for line in text.lines() {
+                assert!(
+                    got.contains(line),
+                    "seed {seed}: {path} lost {line:?}: {got:?}"
+                );
+            }
+        }
+        assert!(forged > 0);
+    }
+}
