@@ -152,6 +152,19 @@ fn a_decompression_bomb_is_refused_before_automerge_inflates_it() {
     assert_eq!(w.peers[1].engine.counters().oversized_items, 4);
 }
 
+/// A change to the stored document `bytes` (its body prefixed with `FORGED `) under the
+/// current actor of `victim`, with its next sequence number: what a member forges.
+fn forge(bytes: &[u8], w: &World, victim: usize) -> Vec<u8> {
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ROOT, ReadDoc};
+    let actor = cue_core::actor_for(&w.peers[victim].device, w.peers[victim].epoch);
+    let mut doc = AutoCommit::load(bytes).unwrap().with_actor(actor);
+    let body = doc.get(ROOT, "body").unwrap().unwrap().1;
+    doc.splice_text(&body, 0, 0, "FORGED ").unwrap();
+    doc.commit();
+    doc.get_last_local_change().unwrap().raw_bytes().to_vec()
+}
+
 /// The one file's document id and stored bytes on `peer`.
 fn only_file(w: &World, peer: usize) -> (cue_core::FileId, Vec<u8>) {
     w.peers[peer]
@@ -178,15 +191,11 @@ fn a_forged_change_is_refused_and_the_authors_next_change_still_applies() {
     w.write(0, "a.md", b"one\n");
     w.settle(5);
     let (f, bytes) = only_file(&w, 0);
-    let victim_actor = cue_core::actor_for(&w.peers[0].device, w.peers[0].epoch);
-    let mut forged = AutoCommit::load(&bytes).unwrap().with_actor(victim_actor);
-    let body = forged.get(ROOT, "body").unwrap().unwrap().1;
-    forged.splice_text(&body, 0, 0, "FORGED ").unwrap();
-    forged.commit();
-    let forged = forged.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let forged = forge(&bytes, &w, 0);
     // And a change of the hostile member's own, in the same item.
     let hostile_actor = cue_core::actor_for(&w.peers[2].device, w.peers[2].epoch);
     let mut own = AutoCommit::load(&bytes).unwrap().with_actor(hostile_actor);
+    let body = own.get(ROOT, "body").unwrap().unwrap().1;
     own.splice_text(&body, 3, 0, " two").unwrap();
     own.commit();
     let own = own.get_last_local_change().unwrap().raw_bytes().to_vec();
@@ -436,20 +445,13 @@ fn the_member_list_takes_only_admitted_or_self_written_entries() {
 /// and the author's own next change (with that very sequence number) reaches everyone.
 #[test]
 fn a_change_forged_into_a_pull_answer_is_refused_and_the_authors_next_change_applies() {
-    use automerge::transaction::Transactable;
-    use automerge::{AutoCommit, ROOT, ReadDoc};
     let mut w = World::new(3, 27, Config::default());
     w.connect_all();
     w.write(0, "a.md", b"one\n");
     w.settle(5);
     w.converged().unwrap();
     let (f, bytes) = only_file(&w, 2);
-    let victim_actor = cue_core::actor_for(&w.peers[0].device, w.peers[0].epoch);
-    let mut forged = AutoCommit::load(&bytes).unwrap().with_actor(victim_actor);
-    let body = forged.get(ROOT, "body").unwrap().unwrap().1;
-    forged.splice_text(&body, 0, 0, "FORGED ").unwrap();
-    forged.commit();
-    let forged = forged.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let forged = forge(&bytes, &w, 0);
     // p1 is away while p2 writes a file; p0 goes away; p1 comes back and catches up
     // from p2 alone.
     w.disconnect(1);

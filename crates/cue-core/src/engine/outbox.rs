@@ -176,6 +176,18 @@ impl Engine {
         }))
     }
 
+    /// The seals we keep for `doc` (see `crate::seal`).
+    pub(super) fn seals_of(&self, doc: DocId) -> Vec<Seal> {
+        match doc {
+            DocId::Index => self.tail5.index_seals.clone(),
+            DocId::File(f) => self
+                .files
+                .get(&f)
+                .map(|m| m.seals.clone())
+                .unwrap_or_default(),
+        }
+    }
+
     /// A document's changes go with its seals (the latest of each device that changed
     /// it, ours included), so that whoever they reach through can be told they are their
     /// authors' (`crate::seal`).
@@ -184,14 +196,7 @@ impl Engine {
             Item::Changes { doc, .. } | Item::Whole { doc, .. } | Item::Adopt { doc, .. } => *doc,
             _ => return item,
         };
-        let seals = match doc {
-            DocId::Index => self.tail5.index_seals.clone(),
-            DocId::File(f) => self
-                .files
-                .get(&f)
-                .map(|m| m.seals.clone())
-                .unwrap_or_default(),
-        };
+        let seals = self.seals_of(doc);
         if seals.is_empty() {
             return item;
         }

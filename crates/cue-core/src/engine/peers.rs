@@ -447,14 +447,7 @@ impl Engine {
             self.state_dirty = true;
             return None;
         }
-        let held = match doc {
-            DocId::Index => self.tail5.index_seals.clone(),
-            DocId::File(f) => self
-                .files
-                .get(&f)
-                .map(|m| m.seals.clone())
-                .unwrap_or_default(),
-        };
+        let held = self.seals_of(doc);
         // A seal we hold was checked when it came.
         let (good, bad): (Vec<Seal>, Vec<Seal>) = seals
             .into_iter()
