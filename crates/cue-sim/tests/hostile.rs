@@ -158,11 +158,21 @@ fn forge(bytes: &[u8], w: &World, victim: usize) -> Vec<u8> {
     use automerge::transaction::Transactable;
     use automerge::{AutoCommit, ROOT, ReadDoc};
     let actor = cue_core::actor_for(&w.peers[victim].device, w.peers[victim].epoch);
-    let mut doc = AutoCommit::load(bytes).unwrap().with_actor(actor);
-    let body = doc.get(ROOT, "body").unwrap().unwrap().1;
-    doc.splice_text(&body, 0, 0, "FORGED ").unwrap();
+    let mut doc = AutoCommit::load(bytes)
+        .expect("a stored document")
+        .with_actor(actor);
+    let body = doc
+        .get(ROOT, "body")
+        .ok()
+        .flatten()
+        .expect("a file document has a body")
+        .1;
+    doc.splice_text(&body, 0, 0, "FORGED ").expect("an edit");
     doc.commit();
-    doc.get_last_local_change().unwrap().raw_bytes().to_vec()
+    doc.get_last_local_change()
+        .expect("the forged change")
+        .raw_bytes()
+        .to_vec()
 }
 
 /// The one file's document id and stored bytes on `peer`.
