@@ -150,10 +150,32 @@ pub fn sealing_actor(actor: &ActorId) -> Option<([u8; 16], u32)> {
 /// `seals` must have been verified. A sealed change that is not among `changes` reaches
 /// none of them (what is held already was checked when it came).
 pub fn unsealed(changes: &[Change], seals: &[Seal]) -> BTreeSet<usize> {
+    let nodes: Vec<Node<'_>> = changes
+        .iter()
+        .map(|c| Node {
+            hash: c.hash(),
+            actor: c.actor_id(),
+            deps: c.deps(),
+        })
+        .collect();
+    unsealed_nodes(&nodes, seals)
+}
+
+/// A change as [`unsealed_nodes`] needs it: its hash, actor and dependencies (what
+/// automerge's change metadata has, without building the change).
+#[derive(Debug)]
+pub struct Node<'a> {
+    pub hash: ChangeHash,
+    pub actor: &'a ActorId,
+    pub deps: &'a [ChangeHash],
+}
+
+/// [`unsealed`] over changes' metadata.
+pub fn unsealed_nodes(changes: &[Node<'_>], seals: &[Seal]) -> BTreeSet<usize> {
     let at: BTreeMap<ChangeHash, usize> = changes
         .iter()
         .enumerate()
-        .map(|(i, c)| (c.hash(), i))
+        .map(|(i, c)| (c.hash, i))
         .collect();
     let mut reached: BTreeSet<(usize, [u8; 16])> = BTreeSet::new();
     for seal in seals {
@@ -167,13 +189,13 @@ pub fn unsealed(changes: &[Change], seals: &[Seal]) -> BTreeSet<usize> {
             if !reached.insert((i, device)) {
                 continue;
             }
-            todo.extend(changes[i].deps().iter().filter_map(|d| at.get(d).copied()));
+            todo.extend(changes[i].deps.iter().filter_map(|d| at.get(d).copied()));
         }
     }
     changes
         .iter()
         .enumerate()
-        .filter(|(i, c)| match sealing_actor(c.actor_id()) {
+        .filter(|(i, c)| match sealing_actor(c.actor) {
             Some((device, _)) => !reached.contains(&(*i, device)),
             None => false,
         })

@@ -90,6 +90,22 @@ pub(super) fn keep_sealed(changes: Vec<Change>, seals: &[Seal]) -> (Vec<Change>,
     (kept, out)
 }
 
+/// Whether every change of the document `am` holds that needs a seal is reached by one
+/// of `seals`: read from automerge's change metadata, without building the changes
+/// (the usual case for an adopted document; building them is for when some are not).
+fn all_sealed(am: &mut automerge::AutoCommit, seals: &[Seal]) -> bool {
+    let metas = am.get_changes_meta(&[]);
+    let nodes: Vec<crate::seal::Node<'_>> = metas
+        .iter()
+        .map(|m| crate::seal::Node {
+            hash: m.hash,
+            actor: m.actor.as_ref(),
+            deps: &m.deps,
+        })
+        .collect();
+    crate::seal::unsealed_nodes(&nodes, seals).is_empty()
+}
+
 /// A document made of `changes` alone (those whose dependencies are among them), for a
 /// whole document that came with changes not its authors'.
 pub(super) fn rebuilt(changes: Vec<Change>, actor: ActorId) -> Result<FileDoc, DocError> {
@@ -298,18 +314,14 @@ impl Engine {
     /// An adopted document whose changes its seals do not all reach is made again of
     /// those they reach; its seals are those of the changes it holds.
     fn unseal_adopted(&mut self, f: FileId, store: &mut dyn DocStore) {
-        let seals = self
-            .files
-            .get(&f)
-            .map(|m| m.seals.clone())
-            .unwrap_or_default();
+        let seals = self.seals_of(DocId::File(f));
         let actor = self.actor.clone();
         let r = self.with_doc(f, store, |d| {
-            let all = d.automerge().get_changes(&[]);
-            let (kept, refused) = keep_sealed(all, &seals);
-            if refused.is_empty() {
+            if all_sealed(d.automerge(), &seals) {
                 return Ok((None, seals_now(d.automerge(), &[], &seals).0, 0));
             }
+            let all = d.automerge().get_changes(&[]);
+            let (kept, refused) = keep_sealed(all, &seals);
             let mut doc = rebuilt(kept, actor)?;
             let now = seals_now(doc.automerge(), &[], &seals).0;
             let n = refused.len() as u64;
@@ -525,11 +537,7 @@ impl Engine {
             .unwrap_or_default();
         let remote = self.adopt_whole(f, remote, seals)?;
         let relayed = self.relays_for_us(from, DocId::File(f));
-        let kept = self
-            .files
-            .get(&f)
-            .map(|m| m.seals.clone())
-            .unwrap_or_default();
+        let kept = self.seals_of(DocId::File(f));
         let seals = self.with_waiting(DocId::File(f), seals);
         let r = self.with_doc(f, store, |d| {
             let ours = d.heads();
@@ -580,11 +588,11 @@ impl Engine {
         match remote {
             Remote::Whole(bytes) if !self.files.contains(&f) && !self.cache.contains_key(&f) => {
                 let loaded = FileDoc::load(&bytes, self.actor.clone()).and_then(|mut doc| {
-                    let all = doc.automerge().get_changes(&[]);
-                    let (kept, refused) = keep_sealed(all, seals);
-                    if refused.is_empty() {
+                    if all_sealed(doc.automerge(), seals) {
                         return Ok((doc, Some(bytes), 0));
                     }
+                    let all = doc.automerge().get_changes(&[]);
+                    let (kept, refused) = keep_sealed(all, seals);
                     Ok((
                         rebuilt(kept, self.actor.clone())?,
                         None,
