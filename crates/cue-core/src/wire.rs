@@ -65,7 +65,75 @@ pub enum Item {
     /// A document's changes (`Changes`, `Whole` or `Adopt`) with the latest seal of each
     /// device that changed it (`crate::seal`), so that the receiver can tell the changes
     /// are their authors' whoever passes them on.
-    Sealed { seals: Vec<Seal>, item: Box<Item> },
+    Sealed { seals: Vec<Seal>, item: Sealable },
+}
+
+/// What a seal can wrap: a document's changes, never another `Sealed` (a type of its own,
+/// so that decoding cannot recurse: nested items would overflow the stack).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Sealable {
+    Changes {
+        doc: DocId,
+        changes: Vec<Vec<u8>>,
+    },
+    Whole {
+        doc: DocId,
+        bytes: Vec<u8>,
+    },
+    Adopt {
+        doc: DocId,
+        bytes: Vec<u8>,
+        heads: Heads,
+        content: Vec<u8>,
+    },
+}
+
+impl Sealable {
+    /// `item` if it is a document's changes; otherwise it back.
+    pub fn from_item(item: Item) -> Result<Sealable, Item> {
+        match item {
+            Item::Changes { doc, changes } => Ok(Sealable::Changes { doc, changes }),
+            Item::Whole { doc, bytes } => Ok(Sealable::Whole { doc, bytes }),
+            Item::Adopt {
+                doc,
+                bytes,
+                heads,
+                content,
+            } => Ok(Sealable::Adopt {
+                doc,
+                bytes,
+                heads,
+                content,
+            }),
+            other => Err(other),
+        }
+    }
+
+    pub fn into_item(self) -> Item {
+        match self {
+            Sealable::Changes { doc, changes } => Item::Changes { doc, changes },
+            Sealable::Whole { doc, bytes } => Item::Whole { doc, bytes },
+            Sealable::Adopt {
+                doc,
+                bytes,
+                heads,
+                content,
+            } => Item::Adopt {
+                doc,
+                bytes,
+                heads,
+                content,
+            },
+        }
+    }
+
+    pub fn doc(&self) -> DocId {
+        match self {
+            Sealable::Changes { doc, .. }
+            | Sealable::Whole { doc, .. }
+            | Sealable::Adopt { doc, .. } => *doc,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

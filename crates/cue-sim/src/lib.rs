@@ -86,9 +86,12 @@ pub fn seal_as(key: &SealKey, epoch: u32, item: Item) -> Item {
     if heads.is_empty() {
         return item;
     }
-    Item::Sealed {
-        seals: vec![key.seal(epoch, 1, heads)],
-        item: Box::new(item),
+    match cue_core::wire::Sealable::from_item(item) {
+        Ok(item) => Item::Sealed {
+            seals: vec![key.seal(epoch, 1, heads)],
+            item,
+        },
+        Err(item) => item,
     }
 }
 

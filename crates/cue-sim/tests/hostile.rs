@@ -732,3 +732,23 @@ fn random_forgeries_during_editing_never_apply() {
         assert!(forged > 0);
     }
 }
+
+/// Seals wrap a document's changes only, never other seals: a message of items nested
+/// ten thousand deep (what would overflow the stack of a decoder that recursed) is
+/// refused as malformed, and the peer keeps syncing.
+#[test]
+fn seals_nested_in_seals_are_refused_not_recursed_into() {
+    let mut w = world();
+    let from = w.peers[0].device;
+    let mut bytes = vec![cue_core::wire::WIRE_VERSION, 1];
+    for _ in 0..10_000 {
+        // `Item::Sealed` (variant 8) with no seals, then what it wraps.
+        bytes.extend([8, 0]);
+    }
+    let before = w.peers[1].engine.counters().bad_messages;
+    w.input(1, Input::Message { from, bytes });
+    assert_eq!(w.peers[1].engine.counters().bad_messages, before + 1);
+    w.write(0, "a.md", b"x\ny\n");
+    w.settle(5);
+    assert_eq!(w.read(1, "a.md").as_deref(), Some("x\ny\n"));
+}

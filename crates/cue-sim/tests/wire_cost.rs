@@ -17,7 +17,7 @@ fn kind(item: &Item) -> &'static str {
         Item::Adopt { .. } => "adopt",
         Item::Ack { .. } => "ack",
         // Counted as what it seals.
-        Item::Sealed { item, .. } => kind(item),
+        Item::Sealed { item, .. } => kind(&item.clone().into_item()),
     }
 }
 

@@ -192,18 +192,15 @@ impl Engine {
     /// it, ours included), so that whoever they reach through can be told they are their
     /// authors' (`crate::seal`).
     fn with_seals(&self, item: Item) -> Item {
-        let doc = match &item {
-            Item::Changes { doc, .. } | Item::Whole { doc, .. } | Item::Adopt { doc, .. } => *doc,
-            _ => return item,
+        let item = match wire::Sealable::from_item(item) {
+            Ok(sealable) => sealable,
+            Err(other) => return other,
         };
-        let seals = self.seals_of(doc);
+        let seals = self.seals_of(item.doc());
         if seals.is_empty() {
-            return item;
+            return item.into_item();
         }
-        Item::Sealed {
-            seals,
-            item: Box::new(item),
-        }
+        Item::Sealed { seals, item }
     }
 
     pub(super) fn effects(&mut self) -> Vec<Effect> {

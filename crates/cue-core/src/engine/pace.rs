@@ -72,7 +72,14 @@ fn size(item: &Item) -> usize {
         Item::Changes { changes, .. } => changes.iter().map(Vec::len).sum(),
         Item::Whole { bytes, .. } => bytes.len(),
         Item::Adopt { bytes, content, .. } => bytes.len() + content.len(),
-        Item::Sealed { item, seals } => size(item) + seals.len() * 200,
+        Item::Sealed { item, seals } => {
+            let inner = match item {
+                wire::Sealable::Changes { changes, .. } => changes.iter().map(Vec::len).sum(),
+                wire::Sealable::Whole { bytes, .. } => bytes.len(),
+                wire::Sealable::Adopt { bytes, content, .. } => bytes.len() + content.len(),
+            };
+            inner + seals.iter().map(|s| 80 + 32 * s.heads.len()).sum::<usize>()
+        }
         Item::Pull { entries, .. } | Item::Ack { entries } => entries.len() * 64,
         _ => 64,
     }

@@ -27,9 +27,19 @@ pub(super) struct ChunkBuf {
 /// changes), with what the rest inflate to; any other refusal is for the whole item.
 pub(super) fn automerge_bytes_bounded(item: &mut Item) -> Result<Measured, InflateError> {
     let mut budget = Budget::new(MAX_INFLATED_ITEM);
+    if let Item::Sealed { seals, .. } = item {
+        // More than a document can have, or naming more changes than a seal may: never
+        // checked, never kept (the changes only they would reach are refused, and come
+        // again from their authors).
+        seals.retain(|s| s.heads.len() <= crate::seal::MAX_SEALED_HEADS);
+        seals.truncate(crate::seal::MAX_SEALS);
+    }
     let bad = match item {
-        Item::Sealed { item, .. } => return automerge_bytes_bounded(item),
-        Item::Changes { changes, .. } => {
+        Item::Changes { changes, .. }
+        | Item::Sealed {
+            item: wire::Sealable::Changes { changes, .. },
+            ..
+        } => {
             let before = changes.len();
             let mut too_large = None;
             changes.retain(|c| match budget.measure(c) {
@@ -45,7 +55,12 @@ pub(super) fn automerge_bytes_bounded(item: &mut Item) -> Result<Measured, Infla
                 None => (before - changes.len()) as u64,
             }
         }
-        Item::Whole { bytes, .. } | Item::Adopt { bytes, .. } => {
+        Item::Whole { bytes, .. }
+        | Item::Adopt { bytes, .. }
+        | Item::Sealed {
+            item: wire::Sealable::Whole { bytes, .. } | wire::Sealable::Adopt { bytes, .. },
+            ..
+        } => {
             budget.measure(bytes)?;
             0
         }
@@ -62,7 +77,7 @@ pub(super) fn automerge_bytes_bounded(item: &mut Item) -> Result<Measured, Infla
 fn doc_of(item: &Item) -> Option<DocId> {
     match item {
         Item::Changes { doc, .. } | Item::Whole { doc, .. } | Item::Adopt { doc, .. } => Some(*doc),
-        Item::Sealed { item, .. } => doc_of(item),
+        Item::Sealed { item, .. } => Some(item.doc()),
         _ => None,
     }
 }
@@ -140,15 +155,15 @@ fn merge_into(
     changes: Vec<Vec<u8>>,
 ) -> Result<(), (Vec<Seal>, Vec<Vec<u8>>)> {
     match item {
-        Item::Sealed { seals: all, item } => match &mut **item {
-            Item::Changes { changes: c, .. } => {
-                c.extend(changes);
-                let new: Vec<Seal> = seals.into_iter().filter(|s| !all.contains(s)).collect();
-                all.extend(new);
-                Ok(())
-            }
-            _ => Err((seals, changes)),
-        },
+        Item::Sealed {
+            seals: all,
+            item: wire::Sealable::Changes { changes: c, .. },
+        } => {
+            c.extend(changes);
+            let new: Vec<Seal> = seals.into_iter().filter(|s| !all.contains(s)).collect();
+            all.extend(new);
+            Ok(())
+        }
         Item::Changes { changes: c, .. } => {
             let mut c = std::mem::take(c);
             c.extend(changes);
@@ -166,19 +181,14 @@ fn index_changes(item: Item, out: &mut Vec<Item>) -> Option<(Vec<Seal>, Vec<Vec<
             doc: DocId::Index,
             changes,
         } => Some((Vec::new(), changes)),
-        Item::Sealed { seals, item } => match *item {
-            Item::Changes {
-                doc: DocId::Index,
-                changes,
-            } if seals.len() <= crate::seal::MAX_SEALS => Some((seals, changes)),
-            other => {
-                out.push(Item::Sealed {
-                    seals,
-                    item: Box::new(other),
-                });
-                None
-            }
-        },
+        Item::Sealed {
+            seals,
+            item:
+                wire::Sealable::Changes {
+                    doc: DocId::Index,
+                    changes,
+                },
+        } => Some((seals, changes)),
         other => {
             out.push(other);
             None
@@ -188,16 +198,18 @@ fn index_changes(item: Item, out: &mut Vec<Item>) -> Option<(Vec<Seal>, Vec<Vec<
 
 /// Index changes with their seals, if any.
 fn sealed(seals: Vec<Seal>, changes: Vec<Vec<u8>>) -> Item {
-    let item = Item::Changes {
-        doc: DocId::Index,
-        changes,
-    };
     if seals.is_empty() {
-        item
+        Item::Changes {
+            doc: DocId::Index,
+            changes,
+        }
     } else {
         Item::Sealed {
             seals,
-            item: Box::new(item),
+            item: wire::Sealable::Changes {
+                doc: DocId::Index,
+                changes,
+            },
         }
     }
 }
@@ -333,10 +345,7 @@ impl Engine {
         acks: &mut Vec<(DocId, Heads)>,
     ) {
         let (seals, item) = match item {
-            Item::Sealed { seals, item } => match self.open_seals(seals, *item) {
-                Some(opened) => opened,
-                None => return,
-            },
+            Item::Sealed { seals, item } => self.open_seals(seals, item),
             other => (Vec::new(), other),
         };
         match item {
@@ -428,26 +437,11 @@ impl Engine {
         }
     }
 
-    /// The seals that came with `item` (`Item::Sealed`), those whose signature holds,
-    /// and the item. `None` (counted) for what only a faulty or hostile peer sends: seals
-    /// around anything but a document's changes, or more seals than devices could make.
-    /// A seal with a bad signature is dropped and counted; the changes it would have
-    /// reached are refused when applied.
-    fn open_seals(&mut self, seals: Vec<Seal>, item: Item) -> Option<(Vec<Seal>, Item)> {
-        let doc = match &item {
-            Item::Changes { doc, .. } | Item::Whole { doc, .. } | Item::Adopt { doc, .. } => *doc,
-            _ => {
-                self.state.counters.bad_messages += 1;
-                self.state_dirty = true;
-                return None;
-            }
-        };
-        if seals.len() > crate::seal::MAX_SEALS {
-            self.state.counters.bad_messages += 1;
-            self.state_dirty = true;
-            return None;
-        }
-        let held = self.seals_of(doc);
+    /// The seals that came with `item` (`Item::Sealed`) whose signature holds, and the
+    /// item. A seal with a bad signature is dropped and counted; the changes only it
+    /// would have reached are refused when applied.
+    fn open_seals(&mut self, seals: Vec<Seal>, item: wire::Sealable) -> (Vec<Seal>, Item) {
+        let held = self.seals_of(item.doc());
         // A seal we hold was checked when it came.
         let (good, bad): (Vec<Seal>, Vec<Seal>) = seals
             .into_iter()
@@ -456,7 +450,7 @@ impl Engine {
             self.state.counters.forged_changes += bad.len() as u64;
             self.state_dirty = true;
         }
-        Some((good, item))
+        (good, item.into_item())
     }
 
     pub(super) fn on_chunk(
