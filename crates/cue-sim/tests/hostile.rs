@@ -752,3 +752,31 @@ fn seals_nested_in_seals_are_refused_not_recursed_into() {
     w.settle(5);
     assert_eq!(w.read(1, "a.md").as_deref(), Some("x\ny\n"));
 }
+
+/// The bound on claimed operations never refuses honest deletions: two devices empty the
+/// same large file while apart (each change deletes 200,000 characters in a few bytes,
+/// which the other device no longer holds), and they meet again.
+#[test]
+fn concurrent_deletions_of_a_large_file_are_not_taken_for_a_bomb() {
+    let mut w = World::online(2, 30);
+    let big: String = (0..20_000).map(|i| format!("line {i:04}\n")).collect();
+    assert!(big.len() >= 200_000);
+    w.write(0, "log.md", big.as_bytes());
+    w.settle_converged();
+    w.disconnect(0);
+    w.disconnect(1);
+    w.write(0, "log.md", b"");
+    w.write(1, "log.md", b"kept\n");
+    w.connect(0);
+    w.connect(1);
+    w.settle_converged();
+    assert_eq!(w.read(0, "log.md").as_deref(), Some("kept\n"));
+    for p in 0..2 {
+        let c = w.peers[p].engine.counters();
+        assert_eq!(
+            (c.oversized_items, c.forged_changes, c.bad_changes),
+            (0, 0, 0),
+            "p{p}"
+        );
+    }
+}

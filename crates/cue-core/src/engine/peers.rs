@@ -73,15 +73,6 @@ pub(super) fn automerge_bytes_bounded(item: &mut Item) -> Result<Measured, Infla
     })
 }
 
-/// The document an item of automerge bytes is about.
-fn doc_of(item: &Item) -> Option<DocId> {
-    match item {
-        Item::Changes { doc, .. } | Item::Whole { doc, .. } | Item::Adopt { doc, .. } => Some(*doc),
-        Item::Sealed { item, .. } => Some(item.doc()),
-        _ => None,
-    }
-}
-
 /// What [`automerge_bytes_bounded`] found of an item.
 pub(super) struct Measured {
     /// Changes taken out (not automerge chunks).
@@ -92,10 +83,10 @@ pub(super) struct Measured {
     pub(super) ops: u64,
 }
 
-/// Operations an item may claim beyond two a byte it inflates to and one per byte of its
-/// document's content: every operation of a document carries a byte of its value (a
-/// character of text, a byte of a value) but a deletion, and a change cannot delete more
-/// than its document holds. A run-length encoded column can claim billions of operations
+/// Operations an item may claim beyond two a byte it inflates to (and, for changes, the
+/// deletions of the largest file four times over): every operation of a document carries
+/// a byte of its value (a character of text, a byte of a value), deleted ones too, but a
+/// change's deletions carry none. A run-length encoded column can claim billions of operations
 /// in a few bytes, and automerge reserves memory for each when it loads a document (a
 /// 210-byte message took 1.2 GiB and 6 s, 2^30 operations aborted the process:
 /// docs/benchmarks.md, "An engine under a decompression bomb").
@@ -319,14 +310,22 @@ impl Engine {
             self.state.counters.bad_changes += measured.bad;
             self.state_dirty = true;
         }
-        let held = match doc_of(&item) {
-            Some(DocId::File(f)) => self.files.get(&f).map_or(0, |m| m.size),
+        // A change may delete up to what its document holds, deleted elements included,
+        // which the receiver may not have yet (a concurrent deletion of the same text):
+        // allowed as many as the largest file's characters, four times over. A document
+        // holds a byte of value for each of its operations.
+        let deletions = match item {
+            Item::Changes { .. }
+            | Item::Sealed {
+                item: wire::Sealable::Changes { .. },
+                ..
+            } => self.config.max_file_size.saturating_mul(4),
             _ => 0,
         };
         let allowed = measured
             .inflated
             .saturating_mul(2)
-            .saturating_add(held)
+            .saturating_add(deletions)
             .saturating_add(OPS_SLACK);
         if measured.ops > allowed {
             self.state.counters.oversized_items += 1;
