@@ -780,3 +780,30 @@ fn concurrent_deletions_of_a_large_file_are_not_taken_for_a_bomb() {
         );
     }
 }
+
+/// A device's own changes spread over many messages (a burst of new files: one index
+/// change a file, small messages) each carry a seal that reaches them: none is taken for
+/// a forgery on the way, and nothing waits for a pull to come right.
+#[test]
+fn a_burst_in_many_messages_is_never_taken_for_forgeries() {
+    let mut w = World::new(
+        2,
+        31,
+        Config {
+            max_message_bytes: 2048,
+            ..Config::default()
+        },
+    );
+    w.connect_all();
+    w.write_many(0, &cue_sim::notes(200));
+    let mut rounds = 0;
+    while let Err(e) = w.converged() {
+        rounds += 1;
+        assert!(rounds < 100, "not converged: {e}");
+        w.settle(1);
+    }
+    for p in 0..2 {
+        let c = w.peers[p].engine.counters();
+        assert_eq!((c.forged_changes, c.bad_changes), (0, 0), "p{p}: {c:?}");
+    }
+}

@@ -91,10 +91,12 @@ impl Engine {
             pending.count += 1;
             pending.latest = Some(change.hash().0);
             self.state_dirty = true;
-            self.broadcast(Item::Changes {
+            let item = Item::Changes {
                 doc: DocId::Index,
                 changes: vec![change.raw_bytes().to_vec()],
-            });
+            };
+            let item = self.sealed_now(DocId::Index, item);
+            self.broadcast(item);
             self.index_dirty = true;
             self.invalidate(Stale::View);
         }

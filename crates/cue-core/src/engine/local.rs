@@ -417,6 +417,7 @@ impl Engine {
         self.dirty.insert(file);
         // `None` is not expected (the change was just made); catch-up would carry it.
         if let Some(item) = item {
+            let item = self.sealed_now(DocId::File(file), item);
             self.broadcast(item);
         }
         self.dirty.insert(file);

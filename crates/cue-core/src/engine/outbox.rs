@@ -109,7 +109,6 @@ impl Engine {
         self.index_dirty = false;
         if let Some(seal) = own_seal(
             &self.key,
-            &self.actor,
             self.epoch,
             &mut self.seal_counter,
             self.index.automerge(),
@@ -147,7 +146,6 @@ impl Engine {
         if let Some((doc, _)) = self.cache.get_mut(&f)
             && let Some(seal) = own_seal(
                 &self.key,
-                &self.actor,
                 self.epoch,
                 &mut self.seal_counter,
                 doc.automerge(),
@@ -174,6 +172,53 @@ impl Engine {
             snapshot: snapshot && cached,
             meta: encode_meta(&meta),
         }))
+    }
+
+    /// `item`, our change just made to `doc`, with our seal as of now (stored as our
+    /// latest): each live item carries a seal that reaches its own change, though more
+    /// of our changes to the document may follow in later items of the same call.
+    pub(super) fn sealed_now(&mut self, doc: DocId, item: Item) -> Item {
+        let me = self.device;
+        let own = match doc {
+            DocId::Index => {
+                let kept = &mut self.tail5.index_seals;
+                if let Some(seal) = own_seal(
+                    &self.key,
+                    self.epoch,
+                    &mut self.seal_counter,
+                    self.index.automerge(),
+                    kept,
+                ) {
+                    crate::seal::keep_latest(kept, &[seal], |_| true);
+                    self.state_dirty = true;
+                }
+                kept.iter().find(|s| s.device == me).cloned()
+            }
+            DocId::File(f) => {
+                let Some((d, _)) = self.cache.get_mut(&f) else {
+                    return item;
+                };
+                let mut meta = self.files.get_or_default(f);
+                if let Some(seal) = own_seal(
+                    &self.key,
+                    self.epoch,
+                    &mut self.seal_counter,
+                    d.automerge(),
+                    &meta.seals,
+                ) {
+                    crate::seal::keep_latest(&mut meta.seals, &[seal], |_| true);
+                }
+                meta.seals.iter().find(|s| s.device == me).cloned()
+            }
+        };
+        match (own, wire::Sealable::from_item(item)) {
+            (Some(seal), Ok(item)) => Item::Sealed {
+                seals: vec![seal],
+                item,
+            },
+            (_, Ok(item)) => item.into_item(),
+            (_, Err(item)) => item,
+        }
     }
 
     /// The seals we keep for `doc` (see `crate::seal`).
@@ -261,14 +306,13 @@ impl Engine {
 }
 
 /// A seal on our frontier in a document (`am`; see `crate::seal`), when we changed it
-/// since our last seal `kept` holds. Our new changes are heads when the document is
-/// stored (stored in the call that made them, before anyone could build on them). A
-/// plain edit depends on everything the document held, so it alone is our frontier; an
-/// edit of an older version (under a fork actor) may be concurrent with our latest, so
-/// it joins the frontier.
+/// since our last seal `kept` holds: our own changes none of our later ones depend on.
+/// Our new changes are heads when this runs (right after they are made, or when the
+/// document is stored in the call that made them). A change of ours named before stays
+/// named unless one of our new changes depends on it: an edit of an older version (a
+/// fork) is concurrent with our latest, and both are named then.
 fn own_seal(
     key: &SealKey,
-    actor: &ActorId,
     epoch: u32,
     counter: &mut u64,
     am: &mut automerge::AutoCommit,
@@ -280,28 +324,31 @@ fn own_seal(
         .iter()
         .find(|s| s.device == device)
         .map_or(&[], |s| &s.heads);
-    let mut plain = false;
-    let mut ours = Vec::new();
+    let mut new = Vec::new();
     for h in am.get_heads() {
         let Some(meta) = am.get_change_meta_by_hash(&h) else {
             continue;
         };
-        if crate::seal::sealing_actor(&meta.actor).is_some_and(|(p, _)| p == prefix) {
-            plain |= meta.actor.as_ref() == actor && !before.contains(&h.0);
-            ours.push(h.0);
+        if crate::seal::sealing_actor(&meta.actor).is_some_and(|(p, _)| p == prefix)
+            && !before.contains(&h.0)
+        {
+            new.push(h);
         }
     }
-    if ours.iter().all(|h| before.contains(h)) {
+    if new.is_empty() {
         return None;
     }
-    let mut heads = if plain { Vec::new() } else { before.to_vec() };
-    for h in ours {
-        if !heads.contains(&h) {
-            heads.push(h);
-        }
-    }
+    // What is not in the history of our new changes (usually nothing of ours).
+    let after: std::collections::BTreeSet<[u8; 32]> =
+        am.get_changes_meta(&new).iter().map(|m| m.hash.0).collect();
+    let mut heads: Vec<[u8; 32]> = before
+        .iter()
+        .copied()
+        .filter(|h| after.contains(h))
+        .collect();
+    heads.extend(new.iter().map(|h| h.0));
     // More concurrent edits of older versions than a seal names: the oldest go unnamed
-    // (their changes still reach peers directly; only relays of them wait).
+    // (see docs/security.md, "What is left").
     let excess = heads.len().saturating_sub(crate::seal::MAX_SEALED_HEADS);
     heads.drain(..excess);
     *counter += 1;
