@@ -145,6 +145,25 @@ pub fn sealing_actor(actor: &ActorId) -> Option<([u8; 16], u32)> {
     Some((device, epoch))
 }
 
+/// Whose seal a change under `actor` needs: the device prefix of a sealing actor, or of
+/// any actor no version of cue writes; `None` for the actors taken without one: those of
+/// versions before seals (20 bytes, or 24 for an edit of an older version: a 4-byte
+/// counter after them) and the fixed ones every peer shares (`cue-index-genesis`, `cue-copy…`).
+pub fn needs_seal(actor: &ActorId) -> Option<[u8; 16]> {
+    if let Some((device, _)) = sealing_actor(actor) {
+        return Some(device);
+    }
+    let b = actor.to_bytes();
+    let before_seals = b.len() == 20 || (b.len() == 24 && b[20] != SEALING_ERA);
+    if before_seals || b == b"cue-index-genesis" || b.starts_with(b"cue-copy") {
+        return None;
+    }
+    let mut device = [0u8; 16];
+    let n = b.len().min(16);
+    device[..n].copy_from_slice(&b[..n]);
+    Some(device)
+}
+
 /// The changes of `changes` (by index) that are under a sealing actor and that no seal of
 /// their device reaches through the dependencies among `changes`: not their author's.
 /// `seals` must have been verified. A sealed change that is not among `changes` reaches
@@ -195,8 +214,8 @@ pub fn unsealed_nodes(changes: &[Node<'_>], seals: &[Seal]) -> BTreeSet<usize> {
     changes
         .iter()
         .enumerate()
-        .filter(|(i, c)| match sealing_actor(c.actor) {
-            Some((device, _)) => !reached.contains(&(*i, device)),
+        .filter(|(i, c)| match needs_seal(c.actor) {
+            Some(device) => !reached.contains(&(*i, device)),
             None => false,
         })
         .map(|(i, _)| i)
@@ -324,6 +343,37 @@ mod tests {
         );
         let both = a.seal(1, 3, vec![a2.hash().0, f.hash().0]);
         assert!(unsealed(&all, &[both]).is_empty());
+    }
+
+    #[test]
+    fn only_the_actors_of_earlier_versions_and_the_fixed_ones_go_without_a_seal() {
+        let a = key(1).device();
+        let mut legacy = a.0[..16].to_vec();
+        legacy.extend(7u32.to_be_bytes());
+        let mut legacy_fork = legacy.clone();
+        legacy_fork.extend(3u32.to_be_bytes());
+        for free in [
+            legacy.clone(),
+            legacy_fork,
+            b"cue-index-genesis".to_vec(),
+            b"cue-copy0123456789abcdef".to_vec(),
+        ] {
+            assert_eq!(needs_seal(&ActorId::from(free.clone())), None, "{free:?}");
+        }
+        let mut other_era = legacy.clone();
+        other_era.push(0);
+        let prefix: [u8; 16] = a.0[..16].try_into().unwrap();
+        for bound in [
+            crate::actor_for(&a, 7).to_bytes().to_vec(),
+            other_era,
+            a.0[..16].to_vec(),
+        ] {
+            assert_eq!(
+                needs_seal(&ActorId::from(bound.clone())),
+                Some(prefix),
+                "{bound:?}"
+            );
+        }
     }
 
     #[test]
