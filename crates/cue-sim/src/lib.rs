@@ -1266,7 +1266,8 @@ impl World {
 }
 
 /// One random schedule: peers edit, create, delete, rename, write binaries, change the
-/// executable bit, go offline, restart, while the relay drops, duplicates and reorders. Then the network heals and
+/// executable bit, change several files in one watcher batch (a burst), go offline,
+/// restart, while the relay drops, duplicates and reorders. Then the network heals and
 /// the world must converge with no lost edit. Returns a description of the failure.
 pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
     // Two to four peers, chosen by the seed so that a seed alone replays a schedule.
@@ -1423,6 +1424,88 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
                 let exec = w.rng.random_bool(0.5);
                 w.chmod(p, path, exec);
             }
+            79..=80 => {
+                // A burst: a program writes, removes and renames a few files in one
+                // watcher batch (`World::burst`), among them the files others edit.
+                let mut disk = w.peers[p].disk.clone();
+                let mut ops = Vec::new();
+                let pool = [
+                    "a.md",
+                    "b.md",
+                    "notes/c.md",
+                    "d.txt",
+                    "burst/e.md",
+                    "burst/f.md",
+                    "burst/g.txt",
+                ];
+                // A path removed or renamed away is not made again in the same burst, and
+                // a rename is neither from nor to a path the burst already wrote or renamed
+                // to: the watcher reports what is there at the end, so a file there before
+                // would be taken as rewritten to the bytes of another (as an editor's save
+                // through a temporary is), and a rewrite merged with a concurrent insertion
+                // glues the insertion into the new text (the known gap of emptying a file
+                // while another device edits it): a marker could not be found whole.
+                let mut left = BTreeSet::new();
+                let mut made = BTreeSet::new();
+                for k in 0..w.rng.random_range(2..10) {
+                    let path = pool[w.rng.random_range(0..pool.len())].to_string();
+                    if left.contains(&path) {
+                        continue;
+                    }
+                    match w.rng.random_range(0..10) {
+                        0..=4 => {
+                            // A marker at the end of the file (made if need be).
+                            let m = format!("<m{next_marker}.{k}>");
+                            let mut text = disk
+                                .get(&path)
+                                .map(|b| String::from_utf8_lossy(b).into_owned())
+                                .unwrap_or_default();
+                            if !text.is_empty() && !text.ends_with('\n') {
+                                text.push('\n');
+                            }
+                            text.push_str(&m);
+                            text.push('\n');
+                            disk.insert(path.clone(), text.clone().into_bytes());
+                            made.insert(path.clone());
+                            ops.push(DiskOp::Write(path, text.into_bytes()));
+                            markers.push((m, p));
+                        }
+                        5..=6 => {
+                            if let Some(old) = disk.remove(&path) {
+                                forget_markers(&markers, &old, &mut deleted);
+                                left.insert(path.clone());
+                                ops.push(DiskOp::Remove(path));
+                            }
+                        }
+                        7..=8 => {
+                            // Renamed, over whatever is there (a deletion of it).
+                            let to = format!("burst/r{}.md", w.rng.random_range(0..3));
+                            if to != path
+                                && !left.contains(&to)
+                                && !made.contains(&to)
+                                && !made.contains(&path)
+                                && let Some(moved) = disk.remove(&path)
+                            {
+                                left.insert(path.clone());
+                                made.insert(to.clone());
+                                if let Some(old) = disk.insert(to.clone(), moved) {
+                                    forget_markers(&markers, &old, &mut deleted);
+                                }
+                                ops.push(DiskOp::Rename(path, to));
+                            }
+                        }
+                        _ => {
+                            let m = format!("<m{next_marker}.{k}>");
+                            let path = format!("burst/n{step}-{k}.md");
+                            let text = format!("{m}\n");
+                            disk.insert(path.clone(), text.clone().into_bytes());
+                            ops.push(DiskOp::Write(path, text.into_bytes()));
+                            markers.push((m, p));
+                        }
+                    }
+                }
+                w.burst(p, &ops);
+            }
             _ => {
                 let n = w.rng.random_range(0..20);
                 for _ in 0..n {
@@ -1497,6 +1580,16 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
         markers: markers.len(),
         messages: w.messages_delivered,
     })
+}
+
+/// The markers in `content`, gone with it (a file removed or replaced is a deletion).
+fn forget_markers(markers: &[(String, usize)], content: &[u8], deleted: &mut BTreeSet<String>) {
+    let text = String::from_utf8_lossy(content);
+    for (m, _) in markers {
+        if text.contains(m.as_str()) {
+            deleted.insert(m.clone());
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
