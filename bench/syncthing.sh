@@ -10,8 +10,9 @@
 #     and paths cue-bench writes (`note(i, 4096, "marker: burst")` at
 #     notes/NN/note-NNNNN.md), written into A's running folder one after the other as
 #     fast as the disk takes them; timed until every file is on B with the right bytes
-#     (RUNS runs of each, the files removed and both folders idle between runs); RSS of
-#     both instances after the last.
+#     (RUNS runs of each, both folders idle between runs; each run writes below a folder
+#     of its own, run-K/, and the earlier runs' files stay: Syncthing did not settle when
+#     a run wrote again the paths just deleted); RSS of both instances after the last.
 #
 # Usage: bench/syncthing.sh            (installs syncthing from Debian's packages if absent)
 #        SAVES=30 FILES=1000,3000 RUNS=3 bench/syncthing.sh
@@ -82,7 +83,7 @@ EOF
 done
 
 python3 - "$WORK" "$SAVES" "$FILES" "$OUT" "$RUNS" <<'EOF'
-import json, os, shutil, statistics, sys, time, urllib.request
+import json, os, statistics, sys, time, urllib.request
 
 work, saves, out = sys.argv[1], int(sys.argv[2]), sys.argv[4]
 sizes, runs = [int(n) for n in sys.argv[3].split(",") if int(n) > 0], int(sys.argv[5])
@@ -198,10 +199,10 @@ load_lat = load1()
 def idle(n):
     return api(n, "GET", "/rest/db/status?folder=bench")["state"] == "idle"
 
-def burst(nfiles):
-    """One copy-in, as cue-bench's burst run: the files written into A one after the
-    other; seconds until every one is on B with its bytes."""
-    paths = [f"notes/{i // 100:02}/note-{i:05}.md" for i in range(nfiles)]
+def burst(nfiles, top):
+    """One copy-in, as cue-bench's burst run: the files written into A (below `top`) one
+    after the other; seconds until every one is on B with its bytes."""
+    paths = [f"{top}/notes/{i // 100:02}/note-{i:05}.md" for i in range(nfiles)]
     notes = [note(i, "marker: burst") for i in range(nfiles)]
     t0 = time.monotonic()
     for p, content in zip(paths, notes):
@@ -222,15 +223,14 @@ def burst(nfiles):
     return time.monotonic() - t0
 
 bursts = []
+k = 0
 for nfiles in sizes:
     times, loads = [], []
     for run in range(runs):
-        # A fresh start: no notes on either side, both folders idle.
-        shutil.rmtree(f"{a}/notes", ignore_errors=True)
-        wait("the notes gone from b", lambda: not os.path.exists(f"{b}/notes"), deadline=600)
         wait("a's folder idle", lambda: idle("a"))
         wait("b's folder idle", lambda: idle("b"))
-        times.append(burst(nfiles))
+        times.append(burst(nfiles, f"run-{k}"))
+        k += 1
         loads.append(load1())
         print(f"burst of {nfiles}, run {run}: {times[-1]:.2f} s (load {loads[-1]:.1f})",
               file=sys.stderr)
