@@ -6,7 +6,9 @@
 //! raw client floods another room of the relay (at 10 × its rate limit, then unpaced);
 //! the first sync of 1,000 (and with `--big` 10,000) Markdown files of 4 KB to a newly
 //! joined peer, the idle RSS and CPU of daemons holding those files, and store bytes over
-//! raw bytes after import and after edits. Last it runs the relay's load generator
+//! raw bytes after import and after edits; bursts: notes copied into a running peer
+//! (`--burst`, 1,000 and 3,000) and a `git checkout` changing notes in a running peer
+//! (`--checkout`, 3,000), each until all are on the other peer. Last it runs the relay's load generator
 //! (`cue-relay-load bench`) and keeps its output as it is. It writes a JSON file, prints
 //! a Markdown table, and with `--docs docs/benchmarks.md` replaces that file's generated
 //! section. Figures, never assertions: `--quick` runs everything in seconds for CI.
