@@ -6,16 +6,22 @@
 #   - save→peer latency: a 4 KB note with a unique marker line saved in place on A, the
 #     file on B polled every millisecond until the marker is there (SAVES saves, 5 more
 #     unmeasured first, 50 ms between one arriving and the next save);
-#   - 1,000 Markdown files of 4 KB copied into A's folder: time until every file is on B
-#     with the right bytes; RSS of both instances afterwards.
+#   - bursts, as `cue-bench --burst N,M`: N (then M) Markdown files of 4 KB, the bytes
+#     and paths cue-bench writes (`note(i, 4096, "marker: burst")` at
+#     notes/NN/note-NNNNN.md), written into A's running folder one after the other as
+#     fast as the disk takes them; timed until every file is on B with the right bytes
+#     (RUNS runs of each, both folders idle between runs; each run writes below a folder
+#     of its own, run-K/, and the earlier runs' files stay: Syncthing did not settle when
+#     a run wrote again the paths just deleted); RSS of both instances after the last.
 #
 # Usage: bench/syncthing.sh            (installs syncthing from Debian's packages if absent)
-#        SAVES=30 FILES=200 bench/syncthing.sh
+#        SAVES=30 FILES=1000,3000 RUNS=3 bench/syncthing.sh
 # Needs python3. Writes bench/syncthing-results.json unless OUT is set.
 set -euo pipefail
 
 SAVES=${SAVES:-100}
 FILES=${FILES:-1000}
+RUNS=${RUNS:-1}
 OUT=${OUT:-$(dirname "$0")/syncthing-results.json}
 
 if ! command -v syncthing >/dev/null; then
@@ -76,10 +82,11 @@ EOF
     syncthing serve --home="$WORK/$n/home" --device-id >"$WORK/$n/id"
 done
 
-python3 - "$WORK" "$SAVES" "$FILES" "$OUT" <<'EOF'
-import json, os, sys, time, urllib.request
+python3 - "$WORK" "$SAVES" "$FILES" "$OUT" "$RUNS" <<'EOF'
+import json, os, statistics, sys, time, urllib.request
 
-work, saves, nfiles, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+work, saves, out = sys.argv[1], int(sys.argv[2]), sys.argv[4]
+sizes, runs = [int(n) for n in sys.argv[3].split(",") if int(n) > 0], int(sys.argv[5])
 peers = {}
 for n in "ab":
     rd = lambda f: open(f"{work}/{n}/{f}").read().strip()
@@ -140,12 +147,16 @@ for n, other in [("a", "b"), ("b", "a")]:
          lambda: api(n, "GET", "/rest/db/status?folder=bench")["state"] == "idle")
 
 def note(i, marker):
+    # cue-bench's `note`, byte for byte: the same words, the same generator.
     words = ["sync", "local", "first", "relay", "daemon", "merge", "edit", "peer", "note",
-             "file", "change", "folder", "device", "offline", "commit", "history", "text"]
+             "file", "change", "folder", "device", "offline", "commit", "history", "text",
+             "line", "the", "a", "of", "and", "to", "in", "is", "that", "with", "for", "on",
+             "markdown"]
+    m = 2**64
     s = f"---\ntitle: Note {i}\ntags: [bench, t{i % 10}]\n---\n# Note {i}\n\n{marker}\n\n"
-    x, col = i * 2654435761 + 1, 0
+    x, col = (i * 6364136223846793005 + 1442695040888963407) % m, 0
     while len(s) < 4096:
-        x = (x * 6364136223846793005 + 1442695040888963407) % 2**64
+        x = (x * 6364136223846793005 + 1442695040888963407) % m
         w = words[(x >> 33) % len(words)]
         if col > 70:
             s += "\n"; col = 0
@@ -185,33 +196,54 @@ for i in range(5 + saves):
     time.sleep(0.05)
 load_lat = load1()
 
-os.makedirs(f"{work}/src", exist_ok=True)
-paths = [f"notes/{i // 100:02}/note-{i:05}.md" for i in range(nfiles)]
-for i, p in enumerate(paths):
-    os.makedirs(os.path.dirname(f"{work}/src/{p}"), exist_ok=True)
-    open(f"{work}/src/{p}", "wb").write(note(i, "marker: none"))
-t0 = time.monotonic()
-os.rename(f"{work}/src/notes", f"{a}/notes")  # the copy: everything appears at once
-missing = list(range(nfiles))
-def arrived():
-    global missing
-    def ok(i):
-        try:
-            return open(f"{b}/{paths[i]}", "rb").read() == note(i, "marker: none")
-        except OSError:
-            return False
-    missing = [i for i in missing if not ok(i)]
-    return not missing
-copy_s = wait(f"{nfiles} files on b", arrived, deadline=600)
-load_copy = load1()
-wait("a's folder idle", lambda: api("a", "GET", "/rest/db/status?folder=bench")["state"] == "idle")
-wait("b's folder idle", lambda: api("b", "GET", "/rest/db/status?folder=bench")["state"] == "idle")
+def idle(n):
+    return api(n, "GET", "/rest/db/status?folder=bench")["state"] == "idle"
+
+def burst(nfiles, top):
+    """One copy-in, as cue-bench's burst run: the files written into A (below `top`) one
+    after the other; seconds until every one is on B with its bytes."""
+    paths = [f"{top}/notes/{i // 100:02}/note-{i:05}.md" for i in range(nfiles)]
+    notes = [note(i, "marker: burst") for i in range(nfiles)]
+    t0 = time.monotonic()
+    for p, content in zip(paths, notes):
+        os.makedirs(os.path.dirname(f"{a}/{p}"), exist_ok=True)
+        with open(f"{a}/{p}", "wb") as f:
+            f.write(content)
+    missing = list(range(nfiles))
+    def arrived():
+        nonlocal missing
+        def ok(i):
+            try:
+                return open(f"{b}/{paths[i]}", "rb").read() == notes[i]
+            except OSError:
+                return False
+        missing = [i for i in missing if not ok(i)]
+        return not missing
+    wait(f"{nfiles} files on b", arrived, deadline=600)
+    return time.monotonic() - t0
+
+bursts = []
+k = 0
+for nfiles in sizes:
+    times, loads = [], []
+    for run in range(runs):
+        wait("a's folder idle", lambda: idle("a"))
+        wait("b's folder idle", lambda: idle("b"))
+        times.append(burst(nfiles, f"run-{k}"))
+        k += 1
+        loads.append(load1())
+        print(f"burst of {nfiles}, run {run}: {times[-1]:.2f} s (load {loads[-1]:.1f})",
+              file=sys.stderr)
+    bursts.append({"files": nfiles, "copy_s": times, "median_s": statistics.median(times),
+                   "load1": loads})
+wait("a's folder idle", lambda: idle("a"))
+wait("b's folder idle", lambda: idle("b"))
 res = {
     "syncthing": os.popen("syncthing --version").read().strip(),
     "saves": len(lat), "lost": lost,
     "latency_ms": {"p50": pct(lat, 50), "p95": pct(lat, 95), "p99": pct(lat, 99), "max": max(lat)},
     "load1_latency": load_lat,
-    "files": nfiles, "copy_s": copy_s, "load1_copy": load_copy,
+    "bursts": bursts,
     "rss_mib": {n: rss_mib(worker(peers[n]["pid"])) for n in "ab"},
     "monitor_rss_mib": {n: rss_mib(peers[n]["pid"]) for n in "ab"},
 }
@@ -220,7 +252,11 @@ print(json.dumps(res, indent=2))
 l = res["latency_ms"]
 print(f"| Syncthing save→peer (fsWatcherDelayS=1), {len(lat)} saves | p50 {l['p50']:.0f} ms, "
       f"p95 {l['p95']:.0f} ms, p99 {l['p99']:.0f} ms | load {load_lat:.1f} |")
-print(f"| Syncthing {nfiles} × 4 KB copied in, until all on the peer | {copy_s:.2f} s | load {load_copy:.1f} |")
+for r in bursts:
+    print(f"| Syncthing {r['files']} × 4 KB copied in, until all on the peer "
+          f"(median of {len(r['copy_s'])}) | {r['median_s']:.2f} s "
+          f"({', '.join(f'{t:.2f}' for t in r['copy_s'])}) | load "
+          f"{', '.join(f'{l:.1f}' for l in r['load1'])} |")
 print(f"| Syncthing RSS after it (A / B, each + its monitor process) | {res['rss_mib']['a']:.0f} / "
       f"{res['rss_mib']['b']:.0f} MiB (+ {res['monitor_rss_mib']['a']:.0f} / {res['monitor_rss_mib']['b']:.0f}) |")
 EOF

@@ -6,7 +6,9 @@
 //! raw client floods another room of the relay (at 10 × its rate limit, then unpaced);
 //! the first sync of 1,000 (and with `--big` 10,000) Markdown files of 4 KB to a newly
 //! joined peer, the idle RSS and CPU of daemons holding those files, and store bytes over
-//! raw bytes after import and after edits. Last it runs the relay's load generator
+//! raw bytes after import and after edits; bursts: notes copied into a running peer
+//! (`--burst`, 1,000 and 3,000) and a `git checkout` changing notes in a running peer
+//! (`--checkout`, 3,000), each until all are on the other peer. Last it runs the relay's load generator
 //! (`cue-relay-load bench`) and keeps its output as it is. It writes a JSON file, prints
 //! a Markdown table, and with `--docs docs/benchmarks.md` replaces that file's generated
 //! section. Figures, never assertions: `--quick` runs everything in seconds for CI.
@@ -65,6 +67,12 @@ struct Args {
     /// the other), comma-separated; 0 skips them.
     #[arg(long, value_delimiter = ',')]
     burst: Option<Vec<usize>>,
+    /// File counts for the git-checkout runs (a workspace that is a git repository whose
+    /// two branches differ in that many 4 KB notes: `git checkout` of the other branch in
+    /// a running peer, timed until every changed file has its new bytes on the other),
+    /// comma-separated; 0 skips them.
+    #[arg(long, value_delimiter = ',')]
+    checkout: Option<Vec<usize>>,
     /// Length of the idle window for CPU and RSS, seconds.
     #[arg(long)]
     idle_secs: Option<u64>,
@@ -110,6 +118,7 @@ struct Plan {
     gap: Duration,
     files: Vec<(usize, usize)>, // (file count, runs)
     burst: Vec<usize>,
+    checkout: Vec<usize>,
     idle: Duration,
     deadline: Duration,
     edit_files: usize,
@@ -141,6 +150,13 @@ impl Plan {
                 .burst
                 .clone()
                 .unwrap_or(if a.quick { vec![100] } else { vec![1000, 3000] })
+                .into_iter()
+                .filter(|n| *n > 0)
+                .collect(),
+            checkout: a
+                .checkout
+                .clone()
+                .unwrap_or(if a.quick { vec![100] } else { vec![3000] })
                 .into_iter()
                 .filter(|n| *n > 0)
                 .collect(),
@@ -457,6 +473,118 @@ fn burst_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value> {
     Ok(out)
 }
 
+/// Runs git in `dir` (as a user would, with a name for commits); an error says what
+/// failed.
+fn git(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=bench",
+            "-c",
+            "user.email=bench@example.invalid",
+        ])
+        .args(args)
+        .output()
+        .context("running git (is it installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// One git-checkout run: two peers in sync over `files` notes committed on branch `one`
+/// of a git repository in the source's folder (`.git/` is never synced; `.cuedeck/` is
+/// excluded from the repository); branch `two` changes every note (made in a clone
+/// outside the folder and pushed back, so the folder does not change). Timed: `git
+/// checkout two` in the source, until every note has its new bytes on the other peer.
+fn checkout_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value> {
+    let relay = Relay::start(kit, ANY_PORT, &[])?;
+    let src = Peer::new(kit, "src")?;
+    let dst = Peer::new(kit, "dst")?;
+    src.init(&relay.url())?;
+    dst.join(&src.invite()?)?;
+    src.start()?;
+    dst.start()?;
+    wait_until("the two peers to see each other", plan.deadline, || {
+        let (a, b) = (src.status()?.0, dst.status()?.0);
+        Ok(a["peers"][0]["online"] == true && b["peers"][0]["online"] == true)
+    })?;
+    let one: Vec<(String, Vec<u8>)> = (0..files)
+        .map(|i| (note_path(i), note(i, 4096, "marker: branch one")))
+        .collect();
+    for (path, content) in &one {
+        sender_write(&src, path, content)?;
+    }
+    let every = Duration::from_millis(100);
+    let mut missing: Vec<usize> = (0..files).collect();
+    poll_until("branch one on the other peer", plan.deadline, every, || {
+        missing.retain(|&i| std::fs::read(dst.path(&one[i].0)).map_or(true, |c| c != one[i].1));
+        Ok(missing.is_empty())
+    })?;
+    git(src.root(), &["init", "-q", "-b", "one"])?;
+    std::fs::write(src.path(".git/info/exclude"), ".cuedeck/\n")?;
+    git(src.root(), &["add", "-A"])?;
+    git(src.root(), &["commit", "-q", "-m", "one"])?;
+    let clone = Peer::new(kit, "clone")?;
+    let other = clone.path("two");
+    let from = src.root().to_string_lossy().into_owned();
+    git(clone.root(), &["clone", "-q", &from, "two"])?;
+    let two: Vec<(String, Vec<u8>)> = (0..files)
+        .map(|i| (note_path(i), note(i, 4096, "marker: branch two")))
+        .collect();
+    for (path, content) in &two {
+        std::fs::write(other.join(path), content)?;
+    }
+    git(&other, &["checkout", "-q", "-b", "two"])?;
+    git(&other, &["commit", "-q", "-a", "-m", "two"])?;
+    git(&other, &["push", "-q", "origin", "two"])?;
+    let (src_pid, dst_pid) = (
+        src.live_daemon().context("no daemon running for src")?,
+        dst.live_daemon().context("no daemon running for dst")?,
+    );
+    let (src_cpu0, dst_cpu0) = (procfs::cpu_secs(src_pid), procfs::cpu_secs(dst_pid));
+    let t = Instant::now();
+    git(src.root(), &["checkout", "-q", "two"])?;
+    let checkout_s = t.elapsed().as_secs_f64();
+    let mut missing: Vec<usize> = (0..files).collect();
+    let arrived = poll_until(
+        "every changed note on the other peer",
+        plan.deadline,
+        every,
+        || {
+            missing.retain(|&i| std::fs::read(dst.path(&two[i].0)).map_or(true, |c| c != two[i].1));
+            Ok(missing.is_empty())
+        },
+    )
+    .map(|_| t.elapsed());
+    let arrived = match arrived {
+        Ok(d) => d,
+        Err(e) => bail!("{e} ({} of {files} missing)", missing.len()),
+    };
+    let load = procfs::load1();
+    let cpu = |after: Option<f64>, before: Option<f64>| match (after, before) {
+        (Some(a), Some(b)) => a - b,
+        _ => f64::NAN,
+    };
+    let out = json!({
+        "files": files,
+        "git_checkout_s": checkout_s,
+        "all_on_peer_s": arrived.as_secs_f64(),
+        "src_cpu_s": cpu(procfs::cpu_secs(src_pid), src_cpu0),
+        "dst_cpu_s": cpu(procfs::cpu_secs(dst_pid), dst_cpu0),
+        "load1": load,
+    });
+    src.stop()?;
+    dst.stop()?;
+    Ok(out)
+}
+
 /// One first-sync run: a workspace made over `files` notes, a new peer joins; then both
 /// sit idle.
 fn first_sync_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value> {
@@ -726,6 +854,7 @@ fn main() -> anyhow::Result<()> {
         "latency": [],
         "first_sync": [],
         "burst": [],
+        "checkout": [],
     });
 
     for &n in &plan.peers {
@@ -830,6 +959,55 @@ fn main() -> anyhow::Result<()> {
             });
         }
         if let Some(a) = results["burst"].as_array_mut() {
+            a.push(json!({"files": files, "runs": runs}));
+        }
+    }
+
+    for &files in &plan.checkout {
+        let mut runs = Vec::new();
+        for run in 0..plan.runs {
+            let r = checkout_run(&kit, &plan, files)
+                .with_context(|| format!("checkout run {run} with {files} files"))?;
+            eprintln!("checkout, {files} files, run {run}: {r}");
+            runs.push(r);
+        }
+        let load = field(&runs, &["load1"]);
+        let goal = (files == 3000).then_some((3.0, "≤ 3 s"));
+        for (figure, goal, key, unit, digits) in [
+            (
+                format!(
+                    "git checkout changing {files} × 4 KB in a running peer → all on the other"
+                ),
+                goal,
+                "all_on_peer_s",
+                "s",
+                2,
+            ),
+            (
+                "… source daemon CPU for it".to_string(),
+                None,
+                "src_cpu_s",
+                "CPU-s",
+                2,
+            ),
+            (
+                "… receiving daemon CPU for it".to_string(),
+                None,
+                "dst_cpu_s",
+                "CPU-s",
+                2,
+            ),
+        ] {
+            rows.push(Row {
+                figure,
+                goal,
+                values: field(&runs, &[key]),
+                unit,
+                load: load.clone(),
+                digits,
+            });
+        }
+        if let Some(a) = results["checkout"].as_array_mut() {
             a.push(json!({"files": files, "runs": runs}));
         }
     }

@@ -40,6 +40,62 @@ pub fn too_many_missing(known: usize, missing: usize) -> bool {
 pub const SCAN_BATCH_FILES: usize = 64;
 pub const SCAN_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
+/// Inputs gathered from one batch of watcher events, to be handled in one settle and one
+/// transaction (a `cp -r` of 3,000 files was 3,000 settles of the whole workspace, 3,000
+/// commits and 3,000 messages), at most [`SCAN_BATCH_FILES`] inputs or
+/// [`SCAN_BATCH_BYTES`] at a time, as the start-up scan feeds them. The daemon's driver
+/// and the simulation gather with it alike: an event that looks at what the engine knows
+/// of a path (a removal, a rename) about a path gathered ([`Gathered::touches`]) has what
+/// is gathered handled first.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    inputs: Vec<Input>,
+    bytes: usize,
+    /// The paths the inputs are about: an event about one of them (or a folder of one)
+    /// needs the engine to know them first.
+    paths: BTreeSet<String>,
+}
+
+impl Gathered {
+    /// Adds an input; true when the gathering is full and is to be handled now
+    /// ([`Gathered::take`]).
+    pub fn push(&mut self, input: Input) -> bool {
+        let (path, bytes) = match &input {
+            Input::FileChanged { path, content, .. } => (Some(path), content.len()),
+            Input::FileRemoved { path }
+            | Input::FileTooLarge { path, .. }
+            | Input::UnsyncableFile { path, .. } => (Some(path), 0),
+            Input::FileRenamed { to, content, .. } => (Some(to), content.len()),
+            _ => (None, 0),
+        };
+        if let Some(p) = path {
+            self.paths.insert(p.clone());
+        }
+        if let Input::FileRenamed { from, .. } = &input {
+            self.paths.insert(from.clone());
+        }
+        self.bytes += bytes;
+        self.inputs.push(input);
+        self.inputs.len() >= SCAN_BATCH_FILES || self.bytes >= SCAN_BATCH_BYTES
+    }
+
+    /// Does an event about `path` (a file or a folder) depend on what is gathered?
+    pub fn touches(&self, path: &str) -> bool {
+        let below = format!("{path}/");
+        self.paths.contains(path)
+            || self
+                .paths
+                .range(below.clone()..)
+                .next()
+                .is_some_and(|p| p.starts_with(&below))
+    }
+
+    /// What is gathered so far, to be handled; the gathering goes on, empty.
+    pub fn take(&mut self) -> Vec<Input> {
+        std::mem::take(self).inputs
+    }
+}
+
 /// What a conditional write or removal found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

@@ -20,7 +20,7 @@
 
 use std::collections::BTreeSet;
 
-use cue_core::carry::{self, Found};
+use cue_core::carry::{self, Found, Gathered};
 use cue_core::{ContentHash, Engine, FileId, Input, Restored, Status, file_hash, with_exec};
 
 use crate::config::Config;
@@ -180,32 +180,6 @@ pub struct Driver {
     own_admission: Vec<u8>,
     /// Inputs gathered from one batch of watcher events, fed to the engine together.
     gathered: Option<Gathered>,
-}
-
-/// Inputs gathered from watcher events to be handled in one settle and one transaction
-/// (a `cp -r` of 3,000 files was 3,000 settles of the whole workspace, 3,000 commits and
-/// 3,000 messages), at most [`carry::SCAN_BATCH_FILES`] inputs or
-/// [`carry::SCAN_BATCH_BYTES`] at a time, as the start-up scan feeds them.
-#[derive(Default)]
-struct Gathered {
-    inputs: Vec<Input>,
-    bytes: usize,
-    /// The paths the inputs are about: an event about one of them (or a folder of one)
-    /// needs the engine to know them first.
-    paths: BTreeSet<String>,
-}
-
-impl Gathered {
-    /// Does an event about `path` (a file or a folder) depend on what is gathered?
-    fn touches(&self, path: &str) -> bool {
-        let below = format!("{path}/");
-        self.paths.contains(path)
-            || self
-                .paths
-                .range(below.clone()..)
-                .next()
-                .is_some_and(|p| p.starts_with(&below))
-    }
 }
 
 impl std::fmt::Debug for Driver {
@@ -503,23 +477,7 @@ impl Driver {
         let Some(g) = &mut self.gathered else {
             return self.input(now, input);
         };
-        let (path, bytes) = match &input {
-            Input::FileChanged { path, content, .. } => (Some(path), content.len()),
-            Input::FileRemoved { path }
-            | Input::FileTooLarge { path, .. }
-            | Input::UnsyncableFile { path, .. } => (Some(path), 0),
-            Input::FileRenamed { to, content, .. } => (Some(to), content.len()),
-            _ => (None, 0),
-        };
-        if let Some(p) = path {
-            g.paths.insert(p.clone());
-        }
-        if let Input::FileRenamed { from, .. } = &input {
-            g.paths.insert(from.clone());
-        }
-        g.bytes += bytes;
-        g.inputs.push(input);
-        if g.inputs.len() >= carry::SCAN_BATCH_FILES || g.bytes >= carry::SCAN_BATCH_BYTES {
+        if g.push(input) {
             return self.feed_gathered(now);
         }
         Ok(Vec::new())
@@ -527,8 +485,8 @@ impl Driver {
 
     /// Feeds what is gathered so far (the gathering goes on, empty).
     fn feed_gathered(&mut self, now: i64) -> Result<Vec<Outgoing>, DriverError> {
-        match self.gathered.as_mut().map(std::mem::take) {
-            Some(g) if !g.inputs.is_empty() => self.input_batch(now, g.inputs),
+        match self.gathered.as_mut().map(Gathered::take) {
+            Some(inputs) if !inputs.is_empty() => self.input_batch(now, inputs),
             _ => Ok(Vec::new()),
         }
     }

@@ -448,6 +448,25 @@ impl Peer {
     }
 }
 
+/// One thing a program does to a folder in a burst ([`World::burst`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskOp {
+    /// Creates or overwrites a file (a new file is not executable; one overwritten keeps
+    /// its mode).
+    Write(String, Vec<u8>),
+    Remove(String),
+    /// Moves a file (keeping its mode), replacing any file at the target.
+    Rename(String, String),
+}
+
+/// What the daemon's watcher reports after a batch, by what is on disk then.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Watched {
+    Changed(String),
+    Removed(String),
+    Renamed(String, String),
+}
+
 #[derive(Debug, Clone)]
 struct InFlight {
     from: usize,
@@ -713,6 +732,164 @@ impl World {
             });
         }
         self.input_batch(peer, inputs);
+    }
+
+    /// A program changes many files at once (`cp -r`, `git checkout`, a script): the
+    /// operations happen on disk in order, then the watcher reports the batch as the
+    /// daemon's does, by what is on disk *now* (`watch.rs`: a path that exists is a
+    /// change, one that does not a removal, a rename whose target exists a rename, repeats
+    /// kept once), and the driver turns the events into inputs gathered as the daemon
+    /// gathers them (`carry::Gathered`: handled 64 files or 8 MiB at a time, and before a
+    /// removal or rename of a path gathered), with the mass-deletion guard judging the
+    /// batch. Paths are taken as given (no case folding).
+    pub fn burst(&mut self, peer: usize, ops: &[DiskOp]) {
+        let p = &mut self.peers[peer];
+        // What the program does.
+        for op in ops {
+            match op {
+                DiskOp::Write(path, bytes) => {
+                    p.disk.insert(path.clone(), bytes.clone());
+                }
+                DiskOp::Remove(path) => {
+                    p.disk.remove(path);
+                    p.exec.remove(path);
+                }
+                DiskOp::Rename(from, to) => {
+                    if let Some(bytes) = p.disk.remove(from) {
+                        let exec = p.exec.remove(from);
+                        p.disk.insert(to.clone(), bytes);
+                        if exec {
+                            p.exec.insert(to.clone());
+                        } else {
+                            p.exec.remove(to);
+                        }
+                    }
+                }
+            }
+        }
+        // What the watcher reports of it.
+        let mut events: Vec<Watched> = Vec::new();
+        let check = |disk: &BTreeMap<String, Vec<u8>>, path: &String| {
+            if disk.contains_key(path) {
+                Watched::Changed(path.clone())
+            } else {
+                Watched::Removed(path.clone())
+            }
+        };
+        for op in ops {
+            match op {
+                DiskOp::Write(path, _) | DiskOp::Remove(path) => events.push(check(&p.disk, path)),
+                DiskOp::Rename(from, to) if p.disk.contains_key(to) => {
+                    events.push(Watched::Renamed(from.clone(), to.clone()));
+                    if p.disk.contains_key(from) {
+                        events.push(check(&p.disk, from));
+                    }
+                }
+                DiskOp::Rename(from, to) => {
+                    events.push(check(&p.disk, from));
+                    events.push(check(&p.disk, to));
+                }
+            }
+        }
+        let mut seen = BTreeSet::new();
+        events.retain(|e| seen.insert(e.clone()));
+        // The mass-deletion guard judges the batch before any of it is fed.
+        let mut gone = BTreeSet::new();
+        for e in &events {
+            if let Watched::Removed(path) = e {
+                gone.extend(
+                    p.engine
+                        .on_disk_under(path)
+                        .into_iter()
+                        .filter(|f| !p.disk.contains_key(f)),
+                );
+            }
+        }
+        let known = p.engine.disk().count();
+        if carry::too_many_missing(known, gone.len()) && p.guard.is_none() {
+            p.guard = Some(format!(
+                "{} of the {known} files disappeared at once",
+                gone.len()
+            ));
+        }
+        // What the driver feeds the engine.
+        let mut gathered = carry::Gathered::default();
+        for e in events {
+            let depends = match &e {
+                Watched::Removed(path) => gathered.touches(path),
+                Watched::Renamed(from, to) => gathered.touches(from) || gathered.touches(to),
+                Watched::Changed(_) => false,
+            };
+            if depends {
+                self.input_batch(peer, gathered.take());
+            }
+            let inputs = match e {
+                Watched::Changed(path) => self.watched_change(peer, &path).into_iter().collect(),
+                Watched::Removed(path) => {
+                    let p = &self.peers[peer];
+                    if p.guard.is_some() {
+                        Vec::new()
+                    } else {
+                        p.engine
+                            .on_disk_under(&path)
+                            .into_iter()
+                            .filter_map(|f| self.watched_change(peer, &f))
+                            .collect()
+                    }
+                }
+                Watched::Renamed(from, to) => {
+                    let p = &self.peers[peer];
+                    let known = p.engine.on_disk(&from).is_some();
+                    match p.disk.get(&to) {
+                        Some(content) if known && !p.disk.contains_key(&from) => {
+                            vec![Input::FileRenamed {
+                                from,
+                                exec: !p.modes_unkept && p.exec.contains(&to),
+                                to,
+                                content: content.clone(),
+                            }]
+                        }
+                        _ => [to, from]
+                            .iter()
+                            .filter_map(|f| self.watched_change(peer, f))
+                            .collect(),
+                    }
+                }
+            };
+            for input in inputs {
+                if gathered.push(input) {
+                    self.input_batch(peer, gathered.take());
+                }
+            }
+        }
+        let rest = gathered.take();
+        if !rest.is_empty() {
+            self.input_batch(peer, rest);
+        }
+    }
+
+    /// What the driver feeds for a path that may have changed: its content if it differs
+    /// from what the engine believes is there, its removal if it is gone (unless the
+    /// mass-deletion guard holds deletions), nothing otherwise.
+    fn watched_change(&self, peer: usize, path: &str) -> Option<Input> {
+        let p = &self.peers[peer];
+        let known = p.engine.on_disk(path);
+        match p.disk.get(path) {
+            None => (known.is_some() && p.guard.is_none()).then(|| Input::FileRemoved {
+                path: path.to_string(),
+            }),
+            Some(content) => {
+                let exec = !p.modes_unkept && p.exec.contains(path);
+                if known.is_some_and(|k| p.engine.same_on_disk(k, file_hash(content, exec))) {
+                    return None;
+                }
+                Some(Input::FileChanged {
+                    path: path.to_string(),
+                    content: content.clone(),
+                    exec,
+                })
+            }
+        }
     }
 
     pub fn delete(&mut self, peer: usize, path: &str) {
@@ -1132,7 +1309,8 @@ impl World {
 }
 
 /// One random schedule: peers edit, create, delete, rename, write binaries, change the
-/// executable bit, go offline, restart, while the relay drops, duplicates and reorders. Then the network heals and
+/// executable bit, change several files in one watcher batch (a burst), go offline,
+/// restart, while the relay drops, duplicates and reorders. Then the network heals and
 /// the world must converge with no lost edit. Returns a description of the failure.
 pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
     // Two to four peers, chosen by the seed so that a seed alone replays a schedule.
@@ -1289,6 +1467,88 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
                 let exec = w.rng.random_bool(0.5);
                 w.chmod(p, path, exec);
             }
+            79..=80 => {
+                // A burst: a program writes, removes and renames a few files in one
+                // watcher batch (`World::burst`), among them the files others edit.
+                let mut disk = w.peers[p].disk.clone();
+                let mut ops = Vec::new();
+                let pool = [
+                    "a.md",
+                    "b.md",
+                    "notes/c.md",
+                    "d.txt",
+                    "burst/e.md",
+                    "burst/f.md",
+                    "burst/g.txt",
+                ];
+                // A path removed or renamed away is not made again in the same burst, and
+                // a rename is neither from nor to a path the burst already wrote or renamed
+                // to: the watcher reports what is there at the end, so a file there before
+                // would be taken as rewritten to the bytes of another (as an editor's save
+                // through a temporary is), and a rewrite merged with a concurrent insertion
+                // glues the insertion into the new text (the known gap of emptying a file
+                // while another device edits it): a marker could not be found whole.
+                let mut left = BTreeSet::new();
+                let mut made = BTreeSet::new();
+                for k in 0..w.rng.random_range(2..10) {
+                    let path = pool[w.rng.random_range(0..pool.len())].to_string();
+                    if left.contains(&path) {
+                        continue;
+                    }
+                    match w.rng.random_range(0..10) {
+                        0..=4 => {
+                            // A marker at the end of the file (made if need be).
+                            let m = format!("<m{next_marker}.{k}>");
+                            let mut text = disk
+                                .get(&path)
+                                .map(|b| String::from_utf8_lossy(b).into_owned())
+                                .unwrap_or_default();
+                            if !text.is_empty() && !text.ends_with('\n') {
+                                text.push('\n');
+                            }
+                            text.push_str(&m);
+                            text.push('\n');
+                            disk.insert(path.clone(), text.clone().into_bytes());
+                            made.insert(path.clone());
+                            ops.push(DiskOp::Write(path, text.into_bytes()));
+                            markers.push((m, p));
+                        }
+                        5..=6 => {
+                            if let Some(old) = disk.remove(&path) {
+                                forget_markers(&markers, &old, &mut deleted);
+                                left.insert(path.clone());
+                                ops.push(DiskOp::Remove(path));
+                            }
+                        }
+                        7..=8 => {
+                            // Renamed, over whatever is there (a deletion of it).
+                            let to = format!("burst/r{}.md", w.rng.random_range(0..3));
+                            if to != path
+                                && !left.contains(&to)
+                                && !made.contains(&to)
+                                && !made.contains(&path)
+                                && let Some(moved) = disk.remove(&path)
+                            {
+                                left.insert(path.clone());
+                                made.insert(to.clone());
+                                if let Some(old) = disk.insert(to.clone(), moved) {
+                                    forget_markers(&markers, &old, &mut deleted);
+                                }
+                                ops.push(DiskOp::Rename(path, to));
+                            }
+                        }
+                        _ => {
+                            let m = format!("<m{next_marker}.{k}>");
+                            let path = format!("burst/n{step}-{k}.md");
+                            let text = format!("{m}\n");
+                            disk.insert(path.clone(), text.clone().into_bytes());
+                            ops.push(DiskOp::Write(path, text.into_bytes()));
+                            markers.push((m, p));
+                        }
+                    }
+                }
+                w.burst(p, &ops);
+            }
             _ => {
                 let n = w.rng.random_range(0..20);
                 for _ in 0..n {
@@ -1363,6 +1623,16 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
         markers: markers.len(),
         messages: w.messages_delivered,
     })
+}
+
+/// The markers in `content`, gone with it (a file removed or replaced is a deletion).
+fn forget_markers(markers: &[(String, usize)], content: &[u8], deleted: &mut BTreeSet<String>) {
+    let text = String::from_utf8_lossy(content);
+    for (m, _) in markers {
+        if text.contains(m.as_str()) {
+            deleted.insert(m.clone());
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

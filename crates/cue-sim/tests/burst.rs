@@ -1,8 +1,12 @@
-//! A burst of new files: documents made ahead on other threads (`Engine::set_threads`)
-//! are the documents one thread makes, so every effect is the same.
+//! Bursts: documents made ahead on other threads (`Engine::set_threads`) are the
+//! documents one thread makes, so every effect is the same; and thousands of files
+//! created, renamed and deleted in one watcher batch (`World::burst`) against another
+//! peer's concurrent edits lose nothing.
+
+use std::collections::BTreeMap;
 
 use cue_core::{Config, Effect, Engine, Input, Restored};
-use cue_sim::{MemStore, World};
+use cue_sim::{DiskOp, Faults, MemStore, World};
 
 fn engine(threads: usize) -> Engine {
     let (mut e, _) = Engine::new(
@@ -105,5 +109,273 @@ fn a_burst_made_on_several_threads_reaches_the_other_peer_whole() {
             Some(bytes.as_slice()),
             "{path}"
         );
+    }
+}
+
+// ------------------------------------------------------------ bursts against edits
+
+fn base(i: usize) -> String {
+    format!("# base {i}\n\nbody of note {i}\n")
+}
+
+fn base_path(i: usize) -> String {
+    format!("base/n{i}.md")
+}
+
+/// Another peer's edit of a base note: a line on top.
+fn edited(i: usize) -> String {
+    format!("p1 was here {i}\n{}", base(i))
+}
+
+/// How the burst rewrites a base note: a line at the end.
+fn rewritten(i: usize) -> String {
+    format!("{}p0 rewrote {i}\n", base(i))
+}
+
+fn new_note(i: usize) -> Vec<u8> {
+    format!("# new {i}\n\n{}", "line of a new note\n".repeat(i % 5 + 1)).into_bytes()
+}
+
+/// The same path, created on the other peer while the burst creates it.
+const CLASH: &str = "new/f7.md";
+const CLASH_THEIRS: &[u8] = b"p1 made this f7 too\n";
+
+/// How the other peers learn of it.
+#[derive(Clone, Copy, Debug)]
+enum Net {
+    /// Online, messages in order.
+    Online,
+    /// Online, the relay drops, duplicates and reorders until the end.
+    Faulty,
+    /// The editing peer is offline during the burst and its edits, and catches up after.
+    Offline,
+}
+
+/// Three peers share 600 notes. In ONE watcher batch peer 0 creates 2,000 files, renames
+/// 300 notes and 100 of its new files, deletes 200 notes and 100 of its new files, and
+/// rewrites 40 notes, while peer 1 (before any of it arrives) edits notes the burst
+/// renames, deletes, rewrites and leaves alone, and creates a path the burst creates.
+/// After settling every peer holds the same bytes, and they are what the contract says:
+/// the burst's files, each rename carrying peer 1's edit, each deleted note peer 1
+/// edited kept with the edit (a delete concurrent with an edit keeps the edit), both
+/// edits of a rewritten note merged, and both versions of the path created twice.
+fn burst_against_edits(net: Net, seed: u64) {
+    let mut w = World::new(3, seed, Config::default());
+    w.set_threads(0, 2);
+    w.connect_all();
+    w.settle(5);
+    let notes: Vec<(String, Vec<u8>)> = (0..600)
+        .map(|i| (base_path(i), base(i).into_bytes()))
+        .collect();
+    w.write_many(2, &notes);
+    // (A new peer checks adopted documents a few a tick.)
+    w.settle(200);
+    if let Err(e) = w.converged() {
+        panic!("the first sync: {e}");
+    }
+
+    let mut expected: BTreeMap<String, Vec<u8>> = notes.iter().cloned().collect();
+    let mut ops = Vec::new();
+    for i in 0..2000 {
+        ops.push(DiskOp::Write(format!("new/f{i}.md"), new_note(i)));
+    }
+    for i in 0..300 {
+        ops.push(DiskOp::Rename(base_path(i), format!("moved/n{i}.md")));
+    }
+    for i in 300..500 {
+        ops.push(DiskOp::Remove(base_path(i)));
+    }
+    for i in 500..540 {
+        ops.push(DiskOp::Write(base_path(i), rewritten(i).into_bytes()));
+    }
+    for i in 10..110 {
+        ops.push(DiskOp::Rename(
+            format!("new/f{i}.md"),
+            format!("fresh/f{i}.md"),
+        ));
+    }
+    for i in 110..210 {
+        ops.push(DiskOp::Remove(format!("new/f{i}.md")));
+    }
+    for op in &ops {
+        match op {
+            DiskOp::Write(p, b) => {
+                expected.insert(p.clone(), b.clone());
+            }
+            DiskOp::Remove(p) => {
+                expected.remove(p);
+            }
+            DiskOp::Rename(from, to) => {
+                if let Some(b) = expected.remove(from) {
+                    expected.insert(to.clone(), b);
+                }
+            }
+        }
+    }
+
+    match net {
+        Net::Online => {}
+        Net::Faulty => {
+            w.faults = Faults {
+                drop: 0.05,
+                duplicate: 0.05,
+                reorder: true,
+            };
+        }
+        Net::Offline => w.disconnect(1),
+    }
+    w.burst(0, &ops);
+    // Peer 1 edits before anything of the burst reaches it.
+    let mut edits = Vec::new();
+    for i in (0..40).chain(300..340).chain(500..520).chain(560..580) {
+        edits.push((base_path(i), edited(i).into_bytes()));
+    }
+    for (path, bytes) in &edits {
+        w.write(1, path, bytes);
+    }
+    w.write(1, CLASH, CLASH_THEIRS);
+    for i in 0..40 {
+        expected.insert(format!("moved/n{i}.md"), edited(i).into_bytes());
+    }
+    for i in 300..340 {
+        expected.insert(base_path(i), edited(i).into_bytes());
+    }
+    for i in 500..520 {
+        expected.insert(
+            base_path(i),
+            format!("p1 was here {i}\n{}", rewritten(i)).into_bytes(),
+        );
+    }
+    for i in 560..580 {
+        expected.insert(base_path(i), edited(i).into_bytes());
+    }
+
+    w.faults = Faults::default();
+    w.connect_all();
+    w.settle(400);
+    w.converged()
+        .unwrap_or_else(|e| panic!("{net:?}: not converged: {e}"));
+    for peer in 0..3 {
+        let disk = &w.peers[peer].disk;
+        let mut extra: Vec<&String> = disk.keys().filter(|p| !expected.contains_key(*p)).collect();
+        // The path created twice: one version keeps it, the other is a conflict copy.
+        let copy = extra
+            .pop()
+            .unwrap_or_else(|| panic!("{net:?}: peer {peer}: no conflict copy"));
+        assert!(
+            extra.is_empty(),
+            "{net:?}: peer {peer}: files nobody made: {extra:?}"
+        );
+        let mut both = [disk[CLASH].clone(), disk[copy].clone()];
+        both.sort();
+        let mut made = [new_note(7), CLASH_THEIRS.to_vec()];
+        made.sort();
+        assert_eq!(both, made, "{net:?}: peer {peer}: {CLASH} and {copy}");
+        for (path, bytes) in &expected {
+            if path == CLASH {
+                continue;
+            }
+            assert_eq!(
+                disk.get(path)
+                    .map(|b| String::from_utf8_lossy(b).into_owned()),
+                Some(String::from_utf8_lossy(bytes).into_owned()),
+                "{net:?}: peer {peer}: {path}"
+            );
+        }
+        assert!(
+            w.peers[peer].write_failures.is_empty() && w.peers[peer].guard.is_none(),
+            "{net:?}: peer {peer}: {:?} {:?}",
+            w.peers[peer].write_failures,
+            w.peers[peer].guard
+        );
+    }
+}
+
+#[test]
+fn a_burst_in_one_batch_against_concurrent_edits_loses_nothing() {
+    burst_against_edits(Net::Online, 1);
+}
+
+#[test]
+fn a_burst_in_one_batch_over_a_faulty_relay_loses_nothing() {
+    burst_against_edits(Net::Faulty, 2);
+}
+
+#[test]
+fn a_burst_in_one_batch_against_offline_edits_loses_nothing() {
+    burst_against_edits(Net::Offline, 3);
+}
+
+/// A `git checkout` of another branch, as git does it: each file that differs is
+/// unlinked and written again, files only on the old branch are unlinked, files only on
+/// the new one written, all in one watcher batch, while peer 1 edits files the checkout
+/// changes and removes. Peer 1's edits merge into the new branch's text, and the files
+/// it edited that the checkout removed stay with its edit.
+#[test]
+fn a_checkout_in_one_batch_against_concurrent_edits_loses_nothing() {
+    let mut w = World::new(2, 4, Config::default());
+    w.connect_all();
+    w.settle(5);
+    let notes: Vec<(String, Vec<u8>)> = (0..1200)
+        .map(|i| (base_path(i), base(i).into_bytes()))
+        .collect();
+    w.write_many(0, &notes);
+    w.settle(200);
+    w.converged().unwrap();
+    let branch = |i: usize| format!("# base {i}\n\nbody of note {i} on the other branch\n");
+    let mut expected: BTreeMap<String, Vec<u8>> = notes.iter().cloned().collect();
+    let mut ops = Vec::new();
+    for i in 0..1000 {
+        ops.push(DiskOp::Remove(base_path(i)));
+        ops.push(DiskOp::Write(base_path(i), branch(i).into_bytes()));
+        expected.insert(base_path(i), branch(i).into_bytes());
+    }
+    for i in 1000..1100 {
+        ops.push(DiskOp::Remove(base_path(i)));
+        expected.remove(&base_path(i));
+    }
+    for i in 0..100 {
+        ops.push(DiskOp::Write(format!("only-there/o{i}.md"), new_note(i)));
+        expected.insert(format!("only-there/o{i}.md"), new_note(i));
+    }
+    w.burst(0, &ops);
+    for i in (0..50).chain(1000..1020) {
+        w.write(1, &base_path(i), edited(i).as_bytes());
+    }
+    for i in 0..50 {
+        expected.insert(
+            base_path(i),
+            format!("p1 was here {i}\n{}", branch(i)).into_bytes(),
+        );
+    }
+    for i in 1000..1020 {
+        expected.insert(base_path(i), edited(i).into_bytes());
+    }
+    w.settle(200);
+    w.converged().unwrap();
+    for peer in 0..2 {
+        let disk: BTreeMap<String, String> = w.peers[peer]
+            .disk
+            .iter()
+            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+            .collect();
+        let want: BTreeMap<String, String> = expected
+            .iter()
+            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+            .collect();
+        if disk != want {
+            let wrong: Vec<_> = want
+                .iter()
+                .filter(|(k, v)| disk.get(*k) != Some(v))
+                .take(5)
+                .map(|(k, v)| (k, v, disk.get(k)))
+                .collect();
+            let extra: Vec<_> = disk
+                .keys()
+                .filter(|k| !want.contains_key(*k))
+                .take(5)
+                .collect();
+            panic!("peer {peer}: wrong or missing (want, have): {wrong:?}; extra: {extra:?}");
+        }
     }
 }
