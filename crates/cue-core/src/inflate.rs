@@ -152,7 +152,9 @@ impl Budget {
             }
             if spec & !DEFLATE_BIT == ACTION_COLUMN {
                 let rows = if compressed {
-                    rle_rows(flate2::bufread::DeflateDecoder::new(data))
+                    rle_rows(std::io::BufReader::new(
+                        flate2::bufread::DeflateDecoder::new(data),
+                    ))
                 } else {
                     rle_rows(data)
                 }?;

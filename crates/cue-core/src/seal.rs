@@ -201,14 +201,18 @@ pub fn unsealed_nodes(changes: &[Node<'_>], seals: &[Seal]) -> BTreeSet<usize> {
         .enumerate()
         .map(|(i, c)| (c.hash, i))
         .collect();
-    let mut reached: BTreeSet<(usize, [u8; 16])> = BTreeSet::new();
+    // One walk a device, from all its seals' changes at once: each change is visited at
+    // most once a device, however many seals name it.
+    let mut starts: BTreeMap<[u8; 16], Vec<usize>> = BTreeMap::new();
     for seal in seals {
-        let device = seal.prefix();
-        let mut todo: Vec<usize> = seal
-            .heads
-            .iter()
-            .filter_map(|h| at.get(&ChangeHash(*h)).copied())
-            .collect();
+        starts.entry(seal.prefix()).or_default().extend(
+            seal.heads
+                .iter()
+                .filter_map(|h| at.get(&ChangeHash(*h)).copied()),
+        );
+    }
+    let mut reached: BTreeSet<(usize, [u8; 16])> = BTreeSet::new();
+    for (device, mut todo) in starts {
         while let Some(i) = todo.pop() {
             if !reached.insert((i, device)) {
                 continue;

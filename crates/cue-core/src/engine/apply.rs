@@ -123,7 +123,21 @@ pub(super) fn seals_now(
     new: &[Seal],
 ) -> (Option<Vec<Seal>>, Vec<Seal>) {
     let mut seals = kept.to_vec();
-    let (changed, waiting) = crate::seal::keep_latest(&mut seals, new, |h| {
+    // A seal is kept only while it names changes under its own device's actors: one
+    // made with any other key (a member can make keys) names nothing it may keep.
+    let new: Vec<Seal> = new
+        .iter()
+        .filter(|s| {
+            s.heads.iter().all(|h| {
+                am.get_change_meta_by_hash(&ChangeHash(*h)).is_none_or(|m| {
+                    crate::seal::sealing_actor(&m.actor)
+                        .is_some_and(|(p, _)| p[..] == s.device.0[..16])
+                })
+            })
+        })
+        .cloned()
+        .collect();
+    let (changed, waiting) = crate::seal::keep_latest(&mut seals, &new, |h| {
         am.get_change_meta_by_hash(&ChangeHash(*h)).is_some()
     });
     (changed.then_some(seals), waiting)
@@ -313,7 +327,7 @@ impl Engine {
 
     /// An adopted document whose changes its seals do not all reach is made again of
     /// those they reach; its seals are those of the changes it holds.
-    fn unseal_adopted(&mut self, f: FileId, store: &mut dyn DocStore) {
+    pub(super) fn unseal_adopted(&mut self, f: FileId, store: &mut dyn DocStore) {
         let seals = self.seals_of(DocId::File(f));
         let actor = self.actor.clone();
         let r = self.with_doc(f, store, |d| {

@@ -95,6 +95,11 @@ impl Engine {
                 return;
             }
         }
+        // An adopted document not yet checked could hold changes no seal reaches: they
+        // are taken out before an edit here builds on them (it would be lost with them).
+        if self.tail.unverified.contains(&file) {
+            self.unseal_adopted(file, store);
+        }
         let time_s = self.now_ms / 1000;
         let base = self
             .files

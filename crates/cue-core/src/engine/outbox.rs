@@ -36,8 +36,11 @@ impl Engine {
         if self.connected && now - self.last_hello_ms >= self.config.anti_entropy_ms {
             self.hello(None, false);
         }
+        // A catch-up whose answer waits for its sender's budget (`pace.rs`) has not
+        // timed out: what it brings is still its answer.
         if let Some(p) = &self.pull
             && now - p.started_ms > self.config.pull_timeout_ms
+            && !self.pacer.has_waiting(&p.peer)
         {
             self.pull = None;
         }

@@ -174,6 +174,11 @@ impl Pacer {
         Some(item)
     }
 
+    /// Whether items of `from` wait.
+    pub(super) fn has_waiting(&self, from: &DeviceId) -> bool {
+        self.waiting.contains_key(from)
+    }
+
     fn senders(&self) -> Vec<DeviceId> {
         self.waiting.keys().copied().collect()
     }
