@@ -112,7 +112,7 @@ impl FileDoc {
     }
 
     pub fn load(bytes: &[u8], actor: ActorId) -> Result<FileDoc, DocError> {
-        let mut doc = AutoCommit::load(bytes).map_err(|e| DocError::Decode(e.to_string()))?;
+        let mut doc = load_automerge(bytes).map_err(DocError::Decode)?;
         let saved = doc.get_heads();
         Ok(FileDoc {
             doc: doc.with_actor(actor),
@@ -856,6 +856,25 @@ impl FileDoc {
 fn dedupe_items(list: &mut List) {
     let mut seen = std::collections::BTreeSet::new();
     list.items.retain(|i| seen.insert(i.value.clone()));
+}
+
+/// `AutoCommit::load` of bytes that may come from a peer, with automerge's own panics
+/// caught: automerge 0.12 (its column library) unwraps on some malformed documents (a
+/// 104-byte one whose change columns claim a million empty changes panics in `load`), and
+/// a peer's bytes must never take the daemon down. A document that panics is refused like
+/// one that does not load. Nothing outlives a panicking load but its error.
+pub fn load_automerge(bytes: &[u8]) -> Result<AutoCommit, String> {
+    std::panic::catch_unwind(|| AutoCommit::load(bytes))
+        .map_err(|_| "automerge panicked loading it".to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// `Change::from_bytes` of a peer's bytes, with automerge's panics caught (see
+/// [`load_automerge`]).
+pub fn change_from_bytes(bytes: Vec<u8>) -> Result<automerge::Change, String> {
+    std::panic::catch_unwind(move || automerge::Change::from_bytes(bytes))
+        .map_err(|_| "automerge panicked reading it".to_string())?
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -214,7 +214,7 @@ impl IndexDoc {
     }
 
     pub fn load(bytes: &[u8], actor: ActorId) -> Result<IndexDoc, DocError> {
-        let decode = |b: &[u8]| AutoCommit::load(b).map_err(|e| DocError::Decode(e.to_string()));
+        let decode = |b: &[u8]| crate::doc::load_automerge(b).map_err(DocError::Decode);
         let mut doc = decode(bytes)?;
         // automerge 0.12 applies the changes stored after a snapshot by splicing them into
         // its columns, and a splice can leave a column's whole capacity behind: a 10,000-

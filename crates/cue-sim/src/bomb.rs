@@ -16,12 +16,16 @@ pub enum Kind {
     /// bytes, which no inflation bound sees (automerge 0.12 then reserves memory for
     /// every claimed operation: 8 GiB at a time for 2^30).
     RunLength,
+    /// A real document of 1,000 empty changes whose counts are rewritten to claim `mib`
+    /// mebi-changes: automerge 0.12 panics loading it (an unwrap in its column library).
+    EmptyChanges,
 }
 
 /// A chunk of `kind` that inflates to `mib` MiB.
 pub fn bomb(kind: Kind, mib: usize) -> Vec<u8> {
     let (chunk_type, data) = match kind {
         Kind::RunLength => return run_length(mib as u64 * (1 << 20)),
+        Kind::EmptyChanges => return empty_changes(mib as u64 * (1 << 20)),
         Kind::Change => (2, deflated_zeros(mib)),
         Kind::Document => {
             let zeros = deflated_zeros(mib);
@@ -56,6 +60,16 @@ fn run_length(ops: u64) -> Vec<u8> {
         Ok(()) => rewrite_counts(&saved, 1000, ops.max(2)).unwrap_or(saved),
         Err(_) => saved,
     }
+}
+
+/// 1,000 empty changes saved, their counts rewritten as [`run_length`] does.
+fn empty_changes(changes: u64) -> Vec<u8> {
+    let mut doc = automerge::AutoCommit::new();
+    for _ in 0..1000 {
+        doc.empty_change(automerge::transaction::CommitOptions::default().with_time(0));
+    }
+    let saved = doc.save();
+    rewrite_counts(&saved, 1000, changes.max(2)).unwrap_or(saved)
 }
 
 fn read_uleb(b: &[u8], at: &mut usize) -> Option<u64> {

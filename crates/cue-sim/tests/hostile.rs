@@ -807,3 +807,24 @@ fn a_burst_in_many_messages_is_never_taken_for_forgeries() {
         assert_eq!((c.forged_changes, c.bad_changes), (0, 0), "p{p}: {c:?}");
     }
 }
+
+/// A 104-byte document of empty changes whose counts claim a million makes automerge
+/// 0.12 panic while loading it: the panic is caught, the document refused and counted,
+/// and the peer keeps syncing.
+#[test]
+fn a_document_that_makes_automerge_panic_is_refused() {
+    let mut w = world();
+    let from = w.peers[0].device;
+    let item = Item::Whole {
+        doc: cue_core::DocId::File(cue_core::FileId([0xd0; 16])),
+        bytes: bomb(Kind::EmptyChanges, 1),
+    };
+    let bytes = encode(&Message { items: vec![item] });
+    assert!(bytes.len() < 300, "{}", bytes.len());
+    let before = w.peers[1].engine.counters().bad_documents;
+    w.input(1, Input::Message { from, bytes });
+    assert_eq!(w.peers[1].engine.counters().bad_documents, before + 1);
+    w.write(0, "a.md", b"x\ny\n");
+    w.settle(5);
+    assert_eq!(w.read(1, "a.md").as_deref(), Some("x\ny\n"));
+}

@@ -55,7 +55,7 @@ fn changes_to_apply(
     let changes = match remote {
         Remote::Changes(c) => c,
         Remote::Whole(bytes) => {
-            let mut other = automerge::AutoCommit::load(&bytes).ok()?;
+            let mut other = crate::doc::load_automerge(&bytes).ok()?;
             am.get_changes_added(&mut other)
         }
     };

@@ -370,7 +370,7 @@ impl Engine {
             Item::Changes { doc, changes } => {
                 let mut decoded = Vec::with_capacity(changes.len());
                 for c in changes {
-                    match Change::from_bytes(c) {
+                    match crate::doc::change_from_bytes(c) {
                         Ok(c) => decoded.push(c),
                         Err(_) => {
                             self.state.counters.bad_changes += 1;
