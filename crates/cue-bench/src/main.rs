@@ -413,10 +413,9 @@ fn sender_write(p: &Peer, rel: &str, content: &[u8]) -> anyhow::Result<()> {
     std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))
 }
 
-/// One burst run: two peers in sync, then `files` new notes copied into one of them as
-/// fast as the disk takes them (as `cp -r` or unzipping a folder does); timed until every
-/// one is on the other peer with its content. RSS peaks of both daemons.
-fn burst_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value> {
+/// A relay and two peers of one workspace, `src` and `dst`, both running and online
+/// to each other.
+fn online_pair(kit: &Kit, plan: &Plan) -> anyhow::Result<(Relay, Peer, Peer)> {
     let relay = Relay::start(kit, ANY_PORT, &[])?;
     let src = Peer::new(kit, "src")?;
     let dst = Peer::new(kit, "dst")?;
@@ -428,6 +427,14 @@ fn burst_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value> {
         let (a, b) = (src.status()?.0, dst.status()?.0);
         Ok(a["peers"][0]["online"] == true && b["peers"][0]["online"] == true)
     })?;
+    Ok((relay, src, dst))
+}
+
+/// One burst run: two peers in sync, then `files` new notes copied into one of them as
+/// fast as the disk takes them (as `cp -r` or unzipping a folder does); timed until every
+/// one is on the other peer with its content. RSS peaks of both daemons.
+fn burst_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value> {
+    let (_relay, src, dst) = online_pair(kit, plan)?;
     let (src_pid, dst_pid) = (
         src.live_daemon().context("no daemon running for src")?,
         dst.live_daemon().context("no daemon running for dst")?,
@@ -504,17 +511,7 @@ fn git(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {
 /// outside the folder and pushed back, so the folder does not change). Timed: `git
 /// checkout two` in the source, until every note has its new bytes on the other peer.
 fn checkout_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value> {
-    let relay = Relay::start(kit, ANY_PORT, &[])?;
-    let src = Peer::new(kit, "src")?;
-    let dst = Peer::new(kit, "dst")?;
-    src.init(&relay.url())?;
-    dst.join(&src.invite()?)?;
-    src.start()?;
-    dst.start()?;
-    wait_until("the two peers to see each other", plan.deadline, || {
-        let (a, b) = (src.status()?.0, dst.status()?.0);
-        Ok(a["peers"][0]["online"] == true && b["peers"][0]["online"] == true)
-    })?;
+    let (_relay, src, dst) = online_pair(kit, plan)?;
     let one: Vec<(String, Vec<u8>)> = (0..files)
         .map(|i| (note_path(i), note(i, 4096, "marker: branch one")))
         .collect();
