@@ -42,6 +42,7 @@ pub struct Budget {
     used: u64,
     limit: u64,
     ops: u64,
+    changes: u64,
 }
 
 impl Budget {
@@ -50,6 +51,7 @@ impl Budget {
             used: 0,
             limit,
             ops: 0,
+            changes: 0,
         }
     }
 
@@ -64,6 +66,14 @@ impl Budget {
     /// bytes, so no inflation bound sees it): the caller bounds this too.
     pub fn ops(&self) -> u64 {
         self.ops
+    }
+
+    /// Changes the chunks counted so far claim: one a change chunk, and for a document
+    /// or bundle the rows of its change columns, which automerge sizes its loading by
+    /// as it does by op rows (a document of empty changes claiming a million made
+    /// automerge 0.12 panic): the caller bounds this too.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     fn add(&mut self, n: u64) -> Result<(), InflateError> {
@@ -116,7 +126,7 @@ impl Budget {
         r.hashes()?;
         let changes = r.columns()?;
         let ops = r.columns()?;
-        self.columns(&mut r, &changes)?;
+        self.change_columns(&mut r, &changes)?;
         self.op_columns(&mut r, &ops, true)?;
         self.add(r.0.len() as u64)
     }
@@ -128,40 +138,65 @@ impl Budget {
         r.hashes()?;
         r.actors()?;
         let changes = r.columns()?;
-        self.columns(&mut r, &changes)?;
+        self.change_columns(&mut r, &changes)?;
         let ops = r.columns()?;
         self.op_columns(&mut r, &ops, true)?;
         self.add(r.0.len() as u64)
     }
 
-    /// Op columns, their rows counted (see [`Budget::ops`]), and with `measure` their
-    /// bytes too, as `columns` does.
+    /// Op columns: their bytes counted when `measure` (not for a change chunk, whose
+    /// body was counted whole), and the most rows any of them claims added to
+    /// [`Budget::ops`].
     fn op_columns(
         &mut self,
         r: &mut Reader<'_>,
         cols: &[(u32, u64)],
         measure: bool,
     ) -> Result<(), InflateError> {
+        let rows = self.columns_rows(r, cols, measure)?;
+        self.ops = self.ops.saturating_add(rows);
+        Ok(())
+    }
+
+    /// Columns, each inflated within the budget if compressed and its bytes counted when
+    /// `measure`; returns the most rows any of them claims. automerge sizes what it
+    /// builds by the rows columns claim, and every column of a set should hold the same
+    /// number (a group column's children hold the sum of its counts, which honest
+    /// documents keep near the op count): the largest claim is what is bounded.
+    fn columns_rows(
+        &mut self,
+        r: &mut Reader<'_>,
+        cols: &[(u32, u64)],
+        measure: bool,
+    ) -> Result<u64, InflateError> {
+        let mut most = 0u64;
         for &(spec, len) in cols {
             let data = r.take_u64(len)?;
-            let compressed = spec & DEFLATE_BIT != 0;
-            if measure && compressed {
-                self.inflate(data)?;
-            } else if measure {
-                self.add(data.len() as u64)?;
-            }
-            if spec & !DEFLATE_BIT == ACTION_COLUMN {
-                let rows = if compressed {
-                    rle_rows(std::io::BufReader::new(
-                        flate2::bufread::DeflateDecoder::new(data),
-                    ))
-                } else {
-                    rle_rows(data)
-                }?;
-                self.ops = self.ops.saturating_add(rows);
-            }
+            let rows = if spec & DEFLATE_BIT != 0 && measure {
+                let cap = self.limit.saturating_sub(self.used);
+                let mut counted = Counted {
+                    inner: flate2::bufread::DeflateDecoder::new(data),
+                    read: 0,
+                    cap,
+                };
+                let rows = column_rows(spec, std::io::BufReader::new(&mut counted));
+                if counted.read > cap {
+                    return Err(InflateError::TooLarge { limit: self.limit });
+                }
+                self.add(counted.read)?;
+                rows?
+            } else if spec & DEFLATE_BIT != 0 {
+                // Compression inside a change chunk's body is not automerge's format.
+                return Err(InflateError::Malformed("compressed column in a change"));
+            } else {
+                if measure {
+                    self.add(data.len() as u64)?;
+                }
+                column_rows(spec, data)?
+            };
+            most = most.max(rows);
         }
-        Ok(())
+        Ok(most)
     }
 
     /// The operations of an uncompressed change chunk (its bytes are counted by the
@@ -178,33 +213,20 @@ impl Budget {
         r.take_u64(message)?;
         r.actors()?; // other actors
         let ops = r.columns()?;
+        self.changes = self.changes.saturating_add(1);
         self.op_columns(&mut r, &ops, false)
     }
 
-    fn columns(&mut self, r: &mut Reader<'_>, cols: &[(u32, u64)]) -> Result<(), InflateError> {
-        for &(spec, len) in cols {
-            let data = r.take_u64(len)?;
-            if spec & DEFLATE_BIT != 0 {
-                self.inflate(data)?;
-            } else {
-                self.add(data.len() as u64)?;
-            }
-        }
+    /// A document's or bundle's change columns: their bytes counted, and the most rows
+    /// any claims added to [`Budget::changes`].
+    fn change_columns(
+        &mut self,
+        r: &mut Reader<'_>,
+        cols: &[(u32, u64)],
+    ) -> Result<(), InflateError> {
+        let rows = self.columns_rows(r, cols, true)?;
+        self.changes = self.changes.saturating_add(rows);
         Ok(())
-    }
-
-    /// Inflate `data` (raw DEFLATE, as automerge writes it) into a scratch buffer,
-    /// counting, and stop once the budget is spent.
-    fn inflate(&mut self, data: &[u8]) -> Result<(), InflateError> {
-        let mut decoder = flate2::bufread::DeflateDecoder::new(data);
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            match decoder.read(&mut buf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => self.add(n as u64)?,
-                Err(_) => return Err(InflateError::BadDeflate),
-            }
-        }
     }
 }
 
@@ -223,15 +245,58 @@ impl Budget {
     }
 }
 
-/// The action column of an op column set (id 4, unsigned run-length encoded): one value
-/// per operation.
-const ACTION_COLUMN: u32 = (4 << 4) | 2;
+/// A reader that counts what it reads and fails once past `cap`: a compressed column is
+/// inflated through it, never into memory.
+struct Counted<R> {
+    inner: R,
+    read: u64,
+    cap: u64,
+}
 
-/// The rows an unsigned run-length encoded column holds: runs (a positive signed count,
-/// then one value), literals (a negative count, then that many values) and nulls (a
-/// zero, then their count).
-fn rle_rows(mut input: impl Read) -> Result<u64, InflateError> {
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read = self.read.saturating_add(n as u64);
+        if self.read > self.cap {
+            return Err(std::io::Error::other("over the bound"));
+        }
+        Ok(n)
+    }
+}
+
+/// The rows a column claims, reading all of it (automerge's column encodings, by the
+/// type in the low three bits of its specification): run-length encoded integers
+/// (group, actor, integer, delta, value metadata) and strings hold runs (a positive
+/// count, then one value), literals (a negative count, then that many values) and null
+/// runs (a zero, then their count); booleans hold alternating run lengths; raw values
+/// hold no rows of their own (their metadata column has them).
+fn column_rows(spec: u32, mut input: impl Read) -> Result<u64, InflateError> {
+    const BOOLEAN: u32 = 4;
+    const STRING: u32 = 5;
+    const VALUE: u32 = 7;
+    let kind = spec & 0b111;
+    if kind == VALUE {
+        std::io::copy(&mut input, &mut std::io::sink()).map_err(|_| InflateError::BadDeflate)?;
+        return Ok(0);
+    }
     let mut rows = 0u64;
+    if kind == BOOLEAN {
+        while let Some(n) = read_leb(&mut input, false)? {
+            rows = rows.saturating_add(n);
+        }
+        return Ok(rows);
+    }
+    let value = |input: &mut dyn Read| -> Result<(), InflateError> {
+        let n = read_leb(input, false)?.ok_or(InflateError::Malformed("value"))?;
+        if kind == STRING {
+            let skipped = std::io::copy(&mut (&mut *input).take(n), &mut std::io::sink())
+                .map_err(|_| InflateError::BadDeflate)?;
+            if skipped < n {
+                return Err(InflateError::Malformed("cut short"));
+            }
+        }
+        Ok(())
+    };
     loop {
         let Some(count) = read_leb(&mut input, true)? else {
             return Ok(rows);
@@ -240,12 +305,12 @@ fn rle_rows(mut input: impl Read) -> Result<u64, InflateError> {
         let n = match count {
             0 => read_leb(&mut input, false)?.ok_or(InflateError::Malformed("null run"))?,
             c if c > 0 => {
-                read_leb(&mut input, false)?.ok_or(InflateError::Malformed("run"))?;
+                value(&mut input)?;
                 c.unsigned_abs()
             }
             c => {
                 for _ in 0..c.unsigned_abs() {
-                    read_leb(&mut input, false)?.ok_or(InflateError::Malformed("literal"))?;
+                    value(&mut input)?;
                 }
                 c.unsigned_abs()
             }
@@ -255,7 +320,7 @@ fn rle_rows(mut input: impl Read) -> Result<u64, InflateError> {
 }
 
 /// One LEB128 (signed: sign-extended into the u64's bits); `None` at the end of input.
-fn read_leb(input: &mut impl Read, signed: bool) -> Result<Option<u64>, InflateError> {
+fn read_leb<R: Read + ?Sized>(input: &mut R, signed: bool) -> Result<Option<u64>, InflateError> {
     let mut value = 0u64;
     let mut byte = [0u8; 1];
     for i in 0..10 {
@@ -516,5 +581,30 @@ mod tests {
         // 4,000 deletions in a few bytes: what a change may claim beyond its bytes.
         assert_eq!(ops(&deletion), 4000);
         assert!(deletion.len() < 200, "{}", deletion.len());
+    }
+
+    /// The changes a document claims are the rows of its change columns; a change chunk
+    /// is one change.
+    #[test]
+    fn changes_are_counted_as_automerge_wrote_them() {
+        let mut doc = AutoCommit::new();
+        let text = doc.put_object(ROOT, "t", ObjType::Text).unwrap();
+        doc.commit();
+        for i in 0..40 {
+            doc.splice_text(&text, i, 0, "x").unwrap();
+            doc.commit();
+        }
+        doc.splice_text(&text, 0, 40, "").unwrap();
+        doc.commit();
+        let measured = |bytes: &[u8]| {
+            let mut b = Budget::new(MAX_INFLATED_ITEM);
+            b.measure(bytes).unwrap();
+            (b.ops(), b.changes())
+        };
+        // 41 operations kept (the text and its characters, deleted ones too); 42 changes,
+        // the last of them only deletions.
+        assert_eq!(measured(&doc.save()), (41, 42));
+        let last = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+        assert_eq!(measured(&last), (40, 1));
     }
 }

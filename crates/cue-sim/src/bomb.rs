@@ -21,11 +21,11 @@ pub enum Kind {
     EmptyChanges,
 }
 
-/// A chunk of `kind` that inflates to `mib` MiB.
+/// A chunk of `kind` that inflates to `mib` MiB (or claims `mib` mebi-operations or
+/// mebi-changes: see [`claiming`]).
 pub fn bomb(kind: Kind, mib: usize) -> Vec<u8> {
     let (chunk_type, data) = match kind {
-        Kind::RunLength => return run_length(mib as u64 * (1 << 20)),
-        Kind::EmptyChanges => return empty_changes(mib as u64 * (1 << 20)),
+        Kind::RunLength | Kind::EmptyChanges => return claiming(kind, mib as u64 * (1 << 20)),
         Kind::Change => (2, deflated_zeros(mib)),
         Kind::Document => {
             let zeros = deflated_zeros(mib);
@@ -43,6 +43,17 @@ pub fn bomb(kind: Kind, mib: usize) -> Vec<u8> {
     uleb(data.len() as u64, &mut out);
     out.extend(data);
     out
+}
+
+/// A document of kind [`Kind::RunLength`] claiming `count` operations, or of kind
+/// [`Kind::EmptyChanges`] claiming `count` changes (at least 2); a few hundred bytes.
+/// Other kinds are not counts: their [`bomb`] of one MiB.
+pub fn claiming(kind: Kind, count: u64) -> Vec<u8> {
+    match kind {
+        Kind::RunLength => run_length(count),
+        Kind::EmptyChanges => empty_changes(count),
+        Kind::Change | Kind::Document => bomb(kind, 1),
+    }
 }
 
 /// A list of 1,000 `true`s (every op column a run, no value bytes) saved, then every
