@@ -163,17 +163,43 @@ fn rewrite_counts(saved: &[u8], from: u64, to: u64) -> Option<Vec<u8>> {
         new_body.extend(d);
     }
     new_body.extend(body.get(p..)?);
-    // The checksum automerge checks for uncompressed chunks: the first four bytes of
-    // SHA-256 of the type, the length and the body.
-    let mut checked = vec![saved[8]];
-    uleb(new_body.len() as u64, &mut checked);
-    checked.extend(new_body);
+    Some(chunk(saved[8], new_body))
+}
+
+/// An automerge chunk of type `kind` around `body`, with the checksum automerge checks
+/// for uncompressed chunks: the first four bytes of SHA-256 of the type, the length and
+/// the body.
+fn chunk(kind: u8, body: Vec<u8>) -> Vec<u8> {
+    let mut checked = vec![kind];
+    uleb(body.len() as u64, &mut checked);
+    checked.extend(body);
     use sha2::Digest;
     let sum = sha2::Sha256::digest(&checked);
-    let mut out = saved[..4].to_vec();
+    let mut out = vec![0x85, 0x6f, 0x4a, 0x83];
     out.extend_from_slice(&sum[..4]);
     out.extend(checked);
-    Some(out)
+    out
+}
+
+/// A change chunk (`change`, uncompressed) with one to three of its bytes after the
+/// header changed at random and its checksum mended, as a member would send it to see
+/// what breaks: `None` when the edit broke the chunk's own length.
+pub fn mangled(change: &[u8], rng: &mut impl rand::RngExt) -> Option<Vec<u8>> {
+    let mut at = 9;
+    read_uleb(change, &mut at)?;
+    let mut body = change.get(at..)?.to_vec();
+    if body.is_empty() {
+        return None;
+    }
+    for _ in 0..rng.random_range(1..=3) {
+        let i = rng.random_range(0..body.len());
+        body[i] = match rng.random_range(0..3) {
+            0 => rng.random(),
+            1 => body[i] ^ (1 << rng.random_range(0..8)),
+            _ => body[i].wrapping_add(1),
+        };
+    }
+    Some(chunk(*change.get(8)?, body))
 }
 
 /// `mib` MiB of zeros, raw DEFLATE at its best ratio (about 1,000:1).
