@@ -248,7 +248,7 @@ impl IndexDoc {
     }
 
     pub fn change_by_hash(&mut self, hash: &ChangeHash) -> Option<automerge::Change> {
-        self.doc.get_change_by_hash(hash)
+        crate::doc::change_by_hash(&mut self.doc, hash)
     }
 
     pub fn save(&mut self) -> Vec<u8> {

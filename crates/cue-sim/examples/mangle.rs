@@ -4,6 +4,8 @@
 //! copy of the document it was made on.
 //!
 //! `cargo run --release -p cue-sim --example mangle -- [n]` (default 100,000)
+//! `cargo run --release -p cue-sim --example mangle -- document [n]`: the document the
+//! change was made in, mangled the same way, loaded as cue loads a peer's document.
 //!
 //! Counted: changes automerge's parsing refuses; of the rest, those `well_formed`
 //! refuses; then, applied as automerge alone would, how many panic and how many leave a
@@ -18,10 +20,12 @@ use automerge::{AutoCommit, ObjType, ROOT};
 use rand::SeedableRng;
 
 fn main() -> Result<(), automerge::AutomergeError> {
-    let n: u64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let documents = args.first().is_some_and(|a| a == "document");
+    if documents {
+        args.remove(0);
+    }
+    let n: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(100_000);
     std::panic::set_hook(Box::new(|_| {}));
     let mut base = AutoCommit::new();
     let text = base.put_object(ROOT, "t", ObjType::Text)?;
@@ -42,6 +46,10 @@ fn main() -> Result<(), automerge::AutomergeError> {
         return Ok(());
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    if documents {
+        documents_mangled(&other.save(), n, &mut rng);
+        return Ok(());
+    }
     let mut c = Counts::default();
     for _ in 0..n {
         let Some(m) = cue_sim::bomb::mangled(&change, &mut rng) else {
@@ -98,4 +106,29 @@ struct Counts {
     refused: u64,
     spoiled: u64,
     spoiled_through_cue: u64,
+}
+
+/// `saved` mangled `n` times: how many automerge loads, how many of those make it panic
+/// giving their changes back, and how many cue's `load_peer_document` lets through.
+fn documents_mangled(saved: &[u8], n: u64, rng: &mut rand::rngs::StdRng) {
+    let (mut loaded, mut panicked, mut through) = (0u64, 0u64, 0u64);
+    for _ in 0..n {
+        let Some(m) = cue_sim::bomb::mangled(saved, rng) else {
+            continue;
+        };
+        let Ok(mut doc) = cue_core::doc::load_automerge(&m) else {
+            continue;
+        };
+        loaded += 1;
+        if catch_unwind(AssertUnwindSafe(|| doc.get_changes(&[]).len())).is_err() {
+            panicked += 1;
+            if cue_core::doc::load_peer_document(&m).is_ok() {
+                through += 1;
+            }
+        }
+    }
+    println!(
+        "{n} mangled documents: {loaded} load; {panicked} of those make automerge panic \
+         giving their changes back; load_peer_document lets {through} of them through"
+    );
 }

@@ -938,3 +938,63 @@ fn mangled_changes_never_crash_or_spoil_a_peer() {
         assert_eq!(w.read(p, "c.md").as_deref(), Some("from the victim\n"));
     }
 }
+
+/// A member sends a document mangled so that automerge loads it but panics giving its
+/// changes back (30 in 371 mangled copies that load do), whole and for adoption: the
+/// whole one is refused when it comes, the adopted one when it is verified; the victim
+/// never goes down, answers catch-ups, and honest work converges.
+#[test]
+fn a_document_that_loads_but_cannot_give_its_changes_back_is_refused() {
+    use rand::SeedableRng;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    let mut w = world();
+    let attacker = 0;
+    let (_, stored) = only_file(&w, attacker);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mangled = (0..100_000)
+        .find_map(|_| {
+            let m = cue_sim::bomb::mangled(&stored, &mut rng)?;
+            let mut d = cue_core::doc::load_automerge(&m).ok()?;
+            catch_unwind(AssertUnwindSafe(|| d.get_changes(&[]).len()))
+                .is_err()
+                .then_some((m, d.get_heads()))
+        })
+        .expect("a mangled document that loads and panics");
+    let (bytes, heads) = mangled;
+    let heads: Vec<[u8; 32]> = heads.iter().map(|h| h.0).collect();
+    let from = w.peers[attacker].device;
+    let items = vec![
+        Item::Whole {
+            doc: cue_core::DocId::File(cue_core::FileId([0xe0; 16])),
+            bytes: bytes.clone(),
+        },
+        Item::Adopt {
+            doc: cue_core::DocId::File(cue_core::FileId([0xe1; 16])),
+            bytes,
+            heads,
+            content: b"x\n".to_vec(),
+        },
+    ];
+    let bad_before = w.peers[1].engine.counters().bad_documents;
+    w.input(
+        1,
+        Input::Message {
+            from,
+            bytes: encode(&Message { items }),
+        },
+    );
+    w.settle(10);
+    assert_eq!(w.peers[1].engine.counters().bad_documents, bad_before + 2);
+    // Honest work goes on, and a peer that was away catches up from the victim.
+    w.write(1, "b.md", b"after\n");
+    w.write(0, "a.md", b"x\ny\n");
+    w.settle(10);
+    let mut rounds = 0;
+    while let Err(e) = w.converged() {
+        rounds += 1;
+        assert!(rounds < 100, "not converged: {e}");
+        w.settle(1);
+    }
+    assert_eq!(w.read(1, "a.md").as_deref(), Some("x\ny\n"));
+    assert_eq!(w.read(0, "b.md").as_deref(), Some("after\n"));
+}

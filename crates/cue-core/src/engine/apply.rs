@@ -85,8 +85,11 @@ fn changes_to_apply(
     let changes = match remote {
         Remote::Changes(c) => c,
         Remote::Whole(bytes) => {
-            let mut other = crate::doc::load_automerge(&bytes).ok()?;
-            am.get_changes_added(&mut other)
+            let mut other = crate::doc::load_peer_document(&bytes).ok()?;
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                am.get_changes_added(&mut other)
+            }))
+            .ok()?
         }
     };
     // What we hold was checked when it came (and a seal cannot reach it from here).
@@ -363,6 +366,9 @@ impl Engine {
                 continue;
             };
             let actual = self.with_doc(f, store, |d| {
+                // An adopted document came unread; one that cannot give its changes
+                // back (see `crate::doc::load_peer_document`) is counted here.
+                crate::doc::changes_since(d.automerge(), &[]).ok_or_else(crate::doc::unreadable)?;
                 let heads = to_heads(&d.heads());
                 let hash = if d.is_empty() {
                     None
@@ -398,7 +404,8 @@ impl Engine {
             if all_sealed(d.automerge(), &seals) {
                 return Ok((None, seals_now(d.automerge(), &[], &seals).0, 0));
             }
-            let all = d.automerge().get_changes(&[]);
+            let all =
+                crate::doc::changes_since(d.automerge(), &[]).ok_or_else(crate::doc::unreadable)?;
             let (kept, refused) = keep_sealed(all, &seals);
             let mut doc = rebuilt(kept, actor)?;
             let now = seals_now(doc.automerge(), &[], &seals).0;
@@ -682,18 +689,20 @@ impl Engine {
     fn adopt_whole(&mut self, f: FileId, remote: Remote, seals: &[Seal]) -> Option<Remote> {
         match remote {
             Remote::Whole(bytes) if !self.files.contains(&f) && !self.cache.contains_key(&f) => {
-                let loaded = FileDoc::load(&bytes, self.actor.clone()).and_then(|mut doc| {
-                    if all_sealed(doc.automerge(), seals) {
-                        return Ok((doc, Some(bytes), 0));
-                    }
-                    let all = doc.automerge().get_changes(&[]);
-                    let (kept, refused) = keep_sealed(all, seals);
-                    Ok((
-                        rebuilt(kept, self.actor.clone())?,
-                        None,
-                        refused.len() as u64,
-                    ))
-                });
+                let loaded =
+                    FileDoc::load_from_peer(&bytes, self.actor.clone()).and_then(|mut doc| {
+                        if all_sealed(doc.automerge(), seals) {
+                            return Ok((doc, Some(bytes), 0));
+                        }
+                        let all = crate::doc::changes_since(doc.automerge(), &[])
+                            .ok_or_else(crate::doc::unreadable)?;
+                        let (kept, refused) = keep_sealed(all, seals);
+                        Ok((
+                            rebuilt(kept, self.actor.clone())?,
+                            None,
+                            refused.len() as u64,
+                        ))
+                    });
                 match loaded {
                     Ok((mut doc, as_sent, refused)) => {
                         if let (Some(now), _) = seals_now(doc.automerge(), &[], seals) {

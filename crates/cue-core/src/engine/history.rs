@@ -62,19 +62,19 @@ impl Engine {
         let unreadable = |e: DocError| HistoryError::Unreadable(path.to_string(), e.to_string());
         let mut versions = self
             .with_doc(file, store, |doc| {
-                let changes: Vec<(ChangeHash, Vec<ChangeHash>, i64, ActorId)> = doc
-                    .automerge()
-                    .get_changes(&[])
-                    .iter()
-                    .map(|c| {
-                        (
-                            c.hash(),
-                            c.deps().to_vec(),
-                            c.timestamp(),
-                            c.actor_id().clone(),
-                        )
-                    })
-                    .collect();
+                let changes: Vec<(ChangeHash, Vec<ChangeHash>, i64, ActorId)> =
+                    crate::doc::changes_since(doc.automerge(), &[])
+                        .ok_or_else(crate::doc::unreadable)?
+                        .iter()
+                        .map(|c| {
+                            (
+                                c.hash(),
+                                c.deps().to_vec(),
+                                c.timestamp(),
+                                c.actor_id().clone(),
+                            )
+                        })
+                        .collect();
                 let mut out = Vec::with_capacity(changes.len());
                 for (hash, deps, time_s, actor) in changes {
                     let (after, exec_after) = doc.file_at(&[hash]).unwrap_or_default();
@@ -122,9 +122,8 @@ impl Engine {
         }
         let found = self
             .with_doc(file, store, |doc| {
-                let matches: Vec<ChangeHash> = doc
-                    .automerge()
-                    .get_changes(&[])
+                let matches: Vec<ChangeHash> = crate::doc::changes_since(doc.automerge(), &[])
+                    .ok_or_else(crate::doc::unreadable)?
                     .iter()
                     .map(|c| c.hash())
                     .filter(|h| hex::encode(h.0).starts_with(&rev))

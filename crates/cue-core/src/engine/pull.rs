@@ -169,7 +169,7 @@ impl Engine {
                         .with_doc(f, store, |d| {
                             Ok(have
                                 .iter()
-                                .any(|h| d.automerge().get_change_by_hash(h).is_some()))
+                                .any(|h| d.automerge().get_change_meta_by_hash(h).is_some()))
                         })
                         .ok()?,
                 };
@@ -177,17 +177,15 @@ impl Engine {
                     return self.whole(doc, mine, store);
                 }
                 let changes: Vec<Vec<u8>> = match doc {
-                    DocId::Index => self
-                        .index
-                        .automerge()
-                        .get_changes(&have)
+                    DocId::Index => crate::doc::changes_since(self.index.automerge(), &have)
+                        .unwrap_or_default()
                         .iter()
                         .map(|c| c.raw_bytes().to_vec())
                         .collect(),
                     DocId::File(f) => self
                         .with_doc(f, store, |d| {
-                            Ok(d.automerge()
-                                .get_changes(&have)
+                            Ok(crate::doc::changes_since(d.automerge(), &have)
+                                .ok_or_else(crate::doc::unreadable)?
                                 .iter()
                                 .map(|c| c.raw_bytes().to_vec())
                                 .collect())
@@ -293,8 +291,8 @@ impl Engine {
         let pending = meta.pending.clone();
         let have = from_heads(heads);
         let missing = self.with_doc(f, store, |d| {
-            Ok(d.automerge()
-                .get_changes(&have)
+            Ok(crate::doc::changes_since(d.automerge(), &have)
+                .ok_or_else(crate::doc::unreadable)?
                 .iter()
                 .map(|c| c.hash().0)
                 .collect::<BTreeSet<_>>())
@@ -321,10 +319,8 @@ impl Engine {
             0
         } else {
             let device = self.device;
-            let missing = self
-                .index
-                .automerge()
-                .get_changes(&from_heads(heads))
+            let missing = crate::doc::changes_since(self.index.automerge(), &from_heads(heads))
+                .unwrap_or_default()
                 .iter()
                 .filter(|c| made_by(&device, c.actor_id()))
                 .count() as u64;

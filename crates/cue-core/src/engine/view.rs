@@ -82,7 +82,7 @@ impl Engine {
             Ok(tomb
                 .heads
                 .iter()
-                .all(|h| d.automerge().get_change_by_hash(h).is_some()))
+                .all(|h| d.automerge().get_change_meta_by_hash(h).is_some()))
         })
         .unwrap_or(false)
     }
