@@ -16,7 +16,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use automerge::transaction::Transactable;
-use automerge::{AutoCommit, ObjType, ROOT};
+use automerge::{AutoCommit, ObjType, ROOT, ReadDoc};
 use rand::SeedableRng;
 
 fn main() -> Result<(), automerge::AutomergeError> {
@@ -27,12 +27,14 @@ fn main() -> Result<(), automerge::AutomergeError> {
     }
     let n: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(100_000);
     std::panic::set_hook(Box::new(|_| {}));
-    let mut base = AutoCommit::new();
+    let mut base = AutoCommit::new().with_actor(automerge::ActorId::from(&[1u8; 16][..]));
     let text = base.put_object(ROOT, "t", ObjType::Text)?;
     base.splice_text(&text, 0, 0, "hello world\nsecond line\n")?;
     base.put(ROOT, "k", "v")?;
     base.commit();
-    let mut other = base.fork();
+    let mut other = base
+        .fork()
+        .with_actor(automerge::ActorId::from(&[2u8; 16][..]));
     other.splice_text(&text, 3, 4, "XYZ")?;
     other.put(ROOT, "k", 5)?;
     other.delete(ROOT, "k")?;
@@ -80,6 +82,38 @@ fn main() -> Result<(), automerge::AutomergeError> {
                         .ok()
                 }));
                 let spoiled = !matches!(reloaded, Ok(Some(ref h)) if *h == heads);
+                if well_formed && intact && !spoiled {
+                    // A local edit on top, saved and loaded again, as the daemon would.
+                    let edited = catch_unwind(AssertUnwindSafe(|| {
+                        match doc.get(ROOT, "t").ok().flatten() {
+                            Some((automerge::Value::Object(ObjType::Text), text)) => {
+                                let len = doc.length(&text);
+                                let cut = 1.min(len as isize);
+                                doc.splice_text(&text, len / 2, cut, "edit").ok()?;
+                            }
+                            // The change made "t" something else: edit beside it.
+                            _ => doc.put(ROOT, "x", 1).ok()?,
+                        }
+                        doc.commit();
+                        let heads = doc.get_heads();
+                        let again = match AutoCommit::load(&doc.save()) {
+                            Ok(mut d) => d.get_heads(),
+                            Err(e) => {
+                                if std::env::var("SHOW").is_ok() {
+                                    eprintln!("load after edit: {e}");
+                                }
+                                return None;
+                            }
+                        };
+                        (again == heads).then_some(())
+                    }));
+                    if !matches!(edited, Ok(Some(()))) {
+                        c.edit_broken += 1;
+                        if std::env::var("SHOW").is_ok() {
+                            eprintln!("edit broke: panicked {}", edited.is_err());
+                        }
+                    }
+                }
                 if spoiled {
                     c.spoiled += 1;
                     if well_formed && intact {
@@ -92,8 +126,15 @@ fn main() -> Result<(), automerge::AutomergeError> {
     println!(
         "{n} mangled changes: {} not parsed; of the rest, {} refused by well_formed. \
          automerge alone: {} panicked applying, {} refused, {} left a document whose save \
-         does not load. Spoiled documents cue's checks would keep: {}",
-        c.unparsed, c.ill_formed, c.panicked, c.refused, c.spoiled, c.spoiled_through_cue
+         does not load. Spoiled documents cue's checks would keep: {}; of those they keep, \
+         documents a local edit then breaks: {}",
+        c.unparsed,
+        c.ill_formed,
+        c.panicked,
+        c.refused,
+        c.spoiled,
+        c.spoiled_through_cue,
+        c.edit_broken
     );
     Ok(())
 }
@@ -106,6 +147,7 @@ struct Counts {
     refused: u64,
     spoiled: u64,
     spoiled_through_cue: u64,
+    edit_broken: u64,
 }
 
 /// `saved` mangled `n` times: how many automerge loads, how many of those make it panic

@@ -940,7 +940,7 @@ fn mangled_changes_never_crash_or_spoil_a_peer() {
 }
 
 /// A member sends a document mangled so that automerge loads it but panics giving its
-/// changes back (30 in 371 mangled copies that load do), whole and for adoption: the
+/// changes back (30 in 376 mangled copies that load do), whole and for adoption: the
 /// whole one is refused when it comes, the adopted one when it is verified; the victim
 /// never goes down, answers catch-ups, and honest work converges.
 #[test]
