@@ -43,6 +43,7 @@ pub struct Budget {
     limit: u64,
     ops: u64,
     changes: u64,
+    foreign: bool,
 }
 
 impl Budget {
@@ -52,6 +53,7 @@ impl Budget {
             limit,
             ops: 0,
             changes: 0,
+            foreign: false,
         }
     }
 
@@ -74,6 +76,13 @@ impl Budget {
     /// automerge 0.12 panic): the caller bounds this too.
     pub fn changes(&self) -> u64 {
         self.changes
+    }
+
+    /// Whether an operation counted so far is of a kind cue never makes: a text mark
+    /// (automerge action 7) or one automerge does not know. cue refuses them: marks out
+    /// of order applied by automerge 0.12 leave a document whose save no longer loads.
+    pub fn foreign_actions(&self) -> bool {
+        self.foreign
     }
 
     fn add(&mut self, n: u64) -> Result<(), InflateError> {
@@ -194,6 +203,10 @@ impl Budget {
                 }
                 column_rows(spec, data)?
             };
+            let (rows, largest) = rows;
+            if spec & !DEFLATE_BIT == ACTION_COLUMN && largest > LAST_CUE_ACTION {
+                self.foreign = true;
+            }
             most = most.max(rows);
         }
         Ok(most)
@@ -245,6 +258,14 @@ impl Budget {
     }
 }
 
+/// The action column of an op column set (id 4, unsigned run-length encoded): one value
+/// per operation.
+const ACTION_COLUMN: u32 = (4 << 4) | 2;
+
+/// The last action cue makes (0 to 6: make map, put, make list, delete, make text,
+/// increment, make table); 7 is a text mark.
+const LAST_CUE_ACTION: u64 = 6;
+
 /// A reader that counts what it reads and fails once past `cap`: a compressed column is
 /// inflated through it, never into memory.
 struct Counted<R> {
@@ -270,24 +291,26 @@ impl<R: Read> Read for Counted<R> {
 /// count, then one value), literals (a negative count, then that many values) and null
 /// runs (a zero, then their count); booleans hold alternating run lengths; raw values
 /// hold no rows of their own (their metadata column has them).
-fn column_rows(spec: u32, mut input: impl Read) -> Result<u64, InflateError> {
+fn column_rows(spec: u32, mut input: impl Read) -> Result<(u64, u64), InflateError> {
     const BOOLEAN: u32 = 4;
     const STRING: u32 = 5;
     const VALUE: u32 = 7;
     let kind = spec & 0b111;
     if kind == VALUE {
         std::io::copy(&mut input, &mut std::io::sink()).map_err(|_| InflateError::BadDeflate)?;
-        return Ok(0);
+        return Ok((0, 0));
     }
     let mut rows = 0u64;
     if kind == BOOLEAN {
         while let Some(n) = read_leb(&mut input, false)? {
             rows = rows.saturating_add(n);
         }
-        return Ok(rows);
+        return Ok((rows, 0));
     }
-    let value = |input: &mut dyn Read| -> Result<(), InflateError> {
+    let mut largest = 0u64;
+    let mut value = |input: &mut dyn Read| -> Result<(), InflateError> {
         let n = read_leb(input, false)?.ok_or(InflateError::Malformed("value"))?;
+        largest = largest.max(n);
         if kind == STRING {
             let skipped = std::io::copy(&mut (&mut *input).take(n), &mut std::io::sink())
                 .map_err(|_| InflateError::BadDeflate)?;
@@ -299,7 +322,7 @@ fn column_rows(spec: u32, mut input: impl Read) -> Result<u64, InflateError> {
     };
     loop {
         let Some(count) = read_leb(&mut input, true)? else {
-            return Ok(rows);
+            return Ok((rows, largest));
         };
         let count = count as i64;
         let n = match count {

@@ -2,6 +2,9 @@
 //! victim's peak memory (VmHWM) and main-loop time before and after it.
 //!
 //! `cargo run --release -p cue-sim --example bomb -- [change|document] [inflated MiB] [items]`
+//! `... -- rle|empty|deletions [Mi] [items]`: a document claiming that many mebi-operations
+//! or mebi-empty-changes, or a member's change of a hundred-odd bytes claiming that many
+//! mebi-deletions in a note of 300 characters.
 //!
 //! The bomb is one engine message of at most the default message size (1 MiB less the
 //! envelope's share): a `Changes` item holding a compressed change chunk, or a `Whole`
@@ -31,6 +34,13 @@ fn main() {
     let kind = args.next().unwrap_or_else(|| "change".into());
     let mib: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1024);
     let count: u8 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let config = Config::default();
+    let mut w = World::new(2, 1, config.clone());
+    w.connect_all();
+    // A note of 300 characters made in one save: what a change deleting them all deletes.
+    let note = "x".repeat(300);
+    w.write(0, "a.md", note.as_bytes());
+    w.settle(5);
     let item = |i: u8| match kind.as_str() {
         "change" => Item::Changes {
             doc: DocId::Index,
@@ -44,14 +54,18 @@ fn main() {
             doc: DocId::File(FileId([i; 16])),
             bytes: bomb(Kind::RunLength, mib),
         },
+        "empty" => Item::Whole {
+            doc: DocId::File(FileId([i; 16])),
+            bytes: bomb(Kind::EmptyChanges, mib),
+        },
+        "deletions" => deletions(&w, mib as u64 * (1 << 20)),
         other => {
-            eprintln!("bomb: unknown kind {other} (change or document)");
+            eprintln!("bomb: unknown kind {other} (change, document, rle, empty or deletions)");
             std::process::exit(2);
         }
     };
     let items = (0..count).map(item).collect();
     let bytes = encode(&Message { items });
-    let config = Config::default();
     if bytes.len() > config.max_message_bytes {
         eprintln!(
             "bomb: {} bytes do not fit one message of {}; ask for fewer MiB",
@@ -61,10 +75,6 @@ fn main() {
         std::process::exit(2);
     }
 
-    let mut w = World::new(2, 1, config);
-    w.connect_all();
-    w.write(0, "a.md", b"before\n");
-    w.settle(5);
     let from = w.peers[0].device;
     let before = vm_hwm_kib();
     let t = Instant::now();
@@ -114,4 +124,40 @@ fn main() {
         "counters: {:?}; an edit after it synced: {synced}",
         w.peers[1].engine.counters()
     );
+}
+
+/// Peer 0's change deleting its note's 300 characters, claiming `claimed` deletions,
+/// sealed as peer 0 seals: a member's own change, as the victim would get it.
+fn deletions(w: &World, claimed: u64) -> Item {
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ROOT, ReadDoc};
+    let Some((doc, stored)) = w.peers[0].store.docs.iter().find_map(|(d, b)| match d {
+        DocId::File(_) => Some((*d, b.clone())),
+        DocId::Index => None,
+    }) else {
+        eprintln!("bomb: no note to delete from");
+        std::process::exit(2);
+    };
+    let actor = cue_core::actor_for(&w.peers[0].device, w.peers[0].epoch);
+    let change = AutoCommit::load(&stored).ok().and_then(|d| {
+        let mut d = d.with_actor(actor);
+        let body = d.get(ROOT, "body").ok().flatten()?.1;
+        let len = d.length(&body);
+        d.splice_text(&body, 0, len as isize, "").ok()?;
+        d.commit();
+        let deletion = d.get_last_local_change()?.raw_bytes().to_vec();
+        cue_sim::bomb::deletions_claiming(&deletion, len as u64, claimed)
+    });
+    let Some(change) = change else {
+        eprintln!("bomb: could not make the deletion");
+        std::process::exit(2);
+    };
+    cue_sim::seal_as(
+        &cue_sim::key_for(0),
+        w.peers[0].epoch,
+        Item::Changes {
+            doc,
+            changes: vec![change],
+        },
+    )
 }

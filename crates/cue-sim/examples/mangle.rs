@@ -57,7 +57,7 @@ fn main() -> Result<(), automerge::AutomergeError> {
         let Some(m) = cue_sim::bomb::mangled(&change, &mut rng) else {
             continue;
         };
-        let Ok(parsed) = cue_core::doc::change_from_bytes(m) else {
+        let Ok(parsed) = cue_core::doc::change_from_bytes(m.clone()) else {
             c.unparsed += 1;
             continue;
         };
@@ -119,6 +119,13 @@ fn main() -> Result<(), automerge::AutomergeError> {
                     if well_formed && intact {
                         c.spoiled_through_cue += 1;
                     }
+                    // What a change too large to decode meets: the item's walk refuses
+                    // marks, and the change must rebuild to itself.
+                    let mut budget = cue_core::inflate::Budget::new(64 << 20);
+                    let marks = budget.measure(&m).is_err() || budget.foreign_actions();
+                    if intact && !marks {
+                        c.spoiled_through_large += 1;
+                    }
                 }
             }
         }
@@ -126,14 +133,16 @@ fn main() -> Result<(), automerge::AutomergeError> {
     println!(
         "{n} mangled changes: {} not parsed; of the rest, {} refused by well_formed. \
          automerge alone: {} panicked applying, {} refused, {} left a document whose save \
-         does not load. Spoiled documents cue's checks would keep: {}; of those they keep, \
-         documents a local edit then breaks: {}",
+         does not load. Spoiled documents cue's checks would keep: {} ({} with the checks a \
+         change too large to decode meets); of those they keep, documents a local edit \
+         then breaks: {}",
         c.unparsed,
         c.ill_formed,
         c.panicked,
         c.refused,
         c.spoiled,
         c.spoiled_through_cue,
+        c.spoiled_through_large,
         c.edit_broken
     );
     Ok(())
@@ -147,6 +156,7 @@ struct Counts {
     refused: u64,
     spoiled: u64,
     spoiled_through_cue: u64,
+    spoiled_through_large: u64,
     edit_broken: u64,
 }
 

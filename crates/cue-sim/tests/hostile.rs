@@ -998,3 +998,57 @@ fn a_document_that_loads_but_cannot_give_its_changes_back_is_refused() {
     assert_eq!(w.read(1, "a.md").as_deref(), Some("x\ny\n"));
     assert_eq!(w.read(0, "b.md").as_deref(), Some("after\n"));
 }
+
+/// A member's change that claims a million deletions in 155 bytes, in a note of 300
+/// characters: automerge 0.12 spends about 500 bytes and 2 µs a claimed deletion before
+/// it finds most delete nothing (8.7 GB and 39 s for 16 Mi, then a panic). A change
+/// cannot honestly delete more than its document holds, with what comes with it: such a
+/// claim is refused before automerge reads it, counted, and the note stays as it is.
+#[test]
+fn a_change_claiming_more_deletions_than_its_document_holds_is_refused() {
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ROOT, ReadDoc};
+    let mut w = World::new(2, 33, Config::default());
+    w.connect_all();
+    let text = "x".repeat(300);
+    w.write(0, "a.md", text.as_bytes());
+    w.settle(5);
+    let attacker = 0;
+    let actor = cue_core::actor_for(&w.peers[attacker].device, w.peers[attacker].epoch);
+    let (file, stored) = only_file(&w, attacker);
+    let mut doc = AutoCommit::load(&stored).unwrap().with_actor(actor);
+    let body = doc.get(ROOT, "body").unwrap().unwrap().1;
+    let len = doc.length(&body);
+    doc.splice_text(&body, 0, len as isize, "").unwrap();
+    doc.commit();
+    let deletion = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let claimed = cue_sim::bomb::deletions_claiming(&deletion, len as u64, 1 << 20).unwrap();
+    assert_eq!(
+        automerge::Change::from_bytes(claimed.clone())
+            .unwrap()
+            .len(),
+        1 << 20
+    );
+    let item = cue_sim::seal_as(
+        &cue_sim::key_for(attacker),
+        w.peers[attacker].epoch,
+        Item::Changes {
+            doc: cue_core::DocId::File(file),
+            changes: vec![claimed],
+        },
+    );
+    let from = w.peers[attacker].device;
+    let before = w.peers[1].engine.counters().bad_changes;
+    w.input(
+        1,
+        Input::Message {
+            from,
+            bytes: encode(&Message { items: vec![item] }),
+        },
+    );
+    assert_eq!(w.peers[1].engine.counters().bad_changes, before + 1);
+    assert_eq!(w.read(1, "a.md").as_deref(), Some(text.as_str()));
+    w.write(0, "a.md", b"short now\n");
+    w.settle(5);
+    assert_eq!(w.read(1, "a.md").as_deref(), Some("short now\n"));
+}

@@ -98,7 +98,8 @@ fn changes_to_apply(
         .filter(|c| am.get_change_meta_by_hash(&c.hash()).is_none())
         .collect();
     // A whole document's changes were checked by automerge's load (their hashes
-    // against the document's heads); changes that come alone are checked here.
+    // against the document's heads); changes that come alone are checked here (their
+    // claims were, before automerge read them: `claims_fit`).
     let (changes, ill_formed): (Vec<Change>, Vec<Change>) = if alone {
         changes.into_iter().partition(crate::doc::well_formed)
     } else {
@@ -115,6 +116,30 @@ fn changes_to_apply(
         ill_formed: ill_formed.len() as u64,
         alone,
     })
+}
+
+/// Whether the operations `changes` (a peer's, as they came) claim fit what they could
+/// honestly be, applied to a document holding `held` operations: two a byte they
+/// inflate to (an inserted character carries its byte), and deletions of what the
+/// document holds, four times over (concurrent deletions of the same text by several
+/// devices may come together). A change's deletions carry no bytes, so a hundred-odd
+/// bytes can claim millions of them, and automerge 0.12 spends on each before it finds
+/// they delete nothing: 135 ns reading the change, 220 bytes checking its form, 500
+/// bytes and 2 µs applying it (16 Mi in a 158-byte change: 2.3 s to read, 8.7 GB and
+/// 39 s to apply, then a panic; `cue_sim::bomb::deletions_claiming`). Checked on the
+/// bytes, before automerge reads them; the item's own bound (`peers.rs`) is checked
+/// before the document is loaded, this one knows it.
+pub(super) fn claims_fit(held: u64, changes: &[Vec<u8>]) -> bool {
+    let mut budget = crate::inflate::Budget::new(crate::inflate::MAX_INFLATED_ITEM);
+    if changes.iter().any(|c| budget.measure(c).is_err()) {
+        return false;
+    }
+    let allowed = budget
+        .used()
+        .saturating_mul(2)
+        .saturating_add(held.saturating_mul(4))
+        .saturating_add(1 << 10);
+    budget.ops() <= allowed
 }
 
 /// What [`changes_to_apply`] found.

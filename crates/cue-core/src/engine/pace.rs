@@ -43,8 +43,8 @@ type Limiter = RateLimiter<
     NoOpMiddleware<<FakeRelativeClock as Clock>::Instant>,
 >;
 
-/// An item waiting for its sender's budget: its cost in inflated KiB, its size as it
-/// came, the item.
+/// An item waiting for its sender's budget: what it still owes of its cost in KiB, its
+/// size as it came, the item.
 type Waiting = (u32, usize, Item);
 
 pub(super) struct Pacer {
@@ -118,20 +118,36 @@ impl Pacer {
         }
     }
 
-    /// Whether an item of `from` costing `kib` must wait (taking from the budget if
-    /// not): anything does while earlier items of its wait.
-    fn must_wait(&mut self, from: &DeviceId, kib: u32) -> bool {
+    /// What of `kib` an item of `from` still owes once it pays what the budget has now:
+    /// all of it while earlier items of its wait (order is kept), none when it may go.
+    fn owes(&mut self, from: &DeviceId, kib: u32) -> u32 {
         if self.waiting.contains_key(from) {
-            return true;
+            return kib;
         }
-        !self.take(from, kib)
+        self.pay(from, kib)
+    }
+
+    /// Pays `kib` from the budget of `from` as far as it goes, a burst at most at a
+    /// time: an item that costs several bursts (a change claiming millions of
+    /// deletions) waits for a full budget several times over, so that its work is paced
+    /// like everything else. Returns what is left to pay.
+    fn pay(&mut self, from: &DeviceId, kib: u32) -> u32 {
+        let mut left = kib;
+        while left > 0 {
+            let part = left.min(BURST_MIB * KIB_PER_MIB);
+            if !self.take(from, part) {
+                break;
+            }
+            left -= part;
+        }
+        left
     }
 
     fn take(&mut self, from: &DeviceId, kib: u32) -> bool {
         match NonZeroU32::new(kib) {
             None => true,
-            // An item never costs more than the burst (it is bounded), so capacity is
-            // never short; if it ever were, the item goes now rather than never.
+            // `pay` never asks more than the burst, so capacity is never short; if it
+            // ever were, the item goes now rather than never.
             Some(n) => !matches!(self.limiter.check_key_n(from, n), Ok(Err(_))),
         }
     }
@@ -152,14 +168,17 @@ impl Pacer {
         true
     }
 
-    /// The next waiting item of `from` whose cost the budget has room for now.
+    /// The next waiting item of `from` once it has paid its cost.
     fn next(&mut self, from: &DeviceId) -> Option<Item> {
-        let (kib, _, _) = self.waiting.get(from)?.front()?;
-        let kib = *kib;
-        if !self.take(from, kib) {
+        let owed = self.waiting.get(from)?.front()?.0;
+        let left = self.pay(from, owed);
+        let queue = self.waiting.get_mut(from)?;
+        if left > 0 {
+            if let Some(front) = queue.front_mut() {
+                front.0 = left;
+            }
             return None;
         }
-        let queue = self.waiting.get_mut(from)?;
         let (_, n, item) = queue.pop_front()?;
         if queue.is_empty() {
             self.waiting.remove(from);
@@ -186,12 +205,13 @@ impl Pacer {
 
 impl Engine {
     /// Handles `item` of `from` now, or puts it to wait for the sender's budget (see the
-    /// module docs). `inflated` is what its automerge bytes inflate to.
+    /// module docs). `cost` is what its automerge bytes inflate to, and more for
+    /// operations that carry no bytes (`peers.rs`).
     pub(super) fn paced_item(
         &mut self,
         from: DeviceId,
         item: Item,
-        inflated: u64,
+        cost: u64,
         store: &mut dyn DocStore,
         acks: &mut Vec<(DocId, Heads)>,
     ) {
@@ -200,11 +220,12 @@ impl Engine {
         if matches!(item, Item::Chunk { .. }) {
             return self.item_now(from, item, store, acks);
         }
-        let kib = u32::try_from(inflated.div_ceil(1 << 10)).unwrap_or(u32::MAX);
-        if !self.pacer.must_wait(&from, kib) {
+        let kib = u32::try_from(cost.div_ceil(1 << 10)).unwrap_or(u32::MAX);
+        let owed = self.pacer.owes(&from, kib);
+        if owed == 0 {
             return self.item_now(from, item, store, acks);
         }
-        if !self.pacer.wait(from, kib, item) {
+        if !self.pacer.wait(from, owed, item) {
             self.state.counters.oversized_items += 1;
             self.state_dirty = true;
         }
@@ -235,14 +256,39 @@ mod tests {
         let mut p = Pacer::new();
         p.set_time(0);
         let from = DeviceId([1; 32]);
-        assert!((0..10_000).all(|_| !p.must_wait(&from, 4)));
+        assert!((0..10_000).all(|_| p.owes(&from, 4) == 0));
         let big = DeviceId([2; 32]);
         let near_bound = 63 * KIB_PER_MIB;
-        assert!(!p.must_wait(&big, near_bound));
-        assert!(!p.must_wait(&big, near_bound));
-        assert!(p.must_wait(&big, near_bound));
+        assert_eq!(p.owes(&big, near_bound), 0);
+        assert_eq!(p.owes(&big, near_bound), 0);
+        assert_eq!(p.owes(&big, near_bound), near_bound);
         // A second later there is room for one more.
         p.set_time(1_000);
-        assert!(!p.must_wait(&big, near_bound));
+        assert_eq!(p.owes(&big, near_bound), 0);
+    }
+
+    /// An item that costs several bursts (a change claiming millions of deletions)
+    /// waits for a full budget as many times; it never goes at once.
+    #[test]
+    fn an_item_over_the_burst_pays_burst_by_burst() {
+        let mut p = Pacer::new();
+        p.set_time(0);
+        let from = DeviceId([3; 32]);
+        let burst = BURST_MIB * KIB_PER_MIB;
+        assert_eq!(p.owes(&from, 4), 0);
+        // Three bursts' worth: nothing now (4 KiB are spent), a burst when the budget is
+        // full again (1 s later), then one every 2 s (64 MiB a second).
+        let owed = p.owes(&from, 3 * burst);
+        assert_eq!(owed, 3 * burst);
+        assert!(p.wait(from, owed, Item::Ack { entries: vec![] }));
+        let mut released_at = None;
+        for s in 1..=10 {
+            p.set_time(s * 1_000);
+            if p.next(&from).is_some() {
+                released_at = Some(s);
+                break;
+            }
+        }
+        assert_eq!(released_at, Some(5));
     }
 }

@@ -66,6 +66,9 @@ pub(super) fn automerge_bytes_bounded(item: &mut Item) -> Result<Measured, Infla
         }
         _ => 0,
     };
+    if budget.foreign_actions() {
+        return Err(InflateError::Malformed("operations cue never makes"));
+    }
     Ok(Measured {
         bad,
         inflated: budget.used(),
@@ -94,6 +97,11 @@ pub(super) struct Measured {
 /// 210-byte message took 1.2 GiB and 6 s, 2^30 operations aborted the process:
 /// docs/benchmarks.md, "An engine under a decompression bomb").
 pub(super) const OPS_SLACK: u64 = 1 << 16;
+
+/// What an operation that carries no bytes (a deletion) costs automerge to apply, in
+/// bytes of the pacing budget (`pace.rs`): about 2 µs of work and up to 500 bytes of
+/// memory each (docs/benchmarks.md), as 64 inflated bytes cost.
+pub(super) const OP_COST: u64 = 64;
 
 /// The operations and changes a document may claim beyond two a byte it inflates to. A
 /// 111-byte document whose change columns claimed 65,536 empty changes took automerge
@@ -344,7 +352,16 @@ impl Engine {
             self.state_dirty = true;
             return;
         }
-        self.paced_item(from, item, measured.inflated, store, acks);
+        // What automerge will spend: the inflated bytes, and operations that carry no
+        // bytes (deletions) at what each costs it (see `OP_COST`).
+        let unbacked = measured
+            .ops
+            .max(measured.changes)
+            .saturating_sub(measured.inflated.saturating_mul(2));
+        let cost = measured
+            .inflated
+            .saturating_add(unbacked.saturating_mul(OP_COST));
+        self.paced_item(from, item, cost, store, acks);
     }
 
     /// Handles an item that was checked (`item`) and whose time has come (`pace.rs`).
@@ -380,6 +397,19 @@ impl Engine {
                 store,
             ),
             Item::Changes { doc, changes } => {
+                let held = match doc {
+                    DocId::Index => automerge::ReadDoc::stats(self.index.automerge()).num_ops,
+                    DocId::File(f) => self
+                        .with_doc(f, store, |d| {
+                            Ok(automerge::ReadDoc::stats(d.automerge()).num_ops)
+                        })
+                        .unwrap_or(0),
+                };
+                if !apply::claims_fit(held, &changes) {
+                    self.state.counters.bad_changes += changes.len() as u64;
+                    self.state_dirty = true;
+                    return;
+                }
                 let mut decoded = Vec::with_capacity(changes.len());
                 for c in changes {
                     match crate::doc::change_from_bytes(c) {
