@@ -1052,3 +1052,48 @@ fn a_change_claiming_more_deletions_than_its_document_holds_is_refused() {
     w.settle(5);
     assert_eq!(w.read(1, "a.md").as_deref(), Some("short now\n"));
 }
+
+/// A member's change that marks text (bold, a link: cue never makes marks, and marks out
+/// of order applied by automerge 0.12 leave a document whose save no longer loads) is
+/// refused before automerge reads it, counted, and the note stays as it is.
+#[test]
+fn a_change_with_text_marks_is_refused() {
+    use automerge::marks::{ExpandMark, Mark};
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ROOT, ReadDoc};
+    let mut w = world();
+    let attacker = 0;
+    let actor = cue_core::actor_for(&w.peers[attacker].device, w.peers[attacker].epoch);
+    let (file, stored) = only_file(&w, attacker);
+    let mut doc = AutoCommit::load(&stored).unwrap().with_actor(actor);
+    let body = doc.get(ROOT, "body").unwrap().unwrap().1;
+    doc.mark(
+        &body,
+        Mark::new("bold".into(), true, 0, 1),
+        ExpandMark::None,
+    )
+    .unwrap();
+    doc.commit();
+    let marked = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let item = cue_sim::seal_as(
+        &cue_sim::key_for(attacker),
+        w.peers[attacker].epoch,
+        Item::Changes {
+            doc: cue_core::DocId::File(file),
+            changes: vec![marked],
+        },
+    );
+    let from = w.peers[attacker].device;
+    let before = w.peers[1].engine.counters().bad_documents;
+    w.input(
+        1,
+        Input::Message {
+            from,
+            bytes: encode(&Message { items: vec![item] }),
+        },
+    );
+    assert_eq!(w.peers[1].engine.counters().bad_documents, before + 1);
+    w.write(0, "a.md", b"x\ny\n");
+    w.settle(5);
+    assert_eq!(w.read(1, "a.md").as_deref(), Some("x\ny\n"));
+}
