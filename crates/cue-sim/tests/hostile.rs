@@ -1097,3 +1097,76 @@ fn a_change_with_text_marks_is_refused() {
     w.settle(5);
     assert_eq!(w.read(1, "a.md").as_deref(), Some("x\ny\n"));
 }
+
+/// A member answers a peer's catch-up pull with changes under made-up devices, each
+/// sealed by its own made-up key (a member can make keys at will): only members' seals
+/// count, so none applies, each is counted, and the note stays as it was.
+#[test]
+fn changes_under_made_up_devices_in_a_pull_answer_are_refused() {
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ROOT, ReadDoc};
+    let mut w = World::new(3, 28, Config::default());
+    w.connect_all();
+    w.write(0, "a.md", b"one\n");
+    w.settle(10);
+    if w.converged().is_err() {
+        panic!(
+            "counters {:?} {:?}",
+            w.peers[1].engine.counters(),
+            w.peers[2].engine.counters()
+        );
+    }
+    let (f, stored) = only_file(&w, 0);
+    w.disconnect(1);
+    w.write(2, "b.md", b"b\n");
+    w.settle(5);
+    w.disconnect(0);
+    w.traffic = Some(Vec::new());
+    w.connect(1);
+    let asked = |w: &World| {
+        w.traffic.iter().flatten().any(|(from, to, bytes)| {
+            (*from, *to) == (1, 2)
+                && decode(bytes).is_ok_and(|m| {
+                    m.items
+                        .iter()
+                        .any(|i| matches!(i, Item::Pull { id, .. } if *id != 0))
+                })
+        })
+    };
+    let mut steps = 0;
+    while !asked(&w) {
+        assert!(w.step() && steps < 1000, "p1 never pulled from p2");
+        steps += 1;
+    }
+    let items: Vec<Item> = (0..40u8)
+        .map(|k| {
+            let key = cue_core::seal::SealKey::from_seed(&[k.wrapping_add(100); 32]);
+            let actor = cue_core::actor_for(&key.device(), 1);
+            let mut doc = AutoCommit::load(&stored).unwrap().with_actor(actor);
+            let body = doc.get(ROOT, "body").unwrap().unwrap().1;
+            doc.splice_text(&body, 0, 0, "MADE UP ").unwrap();
+            doc.commit();
+            let change = doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+            cue_sim::seal_as(
+                &key,
+                1,
+                Item::Changes {
+                    doc: cue_core::DocId::File(f),
+                    changes: vec![change],
+                },
+            )
+        })
+        .collect();
+    let from = w.peers[2].device;
+    w.input(
+        1,
+        Input::Message {
+            from,
+            bytes: encode(&Message { items }),
+        },
+    );
+    w.settle(10);
+    assert_eq!(w.peers[1].engine.counters().forged_changes, 40);
+    assert_eq!(w.read(1, "a.md").as_deref(), Some("one\n"));
+    assert_eq!(w.read(1, "b.md").as_deref(), Some("b\n"));
+}

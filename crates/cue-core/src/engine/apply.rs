@@ -452,7 +452,7 @@ impl Engine {
                 m.increments = compact_after;
             }
         }
-        let seals = now.unwrap_or_default();
+        let seals = self.bounded(now.unwrap_or_default());
         if let Some(mut m) = self.files.get_mut(&f) {
             m.seals = seals;
         }
@@ -516,6 +516,25 @@ impl Engine {
         self.invalidate(Stale::View);
     }
 
+    /// A document's seals, at most [`crate::seal::MAX_SEALS`] of them, this device's and
+    /// members' first. A member can make keys at will and slip seals of made-up devices
+    /// (with changes under them) into a pull answer, where others' changes legitimately
+    /// travel; kept without a bound they would grow every item of the document, and past
+    /// what a receiver keeps of an item's seals crowd out the members' own, whose changes
+    /// would then be refused wherever they are relayed. Members' seals are never dropped
+    /// for others'. (Seals of devices not yet known as members are kept while there is
+    /// room: a device admitted since may be sealing before its admission reaches us.)
+    fn bounded(&self, mut seals: Vec<Seal>) -> Vec<Seal> {
+        if seals.len() <= crate::seal::MAX_SEALS {
+            return seals;
+        }
+        let me = self.device;
+        seals.sort_by_key(|s| !(s.device == me || self.members_view.contains_key(&s.device)));
+        seals.truncate(crate::seal::MAX_SEALS);
+        seals.sort_by_key(|s| s.device);
+        seals
+    }
+
     /// A document from a peer that could not be used: counted, and nothing changes.
     fn bad_document(&mut self) -> Option<(Heads, Heads, bool)> {
         self.state.counters.bad_documents += 1;
@@ -555,7 +574,7 @@ impl Engine {
             }
         };
         if let Some(now) = applied.seals.take() {
-            self.tail5.index_seals = now;
+            self.tail5.index_seals = self.bounded(now);
             self.state_dirty = true;
         }
         self.set_waiting(DocId::Index, std::mem::take(&mut applied.waiting));
@@ -686,6 +705,7 @@ impl Engine {
         };
         self.count_refused(&applied);
         if let Some(now) = applied.seals.take() {
+            let now = self.bounded(now);
             self.files.get_or_default(f).seals = now;
             self.dirty.insert(f);
         }
@@ -731,6 +751,7 @@ impl Engine {
                 match loaded {
                     Ok((mut doc, as_sent, refused)) => {
                         if let (Some(now), _) = seals_now(doc.automerge(), &[], seals) {
+                            let now = self.bounded(now);
                             self.files.get_or_default(f).seals = now;
                         }
                         let t = self.touch();

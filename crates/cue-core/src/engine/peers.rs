@@ -483,6 +483,14 @@ impl Engine {
     /// would have reached are refused when applied.
     fn open_seals(&mut self, seals: Vec<Seal>, item: wire::Sealable) -> (Vec<Seal>, Item) {
         let held = self.seals_of(item.doc());
+        // Only seals of devices known to be members (or to have been, or about to be)
+        // count: a member can make keys at will, and changes under made-up devices
+        // sealed by their made-up keys would slip into a pull answer, where others'
+        // changes legitimately travel, and crowd the document's seals.
+        let seals: Vec<Seal> = seals
+            .into_iter()
+            .filter(|s| self.may_seal(&s.device))
+            .collect();
         // A seal we hold was checked when it came.
         let (good, bad): (Vec<Seal>, Vec<Seal>) = seals
             .into_iter()

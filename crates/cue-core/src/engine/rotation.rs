@@ -214,6 +214,14 @@ impl Engine {
             && (self.was_member(device) || self.admitted().contains_key(device))
     }
 
+    /// Whether seals of `device` count (`peers.rs`, `open_seals`): a device that is,
+    /// was or is about to be a member as far as this device knows. Removed members
+    /// included: their changes from before stay in the documents, and a newcomer must
+    /// be able to tell them theirs.
+    pub(super) fn may_seal(&self, device: &DeviceId) -> bool {
+        *device == self.device || self.was_member(device) || self.admitted().contains_key(device)
+    }
+
     /// Records that this device admitted `device` now.
     pub(super) fn record_admitted(&mut self, device: DeviceId) {
         let key = format!("{ADMITTED_PREFIX}{device}");
