@@ -55,6 +55,8 @@ pub(super) struct Pacer {
     /// Bytes waiting, by sender and in all.
     bytes: BTreeMap<DeviceId, usize>,
     all_bytes: usize,
+    /// Senders an item of which was dropped while others of theirs wait (see `wait`).
+    dropping: BTreeSet<DeviceId>,
 }
 
 impl std::fmt::Debug for Pacer {
@@ -102,6 +104,7 @@ impl Pacer {
             waiting: BTreeMap::new(),
             bytes: BTreeMap::new(),
             all_bytes: 0,
+            dropping: BTreeSet::new(),
         }
     }
 
@@ -152,11 +155,20 @@ impl Pacer {
         }
     }
 
-    /// Puts an item to wait; false (nothing kept) past the bounds.
+    /// Puts an item to wait; false (nothing kept) past the bounds. Once an item of a
+    /// sender is dropped, so is everything it sends until what waits of it has gone:
+    /// a later item must never go before an earlier one (a pull's end before a dropped
+    /// part of its answer would end a catch-up with a document missing).
     fn wait(&mut self, from: DeviceId, kib: u32, item: Item) -> bool {
         let n = size(&item);
         let mine = self.bytes.get(&from).copied().unwrap_or(0);
-        if mine + n > MAX_WAITING_BYTES || self.all_bytes + n > MAX_WAITING_ALL_BYTES {
+        if self.dropping.contains(&from)
+            || mine + n > MAX_WAITING_BYTES
+            || self.all_bytes + n > MAX_WAITING_ALL_BYTES
+        {
+            if self.waiting.contains_key(&from) {
+                self.dropping.insert(from);
+            }
             return false;
         }
         self.bytes.insert(from, mine + n);
@@ -182,6 +194,7 @@ impl Pacer {
         let (_, n, item) = queue.pop_front()?;
         if queue.is_empty() {
             self.waiting.remove(from);
+            self.dropping.remove(from);
         }
         if let Some(b) = self.bytes.get_mut(from) {
             *b = b.saturating_sub(n);
@@ -290,5 +303,30 @@ mod tests {
             }
         }
         assert_eq!(released_at, Some(5));
+    }
+
+    /// Past the waiting bound an item is dropped, and so is everything its sender sends
+    /// after it until what waited has gone: a later item never goes before an earlier.
+    #[test]
+    fn after_a_dropped_item_nothing_of_its_sender_jumps_the_queue() {
+        let mut p = Pacer::new();
+        p.set_time(0);
+        let from = DeviceId([4; 32]);
+        let burst = BURST_MIB * KIB_PER_MIB;
+        let item = |bytes: usize| Item::Whole {
+            doc: DocId::Index,
+            bytes: vec![0; bytes],
+        };
+        // Spend the budget, then fill what may wait.
+        assert_eq!(p.owes(&from, burst), 0);
+        assert!(p.wait(from, 1, item(MAX_WAITING_BYTES - 1024)));
+        // Too large to wait: dropped; a small one after it is dropped too.
+        assert!(!p.wait(from, 1, item(4096)));
+        assert!(!p.wait(from, 1, item(16)));
+        // Once what waited has gone, its items are taken again.
+        p.set_time(2_000);
+        assert!(p.next(&from).is_some());
+        assert!(p.next(&from).is_none());
+        assert!(p.wait(from, 1, item(16)));
     }
 }

@@ -103,6 +103,10 @@ pub(super) const OPS_SLACK: u64 = 1 << 16;
 /// memory each (docs/benchmarks.md), as 64 inflated bytes cost.
 pub(super) const OP_COST: u64 = 64;
 
+/// What checking one seal's signature costs, in bytes of the pacing budget: about
+/// 50 µs, as 4 KiB of automerge's work cost (an item may carry 256 seals).
+pub(super) const SEAL_COST: u64 = 4 << 10;
+
 /// The operations and changes a document may claim beyond two a byte it inflates to. A
 /// 111-byte document whose change columns claimed 65,536 empty changes took automerge
 /// 100 ms and 85 MiB to refuse; the slack of changes (65,536) was that much for free
@@ -358,9 +362,15 @@ impl Engine {
             .ops
             .max(measured.changes)
             .saturating_sub(measured.inflated.saturating_mul(2));
+        // Each seal is an ed25519 signature to check (about 50 µs, as 4 KiB cost).
+        let seals = match &item {
+            Item::Sealed { seals, .. } => seals.len() as u64,
+            _ => 0,
+        };
         let cost = measured
             .inflated
-            .saturating_add(unbacked.saturating_mul(OP_COST));
+            .saturating_add(unbacked.saturating_mul(OP_COST))
+            .saturating_add(seals.saturating_mul(SEAL_COST));
         self.paced_item(from, item, cost, store, acks);
     }
 
@@ -373,7 +383,7 @@ impl Engine {
         acks: &mut Vec<(DocId, Heads)>,
     ) {
         let (seals, item) = match item {
-            Item::Sealed { seals, item } => self.open_seals(seals, item),
+            Item::Sealed { seals, item } => self.open_seals(from, seals, item),
             other => (Vec::new(), other),
         };
         match item {
@@ -481,15 +491,24 @@ impl Engine {
     /// The seals that came with `item` (`Item::Sealed`) whose signature holds, and the
     /// item. A seal with a bad signature is dropped and counted; the changes only it
     /// would have reached are refused when applied.
-    fn open_seals(&mut self, seals: Vec<Seal>, item: wire::Sealable) -> (Vec<Seal>, Item) {
+    fn open_seals(
+        &mut self,
+        from: DeviceId,
+        seals: Vec<Seal>,
+        item: wire::Sealable,
+    ) -> (Vec<Seal>, Item) {
         let held = self.seals_of(item.doc());
-        // Only seals of devices known to be members (or to have been, or about to be)
-        // count: a member can make keys at will, and changes under made-up devices
-        // sealed by their made-up keys would slip into a pull answer, where others'
-        // changes legitimately travel, and crowd the document's seals.
+        // A file's seals count only for the sender itself (it got past the daemon's
+        // membership check to reach us) and devices known to be members (or to have
+        // been, or about to be): a member can make keys at will, and changes under made-up
+        // devices sealed by their made-up keys would slip into a pull answer, where
+        // others' changes legitimately travel, and crowd the document's seals. The
+        // index's are all taken: it is where a newcomer learns who the members are, so
+        // its changes cannot wait for that (they are bounded like any, `bounded`).
+        let index = item.doc() == DocId::Index;
         let seals: Vec<Seal> = seals
             .into_iter()
-            .filter(|s| self.may_seal(&s.device))
+            .filter(|s| index || s.device == from || self.may_seal(&s.device))
             .collect();
         // A seal we hold was checked when it came.
         let (good, bad): (Vec<Seal>, Vec<Seal>) = seals
