@@ -292,77 +292,149 @@ impl<R: Read> Read for Counted<R> {
 /// runs (a zero, then their count); booleans hold alternating run lengths; raw values
 /// hold no rows of their own (their metadata column has them).
 fn column_rows(spec: u32, mut input: impl Read) -> Result<(u64, u64), InflateError> {
-    const BOOLEAN: u32 = 4;
-    const STRING: u32 = 5;
-    const VALUE: u32 = 7;
-    let kind = spec & 0b111;
-    if kind == VALUE {
-        std::io::copy(&mut input, &mut std::io::sink()).map_err(|_| InflateError::BadDeflate)?;
-        return Ok((0, 0));
-    }
-    let mut rows = 0u64;
-    if kind == BOOLEAN {
-        while let Some(n) = read_leb(&mut input, false)? {
-            rows = rows.saturating_add(n);
-        }
-        return Ok((rows, 0));
-    }
-    let mut largest = 0u64;
-    let mut value = |input: &mut dyn Read| -> Result<(), InflateError> {
-        let n = read_leb(input, false)?.ok_or(InflateError::Malformed("value"))?;
-        largest = largest.max(n);
-        if kind == STRING {
-            let skipped = std::io::copy(&mut (&mut *input).take(n), &mut std::io::sink())
-                .map_err(|_| InflateError::BadDeflate)?;
-            if skipped < n {
-                return Err(InflateError::Malformed("cut short"));
-            }
-        }
-        Ok(())
-    };
+    // Read in blocks and parsed by a state machine: a byte at a time through `Read` was
+    // 5 ns a byte, 0.35 s for a 63 MiB column (and a message may hold fifteen).
+    let mut rows = Rows::new(spec);
+    let mut buf = [0u8; 64 * 1024];
     loop {
-        let Some(count) = read_leb(&mut input, true)? else {
-            return Ok((rows, largest));
-        };
-        let count = count as i64;
-        let n = match count {
-            0 => read_leb(&mut input, false)?.ok_or(InflateError::Malformed("null run"))?,
-            c if c > 0 => {
-                value(&mut input)?;
-                c.unsigned_abs()
-            }
-            c => {
-                for _ in 0..c.unsigned_abs() {
-                    value(&mut input)?;
-                }
-                c.unsigned_abs()
-            }
-        };
-        rows = rows.saturating_add(n);
+        match input.read(&mut buf) {
+            Ok(0) => return rows.finish(),
+            Ok(n) => rows.feed(&buf[..n])?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(InflateError::BadDeflate),
+        }
     }
 }
 
-/// One LEB128 (signed: sign-extended into the u64's bits); `None` at the end of input.
-fn read_leb<R: Read + ?Sized>(input: &mut R, signed: bool) -> Result<Option<u64>, InflateError> {
-    let mut value = 0u64;
-    let mut byte = [0u8; 1];
-    for i in 0..10 {
-        match input.read(&mut byte) {
-            Ok(0) if i == 0 => return Ok(None),
-            Ok(0) => return Err(InflateError::Malformed("cut short")),
-            Ok(_) => {}
-            Err(_) => return Err(InflateError::BadDeflate),
-        }
-        let b = byte[0];
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            if signed && i < 9 && b & 0x40 != 0 {
-                value |= u64::MAX << (7 * (i + 1));
-            }
-            return Ok(Some(value));
+/// Where [`Rows`] is in a column.
+#[derive(Clone, Copy)]
+enum At {
+    /// Before a run's count (signed).
+    Count,
+    /// Before a null run's length.
+    Nulls,
+    /// Before the next of `n` values.
+    Values(u64),
+    /// Inside a string value: `left` bytes, then the rest of `n` values.
+    StringBytes { left: u64, n: u64 },
+}
+
+/// A column's rows and largest value, counted block by block (see [`column_rows`]).
+struct Rows {
+    kind: u32,
+    rows: u64,
+    largest: u64,
+    at: At,
+    /// The LEB128 being read: its value so far and the next shift.
+    leb: u64,
+    shift: u32,
+    reading: bool,
+}
+
+impl Rows {
+    const BOOLEAN: u32 = 4;
+    const STRING: u32 = 5;
+    const VALUE: u32 = 7;
+
+    fn new(spec: u32) -> Rows {
+        Rows {
+            kind: spec & 0b111,
+            rows: 0,
+            largest: 0,
+            at: At::Count,
+            leb: 0,
+            shift: 0,
+            reading: false,
         }
     }
-    Err(InflateError::Malformed("integer overflow"))
+
+    fn feed(&mut self, mut bytes: &[u8]) -> Result<(), InflateError> {
+        if self.kind == Self::VALUE {
+            return Ok(());
+        }
+        while let Some((&b, rest)) = bytes.split_first() {
+            if let At::StringBytes { left, n } = self.at {
+                let skip = left.min(bytes.len() as u64);
+                bytes = &bytes[skip as usize..];
+                self.at = match left - skip {
+                    0 if n == 0 => At::Count,
+                    0 => At::Values(n),
+                    left => At::StringBytes { left, n },
+                };
+                continue;
+            }
+            bytes = rest;
+            if self.shift >= 64 {
+                return Err(InflateError::Malformed("integer overflow"));
+            }
+            self.leb |= u64::from(b & 0x7f) << self.shift;
+            self.shift += 7;
+            self.reading = true;
+            if b & 0x80 != 0 {
+                continue;
+            }
+            let (value, shift) = (self.leb, self.shift);
+            self.leb = 0;
+            self.shift = 0;
+            self.reading = false;
+            self.value(value, shift, b)?;
+        }
+        Ok(())
+    }
+
+    /// One whole LEB128 read: `value` unsigned, `shift` bits, `last` its last byte.
+    fn value(&mut self, value: u64, shift: u32, last: u8) -> Result<(), InflateError> {
+        if self.kind == Self::BOOLEAN {
+            self.rows = self.rows.saturating_add(value);
+            return Ok(());
+        }
+        self.at = match self.at {
+            At::Count => {
+                let signed = if shift < 64 && last & 0x40 != 0 {
+                    (value | (u64::MAX << shift)) as i64
+                } else {
+                    value as i64
+                };
+                match signed {
+                    0 => At::Nulls,
+                    c => {
+                        self.rows = self.rows.saturating_add(c.unsigned_abs());
+                        // A run holds one value, a literal as many as it counts.
+                        At::Values(if c > 0 { 1 } else { c.unsigned_abs() })
+                    }
+                }
+            }
+            At::Nulls => {
+                self.rows = self.rows.saturating_add(value);
+                At::Count
+            }
+            At::Values(n) => {
+                self.largest = self.largest.max(value);
+                let n = n - 1;
+                if self.kind == Self::STRING && value > 0 {
+                    At::StringBytes { left: value, n }
+                } else if n == 0 {
+                    At::Count
+                } else {
+                    At::Values(n)
+                }
+            }
+            At::StringBytes { .. } => return Err(InflateError::Malformed("string")),
+        };
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(u64, u64), InflateError> {
+        let ended = match self.at {
+            At::Count => true,
+            // Booleans never leave `Count`; raw values have no structure here.
+            _ => self.kind == Self::VALUE,
+        };
+        if self.reading || !ended {
+            return Err(InflateError::Malformed("cut short"));
+        }
+        Ok((self.rows, self.largest))
+    }
 }
 
 /// What `bytes` takes once inflated, or an error once that passes `limit`.

@@ -4,7 +4,10 @@
 //! `cargo run --release -p cue-sim --example bomb -- [change|document] [inflated MiB] [items]`
 //! `... -- rle|empty|deletions [Mi] [items]`: a document claiming that many mebi-operations
 //! or mebi-empty-changes, or a member's change of a hundred-odd bytes claiming that many
-//! mebi-deletions in a note of 300 characters.
+//! mebi-deletions in a note of 300 characters. A fourth argument `alone` hands the
+//! items' bytes to automerge directly, as the engine did before it checked them (a
+//! document loaded, changes applied to the victim's copy of their document), under
+//! `catch_unwind`: what the checks spare the victim.
 //!
 //! The bomb is one engine message of at most the default message size (1 MiB less the
 //! envelope's share): a `Changes` item holding a compressed change chunk, or a `Whole`
@@ -32,8 +35,15 @@ fn vm_hwm_kib() -> u64 {
 fn main() {
     let mut args = std::env::args().skip(1);
     let kind = args.next().unwrap_or_else(|| "change".into());
-    let mib: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1024);
+    // MiB (or Mi operations, changes, deletions); "64k" for Ki of them.
+    let size = args.next().unwrap_or_else(|| "1024".into());
+    let units: u64 = match size.strip_suffix('k') {
+        Some(ki) => ki.parse::<u64>().unwrap_or(1) << 10,
+        None => size.parse::<u64>().unwrap_or(1024) << 20,
+    };
+    let mib = usize::try_from(units >> 20).unwrap_or(1).max(1);
     let count: u8 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let alone = args.next().as_deref() == Some("alone");
     let config = Config::default();
     let mut w = World::new(2, 1, config.clone());
     w.connect_all();
@@ -52,13 +62,13 @@ fn main() {
         },
         "rle" => Item::Whole {
             doc: DocId::File(FileId([i; 16])),
-            bytes: bomb(Kind::RunLength, mib),
+            bytes: cue_sim::bomb::claiming(Kind::RunLength, units),
         },
         "empty" => Item::Whole {
             doc: DocId::File(FileId([i; 16])),
-            bytes: bomb(Kind::EmptyChanges, mib),
+            bytes: cue_sim::bomb::claiming(Kind::EmptyChanges, units),
         },
-        "deletions" => deletions(&w, mib as u64 * (1 << 20)),
+        "deletions" => deletions(&w, units),
         other => {
             eprintln!("bomb: unknown kind {other} (change, document, rle, empty or deletions)");
             std::process::exit(2);
@@ -75,6 +85,10 @@ fn main() {
         std::process::exit(2);
     }
 
+    if alone {
+        let items = (0..count).map(item).collect();
+        return automerge_alone(&w, items);
+    }
     let from = w.peers[0].device;
     let before = vm_hwm_kib();
     let t = Instant::now();
@@ -106,7 +120,7 @@ fn main() {
     w.settle(5);
     let synced = w.read(1, "a.md").as_deref() == Some("after\n");
     println!(
-        "bomb: {kind}, message {} bytes, {count} item(s) inflating to {mib} MiB each",
+        "bomb: {kind} {size}, message {} bytes, {count} item(s)",
         bytes.len()
     );
     println!(
@@ -160,4 +174,49 @@ fn deletions(w: &World, claimed: u64) -> Item {
             changes: vec![change],
         },
     )
+}
+
+/// What automerge alone makes of `items`: each document loaded, each item's changes
+/// read and applied to peer 1's stored copy of their document.
+fn automerge_alone(w: &World, items: Vec<Item>) {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    std::panic::set_hook(Box::new(|_| {}));
+    for item in items {
+        let before = vm_hwm_kib();
+        let t = Instant::now();
+        let outcome = match item {
+            Item::Whole { bytes, .. } => catch_unwind(|| automerge::AutoCommit::load(&bytes))
+                .map(|r| r.map(|_| ()).map_err(|e| e.to_string())),
+            Item::Changes { doc, changes }
+            | Item::Sealed {
+                item: cue_core::wire::Sealable::Changes { doc, changes },
+                ..
+            } => {
+                let stored = w.peers[1].store.docs.get(&doc).cloned().unwrap_or_default();
+                catch_unwind(AssertUnwindSafe(|| {
+                    let mut target =
+                        automerge::AutoCommit::load(&stored).map_err(|e| e.to_string())?;
+                    let parsed: Result<Vec<automerge::Change>, _> = changes
+                        .into_iter()
+                        .map(automerge::Change::from_bytes)
+                        .collect();
+                    let parsed = parsed.map_err(|e| e.to_string())?;
+                    target.apply_changes(parsed).map_err(|e| e.to_string())
+                }))
+            }
+            _ => Ok(Ok(())),
+        };
+        let took = t.elapsed();
+        let outcome = match outcome {
+            Err(_) => "automerge panicked".to_string(),
+            Ok(Err(e)) => format!("refused: {e}"),
+            Ok(Ok(())) => "taken".to_string(),
+        };
+        println!(
+            "automerge alone: VmHWM {} KiB before, {} KiB after; {:.1} ms; {outcome}",
+            before,
+            vm_hwm_kib(),
+            took.as_secs_f64() * 1e3
+        );
+    }
 }
