@@ -43,9 +43,18 @@ type Limiter = RateLimiter<
     NoOpMiddleware<<FakeRelativeClock as Clock>::Instant>,
 >;
 
-/// An item waiting for its sender's budget: what it still owes of its cost in KiB, its
-/// size as it came, the item.
-type Waiting = (u32, usize, Item);
+/// An item waiting for its sender's budget: what it still owes of its cost in KiB
+/// (`None` until it is measured, when its turn comes), its size as it came, the item.
+type Waiting = (Option<u32>, usize, Item);
+
+/// What [`Pacer::next`] gives back.
+pub(super) enum Next {
+    /// An item that has paid its cost: to be handled.
+    Ready(Item),
+    /// An item that waited as it came: to be measured, then put back first in line
+    /// (`Pacer::put_back`) or refused.
+    Unmeasured(Item),
+}
 
 pub(super) struct Pacer {
     clock: FakeRelativeClock,
@@ -155,11 +164,12 @@ impl Pacer {
         }
     }
 
-    /// Puts an item to wait; false (nothing kept) past the bounds. Once an item of a
-    /// sender is dropped, so is everything it sends until what waits of it has gone:
-    /// a later item must never go before an earlier one (a pull's end before a dropped
-    /// part of its answer would end a catch-up with a document missing).
-    fn wait(&mut self, from: DeviceId, kib: u32, item: Item) -> bool {
+    /// Puts an item to wait, measured (`Some` of what it owes) or not; false (nothing
+    /// kept) past the bounds. Once an item of a sender is dropped, so is everything it
+    /// sends until what waits of it has gone: a later item must never go before an
+    /// earlier one (a pull's end before a dropped part of its answer would end a
+    /// catch-up with a document missing).
+    fn wait(&mut self, from: DeviceId, owed: Option<u32>, item: Item) -> bool {
         let n = size(&item);
         let mine = self.bytes.get(&from).copied().unwrap_or(0);
         if self.dropping.contains(&from)
@@ -176,21 +186,35 @@ impl Pacer {
         self.waiting
             .entry(from)
             .or_default()
-            .push_back((kib, n, item));
+            .push_back((owed, n, item));
         true
     }
 
-    /// The next waiting item of `from` once it has paid its cost.
-    fn next(&mut self, from: &DeviceId) -> Option<Item> {
+    /// Puts a measured item back first in line (it came out of [`Pacer::next`]
+    /// unmeasured): it was counted in the bounds when it came.
+    fn put_back(&mut self, from: DeviceId, owed: u32, item: Item) {
+        let n = size(&item);
+        *self.bytes.entry(from).or_default() += n;
+        self.all_bytes += n;
+        self.waiting
+            .entry(from)
+            .or_default()
+            .push_front((Some(owed), n, item));
+    }
+
+    /// The next waiting item of `from`: one that has paid its cost, or one to measure.
+    fn next(&mut self, from: &DeviceId) -> Option<Next> {
         let owed = self.waiting.get(from)?.front()?.0;
-        let left = self.pay(from, owed);
-        let queue = self.waiting.get_mut(from)?;
-        if left > 0 {
-            if let Some(front) = queue.front_mut() {
-                front.0 = left;
+        if let Some(owed) = owed {
+            let left = self.pay(from, owed);
+            if left > 0 {
+                if let Some(front) = self.waiting.get_mut(from).and_then(|q| q.front_mut()) {
+                    front.0 = Some(left);
+                }
+                return None;
             }
-            return None;
         }
+        let queue = self.waiting.get_mut(from)?;
         let (_, n, item) = queue.pop_front()?;
         if queue.is_empty() {
             self.waiting.remove(from);
@@ -203,7 +227,10 @@ impl Pacer {
             }
         }
         self.all_bytes = self.all_bytes.saturating_sub(n);
-        Some(item)
+        Some(match owed {
+            Some(_) => Next::Ready(item),
+            None => Next::Unmeasured(item),
+        })
     }
 
     /// Whether items of `from` wait.
@@ -219,7 +246,7 @@ impl Pacer {
 impl Engine {
     /// Handles `item` of `from` now, or puts it to wait for the sender's budget (see the
     /// module docs). `cost` is what its automerge bytes inflate to, and more for
-    /// operations that carry no bytes (`peers.rs`).
+    /// operations that carry no bytes and seals to check (`peers.rs`).
     pub(super) fn paced_item(
         &mut self,
         from: DeviceId,
@@ -228,17 +255,20 @@ impl Engine {
         store: &mut dyn DocStore,
         acks: &mut Vec<(DocId, Heads)>,
     ) {
-        // Pieces of a chunked item are handled at once: they are bounded on their own,
-        // and the item they make comes back here whole.
-        if matches!(item, Item::Chunk { .. }) {
-            return self.item_now(from, item, store, acks);
-        }
-        let kib = u32::try_from(cost.div_ceil(1 << 10)).unwrap_or(u32::MAX);
-        let owed = self.pacer.owes(&from, kib);
+        let owed = self.pacer.owes(&from, kib(cost));
         if owed == 0 {
             return self.item_now(from, item, store, acks);
         }
-        if !self.pacer.wait(from, owed, item) {
+        if !self.pacer.wait(from, Some(owed), item) {
+            self.state.counters.oversized_items += 1;
+            self.state_dirty = true;
+        }
+    }
+
+    /// Puts `item` to wait behind its sender's waiting items, as it came (measured when
+    /// its turn comes).
+    pub(super) fn wait_unmeasured(&mut self, from: DeviceId, item: Item) {
+        if !self.pacer.wait(from, None, item) {
             self.state.counters.oversized_items += 1;
             self.state_dirty = true;
         }
@@ -248,14 +278,26 @@ impl Engine {
     pub(super) fn release_waiting(&mut self, store: &mut dyn DocStore) {
         for from in self.pacer.senders() {
             let mut acks = Vec::new();
-            while let Some(item) = self.pacer.next(&from) {
-                self.item_now(from, item, store, &mut acks);
+            while let Some(next) = self.pacer.next(&from) {
+                match next {
+                    Next::Ready(item) => self.item_now(from, item, store, &mut acks),
+                    Next::Unmeasured(item) => {
+                        if let Some((item, cost)) = self.checked(item) {
+                            self.pacer.put_back(from, kib(cost), item);
+                        }
+                    }
+                }
             }
             if !acks.is_empty() {
                 self.send(from, Item::Ack { entries: acks });
             }
         }
     }
+}
+
+/// A cost in bytes as the budget counts it (KiB, rounded up).
+fn kib(cost: u64) -> u32 {
+    u32::try_from(cost.div_ceil(1 << 10)).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
@@ -293,7 +335,7 @@ mod tests {
         // full again (1 s later), then one every 2 s (64 MiB a second).
         let owed = p.owes(&from, 3 * burst);
         assert_eq!(owed, 3 * burst);
-        assert!(p.wait(from, owed, Item::Ack { entries: vec![] }));
+        assert!(p.wait(from, Some(owed), Item::Ack { entries: vec![] }));
         let mut released_at = None;
         for s in 1..=10 {
             p.set_time(s * 1_000);
@@ -319,14 +361,53 @@ mod tests {
         };
         // Spend the budget, then fill what may wait.
         assert_eq!(p.owes(&from, burst), 0);
-        assert!(p.wait(from, 1, item(MAX_WAITING_BYTES - 1024)));
+        assert!(p.wait(from, Some(1), item(MAX_WAITING_BYTES - 1024)));
         // Too large to wait: dropped; a small one after it is dropped too.
-        assert!(!p.wait(from, 1, item(4096)));
-        assert!(!p.wait(from, 1, item(16)));
+        assert!(!p.wait(from, Some(1), item(4096)));
+        assert!(!p.wait(from, Some(1), item(16)));
         // Once what waited has gone, its items are taken again.
         p.set_time(2_000);
         assert!(p.next(&from).is_some());
         assert!(p.next(&from).is_none());
-        assert!(p.wait(from, 1, item(16)));
+        assert!(p.wait(from, Some(1), item(16)));
+    }
+
+    /// An item that waited as it came comes back to be measured when its turn comes,
+    /// and once measured and put back first in line, pays before anything after it.
+    #[test]
+    fn an_unmeasured_item_is_measured_in_its_turn() {
+        let mut p = Pacer::new();
+        p.set_time(0);
+        let from = DeviceId([5; 32]);
+        let burst = BURST_MIB * KIB_PER_MIB;
+        assert_eq!(p.owes(&from, burst), 0);
+        assert!(p.wait(from, Some(4), Item::Ack { entries: vec![] }));
+        assert!(p.wait(
+            from,
+            None,
+            Item::Hello {
+                digest: [1; 32],
+                reply: false
+            }
+        ));
+        assert!(p.wait(from, None, Item::Ack { entries: vec![] }));
+        p.set_time(2_000);
+        assert!(matches!(p.next(&from), Some(Next::Ready(Item::Ack { .. }))));
+        let Some(Next::Unmeasured(item)) = p.next(&from) else {
+            panic!("the second item comes back to be measured");
+        };
+        assert!(matches!(item, Item::Hello { .. }));
+        // Measured at more than is left: it waits first in line, the third behind it.
+        p.put_back(from, burst, item);
+        assert!(p.next(&from).is_none());
+        p.set_time(4_000);
+        assert!(matches!(
+            p.next(&from),
+            Some(Next::Ready(Item::Hello { .. }))
+        ));
+        assert!(matches!(
+            p.next(&from),
+            Some(Next::Unmeasured(Item::Ack { .. }))
+        ));
     }
 }
