@@ -449,21 +449,10 @@ fn the_member_list_takes_only_admitted_or_self_written_entries() {
     assert!(m.contains_key(&d1) && !m.contains_key(&stranger), "{m:?}");
 }
 
-/// A member answers a peer's catch-up pull (where every member's changes legitimately
-/// travel) with a change forged under another member's actor and its next sequence
-/// number. No seal of the genuine author reaches the forgery: it is refused and counted,
-/// and the author's own next change (with that very sequence number) reaches everyone.
-#[test]
-fn a_change_forged_into_a_pull_answer_is_refused_and_the_authors_next_change_applies() {
-    let mut w = World::new(3, 27, Config::default());
-    w.connect_all();
-    w.write(0, "a.md", b"one\n");
-    w.settle(5);
-    w.converged().unwrap();
-    let (f, bytes) = only_file(&w, 2);
-    let forged = forge(&bytes, &w, 0);
-    // p1 is away while p2 writes a file; p0 goes away; p1 comes back and catches up
-    // from p2 alone.
+/// p1 is away while p2 writes a file (b.md); p0 goes away; p1 comes back and catches up
+/// from p2 alone: returns once p1 has asked p2 for what it lacks, so that what p2
+/// sends next is taken as part of the answer.
+fn p1_catching_up_from_p2_alone(w: &mut World) {
     w.disconnect(1);
     w.write(2, "b.md", b"b\n");
     w.settle(5);
@@ -481,10 +470,26 @@ fn a_change_forged_into_a_pull_answer_is_refused_and_the_authors_next_change_app
         })
     };
     let mut steps = 0;
-    while !asked(&w) {
+    while !asked(w) {
         assert!(w.step() && steps < 1000, "p1 never pulled from p2");
         steps += 1;
     }
+}
+
+/// A member answers a peer's catch-up pull (where every member's changes legitimately
+/// travel) with a change forged under another member's actor and its next sequence
+/// number. No seal of the genuine author reaches the forgery: it is refused and counted,
+/// and the author's own next change (with that very sequence number) reaches everyone.
+#[test]
+fn a_change_forged_into_a_pull_answer_is_refused_and_the_authors_next_change_applies() {
+    let mut w = World::new(3, 27, Config::default());
+    w.connect_all();
+    w.write(0, "a.md", b"one\n");
+    w.settle(5);
+    w.converged().unwrap();
+    let (f, bytes) = only_file(&w, 2);
+    let forged = forge(&bytes, &w, 0);
+    p1_catching_up_from_p2_alone(&mut w);
     // p2's answer carries the forgery.
     let item = Item::Changes {
         doc: cue_core::DocId::File(f),
@@ -1108,36 +1113,9 @@ fn changes_under_made_up_devices_in_a_pull_answer_are_refused() {
     let mut w = World::new(3, 28, Config::default());
     w.connect_all();
     w.write(0, "a.md", b"one\n");
-    w.settle(10);
-    if w.converged().is_err() {
-        panic!(
-            "counters {:?} {:?}",
-            w.peers[1].engine.counters(),
-            w.peers[2].engine.counters()
-        );
-    }
+    w.settle_converged();
     let (f, stored) = only_file(&w, 0);
-    w.disconnect(1);
-    w.write(2, "b.md", b"b\n");
-    w.settle(5);
-    w.disconnect(0);
-    w.traffic = Some(Vec::new());
-    w.connect(1);
-    let asked = |w: &World| {
-        w.traffic.iter().flatten().any(|(from, to, bytes)| {
-            (*from, *to) == (1, 2)
-                && decode(bytes).is_ok_and(|m| {
-                    m.items
-                        .iter()
-                        .any(|i| matches!(i, Item::Pull { id, .. } if *id != 0))
-                })
-        })
-    };
-    let mut steps = 0;
-    while !asked(&w) {
-        assert!(w.step() && steps < 1000, "p1 never pulled from p2");
-        steps += 1;
-    }
+    p1_catching_up_from_p2_alone(&mut w);
     let items: Vec<Item> = (0..40u8)
         .map(|k| {
             let key = cue_core::seal::SealKey::from_seed(&[k.wrapping_add(100); 32]);
