@@ -2,8 +2,8 @@
 //! victim's peak memory (VmHWM) and main-loop time before and after it.
 //!
 //! `cargo run --release -p cue-sim --example bomb -- [change|document] [inflated MiB] [items]`
-//! `... -- rle|empty|deletions [Mi] [items]`: a document claiming that many mebi-operations
-//! or mebi-empty-changes, or a member's change of a hundred-odd bytes claiming that many
+//! `... -- rle|padded|empty|deletions [Mi] [items]`: a document claiming that many
+//! mebi-operations (`padded`: beside half as many bytes of zeros) or mebi-empty-changes, or a member's change of a hundred-odd bytes claiming that many
 //! mebi-deletions in a note of 300 characters. A fourth argument `alone` hands the
 //! items' bytes to automerge directly, as the engine did before it checked them (a
 //! document loaded, changes applied to the victim's copy of their document), under
@@ -68,9 +68,18 @@ fn main() {
             doc: DocId::File(FileId([i; 16])),
             bytes: cue_sim::bomb::claiming(Kind::EmptyChanges, units),
         },
+        // Runs claiming `units` operations beside `units / 2` bytes of zeros: the claim
+        // fits two a byte of what the document inflates to (docs/security.md, "Below the
+        // inflation bound": not bounded yet).
+        "padded" => Item::Whole {
+            doc: DocId::File(FileId([i; 16])),
+            bytes: cue_sim::bomb::padded_run_length(units, (units / 2 + 4096) as usize),
+        },
         "deletions" => deletions(&w, units),
         other => {
-            eprintln!("bomb: unknown kind {other} (change, document, rle, empty or deletions)");
+            eprintln!(
+                "bomb: unknown kind {other} (change, document, rle, padded, empty or deletions)"
+            );
             std::process::exit(2);
         }
     };

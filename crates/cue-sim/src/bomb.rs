@@ -61,11 +61,25 @@ pub fn claiming(kind: Kind, count: u64) -> Vec<u8> {
 /// it) rewritten as the same distance from `ops`, so that the columns agree with each
 /// other, and the chunk put back together with its lengths and checksum.
 fn run_length(ops: u64) -> Vec<u8> {
+    padded_run_length(ops, 0)
+}
+
+/// [`Kind::RunLength`] with a string of `pad` zero bytes beside the list: real bytes
+/// that inflate (a few KB compressed), so that the claim fits two operations a byte of
+/// what the document inflates to.
+pub fn padded_run_length(ops: u64, pad: usize) -> Vec<u8> {
     use automerge::transaction::Transactable;
     let mut doc = automerge::AutoCommit::new();
     let made = doc
         .put_object(automerge::ROOT, "l", automerge::ObjType::List)
-        .and_then(|list| (0..1000).try_for_each(|i| doc.insert(&list, i, true)));
+        .and_then(|list| (0..1000).try_for_each(|i| doc.insert(&list, i, true)))
+        .and_then(|()| {
+            if pad > 0 {
+                doc.put(automerge::ROOT, "pad", "\0".repeat(pad))
+            } else {
+                Ok(())
+            }
+        });
     let saved = doc.save();
     match made {
         Ok(()) => rewrite_counts(&saved, 1000, ops.max(2)).unwrap_or(saved),
