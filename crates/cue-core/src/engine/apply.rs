@@ -84,8 +84,10 @@ fn changes_to_apply(
     let alone = matches!(remote, Remote::Changes(_));
     let changes = match remote {
         Remote::Changes(c) => c,
+        // Only what `am` lacks is read out of the other document, which is then thrown
+        // away: the guarded read is its check (`load_peer_document` would read it all).
         Remote::Whole(bytes) => {
-            let mut other = crate::doc::load_peer_document(&bytes).ok()?;
+            let mut other = crate::doc::load_automerge(&bytes).ok()?;
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 am.get_changes_added(&mut other)
             }))

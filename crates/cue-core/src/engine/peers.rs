@@ -427,15 +427,7 @@ impl Engine {
                 store,
             ),
             Item::Changes { doc, changes } => {
-                let held = match doc {
-                    DocId::Index => automerge::ReadDoc::stats(self.index.automerge()).num_ops,
-                    DocId::File(f) => self
-                        .with_doc(f, store, |d| {
-                            Ok(automerge::ReadDoc::stats(d.automerge()).num_ops)
-                        })
-                        .unwrap_or(0),
-                };
-                if !apply::claims_fit(held, &changes) {
+                if !self.claims_fit(doc, &changes, store) {
                     self.state.counters.bad_changes += changes.len() as u64;
                     self.state_dirty = true;
                     return;
@@ -506,6 +498,20 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Whether what `changes` claim fits `doc` as this device holds it
+    /// (`apply::claims_fit`).
+    fn claims_fit(&mut self, doc: DocId, changes: &[Vec<u8>], store: &mut dyn DocStore) -> bool {
+        let held = match doc {
+            DocId::Index => automerge::ReadDoc::stats(self.index.automerge()).num_ops,
+            DocId::File(f) => self
+                .with_doc(f, store, |d| {
+                    Ok(automerge::ReadDoc::stats(d.automerge()).num_ops)
+                })
+                .unwrap_or(0),
+        };
+        apply::claims_fit(held, changes)
     }
 
     /// The seals that came with `item` (`Item::Sealed`) whose signature holds, and the
