@@ -69,8 +69,8 @@ fn main() {
             bytes: cue_sim::bomb::claiming(Kind::EmptyChanges, units),
         },
         // Runs claiming `units` operations beside `units / 2` bytes of zeros: the claim
-        // fits two a byte of what the document inflates to (docs/security.md, "Below the
-        // inflation bound": not bounded yet).
+        // fits two a byte of what the document inflates to, and past 32 Mi (and a little)
+        // the largest file's bound refuses it (docs/security.md, "Decompression bomb").
         "padded" => Item::Whole {
             doc: DocId::File(FileId([i; 16])),
             bytes: cue_sim::bomb::padded_run_length(units, (units / 2 + 4096) as usize),

@@ -1148,3 +1148,33 @@ fn changes_under_made_up_devices_in_a_pull_answer_are_refused() {
     assert_eq!(w.read(1, "a.md").as_deref(), Some("one\n"));
     assert_eq!(w.read(1, "b.md").as_deref(), Some("b\n"));
 }
+
+/// Two operations a byte of what a document inflates to is no bound when the bytes are
+/// zeros that deflate a thousandfold (`bomb padded 16`: 8 KB took a victim 1.2 GiB and
+/// 4 s; two a byte of an item's 64 MiB would be 128 Mi operations, about 10 GB). An item
+/// asks automerge for at most what the largest file rewritten once does (32 Mi
+/// operations and a little at the default 16 MiB); a document claiming 34 Mi operations
+/// beside 17 MiB of zeros (17 KB sent) is refused before automerge builds them, and
+/// nothing else stops.
+#[test]
+fn a_document_padded_to_fit_its_bytes_is_held_to_the_largest_file() {
+    let mut w = world();
+    let from = w.peers[0].device;
+    let bytes = cue_sim::bomb::padded_run_length(34 << 20, (17 << 20) + 4096);
+    assert!(bytes.len() < 32 << 10, "{}", bytes.len());
+    let item = Item::Whole {
+        doc: cue_core::DocId::File(cue_core::FileId([0xc7; 16])),
+        bytes,
+    };
+    w.input(
+        1,
+        Input::Message {
+            from,
+            bytes: encode(&Message { items: vec![item] }),
+        },
+    );
+    assert_eq!(w.peers[1].engine.counters().oversized_items, 1);
+    w.write(0, "a.md", b"x\ny\n");
+    w.settle(5);
+    assert_eq!(w.read(1, "a.md").as_deref(), Some("x\ny\n"));
+}

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// `max_file_size` unless configured (docs/reference.md: 16 MiB).
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 16 * 1024 * 1024;
+
 /// Engine settings (the `[sync]` section of the config, in engine units).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -43,7 +46,7 @@ impl Default for Config {
         Config {
             max_offline_ms: 7 * 24 * 3600 * 1000,
             tombstone_ms: 7 * 24 * 3600 * 1000,
-            max_file_size: 16 * 1024 * 1024,
+            max_file_size: DEFAULT_MAX_FILE_SIZE,
             cache_docs: 256,
             anti_entropy_ms: 30_000,
             pull_timeout_ms: 60_000,

@@ -98,6 +98,22 @@ pub(super) struct Measured {
 /// docs/benchmarks.md, "An engine under a decompression bomb").
 pub(super) const OPS_SLACK: u64 = 1 << 16;
 
+/// The operations one item may ask automerge to build: what a text file of
+/// `max_file_size` characters rewritten whole once takes (its deletions and its new
+/// characters, one operation each), and never less than at the default 16 MiB (a smaller
+/// `max_file_size` keeps big files out, not the history of small ones), with
+/// [`OPS_SLACK`] for its frontmatter's. 32 Mi operations: about 2.4 GiB and 8 s of
+/// automerge's work on this machine kind, what an honest file at the default limit costs
+/// every peer anyway (docs/security.md, "Decompression bomb"). An honest document whose
+/// history asks for more cannot travel whole (nor could it before: it inflates past
+/// [`MAX_INFLATED_ITEM`]); docs/ARCHITECTURE.md, "Known gaps".
+pub(super) fn max_item_ops(max_file_size: u64) -> u64 {
+    max_file_size
+        .max(DEFAULT_MAX_FILE_SIZE)
+        .saturating_mul(2)
+        .saturating_add(OPS_SLACK)
+}
+
 /// What an operation that carries no bytes (a deletion) costs automerge to apply, in
 /// bytes of the pacing budget (`pace.rs`): about 2 µs of work and up to 500 bytes of
 /// memory each (docs/benchmarks.md), as 64 inflated bytes cost.
@@ -371,6 +387,12 @@ impl Engine {
                 .saturating_mul(2)
                 .saturating_add(DOCUMENT_SLACK),
         };
+        // Whatever its bytes: automerge spends about 76 bytes of memory and 0.25 µs an
+        // operation it is asked to build, and a run of zeros deflates a thousandfold, so
+        // two a byte of 64 MiB inflated would still be 128 Mi operations, about 10 GB
+        // (`bomb padded`). An item asks for at most what the largest file rewritten once
+        // asks (`max_item_ops`).
+        let allowed = allowed.min(max_item_ops(self.config.max_file_size));
         if measured.ops.max(measured.changes) > allowed {
             self.state.counters.oversized_items += 1;
             self.state_dirty = true;
@@ -387,8 +409,12 @@ impl Engine {
             Item::Sealed { seals, .. } => seals.len() as u64,
             _ => 0,
         };
+        // A byte at least for every operation too: a document's operations may be
+        // valueless (`true`), two a byte it inflates to, and each costs automerge more
+        // than a byte of value does.
         let cost = measured
             .inflated
+            .max(measured.ops)
             .saturating_add(unbacked.saturating_mul(OP_COST))
             .saturating_add(seals.saturating_mul(SEAL_COST));
         Some((item, cost))
