@@ -1162,18 +1162,27 @@ fn a_document_padded_to_fit_its_bytes_is_held_to_the_largest_file() {
     let from = w.peers[0].device;
     let bytes = cue_sim::bomb::padded_run_length(34 << 20, (17 << 20) + 4096);
     assert!(bytes.len() < 32 << 10, "{}", bytes.len());
-    let item = Item::Whole {
-        doc: cue_core::DocId::File(cue_core::FileId([0xc7; 16])),
-        bytes,
-    };
+    // Loaded when it comes, or adopted unread and loaded when it is verified.
+    let items = vec![
+        Item::Whole {
+            doc: cue_core::DocId::File(cue_core::FileId([0xc7; 16])),
+            bytes: bytes.clone(),
+        },
+        Item::Adopt {
+            doc: cue_core::DocId::File(cue_core::FileId([0xc8; 16])),
+            bytes,
+            heads: vec![[7; 32]],
+            content: b"x".to_vec(),
+        },
+    ];
     w.input(
         1,
         Input::Message {
             from,
-            bytes: encode(&Message { items: vec![item] }),
+            bytes: encode(&Message { items }),
         },
     );
-    assert_eq!(w.peers[1].engine.counters().oversized_items, 1);
+    assert_eq!(w.peers[1].engine.counters().oversized_items, 2);
     w.write(0, "a.md", b"x\ny\n");
     w.settle(5);
     assert_eq!(w.read(1, "a.md").as_deref(), Some("x\ny\n"));
