@@ -51,13 +51,13 @@ struct Args {
     /// Saves measured per latency run (after 5 unmeasured warm-up saves).
     #[arg(long)]
     saves: Option<usize>,
-    /// Peer counts for the latency runs, comma-separated.
+    /// Peer counts for the latency runs, comma-separated; 0 skips them.
     #[arg(long, value_delimiter = ',')]
     peers: Option<Vec<usize>>,
     /// Pause between one save arriving everywhere and the next save.
     #[arg(long, default_value_t = 50)]
     gap_ms: u64,
-    /// Files for the first-sync, RSS, CPU and store runs.
+    /// Files for the first-sync, RSS, CPU and store runs; 0 skips them.
     #[arg(long)]
     files: Option<usize>,
     /// Also run the first sync (and idle figures) with 10,000 files, once.
@@ -131,7 +131,11 @@ impl Plan {
     fn from(a: &Args) -> Plan {
         let runs = a.runs.unwrap_or(if a.quick { 1 } else { 3 });
         let nfiles = a.files.unwrap_or(if a.quick { 50 } else { 1000 });
-        let mut files = vec![(nfiles, runs)];
+        let mut files = if nfiles > 0 {
+            vec![(nfiles, runs)]
+        } else {
+            Vec::new()
+        };
         if a.big {
             files.push((10_000, 1));
         }
@@ -143,7 +147,10 @@ impl Plan {
             peers: a
                 .peers
                 .clone()
-                .unwrap_or(if a.quick { vec![2, 3] } else { vec![2, 10] }),
+                .unwrap_or(if a.quick { vec![2, 3] } else { vec![2, 10] })
+                .into_iter()
+                .filter(|n| *n >= 2)
+                .collect(),
             gap: Duration::from_millis(a.gap_ms),
             files,
             burst: a

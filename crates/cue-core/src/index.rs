@@ -238,8 +238,19 @@ impl IndexDoc {
         Ok(idx)
     }
 
+    /// The document, for what may change its entries (applying a peer's changes): the
+    /// path cache is dropped, and built again when next asked.
     pub fn automerge(&mut self) -> &mut AutoCommit {
         *self.paths.get_mut() = None;
+        &mut self.doc
+    }
+
+    /// The document, for what leaves its entries as they are (saving it, reading its
+    /// changes or heads, sealing them): the path cache stays. Sealing the index after
+    /// every new file through [`IndexDoc::automerge`] had the cache of every path built
+    /// again for each: a third of a burst's time at 3,000 files (docs/benchmarks.md,
+    /// "Session 11").
+    pub fn automerge_unchanged(&mut self) -> &mut AutoCommit {
         &mut self.doc
     }
 

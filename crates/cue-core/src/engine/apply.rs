@@ -510,7 +510,7 @@ impl Engine {
     /// [`Spoiled`]). What this call applied before is lost from memory and comes again
     /// from its senders; local changes are stored by the call that makes them.
     fn reload_index(&mut self, store: &mut dyn DocStore) {
-        let actor = self.index.automerge().get_actor().clone();
+        let actor = self.index.automerge_unchanged().get_actor().clone();
         self.index = store
             .load(&DocId::Index)
             .and_then(|b| IndexDoc::load(&b, actor.clone()).ok())
@@ -581,7 +581,7 @@ impl Engine {
         }
         self.set_waiting(DocId::Index, std::mem::take(&mut applied.waiting));
         self.count_refused(&applied);
-        let missing = !self.index.automerge().get_missing_deps(&[]).is_empty();
+        let missing = !self.index.automerge_unchanged().get_missing_deps(&[]).is_empty();
         let after = to_heads(&self.index.heads());
         if before != after {
             self.index_dirty = true;

@@ -250,6 +250,6 @@ impl Engine {
             });
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok((files, self.index.automerge().save()))
+        Ok((files, self.index.automerge_unchanged().save()))
     }
 }

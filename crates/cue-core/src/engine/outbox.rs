@@ -114,7 +114,7 @@ impl Engine {
             &self.key,
             self.epoch,
             &mut self.seal_counter,
-            self.index.automerge(),
+            self.index.automerge_unchanged(),
             &self.tail5.index_seals,
         ) {
             crate::seal::keep_latest(&mut self.tail5.index_seals, &[seal], |_| true);
@@ -189,7 +189,7 @@ impl Engine {
                     &self.key,
                     self.epoch,
                     &mut self.seal_counter,
-                    self.index.automerge(),
+                    self.index.automerge_unchanged(),
                     kept,
                 ) {
                     crate::seal::keep_latest(kept, &[seal], |_| true);

@@ -530,7 +530,7 @@ impl Engine {
     /// (`apply::claims_fit`).
     fn claims_fit(&mut self, doc: DocId, changes: &[Vec<u8>], store: &mut dyn DocStore) -> bool {
         let held = match doc {
-            DocId::Index => automerge::ReadDoc::stats(self.index.automerge()).num_ops,
+            DocId::Index => automerge::ReadDoc::stats(self.index.automerge_unchanged()).num_ops,
             DocId::File(f) => self
                 .with_doc(f, store, |d| {
                     Ok(automerge::ReadDoc::stats(d.automerge()).num_ops)

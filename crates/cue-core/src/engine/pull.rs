@@ -177,7 +177,7 @@ impl Engine {
                     return self.whole(doc, mine, store);
                 }
                 let changes: Vec<Vec<u8>> = match doc {
-                    DocId::Index => crate::doc::changes_since(self.index.automerge(), &have)
+                    DocId::Index => crate::doc::changes_since(self.index.automerge_unchanged(), &have)
                         .unwrap_or_default()
                         .iter()
                         .map(|c| c.raw_bytes().to_vec())
@@ -214,7 +214,7 @@ impl Engine {
             DocId::Index => {
                 return Some(Item::Whole {
                     doc,
-                    bytes: self.index.automerge().save(),
+                    bytes: self.index.automerge_unchanged().save(),
                 });
             }
             DocId::File(f) => f,
@@ -319,7 +319,7 @@ impl Engine {
             0
         } else {
             let device = self.device;
-            let missing = crate::doc::changes_since(self.index.automerge(), &from_heads(heads))
+            let missing = crate::doc::changes_since(self.index.automerge_unchanged(), &from_heads(heads))
                 .unwrap_or_default()
                 .iter()
                 .filter(|c| made_by(&device, c.actor_id()))
