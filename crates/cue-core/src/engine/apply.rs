@@ -343,6 +343,12 @@ impl Engine {
         seals: Vec<Seal>,
         store: &mut dyn DocStore,
     ) -> Option<Heads> {
+        // The same version again (a catch-up's answer overtaken by the pushes of a burst:
+        // 888 of 3,000 notes came twice, and each merge loaded the document): nothing to
+        // do. Pending local edits would have moved our heads on.
+        if !heads.is_empty() && self.files.get(&f).is_some_and(|m| m.heads == heads) {
+            return Some(heads);
+        }
         let known = self.files.contains(&f) || self.cache.contains_key(&f);
         if known || heads.is_empty() {
             return self.apply_remote(from, DocId::File(f), Remote::Whole(bytes), seals, store);
@@ -581,7 +587,11 @@ impl Engine {
         }
         self.set_waiting(DocId::Index, std::mem::take(&mut applied.waiting));
         self.count_refused(&applied);
-        let missing = !self.index.automerge_unchanged().get_missing_deps(&[]).is_empty();
+        let missing = !self
+            .index
+            .automerge_unchanged()
+            .get_missing_deps(&[])
+            .is_empty();
         let after = to_heads(&self.index.heads());
         if before != after {
             self.index_dirty = true;

@@ -177,11 +177,13 @@ impl Engine {
                     return self.whole(doc, mine, store);
                 }
                 let changes: Vec<Vec<u8>> = match doc {
-                    DocId::Index => crate::doc::changes_since(self.index.automerge_unchanged(), &have)
-                        .unwrap_or_default()
-                        .iter()
-                        .map(|c| c.raw_bytes().to_vec())
-                        .collect(),
+                    DocId::Index => {
+                        crate::doc::changes_since(self.index.automerge_unchanged(), &have)
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|c| c.raw_bytes().to_vec())
+                            .collect()
+                    }
                     DocId::File(f) => self
                         .with_doc(f, store, |d| {
                             Ok(crate::doc::changes_since(d.automerge(), &have)
@@ -319,11 +321,12 @@ impl Engine {
             0
         } else {
             let device = self.device;
-            let missing = crate::doc::changes_since(self.index.automerge_unchanged(), &from_heads(heads))
-                .unwrap_or_default()
-                .iter()
-                .filter(|c| made_by(&device, c.actor_id()))
-                .count() as u64;
+            let missing =
+                crate::doc::changes_since(self.index.automerge_unchanged(), &from_heads(heads))
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|c| made_by(&device, c.actor_id()))
+                    .count() as u64;
             missing.min(pending.count)
         };
         let next = if left == 0 {
