@@ -142,6 +142,11 @@ impl Peer {
         Peer(must(cue_testkit::Peer::new(kit(), name)))
     }
 
+    /// This peer's `cue` and daemon run with `key=value` in their environment too.
+    pub fn with_env(self, key: &str, value: &str) -> Peer {
+        Peer(self.0.with_env(key, value))
+    }
+
     /// [`Peer::new`] with its folder inside `parent`.
     #[track_caller]
     pub fn new_in(name: &str, parent: &std::path::Path) -> Peer {

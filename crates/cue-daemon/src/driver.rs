@@ -18,7 +18,7 @@
 //!
 //! The driver is synchronous; the daemon's main loop owns it and calls it from one task.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use cue_core::carry::{self, Found, Gathered};
 use cue_core::{ContentHash, Engine, FileId, Input, Restored, Status, file_hash, with_exec};
@@ -50,6 +50,74 @@ pub enum DriverError {
     Scan(#[from] crate::scan::ScanError),
     #[error("cannot read .cueignore: {0}")]
     Ignore(#[from] crate::ignore_rules::IgnoreError),
+    #[error(
+        "the sync engine failed ({0}) and could not be started again from the store; \
+         stop and start the daemon (what is stored and on disk is kept)"
+    )]
+    EngineFailed(String),
+}
+
+/// How many times the engine may fail and be started again from the store in one run of
+/// the daemon before the daemon stops.
+const MAX_ENGINE_RESTARTS: u32 = 8;
+
+/// What the engine is made of and told at start: kept to make it again from the store
+/// after it failed (`Driver::engine_failed`).
+struct Making {
+    key: cue_core::seal::SealKey,
+    name: String,
+    config: cue_core::Config,
+    admission: cue_core::AdmissionCheck,
+    rotation: cue_core::RotationCheck,
+    /// The devices the engine was told to trust (the one that admitted us).
+    trusted: Vec<cue_core::DeviceId>,
+}
+
+impl Making {
+    /// A new engine in `epoch` from what the store holds, told what this one was told.
+    fn engine(&self, epoch: u32, restored: Restored) -> (Engine, Vec<cue_core::Effect>) {
+        let (mut engine, effects) = Engine::new(
+            self.key.clone(),
+            &self.name,
+            epoch,
+            self.config.clone(),
+            restored,
+            now_ms(),
+        );
+        // A burst of new files (a `cp -r`) has their documents made on every core.
+        engine.set_threads(std::thread::available_parallelism().map_or(1, |n| n.get().min(4)));
+        // Member-list entries are taken only with a valid admission or written by their
+        // device.
+        engine.set_admission_check(self.admission.clone());
+        engine.set_rotation_check(self.rotation.clone());
+        for by in &self.trusted {
+            engine.trust(*by);
+        }
+        (engine, effects)
+    }
+}
+
+/// A new epoch at every start of the engine: its actor id includes it, so a change lost
+/// in a crash (made, never stored) can never clash with a later one.
+fn next_epoch(store: &mut Store) -> Result<u32, StoreError> {
+    store.transaction(|tx| {
+        let old = tx
+            .get_meta(NS_DAEMON, KEY_EPOCH)?
+            .and_then(|b| <[u8; 4]>::try_from(b.as_slice()).ok())
+            .map_or(0, u32::from_be_bytes);
+        let next = old.wrapping_add(1).max(1);
+        tx.put_meta(NS_DAEMON, KEY_EPOCH, &next.to_be_bytes())?;
+        Ok(next)
+    })
+}
+
+/// What a caught panic says.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_string())
 }
 
 /// What the engine's persisted state says, read without running a daemon (for
@@ -180,6 +248,18 @@ pub struct Driver {
     own_admission: Vec<u8>,
     /// Inputs gathered from one batch of watcher events, fed to the engine together.
     gathered: Option<Gathered>,
+    /// To make the engine again after it failed.
+    making: Making,
+    /// How many times the engine failed in this run, and whether it was started again
+    /// since the daemon last asked (`Driver::take_restarted`).
+    failures: u32,
+    restarted: bool,
+    /// While the engine is being started again (a failure then is not retried).
+    restarting: bool,
+    /// Peers a message of which was being handled when the engine failed, and how
+    /// often; those it failed on twice are not listened to for the rest of the run.
+    failed_on: BTreeMap<cue_core::DeviceId, u32>,
+    shunned: BTreeSet<cue_core::DeviceId>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -197,27 +277,18 @@ impl Driver {
     /// [`Driver::startup_scan`] next.
     pub fn open(ws: &Workspace, config: &Config) -> Result<Driver, DriverError> {
         let mut store = Store::open(&ws.store_path())?;
-        // A new epoch at every start: the engine's actor id includes it, so a change lost
-        // in a crash (made, never stored) can never clash with a later one.
-        let epoch = store.transaction(|tx| {
-            let old = tx
-                .get_meta(NS_DAEMON, KEY_EPOCH)?
-                .and_then(|b| <[u8; 4]>::try_from(b.as_slice()).ok())
-                .map_or(0, u32::from_be_bytes);
-            let next = old.wrapping_add(1).max(1);
-            tx.put_meta(NS_DAEMON, KEY_EPOCH, &next.to_be_bytes())?;
-            Ok(next)
-        })?;
+        let epoch = next_epoch(&mut store)?;
         let restored = restored_from(&store)?;
         let name = ws.device_name();
-        let (mut engine, effects) = Engine::new(
-            ws.seal_key(),
-            &name,
-            epoch,
-            ws.engine_config(config),
-            restored,
-            now_ms(),
-        );
+        let making = Making {
+            key: ws.seal_key(),
+            name: name.clone(),
+            config: ws.engine_config(config),
+            admission: ws.admission_check(),
+            rotation: ws.rotation_check(),
+            trusted: ws.admitted_by().into_iter().collect(),
+        };
+        let (engine, effects) = making.engine(epoch, restored);
         if !engine.modes_kept() {
             tracing::info!(
                 "this folder keeps no Unix modes (every file shows its mount's mode): \
@@ -225,8 +296,6 @@ impl Driver {
                  changed from this device"
             );
         }
-        // A burst of new files (a `cp -r`) has their documents made on every core.
-        engine.set_threads(std::thread::available_parallelism().map_or(1, |n| n.get().min(4)));
         let host = DaemonHost {
             store,
             fs: WorkspaceFs::open(&ws.root)?.keeping_modes(engine.modes_kept()),
@@ -247,16 +316,15 @@ impl Driver {
             settle: std::time::Duration::from_millis(config.sync.debounce_ms * 2 + 50),
             own_admission: ws.own_admission(),
             gathered: None,
+            making,
+            failures: 0,
+            restarted: false,
+            restarting: false,
+            failed_on: BTreeMap::new(),
+            shunned: BTreeSet::new(),
         };
         // Nothing can be sent yet (not connected): what Engine::new returns is storage.
         let _ = carry::carry_out(&mut driver.engine, &mut driver.host, now_ms(), effects)?;
-        // Member-list entries are taken only with a valid admission or written by their
-        // device; ours goes in with our admission (once: the engine skips an equal one).
-        driver.engine.set_admission_check(ws.admission_check());
-        driver.engine.set_rotation_check(ws.rotation_check());
-        if let Some(by) = ws.admitted_by() {
-            driver.engine.trust(by);
-        }
         driver.finish_interrupted_writes(now_ms())?;
         Ok(driver)
     }
@@ -498,15 +566,112 @@ impl Driver {
         now: i64,
         inputs: Vec<Input>,
     ) -> Result<Vec<Outgoing>, DriverError> {
+        let mut inputs = inputs;
+        if !self.shunned.is_empty() {
+            inputs.retain(
+                |i| !matches!(i, Input::Message { from, .. } if self.shunned.contains(from)),
+            );
+        }
         for i in &inputs {
             trace_input(i);
         }
-        let sends = carry::handle(&mut self.engine, &mut self.host, now, inputs)?;
+        let senders: Vec<cue_core::DeviceId> = inputs
+            .iter()
+            .filter_map(|i| match i {
+                Input::Message { from, .. } => Some(*from),
+                _ => None,
+            })
+            .collect();
+        // A panic in the engine (automerge trusts what is inside a peer's change more
+        // than it should: docs/security.md) must not stop the daemon: the engine is made
+        // again from the store, which the failed batch never reached.
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            test_failure(&inputs);
+            carry::handle(&mut self.engine, &mut self.host, now, inputs)
+        }));
+        let sends = match handled {
+            Ok(sends) => sends?,
+            Err(panic) => {
+                self.engine_failed(now, senders, panic_message(panic.as_ref()))?;
+                return Ok(Vec::new());
+            }
+        };
         if self.host.pending_replay.is_some() {
             // Nothing was stored: the replay guard still goes before anything is sent.
             self.host.flush()?;
         }
         Ok(sends)
+    }
+
+    /// The engine panicked handling a batch: what it did in memory is dropped, and it is
+    /// made again from the store (in a new epoch, as at start), with the disk brought in
+    /// line by a scan (a local edit whose batch failed comes in again). A peer whose
+    /// messages were in two failed batches is not listened to for the rest of the run
+    /// (its next message would fail the engine again). The session rejoins the room
+    /// (`take_restarted`), so that peers and admissions are told to the new engine.
+    fn engine_failed(
+        &mut self,
+        now: i64,
+        senders: Vec<cue_core::DeviceId>,
+        message: String,
+    ) -> Result<(), DriverError> {
+        if self.restarting || self.failures >= MAX_ENGINE_RESTARTS {
+            return Err(DriverError::EngineFailed(message));
+        }
+        self.failures += 1;
+        tracing::error!(
+            failures = self.failures,
+            "the sync engine failed ({message}); starting it again from the store"
+        );
+        for from in senders {
+            let n = self.failed_on.entry(from).or_default();
+            *n += 1;
+            if *n >= 2 && self.shunned.insert(from) {
+                tracing::error!(
+                    peer = %from,
+                    "the engine failed twice on this peer's messages: not listening to it \
+                     until the daemon is started again"
+                );
+            }
+        }
+        self.restarting = true;
+        let restarted = self.restart_engine(now);
+        self.restarting = false;
+        restarted.map_err(|e| DriverError::EngineFailed(format!("{message}; then: {e}")))
+    }
+
+    fn restart_engine(&mut self, now: i64) -> Result<(), DriverError> {
+        self.gathered = None;
+        self.epoch = next_epoch(&mut self.host.store)?;
+        let restored = restored_from(&self.host.store)?;
+        let (engine, effects) = self.making.engine(self.epoch, restored);
+        self.engine = engine;
+        let _ = carry::carry_out(&mut self.engine, &mut self.host, now, effects)?;
+        self.finish_interrupted_writes(now)?;
+        // Not connected: what the scan changes is stored, and sent when the room is
+        // joined again.
+        let _ = self.startup_scan(now)?;
+        self.restarted = true;
+        Ok(())
+    }
+
+    /// Whether the engine was made again since the last call (the session then rejoins
+    /// the room).
+    pub fn take_restarted(&mut self) -> bool {
+        std::mem::take(&mut self.restarted)
+    }
+
+    /// How many times the engine failed and was made again in this run.
+    pub fn engine_failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Trust `by` (the device that admitted us), now and in an engine made again.
+    pub fn trust(&mut self, by: cue_core::DeviceId) {
+        if !self.making.trusted.contains(&by) {
+            self.making.trusted.push(by);
+        }
+        self.engine.trust(by);
     }
 
     /// How many times the engine asked for something to be stored so far.
@@ -1042,3 +1207,26 @@ fn input_kind(input: &Input) -> &'static str {
         _ => "other",
     }
 }
+
+/// For the end-to-end tests of a failing engine (debug builds only): a batch holding a
+/// save of the file named by `CUE_TEST_ENGINE_FAILS_ON` fails, once a run, as a panic
+/// inside automerge would; with `<messages>`, every batch holding a peer's message does.
+#[cfg(debug_assertions)]
+fn test_failure(inputs: &[Input]) {
+    static FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let Some(path) = std::env::var_os("CUE_TEST_ENGINE_FAILS_ON") else {
+        return;
+    };
+    if path == "<messages>" && inputs.iter().any(|i| matches!(i, Input::Message { .. })) {
+        panic!("test: the engine fails on every message");
+    }
+    let hit = inputs.iter().any(
+        |i| matches!(i, Input::FileChanged { path: p, .. } if std::ffi::OsStr::new(p) == path),
+    );
+    if hit && !FAILED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        panic!("test: the engine fails on {}", path.to_string_lossy());
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn test_failure(_: &[Input]) {}

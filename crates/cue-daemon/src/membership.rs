@@ -361,7 +361,7 @@ impl Membership {
                 if let Err(error) = ws.set_admitted_by(&by) {
                     tracing::warn!(%error, "cannot record who admitted us");
                 }
-                driver.engine_mut().trust(by);
+                driver.trust(by);
                 self.hold(ws, driver, session, generation, secret)?;
             }
             Heard::Secret {

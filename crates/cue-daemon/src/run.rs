@@ -443,6 +443,7 @@ impl Daemon<'_> {
         };
         self.next_tick = tokio::time::Instant::now() + every;
         self.session.send_all(&mut self.driver, step?);
+        self.rejoin_if_restarted();
         let others = self.driver.engine().members().len() > 1;
         self.heal_split_room(others);
         self.membership.tick(self.ws, others);
@@ -470,6 +471,16 @@ impl Daemon<'_> {
         }
     }
 
+    /// The engine failed and was made again from the store (`Driver::engine_failed`):
+    /// it knows no peer, so the room is joined again, and the peers and their admissions
+    /// reach it as on any connection.
+    fn rejoin_if_restarted(&mut self) {
+        if self.driver.take_restarted() {
+            tracing::info!("the sync engine was started again: joining the room again");
+            self.session.reconnect();
+        }
+    }
+
     fn busy(&mut self) {
         (self.last_busy, self.reclaim_due) = (std::time::Instant::now(), true);
     }
@@ -480,6 +491,7 @@ impl Daemon<'_> {
     fn after_event(&mut self, sends: Result<Vec<Outgoing>, DriverError>) -> Result<Flow, RunError> {
         self.next_tick = self.next_tick.min(tokio::time::Instant::now() + TICK);
         self.session.send_all(&mut self.driver, sends?);
+        self.rejoin_if_restarted();
         // What was just sent went to the room we are in; now the engine may say that the
         // workspace moved on (a rotation).
         self.membership

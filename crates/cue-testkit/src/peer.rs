@@ -45,6 +45,13 @@ impl Peer {
         })
     }
 
+    /// This peer's `cue` (and the daemon it starts) run with `key=value` in their
+    /// environment too.
+    pub fn with_env(mut self, key: &str, value: &str) -> Peer {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     pub fn root(&self) -> &Path {
         self.dir.path()
     }

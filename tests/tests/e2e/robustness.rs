@@ -171,6 +171,78 @@ fn a_rate_limited_relay_still_delivers_everything() {
     b.stop();
 }
 
+/// A panic inside the sync engine (automerge trusting what is inside a crafted change,
+/// say: docs/security.md) does not stop the daemon: the engine is made again from the
+/// store, the save whose batch failed is taken in again by a scan, the room is joined
+/// again, and syncing goes on both ways. (The failure is the test hook of debug builds,
+/// `CUE_TEST_ENGINE_FAILS_ON`, a panic where the engine handles the batch.)
+#[test]
+fn a_failing_engine_is_started_again_and_loses_nothing() {
+    let relay = Relay::start();
+    let a = Peer::new("alice").with_env("CUE_TEST_ENGINE_FAILS_ON", "boom.md");
+    let b = Peer::new("bob");
+    a.init(&relay.url());
+    b.join(&a.invite());
+    a.start();
+    b.start();
+    a.write("before.md", "before\n");
+    wait_for_file(&b, "before.md", "a save before the failure", |c| {
+        c == "before\n"
+    });
+    a.write("boom.md", "the save the engine failed on\n");
+    wait_for_file(&b, "boom.md", "the save whose batch failed", |c| {
+        c == "the save the engine failed on\n"
+    });
+    assert!(a.running(), "the daemon stopped when its engine failed");
+    b.write("after.md", "after\n");
+    wait_for_file(&a, "after.md", "a peer's save after the failure", |c| {
+        c == "after\n"
+    });
+    a.write("before.md", "before, edited after\n");
+    wait_for_file(&b, "before.md", "an edit after the failure", |c| {
+        c == "before, edited after\n"
+    });
+    let log = std::fs::read_to_string(a.root().join(".cuedeck/daemon.log")).unwrap_or_default();
+    assert!(
+        log.contains("starting it again from the store"),
+        "the failure is not in the log: {log}"
+    );
+    a.stop();
+    b.stop();
+}
+
+/// A peer whose messages make the engine fail every time (a crafted change that slips
+/// past every check) cannot keep the daemon starting over: after two failures on its
+/// messages it is not listened to for the rest of the run (nothing is taken from it, and
+/// its catch-ups go unanswered), and the daemon keeps running and taking in this
+/// device's saves.
+#[test]
+fn a_peer_whose_messages_keep_failing_the_engine_is_not_listened_to() {
+    let relay = Relay::start();
+    let a = Peer::new("alice").with_env("CUE_TEST_ENGINE_FAILS_ON", "<messages>");
+    let b = Peer::new("bob");
+    a.init(&relay.url());
+    b.join(&a.invite());
+    a.start();
+    b.start();
+    let log = || std::fs::read_to_string(a.root().join(".cuedeck/daemon.log")).unwrap_or_default();
+    for i in 0..3 {
+        b.write(&format!("from-bob-{i}.md"), "bob\n");
+    }
+    wait_until("alice stops listening to bob", || {
+        log().contains("not listening to it until the daemon is started again")
+    });
+    assert!(a.running(), "the daemon stopped: {}", log());
+    a.write("from-alice.md", "alice\n");
+    wait_until("alice's daemon takes in her save", || {
+        a.status().0["files"].as_u64() == Some(1)
+    });
+    assert!(a.running(), "the daemon stopped: {}", log());
+    assert!(a.read("from-bob-0.md").is_none());
+    a.stop();
+    b.stop();
+}
+
 #[test]
 fn mass_deletion_is_not_propagated() {
     let (_relay, a, b) = pair();
