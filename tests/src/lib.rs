@@ -413,7 +413,15 @@ pub fn pair() -> (Relay, Peer, Peer) {
 
 /// [`pair`] on a given relay.
 pub fn pair_on(relay: Relay) -> (Relay, Peer, Peer) {
-    let a = Peer::new("alice");
+    pair_of(relay, Peer::new("alice"))
+}
+
+/// [`pair`] where alice's `cue` and daemon run with `key=value` in their environment.
+pub fn pair_with_alice_env(key: &str, value: &str) -> (Relay, Peer, Peer) {
+    pair_of(Relay::start(), Peer::new("alice").with_env(key, value))
+}
+
+fn pair_of(relay: Relay, a: Peer) -> (Relay, Peer, Peer) {
     let b = Peer::new("bob");
     a.init(&relay.url());
     b.join(&a.invite());

@@ -3,7 +3,8 @@
 //! and several peers (five and ten) converging.
 
 use cue_e2e::{
-    Peer, Recorder, Relay, contains, pair, pair_on, wait_converged, wait_for_file, wait_until,
+    Peer, Recorder, Relay, contains, pair, pair_on, pair_with_alice_env, wait_converged,
+    wait_for_file, wait_until,
 };
 
 #[test]
@@ -178,13 +179,7 @@ fn a_rate_limited_relay_still_delivers_everything() {
 /// `CUE_TEST_ENGINE_FAILS_ON`, a panic where the engine handles the batch.)
 #[test]
 fn a_failing_engine_is_started_again_and_loses_nothing() {
-    let relay = Relay::start();
-    let a = Peer::new("alice").with_env("CUE_TEST_ENGINE_FAILS_ON", "boom.md");
-    let b = Peer::new("bob");
-    a.init(&relay.url());
-    b.join(&a.invite());
-    a.start();
-    b.start();
+    let (_relay, a, b) = pair_with_alice_env("CUE_TEST_ENGINE_FAILS_ON", "boom.md");
     a.write("before.md", "before\n");
     wait_for_file(&b, "before.md", "a save before the failure", |c| {
         c == "before\n"
@@ -218,13 +213,7 @@ fn a_failing_engine_is_started_again_and_loses_nothing() {
 /// device's saves.
 #[test]
 fn a_peer_whose_messages_keep_failing_the_engine_is_not_listened_to() {
-    let relay = Relay::start();
-    let a = Peer::new("alice").with_env("CUE_TEST_ENGINE_FAILS_ON", "<messages>");
-    let b = Peer::new("bob");
-    a.init(&relay.url());
-    b.join(&a.invite());
-    a.start();
-    b.start();
+    let (_relay, a, b) = pair_with_alice_env("CUE_TEST_ENGINE_FAILS_ON", "<messages>");
     let log = || std::fs::read_to_string(a.root().join(".cuedeck/daemon.log")).unwrap_or_default();
     for i in 0..3 {
         b.write(&format!("from-bob-{i}.md"), "bob\n");
