@@ -61,6 +61,9 @@ pub enum DriverError {
 /// the daemon before the daemon stops.
 const MAX_ENGINE_RESTARTS: u32 = 8;
 
+/// After this many failed batches holding its messages, a peer is not listened to.
+const SHUNNED_AFTER: u32 = 2;
+
 /// What the engine is made of and told at start: kept to make it again from the store
 /// after it failed (`Driver::engine_failed`).
 struct Making {
@@ -257,9 +260,9 @@ pub struct Driver {
     /// While the engine is being started again (a failure then is not retried).
     restarting: bool,
     /// Peers a message of which was being handled when the engine failed, and how
-    /// often; those it failed on twice are not listened to for the rest of the run.
+    /// often; those it failed on twice (`SHUNNED_AFTER`) are not listened to for the
+    /// rest of the run.
     failed_on: BTreeMap<cue_core::DeviceId, u32>,
-    shunned: BTreeSet<cue_core::DeviceId>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -321,7 +324,6 @@ impl Driver {
             restarted: false,
             restarting: false,
             failed_on: BTreeMap::new(),
-            shunned: BTreeSet::new(),
         };
         // Nothing can be sent yet (not connected): what Engine::new returns is storage.
         let _ = carry::carry_out(&mut driver.engine, &mut driver.host, now_ms(), effects)?;
@@ -567,15 +569,20 @@ impl Driver {
         inputs: Vec<Input>,
     ) -> Result<Vec<Outgoing>, DriverError> {
         let mut inputs = inputs;
-        if !self.shunned.is_empty() {
-            inputs.retain(
-                |i| !matches!(i, Input::Message { from, .. } if self.shunned.contains(from)),
-            );
+        if self.failed_on.values().any(|n| *n >= SHUNNED_AFTER) {
+            let failed_on = &self.failed_on;
+            inputs.retain(|i| match i {
+                Input::Message { from, .. } => {
+                    failed_on.get(from).is_none_or(|n| *n < SHUNNED_AFTER)
+                }
+                _ => true,
+            });
         }
         for i in &inputs {
             trace_input(i);
         }
-        let senders: Vec<cue_core::DeviceId> = inputs
+        // Each sender once: a failed batch counts once against each peer in it.
+        let senders: BTreeSet<cue_core::DeviceId> = inputs
             .iter()
             .filter_map(|i| match i {
                 Input::Message { from, .. } => Some(*from),
@@ -612,7 +619,7 @@ impl Driver {
     fn engine_failed(
         &mut self,
         now: i64,
-        senders: Vec<cue_core::DeviceId>,
+        senders: BTreeSet<cue_core::DeviceId>,
         message: String,
     ) -> Result<(), DriverError> {
         if self.restarting || self.failures >= MAX_ENGINE_RESTARTS {
@@ -626,7 +633,7 @@ impl Driver {
         for from in senders {
             let n = self.failed_on.entry(from).or_default();
             *n += 1;
-            if *n >= 2 && self.shunned.insert(from) {
+            if *n == SHUNNED_AFTER {
                 tracing::error!(
                     peer = %from,
                     "the engine failed twice on this peer's messages: not listening to it \
@@ -659,11 +666,6 @@ impl Driver {
     /// the room).
     pub fn take_restarted(&mut self) -> bool {
         std::mem::take(&mut self.restarted)
-    }
-
-    /// How many times the engine failed and was made again in this run.
-    pub fn engine_failures(&self) -> u32 {
-        self.failures
     }
 
     /// Trust `by` (the device that admitted us), now and in an engine made again.
