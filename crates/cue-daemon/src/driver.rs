@@ -689,6 +689,13 @@ impl Driver {
             || self.engine.wants_frequent_ticks()
     }
 
+    /// Whether documents adopted whole still wait for their check (`Engine::unverified`):
+    /// the main loop then ticks again as soon as nothing else waits, so that a first sync
+    /// of thousands of files is checked in seconds, a few milliseconds of work a tick.
+    pub fn checking(&self) -> bool {
+        self.engine.unverified() > 0
+    }
+
     /// Files a program kept writing to after a write replaced them: what they hold goes to
     /// the engine, which keeps it as a copy. `all` at a stop.
     pub fn late_writes(&mut self, now: i64, all: bool) -> Result<Vec<Outgoing>, DriverError> {

@@ -4,9 +4,10 @@
 //! (`session.rs`: sealing and opening envelopes, admissions, peers, sequence numbers and
 //! the replay guard), and with them everything secret; around it run the watcher (a std
 //! thread bridging its channel), the relay client task (frames only), the control socket
-//! and a tick: every 250 ms while the engine has background work (checks, compaction, a
-//! pull) or events arrived lately, every 2 s otherwise, so that an idle daemon costs next
-//! to nothing. The loop itself only dispatches: each event goes to its handler, and what
+//! and a tick: every 250 ms while the engine has background work (compaction, a pull) or
+//! events arrived lately, every 2 s otherwise, so that an idle daemon costs next to
+//! nothing; back to back, after any waiting event, while adopted documents wait for their
+//! check. The loop itself only dispatches: each event goes to its handler, and what
 //! the engine wants sent goes through the session.
 //!
 //! Order of start-up: lock, store, engine, watcher, scan (so that a change made during
@@ -365,6 +366,11 @@ impl Daemon<'_> {
     async fn run(&mut self, inbox: &mut Inbox) -> Result<Option<Pending>, RunError> {
         loop {
             let flow = tokio::select! {
+                // In this order: the tick comes last, so that background work done tick
+                // after tick (checking adopted documents) never holds up an event.
+                biased;
+                _ = inbox.sigterm.recv() => Ok(Flow::Stop(None)),
+                _ = inbox.sigint.recv() => Ok(Flow::Stop(None)),
                 Some(batch) = inbox.watch.recv() => self.on_watch(batch),
                 Some(first) = inbox.relay.recv() => {
                     self.on_relay(with_waiting(first, &mut inbox.relay))
@@ -374,8 +380,6 @@ impl Daemon<'_> {
                 }
                 Some(pending) = inbox.control.recv() => self.on_control(pending),
                 () = tokio::time::sleep_until(self.next_tick) => self.on_tick(),
-                _ = inbox.sigterm.recv() => Ok(Flow::Stop(None)),
-                _ = inbox.sigint.recv() => Ok(Flow::Stop(None)),
             };
             // A rotation moved us to another room: its client takes the old one's place.
             if let Some((events, task)) = self.membership.new_room.take() {
@@ -436,7 +440,9 @@ impl Daemon<'_> {
         if self.driver.store_writes() != writes {
             self.busy();
         }
-        let every = if self.reclaim_due || self.driver.wants_frequent_ticks() {
+        let every = if self.driver.checking() {
+            Duration::ZERO
+        } else if self.reclaim_due || self.driver.wants_frequent_ticks() {
             TICK
         } else {
             IDLE_TICK

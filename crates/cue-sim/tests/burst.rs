@@ -1,5 +1,7 @@
 //! Bursts: documents made ahead on other threads (`Engine::set_threads`) are the
-//! documents one thread makes, so every effect is the same; and thousands of files
+//! documents one thread makes, so every effect is the same; documents adopted in a first
+//! sync and checked on other threads end as one thread's check leaves them, a lie among
+//! them caught; and thousands of files
 //! created, renamed and deleted in one watcher batch (`World::burst`) against another
 //! peer's concurrent edits lose nothing.
 
@@ -109,6 +111,79 @@ fn a_burst_made_on_several_threads_reaches_the_other_peer_whole() {
             Some(bytes.as_slice()),
             "{path}"
         );
+    }
+}
+
+/// A first sync of 40 notes to a new peer that checks what it adopts on `threads`
+/// threads, while a faulty member sends it a note whose content is not what the note's
+/// document says. What the new peer ends with: its disk, documents found bad, forged
+/// changes taken out.
+fn first_sync_with_a_lie(threads: usize) -> (BTreeMap<String, Vec<u8>>, u64, u64) {
+    use cue_core::index::IndexDoc;
+    use cue_core::wire::{Item, Message, encode};
+    use cue_core::{DocId, FileDoc, FileId};
+    let mut w = World::new(2, 23, Config::default());
+    w.set_threads(1, threads);
+    let notes: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| {
+            (
+                format!("n{i}.md"),
+                format!("# Note {i}\n\ntext\n").into_bytes(),
+            )
+        })
+        .collect();
+    w.write_many(0, &notes);
+    // The lie, under one of the member's own actors (a live change under another's is
+    // refused), with the index change that names its path.
+    let actor = cue_core::actor_for(&w.peers[0].device, 99);
+    let mut doc = FileDoc::new(actor.clone());
+    doc.write("lie.md", b"what the document says\n", 0).unwrap();
+    let heads: Vec<[u8; 32]> = doc.heads().iter().map(|h| h.0).collect();
+    let stored = w.peers[0].store.docs[&DocId::Index].clone();
+    let mut index = IndexDoc::load(&stored, actor).unwrap();
+    let file = FileId([7; 16]);
+    index.set_path(&file, "lie.md").unwrap();
+    let change = index.commit(0).unwrap();
+    let key = &w.peers[0].key;
+    let items = [
+        Item::Changes {
+            doc: DocId::Index,
+            changes: vec![change.raw_bytes().to_vec()],
+        },
+        Item::Adopt {
+            doc: DocId::File(file),
+            bytes: doc.save(),
+            heads,
+            content: b"a lie\n".to_vec(),
+        },
+    ]
+    .into_iter()
+    .map(|item| cue_sim::seal_as(key, 99, item))
+    .collect();
+    // Every message delivered, no time passing: the notes are on the new peer, none
+    // checked yet; then the lie comes, written as it came.
+    w.connect_all();
+    while w.step() {}
+    let from = w.peers[0].device;
+    let bytes = encode(&Message { items });
+    w.input(1, Input::Message { from, bytes });
+    assert_eq!(w.read(1, "lie.md").as_deref(), Some("a lie\n"));
+    assert_eq!(w.peers[1].engine.unverified(), 41);
+    w.settle_converged();
+    assert_eq!(w.peers[1].engine.unverified(), 0);
+    let c = w.peers[1].engine.counters();
+    (w.peers[1].disk.clone(), c.bad_documents, c.forged_changes)
+}
+
+#[test]
+fn adopted_documents_checked_on_several_threads_end_as_on_one() {
+    let one = first_sync_with_a_lie(1);
+    assert_eq!(one.0.len(), 41);
+    assert_eq!(one.0["lie.md"], b"what the document says\n");
+    assert_eq!(one.0["n7.md"], b"# Note 7\n\ntext\n");
+    assert_eq!((one.1, one.2), (1, 0));
+    for threads in [2, 3] {
+        assert_eq!(first_sync_with_a_lie(threads), one, "{threads} threads");
     }
 }
 

@@ -197,6 +197,33 @@ fn all_sealed(am: &mut automerge::AutoCommit, seals: &[Seal]) -> bool {
     crate::seal::unsealed_nodes(&nodes, seals).is_empty()
 }
 
+/// An adopted document, stored as `bytes`, checked apart from the engine: the seals to
+/// keep for it (`seals_now` of `seals`) when its seals reach every change, it gives its
+/// changes back, it renders to what it was `believed` to be (heads and content hash) and
+/// holds no conflicting field; otherwise `None`, and `verify_adopted` does the rest.
+fn check_adopted(
+    bytes: &[u8],
+    seals: &[Seal],
+    actor: ActorId,
+    believed: &(Heads, Option<ContentHash>),
+) -> Option<Option<Vec<Seal>>> {
+    let mut d = FileDoc::load(bytes, actor).ok()?;
+    if !all_sealed(d.automerge(), seals) {
+        return None;
+    }
+    crate::doc::changes_since(d.automerge(), &[])?;
+    let heads = to_heads(&d.heads());
+    let hash = if d.is_empty() {
+        None
+    } else {
+        Some(file_hash(&d.materialize().ok()?, d.exec()))
+    };
+    if (heads, hash) != *believed || !d.conflicts().is_empty() {
+        return None;
+    }
+    Some(seals_now(d.automerge(), &[], seals).0)
+}
+
 /// A document made of `changes` alone (those whose dependencies are among them), for a
 /// whole document that came with changes not its authors'.
 pub(super) fn rebuilt(changes: Vec<Change>, actor: ActorId) -> Result<FileDoc, DocError> {
@@ -387,11 +414,26 @@ impl Engine {
     /// heads and content replace what was believed, and the disk follows. Changes in it
     /// that their authors' seals do not reach are taken out first (as a whole document
     /// is when it comes, see `adopt_whole`).
+    ///
+    /// What an honest sender's document needs (its seals reach every change, it renders
+    /// to the content it came with, no field conflicts) is worked out on the engine's
+    /// threads from the stored bytes (`check_adopted`): at 10,000 adopted notes this is
+    /// ≈ 2.4 ms a note of automerge's loading. Anything else is done here, in order.
     pub(super) fn verify_adopted(&mut self, budget: usize, store: &mut dyn DocStore) {
         let batch: Vec<FileId> = self.tail.unverified.iter().take(budget).copied().collect();
+        let mut clean = self.check_adopted_apart(&batch, store);
         for f in batch {
             self.tail.unverified.remove(&f);
             self.state_dirty = true;
+            if let Some(seals) = clean.remove(&f) {
+                // What `unseal_adopted` keeps of a document all its seals reach.
+                let seals = self.bounded(seals.unwrap_or_default());
+                if let Some(mut m) = self.files.get_mut(&f) {
+                    m.seals = seals;
+                }
+                self.dirty.insert(f);
+                continue;
+            }
             if self.files.contains(&f) {
                 self.unseal_adopted(f, store);
             }
@@ -426,6 +468,43 @@ impl Engine {
             }
             self.record_field_conflicts(f, store);
         }
+    }
+
+    /// The files of `batch` whose adopted document checks out clean (see
+    /// `check_adopted`), each with the seals to keep, worked out on the engine's threads
+    /// from the stored bytes. A document in memory (changed since it came) is left out.
+    fn check_adopted_apart(
+        &mut self,
+        batch: &[FileId],
+        store: &mut dyn DocStore,
+    ) -> BTreeMap<FileId, Option<Vec<Seal>>> {
+        let mut jobs = Vec::new();
+        for &f in batch {
+            let Some(m) = self.files.get(&f) else {
+                continue;
+            };
+            if self.cache.contains_key(&f) {
+                continue;
+            }
+            let believed = (m.heads.clone(), m.doc_hash);
+            let seals = m.seals.clone();
+            let bytes = match self.adopted.get(&f) {
+                Some(bytes) => bytes.clone(),
+                None => match store.load(&DocId::File(f)) {
+                    Some(bytes) => bytes,
+                    None => continue,
+                },
+            };
+            jobs.push((f, bytes, seals, believed));
+        }
+        let actor = &self.actor;
+        let checked = on_threads(self.threads, &jobs, |(_, bytes, seals, believed)| {
+            check_adopted(bytes, seals, actor.clone(), believed)
+        });
+        jobs.iter()
+            .zip(checked)
+            .filter_map(|((f, ..), c)| Some((*f, c.flatten()?)))
+            .collect()
     }
 
     /// An adopted document whose changes its seals do not all reach is made again of

@@ -364,27 +364,12 @@ impl Engine {
         }
         let time_s = self.now_ms / 1000;
         let actor = &self.actor;
-        let per = jobs.len().div_ceil(self.threads.min(jobs.len()));
-        let made: Vec<Vec<((String, ContentHash), Prepared)>> = std::thread::scope(|s| {
-            let workers: Vec<_> = jobs
-                .chunks(per)
-                .map(|chunk| {
-                    s.spawn(move || {
-                        chunk
-                            .iter()
-                            .map(|(path, content, exec)| {
-                                let mut doc = FileDoc::new(actor.clone());
-                                let made =
-                                    doc.write_at(&[], path, content, *exec, time_s, actor.clone());
-                                let hash = file_hash(content, exec.unwrap_or(false));
-                                ((path.to_string(), hash), (doc, made))
-                            })
-                            .collect()
-                    })
-                })
-                .collect();
-            // A worker that panicked leaves its files to `local_change`.
-            workers.into_iter().filter_map(|w| w.join().ok()).collect()
+        // A file whose worker panicked is left to `local_change`.
+        let made = on_threads(self.threads, &jobs, |(path, content, exec)| {
+            let mut doc = FileDoc::new(actor.clone());
+            let made = doc.write_at(&[], path, content, *exec, time_s, actor.clone());
+            let hash = file_hash(content, exec.unwrap_or(false));
+            ((path.to_string(), hash), (doc, made))
         });
         self.prepared.extend(made.into_iter().flatten());
     }

@@ -76,7 +76,7 @@ impl Engine {
             }
         }
         self.retry_unwritable();
-        self.verify_adopted(VERIFY_PER_TICK, store);
+        self.verify_adopted(VERIFY_PER_TICK * self.threads, store);
         self.compact_some(COMPACT_PER_TICK, store);
     }
 
