@@ -101,6 +101,7 @@ pub fn run_foreground(
     if let Some(url) = relay {
         ws.set_relay(url)?;
     }
+    crate::memory::limit_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
