@@ -434,16 +434,17 @@ impl Driver {
         self.guard.as_ref().map(|g| g.reason.as_str())
     }
 
-    /// Every deletion held: local ones (the guard) and those from peers (the engine's).
-    pub fn deletions_paused(&mut self) -> Option<Paused> {
+    /// Every deletion held: local ones (the guard) and those from peers (the engine's, in
+    /// its `status`, which walks every file: the caller has it already).
+    pub fn deletions_paused(&self, status: &Status) -> Option<Paused> {
         let local = self.guard.as_ref().map(|g| Paused {
             count: g.count,
             reason: g.reason.clone(),
             since_ms: g.since_ms,
         });
-        let remote = self.status().deletions_paused.map(|d| Paused {
+        let remote = status.deletions_paused.as_ref().map(|d| Paused {
             count: d.count,
-            reason: d.reason,
+            reason: d.reason.clone(),
             since_ms: d.since_ms,
         });
         match (local, remote) {

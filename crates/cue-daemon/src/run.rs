@@ -524,7 +524,7 @@ impl Daemon<'_> {
                     // A daemon in the background writes to daemon.log (start_background);
                     // one in the foreground to its own stderr.
                     log: std::env::var_os(DETACHED_ENV).map(|_| self.ws.log_path()),
-                    deletions_paused: self.driver.deletions_paused(),
+                    deletions_paused: self.driver.deletions_paused(&status),
                     standing: Some(self.membership.standing()),
                     opened: self.session.opened(),
                 };
