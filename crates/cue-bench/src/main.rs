@@ -73,6 +73,12 @@ struct Args {
     /// comma-separated; 0 skips them.
     #[arg(long, value_delimiter = ',')]
     checkout: Option<Vec<usize>>,
+    /// Workspace sizes for the curve, comma-separated (e.g. 1000,3000,10000,30000): at
+    /// each, once, `cue sync init`, the first sync to a new peer and its checks, then
+    /// 1,000 new notes copied in, with both daemons' RSS; per-file figures, to see that
+    /// the work per file does not grow with the workspace. Empty by default.
+    #[arg(long, value_delimiter = ',')]
+    curve: Vec<usize>,
     /// Length of the idle window for CPU and RSS, seconds.
     #[arg(long)]
     idle_secs: Option<u64>,
@@ -119,6 +125,9 @@ struct Plan {
     files: Vec<(usize, usize)>, // (file count, runs)
     burst: Vec<usize>,
     checkout: Vec<usize>,
+    curve: Vec<usize>,
+    /// Files a burst adds to the workspace at each point of the curve.
+    curve_burst: usize,
     idle: Duration,
     deadline: Duration,
     edit_files: usize,
@@ -168,7 +177,13 @@ impl Plan {
                 .filter(|n| *n > 0)
                 .collect(),
             idle: Duration::from_secs(a.idle_secs.unwrap_or(if a.quick { 2 } else { 60 })),
-            deadline: Duration::from_secs(if a.big { 600 } else { 120 }),
+            curve: a.curve.iter().copied().filter(|n| *n > 0).collect(),
+            curve_burst: if a.quick { 20 } else { 1000 },
+            deadline: Duration::from_secs(if a.big || a.curve.iter().any(|n| *n >= 10_000) {
+                600
+            } else {
+                120
+            }),
             edit_files: if a.quick { 5 } else { 100 },
             edits: a.edits.unwrap_or(if a.quick { 3 } else { 100 }),
             flood_rate: a.flood_rate,
@@ -449,27 +464,11 @@ fn burst_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value> {
     let notes: Vec<(String, Vec<u8>)> = (0..files)
         .map(|i| (note_path(i), note(i, 4096, "marker: burst")))
         .collect();
-    let t = Instant::now();
-    for (path, content) in &notes {
-        sender_write(&src, path, content)?;
-    }
-    let copied_s = t.elapsed().as_secs_f64();
-    let mut missing: Vec<usize> = (0..files).collect();
-    // When the source daemon had taken every file in (its status counts them).
-    let mut taken_in: Option<Duration> = None;
-    let every = Duration::from_millis(100);
-    let arrived = poll_until("every file on the other peer", plan.deadline, every, || {
-        if taken_in.is_none() && src.status()?.0["files"].as_u64() == Some(files as u64) {
-            taken_in = Some(t.elapsed());
-        }
-        missing.retain(|&i| std::fs::read(dst.path(&notes[i].0)).map_or(true, |c| c != notes[i].1));
-        Ok(missing.is_empty())
-    })
-    .map(|_| t.elapsed());
-    let arrived = match arrived {
-        Ok(d) => d,
-        Err(e) => bail!("{e} ({} of {files} missing)", missing.len()),
-    };
+    let Copied {
+        copied_s,
+        taken_in,
+        arrived,
+    } = copy_in(&src, &dst, &notes, plan)?;
     let load = procfs::load1();
     let mib = |kib: Option<u64>| kib.map_or(f64::NAN, |k| k as f64 / 1024.0);
     let out = json!({
@@ -485,6 +484,53 @@ fn burst_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value> {
     src.stop()?;
     dst.stop()?;
     Ok(out)
+}
+
+/// What copying notes into a running peer took (`copy_in`).
+struct Copied {
+    /// Writing them.
+    copied_s: f64,
+    /// Until the source daemon held every file of its workspace.
+    taken_in: Option<Duration>,
+    /// Until every one was on the other peer with its content.
+    arrived: Duration,
+}
+
+/// `notes` copied into `src`'s folder as fast as the disk takes them (as `cp -r` or
+/// unzipping a folder does), timed until every one is on `dst` with its content.
+fn copy_in(
+    src: &Peer,
+    dst: &Peer,
+    notes: &[(String, Vec<u8>)],
+    plan: &Plan,
+) -> anyhow::Result<Copied> {
+    let before = src.status()?.0["files"].as_u64().unwrap_or(0);
+    let all = before + notes.len() as u64;
+    let t = Instant::now();
+    for (path, content) in notes {
+        sender_write(src, path, content)?;
+    }
+    let copied_s = t.elapsed().as_secs_f64();
+    let mut missing: Vec<usize> = (0..notes.len()).collect();
+    // When the source daemon had taken every file in (its status counts them).
+    let mut taken_in: Option<Duration> = None;
+    let every = Duration::from_millis(100);
+    let arrived = poll_until("every file on the other peer", plan.deadline, every, || {
+        if taken_in.is_none() && src.status()?.0["files"].as_u64() == Some(all) {
+            taken_in = Some(t.elapsed());
+        }
+        missing.retain(|&i| std::fs::read(dst.path(&notes[i].0)).map_or(true, |c| c != notes[i].1));
+        Ok(missing.is_empty())
+    })
+    .map(|_| t.elapsed());
+    match arrived {
+        Ok(arrived) => Ok(Copied {
+            copied_s,
+            taken_in,
+            arrived,
+        }),
+        Err(e) => bail!("{e} ({} of {} missing)", missing.len(), notes.len()),
+    }
 }
 
 /// Runs git in `dir` (as a user would, with a name for commits); an error says what
@@ -589,9 +635,19 @@ fn checkout_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value> {
     Ok(out)
 }
 
-/// One first-sync run: a workspace made over `files` notes, a new peer joins; then both
-/// sit idle.
-fn first_sync_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value> {
+/// A workspace of `files` notes imported (`cue sync init`) with its daemon running, and a
+/// new peer joined, synced and done checking what it adopted: both still running.
+struct Synced {
+    relay: Relay,
+    src: Peer,
+    new: Peer,
+    src_pid: u32,
+    new_pid: u32,
+    /// Import, first sync and check figures (see `import_and_first_sync`).
+    figures: serde_json::Map<String, Value>,
+}
+
+fn import_and_first_sync(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Synced> {
     let relay = Relay::start(kit, ANY_PORT, &[])?;
     let src = Peer::new(kit, "src")?;
     for i in 0..files {
@@ -645,7 +701,7 @@ fn first_sync_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value>
     let new_pid = new.live_daemon().context("no daemon running for new")?;
     let new_peak = procfs::hwm_kib(new_pid);
 
-    // The new peer checks the documents it adopted with their content, a few a tick:
+    // The new peer checks the documents it adopted with their content, tick after tick:
     // background work after the first sync, timed here, not counted as idle.
     let t = Instant::now();
     wait_until(
@@ -654,6 +710,47 @@ fn first_sync_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value>
         || Ok(new.status()?.0["files_unverified"] == 0),
     )?;
     let verify_s = t.elapsed().as_secs_f64();
+    let figures = json!({
+        "files": files,
+        "raw_bytes": raw,
+        "init_s": init_s,
+        "start_returned_s": started_s,
+        "first_sync_s": sync.as_secs_f64(),
+        "first_sync_passes": pass,
+        "verify_after_sync_s": verify_s,
+        "wire_bytes_in": in1 - in0,
+        "wire_bytes_out": out1 - out0,
+        "new_peer_peak_rss_mib": new_peak.map(|k| k as f64 / 1024.0),
+        "load1_sync": load_sync,
+        "store_over_raw_import": store_init / raw,
+        "store_bytes_import": store_init,
+        "store_over_raw_import_running": store_import / raw,
+    });
+    let Value::Object(figures) = figures else {
+        bail!("figures are an object");
+    };
+    Ok(Synced {
+        relay,
+        src,
+        new,
+        src_pid,
+        new_pid,
+        figures,
+    })
+}
+
+/// One first-sync run: a workspace made over `files` notes, a new peer joins; then both
+/// sit idle.
+fn first_sync_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value> {
+    let Synced {
+        relay,
+        src,
+        new,
+        src_pid,
+        new_pid,
+        mut figures,
+    } = import_and_first_sync(kit, plan, files)?;
+    let raw = (files * 4096) as f64;
     // Idle: once both say nothing is pending, CPU over the window, RSS at its end.
     wait_until("both daemons to settle", plan.deadline, || {
         let (a, b) = (src.status()?.0, new.status()?.0);
@@ -674,21 +771,7 @@ fn first_sync_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value>
     let cpu1 = (procfs::cpu_secs(src_pid), procfs::cpu_secs(new_pid));
     let per_min = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| (b - a) * 60.0 / window);
     let relay_cpu = per_min(relay_cpu0, procfs::cpu_secs(relay.pid()));
-    let out = json!({
-        "files": files,
-        "raw_bytes": raw,
-        "init_s": init_s,
-        "start_returned_s": started_s,
-        "first_sync_s": sync.as_secs_f64(),
-        "first_sync_passes": pass,
-        "verify_after_sync_s": verify_s,
-        "wire_bytes_in": in1 - in0,
-        "wire_bytes_out": out1 - out0,
-        "new_peer_peak_rss_mib": new_peak.map(|k| k as f64 / 1024.0),
-        "load1_sync": load_sync,
-        "store_over_raw_import": store_init / raw,
-        "store_bytes_import": store_init,
-        "store_over_raw_import_running": store_import / raw,
+    let idle = json!({
         "store_over_raw_after_sync_src": procfs::dir_bytes(&src.path(".cuedeck"), true) as f64 / raw,
         "store_over_raw_after_sync_new": procfs::dir_bytes(&new.path(".cuedeck"), true) as f64 / raw,
         "idle_window_s": window,
@@ -700,7 +783,47 @@ fn first_sync_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value>
         "idle_rss_mib_new": procfs::rss_kib(new_pid).map(|k| k as f64 / 1024.0),
         "load1_idle": procfs::load1(),
     });
-    Ok(out)
+    if let Value::Object(idle) = idle {
+        figures.extend(idle);
+    }
+    Ok(Value::Object(figures))
+}
+
+/// One point of the curve (`--curve`): a workspace of `files` notes imported, synced to
+/// a new peer and checked (`import_and_first_sync`), the RSS of both daemons then; then
+/// 1,000 new notes (`Plan::curve_burst`) copied into the source, until all are on the new peer, and
+/// both daemons' RSS peaks. Per-file figures show whether work grows with the workspace.
+fn curve_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value> {
+    let Synced {
+        relay: _relay,
+        src,
+        new,
+        src_pid,
+        new_pid,
+        mut figures,
+    } = import_and_first_sync(kit, plan, files)?;
+    let mib = |kib: Option<u64>| kib.map_or(f64::NAN, |k| k as f64 / 1024.0);
+    let (src_rss, new_rss) = (mib(procfs::rss_kib(src_pid)), mib(procfs::rss_kib(new_pid)));
+    let notes: Vec<(String, Vec<u8>)> = (files..files + plan.curve_burst)
+        .map(|i| (note_path(i), note(i, 4096, "marker: burst")))
+        .collect();
+    let burst = copy_in(&src, &new, &notes, plan)?;
+    let curve = json!({
+        "rss_after_sync_mib_src": src_rss,
+        "rss_after_sync_mib_new": new_rss,
+        "burst_files": plan.curve_burst,
+        "burst_all_on_peer_s": burst.arrived.as_secs_f64(),
+        "burst_taken_in_s": burst.taken_in.map_or(f64::NAN, |d| d.as_secs_f64()),
+        "peak_mib_src": mib(procfs::hwm_kib(src_pid)),
+        "peak_mib_new": mib(procfs::hwm_kib(new_pid)),
+        "load1_burst": procfs::load1(),
+    });
+    if let Value::Object(curve) = curve {
+        figures.extend(curve);
+    }
+    src.stop()?;
+    new.stop()?;
+    Ok(Value::Object(figures))
 }
 
 /// Store bytes over raw bytes after `edits` rounds of edits to every one of `files`
@@ -859,6 +982,7 @@ fn main() -> anyhow::Result<()> {
         "first_sync": [],
         "burst": [],
         "checkout": [],
+        "curve": [],
     });
 
     for &n in &plan.peers {
@@ -1050,12 +1174,34 @@ fn main() -> anyhow::Result<()> {
             })
         };
         push(
+            format!("`cue sync init` of {nf} × 4 KB"),
+            big.then_some((5.0, "≤ 5 s")),
+            &["init_s"],
+            "s",
+            1.0,
+            2,
+            &load_sync,
+        );
+        push(
             format!("first sync, {nf} × 4 KB to a new peer"),
-            (!big).then_some((1.0, "≤ 1.0 s")),
+            Some(if big {
+                (5.0, "≤ 5 s")
+            } else {
+                (1.0, "≤ 1.0 s")
+            }),
             &["first_sync_s"],
             "s",
             1.0,
             2,
+            &load_sync,
+        );
+        push(
+            "… then every adopted document checked, after".to_string(),
+            big.then_some((30.0, "≤ 30 s")),
+            &["verify_after_sync_s"],
+            "s",
+            1.0,
+            1,
             &load_sync,
         );
         push(
@@ -1158,6 +1304,16 @@ fn main() -> anyhow::Result<()> {
         );
         if let Some(a) = results["first_sync"].as_array_mut() {
             a.push(json!({"files": files, "runs": runs}));
+        }
+    }
+
+    for &files in &plan.curve {
+        let r = curve_run(&kit, &plan, files)
+            .with_context(|| format!("curve run with {files} files"))?;
+        eprintln!("curve, {files} files: {r}");
+        curve_rows(&mut rows, &r, files, plan.curve_burst);
+        if let Some(a) = results["curve"].as_array_mut() {
+            a.push(r);
         }
     }
 
@@ -1275,6 +1431,72 @@ fn main() -> anyhow::Result<()> {
     match failed {
         Some(why) => bail!(why),
         None => Ok(()),
+    }
+}
+
+/// The rows of one point of the curve (`curve_run`): times per file, RSS.
+fn curve_rows(rows: &mut Vec<Row>, r: &Value, files: usize, burst: usize) {
+    let load = vec![r["load1_sync"].as_f64().unwrap_or(f64::NAN)];
+    let get = |key: &str| r[key].as_f64().unwrap_or(f64::NAN);
+    let per_file = |key: &str, n: usize| get(key) * 1e3 / n as f64;
+    let nf = if files >= 1000 {
+        format!("{},{:03}", files / 1000, files % 1000)
+    } else {
+        files.to_string()
+    };
+    for (figure, value, unit, digits) in [
+        (
+            format!("curve, {nf} files: `cue sync init`, per file"),
+            per_file("init_s", files),
+            "ms",
+            2,
+        ),
+        (
+            format!("curve, {nf} files: first sync to a new peer, per file"),
+            per_file("first_sync_s", files),
+            "ms",
+            2,
+        ),
+        (
+            format!("curve, {nf} files: adopted documents checked, per file"),
+            per_file("verify_after_sync_s", files),
+            "ms",
+            2,
+        ),
+        (
+            format!("curve, {nf} files: {burst} more copied in → on the other, per file"),
+            per_file("burst_all_on_peer_s", burst),
+            "ms",
+            2,
+        ),
+        (
+            format!("curve, {nf} files: RSS after the first sync (source / new peer)"),
+            get("rss_after_sync_mib_src"),
+            "MiB",
+            1,
+        ),
+        (
+            "… new peer".to_string(),
+            get("rss_after_sync_mib_new"),
+            "MiB",
+            1,
+        ),
+        (
+            format!("curve, {nf} files: RSS peak over it all (source / new peer)"),
+            get("peak_mib_src"),
+            "MiB",
+            1,
+        ),
+        ("… new peer".to_string(), get("peak_mib_new"), "MiB", 1),
+    ] {
+        rows.push(Row {
+            figure,
+            goal: None,
+            values: vec![value],
+            unit,
+            load: load.clone(),
+            digits,
+        });
     }
 }
 

@@ -62,6 +62,7 @@ fn quick_run_measures_everything() {
     .unwrap();
     let run = Command::new(bench)
         .arg("--quick")
+        .args(["--curve", "30"])
         .arg("--out")
         .arg(&json)
         .arg("--docs")
@@ -99,6 +100,18 @@ fn quick_run_measures_everything() {
     ] {
         assert!(sync[key].as_f64().is_some(), "{key} missing: {sync}");
     }
+
+    // One point of the curve: 30 notes synced, 20 more copied in, all timed.
+    let curve = &r["curve"][0];
+    for key in [
+        "init_s",
+        "first_sync_s",
+        "burst_all_on_peer_s",
+        "peak_mib_new",
+    ] {
+        assert!(curve[key].as_f64().is_some(), "{key} missing: {curve}");
+    }
+    assert!(table.contains("| curve, 30 files: first sync"), "{table}");
 
     // The flood figure: latency without and with each flood; the flooders flooded and
     // were refused (counts, not rates, are checked: the relay answered at all).

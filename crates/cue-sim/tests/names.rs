@@ -157,3 +157,51 @@ fn a_change_of_case_only_is_a_rename_on_a_folder_that_ignores_case_too() {
     assert_eq!(w.read(0, "README.md").as_deref(), Some("hello again\n"));
     assert_eq!(files(&w, 0).len(), 1, "{:?}", files(&w, 0));
 }
+
+/// A document adopted with its content (as a first sync sends files) for a path whose
+/// name clashes with a live file's, after the path itself came in an earlier message:
+/// the clash is settled as any other (both contents kept, a conflict listed), not
+/// taken for a file that merely joined the workspace (`Engine::became_live`).
+#[test]
+fn a_document_adopted_under_a_clashing_name_is_kept_apart() {
+    use cue_core::index::IndexDoc;
+    use cue_core::wire::{Item, Message, encode};
+    use cue_core::{DocId, FileDoc, FileId, Input};
+    let mut w = World::online(2, 5);
+    w.write(1, "Notes.md", b"upper\n");
+    w.settle_converged();
+    // Peer 0's device names a new file "notes.md" in the index, then sends its document
+    // with the content, in two messages.
+    let actor = cue_core::actor_for(&w.peers[0].device, 99);
+    let mut doc = FileDoc::new(actor.clone());
+    doc.write("notes.md", b"lower\n", 0).unwrap();
+    let heads: Vec<[u8; 32]> = doc.heads().iter().map(|h| h.0).collect();
+    let stored = w.peers[0].store.docs[&DocId::Index].clone();
+    let mut index = IndexDoc::load(&stored, actor).unwrap();
+    let file = FileId([7; 16]);
+    index.set_path(&file, "notes.md").unwrap();
+    let change = index.commit(0).unwrap();
+    let key = &w.peers[0].key;
+    let items: Vec<Item> = [
+        Item::Changes {
+            doc: DocId::Index,
+            changes: vec![change.raw_bytes().to_vec()],
+        },
+        Item::Adopt {
+            doc: DocId::File(file),
+            bytes: doc.save(),
+            heads,
+            content: b"lower\n".to_vec(),
+        },
+    ]
+    .into_iter()
+    .map(|item| cue_sim::seal_as(key, 99, item))
+    .collect();
+    let from = w.peers[0].device;
+    for item in items {
+        let bytes = encode(&Message { items: vec![item] });
+        w.input(1, Input::Message { from, bytes });
+    }
+    w.settle_converged();
+    assert_kept_apart(&mut w, ["upper\n", "lower\n"]);
+}

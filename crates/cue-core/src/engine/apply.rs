@@ -399,7 +399,7 @@ impl Engine {
         self.tail.unverified.insert(f);
         self.state_dirty = true;
         // A file that got content may now clash with another at its path.
-        self.invalidate(Stale::View);
+        self.became_live(f);
         self.dirty.insert(f);
         self.to_reconcile.insert(f);
         if let Some(path) = self.index.path_of(&f) {

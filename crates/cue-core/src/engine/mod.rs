@@ -132,6 +132,9 @@ pub struct Engine {
     to_reconcile: BTreeSet<FileId>,
     index_changed: bool,
     live_cache: Option<BTreeMap<FileId, String>>,
+    /// The `name_key` of every path in `live_cache`, made when first needed
+    /// (`became_live`) and dropped with it.
+    live_keys: Option<BTreeSet<String>>,
     /// Whole documents received for files we did not have: stored as received.
     adopted: BTreeMap<FileId, Vec<u8>>,
     /// Content that came with adopted documents, until it is written to disk.
@@ -285,6 +288,7 @@ impl Engine {
             // could not be written before is tried again).
             index_changed: true,
             live_cache: None,
+            live_keys: None,
             adopted: BTreeMap::new(),
             adopted_content: BTreeMap::new(),
             prepared: BTreeMap::new(),
