@@ -95,6 +95,44 @@ pub fn seal_as(key: &SealKey, epoch: u32, item: Item) -> Item {
     }
 }
 
+/// What a member (`peer`'s device) sends for a new file of its own made by hand: the
+/// index change that names `file` at `path` (on `peer`'s stored index), and the file's
+/// document, which says `says`, adopted with `content` (which a faulty member may make
+/// differ), each sealed under the member's own actor of epoch 99. For tests of what a
+/// receiver makes of such a file.
+pub fn new_file_items(
+    w: &World,
+    peer: usize,
+    file: cue_core::FileId,
+    path: &str,
+    says: &[u8],
+    content: &[u8],
+) -> Vec<Item> {
+    use cue_core::{DocId, FileDoc, index::IndexDoc};
+    let actor = cue_core::actor_for(&w.peers[peer].device, 99);
+    let mut doc = FileDoc::new(actor.clone());
+    let mut items = Vec::new();
+    if doc.write(path, says, 0).is_ok()
+        && let Some(stored) = w.peers[peer].store.docs.get(&DocId::Index)
+        && let Ok(mut index) = IndexDoc::load(stored, actor)
+        && index.set_path(&file, path).is_ok()
+        && let Some(change) = index.commit(0)
+    {
+        items.push(Item::Changes {
+            doc: DocId::Index,
+            changes: vec![change.raw_bytes().to_vec()],
+        });
+        items.push(Item::Adopt {
+            doc: DocId::File(file),
+            heads: doc.heads().iter().map(|h| h.0).collect(),
+            bytes: doc.save(),
+            content: content.to_vec(),
+        });
+    }
+    let key = &w.peers[peer].key;
+    items.into_iter().map(|i| seal_as(key, 99, i)).collect()
+}
+
 /// `n` small notes, `n0.md` … with `note 0` …: what many tests start a workspace with.
 pub fn notes(n: usize) -> Vec<(String, Vec<u8>)> {
     (0..n)

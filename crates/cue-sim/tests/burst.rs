@@ -119,9 +119,7 @@ fn a_burst_made_on_several_threads_reaches_the_other_peer_whole() {
 /// document says. What the new peer ends with: its disk, documents found bad, forged
 /// changes taken out.
 fn first_sync_with_a_lie(threads: usize) -> (BTreeMap<String, Vec<u8>>, u64, u64) {
-    use cue_core::index::IndexDoc;
-    use cue_core::wire::{Item, Message, encode};
-    use cue_core::{DocId, FileDoc, FileId};
+    use cue_core::wire::{Message, encode};
     let mut w = World::new(2, 23, Config::default());
     w.set_threads(1, threads);
     let notes: Vec<(String, Vec<u8>)> = (0..40)
@@ -135,31 +133,16 @@ fn first_sync_with_a_lie(threads: usize) -> (BTreeMap<String, Vec<u8>>, u64, u64
     w.write_many(0, &notes);
     // The lie, under one of the member's own actors (a live change under another's is
     // refused), with the index change that names its path.
-    let actor = cue_core::actor_for(&w.peers[0].device, 99);
-    let mut doc = FileDoc::new(actor.clone());
-    doc.write("lie.md", b"what the document says\n", 0).unwrap();
-    let heads: Vec<[u8; 32]> = doc.heads().iter().map(|h| h.0).collect();
-    let stored = w.peers[0].store.docs[&DocId::Index].clone();
-    let mut index = IndexDoc::load(&stored, actor).unwrap();
-    let file = FileId([7; 16]);
-    index.set_path(&file, "lie.md").unwrap();
-    let change = index.commit(0).unwrap();
-    let key = &w.peers[0].key;
-    let items = [
-        Item::Changes {
-            doc: DocId::Index,
-            changes: vec![change.raw_bytes().to_vec()],
-        },
-        Item::Adopt {
-            doc: DocId::File(file),
-            bytes: doc.save(),
-            heads,
-            content: b"a lie\n".to_vec(),
-        },
-    ]
-    .into_iter()
-    .map(|item| cue_sim::seal_as(key, 99, item))
-    .collect();
+    let file = cue_core::FileId([7; 16]);
+    let items = cue_sim::new_file_items(
+        &w,
+        0,
+        file,
+        "lie.md",
+        b"what the document says\n",
+        b"a lie\n",
+    );
+    assert_eq!(items.len(), 2);
     // Every message delivered, no time passing: the notes are on the new peer, none
     // checked yet; then the lie comes, written as it came.
     w.connect_all();

@@ -164,39 +164,16 @@ fn a_change_of_case_only_is_a_rename_on_a_folder_that_ignores_case_too() {
 /// taken for a file that merely joined the workspace (`Engine::became_live`).
 #[test]
 fn a_document_adopted_under_a_clashing_name_is_kept_apart() {
-    use cue_core::index::IndexDoc;
-    use cue_core::wire::{Item, Message, encode};
-    use cue_core::{DocId, FileDoc, FileId, Input};
+    use cue_core::wire::{Message, encode};
+    use cue_core::{FileId, Input};
     let mut w = World::online(2, 5);
     w.write(1, "Notes.md", b"upper\n");
     w.settle_converged();
     // Peer 0's device names a new file "notes.md" in the index, then sends its document
     // with the content, in two messages.
-    let actor = cue_core::actor_for(&w.peers[0].device, 99);
-    let mut doc = FileDoc::new(actor.clone());
-    doc.write("notes.md", b"lower\n", 0).unwrap();
-    let heads: Vec<[u8; 32]> = doc.heads().iter().map(|h| h.0).collect();
-    let stored = w.peers[0].store.docs[&DocId::Index].clone();
-    let mut index = IndexDoc::load(&stored, actor).unwrap();
     let file = FileId([7; 16]);
-    index.set_path(&file, "notes.md").unwrap();
-    let change = index.commit(0).unwrap();
-    let key = &w.peers[0].key;
-    let items: Vec<Item> = [
-        Item::Changes {
-            doc: DocId::Index,
-            changes: vec![change.raw_bytes().to_vec()],
-        },
-        Item::Adopt {
-            doc: DocId::File(file),
-            bytes: doc.save(),
-            heads,
-            content: b"lower\n".to_vec(),
-        },
-    ]
-    .into_iter()
-    .map(|item| cue_sim::seal_as(key, 99, item))
-    .collect();
+    let items = cue_sim::new_file_items(&w, 0, file, "notes.md", b"lower\n", b"lower\n");
+    assert_eq!(items.len(), 2);
     let from = w.peers[0].device;
     for item in items {
         let bytes = encode(&Message { items: vec![item] });
