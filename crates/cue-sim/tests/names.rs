@@ -158,27 +158,44 @@ fn a_change_of_case_only_is_a_rename_on_a_folder_that_ignores_case_too() {
     assert_eq!(files(&w, 0).len(), 1, "{:?}", files(&w, 0));
 }
 
-/// A document adopted with its content (as a first sync sends files) for a path whose
-/// name clashes with a live file's, after the path itself came in an earlier message:
-/// the clash is settled as any other (both contents kept, a conflict listed), not
-/// taken for a file that merely joined the workspace (`Engine::became_live`).
+/// A document adopted with its content (as a first sync sends files) for a path that
+/// clashes with a live file's (the same name; a folder of it; a file where its folder
+/// is), after the path itself came in an earlier message: the clash is settled as any
+/// other (both contents kept under names that can both be on disk), not taken for a
+/// file that merely joined the workspace (`Engine::became_live`).
 #[test]
 fn a_document_adopted_under_a_clashing_name_is_kept_apart() {
     use cue_core::wire::{Message, encode};
     use cue_core::{FileId, Input};
-    let mut w = World::online(2, 5);
-    w.write(1, "Notes.md", b"upper\n");
-    w.settle_converged();
-    // Peer 0's device names a new file "notes.md" in the index, then sends its document
-    // with the content, in two messages.
-    let file = FileId([7; 16]);
-    let items = cue_sim::new_file_items(&w, 0, file, "notes.md", b"lower\n", b"lower\n");
-    assert_eq!(items.len(), 2);
-    let from = w.peers[0].device;
-    for item in items {
-        let bytes = encode(&Message { items: vec![item] });
-        w.input(1, Input::Message { from, bytes });
+    for (live, adopted) in [("Notes.md", "notes.md"), ("a/b.md", "A"), ("a", "A/b.md")] {
+        let mut w = World::online(2, 5);
+        w.write(1, live, b"live\n");
+        w.settle_converged();
+        // Peer 0's device names a new file in the index, then sends its document with
+        // the content, in two messages.
+        let file = FileId([7; 16]);
+        let items = cue_sim::new_file_items(&w, 0, file, adopted, b"adopted\n", b"adopted\n");
+        assert_eq!(items.len(), 2);
+        let from = w.peers[0].device;
+        for item in items {
+            let bytes = encode(&Message { items: vec![item] });
+            w.input(1, Input::Message { from, bytes });
+        }
+        w.settle_converged();
+        for p in 0..2 {
+            let on_disk = files(&w, p);
+            assert_eq!(
+                on_disk.len(),
+                2,
+                "{live} / {adopted}, peer {p}: {on_disk:?}"
+            );
+            for c in ["live\n", "adopted\n"] {
+                assert!(on_disk.iter().any(|(_, b)| b == c), "peer {p} lost {c:?}");
+            }
+            assert!(
+                on_disk.iter().any(|(n, _)| n.contains(".conflict-")),
+                "{live} / {adopted}, peer {p}: {on_disk:?}"
+            );
+        }
     }
-    w.settle_converged();
-    assert_kept_apart(&mut w, ["upper\n", "lower\n"]);
 }

@@ -52,9 +52,10 @@ impl Engine {
 
     /// A file that just got content (a document adopted with it) is made live without
     /// looking at every file again, when that is all that changed: the live view is at
-    /// hand, the file has a path, no tombstone, and no live file has a name its path
-    /// clashes with (`name_key`, as `settle_path_clashes` compares them). It joins the
-    /// view and is reconciled alone. Anything else goes as any change of the view does
+    /// hand, the file has a path, no tombstone, and its path clashes with no live file's
+    /// (`name_key`, as `settle_path_clashes` compares them): not the same name, not a
+    /// folder of a live file, no live file at one of its folders. It joins the view and
+    /// is reconciled alone. Anything else goes as any change of the view does
     /// (every file reconciled, clashes settled). A first sync of 10,000 notes reconciled
     /// every file once a message: 11.7 s of the engine's time, 2.6 s without.
     pub(super) fn became_live(&mut self, f: FileId) {
@@ -69,7 +70,16 @@ impl Engine {
                     .live_keys
                     .get_or_insert_with(|| live.values().map(|p| name_key(p)).collect());
                 let key = name_key(&path);
-                (!keys.contains(&key)).then_some((path, key))
+                let folder = format!("{key}/");
+                let clash = keys.contains(&key)
+                    || keys
+                        .range(folder.clone()..)
+                        .next()
+                        .is_some_and(|k| k.starts_with(&folder))
+                    || key
+                        .match_indices('/')
+                        .any(|(i, _)| keys.contains(&key[..i]));
+                (!clash).then_some((path, key))
             }
             _ => None,
         };
