@@ -13,6 +13,13 @@
 //! so a save reaches the engine ~1 ms after it, not 10. Renames are not taken as the end
 //! of a save: vim renames the file away before writing the new one.
 //!
+//! The other way round, a file made or written and not yet closed is a save under way:
+//! while one is, the batch waits for its close (up to `max`), however long the writer
+//! pauses. Otherwise a writer that truncates the file and is then held off the CPU for
+//! more than the quiet period (a loaded machine; `std::fs::write` is open-with-truncate,
+//! then write) has its empty file taken in, synced to every peer and kept in the
+//! history as a version of its own.
+//!
 //! What the debouncer did that the watcher relies on is kept: within a batch, the two
 //! halves of a rename that notify joined (a `Both` event with the same tracker) are
 //! dropped in favour of the joined event, and repeated events for one path in a row are
@@ -20,12 +27,13 @@
 //! the disk, so the batch boundaries only affect how often it looks.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use notify::Event;
-use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
 
 use crate::paths::is_temporary_name;
 
@@ -40,6 +48,34 @@ fn finished_save(e: &Event) -> bool {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| !is_temporary_name(n))
         })
+}
+
+/// The saves a batch has seen begin and not end: files made or written since their last
+/// close, removal or rename away.
+#[derive(Debug, Default)]
+struct Unfinished(BTreeSet<PathBuf>);
+
+impl Unfinished {
+    fn see(&mut self, e: &Event) {
+        let Some(path) = e.paths.first() else {
+            return;
+        };
+        match e.kind {
+            EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_)) => {
+                self.0.insert(path.clone());
+            }
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Name(RenameMode::From | RenameMode::Both)) => {
+                self.0.remove(path);
+            }
+            _ => {}
+        }
+    }
+
+    fn any(&self) -> bool {
+        !self.0.is_empty()
+    }
 }
 
 /// One batch: the events in the order they happened, and the watcher's errors.
@@ -71,6 +107,52 @@ pub(crate) fn spawn(
         })
 }
 
+/// A batch being collected.
+struct Collecting {
+    raw: Batch,
+    unfinished: Unfinished,
+    start: Instant,
+    /// The quiet period now: short right after a finished save, else the full one,
+    /// counted from the last event that can be a change. A file merely opened or read
+    /// (an editor, an indexer, a script polling it) changes nothing and does not hold the
+    /// batch back: otherwise a file read in a loop would sync only at `max`.
+    wait_for: Duration,
+    last_change: Instant,
+    quiet: Duration,
+    max: Duration,
+}
+
+impl Collecting {
+    fn push(&mut self, r: notify::Result<Event>) {
+        match r {
+            Ok(e) => {
+                self.unfinished.see(&e);
+                let saved = finished_save(&e);
+                if saved || !matches!(e.kind, EventKind::Access(_)) || e.need_rescan() {
+                    self.wait_for = if saved {
+                        GRACE.min(self.quiet)
+                    } else {
+                        self.quiet
+                    };
+                    self.last_change = Instant::now();
+                }
+                self.raw.events.push(e)
+            }
+            Err(e) => self.raw.errors.push(e),
+        }
+    }
+
+    /// When the batch ends unless more comes: at `max` while a save is under way.
+    fn deadline(&self) -> Instant {
+        let cut = self.start + self.max;
+        if self.unfinished.any() {
+            cut
+        } else {
+            (self.last_change + self.wait_for).min(cut)
+        }
+    }
+}
+
 /// Collects one batch that starts with `first`. Returns it and whether the channel is
 /// still open.
 fn collect(
@@ -80,40 +162,27 @@ fn collect(
     max: Duration,
 ) -> (Batch, bool) {
     let start = Instant::now();
-    let mut raw = Batch::default();
-    // The quiet period now: short right after a finished save, else the full one,
-    // counted from the last event that can be a change. A file merely opened or read
-    // (an editor, an indexer, a script polling it) changes nothing and does not hold the
-    // batch back: otherwise a file read in a loop would sync only at `max`.
-    let mut wait_for = quiet;
-    let mut last_change = start;
-    let push = |r: notify::Result<Event>,
-                raw: &mut Batch,
-                wait_for: &mut Duration,
-                last_change: &mut Instant| match r {
-        Ok(e) => {
-            let saved = finished_save(&e);
-            if saved || !matches!(e.kind, EventKind::Access(_)) || e.need_rescan() {
-                *wait_for = if saved { GRACE.min(quiet) } else { quiet };
-                *last_change = Instant::now();
-            }
-            raw.events.push(e)
-        }
-        Err(e) => raw.errors.push(e),
+    let mut batch = Collecting {
+        raw: Batch::default(),
+        unfinished: Unfinished::default(),
+        start,
+        wait_for: quiet,
+        last_change: start,
+        quiet,
+        max,
     };
-    push(first, &mut raw, &mut wait_for, &mut last_change);
+    batch.push(first);
     let mut open = true;
     loop {
-        let now = Instant::now();
-        let deadline = (last_change + wait_for).min(start + max);
-        let Some(wait) = deadline
-            .checked_duration_since(now)
+        let Some(wait) = batch
+            .deadline()
+            .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
         else {
             break;
         };
         match rx.recv_timeout(wait) {
-            Ok(r) => push(r, &mut raw, &mut wait_for, &mut last_change),
+            Ok(r) => batch.push(r),
             Err(RecvTimeoutError::Timeout) => break,
             Err(RecvTimeoutError::Disconnected) => {
                 open = false;
@@ -121,6 +190,7 @@ fn collect(
             }
         }
     }
+    let mut raw = batch.raw;
     raw.events = prune(raw.events);
     (raw, open)
 }
@@ -182,6 +252,13 @@ mod tests {
 
     fn name(mode: RenameMode, paths: &[&str], tracker: usize) -> Event {
         ev(EventKind::Modify(ModifyKind::Name(mode)), paths).set_tracker(tracker)
+    }
+
+    fn chmod(path: &str) -> Event {
+        ev(
+            EventKind::Modify(ModifyKind::Metadata(notify::event::MetadataKind::Any)),
+            &[path],
+        )
     }
 
     fn write(path: &str) -> Event {
@@ -250,7 +327,7 @@ mod tests {
         let (tx, rx) = channel();
         // Quiet period: events that keep coming within it stay in one batch.
         for i in 0..5 {
-            tx.send(Ok(write(&format!("/w/{i}")))).unwrap();
+            tx.send(Ok(chmod(&format!("/w/{i}")))).unwrap();
         }
         let first = rx.recv().unwrap();
         let (batch, open) = collect(
@@ -290,6 +367,10 @@ mod tests {
         );
     }
 
+    fn created(path: &str) -> Event {
+        ev(EventKind::Create(CreateKind::File), &[path])
+    }
+
     fn closed(path: &str) -> Event {
         ev(
             EventKind::Access(AccessKind::Close(AccessMode::Write)),
@@ -319,6 +400,7 @@ mod tests {
     fn reads_in_a_loop_do_not_hold_a_batch_back() {
         let (tx, rx) = channel();
         tx.send(Ok(write("/w/a.md"))).unwrap();
+        tx.send(Ok(closed("/w/a.md"))).unwrap();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop_r = stop.clone();
         let reader = std::thread::spawn(move || {
@@ -348,6 +430,67 @@ mod tests {
         assert!(open);
         assert!(ended_while_reading, "the reads held the batch back");
         assert!(batch.events.iter().any(|e| e.kind == write("/w/a.md").kind));
+    }
+
+    /// `std::fs::write` truncates the file on opening it, then writes: a writer held off
+    /// the CPU in between (a loaded machine) must not have its empty file taken in, nor a
+    /// new file before its first write.
+    #[test]
+    fn a_save_under_way_holds_the_batch_until_its_close_however_long_the_writer_pauses() {
+        for opening in [write("/w/a.md"), created("/w/new.md")] {
+            let path = opening.paths[0].clone();
+            let (tx, rx) = channel();
+            tx.send(Ok(opening)).unwrap();
+            let writer = std::thread::spawn(move || {
+                // The pause: ten quiet periods.
+                std::thread::sleep(Duration::from_millis(100));
+                let path = path.to_str().unwrap();
+                let _ = tx.send(Ok(write(path)));
+                let _ = tx.send(Ok(closed(path)));
+                tx
+            });
+            let first = rx.recv().unwrap();
+            let (batch, open) = collect(
+                first,
+                &rx,
+                Duration::from_millis(10),
+                Duration::from_secs(60),
+            );
+            let _tx = writer.join().unwrap();
+            assert!(open);
+            assert!(
+                rx.try_recv().is_err(),
+                "the batch ended before the save did: {batch:?}"
+            );
+        }
+    }
+
+    /// What ends a save under way without a close: the file removed or renamed away.
+    #[test]
+    fn a_save_under_way_ends_when_its_file_goes() {
+        for gone in [
+            ev(
+                EventKind::Remove(notify::event::RemoveKind::File),
+                &["/w/a.md"],
+            ),
+            name(RenameMode::From, &["/w/a.md"], 1),
+            name(RenameMode::Both, &["/w/a.md", "/w/b.md"], 2),
+        ] {
+            let (tx, rx) = channel();
+            tx.send(Ok(write("/w/a.md"))).unwrap();
+            tx.send(Ok(gone)).unwrap();
+            let first = rx.recv().unwrap();
+            let started = Instant::now();
+            let (_, open) = collect(
+                first,
+                &rx,
+                Duration::from_millis(10),
+                Duration::from_secs(60),
+            );
+            assert!(open);
+            assert!(started.elapsed() < Duration::from_secs(30));
+            drop(tx);
+        }
     }
 
     #[test]

@@ -281,6 +281,57 @@ fn sed_in_place_edits_sync() {
     b.stop();
 }
 
+/// A save is open, truncate, write, close; a writer held off the CPU between the
+/// truncation and the write (a loaded machine, a slow program) leaves the file empty for
+/// that while. The half-done save is neither synced nor kept as a version: the other
+/// peer goes from the old text to the new, and the history holds the two saves only. The
+/// same for a new file made empty and written after a pause.
+#[test]
+fn a_writer_pausing_in_the_middle_of_a_save_syncs_only_the_finished_file() {
+    use std::io::Write as _;
+    let (_relay, a, b) = pair();
+    let v1 = "---\ntitle: Plan\n---\nfirst line\n";
+    let v2 = "---\ntitle: Plan\n---\nfirst line\nsecond line\n";
+    a.write("plan.md", v1);
+    wait_for_file(&b, "plan.md", "the first version", |c| c == v1);
+    for (rel, old, new) in [("plan.md", Some(v1), v2), ("new.md", None, v1)] {
+        let mut file = std::fs::File::create(a.path(rel)).unwrap();
+        // The pause: thirty quiet periods of the watcher (10 ms), well within the
+        // longest a batch waits for a save to end (1 s).
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        file.write_all(new.as_bytes()).unwrap();
+        drop(file);
+        let seen = std::cell::RefCell::new(Vec::<String>::new());
+        wait_for_file(&b, rel, "the finished save", |c| {
+            let mut seen = seen.borrow_mut();
+            if seen.last().map(String::as_str) != Some(c) {
+                seen.push(c.to_string());
+            }
+            c == new
+        });
+        let seen = seen.into_inner();
+        assert!(
+            seen.iter().all(|c| Some(c.as_str()) == old || c == new),
+            "{rel}: bob saw a half-done save: {seen:?}"
+        );
+        let history = a.cue_ok(&["history", rel, "--json"]);
+        let versions = serde_json::from_str::<serde_json::Value>(&history).unwrap();
+        let sizes: Vec<_> = versions
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["size"].as_u64().unwrap() as usize)
+            .collect();
+        let expected: Vec<usize> = [Some(new.len()), old.map(str::len)]
+            .into_iter()
+            .flatten()
+            .collect();
+        assert_eq!(sizes, expected, "{rel}: {history}");
+    }
+    a.stop();
+    b.stop();
+}
+
 #[test]
 fn a_relay_killed_in_the_middle_of_a_burst_loses_nothing() {
     let (relay, a, b) = pair();
