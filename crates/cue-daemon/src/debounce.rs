@@ -173,14 +173,11 @@ fn collect(
     };
     batch.push(first);
     let mut open = true;
-    loop {
-        let Some(wait) = batch
-            .deadline()
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-        else {
-            break;
-        };
+    while let Some(wait) = batch
+        .deadline()
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+    {
         match rx.recv_timeout(wait) {
             Ok(r) => batch.push(r),
             Err(RecvTimeoutError::Timeout) => break,
