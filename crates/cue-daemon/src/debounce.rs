@@ -27,7 +27,7 @@
 //! the disk, so the batch boundaries only affect how often it looks.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -56,12 +56,16 @@ fn finished_save(e: &Event) -> bool {
 struct Unfinished(BTreeSet<PathBuf>);
 
 impl Unfinished {
-    fn see(&mut self, e: &Event) {
+    /// `synced`: whether a path is one cue syncs (the store's own files, kept open and
+    /// written all the time, and ignored files never hold a batch).
+    fn see(&mut self, e: &Event, synced: &dyn Fn(&Path) -> bool) {
         let Some(path) = e.paths.first() else {
             return;
         };
         match e.kind {
-            EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_)) => {
+            EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_))
+                if synced(path) =>
+            {
                 self.0.insert(path.clone());
             }
             EventKind::Access(AccessKind::Close(AccessMode::Write))
@@ -87,10 +91,12 @@ pub(crate) struct Batch {
 
 /// Runs the batcher on its own thread until the sending side (the notify watcher) is
 /// dropped; `handle` gets every batch.
+/// `synced` tells the paths cue syncs (see [`Unfinished::see`]).
 pub(crate) fn spawn(
     rx: Receiver<notify::Result<Event>>,
     quiet: Duration,
     max: Duration,
+    synced: impl Fn(&Path) -> bool + Send + 'static,
     mut handle: impl FnMut(Batch) + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -98,7 +104,7 @@ pub(crate) fn spawn(
         .spawn(move || {
             // Blocks while idle: no timer, no wake-ups.
             while let Ok(first) = rx.recv() {
-                let (batch, open) = collect(first, &rx, quiet, max);
+                let (batch, open) = collect(first, &rx, quiet, max, &synced);
                 handle(batch);
                 if !open {
                     return;
@@ -108,8 +114,9 @@ pub(crate) fn spawn(
 }
 
 /// A batch being collected.
-struct Collecting {
+struct Collecting<'a> {
     raw: Batch,
+    synced: &'a dyn Fn(&Path) -> bool,
     unfinished: Unfinished,
     start: Instant,
     /// The quiet period now: short right after a finished save, else the full one,
@@ -122,11 +129,11 @@ struct Collecting {
     max: Duration,
 }
 
-impl Collecting {
+impl Collecting<'_> {
     fn push(&mut self, r: notify::Result<Event>) {
         match r {
             Ok(e) => {
-                self.unfinished.see(&e);
+                self.unfinished.see(&e, self.synced);
                 let saved = finished_save(&e);
                 if saved || !matches!(e.kind, EventKind::Access(_)) || e.need_rescan() {
                     self.wait_for = if saved {
@@ -160,10 +167,12 @@ fn collect(
     rx: &Receiver<notify::Result<Event>>,
     quiet: Duration,
     max: Duration,
+    synced: &dyn Fn(&Path) -> bool,
 ) -> (Batch, bool) {
     let start = Instant::now();
     let mut batch = Collecting {
         raw: Batch::default(),
+        synced,
         unfinished: Unfinished::default(),
         start,
         wait_for: quiet,
@@ -232,7 +241,7 @@ pub(crate) fn prune(events: Vec<Event>) -> Vec<Event> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
     use std::sync::mpsc::channel;
 
     use notify::event::{CreateKind, DataChange, Flag};
@@ -332,6 +341,7 @@ mod tests {
             &rx,
             Duration::from_millis(20),
             Duration::from_secs(5),
+            &|_| true,
         );
         assert!(open);
         assert_eq!(batch.events.len(), 5);
@@ -355,6 +365,7 @@ mod tests {
             &rx,
             Duration::from_millis(50),
             Duration::from_millis(100),
+            &|_| true,
         );
         assert!(open);
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -383,7 +394,13 @@ mod tests {
         let first = rx.recv().unwrap();
         let started = Instant::now();
         // Without the early end this would wait the whole minute.
-        let (batch, open) = collect(first, &rx, Duration::from_secs(60), Duration::from_secs(60));
+        let (batch, open) = collect(
+            first,
+            &rx,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            &|_| true,
+        );
         assert!(open);
         assert!(started.elapsed() < Duration::from_secs(30));
         assert_eq!(batch.events.len(), 1, "the close repeats the write");
@@ -419,6 +436,7 @@ mod tests {
             &rx,
             Duration::from_millis(50),
             Duration::from_secs(60),
+            &|_| true,
         );
         // The reader reads for 30 s unless stopped: the batch must end while it reads.
         let ended_while_reading = !reader.is_finished();
@@ -452,6 +470,7 @@ mod tests {
                 &rx,
                 Duration::from_millis(10),
                 Duration::from_secs(60),
+                &|_| true,
             );
             let _tx = writer.join().unwrap();
             assert!(open);
@@ -460,6 +479,30 @@ mod tests {
                 "the batch ended before the save did: {batch:?}"
             );
         }
+    }
+
+    /// The store's files (kept open, written after every event) and ignored files are
+    /// never saves under way: held for them, every batch would last `max`.
+    #[test]
+    fn a_file_cue_does_not_sync_never_holds_a_batch() {
+        let (tx, rx) = channel();
+        tx.send(Ok(write("/w/.cuedeck/store.sqlite3-wal"))).unwrap();
+        tx.send(Ok(write("/w/a.md"))).unwrap();
+        tx.send(Ok(closed("/w/a.md"))).unwrap();
+        let first = rx.recv().unwrap();
+        let started = Instant::now();
+        let synced = |p: &Path| !p.starts_with("/w/.cuedeck");
+        let (batch, open) = collect(
+            first,
+            &rx,
+            Duration::from_millis(10),
+            Duration::from_secs(60),
+            &synced,
+        );
+        assert!(open);
+        assert!(started.elapsed() < Duration::from_secs(30));
+        assert_eq!(batch.events.len(), 2);
+        drop(tx);
     }
 
     /// What ends a save under way without a close: the file removed or renamed away.
@@ -483,6 +526,7 @@ mod tests {
                 &rx,
                 Duration::from_millis(10),
                 Duration::from_secs(60),
+                &|_| true,
             );
             assert!(open);
             assert!(started.elapsed() < Duration::from_secs(30));
@@ -513,6 +557,7 @@ mod tests {
             rx,
             Duration::from_millis(1),
             Duration::from_millis(10),
+            |_| true,
             move |b| {
                 let _ = out_tx.send(b.events.len());
             },

@@ -155,8 +155,19 @@ impl Watcher {
         // A file written without pause is still reported every second. (Not sooner: a
         // folder's removal must arrive as one batch for the mass-deletion guard.)
         let max = (debounce * 10).max(Duration::from_secs(1));
-        debounce::spawn(raw_rx, debounce, max, move |batch| translator.handle(batch))
-            .map_err(WatchError::Thread)?;
+        let (synced_root, synced_rules) = (root.clone(), rules.clone());
+        let synced = move |abs: &Path| {
+            relative(&synced_root, abs).is_some_and(|rel| {
+                !synced_rules
+                    .read()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .is_ignored(rel, false)
+            })
+        };
+        debounce::spawn(raw_rx, debounce, max, synced, move |batch| {
+            translator.handle(batch)
+        })
+        .map_err(WatchError::Thread)?;
         watcher
             .watch(&root, RecursiveMode::Recursive)
             .map_err(|source| WatchError::Notify {
@@ -185,6 +196,13 @@ impl Watcher {
     pub fn root(&self) -> &Path {
         &self.root
     }
+}
+
+/// The path relative to the root, if it is below the root and not a never-synced name
+/// (the store's folder among them).
+fn relative<'a>(root: &Path, abs: &'a Path) -> Option<&'a str> {
+    let rel = abs.strip_prefix(root).ok()?.to_str()?;
+    (!rel.is_empty() && !is_never_synced(rel)).then_some(rel)
 }
 
 /// Runs on the batcher's thread: turns debounced notify events into [`WatchEvent`]s.
@@ -255,10 +273,8 @@ impl Translator {
         }
     }
 
-    /// The path relative to the root, if it is below the root and not a never-synced name.
     fn rel<'a>(&self, abs: &'a Path) -> Option<&'a str> {
-        let rel = abs.strip_prefix(&self.root).ok()?.to_str()?;
-        (!rel.is_empty() && !is_never_synced(rel)).then_some(rel)
+        relative(&self.root, abs)
     }
 
     fn is_ignored(&self, rel: &WorkspacePath, is_dir: bool) -> bool {
