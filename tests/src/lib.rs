@@ -608,6 +608,8 @@ struct ProxyState {
     stop: std::sync::atomic::AtomicBool,
     refusing: std::sync::atomic::AtomicBool,
     stalled: std::sync::atomic::AtomicBool,
+    /// While set, only new connections asking for this WebSocket path are passed on.
+    only_path: std::sync::Mutex<Option<String>>,
     latency_ms: std::sync::atomic::AtomicU64,
     open: std::sync::Mutex<Vec<std::net::TcpStream>>,
     /// Connections accepted and passed on, cut, and refused.
@@ -625,6 +627,7 @@ impl FaultProxy {
             stop: Default::default(),
             refusing: Default::default(),
             stalled: Default::default(),
+            only_path: Default::default(),
             latency_ms: Default::default(),
             open: Default::default(),
             accepted: Default::default(),
@@ -637,15 +640,27 @@ impl FaultProxy {
                 if st.stop.load(Relaxed) {
                     return;
                 }
-                let Ok(client) = client else { continue };
-                if st.refusing.load(Relaxed) {
+                let Ok(mut client) = client else { continue };
+                let only = st.only_path.lock().unwrap().clone();
+                let request = match only {
+                    Some(_) => read_request_head(&mut client),
+                    None => Vec::new(),
+                };
+                let wrong_path = only.is_some_and(|path| {
+                    let line = String::from_utf8_lossy(&request);
+                    line.split_whitespace().nth(1) != Some(path.as_str())
+                });
+                if st.refusing.load(Relaxed) || wrong_path {
                     st.refused.fetch_add(1, Relaxed);
                     drop(client);
                     continue;
                 }
-                let Ok(server) = std::net::TcpStream::connect(target) else {
+                let Ok(mut server) = std::net::TcpStream::connect(target) else {
                     continue;
                 };
+                if std::io::Write::write_all(&mut server, &request).is_err() {
+                    continue;
+                }
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
                 st.accepted.fetch_add(1, Relaxed);
@@ -691,6 +706,12 @@ impl FaultProxy {
             .store(refusing, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// While `Some(path)`, refuses every new connection that asks for another WebSocket
+    /// path (another room) than `path`.
+    pub fn set_only_path(&self, path: Option<String>) {
+        *self.state.only_path.lock().unwrap() = path;
+    }
+
     /// Cuts every open connection, both ways, as a dropped network would.
     pub fn cut_all(&self) {
         let open = std::mem::take(&mut *self.state.open.lock().unwrap());
@@ -733,6 +754,23 @@ impl Drop for FaultProxy {
 
 /// Copies `from` to `to` through a queue that releases each chunk once its latency has
 /// passed and no stall holds it; when either side ends, both sockets are shut.
+/// A connection's HTTP request head (up to its empty line, at most 16 KiB, waiting at
+/// most 5 s), read so that the proxy can look at the path before passing it on.
+fn read_request_head(client: &mut std::net::TcpStream) -> Vec<u8> {
+    use std::io::Read;
+    let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while head.len() < 16 * 1024 && !head.ends_with(b"\r\n\r\n") {
+        match client.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    let _ = client.set_read_timeout(None);
+    head
+}
+
 fn pump(state: std::sync::Arc<ProxyState>, mut from: std::net::TcpStream, to: std::net::TcpStream) {
     use std::io::{Read, Write};
     use std::sync::atomic::Ordering::Relaxed;

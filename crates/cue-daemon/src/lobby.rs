@@ -82,6 +82,8 @@ pub(crate) struct Lobby {
     guard: ReplayGuard,
     seq: u64,
     last_hello: Option<Instant>,
+    /// A hello is owed as soon as one may be said ([`Lobby::owe_hello`]).
+    owed: bool,
     /// Why the lobby could not be reached, while not connected (for status).
     pub problem: Option<String>,
     /// How many other connections the lobby has, as the relay says.
@@ -108,6 +110,7 @@ impl Lobby {
             // below what an earlier run used.
             seq: now.saturating_mul(1000),
             last_hello: None,
+            owed: false,
             problem: None,
             present: 0,
             rejected: HashMap::new(),
@@ -264,12 +267,24 @@ impl Lobby {
         if !self.connected {
             return false;
         }
-        let wait = if periodic { HELLO_EVERY } else { HELLO_AT_MOST };
+        let wait = if periodic && !self.owed {
+            HELLO_EVERY
+        } else {
+            HELLO_AT_MOST
+        };
         if self.last_hello.is_some_and(|t| t.elapsed() < wait) {
             return false;
         }
         self.last_hello = Some(Instant::now());
+        self.owed = false;
         true
+    }
+
+    /// A hello must be said even if one was said less than [`HELLO_AT_MOST`] ago: the
+    /// next [`Lobby::due`] after that second says it (the periodic one would wait
+    /// [`HELLO_EVERY`]).
+    pub fn owe_hello(&mut self) {
+        self.owed = true;
     }
 
     /// Forget when we last said hello: the next [`Lobby::due`] says it.

@@ -319,6 +319,17 @@ impl Membership {
                 if self.secret.is_none() || self.removed.is_some() {
                     return Ok(());
                 }
+                // A member ahead of us (it moved to a new secret's room while we were
+                // not in the old one, so the record never reached us): say where we
+                // are, and it answers with the records and the secret. Without this we
+                // would wait for our periodic hello, 30 s.
+                if theirs.number > self.held.number
+                    && driver.engine().knows_member(&CoreId(device.0))
+                {
+                    tracing::info!(from = %device.short(), generation = theirs.number, "a member is ahead of our secret: asking it");
+                    self.lobby.owe_hello();
+                    self.greet(ws);
+                }
                 let answer = driver
                     .engine()
                     .answer_hello(self.held, CoreId(device.0), theirs);

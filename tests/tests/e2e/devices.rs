@@ -233,3 +233,53 @@ fn the_old_self_of_a_device_that_joined_again_can_be_removed() {
     a.stop();
     b.stop();
 }
+
+/// A member that was in the lobby but not in the room when another member rotated the
+/// secret never got the rotation record (a relay keeps nothing). When the member that
+/// rotated says hello from the new generation, the one left behind asks at once and is
+/// handed the record and the secret: edits reach it in seconds, not at its periodic hello
+/// (30 s).
+#[test]
+fn a_member_that_missed_a_rotation_catches_up_from_the_lobby_at_once() {
+    let relay = Relay::start();
+    let proxy = FaultProxy::start(relay.addr);
+    let (a, b) = (Peer::new("alice"), Peer::new("bob"));
+    a.init(&relay.url());
+    let token = a.invite();
+    let lobby = cue_crypto::Invite::parse(token.trim())
+        .unwrap()
+        .lobby()
+        .keys()
+        .room_id()
+        .path();
+    b.cue_ok(&["sync", "join", token.trim(), "--relay", &proxy.url()]);
+    a.start();
+    b.start();
+    a.write("n.md", "one\n");
+    wait_for_file(&b, "n.md", "the first version", |c| c == "one\n");
+
+    // Bob's connections drop; only the lobby comes back.
+    proxy.set_only_path(Some(lobby));
+    let (accepted, _, _) = proxy.counts();
+    proxy.cut_all();
+    wait_until("bob back in the lobby", || proxy.counts().0 > accepted);
+    a.cue_ok(&["sync", "rotate"]);
+    wait_until("alice in the new generation", || {
+        a.status().0["membership"]["generation"] == 1
+    });
+    assert_eq!(b.status().0["membership"]["generation"], 0);
+    // Bob's room comes back: the old generation's, where nobody is.
+    proxy.set_only_path(None);
+    a.write("n.md", "one\ntwo\n");
+    let started = std::time::Instant::now();
+    wait_for_file(&b, "n.md", "the edit after the rotation", |c| {
+        c.contains("two")
+    });
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "bob caught up only after {:?}: at its periodic hello",
+        started.elapsed()
+    );
+    a.stop();
+    b.stop();
+}
