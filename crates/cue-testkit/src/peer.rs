@@ -188,8 +188,27 @@ impl Peer {
     }
 }
 
+/// How many of its daemon's last log lines a peer prints when its test fails.
+const LOG_LINES_ON_FAILURE: usize = 60;
+
 impl Drop for Peer {
     fn drop(&mut self) {
+        // A failing test (a CI run's flake above all) says what the daemon did: its log
+        // is gone with the folder otherwise.
+        if std::thread::panicking()
+            && let Ok(log) = std::fs::read_to_string(self.path(".cuedeck/daemon.log"))
+        {
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines.len().saturating_sub(LOG_LINES_ON_FAILURE);
+            eprintln!(
+                "--- the last {} lines of {}'s daemon log ---",
+                lines.len() - from,
+                self.name
+            );
+            for line in &lines[from..] {
+                eprintln!("{} | {line}", self.name);
+            }
+        }
         // Whatever happened, no daemon outlives its folder, nor writes into it while it
         // is removed. A kept folder is there to be looked into: its daemon is asked to
         // stop (TERM) so that it leaves its store at rest; otherwise kill -9. Either way
