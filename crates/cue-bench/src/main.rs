@@ -577,6 +577,13 @@ fn checkout_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value> {
         missing.retain(|&i| std::fs::read(dst.path(&one[i].0)).map_or(true, |c| c != one[i].1));
         Ok(missing.is_empty())
     })?;
+    // The other peer checks the notes it adopted in the background (see `Synced`): done
+    // before the checkout, so that the figure is the checkout's alone.
+    wait_until(
+        "the other peer to check what it adopted",
+        plan.deadline,
+        || Ok(dst.status()?.0["files_unverified"] == 0),
+    )?;
     git(src.root(), &["init", "-q", "-b", "one"])?;
     std::fs::write(src.path(".git/info/exclude"), ".cuedeck/\n")?;
     git(src.root(), &["add", "-A"])?;

@@ -437,3 +437,70 @@ fn a_checkout_in_one_batch_against_concurrent_edits_loses_nothing() {
         }
     }
 }
+
+// ------------------------------------------------ documents loaded ahead on threads
+
+/// A `git checkout` on peer 0 rewrites 100 of 120 notes every peer has, in one watcher
+/// batch, while peer 1 (before any of it arrives) edits 30 of them. Every peer runs
+/// `threads` threads, which load the documents a batch edits and a message changes
+/// ahead (`preload_docs`), with a cache of 8 documents, far smaller than the batch.
+/// Returns every peer's disk once settled.
+fn checkout_against_edits(threads: usize) -> Vec<BTreeMap<String, Vec<u8>>> {
+    let mut w = World::new(
+        3,
+        31,
+        Config {
+            cache_docs: 8,
+            ..Config::default()
+        },
+    );
+    for peer in 0..3 {
+        w.set_threads(peer, threads);
+    }
+    w.connect_all();
+    w.settle(5);
+    let notes: Vec<(String, Vec<u8>)> = (0..120)
+        .map(|i| (base_path(i), base(i).into_bytes()))
+        .collect();
+    w.write_many(2, &notes);
+    w.settle(200);
+    if let Err(e) = w.converged() {
+        panic!("{threads} threads: the first sync: {e}");
+    }
+    let ops: Vec<DiskOp> = (0..100)
+        .map(|i| DiskOp::Write(base_path(i), rewritten(i).into_bytes()))
+        .collect();
+    w.burst(0, &ops);
+    for i in 0..30 {
+        w.write(1, &base_path(i), edited(i).as_bytes());
+    }
+    w.settle(400);
+    if let Err(e) = w.converged() {
+        panic!("{threads} threads: not converged: {e}");
+    }
+    // Both edits of a note kept, merged.
+    for i in 0..120 {
+        let want = match i {
+            0..30 => format!("p1 was here {i}\n{}", rewritten(i)),
+            30..100 => rewritten(i),
+            _ => base(i),
+        };
+        assert_eq!(
+            w.read(2, &base_path(i)).as_deref(),
+            Some(want.as_str()),
+            "{threads} threads"
+        );
+    }
+    (0..3).map(|peer| w.peers[peer].disk.clone()).collect()
+}
+
+#[test]
+fn documents_loaded_ahead_on_several_threads_end_as_on_one() {
+    let one = checkout_against_edits(1);
+    for threads in [2, 3] {
+        assert!(
+            checkout_against_edits(threads) == one,
+            "{threads} threads end otherwise than one"
+        );
+    }
+}

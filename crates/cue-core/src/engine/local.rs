@@ -374,6 +374,26 @@ impl Engine {
         self.prepared.extend(made.into_iter().flatten());
     }
 
+    /// The files a batch's saves and renames edit that are already synced here (their
+    /// documents are loaded ahead: `preload_docs`).
+    pub(super) fn edited_files(&mut self, inputs: &[Input]) -> Vec<FileId> {
+        let mut files = Vec::new();
+        for input in inputs {
+            let path = match input {
+                Input::FileChanged { path, .. } => path,
+                Input::FileRenamed { from, .. } => from,
+                _ => continue,
+            };
+            if let Some(f) = self
+                .file_at(path)
+                .or_else(|| self.live_file_with_path(path))
+            {
+                files.push(f);
+            }
+        }
+        files
+    }
+
     pub(super) fn create_file(&mut self, path: &str) -> FileId {
         self.new_file_counter += 1;
         let heads = self.index.heads();

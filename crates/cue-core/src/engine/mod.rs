@@ -375,6 +375,8 @@ impl Engine {
         let inputs: Vec<Input> = inputs.into_iter().collect();
         if self.threads > 1 {
             self.prepare_new_files(&inputs);
+            let edited = self.edited_files(&inputs);
+            self.preload_docs(edited, store);
         }
         for input in inputs {
             self.dispatch(input, store);

@@ -311,6 +311,35 @@ impl Engine {
                 return;
             }
         };
+        // The documents the message changes, loaded ahead on the engine's threads;
+        // not while the sender's items wait (`pace.rs`): those are handled later.
+        if self.threads > 1 && !self.pacer.has_waiting(&from) {
+            let changed = msg.items.iter().filter_map(|item| match item {
+                Item::Changes {
+                    doc: DocId::File(f),
+                    ..
+                }
+                | Item::Whole {
+                    doc: DocId::File(f),
+                    ..
+                }
+                | Item::Sealed {
+                    item:
+                        wire::Sealable::Changes {
+                            doc: DocId::File(f),
+                            ..
+                        }
+                        | wire::Sealable::Whole {
+                            doc: DocId::File(f),
+                            ..
+                        },
+                    ..
+                } => Some(*f),
+                _ => None,
+            });
+            let changed: Vec<FileId> = changed.collect();
+            self.preload_docs(changed, store);
+        }
         let mut acks: Vec<(DocId, Heads)> = Vec::new();
         for item in coalesce_index_changes(msg.items) {
             self.item(from, item, store, &mut acks);
