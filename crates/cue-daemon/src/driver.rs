@@ -948,10 +948,15 @@ impl Driver {
     }
 
     /// Feeds one batch of watcher events (drained together: "at once" for the guard).
+    /// The messages of each part fed (`Gathered`: 64 files at a time) go to `send` as
+    /// soon as that part is stored, so that a peer gets the first files of a `git
+    /// checkout` of thousands while the rest are taken in, not all of them at the end;
+    /// what is left is returned.
     pub fn watch_events(
         &mut self,
         now: i64,
         events: Vec<WatchEvent>,
+        send: &mut dyn FnMut(&mut Store, Vec<Outgoing>),
     ) -> Result<Vec<Outgoing>, DriverError> {
         let mut out = Vec::new();
         if events.iter().any(|e| matches!(e, WatchEvent::RootGone)) {
@@ -961,7 +966,7 @@ impl Driver {
         self.guard_batch(&events);
         let mut rescan = false;
         self.gathered = Some(Gathered::default());
-        let result = self.gather_events(now, events, &mut rescan, &mut out);
+        let result = self.gather_events(now, events, &mut rescan, &mut out, send);
         let fed = self.feed_gathered(now);
         self.gathered = None;
         result?;
@@ -980,8 +985,13 @@ impl Driver {
         events: Vec<WatchEvent>,
         rescan: &mut bool,
         out: &mut Vec<Outgoing>,
+        send: &mut dyn FnMut(&mut Store, Vec<Outgoing>),
     ) -> Result<(), DriverError> {
         for e in events {
+            // What the last event fed is stored: its messages can go.
+            if !out.is_empty() {
+                send(self.store_mut(), std::mem::take(out));
+            }
             let depends = self.gathered.as_ref().is_some_and(|g| match &e {
                 WatchEvent::Removed(p) => g.touches(p.as_str()),
                 WatchEvent::Renamed { from, to } | WatchEvent::DirRenamed { from, to } => {

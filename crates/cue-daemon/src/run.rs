@@ -396,7 +396,12 @@ impl Daemon<'_> {
     /// Saves, renames and removals in the folder.
     fn on_watch(&mut self, batch: Vec<WatchEvent>) -> Result<Flow, RunError> {
         self.busy();
-        let sends = self.driver.watch_events(now_ms(), batch);
+        let session = &mut self.session;
+        let sends = self
+            .driver
+            .watch_events(now_ms(), batch, &mut |store, sends| {
+                session.send_with(store, sends)
+            });
         self.after_event(sends)
     }
 
@@ -608,7 +613,13 @@ impl Daemon<'_> {
         tokio::time::sleep(Duration::from_millis(debounce * 2 + 20)).await;
         let mut result = outcome;
         while let Ok(batch) = watch.try_recv() {
-            match self.driver.watch_events(now_ms(), batch) {
+            let session = &mut self.session;
+            let fed = self
+                .driver
+                .watch_events(now_ms(), batch, &mut |store, sends| {
+                    session.send_with(store, sends)
+                });
+            match fed {
                 Ok(sends) => self.session.send_all(&mut self.driver, sends),
                 Err(e) => {
                     result = result.and(Err(e.into()));

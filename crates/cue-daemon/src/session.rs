@@ -386,6 +386,12 @@ impl<'w> Session<'w> {
     /// room, direct messages to the device's peer when we know it. Nothing while offline:
     /// the engine catches up on connecting.
     pub fn send_all(&mut self, driver: &mut Driver, sends: Vec<Outgoing>) {
+        self.send_with(driver.store_mut(), sends);
+    }
+
+    /// [`Session::send_all`] from inside the driver's work (a watcher batch fed a part at
+    /// a time: `Driver::watch_events`), with the driver's store for the sequence numbers.
+    pub fn send_with(&mut self, store: &mut Store, sends: Vec<Outgoing>) {
         if !self.connected {
             return;
         }
@@ -394,7 +400,7 @@ impl<'w> Session<'w> {
                 None => Stream::Broadcast,
                 Some(d) => Stream::Direct(CryptoDeviceId(d.0)),
             };
-            let sealed = self.seal(driver.store_mut(), MessageType::Engine, stream, &bytes);
+            let sealed = self.seal(store, MessageType::Engine, stream, &bytes);
             let Some(envelope) = sealed else {
                 continue;
             };
