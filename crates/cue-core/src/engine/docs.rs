@@ -128,8 +128,18 @@ impl Engine {
             let view_stale = meta.doc_hash.is_none() || tombstoned;
             meta.heads = heads;
             meta.doc_hash = content.as_ref().map(|c| file_hash(c, exec));
-            meta.size = content.map_or(0, |c| c.len() as u64);
+            meta.size = content.as_ref().map_or(0, |c| c.len() as u64);
+            let on_disk = meta.disk.as_ref().map(|(_, h)| *h);
+            let written = meta.doc_hash.is_some() && on_disk != meta.doc_hash;
             drop(meta);
+            match content {
+                Some(c) if written => {
+                    self.rendered.insert(file, (c, exec));
+                }
+                _ => {
+                    self.rendered.remove(&file);
+                }
+            }
             if view_stale {
                 self.invalidate(Stale::View);
             }

@@ -103,6 +103,8 @@ impl Engine {
         if self.index_changed {
             self.reconcile(store);
         }
+        // Kept for the writes of this call only.
+        self.rendered.clear();
         self.effects()
     }
 

@@ -320,6 +320,7 @@ impl Engine {
         // Content not written in this round (a clash, a tombstone) is read from the
         // document when it is written.
         self.adopted_content.clear();
+        self.rendered.clear();
     }
 
     /// Where each of `files` should be on disk and with what content (`None`: nowhere).
@@ -450,9 +451,14 @@ impl Engine {
             .adopted_content
             .remove(&f)
             .filter(|c| content_hash(c) == hash);
-        let (bytes, exec) = match adopted {
-            Some(b) => (b, false),
-            None => match self.with_doc(f, store, |d| Ok((d.materialize()?, d.exec()))) {
+        let rendered = self
+            .rendered
+            .remove(&f)
+            .filter(|(c, exec)| file_hash(c, *exec) == hash);
+        let (bytes, exec) = match (adopted, rendered) {
+            (Some(b), _) => (b, false),
+            (None, Some(r)) => r,
+            (None, None) => match self.with_doc(f, store, |d| Ok((d.materialize()?, d.exec()))) {
                 Ok(b) => b,
                 Err(e) => {
                     self.doc_error(&path, &e);
