@@ -18,7 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::transaction::Transactable;
 use automerge::{
-    ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
+    ActorId, AutoCommit, Change, ChangeHash, ObjId, ObjType, PatchAction, Prop, ROOT, ReadDoc,
+    ScalarValue, Value,
 };
 
 use crate::doc::DocError;
@@ -250,6 +251,70 @@ impl IndexDoc {
     pub fn automerge(&mut self) -> &mut AutoCommit {
         *self.paths.get_mut() = None;
         &mut self.doc
+    }
+
+    /// The document, for applying a peer's changes (`apply`): the path cache, when there
+    /// is one, is kept and brought up to date with the paths the changes set or removed
+    /// (automerge's patches of what was applied name them; each is read again), rather
+    /// than dropped and built again from every path on the next read, which was a fifth
+    /// of a receiver's time per message at 10,000 files (docs/benchmarks.md, "Session
+    /// 13"). Anything the patches do not explain (the `path` map itself replaced)
+    /// drops it.
+    pub fn apply_keeping_paths<T>(&mut self, apply: impl FnOnce(&mut AutoCommit) -> T) -> T {
+        if self.paths.get_mut().is_none() || self.doc.get_heads().is_empty() {
+            return apply(self.automerge());
+        }
+        // Records what is applied from here on (automerge's diff index).
+        self.doc.update_diff_cursor();
+        let before = self.doc.diff_cursor();
+        let out = apply(&mut self.doc);
+        let after = self.doc.get_heads();
+        let patches = self.doc.diff(&before, &after);
+        self.doc.reset_diff_cursor();
+        let path_map = self.map("path");
+        let mut keys: BTreeSet<String> = BTreeSet::new();
+        let mut understood = path_map.is_some();
+        for patch in patches {
+            let key = match patch.action {
+                PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => key,
+                PatchAction::Conflict {
+                    prop: Prop::Map(key),
+                } => key,
+                _ => {
+                    understood &= Some(&patch.obj) != path_map.as_ref() && patch.obj != ROOT;
+                    continue;
+                }
+            };
+            if Some(&patch.obj) == path_map.as_ref() {
+                keys.insert(key);
+            } else if patch.obj == ROOT {
+                // A top-level map replaced (only a hostile or broken peer does that).
+                understood = false;
+            }
+        }
+        if !understood {
+            *self.paths.get_mut() = None;
+            return out;
+        }
+        let now: Vec<(String, Option<String>)> = keys
+            .into_iter()
+            .map(|k| {
+                let v = self.get("path", &k);
+                (k, v)
+            })
+            .collect();
+        if let Some(cache) = self.paths.get_mut() {
+            for (key, path) in now {
+                let Some(file) = FileId::from_hex(&key) else {
+                    continue;
+                };
+                match path {
+                    Some(p) => cache.set(file, &p),
+                    None => cache.remove(&file),
+                }
+            }
+        }
+        out
     }
 
     /// The document, for what leaves its entries as they are (saving it, reading its
@@ -557,6 +622,78 @@ mod tests {
         assert_eq!(a.files_at("moved.md"), vec![FileId([3; 16])]);
         assert!(a.files_at("n3.md").is_empty());
         assert_eq!(a.builds.get(), 2);
+    }
+
+    /// A peer's changes applied through `apply_keeping_paths` leave the path cache
+    /// saying what a cache built afresh says: paths set, moved, purged, set at once on
+    /// both sides (automerge's winner), without building it again.
+    #[test]
+    fn a_peers_changes_update_the_path_cache_without_building_it_again() {
+        let mut a = IndexDoc::new(ActorId::from(&[1u8; 4][..]));
+        for i in 0..50u8 {
+            a.set_path(&FileId([i; 16]), &format!("n{i}.md")).unwrap();
+        }
+        a.commit(0);
+        let mut b = IndexDoc::load(
+            &a.automerge_unchanged().save(),
+            ActorId::from(&[2u8; 4][..]),
+        )
+        .unwrap();
+        assert_eq!(a.files_at("n1.md"), vec![FileId([1; 16])]);
+        let builds = a.builds.get();
+        for round in 0..5u8 {
+            // The peer: new files, moves, a purge; and at the same time here a move of
+            // a file the peer moves too.
+            for i in 0..10u8 {
+                let f = FileId([100 + round * 10 + i; 16]);
+                b.set_path(&f, &format!("r{round}/new{i}.md")).unwrap();
+            }
+            b.set_path(&FileId([round; 16]), &format!("moved-by-b-{round}.md"))
+                .unwrap();
+            b.purge(&FileId([20 + round; 16])).unwrap();
+            b.commit(0);
+            a.set_path(&FileId([round; 16]), &format!("moved-by-a-{round}.md"))
+                .unwrap();
+            a.commit(0);
+            let changes: Vec<Change> = b.automerge_unchanged().get_changes(&[]);
+            a.apply_keeping_paths(|am| am.apply_changes(changes))
+                .unwrap();
+            let fresh = IndexDoc::load(
+                &a.automerge_unchanged().save(),
+                ActorId::from(&[3u8; 4][..]),
+            )
+            .unwrap();
+            assert_eq!(a.paths(), fresh.paths(), "round {round}");
+            for p in fresh.paths().values() {
+                assert_eq!(a.files_at(p), fresh.files_at(p), "{p}");
+            }
+            assert!(a.files_at(&format!("n{}.md", 20 + round)).is_empty());
+            // And the peer gets ours, for the next round.
+            let ours: Vec<Change> = a.automerge_unchanged().get_changes(&[]);
+            b.automerge().apply_changes(ours).unwrap();
+        }
+        assert_eq!(a.builds.get(), builds, "the cache was built again");
+
+        // A peer that replaces the whole `path` map (only a broken or hostile one would)
+        // leaves a cache that says what the new map says.
+        let m = b
+            .automerge()
+            .put_object(ROOT, "path", ObjType::Map)
+            .unwrap();
+        b.automerge()
+            .put(&m, FileId([9; 16]).to_string(), "only.md")
+            .unwrap();
+        b.commit(0);
+        let changes = b.automerge_unchanged().get_changes(&[]);
+        a.apply_keeping_paths(|am| am.apply_changes(changes))
+            .unwrap();
+        let fresh = IndexDoc {
+            doc: a.automerge_unchanged().clone(),
+            saved: Vec::new(),
+            paths: Default::default(),
+            builds: Default::default(),
+        };
+        assert_eq!(a.paths(), fresh.paths());
     }
 
     #[test]

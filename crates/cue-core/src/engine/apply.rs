@@ -644,13 +644,9 @@ impl Engine {
         let relayed = self.relays_for_us(from, DocId::Index);
         let kept = std::mem::take(&mut self.tail5.index_seals);
         let seals = self.with_waiting(DocId::Index, seals);
-        let applied = apply_checked(
-            &from,
-            relayed,
-            self.index.automerge(),
-            remote,
-            (&kept, &seals),
-        );
+        let applied = self
+            .index
+            .apply_keeping_paths(|am| apply_checked(&from, relayed, am, remote, (&kept, &seals)));
         self.tail5.index_seals = kept;
         let mut applied = match applied {
             Ok(applied) => applied,
