@@ -183,7 +183,7 @@ impl Engine {
             .get(&origin)
             .cloned()
             .unwrap_or_else(|| "unknown".into());
-        let taken: BTreeSet<String> = self.live_view(store).into_values().collect();
+        let taken: BTreeSet<String> = self.live_view(store).values().cloned().collect();
         let copy = conflict_copy_name(path, &origin_name, &origin, &|c| taken.contains(c));
         // Every peer that finds this conflict makes the same first change (same actor,
         // time and content), so the copies are one document.

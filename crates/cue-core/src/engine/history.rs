@@ -148,7 +148,8 @@ impl Engine {
 
     fn live_file(&mut self, path: &str, store: &mut dyn DocStore) -> Result<FileId, HistoryError> {
         let live = self.live_view(store);
-        live.into_iter()
+        live.iter()
+            .map(|(f, p)| (*f, p.clone()))
             .find(|(_, p)| p == path)
             .map(|(f, _)| f)
             .ok_or_else(|| HistoryError::NotAFile(path.to_string()))
@@ -234,7 +235,8 @@ impl Engine {
     ) -> Result<(Vec<Exported>, Vec<u8>), HistoryError> {
         let live = self.live_view(store);
         let mut files = Vec::with_capacity(live.len());
-        for (file, path) in live {
+        for (&file, path) in live.iter() {
+            let path = path.clone();
             let unreadable = |e: DocError| HistoryError::Unreadable(path.clone(), e.to_string());
             let (document, content) = self
                 .with_doc(file, store, |d| {

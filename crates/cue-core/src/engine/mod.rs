@@ -7,6 +7,7 @@
 //! a peer has seen is never lost in a crash.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use automerge::{ActorId, Change, ChangeHash};
 use serde::{Deserialize, Serialize};
@@ -131,7 +132,7 @@ pub struct Engine {
     /// Files whose disk state must be brought in line with their document.
     to_reconcile: BTreeSet<FileId>,
     index_changed: bool,
-    live_cache: Option<BTreeMap<FileId, String>>,
+    live_cache: Option<Arc<BTreeMap<FileId, String>>>,
     /// The `name_key` of every path in `live_cache`, made when first needed
     /// (`became_live`) and dropped with it.
     live_keys: Option<BTreeSet<String>>,

@@ -77,7 +77,8 @@ impl Engine {
     /// The paths of all live files with their content hash (what the disk should hold).
     pub fn live_files(&mut self, store: &mut dyn DocStore) -> BTreeMap<String, ContentHash> {
         let live = self.live_view(store);
-        live.into_iter()
+        live.iter()
+            .map(|(f, p)| (*f, p.clone()))
             .filter_map(|(f, p)| Some((p, self.files.get(&f)?.doc_hash?)))
             .collect()
     }
@@ -175,7 +176,7 @@ impl Engine {
     /// what a write of it puts on disk.
     pub fn read_file(&mut self, path: &str, store: &mut dyn DocStore) -> Option<(Vec<u8>, bool)> {
         let live = self.live_view(store);
-        let (f, _) = live.into_iter().find(|(_, p)| p == path)?;
+        let f = live.iter().find(|(_, p)| *p == path).map(|(f, _)| *f)?;
         self.with_doc(f, store, |d| Ok((d.materialize()?, d.exec())))
             .ok()
     }

@@ -86,7 +86,7 @@ impl Engine {
         match alone {
             Some((path, key)) => {
                 if let Some(live) = &mut self.live_cache {
-                    live.insert(f, path);
+                    Arc::make_mut(live).insert(f, path);
                 }
                 if let Some(keys) = &mut self.live_keys {
                     keys.insert(key);
@@ -137,7 +137,10 @@ impl Engine {
 
     /// Live files and their paths. Cached until the index or a file's liveness changes
     /// (both raise `index_changed`), since reconciling after every input needs it.
-    pub(super) fn live_view(&mut self, store: &mut dyn DocStore) -> BTreeMap<FileId, String> {
+    /// Shared, not copied: a reconcile, the clash rule and a peer's index changes each
+    /// ask for it, and a copy of 10,000 paths each time was most of a receiver's
+    /// allocations at that size.
+    pub(super) fn live_view(&mut self, store: &mut dyn DocStore) -> Arc<BTreeMap<FileId, String>> {
         if let Some(view) = &self.live_cache {
             return view.clone();
         }
@@ -148,6 +151,7 @@ impl Engine {
                 out.insert(file, path);
             }
         }
+        let out = Arc::new(out);
         self.live_cache = Some(out.clone());
         out
     }
@@ -162,7 +166,7 @@ impl Engine {
     pub(super) fn settle_path_clashes(&mut self, store: &mut dyn DocStore) {
         let live = self.live_view(store);
         let mut by_key: BTreeMap<String, Vec<FileId>> = BTreeMap::new();
-        for (f, p) in &live {
+        for (f, p) in live.iter() {
             by_key.entry(name_key(p)).or_default().push(*f);
         }
         let taken: BTreeSet<String> = live.values().map(|p| name_key(p)).collect();
