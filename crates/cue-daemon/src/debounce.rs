@@ -386,25 +386,38 @@ mod tests {
         )
     }
 
-    #[test]
-    fn a_finished_save_ends_the_batch_without_the_quiet_period() {
+    /// The batch `events` make, sent at once with the channel left open and `max` a
+    /// minute; fails if it took half of that (it waited for `max`: nothing ended it).
+    fn collected_before_max(
+        events: Vec<Event>,
+        quiet: Duration,
+        synced: &dyn Fn(&Path) -> bool,
+    ) -> Batch {
         let (tx, rx) = channel();
-        tx.send(Ok(write("/w/a.md"))).unwrap();
-        tx.send(Ok(closed("/w/a.md"))).unwrap();
+        for e in events {
+            tx.send(Ok(e)).unwrap();
+        }
         let first = rx.recv().unwrap();
         let started = Instant::now();
+        let (batch, open) = collect(first, &rx, quiet, Duration::from_secs(60), synced);
+        assert!(open);
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the batch waited for max"
+        );
+        drop(tx);
+        batch
+    }
+
+    #[test]
+    fn a_finished_save_ends_the_batch_without_the_quiet_period() {
         // Without the early end this would wait the whole minute.
-        let (batch, open) = collect(
-            first,
-            &rx,
-            Duration::from_secs(60),
+        let batch = collected_before_max(
+            vec![write("/w/a.md"), closed("/w/a.md")],
             Duration::from_secs(60),
             &|_| true,
         );
-        assert!(open);
-        assert!(started.elapsed() < Duration::from_secs(30));
         assert_eq!(batch.events.len(), 1, "the close repeats the write");
-        drop(tx);
     }
 
     /// A program reading files in a loop (an editor, an indexer, a script polling) sends
@@ -485,24 +498,16 @@ mod tests {
     /// never saves under way: held for them, every batch would last `max`.
     #[test]
     fn a_file_cue_does_not_sync_never_holds_a_batch() {
-        let (tx, rx) = channel();
-        tx.send(Ok(write("/w/.cuedeck/store.sqlite3-wal"))).unwrap();
-        tx.send(Ok(write("/w/a.md"))).unwrap();
-        tx.send(Ok(closed("/w/a.md"))).unwrap();
-        let first = rx.recv().unwrap();
-        let started = Instant::now();
-        let synced = |p: &Path| !p.starts_with("/w/.cuedeck");
-        let (batch, open) = collect(
-            first,
-            &rx,
+        let batch = collected_before_max(
+            vec![
+                write("/w/.cuedeck/store.sqlite3-wal"),
+                write("/w/a.md"),
+                closed("/w/a.md"),
+            ],
             Duration::from_millis(10),
-            Duration::from_secs(60),
-            &synced,
+            &|p: &Path| !p.starts_with("/w/.cuedeck"),
         );
-        assert!(open);
-        assert!(started.elapsed() < Duration::from_secs(30));
         assert_eq!(batch.events.len(), 2);
-        drop(tx);
     }
 
     /// What ends a save under way without a close: the file removed or renamed away.
@@ -516,21 +521,11 @@ mod tests {
             name(RenameMode::From, &["/w/a.md"], 1),
             name(RenameMode::Both, &["/w/a.md", "/w/b.md"], 2),
         ] {
-            let (tx, rx) = channel();
-            tx.send(Ok(write("/w/a.md"))).unwrap();
-            tx.send(Ok(gone)).unwrap();
-            let first = rx.recv().unwrap();
-            let started = Instant::now();
-            let (_, open) = collect(
-                first,
-                &rx,
+            collected_before_max(
+                vec![write("/w/a.md"), gone],
                 Duration::from_millis(10),
-                Duration::from_secs(60),
                 &|_| true,
             );
-            assert!(open);
-            assert!(started.elapsed() < Duration::from_secs(30));
-            drop(tx);
         }
     }
 
