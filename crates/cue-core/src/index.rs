@@ -429,6 +429,11 @@ impl IndexDoc {
         f(cache)
     }
 
+    /// Edits made since the last commit.
+    pub fn pending_ops(&self) -> usize {
+        self.doc.pending_ops()
+    }
+
     pub fn path_of(&self, file: &FileId) -> Option<String> {
         self.get("path", &file.to_string())
     }

@@ -199,3 +199,42 @@ fn a_document_adopted_under_a_clashing_name_is_kept_apart() {
         }
     }
 }
+
+/// The same clashes made on one device, the second file saved after the first synced: a
+/// new local file joins the live view alone only when its path clashes with no live
+/// file's (`commit_index_keeping_view`, then `became_live` at its first content);
+/// otherwise the clash is settled as any other, on both peers.
+#[test]
+fn a_file_saved_under_a_clashing_name_on_the_same_device_is_kept_apart() {
+    // Both contents on the peer's disk, under names that can both be on any disk.
+    let apart = |w: &World, p: usize, case: &str| {
+        let on_disk = files(w, p);
+        assert_eq!(on_disk.len(), 2, "{case}, peer {p}: {on_disk:?}");
+        for c in ["live\n", "new\n"] {
+            assert!(on_disk.iter().any(|(_, b)| b == c), "peer {p} lost {c:?}");
+        }
+        let keys: Vec<String> = on_disk.iter().map(|(n, _)| name_key(n)).collect();
+        let (a, b) = (&keys[0], &keys[1]);
+        assert!(
+            a != b && !a.starts_with(&format!("{b}/")) && !b.starts_with(&format!("{a}/")),
+            "{case}, peer {p}: names that cannot both be on a disk: {on_disk:?}"
+        );
+    };
+    for (live, new) in [("Notes.md", "notes.md"), ("a/b.md", "A"), ("a", "A/b.md")] {
+        let case = format!("{live} / {new}");
+        let mut w = World::online(2, 7);
+        w.write(0, live, b"live\n");
+        w.settle_converged();
+        // Alone, so that it is this device that sees the clash (the other would settle
+        // it too, once it hears of the new file).
+        w.disconnect(0);
+        w.write(0, new, b"new\n");
+        w.settle(20);
+        apart(&w, 0, &case);
+        w.connect_all();
+        w.settle_converged();
+        for p in 0..2 {
+            apart(&w, p, &case);
+        }
+    }
+}

@@ -125,7 +125,7 @@ impl Engine {
             let mut meta = self.files.get_or_default(file);
             // A file that just got its first content, or a deleted one that changed, may
             // now be alive: path clashes must be looked at again.
-            let view_stale = meta.doc_hash.is_none() || tombstoned;
+            let first_content = meta.doc_hash.is_none();
             meta.heads = heads;
             meta.doc_hash = content.as_ref().map(|c| file_hash(c, exec));
             meta.size = content.as_ref().map_or(0, |c| c.len() as u64);
@@ -140,8 +140,13 @@ impl Engine {
                     self.rendered.remove(&file);
                 }
             }
-            if view_stale {
+            // A deleted file that changed may be alive again: clashes are looked at
+            // again. A file that just got its first content joins the view alone when
+            // its path clashes with no live file's (`became_live`).
+            if tombstoned {
                 self.invalidate(Stale::View);
+            } else if first_content && self.files.get(&file).is_some_and(|m| m.doc_hash.is_some()) {
+                self.became_live(file);
             }
         }
         self.dirty.insert(file);
@@ -149,20 +154,33 @@ impl Engine {
     }
 
     pub(super) fn commit_index(&mut self) {
-        if let Some(change) = self.index.commit(self.now_ms / 1000) {
-            let pending = &mut self.tail2.index_pending;
-            pending.count += 1;
-            pending.latest = Some(change.hash().0);
-            self.state_dirty = true;
-            let item = Item::Changes {
-                doc: DocId::Index,
-                changes: vec![change.raw_bytes().to_vec()],
-            };
-            let item = self.sealed_now(DocId::Index, item);
-            self.broadcast(item);
-            self.index_dirty = true;
+        if self.commit_index_keeping_view() {
             self.invalidate(Stale::View);
         }
+    }
+
+    /// [`Engine::commit_index`] for a change that cannot change the live view: a new
+    /// file's path and origin (a file without content is not live; it joins the view
+    /// when it gets content, `refresh_meta`). Otherwise every file would be reconciled
+    /// and every path's clashes looked at again for each file a burst creates. Whether
+    /// there was a change.
+    pub(super) fn commit_index_keeping_view(&mut self) -> bool {
+        let Some(change) = self.index.commit(self.now_ms / 1000) else {
+            return false;
+        };
+        let pending = &mut self.tail2.index_pending;
+        pending.count += 1;
+        pending.latest = Some(change.hash().0);
+        self.state_dirty = true;
+        let item = Item::Changes {
+            doc: DocId::Index,
+            changes: vec![change.raw_bytes().to_vec()],
+        };
+        let item = self.sealed_now(DocId::Index, item);
+        self.broadcast(item);
+        self.index_dirty = true;
+        self.invalidate(Stale::Digest);
+        true
     }
 
     /// Stores a few documents with many increments whole again: without it a document

@@ -406,9 +406,15 @@ impl Engine {
         parts.extend(heads.iter().map(|h| h.0.to_vec()));
         let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
         let file = FileId::derive("cue file id", &refs);
+        // Only this file's entries in the commit: then the live view stands.
+        let alone = self.index.pending_ops() == 0;
         let _ = self.index.set_path(&file, path);
         let _ = self.index.set_origin(&file, &self.device);
-        self.commit_index();
+        if alone {
+            self.commit_index_keeping_view();
+        } else {
+            self.commit_index();
+        }
         self.files.insert(file, FileMeta::default());
         file
     }
