@@ -123,8 +123,6 @@ impl Engine {
         if let Ok((heads, content, exec)) = r {
             let tombstoned = self.index.tombstone(&file).is_some();
             let mut meta = self.files.get_or_default(file);
-            // A file that just got its first content, or a deleted one that changed, may
-            // now be alive: path clashes must be looked at again.
             let first_content = meta.doc_hash.is_none();
             meta.heads = heads;
             meta.doc_hash = content.as_ref().map(|c| file_hash(c, exec));

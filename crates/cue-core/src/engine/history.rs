@@ -149,9 +149,8 @@ impl Engine {
     fn live_file(&mut self, path: &str, store: &mut dyn DocStore) -> Result<FileId, HistoryError> {
         let live = self.live_view(store);
         live.iter()
-            .map(|(f, p)| (*f, p.clone()))
-            .find(|(_, p)| p == path)
-            .map(|(f, _)| f)
+            .find(|(_, p)| *p == path)
+            .map(|(f, _)| *f)
             .ok_or_else(|| HistoryError::NotAFile(path.to_string()))
     }
 }
