@@ -267,7 +267,7 @@ fn a_member_that_missed_a_rotation_catches_up_from_the_lobby_at_once() {
     wait_until("alice in the new generation", || {
         a.status().0["membership"]["generation"] == 1
     });
-    assert_eq!(b.status().0["membership"]["generation"], 0);
+    // (Bob may hold the new secret already, asked in the lobby: its room is refused.)
     // Bob's room comes back: the old generation's, where nobody is.
     proxy.set_only_path(None);
     a.write("n.md", "one\ntwo\n");

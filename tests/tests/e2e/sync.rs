@@ -296,9 +296,9 @@ fn a_writer_pausing_in_the_middle_of_a_save_syncs_only_the_finished_file() {
     wait_for_file(&b, "plan.md", "the first version", |c| c == v1);
     for (rel, old, new) in [("plan.md", Some(v1), v2), ("new.md", None, v1)] {
         let mut file = std::fs::File::create(a.path(rel)).unwrap();
-        // The pause: thirty quiet periods of the watcher (10 ms), well within the
-        // longest a batch waits for a save to end (1 s).
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        // The pause: twenty quiet periods of the watcher (10 ms), well within the
+        // longest a batch waits for a save to end (1 s) on a loaded machine.
+        std::thread::sleep(std::time::Duration::from_millis(200));
         file.write_all(new.as_bytes()).unwrap();
         drop(file);
         let seen = std::cell::RefCell::new(Vec::<String>::new());
