@@ -30,12 +30,18 @@ pub use cue_testkit::{FloodReport, Flooder, Pace};
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// What every test's processes share: the binaries, found once; folders named
-/// `cue-e2e-*`; daemons that log at info, for the failures' sake.
+/// `cue-e2e-*`; daemons that log at info, and what the session, the lobby and the relay
+/// client drop or refuse at debug, for the failures' sake (a failing test prints its
+/// daemons' last log lines).
 fn kit() -> &'static Kit {
     static KIT: OnceLock<Kit> = OnceLock::new();
     KIT.get_or_init(|| {
         let mut kit = must(Kit::locate("cue-e2e", None, None));
-        kit.env.push(("CUE_LOG".into(), "info".into()));
+        kit.env.push((
+            "CUE_LOG".into(),
+            "info,cue_daemon::session=debug,cue_daemon::lobby=debug,cue_daemon::relay_client=debug"
+                .into(),
+        ));
         kit
     })
 }
