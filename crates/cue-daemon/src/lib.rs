@@ -47,6 +47,7 @@ pub mod membership;
 mod memory;
 pub mod paths;
 pub mod relay_client;
+mod relay_outbox;
 pub mod run;
 pub mod scan;
 mod session;

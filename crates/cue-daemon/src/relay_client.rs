@@ -18,7 +18,6 @@
 //! reason reported for status; "relay connection lost" is logged only for a connection
 //! that had been admitted.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -28,6 +27,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+use crate::relay_outbox::Outbox;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -99,13 +100,6 @@ pub fn room_url(base: &str, room: &RoomId) -> String {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How long a sent frame is kept in case the relay refuses it for rate.
-const KEEP_SENT: Duration = Duration::from_secs(5);
-/// At most this many bytes of sent frames are kept for resending.
-const KEEP_SENT_BYTES: usize = 64 * 1024 * 1024;
-/// The relay peers that left during a connection are remembered, the latest this many:
-/// messages to an older one are long since answered.
-const LEFT_PEERS_KEPT: usize = 256;
 
 enum End {
     /// Asked to stop (or the main loop is gone).
@@ -195,10 +189,11 @@ async fn session(
         Ok(ws) => ws,
         Err(end) => return end,
     };
-    if let Err(end) = handshake(params, &mut ws, events, commands).await {
-        return end;
-    }
-    exchange(ws, events, commands).await
+    let limits = match handshake(params, &mut ws, events, commands).await {
+        Ok(limits) => limits,
+        Err(end) => return end,
+    };
+    exchange(ws, events, commands, &limits).await
 }
 
 fn lost(reason: String) -> End {
@@ -328,7 +323,7 @@ async fn handshake(
     ws: &mut Ws,
     events: &mpsc::UnboundedSender<RelayEvent>,
     commands: &mut mpsc::UnboundedReceiver<RelayCommand>,
-) -> Result<(), End> {
+) -> Result<Limits, End> {
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     loop {
         let next = tokio::select! {
@@ -369,7 +364,10 @@ async fn handshake(
             },
             RelayFrame::Welcome { you, peers, limits } => {
                 let connected = RelayEvent::Connected { you, peers, limits };
-                return events.send(connected).map_err(|_| End::Closed);
+                return match events.send(connected) {
+                    Ok(()) => Ok(limits),
+                    Err(_) => Err(End::Closed),
+                };
             }
             RelayFrame::Refused { reason, limit, .. } => {
                 return Err(lost(refusal(reason, limit)));
@@ -384,18 +382,26 @@ async fn handshake(
 }
 
 /// Admitted: the relay's frames become events, the main loop's commands become frames,
-/// and frames the relay refuses for rate are sent again.
+/// sent in order at the relay's announced pace (`relay_outbox.rs`), and frames the relay
+/// refuses for rate are sent again in their place.
 async fn exchange(
     ws: Ws,
     events: &mpsc::UnboundedSender<RelayEvent>,
     commands: &mut mpsc::UnboundedReceiver<RelayCommand>,
+    limits: &Limits,
 ) -> End {
-    let mut out = Outbox::new();
+    let mut out = Outbox::new(Some(limits));
     let end = exchange_with(ws, events, commands, &mut out).await;
     if out.to_left_peers > 0 {
         tracing::debug!(
             messages = out.to_left_peers,
             "direct messages to peers that had left the room were dropped this connection"
+        );
+    }
+    if out.refused > 0 {
+        tracing::debug!(
+            messages = out.refused,
+            "messages refused for rate (and sent again) this connection"
         );
     }
     end
@@ -408,16 +414,15 @@ async fn exchange_with(
     out: &mut Outbox,
 ) -> End {
     loop {
-        let to_send: Vec<ClientFrame> = tokio::select! {
+        tokio::select! {
             msg = ws.next() => match incoming(msg, out) {
                 Incoming::Event(event) => {
                     if events.send(event).is_err() {
                         let _ = ws.close(None).await;
                         return End::Closed;
                     }
-                    continue;
                 }
-                Incoming::Nothing => continue,
+                Incoming::Nothing => {}
                 Incoming::Lost(reason) => return admitted_lost(reason),
             },
             cmd = commands.recv() => match cmd {
@@ -426,10 +431,10 @@ async fn exchange_with(
                     return End::Closed;
                 }
                 Some(RelayCommand::Broadcast(payload)) => {
-                    vec![ClientFrame::Broadcast { id: 0, payload }]
+                    out.push(ClientFrame::Broadcast { id: 0, payload });
                 }
                 Some(RelayCommand::Direct(to, payload)) => {
-                    vec![ClientFrame::Direct { id: 0, to, payload }]
+                    out.push(ClientFrame::Direct { id: 0, to, payload });
                 }
                 Some(RelayCommand::Reconnect) => {
                     let _ = ws.close(None).await;
@@ -438,9 +443,19 @@ async fn exchange_with(
                     );
                 }
             },
-            () = sleep_until_opt(out.next_retry()) => out.due(Instant::now()),
-        };
-        if let Err(e) = out.send(&mut ws, to_send).await {
+            () = sleep_until_opt(out.next_wake()) => {}
+        }
+        let frames = out.ready(Instant::now());
+        if frames.is_empty() {
+            continue;
+        }
+        for frame in frames {
+            let message = WsMessage::Binary(cue_proto::encode(&frame).into());
+            if let Err(e) = ws.feed(message).await {
+                return admitted_lost(e.to_string());
+            }
+        }
+        if let Err(e) = ws.flush().await {
             return admitted_lost(e.to_string());
         }
     }
@@ -496,152 +511,10 @@ fn incoming(
             limit,
             retry_after_ms,
         } => {
-            out.refused(id, reason, limit, retry_after_ms);
+            out.refused(id, reason, limit, retry_after_ms, Instant::now());
             Incoming::Nothing
         }
         _ => Incoming::Nothing,
-    }
-}
-
-/// Frames sent lately, kept [`KEEP_SENT`] (and [`KEEP_SENT_BYTES`] at most) in case the
-/// relay refuses them for rate, refused frames waiting to be sent again, and the peers
-/// that left the room (direct messages to them are dropped).
-struct Outbox {
-    next_id: u64,
-    sent: VecDeque<(u64, Instant, ClientFrame)>,
-    sent_bytes: usize,
-    retry: Vec<(Instant, ClientFrame)>,
-    /// Relay peers that left during this connection, the latest last, each with whether
-    /// a message to it was dropped yet (the first drop is logged).
-    left: VecDeque<(PeerId, bool)>,
-    /// Direct messages to peers that had left: dropped here, or refused by the relay
-    /// (`unknown_peer`) when sent before the leave was known.
-    to_left_peers: u64,
-}
-
-impl Outbox {
-    fn new() -> Self {
-        Outbox {
-            next_id: 1,
-            sent: VecDeque::new(),
-            sent_bytes: 0,
-            retry: Vec::new(),
-            left: VecDeque::new(),
-            to_left_peers: 0,
-        }
-    }
-
-    /// The relay said `peer` left the room: no direct message goes to it any more.
-    fn peer_left(&mut self, peer: PeerId) {
-        if self.left.len() >= LEFT_PEERS_KEPT {
-            self.left.pop_front();
-        }
-        self.left.push_back((peer, false));
-    }
-
-    /// `frames` without the direct messages to peers that left, which are counted.
-    fn sendable(&mut self, mut frames: Vec<ClientFrame>) -> Vec<ClientFrame> {
-        frames.retain(|frame| {
-            let ClientFrame::Direct { to, .. } = frame else {
-                return true;
-            };
-            let Some((_, dropped_before)) = self.left.iter_mut().find(|(p, _)| p == to) else {
-                return true;
-            };
-            if !*dropped_before {
-                *dropped_before = true;
-                tracing::debug!(peer = ?to, "dropping direct messages to a peer that left the room");
-            }
-            self.to_left_peers += 1;
-            false
-        });
-        frames
-    }
-
-    /// When the next refused frame is due again.
-    fn next_retry(&self) -> Option<Instant> {
-        self.retry.iter().map(|(t, _)| *t).min()
-    }
-
-    /// The refused frames due by `now`.
-    fn due(&mut self, now: Instant) -> Vec<ClientFrame> {
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retry)
-            .into_iter()
-            .partition(|(t, _)| *t <= now);
-        self.retry = later;
-        due.into_iter().map(|(_, f)| f).collect()
-    }
-
-    /// The relay refused frame `id`: sent again after its wait if the reason passes.
-    fn refused(&mut self, id: Option<u64>, reason: RefuseReason, limit: u64, retry_after_ms: u64) {
-        if reason == RefuseReason::UnknownPeer {
-            // Sent before the relay's word that the peer left reached us: expected when a
-            // peer leaves while messages to it are under way, and nothing to resend.
-            self.to_left_peers += 1;
-            tracing::debug!(?id, "the relay refused a message to a peer that left");
-            return;
-        }
-        let found = id.and_then(|id| self.sent.iter().position(|(i, _, _)| *i == id));
-        match found {
-            Some(pos) if reason.is_transient() => {
-                if let Some((_, _, frame)) = self.sent.remove(pos) {
-                    self.sent_bytes -= frame_len(&frame);
-                    let wait = Duration::from_millis(retry_after_ms.clamp(10, 10_000));
-                    tracing::debug!(
-                        reason = reason.as_str(),
-                        ?wait,
-                        "relay refused for rate; will resend"
-                    );
-                    self.retry.push((Instant::now() + wait, frame));
-                }
-            }
-            _ => tracing::warn!(
-                reason = reason.as_str(),
-                limit,
-                ?id,
-                "the relay refused a message"
-            ),
-        }
-    }
-
-    /// Sends `frames`, each under a fresh id, keeps them, and forgets the oldest kept.
-    async fn send(
-        &mut self,
-        ws: &mut Ws,
-        frames: Vec<ClientFrame>,
-    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-        let now = Instant::now();
-        for mut frame in self.sendable(frames) {
-            // A fresh id per attempt, so a refusal always names the latest one.
-            let id = self.next_id;
-            self.next_id += 1;
-            match &mut frame {
-                ClientFrame::Broadcast { id: i, .. } | ClientFrame::Direct { id: i, .. } => *i = id,
-                _ => {}
-            }
-            ws.send(WsMessage::Binary(cue_proto::encode(&frame).into()))
-                .await?;
-            self.sent_bytes += frame_len(&frame);
-            self.sent.push_back((id, now, frame));
-        }
-        while let Some((_, t, frame)) = self.sent.front() {
-            if now.duration_since(*t) > KEEP_SENT || self.sent_bytes > KEEP_SENT_BYTES {
-                self.sent_bytes -= frame_len(frame);
-                self.sent.pop_front();
-            } else {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
-
-fn frame_len(f: &ClientFrame) -> usize {
-    match f {
-        ClientFrame::Broadcast { payload, .. } | ClientFrame::Direct { payload, .. } => {
-            payload.len()
-        }
-        _ => 0,
     }
 }
 
@@ -749,36 +622,6 @@ mod tests {
         let auth = refusal(RefuseReason::AuthRequired, 0);
         assert!(auth.contains("auth token"), "{auth}");
         assert!(auth.contains("CUE_AUTH_TOKEN"), "{auth}");
-    }
-
-    #[test]
-    fn direct_messages_to_a_peer_that_left_are_dropped_and_counted() {
-        let direct = |to: u64| ClientFrame::Direct {
-            id: 0,
-            to: PeerId(to),
-            payload: vec![1, 2, 3],
-        };
-        let broadcast = ClientFrame::Broadcast {
-            id: 0,
-            payload: vec![4],
-        };
-        let mut out = Outbox::new();
-        assert_eq!(out.sendable(vec![direct(1), direct(2)]).len(), 2);
-        out.peer_left(PeerId(1));
-        let kept = out.sendable(vec![direct(1), broadcast.clone(), direct(2), direct(1)]);
-        assert_eq!(kept, vec![broadcast, direct(2)]);
-        assert_eq!(out.to_left_peers, 2);
-        // A refusal for the same reason is counted, not warned about nor resent.
-        out.refused(Some(7), RefuseReason::UnknownPeer, 0, 0);
-        assert_eq!(out.to_left_peers, 3);
-        assert!(out.retry.is_empty());
-        // Only the latest leaves are remembered.
-        for p in 100..100 + LEFT_PEERS_KEPT as u64 {
-            out.peer_left(PeerId(p));
-        }
-        assert_eq!(out.left.len(), LEFT_PEERS_KEPT);
-        assert_eq!(out.sendable(vec![direct(1)]).len(), 1);
-        assert!(out.sendable(vec![direct(100)]).is_empty());
     }
 
     #[test]

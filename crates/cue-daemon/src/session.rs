@@ -72,7 +72,15 @@ pub(crate) struct Session<'w> {
     opened: u64,
     /// How many other connections the room has, as the relay says.
     present: usize,
+    /// Devices whose messages were dropped as a stranger's (not, or not yet, known as
+    /// members): when one's admission arrives after all, the room is asked to say hello
+    /// again, so that what was dropped is found missing and pulled. (Bounded: a flood of
+    /// made-up senders cannot grow it.)
+    strangers: HashSet<CryptoDeviceId>,
 }
+
+/// At most this many strangers are remembered; past it the set starts again.
+const STRANGERS_KEPT: usize = 64;
 
 /// An envelope that passed every check, waiting to be handed to the engine.
 struct Received {
@@ -110,6 +118,7 @@ impl<'w> Session<'w> {
             rejected: BTreeMap::new(),
             opened: 0,
             present: 0,
+            strangers: HashSet::new(),
         })
     }
 
@@ -284,6 +293,12 @@ impl<'w> Session<'w> {
                     Err(error) => {
                         *self.rejected.entry(error.kind()).or_default() += 1;
                         tracing::debug!(%error, "dropped a message");
+                        if let OpenError::NotMember(device) = error {
+                            if self.strangers.len() >= STRANGERS_KEPT {
+                                self.strangers.clear();
+                            }
+                            self.strangers.insert(device);
+                        }
                     }
                 }
             }
@@ -356,11 +371,22 @@ impl<'w> Session<'w> {
                 if driver.engine().members().get(&device) == Some(&admission.name) {
                     return Ok(Vec::new());
                 }
-                Input::Admit {
-                    device,
-                    admission: admission.encode(),
-                    name: admission.name,
+                let mut sends = self.input(
+                    driver,
+                    Input::Admit {
+                        device,
+                        admission: admission.encode(),
+                        name: admission.name,
+                    },
+                )?;
+                // Its messages that came before its admission were dropped (a relay's
+                // rate limit can delay an admission behind them): hellos both ways make
+                // each side pull what the other holds.
+                if self.strangers.remove(&sender) && driver.engine().is_member(&device) {
+                    tracing::debug!(device = ?sender, "admitted a device whose messages were dropped: saying hello again");
+                    sends.extend(self.input(driver, Input::SyncNow)?);
                 }
+                return Ok(sends);
             }
             What::Engine(bytes) => Input::Message {
                 from: core_id(&sender),
@@ -764,6 +790,75 @@ mod tests {
             stored_guard(driver).highest(&carol, &Stream::Broadcast),
             None
         );
+    }
+
+    /// Whether `envelope` (from the session's own device) holds an engine `Hello`
+    /// asking for a reply.
+    fn is_hello(ws: &Workspace, sender: &Workspace, envelope: &[u8]) -> bool {
+        let Ok(opened) = cue_crypto::open_without_replay_check(
+            &ws.keys().expect("keys"),
+            &ws.device.device_id(),
+            envelope,
+            |_| true,
+        ) else {
+            return false;
+        };
+        opened.sender == sender.device.device_id()
+            && opened.ty == MessageType::Engine
+            && cue_core::wire::decode(&opened.plaintext).is_ok_and(|m| {
+                m.items
+                    .iter()
+                    .any(|i| matches!(i, cue_core::wire::Item::Hello { reply: true, .. }))
+            })
+    }
+
+    /// A member's admission held up behind its engine messages (a relay's rate limit
+    /// made its client send it again later): those messages were dropped as a
+    /// stranger's. Once it is admitted, we say hello to the room, so that both sides
+    /// compare what they hold and pull what is missing, instead of waiting for the
+    /// periodic hello (the flake of `robustness::a_rate_limited_relay_still_delivers_everything`).
+    #[test]
+    fn a_device_admitted_after_its_messages_were_dropped_is_greeted_again() {
+        let mut p = pair();
+        let (a, b, driver) = (&p.a, &p.b, &mut p.driver);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut session =
+            Session::resume(a, a.keys().expect("keys"), driver.store(), tx).expect("session");
+        let connected = RelayEvent::Connected {
+            you: PeerId(1),
+            peers: vec![PeerId(7)],
+            limits: Limits::default(),
+        };
+        session
+            .on_relay_events(driver, vec![connected])
+            .expect("handled");
+        while rx.try_recv().is_ok() {}
+        session
+            .on_relay_events(driver, vec![from(b, MessageType::Engine, 1, b"a hello")])
+            .expect("handled");
+        assert_eq!(session.rejected().get("not_member"), Some(&1));
+        session
+            .on_relay_events(driver, vec![admission(b, 2)])
+            .expect("handled");
+        let mut greeted = false;
+        while let Ok(cmd) = rx.try_recv() {
+            if let RelayCommand::Broadcast(envelope) | RelayCommand::Direct(_, envelope) = cmd {
+                greeted |= is_hello(b, a, &envelope);
+            }
+        }
+        assert!(
+            greeted,
+            "no hello after the admission of a device whose messages were dropped"
+        );
+        // Once only: a later admission of the same device (a member now) asks nothing.
+        session
+            .on_relay_events(driver, vec![admission(b, 3)])
+            .expect("handled");
+        while let Ok(cmd) = rx.try_recv() {
+            if let RelayCommand::Broadcast(envelope) | RelayCommand::Direct(_, envelope) = cmd {
+                assert!(!is_hello(b, a, &envelope), "greeted twice");
+            }
+        }
     }
 
     #[test]
