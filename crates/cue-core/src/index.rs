@@ -46,6 +46,15 @@ pub struct IndexDoc {
     builds: std::cell::Cell<u32>,
 }
 
+/// What a peer's changes touched in the index ([`IndexDoc::apply_keeping_paths`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct IndexDelta {
+    /// The maps (of the module docs' table) with a key set or deleted.
+    pub maps: BTreeSet<&'static str>,
+    /// The files whose `path` entry was set or deleted.
+    pub paths: BTreeSet<FileId>,
+}
+
 #[derive(Debug, Default)]
 struct PathCache {
     of: BTreeMap<FileId, String>,
@@ -260,9 +269,15 @@ impl IndexDoc {
     /// of a receiver's time per message at 10,000 files (docs/benchmarks.md, "Session
     /// 13"). Anything the patches do not explain (the `path` map itself replaced)
     /// drops it.
-    pub fn apply_keeping_paths<T>(&mut self, apply: impl FnOnce(&mut AutoCommit) -> T) -> T {
+    ///
+    /// Also returns what the changes touched ([`IndexDelta`]), when the patches explain
+    /// it (`None` without a path cache, or when they do not).
+    pub fn apply_keeping_paths<T>(
+        &mut self,
+        apply: impl FnOnce(&mut AutoCommit) -> T,
+    ) -> (T, Option<IndexDelta>) {
         if self.paths.get_mut().is_none() || self.doc.get_heads().is_empty() {
-            return apply(self.automerge());
+            return (apply(self.automerge()), None);
         }
         // Records what is applied from here on (automerge's diff index).
         self.doc.update_diff_cursor();
@@ -271,9 +286,15 @@ impl IndexDoc {
         let after = self.doc.get_heads();
         let patches = self.doc.diff(&before, &after);
         self.doc.reset_diff_cursor();
-        let path_map = self.map("path");
+        let maps: BTreeMap<ObjId, &'static str> = MAPS
+            .iter()
+            .filter_map(|name| Some((self.map(name)?, *name)))
+            .collect();
+        let mut delta = IndexDelta::default();
         let mut keys: BTreeSet<String> = BTreeSet::new();
-        let mut understood = path_map.is_some();
+        // Every map holds scalars only (module docs): a patch is a key of one of them
+        // set or deleted, or it is not understood.
+        let mut understood = maps.len() == MAPS.len();
         for patch in patches {
             let key = match patch.action {
                 PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => key,
@@ -281,20 +302,25 @@ impl IndexDoc {
                     prop: Prop::Map(key),
                 } => key,
                 _ => {
-                    understood &= Some(&patch.obj) != path_map.as_ref() && patch.obj != ROOT;
+                    understood = false;
                     continue;
                 }
             };
-            if Some(&patch.obj) == path_map.as_ref() {
-                keys.insert(key);
-            } else if patch.obj == ROOT {
-                // A top-level map replaced (only a hostile or broken peer does that).
-                understood = false;
+            match maps.get(&patch.obj) {
+                Some(&"path") => {
+                    keys.insert(key);
+                }
+                Some(name) => {
+                    delta.maps.insert(name);
+                }
+                // A top-level map replaced, or something inside a value that should be a
+                // scalar (only a hostile or broken peer does that).
+                None => understood = false,
             }
         }
         if !understood {
             *self.paths.get_mut() = None;
-            return out;
+            return (out, None);
         }
         let now: Vec<(String, Option<String>)> = keys
             .into_iter()
@@ -303,18 +329,22 @@ impl IndexDoc {
                 (k, v)
             })
             .collect();
+        if !now.is_empty() {
+            delta.maps.insert("path");
+        }
         if let Some(cache) = self.paths.get_mut() {
             for (key, path) in now {
                 let Some(file) = FileId::from_hex(&key) else {
                     continue;
                 };
+                delta.paths.insert(file);
                 match path {
                     Some(p) => cache.set(file, &p),
                     None => cache.remove(&file),
                 }
             }
         }
-        out
+        (out, Some(delta))
     }
 
     /// The document, for what leaves its entries as they are (saving it, reading its
@@ -661,8 +691,17 @@ mod tests {
                 .unwrap();
             a.commit(0);
             let changes: Vec<Change> = b.automerge_unchanged().get_changes(&[]);
-            a.apply_keeping_paths(|am| am.apply_changes(changes))
-                .unwrap();
+            let (applied, delta) = a.apply_keeping_paths(|am| am.apply_changes(changes));
+            applied.unwrap();
+            // What moved: the peer's new files, its move and its purge (and the file
+            // both moved, whichever wins), nothing else.
+            let delta = delta.expect("explained by the patches");
+            let mut moved: BTreeSet<FileId> = (0..10u8)
+                .map(|i| FileId([100 + round * 10 + i; 16]))
+                .collect();
+            moved.extend([FileId([round; 16]), FileId([20 + round; 16])]);
+            assert_eq!(delta.paths, moved, "round {round}");
+            assert!(delta.maps.contains("path") && !delta.maps.contains("tomb"));
             let fresh = IndexDoc::load(
                 &a.automerge_unchanged().save(),
                 ActorId::from(&[3u8; 4][..]),
@@ -690,8 +729,9 @@ mod tests {
             .unwrap();
         b.commit(0);
         let changes = b.automerge_unchanged().get_changes(&[]);
-        a.apply_keeping_paths(|am| am.apply_changes(changes))
-            .unwrap();
+        let (applied, delta) = a.apply_keeping_paths(|am| am.apply_changes(changes));
+        applied.unwrap();
+        assert_eq!(delta, None, "a replaced map is not explained");
         let fresh = IndexDoc {
             doc: a.automerge_unchanged().clone(),
             saved: Vec::new(),

@@ -142,7 +142,7 @@ impl Outbox {
 
     /// Whether `frame` is a direct message to a peer that left (counted, and the first
     /// such drop for a peer logged).
-    fn to_a_peer_gone(&mut self, frame: &ClientFrame) -> bool {
+    fn is_for_a_peer_gone(&mut self, frame: &ClientFrame) -> bool {
         let ClientFrame::Direct { to, .. } = frame else {
             return false;
         };
@@ -178,7 +178,7 @@ impl Outbox {
         self.paced_until = None;
         let mut out = Vec::new();
         while let Some((place, frame)) = self.waiting.pop_front() {
-            if self.to_a_peer_gone(&frame) {
+            if self.is_for_a_peer_gone(&frame) {
                 continue;
             }
             if let Some(pace) = &self.pace

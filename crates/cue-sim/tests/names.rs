@@ -238,3 +238,95 @@ fn a_file_saved_under_a_clashing_name_on_the_same_device_is_kept_apart() {
         }
     }
 }
+
+/// A peer's rename onto a name that clashes with a file made here at the same time (the
+/// same name but for case; a folder of it; a file where its folder is) arrives as a path
+/// change alone, which the receiver takes without looking at every file
+/// (`Engine::paths_changed`) only when nothing clashes. Here the renaming peer goes
+/// offline before it hears of the new file, so the receiver alone must settle the
+/// clash: both contents kept, under names that can both be on a disk, the rename done.
+#[test]
+fn a_peers_rename_onto_a_clashing_name_is_kept_apart() {
+    for (made, renamed_to) in [("notes.md", "Notes.md"), ("a/b.md", "A"), ("a", "A/b.md")] {
+        let case = format!("{made} / {renamed_to}");
+        let mut w = World::online(2, 11);
+        w.write(0, "x.md", b"renamed\n");
+        w.write(0, "other.md", b"other\n");
+        w.settle_converged();
+        // The rename first in flight, then the new file: the rename reaches peer 1, and
+        // peer 0 leaves before the new file reaches it.
+        w.rename(0, "x.md", renamed_to);
+        w.write(1, made, b"made\n");
+        while w.read(1, "x.md").is_some() && w.step() {}
+        w.disconnect(0);
+        w.settle(20);
+        let apart = |w: &World, p: usize| {
+            let on_disk = files(w, p);
+            assert_eq!(on_disk.len(), 3, "{case}, peer {p}: {on_disk:?}");
+            for c in ["made\n", "renamed\n", "other\n"] {
+                assert!(
+                    on_disk.iter().any(|(_, b)| b == c),
+                    "{case}: peer {p} lost {c:?}"
+                );
+            }
+            assert!(
+                !on_disk.iter().any(|(n, _)| n == "x.md"),
+                "{case}, peer {p}: the rename was not done: {on_disk:?}"
+            );
+            let keys: Vec<String> = on_disk.iter().map(|(n, _)| name_key(n)).collect();
+            for (i, a) in keys.iter().enumerate() {
+                for b in keys.iter().skip(i + 1) {
+                    assert!(
+                        a != b
+                            && !a.starts_with(&format!("{b}/"))
+                            && !b.starts_with(&format!("{a}/")),
+                        "{case}, peer {p}: names that cannot both be on a disk: {on_disk:?}"
+                    );
+                }
+            }
+        };
+        apart(&w, 1);
+        w.connect_all();
+        w.settle_converged();
+        apart(&w, 0);
+        apart(&w, 1);
+        assert_eq!(files(&w, 0), files(&w, 1), "{case}");
+    }
+}
+
+/// Paths a peer moves, one message after another, into a workspace of many files: each
+/// move is taken alone (`Engine::paths_changed`); what is on disk is what a peer that
+/// looked at every file would have, on both peers.
+#[test]
+fn a_peers_moves_in_a_big_workspace_land_where_they_should() {
+    let mut w = World::online(2, 13);
+    let files_in: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| {
+            (
+                format!("d{}/n{i}.md", i % 7),
+                format!("note {i}\n").into_bytes(),
+            )
+        })
+        .collect();
+    for chunk in files_in.chunks(64) {
+        w.write_many(0, chunk);
+    }
+    // (The documents adopted whole are checked a few a tick.)
+    w.settle(40);
+    w.settle_converged();
+    for i in (0..300).step_by(17) {
+        w.rename(0, &format!("d{}/n{i}.md", i % 7), &format!("moved/m{i}.md"));
+        w.settle(5);
+    }
+    // A move onto a name a moved file just left, and a swap through a third name.
+    w.rename(0, "moved/m0.md", "moved/tmp.md");
+    w.rename(0, "moved/m17.md", "moved/m0.md");
+    w.rename(0, "moved/tmp.md", "moved/m17.md");
+    w.settle_converged();
+    assert_eq!(files(&w, 0), files(&w, 1));
+    let on_disk = files(&w, 1);
+    assert_eq!(on_disk.len(), 300);
+    assert!(on_disk.contains(&("moved/m0.md".to_string(), "note 17\n".to_string())));
+    assert!(on_disk.contains(&("moved/m17.md".to_string(), "note 0\n".to_string())));
+    assert!(on_disk.contains(&("d1/n1.md".to_string(), "note 1\n".to_string())));
+}

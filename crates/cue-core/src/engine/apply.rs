@@ -266,6 +266,11 @@ pub(super) fn seals_now(
 /// by sealing changes it never sends.
 const MAX_WAITING: usize = 4096;
 
+/// The index's maps whose changes leave what is live as it is, but for the files whose
+/// paths moved (`Engine::paths_changed`): members and conflict records are read when
+/// needed; `origin` says who made a file (and who holds it too large).
+const PATHS_ONLY: [&str; 4] = ["path", "origin", "members", "conflicts"];
+
 /// What [`apply_checked`] did: changes refused as forged, changes automerge refused, and
 /// the version the applied changes make up (those of them no other of them depends on).
 struct Applied {
@@ -644,7 +649,7 @@ impl Engine {
         let relayed = self.relays_for_us(from, DocId::Index);
         let kept = std::mem::take(&mut self.tail5.index_seals);
         let seals = self.with_waiting(DocId::Index, seals);
-        let applied = self
+        let (applied, delta) = self
             .index
             .apply_keeping_paths(|am| apply_checked(&from, relayed, am, remote, (&kept, &seals)));
         self.tail5.index_seals = kept;
@@ -671,8 +676,19 @@ impl Engine {
         if before != after {
             self.index_dirty = true;
             self.refresh_members();
-            self.invalidate(Stale::View);
-            self.guard_remote_deletions(from, &live_before, &tombs_before, store);
+            // Only paths set, moved or removed (new files from a burst, mostly), and
+            // nothing else that decides what is live: the view follows them alone.
+            match delta.filter(|d| d.maps.iter().all(|m| PATHS_ONLY.contains(m))) {
+                Some(delta) => {
+                    // (The view is updated in place: nothing else may hold it.)
+                    drop(live_before);
+                    self.paths_changed(&delta.paths, store);
+                }
+                None => {
+                    self.invalidate(Stale::View);
+                    self.guard_remote_deletions(from, &live_before, &tombs_before, store);
+                }
+            }
             // Held files a peer brought back (`restore` elsewhere) are held no more.
             let back: Vec<FileId> = self
                 .tail3

@@ -133,9 +133,10 @@ pub struct Engine {
     to_reconcile: BTreeSet<FileId>,
     index_changed: bool,
     live_cache: Option<Arc<BTreeMap<FileId, String>>>,
-    /// The `name_key` of every path in `live_cache`, made when first needed
-    /// (`became_live`) and dropped with it.
-    live_keys: Option<BTreeSet<String>>,
+    /// The `name_key` of every path in `live_cache`, with how many live files have it
+    /// (more than one only while a clash is not settled), made when first needed
+    /// (`became_live`, `paths_changed`) and dropped with it.
+    live_keys: Option<BTreeMap<String, u32>>,
     /// Whole documents received for files we did not have: stored as received.
     adopted: BTreeMap<FileId, Vec<u8>>,
     /// Content that came with adopted documents, until it is written to disk.

@@ -32,6 +32,45 @@ pub(super) enum Stale {
     View,
 }
 
+/// The `name_key`s of the live view's paths, each with how many files have it.
+fn keys_of(live: &BTreeMap<FileId, String>) -> BTreeMap<String, u32> {
+    let mut keys = BTreeMap::new();
+    for p in live.values() {
+        *keys.entry(name_key(p)).or_default() += 1;
+    }
+    keys
+}
+
+/// The live file that owns each disk key (the smallest id), made on first need.
+fn owners<'l, 'm>(
+    all: &'m mut Option<BTreeMap<Cow<'l, str>, FileId>>,
+    live: &'l BTreeMap<FileId, String>,
+    fold: bool,
+) -> &'m BTreeMap<Cow<'l, str>, FileId> {
+    all.get_or_insert_with(|| {
+        let mut owner = BTreeMap::new();
+        for (f, p) in live {
+            owner.entry(files::key(fold, p)).or_insert(*f);
+        }
+        owner
+    })
+}
+
+/// Whether a live file at a path of name key `key` would clash with the live files of
+/// `keys`, as `settle_path_clashes` compares them: the same name, a folder of a live
+/// file, or a live file at one of its folders.
+fn clashes(keys: &BTreeMap<String, u32>, key: &str) -> bool {
+    let folder = format!("{key}/");
+    keys.contains_key(key)
+        || keys
+            .range(folder.clone()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(&folder))
+        || key
+            .match_indices('/')
+            .any(|(i, _)| keys.contains_key(&key[..i]))
+}
+
 impl Engine {
     pub(super) fn file_at(&self, path: &str) -> Option<FileId> {
         self.files.at(path)
@@ -53,47 +92,93 @@ impl Engine {
     /// A file that just got content (a document adopted with it) is made live without
     /// looking at every file again, when that is all that changed: the live view is at
     /// hand, the file has a path, no tombstone, and its path clashes with no live file's
-    /// (`name_key`, as `settle_path_clashes` compares them): not the same name, not a
-    /// folder of a live file, no live file at one of its folders. It joins the view and
-    /// is reconciled alone. Anything else goes as any change of the view does
-    /// (every file reconciled, clashes settled). A first sync of 10,000 notes reconciled
-    /// every file once a message: 11.7 s of the engine's time, 2.6 s without.
+    /// ([`clashes`]). It joins the view and is reconciled alone. Anything else goes as
+    /// any change of the view does (every file reconciled, clashes settled). A first
+    /// sync of 10,000 notes reconciled every file once a message: 11.7 s of the engine's
+    /// time, 2.6 s without.
     pub(super) fn became_live(&mut self, f: FileId) {
         self.invalidate(Stale::Digest);
-        let alone = match (&self.live_cache, self.index.path_of(&f)) {
-            (Some(live), Some(path))
-                if !live.contains_key(&f)
-                    && self.files.get(&f).is_some_and(|m| m.doc_hash.is_some())
-                    && self.index.tombstone(&f).is_none() =>
-            {
-                let keys = self
-                    .live_keys
-                    .get_or_insert_with(|| live.values().map(|p| name_key(p)).collect());
-                let key = name_key(&path);
-                let folder = format!("{key}/");
-                let clash = keys.contains(&key)
-                    || keys
-                        .range(folder.clone()..)
-                        .next()
-                        .is_some_and(|k| k.starts_with(&folder))
-                    || key
-                        .match_indices('/')
-                        .any(|(i, _)| keys.contains(&key[..i]));
-                (!clash).then_some((path, key))
-            }
-            _ => None,
+        let joins = self
+            .live_cache
+            .as_ref()
+            .is_some_and(|live| !live.contains_key(&f))
+            && self.files.get(&f).is_some_and(|m| m.doc_hash.is_some())
+            && self.index.tombstone(&f).is_none();
+        let path = self.index.path_of(&f).filter(|_| joins);
+        let Some((mut live, path)) = self.live_cache.take().zip(path) else {
+            return self.invalidate(Stale::View);
         };
-        match alone {
-            Some((path, key)) => {
-                if let Some(live) = &mut self.live_cache {
-                    Arc::make_mut(live).insert(f, path);
+        let keys = self.live_keys.get_or_insert_with(|| keys_of(&live));
+        let key = name_key(&path);
+        if clashes(keys, &key) {
+            return self.invalidate(Stale::View);
+        }
+        *keys.entry(key).or_default() += 1;
+        Arc::make_mut(&mut live).insert(f, path);
+        self.live_cache = Some(live);
+        self.to_reconcile.insert(f);
+    }
+
+    /// A peer's index changes set, moved or removed the paths of `files` and changed
+    /// nothing else that decides what is live (no tombstone): the live view is updated
+    /// for these files alone and they alone are reconciled, when none of their new paths
+    /// clashes with a live file's ([`clashes`]) and none left a path another live file
+    /// still has (a clash not yet settled, whose other file may now be written).
+    /// Anything else goes as any change of the view does. A burst from a peer reconciled
+    /// every file of the workspace once a message: at 30,000 files, 1,000 new notes took
+    /// the receiver 24 s of the engine's time (docs/benchmarks.md, "Session 14").
+    pub(super) fn paths_changed(&mut self, files: &BTreeSet<FileId>, store: &mut dyn DocStore) {
+        self.invalidate(Stale::Digest);
+        let Some(mut live) = self.live_cache.take() else {
+            return self.invalidate(Stale::View);
+        };
+        // Many files: one walk over all is as cheap.
+        if files.len() > 64 + live.len() / 8 {
+            return self.invalidate(Stale::View);
+        }
+        let now: Vec<(FileId, Option<String>)> = files
+            .iter()
+            .map(|f| {
+                let path = self.index.path_of(f);
+                let path = path.filter(|_| self.is_live(*f, store));
+                (*f, path)
+            })
+            .collect();
+        let keys = self.live_keys.get_or_insert_with(|| keys_of(&live));
+        let view = Arc::make_mut(&mut live);
+        let mut alone = true;
+        for (f, _) in &now {
+            if let Some(old) = view.remove(f) {
+                let key = name_key(&old);
+                let left = keys.get_mut(&key).map_or(0, |n| {
+                    *n -= 1;
+                    *n
+                });
+                if left == 0 {
+                    keys.remove(&key);
+                } else {
+                    alone = false;
                 }
-                if let Some(keys) = &mut self.live_keys {
-                    keys.insert(key);
-                }
-                self.to_reconcile.insert(f);
             }
-            None => self.invalidate(Stale::View),
+        }
+        for (f, path) in now {
+            let Some(path) = path else { continue };
+            let key = name_key(&path);
+            if !alone || clashes(keys, &key) {
+                alone = false;
+                break;
+            }
+            *keys.entry(key).or_default() += 1;
+            view.insert(f, path);
+        }
+        if !alone {
+            return self.invalidate(Stale::View);
+        }
+        self.live_cache = Some(live);
+        self.to_reconcile.extend(files.iter().copied());
+        // What was in the way of a file that could not be written may have moved.
+        for u in self.unwritable.values_mut().filter(|u| !u.deferred) {
+            u.retrying = true;
         }
     }
 
@@ -340,10 +425,11 @@ impl Engine {
         // in case (not yet settled by the clash rule) are one place, and only its owner
         // is written there.
         let fold = self.config.case_insensitive;
-        let mut owner: BTreeMap<Cow<'_, str>, FileId> = BTreeMap::new();
-        for (f, p) in live {
-            owner.entry(files::key(fold, p)).or_insert(*f);
-        }
+        // The owner of each disk key, made only when needed: a file whose name key no
+        // other live file has (`live_keys`, when at hand) owns its place, and most do;
+        // walking every live file for each reconcile was most of its cost at 30,000.
+        let mut all_owners: Option<BTreeMap<Cow<'_, str>, FileId>> = None;
+        let keys = self.live_keys.take();
         let mut desired = BTreeMap::new();
         for f in files {
             // Ignored here: left as it is on disk, wherever the documents say it goes.
@@ -363,10 +449,9 @@ impl Engine {
             // it went before the guard tripped) where it was, unless a live file took
             // the path.
             if self.tail3.held.contains(f) && !live.contains_key(f) {
-                let path = self
-                    .index
-                    .path_of(f)
-                    .filter(|p| !owner.contains_key(&files::key(fold, p)));
+                let path = self.index.path_of(f).filter(|p| {
+                    !owners(&mut all_owners, live, fold).contains_key(&files::key(fold, p))
+                });
                 let hash = self.files.get(f).and_then(|m| m.doc_hash);
                 if let (Some(p), Some(h)) = (path, hash)
                     && valid_path(&p).is_ok()
@@ -375,8 +460,13 @@ impl Engine {
                 }
                 continue;
             }
+            let owns = live.get(f).is_none_or(|path| {
+                keys.as_ref()
+                    .is_some_and(|k| k.get(&name_key(path)) == Some(&1))
+                    || owners(&mut all_owners, live, fold).get(&files::key(fold, path)) == Some(f)
+            });
             let want = match (live.get(f), self.files.get(f).and_then(|m| m.doc_hash)) {
-                (Some(path), _) if owner.get(&files::key(fold, path)) != Some(f) => continue,
+                (Some(_), _) if !owns => continue,
                 (Some(p), Some(_)) if valid_path(p).is_err() => {
                     self.state.counters.bad_paths += 1;
                     None
@@ -386,6 +476,7 @@ impl Engine {
             };
             desired.insert(*f, want);
         }
+        self.live_keys = keys;
         desired
     }
 
