@@ -330,3 +330,46 @@ fn a_peers_moves_in_a_big_workspace_land_where_they_should() {
     assert!(on_disk.contains(&("moved/m17.md".to_string(), "note 0\n".to_string())));
     assert!(on_disk.contains(&("d1/n1.md".to_string(), "note 1\n".to_string())));
 }
+
+/// A local rename onto a name that clashes with a live file (on a disk that keeps case:
+/// the same name but for case; a folder of it; a file where its folder is) is settled
+/// as any clash, here and on the peer; a rename or deletion that clashes with nothing
+/// is taken for its file alone (`Engine::commit_index_for`).
+#[test]
+fn a_local_rename_onto_a_clashing_name_is_kept_apart() {
+    for (live, renamed_to) in [("Notes.md", "notes.md"), ("a/b.md", "A"), ("a", "A/b.md")] {
+        let case = format!("{live} / {renamed_to}");
+        let mut w = World::online(2, 17);
+        w.write(0, live, b"live\n");
+        w.write(0, "x.md", b"renamed\n");
+        w.write(0, "gone.md", b"gone\n");
+        w.settle_converged();
+        // Alone, so that this device settles it.
+        w.disconnect(1);
+        w.delete(0, "gone.md");
+        w.rename(0, "x.md", renamed_to);
+        w.settle(20);
+        let apart = |w: &World, p: usize| {
+            let on_disk = files(w, p);
+            assert_eq!(on_disk.len(), 2, "{case}, peer {p}: {on_disk:?}");
+            for c in ["live\n", "renamed\n"] {
+                assert!(
+                    on_disk.iter().any(|(_, b)| b == c),
+                    "{case}: peer {p} lost {c:?}"
+                );
+            }
+            let keys: Vec<String> = on_disk.iter().map(|(n, _)| name_key(n)).collect();
+            let (a, b) = (&keys[0], &keys[1]);
+            assert!(
+                a != b && !a.starts_with(&format!("{b}/")) && !b.starts_with(&format!("{a}/")),
+                "{case}, peer {p}: names that cannot both be on a disk: {on_disk:?}"
+            );
+        };
+        apart(&w, 0);
+        w.connect_all();
+        w.settle_converged();
+        apart(&w, 0);
+        apart(&w, 1);
+        assert_eq!(files(&w, 0), files(&w, 1), "{case}");
+    }
+}

@@ -157,6 +157,18 @@ impl Engine {
         }
     }
 
+    /// [`Engine::commit_index`] for a change of `file`'s entry alone (a local rename or
+    /// deletion, made with nothing else pending: `alone`): the live view is brought up to
+    /// date for that file only (`paths_changed`), unless that settles nothing.
+    pub(super) fn commit_index_for(&mut self, file: FileId, alone: bool, store: &mut dyn DocStore) {
+        if !alone {
+            return self.commit_index();
+        }
+        if self.commit_index_keeping_view() {
+            self.paths_changed(&BTreeSet::from([file]), store);
+        }
+    }
+
     /// [`Engine::commit_index`] for a change that cannot change the live view: a new
     /// file's path and origin (a file without content is not live; it joins the view
     /// when it gets content, `refresh_meta`). Otherwise every file would be reconciled

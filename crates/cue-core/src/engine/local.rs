@@ -457,6 +457,7 @@ impl Engine {
             meta.disk = None;
         }
         self.dirty.insert(file);
+        let alone = self.index.pending_ops() == 0;
         let _ = self.index.set_tombstone(
             &file,
             &Tombstone {
@@ -464,7 +465,7 @@ impl Engine {
                 heads,
             },
         );
-        self.commit_index();
+        self.commit_index_for(file, alone, store);
         let name = self.name.clone();
         self.activity(ActivityKind::Delete, Some(path.to_string()), &name, None);
     }
@@ -491,8 +492,9 @@ impl Engine {
         {
             self.local_remove(to, store);
         }
+        let alone = self.index.pending_ops() == 0;
         let _ = self.index.set_path(&file, to);
-        self.commit_index();
+        self.commit_index_for(file, alone, store);
         if let Some(mut m) = self.files.get_mut(&file)
             && let Some((p, _)) = m.disk.as_mut()
         {

@@ -119,8 +119,9 @@ impl Engine {
         self.to_reconcile.insert(f);
     }
 
-    /// A peer's index changes set, moved or removed the paths of `files` and changed
-    /// nothing else that decides what is live (no tombstone): the live view is updated
+    /// The index entries of `files` changed and nothing else that decides what is live:
+    /// a peer's changes that set, moved or removed paths only (no tombstone), or a local
+    /// rename or deletion (`commit_index_for`). The live view is updated
     /// for these files alone and they alone are reconciled, when none of their new paths
     /// clashes with a live file's ([`clashes`]) and none left a path another live file
     /// still has (a clash not yet settled, whose other file may now be written).
