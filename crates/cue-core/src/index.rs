@@ -53,6 +53,8 @@ pub struct IndexDelta {
     pub maps: BTreeSet<&'static str>,
     /// The files whose `path` entry was set or deleted.
     pub paths: BTreeSet<FileId>,
+    /// The files whose `tomb` entry was set or deleted.
+    pub tombs: BTreeSet<FileId>,
 }
 
 #[derive(Debug, Default)]
@@ -309,6 +311,10 @@ impl IndexDoc {
             match maps.get(&patch.obj) {
                 Some(&"path") => {
                     keys.insert(key);
+                }
+                Some(&"tomb") => {
+                    delta.maps.insert("tomb");
+                    delta.tombs.extend(FileId::from_hex(&key));
                 }
                 Some(name) => {
                     delta.maps.insert(name);
@@ -686,6 +692,15 @@ mod tests {
             b.set_path(&FileId([round; 16]), &format!("moved-by-b-{round}.md"))
                 .unwrap();
             b.purge(&FileId([20 + round; 16])).unwrap();
+            let dead = FileId([30 + round; 16]);
+            b.set_tombstone(
+                &dead,
+                &Tombstone {
+                    time_ms: 1,
+                    heads: vec![ChangeHash([round; 32])],
+                },
+            )
+            .unwrap();
             b.commit(0);
             a.set_path(&FileId([round; 16]), &format!("moved-by-a-{round}.md"))
                 .unwrap();
@@ -701,7 +716,9 @@ mod tests {
                 .collect();
             moved.extend([FileId([round; 16]), FileId([20 + round; 16])]);
             assert_eq!(delta.paths, moved, "round {round}");
-            assert!(delta.maps.contains("path") && !delta.maps.contains("tomb"));
+            assert_eq!(delta.tombs, BTreeSet::from([dead]), "round {round}");
+            assert!(delta.maps.contains("path") && delta.maps.contains("tomb"));
+            assert!(!delta.maps.contains("members"));
             let fresh = IndexDoc::load(
                 &a.automerge_unchanged().save(),
                 ActorId::from(&[3u8; 4][..]),

@@ -645,7 +645,6 @@ impl Engine {
     ) -> Option<(Heads, Heads, bool)> {
         let before = to_heads(&self.index.heads());
         let live_before = self.live_view(store);
-        let tombs_before: BTreeSet<FileId> = self.index.tombstones().into_keys().collect();
         let relayed = self.relays_for_us(from, DocId::Index);
         let kept = std::mem::take(&mut self.tail5.index_seals);
         let seals = self.with_waiting(DocId::Index, seals);
@@ -684,9 +683,10 @@ impl Engine {
                     drop(live_before);
                     self.paths_changed(&delta.paths, store);
                 }
-                None => {
+                delta => {
                     self.invalidate(Stale::View);
-                    self.guard_remote_deletions(from, &live_before, &tombs_before, store);
+                    let tombs = delta.map(|d| d.tombs);
+                    self.guard_remote_deletions(from, &live_before, tombs.as_ref(), store);
                 }
             }
             // Held files a peer brought back (`restore` elsewhere) are held no more.
@@ -710,14 +710,23 @@ impl Engine {
         &mut self,
         from: DeviceId,
         live_before: &BTreeMap<FileId, String>,
-        tombs_before: &BTreeSet<FileId>,
+        tombs: Option<&BTreeSet<FileId>>,
         store: &mut dyn DocStore,
     ) {
-        let new_tombs: Vec<FileId> = self
-            .index
-            .tombstones()
-            .into_keys()
-            .filter(|f| !tombs_before.contains(f) && live_before.contains_key(f))
+        // The files that were live and now have a tombstone: of those whose tombstone
+        // the changes set, when the patches say which (reading every tombstone for each
+        // message grew with every file ever deleted), else of every live one.
+        let candidates: Vec<FileId> = match tombs {
+            Some(t) => t
+                .iter()
+                .filter(|f| live_before.contains_key(f))
+                .copied()
+                .collect(),
+            None => live_before.keys().copied().collect(),
+        };
+        let new_tombs: Vec<FileId> = candidates
+            .into_iter()
+            .filter(|f| self.index.tombstone(f).is_some())
             .collect();
         if new_tombs.is_empty() {
             return;
