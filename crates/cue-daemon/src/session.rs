@@ -792,6 +792,15 @@ mod tests {
         );
     }
 
+    /// We joined the room, where `peer` is.
+    fn joined_with(peer: PeerId) -> RelayEvent {
+        RelayEvent::Connected {
+            you: PeerId(1),
+            peers: vec![peer],
+            limits: Limits::default(),
+        }
+    }
+
     /// Whether `envelope` (from the session's own device) holds an engine `Hello`
     /// asking for a reply.
     fn is_hello(ws: &Workspace, sender: &Workspace, envelope: &[u8]) -> bool {
@@ -824,13 +833,8 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut session =
             Session::resume(a, a.keys().expect("keys"), driver.store(), tx).expect("session");
-        let connected = RelayEvent::Connected {
-            you: PeerId(1),
-            peers: vec![PeerId(7)],
-            limits: Limits::default(),
-        };
         session
-            .on_relay_events(driver, vec![connected])
+            .on_relay_events(driver, vec![joined_with(PeerId(7))])
             .expect("handled");
         while rx.try_recv().is_ok() {}
         session
@@ -868,13 +872,8 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut session =
             Session::resume(a, a.keys().expect("keys"), driver.store(), tx).expect("session");
-        let connected = RelayEvent::Connected {
-            you: PeerId(1),
-            peers: vec![PeerId(2)],
-            limits: Limits::default(),
-        };
         session
-            .on_relay_events(driver, vec![connected])
+            .on_relay_events(driver, vec![joined_with(PeerId(2))])
             .expect("handled");
         assert!(session.connected());
         let Ok(RelayCommand::Broadcast(first)) = rx.try_recv() else {
