@@ -158,8 +158,9 @@ impl Engine {
     }
 
     /// [`Engine::commit_index`] for a change of `file`'s entry alone (a local rename or
-    /// deletion, made with nothing else pending: `alone`): the live view is brought up to
-    /// date for that file only (`paths_changed`), unless that settles nothing.
+    /// deletion, `alone`: nothing else was pending in the index): the live view is
+    /// brought up to date for that file only (`paths_changed`, which still goes the
+    /// whole way when the file's new path clashes). Not alone: `commit_index`.
     pub(super) fn commit_index_for(&mut self, file: FileId, alone: bool, store: &mut dyn DocStore) {
         if !alone {
             return self.commit_index();
