@@ -5,18 +5,19 @@
 //! business, which keeps every secret but the room key out of this task. It joins by the
 //! signed challenge (answering an auth request with the configured token first),
 //! reports the relay's peers joining and leaving and their messages, and sends what the
-//! main loop hands it. A message the relay refuses for rate is sent again after the
-//! relay's `retry_after_ms` (sent frames are kept a few seconds for that, bounded in
-//! bytes). A direct message to a relay peer that has left the room is dropped here: the
-//! main loop learns of the leave only once it has handled every message received before
-//! it, and answering that backlog (acknowledgements, mostly) would otherwise send one
-//! message after another to a peer the relay no longer knows. A lost connection is reported and retried with exponential backoff from
-//! about 100 ms, capped at 5 s, with jitter so that many peers dropped by one relay
-//! restart do not return in lockstep. An unreachable relay is a state ("offline,
-//! retrying"), never an error: an attempt that fails before admission is logged as
-//! "cannot reach relay at URL: why" (once while the reason stays the same) and its
-//! reason reported for status; "relay connection lost" is logged only for a connection
-//! that had been admitted.
+//! main loop hands it, in that order, at the rates the relay announced; a message the
+//! relay refuses for rate is sent again after the relay's `retry_after_ms`, before
+//! anything handed after it (`relay_outbox.rs`). A direct message to a relay peer that
+//! has left the room is dropped there: the main loop learns of the leave only once it
+//! has handled every message received before it, and answering that backlog
+//! (acknowledgements, mostly) would otherwise send one message after another to a peer
+//! the relay no longer knows. A lost connection is reported and retried with
+//! exponential backoff from about 100 ms, capped at 5 s, with jitter so that many peers
+//! dropped by one relay restart do not return in lockstep. An unreachable relay is a
+//! state ("offline, retrying"), never an error: an attempt that fails before admission
+//! is logged as "cannot reach relay at URL: why" (once while the reason stays the same)
+//! and its reason reported for status; "relay connection lost" is logged only for a
+//! connection that had been admitted.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -27,12 +28,12 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-
-use crate::relay_outbox::Outbox;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::relay_outbox::Outbox;
 
 /// What happened at the relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
