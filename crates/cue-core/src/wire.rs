@@ -68,6 +68,28 @@ pub enum Item {
     Sealed { seals: Vec<Seal>, item: Sealable },
 }
 
+impl Item {
+    /// What kind of item it is, in a word (logs, counts); a sealed item is named by what
+    /// it seals.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Item::Hello { .. } => "hello",
+            Item::Pull { .. } => "pull",
+            Item::Changes { .. } => "changes",
+            Item::Whole { .. } => "whole",
+            Item::Ack { .. } => "ack",
+            Item::PullDone { .. } => "pull_done",
+            Item::Chunk { .. } => "chunk",
+            Item::Adopt { .. } => "adopt",
+            Item::Sealed { item, .. } => match item {
+                Sealable::Changes { .. } => "changes",
+                Sealable::Whole { .. } => "whole",
+                Sealable::Adopt { .. } => "adopt",
+            },
+        }
+    }
+}
+
 /// What a seal can wrap: a document's changes, never another `Sealed` (a type of its own,
 /// so that decoding cannot recurse: nested items would overflow the stack).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -50,6 +50,15 @@ use crate::workspace::Workspace;
 const SEQ_BROADCAST: &str = "broadcast";
 const SEQ_DIRECT: &str = "direct";
 
+/// The kinds of an engine message's items, for the debug log (a failing end-to-end test
+/// prints it: what was exchanged, not what it held).
+fn item_kinds(bytes: &[u8]) -> Vec<&'static str> {
+    cue_core::wire::decode(bytes).map_or_else(
+        |_| vec!["undecodable"],
+        |m| m.items.iter().map(cue_core::wire::Item::kind).collect(),
+    )
+}
+
 fn core_id(d: &CryptoDeviceId) -> cue_core::DeviceId {
     cue_core::DeviceId(d.0)
 }
@@ -388,10 +397,15 @@ impl<'w> Session<'w> {
                 }
                 return Ok(sends);
             }
-            What::Engine(bytes) => Input::Message {
-                from: core_id(&sender),
-                bytes,
-            },
+            What::Engine(bytes) => {
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    tracing::debug!(from = ?sender, items = ?item_kinds(&bytes), "received");
+                }
+                Input::Message {
+                    from: core_id(&sender),
+                    bytes,
+                }
+            }
         };
         self.input(driver, input)
     }
@@ -422,6 +436,9 @@ impl<'w> Session<'w> {
             return;
         }
         for (to, bytes) in sends {
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                tracing::debug!(to = ?to, items = ?item_kinds(&bytes), "sending");
+            }
             let stream = match to {
                 None => Stream::Broadcast,
                 Some(d) => Stream::Direct(CryptoDeviceId(d.0)),

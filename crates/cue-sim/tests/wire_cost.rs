@@ -3,23 +3,8 @@
 use std::collections::BTreeMap;
 
 use cue_core::Config;
-use cue_core::wire::{Item, decode};
+use cue_core::wire::decode;
 use cue_sim::World;
-
-fn kind(item: &Item) -> &'static str {
-    match item {
-        Item::Hello { .. } => "hello",
-        Item::Pull { .. } => "pull",
-        Item::PullDone { .. } => "pull_done",
-        Item::Chunk { .. } => "chunk",
-        Item::Changes { .. } => "changes",
-        Item::Whole { .. } => "whole",
-        Item::Adopt { .. } => "adopt",
-        Item::Ack { .. } => "ack",
-        // Counted as what it seals.
-        Item::Sealed { item, .. } => kind(&item.clone().into_item()),
-    }
-}
 
 fn first_sync(files: usize) -> BTreeMap<(usize, &'static str), (u64, u64)> {
     let mut w = World::new(2, 11, Config::default());
@@ -52,7 +37,7 @@ fn first_sync(files: usize) -> BTreeMap<(usize, &'static str), (u64, u64)> {
             Err(e) => panic!("a message that does not decode: {e}"),
         };
         for item in &msg.items {
-            let e = by.entry((from, kind(item))).or_insert((0, 0));
+            let e = by.entry((from, item.kind())).or_insert((0, 0));
             e.0 += 1;
             e.1 += cue_core::wire::encode_item(item).len() as u64;
         }
