@@ -221,6 +221,17 @@ fn the_old_self_of_a_device_that_joined_again_can_be_removed() {
         let n = names(&a);
         n.contains(&"bob".to_string()) && n.contains(&"bob-again".to_string())
     });
+    // The new self made its own document of the n.md it found on disk; alice and it
+    // settle the two as one (the same bytes) in their first exchange. Removing the old
+    // self before that, and editing at once, makes the edited n.md and the found one a
+    // clash kept as a conflict copy (ARCHITECTURE, "Known gaps"): not what this test is
+    // about, so it waits until the two are in sync first.
+    wait_until("alice in sync with bob's new self", || {
+        a.status().0["peers"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p["name"] == "bob-again" && p["in_sync"] == true)
+        })
+    });
     a.cue_ok(&["sync", "remove", "bob"]);
     wait_until("the old self to leave alice's peers", || {
         names(&a) == vec!["bob-again".to_string()]
