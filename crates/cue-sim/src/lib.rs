@@ -1145,6 +1145,34 @@ impl World {
         true
     }
 
+    /// Delivers, in the order sent, every message in flight from `from` to `to`, and
+    /// nothing else (one relay path faster than another); faults do not apply. Returns
+    /// how many were delivered.
+    pub fn deliver_between(&mut self, from: usize, to: usize) -> usize {
+        let (now, later): (VecDeque<InFlight>, VecDeque<InFlight>) =
+            std::mem::take(&mut self.inflight)
+                .into_iter()
+                .partition(|m| (m.from, m.to) == (from, to));
+        self.inflight = later;
+        let n = now.len();
+        for m in now {
+            if !self.peers[m.to].online || self.peers[m.to].held != m.room {
+                continue;
+            }
+            self.now_ms += 1;
+            self.messages_delivered += 1;
+            let from = self.peers[m.from].device;
+            self.input(
+                m.to,
+                Input::Message {
+                    from,
+                    bytes: m.bytes,
+                },
+            );
+        }
+        n
+    }
+
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
     }
@@ -1586,6 +1614,21 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
                     }
                 }
                 w.burst(p, &ops);
+            }
+            81..=82 => {
+                // A file copied in by hand from another device's folder (a folder copied
+                // to two machines, a device joining again with its old folder): the
+                // bytes another peer holds at a path this one has not, which that peer
+                // may edit on before the two meet. One file when one is an earlier
+                // version of the other, a conflict copy otherwise; nothing lost.
+                let q = w.rng.random_range(0..peers);
+                let path = paths[w.rng.random_range(0..paths.len())];
+                if q != p
+                    && w.read(p, path).is_none()
+                    && let Some(bytes) = w.peers[q].disk.get(path).cloned()
+                {
+                    w.write(p, path, &bytes);
+                }
             }
             _ => {
                 let n = w.rng.random_range(0..20);

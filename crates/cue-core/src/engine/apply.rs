@@ -262,9 +262,13 @@ pub(super) fn seals_now(
     (changed.then_some(seals), waiting)
 }
 
-/// Documents with seals waiting for their changes, at most: a peer cannot grow the set
-/// by sealing changes it never sends.
-const MAX_WAITING: usize = 4096;
+/// Documents with no record yet whose seals wait for their changes, at most: a peer
+/// cannot grow the set by sealing changes it never sends.
+const MAX_WAITING_APART: usize = 4096;
+
+/// Waiting seals of devices not known as members kept a document, at most (see
+/// `Engine::set_waiting`).
+const MAX_WAITING_STRANGERS: usize = 8;
 
 /// The index's maps whose changes leave what is live as it is, but for the files whose
 /// paths moved (`Engine::paths_changed`): members and conflict records are read when
@@ -325,18 +329,79 @@ const MAX_ASKED: usize = 1024;
 impl Engine {
     /// The seals that came for `doc` with those that wait for their changes.
     fn with_waiting(&self, doc: DocId, seals: &[Seal]) -> Vec<Seal> {
+        let waiting = match doc {
+            DocId::Index => self.tail6.index_waiting.clone(),
+            // Those that waited before the document had a record count too.
+            DocId::File(f) => {
+                let mut w = self.waiting_apart.get(&f).cloned().unwrap_or_default();
+                w.extend(
+                    self.files
+                        .get(&f)
+                        .map(|m| m.waiting.clone())
+                        .unwrap_or_default(),
+                );
+                w
+            }
+        };
         let mut all = seals.to_vec();
-        if let Some(w) = self.waiting_seals.get(&doc) {
-            all.extend(w.iter().filter(|s| !seals.contains(s)).cloned());
-        }
+        all.extend(waiting.into_iter().filter(|s| !seals.contains(s)));
         all
     }
 
-    fn set_waiting(&mut self, doc: DocId, waiting: Vec<Seal>) {
-        if waiting.is_empty() {
-            self.waiting_seals.remove(&doc);
-        } else if self.waiting_seals.len() < MAX_WAITING || self.waiting_seals.contains_key(&doc) {
-            self.waiting_seals.insert(doc, waiting);
+    /// Keeps the seals that wait for their changes with the document's record, stored
+    /// with it: automerge stores the changes it set aside with the document, so these
+    /// must outlive a restart as well (see [`FileMeta::waiting`]).
+    ///
+    /// Stored, they are bounded harder than kept seals: a member can make keys at will
+    /// and seal changes it never sends, so devices not known as members (a new member
+    /// whose admission has not reached us yet) get [`MAX_WAITING_STRANGERS`] a document.
+    fn set_waiting(&mut self, doc: DocId, mut waiting: Vec<Seal>) {
+        let me = self.device;
+        let mut strangers = 0;
+        waiting.retain(|s| {
+            let known = s.device == me || self.members_view.contains_key(&s.device);
+            strangers += usize::from(!known);
+            known || strangers <= MAX_WAITING_STRANGERS
+        });
+        let waiting = self.bounded(waiting);
+        match doc {
+            DocId::Index => {
+                if self.tail6.index_waiting != waiting {
+                    self.tail6.index_waiting = waiting;
+                    self.state_dirty = true;
+                }
+            }
+            DocId::File(f) => {
+                let same = match self.files.get(&f) {
+                    Some(m) => m.waiting == waiting && !self.waiting_apart.contains_key(&f),
+                    None => self
+                        .waiting_apart
+                        .get(&f)
+                        .map_or(waiting.is_empty(), |w| *w == waiting),
+                };
+                if same {
+                    return;
+                }
+                match self.files.get_mut(&f) {
+                    Some(mut m) => {
+                        m.waiting = waiting;
+                        self.dirty.insert(f);
+                        self.waiting_apart.remove(&f);
+                    }
+                    // A document with no record yet (what came of it waits for its
+                    // first changes) is not stored either: its seals wait in memory.
+                    None if waiting.is_empty() => {
+                        self.waiting_apart.remove(&f);
+                    }
+                    None => {
+                        if self.waiting_apart.len() < MAX_WAITING_APART
+                            || self.waiting_apart.contains_key(&f)
+                        {
+                            self.waiting_apart.insert(f, waiting);
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -26,6 +26,12 @@ pub struct FileMeta {
     /// with its changes, so that a peer they reach through another member can tell they
     /// are their author's. Stored after the compact record (older records have none).
     pub seals: Vec<Seal>,
+    /// Seals that came for changes not yet applied here (automerge sets a change aside
+    /// until its dependencies come): kept until their changes are, then they replace
+    /// their devices' in `seals`. Stored after `seals` (older records have none): lost,
+    /// the changes they vouch for would be held here with no seal that reaches them, and
+    /// every peer would refuse them from us as forged.
+    pub waiting: Vec<Seal>,
 }
 
 /// The first layout of [`FileMeta`] records (before `pending`), still read.
@@ -88,8 +94,11 @@ pub(super) fn encode_meta(m: &FileMeta) -> Vec<u8> {
     };
     let mut bytes = vec![META_COMPACT];
     bytes.extend(postcard::to_allocvec(&compact).unwrap_or_default());
-    if !m.seals.is_empty() {
+    if !m.seals.is_empty() || !m.waiting.is_empty() {
         bytes.extend(postcard::to_allocvec(&m.seals).unwrap_or_default());
+    }
+    if !m.waiting.is_empty() {
+        bytes.extend(postcard::to_allocvec(&m.waiting).unwrap_or_default());
     }
     bytes
 }
@@ -100,10 +109,14 @@ pub(super) fn decode_meta(bytes: &[u8]) -> Option<FileMeta> {
     {
         // Seals that do not decode are lost alone: the next seal of each device brings
         // them back, and until then only changes that reach us through others wait.
-        let seals = if rest.is_empty() {
-            Vec::new()
-        } else {
-            postcard::from_bytes::<Vec<Seal>>(rest).unwrap_or_default()
+        let (seals, waiting) = match postcard::take_from_bytes::<Vec<Seal>>(rest) {
+            _ if rest.is_empty() => (Vec::new(), Vec::new()),
+            Ok((seals, [])) => (seals, Vec::new()),
+            Ok((seals, rest)) => (
+                seals,
+                postcard::from_bytes::<Vec<Seal>>(rest).unwrap_or_default(),
+            ),
+            Err(_) => (Vec::new(), Vec::new()),
         };
         let doc_hash = match c.doc_hash {
             StoredHash::Unknown => None,
@@ -122,6 +135,7 @@ pub(super) fn decode_meta(bytes: &[u8]) -> Option<FileMeta> {
             prev_disk_heads: c.prev_disk_heads,
             increments: c.increments,
             seals,
+            waiting,
         });
     }
     let old = postcard::from_bytes::<FileMetaV1>(bytes).ok()?;
@@ -135,6 +149,7 @@ pub(super) fn decode_meta(bytes: &[u8]) -> Option<FileMeta> {
         increments: old.increments,
         pending: Vec::new(),
         seals: Vec::new(),
+        waiting: Vec::new(),
     })
 }
 
@@ -206,6 +221,13 @@ pub(super) struct StateTail5 {
     pub(super) index_seals: Vec<Seal>,
 }
 
+/// Added after [`StateTail5`], stored after it in the same way: the seals that came for
+/// index changes not yet applied here (see [`FileMeta::waiting`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct StateTail6 {
+    pub(super) index_waiting: Vec<Seal>,
+}
+
 /// Added after [`LaterCounters`], stored after it in the same way.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(super) struct LaterCounters2 {
@@ -219,6 +241,7 @@ pub(super) fn encode_state(
     tail3: &StateTail3,
     tail4: &StateTail4,
     tail5: &StateTail5,
+    tail6: &StateTail6,
 ) -> Vec<u8> {
     let mut bytes = postcard::to_allocvec(state).unwrap_or_default();
     bytes.extend(postcard::to_allocvec(tail).unwrap_or_default());
@@ -239,6 +262,7 @@ pub(super) fn encode_state(
     bytes.extend(postcard::to_allocvec(&later2).unwrap_or_default());
     bytes.extend(postcard::to_allocvec(tail4).unwrap_or_default());
     bytes.extend(postcard::to_allocvec(tail5).unwrap_or_default());
+    bytes.extend(postcard::to_allocvec(tail6).unwrap_or_default());
     bytes
 }
 
@@ -250,6 +274,7 @@ pub(super) type Stored = (
     StateTail3,
     StateTail4,
     StateTail5,
+    StateTail6,
 );
 
 pub(super) fn decode_state(bytes: &[u8]) -> Option<Stored> {
@@ -261,6 +286,7 @@ pub(super) fn decode_state(bytes: &[u8]) -> Option<Stored> {
         StateTail3::default(),
         StateTail4::default(),
         StateTail5::default(),
+        StateTail6::default(),
     );
     if rest.is_empty() {
         return Some(stored);
@@ -294,7 +320,10 @@ pub(super) fn decode_state(bytes: &[u8]) -> Option<Stored> {
                 if let Ok((tail4, rest)) = postcard::take_from_bytes::<StateTail4>(rest) {
                     stored.4 = tail4;
                     // Seals that do not decode are lost alone too (see `decode_meta`).
-                    stored.5 = postcard::from_bytes::<StateTail5>(rest).unwrap_or_default();
+                    if let Ok((tail5, rest)) = postcard::take_from_bytes::<StateTail5>(rest) {
+                        stored.5 = tail5;
+                        stored.6 = postcard::from_bytes::<StateTail6>(rest).unwrap_or_default();
+                    }
                 }
             }
         }
@@ -327,6 +356,7 @@ pub(super) struct Decoded {
     pub(super) tail3: StateTail3,
     pub(super) tail4: StateTail4,
     pub(super) tail5: StateTail5,
+    pub(super) tail6: StateTail6,
     pub(super) metas: BTreeMap<FileId, FileMeta>,
     /// Files whose pending changes came out of an older state: stored with them, in the
     /// same transaction as the state without them.
@@ -351,7 +381,7 @@ pub(super) fn decode_restored(restored: Restored, actor: &ActorId) -> Decoded {
         }
         None => IndexDoc::new(actor.clone()),
     };
-    let (mut state, tail, mut tail2, tail3, tail4, tail5) = restored
+    let (mut state, tail, mut tail2, tail3, tail4, tail5, tail6) = restored
         .state
         .as_deref()
         .and_then(decode_state)
@@ -376,6 +406,7 @@ pub(super) fn decode_restored(restored: Restored, actor: &ActorId) -> Decoded {
         tail3,
         tail4,
         tail5,
+        tail6,
         metas,
         moved,
         older_layout,
@@ -446,7 +477,11 @@ mod tests {
             pending_same in any::<bool>(),
             mut pending in heads(),
             seals in prop::collection::vec((0u8..4, any::<u32>(), any::<u64>(), any::<[u8; 32]>()), 0..3),
+            waiting in prop::collection::vec((0u8..4, any::<u32>(), any::<u64>(), any::<[u8; 32]>()), 0..3),
         ) -> FileMeta {
+            let seal = |(k, epoch, n, hash): (u8, u32, u64, [u8; 32])| {
+                SealKey::from_seed(&[k; 32]).seal(epoch, n, vec![hash])
+            };
             pending.sort_unstable();
             pending.dedup();
             let doc_hash = match (&disk, doc_hash_on_disk) {
@@ -469,10 +504,8 @@ mod tests {
                 } else {
                     pending
                 },
-                seals: seals
-                    .into_iter()
-                    .map(|(k, epoch, n, hash)| SealKey::from_seed(&[k; 32]).seal(epoch, n, vec![hash]))
-                    .collect(),
+                seals: seals.into_iter().map(seal).collect(),
+                waiting: waiting.into_iter().map(seal).collect(),
             }
         }
     }
@@ -497,8 +530,18 @@ mod tests {
             .unwrap();
             prop_assert_eq!(
                 decode_meta(&old),
-                Some(FileMeta { pending: Vec::new(), seals: Vec::new(), ..meta })
+                Some(FileMeta { pending: Vec::new(), seals: Vec::new(), waiting: Vec::new(), ..meta })
             );
+        }
+
+        #[test]
+        fn a_file_meta_stored_before_waiting_seals_reads_its_seals(meta in file_meta()) {
+            let meta = FileMeta { waiting: Vec::new(), ..meta };
+            let mut old = vec![META_COMPACT];
+            let mut stored = encode_meta(&meta);
+            // Written as before: the compact record, then the seals if there are any.
+            old.extend(stored.drain(1..));
+            prop_assert_eq!(decode_meta(&old), Some(meta));
         }
     }
 
@@ -524,6 +567,7 @@ mod tests {
                 &StateTail3::default(),
                 &StateTail4::default(),
                 &StateTail5::default(),
+                &StateTail6::default(),
             )),
             index: None,
             metas: vec![(file, encode_meta(&meta))],
@@ -550,7 +594,7 @@ mod tests {
             Effect::Persist(Persist::State { bytes }) => decode_state(bytes),
             _ => None,
         });
-        let (stored_state, _, tail2, _, _, _) = stored_state.expect("state stored");
+        let (stored_state, _, tail2, _, _, _, _) = stored_state.expect("state stored");
         assert!(stored_state.unconfirmed.is_empty());
         // The index's pending change, and the engine's own first one (it enters itself
         // in the member list of the new index).
@@ -578,12 +622,25 @@ mod tests {
         let tail5 = StateTail5 {
             index_seals: vec![SealKey::from_seed(&[2; 32]).seal(3, 4, vec![[5; 32]])],
         };
-        let bytes = encode_state(&parts.0, &parts.1, &parts.2, &parts.3, &tail4, &tail5);
+        let tail6 = StateTail6 {
+            index_waiting: vec![SealKey::from_seed(&[3; 32]).seal(4, 5, vec![[6; 32]])],
+        };
+        let bytes = encode_state(
+            &parts.0, &parts.1, &parts.2, &parts.3, &tail4, &tail5, &tail6,
+        );
         let decoded = decode_state(&bytes).expect("decodes");
         assert_eq!(decoded.4.overlaps, vec![notice.clone()]);
         assert_eq!(decoded.5.index_seals, tail5.index_seals);
+        assert_eq!(decoded.6.index_waiting, tail6.index_waiting);
+        // A state written before waiting seals were stored ends before them, its seals
+        // still read.
+        let before_waiting = &bytes[..bytes.len() - postcard::to_allocvec(&tail6).unwrap().len()];
+        let decoded = decode_state(before_waiting).expect("decodes");
+        assert_eq!(decoded.5.index_seals, tail5.index_seals);
+        assert!(decoded.6.index_waiting.is_empty());
         // A state written before the seals existed ends before them.
-        let before_seals = &bytes[..bytes.len() - postcard::to_allocvec(&tail5).unwrap().len()];
+        let before_seals =
+            &before_waiting[..before_waiting.len() - postcard::to_allocvec(&tail5).unwrap().len()];
         let decoded = decode_state(before_seals).expect("decodes");
         assert_eq!(decoded.4.overlaps, vec![notice]);
         assert!(decoded.5.index_seals.is_empty());
@@ -616,9 +673,10 @@ mod tests {
             increments: 0,
             pending: vec![[1; 32]],
             seals: Vec::new(),
+            waiting: Vec::new(),
         };
-        // As a plain record would be (its one-byte count of seals aside).
-        let old = postcard::to_allocvec(&meta).unwrap().len() - 1;
+        // As a plain record would be (its one-byte counts of seals aside).
+        let old = postcard::to_allocvec(&meta).unwrap().len() - 2;
         // Three copies of 33 bytes (a hash and its marker) left out, for a tag and three
         // one-byte markers: 160 bytes a file become 85.
         assert_eq!(encode_meta(&meta).len() + 95, old);

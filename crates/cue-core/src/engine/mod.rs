@@ -98,9 +98,9 @@ pub struct Engine {
     epoch: u32,
     /// Seals made in this run: their order (`crate::seal::Seal::counter`).
     seal_counter: u64,
-    /// Seals that came (verified) before the changes they name: kept until those
-    /// arrive, a few thousand documents at most (see `apply.rs`).
-    waiting_seals: BTreeMap<DocId, Vec<Seal>>,
+    /// Seals that came (verified) before the changes they name, for documents with no
+    /// record yet (those with one keep theirs in it, stored: `FileMeta::waiting`).
+    waiting_apart: BTreeMap<FileId, Vec<Seal>>,
     name: String,
     actor: ActorId,
     config: Config,
@@ -156,6 +156,7 @@ pub struct Engine {
     /// Overlapping-edit notices (see `overlaps.rs`).
     tail4: StateTail4,
     tail5: StateTail5,
+    tail6: StateTail6,
     /// The file each path was last written or removed for, so that a write that failed
     /// is taken back from the right file (cleared at each tick).
     disk_ops: BTreeMap<String, FileId>,
@@ -251,6 +252,7 @@ impl Engine {
             tail3,
             tail4,
             tail5,
+            tail6,
             metas,
             moved,
             older_layout,
@@ -261,7 +263,7 @@ impl Engine {
             key,
             epoch,
             seal_counter: 0,
-            waiting_seals: BTreeMap::new(),
+            waiting_apart: BTreeMap::new(),
             name: name.to_string(),
             actor,
             config,
@@ -305,6 +307,7 @@ impl Engine {
             tail3,
             tail4,
             tail5,
+            tail6,
             disk_ops: BTreeMap::new(),
             unwritable: BTreeMap::new(),
             replaced_versions: VecDeque::new(),

@@ -285,6 +285,7 @@ impl Engine {
                     &self.tail3,
                     &self.tail4,
                     &self.tail5,
+                    &self.tail6,
                 ),
             }));
             self.state_dirty = false;
