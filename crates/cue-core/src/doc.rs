@@ -204,6 +204,47 @@ impl FileDoc {
         Ok((at.materialize()?, at.exec()))
     }
 
+    /// Did this document stand for the file hashed as `want` ([`crate::ids::file_hash`])
+    /// at some point of its history? Its changes are replayed in causal order and the
+    /// file rendered after each, so every version its devices saved is looked at (and,
+    /// where edits were concurrent, some interleavings no device held: bytes those give
+    /// are still bytes this document can give back). `None` when finding out would take
+    /// more than [`VERSION_SEARCH_CHANGES`] changes or [`VERSION_SEARCH_BYTES`] bytes
+    /// rendered, or the document cannot be replayed: not known, which callers must take
+    /// as a no.
+    pub fn had_version(&mut self, want: &crate::ids::ContentHash) -> Option<bool> {
+        let changes = changes_since(&mut self.doc, &[])?;
+        if changes.len() > VERSION_SEARCH_CHANGES {
+            return None;
+        }
+        // A peer's document can load and still make automerge panic on replay (see
+        // [`load_peer_document`]): that is a "not known".
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut at = FileDoc {
+                doc: AutoCommit::new(),
+                saved: Vec::new(),
+            };
+            let mut rendered = 0usize;
+            for change in changes {
+                at.doc.apply_changes([change]).ok()?;
+                if at.kind().is_none() {
+                    continue;
+                }
+                let bytes = at.materialize().ok()?;
+                rendered += bytes.len();
+                if rendered > VERSION_SEARCH_BYTES {
+                    return None;
+                }
+                if crate::ids::file_hash(&bytes, at.exec()) == *want {
+                    return Some(true);
+                }
+            }
+            Some(false)
+        }))
+        .ok()
+        .flatten()
+    }
+
     /// The exact bytes this document stands for.
     pub fn materialize(&self) -> Result<Vec<u8>, DocError> {
         match self.kind() {
@@ -926,6 +967,14 @@ pub fn change_from_bytes(bytes: Vec<u8>) -> Result<automerge::Change, String> {
 
 /// The most operations of a change [`well_formed`] decodes (about 230 MB at this bound).
 pub const DECODE_AT_MOST: usize = 1 << 20;
+
+/// How many changes [`FileDoc::had_version`] replays at most: a note edited a few
+/// thousand times is searched whole, a longer history is not searched.
+pub const VERSION_SEARCH_CHANGES: usize = 4096;
+
+/// How many bytes [`FileDoc::had_version`] renders at most (the file after each change):
+/// 4,096 versions of a 16 KB note.
+pub const VERSION_SEARCH_BYTES: usize = 64 << 20;
 
 /// Whether automerge can be trusted with a peer's change. automerge 0.12 trusts a
 /// change's inside: of the 36,256 that parse among 100,000 random edits of one real

@@ -269,23 +269,25 @@ impl Engine {
             if files.len() < 2 {
                 continue;
             }
-            let winner = files[0];
-            let path = live[&winner].as_str();
-            let winner_hash = self.files.get(&winner).and_then(|m| m.doc_hash);
+            let mut winner = files[0];
             for loser in &files[1..] {
-                let loser_hash = self.files.get(loser).and_then(|m| m.doc_hash);
-                // Two creations of the same bytes (a folder copied to two machines) are
-                // one file. Conflict copies are never merged away this way: they hold a
-                // version that lost, and equal bytes at one moment say nothing of later.
-                if loser_hash == winner_hash && !copies.contains(loser) && !copies.contains(&winner)
+                // Conflict copies are never merged away: they hold a version that lost,
+                // and equal bytes at one moment say nothing of later.
+                if !copies.contains(loser)
+                    && !copies.contains(&winner)
+                    && let Some(dropped) = self.one_file(winner, *loser, store)
                 {
-                    let heads = self.doc_heads(*loser, store);
+                    let heads = self.doc_heads(dropped, store);
                     let _ = self
                         .index
-                        .set_tombstone(loser, &Tombstone { time_ms: 0, heads });
+                        .set_tombstone(&dropped, &Tombstone { time_ms: 0, heads });
+                    if dropped == winner {
+                        winner = *loser;
+                    }
                     changed = true;
                     continue;
                 }
+                let path = live[&winner].as_str();
                 let origin = self.index.origin(loser).unwrap_or(self.device);
                 let origin_name = members
                     .get(&origin)
@@ -317,6 +319,42 @@ impl Engine {
         changed |= self.settle_file_folder_clashes(&live, &taken, &mut new_names);
         if changed {
             self.commit_index();
+        }
+    }
+
+    /// Are two live files at one name one file, and which is to go? Two creations of
+    /// the same bytes (a folder copied to two machines) are: the second goes. So are a
+    /// copy and a file that held the copy's bytes at an earlier version (the folder
+    /// copied, then edited on one machine before they met; a device joining again with
+    /// its old folder): the copy goes, and the file with the later edits stays. Nothing
+    /// is lost: the copy's bytes are a version of the file kept, and its tombstone names
+    /// only the changes seen here, so an edit made to it meanwhile brings it back (then
+    /// the two differ and the next settle makes a conflict copy). `None`: two files.
+    fn one_file(
+        &mut self,
+        winner: FileId,
+        loser: FileId,
+        store: &mut dyn DocStore,
+    ) -> Option<FileId> {
+        let hash = |f: &FileId| self.files.get(f).and_then(|m| m.doc_hash);
+        let (winner_hash, loser_hash) = (hash(&winner), hash(&loser));
+        if winner_hash == loser_hash {
+            return Some(loser);
+        }
+        let mut had = |file: FileId, bytes: Option<ContentHash>| {
+            bytes.is_some_and(|h| {
+                self.with_doc(file, store, |d| Ok(d.had_version(&h)))
+                    .ok()
+                    .flatten()
+                    == Some(true)
+            })
+        };
+        if had(winner, loser_hash) {
+            Some(loser)
+        } else if had(loser, winner_hash) {
+            Some(winner)
+        } else {
+            None
         }
     }
 
