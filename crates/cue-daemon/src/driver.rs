@@ -236,6 +236,26 @@ pub struct Paused {
     pub since_ms: i64,
 }
 
+/// Events a [`Driver::watch_step`] takes in at most: a part fed to the engine (64
+/// files) takes about 150 ms of a busy source, so what a peer sends during a `git
+/// checkout` of thousands waits about that long, not until the whole checkout is in.
+pub const WATCH_STEP: usize = 64;
+
+/// A batch of watcher events being taken in a step at a time (see [`Driver::watch_begin`]).
+#[derive(Debug)]
+pub struct WatchWork {
+    events: std::collections::VecDeque<WatchEvent>,
+    rescan: bool,
+    started: bool,
+}
+
+impl WatchWork {
+    /// Nothing left to take in (a batch of no events is done once stepped).
+    pub fn done(&self) -> bool {
+        self.started && self.events.is_empty() && !self.rescan
+    }
+}
+
 /// The engine, the store and the folder of one workspace.
 pub struct Driver {
     engine: Engine,
@@ -951,27 +971,66 @@ impl Driver {
     /// The messages of each part fed (`Gathered`: 64 files at a time) go to `send` as
     /// soon as that part is stored, so that a peer gets the first files of a `git
     /// checkout` of thousands while the rest are taken in, not all of them at the end;
-    /// what is left is returned.
+    /// what is left is returned. The daemon takes a batch a step at a time instead
+    /// ([`Driver::watch_begin`], [`Driver::watch_step`]), handling what peers send
+    /// between the steps.
     pub fn watch_events(
         &mut self,
         now: i64,
         events: Vec<WatchEvent>,
         send: &mut dyn FnMut(&mut Store, Vec<Outgoing>),
     ) -> Result<Vec<Outgoing>, DriverError> {
+        let mut work = self.watch_begin(events);
         let mut out = Vec::new();
+        while !work.done() {
+            if !out.is_empty() {
+                send(self.store_mut(), std::mem::take(&mut out));
+            }
+            out = self.watch_step(now, &mut work, send)?;
+        }
+        Ok(out)
+    }
+
+    /// A batch of watcher events, to be taken in by [`Driver::watch_step`]: the guard
+    /// counts what the whole batch removes first ("at once" is the batch, however many
+    /// steps take it in).
+    pub fn watch_begin(&mut self, events: Vec<WatchEvent>) -> WatchWork {
         if events.iter().any(|e| matches!(e, WatchEvent::RootGone)) {
             let known = self.engine.disk().count();
             self.trip_guard("the workspace folder itself disappeared".to_string(), known);
         }
         self.guard_batch(&events);
-        let mut rescan = false;
+        WatchWork {
+            events: events.into(),
+            rescan: false,
+            started: false,
+        }
+    }
+
+    /// Takes in the next [`WATCH_STEP`] events of `work`, everything gathered of them
+    /// fed before returning, so that the engine may take peers' messages between two
+    /// steps: a remote change applied to a file whose local change was still gathered
+    /// (read, not yet fed) would have that older read fed after it, as an edit undoing
+    /// it. The last step runs the rescan the batch asked for.
+    pub fn watch_step(
+        &mut self,
+        now: i64,
+        work: &mut WatchWork,
+        send: &mut dyn FnMut(&mut Store, Vec<Outgoing>),
+    ) -> Result<Vec<Outgoing>, DriverError> {
+        work.started = true;
+        let part: Vec<WatchEvent> = work
+            .events
+            .drain(..WATCH_STEP.min(work.events.len()))
+            .collect();
+        let mut out = Vec::new();
         self.gathered = Some(Gathered::default());
-        let result = self.gather_events(now, events, &mut rescan, &mut out, send);
+        let result = self.gather_events(now, part, &mut work.rescan, &mut out, send);
         let fed = self.feed_gathered(now);
         self.gathered = None;
         result?;
         out.extend(fed?);
-        if rescan && self.guard.is_none() {
+        if work.events.is_empty() && std::mem::take(&mut work.rescan) && self.guard.is_none() {
             out.extend(self.startup_scan(now)?);
         }
         Ok(out)

@@ -503,3 +503,33 @@ fn a_file_created_at_once_on_two_peers_keeps_both_versions() {
     a.stop();
     b.stop();
 }
+
+/// Alice's daemon takes in a large copy-in (a `git checkout`, an unzipped folder) while
+/// bob edits: bob's edit lands on alice's disk, and `cue sync status` answers, while
+/// alice is still taking the copy in, not after it. Alice's daemon used to handle
+/// nothing from peers until the whole batch was in.
+#[test]
+fn a_peers_edit_lands_while_a_large_copy_is_being_taken_in() {
+    let (_relay, a, b) = pair();
+    b.write("from-bob.md", "one\n");
+    wait_for_file(&a, "from-bob.md", "bob's first version", |c| c == "one\n");
+    let files = 3000;
+    for i in 0..files {
+        a.write(
+            &format!("copied/n{i:04}.md"),
+            &format!("# Note {i}\n\n{}\n", "words of a copied note ".repeat(40)),
+        );
+    }
+    b.write("from-bob.md", "one\ntwo\n");
+    wait_for_file(&a, "from-bob.md", "bob's edit", |c| c == "one\ntwo\n");
+    let taken_in = a.status().0["files"].as_u64().unwrap();
+    assert!(
+        taken_in < files + 1,
+        "bob's edit landed only once alice had taken in all {taken_in} files"
+    );
+    wait_until("alice to take in the whole copy", || {
+        a.status().0["files"].as_u64() == Some(files + 1)
+    });
+    a.stop();
+    b.stop();
+}
