@@ -746,21 +746,35 @@ fn emptying_a_file_while_another_device_edits_it_keeps_the_typed_text() {
 /// keeps its id depends on ids drawn at random.
 #[test]
 fn a_copy_of_an_earlier_version_is_the_same_file() {
-    for seed in 0..6 {
-        for stale in 0..2 {
-            let fresh = 1 - stale;
-            let mut w = World::online(2, seed);
-            w.disconnect(1);
-            w.write(fresh, "n.md", b"# Plan\n");
-            w.write(fresh, "n.md", b"# Plan\n\nship it\n");
-            w.write(stale, "n.md", b"# Plan\n");
-            w.connect(1);
-            w.settle_converged();
-            for p in 0..2 {
-                let files: Vec<&String> = w.peers[p].disk.keys().collect();
-                assert_eq!(files, ["n.md"], "seed {seed}, stale {stale}, peer {p}");
-                assert_eq!(w.read(p, "n.md").as_deref(), Some("# Plan\n\nship it\n"));
-                assert!(w.status(p).conflicts.is_empty());
+    let plain: [&str; 3] = [
+        "# Plan\n",
+        "# Plan\n\nship it\n",
+        "# Plan\n\nship it today\n",
+    ];
+    let with_frontmatter: [&str; 3] = [
+        "---\ntitle: Plan\ntags: [q1]\n---\n# Plan\n",
+        "---\ntitle: Plan\ntags: [q1, q2]\n---\n# Plan\n\nship it\n",
+        "---\ntitle: Plan B\ntags: [q1, q2]\n---\n# Plan\n\nship it\n",
+    ];
+    for versions in [plain, with_frontmatter] {
+        for seed in 0..4 {
+            for stale in 0..2 {
+                let fresh = 1 - stale;
+                let mut w = World::online(2, seed);
+                w.disconnect(1);
+                for v in versions {
+                    w.write(fresh, "n.md", v.as_bytes());
+                }
+                // The copy holds the version before last.
+                w.write(stale, "n.md", versions[1].as_bytes());
+                w.connect(1);
+                w.settle_converged();
+                for p in 0..2 {
+                    let files: Vec<&String> = w.peers[p].disk.keys().collect();
+                    assert_eq!(files, ["n.md"], "seed {seed}, stale {stale}, peer {p}");
+                    assert_eq!(w.read(p, "n.md").as_deref(), Some(versions[2]));
+                    assert!(w.status(p).conflicts.is_empty());
+                }
             }
         }
     }

@@ -341,17 +341,24 @@ impl Engine {
         if winner_hash == loser_hash {
             return Some(loser);
         }
-        let mut had = |file: FileId, bytes: Option<ContentHash>| {
-            bytes.is_some_and(|h| {
-                self.with_doc(file, store, |d| Ok(d.had_version(&h)))
+        // Each one's bytes, looked for in the other's history.
+        let path = self.index.path_of(&winner)?;
+        let mut content = |file: FileId| {
+            self.with_doc(file, store, |d| Ok((d.materialize()?, d.exec())))
+                .ok()
+        };
+        let (winner_bytes, loser_bytes) = (content(winner), content(loser));
+        let mut had = |file: FileId, other: Option<(Vec<u8>, bool)>| {
+            other.is_some_and(|(bytes, exec)| {
+                self.with_doc(file, store, |d| Ok(d.had_version(&path, &bytes, exec)))
                     .ok()
                     .flatten()
                     == Some(true)
             })
         };
-        if had(winner, loser_hash) {
+        if had(winner, loser_bytes) {
             Some(loser)
-        } else if had(loser, winner_hash) {
+        } else if had(loser, winner_bytes) {
             Some(winner)
         } else {
             None
