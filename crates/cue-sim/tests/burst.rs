@@ -504,3 +504,47 @@ fn documents_loaded_ahead_on_several_threads_end_as_on_one() {
         );
     }
 }
+
+/// A pull is answered a chunk of documents at a time (`Config::answer_chunk_bytes`), the
+/// rest at the next inputs and ticks: a first sync of many notes never has the whole
+/// workspace to be sent made at once (every input the source handles makes at most a
+/// chunk of it, plus one document), and still ends with every note on the new peer.
+#[test]
+fn a_first_sync_is_answered_a_chunk_at_a_time_and_completes() {
+    let chunk = 32 * 1024;
+    let config = Config {
+        answer_chunk_bytes: chunk,
+        ..Config::default()
+    };
+    let mut w = World::new(2, 21, config);
+    let body = "A line of a note, long enough to weigh something.\n".repeat(80);
+    let notes: Vec<(String, Vec<u8>)> = (0..120)
+        .map(|i| {
+            (
+                format!("n/{i:03}.md"),
+                format!("# {i}\n{body}").into_bytes(),
+            )
+        })
+        .collect();
+    w.write_many(0, &notes);
+    w.connect(0);
+    w.connect(1);
+    let mut most = 0;
+    let mut sent = 0;
+    while let Some((from, len)) = w.next_in_flight() {
+        let before = w.in_flight_bytes_from(0) - if from == 0 { len } else { 0 };
+        w.step();
+        let made = w.in_flight_bytes_from(0) - before;
+        most = most.max(made);
+        sent += made;
+    }
+    // A note's answer is its document and its content: about 10 KB here.
+    assert!(sent > 4 * chunk, "{sent}");
+    assert!(
+        most <= chunk + 16 * 1024,
+        "one input made {most} bytes to send"
+    );
+    w.settle(20);
+    w.settle_converged();
+    assert_eq!(w.peers[1].disk.len(), notes.len());
+}

@@ -185,6 +185,8 @@ pub struct Engine {
     pacer: Pacer,
     /// Heavy pulls waiting for their asker's allowance, the latest per asker.
     deferred_pulls: BTreeMap<DeviceId, DeferredPull>,
+    /// Pulls being answered a chunk at a time (`pull.rs`), by asker.
+    answering: BTreeMap<DeviceId, pull::Answer>,
     /// The order of the pulls put to wait ([`DeferredPull::queued`]).
     deferred_queue: u64,
     /// The driver's check of admissions in the member list (see `members.rs`).
@@ -320,6 +322,7 @@ impl Engine {
             pull_limits: PullLimiter::new(),
             pacer: Pacer::new(),
             deferred_pulls: BTreeMap::new(),
+            answering: BTreeMap::new(),
             deferred_queue: 0,
             admission_check: None,
             members_view: BTreeMap::new(),
@@ -392,6 +395,7 @@ impl Engine {
             self.dispatch(input, store);
         }
         self.prepared.clear();
+        self.continue_answers(store);
         self.finish(store)
     }
 
@@ -493,6 +497,9 @@ impl Engine {
             Input::Disconnected => {
                 self.connected = false;
                 self.pull = None;
+                // Every asker's answer too: each asks again when we meet again (an
+                // asker we had not marked online is not caught by `peer_offline`).
+                self.answering.clear();
                 let online: Vec<DeviceId> = self
                     .peers
                     .iter()

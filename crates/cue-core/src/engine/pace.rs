@@ -78,7 +78,7 @@ impl std::fmt::Debug for Pacer {
 }
 
 /// What an item weighs in the waiting bound: its automerge bytes and content as they came.
-fn size(item: &Item) -> usize {
+pub(super) fn size(item: &Item) -> usize {
     match item {
         Item::Changes { changes, .. } => changes.iter().map(Vec::len).sum(),
         Item::Whole { bytes, .. } => bytes.len(),

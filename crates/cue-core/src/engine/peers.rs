@@ -293,6 +293,7 @@ impl Engine {
         peer.online = false;
         peer.chunks.clear();
         self.deferred_pulls.remove(&device);
+        self.answering.remove(&device);
         if self.pull.as_ref().is_some_and(|p| p.peer == device) {
             self.pull = None;
         }

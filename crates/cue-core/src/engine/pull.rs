@@ -12,6 +12,15 @@ pub(super) struct ActivePull {
     pub(super) changed: bool,
 }
 
+/// A pull being answered: the documents left to answer, in order, with the asker's
+/// heads of each (`None`: it does not have it).
+#[derive(Debug)]
+pub(super) struct Answer {
+    id: u64,
+    full: bool,
+    docs: VecDeque<(DocId, Option<Heads>)>,
+}
+
 impl Engine {
     /// Catch up with one peer at a time: among online peers whose digest differs from
     /// ours, ask the first one we have not just asked for that same state.
@@ -134,12 +143,68 @@ impl Engine {
                 }
             }
         }
-        for (doc, their) in docs {
-            if let Some(item) = self.answer_for(doc, their.as_ref(), full, store) {
+        // A light pull (the missing dependencies of a document or a few) is answered at
+        // once, and never takes the place of a catch-up being answered: the asker waits
+        // for that one's end.
+        if !full && !complete && docs.len() <= super::limit::LIGHT_PULL_DOCS {
+            for (doc, their) in docs {
+                if let Some(item) = self.answer_for(doc, their.as_ref(), full, store) {
+                    self.send(from, item);
+                }
+            }
+            self.send(from, Item::PullDone { id });
+            return;
+        }
+        // The index at once, against the heads the asker gave: later in this call its own
+        // index changes may arrive, after which it would be sent change by change rather
+        // than whole (three times the bytes at a first sync).
+        let mut docs: VecDeque<(DocId, Option<Heads>)> = docs.into();
+        while let Some((DocId::Index, _)) = docs.front() {
+            if let Some((doc, their)) = docs.pop_front()
+                && let Some(item) = self.answer_for(doc, their.as_ref(), full, store)
+            {
                 self.send(from, item);
             }
         }
-        self.send(from, Item::PullDone { id });
+        // A newer pull from the same asker takes the place of one still being answered
+        // (the asker waits only for its latest).
+        self.answering.insert(from, Answer { id, full, docs });
+        // Answered from the end of this call on (`handle_batch` → `continue_answers`).
+    }
+
+    /// Answers the pulls under way, at most `answer_chunk_bytes` of documents in this
+    /// call (every call goes on with them: ticks while any is left, `wants_frequent_ticks`),
+    /// so that what waits to be sent stays bounded whatever the workspace's size. Each
+    /// document is answered as it is when its turn comes; `PullDone` ends the answer.
+    pub(super) fn continue_answers(&mut self, store: &mut dyn DocStore) {
+        let mut budget = self.config.answer_chunk_bytes.max(1);
+        let askers: Vec<DeviceId> = self.answering.keys().copied().collect();
+        // (An asker that goes offline has its answer dropped: `peer_offline`.)
+        for from in askers {
+            while budget > 0 {
+                let Some(answer) = self.answering.get_mut(&from) else {
+                    break;
+                };
+                let full = answer.full;
+                let Some((doc, their)) = answer.docs.pop_front() else {
+                    let id = answer.id;
+                    self.answering.remove(&from);
+                    self.send(from, Item::PullDone { id });
+                    break;
+                };
+                if let Some(item) = self.answer_for(doc, their.as_ref(), full, store) {
+                    budget = budget.saturating_sub(pace::size(&item));
+                    self.send(from, item);
+                }
+            }
+            // The last document may have used the budget up: end the answer in this
+            // call if nothing is left of it.
+            if self.answering.get(&from).is_some_and(|a| a.docs.is_empty())
+                && let Some(answer) = self.answering.remove(&from)
+            {
+                self.send(from, Item::PullDone { id: answer.id });
+            }
+        }
     }
 
     pub(super) fn answer_for(
@@ -351,5 +416,26 @@ impl Engine {
             m.pending = left;
             self.dirty.insert(f);
         }
+    }
+}
+
+impl Engine {
+    /// What this engine's pulls are doing (its own, the answers it gives, those waiting),
+    /// for the simulation's trace of a failing schedule (`CUE_SIM_TRACE`).
+    #[doc(hidden)]
+    pub fn debug_pulls(&self) -> String {
+        format!(
+            "pull={:?} answering={:?} deferred={:?} peers={:?}",
+            self.pull.as_ref().map(|p| (p.peer, p.id, p.started_ms)),
+            self.answering
+                .iter()
+                .map(|(k, a)| (*k, a.id, a.docs.len()))
+                .collect::<Vec<_>>(),
+            self.deferred_pulls.keys().collect::<Vec<_>>(),
+            self.peers
+                .iter()
+                .map(|(k, p)| (*k, p.online))
+                .collect::<Vec<_>>(),
+        )
     }
 }

@@ -97,6 +97,7 @@ impl Engine {
         if !self.tail.unverified.is_empty()
             || self.pull.is_some()
             || !self.deferred_pulls.is_empty()
+            || !self.answering.is_empty()
         {
             return true;
         }
