@@ -1126,8 +1126,15 @@ impl World {
         if self.faults.duplicate > 0.0 && self.rng.random_bool(self.faults.duplicate) {
             self.inflight.push_back(m.clone());
         }
+        self.deliver(m);
+        true
+    }
+
+    /// Hands `m` to its receiver, unless that one has gone offline or left the room it
+    /// was sent in.
+    fn deliver(&mut self, m: InFlight) {
         if !self.peers[m.to].online || self.peers[m.to].held != m.room {
-            return true;
+            return;
         }
         self.now_ms += 1;
         self.messages_delivered += 1;
@@ -1142,7 +1149,6 @@ impl World {
                 bytes: m.bytes,
             },
         );
-        true
     }
 
     /// Delivers, in the order sent, every message in flight from `from` to `to`, and
@@ -1156,19 +1162,7 @@ impl World {
         self.inflight = later;
         let n = now.len();
         for m in now {
-            if !self.peers[m.to].online || self.peers[m.to].held != m.room {
-                continue;
-            }
-            self.now_ms += 1;
-            self.messages_delivered += 1;
-            let from = self.peers[m.from].device;
-            self.input(
-                m.to,
-                Input::Message {
-                    from,
-                    bytes: m.bytes,
-                },
-            );
+            self.deliver(m);
         }
         n
     }

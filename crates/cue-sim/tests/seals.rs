@@ -5,6 +5,21 @@
 use cue_core::Config;
 use cue_sim::World;
 
+/// Four peers, the first three online (the fourth is the new peer that will meet p2
+/// alone). Documents are stored whole at each change: automerge's `save` keeps the
+/// changes it set aside, as the stored form of a long-running daemon's documents does.
+fn three_of_four(seed: u64) -> World {
+    let config = Config {
+        compact_after: 1,
+        ..Config::default()
+    };
+    let mut w = World::new(4, seed, config);
+    for p in 0..3 {
+        w.connect(p);
+    }
+    w
+}
+
 /// p1's new file reaches p2 before p0's new file, on which p1's index change depends:
 /// automerge keeps p1's change aside until p0's comes, and p1's seal for it waits too.
 /// p2 restarts meanwhile, and catches up from p0 alone. Then a new peer that can catch up
@@ -14,16 +29,7 @@ use cue_sim::World;
 #[test]
 fn a_seal_waiting_for_its_changes_survives_a_restart() {
     for seed in 0..4 {
-        // The index stored whole at each change: automerge's `save` keeps changes set
-        // aside, as the stored form of a long-running daemon's index does.
-        let config = Config {
-            compact_after: 1,
-            ..Config::default()
-        };
-        let mut w = World::new(4, seed, config);
-        for p in 0..3 {
-            w.connect(p);
-        }
+        let mut w = three_of_four(seed);
         w.write(0, "a.md", b"a\n");
         w.settle(10);
         w.write(0, "c.md", b"c\n");
@@ -62,14 +68,7 @@ fn a_seal_waiting_for_its_changes_survives_a_restart() {
 #[test]
 fn a_seal_waiting_for_a_files_changes_survives_a_restart() {
     for seed in 0..4 {
-        let config = Config {
-            compact_after: 1,
-            ..Config::default()
-        };
-        let mut w = World::new(4, seed, config);
-        for p in 0..3 {
-            w.connect(p);
-        }
+        let mut w = three_of_four(seed);
         w.write(0, "a.md", b"one\n");
         w.settle(10);
         w.write(0, "a.md", b"one\ntwo\n");
