@@ -421,18 +421,19 @@ impl Daemon<'_> {
             if stop.is_some() {
                 continue;
             }
-            while let Ok(first) = inbox.relay.try_recv() {
-                if let Flow::Stop(reply) = self.on_relay(with_waiting(first, &mut inbox.relay))? {
-                    stop.get_or_insert(reply);
-                }
+            // One relay batch a step, no more: a peer streaming a first sync at us must
+            // not hold the folder's batch up either.
+            if let Ok(first) = inbox.relay.try_recv()
+                && let Flow::Stop(reply) = self.on_relay(with_waiting(first, &mut inbox.relay))?
+            {
+                stop.get_or_insert(reply);
             }
             // `cue sync status` answers during a long batch too.
-            while stop.is_none()
+            if stop.is_none()
                 && let Ok(pending) = inbox.control.try_recv()
+                && let Flow::Stop(reply) = self.on_control(pending)?
             {
-                if let Flow::Stop(reply) = self.on_control(pending)? {
-                    stop = Some(reply);
-                }
+                stop = Some(reply);
             }
         }
     }
