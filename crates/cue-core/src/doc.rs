@@ -205,13 +205,13 @@ impl FileDoc {
     }
 
     /// Did this document stand for the text file `want` (as kept at `path`, executable
-    /// or not) at some point of its history? The version at each of its latest
-    /// [`VERSION_SEARCH_CHANGES`] changes (the change and what it depended on: each
-    /// version a device saved, as `cue history` lists them) is looked at: its body's
-    /// length first, which automerge gives without building the text, and in full only
-    /// where that length is the one wanted, at most [`VERSION_SEARCH_RENDERS`] times.
-    /// `None` when that is not enough to tell (a longer history, a binary file, or a
-    /// document automerge cannot read back): not known, which callers must take as a no.
+    /// or not) at some point of its history? The version at each of its changes (the
+    /// change and what it depended on: each version a device saved, as `cue history`
+    /// lists them) is looked at: its body's length first, which automerge gives without
+    /// building the text, then in full the versions of that length. `None` when that is
+    /// more than [`VERSION_SEARCH_CHANGES`] changes or [`VERSION_SEARCH_RENDERS`]
+    /// versions, a binary file, or a document automerge cannot read back: not known,
+    /// which callers must take as a no.
     pub fn had_version(&mut self, path: &str, want: &[u8], exec: bool) -> Option<bool> {
         if self.kind() != Some(ContentKind::Text) || ContentKind::of(want) != ContentKind::Text {
             return None;
@@ -234,23 +234,26 @@ impl FileDoc {
                 .iter()
                 .map(|m| m.hash)
                 .collect();
-            let newest = hashes.len().saturating_sub(VERSION_SEARCH_CHANGES);
-            let mut renders = 0;
-            for hash in hashes[newest..].iter().rev() {
-                let at = [*hash];
-                if self.doc.length_at(&body_obj, &at) != chars {
-                    continue;
-                }
-                renders += 1;
-                if renders > VERSION_SEARCH_RENDERS {
-                    return None;
-                }
-                let (bytes, x) = self.file_at(&at).ok()?;
+            // Bounds that do not depend on the order automerge lists changes in (each
+            // peer's own order of arrival): two peers holding the same document decide
+            // alike.
+            if hashes.len() > VERSION_SEARCH_CHANGES {
+                return None;
+            }
+            let candidates: Vec<ChangeHash> = hashes
+                .into_iter()
+                .filter(|h| self.doc.length_at(&body_obj, &[*h]) == chars)
+                .collect();
+            if candidates.len() > VERSION_SEARCH_RENDERS {
+                return None;
+            }
+            for hash in candidates {
+                let (bytes, x) = self.file_at(&[hash]).ok()?;
                 if crate::ids::file_hash(&bytes, x) == want_hash {
                     return Some(true);
                 }
             }
-            (newest == 0).then_some(false)
+            Some(false)
         }))
         .ok()
         .flatten()
@@ -979,14 +982,15 @@ pub fn change_from_bytes(bytes: Vec<u8>) -> Result<automerge::Change, String> {
 /// The most operations of a change [`well_formed`] decodes (about 230 MB at this bound).
 pub const DECODE_AT_MOST: usize = 1 << 20;
 
-/// How many of a document's latest versions [`FileDoc::had_version`] looks at: each
-/// costs automerge a walk of the document's operations (≈ 0.2 ms for a 3,000-character
-/// note edited a thousand times, 1.2 ms for a 16 KB one edited 3,000 times).
+/// How many versions [`FileDoc::had_version`] looks at, at most (a longer history is not
+/// searched): each costs automerge a walk of the document's operations (≈ 0.2 ms for a
+/// 3,000-character note edited a thousand times, 1.2 ms for a 16 KB one edited 3,000
+/// times).
 pub const VERSION_SEARCH_CHANGES: usize = 256;
 
 /// How many versions of the wanted length [`FileDoc::had_version`] builds in full at
-/// most: each is a fork of the document at that version.
-pub const VERSION_SEARCH_RENDERS: usize = 8;
+/// most (more is not searched): each is a fork of the document at that version.
+pub const VERSION_SEARCH_RENDERS: usize = 16;
 
 /// Whether automerge can be trusted with a peer's change. automerge 0.12 trusts a
 /// change's inside: of the 36,256 that parse among 100,000 random edits of one real

@@ -422,8 +422,10 @@ impl Daemon<'_> {
                 continue;
             }
             // One relay batch a step, no more: a peer streaming a first sync at us must
-            // not hold the folder's batch up either.
-            if let Ok(first) = inbox.relay.try_recv()
+            // not hold the folder's batch up either. Not after a rotation moved us to
+            // another room: the main loop takes its channel once the batch is in.
+            if self.membership.new_room.is_none()
+                && let Ok(first) = inbox.relay.try_recv()
                 && let Flow::Stop(reply) = self.on_relay(with_waiting(first, &mut inbox.relay))?
             {
                 stop.get_or_insert(reply);

@@ -886,9 +886,12 @@ impl Engine {
             self.files.get_or_default(f).seals = now;
             self.dirty.insert(f);
         }
-        self.set_waiting(DocId::File(f), std::mem::take(&mut applied.waiting));
         if before != after {
             self.files.get_or_default(f);
+        }
+        // After the record is made, so that they are stored with it.
+        self.set_waiting(DocId::File(f), std::mem::take(&mut applied.waiting));
+        if before != after {
             self.refresh_meta(f, store);
             self.record_field_conflicts(f, store);
             self.to_reconcile.insert(f);
