@@ -246,13 +246,12 @@ pub const WATCH_STEP: usize = 64;
 pub struct WatchWork {
     events: std::collections::VecDeque<WatchEvent>,
     rescan: bool,
-    started: bool,
 }
 
 impl WatchWork {
-    /// Nothing left to take in (a batch of no events is done once stepped).
+    /// Nothing left to take in after a step (every batch takes at least one).
     pub fn done(&self) -> bool {
-        self.started && self.events.is_empty() && !self.rescan
+        self.events.is_empty() && !self.rescan
     }
 }
 
@@ -981,14 +980,13 @@ impl Driver {
         send: &mut dyn FnMut(&mut Store, Vec<Outgoing>),
     ) -> Result<Vec<Outgoing>, DriverError> {
         let mut work = self.watch_begin(events);
-        let mut out = Vec::new();
-        while !work.done() {
-            if !out.is_empty() {
-                send(self.store_mut(), std::mem::take(&mut out));
+        loop {
+            let out = self.watch_step(now, &mut work, send)?;
+            if work.done() {
+                return Ok(out);
             }
-            out = self.watch_step(now, &mut work, send)?;
+            send(self.store_mut(), out);
         }
-        Ok(out)
     }
 
     /// A batch of watcher events, to be taken in by [`Driver::watch_step`]: the guard
@@ -1003,7 +1001,6 @@ impl Driver {
         WatchWork {
             events: events.into(),
             rescan: false,
-            started: false,
         }
     }
 
@@ -1018,7 +1015,6 @@ impl Driver {
         work: &mut WatchWork,
         send: &mut dyn FnMut(&mut Store, Vec<Outgoing>),
     ) -> Result<Vec<Outgoing>, DriverError> {
-        work.started = true;
         let part: Vec<WatchEvent> = work
             .events
             .drain(..WATCH_STEP.min(work.events.len()))

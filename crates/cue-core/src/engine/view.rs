@@ -343,26 +343,35 @@ impl Engine {
         }
         // Each one's bytes, looked for in the other's history.
         let path = self.index.path_of(&winner)?;
-        let mut content = |file: FileId| {
-            self.with_doc(file, store, |d| Ok((d.materialize()?, d.exec())))
-                .ok()
-        };
-        let (winner_bytes, loser_bytes) = (content(winner), content(loser));
-        let mut had = |file: FileId, other: Option<(Vec<u8>, bool)>| {
-            other.is_some_and(|(bytes, exec)| {
-                self.with_doc(file, store, |d| Ok(d.had_version(&path, &bytes, exec)))
-                    .ok()
-                    .flatten()
-                    == Some(true)
-            })
-        };
-        if had(winner, loser_bytes) {
-            Some(loser)
-        } else if had(loser, winner_bytes) {
-            Some(winner)
-        } else {
-            None
+        let loser_bytes = self.content_of(loser, store);
+        if self.held_earlier(winner, &path, loser_bytes, store) {
+            return Some(loser);
         }
+        let winner_bytes = self.content_of(winner, store);
+        self.held_earlier(loser, &path, winner_bytes, store)
+            .then_some(winner)
+    }
+
+    /// A file's bytes and executable bit, as its document gives them.
+    fn content_of(&mut self, file: FileId, store: &mut dyn DocStore) -> Option<(Vec<u8>, bool)> {
+        self.with_doc(file, store, |d| Ok((d.materialize()?, d.exec())))
+            .ok()
+    }
+
+    /// Did `file` hold `content` (kept at `path`) at an earlier version? Not known is no.
+    fn held_earlier(
+        &mut self,
+        file: FileId,
+        path: &str,
+        content: Option<(Vec<u8>, bool)>,
+        store: &mut dyn DocStore,
+    ) -> bool {
+        content.is_some_and(|(bytes, exec)| {
+            self.with_doc(file, store, |d| Ok(d.had_version(path, &bytes, exec)))
+                .ok()
+                .flatten()
+                == Some(true)
+        })
     }
 
     /// A live file whose path is a folder of other live files (one peer made a folder
