@@ -713,7 +713,7 @@ impl Driver {
     /// the main loop then ticks again as soon as nothing else waits, so that a first sync
     /// of thousands of files is checked in seconds, a few milliseconds of work a tick.
     pub fn checking(&self) -> bool {
-        self.engine.unverified() > 0
+        self.engine.checks_due()
     }
 
     /// Files a program kept writing to after a write replaced them: what they hold goes to

@@ -548,3 +548,68 @@ fn a_first_sync_is_answered_a_chunk_at_a_time_and_completes() {
     w.settle_converged();
     assert_eq!(w.peers[1].disk.len(), notes.len());
 }
+
+/// Adopted documents are checked once they stop coming (their loads would take a core
+/// from the rest of the burst), but a member that sends documents without a pause cannot
+/// keep a lie among them on the others' disks: after a few seconds the checks go on
+/// regardless, and the lie is found and put right while the stream still flows.
+#[test]
+fn a_lie_in_a_stream_of_documents_without_a_pause_is_put_right_within_seconds() {
+    use cue_core::wire::{Item, Message, encode};
+    let mut w = World::new(2, 31, Config::default());
+    w.write_many(0, &cue_sim::notes(1));
+    w.connect_all();
+    w.settle_converged();
+    let items = cue_sim::new_file_items(
+        &w,
+        0,
+        cue_core::FileId([7; 16]),
+        "lie.md",
+        b"what the document says\n",
+        b"a lie\n",
+    );
+    let from = w.peers[0].device;
+    w.input(
+        1,
+        Input::Message {
+            from,
+            bytes: encode(&Message { items }),
+        },
+    );
+    assert_eq!(w.read(1, "lie.md").as_deref(), Some("a lie\n"));
+    // Then a document every 100 ms, for at most 20 s.
+    let actor = cue_core::actor_for(&w.peers[0].device, 99);
+    let mut put_right_after_ms = None;
+    for i in 0..200u32 {
+        let mut doc = cue_core::FileDoc::new(actor.clone());
+        let content = format!("streamed {i}\n");
+        doc.write("s.md", content.as_bytes(), 0).unwrap();
+        let mut id = [0xEE; 16];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        let item = Item::Adopt {
+            doc: cue_core::DocId::File(cue_core::FileId(id)),
+            heads: doc.heads().iter().map(|h| h.0).collect(),
+            bytes: doc.save(),
+            content: content.into_bytes(),
+        };
+        let items = vec![cue_sim::seal_as(&w.peers[0].key, 99, item)];
+        w.input(
+            1,
+            Input::Message {
+                from,
+                bytes: encode(&Message { items }),
+            },
+        );
+        w.advance(100);
+        if w.read(1, "lie.md").as_deref() == Some("what the document says\n") {
+            put_right_after_ms = Some(i64::from(i + 1) * 100);
+            break;
+        }
+    }
+    let after = put_right_after_ms.expect("the lie was still on disk after 20 s of the stream");
+    assert!(
+        after <= 6_000,
+        "the lie was put right only after {after} ms"
+    );
+    assert_eq!(w.peers[1].engine.counters().bad_documents, 1);
+}

@@ -467,6 +467,7 @@ impl Engine {
         self.adopted.insert(f, bytes);
         self.adopted_content.insert(f, content);
         self.tail.unverified.insert(f);
+        self.last_adopt_ms = self.now_ms;
         self.state_dirty = true;
         // A file that got content may now clash with another at its path.
         self.became_live(f);

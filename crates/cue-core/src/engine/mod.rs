@@ -73,6 +73,14 @@ const PIECE_OVERHEAD: usize = 64;
 /// 4 KB note, so a tick stays near 20 ms, and the daemon ticks again at once while any
 /// are left (10,000 adopted notes checked in seconds, not minutes).
 const VERIFY_PER_TICK: usize = 8;
+/// Adopted documents are checked once no document has been adopted for this long: the
+/// checks' automerge loads (≈ 1.5 ms a note) would otherwise take a core from the burst
+/// or first sync still arriving (a 3,000-note copy-in spent 28 % of the receiver's time
+/// in them). Within the burst the content is on disk already; the checks follow it.
+const CHECK_AFTER_QUIET_MS: i64 = 250;
+/// …but once checks have been owed this long they go on, tick after tick, until none are
+/// left, so that a peer streaming documents without a pause cannot keep them unchecked.
+const CHECK_PUT_OFF_AT_MOST_MS: i64 = 5_000;
 /// Documents stored whole again per tick, and after how many increments.
 const COMPACT_PER_TICK: usize = 4;
 const COMPACT_WHEN_TICKING_AFTER: u32 = 8;
@@ -125,6 +133,11 @@ pub struct Engine {
     now_ms: i64,
     /// When an input other than a tick last arrived (compaction at rest waits for quiet).
     last_input_ms: i64,
+    /// When a document was last adopted, and since when adopted documents have waited
+    /// for their checks (the last tick that found none waiting): see
+    /// `CHECK_AFTER_QUIET_MS`.
+    last_adopt_ms: i64,
+    checks_owed_since_ms: i64,
     // Output being built during one call.
     out_files: Vec<Effect>,
     out_activity: Vec<Effect>,
@@ -290,6 +303,8 @@ impl Engine {
             digest: None,
             now_ms,
             last_input_ms: now_ms,
+            last_adopt_ms: i64::MIN / 2,
+            checks_owed_since_ms: now_ms,
             out_files: Vec::new(),
             out_activity: Vec::new(),
             out_items: BTreeMap::new(),

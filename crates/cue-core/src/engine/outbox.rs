@@ -76,7 +76,12 @@ impl Engine {
             }
         }
         self.retry_unwritable();
-        self.verify_adopted(VERIFY_PER_TICK * self.threads, store);
+        if self.checks_due() {
+            self.verify_adopted(VERIFY_PER_TICK * self.threads, store);
+        }
+        if self.tail.unverified.is_empty() {
+            self.checks_owed_since_ms = now;
+        }
         self.compact_some(COMPACT_PER_TICK, store);
     }
 

@@ -88,6 +88,15 @@ impl Engine {
         self.tail.unverified.len()
     }
 
+    /// Whether adopted documents wait for their check and the next tick would check some
+    /// (see `CHECK_AFTER_QUIET_MS`): the host then ticks again as soon as nothing else
+    /// waits.
+    pub fn checks_due(&self) -> bool {
+        !self.tail.unverified.is_empty()
+            && (self.now_ms - self.last_adopt_ms >= super::CHECK_AFTER_QUIET_MS
+                || self.now_ms - self.checks_owed_since_ms >= super::CHECK_PUT_OFF_AT_MOST_MS)
+    }
+
     /// Whether ticks have work to do soon: adopted documents to check, documents to
     /// compact, a pull under way, or an online peer whose workspace differs from ours.
     /// When there is none, ticks only send the periodic hello and expire tombstones
