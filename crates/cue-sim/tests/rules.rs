@@ -800,3 +800,67 @@ fn a_copy_edited_on_both_sides_stays_a_conflict_copy() {
         assert_eq!(w.status(0).conflicts.len(), 1);
     }
 }
+
+/// Two devices settle the same pair differently when one holds few enough of the edited
+/// file's changes to search its history and the other does not (`VERSION_SEARCH_CHANGES`):
+/// one drops the copy as an earlier version of the file, the other moves the file aside
+/// as a conflict copy. Merged, that left the edited file under its conflict-copy name
+/// and nothing at its path whenever the copy had the smaller id. A conflict copy whose
+/// kept file was dropped as one with another goes back to the path; every peer ends with
+/// the edited note at its name. Seeds give both orders of the two ids.
+#[test]
+fn a_pair_settled_differently_on_two_devices_ends_with_the_note_at_its_name() {
+    let first = "# Plan\n".to_string();
+    let version = |i: usize| format!("{first}{}", "- a step\n".repeat(i));
+    let past_the_bound = cue_core::doc::VERSION_SEARCH_CHANGES + 40;
+    for seed in 0..6 {
+        let mut w = World::new(3, seed, Config::default());
+        w.connect(0);
+        w.connect(1);
+        w.write(0, "n.md", first.as_bytes());
+        for i in 1..=200 {
+            w.write(0, "n.md", version(i).as_bytes());
+        }
+        w.settle(10);
+        assert_eq!(w.read(1, "n.md"), Some(version(200)));
+        // Device 1 goes away; device 0 edits on, past the bound.
+        w.disconnect(1);
+        for i in 201..=past_the_bound {
+            w.write(0, "n.md", version(i).as_bytes());
+        }
+        // Device 2 never met them and holds the first version, as a new file.
+        w.write(2, "n.md", first.as_bytes());
+        // Devices 1 and 2 come online; what devices 0 and 1 say to each other is held
+        // back, so each meets device 2's copy alone and settles the pair by itself, at
+        // the same moment. Then device 2 goes away before it passes on either.
+        w.connect(1);
+        w.connect(2);
+        for _ in 0..8 {
+            w.deliver_between(2, 0);
+            w.deliver_between(2, 1);
+            if w.peers[0].disk.len() == 2 {
+                break;
+            }
+            w.deliver_between(0, 2);
+            w.deliver_between(1, 2);
+        }
+        w.disconnect(2);
+        // What device 0 did reaches device 1, not the other way round (device 0 may
+        // have gone offline): device 1 puts the note back at its name by itself.
+        w.deliver_between(0, 1);
+        let files: Vec<&String> = w.peers[1].disk.keys().collect();
+        assert_eq!(files, ["n.md"], "seed {seed}, device 1 alone");
+        w.connect(2);
+        w.settle_converged();
+        for p in 0..3 {
+            let files: Vec<&String> = w.peers[p].disk.keys().collect();
+            assert_eq!(files, ["n.md"], "seed {seed}, device {p}");
+            assert_eq!(
+                w.read(p, "n.md"),
+                Some(version(past_the_bound)),
+                "seed {seed}, device {p}"
+            );
+            assert!(w.status(p).conflicts.is_empty(), "seed {seed}, device {p}");
+        }
+    }
+}

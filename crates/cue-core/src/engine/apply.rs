@@ -271,9 +271,10 @@ const MAX_WAITING_APART: usize = 4096;
 const MAX_WAITING_STRANGERS: usize = 8;
 
 /// The index's maps whose changes leave what is live as it is, but for the files whose
-/// paths moved (`Engine::paths_changed`): members and conflict records are read when
-/// needed; `origin` says who made a file (and who holds it too large).
-const PATHS_ONLY: [&str; 4] = ["path", "origin", "members", "conflicts"];
+/// paths moved (`Engine::paths_changed`): members are read when needed; `origin` says
+/// who made a file (and who holds it too large). Not conflict records: a new one can
+/// send a copy back to its path (`Engine::restore_orphaned_copies`), and they are rare.
+const PATHS_ONLY: [&str; 3] = ["path", "origin", "members"];
 
 /// What [`apply_checked`] did: changes refused as forged, changes automerge refused, and
 /// the version the applied changes make up (those of them no other of them depends on).

@@ -250,6 +250,9 @@ impl Engine {
     /// so every peer that sees the clash settles it the same way and ends up with the
     /// same names.
     pub(super) fn settle_path_clashes(&mut self, store: &mut dyn DocStore) {
+        if self.restore_orphaned_copies(store) {
+            self.commit_index();
+        }
         let live = self.live_view(store);
         let mut by_key: BTreeMap<String, Vec<FileId>> = BTreeMap::new();
         for (f, p) in live.iter() {
@@ -320,6 +323,48 @@ impl Engine {
         if changed {
             self.commit_index();
         }
+    }
+
+    /// A conflict copy whose kept file was dropped as one with another file (the
+    /// tombstone of time 0 that `settle_path_clashes` sets) goes back to the path it was
+    /// moved from, when nothing live holds that name now. Two devices can settle one pair
+    /// differently (one holds few enough of the file's changes to search its history,
+    /// `had_version`, the other not): one drops the copy that had the smaller id as an
+    /// earlier version of the edited file, the other moves the edited file aside as a
+    /// conflict copy; merged, nothing was left at the path. Safe: a file is dropped as
+    /// one with another only when the other holds its bytes. A copy the user renamed, or
+    /// whose kept file lives, stays. Every peer decides alike, from the index. Whether a
+    /// copy moved.
+    fn restore_orphaned_copies(&mut self, store: &mut dyn DocStore) -> bool {
+        let records = self.index.conflicts();
+        if records.is_empty() {
+            return false;
+        }
+        let live = self.live_view(store);
+        let mut taken: BTreeSet<String> = live.values().map(|p| name_key(p)).collect();
+        let mut moved = false;
+        for rec in records.into_values() {
+            let Some((copy, copy_path)) = &rec.copy else {
+                continue;
+            };
+            let dropped_as_one = || {
+                self.index
+                    .tombstone(&rec.file)
+                    .is_some_and(|t| t.time_ms == 0)
+            };
+            if rec.kind != ConflictKind::Create
+                || *copy == rec.file
+                || live.get(copy) != Some(copy_path)
+                || live.contains_key(&rec.file)
+                || !dropped_as_one()
+                || !taken.insert(name_key(&rec.path))
+            {
+                continue;
+            }
+            let _ = self.index.set_path(copy, &rec.path);
+            moved = true;
+        }
+        moved
     }
 
     /// Are two live files at one name one file, and which is to go? Two creations of
