@@ -464,11 +464,18 @@ fn burst_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value> {
     let notes: Vec<(String, Vec<u8>)> = (0..files)
         .map(|i| (note_path(i), note(i, 4096, "marker: burst")))
         .collect();
+    let (src_cpu0, dst_cpu0) = (procfs::cpu_secs(src_pid), procfs::cpu_secs(dst_pid));
     let Copied {
         copied_s,
         taken_in,
         arrived,
     } = copy_in(&src, &dst, &notes, plan)?;
+    // Read as soon as the last note is seen there (polled every 100 ms): CPU is steadier
+    // than the time on a machine the two daemons share, and says which side works more.
+    let (src_cpu, dst_cpu) = (
+        cpu_since(procfs::cpu_secs(src_pid), src_cpu0),
+        cpu_since(procfs::cpu_secs(dst_pid), dst_cpu0),
+    );
     let load = procfs::load1();
     let mib = |kib: Option<u64>| kib.map_or(f64::NAN, |k| k as f64 / 1024.0);
     let out = json!({
@@ -479,11 +486,22 @@ fn burst_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value> {
         "src_peak_mib": mib(procfs::hwm_kib(src_pid)),
         "dst_peak_mib": mib(procfs::hwm_kib(dst_pid)),
         "src_rss_mib": mib(procfs::rss_kib(src_pid)),
+        "src_cpu_s": src_cpu,
+        "dst_cpu_s": dst_cpu,
         "load1": load,
     });
     src.stop()?;
     dst.stop()?;
     Ok(out)
+}
+
+/// CPU seconds a process spent between two readings (`procfs::cpu_secs`); NaN when
+/// either is missing.
+fn cpu_since(after: Option<f64>, before: Option<f64>) -> f64 {
+    match (after, before) {
+        (Some(a), Some(b)) => a - b,
+        _ => f64::NAN,
+    }
 }
 
 /// What copying notes into a running peer took (`copy_in`).
@@ -625,16 +643,12 @@ fn checkout_run(kit: &Kit, plan: &Plan, files: usize) -> anyhow::Result<Value> {
         Err(e) => bail!("{e} ({} of {files} missing)", missing.len()),
     };
     let load = procfs::load1();
-    let cpu = |after: Option<f64>, before: Option<f64>| match (after, before) {
-        (Some(a), Some(b)) => a - b,
-        _ => f64::NAN,
-    };
     let out = json!({
         "files": files,
         "git_checkout_s": checkout_s,
         "all_on_peer_s": arrived.as_secs_f64(),
-        "src_cpu_s": cpu(procfs::cpu_secs(src_pid), src_cpu0),
-        "dst_cpu_s": cpu(procfs::cpu_secs(dst_pid), dst_cpu0),
+        "src_cpu_s": cpu_since(procfs::cpu_secs(src_pid), src_cpu0),
+        "dst_cpu_s": cpu_since(procfs::cpu_secs(dst_pid), dst_cpu0),
         "load1": load,
     });
     src.stop()?;
@@ -1082,6 +1096,20 @@ fn main() -> anyhow::Result<()> {
                 "dst_peak_mib",
                 "MiB",
                 1,
+            ),
+            (
+                "… source daemon CPU for it".to_string(),
+                None,
+                "src_cpu_s",
+                "CPU-s",
+                2,
+            ),
+            (
+                "… receiving daemon CPU for it".to_string(),
+                None,
+                "dst_cpu_s",
+                "CPU-s",
+                2,
             ),
         ] {
             rows.push(Row {
