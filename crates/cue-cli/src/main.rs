@@ -840,7 +840,19 @@ fn stop(root: &Path) -> anyhow::Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    println!("cue daemon stopped.");
+    let left = response
+        .data
+        .as_ref()
+        .and_then(|d| d["left_for_next_start"].as_u64())
+        .unwrap_or(0);
+    if left > 0 {
+        println!(
+            "cue daemon stopped. {left} changes it saw in the folder were not taken in yet \
+             (a large copy or checkout): they are on disk, and its next start takes them in."
+        );
+    } else {
+        println!("cue daemon stopped.");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

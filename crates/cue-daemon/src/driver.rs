@@ -253,6 +253,11 @@ impl WatchWork {
     pub fn done(&self) -> bool {
         self.events.is_empty() && !self.rescan
     }
+
+    /// The events not taken in yet.
+    pub fn left(&self) -> usize {
+        self.events.len()
+    }
 }
 
 /// The engine, the store and the folder of one workspace.
@@ -964,29 +969,6 @@ impl Driver {
     /// The file's content and whether it is executable.
     fn read(&self, path: &str) -> Result<Option<(Vec<u8>, bool)>, DriverError> {
         Ok(self.host.read(path)?)
-    }
-
-    /// Feeds one batch of watcher events (drained together: "at once" for the guard).
-    /// The messages of each part fed (`Gathered`: 64 files at a time) go to `send` as
-    /// soon as that part is stored, so that a peer gets the first files of a `git
-    /// checkout` of thousands while the rest are taken in, not all of them at the end;
-    /// what is left is returned. The daemon takes a batch a step at a time instead
-    /// ([`Driver::watch_begin`], [`Driver::watch_step`]), handling what peers send
-    /// between the steps.
-    pub fn watch_events(
-        &mut self,
-        now: i64,
-        events: Vec<WatchEvent>,
-        send: &mut dyn FnMut(&mut Store, Vec<Outgoing>),
-    ) -> Result<Vec<Outgoing>, DriverError> {
-        let mut work = self.watch_begin(events);
-        loop {
-            let out = self.watch_step(now, &mut work, send)?;
-            if work.done() {
-                return Ok(out);
-            }
-            send(self.store_mut(), out);
-        }
     }
 
     /// A batch of watcher events, to be taken in by [`Driver::watch_step`]: the guard

@@ -39,6 +39,12 @@ use crate::workspace::{Workspace, WorkspaceError};
 pub const DETACHED_ENV: &str = "CUE_DAEMON_DETACHED";
 
 const TICK: Duration = Duration::from_millis(250);
+/// How long a stop goes on taking in what the watcher saw before it (a save made just
+/// before `cue sync stop`). What is left after that (most of a copy of thousands of
+/// files, which takes seconds to minutes to take in) stays on disk, and the next start's
+/// scan takes it in: a stop must not wait for a burst, and a container's stop grants
+/// ten seconds before it kills.
+const STOP_TAKES_IN_AT_MOST: Duration = Duration::from_secs(2);
 /// The tick when nothing is under way: the hello every `anti_entropy_ms` (30 s) and the
 /// expiry of tombstones (days) are all that is left to do.
 const IDLE_TICK: Duration = Duration::from_secs(2);
@@ -230,6 +236,10 @@ struct Daemon<'w> {
     /// checkpoints, which alone would be several times a small workspace's size).
     last_busy: std::time::Instant,
     reclaim_due: bool,
+    /// When a stop was asked for, while a watcher batch was being taken in.
+    stop_asked: Option<std::time::Instant>,
+    /// Changes the watcher saw that the stop left to the next start's scan.
+    left_for_next_start: usize,
 }
 
 /// What the loop does after an event.
@@ -294,6 +304,8 @@ async fn daemon(ws: Workspace, auth_token: String) -> Result<(), RunError> {
         next_tick: tokio::time::Instant::now() + TICK,
         last_busy: std::time::Instant::now(),
         reclaim_due: false,
+        stop_asked: None,
+        left_for_next_start: 0,
     };
     let (outcome, stop_reply) = match daemon.run(&mut inbox).await {
         Ok(reply) => (Ok(()), reply),
@@ -309,7 +321,7 @@ async fn daemon(ws: Workspace, auth_token: String) -> Result<(), RunError> {
         "daemon stopped"
     );
     if let Some(pending) = stop_reply {
-        answer_stop(pending, &result).await;
+        answer_stop(pending, &result, daemon.left_for_next_start).await;
     }
     result
 }
@@ -402,8 +414,8 @@ impl Daemon<'_> {
     fn on_watch(&mut self, batch: Vec<WatchEvent>, inbox: &mut Inbox) -> Result<Flow, RunError> {
         self.busy();
         let mut work = self.driver.watch_begin(batch);
-        // A stop asked for meanwhile waits for the batch's end: the clean stop takes in
-        // what the watcher still has, and the rest of this batch is no longer there.
+        // A stop asked for meanwhile (`cue sync stop`, a signal) goes on taking the batch
+        // in for `STOP_TAKES_IN_AT_MOST`; the rest is on disk, for the next start's scan.
         let mut stop = None;
         loop {
             let session = &mut self.session;
@@ -418,7 +430,17 @@ impl Daemon<'_> {
             if work.done() {
                 return Ok(stop.map_or(Flow::Continue, Flow::Stop));
             }
-            if stop.is_some() {
+            if let Some(reply) = stop.take() {
+                let asked = *self.stop_asked.get_or_insert_with(std::time::Instant::now);
+                if asked.elapsed() >= STOP_TAKES_IN_AT_MOST {
+                    self.left_for_next_start += work.left();
+                    return Ok(Flow::Stop(reply));
+                }
+                stop = Some(reply);
+                continue;
+            }
+            if signalled(&mut inbox.sigterm) || signalled(&mut inbox.sigint) {
+                stop = Some(None);
                 continue;
             }
             // One relay batch a step, no more: a peer streaming a first sync at us must
@@ -438,6 +460,15 @@ impl Daemon<'_> {
                 stop = Some(reply);
             }
         }
+    }
+
+    /// Whether a stop's time for taking in what the watcher saw is over (counted from
+    /// when it was asked for, or from now).
+    fn stop_time_over(&mut self) -> bool {
+        self.stop_asked
+            .get_or_insert_with(std::time::Instant::now)
+            .elapsed()
+            >= STOP_TAKES_IN_AT_MOST
     }
 
     /// The room: joined or lost, peers coming and going, their messages.
@@ -647,20 +678,40 @@ impl Daemon<'_> {
         let debounce = self.ws.config.sync.debounce_ms;
         tokio::time::sleep(Duration::from_millis(debounce * 2 + 20)).await;
         let mut result = outcome;
-        while let Ok(batch) = watch.try_recv() {
-            let session = &mut self.session;
-            let fed = self
-                .driver
-                .watch_events(now_ms(), batch, &mut |store, sends| {
-                    session.send_with(store, sends)
-                });
-            match fed {
-                Ok(sends) => self.session.send_all(&mut self.driver, sends),
-                Err(e) => {
-                    result = result.and(Err(e.into()));
+        'batches: while let Ok(batch) = watch.try_recv() {
+            if self.stop_time_over() {
+                self.left_for_next_start += batch.len();
+                continue;
+            }
+            let mut work = self.driver.watch_begin(batch);
+            loop {
+                let session = &mut self.session;
+                let fed = self
+                    .driver
+                    .watch_step(now_ms(), &mut work, &mut |store, sends| {
+                        session.send_with(store, sends)
+                    });
+                match fed {
+                    Ok(sends) => self.session.send_all(&mut self.driver, sends),
+                    Err(e) => {
+                        result = result.and(Err(e.into()));
+                        break 'batches;
+                    }
+                }
+                if work.done() {
+                    break;
+                }
+                if self.stop_time_over() {
+                    self.left_for_next_start += work.left();
                     break;
                 }
             }
+        }
+        if self.left_for_next_start > 0 {
+            tracing::info!(
+                left = self.left_for_next_start,
+                "changes the watcher saw are left on disk for the next start's scan"
+            );
         }
         match self.driver.late_writes(now_ms(), true) {
             Ok(sends) => self.session.send_all(&mut self.driver, sends),
@@ -700,15 +751,22 @@ fn data_or_error<T: serde::Serialize, E: std::fmt::Display>(result: Result<T, E>
     }
 }
 
-/// Answers `cue sync stop` with how the stop went.
-async fn answer_stop(pending: Pending, result: &Result<(), RunError>) {
+/// Answers `cue sync stop` with how the stop went, and how many changes the watcher
+/// saw it left for the next start (`left_for_next_start`).
+async fn answer_stop(pending: Pending, result: &Result<(), RunError>, left: usize) {
     let _ = pending.reply.send(match result {
-        Ok(()) => Response::ok(),
+        Ok(()) => Response::with_data(serde_json::json!({ "left_for_next_start": left })),
         Err(e) => Response::error(e.to_string()),
     });
     // The answer must reach `cue sync stop` before the runtime (and its connection
     // task) goes away.
     let _ = tokio::time::timeout(Duration::from_secs(5), pending.written).await;
+}
+
+/// Whether `signal` came (without waiting for it).
+fn signalled(signal: &mut Signal) -> bool {
+    use futures_util::FutureExt as _;
+    matches!(signal.recv().now_or_never(), Some(Some(())))
 }
 
 /// `first` and the events already waiting behind it, [`RELAY_BATCH`] at most.

@@ -430,7 +430,7 @@ impl<'w> Session<'w> {
     }
 
     /// [`Session::send_all`] from inside the driver's work (a watcher batch fed a part at
-    /// a time: `Driver::watch_events`), with the driver's store for the sequence numbers.
+    /// a time: `Driver::watch_step`), with the driver's store for the sequence numbers.
     pub fn send_with(&mut self, store: &mut Store, sends: Vec<Outgoing>) {
         if !self.connected {
             return;

@@ -504,6 +504,73 @@ fn a_file_created_at_once_on_two_peers_keeps_both_versions() {
     b.stop();
 }
 
+/// `cue sync stop` during a large copy-in does not wait until the whole copy is taken in
+/// (minutes for tens of thousands of files; `docker stop` kills after ten seconds): it
+/// takes in what it can for two seconds, says how many changes it left on disk, and the
+/// next start takes them in. Nothing is lost: bob gets every file.
+#[test]
+fn a_stop_during_a_large_copy_leaves_the_rest_to_the_next_start() {
+    let (_relay, a, b) = pair();
+    // Several times what the daemon takes in in two seconds here (about a third of it
+    // was left with 4,000).
+    let files = 6000;
+    let note = |i: usize| format!("# Note {i}\n\n{}\n", "words of a copied note ".repeat(40));
+    for i in 0..files {
+        a.write(&format!("copied/n{i:04}.md"), &note(i));
+    }
+    let out = a.cue(&["sync", "stop"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("not taken in yet") && said.contains("next start takes them in"),
+        "the stop waited for the whole copy: {said}"
+    );
+    assert!(!a.running());
+    a.start();
+    wait_until("bob to get every copied note", || {
+        b.status().0["files"].as_u64() == Some(files as u64)
+    });
+    for i in [0, files / 2, files - 1] {
+        let path = format!("copied/n{i:04}.md");
+        assert_eq!(b.read(&path).as_deref(), Some(note(i).as_str()), "{path}");
+    }
+    a.stop();
+    b.stop();
+}
+
+/// SIGTERM (a service manager's stop, `docker stop`) during a large copy-in stops the
+/// daemon as `cue sync stop` does, within seconds, not once the whole copy is in (a
+/// container is killed ten seconds after it): what is left is taken in at the next
+/// start, and bob gets every file.
+#[test]
+fn a_sigterm_during_a_large_copy_stops_the_daemon_without_waiting_for_it() {
+    use rustix::process::{Pid, Signal, kill_process};
+    let (_relay, a, b) = pair();
+    let files = 6000;
+    let note = |i: usize| format!("# Note {i}\n\n{}\n", "words of a copied note ".repeat(40));
+    for i in 0..files {
+        a.write(&format!("copied/n{i:04}.md"), &note(i));
+    }
+    let pid = a.live_daemon().expect("alice's daemon runs");
+    kill_process(Pid::from_raw(pid as i32).unwrap(), Signal::TERM).unwrap();
+    wait_until("alice's daemon to stop", || !a.running());
+    let taken_in = a.status().0["files"].as_u64().unwrap();
+    assert!(
+        taken_in < files as u64,
+        "the daemon stopped only once it had taken in all {taken_in} files"
+    );
+    a.start();
+    wait_until("bob to get every copied note", || {
+        b.status().0["files"].as_u64() == Some(files as u64)
+    });
+    assert_eq!(
+        b.read("copied/n5999.md").as_deref(),
+        Some(note(5999).as_str())
+    );
+    a.stop();
+    b.stop();
+}
+
 /// Alice's daemon takes in a large copy-in (a `git checkout`, an unzipped folder) while
 /// bob edits: bob's edit lands on alice's disk, and `cue sync status` answers, while
 /// alice is still taking the copy in, not after it. Alice's daemon used to handle
