@@ -551,10 +551,10 @@ fn a_first_sync_is_answered_a_chunk_at_a_time_and_completes() {
 
 /// Adopted documents are checked once they stop coming (their loads would take a core
 /// from the rest of the burst), but a member that sends documents without a pause cannot
-/// keep a lie among them on the others' disks: after a few seconds the checks go on
-/// regardless, and the lie is found and put right while the stream still flows.
+/// keep a lie among them on the others' disks: after 30 s the checks go on regardless,
+/// and the lie is found and put right while the stream still flows.
 #[test]
-fn a_lie_in_a_stream_of_documents_without_a_pause_is_put_right_within_seconds() {
+fn a_lie_in_a_stream_of_documents_without_a_pause_is_put_right_within_half_a_minute() {
     use cue_core::wire::{Item, Message, encode};
     let mut w = World::new(2, 31, Config::default());
     w.write_many(0, &cue_sim::notes(1));
@@ -577,15 +577,15 @@ fn a_lie_in_a_stream_of_documents_without_a_pause_is_put_right_within_seconds() 
         },
     );
     assert_eq!(w.read(1, "lie.md").as_deref(), Some("a lie\n"));
-    // Then a document every 100 ms, for at most 20 s.
+    // Then a document every 100 ms, for at most 60 s.
     let actor = cue_core::actor_for(&w.peers[0].device, 99);
     let mut put_right_after_ms = None;
-    for i in 0..200u32 {
+    for i in 0..600u32 {
         let mut doc = cue_core::FileDoc::new(actor.clone());
         let content = format!("streamed {i}\n");
         doc.write("s.md", content.as_bytes(), 0).unwrap();
         let mut id = [0xEE; 16];
-        id[..4].copy_from_slice(&i.to_be_bytes());
+        id[12..].copy_from_slice(&i.to_be_bytes());
         let item = Item::Adopt {
             doc: cue_core::DocId::File(cue_core::FileId(id)),
             heads: doc.heads().iter().map(|h| h.0).collect(),
@@ -606,9 +606,9 @@ fn a_lie_in_a_stream_of_documents_without_a_pause_is_put_right_within_seconds() 
             break;
         }
     }
-    let after = put_right_after_ms.expect("the lie was still on disk after 20 s of the stream");
+    let after = put_right_after_ms.expect("the lie was still on disk after 60 s of the stream");
     assert!(
-        after <= 6_000,
+        after <= 31_000,
         "the lie was put right only after {after} ms"
     );
     assert_eq!(w.peers[1].engine.counters().bad_documents, 1);
