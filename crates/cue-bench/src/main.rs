@@ -921,6 +921,35 @@ fn activity_bytes(store: &std::path::Path) -> anyhow::Result<f64> {
 }
 
 /// One row of the table: a figure over runs (median [min–max]) against its goal.
+/// A figure of a table: its words, goal, key in a run's JSON, unit and digits.
+type Figure = (
+    String,
+    Option<(f64, &'static str)>,
+    &'static str,
+    &'static str,
+    usize,
+);
+
+/// The two daemons' CPU for a burst or a checkout (`src_cpu_s`, `dst_cpu_s`).
+fn cpu_figures() -> [Figure; 2] {
+    [
+        (
+            "… source daemon CPU for it".to_string(),
+            None,
+            "src_cpu_s",
+            "CPU-s",
+            2,
+        ),
+        (
+            "… receiving daemon CPU for it".to_string(),
+            None,
+            "dst_cpu_s",
+            "CPU-s",
+            2,
+        ),
+    ]
+}
+
 struct Row {
     figure: String,
     goal: Option<(f64, &'static str)>, // (at most, how it is written)
@@ -1097,21 +1126,10 @@ fn main() -> anyhow::Result<()> {
                 "MiB",
                 1,
             ),
-            (
-                "… source daemon CPU for it".to_string(),
-                None,
-                "src_cpu_s",
-                "CPU-s",
-                2,
-            ),
-            (
-                "… receiving daemon CPU for it".to_string(),
-                None,
-                "dst_cpu_s",
-                "CPU-s",
-                2,
-            ),
-        ] {
+        ]
+        .into_iter()
+        .chain(cpu_figures())
+        {
             rows.push(Row {
                 figure,
                 goal,
@@ -1136,31 +1154,16 @@ fn main() -> anyhow::Result<()> {
         }
         let load = field(&runs, &["load1"]);
         let goal = (files == 3000).then_some((3.0, "≤ 3 s"));
-        for (figure, goal, key, unit, digits) in [
-            (
-                format!(
-                    "git checkout changing {files} × 4 KB in a running peer → all on the other"
-                ),
-                goal,
-                "all_on_peer_s",
-                "s",
-                2,
-            ),
-            (
-                "… source daemon CPU for it".to_string(),
-                None,
-                "src_cpu_s",
-                "CPU-s",
-                2,
-            ),
-            (
-                "… receiving daemon CPU for it".to_string(),
-                None,
-                "dst_cpu_s",
-                "CPU-s",
-                2,
-            ),
-        ] {
+        for (figure, goal, key, unit, digits) in [(
+            format!("git checkout changing {files} × 4 KB in a running peer → all on the other"),
+            goal,
+            "all_on_peer_s",
+            "s",
+            2,
+        )]
+        .into_iter()
+        .chain(cpu_figures())
+        {
             rows.push(Row {
                 figure,
                 goal,

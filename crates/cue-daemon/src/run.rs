@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::control::{self, Pending, Request, Response, StatusContext};
-use crate::driver::{Driver, DriverError, Outgoing, now_ms};
+use crate::driver::{Driver, DriverError, Outgoing, WatchWork, now_ms};
 use crate::lock::{DaemonLock, LockError, control_socket_path, prepare_socket_dir};
 use crate::membership::Membership;
 use crate::relay_client::RelayEvent;
@@ -418,12 +418,7 @@ impl Daemon<'_> {
         // in for `STOP_TAKES_IN_AT_MOST`; the rest is on disk, for the next start's scan.
         let mut stop = None;
         loop {
-            let session = &mut self.session;
-            let sends = self
-                .driver
-                .watch_step(now_ms(), &mut work, &mut |store, sends| {
-                    session.send_with(store, sends)
-                });
+            let sends = self.take_in_step(&mut work);
             if let Flow::Stop(reply) = self.after_event(sends)? {
                 stop.get_or_insert(reply);
             }
@@ -460,6 +455,15 @@ impl Daemon<'_> {
                 stop = Some(reply);
             }
         }
+    }
+
+    /// The next step of a watcher batch (`Driver::watch_step`), its messages sent as each
+    /// part is stored; what is left to send.
+    fn take_in_step(&mut self, work: &mut WatchWork) -> Result<Vec<Outgoing>, DriverError> {
+        let session = &mut self.session;
+        self.driver.watch_step(now_ms(), work, &mut |store, sends| {
+            session.send_with(store, sends)
+        })
     }
 
     /// Whether a stop's time for taking in what the watcher saw is over (counted from
@@ -685,13 +689,7 @@ impl Daemon<'_> {
             }
             let mut work = self.driver.watch_begin(batch);
             loop {
-                let session = &mut self.session;
-                let fed = self
-                    .driver
-                    .watch_step(now_ms(), &mut work, &mut |store, sends| {
-                        session.send_with(store, sends)
-                    });
-                match fed {
+                match self.take_in_step(&mut work) {
                     Ok(sends) => self.session.send_all(&mut self.driver, sends),
                     Err(e) => {
                         result = result.and(Err(e.into()));

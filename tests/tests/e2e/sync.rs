@@ -504,6 +504,22 @@ fn a_file_created_at_once_on_two_peers_keeps_both_versions() {
     b.stop();
 }
 
+/// The note `copy_a_large_folder_into` writes at `copied/n{i:04}.md`.
+fn copied_note(i: usize) -> String {
+    format!("# Note {i}\n\n{}\n", "words of a copied note ".repeat(40))
+}
+
+/// Writes 6,000 notes into `p`'s folder as fast as the disk takes them: several times
+/// what a daemon takes in in two seconds here (about a third was left with 4,000).
+/// Returns how many.
+fn copy_a_large_folder_into(p: &Peer) -> usize {
+    let files = 6000;
+    for i in 0..files {
+        p.write(&format!("copied/n{i:04}.md"), &copied_note(i));
+    }
+    files
+}
+
 /// `cue sync stop` during a large copy-in does not wait until the whole copy is taken in
 /// (minutes for tens of thousands of files; `docker stop` kills after ten seconds): it
 /// takes in what it can for two seconds, says how many changes it left on disk, and the
@@ -511,13 +527,7 @@ fn a_file_created_at_once_on_two_peers_keeps_both_versions() {
 #[test]
 fn a_stop_during_a_large_copy_leaves_the_rest_to_the_next_start() {
     let (_relay, a, b) = pair();
-    // Several times what the daemon takes in in two seconds here (about a third of it
-    // was left with 4,000).
-    let files = 6000;
-    let note = |i: usize| format!("# Note {i}\n\n{}\n", "words of a copied note ".repeat(40));
-    for i in 0..files {
-        a.write(&format!("copied/n{i:04}.md"), &note(i));
-    }
+    let files = copy_a_large_folder_into(&a);
     let out = a.cue(&["sync", "stop"]);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{said}");
@@ -532,7 +542,7 @@ fn a_stop_during_a_large_copy_leaves_the_rest_to_the_next_start() {
     });
     for i in [0, files / 2, files - 1] {
         let path = format!("copied/n{i:04}.md");
-        assert_eq!(b.read(&path).as_deref(), Some(note(i).as_str()), "{path}");
+        assert_eq!(b.read(&path), Some(copied_note(i)), "{path}");
     }
     a.stop();
     b.stop();
@@ -546,11 +556,7 @@ fn a_stop_during_a_large_copy_leaves_the_rest_to_the_next_start() {
 fn a_sigterm_during_a_large_copy_stops_the_daemon_without_waiting_for_it() {
     use rustix::process::{Pid, Signal, kill_process};
     let (_relay, a, b) = pair();
-    let files = 6000;
-    let note = |i: usize| format!("# Note {i}\n\n{}\n", "words of a copied note ".repeat(40));
-    for i in 0..files {
-        a.write(&format!("copied/n{i:04}.md"), &note(i));
-    }
+    let files = copy_a_large_folder_into(&a);
     let pid = a.live_daemon().expect("alice's daemon runs");
     kill_process(Pid::from_raw(pid as i32).unwrap(), Signal::TERM).unwrap();
     wait_until("alice's daemon to stop", || !a.running());
@@ -563,10 +569,7 @@ fn a_sigterm_during_a_large_copy_stops_the_daemon_without_waiting_for_it() {
     wait_until("bob to get every copied note", || {
         b.status().0["files"].as_u64() == Some(files as u64)
     });
-    assert_eq!(
-        b.read("copied/n5999.md").as_deref(),
-        Some(note(5999).as_str())
-    );
+    assert_eq!(b.read("copied/n5999.md"), Some(copied_note(5999)));
     a.stop();
     b.stop();
 }
