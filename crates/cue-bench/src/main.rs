@@ -920,7 +920,6 @@ fn activity_bytes(store: &std::path::Path) -> anyhow::Result<f64> {
     Ok(bytes)
 }
 
-/// One row of the table: a figure over runs (median [min–max]) against its goal.
 /// A figure of a table: its words, goal, key in a run's JSON, unit and digits.
 type Figure = (
     String,
@@ -950,6 +949,7 @@ fn cpu_figures() -> [Figure; 2] {
     ]
 }
 
+/// One row of the table: a figure over runs (median [min–max]) against its goal.
 struct Row {
     figure: String,
     goal: Option<(f64, &'static str)>, // (at most, how it is written)

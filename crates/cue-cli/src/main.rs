@@ -847,8 +847,8 @@ fn stop(root: &Path) -> anyhow::Result<ExitCode> {
         .unwrap_or(0);
     if left > 0 {
         println!(
-            "cue daemon stopped. {left} changes it saw in the folder were not taken in yet \
-             (a large copy or checkout): they are on disk, and its next start takes them in."
+            "cue daemon stopped. About {left} changes it saw in the folder were not taken in \
+             yet (a large copy or checkout): they are on disk, and its next start takes them in."
         );
     } else {
         println!("cue daemon stopped.");

@@ -714,9 +714,10 @@ impl Driver {
             || self.engine.wants_frequent_ticks()
     }
 
-    /// Whether documents adopted whole still wait for their check (`Engine::unverified`):
-    /// the main loop then ticks again as soon as nothing else waits, so that a first sync
-    /// of thousands of files is checked in seconds, a few milliseconds of work a tick.
+    /// Whether documents adopted whole wait for a check that is due (`Engine::checks_due`:
+    /// none adopted for a moment, or owed long enough): the main loop then ticks again as
+    /// soon as nothing else waits, so that a first sync of thousands of files is checked
+    /// in seconds once it is over, a few milliseconds of work a tick.
     pub fn checking(&self) -> bool {
         self.engine.checks_due()
     }

@@ -236,7 +236,7 @@ struct Daemon<'w> {
     /// checkpoints, which alone would be several times a small workspace's size).
     last_busy: std::time::Instant,
     reclaim_due: bool,
-    /// When a stop was asked for, while a watcher batch was being taken in.
+    /// When a stop was asked for (the time `STOP_TAKES_IN_AT_MOST` counts from).
     stop_asked: Option<std::time::Instant>,
     /// Changes the watcher saw that the stop left to the next start's scan.
     left_for_next_start: usize,
@@ -400,6 +400,8 @@ impl Daemon<'_> {
                 self.relay_tasks.push(task);
             }
             if let Flow::Stop(reply) = flow? {
+                // The stop's time for what the watcher still holds counts from here.
+                self.stop_asked.get_or_insert_with(std::time::Instant::now);
                 return Ok(reply);
             }
         }
@@ -421,13 +423,13 @@ impl Daemon<'_> {
             let sends = self.take_in_step(&mut work);
             if let Flow::Stop(reply) = self.after_event(sends)? {
                 stop.get_or_insert(reply);
+                self.stop_asked.get_or_insert_with(std::time::Instant::now);
             }
             if work.done() {
                 return Ok(stop.map_or(Flow::Continue, Flow::Stop));
             }
             if let Some(reply) = stop.take() {
-                let asked = *self.stop_asked.get_or_insert_with(std::time::Instant::now);
-                if asked.elapsed() >= STOP_TAKES_IN_AT_MOST {
+                if self.stop_time_over() {
                     self.left_for_next_start += work.left();
                     return Ok(Flow::Stop(reply));
                 }
@@ -436,6 +438,7 @@ impl Daemon<'_> {
             }
             if signalled(&mut inbox.sigterm) || signalled(&mut inbox.sigint) {
                 stop = Some(None);
+                self.stop_asked = Some(std::time::Instant::now());
                 continue;
             }
             // One relay batch a step, no more: a peer streaming a first sync at us must
@@ -453,6 +456,9 @@ impl Daemon<'_> {
                 && let Flow::Stop(reply) = self.on_control(pending)?
             {
                 stop = Some(reply);
+            }
+            if stop.is_some() {
+                self.stop_asked.get_or_insert_with(std::time::Instant::now);
             }
         }
     }
@@ -761,7 +767,10 @@ async fn answer_stop(pending: Pending, result: &Result<(), RunError>, left: usiz
     let _ = tokio::time::timeout(Duration::from_secs(5), pending.written).await;
 }
 
-/// Whether `signal` came (without waiting for it).
+/// Whether `signal` came (without waiting for it). `recv` is cancel-safe, and the
+/// runtime's other threads drive signal delivery while this one takes a batch in (a
+/// multi-thread runtime: on a current-thread one the signal would be seen only once the
+/// batch is in).
 fn signalled(signal: &mut Signal) -> bool {
     use futures_util::FutureExt as _;
     matches!(signal.recv().now_or_never(), Some(Some(())))

@@ -76,6 +76,9 @@ impl Engine {
             }
         }
         self.retry_unwritable();
+        // A clock set back must not put the checks off by as much.
+        self.last_adopt_ms = self.last_adopt_ms.min(now);
+        self.checks_owed_since_ms = self.checks_owed_since_ms.min(now);
         if self.checks_due() {
             self.verify_adopted(VERIFY_PER_TICK * self.threads, store);
         }

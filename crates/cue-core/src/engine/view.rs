@@ -342,25 +342,41 @@ impl Engine {
         }
         let live = self.live_view(store);
         let mut taken: BTreeSet<String> = live.values().map(|p| name_key(p)).collect();
+        // The folders live files are in, by key: a name that is a folder now is not free
+        // (nor is one under a file).
+        let folders: BTreeSet<&str> = taken.iter().flat_map(|k| folders_of(k)).collect();
+        let folders: BTreeSet<String> = folders.into_iter().map(str::to_string).collect();
+        let tombs = self.index.tombstones();
         let mut moved = false;
         for rec in records.into_values() {
             let Some((copy, copy_path)) = &rec.copy else {
                 continue;
             };
-            let dropped_as_one = || {
-                self.index
-                    .tombstone(&rec.file)
-                    .is_some_and(|t| t.time_ms == 0)
+            let key = name_key(&rec.path);
+            let dropped_as_one = tombs.get(&rec.file).is_some_and(|t| t.time_ms == 0);
+            // A file at that name the user deleted since: the name was let go on purpose
+            // (the kept file may have been dropped as one with that file, not the copy).
+            let let_go = || {
+                self.index.paths().into_iter().any(|(f, p)| {
+                    f != rec.file
+                        && f != *copy
+                        && name_key(&p) == key
+                        && tombs.get(&f).is_some_and(|t| t.time_ms != 0)
+                })
             };
             if rec.kind != ConflictKind::Create
                 || *copy == rec.file
                 || live.get(copy) != Some(copy_path)
                 || live.contains_key(&rec.file)
-                || !dropped_as_one()
-                || !taken.insert(name_key(&rec.path))
+                || !dropped_as_one
+                || folders.contains(&key)
+                || folders_of(&key).any(|f| taken.contains(f))
+                || taken.contains(&key)
+                || let_go()
             {
                 continue;
             }
+            taken.insert(key);
             let _ = self.index.set_path(copy, &rec.path);
             moved = true;
         }
@@ -433,9 +449,7 @@ impl Engine {
         let keys: BTreeMap<FileId, String> = live.iter().map(|(f, p)| (*f, name_key(p))).collect();
         let mut folders: BTreeSet<&str> = BTreeSet::new();
         for key in keys.values() {
-            let mut at = key.as_str();
-            while let Some(i) = at.rfind('/') {
-                at = &at[..i];
+            for at in folders_of(key) {
                 if !folders.insert(at) {
                     break;
                 }
@@ -789,4 +803,15 @@ impl Engine {
         }
         self.disk_ops.clear();
     }
+}
+
+/// The folders a path (or a name key) is in, innermost first: `a/b/c.md` is in `a/b`
+/// and `a`.
+fn folders_of(path: &str) -> impl Iterator<Item = &str> {
+    let mut at = path;
+    std::iter::from_fn(move || {
+        let i = at.rfind('/')?;
+        at = &at[..i];
+        Some(at)
+    })
 }
