@@ -423,7 +423,6 @@ impl Daemon<'_> {
             let sends = self.take_in_step(&mut work);
             if let Flow::Stop(reply) = self.after_event(sends)? {
                 stop.get_or_insert(reply);
-                self.stop_asked.get_or_insert_with(std::time::Instant::now);
             }
             if work.done() {
                 return Ok(stop.map_or(Flow::Continue, Flow::Stop));
@@ -438,7 +437,7 @@ impl Daemon<'_> {
             }
             if signalled(&mut inbox.sigterm) || signalled(&mut inbox.sigint) {
                 stop = Some(None);
-                self.stop_asked = Some(std::time::Instant::now());
+                self.stop_asked.get_or_insert_with(std::time::Instant::now);
                 continue;
             }
             // One relay batch a step, no more: a peer streaming a first sync at us must
