@@ -126,15 +126,22 @@ pub trait Host: DocStore {
     /// Why one file operation failed.
     type DiskError: std::fmt::Display;
 
-    /// Makes a batch's persistence and activities durable, in one transaction, with the
-    /// file effects about to be carried out (so a crash between the two can be finished
-    /// at the next start). Called before any file of the batch is touched or any of its
-    /// messages is sent: a change a peer has seen is never lost in a crash.
+    /// Commits a batch's persistence and activities in one transaction, with the file
+    /// effects about to be carried out (so a crash between the two can be finished at the
+    /// next start). Called before any file of the batch is touched or any of its messages
+    /// is sent: a change a peer has seen is never lost in a crash.
+    ///
+    /// `durable`: the commit must survive a power cut before this returns. It is `false`
+    /// only for a batch that sends nothing, touches no file and holds no document data
+    /// ([`Persist::holds_document_data`]): a peer's confirmation, say. Such a commit must
+    /// survive the daemon's crash (a kill -9) but may wait for the next durable commit to
+    /// reach the disk: losing it to a power cut loses nothing anyone has seen.
     fn commit(
         &mut self,
         persists: Vec<Persist>,
         activities: Vec<Activity>,
         files: &[Effect],
+        durable: bool,
     ) -> Result<(), Self::Error>;
 
     /// The batch's file effects were carried out (successfully or not).
@@ -236,7 +243,10 @@ fn carry_out_at<H: Host>(
         }
     }
     if !persists.is_empty() || !activities.is_empty() || !files.is_empty() {
-        host.commit(persists, activities, &files)?;
+        let durable = !sends.is_empty()
+            || !files.is_empty()
+            || persists.iter().any(Persist::holds_document_data);
+        host.commit(persists, activities, &files, durable)?;
     }
     if depth > MAX_FEEDBACK_DEPTH {
         // Merged already; written at the next tick. The engine takes its belief back.

@@ -449,17 +449,136 @@ impl WorkspaceFs {
             // No mode is set: a `chmod` there is ignored or refused.
             false => (None, None),
         };
-        let tmp = write_temp(&parent, rel, bytes, mode, exec, true)?;
+        let tmp = write_temp(&parent, rel, bytes, mode, exec, false)?;
         let result = replace(self, &parent, &tmp, rel, expect);
         if !matches!(result, Ok(Outcome::Done | Outcome::DoneOverEdit(..))) {
             let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
         }
         let outcome = result?;
-        if !matches!(outcome, Outcome::Unexpected) {
-            rustix::fs::fsync(&parent)
-                .map_err(|e| FsError::io("fsync folder of", rel.as_str(), e))?;
-        }
         Ok(outcome)
+    }
+
+    /// Writes `bytes` to a temporary file next to `rel` (creating folders), neither
+    /// flushed nor put in place: [`put_in_place`](Self::put_in_place) renames it there,
+    /// [`flush_all`](Self::flush_all) makes both durable later. What the file will be
+    /// (its [`FileId`]) is known before it is put in place, so a record of it can be
+    /// committed first: after a power cut, a file at `rel` that is this one but holds
+    /// other bytes was cut short, not edited. `None` for a folder on another filesystem
+    /// than the root's (a mount inside the workspace), which `flush_files`' `syncfs` does
+    /// not reach:
+    /// write it with [`write_atomic_if`](Self::write_atomic_if).
+    pub fn prepare(
+        &self,
+        rel: &WorkspacePath,
+        bytes: &[u8],
+        exec: Option<bool>,
+    ) -> Result<Option<Prepared>, FsError> {
+        let parent = self.open_parent_creating(rel, false)?;
+        let dev = rustix::fs::fstat(&parent)
+            .map(|st| FileStat::from_stat(&st).dev)
+            .map_err(|e| FsError::io("stat folder of", rel.as_str(), e))?;
+        if dev != self.root_dev {
+            return Ok(None);
+        }
+        let existing = stat_leaf(&parent, rel)?;
+        if let Some(st) = existing {
+            check_regular(rel, st.kind)?;
+        }
+        let (mode, exec) = match self.modes {
+            true => (existing.map(|s| s.mode), exec),
+            false => (None, None),
+        };
+        let tmp = write_temp(&parent, rel, bytes, mode, exec, false)?;
+        match stat_leaf_named(&parent, tmp.as_str(), rel) {
+            Ok(Some(st)) => Ok(Some(Prepared {
+                id: FileId {
+                    ino: st.ino,
+                    mtime_ns: st.mtime_ns,
+                },
+                parent,
+                path: rel.clone(),
+                tmp,
+            })),
+            other => {
+                let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
+                match other {
+                    Err(e) => Err(e),
+                    _ => Err(FsError::io(
+                        "stat temporary file for",
+                        rel.as_str(),
+                        Errno::NOENT,
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Puts a prepared file in place if `expect` holds (as [`write_atomic_if`](Self::write_atomic_if)
+    /// does, but nothing is flushed: see [`flush_files`](Self::flush_files)). The temporary
+    /// file is removed when it is not put in place.
+    pub fn put_in_place(&self, prepared: Prepared, expect: Expect) -> Result<Outcome, FsError> {
+        let result = replace(
+            self,
+            &prepared.parent,
+            &prepared.tmp,
+            &prepared.path,
+            expect,
+        );
+        if !matches!(result, Ok(Outcome::Done | Outcome::DoneOverEdit(..))) {
+            prepared.discard();
+        }
+        result
+    }
+
+    /// Makes files put in place unflushed durable, and their names: an `fsync` of each
+    /// file and of each folder holding one, or one `syncfs` past [`SYNCFS_OVER_FILES`]
+    /// (which flushes everything written in the filesystem, other programs' files too: a
+    /// cost on the user's whole machine, paid for a burst only). A file gone or replaced
+    /// since is left as it is (what replaced it is not ours to flush; its folder is).
+    pub fn flush_files(&self, paths: &[WorkspacePath]) -> Result<(), FsError> {
+        if paths.len() > SYNCFS_OVER_FILES {
+            return rustix::fs::syncfs(&self.root)
+                .map_err(|e| FsError::io("syncfs", "the workspace", e));
+        }
+        let mut by_dir: BTreeMap<&str, Vec<&WorkspacePath>> = BTreeMap::new();
+        for p in paths {
+            by_dir.entry(p.parent_str()).or_default().push(p);
+        }
+        for files in by_dir.into_values() {
+            let Some(dir) = self.open_parent(files[0])? else {
+                continue; // the folder is gone: nothing of ours is left to flush
+            };
+            for rel in &files {
+                match rustix::fs::openat(
+                    &dir,
+                    rel.file_name(),
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+                    Mode::empty(),
+                ) {
+                    Ok(fd) => {
+                        if rustix::fs::fstat(&fd).is_ok_and(|st| {
+                            FileKind::from_mode(st.st_mode as u32) == FileKind::Regular
+                        }) {
+                            rustix::fs::fsync(&fd)
+                                .map_err(|e| FsError::io("fsync", rel.as_str(), e))?;
+                        }
+                    }
+                    Err(Errno::NOENT | Errno::LOOP | Errno::NXIO) => {}
+                    Err(e) => return Err(FsError::io("open to flush", rel.as_str(), e)),
+                }
+            }
+            rustix::fs::fsync(&dir)
+                .map_err(|e| FsError::io("fsync folder of", files[0].as_str(), e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the file at `rel` is `id` (see [`prepare`](Self::prepare)), as a power cut
+    /// leaves it: the same inode, modified no later than when it was written.
+    pub fn is_file(&self, rel: &WorkspacePath, id: FileId) -> Result<bool, FsError> {
+        Ok(self.stat(rel)?.is_some_and(|st| {
+            st.dev == self.root_dev && st.ino == id.ino && st.mtime_ns <= id.mtime_ns
+        }))
     }
 
     /// Starts a batch of writes made durable together.
@@ -746,7 +865,16 @@ fn retarget(e: FsError, rel: &WorkspacePath) -> FsError {
 }
 
 fn stat_leaf(parent: &OwnedFd, rel: &WorkspacePath) -> Result<Option<FileStat>, FsError> {
-    match rustix::fs::statat(parent, rel.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
+    stat_leaf_named(parent, rel.file_name(), rel)
+}
+
+/// `lstat` of `name` in `parent` (`rel` names it in errors).
+fn stat_leaf_named(
+    parent: &OwnedFd,
+    name: &str,
+    rel: &WorkspacePath,
+) -> Result<Option<FileStat>, FsError> {
+    match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => Ok(Some(FileStat::from_stat(&st))),
         Err(Errno::NOENT) => Ok(None),
         Err(e) => Err(FsError::io("stat", rel.as_str(), e)),
@@ -848,6 +976,30 @@ fn write_temp(
     }
 }
 
+/// Which file a write put in place: its inode and when it was last written. A file cut
+/// short by a power cut keeps both (its inode's size and blocks are what was lost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    pub ino: u64,
+    pub mtime_ns: i64,
+}
+
+/// A file written under a temporary name next to its place ([`WorkspaceFs::prepare`]).
+#[derive(Debug)]
+pub struct Prepared {
+    pub id: FileId,
+    parent: OwnedFd,
+    path: WorkspacePath,
+    tmp: String,
+}
+
+impl Prepared {
+    /// Removes the temporary file: the write is not wanted any more.
+    pub fn discard(self) {
+        let _ = rustix::fs::unlinkat(&self.parent, self.tmp.as_str(), AtFlags::empty());
+    }
+}
+
 /// Many writes made durable together: every temporary file is written by
 /// [`stage`](Self::stage), then [`commit`](Self::commit) runs one `syncfs`, the renames,
 /// and one `fsync` per touched folder. Dropping an uncommitted batch removes its temporary
@@ -870,6 +1022,10 @@ struct Staged {
     /// which the root's `syncfs` does not reach.
     foreign: bool,
 }
+
+/// Above this many files put in place unflushed, [`WorkspaceFs::flush_files`] flushes them
+/// with one `syncfs` rather than an `fsync` each.
+const SYNCFS_OVER_FILES: usize = 64;
 
 /// Above this many folders of the root's filesystem renamed into, a batch makes its
 /// renames durable with one more `syncfs` instead of an `fsync` of each folder: a first

@@ -10,8 +10,18 @@
 //! peer has seen is never lost in a crash. The same transaction journals every path about
 //! to be written or removed: a crash in between is finished at the next start, before the
 //! start-up scan could take a missing file for a deletion.
+//!
+//! A batch of a few writes (a peer's edit) flushes nothing more: its files are written
+//! under temporary names *before* the commit, so their journal entries name the file each
+//! will be ([`fsio::FileId`]), then put in place unflushed; an `fsync` of each and of its
+//! folder makes them durable within [`FLUSH_FILES_WITHIN`] (off the path of the edit to
+//! the screen), and only then are their entries cleared. After a power
+//! cut a journaled file is either what it was (or was before another unflushed write:
+//! every such content is kept in the entry), which is rewritten, or the prepared file cut
+//! short, which is rewritten too, or something else, an edit made since, which is merged.
+//! So a received change costs one flush of the disk, the store's, not three.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use cue_core::carry::{self, Host as _, Outcome, Write};
 use cue_core::{Activity, ContentHash, DocId, DocStore, Effect, Persist};
@@ -34,6 +44,106 @@ pub const KEY_REPLAY: &str = "replay";
 
 /// Above this many writes in one batch, make them durable together.
 const BATCH_MIN: usize = 8;
+
+/// Files put in place unflushed are made durable this long after the first of them at
+/// most, or at once past [`UNFLUSHED_AT_MOST`] of them.
+pub const FLUSH_FILES_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+const UNFLUSHED_AT_MOST: usize = 256;
+/// Contents a journal entry keeps for a path written again and again before a flush; past
+/// this, the files are flushed first.
+const BEFORE_AT_MOST: usize = 32;
+
+/// The journal's record of a path about to be written or removed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JournalEntry {
+    /// What the path may hold if the effect (or an earlier one not flushed yet) did not
+    /// reach the disk: content hashes ([`cue_core::file_hash`]), `None` for nothing.
+    pub before: Vec<Option<ContentHash>>,
+    /// The file a write put in place without flushing it ([`WorkspaceFs::prepare`]).
+    pub written: Option<fsio::FileId>,
+}
+
+/// First byte of an entry in this layout; an older entry is a bare hash (32 bytes) or
+/// empty (nothing was there), neither of which this layout can be.
+const JOURNAL_LAYOUT: u8 = 2;
+
+impl JournalEntry {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![JOURNAL_LAYOUT, self.before.len().min(255) as u8];
+        for b in self.before.iter().take(255) {
+            match b {
+                None => out.push(0),
+                Some(h) => {
+                    out.push(1);
+                    out.extend_from_slice(h);
+                }
+            }
+        }
+        match self.written {
+            None => out.push(0),
+            Some(id) => {
+                out.push(1);
+                out.extend_from_slice(&id.ino.to_le_bytes());
+                out.extend_from_slice(&id.mtime_ns.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// `None` for bytes that are no entry (a store damaged by hand): the path is then
+    /// left to the start-up scan.
+    pub fn decode(bytes: &[u8]) -> Option<JournalEntry> {
+        match bytes.len() {
+            0 => {
+                return Some(JournalEntry {
+                    before: vec![None],
+                    written: None,
+                });
+            }
+            32 => {
+                return Some(JournalEntry {
+                    before: vec![Some(<[u8; 32]>::try_from(bytes).ok()?)],
+                    written: None,
+                });
+            }
+            _ => {}
+        }
+        let (&layout, rest) = bytes.split_first()?;
+        if layout != JOURNAL_LAYOUT {
+            return None;
+        }
+        let (&n, mut rest) = rest.split_first()?;
+        let mut before = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let (&tag, after) = rest.split_first()?;
+            match tag {
+                0 => {
+                    before.push(None);
+                    rest = after;
+                }
+                1 => {
+                    let (hash, after) = after.split_first_chunk::<32>()?;
+                    before.push(Some(*hash));
+                    rest = after;
+                }
+                _ => return None,
+            }
+        }
+        let (&tag, rest) = rest.split_first()?;
+        let written = match tag {
+            0 if rest.is_empty() => None,
+            1 if rest.len() == 16 => {
+                let (ino, mtime) = rest.split_first_chunk::<8>()?;
+                Some(fsio::FileId {
+                    ino: u64::from_le_bytes(*ino),
+                    mtime_ns: i64::from_le_bytes(<[u8; 8]>::try_from(mtime).ok()?),
+                })
+            }
+            _ => return None,
+        };
+        Some(JournalEntry { before, written })
+    }
+}
 
 /// Why one file could not be written or removed.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +197,16 @@ pub struct DaemonHost {
     /// Journal entries whose write or removal has been carried out, to clear with the
     /// next transaction.
     pub journal_done: Vec<String>,
+    /// This batch's writes, prepared before its commit, by path.
+    pub prepared: BTreeMap<String, (ContentHash, fsio::Prepared)>,
+    /// This batch's journal entries, by path (what `files_done` keeps when not flushed).
+    pub journaled: BTreeMap<String, JournalEntry>,
+    /// Paths a prepared file was put in place at in this batch.
+    pub put_in_place: BTreeSet<String>,
+    /// Written and not flushed yet: their journal entries stay until they are.
+    pub unflushed: BTreeMap<String, JournalEntry>,
+    /// When the first of `unflushed` was written.
+    pub unflushed_since: Option<std::time::Instant>,
 }
 
 impl DaemonHost {
@@ -105,9 +225,78 @@ impl DaemonHost {
     }
 
     /// Commits whatever is waiting for a transaction (the replay guard, the journal of
-    /// completed writes).
-    pub fn flush(&mut self) -> Result<(), StoreError> {
-        self.commit(Vec::new(), Vec::new(), &[])
+    /// completed writes); `durable` as for [`carry::Host::commit`] (the replay guard must
+    /// be on disk before anything is sent).
+    pub fn flush(&mut self, durable: bool) -> Result<(), StoreError> {
+        self.commit(Vec::new(), Vec::new(), &[], durable)
+    }
+
+    /// Makes the files put in place unflushed durable when it is time (see
+    /// [`FLUSH_FILES_WITHIN`]), or at once with `now_anyway`; their journal entries are
+    /// cleared with the next transaction. A flush that fails is tried again later (the
+    /// entries stay, so a power cut meanwhile is still finished at the next start).
+    /// Whether it flushed any.
+    pub fn flush_files(&mut self, now_anyway: bool) -> bool {
+        let due = self
+            .unflushed_since
+            .is_some_and(|since| since.elapsed() >= FLUSH_FILES_WITHIN);
+        if self.unflushed.is_empty() || !(due || now_anyway) {
+            return false;
+        }
+        let paths: Vec<WorkspacePath> = self
+            .unflushed
+            .keys()
+            .filter_map(|p| WorkspacePath::parse(p).ok())
+            .collect();
+        match self.fs.flush_files(&paths) {
+            Ok(()) => {
+                let flushed = std::mem::take(&mut self.unflushed);
+                tracing::debug!(files = flushed.len(), "files written are durable");
+                self.journal_done.extend(flushed.into_keys());
+                self.unflushed_since = None;
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot flush the files written; trying again");
+                false
+            }
+        }
+    }
+
+    /// Writes each file of a batch of a few under a temporary name, before the batch's
+    /// commit: the journal then names the file each will be. A write that cannot be
+    /// prepared goes the usual way (flushed) when carried out.
+    fn prepare(&mut self, files: &[Effect]) {
+        let writes = files
+            .iter()
+            .filter(|e| matches!(e, Effect::WriteFile { .. }))
+            .count();
+        if writes >= BATCH_MIN {
+            return; // made durable together, see `write_batch`
+        }
+        for e in files {
+            let Effect::WriteFile {
+                path, bytes, exec, ..
+            } = e
+            else {
+                continue;
+            };
+            let Ok(rel) = WorkspacePath::parse(path) else {
+                continue;
+            };
+            // The same path twice in a batch: the second is written the usual way.
+            if self.prepared.contains_key(path) {
+                continue;
+            }
+            match self.fs.prepare(&rel, bytes, Some(*exec)) {
+                Ok(Some(prepared)) => {
+                    let hash = cue_core::file_hash(bytes, *exec);
+                    self.prepared.insert(path.clone(), (hash, prepared));
+                }
+                Ok(None) => {}
+                Err(error) => tracing::debug!(%error, path, "cannot prepare a write"),
+            }
+        }
     }
 
     /// The content of the regular file at `path` and whether it is executable; `None` for
@@ -184,6 +373,13 @@ impl DaemonHost {
     }
 }
 
+impl Drop for DaemonHost {
+    /// A command that wrote files (`cue sync restore` with no daemon) leaves them durable.
+    fn drop(&mut self) {
+        let _ = self.flush_files(true);
+    }
+}
+
 impl DocStore for DaemonHost {
     fn load(&mut self, doc: &DocId) -> Option<Vec<u8>> {
         StoreDocs(&self.store).load(doc)
@@ -208,18 +404,42 @@ impl carry::Host for DaemonHost {
         persists: Vec<Persist>,
         activities: Vec<Activity>,
         files: &[Effect],
+        durable: bool,
     ) -> Result<(), StoreError> {
-        let journal: Vec<(&str, Vec<u8>)> = files
+        if files.iter().any(|e| {
+            effect_path(e)
+                .and_then(|p| self.unflushed.get(p))
+                .is_some_and(|entry| entry.before.len() >= BEFORE_AT_MOST)
+        }) {
+            let _ = self.flush_files(true);
+        }
+        self.prepare(files);
+        self.journaled.clear();
+        for e in files {
+            let (Effect::WriteFile { path, expect, .. } | Effect::RemoveFile { path, expect }) = e
+            else {
+                continue;
+            };
+            // An earlier write not flushed yet may not be on disk after a power cut either:
+            // what the path held before it is kept too.
+            // So may an earlier effect of this batch on the same path.
+            let mut before = self
+                .journaled
+                .get(path)
+                .or_else(|| self.unflushed.get(path))
+                .map(|entry| entry.before.clone())
+                .unwrap_or_default();
+            if !before.contains(expect) {
+                before.push(*expect);
+            }
+            let written = self.prepared.get(path).map(|(_, p)| p.id);
+            self.journaled
+                .insert(path.clone(), JournalEntry { before, written });
+        }
+        let journal: Vec<(&str, Vec<u8>)> = self
+            .journaled
             .iter()
-            .filter_map(|e| match e {
-                Effect::WriteFile { path, expect, .. } | Effect::RemoveFile { path, expect } => {
-                    Some((
-                        path.as_str(),
-                        expect.map(|h| h.to_vec()).unwrap_or_default(),
-                    ))
-                }
-                _ => None,
-            })
+            .map(|(path, entry)| (path.as_str(), entry.encode()))
             .collect();
         self.store_writes += persists.len() as u64;
         let replay = self.pending_replay.take();
@@ -228,7 +448,7 @@ impl carry::Host for DaemonHost {
         if nothing && replay.is_none() && done.is_empty() {
             return Ok(());
         }
-        self.store.transaction(|tx| {
+        let transaction = |tx: &StoreTx<'_>| {
             // Cleared first: a path written again in this batch is journaled anew.
             for path in &done {
                 tx.delete_meta(NS_JOURNAL, path)?;
@@ -252,17 +472,44 @@ impl carry::Host for DaemonHost {
                 })?;
             }
             Ok(())
-        })
+        };
+        let committed = match durable || !journal.is_empty() {
+            true => self.store.transaction(transaction),
+            false => self.store.transaction_not_synced(transaction),
+        };
+        if committed.is_err() {
+            // Nothing of the batch is carried out: its prepared files go.
+            for (_, (_, prepared)) in std::mem::take(&mut self.prepared) {
+                prepared.discard();
+            }
+        }
+        committed
     }
 
     fn files_done(&mut self, files: &[Effect]) {
-        self.journal_done
-            .extend(files.iter().filter_map(|e| match e {
-                Effect::WriteFile { path, .. } | Effect::RemoveFile { path, .. } => {
-                    Some(path.clone())
+        for path in files.iter().filter_map(effect_path) {
+            let entry = self.journaled.remove(path);
+            if self.put_in_place.remove(path) {
+                // Durable at the next flush of the files; its entry stays until then.
+                if let Some(entry) = entry {
+                    self.unflushed.insert(path.to_string(), entry);
                 }
-                _ => None,
-            }));
+                self.unflushed_since
+                    .get_or_insert_with(std::time::Instant::now);
+            } else {
+                // Written and flushed, removed, or not done at all: what the path holds is
+                // durable, earlier unflushed writes included (their folder was flushed).
+                self.unflushed.remove(path);
+                self.journal_done.push(path.to_string());
+            }
+        }
+        // Not carried out (refused, put off): their temporary files go.
+        for (_, (_, prepared)) in std::mem::take(&mut self.prepared) {
+            prepared.discard();
+        }
+        if self.unflushed.len() >= UNFLUSHED_AT_MOST {
+            let _ = self.flush_files(true);
+        }
     }
 
     fn write_if(
@@ -273,9 +520,23 @@ impl carry::Host for DaemonHost {
         expect: Option<ContentHash>,
     ) -> Result<Outcome, FileError> {
         let rel = WorkspacePath::parse(path)?;
-        let written = self
-            .fs
-            .write_atomic_if(&rel, bytes, Some(exec), to_expect(expect))?;
+        let hash = cue_core::file_hash(bytes, exec);
+        let written = match self.prepared.remove(path) {
+            Some((prepared_hash, prepared)) if prepared_hash == hash => {
+                let written = self.fs.put_in_place(prepared, to_expect(expect))?;
+                if !matches!(written, fsio::Outcome::Unexpected) {
+                    self.put_in_place.insert(path.to_string());
+                }
+                written
+            }
+            other => {
+                if let Some((_, prepared)) = other {
+                    prepared.discard();
+                }
+                self.fs
+                    .write_atomic_if(&rel, bytes, Some(exec), to_expect(expect))?
+            }
+        };
         let result = outcome(written);
         let what = match &result {
             Outcome::Done => "done",
@@ -386,4 +647,51 @@ fn persist(tx: &StoreTx<'_>, p: &Persist) -> Result<(), StoreError> {
         Persist::State { bytes } => tx.put_meta(NS_ENGINE, KEY_STATE, bytes)?,
     }
     Ok(())
+}
+
+/// The path a file effect is about.
+fn effect_path(e: &Effect) -> Option<&str> {
+    match e {
+        Effect::WriteFile { path, .. } | Effect::RemoveFile { path, .. } => Some(path),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_entries_read_back_in_both_layouts() {
+        let entries = [
+            JournalEntry {
+                before: vec![None],
+                written: None,
+            },
+            JournalEntry {
+                before: vec![Some([7; 32]), None, Some([9; 32])],
+                written: Some(fsio::FileId {
+                    ino: 42,
+                    mtime_ns: -3,
+                }),
+            },
+        ];
+        for e in &entries {
+            assert_eq!(JournalEntry::decode(&e.encode()).as_ref(), Some(e));
+        }
+        // Written by earlier versions: the content before, or nothing.
+        assert_eq!(
+            JournalEntry::decode(&[5; 32]),
+            Some(JournalEntry {
+                before: vec![Some([5; 32])],
+                written: None
+            })
+        );
+        assert_eq!(JournalEntry::decode(&[]), Some(entries[0].clone()));
+        // Damaged: cut short, or trailing bytes.
+        let mut long = entries[1].encode();
+        assert_eq!(JournalEntry::decode(&long[..long.len() - 1]), None);
+        long.push(0);
+        assert_eq!(JournalEntry::decode(&long), None);
+    }
 }

@@ -7,11 +7,13 @@
 //!
 //! Durability: WAL journal with `synchronous=FULL`, so a commit is on disk (the WAL
 //! fsynced) before it returns. NORMAL would be faster but can lose the last commits on
-//! power loss, and what the daemon commits is exactly what must not be lost: a local edit
+//! power loss, and what the daemon commits is mostly what must not be lost: a local edit
 //! already taken from a file the user may delete next, a sequence-number reservation that
 //! must never be reused, an acknowledged remote change. A kill -9 loses nothing committed
 //! in either mode; FULL adds power loss. Batches of effects go through
-//! [`Store::transaction`] and commit (and fsync) once.
+//! [`Store::transaction`] and commit (and fsync) once; only a batch that holds none of
+//! that (a peer's confirmation, the replay guard alone) uses
+//! [`Store::transaction_not_synced`], whose commit reaches the disk with the next one.
 //!
 //! Deleted rows leave free pages; the database uses `auto_vacuum=INCREMENTAL`, and
 //! [`Store::reclaim_space`] gives them back to the filesystem.
@@ -203,6 +205,25 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = f(&StoreTx { conn: &tx })?;
         tx.commit()?;
+        Ok(value)
+    }
+
+    /// [`Store::transaction`], committed without waiting for the disk: the commit is in
+    /// the WAL (the kernel's cache) when this returns, so it survives the daemon's crash,
+    /// and reaches the disk with the next commit that waits (an fsync of the WAL covers
+    /// every frame before it) or SQLite's next checkpoint. A power cut before then loses
+    /// it, so it is for what may be lost: what the engine learned from a message and will
+    /// learn again (see `carry::Host::commit`).
+    pub fn transaction_not_synced<T>(
+        &mut self,
+        f: impl FnOnce(&StoreTx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = self.transaction(f);
+        // Back to FULL whatever happened: every other commit must wait for the disk.
+        let restored = self.conn.pragma_update(None, "synchronous", "FULL");
+        let value = result?;
+        restored?;
         Ok(value)
     }
 

@@ -34,6 +34,16 @@ pub struct MemStore {
     pub state: Option<Vec<u8>>,
     /// Increments stored after each document's last whole snapshot.
     pub increments: BTreeMap<DocId, usize>,
+    /// What the commits made since the last durable one overwrote (`carry::Host::commit`'s
+    /// `durable`), newest last: a power cut ([`World::power_cut`]) puts it back.
+    pub unsynced: Vec<Unsynced>,
+}
+
+/// A value a commit not made durable overwrote.
+#[derive(Debug, Clone)]
+pub enum Unsynced {
+    State(Option<Vec<u8>>),
+    Meta(FileId, Option<Vec<u8>>),
 }
 
 impl DocStore for MemStore {
@@ -271,6 +281,7 @@ impl carry::Host for SimHost<'_> {
         persists: Vec<Persist>,
         activities: Vec<cue_core::Activity>,
         files: &[Effect],
+        durable: bool,
     ) -> Result<(), Self::Error> {
         if let Some(peer) = self.trace {
             for e in files {
@@ -283,7 +294,13 @@ impl carry::Host for SimHost<'_> {
                 );
             }
         }
+        if durable {
+            self.store.unsynced.clear();
+        }
         for p in persists {
+            if !durable {
+                self.store.keep_for_a_power_cut(&p);
+            }
             self.store.apply(p);
         }
         self.activity.extend(activities);
@@ -382,6 +399,43 @@ fn trace_file_effect(peer: usize, e: &Effect, disk: &BTreeMap<String, Vec<u8>>) 
 }
 
 impl MemStore {
+    /// Before a commit not made durable applies `p`: what it overwrites. Such a commit
+    /// never holds document data (the carry rules), which a power cut could not give back.
+    fn keep_for_a_power_cut(&mut self, p: &Persist) {
+        assert!(
+            !p.holds_document_data(),
+            "document data committed without waiting for the disk: {p:?}"
+        );
+        match p {
+            Persist::State { .. } => self.unsynced.push(Unsynced::State(self.state.clone())),
+            Persist::Doc {
+                doc: DocId::File(f),
+                meta,
+                ..
+            } if !meta.is_empty() => self
+                .unsynced
+                .push(Unsynced::Meta(*f, self.metas.get(f).cloned())),
+            _ => {}
+        }
+    }
+
+    /// A power cut: the commits since the last durable one are lost.
+    fn lose_unsynced(&mut self) -> usize {
+        let lost = self.unsynced.len();
+        while let Some(u) = self.unsynced.pop() {
+            match u {
+                Unsynced::State(state) => self.state = state,
+                Unsynced::Meta(f, Some(meta)) => {
+                    self.metas.insert(f, meta);
+                }
+                Unsynced::Meta(f, None) => {
+                    self.metas.remove(&f);
+                }
+            }
+        }
+        lost
+    }
+
     fn apply(&mut self, p: Persist) {
         match p {
             Persist::Doc {
@@ -1035,6 +1089,16 @@ impl World {
         }
     }
 
+    /// The machine loses power: what the peer's store committed without waiting for the
+    /// disk since its last durable commit is lost (the files on disk are kept: the daemon
+    /// finishes its unflushed writes from its journal, see the daemon's `host.rs`), then
+    /// the daemon starts again. How many overwritten values were lost.
+    pub fn power_cut(&mut self, peer: usize) -> usize {
+        let lost = self.peers[peer].store.lose_unsynced();
+        self.restart(peer);
+        lost
+    }
+
     /// This peer's folder ignores letter case from now on (as a daemon started on such a
     /// folder finds): its engine is started again knowing it.
     pub fn make_case_insensitive(&mut self, peer: usize) {
@@ -1534,7 +1598,10 @@ pub fn run_schedule(seed: u64, steps: usize) -> Result<ScheduleReport, String> {
                     w.connect(p);
                 }
             }
-            73..=74 => w.restart(p),
+            73 => w.restart(p),
+            74 => {
+                w.power_cut(p);
+            }
             75 => {
                 // A rotation of the workspace secret (`cue sync rotate`), online or not:
                 // the others follow through the lobby.

@@ -220,6 +220,22 @@ pub enum Persist {
     },
 }
 
+impl Persist {
+    /// Whether this holds document data (changes, a compacted document, a deletion): what
+    /// a commit must make durable at once, never only "soon" (see [`crate::carry::Host::commit`]).
+    /// The engine's state and a file's record alone say what the engine learned from
+    /// messages (a peer's confirmation, when it last synced), which it learns again.
+    pub fn holds_document_data(&self) -> bool {
+        match self {
+            Persist::Doc {
+                bytes, snapshot, ..
+            } => *snapshot || !bytes.is_empty(),
+            Persist::DeleteDoc { .. } => true,
+            Persist::State { .. } => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     Persist(Persist),
