@@ -813,6 +813,9 @@ fn command(root: &Path, req: Request) -> anyhow::Result<()> {
         Request::ApplyDeletions => Ok(driver.apply_deletions(now_ms())?.1),
         _ => return Ok(()),
     };
+    // The files written made durable, and their journal entries cleared, as a daemon's
+    // stop does.
+    driver.flush()?;
     result.map(|_| ()).map_err(|e| anyhow!("{e}"))
 }
 

@@ -323,21 +323,11 @@ impl Driver {
                  changed from this device"
             );
         }
-        let host = DaemonHost {
+        let host = DaemonHost::new(
             store,
-            fs: WorkspaceFs::open(&ws.root)?.keeping_modes(engine.modes_kept()),
+            WorkspaceFs::open(&ws.root)?.keeping_modes(engine.modes_kept()),
             name,
-            store_writes: 0,
-            pending_replay: None,
-            write_errors: 0,
-            written: Vec::new(),
-            journal_done: Vec::new(),
-            prepared: BTreeMap::new(),
-            journaled: BTreeMap::new(),
-            put_in_place: BTreeSet::new(),
-            unflushed: BTreeMap::new(),
-            unflushed_since: None,
-        };
+        );
         let mut driver = Driver {
             engine,
             host,
@@ -392,13 +382,20 @@ impl Driver {
             if same(disk_hash, believed) {
                 continue; // the effect did happen
             }
-            // What the path held before (the effect did not reach the disk), or the file
-            // the write put in place, cut short by a power cut.
+            // What the path held before (the effect did not reach the disk), or a file a
+            // write put in place, cut short by a power cut.
             let not_done = entry.before.iter().any(|b| same(disk_hash, *b));
-            let cut_short = entry.written.is_some_and(|id| {
-                WorkspacePath::parse(path)
-                    .is_ok_and(|rel| matches!(self.host.fs.is_file(&rel, id), Ok(true)))
+            let believed_bytes = believed.and_then(|hash| {
+                self.engine
+                    .read_file(path, &mut StoreDocs(&self.host.store))
+                    .filter(|(b, exec)| file_hash(b, *exec) == hash)
             });
+            let cut_short = match (&on_disk, &believed_bytes) {
+                (Some((held, _)), Some((meant, _))) => {
+                    self.cut_short(path, &entry.written, held, meant)
+                }
+                _ => false,
+            };
             if !not_done && !cut_short {
                 // Neither the old nor the new content: a local edit made meanwhile.
                 if let Some((content, exec)) = on_disk {
@@ -411,12 +408,8 @@ impl Driver {
                 continue;
             }
             match believed {
-                Some(hash) => {
-                    let file = self
-                        .engine
-                        .read_file(path, &mut StoreDocs(&self.host.store))
-                        .filter(|(b, exec)| file_hash(b, *exec) == hash);
-                    if let Some((bytes, exec)) = file {
+                Some(_) => {
+                    if let Some((bytes, exec)) = believed_bytes {
                         redo.push(cue_core::Effect::WriteFile {
                             path: path.clone(),
                             bytes,
@@ -435,18 +428,54 @@ impl Driver {
             entries = entries.len(),
             "finishing file writes interrupted by a crash"
         );
-        // Carried out by the usual rules (journaled again until done), and flushed before
-        // the entries go.
+        // Carried out by the usual rules (journaled again until done). An entry goes once
+        // what its path holds is flushed: the redone writes, and the writes that did
+        // happen but may not have been flushed before the crash.
         let _ = carry::carry_out(&mut self.engine, &mut self.host, now, redo)?;
         let _ = self.host.flush_files(true);
+        let rels: Vec<(&String, WorkspacePath)> = entries
+            .iter()
+            .filter(|(path, _)| !self.host.unflushed.contains_key(path))
+            .filter_map(|(path, _)| Some((path, WorkspacePath::parse(path).ok()?)))
+            .collect();
+        let to_flush: Vec<WorkspacePath> = rels.iter().map(|(_, r)| r.clone()).collect();
+        let flushed = self.host.fs.flush_files(&to_flush);
         self.host.store.transaction(|tx| {
-            for (path, _) in &entries {
-                tx.delete_meta(NS_JOURNAL, path)?;
+            for ((path, _), result) in rels.iter().zip(flushed) {
+                match result {
+                    Ok(()) => {
+                        tx.delete_meta(NS_JOURNAL, path)?;
+                    }
+                    Err(error) => tracing::warn!(
+                        %error,
+                        "cannot flush a file written; its journal entry stays"
+                    ),
+                }
             }
             Ok(())
         })?;
         let _ = carry::handle(&mut self.engine, &mut self.host, now, feedback)?;
         Ok(())
+    }
+
+    /// Whether `held`, found at `path` where the engine meant `meant` to be, is one of the
+    /// files `written` (put in place unflushed) cut short by a power cut: the same inode,
+    /// not modified since it was written, and nothing in it but what was meant or zeros
+    /// (blocks lost: a file emptied, shortened or zero-filled). An edit made since changes
+    /// the time or the inode, and anything else in it.
+    fn cut_short(
+        &self,
+        path: &str,
+        written: &[crate::fsio::FileId],
+        held: &[u8],
+        meant: &[u8],
+    ) -> bool {
+        let ours = WorkspacePath::parse(path).is_ok_and(|rel| {
+            written
+                .iter()
+                .any(|id| matches!(self.host.fs.is_file(&rel, *id), Ok(true)))
+        });
+        ours && held.len() <= meant.len() && held.iter().zip(meant).all(|(h, m)| h == m || *h == 0)
     }
 
     pub fn engine(&self) -> &Engine {
@@ -1377,7 +1406,7 @@ mod power_cut {
             .find(|(p, _)| p == "a.md")
             .and_then(|(_, e)| JournalEntry::decode(e))
             .expect("the write is journaled until flushed");
-        assert_eq!(entry.written, Some(id_of(&path)));
+        assert_eq!(entry.written, vec![id_of(&path)]);
         // No flush, no clean stop.
         std::mem::forget(driver);
         id_of(&path)
@@ -1418,6 +1447,32 @@ mod power_cut {
     }
 
     #[test]
+    fn an_edit_in_place_dated_back_after_a_power_cut_is_not_taken_for_a_file_cut_short() {
+        let (_dir, ws) = imported();
+        let id = restored_then_cut(&ws);
+        // `cp -p` over the file: same inode, and the copy's older time.
+        let path = ws.root.join("a.md");
+        let edited = b"# Plan\n\nShip on Monday.\n";
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .expect("open");
+        std::io::Write::write_all(&mut file, edited).expect("write");
+        let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(id.mtime_ns as u64 - 1);
+        file.set_modified(mtime).expect("set mtime");
+        drop(file);
+        assert_eq!(id_of(&path).ino, id.ino);
+
+        start(&ws);
+        let kept: Vec<Vec<u8>> = std::fs::read_dir(&ws.root)
+            .expect("list")
+            .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+            .collect();
+        assert!(kept.iter().any(|b| b == edited), "the edit is gone");
+    }
+
+    #[test]
     fn a_file_written_twice_unflushed_and_found_as_it_was_first_is_written_again() {
         let (_dir, ws) = imported();
         let first = b"# Plan\n\nShip on Thursday.\n";
@@ -1429,7 +1484,7 @@ mod power_cut {
                     Some(file_hash(original, false)),
                     Some(file_hash(first, false)),
                 ],
-                written: None,
+                written: Vec::new(),
             },
         );
         // Neither rename reached the disk.

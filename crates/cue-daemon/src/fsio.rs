@@ -449,18 +449,23 @@ impl WorkspaceFs {
             // No mode is set: a `chmod` there is ignored or refused.
             false => (None, None),
         };
-        let tmp = write_temp(&parent, rel, bytes, mode, exec, false)?;
+        let tmp = write_temp(&parent, rel, bytes, mode, exec, true)?;
         let result = replace(self, &parent, &tmp, rel, expect);
         if !matches!(result, Ok(Outcome::Done | Outcome::DoneOverEdit(..))) {
             let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
         }
         let outcome = result?;
+        if !matches!(outcome, Outcome::Unexpected) {
+            rustix::fs::fsync(&parent)
+                .map_err(|e| FsError::io("fsync folder of", rel.as_str(), e))?;
+        }
         Ok(outcome)
     }
 
     /// Writes `bytes` to a temporary file next to `rel` (creating folders), neither
     /// flushed nor put in place: [`put_in_place`](Self::put_in_place) renames it there,
-    /// [`flush_all`](Self::flush_all) makes both durable later. What the file will be
+    /// [`flush_files`](Self::flush_files) makes both durable later (a folder it creates
+    /// is made durable at once: rare, and no later flush of a file reaches it). What the file will be
     /// (its [`FileId`]) is known before it is put in place, so a record of it can be
     /// committed first: after a power cut, a file at `rel` that is this one but holds
     /// other bytes was cut short, not edited. `None` for a folder on another filesystem
@@ -473,7 +478,7 @@ impl WorkspaceFs {
         bytes: &[u8],
         exec: Option<bool>,
     ) -> Result<Option<Prepared>, FsError> {
-        let parent = self.open_parent_creating(rel, false)?;
+        let parent = self.open_parent_creating(rel, true)?;
         let dev = rustix::fs::fstat(&parent)
             .map(|st| FileStat::from_stat(&st).dev)
             .map_err(|e| FsError::io("stat folder of", rel.as_str(), e))?;
@@ -535,42 +540,48 @@ impl WorkspaceFs {
     /// (which flushes everything written in the filesystem, other programs' files too: a
     /// cost on the user's whole machine, paid for a burst only). A file gone or replaced
     /// since is left as it is (what replaced it is not ours to flush; its folder is).
-    pub fn flush_files(&self, paths: &[WorkspacePath]) -> Result<(), FsError> {
+    pub fn flush_files(&self, paths: &[WorkspacePath]) -> Vec<Result<(), FsError>> {
         if paths.len() > SYNCFS_OVER_FILES {
-            return rustix::fs::syncfs(&self.root)
-                .map_err(|e| FsError::io("syncfs", "the workspace", e));
-        }
-        let mut by_dir: BTreeMap<&str, Vec<&WorkspacePath>> = BTreeMap::new();
-        for p in paths {
-            by_dir.entry(p.parent_str()).or_default().push(p);
-        }
-        for files in by_dir.into_values() {
-            let Some(dir) = self.open_parent(files[0])? else {
-                continue; // the folder is gone: nothing of ours is left to flush
+            return match rustix::fs::syncfs(&self.root) {
+                Ok(()) => paths.iter().map(|_| Ok(())).collect(),
+                Err(e) => paths
+                    .iter()
+                    .map(|rel| Err(FsError::io("syncfs for", rel.as_str(), e)))
+                    .collect(),
             };
-            for rel in &files {
-                match rustix::fs::openat(
-                    &dir,
-                    rel.file_name(),
-                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-                    Mode::empty(),
-                ) {
-                    Ok(fd) => {
-                        if rustix::fs::fstat(&fd).is_ok_and(|st| {
-                            FileKind::from_mode(st.st_mode as u32) == FileKind::Regular
-                        }) {
-                            rustix::fs::fsync(&fd)
-                                .map_err(|e| FsError::io("fsync", rel.as_str(), e))?;
-                        }
+        }
+        let mut results: Vec<Result<(), FsError>> = paths.iter().map(|_| Ok(())).collect();
+        let mut by_dir: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, p) in paths.iter().enumerate() {
+            by_dir.entry(p.parent_str()).or_default().push(i);
+        }
+        // One folder that cannot be flushed leaves the others' files flushed.
+        for files in by_dir.into_values() {
+            let dir = match self.open_parent(&paths[files[0]]) {
+                // The folder is gone: nothing of ours is left in it to flush.
+                Ok(None) => continue,
+                Ok(Some(dir)) => dir,
+                Err(e) => {
+                    for &i in &files {
+                        results[i] = Err(FsError::io(
+                            "open the folder to flush",
+                            paths[i].as_str(),
+                            io::Error::other(e.to_string()),
+                        ));
                     }
-                    Err(Errno::NOENT | Errno::LOOP | Errno::NXIO) => {}
-                    Err(e) => return Err(FsError::io("open to flush", rel.as_str(), e)),
+                    continue;
+                }
+            };
+            for &i in &files {
+                results[i] = flush_file(&dir, &paths[i]);
+            }
+            if let Err(e) = rustix::fs::fsync(&dir) {
+                for &i in &files {
+                    results[i] = Err(FsError::io("fsync folder of", paths[i].as_str(), e));
                 }
             }
-            rustix::fs::fsync(&dir)
-                .map_err(|e| FsError::io("fsync folder of", files[0].as_str(), e))?;
         }
-        Ok(())
+        results
     }
 
     /// Whether the file at `rel` is `id` (see [`prepare`](Self::prepare)), as a power cut
@@ -866,6 +877,28 @@ fn retarget(e: FsError, rel: &WorkspacePath) -> FsError {
 
 fn stat_leaf(parent: &OwnedFd, rel: &WorkspacePath) -> Result<Option<FileStat>, FsError> {
     stat_leaf_named(parent, rel.file_name(), rel)
+}
+
+/// `fsync` of the regular file `rel` in `dir`; nothing when it is gone or is no regular
+/// file any more (what replaced it is not ours to flush).
+fn flush_file(dir: &OwnedFd, rel: &WorkspacePath) -> Result<(), FsError> {
+    match rustix::fs::openat(
+        dir,
+        rel.file_name(),
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    ) {
+        Ok(fd) => {
+            let regular = rustix::fs::fstat(&fd)
+                .is_ok_and(|st| FileStat::from_stat(&st).kind == FileKind::Regular);
+            if regular {
+                rustix::fs::fsync(&fd).map_err(|e| FsError::io("fsync", rel.as_str(), e))?;
+            }
+            Ok(())
+        }
+        Err(Errno::NOENT | Errno::LOOP | Errno::NXIO) => Ok(()),
+        Err(e) => Err(FsError::io("open to flush", rel.as_str(), e)),
+    }
 }
 
 /// `lstat` of `name` in `parent` (`rel` names it in errors).

@@ -59,8 +59,9 @@ pub struct JournalEntry {
     /// What the path may hold if the effect (or an earlier one not flushed yet) did not
     /// reach the disk: content hashes ([`cue_core::file_hash`]), `None` for nothing.
     pub before: Vec<Option<ContentHash>>,
-    /// The file a write put in place without flushing it ([`WorkspaceFs::prepare`]).
-    pub written: Option<fsio::FileId>,
+    /// The files writes put in place without flushing them ([`WorkspaceFs::prepare`]),
+    /// this one and earlier ones not flushed yet.
+    pub written: Vec<fsio::FileId>,
 }
 
 /// First byte of an entry in this layout; an older entry is a bare hash (32 bytes) or
@@ -68,9 +69,22 @@ pub struct JournalEntry {
 const JOURNAL_LAYOUT: u8 = 2;
 
 impl JournalEntry {
+    /// `[layout] [n] n × ([0] | [1] hash) [m] m × (inode, mtime)`, little-endian; past 255
+    /// of either, the first and the newest are kept (the oldest content is what a power
+    /// cut most likely leaves, the newest what it least likely does not).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![JOURNAL_LAYOUT, self.before.len().min(255) as u8];
-        for b in self.before.iter().take(255) {
+        fn capped<T>(items: &[T]) -> Vec<&T> {
+            match items.len() {
+                0..=255 => items.iter().collect(),
+                n => std::iter::once(&items[0])
+                    .chain(&items[n - 254..])
+                    .collect(),
+            }
+        }
+        let mut out = vec![JOURNAL_LAYOUT];
+        let before = capped(&self.before);
+        out.push(before.len() as u8);
+        for b in before {
             match b {
                 None => out.push(0),
                 Some(h) => {
@@ -79,13 +93,11 @@ impl JournalEntry {
                 }
             }
         }
-        match self.written {
-            None => out.push(0),
-            Some(id) => {
-                out.push(1);
-                out.extend_from_slice(&id.ino.to_le_bytes());
-                out.extend_from_slice(&id.mtime_ns.to_le_bytes());
-            }
+        let written = capped(&self.written);
+        out.push(written.len() as u8);
+        for id in written {
+            out.extend_from_slice(&id.ino.to_le_bytes());
+            out.extend_from_slice(&id.mtime_ns.to_le_bytes());
         }
         out
     }
@@ -97,13 +109,13 @@ impl JournalEntry {
             0 => {
                 return Some(JournalEntry {
                     before: vec![None],
-                    written: None,
+                    written: Vec::new(),
                 });
             }
             32 => {
                 return Some(JournalEntry {
                     before: vec![Some(<[u8; 32]>::try_from(bytes).ok()?)],
-                    written: None,
+                    written: Vec::new(),
                 });
             }
             _ => {}
@@ -129,19 +141,18 @@ impl JournalEntry {
                 _ => return None,
             }
         }
-        let (&tag, rest) = rest.split_first()?;
-        let written = match tag {
-            0 if rest.is_empty() => None,
-            1 if rest.len() == 16 => {
-                let (ino, mtime) = rest.split_first_chunk::<8>()?;
-                Some(fsio::FileId {
-                    ino: u64::from_le_bytes(*ino),
-                    mtime_ns: i64::from_le_bytes(<[u8; 8]>::try_from(mtime).ok()?),
-                })
-            }
-            _ => return None,
-        };
-        Some(JournalEntry { before, written })
+        let (&m, mut rest) = rest.split_first()?;
+        let mut written = Vec::with_capacity(m as usize);
+        for _ in 0..m {
+            let (ino, after) = rest.split_first_chunk::<8>()?;
+            let (mtime, after) = after.split_first_chunk::<8>()?;
+            written.push(fsio::FileId {
+                ino: u64::from_le_bytes(*ino),
+                mtime_ns: i64::from_le_bytes(*mtime),
+            });
+            rest = after;
+        }
+        rest.is_empty().then_some(JournalEntry { before, written })
     }
 }
 
@@ -203,6 +214,8 @@ pub struct DaemonHost {
     pub journaled: BTreeMap<String, JournalEntry>,
     /// Paths a prepared file was put in place at in this batch.
     pub put_in_place: BTreeSet<String>,
+    /// Paths written (flushed) or removed in this batch: what they hold is durable.
+    pub durably_done: BTreeSet<String>,
     /// Written and not flushed yet: their journal entries stay until they are.
     pub unflushed: BTreeMap<String, JournalEntry>,
     /// When the first of `unflushed` was written.
@@ -210,6 +223,25 @@ pub struct DaemonHost {
 }
 
 impl DaemonHost {
+    pub fn new(store: Store, fs: WorkspaceFs, name: String) -> DaemonHost {
+        DaemonHost {
+            store,
+            fs,
+            name,
+            store_writes: 0,
+            pending_replay: None,
+            write_errors: 0,
+            written: Vec::new(),
+            journal_done: Vec::new(),
+            prepared: BTreeMap::new(),
+            journaled: BTreeMap::new(),
+            put_in_place: BTreeSet::new(),
+            durably_done: BTreeSet::new(),
+            unflushed: BTreeMap::new(),
+            unflushed_since: None,
+        }
+    }
+
     /// Records an activity of the daemon's own (not from the engine).
     pub fn record(&mut self, kind: ActivityKind, path: Option<String>, detail: String) {
         let record = ActivityRecord {
@@ -243,23 +275,48 @@ impl DaemonHost {
         if self.unflushed.is_empty() || !(due || now_anyway) {
             return false;
         }
-        let paths: Vec<WorkspacePath> = self
+        let paths: Vec<(String, WorkspacePath)> = self
             .unflushed
             .keys()
-            .filter_map(|p| WorkspacePath::parse(p).ok())
+            .filter_map(|p| Some((p.clone(), WorkspacePath::parse(p).ok()?)))
             .collect();
-        match self.fs.flush_files(&paths) {
-            Ok(()) => {
-                let flushed = std::mem::take(&mut self.unflushed);
-                tracing::debug!(files = flushed.len(), "files written are durable");
-                self.journal_done.extend(flushed.into_keys());
-                self.unflushed_since = None;
-                true
+        let rels: Vec<WorkspacePath> = paths.iter().map(|(_, r)| r.clone()).collect();
+        let mut flushed = 0;
+        for ((path, _), result) in paths.into_iter().zip(self.fs.flush_files(&rels)) {
+            match result {
+                Ok(()) => {
+                    self.unflushed.remove(&path);
+                    self.journal_done.push(path);
+                    flushed += 1;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot flush a file written; trying again later");
+                }
             }
-            Err(error) => {
-                tracing::warn!(%error, "cannot flush the files written; trying again");
-                false
+        }
+        // A path that is no workspace path cannot have been written: nothing to keep.
+        self.unflushed
+            .retain(|p, _| WorkspacePath::parse(p).is_ok());
+        tracing::debug!(files = flushed, "files written are durable");
+        // What could not be flushed is tried again a while later, not at every batch.
+        self.unflushed_since = (!self.unflushed.is_empty()).then(std::time::Instant::now);
+        flushed > 0
+    }
+
+    /// What a batch that never reached `files_done` (a panic in between) left: its files
+    /// put in place wait for a flush like any, its prepared files go.
+    fn settle_leftovers(&mut self) {
+        for path in std::mem::take(&mut self.put_in_place) {
+            if let Some(entry) = self.journaled.remove(&path) {
+                self.unflushed.insert(path, entry);
+                self.unflushed_since
+                    .get_or_insert_with(std::time::Instant::now);
             }
+        }
+        self.durably_done.clear();
+        self.journaled.clear();
+        for (_, (_, prepared)) in std::mem::take(&mut self.prepared) {
+            prepared.discard();
         }
     }
 
@@ -350,6 +407,7 @@ impl DaemonHost {
                 for rel in outcome.written {
                     if let Some(i) = staged.get(rel.as_str()) {
                         results[*i] = Some(Ok(Outcome::Done));
+                        self.durably_done.insert(rel.as_str().to_string());
                     }
                 }
                 for rel in outcome.unexpected {
@@ -406,6 +464,7 @@ impl carry::Host for DaemonHost {
         files: &[Effect],
         durable: bool,
     ) -> Result<(), StoreError> {
+        self.settle_leftovers();
         if files.iter().any(|e| {
             effect_path(e)
                 .and_then(|p| self.unflushed.get(p))
@@ -414,7 +473,6 @@ impl carry::Host for DaemonHost {
             let _ = self.flush_files(true);
         }
         self.prepare(files);
-        self.journaled.clear();
         for e in files {
             let (Effect::WriteFile { path, expect, .. } | Effect::RemoveFile { path, expect }) = e
             else {
@@ -423,16 +481,23 @@ impl carry::Host for DaemonHost {
             // An earlier write not flushed yet may not be on disk after a power cut either:
             // what the path held before it is kept too.
             // So may an earlier effect of this batch on the same path.
-            let mut before = self
+            let JournalEntry {
+                mut before,
+                mut written,
+            } = self
                 .journaled
                 .get(path)
                 .or_else(|| self.unflushed.get(path))
-                .map(|entry| entry.before.clone())
+                .cloned()
                 .unwrap_or_default();
             if !before.contains(expect) {
                 before.push(*expect);
             }
-            let written = self.prepared.get(path).map(|(_, p)| p.id);
+            if let Some((_, p)) = self.prepared.get(path)
+                && !written.contains(&p.id)
+            {
+                written.push(p.id);
+            }
             self.journaled
                 .insert(path.clone(), JournalEntry { before, written });
         }
@@ -496,13 +561,18 @@ impl carry::Host for DaemonHost {
                 }
                 self.unflushed_since
                     .get_or_insert_with(std::time::Instant::now);
-            } else {
-                // Written and flushed, removed, or not done at all: what the path holds is
-                // durable, earlier unflushed writes included (their folder was flushed).
+            } else if self.durably_done.remove(path) || !self.unflushed.contains_key(path) {
+                // Written and flushed, or removed (the folder flushed: earlier unflushed
+                // writes there are settled too), or not done with nothing earlier unflushed.
                 self.unflushed.remove(path);
                 self.journal_done.push(path.to_string());
+            } else if let Some(entry) = entry {
+                // Not done (refused, failed, put off) over an earlier write not flushed
+                // yet: its entry, which holds the earlier one's, stays until the flush.
+                self.unflushed.insert(path.to_string(), entry);
             }
         }
+        self.durably_done.clear();
         // Not carried out (refused, put off): their temporary files go.
         for (_, (_, prepared)) in std::mem::take(&mut self.prepared) {
             prepared.discard();
@@ -533,8 +603,13 @@ impl carry::Host for DaemonHost {
                 if let Some((_, prepared)) = other {
                     prepared.discard();
                 }
-                self.fs
-                    .write_atomic_if(&rel, bytes, Some(exec), to_expect(expect))?
+                let written =
+                    self.fs
+                        .write_atomic_if(&rel, bytes, Some(exec), to_expect(expect))?;
+                if !matches!(written, fsio::Outcome::Unexpected) {
+                    self.durably_done.insert(path.to_string());
+                }
+                written
             }
         };
         let result = outcome(written);
@@ -559,10 +634,14 @@ impl carry::Host for DaemonHost {
 
     fn remove_if(&mut self, path: &str, expect: ContentHash) -> Result<Option<Outcome>, FileError> {
         let rel = WorkspacePath::parse(path)?;
-        Ok(self
-            .fs
-            .remove_if(&rel, Expect::Content(expect))?
-            .map(outcome))
+        let removed = self.fs.remove_if(&rel, Expect::Content(expect))?;
+        if matches!(
+            removed,
+            Some(fsio::Outcome::Done | fsio::Outcome::DoneOverEdit(..))
+        ) {
+            self.durably_done.insert(path.to_string());
+        }
+        Ok(removed.map(outcome))
     }
 
     fn remove_empty_dir(&mut self, dir: &str) -> bool {
@@ -661,19 +740,100 @@ fn effect_path(e: &Effect) -> Option<&str> {
 mod tests {
     use super::*;
 
+    fn host() -> (tempfile::TempDir, DaemonHost) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join(".cuedeck")).expect("mkdir");
+        let store = Store::open(&dir.path().join(".cuedeck/store.sqlite3")).expect("store");
+        let fs = WorkspaceFs::open(dir.path()).expect("fs");
+        (dir, DaemonHost::new(store, fs, "test".into()))
+    }
+
+    /// One batch writing `bytes` at `path` over `expect`, carried out as `carry` does.
+    fn write(
+        host: &mut DaemonHost,
+        path: &str,
+        bytes: &[u8],
+        expect: Option<ContentHash>,
+    ) -> Outcome {
+        let files = [Effect::WriteFile {
+            path: path.into(),
+            bytes: bytes.to_vec(),
+            exec: false,
+            expect,
+        }];
+        host.commit(Vec::new(), Vec::new(), &files, true)
+            .expect("commit");
+        let outcome = host.write_if(path, bytes, false, expect).expect("write");
+        host.files_done(&files);
+        outcome
+    }
+
+    fn entry(host: &DaemonHost, path: &str) -> Option<JournalEntry> {
+        let entries = host.store.list_meta(NS_JOURNAL).expect("journal");
+        entries
+            .into_iter()
+            .find(|(p, _)| p == path)
+            .and_then(|(_, e)| JournalEntry::decode(&e))
+    }
+
+    #[test]
+    fn a_path_written_again_before_a_flush_keeps_every_earlier_content_and_file() {
+        let (dir, mut host) = host();
+        let (one, two) = (b"one\n", b"two\n");
+        assert_eq!(write(&mut host, "a.md", one, None), Outcome::Done);
+        let first = host
+            .unflushed
+            .get("a.md")
+            .expect("unflushed")
+            .written
+            .clone();
+        let h1 = cue_core::file_hash(one, false);
+        assert_eq!(write(&mut host, "a.md", two, Some(h1)), Outcome::Done);
+        assert_eq!(std::fs::read(dir.path().join("a.md")).expect("read"), two);
+        let e = entry(&host, "a.md").expect("journaled until flushed");
+        assert_eq!(e.before, vec![None, Some(h1)]);
+        assert_eq!(e.written.len(), 2);
+        assert_eq!(e.written[0], first[0]);
+
+        // A write refused over them (the disk holds something else) keeps the entry.
+        let wrong = cue_core::file_hash(b"not what is there\n", false);
+        assert_eq!(
+            write(&mut host, "a.md", b"three\n", Some(wrong)),
+            Outcome::Unexpected
+        );
+        host.flush(true).expect("commit");
+        let e = entry(&host, "a.md").expect("still journaled");
+        assert!(
+            e.before.contains(&None) && e.before.contains(&Some(h1)),
+            "{e:?}"
+        );
+
+        // Flushed: the entry goes with the next commit.
+        assert!(host.flush_files(true));
+        host.flush(false).expect("commit");
+        assert_eq!(entry(&host, "a.md"), None);
+        assert!(host.unflushed.is_empty());
+    }
+
     #[test]
     fn journal_entries_read_back_in_both_layouts() {
         let entries = [
             JournalEntry {
                 before: vec![None],
-                written: None,
+                written: Vec::new(),
             },
             JournalEntry {
                 before: vec![Some([7; 32]), None, Some([9; 32])],
-                written: Some(fsio::FileId {
-                    ino: 42,
-                    mtime_ns: -3,
-                }),
+                written: vec![
+                    fsio::FileId {
+                        ino: 42,
+                        mtime_ns: -3,
+                    },
+                    fsio::FileId {
+                        ino: 43,
+                        mtime_ns: 1 << 60,
+                    },
+                ],
             },
         ];
         for e in &entries {
@@ -684,7 +844,7 @@ mod tests {
             JournalEntry::decode(&[5; 32]),
             Some(JournalEntry {
                 before: vec![Some([5; 32])],
-                written: None
+                written: Vec::new()
             })
         );
         assert_eq!(JournalEntry::decode(&[]), Some(entries[0].clone()));

@@ -99,6 +99,8 @@ pub struct ActivityEntry {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// In WAL mode: a later commit's flush then covers an earlier one not flushed.
+    wal: bool,
 }
 
 impl Store {
@@ -129,6 +131,7 @@ impl Store {
         let mut store = Store {
             conn,
             path: path.to_owned(),
+            wal: mode.eq_ignore_ascii_case("wal"),
         };
         store.migrate()?;
         Ok(store)
@@ -218,13 +221,19 @@ impl Store {
         &mut self,
         f: impl FnOnce(&StoreTx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        if !self.wal {
+            // Without a WAL, a later commit's flush would not cover this one.
+            return self.transaction(f);
+        }
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let result = self.transaction(f);
-        // Back to FULL whatever happened: every other commit must wait for the disk.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.transaction(f)));
+        // Back to FULL whatever happened (a panic included: the daemon goes on after one):
+        // every other commit must wait for the disk, and a connection that would not must
+        // not be used again.
         let restored = self.conn.pragma_update(None, "synchronous", "FULL");
-        let value = result?;
+        let result = result.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         restored?;
-        Ok(value)
+        result
     }
 
     /// Runs `f` in a read transaction: a consistent view across several reads.
