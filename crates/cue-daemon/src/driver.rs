@@ -1412,6 +1412,14 @@ mod power_cut {
         id_of(&path)
     }
 
+    /// What every file at the workspace's root holds.
+    fn contents(ws: &Workspace) -> Vec<Vec<u8>> {
+        std::fs::read_dir(&ws.root)
+            .expect("list")
+            .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+            .collect()
+    }
+
     /// The next start: what the file holds after it, and what its document holds.
     fn start(ws: &Workspace) -> (Vec<u8>, Vec<u8>) {
         let mut driver = Driver::open(ws, &ws.config).expect("driver");
@@ -1465,10 +1473,7 @@ mod power_cut {
         assert_eq!(id_of(&path).ino, id.ino);
 
         start(&ws);
-        let kept: Vec<Vec<u8>> = std::fs::read_dir(&ws.root)
-            .expect("list")
-            .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
-            .collect();
+        let kept = contents(&ws);
         assert!(kept.iter().any(|b| b == edited), "the edit is gone");
     }
 
@@ -1509,10 +1514,7 @@ mod power_cut {
         // Nothing stood at the path before the restore's write: the file saved there is a
         // second creation, settled as any (one keeps the name, the other is a conflict
         // copy), never written over.
-        let kept: Vec<Vec<u8>> = std::fs::read_dir(&ws.root)
-            .expect("list")
-            .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
-            .collect();
+        let kept = contents(&ws);
         assert!(kept.iter().any(|b| b == edited), "the edit is gone");
         assert!(kept.iter().any(|b| b == NOTE), "the restored note is gone");
     }

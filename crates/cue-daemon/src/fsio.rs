@@ -440,16 +440,7 @@ impl WorkspaceFs {
         expect: Expect,
     ) -> Result<Outcome, FsError> {
         let parent = self.open_parent_creating(rel, true)?;
-        let existing = stat_leaf(&parent, rel)?;
-        if let Some(st) = existing {
-            check_regular(rel, st.kind)?;
-        }
-        let (mode, exec) = match self.modes {
-            true => (existing.map(|s| s.mode), exec),
-            // No mode is set: a `chmod` there is ignored or refused.
-            false => (None, None),
-        };
-        let tmp = write_temp(&parent, rel, bytes, mode, exec, true)?;
+        let tmp = self.write_temp_for(&parent, rel, bytes, exec, true)?;
         let result = replace(self, &parent, &tmp, rel, expect);
         if !matches!(result, Ok(Outcome::Done | Outcome::DoneOverEdit(..))) {
             let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
@@ -462,16 +453,37 @@ impl WorkspaceFs {
         Ok(outcome)
     }
 
+    /// The temporary file that will replace `rel` (a regular file or nothing), in its
+    /// folder `parent`, with `rel`'s mode carried over (see [`write_temp`]).
+    fn write_temp_for(
+        &self,
+        parent: &OwnedFd,
+        rel: &WorkspacePath,
+        bytes: &[u8],
+        exec: Option<bool>,
+        sync: bool,
+    ) -> Result<String, FsError> {
+        let existing = stat_leaf(parent, rel)?;
+        if let Some(st) = existing {
+            check_regular(rel, st.kind)?;
+        }
+        let (mode, exec) = match self.modes {
+            true => (existing.map(|s| s.mode), exec),
+            // No mode is set: a `chmod` there is ignored or refused.
+            false => (None, None),
+        };
+        write_temp(parent, rel, bytes, mode, exec, sync)
+    }
+
     /// Writes `bytes` to a temporary file next to `rel` (creating folders), neither
     /// flushed nor put in place: [`put_in_place`](Self::put_in_place) renames it there,
     /// [`flush_files`](Self::flush_files) makes both durable later (a folder it creates
-    /// is made durable at once: rare, and no later flush of a file reaches it). What the file will be
-    /// (its [`FileId`]) is known before it is put in place, so a record of it can be
-    /// committed first: after a power cut, a file at `rel` that is this one but holds
-    /// other bytes was cut short, not edited. `None` for a folder on another filesystem
-    /// than the root's (a mount inside the workspace), which `flush_files`' `syncfs` does
-    /// not reach:
-    /// write it with [`write_atomic_if`](Self::write_atomic_if).
+    /// is made durable at once: rare, and no later flush of a file reaches it). What the
+    /// file will be (its [`FileId`]) is known before it is put in place, so a record of
+    /// it can be committed first: after a power cut, a file at `rel` that is this one but
+    /// holds other bytes was cut short, not edited. `None` for a folder on another
+    /// filesystem than the root's (a mount inside the workspace), which `flush_files`'
+    /// `syncfs` does not reach: write it with [`write_atomic_if`](Self::write_atomic_if).
     pub fn prepare(
         &self,
         rel: &WorkspacePath,
@@ -485,15 +497,7 @@ impl WorkspaceFs {
         if dev != self.root_dev {
             return Ok(None);
         }
-        let existing = stat_leaf(&parent, rel)?;
-        if let Some(st) = existing {
-            check_regular(rel, st.kind)?;
-        }
-        let (mode, exec) = match self.modes {
-            true => (existing.map(|s| s.mode), exec),
-            false => (None, None),
-        };
-        let tmp = write_temp(&parent, rel, bytes, mode, exec, false)?;
+        let tmp = self.write_temp_for(&parent, rel, bytes, exec, false)?;
         match stat_leaf_named(&parent, tmp.as_str(), rel) {
             Ok(Some(st)) => Ok(Some(Prepared {
                 id: FileId {
