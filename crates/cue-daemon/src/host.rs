@@ -478,9 +478,9 @@ impl carry::Host for DaemonHost {
             else {
                 continue;
             };
-            // An earlier write not flushed yet may not be on disk after a power cut either:
-            // what the path held before it is kept too.
-            // So may an earlier effect of this batch on the same path.
+            // An earlier write not flushed yet, or an earlier effect of this batch on the
+            // same path, may not be on disk after a power cut either: what the path held
+            // before it is kept too.
             let JournalEntry {
                 mut before,
                 mut written,
