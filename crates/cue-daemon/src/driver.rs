@@ -762,7 +762,7 @@ impl Driver {
     /// files written lately still wait for their second look.
     pub fn wants_frequent_ticks(&mut self) -> bool {
         !self.host.written.is_empty()
-            || !self.host.unflushed.is_empty()
+            || self.host.flush_soon()
             || self.host.fs.watching_replaced()
             || self.engine.wants_frequent_ticks()
     }

@@ -562,8 +562,11 @@ impl WorkspaceFs {
         // One folder that cannot be flushed leaves the others' files flushed.
         for files in by_dir.into_values() {
             let dir = match self.open_parent(&paths[files[0]]) {
-                // The folder is gone: nothing of ours is left in it to flush.
-                Ok(None) => continue,
+                // The folder is gone, or another file or a link stands on the way: nothing
+                // of ours is left there to flush.
+                Ok(None) | Err(FsError::NotADirectory { .. } | FsError::SymlinkOnTheWay { .. }) => {
+                    continue;
+                }
                 Ok(Some(dir)) => dir,
                 Err(e) => {
                     for &i in &files {

@@ -218,8 +218,12 @@ pub struct DaemonHost {
     pub durably_done: BTreeSet<String>,
     /// Written and not flushed yet: their journal entries stay until they are.
     pub unflushed: BTreeMap<String, JournalEntry>,
-    /// When the first of `unflushed` was written.
-    pub unflushed_since: Option<std::time::Instant>,
+    /// When `unflushed` is to be flushed: a second after the first of them was written,
+    /// later after flushes that failed.
+    pub flush_due: Option<std::time::Instant>,
+    /// Flushes that failed in a row (a folder that cannot be flushed), for the wait
+    /// before the next.
+    pub flush_failures: u32,
 }
 
 impl DaemonHost {
@@ -238,7 +242,8 @@ impl DaemonHost {
             put_in_place: BTreeSet::new(),
             durably_done: BTreeSet::new(),
             unflushed: BTreeMap::new(),
-            unflushed_since: None,
+            flush_due: None,
+            flush_failures: 0,
         }
     }
 
@@ -269,9 +274,8 @@ impl DaemonHost {
     /// entries stay, so a power cut meanwhile is still finished at the next start).
     /// Whether it flushed any.
     pub fn flush_files(&mut self, now_anyway: bool) -> bool {
-        let due = self
-            .unflushed_since
-            .is_some_and(|since| since.elapsed() >= FLUSH_FILES_WITHIN);
+        let now = std::time::Instant::now();
+        let due = self.flush_due.is_some_and(|due| due <= now);
         if self.unflushed.is_empty() || !(due || now_anyway) {
             return false;
         }
@@ -282,6 +286,7 @@ impl DaemonHost {
             .collect();
         let rels: Vec<WorkspacePath> = paths.iter().map(|(_, r)| r.clone()).collect();
         let mut flushed = 0;
+        let mut failed = None;
         for ((path, _), result) in paths.into_iter().zip(self.fs.flush_files(&rels)) {
             match result {
                 Ok(()) => {
@@ -289,18 +294,42 @@ impl DaemonHost {
                     self.journal_done.push(path);
                     flushed += 1;
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "cannot flush a file written; trying again later");
-                }
+                Err(error) => failed = Some(error),
             }
         }
         // A path that is no workspace path cannot have been written: nothing to keep.
         self.unflushed
             .retain(|p, _| WorkspacePath::parse(p).is_ok());
         tracing::debug!(files = flushed, "files written are durable");
-        // What could not be flushed is tried again a while later, not at every batch.
-        self.unflushed_since = (!self.unflushed.is_empty()).then(std::time::Instant::now);
+        match failed {
+            None => {
+                self.flush_failures = 0;
+                self.flush_due = None;
+            }
+            Some(error) => {
+                // Tried again later, waiting longer each time (up to a minute); said once.
+                self.flush_failures += 1;
+                let wait = FLUSH_FILES_WITHIN * 2u32.saturating_pow(self.flush_failures.min(6));
+                self.flush_due = Some(now + wait.min(std::time::Duration::from_secs(60)));
+                if self.flush_failures == 1 {
+                    tracing::warn!(%error, files = self.unflushed.len(), "cannot flush files written; trying again later");
+                }
+            }
+        }
         flushed > 0
+    }
+
+    /// Notes that `path` was put in place unflushed under `entry`.
+    fn unflushed_write(&mut self, path: &str, entry: JournalEntry) {
+        self.unflushed.insert(path.to_string(), entry);
+        self.flush_due
+            .get_or_insert_with(|| std::time::Instant::now() + FLUSH_FILES_WITHIN);
+    }
+
+    /// Whether files wait for a flush that should come soon (not one put off after
+    /// failures): the daemon then ticks often.
+    pub fn flush_soon(&self) -> bool {
+        !self.unflushed.is_empty() && self.flush_failures == 0
     }
 
     /// What a batch that never reached `files_done` (a panic in between) left: its files
@@ -308,9 +337,7 @@ impl DaemonHost {
     fn settle_leftovers(&mut self) {
         for path in std::mem::take(&mut self.put_in_place) {
             if let Some(entry) = self.journaled.remove(&path) {
-                self.unflushed.insert(path, entry);
-                self.unflushed_since
-                    .get_or_insert_with(std::time::Instant::now);
+                self.unflushed_write(&path, entry);
             }
         }
         self.durably_done.clear();
@@ -470,7 +497,7 @@ impl carry::Host for DaemonHost {
                 .and_then(|p| self.unflushed.get(p))
                 .is_some_and(|entry| entry.before.len() >= BEFORE_AT_MOST)
         }) {
-            let _ = self.flush_files(true);
+            let _ = self.flush_files(self.flush_failures == 0);
         }
         self.prepare(files);
         for e in files {
@@ -557,10 +584,8 @@ impl carry::Host for DaemonHost {
             if self.put_in_place.remove(path) {
                 // Durable at the next flush of the files; its entry stays until then.
                 if let Some(entry) = entry {
-                    self.unflushed.insert(path.to_string(), entry);
+                    self.unflushed_write(path, entry);
                 }
-                self.unflushed_since
-                    .get_or_insert_with(std::time::Instant::now);
             } else if self.durably_done.remove(path) || !self.unflushed.contains_key(path) {
                 // Written and flushed, or removed (the folder flushed: earlier unflushed
                 // writes there are settled too), or not done with nothing earlier unflushed.
@@ -578,7 +603,7 @@ impl carry::Host for DaemonHost {
             prepared.discard();
         }
         if self.unflushed.len() >= UNFLUSHED_AT_MOST {
-            let _ = self.flush_files(true);
+            let _ = self.flush_files(self.flush_failures == 0);
         }
     }
 
@@ -774,6 +799,19 @@ mod tests {
             .into_iter()
             .find(|(p, _)| p == path)
             .and_then(|(_, e)| JournalEntry::decode(&e))
+    }
+
+    #[test]
+    fn a_file_written_into_a_folder_that_became_a_file_before_the_flush_is_not_waited_for() {
+        let (dir, mut host) = host();
+        assert_eq!(write(&mut host, "d/a.md", b"one\n", None), Outcome::Done);
+        assert!(host.flush_soon());
+        std::fs::remove_dir_all(dir.path().join("d")).expect("rm");
+        std::fs::write(dir.path().join("d"), b"a file now\n").expect("write");
+        assert!(host.flush_files(true));
+        host.flush(false).expect("commit");
+        assert_eq!(entry(&host, "d/a.md"), None);
+        assert!(!host.flush_soon());
     }
 
     #[test]
