@@ -887,8 +887,12 @@ fn stat_leaf(parent: &OwnedFd, rel: &WorkspacePath) -> Result<Option<FileStat>, 
 }
 
 /// `fsync` of the regular file `rel` in `dir`; nothing when it is gone or is no regular
-/// file any more (what replaced it is not ours to flush).
+/// file any more (what replaced it is not ours to flush). `lstat` first, so that a FIFO
+/// or a device put there is never opened.
 fn flush_file(dir: &OwnedFd, rel: &WorkspacePath) -> Result<(), FsError> {
+    if stat_leaf(dir, rel)?.is_none_or(|st| st.kind != FileKind::Regular) {
+        return Ok(());
+    }
     match rustix::fs::openat(
         dir,
         rel.file_name(),
@@ -903,6 +907,7 @@ fn flush_file(dir: &OwnedFd, rel: &WorkspacePath) -> Result<(), FsError> {
             }
             Ok(())
         }
+        // Gone, or replaced in the instant by a link or a FIFO.
         Err(Errno::NOENT | Errno::LOOP | Errno::NXIO) => Ok(()),
         Err(e) => Err(FsError::io("open to flush", rel.as_str(), e)),
     }
