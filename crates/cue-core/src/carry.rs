@@ -260,7 +260,10 @@ fn carry_out_at<H: Host>(
                 });
             }
         }
-        let paths: Vec<String> = files.iter().filter_map(effect_path).collect();
+        let paths: Vec<String> = files
+            .iter()
+            .filter_map(|e| e.file_path().map(str::to_string))
+            .collect();
         host.deferred(&paths);
         host.files_done(&files);
         let effects = engine.handle_batch(now_ms, deferred, host);
@@ -413,13 +416,6 @@ fn remove<H: Host>(
         }
         Ok(None) => {}
         Err(error) => failed(host, path, expect, &error, feedback),
-    }
-}
-
-fn effect_path(e: &Effect) -> Option<String> {
-    match e {
-        Effect::WriteFile { path, .. } | Effect::RemoveFile { path, .. } => Some(path.clone()),
-        _ => None,
     }
 }
 

@@ -279,6 +279,7 @@ impl DaemonHost {
         if self.unflushed.is_empty() || !(due || now_anyway) {
             return false;
         }
+        // Only paths `write_if` parsed are ever put in place.
         let paths: Vec<(String, WorkspacePath)> = self
             .unflushed
             .keys()
@@ -297,9 +298,6 @@ impl DaemonHost {
                 Err(error) => failed = Some(error),
             }
         }
-        // A path that is no workspace path cannot have been written: nothing to keep.
-        self.unflushed
-            .retain(|p, _| WorkspacePath::parse(p).is_ok());
         tracing::debug!(files = flushed, "files written are durable");
         match failed {
             None => {
@@ -493,7 +491,7 @@ impl carry::Host for DaemonHost {
     ) -> Result<(), StoreError> {
         self.settle_leftovers();
         if files.iter().any(|e| {
-            effect_path(e)
+            e.file_path()
                 .and_then(|p| self.unflushed.get(p))
                 .is_some_and(|entry| entry.before.len() >= BEFORE_AT_MOST)
         }) {
@@ -579,7 +577,7 @@ impl carry::Host for DaemonHost {
     }
 
     fn files_done(&mut self, files: &[Effect]) {
-        for path in files.iter().filter_map(effect_path) {
+        for path in files.iter().filter_map(Effect::file_path) {
             let entry = self.journaled.remove(path);
             if self.put_in_place.remove(path) {
                 // Durable at the next flush of the files; its entry stays until then.
@@ -751,14 +749,6 @@ fn persist(tx: &StoreTx<'_>, p: &Persist) -> Result<(), StoreError> {
         Persist::State { bytes } => tx.put_meta(NS_ENGINE, KEY_STATE, bytes)?,
     }
     Ok(())
-}
-
-/// The path a file effect is about.
-fn effect_path(e: &Effect) -> Option<&str> {
-    match e {
-        Effect::WriteFile { path, .. } | Effect::RemoveFile { path, .. } => Some(path),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

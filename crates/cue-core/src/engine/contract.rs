@@ -264,6 +264,16 @@ pub enum Effect {
     Activity(Activity),
 }
 
+impl Effect {
+    /// The path a file effect (a write or a removal) is about.
+    pub fn file_path(&self) -> Option<&str> {
+        match self {
+            Effect::WriteFile { path, .. } | Effect::RemoveFile { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+}
+
 /// The kinds of activity-log entries (docs/reference.md §1.10); the engine emits them and the
 /// daemon's store keeps them by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
