@@ -26,8 +26,8 @@ use cue_core::{ContentHash, Engine, FileId, Input, Restored, Status, file_hash, 
 use crate::config::Config;
 use crate::fsio::{FsError, WorkspaceFs};
 use crate::host::{
-    DaemonHost, JournalEntry, KEY_EPOCH, KEY_STATE, NS_DAEMON, NS_ENGINE, NS_FILEMETA, NS_JOURNAL,
-    StoreDocs, join_loaded,
+    DaemonHost, JournalEntry, KEY_BOOT, KEY_EPOCH, KEY_STATE, NS_DAEMON, NS_ENGINE, NS_FILEMETA,
+    NS_JOURNAL, StoreDocs, join_loaded,
 };
 pub use crate::host::{KEY_REPLAY, NS_NET};
 use crate::ignore_rules::IgnoreRules;
@@ -357,6 +357,7 @@ impl Driver {
     /// engine before anything else looks at the disk. A path the user changed meanwhile
     /// is fed back as a refused write, merged like any local edit.
     fn finish_interrupted_writes(&mut self, now: i64) -> Result<(), DriverError> {
+        let same_boot = self.same_boot()?;
         let entries = self.host.store.list_meta(NS_JOURNAL)?;
         if entries.is_empty() {
             return Ok(());
@@ -382,6 +383,13 @@ impl Driver {
             if same(disk_hash, believed) {
                 continue; // the effect did happen
             }
+            if entry.done && same_boot {
+                // It happened, and no power cut can have undone it: what is there now is
+                // the user's, made to what the engine believes is there (the scan takes
+                // it in as such). Taken for the write not done, it would be merged as an
+                // edit of the version before the write, which repeats the write's change.
+                continue;
+            }
             // What the path held before (the effect did not reach the disk), or a file a
             // write put in place, cut short by a power cut.
             let not_done = entry.before.iter().any(|b| same(disk_hash, *b));
@@ -396,6 +404,11 @@ impl Driver {
                 }
                 _ => false,
             };
+            if !not_done && !cut_short && entry.done && self.holds_last_written(path, &entry) {
+                // The file put in place is still there, edited since (in place): an edit
+                // of what it was written with, as above.
+                continue;
+            }
             if !not_done && !cut_short {
                 // Neither the old nor the new content: a local edit made meanwhile.
                 if let Some((content, exec)) = on_disk {
@@ -433,15 +446,25 @@ impl Driver {
         // happen but may not have been flushed before the crash.
         let _ = carry::carry_out(&mut self.engine, &mut self.host, now, redo)?;
         let _ = self.host.flush_files(true);
-        let rels: Vec<(&String, WorkspacePath)> = entries
+        let rels: Vec<(&String, WorkspacePath, Vec<u64>)> = entries
             .iter()
             .filter(|(path, _)| !self.host.unflushed.contains_key(path))
-            .filter_map(|(path, _)| Some((path, WorkspacePath::parse(path).ok()?)))
+            .filter_map(|(path, entry)| {
+                let inodes = JournalEntry::decode(entry).map(|e| e.inodes());
+                Some((
+                    path,
+                    WorkspacePath::parse(path).ok()?,
+                    inodes.unwrap_or_default(),
+                ))
+            })
             .collect();
-        let to_flush: Vec<WorkspacePath> = rels.iter().map(|(_, r)| r.clone()).collect();
+        let to_flush: Vec<(WorkspacePath, Vec<u64>)> = rels
+            .iter()
+            .map(|(_, r, i)| (r.clone(), i.clone()))
+            .collect();
         let flushed = self.host.fs.flush_files(&to_flush);
         self.host.store.transaction(|tx| {
-            for ((path, _), result) in rels.iter().zip(flushed) {
+            for ((path, _, _), result) in rels.iter().zip(flushed) {
                 match result {
                     Ok(()) => {
                         tx.delete_meta(NS_JOURNAL, path)?;
@@ -456,6 +479,34 @@ impl Driver {
         })?;
         let _ = carry::handle(&mut self.engine, &mut self.host, now, feedback)?;
         Ok(())
+    }
+
+    /// Whether the machine has not started again since the daemon last started here: a
+    /// crash or a kill since, but no power cut (the kernel kept everything written, in
+    /// the order it was written). The boot's id is recorded at each start; where it
+    /// cannot be read, every start counts as after a power cut.
+    fn same_boot(&mut self) -> Result<bool, DriverError> {
+        let Some(boot) = boot_id() else {
+            return Ok(false);
+        };
+        let last = self.host.store.get_meta(NS_DAEMON, KEY_BOOT)?;
+        if last.as_deref() == Some(boot.as_slice()) {
+            return Ok(true);
+        }
+        self.host.store.put_meta(NS_DAEMON, KEY_BOOT, &boot)?;
+        Ok(false)
+    }
+
+    /// Whether the file at `path` is the inode the entry's last write put in place,
+    /// modified since (what a power cut leaves of a file is no later than its writing).
+    fn holds_last_written(&self, path: &str, entry: &JournalEntry) -> bool {
+        let Some(last) = entry.written.last() else {
+            return false;
+        };
+        WorkspacePath::parse(path)
+            .ok()
+            .and_then(|rel| self.host.fs.stat(&rel).ok().flatten())
+            .is_some_and(|st| st.ino == last.ino && st.mtime_ns > last.mtime_ns)
     }
 
     /// Whether `held`, found at `path` where the engine meant `meant` to be, is one of the
@@ -801,11 +852,11 @@ impl Driver {
     /// event at all arrives. So each file the driver writes is looked at once more after
     /// the window has passed, and a file found missing is a removal.
     pub fn tick(&mut self, now: i64) -> Result<Vec<Outgoing>, DriverError> {
-        // Their journal entries are cleared at once: an entry left behind would make the
-        // next start take an edit made while the daemon was stopped for one made to the
-        // version before that write.
+        // Their journal entries are cleared at once, for good (a flushed commit): one a
+        // power cut brought back would make the next start take a save restoring the
+        // content before that write for the write not done.
         if self.host.flush_files(false) {
-            self.host.flush(false)?;
+            self.host.flush(true)?;
         }
         let mut out = self.input(now, Input::Tick)?;
         out.extend(self.late_writes(now, false)?);
@@ -1351,6 +1402,14 @@ fn test_failure(_: &[Input]) {}
 /// What a power cut can leave of a write put in place unflushed (`host.rs`), and what the
 /// next start makes of it. The cut is staged by hand: a journal entry as the batch's commit
 /// left it, and the disk as the kernel might.
+/// This boot of the machine (Linux: `/proc/sys/kernel/random/boot_id`), `None` where
+/// there is none to read.
+fn boot_id() -> Option<Vec<u8>> {
+    let id = std::fs::read("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim_ascii();
+    (!id.is_empty()).then(|| id.to_vec())
+}
+
 #[cfg(test)]
 mod power_cut {
     use std::os::unix::fs::MetadataExt;
@@ -1389,9 +1448,9 @@ mod power_cut {
     }
 
     /// `a.md` deleted and brought back by `cue sync restore`: a write of one file, put in
-    /// place unflushed; then the daemon's process ends without a word (the power cut).
+    /// place unflushed; then the daemon's process ends without a word (a crash, a kill).
     /// The file the journal names.
-    fn restored_then_cut(ws: &Workspace) -> FileId {
+    fn restored_then_crashed(ws: &Workspace) -> FileId {
         let path = ws.root.join("a.md");
         let mut driver = Driver::open(ws, &ws.config).expect("driver");
         std::fs::remove_file(&path).expect("remove");
@@ -1407,9 +1466,25 @@ mod power_cut {
             .and_then(|(_, e)| JournalEntry::decode(e))
             .expect("the write is journaled until flushed");
         assert_eq!(entry.written, vec![id_of(&path)]);
+        assert!(entry.done, "marked done once put in place");
         // No flush, no clean stop.
         std::mem::forget(driver);
         id_of(&path)
+    }
+
+    /// As [`restored_then_crashed`], then the machine starts again (another boot).
+    fn restored_then_cut(ws: &Workspace) -> FileId {
+        let id = restored_then_crashed(ws);
+        power_cut(ws);
+        id
+    }
+
+    /// The machine starts again: the next start is in another boot than the last.
+    fn power_cut(ws: &Workspace) {
+        Store::open(&ws.store_path())
+            .expect("store")
+            .put_meta(NS_DAEMON, KEY_BOOT, b"a boot before the power cut")
+            .expect("boot");
     }
 
     /// What every file at the workspace's root holds.
@@ -1490,6 +1565,7 @@ mod power_cut {
                     Some(file_hash(first, false)),
                 ],
                 written: Vec::new(),
+                done: false,
             },
         );
         // Neither rename reached the disk.
@@ -1517,5 +1593,99 @@ mod power_cut {
         let kept = contents(&ws);
         assert!(kept.iter().any(|b| b == edited), "the edit is gone");
         assert!(kept.iter().any(|b| b == NOTE), "the restored note is gone");
+    }
+
+    /// The daemon killed (or crashed) within the second a write waits for its flush;
+    /// while it is down the user saves the note the way most editors do (a new file
+    /// renamed over it). The next start, in the same boot, takes the save as an edit of
+    /// the note written: taken for the write not done, it would be merged with what the
+    /// path held before (here nothing: a second creation, and a conflict copy).
+    #[test]
+    fn a_save_made_after_a_crash_is_an_edit_of_the_file_written() {
+        let (_dir, ws) = imported();
+        let path = ws.root.join("a.md");
+        restored_then_crashed(&ws);
+        let edited = b"# Plan\n\nShip on Friday. Tell Ana.\n";
+        std::fs::write(ws.root.join("a.md.new"), edited).expect("write");
+        std::fs::rename(ws.root.join("a.md.new"), &path).expect("rename");
+
+        let (disk, doc) = start(&ws);
+        assert_eq!(disk, edited);
+        assert_eq!(doc, edited, "the save is an edit of the restored note");
+        assert_eq!(contents(&ws), vec![edited.to_vec()], "no conflict copy");
+    }
+
+    /// After a power cut, the file written is still at its path (the same inode) and
+    /// was edited in place since (a later time): an edit of it, as after a crash.
+    #[test]
+    fn an_edit_in_place_after_a_power_cut_is_an_edit_of_the_file_written() {
+        let (_dir, ws) = imported();
+        let id = restored_then_cut(&ws);
+        let path = ws.root.join("a.md");
+        let edited = b"# Plan\n\nShip on Friday. Tell Ana.\n";
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .expect("open");
+        std::io::Write::write_all(&mut file, edited).expect("write");
+        let later =
+            std::time::UNIX_EPOCH + std::time::Duration::from_nanos(id.mtime_ns as u64 + 1_000_000);
+        file.set_modified(later).expect("set mtime");
+        drop(file);
+        assert_eq!(id_of(&path).ino, id.ino);
+
+        let (disk, doc) = start(&ws);
+        assert_eq!(disk, edited);
+        assert_eq!(doc, edited);
+        assert_eq!(contents(&ws), vec![edited.to_vec()], "no conflict copy");
+    }
+
+    /// The user saves the note cue just wrote and the daemon takes the save in; a power
+    /// cut then loses the save (its blocks) but keeps cue's write. The next start finds
+    /// cue's own content, not the user's edit, and writes the saved note again. (The
+    /// journal names what each write put there for this. Here a refused write would come
+    /// to the same, the restore's version before being the one it wrote; for a peer's
+    /// change, taken as an edit of the version before it, its change would be made twice.)
+    #[test]
+    fn a_save_lost_to_a_power_cut_after_it_was_taken_in_is_written_again() {
+        let (_dir, ws) = imported();
+        let path = ws.root.join("a.md");
+        let mut driver = Driver::open(&ws, &ws.config).expect("driver");
+        std::fs::remove_file(&path).expect("remove");
+        driver
+            .restore(now_ms(), "a.md")
+            .expect("store")
+            .expect("restore");
+        let written = id_of(&path);
+        let saved = b"# Plan\n\nShip on Monday.\n";
+        driver
+            .input(
+                now_ms(),
+                Input::FileChanged {
+                    path: "a.md".into(),
+                    content: saved.to_vec(),
+                    exec: false,
+                },
+            )
+            .expect("taken in");
+        std::mem::forget(driver);
+        power_cut(&ws);
+        // What the disk keeps: cue's write, as it was written.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .expect("open");
+        std::io::Write::write_all(&mut &file, NOTE).expect("write");
+        let mtime =
+            std::time::UNIX_EPOCH + std::time::Duration::from_nanos(written.mtime_ns as u64);
+        file.set_modified(mtime).expect("set mtime");
+        drop(file);
+
+        let (disk, doc) = start(&ws);
+        assert_eq!(doc, saved, "the save taken in stands");
+        assert_eq!(disk, saved, "and is written again");
+        assert_eq!(contents(&ws), vec![saved.to_vec()], "no conflict copy");
     }
 }

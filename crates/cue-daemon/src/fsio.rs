@@ -181,6 +181,8 @@ pub struct WorkspaceFs {
     /// reads as not executable, no write sets a mode, and a file holds what the engine
     /// expects when its bytes do ([`cue_core::same_bytes`]).
     modes: bool,
+    /// `syncfs` calls made by `flush_files` (each flushes the whole filesystem).
+    syncfs_calls: std::sync::atomic::AtomicU64,
 }
 
 /// A file a write replaced, kept under a temporary name next to it for
@@ -299,6 +301,7 @@ impl WorkspaceFs {
             use_openat2: AtomicBool::new(true),
             replaced: std::sync::Mutex::new(Vec::new()),
             modes: true,
+            syncfs_calls: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -542,29 +545,39 @@ impl WorkspaceFs {
     /// Makes files put in place unflushed durable, and their names: an `fsync` of each
     /// file and of each folder holding one, or one `syncfs` past [`SYNCFS_OVER_FILES`]
     /// (which flushes everything written in the filesystem, other programs' files too: a
-    /// cost on the user's whole machine, paid for a burst only). A file gone or replaced
-    /// since is left as it is (what replaced it is not ours to flush; its folder is).
-    pub fn flush_files(&self, paths: &[WorkspacePath]) -> Vec<Result<(), FsError>> {
-        if paths.len() > SYNCFS_OVER_FILES {
-            return match rustix::fs::syncfs(&self.root) {
+    /// cost on the user's whole machine, paid for a burst only). Each path comes with
+    /// the inodes written there (none: not known): when the path holds none of them, or
+    /// its folder is gone or replaced (moved away before the flush: `mv a.md b.md`, a
+    /// folder renamed), what was written lives on under another name, unflushed, and one
+    /// `syncfs` reaches it wherever it is. A file the user replaced or deleted costs that
+    /// `syncfs` too: gone from the path, the two cannot be told apart.
+    pub fn flush_files(&self, paths: &[(WorkspacePath, Vec<u64>)]) -> Vec<Result<(), FsError>> {
+        let syncfs_all = |paths: &[(WorkspacePath, Vec<u64>)]| -> Vec<Result<(), FsError>> {
+            self.syncfs_calls.fetch_add(1, Ordering::Relaxed);
+            match rustix::fs::syncfs(&self.root) {
                 Ok(()) => paths.iter().map(|_| Ok(())).collect(),
                 Err(e) => paths
                     .iter()
-                    .map(|rel| Err(FsError::io("syncfs for", rel.as_str(), e)))
+                    .map(|(rel, _)| Err(FsError::io("syncfs for", rel.as_str(), e)))
                     .collect(),
-            };
+            }
+        };
+        if paths.len() > SYNCFS_OVER_FILES {
+            return syncfs_all(paths);
         }
         let mut results: Vec<Result<(), FsError>> = paths.iter().map(|_| Ok(())).collect();
+        let mut moved_away = Vec::new();
         let mut by_dir: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, p) in paths.iter().enumerate() {
+        for (i, (p, _)) in paths.iter().enumerate() {
             by_dir.entry(p.parent_str()).or_default().push(i);
         }
         // One folder that cannot be flushed leaves the others' files flushed.
         for files in by_dir.into_values() {
-            let dir = match self.open_parent(&paths[files[0]]) {
-                // The folder is gone, or another file or a link stands on the way: nothing
-                // of ours is left there to flush.
+            let dir = match self.open_parent(&paths[files[0]].0) {
+                // The folder is gone, or another file or a link stands on the way: what
+                // was written there, if anything, was moved away with its folder.
                 Ok(None) | Err(FsError::NotADirectory { .. } | FsError::SymlinkOnTheWay { .. }) => {
+                    moved_away.extend(files);
                     continue;
                 }
                 Ok(Some(dir)) => dir,
@@ -572,7 +585,7 @@ impl WorkspaceFs {
                     for &i in &files {
                         results[i] = Err(FsError::io(
                             "open the folder to flush",
-                            paths[i].as_str(),
+                            paths[i].0.as_str(),
                             io::Error::other(e.to_string()),
                         ));
                     }
@@ -580,15 +593,34 @@ impl WorkspaceFs {
                 }
             };
             for &i in &files {
-                results[i] = flush_file(&dir, &paths[i]);
+                let (rel, ino) = &paths[i];
+                match flush_file(&dir, rel, ino) {
+                    Ok(true) => {}
+                    Ok(false) => moved_away.push(i),
+                    Err(e) => results[i] = Err(e),
+                }
             }
             if let Err(e) = rustix::fs::fsync(&dir) {
                 for &i in &files {
-                    results[i] = Err(FsError::io("fsync folder of", paths[i].as_str(), e));
+                    results[i] = Err(FsError::io("fsync folder of", paths[i].0.as_str(), e));
+                }
+            }
+        }
+        if !moved_away.is_empty() {
+            let moved: Vec<(WorkspacePath, Vec<u64>)> =
+                moved_away.iter().map(|&i| paths[i].clone()).collect();
+            for (&i, result) in moved_away.iter().zip(syncfs_all(&moved)) {
+                if results[i].is_ok() {
+                    results[i] = result;
                 }
             }
         }
         results
+    }
+
+    /// How many times [`flush_files`](Self::flush_files) flushed the whole filesystem.
+    pub fn syncfs_calls(&self) -> u64 {
+        self.syncfs_calls.load(Ordering::Relaxed)
     }
 
     /// Whether the file at `rel` is `id` (see [`prepare`](Self::prepare)), as a power cut
@@ -886,12 +918,17 @@ fn stat_leaf(parent: &OwnedFd, rel: &WorkspacePath) -> Result<Option<FileStat>, 
     stat_leaf_named(parent, rel.file_name(), rel)
 }
 
-/// `fsync` of the regular file `rel` in `dir`; nothing when it is gone or is no regular
-/// file any more (what replaced it is not ours to flush). `lstat` first, so that a FIFO
-/// or a device put there is never opened.
-fn flush_file(dir: &OwnedFd, rel: &WorkspacePath) -> Result<(), FsError> {
-    if stat_leaf(dir, rel)?.is_none_or(|st| st.kind != FileKind::Regular) {
-        return Ok(());
+/// `fsync` of the regular file `rel` in `dir` when it is one of the inodes `written`
+/// there (any regular file when none is known): `Ok(true)`. `Ok(false)` when the file
+/// written is no longer at `rel` (gone, replaced, no regular file: moved away, see
+/// `flush_files`); with no inode known, nothing is flushed then and that is `Ok(true)`.
+/// `lstat` first, so that a FIFO or a device put there is never opened.
+fn flush_file(dir: &OwnedFd, rel: &WorkspacePath, written: &[u64]) -> Result<bool, FsError> {
+    let held = |st: &FileStat| {
+        st.kind == FileKind::Regular && (written.is_empty() || written.contains(&st.ino))
+    };
+    if !stat_leaf(dir, rel)?.is_some_and(|st| held(&st)) {
+        return Ok(written.is_empty());
     }
     match rustix::fs::openat(
         dir,
@@ -900,15 +937,15 @@ fn flush_file(dir: &OwnedFd, rel: &WorkspacePath) -> Result<(), FsError> {
         Mode::empty(),
     ) {
         Ok(fd) => {
-            let regular = rustix::fs::fstat(&fd)
-                .is_ok_and(|st| FileStat::from_stat(&st).kind == FileKind::Regular);
-            if regular {
-                rustix::fs::fsync(&fd).map_err(|e| FsError::io("fsync", rel.as_str(), e))?;
+            let ours = rustix::fs::fstat(&fd).is_ok_and(|st| held(&FileStat::from_stat(&st)));
+            if !ours {
+                return Ok(written.is_empty());
             }
-            Ok(())
+            rustix::fs::fsync(&fd).map_err(|e| FsError::io("fsync", rel.as_str(), e))?;
+            Ok(true)
         }
         // Gone, or replaced in the instant by a link or a FIFO.
-        Err(Errno::NOENT | Errno::LOOP | Errno::NXIO) => Ok(()),
+        Err(Errno::NOENT | Errno::LOOP | Errno::NXIO) => Ok(written.is_empty()),
         Err(e) => Err(FsError::io("open to flush", rel.as_str(), e)),
     }
 }

@@ -33,6 +33,8 @@ use crate::store::{ActivityKind, ActivityRecord, Store, StoreError, StoreTx};
 /// Store namespaces and keys the daemon uses.
 pub const NS_DAEMON: &str = "daemon";
 pub const KEY_EPOCH: &str = "epoch";
+/// The machine's boot the daemon last started in (see `Driver::finish_interrupted_writes`).
+pub const KEY_BOOT: &str = "boot";
 pub const NS_ENGINE: &str = "engine";
 pub const KEY_STATE: &str = "state";
 pub const NS_FILEMETA: &str = "filemeta";
@@ -57,19 +59,26 @@ const BEFORE_AT_MOST: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct JournalEntry {
     /// What the path may hold if the effect (or an earlier one not flushed yet) did not
-    /// reach the disk: content hashes ([`cue_core::file_hash`]), `None` for nothing.
+    /// reach the disk: content hashes ([`cue_core::file_hash`]), `None` for nothing;
+    /// and what the writes put there (what a power cut leaves when it loses a later
+    /// save of the user's, which the engine had taken in).
     pub before: Vec<Option<ContentHash>>,
     /// The files writes put in place without flushing them ([`WorkspaceFs::prepare`]),
     /// this one and earlier ones not flushed yet.
     pub written: Vec<fsio::FileId>,
+    /// The last effect was carried out (committed without a flush just after it): a
+    /// start in the same boot (a crash, a kill, no power cut) knows anything else at the
+    /// path is the user's doing since, made to what the engine believes is there.
+    pub done: bool,
 }
 
 /// First byte of an entry in this layout; an older entry is a bare hash (32 bytes) or
-/// empty (nothing was there), neither of which this layout can be.
-const JOURNAL_LAYOUT: u8 = 2;
+/// empty (nothing was there), neither of which this layout can be. Layout 2 is this
+/// one without `done` (read as not done).
+const JOURNAL_LAYOUT: u8 = 3;
 
 impl JournalEntry {
-    /// `[layout] [n] n × ([0] | [1] hash) [m] m × (inode, mtime)`, little-endian; past 255
+    /// `[layout] [n] n × ([0] | [1] hash) [m] m × (inode, mtime) [done]`, little-endian; past 255
     /// of either, the first and the newest are kept (the oldest content is what a power
     /// cut most likely leaves, the newest what it least likely does not).
     pub fn encode(&self) -> Vec<u8> {
@@ -99,7 +108,13 @@ impl JournalEntry {
             out.extend_from_slice(&id.ino.to_le_bytes());
             out.extend_from_slice(&id.mtime_ns.to_le_bytes());
         }
+        out.push(u8::from(self.done));
         out
+    }
+
+    /// The inodes of the files written (see [`fsio::WorkspaceFs::flush_files`]).
+    pub fn inodes(&self) -> Vec<u64> {
+        self.written.iter().map(|id| id.ino).collect()
     }
 
     /// `None` for bytes that are no entry (a store damaged by hand): the path is then
@@ -109,19 +124,19 @@ impl JournalEntry {
             0 => {
                 return Some(JournalEntry {
                     before: vec![None],
-                    written: Vec::new(),
+                    ..JournalEntry::default()
                 });
             }
             32 => {
                 return Some(JournalEntry {
                     before: vec![Some(<[u8; 32]>::try_from(bytes).ok()?)],
-                    written: Vec::new(),
+                    ..JournalEntry::default()
                 });
             }
             _ => {}
         }
         let (&layout, rest) = bytes.split_first()?;
-        if layout != JOURNAL_LAYOUT {
+        if layout != JOURNAL_LAYOUT && layout != 2 {
             return None;
         }
         let (&n, mut rest) = rest.split_first()?;
@@ -152,7 +167,17 @@ impl JournalEntry {
             });
             rest = after;
         }
-        rest.is_empty().then_some(JournalEntry { before, written })
+        let done = match (layout, rest) {
+            (2, []) => false,
+            (JOURNAL_LAYOUT, [0]) => false,
+            (JOURNAL_LAYOUT, [1]) => true,
+            _ => return None,
+        };
+        Some(JournalEntry {
+            before,
+            written,
+            done,
+        })
     }
 }
 
@@ -285,7 +310,10 @@ impl DaemonHost {
             .keys()
             .filter_map(|p| Some((p.clone(), WorkspacePath::parse(p).ok()?)))
             .collect();
-        let rels: Vec<WorkspacePath> = paths.iter().map(|(_, r)| r.clone()).collect();
+        let rels: Vec<(WorkspacePath, Vec<u64>)> = paths
+            .iter()
+            .map(|(path, rel)| (rel.clone(), self.unflushed[path].inodes()))
+            .collect();
         let mut flushed = 0;
         let mut failed = None;
         for ((path, _), result) in paths.into_iter().zip(self.fs.flush_files(&rels)) {
@@ -432,6 +460,7 @@ impl DaemonHost {
                 for rel in outcome.written {
                     if let Some(i) = staged.get(rel.as_str()) {
                         results[*i] = Some(Ok(Outcome::Done));
+                        self.put_in_place.remove(rel.as_str());
                         self.durably_done.insert(rel.as_str().to_string());
                     }
                 }
@@ -499,9 +528,15 @@ impl carry::Host for DaemonHost {
         }
         self.prepare(files);
         for e in files {
-            let (Effect::WriteFile { path, expect, .. } | Effect::RemoveFile { path, expect }) = e
-            else {
-                continue;
+            let (path, expect, writing) = match e {
+                Effect::WriteFile {
+                    path,
+                    expect,
+                    bytes,
+                    exec,
+                } => (path, expect, Some(cue_core::file_hash(bytes, *exec))),
+                Effect::RemoveFile { path, expect } => (path, expect, None),
+                _ => continue,
             };
             // An earlier write not flushed yet, or an earlier effect of this batch on the
             // same path, may not be on disk after a power cut either: what the path held
@@ -509,6 +544,7 @@ impl carry::Host for DaemonHost {
             let JournalEntry {
                 mut before,
                 mut written,
+                done: _,
             } = self
                 .journaled
                 .get(path)
@@ -518,13 +554,25 @@ impl carry::Host for DaemonHost {
             if !before.contains(expect) {
                 before.push(*expect);
             }
+            // What this write puts there, too: left by a power cut that lost a later
+            // save of the user's (which the engine took in), it is ours, not theirs, and
+            // the start writes what the engine holds over it.
+            if writing.is_some() && !before.contains(&writing) {
+                before.push(writing);
+            }
             if let Some((_, p)) = self.prepared.get(path)
                 && !written.contains(&p.id)
             {
                 written.push(p.id);
             }
-            self.journaled
-                .insert(path.clone(), JournalEntry { before, written });
+            self.journaled.insert(
+                path.clone(),
+                JournalEntry {
+                    before,
+                    written,
+                    done: false,
+                },
+            );
         }
         let journal: Vec<(&str, Vec<u8>)> = self
             .journaled
@@ -534,6 +582,10 @@ impl carry::Host for DaemonHost {
         self.store_writes += persists.len() as u64;
         let replay = self.pending_replay.take();
         let done = std::mem::take(&mut self.journal_done);
+        // An entry goes for good: one a power cut brought back would make the next
+        // start take a save that happens to restore an earlier content for the write
+        // not done, and write over it.
+        let durable = durable || !done.is_empty();
         let nothing = persists.is_empty() && activities.is_empty() && journal.is_empty();
         if nothing && replay.is_none() && done.is_empty() {
             return Ok(());
@@ -577,17 +629,34 @@ impl carry::Host for DaemonHost {
     }
 
     fn files_done(&mut self, files: &[Effect]) {
+        // Once a path: its effects in the batch were journaled as one entry, and what
+        // `put_in_place` and `durably_done` hold is its last effect's outcome.
+        let mut seen = std::collections::BTreeSet::new();
+        let mut marks = Vec::new();
         for path in files.iter().filter_map(Effect::file_path) {
+            if !seen.insert(path) {
+                continue;
+            }
             let entry = self.journaled.remove(path);
             if self.put_in_place.remove(path) {
                 // Durable at the next flush of the files; its entry stays until then.
-                if let Some(entry) = entry {
+                if let Some(mut entry) = entry {
+                    entry.done = true;
+                    marks.push((path.to_string(), entry.encode()));
                     self.unflushed_write(path, entry);
                 }
-            } else if self.durably_done.remove(path) || !self.unflushed.contains_key(path) {
+            } else if self.durably_done.remove(path) {
                 // Written and flushed, or removed (the folder flushed: earlier unflushed
-                // writes there are settled too), or not done with nothing earlier unflushed.
+                // writes there are settled too): the entry goes with the next commit,
+                // marked done until then.
+                if let Some(mut entry) = entry {
+                    entry.done = true;
+                    marks.push((path.to_string(), entry.encode()));
+                }
                 self.unflushed.remove(path);
+                self.journal_done.push(path.to_string());
+            } else if !self.unflushed.contains_key(path) {
+                // Not done, with nothing earlier unflushed: the path holds what it held.
                 self.journal_done.push(path.to_string());
             } else if let Some(entry) = entry {
                 // Not done (refused, failed, put off) over an earlier write not flushed
@@ -599,6 +668,19 @@ impl carry::Host for DaemonHost {
         // Not carried out (refused, put off): their temporary files go.
         for (_, (_, prepared)) in std::mem::take(&mut self.prepared) {
             prepared.discard();
+        }
+        // Without a flush: it matters only to a start in the same boot, which finds
+        // the store as it was left (a crash or a kill loses nothing the kernel holds).
+        // Lost, the entries read as not done, as before.
+        if !marks.is_empty()
+            && let Err(error) = self.store.transaction_not_synced(|tx| {
+                for (path, entry) in &marks {
+                    tx.put_meta(NS_JOURNAL, path, entry)?;
+                }
+                Ok(())
+            })
+        {
+            tracing::warn!(%error, "cannot mark file writes done in the journal");
         }
         if self.unflushed.len() >= UNFLUSHED_AT_MOST {
             let _ = self.flush_files(self.flush_failures == 0);
@@ -618,6 +700,9 @@ impl carry::Host for DaemonHost {
             Some((prepared_hash, prepared)) if prepared_hash == hash => {
                 let written = self.fs.put_in_place(prepared, to_expect(expect))?;
                 if !matches!(written, fsio::Outcome::Unexpected) {
+                    // The path's last effect in the batch is what stands (a removal
+                    // before it, as when a freed path is reused, is no flush of this).
+                    self.durably_done.remove(path);
                     self.put_in_place.insert(path.to_string());
                 }
                 written
@@ -630,6 +715,7 @@ impl carry::Host for DaemonHost {
                     self.fs
                         .write_atomic_if(&rel, bytes, Some(exec), to_expect(expect))?;
                 if !matches!(written, fsio::Outcome::Unexpected) {
+                    self.put_in_place.remove(path);
                     self.durably_done.insert(path.to_string());
                 }
                 written
@@ -662,6 +748,8 @@ impl carry::Host for DaemonHost {
             removed,
             Some(fsio::Outcome::Done | fsio::Outcome::DoneOverEdit(..))
         ) {
+            // The folder flushed: an earlier write of the batch there is settled too.
+            self.put_in_place.remove(path);
             self.durably_done.insert(path.to_string());
         }
         Ok(removed.map(outcome))
@@ -804,6 +892,93 @@ mod tests {
         assert!(!host.flush_soon());
     }
 
+    /// A batch that frees a path and reuses it (a conflict copy moved away and the
+    /// peer's file written there, a swap of two names): the write is what the path holds,
+    /// unflushed, and its entry stays until it is flushed.
+    #[test]
+    fn a_removal_then_a_write_of_one_path_in_a_batch_waits_for_the_flush_of_the_write() {
+        let (dir, mut host) = host();
+        let (one, two) = (b"one\n", b"two\n");
+        assert_eq!(write(&mut host, "a.md", one, None), Outcome::Done);
+        assert!(host.flush_files(true));
+        host.flush(false).expect("commit");
+        assert_eq!(entry(&host, "a.md"), None);
+
+        let h1 = cue_core::file_hash(one, false);
+        let files = [
+            Effect::RemoveFile {
+                path: "a.md".into(),
+                expect: Some(h1),
+            },
+            Effect::WriteFile {
+                path: "a.md".into(),
+                bytes: two.to_vec(),
+                exec: false,
+                expect: None,
+            },
+        ];
+        host.commit(Vec::new(), Vec::new(), &files, true)
+            .expect("commit");
+        assert_eq!(
+            host.remove_if("a.md", h1).expect("remove"),
+            Some(Outcome::Done)
+        );
+        assert_eq!(
+            host.write_if("a.md", two, false, None).expect("write"),
+            Outcome::Done
+        );
+        host.files_done(&files);
+        host.flush(false).expect("commit");
+        assert_eq!(std::fs::read(dir.path().join("a.md")).expect("read"), two);
+        assert!(host.flush_soon(), "the write waits for its flush");
+        assert!(entry(&host, "a.md").is_some(), "journaled until flushed");
+        assert!(host.flush_files(true));
+        host.flush(false).expect("commit");
+        assert_eq!(entry(&host, "a.md"), None);
+    }
+
+    /// A file put in place and moved away before the flush (`mv a.md b.md` within the
+    /// second) is still flushed, wherever it went: a `syncfs` reaches it. One at its
+    /// path is flushed alone.
+    #[test]
+    fn a_file_moved_away_before_its_flush_is_flushed_where_it_went() {
+        let (dir, mut host) = host();
+        assert_eq!(write(&mut host, "a.md", b"one\n", None), Outcome::Done);
+        assert_eq!(write(&mut host, "b.md", b"two\n", None), Outcome::Done);
+        assert!(host.flush_files(true));
+        assert_eq!(host.fs.syncfs_calls(), 0, "both at their paths");
+
+        assert_eq!(
+            write(
+                &mut host,
+                "a.md",
+                b"one, two\n",
+                Some(cue_core::file_hash(b"one\n", false))
+            ),
+            Outcome::Done
+        );
+        std::fs::rename(dir.path().join("a.md"), dir.path().join("c.md")).expect("mv");
+        assert!(host.flush_files(true));
+        assert_eq!(host.fs.syncfs_calls(), 1, "moved away");
+        host.flush(false).expect("commit");
+        assert_eq!(entry(&host, "a.md"), None);
+
+        // Replaced at its path by another file: the one written went somewhere.
+        assert_eq!(
+            write(
+                &mut host,
+                "b.md",
+                b"two, three\n",
+                Some(cue_core::file_hash(b"two\n", false))
+            ),
+            Outcome::Done
+        );
+        std::fs::rename(dir.path().join("b.md"), dir.path().join("d.md")).expect("mv");
+        std::fs::write(dir.path().join("b.md"), b"the user's\n").expect("write");
+        assert!(host.flush_files(true));
+        assert_eq!(host.fs.syncfs_calls(), 2, "replaced");
+    }
+
     #[test]
     fn a_path_written_again_before_a_flush_keeps_every_earlier_content_and_file() {
         let (dir, mut host) = host();
@@ -819,7 +994,8 @@ mod tests {
         assert_eq!(write(&mut host, "a.md", two, Some(h1)), Outcome::Done);
         assert_eq!(std::fs::read(dir.path().join("a.md")).expect("read"), two);
         let e = entry(&host, "a.md").expect("journaled until flushed");
-        assert_eq!(e.before, vec![None, Some(h1)]);
+        let h2 = cue_core::file_hash(two, false);
+        assert_eq!(e.before, vec![None, Some(h1), Some(h2)]);
         assert_eq!(e.written.len(), 2);
         assert_eq!(e.written[0], first[0]);
 
@@ -848,7 +1024,7 @@ mod tests {
         let entries = [
             JournalEntry {
                 before: vec![None],
-                written: Vec::new(),
+                ..JournalEntry::default()
             },
             JournalEntry {
                 before: vec![Some([7; 32]), None, Some([9; 32])],
@@ -862,6 +1038,7 @@ mod tests {
                         mtime_ns: 1 << 60,
                     },
                 ],
+                done: true,
             },
         ];
         for e in &entries {
@@ -872,7 +1049,18 @@ mod tests {
             JournalEntry::decode(&[5; 32]),
             Some(JournalEntry {
                 before: vec![Some([5; 32])],
-                written: Vec::new()
+                ..JournalEntry::default()
+            })
+        );
+        // Written by session 17's version (layout 2, no `done`).
+        let mut two = entries[1].encode();
+        two[0] = 2;
+        two.pop();
+        assert_eq!(
+            JournalEntry::decode(&two),
+            Some(JournalEntry {
+                done: false,
+                ..entries[1].clone()
             })
         );
         assert_eq!(JournalEntry::decode(&[]), Some(entries[0].clone()));
