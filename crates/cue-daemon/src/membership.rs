@@ -90,7 +90,12 @@ impl Membership {
             lobby: Lobby::new(ws, lobby_tx),
             held: ws.generation,
             secret: ws.secret.clone(),
-            pending: HashMap::new(),
+            // A rotation of ours recorded before a crash, its secret not held yet.
+            pending: ws
+                .next_secret()
+                .filter(|(g, _)| g.number > ws.generation.number)
+                .into_iter()
+                .collect(),
             joining: ws.joining.clone(),
             refused: ws.join_refused(),
             removed: None,
@@ -547,6 +552,7 @@ pub fn make_rotation(
         number: current.number + 1,
         winner: record.hash(),
     };
+    ws.keep_next_secret(&secret, generation)?;
     let sends = driver.input(
         now_ms(),
         Input::Rotations {
@@ -554,4 +560,44 @@ pub fn make_rotation(
         },
     )?;
     Ok((generation, secret, sends))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cue sync remove` records a rotation, and the device stops before it holds the
+    /// new secret (a crash or a power cut a moment after): the secret of the generation
+    /// the workspace is now at is still on disk, and the next start takes it up. Lost,
+    /// nobody would hold it, and no member could rotate again.
+    #[tokio::test]
+    async fn a_rotation_recorded_keeps_its_secret_until_it_is_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ws =
+            Workspace::init(dir.path(), Some("ws://127.0.0.1:9"), Some("alice")).expect("init");
+        let before = ws.generation;
+        let mut driver = Driver::open(&ws, &ws.config).expect("driver");
+        let (generation, secret, _sends) =
+            make_rotation(&ws, &mut driver, ws.generation, &[]).expect("rotate");
+        assert_eq!(driver.engine().generation(), generation, "recorded");
+        // No hold, no clean stop.
+        std::mem::forget(driver);
+
+        let again = Workspace::open(dir.path()).expect("open");
+        assert_eq!(again.generation, before, "not held yet");
+        let (kept, kept_secret) = again.next_secret().expect("kept before the record");
+        assert_eq!(kept, generation);
+        assert_eq!(kept_secret.as_bytes(), secret.as_bytes());
+        let (membership, (_events, task)) = Membership::start(&again, String::new());
+        assert!(
+            membership.pending.contains_key(&generation),
+            "a start takes it up, to hold once the engine takes the record for current"
+        );
+        task.abort();
+
+        again.hold_secret(&kept_secret, kept).expect("hold");
+        let held = Workspace::open(dir.path()).expect("open");
+        assert_eq!(held.generation, generation);
+        assert!(held.next_secret().is_none(), "gone once held");
+    }
 }

@@ -37,6 +37,12 @@ pub const DEVICE_KEY_FILE: &str = "device.key";
 pub const LOBBY_KEY_FILE: &str = "lobby.key";
 /// Which generation `workspace.key` is: `NUMBER WINNER_HEX` (absent: the first).
 pub const GENERATION_FILE: &str = "generation";
+/// The secret of a rotation this device made and has not held yet (64 hex digits, mode
+/// 0600), with its generation in [`NEXT_GENERATION_FILE`]: kept before the rotation is
+/// recorded, so that no crash or power cut can record it with its secret lost.
+pub const NEXT_SECRET_FILE: &str = "workspace.key.next";
+/// The generation of [`NEXT_SECRET_FILE`], as [`GENERATION_FILE`].
+pub const NEXT_GENERATION_FILE: &str = "generation.next";
 /// The workspace id users see (32 hex digits); it stays when the secret is rotated.
 pub const WORKSPACE_ID_FILE: &str = "workspace.id";
 /// The invite this device joins with, while no member has admitted it yet (64 hex
@@ -186,23 +192,42 @@ enum Made {
     Joining(InviteSecret),
 }
 
-/// Writes a small text file (not a secret), whole or not at all.
+/// Writes a small text file (not a secret), whole or not at all, and durably (the file
+/// and its name flushed: these files say which secret is held).
 fn write_text(path: &Path, text: &str) -> Result<(), WorkspaceError> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, format!("{text}\n"))
+    std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(format!("{text}\n").as_bytes())?;
+            f.sync_all()
+        })
         .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(io_err(path))
+        .map_err(io_err(path))?;
+    sync_folder_of(path)
+}
+
+/// Flushes the folder holding `path` (a name just given there).
+fn sync_folder_of(path: &Path) -> Result<(), WorkspaceError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+fn write_generation_to(path: &Path, g: Generation) -> Result<(), WorkspaceError> {
+    write_text(path, &format!("{} {}", g.number, hex::encode(g.winner)))
 }
 
 fn write_generation(dir: &Path, g: Generation) -> Result<(), WorkspaceError> {
-    write_text(
-        &dir.join(GENERATION_FILE),
-        &format!("{} {}", g.number, hex::encode(g.winner)),
-    )
+    write_generation_to(&dir.join(GENERATION_FILE), g)
 }
 
 fn read_generation(dir: &Path) -> Result<Generation, WorkspaceError> {
-    let path = dir.join(GENERATION_FILE);
+    read_generation_from(&dir.join(GENERATION_FILE))
+}
+
+fn read_generation_from(path: &Path) -> Result<Generation, WorkspaceError> {
+    let path = path.to_owned();
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(Generation::default());
     };
@@ -232,6 +257,16 @@ fn read_workspace_id(dir: &Path) -> Result<WorkspaceId, WorkspaceError> {
 }
 
 /// Writes a secret file with mode 0600 from its creation on.
+/// Writes a secret at `path` whole (a temporary file renamed over it), file and name
+/// flushed.
+fn put_secret(path: &Path, secret: &WorkspaceSecret) -> Result<(), WorkspaceError> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    write_secret(&tmp, secret.as_bytes())?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    sync_folder_of(path)
+}
+
 fn write_secret(path: &Path, bytes: &[u8; 32]) -> Result<(), WorkspaceError> {
     let hexed = Zeroizing::new(hex::encode(bytes));
     let mut f = OpenOptions::new()
@@ -380,7 +415,8 @@ impl Workspace {
     }
 
     /// Holds a new generation's secret: written under a temporary name and renamed over
-    /// `workspace.key`, then its generation; the invite this device joined with goes.
+    /// `workspace.key`, then its generation, each flushed; the invite this device joined
+    /// with goes, and a kept rotation's secret once held or passed.
     /// (The files only: a running daemon keeps what it holds in `membership.rs`.)
     pub fn hold_secret(
         &self,
@@ -388,16 +424,42 @@ impl Workspace {
         generation: Generation,
     ) -> Result<(), WorkspaceError> {
         let dir = self.dir();
-        let tmp = dir.join(format!("{SECRET_FILE}.tmp-{}", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
-        write_secret(&tmp, secret.as_bytes())?;
-        let path = dir.join(SECRET_FILE);
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        put_secret(&dir.join(SECRET_FILE), secret)?;
         write_generation(&dir, generation)?;
         for f in [JOIN_KEY_FILE, JOIN_REFUSED_FILE] {
             let _ = std::fs::remove_file(dir.join(f));
         }
+        if self
+            .next_secret()
+            .is_none_or(|(next, _)| next.number <= generation.number)
+        {
+            for f in [NEXT_SECRET_FILE, NEXT_GENERATION_FILE] {
+                let _ = std::fs::remove_file(dir.join(f));
+            }
+        }
         Ok(())
+    }
+
+    /// Keeps the secret of a rotation this device is about to record (durably, before
+    /// the record: recorded and then lost, nobody would hold the secret of the workspace's
+    /// current generation, and no one could rotate again). The daemon holds it once the
+    /// record stands (see [`Workspace::next_secret`]).
+    pub fn keep_next_secret(
+        &self,
+        secret: &WorkspaceSecret,
+        generation: Generation,
+    ) -> Result<(), WorkspaceError> {
+        let dir = self.dir();
+        put_secret(&dir.join(NEXT_SECRET_FILE), secret)?;
+        write_generation_to(&dir.join(NEXT_GENERATION_FILE), generation)
+    }
+
+    /// The kept secret of a rotation this device made, with its generation, if any.
+    pub fn next_secret(&self) -> Option<(Generation, WorkspaceSecret)> {
+        let dir = self.dir();
+        let generation = read_generation_from(&dir.join(NEXT_GENERATION_FILE)).ok()?;
+        let secret = read_secret(&dir.join(NEXT_SECRET_FILE)).ok()?;
+        (generation.number > 0).then(|| (generation, WorkspaceSecret::from_bytes(secret)))
     }
 
     /// This device's id (64 hex digits).
