@@ -295,7 +295,8 @@ impl DaemonHost {
 
     /// Makes the files put in place unflushed durable when it is time (see
     /// [`FLUSH_FILES_WITHIN`]), or at once with `now_anyway`; their journal entries are
-    /// cleared with the next transaction. A flush that fails is tried again later (the
+    /// cleared with the next transaction. A file whose flush fails is written again
+    /// (`write_again`), and when that fails too, the whole is tried again later (the
     /// entries stay, so a power cut meanwhile is still finished at the next start).
     /// Whether it flushed any.
     pub fn flush_files(&mut self, now_anyway: bool) -> bool {
@@ -316,7 +317,11 @@ impl DaemonHost {
             .collect();
         let mut flushed = 0;
         let mut failed = None;
-        for ((path, _), result) in paths.into_iter().zip(self.fs.flush_files(&rels)) {
+        for ((path, rel), result) in paths.into_iter().zip(self.fs.flush_files(&rels)) {
+            let result = match result {
+                Err(error) if !self.write_again(&path, &rel) => Err(error),
+                _ => Ok(()),
+            };
             match result {
                 Ok(()) => {
                     self.unflushed.remove(&path);
@@ -343,6 +348,31 @@ impl DaemonHost {
             }
         }
         flushed > 0
+    }
+
+    /// After a failed flush of `path`: Linux reports a failed write-back once, so a
+    /// second `fsync` can succeed with the data lost. The file is written again instead
+    /// (new pages, flushed with its name) from what it holds, when it is still a file
+    /// written there. Whether that made it durable.
+    fn write_again(&self, path: &str, rel: &WorkspacePath) -> bool {
+        let held = self.fs.stat(rel).ok().flatten();
+        let ours = self.unflushed.get(path).is_some_and(|entry| {
+            held.is_some_and(|st| entry.written.iter().any(|id| id.ino == st.ino))
+        });
+        if !ours {
+            return false;
+        }
+        let Ok(Some((bytes, exec))) = self.read(path) else {
+            return false;
+        };
+        let hash = cue_core::file_hash(&bytes, exec);
+        let again = self
+            .fs
+            .write_atomic_if(rel, &bytes, Some(exec), Expect::Content(hash));
+        if let Err(error) = &again {
+            tracing::debug!(%error, path, "cannot write a file again after a failed flush");
+        }
+        matches!(again, Ok(fsio::Outcome::Done))
     }
 
     /// Notes that `path` was put in place unflushed under `entry`.
@@ -935,6 +965,30 @@ mod tests {
         assert!(host.flush_files(true));
         host.flush(false).expect("commit");
         assert_eq!(entry(&host, "a.md"), None);
+    }
+
+    /// A flush that fails is not trusted when tried again (Linux reports a failed
+    /// write-back once): the file is written again, the same bytes under a new inode,
+    /// flushed; a file the user put there since is not.
+    #[test]
+    fn a_file_whose_flush_failed_is_written_again_whole() {
+        let (dir, mut host) = host();
+        assert_eq!(write(&mut host, "a.md", b"one\n", None), Outcome::Done);
+        let rel = WorkspacePath::parse("a.md").expect("path");
+        let before = host.fs.stat(&rel).expect("stat").expect("there").ino;
+        assert!(host.write_again("a.md", &rel));
+        assert_eq!(
+            std::fs::read(dir.path().join("a.md")).expect("read"),
+            b"one\n"
+        );
+        assert_ne!(
+            host.fs.stat(&rel).expect("stat").expect("there").ino,
+            before
+        );
+
+        std::fs::remove_file(dir.path().join("a.md")).expect("rm");
+        std::fs::write(dir.path().join("a.md"), b"the user's\n").expect("write");
+        assert!(!host.write_again("a.md", &rel), "not the file written");
     }
 
     /// A file put in place and moved away before the flush (`mv a.md b.md` within the
