@@ -752,6 +752,9 @@ fn import(ws: &Workspace, joined: bool) -> anyhow::Result<usize> {
         driver.tick(at)?;
         at += 250;
     }
+    // Anything written meanwhile (a file renamed away from a clash) is flushed, and its
+    // journal entry cleared.
+    driver.flush()?;
     driver.store_mut().reclaim_space()?;
     Ok(driver.status().files)
 }

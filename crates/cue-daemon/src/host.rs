@@ -241,6 +241,9 @@ pub struct DaemonHost {
     pub put_in_place: BTreeSet<String>,
     /// Paths written (flushed) or removed in this batch: what they hold is durable.
     pub durably_done: BTreeSet<String>,
+    /// What a file put in place in this batch replaced that the engine had not seen (a
+    /// program writing at that instant; fed back and merged): a power cut can leave it.
+    pub over_edits: BTreeMap<String, ContentHash>,
     /// Written and not flushed yet: their journal entries stay until they are.
     pub unflushed: BTreeMap<String, JournalEntry>,
     /// When `unflushed` is to be flushed: a second after the first of them was written,
@@ -266,6 +269,7 @@ impl DaemonHost {
             journaled: BTreeMap::new(),
             put_in_place: BTreeSet::new(),
             durably_done: BTreeSet::new(),
+            over_edits: BTreeMap::new(),
             unflushed: BTreeMap::new(),
             flush_due: None,
             flush_failures: 0,
@@ -397,6 +401,7 @@ impl DaemonHost {
             }
         }
         self.durably_done.clear();
+        self.over_edits.clear();
         self.journaled.clear();
         for (_, (_, prepared)) in std::mem::take(&mut self.prepared) {
             prepared.discard();
@@ -672,6 +677,12 @@ impl carry::Host for DaemonHost {
                 // Durable at the next flush of the files; its entry stays until then.
                 if let Some(mut entry) = entry {
                     entry.done = true;
+                    // Merged already: found after a power cut, it is not merged again.
+                    if let Some(edit) = self.over_edits.remove(path)
+                        && !entry.before.contains(&Some(edit))
+                    {
+                        entry.before.push(Some(edit));
+                    }
                     marks.push((path.to_string(), entry.encode()));
                     self.unflushed_write(path, entry);
                 }
@@ -695,6 +706,7 @@ impl carry::Host for DaemonHost {
             }
         }
         self.durably_done.clear();
+        self.over_edits.clear();
         // Not carried out (refused, put off): their temporary files go.
         for (_, (_, prepared)) in std::mem::take(&mut self.prepared) {
             prepared.discard();
@@ -729,6 +741,10 @@ impl carry::Host for DaemonHost {
         let written = match self.prepared.remove(path) {
             Some((prepared_hash, prepared)) if prepared_hash == hash => {
                 let written = self.fs.put_in_place(prepared, to_expect(expect))?;
+                if let fsio::Outcome::DoneOverEdit(bytes, exec) = &written {
+                    self.over_edits
+                        .insert(path.to_string(), cue_core::file_hash(bytes, *exec));
+                }
                 if !matches!(written, fsio::Outcome::Unexpected) {
                     // The path's last effect in the batch is what stands (a removal
                     // before it, as when a freed path is reused, is no flush of this).
@@ -989,6 +1005,31 @@ mod tests {
         std::fs::remove_file(dir.path().join("a.md")).expect("rm");
         std::fs::write(dir.path().join("a.md"), b"the user's\n").expect("write");
         assert!(!host.write_again("a.md", &rel), "not the file written");
+    }
+
+    /// A write that replaced a file a program had just written (fed back and merged)
+    /// journals that content too: left by a power cut, it is not merged a second time.
+    #[test]
+    fn what_a_write_replaced_unseen_is_journaled_with_it() {
+        let (_dir, mut host) = host();
+        let files = [Effect::WriteFile {
+            path: "a.md".into(),
+            bytes: b"one\n".to_vec(),
+            exec: false,
+            expect: None,
+        }];
+        host.commit(Vec::new(), Vec::new(), &files, true)
+            .expect("commit");
+        assert_eq!(
+            host.write_if("a.md", b"one\n", false, None).expect("write"),
+            Outcome::Done
+        );
+        // As `write_if` notes a replaced edit (the race cannot be timed in a test).
+        let edit = cue_core::file_hash(b"a program's line\n", false);
+        host.over_edits.insert("a.md".into(), edit);
+        host.files_done(&files);
+        let e = entry(&host, "a.md").expect("journaled");
+        assert!(e.done && e.before.contains(&Some(edit)), "{e:?}");
     }
 
     /// A file put in place and moved away before the flush (`mv a.md b.md` within the
