@@ -91,10 +91,6 @@ pub struct FileDoc {
     /// Heads at the last save: `AutoCommit::load` does not set its own save cursor, so
     /// its `save_incremental` after a load would repeat the whole document.
     saved: Vec<ChangeHash>,
-    /// A whole `save()` made ahead (on the engine's threads, with the document: the
-    /// engine's own thread then neither deflates nor frees it) and the heads it holds;
-    /// used only while the document still has those heads.
-    ahead: Option<(Vec<ChangeHash>, Vec<u8>)>,
 }
 
 fn str_of(v: &Value<'_>) -> Option<String> {
@@ -112,7 +108,6 @@ impl FileDoc {
         FileDoc {
             doc: AutoCommit::new().with_actor(actor),
             saved: Vec::new(),
-            ahead: None,
         }
     }
 
@@ -130,7 +125,6 @@ impl FileDoc {
         Ok(FileDoc {
             doc: doc.with_actor(actor),
             saved,
-            ahead: None,
         })
     }
 
@@ -143,32 +137,8 @@ impl FileDoc {
     }
 
     pub fn save(&mut self) -> Vec<u8> {
-        let heads = self.doc.get_heads();
-        let bytes = match self.ahead.take() {
-            Some((at, bytes)) if at == heads => bytes,
-            _ => self.doc.save(),
-        };
-        self.saved = heads;
-        bytes
-    }
-
-    /// The document whole, as `save()` gives it, without counting it as stored; kept
-    /// for `save` (a new document is sent whole, then stored whole).
-    pub fn whole(&mut self) -> Vec<u8> {
-        let heads = self.doc.get_heads();
-        let bytes = match self.ahead.take() {
-            Some((at, bytes)) if at == heads => bytes,
-            _ => self.doc.save(),
-        };
-        self.ahead = Some((heads, bytes.clone()));
-        bytes
-    }
-
-    /// Makes the whole `save()` now, for `whole` and `save` to use while the document
-    /// is unchanged.
-    pub fn save_ahead(&mut self) {
-        let heads = self.doc.get_heads();
-        self.ahead = Some((heads, self.doc.save()));
+        self.saved = self.doc.get_heads();
+        self.doc.save()
     }
 
     /// Forget that anything was saved: the next incremental save holds everything (for a
@@ -230,7 +200,6 @@ impl FileDoc {
         let at = FileDoc {
             doc,
             saved: Vec::new(),
-            ahead: None,
         };
         Ok((at.materialize()?, at.exec()))
     }
@@ -462,7 +431,6 @@ impl FileDoc {
             let mut forked = FileDoc {
                 doc: fork,
                 saved: Vec::new(),
-                ahead: None,
             };
             let change = forked.write_here(path, bytes, exec, time_s)?;
             if change.is_some() {
@@ -1063,35 +1031,6 @@ mod tests {
 
     fn actor(b: u8) -> ActorId {
         ActorId::from(vec![b; 20])
-    }
-
-    /// The whole form made ahead (for a new document sent and stored whole) is stored
-    /// only while the document still is that version: an edit made after it is never
-    /// lost to the older bytes.
-    #[test]
-    fn a_whole_form_made_ahead_stores_the_latest_version() {
-        let stored_text = |bytes: &[u8]| {
-            FileDoc::load(bytes, actor(9))
-                .unwrap()
-                .materialize()
-                .unwrap()
-        };
-        let mut doc = FileDoc::new(actor(1));
-        doc.write("a.md", b"one\n", 0).unwrap();
-        doc.save_ahead();
-        let sent = doc.whole();
-        assert_eq!(stored_text(&sent), b"one\n");
-        doc.write("a.md", b"one\ntwo\n", 0).unwrap();
-        assert_eq!(stored_text(&doc.whole()), b"one\ntwo\n");
-        doc.write("a.md", b"one\ntwo\nthree\n", 0).unwrap();
-        let stored = doc.save();
-        assert_eq!(stored_text(&stored), b"one\ntwo\nthree\n");
-        assert!(!doc.never_saved());
-        // And unchanged, the bytes made ahead are the ones a save makes.
-        let mut fresh = FileDoc::new(actor(1));
-        fresh.write("a.md", b"one\n", 0).unwrap();
-        fresh.save_ahead();
-        assert_eq!(fresh.save(), sent);
     }
 
     /// An edit of an older version, made after this device's own later edit (a line

@@ -141,14 +141,14 @@ impl Engine {
                 let item = if new && !doc.exec() && doc.heads() == [hash] {
                     Some(Item::Adopt {
                         doc: doc_id,
-                        bytes: doc.whole(),
+                        bytes: doc.automerge().save(),
                         heads: vec![hash.0],
                         content: content.clone(),
                     })
                 } else if new {
                     Some(Item::Whole {
                         doc: doc_id,
-                        bytes: doc.whole(),
+                        bytes: doc.automerge().save(),
                     })
                 } else {
                     doc.change(&hash).map(|c| Item::Changes {
@@ -368,11 +368,6 @@ impl Engine {
         let made = on_threads(self.threads, &jobs, |(path, content, exec)| {
             let mut doc = FileDoc::new(actor.clone());
             let made = doc.write_at(&[], path, content, *exec, time_s, actor.clone());
-            // Its whole form goes out and is stored: deflated here, not on the
-            // engine's thread.
-            if matches!(made, Ok(Some(_))) {
-                doc.save_ahead();
-            }
             let hash = file_hash(content, exec.unwrap_or(false));
             ((path.to_string(), hash), (doc, made))
         });
