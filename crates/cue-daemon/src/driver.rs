@@ -26,8 +26,8 @@ use cue_core::{ContentHash, Engine, FileId, Input, Restored, Status, file_hash, 
 use crate::config::Config;
 use crate::fsio::{FsError, WorkspaceFs};
 use crate::host::{
-    DaemonHost, JournalEntry, KEY_BOOT, KEY_EPOCH, KEY_STATE, NS_DAEMON, NS_ENGINE, NS_FILEMETA,
-    NS_JOURNAL, StoreDocs, join_loaded,
+    DaemonHost, JournalEntry, KEY_EPOCH, KEY_STATE, NS_DAEMON, NS_ENGINE, NS_FILEMETA, NS_JOURNAL,
+    StoreDocs, join_loaded,
 };
 pub use crate::host::{KEY_REPLAY, NS_NET};
 use crate::ignore_rules::IgnoreRules;
@@ -357,7 +357,6 @@ impl Driver {
     /// engine before anything else looks at the disk. A path the user changed meanwhile
     /// is fed back as a refused write, merged like any local edit.
     fn finish_interrupted_writes(&mut self, now: i64) -> Result<(), DriverError> {
-        let same_boot = self.same_boot()?;
         let entries = self.host.store.list_meta(NS_JOURNAL)?;
         if entries.is_empty() {
             return Ok(());
@@ -383,7 +382,11 @@ impl Driver {
             if same(disk_hash, believed) {
                 continue; // the effect did happen
             }
-            if entry.done && same_boot {
+            if entry
+                .done_in
+                .as_ref()
+                .is_some_and(|boot| !boot.is_empty() && *boot == self.host.boot)
+            {
                 // It happened, and no power cut can have undone it: what is there now is
                 // the user's, made to what the engine believes is there (the scan takes
                 // it in as such). Taken for the write not done, it would be merged as an
@@ -404,7 +407,11 @@ impl Driver {
                 }
                 _ => false,
             };
-            if !not_done && !cut_short && entry.done && self.holds_last_written(path, &entry) {
+            if !not_done
+                && !cut_short
+                && entry.done_in.is_some()
+                && self.holds_last_written(path, &entry)
+            {
                 // The file put in place is still there, edited since (in place): an edit
                 // of what it was written with, as above.
                 continue;
@@ -479,22 +486,6 @@ impl Driver {
         })?;
         let _ = carry::handle(&mut self.engine, &mut self.host, now, feedback)?;
         Ok(())
-    }
-
-    /// Whether the machine has not started again since the daemon last started here: a
-    /// crash or a kill since, but no power cut (the kernel kept everything written, in
-    /// the order it was written). The boot's id is recorded at each start; where it
-    /// cannot be read, every start counts as after a power cut.
-    fn same_boot(&mut self) -> Result<bool, DriverError> {
-        let Some(boot) = boot_id() else {
-            return Ok(false);
-        };
-        let last = self.host.store.get_meta(NS_DAEMON, KEY_BOOT)?;
-        if last.as_deref() == Some(boot.as_slice()) {
-            return Ok(true);
-        }
-        self.host.store.put_meta(NS_DAEMON, KEY_BOOT, &boot)?;
-        Ok(false)
     }
 
     /// Whether the file at `path` is the inode the entry's last write put in place,
@@ -1402,14 +1393,6 @@ fn test_failure(_: &[Input]) {}
 /// What a power cut can leave of a write put in place unflushed (`host.rs`), and what the
 /// next start makes of it. The cut is staged by hand: a journal entry as the batch's commit
 /// left it, and the disk as the kernel might.
-/// This boot of the machine (Linux: `/proc/sys/kernel/random/boot_id`), `None` where
-/// there is none to read.
-fn boot_id() -> Option<Vec<u8>> {
-    let id = std::fs::read("/proc/sys/kernel/random/boot_id").ok()?;
-    let id = id.trim_ascii();
-    (!id.is_empty()).then(|| id.to_vec())
-}
-
 #[cfg(test)]
 mod power_cut {
     use std::os::unix::fs::MetadataExt;
@@ -1466,7 +1449,7 @@ mod power_cut {
             .and_then(|(_, e)| JournalEntry::decode(e))
             .expect("the write is journaled until flushed");
         assert_eq!(entry.written, vec![id_of(&path)]);
-        assert!(entry.done, "marked done once put in place");
+        assert!(entry.done_in.is_some(), "marked done once put in place");
         // No flush, no clean stop.
         std::mem::forget(driver);
         id_of(&path)
@@ -1479,12 +1462,18 @@ mod power_cut {
         id
     }
 
-    /// The machine starts again: the next start is in another boot than the last.
+    /// The machine starts again: the entries marked done were marked in another boot.
     fn power_cut(ws: &Workspace) {
-        Store::open(&ws.store_path())
-            .expect("store")
-            .put_meta(NS_DAEMON, KEY_BOOT, b"a boot before the power cut")
-            .expect("boot");
+        let mut store = Store::open(&ws.store_path()).expect("store");
+        for (path, bytes) in store.list_meta(NS_JOURNAL).expect("journal") {
+            let mut entry = JournalEntry::decode(&bytes).expect("entry");
+            if entry.done_in.is_some() {
+                entry.done_in = Some(b"a boot before the power cut".to_vec());
+            }
+            store
+                .put_meta(NS_JOURNAL, &path, &entry.encode())
+                .expect("journal");
+        }
     }
 
     /// What every file at the workspace's root holds.
@@ -1565,7 +1554,7 @@ mod power_cut {
                     Some(file_hash(first, false)),
                 ],
                 written: Vec::new(),
-                done: false,
+                done_in: None,
             },
         );
         // Neither rename reached the disk.

@@ -33,8 +33,6 @@ use crate::store::{ActivityKind, ActivityRecord, Store, StoreError, StoreTx};
 /// Store namespaces and keys the daemon uses.
 pub const NS_DAEMON: &str = "daemon";
 pub const KEY_EPOCH: &str = "epoch";
-/// The machine's boot the daemon last started in (see `Driver::finish_interrupted_writes`).
-pub const KEY_BOOT: &str = "boot";
 pub const NS_ENGINE: &str = "engine";
 pub const KEY_STATE: &str = "state";
 pub const NS_FILEMETA: &str = "filemeta";
@@ -66,19 +64,21 @@ pub struct JournalEntry {
     /// The files writes put in place without flushing them ([`WorkspaceFs::prepare`]),
     /// this one and earlier ones not flushed yet.
     pub written: Vec<fsio::FileId>,
-    /// The last effect was carried out (committed without a flush just after it): a
-    /// start in the same boot (a crash, a kill, no power cut) knows anything else at the
-    /// path is the user's doing since, made to what the engine believes is there.
-    pub done: bool,
+    /// The last effect was carried out (committed without a flush just after it), in
+    /// this boot of the machine ([`boot_id`]; empty when there is none to read): a
+    /// start in the same boot (a crash, a kill, no power cut since) knows anything else
+    /// at the path is the user's doing since, made to what the engine believes is there.
+    pub done_in: Option<Vec<u8>>,
 }
 
 /// First byte of an entry in this layout; an older entry is a bare hash (32 bytes) or
 /// empty (nothing was there), neither of which this layout can be. Layout 2 is this
-/// one without `done` (read as not done).
+/// one without `done_in` (read as not done).
 const JOURNAL_LAYOUT: u8 = 3;
 
 impl JournalEntry {
-    /// `[layout] [n] n × ([0] | [1] hash) [m] m × (inode, mtime) [done]`, little-endian; past 255
+    /// `[layout] [n] n × ([0] | [1] hash) [m] m × (inode, mtime) ([0] | [1] [len] boot)`,
+    /// little-endian; past 255
     /// of either, the first and the newest are kept (the oldest content is what a power
     /// cut most likely leaves, the newest what it least likely does not).
     pub fn encode(&self) -> Vec<u8> {
@@ -108,7 +108,15 @@ impl JournalEntry {
             out.extend_from_slice(&id.ino.to_le_bytes());
             out.extend_from_slice(&id.mtime_ns.to_le_bytes());
         }
-        out.push(u8::from(self.done));
+        match &self.done_in {
+            None => out.push(0),
+            Some(boot) => {
+                let boot = &boot[..boot.len().min(255)];
+                out.push(1);
+                out.push(boot.len() as u8);
+                out.extend_from_slice(boot);
+            }
+        }
         out
     }
 
@@ -167,16 +175,17 @@ impl JournalEntry {
             });
             rest = after;
         }
-        let done = match (layout, rest) {
-            (2, []) => false,
-            (JOURNAL_LAYOUT, [0]) => false,
-            (JOURNAL_LAYOUT, [1]) => true,
+        let done_in = match (layout, rest) {
+            (2, []) | (JOURNAL_LAYOUT, [0]) => None,
+            (JOURNAL_LAYOUT, [1, len, boot @ ..]) if boot.len() == *len as usize => {
+                Some(boot.to_vec())
+            }
             _ => return None,
         };
         Some(JournalEntry {
             before,
             written,
-            done,
+            done_in,
         })
     }
 }
@@ -246,6 +255,8 @@ pub struct DaemonHost {
     pub over_edits: BTreeMap<String, ContentHash>,
     /// Written and not flushed yet: their journal entries stay until they are.
     pub unflushed: BTreeMap<String, JournalEntry>,
+    /// This boot of the machine ([`boot_id`]), for the journal's marks.
+    pub boot: Vec<u8>,
     /// When `unflushed` is to be flushed: a second after the first of them was written,
     /// later after flushes that failed.
     pub flush_due: Option<std::time::Instant>,
@@ -273,6 +284,7 @@ impl DaemonHost {
             unflushed: BTreeMap::new(),
             flush_due: None,
             flush_failures: 0,
+            boot: boot_id().unwrap_or_default(),
         }
     }
 
@@ -579,7 +591,7 @@ impl carry::Host for DaemonHost {
             let JournalEntry {
                 mut before,
                 mut written,
-                done: _,
+                done_in: _,
             } = self
                 .journaled
                 .get(path)
@@ -605,7 +617,7 @@ impl carry::Host for DaemonHost {
                 JournalEntry {
                     before,
                     written,
-                    done: false,
+                    done_in: None,
                 },
             );
         }
@@ -676,7 +688,7 @@ impl carry::Host for DaemonHost {
             if self.put_in_place.remove(path) {
                 // Durable at the next flush of the files; its entry stays until then.
                 if let Some(mut entry) = entry {
-                    entry.done = true;
+                    entry.done_in = Some(self.boot.clone());
                     // Merged already: found after a power cut, it is not merged again.
                     if let Some(edit) = self.over_edits.remove(path)
                         && !entry.before.contains(&Some(edit))
@@ -691,7 +703,7 @@ impl carry::Host for DaemonHost {
                 // writes there are settled too): the entry goes with the next commit,
                 // marked done until then.
                 if let Some(mut entry) = entry {
-                    entry.done = true;
+                    entry.done_in = Some(self.boot.clone());
                     marks.push((path.to_string(), entry.encode()));
                 }
                 self.unflushed.remove(path);
@@ -885,6 +897,14 @@ fn persist(tx: &StoreTx<'_>, p: &Persist) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// This boot of the machine (Linux: `/proc/sys/kernel/random/boot_id`), `None` where
+/// there is none to read.
+pub fn boot_id() -> Option<Vec<u8>> {
+    let id = std::fs::read("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim_ascii();
+    (!id.is_empty()).then(|| id.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1029,7 +1049,10 @@ mod tests {
         host.over_edits.insert("a.md".into(), edit);
         host.files_done(&files);
         let e = entry(&host, "a.md").expect("journaled");
-        assert!(e.done && e.before.contains(&Some(edit)), "{e:?}");
+        assert!(
+            e.done_in.is_some() && e.before.contains(&Some(edit)),
+            "{e:?}"
+        );
     }
 
     /// A file put in place and moved away before the flush (`mv a.md b.md` within the
@@ -1133,7 +1156,7 @@ mod tests {
                         mtime_ns: 1 << 60,
                     },
                 ],
-                done: true,
+                done_in: Some(b"a boot".to_vec()),
             },
         ];
         for e in &entries {
@@ -1148,13 +1171,17 @@ mod tests {
             })
         );
         // Written by session 17's version (layout 2, no `done`).
-        let mut two = entries[1].encode();
+        let mut two = JournalEntry {
+            done_in: None,
+            ..entries[1].clone()
+        }
+        .encode();
         two[0] = 2;
-        two.pop();
+        assert_eq!(two.pop(), Some(0));
         assert_eq!(
             JournalEntry::decode(&two),
             Some(JournalEntry {
-                done: false,
+                done_in: None,
                 ..entries[1].clone()
             })
         );
