@@ -369,11 +369,15 @@ impl DaemonHost {
     /// After a failed flush of `path`: Linux reports a failed write-back once, so a
     /// second `fsync` can succeed with the data lost. The file is written again instead
     /// (new pages, flushed with its name) from what it holds, when it is still a file
-    /// written there. Whether that made it durable.
+    /// written there and unmodified since (an edit being saved in place is left alone).
+    /// A save made in the instant of the rename is put back. Whether the file written
+    /// is now durable.
     fn write_again(&self, path: &str, rel: &WorkspacePath) -> bool {
-        let held = self.fs.stat(rel).ok().flatten();
         let ours = self.unflushed.get(path).is_some_and(|entry| {
-            held.is_some_and(|st| entry.written.iter().any(|id| id.ino == st.ino))
+            entry
+                .written
+                .iter()
+                .any(|id| matches!(self.fs.is_file(rel, *id), Ok(true)))
         });
         if !ours {
             return false;
@@ -382,13 +386,28 @@ impl DaemonHost {
             return false;
         };
         let hash = cue_core::file_hash(&bytes, exec);
-        let again = self
+        match self
             .fs
-            .write_atomic_if(rel, &bytes, Some(exec), Expect::Content(hash));
-        if let Err(error) = &again {
-            tracing::debug!(%error, path, "cannot write a file again after a failed flush");
+            .write_atomic_if(rel, &bytes, Some(exec), Expect::Content(hash))
+        {
+            Ok(fsio::Outcome::Done) => true,
+            Ok(fsio::Outcome::DoneOverEdit(edit, edit_exec)) => {
+                // Saved in between: the save goes back where it was, for the watcher.
+                let ours = cue_core::file_hash(&bytes, exec);
+                if let Err(error) =
+                    self.fs
+                        .write_atomic_if(rel, &edit, Some(edit_exec), Expect::Content(ours))
+                {
+                    tracing::error!(%error, path, "cannot put back a save made while the file was written again");
+                }
+                false
+            }
+            Ok(fsio::Outcome::Unexpected) => false,
+            Err(error) => {
+                tracing::debug!(%error, path, "cannot write a file again after a failed flush");
+                false
+            }
         }
-        matches!(again, Ok(fsio::Outcome::Done))
     }
 
     /// Notes that `path` was put in place unflushed under `entry`.
@@ -1025,6 +1044,20 @@ mod tests {
         std::fs::remove_file(dir.path().join("a.md")).expect("rm");
         std::fs::write(dir.path().join("a.md"), b"the user's\n").expect("write");
         assert!(!host.write_again("a.md", &rel), "not the file written");
+
+        // Edited in place since (a later time): left alone, not copied half saved.
+        assert_eq!(write(&mut host, "b.md", b"two\n", None), Outcome::Done);
+        let b = WorkspacePath::parse("b.md").expect("path");
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("b.md"))
+            .expect("open");
+        std::io::Write::write_all(&mut &file, b"typing").expect("write");
+        file.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(1))
+            .expect("mtime");
+        let ino = host.fs.stat(&b).expect("stat").expect("there").ino;
+        assert!(!host.write_again("b.md", &b), "being saved in place");
+        assert_eq!(host.fs.stat(&b).expect("stat").expect("there").ino, ino);
     }
 
     /// A write that replaced a file a program had just written (fed back and merged)
