@@ -501,17 +501,24 @@ impl WorkspaceFs {
             return Ok(None);
         }
         let tmp = self.write_temp_for(&parent, rel, bytes, exec, false)?;
-        match stat_leaf_named(&parent, tmp.as_str(), rel) {
-            Ok(Some(st)) => Ok(Some(Prepared {
+        let file = rustix::fs::openat(
+            &parent,
+            tmp.as_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        );
+        match (stat_leaf_named(&parent, tmp.as_str(), rel), file) {
+            (Ok(Some(st)), Ok(file)) => Ok(Some(Prepared {
                 id: FileId {
                     ino: st.ino,
                     mtime_ns: st.mtime_ns,
                 },
                 parent,
+                file,
                 path: rel.clone(),
                 tmp,
             })),
-            other => {
+            (other, _) => {
                 let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
                 match other {
                     Err(e) => Err(e),
@@ -1071,11 +1078,59 @@ pub struct FileId {
 pub struct Prepared {
     pub id: FileId,
     parent: OwnedFd,
+    /// The file itself, open for its flush wherever it goes ([`Written`]).
+    file: OwnedFd,
     path: WorkspacePath,
     tmp: String,
 }
 
+/// A file put in place unflushed, and the folder it was put in, held open until they
+/// are flushed: moved, renamed with its folder or replaced since, it is flushed where
+/// it is (or not at all once no name is left to it), with no search for it.
+#[derive(Debug)]
+pub struct Written {
+    file: OwnedFd,
+    folder: OwnedFd,
+}
+
+impl Written {
+    /// `fsync` of the file (unless it has no name left: deleted or replaced, there is
+    /// nothing of it to keep) and of its folder, unless `folders` (dev, inode) says that
+    /// one was flushed already in this round.
+    pub fn flush(
+        &self,
+        rel: &WorkspacePath,
+        folders: &mut std::collections::BTreeSet<(u64, u64)>,
+    ) -> Result<(), FsError> {
+        let named = rustix::fs::fstat(&self.file)
+            .map_err(|e| FsError::io("stat to flush", rel.as_str(), e))?
+            .st_nlink
+            > 0;
+        if named {
+            rustix::fs::fsync(&self.file).map_err(|e| FsError::io("fsync", rel.as_str(), e))?;
+        }
+        let folder = rustix::fs::fstat(&self.folder)
+            .map(|st| FileStat::from_stat(&st))
+            .map_err(|e| FsError::io("stat folder of", rel.as_str(), e))?;
+        if folders.contains(&(folder.dev, folder.ino)) {
+            return Ok(());
+        }
+        rustix::fs::fsync(&self.folder)
+            .map_err(|e| FsError::io("fsync folder of", rel.as_str(), e))?;
+        folders.insert((folder.dev, folder.ino));
+        Ok(())
+    }
+}
+
 impl Prepared {
+    /// The file and its folder, for its flush once put in place.
+    pub fn written(&self) -> Option<Written> {
+        Some(Written {
+            file: self.file.try_clone().ok()?,
+            folder: self.parent.try_clone().ok()?,
+        })
+    }
+
     /// Removes the temporary file: the write is not wanted any more.
     pub fn discard(self) {
         let _ = rustix::fs::unlinkat(&self.parent, self.tmp.as_str(), AtFlags::empty());
@@ -1107,7 +1162,7 @@ struct Staged {
 
 /// Above this many files put in place unflushed, [`WorkspaceFs::flush_files`] flushes them
 /// with one `syncfs` rather than an `fsync` each.
-const SYNCFS_OVER_FILES: usize = 64;
+pub const SYNCFS_OVER_FILES: usize = 64;
 
 /// Above this many folders of the root's filesystem renamed into, a batch makes its
 /// renames durable with one more `syncfs` instead of an `fsync` of each folder: a first

@@ -48,7 +48,7 @@ const BATCH_MIN: usize = 8;
 /// Files put in place unflushed are made durable this long after the first of them at
 /// most, or at once past [`UNFLUSHED_AT_MOST`] of them.
 pub const FLUSH_FILES_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
-const UNFLUSHED_AT_MOST: usize = 256;
+const UNFLUSHED_AT_MOST: usize = 64;
 /// Contents a journal entry keeps for a path written again and again before a flush; past
 /// this, the files are flushed first.
 const BEFORE_AT_MOST: usize = 32;
@@ -257,6 +257,8 @@ pub struct DaemonHost {
     pub unflushed: BTreeMap<String, JournalEntry>,
     /// This boot of the machine ([`boot_id`]), for the journal's marks.
     pub boot: Vec<u8>,
+    /// The files of `unflushed` and their folders, held open until flushed.
+    pub unflushed_files: BTreeMap<String, Vec<fsio::Written>>,
     /// When `unflushed` is to be flushed: a second after the first of them was written,
     /// later after flushes that failed.
     pub flush_due: Option<std::time::Instant>,
@@ -285,6 +287,7 @@ impl DaemonHost {
             flush_due: None,
             flush_failures: 0,
             boot: boot_id().unwrap_or_default(),
+            unflushed_files: BTreeMap::new(),
         }
     }
 
@@ -327,13 +330,31 @@ impl DaemonHost {
             .keys()
             .filter_map(|p| Some((p.clone(), WorkspacePath::parse(p).ok()?)))
             .collect();
-        let rels: Vec<(WorkspacePath, Vec<u64>)> = paths
+        // Each file through what was held open for it, wherever it went; past
+        // SYNCFS_OVER_FILES, or for a file with none, by its path (one syncfs reaches
+        // what went elsewhere).
+        let by_handles = paths.len() <= fsio::SYNCFS_OVER_FILES;
+        let mut folders = BTreeSet::new();
+        let mut results: Vec<Option<Result<(), FsError>>> = paths
             .iter()
-            .map(|(path, rel)| (rel.clone(), self.unflushed[path].inodes()))
+            .map(|(path, rel)| {
+                let held = self.unflushed_files.get(path).filter(|_| by_handles)?;
+                Some(held.iter().try_for_each(|w| w.flush(rel, &mut folders)))
+            })
             .collect();
+        let (left, rels): (Vec<usize>, Vec<(WorkspacePath, Vec<u64>)>) = paths
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| results[*i].is_none())
+            .map(|(i, (path, rel))| (i, (rel.clone(), self.unflushed[path].inodes())))
+            .unzip();
+        for (i, result) in left.into_iter().zip(self.fs.flush_files(&rels)) {
+            results[i] = Some(result);
+        }
         let mut flushed = 0;
         let mut failed = None;
-        for ((path, rel), result) in paths.into_iter().zip(self.fs.flush_files(&rels)) {
+        for ((path, rel), result) in paths.into_iter().zip(results) {
+            let result = result.unwrap_or(Ok(()));
             let result = match result {
                 Err(error) if !self.write_again(&path, &rel) => Err(error),
                 _ => Ok(()),
@@ -341,6 +362,7 @@ impl DaemonHost {
             match result {
                 Ok(()) => {
                     self.unflushed.remove(&path);
+                    self.unflushed_files.remove(&path);
                     self.journal_done.push(path);
                     flushed += 1;
                 }
@@ -726,6 +748,7 @@ impl carry::Host for DaemonHost {
                     marks.push((path.to_string(), entry.encode()));
                 }
                 self.unflushed.remove(path);
+                self.unflushed_files.remove(path);
                 self.journal_done.push(path.to_string());
             } else if !self.unflushed.contains_key(path) {
                 // Not done, with nothing earlier unflushed: the path holds what it held.
@@ -771,7 +794,16 @@ impl carry::Host for DaemonHost {
         let hash = cue_core::file_hash(bytes, exec);
         let written = match self.prepared.remove(path) {
             Some((prepared_hash, prepared)) if prepared_hash == hash => {
+                let handles = prepared.written();
                 let written = self.fs.put_in_place(prepared, to_expect(expect))?;
+                if !matches!(written, fsio::Outcome::Unexpected)
+                    && let Some(handles) = handles
+                {
+                    self.unflushed_files
+                        .entry(path.to_string())
+                        .or_default()
+                        .push(handles);
+                }
                 if let fsio::Outcome::DoneOverEdit(bytes, exec) = &written {
                     self.over_edits
                         .insert(path.to_string(), cue_core::file_hash(bytes, *exec));
@@ -1088,46 +1120,32 @@ mod tests {
         );
     }
 
-    /// A file put in place and moved away before the flush (`mv a.md b.md` within the
-    /// second) is still flushed, wherever it went: a `syncfs` reaches it. One at its
-    /// path is flushed alone.
+    /// A file put in place and moved away before the flush (`mv a.md c.md` within the
+    /// second), or replaced, is flushed where it is, through what was held open for it;
+    /// no search, no `syncfs`. At a start, where only the journal's inodes are known, a
+    /// path that holds none of them is reached by one `syncfs`.
     #[test]
     fn a_file_moved_away_before_its_flush_is_flushed_where_it_went() {
         let (dir, mut host) = host();
         assert_eq!(write(&mut host, "a.md", b"one\n", None), Outcome::Done);
         assert_eq!(write(&mut host, "b.md", b"two\n", None), Outcome::Done);
-        assert!(host.flush_files(true));
-        assert_eq!(host.fs.syncfs_calls(), 0, "both at their paths");
-
-        assert_eq!(
-            write(
-                &mut host,
-                "a.md",
-                b"one, two\n",
-                Some(cue_core::file_hash(b"one\n", false))
-            ),
-            Outcome::Done
-        );
         std::fs::rename(dir.path().join("a.md"), dir.path().join("c.md")).expect("mv");
+        std::fs::rename(dir.path().join("b.md"), dir.path().join("d.md")).expect("mv");
+        std::fs::write(dir.path().join("b.md"), b"the user's\n").expect("write");
+        let inodes = host.unflushed["a.md"].inodes();
         assert!(host.flush_files(true));
-        assert_eq!(host.fs.syncfs_calls(), 1, "moved away");
+        assert_eq!(host.fs.syncfs_calls(), 0);
+        assert!(host.unflushed.is_empty() && host.unflushed_files.is_empty());
         host.flush(false).expect("commit");
         assert_eq!(entry(&host, "a.md"), None);
 
-        // Replaced at its path by another file: the one written went somewhere.
-        assert_eq!(
-            write(
-                &mut host,
-                "b.md",
-                b"two, three\n",
-                Some(cue_core::file_hash(b"two\n", false))
-            ),
-            Outcome::Done
-        );
-        std::fs::rename(dir.path().join("b.md"), dir.path().join("d.md")).expect("mv");
-        std::fs::write(dir.path().join("b.md"), b"the user's\n").expect("write");
-        assert!(host.flush_files(true));
-        assert_eq!(host.fs.syncfs_calls(), 2, "replaced");
+        // By path (a start): the file at the path is not one written there.
+        let rel = WorkspacePath::parse("a.md").expect("path");
+        assert!(host.fs.flush_files(&[(rel.clone(), inodes.clone())])[0].is_ok());
+        assert_eq!(host.fs.syncfs_calls(), 1, "moved away");
+        std::fs::rename(dir.path().join("c.md"), dir.path().join("a.md")).expect("mv back");
+        assert!(host.fs.flush_files(&[(rel, inodes)])[0].is_ok());
+        assert_eq!(host.fs.syncfs_calls(), 1, "at its path");
     }
 
     #[test]
