@@ -401,12 +401,17 @@ impl Driver {
                     .read_file(path, &mut StoreDocs(&self.host.store))
                     .filter(|(b, exec)| file_hash(b, *exec) == hash)
             });
+            // Zeros alone, in a file written there, are blocks a power cut lost (whatever
+            // its time says: ext4 can keep a later time without the data), never a save.
+            let zeros = on_disk
+                .as_ref()
+                .is_some_and(|(b, _)| !b.is_empty() && b.iter().all(|x| *x == 0));
             let cut_short = match (&on_disk, &believed_bytes) {
                 (Some((held, _)), Some((meant, _))) => {
                     self.cut_short(path, &entry.written, held, meant)
                 }
                 _ => false,
-            };
+            } || (zeros && self.holds_written(path, &entry));
             if !not_done
                 && !cut_short
                 && entry.done_in.is_some()
@@ -486,6 +491,14 @@ impl Driver {
         })?;
         let _ = carry::handle(&mut self.engine, &mut self.host, now, feedback)?;
         Ok(())
+    }
+
+    /// Whether the file at `path` is one of the inodes the entry's writes put there.
+    fn holds_written(&self, path: &str, entry: &JournalEntry) -> bool {
+        WorkspacePath::parse(path)
+            .ok()
+            .and_then(|rel| self.host.fs.stat(&rel).ok().flatten())
+            .is_some_and(|st| entry.written.iter().any(|id| id.ino == st.ino))
     }
 
     /// Whether the file at `path` is the inode the entry's last write put in place,
@@ -1676,5 +1689,30 @@ mod power_cut {
         assert_eq!(doc, saved, "the save taken in stands");
         assert_eq!(disk, saved, "and is written again");
         assert_eq!(contents(&ws), vec![saved.to_vec()], "no conflict copy");
+    }
+
+    /// After a power cut, the file written is still at its path with a later time but
+    /// nothing in it except zeros (ext4 can keep the time and lose the blocks): cut
+    /// short, written again; never sent to the other devices as an edit.
+    #[test]
+    fn a_file_of_zeros_after_a_power_cut_is_written_again_whatever_its_time() {
+        let (_dir, ws) = imported();
+        let id = restored_then_cut(&ws);
+        let path = ws.root.join("a.md");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .expect("open");
+        std::io::Write::write_all(&mut &file, &vec![0; NOTE.len()]).expect("write");
+        let later =
+            std::time::UNIX_EPOCH + std::time::Duration::from_nanos(id.mtime_ns as u64 + 1_000_000);
+        file.set_modified(later).expect("set mtime");
+        drop(file);
+        assert_eq!(id_of(&path).ino, id.ino);
+
+        let (disk, doc) = start(&ws);
+        assert_eq!(disk, NOTE);
+        assert_eq!(doc, NOTE);
     }
 }

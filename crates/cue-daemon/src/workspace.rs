@@ -450,6 +450,13 @@ impl Workspace {
         generation: Generation,
     ) -> Result<(), WorkspaceError> {
         let dir = self.dir();
+        // Never a new secret beside an older rotation's generation.
+        match std::fs::remove_file(dir.join(NEXT_GENERATION_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err(&dir.join(NEXT_GENERATION_FILE))(e));
+            }
+            _ => {}
+        }
         put_secret(&dir.join(NEXT_SECRET_FILE), secret)?;
         write_generation_to(&dir.join(NEXT_GENERATION_FILE), generation)
     }
