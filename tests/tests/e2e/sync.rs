@@ -527,7 +527,14 @@ fn copy_a_large_folder_into(p: &Peer) -> usize {
 #[test]
 fn a_stop_during_a_large_copy_leaves_the_rest_to_the_next_start() {
     let (_relay, a, b) = pair();
+    let before = a.status().0["files"].as_u64().unwrap_or(0);
     let files = copy_a_large_folder_into(&a);
+    // Stopped once the daemon is taking the copy in: a stop that comes before the
+    // watcher has reported anything has nothing to say about it (the next start's scan
+    // finds it all the same).
+    wait_until("alice to start taking the copy in", || {
+        a.status().0["files"].as_u64().unwrap_or(0) > before
+    });
     let out = a.cue(&["sync", "stop"]);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{said}");
