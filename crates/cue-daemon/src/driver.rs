@@ -1489,6 +1489,18 @@ mod power_cut {
         }
     }
 
+    /// Writes `bytes` over the file at `path` in place (the same inode), dated `mtime_ns`.
+    fn rewrite_in_place(path: &std::path::Path, bytes: &[u8], mtime_ns: i64) {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(path)
+            .expect("open");
+        std::io::Write::write_all(&mut &file, bytes).expect("write");
+        let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(mtime_ns as u64);
+        file.set_modified(mtime).expect("set mtime");
+    }
+
     /// What every file at the workspace's root holds.
     fn contents(ws: &Workspace) -> Vec<Vec<u8>> {
         std::fs::read_dir(&ws.root)
@@ -1516,14 +1528,7 @@ mod power_cut {
         // The rename reached the disk, the file's blocks did not: same inode, same time,
         // nothing in it.
         let path = ws.root.join("a.md");
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&path)
-            .expect("open");
-        let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(id.mtime_ns as u64);
-        file.set_modified(mtime).expect("set mtime");
-        drop(file);
+        rewrite_in_place(&path, b"", id.mtime_ns);
         assert_eq!(id_of(&path), id);
 
         let (disk, doc) = start(&ws);
@@ -1538,15 +1543,7 @@ mod power_cut {
         // `cp -p` over the file: same inode, and the copy's older time.
         let path = ws.root.join("a.md");
         let edited = b"# Plan\n\nShip on Monday.\n";
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&path)
-            .expect("open");
-        std::io::Write::write_all(&mut file, edited).expect("write");
-        let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(id.mtime_ns as u64 - 1);
-        file.set_modified(mtime).expect("set mtime");
-        drop(file);
+        rewrite_in_place(&path, edited, id.mtime_ns - 1);
         assert_eq!(id_of(&path).ino, id.ino);
 
         start(&ws);
@@ -1625,16 +1622,7 @@ mod power_cut {
         let id = restored_then_cut(&ws);
         let path = ws.root.join("a.md");
         let edited = b"# Plan\n\nShip on Friday. Tell Ana.\n";
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&path)
-            .expect("open");
-        std::io::Write::write_all(&mut file, edited).expect("write");
-        let later =
-            std::time::UNIX_EPOCH + std::time::Duration::from_nanos(id.mtime_ns as u64 + 1_000_000);
-        file.set_modified(later).expect("set mtime");
-        drop(file);
+        rewrite_in_place(&path, edited, id.mtime_ns + 1_000_000);
         assert_eq!(id_of(&path).ino, id.ino);
 
         let (disk, doc) = start(&ws);
@@ -1674,16 +1662,7 @@ mod power_cut {
         std::mem::forget(driver);
         power_cut(&ws);
         // What the disk keeps: cue's write, as it was written.
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&path)
-            .expect("open");
-        std::io::Write::write_all(&mut &file, NOTE).expect("write");
-        let mtime =
-            std::time::UNIX_EPOCH + std::time::Duration::from_nanos(written.mtime_ns as u64);
-        file.set_modified(mtime).expect("set mtime");
-        drop(file);
+        rewrite_in_place(&path, NOTE, written.mtime_ns);
 
         let (disk, doc) = start(&ws);
         assert_eq!(doc, saved, "the save taken in stands");
@@ -1699,16 +1678,7 @@ mod power_cut {
         let (_dir, ws) = imported();
         let id = restored_then_cut(&ws);
         let path = ws.root.join("a.md");
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&path)
-            .expect("open");
-        std::io::Write::write_all(&mut &file, &vec![0; NOTE.len()]).expect("write");
-        let later =
-            std::time::UNIX_EPOCH + std::time::Duration::from_nanos(id.mtime_ns as u64 + 1_000_000);
-        file.set_modified(later).expect("set mtime");
-        drop(file);
+        rewrite_in_place(&path, &vec![0; NOTE.len()], id.mtime_ns + 1_000_000);
         assert_eq!(id_of(&path).ino, id.ino);
 
         let (disk, doc) = start(&ws);
