@@ -600,8 +600,8 @@ impl WorkspaceFs {
                 }
             };
             for &i in &files {
-                let (rel, ino) = &paths[i];
-                match flush_file(&dir, rel, ino) {
+                let (rel, inodes) = &paths[i];
+                match flush_file(&dir, rel, inodes) {
                     Ok(true) => {}
                     Ok(false) => moved_away.push(i),
                     Err(e) => results[i] = Err(e),

@@ -78,9 +78,9 @@ const JOURNAL_LAYOUT: u8 = 3;
 
 impl JournalEntry {
     /// `[layout] [n] n × ([0] | [1] hash) [m] m × (inode, mtime) ([0] | [1] [len] boot)`,
-    /// little-endian; past 255
-    /// of either, the first and the newest are kept (the oldest content is what a power
-    /// cut most likely leaves, the newest what it least likely does not).
+    /// little-endian; past 255 of either, the first and the newest are kept (the oldest
+    /// content is what a power cut most likely leaves, the newest what it least likely
+    /// does not).
     pub fn encode(&self) -> Vec<u8> {
         fn capped<T>(items: &[T]) -> Vec<&T> {
             match items.len() {
@@ -354,7 +354,14 @@ impl DaemonHost {
         let mut flushed = 0;
         let mut failed = None;
         for ((path, rel), result) in paths.into_iter().zip(results) {
-            let result = result.unwrap_or(Ok(()));
+            // (Every path has its result by now; one without would count as not flushed.)
+            let result = result.unwrap_or_else(|| {
+                Err(FsError::io(
+                    "flush",
+                    rel.as_str(),
+                    std::io::Error::other("no flush was made"),
+                ))
+            });
             let result = match result {
                 Err(error) if !self.write_again(&path, &rel) => Err(error),
                 _ => Ok(()),
@@ -414,11 +421,11 @@ impl DaemonHost {
         {
             Ok(fsio::Outcome::Done) => true,
             Ok(fsio::Outcome::DoneOverEdit(edit, edit_exec)) => {
-                // Saved in between: the save goes back where it was, for the watcher.
-                let ours = cue_core::file_hash(&bytes, exec);
+                // Saved in between: the save goes back where it was (over the bytes
+                // just written again), for the watcher.
                 if let Err(error) =
                     self.fs
-                        .write_atomic_if(rel, &edit, Some(edit_exec), Expect::Content(ours))
+                        .write_atomic_if(rel, &edit, Some(edit_exec), Expect::Content(hash))
                 {
                     tracing::error!(%error, path, "cannot put back a save made while the file was written again");
                 }

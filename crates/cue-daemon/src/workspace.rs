@@ -256,7 +256,6 @@ fn read_workspace_id(dir: &Path) -> Result<WorkspaceId, WorkspaceError> {
     })
 }
 
-/// Writes a secret file with mode 0600 from its creation on.
 /// Writes a secret at `path` whole (a temporary file renamed over it), file and name
 /// flushed.
 fn put_secret(path: &Path, secret: &WorkspaceSecret) -> Result<(), WorkspaceError> {
@@ -267,6 +266,7 @@ fn put_secret(path: &Path, secret: &WorkspaceSecret) -> Result<(), WorkspaceErro
     sync_folder_of(path)
 }
 
+/// Writes a secret file with mode 0600 from its creation on.
 fn write_secret(path: &Path, bytes: &[u8; 32]) -> Result<(), WorkspaceError> {
     let hexed = Zeroizing::new(hex::encode(bytes));
     let mut f = OpenOptions::new()
