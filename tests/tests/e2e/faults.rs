@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use cue_e2e::{
-    DEADLINE, FaultProxy, Flooder, Pace, Peer, Relay, Rng, faults_long, is_temporary, tree,
-    wait_until,
+    DEADLINE, FaultProxy, Flooder, Pace, Peer, Relay, Rng, faults_long, is_temporary, pair, tree,
+    wait_for_file, wait_until,
 };
 
 /// What the users wrote: every version of every file (as hashes), and the last one saved.
@@ -730,4 +730,35 @@ fn kill_9_in_the_middle_of_a_burst_of_thousands_of_files_loses_nothing() {
     );
     a.stop();
     b.stop();
+}
+
+/// Bob's edit lands on alice's disk and her daemon is killed (kill -9) within the
+/// second before it flushes the file; while it is down she saves the note, adding a
+/// line (in place, then, the second time, through a rename as careful editors do).
+/// Started again, her save is an edit of the note as bob left it: both peers end with
+/// bob's line once and hers once. The start used to take her save for the write not
+/// done and merge it with the version before bob's edit, making his change twice.
+#[test]
+fn a_save_made_while_the_daemon_is_down_after_a_kill_repeats_no_peers_change() {
+    for through_a_rename in [false, true] {
+        let (_relay, a, b) = pair();
+        a.write("plan.md", "# Plan\n\nfirst\n");
+        wait_for_file(&b, "plan.md", "alice's note", |c| c.contains("first"));
+        b.write("plan.md", "# Plan\n\nfirst\nfrom bob\n");
+        wait_for_file(&a, "plan.md", "bob's line", |c| c.contains("from bob"));
+        a.kill_daemon();
+        let saved = "# Plan\n\nfirst\nfrom bob\nfrom alice\n";
+        if through_a_rename {
+            a.write_via_rename("plan.md", saved);
+        } else {
+            a.write("plan.md", saved);
+        }
+        a.start();
+        wait_until("both peers to hold alice's save", || {
+            a.read("plan.md").as_deref() == Some(saved)
+                && b.read("plan.md").as_deref() == Some(saved)
+        });
+        a.stop();
+        b.stop();
+    }
 }
