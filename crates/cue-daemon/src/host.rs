@@ -46,7 +46,8 @@ pub const KEY_REPLAY: &str = "replay";
 const BATCH_MIN: usize = 8;
 
 /// Files put in place unflushed are made durable this long after the first of them at
-/// most, or at once past [`UNFLUSHED_AT_MOST`] of them.
+/// most, or at once past [`UNFLUSHED_AT_MOST`] of them (paths, or files written: each
+/// holds two descriptors open until then).
 pub const FLUSH_FILES_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 const UNFLUSHED_AT_MOST: usize = 64;
 /// Contents a journal entry keeps for a path written again and again before a flush; past
@@ -785,7 +786,10 @@ impl carry::Host for DaemonHost {
         {
             tracing::warn!(%error, "cannot mark file writes done in the journal");
         }
-        if self.unflushed.len() >= UNFLUSHED_AT_MOST {
+        // (Each file written and its folder are held open until flushed: a path written
+        // again and again keeps one pair a write.)
+        let held: usize = self.unflushed_files.values().map(Vec::len).sum();
+        if self.unflushed.len() >= UNFLUSHED_AT_MOST || held >= UNFLUSHED_AT_MOST {
             let _ = self.flush_files(self.flush_failures == 0);
         }
     }
@@ -1153,6 +1157,29 @@ mod tests {
         std::fs::rename(dir.path().join("c.md"), dir.path().join("a.md")).expect("mv back");
         assert!(host.fs.flush_files(&[(rel, inodes)])[0].is_ok());
         assert_eq!(host.fs.syncfs_calls(), 1, "at its path");
+    }
+
+    /// Files written again and again before a flush hold two descriptors each until
+    /// flushed: past [`UNFLUSHED_AT_MOST`] files they are flushed at once, however few
+    /// the paths, so a busy workspace cannot run the daemon out of descriptors.
+    #[test]
+    fn files_held_open_for_their_flush_stay_bounded() {
+        let (_dir, mut host) = host();
+        let mut most = 0;
+        for round in 0..4 {
+            for p in 0..30 {
+                let path = format!("n{p}.md");
+                let expect = (round > 0)
+                    .then(|| cue_core::file_hash(format!("{p} {}\n", round - 1).as_bytes(), false));
+                let bytes = format!("{p} {round}\n");
+                assert_eq!(
+                    write(&mut host, &path, bytes.as_bytes(), expect),
+                    Outcome::Done
+                );
+                most = most.max(host.unflushed_files.values().map(Vec::len).sum::<usize>());
+            }
+        }
+        assert!(most <= UNFLUSHED_AT_MOST, "{most} files held open");
     }
 
     #[test]
