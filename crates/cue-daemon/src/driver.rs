@@ -460,7 +460,10 @@ impl Driver {
         let _ = self.host.flush_files(true);
         let rels: Vec<(&String, WorkspacePath, Vec<u64>)> = entries
             .iter()
-            .filter(|(path, _)| !self.host.unflushed.contains_key(path))
+            // (Not those just flushed with the host's own, nor those still waiting.)
+            .filter(|(path, _)| {
+                !self.host.unflushed.contains_key(path) && !self.host.journal_done.contains(path)
+            })
             .filter_map(|(path, entry)| {
                 let inodes = JournalEntry::decode(entry).map(|e| e.inodes());
                 Some((

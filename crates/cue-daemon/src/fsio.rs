@@ -1091,6 +1091,9 @@ pub struct Prepared {
 pub struct Written {
     file: OwnedFd,
     folder: OwnedFd,
+    /// What was written ([`cue_core::file_hash`] of its bytes and mode): a file written
+    /// again after a failed flush must still hold it.
+    pub hash: cue_core::ContentHash,
 }
 
 impl Written {
@@ -1123,11 +1126,12 @@ impl Written {
 }
 
 impl Prepared {
-    /// The file and its folder, for its flush once put in place.
-    pub fn written(&self) -> Option<Written> {
+    /// The file and its folder, for its flush once put in place; `hash` is what it holds.
+    pub fn written(&self, hash: cue_core::ContentHash) -> Option<Written> {
         Some(Written {
             file: self.file.try_clone().ok()?,
             folder: self.parent.try_clone().ok()?,
+            hash,
         })
     }
 

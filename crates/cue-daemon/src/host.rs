@@ -50,6 +50,9 @@ const BATCH_MIN: usize = 8;
 /// holds two descriptors open until then).
 pub const FLUSH_FILES_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 const UNFLUSHED_AT_MOST: usize = 64;
+/// Files held open for their flush at most (two descriptors each), even while flushes
+/// fail and are put off.
+const HELD_AT_MOST: usize = 4 * UNFLUSHED_AT_MOST;
 /// Contents a journal entry keeps for a path written again and again before a flush; past
 /// this, the files are flushed first.
 const BEFORE_AT_MOST: usize = 32;
@@ -363,6 +366,7 @@ impl DaemonHost {
                     std::io::Error::other("no flush was made"),
                 ))
             });
+            let by_handles = by_handles && self.unflushed_files.contains_key(&path);
             let result = match result {
                 Err(error) if !self.write_again(&path, &rel) => Err(error),
                 _ => Ok(()),
@@ -373,6 +377,16 @@ impl DaemonHost {
                     self.unflushed_files.remove(&path);
                     self.journal_done.push(path);
                     flushed += 1;
+                }
+                Err(error) if by_handles => {
+                    // Its fsync failed and it could not be written again: a second fsync
+                    // of the same file would report nothing (Linux says it once). Not
+                    // tried again: its journal entry stays for the next start, which
+                    // judges what the disk holds.
+                    tracing::warn!(%error, path, "cannot flush a file written; left to the next start");
+                    self.unflushed.remove(&path);
+                    self.unflushed_files.remove(&path);
+                    self.write_errors += 1;
                 }
                 Err(error) => failed = Some(error),
             }
@@ -416,6 +430,16 @@ impl DaemonHost {
             return false;
         };
         let hash = cue_core::file_hash(&bytes, exec);
+        // Only what cue wrote there last (pages read back after a failed write-back can
+        // be stale blocks or zeros: never made durable as the file's content).
+        let last = self
+            .unflushed_files
+            .get(path)
+            .and_then(|held| held.last())
+            .map(|w| w.hash);
+        if last != Some(hash) {
+            return false;
+        }
         match self
             .fs
             .write_atomic_if(rel, &bytes, Some(exec), Expect::Content(hash))
@@ -464,6 +488,9 @@ impl DaemonHost {
         self.durably_done.clear();
         self.over_edits.clear();
         self.journaled.clear();
+        let unflushed = &self.unflushed;
+        self.unflushed_files
+            .retain(|path, _| unflushed.contains_key(path));
         for (_, (_, prepared)) in std::mem::take(&mut self.prepared) {
             prepared.discard();
         }
@@ -805,15 +832,22 @@ impl carry::Host for DaemonHost {
         let hash = cue_core::file_hash(bytes, exec);
         let written = match self.prepared.remove(path) {
             Some((prepared_hash, prepared)) if prepared_hash == hash => {
-                let handles = prepared.written();
+                let handles = prepared.written(hash);
                 let written = self.fs.put_in_place(prepared, to_expect(expect))?;
-                if !matches!(written, fsio::Outcome::Unexpected)
-                    && let Some(handles) = handles
-                {
-                    self.unflushed_files
-                        .entry(path.to_string())
-                        .or_default()
-                        .push(handles);
+                if !matches!(written, fsio::Outcome::Unexpected) {
+                    let held: usize = self.unflushed_files.values().map(Vec::len).sum();
+                    match handles {
+                        // (Flushes failing for a while: past this many, the path goes by
+                        // name, all its files, rather than by some of them.)
+                        Some(handles) if held < HELD_AT_MOST => self
+                            .unflushed_files
+                            .entry(path.to_string())
+                            .or_default()
+                            .push(handles),
+                        _ => {
+                            self.unflushed_files.remove(path);
+                        }
+                    }
                 }
                 if let fsio::Outcome::DoneOverEdit(bytes, exec) = &written {
                     self.over_edits
@@ -1101,6 +1135,22 @@ mod tests {
         let ino = host.fs.stat(&b).expect("stat").expect("there").ino;
         assert!(!host.write_again("b.md", &b), "being saved in place");
         assert_eq!(host.fs.stat(&b).expect("stat").expect("there").ino, ino);
+
+        // Not what cue wrote (pages read back stale after a failed write-back), though
+        // the same inode and time: never made durable as the file's content.
+        assert_eq!(write(&mut host, "c.md", b"three\n", None), Outcome::Done);
+        let c = WorkspacePath::parse("c.md").expect("path");
+        let written = std::fs::metadata(dir.path().join("c.md"))
+            .expect("stat")
+            .modified()
+            .expect("mtime");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("c.md"))
+            .expect("open");
+        std::io::Write::write_all(&mut &file, b"\0\0\0").expect("write");
+        file.set_modified(written).expect("mtime");
+        assert!(!host.write_again("c.md", &c), "not what was written");
     }
 
     /// A write that replaced a file a program had just written (fed back and merged)
