@@ -464,6 +464,11 @@ impl DaemonHost {
         }
     }
 
+    /// Files held open for their flush (`unflushed_files`).
+    fn held_open(&self) -> usize {
+        self.unflushed_files.values().map(Vec::len).sum()
+    }
+
     /// Notes that `path` was put in place unflushed under `entry`.
     fn unflushed_write(&mut self, path: &str, entry: JournalEntry) {
         self.unflushed.insert(path.to_string(), entry);
@@ -815,7 +820,7 @@ impl carry::Host for DaemonHost {
         }
         // (Each file written and its folder are held open until flushed: a path written
         // again and again keeps one pair a write.)
-        let held: usize = self.unflushed_files.values().map(Vec::len).sum();
+        let held = self.held_open();
         if self.unflushed.len() >= UNFLUSHED_AT_MOST || held >= UNFLUSHED_AT_MOST {
             let _ = self.flush_files(self.flush_failures == 0);
         }
@@ -835,7 +840,7 @@ impl carry::Host for DaemonHost {
                 let handles = prepared.written(hash);
                 let written = self.fs.put_in_place(prepared, to_expect(expect))?;
                 if !matches!(written, fsio::Outcome::Unexpected) {
-                    let held: usize = self.unflushed_files.values().map(Vec::len).sum();
+                    let held = self.held_open();
                     match handles {
                         // (Flushes failing for a while: past this many, the path goes by
                         // name, all its files, rather than by some of them.)
@@ -1226,7 +1231,7 @@ mod tests {
                     write(&mut host, &path, bytes.as_bytes(), expect),
                     Outcome::Done
                 );
-                most = most.max(host.unflushed_files.values().map(Vec::len).sum::<usize>());
+                most = most.max(host.held_open());
             }
         }
         assert!(most <= UNFLUSHED_AT_MOST, "{most} files held open");
