@@ -433,6 +433,9 @@ pub struct Found {
     /// Paths the engine believes on disk that the ignore rules now exclude (they are
     /// still there; the scan did not look at them).
     pub ignored: BTreeSet<String>,
+    /// Files and folders the scan could not read (a mode, an owner): what the engine
+    /// believes at or below them is taken as there and unchanged, never as removed.
+    pub unreadable: BTreeSet<String>,
 }
 
 /// How the folder differs from what the engine believes is on disk.
@@ -479,9 +482,20 @@ pub fn diff_scan(engine: &Engine, found: &Found) -> ScanDiff {
             _ => changed.push(p.as_str()),
         }
     }
+    let unreadable: Vec<String> = found
+        .unreadable
+        .iter()
+        .map(|p| key(p).into_owned())
+        .collect();
+    // (A walk error without a path leaves everything unknown: nothing is removed.)
+    let unread = |k: &str| {
+        unreadable.iter().any(|u| {
+            u.is_empty() || k == u || (k.starts_with(u.as_str()) && k[u.len()..].starts_with('/'))
+        })
+    };
     let mut removed = Vec::new();
     for (k, (from, hash)) in &believed {
-        if there.contains(k) || found.ignored.contains(*from) {
+        if there.contains(k) || found.ignored.contains(*from) || unread(k) {
             continue;
         }
         // A removed file whose content reappeared under a new name was renamed while

@@ -371,7 +371,14 @@ impl Driver {
                 );
                 continue;
             };
-            let on_disk = self.read(path)?;
+            let on_disk = match self.read(path) {
+                Ok(on_disk) => on_disk,
+                Err(error) => {
+                    // Judged at a start that can read it; meanwhile listed as unreadable.
+                    tracing::warn!(%error, path, "cannot read a file written before a crash: left for the next start");
+                    continue;
+                }
+            };
             let disk_hash = on_disk.as_ref().map(|(b, exec)| file_hash(b, *exec));
             let believed = self.engine.on_disk(path);
             // (On a folder that keeps no modes, the bytes are compared.)
@@ -1028,6 +1035,12 @@ impl Driver {
                 })
                 .collect(),
             ignored: BTreeSet::new(),
+            unreadable: report
+                .skipped
+                .iter()
+                .filter(|s| matches!(s.reason, SkipReason::Unreadable(_)))
+                .map(|s| s.path.clone())
+                .collect(),
         };
         let unsyncable = report
             .skipped
@@ -1203,7 +1216,7 @@ impl Driver {
 
     /// A path (a file or a folder) is gone.
     /// The first `len` bytes of the file at `rel` (fewer if it is shorter or gone).
-    fn head(&self, rel: &WorkspacePath, len: usize) -> Result<Vec<u8>, DriverError> {
+    fn head(&self, rel: &WorkspacePath, len: usize) -> Result<Vec<u8>, FsError> {
         use std::io::Read as _;
         let mut head = Vec::new();
         if len == 0 {
@@ -1230,6 +1243,14 @@ impl Driver {
                 out.extend(self.file_changed(now, &path)?);
             }
         }
+        // A file listed as unreadable leaves the list when it goes (one listed for its
+        // name is the watcher's to clear).
+        for path in self.engine.unsyncable_under(p) {
+            if WorkspacePath::parse(&path).is_ok() && !self.host.exists(&path) {
+                let reason = None;
+                out.extend(self.feed(now, Input::UnsyncableFile { path, reason })?);
+            }
+        }
         // A file listed as too large leaves the list when it goes.
         for path in self.engine.skipped_under(p) {
             if !self.host.exists(&path) {
@@ -1244,7 +1265,8 @@ impl Driver {
         // On a folder that ignores case, a change of case leaves `from` there: it is `to`.
         let gone =
             self.engine.disk_key(from) == self.engine.disk_key(to) || !self.host.exists(from);
-        match self.read(to)? {
+        // (One that cannot be read is listed as such by `file_changed`.)
+        match self.host.read(to).ok().flatten() {
             Some((content, exec)) if known && gone => self.feed(
                 now,
                 Input::FileRenamed {
@@ -1271,7 +1293,15 @@ impl Driver {
         let mut out = Vec::new();
         for old in self.engine.on_disk_under(from) {
             let new = format!("{to}{}", &old[from.len()..]);
-            match self.read(&new)? {
+            let read = match self.host.read(&new) {
+                Ok(read) => read,
+                Err(e) => {
+                    // Not taken for removed either: its content is there, unread.
+                    out.extend(self.unreadable(now, &new, &e)?);
+                    continue;
+                }
+            };
+            match read {
                 Some((content, exec)) => out.extend(self.feed(
                     now,
                     Input::FileRenamed {
@@ -1287,6 +1317,25 @@ impl Driver {
         Ok(out)
     }
 
+    /// A file (or a folder on the way to it) the daemon may not read, as a mode or an
+    /// owner can make it: listed under `skipped` as unreadable and neither synced nor
+    /// taken for removed (its content is still there; it comes back when it can be read).
+    fn unreadable(
+        &mut self,
+        now: i64,
+        path: &str,
+        error: &FsError,
+    ) -> Result<Vec<Outgoing>, DriverError> {
+        tracing::warn!(%error, path, "cannot read a file: not synced until it can be read");
+        self.feed(
+            now,
+            Input::UnsyncableFile {
+                path: path.to_string(),
+                reason: Some(SkipReason::Unreadable(error.to_string()).to_string()),
+            },
+        )
+    }
+
     /// A path may have changed: feed its content if it differs from what the engine
     /// believes is there (so the daemon's own writes never echo back).
     fn file_changed(&mut self, now: i64, path: &str) -> Result<Vec<Outgoing>, DriverError> {
@@ -1297,7 +1346,7 @@ impl Driver {
         let stat = match self.host.fs.stat(&rel) {
             Ok(s) => s,
             Err(FsError::Symlink { .. } | FsError::SymlinkOnTheWay { .. }) => None,
-            Err(e) => return Err(e.into()),
+            Err(e) => return self.unreadable(now, path, &e),
         };
         let Some(stat) = stat.filter(|s| s.kind == crate::fsio::FileKind::Regular) else {
             let listed = !self.engine.skipped_under(path).is_empty();
@@ -1312,7 +1361,10 @@ impl Driver {
             return Ok(Vec::new());
         };
         if stat.len > self.max_file_size {
-            let head = self.head(&rel, self.engine.growth_check_len(path))?;
+            let head = match self.head(&rel, self.engine.growth_check_len(path)) {
+                Ok(head) => head,
+                Err(e) => return self.unreadable(now, path, &e),
+            };
             return self.feed(
                 now,
                 Input::FileTooLarge {
@@ -1322,8 +1374,10 @@ impl Driver {
                 },
             );
         }
-        let Some((content, exec)) = self.read(path)? else {
-            return Ok(Vec::new());
+        let (content, exec) = match self.host.read(path) {
+            Ok(Some(read)) => read,
+            Ok(None) => return Ok(Vec::new()),
+            Err(e) => return self.unreadable(now, path, &e),
         };
         // The executable bit is part of the hash: a `chmod` alone is a change, and the
         // mode this daemon wrote comes back as no change. (On a folder that keeps no
@@ -1687,5 +1741,110 @@ mod power_cut {
         let (disk, doc) = start(&ws);
         assert_eq!(disk, NOTE);
         assert_eq!(doc, NOTE);
+    }
+}
+
+#[cfg(test)]
+mod unreadable {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// Runs `f` on a thread without the capabilities that let root read any file (CI runs
+    /// as root): file modes then bind it as they bind the daemon of a user.
+    fn as_a_user<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                use rustix::thread::{CapabilitySet, capabilities, set_capabilities};
+                let mut caps = capabilities(None).expect("capabilities");
+                caps.effective
+                    .remove(CapabilitySet::DAC_OVERRIDE | CapabilitySet::DAC_READ_SEARCH);
+                set_capabilities(None, caps).expect("drop capabilities");
+                f()
+            })
+            .join()
+            .expect("no panic")
+        })
+    }
+
+    fn set_mode(path: &std::path::Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    fn changed(driver: &mut Driver, path: &str) -> Result<(), DriverError> {
+        let event = WatchEvent::Changed(WorkspacePath::parse(path).expect("path"));
+        let mut work = driver.watch_begin(vec![event]);
+        while !work.done() {
+            driver.watch_step(now_ms(), &mut work, &mut |_, _| {})?;
+        }
+        Ok(())
+    }
+
+    fn listed(driver: &mut Driver, path: &str) -> bool {
+        driver
+            .status()
+            .unsyncable
+            .iter()
+            .any(|(p, reason)| p == path && reason.starts_with("unreadable"))
+    }
+
+    /// `chmod 000` of a synced note, a root-only file copied in, a folder the user may
+    /// not enter: the daemon goes on, lists them, and never takes them for deleted (a
+    /// deletion would go to every device); readable again, they sync as before.
+    #[test]
+    fn files_and_folders_that_cannot_be_read_are_listed_and_never_taken_for_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::write(root.join("a.md"), "# A\n").expect("write");
+        std::fs::create_dir(root.join("private")).expect("mkdir");
+        std::fs::write(root.join("private/b.md"), "# B\n").expect("write");
+        let ws = Workspace::init(root, Some("ws://127.0.0.1:9"), Some("alice")).expect("init");
+        let mut driver = Driver::open(&ws, &ws.config).expect("driver");
+        driver.startup_scan(now_ms()).expect("scan");
+        driver.flush().expect("flush");
+        drop(driver);
+
+        set_mode(&root.join("a.md"), 0o000);
+        set_mode(&root.join("private"), 0o000);
+        std::fs::write(root.join("c.md"), "# C\n").expect("write");
+        set_mode(&root.join("c.md"), 0o000);
+        as_a_user(|| {
+            // The watcher reports the change of mode (and a new file) while running.
+            let mut driver = Driver::open(&ws, &ws.config).expect("driver");
+            driver
+                .startup_scan(now_ms())
+                .expect("a start that cannot read some files");
+            changed(&mut driver, "a.md").expect("a file that cannot be read stops nothing");
+            changed(&mut driver, "c.md").expect("a new one neither");
+            changed(&mut driver, "private/b.md").expect("nor a file in a closed folder");
+            assert!(listed(&mut driver, "a.md") && listed(&mut driver, "c.md"));
+            let status = driver.status();
+            assert_eq!(
+                status.files, 2,
+                "a.md and private/b.md are still synced files"
+            );
+            for path in ["a.md", "private/b.md"] {
+                assert!(
+                    driver.engine().on_disk(path).is_some(),
+                    "{path} taken for deleted"
+                );
+            }
+            driver.flush().expect("flush");
+        });
+
+        set_mode(&root.join("a.md"), 0o644);
+        set_mode(&root.join("private"), 0o755);
+        set_mode(&root.join("c.md"), 0o644);
+        std::fs::write(root.join("a.md"), "# A\n\nEdited.\n").expect("write");
+        as_a_user(|| {
+            let mut driver = Driver::open(&ws, &ws.config).expect("driver");
+            driver.startup_scan(now_ms()).expect("scan");
+            assert!(!listed(&mut driver, "a.md") && !listed(&mut driver, "c.md"));
+            assert_eq!(driver.status().files, 3, "c.md synced once readable");
+            let read = driver
+                .engine
+                .read("a.md", &mut StoreDocs(&driver.host.store));
+            assert_eq!(read.as_deref(), Some(&b"# A\n\nEdited.\n"[..]));
+        });
     }
 }

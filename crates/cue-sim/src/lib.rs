@@ -1146,6 +1146,7 @@ impl World {
                 .map(|(path, b)| (path.clone(), b.len() as u64))
                 .collect(),
             ignored,
+            unreadable: BTreeSet::new(),
         };
         let diff = carry::diff_scan(&p.engine, &found);
         if carry::too_many_missing(diff.known, diff.removed.len()) && p.guard.is_none() {

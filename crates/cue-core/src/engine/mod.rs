@@ -435,7 +435,11 @@ impl Engine {
                 path,
                 content,
                 exec,
-            } => self.local_change(&path, content, exec, store),
+            } => {
+                // Read: no longer listed as unreadable.
+                self.unsyncable.remove(&path);
+                self.local_change(&path, content, exec, store)
+            }
             Input::WriteRefused {
                 path,
                 content,

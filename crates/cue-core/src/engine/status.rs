@@ -177,6 +177,16 @@ impl Engine {
             .collect()
     }
 
+    /// The files listed as not syncable ([`Input::Unsyncable`]) at or below `path`.
+    pub fn unsyncable_under(&self, path: &str) -> Vec<String> {
+        let prefix = format!("{path}/");
+        self.unsyncable
+            .keys()
+            .filter(|p| *p == path || p.starts_with(&prefix) || path == ".")
+            .cloned()
+            .collect()
+    }
+
     /// The materialised bytes of the live file at `path` (tests, the demo).
     pub fn read(&mut self, path: &str, store: &mut dyn DocStore) -> Option<Vec<u8>> {
         self.read_file(path, store).map(|(bytes, _)| bytes)
