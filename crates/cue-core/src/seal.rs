@@ -35,6 +35,8 @@ pub const MAX_SEALS: usize = 256;
 /// How many changes one seal may name. A device's frontier is one change but for edits
 /// of older versions made since its last plain edit.
 pub const MAX_SEALED_HEADS: usize = 64;
+/// How many seals of one device wait for their changes in a document, at most.
+pub const MAX_WAITING_SEALS: usize = 8;
 
 /// This device's signing key, for sealing its own changes.
 #[derive(Clone)]
@@ -248,10 +250,11 @@ pub fn keep_latest(
             continue;
         }
         if !seal.heads.iter().all(&mut held) {
-            match waiting.iter_mut().find(|w| w.device == seal.device) {
-                Some(w) if seal.later_than(w) => *w = seal.clone(),
-                Some(_) => {}
-                None => waiting.push(seal.clone()),
+            // Every such seal waits, not only the device's latest: an earlier one may be
+            // all that reaches changes automerge set aside, which are applied when their
+            // dependencies come, before (or without) the later one's changes.
+            if !waiting.contains(seal) {
+                waiting.push(seal.clone());
             }
             continue;
         }
@@ -269,7 +272,23 @@ pub fn keep_latest(
             .find(|k| k.device == w.device)
             .is_none_or(|k| w.later_than(k))
     });
-    (changed, waiting)
+    // At most `MAX_WAITING_SEALS` a device (a member can seal changes it never sends):
+    // its earliest, which name what is applied first, and its latest, which names all.
+    waiting.sort_by_key(|w| (w.device, w.epoch, w.counter));
+    let mut capped: Vec<Seal> = Vec::with_capacity(waiting.len());
+    for w in waiting {
+        let run = capped
+            .iter()
+            .rev()
+            .take_while(|c| c.device == w.device)
+            .count();
+        if run == MAX_WAITING_SEALS {
+            // Over the bound: the latest takes the place of the one before it.
+            capped.pop();
+        }
+        capped.push(w);
+    }
+    (changed, capped)
 }
 
 #[cfg(test)]
@@ -390,6 +409,29 @@ mod tests {
         let mut d = AutoCommit::new().with_actor(ActorId::from(&[5u8; 20][..]));
         let c = edit(&mut d, "x");
         assert!(unsealed(&[c], &[]).is_empty());
+    }
+
+    /// A later seal whose changes have not come does not push out an earlier waiting
+    /// one: the earlier one's changes may be applied first (automerge set them aside
+    /// for a dependency), and it is then the only seal that reaches them.
+    #[test]
+    fn an_earlier_waiting_seal_still_waits_beside_a_later_one() {
+        let a = key(1);
+        let mut kept = vec![a.seal(1, 1, vec![[1; 32]])];
+        let (c2, c3) = (a.seal(1, 2, vec![[2; 32]]), a.seal(1, 3, vec![[3; 32]]));
+        let (_, waiting) = keep_latest(&mut kept, &[c2.clone(), c3.clone()], |_| false);
+        assert_eq!(waiting, vec![c2.clone(), c3.clone()]);
+        // [2] is applied, [3] is not: the earlier waiting seal is kept, the later waits.
+        let (changed, waiting) = keep_latest(&mut kept, &waiting, |h| *h == [2; 32]);
+        assert!(changed);
+        assert_eq!(kept, vec![c2]);
+        assert_eq!(waiting, vec![c3]);
+        // Bounded a device: the earliest and the latest wait.
+        let many: Vec<Seal> = (2..40).map(|n| a.seal(1, n, vec![[n as u8; 32]])).collect();
+        let (_, waiting) = keep_latest(&mut vec![], &many, |_| false);
+        assert_eq!(waiting.len(), MAX_WAITING_SEALS);
+        assert_eq!(waiting[0].counter, 2);
+        assert_eq!(waiting[MAX_WAITING_SEALS - 1].counter, 39);
     }
 
     #[test]

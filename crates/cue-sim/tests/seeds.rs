@@ -67,3 +67,18 @@ fn random_schedules_converge_without_losing_edits_2() {
 fn random_schedules_converge_without_losing_edits_3() {
     run_share(3);
 }
+
+/// Seeds beyond the first thousand that once failed, replayed in every run (each names
+/// the fix it checks).
+#[test]
+fn seeds_that_once_failed_converge() {
+    // 5426: a later seal of a device pushed out an earlier one still waiting for its
+    // changes; those changes, applied when their dependencies came, were then sealed
+    // by nothing, and every peer they were passed to refused them as forged
+    // (`seal::keep_latest`).
+    for seed in [5426] {
+        if let Err(e) = cue_sim::run_schedule(seed, 120) {
+            panic!("{e}");
+        }
+    }
+}
