@@ -166,6 +166,34 @@ impl FileDoc {
         }
     }
 
+    /// Every object of type `ty` at `key` of `obj`, the one automerge shows first. Two
+    /// devices that add frontmatter to a note at once each make its map of fields (or
+    /// its text), and the merge keeps both under one key: one shown, the other hidden.
+    /// Both are read, as one (the fields of each; the texts one after the other), and
+    /// the next write over them keeps what it writes in the first alone.
+    fn all_objs(&self, obj: &ObjId, key: &str, ty: ObjType) -> Vec<ObjId> {
+        let mut all: Vec<ObjId> = self
+            .doc
+            .get_all(obj, key)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(v, id)| matches!(v, Value::Object(t) if t == ty).then_some(id))
+            .collect();
+        // (`get_all` lists the value shown last.)
+        all.reverse();
+        all
+    }
+
+    /// The values of `key` in each map of `maps`, those of the first map last: the
+    /// value shown is the last, as in one map's [`AutoCommit::get_all`].
+    fn values_in(&self, maps: &[ObjId], key: &str) -> Result<Vec<(Value<'_>, ObjId)>, DocError> {
+        let mut all = Vec::new();
+        for map in maps.iter().rev() {
+            all.extend(self.doc.get_all(map, key)?);
+        }
+        Ok(all)
+    }
+
     pub fn kind(&self) -> Option<ContentKind> {
         match self.get_str(&ROOT, "kind")?.as_str() {
             "text" => Some(ContentKind::Text),
@@ -275,20 +303,31 @@ impl FileDoc {
     }
 
     fn text_of(&self, key: &str) -> Result<String, DocError> {
-        match self.get_obj(&ROOT, key) {
-            Some(obj) => Ok(self.doc.text(&obj)?),
-            None => Ok(String::new()),
+        let mut text = String::new();
+        for obj in self.all_objs(&ROOT, key, ObjType::Text) {
+            text.push_str(&self.doc.text(&obj)?);
         }
+        Ok(text)
     }
 
     fn render_text(&self) -> Result<String, DocError> {
         let mut out = String::new();
         let mode = self.get_str(&ROOT, "fm").unwrap_or_else(|| "none".into());
+        // Frontmatter added at once on two devices, YAML on one and not on the other:
+        // both shown (see `all_objs`).
+        let modes: Vec<String> = self
+            .doc
+            .get_all(ROOT, "fm")?
+            .iter()
+            .filter_map(|(v, _)| str_of(v))
+            .collect();
+        let both = modes.iter().any(|m| m == "raw") && modes.iter().any(|m| m == "yaml");
         if mode != "none" {
             out.push_str(&self.get_str(&ROOT, "fm_open").unwrap_or_default());
-            if mode == "raw" {
+            if mode == "raw" || both {
                 out.push_str(&self.text_of("fm_raw")?);
-            } else {
+            }
+            if mode != "raw" || both {
                 out.push_str(&self.get_str(&ROOT, "fm_pre").unwrap_or_default());
                 for block in self.current_blocks()? {
                     out.push_str(&block.render());
@@ -304,37 +343,38 @@ impl FileDoc {
     /// key concurrently both insert it), then any valued key missing from it, sorted.
     fn key_order(&self) -> Vec<String> {
         let mut order = Vec::new();
-        let Some(vals) = self.get_obj(&ROOT, "fm_vals") else {
-            return order;
+        let maps = self.all_objs(&ROOT, "fm_vals", ObjType::Map);
+        let valued = |k: &str| {
+            maps.iter()
+                .any(|m| self.doc.get(m, k).ok().flatten().is_some())
         };
-        if let Some(keys) = self.get_obj(&ROOT, "fm_keys") {
+        for keys in self.all_objs(&ROOT, "fm_keys", ObjType::List) {
             for item in self.doc.list_range(&keys, ..) {
                 if let Some(k) = str_of(&item.value.into())
                     && !order.contains(&k)
-                    && self.doc.get(&vals, k.as_str()).ok().flatten().is_some()
+                    && valued(&k)
                 {
                     order.push(k);
                 }
             }
         }
-        let mut rest: Vec<String> = self
-            .doc
-            .keys(&vals)
+        let mut rest: Vec<String> = maps
+            .iter()
+            .flat_map(|m| self.doc.keys(m))
             .filter(|k| !order.contains(k))
             .collect();
         rest.sort();
+        rest.dedup();
         order.extend(rest);
         order
     }
 
     /// The frontmatter blocks as they materialise now.
     fn current_blocks(&self) -> Result<Vec<Block>, DocError> {
-        let Some(vals) = self.get_obj(&ROOT, "fm_vals") else {
-            return Ok(Vec::new());
-        };
+        let maps = self.all_objs(&ROOT, "fm_vals", ObjType::Map);
         let mut blocks = Vec::new();
         for key in self.key_order() {
-            let all = self.doc.get_all(&vals, key.as_str())?;
+            let all = self.values_in(&maps, &key)?;
             let Some((winner, winner_id)) = all.last().cloned() else {
                 continue;
             };
@@ -507,6 +547,14 @@ impl FileDoc {
 
     fn update_text(&mut self, key: &str, new: &str) -> Result<(), DocError> {
         let obj = self.ensure_obj(&ROOT, key, ObjType::Text)?;
+        // Texts made at once on two devices were shown one after the other: the new
+        // text goes in the first, the others are emptied.
+        for other in self.all_objs(&ROOT, key, ObjType::Text) {
+            let len = self.doc.length(&other);
+            if other != obj && len > 0 {
+                self.doc.splice_text(&other, 0, len as isize, "")?;
+            }
+        }
         let old = self.doc.text(&obj)?;
         for s in textdiff::splices(&old, new) {
             self.doc
@@ -560,6 +608,14 @@ impl FileDoc {
     fn write_blocks(&mut self, new: &[Block]) -> Result<(), DocError> {
         let vals = self.ensure_obj(&ROOT, "fm_vals", ObjType::Map)?;
         let keys = self.ensure_obj(&ROOT, "fm_keys", ObjType::List)?;
+        // Maps of fields made at once on two devices (see `all_objs`): a field written
+        // goes in the first and leaves the others.
+        let others: Vec<ObjId> = self
+            .all_objs(&ROOT, "fm_vals", ObjType::Map)
+            .into_iter()
+            .filter(|m| *m != vals)
+            .collect();
+        self.join_key_orders(&keys)?;
         let old = self.current_blocks()?;
 
         // Key order: remove keys that went, insert keys that came, each after its
@@ -597,10 +653,13 @@ impl FileDoc {
 
         for block in new {
             let previous = old.iter().find(|b| b.key == block.key);
-            if previous == Some(block) {
+            // (A field the others hold goes in the first, changed or not.)
+            if previous == Some(block) && !self.held_by(&others, &block.key)? {
                 continue;
             }
-            let conflicted = self.doc.get_all(&vals, block.key.as_str())?.len() > 1;
+            // Edited in place only when the first map alone holds it, once.
+            let conflicted = self.doc.get_all(&vals, block.key.as_str())?.len() != 1
+                || self.held_by(&others, &block.key)?;
             match (&block.value, previous.map(|p| &p.value), conflicted) {
                 (BlockValue::List(new_list), Some(BlockValue::List(old_list)), false)
                     if new_list.flow == old_list.flow =>
@@ -620,8 +679,51 @@ impl FileDoc {
             }
         }
         for b in &old {
-            if !new.iter().any(|n| n.key == b.key) {
+            if !new.iter().any(|n| n.key == b.key) && self.doc.get(&vals, b.key.as_str())?.is_some()
+            {
                 self.doc.delete(&vals, b.key.as_str())?;
+            }
+        }
+        // What the others held is in the first now, or was removed.
+        for other in &others {
+            for key in self.doc.keys(other).collect::<Vec<_>>() {
+                self.doc.delete(other, key.as_str())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any of `maps` holds `key`.
+    fn held_by(&self, maps: &[ObjId], key: &str) -> Result<bool, DocError> {
+        for map in maps {
+            if self.doc.get(map, key)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Key orders made at once on two devices (see `all_objs`), read one after the
+    /// other, become one: the keys of the others that `keys` lacks go at its end, in
+    /// the order read, and the others are emptied. What is read is unchanged.
+    fn join_key_orders(&mut self, keys: &ObjId) -> Result<(), DocError> {
+        for other in self.all_objs(&ROOT, "fm_keys", ObjType::List) {
+            if other == *keys {
+                continue;
+            }
+            let items: Vec<String> = self
+                .doc
+                .list_range(&other, ..)
+                .filter_map(|item| str_of(&item.value.into()))
+                .collect();
+            for key in items {
+                if self.raw_index_of(keys, &key)?.is_none() {
+                    let end = self.doc.length(keys);
+                    self.doc.insert(keys, end, key.as_str())?;
+                }
+            }
+            for i in (0..self.doc.length(&other)).rev() {
+                self.doc.delete(&other, i)?;
             }
         }
         Ok(())
@@ -874,14 +976,15 @@ impl FileDoc {
                 }
             }
             Some(ContentKind::Text) => {
-                let Some(vals) = self.get_obj(&ROOT, "fm_vals") else {
-                    return out;
-                };
+                let maps = self.all_objs(&ROOT, "fm_vals", ObjType::Map);
                 if self.get_str(&ROOT, "fm").as_deref() != Some("yaml") {
                     return out;
                 }
-                for key in self.doc.keys(&vals).collect::<Vec<_>>() {
-                    let Ok(all) = self.doc.get_all(&vals, key.as_str()) else {
+                let mut keys: Vec<String> = maps.iter().flat_map(|m| self.doc.keys(m)).collect();
+                keys.sort();
+                keys.dedup();
+                for key in keys {
+                    let Ok(all) = self.values_in(&maps, &key) else {
                         continue;
                     };
                     if all.len() < 2 || all.iter().any(|(v, _)| matches!(v, Value::Object(_))) {
@@ -1076,6 +1179,73 @@ mod tests {
             .map(|c| c.actor_id().clone())
             .collect();
         assert!(!actors.contains(&actor(4)), "{actors:?}");
+    }
+
+    /// Two devices merged, each way: the text both show (the same).
+    fn merged(a: &mut FileDoc, b: &mut FileDoc) -> String {
+        a.automerge().merge(b.automerge()).unwrap();
+        b.automerge().merge(a.automerge()).unwrap();
+        let text = String::from_utf8(a.materialize().unwrap()).unwrap();
+        assert_eq!(
+            b.materialize().unwrap(),
+            text.as_bytes(),
+            "both show the same"
+        );
+        text
+    }
+
+    /// Frontmatter (or its raw text, or a binary file's first text) added on two devices
+    /// at once to a note without: each made its own map of fields (or text), and the
+    /// merge used to show one and hide the other. Both are shown, and an edit made over
+    /// them keeps what it shows and nothing it removed.
+    #[test]
+    fn frontmatter_added_on_two_devices_at_once_keeps_both() {
+        let mut a = FileDoc::new(actor(1));
+        a.write("n.md", b"# Note\n", 0).unwrap();
+        let mut b = FileDoc::load(&a.save(), actor(2)).unwrap();
+        a.write("n.md", b"---\ntitle: Plan\ntags: [a]\n---\n# Note\n", 0)
+            .unwrap();
+        b.write("n.md", b"---\nstatus: draft\ntags: [b]\n---\n# Note\n", 0)
+            .unwrap();
+        let text = merged(&mut a, &mut b);
+        for field in ["title: Plan", "status: draft", "a", "b"] {
+            assert!(text.contains(field), "{field} lost: {text:?}");
+        }
+        // An edit over the merge: what it writes is what the document then shows, on
+        // both devices, and a field it removed stays removed.
+        let edited = "---\ntitle: Plan\ntags: [b, c]\n---\n# Note\n";
+        b.write("n.md", edited.as_bytes(), 0).unwrap();
+        assert_eq!(b.materialize().unwrap(), edited.as_bytes());
+        assert_eq!(merged(&mut a, &mut b), edited);
+
+        // Frontmatter that is no YAML, added on both.
+        let mut a = FileDoc::new(actor(1));
+        a.write("n.md", b"# Note\n", 0).unwrap();
+        let mut b = FileDoc::load(&a.save(), actor(2)).unwrap();
+        a.write("n.md", b"---\njust one line\n---\n# Note\n", 0)
+            .unwrap();
+        b.write("n.md", b"---\n- a list, two\n---\n# Note\n", 0)
+            .unwrap();
+        let text = merged(&mut a, &mut b);
+        assert!(
+            text.contains("just one line") && text.contains("two"),
+            "{text:?}"
+        );
+        let edited = "---\njust one line\n---\n# Note\n";
+        a.write("n.md", edited.as_bytes(), 0).unwrap();
+        assert_eq!(merged(&mut a, &mut b), edited);
+
+        // A binary file rewritten as text on both.
+        let mut a = FileDoc::new(actor(1));
+        a.write("n.txt", &[0, 159, 146, 150], 0).unwrap();
+        let mut b = FileDoc::load(&a.save(), actor(2)).unwrap();
+        a.write("n.txt", b"from a\n", 0).unwrap();
+        b.write("n.txt", b"from b\n", 0).unwrap();
+        let text = merged(&mut a, &mut b);
+        assert!(
+            text.contains("from a") && text.contains("from b"),
+            "{text:?}"
+        );
     }
 
     /// A device that never changes modes never writes the `exec` field (documents stay
