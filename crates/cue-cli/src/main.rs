@@ -650,7 +650,7 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
         SyncCmd::Restore { paths, at: None } => {
             let root = find_root(base)?;
             for path in &paths {
-                let rel = workspace_relative(base, &root, path).unwrap_or_else(|_| ".".into());
+                let rel = workspace_folder_relative(base, &root, path)?;
                 command(&root, Request::Restore { path: rel.clone() })?;
                 if rel == "." {
                     println!("Restored the deleted files.");
@@ -761,6 +761,20 @@ fn import(ws: &Workspace, joined: bool) -> anyhow::Result<usize> {
 
 /// PATH as the workspace names it: relative to the folder the command runs in.
 fn workspace_relative(base: &Path, root: &Path, path: &Path) -> anyhow::Result<String> {
+    Some(relative_to_root(base, root, path)?)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| anyhow!("{} does not name a file", path.display()))
+}
+
+/// A folder or file inside the workspace, `.` for the workspace itself (restore takes
+/// folders); anything else is an error, never the whole workspace.
+fn workspace_folder_relative(base: &Path, root: &Path, path: &Path) -> anyhow::Result<String> {
+    let rel = relative_to_root(base, root, path)?;
+    Ok(if rel.is_empty() { ".".into() } else { rel })
+}
+
+/// `path` (from `base`) relative to the workspace root, empty for the root itself.
+fn relative_to_root(base: &Path, root: &Path, path: &Path) -> anyhow::Result<String> {
     // The root is canonical; the base may reach it through a symlink.
     let base = base.canonicalize().unwrap_or_else(|_| base.to_owned());
     let mut norm = PathBuf::new();
@@ -780,10 +794,12 @@ fn workspace_relative(base: &Path, root: &Path, path: &Path) -> anyhow::Result<S
             root.display()
         )
     })?;
-    rel.to_str()
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("{} does not name a file", path.display()))
+    rel.to_str().map(str::to_string).ok_or_else(|| {
+        anyhow!(
+            "{} is not valid UTF-8; cue syncs only names in UTF-8",
+            path.display()
+        )
+    })
 }
 
 /// Runs restore/resolve through the daemon, or on the store directly when none runs.

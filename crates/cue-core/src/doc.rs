@@ -1235,6 +1235,15 @@ mod tests {
         a.write("n.md", edited.as_bytes(), 0).unwrap();
         assert_eq!(merged(&mut a, &mut b), edited);
 
+        // YAML on one, not on the other.
+        let mut a = FileDoc::new(actor(1));
+        a.write("n.md", b"# Note\n", 0).unwrap();
+        let mut b = FileDoc::load(&a.save(), actor(2)).unwrap();
+        a.write("n.md", b"---\ntitle: Plan\n---\n# Note\n", 0).unwrap();
+        b.write("n.md", b"---\njust one line\n---\n# Note\n", 0).unwrap();
+        let text = merged(&mut a, &mut b);
+        assert!(text.contains("title: Plan") && text.contains("just one line"), "{text:?}");
+
         // A binary file rewritten as text on both.
         let mut a = FileDoc::new(actor(1));
         a.write("n.txt", &[0, 159, 146, 150], 0).unwrap();
