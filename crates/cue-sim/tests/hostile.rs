@@ -1187,3 +1187,78 @@ fn a_document_padded_to_fit_its_bytes_is_held_to_the_largest_file() {
     w.settle(5);
     assert_eq!(w.read(1, "a.md").as_deref(), Some("x\ny\n"));
 }
+
+/// A member takes every file's path out of the index without deleting the files (no
+/// tombstone: nothing `restore` could bring back), gives one a path no device may
+/// write, then replaces the whole map of paths: each file would leave every disk. The
+/// others put the paths back (counted) and nothing leaves any disk.
+#[test]
+fn paths_taken_away_without_a_deletion_are_put_back() {
+    use automerge::transaction::Transactable;
+    use automerge::{ObjType, ROOT, ReadDoc};
+    use cue_core::index::IndexDoc;
+    let mut w = World::online(3, 29);
+    let files = cue_sim::notes(10);
+    w.write_many(0, &files);
+    w.settle_converged();
+    let from = w.peers[2].device;
+    let send = |w: &mut World, edit: &dyn Fn(&mut IndexDoc)| {
+        let stored = w.peers[2].store.docs[&cue_core::DocId::Index].clone();
+        let mut index = IndexDoc::load(&stored, cue_core::actor_for(&from, 99)).unwrap();
+        edit(&mut index);
+        let change = index.commit(0).unwrap();
+        let item = Item::Changes {
+            doc: cue_core::DocId::Index,
+            changes: vec![change.raw_bytes().to_vec()],
+        };
+        let bytes = encode(&Message {
+            items: vec![cue_sim::seal_as(&w.peers[2].key, 99, item)],
+        });
+        for p in [0, 1] {
+            w.input(
+                p,
+                Input::Message {
+                    from,
+                    bytes: bytes.clone(),
+                },
+            );
+        }
+        w.settle_converged();
+    };
+    let check = |w: &World, what: &str| {
+        for p in 0..3 {
+            for (path, bytes) in &files {
+                assert_eq!(
+                    w.read(p, path).as_deref(),
+                    std::str::from_utf8(bytes).ok(),
+                    "p{p} lost {path} to {what}"
+                );
+            }
+        }
+    };
+    send(&mut w, &|index| {
+        let ids: Vec<_> = index.paths().into_keys().collect();
+        let am = index.automerge();
+        let paths = am.get(ROOT, "path").unwrap().unwrap().1;
+        for (n, id) in ids.iter().enumerate() {
+            if n == 0 {
+                am.put(&paths, id.to_string(), "../outside.md").unwrap();
+            } else {
+                am.delete(&paths, id.to_string()).unwrap();
+            }
+        }
+    });
+    check(&w, "paths deleted");
+    assert!(w.peers[0].engine.counters().bad_paths >= 10);
+    send(&mut w, &|index| {
+        index
+            .automerge()
+            .put_object(ROOT, "path", ObjType::Map)
+            .unwrap();
+    });
+    check(&w, "the map of paths replaced");
+    // And the files still sync.
+    w.write(1, &files[3].0, b"edited\n");
+    w.settle_converged();
+    assert_eq!(w.read(0, &files[3].0).as_deref(), Some("edited\n"));
+}

@@ -742,9 +742,10 @@ impl Engine {
         if before != after {
             self.index_dirty = true;
             self.refresh_members();
+            let put_back = self.put_back_paths(&live_before, delta.as_ref().map(|d| &d.paths));
             // Only paths set, moved or removed (new files from a burst, mostly), and
             // nothing else that decides what is live: the view follows them alone.
-            match delta.filter(|d| d.maps.iter().all(|m| PATHS_ONLY.contains(m))) {
+            match delta.filter(|d| put_back == 0 && d.maps.iter().all(|m| PATHS_ONLY.contains(m))) {
                 Some(delta) => {
                     // (The view is updated in place: nothing else may hold it.)
                     drop(live_before);
@@ -767,6 +768,45 @@ impl Engine {
             self.release_held(&back);
         }
         Some((before, after, missing))
+    }
+
+    /// A file leaves the workspace only by a deletion, which leaves a tombstone that
+    /// `restore` brings back (or, once the tombstone expired, by its purge, which drops
+    /// both). A peer's change that drops the path of a live file without one, or gives
+    /// it a path no device may write, would take the file off every disk with nothing
+    /// to restore (only a hostile or broken peer makes one): its path here is put back,
+    /// as a change of this device's, and counted in `bad_paths`. Looks at the files
+    /// whose path changed (`changed`), or at every live file when the patches did not
+    /// say. How many were put back.
+    fn put_back_paths(
+        &mut self,
+        live_before: &BTreeMap<FileId, String>,
+        changed: Option<&BTreeSet<FileId>>,
+    ) -> usize {
+        let candidates: Vec<(FileId, String)> = match changed {
+            Some(changed) => changed
+                .iter()
+                .filter_map(|f| Some((*f, live_before.get(f)?.clone())))
+                .collect(),
+            None => live_before.iter().map(|(f, p)| (*f, p.clone())).collect(),
+        };
+        let mut put_back = 0;
+        for (f, path) in candidates {
+            let lost = match self.index.path_of(&f) {
+                None => true,
+                Some(now) => valid_path(&now).is_err(),
+            };
+            if lost && self.index.tombstone(&f).is_none() && self.index.set_path(&f, &path).is_ok()
+            {
+                put_back += 1;
+            }
+        }
+        if put_back > 0 {
+            self.state.counters.bad_paths += put_back as u64;
+            self.state_dirty = true;
+            self.commit_index();
+        }
+        put_back
     }
 
     /// The mass-deletion guard for deletions from peers: when one batch of index changes
