@@ -1239,10 +1239,15 @@ mod tests {
         let mut a = FileDoc::new(actor(1));
         a.write("n.md", b"# Note\n", 0).unwrap();
         let mut b = FileDoc::load(&a.save(), actor(2)).unwrap();
-        a.write("n.md", b"---\ntitle: Plan\n---\n# Note\n", 0).unwrap();
-        b.write("n.md", b"---\njust one line\n---\n# Note\n", 0).unwrap();
+        a.write("n.md", b"---\ntitle: Plan\n---\n# Note\n", 0)
+            .unwrap();
+        b.write("n.md", b"---\njust one line\n---\n# Note\n", 0)
+            .unwrap();
         let text = merged(&mut a, &mut b);
-        assert!(text.contains("title: Plan") && text.contains("just one line"), "{text:?}");
+        assert!(
+            text.contains("title: Plan") && text.contains("just one line"),
+            "{text:?}"
+        );
 
         // A binary file rewritten as text on both.
         let mut a = FileDoc::new(actor(1));

@@ -373,3 +373,30 @@ fn a_power_cut_after_confirmations_loses_nothing() {
         }
     }
 }
+
+/// A device away longer than `tombstone_days` (and not so long that it syncs again
+/// from scratch) comes back to a deletion made and purged meanwhile: the file it still
+/// holds is deleted there too, and comes back nowhere.
+#[test]
+fn a_deletion_purged_while_a_device_was_away_stays_a_deletion() {
+    let mut config = Config::default();
+    config.tombstone_ms = 2 * DAY_MS;
+    let mut w = World::new(2, 15, config);
+    w.connect_all();
+    w.write(0, "a.md", b"one\n");
+    w.write(0, "b.md", b"two\n");
+    w.settle_converged();
+    w.disconnect(1);
+    w.delete(0, "a.md");
+    w.settle(2);
+    w.advance(3 * DAY_MS);
+    w.advance(1_000);
+    w.settle(2);
+    assert!(w.restore(0, "a.md").is_err(), "purged on p0");
+    w.connect(1);
+    w.settle_converged();
+    for p in 0..2 {
+        assert!(w.read(p, "a.md").is_none(), "a.md back on p{p}");
+        assert_eq!(w.read(p, "b.md").as_deref(), Some("two\n"));
+    }
+}

@@ -1189,22 +1189,27 @@ fn a_document_padded_to_fit_its_bytes_is_held_to_the_largest_file() {
 }
 
 /// A member takes every file's path out of the index without deleting the files (no
-/// tombstone: nothing `restore` could bring back), gives one a path no device may
-/// write, then replaces the whole map of paths: each file would leave every disk. The
-/// others put the paths back (counted) and nothing leaves any disk.
+/// tombstone: nothing `restore` could bring back, nothing the mass-deletion guard
+/// counts), gives one a path no device may write, then replaces the whole map of
+/// paths: each file would leave every disk. The others take it as the deletion it is:
+/// held by the guard (a mass deletion), and brought back by `restore .`; one file's
+/// path taken away is a deletion `restore` undoes.
 #[test]
-fn paths_taken_away_without_a_deletion_are_put_back() {
+fn paths_taken_away_without_a_deletion_are_deletions_that_can_be_undone() {
     use automerge::transaction::Transactable;
     use automerge::{ObjType, ROOT, ReadDoc};
     use cue_core::index::IndexDoc;
     let mut w = World::online(3, 29);
-    let files = cue_sim::notes(10);
+    // (The guard holds deletions of more than half of 20 files or more.)
+    let files = cue_sim::notes(30);
     w.write_many(0, &files);
     w.settle_converged();
     let from = w.peers[2].device;
-    let send = |w: &mut World, edit: &dyn Fn(&mut IndexDoc)| {
-        let stored = w.peers[2].store.docs[&cue_core::DocId::Index].clone();
-        let mut index = IndexDoc::load(&stored, cue_core::actor_for(&from, 99)).unwrap();
+    // (Made over what p0 holds, each under an actor of its own: p2 itself may lack
+    // what it sent before, which went to p0 and p1 alone.)
+    let send = |w: &mut World, epoch: u32, edit: &dyn Fn(&mut IndexDoc)| {
+        let stored = w.peers[0].store.docs[&cue_core::DocId::Index].clone();
+        let mut index = IndexDoc::load(&stored, cue_core::actor_for(&from, epoch)).unwrap();
         edit(&mut index);
         let change = index.commit(0).unwrap();
         let item = Item::Changes {
@@ -1212,7 +1217,7 @@ fn paths_taken_away_without_a_deletion_are_put_back() {
             changes: vec![change.raw_bytes().to_vec()],
         };
         let bytes = encode(&Message {
-            items: vec![cue_sim::seal_as(&w.peers[2].key, 99, item)],
+            items: vec![cue_sim::seal_as(&w.peers[2].key, epoch, item)],
         });
         for p in [0, 1] {
             w.input(
@@ -1223,21 +1228,34 @@ fn paths_taken_away_without_a_deletion_are_put_back() {
                 },
             );
         }
-        w.settle_converged();
+        w.settle(10);
     };
-    let check = |w: &World, what: &str| {
-        for p in 0..3 {
-            for (path, bytes) in &files {
-                assert_eq!(
-                    w.read(p, path).as_deref(),
-                    std::str::from_utf8(bytes).ok(),
-                    "p{p} lost {path} to {what}"
-                );
-            }
+    let on_disk = |w: &World, p: usize, what: &str| {
+        for (path, bytes) in &files {
+            assert_eq!(
+                w.read(p, path).as_deref(),
+                std::str::from_utf8(bytes).ok(),
+                "p{p} lost {path} to {what}"
+            );
         }
     };
-    send(&mut w, &|index| {
-        let ids: Vec<_> = index.paths().into_keys().collect();
+    let everywhere_after_restore = |w: &mut World, what: &str| {
+        for p in [0, 1] {
+            on_disk(w, p, what);
+            assert!(
+                w.status(p).deletions_paused.is_some(),
+                "p{p}: {what} not held"
+            );
+        }
+        w.restore(0, ".").expect("restore .");
+        w.restore(1, ".").expect("restore .");
+        w.settle_converged();
+        for p in 0..3 {
+            on_disk(w, p, what);
+        }
+    };
+    let delete_paths = |index: &mut IndexDoc, how_many: usize| {
+        let ids: Vec<_> = index.paths().into_keys().take(how_many).collect();
         let am = index.automerge();
         let paths = am.get(ROOT, "path").unwrap().unwrap().1;
         for (n, id) in ids.iter().enumerate() {
@@ -1247,16 +1265,34 @@ fn paths_taken_away_without_a_deletion_are_put_back() {
                 am.delete(&paths, id.to_string()).unwrap();
             }
         }
-    });
-    check(&w, "paths deleted");
-    assert!(w.peers[0].engine.counters().bad_paths >= 10);
-    send(&mut w, &|index| {
+    };
+    send(&mut w, 99, &|index| delete_paths(index, usize::MAX));
+    assert!(w.peers[0].engine.counters().bad_paths >= 30);
+    everywhere_after_restore(&mut w, "paths deleted");
+    send(&mut w, 98, &|index| {
         index
             .automerge()
             .put_object(ROOT, "path", ObjType::Map)
             .unwrap();
     });
-    check(&w, "the map of paths replaced");
+    everywhere_after_restore(&mut w, "the map of paths replaced");
+    // One file: a deletion (not held), undone by `restore`.
+    send(&mut w, 97, &|index| delete_paths(index, 2));
+    let gone: Vec<&String> = files
+        .iter()
+        .map(|(p, _)| p)
+        .filter(|p| w.read(0, p).is_none())
+        .collect();
+    assert_eq!(gone.len(), 2, "two files deleted");
+    assert!(w.status(0).deletions_paused.is_none());
+    let gone: Vec<String> = gone.into_iter().cloned().collect();
+    for path in &gone {
+        w.restore(0, path).expect("restore");
+    }
+    w.settle_converged();
+    for p in 0..3 {
+        on_disk(&w, p, "two paths deleted");
+    }
     // And the files still sync.
     w.write(1, &files[3].0, b"edited\n");
     w.settle_converged();

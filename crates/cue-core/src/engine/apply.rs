@@ -742,10 +742,11 @@ impl Engine {
         if before != after {
             self.index_dirty = true;
             self.refresh_members();
-            let put_back = self.put_back_paths(&live_before, delta.as_ref().map(|d| &d.paths));
+            let changed = delta.as_ref().map(|d| &d.paths);
+            let made = self.deleted_without_tombstone(&live_before, changed, store);
             // Only paths set, moved or removed (new files from a burst, mostly), and
             // nothing else that decides what is live: the view follows them alone.
-            match delta.filter(|d| put_back == 0 && d.maps.iter().all(|m| PATHS_ONLY.contains(m))) {
+            match delta.filter(|d| made == 0 && d.maps.iter().all(|m| PATHS_ONLY.contains(m))) {
                 Some(delta) => {
                     // (The view is updated in place: nothing else may hold it.)
                     drop(live_before);
@@ -753,7 +754,9 @@ impl Engine {
                 }
                 delta => {
                     self.invalidate(Stale::View);
-                    let tombs = delta.map(|d| d.tombs);
+                    // (Tombstones set here are not in the delta: then every file is
+                    // looked at.)
+                    let tombs = delta.filter(|_| made == 0).map(|d| d.tombs);
                     self.guard_remote_deletions(from, &live_before, tombs.as_ref(), store);
                 }
             }
@@ -770,18 +773,21 @@ impl Engine {
         Some((before, after, missing))
     }
 
-    /// A file leaves the workspace only by a deletion, which leaves a tombstone that
-    /// `restore` brings back (or, once the tombstone expired, by its purge, which drops
-    /// both). A peer's change that drops the path of a live file without one, or gives
-    /// it a path no device may write, would take the file off every disk with nothing
-    /// to restore (only a hostile or broken peer makes one): its path here is put back,
-    /// as a change of this device's, and counted in `bad_paths`. Looks at the files
-    /// whose path changed (`changed`), or at every live file when the patches did not
-    /// say. How many were put back.
-    fn put_back_paths(
+    /// A file leaves the workspace by a deletion, whose tombstone `restore` brings back
+    /// and the mass-deletion guard counts (or, once that expired, by its purge). A
+    /// peer's change that takes the path of a file live here away otherwise would take
+    /// it off every disk with nothing to restore and nothing counted: a purge of a file
+    /// live here (a device away longer than `tombstone_days`), or what only a hostile or
+    /// broken peer sends (a path dropped alone, one no device may write, the map of
+    /// paths replaced). Each such file becomes a deletion like any, here: its path put
+    /// back and a tombstone set, as a change of this device's; those no purge explains
+    /// are counted in `bad_paths`. Looks at the files whose path changed (`changed`),
+    /// or at every live file when the patches did not say. How many.
+    fn deleted_without_tombstone(
         &mut self,
         live_before: &BTreeMap<FileId, String>,
         changed: Option<&BTreeSet<FileId>>,
+        store: &mut dyn DocStore,
     ) -> usize {
         let candidates: Vec<(FileId, String)> = match changed {
             Some(changed) => changed
@@ -790,23 +796,37 @@ impl Engine {
                 .collect(),
             None => live_before.iter().map(|(f, p)| (*f, p.clone())).collect(),
         };
-        let mut put_back = 0;
+        let mut made = 0;
+        let mut bad = 0;
         for (f, path) in candidates {
-            let lost = match self.index.path_of(&f) {
-                None => true,
-                Some(now) => valid_path(&now).is_err(),
-            };
-            if lost && self.index.tombstone(&f).is_none() && self.index.set_path(&f, &path).is_ok()
+            let now = self.index.path_of(&f);
+            if now.as_deref().is_some_and(|p| valid_path(p).is_ok())
+                || self.index.tombstone(&f).is_some()
             {
-                put_back += 1;
+                continue;
+            }
+            // (A purge drops the file's origin with its path.)
+            if now.is_some() || self.index.origin(&f).is_some() {
+                bad += 1;
+            }
+            let heads = self.doc_heads(f, store);
+            let tomb = Tombstone {
+                time_ms: self.now_ms,
+                heads,
+            };
+            if self.index.set_path(&f, &path).is_ok() && self.index.set_tombstone(&f, &tomb).is_ok()
+            {
+                made += 1;
             }
         }
-        if put_back > 0 {
-            self.state.counters.bad_paths += put_back as u64;
+        if bad > 0 {
+            self.state.counters.bad_paths += bad;
             self.state_dirty = true;
+        }
+        if made > 0 {
             self.commit_index();
         }
-        put_back
+        made
     }
 
     /// The mass-deletion guard for deletions from peers: when one batch of index changes
