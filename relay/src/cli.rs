@@ -74,7 +74,8 @@ pub struct RelayArgs {
     /// Proxies (addresses or CIDR blocks, comma-separated) whose X-Forwarded-For is
     /// believed.
     #[arg(
-        long = "trusted-proxy",
+        long = "trusted-proxies",
+        visible_alias = "trusted-proxy",
         env = "CUE_RELAY_TRUSTED_PROXIES",
         value_delimiter = ','
     )]

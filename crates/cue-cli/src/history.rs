@@ -26,6 +26,7 @@ pub fn history(root: &Path, rel: &str, json: bool) -> anyhow::Result<ExitCode> {
                     "frontmatter_changed": v.frontmatter,
                     "mode_changed": v.exec.map(exec_word),
                     "size": v.size,
+                    "summary": summary(v),
                 })
             })
             .collect();
@@ -35,22 +36,28 @@ pub fn history(root: &Path, rel: &str, json: bool) -> anyhow::Result<ExitCode> {
     let zone = jiff::tz::TimeZone::system();
     let mut out = std::io::stdout().lock();
     for v in &versions {
-        let mut what = format!("+{} -{} lines", v.added, v.removed);
-        if !v.frontmatter.is_empty() {
-            what.push_str(&format!("; frontmatter: {}", v.frontmatter.join(", ")));
-        }
-        if let Some(exec) = v.exec {
-            what.push_str(&format!("; {}", exec_word(exec)));
-        }
         writeln!(
             out,
-            "{}  {}  {:<16}  {what}",
+            "{}  {}  {:<16}  {}",
             v.rev,
             crate::local_time(v.time_ms, &zone),
-            v.device
+            v.device,
+            summary(v)
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a version changed, in words: `+3 -1 lines; frontmatter: tags; +x`.
+fn summary(v: &cue_core::Version) -> String {
+    let mut what = format!("+{} -{} lines", v.added, v.removed);
+    if !v.frontmatter.is_empty() {
+        what.push_str(&format!("; frontmatter: {}", v.frontmatter.join(", ")));
+    }
+    if let Some(exec) = v.exec {
+        what.push_str(&format!("; {}", exec_word(exec)));
+    }
+    what
 }
 
 /// How a change of the executable bit is said: as `chmod` says it.

@@ -196,8 +196,8 @@ enum SyncCmd {
     )]
     Invite {
         /// How long the token admits devices: 30m, 12h, 7d, 2w (default 7d).
-        #[arg(long, value_name = "DURATION", conflicts_with_all = ["list", "revoke"])]
-        expires: Option<String>,
+        #[arg(long, value_name = "DURATION", value_parser = duration_ms, conflicts_with_all = ["list", "revoke"])]
+        expires: Option<i64>,
         /// At most this many devices join with it (default: any number until it expires).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), conflicts_with_all = ["list", "revoke"])]
         uses: Option<u32>,
@@ -267,8 +267,8 @@ enum SyncCmd {
     #[command(after_help = "Example:\n  cue sync now --timeout 1m && echo synced")]
     Now {
         /// How long to try: 30s, 2m... (default 30s).
-        #[arg(long, value_name = "DURATION", default_value = "30s")]
-        timeout: String,
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration_ms)]
+        timeout: i64,
     },
     /// Stop the daemon once everything it knows is on disk.
     #[command(after_help = "Example:\n  cue sync stop")]
@@ -366,9 +366,10 @@ fn main() -> ExitCode {
         },
         json_logs,
     );
-    match run(cli) {
+    match run(cli).map_err(anyhow::Error::downcast::<clap::Error>) {
         Ok(code) => code,
-        Err(error) => {
+        Err(Ok(usage)) => usage_error(usage),
+        Err(Err(error)) => {
             // One line: the chain of causes, each said once, ending with what to do.
             eprintln!("cue: error: {}", cue_relay::error_line(error.as_ref()));
             ExitCode::FAILURE
@@ -395,6 +396,18 @@ fn usage_error(e: clap::Error) -> ExitCode {
         command_path(&args)
     );
     ExitCode::from(2)
+}
+
+/// A usage error found once the arguments are parsed (a combination clap does not
+/// check): said and exited with as clap's own (status 2).
+fn usage(kind: clap::error::ErrorKind, message: &str) -> anyhow::Error {
+    anyhow::Error::new(cli_command().error(kind, message))
+}
+
+/// A duration such as 30s, 2m, 12h, 7d or 2w, in milliseconds (a bad one is a usage
+/// error, status 2).
+fn duration_ms(s: &str) -> Result<i64, String> {
+    cue_daemon::devices::parse_expiry(s)
 }
 
 /// The command the arguments name, as far as they name one: `cue sync status`.
@@ -484,9 +497,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let root = find_root(&base)?;
             foreground(&root, relay.as_deref(), auth.token()?.as_deref())
         }
-        Top::Watch { sync: false, .. } => {
-            bail!("`cue watch` syncs the folder: run `cue watch --sync`")
-        }
+        Top::Watch { sync: false, .. } => Err(usage(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "`cue watch` syncs the folder: run `cue watch --sync`",
+        )),
         Top::Activity(ActivityCmd::Log {
             since,
             limit,
@@ -628,20 +642,20 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         SyncCmd::Stop => stop(&find_root(base)?),
-        SyncCmd::Now { timeout } => {
-            let ms = cue_daemon::devices::parse_expiry(&timeout).map_err(|e| anyhow!(e))?;
-            now::now(
-                &find_root(base)?,
-                Duration::from_millis(u64::try_from(ms).unwrap_or(30_000)),
-            )
-        }
+        SyncCmd::Now { timeout } => now::now(
+            &find_root(base)?,
+            Duration::from_millis(u64::try_from(timeout).unwrap_or(30_000)),
+        ),
         SyncCmd::Status { json } => status(&find_root(base)?, json),
         SyncCmd::Restore {
             paths,
             at: Some(rev),
         } => {
             let [path] = paths.as_slice() else {
-                bail!("--at restores one file: give one PATH (REV is a version of that file)");
+                return Err(usage(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--at restores one file: give one PATH (REV is a version of that file)",
+                ));
             };
             let root = find_root(base)?;
             let rel = workspace_relative(base, &root, path)?;
@@ -903,7 +917,9 @@ fn status_report(root: &Path) -> anyhow::Result<StatusReport> {
                     relay_reason: None,
                     // The last daemon's log, if one ran here in the background.
                     log: Some(ws.log_path()).filter(|p| p.exists()),
-                    deletions_paused: None,
+                    // (The daemon's own guard goes with it: the peers' held deletions
+                    // are in the store.)
+                    deletions_paused: cue_daemon::driver::Paused::from_peers(&s),
                     standing: None,
                     opened: 0,
                 },
@@ -1044,7 +1060,7 @@ fn print_entries(entries: Vec<cue_daemon::ActivityEntry>, json: bool) -> anyhow:
         if json {
             let line = serde_json::json!({
                 "time": control::rfc3339(r.time_ms),
-                "kind": r.kind.as_str(),
+                "kind": r.kind.contract_name(),
                 "path": r.path,
                 "device": r.device,
                 "detail": r.detail,

@@ -90,7 +90,7 @@ fn parse_id(h: &str) -> Option<cue_crypto::DeviceId> {
 /// `cue sync invite [--expires D] [--uses N] | --list | --revoke ID`.
 pub fn invite(
     root: &Path,
-    expires: Option<String>,
+    expires: Option<i64>,
     uses: Option<u32>,
     list: bool,
     revoke: Option<String>,
@@ -122,10 +122,7 @@ pub fn invite(
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let expires_ms = match expires.as_deref() {
-        Some(d) => devices::parse_expiry(d).map_err(|e| anyhow!(e))?,
-        None => invites::DEFAULT_EXPIRY_MS,
-    };
+    let expires_ms = expires.unwrap_or(invites::DEFAULT_EXPIRY_MS);
     let data = ask(root, Request::Invite { expires_ms, uses })?;
     let token = data["token"].as_str().unwrap_or_default();
     println!("{token}");

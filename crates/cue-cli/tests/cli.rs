@@ -27,6 +27,23 @@ fn usage_errors_exit_2() {
     assert_eq!(cue(&[]).status.code(), Some(2));
 }
 
+/// A bad value, or a combination the command does not take, is a usage error too
+/// (found after parsing, still exit 2 and one line saying what to write).
+#[test]
+fn bad_values_and_combinations_exit_2() {
+    for args in [
+        &["sync", "now", "--timeout", "soon"][..],
+        &["sync", "invite", "--expires", "a week"],
+        &["watch"],
+        &["sync", "restore", "a.md", "b.md", "--at", "abcd"],
+    ] {
+        let out = cue(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn outside_a_workspace_says_what_to_do() {
     let out = cue(&["sync", "status", "--json"]);
@@ -49,7 +66,6 @@ fn completions_for_the_usual_shells() {
     assert_eq!(cue(&["completions", "tcsh-ish"]).status.code(), Some(2));
 }
 
-/// `cue -C DIR args...`.
 /// `cue sync init` in `dir` with a relay other machines can reach, as device `name`.
 fn init_in(dir: &std::path::Path, name: &str) -> std::process::Output {
     cue_in(
@@ -65,6 +81,7 @@ fn init_in(dir: &std::path::Path, name: &str) -> std::process::Output {
     )
 }
 
+/// `cue -C DIR args...`.
 fn cue_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_cue"))
         .arg("-C")
@@ -78,6 +95,24 @@ fn cue_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `restore` of a path outside the workspace is an error, never "everything deleted"
+/// (which `.` asks for, the deletions the guard holds included).
+#[test]
+fn restore_of_a_path_outside_the_workspace_restores_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).expect("mkdir");
+    assert!(init_in(&ws, "desk").status.success());
+    let out = cue_in(&ws, &["sync", "restore", "../elsewhere"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("outside the workspace"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("Restored"));
 }
 
 #[test]

@@ -236,6 +236,17 @@ pub struct Paused {
     pub since_ms: i64,
 }
 
+impl Paused {
+    /// The deletions from peers the engine holds (in its store: also without a daemon).
+    pub fn from_peers(status: &Status) -> Option<Paused> {
+        status.deletions_paused.as_ref().map(|d| Paused {
+            count: d.count,
+            reason: d.reason.clone(),
+            since_ms: d.since_ms,
+        })
+    }
+}
+
 /// Events a [`Driver::watch_step`] takes in at most: a part fed to the engine (64
 /// files) takes about 150 ms of a busy source, so what a peer sends during a `git
 /// checkout` of thousands waits about that long, not until the whole checkout is in.
@@ -580,12 +591,7 @@ impl Driver {
             reason: g.reason.clone(),
             since_ms: g.since_ms,
         });
-        let remote = status.deletions_paused.as_ref().map(|d| Paused {
-            count: d.count,
-            reason: d.reason.clone(),
-            since_ms: d.since_ms,
-        });
-        match (local, remote) {
+        match (local, Paused::from_peers(status)) {
             (Some(l), Some(r)) => Some(Paused {
                 count: l.count + r.count,
                 reason: format!("{}; {}", l.reason, r.reason),

@@ -268,10 +268,18 @@ fn socket_path_for(
 ) -> Result<PathBuf, SocketPathError> {
     let hash = blake3::hash(canonical_root.as_os_str().as_encoded_bytes());
     let name = format!("{}.sock", &hash.to_hex()[..16]);
+    let in_temp = temp_dir.join(format!("cue-{uid}")).join(&name);
     let path = match xdg_runtime_dir {
-        // The spec requires an absolute path; anything else is ignored.
-        Some(dir) if Path::new(dir).is_absolute() => Path::new(dir).join("cue").join(name),
-        _ => temp_dir.join(format!("cue-{uid}")).join(name),
+        // The spec requires an absolute path; anything else is ignored. Where the path
+        // would not fit, the temp directory is the next place.
+        Some(dir) if Path::new(dir).is_absolute() => {
+            let path = Path::new(dir).join("cue").join(&name);
+            if path.as_os_str().len() < MAX_SOCKET_PATH_BYTES {
+                return Ok(path);
+            }
+            in_temp
+        }
+        _ => in_temp,
     };
     if path.as_os_str().len() >= MAX_SOCKET_PATH_BYTES {
         return Err(SocketPathError::TooLong(path));
@@ -505,9 +513,15 @@ mod tests {
         )
         .unwrap();
         assert_ne!(tmp, other);
+        // Where `$XDG_RUNTIME_DIR` is too deep, the temp directory; too deep both, an error.
         let long = "/x".repeat(60);
+        let fell_back = socket_path_for(root, Some(OsStr::new(&long)), Path::new("/tmp"), 1);
+        assert_eq!(
+            fell_back.unwrap(),
+            PathBuf::from(format!("/tmp/cue-1/{hash}.sock"))
+        );
         assert!(matches!(
-            socket_path_for(root, Some(OsStr::new(&long)), Path::new("/tmp"), 1),
+            socket_path_for(root, Some(OsStr::new(&long)), Path::new(&long), 1),
             Err(SocketPathError::TooLong(_))
         ));
 

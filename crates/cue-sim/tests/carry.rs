@@ -379,8 +379,10 @@ fn a_power_cut_after_confirmations_loses_nothing() {
 /// holds is deleted there too, and comes back nowhere.
 #[test]
 fn a_deletion_purged_while_a_device_was_away_stays_a_deletion() {
-    let mut config = Config::default();
-    config.tombstone_ms = 2 * DAY_MS;
+    let config = Config {
+        tombstone_ms: 2 * DAY_MS,
+        ..Config::default()
+    };
     let mut w = World::new(2, 15, config);
     w.connect_all();
     w.write(0, "a.md", b"one\n");

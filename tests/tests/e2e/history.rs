@@ -39,6 +39,7 @@ fn history_show_and_restore_at_a_version() {
         (&2.into(), &1.into())
     );
     assert_eq!(h[0]["frontmatter_changed"], serde_json::json!(["title"]));
+    assert_eq!(h[0]["summary"], "+2 -1 lines; frontmatter: title");
     assert_eq!(h[1]["device"], "alice");
     assert_eq!(h[2]["size"], v1.len());
     assert_eq!(revs(&a, "notes/plan.md"), h);
@@ -90,7 +91,8 @@ fn restore_takes_several_paths() {
     wait_for_file(&a, "one.md", "one restored", |c| c == "1\n");
     wait_for_file(&a, "two.md", "two restored", |c| c == "2\n");
     let out = b.cue(&["sync", "restore", "one.md", "two.md", "--at", "abcd"]);
-    assert_eq!(out.status.code(), Some(1));
+    // A usage error: --at names a version of one file.
+    assert_eq!(out.status.code(), Some(2));
     a.stop();
     b.stop();
 }

@@ -18,12 +18,33 @@ fn wait_converged(a: &Peer, b: &Peer, rel: &str, what: &str, cond: impl Fn(&str)
 }
 
 /// The `activity log --json` entries of `p` of kind `kind`.
+/// The entries of `activity log --json` of `kind`; every entry's kind is one of the
+/// contract's (an overlapping-edit notice is a `conflict` there).
 fn logged(p: &Peer, kind: &str) -> Vec<serde_json::Value> {
-    p.cue_ok(&["activity", "log", "--json"])
+    const KINDS: [&str; 10] = [
+        "local_change",
+        "remote_change",
+        "delete",
+        "restore",
+        "rename",
+        "conflict",
+        "full_resync",
+        "peer_joined",
+        "peer_left",
+        "error",
+    ];
+    let all: Vec<serde_json::Value> = p
+        .cue_ok(&["activity", "log", "--json"])
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|e| e["kind"] == kind)
-        .collect()
+        .collect();
+    for e in &all {
+        assert!(
+            KINDS.iter().any(|k| e["kind"] == *k),
+            "kind outside the contract: {e}"
+        );
+    }
+    all.into_iter().filter(|e| e["kind"] == kind).collect()
 }
 
 fn overlaps(p: &Peer) -> Vec<serde_json::Value> {
@@ -81,7 +102,7 @@ fn concurrent_edits_of_one_paragraph_are_noticed_on_both_devices() {
         );
         assert!(human.contains(&format!("plan.md, {detail}")), "{human}");
         assert!(human.contains("`cue sync resolve PATH`"), "{human}");
-        let entries = logged(p, "overlap");
+        let entries = logged(p, "conflict");
         assert_eq!(entries.len(), 1, "{}: {entries:?}", p.name);
         assert_eq!(entries[0]["path"], "plan.md");
         assert_eq!(entries[0]["detail"], detail);
@@ -156,7 +177,7 @@ fn edits_of_different_paragraphs_or_in_turn_say_nothing() {
     });
     for p in [&a, &b] {
         assert!(overlaps(p).is_empty(), "{}: {:?}", p.name, overlaps(p));
-        assert!(logged(p, "overlap").is_empty(), "{}", p.name);
+        assert!(logged(p, "conflict").is_empty(), "{}", p.name);
         assert!(!p.cue_ok(&["sync", "status"]).contains("overlapping"));
     }
     a.stop();

@@ -287,6 +287,10 @@ fn held_deletions_go_through_when_applied() {
         b.status().0["deletions_paused"]["count"] == 22
     });
     assert!((0..22).all(|i| b.read(&format!("old/{i:02}.md")).is_some()));
+    // Without a daemon, status says so too (the held deletions are in the store).
+    b.stop();
+    assert_eq!(b.status().0["deletions_paused"]["count"], 22);
+    b.start();
     b.cue_ok(&["sync", "apply-deletions"]);
     wait_until("the deletions on bob", || {
         (0..22).all(|i| b.read(&format!("old/{i:02}.md")).is_none())

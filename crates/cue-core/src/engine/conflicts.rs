@@ -5,6 +5,9 @@ use super::*;
 use crate::frontmatter;
 use crate::paths::MAX_COMPONENT_BYTES;
 
+/// The longest extension (with its dot) a conflict copy keeps after its suffix.
+const MAX_EXTENSION_BYTES: usize = 32;
+
 /// The conflict copy's name: `<stem>.conflict-<device>-<6 hex>.<ext>` (docs/reference.md §2.6), with a
 /// counter when that name is taken.
 pub fn conflict_copy_name(
@@ -17,8 +20,11 @@ pub fn conflict_copy_name(
         Some(i) => (&path[..=i], &path[i + 1..]),
         None => ("", path),
     };
+    // What follows the last dot is kept whole as the extension only when it is short
+    // like one: a long one (`2024.<200 bytes>`) would leave no room for the suffix,
+    // and the copy's name would be one no device can write.
     let (stem, ext) = match file.rfind('.') {
-        Some(i) if i > 0 => (&file[..i], &file[i..]),
+        Some(i) if i > 0 && file.len() - i <= MAX_EXTENSION_BYTES => (&file[..i], &file[i..]),
         _ => (file, ""),
     };
     let mut n = 1;
@@ -288,6 +294,17 @@ mod tests {
             let second = conflict_copy_name(&path, "laptop", &device, &|c| c == first);
             assert_ne!(second, first);
             assert!(second.rsplit('/').next().unwrap().len() <= 255);
+        }
+        // What follows the last dot is no extension when it is long: kept in the stem,
+        // cut like it.
+        for tail in [40, 200, 233, 250] {
+            let path = format!("notes/2024.{}", "日".repeat(tail / 3));
+            let name =
+                conflict_copy_name(&path, "a-long-device-name-of-32-chars-x", &device, &|_| {
+                    false
+                });
+            assert!(crate::paths::valid_path(&name).is_ok(), "{name}");
+            assert!(name.contains(".conflict-a-long-device-name"), "{name}");
         }
     }
 }

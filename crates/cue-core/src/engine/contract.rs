@@ -330,6 +330,18 @@ impl ActivityKind {
     }
 }
 
+impl ActivityKind {
+    /// The kind `activity log --json` prints: one of the contract's ten
+    /// (docs/reference.md §1.10). An overlapping-edit notice is a `conflict` there (its
+    /// detail names the paragraph); the store and the log's text keep `overlap`.
+    pub fn contract_name(&self) -> &'static str {
+        match self {
+            ActivityKind::Overlap => ActivityKind::Conflict.as_str(),
+            other => other.as_str(),
+        }
+    }
+}
+
 impl std::fmt::Display for ActivityKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
