@@ -547,13 +547,19 @@ impl FileDoc {
 
     fn update_text(&mut self, key: &str, new: &str) -> Result<(), DocError> {
         let obj = self.ensure_obj(&ROOT, key, ObjType::Text)?;
-        // Texts made at once on two devices were shown one after the other: the new
-        // text goes in the first, the others are emptied.
-        for other in self.all_objs(&ROOT, key, ObjType::Text) {
-            let len = self.doc.length(&other);
-            if other != obj && len > 0 {
-                self.doc.splice_text(&other, 0, len as isize, "")?;
+        let all = self.all_objs(&ROOT, key, ObjType::Text);
+        if all.len() > 1 && all[0] == obj {
+            // Texts made at once on two devices, read one after the other: each part
+            // of the edit goes to the text that holds it (moving text from one to the
+            // other would repeat it when two devices do so at once).
+            let mut old = String::new();
+            for o in &all {
+                old.push_str(&self.doc.text(o)?);
             }
+            for s in textdiff::splices(&old, new) {
+                self.splice_joined(&all, s.pos, s.delete, &s.insert)?;
+            }
+            return Ok(());
         }
         let old = self.doc.text(&obj)?;
         for s in textdiff::splices(&old, new) {
@@ -561,6 +567,42 @@ impl FileDoc {
                 .splice_text(&obj, s.pos, s.delete as isize, &s.insert)?;
         }
         Ok(())
+    }
+
+    /// A splice of `texts` read one after the other, at `pos` of the whole: what it
+    /// deletes is deleted from each text holding it, what it inserts goes into the text
+    /// holding `pos` (at a boundary, the end of the one before).
+    fn splice_joined(
+        &mut self,
+        texts: &[ObjId],
+        pos: usize,
+        delete: usize,
+        insert: &str,
+    ) -> Result<(), DocError> {
+        let lens: Vec<usize> = texts.iter().map(|t| self.doc.length(t)).collect();
+        let mut start = 0;
+        for (text, len) in texts.iter().zip(&lens) {
+            let from = pos.max(start);
+            let to = (pos + delete).min(start + len);
+            if from < to {
+                self.doc
+                    .splice_text(text, from - start, (to - from) as isize, "")?;
+            }
+            start += len;
+        }
+        if insert.is_empty() {
+            return Ok(());
+        }
+        let mut start = 0;
+        for text in texts {
+            let len = self.doc.length(text);
+            if pos <= start + len {
+                self.doc.splice_text(text, pos - start, 0, insert)?;
+                return Ok(());
+            }
+            start += len;
+        }
+        Err(DocError::Shape("a splice past the end of the text"))
     }
 
     fn write_binary(&mut self, bytes: &[u8]) -> Result<(), DocError> {
@@ -653,8 +695,7 @@ impl FileDoc {
 
         for block in new {
             let previous = old.iter().find(|b| b.key == block.key);
-            // (A field the others hold goes in the first, changed or not.)
-            if previous == Some(block) && !self.held_by(&others, &block.key)? {
+            if previous == Some(block) {
                 continue;
             }
             // Edited in place only when the first map alone holds it, once.
@@ -677,17 +718,23 @@ impl FileDoc {
                     self.doc.put(&vals, block.key.as_str(), raw.as_str())?;
                 }
             }
+            // (A list's items left there would be read back with it.)
+            self.delete_from(&others, &block.key)?;
         }
         for b in &old {
-            if !new.iter().any(|n| n.key == b.key) && self.doc.get(&vals, b.key.as_str())?.is_some()
-            {
-                self.doc.delete(&vals, b.key.as_str())?;
+            if !new.iter().any(|n| n.key == b.key) {
+                self.delete_from(std::slice::from_ref(&vals), &b.key)?;
+                self.delete_from(&others, &b.key)?;
             }
         }
-        // What the others held is in the first now, or was removed.
-        for other in &others {
-            for key in self.doc.keys(other).collect::<Vec<_>>() {
-                self.doc.delete(other, key.as_str())?;
+        Ok(())
+    }
+
+    /// Deletes `key` from each of `maps` that holds it.
+    fn delete_from(&mut self, maps: &[ObjId], key: &str) -> Result<(), DocError> {
+        for map in maps {
+            if self.doc.get(map, key)?.is_some() {
+                self.doc.delete(map, key)?;
             }
         }
         Ok(())
@@ -1234,6 +1281,45 @@ mod tests {
         let edited = "---\njust one line\n---\n# Note\n";
         a.write("n.md", edited.as_bytes(), 0).unwrap();
         assert_eq!(merged(&mut a, &mut b), edited);
+
+        // Both devices write over the merge at once (each its own edit): nothing is
+        // repeated, both edits stand.
+        let mut a = FileDoc::new(actor(1));
+        a.write("n.md", b"# Note\n", 0).unwrap();
+        let mut b = FileDoc::load(&a.save(), actor(2)).unwrap();
+        a.write("n.md", b"---\nalpha one\n---\n# Note\n", 0)
+            .unwrap();
+        b.write("n.md", b"---\n- beta two\n---\n# Note\n", 0)
+            .unwrap();
+        let text = merged(&mut a, &mut b);
+        a.write("n.md", text.replace("# Note", "# Note by a").as_bytes(), 0)
+            .unwrap();
+        b.write("n.md", text.replace("alpha one", "alpha ONE").as_bytes(), 0)
+            .unwrap();
+        let text = merged(&mut a, &mut b);
+        assert_eq!(text.matches("beta two").count(), 1, "{text:?}");
+        assert!(
+            text.contains("alpha ONE") && text.contains("# Note by a"),
+            "{text:?}"
+        );
+        let mut a = FileDoc::new(actor(1));
+        a.write("n.md", b"# Note\n", 0).unwrap();
+        let mut b = FileDoc::load(&a.save(), actor(2)).unwrap();
+        a.write("n.md", b"---\ntitle: Plan\n---\n# Note\n", 0)
+            .unwrap();
+        b.write("n.md", b"---\nstatus: draft\n---\n# Note\n", 0)
+            .unwrap();
+        let text = merged(&mut a, &mut b);
+        a.write("n.md", text.replace("Plan", "Plan B").as_bytes(), 0)
+            .unwrap();
+        b.write("n.md", text.replace("draft", "done").as_bytes(), 0)
+            .unwrap();
+        let text = merged(&mut a, &mut b);
+        assert!(
+            text.contains("title: Plan B") && text.contains("status: done"),
+            "{text:?}"
+        );
+        assert_eq!(text.matches("title").count(), 1, "{text:?}");
 
         // YAML on one, not on the other.
         let mut a = FileDoc::new(actor(1));

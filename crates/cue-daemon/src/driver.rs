@@ -374,6 +374,7 @@ impl Driver {
         }
         let mut redo = Vec::new();
         let mut feedback = Vec::new();
+        let mut unread = BTreeSet::new();
         for (path, entry) in &entries {
             let Some(entry) = JournalEntry::decode(entry) else {
                 tracing::warn!(
@@ -385,8 +386,10 @@ impl Driver {
             let on_disk = match self.read(path) {
                 Ok(on_disk) => on_disk,
                 Err(error) => {
-                    // Judged at a start that can read it; meanwhile listed as unreadable.
+                    // Judged at a start that can read it (its entry is kept, not flushed
+                    // away below); meanwhile listed as unreadable.
                     tracing::warn!(%error, path, "cannot read a file written before a crash: left for the next start");
+                    unread.insert(path.clone());
                     continue;
                 }
             };
@@ -478,9 +481,12 @@ impl Driver {
         let _ = self.host.flush_files(true);
         let rels: Vec<(&String, WorkspacePath, Vec<u64>)> = entries
             .iter()
-            // (Not those just flushed with the host's own, nor those still waiting.)
+            // (Not those just flushed with the host's own, nor those still waiting, nor
+            // those left unjudged.)
             .filter(|(path, _)| {
-                !self.host.unflushed.contains_key(path) && !self.host.journal_done.contains(path)
+                !self.host.unflushed.contains_key(path)
+                    && !self.host.journal_done.contains(path)
+                    && !unread.contains(path)
             })
             .filter_map(|(path, entry)| {
                 let inodes = JournalEntry::decode(entry).map(|e| e.inodes());
@@ -1271,23 +1277,55 @@ impl Driver {
         // On a folder that ignores case, a change of case leaves `from` there: it is `to`.
         let gone =
             self.engine.disk_key(from) == self.engine.disk_key(to) || !self.host.exists(from);
-        // (One that cannot be read is listed as such by `file_changed`.)
-        match self.host.read(to).ok().flatten() {
-            Some((content, exec)) if known && gone => self.feed(
-                now,
-                Input::FileRenamed {
-                    from: from.to_string(),
-                    to: to.to_string(),
-                    content,
-                    exec,
-                },
-            ),
+        let read = match self.host.read(to) {
+            // Moved where it cannot be read (`mv a.md private/`): still a rename, of the
+            // content the engine knows (taken in again once it can be read), never a
+            // deletion of `from`; `to` is listed as unreadable.
+            Err(error) if known && gone => match self.believed_content(from) {
+                Some(content) => {
+                    let mut out = self.unreadable(now, to, &error)?;
+                    out.extend(self.rename_to(now, from, to, content)?);
+                    return Ok(out);
+                }
+                None => None,
+            },
+            read => read.ok().flatten(),
+        };
+        match read {
+            Some(content) if known && gone => self.rename_to(now, from, to, content),
             _ => {
                 let mut out = self.file_changed(now, to)?;
                 out.extend(self.file_changed(now, from)?);
                 Ok(out)
             }
         }
+    }
+
+    fn rename_to(
+        &mut self,
+        now: i64,
+        from: &str,
+        to: &str,
+        (content, exec): (Vec<u8>, bool),
+    ) -> Result<Vec<Outgoing>, DriverError> {
+        self.feed(
+            now,
+            Input::FileRenamed {
+                from: from.to_string(),
+                to: to.to_string(),
+                content,
+                exec,
+            },
+        )
+    }
+
+    /// What the engine believes the file at `path` holds on disk, when its document
+    /// holds that.
+    fn believed_content(&mut self, path: &str) -> Option<(Vec<u8>, bool)> {
+        let believed = self.engine.on_disk(path)?;
+        self.engine
+            .read_file(path, &mut StoreDocs(&self.host.store))
+            .filter(|(b, exec)| self.engine.same_on_disk(believed, file_hash(b, *exec)))
     }
 
     fn dir_renamed(
@@ -1302,8 +1340,12 @@ impl Driver {
             let read = match self.host.read(&new) {
                 Ok(read) => read,
                 Err(e) => {
-                    // Not taken for removed either: its content is there, unread.
+                    // Not taken for removed either: renamed, with the content the
+                    // engine knows (see `renamed`).
                     out.extend(self.unreadable(now, &new, &e)?);
+                    if let Some(content) = self.believed_content(&old) {
+                        out.extend(self.rename_to(now, &old, &new, content)?);
+                    }
                     continue;
                 }
             };
@@ -1389,6 +1431,12 @@ impl Driver {
         // mode this daemon wrote comes back as no change. (On a folder that keeps no
         // modes the bit read is no news: the bytes are compared.)
         if known.is_some_and(|k| self.engine.same_on_disk(k, file_hash(&content, exec))) {
+            // Readable again (a mode given back): no longer listed as unreadable.
+            if self.engine.unsyncable_under(path).iter().any(|p| p == path) {
+                let reason = None;
+                let path = path.to_string();
+                return self.feed(now, Input::UnsyncableFile { path, reason });
+            }
             return Ok(Vec::new());
         }
         self.feed(
@@ -1779,6 +1827,10 @@ mod unreadable {
 
     fn changed(driver: &mut Driver, path: &str) -> Result<(), DriverError> {
         let event = WatchEvent::Changed(WorkspacePath::parse(path).expect("path"));
+        watched(driver, event)
+    }
+
+    fn watched(driver: &mut Driver, event: WatchEvent) -> Result<(), DriverError> {
         let mut work = driver.watch_begin(vec![event]);
         while !work.done() {
             driver.watch_step(now_ms(), &mut work, &mut |_, _| {})?;
@@ -1835,6 +1887,26 @@ mod unreadable {
                     "{path} taken for deleted"
                 );
             }
+            // Moved while it cannot be read: a rename, not a deletion.
+            std::fs::rename(root.join("a.md"), root.join("moved.md")).expect("mv");
+            let rel = |p: &str| WorkspacePath::parse(p).expect("path");
+            let (from, to) = (rel("a.md"), rel("moved.md"));
+            watched(&mut driver, WatchEvent::Renamed { from, to }).expect("a rename");
+            assert!(
+                driver.engine().on_disk("moved.md").is_some(),
+                "moved.md not taken"
+            );
+            assert_eq!(driver.status().files, 2, "a rename taken for a deletion");
+            assert!(listed(&mut driver, "moved.md"));
+            std::fs::rename(root.join("moved.md"), root.join("a.md")).expect("mv");
+            let (from, to) = (rel("moved.md"), rel("a.md"));
+            watched(&mut driver, WatchEvent::Renamed { from, to }).expect("a rename");
+            assert!(listed(&mut driver, "a.md"));
+            // Readable again, unchanged: no longer listed, no restart needed.
+            set_mode(&root.join("a.md"), 0o644);
+            changed(&mut driver, "a.md").expect("a.md");
+            assert!(!listed(&mut driver, "a.md"));
+            set_mode(&root.join("a.md"), 0o000);
             driver.flush().expect("flush");
         });
 

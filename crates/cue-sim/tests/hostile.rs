@@ -1298,3 +1298,47 @@ fn paths_taken_away_without_a_deletion_are_deletions_that_can_be_undone() {
     w.settle_converged();
     assert_eq!(w.read(0, &files[3].0).as_deref(), Some("edited\n"));
 }
+
+/// A member that answers every pull with nothing and then announces a new state, over
+/// and over, sorting first among the peers: a device coming back still catches up
+/// from the others (each peer whose state differs gets its turn to be asked).
+#[test]
+fn a_member_answering_pulls_with_nothing_cannot_keep_a_device_from_catching_up() {
+    let mut w = World::new(3, 30, Config::default());
+    w.connect_all();
+    w.write(0, "a.md", b"x\n");
+    w.settle_converged();
+    // The hostile one sorts first among the two p1 can pull from.
+    let (hostile, honest) = if w.peers[0].device < w.peers[2].device {
+        (0, 2)
+    } else {
+        (2, 0)
+    };
+    w.disconnect(1);
+    w.write(honest, "new.md", b"made while p1 was away\n");
+    w.settle(3);
+    // The hostile one's own engine is out of the way; what it says to p1 is made here.
+    w.disconnect(hostile);
+    w.connect(1);
+    let from = w.peers[hostile].device;
+    for round in 0..40u8 {
+        // The end of whatever pull p1 made of it (nothing sent), then a new state.
+        let mut items: Vec<Item> = (0..64).map(|id| Item::PullDone { id }).collect();
+        items.push(Item::Hello {
+            digest: [round.wrapping_add(1); 32],
+            reply: false,
+        });
+        let bytes = encode(&Message { items });
+        w.input(1, Input::Message { from, bytes });
+        w.advance(200);
+        deliver(&mut w);
+        if w.read(1, "new.md").is_some() {
+            break;
+        }
+    }
+    assert_eq!(
+        w.read(1, "new.md").as_deref(),
+        Some("made while p1 was away\n"),
+        "p1 never pulled from p{honest}"
+    );
+}

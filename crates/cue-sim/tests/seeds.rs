@@ -1,8 +1,8 @@
 //! Random schedules of edits and faults; each must converge with no lost edit.
 //!
-//! `CUE_SIM_SEEDS=N` runs N seeds (default 1,000), split over four tests so that a test
-//! runner uses every core; `CUE_SIM_SEED=S` replays one seed (in the first test) and
-//! `CUE_SIM_TRACE=1` prints what happens in it.
+//! `CUE_SIM_SEEDS=N` runs N seeds (default 1,000) from `CUE_SIM_FIRST` (default 0), split
+//! over four tests so that a test runner uses every core; `CUE_SIM_SEED=S` replays one
+//! seed (in the first test) and `CUE_SIM_TRACE=1` prints what happens in it.
 
 use std::time::Instant;
 
@@ -11,6 +11,13 @@ fn seeds() -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000)
+}
+
+fn first() -> u64 {
+    std::env::var("CUE_SIM_FIRST")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 fn run_share(share: u64) {
@@ -27,7 +34,7 @@ fn run_share(share: u64) {
     let mut failures = Vec::new();
     let mut messages = 0;
     let mut ran = 0;
-    for seed in (0..seeds()).filter(|s| s % 4 == share) {
+    for seed in (first()..first() + seeds()).filter(|s| s % 4 == share) {
         ran += 1;
         match cue_sim::run_schedule(seed, 120) {
             Ok(r) => messages += r.messages,

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::frontmatter;
-use crate::paths::MAX_COMPONENT_BYTES;
+use crate::paths::{MAX_COMPONENT_BYTES, MAX_PATH_BYTES};
 
 /// The longest extension (with its dot) a conflict copy keeps after its suffix.
 const MAX_EXTENSION_BYTES: usize = 32;
@@ -35,9 +35,12 @@ pub fn conflict_copy_name(
             format!("-{n}")
         };
         let suffix = format!(".conflict-{device_name}-{}{counter}{ext}", device.short());
-        // The name must fit a filesystem's 255 bytes: the stem is cut (at a character
-        // boundary), never the suffix that says what the copy is, nor the extension.
-        let room = MAX_COMPONENT_BYTES.saturating_sub(suffix.len());
+        // The name must fit a filesystem's 255 bytes, and the path its 4096: the stem is
+        // cut (at a character boundary), never the suffix that says what the copy is,
+        // nor the extension.
+        let room = MAX_COMPONENT_BYTES
+            .min(MAX_PATH_BYTES.saturating_sub(dir.len()))
+            .saturating_sub(suffix.len());
         let candidate = format!("{dir}{}{suffix}", cut_at_char(stem, room));
         if !taken(&candidate) {
             return candidate;
@@ -295,6 +298,19 @@ mod tests {
             assert_ne!(second, first);
             assert!(second.rsplit('/').next().unwrap().len() <= 255);
         }
+        // A path near the 4096 bytes of a whole path: the copy's fits too.
+        let deep = format!(
+            "{}/{}.md",
+            vec!["d".repeat(200); 20].join("/"),
+            "n".repeat(60)
+        );
+        assert!(crate::paths::valid_path(&deep).is_ok());
+        let name = conflict_copy_name(&deep, "laptop", &device, &|_| false);
+        assert!(
+            crate::paths::valid_path(&name).is_ok(),
+            "{} bytes",
+            name.len()
+        );
         // What follows the last dot is no extension when it is long: kept in the stem,
         // cut like it.
         for tail in [40, 200, 233, 250] {

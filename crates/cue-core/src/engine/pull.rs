@@ -23,7 +23,10 @@ pub(super) struct Answer {
 
 impl Engine {
     /// Catch up with one peer at a time: among online peers whose digest differs from
-    /// ours, ask the first one we have not just asked for that same state.
+    /// ours and that we have not just asked for that same state, the one asked longest
+    /// ago (never asked first, then in device order). Each such peer gets its turn: a
+    /// member that answers every pull with nothing and announces a new state each time
+    /// cannot keep a device from pulling from the others.
     pub(super) fn maybe_pull(&mut self, store: &mut dyn DocStore) {
         if self.pull.is_some() || !self.connected {
             return;
@@ -31,13 +34,17 @@ impl Engine {
         let mine = self.digest();
         let now = self.now_ms;
         let ae = self.config.anti_entropy_ms;
-        let candidate = self.peers.iter().find(|(_, p)| {
-            p.online
-                && p.digest.is_some_and(|d| d != mine)
-                && !p
-                    .last_pull
-                    .is_some_and(|(d, t)| Some(d) == p.digest && now - t < ae)
-        });
+        let candidate = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.online
+                    && p.digest.is_some_and(|d| d != mine)
+                    && !p
+                        .last_pull
+                        .is_some_and(|(d, t)| Some(d) == p.digest && now - t < ae)
+            })
+            .min_by_key(|(_, p)| p.last_pull.map(|(_, t)| t));
         let Some((&peer, _)) = candidate else {
             return;
         };
