@@ -1228,6 +1228,14 @@ mod tests {
         assert!(!actors.contains(&actor(4)), "{actors:?}");
     }
 
+    /// A file of `bytes` at `path` made on one device and loaded on another.
+    fn on_two_devices(path: &str, bytes: &[u8]) -> (FileDoc, FileDoc) {
+        let mut a = FileDoc::new(actor(1));
+        a.write(path, bytes, 0).unwrap();
+        let b = FileDoc::load(&a.save(), actor(2)).unwrap();
+        (a, b)
+    }
+
     /// Two devices merged, each way: the text both show (the same).
     fn merged(a: &mut FileDoc, b: &mut FileDoc) -> String {
         a.automerge().merge(b.automerge()).unwrap();
@@ -1247,9 +1255,7 @@ mod tests {
     /// them keeps what it shows and nothing it removed.
     #[test]
     fn frontmatter_added_on_two_devices_at_once_keeps_both() {
-        let mut a = FileDoc::new(actor(1));
-        a.write("n.md", b"# Note\n", 0).unwrap();
-        let mut b = FileDoc::load(&a.save(), actor(2)).unwrap();
+        let (mut a, mut b) = on_two_devices("n.md", b"# Note\n");
         a.write("n.md", b"---\ntitle: Plan\ntags: [a]\n---\n# Note\n", 0)
             .unwrap();
         b.write("n.md", b"---\nstatus: draft\ntags: [b]\n---\n# Note\n", 0)
@@ -1266,9 +1272,7 @@ mod tests {
         assert_eq!(merged(&mut a, &mut b), edited);
 
         // Frontmatter that is no YAML, added on both.
-        let mut a = FileDoc::new(actor(1));
-        a.write("n.md", b"# Note\n", 0).unwrap();
-        let mut b = FileDoc::load(&a.save(), actor(2)).unwrap();
+        let (mut a, mut b) = on_two_devices("n.md", b"# Note\n");
         a.write("n.md", b"---\njust one line\n---\n# Note\n", 0)
             .unwrap();
         b.write("n.md", b"---\n- a list, two\n---\n# Note\n", 0)
@@ -1284,9 +1288,7 @@ mod tests {
 
         // Both devices write over the merge at once (each its own edit): nothing is
         // repeated, both edits stand.
-        let mut a = FileDoc::new(actor(1));
-        a.write("n.md", b"# Note\n", 0).unwrap();
-        let mut b = FileDoc::load(&a.save(), actor(2)).unwrap();
+        let (mut a, mut b) = on_two_devices("n.md", b"# Note\n");
         a.write("n.md", b"---\nalpha one\n---\n# Note\n", 0)
             .unwrap();
         b.write("n.md", b"---\n- beta two\n---\n# Note\n", 0)
@@ -1302,9 +1304,7 @@ mod tests {
             text.contains("alpha ONE") && text.contains("# Note by a"),
             "{text:?}"
         );
-        let mut a = FileDoc::new(actor(1));
-        a.write("n.md", b"# Note\n", 0).unwrap();
-        let mut b = FileDoc::load(&a.save(), actor(2)).unwrap();
+        let (mut a, mut b) = on_two_devices("n.md", b"# Note\n");
         a.write("n.md", b"---\ntitle: Plan\n---\n# Note\n", 0)
             .unwrap();
         b.write("n.md", b"---\nstatus: draft\n---\n# Note\n", 0)
@@ -1322,9 +1322,7 @@ mod tests {
         assert_eq!(text.matches("title").count(), 1, "{text:?}");
 
         // YAML on one, not on the other.
-        let mut a = FileDoc::new(actor(1));
-        a.write("n.md", b"# Note\n", 0).unwrap();
-        let mut b = FileDoc::load(&a.save(), actor(2)).unwrap();
+        let (mut a, mut b) = on_two_devices("n.md", b"# Note\n");
         a.write("n.md", b"---\ntitle: Plan\n---\n# Note\n", 0)
             .unwrap();
         b.write("n.md", b"---\njust one line\n---\n# Note\n", 0)
@@ -1336,9 +1334,7 @@ mod tests {
         );
 
         // A binary file rewritten as text on both.
-        let mut a = FileDoc::new(actor(1));
-        a.write("n.txt", &[0, 159, 146, 150], 0).unwrap();
-        let mut b = FileDoc::load(&a.save(), actor(2)).unwrap();
+        let (mut a, mut b) = on_two_devices("n.txt", &[0, 159, 146, 150]);
         a.write("n.txt", b"from a\n", 0).unwrap();
         b.write("n.txt", b"from b\n", 0).unwrap();
         let text = merged(&mut a, &mut b);
