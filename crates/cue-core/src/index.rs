@@ -503,6 +503,33 @@ impl IndexDoc {
             .collect()
     }
 
+    /// The tombstone `file` had just before one of the changes applied since `since`
+    /// (the last of them, looking at the latest 256): what a purge among them took
+    /// away. `None` when none of them was made over one.
+    pub fn tombstone_before_changes_since(
+        &mut self,
+        file: &FileId,
+        since: &[ChangeHash],
+    ) -> Option<Tombstone> {
+        let key = file.to_string();
+        let changes = self.doc.get_changes(since);
+        let deps: Vec<Vec<ChangeHash>> = changes
+            .iter()
+            .rev()
+            .take(256)
+            .map(|c| c.deps().to_vec())
+            .collect();
+        deps.iter().find_map(|deps| {
+            let (Value::Object(ObjType::Map), tombs) =
+                self.doc.get_at(ROOT, "tomb", deps).ok()??
+            else {
+                return None;
+            };
+            let (v, _) = self.doc.get_at(&tombs, key.as_str(), deps).ok()??;
+            Tombstone::decode(&str_of(&v)?)
+        })
+    }
+
     pub fn set_tombstone(&mut self, file: &FileId, tomb: &Tombstone) -> Result<(), DocError> {
         self.put("tomb", &file.to_string(), &tomb.encode())
     }

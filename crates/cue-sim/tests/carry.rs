@@ -402,3 +402,34 @@ fn a_deletion_purged_while_a_device_was_away_stays_a_deletion() {
         assert_eq!(w.read(p, "b.md").as_deref(), Some("two\n"));
     }
 }
+
+/// The same, with the file edited on the device while it was away: an edit concurrent
+/// with a deletion keeps the file, also when the deletion was purged meanwhile.
+#[test]
+fn an_edit_made_away_outlives_a_deletion_purged_meanwhile() {
+    let config = Config {
+        tombstone_ms: 2 * DAY_MS,
+        ..Config::default()
+    };
+    let mut w = World::new(2, 16, config);
+    w.connect_all();
+    w.write(0, "a.md", b"one\n");
+    w.settle_converged();
+    w.disconnect(1);
+    w.write(1, "a.md", b"one\ntwo, written away\n");
+    w.delete(0, "a.md");
+    w.settle(2);
+    w.advance(3 * DAY_MS);
+    w.advance(1_000);
+    w.settle(2);
+    assert!(w.restore(0, "a.md").is_err(), "purged on p0");
+    w.connect(1);
+    w.settle_converged();
+    for p in 0..2 {
+        assert_eq!(
+            w.read(p, "a.md").as_deref(),
+            Some("one\ntwo, written away\n"),
+            "p{p}"
+        );
+    }
+}

@@ -743,7 +743,7 @@ impl Engine {
             self.index_dirty = true;
             self.refresh_members();
             let changed = delta.as_ref().map(|d| &d.paths);
-            let made = self.deleted_without_tombstone(&live_before, changed, store);
+            let made = self.deleted_without_tombstone(&live_before, changed, &before, store);
             // Only paths set, moved or removed (new files from a burst, mostly), and
             // nothing else that decides what is live: the view follows them alone.
             match delta.filter(|d| made == 0 && d.maps.iter().all(|m| PATHS_ONLY.contains(m))) {
@@ -787,6 +787,7 @@ impl Engine {
         &mut self,
         live_before: &BTreeMap<FileId, String>,
         changed: Option<&BTreeSet<FileId>>,
+        before: &Heads,
         store: &mut dyn DocStore,
     ) -> usize {
         let candidates: Vec<(FileId, String)> = match changed {
@@ -805,14 +806,23 @@ impl Engine {
             {
                 continue;
             }
-            // (A purge drops the file's origin with its path.)
-            if now.is_some() || self.index.origin(&f).is_some() {
+            // A purge drops the file's origin with its path: its tombstone is set again
+            // as it was (an edit made here since, offline, keeps the file, as an edit
+            // concurrent with a deletion does). Otherwise, at what this device holds.
+            let purged = now.is_none() && self.index.origin(&f).is_none();
+            if !purged {
                 bad += 1;
             }
-            let heads = self.doc_heads(f, store);
-            let tomb = Tombstone {
-                time_ms: self.now_ms,
-                heads,
+            let since: Vec<ChangeHash> = before.iter().map(|h| ChangeHash(*h)).collect();
+            let tomb = match purged
+                .then(|| self.index.tombstone_before_changes_since(&f, &since))
+                .flatten()
+            {
+                Some(tomb) => tomb,
+                None => Tombstone {
+                    time_ms: self.now_ms,
+                    heads: self.doc_heads(f, store),
+                },
             };
             if self.index.set_path(&f, &path).is_ok() && self.index.set_tombstone(&f, &tomb).is_ok()
             {
