@@ -374,21 +374,23 @@ fn a_power_cut_after_confirmations_loses_nothing() {
     }
 }
 
-/// A device away longer than `tombstone_days` (and not so long that it syncs again
-/// from scratch) comes back to a deletion made and purged meanwhile: the file it still
-/// holds is deleted there too, and comes back nowhere.
-#[test]
-fn a_deletion_purged_while_a_device_was_away_stays_a_deletion() {
+/// Two devices holding `a.md` ("one") and `b.md`; p1 goes away, makes `edit` of `a.md`
+/// if any, p0 deletes `a.md` and purges it (`tombstone_days` of 2 days pass), p1
+/// comes back and they settle.
+fn away_while_deleted_and_purged(seed: u64, edit: Option<&[u8]>) -> World {
     let config = Config {
         tombstone_ms: 2 * DAY_MS,
         ..Config::default()
     };
-    let mut w = World::new(2, 15, config);
+    let mut w = World::new(2, seed, config);
     w.connect_all();
     w.write(0, "a.md", b"one\n");
     w.write(0, "b.md", b"two\n");
     w.settle_converged();
     w.disconnect(1);
+    if let Some(edit) = edit {
+        w.write(1, "a.md", edit);
+    }
     w.delete(0, "a.md");
     w.settle(2);
     w.advance(3 * DAY_MS);
@@ -397,6 +399,15 @@ fn a_deletion_purged_while_a_device_was_away_stays_a_deletion() {
     assert!(w.restore(0, "a.md").is_err(), "purged on p0");
     w.connect(1);
     w.settle_converged();
+    w
+}
+
+/// A device away longer than `tombstone_days` (and not so long that it syncs again
+/// from scratch) comes back to a deletion made and purged meanwhile: the file it still
+/// holds is deleted there too, and comes back nowhere.
+#[test]
+fn a_deletion_purged_while_a_device_was_away_stays_a_deletion() {
+    let w = away_while_deleted_and_purged(15, None);
     for p in 0..2 {
         assert!(w.read(p, "a.md").is_none(), "a.md back on p{p}");
         assert_eq!(w.read(p, "b.md").as_deref(), Some("two\n"));
@@ -407,24 +418,7 @@ fn a_deletion_purged_while_a_device_was_away_stays_a_deletion() {
 /// with a deletion keeps the file, also when the deletion was purged meanwhile.
 #[test]
 fn an_edit_made_away_outlives_a_deletion_purged_meanwhile() {
-    let config = Config {
-        tombstone_ms: 2 * DAY_MS,
-        ..Config::default()
-    };
-    let mut w = World::new(2, 16, config);
-    w.connect_all();
-    w.write(0, "a.md", b"one\n");
-    w.settle_converged();
-    w.disconnect(1);
-    w.write(1, "a.md", b"one\ntwo, written away\n");
-    w.delete(0, "a.md");
-    w.settle(2);
-    w.advance(3 * DAY_MS);
-    w.advance(1_000);
-    w.settle(2);
-    assert!(w.restore(0, "a.md").is_err(), "purged on p0");
-    w.connect(1);
-    w.settle_converged();
+    let w = away_while_deleted_and_purged(16, Some(b"one\ntwo, written away\n"));
     for p in 0..2 {
         assert_eq!(
             w.read(p, "a.md").as_deref(),
