@@ -85,10 +85,26 @@ pub fn valid_path(path: &str) -> Result<(), PathError> {
     Ok(())
 }
 
-/// `.cuedeck` and `.git`, in any case: on case-insensitive filesystems (macOS, Windows)
-/// `.GIT` is the same directory as `.git`.
+/// `.cuedeck` and `.git`, and every name some filesystem cue meets takes for one of them
+/// (the class git guards against in `is_hfs_dotgit` / `is_ntfs_dotgit`):
+/// - any case, by Unicode rules: `.GIT` on macOS and Windows, `.cuedec\u{212A}` (Kelvin
+///   sign) on ext4 with casefold, which folds by Unicode, not ASCII;
+/// - with code points HFS+ ignores in names (`.g\u{200C}it`);
+/// - with trailing dots or spaces, which Windows strips (`.git.`, `.git `);
+/// - their 8.3 short names on NTFS (`GIT~1`, `CUEDEC~1`).
+///
+/// A member could otherwise send a path that lands inside another device's `.cuedeck`
+/// or `.git` on that device's filesystem.
 pub fn is_reserved_name(name: &str) -> bool {
-    name.eq_ignore_ascii_case(CUEDECK_DIR) || name.eq_ignore_ascii_case(GIT_DIR)
+    let plain: String = name.chars().filter(|c| !is_hfs_ignorable(*c)).collect();
+    let key = name_key(plain.trim_end_matches(['.', ' ']));
+    [CUEDECK_DIR, GIT_DIR, "cuedec~1", "git~1"].contains(&key.as_str())
+}
+
+/// The code points HFS+ drops when it compares names (Apple TN1150; git's list).
+fn is_hfs_ignorable(c: char) -> bool {
+    matches!(c,
+        '\u{200C}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{206A}'..='\u{206F}' | '\u{FEFF}')
 }
 
 /// What a path is to the filesystems cue meets: its Unicode NFC form in lower case.
@@ -270,7 +286,38 @@ mod tests {
         for name in [".git", ".GIT", ".gIt", ".cuedeck", ".CueDeck", ".CUEDECK"] {
             assert!(is_reserved_name(name), "{name:?}");
         }
-        for name in [".gitignore", "git", ".cuedeck~", "cuedeck", ".git ", ""] {
+        for name in [
+            ".gitignore",
+            "git",
+            ".cuedeck~",
+            "cuedeck",
+            ".gi t",
+            "",
+            "git~2",
+        ] {
+            assert!(!is_reserved_name(name), "{name:?}");
+        }
+    }
+
+    /// Names some filesystem takes for `.cuedeck` or `.git` though they are spelled
+    /// otherwise: a member sending one could write into another device's `.cuedeck`.
+    #[test]
+    fn names_a_filesystem_takes_for_cuedeck_or_git_are_reserved() {
+        for name in [
+            ".cuedec\u{212A}",  // Kelvin sign: ext4 casefold folds it to `k`
+            ".\u{0130}git",     // not folded to `.git`: the dotted capital I stays apart
+            ".g\u{200C}it",     // HFS+ ignores the zero-width non-joiner
+            ".cue\u{FEFF}deck", // and the byte order mark
+            ".git.",            // Windows strips trailing dots
+            ".cuedeck  ",       // and spaces
+            "GIT~1",            // NTFS 8.3 short names
+            "cuedec~1",
+        ] {
+            let expected = !name.contains('\u{0130}');
+            assert_eq!(is_reserved_name(name), expected, "{name:?}");
+            assert_eq!(valid_path(&format!("notes/{name}/x.md")).is_err(), expected);
+        }
+        for name in ["\u{212A}eys.md", "notes.", "a~1"] {
             assert!(!is_reserved_name(name), "{name:?}");
         }
     }
@@ -304,8 +351,7 @@ mod tests {
                     && c != ".."
                     && c.len() <= MAX_COMPONENT_BYTES
                     && !c.chars().any(|ch| ch.is_control() || ch == '\\')
-                    && !c.eq_ignore_ascii_case(".git")
-                    && !c.eq_ignore_ascii_case(".cuedeck")
+                    && !is_reserved_name(c)
             };
             let first = parts[0].as_bytes();
             let drive = first.len() >= 2 && first[0].is_ascii_alphabetic() && first[1] == b':';
