@@ -541,14 +541,34 @@ pub fn feed_scan<H: Host>(
 ) -> Result<Vec<Outgoing>, H::Error> {
     let total = diff.renames.len() + diff.changed.len();
     progress(0, total);
-    let mut out = handle(
-        engine,
-        host,
-        now_ms,
-        vec![Input::Ignored {
-            paths: diff.ignored,
-        }],
-    )?;
+    let mut ignored_then_clashing = vec![Input::Ignored {
+        paths: diff.ignored,
+    }];
+    // A file that became a folder, or a folder a file, while nobody watched: the old one
+    // goes first, or the new one would clash with it and become a conflict copy.
+    let (clashing, removed): (Vec<String>, Vec<String>) = if deletions_paused {
+        (Vec::new(), diff.removed)
+    } else {
+        let folders_now: BTreeSet<&str> = diff
+            .changed
+            .iter()
+            .chain(diff.renames.iter().map(|(_, to)| to))
+            .flat_map(|p| p.match_indices('/').map(move |(i, _)| &p[..i]))
+            .collect();
+        let files_now: BTreeSet<&str> = diff
+            .changed
+            .iter()
+            .chain(diff.renames.iter().map(|(_, to)| to))
+            .map(String::as_str)
+            .collect();
+        diff.removed.into_iter().partition(|r| {
+            folders_now.contains(r.as_str())
+                || r.match_indices('/')
+                    .any(|(i, _)| files_now.contains(&r[..i]))
+        })
+    };
+    ignored_then_clashing.extend(clashing.into_iter().map(|path| Input::FileRemoved { path }));
+    let mut out = handle(engine, host, now_ms, ignored_then_clashing)?;
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
     let mut done = 0;
@@ -593,11 +613,7 @@ pub fn feed_scan<H: Host>(
         })
         .collect();
     if !deletions_paused {
-        rest.extend(
-            diff.removed
-                .into_iter()
-                .map(|path| Input::FileRemoved { path }),
-        );
+        rest.extend(removed.into_iter().map(|path| Input::FileRemoved { path }));
     }
     for input in rest {
         out.extend(handle(engine, host, now_ms, vec![input])?);

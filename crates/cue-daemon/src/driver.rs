@@ -32,6 +32,7 @@ use crate::host::{
 pub use crate::host::{KEY_REPLAY, NS_NET};
 use crate::ignore_rules::IgnoreRules;
 use crate::paths::WorkspacePath;
+use crate::scan::list_files_under;
 use crate::scan::{ScanOptions, SkipReason, scan};
 use crate::store::{ActivityKind, Store, StoreError};
 use crate::watch::WatchEvent;
@@ -1068,9 +1069,14 @@ impl Driver {
         let mut out = self.input(now, Input::Unsyncable { files: unsyncable })?;
         let mut found = found;
         found.ignored = self.newly_ignored(&found);
-        // Files listed as too large that are no longer there leave the list.
+        // Files listed as too large that are no longer there leave the list. One the
+        // engine believes on disk (synced before it grew) is left to the scan's diff,
+        // which takes an ignored or unreadable file, or a tripped guard, for no deletion.
         for path in self.engine.skipped_under(".") {
-            if !found.too_large.contains_key(&path) && !found.files.contains_key(&path) {
+            if !found.too_large.contains_key(&path)
+                && !found.files.contains_key(&path)
+                && self.engine.on_disk(&path).is_none()
+            {
                 out.extend(self.input(now, Input::FileRemoved { path })?);
             }
         }
@@ -1209,11 +1215,14 @@ impl Driver {
     fn guard_batch(&mut self, events: &[WatchEvent]) {
         let mut gone: BTreeSet<String> = BTreeSet::new();
         for e in events {
-            if let WatchEvent::Removed(p) = e {
-                for path in self.engine.on_disk_under(p.as_str()) {
-                    if !self.host.exists(&path) {
-                        gone.insert(path);
-                    }
+            // A file's change counts what was below it too (a folder replaced by a file).
+            let (WatchEvent::Removed(p) | WatchEvent::Changed(p)) = e else {
+                continue;
+            };
+            for path in self.engine.on_disk_under(p.as_str()) {
+                let checked = matches!(e, WatchEvent::Removed(_)) || path != p.as_str();
+                if checked && !self.host.exists(&path) {
+                    gone.insert(path);
                 }
             }
         }
@@ -1335,8 +1344,15 @@ impl Driver {
         to: &str,
     ) -> Result<Vec<Outgoing>, DriverError> {
         let mut out = Vec::new();
+        let mut moved = BTreeSet::new();
         for old in self.engine.on_disk_under(from) {
-            let new = format!("{to}{}", &old[from.len()..]);
+            // The part below the folder, by components: on a folder that ignores case
+            // `old` is found by key and may be spelled in more or fewer bytes than `from`.
+            let below = old.splitn(from.split('/').count() + 1, '/').last();
+            let Some(new) = below.filter(|b| *b != old).map(|b| format!("{to}/{b}")) else {
+                continue;
+            };
+            moved.insert(new.clone());
             let read = match self.host.read(&new) {
                 Ok(read) => read,
                 Err(e) => {
@@ -1360,6 +1376,16 @@ impl Driver {
                     },
                 )?),
                 None => out.extend(self.file_changed(now, &old)?),
+            }
+        }
+        // Files the engine did not know under the folder: made in it just before the
+        // move, in the same watcher batch (whose events for them the watcher drops: they
+        // name the old place).
+        if let Ok(dir) = WorkspacePath::parse(to) {
+            for file in list_files_under(self.host.fs.root_path(), &self.rules, &dir) {
+                if !moved.contains(file.as_str()) {
+                    out.extend(self.file_changed(now, file.as_str())?);
+                }
             }
         }
         Ok(out)
@@ -1387,6 +1413,22 @@ impl Driver {
     /// A path may have changed: feed its content if it differs from what the engine
     /// believes is there (so the daemon's own writes never echo back).
     fn file_changed(&mut self, now: i64, path: &str) -> Result<Vec<Outgoing>, DriverError> {
+        // A file may stand where a folder was (`rm -r d; echo > d`, `mv d ~/old; echo >
+        // d`): what was below it is gone whether or not the watcher said so, and goes
+        // first, so that the file does not clash with it.
+        let mut out = Vec::new();
+        if self.guard.is_none() {
+            for below in self.engine.on_disk_under(path) {
+                if below != path && !self.host.exists(&below) {
+                    out.extend(self.feed(now, Input::FileRemoved { path: below })?);
+                }
+            }
+        }
+        out.extend(self.file_changed_here(now, path)?);
+        Ok(out)
+    }
+
+    fn file_changed_here(&mut self, now: i64, path: &str) -> Result<Vec<Outgoing>, DriverError> {
         let Ok(rel) = WorkspacePath::parse(path) else {
             return Ok(Vec::new());
         };

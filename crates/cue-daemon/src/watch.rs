@@ -226,8 +226,32 @@ enum Present {
 
 impl Translator {
     fn handle(&mut self, batch: Batch) {
-        for event in &batch.events {
-            self.translate(event);
+        // Folders renamed in this batch. An earlier event below the old name happened
+        // before the move (`echo >> d/a.md && mv d e`): looked at now it would find
+        // nothing there, a removal, when the file moved with its folder. The folder's
+        // rename reads every file now under the new name instead ([`WatchEvent::DirRenamed`]).
+        let moved: Vec<(usize, &Path)> = batch
+            .events
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match (e.kind, e.paths.as_slice()) {
+                (EventKind::Modify(ModifyKind::Name(RenameMode::Both)), [from, to, ..])
+                    if std::fs::symlink_metadata(to).is_ok_and(|m| m.is_dir()) =>
+                {
+                    Some((i, from.as_path()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (i, event) in batch.events.iter().enumerate() {
+            let before_its_move = moved.iter().any(|(j, from)| {
+                i < *j
+                    && !event.paths.is_empty()
+                    && event.paths.iter().all(|p| p != from && p.starts_with(from))
+            });
+            if !before_its_move {
+                self.translate(event);
+            }
         }
         if !batch.errors.is_empty() {
             for e in &batch.errors {
@@ -347,7 +371,14 @@ impl Translator {
                 self.send(WatchEvent::Changed(path.clone()));
                 self.maybe_reload(&path);
             }
-            Some(Present::Dir(path)) => self.expand(&path),
+            Some(Present::Dir(path)) => {
+                // Whatever stood here before is gone unless found again below: a file
+                // of the folder's name (`rm x; mkdir x`), or a folder moved away with
+                // another put in its place (`mv d ~/old && mkdir d`). The removal is
+                // checked against the disk; files still there are read as changes.
+                self.send(WatchEvent::Removed(path.clone()));
+                self.expand(&path)
+            }
             Some(Present::Gone(path)) if !self.is_ignored(&path, false) => {
                 self.send(WatchEvent::Removed(path.clone()));
                 self.maybe_reload(&path);

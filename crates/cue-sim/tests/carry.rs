@@ -40,6 +40,46 @@ fn a_rename_while_the_daemon_was_stopped_is_a_rename() {
     }
 }
 
+/// A folder replaced by a file of its name while the daemon was stopped, and a file by a
+/// folder: the start-up scan deletes the old ones before taking the new ones in, so the
+/// new ones keep their names everywhere and nothing comes back as a conflict copy.
+#[test]
+fn a_folder_and_a_file_swapped_while_the_daemon_was_stopped_clash_with_nothing() {
+    let mut w = World::new(2, 12, Config::default());
+    w.connect_all();
+    for path in [
+        "notes/a.md",
+        "notes/b.md",
+        "plan",
+        "c.md",
+        "d.md",
+        "e.md",
+        "f.md",
+    ] {
+        w.write(0, path, path.as_bytes());
+    }
+    w.settle_converged();
+    w.disconnect(0);
+    let disk = &mut w.peers[0].disk;
+    disk.remove("notes/a.md");
+    disk.remove("notes/b.md");
+    disk.insert("notes".into(), b"a file now\n".to_vec());
+    disk.remove("plan");
+    disk.insert("plan/q1.md".into(), b"a folder now\n".to_vec());
+    w.restart(0);
+    w.connect_all();
+    w.settle_converged();
+    for p in 0..2 {
+        let files: Vec<&str> = w.peers[p].disk.keys().map(String::as_str).collect();
+        assert_eq!(
+            files,
+            ["c.md", "d.md", "e.md", "f.md", "notes", "plan/q1.md"],
+            "peer {p}"
+        );
+        assert!(w.status(p).conflicts.is_empty(), "peer {p}");
+    }
+}
+
 /// More than half of a workspace missing at start-up pauses deletions, as the daemon's
 /// guard does: nothing is deleted on the other peer.
 #[test]

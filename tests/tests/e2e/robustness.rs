@@ -104,6 +104,35 @@ fn a_file_grown_past_max_file_size_in_place_keeps_its_content_elsewhere() {
     b.stop();
 }
 
+/// A synced file grown past `max_file_size` and then ignored (to quiet the listing): the
+/// rescan the new rule asks for finds it neither synced nor too large, and that is no
+/// deletion; the other device keeps its copy.
+#[test]
+fn a_file_grown_too_large_and_then_ignored_is_not_deleted_elsewhere() {
+    let (_relay, a, b) = pair();
+    a.stop();
+    set_max_file_size(&a, 100_000);
+    a.start();
+    a.write("big.md", "small at first\n");
+    wait_for_file(&b, "big.md", "the file", |c| c == "small at first\n");
+    a.write("big.md", &"x".repeat(200_000));
+    wait_until("alice to list the file as too large", || {
+        a.status().0["skipped"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|k| k["path"] == "big.md"))
+    });
+    a.write(".cueignore", "big.md\n");
+    wait_for_file(&b, ".cueignore", "the rule", |c| c == "big.md\n");
+    // Something after the rule's rescan, to know that everything before it arrived.
+    a.write("after.md", "after\n");
+    wait_for_file(&b, "after.md", "a file written after the rescan", |_| true);
+    assert_eq!(b.read("big.md").as_deref(), Some("small at first\n"));
+    let log = b.cue_ok(&["activity", "log", "--json"]);
+    assert!(!log.contains("\"delete\""), "{log}");
+    a.stop();
+    b.stop();
+}
+
 /// Names no synced file can have (a backslash, a tab, a newline) are listed under
 /// `skipped` with the reason, whether found at start-up or made while running, and leave
 /// the list when the file goes.

@@ -464,6 +464,80 @@ fn a_program_writing_to_a_replaced_file_loses_nothing() {
     b.stop();
 }
 
+/// A file replaced by a folder of its name (`rm plan; mkdir plan; echo > plan/a.md`),
+/// all within one watcher batch, then the folder replaced by a file again: each time the
+/// old one is a deletion everywhere (restorable), nothing comes back as a conflict copy,
+/// and both peers hold the same files.
+#[test]
+fn a_file_replaced_by_a_folder_of_its_name_and_back_is_a_deletion_everywhere() {
+    let (_relay, a, b) = pair();
+    a.write("plan", "a file\n");
+    wait_for_file(&b, "plan", "the file", |c| c == "a file\n");
+
+    std::fs::remove_file(a.path("plan")).unwrap();
+    std::fs::create_dir(a.path("plan")).unwrap();
+    std::fs::write(a.path("plan/a.md"), "in the folder\n").unwrap();
+    wait_for_file(&b, "plan/a.md", "the file in the folder", |c| {
+        c == "in the folder\n"
+    });
+    wait_converged(&[&a, &b]);
+    let files: Vec<String> = tree(b.root()).into_keys().collect();
+    assert_eq!(files, ["plan/a.md"], "no conflict copy of the old file");
+
+    std::fs::remove_dir_all(a.path("plan")).unwrap();
+    std::fs::write(a.path("plan"), "a file again\n").unwrap();
+    wait_for_file(&b, "plan", "the file again", |c| c == "a file again\n");
+    wait_converged(&[&a, &b]);
+    let files: Vec<String> = tree(b.root()).into_keys().collect();
+    assert_eq!(files, ["plan"], "no conflict copy of the folder's file");
+    // Both were deletions, with something to restore.
+    let log = b.cue_ok(&["activity", "log", "--json"]);
+    for path in ["plan", "plan/a.md"] {
+        assert!(
+            log.lines().any(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["kind"] == "delete" && v["path"] == path
+            }),
+            "{path} deleted: {log}"
+        );
+    }
+    a.stop();
+    b.stop();
+}
+
+/// A save inside a folder, a new file in it, and the folder renamed right after (one
+/// watcher batch, as a script or a quick `mv` does): a rename with the new content, not
+/// a deletion, and the new file synced too.
+#[test]
+fn a_folder_renamed_right_after_a_save_inside_it_moves_the_saved_file() {
+    use std::io::Write as _;
+    let (_relay, a, b) = pair();
+    a.write("drafts/plan.md", "plan\n");
+    wait_for_file(&b, "drafts/plan.md", "the file", |_| true);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(a.path("drafts/plan.md"))
+        .unwrap();
+    f.write_all(b"one more line\n").unwrap();
+    drop(f);
+    std::fs::write(a.path("drafts/new.md"), "new\n").unwrap();
+    std::fs::rename(a.path("drafts"), a.path("final")).unwrap();
+    wait_for_file(
+        &b,
+        "final/plan.md",
+        "the moved file, with its new line",
+        |c| c == "plan\none more line\n",
+    );
+    wait_for_file(&b, "final/new.md", "the new file", |c| c == "new\n");
+    wait_converged(&[&a, &b]);
+    let files: Vec<String> = tree(b.root()).into_keys().collect();
+    assert_eq!(files, ["final/new.md", "final/plan.md"]);
+    let log = b.cue_ok(&["activity", "log", "--json"]);
+    assert!(!log.contains("\"delete\""), "{log}");
+    a.stop();
+    b.stop();
+}
+
 /// Two running peers create the same new file at the same moment, five times over: each
 /// time one version keeps the name and the other becomes a conflict copy, on both peers,
 /// and both list the conflict.
