@@ -212,6 +212,12 @@ impl FileDoc {
         )
     }
 
+    /// Whether the document stands for a file: it has one (`is_empty` is false) and its
+    /// bytes can be read.
+    pub fn renders(&mut self) -> bool {
+        !self.is_empty() && self.materialize().is_ok()
+    }
+
     /// Is there anything to materialise yet (a document whose first change has arrived)?
     pub fn is_empty(&self) -> bool {
         self.kind().is_none()

@@ -382,6 +382,14 @@ impl IndexDoc {
         bytes
     }
 
+    /// The index's maps as automerge objects. Every device's index starts from one
+    /// genesis change (`new`), so these are the same objects everywhere, for good: a
+    /// change that replaces or removes one is no change cue makes ([`crate::engine`]
+    /// refuses it whole).
+    pub fn maps(&self) -> [Option<ObjId>; MAPS.len()] {
+        MAPS.map(|m| self.map(m))
+    }
+
     fn map(&self, name: &str) -> Option<ObjId> {
         match self.doc.get(ROOT, name).ok()?? {
             (Value::Object(ObjType::Map), id) => Some(id),

@@ -711,6 +711,7 @@ impl Engine {
         store: &mut dyn DocStore,
     ) -> Option<(Heads, Heads, bool)> {
         let before = to_heads(&self.index.heads());
+        let maps_before = self.index.maps();
         let live_before = self.live_view(store);
         let relayed = self.relays_for_us(from, DocId::Index);
         let kept = std::mem::take(&mut self.tail5.index_seals);
@@ -719,6 +720,16 @@ impl Engine {
             .index
             .apply_keeping_paths(|am| apply_checked(&from, relayed, am, remote, (&kept, &seals)));
         self.tail5.index_seals = kept;
+        // A map of the index replaced or removed (`path` made a number, `tomb` deleted)
+        // would take every file's path, tombstone or membership with it, leaving nothing
+        // to restore and an index that no longer loads: refused whole, as spoiled.
+        let applied = applied.and_then(|a| {
+            if self.index.maps() == maps_before {
+                Ok(a)
+            } else {
+                Err(Unusable::Spoiled)
+            }
+        });
         let mut applied = match applied {
             Ok(applied) => applied,
             Err(Unusable::NotADocument) => return self.bad_document(),
@@ -934,6 +945,7 @@ impl Engine {
         let relayed = self.relays_for_us(from, DocId::File(f));
         let kept = self.seals_of(DocId::File(f));
         let seals = self.with_waiting(DocId::File(f), seals);
+        let had_content = self.files.get(&f).is_some_and(|m| m.doc_hash.is_some());
         let r = self.with_doc(f, store, |d| {
             let ours = d.heads();
             let am = d.automerge();
@@ -941,6 +953,14 @@ impl Engine {
                 .map_err(|_| DocError::Decode("not a document, or spoiled applying".into()))?;
             let missing = !am.get_missing_deps(&[]).is_empty();
             let after = to_heads(&am.get_heads());
+            // A document that had a content and has none after (its `kind` removed, a
+            // text made a number: changes cue never makes) would take the file off
+            // every disk with no deletion to undo: refused whole, as spoiled.
+            if had_content && after != to_heads(&ours) && !d.renders() {
+                return Err(DocError::Decode(
+                    "changes left the file's document without a content".into(),
+                ));
+            }
             // Our version against the sender's: a fast-forward (the sender had all we
             // had) returns at once. Failing to tell costs only the notice.
             let overlaps = d.overlaps(&ours, &applied.version).ok().flatten();
