@@ -314,6 +314,61 @@ fn a_flood_of_pulls_is_answered_a_few_times_and_a_catch_up_still_completes() {
     w.converged().unwrap();
 }
 
+/// A member asks for one document hundreds of thousands of times in one pull (two bytes
+/// an entry): each document is answered once. (Each entry was answered: the whole
+/// index saved and held in memory as many times, gigabytes for one message.)
+#[test]
+fn a_pull_naming_one_document_many_times_is_answered_once() {
+    let mut w = World::new(2, 32, Config::default());
+    w.connect_all();
+    w.write_many(0, &cue_sim::notes(5));
+    w.settle(5);
+    w.traffic = Some(Vec::new());
+    let from = w.peers[1].device;
+    let (f, _) = only_file(&w, 0);
+    let mut entries = vec![(cue_core::DocId::Index, Vec::new()); 200_000];
+    entries.extend(vec![(cue_core::DocId::File(f), Vec::new()); 1_000]);
+    let pull = Item::Pull {
+        id: 7,
+        full: false,
+        complete: false,
+        entries,
+    };
+    let bytes = encode(&Message { items: vec![pull] });
+    w.input(0, Input::Message { from, bytes });
+    deliver(&mut w);
+    let mut index_items = 0;
+    let mut file_items = 0;
+    for (_, _, bytes) in w
+        .traffic
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .filter(|t| (t.0, t.1) == (0, 1))
+    {
+        for item in decode(bytes).map(|m| m.items).unwrap_or_default() {
+            use cue_core::wire::Sealable;
+            let doc = match item {
+                Item::Whole { doc, .. } | Item::Changes { doc, .. } | Item::Adopt { doc, .. } => {
+                    doc
+                }
+                Item::Sealed { item, .. } => match item {
+                    Sealable::Whole { doc, .. }
+                    | Sealable::Changes { doc, .. }
+                    | Sealable::Adopt { doc, .. } => doc,
+                },
+                _ => continue,
+            };
+            match doc {
+                cue_core::DocId::Index => index_items += 1,
+                cue_core::DocId::File(_) => file_items += 1,
+            }
+        }
+    }
+    assert_eq!((index_items, file_items), (1, 1));
+    assert_eq!(pulls_answered(&w, 0, 1), [7]);
+}
+
 /// A member can make device ids of its own (it may invite them), each with its own
 /// allowance of heavy pulls: heavy pulls are also bounded for all askers together, and an
 /// honest peer's catch-up still completes in seconds.

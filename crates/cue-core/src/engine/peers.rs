@@ -531,7 +531,7 @@ impl Engine {
                 }
             }
             Item::Ack { entries } => {
-                for (doc, heads) in entries {
+                for (doc, heads) in self.held_once(entries) {
                     self.confirm(doc, &heads, store);
                 }
             }
@@ -554,6 +554,24 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// A pull's or an acknowledgement's entries, each document once (the first entry)
+    /// and only documents this device holds: a member repeating one entry half a million
+    /// times in a message had it answered (the whole index saved each time) or looked up
+    /// as often.
+    pub(super) fn held_once(&self, entries: Vec<(DocId, Heads)>) -> Vec<(DocId, Heads)> {
+        let mut seen = BTreeSet::new();
+        entries
+            .into_iter()
+            .filter(|(doc, _)| {
+                let held = match doc {
+                    DocId::Index => true,
+                    DocId::File(f) => self.files.contains(f),
+                };
+                held && seen.insert(*doc)
+            })
+            .collect()
     }
 
     /// Whether what `changes` claim fits `doc` as this device holds it

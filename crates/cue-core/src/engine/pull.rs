@@ -132,6 +132,7 @@ impl Engine {
         entries: Vec<(DocId, Heads)>,
         store: &mut dyn DocStore,
     ) {
+        let entries = self.held_once(entries);
         let mut listed = BTreeSet::new();
         for (doc, heads) in &entries {
             listed.insert(*doc);
