@@ -103,13 +103,21 @@ impl Making {
 
 /// A new epoch at every start of the engine: its actor id includes it, so a change lost
 /// in a crash (made, never stored) can never clash with a later one.
-fn next_epoch(store: &mut Store) -> Result<u32, StoreError> {
+///
+/// At least the clock's seconds: a `.cuedeck` put back from a backup holds an older
+/// counter, and the epochs counted from it had been used by the runs the backup missed,
+/// whose changes peers hold: a change under a reused actor and sequence number is
+/// refused everywhere, and every later change of that run waits for it for ever.
+/// (Starts within one second count on from the last: the clock is only a floor, and a
+/// backup is put back long after the runs it missed.)
+fn next_epoch(store: &mut Store, now_ms: i64) -> Result<u32, StoreError> {
+    let clock = u32::try_from(now_ms.max(0) / 1000).unwrap_or(u32::MAX);
     store.transaction(|tx| {
         let old = tx
             .get_meta(NS_DAEMON, KEY_EPOCH)?
             .and_then(|b| <[u8; 4]>::try_from(b.as_slice()).ok())
             .map_or(0, u32::from_be_bytes);
-        let next = old.wrapping_add(1).max(1);
+        let next = old.wrapping_add(1).max(1).max(clock);
         tx.put_meta(NS_DAEMON, KEY_EPOCH, &next.to_be_bytes())?;
         Ok(next)
     })
@@ -316,7 +324,7 @@ impl Driver {
     /// [`Driver::startup_scan`] next.
     pub fn open(ws: &Workspace, config: &Config) -> Result<Driver, DriverError> {
         let mut store = Store::open(&ws.store_path())?;
-        let epoch = next_epoch(&mut store)?;
+        let epoch = next_epoch(&mut store, now_ms())?;
         let restored = restored_from(&store)?;
         let name = ws.device_name();
         let making = Making {
@@ -804,7 +812,7 @@ impl Driver {
 
     fn restart_engine(&mut self, now: i64) -> Result<(), DriverError> {
         self.gathered = None;
-        self.epoch = next_epoch(&mut self.host.store)?;
+        self.epoch = next_epoch(&mut self.host.store, now_ms())?;
         let restored = restored_from(&self.host.store)?;
         let (engine, effects) = self.making.engine(self.epoch, restored);
         self.engine = engine;
@@ -1555,6 +1563,35 @@ fn test_failure(inputs: &[Input]) {
 
 #[cfg(not(debug_assertions))]
 fn test_failure(_: &[Input]) {}
+
+/// Counters that must never go back, even when the store does (a `.cuedeck` put back
+/// from a backup).
+#[cfg(test)]
+mod from_a_backup {
+    use super::*;
+
+    #[test]
+    fn an_epoch_is_never_one_a_run_the_backup_missed_may_have_used() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store.db");
+        let mut store = Store::open(&path).expect("store");
+        let day = 86_400_000;
+        let first = next_epoch(&mut store, day).expect("epoch");
+        let backup = std::fs::read(&path).expect("read");
+        // Runs the backup misses, each with an epoch of its own, some within a second.
+        let mut used = vec![first];
+        for i in 0..5 {
+            used.push(next_epoch(&mut store, day + 60_000 * (i / 2)).expect("epoch"));
+        }
+        assert!(used.windows(2).all(|w| w[0] < w[1]), "{used:?}");
+        drop(store);
+        std::fs::write(&path, backup).expect("put the backup back");
+        let mut store = Store::open(&path).expect("store");
+        // The next morning.
+        let after = next_epoch(&mut store, 2 * day).expect("epoch");
+        assert!(used.iter().all(|e| *e < after), "{after} after {used:?}");
+    }
+}
 
 /// What a power cut can leave of a write put in place unflushed (`host.rs`), and what the
 /// next start makes of it. The cut is staged by hand: a journal entry as the batch's commit

@@ -631,9 +631,18 @@ struct Seqs {
 }
 
 impl Seqs {
+    /// From the reservations stored, or the clock's microseconds when later: a store
+    /// put back from a backup holds older reservations, and numbers counted from them
+    /// had been used by the runs the backup missed: every peer would drop this device's
+    /// messages as replays until the count passed them. (No device sends a message a
+    /// microsecond; receivers take a jump ahead as they take a disconnection.)
     fn resume(store: &Store) -> Result<Self, StoreError> {
-        let broadcast = store.seq_reservation(SEQ_BROADCAST)?.unwrap_or(0);
-        let direct = store.seq_reservation(SEQ_DIRECT)?.unwrap_or(0);
+        let clock = u64::try_from(crate::driver::now_ms()).unwrap_or(0) * 1000;
+        let broadcast = store
+            .seq_reservation(SEQ_BROADCAST)?
+            .unwrap_or(0)
+            .max(clock);
+        let direct = store.seq_reservation(SEQ_DIRECT)?.unwrap_or(0).max(clock);
         Ok(Seqs {
             broadcast: SeqAllocator::resume(broadcast),
             direct: SeqAllocator::resume(direct),

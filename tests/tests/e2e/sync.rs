@@ -464,6 +464,65 @@ fn a_program_writing_to_a_replaced_file_loses_nothing() {
     b.stop();
 }
 
+/// A device whose folder (`.cuedeck` included) is put back from last night's backup:
+/// its edits after that still reach the others. (Its store's counters went back with it:
+/// the next run's changes took the actor and sequence numbers of runs the backup
+/// missed, which peers held, and its messages the numbers peers had already seen: all
+/// refused or dropped as replays.)
+///
+/// Still fails (docs/ARCHITECTURE.md, "Known gaps"): with the epoch and sequence numbers
+/// taken from the clock, the peer still refuses the restored device's new changes as
+/// forged (`forged_changes` 2); the cause is not found yet. Run it with `--run-ignored`.
+#[test]
+#[ignore = "known gap: a device put back from a backup has its new changes refused as forged"]
+fn a_device_put_back_from_a_backup_still_syncs_its_edits() {
+    let (_relay, a, b) = pair();
+    a.write("notes.md", "one\n");
+    wait_for_file(&b, "notes.md", "the first version", |c| c == "one\n");
+    a.stop();
+    let backup = tempfile::tempdir().unwrap();
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    copy(&a.path(".cuedeck"), backup.path());
+    // The runs the backup will miss: several starts, edits, a new file.
+    for round in 0..3 {
+        a.start();
+        a.write("notes.md", &format!("one\nround {round}\n"));
+        a.write(&format!("r{round}.md"), "made after the backup\n");
+        wait_for_file(&b, "notes.md", "the round's edit", |c| {
+            c.contains(&format!("round {round}"))
+        });
+        a.stop();
+    }
+    // The disk dies; the folder comes back from the backup (the files as they were then).
+    std::fs::remove_dir_all(a.path(".cuedeck")).unwrap();
+    copy(&backup.path().join(".cuedeck"), a.root());
+    a.write("notes.md", "one\n");
+    for round in 0..3 {
+        std::fs::remove_file(a.path(&format!("r{round}.md"))).unwrap();
+    }
+    a.start();
+    wait_converged(&[&a, &b]);
+    a.write("notes.md", "one\nround 2\nafter the restore\n");
+    a.write("later.md", "made after the restore\n");
+    wait_for_file(&b, "later.md", "a file made after the restore", |c| {
+        c == "made after the restore\n"
+    });
+    wait_for_file(&b, "notes.md", "an edit made after the restore", |c| {
+        c.contains("after the restore")
+    });
+    wait_converged(&[&a, &b]);
+    a.stop();
+    b.stop();
+}
+
 /// A file replaced by a folder of its name (`rm plan; mkdir plan; echo > plan/a.md`),
 /// all within one watcher batch, then the folder replaced by a file again: each time the
 /// old one is a deletion everywhere (restorable), nothing comes back as a conflict copy,
