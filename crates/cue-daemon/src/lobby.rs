@@ -54,8 +54,11 @@ pub(crate) enum Heard {
         sealed: Vec<u8>,
         from: DeviceId,
     },
-    /// Rotation records, for the engine.
-    Records(Vec<Vec<u8>>),
+    /// Rotation records, for the engine, and who sent them.
+    Records {
+        records: Vec<Vec<u8>>,
+        from: DeviceId,
+    },
     /// A device asks to join with one of our invites.
     JoinRequest {
         device: DeviceId,
@@ -202,7 +205,10 @@ impl Lobby {
                     winner,
                 },
             },
-            LobbyMessage::Records { records } => Heard::Records(records),
+            LobbyMessage::Records { records } => Heard::Records {
+                records,
+                from: sender,
+            },
             LobbyMessage::Refused { reason, .. } => Heard::Refused(reason),
             LobbyMessage::Secret {
                 generation,

@@ -342,7 +342,15 @@ impl Membership {
                     self.lobby.send(ws, Some(device), &msg);
                 }
             }
-            Heard::Records(records) => {
+            // Only from members: anyone holding the lobby's secret (a removed device, an
+            // old invite's holder) is in the lobby, and a removed device could hand a
+            // longer branch of records of its own making (docs/security.md, "What is
+            // left").
+            Heard::Records { records, from } => {
+                if !driver.engine().knows_member(&CoreId(from.0)) {
+                    tracing::debug!(from = %from.short(), "rotation records from a non-member: ignored");
+                    return Ok(());
+                }
                 let sends = driver.input(now_ms(), Input::Rotations { records })?;
                 session.send_all(driver, sends);
             }

@@ -469,12 +469,16 @@ fn a_program_writing_to_a_replaced_file_loses_nothing() {
 /// the next run's changes took the actor and sequence numbers of runs the backup
 /// missed, which peers held, and its messages the numbers peers had already seen: all
 /// refused or dropped as replays.)
+/// And its own seals from those runs, which the peers hand back, outranked the ones it
+/// made next: its new changes went out under a seal that did not reach them, refused as
+/// forged.
 ///
-/// Still fails (docs/ARCHITECTURE.md, "Known gaps"): with the epoch and sequence numbers
-/// taken from the clock, the peer still refuses the restored device's new changes as
-/// forged (`forged_changes` 2); the cause is not found yet. Run it with `--run-ignored`.
+/// Still fails when the backup comes back seconds later (an epoch above the missed
+/// runs'): a file made in the missed runs may never come back to the device, the two
+/// pulling each other without end (docs/ARCHITECTURE.md, "Known gaps"). Run it with
+/// `--run-ignored all`.
 #[test]
-#[ignore = "known gap: a device put back from a backup has its new changes refused as forged"]
+#[ignore = "known gap: a file made in the runs a backup missed may not come back"]
 fn a_device_put_back_from_a_backup_still_syncs_its_edits() {
     let (_relay, a, b) = pair();
     a.write("notes.md", "one\n");
@@ -501,7 +505,10 @@ fn a_device_put_back_from_a_backup_still_syncs_its_edits() {
         });
         a.stop();
     }
-    // The disk dies; the folder comes back from the backup (the files as they were then).
+    // The disk dies; the folder comes back from the backup (the files as they were
+    // then), some time later: the clock, which keeps a run's epoch from being one a
+    // missed run used, has moved past the three quick runs' (a second each at most).
+    std::thread::sleep(Duration::from_secs(4));
     std::fs::remove_dir_all(a.path(".cuedeck")).unwrap();
     copy(&backup.path().join(".cuedeck"), a.root());
     a.write("notes.md", "one\n");

@@ -334,10 +334,8 @@ fn own_seal(
 ) -> Option<Seal> {
     let device = key.device();
     let prefix: [u8; 16] = device.0[..16].try_into().ok()?;
-    let before: &[[u8; 32]] = kept
-        .iter()
-        .find(|s| s.device == device)
-        .map_or(&[], |s| &s.heads);
+    let kept_own = kept.iter().find(|s| s.device == device);
+    let before: &[[u8; 32]] = kept_own.map_or(&[], |s| &s.heads);
     let mut new = Vec::new();
     for h in am.get_heads() {
         let Some(meta) = am.get_change_meta_by_hash(&h) else {
@@ -366,5 +364,48 @@ fn own_seal(
     let excess = heads.len().saturating_sub(crate::seal::MAX_SEALED_HEADS);
     heads.drain(..excess);
     *counter += 1;
-    Some(key.seal(epoch, *counter, heads))
+    // Later than any seal of ours held here: one from a run this device no longer
+    // remembers (its store put back from a backup; peers hand it back) may rank above
+    // this run's, and a new seal ranked below it would be dropped for it, leaving the
+    // new changes unsealed: refused by every peer as forged. (A seal's epoch only ranks
+    // it; the actor's is the run's.)
+    let (epoch, count) = match kept_own {
+        Some(k) if (k.epoch, k.counter) >= (epoch, *counter) => {
+            (k.epoch, k.counter.saturating_add(1))
+        }
+        _ => (epoch, *counter),
+    };
+    Some(key.seal(epoch, count, heads))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::transaction::Transactable;
+
+    /// A seal of this device from a run its store no longer remembers (put back from a
+    /// backup; a peer handed the seal back) may rank above this run's: the next seal
+    /// made here must still rank above it, or it is dropped for it and the new change
+    /// goes out under a seal that does not reach it.
+    #[test]
+    fn a_new_seal_outranks_one_of_ours_from_a_run_we_forgot() {
+        let key = SealKey::from_seed(&[7; 32]);
+        let device = key.device();
+        let mut am = automerge::AutoCommit::new();
+        let forgotten = crate::actor_for(&device, 9);
+        am.set_actor(forgotten);
+        am.put(automerge::ROOT, "a", 1).unwrap();
+        am.commit();
+        let mut counter = 40;
+        let old = own_seal(&key, 9, &mut counter, &mut am, &[]).unwrap();
+        // This run: an earlier epoch, its counter starting again.
+        am.set_actor(crate::actor_for(&device, 3));
+        am.put(automerge::ROOT, "a", 2).unwrap();
+        am.commit();
+        let mut counter = 0;
+        let new = own_seal(&key, 3, &mut counter, &mut am, std::slice::from_ref(&old)).unwrap();
+        let mut kept = vec![old];
+        crate::seal::keep_latest(&mut kept, std::slice::from_ref(&new), |_| true);
+        assert_eq!(kept, [new]);
+    }
 }
