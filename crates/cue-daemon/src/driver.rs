@@ -1294,6 +1294,9 @@ impl Driver {
         // On a folder that ignores case, a change of case leaves `from` there: it is `to`.
         let gone =
             self.engine.disk_key(from) == self.engine.disk_key(to) || !self.host.exists(from);
+        if self.too_large(to) {
+            return self.too_large_renamed(now, from, to, known && gone);
+        }
         let read = match self.host.read(to) {
             // Moved where it cannot be read (`mv a.md private/`): still a rename, of the
             // content the engine knows (taken in again once it can be read), never a
@@ -1316,6 +1319,33 @@ impl Driver {
                 Ok(out)
             }
         }
+    }
+
+    /// Whether the file at `path` is over `max_file_size` (never read whole then).
+    fn too_large(&self, path: &str) -> bool {
+        WorkspacePath::parse(path)
+            .ok()
+            .and_then(|rel| self.host.fs.stat(&rel).ok().flatten())
+            .is_some_and(|s| s.len > self.max_file_size)
+    }
+
+    /// A file over `max_file_size` renamed: not read (it may be gigabytes). One synced
+    /// before it grew is renamed with the content the engine knows (the other devices
+    /// keep it under the new name); the listing of skipped files moves to the new name.
+    fn too_large_renamed(
+        &mut self,
+        now: i64,
+        from: &str,
+        to: &str,
+        renamed: bool,
+    ) -> Result<Vec<Outgoing>, DriverError> {
+        let mut out = Vec::new();
+        if renamed && let Some(content) = self.believed_content(from) {
+            out.extend(self.rename_to(now, from, to, content)?);
+        }
+        out.extend(self.file_changed(now, to)?);
+        out.extend(self.file_changed(now, from)?);
+        Ok(out)
     }
 
     fn rename_to(
@@ -1361,6 +1391,10 @@ impl Driver {
                 continue;
             };
             moved.insert(new.clone());
+            if self.too_large(&new) {
+                out.extend(self.too_large_renamed(now, &old, &new, true)?);
+                continue;
+            }
             let read = match self.host.read(&new) {
                 Ok(read) => read,
                 Err(e) => {
@@ -1384,6 +1418,13 @@ impl Driver {
                     },
                 )?),
                 None => out.extend(self.file_changed(now, &old)?),
+            }
+        }
+        // Files listed as too large under the old name leave the list (listed again
+        // under the new one below).
+        for old in self.engine.skipped_under(from) {
+            if !self.host.exists(&old) {
+                out.extend(self.feed(now, Input::FileRemoved { path: old })?);
             }
         }
         // Files the engine did not know under the folder: made in it just before the

@@ -133,6 +133,55 @@ fn a_file_grown_too_large_and_then_ignored_is_not_deleted_elsewhere() {
     b.stop();
 }
 
+/// Files over `max_file_size` renamed, alone and with their folder: the rename is taken
+/// without reading them (a file of gigabytes was read whole into memory to be compared),
+/// a synced file grown too large keeps the content from before on the other device
+/// under its new name, and the listing of skipped files follows the new names.
+#[test]
+fn files_too_large_to_sync_are_renamed_without_being_read() {
+    let (_relay, a, b) = pair();
+    a.stop();
+    set_max_file_size(&a, 100_000);
+    a.start();
+    a.write("grew.md", "small at first\n");
+    a.write("docs/keep.md", "kept\n");
+    wait_for_file(&b, "grew.md", "the file", |c| c == "small at first\n");
+    wait_for_file(&b, "docs/keep.md", "the file", |_| true);
+    a.write("grew.md", &"x".repeat(200_000));
+    a.write("docs/huge.bin", &"y".repeat(300_000));
+    let skipped = |p: &Peer| -> Vec<String> {
+        let mut paths: Vec<String> = p.status().0["skipped"]
+            .as_array()
+            .map(|s| {
+                s.iter()
+                    .filter_map(|k| k["path"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        paths.sort();
+        paths
+    };
+    wait_until("alice to list both as too large", || {
+        skipped(&a) == ["docs/huge.bin", "grew.md"]
+    });
+    std::fs::rename(a.path("grew.md"), a.path("renamed.md")).unwrap();
+    std::fs::rename(a.path("docs"), a.path("papers")).unwrap();
+    wait_for_file(
+        &b,
+        "renamed.md",
+        "the renamed file, as it was before it grew",
+        |c| c == "small at first\n",
+    );
+    wait_for_file(&b, "papers/keep.md", "the folder's file", |c| c == "kept\n");
+    wait_until("alice to list the new names", || {
+        skipped(&a) == ["papers/huge.bin", "renamed.md"]
+    });
+    assert_eq!(b.read("grew.md"), None);
+    assert_eq!(b.read("docs/keep.md"), None);
+    a.stop();
+    b.stop();
+}
+
 /// Names no synced file can have (a backslash, a tab, a newline) are listed under
 /// `skipped` with the reason, whether found at start-up or made while running, and leave
 /// the list when the file goes.
