@@ -569,6 +569,16 @@ impl Driver {
         ours && held.len() <= meant.len() && held.iter().zip(meant).all(|(h, m)| h == m || *h == 0)
     }
 
+    /// See [`crate::fsio::WorkspaceFs::root_moved`].
+    pub fn root_moved(&self) -> bool {
+        self.host.fs.root_moved()
+    }
+
+    /// The workspace folder's path, as opened.
+    pub fn root_path(&self) -> &std::path::Path {
+        self.host.fs.root_path()
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.engine
     }

@@ -375,6 +375,20 @@ impl WorkspaceFs {
         &self.root_path
     }
 
+    /// Whether the folder at the workspace's path is no longer the one opened: moved
+    /// (to the Trash, renamed) or removed. Everything here works through the opened
+    /// folder's descriptor, which follows it wherever it goes.
+    pub fn root_moved(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(opened) = rustix::fs::fstat(&self.root) else {
+            return false;
+        };
+        match std::fs::metadata(&self.root_path) {
+            Ok(now) => (now.dev(), now.ino()) != (opened.st_dev, opened.st_ino),
+            Err(_) => true,
+        }
+    }
+
     /// The root directory's descriptor (for `syncfs`, or to open more `*at` calls).
     pub fn root_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.root.as_fd()

@@ -74,6 +74,11 @@ pub enum RunError {
     Runtime(std::io::Error),
     #[error("cannot start the daemon in the background: {0}")]
     Spawn(String),
+    #[error(
+        "the workspace folder {} was moved or removed: stopped, nothing more is synced or written there; start cue again in the folder where it is now",
+        .0.display()
+    )]
+    RootMoved(std::path::PathBuf),
 }
 
 /// The environment variable that carries the relay's auth token to a daemon started in
@@ -415,7 +420,15 @@ impl Daemon<'_> {
     /// asked: every note again, already sent, 60 MB made at once.
     fn on_watch(&mut self, batch: Vec<WatchEvent>, inbox: &mut Inbox) -> Result<Flow, RunError> {
         self.busy();
+        let root_gone = batch.iter().any(|e| matches!(e, WatchEvent::RootGone));
+        // (Trips the mass-deletion guard when the folder itself is gone.)
         let mut work = self.driver.watch_begin(batch);
+        // The folder moved away (dragged to the Trash, renamed) or removed: the daemon
+        // would go on syncing it wherever it went, peers' writes landing in the Trash.
+        if root_gone && self.driver.root_moved() {
+            self.driver.flush()?;
+            return Err(RunError::RootMoved(self.driver.root_path().to_path_buf()));
+        }
         // A stop asked for meanwhile (`cue sync stop`, a signal) goes on taking the batch
         // in for `STOP_TAKES_IN_AT_MOST`; the rest is on disk, for the next start's scan.
         let mut stop = None;

@@ -182,6 +182,34 @@ fn files_too_large_to_sync_are_renamed_without_being_read() {
     b.stop();
 }
 
+/// The workspace folder dragged to the Trash (moved away) while the daemon runs: the
+/// daemon stops and says why, rather than go on syncing the folder wherever it went
+/// (peers' edits landing in the Trash, the folder at the old place ignored). Put back,
+/// it starts again and catches up.
+#[test]
+fn a_workspace_folder_moved_away_stops_its_daemon() {
+    let (_relay, a, b) = pair();
+    a.write("notes.md", "one\n");
+    wait_for_file(&b, "notes.md", "the note", |_| true);
+    let pid = a.status().0["daemon"]["pid"].as_u64().unwrap();
+    let trash = tempfile::tempdir().unwrap();
+    let moved = trash.path().join("notes");
+    std::fs::rename(a.root(), &moved).unwrap();
+    wait_until("alice's daemon to stop", || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+    let log = std::fs::read_to_string(moved.join(".cuedeck/daemon.log")).unwrap();
+    assert!(log.contains("was moved or removed"), "{log}");
+    b.write("notes.md", "one\ntwo\n");
+    std::fs::rename(&moved, a.root()).unwrap();
+    a.start();
+    wait_for_file(&a, "notes.md", "bob's edit, once back", |c| {
+        c == "one\ntwo\n"
+    });
+    a.stop();
+    b.stop();
+}
+
 /// Names no synced file can have (a backslash, a tab, a newline) are listed under
 /// `skipped` with the reason, whether found at start-up or made while running, and leave
 /// the list when the file goes.
