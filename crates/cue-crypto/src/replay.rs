@@ -172,6 +172,24 @@ impl ReplayGuard {
         self.windows.retain(|(s, _), _| s != sender);
     }
 
+    /// Keeps at most `max` windows, dropping those whose highest number is lowest (where
+    /// senders number from their clock, as in the lobby: the senders heard from longest
+    /// ago). For a guard anyone may fill with new keys: each costs a window for good.
+    /// A sender dropped can have one old envelope of its taken again.
+    pub fn bound(&mut self, max: usize) {
+        while self.windows.len() > max {
+            let Some(oldest) = self
+                .windows
+                .iter()
+                .min_by_key(|(_, w)| w.highest)
+                .map(|(k, _)| *k)
+            else {
+                return;
+            };
+            self.windows.remove(&oldest);
+        }
+    }
+
     /// The highest sequence number seen from `sender` on `stream`.
     pub fn highest(&self, sender: &DeviceId, stream: &Stream) -> Option<u64> {
         self.windows.get(&(*sender, *stream)).map(|w| w.highest)
@@ -337,6 +355,27 @@ mod tests {
         );
         // Streams are independent.
         assert_eq!(g.accept(A, Stream::Direct(A), 10), Ok(None));
+    }
+
+    #[test]
+    fn a_bounded_guard_keeps_the_senders_heard_from_last() {
+        let mut g = ReplayGuard::new();
+        for i in 0..10u8 {
+            g.accept(DeviceId([i; 32]), Stream::Broadcast, 1_000 + u64::from(i))
+                .unwrap();
+        }
+        g.bound(4);
+        assert_eq!(g.windows.len(), 4);
+        assert_eq!(
+            g.highest(&DeviceId([9; 32]), &Stream::Broadcast),
+            Some(1_009)
+        );
+        assert_eq!(g.highest(&DeviceId([5; 32]), &Stream::Broadcast), None);
+        // Those kept still refuse their replays.
+        assert!(
+            g.accept(DeviceId([9; 32]), Stream::Broadcast, 1_009)
+                .is_err()
+        );
     }
 
     #[test]

@@ -37,6 +37,9 @@ const HELLO_EVERY: Duration = Duration::from_secs(30);
 /// At most one hello a second when asked for by changes (a burst of records).
 const HELLO_AT_MOST: Duration = Duration::from_secs(1);
 
+/// Lobby senders whose replay windows are kept, at most (see `ReplayGuard::bound`).
+const LOBBY_SENDERS_KEPT: usize = 4096;
+
 /// What the lobby heard that the daemon must act on.
 #[derive(Debug)]
 pub(crate) enum Heard {
@@ -173,6 +176,9 @@ impl Lobby {
                     return None;
                 }
             };
+        // Anyone holding the lobby's secret may send, each message from a new key: a
+        // window each, kept for good, grew memory without bound.
+        self.guard.bound(LOBBY_SENDERS_KEPT);
         if opened.ty != MessageType::Lobby {
             *self.rejected.entry("not_lobby").or_default() += 1;
             return None;
