@@ -471,7 +471,9 @@ fn a_program_writing_to_a_replaced_file_loses_nothing() {
 /// refused or dropped as replays.)
 /// And its own seals from those runs, which the peers hand back, outranked the ones it
 /// made next: its new changes went out under a seal that did not reach them, refused as
-/// forged.
+/// forged. And the changes of those runs it got back it sealed again, under a seal
+/// ranking above theirs that named only those that had arrived: the rest were refused
+/// everywhere as forged, and the two devices pulled each other without end.
 ///
 /// Still fails when the backup comes back seconds later (an epoch above the missed
 /// runs'): a file made in the missed runs may never come back to the device, the two

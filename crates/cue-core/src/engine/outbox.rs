@@ -341,7 +341,11 @@ fn own_seal(
         let Some(meta) = am.get_change_meta_by_hash(&h) else {
             continue;
         };
-        if crate::seal::sealing_actor(&meta.actor).is_some_and(|(p, _)| p == prefix)
+        // This run's changes only: those of our earlier runs keep the seals those runs
+        // made. (A store put back from a backup gets its forgotten runs' changes back
+        // from peers; sealed again here, under a seal that outranks theirs but names
+        // only what had arrived, the rest was refused everywhere as forged.)
+        if crate::seal::sealing_actor(&meta.actor) == Some((prefix, epoch))
             && !before.contains(&h.0)
         {
             new.push(h);
@@ -407,5 +411,19 @@ mod tests {
         let mut kept = vec![old];
         crate::seal::keep_latest(&mut kept, std::slice::from_ref(&new), |_| true);
         assert_eq!(kept, [new]);
+    }
+
+    /// Changes of ours from an earlier run, handed back by a peer, keep that run's seal:
+    /// sealed again here they would be named by a seal that outranks it, which reaches
+    /// only those that had arrived, and the rest would be refused everywhere as forged.
+    #[test]
+    fn changes_of_an_earlier_run_are_not_sealed_again() {
+        let key = SealKey::from_seed(&[7; 32]);
+        let mut am = automerge::AutoCommit::new();
+        am.set_actor(crate::actor_for(&key.device(), 5));
+        am.put(automerge::ROOT, "a", 1).unwrap();
+        am.commit();
+        assert_eq!(own_seal(&key, 6, &mut 0, &mut am, &[]), None);
+        assert!(own_seal(&key, 5, &mut 0, &mut am, &[]).is_some());
     }
 }
