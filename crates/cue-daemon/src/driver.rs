@@ -1122,13 +1122,15 @@ impl Driver {
     }
 
     /// Files the engine believes on disk that the scan did not report because the ignore
-    /// rules exclude them now, and that are still there: ignoring them deletes nothing.
+    /// rules exclude them now: ignoring them deletes nothing, and neither does removing
+    /// one while it is ignored (as the watcher never reports it), whenever the next
+    /// scan comes.
     fn newly_ignored(&self, found: &Found) -> BTreeSet<String> {
         self.engine
             .disk()
             .map(|(p, _)| p)
             .filter(|p| !found.files.contains_key(*p) && !found.too_large.contains_key(*p))
-            .filter(|p| self.rules.is_ignored(p, false) && self.host.exists(p))
+            .filter(|p| self.rules.is_ignored(p, false))
             .map(str::to_string)
             .collect()
     }

@@ -1131,7 +1131,7 @@ impl World {
             .engine
             .disk()
             .map(|(path, _)| path.to_string())
-            .filter(|path| p.ignored_here.contains(path) && p.disk.contains_key(path))
+            .filter(|path| p.ignored_here.contains(path))
             .collect();
         let found = carry::Found {
             files: files

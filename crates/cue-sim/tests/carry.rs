@@ -279,6 +279,32 @@ fn ignoring_a_file_later_deletes_it_nowhere() {
     assert_eq!(w.read(1, "a.md").as_deref(), Some("a\n"));
 }
 
+/// A file removed while it is ignored here (`rm -rf build/` with `build/` ignored) is
+/// no deletion: not while the daemon runs (the watcher never reports it), nor at the
+/// next start's scan.
+#[test]
+fn a_file_removed_while_ignored_is_deleted_nowhere() {
+    let mut w = World::new(2, 18, Config::default());
+    w.connect_all();
+    w.write(0, "a.md", b"a\n");
+    w.write(0, "build/out.log", b"log 1\n");
+    w.settle_converged();
+    w.peers[1].ignored_here.insert("build/out.log".into());
+    w.startup_scan(1);
+    w.settle(10);
+    w.peers[1].disk.remove("build/out.log");
+    w.restart(1);
+    w.settle(10);
+    assert_eq!(w.read(0, "build/out.log").as_deref(), Some("log 1\n"));
+    let deleted = |p: usize| {
+        w.peers[p]
+            .activity
+            .iter()
+            .any(|a| a.kind == ActivityKind::Delete)
+    };
+    assert!(!deleted(0) && !deleted(1));
+}
+
 /// Two peers create the same new file at nearly the same moment: the remote version
 /// arrives before this peer's watcher has reported its own (the write of the remote
 /// version is refused, the file being there). The create rule holds at any timing: one
