@@ -1241,7 +1241,7 @@ impl Driver {
             };
             for path in self.engine.on_disk_under(p.as_str()) {
                 let checked = matches!(e, WatchEvent::Removed(_)) || path != p.as_str();
-                if checked && !self.host.exists(&path) {
+                if checked && !self.rules.is_ignored(&path, false) && !self.host.exists(&path) {
                     gone.insert(path);
                 }
             }
@@ -1276,12 +1276,40 @@ impl Driver {
         if self.guard.is_some() {
             return Ok(out);
         }
+        // A folder standing at `p` now (one put in the place of what was there): the
+        // watcher reports each file in it; only what is gone is looked at here.
+        let folder_now = WorkspacePath::parse(p)
+            .ok()
+            .and_then(|rel| self.host.fs.stat(&rel).ok().flatten())
+            .is_some_and(|s| s.kind == crate::fsio::FileKind::Directory);
         for path in self.engine.on_disk_under(p) {
-            if !self.host.exists(&path) {
-                out.extend(self.feed(now, Input::FileRemoved { path })?);
-            } else {
+            // An ignored file (`rm -rf build` with `build/` ignored) is never a deletion.
+            if self.rules.is_ignored(&path, false) {
+                continue;
+            }
+            let Ok(rel) = WorkspacePath::parse(&path) else {
+                continue;
+            };
+            match self.host.fs.stat(&rel) {
                 // Replaced since the event: take the new content.
-                out.extend(self.file_changed(now, &path)?);
+                Ok(Some(s)) if s.kind == crate::fsio::FileKind::Regular => {
+                    if !folder_now {
+                        out.extend(self.file_changed(now, &path)?);
+                    }
+                }
+                // Gone, or a folder (or a symlink, a device) stands in its place, or a
+                // file in the place of a folder on the way.
+                Ok(_)
+                | Err(
+                    FsError::Symlink { .. }
+                    | FsError::SymlinkOnTheWay { .. }
+                    | FsError::NotADirectory { .. },
+                ) => {
+                    out.extend(self.feed(now, Input::FileRemoved { path })?);
+                }
+                // Cannot be looked at (a folder on the way it may not enter): never taken
+                // for a deletion.
+                Err(_) => {}
             }
         }
         // A file listed as unreadable leaves the list when it goes (one listed for its
@@ -1352,7 +1380,17 @@ impl Driver {
         renamed: bool,
     ) -> Result<Vec<Outgoing>, DriverError> {
         let mut out = Vec::new();
-        if renamed && let Some(content) = self.believed_content(from) {
+        // (Its document's content when the disk held another: peers edited it while it
+        // was too large here. Never a deletion of `from` for want of content.)
+        let content = renamed
+            .then(|| {
+                self.believed_content(from).or_else(|| {
+                    self.engine
+                        .read_file(from, &mut StoreDocs(&self.host.store))
+                })
+            })
+            .flatten();
+        if let Some(content) = content {
             out.extend(self.rename_to(now, from, to, content)?);
         }
         out.extend(self.file_changed(now, to)?);
@@ -1398,8 +1436,15 @@ impl Driver {
         for old in self.engine.on_disk_under(from) {
             // The part below the folder, by components: on a folder that ignores case
             // `old` is found by key and may be spelled in more or fewer bytes than `from`.
-            let below = old.splitn(from.split('/').count() + 1, '/').last();
-            let Some(new) = below.filter(|b| *b != old).map(|b| format!("{to}/{b}")) else {
+            let parts = from.split('/').count();
+            if old.split('/').count() <= parts {
+                continue;
+            }
+            let Some(new) = old
+                .splitn(parts + 1, '/')
+                .last()
+                .map(|b| format!("{to}/{b}"))
+            else {
                 continue;
             };
             moved.insert(new.clone());
@@ -1480,7 +1525,10 @@ impl Driver {
         let mut out = Vec::new();
         if self.guard.is_none() {
             for below in self.engine.on_disk_under(path) {
-                if below != path && !self.host.exists(&below) {
+                if below != path
+                    && !self.rules.is_ignored(&below, false)
+                    && !self.host.exists(&below)
+                {
                     out.extend(self.feed(now, Input::FileRemoved { path: below })?);
                 }
             }

@@ -371,7 +371,7 @@ impl Translator {
                 self.send(WatchEvent::Changed(path.clone()));
                 self.maybe_reload(&path);
             }
-            Some(Present::Dir(path)) => {
+            Some(Present::Dir(path)) if !self.is_ignored(&path, true) => {
                 // Whatever stood here before is gone unless found again below: a file
                 // of the folder's name (`rm x; mkdir x`), or a folder moved away with
                 // another put in its place (`mv d ~/old && mkdir d`). The removal is

@@ -133,6 +133,26 @@ fn a_file_grown_too_large_and_then_ignored_is_not_deleted_elsewhere() {
     b.stop();
 }
 
+/// A folder synced before a rule ignored it, removed while the daemon runs (`rm -rf
+/// build` with `build/` ignored): no deletion anywhere; the other device keeps its copy.
+#[test]
+fn an_ignored_folder_removed_while_running_is_deleted_nowhere() {
+    let (_relay, a, b) = pair();
+    a.write("build/out.log", "log\n");
+    wait_for_file(&b, "build/out.log", "the file", |c| c == "log\n");
+    a.write(".cueignore", "build/\n");
+    wait_for_file(&b, ".cueignore", "the rule", |c| c == "build/\n");
+    std::fs::remove_dir_all(a.path("build")).unwrap();
+    // Something after the removal, to know that everything before it arrived.
+    a.write("after.md", "after\n");
+    wait_for_file(&b, "after.md", "a file written after the removal", |_| true);
+    assert_eq!(b.read("build/out.log").as_deref(), Some("log\n"));
+    let log = b.cue_ok(&["activity", "log", "--json"]);
+    assert!(!log.contains("\"delete\""), "{log}");
+    a.stop();
+    b.stop();
+}
+
 /// Files over `max_file_size` renamed, alone and with their folder: the rename is taken
 /// without reading them (a file of gigabytes was read whole into memory to be compared),
 /// a synced file grown too large keeps the content from before on the other device
