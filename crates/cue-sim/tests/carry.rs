@@ -249,12 +249,10 @@ fn a_write_the_disk_refuses_never_becomes_a_deletion() {
     assert!(w.status(1).unwritable.is_empty());
 }
 
-/// Ignoring a synced file (a `.cueignore` added later, or one that arrived from a peer)
-/// stops syncing it from this peer and deletes it nowhere: not on the other peers, not
-/// here when a peer deletes or changes it.
-#[test]
-fn ignoring_a_file_later_deletes_it_nowhere() {
-    let mut w = World::new(2, 17, Config::default());
+/// Two peers holding `a.md` and `build/out.log`, the second then ignored on p1 (and the
+/// rescan the new rule asks for made).
+fn ignored_on_p1_after_syncing(seed: u64) -> World {
+    let mut w = World::new(2, seed, Config::default());
     w.connect_all();
     w.write(0, "a.md", b"a\n");
     w.write(0, "build/out.log", b"log 1\n");
@@ -263,6 +261,15 @@ fn ignoring_a_file_later_deletes_it_nowhere() {
     // The rules changed: the daemon rescans.
     w.startup_scan(1);
     w.settle(10);
+    w
+}
+
+/// Ignoring a synced file (a `.cueignore` added later, or one that arrived from a peer)
+/// stops syncing it from this peer and deletes it nowhere: not on the other peers, not
+/// here when a peer deletes or changes it.
+#[test]
+fn ignoring_a_file_later_deletes_it_nowhere() {
+    let mut w = ignored_on_p1_after_syncing(17);
     assert_eq!(w.read(0, "build/out.log").as_deref(), Some("log 1\n"));
     assert_eq!(w.read(1, "build/out.log").as_deref(), Some("log 1\n"));
     // A later change elsewhere is not written over the ignored file here...
@@ -284,14 +291,7 @@ fn ignoring_a_file_later_deletes_it_nowhere() {
 /// next start's scan.
 #[test]
 fn a_file_removed_while_ignored_is_deleted_nowhere() {
-    let mut w = World::new(2, 18, Config::default());
-    w.connect_all();
-    w.write(0, "a.md", b"a\n");
-    w.write(0, "build/out.log", b"log 1\n");
-    w.settle_converged();
-    w.peers[1].ignored_here.insert("build/out.log".into());
-    w.startup_scan(1);
-    w.settle(10);
+    let mut w = ignored_on_p1_after_syncing(18);
     w.peers[1].disk.remove("build/out.log");
     w.restart(1);
     w.settle(10);
