@@ -374,8 +374,8 @@ impl Translator {
             Some(Present::Dir(path)) if !self.is_ignored(&path, true) => {
                 // Whatever stood here before is gone unless found again below: a file
                 // of the folder's name (`rm x; mkdir x`), or a folder moved away with
-                // another put in its place (`mv d ~/old && mkdir d`). The removal is
-                // checked against the disk; files still there are read as changes.
+                // another put in its place (`mv d ~/old && mkdir d`). The driver checks
+                // the removal against the disk; the files in the folder are reported next.
                 self.send(WatchEvent::Removed(path.clone()));
                 self.expand(&path)
             }
