@@ -953,9 +953,9 @@ impl Engine {
                 .map_err(|_| DocError::Decode("not a document, or spoiled applying".into()))?;
             let missing = !am.get_missing_deps(&[]).is_empty();
             let after = to_heads(&am.get_heads());
-            // A document that had a content and has none after (its `kind` removed, a
-            // text made a number: changes cue never makes) would take the file off
-            // every disk with no deletion to undo: refused whole, as spoiled.
+            // A document that had a content and has none after (its `kind` removed or
+            // made a number: changes cue never makes) would take the file off every
+            // disk with no deletion to undo: refused whole, as spoiled.
             if had_content && after != to_heads(&ours) && !d.renders() {
                 return Err(DocError::Decode(
                     "changes left the file's document without a content".into(),
