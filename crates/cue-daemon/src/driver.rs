@@ -32,8 +32,7 @@ use crate::host::{
 pub use crate::host::{KEY_REPLAY, NS_NET};
 use crate::ignore_rules::IgnoreRules;
 use crate::paths::WorkspacePath;
-use crate::scan::list_files_under;
-use crate::scan::{ScanOptions, SkipReason, scan};
+use crate::scan::{ScanOptions, SkipReason, list_files_under, scan};
 use crate::store::{ActivityKind, Store, StoreError};
 use crate::watch::WatchEvent;
 use crate::workspace::Workspace;
@@ -1278,9 +1277,8 @@ impl Driver {
         }
         // A folder standing at `p` now (one put in the place of what was there): the
         // watcher reports each file in it; only what is gone is looked at here.
-        let folder_now = WorkspacePath::parse(p)
-            .ok()
-            .and_then(|rel| self.host.fs.stat(&rel).ok().flatten())
+        let folder_now = self
+            .stat(p)
             .is_some_and(|s| s.kind == crate::fsio::FileKind::Directory);
         for path in self.engine.on_disk_under(p) {
             // An ignored file (`rm -rf build` with `build/` ignored) is never a deletion.
@@ -1361,12 +1359,15 @@ impl Driver {
         }
     }
 
+    /// What is at `path`, when it can be looked at.
+    fn stat(&self, path: &str) -> Option<crate::fsio::FileStat> {
+        let rel = WorkspacePath::parse(path).ok()?;
+        self.host.fs.stat(&rel).ok().flatten()
+    }
+
     /// Whether the file at `path` is over `max_file_size` (never read whole then).
     fn too_large(&self, path: &str) -> bool {
-        WorkspacePath::parse(path)
-            .ok()
-            .and_then(|rel| self.host.fs.stat(&rel).ok().flatten())
-            .is_some_and(|s| s.len > self.max_file_size)
+        self.stat(path).is_some_and(|s| s.len > self.max_file_size)
     }
 
     /// A file over `max_file_size` renamed: not read (it may be gigabytes). One synced
@@ -1433,10 +1434,10 @@ impl Driver {
     ) -> Result<Vec<Outgoing>, DriverError> {
         let mut out = Vec::new();
         let mut moved = BTreeSet::new();
+        // The part below the folder is taken by components: on a folder that ignores case
+        // `old` is found by key and may be spelled in more or fewer bytes than `from`.
+        let parts = from.split('/').count();
         for old in self.engine.on_disk_under(from) {
-            // The part below the folder, by components: on a folder that ignores case
-            // `old` is found by key and may be spelled in more or fewer bytes than `from`.
-            let parts = from.split('/').count();
             if old.split('/').count() <= parts {
                 continue;
             }
