@@ -6,8 +6,8 @@
 //! when it made it, its own earlier changes included; change hashes cover their
 //! dependencies, so a signature on a device's latest changes (its *frontier*: its own
 //! changes that none of its own later ones depend on; usually one) vouches for every
-//! earlier change of that device. One seal per device and document is kept, the latest,
-//! and travels with the document's changes. A change under a sealing actor that no seal
+//! earlier change of that device. The seals of a device and document that no later one
+//! covers are kept (usually one, the latest) and travel with the document's changes. A change under a sealing actor that no seal
 //! of its device reaches is not its author's, and is refused (docs/security.md, "Forged
 //! authorship").
 //!
@@ -37,6 +37,9 @@ pub const MAX_SEALS: usize = 256;
 pub const MAX_SEALED_HEADS: usize = 64;
 /// How many seals of one device wait for their changes in a document, at most.
 pub const MAX_WAITING_SEALS: usize = 8;
+/// How many seals of one device a document keeps, at most (one for each branch of its
+/// history that no later seal covers: see [`keep`]).
+pub const MAX_KEPT_SEALS: usize = 8;
 
 /// This device's signing key, for sealing its own changes.
 #[derive(Clone)]
@@ -233,20 +236,31 @@ pub fn unsealed_nodes(changes: &[Node<'_>], seals: &[Seal]) -> BTreeSet<usize> {
         .collect()
 }
 
-/// Puts into `kept` each seal of `new` (verified) that is the latest of its device and
-/// whose changes `held` says are all in the document; returns the seals of `new` later
-/// than what is kept whose changes are not all there yet (they wait for them), and
-/// whether `kept` changed.
-pub fn keep_latest(
+/// Puts into `kept` each seal of `new` (verified) whose changes `held` says are all in
+/// the document and that no kept seal of its device `covers` (`covers(a, b)`: every
+/// change `b` names is one of `a`'s or in their history); kept seals the new one covers
+/// go. Returns whether `kept` changed, and the seals of `new` whose changes are not all
+/// there yet (they wait for them).
+///
+/// A device's seals usually form a line, each covering the one before, and one is kept.
+/// A device whose history forked keeps one for each branch until it seals both: a store
+/// put back from a backup makes changes that do not depend on those of the runs it
+/// missed, and a seal on the new ones alone, though made later, does not vouch for the
+/// others (were it to take the place of theirs, nobody could pass them on as the
+/// device's). At most [`MAX_KEPT_SEALS`] a device, the latest.
+pub fn keep(
     kept: &mut Vec<Seal>,
     new: &[Seal],
     mut held: impl FnMut(&[u8; 32]) -> bool,
+    mut covers: impl FnMut(&Seal, &Seal) -> bool,
 ) -> (bool, Vec<Seal>) {
     let mut changed = false;
     let mut waiting: Vec<Seal> = Vec::new();
     for seal in new {
-        let at = kept.iter().position(|k| k.device == seal.device);
-        if at.is_some_and(|i| !seal.later_than(&kept[i])) {
+        let covered = kept
+            .iter()
+            .any(|k| k.device == seal.device && (k == seal || covers(k, seal)));
+        if covered {
             continue;
         }
         if !seal.heads.iter().all(&mut held) {
@@ -258,20 +272,19 @@ pub fn keep_latest(
             }
             continue;
         }
-        match at {
-            Some(i) => kept[i] = seal.clone(),
-            None => kept.push(seal.clone()),
+        kept.retain(|k| k.device != seal.device || !covers(seal, k));
+        kept.push(seal.clone());
+        let mut own: Vec<&Seal> = kept.iter().filter(|k| k.device == seal.device).collect();
+        if own.len() > MAX_KEPT_SEALS {
+            own.sort_by_key(|k| (k.epoch, k.counter));
+            let oldest = own[0].clone();
+            kept.retain(|k| *k != oldest);
         }
         changed = true;
     }
     if changed {
-        kept.sort_by_key(|s| s.device);
+        kept.sort_by_key(|s| (s.device, s.epoch, s.counter));
     }
-    waiting.retain(|w| {
-        kept.iter()
-            .find(|k| k.device == w.device)
-            .is_none_or(|k| w.later_than(k))
-    });
     // At most `MAX_WAITING_SEALS` a device (a member can seal changes it never sends):
     // its earliest, which name what is applied first, and its latest, which names all.
     waiting.sort_by_key(|w| (w.device, w.epoch, w.counter));
@@ -289,6 +302,52 @@ pub fn keep_latest(
         capped.push(w);
     }
     (changed, capped)
+}
+
+/// Whether `a` covers `b` in the document `am` (see [`keep`]): every change `b` names is
+/// held, and is one of `a`'s or in their history.
+pub fn covers_in(am: &mut automerge::AutoCommit, a: &Seal, b: &Seal) -> bool {
+    let mut rest = Vec::new();
+    for h in b.heads.iter().filter(|h| !a.heads.contains(h)) {
+        let Some((actor, seq)) = am
+            .get_change_meta_by_hash(&ChangeHash(*h))
+            .map(|m| (m.actor.into_owned(), m.seq))
+        else {
+            return false;
+        };
+        // automerge holds an actor's changes in order, each in the history of the
+        // next: a later change of the same actor among `a`'s reaches it (the usual
+        // case, cheap; the walk below reads every change of the document).
+        let later_of_actor = a.heads.iter().any(|l| {
+            am.get_change_meta_by_hash(&ChangeHash(*l))
+                .is_some_and(|m| *m.actor == actor && m.seq >= seq)
+        });
+        if !later_of_actor {
+            rest.push(*h);
+        }
+    }
+    if rest.is_empty() {
+        return true;
+    }
+    let heads: Vec<ChangeHash> = a.heads.iter().map(|h| ChangeHash(*h)).collect();
+    if heads.iter().any(|h| am.get_change_meta_by_hash(h).is_none()) {
+        return false;
+    }
+    let after: BTreeSet<[u8; 32]> = am
+        .get_changes_meta(&heads)
+        .iter()
+        .map(|m| m.hash.0)
+        .collect();
+    rest.iter().all(|h| !after.contains(h))
+}
+
+/// Puts `own`, this device's new seal, into `kept` in the place of every earlier seal of
+/// the device: it names the device's frontier, so covers them all (see `own_seal` in the
+/// engine's outbox).
+pub fn keep_own(kept: &mut Vec<Seal>, own: Seal) {
+    kept.retain(|k| k.device != own.device);
+    kept.push(own);
+    kept.sort_by_key(|s| (s.device, s.epoch, s.counter));
 }
 
 #[cfg(test)]
@@ -411,6 +470,13 @@ mod tests {
         assert!(unsealed(&[c], &[]).is_empty());
     }
 
+    /// A history in a line: change `[n; 32]` has every `[m; 32]` with m < n in its
+    /// history.
+    fn in_a_line(a: &Seal, b: &Seal) -> bool {
+        let top = a.heads.iter().max();
+        b.heads.iter().all(|h| top.is_some_and(|t| h <= t))
+    }
+
     /// A later seal whose changes have not come does not push out an earlier waiting
     /// one: the earlier one's changes may be applied first (automerge set them aside
     /// for a dependency), and it is then the only seal that reaches them.
@@ -419,36 +485,87 @@ mod tests {
         let a = key(1);
         let mut kept = vec![a.seal(1, 1, vec![[1; 32]])];
         let (c2, c3) = (a.seal(1, 2, vec![[2; 32]]), a.seal(1, 3, vec![[3; 32]]));
-        let (_, waiting) = keep_latest(&mut kept, &[c2.clone(), c3.clone()], |_| false);
+        let (_, waiting) = keep(&mut kept, &[c2.clone(), c3.clone()], |_| false, in_a_line);
         assert_eq!(waiting, vec![c2.clone(), c3.clone()]);
         // [2] is applied, [3] is not: the earlier waiting seal is kept, the later waits.
-        let (changed, waiting) = keep_latest(&mut kept, &waiting, |h| *h == [2; 32]);
+        let (changed, waiting) = keep(&mut kept, &waiting, |h| *h == [2; 32], in_a_line);
         assert!(changed);
         assert_eq!(kept, vec![c2]);
         assert_eq!(waiting, vec![c3]);
         // Bounded a device: the earliest and the latest wait.
         let many: Vec<Seal> = (2..40).map(|n| a.seal(1, n, vec![[n as u8; 32]])).collect();
-        let (_, waiting) = keep_latest(&mut vec![], &many, |_| false);
+        let (_, waiting) = keep(&mut vec![], &many, |_| false, in_a_line);
         assert_eq!(waiting.len(), MAX_WAITING_SEALS);
         assert_eq!(waiting[0].counter, 2);
         assert_eq!(waiting[MAX_WAITING_SEALS - 1].counter, 39);
     }
 
     #[test]
-    fn only_the_latest_held_seal_of_a_device_is_kept_and_a_later_one_waits() {
+    fn a_seal_covered_by_one_kept_is_not_kept_and_a_later_one_waits() {
         let a = key(1);
         let mut kept = vec![a.seal(1, 2, vec![[2; 32]])];
         assert_eq!(
-            keep_latest(&mut kept, &[a.seal(1, 1, vec![[1; 32]])], |_| true),
+            keep(&mut kept, &[a.seal(1, 1, vec![[1; 32]])], |_| true, in_a_line),
             (false, vec![])
         );
         let later = a.seal(2, 1, vec![[3; 32]]);
         assert_eq!(
-            keep_latest(&mut kept, std::slice::from_ref(&later), |_| false),
+            keep(&mut kept, std::slice::from_ref(&later), |_| false, in_a_line),
             (false, vec![later.clone()])
         );
-        assert_eq!(keep_latest(&mut kept, &[later], |_| true), (true, vec![]));
+        assert_eq!(keep(&mut kept, &[later], |_| true, in_a_line), (true, vec![]));
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].heads, vec![[3; 32]]);
+    }
+
+    /// A device whose history forked (its store put back from a backup): its new seal,
+    /// though later, does not reach the changes of the runs the backup missed, and the
+    /// seal that does is kept beside it, until one covers both. (Kept for its rank alone,
+    /// the new seal took the other's place, and nobody could pass on those changes.)
+    #[test]
+    fn a_later_seal_that_does_not_reach_an_earlier_ones_changes_keeps_both() {
+        let a = key(1);
+        let missed = a.seal(9, 3, vec![[5; 32]]);
+        let restored = a.seal(10, 1, vec![[6; 32]]);
+        let branches = |x: &Seal, y: &Seal| y.heads.iter().all(|h| x.heads.contains(h));
+        let mut kept = vec![missed.clone()];
+        assert!(keep(&mut kept, std::slice::from_ref(&restored), |_| true, branches).0);
+        assert_eq!(kept, vec![missed.clone(), restored.clone()]);
+        // Handed back again: already kept.
+        assert!(!keep(&mut kept, std::slice::from_ref(&missed), |_| true, branches).0);
+        let both = a.seal(10, 2, vec![[5; 32], [6; 32]]);
+        assert!(keep(&mut kept, std::slice::from_ref(&both), |_| true, branches).0);
+        assert_eq!(kept, vec![both]);
+        // Bounded a device: the latest are kept.
+        let mut kept = Vec::new();
+        let forks: Vec<Seal> = (0..20).map(|n| a.seal(1, n, vec![[n as u8; 32]])).collect();
+        keep(&mut kept, &forks, |_| true, branches);
+        assert_eq!(kept.len(), MAX_KEPT_SEALS);
+        assert_eq!(kept[0].counter, 20 - MAX_KEPT_SEALS as u64);
+    }
+
+    /// With automerge: a seal on a later change of the same actor, or on a change of
+    /// another run that depends on it, covers it; a seal on a concurrent change does not.
+    #[test]
+    fn a_seal_covers_what_its_changes_depend_on() {
+        let a = key(1);
+        let mut doc = AutoCommit::new().with_actor(actor(&a, 1));
+        let one = edit(&mut doc, "1").hash();
+        let two = edit(&mut doc, "2").hash();
+        let mut fork = doc.fork_at(&[one]).unwrap().with_actor(actor(&a, 3));
+        let other = edit(&mut fork, "x").hash();
+        doc.set_actor(actor(&a, 2));
+        let three = edit(&mut doc, "3").hash();
+        doc.merge(&mut fork).unwrap();
+        let s = |h: ChangeHash| a.seal(1, 1, vec![h.0]);
+        assert!(covers_in(&mut doc, &s(two), &s(one)));
+        assert!(covers_in(&mut doc, &s(three), &s(one)));
+        assert!(covers_in(&mut doc, &s(three), &s(two)));
+        assert!(!covers_in(&mut doc, &s(one), &s(two)));
+        assert!(!covers_in(&mut doc, &s(three), &s(other)));
+        assert!(!covers_in(&mut doc, &s(other), &s(two)));
+        assert!(covers_in(&mut doc, &s(other), &s(one)));
+        // A change the document does not hold is covered by nothing.
+        assert!(!covers_in(&mut doc, &s(three), &s(ChangeHash([7; 32]))));
     }
 }

@@ -98,3 +98,70 @@ fn a_seal_waiting_for_a_files_changes_survives_a_restart() {
         );
     }
 }
+
+/// p0's store and folder are put back from a backup after three runs it made since (each
+/// with an edit and a new file), and it edits before it meets anyone: everything comes
+/// back to it, its new edit reaches the others, and a new peer that catches up from p1
+/// alone takes p0's changes of the missed runs as p0's. p0's first new seal names only
+/// what it holds (not the missed runs' changes): were it to take the place of the missed
+/// runs' seal everywhere, nobody could pass those changes on as p0's (refused as forged,
+/// and p0 pulled for them without end).
+#[test]
+fn a_device_put_back_from_a_backup_gets_back_what_its_missed_runs_made() {
+    for seed in 0..4 {
+        let mut w = World::new(3, seed, Config::default());
+        w.connect(0);
+        w.connect(1);
+        w.write(0, "notes.md", b"one\n");
+        w.settle(10);
+        let store = w.peers[0].store.clone();
+        let disk = w.peers[0].disk.clone();
+        for round in 0..3 {
+            w.restart(0);
+            w.write(0, "notes.md", format!("one\nround {round}\n").as_bytes());
+            w.write(0, &format!("r{round}.md"), b"made after the backup\n");
+            w.settle(10);
+        }
+        assert_eq!(w.read(1, "r2.md").as_deref(), Some("made after the backup\n"));
+        // The backup comes back, offline; the next run's epoch is above the missed
+        // runs' (the daemon's clock floor), and it edits at once.
+        w.disconnect(0);
+        w.peers[0].store = store.clone();
+        w.peers[0].disk = disk.clone();
+        w.peers[0].exec.clear();
+        w.restart(0);
+        w.write(0, "notes.md", b"one\nafter the restore\n");
+        w.write(0, "later.md", b"made after the restore\n");
+        w.connect(0);
+        w.settle(20);
+        assert_eq!(
+            w.peers[0].disk,
+            w.peers[1].disk,
+            "seed {seed}: p0 {:?}; p1 {:?}",
+            w.peers[0].engine.counters(),
+            w.peers[1].engine.counters()
+        );
+        for round in 0..3 {
+            assert!(w.read(0, &format!("r{round}.md")).is_some(), "seed {seed}");
+        }
+        assert!(
+            w.read(1, "notes.md")
+                .is_some_and(|c| c.contains("after the restore")),
+            "seed {seed}"
+        );
+        // A new peer meets p1 alone.
+        w.disconnect(0);
+        w.connect(2);
+        w.settle(20);
+        if let Err(e) = w.converged() {
+            panic!("seed {seed}: {e}: {:?}", w.peers[2].engine.counters());
+        }
+        for p in 0..3 {
+            assert_eq!(
+                w.peers[p].engine.counters().forged_changes,
+                0,
+                "seed {seed}: p{p}"
+            );
+        }
+    }
+}

@@ -82,7 +82,7 @@ fn seeds_that_once_failed_converge() {
     // 5426: a later seal of a device pushed out an earlier one still waiting for its
     // changes; those changes, applied when their dependencies came, were then sealed
     // by nothing, and every peer they were passed to refused them as forged
-    // (`seal::keep_latest`).
+    // (`seal::keep`).
     for seed in [5426] {
         if let Err(e) = cue_sim::run_schedule(seed, 120) {
             panic!("{e}");

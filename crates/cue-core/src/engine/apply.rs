@@ -233,8 +233,8 @@ pub(super) fn rebuilt(changes: Vec<Change>, actor: ActorId) -> Result<FileDoc, D
     FileDoc::load(&am.save(), actor)
 }
 
-/// The seals among `kept` and `new` to keep for a document `am` now (the latest of each
-/// device whose changes it holds), when they changed, and those of `new` that wait for
+/// The seals among `kept` and `new` to keep for a document `am` now (for each device
+/// whose changes it holds, those no other covers: `seal::keep`), when they changed, and those of `new` that wait for
 /// their changes.
 pub(super) fn seals_now(
     am: &mut automerge::AutoCommit,
@@ -256,9 +256,17 @@ pub(super) fn seals_now(
         })
         .cloned()
         .collect();
-    let (changed, waiting) = crate::seal::keep_latest(&mut seals, &new, |h| {
-        am.get_change_meta_by_hash(&ChangeHash(*h)).is_some()
-    });
+    let am = std::cell::RefCell::new(am);
+    let (changed, waiting) = crate::seal::keep(
+        &mut seals,
+        &new,
+        |h| {
+            am.borrow_mut()
+                .get_change_meta_by_hash(&ChangeHash(*h))
+                .is_some()
+        },
+        |a, b| crate::seal::covers_in(&mut am.borrow_mut(), a, b),
+    );
     (changed.then_some(seals), waiting)
 }
 
@@ -455,8 +463,10 @@ impl Engine {
         // (see `whole`); a sender that lies about that is caught by `verify_adopted`.
         // Its seals are kept as they came (each verified); whether they reach every
         // change of the document is checked with the rest in `verify_adopted`.
+        // (Not loaded, the document cannot say which of a device's seals cover which:
+        // all are kept, and the next change to it prunes them.)
         let mut kept = Vec::new();
-        crate::seal::keep_latest(&mut kept, &seals, |_| true);
+        crate::seal::keep(&mut kept, &seals, |_| true, |a, b| a == b);
         let meta = FileMeta {
             heads: heads.clone(),
             doc_hash: Some(content_hash(&content)),

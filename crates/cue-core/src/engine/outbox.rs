@@ -127,7 +127,7 @@ impl Engine {
             self.index.automerge_unchanged(),
             &self.tail5.index_seals,
         ) {
-            crate::seal::keep_latest(&mut self.tail5.index_seals, &[seal], |_| true);
+            crate::seal::keep_own(&mut self.tail5.index_seals, seal);
             self.state_dirty = true;
         }
         self.index_increments += 1;
@@ -165,7 +165,7 @@ impl Engine {
                 &meta.seals,
             )
         {
-            crate::seal::keep_latest(&mut meta.seals, &[seal], |_| true);
+            crate::seal::keep_own(&mut meta.seals, seal);
         }
         let bytes = match self.cache.get_mut(&f) {
             Some((doc, _)) if snapshot => doc.save(),
@@ -202,7 +202,7 @@ impl Engine {
                     self.index.automerge_unchanged(),
                     kept,
                 ) {
-                    crate::seal::keep_latest(kept, &[seal], |_| true);
+                    crate::seal::keep_own(kept, seal);
                     self.state_dirty = true;
                 }
                 kept.iter().find(|s| s.device == me).cloned()
@@ -219,7 +219,7 @@ impl Engine {
                     d.automerge(),
                     &meta.seals,
                 ) {
-                    crate::seal::keep_latest(&mut meta.seals, &[seal], |_| true);
+                    crate::seal::keep_own(&mut meta.seals, seal);
                 }
                 meta.seals.iter().find(|s| s.device == me).cloned()
             }
@@ -324,7 +324,8 @@ impl Engine {
 /// Our new changes are heads when this runs (right after they are made, or when the
 /// document is stored in the call that made them). A change of ours named before stays
 /// named unless one of our new changes depends on it: an edit of an older version (a
-/// fork) is concurrent with our latest, and both are named then.
+/// fork) is concurrent with our latest, and both are named then; so are the changes of
+/// runs a store put back from a backup missed, which peers hand back.
 fn own_seal(
     key: &SealKey,
     epoch: u32,
@@ -334,8 +335,13 @@ fn own_seal(
 ) -> Option<Seal> {
     let device = key.device();
     let prefix: [u8; 16] = device.0[..16].try_into().ok()?;
-    let kept_own = kept.iter().find(|s| s.device == device);
-    let before: &[[u8; 32]] = kept_own.map_or(&[], |s| &s.heads);
+    // Our seals kept (more than one while our history is forked: see `seal::keep`),
+    // the latest of them, and every change they name.
+    let own: Vec<&Seal> = kept.iter().filter(|s| s.device == device).collect();
+    let kept_own = own.iter().max_by_key(|s| (s.epoch, s.counter));
+    let mut before: Vec<[u8; 32]> = own.iter().flat_map(|s| s.heads.iter().copied()).collect();
+    before.sort_unstable();
+    before.dedup();
     let mut new = Vec::new();
     for h in am.get_heads() {
         let Some(meta) = am.get_change_meta_by_hash(&h) else {
@@ -409,7 +415,9 @@ mod tests {
         let mut counter = 0;
         let new = own_seal(&key, 3, &mut counter, &mut am, std::slice::from_ref(&old)).unwrap();
         let mut kept = vec![old];
-        crate::seal::keep_latest(&mut kept, std::slice::from_ref(&new), |_| true);
+        crate::seal::keep(&mut kept, std::slice::from_ref(&new), |_| true, |a, b| {
+            crate::seal::covers_in(&mut am, a, b)
+        });
         assert_eq!(kept, [new]);
     }
 
