@@ -330,7 +330,10 @@ pub fn covers_in(am: &mut automerge::AutoCommit, a: &Seal, b: &Seal) -> bool {
         return true;
     }
     let heads: Vec<ChangeHash> = a.heads.iter().map(|h| ChangeHash(*h)).collect();
-    if heads.iter().any(|h| am.get_change_meta_by_hash(h).is_none()) {
+    if heads
+        .iter()
+        .any(|h| am.get_change_meta_by_hash(h).is_none())
+    {
         return false;
     }
     let after: BTreeSet<[u8; 32]> = am
@@ -505,15 +508,28 @@ mod tests {
         let a = key(1);
         let mut kept = vec![a.seal(1, 2, vec![[2; 32]])];
         assert_eq!(
-            keep(&mut kept, &[a.seal(1, 1, vec![[1; 32]])], |_| true, in_a_line),
+            keep(
+                &mut kept,
+                &[a.seal(1, 1, vec![[1; 32]])],
+                |_| true,
+                in_a_line
+            ),
             (false, vec![])
         );
         let later = a.seal(2, 1, vec![[3; 32]]);
         assert_eq!(
-            keep(&mut kept, std::slice::from_ref(&later), |_| false, in_a_line),
+            keep(
+                &mut kept,
+                std::slice::from_ref(&later),
+                |_| false,
+                in_a_line
+            ),
             (false, vec![later.clone()])
         );
-        assert_eq!(keep(&mut kept, &[later], |_| true, in_a_line), (true, vec![]));
+        assert_eq!(
+            keep(&mut kept, &[later], |_| true, in_a_line),
+            (true, vec![])
+        );
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].heads, vec![[3; 32]]);
     }
@@ -529,7 +545,15 @@ mod tests {
         let restored = a.seal(10, 1, vec![[6; 32]]);
         let branches = |x: &Seal, y: &Seal| y.heads.iter().all(|h| x.heads.contains(h));
         let mut kept = vec![missed.clone()];
-        assert!(keep(&mut kept, std::slice::from_ref(&restored), |_| true, branches).0);
+        assert!(
+            keep(
+                &mut kept,
+                std::slice::from_ref(&restored),
+                |_| true,
+                branches
+            )
+            .0
+        );
         assert_eq!(kept, vec![missed.clone(), restored.clone()]);
         // Handed back again: already kept.
         assert!(!keep(&mut kept, std::slice::from_ref(&missed), |_| true, branches).0);

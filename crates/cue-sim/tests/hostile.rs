@@ -1473,3 +1473,93 @@ fn a_member_answering_pulls_with_nothing_cannot_keep_a_device_from_catching_up()
         "p1 never pulled from p{honest}"
     );
 }
+
+/// A member deletes from the index the rotation record that removed a device (which
+/// would take it back in) and the entry that says who admitted another (which decides
+/// who wins when two remove each other): each change is refused whole and counted, the
+/// device stays removed, and files still sync.
+#[test]
+fn changes_that_take_a_rotation_record_or_an_admission_away_are_refused() {
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ROOT, ReadDoc};
+    let mut w = World::new(4, 32, Config::default());
+    w.connect_all();
+    w.write(0, "a.md", b"a\n");
+    w.settle(10);
+    for i in 1..4 {
+        w.advance(1_000);
+        let device = w.peers[i].device;
+        w.input(0, Input::Admitted { device });
+    }
+    w.settle(10);
+    let gone = w.peers[3].device;
+    w.rotate(0, &[3]);
+    for _ in 0..4 {
+        w.settle(10);
+        w.lobby();
+    }
+    for p in 0..3 {
+        assert!(w.peers[p].engine.removed().contains_key(&gone), "p{p}");
+    }
+    let attacker = 2;
+    let from = w.peers[attacker].device;
+    let stored = w.peers[0].store.docs[&cue_core::DocId::Index].clone();
+    let keys: Vec<String> = {
+        let am = AutoCommit::load(&stored).unwrap();
+        let (_, members) = am.get(ROOT, "members").unwrap().unwrap();
+        am.keys(&members).collect()
+    };
+    let record = keys
+        .iter()
+        .find(|k| k.starts_with("rotation:"))
+        .unwrap()
+        .clone();
+    let admission = format!("admitted:{}", w.peers[1].device);
+    assert!(keys.contains(&admission), "{keys:?}");
+    for (epoch, key) in [(90, record), (91, admission)] {
+        let stored = w.peers[0].store.docs[&cue_core::DocId::Index].clone();
+        let mut am = AutoCommit::load(&stored)
+            .unwrap()
+            .with_actor(cue_core::actor_for(&from, epoch));
+        let (_, members) = am.get(ROOT, "members").unwrap().unwrap();
+        am.delete(&members, key.as_str()).unwrap();
+        am.commit();
+        let change = am.get_last_local_change().unwrap().raw_bytes().to_vec();
+        let item = Item::Changes {
+            doc: cue_core::DocId::Index,
+            changes: vec![change],
+        };
+        let bytes = encode(&Message {
+            items: vec![cue_sim::seal_as(&w.peers[attacker].key, epoch, item)],
+        });
+        for p in [0, 1] {
+            let before = w.peers[p].engine.counters().bad_documents;
+            w.input(
+                p,
+                Input::Message {
+                    from,
+                    bytes: bytes.clone(),
+                },
+            );
+            w.settle(10);
+            assert!(
+                w.peers[p].engine.counters().bad_documents > before,
+                "p{p}: {key}"
+            );
+            assert!(
+                w.peers[p].engine.removed().contains_key(&gone),
+                "p{p}: {key}"
+            );
+        }
+    }
+    w.write(1, "b.md", b"b\n");
+    for _ in 0..4 {
+        w.settle(10);
+        w.lobby();
+    }
+    for p in 0..3 {
+        assert_eq!(w.read(p, "b.md").as_deref(), Some("b\n"), "p{p}");
+        assert!(w.peers[p].engine.removed().contains_key(&gone), "p{p}");
+    }
+    assert_eq!(w.read(3, "b.md"), None);
+}

@@ -210,3 +210,149 @@ fn a_record_from_a_stranger_or_off_the_chain_is_ignored() {
     settle(&mut w);
     assert_eq!(w.read(1, "still.md").as_deref(), Some("syncing\n"));
 }
+
+/// `n` peers as `world` makes them, admitted one after the other by peer 0 (which made
+/// the workspace), so that each joined after the one before it.
+fn admitted_in_order(n: usize, seed: u64) -> World {
+    let mut w = world(n, seed);
+    for i in 1..n {
+        w.advance(1_000);
+        let device = w.peers[i].device;
+        w.input(0, Input::Admitted { device });
+    }
+    settle(&mut w);
+    w
+}
+
+/// A removed device signs records of its own from before its removal: a branch longer
+/// than the workspace's, removing its remover. A device that was away meets it first,
+/// in the old room, and carries them into everyone's index. Nobody takes them: the
+/// removed device stays removed, its remover stays, and the device that was away joins
+/// the others (before, it followed the longer branch, stayed in the old room with the
+/// removed device, and its edits went to it alone).
+#[test]
+fn a_removed_device_cannot_take_its_place_back_with_a_longer_branch_of_its_own() {
+    for seed in 0..4 {
+        let mut w = admitted_in_order(4, 300 + seed);
+        let (away, removed) = (2, 3);
+        w.rotate(0, &[]);
+        settle(&mut w);
+        w.disconnect(away);
+        w.rotate(1, &[removed]);
+        settle(&mut w);
+        assert!(
+            w.peers[removed].engine.removed_here().is_some(),
+            "seed {seed}"
+        );
+        let main = w.peers[0].held;
+        // Its own branch: generations 1 to 4, the first (a generation before its
+        // removal) removing its remover and the device that made the workspace.
+        let d = w.peers[removed].device;
+        let victims = [w.peers[1].device, w.peers[0].device];
+        let mut parent = [0; 32];
+        let mut forged = Vec::new();
+        for generation in 1..=4 {
+            let removes: &[cue_core::DeviceId] = if generation == 1 { &victims } else { &[] };
+            let bytes = record(generation, parent, d, 5, removes);
+            parent = *blake3::hash(&bytes).as_bytes();
+            forged.push(bytes);
+        }
+        w.input(removed, Input::Rotations { records: forged });
+        // The device that was away meets it first, in the old room.
+        w.connect(away);
+        w.settle(10);
+        settle(&mut w);
+        for i in 0..3 {
+            let e = &w.peers[i].engine;
+            assert_eq!(
+                e.generation(),
+                main,
+                "seed {seed}: peer {i} left the workspace's chain"
+            );
+            assert!(
+                e.removed().contains_key(&d),
+                "seed {seed}: peer {i} readmitted it"
+            );
+            assert!(
+                !e.removed().contains_key(&victims[0]) && !e.removed().contains_key(&victims[1]),
+                "seed {seed}: peer {i} took the removed device's removals"
+            );
+            assert!(e.removed_here().is_none(), "seed {seed}: peer {i}");
+        }
+        assert_one_generation(&w, &[0, 1, 2]);
+        w.write(away, "back.md", b"written by the device that was away\n");
+        settle(&mut w);
+        assert!(w.read(0, "back.md").is_some(), "seed {seed}");
+        assert_eq!(w.read(removed, "back.md"), None, "seed {seed}");
+    }
+}
+
+/// Two members remove each other at once: the one that joined first stays, whatever
+/// the records' hashes (which their authors choose).
+#[test]
+fn of_two_members_removing_each_other_the_one_that_joined_first_stays() {
+    for seed in 0..6 {
+        let mut w = admitted_in_order(3, 400 + seed);
+        w.rotate(1, &[2]);
+        w.rotate(2, &[1]);
+        settle(&mut w);
+        let (earlier, later) = (w.peers[1].device, w.peers[2].device);
+        for i in [0, 1] {
+            let e = &w.peers[i].engine;
+            assert!(e.removed().contains_key(&later), "seed {seed}: peer {i}");
+            assert!(!e.removed().contains_key(&earlier), "seed {seed}: peer {i}");
+        }
+        assert!(
+            w.peers[2].engine.removed_here().is_some(),
+            "seed {seed}: {:?} {:?} {} records",
+            w.peers[2].engine.generation(),
+            w.peers[2].held,
+            w.peers[2].engine.all_records().len()
+        );
+        assert_one_generation(&w, &[0, 1]);
+    }
+}
+
+/// A removed device's records from before its removal, made afterwards, cannot put out
+/// a member it did not remove at the time: the workspace's maker, whose rotations
+/// would then never win again, still removes a device after them.
+#[test]
+fn a_removed_device_cannot_put_out_a_member_with_records_dated_before_its_removal() {
+    for seed in 0..4 {
+        let mut w = admitted_in_order(4, 500 + seed);
+        let (away, removed) = (2, 3);
+        w.rotate(0, &[]);
+        settle(&mut w);
+        w.disconnect(away);
+        w.rotate(1, &[removed]);
+        settle(&mut w);
+        assert_eq!(w.peers[0].held.number, 2, "seed {seed}");
+        // Its branch from generation 1, the first record removing the workspace's maker.
+        let d = w.peers[removed].device;
+        let maker = w.peers[0].device;
+        let mut parent = [0; 32];
+        let mut forged = Vec::new();
+        for generation in 1..=4 {
+            let removes: &[cue_core::DeviceId] = if generation == 1 { &[maker] } else { &[] };
+            let bytes = record(generation, parent, d, 5, removes);
+            parent = *blake3::hash(&bytes).as_bytes();
+            forged.push(bytes);
+        }
+        w.input(removed, Input::Rotations { records: forged });
+        w.connect(away);
+        w.settle(10);
+        settle(&mut w);
+        assert_one_generation(&w, &[0, 1, 2]);
+        // The maker removes the device that was away.
+        w.rotate(0, &[away]);
+        settle(&mut w);
+        assert_one_generation(&w, &[0, 1]);
+        let gone = w.peers[away].device;
+        for i in [0, 1] {
+            let e = &w.peers[i].engine;
+            assert!(e.removed().contains_key(&gone), "seed {seed}: peer {i}");
+            assert!(!e.removed().contains_key(&maker), "seed {seed}: peer {i}");
+        }
+        assert!(w.peers[away].engine.removed_here().is_some(), "seed {seed}");
+    }
+}

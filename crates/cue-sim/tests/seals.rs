@@ -122,7 +122,10 @@ fn a_device_put_back_from_a_backup_gets_back_what_its_missed_runs_made() {
             w.write(0, &format!("r{round}.md"), b"made after the backup\n");
             w.settle(10);
         }
-        assert_eq!(w.read(1, "r2.md").as_deref(), Some("made after the backup\n"));
+        assert_eq!(
+            w.read(1, "r2.md").as_deref(),
+            Some("made after the backup\n")
+        );
         // The backup comes back, offline; the next run's epoch is above the missed
         // runs' (the daemon's clock floor), and it edits at once.
         w.disconnect(0);

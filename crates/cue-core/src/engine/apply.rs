@@ -722,6 +722,7 @@ impl Engine {
     ) -> Option<(Heads, Heads, bool)> {
         let before = to_heads(&self.index.heads());
         let maps_before = self.index.maps();
+        let standing_before = self.standing_records();
         let live_before = self.live_view(store);
         let relayed = self.relays_for_us(from, DocId::Index);
         let kept = std::mem::take(&mut self.tail5.index_seals);
@@ -732,9 +733,12 @@ impl Engine {
         self.tail5.index_seals = kept;
         // A map of the index replaced or removed (`path` made a number, `tomb` deleted)
         // would take every file's path, tombstone or membership with it, leaving nothing
-        // to restore and an index that no longer loads: refused whole, as spoiled.
+        // to restore and an index that no longer loads: refused whole, as spoiled. So is
+        // a rotation record or admitted-by entry taken away (`standing_records`).
         let applied = applied.and_then(|a| {
-            if self.index.maps() == maps_before {
+            if self.index.maps() == maps_before
+                && self.standing_records().is_superset(&standing_before)
+            {
                 Ok(a)
             } else {
                 Err(Unusable::Spoiled)

@@ -415,9 +415,12 @@ mod tests {
         let mut counter = 0;
         let new = own_seal(&key, 3, &mut counter, &mut am, std::slice::from_ref(&old)).unwrap();
         let mut kept = vec![old];
-        crate::seal::keep(&mut kept, std::slice::from_ref(&new), |_| true, |a, b| {
-            crate::seal::covers_in(&mut am, a, b)
-        });
+        crate::seal::keep(
+            &mut kept,
+            std::slice::from_ref(&new),
+            |_| true,
+            |a, b| crate::seal::covers_in(&mut am, a, b),
+        );
         assert_eq!(kept, [new]);
     }
 

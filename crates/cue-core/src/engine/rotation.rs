@@ -20,6 +20,11 @@
 //! back to an older generation. The winning branch's removals count; the author of a
 //! record off it that removed someone rotates again once it holds the winning secret
 //! (see [`Engine::removals_to_redo`]), unless the winning branch removed that author.
+//! A branch never wins with a last record by a device removed there or before on any
+//! branch (`Engine::outs`): a removed device's own branch of records dated before its
+//! removal, however long, does not take it back in (docs/security.md, "A removed device
+//! stays out"). Records and admitted-by entries are never taken out of the index
+//! (`Engine::standing_records`).
 //!
 //! Who admitted whom: the admitting device writes `admitted:DEVICE` = `BY:TIME_MS`; an
 //! entry counts only when written by the device it names as the admitter.
@@ -32,6 +37,10 @@ use super::*;
 const ROTATION_PREFIX: &str = "rotation:";
 /// How an admitted-by entry's key starts; the admitted device's id follows.
 const ADMITTED_PREFIX: &str = "admitted:";
+
+/// A first pass of [`Engine::outs`]: the branch it found (its records' hashes), and the
+/// generation from which each device was out in it.
+type FirstPass<'a> = (&'a BTreeSet<[u8; 32]>, &'a BTreeMap<DeviceId, u32>);
 
 /// What the driver's check makes of an encoded rotation record (the daemon verifies the
 /// signature with cue-crypto): `None` when it is not a valid record.
@@ -170,7 +179,11 @@ impl Engine {
     /// Rotation records (made here, or received through the lobby) go into the index;
     /// invalid ones are counted in `bad_rotations` and dropped.
     pub(super) fn take_rotations(&mut self, records: Vec<Vec<u8>>) {
-        let known: BTreeSet<String> = self.rotation_entries().into_keys().collect();
+        let known: BTreeSet<Vec<u8>> = self
+            .rotation_entries()
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
         let mut added = false;
         for bytes in records {
             let Some(meta) = self.judge_record(&bytes) else {
@@ -179,7 +192,7 @@ impl Engine {
                 continue;
             };
             let key = format!("{ROTATION_PREFIX}{}", hex::encode(meta.hash));
-            if known.contains(&key) {
+            if known.contains(&bytes) {
                 continue;
             }
             if self
@@ -224,6 +237,11 @@ impl Engine {
 
     /// Records that this device admitted `device` now.
     pub(super) fn record_admitted(&mut self, device: DeviceId) {
+        // Never in the place of an entry already there: a change that takes a standing
+        // entry away is refused by every peer (`standing_records`).
+        if self.admitted().contains_key(&device) {
+            return;
+        }
         let key = format!("{ADMITTED_PREFIX}{device}");
         let value = format!("{}:{}", self.device, self.now_ms);
         if self.index.put_raw("members", &key, &value).is_ok() {
@@ -290,16 +308,113 @@ impl Engine {
         out
     }
 
-    fn rotation_entries(&self) -> BTreeMap<String, Vec<u8>> {
-        self.index
-            .raw_values("members")
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(ROTATION_PREFIX))
-            .filter_map(|(k, vals)| {
-                let (v, _) = vals.into_iter().next()?;
-                Some((k, hex::decode(v).ok()?))
-            })
-            .collect()
+    /// The rotation records in the index, each under its key (`rotation:HASH`). Every
+    /// value of a key is read: a member can put another value beside a record (automerge
+    /// keeps both), and the record must not depend on which one automerge lists first.
+    /// A value that is not the record its key names is left for the check to count.
+    /// The index's rotation records and admitted-by entries, as (key, value): they only
+    /// ever grow. A change that takes one away (a member deleting the record that
+    /// removed it, or the entry that says its remover joined first) is refused whole,
+    /// as one that takes a map away is (`apply_to_index`). Only entries that count are
+    /// kept standing: a record that passes the check, an entry by the admitter it names.
+    pub(super) fn standing_records(&self) -> BTreeSet<(String, String)> {
+        let mut out = BTreeSet::new();
+        for (key, values) in self.index.raw_values("members") {
+            for (value, actor) in values {
+                let counts = if key.starts_with(ROTATION_PREFIX) {
+                    hex::decode(&value).is_ok_and(|b| self.judge_record(&b).is_some())
+                } else if key.starts_with(ADMITTED_PREFIX) {
+                    value.split_once(':').is_some_and(|(by, at)| {
+                        at.parse::<i64>().is_ok()
+                            && DeviceId::from_hex(by).is_some_and(|by| made_by(&by, &actor))
+                    })
+                } else {
+                    false
+                };
+                if counts {
+                    out.insert((key.clone(), value));
+                }
+            }
+        }
+        out
+    }
+
+    /// Who joined the workspace first, as the admitted-by entries tell (smaller is
+    /// earlier): the device that made it (no entry), then the devices it admitted in
+    /// the order it admitted them, then those they admitted, and so on: (how many
+    /// admissions from a device with no entry, when its admitter admitted it). Of
+    /// several entries for one device (any member may write one naming itself as the
+    /// admitter), the earliest counts: a made-up entry can only make a device earlier,
+    /// which hurts only its writer. A device whose entries lead nowhere comes last.
+    fn seniority(&self) -> BTreeMap<DeviceId, (u32, i64)> {
+        let mut claims: BTreeMap<DeviceId, Vec<(DeviceId, i64)>> = BTreeMap::new();
+        for (key, values) in self.index.raw_values("members") {
+            let Some(device) = key
+                .strip_prefix(ADMITTED_PREFIX)
+                .and_then(DeviceId::from_hex)
+            else {
+                continue;
+            };
+            for (value, actor) in values {
+                let Some((by, at)) = value.split_once(':') else {
+                    continue;
+                };
+                if let (Some(by), Ok(at)) = (DeviceId::from_hex(by), at.parse::<i64>())
+                    && by != device
+                    && made_by(&by, &actor)
+                {
+                    claims.entry(device).or_default().push((by, at));
+                }
+            }
+        }
+        let mut rank: BTreeMap<DeviceId, (u32, i64)> = BTreeMap::new();
+        // Rounds of relaxation, as many as there are devices (a longer line of
+        // admissions cannot be): each round, a device's rank from its admitters'.
+        for _ in 0..=claims.len() {
+            let mut changed = false;
+            for (device, list) in &claims {
+                let best = list
+                    .iter()
+                    .filter_map(|(by, at)| {
+                        let depth = match claims.get(by) {
+                            None => 0,
+                            Some(_) => rank.get(by)?.0,
+                        };
+                        Some((depth.saturating_add(1), *at))
+                    })
+                    .min();
+                if let Some(best) = best
+                    && rank.get(device).is_none_or(|r| best < *r)
+                {
+                    rank.insert(*device, best);
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        for device in claims.keys() {
+            rank.entry(*device).or_insert((u32::MAX, i64::MAX));
+        }
+        rank
+    }
+
+    fn rotation_entries(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (k, vals) in self.index.raw_values("members") {
+            if !k.starts_with(ROTATION_PREFIX) {
+                continue;
+            }
+            for (v, _) in vals {
+                if let Ok(bytes) = hex::decode(v)
+                    && !out.iter().any(|(_, b)| *b == bytes)
+                {
+                    out.push((k.clone(), bytes));
+                }
+            }
+        }
+        out
     }
 
     fn judge_record(&self, bytes: &[u8]) -> Option<RotationMeta> {
@@ -355,21 +470,39 @@ impl Engine {
             placed.insert(m.hash, (i, removed));
         }
         // The longest branch wins, the lowest hash among equals: a record that arrives
-        // late never takes the workspace back to an older generation.
-        let tip = placed
-            .values()
-            .map(|(i, _)| &records[*i].0)
-            .max_by(|a, b| a.generation.cmp(&b.generation).then(b.hash.cmp(&a.hash)));
+        // late never takes the workspace back to an older generation. Its last record's
+        // author must not be out there (`outs`): a removed device's own branch, however
+        // long, never wins back its place. Twice: the first pass finds the branch whose
+        // removals count at their generation whoever made them later; the second counts
+        // the removals off it only from devices never removed.
+        let best = |out: &BTreeMap<DeviceId, u32>| {
+            placed
+                .values()
+                .map(|(i, _)| &records[*i].0)
+                .filter(|m| out.get(&m.rotated_by).is_none_or(|g| m.generation < *g))
+                .max_by(|a, b| a.generation.cmp(&b.generation).then(b.hash.cmp(&a.hash)))
+                .map(|m| m.hash)
+        };
+        let path_to = |tip: Option<[u8; 32]>| {
+            let mut path: Vec<usize> = Vec::new();
+            let mut at = tip;
+            while let Some(h) = at {
+                let Some((i, _)) = placed.get(&h) else { break };
+                path.push(*i);
+                let parent = records[*i].0.parent;
+                at = (parent != [0; 32] || records[*i].0.generation > 1).then_some(parent);
+            }
+            path.reverse();
+            path
+        };
+        let first = self.outs(&records, &placed, None);
+        let first_path: BTreeSet<[u8; 32]> = path_to(best(&first))
+            .iter()
+            .map(|i| records[*i].0.hash)
+            .collect();
+        let out = self.outs(&records, &placed, Some((&first_path, &first)));
+        let path = path_to(best(&out));
         let mut chain = Chain::default();
-        let mut path: Vec<usize> = Vec::new();
-        let mut at = tip.map(|m| m.hash);
-        while let Some(h) = at {
-            let Some((i, _)) = placed.get(&h) else { break };
-            path.push(*i);
-            let parent = records[*i].0.parent;
-            at = (parent != [0; 32] || records[*i].0.generation > 1).then_some(parent);
-        }
-        path.reverse();
         let on_path: BTreeSet<[u8; 32]> = path.iter().map(|i| records[*i].0.hash).collect();
         for i in path {
             let (winner, bytes) = &records[i];
@@ -391,7 +524,8 @@ impl Engine {
             .iter()
             .filter(|(m, _)| placed.contains_key(&m.hash) && !on_path.contains(&m.hash))
         {
-            if chain.removed.contains_key(&m.rotated_by) {
+            // (Nor those of an author that is out: its next record could not win.)
+            if chain.removed.contains_key(&m.rotated_by) || out.contains_key(&m.rotated_by) {
                 continue;
             }
             for d in &m.removed {
@@ -401,6 +535,69 @@ impl Engine {
             }
         }
         self.chain = chain;
+    }
+
+    /// The generation from which each device is out: its records from there on never
+    /// end the winning branch. A device is out from the first generation at which a
+    /// record of the tree (`placed`: on any branch) removes it, made by a device not
+    /// out there itself; removals are taken in generation order, those of one
+    /// generation from the device that joined first (`seniority`) down.
+    ///
+    /// Why: a removed device keeps its key and the secrets it had. It can sign records
+    /// of its own from before its removal, in a branch longer than the workspace's, and
+    /// (through a device that had not heard of the removal) get them into the index;
+    /// nothing in a record tells it from one made at the time. Its removal puts it out
+    /// from that generation, whatever branch it builds. Two further rules keep it from
+    /// turning the same rule against members:
+    ///
+    /// - Of two devices that remove each other, only the removal by the one that
+    ///   joined first counts (an order set when each joined, that neither can change;
+    ///   a record's hash or time, its author can): a removed device cannot put its
+    ///   remover out with a record made for the purpose, unless it joined before it.
+    /// - With `path` (the branch a first pass found, and that pass's outs), a removal
+    ///   off that branch counts only from a device never out: a removed device's
+    ///   records from before its removal cannot put out the members it did not remove
+    ///   at the time (only those on the branch are from the time), while a removal
+    ///   made before its author's own removal stays (it is on the branch).
+    fn outs(
+        &self,
+        records: &[(RotationMeta, Vec<u8>)],
+        placed: &BTreeMap<[u8; 32], (usize, BTreeSet<DeviceId>)>,
+        path: Option<FirstPass<'_>>,
+    ) -> BTreeMap<DeviceId, u32> {
+        // (by, removed, generation, on the branch)
+        let mut removals: Vec<(DeviceId, DeviceId, u32, bool)> = placed
+            .values()
+            .map(|(i, _)| &records[*i].0)
+            .flat_map(|m| {
+                let on = path.is_none_or(|(p, _)| p.contains(&m.hash));
+                m.removed
+                    .iter()
+                    .filter(|d| **d != m.rotated_by)
+                    .map(move |d| (m.rotated_by, *d, m.generation, on))
+            })
+            .collect();
+        if removals.is_empty() {
+            return BTreeMap::new();
+        }
+        let seniority = self.seniority();
+        let rank = |d: &DeviceId| (seniority.get(d).copied().unwrap_or((0, i64::MIN)), *d);
+        let both_ways: BTreeSet<(DeviceId, DeviceId)> =
+            removals.iter().map(|(by, d, _, _)| (*by, *d)).collect();
+        removals.retain(|(by, d, _, _)| !(both_ways.contains(&(*d, *by)) && rank(d) < rank(by)));
+        removals.sort_by_key(|(by, d, generation, _)| (*generation, rank(by), *d));
+        let mut out: BTreeMap<DeviceId, u32> = BTreeMap::new();
+        for (by, d, generation, on) in removals {
+            let counts = match path {
+                Some((_, first)) if !on => !first.contains_key(&by),
+                _ => out.get(&by).is_none_or(|g| generation < *g),
+            };
+            if counts {
+                let g = out.entry(d).or_insert(generation);
+                *g = (*g).min(generation);
+            }
+        }
+        out
     }
 
     /// Whether `device` is or was taken for a member (a record's author must be).
@@ -437,20 +634,25 @@ impl Engine {
         if from == self.device || theirs == held {
             return LobbyAnswer::Nothing;
         }
+        // Behind on our chain: the records after its generation. Off our chain (it holds
+        // a record that lost at that generation): all of them, so that it finds where
+        // the chains part.
+        let on_our_chain = self.winner_at(theirs.number) == Some(theirs.winner);
         if self.chain.removed.contains_key(&from) {
-            return LobbyAnswer::Records(self.records_after(theirs.number.min(held.number)));
+            // (A removed device that rotated at once with its removal holds a record of
+            // our generation that lost: without the winner it never learns.)
+            return LobbyAnswer::Records(if on_our_chain {
+                self.records_after(theirs.number.min(held.number))
+            } else {
+                self.all_records()
+            });
         }
         if !self.knows_member(&from) {
             return LobbyAnswer::Nothing;
         }
         // At our generation with another record (a concurrent rotation): all our
         // records, so that it converges; behind: the records it lacks.
-        // Behind on our chain: the records after its generation. Off our chain (it holds
-        // a record that lost at that generation): all of them, so that it finds where
-        // the chains part.
-        let on_our_chain =
-            theirs.number < held.number && self.winner_at(theirs.number) == Some(theirs.winner);
-        let records = if on_our_chain {
+        let records = if on_our_chain && theirs.number < held.number {
             self.records_after(theirs.number)
         } else {
             self.all_records()
