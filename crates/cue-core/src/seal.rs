@@ -257,9 +257,11 @@ pub fn keep(
     let mut changed = false;
     let mut waiting: Vec<Seal> = Vec::new();
     for seal in new {
-        let covered = kept
-            .iter()
-            .any(|k| k.device == seal.device && (k == seal || covers(k, seal)));
+        // (A seal made after a kept one is not covered by it but for a rank bumped
+        // past a forgotten run's: then it is kept beside it, no worse.)
+        let covered = kept.iter().any(|k| {
+            k.device == seal.device && (k == seal || (!seal.later_than(k) && covers(k, seal)))
+        });
         if covered {
             continue;
         }
@@ -346,9 +348,10 @@ pub fn covers_in(am: &mut automerge::AutoCommit, a: &Seal, b: &Seal) -> bool {
 
 /// Puts `own`, this device's new seal, into `kept` in the place of every earlier seal of
 /// the device: it names the device's frontier, so covers them all (see `own_seal` in the
-/// engine's outbox).
-pub fn keep_own(kept: &mut Vec<Seal>, own: Seal) {
-    kept.retain(|k| k.device != own.device);
+/// engine's outbox), but for the changes it had no room to name (`unnamed`), whose seals
+/// stay.
+pub fn keep_own(kept: &mut Vec<Seal>, own: Seal, unnamed: &[[u8; 32]]) {
+    kept.retain(|k| k.device != own.device || k.heads.iter().any(|h| unnamed.contains(h)));
     kept.push(own);
     kept.sort_by_key(|s| (s.device, s.epoch, s.counter));
 }
@@ -566,6 +569,29 @@ mod tests {
         keep(&mut kept, &forks, |_| true, branches);
         assert_eq!(kept.len(), MAX_KEPT_SEALS);
         assert_eq!(kept[0].counter, 20 - MAX_KEPT_SEALS as u64);
+    }
+
+    /// Our new seal takes the place of our earlier ones, but for one naming a change the
+    /// new one had no room to name: that one still vouches for it.
+    #[test]
+    fn our_new_seal_keeps_beside_it_the_seal_of_what_it_could_not_name() {
+        let a = key(1);
+        let b = key(2);
+        let (old, other) = (
+            a.seal(1, 1, vec![[1; 32]]),
+            a.seal(1, 2, vec![[2; 32], [3; 32]]),
+        );
+        let theirs = b.seal(1, 1, vec![[9; 32]]);
+        let mut kept = vec![old.clone(), other.clone(), theirs.clone()];
+        let new = a.seal(2, 1, vec![[3; 32], [4; 32]]);
+        let sorted = |mut v: Vec<Seal>| {
+            v.sort_by_key(|s| (s.device, s.epoch, s.counter));
+            v
+        };
+        keep_own(&mut kept, new.clone(), &[[2; 32]]);
+        assert_eq!(kept, sorted(vec![other, new.clone(), theirs.clone()]));
+        keep_own(&mut kept, new.clone(), &[]);
+        assert_eq!(kept, sorted(vec![new, theirs]));
     }
 
     /// With automerge: a seal on a later change of the same actor, or on a change of

@@ -95,7 +95,17 @@ impl World {
     pub(crate) fn follow_generation(&mut self, peer: usize) {
         let p = &self.peers[peer];
         let current = p.engine.generation();
-        if current == p.held || !p.secrets.contains(&current) || p.engine.removed_here().is_some() {
+        if p.engine.removed_here().is_some() {
+            return;
+        }
+        if current == p.held {
+            // As the daemon (`Membership::follow`): removals of ours that lost are redone
+            // whenever we hold the current secret, not only when we just moved (a losing
+            // record can arrive later).
+            self.redo_removals(peer);
+            return;
+        }
+        if !p.secrets.contains(&current) {
             return;
         }
         let online = p.online;
@@ -105,6 +115,10 @@ impl World {
             self.connect(peer);
         }
         // The losing side of a concurrent removal removes again, now that it is here.
+        self.redo_removals(peer);
+    }
+
+    fn redo_removals(&mut self, peer: usize) {
         let redo = self.peers[peer].engine.removals_to_redo();
         if !redo.is_empty() {
             let idx: Vec<usize> = redo.iter().filter_map(|d| self.index_of(*d)).collect();

@@ -356,3 +356,48 @@ fn a_removed_device_cannot_put_out_a_member_with_records_dated_before_its_remova
         assert!(w.peers[away].engine.removed_here().is_some(), "seed {seed}");
     }
 }
+
+/// Two removed devices work together: one signs, dated before its removal, a removal
+/// of the member that later removed the other (whose removal would then not count);
+/// the other signs its own longer branch. A device that was away carries both in.
+/// Neither comes back, and nobody is put out.
+#[test]
+fn two_removed_devices_together_cannot_take_their_places_back() {
+    for seed in 0..4 {
+        let mut w = admitted_in_order(6, 600 + seed);
+        let (x, b, d, away) = (2, 3, 4, 5);
+        w.rotate(0, &[]);
+        settle(&mut w);
+        w.rotate(1, &[b]);
+        settle(&mut w);
+        // Away from the next rotation: it meets the removed device in the old room.
+        w.disconnect(away);
+        w.rotate(x, &[d]);
+        settle(&mut w);
+        let main = w.peers[0].held;
+        assert_eq!(main.number, 3, "seed {seed}");
+        let (bd, dd, xd) = (w.peers[b].device, w.peers[d].device, w.peers[x].device);
+        let mut forged = vec![record(1, [0; 32], bd, 5, &[xd])];
+        let mut parent = [0; 32];
+        for generation in 1..=6 {
+            let bytes = record(generation, parent, dd, 5, &[]);
+            parent = *blake3::hash(&bytes).as_bytes();
+            forged.push(bytes);
+        }
+        w.input(d, Input::Rotations { records: forged });
+        w.connect(away);
+        w.settle(10);
+        settle(&mut w);
+        let members = [0, 1, x, away];
+        assert_one_generation(&w, &members);
+        for i in members {
+            let e = &w.peers[i].engine;
+            assert_eq!(e.generation(), main, "seed {seed}: peer {i}");
+            assert!(
+                e.removed().contains_key(&bd) && e.removed().contains_key(&dd),
+                "seed {seed}: peer {i}"
+            );
+            assert!(!e.removed().contains_key(&xd), "seed {seed}: peer {i}");
+        }
+    }
+}

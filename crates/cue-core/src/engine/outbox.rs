@@ -120,14 +120,14 @@ impl Engine {
     /// The index's changes since it was last stored, or all of it every `compact_after`.
     fn persist_index(&mut self) -> Effect {
         self.index_dirty = false;
-        if let Some(seal) = own_seal(
+        if let Some((seal, unnamed)) = own_seal(
             &self.key,
             self.epoch,
             &mut self.seal_counter,
             self.index.automerge_unchanged(),
             &self.tail5.index_seals,
         ) {
-            crate::seal::keep_own(&mut self.tail5.index_seals, seal);
+            crate::seal::keep_own(&mut self.tail5.index_seals, seal, &unnamed);
             self.state_dirty = true;
         }
         self.index_increments += 1;
@@ -157,7 +157,7 @@ impl Engine {
         let never_saved = self.cache.get(&f).is_some_and(|(d, _)| d.never_saved());
         let snapshot = meta.increments + 1 >= compact_after || never_saved;
         if let Some((doc, _)) = self.cache.get_mut(&f)
-            && let Some(seal) = own_seal(
+            && let Some((seal, unnamed)) = own_seal(
                 &self.key,
                 self.epoch,
                 &mut self.seal_counter,
@@ -165,7 +165,7 @@ impl Engine {
                 &meta.seals,
             )
         {
-            crate::seal::keep_own(&mut meta.seals, seal);
+            crate::seal::keep_own(&mut meta.seals, seal, &unnamed);
         }
         let bytes = match self.cache.get_mut(&f) {
             Some((doc, _)) if snapshot => doc.save(),
@@ -195,14 +195,14 @@ impl Engine {
         let own = match doc {
             DocId::Index => {
                 let kept = &mut self.tail5.index_seals;
-                if let Some(seal) = own_seal(
+                if let Some((seal, unnamed)) = own_seal(
                     &self.key,
                     self.epoch,
                     &mut self.seal_counter,
                     self.index.automerge_unchanged(),
                     kept,
                 ) {
-                    crate::seal::keep_own(kept, seal);
+                    crate::seal::keep_own(kept, seal, &unnamed);
                     self.state_dirty = true;
                 }
                 kept.iter().find(|s| s.device == me).cloned()
@@ -212,14 +212,14 @@ impl Engine {
                     return item;
                 };
                 let mut meta = self.files.get_or_default(f);
-                if let Some(seal) = own_seal(
+                if let Some((seal, unnamed)) = own_seal(
                     &self.key,
                     self.epoch,
                     &mut self.seal_counter,
                     d.automerge(),
                     &meta.seals,
                 ) {
-                    crate::seal::keep_own(&mut meta.seals, seal);
+                    crate::seal::keep_own(&mut meta.seals, seal, &unnamed);
                 }
                 meta.seals.iter().find(|s| s.device == me).cloned()
             }
@@ -332,16 +332,21 @@ fn own_seal(
     counter: &mut u64,
     am: &mut automerge::AutoCommit,
     kept: &[Seal],
-) -> Option<Seal> {
+) -> Option<(Seal, Vec<[u8; 32]>)> {
     let device = key.device();
     let prefix: [u8; 16] = device.0[..16].try_into().ok()?;
     // Our seals kept (more than one while our history is forked: see `seal::keep`),
     // the latest of them, and every change they name.
-    let own: Vec<&Seal> = kept.iter().filter(|s| s.device == device).collect();
-    let kept_own = own.iter().max_by_key(|s| (s.epoch, s.counter));
-    let mut before: Vec<[u8; 32]> = own.iter().flat_map(|s| s.heads.iter().copied()).collect();
-    before.sort_unstable();
-    before.dedup();
+    let mut own: Vec<&Seal> = kept.iter().filter(|s| s.device == device).collect();
+    own.sort_by_key(|s| (s.epoch, s.counter));
+    let kept_own = own.last().copied();
+    // Oldest first (what goes unnamed past the bound, below).
+    let mut before: Vec<[u8; 32]> = Vec::new();
+    for h in own.iter().flat_map(|s| s.heads.iter()) {
+        if !before.contains(h) {
+            before.push(*h);
+        }
+    }
     let mut new = Vec::new();
     for h in am.get_heads() {
         let Some(meta) = am.get_change_meta_by_hash(&h) else {
@@ -372,7 +377,7 @@ fn own_seal(
     // More concurrent edits of older versions than a seal names: the oldest go unnamed
     // (see docs/security.md, "What is left").
     let excess = heads.len().saturating_sub(crate::seal::MAX_SEALED_HEADS);
-    heads.drain(..excess);
+    let unnamed: Vec<[u8; 32]> = heads.drain(..excess).collect();
     *counter += 1;
     // Later than any seal of ours held here: one from a run this device no longer
     // remembers (its store put back from a backup; peers hand it back) may rank above
@@ -385,7 +390,7 @@ fn own_seal(
         }
         _ => (epoch, *counter),
     };
-    Some(key.seal(epoch, count, heads))
+    Some((key.seal(epoch, count, heads), unnamed))
 }
 
 #[cfg(test)]
@@ -407,13 +412,15 @@ mod tests {
         am.put(automerge::ROOT, "a", 1).unwrap();
         am.commit();
         let mut counter = 40;
-        let old = own_seal(&key, 9, &mut counter, &mut am, &[]).unwrap();
+        let old = own_seal(&key, 9, &mut counter, &mut am, &[]).unwrap().0;
         // This run: an earlier epoch, its counter starting again.
         am.set_actor(crate::actor_for(&device, 3));
         am.put(automerge::ROOT, "a", 2).unwrap();
         am.commit();
         let mut counter = 0;
-        let new = own_seal(&key, 3, &mut counter, &mut am, std::slice::from_ref(&old)).unwrap();
+        let new = own_seal(&key, 3, &mut counter, &mut am, std::slice::from_ref(&old))
+            .unwrap()
+            .0;
         let mut kept = vec![old];
         crate::seal::keep(
             &mut kept,

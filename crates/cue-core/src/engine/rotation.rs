@@ -38,9 +38,9 @@ const ROTATION_PREFIX: &str = "rotation:";
 /// How an admitted-by entry's key starts; the admitted device's id follows.
 const ADMITTED_PREFIX: &str = "admitted:";
 
-/// A first pass of [`Engine::outs`]: the branch it found (its records' hashes), and the
-/// generation from which each device was out in it.
-type FirstPass<'a> = (&'a BTreeSet<[u8; 32]>, &'a BTreeMap<DeviceId, u32>);
+/// How many branches `refresh_chain` tries, longest first, for one whose last record's
+/// author is not out.
+const MAX_BRANCHES_TRIED: usize = 256;
 
 /// What the driver's check makes of an encoded rotation record (the daemon verifies the
 /// signature with cue-crypto): `None` when it is not a valid record.
@@ -321,8 +321,13 @@ impl Engine {
         let mut out = BTreeSet::new();
         for (key, values) in self.index.raw_values("members") {
             for (value, actor) in values {
-                let counts = if key.starts_with(ROTATION_PREFIX) {
-                    hex::decode(&value).is_ok_and(|b| self.judge_record(&b).is_some())
+                let counts = if let Some(hash) = key.strip_prefix(ROTATION_PREFIX) {
+                    // Under its own key only: a record a member put under another's key
+                    // is not standing, and the other's own record may take its place.
+                    hex::decode(&value).is_ok_and(|b| {
+                        self.judge_record(&b)
+                            .is_some_and(|m| hex::encode(m.hash) == hash)
+                    })
                 } else if key.starts_with(ADMITTED_PREFIX) {
                     value.split_once(':').is_some_and(|(by, at)| {
                         at.parse::<i64>().is_ok()
@@ -471,21 +476,12 @@ impl Engine {
         }
         // The longest branch wins, the lowest hash among equals: a record that arrives
         // late never takes the workspace back to an older generation. Its last record's
-        // author must not be out there (`outs`): a removed device's own branch, however
-        // long, never wins back its place. Twice: the first pass finds the branch whose
-        // removals count at their generation whoever made them later; the second counts
-        // the removals off it only from devices never removed.
-        let best = |out: &BTreeMap<DeviceId, u32>| {
-            placed
-                .values()
-                .map(|(i, _)| &records[*i].0)
-                .filter(|m| out.get(&m.rotated_by).is_none_or(|g| m.generation < *g))
-                .max_by(|a, b| a.generation.cmp(&b.generation).then(b.hash.cmp(&a.hash)))
-                .map(|m| m.hash)
-        };
-        let path_to = |tip: Option<[u8; 32]>| {
+        // author must not be out there (`outs`, which depends on the branch): a removed
+        // device's own branch, however long, never wins back its place. Branches are
+        // tried in that order; the first whose last record's author is not out wins.
+        let path_to = |tip: [u8; 32]| {
             let mut path: Vec<usize> = Vec::new();
-            let mut at = tip;
+            let mut at = Some(tip);
             while let Some(h) = at {
                 let Some((i, _)) = placed.get(&h) else { break };
                 path.push(*i);
@@ -495,13 +491,20 @@ impl Engine {
             path.reverse();
             path
         };
-        let first = self.outs(&records, &placed, None);
-        let first_path: BTreeSet<[u8; 32]> = path_to(best(&first))
-            .iter()
-            .map(|i| records[*i].0.hash)
-            .collect();
-        let out = self.outs(&records, &placed, Some((&first_path, &first)));
-        let path = path_to(best(&out));
+        let mut tips: Vec<&RotationMeta> = placed.values().map(|(i, _)| &records[*i].0).collect();
+        tips.sort_by(|a, b| b.generation.cmp(&a.generation).then(a.hash.cmp(&b.hash)));
+        let mut chosen: Option<(Vec<usize>, BTreeMap<DeviceId, u32>)> = None;
+        // (Bounded: only members sign records, and a member can do worse than sign many.)
+        for tip in tips.iter().take(MAX_BRANCHES_TRIED) {
+            let path = path_to(tip.hash);
+            let on: BTreeSet<[u8; 32]> = path.iter().map(|i| records[*i].0.hash).collect();
+            let out = self.outs(&records, &placed, &on);
+            if out.get(&tip.rotated_by).is_none_or(|g| tip.generation < *g) {
+                chosen = Some((path, out));
+                break;
+            }
+        }
+        let (path, out) = chosen.unwrap_or_default();
         let mut chain = Chain::default();
         let on_path: BTreeSet<[u8; 32]> = path.iter().map(|i| records[*i].0.hash).collect();
         for i in path {
@@ -537,46 +540,55 @@ impl Engine {
         self.chain = chain;
     }
 
-    /// The generation from which each device is out: its records from there on never
-    /// end the winning branch. A device is out from the first generation at which a
-    /// record of the tree (`placed`: on any branch) removes it, made by a device not
-    /// out there itself; removals are taken in generation order, those of one
-    /// generation from the device that joined first (`seniority`) down.
+    /// The generation from which each device is out, for the branch `on` (its records'
+    /// hashes): the branch cannot end with a record of a device out there.
     ///
     /// Why: a removed device keeps its key and the secrets it had. It can sign records
     /// of its own from before its removal, in a branch longer than the workspace's, and
     /// (through a device that had not heard of the removal) get them into the index;
-    /// nothing in a record tells it from one made at the time. Its removal puts it out
-    /// from that generation, whatever branch it builds. Two further rules keep it from
-    /// turning the same rule against members:
+    /// nothing in a record tells it from one made at the time. So a removal counts
+    /// against a branch wherever it is: on the branch, a device is out from the first
+    /// generation at which a record of it removes the device, its author not out there
+    /// (taken in generation order, those of one generation from the device that joined
+    /// first down); then, off the branch, from the first generation at which a record of
+    /// another branch removes it, made by a device not out at all. Two rules keep a
+    /// removed device from turning this against members:
     ///
     /// - Of two devices that remove each other, only the removal by the one that
-    ///   joined first counts (an order set when each joined, that neither can change;
-    ///   a record's hash or time, its author can): a removed device cannot put its
-    ///   remover out with a record made for the purpose, unless it joined before it.
-    /// - With `path` (the branch a first pass found, and that pass's outs), a removal
-    ///   off that branch counts only from a device never out: a removed device's
-    ///   records from before its removal cannot put out the members it did not remove
-    ///   at the time (only those on the branch are from the time), while a removal
-    ///   made before its author's own removal stays (it is on the branch).
+    ///   joined first counts (`seniority`): a removed device cannot put its remover
+    ///   out with a record made for the purpose, unless it joined before it.
+    /// - Off the branch, only removals by devices not out count: a removed device's
+    ///   records dated before its removal cannot put out the members it did not remove
+    ///   at the time (only those on the branch are of the time), while a removal a
+    ///   member made before its own removal stays (it is on the branch).
     fn outs(
         &self,
         records: &[(RotationMeta, Vec<u8>)],
         placed: &BTreeMap<[u8; 32], (usize, BTreeSet<DeviceId>)>,
-        path: Option<FirstPass<'_>>,
+        on: &BTreeSet<[u8; 32]>,
     ) -> BTreeMap<DeviceId, u32> {
         // (by, removed, generation, on the branch)
         let mut removals: Vec<(DeviceId, DeviceId, u32, bool)> = placed
             .values()
             .map(|(i, _)| &records[*i].0)
             .flat_map(|m| {
-                let on = path.is_none_or(|(p, _)| p.contains(&m.hash));
+                let on = on.contains(&m.hash);
                 m.removed
                     .iter()
                     .filter(|d| **d != m.rotated_by)
                     .map(move |d| (m.rotated_by, *d, m.generation, on))
+                    .collect::<Vec<_>>()
             })
             .collect();
+        // Only removals of devices that could be in the way count (a record may name
+        // made-up devices; each would be work here): members, and authors of records.
+        let authors: BTreeSet<DeviceId> = placed
+            .values()
+            .map(|(i, _)| records[*i].0.rotated_by)
+            .collect();
+        removals.retain(|(_, d, _, _)| authors.contains(d) || self.was_member(d));
+        removals.sort_unstable();
+        removals.dedup_by(|a, b| (a.0, a.1, a.3) == (b.0, b.1, b.3));
         if removals.is_empty() {
             return BTreeMap::new();
         }
@@ -585,17 +597,56 @@ impl Engine {
         let both_ways: BTreeSet<(DeviceId, DeviceId)> =
             removals.iter().map(|(by, d, _, _)| (*by, *d)).collect();
         removals.retain(|(by, d, _, _)| !(both_ways.contains(&(*d, *by)) && rank(d) < rank(by)));
-        removals.sort_by_key(|(by, d, generation, _)| (*generation, rank(by), *d));
+        // The branch's first, in generation order: each counts unless its author is out
+        // by then.
+        removals.sort_by_key(|(by, d, generation, on)| (!*on, *generation, rank(by), *d));
+        let split = removals.iter().position(|r| !r.3).unwrap_or(removals.len());
+        let off = removals.split_off(split);
         let mut out: BTreeMap<DeviceId, u32> = BTreeMap::new();
-        for (by, d, generation, on) in removals {
-            let counts = match path {
-                Some((_, first)) if !on => !first.contains_key(&by),
-                _ => out.get(&by).is_none_or(|g| generation < *g),
-            };
-            if counts {
+        for (by, d, generation, _) in removals {
+            if out.get(&by).is_none_or(|g| generation < *g) {
                 let g = out.entry(d).or_insert(generation);
                 *g = (*g).min(generation);
             }
+        }
+        // Then the other branches': one counts when its author is out by none of the
+        // branch's and by no other that counts, and not when it is; what stays undecided
+        // (devices removing one another in a ring) does not count.
+        let mut against: BTreeMap<DeviceId, Vec<usize>> = BTreeMap::new();
+        for (i, (_, d, _, _)) in off.iter().enumerate() {
+            against.entry(*d).or_default().push(i);
+        }
+        let mut counts: Vec<Option<bool>> = vec![None; off.len()];
+        loop {
+            let mut changed = false;
+            for i in 0..off.len() {
+                if counts[i].is_some() {
+                    continue;
+                }
+                let by = off[i].0;
+                let attacks = against.get(&by).map_or(&[][..], |v| v.as_slice());
+                if out.contains_key(&by) || attacks.iter().any(|j| counts[*j] == Some(true)) {
+                    counts[i] = Some(false);
+                    changed = true;
+                } else if attacks.iter().all(|j| counts[*j] == Some(false)) {
+                    counts[i] = Some(true);
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        let mut from_others: BTreeMap<DeviceId, u32> = BTreeMap::new();
+        for (i, (_, d, generation, _)) in off.iter().enumerate() {
+            if counts[i] == Some(true) {
+                let g = from_others.entry(*d).or_insert(*generation);
+                *g = (*g).min(*generation);
+            }
+        }
+        for (d, g) in from_others {
+            let e = out.entry(d).or_insert(g);
+            *e = (*e).min(g);
         }
         out
     }
