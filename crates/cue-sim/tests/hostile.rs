@@ -1475,9 +1475,8 @@ fn a_member_answering_pulls_with_nothing_cannot_keep_a_device_from_catching_up()
 }
 
 /// A member deletes from the index the rotation record that removed a device (which
-/// would take it back in) and the entry that says who admitted another (which decides
-/// who wins when two remove each other): each change is refused whole and counted, the
-/// device stays removed, and files still sync.
+/// would take it back in) and the entry that says who admitted another: each change is
+/// refused whole and counted, the device stays removed, and files still sync.
 #[test]
 fn changes_that_take_a_rotation_record_or_an_admission_away_are_refused() {
     use automerge::transaction::Transactable;

@@ -20,11 +20,9 @@
 //! back to an older generation. The winning branch's removals count; the author of a
 //! record off it that removed someone rotates again once it holds the winning secret
 //! (see [`Engine::removals_to_redo`]), unless the winning branch removed that author.
-//! A branch never wins with a last record by a device removed there or before on any
-//! branch (`Engine::outs`): a removed device's own branch of records dated before its
-//! removal, however long, does not take it back in (docs/security.md, "A removed device
-//! stays out"). Records and admitted-by entries are never taken out of the index
-//! (`Engine::standing_records`).
+//! Records and admitted-by entries are never taken out of the index
+//! (`Engine::standing_records`). (A removed device's own longer branch of records
+//! dated before its removal still wins: docs/security.md, "What is left".)
 //!
 //! Who admitted whom: the admitting device writes `admitted:DEVICE` = `BY:TIME_MS`; an
 //! entry counts only when written by the device it names as the admitter.
@@ -37,10 +35,6 @@ use super::*;
 const ROTATION_PREFIX: &str = "rotation:";
 /// How an admitted-by entry's key starts; the admitted device's id follows.
 const ADMITTED_PREFIX: &str = "admitted:";
-
-/// How many branches `refresh_chain` tries, longest first, for one whose last record's
-/// author is not out.
-const MAX_BRANCHES_TRIED: usize = 256;
 
 /// What the driver's check makes of an encoded rotation record (the daemon verifies the
 /// signature with cue-crypto): `None` when it is not a valid record.
@@ -308,13 +302,9 @@ impl Engine {
         out
     }
 
-    /// The rotation records in the index, each under its key (`rotation:HASH`). Every
-    /// value of a key is read: a member can put another value beside a record (automerge
-    /// keeps both), and the record must not depend on which one automerge lists first.
-    /// A value that is not the record its key names is left for the check to count.
     /// The index's rotation records and admitted-by entries, as (key, value): they only
     /// ever grow. A change that takes one away (a member deleting the record that
-    /// removed it, or the entry that says its remover joined first) is refused whole,
+    /// removed it, or another's admitted-by entry) is refused whole,
     /// as one that takes a map away is (`apply_to_index`). Only entries that count are
     /// kept standing: a record that passes the check, an entry by the admitter it names.
     pub(super) fn standing_records(&self) -> BTreeSet<(String, String)> {
@@ -344,67 +334,10 @@ impl Engine {
         out
     }
 
-    /// Who joined the workspace first, as the admitted-by entries tell (smaller is
-    /// earlier): the device that made it (no entry), then the devices it admitted in
-    /// the order it admitted them, then those they admitted, and so on: (how many
-    /// admissions from a device with no entry, when its admitter admitted it). Of
-    /// several entries for one device (any member may write one naming itself as the
-    /// admitter), the earliest counts: a made-up entry can only make a device earlier,
-    /// which hurts only its writer. A device whose entries lead nowhere comes last.
-    fn seniority(&self) -> BTreeMap<DeviceId, (u32, i64)> {
-        let mut claims: BTreeMap<DeviceId, Vec<(DeviceId, i64)>> = BTreeMap::new();
-        for (key, values) in self.index.raw_values("members") {
-            let Some(device) = key
-                .strip_prefix(ADMITTED_PREFIX)
-                .and_then(DeviceId::from_hex)
-            else {
-                continue;
-            };
-            for (value, actor) in values {
-                let Some((by, at)) = value.split_once(':') else {
-                    continue;
-                };
-                if let (Some(by), Ok(at)) = (DeviceId::from_hex(by), at.parse::<i64>())
-                    && by != device
-                    && made_by(&by, &actor)
-                {
-                    claims.entry(device).or_default().push((by, at));
-                }
-            }
-        }
-        let mut rank: BTreeMap<DeviceId, (u32, i64)> = BTreeMap::new();
-        // Rounds of relaxation, as many as there are devices (a longer line of
-        // admissions cannot be): each round, a device's rank from its admitters'.
-        for _ in 0..=claims.len() {
-            let mut changed = false;
-            for (device, list) in &claims {
-                let best = list
-                    .iter()
-                    .filter_map(|(by, at)| {
-                        let depth = match claims.get(by) {
-                            None => 0,
-                            Some(_) => rank.get(by)?.0,
-                        };
-                        Some((depth.saturating_add(1), *at))
-                    })
-                    .min();
-                if let Some(best) = best
-                    && rank.get(device).is_none_or(|r| best < *r)
-                {
-                    rank.insert(*device, best);
-                    changed = true;
-                }
-            }
-            if !changed {
-                break;
-            }
-        }
-        for device in claims.keys() {
-            rank.entry(*device).or_insert((u32::MAX, i64::MAX));
-        }
-        rank
-    }
-
+    /// The rotation records in the index, each under its key (`rotation:HASH`). Every
+    /// value of a key is read: a member can put another value beside a record (automerge
+    /// keeps both), and the record must not depend on which one automerge lists first.
+    /// A value that is not the record its key names is left for the check to count.
     fn rotation_entries(&self) -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();
         for (k, vals) in self.index.raw_values("members") {
@@ -475,36 +408,20 @@ impl Engine {
             placed.insert(m.hash, (i, removed));
         }
         // The longest branch wins, the lowest hash among equals: a record that arrives
-        // late never takes the workspace back to an older generation. Its last record's
-        // author must not be out there (`outs`, which depends on the branch): a removed
-        // device's own branch, however long, never wins back its place. Branches are
-        // tried in that order; the first whose last record's author is not out wins.
-        let path_to = |tip: [u8; 32]| {
-            let mut path: Vec<usize> = Vec::new();
-            let mut at = Some(tip);
-            while let Some(h) = at {
-                let Some((i, _)) = placed.get(&h) else { break };
-                path.push(*i);
-                let parent = records[*i].0.parent;
-                at = (parent != [0; 32] || records[*i].0.generation > 1).then_some(parent);
-            }
-            path.reverse();
-            path
-        };
-        let mut tips: Vec<&RotationMeta> = placed.values().map(|(i, _)| &records[*i].0).collect();
-        tips.sort_by(|a, b| b.generation.cmp(&a.generation).then(a.hash.cmp(&b.hash)));
-        let mut chosen: Option<(Vec<usize>, BTreeMap<DeviceId, u32>)> = None;
-        // (Bounded: only members sign records, and a member can do worse than sign many.)
-        for tip in tips.iter().take(MAX_BRANCHES_TRIED) {
-            let path = path_to(tip.hash);
-            let on: BTreeSet<[u8; 32]> = path.iter().map(|i| records[*i].0.hash).collect();
-            let out = self.outs(&records, &placed, &on);
-            if out.get(&tip.rotated_by).is_none_or(|g| tip.generation < *g) {
-                chosen = Some((path, out));
-                break;
-            }
+        // late never takes the workspace back to an older generation.
+        let tip = placed
+            .values()
+            .map(|(i, _)| &records[*i].0)
+            .max_by(|a, b| a.generation.cmp(&b.generation).then(b.hash.cmp(&a.hash)));
+        let mut path: Vec<usize> = Vec::new();
+        let mut at = tip.map(|m| m.hash);
+        while let Some(h) = at {
+            let Some((i, _)) = placed.get(&h) else { break };
+            path.push(*i);
+            let parent = records[*i].0.parent;
+            at = (parent != [0; 32] || records[*i].0.generation > 1).then_some(parent);
         }
-        let (path, out) = chosen.unwrap_or_default();
+        path.reverse();
         let mut chain = Chain::default();
         let on_path: BTreeSet<[u8; 32]> = path.iter().map(|i| records[*i].0.hash).collect();
         for i in path {
@@ -527,8 +444,7 @@ impl Engine {
             .iter()
             .filter(|(m, _)| placed.contains_key(&m.hash) && !on_path.contains(&m.hash))
         {
-            // (Nor those of an author that is out: its next record could not win.)
-            if chain.removed.contains_key(&m.rotated_by) || out.contains_key(&m.rotated_by) {
+            if chain.removed.contains_key(&m.rotated_by) {
                 continue;
             }
             for d in &m.removed {
@@ -538,117 +454,6 @@ impl Engine {
             }
         }
         self.chain = chain;
-    }
-
-    /// The generation from which each device is out, for the branch `on` (its records'
-    /// hashes): the branch cannot end with a record of a device out there.
-    ///
-    /// Why: a removed device keeps its key and the secrets it had. It can sign records
-    /// of its own from before its removal, in a branch longer than the workspace's, and
-    /// (through a device that had not heard of the removal) get them into the index;
-    /// nothing in a record tells it from one made at the time. So a removal counts
-    /// against a branch wherever it is: on the branch, a device is out from the first
-    /// generation at which a record of it removes the device, its author not out there
-    /// (taken in generation order, those of one generation from the device that joined
-    /// first down); then, off the branch, from the first generation at which a record of
-    /// another branch removes it, made by a device not out at all. Two rules keep a
-    /// removed device from turning this against members:
-    ///
-    /// - Of two devices that remove each other, only the removal by the one that
-    ///   joined first counts (`seniority`): a removed device cannot put its remover
-    ///   out with a record made for the purpose, unless it joined before it.
-    /// - Off the branch, only removals by devices not out count: a removed device's
-    ///   records dated before its removal cannot put out the members it did not remove
-    ///   at the time (only those on the branch are of the time), while a removal a
-    ///   member made before its own removal stays (it is on the branch).
-    fn outs(
-        &self,
-        records: &[(RotationMeta, Vec<u8>)],
-        placed: &BTreeMap<[u8; 32], (usize, BTreeSet<DeviceId>)>,
-        on: &BTreeSet<[u8; 32]>,
-    ) -> BTreeMap<DeviceId, u32> {
-        // (by, removed, generation, on the branch)
-        let mut removals: Vec<(DeviceId, DeviceId, u32, bool)> = placed
-            .values()
-            .map(|(i, _)| &records[*i].0)
-            .flat_map(|m| {
-                let on = on.contains(&m.hash);
-                m.removed
-                    .iter()
-                    .filter(|d| **d != m.rotated_by)
-                    .map(move |d| (m.rotated_by, *d, m.generation, on))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        // Only removals of devices that could be in the way count (a record may name
-        // made-up devices; each would be work here): members, and authors of records.
-        let authors: BTreeSet<DeviceId> = placed
-            .values()
-            .map(|(i, _)| records[*i].0.rotated_by)
-            .collect();
-        removals.retain(|(_, d, _, _)| authors.contains(d) || self.was_member(d));
-        removals.sort_unstable();
-        removals.dedup_by(|a, b| (a.0, a.1, a.3) == (b.0, b.1, b.3));
-        if removals.is_empty() {
-            return BTreeMap::new();
-        }
-        let seniority = self.seniority();
-        let rank = |d: &DeviceId| (seniority.get(d).copied().unwrap_or((0, i64::MIN)), *d);
-        let both_ways: BTreeSet<(DeviceId, DeviceId)> =
-            removals.iter().map(|(by, d, _, _)| (*by, *d)).collect();
-        removals.retain(|(by, d, _, _)| !(both_ways.contains(&(*d, *by)) && rank(d) < rank(by)));
-        // The branch's first, in generation order: each counts unless its author is out
-        // by then.
-        removals.sort_by_key(|(by, d, generation, on)| (!*on, *generation, rank(by), *d));
-        let split = removals.iter().position(|r| !r.3).unwrap_or(removals.len());
-        let off = removals.split_off(split);
-        let mut out: BTreeMap<DeviceId, u32> = BTreeMap::new();
-        for (by, d, generation, _) in removals {
-            if out.get(&by).is_none_or(|g| generation < *g) {
-                let g = out.entry(d).or_insert(generation);
-                *g = (*g).min(generation);
-            }
-        }
-        // Then the other branches': one counts when its author is out by none of the
-        // branch's and by no other that counts, and not when it is; what stays undecided
-        // (devices removing one another in a ring) does not count.
-        let mut against: BTreeMap<DeviceId, Vec<usize>> = BTreeMap::new();
-        for (i, (_, d, _, _)) in off.iter().enumerate() {
-            against.entry(*d).or_default().push(i);
-        }
-        let mut counts: Vec<Option<bool>> = vec![None; off.len()];
-        loop {
-            let mut changed = false;
-            for i in 0..off.len() {
-                if counts[i].is_some() {
-                    continue;
-                }
-                let by = off[i].0;
-                let attacks = against.get(&by).map_or(&[][..], |v| v.as_slice());
-                if out.contains_key(&by) || attacks.iter().any(|j| counts[*j] == Some(true)) {
-                    counts[i] = Some(false);
-                    changed = true;
-                } else if attacks.iter().all(|j| counts[*j] == Some(false)) {
-                    counts[i] = Some(true);
-                    changed = true;
-                }
-            }
-            if !changed {
-                break;
-            }
-        }
-        let mut from_others: BTreeMap<DeviceId, u32> = BTreeMap::new();
-        for (i, (_, d, generation, _)) in off.iter().enumerate() {
-            if counts[i] == Some(true) {
-                let g = from_others.entry(*d).or_insert(*generation);
-                *g = (*g).min(*generation);
-            }
-        }
-        for (d, g) in from_others {
-            let e = out.entry(d).or_insert(g);
-            *e = (*e).min(g);
-        }
-        out
     }
 
     /// Whether `device` is or was taken for a member (a record's author must be).
