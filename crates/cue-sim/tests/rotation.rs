@@ -224,6 +224,24 @@ fn admitted_in_order(n: usize, seed: u64) -> World {
     w
 }
 
+/// `author`'s own branch of records, generations 1 to `to`, the first removing
+/// `first_removes`: what a removed device can still sign with the key it keeps.
+fn own_branch(
+    author: cue_core::DeviceId,
+    to: u32,
+    first_removes: &[cue_core::DeviceId],
+) -> Vec<Vec<u8>> {
+    let mut parent = [0; 32];
+    let mut out = Vec::new();
+    for generation in 1..=to {
+        let removes = if generation == 1 { first_removes } else { &[] };
+        let bytes = record(generation, parent, author, 5, removes);
+        parent = *blake3::hash(&bytes).as_bytes();
+        out.push(bytes);
+    }
+    out
+}
+
 /// A removed device signs records of its own from before its removal: a branch longer
 /// than the workspace's, removing its remover. A device that was away meets it first,
 /// in the old room, and carries them into everyone's index. Nobody takes them: the
@@ -250,14 +268,7 @@ fn a_removed_device_cannot_take_its_place_back_with_a_longer_branch_of_its_own()
         // removal) removing its remover and the device that made the workspace.
         let d = w.peers[removed].device;
         let victims = [w.peers[1].device, w.peers[0].device];
-        let mut parent = [0; 32];
-        let mut forged = Vec::new();
-        for generation in 1..=4 {
-            let removes: &[cue_core::DeviceId] = if generation == 1 { &victims } else { &[] };
-            let bytes = record(generation, parent, d, 5, removes);
-            parent = *blake3::hash(&bytes).as_bytes();
-            forged.push(bytes);
-        }
+        let forged = own_branch(d, 4, &victims);
         w.input(removed, Input::Rotations { records: forged });
         // The device that was away meets it first, in the old room.
         w.connect(away);
@@ -337,14 +348,7 @@ fn a_removed_device_cannot_put_out_a_member_with_records_dated_before_its_remova
         // Its branch from generation 1, the first record removing the workspace's maker.
         let d = w.peers[removed].device;
         let maker = w.peers[0].device;
-        let mut parent = [0; 32];
-        let mut forged = Vec::new();
-        for generation in 1..=4 {
-            let removes: &[cue_core::DeviceId] = if generation == 1 { &[maker] } else { &[] };
-            let bytes = record(generation, parent, d, 5, removes);
-            parent = *blake3::hash(&bytes).as_bytes();
-            forged.push(bytes);
-        }
+        let forged = own_branch(d, 4, &[maker]);
         w.input(removed, Input::Rotations { records: forged });
         w.connect(away);
         w.settle(10);
@@ -386,12 +390,7 @@ fn two_removed_devices_together_cannot_take_their_places_back() {
         assert_eq!(main.number, 3, "seed {seed}");
         let (bd, dd, xd) = (w.peers[b].device, w.peers[d].device, w.peers[x].device);
         let mut forged = vec![record(1, [0; 32], bd, 5, &[xd])];
-        let mut parent = [0; 32];
-        for generation in 1..=6 {
-            let bytes = record(generation, parent, dd, 5, &[]);
-            parent = *blake3::hash(&bytes).as_bytes();
-            forged.push(bytes);
-        }
+        forged.extend(own_branch(dd, 6, &[]));
         w.input(d, Input::Rotations { records: forged });
         w.connect(away);
         w.settle(10);
