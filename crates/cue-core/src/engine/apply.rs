@@ -234,8 +234,8 @@ pub(super) fn rebuilt(changes: Vec<Change>, actor: ActorId) -> Result<FileDoc, D
 }
 
 /// The seals among `kept` and `new` to keep for a document `am` now (for each device
-/// whose changes it holds, those no other covers: `seal::keep`), when they changed, and those of `new` that wait for
-/// their changes.
+/// whose changes it holds, those no other covers: `seal::keep`), when they changed, and
+/// those of `new` that wait for their changes.
 pub(super) fn seals_now(
     am: &mut automerge::AutoCommit,
     kept: &[Seal],

@@ -205,7 +205,7 @@ impl Engine {
                     crate::seal::keep_own(kept, seal, &unnamed);
                     self.state_dirty = true;
                 }
-                kept.iter().find(|s| s.device == me).cloned()
+                latest_own(kept, me)
             }
             DocId::File(f) => {
                 let Some((d, _)) = self.cache.get_mut(&f) else {
@@ -221,7 +221,7 @@ impl Engine {
                 ) {
                     crate::seal::keep_own(&mut meta.seals, seal, &unnamed);
                 }
-                meta.seals.iter().find(|s| s.device == me).cloned()
+                latest_own(&meta.seals, me)
             }
         };
         match (own, wire::Sealable::from_item(item)) {
@@ -317,6 +317,15 @@ impl Engine {
         self.evict();
         effects
     }
+}
+
+/// Our latest seal among `kept`: the one that reaches the change just made (an earlier
+/// one of ours may be kept beside it, for changes it had no room to name).
+fn latest_own(kept: &[Seal], me: DeviceId) -> Option<Seal> {
+    kept.iter()
+        .filter(|s| s.device == me)
+        .max_by_key(|s| (s.epoch, s.counter))
+        .cloned()
 }
 
 /// A seal on our frontier in a document (`am`; see `crate::seal`), when we changed it
@@ -429,6 +438,21 @@ mod tests {
             |a, b| crate::seal::covers_in(&mut am, a, b),
         );
         assert_eq!(kept, [new]);
+    }
+
+    /// A live item of ours goes with our latest seal (the one naming the change just
+    /// made), not an earlier one kept beside it for changes the latest had no room for.
+    #[test]
+    fn a_live_item_goes_with_our_latest_seal() {
+        let key = SealKey::from_seed(&[7; 32]);
+        let other = SealKey::from_seed(&[8; 32]);
+        let old = key.seal(3, 9, vec![[1; 32]]);
+        let new = key.seal(4, 1, vec![[2; 32]]);
+        let theirs = other.seal(9, 9, vec![[3; 32]]);
+        let mut kept = vec![old, theirs];
+        crate::seal::keep_own(&mut kept, new.clone(), &[[1; 32]]);
+        assert_eq!(kept.len(), 3);
+        assert_eq!(latest_own(&kept, key.device()), Some(new));
     }
 
     /// Changes of ours from an earlier run, handed back by a peer, keep that run's seal:
