@@ -7,9 +7,9 @@
 //! dependencies, so a signature on a device's latest changes (its *frontier*: its own
 //! changes that none of its own later ones depend on; usually one) vouches for every
 //! earlier change of that device. The seals of a device and document that no later one
-//! covers are kept (usually one, the latest) and travel with the document's changes. A change under a sealing actor that no seal
-//! of its device reaches is not its author's, and is refused (docs/security.md, "Forged
-//! authorship").
+//! covers are kept (usually one, the latest) and travel with the document's changes. A
+//! change under a sealing actor that no seal of its device reaches is not its author's,
+//! and is refused (docs/security.md, "Forged authorship").
 //!
 //! Actors made before seals existed (20 bytes: no era byte) are taken as they were: their
 //! devices can no longer write under them, so a forgery under one cannot block anyone's
