@@ -234,10 +234,12 @@ fn carry_out_at<H: Host>(
     let mut files = Vec::new();
     let mut sends = Vec::new();
     let mut activities = Vec::new();
+    let mut reads = Vec::new();
     for e in effects {
         match e {
             Effect::Persist(p) => persists.push(p),
             Effect::WriteFile { .. } | Effect::RemoveFile { .. } => files.push(e),
+            Effect::ReadFile { path } => reads.push(path),
             Effect::Send { to, bytes } => sends.push((to, bytes)),
             Effect::Activity(a) => activities.push(a),
         }
@@ -274,8 +276,18 @@ fn carry_out_at<H: Host>(
         }
         return Ok(sends);
     }
-    let feedback = files_to_disk(host, &files);
+    let mut feedback = files_to_disk(host, &files);
     host.files_done(&files);
+    for path in reads {
+        // (Unreadable now: the watcher or the next start's scan reports it when it is.)
+        if let Ok(Some((content, exec))) = host.read_file(&path) {
+            feedback.push(Input::FileChanged {
+                path,
+                content,
+                exec,
+            });
+        }
+    }
     for input in feedback {
         let effects = engine.handle(now_ms, input, host);
         // The feedback's own persistence is committed before anything is sent.

@@ -437,6 +437,46 @@ impl Rows {
     }
 }
 
+/// Whether every chunk of `bytes` (automerge's, as [`Budget::measure`] walks them) holds
+/// what its header's checksum says: the first four bytes of the SHA-256 of its type,
+/// length and contents. A cheap check of stored bytes sent on as they are, without
+/// loading them (≈ 3 µs for a 4 KB note's document): damaged, they would be refused by
+/// every peer. A compressed change is not checked (its checksum is of the contents
+/// inflated); automerge checks it when it loads it.
+pub fn chunks_intact(bytes: &[u8]) -> bool {
+    use sha2::Digest;
+    let mut r = Reader(bytes);
+    if r.0.is_empty() {
+        return false;
+    }
+    while !r.0.is_empty() {
+        let header = (|| {
+            if r.take(4)? != MAGIC {
+                return Err(InflateError::Malformed("magic bytes"));
+            }
+            let checksum = r.take(4)?;
+            let from = r.0;
+            let kind = r.take(1)?[0];
+            let len = r.uleb()?;
+            let head = &from[..from.len() - r.0.len()];
+            Ok((checksum, kind, head, r.take_u64(len)?))
+        })();
+        let Ok((checksum, kind, head, data)) = header else {
+            return false;
+        };
+        if kind != 2 {
+            let hash = sha2::Sha256::new()
+                .chain_update(head)
+                .chain_update(data)
+                .finalize();
+            if hash[..4] != *checksum {
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// What `bytes` takes once inflated, or an error once that passes `limit`.
 pub fn inflated_size(bytes: &[u8], limit: u64) -> Result<u64, InflateError> {
     let mut b = Budget::new(limit);
@@ -610,6 +650,35 @@ mod tests {
             inflated_size(c.bytes().as_ref(), MAX_INFLATED_ITEM).unwrap();
         }
         assert!(AutoCommit::load(&stored).is_ok());
+    }
+
+    /// What automerge stores (a document, increments after it, single changes) is
+    /// intact; one byte changed anywhere in a chunk's contents or header, or bytes cut
+    /// off, is not.
+    #[test]
+    fn chunks_intact_tells_what_automerge_wrote_from_damaged_bytes() {
+        let mut d = AutoCommit::new().with_actor(ActorId::from(&[1u8; 16][..]));
+        let text = d.put_object(ROOT, "body", ObjType::Text).unwrap();
+        d.splice_text(&text, 0, 0, "# A note\n\nsome text\n")
+            .unwrap();
+        d.commit();
+        let mut stored = d.save();
+        d.splice_text(&text, 2, 0, "short ").unwrap();
+        d.commit();
+        stored.extend(d.save_incremental());
+        assert!(chunks_intact(&stored));
+        for c in d.get_changes(&[]) {
+            assert!(chunks_intact(c.raw_bytes()));
+        }
+        assert!(chunks_intact(&big_doc().save()));
+        for at in [5, 9, 12, stored.len() / 2, stored.len() - 1] {
+            let mut damaged = stored.clone();
+            damaged[at] ^= 0x20;
+            assert!(!chunks_intact(&damaged), "byte {at} changed");
+        }
+        assert!(!chunks_intact(&stored[..stored.len() - 3]));
+        assert!(!chunks_intact(&[]));
+        assert!(!chunks_intact(&[0x85, 0x6f, 0x4a, 0x83, 1, 2, 3, 4, 5]));
     }
 
     #[test]

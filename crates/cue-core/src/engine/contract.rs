@@ -256,6 +256,13 @@ pub enum Effect {
         path: String,
         expect: Option<ContentHash>,
     },
+    /// Read the regular file at `path` and feed what it holds back as
+    /// [`Input::FileChanged`] (nothing when none is there). Asked after the engine lost
+    /// what it held of a file (its stored document no longer loads): the file on disk is
+    /// taken in again, as a new file.
+    ReadFile {
+        path: String,
+    },
     /// Send an engine message to one peer, or to all (`to: None`).
     Send {
         to: Option<DeviceId>,

@@ -24,12 +24,21 @@ impl Engine {
         let t = self.touch();
         if !self.cache.contains_key(&file) {
             // An adopted document is persisted only with this call's effects.
-            let stored = match self.adopted.get(&file) {
-                Some(bytes) => Some(bytes.clone()),
-                None => store.load(&DocId::File(file)),
+            let (stored, adopted) = match self.adopted.get(&file) {
+                Some(bytes) => (Some(bytes.clone()), true),
+                None => (store.load(&DocId::File(file)), false),
             };
-            let doc = match stored {
-                Some(bytes) => FileDoc::load(&bytes, self.actor.clone())?,
+            let doc = match stored.map(|bytes| FileDoc::load(&bytes, self.actor.clone())) {
+                Some(Ok(doc)) => doc,
+                Some(Err(e)) => {
+                    // (An adopted document was checked when it came: this one is what
+                    // our store held, damaged.)
+                    if !adopted && self.damaged_docs.insert(file) {
+                        self.state.counters.bad_documents += 1;
+                        self.state_dirty = true;
+                    }
+                    return Err(e);
+                }
                 None => FileDoc::new(self.actor.clone()),
             };
             self.cache.insert(file, (doc, t));
@@ -149,6 +158,90 @@ impl Engine {
         }
         self.dirty.insert(file);
         self.invalidate(Stale::Digest);
+    }
+
+    /// The stored index no longer decoded (a damaged store) and a new one took its place:
+    /// each file the records say is on this disk gets its path back, so that the first
+    /// settle keeps it where it is instead of removing it as a file the workspace no
+    /// longer has (a device alone would lose it for good). The rest of what the index
+    /// held (tombstones, origins, members, rotation and conflict records) comes back with
+    /// the peers' indexes at the next exchange, merged with these entries.
+    pub(super) fn rebuild_index(&mut self) {
+        let on_disk: Vec<(FileId, String)> = self
+            .files
+            .iter()
+            .filter_map(|(id, m)| m.disk.as_ref().map(|(path, _)| (*id, path.clone())))
+            .collect();
+        for (id, path) in on_disk {
+            let _ = self.index.set_path(&id, &path);
+        }
+        self.commit_index();
+    }
+
+    /// Files whose stored records no longer decoded get them again from their documents:
+    /// the version held, taken for the one on disk (the start's scan then merges
+    /// whatever the disk holds as an edit of it, never as a second file or an edit of
+    /// nothing), and every change of it offered to the peers again (which of ours they
+    /// confirmed was in the record). What the disk holds is learned from the scan.
+    pub(super) fn rebuild_records(&mut self, store: &mut dyn DocStore) {
+        for file in std::mem::take(&mut self.damaged_records) {
+            if self.files.contains(&file) {
+                continue;
+            }
+            self.refresh_meta(file, store);
+            // The seals the record kept are gone with it, ours too: without one, the
+            // changes of ours only this device holds (made while the others were away)
+            // would be refused by every peer as not ours. A seal of this run on the
+            // document's heads vouches for every change of ours in its history (all
+            // made here: the store is ours).
+            let heads = self.doc_heads(file, store);
+            let seal = (!heads.is_empty()).then(|| {
+                self.seal_counter += 1;
+                let named = heads.iter().take(crate::seal::MAX_SEALED_HEADS);
+                self.key
+                    .seal(self.epoch, self.seal_counter, named.map(|h| h.0).collect())
+            });
+            if let Some(mut m) = self.files.get_mut(&file) {
+                m.disk_heads = m.heads.clone();
+                m.prev_disk_heads = m.heads.clone();
+                m.pending = m.heads.clone();
+                m.seals.extend(seal);
+            }
+        }
+    }
+
+    /// Files whose stored documents no longer load (a damaged store): the changes only
+    /// those held are gone, but the file on disk is the user's. The record goes with the
+    /// damaged document, and the file is read back (`Effect::ReadFile`) and taken in as a
+    /// new file: what the disk holds is kept and syncs again. Peers holding the lost
+    /// document send it back; meeting the new file at its path, the two are settled as
+    /// any two files made at one path are (the same bytes or an earlier version: one
+    /// file; else one is kept under a conflict-copy name).
+    pub(super) fn take_in_damaged_docs(&mut self) {
+        for file in std::mem::take(&mut self.damaged_docs) {
+            self.cache.remove(&file);
+            self.dirty.remove(&file);
+            let Some(meta) = self.files.remove(&file) else {
+                continue;
+            };
+            self.out_files.insert(
+                0,
+                Effect::Persist(Persist::DeleteDoc {
+                    doc: DocId::File(file),
+                }),
+            );
+            self.invalidate(Stale::View);
+            if let Some((path, _)) = meta.disk {
+                let name = self.name.clone();
+                self.activity(
+                    ActivityKind::Error,
+                    Some(path.clone()),
+                    &name,
+                    Some("its stored document was damaged: taken in again from the file".into()),
+                );
+                self.out_files.push(Effect::ReadFile { path });
+            }
+        }
     }
 
     pub(super) fn commit_index(&mut self) {

@@ -363,12 +363,20 @@ pub(super) struct Decoded {
     pub(super) moved: BTreeSet<FileId>,
     /// The state was of an earlier layout: it is stored again in the current one.
     pub(super) older_layout: bool,
+    /// The stored index did not decode (a damaged store): `index` is a new one, which
+    /// the engine fills again from the files' records (`Engine::rebuild_index`).
+    pub(super) index_lost: bool,
+    /// Files whose records did not decode: made again from their documents on the first
+    /// input (`Engine::rebuild_records`).
+    pub(super) damaged_records: BTreeSet<FileId>,
 }
 
 /// Decodes what a previous run persisted. What cannot be decoded is counted in
-/// `bad_documents` and left out (a new index, no record), never a panic.
+/// `bad_documents` and left out (a new index, no record), never a panic; the engine
+/// makes it again from what did decode (`Engine::rebuild_index`, `rebuild_records`).
 pub(super) fn decode_restored(restored: Restored, actor: &ActorId) -> Decoded {
     let mut bad = 0u64;
+    let mut index_lost = false;
     let mut index = match restored
         .index
         .as_deref()
@@ -377,6 +385,7 @@ pub(super) fn decode_restored(restored: Restored, actor: &ActorId) -> Decoded {
         Some(Ok(idx)) => idx,
         Some(Err(_)) => {
             bad += 1;
+            index_lost = true;
             IndexDoc::new(actor.clone())
         }
         None => IndexDoc::new(actor.clone()),
@@ -387,12 +396,16 @@ pub(super) fn decode_restored(restored: Restored, actor: &ActorId) -> Decoded {
         .and_then(decode_state)
         .unwrap_or_default();
     let mut metas = BTreeMap::new();
+    let mut damaged_records = BTreeSet::new();
     for (id, bytes) in restored.metas {
         match decode_meta(&bytes) {
             Some(m) => {
                 metas.insert(id, m);
             }
-            None => bad += 1,
+            None => {
+                bad += 1;
+                damaged_records.insert(id);
+            }
         }
     }
     state.counters.bad_documents += bad;
@@ -410,6 +423,8 @@ pub(super) fn decode_restored(restored: Restored, actor: &ActorId) -> Decoded {
         metas,
         moved,
         older_layout,
+        index_lost,
+        damaged_records,
     }
 }
 

@@ -220,6 +220,12 @@ pub struct Engine {
     chain: Chain,
     /// Devices taken for members before the index says so (see [`Engine::trust`]).
     introducers: BTreeSet<DeviceId>,
+    /// Files whose stored records did not decode, made again from their documents on the
+    /// first input (`rebuild_records`: the store comes with the inputs).
+    damaged_records: BTreeSet<FileId>,
+    /// Files whose stored documents did not load: taken in again from their files at the
+    /// call's end (`take_in_damaged_docs`).
+    damaged_docs: BTreeSet<FileId>,
 }
 
 pub(super) fn to_heads(h: &[ChangeHash]) -> Heads {
@@ -274,6 +280,8 @@ impl Engine {
             metas,
             moved,
             older_layout,
+            index_lost,
+            damaged_records,
         } = decode_restored(restored, &actor);
         let fold_case = config.case_insensitive;
         let mut engine = Engine {
@@ -349,7 +357,12 @@ impl Engine {
             rotation_verdicts: BTreeMap::new(),
             chain: Chain::default(),
             introducers: BTreeSet::new(),
+            damaged_records,
+            damaged_docs: BTreeSet::new(),
         };
+        if index_lost {
+            engine.rebuild_index();
+        }
         // Make sure we are in our own member list (a new workspace, or a renamed device).
         if !engine.own_entry_current() {
             let _ = engine.index.set_member(&device, name);
@@ -404,6 +417,9 @@ impl Engine {
         self.pull_limits.set_time(now_ms);
         self.pacer.set_time(now_ms);
         let inputs: Vec<Input> = inputs.into_iter().collect();
+        if !self.damaged_records.is_empty() {
+            self.rebuild_records(store);
+        }
         if self.threads > 1 {
             self.prepare_new_files(&inputs);
             let edited = self.edited_files(&inputs);

@@ -106,6 +106,9 @@ impl Engine {
 
     /// Settle what this call changed and turn it into effects, in order.
     pub(super) fn finish(&mut self, store: &mut dyn DocStore) -> Vec<Effect> {
+        if !self.damaged_docs.is_empty() {
+            self.take_in_damaged_docs();
+        }
         self.reconcile(store);
         // A reconcile can settle clashes, which changes the index again.
         if self.index_changed {

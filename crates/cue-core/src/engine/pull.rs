@@ -324,7 +324,19 @@ impl Engine {
         // a file goes whole, as an `Adopt` carries no mode.)
         let bytes = match self.adopted.get(&f) {
             Some(b) => b.clone(),
-            None => store.load(&doc)?,
+            None => {
+                let stored = store.load(&doc)?;
+                // Damaged, every peer would refuse them, and nothing here would load
+                // them to find out: the file is taken in again from the disk instead.
+                if !crate::inflate::chunks_intact(&stored) {
+                    if self.damaged_docs.insert(f) {
+                        self.state.counters.bad_documents += 1;
+                        self.state_dirty = true;
+                    }
+                    return None;
+                }
+                stored
+            }
         };
         let meta = self.files.get(&f)?;
         let content = match (meta.doc_hash, &meta.disk) {
