@@ -268,6 +268,7 @@ fn carry_out_at<H: Host>(
             .collect();
         host.deferred(&paths);
         host.files_done(&files);
+        deferred.extend(read_back(host, reads));
         let effects = engine.handle_batch(now_ms, deferred, host);
         // Taking a belief back writes nothing, and a file put off is not written again
         // before the next tick, so this ends; the bound is a second safeguard.
@@ -278,22 +279,29 @@ fn carry_out_at<H: Host>(
     }
     let mut feedback = files_to_disk(host, &files);
     host.files_done(&files);
-    for path in reads {
-        // (Unreadable now: the watcher or the next start's scan reports it when it is.)
-        if let Ok(Some((content, exec))) = host.read_file(&path) {
-            feedback.push(Input::FileChanged {
-                path,
-                content,
-                exec,
-            });
-        }
-    }
+    feedback.extend(read_back(host, reads));
     for input in feedback {
         let effects = engine.handle(now_ms, input, host);
         // The feedback's own persistence is committed before anything is sent.
         sends.extend(carry_out_at(engine, host, now_ms, effects, depth + 1)?);
     }
     Ok(sends)
+}
+
+/// What the files the engine asked to read back (`Effect::ReadFile`) hold, as inputs.
+/// (One unreadable now is reported by the watcher or the next start's scan when it is.)
+fn read_back<H: Host>(host: &mut H, paths: Vec<String>) -> Vec<Input> {
+    paths
+        .into_iter()
+        .filter_map(|path| {
+            let (content, exec) = host.read_file(&path).ok()??;
+            Some(Input::FileChanged {
+                path,
+                content,
+                exec,
+            })
+        })
+        .collect()
 }
 
 /// Writes and removals in the engine's order; the refusals to feed back.

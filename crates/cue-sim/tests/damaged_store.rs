@@ -31,6 +31,14 @@ const P0_FILES: [(&str, &str); 4] = [
     ("d.md", "delta, made offline\n"),
 ];
 
+/// Whether p0's activity log has an error entry saying `what`.
+fn logged(w: &World, what: &str) -> bool {
+    w.peers[0].activity.iter().any(|a| {
+        a.kind == cue_core::ActivityKind::Error
+            && a.detail.as_deref().is_some_and(|d| d.contains(what))
+    })
+}
+
 fn assert_p0_keeps_its_files(w: &World, when: &str) {
     for (path, text) in P0_FILES {
         assert_eq!(w.read(0, path).as_deref(), Some(text), "{path} {when}");
@@ -66,6 +74,7 @@ fn a_damaged_index_removes_no_file_and_the_peers_still_converge() {
         w.peers[0].store.docs.insert(DocId::Index, GARBAGE.to_vec());
         w.restart(0);
         assert!(w.peers[0].engine.counters().bad_documents >= 1);
+        assert!(logged(&w, "stored index was damaged"));
         assert_p0_keeps_its_files(&w, "after a start with a damaged index");
         // A second start (the index rebuilt and stored) keeps them too.
         w.restart(0);
@@ -122,6 +131,7 @@ fn a_damaged_file_record_loses_no_edit() {
         damage(&mut w, "record");
         w.restart(0);
         assert!(w.peers[0].engine.counters().bad_documents >= 2);
+        assert!(logged(&w, "stored record was damaged"));
         assert_p0_keeps_its_files(&w, "after a start with damaged records");
         meet_again_and_check(w);
     }
@@ -144,6 +154,7 @@ fn a_damaged_document_loses_no_edit() {
         w.connect(0);
         w.settle_converged();
         assert!(w.peers[0].engine.counters().bad_documents >= 2);
+        assert!(logged(&w, "stored document was damaged"));
         for p in 0..2 {
             let texts: Vec<&[u8]> = w.peers[p].disk.values().map(Vec::as_slice).collect();
             for text in ["alpha\n", "alpha, edited offline\n"] {

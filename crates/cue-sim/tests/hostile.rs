@@ -1562,3 +1562,51 @@ fn changes_that_take_a_rotation_record_or_an_admission_away_are_refused() {
     }
     assert_eq!(w.read(3, "b.md"), None);
 }
+
+/// A member sends a new note of its own whose document's bytes are damaged (checksums
+/// that fail), with content of its choosing. Stored unread, the document would fail to
+/// load only at its check, and could be taken for one our own store damaged: the
+/// content taken in again as a new file of ours, under our name. It is refused when it
+/// comes and counted; nothing of it reaches a disk, and honest work goes on.
+#[test]
+fn a_damaged_document_from_a_peer_is_refused_not_taken_for_ours() {
+    let mut w = World::new(3, 24, Config::default());
+    w.connect_all();
+    w.write(0, "a.md", b"x\n");
+    w.settle(10);
+    let file = cue_core::FileId([0xd1; 16]);
+    let evil = b"words put in p1's mouth\n";
+    let mut items = cue_sim::new_file_items(&w, 2, file, "n.md", evil, evil);
+    for item in &mut items {
+        if let Item::Sealed {
+            item: cue_core::wire::Sealable::Adopt { bytes, .. },
+            ..
+        } = item
+        {
+            // The checksum's first byte: what follows still walks as automerge's.
+            bytes[4] ^= 0x40;
+        }
+    }
+    let bad_before = w.peers[1].engine.counters().bad_documents;
+    let from = w.peers[2].device;
+    w.input(
+        1,
+        Input::Message {
+            from,
+            bytes: encode(&Message { items }),
+        },
+    );
+    w.advance(60_000);
+    w.settle(20);
+    assert!(w.peers[1].engine.counters().bad_documents > bad_before);
+    w.write(0, "a.md", b"x\ny\n");
+    w.settle(20);
+    for p in 0..3 {
+        assert_eq!(w.read(p, "a.md").as_deref(), Some("x\ny\n"), "p{p}");
+        assert!(
+            w.peers[p].disk.values().all(|b| b != evil),
+            "p{p}: {:?}",
+            w.peers[p].disk.keys()
+        );
+    }
+}

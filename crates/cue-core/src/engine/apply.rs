@@ -459,6 +459,13 @@ impl Engine {
         if known || heads.is_empty() {
             return self.apply_remote(from, DocId::File(f), Remote::Whole(bytes), seals, store);
         }
+        // Stored unread: bytes whose chunks do not hold what their checksums say would
+        // fail to load only later, once taken for ours.
+        if !crate::inflate::chunks_intact(&bytes) {
+            self.state.counters.bad_documents += 1;
+            self.state_dirty = true;
+            return None;
+        }
         // An `Adopt` carries no mode: it is sent only for files that are not executable
         // (see `whole`); a sender that lies about that is caught by `verify_adopted`.
         // Its seals are kept as they came (each verified); whether they reach every
@@ -542,13 +549,43 @@ impl Engine {
                     self.to_reconcile.insert(f);
                 }
                 Err(_) => {
-                    // The stored bytes do not load: nothing can be said of the file but
-                    // what is on disk, which stays.
-                    self.state.counters.bad_documents += 1;
+                    // A peer's bytes that do not load (not our store's damage: never
+                    // taken in again as ours) are refused as if they had never come:
+                    // record and document dropped, the content written from them taken
+                    // off the disk (unless edited since: then it is the user's), and
+                    // the file comes again from a peer that holds it whole.
+                    if !self.damaged_docs.remove(&f) {
+                        self.state.counters.bad_documents += 1;
+                    }
+                    self.refuse_adopted(f);
                     continue;
                 }
             }
             self.record_field_conflicts(f, store);
+        }
+    }
+
+    /// An adopted document that does not load: dropped with its record, and the file
+    /// written from the content it came with removed if the disk still holds that.
+    fn refuse_adopted(&mut self, f: FileId) {
+        self.cache.remove(&f);
+        self.dirty.remove(&f);
+        self.adopted.remove(&f);
+        self.adopted_content.remove(&f);
+        self.out_files.insert(
+            0,
+            Effect::Persist(Persist::DeleteDoc {
+                doc: DocId::File(f),
+            }),
+        );
+        if let Some(meta) = self.files.remove(&f) {
+            if let Some((path, hash)) = meta.disk {
+                self.out_files.push(Effect::RemoveFile {
+                    path,
+                    expect: Some(hash),
+                });
+            }
+            self.invalidate(Stale::View);
         }
     }
 

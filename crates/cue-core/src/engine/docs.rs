@@ -31,9 +31,12 @@ impl Engine {
             let doc = match stored.map(|bytes| FileDoc::load(&bytes, self.actor.clone())) {
                 Some(Ok(doc)) => doc,
                 Some(Err(e)) => {
-                    // (An adopted document was checked when it came: this one is what
-                    // our store held, damaged.)
-                    if !adopted && self.damaged_docs.insert(file) {
+                    // Our store's bytes, damaged. (Not a document a peer sent: one in
+                    // memory, or stored and not yet checked, `verify_adopted` judges.)
+                    if !adopted
+                        && !self.tail.unverified.contains(&file)
+                        && self.damaged_docs.insert(file)
+                    {
                         self.state.counters.bad_documents += 1;
                         self.state_dirty = true;
                     }
@@ -176,6 +179,13 @@ impl Engine {
             let _ = self.index.set_path(&id, &path);
         }
         self.commit_index();
+        let name = self.name.clone();
+        self.activity(
+            ActivityKind::Error,
+            None,
+            &name,
+            Some("the stored index was damaged: made again from the files' records".into()),
+        );
     }
 
     /// Files whose stored records no longer decoded get them again from their documents:
@@ -195,7 +205,10 @@ impl Engine {
             // document's heads vouches for every change of ours in its history (all
             // made here: the store is ours).
             let heads = self.doc_heads(file, store);
-            let seal = (!heads.is_empty()).then(|| {
+            // (Not for a document adopted and not yet checked: it may hold changes a
+            // peer made under our name, which its check takes out.)
+            let unchecked = self.tail.unverified.contains(&file);
+            let seal = (!heads.is_empty() && !unchecked).then(|| {
                 self.seal_counter += 1;
                 let named = heads.iter().take(crate::seal::MAX_SEALED_HEADS);
                 self.key
@@ -207,6 +220,13 @@ impl Engine {
                 m.pending = m.heads.clone();
                 m.seals.extend(seal);
             }
+            let name = self.name.clone();
+            self.activity(
+                ActivityKind::Error,
+                self.index.path_of(&file),
+                &name,
+                Some("its stored record was damaged: made again from its document".into()),
+            );
         }
     }
 
@@ -219,19 +239,34 @@ impl Engine {
     /// file; else one is kept under a conflict-copy name).
     pub(super) fn take_in_damaged_docs(&mut self) {
         for file in std::mem::take(&mut self.damaged_docs) {
+            // A good copy came from a peer in this call: it takes the damaged one's place.
+            if self.adopted.contains_key(&file) {
+                continue;
+            }
             self.cache.remove(&file);
             self.dirty.remove(&file);
-            let Some(meta) = self.files.remove(&file) else {
-                continue;
-            };
+            self.adopted_content.remove(&file);
+            self.growth.remove(&file);
+            self.waiting_apart.remove(&file);
+            self.tail4.overlaps.retain(|n| n.file != file);
             self.out_files.insert(
                 0,
                 Effect::Persist(Persist::DeleteDoc {
                     doc: DocId::File(file),
                 }),
             );
+            self.state_dirty = true;
+            let Some(meta) = self.files.remove(&file) else {
+                continue;
+            };
             self.invalidate(Stale::View);
-            if let Some((path, _)) = meta.disk {
+            // Read back only a file that is the user's to keep: not one deleted (by a
+            // peer, or held by the guard) nor one now ignored here.
+            let deleted = self.index.tombstone(&file).is_some() || self.tail3.held.contains(&file);
+            if let Some((path, _)) = meta
+                .disk
+                .filter(|(p, _)| !deleted && !self.ignored.contains(p))
+            {
                 let name = self.name.clone();
                 self.activity(
                     ActivityKind::Error,

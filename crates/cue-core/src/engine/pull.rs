@@ -325,11 +325,12 @@ impl Engine {
         let bytes = match self.adopted.get(&f) {
             Some(b) => b.clone(),
             None => {
-                let stored = store.load(&doc)?;
+                let stored = store.load(&doc).filter(|b| !b.is_empty())?;
                 // Damaged, every peer would refuse them, and nothing here would load
                 // them to find out: the file is taken in again from the disk instead.
+                // (A document adopted and not yet checked is a peer's, left to its check.)
                 if !crate::inflate::chunks_intact(&stored) {
-                    if self.damaged_docs.insert(f) {
+                    if !self.tail.unverified.contains(&f) && self.damaged_docs.insert(f) {
                         self.state.counters.bad_documents += 1;
                         self.state_dirty = true;
                     }
