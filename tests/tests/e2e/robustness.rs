@@ -675,3 +675,48 @@ fn set_max_file_size(peer: &Peer, bytes: u64) {
     );
     std::fs::write(&config, text).unwrap();
 }
+
+/// `.cuedeck/`'s store damaged on disk while the daemon is stopped: the index's row no
+/// longer decodes. The daemon starts, says so, and keeps every file where it is (it
+/// used to remove them all: the empty index that took the damaged one's place held
+/// none), including a note only this device has; an edit made then reaches the other.
+#[test]
+fn a_damaged_index_in_the_store_removes_no_file() {
+    let (_relay, a, b) = pair();
+    a.write("notes/plan.md", "# Plan\n");
+    a.write("todo.md", "- one\n");
+    wait_for_file(&b, "todo.md", "the first notes", |c| c == "- one\n");
+    wait_for_file(&b, "notes/plan.md", "the first notes", |c| c == "# Plan\n");
+    b.stop();
+    a.write("only-here.md", "made while b was away\n");
+    wait_until("a to take in only-here.md", || {
+        a.status().0["files"].as_u64() == Some(3)
+    });
+    a.stop();
+    {
+        let db = rusqlite::Connection::open(a.path(".cuedeck/store.sqlite3")).unwrap();
+        db.execute_batch(
+            "DELETE FROM doc_chunks WHERE doc = 'index';
+             UPDATE docs SET snapshot = x'856f4a830102030405' WHERE doc = 'index';",
+        )
+        .unwrap();
+    }
+    a.start();
+    wait_until("a to report the damaged index", || {
+        a.status().0["refused_input"]["bad_documents"].as_u64() >= Some(1)
+    });
+    a.write("todo.md", "- one\n- two\n");
+    b.start();
+    wait_for_file(&b, "todo.md", "an edit after the damage", |c| {
+        c == "- one\n- two\n"
+    });
+    wait_for_file(&b, "only-here.md", "the note only a had", |c| {
+        c == "made while b was away\n"
+    });
+    wait_converged(&[&a, &b]);
+    assert_eq!(a.read("notes/plan.md").as_deref(), Some("# Plan\n"));
+    assert_eq!(
+        a.read("only-here.md").as_deref(),
+        Some("made while b was away\n")
+    );
+}
