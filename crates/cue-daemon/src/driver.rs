@@ -26,8 +26,8 @@ use cue_core::{ContentHash, Engine, FileId, Input, Restored, Status, file_hash, 
 use crate::config::Config;
 use crate::fsio::{FsError, WorkspaceFs};
 use crate::host::{
-    DaemonHost, JournalEntry, KEY_EPOCH, KEY_STATE, NS_DAEMON, NS_ENGINE, NS_FILEMETA, NS_JOURNAL,
-    StoreDocs, join_loaded,
+    DaemonHost, JournalEntry, KEY_EPOCH, KEY_MOUNTS, KEY_STATE, NS_DAEMON, NS_ENGINE, NS_FILEMETA,
+    NS_JOURNAL, StoreDocs, join_loaded,
 };
 pub use crate::host::{KEY_REPLAY, NS_NET};
 use crate::ignore_rules::IgnoreRules;
@@ -306,6 +306,9 @@ pub struct Driver {
     /// often; those it failed on twice (`SHUNNED_AFTER`) are not listened to for the
     /// rest of the run.
     failed_on: BTreeMap<cue_core::DeviceId, u32>,
+    /// The workspace's mount points, as stored under [`KEY_MOUNTS`]: found by the scans,
+    /// and by the ticks (mounted while the daemon runs).
+    mounts: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -362,6 +365,7 @@ impl Driver {
             restarted: false,
             restarting: false,
             failed_on: BTreeMap::new(),
+            mounts: BTreeSet::new(),
         };
         // Nothing can be sent yet (not connected): what Engine::new returns is storage.
         let _ = carry::carry_out(&mut driver.engine, &mut driver.host, now_ms(), effects)?;
@@ -896,6 +900,7 @@ impl Driver {
     /// event at all arrives. So each file the driver writes is looked at once more after
     /// the window has passed, and a file found missing is a removal.
     pub fn tick(&mut self, now: i64) -> Result<Vec<Outgoing>, DriverError> {
+        self.note_mounts()?;
         // Their journal entries are cleared at once, for good (a flushed commit): one a
         // power cut brought back would make the next start take a save restoring the
         // content before that write for the write not done.
@@ -925,6 +930,28 @@ impl Driver {
             }
         }
         Ok(out)
+    }
+
+    /// A disk mounted inside the workspace while the daemon runs is remembered at once,
+    /// so that a start that finds it unmounted keeps its files (`SkipReason::NotMounted`)
+    /// even if no scan ran while it was mounted. Only the scans forget one (when its
+    /// folder is gone).
+    fn note_mounts(&mut self) -> Result<(), DriverError> {
+        let now_mounted = crate::scan::mounts_below(self.host.fs.root_path());
+        if now_mounted.is_subset(&self.mounts) {
+            return Ok(());
+        }
+        self.mounts.extend(now_mounted);
+        let mounts = self.mounts.clone();
+        self.store_mounts(&mounts)
+    }
+
+    fn store_mounts(&mut self, mounts: &BTreeSet<String>) -> Result<(), DriverError> {
+        let lines: Vec<&str> = mounts.iter().map(String::as_str).collect();
+        self.host
+            .store
+            .put_meta(NS_DAEMON, KEY_MOUNTS, lines.join("\n").as_bytes())?;
+        Ok(())
     }
 
     /// `cue sync restore PATH`: a deleted file, or everything deleted under a folder (`.`:
@@ -1040,13 +1067,30 @@ impl Driver {
         if let Err(error) = self.rules.reload() {
             tracing::warn!(%error, "cannot reload .cueignore; keeping the old rules");
         }
+        let mut known_mounts: BTreeSet<String> = self
+            .host
+            .store
+            .get_meta(NS_DAEMON, KEY_MOUNTS)?
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        known_mounts.extend(std::mem::take(&mut self.mounts));
         let report = scan(
             &self.host.fs,
             &self.rules,
             &ScanOptions {
                 max_file_size: self.max_file_size,
+                known_mounts: known_mounts.clone(),
             },
         )?;
+        if report.mounts != known_mounts {
+            self.store_mounts(&report.mounts)?;
+        }
+        self.mounts = report.mounts.clone();
         for tmp in &report.stale_temps {
             let _ = self.host.fs.remove_stale_temp(tmp);
         }
@@ -1068,7 +1112,7 @@ impl Driver {
             unreadable: report
                 .skipped
                 .iter()
-                .filter(|s| matches!(s.reason, SkipReason::Unreadable(_)))
+                .filter(|s| matches!(s.reason, SkipReason::Unreadable(_) | SkipReason::NotMounted))
                 .map(|s| s.path.clone())
                 .collect(),
         };
@@ -1078,7 +1122,7 @@ impl Driver {
             .filter(|s| {
                 matches!(
                     s.reason,
-                    SkipReason::InvalidName(_) | SkipReason::Unreadable(_)
+                    SkipReason::InvalidName(_) | SkipReason::Unreadable(_) | SkipReason::NotMounted
                 )
             })
             .map(|s| (s.path.clone(), s.reason.to_string()))
@@ -1143,6 +1187,11 @@ impl Driver {
     /// counts what the whole batch removes first ("at once" is the batch, however many
     /// steps take it in).
     pub fn watch_begin(&mut self, events: Vec<WatchEvent>) -> WatchWork {
+        // Files saved on a disk mounted a moment ago: the disk is remembered before they
+        // are taken in (and the ticks, 2 s apart when idle, may not come before a stop).
+        if let Err(error) = self.note_mounts() {
+            tracing::warn!(%error, "cannot store the workspace's mount points");
+        }
         if events.iter().any(|e| matches!(e, WatchEvent::RootGone)) {
             let known = self.engine.disk().count();
             self.trip_guard("the workspace folder itself disappeared".to_string(), known);

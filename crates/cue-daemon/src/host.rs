@@ -33,6 +33,9 @@ use crate::store::{ActivityKind, ActivityRecord, Store, StoreError, StoreTx};
 /// Store namespaces and keys the daemon uses.
 pub const NS_DAEMON: &str = "daemon";
 pub const KEY_EPOCH: &str = "epoch";
+/// The workspace's mount points found by the last scan, one relative path a line
+/// (`scan::ScanOptions::known_mounts`), under [`NS_DAEMON`].
+pub const KEY_MOUNTS: &str = "mounts";
 pub const NS_ENGINE: &str = "engine";
 pub const KEY_STATE: &str = "state";
 pub const NS_FILEMETA: &str = "filemeta";

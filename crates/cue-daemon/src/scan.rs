@@ -11,7 +11,9 @@
 //! Symlinks, special files, files over `max_file_size` (by their size, without reading
 //! them) and names cue cannot sync are listed as skipped, for `status` to show.
 
+use std::collections::BTreeSet;
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use ignore::WalkBuilder;
@@ -28,16 +30,21 @@ pub enum ScanError {
 }
 
 /// Scan settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ScanOptions {
     /// Larger files are listed as skipped and not read (config `max_file_size`).
     pub max_file_size: u64,
+    /// Folders earlier scans found to be mount points (another filesystem mounted on
+    /// them), relative to the root: one that is a plain folder of the workspace's
+    /// filesystem now is not mounted, and its files are not taken for deleted.
+    pub known_mounts: BTreeSet<String>,
 }
 
 impl Default for ScanOptions {
     fn default() -> Self {
         ScanOptions {
             max_file_size: 16 * 1024 * 1024,
+            known_mounts: BTreeSet::new(),
         }
     }
 }
@@ -71,6 +78,10 @@ pub enum SkipReason {
     InvalidName(PathError),
     /// Could not be read (permissions, IO error); the message says why.
     Unreadable(String),
+    /// A folder another filesystem was mounted on (a disk, a network share), found
+    /// unmounted: what is in it now is not the workspace's, and the files synced from
+    /// it are kept as they were, never taken for deleted.
+    NotMounted,
 }
 
 impl std::fmt::Display for SkipReason {
@@ -81,6 +92,9 @@ impl std::fmt::Display for SkipReason {
             SkipReason::TooLarge { size } => write!(f, "larger than max_file_size ({size} bytes)"),
             SkipReason::InvalidName(e) => write!(f, "name cannot be synced: {e}"),
             SkipReason::Unreadable(e) => write!(f, "unreadable: {e}"),
+            SkipReason::NotMounted => f.write_str(
+                "not mounted: its files are kept as they were until it is mounted again",
+            ),
         }
     }
 }
@@ -101,6 +115,63 @@ pub struct ScanReport {
     /// cue's own temporary files left by a crash; remove them with
     /// [`WorkspaceFs::remove_stale_temp`].
     pub stale_temps: Vec<String>,
+    /// Folders on another filesystem than the root's (mount points), and known mount
+    /// points found unmounted: what the next scan's [`ScanOptions::known_mounts`] is.
+    pub mounts: BTreeSet<String>,
+}
+
+/// The mount points strictly below `root`, relative to it, as the kernel lists them
+/// (`/proc/self/mountinfo`, Linux; elsewhere none: the scans still find them by their
+/// filesystem). Reading it costs tens of microseconds, so the daemon looks at every tick.
+pub fn mounts_below(root: &Path) -> BTreeSet<String> {
+    let (Ok(root), Ok(info)) = (
+        std::fs::canonicalize(root),
+        std::fs::read_to_string("/proc/self/mountinfo"),
+    ) else {
+        return BTreeSet::new();
+    };
+    info.lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter_map(|field| {
+            let point = PathBuf::from(unescape_mountinfo(field));
+            let rel = point.strip_prefix(&root).ok()?.to_str()?.to_string();
+            (!rel.is_empty()).then_some(rel)
+        })
+        .collect()
+}
+
+/// A mountinfo field with its octal escapes (`\040` for a space, `\011`, `\012`,
+/// `\134`) undone.
+fn unescape_mountinfo(field: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)))
+            .and_then(|d| {
+                let value = d.iter().fold(0u32, |v, b| v * 8 + u32::from(b - b'0'));
+                u8::try_from(value).ok()
+            });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out)
+}
+
+/// The filesystem (`st_dev`) a path is on, not following a link.
+fn device_of(path: &Path) -> Option<u64> {
+    std::fs::symlink_metadata(path).ok().map(|m| m.dev())
 }
 
 /// Scans the workspace opened as `fs`.
@@ -109,16 +180,61 @@ pub fn scan(
     rules: &IgnoreRules,
     options: &ScanOptions,
 ) -> Result<ScanReport, ScanError> {
+    scan_on(fs, rules, options, &device_of)
+}
+
+/// [`scan`], with where each folder is (`device_of`) given: the tests' mount points.
+fn scan_on(
+    fs: &WorkspaceFs,
+    rules: &IgnoreRules,
+    options: &ScanOptions,
+    device_of: &dyn Fn(&Path) -> Option<u64>,
+) -> Result<ScanReport, ScanError> {
     let root = fs.root_path().to_owned();
     if !std::fs::metadata(&root).is_ok_and(|m| m.is_dir()) {
         return Err(ScanError::RootMissing(root));
     }
+    // A mount point is a folder on another filesystem than the folder it is in.
+    let mounted = |path: &Path| {
+        path.parent()
+            .is_some_and(|up| device_of(path) != device_of(up))
+    };
     let mut report = ScanReport::default();
     for entry in walk(&root, rules) {
         match entry {
-            Ok(entry) => take_entry(fs, &root, options, &entry, &mut report),
+            Ok(entry) => {
+                if entry.depth() > 0
+                    && entry.file_type().is_some_and(|t| t.is_dir())
+                    && mounted(entry.path())
+                    && let Some(rel) = rel_str(&root, entry.path())
+                {
+                    report.mounts.insert(rel.to_string());
+                }
+                take_entry(fs, &root, options, &entry, &mut report);
+            }
             Err(e) => report.skipped.push(walk_error(&root, &e)),
         }
+    }
+    // A known mount point that is a folder of its parent's filesystem again: unmounted.
+    // (One that is gone altogether was removed, with its files.)
+    for mount in &options.known_mounts {
+        let path = root.join(mount);
+        let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+        if !is_dir || report.mounts.contains(mount) || mounted(&path) {
+            continue;
+        }
+        let under = |p: &str| {
+            p == mount
+                || p.strip_prefix(mount.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+        };
+        report.files.retain(|f| !under(f.path.as_str()));
+        report.skipped.retain(|s| !under(&s.path));
+        report.skipped.push(Skipped {
+            path: mount.clone(),
+            reason: SkipReason::NotMounted,
+        });
+        report.mounts.insert(mount.clone());
     }
     report.files.sort_by(|a, b| a.path.cmp(&b.path));
     report.skipped.sort_by(|a, b| a.path.cmp(&b.path));
@@ -341,7 +457,91 @@ mod tests {
     fn run(root: &Path, max: u64) -> ScanReport {
         let fs = WorkspaceFs::open(root).unwrap();
         let rules = IgnoreRules::load(root).unwrap();
-        scan(&fs, &rules, &ScanOptions { max_file_size: max }).unwrap()
+        scan(
+            &fs,
+            &rules,
+            &ScanOptions {
+                max_file_size: max,
+                ..ScanOptions::default()
+            },
+        )
+        .unwrap()
+    }
+
+    /// A scan with `media` on another filesystem when `mounted`, as the daemon runs it
+    /// after scans that found `known` mount points.
+    fn scan_with_media(root: &Path, mounted: bool, known: &[&str]) -> ScanReport {
+        let fs = WorkspaceFs::open(root).unwrap();
+        let rules = IgnoreRules::load(root).unwrap();
+        let media = root.join("media");
+        let device_of = |p: &Path| {
+            std::fs::symlink_metadata(p).ok()?;
+            Some(if mounted && p.starts_with(&media) {
+                2
+            } else {
+                1
+            })
+        };
+        let options = ScanOptions {
+            known_mounts: known.iter().map(|m| m.to_string()).collect(),
+            ..ScanOptions::default()
+        };
+        scan_on(&fs, &rules, &options, &device_of).unwrap()
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo("/a\\040b\\134c\\011"), "/a b\\c\t");
+        assert_eq!(unescape_mountinfo("/x\\777\\04"), "/x\\777\\04");
+    }
+
+    fn paths(report: &ScanReport) -> Vec<&str> {
+        report.files.iter().map(|f| f.path.as_str()).collect()
+    }
+
+    /// A disk mounted inside the workspace syncs as any folder, and is remembered as a
+    /// mount point; unmounted (the folder empty, or holding what was under the mount),
+    /// it is listed as not mounted and none of its files is reported, neither the old
+    /// (so none is taken for deleted) nor what the bare folder holds; mounted again, its
+    /// files are there as before. A mount point removed altogether is forgotten.
+    #[test]
+    fn a_mount_point_unmounted_is_listed_not_emptied() {
+        let (_d, root) = setup();
+        write(&root, "a.md", b"a");
+        write(&root, "media/song.txt", b"la");
+        write(&root, "media/sub/b.md", b"b");
+        let report = scan_with_media(&root, true, &[]);
+        assert_eq!(paths(&report), ["a.md", "media/song.txt", "media/sub/b.md"]);
+        assert_eq!(report.mounts, BTreeSet::from(["media".to_string()]));
+
+        // Unmounted: the bare folder holds a file of its own.
+        std::fs::remove_dir_all(root.join("media")).unwrap();
+        write(&root, "media/under-the-mount.txt", b"x");
+        let report = scan_with_media(&root, false, &["media"]);
+        assert_eq!(paths(&report), ["a.md"]);
+        assert_eq!(
+            report.skipped,
+            [Skipped {
+                path: "media".into(),
+                reason: SkipReason::NotMounted
+            }]
+        );
+        assert_eq!(report.mounts, BTreeSet::from(["media".to_string()]));
+
+        // Mounted again.
+        let report = scan_with_media(&root, true, &["media"]);
+        assert!(report.skipped.is_empty());
+        assert_eq!(paths(&report), ["a.md", "media/under-the-mount.txt"]);
+
+        // Removed.
+        std::fs::remove_dir_all(root.join("media")).unwrap();
+        let report = scan_with_media(&root, false, &["media"]);
+        assert!(report.skipped.is_empty());
+        assert!(report.mounts.is_empty());
+        // (A name that only starts like the mount point is not below it.)
+        write(&root, "media2/c.md", b"c");
+        let report = scan_with_media(&root, false, &[]);
+        assert_eq!(paths(&report), ["a.md", "media2/c.md"]);
     }
 
     #[test]

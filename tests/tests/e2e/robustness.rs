@@ -720,3 +720,68 @@ fn a_damaged_index_in_the_store_removes_no_file() {
         Some("made while b was away\n")
     );
 }
+
+/// Unmounts a filesystem when dropped (a test that fails leaves no mount behind).
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A disk mounted inside the workspace (here a tmpfs) syncs as any folder; unmounted
+/// while the daemon is stopped, the folder left behind is empty, and the next start
+/// used to take every file of it for deleted, deleting them on every device (held by
+/// the guard only when they were most of the workspace). Now the folder is listed as
+/// not mounted and its files stay everywhere. Needs the right to mount (root, as on the
+/// project's machines); without it the test says so and checks nothing.
+#[test]
+fn a_disk_unmounted_inside_the_workspace_deletes_nothing() {
+    let (_relay, a, b) = pair();
+    std::fs::create_dir(a.path("media")).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "cue-e2e"])
+        .arg(a.path("media"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (not root)");
+        return;
+    }
+    let mount = Mounted(a.path("media"));
+    a.write("notes.md", "notes\n");
+    for i in 0..3 {
+        a.write(&format!("media/track{i}.md"), &format!("track {i}\n"));
+    }
+    wait_for_file(&b, "media/track2.md", "the mounted disk's files", |c| {
+        c == "track 2\n"
+    });
+    a.stop();
+    drop(mount);
+    assert!(a.read("media/track0.md").is_none(), "still mounted");
+    a.start();
+    wait_until("a to list media as not mounted", || {
+        a.status().0["skipped"].as_array().is_some_and(|s| {
+            s.iter().any(|k| {
+                k["path"] == "media"
+                    && k["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("not mounted"))
+            })
+        })
+    });
+    // An edit made after the start's scan reaches b: whatever the scan sent went first.
+    a.write("notes.md", "notes\nafter the unmount\n");
+    wait_for_file(&b, "notes.md", "an edit after the unmount", |c| {
+        c.contains("after the unmount")
+    });
+    for i in 0..3 {
+        assert_eq!(
+            b.read(&format!("media/track{i}.md")),
+            Some(format!("track {i}\n"))
+        );
+    }
+    assert!(a.status().0["deletions_paused"].is_null());
+}
