@@ -309,6 +309,9 @@ pub struct Driver {
     /// The workspace's mount points, as stored under [`KEY_MOUNTS`]: found by the scans,
     /// and by the ticks (mounted while the daemon runs).
     mounts: BTreeSet<String>,
+    /// When the kernel's list of mount points was last read (at most once a second
+    /// from the watcher's batches).
+    mounts_checked: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -366,6 +369,7 @@ impl Driver {
             restarting: false,
             failed_on: BTreeMap::new(),
             mounts: BTreeSet::new(),
+            mounts_checked: None,
         };
         // Nothing can be sent yet (not connected): what Engine::new returns is storage.
         let _ = carry::carry_out(&mut driver.engine, &mut driver.host, now_ms(), effects)?;
@@ -900,7 +904,7 @@ impl Driver {
     /// event at all arrives. So each file the driver writes is looked at once more after
     /// the window has passed, and a file found missing is a removal.
     pub fn tick(&mut self, now: i64) -> Result<Vec<Outgoing>, DriverError> {
-        self.note_mounts()?;
+        let remounted = self.note_mounts()?;
         // Their journal entries are cleared at once, for good (a flushed commit): one a
         // power cut brought back would make the next start take a save restoring the
         // content before that write for the write not done.
@@ -908,6 +912,11 @@ impl Driver {
             self.host.flush(true)?;
         }
         let mut out = self.input(now, Input::Tick)?;
+        if remounted {
+            // Its files as they are now, then the writes refused meanwhile, at once.
+            out.extend(self.scan(now, &mut |_, _| {}, false)?);
+            out.extend(self.input(now, Input::RetryWrites)?);
+        }
         out.extend(self.late_writes(now, false)?);
         if self.host.written.is_empty() {
             return Ok(out);
@@ -936,14 +945,23 @@ impl Driver {
     /// so that a start that finds it unmounted keeps its files (`SkipReason::NotMounted`)
     /// even if no scan ran while it was mounted. Only the scans forget one (when its
     /// folder is gone).
-    fn note_mounts(&mut self) -> Result<(), DriverError> {
+    /// Returns whether a disk found unmounted is mounted again: a scan then takes its
+    /// files in as they are (the watcher does not see into a disk mounted after its
+    /// watches were made: later edits on it are found by the next start's scan).
+    fn note_mounts(&mut self) -> Result<bool, DriverError> {
+        self.mounts_checked = Some(std::time::Instant::now());
         let now_mounted = crate::scan::mounts_below(self.host.fs.root_path());
-        if now_mounted.is_subset(&self.mounts) {
-            return Ok(());
+        let remounted = self
+            .host
+            .not_mounted
+            .iter()
+            .any(|m| now_mounted.contains(m));
+        if !now_mounted.is_subset(&self.mounts) {
+            self.mounts.extend(now_mounted);
+            let mounts = self.mounts.clone();
+            self.store_mounts(&mounts)?;
         }
-        self.mounts.extend(now_mounted);
-        let mounts = self.mounts.clone();
-        self.store_mounts(&mounts)
+        Ok(remounted)
     }
 
     fn store_mounts(&mut self, mounts: &BTreeSet<String>) -> Result<(), DriverError> {
@@ -1078,7 +1096,7 @@ impl Driver {
                     .collect()
             })
             .unwrap_or_default();
-        known_mounts.extend(std::mem::take(&mut self.mounts));
+        known_mounts.extend(self.mounts.iter().cloned());
         let report = scan(
             &self.host.fs,
             &self.rules,
@@ -1091,6 +1109,12 @@ impl Driver {
             self.store_mounts(&report.mounts)?;
         }
         self.mounts = report.mounts.clone();
+        self.host.not_mounted = report
+            .skipped
+            .iter()
+            .filter(|s| matches!(s.reason, SkipReason::NotMounted))
+            .map(|s| s.path.clone())
+            .collect();
         for tmp in &report.stale_temps {
             let _ = self.host.fs.remove_stale_temp(tmp);
         }
@@ -1134,7 +1158,12 @@ impl Driver {
         // engine believes on disk (synced before it grew) is left to the scan's diff,
         // which takes an ignored or unreadable file, or a tripped guard, for no deletion.
         for path in self.engine.skipped_under(".") {
-            if !found.too_large.contains_key(&path)
+            let unmounted = self.host.not_mounted.iter().any(|m| {
+                path.strip_prefix(m.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+            });
+            if !unmounted
+                && !found.too_large.contains_key(&path)
                 && !found.files.contains_key(&path)
                 && self.engine.on_disk(&path).is_none()
             {
@@ -1189,9 +1218,14 @@ impl Driver {
     pub fn watch_begin(&mut self, events: Vec<WatchEvent>) -> WatchWork {
         // Files saved on a disk mounted a moment ago: the disk is remembered before they
         // are taken in (and the ticks, 2 s apart when idle, may not come before a stop).
-        if let Err(error) = self.note_mounts() {
-            tracing::warn!(%error, "cannot store the workspace's mount points");
-        }
+        let due = self
+            .mounts_checked
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+        let remounted = due
+            && self.note_mounts().unwrap_or_else(|error| {
+                tracing::warn!(%error, "cannot store the workspace's mount points");
+                false
+            });
         if events.iter().any(|e| matches!(e, WatchEvent::RootGone)) {
             let known = self.engine.disk().count();
             self.trip_guard("the workspace folder itself disappeared".to_string(), known);
@@ -1199,7 +1233,7 @@ impl Driver {
         self.guard_batch(&events);
         WatchWork {
             events: events.into(),
-            rescan: false,
+            rescan: remounted,
         }
     }
 

@@ -204,6 +204,8 @@ pub enum FileError {
     Path(#[from] PathError),
     #[error(transparent)]
     Fs(#[from] FsError),
+    #[error("{folder} is a disk that is not mounted")]
+    NotMounted { folder: String },
 }
 
 /// The engine's view of stored documents: snapshot then appended chunks, concatenated
@@ -249,6 +251,11 @@ pub struct DaemonHost {
     /// Journal entries whose write or removal has been carried out, to clear with the
     /// next transaction.
     pub journal_done: Vec<String>,
+    /// Folders disks were mounted on, found unmounted by the last scan: nothing is
+    /// written or removed below them (it would land on the filesystem under the mount,
+    /// hidden once the disk is back, and its files then taken for deleted). Refused
+    /// writes are retried, as any failed write is.
+    pub not_mounted: BTreeSet<String>,
     /// This batch's writes, prepared before its commit, by path.
     pub prepared: BTreeMap<String, (ContentHash, fsio::Prepared)>,
     /// This batch's journal entries, by path (what `files_done` keeps when not flushed).
@@ -275,6 +282,19 @@ pub struct DaemonHost {
 }
 
 impl DaemonHost {
+    /// An error when `path` is below a folder whose disk is not mounted.
+    fn mounted_at(&self, path: &str) -> Result<(), FileError> {
+        match self.not_mounted.iter().find(|m| {
+            path.strip_prefix(m.as_str())
+                .is_some_and(|r| r.starts_with('/'))
+        }) {
+            Some(folder) => Err(FileError::NotMounted {
+                folder: folder.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     pub fn new(store: Store, fs: WorkspaceFs, name: String) -> DaemonHost {
         DaemonHost {
             store,
@@ -285,6 +305,7 @@ impl DaemonHost {
             write_errors: 0,
             written: Vec::new(),
             journal_done: Vec::new(),
+            not_mounted: BTreeSet::new(),
             prepared: BTreeMap::new(),
             journaled: BTreeMap::new(),
             put_in_place: BTreeSet::new(),
@@ -836,6 +857,7 @@ impl carry::Host for DaemonHost {
         exec: bool,
         expect: Option<ContentHash>,
     ) -> Result<Outcome, FileError> {
+        self.mounted_at(path)?;
         let rel = WorkspacePath::parse(path)?;
         let hash = cue_core::file_hash(bytes, exec);
         let written = match self.prepared.remove(path) {
@@ -894,6 +916,12 @@ impl carry::Host for DaemonHost {
     }
 
     fn write_many(&mut self, writes: &[Write]) -> Vec<Result<Outcome, FileError>> {
+        if !self.not_mounted.is_empty() {
+            return writes
+                .iter()
+                .map(|w| self.write_if(&w.path, &w.bytes, w.exec, w.expect))
+                .collect();
+        }
         if writes.len() >= BATCH_MIN {
             return self.write_batch(writes);
         }
@@ -904,6 +932,7 @@ impl carry::Host for DaemonHost {
     }
 
     fn remove_if(&mut self, path: &str, expect: ContentHash) -> Result<Option<Outcome>, FileError> {
+        self.mounted_at(path)?;
         let rel = WorkspacePath::parse(path)?;
         let removed = self.fs.remove_if(&rel, Expect::Content(expect))?;
         if matches!(

@@ -126,7 +126,7 @@ pub struct ScanReport {
 pub fn mounts_below(root: &Path) -> BTreeSet<String> {
     let (Ok(root), Ok(info)) = (
         std::fs::canonicalize(root),
-        std::fs::read_to_string("/proc/self/mountinfo"),
+        std::fs::read_to_string(MOUNTINFO),
     ) else {
         return BTreeSet::new();
     };
@@ -169,6 +169,14 @@ fn unescape_mountinfo(field: &str) -> std::ffi::OsString {
     std::ffi::OsString::from_vec(out)
 }
 
+/// Where the kernel lists the mount points (Linux).
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// Whether `path` is strictly below the folder `dir` (both relative).
+fn below(path: &str, dir: &str) -> bool {
+    path.strip_prefix(dir).is_some_and(|r| r.starts_with('/'))
+}
+
 /// The filesystem (`st_dev`) a path is on, not following a link.
 fn device_of(path: &Path) -> Option<u64> {
     std::fs::symlink_metadata(path).ok().map(|m| m.dev())
@@ -180,24 +188,36 @@ pub fn scan(
     rules: &IgnoreRules,
     options: &ScanOptions,
 ) -> Result<ScanReport, ScanError> {
-    scan_on(fs, rules, options, &device_of)
+    let listed = std::path::Path::new(MOUNTINFO)
+        .exists()
+        .then(|| mounts_below(fs.root_path()));
+    scan_on(fs, rules, options, &device_of, listed.as_ref())
 }
 
-/// [`scan`], with where each folder is (`device_of`) given: the tests' mount points.
+/// [`scan`], with where each folder is (`device_of`) and the mount points the kernel
+/// lists (`listed`, `None` where it lists none) given: the tests' mount points.
 fn scan_on(
     fs: &WorkspaceFs,
     rules: &IgnoreRules,
     options: &ScanOptions,
     device_of: &dyn Fn(&Path) -> Option<u64>,
+    listed: Option<&BTreeSet<String>>,
 ) -> Result<ScanReport, ScanError> {
     let root = fs.root_path().to_owned();
     if !std::fs::metadata(&root).is_ok_and(|m| m.is_dir()) {
         return Err(ScanError::RootMissing(root));
     }
-    // A mount point is a folder on another filesystem than the folder it is in.
-    let mounted = |path: &Path| {
-        path.parent()
-            .is_some_and(|up| device_of(path) != device_of(up))
+    // A mount point is what the kernel lists as one (a bind mount of a folder of the
+    // same filesystem included; a btrfs subvolume, with a device of its own, not);
+    // where it lists none, a folder on another filesystem than the one it is in.
+    let mounted = |rel: &str| match listed {
+        Some(listed) => listed.contains(rel),
+        None => {
+            let path = root.join(rel);
+            path.parent().is_some_and(
+                |up| matches!((device_of(&path), device_of(up)), (Some(a), Some(b)) if a != b),
+            )
+        }
     };
     let mut report = ScanReport::default();
     for entry in walk(&root, rules) {
@@ -205,8 +225,8 @@ fn scan_on(
             Ok(entry) => {
                 if entry.depth() > 0
                     && entry.file_type().is_some_and(|t| t.is_dir())
-                    && mounted(entry.path())
                     && let Some(rel) = rel_str(&root, entry.path())
+                    && mounted(rel)
                 {
                     report.mounts.insert(rel.to_string());
                 }
@@ -215,19 +235,26 @@ fn scan_on(
             Err(e) => report.skipped.push(walk_error(&root, &e)),
         }
     }
-    // A known mount point that is a folder of its parent's filesystem again: unmounted.
-    // (One that is gone altogether was removed, with its files.)
+    // A known mount point that is a plain folder again: unmounted. One that is gone
+    // altogether was removed, with its files, unless it is below another that is not
+    // mounted (it comes back with that one). One still mounted where the walk did not
+    // go (an ignored folder) stays known.
+    let mut not_mounted: Vec<&String> = Vec::new();
     for mount in &options.known_mounts {
-        let path = root.join(mount);
-        let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
-        if !is_dir || report.mounts.contains(mount) || mounted(&path) {
+        if mounted(mount) {
+            report.mounts.insert(mount.clone());
             continue;
         }
-        let under = |p: &str| {
-            p == mount
-                || p.strip_prefix(mount.as_str())
-                    .is_some_and(|r| r.starts_with('/'))
-        };
+        if not_mounted.iter().any(|m| below(mount, m)) {
+            report.mounts.insert(mount.clone());
+            continue;
+        }
+        let is_dir = std::fs::symlink_metadata(root.join(mount)).is_ok_and(|m| m.is_dir());
+        if !is_dir || rules.is_ignored(mount, true) {
+            continue;
+        }
+        not_mounted.push(mount);
+        let under = |p: &str| p == mount || below(p, mount);
         report.files.retain(|f| !under(f.path.as_str()));
         report.skipped.retain(|s| !under(&s.path));
         report.skipped.push(Skipped {
@@ -486,7 +513,7 @@ mod tests {
             known_mounts: known.iter().map(|m| m.to_string()).collect(),
             ..ScanOptions::default()
         };
-        scan_on(&fs, &rules, &options, &device_of).unwrap()
+        scan_on(&fs, &rules, &options, &device_of, None).unwrap()
     }
 
     #[test]
@@ -542,6 +569,36 @@ mod tests {
         write(&root, "media2/c.md", b"c");
         let report = scan_with_media(&root, false, &[]);
         assert_eq!(paths(&report), ["a.md", "media2/c.md"]);
+    }
+
+    /// Where the kernel lists mount points, its list decides, not the folders'
+    /// devices: a bind mount of a folder of the same filesystem is a mount point, a
+    /// folder with a device of its own (a btrfs subvolume) is not. A known mount point
+    /// below one that is not mounted is kept, though its folder is not there.
+    #[test]
+    fn the_kernels_list_decides_what_is_mounted() {
+        let (_d, root) = setup();
+        write(&root, "media/song.txt", b"la");
+        write(&root, "vol/x.md", b"x");
+        let fs = WorkspaceFs::open(&root).unwrap();
+        let rules = IgnoreRules::load(&root).unwrap();
+        let vol = root.join("vol");
+        let device_of = |p: &Path| Some(if p.starts_with(&vol) { 2 } else { 1 });
+        let listed = BTreeSet::from(["media".to_string()]);
+        let options = ScanOptions::default();
+        let report = scan_on(&fs, &rules, &options, &device_of, Some(&listed)).unwrap();
+        assert_eq!(report.mounts, listed);
+        assert_eq!(paths(&report), ["media/song.txt", "vol/x.md"]);
+
+        let options = ScanOptions {
+            known_mounts: ["media", "media/inner"].map(String::from).into(),
+            ..ScanOptions::default()
+        };
+        let report = scan_on(&fs, &rules, &options, &device_of, Some(&BTreeSet::new())).unwrap();
+        assert_eq!(paths(&report), ["vol/x.md"]);
+        assert_eq!(report.mounts, options.known_mounts);
+        assert_eq!(report.skipped.len(), 1);
+        assert_eq!(report.skipped[0].reason, SkipReason::NotMounted);
     }
 
     #[test]

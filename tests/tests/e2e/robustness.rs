@@ -730,31 +730,42 @@ impl Drop for Mounted {
     }
 }
 
-/// A disk mounted inside the workspace (here a tmpfs) syncs as any folder; unmounted
-/// while the daemon is stopped, the folder left behind is empty, and the next start
-/// used to take every file of it for deleted, deleting them on every device (held by
-/// the guard only when they were most of the workspace). Now the folder is listed as
-/// not mounted and its files stay everywhere. Needs the right to mount (root, as on the
-/// project's machines); without it the test says so and checks nothing.
-#[test]
-fn a_disk_unmounted_inside_the_workspace_deletes_nothing() {
-    let (_relay, a, b) = pair();
-    std::fs::create_dir(a.path("media")).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "cue-e2e"])
-        .arg(a.path("media"))
+/// `mount --bind FROM ON` (a disk that keeps its files when unmounted and mounted
+/// again); `None` without the right to mount.
+fn bind_mount(from: &std::path::Path, on: std::path::PathBuf) -> Option<Mounted> {
+    let done = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(from)
+        .arg(&on)
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: cannot mount a tmpfs here (not root)");
+    done.then_some(Mounted(on))
+}
+
+/// A disk mounted inside the workspace (here a folder bind-mounted there) syncs as any
+/// folder; unmounted while the daemon is stopped, the folder left behind is empty, and
+/// the next start used to take every file of it for deleted, on every device (held by
+/// the guard only when they were most of the workspace). Now it is listed as not
+/// mounted, its files stay everywhere, what the others change in it meanwhile is not
+/// written onto the bare folder, and mounted again it gets those changes. Needs the
+/// right to mount (root, as on the project's machines); without it the test says so
+/// and checks nothing.
+#[test]
+fn a_disk_unmounted_inside_the_workspace_deletes_nothing() {
+    let (_relay, a, b) = pair();
+    let disk = tempfile::tempdir().unwrap();
+    a.stop();
+    std::fs::create_dir(a.path("media")).unwrap();
+    let Some(mount) = bind_mount(disk.path(), a.path("media")) else {
+        eprintln!("skipped: cannot mount here (not root)");
         return;
-    }
-    let mount = Mounted(a.path("media"));
+    };
     a.write("notes.md", "notes\n");
     for i in 0..3 {
         a.write(&format!("media/track{i}.md"), &format!("track {i}\n"));
     }
+    a.start();
     wait_for_file(&b, "media/track2.md", "the mounted disk's files", |c| {
         c == "track 2\n"
     });
@@ -762,7 +773,7 @@ fn a_disk_unmounted_inside_the_workspace_deletes_nothing() {
     drop(mount);
     assert!(a.read("media/track0.md").is_none(), "still mounted");
     a.start();
-    wait_until("a to list media as not mounted", || {
+    let not_mounted = |a: &Peer| {
         a.status().0["skipped"].as_array().is_some_and(|s| {
             s.iter().any(|k| {
                 k["path"] == "media"
@@ -771,17 +782,39 @@ fn a_disk_unmounted_inside_the_workspace_deletes_nothing() {
                         .is_some_and(|r| r.starts_with("not mounted"))
             })
         })
-    });
-    // An edit made after the start's scan reaches b: whatever the scan sent went first.
-    a.write("notes.md", "notes\nafter the unmount\n");
+    };
+    wait_until("a to list media as not mounted", || not_mounted(&a));
+    // b edits and adds on the disk's folder meanwhile: a keeps it all, writing nothing
+    // onto the bare folder (its next edit shows b's changes were taken in).
+    b.write("media/track0.md", "track 0, edited on b\n");
+    b.write("media/new.md", "made on b\n");
+    b.write("notes.md", "notes\nfrom b\n");
+    wait_for_file(&a, "notes.md", "b's edit", |c| c.contains("from b"));
+    a.write("notes.md", "notes\nfrom b\nafter the unmount\n");
     wait_for_file(&b, "notes.md", "an edit after the unmount", |c| {
         c.contains("after the unmount")
     });
-    for i in 0..3 {
+    for i in 1..3 {
         assert_eq!(
             b.read(&format!("media/track{i}.md")),
             Some(format!("track {i}\n"))
         );
     }
+    assert_eq!(
+        b.read("media/track0.md").as_deref(),
+        Some("track 0, edited on b\n")
+    );
+    let bare: Vec<_> = std::fs::read_dir(a.path("media")).unwrap().collect();
+    assert!(bare.is_empty(), "written onto the bare folder: {bare:?}");
     assert!(a.status().0["deletions_paused"].is_null());
+    // Mounted again while a runs: b's changes are written onto the disk.
+    let _mount = bind_mount(disk.path(), a.path("media")).expect("mounted again");
+    wait_for_file(&a, "media/new.md", "b's new file on the disk", |c| {
+        c == "made on b\n"
+    });
+    wait_for_file(&a, "media/track0.md", "b's edit on the disk", |c| {
+        c.contains("edited on b")
+    });
+    wait_until("a to list media as mounted", || !not_mounted(&a));
+    wait_converged(&[&a, &b]);
 }

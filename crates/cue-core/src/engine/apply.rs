@@ -568,24 +568,11 @@ impl Engine {
     /// An adopted document that does not load: dropped with its record, and the file
     /// written from the content it came with removed if the disk still holds that.
     fn refuse_adopted(&mut self, f: FileId) {
-        self.cache.remove(&f);
-        self.dirty.remove(&f);
-        self.adopted.remove(&f);
-        self.adopted_content.remove(&f);
-        self.out_files.insert(
-            0,
-            Effect::Persist(Persist::DeleteDoc {
-                doc: DocId::File(f),
-            }),
-        );
-        if let Some(meta) = self.files.remove(&f) {
-            if let Some((path, hash)) = meta.disk {
-                self.out_files.push(Effect::RemoveFile {
-                    path,
-                    expect: Some(hash),
-                });
-            }
-            self.invalidate(Stale::View);
+        if let Some((path, hash)) = self.forget_file(f).and_then(|m| m.disk) {
+            self.out_files.push(Effect::RemoveFile {
+                path,
+                expect: Some(hash),
+            });
         }
     }
 

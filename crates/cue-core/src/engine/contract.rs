@@ -137,6 +137,9 @@ pub enum Input {
         path: String,
         expect: Option<ContentHash>,
     },
+    /// What kept files from being written may be gone (a disk mounted again): every
+    /// write that failed is tried again at the next tick, not a minute after it failed.
+    RetryWrites,
     /// A [`Effect::WriteFile`] or [`Effect::RemoveFile`] at `path` could not be carried out
     /// (a folder or a link in the way, no permission, a full disk): the disk still holds
     /// `expect`, the hash the effect expected there. The engine takes its belief back,

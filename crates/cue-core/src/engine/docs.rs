@@ -243,23 +243,9 @@ impl Engine {
             if self.adopted.contains_key(&file) {
                 continue;
             }
-            self.cache.remove(&file);
-            self.dirty.remove(&file);
-            self.adopted_content.remove(&file);
-            self.growth.remove(&file);
-            self.waiting_apart.remove(&file);
-            self.tail4.overlaps.retain(|n| n.file != file);
-            self.out_files.insert(
-                0,
-                Effect::Persist(Persist::DeleteDoc {
-                    doc: DocId::File(file),
-                }),
-            );
-            self.state_dirty = true;
-            let Some(meta) = self.files.remove(&file) else {
+            let Some(meta) = self.forget_file(file) else {
                 continue;
             };
-            self.invalidate(Stale::View);
             // Read back only a file that is the user's to keep: not one deleted (by a
             // peer, or held by the guard) nor one now ignored here.
             let deleted = self.index.tombstone(&file).is_some() || self.tail3.held.contains(&file);
@@ -277,6 +263,34 @@ impl Engine {
                 self.out_files.push(Effect::ReadFile { path });
             }
         }
+    }
+
+    /// Drops what this device holds of `file`: its record, its stored document (deleted
+    /// first in the call's persistence) and what is kept about it in memory. Returns the
+    /// record, if there was one. (The index entry stays: peers may send the file again.)
+    pub(super) fn forget_file(&mut self, file: FileId) -> Option<FileMeta> {
+        self.cache.remove(&file);
+        self.dirty.remove(&file);
+        self.adopted.remove(&file);
+        self.adopted_content.remove(&file);
+        self.growth.remove(&file);
+        self.waiting_apart.remove(&file);
+        let before = self.tail4.overlaps.len();
+        self.tail4.overlaps.retain(|n| n.file != file);
+        if self.tail4.overlaps.len() != before {
+            self.state_dirty = true;
+        }
+        self.out_files.insert(
+            0,
+            Effect::Persist(Persist::DeleteDoc {
+                doc: DocId::File(file),
+            }),
+        );
+        let meta = self.files.remove(&file);
+        if meta.is_some() {
+            self.invalidate(Stale::View);
+        }
+        meta
     }
 
     pub(super) fn commit_index(&mut self) {

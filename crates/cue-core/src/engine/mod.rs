@@ -474,6 +474,7 @@ impl Engine {
                 exec,
             } => self.replaced_edit(&path, content, exec, store),
             Input::WriteDeferred { path, expect } => self.write_deferred(&path, expect),
+            Input::RetryWrites => self.retry_writes_soon(),
             Input::Unsyncable { files } => self.unsyncable = files,
             Input::UnsyncableFile { path, reason } => match reason {
                 Some(reason) => {

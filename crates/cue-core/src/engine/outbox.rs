@@ -54,26 +54,12 @@ impl Engine {
                 continue;
             }
             let _ = self.index.purge(&f);
-            self.files.remove(&f);
-            self.cache.remove(&f);
-            self.dirty.remove(&f);
-            self.out_files.insert(
-                0,
-                Effect::Persist(Persist::DeleteDoc {
-                    doc: DocId::File(f),
-                }),
-            );
+            // (Its overlap notices go with it: they can never show again.)
+            self.forget_file(f);
             purged = true;
         }
         if purged {
             self.commit_index();
-            // A forgotten file's overlap notices can never show again.
-            let before = self.tail4.overlaps.len();
-            let files = &self.files;
-            self.tail4.overlaps.retain(|n| files.contains(&n.file));
-            if self.tail4.overlaps.len() != before {
-                self.state_dirty = true;
-            }
         }
         self.retry_unwritable();
         // A clock set back must not put the checks off by as much.

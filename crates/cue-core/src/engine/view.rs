@@ -792,6 +792,13 @@ impl Engine {
 
     /// Files that failed long enough ago are tried again; those tried since the last tick
     /// without failing were written.
+    /// [`Input::RetryWrites`]: each failed write is due at the next tick.
+    pub(super) fn retry_writes_soon(&mut self) {
+        for u in self.unwritable.values_mut() {
+            u.failed_ms = u.failed_ms.min(self.now_ms - UNWRITABLE_RETRY_MS);
+        }
+    }
+
     pub(super) fn retry_unwritable(&mut self) {
         let now = self.now_ms;
         self.unwritable.retain(|_, u| !u.retrying);
