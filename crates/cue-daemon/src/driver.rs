@@ -1158,10 +1158,7 @@ impl Driver {
         // engine believes on disk (synced before it grew) is left to the scan's diff,
         // which takes an ignored or unreadable file, or a tripped guard, for no deletion.
         for path in self.engine.skipped_under(".") {
-            let unmounted = self.host.not_mounted.iter().any(|m| {
-                path.strip_prefix(m.as_str())
-                    .is_some_and(|r| r.starts_with('/'))
-            });
+            let unmounted = self.host.unmounted_folder(&path).is_some();
             if !unmounted
                 && !found.too_large.contains_key(&path)
                 && !found.files.contains_key(&path)

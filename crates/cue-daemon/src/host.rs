@@ -282,12 +282,16 @@ pub struct DaemonHost {
 }
 
 impl DaemonHost {
+    /// The folder whose disk is not mounted that `path` is below, if any.
+    pub fn unmounted_folder(&self, path: &str) -> Option<&String> {
+        self.not_mounted
+            .iter()
+            .find(|m| crate::scan::below(path, m))
+    }
+
     /// An error when `path` is below a folder whose disk is not mounted.
     fn mounted_at(&self, path: &str) -> Result<(), FileError> {
-        match self.not_mounted.iter().find(|m| {
-            path.strip_prefix(m.as_str())
-                .is_some_and(|r| r.starts_with('/'))
-        }) {
+        match self.unmounted_folder(path) {
             Some(folder) => Err(FileError::NotMounted {
                 folder: folder.clone(),
             }),

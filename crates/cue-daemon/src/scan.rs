@@ -173,7 +173,7 @@ fn unescape_mountinfo(field: &str) -> std::ffi::OsString {
 const MOUNTINFO: &str = "/proc/self/mountinfo";
 
 /// Whether `path` is strictly below the folder `dir` (both relative).
-fn below(path: &str, dir: &str) -> bool {
+pub(crate) fn below(path: &str, dir: &str) -> bool {
     path.strip_prefix(dir).is_some_and(|r| r.starts_with('/'))
 }
 
