@@ -451,11 +451,12 @@ impl Driver {
             } || (zeros && self.holds_written(path, &entry));
             if !not_done
                 && !cut_short
-                && entry.done_in.is_some()
-                && self.holds_last_written(path, &entry)
+                && (self.holds_last_written(path, &entry) || self.exchanged(path, &entry))
             {
-                // The file put in place is still there, edited since (in place): an edit
-                // of what it was written with, as above.
+                // The file put in place is still there, edited since (in place), or it
+                // was put in place and replaced since (by an editor's save): an edit of
+                // what it was written with, as above. So even when the crash came before
+                // the entry's done mark.
                 continue;
             }
             if !not_done && !cut_short {
@@ -554,6 +555,20 @@ impl Driver {
             .ok()
             .and_then(|rel| self.host.fs.stat(&rel).ok().flatten())
             .is_some_and(|st| st.ino == last.ino && st.mtime_ns > last.mtime_ns)
+    }
+
+    /// Whether the entry's last write was put in place by an exchange of names: its
+    /// temporary name holds another file now (what the path held, kept aside), not the
+    /// file written. (Still holding that file, it was not put in place; the name gone,
+    /// it cannot be told: the write may have been refused, its file removed.)
+    fn exchanged(&self, path: &str, entry: &JournalEntry) -> bool {
+        let (Some(temp), Some(last)) = (&entry.temp, entry.written.last()) else {
+            return false;
+        };
+        WorkspacePath::parse(path)
+            .ok()
+            .and_then(|rel| self.host.fs.stat_temp(&rel, temp).ok().flatten())
+            .is_some_and(|st| st.ino != last.ino)
     }
 
     /// Whether `held`, found at `path` where the engine meant `meant` to be, is one of the
@@ -1935,8 +1950,7 @@ mod power_cut {
                     Some(file_hash(original, false)),
                     Some(file_hash(first, false)),
                 ],
-                written: Vec::new(),
-                done_in: None,
+                ..JournalEntry::default()
             },
         );
         // Neither rename reached the disk.
@@ -2040,6 +2054,237 @@ mod power_cut {
         assert_eq!(doc, saved, "the save taken in stands");
         assert_eq!(disk, saved, "and is written again");
         assert_eq!(contents(&ws), vec![saved.to_vec()], "no conflict copy");
+    }
+
+    /// The daemon's host, killed between the files' being put in place and their journal
+    /// entries' done mark (`carry.rs` writes, then `files_done`): it never marks them.
+    struct KilledBeforeTheDoneMark<'a>(&'a mut DaemonHost);
+
+    impl cue_core::DocStore for KilledBeforeTheDoneMark<'_> {
+        fn load(&mut self, doc: &cue_core::DocId) -> Option<Vec<u8>> {
+            self.0.load(doc)
+        }
+    }
+
+    impl carry::Host for KilledBeforeTheDoneMark<'_> {
+        type Error = StoreError;
+        type DiskError = crate::host::FileError;
+
+        fn commit(
+            &mut self,
+            persists: Vec<cue_core::Persist>,
+            activities: Vec<cue_core::Activity>,
+            files: &[cue_core::Effect],
+            durable: bool,
+        ) -> Result<(), StoreError> {
+            self.0.commit(persists, activities, files, durable)
+        }
+        fn write_if(
+            &mut self,
+            path: &str,
+            bytes: &[u8],
+            exec: bool,
+            expect: Option<ContentHash>,
+        ) -> Result<carry::Outcome, Self::DiskError> {
+            self.0.write_if(path, bytes, exec, expect)
+        }
+        fn write_many(
+            &mut self,
+            writes: &[carry::Write],
+        ) -> Vec<Result<carry::Outcome, Self::DiskError>> {
+            self.0.write_many(writes)
+        }
+        fn remove_if(
+            &mut self,
+            path: &str,
+            expect: ContentHash,
+        ) -> Result<Option<carry::Outcome>, Self::DiskError> {
+            self.0.remove_if(path, expect)
+        }
+        fn remove_empty_dir(&mut self, dir: &str) -> bool {
+            self.0.remove_empty_dir(dir)
+        }
+        fn read_file(&mut self, path: &str) -> Result<Option<(Vec<u8>, bool)>, Self::DiskError> {
+            carry::Host::read_file(self.0, path)
+        }
+        fn exists(&mut self, path: &str) -> Result<bool, Self::DiskError> {
+            carry::Host::exists(self.0, path)
+        }
+        fn write_failed(&mut self, path: &str, error: &Self::DiskError) {
+            self.0.write_failed(path, error)
+        }
+    }
+
+    /// Hands the messages each sends to the other until neither has any left.
+    fn pump(a: &mut Driver, b: &mut Driver, mut to_a: Vec<Outgoing>, mut to_b: Vec<Outgoing>) {
+        for _ in 0..100 {
+            if to_a.is_empty() && to_b.is_empty() {
+                return;
+            }
+            let (from_a, from_b) = (a.engine.device(), b.engine.device());
+            let mut next_b = Vec::new();
+            for (to, bytes) in std::mem::take(&mut to_a) {
+                if to.is_none_or(|to| to == from_a) {
+                    let input = Input::Message {
+                        from: from_b,
+                        bytes,
+                    };
+                    next_b.extend(a.input(now_ms(), input).expect("a takes it"));
+                }
+            }
+            let mut next_a = Vec::new();
+            for (to, bytes) in std::mem::take(&mut to_b) {
+                if to.is_none_or(|to| to == from_b) {
+                    let input = Input::Message {
+                        from: from_a,
+                        bytes,
+                    };
+                    next_a.extend(b.input(now_ms(), input).expect("b takes it"));
+                }
+            }
+            to_a = next_a;
+            to_b = next_b;
+        }
+        panic!("the two never stop talking");
+    }
+
+    const PEERS: &[u8] = b"# Plan\n\nShip on Friday.\nTell Ana.\n";
+    const SAVED_WHILE_DOWN: &[u8] = b"# Plan\n\nShip on Friday.\nTell Ana.\nBring slides.\n";
+
+    /// A peer's change to the note (bob adds a line), written over the note by exchange
+    /// of names; then the daemon's process is killed before the write's journal entry is
+    /// marked done. The file the journal names, and its entry.
+    fn peers_change_then_killed_before_the_done_mark(ws: &Workspace) -> (FileId, JournalEntry) {
+        let path = ws.root.join("a.md");
+        let dir_b = tempfile::tempdir().expect("tempdir");
+        let ws_b =
+            Workspace::init(dir_b.path(), Some("ws://127.0.0.1:9"), Some("bob")).expect("init");
+        let mut a = Driver::open(ws, &ws.config).expect("driver");
+        let mut b = Driver::open(&ws_b, &ws_b.config).expect("driver");
+        let to_b = a.input(now_ms(), Input::Connected).expect("a");
+        let to_a = b.input(now_ms(), Input::Connected).expect("b");
+        pump(&mut a, &mut b, to_a, to_b);
+        assert_eq!(
+            std::fs::read(dir_b.path().join("a.md")).expect("synced"),
+            NOTE
+        );
+
+        std::fs::write(dir_b.path().join("a.md"), PEERS).expect("bob saves");
+        let change = Input::FileChanged {
+            path: "a.md".into(),
+            content: PEERS.to_vec(),
+            exec: false,
+        };
+        let mut to_a = b.input(now_ms(), change).expect("b");
+        let from = b.engine.device();
+        for _ in 0..100 {
+            let messages = std::mem::take(&mut to_a);
+            if messages.is_empty() {
+                break;
+            }
+            let inputs = messages
+                .into_iter()
+                .map(|(_, bytes)| Input::Message { from, bytes })
+                .collect();
+            let mut host = KilledBeforeTheDoneMark(&mut a.host);
+            let to_b = carry::handle(&mut a.engine, &mut host, now_ms(), inputs).expect("a");
+            for (_, bytes) in to_b {
+                let input = Input::Message {
+                    from: a.engine.device(),
+                    bytes,
+                };
+                to_a.extend(b.input(now_ms(), input).expect("b"));
+            }
+        }
+        assert_eq!(std::fs::read(&path).expect("written"), PEERS);
+        let entry = a
+            .store()
+            .list_meta(NS_JOURNAL)
+            .expect("journal")
+            .iter()
+            .find(|(p, _)| p == "a.md")
+            .and_then(|(_, e)| JournalEntry::decode(e))
+            .expect("the write is journaled");
+        assert_eq!(entry.written.last(), Some(&id_of(&path)));
+        assert_eq!(entry.done_in, None, "killed before the done mark");
+        std::mem::forget(a);
+        (id_of(&path), entry)
+    }
+
+    /// Killed between a write's rename and its done mark, then the note saved in place
+    /// while the daemon is down (the same inode, a later time): an edit of the note
+    /// written. Taken for the write not done, it was merged as an edit of the version
+    /// before the write, and the write's change ("Tell Ana.") was made twice.
+    #[test]
+    fn an_edit_in_place_after_a_kill_before_the_done_mark_is_an_edit_of_the_file_written() {
+        let (_dir, ws) = imported();
+        let (id, _) = peers_change_then_killed_before_the_done_mark(&ws);
+        let path = ws.root.join("a.md");
+        rewrite_in_place(&path, SAVED_WHILE_DOWN, id.mtime_ns + 1_000_000);
+
+        let (disk, doc) = start(&ws);
+        assert_eq!(doc, SAVED_WHILE_DOWN, "the write's change is made once");
+        assert_eq!(disk, SAVED_WHILE_DOWN);
+        assert_eq!(
+            contents(&ws),
+            vec![SAVED_WHILE_DOWN.to_vec()],
+            "no conflict copy"
+        );
+    }
+
+    /// The same, the note saved the way most editors do (a new file renamed over it): the
+    /// file written is gone, and what its temporary name holds (the file the exchange
+    /// swapped out, kept aside) says it was put in place.
+    #[test]
+    fn a_save_after_a_kill_before_the_done_mark_is_an_edit_of_the_file_written() {
+        let (_dir, ws) = imported();
+        let (_, entry) = peers_change_then_killed_before_the_done_mark(&ws);
+        let path = ws.root.join("a.md");
+        let temp = entry.temp.expect("the temporary name is journaled");
+        assert_eq!(
+            std::fs::read(ws.root.join(&temp)).expect("kept aside"),
+            NOTE
+        );
+        std::fs::write(ws.root.join("a.md.new"), SAVED_WHILE_DOWN).expect("write");
+        std::fs::rename(ws.root.join("a.md.new"), &path).expect("rename");
+
+        let (disk, doc) = start(&ws);
+        assert_eq!(doc, SAVED_WHILE_DOWN, "the write's change is made once");
+        assert_eq!(disk, SAVED_WHILE_DOWN);
+        assert_eq!(
+            contents(&ws),
+            vec![SAVED_WHILE_DOWN.to_vec()],
+            "no conflict copy"
+        );
+    }
+
+    /// Killed before the rename itself: the file to put in place is still under its
+    /// temporary name, and a save made while the daemon is down is an edit of the
+    /// version before the write, merged with the write's change (made once).
+    #[test]
+    fn a_save_after_a_kill_before_the_rename_is_merged_with_the_write_not_done() {
+        let (_dir, ws) = imported();
+        let (_, entry) = peers_change_then_killed_before_the_done_mark(&ws);
+        let path = ws.root.join("a.md");
+        let temp = ws
+            .root
+            .join(entry.temp.expect("the temporary name is journaled"));
+        // As the disk was before the rename: the write under its temporary name, the
+        // version before it at the path.
+        let written = std::fs::read(&path).expect("read");
+        std::fs::rename(&path, ws.root.join("a.md.written")).expect("rename");
+        std::fs::rename(&temp, &path).expect("rename");
+        std::fs::rename(ws.root.join("a.md.written"), &temp).expect("rename");
+        assert_eq!(std::fs::read(&temp).expect("read"), written);
+        // Saved while the daemon is down: an edit of the version before the write.
+        let saved = b"# Plan\n\nShip on Friday. Bring slides.\n";
+        std::fs::write(ws.root.join("a.md.new"), saved).expect("write");
+        std::fs::rename(ws.root.join("a.md.new"), &path).expect("rename");
+
+        let (disk, doc) = start(&ws);
+        let both = b"# Plan\n\nShip on Friday. Bring slides.\nTell Ana.\n";
+        assert_eq!(doc, both, "both edits, each once");
+        assert_eq!(disk, both);
     }
 
     /// After a power cut, the file written is still at its path with a later time but

@@ -783,6 +783,23 @@ impl WorkspaceFs {
         Ok(())
     }
 
+    /// What stands under cue's temporary name `temp` next to `rel` ([`Prepared::temp_name`]):
+    /// after a crash, the file a write was about to put in place (not put there), or what
+    /// the exchange that put it there swapped out. Refuses any other name.
+    pub fn stat_temp(&self, rel: &WorkspacePath, temp: &str) -> Result<Option<FileStat>, FsError> {
+        if !temp.starts_with(CUE_TEMP_PREFIX) || temp.contains(['/', '\0']) {
+            return Err(FsError::io(
+                "stat temporary file for",
+                rel.as_str(),
+                Errno::INVAL,
+            ));
+        }
+        let Some(parent) = self.open_parent(rel)? else {
+            return Ok(None);
+        };
+        stat_leaf_named(&parent, temp, rel)
+    }
+
     /// Removes one of cue's own temporary files left by a crash (found by the scanner).
     /// Refuses any other name.
     pub fn remove_stale_temp(&self, rel: &str) -> Result<bool, FsError> {
@@ -1147,6 +1164,11 @@ impl Prepared {
             folder: self.parent.try_clone().ok()?,
             hash,
         })
+    }
+
+    /// The temporary name it was written under, in its folder.
+    pub fn temp_name(&self) -> &str {
+        &self.tmp
     }
 
     /// Removes the temporary file: the write is not wanted any more.

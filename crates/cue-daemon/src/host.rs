@@ -76,16 +76,22 @@ pub struct JournalEntry {
     /// start in the same boot (a crash, a kill, no power cut since) knows anything else
     /// at the path is the user's doing since, made to what the engine believes is there.
     pub done_in: Option<Vec<u8>>,
+    /// The temporary name in the path's folder that the last write's file was written
+    /// under before its commit ([`fsio::Prepared::temp_name`]; `None` for a removal or a
+    /// write not prepared). Not marked done, the entry cannot say whether the file was
+    /// put in place before a crash: that name, still holding the file, says it was not;
+    /// holding another file (what the exchange put in place swapped out), it was.
+    pub temp: Option<String>,
 }
 
 /// First byte of an entry in this layout; an older entry is a bare hash (32 bytes) or
-/// empty (nothing was there), neither of which this layout can be. Layout 2 is this
-/// one without `done_in` (read as not done).
-const JOURNAL_LAYOUT: u8 = 3;
+/// empty (nothing was there), neither of which this layout can be. Layout 3 is this one
+/// without `temp`, layout 2 without `done_in` either (read as not done).
+const JOURNAL_LAYOUT: u8 = 4;
 
 impl JournalEntry {
-    /// `[layout] [n] n × ([0] | [1] hash) [m] m × (inode, mtime) ([0] | [1] [len] boot)`,
-    /// little-endian; past 255 of either, the first and the newest are kept (the oldest
+    /// `[layout] [n] n × ([0] | [1] hash) [m] m × (inode, mtime) ([0] | [1] [len] boot)
+    /// ([0] | [1] [len] temp)`, little-endian; past 255 of either, the first and the newest are kept (the oldest
     /// content is what a power cut most likely leaves, the newest what it least likely
     /// does not).
     pub fn encode(&self) -> Vec<u8> {
@@ -115,13 +121,18 @@ impl JournalEntry {
             out.extend_from_slice(&id.ino.to_le_bytes());
             out.extend_from_slice(&id.mtime_ns.to_le_bytes());
         }
-        match &self.done_in {
-            None => out.push(0),
-            Some(boot) => {
-                let boot = &boot[..boot.len().min(255)];
-                out.push(1);
-                out.push(boot.len() as u8);
-                out.extend_from_slice(boot);
+        for field in [
+            self.done_in.as_deref(),
+            self.temp.as_deref().map(str::as_bytes),
+        ] {
+            match field {
+                None => out.push(0),
+                Some(bytes) => {
+                    let bytes = &bytes[..bytes.len().min(255)];
+                    out.push(1);
+                    out.push(bytes.len() as u8);
+                    out.extend_from_slice(bytes);
+                }
             }
         }
         out
@@ -151,7 +162,7 @@ impl JournalEntry {
             _ => {}
         }
         let (&layout, rest) = bytes.split_first()?;
-        if layout != JOURNAL_LAYOUT && layout != 2 {
+        if !(2..=JOURNAL_LAYOUT).contains(&layout) {
             return None;
         }
         let (&n, mut rest) = rest.split_first()?;
@@ -182,17 +193,37 @@ impl JournalEntry {
             });
             rest = after;
         }
-        let done_in = match (layout, rest) {
-            (2, []) | (JOURNAL_LAYOUT, [0]) => None,
-            (JOURNAL_LAYOUT, [1, len, boot @ ..]) if boot.len() == *len as usize => {
-                Some(boot.to_vec())
+        // `[0]` or `[1] [len] len × byte`, then what follows.
+        fn optional(rest: &[u8]) -> Option<(Option<Vec<u8>>, &[u8])> {
+            match rest.split_first()? {
+                (0, rest) => Some((None, rest)),
+                (1, rest) => {
+                    let (&len, rest) = rest.split_first()?;
+                    let (bytes, rest) = rest.split_at_checked(len as usize)?;
+                    Some((Some(bytes.to_vec()), rest))
+                }
+                _ => None,
             }
-            _ => return None,
+        }
+        let (done_in, rest) = match layout {
+            2 => (None, rest),
+            _ => optional(rest)?,
         };
+        let (temp, rest) = match layout {
+            2 | 3 => (None, rest),
+            _ => {
+                let (temp, rest) = optional(rest)?;
+                (temp.map(String::from_utf8).transpose().ok()?, rest)
+            }
+        };
+        if !rest.is_empty() {
+            return None;
+        }
         Some(JournalEntry {
             before,
             written,
             done_in,
+            temp,
         })
     }
 }
@@ -700,7 +731,7 @@ impl carry::Host for DaemonHost {
             let JournalEntry {
                 mut before,
                 mut written,
-                done_in: _,
+                ..
             } = self
                 .journaled
                 .get(path)
@@ -716,7 +747,8 @@ impl carry::Host for DaemonHost {
             if writing.is_some() && !before.contains(&writing) {
                 before.push(writing);
             }
-            if let Some((_, p)) = self.prepared.get(path)
+            let prepared = self.prepared.get(path).map(|(_, p)| p);
+            if let Some(p) = prepared
                 && !written.contains(&p.id)
             {
                 written.push(p.id);
@@ -727,6 +759,13 @@ impl carry::Host for DaemonHost {
                     before,
                     written,
                     done_in: None,
+                    // (Only when it is this effect's: a second effect on the path in a
+                    // batch goes the usual way, under a name of its own.)
+                    temp: self
+                        .prepared
+                        .get(path)
+                        .filter(|(hash, _)| writing == Some(*hash))
+                        .map(|(_, p)| p.temp_name().to_string()),
                 },
             );
         }
@@ -1333,6 +1372,12 @@ mod tests {
                     },
                 ],
                 done_in: Some(b"a boot".to_vec()),
+                temp: Some(".cue-tmp-12-3".to_string()),
+            },
+            JournalEntry {
+                before: vec![Some([1; 32])],
+                temp: Some(".cue-tmp-12-4".to_string()),
+                ..JournalEntry::default()
             },
         ];
         for e in &entries {
@@ -1346,21 +1391,44 @@ mod tests {
                 ..JournalEntry::default()
             })
         );
-        // Written by session 17's version (layout 2, no `done`).
+        // Written by session 18's version (layout 3, no `temp`).
+        let mut three = JournalEntry {
+            temp: None,
+            ..entries[1].clone()
+        }
+        .encode();
+        three[0] = 3;
+        assert_eq!(three.pop(), Some(0));
+        assert_eq!(
+            JournalEntry::decode(&three),
+            Some(JournalEntry {
+                temp: None,
+                ..entries[1].clone()
+            })
+        );
+        // Written by session 17's version (layout 2, no `done` either).
         let mut two = JournalEntry {
             done_in: None,
+            temp: None,
             ..entries[1].clone()
         }
         .encode();
         two[0] = 2;
         assert_eq!(two.pop(), Some(0));
+        assert_eq!(two.pop(), Some(0));
         assert_eq!(
             JournalEntry::decode(&two),
             Some(JournalEntry {
                 done_in: None,
+                temp: None,
                 ..entries[1].clone()
             })
         );
+        // Not a name: damaged.
+        let mut not_utf8 = entries[2].encode();
+        let last = not_utf8.len() - 1;
+        not_utf8[last] = 0xff;
+        assert_eq!(JournalEntry::decode(&not_utf8), None);
         assert_eq!(JournalEntry::decode(&[]), Some(entries[0].clone()));
         // Damaged: cut short, or trailing bytes.
         let mut long = entries[1].encode();
