@@ -324,6 +324,18 @@ impl std::fmt::Debug for Driver {
     }
 }
 
+/// What a journal entry's temporary name says of a write not marked done
+/// ([`Driver::exchanged`]).
+enum Exchanged {
+    /// Put in place; with what the exchange caught, if it was a program's write.
+    Yes {
+        caught: Option<(Vec<u8>, bool)>,
+    },
+    /// Not put in place: the name still holds the file written.
+    No,
+    CannotTell,
+}
+
 impl Driver {
     /// Opens the store, starts a new epoch and restores the engine. Call
     /// [`Driver::startup_scan`] next.
@@ -411,6 +423,24 @@ impl Driver {
             };
             let disk_hash = on_disk.as_ref().map(|(b, exec)| file_hash(b, *exec));
             let believed = self.engine.on_disk(path);
+            // Not marked done: was the file put in place before the crash?
+            let exchanged = match entry.done_in {
+                None => self.exchanged(path, &entry),
+                Some(_) => Exchanged::CannotTell,
+            };
+            if let Exchanged::Yes {
+                caught: Some((content, exec)),
+            } = &exchanged
+            {
+                // A program's write that the exchange caught, kept aside under the
+                // temporary name (merged only after the done mark): merged now, as an
+                // edit of the version before the write.
+                feedback.push(Input::ReplacedEdit {
+                    path: path.clone(),
+                    content: content.clone(),
+                    exec: *exec,
+                });
+            }
             // (On a folder that keeps no modes, the bytes are compared.)
             let same = |a: Option<ContentHash>, b: Option<ContentHash>| match (a, b) {
                 (Some(a), Some(b)) => self.engine.same_on_disk(b, a),
@@ -418,6 +448,11 @@ impl Driver {
             };
             if same(disk_hash, believed) {
                 continue; // the effect did happen
+            }
+            if let Exchanged::Yes { .. } = exchanged {
+                // Put in place (in this boot: nothing lost to a power cut), and edited or
+                // replaced since: an edit of the version written, as below.
+                continue;
             }
             if entry
                 .done_in
@@ -451,12 +486,11 @@ impl Driver {
             } || (zeros && self.holds_written(path, &entry));
             if !not_done
                 && !cut_short
-                && (self.holds_last_written(path, &entry) || self.exchanged(path, &entry))
+                && entry.done_in.is_some()
+                && self.holds_last_written(path, &entry)
             {
-                // The file put in place is still there, edited since (in place), or it
-                // was put in place and replaced since (by an editor's save): an edit of
-                // what it was written with, as above. So even when the crash came before
-                // the entry's done mark.
+                // The file put in place is still there, edited since (in place): an edit
+                // of what it was written with, as above.
                 continue;
             }
             if !not_done && !cut_short {
@@ -557,18 +591,41 @@ impl Driver {
             .is_some_and(|st| st.ino == last.ino && st.mtime_ns > last.mtime_ns)
     }
 
-    /// Whether the entry's last write was put in place by an exchange of names: its
-    /// temporary name holds another file now (what the path held, kept aside), not the
-    /// file written. (Still holding that file, it was not put in place; the name gone,
-    /// it cannot be told: the write may have been refused, its file removed.)
-    fn exchanged(&self, path: &str, entry: &JournalEntry) -> bool {
-        let (Some(temp), Some(last)) = (&entry.temp, entry.written.last()) else {
-            return false;
+    /// Whether the entry's last write, not marked done, was put in place by an exchange
+    /// of names: in the boot it was written in, its temporary name holds another file
+    /// now (what the path held, kept aside), not the file written. Still holding that
+    /// file, it was not put in place; the name gone, it cannot be told (the write may
+    /// have been refused, its file removed; or a filesystem without the exchange renamed
+    /// it); after a power cut neither the names nor the blocks are what was left.
+    fn exchanged(&self, path: &str, entry: &JournalEntry) -> Exchanged {
+        let (Some(prepared), Some(last)) = (&entry.prepared, entry.written.last()) else {
+            return Exchanged::CannotTell;
         };
-        WorkspacePath::parse(path)
-            .ok()
-            .and_then(|rel| self.host.fs.stat_temp(&rel, temp).ok().flatten())
-            .is_some_and(|st| st.ino != last.ino)
+        if prepared.boot.is_empty() || prepared.boot != self.host.boot {
+            return Exchanged::CannotTell;
+        }
+        let Ok(rel) = WorkspacePath::parse(path) else {
+            return Exchanged::CannotTell;
+        };
+        let st = match self.host.fs.stat_temp(&rel, &prepared.temp) {
+            Ok(Some(st)) if st.kind == crate::fsio::FileKind::Regular => st,
+            _ => return Exchanged::CannotTell,
+        };
+        if st.ino == last.ino {
+            return Exchanged::No;
+        }
+        // What the path held at the exchange: what the write expected (one of the
+        // contents before), or a program's write caught in that instant.
+        let aside = self.host.fs.read_temp(&rel, &prepared.temp).ok().flatten();
+        let caught = aside.filter(|(bytes, exec)| {
+            let hash = file_hash(bytes, *exec);
+            !entry
+                .before
+                .iter()
+                .flatten()
+                .any(|b| self.engine.same_on_disk(*b, hash))
+        });
+        Exchanged::Yes { caught }
     }
 
     /// Whether `held`, found at `path` where the engine meant `meant` to be, is one of the
@@ -2240,7 +2297,10 @@ mod power_cut {
         let (_dir, ws) = imported();
         let (_, entry) = peers_change_then_killed_before_the_done_mark(&ws);
         let path = ws.root.join("a.md");
-        let temp = entry.temp.expect("the temporary name is journaled");
+        let temp = entry
+            .prepared
+            .expect("the temporary name is journaled")
+            .temp;
         assert_eq!(
             std::fs::read(ws.root.join(&temp)).expect("kept aside"),
             NOTE
@@ -2258,6 +2318,31 @@ mod power_cut {
         );
     }
 
+    /// Killed between the rename and the done mark, and a program had appended to the
+    /// note in the instant of the exchange: what it wrote, kept aside under the temporary
+    /// name and not merged yet, is merged at the start (the start-up scan removes that
+    /// name), once.
+    #[test]
+    fn a_program_write_caught_by_the_exchange_before_a_kill_is_merged_once() {
+        let (_dir, ws) = imported();
+        let (_, entry) = peers_change_then_killed_before_the_done_mark(&ws);
+        let temp = ws.root.join(
+            entry
+                .prepared
+                .expect("the temporary name is journaled")
+                .temp,
+        );
+        let appended = b"# Plan\n\nShip on Friday.\nlogged by a program\n";
+        std::fs::write(&temp, appended).expect("the program's write, in place");
+
+        let (disk, doc) = start(&ws);
+        let doc = String::from_utf8(doc).expect("text");
+        assert_eq!(doc.matches("Tell Ana.").count(), 1, "{doc}");
+        assert_eq!(doc.matches("logged by a program").count(), 1, "{doc}");
+        assert_eq!(disk, doc.as_bytes());
+        assert!(!temp.exists(), "the temporary name is cleared");
+    }
+
     /// Killed before the rename itself: the file to put in place is still under its
     /// temporary name, and a save made while the daemon is down is an edit of the
     /// version before the write, merged with the write's change (made once).
@@ -2266,9 +2351,12 @@ mod power_cut {
         let (_dir, ws) = imported();
         let (_, entry) = peers_change_then_killed_before_the_done_mark(&ws);
         let path = ws.root.join("a.md");
-        let temp = ws
-            .root
-            .join(entry.temp.expect("the temporary name is journaled"));
+        let temp = ws.root.join(
+            entry
+                .prepared
+                .expect("the temporary name is journaled")
+                .temp,
+        );
         // As the disk was before the rename: the write under its temporary name, the
         // version before it at the path.
         let written = std::fs::read(&path).expect("read");
@@ -2285,6 +2373,7 @@ mod power_cut {
         let both = b"# Plan\n\nShip on Friday. Bring slides.\nTell Ana.\n";
         assert_eq!(doc, both, "both edits, each once");
         assert_eq!(disk, both);
+        assert_eq!(contents(&ws), vec![both.to_vec()], "no conflict copy");
     }
 
     /// After a power cut, the file written is still at its path with a later time but

@@ -787,17 +787,39 @@ impl WorkspaceFs {
     /// after a crash, the file a write was about to put in place (not put there), or what
     /// the exchange that put it there swapped out. Refuses any other name.
     pub fn stat_temp(&self, rel: &WorkspacePath, temp: &str) -> Result<Option<FileStat>, FsError> {
+        let Some(parent) = self.temp_folder(rel, temp)? else {
+            return Ok(None);
+        };
+        stat_leaf_named(&parent, temp, rel)
+    }
+
+    /// The content of the regular file under cue's temporary name `temp` next to `rel`
+    /// (see [`stat_temp`](Self::stat_temp)), and whether it is executable.
+    pub fn read_temp(
+        &self,
+        rel: &WorkspacePath,
+        temp: &str,
+    ) -> Result<Option<(Vec<u8>, bool)>, FsError> {
+        let Some(parent) = self.temp_folder(rel, temp)? else {
+            return Ok(None);
+        };
+        match stat_leaf_named(&parent, temp, rel)? {
+            None => return Ok(None),
+            Some(st) => check_regular(rel, st.kind)?,
+        }
+        read_leaf(&parent, temp, rel, self.modes).map(Some)
+    }
+
+    /// The folder of `rel`, where cue's temporary `temp` would be; refuses another name.
+    fn temp_folder(&self, rel: &WorkspacePath, temp: &str) -> Result<Option<OwnedFd>, FsError> {
         if !temp.starts_with(CUE_TEMP_PREFIX) || temp.contains(['/', '\0']) {
             return Err(FsError::io(
-                "stat temporary file for",
+                "open temporary file for",
                 rel.as_str(),
                 Errno::INVAL,
             ));
         }
-        let Some(parent) = self.open_parent(rel)? else {
-            return Ok(None);
-        };
-        stat_leaf_named(&parent, temp, rel)
+        self.open_parent(rel)
     }
 
     /// Removes one of cue's own temporary files left by a crash (found by the scanner).
@@ -1031,10 +1053,19 @@ fn expectation_holds(
     }
 }
 
-/// A fresh name for a temporary file (ignored by the watcher and the scanner).
+/// A fresh name for a temporary file (ignored by the watcher and the scanner), never
+/// one an earlier process used: the write journal names the file a write was prepared
+/// under, and a start judges the write by what that name holds (in a container the pid
+/// is the same at every run, so the process's start time is in the name too).
 fn temp_name() -> String {
+    static STARTED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let started = STARTED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    });
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{CUE_TEMP_PREFIX}{}-{n}", std::process::id())
+    format!("{CUE_TEMP_PREFIX}{}-{started:x}-{n}", std::process::id())
 }
 
 /// Creates and fills a temporary file next to `rel`; returns its name. `mode` carries the

@@ -76,22 +76,33 @@ pub struct JournalEntry {
     /// start in the same boot (a crash, a kill, no power cut since) knows anything else
     /// at the path is the user's doing since, made to what the engine believes is there.
     pub done_in: Option<Vec<u8>>,
-    /// The temporary name in the path's folder that the last write's file was written
-    /// under before its commit ([`fsio::Prepared::temp_name`]; `None` for a removal or a
-    /// write not prepared). Not marked done, the entry cannot say whether the file was
-    /// put in place before a crash: that name, still holding the file, says it was not;
-    /// holding another file (what the exchange put in place swapped out), it was.
-    pub temp: Option<String>,
+    /// Where the last effect's file was written before the commit, when it was prepared
+    /// (`None` for a removal, or a write not prepared: a batch of many, a folder that
+    /// could not be prepared). Not marked done, the entry cannot say whether the file was
+    /// put in place before a crash; in the same boot that name can.
+    pub prepared: Option<PreparedAs>,
+}
+
+/// The temporary name in a path's folder that a write's file was written under before
+/// its commit ([`fsio::Prepared::temp_name`]), and the boot it was written in. After a
+/// crash in that boot, the name still holding the file says it was not put in place;
+/// holding another file (what the exchange that put it in place swapped out, kept
+/// aside), it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedAs {
+    pub temp: String,
+    pub boot: Vec<u8>,
 }
 
 /// First byte of an entry in this layout; an older entry is a bare hash (32 bytes) or
 /// empty (nothing was there), neither of which this layout can be. Layout 3 is this one
-/// without `temp`, layout 2 without `done_in` either (read as not done).
+/// without `prepared`, layout 2 without `done_in` either (read as not done). (A version
+/// before this one reads this layout as damaged and leaves the path to its scan.)
 const JOURNAL_LAYOUT: u8 = 4;
 
 impl JournalEntry {
     /// `[layout] [n] n × ([0] | [1] hash) [m] m × (inode, mtime) ([0] | [1] [len] boot)
-    /// ([0] | [1] [len] temp)`, little-endian; past 255 of either, the first and the newest are kept (the oldest
+    /// ([0] | [1] [len] temp [len] boot)`, little-endian; past 255 of either, the first and the newest are kept (the oldest
     /// content is what a power cut most likely leaves, the newest what it least likely
     /// does not).
     pub fn encode(&self) -> Vec<u8> {
@@ -121,18 +132,26 @@ impl JournalEntry {
             out.extend_from_slice(&id.ino.to_le_bytes());
             out.extend_from_slice(&id.mtime_ns.to_le_bytes());
         }
-        for field in [
-            self.done_in.as_deref(),
-            self.temp.as_deref().map(str::as_bytes),
-        ] {
-            match field {
-                None => out.push(0),
-                Some(bytes) => {
-                    let bytes = &bytes[..bytes.len().min(255)];
-                    out.push(1);
-                    out.push(bytes.len() as u8);
-                    out.extend_from_slice(bytes);
-                }
+        fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+            let bytes = &bytes[..bytes.len().min(255)];
+            out.push(bytes.len() as u8);
+            out.extend_from_slice(bytes);
+        }
+        match &self.done_in {
+            None => out.push(0),
+            Some(boot) => {
+                out.push(1);
+                field(&mut out, boot);
+            }
+        }
+        // (A name cut short would name another file: none rather than that. Cue's are
+        // about 40 bytes.)
+        match self.prepared.as_ref().filter(|p| p.temp.len() <= 255) {
+            None => out.push(0),
+            Some(p) => {
+                out.push(1);
+                field(&mut out, p.temp.as_bytes());
+                field(&mut out, &p.boot);
             }
         }
         out
@@ -193,28 +212,31 @@ impl JournalEntry {
             });
             rest = after;
         }
-        // `[0]` or `[1] [len] len × byte`, then what follows.
-        fn optional(rest: &[u8]) -> Option<(Option<Vec<u8>>, &[u8])> {
-            match rest.split_first()? {
-                (0, rest) => Some((None, rest)),
-                (1, rest) => {
-                    let (&len, rest) = rest.split_first()?;
-                    let (bytes, rest) = rest.split_at_checked(len as usize)?;
-                    Some((Some(bytes.to_vec()), rest))
-                }
-                _ => None,
-            }
+        // `[len] len × byte`, then what follows.
+        fn field(rest: &[u8]) -> Option<(Vec<u8>, &[u8])> {
+            let (&len, rest) = rest.split_first()?;
+            let (bytes, rest) = rest.split_at_checked(len as usize)?;
+            Some((bytes.to_vec(), rest))
         }
-        let (done_in, rest) = match layout {
-            2 => (None, rest),
-            _ => optional(rest)?,
-        };
-        let (temp, rest) = match layout {
-            2 | 3 => (None, rest),
-            _ => {
-                let (temp, rest) = optional(rest)?;
-                (temp.map(String::from_utf8).transpose().ok()?, rest)
+        let (done_in, rest) = match (layout, rest.split_first()) {
+            (2, _) => (None, rest),
+            (_, Some((0, rest))) => (None, rest),
+            (_, Some((1, rest))) => {
+                let (boot, rest) = field(rest)?;
+                (Some(boot), rest)
             }
+            _ => return None,
+        };
+        let (prepared, rest) = match (layout, rest.split_first()) {
+            (2 | 3, _) => (None, rest),
+            (_, Some((0, rest))) => (None, rest),
+            (_, Some((1, rest))) => {
+                let (temp, rest) = field(rest)?;
+                let (boot, rest) = field(rest)?;
+                let temp = String::from_utf8(temp).ok()?;
+                (Some(PreparedAs { temp, boot }), rest)
+            }
+            _ => return None,
         };
         if !rest.is_empty() {
             return None;
@@ -223,7 +245,7 @@ impl JournalEntry {
             before,
             written,
             done_in,
-            temp,
+            prepared,
         })
     }
 }
@@ -761,11 +783,14 @@ impl carry::Host for DaemonHost {
                     done_in: None,
                     // (Only when it is this effect's: a second effect on the path in a
                     // batch goes the usual way, under a name of its own.)
-                    temp: self
+                    prepared: self
                         .prepared
                         .get(path)
                         .filter(|(hash, _)| writing == Some(*hash))
-                        .map(|(_, p)| p.temp_name().to_string()),
+                        .map(|(_, p)| PreparedAs {
+                            temp: p.temp_name().to_string(),
+                            boot: self.boot.clone(),
+                        }),
                 },
             );
         }
@@ -1372,11 +1397,17 @@ mod tests {
                     },
                 ],
                 done_in: Some(b"a boot".to_vec()),
-                temp: Some(".cue-tmp-12-3".to_string()),
+                prepared: Some(PreparedAs {
+                    temp: ".cue-tmp-12-3".to_string(),
+                    boot: b"a boot".to_vec(),
+                }),
             },
             JournalEntry {
                 before: vec![Some([1; 32])],
-                temp: Some(".cue-tmp-12-4".to_string()),
+                prepared: Some(PreparedAs {
+                    temp: ".cue-tmp-12-4".to_string(),
+                    boot: Vec::new(),
+                }),
                 ..JournalEntry::default()
             },
         ];
@@ -1391,9 +1422,9 @@ mod tests {
                 ..JournalEntry::default()
             })
         );
-        // Written by session 18's version (layout 3, no `temp`).
+        // Written by session 18's version (layout 3, no `prepared`).
         let mut three = JournalEntry {
-            temp: None,
+            prepared: None,
             ..entries[1].clone()
         }
         .encode();
@@ -1402,14 +1433,14 @@ mod tests {
         assert_eq!(
             JournalEntry::decode(&three),
             Some(JournalEntry {
-                temp: None,
+                prepared: None,
                 ..entries[1].clone()
             })
         );
         // Written by session 17's version (layout 2, no `done` either).
         let mut two = JournalEntry {
             done_in: None,
-            temp: None,
+            prepared: None,
             ..entries[1].clone()
         }
         .encode();
@@ -1420,15 +1451,30 @@ mod tests {
             JournalEntry::decode(&two),
             Some(JournalEntry {
                 done_in: None,
-                temp: None,
+                prepared: None,
                 ..entries[1].clone()
             })
         );
         // Not a name: damaged.
         let mut not_utf8 = entries[2].encode();
-        let last = not_utf8.len() - 1;
-        not_utf8[last] = 0xff;
+        let last_of_name = not_utf8.len() - 2;
+        not_utf8[last_of_name] = 0xff;
         assert_eq!(JournalEntry::decode(&not_utf8), None);
+        // A name too long to keep is not kept (cut short it would name another file).
+        let long_name = JournalEntry {
+            prepared: Some(PreparedAs {
+                temp: format!(".cue-tmp-{}", "x".repeat(300)),
+                boot: Vec::new(),
+            }),
+            ..entries[2].clone()
+        };
+        assert_eq!(
+            JournalEntry::decode(&long_name.encode()),
+            Some(JournalEntry {
+                prepared: None,
+                ..entries[2].clone()
+            })
+        );
         assert_eq!(JournalEntry::decode(&[]), Some(entries[0].clone()));
         // Damaged: cut short, or trailing bytes.
         let mut long = entries[1].encode();
