@@ -425,7 +425,7 @@ impl Driver {
             let believed = self.engine.on_disk(path);
             // Not marked done: was the file put in place before the crash?
             let exchanged = match entry.done_in {
-                None => self.exchanged(path, &entry),
+                None => self.exchanged(path, &entry, believed),
                 Some(_) => Exchanged::CannotTell,
             };
             if let Exchanged::Yes {
@@ -529,6 +529,11 @@ impl Driver {
         // what its path holds is flushed: the redone writes, and the writes that did
         // happen but may not have been flushed before the crash.
         let _ = carry::carry_out(&mut self.engine, &mut self.host, now, redo)?;
+        // Edits found (a save made meanwhile, a program's write the exchange caught) are
+        // merged before their entries go: a crash in between would leave them to a scan
+        // that takes them for edits of the version written, or removes what the
+        // temporary name holds. A merge that writes journals its path anew (kept below).
+        let _ = carry::handle(&mut self.engine, &mut self.host, now, feedback)?;
         let _ = self.host.flush_files(true);
         let rels: Vec<(&String, WorkspacePath, Vec<u64>)> = entries
             .iter()
@@ -567,7 +572,6 @@ impl Driver {
             }
             Ok(())
         })?;
-        let _ = carry::handle(&mut self.engine, &mut self.host, now, feedback)?;
         Ok(())
     }
 
@@ -597,8 +601,13 @@ impl Driver {
     /// file, it was not put in place; the name gone, it cannot be told (the write may
     /// have been refused, its file removed; or a filesystem without the exchange renamed
     /// it); after a power cut neither the names nor the blocks are what was left.
-    fn exchanged(&self, path: &str, entry: &JournalEntry) -> Exchanged {
-        let (Some(prepared), Some(last)) = (&entry.prepared, entry.written.last()) else {
+    fn exchanged(
+        &self,
+        path: &str,
+        entry: &JournalEntry,
+        believed: Option<ContentHash>,
+    ) -> Exchanged {
+        let Some(prepared) = &entry.prepared else {
             return Exchanged::CannotTell;
         };
         if prepared.boot.is_empty() || prepared.boot != self.host.boot {
@@ -611,21 +620,29 @@ impl Driver {
             Ok(Some(st)) if st.kind == crate::fsio::FileKind::Regular => st,
             _ => return Exchanged::CannotTell,
         };
-        if st.ino == last.ino {
+        if st.ino == prepared.id.ino {
+            return Exchanged::No;
+        }
+        let Ok(Some((bytes, exec))) = self.host.fs.read_temp(&rel, &prepared.temp) else {
+            return Exchanged::CannotTell;
+        };
+        let hash = file_hash(&bytes, exec);
+        // The file written itself, under another number (a filesystem that makes its
+        // inode numbers up, as vfat does, changes them once the inode leaves memory):
+        // not put in place.
+        if believed.is_some_and(|b| self.engine.same_on_disk(b, hash)) {
             return Exchanged::No;
         }
         // What the path held at the exchange: what the write expected (one of the
         // contents before), or a program's write caught in that instant.
-        let aside = self.host.fs.read_temp(&rel, &prepared.temp).ok().flatten();
-        let caught = aside.filter(|(bytes, exec)| {
-            let hash = file_hash(bytes, *exec);
-            !entry
-                .before
-                .iter()
-                .flatten()
-                .any(|b| self.engine.same_on_disk(*b, hash))
-        });
-        Exchanged::Yes { caught }
+        let expected = entry
+            .before
+            .iter()
+            .flatten()
+            .any(|b| self.engine.same_on_disk(*b, hash));
+        Exchanged::Yes {
+            caught: (!expected).then_some((bytes, exec)),
+        }
     }
 
     /// Whether `held`, found at `path` where the engine meant `meant` to be, is one of the
@@ -1187,7 +1204,13 @@ impl Driver {
             .filter(|s| matches!(s.reason, SkipReason::NotMounted))
             .map(|s| s.path.clone())
             .collect();
-        for tmp in &report.stale_temps {
+        // (Not this process's own: a rescan would take a replaced file kept aside, and
+        // a program's late write to it, away from `late_writes`.)
+        for tmp in report
+            .stale_temps
+            .iter()
+            .filter(|t| !self.host.fs.is_own_temp(t))
+        {
             let _ = self.host.fs.remove_stale_temp(tmp);
         }
         let found = Found {
@@ -1945,11 +1968,18 @@ mod power_cut {
         file.set_modified(mtime).expect("set mtime");
     }
 
-    /// What every file at the workspace's root holds.
+    /// What every file at the workspace's root holds (not cue's temporary files: a file
+    /// a write replaced is kept aside a while for late writes).
     fn contents(ws: &Workspace) -> Vec<Vec<u8>> {
         std::fs::read_dir(&ws.root)
             .expect("list")
-            .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                !e.file_name()
+                    .to_string_lossy()
+                    .starts_with(crate::paths::CUE_TEMP_PREFIX)
+            })
+            .filter_map(|e| std::fs::read(e.path()).ok())
             .collect()
     }
 
@@ -2318,6 +2348,162 @@ mod power_cut {
         );
     }
 
+    /// Ten notes changed by a peer at once (a `git pull` there) are written as one batch
+    /// (`WriteBatch`: its `syncfs`, renames and folder flushes); the daemon is killed
+    /// before the batch's done marks, and while it is down the user saves two of the
+    /// notes, one in place and one through a rename. Each save is an edit of the note
+    /// written: the peer's line once, the user's once.
+    #[test]
+    fn saves_after_a_kill_before_a_batchs_done_marks_are_edits_of_the_files_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let names: Vec<String> = (0..10).map(|i| format!("n{i}.md")).collect();
+        for name in &names {
+            std::fs::write(dir.path().join(name), NOTE).expect("write");
+        }
+        let ws =
+            Workspace::init(dir.path(), Some("ws://127.0.0.1:9"), Some("alice")).expect("init");
+        {
+            let mut driver = Driver::open(&ws, &ws.config).expect("driver");
+            driver.startup_scan(now_ms()).expect("scan");
+            driver.flush().expect("flush");
+        }
+        let dir_b = tempfile::tempdir().expect("tempdir");
+        let ws_b =
+            Workspace::init(dir_b.path(), Some("ws://127.0.0.1:9"), Some("bob")).expect("init");
+        let mut a = Driver::open(&ws, &ws.config).expect("driver");
+        let mut b = Driver::open(&ws_b, &ws_b.config).expect("driver");
+        let to_b = a.input(now_ms(), Input::Connected).expect("a");
+        let to_a = b.input(now_ms(), Input::Connected).expect("b");
+        pump(&mut a, &mut b, to_a, to_b);
+
+        let mut to_a = Vec::new();
+        for name in &names {
+            std::fs::write(dir_b.path().join(name), PEERS).expect("bob saves");
+            let change = Input::FileChanged {
+                path: name.clone(),
+                content: PEERS.to_vec(),
+                exec: false,
+            };
+            to_a.extend(b.input(now_ms(), change).expect("b"));
+        }
+        let from = b.engine.device();
+        let inputs = to_a
+            .into_iter()
+            .map(|(_, bytes)| Input::Message { from, bytes })
+            .collect();
+        let mut host = KilledBeforeTheDoneMark(&mut a.host);
+        carry::handle(&mut a.engine, &mut host, now_ms(), inputs).expect("a");
+        for name in &names {
+            assert_eq!(std::fs::read(ws.root.join(name)).expect("written"), PEERS);
+        }
+        let entries = a.store().list_meta(NS_JOURNAL).expect("journal");
+        let entry = entries
+            .iter()
+            .find(|(p, _)| p == "n0.md")
+            .and_then(|(_, e)| JournalEntry::decode(e))
+            .expect("journaled");
+        assert!(entry.prepared.is_some(), "the batch's files are named");
+        assert_eq!(entry.done_in, None, "killed before the done mark");
+        std::mem::forget(a);
+
+        let id = id_of(&ws.root.join("n0.md"));
+        rewrite_in_place(
+            &ws.root.join("n0.md"),
+            SAVED_WHILE_DOWN,
+            id.mtime_ns + 1_000_000,
+        );
+        std::fs::write(ws.root.join("n1.md.new"), SAVED_WHILE_DOWN).expect("write");
+        std::fs::rename(ws.root.join("n1.md.new"), ws.root.join("n1.md")).expect("rename");
+
+        let mut driver = Driver::open(&ws, &ws.config).expect("driver");
+        driver.startup_scan(now_ms()).expect("scan");
+        for name in ["n0.md", "n1.md"] {
+            let (doc, _) = driver
+                .engine
+                .read_file(name, &mut StoreDocs(&driver.host.store))
+                .expect("document");
+            assert_eq!(doc, SAVED_WHILE_DOWN, "{name}: the peer's line once");
+            assert_eq!(
+                std::fs::read(ws.root.join(name)).expect("read"),
+                SAVED_WHILE_DOWN
+            );
+        }
+        assert_eq!(contents(&ws).len(), names.len(), "no conflict copy");
+    }
+
+    /// A program keeps the note open and appends to it just after a peer's change
+    /// replaced it; a rescan comes in between (a `.cueignore` edited, a disk mounted
+    /// again). The replaced file, kept aside under a temporary name, is this daemon's
+    /// own, not a stale one: the rescan leaves it and the program's write is kept.
+    #[test]
+    fn a_rescan_leaves_the_replaced_files_kept_for_late_writes() {
+        let (_dir, ws) = imported();
+        let dir_b = tempfile::tempdir().expect("tempdir");
+        let ws_b =
+            Workspace::init(dir_b.path(), Some("ws://127.0.0.1:9"), Some("bob")).expect("init");
+        let mut a = Driver::open(&ws, &ws.config).expect("driver");
+        let mut b = Driver::open(&ws_b, &ws_b.config).expect("driver");
+        let to_b = a.input(now_ms(), Input::Connected).expect("a");
+        let to_a = b.input(now_ms(), Input::Connected).expect("b");
+        pump(&mut a, &mut b, to_a, to_b);
+        let held = std::fs::OpenOptions::new()
+            .append(true)
+            .open(ws.root.join("a.md"))
+            .expect("the program opens the note");
+        std::fs::write(dir_b.path().join("a.md"), PEERS).expect("bob saves");
+        let change = Input::FileChanged {
+            path: "a.md".into(),
+            content: PEERS.to_vec(),
+            exec: false,
+        };
+        let to_a = b.input(now_ms(), change).expect("b");
+        pump(&mut a, &mut b, to_a, Vec::new());
+        assert_eq!(std::fs::read(ws.root.join("a.md")).expect("read"), PEERS);
+
+        std::io::Write::write_all(&mut &held, b"logged late\n").expect("late write");
+        a.startup_scan(now_ms()).expect("rescan");
+        a.late_writes(now_ms(), true).expect("late writes");
+        let kept = contents(&ws);
+        assert!(
+            kept.iter()
+                .any(|b| String::from_utf8_lossy(b).contains("logged late")),
+            "the program's write is gone"
+        );
+    }
+
+    /// Killed before the rename, on a filesystem that makes its inode numbers up (vfat
+    /// numbers an inode anew once it leaves memory): the file written, still under its
+    /// temporary name, has another number than the journal says. Its content tells it
+    /// is the file written, not one the exchange swapped out: the save made while the
+    /// daemon was down is merged with the write not done, each edit once.
+    #[test]
+    fn a_file_written_under_a_new_inode_number_is_not_taken_for_put_in_place() {
+        let (_dir, ws) = imported();
+        let (_, entry) = peers_change_then_killed_before_the_done_mark(&ws);
+        let path = ws.root.join("a.md");
+        let temp = ws.root.join(
+            entry
+                .prepared
+                .expect("the temporary name is journaled")
+                .temp,
+        );
+        // As before the rename, the file written renumbered: a copy of it (a new inode)
+        // under the temporary name, the version before it at the path.
+        let written = std::fs::read(&path).expect("read");
+        let before = std::fs::read(&temp).expect("read");
+        std::fs::remove_file(&temp).expect("remove");
+        std::fs::write(&temp, &written).expect("write");
+        std::fs::write(&path, &before).expect("write");
+        let saved = b"# Plan\n\nShip on Friday. Bring slides.\n";
+        std::fs::write(ws.root.join("a.md.new"), saved).expect("write");
+        std::fs::rename(ws.root.join("a.md.new"), &path).expect("rename");
+
+        let (disk, doc) = start(&ws);
+        let both = b"# Plan\n\nShip on Friday. Bring slides.\nTell Ana.\n";
+        assert_eq!(doc, both, "both edits, each once");
+        assert_eq!(disk, both);
+    }
+
     /// Killed between the rename and the done mark, and a program had appended to the
     /// note in the instant of the exchange: what it wrote, kept aside under the temporary
     /// name and not merged yet, is merged at the start (the start-up scan removes that
@@ -2341,6 +2527,7 @@ mod power_cut {
         assert_eq!(doc.matches("logged by a program").count(), 1, "{doc}");
         assert_eq!(disk, doc.as_bytes());
         assert!(!temp.exists(), "the temporary name is cleared");
+        assert_eq!(contents(&ws).len(), 1, "no conflict copy");
     }
 
     /// Killed before the rename itself: the file to put in place is still under its

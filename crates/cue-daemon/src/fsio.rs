@@ -183,6 +183,8 @@ pub struct WorkspaceFs {
     modes: bool,
     /// `syncfs` calls made by `flush_files` (each flushes the whole filesystem).
     syncfs_calls: std::sync::atomic::AtomicU64,
+    /// What every temporary name this opening makes begins with ([`temp_prefix`]).
+    temp_prefix: String,
 }
 
 /// A file a write replaced, kept under a temporary name next to it for
@@ -302,6 +304,7 @@ impl WorkspaceFs {
             replaced: std::sync::Mutex::new(Vec::new()),
             modes: true,
             syncfs_calls: std::sync::atomic::AtomicU64::new(0),
+            temp_prefix: temp_prefix(),
         })
     }
 
@@ -489,7 +492,7 @@ impl WorkspaceFs {
             // No mode is set: a `chmod` there is ignored or refused.
             false => (None, None),
         };
-        write_temp(parent, rel, bytes, mode, exec, sync)
+        write_temp(&self.temp_prefix, parent, rel, bytes, mode, exec, sync)
     }
 
     /// Writes `bytes` to a temporary file next to `rel` (creating folders), neither
@@ -684,10 +687,12 @@ impl WorkspaceFs {
             Some(st) => check_regular(rel, st.kind)?,
         }
         let outcome = match expect {
-            Expect::Content(want) => match remove_checked(&parent, rel, want, self.modes)? {
-                Some(outcome) => outcome,
-                None => return Ok(None),
-            },
+            Expect::Content(want) => {
+                match remove_checked(&self.temp_prefix, &parent, rel, want, self.modes)? {
+                    Some(outcome) => outcome,
+                    None => return Ok(None),
+                }
+            }
             _ => {
                 if !expectation_holds(&parent, rel, expect, self.modes)? {
                     return Ok(Some(Outcome::Unexpected));
@@ -820,6 +825,14 @@ impl WorkspaceFs {
             ));
         }
         self.open_parent(rel)
+    }
+
+    /// Whether the temporary file at `rel` (a workspace-relative path) is this opening's
+    /// own: not stale, but a write under way or a replaced file kept aside for late
+    /// writes ([`late_writes`](Self::late_writes)). A scan leaves it.
+    pub fn is_own_temp(&self, rel: &str) -> bool {
+        let name = rel.rsplit_once('/').map_or(rel, |(_, name)| name);
+        name.starts_with(&self.temp_prefix)
     }
 
     /// Removes one of cue's own temporary files left by a crash (found by the scanner).
@@ -1053,19 +1066,25 @@ fn expectation_holds(
     }
 }
 
-/// A fresh name for a temporary file (ignored by the watcher and the scanner), never
-/// one an earlier process used: the write journal names the file a write was prepared
-/// under, and a start judges the write by what that name holds (in a container the pid
-/// is the same at every run, so the process's start time is in the name too).
-fn temp_name() -> String {
-    static STARTED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
-    let started = STARTED.get_or_init(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    });
+/// The beginning of every temporary name one opening of the workspace makes, never one
+/// an earlier run used: the write journal names the file a write was prepared under, and
+/// a start judges the write by what that name holds (in a container the pid is the same
+/// at every run, so the time of the opening is in the name too, and a count of the
+/// openings in this process).
+fn temp_prefix() -> String {
+    static OPENINGS: AtomicU64 = AtomicU64::new(0);
+    let opening = OPENINGS.fetch_add(1, Ordering::Relaxed);
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{CUE_TEMP_PREFIX}{}-{at:x}-{opening}-", std::process::id())
+}
+
+/// A fresh name for a temporary file (ignored by the watcher and the scanner) that
+/// begins with `prefix` ([`temp_prefix`]).
+fn temp_name(prefix: &str) -> String {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{CUE_TEMP_PREFIX}{}-{started:x}-{n}", std::process::id())
+    format!("{prefix}{n}")
 }
 
 /// Creates and fills a temporary file next to `rel`; returns its name. `mode` carries the
@@ -1073,6 +1092,7 @@ fn temp_name() -> String {
 /// (`None`: as they were); a new file gets the usual mode (the umask's), made executable
 /// the same way. The file is fsynced when `sync`.
 fn write_temp(
+    prefix: &str,
     parent: &OwnedFd,
     rel: &WorkspacePath,
     bytes: &[u8],
@@ -1081,7 +1101,7 @@ fn write_temp(
     sync: bool,
 ) -> Result<String, FsError> {
     let (name, fd) = loop {
-        let name = temp_name();
+        let name = temp_name(prefix);
         match rustix::fs::openat(
             parent,
             name.as_str(),
@@ -1129,7 +1149,7 @@ fn write_temp(
 
 /// Which file a write put in place: its inode and when it was last written. A file cut
 /// short by a power cut keeps both (its inode's size and blocks are what was lost).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FileId {
     pub ino: u64,
     pub mtime_ns: i64,
@@ -1220,6 +1240,13 @@ pub struct WriteBatch<'a> {
     last_dir: Option<(String, OwnedFd)>,
 }
 
+/// A file a [`WriteBatch`] staged: its temporary name next to its place, and the file.
+#[derive(Debug)]
+pub struct StagedAs {
+    pub temp: String,
+    pub id: FileId,
+}
+
 #[derive(Debug)]
 struct Staged {
     path: WorkspacePath,
@@ -1259,14 +1286,14 @@ impl WriteBatch<'_> {
     /// Writes `bytes` into a temporary file next to `rel` (creating folders); it replaces
     /// `rel` at [`commit`](Self::commit) if `expect` still holds then. `exec` as for
     /// [`WorkspaceFs::write_atomic_if`]. An error here concerns this file only; the batch
-    /// stays usable.
+    /// stays usable. The temporary file's name and identity, for the write journal.
     pub fn stage(
         &mut self,
         rel: &WorkspacePath,
         bytes: &[u8],
         exec: Option<bool>,
         expect: Expect,
-    ) -> Result<(), FsError> {
+    ) -> Result<StagedAs, FsError> {
         let dir_key = rel.parent_str().to_owned();
         if self.last_dir.as_ref().is_none_or(|(k, _)| *k != dir_key) {
             self.last_dir = None;
@@ -1290,15 +1317,32 @@ impl WriteBatch<'_> {
             true => (existing.map(|s| s.mode), exec),
             false => (None, None),
         };
-        let tmp = write_temp(parent, rel, bytes, mode, exec, foreign)?;
+        let tmp = write_temp(
+            &self.fs.temp_prefix,
+            parent,
+            rel,
+            bytes,
+            mode,
+            exec,
+            foreign,
+        )?;
+        let st = stat_leaf_named(parent, &tmp, rel);
         self.staged.push(Staged {
             path: rel.clone(),
-            tmp,
+            tmp: tmp.clone(),
             expect,
             done: false,
             foreign,
         });
-        Ok(())
+        let st =
+            st?.ok_or_else(|| FsError::io("stat temporary file for", rel.as_str(), Errno::NOENT))?;
+        Ok(StagedAs {
+            temp: tmp,
+            id: FileId {
+                ino: st.ino,
+                mtime_ns: st.mtime_ns,
+            },
+        })
     }
 
     /// How many files are staged.
@@ -1555,6 +1599,7 @@ fn replace_holding(
 /// file took its place meanwhile, its content comes back to be merged). `None` when
 /// nothing was there.
 fn remove_checked(
+    prefix: &str,
     dir: &OwnedFd,
     rel: &WorkspacePath,
     want: [u8; 32],
@@ -1563,7 +1608,7 @@ fn remove_checked(
     if !expectation_holds(dir, rel, Expect::Content(want), modes)? {
         return Ok(Some(Outcome::Unexpected));
     }
-    let aside = temp_name();
+    let aside = temp_name(prefix);
     match rustix::fs::renameat_with(
         dir,
         rel.file_name(),

@@ -92,6 +92,8 @@ pub struct JournalEntry {
 pub struct PreparedAs {
     pub temp: String,
     pub boot: Vec<u8>,
+    /// The file written there.
+    pub id: fsio::FileId,
 }
 
 /// First byte of an entry in this layout; an older entry is a bare hash (32 bytes) or
@@ -102,7 +104,7 @@ const JOURNAL_LAYOUT: u8 = 4;
 
 impl JournalEntry {
     /// `[layout] [n] n × ([0] | [1] hash) [m] m × (inode, mtime) ([0] | [1] [len] boot)
-    /// ([0] | [1] [len] temp [len] boot)`, little-endian; past 255 of either, the first and the newest are kept (the oldest
+    /// ([0] | [1] [len] temp [len] boot inode mtime)`, little-endian; past 255 of either, the first and the newest are kept (the oldest
     /// content is what a power cut most likely leaves, the newest what it least likely
     /// does not).
     pub fn encode(&self) -> Vec<u8> {
@@ -152,6 +154,8 @@ impl JournalEntry {
                 out.push(1);
                 field(&mut out, p.temp.as_bytes());
                 field(&mut out, &p.boot);
+                out.extend_from_slice(&p.id.ino.to_le_bytes());
+                out.extend_from_slice(&p.id.mtime_ns.to_le_bytes());
             }
         }
         out
@@ -234,7 +238,13 @@ impl JournalEntry {
                 let (temp, rest) = field(rest)?;
                 let (boot, rest) = field(rest)?;
                 let temp = String::from_utf8(temp).ok()?;
-                (Some(PreparedAs { temp, boot }), rest)
+                let (ino, rest) = rest.split_first_chunk::<8>()?;
+                let (mtime, rest) = rest.split_first_chunk::<8>()?;
+                let id = fsio::FileId {
+                    ino: u64::from_le_bytes(*ino),
+                    mtime_ns: i64::from_le_bytes(*mtime),
+                };
+                (Some(PreparedAs { temp, boot, id }), rest)
             }
             _ => return None,
         };
@@ -647,6 +657,7 @@ impl DaemonHost {
             writes.iter().map(|_| None).collect();
         let mut batch = self.fs.batch();
         let mut staged: BTreeMap<String, usize> = BTreeMap::new();
+        let mut staged_as = Vec::new();
         for (i, w) in writes.iter().enumerate() {
             let rel = match WorkspacePath::parse(&w.path) {
                 Ok(rel) => rel,
@@ -656,14 +667,21 @@ impl DaemonHost {
                 }
             };
             // The same path twice in a batch: the second goes on its own, after.
-            if !staged.contains_key(&w.path)
-                && batch
-                    .stage(&rel, &w.bytes, Some(w.exec), to_expect(w.expect))
-                    .is_ok()
-            {
+            if staged.contains_key(&w.path) {
+                continue;
+            }
+            if let Ok(as_) = batch.stage(&rel, &w.bytes, Some(w.exec), to_expect(w.expect)) {
                 staged.insert(w.path.clone(), i);
+                staged_as.push((w.path.as_str(), as_));
             }
         }
+        journal_staged(
+            &mut self.journaled,
+            &mut self.store,
+            &self.boot,
+            writes,
+            staged_as,
+        );
         match batch.commit() {
             Ok(outcome) => {
                 for rel in outcome.written {
@@ -691,6 +709,49 @@ impl DaemonHost {
             .zip(results)
             .map(|(w, r)| r.unwrap_or_else(|| self.write_if(&w.path, &w.bytes, w.exec, w.expect)))
             .collect()
+    }
+}
+
+/// Names in the journal the temporary files a batch staged, before any is renamed into
+/// place (as [`DaemonHost::prepare`] does before the commit for a few): a start in
+/// this boot after a kill between the renames and the done mark tells by them which
+/// were put in place. Not flushed: it matters only to a start in the same boot.
+fn journal_staged(
+    journaled: &mut BTreeMap<String, JournalEntry>,
+    store: &mut Store,
+    boot: &[u8],
+    writes: &[Write],
+    staged: Vec<(&str, fsio::StagedAs)>,
+) {
+    let mut entries = Vec::new();
+    for (path, as_) in staged {
+        // Not when the path's last effect in the batch is another write (on its own).
+        if writes.iter().filter(|w| w.path == path).count() > 1 {
+            continue;
+        }
+        let Some(entry) = journaled.get_mut(path) else {
+            continue;
+        };
+        // (Last: the file this write puts there.)
+        entry.written.retain(|id| *id != as_.id);
+        entry.written.push(as_.id);
+        entry.prepared = Some(PreparedAs {
+            temp: as_.temp,
+            boot: boot.to_vec(),
+            id: as_.id,
+        });
+        entries.push((path.to_string(), entry.encode()));
+    }
+    if entries.is_empty() {
+        return;
+    }
+    if let Err(error) = store.transaction_not_synced(|tx| {
+        for (path, entry) in &entries {
+            tx.put_meta(NS_JOURNAL, path, entry)?;
+        }
+        Ok(())
+    }) {
+        tracing::warn!(%error, "cannot name a batch's temporary files in the journal");
     }
 }
 
@@ -770,9 +831,9 @@ impl carry::Host for DaemonHost {
                 before.push(writing);
             }
             let prepared = self.prepared.get(path).map(|(_, p)| p);
-            if let Some(p) = prepared
-                && !written.contains(&p.id)
-            {
+            if let Some(p) = prepared {
+                // (Last: the file this write puts there.)
+                written.retain(|id| *id != p.id);
                 written.push(p.id);
             }
             self.journaled.insert(
@@ -790,6 +851,7 @@ impl carry::Host for DaemonHost {
                         .map(|(_, p)| PreparedAs {
                             temp: p.temp_name().to_string(),
                             boot: self.boot.clone(),
+                            id: p.id,
                         }),
                 },
             );
@@ -1400,6 +1462,10 @@ mod tests {
                 prepared: Some(PreparedAs {
                     temp: ".cue-tmp-12-3".to_string(),
                     boot: b"a boot".to_vec(),
+                    id: fsio::FileId {
+                        ino: 43,
+                        mtime_ns: 1 << 60,
+                    },
                 }),
             },
             JournalEntry {
@@ -1407,6 +1473,10 @@ mod tests {
                 prepared: Some(PreparedAs {
                     temp: ".cue-tmp-12-4".to_string(),
                     boot: Vec::new(),
+                    id: fsio::FileId {
+                        ino: 7,
+                        mtime_ns: 0,
+                    },
                 }),
                 ..JournalEntry::default()
             },
@@ -1457,7 +1527,7 @@ mod tests {
         );
         // Not a name: damaged.
         let mut not_utf8 = entries[2].encode();
-        let last_of_name = not_utf8.len() - 2;
+        let last_of_name = not_utf8.len() - 18; // (then the boot's length, 0, and the file)
         not_utf8[last_of_name] = 0xff;
         assert_eq!(JournalEntry::decode(&not_utf8), None);
         // A name too long to keep is not kept (cut short it would name another file).
@@ -1465,6 +1535,7 @@ mod tests {
             prepared: Some(PreparedAs {
                 temp: format!(".cue-tmp-{}", "x".repeat(300)),
                 boot: Vec::new(),
+                id: fsio::FileId::default(),
             }),
             ..entries[2].clone()
         };
