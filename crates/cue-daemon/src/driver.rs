@@ -544,6 +544,14 @@ impl Driver {
                     && !self.host.journal_done.contains(path)
                     && !unread.contains(path)
             })
+            // Nor those the redone writes or the merges journaled anew (a flush that
+            // failed keeps such an entry for the next start, in none of the sets above).
+            .filter(|(path, entry)| {
+                self.host
+                    .store
+                    .get_meta(NS_JOURNAL, path)
+                    .is_ok_and(|now| now.as_deref() == Some(entry.as_slice()))
+            })
             .filter_map(|(path, entry)| {
                 let inodes = JournalEntry::decode(entry).map(|e| e.inodes());
                 Some((

@@ -827,12 +827,18 @@ impl WorkspaceFs {
         self.open_parent(rel)
     }
 
-    /// Whether the temporary file at `rel` (a workspace-relative path) is this opening's
-    /// own: not stale, but a write under way or a replaced file kept aside for late
-    /// writes ([`late_writes`](Self::late_writes)). A scan leaves it.
+    /// Whether the temporary file at `rel` (a workspace-relative path) is a replaced file
+    /// this opening keeps aside for late writes ([`late_writes`](Self::late_writes)): not
+    /// stale. A scan leaves it. (No scan runs while a write is under way.)
     pub fn is_own_temp(&self, rel: &str) -> bool {
-        let name = rel.rsplit_once('/').map_or(rel, |(_, name)| name);
-        name.starts_with(&self.temp_prefix)
+        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        if !name.starts_with(&self.temp_prefix) {
+            return false;
+        }
+        let replaced = self.replaced.lock().unwrap_or_else(|p| p.into_inner());
+        replaced
+            .iter()
+            .any(|r| r.aside == name && r.path.parent_str() == dir)
     }
 
     /// Removes one of cue's own temporary files left by a crash (found by the scanner).
@@ -1326,7 +1332,21 @@ impl WriteBatch<'_> {
             exec,
             foreign,
         )?;
-        let st = stat_leaf_named(parent, &tmp, rel);
+        // (Not staged unless it can be named: an error here concerns this file only.)
+        let st = match stat_leaf_named(parent, &tmp, rel) {
+            Ok(Some(st)) => st,
+            Ok(None) => {
+                return Err(FsError::io(
+                    "stat temporary file for",
+                    rel.as_str(),
+                    Errno::NOENT,
+                ));
+            }
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(parent, tmp.as_str(), AtFlags::empty());
+                return Err(e);
+            }
+        };
         self.staged.push(Staged {
             path: rel.clone(),
             tmp: tmp.clone(),
@@ -1334,8 +1354,6 @@ impl WriteBatch<'_> {
             done: false,
             foreign,
         });
-        let st =
-            st?.ok_or_else(|| FsError::io("stat temporary file for", rel.as_str(), Errno::NOENT))?;
         Ok(StagedAs {
             temp: tmp,
             id: FileId {

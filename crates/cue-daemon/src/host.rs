@@ -104,7 +104,8 @@ const JOURNAL_LAYOUT: u8 = 4;
 
 impl JournalEntry {
     /// `[layout] [n] n × ([0] | [1] hash) [m] m × (inode, mtime) ([0] | [1] [len] boot)
-    /// ([0] | [1] [len] temp [len] boot inode mtime)`, little-endian; past 255 of either, the first and the newest are kept (the oldest
+    /// ([0] | [1] [len] temp [len] boot inode mtime)`, little-endian; past 255 of
+    /// either, the first and the newest are kept (the oldest
     /// content is what a power cut most likely leaves, the newest what it least likely
     /// does not).
     pub fn encode(&self) -> Vec<u8> {
@@ -323,6 +324,9 @@ pub struct DaemonHost {
     pub prepared: BTreeMap<String, (ContentHash, fsio::Prepared)>,
     /// This batch's journal entries, by path (what `files_done` keeps when not flushed).
     pub journaled: BTreeMap<String, JournalEntry>,
+    /// What this batch's last effect on each path puts there (`None`: a removal). A
+    /// batch's writes go a part at a time (cut at each removal), so a part cannot tell.
+    last_effect: BTreeMap<String, Option<ContentHash>>,
     /// Paths a prepared file was put in place at in this batch.
     pub put_in_place: BTreeSet<String>,
     /// Paths written (flushed) or removed in this batch: what they hold is durable.
@@ -375,6 +379,7 @@ impl DaemonHost {
             not_mounted: BTreeSet::new(),
             prepared: BTreeMap::new(),
             journaled: BTreeMap::new(),
+            last_effect: BTreeMap::new(),
             put_in_place: BTreeSet::new(),
             durably_done: BTreeSet::new(),
             over_edits: BTreeMap::new(),
@@ -583,6 +588,7 @@ impl DaemonHost {
         }
         self.durably_done.clear();
         self.over_edits.clear();
+        self.last_effect.clear();
         self.journaled.clear();
         let unflushed = &self.unflushed;
         self.unflushed_files
@@ -679,6 +685,7 @@ impl DaemonHost {
             &mut self.journaled,
             &mut self.store,
             &self.boot,
+            &self.last_effect,
             writes,
             staged_as,
         );
@@ -720,13 +727,21 @@ fn journal_staged(
     journaled: &mut BTreeMap<String, JournalEntry>,
     store: &mut Store,
     boot: &[u8],
+    last_effect: &BTreeMap<String, Option<ContentHash>>,
     writes: &[Write],
     staged: Vec<(&str, fsio::StagedAs)>,
 ) {
     let mut entries = Vec::new();
     for (path, as_) in staged {
-        // Not when the path's last effect in the batch is another write (on its own).
-        if writes.iter().filter(|w| w.path == path).count() > 1 {
+        // Only when this write is the path's last effect in the batch: not when another
+        // write of it follows (on its own, or in a later part), nor a removal.
+        let Some(w) = writes.iter().find(|w| w.path == path) else {
+            continue;
+        };
+        let last = last_effect.get(path).copied().flatten();
+        if writes.iter().filter(|w| w.path == path).count() > 1
+            || last != Some(cue_core::file_hash(&w.bytes, w.exec))
+        {
             continue;
         }
         let Some(entry) = journaled.get_mut(path) else {
@@ -836,6 +851,7 @@ impl carry::Host for DaemonHost {
                 written.retain(|id| *id != p.id);
                 written.push(p.id);
             }
+            self.last_effect.insert(path.clone(), writing);
             self.journaled.insert(
                 path.clone(),
                 JournalEntry {
@@ -955,6 +971,7 @@ impl carry::Host for DaemonHost {
         }
         self.durably_done.clear();
         self.over_edits.clear();
+        self.last_effect.clear();
         // Not carried out (refused, put off): their temporary files go.
         for (_, (_, prepared)) in std::mem::take(&mut self.prepared) {
             prepared.discard();
@@ -1345,6 +1362,55 @@ mod tests {
         assert!(
             e.done_in.is_some() && e.before.contains(&Some(edit)),
             "{e:?}"
+        );
+    }
+
+    /// A batch of many writes names its staged files in the journal before renaming
+    /// them, but only for a path whose last effect in the batch that write is: a later
+    /// effect on the path (written a part later, after a removal cut the batch's writes
+    /// in two) would make a start take the first write for the last.
+    #[test]
+    fn a_batch_names_only_the_files_that_are_their_paths_last_effect() {
+        let (_dir, mut host) = host();
+        let write = |path: &str, bytes: &[u8]| Effect::WriteFile {
+            path: path.into(),
+            bytes: bytes.to_vec(),
+            exec: false,
+            expect: None,
+        };
+        let mut files: Vec<Effect> = (0..8)
+            .map(|i| write(&format!("n{i}.md"), b"one\n"))
+            .collect();
+        files.push(Effect::RemoveFile {
+            path: "gone.md".into(),
+            expect: Some([1; 32]),
+        });
+        files.push(write("n0.md", b"two\n"));
+        host.commit(Vec::new(), Vec::new(), &files, true)
+            .expect("commit");
+        let part: Vec<Write> = files[..8]
+            .iter()
+            .filter_map(|e| match e {
+                Effect::WriteFile {
+                    path,
+                    bytes,
+                    exec,
+                    expect,
+                } => Some(Write {
+                    path: path.clone(),
+                    bytes: bytes.clone(),
+                    exec: *exec,
+                    expect: *expect,
+                }),
+                _ => None,
+            })
+            .collect();
+        let outcomes = host.write_many(&part);
+        assert!(outcomes.iter().all(|o| matches!(o, Ok(Outcome::Done))));
+        assert!(entry(&host, "n1.md").expect("journaled").prepared.is_some());
+        assert!(
+            entry(&host, "n0.md").expect("journaled").prepared.is_none(),
+            "n0.md is written again later in the batch"
         );
     }
 
