@@ -312,6 +312,11 @@ pub struct Driver {
     /// When the kernel's list of mount points was last read (at most once a second
     /// from the watcher's batches).
     mounts_checked: Option<std::time::Instant>,
+    /// What was mounted below the workspace at that last reading (`None` before it).
+    mounted_then: Option<BTreeSet<String>>,
+    /// Folders a disk was mounted on since that reading: the watcher watches what was
+    /// under them, not the disk ([`take_mounted`](Driver::take_mounted)).
+    newly_mounted: Vec<String>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -382,7 +387,10 @@ impl Driver {
             failed_on: BTreeMap::new(),
             mounts: BTreeSet::new(),
             mounts_checked: None,
+            mounted_then: None,
+            newly_mounted: Vec::new(),
         };
+        driver.mounted_then = Some(crate::scan::mounts_below(driver.host.fs.root_path()));
         // Nothing can be sent yet (not connected): what Engine::new returns is storage.
         let _ = carry::carry_out(&mut driver.engine, &mut driver.host, now_ms(), effects)?;
         driver.finish_interrupted_writes(now_ms())?;
@@ -1010,9 +1018,7 @@ impl Driver {
         }
         let mut out = self.input(now, Input::Tick)?;
         if remounted {
-            // Its files as they are now, then the writes refused meanwhile, at once.
-            out.extend(self.scan(now, &mut |_, _| {}, false)?);
-            out.extend(self.input(now, Input::RetryWrites)?);
+            out.extend(self.rescan(now)?);
         }
         out.extend(self.late_writes(now, false)?);
         if self.host.written.is_empty() {
@@ -1048,17 +1054,44 @@ impl Driver {
     fn note_mounts(&mut self) -> Result<bool, DriverError> {
         self.mounts_checked = Some(std::time::Instant::now());
         let now_mounted = crate::scan::mounts_below(self.host.fs.root_path());
-        let remounted = self
-            .host
-            .not_mounted
-            .iter()
-            .any(|m| now_mounted.contains(m));
+        // A disk mounted or unmounted since the last reading: what is in its folder is
+        // other files now, which the watcher did not see come (nor go).
+        let changed = match &self.mounted_then {
+            Some(then) => {
+                self.newly_mounted
+                    .extend(now_mounted.difference(then).cloned());
+                *then != now_mounted
+            }
+            None => false,
+        };
+        self.mounted_then = Some(now_mounted.clone());
+        let remounted = changed
+            || self
+                .host
+                .not_mounted
+                .iter()
+                .any(|m| now_mounted.contains(m));
         if !now_mounted.is_subset(&self.mounts) {
             self.mounts.extend(now_mounted);
             let mounts = self.mounts.clone();
             self.store_mounts(&mounts)?;
         }
         Ok(remounted)
+    }
+
+    /// A disk mounted or unmounted in the workspace: its files as they are now, then the
+    /// writes refused meanwhile, at once.
+    pub fn rescan(&mut self, now: i64) -> Result<Vec<Outgoing>, DriverError> {
+        let mut out = self.scan(now, &mut |_, _| {}, false)?;
+        out.extend(self.input(now, Input::RetryWrites)?);
+        Ok(out)
+    }
+
+    /// The folders a disk was mounted on since the last call, for the watcher to watch
+    /// again (then [`rescan`](Self::rescan): what changed before the watch was seen by
+    /// nobody).
+    pub fn take_mounted(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.newly_mounted)
     }
 
     fn store_mounts(&mut self, mounts: &BTreeSet<String>) -> Result<(), DriverError> {

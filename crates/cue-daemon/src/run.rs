@@ -291,7 +291,7 @@ async fn daemon(ws: Workspace, auth_token: String) -> Result<(), RunError> {
         sigterm: signal(SignalKind::terminate()).map_err(RunError::Runtime)?,
         sigint: signal(SignalKind::interrupt()).map_err(RunError::Runtime)?,
     };
-    let services = Services {
+    let mut services = Services {
         watcher,
         socket,
         control_task,
@@ -312,7 +312,7 @@ async fn daemon(ws: Workspace, auth_token: String) -> Result<(), RunError> {
         stop_asked: None,
         left_for_next_start: 0,
     };
-    let (outcome, stop_reply) = match daemon.run(&mut inbox).await {
+    let (outcome, stop_reply) = match daemon.run(&mut inbox, &mut services.watcher).await {
         Ok(reply) => (Ok(()), reply),
         Err(e) => (Err(e), None),
     };
@@ -381,7 +381,11 @@ fn listen(ws: &Workspace) -> Result<(PathBuf, mpsc::Receiver<Pending>, JoinHandl
 
 impl Daemon<'_> {
     /// The main loop: until a signal, `cue sync stop`, or an error of the driver.
-    async fn run(&mut self, inbox: &mut Inbox) -> Result<Option<Pending>, RunError> {
+    async fn run(
+        &mut self,
+        inbox: &mut Inbox,
+        watcher: &mut Watcher,
+    ) -> Result<Option<Pending>, RunError> {
         loop {
             let flow = tokio::select! {
                 // In this order: the tick comes last, so that background work done tick
@@ -404,6 +408,7 @@ impl Daemon<'_> {
                 inbox.relay = events;
                 self.relay_tasks.push(task);
             }
+            self.follow_mounts(watcher)?;
             if let Flow::Stop(reply) = flow? {
                 // The stop's time for what the watcher still holds counts from here.
                 self.stop_asked.get_or_insert_with(std::time::Instant::now);
@@ -550,6 +555,23 @@ impl Daemon<'_> {
         self.membership
             .follow(self.ws, &mut self.driver, &mut self.session)?;
         Ok(Flow::Continue)
+    }
+
+    /// A disk mounted in the workspace while the daemon runs (seen at a tick, or with a
+    /// watcher batch): the watcher watches it, then its files are scanned (what changed
+    /// before the watch), so that its edits are seen as they are made.
+    fn follow_mounts(&mut self, watcher: &mut Watcher) -> Result<(), RunError> {
+        let mounted = self.driver.take_mounted();
+        if mounted.is_empty() {
+            return Ok(());
+        }
+        for folder in &mounted {
+            tracing::info!(folder, "a disk was mounted in the workspace: watching it");
+            watcher.watch_again(folder);
+        }
+        let out = self.driver.rescan(now_ms())?;
+        self.session.send_all(&mut self.driver, out);
+        Ok(())
     }
 
     /// Alone in the room while the workspace has other members: after a while, connect

@@ -115,7 +115,7 @@ impl Default for WatchConfig {
 #[derive(Debug)]
 pub struct Watcher {
     /// Dropping it closes the batcher's channel, which ends the batcher's thread.
-    _watcher: RecommendedWatcher,
+    watcher: RecommendedWatcher,
     rules: Arc<RwLock<IgnoreRules>>,
     root: PathBuf,
 }
@@ -176,7 +176,7 @@ impl Watcher {
             })?;
         Ok((
             Watcher {
-                _watcher: watcher,
+                watcher,
                 rules,
                 root,
             },
@@ -190,6 +190,17 @@ impl Watcher {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// Watches the folder `rel` again, and everything below it: a disk was mounted on it,
+    /// and what the watcher watched there was the folder under the disk. (inotify holds
+    /// a watch by inode, not by path.) Errors are logged: the next start's scan sees
+    /// what the watcher then misses.
+    pub fn watch_again(&mut self, rel: &str) {
+        let abs = self.root.join(rel);
+        if let Err(error) = self.watcher.watch(&abs, RecursiveMode::Recursive) {
+            tracing::warn!(%error, path = rel, "cannot watch a disk mounted in the workspace");
+        }
     }
 
     /// The canonical workspace root the watcher reports paths against.

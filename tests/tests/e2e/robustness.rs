@@ -817,4 +817,74 @@ fn a_disk_unmounted_inside_the_workspace_deletes_nothing() {
     });
     wait_until("a to list media as mounted", || !not_mounted(&a));
     wait_converged(&[&a, &b]);
+    // And watched again: an edit on the disk reaches b as it is made.
+    a.write("media/track1.md", "track 1, edited on the disk\n");
+    wait_for_file(
+        &b,
+        "media/track1.md",
+        "an edit on the disk mounted again",
+        |c| c.contains("edited on the disk"),
+    );
+}
+
+/// A disk mounted in the workspace while the daemon runs (here a folder bind-mounted on
+/// an empty folder of it): its files sync at once, and its edits as they are made. The
+/// watcher watched the folder under the disk, not the disk: its files used to wait for
+/// the next start. Needs the right to mount, as the test above.
+#[test]
+fn a_disk_mounted_while_the_daemon_runs_is_synced_and_watched() {
+    let (_relay, a, b) = pair();
+    a.write("notes.md", "notes\n");
+    std::fs::create_dir(a.path("photos")).unwrap();
+    wait_for_file(&b, "notes.md", "a's note", |c| c == "notes\n");
+    let disk = tempfile::tempdir().unwrap();
+    std::fs::write(disk.path().join("album.md"), "# Album\n").unwrap();
+    let Some(mount) = bind_mount(disk.path(), a.path("photos")) else {
+        eprintln!("skipped: cannot mount here (not root)");
+        return;
+    };
+    wait_for_file(&b, "photos/album.md", "the disk's note", |c| {
+        c == "# Album\n"
+    });
+    a.write("photos/album.md", "# Album\n\nSummer.\n");
+    wait_for_file(&b, "photos/album.md", "an edit on the disk", |c| {
+        c.contains("Summer.")
+    });
+    b.write("photos/from-b.md", "from b\n");
+    wait_for_file(&a, "photos/from-b.md", "b's note, on the disk", |c| {
+        c == "from b\n"
+    });
+    assert_eq!(
+        std::fs::read_to_string(disk.path().join("from-b.md"))
+            .ok()
+            .as_deref(),
+        Some("from b\n"),
+        "b's note is on the disk itself"
+    );
+    wait_converged(&[&a, &b]);
+    // Unmounted while the daemon runs: listed as not mounted at once, its files kept
+    // everywhere, and b's next edit not written onto the bare folder.
+    drop(mount);
+    wait_until("a to list photos as not mounted", || {
+        a.status().0["skipped"].as_array().is_some_and(|s| {
+            s.iter().any(|k| {
+                k["path"] == "photos"
+                    && k["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("not mounted"))
+            })
+        })
+    });
+    b.write("photos/album.md", "# Album\n\nSummer.\nWinter.\n");
+    b.write("notes.md", "notes\nafter the unmount\n");
+    wait_for_file(&a, "notes.md", "b's later edit", |c| {
+        c.contains("after the unmount")
+    });
+    assert_eq!(
+        b.read("photos/album.md").as_deref(),
+        Some("# Album\n\nSummer.\nWinter.\n")
+    );
+    let bare: Vec<_> = std::fs::read_dir(a.path("photos")).unwrap().collect();
+    assert!(bare.is_empty(), "written onto the bare folder: {bare:?}");
+    assert!(a.status().0["deletions_paused"].is_null());
 }
