@@ -2096,8 +2096,7 @@ mod power_cut {
         restored_then_cut(&ws);
         // An editor saving the way most do: a new file renamed over the old one.
         let edited = b"# Plan\n\nShip on Friday. Tell Ana.\n";
-        std::fs::write(ws.root.join("a.md.new"), edited).expect("write");
-        std::fs::rename(ws.root.join("a.md.new"), &path).expect("rename");
+        save_via_rename(&path, edited);
 
         start(&ws);
         // Nothing stood at the path before the restore's write: the file saved there is a
@@ -2119,8 +2118,7 @@ mod power_cut {
         let path = ws.root.join("a.md");
         restored_then_crashed(&ws);
         let edited = b"# Plan\n\nShip on Friday. Tell Ana.\n";
-        std::fs::write(ws.root.join("a.md.new"), edited).expect("write");
-        std::fs::rename(ws.root.join("a.md.new"), &path).expect("rename");
+        save_via_rename(&path, edited);
 
         let (disk, doc) = start(&ws);
         assert_eq!(disk, edited);
@@ -2243,6 +2241,42 @@ mod power_cut {
         }
     }
 
+    /// Where the journal says the entry's last write was prepared.
+    fn temp_of(ws: &Workspace, entry: JournalEntry) -> std::path::PathBuf {
+        let prepared = entry.prepared.expect("the temporary name is journaled");
+        ws.root.join(prepared.temp)
+    }
+
+    /// The next start leaves `a.md` holding `want`, its document too (the write's change
+    /// made once), and no other file (no conflict copy).
+    fn started_with_only(ws: &Workspace, want: &[u8]) {
+        let (disk, doc) = start(ws);
+        assert_eq!(doc, want, "the document");
+        assert_eq!(disk, want, "the file");
+        assert_eq!(contents(ws), vec![want.to_vec()], "no conflict copy");
+    }
+
+    /// `ws`'s daemon (alice) and bob's, a new device of its own workspace, met: bob
+    /// holds what alice holds. Bob's folder is the third.
+    fn with_bob(ws: &Workspace) -> (Driver, Driver, tempfile::TempDir) {
+        let dir_b = tempfile::tempdir().expect("tempdir");
+        let ws_b =
+            Workspace::init(dir_b.path(), Some("ws://127.0.0.1:9"), Some("bob")).expect("init");
+        let mut a = Driver::open(ws, &ws.config).expect("driver");
+        let mut b = Driver::open(&ws_b, &ws_b.config).expect("driver");
+        let to_b = a.input(now_ms(), Input::Connected).expect("a");
+        let to_a = b.input(now_ms(), Input::Connected).expect("b");
+        pump(&mut a, &mut b, to_a, to_b);
+        (a, b, dir_b)
+    }
+
+    /// Saves `bytes` at `path` the way most editors do: a new file renamed over it.
+    fn save_via_rename(path: &std::path::Path, bytes: &[u8]) {
+        let new = path.with_extension("new");
+        std::fs::write(&new, bytes).expect("write");
+        std::fs::rename(&new, path).expect("rename");
+    }
+
     /// Hands the messages each sends to the other until neither has any left.
     fn pump(a: &mut Driver, b: &mut Driver, mut to_a: Vec<Outgoing>, mut to_b: Vec<Outgoing>) {
         for _ in 0..100 {
@@ -2284,14 +2318,7 @@ mod power_cut {
     /// marked done. The file the journal names, and its entry.
     fn peers_change_then_killed_before_the_done_mark(ws: &Workspace) -> (FileId, JournalEntry) {
         let path = ws.root.join("a.md");
-        let dir_b = tempfile::tempdir().expect("tempdir");
-        let ws_b =
-            Workspace::init(dir_b.path(), Some("ws://127.0.0.1:9"), Some("bob")).expect("init");
-        let mut a = Driver::open(ws, &ws.config).expect("driver");
-        let mut b = Driver::open(&ws_b, &ws_b.config).expect("driver");
-        let to_b = a.input(now_ms(), Input::Connected).expect("a");
-        let to_a = b.input(now_ms(), Input::Connected).expect("b");
-        pump(&mut a, &mut b, to_a, to_b);
+        let (mut a, mut b, dir_b) = with_bob(ws);
         assert_eq!(
             std::fs::read(dir_b.path().join("a.md")).expect("synced"),
             NOTE
@@ -2350,14 +2377,7 @@ mod power_cut {
         let path = ws.root.join("a.md");
         rewrite_in_place(&path, SAVED_WHILE_DOWN, id.mtime_ns + 1_000_000);
 
-        let (disk, doc) = start(&ws);
-        assert_eq!(doc, SAVED_WHILE_DOWN, "the write's change is made once");
-        assert_eq!(disk, SAVED_WHILE_DOWN);
-        assert_eq!(
-            contents(&ws),
-            vec![SAVED_WHILE_DOWN.to_vec()],
-            "no conflict copy"
-        );
+        started_with_only(&ws, SAVED_WHILE_DOWN);
     }
 
     /// The same, the note saved the way most editors do (a new file renamed over it): the
@@ -2368,25 +2388,11 @@ mod power_cut {
         let (_dir, ws) = imported();
         let (_, entry) = peers_change_then_killed_before_the_done_mark(&ws);
         let path = ws.root.join("a.md");
-        let temp = entry
-            .prepared
-            .expect("the temporary name is journaled")
-            .temp;
-        assert_eq!(
-            std::fs::read(ws.root.join(&temp)).expect("kept aside"),
-            NOTE
-        );
-        std::fs::write(ws.root.join("a.md.new"), SAVED_WHILE_DOWN).expect("write");
-        std::fs::rename(ws.root.join("a.md.new"), &path).expect("rename");
+        let temp = temp_of(&ws, entry);
+        assert_eq!(std::fs::read(&temp).expect("kept aside"), NOTE);
+        save_via_rename(&path, SAVED_WHILE_DOWN);
 
-        let (disk, doc) = start(&ws);
-        assert_eq!(doc, SAVED_WHILE_DOWN, "the write's change is made once");
-        assert_eq!(disk, SAVED_WHILE_DOWN);
-        assert_eq!(
-            contents(&ws),
-            vec![SAVED_WHILE_DOWN.to_vec()],
-            "no conflict copy"
-        );
+        started_with_only(&ws, SAVED_WHILE_DOWN);
     }
 
     /// Ten notes changed by a peer at once (a `git pull` there) are written as one batch
@@ -2408,14 +2414,7 @@ mod power_cut {
             driver.startup_scan(now_ms()).expect("scan");
             driver.flush().expect("flush");
         }
-        let dir_b = tempfile::tempdir().expect("tempdir");
-        let ws_b =
-            Workspace::init(dir_b.path(), Some("ws://127.0.0.1:9"), Some("bob")).expect("init");
-        let mut a = Driver::open(&ws, &ws.config).expect("driver");
-        let mut b = Driver::open(&ws_b, &ws_b.config).expect("driver");
-        let to_b = a.input(now_ms(), Input::Connected).expect("a");
-        let to_a = b.input(now_ms(), Input::Connected).expect("b");
-        pump(&mut a, &mut b, to_a, to_b);
+        let (mut a, mut b, dir_b) = with_bob(&ws);
 
         let mut to_a = Vec::new();
         for name in &names {
@@ -2453,8 +2452,7 @@ mod power_cut {
             SAVED_WHILE_DOWN,
             id.mtime_ns + 1_000_000,
         );
-        std::fs::write(ws.root.join("n1.md.new"), SAVED_WHILE_DOWN).expect("write");
-        std::fs::rename(ws.root.join("n1.md.new"), ws.root.join("n1.md")).expect("rename");
+        save_via_rename(&ws.root.join("n1.md"), SAVED_WHILE_DOWN);
 
         let mut driver = Driver::open(&ws, &ws.config).expect("driver");
         driver.startup_scan(now_ms()).expect("scan");
@@ -2479,14 +2477,7 @@ mod power_cut {
     #[test]
     fn a_rescan_leaves_the_replaced_files_kept_for_late_writes() {
         let (_dir, ws) = imported();
-        let dir_b = tempfile::tempdir().expect("tempdir");
-        let ws_b =
-            Workspace::init(dir_b.path(), Some("ws://127.0.0.1:9"), Some("bob")).expect("init");
-        let mut a = Driver::open(&ws, &ws.config).expect("driver");
-        let mut b = Driver::open(&ws_b, &ws_b.config).expect("driver");
-        let to_b = a.input(now_ms(), Input::Connected).expect("a");
-        let to_a = b.input(now_ms(), Input::Connected).expect("b");
-        pump(&mut a, &mut b, to_a, to_b);
+        let (mut a, mut b, dir_b) = with_bob(&ws);
         let held = std::fs::OpenOptions::new()
             .append(true)
             .open(ws.root.join("a.md"))
@@ -2522,12 +2513,7 @@ mod power_cut {
         let (_dir, ws) = imported();
         let (_, entry) = peers_change_then_killed_before_the_done_mark(&ws);
         let path = ws.root.join("a.md");
-        let temp = ws.root.join(
-            entry
-                .prepared
-                .expect("the temporary name is journaled")
-                .temp,
-        );
+        let temp = temp_of(&ws, entry);
         // As before the rename, the file written renumbered: a copy of it (a new inode)
         // under the temporary name, the version before it at the path.
         let written = std::fs::read(&path).expect("read");
@@ -2536,13 +2522,10 @@ mod power_cut {
         std::fs::write(&temp, &written).expect("write");
         std::fs::write(&path, &before).expect("write");
         let saved = b"# Plan\n\nShip on Friday. Bring slides.\n";
-        std::fs::write(ws.root.join("a.md.new"), saved).expect("write");
-        std::fs::rename(ws.root.join("a.md.new"), &path).expect("rename");
+        save_via_rename(&path, saved);
 
-        let (disk, doc) = start(&ws);
-        let both = b"# Plan\n\nShip on Friday. Bring slides.\nTell Ana.\n";
-        assert_eq!(doc, both, "both edits, each once");
-        assert_eq!(disk, both);
+        // Both edits, each once.
+        started_with_only(&ws, b"# Plan\n\nShip on Friday. Bring slides.\nTell Ana.\n");
     }
 
     /// Killed between the rename and the done mark, and a program had appended to the
@@ -2553,12 +2536,7 @@ mod power_cut {
     fn a_program_write_caught_by_the_exchange_before_a_kill_is_merged_once() {
         let (_dir, ws) = imported();
         let (_, entry) = peers_change_then_killed_before_the_done_mark(&ws);
-        let temp = ws.root.join(
-            entry
-                .prepared
-                .expect("the temporary name is journaled")
-                .temp,
-        );
+        let temp = temp_of(&ws, entry);
         let appended = b"# Plan\n\nShip on Friday.\nlogged by a program\n";
         std::fs::write(&temp, appended).expect("the program's write, in place");
 
@@ -2579,12 +2557,7 @@ mod power_cut {
         let (_dir, ws) = imported();
         let (_, entry) = peers_change_then_killed_before_the_done_mark(&ws);
         let path = ws.root.join("a.md");
-        let temp = ws.root.join(
-            entry
-                .prepared
-                .expect("the temporary name is journaled")
-                .temp,
-        );
+        let temp = temp_of(&ws, entry);
         // As the disk was before the rename: the write under its temporary name, the
         // version before it at the path.
         let written = std::fs::read(&path).expect("read");
@@ -2594,14 +2567,10 @@ mod power_cut {
         assert_eq!(std::fs::read(&temp).expect("read"), written);
         // Saved while the daemon is down: an edit of the version before the write.
         let saved = b"# Plan\n\nShip on Friday. Bring slides.\n";
-        std::fs::write(ws.root.join("a.md.new"), saved).expect("write");
-        std::fs::rename(ws.root.join("a.md.new"), &path).expect("rename");
+        save_via_rename(&path, saved);
 
-        let (disk, doc) = start(&ws);
-        let both = b"# Plan\n\nShip on Friday. Bring slides.\nTell Ana.\n";
-        assert_eq!(doc, both, "both edits, each once");
-        assert_eq!(disk, both);
-        assert_eq!(contents(&ws), vec![both.to_vec()], "no conflict copy");
+        // Both edits, each once.
+        started_with_only(&ws, b"# Plan\n\nShip on Friday. Bring slides.\nTell Ana.\n");
     }
 
     /// After a power cut, the file written is still at its path with a later time but

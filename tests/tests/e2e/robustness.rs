@@ -743,6 +743,25 @@ fn bind_mount(from: &std::path::Path, on: std::path::PathBuf) -> Option<Mounted>
     done.then_some(Mounted(on))
 }
 
+/// `p` wrote nothing onto the bare `folder` of a disk not mounted, and holds no deletion.
+fn nothing_written_onto_the_bare_folder(p: &Peer, folder: &str) {
+    let bare: Vec<_> = std::fs::read_dir(p.path(folder)).unwrap().collect();
+    assert!(bare.is_empty(), "written onto the bare folder: {bare:?}");
+    assert!(p.status().0["deletions_paused"].is_null());
+}
+
+/// Whether `p`'s status lists `folder` under skipped as not mounted.
+fn listed_not_mounted(p: &Peer, folder: &str) -> bool {
+    p.status().0["skipped"].as_array().is_some_and(|s| {
+        s.iter().any(|k| {
+            k["path"] == folder
+                && k["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("not mounted"))
+        })
+    })
+}
+
 /// A disk mounted inside the workspace (here a folder bind-mounted there) syncs as any
 /// folder; unmounted while the daemon is stopped, the folder left behind is empty, and
 /// the next start used to take every file of it for deleted, on every device (held by
@@ -773,16 +792,7 @@ fn a_disk_unmounted_inside_the_workspace_deletes_nothing() {
     drop(mount);
     assert!(a.read("media/track0.md").is_none(), "still mounted");
     a.start();
-    let not_mounted = |a: &Peer| {
-        a.status().0["skipped"].as_array().is_some_and(|s| {
-            s.iter().any(|k| {
-                k["path"] == "media"
-                    && k["reason"]
-                        .as_str()
-                        .is_some_and(|r| r.starts_with("not mounted"))
-            })
-        })
-    };
+    let not_mounted = |a: &Peer| listed_not_mounted(a, "media");
     wait_until("a to list media as not mounted", || not_mounted(&a));
     // b edits and adds on the disk's folder meanwhile: a keeps it all, writing nothing
     // onto the bare folder (its next edit shows b's changes were taken in).
@@ -804,9 +814,7 @@ fn a_disk_unmounted_inside_the_workspace_deletes_nothing() {
         b.read("media/track0.md").as_deref(),
         Some("track 0, edited on b\n")
     );
-    let bare: Vec<_> = std::fs::read_dir(a.path("media")).unwrap().collect();
-    assert!(bare.is_empty(), "written onto the bare folder: {bare:?}");
-    assert!(a.status().0["deletions_paused"].is_null());
+    nothing_written_onto_the_bare_folder(&a, "media");
     // Mounted again while a runs: b's changes are written onto the disk.
     let _mount = bind_mount(disk.path(), a.path("media")).expect("mounted again");
     wait_for_file(&a, "media/new.md", "b's new file on the disk", |c| {
@@ -866,14 +874,7 @@ fn a_disk_mounted_while_the_daemon_runs_is_synced_and_watched() {
     // everywhere, and b's next edit not written onto the bare folder.
     drop(mount);
     wait_until("a to list photos as not mounted", || {
-        a.status().0["skipped"].as_array().is_some_and(|s| {
-            s.iter().any(|k| {
-                k["path"] == "photos"
-                    && k["reason"]
-                        .as_str()
-                        .is_some_and(|r| r.starts_with("not mounted"))
-            })
-        })
+        listed_not_mounted(&a, "photos")
     });
     b.write("photos/album.md", "# Album\n\nSummer.\nWinter.\n");
     b.write("notes.md", "notes\nafter the unmount\n");
@@ -884,7 +885,5 @@ fn a_disk_mounted_while_the_daemon_runs_is_synced_and_watched() {
         b.read("photos/album.md").as_deref(),
         Some("# Album\n\nSummer.\nWinter.\n")
     );
-    let bare: Vec<_> = std::fs::read_dir(a.path("photos")).unwrap().collect();
-    assert!(bare.is_empty(), "written onto the bare folder: {bare:?}");
-    assert!(a.status().0["deletions_paused"].is_null());
+    nothing_written_onto_the_bare_folder(&a, "photos");
 }
