@@ -317,6 +317,9 @@ pub struct Driver {
     /// Folders a disk was mounted on since that reading: the watcher watches what was
     /// under them, not the disk ([`take_mounted`](Driver::take_mounted)).
     newly_mounted: Vec<String>,
+    /// Folders a disk was unmounted from since that reading: the watcher may still watch
+    /// the disk's folder (a bind mount's source), whose events are not the workspace's.
+    unmounted: Vec<String>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -389,8 +392,9 @@ impl Driver {
             mounts_checked: None,
             mounted_then: None,
             newly_mounted: Vec::new(),
+            unmounted: Vec::new(),
         };
-        driver.mounted_then = Some(crate::scan::mounts_below(driver.host.fs.root_path()));
+        driver.mounted_then = crate::scan::mounts_below(driver.host.fs.root_path());
         // Nothing can be sent yet (not connected): what Engine::new returns is storage.
         let _ = carry::carry_out(&mut driver.engine, &mut driver.host, now_ms(), effects)?;
         driver.finish_interrupted_writes(now_ms())?;
@@ -1017,7 +1021,9 @@ impl Driver {
             self.host.flush(true)?;
         }
         let mut out = self.input(now, Input::Tick)?;
-        if remounted {
+        // (A disk mounted or unmounted is scanned once watched again, by the daemon's
+        // loop: `take_mounted`.)
+        if remounted && self.newly_mounted.is_empty() && self.unmounted.is_empty() {
             out.extend(self.rescan(now)?);
         }
         out.extend(self.late_writes(now, false)?);
@@ -1048,22 +1054,46 @@ impl Driver {
     /// so that a start that finds it unmounted keeps its files (`SkipReason::NotMounted`)
     /// even if no scan ran while it was mounted. Only the scans forget one (when its
     /// folder is gone).
-    /// Returns whether a disk found unmounted is mounted again: a scan then takes its
-    /// files in as they are (the watcher does not see into a disk mounted after its
-    /// watches were made: later edits on it are found by the next start's scan).
+    /// Returns whether a disk was mounted or unmounted since the last reading, or one a
+    /// scan found unmounted is mounted again: a scan then takes its files in as they are
+    /// (once the daemon's loop has had the watcher watch its folder again, see
+    /// [`take_mounted`](Self::take_mounted)).
     fn note_mounts(&mut self) -> Result<bool, DriverError> {
         self.mounts_checked = Some(std::time::Instant::now());
-        let now_mounted = crate::scan::mounts_below(self.host.fs.root_path());
+        // (Not read this time: nothing is taken for mounted or unmounted.)
+        let Some(now_mounted) = crate::scan::mounts_below(self.host.fs.root_path()) else {
+            return Ok(false);
+        };
         // A disk mounted or unmounted since the last reading: what is in its folder is
         // other files now, which the watcher did not see come (nor go).
-        let changed = match &self.mounted_then {
-            Some(then) => {
-                self.newly_mounted
-                    .extend(now_mounted.difference(then).cloned());
-                *then != now_mounted
+        let mut changed = false;
+        if let Some(then) = self.mounted_then.take() {
+            for gone in then.difference(&now_mounted) {
+                // Taken for not mounted at once (the next scan says so too): the
+                // watcher's events there, until then, are no deletions, and nothing is
+                // written onto the bare folder.
+                if self.mounts.contains(gone) {
+                    self.host.not_mounted.insert(gone.clone());
+                }
+                self.unmounted.push(gone.clone());
+                changed = true;
             }
-            None => false,
-        };
+            for fresh in now_mounted.difference(&then) {
+                if !self.mounts.contains(fresh) && !self.engine.on_disk_under(fresh).is_empty() {
+                    // A disk mounted over a folder that held synced files hides them:
+                    // scanned now, they would be deleted everywhere, and the disk's
+                    // files taken for edits of them. Left to the next start (see
+                    // docs/ARCHITECTURE.md, "Known gaps").
+                    tracing::warn!(
+                        folder = fresh,
+                        "a disk was mounted over a folder of synced files: not synced"
+                    );
+                    continue;
+                }
+                self.newly_mounted.push(fresh.clone());
+                changed = true;
+            }
+        }
         self.mounted_then = Some(now_mounted.clone());
         let remounted = changed
             || self
@@ -1087,11 +1117,14 @@ impl Driver {
         Ok(out)
     }
 
-    /// The folders a disk was mounted on since the last call, for the watcher to watch
-    /// again (then [`rescan`](Self::rescan): what changed before the watch was seen by
-    /// nobody).
+    /// The folders a disk was mounted on or unmounted from since the last call, for the
+    /// watcher to watch again (inotify watches an inode: what it watched there is not
+    /// what is there now), then [`rescan`](Self::rescan): what changed before the watch
+    /// was seen by nobody.
     pub fn take_mounted(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.newly_mounted)
+        let mut all = std::mem::take(&mut self.newly_mounted);
+        all.append(&mut self.unmounted);
+        all
     }
 
     fn store_mounts(&mut self, mounts: &BTreeSet<String>) -> Result<(), DriverError> {
@@ -1366,7 +1399,9 @@ impl Driver {
         self.guard_batch(&events);
         WatchWork {
             events: events.into(),
-            rescan: remounted,
+            // (A disk mounted or unmounted is scanned by the daemon's loop once watched
+            // again: `take_mounted`.)
+            rescan: remounted && self.newly_mounted.is_empty() && self.unmounted.is_empty(),
         }
     }
 
@@ -1398,6 +1433,42 @@ impl Driver {
         Ok(out)
     }
 
+    /// `e` as far as it concerns the workspace: below a folder whose disk is not mounted,
+    /// what happens is not the workspace's (files made in the bare folder; or, through a
+    /// watch the watcher still holds on a bind mount's source, that folder's own files
+    /// going), and is no deletion or new file. A move out of such a folder is a new
+    /// file, a move into one a removal.
+    fn outside_unmounted(&self, e: WatchEvent) -> Option<WatchEvent> {
+        let unmounted = |p: &WorkspacePath| {
+            let p = p.as_str();
+            self.host
+                .not_mounted
+                .iter()
+                .any(|m| p == m || crate::scan::below(p, m))
+        };
+        match e {
+            WatchEvent::Changed(ref p) | WatchEvent::Removed(ref p) if unmounted(p) => None,
+            WatchEvent::Renamed { from, to } => match (unmounted(&from), unmounted(&to)) {
+                (false, false) => Some(WatchEvent::Renamed { from, to }),
+                (true, false) => Some(WatchEvent::Changed(to)),
+                (false, true) => Some(WatchEvent::Removed(from)),
+                (true, true) => None,
+            },
+            WatchEvent::DirRenamed { from, to } => match (unmounted(&from), unmounted(&to)) {
+                (false, false) => Some(WatchEvent::DirRenamed { from, to }),
+                (true, false) => Some(WatchEvent::Rescan),
+                (false, true) => Some(WatchEvent::Removed(from)),
+                (true, true) => None,
+            },
+            WatchEvent::Unsyncable { ref path, .. }
+                if WorkspacePath::parse(path).is_ok_and(|p| unmounted(&p)) =>
+            {
+                None
+            }
+            e => Some(e),
+        }
+    }
+
     /// Turns events into inputs, gathered. An event that looks at what the engine knows
     /// of a path (a removal, a rename) first has whatever is gathered about that path fed.
     fn gather_events(
@@ -1413,6 +1484,9 @@ impl Driver {
             if !out.is_empty() {
                 send(self.store_mut(), std::mem::take(out));
             }
+            let Some(e) = self.outside_unmounted(e) else {
+                continue;
+            };
             let depends = self.gathered.as_ref().is_some_and(|g| match &e {
                 WatchEvent::Removed(p) => g.touches(p.as_str()),
                 WatchEvent::Renamed { from, to } | WatchEvent::DirRenamed { from, to } => {

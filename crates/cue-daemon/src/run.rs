@@ -408,12 +408,12 @@ impl Daemon<'_> {
                 inbox.relay = events;
                 self.relay_tasks.push(task);
             }
-            self.follow_mounts(watcher)?;
             if let Flow::Stop(reply) = flow? {
                 // The stop's time for what the watcher still holds counts from here.
                 self.stop_asked.get_or_insert_with(std::time::Instant::now);
                 return Ok(reply);
             }
+            self.follow_mounts(watcher)?;
         }
     }
 
@@ -557,16 +557,17 @@ impl Daemon<'_> {
         Ok(Flow::Continue)
     }
 
-    /// A disk mounted in the workspace while the daemon runs (seen at a tick, or with a
-    /// watcher batch): the watcher watches it, then its files are scanned (what changed
-    /// before the watch), so that its edits are seen as they are made.
+    /// A disk mounted in the workspace, or unmounted, while the daemon runs (seen at a
+    /// tick, or with a watcher batch): the watcher watches its folder again, then the
+    /// workspace is scanned (what changed before the watch), so that a disk's edits are
+    /// seen as they are made, and an unmounted one is listed as not mounted.
     fn follow_mounts(&mut self, watcher: &mut Watcher) -> Result<(), RunError> {
         let mounted = self.driver.take_mounted();
         if mounted.is_empty() {
             return Ok(());
         }
         for folder in &mounted {
-            tracing::info!(folder, "a disk was mounted in the workspace: watching it");
+            tracing::info!(folder, "a disk was mounted or unmounted in the workspace");
             watcher.watch_again(folder);
         }
         let out = self.driver.rescan(now_ms())?;

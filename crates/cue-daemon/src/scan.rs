@@ -123,21 +123,20 @@ pub struct ScanReport {
 /// The mount points strictly below `root`, relative to it, as the kernel lists them
 /// (`/proc/self/mountinfo`, Linux; elsewhere none: the scans still find them by their
 /// filesystem). Reading it costs tens of microseconds, so the daemon looks at every tick.
-pub fn mounts_below(root: &Path) -> BTreeSet<String> {
-    let (Ok(root), Ok(info)) = (
-        std::fs::canonicalize(root),
-        std::fs::read_to_string(MOUNTINFO),
-    ) else {
-        return BTreeSet::new();
-    };
-    info.lines()
+/// `None` when it cannot be read (no such list, or a passing failure).
+pub fn mounts_below(root: &Path) -> Option<BTreeSet<String>> {
+    let root = std::fs::canonicalize(root).ok()?;
+    let info = std::fs::read_to_string(MOUNTINFO).ok()?;
+    let points = info
+        .lines()
         .filter_map(|line| line.split(' ').nth(4))
         .filter_map(|field| {
             let point = PathBuf::from(unescape_mountinfo(field));
             let rel = point.strip_prefix(&root).ok()?.to_str()?.to_string();
             (!rel.is_empty()).then_some(rel)
         })
-        .collect()
+        .collect();
+    Some(points)
 }
 
 /// A mountinfo field with its octal escapes (`\040` for a space, `\011`, `\012`,
@@ -190,7 +189,7 @@ pub fn scan(
 ) -> Result<ScanReport, ScanError> {
     let listed = std::path::Path::new(MOUNTINFO)
         .exists()
-        .then(|| mounts_below(fs.root_path()));
+        .then(|| mounts_below(fs.root_path()).unwrap_or_default());
     scan_on(fs, rules, options, &device_of, listed.as_ref())
 }
 

@@ -192,12 +192,15 @@ impl Watcher {
             .clone()
     }
 
-    /// Watches the folder `rel` again, and everything below it: a disk was mounted on it,
-    /// and what the watcher watched there was the folder under the disk. (inotify holds
-    /// a watch by inode, not by path.) Errors are logged: the next start's scan sees
-    /// what the watcher then misses.
+    /// Watches the folder `rel` again, and everything below it: a disk was mounted on it
+    /// or unmounted from it, and what the watcher watched there was the folder under the
+    /// disk, or the disk (inotify holds a watch by inode, not by path: a bind mount's
+    /// source stays watched after the unmount, its events reported as the workspace's).
+    /// Errors are logged: the next start's scan sees what the watcher then misses.
     pub fn watch_again(&mut self, rel: &str) {
         let abs = self.root.join(rel);
+        // (Every watch below it goes too.)
+        let _ = self.watcher.unwatch(&abs);
         if let Err(error) = self.watcher.watch(&abs, RecursiveMode::Recursive) {
             tracing::warn!(%error, path = rel, "cannot watch a disk mounted in the workspace");
         }
