@@ -1040,8 +1040,10 @@ impl Driver {
         }
         let mut seen = BTreeSet::new();
         for (path, _) in due {
+            // (Below a disk unmounted since it was written: not a removal.)
             if seen.insert(path.clone())
                 && self.engine.on_disk(&path).is_some()
+                && self.host.unmounted_folder(&path).is_none()
                 && !self.host.exists(&path)
             {
                 out.extend(self.input(now, Input::FileRemoved { path })?);
@@ -1384,9 +1386,19 @@ impl Driver {
     pub fn watch_begin(&mut self, events: Vec<WatchEvent>) -> WatchWork {
         // Files saved on a disk mounted a moment ago: the disk is remembered before they
         // are taken in (and the ticks, 2 s apart when idle, may not come before a stop).
+        // And at every batch that takes files away: an unmount a moment ago (a bind
+        // mount's source still watched) must be known before its events are.
         let due = self
             .mounts_checked
-            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1))
+            || events.iter().any(|e| {
+                matches!(
+                    e,
+                    WatchEvent::Removed(_)
+                        | WatchEvent::Renamed { .. }
+                        | WatchEvent::DirRenamed { .. }
+                )
+            });
         let remounted = due
             && self.note_mounts().unwrap_or_else(|error| {
                 tracing::warn!(%error, "cannot store the workspace's mount points");
@@ -1396,6 +1408,11 @@ impl Driver {
             let known = self.engine.disk().count();
             self.trip_guard("the workspace folder itself disappeared".to_string(), known);
         }
+        // (What happens below a folder not mounted is not the workspace's: not counted.)
+        let events: Vec<WatchEvent> = events
+            .into_iter()
+            .filter_map(|e| self.outside_unmounted(e))
+            .collect();
         self.guard_batch(&events);
         WatchWork {
             events: events.into(),

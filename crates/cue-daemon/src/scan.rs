@@ -187,9 +187,8 @@ pub fn scan(
     rules: &IgnoreRules,
     options: &ScanOptions,
 ) -> Result<ScanReport, ScanError> {
-    let listed = std::path::Path::new(MOUNTINFO)
-        .exists()
-        .then(|| mounts_below(fs.root_path()).unwrap_or_default());
+    // (Not read: the folders' filesystems tell, as where there is no such list.)
+    let listed = mounts_below(fs.root_path());
     scan_on(fs, rules, options, &device_of, listed.as_ref())
 }
 

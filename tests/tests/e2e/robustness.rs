@@ -912,6 +912,11 @@ fn a_disk_mounted_while_the_daemon_runs_is_synced_and_watched() {
         b.read("photos/album.md").as_deref(),
         Some("# Album\n\nSummer.\nWinter.\n")
     );
+    // (Whatever a sent after the removal has reached b once a's later note has.)
+    a.write("marker.md", "after the removal\n");
+    wait_for_file(&b, "marker.md", "a's note after the removal", |c| {
+        c.contains("after the removal")
+    });
     assert_eq!(b.read("photos/from-b.md").as_deref(), Some("from b\n"));
     nothing_written_onto_the_bare_folder(&a, "photos");
 }
