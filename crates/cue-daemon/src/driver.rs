@@ -1021,9 +1021,7 @@ impl Driver {
             self.host.flush(true)?;
         }
         let mut out = self.input(now, Input::Tick)?;
-        // (A disk mounted or unmounted is scanned once watched again, by the daemon's
-        // loop: `take_mounted`.)
-        if remounted && self.newly_mounted.is_empty() && self.unmounted.is_empty() {
+        if remounted {
             out.extend(self.rescan(now)?);
         }
         out.extend(self.late_writes(now, false)?);
@@ -1056,10 +1054,10 @@ impl Driver {
     /// so that a start that finds it unmounted keeps its files (`SkipReason::NotMounted`)
     /// even if no scan ran while it was mounted. Only the scans forget one (when its
     /// folder is gone).
-    /// Returns whether a disk was mounted or unmounted since the last reading, or one a
-    /// scan found unmounted is mounted again: a scan then takes its files in as they are
-    /// (once the daemon's loop has had the watcher watch its folder again, see
-    /// [`take_mounted`](Self::take_mounted)).
+    /// Returns whether a disk a scan found unmounted is mounted again: a scan then takes
+    /// its files in as they are. A disk mounted or unmounted since the last reading is
+    /// scanned by the daemon's loop instead, once it has had the watcher watch its
+    /// folder again ([`take_mounted`](Self::take_mounted)).
     fn note_mounts(&mut self) -> Result<bool, DriverError> {
         self.mounts_checked = Some(std::time::Instant::now());
         // (Not read this time: nothing is taken for mounted or unmounted.)
@@ -1097,8 +1095,9 @@ impl Driver {
             }
         }
         self.mounted_then = Some(now_mounted.clone());
-        let remounted = changed
-            || self
+        let queued = changed || !self.newly_mounted.is_empty() || !self.unmounted.is_empty();
+        let remounted = !queued
+            && self
                 .host
                 .not_mounted
                 .iter()
@@ -1416,9 +1415,7 @@ impl Driver {
         self.guard_batch(&events);
         WatchWork {
             events: events.into(),
-            // (A disk mounted or unmounted is scanned by the daemon's loop once watched
-            // again: `take_mounted`.)
-            rescan: remounted && self.newly_mounted.is_empty() && self.unmounted.is_empty(),
+            rescan: remounted,
         }
     }
 
@@ -1456,13 +1453,7 @@ impl Driver {
     /// going), and is no deletion or new file. A move out of such a folder is a new
     /// file, a move into one a removal.
     fn outside_unmounted(&self, e: WatchEvent) -> Option<WatchEvent> {
-        let unmounted = |p: &WorkspacePath| {
-            let p = p.as_str();
-            self.host
-                .not_mounted
-                .iter()
-                .any(|m| p == m || crate::scan::below(p, m))
-        };
+        let unmounted = |p: &WorkspacePath| self.host.unmounted_folder(p.as_str()).is_some();
         match e {
             WatchEvent::Changed(ref p) | WatchEvent::Removed(ref p) if unmounted(p) => None,
             WatchEvent::Renamed { from, to } => match (unmounted(&from), unmounted(&to)) {
@@ -1478,7 +1469,7 @@ impl Driver {
                 (true, true) => None,
             },
             WatchEvent::Unsyncable { ref path, .. }
-                if WorkspacePath::parse(path).is_ok_and(|p| unmounted(&p)) =>
+                if self.host.unmounted_folder(path).is_some() =>
             {
                 None
             }
@@ -1501,9 +1492,6 @@ impl Driver {
             if !out.is_empty() {
                 send(self.store_mut(), std::mem::take(out));
             }
-            let Some(e) = self.outside_unmounted(e) else {
-                continue;
-            };
             let depends = self.gathered.as_ref().is_some_and(|g| match &e {
                 WatchEvent::Removed(p) => g.touches(p.as_str()),
                 WatchEvent::Renamed { from, to } | WatchEvent::DirRenamed { from, to } => {

@@ -125,6 +125,14 @@ pub struct FileStat {
 }
 
 impl FileStat {
+    /// Which file this is, for the write journal.
+    pub fn id(&self) -> FileId {
+        FileId {
+            ino: self.ino,
+            mtime_ns: self.mtime_ns,
+        }
+    }
+
     #[allow(clippy::unnecessary_cast, clippy::useless_conversion)] // field types vary by arch
     fn from_stat(st: &rustix::fs::Stat) -> FileStat {
         let mode = st.st_mode as u32;
@@ -526,10 +534,7 @@ impl WorkspaceFs {
         );
         match (stat_leaf_named(&parent, tmp.as_str(), rel), file) {
             (Ok(Some(st)), Ok(file)) => Ok(Some(Prepared {
-                id: FileId {
-                    ino: st.ino,
-                    mtime_ns: st.mtime_ns,
-                },
+                id: st.id(),
                 parent,
                 file,
                 path: rel.clone(),
@@ -1356,10 +1361,7 @@ impl WriteBatch<'_> {
         });
         Ok(StagedAs {
             temp: tmp,
-            id: FileId {
-                ino: st.ino,
-                mtime_ns: st.mtime_ns,
-            },
+            id: st.id(),
         })
     }
 

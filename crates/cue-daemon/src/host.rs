@@ -349,11 +349,11 @@ pub struct DaemonHost {
 }
 
 impl DaemonHost {
-    /// The folder whose disk is not mounted that `path` is below, if any.
+    /// The folder whose disk is not mounted that `path` is (or is below), if any.
     pub fn unmounted_folder(&self, path: &str) -> Option<&String> {
         self.not_mounted
             .iter()
-            .find(|m| crate::scan::below(path, m))
+            .find(|m| path == m.as_str() || crate::scan::below(path, m))
     }
 
     /// An error when `path` is below a folder whose disk is not mounted.
@@ -739,9 +739,7 @@ fn journal_staged(
             continue;
         };
         let last = last_effect.get(path).copied().flatten();
-        if writes.iter().filter(|w| w.path == path).count() > 1
-            || last != Some(cue_core::file_hash(&w.bytes, w.exec))
-        {
+        if last != Some(cue_core::file_hash(&w.bytes, w.exec)) {
             continue;
         }
         let Some(entry) = journaled.get_mut(path) else {
@@ -845,8 +843,8 @@ impl carry::Host for DaemonHost {
             if writing.is_some() && !before.contains(&writing) {
                 before.push(writing);
             }
-            let prepared = self.prepared.get(path).map(|(_, p)| p);
-            if let Some(p) = prepared {
+            let prepared = self.prepared.get(path);
+            if let Some((_, p)) = prepared {
                 // (Last: the file this write puts there.)
                 written.retain(|id| *id != p.id);
                 written.push(p.id);
@@ -860,9 +858,7 @@ impl carry::Host for DaemonHost {
                     done_in: None,
                     // (Only when it is this effect's: a second effect on the path in a
                     // batch goes the usual way, under a name of its own.)
-                    prepared: self
-                        .prepared
-                        .get(path)
+                    prepared: prepared
                         .filter(|(hash, _)| writing == Some(*hash))
                         .map(|(_, p)| PreparedAs {
                             temp: p.temp_name().to_string(),
