@@ -397,6 +397,7 @@ impl Driver {
         driver.mounted_then = crate::scan::mounts_below(driver.host.fs.root_path());
         // Nothing can be sent yet (not connected): what Engine::new returns is storage.
         let _ = carry::carry_out(&mut driver.engine, &mut driver.host, now_ms(), effects)?;
+        driver.out_of_sight_at_start()?;
         driver.finish_interrupted_writes(now_ms())?;
         Ok(driver)
     }
@@ -423,6 +424,15 @@ impl Driver {
                 );
                 continue;
             };
+            if let Some(folder) = self.host.out_of_sight(path) {
+                tracing::warn!(
+                    path,
+                    folder,
+                    "a file written before a crash is out of sight (a disk): left for a later start"
+                );
+                unread.insert(path.clone());
+                continue;
+            }
             let on_disk = match self.read(path) {
                 Ok(on_disk) => on_disk,
                 Err(error) => {
@@ -1041,7 +1051,7 @@ impl Driver {
             // (Below a disk unmounted since it was written: not a removal.)
             if seen.insert(path.clone())
                 && self.engine.on_disk(&path).is_some()
-                && self.host.unmounted_folder(&path).is_none()
+                && self.host.out_of_sight(&path).is_none()
                 && !self.host.exists(&path)
             {
                 out.extend(self.input(now, Input::FileRemoved { path })?);
@@ -1052,8 +1062,9 @@ impl Driver {
 
     /// A disk mounted inside the workspace while the daemon runs is remembered at once,
     /// so that a start that finds it unmounted keeps its files (`SkipReason::NotMounted`)
-    /// even if no scan ran while it was mounted. Only the scans forget one (when its
-    /// folder is gone).
+    /// even if no scan ran while it was mounted; one mounted over a folder of synced
+    /// files is left to the scan, which tells whether it hides them
+    /// (`SkipReason::MountedOver`). Only the scans forget one (when its folder is gone).
     /// Returns whether a disk a scan found unmounted is mounted again: a scan then takes
     /// its files in as they are. A disk mounted or unmounted since the last reading is
     /// scanned by the daemon's loop instead, once it has had the watcher watch its
@@ -1071,7 +1082,8 @@ impl Driver {
             for gone in then.difference(&now_mounted) {
                 // Taken for not mounted at once (the next scan says so too): the
                 // watcher's events there, until then, are no deletions, and nothing is
-                // written onto the bare folder.
+                // written onto the bare folder. (A disk that was mounted over synced
+                // files shows them again: the rescan takes the folder back.)
                 if self.mounts.contains(gone) {
                     self.host.not_mounted.insert(gone.clone());
                 }
@@ -1079,22 +1091,23 @@ impl Driver {
                 changed = true;
             }
             for fresh in now_mounted.difference(&then) {
-                if !self.mounts.contains(fresh) && !self.engine.on_disk_under(fresh).is_empty() {
-                    // A disk mounted over a folder that held synced files hides them:
-                    // scanned now, they would be deleted everywhere, and the disk's
-                    // files taken for edits of them. Left to the next start (see
-                    // docs/ARCHITECTURE.md, "Known gaps").
-                    tracing::warn!(
-                        folder = fresh,
-                        "a disk was mounted over a folder of synced files: not synced"
-                    );
-                    continue;
-                }
+                // (Over a folder of synced files, the rescan tells whether the disk
+                // hides them or holds them: the folder moved onto it.)
                 self.newly_mounted.push(fresh.clone());
                 changed = true;
             }
         }
         self.mounted_then = Some(now_mounted.clone());
+        // Remembered at once only where no synced file can be hidden: a disk over a
+        // folder of synced files is remembered (or set apart) by the scan.
+        let now_mounted: BTreeSet<String> = now_mounted
+            .into_iter()
+            .filter(|m| {
+                self.mounts.contains(m)
+                    || (!self.host.mounted_over.contains(m)
+                        && self.engine.on_disk_under(m).is_empty())
+            })
+            .collect();
         let queued = changed || !self.newly_mounted.is_empty() || !self.unmounted.is_empty();
         let remounted = !queued
             && self
@@ -1126,6 +1139,40 @@ impl Driver {
         let mut all = std::mem::take(&mut self.newly_mounted);
         all.append(&mut self.unmounted);
         all
+    }
+
+    /// The mount points the scans found, as stored.
+    fn stored_mounts(&self) -> Result<BTreeSet<String>, DriverError> {
+        Ok(self
+            .host
+            .store
+            .get_meta(NS_DAEMON, KEY_MOUNTS)?
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Before the start's scan, the folders whose synced files may be out of sight: a
+    /// known mount point not mounted now, a disk mounted over a folder of synced files
+    /// since the last run. A write a crash interrupted there is judged at a start that
+    /// sees the files (read now, a bare folder or another disk would be taken for the
+    /// user's edit); the scan then says which folders are out of sight.
+    fn out_of_sight_at_start(&mut self) -> Result<(), DriverError> {
+        let Some(mounted) = crate::scan::mounts_below(self.host.fs.root_path()) else {
+            return Ok(());
+        };
+        let known = self.stored_mounts()?;
+        self.host.not_mounted = known.difference(&mounted).cloned().collect();
+        self.host.mounted_over = mounted
+            .difference(&known)
+            .filter(|m| !self.engine.on_disk_under(m).is_empty())
+            .cloned()
+            .collect();
+        Ok(())
     }
 
     fn store_mounts(&mut self, mounts: &BTreeSet<String>) -> Result<(), DriverError> {
@@ -1249,19 +1296,9 @@ impl Driver {
         if let Err(error) = self.rules.reload() {
             tracing::warn!(%error, "cannot reload .cueignore; keeping the old rules");
         }
-        let mut known_mounts: BTreeSet<String> = self
-            .host
-            .store
-            .get_meta(NS_DAEMON, KEY_MOUNTS)?
-            .map(|b| {
-                String::from_utf8_lossy(&b)
-                    .lines()
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut known_mounts = self.stored_mounts()?;
         known_mounts.extend(self.mounts.iter().cloned());
-        let report = scan(
+        let mut report = scan(
             &self.host.fs,
             &self.rules,
             &ScanOptions {
@@ -1269,6 +1306,16 @@ impl Driver {
                 known_mounts: known_mounts.clone(),
             },
         )?;
+        let engine = &self.engine;
+        let over = report.set_apart_mounted_over(&known_mounts, &|m| engine.on_disk_under(m));
+        for folder in over.difference(&self.host.mounted_over) {
+            tracing::warn!(
+                folder,
+                "a disk is mounted over a folder of synced files: they are kept, \
+                 and synced again once it is unmounted"
+            );
+        }
+        self.host.mounted_over = over;
         if report.mounts != known_mounts {
             self.store_mounts(&report.mounts)?;
         }
@@ -1306,7 +1353,14 @@ impl Driver {
             unreadable: report
                 .skipped
                 .iter()
-                .filter(|s| matches!(s.reason, SkipReason::Unreadable(_) | SkipReason::NotMounted))
+                .filter(|s| {
+                    matches!(
+                        s.reason,
+                        SkipReason::Unreadable(_)
+                            | SkipReason::NotMounted
+                            | SkipReason::MountedOver
+                    )
+                })
                 .map(|s| s.path.clone())
                 .collect(),
         };
@@ -1316,7 +1370,10 @@ impl Driver {
             .filter(|s| {
                 matches!(
                     s.reason,
-                    SkipReason::InvalidName(_) | SkipReason::Unreadable(_) | SkipReason::NotMounted
+                    SkipReason::InvalidName(_)
+                        | SkipReason::Unreadable(_)
+                        | SkipReason::NotMounted
+                        | SkipReason::MountedOver
                 )
             })
             .map(|s| (s.path.clone(), s.reason.to_string()))
@@ -1328,7 +1385,7 @@ impl Driver {
         // engine believes on disk (synced before it grew) is left to the scan's diff,
         // which takes an ignored or unreadable file, or a tripped guard, for no deletion.
         for path in self.engine.skipped_under(".") {
-            let unmounted = self.host.unmounted_folder(&path).is_some();
+            let unmounted = self.host.out_of_sight(&path).is_some();
             if !unmounted
                 && !found.too_large.contains_key(&path)
                 && !found.files.contains_key(&path)
@@ -1453,7 +1510,7 @@ impl Driver {
     /// going), and is no deletion or new file. A move out of such a folder is a new
     /// file, a move into one a removal.
     fn outside_unmounted(&self, e: WatchEvent) -> Option<WatchEvent> {
-        let unmounted = |p: &WorkspacePath| self.host.unmounted_folder(p.as_str()).is_some();
+        let unmounted = |p: &WorkspacePath| self.host.out_of_sight(p.as_str()).is_some();
         match e {
             WatchEvent::Changed(ref p) | WatchEvent::Removed(ref p) if unmounted(p) => None,
             WatchEvent::Renamed { from, to } => match (unmounted(&from), unmounted(&to)) {
@@ -1468,9 +1525,7 @@ impl Driver {
                 (false, true) => Some(WatchEvent::Removed(from)),
                 (true, true) => None,
             },
-            WatchEvent::Unsyncable { ref path, .. }
-                if self.host.unmounted_folder(path).is_some() =>
-            {
+            WatchEvent::Unsyncable { ref path, .. } if self.host.out_of_sight(path).is_some() => {
                 None
             }
             e => Some(e),

@@ -270,6 +270,8 @@ pub enum FileError {
     Fs(#[from] FsError),
     #[error("{folder} is a disk that is not mounted")]
     NotMounted { folder: String },
+    #[error("a disk is mounted over {folder}, hiding its synced files")]
+    MountedOver { folder: String },
 }
 
 /// The engine's view of stored documents: snapshot then appended chunks, concatenated
@@ -320,6 +322,10 @@ pub struct DaemonHost {
     /// hidden once the disk is back, and its files then taken for deleted). Refused
     /// writes are retried, as any failed write is.
     pub not_mounted: BTreeSet<String>,
+    /// Folders of synced files a disk was mounted over, found by the last scan: nothing
+    /// is written or removed below them either (it would land on the disk, while the
+    /// files it stands for are hidden under it). Retried once the disk is unmounted.
+    pub mounted_over: BTreeSet<String>,
     /// This batch's writes, prepared before its commit, by path.
     pub prepared: BTreeMap<String, (ContentHash, fsio::Prepared)>,
     /// This batch's journal entries, by path (what `files_done` keeps when not flushed).
@@ -349,17 +355,24 @@ pub struct DaemonHost {
 }
 
 impl DaemonHost {
-    /// The folder whose disk is not mounted that `path` is (or is below), if any.
-    pub fn unmounted_folder(&self, path: &str) -> Option<&String> {
+    /// The folder that `path` is (or is below) whose synced files cannot be seen: its
+    /// disk is not mounted, or a disk is mounted over it. Nothing there is the
+    /// workspace's as it stands: no write, no removal, no event.
+    pub fn out_of_sight(&self, path: &str) -> Option<&String> {
+        let at = |m: &&String| path == m.as_str() || crate::scan::below(path, m);
         self.not_mounted
             .iter()
-            .find(|m| path == m.as_str() || crate::scan::below(path, m))
+            .find(at)
+            .or_else(|| self.mounted_over.iter().find(at))
     }
 
-    /// An error when `path` is below a folder whose disk is not mounted.
+    /// An error when `path` is below a folder whose synced files cannot be seen.
     fn mounted_at(&self, path: &str) -> Result<(), FileError> {
-        match self.unmounted_folder(path) {
-            Some(folder) => Err(FileError::NotMounted {
+        match self.out_of_sight(path) {
+            Some(folder) if self.not_mounted.contains(folder) => Err(FileError::NotMounted {
+                folder: folder.clone(),
+            }),
+            Some(folder) => Err(FileError::MountedOver {
                 folder: folder.clone(),
             }),
             None => Ok(()),
@@ -377,6 +390,7 @@ impl DaemonHost {
             written: Vec::new(),
             journal_done: Vec::new(),
             not_mounted: BTreeSet::new(),
+            mounted_over: BTreeSet::new(),
             prepared: BTreeMap::new(),
             journaled: BTreeMap::new(),
             last_effect: BTreeMap::new(),
@@ -619,8 +633,9 @@ impl DaemonHost {
             let Ok(rel) = WorkspacePath::parse(path) else {
                 continue;
             };
-            // The same path twice in a batch: the second is written the usual way.
-            if self.prepared.contains_key(path) {
+            // The same path twice in a batch: the second is written the usual way. (Below
+            // a folder out of sight the write is refused: nothing is put there.)
+            if self.prepared.contains_key(path) || self.out_of_sight(path).is_some() {
                 continue;
             }
             match self.fs.prepare(&rel, bytes, Some(*exec)) {
@@ -1059,7 +1074,7 @@ impl carry::Host for DaemonHost {
     }
 
     fn write_many(&mut self, writes: &[Write]) -> Vec<Result<Outcome, FileError>> {
-        if !self.not_mounted.is_empty() {
+        if !self.not_mounted.is_empty() || !self.mounted_over.is_empty() {
             return writes
                 .iter()
                 .map(|w| self.write_if(&w.path, &w.bytes, w.exec, w.expect))
@@ -1090,9 +1105,12 @@ impl carry::Host for DaemonHost {
     }
 
     fn remove_empty_dir(&mut self, dir: &str) -> bool {
-        WorkspacePath::parse(dir)
-            .ok()
-            .is_some_and(|rel| matches!(self.fs.remove_empty_dir(&rel), Ok(true)))
+        // (A bare folder whose disk is away, or one on the disk over it, is no folder
+        // of the workspace's to tidy.)
+        self.out_of_sight(dir).is_none()
+            && WorkspacePath::parse(dir)
+                .ok()
+                .is_some_and(|rel| matches!(self.fs.remove_empty_dir(&rel), Ok(true)))
     }
 
     fn read_file(&mut self, path: &str) -> Result<Option<(Vec<u8>, bool)>, FileError> {

@@ -82,6 +82,10 @@ pub enum SkipReason {
     /// unmounted: what is in it now is not the workspace's, and the files synced from
     /// it are kept as they were, never taken for deleted.
     NotMounted,
+    /// A folder that held synced files, with a disk mounted over it since: the disk
+    /// hides them. They are kept as they were (never taken for deleted, nor the disk's
+    /// files for edits of them) until it is unmounted.
+    MountedOver,
 }
 
 impl std::fmt::Display for SkipReason {
@@ -94,6 +98,10 @@ impl std::fmt::Display for SkipReason {
             SkipReason::Unreadable(e) => write!(f, "unreadable: {e}"),
             SkipReason::NotMounted => f.write_str(
                 "not mounted: its files are kept as they were until it is mounted again",
+            ),
+            SkipReason::MountedOver => f.write_str(
+                "a disk is mounted over synced files: they are kept as they were, \
+                 and synced again once it is unmounted",
             ),
         }
     }
@@ -118,6 +126,59 @@ pub struct ScanReport {
     /// Folders on another filesystem than the root's (mount points), and known mount
     /// points found unmounted: what the next scan's [`ScanOptions::known_mounts`] is.
     pub mounts: BTreeSet<String>,
+}
+
+impl ScanReport {
+    /// Sets apart the disks mounted, since the last scan, over folders that held synced
+    /// files (`synced_under(folder)`: the files this device last saw there) some of which
+    /// the disk does not hold: those files are hidden, not deleted, and what the disk
+    /// holds is not theirs. Such a folder is listed as [`SkipReason::MountedOver`], its
+    /// files and the disk's mount points left out (a disk so mounted is not remembered as
+    /// the folder's: unmounted, the folder is a plain one again). A disk that holds every
+    /// file synced there (the folder moved onto it, then mounted in its place) is the
+    /// folder's, as any new mount. Returns the folders set apart.
+    pub fn set_apart_mounted_over(
+        &mut self,
+        known_mounts: &BTreeSet<String>,
+        synced_under: &dyn Fn(&str) -> Vec<String>,
+    ) -> BTreeSet<String> {
+        let under = |p: &str, dir: &str| p == dir || below(p, dir);
+        let mut over = BTreeSet::new();
+        let fresh: Vec<String> = self.mounts.difference(known_mounts).cloned().collect();
+        for mount in fresh {
+            if over.iter().any(|o: &String| under(&mount, o)) {
+                continue;
+            }
+            let found: BTreeSet<&str> = self
+                .files
+                .iter()
+                .map(|f| f.path.as_str())
+                .chain(self.skipped.iter().map(|s| s.path.as_str()))
+                .filter(|p| under(p, &mount))
+                .collect();
+            let hidden = synced_under(&mount)
+                .iter()
+                .any(|p| !found.contains(p.as_str()));
+            if hidden {
+                over.insert(mount);
+            }
+        }
+        for mount in &over {
+            self.files.retain(|f| !under(f.path.as_str(), mount));
+            self.skipped.retain(|s| !under(&s.path, mount));
+            self.skipped.push(Skipped {
+                path: mount.clone(),
+                reason: SkipReason::MountedOver,
+            });
+            // (Known mount points below it stay known: they are hidden, not gone.)
+            self.mounts
+                .retain(|m| !under(m, mount) || known_mounts.contains(m));
+            self.mounts
+                .extend(known_mounts.iter().filter(|m| below(m, mount)).cloned());
+        }
+        self.skipped.sort_by(|a, b| a.path.cmp(&b.path));
+        over
+    }
 }
 
 /// The mount points strictly below `root`, relative to it, as the kernel lists them
@@ -597,6 +658,73 @@ mod tests {
         assert_eq!(report.mounts, options.known_mounts);
         assert_eq!(report.skipped.len(), 1);
         assert_eq!(report.skipped[0].reason, SkipReason::NotMounted);
+    }
+
+    /// A disk mounted over a folder of synced files hides them: the scan that finds it
+    /// must take none of them for deleted, nor the disk's files for theirs, and must not
+    /// remember the disk as the folder's (unmounted, the folder is a plain one again).
+    /// A disk that holds every file synced there is the folder's.
+    #[test]
+    fn a_disk_mounted_over_synced_files_is_set_apart() {
+        let (_d, root) = setup();
+        write(&root, "archive/from-the-disk.md", b"disk");
+        write(&root, "archive/inner/deep.md", b"deep");
+        write(&root, "notes.md", b"n");
+        let fs = WorkspaceFs::open(&root).unwrap();
+        let rules = IgnoreRules::load(&root).unwrap();
+        let device_of = |_: &Path| Some(1);
+        let listed = BTreeSet::from(["archive".to_string(), "archive/inner".to_string()]);
+        let known = BTreeSet::from(["archive/kept".to_string()]);
+        let options = ScanOptions {
+            known_mounts: known.clone(),
+            ..ScanOptions::default()
+        };
+        let scanned = scan_on(&fs, &rules, &options, &device_of, Some(&listed)).unwrap();
+
+        let mut report = scanned.clone();
+        let synced = |dir: &str| -> Vec<String> {
+            (dir == "archive")
+                .then(|| vec!["archive/plan.md".to_string()])
+                .unwrap_or_default()
+        };
+        let over = report.set_apart_mounted_over(&known, &synced);
+        assert_eq!(over, BTreeSet::from(["archive".to_string()]));
+        assert_eq!(paths(&report), ["notes.md"]);
+        assert_eq!(
+            report.skipped,
+            [Skipped {
+                path: "archive".into(),
+                reason: SkipReason::MountedOver
+            }]
+        );
+        assert_eq!(
+            report.mounts, known,
+            "the disk is not remembered; known ones stay"
+        );
+
+        // Every synced file there on the disk: the folder moved onto it.
+        let mut report = scanned.clone();
+        let on_the_disk = |dir: &str| -> Vec<String> {
+            (dir == "archive")
+                .then(|| vec!["archive/from-the-disk.md".to_string()])
+                .unwrap_or_default()
+        };
+        assert!(
+            report
+                .set_apart_mounted_over(&known, &on_the_disk)
+                .is_empty()
+        );
+        assert_eq!(report.files.len(), scanned.files.len());
+        assert!(report.mounts.contains("archive"));
+
+        // A known mount point is the disk's own: never set apart.
+        let mut report = scanned.clone();
+        let all_known: BTreeSet<String> = listed.union(&known).cloned().collect();
+        assert!(
+            report
+                .set_apart_mounted_over(&all_known, &synced)
+                .is_empty()
+        );
     }
 
     #[test]

@@ -776,12 +776,14 @@ fn nothing_written_onto_the_bare_folder(p: &Peer, folder: &str) {
 
 /// Whether `p`'s status lists `folder` under skipped as not mounted.
 fn listed_not_mounted(p: &Peer, folder: &str) -> bool {
+    listed_skipped(p, folder, "not mounted")
+}
+
+/// Whether `p`'s status lists `folder` under skipped for a reason that starts `why`.
+fn listed_skipped(p: &Peer, folder: &str, why: &str) -> bool {
     p.status().0["skipped"].as_array().is_some_and(|s| {
         s.iter().any(|k| {
-            k["path"] == folder
-                && k["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.starts_with("not mounted"))
+            k["path"] == folder && k["reason"].as_str().is_some_and(|r| r.starts_with(why))
         })
     })
 }
@@ -919,4 +921,75 @@ fn a_disk_mounted_while_the_daemon_runs_is_synced_and_watched() {
     });
     assert_eq!(b.read("photos/from-b.md").as_deref(), Some("from b\n"));
     nothing_written_onto_the_bare_folder(&a, "photos");
+}
+
+/// A disk mounted over a folder that already held synced files hides them. The next
+/// scan (a restart, a disk mounted elsewhere) used to take every one of them for
+/// deleted, on every device (the guard held them only when they were most of the
+/// workspace), and the disk's files for edits of them. Now the folder is listed as
+/// mounted over while the disk is there, at a restart too: nothing of it is deleted,
+/// sent, or written onto the disk; unmounted, the folder syncs again and gets what the
+/// others changed meanwhile. Needs the right to mount, as the tests above.
+#[test]
+fn a_disk_mounted_over_synced_files_deletes_none_of_them() {
+    let (_relay, a, b) = pair();
+    a.write("notes.md", "notes\n");
+    a.write("archive/plan.md", "# Plan\n");
+    a.write("archive/old.md", "old\n");
+    wait_for_file(&b, "archive/old.md", "a's archive", |c| c == "old\n");
+    wait_for_file(&b, "archive/plan.md", "a's plan", |c| c == "# Plan\n");
+    let disk = tempfile::tempdir().unwrap();
+    std::fs::write(disk.path().join("plan.md"), "the disk's plan\n").unwrap();
+    std::fs::write(disk.path().join("other.md"), "only on the disk\n").unwrap();
+    let Some(mount) = bind_mount(disk.path(), a.path("archive")) else {
+        eprintln!("skipped: cannot mount here (not root)");
+        return;
+    };
+    let over = |p: &Peer| listed_skipped(p, "archive", "a disk is mounted over");
+    wait_until("a to list archive as mounted over", || over(&a));
+    // b edits a hidden note meanwhile, and a starts again with the disk still there.
+    b.write("archive/plan.md", "# Plan\nfrom b\n");
+    a.stop();
+    a.start();
+    wait_until("a to list archive as mounted over after a restart", || {
+        over(&a)
+    });
+    // An edit on the disk is not one of the folder's.
+    std::fs::write(a.path("archive/other.md"), "only on the disk, edited\n").unwrap();
+    a.write("marker.md", "after the restart\n");
+    wait_for_file(&b, "marker.md", "a's note after the restart", |c| {
+        c == "after the restart\n"
+    });
+    assert_eq!(b.read("archive/old.md").as_deref(), Some("old\n"));
+    assert_eq!(
+        b.read("archive/plan.md").as_deref(),
+        Some("# Plan\nfrom b\n")
+    );
+    assert!(
+        b.read("archive/other.md").is_none(),
+        "the disk's file was sent"
+    );
+    for p in [&a, &b] {
+        assert!(p.status().0["deletions_paused"].is_null());
+    }
+    assert_eq!(
+        std::fs::read_to_string(disk.path().join("plan.md")).unwrap(),
+        "the disk's plan\n",
+        "b's edit was written onto the disk"
+    );
+    // Unmounted: the folder syncs again, with b's edit written into it.
+    mount.unmount();
+    wait_for_file(
+        &a,
+        "archive/plan.md",
+        "b's edit, once the disk is away",
+        |c| c == "# Plan\nfrom b\n",
+    );
+    wait_until("a to list archive as synced again", || !over(&a));
+    a.write("archive/old.md", "old\nedited after\n");
+    wait_for_file(&b, "archive/old.md", "an edit in the folder again", |c| {
+        c.contains("edited after")
+    });
+    wait_converged(&[&a, &b]);
+    assert!(a.read("archive/other.md").is_none());
 }
