@@ -683,9 +683,10 @@ mod tests {
 
         let mut report = scanned.clone();
         let synced = |dir: &str| -> Vec<String> {
-            (dir == "archive")
-                .then(|| vec!["archive/plan.md".to_string()])
-                .unwrap_or_default()
+            match dir {
+                "archive" => vec!["archive/plan.md".to_string()],
+                _ => Vec::new(),
+            }
         };
         let over = report.set_apart_mounted_over(&known, &synced);
         assert_eq!(over, BTreeSet::from(["archive".to_string()]));
@@ -705,9 +706,10 @@ mod tests {
         // Every synced file there on the disk: the folder moved onto it.
         let mut report = scanned.clone();
         let on_the_disk = |dir: &str| -> Vec<String> {
-            (dir == "archive")
-                .then(|| vec!["archive/from-the-disk.md".to_string()])
-                .unwrap_or_default()
+            match dir {
+                "archive" => vec!["archive/from-the-disk.md".to_string()],
+                _ => Vec::new(),
+            }
         };
         assert!(
             report
