@@ -320,6 +320,8 @@ pub struct Driver {
     /// Folders a disk was unmounted from since that reading: the watcher may still watch
     /// the disk's folder (a bind mount's source), whose events are not the workspace's.
     unmounted: Vec<String>,
+    /// Paths whose journal entries the start left unjudged (out of sight, unreadable).
+    unjudged: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -393,12 +395,13 @@ impl Driver {
             mounted_then: None,
             newly_mounted: Vec::new(),
             unmounted: Vec::new(),
+            unjudged: BTreeSet::new(),
         };
         driver.mounted_then = crate::scan::mounts_below(driver.host.fs.root_path());
         // Nothing can be sent yet (not connected): what Engine::new returns is storage.
         let _ = carry::carry_out(&mut driver.engine, &mut driver.host, now_ms(), effects)?;
         driver.out_of_sight_at_start()?;
-        driver.finish_interrupted_writes(now_ms())?;
+        driver.finish_interrupted_writes(now_ms(), None)?;
         Ok(driver)
     }
 
@@ -407,9 +410,17 @@ impl Driver {
     /// start-up scan would take them for local deletions (or edits reverting the remote
     /// change). The journal names those paths; here they are brought in line with the
     /// engine before anything else looks at the disk. A path the user changed meanwhile
-    /// is fed back as a refused write, merged like any local edit.
-    fn finish_interrupted_writes(&mut self, now: i64) -> Result<(), DriverError> {
-        let entries = self.host.store.list_meta(NS_JOURNAL)?;
+    /// is fed back as a refused write, merged like any local edit. `only`: the entries
+    /// of those paths alone (left unjudged at the start, judged once back in sight).
+    fn finish_interrupted_writes(
+        &mut self,
+        now: i64,
+        only: Option<&BTreeSet<String>>,
+    ) -> Result<(), DriverError> {
+        let mut entries = self.host.store.list_meta(NS_JOURNAL)?;
+        if let Some(only) = only {
+            entries.retain(|(path, _)| only.contains(path));
+        }
         if entries.is_empty() {
             return Ok(());
         }
@@ -583,6 +594,11 @@ impl Driver {
                 ))
             })
             .collect();
+        // (Judged later: at the next start, or once back in sight.)
+        for (path, _) in &entries {
+            self.unjudged.remove(path);
+        }
+        self.unjudged.extend(unread);
         let to_flush: Vec<(WorkspacePath, Vec<u64>)> = rels
             .iter()
             .map(|(_, r, i)| (r.clone(), i.clone()))
@@ -879,6 +895,13 @@ impl Driver {
         for i in &inputs {
             trace_input(i);
         }
+        // A disk mounted a moment ago over a folder of synced files: known before a
+        // peer's change is written onto it (the ticks come 2 s apart when idle).
+        if inputs.iter().any(|i| matches!(i, Input::Message { .. }))
+            && let Err(error) = self.note_mounts()
+        {
+            tracing::warn!(%error, "cannot store the workspace's mount points");
+        }
         // Each sender once: a failed batch counts once against each peer in it.
         let senders: BTreeSet<cue_core::DeviceId> = inputs
             .iter()
@@ -953,7 +976,7 @@ impl Driver {
         let (engine, effects) = self.making.engine(self.epoch, restored);
         self.engine = engine;
         let _ = carry::carry_out(&mut self.engine, &mut self.host, now, effects)?;
-        self.finish_interrupted_writes(now)?;
+        self.finish_interrupted_writes(now, None)?;
         // Not connected: what the scan changes is stored, and sent when the room is
         // joined again.
         let _ = self.startup_scan(now)?;
@@ -1087,12 +1110,18 @@ impl Driver {
                 if self.mounts.contains(gone) {
                     self.host.not_mounted.insert(gone.clone());
                 }
+                self.host.mounted_over.remove(gone);
                 self.unmounted.push(gone.clone());
                 changed = true;
             }
             for fresh in now_mounted.difference(&then) {
-                // (Over a folder of synced files, the rescan tells whether the disk
-                // hides them or holds them: the folder moved onto it.)
+                // Over a folder of synced files, the rescan tells whether the disk hides
+                // them or holds them (the folder moved onto it); until then nothing is
+                // written there (a peer's edit would land on the disk, whose file
+                // would be taken for an edit of it).
+                if !self.mounts.contains(fresh) && !self.engine.on_disk_under(fresh).is_empty() {
+                    self.host.mounted_over.insert(fresh.clone());
+                }
                 self.newly_mounted.push(fresh.clone());
                 changed = true;
             }
@@ -1104,7 +1133,7 @@ impl Driver {
             .into_iter()
             .filter(|m| {
                 self.mounts.contains(m)
-                    || (!self.host.mounted_over.contains(m)
+                    || (self.host.out_of_sight(m).is_none()
                         && self.engine.on_disk_under(m).is_empty())
             })
             .collect();
@@ -1126,9 +1155,32 @@ impl Driver {
     /// A disk mounted or unmounted in the workspace: its files as they are now, then the
     /// writes refused meanwhile, at once.
     pub fn rescan(&mut self, now: i64) -> Result<Vec<Outgoing>, DriverError> {
+        self.judge_back_in_sight(now)?;
         let mut out = self.scan(now, &mut |_, _| {}, false)?;
         out.extend(self.input(now, Input::RetryWrites)?);
         Ok(out)
+    }
+
+    /// Writes a crash interrupted below a folder out of sight at the start (a disk not
+    /// mounted, or mounted over it), judged once the folder is back in sight by the
+    /// last reading of the mount list: before the scan, which would take what is there
+    /// for the user's edit.
+    fn judge_back_in_sight(&mut self, now: i64) -> Result<(), DriverError> {
+        if self.unjudged.is_empty() {
+            return Ok(());
+        }
+        if let Some(mounted) = &self.mounted_then {
+            self.host.not_mounted.retain(|f| !mounted.contains(f));
+            self.host.mounted_over.retain(|f| mounted.contains(f));
+        }
+        let back: BTreeSet<String> = (self.unjudged.iter())
+            .filter(|p| self.host.out_of_sight(p).is_none())
+            .cloned()
+            .collect();
+        if back.is_empty() {
+            return Ok(());
+        }
+        self.finish_interrupted_writes(now, Some(&back))
     }
 
     /// The folders a disk was mounted on or unmounted from since the last call, for the
@@ -1307,7 +1359,16 @@ impl Driver {
             },
         )?;
         let engine = &self.engine;
-        let over = report.set_apart_mounted_over(&known_mounts, &|m| engine.on_disk_under(m));
+        let synced_under = |folder: &str| -> Vec<(String, ContentHash)> {
+            (engine.on_disk_under(folder).into_iter())
+                .filter_map(|p| Some((engine.on_disk(&p)?, p)))
+                .map(|(hash, p)| (p, hash))
+                .collect()
+        };
+        let over =
+            report.set_apart_mounted_over(&known_mounts, &synced_under, &|believed, found| {
+                engine.same_on_disk(believed, found)
+            });
         for folder in over.difference(&self.host.mounted_over) {
             tracing::warn!(
                 folder,
@@ -2089,18 +2150,23 @@ mod power_cut {
     /// place unflushed; then the daemon's process ends without a word (a crash, a kill).
     /// The file the journal names.
     fn restored_then_crashed(ws: &Workspace) -> FileId {
-        let path = ws.root.join("a.md");
+        restored_then_crashed_at(ws, "a.md")
+    }
+
+    /// [`restored_then_crashed`], of the note at `rel`.
+    fn restored_then_crashed_at(ws: &Workspace, rel: &str) -> FileId {
+        let path = ws.root.join(rel);
         let mut driver = Driver::open(ws, &ws.config).expect("driver");
         std::fs::remove_file(&path).expect("remove");
         driver
-            .restore(now_ms(), "a.md")
+            .restore(now_ms(), rel)
             .expect("store")
             .expect("restore");
         assert_eq!(std::fs::read(&path).expect("restored"), NOTE);
         let entries = driver.store().list_meta(NS_JOURNAL).expect("journal");
         let entry = entries
             .iter()
-            .find(|(p, _)| p == "a.md")
+            .find(|(p, _)| p == rel)
             .and_then(|(_, e)| JournalEntry::decode(e))
             .expect("the write is journaled until flushed");
         assert_eq!(entry.written, vec![id_of(&path)]);
@@ -2182,6 +2248,71 @@ mod power_cut {
 
         let (disk, doc) = start(&ws);
         assert_eq!(disk, NOTE, "the note is written again");
+        assert_eq!(doc, NOTE, "the note's document is not emptied");
+    }
+
+    /// A write cut short by a power cut below a folder a disk is then mounted over (by
+    /// the time the machine starts again): the start cannot see the file, so it leaves
+    /// the write for later, and once the disk is unmounted while the daemon runs, the
+    /// write is judged (and made again) before the rescan would take the file cut short
+    /// for the user's edit, emptying the note everywhere. Needs the right to mount
+    /// (root, as on the project's machines); without it the test says so.
+    #[test]
+    fn a_write_cut_short_below_a_disk_mounted_since_is_judged_once_it_is_unmounted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("archive")).expect("folder");
+        std::fs::write(dir.path().join("archive/a.md"), NOTE).expect("write");
+        let ws =
+            Workspace::init(dir.path(), Some("ws://127.0.0.1:9"), Some("alice")).expect("init");
+        let mut driver = Driver::open(&ws, &ws.config).expect("driver");
+        driver.startup_scan(now_ms()).expect("scan");
+        driver.flush().expect("flush");
+        drop(driver);
+        let id = restored_then_crashed_at(&ws, "archive/a.md");
+        power_cut(&ws);
+        let path = ws.root.join("archive/a.md");
+        rewrite_in_place(&path, b"", id.mtime_ns);
+
+        let disk = tempfile::tempdir().expect("disk");
+        std::fs::write(disk.path().join("other.md"), "the disk's\n").expect("write");
+        let folder = ws.root.join("archive");
+        let mount = |args: &[&std::ffi::OsStr]| {
+            std::process::Command::new(args[0])
+                .args(&args[1..])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !mount(&[
+            "mount".as_ref(),
+            "--bind".as_ref(),
+            disk.path().as_os_str(),
+            folder.as_os_str(),
+        ]) {
+            eprintln!("skipped: cannot mount here (not root)");
+            return;
+        }
+        let mut driver = Driver::open(&ws, &ws.config).expect("driver");
+        let started = driver.startup_scan(now_ms());
+        let unmounted = mount(&["umount".as_ref(), folder.as_os_str()]);
+        started.expect("scan");
+        assert!(unmounted, "unmounted");
+        assert!(driver.host.mounted_over.contains("archive"));
+        assert!(!disk.path().join("a.md").exists(), "written onto the disk");
+        assert_eq!(std::fs::read(&path).expect("read"), b"");
+
+        driver.tick(now_ms()).expect("tick");
+        assert_eq!(driver.take_mounted(), ["archive"]);
+        driver.rescan(now_ms()).expect("rescan");
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            NOTE,
+            "the note is written again"
+        );
+        let (doc, _) = driver
+            .engine
+            .read_file("archive/a.md", &mut StoreDocs(&driver.host.store))
+            .expect("document");
         assert_eq!(doc, NOTE, "the note's document is not emptied");
     }
 

@@ -11,7 +11,7 @@
 //! Symlinks, special files, files over `max_file_size` (by their size, without reading
 //! them) and names cue cannot sync are listed as skipped, for `status` to show.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -128,19 +128,26 @@ pub struct ScanReport {
     pub mounts: BTreeSet<String>,
 }
 
+/// Files as this device last synced them: path and hash (with the executable bit).
+pub type SyncedFiles = Vec<(String, [u8; 32])>;
+
 impl ScanReport {
     /// Sets apart the disks mounted, since the last scan, over folders that held synced
-    /// files (`synced_under(folder)`: the files this device last saw there) some of which
-    /// the disk does not hold: those files are hidden, not deleted, and what the disk
-    /// holds is not theirs. Such a folder is listed as [`SkipReason::MountedOver`], its
-    /// files and the disk's mount points left out (a disk so mounted is not remembered as
-    /// the folder's: unmounted, the folder is a plain one again). A disk that holds every
-    /// file synced there (the folder moved onto it, then mounted in its place) is the
-    /// folder's, as any new mount. Returns the folders set apart.
+    /// files, where the disk is not that folder: those files are hidden, not deleted, and
+    /// what the disk holds is not theirs. `synced_under(folder)` gives the files this
+    /// device last saw there with their hashes, `same(believed, found)` whether a hash
+    /// found is one of them ([`cue_core::Engine::same_on_disk`]). A disk is the folder's
+    /// (the folder moved onto it, then mounted in its place) when it holds every one of
+    /// those files, and at least half of them as they were synced (a camera's card
+    /// holding the same names is not); any other is set apart: listed as
+    /// [`SkipReason::MountedOver`], its files, temporary files and mount points left
+    /// out, and not remembered (unmounted, the folder is a plain one again). Returns the
+    /// folders set apart.
     pub fn set_apart_mounted_over(
         &mut self,
         known_mounts: &BTreeSet<String>,
-        synced_under: &dyn Fn(&str) -> Vec<String>,
+        synced_under: &dyn Fn(&str) -> SyncedFiles,
+        same: &dyn Fn([u8; 32], [u8; 32]) -> bool,
     ) -> BTreeSet<String> {
         let under = |p: &str, dir: &str| p == dir || below(p, dir);
         let mut over = BTreeSet::new();
@@ -149,23 +156,42 @@ impl ScanReport {
             if over.iter().any(|o: &String| under(&mount, o)) {
                 continue;
             }
-            let found: BTreeSet<&str> = self
-                .files
+            let synced = synced_under(&mount);
+            if synced.is_empty() {
+                continue;
+            }
+            // What the disk holds at each synced name: a hash, or `None` for a file
+            // found and not read (too large, unreadable).
+            let mut found: BTreeMap<&str, Option<[u8; 32]>> = self
+                .skipped
                 .iter()
-                .map(|f| f.path.as_str())
-                .chain(self.skipped.iter().map(|s| s.path.as_str()))
-                .filter(|p| under(p, &mount))
+                .filter(|s| under(&s.path, &mount))
+                .map(|s| (s.path.as_str(), None))
                 .collect();
-            let hidden = synced_under(&mount)
-                .iter()
-                .any(|p| !found.contains(p.as_str()));
-            if hidden {
+            found.extend(
+                self.files
+                    .iter()
+                    .filter(|f| under(f.path.as_str(), &mount))
+                    .map(|f| (f.path.as_str(), Some(cue_core::with_exec(f.hash, f.exec)))),
+            );
+            let mut kept = 0;
+            let mut all_there = true;
+            for (path, believed) in &synced {
+                match found.get(path.as_str()) {
+                    None => all_there = false,
+                    Some(Some(hash)) if same(*believed, *hash) => kept += 1,
+                    Some(_) => {}
+                }
+            }
+            if !all_there || kept * 2 < synced.len() {
                 over.insert(mount);
             }
         }
         for mount in &over {
             self.files.retain(|f| !under(f.path.as_str(), mount));
             self.skipped.retain(|s| !under(&s.path, mount));
+            // (Another cue's on that disk, maybe: none of ours.)
+            self.stale_temps.retain(|t| !under(t, mount));
             self.skipped.push(Skipped {
                 path: mount.clone(),
                 reason: SkipReason::MountedOver,
@@ -682,13 +708,15 @@ mod tests {
         let scanned = scan_on(&fs, &rules, &options, &device_of, Some(&listed)).unwrap();
 
         let mut report = scanned.clone();
-        let synced = |dir: &str| -> Vec<String> {
-            match dir {
-                "archive" => vec!["archive/plan.md".to_string()],
-                _ => Vec::new(),
-            }
+        let same = |a: [u8; 32], b: [u8; 32]| a == b;
+        let synced = |dir: &str| match dir {
+            "archive" => vec![(
+                "archive/plan.md".to_string(),
+                cue_core::file_hash(b"plan", false),
+            )],
+            _ => Vec::new(),
         };
-        let over = report.set_apart_mounted_over(&known, &synced);
+        let over = report.set_apart_mounted_over(&known, &synced, &same);
         assert_eq!(over, BTreeSet::from(["archive".to_string()]));
         assert_eq!(paths(&report), ["notes.md"]);
         assert_eq!(
@@ -703,17 +731,32 @@ mod tests {
             "the disk is not remembered; known ones stay"
         );
 
-        // Every synced file there on the disk: the folder moved onto it.
+        // The same names with other bytes (another camera's card): not the folder's.
         let mut report = scanned.clone();
-        let on_the_disk = |dir: &str| -> Vec<String> {
-            match dir {
-                "archive" => vec!["archive/from-the-disk.md".to_string()],
-                _ => Vec::new(),
-            }
+        let same_names = |dir: &str| match dir {
+            "archive" => vec![(
+                "archive/from-the-disk.md".to_string(),
+                cue_core::file_hash(b"the synced bytes", false),
+            )],
+            _ => Vec::new(),
+        };
+        assert_eq!(
+            report.set_apart_mounted_over(&known, &same_names, &same),
+            over
+        );
+
+        // Every synced file there, as synced: the folder moved onto the disk.
+        let mut report = scanned.clone();
+        let on_the_disk = |dir: &str| match dir {
+            "archive" => vec![(
+                "archive/from-the-disk.md".to_string(),
+                cue_core::file_hash(b"disk", false),
+            )],
+            _ => Vec::new(),
         };
         assert!(
             report
-                .set_apart_mounted_over(&known, &on_the_disk)
+                .set_apart_mounted_over(&known, &on_the_disk, &same)
                 .is_empty()
         );
         assert_eq!(report.files.len(), scanned.files.len());
@@ -724,7 +767,7 @@ mod tests {
         let all_known: BTreeSet<String> = listed.union(&known).cloned().collect();
         assert!(
             report
-                .set_apart_mounted_over(&all_known, &synced)
+                .set_apart_mounted_over(&all_known, &synced, &same)
                 .is_empty()
         );
     }

@@ -945,10 +945,11 @@ fn a_disk_mounted_over_synced_files_deletes_none_of_them() {
         eprintln!("skipped: cannot mount here (not root)");
         return;
     };
+    // b edits a hidden note at once (before a has read the mount list again, or after).
+    b.write("archive/plan.md", "# Plan\nfrom b\n");
     let over = |p: &Peer| listed_skipped(p, "archive", "a disk is mounted over");
     wait_until("a to list archive as mounted over", || over(&a));
-    // b edits a hidden note meanwhile, and a starts again with the disk still there.
-    b.write("archive/plan.md", "# Plan\nfrom b\n");
+    // And a starts again with the disk still there.
     a.stop();
     a.start();
     wait_until("a to list archive as mounted over after a restart", || {
@@ -991,5 +992,12 @@ fn a_disk_mounted_over_synced_files_deletes_none_of_them() {
         c.contains("edited after")
     });
     wait_converged(&[&a, &b]);
-    assert!(a.read("archive/other.md").is_none());
+    assert!(
+        b.read("archive/other.md").is_none(),
+        "the disk's file was sent"
+    );
+    assert_eq!(
+        b.read("archive/plan.md").as_deref(),
+        Some("# Plan\nfrom b\n")
+    );
 }
