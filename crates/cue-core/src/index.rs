@@ -519,7 +519,6 @@ impl IndexDoc {
         file: &FileId,
         since: &[ChangeHash],
     ) -> Option<Tombstone> {
-        let key = file.to_string();
         let changes = self.doc.get_changes(since);
         let deps: Vec<Vec<ChangeHash>> = changes
             .iter()
@@ -527,15 +526,27 @@ impl IndexDoc {
             .take(256)
             .map(|c| c.deps().to_vec())
             .collect();
-        deps.iter().find_map(|deps| {
-            let (Value::Object(ObjType::Map), tombs) =
-                self.doc.get_at(ROOT, "tomb", deps).ok()??
-            else {
-                return None;
-            };
-            let (v, _) = self.doc.get_at(&tombs, key.as_str(), deps).ok()??;
-            Tombstone::decode(&str_of(&v)?)
-        })
+        deps.iter().find_map(|deps| self.tombstone_at(file, deps))
+    }
+
+    /// `file`'s tombstone in the index as it was at `heads`.
+    pub fn tombstone_at(&self, file: &FileId, heads: &[ChangeHash]) -> Option<Tombstone> {
+        Tombstone::decode(&self.entry_at("tomb", file, heads)?)
+    }
+
+    /// `file`'s path in the index as it was at `heads`.
+    pub fn path_at(&self, file: &FileId, heads: &[ChangeHash]) -> Option<String> {
+        self.entry_at("path", file, heads)
+    }
+
+    /// `file`'s entry in the map `map` as it was at `heads`.
+    fn entry_at(&self, map: &str, file: &FileId, heads: &[ChangeHash]) -> Option<String> {
+        let (Value::Object(ObjType::Map), entries) = self.doc.get_at(ROOT, map, heads).ok()??
+        else {
+            return None;
+        };
+        let (v, _) = self.doc.get_at(&entries, file.to_string(), heads).ok()??;
+        str_of(&v)
     }
 
     pub fn set_tombstone(&mut self, file: &FileId, tomb: &Tombstone) -> Result<(), DocError> {

@@ -1430,6 +1430,90 @@ fn paths_taken_away_without_a_deletion_are_deletions_that_can_be_undone() {
     assert_eq!(w.read(0, &files[3].0).as_deref(), Some("edited\n"));
 }
 
+/// A member deletes files in slices the guard lets through, then purges their
+/// tombstones at once, as `tombstone_days` does when they are old: `restore` found
+/// nothing on any device (the documents stayed in every store). Now a device puts back
+/// the path and tombstone of every deletion it has seen for less than
+/// `tombstone_days`: the files come back with `restore`, everywhere. A tombstone purged
+/// when its time is up here goes, and one never seen here (set and purged while the
+/// device was away) stays purged.
+#[test]
+fn tombstones_purged_before_their_time_are_put_back_and_restorable() {
+    use cue_core::index::IndexDoc;
+    let config = Config::default();
+    let tombstone_ms = config.tombstone_ms;
+    let mut w = World::new(3, 31, config);
+    w.connect_all();
+    let files = cue_sim::notes(6);
+    w.write_many(0, &files);
+    w.settle_converged();
+    let from = w.peers[2].device;
+    // The member's own deletions, honest-looking: two slices under the guard.
+    for (path, _) in &files[..2] {
+        w.delete(2, path);
+        w.settle_converged();
+    }
+    // (Purged at once: before any tick has noted the tombstones.)
+    let purge = |w: &mut World, epoch: u32| {
+        let stored = w.peers[0].store.docs[&cue_core::DocId::Index].clone();
+        let mut index = IndexDoc::load(&stored, cue_core::actor_for(&from, epoch)).unwrap();
+        for f in index.tombstones().into_keys() {
+            index.purge(&f).unwrap();
+        }
+        let change = index.commit(0).unwrap();
+        let item = Item::Changes {
+            doc: cue_core::DocId::Index,
+            changes: vec![change.raw_bytes().to_vec()],
+        };
+        let bytes = encode(&Message {
+            items: vec![cue_sim::seal_as(&w.peers[2].key, epoch, item)],
+        });
+        for p in [0, 1] {
+            w.input(
+                p,
+                Input::Message {
+                    from,
+                    bytes: bytes.clone(),
+                },
+            );
+        }
+        w.settle(10);
+    };
+    purge(&mut w, 99);
+    w.settle_converged();
+    for (path, bytes) in &files[..2] {
+        w.restore(1, path)
+            .expect("the deletion is still restorable");
+        w.settle_converged();
+        for p in 0..3 {
+            assert_eq!(
+                w.read(p, path).as_deref(),
+                std::str::from_utf8(bytes).ok(),
+                "p{p}: {path} not restored"
+            );
+        }
+    }
+    // Deleted again and left alone: purged when its time is up, and stays purged.
+    w.delete(0, &files[0].0);
+    w.settle_converged();
+    w.advance(tombstone_ms + 1_000);
+    w.advance(1_000);
+    w.settle_converged();
+    assert!(
+        w.restore(1, &files[0].0).is_err(),
+        "a tombstone whose time is up was put back"
+    );
+    // Half-way through its time: a purge is still put back.
+    w.delete(1, &files[1].0);
+    w.settle_converged();
+    w.advance(tombstone_ms / 2);
+    w.settle_converged();
+    purge(&mut w, 98);
+    w.settle_converged();
+    w.restore(0, &files[1].0)
+        .expect("restorable after a purge half-way");
+}
+
 /// A member that answers every pull with nothing and then announces a new state, over
 /// and over, sorting first among the peers: a device coming back still catches up
 /// from the others (each peer whose state differs gets its turn to be asked).

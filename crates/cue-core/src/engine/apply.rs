@@ -793,6 +793,9 @@ impl Engine {
             self.refresh_members();
             let changed = delta.as_ref().map(|d| &d.paths);
             let made = self.deleted_without_tombstone(&live_before, changed, &before, store);
+            let made =
+                made + self.purges_before_their_time(delta.as_ref().map(|d| &d.tombs), &before);
+            self.note_tombstones(delta.as_ref().map(|d| &d.tombs));
             // Only paths set, moved or removed (new files from a burst, mostly), and
             // nothing else that decides what is live: the view follows them alone.
             match delta.filter(|d| made == 0 && d.maps.iter().all(|m| PATHS_ONLY.contains(m))) {
@@ -886,6 +889,68 @@ impl Engine {
             self.commit_index();
         }
         made
+    }
+
+    /// A deletion stays restorable for `tombstone_days` by this device's clock, whoever
+    /// purges it: a peer's change that purges a tombstone this device held and has seen
+    /// for less than that (a member deleting files in slices the guard lets through,
+    /// then purging them at once, would leave `restore` nothing) has the path and the
+    /// tombstone put back as they were here, as a change of this device's. One set and
+    /// purged while this device was away was never held here: it stays purged. An
+    /// honest device that saw the tombstone earlier (this one was away for part of its
+    /// time) purges when its own time is up, sees it back, and purges it again
+    /// `tombstone_days` later; not counted as bad input for that reason. Looks at the
+    /// files whose tombstone the changes touched (`touched`), or at every tombstone
+    /// seen here when the patches did not say. How many were put back.
+    fn purges_before_their_time(
+        &mut self,
+        touched: Option<&BTreeSet<FileId>>,
+        before: &Heads,
+    ) -> usize {
+        let now = self.now_ms;
+        let candidates: Vec<FileId> = match touched {
+            Some(touched) => touched.iter().copied().collect(),
+            None => self.tail3.tombs_seen.keys().copied().collect(),
+        };
+        let before: Vec<ChangeHash> = before.iter().map(|h| ChangeHash(*h)).collect();
+        let mut kept = 0;
+        for f in candidates {
+            // (A restore clears the tombstone and keeps the path: not a purge.)
+            if self.index.tombstone(&f).is_some() || self.index.path_of(&f).is_some() {
+                continue;
+            }
+            // (Not noted by a tick yet: seen just now.)
+            let seen = self.tail3.tombs_seen.get(&f).copied().unwrap_or(now);
+            if now - seen > self.config.tombstone_ms {
+                continue;
+            }
+            let (Some(tomb), Some(path)) = (
+                self.index.tombstone_at(&f, &before),
+                self.index.path_at(&f, &before),
+            ) else {
+                continue;
+            };
+            if self.index.set_path(&f, &path).is_ok() && self.index.set_tombstone(&f, &tomb).is_ok()
+            {
+                kept += 1;
+            }
+        }
+        if kept > 0 {
+            self.commit_index();
+        }
+        kept
+    }
+
+    /// Tombstones a peer's changes set are seen from now (the ticks note the others): a
+    /// purge that comes before the next tick is one of a tombstone seen here since.
+    fn note_tombstones(&mut self, touched: Option<&BTreeSet<FileId>>) {
+        let now = self.now_ms;
+        for f in touched.into_iter().flatten() {
+            if !self.tail3.tombs_seen.contains_key(f) && self.index.tombstone(f).is_some() {
+                self.tail3.tombs_seen.insert(*f, now);
+                self.state_dirty = true;
+            }
+        }
     }
 
     /// The mass-deletion guard for deletions from peers: when one batch of index changes

@@ -465,6 +465,8 @@ impl Engine {
                 heads,
             },
         );
+        // (Its `tombstone_days` count from now here: see `purges_before_their_time`.)
+        self.tail3.tombs_seen.insert(file, self.now_ms);
         self.commit_index_for(file, alone, store);
         let name = self.name.clone();
         self.activity(ActivityKind::Delete, Some(path.to_string()), &name, None);
