@@ -168,6 +168,49 @@ fn tombstones_expire_after_tombstone_days_of_a_peers_own_clock() {
     assert!(w.restore(0, "a.md").is_err(), "the tombstone never expired");
 }
 
+/// A device away for part of a deletion's `tombstone_days` holds its tombstone from
+/// its return: when the deleter purges it (its own time is up), the device that came
+/// back has held it for less and puts it back. The deleter, which dropped the file's
+/// document with its purge, gets it again with a restore from the other; untouched,
+/// the deletion is purged everywhere once the other's time is up too.
+#[test]
+fn a_tombstone_put_back_after_an_honest_purge_is_restorable_then_purged() {
+    let config = Config::default();
+    let tombstone_ms = config.tombstone_ms;
+    let mut w = World::new(2, 17, config);
+    w.connect_all();
+    w.write(0, "a.md", b"one\n");
+    w.write(0, "b.md", b"two\n");
+    w.write(0, "c.md", b"three\n");
+    w.settle_converged();
+    w.disconnect(1);
+    w.delete(0, "a.md");
+    w.delete(0, "c.md");
+    w.advance(tombstone_ms / 2);
+    w.connect(1);
+    w.settle_converged();
+    assert!(w.read(1, "a.md").is_none());
+    w.advance(tombstone_ms / 2 + 1_000);
+    w.advance(1_000);
+    w.settle_converged();
+    // p0 purged them; p1, which has held them for half their time, put them back.
+    w.restore(0, "a.md")
+        .expect("put back, restorable on the deleter too");
+    w.settle_converged();
+    for p in 0..2 {
+        assert_eq!(w.read(p, "a.md").as_deref(), Some("one\n"), "p{p}");
+    }
+    w.advance(tombstone_ms + 1_000);
+    w.advance(1_000);
+    w.settle_converged();
+    w.advance(1_000);
+    w.settle_converged();
+    for p in 0..2 {
+        assert!(w.restore(p, "c.md").is_err(), "p{p}: never purged");
+        assert_eq!(w.read(p, "b.md").as_deref(), Some("two\n"));
+    }
+}
+
 /// One peer turns a file into a folder of the same name while another edits the file:
 /// no disk can hold both. The file moves to a conflict copy on every peer, the folder's
 /// files stay, and nothing is deleted, before or after a restart.
