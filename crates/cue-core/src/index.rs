@@ -539,6 +539,23 @@ impl IndexDoc {
         self.entry_at("path", file, heads)
     }
 
+    /// `file`'s origin (the device that made it) as it was at `heads`.
+    pub fn origin_at(&self, file: &FileId, heads: &[ChangeHash]) -> Option<DeviceId> {
+        DeviceId::from_hex(&self.entry_at("origin", file, heads)?)
+    }
+
+    /// The files with a tombstone in the index as it was at `heads`.
+    pub fn tombstoned_at(&self, heads: &[ChangeHash]) -> BTreeSet<FileId> {
+        let Ok(Some((Value::Object(ObjType::Map), tombs))) = self.doc.get_at(ROOT, "tomb", heads)
+        else {
+            return BTreeSet::new();
+        };
+        self.doc
+            .keys_at(&tombs, heads)
+            .filter_map(|k| FileId::from_hex(&k))
+            .collect()
+    }
+
     /// `file`'s entry in the map `map` as it was at `heads`.
     fn entry_at(&self, map: &str, file: &FileId, heads: &[ChangeHash]) -> Option<String> {
         let (Value::Object(ObjType::Map), entries) = self.doc.get_at(ROOT, map, heads).ok()??

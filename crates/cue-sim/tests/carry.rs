@@ -1,7 +1,7 @@
 //! The daemon's carry-out rules (`cue_core::carry`) as the simulation runs them: the
 //! start-up scan, refused writes, and writes the disk cannot make.
 
-use cue_core::{ActivityKind, Config};
+use cue_core::{ActivityKind, Config, Input};
 use cue_sim::World;
 
 /// A file renamed while the daemon was stopped is found by content at start-up and synced
@@ -168,47 +168,121 @@ fn tombstones_expire_after_tombstone_days_of_a_peers_own_clock() {
     assert!(w.restore(0, "a.md").is_err(), "the tombstone never expired");
 }
 
-/// A device away for part of a deletion's `tombstone_days` holds its tombstone from
-/// its return: when the deleter purges it (its own time is up), the device that came
-/// back has held it for less and puts it back. The deleter, which dropped the file's
-/// document with its purge, gets it again with a restore from the other; untouched,
-/// the deletion is purged everywhere once the other's time is up too.
+/// Devices away for part of a deletion's `tombstone_days` hold its tombstone from their
+/// return. The deleter purges it when its own time is up; the others have held it for
+/// less and put it back, and the deleter (which dropped the file's document with its
+/// purge) can still restore it. Time passes an eighth of `tombstone_days` at a time:
+/// each device purges a deletion once, the one that held it last purging it for good,
+/// so the purges and puts-back end (they went on for ever, each device purging again
+/// once it had held the tombstone put back for its time).
 #[test]
-fn a_tombstone_put_back_after_an_honest_purge_is_restorable_then_purged() {
+fn devices_that_held_a_deletion_for_different_times_purge_it_once_and_stop() {
     let config = Config::default();
     let tombstone_ms = config.tombstone_ms;
-    let mut w = World::new(2, 17, config);
+    let mut w = World::new(3, 17, config);
     w.connect_all();
     w.write(0, "a.md", b"one\n");
     w.write(0, "b.md", b"two\n");
     w.write(0, "c.md", b"three\n");
     w.settle_converged();
     w.disconnect(1);
+    w.disconnect(2);
     w.delete(0, "a.md");
     w.delete(0, "c.md");
-    w.advance(tombstone_ms / 2);
+    w.advance(tombstone_ms / 4);
     w.connect(1);
+    w.settle(5);
+    w.advance(tombstone_ms / 4);
+    w.connect(2);
     w.settle_converged();
-    assert!(w.read(1, "a.md").is_none());
-    w.advance(tombstone_ms / 2 + 1_000);
-    w.advance(1_000);
-    w.settle_converged();
-    // p0 purged them; p1, which has held them for half their time, put them back.
-    w.restore(0, "a.md")
-        .expect("put back, restorable on the deleter too");
-    w.settle_converged();
-    for p in 0..2 {
-        assert_eq!(w.read(p, "a.md").as_deref(), Some("one\n"), "p{p}");
+    assert!(w.read(2, "a.md").is_none());
+    let index_changes = |w: &World| {
+        let stored = &w.peers[0].store.docs[&cue_core::DocId::Index];
+        automerge::AutoCommit::load(stored)
+            .expect("index")
+            .get_changes(&[])
+            .len()
+    };
+    let at_start = index_changes(&w);
+    // Half-way through: 0.5 T held on p0, 0.25 T on p1, none on p2.
+    for step in 1..=24 {
+        w.advance(tombstone_ms / 8);
+        w.settle_converged();
+        if step == 6 {
+            // p0 purged both at T; p1 and p2 put them back: restorable, on p0 too.
+            w.restore(0, "a.md")
+                .expect("put back, restorable on the deleter");
+            w.settle_converged();
+            for p in 0..3 {
+                assert_eq!(w.read(p, "a.md").as_deref(), Some("one\n"), "p{p}");
+            }
+        }
     }
-    w.advance(tombstone_ms + 1_000);
-    w.advance(1_000);
-    w.settle_converged();
-    w.advance(1_000);
-    w.settle_converged();
-    for p in 0..2 {
+    for p in 0..3 {
         assert!(w.restore(p, "c.md").is_err(), "p{p}: never purged");
         assert_eq!(w.read(p, "b.md").as_deref(), Some("two\n"));
+        assert_eq!(w.read(p, "a.md").as_deref(), Some("one\n"));
     }
+    let made = index_changes(&w) - at_start;
+    assert!(
+        made <= 16,
+        "{made} index changes for one purge and one restore"
+    );
+}
+
+/// The folder of a disk gone for good, which the user tells cue to forget: the files
+/// the disk held are not in the folder left behind, and nobody deleted them. They are
+/// written into it again from their documents (deleted nowhere), a file made in the
+/// bare folder meanwhile syncs, and one made there under a name the disk held loses
+/// nothing: both contents stay.
+#[test]
+fn files_not_on_disk_and_not_deleted_are_written_again() {
+    let mut w = World::new(2, 18, Config::default());
+    w.connect_all();
+    w.write(0, "media/a.md", b"track a\n");
+    w.write(0, "media/b.md", b"track b\n");
+    w.write(0, "notes.md", b"notes\n");
+    w.settle_converged();
+    // The disk gone: its files are not in the folder, and the daemon saw no removal;
+    // nor the file made in the bare folder (below a disk not mounted, nothing is fed).
+    w.peers[0].disk.retain(|p, _| !p.starts_with("media/"));
+    w.peers[0]
+        .disk
+        .insert("media/b.md".into(), b"made in the bare folder\n".to_vec());
+    w.input(
+        0,
+        Input::NotOnDisk {
+            paths: vec![
+                "media/a.md".into(),
+                "media/b.md".into(),
+                "nothing/here.md".into(),
+            ],
+        },
+    );
+    w.settle_converged();
+    for p in 0..2 {
+        assert_eq!(
+            w.read(p, "media/a.md").as_deref(),
+            Some("track a\n"),
+            "p{p}"
+        );
+        assert_eq!(w.read(p, "notes.md").as_deref(), Some("notes\n"), "p{p}");
+        let all: String = w.peers[p]
+            .disk
+            .iter()
+            .filter(|(path, _)| path.starts_with("media/b"))
+            .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        assert!(
+            all.contains("track b"),
+            "p{p} lost the disk's b.md: {all:?}"
+        );
+        assert!(
+            all.contains("made in the bare folder"),
+            "p{p} lost the new b.md: {all:?}"
+        );
+    }
+    assert!(w.status(1).deletions_paused.is_none());
 }
 
 /// One peer turns a file into a folder of the same name while another edits the file:

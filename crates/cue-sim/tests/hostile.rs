@@ -1454,11 +1454,17 @@ fn tombstones_purged_before_their_time_are_put_back_and_restorable() {
         w.settle_converged();
     }
     // (Purged at once: before any tick has noted the tombstones.)
-    let purge = |w: &mut World, epoch: u32| {
+    // (`junk`: a key beside the index's maps, which the engine's summary of what a
+    // change touched does not know: every tombstone is then looked at.)
+    let purge = |w: &mut World, epoch: u32, junk: bool| {
         let stored = w.peers[0].store.docs[&cue_core::DocId::Index].clone();
         let mut index = IndexDoc::load(&stored, cue_core::actor_for(&from, epoch)).unwrap();
         for f in index.tombstones().into_keys() {
             index.purge(&f).unwrap();
+        }
+        if junk {
+            use automerge::transaction::Transactable;
+            index.automerge().put(automerge::ROOT, "junk", 1).unwrap();
         }
         let change = index.commit(0).unwrap();
         let item = Item::Changes {
@@ -1479,7 +1485,7 @@ fn tombstones_purged_before_their_time_are_put_back_and_restorable() {
         }
         w.settle(10);
     };
-    purge(&mut w, 99);
+    purge(&mut w, 99, false);
     w.settle_converged();
     for (path, bytes) in &files[..2] {
         w.restore(1, path)
@@ -1493,6 +1499,15 @@ fn tombstones_purged_before_their_time_are_put_back_and_restorable() {
             );
         }
     }
+    // Again, with a change the summary does not cover.
+    w.delete(2, &files[2].0);
+    w.settle_converged();
+    purge(&mut w, 97, true);
+    w.settle_converged();
+    w.restore(0, &files[2].0)
+        .expect("restorable after a purge the summary did not cover");
+    w.settle_converged();
+    assert!(w.read(1, &files[2].0).is_some());
     // Deleted again and left alone: purged when its time is up, and stays purged.
     w.delete(0, &files[0].0);
     w.settle_converged();
@@ -1508,10 +1523,47 @@ fn tombstones_purged_before_their_time_are_put_back_and_restorable() {
     w.settle_converged();
     w.advance(tombstone_ms / 2);
     w.settle_converged();
-    purge(&mut w, 98);
+    purge(&mut w, 98, false);
     w.settle_converged();
     w.restore(0, &files[1].0)
         .expect("restorable after a purge half-way");
+}
+
+/// Deletions the guard holds wait for the user, however long: the deleter purging them
+/// when its `tombstone_days` are up used to take them from the device that held them
+/// (nothing left to restore there). Now that device puts them back, and `restore .`
+/// still brings the files back, everywhere.
+#[test]
+fn held_deletions_outlive_the_deleters_purge() {
+    let config = Config::default();
+    let tombstone_ms = config.tombstone_ms;
+    let mut w = World::new(3, 32, config);
+    w.connect_all();
+    let files = cue_sim::notes(30);
+    w.write_many(0, &files);
+    w.settle_converged();
+    for (path, _) in &files[..20] {
+        w.delete(2, path);
+    }
+    w.settle(10);
+    assert!(w.status(0).deletions_paused.is_some(), "held on p0");
+    w.advance(tombstone_ms + 1_000);
+    w.advance(1_000);
+    w.settle(10);
+    w.advance(1_000);
+    w.settle(10);
+    w.restore(0, ".")
+        .expect("held deletions restorable after the purge");
+    w.settle(10);
+    for p in [0, 2] {
+        for (path, bytes) in &files {
+            assert_eq!(
+                w.read(p, path).as_deref(),
+                std::str::from_utf8(bytes).ok(),
+                "p{p}: {path}"
+            );
+        }
+    }
 }
 
 /// A member that answers every pull with nothing and then announces a new state, over

@@ -793,9 +793,9 @@ impl Engine {
             self.refresh_members();
             let changed = delta.as_ref().map(|d| &d.paths);
             let made = self.deleted_without_tombstone(&live_before, changed, &before, store);
-            let made =
-                made + self.purges_before_their_time(delta.as_ref().map(|d| &d.tombs), &before);
-            self.note_tombstones(delta.as_ref().map(|d| &d.tombs));
+            let touched = delta.as_ref().map(|d| d.tombs.clone());
+            let made = made + self.purges_before_their_time(touched.as_ref(), &before);
+            self.note_tombstones(touched.as_ref(), &before);
             // Only paths set, moved or removed (new files from a burst, mostly), and
             // nothing else that decides what is live: the view follows them alone.
             match delta.filter(|d| made == 0 && d.maps.iter().all(|m| PATHS_ONLY.contains(m))) {
@@ -892,36 +892,38 @@ impl Engine {
     }
 
     /// A deletion stays restorable for `tombstone_days` by this device's clock, whoever
-    /// purges it: a peer's change that purges a tombstone this device held and has seen
+    /// purges it: a peer's change that purges a tombstone this device held and has held
     /// for less than that (a member deleting files in slices the guard lets through,
-    /// then purging them at once, would leave `restore` nothing) has the path and the
-    /// tombstone put back as they were here, as a change of this device's. One set and
-    /// purged while this device was away was never held here: it stays purged. An
-    /// honest device that saw the tombstone earlier (this one was away for part of its
-    /// time) purges when its own time is up, sees it back, and purges it again
-    /// `tombstone_days` later; not counted as bad input for that reason. Looks at the
-    /// files whose tombstone the changes touched (`touched`), or at every tombstone
-    /// seen here when the patches did not say. How many were put back.
+    /// then purging them at once, would leave `restore` nothing), or one the guard holds
+    /// here, has the path, origin and tombstone put back as they stood here, as a change
+    /// of this device's. One set and purged while this device was away was never held
+    /// here: it stays purged. An honest device that held the tombstone earlier purges
+    /// when its own time is up, and may be put back so: it never purges that deletion
+    /// again (`StateTail7::purged`) and takes the purge of the device that held it
+    /// last, whose time is up last; each device purges a deletion once, so the
+    /// puts-back end. Not counted as bad input, since an honest device does it. Looks at
+    /// the files whose tombstone the changes touched (`touched`), or, when the patches
+    /// did not say, at every tombstone held before them. How many were put back.
     fn purges_before_their_time(
         &mut self,
         touched: Option<&BTreeSet<FileId>>,
         before: &Heads,
     ) -> usize {
         let now = self.now_ms;
+        let before: Vec<ChangeHash> = before.iter().map(|h| ChangeHash(*h)).collect();
         let candidates: Vec<FileId> = match touched {
             Some(touched) => touched.iter().copied().collect(),
-            None => self.tail3.tombs_seen.keys().copied().collect(),
+            None => self.index.tombstoned_at(&before).into_iter().collect(),
         };
-        let before: Vec<ChangeHash> = before.iter().map(|h| ChangeHash(*h)).collect();
         let mut kept = 0;
         for f in candidates {
             // (A restore clears the tombstone and keeps the path: not a purge.)
             if self.index.tombstone(&f).is_some() || self.index.path_of(&f).is_some() {
                 continue;
             }
-            // (Not noted by a tick yet: seen just now.)
+            // (Not noted by a tick yet: held since just now.)
             let seen = self.tail3.tombs_seen.get(&f).copied().unwrap_or(now);
-            if now - seen > self.config.tombstone_ms {
+            if now - seen > self.config.tombstone_ms && !self.tail3.held.contains(&f) {
                 continue;
             }
             let (Some(tomb), Some(path)) = (
@@ -930,6 +932,9 @@ impl Engine {
             ) else {
                 continue;
             };
+            if let Some(origin) = self.index.origin_at(&f, &before) {
+                let _ = self.index.set_origin(&f, &origin);
+            }
             if self.index.set_path(&f, &path).is_ok() && self.index.set_tombstone(&f, &tomb).is_ok()
             {
                 kept += 1;
@@ -941,13 +946,42 @@ impl Engine {
         kept
     }
 
-    /// Tombstones a peer's changes set are seen from now (the ticks note the others): a
-    /// purge that comes before the next tick is one of a tombstone seen here since.
-    fn note_tombstones(&mut self, touched: Option<&BTreeSet<FileId>>) {
+    /// Tombstones a peer's changes set are held from now (the ticks note the others): a
+    /// purge that comes before the next tick is one of a tombstone held here since. A
+    /// deletion made again (restored and deleted) is held anew; one this device purged
+    /// before, put back by another, is held since it was first (see `StateTail7`).
+    /// `touched`: the files whose tombstone the changes touched, or `None` (every one).
+    fn note_tombstones(&mut self, touched: Option<&BTreeSet<FileId>>, before: &Heads) {
         let now = self.now_ms;
-        for f in touched.into_iter().flatten() {
-            if !self.tail3.tombs_seen.contains_key(f) && self.index.tombstone(f).is_some() {
-                self.tail3.tombs_seen.insert(*f, now);
+        let candidates: Vec<FileId> = match touched {
+            Some(touched) => touched.iter().copied().collect(),
+            None => self.index.tombstones().into_keys().collect(),
+        };
+        let before: Vec<ChangeHash> = before.iter().map(|h| ChangeHash(*h)).collect();
+        for f in candidates {
+            let Some(tomb) = self.index.tombstone(&f) else {
+                // Restored (the path kept): deleted again later, a new deletion.
+                if self.index.path_of(&f).is_some()
+                    && (self.tail7.purged.remove(&f).is_some()
+                        || self.tail3.tombs_seen.remove(&f).is_some())
+                {
+                    self.tail3.tombs_seen.remove(&f);
+                    self.state_dirty = true;
+                }
+                continue;
+            };
+            let made_again = self.tail3.tombs_seen.contains_key(&f)
+                && self
+                    .index
+                    .tombstone_at(&f, &before)
+                    .is_some_and(|t| t != tomb);
+            if made_again {
+                self.tail7.purged.remove(&f);
+                self.tail3.tombs_seen.insert(f, now);
+                self.state_dirty = true;
+            } else if !self.tail3.tombs_seen.contains_key(&f) {
+                let since = self.tail7.purged.get(&f).copied().unwrap_or(now);
+                self.tail3.tombs_seen.insert(f, since);
                 self.state_dirty = true;
             }
         }

@@ -140,6 +140,12 @@ pub enum Input {
     /// What kept files from being written may be gone (a disk mounted again): every
     /// write that failed is tried again at the next tick, not a minute after it failed.
     RetryWrites,
+    /// The files believed on disk at these paths are not there, and nobody deleted them
+    /// (the folder of a disk the user told cue to forget: what the disk held is not in
+    /// the folder left behind). The belief goes, and each is written again from its
+    /// document (a file found there meanwhile is merged, as one found where a write
+    /// expected none). Paths the engine believes nothing at are left alone.
+    NotOnDisk { paths: Vec<String> },
     /// A [`Effect::WriteFile`] or [`Effect::RemoveFile`] at `path` could not be carried out
     /// (a folder or a link in the way, no permission, a full disk): the disk still holds
     /// `expect`, the hash the effect expected there. The engine takes its belief back,

@@ -228,21 +228,49 @@ pub(super) struct StateTail6 {
     pub(super) index_waiting: Vec<Seal>,
 }
 
+/// Added after [`StateTail6`], stored after it in the same way.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct StateTail7 {
+    /// Deletions this peer purged (their `tombstone_ms` up here), with when it first
+    /// held their tombstone: a tombstone another peer puts back (it held it for less) is
+    /// never purged here again, its purge left to that peer, and taken here; so each
+    /// peer purges a deletion once and the puts-back end (see `purges_before_their_time`).
+    /// Kept [`PURGED_KEPT_TOMBSTONE_TIMES`] times `tombstone_ms` after that first sight.
+    pub(super) purged: BTreeMap<FileId, i64>,
+}
+
+/// How many times `tombstone_ms` a purge is remembered ([`StateTail7::purged`]).
+pub(super) const PURGED_KEPT_TOMBSTONE_TIMES: i64 = 4;
+
 /// Added after [`LaterCounters`], stored after it in the same way.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(super) struct LaterCounters2 {
     bad_rotations: u64,
 }
 
-pub(super) fn encode_state(
-    state: &State,
-    tail: &StateTail,
-    tail2: &StateTail2,
-    tail3: &StateTail3,
-    tail4: &StateTail4,
-    tail5: &StateTail5,
-    tail6: &StateTail6,
-) -> Vec<u8> {
+/// The engine's persisted state, its parts in the order they are stored.
+pub(super) struct StateParts<'a> {
+    pub(super) state: &'a State,
+    pub(super) tail: &'a StateTail,
+    pub(super) tail2: &'a StateTail2,
+    pub(super) tail3: &'a StateTail3,
+    pub(super) tail4: &'a StateTail4,
+    pub(super) tail5: &'a StateTail5,
+    pub(super) tail6: &'a StateTail6,
+    pub(super) tail7: &'a StateTail7,
+}
+
+pub(super) fn encode_state(parts: &StateParts<'_>) -> Vec<u8> {
+    let StateParts {
+        state,
+        tail,
+        tail2,
+        tail3,
+        tail4,
+        tail5,
+        tail6,
+        tail7,
+    } = *parts;
     let mut bytes = postcard::to_allocvec(state).unwrap_or_default();
     bytes.extend(postcard::to_allocvec(tail).unwrap_or_default());
     bytes.extend(postcard::to_allocvec(tail2).unwrap_or_default());
@@ -263,6 +291,7 @@ pub(super) fn encode_state(
     bytes.extend(postcard::to_allocvec(tail4).unwrap_or_default());
     bytes.extend(postcard::to_allocvec(tail5).unwrap_or_default());
     bytes.extend(postcard::to_allocvec(tail6).unwrap_or_default());
+    bytes.extend(postcard::to_allocvec(tail7).unwrap_or_default());
     bytes
 }
 
@@ -275,6 +304,7 @@ pub(super) type Stored = (
     StateTail4,
     StateTail5,
     StateTail6,
+    StateTail7,
 );
 
 pub(super) fn decode_state(bytes: &[u8]) -> Option<Stored> {
@@ -287,6 +317,7 @@ pub(super) fn decode_state(bytes: &[u8]) -> Option<Stored> {
         StateTail4::default(),
         StateTail5::default(),
         StateTail6::default(),
+        StateTail7::default(),
     );
     if rest.is_empty() {
         return Some(stored);
@@ -322,7 +353,10 @@ pub(super) fn decode_state(bytes: &[u8]) -> Option<Stored> {
                     // Seals that do not decode are lost alone too (see `decode_meta`).
                     if let Ok((tail5, rest)) = postcard::take_from_bytes::<StateTail5>(rest) {
                         stored.5 = tail5;
-                        stored.6 = postcard::from_bytes::<StateTail6>(rest).unwrap_or_default();
+                        if let Ok((tail6, rest)) = postcard::take_from_bytes::<StateTail6>(rest) {
+                            stored.6 = tail6;
+                            stored.7 = postcard::from_bytes::<StateTail7>(rest).unwrap_or_default();
+                        }
                     }
                 }
             }
@@ -357,6 +391,7 @@ pub(super) struct Decoded {
     pub(super) tail4: StateTail4,
     pub(super) tail5: StateTail5,
     pub(super) tail6: StateTail6,
+    pub(super) tail7: StateTail7,
     pub(super) metas: BTreeMap<FileId, FileMeta>,
     /// Files whose pending changes came out of an older state: stored with them, in the
     /// same transaction as the state without them.
@@ -390,7 +425,7 @@ pub(super) fn decode_restored(restored: Restored, actor: &ActorId) -> Decoded {
         }
         None => IndexDoc::new(actor.clone()),
     };
-    let (mut state, tail, mut tail2, tail3, tail4, tail5, tail6) = restored
+    let (mut state, tail, mut tail2, tail3, tail4, tail5, tail6, tail7) = restored
         .state
         .as_deref()
         .and_then(decode_state)
@@ -420,6 +455,7 @@ pub(super) fn decode_restored(restored: Restored, actor: &ActorId) -> Decoded {
         tail4,
         tail5,
         tail6,
+        tail7,
         metas,
         moved,
         older_layout,
@@ -575,15 +611,16 @@ mod tests {
             ..FileMeta::default()
         };
         let restored = Restored {
-            state: Some(encode_state(
-                &state,
-                &StateTail::default(),
-                &StateTail2::default(),
-                &StateTail3::default(),
-                &StateTail4::default(),
-                &StateTail5::default(),
-                &StateTail6::default(),
-            )),
+            state: Some(encode_state(&StateParts {
+                state: &state,
+                tail: &StateTail::default(),
+                tail2: &StateTail2::default(),
+                tail3: &StateTail3::default(),
+                tail4: &StateTail4::default(),
+                tail5: &StateTail5::default(),
+                tail6: &StateTail6::default(),
+                tail7: &StateTail7::default(),
+            })),
             index: None,
             metas: vec![(file, encode_meta(&meta))],
         };
@@ -609,7 +646,7 @@ mod tests {
             Effect::Persist(Persist::State { bytes }) => decode_state(bytes),
             _ => None,
         });
-        let (stored_state, _, tail2, _, _, _, _) = stored_state.expect("state stored");
+        let (stored_state, _, tail2, _, _, _, _, _) = stored_state.expect("state stored");
         assert!(stored_state.unconfirmed.is_empty());
         // The index's pending change, and the engine's own first one (it enters itself
         // in the member list of the new index).
@@ -640,13 +677,30 @@ mod tests {
         let tail6 = StateTail6 {
             index_waiting: vec![SealKey::from_seed(&[3; 32]).seal(4, 5, vec![[6; 32]])],
         };
-        let bytes = encode_state(
-            &parts.0, &parts.1, &parts.2, &parts.3, &tail4, &tail5, &tail6,
-        );
-        let decoded = decode_state(&bytes).expect("decodes");
+        let tail7 = StateTail7 {
+            purged: [(FileId([7; 16]), 1_700_000_000_000)].into(),
+        };
+        let with_purged = encode_state(&StateParts {
+            state: &parts.0,
+            tail: &parts.1,
+            tail2: &parts.2,
+            tail3: &parts.3,
+            tail4: &tail4,
+            tail5: &tail5,
+            tail6: &tail6,
+            tail7: &tail7,
+        });
+        let decoded = decode_state(&with_purged).expect("decodes");
+        assert_eq!(decoded.6.index_waiting, tail6.index_waiting);
+        assert_eq!(decoded.7.purged, tail7.purged);
+        // A state written before purges were remembered ends before them.
+        let bytes =
+            &with_purged[..with_purged.len() - postcard::to_allocvec(&tail7).unwrap().len()];
+        let decoded = decode_state(bytes).expect("decodes");
         assert_eq!(decoded.4.overlaps, vec![notice.clone()]);
         assert_eq!(decoded.5.index_seals, tail5.index_seals);
         assert_eq!(decoded.6.index_waiting, tail6.index_waiting);
+        assert!(decoded.7.purged.is_empty());
         // A state written before waiting seals were stored ends before them, its seals
         // still read.
         let before_waiting = &bytes[..bytes.len() - postcard::to_allocvec(&tail6).unwrap().len()];

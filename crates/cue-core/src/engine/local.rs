@@ -465,8 +465,10 @@ impl Engine {
                 heads,
             },
         );
-        // (Its `tombstone_days` count from now here: see `purges_before_their_time`.)
+        // (Its `tombstone_days` count from now here, a deletion of its own: see
+        // `purges_before_their_time`.)
         self.tail3.tombs_seen.insert(file, self.now_ms);
+        self.tail7.purged.remove(&file);
         self.commit_index_for(file, alone, store);
         let name = self.name.clone();
         self.activity(ActivityKind::Delete, Some(path.to_string()), &name, None);
@@ -545,6 +547,10 @@ impl Engine {
         self.commit_index();
         let ids: Vec<FileId> = restored.iter().map(|(f, _)| *f).collect();
         self.release_held(&ids);
+        // (Deleted again later, a deletion's time counts from then.)
+        for f in &ids {
+            self.tail3.tombs_seen.remove(f);
+        }
         let name = self.name.clone();
         for (_, p) in restored {
             self.activity(ActivityKind::Restore, Some(p), &name, None);

@@ -173,6 +173,8 @@ pub struct Engine {
     tail4: StateTail4,
     tail5: StateTail5,
     tail6: StateTail6,
+    /// Deletions purged here (see `StateTail7`).
+    tail7: StateTail7,
     /// The file each path was last written or removed for, so that a write that failed
     /// is taken back from the right file (cleared at each tick).
     disk_ops: BTreeMap<String, FileId>,
@@ -277,6 +279,7 @@ impl Engine {
             tail4,
             tail5,
             tail6,
+            tail7,
             metas,
             moved,
             older_layout,
@@ -336,6 +339,7 @@ impl Engine {
             tail4,
             tail5,
             tail6,
+            tail7,
             disk_ops: BTreeMap::new(),
             unwritable: BTreeMap::new(),
             replaced_versions: VecDeque::new(),
@@ -475,6 +479,7 @@ impl Engine {
             } => self.replaced_edit(&path, content, exec, store),
             Input::WriteDeferred { path, expect } => self.write_deferred(&path, expect),
             Input::RetryWrites => self.retry_writes_soon(),
+            Input::NotOnDisk { paths } => self.not_on_disk(&paths),
             Input::Unsyncable { files } => self.unsyncable = files,
             Input::UnsyncableFile { path, reason } => match reason {
                 Some(reason) => {

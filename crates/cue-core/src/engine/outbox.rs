@@ -10,23 +10,35 @@ impl Engine {
     fn expired_tombstones(&mut self) -> Vec<FileId> {
         let now = self.now_ms;
         let tombstones = self.index.tombstones();
+        let purged = &mut self.tail7.purged;
+        let kept_for = PURGED_KEPT_TOMBSTONE_TIMES * self.config.tombstone_ms;
+        let before = purged.len();
+        purged.retain(|_, t| now - *t <= kept_for);
+        let mut changed = purged.len() != before;
         let seen = &mut self.tail3.tombs_seen;
         let before = seen.len();
         seen.retain(|f, _| tombstones.contains_key(f));
-        let mut changed = seen.len() != before;
+        changed |= seen.len() != before;
         for f in tombstones.keys() {
             if !seen.contains_key(f) {
-                seen.insert(*f, now);
+                // (One purged here and put back since: held since it was first.)
+                seen.insert(*f, purged.get(f).copied().unwrap_or(now));
                 changed = true;
             }
         }
         if changed {
             self.state_dirty = true;
         }
-        // A held deletion is never forgotten: the user has not decided yet.
+        // A held deletion is never forgotten: the user has not decided yet. One purged
+        // here once and put back by a device that held it for less is that device's to
+        // purge (`purges_before_their_time`).
         let held = &self.tail3.held;
         seen.iter()
-            .filter(|(f, t)| now - **t > self.config.tombstone_ms && !held.contains(*f))
+            .filter(|(f, t)| {
+                now - **t > self.config.tombstone_ms
+                    && !held.contains(*f)
+                    && !purged.contains_key(*f)
+            })
             .map(|(f, _)| *f)
             .collect()
     }
@@ -52,6 +64,9 @@ impl Engine {
         for f in expired {
             if self.is_live(f, store) {
                 continue;
+            }
+            if let Some(seen) = self.tail3.tombs_seen.get(&f) {
+                self.tail7.purged.insert(f, *seen);
             }
             let _ = self.index.purge(&f);
             // (Its overlap notices go with it: they can never show again.)
@@ -275,15 +290,16 @@ impl Engine {
         effects.extend(persist);
         if self.state_dirty {
             effects.push(Effect::Persist(Persist::State {
-                bytes: encode_state(
-                    &self.state,
-                    &self.tail,
-                    &self.tail2,
-                    &self.tail3,
-                    &self.tail4,
-                    &self.tail5,
-                    &self.tail6,
-                ),
+                bytes: encode_state(&StateParts {
+                    state: &self.state,
+                    tail: &self.tail,
+                    tail2: &self.tail2,
+                    tail3: &self.tail3,
+                    tail4: &self.tail4,
+                    tail5: &self.tail5,
+                    tail6: &self.tail6,
+                    tail7: &self.tail7,
+                }),
             }));
             self.state_dirty = false;
         }

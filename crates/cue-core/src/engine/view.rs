@@ -793,6 +793,25 @@ impl Engine {
     /// Files that failed long enough ago are tried again; those tried since the last tick
     /// without failing were written.
     /// [`Input::RetryWrites`]: each failed write is due at the next tick.
+    /// See [`Input::NotOnDisk`].
+    pub(super) fn not_on_disk(&mut self, paths: &[String]) {
+        for path in paths {
+            let Some(f) = self.file_at(path) else {
+                continue;
+            };
+            // No version of it is on this disk: a file found there when it is written
+            // is a second creation, kept whole beside it (`never_on_disk_here`).
+            if let Some(mut m) = self.files.get_mut(&f)
+                && m.disk.as_ref().is_some_and(|(p, _)| p == path)
+            {
+                m.disk = None;
+                m.disk_heads = Vec::new();
+            }
+            self.dirty.insert(f);
+            self.to_reconcile.insert(f);
+        }
+    }
+
     pub(super) fn retry_writes_soon(&mut self) {
         for u in self.unwritable.values_mut() {
             u.failed_ms = u.failed_ms.min(self.now_ms - UNWRITABLE_RETRY_MS);
