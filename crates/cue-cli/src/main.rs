@@ -302,6 +302,15 @@ enum SyncCmd {
         #[arg(value_name = "PATH")]
         path: PathBuf,
     },
+    /// Make the folder of a disk listed as not mounted a plain folder again (the disk is
+    /// gone for good): the files synced from the disk are written into it, deleted
+    /// nowhere, and what is made in it syncs.
+    #[command(after_help = "Example:\n  cue sync forget-mount media")]
+    ForgetMount {
+        /// The folder, relative to the current folder.
+        #[arg(value_name = "FOLDER")]
+        folder: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -674,6 +683,16 @@ fn sync(base: &Path, cmd: SyncCmd) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        SyncCmd::ForgetMount { folder } => {
+            let root = find_root(base)?;
+            let rel = workspace_relative(base, &root, &folder)?;
+            command(&root, Request::ForgetMount { path: rel.clone() })?;
+            println!(
+                "{rel} is a plain folder again: the files synced from the disk are written \
+                 into it, and what is made in it syncs."
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         SyncCmd::ApplyDeletions => {
             command(&find_root(base)?, Request::ApplyDeletions)?;
             println!("Applied the deletions that were paused.");
@@ -841,9 +860,12 @@ fn command(root: &Path, req: Request) -> anyhow::Result<()> {
     let mut driver = Driver::open(&ws, &ws.config)?;
     driver.startup_scan(now_ms())?;
     let result = match &req {
-        Request::Restore { path } => driver.restore(now_ms(), path)?,
-        Request::Resolve { path } => driver.resolve(now_ms(), path)?,
+        Request::Restore { path } => driver.restore(now_ms(), path)?.map_err(|e| e.to_string()),
+        Request::Resolve { path } => driver.resolve(now_ms(), path)?.map_err(|e| e.to_string()),
         Request::ApplyDeletions => Ok(driver.apply_deletions(now_ms())?.1),
+        Request::ForgetMount { path } => driver
+            .forget_mount(now_ms(), path)?
+            .map_err(|e| e.to_string()),
         _ => return Ok(()),
     };
     // The files written made durable, and their journal entries cleared, as a daemon's

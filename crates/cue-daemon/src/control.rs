@@ -34,6 +34,10 @@ pub enum Request {
     },
     /// Let the deletions the mass-deletion guard holds through.
     ApplyDeletions,
+    /// The folder of a disk listed as not mounted is a plain folder again.
+    ForgetMount {
+        path: String,
+    },
     /// A new invite (`data`: `{"token": …, "id": …}`).
     Invite {
         expires_ms: i64,

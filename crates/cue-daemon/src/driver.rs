@@ -57,6 +57,15 @@ pub enum DriverError {
     EngineFailed(String),
 }
 
+/// Why `cue sync forget-mount` cannot forget a folder.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("{0} is mounted: its disk's files sync as the folder's; unmount it first to forget it")]
+    Mounted(String),
+    #[error("{0} is not the folder of a disk listed as not mounted (see `cue sync status`)")]
+    NotUnmounted(String),
+}
+
 /// How many times the engine may fail and be started again from the store in one run of
 /// the daemon before the daemon stops.
 const MAX_ENGINE_RESTARTS: u32 = 8;
@@ -1233,6 +1242,43 @@ impl Driver {
             .store
             .put_meta(NS_DAEMON, KEY_MOUNTS, lines.join("\n").as_bytes())?;
         Ok(())
+    }
+
+    /// `cue sync forget-mount FOLDER`: the folder of a disk listed as not mounted is a
+    /// plain folder again (the disk is gone for good). The files synced from the disk
+    /// are written into it from their documents (deleted nowhere; a file made there
+    /// meanwhile under one of their names is kept beside it), what was made in it syncs
+    /// from now, and it is no longer remembered as a mount point (nor are those below it).
+    pub fn forget_mount(
+        &mut self,
+        now: i64,
+        folder: &str,
+    ) -> Result<Result<Vec<Outgoing>, MountError>, DriverError> {
+        // (What is mounted now, not at the last tick.)
+        self.note_mounts()?;
+        if !self.host.not_mounted.contains(folder) {
+            let mounted = self
+                .mounted_then
+                .as_ref()
+                .is_some_and(|m| m.contains(folder));
+            return Ok(Err(if mounted {
+                MountError::Mounted(folder.to_string())
+            } else {
+                MountError::NotUnmounted(folder.to_string())
+            }));
+        }
+        let at_or_below = |m: &String| m == folder || crate::scan::below(m, folder);
+        let mut known = self.stored_mounts()?;
+        known.extend(self.mounts.iter().cloned());
+        known.retain(|m| !at_or_below(m));
+        self.store_mounts(&known)?;
+        self.mounts = known;
+        self.host.not_mounted.retain(|m| !at_or_below(m));
+        tracing::info!(folder, "a disk's folder forgotten: a plain folder again");
+        let paths = self.engine.on_disk_under(folder);
+        let mut out = self.input(now, Input::NotOnDisk { paths })?;
+        out.extend(self.rescan(now)?);
+        Ok(Ok(out))
     }
 
     /// `cue sync restore PATH`: a deleted file, or everything deleted under a folder (`.`:

@@ -379,6 +379,18 @@ fn listen(ws: &Workspace) -> Result<(PathBuf, mpsc::Receiver<Pending>, JoinHandl
     Ok((socket, control_rx, control_task))
 }
 
+/// A command's answer: what went wrong with the command itself is the user's to read;
+/// a failure of the driver is the daemon's too.
+fn answered<E: std::fmt::Display>(
+    command: Result<Result<Vec<Outgoing>, E>, DriverError>,
+) -> (Response, Result<Vec<Outgoing>, DriverError>) {
+    match command {
+        Ok(Ok(sends)) => (Response::ok(), Ok(sends)),
+        Ok(Err(e)) => (Response::error(e.to_string()), Ok(Vec::new())),
+        Err(e) => (Response::error(e.to_string()), Err(e)),
+    }
+}
+
 impl Daemon<'_> {
     /// The main loop: until a signal, `cue sync stop`, or an error of the driver.
     async fn run(
@@ -654,6 +666,9 @@ impl Daemon<'_> {
             Request::Restore { path } => self.driver.restore(now, &path),
             Request::Resolve { path } => self.driver.resolve(now, &path),
             Request::ApplyDeletions => self.driver.apply_deletions(now).map(|(_, out)| Ok(out)),
+            Request::ForgetMount { path } => {
+                return answered(self.driver.forget_mount(now, &path));
+            }
             Request::Invite { expires_ms, uses } => {
                 let made = crate::devices::invite(
                     self.ws,
@@ -705,11 +720,7 @@ impl Daemon<'_> {
                 return (data_or_error(rotated.map(|g| g.number)), Ok(Vec::new()));
             }
         };
-        match command {
-            Ok(Ok(sends)) => (Response::ok(), Ok(sends)),
-            Ok(Err(e)) => (Response::error(e.to_string()), Ok(Vec::new())),
-            Err(e) => (Response::error(e.to_string()), Err(e)),
-        }
+        answered(command)
     }
 
     /// The clean stop's work on the store: take in what the watcher still has (a save

@@ -97,7 +97,8 @@ impl std::fmt::Display for SkipReason {
             SkipReason::InvalidName(e) => write!(f, "name cannot be synced: {e}"),
             SkipReason::Unreadable(e) => write!(f, "unreadable: {e}"),
             SkipReason::NotMounted => f.write_str(
-                "not mounted: its files are kept as they were until it is mounted again",
+                "not mounted: its files are kept as they were until it is mounted again \
+                 (`cue sync forget-mount FOLDER` if it is gone for good)",
             ),
             SkipReason::MountedOver => f.write_str(
                 "a disk is mounted over synced files: they are kept as they were, \

@@ -1001,3 +1001,70 @@ fn a_disk_mounted_over_synced_files_deletes_none_of_them() {
         Some("# Plan\nfrom b\n")
     );
 }
+
+/// A disk unmounted for good: its folder used to stay "not mounted" for as long as it
+/// existed, what was made in it never synced, and the only way out (removing the
+/// folder) deleted the disk's files everywhere. `cue sync forget-mount` makes it a plain
+/// folder again: the files synced from the disk are written into it, deleted nowhere,
+/// and what was made in it syncs. It refuses a folder that is mounted or was never a
+/// disk's. Needs the right to mount, as the tests above.
+#[test]
+fn a_disk_gone_for_good_is_forgotten_and_its_files_kept() {
+    let (_relay, a, b) = pair();
+    std::fs::create_dir(a.path("media")).unwrap();
+    let disk = tempfile::tempdir().unwrap();
+    let Some(mount) = bind_mount(disk.path(), a.path("media")) else {
+        eprintln!("skipped: cannot mount here (not root)");
+        return;
+    };
+    for i in 0..3 {
+        a.write(&format!("media/track{i}.md"), &format!("track {i}\n"));
+    }
+    a.write("notes.md", "notes\n");
+    wait_for_file(&b, "media/track2.md", "the disk's files", |c| {
+        c == "track 2\n"
+    });
+    wait_for_file(&b, "notes.md", "a's note", |c| c == "notes\n");
+    let refused = a.cue(&["sync", "forget-mount", "media"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is mounted"),
+        "{refused:?}"
+    );
+    mount.unmount();
+    wait_until("a to list media as not mounted", || {
+        listed_not_mounted(&a, "media")
+    });
+    let refused = a.cue(&["sync", "forget-mount", "notes.md"]);
+    assert!(!refused.status.success());
+    // Used as a plain folder: a new note there, and one under a name the disk held.
+    a.write("media/new.md", "made in the plain folder\n");
+    a.write("media/track1.md", "another track 1\n");
+    a.cue_ok(&["sync", "forget-mount", "media"]);
+    wait_until("a to list media as synced again", || {
+        !listed_not_mounted(&a, "media")
+    });
+    wait_for_file(
+        &a,
+        "media/track0.md",
+        "the disk's file, written back",
+        |c| c == "track 0\n",
+    );
+    wait_for_file(&b, "media/new.md", "the note made in the folder", |c| {
+        c == "made in the plain folder\n"
+    });
+    wait_converged(&[&a, &b]);
+    // Both track 1s kept: the disk's and the one made in the folder.
+    let ones: Vec<String> = std::fs::read_dir(b.path("media"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+        .filter(|c| c.contains("track 1"))
+        .collect();
+    assert!(ones.iter().any(|c| c == "track 1\n"), "{ones:?}");
+    assert!(ones.iter().any(|c| c == "another track 1\n"), "{ones:?}");
+    assert_eq!(b.read("media/track2.md").as_deref(), Some("track 2\n"));
+    assert!(a.status().0["deletions_paused"].is_null());
+    // And a plain folder from now: a removal there is a deletion.
+    a.remove("media/track2.md");
+    wait_until("b to delete track2", || b.read("media/track2.md").is_none());
+}
