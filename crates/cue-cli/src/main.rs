@@ -1155,9 +1155,9 @@ mod tests {
         cmd.clone().debug_assert();
         let mut seen = 0;
         walk(&cmd, "cue", &mut seen);
-        // cue, sync and its 13 commands, watch, activity, activity log, history, export,
+        // cue, sync and its 14 commands, watch, activity, activity log, history, export,
         // show, relay, completions, demo.
-        assert_eq!(seen, 24);
+        assert_eq!(seen, 25);
     }
 
     #[test]
