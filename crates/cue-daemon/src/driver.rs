@@ -1256,18 +1256,28 @@ impl Driver {
     ) -> Result<Result<Vec<Outgoing>, MountError>, DriverError> {
         // (What is mounted now, not at the last tick.)
         self.note_mounts()?;
-        if !self.host.not_mounted.contains(folder) {
-            let mounted = self
-                .mounted_then
-                .as_ref()
-                .is_some_and(|m| m.contains(folder));
-            return Ok(Err(if mounted {
-                MountError::Mounted(folder.to_string())
-            } else {
-                MountError::NotUnmounted(folder.to_string())
-            }));
-        }
         let at_or_below = |m: &String| m == folder || crate::scan::below(m, folder);
+        // A disk there or below, mounted now: its files are synced, and what cue would
+        // write there would land on it. (Where the kernel lists no mount points, the
+        // folder's filesystem tells.)
+        let mounted = match &self.mounted_then {
+            Some(listed) => listed.iter().any(at_or_below),
+            None => {
+                let dev = |p: &std::path::Path| {
+                    std::fs::symlink_metadata(p)
+                        .ok()
+                        .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+                };
+                let path = self.host.fs.root_path().join(folder);
+                path.parent().is_some_and(|up| dev(&path) != dev(up))
+            }
+        };
+        if mounted {
+            return Ok(Err(MountError::Mounted(folder.to_string())));
+        }
+        if !self.host.not_mounted.contains(folder) {
+            return Ok(Err(MountError::NotUnmounted(folder.to_string())));
+        }
         let mut known = self.stored_mounts()?;
         known.extend(self.mounts.iter().cloned());
         known.retain(|m| !at_or_below(m));

@@ -953,11 +953,15 @@ impl Engine {
     /// `touched`: the files whose tombstone the changes touched, or `None` (every one).
     fn note_tombstones(&mut self, touched: Option<&BTreeSet<FileId>>, before: &Heads) {
         let now = self.now_ms;
-        let candidates: Vec<FileId> = match touched {
-            Some(touched) => touched.iter().copied().collect(),
-            None => self.index.tombstones().into_keys().collect(),
-        };
         let before: Vec<ChangeHash> = before.iter().map(|h| ChangeHash(*h)).collect();
+        // (With no summary: every tombstone now, and every one before, some maybe
+        // restored.)
+        let candidates: BTreeSet<FileId> = match touched {
+            Some(touched) => touched.clone(),
+            None => (self.index.tombstones().into_keys())
+                .chain(self.index.tombstoned_at(&before))
+                .collect(),
+        };
         for f in candidates {
             let Some(tomb) = self.index.tombstone(&f) else {
                 // Restored (the path kept): deleted again later, a new deletion.

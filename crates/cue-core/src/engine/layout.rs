@@ -235,7 +235,8 @@ pub(super) struct StateTail7 {
     /// held their tombstone: a tombstone another peer puts back (it held it for less) is
     /// never purged here again, its purge left to that peer, and taken here; so each
     /// peer purges a deletion once and the puts-back end (see `purges_before_their_time`).
-    /// Kept [`PURGED_KEPT_TOMBSTONE_TIMES`] times `tombstone_ms` after that first sight.
+    /// Kept while the tombstone is in the index, and [`PURGED_KEPT_TOMBSTONE_TIMES`]
+    /// times `tombstone_ms` after that first sight.
     pub(super) purged: BTreeMap<FileId, i64>,
 }
 

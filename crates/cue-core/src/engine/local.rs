@@ -547,9 +547,11 @@ impl Engine {
         self.commit_index();
         let ids: Vec<FileId> = restored.iter().map(|(f, _)| *f).collect();
         self.release_held(&ids);
-        // (Deleted again later, a deletion's time counts from then.)
+        // (Deleted again later, a deletion's time counts from then, and it is this
+        // device's to purge.)
         for f in &ids {
             self.tail3.tombs_seen.remove(f);
+            self.tail7.purged.remove(f);
         }
         let name = self.name.clone();
         for (_, p) in restored {

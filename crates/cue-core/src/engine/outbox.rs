@@ -13,7 +13,9 @@ impl Engine {
         let purged = &mut self.tail7.purged;
         let kept_for = PURGED_KEPT_TOMBSTONE_TIMES * self.config.tombstone_ms;
         let before = purged.len();
-        purged.retain(|_, t| now - *t <= kept_for);
+        // (Kept while the tombstone is there: a device holding it for ever, as its guard
+        // does, would otherwise have it purged and put back at every tick.)
+        purged.retain(|f, t| tombstones.contains_key(f) || now - *t <= kept_for);
         let mut changed = purged.len() != before;
         let seen = &mut self.tail3.tombs_seen;
         let before = seen.len();
@@ -67,6 +69,7 @@ impl Engine {
             }
             if let Some(seen) = self.tail3.tombs_seen.get(&f) {
                 self.tail7.purged.insert(f, *seen);
+                self.state_dirty = true;
             }
             let _ = self.index.purge(&f);
             // (Its overlap notices go with it: they can never show again.)

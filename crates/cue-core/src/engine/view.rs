@@ -790,9 +790,6 @@ impl Engine {
             .collect()
     }
 
-    /// Files that failed long enough ago are tried again; those tried since the last tick
-    /// without failing were written.
-    /// [`Input::RetryWrites`]: each failed write is due at the next tick.
     /// See [`Input::NotOnDisk`].
     pub(super) fn not_on_disk(&mut self, paths: &[String]) {
         for path in paths {
@@ -807,17 +804,23 @@ impl Engine {
                 m.disk = None;
                 m.disk_heads = Vec::new();
             }
+            // (Written now, not left for a tick to retry: with no daemon running, the
+            // command that forgot the disk is the only call there is.)
+            self.unwritable.remove(&f);
             self.dirty.insert(f);
             self.to_reconcile.insert(f);
         }
     }
 
+    /// [`Input::RetryWrites`]: each failed write is due at the next tick.
     pub(super) fn retry_writes_soon(&mut self) {
         for u in self.unwritable.values_mut() {
             u.failed_ms = u.failed_ms.min(self.now_ms - UNWRITABLE_RETRY_MS);
         }
     }
 
+    /// Files that failed long enough ago are tried again; those tried since the last tick
+    /// without failing were written.
     pub(super) fn retry_unwritable(&mut self) {
         let now = self.now_ms;
         self.unwritable.retain(|_, u| !u.retrying);
