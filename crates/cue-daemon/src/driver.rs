@@ -1260,6 +1260,8 @@ impl Driver {
         // A disk there or below, mounted now: its files are synced, and what cue would
         // write there would land on it. (Where the kernel lists no mount points, the
         // folder's filesystem tells.)
+        let mut known = self.stored_mounts()?;
+        known.extend(self.mounts.iter().cloned());
         let mounted = match &self.mounted_then {
             Some(listed) => listed.iter().any(at_or_below),
             None => {
@@ -1268,8 +1270,16 @@ impl Driver {
                         .ok()
                         .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
                 };
-                let path = self.host.fs.root_path().join(folder);
-                path.parent().is_some_and(|up| dev(&path) != dev(up))
+                let root = self.host.fs.root_path();
+                let own_filesystem = |rel: &String| {
+                    let path = root.join(rel);
+                    path.parent().is_some_and(
+                        |up| matches!((dev(&path), dev(up)), (Some(a), Some(b)) if a != b),
+                    )
+                };
+                std::iter::once(folder.to_string())
+                    .chain(known.iter().filter(|m| at_or_below(m)).cloned())
+                    .any(|m| own_filesystem(&m))
             }
         };
         if mounted {
@@ -1278,15 +1288,17 @@ impl Driver {
         if !self.host.not_mounted.contains(folder) {
             return Ok(Err(MountError::NotUnmounted(folder.to_string())));
         }
-        let mut known = self.stored_mounts()?;
-        known.extend(self.mounts.iter().cloned());
         known.retain(|m| !at_or_below(m));
         self.store_mounts(&known)?;
         self.mounts = known;
         self.host.not_mounted.retain(|m| !at_or_below(m));
         tracing::info!(folder, "a disk's folder forgotten: a plain folder again");
-        let paths = self.engine.on_disk_under(folder);
-        let mut out = self.input(now, Input::NotOnDisk { paths })?;
+        let mut out = self.input(
+            now,
+            Input::NotOnDisk {
+                folder: folder.to_string(),
+            },
+        )?;
         out.extend(self.rescan(now)?);
         Ok(Ok(out))
     }

@@ -230,6 +230,47 @@ fn devices_that_held_a_deletion_for_different_times_purge_it_once_and_stop() {
     );
 }
 
+/// A deletion put back by a device that then leaves for good (removed, its disk lost):
+/// the device that purged it first remembered its purge for as long as the tombstone
+/// stood, so nobody purged it again and it stayed restorable for ever. Now it purges it
+/// again four `tombstone_days` after its first purge.
+#[test]
+fn a_deletion_put_back_by_a_device_gone_for_good_is_purged_in_the_end() {
+    let config = Config::default();
+    let tombstone_ms = config.tombstone_ms;
+    let mut w = World::new(2, 19, config);
+    w.connect_all();
+    w.write(0, "a.md", b"one\n");
+    w.write(0, "b.md", b"two\n");
+    w.settle_converged();
+    w.disconnect(1);
+    w.delete(0, "a.md");
+    w.advance(tombstone_ms / 2);
+    w.connect(1);
+    w.settle_converged();
+    w.advance(tombstone_ms / 2 + 1_000);
+    w.settle_converged();
+    w.advance(1_000);
+    w.settle_converged();
+    // p0 purged it; p1, which held it for half its time, put it back, and goes.
+    let tombstones = |w: &World| {
+        let stored = &w.peers[0].store.docs[&cue_core::DocId::Index];
+        let actor = cue_core::actor_for(&w.peers[0].device, 0);
+        cue_core::index::IndexDoc::load(stored, actor)
+            .expect("index")
+            .tombstones()
+            .len()
+    };
+    assert_eq!(tombstones(&w), 1, "put back");
+    w.disconnect(1);
+    for _ in 0..12 {
+        w.advance(tombstone_ms / 2);
+        w.settle(2);
+    }
+    assert!(w.restore(0, "a.md").is_err(), "never purged");
+    assert_eq!(w.read(0, "b.md").as_deref(), Some("two\n"));
+}
+
 /// The folder of a disk gone for good, which the user tells cue to forget: the files
 /// the disk held are not in the folder left behind, and nobody deleted them. They are
 /// written into it again from their documents (deleted nowhere), a file made in the
@@ -252,11 +293,7 @@ fn files_not_on_disk_and_not_deleted_are_written_again() {
     w.input(
         0,
         Input::NotOnDisk {
-            paths: vec![
-                "media/a.md".into(),
-                "media/b.md".into(),
-                "nothing/here.md".into(),
-            ],
+            folder: "media".into(),
         },
     );
     w.settle_converged();

@@ -1037,19 +1037,28 @@ fn a_disk_gone_for_good_is_forgotten_and_its_files_kept() {
     });
     let refused = a.cue(&["sync", "forget-mount", "notes.md"]);
     assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not the folder of a disk"),
+        "{refused:?}"
+    );
+    // b adds a note there meanwhile: a cannot write it (the disk is away).
+    b.write("media/from-b.md", "made on b\n");
+    b.write("notes.md", "notes\nafter b's note\n");
+    wait_for_file(&a, "notes.md", "b's later edit", |c| {
+        c.contains("after b's")
+    });
     // Used as a plain folder: a new note there, and one under a name the disk held.
     a.write("media/new.md", "made in the plain folder\n");
     a.write("media/track1.md", "another track 1\n");
+    // Forgotten with no daemon running: the command itself writes the files.
+    a.stop();
     a.cue_ok(&["sync", "forget-mount", "media"]);
+    assert_eq!(a.read("media/track0.md").as_deref(), Some("track 0\n"));
+    assert_eq!(a.read("media/from-b.md").as_deref(), Some("made on b\n"));
+    a.start();
     wait_until("a to list media as synced again", || {
         !listed_not_mounted(&a, "media")
     });
-    wait_for_file(
-        &a,
-        "media/track0.md",
-        "the disk's file, written back",
-        |c| c == "track 0\n",
-    );
     wait_for_file(&b, "media/new.md", "the note made in the folder", |c| {
         c == "made in the plain folder\n"
     });

@@ -984,7 +984,7 @@ impl Engine {
                 self.tail3.tombs_seen.insert(f, now);
                 self.state_dirty = true;
             } else if !self.tail3.tombs_seen.contains_key(&f) {
-                let since = self.tail7.purged.get(&f).copied().unwrap_or(now);
+                let since = self.tail7.purged.get(&f).map_or(now, |(first, _)| *first);
                 self.tail3.tombs_seen.insert(f, since);
                 self.state_dirty = true;
             }

@@ -140,12 +140,13 @@ pub enum Input {
     /// What kept files from being written may be gone (a disk mounted again): every
     /// write that failed is tried again at the next tick, not a minute after it failed.
     RetryWrites,
-    /// The files believed on disk at these paths are not there, and nobody deleted them
-    /// (the folder of a disk the user told cue to forget: what the disk held is not in
-    /// the folder left behind). The belief goes, and each is written again from its
-    /// document (a file found there meanwhile is merged, as one found where a write
-    /// expected none). Paths the engine believes nothing at are left alone.
-    NotOnDisk { paths: Vec<String> },
+    /// The files believed on disk in the folder `folder` (or at it) are not there, and
+    /// nobody deleted them (the folder of a disk the user told cue to forget: what the
+    /// disk held is not in the folder left behind). The belief goes, and each is written
+    /// again from its document (a file found at its name is a second creation, kept
+    /// beside it); the writes refused there meanwhile (peers' new files) are made now
+    /// too, not at the next tick.
+    NotOnDisk { folder: String },
     /// A [`Effect::WriteFile`] or [`Effect::RemoveFile`] at `path` could not be carried out
     /// (a folder or a link in the way, no permission, a full disk): the disk still holds
     /// `expect`, the hash the effect expected there. The engine takes its belief back,

@@ -231,13 +231,15 @@ pub(super) struct StateTail6 {
 /// Added after [`StateTail6`], stored after it in the same way.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(super) struct StateTail7 {
-    /// Deletions this peer purged (their `tombstone_ms` up here), with when it first
-    /// held their tombstone: a tombstone another peer puts back (it held it for less) is
-    /// never purged here again, its purge left to that peer, and taken here; so each
-    /// peer purges a deletion once and the puts-back end (see `purges_before_their_time`).
-    /// Kept while the tombstone is in the index, and [`PURGED_KEPT_TOMBSTONE_TIMES`]
-    /// times `tombstone_ms` after that first sight.
-    pub(super) purged: BTreeMap<FileId, i64>,
+    /// Deletions this peer purged (their `tombstone_ms` up here): when it first held
+    /// their tombstone, and when it purged it. A tombstone another peer puts back (it
+    /// held it for less) is not purged here again for [`PURGED_KEPT_TOMBSTONE_TIMES`]
+    /// times `tombstone_ms` after the purge: its purge is that peer's, and taken here; so
+    /// a peer purges a deletion once in that time and the puts-back end (see
+    /// `purges_before_their_time`). Past it, with the tombstone still there (the peer
+    /// that put it back gone, or its guard holding it), it is purged here again. Kept
+    /// while the tombstone stands, and that long after the purge.
+    pub(super) purged: BTreeMap<FileId, (i64, i64)>,
 }
 
 /// How many times `tombstone_ms` a purge is remembered ([`StateTail7::purged`]).
@@ -679,7 +681,7 @@ mod tests {
             index_waiting: vec![SealKey::from_seed(&[3; 32]).seal(4, 5, vec![[6; 32]])],
         };
         let tail7 = StateTail7 {
-            purged: [(FileId([7; 16]), 1_700_000_000_000)].into(),
+            purged: [(FileId([7; 16]), (1_700_000_000_000, 1_700_000_100_000))].into(),
         };
         let with_purged = encode_state(&StateParts {
             state: &parts.0,

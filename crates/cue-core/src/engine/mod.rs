@@ -479,7 +479,7 @@ impl Engine {
             } => self.replaced_edit(&path, content, exec, store),
             Input::WriteDeferred { path, expect } => self.write_deferred(&path, expect),
             Input::RetryWrites => self.retry_writes_soon(),
-            Input::NotOnDisk { paths } => self.not_on_disk(&paths),
+            Input::NotOnDisk { folder } => self.not_on_disk(&folder),
             Input::Unsyncable { files } => self.unsyncable = files,
             Input::UnsyncableFile { path, reason } => match reason {
                 Some(reason) => {

@@ -15,7 +15,7 @@ impl Engine {
         let before = purged.len();
         // (Kept while the tombstone is there: a device holding it for ever, as its guard
         // does, would otherwise have it purged and put back at every tick.)
-        purged.retain(|f, t| tombstones.contains_key(f) || now - *t <= kept_for);
+        purged.retain(|f, (_, at)| tombstones.contains_key(f) || now - *at <= kept_for);
         let mut changed = purged.len() != before;
         let seen = &mut self.tail3.tombs_seen;
         let before = seen.len();
@@ -24,7 +24,7 @@ impl Engine {
         for f in tombstones.keys() {
             if !seen.contains_key(f) {
                 // (One purged here and put back since: held since it was first.)
-                seen.insert(*f, purged.get(f).copied().unwrap_or(now));
+                seen.insert(*f, purged.get(f).map_or(now, |(first, _)| *first));
                 changed = true;
             }
         }
@@ -32,14 +32,14 @@ impl Engine {
             self.state_dirty = true;
         }
         // A held deletion is never forgotten: the user has not decided yet. One purged
-        // here once and put back by a device that held it for less is that device's to
-        // purge (`purges_before_their_time`).
+        // here and put back by a device that held it for less is that device's to purge
+        // (`purges_before_their_time`), for four `tombstone_days` after the purge here.
         let held = &self.tail3.held;
         seen.iter()
             .filter(|(f, t)| {
                 now - **t > self.config.tombstone_ms
                     && !held.contains(*f)
-                    && !purged.contains_key(*f)
+                    && !purged.get(*f).is_some_and(|(_, at)| now - at <= kept_for)
             })
             .map(|(f, _)| *f)
             .collect()
@@ -68,7 +68,7 @@ impl Engine {
                 continue;
             }
             if let Some(seen) = self.tail3.tombs_seen.get(&f) {
-                self.tail7.purged.insert(f, *seen);
+                self.tail7.purged.insert(f, (*seen, self.now_ms));
                 self.state_dirty = true;
             }
             let _ = self.index.purge(&f);

@@ -791,24 +791,31 @@ impl Engine {
     }
 
     /// See [`Input::NotOnDisk`].
-    pub(super) fn not_on_disk(&mut self, paths: &[String]) {
-        for path in paths {
-            let Some(f) = self.file_at(path) else {
+    pub(super) fn not_on_disk(&mut self, folder: &str) {
+        for path in self.files.under(folder) {
+            let Some(f) = self.file_at(&path) else {
                 continue;
             };
             // No version of it is on this disk: a file found there when it is written
             // is a second creation, kept whole beside it (`never_on_disk_here`).
             if let Some(mut m) = self.files.get_mut(&f)
-                && m.disk.as_ref().is_some_and(|(p, _)| p == path)
+                && m.disk.as_ref().is_some_and(|(p, _)| *p == path)
             {
                 m.disk = None;
                 m.disk_heads = Vec::new();
             }
-            // (Written now, not left for a tick to retry: with no daemon running, the
-            // command that forgot the disk is the only call there is.)
             self.unwritable.remove(&f);
             self.dirty.insert(f);
             self.to_reconcile.insert(f);
+        }
+        // (Made now, not left for a tick: with no daemon running, the command that
+        // forgot the disk is the only call there is.)
+        let prefix = format!("{folder}/");
+        for (f, u) in &mut self.unwritable {
+            if u.path == folder || u.path.starts_with(&prefix) {
+                u.retrying = true;
+                self.to_reconcile.insert(*f);
+            }
         }
     }
 
