@@ -39,7 +39,7 @@ impl Engine {
             .filter(|(f, t)| {
                 now - **t > self.config.tombstone_ms
                     && !held.contains(*f)
-                    && !purged.get(*f).is_some_and(|(_, at)| now - at <= kept_for)
+                    && purged.get(*f).is_none_or(|(_, at)| now - at > kept_for)
             })
             .map(|(f, _)| *f)
             .collect()
