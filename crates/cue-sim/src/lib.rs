@@ -1020,6 +1020,22 @@ impl World {
         }
     }
 
+    /// How many changes the index `peer` stores holds (what index changes cost, in a
+    /// test that counts them).
+    pub fn index_changes(&self, peer: usize) -> usize {
+        let stored = &self.peers[peer].store.docs[&DocId::Index];
+        automerge::AutoCommit::load(stored)
+            .map(|mut doc| doc.get_changes(&[]).len())
+            .unwrap_or(0)
+    }
+
+    /// How many deletions (tombstones) the index `peer` stores holds.
+    pub fn tombstones(&self, peer: usize) -> usize {
+        let stored = &self.peers[peer].store.docs[&DocId::Index];
+        let actor = cue_core::actor_for(&self.peers[peer].device, 0);
+        cue_core::index::IndexDoc::load(stored, actor).map_or(0, |index| index.tombstones().len())
+    }
+
     pub fn read(&self, peer: usize, path: &str) -> Option<String> {
         let p = &self.peers[peer];
         p.disk

