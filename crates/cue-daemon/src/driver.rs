@@ -1265,21 +1265,10 @@ impl Driver {
         let mounted = match &self.mounted_then {
             Some(listed) => listed.iter().any(at_or_below),
             None => {
-                let dev = |p: &std::path::Path| {
-                    std::fs::symlink_metadata(p)
-                        .ok()
-                        .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
-                };
                 let root = self.host.fs.root_path();
-                let own_filesystem = |rel: &String| {
-                    let path = root.join(rel);
-                    path.parent().is_some_and(
-                        |up| matches!((dev(&path), dev(up)), (Some(a), Some(b)) if a != b),
-                    )
-                };
                 std::iter::once(folder.to_string())
                     .chain(known.iter().filter(|m| at_or_below(m)).cloned())
-                    .any(|m| own_filesystem(&m))
+                    .any(|m| crate::scan::is_mount_point(&root.join(m)))
             }
         };
         if mounted {

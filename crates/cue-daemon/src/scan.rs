@@ -269,6 +269,18 @@ fn device_of(path: &Path) -> Option<u64> {
     std::fs::symlink_metadata(path).ok().map(|m| m.dev())
 }
 
+/// Whether the folder `path` is on another filesystem than the folder it is in (a
+/// mount point, where the kernel lists none); `device_of` as [`device_of`].
+fn another_filesystem(path: &Path, device_of: &dyn Fn(&Path) -> Option<u64>) -> bool {
+    path.parent()
+        .is_some_and(|up| matches!((device_of(path), device_of(up)), (Some(a), Some(b)) if a != b))
+}
+
+/// [`another_filesystem`], as the filesystem says.
+pub(crate) fn is_mount_point(path: &Path) -> bool {
+    another_filesystem(path, &device_of)
+}
+
 /// Scans the workspace opened as `fs`.
 pub fn scan(
     fs: &WorkspaceFs,
@@ -298,12 +310,7 @@ fn scan_on(
     // where it lists none, a folder on another filesystem than the one it is in.
     let mounted = |rel: &str| match listed {
         Some(listed) => listed.contains(rel),
-        None => {
-            let path = root.join(rel);
-            path.parent().is_some_and(
-                |up| matches!((device_of(&path), device_of(up)), (Some(a), Some(b)) if a != b),
-            )
-        }
+        None => another_filesystem(&root.join(rel), device_of),
     };
     let mut report = ScanReport::default();
     for entry in walk(&root, rules) {
