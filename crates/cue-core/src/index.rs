@@ -448,6 +448,11 @@ impl IndexDoc {
         self.with_paths(|c| c.of.clone())
     }
 
+    /// Whether the index has an entry for `file`, live or deleted.
+    pub fn knows(&self, file: &FileId) -> bool {
+        self.with_paths(|c| c.of.contains_key(file))
+    }
+
     /// The files the index puts at `path` (deleted ones included).
     pub fn files_at(&self, path: &str) -> Vec<FileId> {
         self.with_paths(|c| {

@@ -1248,6 +1248,37 @@ impl World {
         n
     }
 
+    /// Takes out, in the order sent, every message in flight from `from` to `to`,
+    /// undelivered: a test hands the receiver what it chooses of them.
+    pub fn take_in_flight(&mut self, from: usize, to: usize) -> Vec<Vec<u8>> {
+        let (taken, left): (VecDeque<InFlight>, VecDeque<InFlight>) =
+            std::mem::take(&mut self.inflight)
+                .into_iter()
+                .partition(|m| (m.from, m.to) == (from, to));
+        self.inflight = left;
+        taken.into_iter().map(|m| m.bytes).collect()
+    }
+
+    /// The files `peer` stores a document of that its index names nowhere, with the
+    /// stored bytes of each.
+    pub fn unnamed_documents(&self, peer: usize) -> Vec<(cue_core::FileId, usize)> {
+        let docs = &self.peers[peer].store.docs;
+        let named = docs
+            .get(&DocId::Index)
+            .and_then(|b| {
+                cue_core::index::IndexDoc::load(b, cue_core::actor_for(&self.peers[peer].device, 0))
+                    .ok()
+            })
+            .map(|i| i.paths())
+            .unwrap_or_default();
+        docs.iter()
+            .filter_map(|(d, b)| match d {
+                DocId::File(f) if !named.contains_key(f) => Some((*f, b.len())),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
     }

@@ -1740,3 +1740,186 @@ fn a_damaged_document_from_a_peer_is_refused_not_taken_for_ours() {
         );
     }
 }
+
+/// `p2`'s items for a new file `file` holding `content`, without the index change that
+/// would name it: a document for a file no member made.
+fn unnamed_items(w: &World, file: cue_core::FileId, content: &[u8]) -> Vec<Item> {
+    cue_sim::new_file_items(w, 2, file, "x.md", content, content)
+        .into_iter()
+        .filter(|i| !matches!(i, Item::Sealed { item, .. } if item.doc() == cue_core::DocId::Index))
+        .collect()
+}
+
+/// Bytes no compression makes smaller, `n` of them, different for each `seed`.
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A member sends documents for files it never names in the index, many small ones and
+/// some large: each peer keeps at most 1,024 such documents and 32 MiB of them (the
+/// oldest go first, counted in `unnamed_documents`), none for more than ten minutes,
+/// and the workspace syncs on.
+#[test]
+fn documents_for_files_nobody_names_are_bounded_and_dropped() {
+    let mut w = World::new(3, 24, Config::default());
+    w.connect_all();
+    w.write(0, "a.md", b"x\n");
+    w.settle(10);
+    let from = w.peers[2].device;
+    let send = |w: &mut World, items: Vec<Item>| {
+        for p in [0, 1] {
+            let bytes = encode(&Message {
+                items: items.clone(),
+            });
+            w.input(p, Input::Message { from, bytes });
+        }
+        // (No time passes.)
+        while w.step() {}
+    };
+    // 1,100 small notes, fifty a message.
+    for batch in 0..22u64 {
+        let mut items = Vec::new();
+        for i in 0..50 {
+            let file = cue_core::FileId(
+                *blake3::hash(&(batch * 50 + i).to_le_bytes())
+                    .as_bytes()
+                    .first_chunk()
+                    .unwrap(),
+            );
+            items.extend(unnamed_items(
+                &w,
+                file,
+                format!("note {batch} {i}\n").as_bytes(),
+            ));
+        }
+        send(&mut w, items);
+    }
+    for p in [0, 1] {
+        let held = w.unnamed_documents(p);
+        assert!(held.len() <= 1024, "p{p}: {} documents kept", held.len());
+        assert!(
+            held.len() >= 1000,
+            "p{p}: the newest are kept ({})",
+            held.len()
+        );
+        assert!(w.peers[p].engine.counters().unnamed_documents >= 76, "p{p}");
+    }
+    // Forty binary files of 1 MiB each.
+    for i in 0..40u64 {
+        let file = cue_core::FileId([0xb0 ^ i as u8; 16]);
+        let items = unnamed_items(&w, file, &noise(i, 1 << 20));
+        send(&mut w, items);
+    }
+    for p in [0, 1] {
+        let bytes: usize = w.unnamed_documents(p).iter().map(|(_, b)| b).sum();
+        assert!(bytes <= (33 << 20), "p{p}: {bytes} bytes kept");
+    }
+    // Ten minutes later, nothing is left of them.
+    for _ in 0..11 {
+        w.advance(60_000);
+    }
+    w.settle(5);
+    for p in [0, 1] {
+        assert_eq!(w.unnamed_documents(p), Vec::new(), "p{p}");
+    }
+    w.write(0, "a.md", b"x\ny\n");
+    w.settle(10);
+    for p in 0..3 {
+        assert_eq!(w.read(p, "a.md").as_deref(), Some("x\ny\n"), "p{p}");
+    }
+    w.converged().unwrap();
+}
+
+/// A document that comes before the index entry naming its file (the entry held up on
+/// the way) and is dropped once kept for ten minutes unnamed comes again once the entry
+/// does: the new file reaches the peer with its bytes, nothing lost. Its author is not
+/// told it is held there meanwhile (its changes stay pending).
+#[test]
+fn a_document_dropped_before_its_path_came_is_sent_again() {
+    let mut w = World::new(2, 25, Config::default());
+    w.connect_all();
+    w.write(0, "a.md", b"x\n");
+    w.settle(10);
+    w.write(0, "b.md", b"the new note\n");
+    let from = w.peers[0].device;
+    let mut file_items = Vec::new();
+    for bytes in w.take_in_flight(0, 1) {
+        let msg = decode(&bytes).expect("a message");
+        file_items.extend(msg.items.into_iter().filter(
+            |i| matches!(i, Item::Sealed { item, .. } if item.doc() != cue_core::DocId::Index),
+        ));
+    }
+    assert!(!file_items.is_empty(), "the new note's document was sent");
+    w.input(
+        1,
+        Input::Message {
+            from,
+            bytes: encode(&Message { items: file_items }),
+        },
+    );
+    assert_eq!(w.unnamed_documents(1).len(), 1, "kept at first");
+    let pending = w.status(0).pending_changes;
+    assert!(pending > 0);
+    w.deliver_between(1, 0);
+    assert_eq!(
+        w.status(0).pending_changes,
+        pending,
+        "not acknowledged while unnamed"
+    );
+    w.disconnect(1);
+    for _ in 0..11 {
+        w.advance(60_000);
+    }
+    assert_eq!(w.unnamed_documents(1), Vec::new(), "dropped unnamed");
+    assert_eq!(w.peers[1].engine.counters().unnamed_documents, 1);
+    w.connect(1);
+    w.settle(20);
+    assert_eq!(w.read(1, "b.md").as_deref(), Some("the new note\n"));
+    w.converged().unwrap();
+}
+
+/// A deletion a peer purged when this device had held it its time too leaves no
+/// document behind here (it used to stay in the store for good, named by nothing): once
+/// the workspace has synced, ten minutes on it is gone, and it is not counted as a
+/// peer's refused input.
+#[test]
+fn a_deletion_a_peer_purged_leaves_no_document_behind() {
+    let config = Config::default();
+    let tombstone_ms = config.tombstone_ms;
+    let mut w = World::new(3, 33, config);
+    w.connect_all();
+    w.write(0, "a.md", b"one\n");
+    w.write(0, "b.md", b"two\n");
+    w.settle_converged();
+    w.delete(0, "a.md");
+    w.settle_converged();
+    w.advance(1_000);
+    w.settle_converged();
+    // Its time up on every device, before their next tick purges it: p2's purge comes.
+    w.now_ms += tombstone_ms + 1_000;
+    index_change_from_p2(&mut w, 99, &|index| {
+        for f in index.tombstones().into_keys() {
+            index.purge(&f).unwrap();
+        }
+    });
+    w.settle_converged();
+    assert!(w.restore(1, "a.md").is_err(), "the purge was taken");
+    assert_eq!(w.unnamed_documents(1).len(), 1, "left behind at first");
+    for _ in 0..12 {
+        w.advance(60_000);
+        w.settle_converged();
+    }
+    for p in [0, 1] {
+        assert_eq!(w.unnamed_documents(p), Vec::new(), "p{p}");
+        assert_eq!(w.peers[p].engine.counters().unnamed_documents, 0, "p{p}");
+    }
+    assert_eq!(w.read(2, "b.md").as_deref(), Some("two\n"));
+}

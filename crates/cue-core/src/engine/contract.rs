@@ -401,6 +401,10 @@ pub struct Counters {
     /// Rotation records that are not valid (bad signature, not a member's), ignored.
     #[serde(skip)]
     pub bad_rotations: u64,
+    /// Documents of files no index entry named, dropped past their bound (see
+    /// docs/security.md, "Documents for files nobody names").
+    #[serde(skip)]
+    pub unnamed_documents: u64,
 }
 
 impl Counters {
@@ -418,6 +422,7 @@ impl Counters {
             ("excess_pulls", self.excess_pulls),
             ("bad_members", self.bad_members),
             ("bad_rotations", self.bad_rotations),
+            ("unnamed_documents", self.unnamed_documents),
         ]
         .into_iter()
         .filter(|(_, n)| *n > 0)

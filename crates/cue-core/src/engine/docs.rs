@@ -269,28 +269,163 @@ impl Engine {
     /// first in the call's persistence) and what is kept about it in memory. Returns the
     /// record, if there was one. (The index entry stays: peers may send the file again.)
     pub(super) fn forget_file(&mut self, file: FileId) -> Option<FileMeta> {
+        self.out_files.insert(0, Self::delete_doc(file));
+        self.forget_kept(file)
+    }
+
+    fn delete_doc(file: FileId) -> Effect {
+        Effect::Persist(Persist::DeleteDoc {
+            doc: DocId::File(file),
+        })
+    }
+
+    /// [`Engine::forget_file`] but the stored document's deletion.
+    fn forget_kept(&mut self, file: FileId) -> Option<FileMeta> {
         self.cache.remove(&file);
         self.dirty.remove(&file);
         self.adopted.remove(&file);
         self.adopted_content.remove(&file);
         self.growth.remove(&file);
         self.waiting_apart.remove(&file);
+        self.unnamed.remove(&file);
+        if self.tail.unverified.remove(&file) {
+            self.state_dirty = true;
+        }
         let before = self.tail4.overlaps.len();
         self.tail4.overlaps.retain(|n| n.file != file);
         if self.tail4.overlaps.len() != before {
             self.state_dirty = true;
         }
-        self.out_files.insert(
-            0,
-            Effect::Persist(Persist::DeleteDoc {
-                doc: DocId::File(file),
-            }),
-        );
         let meta = self.files.remove(&file);
-        if meta.is_some() {
+        // (A file the index does not name is in no view.)
+        if meta.is_some() && self.index.knows(&file) {
             self.invalidate(Stale::View);
         }
         meta
+    }
+
+    /// Notes that `bytes` came from a peer for `file` (`whole`: a whole document, which
+    /// replaces what came before; else changes, added to it), if this device now keeps a
+    /// record of it that the index does not name (a document that came before its index
+    /// entry, or one for a file no member made). Returns whether it did.
+    pub(super) fn note_unnamed(&mut self, file: FileId, bytes: u64, whole: bool) -> bool {
+        if !self.files.get(&file).is_some_and(only_a_peers) || self.index.knows(&file) {
+            return false;
+        }
+        let since_ms = self.now_ms;
+        let u = self.unnamed.entry(file).or_insert(Unnamed {
+            since_ms,
+            bytes: 0,
+            sent: true,
+        });
+        u.sent = true;
+        u.bytes = if whole {
+            u.bytes.max(bytes)
+        } else {
+            u.bytes.saturating_add(bytes)
+        };
+        true
+    }
+
+    /// Records the index names nowhere, every [`UNNAMED_SWEEP_MS`]: a deletion a peer
+    /// purged leaves its record and document behind, and a start finds those of its
+    /// last run here (and, after an index lost with a damaged store, those of files the
+    /// records cannot give a path back: deleted ones, kept until the workspace has
+    /// synced since).
+    pub(super) fn sweep_unnamed(&mut self) {
+        let now = self.now_ms;
+        if self
+            .unnamed_swept_ms
+            .is_some_and(|at| (at..at + UNNAMED_SWEEP_MS).contains(&now))
+        {
+            return;
+        }
+        self.unnamed_swept_ms = Some(now);
+        let found: Vec<(FileId, u64)> = self
+            .files
+            .iter()
+            .filter(|(f, m)| {
+                only_a_peers(m) && !self.unnamed.contains_key(f) && !self.index.knows(f)
+            })
+            .map(|(f, m)| (*f, m.size))
+            .collect();
+        for (f, bytes) in found {
+            let u = Unnamed {
+                since_ms: now,
+                bytes,
+                sent: false,
+            };
+            self.unnamed.insert(f, u);
+        }
+    }
+
+    /// Drops the documents of files the index does not name (see [`Unnamed`]): a member
+    /// sending documents for files it never names would otherwise grow every peer's
+    /// store for ever. Those a peer sent in this run go past [`UNNAMED_KEPT_MS`], or the
+    /// oldest first over [`MAX_UNNAMED_DOCS`] / [`MAX_UNNAMED_BYTES`], counted in
+    /// `unnamed_documents`; those found by the sweep (honest leftovers) past
+    /// [`UNNAMED_KEPT_MS`] once the workspace has synced since. Nothing is lost: a
+    /// document whose file the index names later is sent again by a peer holding it (the
+    /// digest covers every file the index names, and a catch-up answers those the asker
+    /// lacks), as after a damaged store; and such documents were never acknowledged.
+    pub(super) fn drop_unnamed(&mut self) {
+        if self.unnamed.is_empty() {
+            return;
+        }
+        let now = self.now_ms;
+        // Named since (their index entry came after them), or forgotten.
+        let index = &self.index;
+        let files = &self.files;
+        self.unnamed
+            .retain(|f, _| files.get(f).is_some_and(only_a_peers) && !index.knows(f));
+        // (A clock set back does not keep them longer than that.)
+        let (mut count, mut bytes, mut first) = (0usize, 0u64, now);
+        for u in self.unnamed.values_mut() {
+            u.since_ms = u.since_ms.min(now);
+            first = first.min(u.since_ms);
+            if u.sent {
+                count += 1;
+                bytes = bytes.saturating_add(u.bytes);
+            }
+        }
+        if now - first <= UNNAMED_KEPT_MS && count <= MAX_UNNAMED_DOCS && bytes <= MAX_UNNAMED_BYTES
+        {
+            return;
+        }
+        let synced = self.state.last_workspace_sync_ms;
+        let mut oldest: Vec<(i64, FileId, bool, u64)> = self
+            .unnamed
+            .iter()
+            .map(|(f, u)| (u.since_ms, *f, u.sent, u.bytes))
+            .collect();
+        oldest.sort_unstable();
+        let mut drop = Vec::new();
+        let mut sent_dropped = 0u64;
+        for (since, f, sent, b) in oldest {
+            let expired = now - since > UNNAMED_KEPT_MS;
+            if sent {
+                if expired || count > MAX_UNNAMED_DOCS || bytes > MAX_UNNAMED_BYTES {
+                    count -= 1;
+                    bytes = bytes.saturating_sub(b);
+                    sent_dropped += 1;
+                    drop.push(f);
+                }
+            } else if expired && synced.is_some_and(|t| t > since) {
+                drop.push(f);
+            }
+        }
+        // Each deletion goes first in the call's persistence, as `forget_file` puts it;
+        // all at once, not one by one at the front (thousands of leftovers after an
+        // upgrade).
+        for f in &drop {
+            self.forget_kept(*f);
+        }
+        let deletions = drop.into_iter().map(Self::delete_doc);
+        self.out_files.splice(0..0, deletions);
+        if sent_dropped > 0 {
+            self.state.counters.unnamed_documents += sent_dropped;
+            self.state_dirty = true;
+        }
     }
 
     pub(super) fn commit_index(&mut self) {
@@ -385,4 +520,12 @@ impl Engine {
             self.cache.remove(&oldest);
         }
     }
+}
+
+/// Whether a record holds nothing of this device's own: no change of ours a peer has not
+/// confirmed yet, no file on this disk. Only such a record is dropped for want of an
+/// index entry (an index lost with a damaged store is filled again from the records, and
+/// from peers).
+fn only_a_peers(meta: &FileMeta) -> bool {
+    meta.pending.is_empty() && meta.disk.is_none()
 }

@@ -251,6 +251,12 @@ pub(super) struct LaterCounters2 {
     bad_rotations: u64,
 }
 
+/// Added after [`StateTail7`], stored after it in the same way.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct LaterCounters3 {
+    unnamed_documents: u64,
+}
+
 /// The engine's persisted state, its parts in the order they are stored.
 pub(super) struct StateParts<'a> {
     pub(super) state: &'a State,
@@ -295,6 +301,10 @@ pub(super) fn encode_state(parts: &StateParts<'_>) -> Vec<u8> {
     bytes.extend(postcard::to_allocvec(tail5).unwrap_or_default());
     bytes.extend(postcard::to_allocvec(tail6).unwrap_or_default());
     bytes.extend(postcard::to_allocvec(tail7).unwrap_or_default());
+    let later3 = LaterCounters3 {
+        unnamed_documents: c.unnamed_documents,
+    };
+    bytes.extend(postcard::to_allocvec(&later3).unwrap_or_default());
     bytes
 }
 
@@ -358,7 +368,13 @@ pub(super) fn decode_state(bytes: &[u8]) -> Option<Stored> {
                         stored.5 = tail5;
                         if let Ok((tail6, rest)) = postcard::take_from_bytes::<StateTail6>(rest) {
                             stored.6 = tail6;
-                            stored.7 = postcard::from_bytes::<StateTail7>(rest).unwrap_or_default();
+                            if let Ok((tail7, rest)) = postcard::take_from_bytes::<StateTail7>(rest)
+                            {
+                                stored.7 = tail7;
+                                if let Ok(later3) = postcard::from_bytes::<LaterCounters3>(rest) {
+                                    stored.0.counters.unnamed_documents = later3.unnamed_documents;
+                                }
+                            }
                         }
                     }
                 }
@@ -668,8 +684,10 @@ mod tests {
         let tail4 = StateTail4 {
             overlaps: vec![notice.clone()],
         };
+        let mut state = State::default();
+        state.counters.unnamed_documents = 9;
         let parts = (
-            State::default(),
+            state,
             StateTail::default(),
             StateTail2::default(),
             StateTail3::default(),
@@ -683,7 +701,7 @@ mod tests {
         let tail7 = StateTail7 {
             purged: [(FileId([7; 16]), (1_700_000_000_000, 1_700_000_100_000))].into(),
         };
-        let with_purged = encode_state(&StateParts {
+        let full = encode_state(&StateParts {
             state: &parts.0,
             tail: &parts.1,
             tail2: &parts.2,
@@ -693,9 +711,24 @@ mod tests {
             tail6: &tail6,
             tail7: &tail7,
         });
-        let decoded = decode_state(&with_purged).expect("decodes");
+        let decoded = decode_state(&full).expect("decodes");
         assert_eq!(decoded.6.index_waiting, tail6.index_waiting);
         assert_eq!(decoded.7.purged, tail7.purged);
+        assert_eq!(decoded.0.counters.unnamed_documents, 9);
+        // A state written before unnamed documents were counted ends before the count.
+        let later3 = postcard::to_allocvec(&LaterCounters3 {
+            unnamed_documents: 9,
+        })
+        .unwrap();
+        let with_purged = full[..full.len() - later3.len()].to_vec();
+        let decoded = decode_state(&with_purged).expect("decodes");
+        assert_eq!(decoded.7.purged, tail7.purged);
+        assert_eq!(decoded.0.counters.unnamed_documents, 0);
+        // A version before the count read the last tail it knew whole, past it unread.
+        let tail7_bytes = postcard::to_allocvec(&tail7).unwrap();
+        let older_read: StateTail7 =
+            postcard::from_bytes(&full[full.len() - later3.len() - tail7_bytes.len()..]).unwrap();
+        assert_eq!(older_read.purged, tail7.purged);
         // A state written before purges were remembered ends before them.
         let bytes =
             &with_purged[..with_purged.len() - postcard::to_allocvec(&tail7).unwrap().len()];

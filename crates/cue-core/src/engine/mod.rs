@@ -97,6 +97,32 @@ const UNWRITABLE_RETRY_MS: i64 = 60_000;
 /// Deletions from peers within this long count together for the mass-deletion guard.
 const REMOTE_GUARD_WINDOW_MS: i64 = 10_000;
 
+/// Documents of files the index does not name (no entry, live or deleted) are kept, as
+/// one may come before its index entry, but bounded (`docs.rs`, `drop_unnamed`): at most
+/// this many, …
+const MAX_UNNAMED_DOCS: usize = 1024;
+/// … holding at most this many bytes as they came, …
+const MAX_UNNAMED_BYTES: u64 = 32 * 1024 * 1024;
+/// … each for at most this long. One dropped that the index names later comes again from
+/// a peer that holds it (the digest covers every file the index names).
+const UNNAMED_KEPT_MS: i64 = 10 * 60 * 1000;
+/// How often every record is looked at for files the index no longer names (a deletion
+/// a peer purged, records an older version kept).
+const UNNAMED_SWEEP_MS: i64 = 60_000;
+
+/// A file this device keeps a record of that the index does not name (`docs.rs`,
+/// `drop_unnamed`).
+#[derive(Debug)]
+struct Unnamed {
+    /// When it was first seen unnamed.
+    since_ms: i64,
+    /// What came for it, or its content's size when found by the sweep.
+    bytes: u64,
+    /// A peer sent it in this run (it counts against the bounds); else the sweep found
+    /// it (a deletion a peer purged, or a record of an earlier run).
+    sent: bool,
+}
+
 /// A new file's document made ahead, and what making it returned.
 type Prepared = (FileDoc, Result<Option<ChangeHash>, DocError>);
 
@@ -112,6 +138,12 @@ pub struct Engine {
     /// Seals that came (verified) before the changes they name, for documents with no
     /// record yet (those with one keep theirs in it, stored: `FileMeta::waiting`).
     waiting_apart: BTreeMap<FileId, Vec<Seal>>,
+    /// Files with a record the index does not name: since when, and the bytes that came
+    /// for them (see [`MAX_UNNAMED_DOCS`]). In memory: after a restart the sweep finds
+    /// them again.
+    unnamed: BTreeMap<FileId, Unnamed>,
+    /// When every record was last looked at for `unnamed` (`None`: not in this run).
+    unnamed_swept_ms: Option<i64>,
     name: String,
     actor: ActorId,
     config: Config,
@@ -293,6 +325,8 @@ impl Engine {
             epoch,
             seal_counter: 0,
             waiting_apart: BTreeMap::new(),
+            unnamed: BTreeMap::new(),
+            unnamed_swept_ms: None,
             name: name.to_string(),
             actor,
             config,

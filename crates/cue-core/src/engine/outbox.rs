@@ -80,6 +80,7 @@ impl Engine {
             self.commit_index();
         }
         self.retry_unwritable();
+        self.sweep_unnamed();
         // A clock set back must not put the checks off by as much.
         self.last_adopt_ms = self.last_adopt_ms.min(now);
         self.checks_owed_since_ms = self.checks_owed_since_ms.min(now);
@@ -113,6 +114,7 @@ impl Engine {
         if !self.damaged_docs.is_empty() {
             self.take_in_damaged_docs();
         }
+        self.drop_unnamed();
         self.reconcile(store);
         // A reconcile can settle clashes, which changes the index again.
         if self.index_changed {

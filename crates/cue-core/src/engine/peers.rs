@@ -462,6 +462,23 @@ impl Engine {
             Item::Sealed { seals, item } => self.open_seals(from, seals, item),
             other => (Vec::new(), other),
         };
+        // What a file's document came with, in case the index names it nowhere.
+        let file_bytes = match &item {
+            Item::Changes {
+                doc: DocId::File(f),
+                changes,
+            } => Some((*f, changes.iter().map(|c| c.len() as u64).sum(), false)),
+            Item::Whole {
+                doc: DocId::File(f),
+                bytes,
+            }
+            | Item::Adopt {
+                doc: DocId::File(f),
+                bytes,
+                ..
+            } => Some((*f, bytes.len() as u64, true)),
+            _ => None,
+        };
         match item {
             // Opened above: what is left is never sealed again (`open_seals`).
             Item::Sealed { .. } => {}
@@ -553,6 +570,14 @@ impl Engine {
                     self.item(from, item, store, acks);
                 }
             }
+        }
+        // Not acknowledged while the index names it nowhere: it may be dropped (see
+        // `drop_unnamed`), and an acknowledgement tells its author that its changes are
+        // held here. Named and held, the digests agree, which confirms them.
+        if let Some((f, bytes, whole)) = file_bytes
+            && self.note_unnamed(f, bytes, whole)
+        {
+            acks.retain(|(d, _)| *d != DocId::File(f));
         }
     }
 
