@@ -40,6 +40,47 @@ const HELLO_AT_MOST: Duration = Duration::from_secs(1);
 /// Lobby senders whose replay windows are kept, at most (see `ReplayGuard::bound`).
 const LOBBY_SENDERS_KEPT: usize = 4096;
 
+/// Which connection each lobby sender was last heard on, for answers sent to it alone:
+/// at most [`LOBBY_SENDERS_KEPT`], those heard from longest ago dropped first (anyone
+/// holding the lobby's secret may send each message from a new key, and a route was kept
+/// for each while its connection lasted). A device without a route is answered through
+/// the whole lobby (sealed to it all the same); an honest one is heard again at its next
+/// hello.
+#[derive(Debug, Default)]
+struct Routes {
+    by_sender: HashMap<DeviceId, (PeerId, u64)>,
+    heard: u64,
+}
+
+impl Routes {
+    fn insert(&mut self, sender: DeviceId, peer: PeerId) {
+        self.heard += 1;
+        self.by_sender.insert(sender, (peer, self.heard));
+        if self.by_sender.len() > LOBBY_SENDERS_KEPT
+            && let Some(oldest) = self
+                .by_sender
+                .iter()
+                .min_by_key(|(_, (_, heard))| *heard)
+                .map(|(d, _)| *d)
+        {
+            self.by_sender.remove(&oldest);
+        }
+    }
+
+    fn get(&self, sender: &DeviceId) -> Option<PeerId> {
+        self.by_sender.get(sender).map(|(peer, _)| *peer)
+    }
+
+    /// The connection `peer` left: its senders' routes go.
+    fn left(&mut self, peer: PeerId) {
+        self.by_sender.retain(|_, (p, _)| *p != peer);
+    }
+
+    fn clear(&mut self) {
+        self.by_sender.clear();
+    }
+}
+
 /// What the lobby heard that the daemon must act on.
 #[derive(Debug)]
 pub(crate) enum Heard {
@@ -84,7 +125,7 @@ pub(crate) struct Lobby {
     me: DeviceId,
     relay: mpsc::UnboundedSender<RelayCommand>,
     connected: bool,
-    routes: HashMap<DeviceId, PeerId>,
+    routes: Routes,
     guard: ReplayGuard,
     seq: u64,
     last_hello: Option<Instant>,
@@ -110,7 +151,7 @@ impl Lobby {
             me: ws.device.device_id(),
             relay,
             connected: false,
-            routes: HashMap::new(),
+            routes: Routes::default(),
             guard: ReplayGuard::new(),
             // A thousand numbers a millisecond: more than a device sends, and never
             // below what an earlier run used.
@@ -147,7 +188,7 @@ impl Lobby {
                 }
                 RelayEvent::PeerLeft(peer) => {
                     self.present = self.present.saturating_sub(1);
-                    self.routes.retain(|_, p| *p != peer);
+                    self.routes.left(peer);
                 }
                 RelayEvent::Disconnected { reason } => {
                     self.connected = false;
@@ -267,7 +308,7 @@ impl Lobby {
             }
         };
         let cmd = match to.and_then(|d| self.routes.get(&d)) {
-            Some(peer) => RelayCommand::Direct(*peer, envelope),
+            Some(peer) => RelayCommand::Direct(peer, envelope),
             None => RelayCommand::Broadcast(envelope),
         };
         let _ = self.relay.send(cmd);
@@ -354,4 +395,35 @@ fn records_message(records: Vec<Vec<u8>>) -> Vec<LobbyMessage> {
             records: c.to_vec(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sender sending each message from a new key kept a route for each as long as its
+    /// connection lasted: now at most [`LOBBY_SENDERS_KEPT`], and an honest device heard
+    /// since keeps its own.
+    #[test]
+    fn routes_are_bounded_and_keep_the_senders_heard_from_last() {
+        let mut routes = Routes::default();
+        let honest = DeviceId([7; 32]);
+        routes.insert(honest, PeerId(1));
+        for i in 0..3 * LOBBY_SENDERS_KEPT as u64 {
+            let mut key = [0; 32];
+            key[..8].copy_from_slice(&i.to_le_bytes());
+            key[31] = 1;
+            routes.insert(DeviceId(key), PeerId(2));
+            if i % 1000 == 0 {
+                // Its periodic hello.
+                routes.insert(honest, PeerId(1));
+            }
+            assert!(routes.by_sender.len() <= LOBBY_SENDERS_KEPT);
+        }
+        assert_eq!(routes.by_sender.len(), LOBBY_SENDERS_KEPT);
+        assert_eq!(routes.get(&honest), Some(PeerId(1)));
+        routes.left(PeerId(2));
+        assert_eq!(routes.by_sender.len(), 1);
+        assert_eq!(routes.get(&honest), Some(PeerId(1)));
+    }
 }
