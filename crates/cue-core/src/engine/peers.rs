@@ -259,9 +259,8 @@ impl Engine {
         for head in to_heads(&self.index.heads()) {
             h.update(&head);
         }
-        let paths = self.index.paths();
         for (f, m) in self.files.iter() {
-            if !paths.contains_key(f) {
+            if !self.index.knows(f) {
                 continue;
             }
             h.update(&f.0);

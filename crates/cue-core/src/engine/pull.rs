@@ -53,12 +53,11 @@ impl Engine {
             .last_workspace_sync_ms
             .is_some_and(|t| now - t > self.config.max_offline_ms);
         let mut entries = vec![(DocId::Index, to_heads(&self.index.heads()))];
-        let paths = self.index.paths();
         let files: Vec<FileId> = self
             .files
             .ids()
             .copied()
-            .filter(|f| paths.contains_key(f))
+            .filter(|f| self.index.knows(f))
             .collect();
         for f in files {
             let heads = if self.cache.contains_key(&f) {
@@ -138,7 +137,6 @@ impl Engine {
             listed.insert(*doc);
             self.confirm(*doc, heads, store);
         }
-        let paths = self.index.paths();
         let mut docs: Vec<(DocId, Option<Heads>)> =
             entries.into_iter().map(|(d, h)| (d, Some(h))).collect();
         if complete {
@@ -146,7 +144,7 @@ impl Engine {
                 docs.insert(0, (DocId::Index, None));
             }
             for f in self.files.ids() {
-                if paths.contains_key(f) && !listed.contains(&DocId::File(*f)) {
+                if self.index.knows(f) && !listed.contains(&DocId::File(*f)) {
                     docs.push((DocId::File(*f), None));
                 }
             }
