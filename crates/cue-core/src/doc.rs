@@ -503,11 +503,18 @@ impl FileDoc {
             return Ok(None);
         }
         if !same_content {
+            // (Read before any operation of this write: reading the heads commits what
+            // is pending, which would split the write in two changes.)
+            let at = written_at(&self.doc.get_heads());
             match std::str::from_utf8(bytes) {
                 Ok(text) if ContentKind::of(bytes) == ContentKind::Text => {
-                    self.write_text(path, text)?
+                    self.write_text(path, text)?;
+                    self.doc.put(ROOT, "written", format!("text:{at}"))?;
                 }
-                _ => self.write_binary(bytes)?,
+                _ => {
+                    self.write_binary(bytes)?;
+                    self.doc.put(ROOT, "written", format!("binary:{at}"))?;
+                }
             }
         }
         if let Some(exec) = exec_change {
@@ -997,6 +1004,46 @@ impl FileDoc {
         }))
     }
 
+    /// A write that turned the file from text to binary (or back) at the same time as
+    /// another device wrote the file as it was: `kind` holds both, and the file shows the
+    /// winner's. The other side's content (the text, with every edit of it merged; or
+    /// the bytes) is a loser to keep as a conflict copy, as a binary file's is: one for
+    /// each kind not shown, named by the last operation that wrote that kind.
+    fn kind_conflict(&self) -> Option<FieldConflict> {
+        let all = self.doc.get_all(ROOT, "written").ok()?;
+        if all.len() < 2 {
+            return None;
+        }
+        let shown = self.get_str(&ROOT, "kind")?;
+        let mut losers: Vec<(String, Vec<u8>)> = Vec::new();
+        for kind in ["text", "binary"] {
+            if kind == shown {
+                continue;
+            }
+            let Some((_, op)) = all
+                .iter()
+                .rev()
+                .find(|(v, _)| str_of(v).is_some_and(|w| w.split(':').next() == Some(kind)))
+            else {
+                continue;
+            };
+            let content = match kind {
+                "text" => self.render_text().ok().map(String::into_bytes),
+                _ => match self.doc.get(ROOT, "bytes").ok().flatten() {
+                    Some((Value::Scalar(s), _)) => match s.as_ref() {
+                        ScalarValue::Bytes(b) => Some(b.clone()),
+                        _ => None,
+                    },
+                    _ => None,
+                },
+            };
+            if let Some(content) = content {
+                losers.push((op.to_string(), content));
+            }
+        }
+        (!losers.is_empty()).then_some(FieldConflict::Binary { losers })
+    }
+
     /// The body as it was at `heads` (empty where the version had none).
     fn body_at(&self, heads: &[ChangeHash]) -> Result<String, DocError> {
         match self.doc.get_at(ROOT, "body", heads)? {
@@ -1010,6 +1057,7 @@ impl FileDoc {
     /// operation id, never by wall clock).
     pub fn conflicts(&self) -> Vec<FieldConflict> {
         let mut out = Vec::new();
+        out.extend(self.kind_conflict());
         match self.kind() {
             Some(ContentKind::Binary) => {
                 if let Ok(all) = self.doc.get_all(ROOT, "bytes")
@@ -1068,6 +1116,20 @@ impl FileDoc {
         }
         out
     }
+}
+
+/// What a write puts under `written` besides its kind: new at each write (automerge
+/// makes no operation for a value put again), from the heads it was made on. Two
+/// devices' writes at once then conflict there, and when one of them turned the file
+/// from text to binary or back, the side not shown is kept as a conflict copy
+/// ([`FileDoc::kind_conflict`]): `kind` itself changes only with the kind, so a text
+/// edit made at once with a switch to binary left no trace beside the bytes shown.
+fn written_at(heads: &[ChangeHash]) -> String {
+    let mut h = blake3::Hasher::new_derive_key("cue written at");
+    for head in heads {
+        h.update(&head.0);
+    }
+    hex::encode(&h.finalize().as_bytes()[..8])
 }
 
 fn dedupe_items(list: &mut List) {
@@ -1536,6 +1598,47 @@ mod tests {
                 "actors {x} {y} {z}"
             );
             assert_eq!(b.conflicts().len(), 1);
+        }
+    }
+
+    /// One device writes bytes over a text file while another edits the text: whichever
+    /// kind the merge shows, the other side's content is a loser to keep, the same on
+    /// both.
+    #[test]
+    fn a_text_made_binary_while_edited_elsewhere_leaves_the_other_side_as_a_loser() {
+        for (x, y) in [(1u8, 2u8), (2, 1)] {
+            let mut a = FileDoc::new(actor(x));
+            a.write("f.txt", b"one\n", 0).unwrap();
+            let saved = a.save();
+            let mut b = FileDoc::load(&saved, actor(y)).unwrap();
+            let ha = a.write("f.txt", &[0, 9], 0).unwrap().unwrap();
+            let hb = b.write("f.txt", b"one\ntwo\n", 0).unwrap().unwrap();
+            let ca = Change::from_bytes(a.change(&ha).unwrap()).unwrap();
+            let cb = Change::from_bytes(b.change(&hb).unwrap()).unwrap();
+            a.automerge().apply_changes(vec![cb]).unwrap();
+            b.automerge().apply_changes(vec![ca]).unwrap();
+            let shown = a.materialize().unwrap();
+            assert_eq!(shown, b.materialize().unwrap());
+            let other: Vec<u8> = if shown == [0, 9] {
+                b"one\ntwo\n".to_vec()
+            } else {
+                vec![0, 9]
+            };
+            for d in [&a, &b] {
+                assert_eq!(
+                    d.conflicts(),
+                    vec![FieldConflict::Binary {
+                        losers: vec![(
+                            match &a.conflicts()[..] {
+                                [FieldConflict::Binary { losers }] => losers[0].0.clone(),
+                                other => panic!("{other:?}"),
+                            },
+                            other.clone()
+                        )]
+                    }],
+                    "actors {x} {y}"
+                );
+            }
         }
     }
 }

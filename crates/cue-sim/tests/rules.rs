@@ -864,3 +864,85 @@ fn a_pair_settled_differently_on_two_devices_ends_with_the_note_at_its_name() {
         }
     }
 }
+
+/// A file whose kind changes on one device (a program writing bytes over a note, or
+/// text over a binary file) while another writes it as it was: neither version is lost
+/// (the one not shown is a conflict copy), and both devices end with the same files.
+/// The text edit used to vanish from every disk, left only in the history.
+#[test]
+fn a_file_whose_kind_changes_while_another_device_writes_it_keeps_both() {
+    let text = b"---\ntitle: plan\n---\none\ntwo\n".to_vec();
+    let edited = b"---\ntitle: plan\n---\none\ntwo\nthree\n".to_vec();
+    let bytes = vec![0, 1, 2, 255];
+    let other_bytes = vec![0, 1, 2, 254];
+    // (base, the switch, the write of the file as it was)
+    let cases = [
+        (text.clone(), bytes.clone(), edited.clone()),
+        (bytes.clone(), text.clone(), other_bytes.clone()),
+    ];
+    for (base, switch, same_kind) in cases {
+        for switcher in [0, 1] {
+            let mut w = World::online(2, 8);
+            w.write(0, "a.md", &base);
+            w.settle_converged();
+            w.disconnect(1);
+            w.write(switcher, "a.md", &switch);
+            w.write(1 - switcher, "a.md", &same_kind);
+            w.connect(1);
+            w.settle_converged();
+            for p in 0..2 {
+                let all: Vec<&Vec<u8>> = w.peers[p].disk.values().collect();
+                assert!(
+                    all.contains(&&switch) && all.contains(&&same_kind) && all.len() == 2,
+                    "switcher p{switcher}, p{p}: {:?}",
+                    w.peers[p].disk
+                );
+            }
+            assert_eq!(w.status(1).conflicts.len(), 1);
+        }
+    }
+}
+
+/// A conflict copy the user deleted stays deleted once its deletion is purged: a device
+/// away meanwhile, merging the document (which still holds both versions) when it comes
+/// back, used to make the copy again, and every device got it back.
+#[test]
+fn a_deleted_conflict_copy_is_not_made_again_by_a_device_back_later() {
+    let config = Config::default();
+    let tombstone_ms = config.tombstone_ms;
+    let mut w = World::new(3, 9, config);
+    w.connect_all();
+    w.write(0, "img.png", &[0, 1, 2, 255]);
+    w.settle_converged();
+    // (p2 is away from here on: `settle`, not `settle_converged`, which counts it.)
+    w.disconnect(2);
+    w.disconnect(1);
+    w.write(0, "img.png", &[0, 1, 2, 254]);
+    w.write(1, "img.png", &[0, 1, 2, 253]);
+    w.connect(1);
+    w.settle(10);
+    let copy = w.peers[0]
+        .disk
+        .keys()
+        .find(|p| p.contains("conflict"))
+        .cloned()
+        .expect("a conflict copy");
+    w.delete(0, &copy);
+    w.settle(10);
+    for _ in 0..3 {
+        w.advance(tombstone_ms / 2);
+        w.settle(10);
+    }
+    assert!(
+        w.restore(0, &copy).is_err(),
+        "the copy's deletion is purged"
+    );
+    w.connect(2);
+    w.settle_converged();
+    w.advance(60_000);
+    w.settle_converged();
+    for p in 0..3 {
+        let paths: Vec<&String> = w.peers[p].disk.keys().collect();
+        assert_eq!(paths, vec!["img.png"], "p{p}");
+    }
+}

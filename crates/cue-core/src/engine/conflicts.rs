@@ -183,8 +183,14 @@ impl Engine {
         store: &mut dyn DocStore,
     ) -> bool {
         let copy_id = FileId::derive("cue conflict copy", &[&file.0, op.as_bytes()]);
-        if self.index.path_of(&copy_id).is_some() || self.files.contains(&copy_id) {
-            // Already made, here or by a peer whose copy reached us.
+        let id = format!("binary-{copy_id}");
+        if self.index.path_of(&copy_id).is_some()
+            || self.files.contains(&copy_id)
+            || self.index.has_conflict(&id)
+        {
+            // Already made, here or by a peer whose copy reached us; or made once and
+            // deleted since, its deletion purged (the record stays): a device joining
+            // later, checking the document, made it again.
             return false;
         }
         let origin = device_of_op(op, members).unwrap_or(self.device);
@@ -226,7 +232,6 @@ impl Engine {
             time_ms: self.now_ms,
             resolved: false,
         };
-        let id = format!("binary-{copy_id}");
         self.record_conflict(&id, &rec, &origin_name, format!("kept as {copy}"));
         true
     }
