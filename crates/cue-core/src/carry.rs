@@ -373,6 +373,17 @@ fn failed<H: Host>(
 fn after_unexpected<H: Host>(host: &mut H, w: &Write, feedback: &mut Vec<Input>) {
     match host.read_file(&w.path) {
         Ok(Some(content)) => refused(&w.path, content, feedback),
+        // The file the write expected is gone: the user moved it (its folder, say) or
+        // deleted it, and the watcher has not said so yet. Written here at once, the
+        // peer's version landed at the old path (a folder renamed came back) and the
+        // engine, believing it there, took the moved file's older content for an edit
+        // undoing the peer's. Put off instead, the belief back as it was: the move or
+        // the deletion is taken in first, then the write is made where the file went
+        // (a deletion made at once with a peer's edit keeps the edit, as any does).
+        Ok(None) if w.expect.is_some() => feedback.push(Input::WriteDeferred {
+            path: w.path.clone(),
+            expect: w.expect,
+        }),
         Ok(None) => match host.write_if(&w.path, &w.bytes, w.exec, None) {
             Ok(Outcome::Done | Outcome::DoneOverEdit(..)) => host.written(&w.path),
             Ok(Outcome::Unexpected) => {

@@ -2592,6 +2592,71 @@ mod power_cut {
         (a, b, dir_b)
     }
 
+    /// Alice renames a folder while bob's edit of a note in it is on its way: the edit
+    /// lands on the note where the folder went, and stays (it was reverted: the write
+    /// went into the moved folder through the descriptor held for it, while the engine
+    /// believed it at the old path).
+    #[test]
+    fn a_peers_edit_arriving_as_its_folder_is_renamed_stays() {
+        let (_dir, ws) = imported();
+        let (mut a, mut b, dir_b) = with_bob(&ws);
+        std::fs::create_dir(ws.root.join("Notes")).expect("mkdir");
+        std::fs::write(ws.root.join("Notes/n2.md"), b"n2\n").expect("write");
+        let new = Input::FileChanged {
+            path: "Notes/n2.md".into(),
+            content: b"n2\n".to_vec(),
+            exec: false,
+        };
+        let to_b = a.input(now_ms(), new).expect("a");
+        pump(&mut a, &mut b, Vec::new(), to_b);
+        assert_eq!(
+            std::fs::read(dir_b.path().join("Notes/n2.md")).expect("synced"),
+            b"n2\n"
+        );
+        for to in ["NOTES", "Other"] {
+            let from = if to == "NOTES" { "Notes" } else { "NOTES" };
+            let edit = format!("n2 edited by bob for {to}\n");
+            std::fs::write(dir_b.path().join(format!("{from}/n2.md")), &edit).expect("bob saves");
+            let change = Input::FileChanged {
+                path: format!("{from}/n2.md"),
+                content: edit.clone().into_bytes(),
+                exec: false,
+            };
+            let to_a = b.input(now_ms(), change).expect("b");
+            // Alice's folder moves before her daemon hears of it, and bob's edit comes.
+            std::fs::rename(ws.root.join(from), ws.root.join(to)).expect("mv");
+            let mut to_b = Vec::new();
+            let from_b = b.engine.device();
+            for (_, bytes) in to_a {
+                let input = Input::Message {
+                    from: from_b,
+                    bytes,
+                };
+                to_b.extend(a.input(now_ms(), input).expect("a takes it"));
+            }
+            to_b.extend(a.rescan(now_ms()).expect("a sees the move"));
+            // (The write put off is made at the next tick.)
+            to_b.extend(a.input(now_ms(), Input::Tick).expect("a ticks"));
+            pump(&mut a, &mut b, Vec::new(), to_b);
+            let moved = format!("{to}/n2.md");
+            assert_eq!(
+                std::fs::read_to_string(ws.root.join(&moved))
+                    .expect("moved")
+                    .as_str(),
+                edit,
+                "alice, {moved}"
+            );
+            assert!(!ws.root.join(from).exists(), "alice: {from} came back");
+            assert_eq!(
+                std::fs::read_to_string(dir_b.path().join(&moved))
+                    .expect("moved on bob")
+                    .as_str(),
+                edit,
+                "bob, {moved}"
+            );
+        }
+    }
+
     /// Saves `bytes` at `path` the way most editors do: a new file renamed over it.
     fn save_via_rename(path: &std::path::Path, bytes: &[u8]) {
         let new = path.with_extension("new");

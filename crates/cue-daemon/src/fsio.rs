@@ -467,7 +467,9 @@ impl WorkspaceFs {
         exec: Option<bool>,
         expect: Expect,
     ) -> Result<Outcome, FsError> {
-        let parent = self.open_parent_creating(rel, true)?;
+        let Some(parent) = self.open_parent_for(rel, expect, true)? else {
+            return Ok(Outcome::Unexpected);
+        };
         let tmp = self.write_temp_for(&parent, rel, bytes, exec, true)?;
         let result = replace(self, &parent, &tmp, rel, expect);
         if !matches!(result, Ok(Outcome::Done | Outcome::DoneOverEdit(..))) {
@@ -517,8 +519,12 @@ impl WorkspaceFs {
         rel: &WorkspacePath,
         bytes: &[u8],
         exec: Option<bool>,
+        expect: Expect,
     ) -> Result<Option<Prepared>, FsError> {
-        let parent = self.open_parent_creating(rel, true)?;
+        // (A folder gone: not prepared, and `write_atomic_if` refuses the write.)
+        let Some(parent) = self.open_parent_for(rel, expect, true)? else {
+            return Ok(None);
+        };
         let dev = rustix::fs::fstat(&parent)
             .map(|st| FileStat::from_stat(&st).dev)
             .map_err(|e| FsError::io("stat folder of", rel.as_str(), e))?;
@@ -884,6 +890,26 @@ impl WorkspaceFs {
     }
 
     /// The folder holding `rel`, created (with its missing ancestors) if needed.
+    /// The folder `rel` is in, opened, and made (with the folders above it) unless
+    /// `expect` says the file is there already: then a folder gone since (moved or
+    /// deleted while the write was on its way) is `None`, and the write is refused like
+    /// any whose file is not as expected. Made anew, the folder took a peer's edit at the
+    /// old path while the user's file sat where the folder went, and the next scan took
+    /// that file's old content for an edit undoing the peer's.
+    fn open_parent_for(
+        &self,
+        rel: &WorkspacePath,
+        expect: Expect,
+        sync_new_dirs: bool,
+    ) -> Result<Option<OwnedFd>, FsError> {
+        match (expect, rel.parent()) {
+            (Expect::Content(_), Some(dir)) => {
+                self.open_dir(&dir, false).map_err(|e| retarget(e, rel))
+            }
+            _ => self.open_parent_creating(rel, sync_new_dirs).map(Some),
+        }
+    }
+
     fn open_parent_creating(
         &self,
         rel: &WorkspacePath,
@@ -1308,7 +1334,11 @@ impl WriteBatch<'_> {
         let dir_key = rel.parent_str().to_owned();
         if self.last_dir.as_ref().is_none_or(|(k, _)| *k != dir_key) {
             self.last_dir = None;
-            let fd = self.fs.open_parent_creating(rel, false)?;
+            // (A folder gone under a write expecting its file: the write goes the usual
+            // way, `write_atomic_if`, which refuses it.)
+            let Some(fd) = self.fs.open_parent_for(rel, expect, false)? else {
+                return Err(FsError::io("open folder of", rel.as_str(), Errno::NOENT));
+            };
             self.last_dir = Some((dir_key, fd));
         }
         let Some((_, parent)) = self.last_dir.as_ref() else {

@@ -625,7 +625,10 @@ impl DaemonHost {
         }
         for e in files {
             let Effect::WriteFile {
-                path, bytes, exec, ..
+                path,
+                bytes,
+                exec,
+                expect,
             } = e
             else {
                 continue;
@@ -638,7 +641,10 @@ impl DaemonHost {
             if self.prepared.contains_key(path) || self.out_of_sight(path).is_some() {
                 continue;
             }
-            match self.fs.prepare(&rel, bytes, Some(*exec)) {
+            match self
+                .fs
+                .prepare(&rel, bytes, Some(*exec), to_expect(*expect))
+            {
                 Ok(Some(prepared)) => {
                     let hash = cue_core::file_hash(bytes, *exec);
                     self.prepared.insert(path.clone(), (hash, prepared));

@@ -632,3 +632,41 @@ fn an_edit_made_away_outlives_a_deletion_purged_meanwhile() {
         );
     }
 }
+
+/// A peer's edit arrives just as the file is moved here (its folder renamed) and before
+/// the watcher says so: the write, finding no file where it expected one, is put off;
+/// the move is taken in, then the edit is written where the file went. It was written
+/// at the old path at once, and the moved file's older content, read at the new one,
+/// was taken for an edit undoing the peer's.
+#[test]
+fn a_peers_edit_arriving_as_the_file_is_moved_lands_where_it_went() {
+    let mut w = World::online(2, 41);
+    w.write(0, "Notes/n2.md", b"n2\n");
+    w.settle_converged();
+    w.write(1, "Notes/n2.md", b"n2 edited\n");
+    // p0's folder moves; its watcher has not told the engine yet.
+    let content = w.peers[0].disk.remove("Notes/n2.md").expect("synced");
+    w.peers[0]
+        .disk
+        .insert("NOTES/n2.md".into(), content.clone());
+    w.deliver_between(1, 0);
+    w.input(
+        0,
+        Input::FileRenamed {
+            from: "Notes/n2.md".into(),
+            to: "NOTES/n2.md".into(),
+            content,
+            exec: false,
+        },
+    );
+    w.advance(1_000);
+    w.settle_converged();
+    for p in 0..2 {
+        assert_eq!(
+            w.read(p, "NOTES/n2.md").as_deref(),
+            Some("n2 edited\n"),
+            "p{p}"
+        );
+        assert_eq!(w.read(p, "Notes/n2.md"), None, "p{p}");
+    }
+}
