@@ -327,7 +327,7 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
     if !r.skipped.is_empty() {
         let _ = writeln!(out, "\n{}", paint.paint(HEAD, "Not synced:"));
         for s in &r.skipped {
-            let _ = writeln!(out, "  {}: {}", s.path, s.reason);
+            let _ = writeln!(out, "  {}: {}", printable(&s.path), s.reason);
         }
         if r.skipped
             .iter()
@@ -356,6 +356,17 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
         let _ = writeln!(out, "\nLast full resync: {} ({t})", ago(t, now_ms));
     }
     out
+}
+
+/// `name` as it can be printed on one line of a terminal: control characters (a newline,
+/// an escape sequence) shown escaped, everything else as it is.
+fn printable(name: &str) -> String {
+    name.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -616,6 +627,23 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("max_file_size"), "{text}");
+    }
+
+    /// A file cue does not sync because its name holds a newline (or another control
+    /// character) is listed on one line, the character shown escaped: printed as it
+    /// was, it broke the list (and a terminal's escape sequence would act).
+    #[test]
+    fn a_skipped_name_with_control_characters_is_shown_escaped() {
+        let mut r = report();
+        r.skipped = vec![SkippedReport {
+            path: "two\nlines\u{1b}[31m.md".into(),
+            reason: "its name holds a control character".into(),
+        }];
+        let text = render(&r, home(), NOW, OFF);
+        assert!(
+            text.contains("Not synced:\n  two\\nlines\\u{1b}[31m.md: its name holds"),
+            "{text}"
+        );
     }
 
     #[test]
