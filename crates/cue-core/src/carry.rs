@@ -380,7 +380,7 @@ fn after_unexpected<H: Host>(host: &mut H, w: &Write, feedback: &mut Vec<Input>)
         // undoing the peer's. Put off instead, the belief back as it was: the move or
         // the deletion is taken in first, then the write is made where the file went
         // (a deletion made at once with a peer's edit keeps the edit, as any does).
-        Ok(None) if w.expect.is_some() => feedback.push(Input::WriteDeferred {
+        Ok(None) if w.expect.is_some() => feedback.push(Input::WriteFoundGone {
             path: w.path.clone(),
             expect: w.expect,
         }),

@@ -1005,40 +1005,39 @@ impl FileDoc {
     }
 
     /// A write that turned the file from text to binary (or back) at the same time as
-    /// another device wrote the file as it was: `kind` holds both, and the file shows the
-    /// winner's. The other side's content (the text, with every edit of it merged; or
-    /// the bytes) is a loser to keep as a conflict copy, as a binary file's is: one for
-    /// each kind not shown, named by the last operation that wrote that kind.
-    fn kind_conflict(&self) -> Option<FieldConflict> {
+    /// another device wrote the file as it was: `written` holds both, and the file shows
+    /// `kind`'s. Each write of the other kind is a loser to keep as a conflict copy, as a
+    /// binary file's is: the file as that write left it (the version at its change, so
+    /// the same on every device whatever else it has merged), named by its operation.
+    fn kind_conflict(&mut self) -> Option<FieldConflict> {
         let all = self.doc.get_all(ROOT, "written").ok()?;
         if all.len() < 2 {
             return None;
         }
         let shown = self.get_str(&ROOT, "kind")?;
-        let mut losers: Vec<(String, Vec<u8>)> = Vec::new();
-        for kind in ["text", "binary"] {
-            if kind == shown {
-                continue;
-            }
-            let Some((_, op)) = all
-                .iter()
-                .rev()
-                .find(|(v, _)| str_of(v).is_some_and(|w| w.split(':').next() == Some(kind)))
-            else {
-                continue;
-            };
-            let content = match kind {
-                "text" => self.render_text().ok().map(String::into_bytes),
-                _ => match self.doc.get(ROOT, "bytes").ok().flatten() {
-                    Some((Value::Scalar(s), _)) => match s.as_ref() {
-                        ScalarValue::Bytes(b) => Some(b.clone()),
-                        _ => None,
-                    },
-                    _ => None,
-                },
-            };
-            if let Some(content) = content {
-                losers.push((op.to_string(), content));
+        let others: Vec<(u64, ActorId, String)> = all
+            .iter()
+            .filter(|(v, _)| str_of(v).is_some_and(|w| w.split(':').next() != Some(shown.as_str())))
+            .filter_map(|(_, id)| match id {
+                ObjId::Id(counter, actor, _) => Some((*counter, actor.clone(), id.to_string())),
+                ObjId::Root => None,
+            })
+            .collect();
+        if others.is_empty() {
+            return None;
+        }
+        let mut losers = Vec::new();
+        for (counter, actor, op) in others {
+            // The change it was made in: its actor's, whose operations reach its counter.
+            let change = self
+                .doc
+                .document()
+                .get_changes_meta(&[])
+                .into_iter()
+                .find(|m| *m.actor == actor && (m.start_op..=m.max_op).contains(&counter))
+                .map(|m| m.hash);
+            if let Some(content) = change.and_then(|h| self.materialize_at(&[h]).ok()) {
+                losers.push((op, content));
             }
         }
         (!losers.is_empty()).then_some(FieldConflict::Binary { losers })
@@ -1055,7 +1054,7 @@ impl FileDoc {
     /// Values the merge chose between. The last value automerge's `get_all` reports is the
     /// winner on every peer, the one the file shows (it orders concurrent writes by
     /// operation id, never by wall clock).
-    pub fn conflicts(&self) -> Vec<FieldConflict> {
+    pub fn conflicts(&mut self) -> Vec<FieldConflict> {
         let mut out = Vec::new();
         out.extend(self.kind_conflict());
         match self.kind() {
@@ -1624,20 +1623,14 @@ mod tests {
             } else {
                 vec![0, 9]
             };
-            for d in [&a, &b] {
-                assert_eq!(
-                    d.conflicts(),
-                    vec![FieldConflict::Binary {
-                        losers: vec![(
-                            match &a.conflicts()[..] {
-                                [FieldConflict::Binary { losers }] => losers[0].0.clone(),
-                                other => panic!("{other:?}"),
-                            },
-                            other.clone()
-                        )]
-                    }],
-                    "actors {x} {y}"
-                );
+            let found = a.conflicts();
+            assert_eq!(found, b.conflicts(), "actors {x} {y}");
+            match &found[..] {
+                [FieldConflict::Binary { losers }] => {
+                    assert_eq!(losers.len(), 1, "actors {x} {y}");
+                    assert_eq!(losers[0].1, other, "actors {x} {y}");
+                }
+                found => panic!("actors {x} {y}: {found:?}"),
             }
         }
     }

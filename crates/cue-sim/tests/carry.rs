@@ -670,3 +670,51 @@ fn a_peers_edit_arriving_as_the_file_is_moved_lands_where_it_went() {
         assert_eq!(w.read(p, "Notes/n2.md"), None, "p{p}");
     }
 }
+
+/// The same, the file deleted here (its folder removed) as the peer's edit comes: the
+/// deletion, taken in after the write found the file gone, is of the version the user
+/// had, so the edit made at once keeps the file, as any does. Made of the document's
+/// heads (the peer's edit merged in), the deletion took the edit with it.
+#[test]
+fn a_peers_edit_arriving_as_the_file_is_deleted_keeps_it() {
+    let mut w = World::online(2, 42);
+    w.write(0, "Notes/n2.md", b"n2\n");
+    w.settle_converged();
+    w.write(1, "Notes/n2.md", b"n2 edited\n");
+    w.peers[0].disk.remove("Notes/n2.md").expect("synced");
+    w.deliver_between(1, 0);
+    w.input(
+        0,
+        Input::FileRemoved {
+            path: "Notes/n2.md".into(),
+        },
+    );
+    w.advance(1_000);
+    w.settle_converged();
+    for p in 0..2 {
+        assert_eq!(
+            w.read(p, "Notes/n2.md").as_deref(),
+            Some("n2 edited\n"),
+            "p{p}"
+        );
+    }
+}
+
+/// A write that found its file gone and hears nothing of where it went (a path the
+/// watcher does not report) is not put off for ever: after a few seconds the peer's
+/// version is written where the file was.
+#[test]
+fn a_write_whose_file_is_gone_unreported_is_made_after_a_wait() {
+    let mut w = World::online(2, 43);
+    w.write(0, "a.md", b"one\n");
+    w.settle_converged();
+    w.write(1, "a.md", b"one\ntwo\n");
+    w.peers[0].disk.remove("a.md").expect("synced");
+    w.deliver_between(1, 0);
+    assert_eq!(w.read(0, "a.md"), None, "put off at first");
+    for _ in 0..8 {
+        w.advance(1_000);
+    }
+    w.settle_converged();
+    assert_eq!(w.read(0, "a.md").as_deref(), Some("one\ntwo\n"));
+}

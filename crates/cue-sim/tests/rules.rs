@@ -946,3 +946,35 @@ fn a_deleted_conflict_copy_is_not_made_again_by_a_device_back_later() {
         assert_eq!(paths, vec!["img.png"], "p{p}");
     }
 }
+
+/// One device writes bytes over a note while two others edit its text, their messages
+/// arriving in any order: every device ends with the same files, the bytes at the path
+/// and each text edit in a conflict copy of the note as its device left it (a copy's
+/// content made of whatever a device had merged differed between devices, and the two
+/// copies of one id never merged).
+#[test]
+fn a_switch_to_binary_against_two_text_edits_converges_in_any_order() {
+    for seed in 0..6 {
+        let mut w = World::new(3, 50 + seed, Config::default());
+        w.faults.reorder = true;
+        w.connect_all();
+        w.write(0, "a.txt", b"base\n");
+        w.settle_converged();
+        for p in 0..3 {
+            w.disconnect(p);
+        }
+        w.write(0, "a.txt", &[0, 1, 2, 255]);
+        w.write(1, "a.txt", b"base\none\n");
+        w.write(2, "a.txt", b"two\nbase\n");
+        w.connect_all();
+        w.settle_converged();
+        let all: Vec<&Vec<u8>> = w.peers[0].disk.values().collect();
+        for want in [
+            &vec![0, 1, 2, 255],
+            &b"base\none\n".to_vec(),
+            &b"two\nbase\n".to_vec(),
+        ] {
+            assert!(all.contains(&want), "seed {seed}: {:?}", w.peers[0].disk);
+        }
+    }
+}

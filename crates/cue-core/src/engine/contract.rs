@@ -129,6 +129,19 @@ pub enum Input {
         content: Vec<u8>,
         exec: bool,
     },
+    /// A [`Effect::WriteFile`] at `path` expecting the file the engine believes there
+    /// found nothing: the user moved it (its folder, say) or deleted it, and the watcher
+    /// has not said so yet. Not written (written at the old path, the peer's version
+    /// made a renamed folder come back, and the moved file's older content was taken
+    /// for an edit undoing it): the belief goes back to `expect`, and the write is made
+    /// again at the next tick, where the file went once the move or deletion is taken
+    /// in. Still gone after [`GONE_WAIT_MS`] with nothing said (a path the watcher does
+    /// not report: ignored, the guard holding deletions), the file is written at the
+    /// path as a new one, as before.
+    WriteFoundGone {
+        path: String,
+        expect: Option<ContentHash>,
+    },
     /// A [`Effect::WriteFile`] or [`Effect::RemoveFile`] at `path` was not carried out
     /// because the file keeps changing under the writes (the carry-out's feedback limit):
     /// the disk still holds `expect`. Like [`Input::WriteFailed`] without the error: the

@@ -452,7 +452,19 @@ impl Engine {
         let Some(file) = self.file_at(path) else {
             return;
         };
-        let heads = self.doc_heads(file, store);
+        // The version the user deleted is the one on disk: changes merged since and not
+        // written yet (a peer's edit whose write found the file gone, and waited for
+        // this) were never seen, and keep the file, as any edit made at once with a
+        // deletion does.
+        let on_disk = self
+            .files
+            .get(&file)
+            .map(|m| m.disk_heads.clone())
+            .filter(|h| !h.is_empty());
+        let heads = match on_disk {
+            Some(h) => from_heads(&h),
+            None => self.doc_heads(file, store),
+        };
         if let Some(mut meta) = self.files.get_mut(&file) {
             meta.disk = None;
         }

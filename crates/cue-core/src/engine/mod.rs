@@ -123,6 +123,10 @@ struct Unnamed {
     sent: bool,
 }
 
+/// How long a write that found its file gone waits for the watcher to say where it went
+/// ([`Input::WriteFoundGone`]): well past the watcher's longest batch (a second).
+pub const GONE_WAIT_MS: i64 = 3_000;
+
 /// A new file's document made ahead, and what making it returned.
 type Prepared = (FileDoc, Result<Option<ChangeHash>, DocError>);
 
@@ -226,6 +230,9 @@ pub struct Engine {
     ignored: BTreeSet<String>,
     /// Files peers deleted lately (when, which): the remote mass-deletion guard's window.
     recent_remote_deletions: Vec<(i64, FileId)>,
+    /// Files whose write found nothing where the file was believed
+    /// ([`Input::WriteFoundGone`]): since when, and when last.
+    found_gone: BTreeMap<FileId, (i64, i64)>,
     /// Documents we asked a peer for because changes it sent lacked their dependencies,
     /// and when: its answer may carry other members' changes.
     asked: BTreeMap<(DeviceId, DocId), i64>,
@@ -382,6 +389,7 @@ impl Engine {
             growth: BTreeMap::new(),
             ignored: BTreeSet::new(),
             recent_remote_deletions: Vec::new(),
+            found_gone: BTreeMap::new(),
             asked: BTreeMap::new(),
             pull_limits: PullLimiter::new(),
             pacer: Pacer::new(),
@@ -512,6 +520,7 @@ impl Engine {
                 exec,
             } => self.replaced_edit(&path, content, exec, store),
             Input::WriteDeferred { path, expect } => self.write_deferred(&path, expect),
+            Input::WriteFoundGone { path, expect } => self.write_found_gone(&path, expect),
             Input::RetryWrites => self.retry_writes_soon(),
             Input::NotOnDisk { folder } => self.not_on_disk(&folder),
             Input::Unsyncable { files } => self.unsyncable = files,

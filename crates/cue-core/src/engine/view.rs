@@ -769,6 +769,35 @@ impl Engine {
         u.retrying = false;
     }
 
+    /// See [`Input::WriteFoundGone`].
+    pub(super) fn write_found_gone(&mut self, path: &str, expect: Option<ContentHash>) {
+        let now = self.now_ms;
+        let Some(f) = self.disk_ops.get(path).copied() else {
+            return;
+        };
+        let (first, last) = self.found_gone.get(&f).copied().unwrap_or((now, now));
+        // (A report long after the last is another move: its wait starts now.)
+        let first = if now - last > 2 * GONE_WAIT_MS {
+            now
+        } else {
+            first
+        };
+        if now - first > GONE_WAIT_MS {
+            // Nothing said of it: written where it was, as a new file.
+            self.found_gone.remove(&f);
+            if let Some(mut m) = self.files.get_mut(&f)
+                && m.disk.as_ref().is_some_and(|(p, _)| p == path)
+            {
+                m.disk = None;
+            }
+            self.dirty.insert(f);
+            self.to_reconcile.insert(f);
+            return;
+        }
+        self.found_gone.insert(f, (first, now));
+        self.write_deferred(path, expect);
+    }
+
     /// The disk still holds `expect` at `path` after an effect there was not carried out:
     /// the file's belief goes back to that. The file, if the effect was this round's.
     fn take_belief_back(&mut self, path: &str, expect: Option<ContentHash>) -> Option<FileId> {
