@@ -1117,7 +1117,8 @@ impl FileDoc {
     }
 }
 
-/// What a write puts under `written` besides its kind: new at each write (automerge
+/// What a write puts under `written` besides its kind (8 hex digits: a few bytes a
+/// change, kept for good in every document's history): new at each write (automerge
 /// makes no operation for a value put again), from the heads it was made on. Two
 /// devices' writes at once then conflict there, and when one of them turned the file
 /// from text to binary or back, the side not shown is kept as a conflict copy
@@ -1128,7 +1129,7 @@ fn written_at(heads: &[ChangeHash]) -> String {
     for head in heads {
         h.update(&head.0);
     }
-    hex::encode(&h.finalize().as_bytes()[..8])
+    hex::encode(&h.finalize().as_bytes()[..4])
 }
 
 fn dedupe_items(list: &mut List) {
