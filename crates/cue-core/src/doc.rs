@@ -1015,28 +1015,16 @@ impl FileDoc {
             return None;
         }
         let shown = self.get_str(&ROOT, "kind")?;
-        let others: Vec<(u64, ActorId, String)> = all
+        let others: Vec<(ChangeHash, String)> = all
             .iter()
             .filter(|(v, _)| str_of(v).is_some_and(|w| w.split(':').next() != Some(shown.as_str())))
-            .filter_map(|(_, id)| match id {
-                ObjId::Id(counter, actor, _) => Some((*counter, actor.clone(), id.to_string())),
-                ObjId::Root => None,
-            })
+            // The change each was made in.
+            .filter_map(|(_, id)| Some((self.doc.hash_for_opid(id)?, id.to_string())))
             .collect();
-        if others.is_empty() {
-            return None;
-        }
         let mut losers = Vec::new();
-        for (counter, actor, op) in others {
-            // The change it was made in: its actor's, whose operations reach its counter.
-            let change = self
-                .doc
-                .document()
-                .get_changes_meta(&[])
-                .into_iter()
-                .find(|m| *m.actor == actor && (m.start_op..=m.max_op).contains(&counter))
-                .map(|m| m.hash);
-            if let Some(content) = change.and_then(|h| self.materialize_at(&[h]).ok()) {
+        for (change, op) in others {
+            // (One that cannot be read back gets no copy: the history keeps it.)
+            if let Ok(content) = self.materialize_at(&[change]) {
                 losers.push((op, content));
             }
         }

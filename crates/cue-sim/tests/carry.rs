@@ -718,3 +718,25 @@ fn a_write_whose_file_is_gone_unreported_is_made_after_a_wait() {
     w.settle_converged();
     assert_eq!(w.read(0, "a.md").as_deref(), Some("one\ntwo\n"));
 }
+
+/// A deletion after merging a peer's edit and its undo (the bytes on disk unchanged, so
+/// nothing was written and the version on disk was not moved on) deletes the file:
+/// named by that older version, the deletion left the peer's changes unseen and the
+/// file came back everywhere.
+#[test]
+fn a_deletion_after_a_merge_that_changed_no_byte_takes_effect() {
+    let mut w = World::online(2, 44);
+    w.write(0, "a.md", b"one\n");
+    w.settle_converged();
+    w.disconnect(1);
+    w.write(1, "a.md", b"one\ntwo\n");
+    w.write(1, "a.md", b"one\n");
+    w.connect(1);
+    w.settle_converged();
+    w.delete(0, "a.md");
+    w.advance(1_000);
+    w.settle_converged();
+    for p in 0..2 {
+        assert_eq!(w.read(p, "a.md"), None, "p{p}");
+    }
+}

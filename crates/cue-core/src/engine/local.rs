@@ -50,6 +50,7 @@ impl Engine {
         exec: bool,
         store: &mut dyn DocStore,
     ) {
+        self.heard_of(path);
         if !self.takes_local(path, content.len()) {
             return;
         }
@@ -440,7 +441,18 @@ impl Engine {
         self.invalidate(Stale::Digest);
     }
 
+    /// The watcher spoke of `path`: a write that found its file gone there waits no more
+    /// (see [`Input::WriteFoundGone`]); a later one waits again from the start.
+    fn heard_of(&mut self, path: &str) {
+        if !self.found_gone.is_empty()
+            && let Some(f) = self.file_at(path)
+        {
+            self.found_gone.remove(&f);
+        }
+    }
+
     pub(super) fn local_remove(&mut self, path: &str, store: &mut dyn DocStore) {
+        self.heard_of(path);
         if self.state.skipped.remove(path).is_some() {
             self.state_dirty = true;
             self.say_too_large(path, None);
@@ -456,9 +468,13 @@ impl Engine {
         // written yet (a peer's edit whose write found the file gone, and waited for
         // this) were never seen, and keep the file, as any edit made at once with a
         // deletion does.
+        // (Only when the disk is behind the document: a merge that changes no byte
+        // moves the document's heads and not `disk_heads`, which are then no less
+        // than what the user saw.)
         let on_disk = self
             .files
             .get(&file)
+            .filter(|m| m.disk.as_ref().map(|(_, h)| *h) != m.doc_hash)
             .map(|m| m.disk_heads.clone())
             .filter(|h| !h.is_empty());
         let heads = match on_disk {
@@ -494,6 +510,7 @@ impl Engine {
         exec: bool,
         store: &mut dyn DocStore,
     ) {
+        self.heard_of(from);
         let Some(file) = self.file_at(from) else {
             self.local_change(to, content, exec, store);
             return;
