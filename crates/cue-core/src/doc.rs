@@ -506,16 +506,17 @@ impl FileDoc {
             // (Read before any operation of this write: reading the heads commits what
             // is pending, which would split the write in two changes.)
             let at = written_at(&self.doc.get_heads());
-            match std::str::from_utf8(bytes) {
+            let kind = match std::str::from_utf8(bytes) {
                 Ok(text) if ContentKind::of(bytes) == ContentKind::Text => {
                     self.write_text(path, text)?;
-                    self.doc.put(ROOT, "written", format!("text:{at}"))?;
+                    "text"
                 }
                 _ => {
                     self.write_binary(bytes)?;
-                    self.doc.put(ROOT, "written", format!("binary:{at}"))?;
+                    "binary"
                 }
-            }
+            };
+            self.doc.put(ROOT, "written", format!("{kind}:{at}"))?;
         }
         if let Some(exec) = exec_change {
             self.doc.put(ROOT, "exec", exec)?;

@@ -379,10 +379,15 @@ impl Engine {
         self.unnamed
             .retain(|f, _| files.get(f).is_some_and(only_a_peers) && !index.knows(f));
         // (A clock set back does not keep them longer than that.)
+        let synced = self.state.last_workspace_sync_ms;
         let (mut count, mut bytes, mut first) = (0usize, 0u64, now);
         for u in self.unnamed.values_mut() {
             u.since_ms = u.since_ms.min(now);
-            first = first.min(u.since_ms);
+            // (A leftover waits for a sync: until then it cannot go, and is no reason
+            // to look further at every call.)
+            if u.sent || synced.is_some_and(|t| t > u.since_ms) {
+                first = first.min(u.since_ms);
+            }
             if u.sent {
                 count += 1;
                 bytes = bytes.saturating_add(u.bytes);
@@ -392,7 +397,6 @@ impl Engine {
         {
             return;
         }
-        let synced = self.state.last_workspace_sync_ms;
         let mut oldest: Vec<(i64, FileId, bool, u64)> = self
             .unnamed
             .iter()
