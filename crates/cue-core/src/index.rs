@@ -92,6 +92,12 @@ pub struct Tombstone {
 }
 
 impl Tombstone {
+    /// A file dropped as one with another that holds its bytes (the clash rule's
+    /// tombstone, of time 0), not deleted by anyone: its content lives on in that file.
+    pub fn dropped_as_one(&self) -> bool {
+        self.time_ms == 0
+    }
+
     fn encode(&self) -> String {
         let heads: Vec<String> = self.heads.iter().map(|h| h.to_string()).collect();
         format!("{};{}", self.time_ms, heads.join(","))

@@ -978,3 +978,141 @@ fn a_switch_to_binary_against_two_text_edits_converges_in_any_order() {
         }
     }
 }
+
+/// A device that joins with a folder already full of the workspace's files (its store
+/// removed and the folder kept, or the folder copied over before it joined) makes a
+/// file of each; the others drop one of each pair as one file with theirs. Whichever
+/// goes, the file stays on every disk the whole time: a dropped file whose kept twin's
+/// document has not arrived yet is not removed to be written again when it comes (a
+/// first sync of thousands of files takes seconds, and the index comes first).
+#[test]
+fn a_folder_that_joins_full_never_loses_its_files_on_the_way() {
+    use cue_core::Input;
+    use cue_core::wire::{Item, Message, decode, encode};
+    let files = cue_sim::notes(40);
+    for seed in 0..4 {
+        let mut w = World::new(3, seed, Config::default());
+        w.connect(0);
+        w.connect(1);
+        w.write_many(0, &files);
+        w.settle(10);
+        assert_eq!(w.peers[1].disk, w.peers[0].disk);
+        // The joining device holds the same files, made by itself.
+        w.write_many(2, &files);
+        w.connect(2);
+        // Everything but the file documents the others send it goes as it comes; those
+        // are held back until the rest has settled.
+        let mut held: Vec<(usize, Item)> = Vec::new();
+        let gone = |w: &World| {
+            files
+                .iter()
+                .filter(|(p, _)| !w.peers[2].disk.contains_key(p))
+                .count()
+        };
+        for _ in 0..40 {
+            for from in [0, 1] {
+                for bytes in w.take_in_flight(from, 2) {
+                    let msg = decode(&bytes).expect("a message");
+                    let (docs, rest): (Vec<Item>, Vec<Item>) =
+                        msg.items.into_iter().partition(|i| match i {
+                            Item::Sealed { item, .. } => item.doc() != cue_core::DocId::Index,
+                            _ => false,
+                        });
+                    held.extend(docs.into_iter().map(|i| (from, i)));
+                    let device = w.peers[from].device;
+                    w.input(
+                        2,
+                        Input::Message {
+                            from: device,
+                            bytes: encode(&Message { items: rest }),
+                        },
+                    );
+                }
+            }
+            for (from, to) in [(2, 0), (2, 1), (0, 1), (1, 0)] {
+                w.deliver_between(from, to);
+            }
+            assert_eq!(
+                gone(&w),
+                0,
+                "seed {seed}: files gone from the joining device"
+            );
+            if w.in_flight() == 0 {
+                w.advance(1_000);
+            }
+        }
+        assert!(w.tombstones(0) > 0, "seed {seed}: the pairs were settled");
+        // On odd seeds the user edits a file meanwhile: the edit is kept everywhere.
+        let edited = seed % 2 == 1;
+        if edited {
+            w.write(2, "n0.md", b"edited while joining\n");
+        }
+        for (from, item) in held {
+            let device = w.peers[from].device;
+            w.input(
+                2,
+                Input::Message {
+                    from: device,
+                    bytes: encode(&Message { items: vec![item] }),
+                },
+            );
+        }
+        w.settle_converged();
+        assert_eq!(w.peers[2].disk.len(), files.len(), "seed {seed}");
+        if edited {
+            assert_eq!(
+                w.read(0, "n0.md").as_deref(),
+                Some("edited while joining\n")
+            );
+        }
+        assert_eq!(
+            w.restore(2, "."),
+            Err(cue_core::CommandError::NotDeleted(".".into())),
+            "seed {seed}: nothing to bring back"
+        );
+        // Nobody deleted anything: nothing paused, no deletion in the activity log.
+        for p in 0..3 {
+            assert_eq!(w.status(p).deletions_paused, None, "seed {seed}, peer {p}");
+            let deletions = (w.peers[p].activity.iter())
+                .filter(|a| a.kind == cue_core::ActivityKind::Delete)
+                .count();
+            assert_eq!(deletions, 0, "seed {seed}, peer {p}");
+        }
+    }
+}
+
+/// `cue sync restore .` brings back what was deleted, not the files dropped as one with
+/// another (nobody deleted those; their bytes are an earlier version of the kept file).
+/// Two devices made the same notes apart and one edited them before they met: its
+/// files are kept, the others' dropped, whichever id is smaller. Deleted later and
+/// restored, every note comes back edited.
+#[test]
+fn a_restore_brings_back_the_deleted_file_not_one_dropped_as_one_with_it() {
+    let files = cue_sim::notes(20);
+    let edited: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .map(|(p, b)| (p.clone(), [b.as_slice(), b"edited\n"].concat()))
+        .collect();
+    let mut w = World::new(2, 5, Config::default());
+    w.write_many(0, &files);
+    w.write_many(1, &files);
+    w.write_many(1, &edited);
+    w.connect_all();
+    w.settle_converged();
+    assert_eq!(w.tombstones(1), files.len(), "one of each pair dropped");
+    for (p, _) in &files {
+        w.delete(1, p);
+    }
+    w.settle(10);
+    w.restore(1, ".").unwrap();
+    w.settle(10);
+    w.apply_deletions(0);
+    w.settle_converged();
+    for (p, b) in &edited {
+        assert_eq!(
+            w.read(1, p).as_deref(),
+            Some(std::str::from_utf8(b).unwrap()),
+            "{p}"
+        );
+    }
+}

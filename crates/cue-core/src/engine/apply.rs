@@ -1013,9 +1013,13 @@ impl Engine {
                 .collect(),
             None => live_before.keys().copied().collect(),
         };
+        // A file dropped as one with another (the clash rule) was deleted by nobody: its
+        // bytes live on in the other, on this disk too once it comes. Neither shown as a
+        // deletion nor counted by the guard (a device joining with its folder full has
+        // half its files settled so: nothing to pause).
         let new_tombs: Vec<FileId> = candidates
             .into_iter()
-            .filter(|f| self.index.tombstone(f).is_some())
+            .filter(|f| self.index.tombstone(f).is_some_and(|t| !t.dropped_as_one()))
             .collect();
         if new_tombs.is_empty() {
             return;

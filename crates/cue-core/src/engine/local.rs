@@ -590,13 +590,15 @@ impl Engine {
     }
 
     /// Deleted files (tombstones, held ones included) whose path is in the folder
-    /// `dir` (`.`: everywhere).
+    /// `dir` (`.`: everywhere). Not the files dropped as one with another: nobody deleted
+    /// them, and their bytes are that file's.
     fn tombstoned_under(&self, dir: &str) -> Vec<(FileId, String)> {
         let prefix = format!("{dir}/");
         self.index
             .tombstones()
-            .into_keys()
-            .filter_map(|f| Some((f, self.index.path_of(&f)?)))
+            .into_iter()
+            .filter(|(_, t)| !t.dropped_as_one())
+            .filter_map(|(f, _)| Some((f, self.index.path_of(&f)?)))
             .filter(|(_, p)| dir == "." || p.starts_with(&prefix))
             .collect()
     }

@@ -357,7 +357,7 @@ impl Engine {
                 continue;
             };
             let key = name_key(&rec.path);
-            let dropped_as_one = tombs.get(&rec.file).is_some_and(|t| t.time_ms == 0);
+            let dropped_as_one = tombs.get(&rec.file).is_some_and(Tombstone::dropped_as_one);
             // A file at that name the user deleted since: the name was let go on purpose
             // (the kept file may have been dropped as one with that file, not the copy).
             let let_go = || {
@@ -365,7 +365,7 @@ impl Engine {
                     f != rec.file
                         && f != *copy
                         && name_key(&p) == key
-                        && tombs.get(&f).is_some_and(|t| t.time_ms != 0)
+                        && tombs.get(&f).is_some_and(|t| !t.dropped_as_one())
                 })
             };
             if rec.kind != ConflictKind::Create
@@ -578,6 +578,13 @@ impl Engine {
                 }
                 continue;
             }
+            // Dropped as one with a file that has its path and is not on this disk yet
+            // (its document on its way: a device joining with its folder full, whose
+            // files the others settle as theirs): left where it is, holding the same
+            // bytes or an earlier version of them, until that file is written over it.
+            if on_disk.is_some_and(|(p, _)| self.kept_for_twin(f, p, live)) {
+                continue;
+            }
             let owns = live.get(f).is_none_or(|path| {
                 keys.as_ref()
                     .is_some_and(|k| k.get(&name_key(path)) == Some(&1))
@@ -596,6 +603,21 @@ impl Engine {
         }
         self.live_keys = keys;
         desired
+    }
+
+    /// Is `f`, on disk at `path`, a file dropped as one with another that the index puts
+    /// at `path` and that is not on disk here yet (its document not here, or not written)?
+    fn kept_for_twin(&self, f: &FileId, path: &str, live: &BTreeMap<FileId, String>) -> bool {
+        if live.contains_key(f) || !self.index.tombstone(f).is_some_and(|t| t.dropped_as_one()) {
+            return false;
+        }
+        self.index.files_at(path).into_iter().any(|g| {
+            g != *f
+                && self.index.tombstone(&g).is_none()
+                && self.files.get(&g).is_none_or(|m| {
+                    m.doc_hash.is_none() || (live.contains_key(&g) && m.disk.is_none())
+                })
+        })
     }
 
     /// Removes `f` from where it is on disk if it should be elsewhere (or nowhere).
