@@ -757,6 +757,17 @@ impl World {
         let path = place(&p.disk, p.case_insensitive, path);
         p.disk.insert(path.clone(), bytes.to_vec());
         let exec = !p.modes_unkept && p.exec.contains(&path);
+        // Too large to sync: the daemon reads only its first bytes, as many as the
+        // engine asks for (see `Input::FileTooLarge`).
+        if bytes.len() as u64 > self.config.max_file_size {
+            let n = p.engine.growth_check_len(&path).min(bytes.len());
+            let input = Input::FileTooLarge {
+                path,
+                size: bytes.len() as u64,
+                head: bytes[..n].to_vec(),
+            };
+            return self.input(peer, input);
+        }
         self.input(
             peer,
             Input::FileChanged {

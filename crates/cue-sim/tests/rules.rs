@@ -1116,3 +1116,52 @@ fn a_restore_brings_back_the_deleted_file_not_one_dropped_as_one_with_it() {
         );
     }
 }
+
+/// A file caught on its way to a size over `max_file_size` (a large file being copied
+/// in, a new note grown at once), synced while it was small: once too large, the
+/// beginning the other devices got is taken back, since the file never really held it.
+/// They are left without the file, not with a cut one; the device that has it lists it
+/// as skipped. A peer's edit of the beginning, made meanwhile, keeps it there.
+#[test]
+fn a_file_made_and_grown_past_the_limit_at_once_leaves_no_beginning_elsewhere() {
+    let config = Config {
+        max_file_size: 1_000,
+        ..Config::default()
+    };
+    let big: Vec<u8> = (0..5_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    for peer_edits in [false, true] {
+        let mut w = World::new(2, 11, config.clone());
+        w.connect_all();
+        // (Messages delivered without time passing: all of it happens within seconds.)
+        w.write(0, "copy.txt", &big[..400]);
+        while w.step() {}
+        assert_eq!(w.peers[1].disk.get("copy.txt").map(Vec::len), Some(400));
+        if peer_edits {
+            w.write(1, "copy.txt", b"the peer's own words\n");
+            while w.step() {}
+        }
+        w.advance(1_000);
+        w.write(0, "copy.txt", &big);
+        w.settle(10);
+        assert_eq!(w.peers[0].disk.get("copy.txt"), Some(&big), "left as it is");
+        assert_eq!(w.status(0).skipped, vec![("copy.txt".to_string(), 5_000)]);
+        if peer_edits {
+            assert_eq!(
+                w.read(1, "copy.txt").as_deref(),
+                Some("the peer's own words\n")
+            );
+        } else {
+            assert_eq!(w.read(1, "copy.txt"), None, "no cut copy elsewhere");
+        }
+        // Cut back under the limit, it is a file again everywhere.
+        w.write(0, "copy.txt", b"small again\n");
+        w.settle_converged();
+        let on_1: Vec<&[u8]> = w.peers[1].disk.values().map(Vec::as_slice).collect();
+        if peer_edits {
+            // Two versions the other never saw: both kept, one as a conflict copy.
+            assert_eq!(on_1.len(), 2, "{on_1:?}");
+            assert!(on_1.contains(&&b"the peer's own words\n"[..]), "{on_1:?}");
+        }
+        assert!(on_1.contains(&&b"small again\n"[..]), "{on_1:?}");
+    }
+}

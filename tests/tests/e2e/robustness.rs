@@ -104,6 +104,45 @@ fn a_file_grown_past_max_file_size_in_place_keeps_its_content_elsewhere() {
     b.stop();
 }
 
+/// A large file copied in slowly: the watcher catches it small on the way, and its
+/// beginning reaches the other device. Once it is over `max_file_size`, the beginning is
+/// taken back there (a cut copy is no version of the file), and the device that has it
+/// lists it as skipped, whole.
+#[test]
+fn a_file_copied_in_past_max_file_size_leaves_no_cut_copy_elsewhere() {
+    use std::io::Write as _;
+    let (_relay, a, b) = pair();
+    a.stop();
+    set_max_file_size(&a, 100_000);
+    a.start();
+    let mut f = std::fs::File::create(a.path("copied.bin")).unwrap();
+    f.write_all(&[b'x'; 10_000]).unwrap();
+    f.flush().unwrap();
+    wait_for_file(&b, "copied.bin", "the beginning", |c| !c.is_empty());
+    for _ in 0..20 {
+        f.write_all(&[b'x'; 10_000]).unwrap();
+        f.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(f);
+    wait_until("the beginning to be taken back on the other device", || {
+        !b.path("copied.bin").exists()
+    });
+    assert!(
+        a.status().0["skipped"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|k| k["path"] == "copied.bin")),
+        "listed as skipped where it is"
+    );
+    assert_eq!(
+        std::fs::metadata(a.path("copied.bin")).unwrap().len(),
+        210_000,
+        "the large file stays as it is where it was written"
+    );
+    a.stop();
+    b.stop();
+}
+
 /// A synced file grown past `max_file_size` and then ignored (to quiet the listing): the
 /// rescan the new rule asks for finds it neither synced nor too large, and that is no
 /// deletion; the other device keeps its copy.

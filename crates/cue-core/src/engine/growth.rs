@@ -2,7 +2,8 @@
 //! the way (the empty file a rewrite starts with, a partial copy), and the watcher may
 //! take those in. When the file ends up too large, those beginnings are taken back: its
 //! synced content returns to the version before them, so the other devices keep the
-//! last real content rather than an empty or cut file (docs/reference.md §3.6).
+//! last real content rather than an empty or cut file (docs/reference.md §3.6); a file
+//! made within those seconds is taken back whole.
 
 use super::*;
 
@@ -83,9 +84,29 @@ impl Engine {
             }
             restore = Some(v.before.clone());
         }
-        let Some(before) = restore.filter(|b| !b.is_empty()) else {
+        let Some(before) = restore else {
             return;
         };
+        if before.is_empty() {
+            // Every version since the file was created here is a beginning of it (a
+            // copy of a large file caught half-way, a new note grown at once): the file
+            // was never really there, and goes from the other devices. The deletion
+            // names our last version only: a peer's edit of one keeps it.
+            let last = versions.last().map(|v| from_heads(&v.after));
+            self.delete_here(f, last.unwrap_or_default(), store);
+            let name = self.name.clone();
+            self.activity(
+                ActivityKind::Error,
+                Some(path.to_string()),
+                &name,
+                Some(
+                    "grew past max_file_size as it was being made; the other devices do not \
+                     keep the beginning they got"
+                        .to_string(),
+                ),
+            );
+            return;
+        }
         let before = from_heads(&before);
         let time_s = now / 1000;
         let result = self.with_doc(f, store, |doc| {

@@ -481,6 +481,19 @@ impl Engine {
             Some(h) => from_heads(&h),
             None => self.doc_heads(file, store),
         };
+        self.delete_here(file, heads, store);
+        let name = self.name.clone();
+        self.activity(ActivityKind::Delete, Some(path.to_string()), &name, None);
+    }
+
+    /// This device deletes `file`, at the version `heads` (an edit they do not reach
+    /// keeps it). Whatever is at its path on disk is no longer its.
+    pub(super) fn delete_here(
+        &mut self,
+        file: FileId,
+        heads: Vec<ChangeHash>,
+        store: &mut dyn DocStore,
+    ) {
         if let Some(mut meta) = self.files.get_mut(&file) {
             meta.disk = None;
         }
@@ -498,8 +511,6 @@ impl Engine {
         self.tail3.tombs_seen.insert(file, self.now_ms);
         self.tail7.purged.remove(&file);
         self.commit_index_for(file, alone, store);
-        let name = self.name.clone();
-        self.activity(ActivityKind::Delete, Some(path.to_string()), &name, None);
     }
 
     pub(super) fn local_rename(
