@@ -1923,3 +1923,48 @@ fn a_deletion_a_peer_purged_leaves_no_document_behind() {
     }
     assert_eq!(w.read(2, "b.md").as_deref(), Some("two\n"));
 }
+
+/// A tombstone of time 0 is what the clash rule sets on a file dropped as one with
+/// another (no deletion: its bytes live on in that file). A member writing such
+/// tombstones on every file, with no other file at their paths, deletes them all: the
+/// guard holds it as the mass deletion it is, and `restore .` brings everything back.
+#[test]
+fn deletions_dressed_as_files_dropped_as_one_are_held_and_can_be_undone() {
+    let mut w = World::new(3, 23, Config::default());
+    w.connect_all();
+    let files = cue_sim::notes(30);
+    w.write_many(0, &files);
+    w.settle(10);
+    let heads: Vec<(cue_core::FileId, Vec<automerge::ChangeHash>)> = w.peers[0]
+        .store
+        .docs
+        .iter()
+        .filter_map(|(d, bytes)| match d {
+            cue_core::DocId::File(f) => {
+                let mut doc = automerge::AutoCommit::load(bytes).ok()?;
+                Some((*f, doc.get_heads()))
+            }
+            cue_core::DocId::Index => None,
+        })
+        .collect();
+    assert_eq!(heads.len(), 30);
+    index_change_from_p2(&mut w, 7, &|index| {
+        for (f, h) in &heads {
+            let tomb = cue_core::index::Tombstone {
+                time_ms: 0,
+                heads: h.clone(),
+            };
+            index.set_tombstone(f, &tomb).unwrap();
+        }
+    });
+    for p in 0..2 {
+        assert_eq!(w.peers[p].disk.len(), 30, "peer {p} deleted files");
+        let paused = w.status(p).deletions_paused.expect("deletions paused");
+        assert_eq!(paused.count, 30, "peer {p}");
+    }
+    w.restore(0, ".").expect("restore .");
+    w.settle(10);
+    for p in 0..3 {
+        assert_eq!(w.peers[p].disk.len(), 30, "peer {p}");
+    }
+}

@@ -982,33 +982,22 @@ fn a_switch_to_binary_against_two_text_edits_converges_in_any_order() {
 /// A device that joins with a folder already full of the workspace's files (its store
 /// removed and the folder kept, or the folder copied over before it joined) makes a
 /// file of each; the others drop one of each pair as one file with theirs. Whichever
-/// goes, the file stays on every disk the whole time: a dropped file whose kept twin's
-/// document has not arrived yet is not removed to be written again when it comes (a
-/// first sync of thousands of files takes seconds, and the index comes first).
+/// goes, the file stays on the joining device's disk the whole time: a dropped file
+/// whose kept twin's document has not arrived yet is not removed to be written again
+/// when it comes (a first sync of thousands of files takes seconds, and the index comes
+/// first). What the users do meanwhile holds: an edit there, a rename there, a rename
+/// elsewhere of the twin.
 #[test]
 fn a_folder_that_joins_full_never_loses_its_files_on_the_way() {
     use cue_core::Input;
     use cue_core::wire::{Item, Message, decode, encode};
-    let files = cue_sim::notes(40);
-    for seed in 0..4 {
-        let mut w = World::new(3, seed, Config::default());
-        w.connect(0);
-        w.connect(1);
-        w.write_many(0, &files);
-        w.settle(10);
-        assert_eq!(w.peers[1].disk, w.peers[0].disk);
-        // The joining device holds the same files, made by itself.
-        w.write_many(2, &files);
-        w.connect(2);
-        // Everything but the file documents the others send it goes as it comes; those
-        // are held back until the rest has settled.
-        let mut held: Vec<(usize, Item)> = Vec::new();
-        let gone = |w: &World| {
-            files
-                .iter()
-                .filter(|(p, _)| !w.peers[2].disk.contains_key(p))
-                .count()
-        };
+    /// Delivers everything but the file documents p0 and p1 send p2, which go to
+    /// `held`; `check` after each round.
+    fn deliver_holding_documents(
+        w: &mut World,
+        held: &mut Vec<(usize, Item)>,
+        check: &dyn Fn(&World),
+    ) {
         for _ in 0..40 {
             for from in [0, 1] {
                 for bytes in w.take_in_flight(from, 2) {
@@ -1019,51 +1008,113 @@ fn a_folder_that_joins_full_never_loses_its_files_on_the_way() {
                             _ => false,
                         });
                     held.extend(docs.into_iter().map(|i| (from, i)));
-                    let device = w.peers[from].device;
-                    w.input(
-                        2,
-                        Input::Message {
-                            from: device,
-                            bytes: encode(&Message { items: rest }),
-                        },
-                    );
+                    let from = w.peers[from].device;
+                    let bytes = encode(&Message { items: rest });
+                    w.input(2, Input::Message { from, bytes });
                 }
             }
             for (from, to) in [(2, 0), (2, 1), (0, 1), (1, 0)] {
                 w.deliver_between(from, to);
             }
-            assert_eq!(
-                gone(&w),
-                0,
-                "seed {seed}: files gone from the joining device"
-            );
+            check(w);
             if w.in_flight() == 0 {
                 w.advance(1_000);
             }
         }
-        assert!(w.tombstones(0) > 0, "seed {seed}: the pairs were settled");
-        // On odd seeds the user edits a file meanwhile: the edit is kept everywhere.
-        let edited = seed % 2 == 1;
-        if edited {
-            w.write(2, "n0.md", b"edited while joining\n");
+    }
+    let files = cue_sim::notes(40);
+    for seed in 0..3 {
+        let mut w = World::new(3, seed, Config::default());
+        w.connect(0);
+        w.connect(1);
+        w.write_many(0, &files);
+        w.settle(10);
+        assert_eq!(w.peers[1].disk, w.peers[0].disk);
+        // The joining device holds the same files, made by itself.
+        w.write_many(2, &files);
+        w.connect(2);
+        let mut held = Vec::new();
+        let all_there = |w: &World| {
+            for (p, _) in &files {
+                assert!(
+                    w.peers[2].disk.contains_key(p),
+                    "seed {seed}: {p} gone from the joining device"
+                );
+            }
+        };
+        deliver_holding_documents(&mut w, &mut held, &all_there);
+        // The joining device's own files that were dropped, and those that stay.
+        let (mut dropped, mut kept) = (Vec::new(), Vec::new());
+        {
+            let stored = &w.peers[2].store.docs[&cue_core::DocId::Index];
+            let actor = cue_core::actor_for(&w.peers[2].device, 0);
+            let index = cue_core::index::IndexDoc::load(stored, actor).unwrap();
+            let own = w.peers[2].device;
+            let tombs = index.tombstones();
+            for (f, p) in index.paths() {
+                if index.origin(&f) == Some(own) {
+                    let to = if tombs.contains_key(&f) {
+                        &mut dropped
+                    } else {
+                        &mut kept
+                    };
+                    to.push(p);
+                }
+            }
+        }
+        assert!(
+            dropped.len() >= 3 && kept.len() >= 3,
+            "{dropped:?} {kept:?}"
+        );
+        // The user edits, renames there, and another device renames, files of both
+        // kinds.
+        let edited = [dropped[0].clone(), kept[0].clone()];
+        for p in &edited {
+            w.write(2, p, format!("{p} edited while joining\n").as_bytes());
+        }
+        let renamed = [
+            (2, dropped[1].clone(), "renamed-d.md"),
+            (2, kept[1].clone(), "renamed-k.md"),
+            (0, dropped[2].clone(), "moved-d.md"),
+            (0, kept[2].clone(), "moved-k.md"),
+        ];
+        for (peer, from, to) in &renamed[..2] {
+            w.rename(*peer, from, to);
+        }
+        deliver_holding_documents(&mut w, &mut held, &|w| {
+            for (peer, from, to) in &renamed[..2] {
+                assert!(w.peers[*peer].disk.contains_key(*to), "seed {seed}: {to}");
+                assert!(
+                    !w.peers[*peer].disk.contains_key(from),
+                    "seed {seed}: {from}"
+                );
+            }
+        });
+        for (peer, from, to) in &renamed[2..] {
+            w.rename(*peer, from, to);
+        }
+        deliver_holding_documents(&mut w, &mut held, &|_| {});
+        for (_, from, _) in &renamed[2..] {
+            assert!(
+                !w.peers[2].disk.contains_key(from),
+                "seed {seed}: the moved file's old name {from} left"
+            );
         }
         for (from, item) in held {
-            let device = w.peers[from].device;
-            w.input(
-                2,
-                Input::Message {
-                    from: device,
-                    bytes: encode(&Message { items: vec![item] }),
-                },
-            );
+            let from = w.peers[from].device;
+            let bytes = encode(&Message { items: vec![item] });
+            w.input(2, Input::Message { from, bytes });
         }
         w.settle_converged();
         assert_eq!(w.peers[2].disk.len(), files.len(), "seed {seed}");
-        if edited {
-            assert_eq!(
-                w.read(0, "n0.md").as_deref(),
-                Some("edited while joining\n")
-            );
+        for (_, old, new) in &renamed {
+            let was = files.iter().find(|(p, _)| p == old).unwrap().1.clone();
+            assert_eq!(w.peers[0].disk.get(*new), Some(&was), "seed {seed}: {new}");
+            assert_eq!(w.read(0, old), None, "seed {seed}");
+        }
+        for p in &edited {
+            let now = format!("{p} edited while joining\n");
+            assert_eq!(w.read(0, p), Some(now), "seed {seed}");
         }
         assert_eq!(
             w.restore(2, "."),

@@ -1013,13 +1013,13 @@ impl Engine {
                 .collect(),
             None => live_before.keys().copied().collect(),
         };
-        // A file dropped as one with another (the clash rule) was deleted by nobody: its
-        // bytes live on in the other, on this disk too once it comes. Neither shown as a
-        // deletion nor counted by the guard (a device joining with its folder full has
-        // half its files settled so: nothing to pause).
+        // A file dropped as one with another that stands (the clash rule) was deleted by
+        // nobody: its bytes live on in the other, on this disk too once it comes. Neither
+        // shown as a deletion nor counted by the guard (a device joining with its folder
+        // full has half its files settled so: nothing to pause).
         let new_tombs: Vec<FileId> = candidates
             .into_iter()
-            .filter(|f| self.index.tombstone(f).is_some_and(|t| !t.dropped_as_one()))
+            .filter(|f| self.index.tombstone(f).is_some() && self.twin_standing(f).is_none())
             .collect();
         if new_tombs.is_empty() {
             return;

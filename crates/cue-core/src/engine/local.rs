@@ -536,7 +536,16 @@ impl Engine {
         {
             self.local_remove(to, store);
         }
-        let alone = self.index.pending_ops() == 0;
+        let mut alone = self.index.pending_ops() == 0;
+        // A file dropped as one with another that is not written here yet stands on
+        // disk for it (see `view.rs` `kept_for_twin`): the user renames that one too,
+        // or its write would bring the file back under the old name.
+        if let Some(twin) = self.twin_standing(&file)
+            && self.files.get(&twin).is_none_or(|m| m.disk.is_none())
+        {
+            let _ = self.index.set_path(&twin, to);
+            alone = false;
+        }
         let _ = self.index.set_path(&file, to);
         self.commit_index_for(file, alone, store);
         if let Some(mut m) = self.files.get_mut(&file)
@@ -601,33 +610,43 @@ impl Engine {
     }
 
     /// Deleted files (tombstones, held ones included) whose path is in the folder
-    /// `dir` (`.`: everywhere). Not the files dropped as one with another: nobody deleted
-    /// them, and their bytes are that file's.
-    fn tombstoned_under(&self, dir: &str) -> Vec<(FileId, String)> {
+    /// `dir` (`.`: everywhere), with when each was deleted.
+    fn tombstoned_under(&self, dir: &str) -> Vec<(FileId, String, i64)> {
         let prefix = format!("{dir}/");
         self.index
             .tombstones()
             .into_iter()
-            .filter(|(_, t)| !t.dropped_as_one())
-            .filter_map(|(f, _)| Some((f, self.index.path_of(&f)?)))
-            .filter(|(_, p)| dir == "." || p.starts_with(&prefix))
+            .filter_map(|(f, t)| Some((f, self.index.path_of(&f)?, t.time_ms)))
+            .filter(|(_, p, _)| dir == "." || p.starts_with(&prefix))
             .collect()
     }
 
-    /// Brings back every deleted file in the folder `dir` whose path is free; the ones
-    /// brought back.
+    /// Brings back, at each free path in the folder `dir`, the file deleted there last
+    /// whose content is here; the ones brought back. Not a file dropped as one with
+    /// another (a tombstone of time 0): its bytes live on in that one, wherever it went
+    /// since, unless the guard holds it (it came with nothing standing at its path: a
+    /// member's deletion dressed as one).
     fn restore_under(
         &mut self,
         dir: &str,
         live: &BTreeMap<FileId, String>,
     ) -> Vec<(FileId, String)> {
-        let mut taken: BTreeSet<String> = live.values().cloned().collect();
-        let mut restored = Vec::new();
-        for (f, p) in self.tombstoned_under(dir) {
-            if taken.insert(p.clone()) {
-                let _ = self.index.clear_tombstone(&f);
-                restored.push((f, p));
+        let taken: BTreeSet<&String> = live.values().collect();
+        let mut last: BTreeMap<String, (bool, i64, FileId)> = BTreeMap::new();
+        for (f, p, time_ms) in self.tombstoned_under(dir) {
+            if taken.contains(&p) || (time_ms == 0 && !self.tail3.held.contains(&f)) {
+                continue;
             }
+            let here = self.files.get(&f).is_some_and(|m| m.doc_hash.is_some());
+            let rank = (here, time_ms, f);
+            if last.get(&p).is_none_or(|r| *r < rank) {
+                last.insert(p, rank);
+            }
+        }
+        let mut restored = Vec::new();
+        for (p, (_, _, f)) in last {
+            let _ = self.index.clear_tombstone(&f);
+            restored.push((f, p));
         }
         restored
     }

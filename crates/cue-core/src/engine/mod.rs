@@ -226,6 +226,10 @@ pub struct Engine {
     unsyncable: BTreeMap<String, String>,
     /// Each file's last local versions (see `growth`).
     growth: BTreeMap<FileId, VecDeque<growth::Version>>,
+    /// Files dropped as one with another left on disk for it (see `view.rs`
+    /// `kept_for_twin`): looked at again whenever anything is reconciled, since what they
+    /// wait for (the other file's path) can change without them.
+    kept_for_twins: BTreeSet<FileId>,
     /// Paths this device's ignore rules exclude (see [`Input::Ignored`]).
     ignored: BTreeSet<String>,
     /// Files peers deleted lately (when, which): the remote mass-deletion guard's window.
@@ -387,6 +391,7 @@ impl Engine {
             forks: 0,
             unsyncable: BTreeMap::new(),
             growth: BTreeMap::new(),
+            kept_for_twins: BTreeSet::new(),
             ignored: BTreeSet::new(),
             recent_remote_deletions: Vec::new(),
             found_gone: BTreeMap::new(),
@@ -409,6 +414,12 @@ impl Engine {
         if index_lost {
             engine.rebuild_index();
         }
+        // Files dropped as one with a file that stands were never deleted (earlier
+        // versions' guard held them; see `twin_standing`).
+        let dropped: Vec<FileId> = (engine.tail3.held.iter().copied())
+            .filter(|f| engine.twin_standing(f).is_some())
+            .collect();
+        engine.release_held(&dropped);
         // Make sure we are in our own member list (a new workspace, or a renamed device).
         if !engine.own_entry_current() {
             let _ = engine.index.set_member(&device, name);

@@ -511,6 +511,8 @@ impl Engine {
         if self.to_reconcile.is_empty() {
             return;
         }
+        self.to_reconcile
+            .extend(self.kept_for_twins.iter().copied());
         let files: Vec<FileId> = std::mem::take(&mut self.to_reconcile).into_iter().collect();
         let live = self.live_view(store);
         let desired = self.desired(&files, &live);
@@ -583,8 +585,10 @@ impl Engine {
             // files the others settle as theirs): left where it is, holding the same
             // bytes or an earlier version of them, until that file is written over it.
             if on_disk.is_some_and(|(p, _)| self.kept_for_twin(f, p, live)) {
+                self.kept_for_twins.insert(*f);
                 continue;
             }
+            self.kept_for_twins.remove(f);
             let owns = live.get(f).is_none_or(|path| {
                 keys.as_ref()
                     .is_some_and(|k| k.get(&name_key(path)) == Some(&1))
@@ -605,18 +609,30 @@ impl Engine {
         desired
     }
 
-    /// Is `f`, on disk at `path`, a file dropped as one with another that the index puts
-    /// at `path` and that is not on disk here yet (its document not here, or not written)?
+    /// The file `f` was dropped as one with (the clash rule's tombstone of time 0), when
+    /// one still stands at `f`'s path: not deleted, live or its document not here yet.
+    /// Only then is `f`'s tombstone no deletion: a tombstone of time 0 alone is any
+    /// member's to write, and would otherwise delete past the guard.
+    pub(super) fn twin_standing(&self, f: &FileId) -> Option<FileId> {
+        if !self.index.tombstone(f)?.dropped_as_one() {
+            return None;
+        }
+        let path = self.index.path_of(f)?;
+        (self.index.files_at(&path).into_iter())
+            .find(|g| g != f && self.index.tombstone(g).is_none())
+    }
+
+    /// Is `f`, on disk at `path` (where the index puts it), a file dropped as one with
+    /// another that stands there and is not on this disk yet (its document not here, or
+    /// not written)?
     fn kept_for_twin(&self, f: &FileId, path: &str, live: &BTreeMap<FileId, String>) -> bool {
-        if live.contains_key(f) || !self.index.tombstone(f).is_some_and(|t| t.dropped_as_one()) {
+        if live.contains_key(f) || self.index.path_of(f).as_deref() != Some(path) {
             return false;
         }
-        self.index.files_at(path).into_iter().any(|g| {
-            g != *f
-                && self.index.tombstone(&g).is_none()
-                && self.files.get(&g).is_none_or(|m| {
-                    m.doc_hash.is_none() || (live.contains_key(&g) && m.disk.is_none())
-                })
+        self.twin_standing(f).is_some_and(|g| {
+            self.files
+                .get(&g)
+                .is_none_or(|m| m.doc_hash.is_none() || (live.contains_key(&g) && m.disk.is_none()))
         })
     }
 
