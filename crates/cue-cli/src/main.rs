@@ -927,14 +927,16 @@ fn status_report(root: &Path) -> anyhow::Result<StatusReport> {
     Ok(match report {
         Some(r) => r,
         None => {
-            // No daemon (or it does not answer): what the store says.
-            let pid = DaemonLock::probe(&ws.dir())?.flatten();
+            // No daemon, or one that does not answer (busy, stuck, or its socket gone):
+            // what the store says, and whether a daemon holds the lock all the same.
+            let held = DaemonLock::probe(&ws.dir())?;
             let s = offline_status(&ws)?;
             control::status_report(
                 &StatusContext {
                     workspace: &ws,
-                    running: false,
-                    pid,
+                    running: held.is_some(),
+                    not_answering: held.is_some(),
+                    pid: held.flatten(),
                     connected: false,
                     relay_reason: None,
                     // The last daemon's log, if one ran here in the background.

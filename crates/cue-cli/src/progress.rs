@@ -212,6 +212,7 @@ mod tests {
                 running: true,
                 pid: Some(1),
                 log: None,
+                answering: true,
             },
             relay: RelayInfo {
                 url: "ws://127.0.0.1:8080".into(),

@@ -149,6 +149,8 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
         .filter(|_| running);
     let state = if !running {
         paint.paint(BAD, "not running")
+    } else if !r.daemon.answering {
+        paint.paint(WARN, "running, not answering")
     } else if let Some(m) = standing {
         match m.state.as_str() {
             "waiting_for_admission" => paint.paint(WARN, "waiting to be admitted"),
@@ -188,7 +190,7 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
         paint.paint(GOOD, "up to date")
     };
     parts.push(state);
-    if running && standing.is_none() {
+    if running && r.daemon.answering && standing.is_none() {
         parts.push(if r.relay.connected {
             paint.paint(GOOD, "relay connected")
         } else {
@@ -231,6 +233,19 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
     };
     if !running {
         hint(&mut out, "start syncing with `cue sync start`");
+    } else if !r.daemon.answering {
+        let pid = r
+            .daemon
+            .pid
+            .map(|p| format!(" (pid {p})"))
+            .unwrap_or_default();
+        hint(
+            &mut out,
+            &format!(
+                "the daemon{pid} did not answer in time, busy (a large file) or stuck: \
+                 what follows is what its store holds; ask again in a moment"
+            ),
+        );
     } else if let Some(m) = standing {
         hint(&mut out, m.reason.as_deref().unwrap_or_default());
         if let Some(reason) = r.relay.reason.as_ref().filter(|_| m.state != "removed") {
@@ -390,6 +405,7 @@ mod tests {
                 running: true,
                 pid: Some(42),
                 log: Some("/home/ann/notes/.cuedeck/daemon.log".into()),
+                answering: true,
             },
             relay: RelayInfo {
                 url: "wss://relay.example.org".into(),
@@ -521,6 +537,26 @@ mod tests {
         );
     }
 
+    /// A daemon that holds the workspace but does not answer (busy merging a large file)
+    /// is running: said so, with what its store holds, not "not running".
+    #[test]
+    fn a_daemon_that_does_not_answer_is_running_not_answering() {
+        let mut r = report();
+        r.daemon.answering = false;
+        r.relay.connected = false;
+        let text = render(&r, home(), NOW, OFF);
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next(),
+            Some("~/notes: running, not answering · 12 files")
+        );
+        let hint = lines.next().unwrap_or_default();
+        assert!(
+            hint.contains("(pid 42) did not answer in time") && hint.contains("its store holds"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn a_stopped_daemon_and_an_unreachable_relay_say_what_to_do() {
         let mut r = report();
@@ -528,6 +564,7 @@ mod tests {
             running: false,
             pid: None,
             log: None,
+            answering: true,
         };
         r.relay.connected = false;
         r.peers.iter_mut().for_each(|p| p.online = false);
@@ -679,6 +716,7 @@ mod tests {
             running: false,
             pid: None,
             log: None,
+            answering: true,
         };
         r.relay.connected = false;
         r.pending_changes = 1;

@@ -271,3 +271,23 @@ fn activity_times_are_local_for_people_and_utc_in_json() {
         assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{time}");
     }
 }
+
+/// A daemon that holds the workspace's lock but does not answer on its control socket
+/// (busy merging a large file, stuck) is running: `status` says so, from the store, and
+/// exits 0, rather than "not running" (which invites a second `start` that cannot run).
+#[test]
+fn status_of_a_daemon_that_does_not_answer_says_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(init_in(dir.path(), "laptop").status.success());
+    // This process holds the lock, as a daemon does, and answers nothing.
+    let _lock = cue_daemon::lock::DaemonLock::acquire(&dir.path().join(".cuedeck")).unwrap();
+    let out = cue_in(dir.path(), &["sync", "status", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["daemon"]["running"], true);
+    assert_eq!(json["daemon"]["answering"], false);
+    assert_eq!(json["daemon"]["pid"], std::process::id());
+    let out = cue_in(dir.path(), &["sync", "status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("running, not answering"), "{text}");
+}

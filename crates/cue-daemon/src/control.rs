@@ -188,6 +188,15 @@ pub struct DaemonInfo {
     /// §1.9).
     #[serde(default)]
     pub log: Option<String>,
+    /// Whether the running daemon answered this status (`false`: it holds the
+    /// workspace's lock but did not answer on its control socket in time, busy or stuck;
+    /// the rest is what its store holds). Beyond the contract (docs/reference.md §1.9).
+    #[serde(default = "answered")]
+    pub answering: bool,
+}
+
+fn answered() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -287,6 +296,8 @@ mod time_tests {
 pub struct StatusContext<'a> {
     pub workspace: &'a crate::workspace::Workspace,
     pub running: bool,
+    /// The running daemon did not answer: this status is made from its store.
+    pub not_answering: bool,
     pub pid: Option<u32>,
     pub connected: bool,
     /// Why the relay is not connected, when known.
@@ -311,6 +322,7 @@ pub fn status_report(ctx: &StatusContext<'_>, s: &cue_core::Status) -> StatusRep
             running: ctx.running,
             pid: ctx.pid,
             log: ctx.log.as_ref().map(|p| p.display().to_string()),
+            answering: !ctx.not_answering,
         },
         relay: RelayInfo {
             url: ws.config.sync.relay.url.clone(),

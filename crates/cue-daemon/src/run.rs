@@ -642,6 +642,7 @@ impl Daemon<'_> {
                 let context = StatusContext {
                     workspace: self.ws,
                     running: true,
+                    not_answering: false,
                     pid: Some(std::process::id()),
                     connected: self.session.connected(),
                     relay_reason: self
