@@ -378,7 +378,7 @@ impl Translator {
             return;
         }
         let Some(rel) = self.rel(abs) else {
-            return;
+            return self.check_not_utf8(abs);
         };
         match self.present(rel) {
             Some(Present::File(path)) if !self.is_ignored(&path, false) => {
@@ -399,6 +399,36 @@ impl Translator {
             }
             _ => {}
         }
+    }
+
+    /// A name that is not UTF-8 ([`relative`] gives none): listed in status while a file
+    /// has it, under its lossy spelling and reason, as the start-up scan lists it.
+    fn check_not_utf8(&self, abs: &Path) {
+        let Some(rel) = abs
+            .strip_prefix(&self.root)
+            .ok()
+            .filter(|r| r.to_str().is_none())
+        else {
+            return;
+        };
+        let lossy = rel.to_string_lossy().into_owned();
+        let ignored = self
+            .rules
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_ignored(&lossy, false);
+        if ignored
+            || is_never_synced(&lossy)
+            || lossy.split('/').any(|c| c.starts_with(CUE_TEMP_PREFIX))
+        {
+            return;
+        }
+        let is_file = std::fs::symlink_metadata(abs).is_ok_and(|m| m.file_type().is_file());
+        let e = crate::paths::PathError::NotUtf8(lossy.clone());
+        self.send(WatchEvent::Unsyncable {
+            path: lossy,
+            reason: is_file.then(|| format!("name cannot be synced: {e}")),
+        });
     }
 
     /// Reports every file below a folder that appeared.
@@ -425,8 +455,10 @@ impl Translator {
             .rel(from_abs)
             .and_then(|r| WorkspacePath::parse(r).ok());
         let Some(to_rel) = self.rel(to_abs) else {
-            // Renamed to a never-synced name: the source is gone unless recreated since.
+            // Renamed to a never-synced name (or one that is not UTF-8, listed): the
+            // source is gone unless recreated since.
             self.check(from_abs);
+            self.check_not_utf8(to_abs);
             return;
         };
         match self.present(to_rel) {

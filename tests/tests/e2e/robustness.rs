@@ -270,7 +270,8 @@ fn a_workspace_folder_moved_away_stops_its_daemon() {
     b.stop();
 }
 
-/// Names no synced file can have (a backslash, a tab, a newline) are listed under
+/// Names no synced file can have (a backslash, a tab, a newline, bytes that are not
+/// UTF-8) are listed under
 /// `skipped` with the reason, whether found at start-up or made while running, and leave
 /// the list when the file goes.
 #[test]
@@ -281,6 +282,12 @@ fn names_that_cannot_be_synced_are_listed_as_skipped() {
     a.start();
     a.write("tab\there.md", "x\n");
     a.write("new\nline.md", "x\n");
+    // A name that is not UTF-8 (made by a program, or copied from an old disk).
+    let not_utf8 = {
+        use std::os::unix::ffi::OsStrExt as _;
+        a.root().join(std::ffi::OsStr::from_bytes(b"caf\xe9.md"))
+    };
+    std::fs::write(&not_utf8, "x\n").unwrap();
     a.write("fine.md", "synced\n");
     wait_for_file(&b, "fine.md", "the file with a good name", |_| true);
     let skipped = |p: &Peer| -> Vec<(String, String)> {
@@ -298,18 +305,26 @@ fn names_that_cannot_be_synced_are_listed_as_skipped() {
             })
             .unwrap_or_default()
     };
-    wait_until("the three names listed as skipped", || {
+    wait_until("the four names listed as skipped", || {
         let s = skipped(&a);
-        ["back\\slash.md", "tab\there.md", "new\nline.md"]
-            .iter()
-            .all(|n| {
-                s.iter()
-                    .any(|(p, r)| p == n && r.contains("cannot be synced"))
-            })
+        [
+            "back\\slash.md",
+            "tab\there.md",
+            "new\nline.md",
+            "caf\u{fffd}.md",
+        ]
+        .iter()
+        .all(|n| {
+            s.iter()
+                .any(|(p, r)| p == n && r.contains("cannot be synced"))
+        })
     });
     a.remove("tab\there.md");
-    wait_until("a removed one to leave the list", || {
-        !skipped(&a).iter().any(|(p, _)| p == "tab\there.md")
+    std::fs::remove_file(&not_utf8).unwrap();
+    wait_until("removed ones to leave the list", || {
+        !skipped(&a)
+            .iter()
+            .any(|(p, _)| p == "tab\there.md" || p == "caf\u{fffd}.md")
     });
     assert!(b.read("back\\slash.md").is_none());
     a.stop();
