@@ -61,6 +61,9 @@ pub struct IndexDelta {
 struct PathCache {
     of: BTreeMap<FileId, String>,
     at: BTreeMap<String, BTreeSet<FileId>>,
+    /// The files by `name_key` of their path, made when first asked for (rarely: a
+    /// key for each path costs more than the rest of the cache).
+    keyed: Option<BTreeMap<String, BTreeSet<FileId>>>,
 }
 
 impl PathCache {
@@ -71,6 +74,7 @@ impl PathCache {
     }
 
     fn remove(&mut self, file: &FileId) {
+        self.keyed = None;
         if let Some(old) = self.of.remove(file)
             && let Some(files) = self.at.get_mut(&old)
         {
@@ -457,6 +461,30 @@ impl IndexDoc {
     /// Whether the index has an entry for `file`, live or deleted.
     pub fn knows(&self, file: &FileId) -> bool {
         self.with_paths(|c| c.of.contains_key(file))
+    }
+
+    /// The files the index puts at a path whose `name_key` is `key` (deleted ones
+    /// included): the files that clash with one at such a path.
+    pub fn files_with_key(&self, key: &str) -> Vec<FileId> {
+        self.with_paths(|_| ());
+        let mut cache = self.paths.borrow_mut();
+        let Some(cache) = cache.as_mut() else {
+            return Vec::new();
+        };
+        let keyed = cache.keyed.get_or_insert_with(|| {
+            let mut keyed: BTreeMap<String, BTreeSet<FileId>> = BTreeMap::new();
+            for (f, p) in &cache.of {
+                keyed
+                    .entry(crate::paths::name_key(p))
+                    .or_default()
+                    .insert(*f);
+            }
+            keyed
+        });
+        keyed
+            .get(key)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// The files the index puts at `path` (deleted ones included).

@@ -1967,4 +1967,26 @@ fn deletions_dressed_as_files_dropped_as_one_are_held_and_can_be_undone() {
     for p in 0..3 {
         assert_eq!(w.peers[p].disk.len(), 30, "peer {p}");
     }
+    // A few, under the guard's bound: deleted, shown as deletions, and `restore .`
+    // brings them back.
+    w.advance(60_000);
+    index_change_from_p2(&mut w, 8, &|index| {
+        for (f, h) in &heads[..3] {
+            let tomb = cue_core::index::Tombstone {
+                time_ms: 0,
+                heads: h.clone(),
+            };
+            index.set_tombstone(f, &tomb).unwrap();
+        }
+    });
+    assert_eq!(w.peers[0].disk.len(), 27);
+    let shown = (w.peers[0].activity.iter())
+        .filter(|a| a.kind == cue_core::ActivityKind::Delete)
+        .count();
+    assert_eq!(shown, 33, "shown as deletions");
+    w.restore(0, ".").expect("restore .");
+    w.settle(10);
+    for p in 0..3 {
+        assert_eq!(w.peers[p].disk.len(), 30, "peer {p}");
+    }
 }

@@ -373,3 +373,43 @@ fn a_local_rename_onto_a_clashing_name_is_kept_apart() {
         assert_eq!(files(&w, 0), files(&w, 1), "{case}");
     }
 }
+
+/// A device joining with its folder full, whose names are spelled in the other Unicode
+/// form (a folder copied from a Mac: NFD), has its files dropped as one with the
+/// others' (NFC): nothing is shown as a deletion nor paused by the guard, and every
+/// file stays.
+#[test]
+fn a_folder_joining_full_under_the_other_unicode_form_is_no_mass_deletion() {
+    let nfc: Vec<(String, Vec<u8>)> = (0..30)
+        .map(|i| {
+            (
+                format!("caf\u{e9} {i}.md"),
+                format!("note {i}\n").into_bytes(),
+            )
+        })
+        .collect();
+    let nfd: Vec<(String, Vec<u8>)> = (0..30)
+        .map(|i| {
+            (
+                format!("cafe\u{301} {i}.md"),
+                format!("note {i}\n").into_bytes(),
+            )
+        })
+        .collect();
+    let mut w = World::new(3, 5, Config::default());
+    w.connect(0);
+    w.connect(1);
+    w.write_many(0, &nfc);
+    w.settle(10);
+    w.write_many(2, &nfd);
+    w.connect(2);
+    w.settle_converged();
+    for p in 0..3 {
+        assert_eq!(w.peers[p].disk.len(), 30, "peer {p}: {:?}", files(&w, p));
+        assert_eq!(w.status(p).deletions_paused, None, "peer {p}");
+        let deletions = (w.peers[p].activity.iter())
+            .filter(|a| a.kind == cue_core::ActivityKind::Delete)
+            .count();
+        assert_eq!(deletions, 0, "peer {p}");
+    }
+}

@@ -540,9 +540,8 @@ impl Engine {
         // A file dropped as one with another that is not written here yet stands on
         // disk for it (see `view.rs` `kept_for_twin`): the user renames that one too,
         // or its write would bring the file back under the old name.
-        if let Some(twin) = self.twin_standing(&file)
-            && self.files.get(&twin).is_none_or(|m| m.disk.is_none())
-        {
+        let live = self.live_view(store);
+        if let Some(twin) = self.twin_to_come(&file, &live) {
             let _ = self.index.set_path(&twin, to);
             alone = false;
         }
@@ -623,18 +622,22 @@ impl Engine {
 
     /// Brings back, at each free path in the folder `dir`, the file deleted there last
     /// whose content is here; the ones brought back. Not a file dropped as one with
-    /// another (a tombstone of time 0): its bytes live on in that one, wherever it went
-    /// since, unless the guard holds it (it came with nothing standing at its path: a
-    /// member's deletion dressed as one).
+    /// another (a tombstone of time 0) whose bytes a live file holds: that one, moved
+    /// since. (A member's deletion dressed as such a drop has its bytes nowhere else.)
     fn restore_under(
         &mut self,
         dir: &str,
         live: &BTreeMap<FileId, String>,
     ) -> Vec<(FileId, String)> {
         let taken: BTreeSet<&String> = live.values().collect();
+        let live_bytes: BTreeSet<ContentHash> = (live.keys())
+            .filter_map(|f| self.files.get(f).and_then(|m| m.doc_hash))
+            .collect();
         let mut last: BTreeMap<String, (bool, i64, FileId)> = BTreeMap::new();
         for (f, p, time_ms) in self.tombstoned_under(dir) {
-            if taken.contains(&p) || (time_ms == 0 && !self.tail3.held.contains(&f)) {
+            let hash = self.files.get(&f).and_then(|m| m.doc_hash);
+            let elsewhere = hash.is_some_and(|h| live_bytes.contains(&h));
+            if taken.contains(&p) || (time_ms == 0 && elsewhere) {
                 continue;
             }
             let here = self.files.get(&f).is_some_and(|m| m.doc_hash.is_some());

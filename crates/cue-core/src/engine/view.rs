@@ -181,6 +181,9 @@ impl Engine {
         }
         self.live_cache = Some(live);
         self.to_reconcile.extend(files.iter().copied());
+        // A file kept on disk for its twin waits no more if the twin moved.
+        self.to_reconcile
+            .extend(self.kept_for_twins.iter().copied());
         // What was in the way of a file that could not be written may have moved.
         for u in self.unwritable.values_mut().filter(|u| !u.deferred) {
             u.retrying = true;
@@ -511,8 +514,6 @@ impl Engine {
         if self.to_reconcile.is_empty() {
             return;
         }
-        self.to_reconcile
-            .extend(self.kept_for_twins.iter().copied());
         let files: Vec<FileId> = std::mem::take(&mut self.to_reconcile).into_iter().collect();
         let live = self.live_view(store);
         let desired = self.desired(&files, &live);
@@ -610,30 +611,45 @@ impl Engine {
     }
 
     /// The file `f` was dropped as one with (the clash rule's tombstone of time 0), when
-    /// one still stands at `f`'s path: not deleted, live or its document not here yet.
-    /// Only then is `f`'s tombstone no deletion: a tombstone of time 0 alone is any
-    /// member's to write, and would otherwise delete past the guard.
+    /// one still stands at `f`'s name (not deleted: live, or its document not here yet;
+    /// by `name_key`, as the clash rule compares names). Only then is `f`'s tombstone no
+    /// deletion: a tombstone of time 0 alone is any member's to write, and would
+    /// otherwise delete past the guard.
     pub(super) fn twin_standing(&self, f: &FileId) -> Option<FileId> {
         if !self.index.tombstone(f)?.dropped_as_one() {
             return None;
         }
-        let path = self.index.path_of(f)?;
-        (self.index.files_at(&path).into_iter())
+        let key = name_key(&self.index.path_of(f)?);
+        (self.index.files_with_key(&key).into_iter())
             .find(|g| g != f && self.index.tombstone(g).is_none())
     }
 
-    /// Is `f`, on disk at `path` (where the index puts it), a file dropped as one with
-    /// another that stands there and is not on this disk yet (its document not here, or
-    /// not written)?
-    fn kept_for_twin(&self, f: &FileId, path: &str, live: &BTreeMap<FileId, String>) -> bool {
-        if live.contains_key(f) || self.index.path_of(f).as_deref() != Some(path) {
-            return false;
+    /// [`Engine::twin_standing`] at `f`'s very path, not written on this disk yet (its
+    /// document not here, or not written): `f`, on disk there, stands in for it.
+    pub(super) fn twin_to_come(
+        &self,
+        f: &FileId,
+        live: &BTreeMap<FileId, String>,
+    ) -> Option<FileId> {
+        if !self.index.tombstone(f)?.dropped_as_one() {
+            return None;
         }
-        self.twin_standing(f).is_some_and(|g| {
-            self.files
-                .get(&g)
-                .is_none_or(|m| m.doc_hash.is_none() || (live.contains_key(&g) && m.disk.is_none()))
+        let path = self.index.path_of(f)?;
+        (self.index.files_at(&path).into_iter()).find(|g| {
+            g != f
+                && self.index.tombstone(g).is_none()
+                && self.files.get(g).is_none_or(|m| {
+                    m.doc_hash.is_none() || (live.contains_key(g) && m.disk.is_none())
+                })
         })
+    }
+
+    /// Is `f`, on disk at `path` (where the index puts it), a file dropped as one with
+    /// another that is to be written there ([`Engine::twin_to_come`])?
+    fn kept_for_twin(&self, f: &FileId, path: &str, live: &BTreeMap<FileId, String>) -> bool {
+        !live.contains_key(f)
+            && self.index.path_of(f).as_deref() == Some(path)
+            && self.twin_to_come(f, live).is_some()
     }
 
     /// Removes `f` from where it is on disk if it should be elsewhere (or nowhere).
