@@ -1685,7 +1685,7 @@ impl Driver {
                     out.extend(self.dir_renamed(now, from.as_str(), to.as_str())?)
                 }
                 WatchEvent::Rescan => *rescan = true,
-                WatchEvent::RootGone => {}
+                WatchEvent::RootGone | WatchEvent::StoreGone => {}
                 WatchEvent::Unsyncable { path, reason } => out.extend(self.feed(
                     now,
                     Input::UnsyncableFile {

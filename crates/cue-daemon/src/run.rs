@@ -79,6 +79,11 @@ pub enum RunError {
         .0.display()
     )]
     RootMoved(std::path::PathBuf),
+    #[error(
+        "the workspace's {} folder (its keys and store) was removed or moved away: stopped; the files stay as they are. To sync this folder again, `cue sync join` an invite (its files are merged, never overwritten)",
+        .0.display()
+    )]
+    StoreGone(std::path::PathBuf),
 }
 
 /// The environment variable that carries the relay's auth token to a daemon started in
@@ -438,6 +443,7 @@ impl Daemon<'_> {
     fn on_watch(&mut self, batch: Vec<WatchEvent>, inbox: &mut Inbox) -> Result<Flow, RunError> {
         self.busy();
         let root_gone = batch.iter().any(|e| matches!(e, WatchEvent::RootGone));
+        let batch_store_gone = batch.iter().any(|e| matches!(e, WatchEvent::StoreGone));
         // (Trips the mass-deletion guard when the folder itself is gone.)
         let mut work = self.driver.watch_begin(batch);
         // The folder moved away (dragged to the Trash, renamed) or removed: the daemon
@@ -445,6 +451,13 @@ impl Daemon<'_> {
         if root_gone && self.driver.root_moved() {
             self.driver.flush()?;
             return Err(RunError::RootMoved(self.driver.root_path().to_path_buf()));
+        }
+        // `.cuedeck` removed (to leave the workspace, or to start afresh): the store is
+        // open still, and syncing on it would go on where no command reaches (no lock, no
+        // socket, no pid file). Stopping loses nothing the folder holds.
+        if batch_store_gone {
+            let store = self.driver.root_path().join(crate::paths::CUEDECK_DIR);
+            return Err(RunError::StoreGone(store));
         }
         // A stop asked for meanwhile (`cue sync stop`, a signal) goes on taking the batch
         // in for `STOP_TAKES_IN_AT_MOST`; the rest is on disk, for the next start's scan.

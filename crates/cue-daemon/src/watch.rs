@@ -42,7 +42,7 @@ use crate::debounce::{self, Batch};
 
 use crate::fsio::{FileKind, FsError, WorkspaceFs};
 use crate::ignore_rules::IgnoreRules;
-use crate::paths::{CUE_TEMP_PREFIX, CUEIGNORE_FILE, WorkspacePath, is_never_synced};
+use crate::paths::{CUE_TEMP_PREFIX, CUEDECK_DIR, CUEIGNORE_FILE, WorkspacePath, is_never_synced};
 use crate::scan::list_files_under;
 use cue_core::paths::PathError;
 
@@ -69,6 +69,9 @@ pub enum WatchEvent {
     /// The workspace folder itself was removed or moved away (the mass-deletion guard's
     /// first case): do not turn this into deletions.
     RootGone,
+    /// The workspace's `.cuedeck` folder (its keys and store) was removed or moved away:
+    /// the daemon stops (it would go on syncing on a store nobody can reach).
+    StoreGone,
     /// A file whose name cannot be synced (a backslash, a control character) appeared
     /// (with why) or went (`None`): listed under `skipped`, nothing else.
     Unsyncable {
@@ -377,6 +380,12 @@ impl Translator {
             }
             return;
         }
+        if abs == self.root.join(CUEDECK_DIR) {
+            if !abs.is_dir() {
+                self.send(WatchEvent::StoreGone);
+            }
+            return;
+        }
         let Some(rel) = self.rel(abs) else {
             return self.check_not_utf8(abs);
         };
@@ -450,6 +459,9 @@ impl Translator {
         if from_abs == self.root {
             self.send(WatchEvent::RootGone);
             return;
+        }
+        if from_abs == self.root.join(CUEDECK_DIR) {
+            self.check(from_abs);
         }
         let from = self
             .rel(from_abs)

@@ -242,6 +242,28 @@ fn files_too_large_to_sync_are_renamed_without_being_read() {
     b.stop();
 }
 
+/// The workspace's `.cuedeck` removed while the daemon runs (to leave the workspace, or
+/// start afresh): the daemon stops rather than go on syncing on a store no command can
+/// reach any more, the folder's files stay as they are, and the other device goes on.
+#[test]
+fn a_removed_cuedeck_stops_its_daemon() {
+    let (_relay, a, b) = pair();
+    a.write("notes.md", "one\n");
+    wait_for_file(&b, "notes.md", "the note", |_| true);
+    let pid = a.status().0["daemon"]["pid"].as_u64().unwrap();
+    std::fs::remove_dir_all(a.path(".cuedeck")).unwrap();
+    wait_until("alice's daemon to stop", || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+    assert_eq!(
+        a.read("notes.md").as_deref(),
+        Some("one\n"),
+        "the files stay"
+    );
+    assert_eq!(b.status().0["daemon"]["running"], true, "the other goes on");
+    b.stop();
+}
+
 /// The workspace folder dragged to the Trash (moved away) while the daemon runs: the
 /// daemon stops and says why, rather than go on syncing the folder wherever it went
 /// (peers' edits landing in the Trash, the folder at the old place ignored). Put back,
