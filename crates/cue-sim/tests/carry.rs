@@ -719,6 +719,32 @@ fn a_write_whose_file_is_gone_unreported_is_made_after_a_wait() {
     assert_eq!(w.read(0, "a.md").as_deref(), Some("one\ntwo\n"));
 }
 
+/// A second peer's write that finds its file gone, long after a first one that did
+/// (whose file came back unreported, so the first wait was never closed by the
+/// watcher), waits afresh: it is not written at once where the file was, as a wait
+/// begun a minute ago would be.
+#[test]
+fn a_second_write_finding_its_file_gone_waits_afresh() {
+    let mut w = World::online(2, 45);
+    w.write(0, "a.md", b"one\n");
+    w.settle_converged();
+    w.write(1, "a.md", b"one\ntwo\n");
+    let moved = w.peers[0].disk.remove("a.md").expect("synced");
+    w.deliver_between(1, 0);
+    assert_eq!(w.read(0, "a.md"), None, "put off at first");
+    // Put back where it was, unreported: the retried write goes through.
+    w.peers[0].disk.insert("a.md".into(), moved);
+    w.advance(1_000);
+    w.settle_converged();
+    assert_eq!(w.read(0, "a.md").as_deref(), Some("one\ntwo\n"));
+    w.advance(60_000);
+    w.settle_converged();
+    w.write(1, "a.md", b"one\ntwo\nthree\n");
+    w.peers[0].disk.remove("a.md").expect("there");
+    w.deliver_between(1, 0);
+    assert_eq!(w.read(0, "a.md"), None, "put off again, from now");
+}
+
 /// A deletion after merging a peer's edit and its undo (the bytes on disk unchanged, so
 /// nothing was written and the version on disk was not moved on) deletes the file:
 /// named by that older version, the deletion left the peer's changes unseen and the
