@@ -480,6 +480,9 @@ pub struct ScanDiff {
     pub removed: Vec<String>,
     /// Known files the ignore rules now exclude: never removed (see [`Input::Ignored`]).
     pub ignored: BTreeSet<String>,
+    /// Known files the rules excluded until now, no longer there: removed while ignored,
+    /// which deletes nothing ([`Input::NotOnDisk`]: the peers' version comes back).
+    pub gone_while_ignored: Vec<String>,
     /// How many files the engine believed were on disk.
     pub known: usize,
 }
@@ -525,6 +528,7 @@ pub fn diff_scan(engine: &Engine, found: &Found) -> ScanDiff {
         })
     };
     let mut removed = Vec::new();
+    let mut gone_while_ignored = Vec::new();
     for (k, (from, hash)) in &believed {
         if there.contains(k) || found.ignored.contains(*from) || unread(k) {
             continue;
@@ -540,6 +544,10 @@ pub fn diff_scan(engine: &Engine, found: &Found) -> ScanDiff {
         });
         match moved_to {
             Some(pos) => renames.push((from.to_string(), changed.remove(pos).to_string())),
+            // Ignored until these rules: removed while ignored, which deletes nothing.
+            None if engine.ignored_paths().contains(*from) => {
+                gone_while_ignored.push(from.to_string());
+            }
             None => removed.push(from.to_string()),
         }
     }
@@ -547,6 +555,7 @@ pub fn diff_scan(engine: &Engine, found: &Found) -> ScanDiff {
         renames,
         changed: changed.into_iter().map(str::to_string).collect(),
         removed,
+        gone_while_ignored,
         ignored: found.ignored.clone(),
         known: believed.len(),
     }
@@ -575,6 +584,8 @@ pub fn feed_scan<H: Host>(
     let mut ignored_then_clashing = vec![Input::Ignored {
         paths: diff.ignored,
     }];
+    ignored_then_clashing
+        .extend((diff.gone_while_ignored.into_iter()).map(|folder| Input::NotOnDisk { folder }));
     // A file that became a folder, or a folder a file, while nobody watched: the old one
     // goes first, or the new one would clash with it and become a conflict copy.
     let (clashing, removed): (Vec<String>, Vec<String>) = if deletions_paused {

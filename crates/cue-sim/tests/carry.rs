@@ -444,6 +444,29 @@ fn a_file_removed_while_ignored_is_deleted_nowhere() {
     assert!(!deleted(0) && !deleted(1));
 }
 
+/// A file removed while ignored, then the rule taken away: the removal was no deletion
+/// then and is none now. The file stays on the other peers and comes back here (it
+/// was deleted everywhere once the rule went).
+#[test]
+fn a_file_removed_while_ignored_comes_back_when_the_rule_goes() {
+    let mut w = ignored_on_p1_after_syncing(19);
+    w.peers[1].disk.remove("build/out.log");
+    w.advance(1_000);
+    w.peers[1].ignored_here.remove("build/out.log");
+    // The rules changed: the daemon rescans.
+    w.startup_scan(1);
+    w.settle_converged();
+    for p in 0..2 {
+        assert_eq!(
+            w.read(p, "build/out.log").as_deref(),
+            Some("log 1\n"),
+            "p{p}"
+        );
+        let deleted = (w.peers[p].activity.iter()).any(|a| a.kind == ActivityKind::Delete);
+        assert!(!deleted, "p{p}");
+    }
+}
+
 /// Two peers create the same new file at nearly the same moment: the remote version
 /// arrives before this peer's watcher has reported its own (the write of the remote
 /// version is refused, the file being there). The create rule holds at any timing: one

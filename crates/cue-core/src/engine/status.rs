@@ -3,6 +3,12 @@
 use super::*;
 
 impl Engine {
+    /// The synced files this device's ignore rules exclude, as last told
+    /// ([`Input::Ignored`]).
+    pub fn ignored_paths(&self) -> &BTreeSet<String> {
+        &self.ignored
+    }
+
     pub fn status(&mut self, store: &mut dyn DocStore) -> Status {
         let live = self.live_view(store);
         let members = self.members_view.clone();
