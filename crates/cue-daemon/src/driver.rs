@@ -830,10 +830,26 @@ impl Driver {
         }
         let n = writes.len();
         let out = carry::carry_out(&mut self.engine, &mut self.host, now, writes)?;
-        if self.guard.is_some() && !self.engine.disk().any(|(p, _)| !self.host.exists(p)) {
+        self.end_guard_if_nothing_missing();
+        Ok((n, out))
+    }
+
+    /// The guard for local deletions ends once nothing it held back is missing any more:
+    /// the files put back, by `restore` or by hand (a folder moved out of the workspace
+    /// and back). It said so until the next start, and held every later deletion.
+    fn end_guard_if_nothing_missing(&mut self) {
+        let Some(guard) = &self.guard else {
+            return;
+        };
+        let missing = self.engine.disk().any(|(p, _)| {
+            !self.rules.is_ignored(p, false)
+                && self.host.out_of_sight(p).is_none()
+                && !self.host.exists(p)
+        });
+        if !missing {
+            tracing::info!(reason = %guard.reason, "the files are back: deletions are propagated again");
             self.guard = None;
         }
-        Ok((n, out))
     }
 
     /// Files that could not be written so far.
@@ -1618,6 +1634,9 @@ impl Driver {
         out.extend(fed?);
         if work.events.is_empty() && std::mem::take(&mut work.rescan) && self.guard.is_none() {
             out.extend(self.startup_scan(now)?);
+        }
+        if work.events.is_empty() {
+            self.end_guard_if_nothing_missing();
         }
         Ok(out)
     }

@@ -470,6 +470,36 @@ fn mass_deletion_is_not_propagated() {
     b.stop();
 }
 
+/// A folder moved out of the workspace and back in (a mistaken drag): the guard trips,
+/// and once the files are back it ends by itself. It said "deletions paused" until the
+/// next start, holding every later deletion meanwhile.
+#[test]
+fn the_guard_ends_when_the_missing_files_are_back() {
+    let (_relay, a, b) = pair();
+    for i in 0..22 {
+        a.write(&format!("dir/{i:02}.md"), &format!("{i}\n"));
+    }
+    a.write("other.md", "stays\n");
+    wait_until("all files on bob", || {
+        (0..22).all(|i| b.read(&format!("dir/{i:02}.md")).is_some())
+    });
+    let away = tempfile::tempdir().unwrap();
+    std::fs::rename(a.path("dir"), away.path().join("dir")).unwrap();
+    wait_until("alice to pause deletions", || {
+        !a.status().0["deletions_paused"].is_null()
+    });
+    std::fs::rename(away.path().join("dir"), a.path("dir")).unwrap();
+    wait_until("the pause to end", || {
+        a.status().0["deletions_paused"].is_null()
+    });
+    // A deletion now is one.
+    a.remove("other.md");
+    wait_until("the deletion on bob", || b.read("other.md").is_none());
+    assert!((0..22).all(|i| b.read(&format!("dir/{i:02}.md")).is_some()));
+    a.stop();
+    b.stop();
+}
+
 #[test]
 fn held_deletions_go_through_when_applied() {
     let (_relay, a, b) = pair();
