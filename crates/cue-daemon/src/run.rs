@@ -181,6 +181,9 @@ pub fn start_background(
     let socket = control_socket_path(&ws.root).map_err(|e| RunError::Socket(e.to_string()))?;
     let until = std::time::Instant::now() + deadline;
     let mut wait = Duration::from_millis(5);
+    // Another daemon that answered meanwhile (several `start`s at once: one takes the
+    // lock, the others' daemons exit).
+    let mut other: Option<u32> = None;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             // The daemon's last log line says why (already running, bad config...).
@@ -190,16 +193,22 @@ pub fn start_background(
                 .rfind(|l| !l.trim().is_empty())
                 .unwrap_or("")
                 .to_string();
-            if tail.contains("already running") {
-                return Err(RunError::AlreadyRunning { pid: None });
+            if tail.contains("already running") || other.is_some() {
+                return Err(RunError::AlreadyRunning { pid: other });
             }
             return Err(RunError::Spawn(format!(
                 "the daemon exited ({status}): {tail} (see {})",
                 log_path.display()
             )));
         }
-        if control::request(&socket, &Request::Status, Duration::from_secs(2)).is_ok_and(|r| r.ok) {
-            return Ok(child.id());
+        if let Ok(r) = control::request(&socket, &Request::Status, Duration::from_secs(2))
+            && r.ok
+        {
+            // Ours, or another that holds the workspace (ours then exits: see above).
+            match r.status.and_then(|s| s.daemon.pid) {
+                Some(pid) if pid != child.id() => other = Some(pid),
+                _ => return Ok(child.id()),
+            }
         }
         if std::time::Instant::now() >= until {
             return Err(RunError::Spawn(format!(

@@ -624,3 +624,41 @@ fn an_interrupted_demo_stops_its_daemons_and_removes_its_folder() {
         assert!(!folder.exists(), "{} is left behind", folder.display());
     }
 }
+
+/// Three `cue sync start` at once: one daemon runs, one start says it started it (with
+/// its pid), the others exit 1 saying one is running. Two or three said "started" with
+/// the pid of a daemon that had exited, having lost the race for the lock.
+#[test]
+fn starts_at_once_start_one_daemon_and_say_so() {
+    let (_relay, a, _b) = pair();
+    for _ in 0..3 {
+        a.stop();
+        let starts: Vec<std::process::Child> = (0..3)
+            .map(|_| {
+                a.command(&["sync", "start"])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outs: Vec<std::process::Output> = starts
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        let started: Vec<String> = outs
+            .iter()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .collect();
+        assert_eq!(started.len(), 1, "{outs:?}");
+        for o in outs.iter().filter(|o| !o.status.success()) {
+            assert_eq!(o.status.code(), Some(1));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains("already running"), "{err}");
+        }
+        let pid = a.status().0["daemon"]["pid"].as_u64().unwrap();
+        assert!(started[0].contains(&format!("pid {pid}")), "{started:?}");
+    }
+    a.stop();
+}
