@@ -662,3 +662,28 @@ fn starts_at_once_start_one_daemon_and_say_so() {
     }
     a.stop();
 }
+
+/// A device started again counts nothing as refused: the member entries it holds were
+/// judged when they came. Every start counted each admission as a forged entry
+/// (`bad_members`), so an honest workspace looked attacked.
+#[test]
+fn starting_again_counts_no_refused_input() {
+    let (_relay, a, b) = pair();
+    for _ in 0..2 {
+        for p in [&a, &b] {
+            p.stop();
+            p.start();
+        }
+    }
+    wait_until("both online again", || {
+        [&a, &b]
+            .iter()
+            .all(|p| p.online_peers().is_ok_and(|n| n == 1))
+    });
+    for p in [&a, &b] {
+        let refused = &p.status().0["refused_input"];
+        assert_eq!(refused, &serde_json::json!({}), "{}: {refused}", p.name);
+    }
+    a.stop();
+    b.stop();
+}

@@ -56,7 +56,17 @@ impl Engine {
     pub fn set_admission_check(&mut self, check: AdmissionCheck) {
         self.admission_check = Some(Check(check));
         self.member_verdicts.clear();
+        self.judge_stored_members();
+    }
+
+    /// [`Engine::refresh_members`] over entries judged before (stored, at a start; or
+    /// again under a new check): those refused were counted when they came. Counted
+    /// again, `bad_members` grew at every start of an honest device (its admissions,
+    /// judged before the daemon set the check, taken for forged).
+    pub(super) fn judge_stored_members(&mut self) {
+        let counted = self.state.counters.bad_members;
         self.refresh_members();
+        self.state.counters.bad_members = counted;
     }
 
     /// A device proved it holds the invite: its entry, with its admission if there is

@@ -411,6 +411,9 @@ impl Engine {
             damaged_records,
             damaged_docs: BTreeSet::new(),
         };
+        // Stored member entries are judged again below: those refused were counted when
+        // they came (see `judge_stored_members`).
+        let counted = engine.state.counters.bad_members;
         if index_lost {
             engine.rebuild_index();
         }
@@ -426,6 +429,7 @@ impl Engine {
             engine.commit_index();
         }
         engine.refresh_members();
+        engine.state.counters.bad_members = counted;
         // No documents can be read here (no store yet): the disk is brought in line with
         // them on the first input, which comes with the store.
         let effects = engine.effects();
