@@ -388,6 +388,33 @@ fn a_write_the_disk_refuses_never_becomes_a_deletion() {
     assert!(w.status(1).unwritable.is_empty());
 }
 
+/// A write the disk refuses stays listed (and retried) when a rename here comes just
+/// after (a folder replaced by a symlink: `mv d d_real; ln -s d_real d`, while a peer
+/// writes in `d`). The rename marked every refused write for a retry without making it,
+/// and the next tick took the untried write for done: the file was no longer listed,
+/// nor retried.
+#[test]
+fn a_refused_write_stays_listed_after_a_rename_here() {
+    let mut w = World::new(2, 16, Config::default());
+    w.connect_all();
+    w.write(0, "d/x.md", b"x\n");
+    w.settle_converged();
+    w.peers[1].refuse_writes_under.insert("d".into());
+    w.write(0, "d/y.md", b"from p0\n");
+    w.settle(5);
+    assert_eq!(w.status(1).unwritable.len(), 1);
+    w.rename(1, "d/x.md", "d_real/x.md");
+    w.advance(1_000);
+    w.settle(5);
+    let status = w.status(1);
+    assert_eq!(status.unwritable.len(), 1, "{status:?}");
+    assert_eq!(status.unwritable[0].0, "d/y.md");
+    w.peers[1].refuse_writes_under.clear();
+    w.advance(61_000);
+    w.settle_converged();
+    assert_eq!(w.read(1, "d/y.md").as_deref(), Some("from p0\n"));
+}
+
 /// Two peers holding `a.md` and `build/out.log`, the second then ignored on p1 (and the
 /// rescan the new rule asks for made).
 fn ignored_on_p1_after_syncing(seed: u64) -> World {

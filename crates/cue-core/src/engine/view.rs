@@ -184,9 +184,11 @@ impl Engine {
         // A file kept on disk for its twin waits no more if the twin moved.
         self.to_reconcile
             .extend(self.kept_for_twins.iter().copied());
-        // What was in the way of a file that could not be written may have moved.
-        for u in self.unwritable.values_mut().filter(|u| !u.deferred) {
+        // What was in the way of a file that could not be written may have moved: tried
+        // again now (marked for a retry and not tried, the next tick took it for written).
+        for (f, u) in self.unwritable.iter_mut().filter(|(_, u)| !u.deferred) {
             u.retrying = true;
+            self.to_reconcile.insert(*f);
         }
     }
 
