@@ -1684,9 +1684,20 @@ impl Driver {
             if !out.is_empty() {
                 send(self.store_mut(), std::mem::take(out));
             }
+            // (A "rename" whose source is still there is taken as two saves, `renamed`:
+            // gathered with the rest, so that a swap of two names made faster than the
+            // watcher tells moves apart reaches the engine as one batch, which takes it
+            // for the two renames it is.)
+            let saves = |from: &WorkspacePath, to: &WorkspacePath| {
+                self.engine.disk_key(from.as_str()) != self.engine.disk_key(to.as_str())
+                    && self.host.exists(from.as_str())
+            };
             let depends = self.gathered.as_ref().is_some_and(|g| match &e {
                 WatchEvent::Removed(p) => g.touches(p.as_str()),
-                WatchEvent::Renamed { from, to } | WatchEvent::DirRenamed { from, to } => {
+                WatchEvent::Renamed { from, to } => {
+                    (g.touches(from.as_str()) || g.touches(to.as_str())) && !saves(from, to)
+                }
+                WatchEvent::DirRenamed { from, to } => {
                     g.touches(from.as_str()) || g.touches(to.as_str())
                 }
                 _ => false,

@@ -816,3 +816,50 @@ fn a_deletion_after_a_merge_that_changed_no_byte_takes_effect() {
         assert_eq!(w.read(p, "a.md"), None, "p{p}");
     }
 }
+
+/// Two notes' names swapped faster than the watcher tells the moves apart (`mv a.md t;
+/// mv b.md a.md; mv t b.md`): the batch holds two saves, each path with what the other
+/// held. Taken as two renames, so a peer's edit made meanwhile to one note stays in
+/// that note (as two rewrites, it landed in the other), and each keeps its history.
+#[test]
+fn two_names_swapped_at_once_are_two_renames() {
+    let mut w = World::new(2, 21, Config::default());
+    w.connect_all();
+    w.write(0, "a.md", b"note A\n");
+    w.write(0, "b.md", b"note B\n");
+    w.settle_converged();
+    w.disconnect(1);
+    w.write(1, "a.md", b"note A\nfrom p1\n");
+    for (path, bytes) in [("a.md", &b"note B\n"[..]), ("b.md", &b"note A\n"[..])] {
+        w.peers[0].disk.insert(path.into(), bytes.to_vec());
+    }
+    w.input_batch(
+        0,
+        vec![
+            Input::FileChanged {
+                path: "a.md".into(),
+                content: b"note B\n".to_vec(),
+                exec: false,
+            },
+            Input::FileChanged {
+                path: "b.md".into(),
+                content: b"note A\n".to_vec(),
+                exec: false,
+            },
+        ],
+    );
+    w.connect(1);
+    w.settle_converged();
+    for p in 0..2 {
+        assert_eq!(w.read(p, "a.md").as_deref(), Some("note B\n"), "p{p}");
+        assert_eq!(
+            w.read(p, "b.md").as_deref(),
+            Some("note A\nfrom p1\n"),
+            "p{p}"
+        );
+    }
+    let renames = (w.peers[0].activity.iter())
+        .filter(|a| a.kind == ActivityKind::Rename)
+        .count();
+    assert_eq!(renames, 2);
+}

@@ -513,6 +513,79 @@ impl Engine {
         self.commit_index_for(file, alone, store);
     }
 
+    /// Two files' names swapped faster than the watcher tells moves apart (`mv a t; mv
+    /// b a; mv t b`): the batch saves each known path with exactly what the other held.
+    /// Taken as the two renames it is, each file keeping its history and document: as
+    /// two rewrites, a peer's edit made meanwhile to one note landed in the other.
+    /// Both files must be as the engine last saw them (content on disk = document), and
+    /// the folder keep modes (the hash compared holds the executable bit). What each
+    /// path holds is then no news (`local_change` finds its file's own content there).
+    pub(super) fn take_swaps(&mut self, inputs: &[Input]) {
+        if self.config.modes_unkept {
+            return;
+        }
+        let saved: BTreeMap<&str, ContentHash> = inputs
+            .iter()
+            .filter_map(|i| match i {
+                Input::FileChanged {
+                    path,
+                    content,
+                    exec,
+                } => Some((path.as_str(), file_hash(content, *exec))),
+                _ => None,
+            })
+            .collect();
+        if saved.len() < 2 {
+            return;
+        }
+        // The file believed at each saved path, with what it holds, when that is its
+        // document's content.
+        let held: BTreeMap<&str, (FileId, ContentHash)> = saved
+            .keys()
+            .filter_map(|p| {
+                let f = self.file_at(p)?;
+                let m = self.files.get(&f)?;
+                let (at, h) = m.disk.as_ref()?;
+                (at == p && m.doc_hash == Some(*h)).then_some((*p, (f, *h)))
+            })
+            .collect();
+        let by_hash: BTreeMap<ContentHash, &str> =
+            held.iter().map(|(p, (_, h))| (*h, *p)).collect();
+        let mut swapped: BTreeSet<&str> = BTreeSet::new();
+        for (a, (fa, ha)) in &held {
+            let Some(b) = by_hash.get(&saved[a]).copied() else {
+                continue;
+            };
+            let (fb, hb) = held[b];
+            if b == *a || *ha == hb || saved[b] != *ha || swapped.contains(a) || swapped.contains(b)
+            {
+                continue;
+            }
+            swapped.extend([*a, b]);
+            let _ = self.index.set_path(fa, b);
+            let _ = self.index.set_path(&fb, a);
+            for (f, to, h) in [(*fa, b, *ha), (fb, *a, hb)] {
+                if let Some(mut m) = self.files.get_mut(&f) {
+                    m.disk = Some((to.to_string(), h));
+                }
+                self.dirty.insert(f);
+            }
+            let name = self.name.clone();
+            for (from, to) in [(*a, b), (b, *a)] {
+                self.activity(
+                    ActivityKind::Rename,
+                    Some(to.to_string()),
+                    &name,
+                    Some(format!("from {from}")),
+                );
+            }
+        }
+        if !swapped.is_empty() {
+            // (The live view is made again: both paths moved at once.)
+            self.commit_index();
+        }
+    }
+
     pub(super) fn local_rename(
         &mut self,
         from: &str,

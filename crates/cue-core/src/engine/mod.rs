@@ -481,6 +481,7 @@ impl Engine {
         if !self.damaged_records.is_empty() {
             self.rebuild_records(store);
         }
+        self.take_swaps(&inputs);
         if self.threads > 1 {
             self.prepare_new_files(&inputs);
             let edited = self.edited_files(&inputs);
