@@ -297,6 +297,8 @@ pub struct Driver {
     epoch: u32,
     /// Why deletions are not being propagated (the mass-deletion guard), if they are not.
     guard: Option<Guard>,
+    /// A rescan the watcher asked for while the guard held deletions: made once it ends.
+    rescan_owed: bool,
     /// The watcher's debounce: how long to wait before looking again at a written file.
     settle: std::time::Duration,
     /// Our admission, for our member-list entry after the first start-up scan.
@@ -391,6 +393,7 @@ impl Driver {
             max_file_size: config.sync.max_file_size,
             epoch,
             guard: None,
+            rescan_owed: false,
             settle: std::time::Duration::from_millis(config.sync.debounce_ms * 2 + 50),
             own_admission: ws.own_admission(),
             gathered: None,
@@ -1632,11 +1635,14 @@ impl Driver {
         self.gathered = None;
         result?;
         out.extend(fed?);
-        if work.events.is_empty() && std::mem::take(&mut work.rescan) && self.guard.is_none() {
-            out.extend(self.startup_scan(now)?);
-        }
         if work.events.is_empty() {
+            // A rescan asked for while the guard holds deletions waits until it ends (a
+            // `.cueignore` changed meanwhile is taken in then).
+            self.rescan_owed |= std::mem::take(&mut work.rescan);
             self.end_guard_if_nothing_missing();
+            if self.guard.is_none() && std::mem::take(&mut self.rescan_owed) {
+                out.extend(self.startup_scan(now)?);
+            }
         }
         Ok(out)
     }

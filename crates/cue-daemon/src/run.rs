@@ -465,6 +465,8 @@ impl Daemon<'_> {
         // open still, and syncing on it would go on where no command reaches (no lock, no
         // socket, no pid file). Stopping loses nothing the folder holds.
         if batch_store_gone {
+            // (Kept where the store went, if it was moved rather than removed.)
+            self.driver.flush()?;
             let store = self.driver.root_path().join(crate::paths::CUEDECK_DIR);
             return Err(RunError::StoreGone(store));
         }

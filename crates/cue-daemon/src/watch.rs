@@ -143,6 +143,7 @@ impl Watcher {
             rules: rules.clone(),
             tx,
             out: Default::default(),
+            store: store_identity(&root.join(CUEDECK_DIR)),
         };
         let debounce = config.debounce.max(Duration::from_millis(1));
         let (raw_tx, raw_rx) = channel();
@@ -231,6 +232,18 @@ struct Translator {
     /// mass-deletion guard counts a batch's removals).
     tx: Sender<Vec<WatchEvent>>,
     out: std::cell::RefCell<Vec<WatchEvent>>,
+    /// The `.cuedeck` folder the daemon opened (device, inode): another one put in its
+    /// place (removed and copied back from a backup within one batch) is not its store.
+    store: Option<(u64, u64)>,
+}
+
+/// The device and inode of the folder at `path`, not following a link.
+fn store_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.is_dir())
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// What is at a path now, as far as syncing goes.
@@ -381,7 +394,7 @@ impl Translator {
             return;
         }
         if abs == self.root.join(CUEDECK_DIR) {
-            if !abs.is_dir() {
+            if store_identity(abs) != self.store {
                 self.send(WatchEvent::StoreGone);
             }
             return;

@@ -476,21 +476,30 @@ fn a_file_removed_while_ignored_is_deleted_nowhere() {
 /// was deleted everywhere once the rule went).
 #[test]
 fn a_file_removed_while_ignored_comes_back_when_the_rule_goes() {
-    let mut w = ignored_on_p1_after_syncing(19);
-    w.peers[1].disk.remove("build/out.log");
-    w.advance(1_000);
-    w.peers[1].ignored_here.remove("build/out.log");
-    // The rules changed: the daemon rescans.
-    w.startup_scan(1);
-    w.settle_converged();
-    for p in 0..2 {
-        assert_eq!(
-            w.read(p, "build/out.log").as_deref(),
-            Some("log 1\n"),
-            "p{p}"
-        );
-        let deleted = (w.peers[p].activity.iter()).any(|a| a.kind == ActivityKind::Delete);
-        assert!(!deleted, "p{p}");
+    // The rule taken away while the daemon runs, or while it is stopped (then the
+    // start knows from its store what was ignored).
+    for stopped in [false, true] {
+        let mut w = ignored_on_p1_after_syncing(19);
+        w.peers[1].disk.remove("build/out.log");
+        w.advance(1_000);
+        if stopped {
+            w.restart(1);
+            w.settle(5);
+        }
+        w.peers[1].ignored_here.remove("build/out.log");
+        // The rules changed: the daemon rescans (or starts).
+        if stopped {
+            w.restart(1);
+        } else {
+            w.startup_scan(1);
+        }
+        w.settle_converged();
+        for p in 0..2 {
+            let there = w.read(p, "build/out.log");
+            assert_eq!(there.as_deref(), Some("log 1\n"), "p{p}, stopped {stopped}");
+            let deleted = (w.peers[p].activity.iter()).any(|a| a.kind == ActivityKind::Delete);
+            assert!(!deleted, "p{p}, stopped {stopped}");
+        }
     }
 }
 

@@ -264,6 +264,34 @@ fn a_removed_cuedeck_stops_its_daemon() {
     b.stop();
 }
 
+/// `.cuedeck` removed and copied back from a backup at once (faster than the watcher's
+/// batch): not the store the daemon holds open, so it stops too, rather than go on
+/// unseen beside a second daemon a `start` would then run on the copy.
+#[test]
+fn a_cuedeck_put_back_from_a_copy_stops_its_daemon() {
+    let (_relay, a, b) = pair();
+    a.write("notes.md", "one\n");
+    wait_for_file(&b, "notes.md", "the note", |_| true);
+    let pid = a.status().0["daemon"]["pid"].as_u64().unwrap();
+    let backup = tempfile::tempdir().unwrap();
+    let copied = |from: &std::path::Path, to: &std::path::Path| {
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    copied(&a.path(".cuedeck"), backup.path());
+    std::fs::remove_dir_all(a.path(".cuedeck")).unwrap();
+    copied(&backup.path().join(".cuedeck"), a.root());
+    wait_until("alice's daemon to stop", || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+    b.stop();
+}
+
 /// The workspace folder dragged to the Trash (moved away) while the daemon runs: the
 /// daemon stops and says why, rather than go on syncing the folder wherever it went
 /// (peers' edits landing in the Trash, the folder at the old place ignored). Put back,

@@ -251,7 +251,7 @@ impl Engine {
             let deleted = self.index.tombstone(&file).is_some() || self.tail3.held.contains(&file);
             if let Some((path, _)) = meta
                 .disk
-                .filter(|(p, _)| !deleted && !self.ignored.contains(p))
+                .filter(|(p, _)| !deleted && !self.state.ignored.contains(p))
             {
                 let name = self.name.clone();
                 self.activity(

@@ -257,6 +257,12 @@ pub(super) struct LaterCounters3 {
     unnamed_documents: u64,
 }
 
+/// Added after [`LaterCounters3`], stored after it in the same way.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct LaterIgnored {
+    ignored: BTreeSet<String>,
+}
+
 /// The engine's persisted state, its parts in the order they are stored.
 pub(super) struct StateParts<'a> {
     pub(super) state: &'a State,
@@ -305,6 +311,10 @@ pub(super) fn encode_state(parts: &StateParts<'_>) -> Vec<u8> {
         unnamed_documents: c.unnamed_documents,
     };
     bytes.extend(postcard::to_allocvec(&later3).unwrap_or_default());
+    let ignored = LaterIgnored {
+        ignored: state.ignored.clone(),
+    };
+    bytes.extend(postcard::to_allocvec(&ignored).unwrap_or_default());
     bytes
 }
 
@@ -371,8 +381,13 @@ pub(super) fn decode_state(bytes: &[u8]) -> Option<Stored> {
                             if let Ok((tail7, rest)) = postcard::take_from_bytes::<StateTail7>(rest)
                             {
                                 stored.7 = tail7;
-                                if let Ok(later3) = postcard::from_bytes::<LaterCounters3>(rest) {
+                                if let Ok((later3, rest)) =
+                                    postcard::take_from_bytes::<LaterCounters3>(rest)
+                                {
                                     stored.0.counters.unnamed_documents = later3.unnamed_documents;
+                                    if let Ok(later) = postcard::from_bytes::<LaterIgnored>(rest) {
+                                        stored.0.ignored = later.ignored;
+                                    }
                                 }
                             }
                         }
@@ -398,6 +413,11 @@ pub(super) struct State {
     /// Every device taken for a member (see `members.rs`), stored in [`LaterCounters`].
     #[serde(skip)]
     pub(super) members: BTreeMap<DeviceId, String>,
+    /// Synced files this device's ignore rules excluded at its last scan (see
+    /// [`crate::Input::Ignored`]), stored in [`LaterIgnored`]: a start knows which files
+    /// were removed while ignored (no deletion) when the rules let them through again.
+    #[serde(skip)]
+    pub(super) ignored: BTreeSet<String>,
 }
 
 /// What a previous run persisted, decoded and brought to the current layout.
@@ -686,6 +706,7 @@ mod tests {
         };
         let mut state = State::default();
         state.counters.unnamed_documents = 9;
+        state.ignored = ["build/out.log".to_string()].into();
         let parts = (
             state,
             StateTail::default(),
@@ -715,6 +736,25 @@ mod tests {
         assert_eq!(decoded.6.index_waiting, tail6.index_waiting);
         assert_eq!(decoded.7.purged, tail7.purged);
         assert_eq!(decoded.0.counters.unnamed_documents, 9);
+        assert_eq!(decoded.0.ignored, parts.0.ignored);
+        // A state written before the ignored files were kept ends before them; a version
+        // before them read the count whole, past them unread.
+        let ignored = postcard::to_allocvec(&LaterIgnored {
+            ignored: parts.0.ignored.clone(),
+        })
+        .unwrap();
+        let later3_len = postcard::to_allocvec(&LaterCounters3 {
+            unnamed_documents: 9,
+        })
+        .unwrap()
+        .len();
+        let older_read: LaterCounters3 =
+            postcard::from_bytes(&full[full.len() - ignored.len() - later3_len..]).unwrap();
+        assert_eq!(older_read.unnamed_documents, 9);
+        let full = full[..full.len() - ignored.len()].to_vec();
+        let decoded = decode_state(&full).expect("decodes");
+        assert_eq!(decoded.0.counters.unnamed_documents, 9);
+        assert!(decoded.0.ignored.is_empty());
         // A state written before unnamed documents were counted ends before the count.
         let later3 = postcard::to_allocvec(&LaterCounters3 {
             unnamed_documents: 9,

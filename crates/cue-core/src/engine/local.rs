@@ -544,6 +544,13 @@ impl Engine {
             .keys()
             .filter_map(|p| {
                 let f = self.file_at(p)?;
+                // Where the index puts it, not deleted (a file kept on disk for its twin,
+                // or moved by a peer and not yet on disk, is no part of a swap here).
+                if self.index.path_of(&f).as_deref() != Some(*p)
+                    || self.index.tombstone(&f).is_some()
+                {
+                    return None;
+                }
                 let m = self.files.get(&f)?;
                 let (at, h) = m.disk.as_ref()?;
                 (at == p && m.doc_hash == Some(*h)).then_some((*p, (f, *h)))

@@ -227,11 +227,9 @@ pub struct Engine {
     /// Each file's last local versions (see `growth`).
     growth: BTreeMap<FileId, VecDeque<growth::Version>>,
     /// Files dropped as one with another left on disk for it (see `view.rs`
-    /// `kept_for_twin`): looked at again whenever anything is reconciled, since what they
-    /// wait for (the other file's path) can change without them.
+    /// `kept_for_twin`): looked at again whenever paths change (`paths_changed`), since
+    /// what they wait for (the other file's path) can change without them.
     kept_for_twins: BTreeSet<FileId>,
-    /// Paths this device's ignore rules exclude (see [`Input::Ignored`]).
-    ignored: BTreeSet<String>,
     /// Files peers deleted lately (when, which): the remote mass-deletion guard's window.
     recent_remote_deletions: Vec<(i64, FileId)>,
     /// Files whose write found nothing where the file was believed
@@ -392,7 +390,6 @@ impl Engine {
             unsyncable: BTreeMap::new(),
             growth: BTreeMap::new(),
             kept_for_twins: BTreeSet::new(),
-            ignored: BTreeSet::new(),
             recent_remote_deletions: Vec::new(),
             found_gone: BTreeMap::new(),
             asked: BTreeMap::new(),
@@ -575,8 +572,9 @@ impl Engine {
                 reason,
             } => self.write_failed(&path, expect, reason),
             Input::Ignored { paths } => {
-                if paths != self.ignored {
-                    self.ignored = paths;
+                if paths != self.state.ignored {
+                    self.state.ignored = paths;
+                    self.state_dirty = true;
                     self.invalidate(Stale::View);
                 }
             }

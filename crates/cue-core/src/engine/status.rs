@@ -6,7 +6,7 @@ impl Engine {
     /// The synced files this device's ignore rules exclude, as last told
     /// ([`Input::Ignored`]).
     pub fn ignored_paths(&self) -> &BTreeSet<String> {
-        &self.ignored
+        &self.state.ignored
     }
 
     pub fn status(&mut self, store: &mut dyn DocStore) -> Status {
@@ -74,7 +74,7 @@ impl Engine {
             syncing: self.pull.is_some(),
             catch_up,
             unverified: self.tail.unverified.len(),
-            ignored: self.ignored.len(),
+            ignored: self.state.ignored.len(),
             refused: self.state.counters.clone(),
             modes_kept: !self.config.modes_unkept,
         }

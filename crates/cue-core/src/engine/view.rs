@@ -557,7 +557,7 @@ impl Engine {
         for f in files {
             // Ignored here: left as it is on disk, wherever the documents say it goes.
             let on_disk = self.files.get(f).and_then(|m| m.disk.as_ref());
-            let ignored = |p: &str| self.ignored.contains(p);
+            let ignored = |p: &str| self.state.ignored.contains(p);
             if on_disk.is_some_and(|(p, _)| ignored(p)) || live.get(f).is_some_and(|p| ignored(p)) {
                 continue;
             }
