@@ -437,6 +437,22 @@ fn pair_of(relay: Relay, a: Peer) -> (Relay, Peer, Peer) {
 }
 
 /// Waits until `peer` holds `rel` with content satisfying `cond`.
+/// `cp -a FROM TO`: a folder copied with its modes and times, as a user's backup is.
+pub fn copy_as_is(from: &std::path::Path, to: &std::path::Path) {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
 pub fn wait_for_file(peer: &Peer, rel: &str, what: &str, cond: impl Fn(&str) -> bool) {
     wait_until(&format!("{} on {}: {what}", rel, peer.name), || {
         peer.read(rel).is_some_and(|c| cond(&c))

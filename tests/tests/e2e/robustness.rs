@@ -274,18 +274,9 @@ fn a_cuedeck_put_back_from_a_copy_stops_its_daemon() {
     wait_for_file(&b, "notes.md", "the note", |_| true);
     let pid = a.status().0["daemon"]["pid"].as_u64().unwrap();
     let backup = tempfile::tempdir().unwrap();
-    let copied = |from: &std::path::Path, to: &std::path::Path| {
-        let status = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(from)
-            .arg(to)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
-    copied(&a.path(".cuedeck"), backup.path());
+    cue_e2e::copy_as_is(&a.path(".cuedeck"), backup.path());
     std::fs::remove_dir_all(a.path(".cuedeck")).unwrap();
-    copied(&backup.path().join(".cuedeck"), a.root());
+    cue_e2e::copy_as_is(&backup.path().join(".cuedeck"), a.root());
     wait_until("alice's daemon to stop", || {
         !std::path::Path::new(&format!("/proc/{pid}")).exists()
     });

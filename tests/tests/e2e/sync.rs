@@ -486,16 +486,7 @@ fn a_device_put_back_from_a_backup_still_syncs_its_edits() {
     wait_for_file(&b, "notes.md", "the first version", |c| c == "one\n");
     a.stop();
     let backup = tempfile::tempdir().unwrap();
-    let copy = |from: &std::path::Path, to: &std::path::Path| {
-        let status = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(from)
-            .arg(to)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
-    copy(&a.path(".cuedeck"), backup.path());
+    cue_e2e::copy_as_is(&a.path(".cuedeck"), backup.path());
     // The runs the backup will miss: several starts, edits, a new file.
     for round in 0..3 {
         a.start();
@@ -525,7 +516,7 @@ fn a_device_put_back_from_a_backup_still_syncs_its_edits() {
         now > last_epoch
     });
     std::fs::remove_dir_all(a.path(".cuedeck")).unwrap();
-    copy(&backup.path().join(".cuedeck"), a.root());
+    cue_e2e::copy_as_is(&backup.path().join(".cuedeck"), a.root());
     a.write("notes.md", "one\n");
     for round in 0..3 {
         std::fs::remove_file(a.path(&format!("r{round}.md"))).unwrap();

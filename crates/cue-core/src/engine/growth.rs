@@ -94,16 +94,10 @@ impl Engine {
             // names our last version only: a peer's edit of one keeps it.
             let last = versions.last().map(|v| from_heads(&v.after));
             self.delete_here(f, last.unwrap_or_default(), store);
-            let name = self.name.clone();
-            self.activity(
-                ActivityKind::Error,
-                Some(path.to_string()),
-                &name,
-                Some(
-                    "grew past max_file_size as it was being made; the other devices do not \
-                     keep the beginning they got"
-                        .to_string(),
-                ),
+            self.grew_past_limit(
+                path,
+                "grew past max_file_size as it was being made; the other devices do not keep \
+                 the beginning they got",
             );
             return;
         }
@@ -132,20 +126,25 @@ impl Engine {
                 if let Some(mut m) = self.files.get_mut(&f) {
                     m.disk_heads = vec![hash.0];
                 }
-                let name = self.name.clone();
-                self.activity(
-                    ActivityKind::Error,
-                    Some(path.to_string()),
-                    &name,
-                    Some(
-                        "grew past max_file_size while being written; the other devices keep \
-                         its content from before"
-                            .to_string(),
-                    ),
+                self.grew_past_limit(
+                    path,
+                    "grew past max_file_size while being written; the other devices keep its \
+                     content from before",
                 );
             }
             Ok(None) => {}
             Err(e) => self.doc_error(path, &e),
         }
+    }
+
+    /// Says in the activity log what became of the file at `path` that grew too large.
+    fn grew_past_limit(&mut self, path: &str, what: &str) {
+        let name = self.name.clone();
+        self.activity(
+            ActivityKind::Error,
+            Some(path.to_string()),
+            &name,
+            Some(what.to_string()),
+        );
     }
 }
