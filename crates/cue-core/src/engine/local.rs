@@ -524,38 +524,43 @@ impl Engine {
         if self.config.modes_unkept {
             return;
         }
-        let saved: BTreeMap<&str, ContentHash> = inputs
-            .iter()
-            .filter_map(|i| match i {
-                Input::FileChanged {
-                    path,
-                    content,
-                    exec,
-                } => Some((path.as_str(), file_hash(content, *exec))),
-                _ => None,
-            })
-            .collect();
-        if saved.len() < 2 {
+        // The file believed at each saved path, with what it holds, when that is its
+        // document's content; and what the save found there (hashed only for such
+        // files: a burst of new files costs nothing more).
+        let mut saved: BTreeMap<&str, ContentHash> = BTreeMap::new();
+        let mut held: BTreeMap<&str, (FileId, ContentHash)> = BTreeMap::new();
+        for input in inputs {
+            let Input::FileChanged {
+                path,
+                content,
+                exec,
+            } = input
+            else {
+                continue;
+            };
+            let p = path.as_str();
+            let Some(f) = self.file_at(p) else {
+                continue;
+            };
+            // Where the index puts it, not deleted (a file kept on disk for its twin, or
+            // moved by a peer and not yet on disk, is no part of a swap here).
+            if self.index.path_of(&f).as_deref() != Some(p) || self.index.tombstone(&f).is_some() {
+                continue;
+            }
+            let Some(m) = self.files.get(&f) else {
+                continue;
+            };
+            if let Some((at, h)) = m.disk.as_ref()
+                && at == p
+                && m.doc_hash == Some(*h)
+            {
+                held.insert(p, (f, *h));
+                saved.insert(p, file_hash(content, *exec));
+            }
+        }
+        if held.len() < 2 {
             return;
         }
-        // The file believed at each saved path, with what it holds, when that is its
-        // document's content.
-        let held: BTreeMap<&str, (FileId, ContentHash)> = saved
-            .keys()
-            .filter_map(|p| {
-                let f = self.file_at(p)?;
-                // Where the index puts it, not deleted (a file kept on disk for its twin,
-                // or moved by a peer and not yet on disk, is no part of a swap here).
-                if self.index.path_of(&f).as_deref() != Some(*p)
-                    || self.index.tombstone(&f).is_some()
-                {
-                    return None;
-                }
-                let m = self.files.get(&f)?;
-                let (at, h) = m.disk.as_ref()?;
-                (at == p && m.doc_hash == Some(*h)).then_some((*p, (f, *h)))
-            })
-            .collect();
         let by_hash: BTreeMap<ContentHash, &str> =
             held.iter().map(|(p, (_, h))| (*h, *p)).collect();
         let mut swapped: BTreeSet<&str> = BTreeSet::new();
@@ -620,10 +625,16 @@ impl Engine {
         // A file dropped as one with another that is not written here yet stands on
         // disk for it (see `view.rs` `kept_for_twin`): the user renames that one too,
         // or its write would bring the file back under the old name.
-        let live = self.live_view(store);
-        if let Some(twin) = self.twin_to_come(&file, &live) {
-            let _ = self.index.set_path(&twin, to);
-            alone = false;
+        if self
+            .index
+            .tombstone(&file)
+            .is_some_and(|t| t.dropped_as_one())
+        {
+            let live = self.live_view(store);
+            if let Some(twin) = self.twin_to_come(&file, &live) {
+                let _ = self.index.set_path(&twin, to);
+                alone = false;
+            }
         }
         let _ = self.index.set_path(&file, to);
         self.commit_index_for(file, alone, store);
