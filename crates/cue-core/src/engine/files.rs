@@ -141,6 +141,24 @@ impl Files {
         (*p == path).then_some(*f)
     }
 
+    /// Whether a record other than `file`'s is believed to be at `path` on disk with
+    /// `hash` (two records claiming one path: a rename under way, or a belief a power
+    /// cut left behind).
+    pub(super) fn shared(&self, path: &str, hash: &ContentHash, file: &FileId) -> bool {
+        let path = key(self.fold, path);
+        self.by_path
+            .range((path.to_string(), FileId([0; 16]))..)
+            .take_while(|(p, _)| *p == path)
+            .any(|(_, g)| {
+                g != file
+                    && self
+                        .metas
+                        .get(g)
+                        .and_then(|m| m.disk.as_ref())
+                        .is_some_and(|(_, h)| h == hash)
+            })
+    }
+
     /// The path `file` is believed to be at on disk, as the engine wrote or saw it.
     fn disk_path(&self, file: &FileId) -> Option<&str> {
         self.metas.get(file)?.disk.as_ref().map(|(p, _)| p.as_str())

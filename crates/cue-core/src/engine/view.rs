@@ -666,11 +666,17 @@ impl Engine {
         if want.is_some_and(|w| self.files.same_on_disk(w, &cur_path)) {
             return;
         }
-        self.disk_ops.insert(cur_path.clone(), f);
-        self.out_files.push(Effect::RemoveFile {
-            path: cur_path,
-            expect: Some(cur_hash),
-        });
+        // Another record believed at that path with those very bytes: they are (also)
+        // its file, removed only if it too should not be there (its own turn). A power
+        // cut can leave a file dropped as one with its twin believed where the twin was
+        // written over it: removing it removed the twin's file.
+        if !self.files.shared(&cur_path, &cur_hash, &f) {
+            self.disk_ops.insert(cur_path.clone(), f);
+            self.out_files.push(Effect::RemoveFile {
+                path: cur_path,
+                expect: Some(cur_hash),
+            });
+        }
         if let Some(mut m) = self.files.get_mut(&f) {
             m.disk = None;
         }
