@@ -31,9 +31,9 @@ pub use doc::{ContentKind, DocError, FieldConflict, FileDoc};
 pub use engine::{
     ADMISSION_PREFIX, Activity, ActivityKind, AdmissionCheck, CatchUp, CommandError, Config,
     ConflictInfo, Counters, DeletionsPaused, DeviceInfo, DocStore, Effect, Engine, Exported,
-    FileMeta, Generation, HistoryError, Input, LobbyAnswer, OverlapInfo, PeerInfo, Persist,
-    Removal, Restored, RotationCheck, RotationMeta, Status, Version, actor_for, conflict_copy_name,
-    overlap_detail,
+    FileMeta, Generation, HistoryError, Input, LobbyAnswer, MAKER_KEY, MakerCheck, OverlapInfo,
+    PeerInfo, Persist, Removal, Restored, RotationCheck, RotationMeta, Status, Version, actor_for,
+    conflict_copy_name, overlap_detail,
 };
 pub use ids::{
     ContentHash, DeviceId, DocId, FileId, content_hash, file_hash, is_exec, mode_with_exec,

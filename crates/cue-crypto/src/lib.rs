@@ -4,7 +4,8 @@
 //!
 //! How the daemon uses it:
 //! - `cue sync init`: [`WorkspaceSecret::generate`] (generation 0),
-//!   [`LobbySecret::generate`] and [`DeviceKey::generate`], stored in 0600 files;
+//!   [`LobbySecret::generate`] and [`DeviceKey::generate`], stored in 0600 files, and a
+//!   [`MakerProof`] whose hash is the workspace id (it names the maker to every member);
 //!   [`WorkspaceKeys::derive`] on every start, for the workspace secret of the current
 //!   generation and for the lobby ([`LobbySecret::keys`]). A workspace made before lobbies
 //!   existed uses [`LobbySecret::derive_legacy`] of its first secret.
@@ -38,6 +39,7 @@ mod envelope;
 mod invite;
 mod keys;
 mod lobby;
+mod maker;
 mod replay;
 mod rotation;
 mod sealed;
@@ -64,6 +66,7 @@ pub use lobby::{
     LOBBY_VERSION, LobbyError, LobbyMessage, MAX_LOBBY_RECORDS, MAX_REASON_LEN, SEALED_SECRET_LEN,
     open_admission, open_secret, seal_admission, seal_secret,
 };
+pub use maker::{MAKER_DOMAIN, MAKER_PROOF_LEN, MakerProof};
 pub use replay::{DEFAULT_SEQ_BLOCK, Gap, REPLAY_WINDOW, ReplayGuard, SeqAllocator, SeqNext};
 pub use rotation::{
     MAX_REMOVED, MAX_ROTATION_LEN, MIN_ROTATION_LEN, ROTATION_DOMAIN, ROTATION_VERSION,

@@ -81,6 +81,9 @@ struct Making {
     config: cue_core::Config,
     admission: cue_core::AdmissionCheck,
     rotation: cue_core::RotationCheck,
+    maker: cue_core::MakerCheck,
+    /// This device's proof that it made the workspace, if it did.
+    maker_proof: Option<Vec<u8>>,
     /// The devices the engine was told to trust (the one that admitted us).
     trusted: Vec<cue_core::DeviceId>,
 }
@@ -101,6 +104,8 @@ impl Making {
         // Member-list entries are taken only with a valid admission or written by their
         // device.
         engine.set_admission_check(self.admission.clone());
+        // The maker first: the chain the rotation check makes depends on who it is.
+        engine.set_maker_check(self.maker.clone(), self.maker_proof.as_deref());
         engine.set_rotation_check(self.rotation.clone());
         for by in &self.trusted {
             engine.trust(*by);
@@ -183,6 +188,8 @@ pub fn reading_engine(ws: &Workspace) -> Result<(Engine, Store), StoreError> {
         now_ms(),
     );
     engine.set_admission_check(ws.admission_check());
+    // (Not its proof: nothing this engine writes is stored.)
+    engine.set_maker_check(ws.maker_check(), None);
     engine.set_rotation_check(ws.rotation_check());
     Ok((engine, store))
 }
@@ -371,6 +378,8 @@ impl Driver {
             config: ws.engine_config(config),
             admission: ws.admission_check(),
             rotation: ws.rotation_check(),
+            maker: ws.maker_check(),
+            maker_proof: ws.maker_proof(),
             trusted: ws.admitted_by().into_iter().collect(),
         };
         let (engine, effects) = making.engine(epoch, restored);

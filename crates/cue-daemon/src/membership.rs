@@ -342,12 +342,13 @@ impl Membership {
                     self.lobby.send(ws, Some(device), &msg);
                 }
             }
-            // Only from members: anyone holding the lobby's secret (a removed device, an
-            // old invite's holder) is in the lobby, and a removed device could hand a
-            // longer branch of records of its own making (docs/security.md, "What is
-            // left").
+            // Only from devices that are or were members, and not removed for good:
+            // anyone holding the lobby's secret (an old invite's holder) is in the
+            // lobby. A member that a removed device's own branch removes is heard (a
+            // device that met that branch first learns the workspace's from it); the
+            // records themselves are judged by the chain's rules (docs/security.md).
             Heard::Records { records, from } => {
-                if !driver.engine().knows_member(&CoreId(from.0)) {
+                if !driver.engine().takes_records_from(&CoreId(from.0)) {
                     tracing::debug!(from = %from.short(), "rotation records from a non-member: ignored");
                     return Ok(());
                 }
@@ -449,8 +450,11 @@ impl Membership {
         }
         let current = driver.engine().generation();
         // Behind what we hold (a device just admitted, whose index has not caught up):
-        // wait for the records to arrive.
-        if current == self.held || current.number < self.held.number {
+        // wait for the records to arrive. Unless the chain passed over the generation we
+        // hold (a removal for good voided its branch: docs/security.md): then to the
+        // current one, older as it is.
+        let passed = driver.engine().passed_over(self.held);
+        if current == self.held || (current.number < self.held.number && !passed) {
             let redo = driver.engine().removals_to_redo();
             if current == self.held && !redo.is_empty() {
                 let removed: Vec<DeviceId> = redo.iter().map(|d| DeviceId(d.0)).collect();
@@ -464,7 +468,12 @@ impl Membership {
             }
             return Ok(());
         }
-        match self.pending.remove(&current) {
+        // (A generation held before: the chain came back to it, docs/security.md 3b.)
+        match self
+            .pending
+            .remove(&current)
+            .or_else(|| ws.past_secret(current))
+        {
             Some(secret) => self.hold(ws, driver, session, current, secret),
             None => {
                 // Ask: a member ahead answers with the secret sealed to us.
@@ -493,7 +502,9 @@ impl Membership {
         self.held = generation;
         self.secret = Some(secret);
         self.joining = None;
-        self.pending.retain(|g, _| g.number > generation.number);
+        // (Not the secrets of generations passed over: they would fill the slots.)
+        self.pending
+            .retain(|g, _| g.number > generation.number && !driver.engine().passed_over(*g));
         let (tx, commands) = mpsc::unbounded_channel();
         let room = self.connect_room(keys.clone(), commands);
         session.switch(driver, keys, tx)?;

@@ -43,8 +43,19 @@ pub const GENERATION_FILE: &str = "generation";
 pub const NEXT_SECRET_FILE: &str = "workspace.key.next";
 /// The generation of [`NEXT_SECRET_FILE`], as [`GENERATION_FILE`].
 pub const NEXT_GENERATION_FILE: &str = "generation.next";
+/// The secrets of generations this device held before the one it holds, one file each
+/// (`NUMBER-WINNER_HEX`, 64 hex digits, mode 0600): a removal that stands for good can
+/// take the workspace back to one of them (docs/security.md, "Removing a device", 3b).
+pub const PAST_SECRETS_DIR: &str = "past";
+/// How many past secrets are kept (the most recent generations).
+const MAX_PAST_SECRETS: usize = 64;
 /// The workspace id users see (32 hex digits); it stays when the secret is rotated.
 pub const WORKSPACE_ID_FILE: &str = "workspace.id";
+/// The proof that this device made the workspace (96 hex digits: its id and the salt
+/// whose hash with it is the workspace id; cue-crypto `MakerProof`), on the device that
+/// made it, from versions that name the maker; it goes into the member list at every
+/// start until it stands there (docs/security.md).
+pub const MAKER_FILE: &str = "maker";
 /// The invite this device joins with, while no member has admitted it yet (64 hex
 /// digits, mode 0600).
 pub const JOIN_KEY_FILE: &str = "join.key";
@@ -244,6 +255,11 @@ fn read_generation_from(path: &Path) -> Result<Generation, WorkspaceError> {
     })
 }
 
+/// A past secret's file name: its generation's number and winner.
+fn past_name(g: Generation) -> String {
+    format!("{}-{}", g.number, hex::encode(g.winner))
+}
+
 fn read_workspace_id(dir: &Path) -> Result<WorkspaceId, WorkspaceError> {
     let path = dir.join(WORKSPACE_ID_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| WorkspaceError::Key {
@@ -424,6 +440,13 @@ impl Workspace {
         generation: Generation,
     ) -> Result<(), WorkspaceError> {
         let dir = self.dir();
+        // The secret held until now stays at hand (see `PAST_SECRETS_DIR`).
+        if let (Ok(old), Ok(held)) = (read_secret(&dir.join(SECRET_FILE)), read_generation(&dir))
+            && held != generation
+            && let Err(error) = self.keep_past_secret(held, &WorkspaceSecret::from_bytes(old))
+        {
+            tracing::warn!(%error, "cannot keep the secret of the generation held until now");
+        }
         put_secret(&dir.join(SECRET_FILE), secret)?;
         write_generation(&dir, generation)?;
         for f in [JOIN_KEY_FILE, JOIN_REFUSED_FILE] {
@@ -438,6 +461,48 @@ impl Workspace {
             }
         }
         Ok(())
+    }
+
+    /// Keeps `secret`, of `generation`, among the past secrets (the oldest beyond
+    /// [`MAX_PAST_SECRETS`] dropped).
+    fn keep_past_secret(
+        &self,
+        generation: Generation,
+        secret: &WorkspaceSecret,
+    ) -> Result<(), WorkspaceError> {
+        let past = self.dir().join(PAST_SECRETS_DIR);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(&past)
+            .map_err(io_err(&past))?;
+        put_secret(&past.join(past_name(generation)), secret)?;
+        // The oldest kept first (a generation numbered higher may be one passed over).
+        let mut kept: Vec<(std::time::SystemTime, u32, PathBuf)> = std::fs::read_dir(&past)
+            .map_err(io_err(&past))?
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let name = e.file_name().into_string().ok()?;
+                let number = name.split_once('-')?.0.parse().ok()?;
+                Some((e.metadata().ok()?.modified().ok()?, number, e.path()))
+            })
+            .collect();
+        kept.sort();
+        let extra = kept.len().saturating_sub(MAX_PAST_SECRETS);
+        for (_, _, path) in kept.into_iter().take(extra) {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
+    }
+
+    /// The secret of `generation` if this device held it before (see
+    /// [`PAST_SECRETS_DIR`]).
+    pub fn past_secret(&self, generation: Generation) -> Option<WorkspaceSecret> {
+        let path = self
+            .dir()
+            .join(PAST_SECRETS_DIR)
+            .join(past_name(generation));
+        read_secret(&path).ok().map(WorkspaceSecret::from_bytes)
     }
 
     /// Keeps the secret of a rotation this device is about to record (durably, before
@@ -493,6 +558,23 @@ impl Workspace {
             let a = cue_crypto::Admission::decode(bytes).ok()?;
             (a.device.0 == device.0 && a.verify(&room).is_ok()).then_some(a.name)
         })
+    }
+
+    /// How the engine checks the entry naming the workspace's maker: a proof whose hash
+    /// is this workspace's id (cue-crypto `MakerProof`).
+    pub fn maker_check(&self) -> cue_core::MakerCheck {
+        let workspace = self.workspace;
+        std::sync::Arc::new(move |bytes: &[u8]| {
+            cue_crypto::MakerProof::names_maker_of(bytes, workspace)
+                .map(|d| cue_core::DeviceId(d.0))
+        })
+    }
+
+    /// This device's proof that it made the workspace, if it did (and the workspace was
+    /// made by a version that names its maker): see [`MAKER_FILE`].
+    pub fn maker_proof(&self) -> Option<Vec<u8>> {
+        let text = std::fs::read_to_string(self.root.join(CUEDECK_DIR).join(MAKER_FILE)).ok()?;
+        hex::decode(text.trim()).ok()
     }
 
     /// How the engine checks rotation records: well formed, of this workspace, signed by
@@ -608,8 +690,7 @@ impl Workspace {
         let secret =
             WorkspaceSecret::generate().map_err(|e| WorkspaceError::Random(e.to_string()))?;
         let lobby = LobbySecret::generate().map_err(|e| WorkspaceError::Random(e.to_string()))?;
-        let workspace = WorkspaceKeys::derive(&secret).workspace_id();
-        Self::create(root, Made::Secret(secret), workspace, lobby, relay, name)
+        Self::create(root, Made::Secret(secret), None, lobby, relay, name)
     }
 
     /// Makes the workspace of an invite token in `root`, without the relay. Files already
@@ -637,7 +718,7 @@ impl Workspace {
         Self::create(
             root,
             Made::Joining(invite.secret().clone()),
-            invite.workspace_id(),
+            Some(invite.workspace_id()),
             invite.lobby().clone(),
             Some(&relay),
             name,
@@ -647,7 +728,7 @@ impl Workspace {
     fn create(
         root: &Path,
         made: Made,
-        workspace: WorkspaceId,
+        workspace: Option<WorkspaceId>,
         lobby: LobbySecret,
         relay: Option<&str>,
         name: Option<&str>,
@@ -672,6 +753,15 @@ impl Workspace {
         }
         config.device.name = name;
         let device = DeviceKey::generate().map_err(|e| WorkspaceError::Random(e.to_string()))?;
+        // A new workspace's id names the device that makes it (see `MAKER_FILE`).
+        let (workspace, maker) = match workspace {
+            Some(id) => (id, None),
+            None => {
+                let proof = cue_crypto::MakerProof::generate(device.device_id())
+                    .map_err(|e| WorkspaceError::Random(e.to_string()))?;
+                (proof.workspace_id(), Some(proof))
+            }
+        };
 
         // Build in a temporary folder and rename it into place: a workspace is either
         // complete or absent, never half made.
@@ -688,6 +778,9 @@ impl Workspace {
             }
             write_secret(&tmp.join(LOBBY_KEY_FILE), lobby.as_bytes())?;
             write_text(&tmp.join(WORKSPACE_ID_FILE), &workspace.to_string())?;
+            if let Some(proof) = &maker {
+                write_text(&tmp.join(MAKER_FILE), &hex::encode(proof.encode()))?;
+            }
             write_secret(&tmp.join(DEVICE_KEY_FILE), &device.to_bytes())?;
             write_gitignore(&tmp)?;
             config.save(&tmp.join(CONFIG_FILE))?;
@@ -804,6 +897,16 @@ mod tests {
             joined.keys().map(|k| k.room_id()),
             ws.keys().map(|k| k.room_id())
         );
+        // The maker's proof (kept by it alone) names it to a device that joined, and
+        // names no one in another workspace.
+        let proof = ws.maker_proof().expect("the maker keeps its proof");
+        assert_eq!(joined.maker_proof(), None);
+        let me = cue_core::DeviceId(ws.device.device_id().0);
+        assert_eq!((joined.maker_check())(&proof), Some(me));
+        assert_eq!((ws.maker_check())(&proof), Some(me));
+        let other =
+            Workspace::init(tempfile::tempdir().expect("tmp").path(), None, None).expect("init");
+        assert_eq!((other.maker_check())(&proof), None);
         // An expired invite is refused at once, with when it expired.
         let expired = ws.invite_token(&invite, 1).expect("token");
         let c = tempfile::tempdir().expect("tempdir");
@@ -902,5 +1005,55 @@ mod tests {
         assert_eq!(sanitize_name("my laptop"), "my-laptop");
         assert_eq!(sanitize_name(""), "device");
         assert_eq!(sanitize_name(&"x".repeat(40)).len(), 32);
+    }
+}
+
+#[cfg(test)]
+mod past_secrets {
+    use super::*;
+
+    /// Every secret held before stays at hand (mode 0600), the most recent 64: a removal
+    /// that stands for good can take the workspace back to a generation passed through.
+    #[test]
+    fn the_secrets_held_before_are_kept() {
+        let a = tempfile::tempdir().expect("tempdir");
+        let ws = Workspace::init(a.path(), None, Some("alice")).expect("init");
+        let g = |n: u32| Generation {
+            number: n,
+            winner: [n as u8; 32],
+        };
+        let secrets: Vec<WorkspaceSecret> = (1..=70)
+            .map(|_| WorkspaceSecret::generate().expect("random"))
+            .collect();
+        for (i, s) in secrets.iter().enumerate() {
+            ws.hold_secret(s, g(i as u32 + 1)).expect("hold");
+        }
+        let zero = Generation::default();
+        // The first 6 (generation 0 and 1 to 5) made room for the later ones.
+        assert!(ws.past_secret(zero).is_none());
+        assert!(ws.past_secret(g(5)).is_none());
+        assert!(ws.past_secret(g(6)) == Some(secrets[5].clone()));
+        assert!(ws.past_secret(g(69)) == Some(secrets[68].clone()));
+        // The one held is not among them.
+        assert!(ws.past_secret(g(70)).is_none());
+        let kept = std::fs::read_dir(ws.dir().join(PAST_SECRETS_DIR)).expect("dir");
+        let mut n = 0;
+        for e in kept {
+            let mode = e
+                .expect("entry")
+                .metadata()
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+            n += 1;
+        }
+        assert_eq!(n, MAX_PAST_SECRETS);
+        // A fresh workspace: generation 0's secret is kept at the first rotation.
+        let b = tempfile::tempdir().expect("tempdir");
+        let ws = Workspace::init(b.path(), None, Some("bob")).expect("init");
+        let first_b = ws.secret.clone().expect("secret");
+        ws.hold_secret(&secrets[0], g(1)).expect("hold");
+        assert!(ws.past_secret(zero) == Some(first_b));
     }
 }

@@ -377,6 +377,11 @@ impl carry::Host for SimHost<'_> {
     }
 }
 
+/// `Some(peer)` when `CUE_SIM_TRACE` asks for what each peer's engine does to its disk.
+fn trace_peer(peer: usize) -> Option<usize> {
+    std::env::var_os("CUE_SIM_TRACE").is_some().then_some(peer)
+}
+
 fn trace_file_effect(peer: usize, e: &Effect, disk: &BTreeMap<String, Vec<u8>>) {
     match e {
         Effect::WriteFile {
@@ -614,6 +619,8 @@ impl World {
                 now_ms,
             );
             engine.set_rotation_check(rotation::check());
+            let proof = rotation::maker_proof(device);
+            engine.set_maker_check(rotation::maker_check(), Some(&proof));
             let peer = Peer {
                 name,
                 device,
@@ -700,9 +707,8 @@ impl World {
     /// does (`Engine::handle_batch`), and carry out the effects by the daemon's rules.
     pub fn input_batch(&mut self, peer: usize, inputs: Vec<Input>) {
         let now = self.now_ms + self.peers[peer].clock_offset_ms;
-        let trace = std::env::var_os("CUE_SIM_TRACE").is_some().then_some(peer);
         let p = &mut self.peers[peer];
-        let (engine, mut host) = p.split(trace);
+        let (engine, mut host) = p.split(trace_peer(peer));
         let Ok(sends) = carry::handle(engine, &mut host, now, inputs);
         self.route(peer, sends);
         self.follow_generation(peer);
@@ -712,7 +718,7 @@ impl World {
     fn apply(&mut self, peer: usize, effects: Vec<Effect>) {
         let now = self.now_ms + self.peers[peer].clock_offset_ms;
         let p = &mut self.peers[peer];
-        let (engine, mut host) = p.split(None);
+        let (engine, mut host) = p.split(trace_peer(peer));
         let Ok(sends) = carry::carry_out(engine, &mut host, now, effects);
         self.route(peer, sends);
         self.follow_generation(peer);
@@ -1107,6 +1113,8 @@ impl World {
             now,
         );
         engine.set_rotation_check(rotation::check());
+        let proof = rotation::maker_proof(p.device);
+        engine.set_maker_check(rotation::maker_check(), Some(&proof));
         p.engine = engine;
         self.trust_all(peer);
         self.apply(peer, effects);
@@ -1185,7 +1193,7 @@ impl World {
         }
         let now = self.now_ms + p.clock_offset_ms;
         let paused = p.guard.is_some();
-        let (engine, mut host) = p.split(None);
+        let (engine, mut host) = p.split(trace_peer(peer));
         let Ok(sends) = carry::feed_scan(
             engine,
             &mut host,

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use cue_core::{DeviceId, Generation, Input, LobbyAnswer, RotationCheck, RotationMeta};
+use cue_core::{DeviceId, Generation, Input, LobbyAnswer, MakerCheck, RotationCheck, RotationMeta};
 
 use crate::World;
 
@@ -60,6 +60,23 @@ pub fn check() -> RotationCheck {
             removed,
             hash: *blake3::hash(bytes).as_bytes(),
         })
+    })
+}
+
+/// What peer 0, which made the simulated workspace, writes to name itself its maker
+/// (the daemon's is a salt that hashes with its id to the workspace id).
+pub fn maker_proof(device: DeviceId) -> Vec<u8> {
+    let mut b = b"sim-maker".to_vec();
+    b.extend_from_slice(&device.0);
+    b
+}
+
+/// The check every simulated engine gets: only peer 0's proof names a maker.
+pub fn maker_check() -> MakerCheck {
+    let maker = crate::key_for(0).device();
+    Arc::new(move |bytes: &[u8]| {
+        let id = DeviceId(bytes.strip_prefix(b"sim-maker")?.try_into().ok()?);
+        (id == maker).then_some(id)
     })
 }
 

@@ -263,7 +263,6 @@ fn own_branch(
 /// the others (before, it followed the longer branch, stayed in the old room with the
 /// removed device, and its edits went to it alone).
 #[test]
-#[ignore = "known gap: a removed device's own longer branch still wins (docs/security.md, What is left)"]
 fn a_removed_device_cannot_take_its_place_back_with_a_longer_branch_of_its_own() {
     for seed in 0..4 {
         let (mut w, away, removed) = removed_while_one_was_away(300 + seed);
@@ -342,7 +341,6 @@ fn of_two_members_removing_each_other_one_stays_and_the_other_learns_it() {
 /// a member it did not remove at the time: the workspace's maker, whose rotations
 /// would then never win again, still removes a device after them.
 #[test]
-#[ignore = "known gap: a removed device's own longer branch still wins (docs/security.md, What is left)"]
 fn a_removed_device_cannot_put_out_a_member_with_records_dated_before_its_removal() {
     for seed in 0..4 {
         let (mut w, away, removed) = removed_while_one_was_away(500 + seed);
@@ -375,7 +373,6 @@ fn a_removed_device_cannot_put_out_a_member_with_records_dated_before_its_remova
 /// the other signs its own longer branch. A device that was away carries both in.
 /// Neither comes back, and nobody is put out.
 #[test]
-#[ignore = "known gap: a removed device's own longer branch still wins (docs/security.md, What is left)"]
 fn two_removed_devices_together_cannot_take_their_places_back() {
     for seed in 0..4 {
         let mut w = admitted_in_order(6, 600 + seed);
@@ -408,5 +405,488 @@ fn two_removed_devices_together_cannot_take_their_places_back() {
             );
             assert!(!e.removed().contains_key(&xd), "seed {seed}: peer {i}");
         }
+    }
+}
+
+/// Member `peer`'s own change to the index's member list, `puts` (key, value) made over
+/// what `over` holds under an actor of `peer`'s of `epoch`, sealed by `peer` and handed
+/// to every other peer.
+fn member_entries_from(
+    w: &mut World,
+    peer: usize,
+    over: usize,
+    epoch: u32,
+    puts: &[(String, String)],
+) {
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ROOT, ReadDoc};
+    use cue_core::wire::{Item, Message, encode};
+    let from = w.peers[peer].device;
+    let stored = w.peers[over].store.docs[&cue_core::DocId::Index].clone();
+    let mut am = AutoCommit::load(&stored)
+        .expect("the index loads")
+        .with_actor(cue_core::actor_for(&from, epoch));
+    let (_, members) = am
+        .get(ROOT, "members")
+        .expect("a map")
+        .expect("the member list");
+    for (k, v) in puts {
+        am.put(&members, k.as_str(), v.as_str()).expect("put");
+    }
+    am.commit();
+    let change = am
+        .get_last_local_change()
+        .expect("a change")
+        .raw_bytes()
+        .to_vec();
+    let item = Item::Changes {
+        doc: cue_core::DocId::Index,
+        changes: vec![change],
+    };
+    let bytes = encode(&Message {
+        items: vec![cue_sim::seal_as(&w.peers[peer].key, epoch, item)],
+    });
+    for p in (0..w.peers.len()).filter(|&p| p != peer) {
+        w.input(
+            p,
+            Input::Message {
+                from,
+                bytes: bytes.clone(),
+            },
+        );
+    }
+    w.settle(10);
+}
+
+/// A member prepares its comeback while still a member: it writes an admitted-by entry
+/// saying it admitted the device that made the workspace, and tries to write over the
+/// maker's entry and over its future remover's admitted-by entry. None of it makes it
+/// senior to its remover, which was admitted before it (its device id sorts after the
+/// removed device's, so that an order left to device ids would fail): the maker is named
+/// by a proof only it has, entries that stand are never written over, and a device
+/// comes after the device that admitted it. Removed, its own longer branch still
+/// changes nothing.
+#[test]
+fn a_member_cannot_make_itself_senior_with_admitted_by_entries_of_its_own() {
+    for seed in 0..3 {
+        let mut w = admitted_in_order(5, 700 + seed);
+        // Admitted in that order, the later one's id lower.
+        let (first, later) = (1..5)
+            .flat_map(|i| (i + 1..5).map(move |j| (i, j)))
+            .find(|&(i, j)| w.peers[j].device < w.peers[i].device)
+            .expect("two peers whose ids sort against their order");
+        let away = (1..5).find(|k| ![first, later].contains(k)).unwrap();
+        let removed = later;
+        let (maker, remover, d) = (
+            w.peers[0].device,
+            w.peers[first].device,
+            w.peers[later].device,
+        );
+        // Its word about the maker is taken into the index (a new entry) ...
+        member_entries_from(
+            &mut w,
+            removed,
+            0,
+            50,
+            &[(format!("admitted:{maker}"), format!("{d}:9999999999999"))],
+        );
+        let listed = w.peers[0].engine.devices();
+        let said = listed
+            .iter()
+            .find(|x| x.device == maker)
+            .unwrap()
+            .admitted_by;
+        assert_eq!(said, Some(d), "seed {seed}");
+        // ... but not over the maker's entry, nor over its remover's admitted-by entry:
+        // entries that stand are never written over.
+        let proof = hex::encode(cue_sim::rotation::maker_proof(d));
+        for (epoch, put) in [
+            (51, (cue_core::MAKER_KEY.to_string(), proof)),
+            (52, (format!("admitted:{remover}"), format!("{d}:0"))),
+        ] {
+            let before = w.peers[0].engine.counters().bad_documents;
+            member_entries_from(&mut w, removed, 0, epoch, &[put]);
+            assert!(
+                w.peers[0].engine.counters().bad_documents > before,
+                "seed {seed}: epoch {epoch}"
+            );
+        }
+        settle(&mut w);
+        w.rotate(0, &[]);
+        settle(&mut w);
+        w.disconnect(away);
+        w.rotate(first, &[removed]);
+        settle(&mut w);
+        assert!(
+            w.peers[removed].engine.removed_here().is_some(),
+            "seed {seed}"
+        );
+        let main = w.peers[0].held;
+        let forged = own_branch(d, 5, &[remover, maker]);
+        w.input(removed, Input::Rotations { records: forged });
+        w.connect(away);
+        w.settle(10);
+        settle(&mut w);
+        let stay: Vec<usize> = (0..5).filter(|&i| i != removed).collect();
+        assert_one_generation(&w, &stay);
+        for i in stay {
+            let e = &w.peers[i].engine;
+            assert_eq!(e.generation(), main, "seed {seed}: peer {i}");
+            assert!(e.removed().contains_key(&d), "seed {seed}: peer {i}");
+            assert!(!e.removed().contains_key(&remover), "seed {seed}: peer {i}");
+        }
+    }
+}
+
+/// Two members remove each other while apart, and the workspace moves on without the
+/// senior (admitted first) for a rotation more. When it comes back, its removal stands
+/// (a junior cannot undo a senior's removal of it, or a removed device could always do
+/// so), the branch of the junior's removal is void, and every other device moves back
+/// to the senior's generation, an older one than the secret it held: nothing is
+/// stuck, the edits made meanwhile are kept, and the junior learns it was removed.
+#[test]
+fn of_two_members_removing_each_other_apart_the_senior_stays_even_when_the_other_branch_grew() {
+    for seed in 0..4 {
+        let mut w = admitted_in_order(4, 800 + seed);
+        let (senior, junior) = (1, 2);
+        w.disconnect(senior);
+        w.rotate(senior, &[junior]);
+        w.write(senior, "senior.md", b"written while apart\n");
+        w.rotate(junior, &[senior]);
+        settle(&mut w);
+        w.rotate(3, &[]);
+        w.write(3, "n3.md", b"note 3\nafter the second rotation\n");
+        settle(&mut w);
+        assert_eq!(w.peers[0].held.number, 2, "seed {seed}");
+        w.connect(senior);
+        settle(&mut w);
+        let gone = w.peers[junior].device;
+        assert_one_generation(&w, &[0, senior, 3]);
+        assert_eq!(
+            w.peers[0].held.number, 1,
+            "seed {seed}: moved back to the senior's"
+        );
+        for i in [0, senior, 3] {
+            assert!(
+                w.peers[i].engine.removed().contains_key(&gone),
+                "seed {seed}: p{i}"
+            );
+            assert!(
+                !w.peers[i]
+                    .engine
+                    .removed()
+                    .contains_key(&w.peers[senior].device),
+                "seed {seed}: p{i}"
+            );
+        }
+        assert!(
+            w.peers[junior].engine.removed_here().is_some(),
+            "seed {seed}"
+        );
+        w.write(0, "after.md", b"after\n");
+        settle(&mut w);
+        for i in [0, senior, 3] {
+            assert_eq!(
+                w.read(i, "after.md").as_deref(),
+                Some("after\n"),
+                "seed {seed}: p{i}"
+            );
+            assert_eq!(
+                w.read(i, "senior.md").as_deref(),
+                Some("written while apart\n"),
+                "seed {seed}: p{i}"
+            );
+            assert_eq!(
+                w.read(i, "n3.md").as_deref(),
+                Some("note 3\nafter the second rotation\n"),
+                "seed {seed}: p{i}"
+            );
+        }
+        assert_eq!(w.read(junior, "after.md"), None, "seed {seed}");
+    }
+}
+
+/// Three members remove each other in a ring, at once (each before hearing of the
+/// others): whatever stands, every device agrees on it, the devices that stay share one
+/// secret and each other's edits, and no rotation is redone without end.
+#[test]
+fn three_members_removing_each_other_in_a_ring_end_on_one_secret() {
+    for seed in 0..8 {
+        let mut w = admitted_in_order(5, 900 + seed);
+        // (Times that differ by seed: the records' hashes, and so which one wins.)
+        w.advance(seed as i64 * 7);
+        w.rotate(1, &[2]);
+        w.rotate(2, &[3]);
+        w.advance(1);
+        w.rotate(3, &[1]);
+        settle(&mut w);
+        settle(&mut w);
+        let removed = w.peers[0].engine.removed().clone();
+        let stay: Vec<usize> = (0..5)
+            .filter(|&i| !removed.contains_key(&w.peers[i].device))
+            .collect();
+        assert!(
+            stay.contains(&0) && stay.contains(&4),
+            "seed {seed}: {removed:?}"
+        );
+        assert!(stay.len() >= 3, "seed {seed}: one of the ring stays");
+        assert_one_generation(&w, &stay);
+        for &i in &stay {
+            let theirs: Vec<_> = w.peers[i].engine.removed().keys().copied().collect();
+            let ours: Vec<_> = removed.keys().copied().collect();
+            assert_eq!(theirs, ours, "seed {seed}: p{i}");
+        }
+        assert!(
+            w.peers[0].held.number <= 4,
+            "seed {seed}: rotations redone: {:?}",
+            w.peers[0].held
+        );
+        // Every device that stays can still rotate.
+        for &i in &stay {
+            let before = w.peers[0].held.number;
+            w.rotate(i, &[]);
+            settle(&mut w);
+            assert_one_generation(&w, &stay);
+            assert_eq!(
+                w.peers[0].held.number,
+                before + 1,
+                "seed {seed}: p{i}'s rotation"
+            );
+        }
+        w.write(4, "after.md", b"after\n");
+        settle(&mut w);
+        for i in 0..5 {
+            let want = stay.contains(&i).then_some("after\n");
+            assert_eq!(w.read(i, "after.md").as_deref(), want, "seed {seed}: p{i}");
+        }
+    }
+}
+
+/// The same ring, its three records given at once to devices that hear nothing else,
+/// under many times (so each record wins in turn): a device removed by a removal that
+/// stands for good but not by the winning branch (it may hold the current secret) is
+/// removed again by a device that stays, so that no device is left a member whose
+/// records are void everywhere, nor one removed for good that holds what comes next.
+#[test]
+fn a_ring_of_removals_never_leaves_a_member_whose_rotations_are_void() {
+    let check = cue_sim::rotation::check();
+    let mut winners = std::collections::BTreeSet::new();
+    for t in 0..40i64 {
+        let mut w = admitted_in_order(5, 950);
+        w.rotate(0, &[]);
+        settle(&mut w);
+        let parent = w.peers[0].held;
+        for i in 0..5 {
+            w.disconnect(i);
+        }
+        let ids: Vec<cue_core::DeviceId> = (0..5).map(|i| w.peers[i].device).collect();
+        let ring = vec![
+            record(2, parent.winner, ids[1], t, &[ids[2]]),
+            record(2, parent.winner, ids[2], t, &[ids[3]]),
+            record(2, parent.winner, ids[3], t, &[ids[1]]),
+        ];
+        for i in 0..5 {
+            w.input(
+                i,
+                Input::Rotations {
+                    records: ring.clone(),
+                },
+            );
+        }
+        let e = &w.peers[0].engine;
+        winners.insert(e.generation().winner);
+        let on_branch: std::collections::BTreeSet<cue_core::DeviceId> = e
+            .records_after(0)
+            .iter()
+            .filter_map(|b| check(b))
+            .flat_map(|m| m.removed)
+            .collect();
+        assert!(
+            (1..=2).contains(&e.removed().len()),
+            "t {t}: {:?}",
+            e.removed()
+        );
+        for d in e.removed().keys().filter(|d| !on_branch.contains(*d)) {
+            let redone = (0..5)
+                .filter(|&p| !e.removed().contains_key(&ids[p]))
+                .any(|p| w.peers[p].engine.removals_to_redo().contains(d));
+            assert!(
+                redone,
+                "t {t}: {d:?} removed off the branch, nobody removes it again"
+            );
+        }
+        for (d, id) in ids.iter().enumerate().take(4).skip(1) {
+            if !e.removed().contains_key(id) {
+                assert!(
+                    e.takes_records_from(id),
+                    "t {t}: p{d} stays, its records void"
+                );
+            }
+        }
+    }
+    assert!(winners.len() >= 2, "the times gave one winner only");
+}
+
+/// A senior removes a device; then a junior member puts out that senior with a longer
+/// branch of its own from before that removal (it can: the senior is not there to undo
+/// it). The senior is removed, and its removal of the other device still stands: the
+/// device it removed, signing its own longer branch removing everyone in its way, gets
+/// nothing back. (A removal for good that stopped counting once its author was removed
+/// let it back in.)
+#[test]
+fn a_removal_for_good_stands_after_its_author_is_removed() {
+    for seed in 0..4 {
+        let mut w = admitted_in_order(5, 1000 + seed);
+        let (senior, junior, target) = (1, 3, 4);
+        let (s, j, t) = (
+            w.peers[senior].device,
+            w.peers[junior].device,
+            w.peers[target].device,
+        );
+        w.rotate(senior, &[target]);
+        settle(&mut w);
+        assert!(w.peers[0].engine.removed().contains_key(&t), "seed {seed}");
+        w.disconnect(senior);
+        // The junior's branch from generation 0, removing the senior, with its secrets.
+        let branch = own_branch(j, 3, &[s]);
+        for (n, b) in branch.iter().enumerate() {
+            w.peers[junior].secrets.insert(cue_core::Generation {
+                number: n as u32 + 1,
+                winner: *blake3::hash(b).as_bytes(),
+            });
+        }
+        w.input(junior, Input::Rotations { records: branch });
+        settle(&mut w);
+        let stay = [0, 2, junior];
+        assert_one_generation(&w, &stay);
+        // The junior's branch won, and the junior removed the target again on it (the
+        // removal stands, but the generation the junior made had been handed to it).
+        assert_eq!(
+            w.peers[0].held.number, 4,
+            "seed {seed}: the junior's branch won"
+        );
+        let main = w.peers[0].held;
+        for i in stay {
+            let e = &w.peers[i].engine;
+            assert!(e.removed().contains_key(&s), "seed {seed}: p{i}");
+            assert!(
+                e.removed().contains_key(&t),
+                "seed {seed}: p{i}: the target is back"
+            );
+        }
+        let forged = own_branch(t, 6, &[j, w.peers[0].device]);
+        w.input(
+            target,
+            Input::Rotations {
+                records: forged.clone(),
+            },
+        );
+        w.input(2, Input::Rotations { records: forged });
+        settle(&mut w);
+        assert_one_generation(&w, &stay);
+        for i in stay {
+            let e = &w.peers[i].engine;
+            assert_eq!(e.generation(), main, "seed {seed}: p{i}");
+            assert!(e.removed().contains_key(&t), "seed {seed}: p{i}");
+            assert!(!e.removed().contains_key(&j), "seed {seed}: p{i}");
+        }
+        w.write(2, "after.md", b"after\n");
+        settle(&mut w);
+        assert_eq!(
+            w.read(junior, "after.md").as_deref(),
+            Some("after\n"),
+            "seed {seed}"
+        );
+        assert_eq!(w.read(target, "after.md"), None, "seed {seed}");
+    }
+}
+
+/// A senior, away, removes a junior; meanwhile the junior rotated and another member
+/// removed a third device on top of the junior's record. When the senior comes back the
+/// junior's branch is void, but the third device's removal had taken effect: it stays
+/// removed at once (never handed the secret of the senior's generation), and is removed
+/// again on the branch.
+#[test]
+fn a_removal_built_on_a_voided_record_still_holds() {
+    for seed in 0..4 {
+        let mut w = admitted_in_order(5, 1100 + seed);
+        let (senior, other, junior, third) = (1, 2, 3, 4);
+        w.disconnect(senior);
+        w.rotate(senior, &[junior]);
+        let senior_gen = w.peers[senior].held;
+        w.rotate(junior, &[]);
+        settle(&mut w);
+        w.rotate(other, &[third]);
+        settle(&mut w);
+        w.connect(senior);
+        settle(&mut w);
+        let stay = [0, senior, other];
+        assert_one_generation(&w, &stay);
+        let (j, t) = (w.peers[junior].device, w.peers[third].device);
+        for i in stay {
+            let e = &w.peers[i].engine;
+            assert!(e.removed().contains_key(&j), "seed {seed}: p{i}");
+            assert!(e.removed().contains_key(&t), "seed {seed}: p{i}");
+        }
+        assert!(
+            !w.peers[third].secrets.contains(&senior_gen),
+            "seed {seed}: the removed device was handed the senior's secret"
+        );
+        w.write(0, "after.md", b"after\n");
+        settle(&mut w);
+        assert_eq!(
+            w.read(other, "after.md").as_deref(),
+            Some("after\n"),
+            "seed {seed}"
+        );
+        assert_eq!(w.read(third, "after.md"), None, "seed {seed}");
+        assert_eq!(w.read(junior, "after.md"), None, "seed {seed}");
+    }
+}
+
+/// A thief with a removed device's key hands a device that was away its own branch and
+/// that branch's secrets, so the device follows it; then the device learns of the
+/// removal (a senior's, which voids that branch). The members never saw the branch, so
+/// at first nothing tells them the device is on a generation passed over: the device
+/// hands them its records, and they hand it the current secret.
+#[test]
+fn a_device_that_followed_a_voided_branch_comes_back() {
+    for seed in 0..4 {
+        let mut w = admitted_in_order(4, 1200 + seed);
+        let (senior, away, removed) = (1, 2, 3);
+        w.disconnect(away);
+        w.rotate(senior, &[removed]);
+        settle(&mut w);
+        let main = w.peers[0].held;
+        let removal = w.peers[0].engine.records_after(0);
+        let d = w.peers[removed].device;
+        let forged = own_branch(d, 3, &[w.peers[senior].device]);
+        for (n, b) in forged.iter().enumerate() {
+            w.peers[away].secrets.insert(cue_core::Generation {
+                number: n as u32 + 1,
+                winner: *blake3::hash(b).as_bytes(),
+            });
+        }
+        w.input(away, Input::Rotations { records: forged });
+        assert_eq!(
+            w.peers[away].held.number, 3,
+            "seed {seed}: it followed the branch"
+        );
+        w.input(away, Input::Rotations { records: removal });
+        assert!(
+            w.peers[away].engine.passed_over(w.peers[away].held),
+            "seed {seed}"
+        );
+        w.connect(away);
+        settle(&mut w);
+        assert_one_generation(&w, &[0, senior, away]);
+        assert_eq!(w.peers[away].held, main, "seed {seed}");
+        w.write(away, "back.md", b"back\n");
+        settle(&mut w);
+        assert_eq!(
+            w.read(0, "back.md").as_deref(),
+            Some("back\n"),
+            "seed {seed}"
+        );
     }
 }

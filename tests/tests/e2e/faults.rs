@@ -435,6 +435,12 @@ fn a_network_that_delays_stalls_cuts_and_refuses_loses_nothing() {
             std::thread::sleep(lasting);
             proxy.heal();
         }
+        // A schedule that drew no cut (or cut before the peers had connected: about one
+        // run in a hundred) cuts once now, while both peers are connected and editing.
+        if proxy.counts().1 == 0 {
+            proxy.cut_all();
+            *faults.entry("cut").or_default() += 1;
+        }
         stop.store(true, Relaxed);
         eprintln!(
             "faults over {faulty_for:?}: {faults:?}; proxy (passed, cut, refused) {:?}",

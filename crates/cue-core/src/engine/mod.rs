@@ -37,6 +37,7 @@ mod pace;
 mod peers;
 mod pull;
 mod rotation;
+mod seniority;
 mod status;
 mod view;
 
@@ -57,6 +58,7 @@ use peers::*;
 use pull::*;
 use rotation::{Chain, RotCheck};
 pub use rotation::{DeviceInfo, Generation, LobbyAnswer, Removal, RotationCheck, RotationMeta};
+pub use seniority::{MAKER_KEY, MakerCheck};
 use view::{Stale, Unwritable};
 
 /// Above this, a reassembled chunked item is refused (a file is at most
@@ -259,6 +261,8 @@ pub struct Engine {
     rotation_check: Option<RotCheck>,
     /// What each rotation record was judged to be, so that each is checked once.
     rotation_verdicts: BTreeMap<Vec<u8>, Option<RotationMeta>>,
+    /// The driver's check of the entry naming the workspace's maker (`seniority.rs`).
+    maker_check: Option<seniority::MakerFn>,
     /// The secret generations the index's records amount to.
     chain: Chain,
     /// Devices taken for members before the index says so (see [`Engine::trust`]).
@@ -403,6 +407,7 @@ impl Engine {
             member_verdicts: BTreeMap::new(),
             rotation_check: None,
             rotation_verdicts: BTreeMap::new(),
+            maker_check: None,
             chain: Chain::default(),
             introducers: BTreeSet::new(),
             damaged_records,

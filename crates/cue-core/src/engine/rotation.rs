@@ -13,16 +13,18 @@
 //!
 //! The chain: generation 0 is the secret made at `init`. The valid records form a tree:
 //! each names its parent (the record of the generation before), and counts only if its
-//! author is a member not removed by the records before it on its branch. The longest
-//! branch wins, and among branches as long the one whose last record has the lowest
-//! hash: two members rotating at once converge on one record without talking, and a
-//! record that arrives late (from a device that was away) never takes the workspace
-//! back to an older generation. The winning branch's removals count; the author of a
+//! author is a member not removed by the records before it on its branch, and is not
+//! voided by a removal that stands for good (a removed device's records off the branch
+//! of its removal by a device senior to it: `seniority.rs`). The longest branch wins,
+//! and among branches as long the one whose last record has the lowest hash: two
+//! members rotating at once converge on one record without talking, and a record that
+//! arrives late (from a device that was away) never takes the workspace back to an
+//! older generation, unless a removal for good voids the branch it was on
+//! ([`Engine::passed_over`]). The winning branch's removals count; the author of a
 //! record off it that removed someone rotates again once it holds the winning secret
 //! (see [`Engine::removals_to_redo`]), unless the winning branch removed that author.
-//! Records and admitted-by entries are never taken out of the index
-//! (`Engine::standing_records`). (A removed device's own longer branch of records
-//! dated before its removal still wins: docs/security.md, "What is left".)
+//! Records, admitted-by entries and the entry naming the maker are never taken out of
+//! the index (`Engine::standing_records`).
 //!
 //! Who admitted whom: the admitting device writes `admitted:DEVICE` = `BY:TIME_MS`; an
 //! entry counts only when written by the device it names as the admitter.
@@ -34,7 +36,7 @@ use super::*;
 /// How a rotation record's key in the `members` map starts; the record's hash follows.
 const ROTATION_PREFIX: &str = "rotation:";
 /// How an admitted-by entry's key starts; the admitted device's id follows.
-const ADMITTED_PREFIX: &str = "admitted:";
+pub(super) const ADMITTED_PREFIX: &str = "admitted:";
 
 /// What the driver's check makes of an encoded rotation record (the daemon verifies the
 /// signature with cue-crypto): `None` when it is not a valid record.
@@ -101,6 +103,11 @@ pub(super) struct Chain {
     pub(super) removed: BTreeMap<DeviceId, Removal>,
     /// Devices removed only by a record that lost to a concurrent one, with the author.
     pub(super) unfinished: BTreeMap<DeviceId, DeviceId>,
+    /// Devices removed for good by a senior (`seniority.rs`): their records off the
+    /// branch of that removal count nowhere.
+    pub(super) ousted: BTreeSet<DeviceId>,
+    /// The hashes of every valid record, on the chain or not.
+    pub(super) known: BTreeSet<[u8; 32]>,
 }
 
 impl Engine {
@@ -288,10 +295,7 @@ impl Engine {
                 continue;
             };
             for (value, actor) in values {
-                let Some((by, at)) = value.split_once(':') else {
-                    continue;
-                };
-                let (Some(by), Ok(at)) = (DeviceId::from_hex(by), at.parse::<i64>()) else {
+                let Some((by, at)) = super::seniority::parse_admitted(&value) else {
                     continue;
                 };
                 if made_by(&by, &actor) {
@@ -319,10 +323,10 @@ impl Engine {
                             .is_some_and(|m| hex::encode(m.hash) == hash)
                     })
                 } else if key.starts_with(ADMITTED_PREFIX) {
-                    value.split_once(':').is_some_and(|(by, at)| {
-                        at.parse::<i64>().is_ok()
-                            && DeviceId::from_hex(by).is_some_and(|by| made_by(&by, &actor))
-                    })
+                    super::seniority::parse_admitted(&value)
+                        .is_some_and(|(by, _)| made_by(&by, &actor))
+                } else if key == MAKER_KEY {
+                    self.proves_maker(&value)
                 } else {
                     false
                 };
@@ -385,11 +389,88 @@ impl Engine {
             }
         }
         records.sort_by_key(|(m, _)| (m.generation, m.hash));
-        // Every record that chains back to generation 0, each through a parent of the
-        // generation before, its author a member not removed by the records before it:
-        // the tips of a tree of branches (in generation order, a parent is placed first).
+        let rank = self.seniority();
+        let ousted = self.oust(&records, &rank);
+        let free = self.place(&records, &BTreeSet::new());
+        let mut chain = self.chain_of(&records, &self.place(&records, &ousted.voided));
+        let on_path: BTreeSet<[u8; 32]> = chain.winners.iter().map(|(m, _)| m.hash).collect();
+        // A removal for good counts wherever its record stands: off the winning branch
+        // (a concurrent record won, or one removing its author) the device is removed
+        // all the same. (Its records being void, a device left a member would never
+        // rotate again; and a removal for good that stopped counting when its author was
+        // removed let the device it removed back in.)
+        let on_branch: BTreeSet<DeviceId> = chain.removed.keys().copied().collect();
+        let by_hash: BTreeMap<[u8; 32], &RotationMeta> =
+            records.iter().map(|(m, _)| (m.hash, m)).collect();
+        let removal = |m: &RotationMeta| Removal {
+            by: m.rotated_by,
+            at_ms: m.at_ms,
+            generation: m.generation,
+        };
+        let mut off_branch: Vec<(DeviceId, DeviceId)> = Vec::new();
+        for (d, h) in &ousted.by {
+            if let Some(m) = by_hash.get(h) {
+                chain.removed.entry(*d).or_insert(removal(m));
+                off_branch.push((*d, m.rotated_by));
+            }
+        }
+        // So do the removals of records off the winning branch whose author stays (a
+        // record that lost to a concurrent one, or one built on a record a removal for
+        // good voided, which had taken effect): removed at once, not handed the next
+        // secret, and removed again on the branch.
+        for (m, _) in records
+            .iter()
+            .filter(|(m, _)| free.contains_key(&m.hash) && !on_path.contains(&m.hash))
+        {
+            if chain.removed.contains_key(&m.rotated_by) {
+                continue;
+            }
+            for d in &m.removed {
+                if !chain.removed.contains_key(d) {
+                    chain.removed.insert(*d, removal(m));
+                    off_branch.push((*d, m.rotated_by));
+                }
+            }
+        }
+        // Who removes them again: their remover if it stays, or else the author of the
+        // current generation, or else the most senior member that stays.
+        let tip_author = chain.winners.last().map(|(m, _)| m.rotated_by);
+        let mut seniors: Vec<DeviceId> = self.members_view.keys().copied().collect();
+        seniors.sort_by_key(|d| (rank.get(d).copied().unwrap_or((i64::MAX, u32::MAX)), *d));
+        for (d, remover) in off_branch {
+            if on_branch.contains(&d) {
+                continue;
+            }
+            if let Some(by) = std::iter::once(remover)
+                .chain(tip_author)
+                .chain(seniors.iter().copied())
+                .find(|a| !chain.removed.contains_key(a) && *a != d)
+            {
+                chain.unfinished.entry(d).or_insert(by);
+            }
+        }
+        chain.ousted = ousted.by.into_keys().collect();
+        // Only records that chain back to generation 0: a device holding a generation
+        // whose record waits for its parent is not passed over.
+        chain.known = free.into_keys().collect();
+        self.chain = chain;
+    }
+
+    /// Every record that chains back to generation 0, each through a parent of the
+    /// generation before, its author a member not removed by the records before it,
+    /// leaving out `voided`: the tips of a tree of branches, each record by hash with its
+    /// place in `records` and the devices removed on its branch up to it.
+    pub(super) fn place(
+        &self,
+        records: &super::seniority::Records,
+        voided: &BTreeSet<[u8; 32]>,
+    ) -> BTreeMap<[u8; 32], (usize, BTreeSet<DeviceId>)> {
+        // In generation order, a parent is placed first.
         let mut placed: BTreeMap<[u8; 32], (usize, BTreeSet<DeviceId>)> = BTreeMap::new();
         for (i, (m, _)) in records.iter().enumerate() {
+            if voided.contains(&m.hash) {
+                continue;
+            }
             let removed_before = if m.generation == 1 && m.parent == [0; 32] {
                 BTreeSet::new()
             } else {
@@ -407,8 +488,17 @@ impl Engine {
             removed.extend(m.removed.iter().copied());
             placed.insert(m.hash, (i, removed));
         }
-        // The longest branch wins, the lowest hash among equals: a record that arrives
-        // late never takes the workspace back to an older generation.
+        placed
+    }
+
+    /// The winning branch of `placed`: the longest, the lowest hash among equals (a
+    /// record that arrives late never takes the workspace back to an older generation,
+    /// unless a removal for good voids the branch it was on).
+    fn chain_of(
+        &self,
+        records: &super::seniority::Records,
+        placed: &BTreeMap<[u8; 32], (usize, BTreeSet<DeviceId>)>,
+    ) -> Chain {
         let tip = placed
             .values()
             .map(|(i, _)| &records[*i].0)
@@ -423,7 +513,6 @@ impl Engine {
         }
         path.reverse();
         let mut chain = Chain::default();
-        let on_path: BTreeSet<[u8; 32]> = path.iter().map(|i| records[*i].0.hash).collect();
         for i in path {
             let (winner, bytes) = &records[i];
             for d in &winner.removed {
@@ -439,25 +528,30 @@ impl Engine {
             };
             chain.winners.push((winner.clone(), bytes.clone()));
         }
-        // Records off the winning branch: their removals are redone by their authors.
-        for (m, _) in records
-            .iter()
-            .filter(|(m, _)| placed.contains_key(&m.hash) && !on_path.contains(&m.hash))
-        {
-            if chain.removed.contains_key(&m.rotated_by) {
-                continue;
-            }
-            for d in &m.removed {
-                if !chain.removed.contains_key(d) {
-                    chain.unfinished.entry(*d).or_insert(m.rotated_by);
-                }
-            }
-        }
-        self.chain = chain;
+        chain
+    }
+
+    /// Whether `g` is a generation the chain passed over: its record is known and is
+    /// not the winner of its generation (it lost to a concurrent one, or a removal for
+    /// good voided it). A device holding its secret moves to the current one, even an
+    /// older one (`Membership::follow`).
+    pub fn passed_over(&self, g: Generation) -> bool {
+        g.number > 0
+            && self.chain.known.contains(&g.winner)
+            && self.winner_at(g.number) != Some(g.winner)
+    }
+
+    /// Whether rotation records handed over in the lobby by `device` are taken: from a
+    /// device that is or was a member, unless removed for good. (Records are checked
+    /// whoever brings them; a member that an own branch of a removed device removes must
+    /// still be heard by a device that met that branch first.)
+    pub fn takes_records_from(&self, device: &DeviceId) -> bool {
+        !self.chain.ousted.contains(device)
+            && (self.was_member(device) || self.admitted().contains_key(device))
     }
 
     /// Whether `device` is or was taken for a member (a record's author must be).
-    fn was_member(&self, device: &DeviceId) -> bool {
+    pub(super) fn was_member(&self, device: &DeviceId) -> bool {
         self.state.members.contains_key(device)
             || self.members_view.contains_key(device)
             || self.introducers.contains(device)
@@ -508,15 +602,21 @@ impl Engine {
         }
         // At our generation with another record (a concurrent rotation): all our
         // records, so that it converges; behind: the records it lacks.
-        let records = if on_our_chain && theirs.number < held.number {
+        let records = if on_our_chain && theirs.number < held.number && !self.passed_over(held) {
             self.records_after(theirs.number)
         } else {
             self.all_records()
         };
-        if held == self.chain.current && theirs.number <= held.number {
+        // On a generation we passed over (a branch that lost, or that a removal for good
+        // voided): ours, even if its number is higher.
+        if held == self.chain.current && (theirs.number <= held.number || self.passed_over(theirs))
+        {
             return LobbyAnswer::RecordsAndSecret(records);
         }
-        if theirs.number == held.number {
+        // We hold a generation passed over (a branch a removal for good voided, which we
+        // had followed): our records, so that a member that never saw that branch
+        // learns it was passed over, and hands us the current secret.
+        if theirs.number == held.number || self.passed_over(held) {
             return LobbyAnswer::Records(records);
         }
         LobbyAnswer::Nothing

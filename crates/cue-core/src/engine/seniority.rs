@@ -1,0 +1,267 @@
+//! Who came into the workspace first, and the removals that stand for good
+//! (docs/security.md, "A removed device's own branch of rotations").
+//!
+//! A removed device keeps its key, so it can sign records of its own dated before its
+//! removal (removing its remover) and make that branch the longest; nothing in a record
+//! tells one made before the removal from one made after it. So a removal by a device
+//! *senior* to the one it removes stands for good ([`Engine::oust`]): every record of the
+//! removed device that is not behind that removal (one of its ancestors) is void, and so
+//! is every record built on one, and the device is removed wherever that record stands
+//! (on the winning branch or not: off it, a device that stays removes it again on the
+//! branch, `refresh_chain`). Of two devices removing each other at once, the senior's
+//! removal stands. A junior's removal of a senior is an ordinary one: it holds on the
+//! branch that wins, as every removal did before. No daemon signs a removal once it is
+//! removed, so an honest device accepts its removal by a junior; a stolen key could
+//! still undo it (docs/security.md, "What is left").
+//!
+//! Seniority ([`Engine::seniority`]):
+//! - the device that made the workspace comes first. `init` names it: the workspace id
+//!   is a hash of its device id and a salt (cue-crypto `MakerProof`), which it writes
+//!   under [`MAKER_KEY`] in the member list; no other device can write a value there
+//!   that hashes to the workspace id (the driver's [`MakerCheck`]), and the entry, once
+//!   written, stands (`standing_records`);
+//! - every other device comes after the device that admitted it, at the time that
+//!   device's admitted-by entry says (`admitted:DEVICE = BY:TIME_MS`, counted only when
+//!   written by BY); of several entries the earliest counts (so a member can put a
+//!   device it vouches for just after itself, never before); at one time, the device
+//!   fewer admissions away from the first comes first, then the lower device id;
+//! - devices no admission reaches come last, by device id;
+//! - in a workspace made before the maker was named, every device without an
+//!   admitted-by entry comes first (a member can write an entry about one of them and
+//!   so put it after itself: docs/security.md, "What is left").
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use super::rotation::ADMITTED_PREFIX;
+use super::*;
+
+/// The member-list key of the entry naming the device that made the workspace: its
+/// proof, in hex (docs/protocol.md).
+pub const MAKER_KEY: &str = "maker";
+
+/// The driver's check of a value under [`MAKER_KEY`] (hex-decoded): the device it proves
+/// made the workspace, or `None` (the daemon checks cue-crypto's `MakerProof` against the
+/// workspace id).
+pub type MakerCheck = Arc<dyn Fn(&[u8]) -> Option<DeviceId> + Send + Sync>;
+
+#[derive(Clone)]
+pub(super) struct MakerFn(MakerCheck);
+
+impl std::fmt::Debug for MakerFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MakerCheck")
+    }
+}
+
+/// A device's place in the order of seniority: the time it came in (by its admitter's
+/// word), then how many admissions away from the first device. Lower is senior.
+pub(super) type Rank = (i64, u32);
+
+/// The rank of a device no admission reaches.
+const UNREACHED: Rank = (i64::MAX, u32::MAX);
+
+/// Rotation records as `refresh_chain` holds them: sorted by generation, then hash.
+pub(super) type Records = [(RotationMeta, Vec<u8>)];
+
+/// The removals that stand for good: each device with the record that removed it, and
+/// the records they void.
+#[derive(Debug, Default)]
+pub(super) struct Ousted {
+    pub(super) by: BTreeMap<DeviceId, [u8; 32]>,
+    pub(super) voided: BTreeSet<[u8; 32]>,
+}
+
+impl Engine {
+    /// Sets how the entry naming the workspace's maker is checked. `own` is this
+    /// device's proof when it made the workspace: written into the member list unless
+    /// the entry already names it (at every start: the entry is written once, then
+    /// stands).
+    pub fn set_maker_check(&mut self, check: MakerCheck, own: Option<&[u8]>) {
+        let mine = own.filter(|proof| check(proof) == Some(self.device));
+        self.maker_check = Some(MakerFn(check));
+        if let Some(proof) = mine
+            && self.maker() != Some(self.device)
+        {
+            let _ = self
+                .index
+                .put_raw("members", MAKER_KEY, &hex::encode(proof));
+            self.commit_index();
+        }
+        self.refresh_members();
+    }
+
+    /// The device that made the workspace, when an entry in the member list proves it.
+    pub(super) fn maker(&self) -> Option<DeviceId> {
+        let check = &self.maker_check.as_ref()?.0;
+        self.index
+            .raw_values("members")
+            .get(MAKER_KEY)?
+            .iter()
+            .filter_map(|(v, _)| check(&hex::decode(v).ok()?))
+            .min()
+    }
+
+    /// Whether a value under [`MAKER_KEY`] proves who made the workspace (a standing
+    /// entry: `standing_records`).
+    pub(super) fn proves_maker(&self, value: &str) -> bool {
+        self.maker_check
+            .as_ref()
+            .is_some_and(|c| hex::decode(value).is_ok_and(|b| (c.0)(&b).is_some()))
+    }
+
+    /// Each device's rank (see the module docs); a device missing from the map comes
+    /// after every device in it.
+    pub(super) fn seniority(&self) -> BTreeMap<DeviceId, Rank> {
+        let maker = self.maker();
+        // Admitter → (admitted, when), from every value of every admitted-by entry
+        // written by the admitter it names (a member can put another value beside one).
+        let mut admitted_by: BTreeMap<DeviceId, Vec<(DeviceId, i64)>> = BTreeMap::new();
+        let mut admitted = BTreeSet::new();
+        for (key, values) in self.index.raw_values("members") {
+            let Some(device) = key
+                .strip_prefix(ADMITTED_PREFIX)
+                .and_then(DeviceId::from_hex)
+            else {
+                continue;
+            };
+            if Some(device) == maker {
+                continue;
+            }
+            for (value, actor) in values {
+                let Some((by, at)) = parse_admitted(&value) else {
+                    continue;
+                };
+                if by != device && made_by(&by, &actor) {
+                    admitted_by.entry(by).or_default().push((device, at));
+                    admitted.insert(device);
+                }
+            }
+        }
+        // (From the index alone: every device holding it ranks alike.)
+        let roots: BTreeSet<DeviceId> = match maker {
+            Some(m) => BTreeSet::from([m]),
+            None => (self.index.member_values().into_keys())
+                .chain(admitted_by.keys().copied())
+                .filter(|d| !admitted.contains(d))
+                .collect(),
+        };
+        // Lowest rank first: a device's rank is above its admitter's, so each is final
+        // when it leaves the queue.
+        let mut rank = BTreeMap::new();
+        let mut queue: BinaryHeap<Reverse<(Rank, DeviceId)>> = roots
+            .into_iter()
+            .map(|d| Reverse(((i64::MIN, 0), d)))
+            .collect();
+        while let Some(Reverse((r, d))) = queue.pop() {
+            if rank.contains_key(&d) {
+                continue;
+            }
+            rank.insert(d, r);
+            for (x, at) in admitted_by.get(&d).into_iter().flatten() {
+                if !rank.contains_key(x) {
+                    queue.push(Reverse(((r.0.max(*at), r.1.saturating_add(1)), *x)));
+                }
+            }
+        }
+        rank
+    }
+
+    /// The removals that stand for good (see the module docs), taken author by author,
+    /// the senior first, each from the author's records still placed once the removals
+    /// of its seniors voided what they void.
+    pub(super) fn oust(&self, records: &Records, rank: &BTreeMap<DeviceId, Rank>) -> Ousted {
+        let key = |d: &DeviceId| (rank.get(d).copied().unwrap_or(UNREACHED), *d);
+        // Only members (and authors of records) are removed for good: a record's other
+        // removals (up to 1,024 ids of any kind) cost nothing here. Authors that remove
+        // none of them are skipped.
+        let authored: BTreeSet<DeviceId> = records.iter().map(|(m, _)| m.rotated_by).collect();
+        // (From the index alone, as the ranks: every device holding it removes alike.)
+        let listed = self.index_devices();
+        let known = |d: &DeviceId| authored.contains(d) || listed.contains(d);
+        let mut authors: Vec<DeviceId> = records
+            .iter()
+            .filter(|(m, _)| m.removed.iter().any(known))
+            .map(|(m, _)| m.rotated_by)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        authors.sort_by_key(key);
+        let mut out = Ousted::default();
+        let mut placed = self.place(records, &out.voided);
+        for author in authors {
+            let mut grew = false;
+            for (m, _) in records
+                .iter()
+                .filter(|(m, _)| m.rotated_by == author && placed.contains_key(&m.hash))
+            {
+                for d in &m.removed {
+                    if !known(d) || out.by.contains_key(d) || key(d) <= key(&author) {
+                        continue;
+                    }
+                    let behind = ancestors(records, &placed, m.hash);
+                    out.by.insert(*d, m.hash);
+                    out.voided.extend(
+                        records
+                            .iter()
+                            .filter(|(r, _)| r.rotated_by == *d && !behind.contains(&r.hash))
+                            .map(|(r, _)| r.hash),
+                    );
+                    grew = true;
+                }
+            }
+            if grew {
+                placed = self.place(records, &out.voided);
+            }
+        }
+        out
+    }
+}
+
+impl Engine {
+    /// The devices the index names: member-list entries, and the devices of admitted-by
+    /// entries and their admitters.
+    fn index_devices(&self) -> BTreeSet<DeviceId> {
+        let mut out: BTreeSet<DeviceId> = self.index.member_values().into_keys().collect();
+        for (key, values) in self.index.raw_values("members") {
+            if let Some(d) = key
+                .strip_prefix(ADMITTED_PREFIX)
+                .and_then(DeviceId::from_hex)
+            {
+                out.insert(d);
+                out.extend(
+                    values
+                        .iter()
+                        .filter_map(|(v, _)| parse_admitted(v))
+                        .map(|(by, _)| by),
+                );
+            }
+        }
+        out
+    }
+}
+
+/// An admitted-by entry's value, `BY:TIME_MS`.
+pub(super) fn parse_admitted(value: &str) -> Option<(DeviceId, i64)> {
+    let (by, at) = value.split_once(':')?;
+    Some((DeviceId::from_hex(by)?, at.parse().ok()?))
+}
+
+/// The records before `hash` on its branch (placed ones: each parent placed).
+pub(super) fn ancestors(
+    records: &Records,
+    placed: &BTreeMap<[u8; 32], (usize, BTreeSet<DeviceId>)>,
+    hash: [u8; 32],
+) -> BTreeSet<[u8; 32]> {
+    let mut out = BTreeSet::new();
+    let mut at = placed.get(&hash).map(|(i, _)| &records[*i].0);
+    while let Some(m) = at {
+        if m.generation <= 1 {
+            break;
+        }
+        out.insert(m.parent);
+        at = placed.get(&m.parent).map(|(i, _)| &records[*i].0);
+    }
+    out
+}
