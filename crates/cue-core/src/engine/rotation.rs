@@ -286,24 +286,11 @@ impl Engine {
 
     /// Admitted-by entries written by the admitter they name.
     fn admitted(&self) -> BTreeMap<DeviceId, (DeviceId, i64)> {
-        let mut out = BTreeMap::new();
-        for (key, values) in self.index.raw_values("members") {
-            let Some(device) = key
-                .strip_prefix(ADMITTED_PREFIX)
-                .and_then(DeviceId::from_hex)
-            else {
-                continue;
-            };
-            for (value, actor) in values {
-                let Some((by, at)) = super::seniority::parse_admitted(&value) else {
-                    continue;
-                };
-                if made_by(&by, &actor) {
-                    out.insert(device, (by, at));
-                }
-            }
-        }
-        out
+        // (The last value of each entry, as before.)
+        self.admitted_entries()
+            .into_iter()
+            .map(|(device, by, at)| (device, (by, at)))
+            .collect()
     }
 
     /// The index's rotation records and admitted-by entries, as (key, value): they only

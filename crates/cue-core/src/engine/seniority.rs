@@ -119,24 +119,10 @@ impl Engine {
         // written by the admitter it names (a member can put another value beside one).
         let mut admitted_by: BTreeMap<DeviceId, Vec<(DeviceId, i64)>> = BTreeMap::new();
         let mut admitted = BTreeSet::new();
-        for (key, values) in self.index.raw_values("members") {
-            let Some(device) = key
-                .strip_prefix(ADMITTED_PREFIX)
-                .and_then(DeviceId::from_hex)
-            else {
-                continue;
-            };
-            if Some(device) == maker {
-                continue;
-            }
-            for (value, actor) in values {
-                let Some((by, at)) = parse_admitted(&value) else {
-                    continue;
-                };
-                if by != device && made_by(&by, &actor) {
-                    admitted_by.entry(by).or_default().push((device, at));
-                    admitted.insert(device);
-                }
+        for (device, by, at) in self.admitted_entries() {
+            if Some(device) != maker && by != device {
+                admitted_by.entry(by).or_default().push((device, at));
+                admitted.insert(device);
             }
         }
         // (From the index alone: every device holding it ranks alike.)
@@ -224,18 +210,29 @@ impl Engine {
     /// entries and their admitters.
     fn index_devices(&self) -> BTreeSet<DeviceId> {
         let mut out: BTreeSet<DeviceId> = self.index.member_values().into_keys().collect();
+        for (device, by, _) in self.admitted_entries() {
+            out.extend([device, by]);
+        }
+        out
+    }
+
+    /// Every value of every admitted-by entry written by the admitter it names, as
+    /// (admitted, admitter, when), in the index's order.
+    pub(super) fn admitted_entries(&self) -> Vec<(DeviceId, DeviceId, i64)> {
+        let mut out = Vec::new();
         for (key, values) in self.index.raw_values("members") {
-            if let Some(d) = key
+            let Some(device) = key
                 .strip_prefix(ADMITTED_PREFIX)
                 .and_then(DeviceId::from_hex)
-            {
-                out.insert(d);
-                out.extend(
-                    values
-                        .iter()
-                        .filter_map(|(v, _)| parse_admitted(v))
-                        .map(|(by, _)| by),
-                );
+            else {
+                continue;
+            };
+            for (value, actor) in values {
+                if let Some((by, at)) = parse_admitted(&value)
+                    && made_by(&by, &actor)
+                {
+                    out.push((device, by, at));
+                }
             }
         }
         out
