@@ -106,7 +106,8 @@ pub(super) struct Chain {
     /// Devices removed for good by a senior (`seniority.rs`): their records off the
     /// branch of that removal count nowhere.
     pub(super) ousted: BTreeSet<DeviceId>,
-    /// The hashes of every valid record, on the chain or not.
+    /// The hashes of every record that chains back to generation 0 (voided or not, on
+    /// the chain or not): what [`Engine::passed_over`] knows of.
     pub(super) known: BTreeSet<[u8; 32]>,
 }
 
