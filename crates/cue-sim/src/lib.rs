@@ -73,6 +73,27 @@ struct SimHost<'a> {
     trace: Option<usize>,
 }
 
+impl World {
+    /// `peer`'s own `item`, sealed for `epoch` ([`seal_as`]) and handed straight to each
+    /// peer of `to` as its message (for tests that play a member sending what it made by
+    /// hand).
+    pub fn send_sealed(&mut self, peer: usize, epoch: u32, item: Item, to: &[usize]) {
+        let from = self.peers[peer].device;
+        let bytes = cue_core::wire::encode(&cue_core::wire::Message {
+            items: vec![seal_as(&self.peers[peer].key, epoch, item)],
+        });
+        for &p in to {
+            self.input(
+                p,
+                Input::Message {
+                    from,
+                    bytes: bytes.clone(),
+                },
+            );
+        }
+    }
+}
+
 /// `item` (a document's changes, whole or not) sealed as the device of `key` seals its
 /// own changes (`cue_core::seal`): a seal of `epoch` naming every change of its in the
 /// item. For tests that play a member sending what it made by hand.

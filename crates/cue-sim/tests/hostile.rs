@@ -1340,18 +1340,7 @@ fn index_change_from_p2(w: &mut World, epoch: u32, edit: &dyn Fn(&mut cue_core::
         doc: cue_core::DocId::Index,
         changes: vec![change.raw_bytes().to_vec()],
     };
-    let bytes = encode(&Message {
-        items: vec![cue_sim::seal_as(&w.peers[2].key, epoch, item)],
-    });
-    for p in [0, 1] {
-        w.input(
-            p,
-            Input::Message {
-                from,
-                bytes: bytes.clone(),
-            },
-        );
-    }
+    w.send_sealed(2, epoch, item, &[0, 1]);
     w.settle(10);
 }
 

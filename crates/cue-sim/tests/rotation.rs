@@ -420,7 +420,6 @@ fn member_entries_from(
 ) {
     use automerge::transaction::Transactable;
     use automerge::{AutoCommit, ROOT, ReadDoc};
-    use cue_core::wire::{Item, Message, encode};
     let from = w.peers[peer].device;
     let stored = w.peers[over].store.docs[&cue_core::DocId::Index].clone();
     let mut am = AutoCommit::load(&stored)
@@ -439,22 +438,12 @@ fn member_entries_from(
         .expect("a change")
         .raw_bytes()
         .to_vec();
-    let item = Item::Changes {
+    let item = cue_core::wire::Item::Changes {
         doc: cue_core::DocId::Index,
         changes: vec![change],
     };
-    let bytes = encode(&Message {
-        items: vec![cue_sim::seal_as(&w.peers[peer].key, epoch, item)],
-    });
-    for p in (0..w.peers.len()).filter(|&p| p != peer) {
-        w.input(
-            p,
-            Input::Message {
-                from,
-                bytes: bytes.clone(),
-            },
-        );
-    }
+    let others: Vec<usize> = (0..w.peers.len()).filter(|&p| p != peer).collect();
+    w.send_sealed(peer, epoch, item, &others);
     w.settle(10);
 }
 
