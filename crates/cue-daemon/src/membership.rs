@@ -38,6 +38,11 @@ pub enum RotateError {
         "this device is catching up with a rotation made elsewhere; try again once `cue sync status` shows it connected"
     )]
     CatchingUp,
+    #[error(
+        "a rotation removes at most {max} devices at a time; {0} were asked for",
+        max = cue_crypto::MAX_REMOVED
+    )]
+    TooMany(usize),
     #[error("the operating system's random source failed: {0}")]
     Random(String),
     #[error(transparent)]
@@ -63,6 +68,9 @@ pub(crate) struct Membership {
     /// A client for a new room, for the main loop to swap in.
     pub new_room: Option<Room>,
     lobby_alone: crate::alone::Alone,
+    /// Set while removals that lost are made again: the `follow` of that rotation does
+    /// not start another (if the record did not take, it would go round for ever).
+    redoing: bool,
 }
 
 /// Where this device stands, for status.
@@ -102,6 +110,7 @@ impl Membership {
             params,
             new_room: None,
             lobby_alone: crate::alone::Alone::new(crate::alone::jitter()),
+            redoing: false,
         };
         (membership, (events, task))
     }
@@ -456,13 +465,16 @@ impl Membership {
         let passed = driver.engine().passed_over(self.held);
         if current == self.held || (current.number < self.held.number && !passed) {
             let redo = driver.engine().removals_to_redo();
-            if current == self.held && !redo.is_empty() {
+            if current == self.held && !redo.is_empty() && !self.redoing {
                 let removed: Vec<DeviceId> = redo.iter().map(|d| DeviceId(d.0)).collect();
                 tracing::info!(
                     n = removed.len(),
                     "our removal lost to a concurrent rotation: removing again"
                 );
-                if let Err(error) = self.rotate(ws, driver, session, &removed) {
+                self.redoing = true;
+                let done = self.rotate(ws, driver, session, &removed);
+                self.redoing = false;
+                if let Err(error) = done {
                     tracing::warn!(%error, "cannot rotate again");
                 }
             }
@@ -555,8 +567,16 @@ pub fn make_rotation(
         return Err(RotateError::Removed);
     }
     let current = driver.engine().generation();
-    if current != held {
+    // On the current generation, held here or not: a member that made a record and
+    // keeps its secret to itself (or went away for good right after) would otherwise
+    // leave nobody able to rotate, and so to remove it. Not while the index is behind
+    // the generation held (a device just admitted): the record would lose to it.
+    if current.number < held.number && !driver.engine().passed_over(held) {
         return Err(RotateError::CatchingUp);
+    }
+    // (A record removing more would be refused by every member, this one included.)
+    if removed.len() > cue_crypto::MAX_REMOVED {
+        return Err(RotateError::TooMany(removed.len()));
     }
     let secret = WorkspaceSecret::generate().map_err(|e| RotateError::Random(e.to_string()))?;
     let record = RotationRecord::create(

@@ -545,6 +545,8 @@ pub struct Peer {
     pub case_insensitive: bool,
     /// This peer's folder keeps no Unix modes ([`World::make_modes_unkept`]).
     pub modes_unkept: bool,
+    /// Set while this peer makes again removals that lost (`rotation.rs`).
+    pub(crate) redoing: bool,
 }
 
 impl Peer {
@@ -663,6 +665,7 @@ impl World {
                 secrets: BTreeSet::from([Generation::default()]),
                 case_insensitive: false,
                 modes_unkept: false,
+                redoing: false,
             };
             peers.push((peer, effects));
         }

@@ -87,8 +87,11 @@ impl World {
         let removed: Vec<DeviceId> = removed.iter().map(|&i| self.peers[i].device).collect();
         let p = &mut self.peers[peer];
         let current = p.engine.generation();
-        // As the daemon: only from the generation it holds, and never once removed.
-        if current != p.held || p.engine.removed_here().is_some() {
+        // As the daemon (`make_rotation`): on the current generation, held or not, but
+        // not while the index is behind the one held, and never once removed.
+        if (current.number < p.held.number && !p.engine.passed_over(p.held))
+            || p.engine.removed_here().is_some()
+        {
             return;
         }
         let now = self.now_ms + p.clock_offset_ms;
@@ -137,9 +140,12 @@ impl World {
 
     fn redo_removals(&mut self, peer: usize) {
         let redo = self.peers[peer].engine.removals_to_redo();
-        if !redo.is_empty() {
+        // As the daemon: not again from within the rotation that redoes them.
+        if !redo.is_empty() && !self.peers[peer].redoing {
             let idx: Vec<usize> = redo.iter().filter_map(|d| self.index_of(*d)).collect();
+            self.peers[peer].redoing = true;
             self.rotate(peer, &idx);
+            self.peers[peer].redoing = false;
         }
     }
 

@@ -690,8 +690,10 @@ fn a_ring_of_removals_never_leaves_a_member_whose_rotations_are_void() {
             .filter_map(|b| check(b))
             .flat_map(|m| m.removed)
             .collect();
+        // (All three when the senior's removal voids the middle one's record: what
+        // that record removed stays removed, `a_removal_made_while_its_author_was_...`.)
         assert!(
-            (1..=2).contains(&e.removed().len()),
+            (1..=3).contains(&e.removed().len()),
             "t {t}: {:?}",
             e.removed()
         );
@@ -877,5 +879,158 @@ fn a_device_that_followed_a_voided_branch_comes_back() {
             Some("back\n"),
             "seed {seed}"
         );
+    }
+}
+
+/// A hostile member writes 1,100 made-up device ids into the member list and signs two
+/// records of a generation already taken removing them; a junior then removes it. The
+/// made-up devices never were members: nobody rotates again to remove them (before,
+/// the junior was asked to, in one record of more than a record may hold that every
+/// member refused, and went round making it again until its daemon crashed).
+#[test]
+fn removals_of_devices_that_never_were_members_cost_nobody_a_rotation() {
+    for seed in 0..2 {
+        let mut w = admitted_in_order(4, 1300 + seed);
+        let (hostile, junior) = (2, 3);
+        w.rotate(0, &[]);
+        settle(&mut w);
+        let mut fakes: Vec<cue_core::DeviceId> = (0..1_100u32)
+            .map(|i| {
+                let mut id = [0xee; 32];
+                id[..4].copy_from_slice(&i.to_be_bytes());
+                cue_core::DeviceId(id)
+            })
+            .collect();
+        fakes.sort();
+        let puts: Vec<(String, String)> = fakes
+            .iter()
+            .map(|d| (d.to_string(), "made up".to_string()))
+            .collect();
+        member_entries_from(&mut w, hostile, 0, 60, &puts);
+        let h = w.peers[hostile].device;
+        let forks = vec![
+            record(1, [0; 32], h, 7, &fakes[..550]),
+            record(1, [0; 32], h, 8, &fakes[550..]),
+        ];
+        for i in 0..4 {
+            w.input(
+                i,
+                Input::Rotations {
+                    records: forks.clone(),
+                },
+            );
+        }
+        settle(&mut w);
+        w.rotate(junior, &[hostile]);
+        settle(&mut w);
+        let stay = [0, 1, junior];
+        assert_one_generation(&w, &stay);
+        for i in stay {
+            let e = &w.peers[i].engine;
+            assert!(e.removed().contains_key(&h), "seed {seed}: p{i}");
+            assert!(
+                e.removals_to_redo().is_empty(),
+                "seed {seed}: p{i} has {} removals to redo",
+                e.removals_to_redo().len()
+            );
+        }
+        w.write(junior, "after.md", b"after\n");
+        settle(&mut w);
+        assert_eq!(
+            w.read(0, "after.md").as_deref(),
+            Some("after\n"),
+            "seed {seed}"
+        );
+        assert_eq!(w.read(hostile, "after.md"), None, "seed {seed}");
+    }
+}
+
+/// While the workspace's maker is away, a member removes a third device; the maker,
+/// senior to that member, removes the member at the same time. The member's removal is
+/// void with all its records, but what it removed stays removed (it may be a stolen
+/// device): the maker removes it again, and it never gets the maker's secret.
+#[test]
+fn a_removal_made_while_its_author_was_removed_for_good_still_holds() {
+    for seed in 0..4 {
+        let mut w = admitted_in_order(4, 1400 + seed);
+        let (maker, member, third) = (0, 2, 3);
+        w.disconnect(maker);
+        w.rotate(member, &[third]);
+        settle(&mut w);
+        w.rotate(maker, &[member]);
+        w.connect(maker);
+        settle(&mut w);
+        let stay = [maker, 1];
+        assert_one_generation(&w, &stay);
+        let (m, t) = (w.peers[member].device, w.peers[third].device);
+        for i in stay {
+            let e = &w.peers[i].engine;
+            assert!(e.removed().contains_key(&m), "seed {seed}: p{i}");
+            assert!(
+                e.removed().contains_key(&t),
+                "seed {seed}: p{i}: the third device is back"
+            );
+            assert!(e.removals_to_redo().is_empty(), "seed {seed}: p{i}");
+        }
+        assert!(
+            w.peers[third].engine.removed_here().is_some(),
+            "seed {seed}: the third device learns it was removed"
+        );
+        assert!(
+            !w.peers[third].secrets.contains(&w.peers[maker].held),
+            "seed {seed}: the removed device was handed the maker's secret"
+        );
+        w.write(1, "after.md", b"after\n");
+        settle(&mut w);
+        assert_eq!(
+            w.read(maker, "after.md").as_deref(),
+            Some("after\n"),
+            "seed {seed}"
+        );
+        assert_eq!(w.read(third, "after.md"), None, "seed {seed}");
+    }
+}
+
+/// A hostile member signs a rotation and keeps its secret to itself: every member's
+/// index says the workspace is at that generation, and nobody else holds it. A member
+/// still removes the hostile one, on top of that generation (before, a member had to
+/// hold the current secret to rotate, and nobody could remove it ever).
+#[test]
+fn a_member_keeping_its_rotation_secret_to_itself_can_still_be_removed() {
+    for seed in 0..4 {
+        let mut w = admitted_in_order(4, 1500 + seed);
+        let hostile = 2;
+        let h = w.peers[hostile].device;
+        let kept = record(1, [0; 32], h, 9, &[]);
+        for i in 0..4 {
+            w.input(
+                i,
+                Input::Rotations {
+                    records: vec![kept.clone()],
+                },
+            );
+        }
+        settle(&mut w);
+        assert_eq!(w.peers[0].engine.generation().number, 1, "seed {seed}");
+        assert_eq!(w.peers[0].held.number, 0, "seed {seed}: nobody holds it");
+        w.rotate(1, &[hostile]);
+        settle(&mut w);
+        let stay = [0, 1, 3];
+        assert_one_generation(&w, &stay);
+        assert_eq!(w.peers[0].held.number, 2, "seed {seed}");
+        for i in stay {
+            assert!(
+                w.peers[i].engine.removed().contains_key(&h),
+                "seed {seed}: p{i}"
+            );
+        }
+        w.write(3, "after.md", b"after\n");
+        settle(&mut w);
+        assert_eq!(
+            w.read(0, "after.md").as_deref(),
+            Some("after\n"),
+            "seed {seed}"
+        );
+        assert_eq!(w.read(hostile, "after.md"), None, "seed {seed}");
     }
 }

@@ -35,6 +35,10 @@ use super::*;
 
 /// How a rotation record's key in the `members` map starts; the record's hash follows.
 const ROTATION_PREFIX: &str = "rotation:";
+
+/// The most devices one rotation record removes (docs/protocol.md §2.6): more to redo
+/// go in the next record.
+pub const MAX_REMOVED: usize = 1024;
 /// How an admitted-by entry's key starts; the admitted device's id follows.
 pub(super) const ADMITTED_PREFIX: &str = "admitted:";
 
@@ -168,13 +172,15 @@ impl Engine {
     }
 
     /// Devices that a record of ours removed but that lost to a concurrent rotation: this
-    /// device must rotate again, removing them, once it holds the current secret.
+    /// device must rotate again, removing them, once it holds the current secret (at
+    /// most [`MAX_REMOVED`] at a time, as a record holds).
     pub fn removals_to_redo(&self) -> Vec<DeviceId> {
         self.chain
             .unfinished
             .iter()
             .filter(|(_, author)| **author == self.device)
             .map(|(d, _)| *d)
+            .take(MAX_REMOVED)
             .collect()
     }
 
@@ -402,6 +408,14 @@ impl Engine {
                 off_branch.push((*d, m.rotated_by));
             }
         }
+        for (d, h, remover) in &ousted.kept {
+            if let Some(m) = by_hash.get(h)
+                && !chain.removed.contains_key(d)
+            {
+                chain.removed.insert(*d, removal(m));
+                off_branch.push((*d, *remover));
+            }
+        }
         // So do the removals of records off the winning branch whose author stays (a
         // record that lost to a concurrent one, or one built on a record a removal for
         // good voided, which had taken effect): removed at once, not handed the next
@@ -426,7 +440,9 @@ impl Engine {
         let mut seniors: Vec<DeviceId> = self.members_view.keys().copied().collect();
         seniors.sort_by_key(|d| (rank.get(d).copied().unwrap_or((i64::MAX, u32::MAX)), *d));
         for (d, remover) in off_branch {
-            if on_branch.contains(&d) {
+            // (Not a device that never was a member: the member list's keys are
+            // anyone's to write, and a rotation removing it would protect nothing.)
+            if on_branch.contains(&d) || !self.was_member(&d) {
                 continue;
             }
             if let Some(by) = std::iter::once(remover)

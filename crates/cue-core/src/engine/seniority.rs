@@ -71,6 +71,12 @@ pub(super) type Records = [(RotationMeta, Vec<u8>)];
 pub(super) struct Ousted {
     pub(super) by: BTreeMap<DeviceId, [u8; 32]>,
     pub(super) voided: BTreeSet<[u8; 32]>,
+    /// Removals made by a device removed for good, in its records that removal voids,
+    /// of devices junior to it: each device, the voided record, and the device that
+    /// removed the author for good. They still count (a removal made while its author
+    /// was removed elsewhere is not undone by it: the device it removed may be a
+    /// stolen one), and the author's remover makes them again.
+    pub(super) kept: Vec<(DeviceId, [u8; 32], DeviceId)>,
 }
 
 impl Engine {
@@ -174,6 +180,12 @@ impl Engine {
             .into_iter()
             .collect();
         authors.sort_by_key(key);
+        // Each author's records, looked up once: a hostile member can sign many records
+        // of up to 1,024 removals each, and this runs at every index change.
+        let mut by_author: BTreeMap<DeviceId, Vec<[u8; 32]>> = BTreeMap::new();
+        for (m, _) in records {
+            by_author.entry(m.rotated_by).or_default().push(m.hash);
+        }
         let mut out = Ousted::default();
         let mut placed = self.place(records, &out.voided);
         for author in authors {
@@ -182,23 +194,37 @@ impl Engine {
                 .iter()
                 .filter(|(m, _)| m.rotated_by == author && placed.contains_key(&m.hash))
             {
+                let mut behind: Option<BTreeSet<[u8; 32]>> = None;
                 for d in &m.removed {
                     if !known(d) || out.by.contains_key(d) || key(d) <= key(&author) {
                         continue;
                     }
-                    let behind = ancestors(records, &placed, m.hash);
                     out.by.insert(*d, m.hash);
-                    out.voided.extend(
-                        records
-                            .iter()
-                            .filter(|(r, _)| r.rotated_by == *d && !behind.contains(&r.hash))
-                            .map(|(r, _)| r.hash),
-                    );
                     grew = true;
+                    let Some(theirs) = by_author.get(d) else {
+                        continue;
+                    };
+                    let behind = behind.get_or_insert_with(|| ancestors(records, &placed, m.hash));
+                    out.voided
+                        .extend(theirs.iter().filter(|h| !behind.contains(*h)).copied());
                 }
             }
             if grew {
                 placed = self.place(records, &out.voided);
+            }
+        }
+        let author_of: BTreeMap<[u8; 32], DeviceId> = records
+            .iter()
+            .map(|(m, _)| (m.hash, m.rotated_by))
+            .collect();
+        for (m, _) in records.iter().filter(|(m, _)| out.voided.contains(&m.hash)) {
+            let Some(remover) = out.by.get(&m.rotated_by).and_then(|h| author_of.get(h)) else {
+                continue;
+            };
+            for d in &m.removed {
+                if known(d) && !out.by.contains_key(d) && key(d) > key(&m.rotated_by) {
+                    out.kept.push((*d, m.hash, *remover));
+                }
             }
         }
         out
