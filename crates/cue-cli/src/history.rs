@@ -9,6 +9,8 @@ use anyhow::{anyhow, bail};
 use cue_daemon::driver;
 use cue_daemon::workspace::Workspace;
 
+use crate::status_view::printable;
+
 /// `cue history PATH [--json]`: newest first.
 pub fn history(root: &Path, rel: &str, json: bool) -> anyhow::Result<ExitCode> {
     let ws = Workspace::open(root)?;
@@ -41,8 +43,8 @@ pub fn history(root: &Path, rel: &str, json: bool) -> anyhow::Result<ExitCode> {
             "{}  {}  {:<16}  {}",
             v.rev,
             crate::local_time(v.time_ms, &zone),
-            v.device,
-            summary(v)
+            printable(&v.device),
+            printable(&summary(v))
         )?;
     }
     Ok(ExitCode::SUCCESS)

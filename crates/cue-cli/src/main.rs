@@ -1099,7 +1099,8 @@ fn print_entries(entries: Vec<cue_daemon::ActivityEntry>, json: bool) -> anyhow:
             if let Some(d) = &r.detail {
                 line.push_str(&format!("  ({d})"));
             }
-            writeln!(out, "{line}")?;
+            // (Names and details are peers' words: no terminal control in them.)
+            writeln!(out, "{}", status_view::printable(&line))?;
         }
     }
     out.flush()?;

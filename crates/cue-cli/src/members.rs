@@ -14,6 +14,8 @@ use cue_daemon::invites::{self, InviteInfo};
 use cue_daemon::membership;
 use cue_daemon::workspace::Workspace;
 
+use crate::status_view::printable;
+
 /// Sends `req` to the daemon, or does it here when none runs (holding the lock so that
 /// none starts meanwhile).
 fn ask(root: &Path, req: Request) -> anyhow::Result<serde_json::Value> {
@@ -188,8 +190,11 @@ pub fn devices(root: &Path, json: bool) -> anyhow::Result<ExitCode> {
             _ => "joined before admissions were recorded, or made the workspace".into(),
         };
         println!(
-            "{mark} {:<8}  {:<24}  {state}; {joined}",
-            d.short_id, d.name
+            "{mark} {:<8}  {:<24}  {}; {}",
+            d.short_id,
+            printable(&d.name),
+            printable(&state),
+            printable(&joined)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -222,7 +227,8 @@ pub fn remove(root: &Path, device: Option<&str>) -> anyhow::Result<ExitCode> {
              It keeps the files it had, and can read nothing new; its invites and its \
              token no longer work. Devices offline now get the new secret from a member \
              when they return.",
-            d.name, d.short_id
+            printable(&d.name),
+            d.short_id
         ),
         None => println!(
             "Rotated the workspace secret (generation {generation}): invites made before no \

@@ -105,22 +105,23 @@ fn unwritable(r: &StatusReport) -> Option<u64> {
 /// One conflict as status and `cue sync resolve` name it: the path, the kind, and where
 /// the other version went (a conflict copy) or what was kept and set aside.
 pub fn conflict_line(c: &ConflictReport) -> String {
-    match &c.copy {
+    // (The detail quotes frontmatter values and device names: a peer's words.)
+    printable(&match &c.copy {
         Some(copy) => format!("{} ({}): the other version is in {copy}", c.path, c.kind),
         None if c.detail.is_empty() => format!("{} ({})", c.path, c.kind),
         None => format!("{} ({}): {}", c.path, c.kind, c.detail),
-    }
+    })
 }
 
 /// One overlapping edit as status and `cue sync resolve` name it, in the activity log's
 /// words: `plan.md, line 6 ("We meet on Tuesday."): edited at the same time on desk and
 /// laptop`.
 pub fn overlap_line(o: &OverlapReport) -> String {
-    format!(
+    printable(&format!(
         "{}, {}",
         o.path,
         cue_core::overlap_detail(o.line, &o.excerpt, &o.devices)
-    )
+    ))
 }
 
 /// The whole human status, ending with a newline.
@@ -353,7 +354,12 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
     }
     if !r.peers.is_empty() {
         let _ = writeln!(out, "\n{}", paint.paint(HEAD, "Peers:"));
-        let width = r.peers.iter().map(|p| p.name.len()).max().unwrap_or(0);
+        let width = r
+            .peers
+            .iter()
+            .map(|p| printable(&p.name).len())
+            .max()
+            .unwrap_or(0);
         for p in &r.peers {
             let state = if p.online {
                 paint.paint(GOOD, "online ")
@@ -364,7 +370,7 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
                 Some(t) => format!("last synced {}", ago(t, now_ms)),
                 None => "never synced".to_string(),
             };
-            let _ = writeln!(out, "  {:<width$}  {state}  {seen}", p.name);
+            let _ = writeln!(out, "  {:<width$}  {state}  {seen}", printable(&p.name));
         }
     }
     if let Some(t) = &r.last_full_resync {
@@ -375,8 +381,11 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
 
 /// `name` as it can be printed on one line of a terminal: control characters (a newline,
 /// an escape sequence) shown escaped, everything else as it is.
-fn printable(name: &str) -> String {
-    name.chars()
+/// `text` with its control characters escaped (`\u{1b}`, `\n`): what a peer wrote (a
+/// frontmatter value, a device name, a file name) can neither drive the terminal nor
+/// make a line of its own.
+pub fn printable(text: &str) -> String {
+    text.chars()
         .map(|c| match c.is_control() {
             true => c.escape_default().to_string(),
             false => c.to_string(),
@@ -460,6 +469,34 @@ mod tests {
              desktop  online   last synced just now\n  \
              server   online   last synced 3 h ago\n"
         );
+    }
+
+    /// A member's frontmatter value and device name carry terminal control sequences
+    /// and line breaks: status shows them escaped, on their own lines, and drives
+    /// nothing (before, a peer could clear the screen, retitle the window, or forge a
+    /// line of status).
+    #[test]
+    fn a_peers_words_cannot_drive_the_terminal_or_forge_lines() {
+        let mut r = report();
+        r.peers[0].name = "desk\u{1b}]0;owned\u{7}".into();
+        r.conflicts = vec![ConflictReport {
+            path: "n.md".into(),
+            kind: "frontmatter".into(),
+            time: rfc3339(NOW),
+            copy: None,
+            detail: "title: kept \"\u{1b}[2J\nAll is well\" (bob)".into(),
+        }];
+        let text = render(&r, home(), NOW, OFF);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text}"
+        );
+        assert!(text.contains("\\u{1b}[2J\\nAll is well"), "{text}");
+        assert!(
+            !text.lines().any(|l| l.starts_with("All is well")),
+            "a forged line: {text}"
+        );
+        assert!(text.contains("desk\\u{1b}]0;owned\\u{7}"), "{text}");
     }
 
     #[test]
