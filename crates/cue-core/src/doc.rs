@@ -18,7 +18,10 @@
 //!
 //! A list value is a Map `{flow, head, sep, tail, items: List of str}` whose items are the
 //! exact item lines; items are unique by value when materialised, so concurrent additions
-//! of one value give one item, and removals apply to what the remover saw.
+//! of one value give one item, and removals apply to what the remover saw. A list key
+//! removed from the frontmatter is emptied and marked `gone: true`, not deleted: an item
+//! another device adds at the same time stays, and the key with it (deleting the key
+//! would delete the map and what was put in it).
 
 use std::collections::BTreeSet;
 
@@ -396,6 +399,10 @@ impl FileDoc {
                         }
                     }
                     dedupe_items(&mut list);
+                    if list.items.is_empty() && self.list_gone(&winner_id) {
+                        // Removed, and nothing added meanwhile.
+                        continue;
+                    }
                     BlockValue::List(list)
                 }
             };
@@ -737,11 +744,46 @@ impl FileDoc {
         }
         for b in &old {
             if !new.iter().any(|n| n.key == b.key) {
-                self.delete_from(std::slice::from_ref(&vals), &b.key)?;
+                match (
+                    &b.value,
+                    self.doc.get_all(&vals, b.key.as_str())?.as_slice(),
+                ) {
+                    // A list goes by being emptied (see the module docs).
+                    (BlockValue::List(list), [(Value::Object(ObjType::Map), obj)]) => {
+                        let obj = obj.clone();
+                        let empty = List {
+                            items: Vec::new(),
+                            ..list.clone()
+                        };
+                        self.update_list(&obj, list, &empty)?;
+                        self.doc.put(&obj, "gone", true)?;
+                    }
+                    _ => self.delete_from(std::slice::from_ref(&vals), &b.key)?,
+                }
                 self.delete_from(&others, &b.key)?;
             }
         }
         Ok(())
+    }
+
+    /// A frontmatter value as the file shows it: a scalar block, or a list rendered.
+    fn block_text(&self, v: &Value<'_>, id: &ObjId) -> Option<String> {
+        match v {
+            Value::Object(ObjType::Map) => {
+                let mut out = String::new();
+                self.read_list(id).ok()?.render_into(&mut out);
+                Some(out)
+            }
+            _ => str_of(v),
+        }
+    }
+
+    /// Whether a list's map says its key was removed (see the module docs).
+    fn list_gone(&self, obj: &ObjId) -> bool {
+        matches!(
+            self.doc.get(obj, "gone"),
+            Ok(Some((Value::Scalar(s), _))) if matches!(s.as_ref(), ScalarValue::Boolean(true))
+        )
     }
 
     /// Deletes `key` from each of `maps` that holds it.
@@ -851,6 +893,10 @@ impl FileDoc {
         self.put_str_if_changed(obj, "head", &new.head)?;
         self.put_str_if_changed(obj, "sep", &new.sep)?;
         self.put_str_if_changed(obj, "tail", &new.tail)?;
+        if self.list_gone(obj) {
+            // Removed on one device, edited on another: the key stands again.
+            self.doc.delete(obj, "gone")?;
+        }
         let items = self.ensure_obj(obj, "items", ObjType::List)?;
         let old_vals: Vec<&str> = old.items.iter().map(|i| i.value.as_str()).collect();
         let new_vals: Vec<&str> = new.items.iter().map(|i| i.value.as_str()).collect();
@@ -1076,19 +1122,21 @@ impl FileDoc {
                     let Ok(all) = self.values_in(&maps, &key) else {
                         continue;
                     };
-                    if all.len() < 2 || all.iter().any(|(v, _)| matches!(v, Value::Object(_))) {
+                    if all.len() < 2 || all.iter().all(|(v, _)| matches!(v, Value::Object(_))) {
                         // Lists are merged as sets, not chosen between.
                         continue;
                     }
+                    // A value and a list written at once (one device made the key a list,
+                    // another edited its value): one of them is chosen, as between values.
                     let Some((winner, winner_op)) = all
                         .last()
-                        .and_then(|(v, id)| str_of(v).map(|s| (s, id.to_string())))
+                        .and_then(|(v, id)| self.block_text(v, id).map(|s| (s, id.to_string())))
                     else {
                         continue;
                     };
                     let losers = all[..all.len() - 1]
                         .iter()
-                        .filter_map(|(v, id)| str_of(v).map(|s| (id.to_string(), s)))
+                        .filter_map(|(v, id)| self.block_text(v, id).map(|s| (id.to_string(), s)))
                         .filter(|(_, s)| *s != winner)
                         .collect::<Vec<_>>();
                     if !losers.is_empty() {
@@ -1304,6 +1352,87 @@ mod tests {
             "both show the same"
         );
         text
+    }
+
+    /// One device removes a list key from the frontmatter while another adds an item
+    /// to it (or removes it too, or edits another key): the item added stays, with
+    /// its key; removed everywhere, the key is gone, and written again it comes back.
+    /// (Before, the removal deleted the list and the item added with it, silently.)
+    #[test]
+    fn a_list_key_removed_on_one_device_keeps_an_item_added_on_another() {
+        let start = "---\ntitle: T\ntags: [a, b]\n---\nbody\n";
+        let (mut a, mut b) = on_two_devices("n.md", start.as_bytes());
+        a.write("n.md", b"---\ntitle: T\n---\nbody\n", 0).unwrap();
+        b.write("n.md", b"---\ntitle: T\ntags: [a, b, bob]\n---\nbody\n", 0)
+            .unwrap();
+        let text = merged(&mut a, &mut b);
+        assert!(text.contains("bob"), "the item added is lost: {text:?}");
+        assert!(!text.contains(" a,") && !text.contains("[a"), "{text:?}");
+
+        // Block style too, and the kept key edited later stands.
+        let start = "---\ntags:\n  - a\n  - b\nstatus: x\n---\nbody\n";
+        let (mut a, mut b) = on_two_devices("n.md", start.as_bytes());
+        a.write("n.md", b"---\nstatus: x\n---\nbody\n", 0).unwrap();
+        b.write(
+            "n.md",
+            b"---\ntags:\n  - a\n  - b\n  - bob\nstatus: x\n---\nbody\n",
+            0,
+        )
+        .unwrap();
+        let text = merged(&mut a, &mut b);
+        assert!(text.contains("  - bob\n"), "{text:?}");
+        let edited = text.replace("  - bob\n", "  - bob\n  - more\n");
+        a.write("n.md", edited.as_bytes(), 0).unwrap();
+        assert_eq!(merged(&mut a, &mut b), edited);
+
+        // Removed on one device, the other editing something else: gone on both, and
+        // written again later, back.
+        let (mut a, mut b) = on_two_devices("n.md", start.as_bytes());
+        a.write("n.md", b"---\nstatus: x\n---\nbody\n", 0).unwrap();
+        b.write(
+            "n.md",
+            b"---\ntags:\n  - a\n  - b\nstatus: y\n---\nbody\n",
+            0,
+        )
+        .unwrap();
+        assert_eq!(merged(&mut a, &mut b), "---\nstatus: y\n---\nbody\n");
+        let again = "---\nstatus: y\ntags: [c]\n---\nbody\n";
+        b.write("n.md", again.as_bytes(), 0).unwrap();
+        assert_eq!(merged(&mut a, &mut b), again);
+    }
+
+    /// One device turns a value into a list while another edits the value: one of the
+    /// two is shown, as between two values, and the other is reported (before, nothing
+    /// said an edit was set aside).
+    #[test]
+    fn a_value_made_a_list_on_one_device_and_edited_on_another_is_a_reported_conflict() {
+        let (mut a, mut b) = on_two_devices("n.md", b"---\ntags: x\n---\nbody\n");
+        a.write("n.md", b"---\ntags: [x, y]\n---\nbody\n", 0)
+            .unwrap();
+        b.write("n.md", b"---\ntags: bobvalue\n---\nbody\n", 0)
+            .unwrap();
+        let text = merged(&mut a, &mut b);
+        let conflicts = a.conflicts();
+        let Some(FieldConflict::Frontmatter {
+            key,
+            winner,
+            losers,
+        }) = conflicts.first()
+        else {
+            panic!("no conflict reported: {conflicts:?} ({text:?})");
+        };
+        assert_eq!(key, "tags");
+        let mut both: Vec<&str> = vec![winner.1.as_str()];
+        both.extend(losers.iter().map(|(_, v)| v.as_str()));
+        assert!(
+            both.iter().any(|v| v.contains("bobvalue"))
+                && both.iter().any(|v| v.contains("[x, y]")),
+            "{both:?}"
+        );
+        assert!(
+            text.contains(winner.1.trim_end()),
+            "{text:?} shows {winner:?}"
+        );
     }
 
     /// Frontmatter (or its raw text, or a binary file's first text) added on two devices
