@@ -21,7 +21,8 @@
 //! of one value give one item, and removals apply to what the remover saw. A list key
 //! removed from the frontmatter is emptied and marked `gone: true`, not deleted: an item
 //! another device adds at the same time stays, and the key with it (deleting the key
-//! would delete the map and what was put in it).
+//! would delete the map and what was put in it). A list restyled (flow ↔ block) is
+//! changed in place; an item added meanwhile in the other style is read in the list's.
 
 use std::collections::BTreeSet;
 
@@ -398,6 +399,7 @@ impl FileDoc {
                             list.items.extend(other.items);
                         }
                     }
+                    frontmatter::restyle_items(&mut list);
                     dedupe_items(&mut list);
                     if list.items.is_empty() && self.list_gone(&winner_id) {
                         // Removed, and nothing added meanwhile.
@@ -420,18 +422,20 @@ impl FileDoc {
         if let Some(list) = self.get_obj(obj, "items") {
             for item in self.doc.list_range(&list, ..) {
                 if let Some(raw) = str_of(&item.value.into()) {
-                    let value = frontmatter::item_value(flow, &raw).unwrap_or_else(|| raw.clone());
+                    let value = frontmatter::any_item_value(&raw).unwrap_or_else(|| raw.clone());
                     items.push(frontmatter::Item { raw, value });
                 }
             }
         }
-        Ok(List {
+        let mut list = List {
             flow,
             head: self.get_str(obj, "head").unwrap_or_default(),
             sep: self.get_str(obj, "sep").unwrap_or_default(),
             tail: self.get_str(obj, "tail").unwrap_or_default(),
             items,
-        })
+        };
+        frontmatter::restyle_items(&mut list);
+        Ok(list)
     }
 
     /// Record `bytes` as the file's new content, as the smallest change, leaving the
@@ -723,10 +727,13 @@ impl FileDoc {
             let conflicted = self.doc.get_all(&vals, block.key.as_str())?.len() != 1
                 || self.held_by(&others, &block.key)?;
             match (&block.value, previous.map(|p| &p.value), conflicted) {
-                (BlockValue::List(new_list), Some(BlockValue::List(old_list)), false)
-                    if new_list.flow == old_list.flow =>
-                {
+                (BlockValue::List(new_list), Some(BlockValue::List(old_list)), false) => {
+                    // Restyled too (`[a, b]` to `- a` lines or back) in place: an item
+                    // another device adds at once stays, read in this style.
                     let obj = self.ensure_obj(&vals, &block.key, ObjType::Map)?;
+                    if new_list.flow != old_list.flow {
+                        self.doc.put(&obj, "flow", new_list.flow)?;
+                    }
                     self.update_list(&obj, old_list, new_list)?;
                 }
                 (BlockValue::List(new_list), _, _) => {
@@ -911,7 +918,7 @@ impl FileDoc {
                     for k in 0..len {
                         let (o, n) = (&old.items[old_index + k], &new.items[new_index + k]);
                         if o.raw != n.raw {
-                            self.replace_item_raw(&items, new.flow, &o.value, &n.raw)?;
+                            self.replace_item_raw(&items, &o.value, &n.raw)?;
                         }
                     }
                     continue;
@@ -933,13 +940,13 @@ impl FileDoc {
                 ),
             };
             for i in del {
-                self.delete_items_with_value(&items, new.flow, &old.items[i].value)?;
+                self.delete_items_with_value(&items, &old.items[i].value)?;
             }
             for i in ins.clone() {
                 let pos = if i == 0 {
                     0
                 } else {
-                    self.raw_index_of_value(&items, new.flow, &new.items[i - 1].value)?
+                    self.raw_index_of_value(&items, &new.items[i - 1].value)?
                         .map_or(0, |p| p + 1)
                 };
                 self.doc.insert(&items, pos, new.items[i].raw.as_str())?;
@@ -948,23 +955,18 @@ impl FileDoc {
         Ok(())
     }
 
-    fn item_values(&self, items: &ObjId, flow: bool) -> Vec<Option<String>> {
+    fn item_values(&self, items: &ObjId) -> Vec<Option<String>> {
         self.doc
             .list_range(items, ..)
             .map(|item| {
                 str_of(&item.value.into())
-                    .map(|raw| frontmatter::item_value(flow, &raw).unwrap_or(raw))
+                    .map(|raw| frontmatter::any_item_value(&raw).unwrap_or(raw))
             })
             .collect()
     }
 
-    fn delete_items_with_value(
-        &mut self,
-        items: &ObjId,
-        flow: bool,
-        value: &str,
-    ) -> Result<(), DocError> {
-        let values = self.item_values(items, flow);
+    fn delete_items_with_value(&mut self, items: &ObjId, value: &str) -> Result<(), DocError> {
+        let values = self.item_values(items);
         for (i, v) in values.iter().enumerate().rev() {
             if v.as_deref() == Some(value) {
                 self.doc.delete(items, i)?;
@@ -973,27 +975,16 @@ impl FileDoc {
         Ok(())
     }
 
-    fn replace_item_raw(
-        &mut self,
-        items: &ObjId,
-        flow: bool,
-        value: &str,
-        raw: &str,
-    ) -> Result<(), DocError> {
-        if let Some(i) = self.raw_index_of_value(items, flow, value)? {
+    fn replace_item_raw(&mut self, items: &ObjId, value: &str, raw: &str) -> Result<(), DocError> {
+        if let Some(i) = self.raw_index_of_value(items, value)? {
             self.doc.put(items, i, raw)?;
         }
         Ok(())
     }
 
-    fn raw_index_of_value(
-        &self,
-        items: &ObjId,
-        flow: bool,
-        value: &str,
-    ) -> Result<Option<usize>, DocError> {
+    fn raw_index_of_value(&self, items: &ObjId, value: &str) -> Result<Option<usize>, DocError> {
         Ok(self
-            .item_values(items, flow)
+            .item_values(items)
             .iter()
             .rposition(|v| v.as_deref() == Some(value)))
     }
@@ -1399,6 +1390,41 @@ mod tests {
         let again = "---\nstatus: y\ntags: [c]\n---\nbody\n";
         b.write("n.md", again.as_bytes(), 0).unwrap();
         assert_eq!(merged(&mut a, &mut b), again);
+    }
+
+    /// One device restyles a list (an editor that writes `[a, b]` as `- a` lines, or
+    /// back) while another adds an item in the old style: the item stays, written in
+    /// the new style (before, the restyle put a new list in place of the old one, and
+    /// the item went with the old one, silently).
+    #[test]
+    fn a_list_restyled_on_one_device_keeps_an_item_added_on_another() {
+        let cases: [(&str, &str, &str, &str); 2] = [
+            (
+                "---\ntags:\n  - a\n  - b\n---\nbody\n",
+                "---\ntags: [a, b]\n---\nbody\n",
+                "---\ntags:\n  - a\n  - b\n  - bob item\n---\nbody\n",
+                "---\ntags: [a, b, bob item]\n---\nbody\n",
+            ),
+            (
+                "---\ntags: [a, b]\n---\nbody\n",
+                "---\ntags:\n    - a\n    - b\n---\nbody\n",
+                "---\ntags: [a, b, c d]\n---\nbody\n",
+                "---\ntags:\n    - a\n    - b\n    - c d\n---\nbody\n",
+            ),
+        ];
+        for (start, restyled, added, expected) in cases {
+            let (mut a, mut b) = on_two_devices("n.md", start.as_bytes());
+            a.write("n.md", restyled.as_bytes(), 0).unwrap();
+            assert_eq!(a.materialize().unwrap(), restyled.as_bytes());
+            b.write("n.md", added.as_bytes(), 0).unwrap();
+            assert_eq!(b.materialize().unwrap(), added.as_bytes());
+            assert_eq!(merged(&mut a, &mut b), expected);
+            // Saved as shown, nothing changes; an item removed later goes.
+            assert_eq!(a.write("n.md", expected.as_bytes(), 0).unwrap(), None);
+            let fewer = expected.replacen("a, ", "", 1).replacen("    - a\n", "", 1);
+            b.write("n.md", fewer.as_bytes(), 0).unwrap();
+            assert_eq!(merged(&mut a, &mut b), fewer);
+        }
     }
 
     /// One device turns a value into a list while another edits the value: one of the

@@ -337,6 +337,60 @@ fn canonical_scalar(y: &Yaml<'_>) -> Option<String> {
     }
 }
 
+/// Whether an item's raw text is a block-style line (`  - foo\n`), not a flow token.
+fn is_block_item(raw: &str) -> bool {
+    let t = raw.trim_start();
+    raw.ends_with('\n') && (t.starts_with("- ") || t.trim_end() == "-")
+}
+
+/// An item's canonical value whichever style its raw text is in: an item added to a
+/// list that another device restyled at the same time (`[a, b]` to `- a` lines, or
+/// back) keeps the style it was written in.
+pub fn any_item_value(raw: &str) -> Option<String> {
+    item_value(!is_block_item(raw), raw)
+}
+
+/// `raw`, an item written in the other style than its list's (`flow`), in the list's
+/// style with the same value (block lines indented by `indent`): as written, else
+/// single-quoted. `None` when it is in the list's style already, or no form keeps its
+/// value.
+pub fn restyle_item(raw: &str, flow: bool, indent: &str) -> Option<String> {
+    let block = is_block_item(raw);
+    if block != flow {
+        return None;
+    }
+    let value = item_value(!block, raw)?;
+    let text = if block {
+        raw.trim_start().strip_prefix('-')?.trim()
+    } else {
+        raw.trim()
+    };
+    let quoted = value
+        .strip_prefix("s:")
+        .map(|s| format!("'{}'", s.replace('\'', "''")));
+    [Some(text.to_string()), quoted]
+        .into_iter()
+        .flatten()
+        .map(|t| if flow { t } else { format!("{indent}- {t}\n") })
+        .find(|candidate| item_value(flow, candidate).as_deref() == Some(value.as_str()))
+}
+
+/// The items of `list` written in the other style put in its style (see
+/// [`restyle_item`]), block lines indented as its other lines are.
+pub fn restyle_items(list: &mut List) {
+    let indent = list
+        .items
+        .iter()
+        .find(|i| is_block_item(&i.raw))
+        .map(|i| i.raw[..i.raw.len() - i.raw.trim_start().len()].to_string())
+        .unwrap_or_else(|| "  ".to_string());
+    for item in &mut list.items {
+        if let Some(raw) = restyle_item(&item.raw, list.flow, &indent) {
+            item.raw = raw;
+        }
+    }
+}
+
 /// The canonical value of one item's raw text, parsed on its own. Used when items from
 /// different versions meet and must be compared.
 pub fn item_value(flow: bool, raw: &str) -> Option<String> {
@@ -439,6 +493,23 @@ fn check_list(list: List, raw: &str, values: &[String]) -> Option<List> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Items restyled keep their value: plain when that reads back the same, quoted
+    /// when not; an item already in its list's style is left as it is.
+    #[test]
+    fn items_restyled_keep_their_value() {
+        assert_eq!(restyle_item("  - a\n", true, "  ").as_deref(), Some("a"));
+        assert_eq!(
+            restyle_item("  - x, y\n", true, "  ").as_deref(),
+            Some("'x, y'")
+        );
+        assert_eq!(
+            restyle_item("it's", false, "    ").as_deref(),
+            Some("    - it's\n")
+        );
+        assert_eq!(restyle_item("a", true, "  "), None);
+        assert_eq!(restyle_item("  - a\n", false, "  "), None);
+    }
 
     fn roundtrip(s: &str) -> Markdown {
         let md = parse(s);
