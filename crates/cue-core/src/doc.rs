@@ -11,7 +11,6 @@
 //! | `fm_close` | str         | the closing `---` line                                     |
 //! | `fm_pre`   | str         | lines before the first key (comments)                      |
 //! | `fm_raw`   | Text        | frontmatter that is not valid YAML, merged as text          |
-//! | `fm_cleared` | boolean   | the fields were removed when the frontmatter stopped being YAML: any left are another device's concurrent edits, shown |
 //! | `fm_keys`  | List of str | key order                                                  |
 //! | `fm_vals`  | Map         | key → str (a scalar block, last writer wins) or Map (a list) |
 //! | `bytes`    | bytes       | a binary file's content, last writer wins                  |
@@ -333,15 +332,12 @@ impl FileDoc {
             .filter_map(|(v, _)| str_of(v))
             .collect();
         let both = modes.iter().any(|m| m == "raw") && modes.iter().any(|m| m == "yaml");
-        // Fields edited on another device while this one took the frontmatter away or
-        // made it no YAML (`clear_fields`): shown, not hidden under the new shape.
-        let kept = mode != "yaml" && self.fm_cleared() && !self.current_blocks()?.is_empty();
-        if mode != "none" || kept {
+        if mode != "none" {
             out.push_str(&self.get_str(&ROOT, "fm_open").unwrap_or_default());
             if mode == "raw" || both {
                 out.push_str(&self.text_of("fm_raw")?);
             }
-            if mode != "raw" || both || kept {
+            if mode != "raw" || both {
                 out.push_str(&self.get_str(&ROOT, "fm_pre").unwrap_or_default());
                 for block in self.current_blocks()? {
                     out.push_str(&block.render());
@@ -656,10 +652,7 @@ impl FileDoc {
             }
         };
         match md.frontmatter {
-            None => {
-                self.put_str_if_changed(&ROOT, "fm", "none")?;
-                self.clear_fields()?;
-            }
+            None => self.put_str_if_changed(&ROOT, "fm", "none")?,
             Some(fm) => {
                 self.put_str_if_changed(&ROOT, "fm_open", &fm.open)?;
                 self.put_str_if_changed(&ROOT, "fm_close", &fm.close)?;
@@ -667,7 +660,6 @@ impl FileDoc {
                     FrontmatterContent::Raw(raw) => {
                         self.put_str_if_changed(&ROOT, "fm", "raw")?;
                         self.update_text("fm_raw", &raw)?;
-                        self.clear_fields()?;
                     }
                     FrontmatterContent::Yaml { preamble, blocks } => {
                         self.put_str_if_changed(&ROOT, "fm", "yaml")?;
@@ -791,29 +783,6 @@ impl FileDoc {
             }
             _ => str_of(v),
         }
-    }
-
-    /// Frontmatter that is no longer YAML (taken away, or made invalid) loses its
-    /// fields as keys the user deleted, and says so (`fm_cleared`): what another device
-    /// edits in them at the same time then stays and shows (`render_text`) instead of
-    /// being hidden under the new shape. (Documents written before keep their old
-    /// fields hidden: without the mark they are not shown.)
-    fn clear_fields(&mut self) -> Result<(), DocError> {
-        if self.current_blocks()?.is_empty() {
-            return Ok(());
-        }
-        self.write_blocks(&[])?;
-        if !self.fm_cleared() {
-            self.doc.put(ROOT, "fm_cleared", true)?;
-        }
-        Ok(())
-    }
-
-    fn fm_cleared(&self) -> bool {
-        matches!(
-            self.doc.get(ROOT, "fm_cleared"),
-            Ok(Some((Value::Scalar(s), _))) if matches!(s.as_ref(), ScalarValue::Boolean(true))
-        )
     }
 
     /// Whether a list's map says its key was removed (see the module docs).
@@ -1421,51 +1390,6 @@ mod tests {
         let again = "---\nstatus: y\ntags: [c]\n---\nbody\n";
         b.write("n.md", again.as_bytes(), 0).unwrap();
         assert_eq!(merged(&mut a, &mut b), again);
-    }
-
-    /// One device takes the frontmatter away, or makes it invalid YAML, while another
-    /// edits a field in it: the field edited stays and shows (beside the invalid text),
-    /// on both devices; taken away on both, it is gone (before, the edit was hidden under
-    /// the new shape, silently).
-    #[test]
-    fn frontmatter_taken_away_on_one_device_keeps_a_field_edited_on_another() {
-        let start = "---\ntitle: T\nstatus: draft\n---\nbody\n";
-        let (mut a, mut b) = on_two_devices("n.md", start.as_bytes());
-        a.write("n.md", b"body\n", 0).unwrap();
-        b.write(
-            "n.md",
-            b"---\ntitle: T\nstatus: draft\nowner: bob\n---\nbody\n",
-            0,
-        )
-        .unwrap();
-        assert_eq!(merged(&mut a, &mut b), "---\nowner: bob\n---\nbody\n");
-        // Taken away again, by the other device: gone.
-        b.write("n.md", b"body\n", 0).unwrap();
-        assert_eq!(merged(&mut a, &mut b), "body\n");
-
-        let start = "---\ntitle: T\n---\nbody\n";
-        let (mut a, mut b) = on_two_devices("n.md", start.as_bytes());
-        a.write("n.md", b"---\ntitle: T\nx: [unclosed\n---\nbody\n", 0)
-            .unwrap();
-        b.write("n.md", b"---\ntitle: Bob title\n---\nbody\n", 0)
-            .unwrap();
-        let text = merged(&mut a, &mut b);
-        assert!(text.contains("x: [unclosed"), "{text:?}");
-        assert!(
-            text.contains("title: Bob title"),
-            "the edit is hidden: {text:?}"
-        );
-        // Saved as shown, the file stays as it is.
-        a.write("n.md", text.as_bytes(), 0).unwrap();
-        assert_eq!(merged(&mut a, &mut b), text);
-
-        // Taken away with nobody editing meanwhile: gone, and the file as written.
-        let (mut a, mut b) = on_two_devices("n.md", start.as_bytes());
-        a.write("n.md", b"body\n", 0).unwrap();
-        assert_eq!(merged(&mut a, &mut b), "body\n");
-        a.write("n.md", b"---\ntitle: again\n---\nbody\n", 0)
-            .unwrap();
-        assert_eq!(merged(&mut a, &mut b), "---\ntitle: again\n---\nbody\n");
     }
 
     /// One device restyles a list (an editor that writes `[a, b]` as `- a` lines, or
