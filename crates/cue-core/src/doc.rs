@@ -1412,6 +1412,21 @@ mod tests {
                 "---\ntags:\n    - a\n    - b\n    - c d\n---\nbody\n",
             ),
         ];
+        // An item no flow token can hold (a comment, a comma): the list is shown as
+        // block lines, valid YAML with every item, and saved so it stays.
+        let start = "---\nports:\n  - 80\n  - 443\n---\nbody\n";
+        let (mut a, mut b) = on_two_devices("n.md", start.as_bytes());
+        a.write("n.md", b"---\nports: [80, 443]\n---\nbody\n", 0)
+            .unwrap();
+        b.write(
+            "n.md",
+            b"---\nports:\n  - 80\n  - 443\n  - 8080 # alt\n  - x, y\n---\nbody\n",
+            0,
+        )
+        .unwrap();
+        let shown = "---\nports:\n  - 80\n  - 443\n  - 8080 # alt\n  - x, y\n---\nbody\n";
+        assert_eq!(merged(&mut a, &mut b), shown);
+        assert_eq!(a.write("n.md", shown.as_bytes(), 0).unwrap(), None);
         for (start, restyled, added, expected) in cases {
             let (mut a, mut b) = on_two_devices("n.md", start.as_bytes());
             a.write("n.md", restyled.as_bytes(), 0).unwrap();

@@ -337,10 +337,10 @@ fn canonical_scalar(y: &Yaml<'_>) -> Option<String> {
     }
 }
 
-/// Whether an item's raw text is a block-style line (`  - foo\n`), not a flow token.
+/// Whether an item's raw text is a block-style line (`  - foo\n`), not a flow token
+/// (`cut_list` takes flow tokens from the key's line only: never a line break).
 fn is_block_item(raw: &str) -> bool {
-    let t = raw.trim_start();
-    raw.ends_with('\n') && (t.starts_with("- ") || t.trim_end() == "-")
+    raw.ends_with('\n')
 }
 
 /// An item's canonical value whichever style its raw text is in: an item added to a
@@ -351,10 +351,10 @@ pub fn any_item_value(raw: &str) -> Option<String> {
 }
 
 /// `raw`, an item written in the other style than its list's (`flow`), in the list's
-/// style with the same value (block lines indented by `indent`): as written, else
-/// single-quoted. `None` when it is in the list's style already, or no form keeps its
-/// value.
-pub fn restyle_item(raw: &str, flow: bool, indent: &str) -> Option<String> {
+/// style with the same value (block lines indented by `indent`, ended by `eol`).
+/// `None` when it is in the list's style already, or when no plain token that
+/// `cut_list` reads back holds it (a comment, a comma, quotes).
+pub fn restyle_item(raw: &str, flow: bool, indent: &str, eol: &str) -> Option<String> {
     let block = is_block_item(raw);
     if block != flow {
         return None;
@@ -365,30 +365,89 @@ pub fn restyle_item(raw: &str, flow: bool, indent: &str) -> Option<String> {
     } else {
         raw.trim()
     };
-    let quoted = value
-        .strip_prefix("s:")
-        .map(|s| format!("'{}'", s.replace('\'', "''")));
-    [Some(text.to_string()), quoted]
-        .into_iter()
-        .flatten()
-        .map(|t| if flow { t } else { format!("{indent}- {t}\n") })
-        .find(|candidate| item_value(flow, candidate).as_deref() == Some(value.as_str()))
+    let candidate = if flow {
+        if text.is_empty() || text.contains([',', '[', ']', '{', '}', '"', '\'', '#']) {
+            return None;
+        }
+        text.to_string()
+    } else {
+        format!("{indent}- {text}{eol}")
+    };
+    (item_value(flow, &candidate).as_deref() == Some(value.as_str())).then_some(candidate)
 }
 
 /// The items of `list` written in the other style put in its style (see
-/// [`restyle_item`]), block lines indented as its other lines are.
+/// [`restyle_item`]), block lines indented and ended as its other lines are. A flow
+/// list holding an item no flow token can hold is shown as block lines instead: valid
+/// YAML, with every item (written `[a, b]` again, it is restyled back).
 pub fn restyle_items(list: &mut List) {
-    let indent = list
-        .items
-        .iter()
-        .find(|i| is_block_item(&i.raw))
+    let foreign = |l: &List, i: &Item| is_block_item(&i.raw) == l.flow;
+    if !list.items.iter().any(|i| foreign(list, i)) {
+        return;
+    }
+    let first_block = list.items.iter().find(|i| is_block_item(&i.raw));
+    let indent = first_block
         .map(|i| i.raw[..i.raw.len() - i.raw.trim_start().len()].to_string())
         .unwrap_or_else(|| "  ".to_string());
+    let eol = if list.head.ends_with("\r\n") || first_block.is_some_and(|i| i.raw.ends_with("\r\n"))
+    {
+        "\r\n"
+    } else {
+        "\n"
+    };
+    let mut stuck = false;
     for item in &mut list.items {
-        if let Some(raw) = restyle_item(&item.raw, list.flow, &indent) {
-            item.raw = raw;
+        if is_block_item(&item.raw) == list.flow {
+            match restyle_item(&item.raw, list.flow, &indent, eol) {
+                Some(raw) => item.raw = raw,
+                None => stuck = true,
+            }
         }
     }
+    if stuck
+        && list.flow
+        && let Some(block) = as_block(list, &indent, eol)
+    {
+        *list = block;
+    }
+}
+
+/// A flow list (`key: [a, b]`) as block lines, its items' values kept; `None` when its
+/// head or tail is not the plain `key: [` … `]` line.
+fn as_block(list: &List, indent: &str, eol: &str) -> Option<List> {
+    let key = list.head.trim_end().strip_suffix('[')?.trim_end();
+    let rest = list.tail.strip_prefix(']')?;
+    let (line_end, after) = match rest.find('\n') {
+        Some(i) => (&rest[..=i], &rest[i + 1..]),
+        None => (rest, ""),
+    };
+    let mut items = Vec::new();
+    for item in &list.items {
+        if is_block_item(&item.raw) {
+            items.push(item.clone());
+            continue;
+        }
+        let raw = format!("{indent}- {}{eol}", item.raw.trim());
+        if any_item_value(&raw).as_deref() != Some(item.value.as_str()) {
+            return None;
+        }
+        items.push(Item {
+            raw,
+            value: item.value.clone(),
+        });
+    }
+    let line_end = if line_end.trim().is_empty() {
+        eol
+    } else {
+        line_end
+    };
+    Some(List {
+        flow: false,
+        head: format!("{key}{line_end}"),
+        items,
+        sep: String::new(),
+        tail: after.to_string(),
+    })
 }
 
 /// The canonical value of one item's raw text, parsed on its own. Used when items from
@@ -494,21 +553,22 @@ fn check_list(list: List, raw: &str, values: &[String]) -> Option<List> {
 mod tests {
     use super::*;
 
-    /// Items restyled keep their value: plain when that reads back the same, quoted
-    /// when not; an item already in its list's style is left as it is.
+    /// Items restyled keep their value, as plain tokens `cut_list` reads back; an item
+    /// already in its list's style, or one no plain token holds, is left as it is.
     #[test]
     fn items_restyled_keep_their_value() {
-        assert_eq!(restyle_item("  - a\n", true, "  ").as_deref(), Some("a"));
         assert_eq!(
-            restyle_item("  - x, y\n", true, "  ").as_deref(),
-            Some("'x, y'")
+            restyle_item("  - a\n", true, "  ", "\n").as_deref(),
+            Some("a")
         );
+        assert_eq!(restyle_item("  - x, y\n", true, "  ", "\n"), None);
+        assert_eq!(restyle_item("  - 8080 # alt\n", true, "  ", "\n"), None);
         assert_eq!(
-            restyle_item("it's", false, "    ").as_deref(),
-            Some("    - it's\n")
+            restyle_item("it's", false, "    ", "\r\n").as_deref(),
+            Some("    - it's\r\n")
         );
-        assert_eq!(restyle_item("a", true, "  "), None);
-        assert_eq!(restyle_item("  - a\n", false, "  "), None);
+        assert_eq!(restyle_item("a", true, "  ", "\n"), None);
+        assert_eq!(restyle_item("  - a\n", false, "  ", "\n"), None);
     }
 
     fn roundtrip(s: &str) -> Markdown {
