@@ -188,13 +188,24 @@ pub fn start_background(
         if let Ok(Some(status)) = child.try_wait() {
             // The daemon's last log line says why (already running, bad config...).
             let text = std::fs::read(&log_path).unwrap_or_default();
-            let tail = String::from_utf8_lossy(&text[(log_len as usize).min(text.len())..])
+            let since =
+                String::from_utf8_lossy(&text[(log_len as usize).min(text.len())..]).into_owned();
+            let tail = since
                 .lines()
                 .rfind(|l| !l.trim().is_empty())
                 .unwrap_or("")
                 .to_string();
-            if tail.contains("already running") || other.is_some() {
-                return Err(RunError::AlreadyRunning { pid: other });
+            // (Several starts at once share the log: the daemon that won can write
+            // after ours said it lost, so ours is not always the last line; the lock
+            // says who holds the workspace.)
+            let holder = match DaemonLock::probe_running(&ws.dir()) {
+                Ok(Some(pid)) => Some(pid),
+                _ => None,
+            };
+            if since.contains("already running") || other.is_some() || holder.is_some() {
+                return Err(RunError::AlreadyRunning {
+                    pid: other.or(holder.flatten()),
+                });
             }
             return Err(RunError::Spawn(format!(
                 "the daemon exited ({status}): {tail} (see {})",

@@ -40,6 +40,19 @@ fn assert_one_generation(w: &World, peers: &[usize]) {
     }
 }
 
+/// `from` writes a note: every peer of `reach` gets it, no peer of `not` does.
+fn a_note_reaches(w: &mut World, from: usize, reach: &[usize], not: &[usize], seed: u64) {
+    w.write(from, "after.md", b"after\n");
+    settle(w);
+    for &i in reach {
+        let got = w.read(i, "after.md");
+        assert_eq!(got.as_deref(), Some("after\n"), "seed {seed}: p{i}");
+    }
+    for &i in not {
+        assert_eq!(w.read(i, "after.md"), None, "seed {seed}: p{i} got it");
+    }
+}
+
 #[test]
 fn a_removed_peer_gets_nothing_new_and_learns_it_was_removed() {
     let mut w = world(3, 1);
@@ -781,14 +794,7 @@ fn a_removal_for_good_stands_after_its_author_is_removed() {
             assert!(e.removed().contains_key(&t), "seed {seed}: p{i}");
             assert!(!e.removed().contains_key(&j), "seed {seed}: p{i}");
         }
-        w.write(2, "after.md", b"after\n");
-        settle(&mut w);
-        assert_eq!(
-            w.read(junior, "after.md").as_deref(),
-            Some("after\n"),
-            "seed {seed}"
-        );
-        assert_eq!(w.read(target, "after.md"), None, "seed {seed}");
+        a_note_reaches(&mut w, 2, &[junior], &[target], seed);
     }
 }
 
@@ -823,15 +829,7 @@ fn a_removal_built_on_a_voided_record_still_holds() {
             !w.peers[third].secrets.contains(&senior_gen),
             "seed {seed}: the removed device was handed the senior's secret"
         );
-        w.write(0, "after.md", b"after\n");
-        settle(&mut w);
-        assert_eq!(
-            w.read(other, "after.md").as_deref(),
-            Some("after\n"),
-            "seed {seed}"
-        );
-        assert_eq!(w.read(third, "after.md"), None, "seed {seed}");
-        assert_eq!(w.read(junior, "after.md"), None, "seed {seed}");
+        a_note_reaches(&mut w, 0, &[other], &[third, junior], seed);
     }
 }
 
@@ -934,14 +932,7 @@ fn removals_of_devices_that_never_were_members_cost_nobody_a_rotation() {
                 e.removals_to_redo().len()
             );
         }
-        w.write(junior, "after.md", b"after\n");
-        settle(&mut w);
-        assert_eq!(
-            w.read(0, "after.md").as_deref(),
-            Some("after\n"),
-            "seed {seed}"
-        );
-        assert_eq!(w.read(hostile, "after.md"), None, "seed {seed}");
+        a_note_reaches(&mut w, junior, &[0], &[hostile], seed);
     }
 }
 
@@ -980,14 +971,7 @@ fn a_removal_made_while_its_author_was_removed_for_good_still_holds() {
             !w.peers[third].secrets.contains(&w.peers[maker].held),
             "seed {seed}: the removed device was handed the maker's secret"
         );
-        w.write(1, "after.md", b"after\n");
-        settle(&mut w);
-        assert_eq!(
-            w.read(maker, "after.md").as_deref(),
-            Some("after\n"),
-            "seed {seed}"
-        );
-        assert_eq!(w.read(third, "after.md"), None, "seed {seed}");
+        a_note_reaches(&mut w, 1, &[maker], &[third], seed);
     }
 }
 
@@ -1024,13 +1008,6 @@ fn a_member_keeping_its_rotation_secret_to_itself_can_still_be_removed() {
                 "seed {seed}: p{i}"
             );
         }
-        w.write(3, "after.md", b"after\n");
-        settle(&mut w);
-        assert_eq!(
-            w.read(0, "after.md").as_deref(),
-            Some("after\n"),
-            "seed {seed}"
-        );
-        assert_eq!(w.read(hostile, "after.md"), None, "seed {seed}");
+        a_note_reaches(&mut w, 3, &[0], &[hostile], seed);
     }
 }
