@@ -737,10 +737,29 @@ impl FileDoc {
                     self.update_list(&obj, old_list, new_list)?;
                 }
                 (BlockValue::List(new_list), _, _) => {
-                    let obj = self
-                        .doc
-                        .put_object(&vals, block.key.as_str(), ObjType::Map)?;
-                    self.fill_list(&obj, new_list)?;
+                    // A list key written again over the map it was emptied into (see
+                    // the module docs: an undo, say) fills that map again, so an item
+                    // another device added to it meanwhile stays.
+                    let gone = match self.doc.get_all(&vals, block.key.as_str())?.as_slice() {
+                        [(Value::Object(ObjType::Map), obj)]
+                            if previous.is_none() && self.list_gone(obj) =>
+                        {
+                            Some(obj.clone())
+                        }
+                        _ => None,
+                    };
+                    if let Some(obj) = gone {
+                        let current = self.read_list(&obj)?;
+                        if current.flow != new_list.flow {
+                            self.doc.put(&obj, "flow", new_list.flow)?;
+                        }
+                        self.update_list(&obj, &current, new_list)?;
+                    } else {
+                        let obj = self
+                            .doc
+                            .put_object(&vals, block.key.as_str(), ObjType::Map)?;
+                        self.fill_list(&obj, new_list)?;
+                    }
                 }
                 (BlockValue::Scalar(raw), _, _) => {
                     self.doc.put(&vals, block.key.as_str(), raw.as_str())?;
@@ -1375,6 +1394,19 @@ mod tests {
         let edited = text.replace("  - bob\n", "  - bob\n  - more\n");
         a.write("n.md", edited.as_bytes(), 0).unwrap();
         assert_eq!(merged(&mut a, &mut b), edited);
+
+        // Removed and written again at once (an undo) on one device while the other
+        // adds an item: every item stays.
+        let flow = "---\ntags: [a, b]\n---\nbody\n";
+        let (mut a, mut b) = on_two_devices("n.md", flow.as_bytes());
+        a.write("n.md", b"---\n---\nbody\n", 0).unwrap();
+        a.write("n.md", flow.as_bytes(), 0).unwrap();
+        b.write("n.md", b"---\ntags: [a, b, bob]\n---\nbody\n", 0)
+            .unwrap();
+        assert_eq!(
+            merged(&mut a, &mut b),
+            "---\ntags: [a, b, bob]\n---\nbody\n"
+        );
 
         // Removed on one device, the other editing something else: gone on both, and
         // written again later, back.

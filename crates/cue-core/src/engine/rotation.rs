@@ -36,7 +36,7 @@ use super::*;
 /// How a rotation record's key in the `members` map starts; the record's hash follows.
 const ROTATION_PREFIX: &str = "rotation:";
 
-/// The most devices one rotation record removes (docs/protocol.md §2.6): more to redo
+/// The most devices one rotation record removes (docs/protocol.md §2.8): more to redo
 /// go in the next record.
 pub const MAX_REMOVED: usize = 1024;
 /// How an admitted-by entry's key starts; the admitted device's id follows.
