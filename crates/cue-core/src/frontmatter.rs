@@ -381,8 +381,12 @@ pub fn restyle_item(raw: &str, flow: bool, indent: &str, eol: &str) -> Option<St
 /// list holding an item no flow token can hold is shown as block lines instead: valid
 /// YAML, with every item (written `[a, b]` again, it is restyled back).
 pub fn restyle_items(list: &mut List) {
-    let foreign = |l: &List, i: &Item| is_block_item(&i.raw) == l.flow;
-    if !list.items.iter().any(|i| foreign(list, i)) {
+    // (An item is in the other style when it is a block line in a flow list, or not.)
+    if !list
+        .items
+        .iter()
+        .any(|i| is_block_item(&i.raw) == list.flow)
+    {
         return;
     }
     let first_block = list.items.iter().find(|i| is_block_item(&i.raw));

@@ -40,6 +40,18 @@ fn assert_one_generation(w: &World, peers: &[usize]) {
     }
 }
 
+/// Rotation records handed to every peer's engine (as the index would bring them).
+fn records_to_everyone(w: &mut World, records: &[Vec<u8>]) {
+    for i in 0..w.peers.len() {
+        w.input(
+            i,
+            Input::Rotations {
+                records: records.to_vec(),
+            },
+        );
+    }
+}
+
 /// `from` writes a note: every peer of `reach` gets it, no peer of `not` does.
 fn a_note_reaches(w: &mut World, from: usize, reach: &[usize], not: &[usize], seed: u64) {
     w.write(from, "after.md", b"after\n");
@@ -687,14 +699,7 @@ fn a_ring_of_removals_never_leaves_a_member_whose_rotations_are_void() {
             record(2, parent.winner, ids[2], t, &[ids[3]]),
             record(2, parent.winner, ids[3], t, &[ids[1]]),
         ];
-        for i in 0..5 {
-            w.input(
-                i,
-                Input::Rotations {
-                    records: ring.clone(),
-                },
-            );
-        }
+        records_to_everyone(&mut w, &ring);
         let e = &w.peers[0].engine;
         winners.insert(e.generation().winner);
         let on_branch: std::collections::BTreeSet<cue_core::DeviceId> = e
@@ -910,14 +915,7 @@ fn removals_of_devices_that_never_were_members_cost_nobody_a_rotation() {
             record(1, [0; 32], h, 7, &fakes[..550]),
             record(1, [0; 32], h, 8, &fakes[550..]),
         ];
-        for i in 0..4 {
-            w.input(
-                i,
-                Input::Rotations {
-                    records: forks.clone(),
-                },
-            );
-        }
+        records_to_everyone(&mut w, &forks);
         settle(&mut w);
         w.rotate(junior, &[hostile]);
         settle(&mut w);
@@ -986,14 +984,7 @@ fn a_member_keeping_its_rotation_secret_to_itself_can_still_be_removed() {
         let hostile = 2;
         let h = w.peers[hostile].device;
         let kept = record(1, [0; 32], h, 9, &[]);
-        for i in 0..4 {
-            w.input(
-                i,
-                Input::Rotations {
-                    records: vec![kept.clone()],
-                },
-            );
-        }
+        records_to_everyone(&mut w, std::slice::from_ref(&kept));
         settle(&mut w);
         assert_eq!(w.peers[0].engine.generation().number, 1, "seed {seed}");
         assert_eq!(w.peers[0].held.number, 0, "seed {seed}: nobody holds it");
