@@ -15,50 +15,59 @@ import { join } from "node:path";
 const [dir, workspace] = process.argv.slice(2);
 const s = (v) => (v === undefined || v === null ? "" : String(v));
 
+// The key blocks in key order, rendered one after the other.
+function fieldsText(doc) {
+  let out = "";
+  const vals = doc.fm_vals ?? {};
+  const order = [];
+  for (const k of doc.fm_keys ?? []) {
+    const key = s(k);
+    if (!order.includes(key) && vals[key] !== undefined) order.push(key);
+  }
+  for (const key of Object.keys(vals).sort()) {
+    if (!order.includes(key)) order.push(key);
+  }
+  for (const key of order) {
+    const v = vals[key];
+    if (typeof v === "object" && v !== null && !(v instanceof A.ImmutableString)) {
+      const seen = new Set();
+      const items = (v.items ?? []).map(s).filter((raw) => {
+        // Unique by value; raw text stands for the value in these checks.
+        const value = v.flow ? raw.trim() : raw.trim().replace(/^-\s*/, "");
+        if (seen.has(value)) return false;
+        seen.add(value);
+        return true;
+      });
+      if (items.length === 0 && v.gone === true) continue;
+      out += s(v.head);
+      items.forEach((raw, i) => {
+        if (v.flow && i > 0) out += s(v.sep);
+        out += raw;
+      });
+      out += s(v.tail);
+    } else {
+      out += s(v);
+    }
+  }
+  return out;
+}
+
 // docs/schema.md, "Rendering a file".
 function render(doc) {
   if (s(doc.kind) === "binary") {
     return Buffer.from(doc.bytes ?? new Uint8Array());
   }
+  // Every value of `fm`, concurrent ones included.
+  const modes = Object.values(A.getConflicts(doc, "fm") ?? { fm: doc.fm }).map(s);
+  const fields = fieldsText(doc);
+  const raw = modes.includes("raw");
+  const yaml =
+    modes.includes("yaml") || (doc.fm_hidden !== undefined && s(doc.fm_hidden) !== fields);
   let out = "";
-  const mode = s(doc.fm) || "none";
-  if (mode !== "none") {
+  if (raw || yaml) {
     out += s(doc.fm_open);
-    if (mode === "raw") {
-      out += s(doc.fm_raw);
-    } else {
-      out += s(doc.fm_pre);
-      const vals = doc.fm_vals ?? {};
-      const order = [];
-      for (const k of doc.fm_keys ?? []) {
-        const key = s(k);
-        if (!order.includes(key) && vals[key] !== undefined) order.push(key);
-      }
-      for (const key of Object.keys(vals).sort()) {
-        if (!order.includes(key)) order.push(key);
-      }
-      for (const key of order) {
-        const v = vals[key];
-        if (typeof v === "object" && v !== null && !(v instanceof A.ImmutableString)) {
-          out += s(v.head);
-          const seen = new Set();
-          const items = (v.items ?? []).map(s).filter((raw) => {
-            // Unique by value; raw text stands for the value in these checks.
-            const value = v.flow ? raw.trim() : raw.trim().replace(/^-\s*/, "");
-            if (seen.has(value)) return false;
-            seen.add(value);
-            return true;
-          });
-          items.forEach((raw, i) => {
-            if (v.flow && i > 0) out += s(v.sep);
-            out += raw;
-          });
-          out += s(v.tail);
-        } else {
-          out += s(v);
-        }
-      }
-    }
+    if (raw) out += s(doc.fm_raw);
+    if (yaml) out += s(doc.fm_pre) + fields;
     out += s(doc.fm_close);
   }
   out += s(doc.body);

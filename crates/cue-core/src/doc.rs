@@ -13,6 +13,7 @@
 //! | `fm_raw`   | Text        | frontmatter that is not valid YAML, merged as text          |
 //! | `fm_keys`  | List of str | key order                                                  |
 //! | `fm_vals`  | Map         | key → str (a scalar block, last writer wins) or Map (a list) |
+//! | `fm_hidden`| str         | the fields as they were when the frontmatter went (`none`/`raw`) |
 //! | `bytes`    | bytes       | a binary file's content, last writer wins                  |
 //! | `exec`     | boolean     | the executable bit (git's rule); absent: not executable, last writer wins |
 //!
@@ -23,6 +24,10 @@
 //! another device adds at the same time stays, and the key with it (deleting the key
 //! would delete the map and what was put in it). A list restyled (flow ↔ block) is
 //! changed in place; an item added meanwhile in the other style is read in the list's.
+//!
+//! Frontmatter taken away or made plain text keeps its fields, hidden: a field another
+//! device edits at the same time shows again (`fm_hidden`, see `shown_frontmatter`), and
+//! when the YAML comes back it is compared with them, so nothing added meanwhile goes.
 
 use std::collections::BTreeSet;
 
@@ -322,22 +327,13 @@ impl FileDoc {
 
     fn render_text(&self) -> Result<String, DocError> {
         let mut out = String::new();
-        let mode = self.get_str(&ROOT, "fm").unwrap_or_else(|| "none".into());
-        // Frontmatter added at once on two devices, YAML on one and not on the other:
-        // both shown (see `all_objs`).
-        let modes: Vec<String> = self
-            .doc
-            .get_all(ROOT, "fm")?
-            .iter()
-            .filter_map(|(v, _)| str_of(v))
-            .collect();
-        let both = modes.iter().any(|m| m == "raw") && modes.iter().any(|m| m == "yaml");
-        if mode != "none" {
+        let (raw, yaml) = self.shown_frontmatter()?;
+        if raw || yaml {
             out.push_str(&self.get_str(&ROOT, "fm_open").unwrap_or_default());
-            if mode == "raw" || both {
+            if raw {
                 out.push_str(&self.text_of("fm_raw")?);
             }
-            if mode != "raw" || both {
+            if yaml {
                 out.push_str(&self.get_str(&ROOT, "fm_pre").unwrap_or_default());
                 for block in self.current_blocks()? {
                     out.push_str(&block.render());
@@ -347,6 +343,40 @@ impl FileDoc {
         }
         out.push_str(&self.text_of("body")?);
         Ok(out)
+    }
+
+    /// Which parts of the frontmatter the file shows: the plain text (`fm_raw`), the
+    /// fields, or both. A mode written concurrently with the one that won is shown too
+    /// (frontmatter added at once on two devices, YAML on one and plain text on the
+    /// other: both, see `all_objs`), and so are fields edited since the frontmatter was
+    /// taken away or made plain text (`fm_hidden` is how they were then): a removal
+    /// made at the same time as an edit keeps the edit, as a deleted file edited
+    /// elsewhere stays.
+    fn shown_frontmatter(&self) -> Result<(bool, bool), DocError> {
+        let modes: Vec<String> = self
+            .doc
+            .get_all(ROOT, "fm")?
+            .iter()
+            .filter_map(|(v, _)| str_of(v))
+            .collect();
+        let raw = modes.iter().any(|m| m == "raw");
+        let yaml = modes.iter().any(|m| m == "yaml") || self.hidden_fields_edited()?;
+        Ok((raw, yaml))
+    }
+
+    /// Whether the fields hidden when the frontmatter was taken away (or made plain
+    /// text) were edited since. Documents from before `fm_hidden` have none to compare:
+    /// their hidden fields stay hidden.
+    fn hidden_fields_edited(&self) -> Result<bool, DocError> {
+        let Some(hidden) = self.get_str(&ROOT, "fm_hidden") else {
+            return Ok(false);
+        };
+        Ok(self.fields_text()? != hidden)
+    }
+
+    /// The fields as the file would show them.
+    fn fields_text(&self) -> Result<String, DocError> {
+        Ok(self.current_blocks()?.iter().map(Block::render).collect())
     }
 
     /// Key order as stored: the `fm_keys` list without repeats (two peers adding the same
@@ -652,12 +682,16 @@ impl FileDoc {
             }
         };
         match md.frontmatter {
-            None => self.put_str_if_changed(&ROOT, "fm", "none")?,
+            None => {
+                self.hide_fields()?;
+                self.put_str_if_changed(&ROOT, "fm", "none")?;
+            }
             Some(fm) => {
                 self.put_str_if_changed(&ROOT, "fm_open", &fm.open)?;
                 self.put_str_if_changed(&ROOT, "fm_close", &fm.close)?;
                 match fm.content {
                     FrontmatterContent::Raw(raw) => {
+                        self.hide_fields()?;
                         self.put_str_if_changed(&ROOT, "fm", "raw")?;
                         self.update_text("fm_raw", &raw)?;
                     }
@@ -670,6 +704,20 @@ impl FileDoc {
             }
         }
         self.update_text("body", &md.body)
+    }
+
+    /// The frontmatter is taken away or made plain text: its fields stay (written again,
+    /// they are compared with what they were, so an item another device added meanwhile
+    /// stays), and how they are now goes under `fm_hidden`, so that a field another
+    /// device edits at the same time shows again (`hidden_fields_edited`). Written at
+    /// each such write: a removal made again after such an edit came back hides it.
+    fn hide_fields(&mut self) -> Result<(), DocError> {
+        if self.doc.get(ROOT, "fm_vals")?.is_none() {
+            // Never had fields: nothing to hide (and no operation for plain notes).
+            return Ok(());
+        }
+        let fields = self.fields_text()?;
+        self.put_str_if_changed(&ROOT, "fm_hidden", &fields)
     }
 
     fn write_blocks(&mut self, new: &[Block]) -> Result<(), DocError> {
@@ -1122,7 +1170,7 @@ impl FileDoc {
             }
             Some(ContentKind::Text) => {
                 let maps = self.all_objs(&ROOT, "fm_vals", ObjType::Map);
-                if self.get_str(&ROOT, "fm").as_deref() != Some("yaml") {
+                if !self.shown_frontmatter().is_ok_and(|(_, yaml)| yaml) {
                     return out;
                 }
                 let mut keys: Vec<String> = maps.iter().flat_map(|m| self.doc.keys(m)).collect();
@@ -1422,6 +1470,77 @@ mod tests {
         let again = "---\nstatus: y\ntags: [c]\n---\nbody\n";
         b.write("n.md", again.as_bytes(), 0).unwrap();
         assert_eq!(merged(&mut a, &mut b), again);
+    }
+
+    /// One device takes the frontmatter away, or makes it invalid YAML (an editor
+    /// autosaving a half-typed line), while another edits a field: the edit shows, on
+    /// both, as a deleted file edited elsewhere stays. Without an edit elsewhere the
+    /// removal holds, and made again once the edit showed, it holds too. (Before, the
+    /// edit was hidden, kept only in the history.)
+    #[test]
+    fn frontmatter_taken_away_on_one_device_keeps_a_field_edited_on_another() {
+        let start = "---\ntitle: T\ntags: [a]\n---\nbody\n";
+        let edited = "---\ntitle: U\ntags: [a]\n---\nbody\n";
+
+        // Taken away while a value is edited, and while a list item is added.
+        for other in [edited, "---\ntitle: T\ntags: [a, bob]\n---\nbody\n"] {
+            let (mut a, mut b) = on_two_devices("n.md", start.as_bytes());
+            a.write("n.md", b"body\nmore\n", 0).unwrap();
+            b.write("n.md", other.as_bytes(), 0).unwrap();
+            let text = merged(&mut a, &mut b);
+            assert_eq!(text, format!("{}more\n", other), "the edit is hidden");
+            // Taken away again, seen: gone on both.
+            a.write("n.md", b"body\nmore\n", 0).unwrap();
+            assert_eq!(merged(&mut a, &mut b), "body\nmore\n");
+        }
+
+        // Taken away while the other device edits the body only: it stays away.
+        let (mut a, mut b) = on_two_devices("n.md", start.as_bytes());
+        a.write("n.md", b"body\n", 0).unwrap();
+        b.write("n.md", b"---\ntitle: T\ntags: [a]\n---\nbody\nmore\n", 0)
+            .unwrap();
+        assert_eq!(merged(&mut a, &mut b), "body\nmore\n");
+
+        // Made invalid YAML while a value is edited: both parts show, then the YAML
+        // mended on the first device (an edit of the version it had) keeps the edit.
+        let (mut a, mut b) = on_two_devices("n.md", start.as_bytes());
+        let half = "---\ntitle: T\ntags: [a\n---\nbody\n";
+        a.write("n.md", half.as_bytes(), 0).unwrap();
+        let base = a.heads();
+        b.write(
+            "n.md",
+            "---\ntitle: T\ntags: [a, bob]\n---\nbody\n".as_bytes(),
+            0,
+        )
+        .unwrap();
+        let text = merged(&mut a, &mut b);
+        assert!(
+            text.starts_with("---\ntitle: T\ntags: [a\n") && text.contains("tags: [a, bob]\n"),
+            "{text:?}"
+        );
+        let mended = b"---\ntitle: V\ntags: [a, c]\n---\nbody\n";
+        a.write_at(&base, "n.md", mended, None, 0, actor(3))
+            .unwrap();
+        assert_eq!(
+            merged(&mut a, &mut b),
+            "---\ntitle: V\ntags: [a, c, bob]\n---\nbody\n"
+        );
+
+        // Made invalid YAML and mended at once while another device adds an item: the
+        // item stays (the fields are kept while hidden, compared when they come back).
+        let (mut a, mut b) = on_two_devices("n.md", start.as_bytes());
+        a.write("n.md", half.as_bytes(), 0).unwrap();
+        a.write("n.md", start.as_bytes(), 0).unwrap();
+        b.write(
+            "n.md",
+            "---\ntitle: T\ntags: [a, bob]\n---\nbody\n".as_bytes(),
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            merged(&mut a, &mut b),
+            "---\ntitle: T\ntags: [a, bob]\n---\nbody\n"
+        );
     }
 
     /// One device restyles a list (an editor that writes `[a, b]` as `- a` lines, or
