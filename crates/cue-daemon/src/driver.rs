@@ -2002,10 +2002,15 @@ impl Driver {
         // move, in the same watcher batch (whose events for them the watcher drops: they
         // name the old place).
         if let Ok(dir) = WorkspacePath::parse(to) {
-            for file in list_files_under(self.host.fs.root_path(), &self.rules, &dir) {
+            let (files, unreadable) = list_files_under(self.host.fs.root_path(), &self.rules, &dir);
+            for file in files {
                 if !moved.contains(file.as_str()) {
                     out.extend(self.file_changed(now, file.as_str())?);
                 }
+            }
+            for skipped in unreadable {
+                let (path, reason) = (skipped.path, Some(skipped.reason.to_string()));
+                out.extend(self.feed(now, Input::UnsyncableFile { path, reason })?);
             }
         }
         Ok(out)

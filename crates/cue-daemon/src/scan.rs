@@ -394,7 +394,8 @@ fn is_cue_temp(entry: &ignore::DirEntry) -> bool {
 
 /// A folder or file the walk could not read.
 fn walk_error(root: &Path, e: &ignore::Error) -> Skipped {
-    let path = error_path(e)
+    let abs = error_path(e);
+    let path = abs
         .and_then(|p| {
             p.strip_prefix(root)
                 .ok()
@@ -402,10 +403,34 @@ fn walk_error(root: &Path, e: &ignore::Error) -> Skipped {
         })
         .unwrap_or_default();
     tracing::warn!(%path, "scan: {e}");
+    // (The walk's errors come wrapped: their kind is kept, not their errno.)
+    let too_long = e
+        .io_error()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidFilename);
+    let reason = match abs {
+        Some(abs) if too_long => path_too_long(abs),
+        _ => e.to_string(),
+    };
     Skipped {
         path,
-        reason: SkipReason::Unreadable(e.to_string()),
+        reason: SkipReason::Unreadable(reason),
     }
+}
+
+/// The system's limit on a path handed to it whole (`PATH_MAX`, its terminating NUL
+/// included): the walk and the watcher name folders so.
+pub const SYSTEM_PATH_MAX: usize = libc::PATH_MAX as usize;
+
+/// Why a folder whose absolute path passes [`SYSTEM_PATH_MAX`] is skipped, the same at
+/// the start's scan and while the daemon runs (docs/reference.md, `skipped`).
+pub fn path_too_long(abs: &Path) -> String {
+    format!(
+        "its full path is {} bytes long, over the system's limit of {} bytes: nothing in \
+         it can be watched or listed; move the workspace to a shorter path or shorten \
+         the folder names",
+        abs.as_os_str().len(),
+        SYSTEM_PATH_MAX - 1
+    )
 }
 
 /// Puts one entry of the walk into the report: a file hashed, a path skipped and why, or
@@ -462,12 +487,13 @@ fn take_entry(
 
 /// The regular files at or below the folder `dir` that the rules let through, sorted,
 /// without reading them: how the watcher expands a folder that appeared all at once (moved
-/// in from outside, or created faster than its watch was added).
+/// in from outside, or created faster than its watch was added). Also the folders the
+/// walk could not enter, to be listed under `skipped` as the start's scan lists them.
 pub fn list_files_under(
     root: &Path,
     rules: &IgnoreRules,
     dir: &WorkspacePath,
-) -> Vec<WorkspacePath> {
+) -> (Vec<WorkspacePath>, Vec<Skipped>) {
     let filter_rules = rules.clone();
     let filter_root = root.to_owned();
     let walker = WalkBuilder::new(dir.to_fs_path(root))
@@ -482,13 +508,27 @@ pub fn list_files_under(
             !filter_rules.is_ignored(rel, is_dir)
         })
         .build();
-    let mut files: Vec<WorkspacePath> = walker
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_some_and(|t| t.is_file()))
-        .filter_map(|e| rel_str(root, e.path()).and_then(|r| WorkspacePath::parse(r).ok()))
-        .collect();
+    let mut files = Vec::new();
+    let mut unreadable = Vec::new();
+    for entry in walker {
+        match entry {
+            Ok(e) if e.file_type().is_some_and(|t| t.is_file()) => {
+                if let Some(path) =
+                    rel_str(root, e.path()).and_then(|r| WorkspacePath::parse(r).ok())
+                {
+                    files.push(path);
+                }
+            }
+            Ok(_) => {}
+            // (One that went while walked is no news.)
+            Err(e)
+                if e.io_error()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) => {}
+            Err(e) => unreadable.push(walk_error(root, &e)),
+        }
+    }
     files.sort();
-    files
+    (files, unreadable)
 }
 
 enum Hashed {
@@ -869,7 +909,8 @@ mod tests {
         std::os::unix::fs::symlink(root.join("other.md"), root.join("d/link.md")).unwrap();
         let rules = IgnoreRules::from_source(&root, None);
         let d = WorkspacePath::parse("d").unwrap();
-        let files = list_files_under(&root, &rules, &d);
+        let (files, unreadable) = list_files_under(&root, &rules, &d);
+        assert!(unreadable.is_empty(), "{unreadable:?}");
         let names: Vec<_> = files.iter().map(|p| p.as_str()).collect();
         assert_eq!(names, ["d/a.md", "d/e/b.md"]);
     }

@@ -412,7 +412,8 @@ impl Translator {
                 // Whatever stood here before is gone unless found again below: a file
                 // of the folder's name (`rm x; mkdir x`), or a folder moved away with
                 // another put in its place (`mv d ~/old && mkdir d`). The driver checks
-                // the removal against the disk; the files in the folder are reported next.
+                // the removal against the disk; the files in the folder are reported next
+                // (or the folder, listed, when it is too deep to walk or watch).
                 self.send(WatchEvent::Removed(path.clone()));
                 self.expand(&path)
             }
@@ -464,8 +465,15 @@ impl Translator {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
-        for file in list_files_under(&self.root, &rules, dir) {
+        let (files, unreadable) = list_files_under(&self.root, &rules, dir);
+        for file in files {
             self.send(WatchEvent::Changed(file));
+        }
+        for skipped in unreadable {
+            self.send(WatchEvent::Unsyncable {
+                path: skipped.path,
+                reason: Some(skipped.reason.to_string()),
+            });
         }
     }
 
@@ -888,5 +896,44 @@ mod tests {
         let f = fixture(&[("a.md", "a")]);
         std::fs::rename(&f.root, f.outside.join("moved-root")).unwrap();
         f.wait_for(&WatchEvent::RootGone);
+    }
+
+    /// A folder made so deep that its absolute path passes the system's limit (its path
+    /// in the workspace still under cue's): it can be neither watched nor walked, and is
+    /// listed as such while the daemon runs, as the start's scan lists it (before, it was
+    /// skipped with nothing said until a restart). Its shallower parents are watched.
+    #[test]
+    fn a_folder_too_deep_to_watch_is_listed_as_unreadable() {
+        let f = fixture(&[]);
+        // Folders of 250 bytes down to where one more name reaches the limit.
+        let mut rel = String::new();
+        let last = loop {
+            let here = f.root.as_os_str().len() + 1 + rel.len() + usize::from(!rel.is_empty());
+            let reaching = crate::scan::SYSTEM_PATH_MAX - here;
+            if reaching <= 250 {
+                break "e".repeat(reaching.max(1));
+            }
+            if !rel.is_empty() {
+                rel.push('/');
+            }
+            rel.push_str(&"d".repeat(250));
+        };
+        let deep = format!("{rel}/{last}");
+        assert!(deep.len() < cue_core::paths::MAX_PATH_BYTES);
+        // (By descriptors: a path this long cannot be handed to the kernel whole.)
+        let fs = WorkspaceFs::open(&f.root).unwrap();
+        fs.write_atomic(&p(&format!("{rel}/near.md")), b"near")
+            .unwrap();
+        f.wait_for(&WatchEvent::Changed(p(&format!("{rel}/near.md"))));
+        fs.write_atomic(&p(&format!("{deep}/far.md")), b"far")
+            .unwrap();
+        let seen = f.wait_for(&WatchEvent::Unsyncable {
+            path: deep.clone(),
+            reason: Some(format!(
+                "unreadable: {}",
+                crate::scan::path_too_long(&f.root.join(&deep))
+            )),
+        });
+        assert!(!mentions(&seen, &format!("{deep}/far.md")), "{seen:?}");
     }
 }
