@@ -496,7 +496,10 @@ fn a_member_cannot_make_itself_senior_with_admitted_by_entries_of_its_own() {
             w.peers[first].device,
             w.peers[later].device,
         );
-        // Its word about the maker is taken into the index (a new entry) ...
+        // Its word about the maker is taken into the index (a new entry), but every
+        // device still lists the maker as admitted by nobody: `cue sync devices` shows
+        // the entry that ranks a device, and none ranks the maker ...
+        let before = w.peers[0].engine.counters().bad_documents;
         member_entries_from(
             &mut w,
             removed,
@@ -504,13 +507,14 @@ fn a_member_cannot_make_itself_senior_with_admitted_by_entries_of_its_own() {
             50,
             &[(format!("admitted:{maker}"), format!("{d}:9999999999999"))],
         );
+        assert_eq!(w.peers[0].engine.counters().bad_documents, before);
         let listed = w.peers[0].engine.devices();
-        let said = listed
-            .iter()
-            .find(|x| x.device == maker)
-            .unwrap()
-            .admitted_by;
-        assert_eq!(said, Some(d), "seed {seed}");
+        let said = listed.iter().find(|x| x.device == maker).unwrap();
+        assert_eq!(
+            (said.admitted_by, said.joined_ms),
+            (None, None),
+            "seed {seed}"
+        );
         // ... but not over the maker's entry, nor over its remover's admitted-by entry:
         // entries that stand are never written over.
         let proof = hex::encode(cue_sim::rotation::maker_proof(d));

@@ -259,7 +259,7 @@ impl Engine {
 
     /// The devices of the workspace: members, and removed devices with what is known.
     pub fn devices(&self) -> Vec<DeviceInfo> {
-        let admitted = self.admitted();
+        let admitted = self.ranking_admissions();
         let mut names = self.state.members.clone();
         names.extend(self.members_view.clone());
         for d in self.chain.removed.keys() {
@@ -291,9 +291,10 @@ impl Engine {
             .collect()
     }
 
-    /// Admitted-by entries written by the admitter they name.
+    /// Admitted-by entries written by the admitter they name (whether a device has
+    /// one; which one ranks it: `ranking_admissions`).
     fn admitted(&self) -> BTreeMap<DeviceId, (DeviceId, i64)> {
-        // (The last value of each entry, as before.)
+        // (The last value of each entry.)
         self.admitted_entries()
             .into_iter()
             .map(|(device, by, at)| (device, (by, at)))

@@ -242,6 +242,31 @@ impl Engine {
         out
     }
 
+    /// For each device but the maker, the admitted-by value that places it in the
+    /// order of seniority (the admitter and time `cue sync devices` shows): of several
+    /// (a member can write its own beside the admitter's), the one giving the senior
+    /// place, as [`Engine::seniority`] takes it, then the lower admitter id; not the
+    /// last one written, which any member could make its word.
+    pub(super) fn ranking_admissions(&self) -> BTreeMap<DeviceId, (DeviceId, i64)> {
+        let maker = self.maker();
+        let rank = self.seniority();
+        let mut best: BTreeMap<DeviceId, (Rank, DeviceId, i64)> = BTreeMap::new();
+        for (device, by, at) in self.admitted_entries() {
+            if Some(device) == maker || by == device {
+                continue;
+            }
+            let r = rank.get(&by).copied().unwrap_or(UNREACHED);
+            let place = (r.0.max(at), r.1.saturating_add(1));
+            let here = (place, by, at);
+            if best.get(&device).is_none_or(|b| here < *b) {
+                best.insert(device, here);
+            }
+        }
+        best.into_iter()
+            .map(|(device, (_, by, at))| (device, (by, at)))
+            .collect()
+    }
+
     /// Every value of every admitted-by entry written by the admitter it names, as
     /// (admitted, admitter, when), in the index's order.
     pub(super) fn admitted_entries(&self) -> Vec<(DeviceId, DeviceId, i64)> {
