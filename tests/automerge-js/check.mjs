@@ -15,16 +15,18 @@ import { join } from "node:path";
 const [dir, workspace] = process.argv.slice(2);
 const s = (v) => (v === undefined || v === null ? "" : String(v));
 
-// The key blocks in key order, rendered one after the other.
-function fieldsText(doc) {
-  let out = "";
+// Each key's block in key order, rendered. (The single-map case: documents whose
+// fields two devices made at once, merged from two maps, are not among the checked.)
+function fieldBlocks(doc) {
+  const out = [];
   const vals = doc.fm_vals ?? {};
   const order = [];
   for (const k of doc.fm_keys ?? []) {
     const key = s(k);
     if (!order.includes(key) && vals[key] !== undefined) order.push(key);
   }
-  for (const key of Object.keys(vals).sort()) {
+  const bytes = (a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b));
+  for (const key of Object.keys(vals).sort(bytes)) {
     if (!order.includes(key)) order.push(key);
   }
   for (const key of order) {
@@ -39,35 +41,48 @@ function fieldsText(doc) {
         return true;
       });
       if (items.length === 0 && v.gone === true) continue;
-      out += s(v.head);
+      let block = s(v.head);
       items.forEach((raw, i) => {
-        if (v.flow && i > 0) out += s(v.sep);
-        out += raw;
+        if (v.flow && i > 0) block += s(v.sep);
+        block += raw;
       });
-      out += s(v.tail);
+      out.push(block + s(v.tail));
     } else {
-      out += s(v);
+      out.push(s(v));
     }
   }
   return out;
 }
+
+// Every value of a key, concurrent ones included.
+const allOf = (doc, key) =>
+  doc[key] === undefined ? [] : Object.values(A.getConflicts(doc, key) ?? { v: doc[key] }).map(s);
 
 // docs/schema.md, "Rendering a file".
 function render(doc) {
   if (s(doc.kind) === "binary") {
     return Buffer.from(doc.bytes ?? new Uint8Array());
   }
-  // Every value of `fm`, concurrent ones included.
-  const modes = Object.values(A.getConflicts(doc, "fm") ?? { fm: doc.fm }).map(s);
-  const fields = fieldsText(doc);
-  const raw = modes.includes("raw");
-  const yaml =
-    modes.includes("yaml") || (doc.fm_hidden !== undefined && s(doc.fm_hidden) !== fields);
+  const modes = allOf(doc, "fm");
+  const pre = s(doc.fm_pre);
+  const blocks = fieldBlocks(doc);
+  // A snapshot (`fm_hidden`: the lines before the first key, then each block, joined
+  // by NUL) covers the fields when they hold nothing it did not.
+  const covers = (snap) => {
+    const [first, ...held] = snap.split("\0");
+    return first === pre && blocks.every((b) => held.includes(b));
+  };
+  const hidden = allOf(doc, "fm_hidden");
+  const rawHidden = allOf(doc, "fm_raw_hidden");
+  const raw =
+    modes.includes("raw") || (rawHidden.length > 0 && !rawHidden.includes(s(doc.fm_raw)));
+  const yaml = modes.includes("yaml") || (hidden.length > 0 && !hidden.some(covers));
+  const fields = pre + blocks.join("");
   let out = "";
   if (raw || yaml) {
     out += s(doc.fm_open);
     if (raw) out += s(doc.fm_raw);
-    if (yaml) out += s(doc.fm_pre) + fields;
+    if (yaml) out += fields;
     out += s(doc.fm_close);
   }
   out += s(doc.body);

@@ -13,7 +13,8 @@
 //! | `fm_raw`   | Text        | frontmatter that is not valid YAML, merged as text          |
 //! | `fm_keys`  | List of str | key order                                                  |
 //! | `fm_vals`  | Map         | key → str (a scalar block, last writer wins) or Map (a list) |
-//! | `fm_hidden`| str         | the fields as they were when the frontmatter went (`none`/`raw`) |
+//! | `fm_hidden`| str         | `fm_pre` and the blocks when the frontmatter went (`none`/`raw`) |
+//! | `fm_raw_hidden` | str   | the `fm_raw` text when it was left (`none`/`yaml`)          |
 //! | `bytes`    | bytes       | a binary file's content, last writer wins                  |
 //! | `exec`     | boolean     | the executable bit (git's rule); absent: not executable, last writer wins |
 //!
@@ -26,8 +27,10 @@
 //! changed in place; an item added meanwhile in the other style is read in the list's.
 //!
 //! Frontmatter taken away or made plain text keeps its fields, hidden: a field another
-//! device edits at the same time shows again (`fm_hidden`, see `shown_frontmatter`), and
-//! when the YAML comes back it is compared with them, so nothing added meanwhile goes.
+//! device adds or changes at the same time shows again (`fm_hidden`, see
+//! `shown_frontmatter`), and when the YAML comes back it is compared with them, so
+//! nothing added meanwhile goes. Plain-text frontmatter left is kept the same way
+//! (`fm_raw_hidden`).
 
 use std::collections::BTreeSet;
 
@@ -327,15 +330,15 @@ impl FileDoc {
 
     fn render_text(&self) -> Result<String, DocError> {
         let mut out = String::new();
-        let (raw, yaml) = self.shown_frontmatter()?;
-        if raw || yaml {
+        let shown = self.shown_frontmatter()?;
+        if shown.raw || shown.fields.is_some() {
             out.push_str(&self.get_str(&ROOT, "fm_open").unwrap_or_default());
-            if raw {
+            if shown.raw {
                 out.push_str(&self.text_of("fm_raw")?);
             }
-            if yaml {
+            if let Some(blocks) = shown.fields {
                 out.push_str(&self.get_str(&ROOT, "fm_pre").unwrap_or_default());
-                for block in self.current_blocks()? {
+                for block in blocks {
                     out.push_str(&block.render());
                 }
             }
@@ -346,37 +349,58 @@ impl FileDoc {
     }
 
     /// Which parts of the frontmatter the file shows: the plain text (`fm_raw`), the
-    /// fields, or both. A mode written concurrently with the one that won is shown too
-    /// (frontmatter added at once on two devices, YAML on one and plain text on the
-    /// other: both, see `all_objs`), and so are fields edited since the frontmatter was
-    /// taken away or made plain text (`fm_hidden` is how they were then): a removal
-    /// made at the same time as an edit keeps the edit, as a deleted file edited
-    /// elsewhere stays.
-    fn shown_frontmatter(&self) -> Result<(bool, bool), DocError> {
+    /// fields (with their blocks), or both. A mode written concurrently with the one
+    /// that won is shown too (frontmatter added at once on two devices, YAML on one and
+    /// plain text on the other: both, see `all_objs`), and so is a part edited since the
+    /// frontmatter was taken away or changed shape (`fm_hidden`, `fm_raw_hidden`: how
+    /// the part was then): a removal made at the same time as an edit keeps the edit,
+    /// as a deleted file edited elsewhere stays.
+    fn shown_frontmatter(&self) -> Result<Shown, DocError> {
         let modes: Vec<String> = self
             .doc
             .get_all(ROOT, "fm")?
             .iter()
             .filter_map(|(v, _)| str_of(v))
             .collect();
-        let raw = modes.iter().any(|m| m == "raw");
-        let yaml = modes.iter().any(|m| m == "yaml") || self.hidden_fields_edited()?;
-        Ok((raw, yaml))
-    }
-
-    /// Whether the fields hidden when the frontmatter was taken away (or made plain
-    /// text) were edited since. Documents from before `fm_hidden` have none to compare:
-    /// their hidden fields stay hidden.
-    fn hidden_fields_edited(&self) -> Result<bool, DocError> {
-        let Some(hidden) = self.get_str(&ROOT, "fm_hidden") else {
-            return Ok(false);
+        let raw = modes.iter().any(|m| m == "raw") || self.hidden_raw_edited()?;
+        let yaml = modes.iter().any(|m| m == "yaml");
+        let hidden = self.snapshots("fm_hidden")?;
+        if !yaml && hidden.is_empty() {
+            // (Plain notes read no fields.)
+            return Ok(Shown { raw, fields: None });
+        }
+        let blocks = self.current_blocks()?;
+        let fields = if yaml {
+            true
+        } else {
+            let pre = self.get_str(&ROOT, "fm_pre").unwrap_or_default();
+            !hidden.iter().any(|h| covers(h, &pre, &blocks))
         };
-        Ok(self.fields_text()? != hidden)
+        Ok(Shown {
+            raw,
+            fields: fields.then_some(blocks),
+        })
     }
 
-    /// The fields as the file would show them.
-    fn fields_text(&self) -> Result<String, DocError> {
-        Ok(self.current_blocks()?.iter().map(Block::render).collect())
+    /// Every value of a snapshot register (two devices hiding at once leave two).
+    fn snapshots(&self, key: &str) -> Result<Vec<String>, DocError> {
+        Ok(self
+            .doc
+            .get_all(ROOT, key)?
+            .iter()
+            .filter_map(|(v, _)| str_of(v))
+            .collect())
+    }
+
+    /// Whether the plain-text frontmatter was edited since it was left (for no
+    /// frontmatter or for YAML) on a device that did not see the edit.
+    fn hidden_raw_edited(&self) -> Result<bool, DocError> {
+        let hidden = self.snapshots("fm_raw_hidden")?;
+        if hidden.is_empty() {
+            return Ok(false);
+        }
+        let raw = self.text_of("fm_raw")?;
+        Ok(!hidden.contains(&raw))
     }
 
     /// Key order as stored: the `fm_keys` list without repeats (two peers adding the same
@@ -684,6 +708,7 @@ impl FileDoc {
         match md.frontmatter {
             None => {
                 self.hide_fields()?;
+                self.hide_raw()?;
                 self.put_str_if_changed(&ROOT, "fm", "none")?;
             }
             Some(fm) => {
@@ -696,7 +721,20 @@ impl FileDoc {
                         self.update_text("fm_raw", &raw)?;
                     }
                     FrontmatterContent::Yaml { preamble, blocks } => {
-                        self.put_str_if_changed(&ROOT, "fm", "yaml")?;
+                        self.hide_raw()?;
+                        // Fields shown again by an edit made while they were hidden,
+                        // saved as they show: the mode stays, so that a removal made
+                        // again at the same time elsewhere holds (writing `yaml` here
+                        // would win over it, the removal writing no mode: it has one).
+                        let shown = self.shown_frontmatter()?;
+                        let pre = self.get_str(&ROOT, "fm_pre").unwrap_or_default();
+                        let as_shown = !shown.raw
+                            && shown.fields.is_some_and(|f| {
+                                snapshot(&pre, &f) == snapshot(&preamble, &blocks)
+                            });
+                        if !as_shown {
+                            self.put_str_if_changed(&ROOT, "fm", "yaml")?;
+                        }
                         self.put_str_if_changed(&ROOT, "fm_pre", &preamble)?;
                         self.write_blocks(&blocks)?;
                     }
@@ -708,16 +746,29 @@ impl FileDoc {
 
     /// The frontmatter is taken away or made plain text: its fields stay (written again,
     /// they are compared with what they were, so an item another device added meanwhile
-    /// stays), and how they are now goes under `fm_hidden`, so that a field another
-    /// device edits at the same time shows again (`hidden_fields_edited`). Written at
-    /// each such write: a removal made again after such an edit came back hides it.
+    /// stays), and how they and the lines before them are now goes under `fm_hidden`,
+    /// so that a field another device edits at the same time shows again
+    /// (`shown_frontmatter`). Written at each such write: a removal made again after
+    /// such an edit came back hides it.
     fn hide_fields(&mut self) -> Result<(), DocError> {
-        if self.doc.get(ROOT, "fm_vals")?.is_none() {
+        if self.doc.get(ROOT, "fm_vals")?.is_none() && self.doc.get(ROOT, "fm_pre")?.is_none() {
             // Never had fields: nothing to hide (and no operation for plain notes).
             return Ok(());
         }
-        let fields = self.fields_text()?;
-        self.put_str_if_changed(&ROOT, "fm_hidden", &fields)
+        let pre = self.get_str(&ROOT, "fm_pre").unwrap_or_default();
+        let snapshot = snapshot(&pre, &self.current_blocks()?);
+        self.put_str_if_changed(&ROOT, "fm_hidden", &snapshot)
+    }
+
+    /// The plain-text frontmatter is left (taken away, or made valid YAML): how it is
+    /// now goes under `fm_raw_hidden`, so that an edit of it made at the same time on
+    /// another device shows again.
+    fn hide_raw(&mut self) -> Result<(), DocError> {
+        if self.doc.get(ROOT, "fm_raw")?.is_none() {
+            return Ok(());
+        }
+        let raw = self.text_of("fm_raw")?;
+        self.put_str_if_changed(&ROOT, "fm_raw_hidden", &raw)
     }
 
     fn write_blocks(&mut self, new: &[Block]) -> Result<(), DocError> {
@@ -1170,7 +1221,7 @@ impl FileDoc {
             }
             Some(ContentKind::Text) => {
                 let maps = self.all_objs(&ROOT, "fm_vals", ObjType::Map);
-                if !self.shown_frontmatter().is_ok_and(|(_, yaml)| yaml) {
+                if !self.shown_frontmatter().is_ok_and(|s| s.fields.is_some()) {
                     return out;
                 }
                 let mut keys: Vec<String> = maps.iter().flat_map(|m| self.doc.keys(m)).collect();
@@ -1209,6 +1260,35 @@ impl FileDoc {
             None => {}
         }
         out
+    }
+}
+
+/// The parts of the frontmatter a file shows ([`FileDoc::shown_frontmatter`]).
+struct Shown {
+    raw: bool,
+    /// The fields' blocks, when shown.
+    fields: Option<Vec<Block>>,
+}
+
+/// How hidden fields are kept under `fm_hidden`: the lines before the first key, then
+/// each key's block, joined by NUL (which no text file holds, `ContentKind::of`).
+fn snapshot(pre: &str, blocks: &[Block]) -> String {
+    let mut out = pre.to_string();
+    for block in blocks {
+        out.push('\0');
+        out.push_str(&block.render());
+    }
+    out
+}
+
+/// Whether the fields are as a snapshot had them, but for keys removed since (a
+/// removal alone does not bring frontmatter taken away back): the same lines before
+/// the first key, and each block one the snapshot holds.
+fn covers(snapshot: &str, pre: &str, blocks: &[Block]) -> bool {
+    let mut parts = snapshot.split('\0');
+    parts.next() == Some(pre) && {
+        let held: BTreeSet<&str> = parts.collect();
+        blocks.iter().all(|b| held.contains(b.render().as_str()))
     }
 }
 
@@ -1540,6 +1620,79 @@ mod tests {
         assert_eq!(
             merged(&mut a, &mut b),
             "---\ntitle: T\ntags: [a, bob]\n---\nbody\n"
+        );
+    }
+
+    /// What a removal of the frontmatter meets, beyond a field edited (the review of
+    /// the test above): each a sequence that hid an edit or brought a removal back.
+    #[test]
+    fn frontmatter_taken_away_holds_or_yields_as_the_edits_say() {
+        let start = "---\n# draft\ntitle: T\nstatus: s\n---\nbody\n";
+        let edited = "---\n# draft\ntitle: U\nstatus: s\n---\nbody\n";
+
+        // Removed again on the device that sees the edit, while the other saves the
+        // body only: the removal holds (the save of the fields as shown writes no mode).
+        let (mut a, mut b) = on_two_devices("n.md", start.as_bytes());
+        a.write("n.md", b"body\n", 0).unwrap();
+        b.write("n.md", edited.as_bytes(), 0).unwrap();
+        assert_eq!(merged(&mut a, &mut b), edited);
+        a.write("n.md", b"body\n", 0).unwrap();
+        b.write("n.md", format!("{edited}more\n").as_bytes(), 0)
+            .unwrap();
+        assert_eq!(merged(&mut a, &mut b), "body\nmore\n");
+
+        // Removed on both, one of them after seeing an edit: it stays away, whichever
+        // snapshot the merge puts first (many operations on one side or the other).
+        for typed in [0, 40] {
+            let (mut a, mut b) = on_two_devices("n.md", start.as_bytes());
+            a.write("n.md", edited.as_bytes(), 0).unwrap();
+            a.write("n.md", b"body\n", 0).unwrap();
+            let mut body = String::from("body\n");
+            for i in 0..typed {
+                body.push(char::from(b'a' + (i % 26) as u8));
+                b.write(
+                    "n.md",
+                    format!("---\n# draft\ntitle: T\nstatus: s\n---\n{body}").as_bytes(),
+                    0,
+                )
+                .unwrap();
+            }
+            b.write("n.md", body.as_bytes(), 0).unwrap();
+            assert_eq!(merged(&mut a, &mut b), body, "typed {typed}");
+        }
+
+        // The comment lines before the first key edited: shown again.
+        let (mut a, mut b) = on_two_devices("n.md", start.as_bytes());
+        a.write("n.md", b"body\n", 0).unwrap();
+        let comment = start.replace("# draft", "# final");
+        b.write("n.md", comment.as_bytes(), 0).unwrap();
+        assert_eq!(merged(&mut a, &mut b), comment);
+
+        // A key removed while the frontmatter is taken away: nothing added, so it
+        // stays away (a removal alone brings nothing back).
+        let (mut a, mut b) = on_two_devices("n.md", start.as_bytes());
+        a.write("n.md", b"body\n", 0).unwrap();
+        b.write("n.md", b"---\n# draft\ntitle: T\n---\nbody\n", 0)
+            .unwrap();
+        assert_eq!(merged(&mut a, &mut b), "body\n");
+
+        // Plain-text frontmatter (invalid YAML) edited while taken away, or while made
+        // valid YAML: the edit shows.
+        let raw = "---\ntags: [a\n---\nbody\n";
+        let raw_edited = "---\ntags: [a, b\n---\nbody\n";
+        let (mut a, mut b) = on_two_devices("n.md", raw.as_bytes());
+        a.write("n.md", b"body\n", 0).unwrap();
+        b.write("n.md", raw_edited.as_bytes(), 0).unwrap();
+        assert_eq!(merged(&mut a, &mut b), raw_edited);
+        a.write("n.md", b"body\n", 0).unwrap();
+        assert_eq!(merged(&mut a, &mut b), "body\n", "taken away again, seen");
+        let (mut a, mut b) = on_two_devices("n.md", raw.as_bytes());
+        a.write("n.md", b"---\ntags: [a]\n---\nbody\n", 0).unwrap();
+        b.write("n.md", raw_edited.as_bytes(), 0).unwrap();
+        assert_eq!(
+            merged(&mut a, &mut b),
+            "---\ntags: [a, b\ntags: [a]\n---\nbody\n",
+            "the text edited, then the fields"
         );
     }
 

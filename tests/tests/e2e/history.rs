@@ -144,23 +144,30 @@ fn an_export_reads_back_in_javascript_automerge_byte_for_byte() {
     // nothing edited elsewhere, it stays away.
     a.write("away.md", "---\ntitle: Away\ntags: [a]\n---\nbody\n");
     a.write("gone.md", "---\ntitle: Gone\n---\nbody\n");
-    for f in ["away.md", "gone.md"] {
+    a.write("mended.md", "---\ntags: [a\n---\nbody\n");
+    for f in ["away.md", "gone.md", "mended.md"] {
         wait_for_file(&b, f, "the notes with frontmatter", |_| true);
     }
     b.stop();
     a.write("away.md", "body\n");
     a.write("gone.md", "body\n");
     b.write("away.md", "---\ntitle: Away\ntags: [a, bob]\n---\nbody\n");
+    // Invalid YAML made valid on one device while the other edits the text.
+    a.write("mended.md", "---\ntags: [a]\n---\nbody\n");
+    b.write("mended.md", "---\ntags: [a, b\n---\nbody\n");
     b.start();
     let both = "---\ntitle: Away\ntags: [a, bob]\n---\nbody\n";
     wait_for_file(&a, "away.md", "bob's item", |c| c == both);
     wait_for_file(&b, "away.md", "the same on bob", |c| c == both);
     wait_for_file(&b, "gone.md", "the removal", |c| c == "body\n");
+    let both = "---\ntags: [a, b\ntags: [a]\n---\nbody\n";
+    wait_for_file(&a, "mended.md", "bob's text edit", |c| c == both);
+    wait_for_file(&b, "mended.md", "the same on bob", |c| c == both);
 
     let out_dir = tempfile::tempdir().unwrap();
     let export = out_dir.path().join("export");
     let said = a.cue_ok(&["export", "--automerge", export.to_str().unwrap()]);
-    assert!(said.contains("Exported 7 files"), "{said}");
+    assert!(said.contains("Exported 8 files"), "{said}");
     let run = std::process::Command::new("node")
         .arg(checker.join("check.mjs"))
         .arg(&export)
@@ -176,7 +183,7 @@ fn an_export_reads_back_in_javascript_automerge_byte_for_byte() {
     );
     assert_eq!(
         report.lines().filter(|l| l.contains(": ok")).count(),
-        7,
+        8,
         "{report}"
     );
     // Not over an earlier export.
