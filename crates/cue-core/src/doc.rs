@@ -1696,6 +1696,38 @@ mod tests {
         );
     }
 
+    /// A change too big to diff by character as one region, merged with a small edit
+    /// from another device inside it: line endings changed on every line of a 29 KB
+    /// note while a word is changed on line 250, and a line longer than 20,000
+    /// characters edited at both ends. Each edit stays where it was made. (Before, the
+    /// region was replaced whole: the word went to the end of the file, on its own
+    /// line, and the long line was there twice.)
+    #[test]
+    fn a_big_rewrite_keeps_a_small_edit_made_inside_it_elsewhere() {
+        let crlf: String = (0..500)
+            .map(|i| format!("line {i:03} the quick brown fox jumps over the lazy dog foo\r\n"))
+            .collect();
+        let (mut a, mut b) = on_two_devices("n.md", crlf.as_bytes());
+        a.write("n.md", crlf.replace("\r\n", "\n").as_bytes(), 0)
+            .unwrap();
+        let word = "line 250 the quick brown fox jumps over the lazy dog foo";
+        let edited = word.replace("foo", "EDITED");
+        b.write("n.md", crlf.replace(word, &edited).as_bytes(), 0)
+            .unwrap();
+        let want = crlf.replace(word, &edited).replace("\r\n", "\n");
+        assert_eq!(merged(&mut a, &mut b), want);
+
+        let line = format!("{}\n", "x".repeat(20_001));
+        let (mut a, mut b) = on_two_devices("n.md", line.as_bytes());
+        a.write("n.md", format!("A{line}").as_bytes(), 0).unwrap();
+        b.write("n.md", line.replace("x\n", "xB\n").as_bytes(), 0)
+            .unwrap();
+        assert_eq!(
+            merged(&mut a, &mut b),
+            format!("A{}", line.replace("x\n", "xB\n"))
+        );
+    }
+
     /// One device restyles a list (an editor that writes `[a, b]` as `- a` lines, or
     /// back) while another adds an item in the old style: the item stays, written in
     /// the new style (before, the restyle put a new list in place of the old one, and

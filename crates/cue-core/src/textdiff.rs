@@ -17,9 +17,16 @@ pub struct Splice {
     pub insert: String,
 }
 
-/// Above this many code points on either side, a changed region is replaced whole rather
-/// than diffed by character.
+/// Above this many code points on either side, a changed region is not diffed by
+/// character as one: its lines are, pair by pair, when it has as many on both sides (a
+/// change of line endings, a re-indent, a search and replace), else what lies between
+/// its common start and end is replaced. Replaced whole, a concurrent edit inside it
+/// from another device would land out of place (or the region twice).
 const CHAR_DIFF_LIMIT: usize = 20_000;
+
+/// How many code points the line-by-line diffs of one `splices` call may compare in
+/// all (Myers is quadratic at worst): past it, each line's middle is replaced.
+const LINE_PAIRS_BUDGET: usize = 1_000_000;
 
 pub fn splices(old: &str, new: &str) -> Vec<Splice> {
     if old == new {
@@ -29,6 +36,7 @@ pub fn splices(old: &str, new: &str) -> Vec<Splice> {
     let new_lines = split_lines(new);
     let ops = capture_diff_slices(Algorithm::Myers, &old_lines, &new_lines);
     let mut out = Vec::new();
+    let mut budget = LINE_PAIRS_BUDGET;
     // Position, in code points, in the text as edited so far.
     let mut pos = 0usize;
     for op in ops {
@@ -64,16 +72,55 @@ pub fn splices(old: &str, new: &str) -> Vec<Splice> {
                     .concat()
                     .chars()
                     .collect();
-                if a.len() > CHAR_DIFF_LIMIT || b.len() > CHAR_DIFF_LIMIT {
-                    push(&mut out, pos, a.len(), b.iter().collect());
-                    pos += b.len();
-                } else {
+                if a.len() <= CHAR_DIFF_LIMIT && b.len() <= CHAR_DIFF_LIMIT {
                     pos = char_splices(&a, &b, pos, &mut out);
+                } else if old_len == new_len {
+                    for (o, n) in old_lines[old_index..old_index + old_len]
+                        .iter()
+                        .zip(&new_lines[new_index..new_index + new_len])
+                    {
+                        let (a, b): (Vec<char>, Vec<char>) =
+                            (o.chars().collect(), n.chars().collect());
+                        pos = bounded_splices(&a, &b, pos, &mut out, &mut budget);
+                    }
+                } else {
+                    pos = bounded_splices(&a, &b, pos, &mut out, &mut 0);
                 }
             }
         }
     }
     out
+}
+
+/// The splices from `a` to `b` at `pos` for a text too big to diff as one: the common
+/// start and end stay, and the rest is diffed by character when it is small enough and
+/// `budget` allows, else replaced. Returns the position after `b`.
+fn bounded_splices(
+    a: &[char],
+    b: &[char],
+    pos: usize,
+    out: &mut Vec<Splice>,
+    budget: &mut usize,
+) -> usize {
+    let start = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let (a_rest, b_rest) = (&a[start..], &b[start..]);
+    let end = a_rest
+        .iter()
+        .rev()
+        .zip(b_rest.iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    let (a_mid, b_mid) = (&a_rest[..a_rest.len() - end], &b_rest[..b_rest.len() - end]);
+    let cost = a_mid.len() + b_mid.len();
+    let mut pos = pos + start;
+    if a_mid.len() <= CHAR_DIFF_LIMIT && b_mid.len() <= CHAR_DIFF_LIMIT && cost <= *budget {
+        *budget -= cost;
+        pos = char_splices(a_mid, b_mid, pos, out);
+    } else {
+        push(out, pos, a_mid.len(), b_mid.iter().collect());
+        pos += b_mid.len();
+    }
+    pos + end
 }
 
 fn char_splices(a: &[char], b: &[char], mut pos: usize, out: &mut Vec<Splice>) -> usize {
@@ -173,10 +220,71 @@ mod tests {
         assert_eq!(apply(old, &splices(old, new)), new);
     }
 
+    /// A region too big to diff by character as one: line endings changed on every
+    /// line of a 29 KB note (dos2unix) take one small splice a line, and a line longer
+    /// than the limit edited at one end takes one splice there, so that another device's
+    /// edit elsewhere in it stays where it was made (before, the region was replaced
+    /// whole).
+    #[test]
+    fn a_big_changed_region_is_still_diffed_where_it_changed() {
+        let crlf: String = (0..500)
+            .map(|i| format!("line {i:03} the quick brown fox jumps over the lazy dog foo\r\n"))
+            .collect();
+        assert!(crlf.len() > CHAR_DIFF_LIMIT);
+        let lf = crlf.replace("\r\n", "\n");
+        let s = splices(&crlf, &lf);
+        assert_eq!(apply(&crlf, &s), lf);
+        assert_eq!(s.len(), 500);
+        assert!(
+            s.iter().all(|x| x.delete == 1 && x.insert.is_empty()),
+            "{:?}",
+            &s[..2]
+        );
+
+        let line = "x".repeat(CHAR_DIFF_LIMIT + 5);
+        for new in [
+            format!("A{line}"),
+            format!("{line}B"),
+            format!("{}y{}", &line[..9], &line[10..]),
+        ] {
+            let s = splices(&line, &new);
+            assert_eq!(apply(&line, &s), new);
+            assert_eq!(s.len(), 1);
+            assert!(
+                s[0].delete <= 1 && s[0].insert.chars().count() <= 1,
+                "{s:?}"
+            );
+        }
+
+        // Line counts that differ: the common start and end stay.
+        let more = format!("{crlf}extra\n").replacen("line 000", "LINE 000", 1);
+        let fewer = crlf.replacen("line 001 the", "", 1).replace(
+            "line 002 the quick brown fox jumps over the lazy dog foo\r\n",
+            "",
+        );
+        for new in [more, fewer] {
+            let s = splices(&crlf, &new);
+            assert_eq!(apply(&crlf, &s), new);
+        }
+    }
+
     proptest! {
         #[test]
         fn splices_transform_old_into_new(old in "[ab\n é]{0,60}", new in "[ab\n é]{0,60}") {
             let s = splices(&old, &new);
+            prop_assert_eq!(apply(&old, &s), new);
+        }
+
+        #[test]
+        fn bounded_splices_transform_old_into_new(
+            old in "[ab\n é]{0,40}",
+            new in "[ab\n é]{0,40}",
+            budget in 0usize..60,
+        ) {
+            let (a, b): (Vec<char>, Vec<char>) = (old.chars().collect(), new.chars().collect());
+            let mut s = Vec::new();
+            let end = bounded_splices(&a, &b, 0, &mut s, &mut budget.clone());
+            prop_assert_eq!(end, b.len());
             prop_assert_eq!(apply(&old, &s), new);
         }
     }
