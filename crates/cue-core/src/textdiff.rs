@@ -94,7 +94,8 @@ pub fn splices(old: &str, new: &str) -> Vec<Splice> {
 
 /// The splices from `a` to `b` at `pos` for a text too big to diff as one: the common
 /// start and end stay, and the rest is diffed by character when it is small enough and
-/// `budget` allows, else replaced. Returns the position after `b`.
+/// `budget` allows, else replaced; a text mostly rewritten (what the two share at the
+/// ends is under half the shorter) is replaced whole. Returns the position after `b`.
 fn bounded_splices(
     a: &[char],
     b: &[char],
@@ -110,6 +111,12 @@ fn bounded_splices(
         .zip(b_rest.iter().rev())
         .take_while(|(x, y)| x == y)
         .count();
+    if (start + end) * 2 < a.len().min(b.len()) {
+        // Mostly rewritten: replaced whole, as a rewrite reads (kept in pieces, a
+        // concurrent removal of the whole would leave stray characters of it).
+        push(out, pos, a.len(), b.iter().collect());
+        return pos + b.len();
+    }
     let (a_mid, b_mid) = (&a_rest[..a_rest.len() - end], &b_rest[..b_rest.len() - end]);
     let cost = a_mid.len() + b_mid.len();
     let mut pos = pos + start;
