@@ -872,3 +872,58 @@ fn two_names_swapped_at_once_are_two_renames() {
         .count();
     assert_eq!(renames, 2);
 }
+
+/// A peer renames a note while this device's user is writing to it (a program saving
+/// every few milliseconds, its last save not yet reported by the watcher): the removal
+/// of the old name is refused, the disk holding the save. The save is an edit of the
+/// note, which lands under its new name; the old name goes. (Before, the save was taken
+/// for a new file at the old name: the note was split in two, its history with it.)
+#[test]
+fn a_save_under_the_old_name_of_a_note_renamed_elsewhere_follows_the_rename() {
+    let mut w = World::new(2, 31, Config::default());
+    w.connect_all();
+    w.write(0, "n.md", b"start\n");
+    w.settle_converged();
+    // Saved on p1, not yet reported.
+    w.peers[1]
+        .disk
+        .insert("n.md".into(), b"start\nfrom p1\n".to_vec());
+    w.rename(0, "n.md", "renamed.md");
+    w.settle(20);
+    // The watcher reports the save at last.
+    w.input(
+        1,
+        Input::FileChanged {
+            path: "n.md".into(),
+            content: b"start\nfrom p1\n".to_vec(),
+            exec: false,
+        },
+    );
+    w.settle_converged();
+    for p in 0..2 {
+        let files: Vec<&str> = w.peers[p].disk.keys().map(String::as_str).collect();
+        assert_eq!(files, ["renamed.md"], "peer {p}");
+        assert_eq!(
+            w.read(p, "renamed.md").as_deref(),
+            Some("start\nfrom p1\n"),
+            "peer {p}"
+        );
+    }
+
+    // The program appends in the very instant the old name is removed (the removal is
+    // made, over the save): the save lands under the new name too, not in a copy.
+    w.peers[1]
+        .append_while_replaced
+        .insert("renamed.md".into(), b"again\n".to_vec());
+    w.rename(0, "renamed.md", "third.md");
+    w.settle_converged();
+    for p in 0..2 {
+        let files: Vec<&str> = w.peers[p].disk.keys().map(String::as_str).collect();
+        assert_eq!(files, ["third.md"], "peer {p}");
+        assert_eq!(
+            w.read(p, "third.md").as_deref(),
+            Some("start\nfrom p1\nagain\n"),
+            "peer {p}"
+        );
+    }
+}

@@ -3,6 +3,14 @@
 
 use super::*;
 
+/// How long after a file moved away from a name a save reported there is still taken
+/// for the moved file's edit ([`Engine::moved_away_edit`]): the watcher's report of a
+/// save comes within a second or so of it.
+pub(super) const MOVED_EDIT_MS: i64 = 2_000;
+
+/// At most this many such names are remembered (older ones are dropped first).
+const MOVED_FROM_KEPT: usize = 1_024;
+
 impl Engine {
     /// Whether a file seen on disk is synced: a valid path, and not too large (then it is
     /// listed as skipped until it shrinks).
@@ -211,6 +219,9 @@ impl Engine {
             let m = self.files.get(&f)?;
             (!m.prev_disk_heads.is_empty()).then(|| (f, m.disk.clone(), m.disk_heads.clone()))
         });
+        if found.is_none() && self.moved_away_edit(path, &content, exec, store) {
+            return;
+        }
         if let Some((f, _, _)) = found {
             let base = self.files.get(&f).map(|m| m.prev_disk_heads.clone());
             let hash = file_hash(&content, exec);
@@ -248,6 +259,67 @@ impl Engine {
         let hash = file_hash(content, exec);
         let version = self.edit_of_replaced(f, path, base, content.to_vec(), exec, store);
         self.remember_replaced(hash, version);
+        true
+    }
+
+    /// `content` is at `path`, the old name of a file moved elsewhere on this disk (a
+    /// peer's rename carried out here) that a program saved to as it moved: its removal
+    /// there was refused, or made over the save, or the watcher reports a save there
+    /// soon after ([`MOVED_EDIT_MS`]). It is that file's edit, of the version the old
+    /// name held: merged, written under the new name, and the old name removed. Without
+    /// this the save was a new file at the old name, the note split in two. Whether it
+    /// was such a save.
+    pub(super) fn moved_away_edit(
+        &mut self,
+        path: &str,
+        content: &[u8],
+        exec: bool,
+        store: &mut dyn DocStore,
+    ) -> bool {
+        if self.file_at(path).is_some() {
+            return false;
+        }
+        let now = self.now_ms;
+        let found = match self.moved_from.get(path) {
+            Some((f, heads, at)) if now - at <= MOVED_EDIT_MS => Some((*f, heads.clone())),
+            _ => self.disk_ops.get(path).and_then(|f| {
+                let m = self.files.get(f)?;
+                // Moved, in this round, to a name of its own (not deleted: a deletion
+                // meeting a save keeps the save by the deletion's own rule).
+                let elsewhere = m.disk.as_ref().is_some_and(|(p, _)| p != path)
+                    && self.index.path_of(f).is_some_and(|p| p != path)
+                    && self.index.tombstone(f).is_none();
+                elsewhere.then(|| (*f, m.prev_disk_heads.clone()))
+            }),
+        };
+        let Some((f, base)) = found else {
+            return false;
+        };
+        let Some(moved_to) = self.files.get(&f).and_then(|m| m.disk.clone()) else {
+            return false;
+        };
+        let hash = file_hash(content, exec);
+        // Believed at the old name for the merge (`local_change` finds it there), then
+        // back where it is.
+        if let Some(mut m) = self.files.get_mut(&f) {
+            m.disk = Some((path.to_string(), hash));
+        }
+        let version = self.edit_of_replaced(f, path, base, content.to_vec(), exec, store);
+        if let Some(mut m) = self.files.get_mut(&f) {
+            m.disk = Some(moved_to);
+        }
+        self.disk_ops.insert(path.to_string(), f);
+        self.out_files.push(Effect::RemoveFile {
+            path: path.to_string(),
+            expect: Some(hash),
+        });
+        if self.moved_from.len() >= MOVED_FROM_KEPT {
+            self.moved_from
+                .retain(|_, (_, _, at)| now - *at <= MOVED_EDIT_MS);
+        }
+        if self.moved_from.len() < MOVED_FROM_KEPT {
+            self.moved_from.insert(path.to_string(), (f, version, now));
+        }
         true
     }
 

@@ -216,6 +216,10 @@ pub struct Engine {
     /// The file each path was last written or removed for, so that a write that failed
     /// is taken back from the right file (cleared at each tick).
     disk_ops: BTreeMap<String, FileId>,
+    /// Old names of files moved elsewhere on this disk that held a save when they were
+    /// to go (`Engine::moved_away_edit`): the file, the version that save was merged
+    /// as, and when. A later save there, reported by the watcher, is an edit of it too.
+    moved_from: BTreeMap<String, (FileId, Heads, i64)>,
     /// Files whose write or removal failed. Not written again until the index changes or
     /// [`UNWRITABLE_RETRY_MS`] passes.
     unwritable: BTreeMap<FileId, Unwritable>,
@@ -388,6 +392,7 @@ impl Engine {
             tail6,
             tail7,
             disk_ops: BTreeMap::new(),
+            moved_from: BTreeMap::new(),
             unwritable: BTreeMap::new(),
             replaced_versions: VecDeque::new(),
             forks: 0,
@@ -518,13 +523,18 @@ impl Engine {
             } => {
                 // Read: no longer listed as unreadable.
                 self.unsyncable.remove(&path);
-                self.local_change(&path, content, exec, store)
+                if !self.moved_away_edit(&path, &content, exec, store) {
+                    self.local_change(&path, content, exec, store)
+                }
             }
             Input::WriteRefused {
                 path,
                 content,
                 exec,
             } => {
+                if self.moved_away_edit(&path, &content, exec, store) {
+                    return;
+                }
                 if let Some(f) = self.file_at(&path)
                     && let Some(mut m) = self.files.get_mut(&f)
                 {
@@ -589,7 +599,11 @@ impl Engine {
                 self.undo_growth(&path, &head, store);
                 self.say_too_large(&path, Some(size));
             }
-            Input::FileRemoved { path } => self.local_remove(&path, store),
+            Input::FileRemoved { path } => {
+                // (A name left by a moved file, gone now: a file made there later is new.)
+                self.moved_from.remove(&path);
+                self.local_remove(&path, store)
+            }
             Input::FileRenamed {
                 from,
                 to,
