@@ -1003,9 +1003,11 @@ fn parse_since(s: &str, now: i64) -> anyhow::Result<i64> {
             'w' => 7 * 86_400_000,
             _ => bail!("use a duration like 1d, 2h30m or 45m, or a date like 2026-11-01"),
         };
-        let n: i64 = num
-            .parse()
-            .map_err(|_| anyhow!("a number must come before each unit, as in 2h30m"))?;
+        if num.is_empty() {
+            bail!("a number must come before each unit, as in 2h30m");
+        }
+        // (Digits only: a number too big for the count is as long ago as can be.)
+        let n: i64 = num.parse().unwrap_or(i64::MAX);
         total = total.saturating_add(n.saturating_mul(unit));
         num.clear();
         any = true;
@@ -1013,7 +1015,7 @@ fn parse_since(s: &str, now: i64) -> anyhow::Result<i64> {
     if !num.is_empty() || !any {
         bail!("give a unit (s, m, h, d, w), as in 1d or 2h30m");
     }
-    Ok(now - total)
+    Ok(now.saturating_sub(total))
 }
 
 /// `--since` as clap takes it: a bad value is a usage error (exit 2).
@@ -1282,6 +1284,11 @@ mod tests {
         assert_eq!(parse_since("1970-01-02", now).expect("date"), 86_400_000);
         assert!(parse_since("yesterday", now).is_err());
         assert!(parse_since("12", now).is_err());
+        // A count too big for the clock is as long ago as can be (it said "a number must
+        // come before each unit"); a unit with no number still says so.
+        assert!(parse_since("18446744073709551615s", now).expect("huge") < 0);
+        let none = parse_since("d", now).unwrap_err().to_string();
+        assert!(none.contains("a number must come before"), "{none}");
     }
 
     #[test]
