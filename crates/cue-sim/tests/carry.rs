@@ -926,4 +926,20 @@ fn a_save_under_the_old_name_of_a_note_renamed_elsewhere_follows_the_rename() {
             "peer {p}"
         );
     }
+
+    // Renamed again with nothing saved meanwhile, and a new file made at once under the
+    // old name here: a file of its own, not an edit of the moved one.
+    w.rename(0, "third.md", "fourth.md");
+    w.settle(20);
+    w.write(1, "third.md", b"another note\n");
+    w.settle_converged();
+    for p in 0..2 {
+        let files: Vec<&str> = w.peers[p].disk.keys().map(String::as_str).collect();
+        assert_eq!(files, ["fourth.md", "third.md"], "peer {p}");
+        assert_eq!(
+            w.read(p, "fourth.md").as_deref(),
+            Some("start\nfrom p1\nagain\n"),
+            "peer {p}"
+        );
+    }
 }

@@ -219,7 +219,7 @@ impl Engine {
             let m = self.files.get(&f)?;
             (!m.prev_disk_heads.is_empty()).then(|| (f, m.disk.clone(), m.disk_heads.clone()))
         });
-        if found.is_none() && self.moved_away_edit(path, &content, exec, store) {
+        if found.is_none() && self.moved_away_edit(path, &content, exec, true, store) {
             return;
         }
         if let Some((f, _, _)) = found {
@@ -264,16 +264,19 @@ impl Engine {
 
     /// `content` is at `path`, the old name of a file moved elsewhere on this disk (a
     /// peer's rename carried out here) that a program saved to as it moved: its removal
-    /// there was refused, or made over the save, or the watcher reports a save there
-    /// soon after ([`MOVED_EDIT_MS`]). It is that file's edit, of the version the old
-    /// name held: merged, written under the new name, and the old name removed. Without
-    /// this the save was a new file at the old name, the note split in two. Whether it
-    /// was such a save.
+    /// there was refused, or made over the save (`feedback`: what the carry-out found),
+    /// or, after one of those, the watcher reports a save there soon after
+    /// ([`MOVED_EDIT_MS`]). It is that file's edit, of the version the old name held:
+    /// merged, written under the new name, and the old name removed. Without this the
+    /// save was a new file at the old name, the note split in two. A file the watcher
+    /// finds at the old name after a removal that went as planned is a new one (the user
+    /// made another file of that name). Whether it was such a save.
     pub(super) fn moved_away_edit(
         &mut self,
         path: &str,
         content: &[u8],
         exec: bool,
+        feedback: bool,
         store: &mut dyn DocStore,
     ) -> bool {
         if self.file_at(path).is_some() {
@@ -282,6 +285,7 @@ impl Engine {
         let now = self.now_ms;
         let found = match self.moved_from.get(path) {
             Some((f, heads, at)) if now - at <= MOVED_EDIT_MS => Some((*f, heads.clone())),
+            _ if !feedback => None,
             _ => self.disk_ops.get(path).and_then(|f| {
                 let m = self.files.get(f)?;
                 // Moved, in this round, to a name of its own (not deleted: a deletion

@@ -523,7 +523,7 @@ impl Engine {
             } => {
                 // Read: no longer listed as unreadable.
                 self.unsyncable.remove(&path);
-                if !self.moved_away_edit(&path, &content, exec, store) {
+                if !self.moved_away_edit(&path, &content, exec, false, store) {
                     self.local_change(&path, content, exec, store)
                 }
             }
@@ -532,7 +532,7 @@ impl Engine {
                 content,
                 exec,
             } => {
-                if self.moved_away_edit(&path, &content, exec, store) {
+                if self.moved_away_edit(&path, &content, exec, true, store) {
                     return;
                 }
                 if let Some(f) = self.file_at(&path)
