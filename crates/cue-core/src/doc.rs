@@ -356,15 +356,10 @@ impl FileDoc {
     /// the part was then): a removal made at the same time as an edit keeps the edit,
     /// as a deleted file edited elsewhere stays.
     fn shown_frontmatter(&self) -> Result<Shown, DocError> {
-        let modes: Vec<String> = self
-            .doc
-            .get_all(ROOT, "fm")?
-            .iter()
-            .filter_map(|(v, _)| str_of(v))
-            .collect();
+        let modes = self.all_values("fm")?;
         let raw = modes.iter().any(|m| m == "raw") || self.hidden_raw_edited()?;
         let yaml = modes.iter().any(|m| m == "yaml");
-        let hidden = self.snapshots("fm_hidden")?;
+        let hidden = self.all_values("fm_hidden")?;
         if !yaml && hidden.is_empty() {
             // (Plain notes read no fields.)
             return Ok(Shown { raw, fields: None });
@@ -382,8 +377,9 @@ impl FileDoc {
         })
     }
 
-    /// Every value of a snapshot register (two devices hiding at once leave two).
-    fn snapshots(&self, key: &str) -> Result<Vec<String>, DocError> {
+    /// Every string value of a root register, concurrent ones included (two devices
+    /// hiding fields at once leave two snapshots; two modes written at once, two modes).
+    fn all_values(&self, key: &str) -> Result<Vec<String>, DocError> {
         Ok(self
             .doc
             .get_all(ROOT, key)?
@@ -395,7 +391,7 @@ impl FileDoc {
     /// Whether the plain-text frontmatter was edited since it was left (for no
     /// frontmatter or for YAML) on a device that did not see the edit.
     fn hidden_raw_edited(&self) -> Result<bool, DocError> {
-        let hidden = self.snapshots("fm_raw_hidden")?;
+        let hidden = self.all_values("fm_raw_hidden")?;
         if hidden.is_empty() {
             return Ok(false);
         }
