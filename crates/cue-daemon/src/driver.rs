@@ -1615,6 +1615,7 @@ impl Driver {
             .into_iter()
             .filter_map(|e| self.outside_unmounted(e))
             .collect();
+        let events = self.moves_told_later(events);
         self.guard_batch(&events);
         WatchWork {
             events: events.into(),
@@ -1654,6 +1655,49 @@ impl Driver {
             }
         }
         Ok(out)
+    }
+
+    /// The batch without the removals a later event of it tells better: a file gone by
+    /// the time the watcher looked because it was moved (a peer's change written into a
+    /// note, the note moved a moment later: the write's event finds it gone), where the
+    /// move follows. Taken for a deletion, the move then found nothing known to move and
+    /// made the note a new file: the note ended in two, the history of one lost to it.
+    fn moves_told_later(&self, events: Vec<WatchEvent>) -> Vec<WatchEvent> {
+        let mut moved_files = BTreeSet::new();
+        let mut moved_folders: Vec<String> = Vec::new();
+        let mut kept = Vec::with_capacity(events.len());
+        for e in events.into_iter().rev() {
+            match &e {
+                WatchEvent::Removed(p) | WatchEvent::Changed(p) => {
+                    let key = self.engine.disk_key(p.as_str()).into_owned();
+                    let below = |d: &String| {
+                        key.strip_prefix(d.as_str())
+                            .is_some_and(|rest| rest.starts_with('/'))
+                    };
+                    if (moved_files.contains(&key) || moved_folders.iter().any(below))
+                        && self.nothing_at(p.as_str())
+                    {
+                        continue;
+                    }
+                }
+                WatchEvent::Renamed { from, .. } => {
+                    moved_files.insert(self.engine.disk_key(from.as_str()).into_owned());
+                }
+                WatchEvent::DirRenamed { from, .. } => {
+                    moved_folders.push(self.engine.disk_key(from.as_str()).into_owned());
+                }
+                _ => {}
+            }
+            kept.push(e);
+        }
+        kept.reverse();
+        kept
+    }
+
+    /// Whether nothing at all is at `path` now (not a file, a folder or a link; one that
+    /// cannot be looked at may be there).
+    fn nothing_at(&self, path: &str) -> bool {
+        WorkspacePath::parse(path).is_ok_and(|rel| matches!(self.host.fs.stat(&rel), Ok(None)))
     }
 
     /// `e` as far as it concerns the workspace: below a folder whose disk is not mounted,
@@ -1721,6 +1765,10 @@ impl Driver {
                 out.extend(self.feed_gathered(now)?);
             }
             match e {
+                // Gone since the watcher saw it (moved or deleted): the event that took
+                // it away follows, in this batch or the next, and says which. (Taken for
+                // a deletion here, a move made a moment after a save split the note.)
+                WatchEvent::Changed(p) if self.nothing_at(p.as_str()) => {}
                 WatchEvent::Changed(p) => out.extend(self.file_changed(now, p.as_str())?),
                 WatchEvent::Removed(p) => out.extend(self.removed(now, p.as_str())?),
                 WatchEvent::Renamed { from, to } => {
@@ -1862,6 +1910,15 @@ impl Driver {
             },
             read => read.ok().flatten(),
         };
+        // Moved on again since (`mv a b; mv b c` faster than the driver takes events in):
+        // the event that took it from `to` follows and says where; renamed meanwhile
+        // with the content the engine knows (taken for a deletion here, the next move
+        // found nothing known to move and made the note a new file).
+        let moved_on = read.is_none() && known && gone && self.nothing_at(to);
+        let read = match read {
+            None if moved_on => self.believed_content(from),
+            read => read,
+        };
         match read {
             Some(content) if known && gone => self.rename_to(now, from, to, content),
             _ => {
@@ -1977,6 +2034,11 @@ impl Driver {
                     }
                     continue;
                 }
+            };
+            // (Moved on again since, see `renamed`: the content the engine knows.)
+            let read = match read {
+                None if self.nothing_at(&new) => self.believed_content(&old),
+                read => read,
             };
             match read {
                 Some((content, exec)) => out.extend(self.feed(
@@ -3153,5 +3215,146 @@ mod unreadable {
                 .read("a.md", &mut StoreDocs(&driver.host.store));
             assert_eq!(read.as_deref(), Some(&b"# A\n\nEdited.\n"[..]));
         });
+    }
+}
+
+/// Events are looked at when the driver comes to them, later than the watcher saw them:
+/// what happened in between is told by the events that follow.
+#[cfg(test)]
+mod events_behind_the_disk {
+    use super::*;
+
+    fn rel(p: &str) -> WorkspacePath {
+        WorkspacePath::parse(p).expect("path")
+    }
+
+    fn watched(driver: &mut Driver, events: Vec<WatchEvent>) {
+        let mut work = driver.watch_begin(events);
+        while !work.done() {
+            driver
+                .watch_step(now_ms(), &mut work, &mut |_, _| {})
+                .expect("a step");
+        }
+    }
+
+    /// Renames the file or folder `from` to `to` in `root`.
+    fn mv(root: &std::path::Path, from: &str, to: &str) {
+        std::fs::rename(root.join(from), root.join(to)).expect("mv");
+    }
+
+    /// A note saved (or written by the daemon with a peer's change) and moved, or its
+    /// folder moved, a moment later, faster than the driver took the save in: the save's
+    /// event finds the file gone (or the watcher already did, and said removed). Or moved
+    /// twice (`mv a b; mv b c`), the first move's event finding nothing at `b`. It was a
+    /// rename, not a deletion and a new file: one note, its history kept, whether the
+    /// events came in one batch or two.
+    #[test]
+    fn a_note_saved_then_moved_before_the_save_was_taken_in_is_renamed() {
+        let renamed = |from: &str, to: &str| WatchEvent::Renamed {
+            from: rel(from),
+            to: rel(to),
+        };
+        let dir_renamed = |from: &str, to: &str| WatchEvent::DirRenamed {
+            from: rel(from),
+            to: rel(to),
+        };
+        let file = || renamed("d/n.md", "d/renamed.md");
+        let folder = || dir_renamed("d", "e");
+        let saved = || WatchEvent::Changed(rel("d/n.md"));
+        let removed = || WatchEvent::Removed(rel("d/n.md"));
+        let file_twice = || renamed("d/renamed.md", "d/again.md");
+        let folder_twice = || dir_renamed("e", "f");
+        type Case = (
+            &'static str,
+            Vec<Vec<WatchEvent>>,
+            &'static [(&'static str, &'static str)],
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "saved, moved",
+                vec![vec![saved(), file()]],
+                &[("d/n.md", "d/renamed.md")],
+            ),
+            (
+                "saved | moved",
+                vec![vec![saved()], vec![file()]],
+                &[("d/n.md", "d/renamed.md")],
+            ),
+            (
+                "removed, moved",
+                vec![vec![removed(), file()]],
+                &[("d/n.md", "d/renamed.md")],
+            ),
+            (
+                "saved, folder moved",
+                vec![vec![saved(), folder()]],
+                &[("d", "e")],
+            ),
+            (
+                "saved | folder moved",
+                vec![vec![saved()], vec![folder()]],
+                &[("d", "e")],
+            ),
+            (
+                "removed, folder moved",
+                vec![vec![removed(), folder()]],
+                &[("d", "e")],
+            ),
+            (
+                "moved, moved",
+                vec![vec![saved(), file(), file_twice()]],
+                &[("d/n.md", "d/renamed.md"), ("d/renamed.md", "d/again.md")],
+            ),
+            (
+                "moved | moved",
+                vec![vec![saved(), file()], vec![file_twice()]],
+                &[("d/n.md", "d/renamed.md"), ("d/renamed.md", "d/again.md")],
+            ),
+            (
+                "folder moved | moved",
+                vec![vec![saved(), folder()], vec![folder_twice()]],
+                &[("d", "e"), ("e", "f")],
+            ),
+        ];
+        for (case, batches, moves) in cases {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let root = dir.path();
+            std::fs::create_dir(root.join("d")).expect("mkdir");
+            std::fs::write(root.join("d/n.md"), "# N\n").expect("write");
+            let ws = Workspace::init(root, Some("ws://127.0.0.1:9"), Some("alice")).expect("init");
+            let mut driver = Driver::open(&ws, &ws.config).expect("driver");
+            driver.startup_scan(now_ms()).expect("scan");
+            std::fs::write(root.join("d/n.md"), "# N\n\nmore\n").expect("save");
+            for (from, to) in moves {
+                mv(root, from, to);
+            }
+            let (_, last) = moves.last().expect("every case moves");
+            let moved_to = match last.ends_with(".md") {
+                true => last.to_string(),
+                false => format!("{last}/n.md"),
+            };
+            for batch in batches {
+                watched(&mut driver, batch);
+            }
+            driver.flush().expect("flush");
+            assert_eq!(driver.status().files, 1, "one note ({case})");
+            assert!(driver.engine().on_disk(&moved_to).is_some(), "{case}");
+            let kinds: Vec<_> = (driver.store().activity_since(0, 100).expect("log"))
+                .into_iter()
+                .map(|e| (e.record.kind, e.record.path))
+                .collect();
+            assert!(
+                !kinds.iter().any(|(k, _)| *k == ActivityKind::Delete),
+                "taken for a deletion ({case}): {kinds:?}"
+            );
+            assert!(
+                kinds.iter().any(|(k, _)| *k == ActivityKind::Rename),
+                "no rename ({case}): {kinds:?}"
+            );
+            let read = driver
+                .engine
+                .read(&moved_to, &mut StoreDocs(&driver.host.store));
+            assert_eq!(read.as_deref(), Some(&b"# N\n\nmore\n"[..]), "{case}");
+        }
     }
 }
