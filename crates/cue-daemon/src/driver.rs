@@ -306,7 +306,7 @@ pub struct Driver {
     guard: Option<Guard>,
     /// A rescan the watcher asked for while the guard held deletions: made once it ends.
     rescan_owed: bool,
-    /// The watcher's debounce: how long to wait before looking again at a written file.
+    /// How long to wait before looking again at a written file ([`written_settle`]).
     settle: std::time::Duration,
     /// Our admission, for our member-list entry after the first start-up scan.
     own_admission: Vec<u8>,
@@ -403,7 +403,7 @@ impl Driver {
             epoch,
             guard: None,
             rescan_owed: false,
-            settle: std::time::Duration::from_millis(config.sync.debounce_ms * 2 + 50),
+            settle: written_settle(config.sync.debounce_ms),
             own_admission: ws.own_admission(),
             gathered: None,
             making,
@@ -1078,10 +1078,10 @@ impl Driver {
 
     /// Time passed: the engine's tick, and a check of the files written lately.
     ///
-    /// The watcher's debouncer drops a file's creation and removal when both fall in one
-    /// debounce window, as when a user deletes a file the daemon had just written: no
-    /// event at all arrives. So each file the driver writes is looked at once more after
-    /// the window has passed, and a file found missing is a removal.
+    /// A file the daemon writes into a folder it makes may be removed before the watcher
+    /// watches the folder: no event at all arrives. So each file the driver writes is
+    /// looked at once more after the watcher has said all it will of its last write
+    /// ([`written_settle`]), and a file found missing then is a removal.
     pub fn tick(&mut self, now: i64) -> Result<Vec<Outgoing>, DriverError> {
         let remounted = self.note_mounts()?;
         // Their journal entries are cleared at once, for good (a flushed commit): one a
@@ -1099,18 +1099,16 @@ impl Driver {
             return Ok(out);
         }
         let cutoff = std::time::Instant::now().checked_sub(self.settle);
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.host.written)
+        let (due, later): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.host.written)
             .into_iter()
             .partition(|(_, t)| cutoff.is_some_and(|c| *t <= c));
         self.host.written = later;
         if self.guard.is_some() {
             return Ok(out);
         }
-        let mut seen = BTreeSet::new();
-        for (path, _) in due {
+        for path in due.into_keys() {
             // (Below a disk unmounted since it was written: not a removal.)
-            if seen.insert(path.clone())
-                && self.engine.on_disk(&path).is_some()
+            if self.engine.on_disk(&path).is_some()
                 && self.host.out_of_sight(&path).is_none()
                 && !self.host.exists(&path)
             {
@@ -1739,6 +1737,7 @@ impl Driver {
         send: &mut dyn FnMut(&mut Store, Vec<Outgoing>),
     ) -> Result<(), DriverError> {
         for e in events {
+            tracing::trace!(event = ?e, "watch");
             // What the last event fed is stored: its messages can go.
             if !out.is_empty() {
                 send(self.store_mut(), std::mem::take(out));
@@ -2182,6 +2181,17 @@ impl Driver {
     }
 }
 
+/// How long after the daemon's last write of a file it is looked at again (see
+/// [`Driver::tick`]): past the watcher's longest batch and its debounce, so that the
+/// watcher has reported whatever happened to the file meanwhile. Looked at sooner (it
+/// was the debounce alone), a note moved a moment after a peer's change was written into
+/// it was found missing before the watcher told of the move, and taken for deleted: the
+/// note then ended in two files.
+fn written_settle(debounce_ms: u64) -> std::time::Duration {
+    let debounce = std::time::Duration::from_millis(debounce_ms);
+    crate::watch::longest_batch(debounce) + debounce * 2 + std::time::Duration::from_millis(50)
+}
+
 /// What a file input says, for the debug log (`CUE_LOG=cue_daemon=debug`).
 fn trace_input(input: &Input) {
     match input {
@@ -2209,6 +2219,21 @@ fn trace_input(input: &Input) {
         ),
         Input::LateWrite { path, content, .. } => {
             tracing::debug!(kind = "late_write", path, len = content.len(), "input")
+        }
+        Input::FileRenamed {
+            from, to, content, ..
+        } => {
+            tracing::debug!(
+                kind = "file_renamed",
+                from,
+                to,
+                len = content.len(),
+                "input"
+            )
+        }
+        Input::FileRemoved { path } => tracing::debug!(kind = "file_removed", path, "input"),
+        Input::WriteFoundGone { path, .. } => {
+            tracing::debug!(kind = "write_found_gone", path, "input")
         }
         _ => {}
     }
@@ -3237,6 +3262,60 @@ mod events_behind_the_disk {
         }
     }
 
+    fn activity(driver: &Driver) -> Vec<(ActivityKind, Option<String>)> {
+        (driver.store().activity_since(0, 100).expect("log"))
+            .into_iter()
+            .map(|e| (e.record.kind, e.record.path))
+            .collect()
+    }
+
+    /// The second look at a file the daemon wrote (for a removal the watcher could not
+    /// see) comes after the watcher has told what happened to it: a note moved a moment
+    /// after a peer's change was written into it is renamed, not found missing first and
+    /// taken for deleted. A file that is simply gone a while after its write is removed.
+    #[test]
+    fn the_look_again_at_a_written_file_waits_for_the_watcher() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::write(root.join("n.md"), "# N\n").expect("write");
+        std::fs::write(root.join("gone.md"), "# Gone\n").expect("write");
+        let ws = Workspace::init(root, Some("ws://127.0.0.1:9"), Some("alice")).expect("init");
+        let mut driver = Driver::open(&ws, &ws.config).expect("driver");
+        driver.startup_scan(now_ms()).expect("scan");
+        let ago = |ms| std::time::Instant::now() - std::time::Duration::from_millis(ms);
+        // Written 300 ms ago, moved since; the watcher holds the move in a batch still.
+        driver.host.written.insert("n.md".to_string(), ago(300));
+        mv(root, "n.md", "renamed.md");
+        // Written 3 s ago, removed since, and no event came.
+        driver
+            .host
+            .written
+            .insert("gone.md".to_string(), ago(3_000));
+        std::fs::remove_file(root.join("gone.md")).expect("rm");
+        driver.tick(now_ms()).expect("tick");
+        watched(
+            &mut driver,
+            vec![WatchEvent::Renamed {
+                from: rel("n.md"),
+                to: rel("renamed.md"),
+            }],
+        );
+        driver.flush().expect("flush");
+        let kinds = activity(&driver);
+        assert!(
+            kinds.contains(&(ActivityKind::Rename, Some("renamed.md".to_string()))),
+            "{kinds:?}"
+        );
+        assert!(
+            !kinds.contains(&(ActivityKind::Delete, Some("n.md".to_string()))),
+            "a move taken for a deletion: {kinds:?}"
+        );
+        assert!(
+            kinds.contains(&(ActivityKind::Delete, Some("gone.md".to_string()))),
+            "a removal no event told of is still seen: {kinds:?}"
+        );
+    }
+
     /// Renames the file or folder `from` to `to` in `root`.
     fn mv(root: &std::path::Path, from: &str, to: &str) {
         std::fs::rename(root.join(from), root.join(to)).expect("mv");
@@ -3339,10 +3418,7 @@ mod events_behind_the_disk {
             driver.flush().expect("flush");
             assert_eq!(driver.status().files, 1, "one note ({case})");
             assert!(driver.engine().on_disk(&moved_to).is_some(), "{case}");
-            let kinds: Vec<_> = (driver.store().activity_since(0, 100).expect("log"))
-                .into_iter()
-                .map(|e| (e.record.kind, e.record.path))
-                .collect();
+            let kinds = activity(&driver);
             assert!(
                 !kinds.iter().any(|(k, _)| *k == ActivityKind::Delete),
                 "taken for a deletion ({case}): {kinds:?}"

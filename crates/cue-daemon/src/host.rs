@@ -313,7 +313,7 @@ pub struct DaemonHost {
     /// Files that could not be written, for status.
     pub write_errors: u64,
     /// Files written, and when, until one check after the watcher's debounce.
-    pub written: Vec<(String, std::time::Instant)>,
+    pub written: BTreeMap<String, std::time::Instant>,
     /// Journal entries whose write or removal has been carried out, to clear with the
     /// next transaction.
     pub journal_done: Vec<String>,
@@ -387,7 +387,7 @@ impl DaemonHost {
             store_writes: 0,
             pending_replay: None,
             write_errors: 0,
-            written: Vec::new(),
+            written: BTreeMap::new(),
             journal_done: Vec::new(),
             not_mounted: BTreeSet::new(),
             mounted_over: BTreeSet::new(),
@@ -1129,8 +1129,9 @@ impl carry::Host for DaemonHost {
     }
 
     fn written(&mut self, path: &str) {
+        // (Its last write: the file is looked at once that has settled.)
         self.written
-            .push((path.to_string(), std::time::Instant::now()));
+            .insert(path.to_string(), std::time::Instant::now());
     }
 
     fn write_failed(&mut self, path: &str, error: &FileError) {

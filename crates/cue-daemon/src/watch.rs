@@ -99,6 +99,12 @@ pub enum WatchError {
     Thread(std::io::Error),
 }
 
+/// How long the watcher may hold a batch of events (while a save is under way it waits
+/// for the save's close, up to this): a file's removal may be reported that late.
+pub fn longest_batch(debounce: Duration) -> Duration {
+    (debounce * 10).max(Duration::from_secs(1))
+}
+
 /// Watcher settings.
 #[derive(Debug, Clone, Copy)]
 pub struct WatchConfig {
@@ -158,7 +164,7 @@ impl Watcher {
         })?;
         // A file written without pause is still reported every second. (Not sooner: a
         // folder's removal must arrive as one batch for the mass-deletion guard.)
-        let max = (debounce * 10).max(Duration::from_secs(1));
+        let max = longest_batch(debounce);
         let (synced_root, synced_rules) = (root.clone(), rules.clone());
         let synced = move |abs: &Path| {
             relative(&synced_root, abs).is_some_and(|rel| {
