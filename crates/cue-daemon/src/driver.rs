@@ -1613,7 +1613,11 @@ impl Driver {
             .into_iter()
             .filter_map(|e| self.outside_unmounted(e))
             .collect();
-        let events = self.moves_told_later(events);
+        let mut events = self.moves_told_later(events);
+        // The same event twice in a row is looked at once: the driver reads the disk when
+        // it comes to an event, so the second would read what the first did. (Each write
+        // of the daemon's own comes as two: its temporary and the file exchange names.)
+        events.dedup();
         self.guard_batch(&events);
         WatchWork {
             events: events.into(),
