@@ -1893,6 +1893,15 @@ impl Driver {
 
     fn renamed(&mut self, now: i64, from: &str, to: &str) -> Result<Vec<Outgoing>, DriverError> {
         let known = self.engine.on_disk(from).is_some();
+        // A folder moved and moved on again since, which the watcher could not tell from
+        // a file (nothing stands at either end): the folder's move.
+        if !known
+            && self.nothing_at(from)
+            && self.nothing_at(to)
+            && self.engine.on_disk_under(from).iter().any(|p| p != from)
+        {
+            return self.dir_renamed(now, from, to);
+        }
         // On a folder that ignores case, a change of case leaves `from` there: it is `to`.
         let gone =
             self.engine.disk_key(from) == self.engine.disk_key(to) || !self.host.exists(from);
@@ -3398,6 +3407,13 @@ mod events_behind_the_disk {
                 vec![vec![saved(), folder()], vec![folder_twice()]],
                 &[("d", "e"), ("e", "f")],
             ),
+            // (The watcher tells a folder's move as a file's when nothing is at its
+            // target any more.)
+            (
+                "folder moved, moved",
+                vec![vec![saved(), renamed("d", "e"), folder_twice()]],
+                &[("d", "e"), ("e", "f")],
+            ),
         ];
         for (case, batches, moves) in cases {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -3420,7 +3436,13 @@ mod events_behind_the_disk {
                 watched(&mut driver, batch);
             }
             driver.flush().expect("flush");
-            assert_eq!(driver.status().files, 1, "one note ({case})");
+            let status = driver.status();
+            assert_eq!(status.files, 1, "one note ({case})");
+            assert!(
+                status.unsyncable.is_empty(),
+                "{case}: {:?}",
+                status.unsyncable
+            );
             assert!(driver.engine().on_disk(&moved_to).is_some(), "{case}");
             let kinds = activity(&driver);
             assert!(

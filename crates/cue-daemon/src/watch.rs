@@ -503,11 +503,25 @@ impl Translator {
         };
         match self.present(to_rel) {
             None => self.check(from_abs),
-            Some(Present::Gone(_)) => {
-                // Renamed again since, or the target is now a symlink: report both ends as
-                // they are now.
-                self.check(from_abs);
-                self.check(to_abs);
+            Some(Present::Gone(to)) => {
+                // Renamed again since (`mv a b; mv b c` in one batch, a file or a folder):
+                // still a move, between synced names and with nothing at the old name. The
+                // driver carries it with what it knows, and the move from `to` follows.
+                // (Told as the removals of both ends, the note split in two: a deletion,
+                // and a new file at `c` with a history of its own.)
+                let synced =
+                    |p: &WorkspacePath| !self.is_ignored(p, false) && !self.is_ignored(p, true);
+                match from.filter(|f| synced(f) && synced(&to)) {
+                    Some(from) if matches!(self.present(from.as_str()), Some(Present::Gone(_))) => {
+                        self.send(WatchEvent::Renamed { from, to });
+                    }
+                    // The target is now a symlink, or either end is not synced: both
+                    // ends as they are now.
+                    _ => {
+                        self.check(from_abs);
+                        self.check(to_abs);
+                    }
+                }
             }
             Some(Present::File(to)) => {
                 let to_synced = !self.is_ignored(&to, false);
@@ -815,6 +829,35 @@ mod tests {
             from: p("a.md"),
             to: p("b.md"),
         });
+    }
+
+    /// `mv a b; mv b c` (a file, then a folder), both made before the watcher looks:
+    /// two moves, never the removal of `a` (the driver would delete the note and take `c`
+    /// for a new one).
+    #[test]
+    fn rename_twice_before_the_watcher_looks() {
+        let f = fixture(&[("a.md", "one"), ("d/x.md", "x")]);
+        for (a, b, c) in [("a.md", "b.md", "c.md"), ("d", "e", "g")] {
+            std::fs::rename(f.root.join(a), f.root.join(b)).unwrap();
+            std::fs::rename(f.root.join(b), f.root.join(c)).unwrap();
+            let mut seen = f.wait_for(&WatchEvent::Renamed {
+                from: p(a),
+                to: p(b),
+            });
+            seen.extend(f.settle());
+            assert!(!seen.contains(&WatchEvent::Removed(p(a))), "{seen:?}");
+            let second = [
+                WatchEvent::Renamed {
+                    from: p(b),
+                    to: p(c),
+                },
+                WatchEvent::DirRenamed {
+                    from: p(b),
+                    to: p(c),
+                },
+            ];
+            assert!(second.iter().any(|e| seen.contains(e)), "{seen:?}");
+        }
     }
 
     #[test]
