@@ -372,7 +372,7 @@ fn failed<H: Host>(
 /// file is simply gone, write it (the engine's version is all there is).
 fn after_unexpected<H: Host>(host: &mut H, w: &Write, feedback: &mut Vec<Input>) {
     match host.read_file(&w.path) {
-        Ok(Some(content)) => refused(&w.path, content, feedback),
+        Ok(Some(content)) => refused(&w.path, content, w.expect, feedback),
         // The file the write expected is gone: the user moved it (its folder, say) or
         // deleted it, and the watcher has not said so yet. Written here at once, the
         // peer's version landed at the old path (a folder renamed came back) and the
@@ -388,7 +388,7 @@ fn after_unexpected<H: Host>(host: &mut H, w: &Write, feedback: &mut Vec<Input>)
             Ok(Outcome::Done | Outcome::DoneOverEdit(..)) => host.written(&w.path),
             Ok(Outcome::Unexpected) => {
                 if let Ok(Some(content)) = host.read_file(&w.path) {
-                    refused(&w.path, content, feedback);
+                    refused(&w.path, content, None, feedback);
                 }
             }
             Err(error) => failed(host, &w.path, None, &error, feedback),
@@ -405,11 +405,17 @@ fn replaced_edit(path: &str, content: Vec<u8>, exec: bool, feedback: &mut Vec<In
     });
 }
 
-fn refused(path: &str, (content, exec): (Vec<u8>, bool), feedback: &mut Vec<Input>) {
+fn refused(
+    path: &str,
+    (content, exec): (Vec<u8>, bool),
+    expect: Option<ContentHash>,
+    feedback: &mut Vec<Input>,
+) {
     feedback.push(Input::WriteRefused {
         path: path.to_string(),
         content,
         exec,
+        expect,
     });
 }
 
@@ -439,7 +445,7 @@ fn remove<H: Host>(
         }
         Ok(Some(Outcome::Unexpected)) => {
             if let Ok(Some(content)) = host.read_file(path) {
-                refused(path, content, feedback);
+                refused(path, content, expect, feedback);
             }
         }
         Ok(Some(Outcome::DoneOverEdit(content, exec))) => {

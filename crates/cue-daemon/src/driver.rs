@@ -554,6 +554,7 @@ impl Driver {
                         path: path.clone(),
                         content,
                         exec,
+                        expect: None,
                     });
                 }
                 continue;
@@ -1749,7 +1750,9 @@ impl Driver {
             // (A "rename" whose source is still there is taken as two saves, `renamed`:
             // gathered with the rest, so that a swap of two names made faster than the
             // watcher tells moves apart reaches the engine as one batch, which takes it
-            // for the two renames it is.)
+            // for the two renames it is. So is each file of a folder's such "rename"
+            // that has one of its name at the old place again, `dir_renamed`: folders
+            // swapped, `mv p t; mv q p; mv t q`.)
             let saves = |from: &WorkspacePath, to: &WorkspacePath| {
                 self.engine.disk_key(from.as_str()) != self.engine.disk_key(to.as_str())
                     && self.host.exists(from.as_str())
@@ -1760,7 +1763,7 @@ impl Driver {
                     (g.touches(from.as_str()) || g.touches(to.as_str())) && !saves(from, to)
                 }
                 WatchEvent::DirRenamed { from, to } => {
-                    g.touches(from.as_str()) || g.touches(to.as_str())
+                    (g.touches(from.as_str()) || g.touches(to.as_str())) && !saves(from, to)
                 }
                 _ => false,
             });
@@ -2031,6 +2034,16 @@ impl Driver {
                 continue;
             };
             moved.insert(new.clone());
+            // A file stands at the old name again (folders swapped): two saves, gathered,
+            // as a file's rename whose source is still there (see `gather_events`). As a
+            // rename, it replaced the file that folder brought, which the next event
+            // took for new: a conflict copy, and a peer's edits made meanwhile lost
+            // between them.
+            if self.engine.disk_key(&old) != self.engine.disk_key(&new) && self.host.exists(&old) {
+                out.extend(self.file_changed(now, &new)?);
+                out.extend(self.file_changed(now, &old)?);
+                continue;
+            }
             if self.too_large(&new) {
                 out.extend(self.too_large_renamed(now, &old, &new, true)?);
                 continue;
@@ -2217,6 +2230,7 @@ fn trace_input(input: &Input) {
             path,
             content,
             exec,
+            ..
         }
         | Input::ReplacedEdit {
             path,
@@ -3327,6 +3341,64 @@ mod events_behind_the_disk {
             kinds.contains(&(ActivityKind::Delete, Some("gone.md".to_string()))),
             "a removal no event told of is still seen: {kinds:?}"
         );
+    }
+
+    /// Two folders swapped (`mv p t; mv q p; mv t q`) before the watcher looked: it
+    /// reports each folder as replaced and moved, by what it finds at the end. Taken in
+    /// as the swap it is, each note keeping its history: no deletion, no conflict copy.
+    /// (Before, `q`'s move replaced `p`'s note, a conflict with any peer's edit of it,
+    /// and the note `p` brought was taken for new.)
+    #[test]
+    fn two_folders_swapped_before_the_watcher_looked_are_two_moves() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        for (d, text) in [("p", "# P\n"), ("q", "# Q\n")] {
+            std::fs::create_dir(root.join(d)).expect("mkdir");
+            std::fs::write(root.join(d).join("x.md"), text).expect("write");
+        }
+        let ws = Workspace::init(root, Some("ws://127.0.0.1:9"), Some("alice")).expect("init");
+        let mut driver = Driver::open(&ws, &ws.config).expect("driver");
+        driver.startup_scan(now_ms()).expect("scan");
+        mv(root, "p", "t");
+        mv(root, "q", "p");
+        mv(root, "t", "q");
+        let dir_renamed = |from: &str, to: &str| WatchEvent::DirRenamed {
+            from: rel(from),
+            to: rel(to),
+        };
+        // As the watcher reports it (`watch::Translator::renamed`).
+        watched(
+            &mut driver,
+            vec![
+                WatchEvent::Removed(rel("p")),
+                WatchEvent::Changed(rel("p/x.md")),
+                WatchEvent::Removed(rel("t")),
+                dir_renamed("q", "p"),
+                WatchEvent::Removed(rel("q")),
+                WatchEvent::Changed(rel("q/x.md")),
+                dir_renamed("t", "q"),
+            ],
+        );
+        driver.flush().expect("flush");
+        let kinds = activity(&driver);
+        let renames = kinds
+            .iter()
+            .filter(|(k, _)| *k == ActivityKind::Rename)
+            .count();
+        assert_eq!(renames, 2, "{kinds:?}");
+        assert!(
+            !kinds
+                .iter()
+                .any(|(k, _)| matches!(k, ActivityKind::Delete | ActivityKind::Conflict)),
+            "{kinds:?}"
+        );
+        let status = driver.status();
+        assert_eq!(status.files, 2);
+        assert!(status.conflicts.is_empty(), "{:?}", status.conflicts);
+        for (path, text) in [("p/x.md", "# Q\n"), ("q/x.md", "# P\n")] {
+            let read = driver.engine.read(path, &mut StoreDocs(&driver.host.store));
+            assert_eq!(read.as_deref(), Some(text.as_bytes()), "{path}");
+        }
     }
 
     /// Renames the file or folder `from` to `to` in `root`.

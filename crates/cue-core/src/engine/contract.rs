@@ -94,11 +94,13 @@ pub enum Input {
     /// A [`Effect::WriteFile`] or [`Effect::RemoveFile`] was not carried out because the
     /// disk did not hold what the engine expected: the user saved something the watcher
     /// has not reported yet. This is that content; it is merged as an edit of the version
-    /// that was on disk before the refused write.
+    /// that was on disk before the refused write. `expect`: what the write expected there
+    /// (what the engine believed the disk held before it; `None` when nothing).
     WriteRefused {
         path: String,
         content: Vec<u8>,
         exec: bool,
+        expect: Option<ContentHash>,
     },
     /// A [`Effect::WriteFile`] or [`Effect::RemoveFile`] at `path` was carried out, but the
     /// file it replaced had been written to in that instant (a program appending to it):

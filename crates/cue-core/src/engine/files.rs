@@ -159,6 +159,19 @@ impl Files {
             })
     }
 
+    /// Whether a file other than `file` is believed on disk at another path than `path`
+    /// with content `hash` (it may have moved to `path`). Looks at every file: for the
+    /// rare write the disk refused.
+    pub(super) fn held_elsewhere(&self, hash: &ContentHash, path: &str, file: &FileId) -> bool {
+        let path = key(self.fold, path);
+        self.metas.iter().any(|(g, m)| {
+            g != file
+                && m.disk
+                    .as_ref()
+                    .is_some_and(|(p, h)| h == hash && key(self.fold, p) != path)
+        })
+    }
+
     /// The path `file` is believed to be at on disk, as the engine wrote or saw it.
     fn disk_path(&self, file: &FileId) -> Option<&str> {
         self.metas.get(file)?.disk.as_ref().map(|(p, _)| p.as_str())

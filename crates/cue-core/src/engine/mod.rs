@@ -531,8 +531,23 @@ impl Engine {
                 path,
                 content,
                 exec,
+                expect,
             } => {
                 if self.moved_away_edit(&path, &content, exec, true, store) {
+                    return;
+                }
+                // Another file's bytes, believed at another name: that file was moved
+                // here (folders swapped, `mv p t; mv q p; mv t q`) as this write was made,
+                // and the watcher tells of the moves next. Taken for an edit of this
+                // file, the other note's text went into it, and a peer's edits made
+                // meanwhile into the wrong note. Put off (the belief back), as a write
+                // that found its file gone; the next tick tries it again.
+                if let Some(f) = self.disk_ops.get(&path).copied()
+                    && self
+                        .files
+                        .held_elsewhere(&crate::ids::file_hash(&content, exec), &path, &f)
+                {
+                    self.write_deferred(&path, expect);
                     return;
                 }
                 if let Some(f) = self.file_at(&path)
