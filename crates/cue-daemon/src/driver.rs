@@ -2003,12 +2003,17 @@ impl Driver {
     }
 
     /// What the engine believes the file at `path` holds on disk, when its document
-    /// holds that.
+    /// holds that (now, or at the version written or seen there: a peer's change may
+    /// not be written yet).
     fn believed_content(&mut self, path: &str) -> Option<(Vec<u8>, bool)> {
         let believed = self.engine.on_disk(path)?;
         self.engine
             .read_file(path, &mut StoreDocs(&self.host.store))
             .filter(|(b, exec)| self.engine.same_on_disk(believed, file_hash(b, *exec)))
+            .or_else(|| {
+                self.engine
+                    .disk_content(path, &mut StoreDocs(&self.host.store))
+            })
     }
 
     fn dir_renamed(

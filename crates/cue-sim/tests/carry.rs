@@ -897,6 +897,13 @@ fn a_peers_edit_written_as_two_names_are_swapped_loses_nothing() {
     }
     w.connect(1);
     w.settle(20);
+    // The write put off: what p0 believes `a.md` holds on disk is still the version
+    // before p1's line, its document ahead (what a move of it is carried with).
+    let peer = &mut w.peers[0];
+    let on_disk = peer.engine.disk_content("a.md", &mut peer.store);
+    assert_eq!(on_disk, Some((b"note A\n".to_vec(), false)));
+    let document = peer.engine.read("a.md", &mut peer.store);
+    assert_eq!(document.as_deref(), Some(&b"note A\nfrom p1\n"[..]));
     w.input_batch(
         0,
         vec![

@@ -207,6 +207,29 @@ impl Engine {
             .ok()
     }
 
+    /// What the engine believes is on disk at `path`, from its document at the version
+    /// written or seen there (the document may be ahead: a peer's change not yet
+    /// written), when that renders to the bytes believed there.
+    pub fn disk_content(
+        &mut self,
+        path: &str,
+        store: &mut dyn DocStore,
+    ) -> Option<(Vec<u8>, bool)> {
+        let f = self.files.at(path)?;
+        let (believed, heads) = self
+            .files
+            .get(&f)
+            .and_then(|m| Some((m.disk.as_ref()?.1, m.disk_heads.clone())))?;
+        if heads.is_empty() {
+            return None;
+        }
+        let read = self
+            .with_doc(f, store, |d| d.file_at(&super::from_heads(&heads)))
+            .ok()?;
+        self.same_on_disk(believed, crate::ids::file_hash(&read.0, read.1))
+            .then_some(read)
+    }
+
     /// Live files another device holds too large to sync.
     fn too_large_elsewhere(&mut self, store: &mut dyn DocStore) -> Vec<(String, String, u64)> {
         let entries = self.index.too_large();
