@@ -826,13 +826,10 @@ fn a_deletion_after_a_merge_that_changed_no_byte_takes_effect() {
     }
 }
 
-/// Two notes' names swapped faster than the watcher tells the moves apart (`mv a.md t;
-/// mv b.md a.md; mv t b.md`): the batch holds two saves, each path with what the other
-/// held. Taken as two renames, so a peer's edit made meanwhile to one note stays in
-/// that note (as two rewrites, it landed in the other), and each keeps its history.
-#[test]
-fn two_names_swapped_at_once_are_two_renames() {
-    let mut w = World::new(2, 21, Config::default());
+/// Two peers with `a.md` and `b.md`; p1, offline, adds a line to `a.md`; on p0 the two
+/// names are swapped on disk, not yet reported by the watcher.
+fn swapped_while_p1_edits(seed: u64) -> World {
+    let mut w = World::new(2, seed, Config::default());
     w.connect_all();
     w.write(0, "a.md", b"note A\n");
     w.write(0, "b.md", b"note B\n");
@@ -842,21 +839,27 @@ fn two_names_swapped_at_once_are_two_renames() {
     for (path, bytes) in [("a.md", &b"note B\n"[..]), ("b.md", &b"note A\n"[..])] {
         w.peers[0].disk.insert(path.into(), bytes.to_vec());
     }
-    w.input_batch(
-        0,
-        vec![
-            Input::FileChanged {
-                path: "a.md".into(),
-                content: b"note B\n".to_vec(),
-                exec: false,
-            },
-            Input::FileChanged {
-                path: "b.md".into(),
-                content: b"note A\n".to_vec(),
-                exec: false,
-            },
-        ],
-    );
+    w
+}
+
+/// What the watcher reports of the swap of [`swapped_while_p1_edits`]: both paths saved.
+fn swap_saves() -> Vec<Input> {
+    let saved = |path: &str, content: &[u8]| Input::FileChanged {
+        path: path.into(),
+        content: content.to_vec(),
+        exec: false,
+    };
+    vec![saved("a.md", b"note B\n"), saved("b.md", b"note A\n")]
+}
+
+/// Two notes' names swapped faster than the watcher tells the moves apart (`mv a.md t;
+/// mv b.md a.md; mv t b.md`): the batch holds two saves, each path with what the other
+/// held. Taken as two renames, so a peer's edit made meanwhile to one note stays in
+/// that note (as two rewrites, it landed in the other), and each keeps its history.
+#[test]
+fn two_names_swapped_at_once_are_two_renames() {
+    let mut w = swapped_while_p1_edits(21);
+    w.input_batch(0, swap_saves());
     w.connect(1);
     w.settle_converged();
     eprintln!("RESULT a={:?} b={:?}", w.read(0, "a.md"), w.read(0, "b.md"));
@@ -884,17 +887,7 @@ fn two_names_swapped_at_once_are_two_renames() {
 /// line lands in the note now at its path.)
 #[test]
 fn a_peers_edit_written_as_two_names_are_swapped_loses_nothing() {
-    let mut w = World::new(2, 23, Config::default());
-    w.connect_all();
-    w.write(0, "a.md", b"note A\n");
-    w.write(0, "b.md", b"note B\n");
-    w.settle_converged();
-    w.disconnect(1);
-    w.write(1, "a.md", b"note A\nfrom p1\n");
-    // Swapped on p0, not yet reported by its watcher.
-    for (path, bytes) in [("a.md", &b"note B\n"[..]), ("b.md", &b"note A\n"[..])] {
-        w.peers[0].disk.insert(path.into(), bytes.to_vec());
-    }
+    let mut w = swapped_while_p1_edits(23);
     w.connect(1);
     w.settle(20);
     // The write put off: what p0 believes `a.md` holds on disk is still the version
@@ -904,21 +897,7 @@ fn a_peers_edit_written_as_two_names_are_swapped_loses_nothing() {
     assert_eq!(on_disk, Some((b"note A\n".to_vec(), false)));
     let document = peer.engine.read("a.md", &mut peer.store);
     assert_eq!(document.as_deref(), Some(&b"note A\nfrom p1\n"[..]));
-    w.input_batch(
-        0,
-        vec![
-            Input::FileChanged {
-                path: "a.md".into(),
-                content: b"note B\n".to_vec(),
-                exec: false,
-            },
-            Input::FileChanged {
-                path: "b.md".into(),
-                content: b"note A\n".to_vec(),
-                exec: false,
-            },
-        ],
-    );
+    w.input_batch(0, swap_saves());
     w.settle_converged();
     for p in 0..2 {
         let a = w.read(p, "a.md").unwrap_or_default();
