@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Moves made on one device while a program on the other appends to the same notes every
+# 20 ms: the data-safety checks of session 30 (docs/ARCHITECTURE.md, "Known gaps"). Two
+# daemons and a relay on 127.0.0.1, five tries of CASE; then every line the appender
+# wrote is looked for in A, A and B are compared, and notes found in two files counted.
+#
+# Usage: bench/move-race.sh CASE [BIN]
+#   CASE: rename (mv n.md renamed.md), chain (mv n.md N.md; mv N.md m.md),
+#         into-folder (mv n.md d/; mv d e), swap-files, swap-folders (mv p t; mv q p;
+#         mv t q), over (mv src.md dst.md, a note moved over another)
+#   BIN: the folder of `cue` and `cue-relay` (default target/debug).
+# Prints `lost: N lines`, `split: N`, `same: yes|NO`.
+set -uo pipefail
+
+CASE=${1:?usage: bench/move-race.sh CASE [BIN]}
+BIN=$(realpath "${2:-target/debug}")
+W=$(mktemp -d /tmp/cue-move-race.XXXXXX)
+cd "$W" && mkdir A B
+PORT=$((20000 + RANDOM % 20000))
+"$BIN/cue-relay" --listen 127.0.0.1:$PORT >relay.log 2>&1 &
+RELAY=$!
+stop() {
+    timeout 20 "$BIN/cue" -C A sync stop >/dev/null 2>&1
+    timeout 20 "$BIN/cue" -C B sync stop >/dev/null 2>&1
+    kill $RELAY 2>/dev/null
+}
+trap stop EXIT
+sleep 0.5
+"$BIN/cue" -C A sync init --relay ws://127.0.0.1:$PORT --name a >/dev/null 2>&1
+TOKEN=$("$BIN/cue" -C A sync invite 2>/dev/null | tail -1)
+"$BIN/cue" -C A sync start >/dev/null
+"$BIN/cue" -C B sync join "$TOKEN" --name b >/dev/null 2>&1
+"$BIN/cue" -C B sync start >/dev/null
+
+# appender PATH TAG: appends "TAG i" lines, logging each one written to written.TAG.
+appender() {
+    python3 - "$1" "$2" "$W/written.$2" <<'PY' &
+import os, sys, time
+path, tag, log = sys.argv[1], sys.argv[2], sys.argv[3]
+with open(log, "a") as out:
+    for i in range(60):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            os.write(fd, b"%s %d\n" % (tag.encode(), i))
+            os.close(fd)
+            out.write("%s %d\n" % (tag, i))
+            out.flush()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            pass
+        time.sleep(0.02)
+PY
+}
+
+for k in 1 2 3 4 5; do
+    case $CASE in
+        swap-folders) mkdir -p A/p$k A/q$k; echo "p$k" >A/p$k/x.md; echo "q$k" >A/q$k/x.md ;;
+        swap-files) echo "p$k" >A/p$k.md; echo "q$k" >A/q$k.md ;;
+        over) echo "src$k" >A/src$k.md; echo "dst$k" >A/dst$k.md ;;
+        *) echo "note $k" >A/n$k.md; mkdir -p A/d$k ;;
+    esac
+done
+sleep 3
+for k in 1 2 3 4 5; do
+    WRITERS=()
+    case $CASE in
+        swap-folders) appender B/p$k/x.md Bp$k; WRITERS+=($!); appender B/q$k/x.md Bq$k ;;
+        swap-files) appender B/p$k.md Bp$k; WRITERS+=($!); appender B/q$k.md Bq$k ;;
+        over) appender B/src$k.md Bs$k; WRITERS+=($!); appender B/dst$k.md Bd$k ;;
+        *) appender B/n$k.md Bn$k ;;
+    esac
+    WRITERS+=($!)
+    sleep 0.7
+    case $CASE in
+        rename) mv A/n$k.md A/renamed$k.md ;;
+        chain) mv A/n$k.md A/N$k.md; mv A/N$k.md A/m$k.md ;;
+        into-folder) mv A/n$k.md A/d$k/; mv A/d$k A/e$k ;;
+        swap-folders) mv A/p$k A/t$k; mv A/q$k A/p$k; mv A/t$k A/q$k ;;
+        swap-files) mv A/p$k.md A/t$k.md; mv A/q$k.md A/p$k.md; mv A/t$k.md A/q$k.md ;;
+        over) mv A/src$k.md A/dst$k.md ;;
+    esac
+    wait "${WRITERS[@]}"
+    sleep 1.5
+done
+
+listing() { (cd "$1" && find . -path ./.cuedeck -prune -o -type f ! -name '.cue-tmp-*' -print0 | sort -z | xargs -0 -r md5sum); }
+for _ in $(seq 40); do
+    [ "$(listing A)" = "$(listing B)" ] && break
+    sleep 0.5
+done
+[ "$(listing A)" = "$(listing B)" ] && echo "same: yes" || echo "same: NO"
+python3 - "$W" <<'PY'
+import glob, os, sys
+root = sys.argv[1]
+have = set()
+for d, dirs, files in os.walk(os.path.join(root, "A")):
+    dirs[:] = [x for x in dirs if x != ".cuedeck"]
+    for n in files:
+        if not n.startswith(".cue-tmp-"):
+            have.update(open(os.path.join(d, n), errors="replace").read().splitlines())
+lost = [l for f in glob.glob(os.path.join(root, "written.*")) for l in open(f).read().splitlines() if l not in have]
+print("lost: %d lines%s" % (len(lost), (" (" + " ".join(lost[:8]) + ")") if lost else ""))
+PY
+split=0
+for k in 1 2 3 4 5; do
+    [ "$(grep -rlx --exclude-dir=.cuedeck "note $k" A | wc -l)" -gt 1 ] && split=$((split + 1))
+done
+echo "split: $split"
+[ "$split" -gt 0 ] && echo "A: $(cd A && find . -path ./.cuedeck -prune -o -type f -print | sort | tr '\n' ' ')"
+rm -rf "$W"
