@@ -94,8 +94,10 @@ pub enum Input {
     /// A [`Effect::WriteFile`] or [`Effect::RemoveFile`] was not carried out because the
     /// disk did not hold what the engine expected: the user saved something the watcher
     /// has not reported yet. This is that content; it is merged as an edit of the version
-    /// that was on disk before the refused write. `expect`: what the write expected there
-    /// (what the engine believed the disk held before it; `None` when nothing).
+    /// that was on disk before the refused write, unless it is another file's bytes as
+    /// believed at another name (that file was moved there: the write is put off until
+    /// the watcher tells of the move). `expect`: what the write expected there (what the
+    /// engine believed the disk held before it; `None` when nothing).
     WriteRefused {
         path: String,
         content: Vec<u8>,
