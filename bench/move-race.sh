@@ -2,7 +2,8 @@
 # Moves made on one device while a program on the other appends to the same notes every
 # 20 ms: the data-safety checks of session 30 (docs/ARCHITECTURE.md, "Known gaps"). Two
 # daemons and a relay on 127.0.0.1, five tries of CASE; then every line the appender
-# wrote is looked for in A, A and B are compared, and notes found in two files counted.
+# wrote, and each note's first line, is looked for in A, A and B are compared, and notes
+# found in two files counted.
 #
 # Usage: bench/move-race.sh CASE [BIN]
 #   CASE: rename (mv n.md renamed.md), chain (mv n.md N.md; mv N.md m.md),
@@ -59,6 +60,8 @@ for k in 1 2 3 4 5; do
         *) echo "note $k" >A/n$k.md; mkdir -p A/d$k ;;
     esac
 done
+# The notes' first lines are looked for at the end too (a note's text lost whole).
+cat $(find A -name "*.md") >"$W/written.first"
 sleep 3
 for k in 1 2 3 4 5; do
     WRITERS=()

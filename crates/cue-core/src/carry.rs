@@ -192,6 +192,10 @@ pub trait Host: DocStore {
     /// a write that failed is never taken for a deletion.
     fn write_failed(&mut self, path: &str, error: &Self::DiskError);
 
+    /// What the carry-out tells the engine of its effects (a write refused, one made over
+    /// a program's write, ...), as it is fed: for a debug log.
+    fn feedback(&mut self, _input: &Input) {}
+
     /// The disk kept changing under [`MAX_FEEDBACK_DEPTH`] refused writes in a row: these
     /// files are merged but written at the next tick.
     fn deferred(&mut self, _paths: &[String]) {}
@@ -281,6 +285,7 @@ fn carry_out_at<H: Host>(
     host.files_done(&files);
     feedback.extend(read_back(host, reads));
     for input in feedback {
+        host.feedback(&input);
         let effects = engine.handle(now_ms, input, host);
         // The feedback's own persistence is committed before anything is sent.
         sends.extend(carry_out_at(engine, host, now_ms, effects, depth + 1)?);
@@ -305,11 +310,28 @@ fn read_back<H: Host>(host: &mut H, paths: Vec<String>) -> Vec<Input> {
 }
 
 /// Writes and removals in the engine's order; the refusals to feed back.
+///
+/// A write at a path whose removal just before was refused is not made: the disk holds
+/// what the removal found, so it would be refused too, and its report, taken in after
+/// the engine had answered the removal's (and maybe written the path again), would
+/// speak of a disk that is no longer there. It is put off ([`Input::WriteDeferred`]),
+/// told before anything else: until then the engine believes the file written there,
+/// and the answer to another report of the batch (a save at the moved file's old name,
+/// merged into it) wrote it over what the removal found, which came back as its edit:
+/// the moved note's text replaced by the replaced note's.
 fn files_to_disk<H: Host>(host: &mut H, files: &[Effect]) -> Vec<Input> {
     let mut feedback = Vec::new();
+    let mut put_off = Vec::new();
     let mut writes: Vec<Write> = Vec::new();
+    let mut kept: BTreeSet<&str> = BTreeSet::new();
     for e in files {
         match e {
+            Effect::WriteFile { path, expect, .. } if kept.contains(path.as_str()) => {
+                put_off.push(Input::WriteDeferred {
+                    path: path.clone(),
+                    expect: *expect,
+                });
+            }
             Effect::WriteFile {
                 path,
                 bytes,
@@ -324,13 +346,16 @@ fn files_to_disk<H: Host>(host: &mut H, files: &[Effect]) -> Vec<Input> {
             Effect::RemoveFile { path, expect } => {
                 // Writes before this removal happen first.
                 write_all(host, std::mem::take(&mut writes), &mut feedback);
-                remove(host, path, *expect, &mut feedback);
+                if !remove(host, path, *expect, &mut feedback) {
+                    kept.insert(path);
+                }
             }
             _ => {}
         }
     }
     write_all(host, writes, &mut feedback);
-    feedback
+    put_off.extend(feedback);
+    put_off
 }
 
 fn write_all<H: Host>(host: &mut H, writes: Vec<Write>, feedback: &mut Vec<Input>) {
@@ -343,7 +368,7 @@ fn write_all<H: Host>(host: &mut H, writes: Vec<Write>, feedback: &mut Vec<Input
             Ok(Outcome::Done) => host.written(&w.path),
             Ok(Outcome::DoneOverEdit(content, exec)) => {
                 host.written(&w.path);
-                replaced_edit(&w.path, content, exec, feedback);
+                replaced_edit(&w.path, content, exec, w.expect, feedback);
             }
             Ok(Outcome::Unexpected) => after_unexpected(host, &w, feedback),
             Err(error) => failed(host, &w.path, w.expect, &error, feedback),
@@ -397,11 +422,18 @@ fn after_unexpected<H: Host>(host: &mut H, w: &Write, feedback: &mut Vec<Input>)
     }
 }
 
-fn replaced_edit(path: &str, content: Vec<u8>, exec: bool, feedback: &mut Vec<Input>) {
+fn replaced_edit(
+    path: &str,
+    content: Vec<u8>,
+    exec: bool,
+    expect: Option<ContentHash>,
+    feedback: &mut Vec<Input>,
+) {
     feedback.push(Input::ReplacedEdit {
         path: path.to_string(),
         content,
         exec,
+        expect,
     });
 }
 
@@ -419,12 +451,14 @@ fn refused(
     });
 }
 
+/// Removes `path` if it holds `expect`; false when the disk held something else (fed
+/// back), and the file is still there.
 fn remove<H: Host>(
     host: &mut H,
     path: &str,
     expect: Option<ContentHash>,
     feedback: &mut Vec<Input>,
-) {
+) -> bool {
     let result = match expect {
         Some(h) => host.remove_if(path, h),
         // The engine believes nothing is there: whatever is there is a local file.
@@ -446,14 +480,16 @@ fn remove<H: Host>(
         Ok(Some(Outcome::Unexpected)) => {
             if let Ok(Some(content)) = host.read_file(path) {
                 refused(path, content, expect, feedback);
+                return false;
             }
         }
         Ok(Some(Outcome::DoneOverEdit(content, exec))) => {
-            replaced_edit(path, content, exec, feedback)
+            replaced_edit(path, content, exec, expect, feedback)
         }
         Ok(None) => {}
         Err(error) => failed(host, path, expect, &error, feedback),
     }
+    true
 }
 
 fn parent(path: &str) -> Option<&str> {

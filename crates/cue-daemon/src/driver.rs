@@ -493,6 +493,8 @@ impl Driver {
                     path: path.clone(),
                     content: content.clone(),
                     exec: *exec,
+                    // (No effect of this run: merged by the path's rules.)
+                    expect: None,
                 });
             }
             // (On a folder that keeps no modes, the bytes are compared.)
@@ -1665,12 +1667,24 @@ impl Driver {
     /// note, the note moved a moment later: the write's event finds it gone), where the
     /// move follows. Taken for a deletion, the move then found nothing known to move and
     /// made the note a new file: the note ended in two, the history of one lost to it.
+    ///
+    /// And the saves a later move of the batch made over: a file saved (a peer's change
+    /// written into it, say), then another moved over it (`mv src.md dst.md`) before the
+    /// watcher looked, reads as the moved file. Taken for a save, the replaced note's
+    /// text was replaced by the moved note's, an edit sent to every device before the
+    /// move's deletion of it.
     fn moves_told_later(&self, events: Vec<WatchEvent>) -> Vec<WatchEvent> {
         let mut moved_files = BTreeSet::new();
+        let mut moved_over = BTreeSet::new();
         let mut moved_folders: Vec<String> = Vec::new();
         let mut kept = Vec::with_capacity(events.len());
         for e in events.into_iter().rev() {
             match &e {
+                WatchEvent::Changed(p)
+                    if moved_over.contains(self.engine.disk_key(p.as_str()).as_ref()) =>
+                {
+                    continue;
+                }
                 WatchEvent::Removed(p) | WatchEvent::Changed(p) => {
                     let key = self.engine.disk_key(p.as_str()).into_owned();
                     let below = |d: &String| {
@@ -1683,8 +1697,9 @@ impl Driver {
                         continue;
                     }
                 }
-                WatchEvent::Renamed { from, .. } => {
+                WatchEvent::Renamed { from, to } => {
                     moved_files.insert(self.engine.disk_key(from.as_str()).into_owned());
+                    moved_over.insert(self.engine.disk_key(to.as_str()).into_owned());
                 }
                 WatchEvent::DirRenamed { from, .. } => {
                     moved_folders.push(self.engine.disk_key(from.as_str()).into_owned());
@@ -2224,7 +2239,7 @@ fn written_settle(debounce_ms: u64) -> std::time::Duration {
 }
 
 /// What a file input says, for the debug log (`CUE_LOG=cue_daemon=debug`).
-fn trace_input(input: &Input) {
+pub(crate) fn trace_input(input: &Input) {
     match input {
         Input::FileChanged {
             path,
@@ -2241,11 +2256,13 @@ fn trace_input(input: &Input) {
             path,
             content,
             exec,
+            ..
         } => tracing::debug!(
             kind = input_kind(input),
             path,
             len = content.len(),
             exec,
+            head = ?String::from_utf8_lossy(&content[..content.len().min(16)]),
             tail = ?String::from_utf8_lossy(&content[content.len().saturating_sub(16)..]),
             "input"
         ),
@@ -2266,6 +2283,9 @@ fn trace_input(input: &Input) {
         Input::FileRemoved { path } => tracing::debug!(kind = "file_removed", path, "input"),
         Input::WriteFoundGone { path, .. } => {
             tracing::debug!(kind = "write_found_gone", path, "input")
+        }
+        Input::WriteDeferred { path, .. } => {
+            tracing::debug!(kind = "write_deferred", path, "input")
         }
         _ => {}
     }
@@ -3345,6 +3365,44 @@ mod events_behind_the_disk {
         assert!(
             kinds.contains(&(ActivityKind::Delete, Some("gone.md".to_string()))),
             "a removal no event told of is still seen: {kinds:?}"
+        );
+    }
+
+    /// A note saved (a peer's change written into it) and, before the watcher looked,
+    /// another moved over it (`mv src.md dst.md`): the save's event reads the moved
+    /// note. It is no edit of the replaced note (which made its text the moved note's,
+    /// on every device, before the move deleted it): the move alone is taken in.
+    #[test]
+    fn a_save_then_a_note_moved_over_it_is_the_move_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::write(root.join("src.md"), "# Source\n").expect("write");
+        std::fs::write(root.join("dst.md"), "# Replaced\n").expect("write");
+        let ws = Workspace::init(root, Some("ws://127.0.0.1:9"), Some("alice")).expect("init");
+        let mut driver = Driver::open(&ws, &ws.config).expect("driver");
+        driver.startup_scan(now_ms()).expect("scan");
+        let saves_before = activity(&driver).len();
+        mv(root, "src.md", "dst.md");
+        watched(
+            &mut driver,
+            vec![
+                WatchEvent::Changed(rel("dst.md")),
+                WatchEvent::Renamed {
+                    from: rel("src.md"),
+                    to: rel("dst.md"),
+                },
+            ],
+        );
+        driver.flush().expect("flush");
+        let kinds = activity(&driver);
+        let dst = Some("dst.md".to_string());
+        assert_eq!(
+            kinds[saves_before..],
+            [
+                (ActivityKind::Delete, dst.clone()),
+                (ActivityKind::Rename, dst)
+            ],
+            "{kinds:?}"
         );
     }
 

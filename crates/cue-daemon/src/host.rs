@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cue_core::carry::{self, Host as _, Outcome, Write};
-use cue_core::{Activity, ContentHash, DocId, DocStore, Effect, Persist};
+use cue_core::{Activity, ContentHash, DocId, DocStore, Effect, Input, Persist};
 
 use crate::fsio::{self, Expect, FsError, WorkspaceFs};
 use crate::paths::{PathError, WorkspacePath};
@@ -1070,12 +1070,13 @@ impl carry::Host for DaemonHost {
             }
         };
         let result = outcome(written);
-        let what = match &result {
-            Outcome::Done => "done",
-            Outcome::Unexpected => "unexpected",
-            Outcome::DoneOverEdit(..) => "done over an edit",
-        };
-        tracing::debug!(path, len = bytes.len(), exec, outcome = what, "write");
+        tracing::debug!(
+            path,
+            len = bytes.len(),
+            exec,
+            outcome = said(&result),
+            "write"
+        );
         Ok(result)
     }
 
@@ -1107,7 +1108,13 @@ impl carry::Host for DaemonHost {
             self.put_in_place.remove(path);
             self.durably_done.insert(path.to_string());
         }
-        Ok(removed.map(outcome))
+        let result = removed.map(outcome);
+        tracing::debug!(
+            path,
+            outcome = result.as_ref().map_or("nothing there", said),
+            "remove"
+        );
+        Ok(result)
     }
 
     fn remove_empty_dir(&mut self, dir: &str) -> bool {
@@ -1126,6 +1133,10 @@ impl carry::Host for DaemonHost {
     fn exists(&mut self, path: &str) -> Result<bool, FileError> {
         let rel = WorkspacePath::parse(path)?;
         Ok(self.fs.stat(&rel)?.is_some())
+    }
+
+    fn feedback(&mut self, input: &Input) {
+        crate::driver::trace_input(input);
     }
 
     fn written(&mut self, path: &str) {
@@ -1147,6 +1158,15 @@ impl carry::Host for DaemonHost {
             ?paths,
             "files keep changing while cue writes them; writing at the next tick"
         );
+    }
+}
+
+/// How the debug log says what a write or removal found.
+fn said(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Done => "done",
+        Outcome::Unexpected => "unexpected",
+        Outcome::DoneOverEdit(..) => "done over an edit",
     }
 }
 

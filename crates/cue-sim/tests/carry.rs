@@ -1,6 +1,8 @@
 //! The daemon's carry-out rules (`cue_core::carry`) as the simulation runs them: the
 //! start-up scan, refused writes, and writes the disk cannot make.
 
+use std::collections::BTreeSet;
+
 use cue_core::{ActivityKind, Config, Input};
 use cue_sim::World;
 
@@ -975,5 +977,283 @@ fn a_save_under_the_old_name_of_a_note_renamed_elsewhere_follows_the_rename() {
             Some("start\nfrom p1\nagain\n"),
             "peer {p}"
         );
+    }
+}
+
+/// Two peers with `src.md` and `dst.md`; p0's user moves `src.md` over `dst.md` while a
+/// program on p1 writes to `dst.md` (how it meets the carry-out is up to the caller).
+///
+/// The notes are made in the order the seed's parity says: the removals of a move are
+/// carried out in the order of the files' ids, and each order is tried.
+fn moved_over(seed: u64) -> World {
+    let mut w = World::new(2, seed, Config::default());
+    w.connect_all();
+    let notes = [("src.md", "source text\n"), ("dst.md", "replaced text\n")];
+    for (path, text) in if seed % 2 == 0 {
+        notes
+    } else {
+        [notes[1], notes[0]]
+    } {
+        w.write(0, path, text.as_bytes());
+    }
+    w.settle_converged();
+    w
+}
+
+/// Every peer ends with `dst.md` holding the moved note, and the line the program wrote
+/// to the replaced note kept once, with that note's text, in a file of its own.
+fn assert_moved_over_keeps_both(w: &World) {
+    for p in 0..2 {
+        let disk = &w.peers[p].disk;
+        let text = |t: &'static str| {
+            (disk.values()).filter(move |v| String::from_utf8_lossy(v).contains(t))
+        };
+        assert_eq!(
+            w.read(p, "dst.md").as_deref(),
+            Some("source text\n"),
+            "p{p}: {disk:?}"
+        );
+        assert_eq!(text("source text").count(), 1, "p{p}: {disk:?}");
+        let kept: Vec<_> = text("appended on p1").collect();
+        assert_eq!(kept.len(), 1, "p{p}: {disk:?}");
+        assert_eq!(
+            kept[0], b"replaced text\nappended on p1\n",
+            "p{p}: {disk:?}"
+        );
+        assert_eq!(w.read(p, "src.md"), None, "p{p}: {disk:?}");
+    }
+    assert_eq!(w.peers[0].disk, w.peers[1].disk);
+}
+
+/// A note moved over another (`mv src.md dst.md`) while a program on the other device
+/// appends to the replaced one in the very instant the daemon there removes it: the
+/// line is that note's (kept beside as a copy, the rule of a removed file's edit), not
+/// an edit of the note moved in. (Before, it was taken for the moved note's edit, made
+/// of the replaced note's text: the moved note's text was gone from every device.)
+#[test]
+fn a_line_appended_to_a_note_moved_over_as_it_goes_is_kept_beside() {
+    for seed in [41, 42] {
+        let mut w = moved_over(seed);
+        w.peers[1]
+            .append_while_replaced
+            .insert("dst.md".into(), b"appended on p1\n".to_vec());
+        w.rename(0, "src.md", "dst.md");
+        w.settle_converged();
+        assert_moved_over_keeps_both(&w);
+    }
+}
+
+/// The same, the program's line saved just before (not yet reported): the removal of the
+/// replaced note is refused, and so is the moved note's write over it.
+#[test]
+fn a_save_to_a_note_moved_over_before_it_goes_is_kept_beside() {
+    for seed in [43, 44] {
+        let mut w = moved_over(seed);
+        w.peers[1]
+            .disk
+            .insert("dst.md".into(), b"replaced text\nappended on p1\n".to_vec());
+        w.rename(0, "src.md", "dst.md");
+        w.settle_converged();
+        assert_moved_over_keeps_both(&w);
+    }
+}
+
+/// The same, a program on p1 having saved to both notes just before (not yet reported):
+/// both removals are refused. The moved note's save follows it under its new name (not a
+/// note of its own at the old name: the move's write, put off, is no reason to split it).
+#[test]
+fn saves_to_both_notes_of_a_move_over_keep_each_in_its_note() {
+    for seed in 40..60 {
+        saves_to_both_notes_of_a_move_over(seed);
+    }
+}
+
+fn saves_to_both_notes_of_a_move_over(seed: u64) {
+    let mut w = moved_over(seed);
+    w.peers[1]
+        .disk
+        .insert("dst.md".into(), b"replaced text\nappended on p1\n".to_vec());
+    w.peers[1]
+        .disk
+        .insert("src.md".into(), b"source text\nsaved on p1\n".to_vec());
+    w.rename(0, "src.md", "dst.md");
+    w.settle_converged();
+    for p in 0..2 {
+        let disk = &w.peers[p].disk;
+        assert_eq!(disk.len(), 2, "seed {seed} p{p}: {disk:?}");
+        assert_eq!(
+            w.read(p, "dst.md").as_deref(),
+            Some("source text\nsaved on p1\n"),
+            "p{p}: {disk:?}"
+        );
+        let copy = disk.iter().find(|(k, _)| *k != "dst.md");
+        assert_eq!(
+            copy.map(|(_, v)| v.as_slice()),
+            Some(&b"replaced text\nappended on p1\n"[..]),
+            "p{p}: {disk:?}"
+        );
+    }
+}
+
+/// A peer renames a note to a name this device's user has just made a note of (saved,
+/// not yet reported): the write of the renamed note finds that note there. It is a
+/// second note of that name, kept beside, not an edit of the renamed one (which took
+/// the renamed note's text away on every device).
+#[test]
+fn a_note_renamed_to_a_name_just_made_here_keeps_both() {
+    let mut w = World::new(2, 45, Config::default());
+    w.connect_all();
+    w.write(0, "a.md", b"note a\n");
+    w.settle_converged();
+    w.peers[1]
+        .disk
+        .insert("b.md".into(), b"made on p1\n".to_vec());
+    w.rename(0, "a.md", "b.md");
+    w.settle_converged();
+    for p in 0..2 {
+        let disk = &w.peers[p].disk;
+        let texts: BTreeSet<&[u8]> = disk.values().map(Vec::as_slice).collect();
+        let want: BTreeSet<&[u8]> = [&b"note a\n"[..], b"made on p1\n"].into();
+        assert_eq!(texts, want, "p{p}: {disk:?}");
+        assert_eq!(disk.len(), 2, "p{p}: {disk:?}");
+    }
+    assert_eq!(w.peers[0].disk, w.peers[1].disk);
+}
+
+/// Two notes swapped on another device (`mv a.md t; mv b.md a.md; mv t b.md`) while a
+/// program here appends to one of them, the line written in the instant the daemon
+/// replaces it, or just before: the line stays in its note, now under the other name
+/// (before, it went into the note moved into its old name, the program's note's text
+/// with it).
+#[test]
+fn a_line_appended_here_to_a_note_swapped_elsewhere_stays_in_its_note() {
+    for (seed, in_the_instant) in [(47, true), (49, false)] {
+        let mut w = World::new(2, seed, Config::default());
+        w.connect_all();
+        w.write(0, "a.md", b"note A\n");
+        w.write(0, "b.md", b"note B\n");
+        w.settle_converged();
+        if in_the_instant {
+            w.peers[1]
+                .append_while_replaced
+                .insert("a.md".into(), b"from p1\n".to_vec());
+        } else {
+            w.peers[1]
+                .disk
+                .insert("a.md".into(), b"note A\nfrom p1\n".to_vec());
+        }
+        w.disconnect(1);
+        w.rename(0, "a.md", "t.md");
+        w.rename(0, "b.md", "a.md");
+        w.rename(0, "t.md", "b.md");
+        w.connect(1);
+        w.settle_converged();
+        for p in 0..2 {
+            let disk = &w.peers[p].disk;
+            let what = format!("p{p} (in the instant: {in_the_instant}): {disk:?}");
+            assert_eq!(w.read(p, "a.md").as_deref(), Some("note B\n"), "{what}");
+            assert_eq!(
+                w.read(p, "b.md").as_deref(),
+                Some("note A\nfrom p1\n"),
+                "{what}"
+            );
+            assert_eq!(disk.len(), 2, "{what}");
+        }
+    }
+}
+
+/// A note moved over another on p0 while p1, offline, edited both; as p1 comes back
+/// (its edits reaching p0 after the move: the replaced note lives again, beside the
+/// moved one) a program on p1 has just saved a line to each (not yet reported). Every
+/// line written anywhere is in some note at the end, on both devices alike.
+#[test]
+fn a_move_over_meeting_edits_of_both_notes_loses_no_line() {
+    for seed in 60..90 {
+        let mut w = moved_over(seed);
+        w.disconnect(1);
+        w.write(1, "src.md", b"source text\nsrc edit on p1\n");
+        w.write(1, "dst.md", b"replaced text\ndst edit on p1\n");
+        w.rename(0, "src.md", "dst.md");
+        w.peers[1].disk.insert(
+            "src.md".into(),
+            b"source text\nsrc edit on p1\nsrc saved on p1\n".to_vec(),
+        );
+        w.peers[1].disk.insert(
+            "dst.md".into(),
+            b"replaced text\ndst edit on p1\ndst saved on p1\n".to_vec(),
+        );
+        w.connect(1);
+        w.settle(20);
+        // The watcher tells of the saves at last (what of them is still there).
+        report_as_saved(&mut w, 1, "src.md");
+        report_as_saved(&mut w, 1, "dst.md");
+        w.settle_converged();
+        for p in 0..2 {
+            let disk = &w.peers[p].disk;
+            let lines: BTreeSet<String> = (disk.values())
+                .flat_map(|v| {
+                    String::from_utf8_lossy(v)
+                        .lines()
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            for line in [
+                "source text",
+                "src edit on p1",
+                "src saved on p1",
+                "dst edit on p1",
+                "dst saved on p1",
+            ] {
+                assert!(
+                    lines.contains(line),
+                    "seed {seed} p{p}: {line:?} lost: {disk:?}"
+                );
+            }
+        }
+        assert_eq!(w.peers[0].disk, w.peers[1].disk, "seed {seed}");
+    }
+}
+
+/// On p0 a note is moved out of the way and another moved to its name (`mv dst.md
+/// other.md; mv src.md dst.md`) while a program on p1 has just saved a line to each (not
+/// yet reported): both removals on p1 are refused. Each line stays in its own note, under
+/// the note's new name. (Before, the save at the moved note's old name was merged first,
+/// and the note then written over the other's refused removal: the other's text came
+/// back as its edit, and the moved note's text was gone.)
+#[test]
+fn two_notes_moved_along_while_saved_to_keep_each_line_in_its_note() {
+    for seed in 40..60 {
+        let mut w = moved_over(seed);
+        w.peers[1]
+            .disk
+            .insert("src.md".into(), b"source text\nsrc saved on p1\n".to_vec());
+        w.peers[1].disk.insert(
+            "dst.md".into(),
+            b"replaced text\ndst saved on p1\n".to_vec(),
+        );
+        // (Both moves reach p1 together.)
+        w.disconnect(1);
+        w.rename(0, "dst.md", "other.md");
+        w.rename(0, "src.md", "dst.md");
+        w.connect(1);
+        w.settle_converged();
+        for p in 0..2 {
+            let disk = &w.peers[p].disk;
+            let what = format!("seed {seed} p{p}: {disk:?}");
+            assert_eq!(disk.len(), 2, "{what}");
+            let dst = w.read(p, "dst.md");
+            assert_eq!(
+                dst.as_deref(),
+                Some("source text\nsrc saved on p1\n"),
+                "{what}"
+            );
+            let other = w.read(p, "other.md");
+            assert_eq!(
+                other.as_deref(),
+                Some("replaced text\ndst saved on p1\n"),
+                "{what}"
+            );
+        }
     }
 }

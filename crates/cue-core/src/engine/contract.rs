@@ -97,7 +97,12 @@ pub enum Input {
     /// that was on disk before the refused write, unless it is another file's bytes as
     /// believed at another name (that file was moved there: the write is put off until
     /// the watcher tells of the move). `expect`: what the write expected there (what the
-    /// engine believed the disk held before it; `None` when nothing).
+    /// engine believed the disk held before it; `None` when nothing). The effect is told
+    /// by its path and `expect`; the content is an edit of the file whose bytes `expect`
+    /// hashes, not of the file written there when that is another (a note moved over
+    /// another: the replaced note's edit is kept beside it). A write that follows, in the
+    /// same carry-out, a refused removal at its path is not made (it would be refused
+    /// too): it is put off ([`Input::WriteDeferred`], told first).
     WriteRefused {
         path: String,
         content: Vec<u8>,
@@ -107,11 +112,15 @@ pub enum Input {
     /// A [`Effect::WriteFile`] or [`Effect::RemoveFile`] at `path` was carried out, but the
     /// file it replaced had been written to in that instant (a program appending to it):
     /// `content` is what that file held. It is merged as an edit of the version that was on
-    /// disk before the write; a removed file's edit is kept beside as a copy.
+    /// disk before the write; a removed file's edit is kept beside as a copy. `expect`:
+    /// what the effect expected there (as in [`Input::WriteRefused`]): the bytes replaced
+    /// are those of the file believed there before it, whose edit this is (not the file
+    /// written there, when another: a note moved over another).
     ReplacedEdit {
         path: String,
         content: Vec<u8>,
         exec: bool,
+        expect: Option<ContentHash>,
     },
     /// Files found on disk that cannot be synced, and why (a name with a backslash or a
     /// control character, an unreadable file): the whole set, from a scan. Listed under

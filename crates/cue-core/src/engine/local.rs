@@ -211,15 +211,19 @@ impl Engine {
     pub(super) fn replaced_edit(
         &mut self,
         path: &str,
+        expect: Option<ContentHash>,
         content: Vec<u8>,
         exec: bool,
         store: &mut dyn DocStore,
     ) {
+        if self.leaving_edit(path, expect, &content, exec, false, store) {
+            return;
+        }
         let found = self.file_at(path).and_then(|f| {
             let m = self.files.get(&f)?;
             (!m.prev_disk_heads.is_empty()).then(|| (f, m.disk.clone(), m.disk_heads.clone()))
         });
-        if found.is_none() && self.moved_away_edit(path, &content, exec, true, store) {
+        if found.is_none() && self.moved_away_edit(path, &content, exec, Some(expect), store) {
             return;
         }
         if let Some((f, _, _)) = found {
@@ -270,53 +274,40 @@ impl Engine {
     /// merged, written under the new name, and the old name removed. Without this the
     /// save was a new file at the old name, the note split in two. A file the watcher
     /// finds at the old name after a removal that went as planned is a new one (the user
-    /// made another file of that name). Whether it was such a save.
+    /// made another file of that name). Whether it was such a save. `feedback`: what
+    /// the effect found there expected (`None`: a save the watcher reported).
     pub(super) fn moved_away_edit(
         &mut self,
         path: &str,
         content: &[u8],
         exec: bool,
-        feedback: bool,
+        feedback: Option<Option<ContentHash>>,
         store: &mut dyn DocStore,
     ) -> bool {
         if self.file_at(path).is_some() {
             return false;
         }
         let now = self.now_ms;
-        let found = match self.moved_from.get(path) {
-            Some((f, heads, at)) if now - at <= MOVED_EDIT_MS => Some((*f, heads.clone())),
-            _ if !feedback => None,
-            _ => self.disk_ops.get(path).and_then(|f| {
-                let m = self.files.get(f)?;
+        let found = match (self.moved_from.get(path), feedback) {
+            (Some((f, heads, at)), _) if now - at <= MOVED_EDIT_MS => Some((*f, heads.clone())),
+            (_, None) => None,
+            (_, Some(expect)) => self.disk_op(path, expect).map(|op| op.file).and_then(|f| {
+                let m = self.files.get(&f)?;
                 // Moved, in this round, to a name of its own (not deleted: a deletion
-                // meeting a save keeps the save by the deletion's own rule).
-                let elsewhere = m.disk.as_ref().is_some_and(|(p, _)| p != path)
-                    && self.index.path_of(f).is_some_and(|p| p != path)
-                    && self.index.tombstone(f).is_none();
-                elsewhere.then(|| (*f, m.prev_disk_heads.clone()))
+                // meeting a save keeps the save by the deletion's own rule); written
+                // there, or to be (its write put off: a note moved over another whose
+                // removal was refused too, `leaving_edit`).
+                let elsewhere = m.disk.as_ref().is_none_or(|(p, _)| p != path)
+                    && self.index.path_of(&f).is_some_and(|p| p != path)
+                    && self.index.tombstone(&f).is_none();
+                elsewhere.then(|| (f, m.prev_disk_heads.clone()))
             }),
         };
         let Some((f, base)) = found else {
             return false;
         };
-        let Some(moved_to) = self.files.get(&f).and_then(|m| m.disk.clone()) else {
-            return false;
-        };
-        let hash = file_hash(content, exec);
-        // Believed at the old name for the merge (`local_change` finds it there), then
-        // back where it is.
-        if let Some(mut m) = self.files.get_mut(&f) {
-            m.disk = Some((path.to_string(), hash));
-        }
-        let version = self.edit_of_replaced(f, path, base, content.to_vec(), exec, store);
-        if let Some(mut m) = self.files.get_mut(&f) {
-            m.disk = Some(moved_to);
-        }
-        self.disk_ops.insert(path.to_string(), f);
-        self.out_files.push(Effect::RemoveFile {
-            path: path.to_string(),
-            expect: Some(hash),
-        });
+        let version = self.edit_of_moved(f, path, base, content, exec, store);
+        self.remove_taken_in(path, content, exec, f, version.clone());
         if self.moved_from.len() >= MOVED_FROM_KEPT {
             self.moved_from
                 .retain(|_, (_, _, at)| now - *at <= MOVED_EDIT_MS);
@@ -325,6 +316,150 @@ impl Engine {
             self.moved_from.insert(path.to_string(), (f, version, now));
         }
         true
+    }
+
+    /// `content`, found at `path` by a write or removal there (`still_there`: refused;
+    /// else replaced in that instant), when the bytes the effect expected (`expect`) were
+    /// those of a file leaving the path (deleted, or moved elsewhere) while another is
+    /// written there (a note moved over another, two swapped): the leaving file's edit,
+    /// never the incoming one's. Merged into the leaving file where it is now, or, that
+    /// file deleted, kept beside as a copy (a removed file's edit). What is still there
+    /// is removed once taken in, and the incoming file written after it. Bytes the effect
+    /// expected nowhere (nothing was believed there) are a file made there meanwhile: a
+    /// second creation, kept beside the incoming file (`never_on_disk_here`). Before,
+    /// what the path held was merged as an edit of the file now believed there: the
+    /// replaced note's text took the moved note's place, on every device. Whether it was
+    /// such.
+    pub(super) fn leaving_edit(
+        &mut self,
+        path: &str,
+        expect: Option<ContentHash>,
+        content: &[u8],
+        exec: bool,
+        still_there: bool,
+        store: &mut dyn DocStore,
+    ) -> bool {
+        let Some(ops) = self.disk_ops.get(path) else {
+            return false;
+        };
+        let Some(at) = ops.iter().rposition(|op| op.expect == expect) else {
+            return false;
+        };
+        let op = ops[at].clone();
+        let Some((held, base)) = op.held else {
+            // Nothing was believed there: the file written there is the effect's.
+            let taker = op.file;
+            if self.file_at(path) != Some(taker) {
+                return false;
+            }
+            if !still_there {
+                // Replaced: the file made there is gone.
+                self.keep_as_copy(path, content.to_vec(), exec, store);
+                return true;
+            }
+            if let Some(mut m) = self.files.get_mut(&taker) {
+                m.disk = None;
+                m.disk_heads = Vec::new();
+            }
+            self.to_reconcile.insert(taker);
+            self.local_change(path, content.to_vec(), exec, store);
+            return true;
+        };
+        // The file written there: the effect's own, or (a removal) the write after it
+        // at that path, which the carry-out does not make when the removal is refused.
+        let taker = if op.file != held {
+            Some(op.file)
+        } else {
+            ops[at + 1..]
+                .iter()
+                .find(|o| o.file != held)
+                .map(|o| o.file)
+        };
+        let Some(taker) = taker else {
+            return false;
+        };
+        // Not believed at the path while the leaving file's edit is taken in (it would
+        // be found there as the file saved to); back after, unless it is still to be
+        // written.
+        let taken = self.files.get_mut(&taker).and_then(|mut m| {
+            let here = m.disk.as_ref().is_some_and(|(p, _)| p == path);
+            here.then(|| (m.disk.take(), m.disk_heads.clone()))
+        });
+        let elsewhere = self.index.tombstone(&held).is_none()
+            && self.index.path_of(&held).is_some_and(|p| p != path)
+            && self.files.get(&held).is_some_and(|m| m.doc_hash.is_some());
+        let (kept_in, version) = if elsewhere {
+            let version = self.edit_of_moved(held, path, base, content, exec, store);
+            (held, version)
+        } else {
+            let copy = self.keep_as_copy(path, content.to_vec(), exec, store);
+            let c = self
+                .file_at(&copy)
+                .or_else(|| self.live_file_with_path(&copy));
+            let version = c.and_then(|c| self.files.get(&c).map(|m| m.heads.clone()));
+            (c.unwrap_or(held), version.unwrap_or_default())
+        };
+        if let Some(mut m) = self.files.get_mut(&taker) {
+            match taken {
+                Some((disk, heads)) if !still_there => {
+                    m.disk = disk;
+                    m.disk_heads = heads;
+                }
+                _ if still_there => m.disk_heads = m.prev_disk_heads.clone(),
+                _ => {}
+            }
+        }
+        self.dirty.insert(taker);
+        if still_there {
+            self.to_reconcile.insert(taker);
+            self.remove_taken_in(path, content, exec, kept_in, version);
+        }
+        true
+    }
+
+    /// `content` at `path` is `f`'s edit, of the version `base` it held there, while `f`
+    /// is elsewhere (or to be written elsewhere): merged, `f` left where it is. The
+    /// version that renders exactly `content`.
+    fn edit_of_moved(
+        &mut self,
+        f: FileId,
+        path: &str,
+        base: Heads,
+        content: &[u8],
+        exec: bool,
+        store: &mut dyn DocStore,
+    ) -> Heads {
+        let moved_to = self.files.get(&f).and_then(|m| m.disk.clone());
+        let hash = file_hash(content, exec);
+        // Believed at the old name for the merge (`local_change` finds it there), then
+        // back where it is.
+        if let Some(mut m) = self.files.get_mut(&f) {
+            m.disk = Some((path.to_string(), hash));
+        }
+        let version = self.edit_of_replaced(f, path, base, content.to_vec(), exec, store);
+        if let Some(mut m) = self.files.get_mut(&f) {
+            m.disk = moved_to;
+        }
+        version
+    }
+
+    /// `content`, `f`'s version `version`, taken in from `path` where it does not belong:
+    /// removed from there (a program writing to it again makes the removal's report an
+    /// edit of `f` again).
+    fn remove_taken_in(
+        &mut self,
+        path: &str,
+        content: &[u8],
+        exec: bool,
+        f: FileId,
+        version: Heads,
+    ) {
+        let hash = file_hash(content, exec);
+        self.record_op(path, Some(hash), f, Some((f, version)));
+        self.out_files.push(Effect::RemoveFile {
+            path: path.to_string(),
+            expect: Some(hash),
+        });
     }
 
     /// `content` was written over the version `base` of `f`, in a file no longer at

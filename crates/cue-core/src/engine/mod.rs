@@ -59,7 +59,7 @@ use pull::*;
 use rotation::{Chain, RotCheck};
 pub use rotation::{DeviceInfo, Generation, LobbyAnswer, Removal, RotationCheck, RotationMeta};
 pub use seniority::{MAKER_KEY, MakerCheck};
-use view::{Stale, Unwritable};
+use view::{DiskOp, Stale, Unwritable};
 
 /// Above this, a reassembled chunked item is refused (a file is at most
 /// `max_file_size`; its document a little more).
@@ -213,9 +213,13 @@ pub struct Engine {
     tail6: StateTail6,
     /// Deletions purged here (see `StateTail7`).
     tail7: StateTail7,
-    /// The file each path was last written or removed for, so that a write that failed
-    /// is taken back from the right file (cleared at each tick).
-    disk_ops: BTreeMap<String, FileId>,
+    /// This round's file effects by path, in order, each with what it expected there
+    /// (cleared at each tick): what the carry-out reports of an effect (refused, failed,
+    /// made over a program's write) is about the file it was for, and what the disk
+    /// found is the edit of the file whose bytes it expected, not of whichever file the
+    /// path is believed to hold now (a note moved over another: the replaced note's
+    /// edit is not the moved note's).
+    disk_ops: BTreeMap<String, Vec<DiskOp>>,
     /// Old names of files moved elsewhere on this disk that held a save when they were
     /// to go (`Engine::moved_away_edit`): the file, the version that save was merged
     /// as, and when. A later save there, reported by the watcher, is an edit of it too.
@@ -523,7 +527,7 @@ impl Engine {
             } => {
                 // Read: no longer listed as unreadable.
                 self.unsyncable.remove(&path);
-                if !self.moved_away_edit(&path, &content, exec, false, store) {
+                if !self.moved_away_edit(&path, &content, exec, None, store) {
                     self.local_change(&path, content, exec, store)
                 }
             }
@@ -533,7 +537,9 @@ impl Engine {
                 exec,
                 expect,
             } => {
-                if self.moved_away_edit(&path, &content, exec, true, store) {
+                if self.leaving_edit(&path, expect, &content, exec, true, store)
+                    || self.moved_away_edit(&path, &content, exec, Some(expect), store)
+                {
                     return;
                 }
                 // Another file's bytes, believed at another name: that file was moved
@@ -542,7 +548,7 @@ impl Engine {
                 // file, the other note's text went into it, and a peer's edits made
                 // meanwhile into the wrong note. Put off (the belief back), as a write
                 // that found its file gone; the next tick tries it again.
-                if let Some(f) = self.disk_ops.get(&path).copied()
+                if let Some(f) = self.disk_op(&path, expect).map(|op| op.file)
                     && self
                         .files
                         .held_elsewhere(&crate::ids::file_hash(&content, exec), &path, &f)
@@ -561,7 +567,8 @@ impl Engine {
                 path,
                 content,
                 exec,
-            } => self.replaced_edit(&path, content, exec, store),
+                expect,
+            } => self.replaced_edit(&path, expect, content, exec, store),
             Input::WriteDeferred { path, expect } => self.write_deferred(&path, expect),
             Input::WriteFoundGone { path, expect } => self.write_found_gone(&path, expect),
             Input::RetryWrites => self.retry_writes_soon(),

@@ -671,7 +671,8 @@ impl Engine {
         // cut can leave a file dropped as one with its twin believed where the twin was
         // written over it: removing it removed the twin's file.
         if !self.files.shared(&cur_path, &cur_hash, &f) {
-            self.disk_ops.insert(cur_path.clone(), f);
+            let held = self.files.get(&f).map(|m| (f, m.disk_heads.clone()));
+            self.record_op(&cur_path, Some(cur_hash), f, held);
             self.out_files.push(Effect::RemoveFile {
                 path: cur_path,
                 expect: Some(cur_hash),
@@ -709,6 +710,13 @@ impl Engine {
             Some((_, h)) => Some(*h),
             None => self.files.on_disk(&path),
         };
+        // Whose bytes the write expects to replace, and which version of it they are.
+        let held = match here {
+            Some(_) => Some(f),
+            None => self.file_at(&path),
+        }
+        .filter(|_| expect.is_some())
+        .and_then(|g| self.files.get(&g).map(|m| (g, m.disk_heads.clone())));
         if let Some(other) = self.file_at(&path)
             && other != f
         {
@@ -741,7 +749,7 @@ impl Engine {
                 }
             },
         };
-        self.disk_ops.insert(path.clone(), f);
+        self.record_op(&path, expect, f, held);
         self.out_files.push(Effect::WriteFile {
             path: path.clone(),
             bytes,
@@ -758,6 +766,25 @@ impl Engine {
             self.remember_replaced(replaced, heads.unwrap_or_default());
         }
         self.dirty.insert(f);
+    }
+
+    /// An effect of this round at `path` for `f`, expecting `expect` there, the bytes of
+    /// `held` (see [`DiskOp`]).
+    pub(super) fn record_op(
+        &mut self,
+        path: &str,
+        expect: Option<ContentHash>,
+        file: FileId,
+        held: Option<(FileId, Heads)>,
+    ) {
+        let op = DiskOp { expect, file, held };
+        self.disk_ops.entry(path.to_string()).or_default().push(op);
+    }
+
+    /// The latest effect of this round at `path` that expected `expect` there: what a
+    /// report of the carry-out about `path` and `expect` is about.
+    pub(super) fn disk_op(&self, path: &str, expect: Option<ContentHash>) -> Option<&DiskOp> {
+        (self.disk_ops.get(path)?.iter().rev()).find(|op| op.expect == expect)
     }
 
     /// A write replaces the version `heads`, whose content hashes to `hash`.
@@ -834,7 +861,7 @@ impl Engine {
     /// See [`Input::WriteFoundGone`].
     pub(super) fn write_found_gone(&mut self, path: &str, expect: Option<ContentHash>) {
         let now = self.now_ms;
-        let Some(f) = self.disk_ops.get(path).copied() else {
+        let Some(f) = self.disk_op(path, expect).map(|op| op.file) else {
             return;
         };
         let (first, last) = self.found_gone.get(&f).copied().unwrap_or((now, now));
@@ -861,15 +888,30 @@ impl Engine {
     }
 
     /// The disk still holds `expect` at `path` after an effect there was not carried out:
-    /// the file's belief goes back to that. The file, if the effect was this round's.
+    /// the beliefs go back to that (the bytes are another file's when the effect was a
+    /// write over them: that file is believed there again, not the one written). The
+    /// file the effect was for, if it was this round's.
     fn take_belief_back(&mut self, path: &str, expect: Option<ContentHash>) -> Option<FileId> {
-        let f = self.disk_ops.get(path).copied()?;
+        let op = self.disk_op(path, expect)?.clone();
+        let f = op.file;
+        let other = op.held.filter(|(g, _)| *g != f);
         if let Some(mut m) = self.files.get_mut(&f) {
             let believed_here = m.disk.as_ref().is_some_and(|(p, _)| p == path);
             if believed_here || m.disk.is_none() {
-                m.disk = expect.map(|h| (path.to_string(), h));
+                m.disk = expect
+                    .filter(|_| other.is_none())
+                    .map(|h| (path.to_string(), h));
                 m.disk_heads = m.prev_disk_heads.clone();
             }
+        }
+        if let (Some((g, heads)), Some(h)) = (other, expect)
+            && let Some(mut m) = self.files.get_mut(&g)
+            && m.disk.is_none()
+        {
+            m.disk = Some((path.to_string(), h));
+            m.disk_heads = heads;
+            self.dirty.insert(g);
+            self.to_reconcile.insert(g);
         }
         self.dirty.insert(f);
         Some(f)
@@ -934,6 +976,18 @@ impl Engine {
         }
         self.disk_ops.clear();
     }
+}
+
+/// A file effect of a round (`Engine::disk_ops`): what it expected at its path, the file
+/// it was for, and the file whose bytes it expected there with their version (`None`:
+/// nothing was believed there). A write over a file that moved or was deleted, or a
+/// removal, replaces another file's bytes than the written one's: what the carry-out
+/// finds there is that file's edit.
+#[derive(Debug, Clone)]
+pub(super) struct DiskOp {
+    pub(super) expect: Option<ContentHash>,
+    pub(super) file: FileId,
+    pub(super) held: Option<(FileId, Heads)>,
 }
 
 /// The folders a path (or a name key) is in, innermost first: `a/b/c.md` is in `a/b`
