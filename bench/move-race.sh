@@ -105,7 +105,7 @@ print("lost: %d lines%s" % (len(lost), (" (" + " ".join(lost[:8]) + ")") if lost
 PY
 split=0
 for k in 1 2 3 4 5; do
-    [ "$(grep -rlx --exclude-dir=.cuedeck "note $k" A | wc -l)" -gt 1 ] && split=$((split + 1))
+    [ "$(grep -rlx --exclude-dir=.cuedeck --exclude='.cue-tmp-*' "note $k" A | wc -l)" -gt 1 ] && split=$((split + 1))
 done
 echo "split: $split"
 [ "$split" -gt 0 ] && echo "A: $(cd A && find . -path ./.cuedeck -prune -o -type f -print | sort | tr '\n' ' ')"
