@@ -200,6 +200,13 @@ pub struct WorkspaceFs {
 #[derive(Debug)]
 struct Replaced {
     path: WorkspacePath,
+    /// The folder it is in, held open (one descriptor for the files kept aside in one
+    /// folder, at most [`MAX_ASIDE_FOLDERS`]): a folder renamed or moved meanwhile is
+    /// followed, its kept-aside file removed and a late write to it told by the file's
+    /// path now. (Found again by its old path, the folder was not there: the temporary
+    /// stayed in the moved folder until a restart, the late write unread.) `None` past
+    /// the bound: found again by its path.
+    dir: Option<std::sync::Arc<OwnedFd>>,
     aside: String,
     /// The hash of what it held when it was replaced, executable bit included (that much
     /// was merged).
@@ -212,6 +219,10 @@ pub const LATE_WRITE_WINDOW: std::time::Duration = std::time::Duration::from_sec
 
 /// At most this many replaced files are watched at once; more are removed at once.
 const MAX_REPLACED: usize = 1024;
+
+/// At most this many folders of kept-aside files are held open at once (descriptors are
+/// a bounded resource; a burst of writes across many folders finds the rest by path).
+const MAX_ASIDE_FOLDERS: usize = 64;
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -344,17 +355,55 @@ impl WorkspaceFs {
         };
         let mut out = Vec::new();
         for r in due {
-            let Ok(Some(dir)) = self.open_parent(&r.path) else {
-                continue;
+            let (dir, path) = match &r.dir {
+                Some(dir) => (dir.clone(), self.path_now(dir, &r.path)),
+                None => match self.open_parent(&r.path) {
+                    Ok(Some(dir)) => (std::sync::Arc::new(dir), Some(r.path.clone())),
+                    _ => continue,
+                },
             };
             if let Ok((bytes, exec)) = read_leaf(&dir, &r.aside, &r.path, self.modes)
                 && cue_core::file_hash(&bytes, exec) != r.seen
             {
-                out.push((r.path.clone(), r.seen, bytes, exec));
+                // (A folder moved out of the workspace: its files are gone from it.)
+                if let Some(path) = path {
+                    out.push((path, r.seen, bytes, exec));
+                }
             }
-            let _ = rustix::fs::unlinkat(&dir, r.aside.as_str(), AtFlags::empty());
+            let _ = rustix::fs::unlinkat(&*dir, r.aside.as_str(), AtFlags::empty());
         }
         out
+    }
+
+    /// Where the file `was` is now, its folder `dir` held open: `was` itself while the
+    /// folder is still there, else the folder's place now (read back from the kernel,
+    /// `/proc/self/fd`) with the same name; `None` when the folder is no longer in the
+    /// workspace (moved out, or removed).
+    fn path_now(&self, dir: &OwnedFd, was: &WorkspacePath) -> Option<WorkspacePath> {
+        use std::os::fd::AsRawFd;
+        let same = |a: &OwnedFd, b: &OwnedFd| match (rustix::fs::fstat(a), rustix::fs::fstat(b)) {
+            (Ok(a), Ok(b)) => (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino),
+            _ => false,
+        };
+        if let Ok(Some(there)) = self.open_parent(was)
+            && same(&there, dir)
+        {
+            return Some(was.clone());
+        }
+        let place = |fd: std::os::fd::RawFd| std::fs::read_link(format!("/proc/self/fd/{fd}")).ok();
+        let folder = place(dir.as_raw_fd())?;
+        let root = place(self.root.as_raw_fd())?;
+        // (A removed folder reads as its last place and " (deleted)".)
+        if folder.to_string_lossy().ends_with(" (deleted)") {
+            return None;
+        }
+        let below = folder.strip_prefix(&root).ok()?;
+        let name = was.as_str().rsplit('/').next()?;
+        let path = match below.to_str()? {
+            "" => name.to_string(),
+            folder => format!("{folder}/{name}"),
+        };
+        WorkspacePath::parse(&path).ok()
     }
 
     /// Whether replaced files are still watched for late writes.
@@ -373,8 +422,23 @@ impl WorkspaceFs {
             let _ = rustix::fs::unlinkat(dir, aside.as_str(), AtFlags::empty());
             return;
         }
+        // The folder's descriptor, shared with the files kept aside in it already.
+        let parent = |p: &WorkspacePath| p.as_str().rsplit_once('/').map(|(d, _)| d.to_string());
+        let shared = (replaced.iter())
+            .find(|r| r.dir.is_some() && parent(&r.path) == parent(rel))
+            .and_then(|r| r.dir.clone());
+        let held = (replaced.iter())
+            .filter_map(|r| r.dir.as_ref().map(std::sync::Arc::as_ptr))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        let dir = shared.or_else(|| {
+            (held < MAX_ASIDE_FOLDERS)
+                .then(|| dir.try_clone().ok().map(std::sync::Arc::new))
+                .flatten()
+        });
         replaced.push(Replaced {
             path: rel.clone(),
+            dir,
             aside,
             seen,
             at: std::time::Instant::now(),
@@ -1823,6 +1887,36 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    /// A folder renamed a moment after cue replaced a file in it (a peer's change
+    /// written): the replaced file kept aside for late writes goes all the same (it
+    /// stayed, a `.cue-tmp-*` file in the user's folder, until a restart), and a late
+    /// write to it is told by the file's path now.
+    #[test]
+    fn a_folder_renamed_after_a_write_keeps_no_temporary_and_its_late_write() {
+        both_modes(|root, fs| {
+            std::fs::create_dir(root.join("d")).unwrap();
+            std::fs::write(root.join("d/a.md"), "one\n").unwrap();
+            std::fs::write(root.join("d/b.md"), "one\n").unwrap();
+            let held = std::fs::OpenOptions::new()
+                .append(true)
+                .open(root.join("d/a.md"))
+                .unwrap();
+            let was = cue_core::file_hash(b"one\n", false);
+            for name in ["d/a.md", "d/b.md"] {
+                let done =
+                    fs.write_atomic_if(&p(name), b"two\n", Some(false), Expect::Content(was));
+                assert!(matches!(done.unwrap(), Outcome::Done), "{name}");
+            }
+            std::io::Write::write_all(&mut &held, b"late\n").unwrap();
+            std::fs::rename(root.join("d"), root.join("e")).unwrap();
+            let late = fs.late_writes(true);
+            assert_eq!(names_in(&root.join("e")), ["a.md", "b.md"]);
+            assert_eq!(late.len(), 1, "{late:?}");
+            assert_eq!(late[0].0, p("e/a.md"));
+            assert_eq!(late[0].2, b"one\nlate\n");
+        });
     }
 
     #[test]

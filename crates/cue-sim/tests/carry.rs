@@ -989,7 +989,7 @@ fn moved_over(seed: u64) -> World {
     let mut w = World::new(2, seed, Config::default());
     w.connect_all();
     let notes = [("src.md", "source text\n"), ("dst.md", "replaced text\n")];
-    for (path, text) in if seed % 2 == 0 {
+    for (path, text) in if seed.is_multiple_of(2) {
         notes
     } else {
         [notes[1], notes[0]]
