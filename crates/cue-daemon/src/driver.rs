@@ -2216,6 +2216,22 @@ impl Driver {
             }
             return Ok(Vec::new());
         }
+        // A file this daemon wrote a moment ago (a peer's change) that reads as another
+        // file's bytes, that file gone from its place: that file was moved over this one
+        // (`mv src.md dst.md`) after the write, and the move's event comes in a later
+        // batch (the same batch drops this event, `moves_told_later`). Taken in as that
+        // move; its own event finds it done. Taken for a save, the replaced note's text
+        // became the moved note's, an edit sent to every device before the deletion.
+        // (Looked for only after the daemon's own writes: a walk over every file.)
+        if known.is_some() && self.host.written.contains_key(path) {
+            let hash = file_hash(&content, exec);
+            let moved = (self.engine.disk())
+                .find(|(p, h)| *p != path && self.engine.same_on_disk(*h, hash))
+                .map(|(p, _)| p.to_string());
+            if let Some(from) = moved.filter(|from| self.nothing_at(from)) {
+                return self.renamed(now, &from, path);
+            }
+        }
         self.feed(
             now,
             Input::FileChanged {
@@ -3404,6 +3420,43 @@ mod events_behind_the_disk {
             ],
             "{kinds:?}"
         );
+    }
+
+    /// The same, the move's event in the watcher's next batch: the save's read, of a
+    /// note the daemon had just written, finds another note's bytes, that note gone from
+    /// its place. It is the move.
+    #[test]
+    fn a_write_then_a_note_moved_over_it_told_in_the_next_batch_is_the_move_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::write(root.join("src.md"), "# Source\n").expect("write");
+        std::fs::write(root.join("dst.md"), "# Replaced\n").expect("write");
+        let ws = Workspace::init(root, Some("ws://127.0.0.1:9"), Some("alice")).expect("init");
+        let mut driver = Driver::open(&ws, &ws.config).expect("driver");
+        driver.startup_scan(now_ms()).expect("scan");
+        let saves_before = activity(&driver).len();
+        // (As if a peer's change had just been written there.)
+        let written = std::time::Instant::now();
+        driver.host.written.insert("dst.md".to_string(), written);
+        mv(root, "src.md", "dst.md");
+        watched(&mut driver, vec![WatchEvent::Changed(rel("dst.md"))]);
+        let renamed = WatchEvent::Renamed {
+            from: rel("src.md"),
+            to: rel("dst.md"),
+        };
+        watched(&mut driver, vec![renamed]);
+        driver.flush().expect("flush");
+        let kinds = activity(&driver);
+        let dst = Some("dst.md".to_string());
+        assert_eq!(
+            kinds[saves_before..],
+            [
+                (ActivityKind::Delete, dst.clone()),
+                (ActivityKind::Rename, dst)
+            ],
+            "{kinds:?}"
+        );
+        assert_eq!(driver.status().files, 1);
     }
 
     /// Two folders swapped (`mv p t; mv q p; mv t q`) before the watcher looked: it
