@@ -8,7 +8,9 @@
 # Usage: bench/move-race.sh CASE [BIN]
 #   CASE: rename (mv n.md renamed.md), chain (mv n.md N.md; mv N.md m.md),
 #         into-folder (mv n.md d/; mv d e), swap-files, swap-folders (mv p t; mv q p;
-#         mv t q), over (mv src.md dst.md, a note moved over another)
+#         mv t q), over (mv src.md dst.md, a note moved over another), out-and-back
+#         (mv n.md elsewhere; mv it back 0.3 s later), restore (rm n.md, then a backup
+#         copied back 0.3 s later)
 #   BIN: the folder of `cue` and `cue-relay` (default target/debug).
 # Prints `lost: N lines`, `split: N`, `same: yes|NO`.
 set -uo pipefail
@@ -80,6 +82,8 @@ for k in 1 2 3 4 5; do
         swap-folders) mv A/p$k A/t$k; mv A/q$k A/p$k; mv A/t$k A/q$k ;;
         swap-files) mv A/p$k.md A/t$k.md; mv A/q$k.md A/p$k.md; mv A/t$k.md A/q$k.md ;;
         over) mv A/src$k.md A/dst$k.md ;;
+        out-and-back) mv A/n$k.md "$W/out$k.md"; sleep 0.3; mv "$W/out$k.md" A/n$k.md ;;
+        restore) cp A/n$k.md "$W/bak$k.md"; rm A/n$k.md; sleep 0.3; cp "$W/bak$k.md" A/n$k.md ;;
     esac
     wait "${WRITERS[@]}"
     sleep 1.5

@@ -1246,3 +1246,71 @@ fn two_notes_moved_along_while_saved_to_keep_each_line_in_its_note() {
         }
     }
 }
+
+/// A note deleted here (moved out, `rm`) while a peer edits it lives again (a deletion
+/// meeting an edit keeps the edit): cue writes it back here with the peer's edit. The
+/// user then puts back the copy they took away (`mv /tmp/f.md .`, a backup copied
+/// back), perhaps edited meanwhile: an edit of the version they deleted, not of the one
+/// cue wrote, which they never saw. The peer's line stays (before, the copy put back was
+/// taken for an edit deleting it, on both devices). A save made to the note cue wrote
+/// back is an edit of that one (nothing doubled).
+#[test]
+fn a_deleted_note_put_back_after_a_peer_edited_it_keeps_the_peers_edit() {
+    // What is put back, and the lines the note ends with (each once, in any order:
+    // two lines added at one place by two devices are merged in automerge's order).
+    let cases: [(&[u8], &[&str]); 3] = [
+        (b"note\n", &["note", "B line"]),
+        (b"note\nA line\n", &["note", "B line", "A line"]),
+        (b"note\nB line\nA line\n", &["note", "B line", "A line"]),
+    ];
+    for (seed, (put_back, want)) in (70..).zip(cases) {
+        let mut w = World::new(2, seed, Config::default());
+        w.connect_all();
+        w.write(0, "f.md", b"note\n");
+        w.settle_converged();
+        w.disconnect(1);
+        w.delete(0, "f.md");
+        w.write(1, "f.md", b"note\nB line\n");
+        w.connect(1);
+        w.settle_converged();
+        assert_eq!(w.read(0, "f.md").as_deref(), Some("note\nB line\n"));
+        w.write(0, "f.md", put_back);
+        w.settle_converged();
+        for p in 0..2 {
+            let what = format!("put back {:?}, p{p}", String::from_utf8_lossy(put_back));
+            let text = w.read(p, "f.md").unwrap_or_default();
+            let mut lines: Vec<&str> = text.lines().collect();
+            lines.sort_unstable();
+            let mut want = want.to_vec();
+            want.sort_unstable();
+            assert_eq!(lines, want, "{what}");
+            assert_eq!(w.peers[p].disk.len(), 1, "{what}: {:?}", w.peers[p].disk);
+        }
+    }
+}
+
+/// The same, p1 online, its line saved just before p0's deletion reached it (not yet
+/// reported): p1's removal is refused, and the save is the note's edit (the note lives
+/// again, the same note on both devices: it was a new note of the same name before, and
+/// the copy put back on p0 then undid p1's line as an edit of that new note).
+#[test]
+fn a_note_deleted_while_saved_to_elsewhere_stays_one_note() {
+    let mut w = World::new(2, 81, Config::default());
+    w.connect_all();
+    w.write(0, "f.md", b"note\n");
+    w.settle_converged();
+    w.peers[1]
+        .disk
+        .insert("f.md".into(), b"note\nB line\n".to_vec());
+    w.delete(0, "f.md");
+    w.settle_converged();
+    for p in 0..2 {
+        assert_eq!(w.read(p, "f.md").as_deref(), Some("note\nB line\n"), "p{p}");
+        assert_eq!(w.peers[p].disk.len(), 1, "p{p}: {:?}", w.peers[p].disk);
+    }
+    w.write(0, "f.md", b"note\n");
+    w.settle_converged();
+    for p in 0..2 {
+        assert_eq!(w.read(p, "f.md").as_deref(), Some("note\nB line\n"), "p{p}");
+    }
+}

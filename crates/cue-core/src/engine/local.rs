@@ -115,6 +115,12 @@ impl Engine {
             .get(&file)
             .map(|m| from_heads(&m.disk_heads))
             .unwrap_or_default();
+        let base = match self.deleted_here.remove(&file) {
+            Some(deleted) if !created && !base.is_empty() && !deleted.is_empty() => {
+                self.nearer_base(file, base, deleted, &content, store)
+            }
+            _ => base,
+        };
         let fork_actor = self.fork_actor();
         let mut overlaps = None;
         // A new file's document made ahead (`prepare_new_files`): what this call would
@@ -202,6 +208,51 @@ impl Engine {
             self.release_held(&[file]);
         }
         self.to_reconcile.insert(file);
+    }
+
+    /// The version a save of a file deleted here (in this run) derives from: the one
+    /// on disk (`on_disk`: cue wrote it back, the peers' edits of it made meanwhile kept,
+    /// a deletion meeting an edit) or the one deleted (`deleted`: the user put back the
+    /// copy they took away, `mv /tmp/f.md .` or a backup copied back, maybe edited
+    /// meanwhile, never having seen what cue wrote). Whichever of the two is nearer to
+    /// `content` (fewer lines changed; the same bytes, for a file that is not text). Taken for an edit of the version cue wrote back, the copy put back undid
+    /// the peers' edits (found with a peer appending while a note was moved out and
+    /// back: every line it wrote meanwhile gone from both devices); taken for an edit of
+    /// the deleted version when it derives from cue's, it would double them.
+    fn nearer_base(
+        &mut self,
+        file: FileId,
+        on_disk: Vec<ChangeHash>,
+        deleted: Vec<ChangeHash>,
+        content: &[u8],
+        store: &mut dyn DocStore,
+    ) -> Vec<ChangeHash> {
+        let both = self.with_doc(file, store, |d| {
+            Ok((d.materialize_at(&on_disk)?, d.materialize_at(&deleted)?))
+        });
+        let Ok((was_on_disk, was_deleted)) = both else {
+            return on_disk;
+        };
+        if was_deleted == content && was_on_disk != content {
+            return deleted;
+        }
+        let text = |b: &[u8]| std::str::from_utf8(b).ok().map(str::to_string);
+        let (Some(new), Some(a), Some(b)) = (text(content), text(&was_on_disk), text(&was_deleted))
+        else {
+            return on_disk;
+        };
+        // (By lines: a line replaced by another that differs in one letter is still
+        // another line.)
+        let changed = |old: &str| -> usize {
+            (similar::TextDiff::from_lines(old, new.as_str()).iter_all_changes())
+                .filter(|c| c.tag() != similar::ChangeTag::Equal)
+                .count()
+        };
+        if changed(&b) < changed(&a) {
+            deleted
+        } else {
+            on_disk
+        }
     }
 
     /// A write or removal at `path` replaced a file a program wrote to in that instant:
@@ -692,6 +743,10 @@ impl Engine {
             Some(h) => from_heads(&h),
             None => self.doc_heads(file, store),
         };
+        if self.deleted_here.len() >= MOVED_FROM_KEPT {
+            self.deleted_here.pop_first();
+        }
+        self.deleted_here.insert(file, heads.clone());
         self.delete_here(file, heads, store);
         let name = self.name.clone();
         self.activity(ActivityKind::Delete, Some(path.to_string()), &name, None);

@@ -224,6 +224,10 @@ pub struct Engine {
     /// to go (`Engine::moved_away_edit`): the file, the version that save was merged
     /// as, and when. A later save there, reported by the watcher, is an edit of it too.
     moved_from: BTreeMap<String, (FileId, Heads, i64)>,
+    /// Files deleted here in this run, with the version deleted, until their next save
+    /// here (at most `MOVED_FROM_KEPT`): a copy put back after a peer's edit made the file
+    /// live again derives from that version (`Engine::nearer_base`).
+    deleted_here: BTreeMap<FileId, Vec<ChangeHash>>,
     /// Files whose write or removal failed. Not written again until the index changes or
     /// [`UNWRITABLE_RETRY_MS`] passes.
     unwritable: BTreeMap<FileId, Unwritable>,
@@ -397,6 +401,7 @@ impl Engine {
             tail7,
             disk_ops: BTreeMap::new(),
             moved_from: BTreeMap::new(),
+            deleted_here: BTreeMap::new(),
             unwritable: BTreeMap::new(),
             replaced_versions: VecDeque::new(),
             forks: 0,
@@ -556,7 +561,24 @@ impl Engine {
                     self.write_deferred(&path, expect);
                     return;
                 }
-                if let Some(f) = self.file_at(&path)
+                // A removal refused (a peer deleted the file, and it was saved to here
+                // meanwhile): a deletion meeting an edit keeps the edit, the file stays.
+                // Believed where it was, the save is its edit of the version the path
+                // held, and it lives again (`local_change`), as every device that gets
+                // the edit keeps it. (Before, the save was a new file of that name: the
+                // note's history split off, and the device that deleted it, keeping the
+                // note for the same edit, kept it beside the new one.)
+                let removed = self.disk_op(&path, expect).and_then(|op| match &op.held {
+                    Some((h, heads)) if *h == op.file => Some((*h, heads.clone())),
+                    _ => None,
+                });
+                if let (None, Some((f, heads)), Some(e)) = (self.file_at(&path), removed, expect)
+                    && let Some(mut m) = self.files.get_mut(&f)
+                    && m.disk.is_none()
+                {
+                    m.disk = Some((path.clone(), e));
+                    m.disk_heads = heads;
+                } else if let Some(f) = self.file_at(&path)
                     && let Some(mut m) = self.files.get_mut(&f)
                 {
                     m.disk_heads = std::mem::take(&mut m.prev_disk_heads);
