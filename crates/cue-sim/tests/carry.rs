@@ -1314,3 +1314,46 @@ fn a_note_deleted_while_saved_to_elsewhere_stays_one_note() {
         assert_eq!(w.read(p, "f.md").as_deref(), Some("note\nB line\n"), "p{p}");
     }
 }
+
+/// p0's user moves a note over another (`mv src.md dst.md`, not yet reported) just as
+/// p1's edits of both reach p0: the write of `dst.md` finds the moved note's bytes, the
+/// version p0 believed at `src.md` before this round (its write of `src.md`, made in the
+/// same round, finds it gone). That is the moved note, not an edit of the replaced one:
+/// the write waits for the watcher's report of the move. (Taken for an edit, the
+/// replaced note's text became the moved note's; p1's edit then kept that copy alive,
+/// and the replaced note's own text was gone from both devices.)
+#[test]
+fn a_move_over_made_as_edits_of_both_notes_arrive_keeps_the_replaced_text() {
+    for seed in [91, 92, 93, 94] {
+        let mut w = moved_over(seed);
+        let moved = w.peers[0].disk.remove("src.md").unwrap_or_default();
+        w.peers[0].disk.insert("dst.md".into(), moved.clone());
+        w.write(1, "src.md", b"source text\nsrc edit on p1\n");
+        w.write(1, "dst.md", b"replaced text\ndst edit on p1\n");
+        w.settle(20);
+        w.input(
+            0,
+            Input::FileRenamed {
+                from: "src.md".into(),
+                to: "dst.md".into(),
+                content: moved,
+                exec: false,
+            },
+        );
+        w.settle_converged();
+        for p in 0..2 {
+            let disk = &w.peers[p].disk;
+            let holding = |line: &str| {
+                (disk.values())
+                    .filter(|v| String::from_utf8_lossy(v).lines().any(|l| l == line))
+                    .count()
+            };
+            let what = format!("seed {seed} p{p}: {disk:?}");
+            assert_eq!(holding("replaced text"), 1, "{what}");
+            assert_eq!(holding("dst edit on p1"), 1, "{what}");
+            assert_eq!(holding("source text"), 1, "{what}");
+            assert_eq!(holding("src edit on p1"), 1, "{what}");
+        }
+        assert_eq!(w.peers[0].disk, w.peers[1].disk, "seed {seed}");
+    }
+}

@@ -553,10 +553,15 @@ impl Engine {
                 // file, the other note's text went into it, and a peer's edits made
                 // meanwhile into the wrong note. Put off (the belief back), as a write
                 // that found its file gone; the next tick tries it again.
+                // (Believed there now, or before this round's effects: a write to that
+                // other name, made in this round, believes it written already.)
+                let hash = crate::ids::file_hash(&content, exec);
+                let expected_elsewhere = self
+                    .disk_ops
+                    .iter()
+                    .any(|(p, ops)| *p != path && ops.iter().any(|op| op.expect == Some(hash)));
                 if let Some(f) = self.disk_op(&path, expect).map(|op| op.file)
-                    && self
-                        .files
-                        .held_elsewhere(&crate::ids::file_hash(&content, exec), &path, &f)
+                    && (expected_elsewhere || self.files.held_elsewhere(&hash, &path, &f))
                 {
                     self.write_deferred(&path, expect);
                     return;
