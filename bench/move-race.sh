@@ -2,8 +2,9 @@
 # Moves made on one device while a program on the other appends to the same notes every
 # 20 ms: the data-safety checks of session 30 (docs/ARCHITECTURE.md, "Known gaps"). Two
 # daemons and a relay on 127.0.0.1, five tries of CASE; then every line the appender
-# wrote, and each note's first line, is looked for in A, A and B are compared, and notes
-# found in two files counted.
+# wrote, and each note's first line, is looked for in A (for `over`, but for what A held of
+# the replaced note when its user moved the other over it), A and B are compared, and
+# notes found in two files counted.
 #
 # Usage: bench/move-race.sh CASE [BIN]
 #   CASE: rename (mv n.md renamed.md), chain (mv n.md N.md; mv N.md m.md),
@@ -81,7 +82,8 @@ for k in 1 2 3 4 5; do
         into-folder) mv A/n$k.md A/d$k/; mv A/d$k A/e$k ;;
         swap-folders) mv A/p$k A/t$k; mv A/q$k A/p$k; mv A/t$k A/q$k ;;
         swap-files) mv A/p$k.md A/t$k.md; mv A/q$k.md A/p$k.md; mv A/t$k.md A/q$k.md ;;
-        over) mv A/src$k.md A/dst$k.md ;;
+        # (What A holds of dst just before is what its user deletes: not looked for.)
+        over) cp A/dst$k.md "$W/seen.dst$k"; mv A/src$k.md A/dst$k.md ;;
         out-and-back) mv A/n$k.md "$W/out$k.md"; sleep 0.3; mv "$W/out$k.md" A/n$k.md ;;
         restore) cp A/n$k.md "$W/bak$k.md"; rm A/n$k.md; sleep 0.3; cp "$W/bak$k.md" A/n$k.md ;;
     esac
@@ -104,7 +106,8 @@ for d, dirs, files in os.walk(os.path.join(root, "A")):
     for n in files:
         if not n.startswith(".cue-tmp-"):
             have.update(open(os.path.join(d, n), errors="replace").read().splitlines())
-lost = [l for f in glob.glob(os.path.join(root, "written.*")) for l in open(f).read().splitlines() if l not in have]
+seen = {l for f in glob.glob(os.path.join(root, "seen.*")) for l in open(f).read().splitlines()}
+lost = [l for f in glob.glob(os.path.join(root, "written.*")) for l in open(f).read().splitlines() if l not in have and l not in seen]
 print("lost: %d lines%s" % (len(lost), (" (" + " ".join(lost[:8]) + ")") if lost else ""))
 PY
 split=0
