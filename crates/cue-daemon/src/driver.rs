@@ -3384,12 +3384,8 @@ mod events_behind_the_disk {
         );
     }
 
-    /// A note saved (a peer's change written into it) and, before the watcher looked,
-    /// another moved over it (`mv src.md dst.md`): the save's event reads the moved
-    /// note. It is no edit of the replaced note (which made its text the moved note's,
-    /// on every device, before the move deleted it): the move alone is taken in.
-    #[test]
-    fn a_save_then_a_note_moved_over_it_is_the_move_alone() {
+    /// A workspace of `src.md` and `dst.md`, scanned; how many activities it logged.
+    fn src_and_dst() -> (tempfile::TempDir, Driver, usize) {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
         std::fs::write(root.join("src.md"), "# Source\n").expect("write");
@@ -3397,59 +3393,18 @@ mod events_behind_the_disk {
         let ws = Workspace::init(root, Some("ws://127.0.0.1:9"), Some("alice")).expect("init");
         let mut driver = Driver::open(&ws, &ws.config).expect("driver");
         driver.startup_scan(now_ms()).expect("scan");
-        let saves_before = activity(&driver).len();
-        mv(root, "src.md", "dst.md");
-        watched(
-            &mut driver,
-            vec![
-                WatchEvent::Changed(rel("dst.md")),
-                WatchEvent::Renamed {
-                    from: rel("src.md"),
-                    to: rel("dst.md"),
-                },
-            ],
-        );
-        driver.flush().expect("flush");
-        let kinds = activity(&driver);
-        let dst = Some("dst.md".to_string());
-        assert_eq!(
-            kinds[saves_before..],
-            [
-                (ActivityKind::Delete, dst.clone()),
-                (ActivityKind::Rename, dst)
-            ],
-            "{kinds:?}"
-        );
+        let logged = activity(&driver).len();
+        (dir, driver, logged)
     }
 
-    /// The same, the move's event in the watcher's next batch: the save's read, of a
-    /// note the daemon had just written, finds another note's bytes, that note gone from
-    /// its place. It is the move.
-    #[test]
-    fn a_write_then_a_note_moved_over_it_told_in_the_next_batch_is_the_move_alone() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path();
-        std::fs::write(root.join("src.md"), "# Source\n").expect("write");
-        std::fs::write(root.join("dst.md"), "# Replaced\n").expect("write");
-        let ws = Workspace::init(root, Some("ws://127.0.0.1:9"), Some("alice")).expect("init");
-        let mut driver = Driver::open(&ws, &ws.config).expect("driver");
-        driver.startup_scan(now_ms()).expect("scan");
-        let saves_before = activity(&driver).len();
-        // (As if a peer's change had just been written there.)
-        let written = std::time::Instant::now();
-        driver.host.written.insert("dst.md".to_string(), written);
-        mv(root, "src.md", "dst.md");
-        watched(&mut driver, vec![WatchEvent::Changed(rel("dst.md"))]);
-        let renamed = WatchEvent::Renamed {
-            from: rel("src.md"),
-            to: rel("dst.md"),
-        };
-        watched(&mut driver, vec![renamed]);
+    /// What was logged after the first `before` activities is `src.md` moved over
+    /// `dst.md` alone: the replaced note deleted, the moved one renamed, no save.
+    fn moved_over_alone(driver: &mut Driver, before: usize) {
         driver.flush().expect("flush");
-        let kinds = activity(&driver);
+        let kinds = activity(driver);
         let dst = Some("dst.md".to_string());
         assert_eq!(
-            kinds[saves_before..],
+            kinds[before..],
             [
                 (ActivityKind::Delete, dst.clone()),
                 (ActivityKind::Rename, dst)
@@ -3457,6 +3412,41 @@ mod events_behind_the_disk {
             "{kinds:?}"
         );
         assert_eq!(driver.status().files, 1);
+    }
+
+    fn src_renamed_to_dst() -> WatchEvent {
+        WatchEvent::Renamed {
+            from: rel("src.md"),
+            to: rel("dst.md"),
+        }
+    }
+
+    /// A note saved (a peer's change written into it) and, before the watcher looked,
+    /// another moved over it (`mv src.md dst.md`): the save's event reads the moved
+    /// note. It is no edit of the replaced note (which made its text the moved note's,
+    /// on every device, before the move deleted it): the move alone is taken in.
+    #[test]
+    fn a_save_then_a_note_moved_over_it_is_the_move_alone() {
+        let (dir, mut driver, before) = src_and_dst();
+        mv(dir.path(), "src.md", "dst.md");
+        let batch = vec![WatchEvent::Changed(rel("dst.md")), src_renamed_to_dst()];
+        watched(&mut driver, batch);
+        moved_over_alone(&mut driver, before);
+    }
+
+    /// The same, the move's event in the watcher's next batch: the save's read, of a
+    /// note the daemon had just written, finds another note's bytes, that note gone from
+    /// its place. It is the move.
+    #[test]
+    fn a_write_then_a_note_moved_over_it_told_in_the_next_batch_is_the_move_alone() {
+        let (dir, mut driver, before) = src_and_dst();
+        // (As if a peer's change had just been written there.)
+        let written = std::time::Instant::now();
+        driver.host.written.insert("dst.md".to_string(), written);
+        mv(dir.path(), "src.md", "dst.md");
+        watched(&mut driver, vec![WatchEvent::Changed(rel("dst.md"))]);
+        watched(&mut driver, vec![src_renamed_to_dst()]);
+        moved_over_alone(&mut driver, before);
     }
 
     /// Two folders swapped (`mv p t; mv q p; mv t q`) before the watcher looked: it
