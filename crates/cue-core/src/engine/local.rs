@@ -215,10 +215,11 @@ impl Engine {
     /// a deletion meeting an edit) or the one deleted (`deleted`: the user put back the
     /// copy they took away, `mv /tmp/f.md .` or a backup copied back, maybe edited
     /// meanwhile, never having seen what cue wrote). Whichever of the two is nearer to
-    /// `content` (fewer lines changed; the same bytes, for a file that is not text). Taken for an edit of the version cue wrote back, the copy put back undid
-    /// the peers' edits (found with a peer appending while a note was moved out and
-    /// back: every line it wrote meanwhile gone from both devices); taken for an edit of
-    /// the deleted version when it derives from cue's, it would double them.
+    /// `content` (fewer lines changed; the same bytes, for a file that is not text).
+    /// Taken for an edit of the version cue wrote back, the copy put back undid the
+    /// peers' edits (found with a peer appending while a note was moved out and back:
+    /// every line it wrote meanwhile gone from both devices); taken for an edit of the
+    /// deleted version when it derives from cue's, it would double them.
     fn nearer_base(
         &mut self,
         file: FileId,
