@@ -2031,6 +2031,28 @@ impl Driver {
             })
     }
 
+    /// Of `files` (a moved folder's), one the engine does not know and no name of the
+    /// move took (`taken`) that holds the bytes believed at `old`: its path and content.
+    /// (Reads only such unknown files, few: made or renamed in the folder just before it
+    /// moved.)
+    fn holding_bytes_of(
+        &mut self,
+        old: &str,
+        files: &[WorkspacePath],
+        taken: &BTreeSet<String>,
+    ) -> Option<(String, (Vec<u8>, bool))> {
+        let believed = self.engine.on_disk(old)?;
+        files
+            .iter()
+            .filter(|f| !taken.contains(f.as_str()) && self.engine.on_disk(f.as_str()).is_none())
+            .find_map(|f| {
+                let (content, exec) = self.host.read(f.as_str()).ok()??;
+                self.engine
+                    .same_on_disk(believed, file_hash(&content, exec))
+                    .then(|| (f.as_str().to_string(), (content, exec)))
+            })
+    }
+
     fn dir_renamed(
         &mut self,
         now: i64,
@@ -2039,6 +2061,11 @@ impl Driver {
     ) -> Result<Vec<Outgoing>, DriverError> {
         let mut out = Vec::new();
         let mut moved = BTreeSet::new();
+        // What the folder holds now (read once: for files the move's names miss, and for
+        // files the engine did not know, below).
+        let listed = WorkspacePath::parse(to)
+            .ok()
+            .map(|dir| list_files_under(self.host.fs.root_path(), &self.rules, &dir));
         // The part below the folder is taken by components: on a folder that ignores case
         // `old` is found by key and may be spelled in more or fewer bytes than `from`.
         let parts = from.split('/').count();
@@ -2080,9 +2107,34 @@ impl Driver {
                     continue;
                 }
             };
-            // (Moved on again since, see `renamed`: the content the engine knows.)
+            // Not where the folder's move puts it.
             let read = match read {
-                None if self.nothing_at(&new) => self.believed_content(&old),
+                None if self.nothing_at(&new) => {
+                    // Renamed in the folder just before the move (`mv d/n.md d/r.md; mv d
+                    // X`: its own event named the old folder, gone by then): the file of
+                    // the moved folder that holds its bytes, unknown to the engine, is it.
+                    // (Carried to the name the move gives it, it stood there on the
+                    // other devices only, a ghost, and the file itself came as new.)
+                    let files = listed.as_ref().map_or(&[][..], |(f, _)| f.as_slice());
+                    if let Some((renamed, content)) = self.holding_bytes_of(&old, files, &moved) {
+                        moved.insert(renamed.clone());
+                        let (content, exec) = content;
+                        let input = Input::FileRenamed {
+                            from: old,
+                            to: renamed,
+                            content,
+                            exec,
+                        };
+                        out.extend(self.feed(now, input)?);
+                        continue;
+                    }
+                    // Else moved on again since (see `renamed`), or deleted: renamed with
+                    // the content the engine knows, and looked at again once the watcher
+                    // has told what it will: not there then, it was deleted (before, it
+                    // stayed believed there, and on the other devices, for good).
+                    carry::Host::written(&mut self.host, &new);
+                    self.believed_content(&old)
+                }
                 read => read,
             };
             match read {
@@ -2108,8 +2160,7 @@ impl Driver {
         // Files the engine did not know under the folder: made in it just before the
         // move, in the same watcher batch (whose events for them the watcher drops: they
         // name the old place).
-        if let Ok(dir) = WorkspacePath::parse(to) {
-            let (files, unreadable) = list_files_under(self.host.fs.root_path(), &self.rules, &dir);
+        if let Some((files, unreadable)) = listed {
             for file in files {
                 if !moved.contains(file.as_str()) {
                     out.extend(self.file_changed(now, file.as_str())?);
@@ -3447,6 +3498,53 @@ mod events_behind_the_disk {
         watched(&mut driver, vec![WatchEvent::Changed(rel("dst.md"))]);
         watched(&mut driver, vec![src_renamed_to_dst()]);
         moved_over_alone(&mut driver, before);
+    }
+
+    /// A note renamed in a folder and another deleted in it, then the folder moved, all
+    /// within a few milliseconds (`mv d/n.md d/r.md; rm d/gone.md; mv d X`): the watcher
+    /// tells of the folder's move alone (the file events named the old folder). The
+    /// renamed note is found by its bytes under the new folder and renamed there; the
+    /// deleted one, not found, is looked at again and removed. (Before, each was carried
+    /// to the name the folder's move gave it and stayed believed there: a ghost on the
+    /// other devices, the renamed note a new file beside it, and status up to date.)
+    #[test]
+    fn files_renamed_or_deleted_just_before_their_folder_moved_leave_no_ghost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir(root.join("d")).expect("mkdir");
+        std::fs::write(root.join("d/n.md"), "# N\n").expect("write");
+        std::fs::write(root.join("d/gone.md"), "# Gone\n").expect("write");
+        let ws = Workspace::init(root, Some("ws://127.0.0.1:9"), Some("alice")).expect("init");
+        let mut driver = Driver::open(&ws, &ws.config).expect("driver");
+        driver.startup_scan(now_ms()).expect("scan");
+        mv(root, "d/n.md", "d/r.md");
+        std::fs::remove_file(root.join("d/gone.md")).expect("rm");
+        mv(root, "d", "X");
+        let moved = WatchEvent::DirRenamed {
+            from: rel("d"),
+            to: rel("X"),
+        };
+        watched(&mut driver, vec![moved]);
+        assert_eq!(driver.engine.on_disk("X/n.md"), None);
+        assert!(driver.engine.on_disk("X/r.md").is_some());
+        // The second look, once the watcher has said all it will.
+        let ago = std::time::Instant::now() - std::time::Duration::from_secs(10);
+        for written in driver.host.written.values_mut() {
+            *written = ago;
+        }
+        driver.tick(now_ms()).expect("tick");
+        driver.flush().expect("flush");
+        assert_eq!(driver.engine.on_disk("X/gone.md"), None);
+        let kinds = activity(&driver);
+        assert!(
+            kinds.contains(&(ActivityKind::Rename, Some("X/r.md".to_string()))),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds.contains(&(ActivityKind::Delete, Some("X/gone.md".to_string()))),
+            "{kinds:?}"
+        );
+        assert_eq!(driver.status().files, 1);
     }
 
     /// Two folders swapped (`mv p t; mv q p; mv t q`) before the watcher looked: it
