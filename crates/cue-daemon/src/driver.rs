@@ -2031,26 +2031,33 @@ impl Driver {
             })
     }
 
-    /// Of `files` (a moved folder's), one the engine does not know and no name of the
-    /// move took (`taken`) that holds the bytes believed at `old`: its path and content.
-    /// (Reads only such unknown files, few: made or renamed in the folder just before it
-    /// moved.)
+    /// Of `unknown` (the files of a moved folder the engine does not know, with their
+    /// hashes, `unknown_of`), one no name of the move took (`taken`) that holds the bytes
+    /// believed at `old`: its path and content.
     fn holding_bytes_of(
         &mut self,
         old: &str,
-        files: &[WorkspacePath],
+        unknown: &[(String, ContentHash)],
         taken: &BTreeSet<String>,
     ) -> Option<(String, (Vec<u8>, bool))> {
         let believed = self.engine.on_disk(old)?;
-        files
+        let (path, _) = unknown
             .iter()
-            .filter(|f| !taken.contains(f.as_str()) && self.engine.on_disk(f.as_str()).is_none())
-            .find_map(|f| {
+            .find(|(p, h)| !taken.contains(p.as_str()) && self.engine.same_on_disk(believed, *h))?;
+        let read = self.host.read(path).ok()??;
+        Some((path.clone(), read))
+    }
+
+    /// The files of `files` the engine does not know, with the hash of what they hold
+    /// (each read once: made or renamed in a folder just before it moved, few).
+    fn unknown_of(&self, files: &[WorkspacePath]) -> Vec<(String, ContentHash)> {
+        (files.iter())
+            .filter(|f| self.engine.on_disk(f.as_str()).is_none())
+            .filter_map(|f| {
                 let (content, exec) = self.host.read(f.as_str()).ok()??;
-                self.engine
-                    .same_on_disk(believed, file_hash(&content, exec))
-                    .then(|| (f.as_str().to_string(), (content, exec)))
+                Some((f.as_str().to_string(), file_hash(&content, exec)))
             })
+            .collect()
     }
 
     fn dir_renamed(
@@ -2066,6 +2073,8 @@ impl Driver {
         let listed = WorkspacePath::parse(to)
             .ok()
             .map(|dir| list_files_under(self.host.fs.root_path(), &self.rules, &dir));
+        // (Those of them the engine does not know, hashed when first needed.)
+        let mut unknown: Option<Vec<(String, ContentHash)>> = None;
         // The part below the folder is taken by components: on a folder that ignores case
         // `old` is found by key and may be spelled in more or fewer bytes than `from`.
         let parts = from.split('/').count();
@@ -2115,8 +2124,14 @@ impl Driver {
                     // the moved folder that holds its bytes, unknown to the engine, is it.
                     // (Carried to the name the move gives it, it stood there on the
                     // other devices only, a ghost, and the file itself came as new.)
-                    let files = listed.as_ref().map_or(&[][..], |(f, _)| f.as_slice());
-                    if let Some((renamed, content)) = self.holding_bytes_of(&old, files, &moved) {
+                    if unknown.is_none() {
+                        let files = listed.as_ref().map_or(&[][..], |(f, _)| f.as_slice());
+                        unknown = Some(self.unknown_of(files));
+                    }
+                    let candidates = unknown.as_deref().unwrap_or_default();
+                    if let Some((renamed, content)) =
+                        self.holding_bytes_of(&old, candidates, &moved)
+                    {
                         moved.insert(renamed.clone());
                         let (content, exec) = content;
                         let input = Input::FileRenamed {

@@ -355,17 +355,22 @@ impl WorkspaceFs {
         };
         let mut out = Vec::new();
         for r in due {
-            let (dir, path) = match &r.dir {
-                Some(dir) => (dir.clone(), self.path_now(dir, &r.path)),
+            let (dir, held) = match &r.dir {
+                Some(dir) => (dir.clone(), true),
                 None => match self.open_parent(&r.path) {
-                    Ok(Some(dir)) => (std::sync::Arc::new(dir), Some(r.path.clone())),
+                    Ok(Some(dir)) => (std::sync::Arc::new(dir), false),
                     _ => continue,
                 },
             };
             if let Ok((bytes, exec)) = read_leaf(&dir, &r.aside, &r.path, self.modes)
                 && cue_core::file_hash(&bytes, exec) != r.seen
             {
-                // (A folder moved out of the workspace: its files are gone from it.)
+                // (Where the file is now, its folder held open; none when that folder
+                // left the workspace: its files are gone from it.)
+                let path = match held {
+                    true => self.path_now(&dir, &r.path),
+                    false => Some(r.path.clone()),
+                };
                 if let Some(path) = path {
                     out.push((path, r.seen, bytes, exec));
                 }
@@ -427,11 +432,11 @@ impl WorkspaceFs {
         let shared = (replaced.iter())
             .find(|r| r.dir.is_some() && parent(&r.path) == parent(rel))
             .and_then(|r| r.dir.clone());
-        let held = (replaced.iter())
-            .filter_map(|r| r.dir.as_ref().map(std::sync::Arc::as_ptr))
-            .collect::<std::collections::BTreeSet<_>>()
-            .len();
         let dir = shared.or_else(|| {
+            let held = (replaced.iter())
+                .filter_map(|r| r.dir.as_ref().map(std::sync::Arc::as_ptr))
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
             (held < MAX_ASIDE_FOLDERS)
                 .then(|| dir.try_clone().ok().map(std::sync::Arc::new))
                 .flatten()
