@@ -1253,9 +1253,17 @@ fn two_notes_moved_along_while_saved_to_keep_each_line_in_its_note() {
 /// back), perhaps edited meanwhile: an edit of the version they deleted, not of the one
 /// cue wrote, which they never saw. The peer's line stays (before, the copy put back was
 /// taken for an edit deleting it, on both devices). A save made to the note cue wrote
-/// back is an edit of that one (nothing doubled).
+/// back is an edit of that one (nothing doubled). The same when the daemon restarted
+/// between the deletion and the copy put back (the version deleted is the tombstone's
+/// then: before, the copy was taken for an edit of cue's version, the peer's line lost).
 #[test]
 fn a_deleted_note_put_back_after_a_peer_edited_it_keeps_the_peers_edit() {
+    for restarted in [false, true] {
+        put_back_after_a_peer_edit(restarted);
+    }
+}
+
+fn put_back_after_a_peer_edit(restarted: bool) {
     // What is put back, and the lines the note ends with (each once, in any order:
     // two lines added at one place by two devices are merged in automerge's order).
     let cases: [(&[u8], &[&str]); 3] = [
@@ -1274,10 +1282,17 @@ fn a_deleted_note_put_back_after_a_peer_edited_it_keeps_the_peers_edit() {
         w.connect(1);
         w.settle_converged();
         assert_eq!(w.read(0, "f.md").as_deref(), Some("note\nB line\n"));
+        if restarted {
+            w.restart(0);
+            w.settle_converged();
+        }
         w.write(0, "f.md", put_back);
         w.settle_converged();
         for p in 0..2 {
-            let what = format!("put back {:?}, p{p}", String::from_utf8_lossy(put_back));
+            let what = format!(
+                "put back {:?}, restarted {restarted}, p{p}",
+                String::from_utf8_lossy(put_back)
+            );
             let text = w.read(p, "f.md").unwrap_or_default();
             let mut lines: Vec<&str> = text.lines().collect();
             lines.sort_unstable();

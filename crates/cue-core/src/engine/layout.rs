@@ -263,6 +263,12 @@ pub(super) struct LaterIgnored {
     ignored: BTreeSet<String>,
 }
 
+/// Added after [`LaterIgnored`], stored after it in the same way.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct LaterDeletedHere {
+    deleted_here: BTreeMap<FileId, Heads>,
+}
+
 /// The engine's persisted state, its parts in the order they are stored.
 pub(super) struct StateParts<'a> {
     pub(super) state: &'a State,
@@ -315,6 +321,10 @@ pub(super) fn encode_state(parts: &StateParts<'_>) -> Vec<u8> {
         ignored: state.ignored.clone(),
     };
     bytes.extend(postcard::to_allocvec(&ignored).unwrap_or_default());
+    let deleted = LaterDeletedHere {
+        deleted_here: state.deleted_here.clone(),
+    };
+    bytes.extend(postcard::to_allocvec(&deleted).unwrap_or_default());
     bytes
 }
 
@@ -385,8 +395,15 @@ pub(super) fn decode_state(bytes: &[u8]) -> Option<Stored> {
                                     postcard::take_from_bytes::<LaterCounters3>(rest)
                                 {
                                     stored.0.counters.unnamed_documents = later3.unnamed_documents;
-                                    if let Ok(later) = postcard::from_bytes::<LaterIgnored>(rest) {
+                                    if let Ok((later, rest)) =
+                                        postcard::take_from_bytes::<LaterIgnored>(rest)
+                                    {
                                         stored.0.ignored = later.ignored;
+                                        if let Ok(later) =
+                                            postcard::from_bytes::<LaterDeletedHere>(rest)
+                                        {
+                                            stored.0.deleted_here = later.deleted_here;
+                                        }
                                     }
                                 }
                             }
@@ -418,6 +435,12 @@ pub(super) struct State {
     /// were removed while ignored (no deletion) when the rules let them through again.
     #[serde(skip)]
     pub(super) ignored: BTreeSet<String>,
+    /// Files deleted here, with the version deleted, until their next save here (at
+    /// most `MOVED_FROM_KEPT`), stored in [`LaterDeletedHere`]: a copy put back after a
+    /// peer's edit made the file live again derives from that version
+    /// (`Engine::nearer_base`), also after a restart between the two.
+    #[serde(skip)]
+    pub(super) deleted_here: BTreeMap<FileId, Heads>,
 }
 
 /// What a previous run persisted, decoded and brought to the current layout.
@@ -707,6 +730,7 @@ mod tests {
         let mut state = State::default();
         state.counters.unnamed_documents = 9;
         state.ignored = ["build/out.log".to_string()].into();
+        state.deleted_here = [(FileId([8; 16]), vec![[9; 32]])].into();
         let parts = (
             state,
             StateTail::default(),
@@ -737,12 +761,26 @@ mod tests {
         assert_eq!(decoded.7.purged, tail7.purged);
         assert_eq!(decoded.0.counters.unnamed_documents, 9);
         assert_eq!(decoded.0.ignored, parts.0.ignored);
-        // A state written before the ignored files were kept ends before them; a version
-        // before them read the count whole, past them unread.
+        assert_eq!(decoded.0.deleted_here, parts.0.deleted_here);
+        // A state written before the files deleted here were kept ends before them; a
+        // version before them read the ignored files whole, past them unread.
+        let deleted = postcard::to_allocvec(&LaterDeletedHere {
+            deleted_here: parts.0.deleted_here.clone(),
+        })
+        .unwrap();
         let ignored = postcard::to_allocvec(&LaterIgnored {
             ignored: parts.0.ignored.clone(),
         })
         .unwrap();
+        let older_read: LaterIgnored =
+            postcard::from_bytes(&full[full.len() - deleted.len() - ignored.len()..]).unwrap();
+        assert_eq!(older_read.ignored, parts.0.ignored);
+        let full = full[..full.len() - deleted.len()].to_vec();
+        let decoded = decode_state(&full).expect("decodes");
+        assert_eq!(decoded.0.ignored, parts.0.ignored);
+        assert!(decoded.0.deleted_here.is_empty());
+        // A state written before the ignored files were kept ends before them; a version
+        // before them read the count whole, past them unread.
         let later3_len = postcard::to_allocvec(&LaterCounters3 {
             unnamed_documents: 9,
         })

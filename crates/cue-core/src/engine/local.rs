@@ -115,7 +115,9 @@ impl Engine {
             .get(&file)
             .map(|m| from_heads(&m.disk_heads))
             .unwrap_or_default();
-        let base = match self.deleted_here.remove(&file) {
+        let deleted = self.state.deleted_here.remove(&file);
+        self.state_dirty |= deleted.is_some();
+        let base = match deleted.map(|h| from_heads(&h)) {
             Some(deleted) if !created && !base.is_empty() && !deleted.is_empty() => {
                 self.nearer_base(file, base, deleted, &content, store)
             }
@@ -744,10 +746,12 @@ impl Engine {
             Some(h) => from_heads(&h),
             None => self.doc_heads(file, store),
         };
-        if self.deleted_here.len() >= MOVED_FROM_KEPT {
-            self.deleted_here.pop_first();
+        let deleted = &mut self.state.deleted_here;
+        if deleted.len() >= MOVED_FROM_KEPT && !deleted.contains_key(&file) {
+            deleted.pop_first();
         }
-        self.deleted_here.insert(file, heads.clone());
+        deleted.insert(file, to_heads(&heads));
+        self.state_dirty = true;
         self.delete_here(file, heads, store);
         let name = self.name.clone();
         self.activity(ActivityKind::Delete, Some(path.to_string()), &name, None);

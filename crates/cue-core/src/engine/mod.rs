@@ -224,10 +224,6 @@ pub struct Engine {
     /// to go (`Engine::moved_away_edit`): the file, the version that save was merged
     /// as, and when. A later save there, reported by the watcher, is an edit of it too.
     moved_from: BTreeMap<String, (FileId, Heads, i64)>,
-    /// Files deleted here in this run, with the version deleted, until their next save
-    /// here (at most `MOVED_FROM_KEPT`): a copy put back after a peer's edit made the file
-    /// live again derives from that version (`Engine::nearer_base`).
-    deleted_here: BTreeMap<FileId, Vec<ChangeHash>>,
     /// Files whose write or removal failed. Not written again until the index changes or
     /// [`UNWRITABLE_RETRY_MS`] passes.
     unwritable: BTreeMap<FileId, Unwritable>,
@@ -401,7 +397,6 @@ impl Engine {
             tail7,
             disk_ops: BTreeMap::new(),
             moved_from: BTreeMap::new(),
-            deleted_here: BTreeMap::new(),
             unwritable: BTreeMap::new(),
             replaced_versions: VecDeque::new(),
             forks: 0,
