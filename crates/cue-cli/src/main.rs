@@ -291,8 +291,9 @@ enum SyncCmd {
         #[arg(long, value_name = "REV")]
         at: Option<String>,
     },
-    /// Let the deletions the mass-deletion guard holds go through (here and to the
-    /// other devices).
+    /// Let the deletions the mass-deletion guard holds here go through: this device's own
+    /// go to the other devices (whose own guard may hold them in turn: run it there too),
+    /// a peer's held here are carried out here.
     #[command(after_help = "Example:\n  cue sync apply-deletions")]
     ApplyDeletions,
     /// Mark the conflicts reported for PATH as seen, on every device.

@@ -305,7 +305,7 @@ pub fn render(r: &StatusReport, home: Option<&Path>, now_ms: i64, paint: Paint) 
         );
         hint(
             &mut out,
-            "`cue sync restore .` brings the files back, `cue sync apply-deletions` deletes them everywhere",
+            "`cue sync restore .` brings the files back, `cue sync apply-deletions` lets them through from here",
         );
     }
     if pending > 0 {
