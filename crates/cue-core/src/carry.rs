@@ -603,6 +603,78 @@ pub fn diff_scan(engine: &Engine, found: &Found) -> ScanDiff {
     }
 }
 
+/// Files a scan pairs by content as renamed and edited at once: at most this many known
+/// files missing, and as many new files (each pair is a line diff).
+pub const EDITED_RENAMES_AT_MOST: usize = 64;
+/// ... whose content is at most this long (larger ones stay a deletion and a new file).
+const EDITED_RENAME_BYTES_AT_MOST: usize = 256 * 1024;
+/// ... and half their lines alike at least (git's rename threshold).
+const EDITED_RENAME_LIKENESS: f32 = 0.5;
+
+/// A note renamed and edited while nobody watched (the daemon stopped: `mv n.md m.md`,
+/// then a save of `m.md`) is a known file missing and a new file holding most of its
+/// lines: taken as the rename and the edit it is, as git takes it, rather than a deletion
+/// and a new note (which split the note in two when another device edited it meanwhile:
+/// its edit kept the old name alive, the new name had this device's). Pairs a missing
+/// file with the new file whose lines are likest to its own, half at least, each file
+/// once, likest pairs first; looked for only among a few files (a scan after many
+/// changes keeps them as they are).
+pub fn pair_edited_renames<H: Host>(engine: &mut Engine, host: &mut H, diff: &mut ScanDiff) {
+    let new: Vec<String> = (diff.changed.iter())
+        .filter(|p| engine.on_disk(p).is_none())
+        .cloned()
+        .collect();
+    if diff.removed.is_empty()
+        || new.is_empty()
+        || diff.removed.len() > EDITED_RENAMES_AT_MOST
+        || new.len() > EDITED_RENAMES_AT_MOST
+    {
+        return;
+    }
+    let text = |b: Vec<u8>| {
+        (b.len() <= EDITED_RENAME_BYTES_AT_MOST)
+            .then(|| String::from_utf8(b).ok())
+            .flatten()
+    };
+    let gone: Vec<(usize, String)> = (diff.removed.iter().enumerate())
+        .filter_map(|(i, p)| Some((i, text(engine.disk_content(p, host)?.0)?)))
+        .collect();
+    if gone.is_empty() {
+        return;
+    }
+    let found: Vec<(&str, String)> = (new.iter())
+        .filter_map(|p| Some((p.as_str(), text(host.read_file(p).ok()??.0)?)))
+        .collect();
+    let mut pairs = Vec::new();
+    for (i, old) in &gone {
+        for (j, (_, now)) in found.iter().enumerate() {
+            let likeness = similar::TextDiff::from_lines(old.as_str(), now.as_str()).ratio();
+            if likeness >= EDITED_RENAME_LIKENESS && !old.trim().is_empty() {
+                pairs.push((likeness, *i, j));
+            }
+        }
+    }
+    // (A stable sort: equal likenesses keep the order of the paths.)
+    pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let (mut from_taken, mut to_taken) = (BTreeSet::new(), BTreeSet::new());
+    let mut renamed = Vec::new();
+    for (_, i, j) in pairs {
+        if !from_taken.contains(&i) && !to_taken.contains(&j) {
+            from_taken.insert(i);
+            to_taken.insert(j);
+            renamed.push((diff.removed[i].clone(), found[j].0.to_string()));
+        }
+    }
+    let mut i = 0;
+    diff.removed.retain(|_| {
+        i += 1;
+        !from_taken.contains(&(i - 1))
+    });
+    diff.changed
+        .retain(|p| !renamed.iter().any(|(_, to)| to == p));
+    diff.renames.extend(renamed);
+}
+
 /// The last part of a path.
 fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)

@@ -1541,7 +1541,8 @@ impl Driver {
                 out.extend(self.input(now, Input::FileRemoved { path })?);
             }
         }
-        let diff = carry::diff_scan(&self.engine, &found);
+        let mut diff = carry::diff_scan(&self.engine, &found);
+        carry::pair_edited_renames(&mut self.engine, &mut self.host, &mut diff);
         if !mass_ok && carry::too_many_missing(diff.known, diff.removed.len()) {
             self.trip_guard(
                 format!(
@@ -3401,6 +3402,44 @@ mod events_behind_the_disk {
             .into_iter()
             .map(|e| (e.record.kind, e.record.path))
             .collect()
+    }
+
+    /// The start-up scan, too, comes later than what it finds: a note renamed into another
+    /// folder and edited while the daemon was stopped is found as that rename and edit
+    /// (most of its lines under the new name), not as a deletion and a new note.
+    #[test]
+    fn a_note_renamed_and_edited_while_stopped_is_a_rename_at_start_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::write(root.join("n.md"), "# N\n\none\ntwo\nthree\n").expect("write");
+        let ws = Workspace::init(root, Some("ws://127.0.0.1:9"), Some("alice")).expect("init");
+        let mut driver = Driver::open(&ws, &ws.config).expect("driver");
+        driver.startup_scan(now_ms()).expect("import");
+        driver.flush().expect("flush");
+        drop(driver);
+        std::fs::create_dir(root.join("old")).expect("mkdir");
+        std::fs::remove_file(root.join("n.md")).expect("rm");
+        std::fs::write(root.join("old/n-2026.md"), "# N\n\none\ntwo\nthree\nfour\n")
+            .expect("write");
+        let mut driver = Driver::open(&ws, &ws.config).expect("driver");
+        driver.startup_scan(now_ms()).expect("scan");
+        driver.flush().expect("flush");
+        let kinds = activity(&driver);
+        assert!(
+            kinds.contains(&(ActivityKind::Rename, Some("old/n-2026.md".to_string()))),
+            "{kinds:?}"
+        );
+        assert!(
+            !kinds.contains(&(ActivityKind::Delete, Some("n.md".to_string()))),
+            "{kinds:?}"
+        );
+        let read = driver
+            .engine
+            .read("old/n-2026.md", &mut StoreDocs(&driver.host.store));
+        assert_eq!(
+            read.as_deref(),
+            Some(&b"# N\n\none\ntwo\nthree\nfour\n"[..])
+        );
     }
 
     /// The second look at a file the daemon wrote (for a removal the watcher could not

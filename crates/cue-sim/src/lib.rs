@@ -1207,7 +1207,11 @@ impl World {
             ignored,
             unreadable: BTreeSet::new(),
         };
-        let diff = carry::diff_scan(&p.engine, &found);
+        let mut diff = carry::diff_scan(&p.engine, &found);
+        {
+            let (engine, mut host) = p.split(trace_peer(peer));
+            carry::pair_edited_renames(engine, &mut host, &mut diff);
+        }
         if carry::too_many_missing(diff.known, diff.removed.len()) && p.guard.is_none() {
             p.guard = Some(format!(
                 "{} of the {} files were missing at start-up",

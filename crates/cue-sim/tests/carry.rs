@@ -42,6 +42,62 @@ fn a_rename_while_the_daemon_was_stopped_is_a_rename() {
     }
 }
 
+/// A note renamed and edited while the daemon was stopped, edited on another device
+/// meanwhile: the start-up scan takes the new name holding most of the old lines for
+/// the rename and the edit it is, and the note stays one, with both edits, under its
+/// new name (before: two notes, the old name kept alive by the other device's edit, the
+/// new one holding this device's). A note deleted while stopped beside an unrelated new
+/// one stays a deletion and a new note.
+#[test]
+fn a_note_renamed_and_edited_while_stopped_stays_one_note_with_both_edits() {
+    const NOTE: &str = "# Plan\n\nfirst point\nsecond point\nthird point\n";
+    for seed in 0..12 {
+        let mut w = World::new(2, 300 + seed, Config::default());
+        w.connect_all();
+        w.write(0, "notes/plan.md", NOTE.as_bytes());
+        w.write(0, "notes/old.md", b"an old note\nnobody wants\n");
+        w.settle_converged();
+        w.disconnect(0);
+        w.write(
+            1,
+            "notes/plan.md",
+            NOTE.replace("first point", "first point, from p1")
+                .as_bytes(),
+        );
+        let disk = &mut w.peers[0].disk;
+        disk.remove("notes/plan.md");
+        // Renamed into another folder, with a line added and one changed.
+        let edited = NOTE.replace("third point", "third point, from p0") + "p0 line\n";
+        disk.insert("archive/plan-2026.md".into(), edited.into_bytes());
+        disk.remove("notes/old.md");
+        disk.insert("notes/new.md".into(), b"a new note\nof its own\n".to_vec());
+        w.restart(0);
+        w.connect_all();
+        w.settle_converged();
+        for p in 0..2 {
+            let disk: Vec<(&String, String)> = (w.peers[p].disk.iter())
+                .map(|(k, v)| (k, String::from_utf8_lossy(v).into_owned()))
+                .collect();
+            let what = format!("seed {seed}, p{p}: {disk:?}");
+            assert_eq!(
+                w.read(p, "archive/plan-2026.md").as_deref(),
+                Some(
+                    "# Plan\n\nfirst point, from p1\nsecond point\nthird point, from p0\np0 line\n"
+                ),
+                "{what}"
+            );
+            assert_eq!(w.read(p, "notes/plan.md"), None, "{what}");
+            assert_eq!(w.read(p, "notes/old.md"), None, "{what}");
+            assert_eq!(
+                w.read(p, "notes/new.md").as_deref(),
+                Some("a new note\nof its own\n"),
+                "{what}"
+            );
+            assert_eq!(w.peers[p].disk.len(), 2, "{what}");
+        }
+    }
+}
+
 /// A folder replaced by a file of its name while the daemon was stopped, and a file by a
 /// folder: the start-up scan deletes the old ones before taking the new ones in, so the
 /// new ones keep their names everywhere and nothing comes back as a conflict copy.
