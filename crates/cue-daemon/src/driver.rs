@@ -2049,6 +2049,28 @@ impl Driver {
         Some((path.clone(), read))
     }
 
+    /// The file the engine believes outside `folder` (a folder just moved), now gone
+    /// from its place, whose bytes `path` holds (one `path` the engine does not know):
+    /// that file's path, and what `path` holds.
+    fn moved_in_from(&self, path: &str, folder: &str) -> Option<(String, (Vec<u8>, bool))> {
+        if self.engine.on_disk(path).is_some() {
+            return None;
+        }
+        let (content, exec) = self.host.read(path).ok()??;
+        let hash = file_hash(&content, exec);
+        let folder = self.engine.disk_key(folder).into_owned();
+        let inside = |p: &str| {
+            let key = self.engine.disk_key(p);
+            key.strip_prefix(folder.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+        };
+        let old = (self.engine.disk())
+            .filter(|(p, h)| self.engine.same_on_disk(*h, hash) && !inside(p))
+            .map(|(p, _)| p.to_string())
+            .find(|p| self.nothing_at(p))?;
+        Some((old, (content, exec)))
+    }
+
     /// The files of `files` the engine does not know, with the hash of what they hold
     /// (each read once: made or renamed in a folder just before it moved, few).
     fn unknown_of(&self, files: &[WorkspacePath]) -> Vec<(String, ContentHash)> {
@@ -2178,9 +2200,24 @@ impl Driver {
         // name the old place).
         if let Some((files, unreadable)) = listed {
             for file in files {
-                if !moved.contains(file.as_str()) {
-                    out.extend(self.file_changed(now, file.as_str())?);
+                if moved.contains(file.as_str()) {
+                    continue;
                 }
+                // Or moved in from elsewhere a moment after the folder moved (`mv d e; mv
+                // f.md e/`), its own event still to come: the known file missing from its
+                // place that held these bytes is it. (Taken for new, a second note was made
+                // and deleted again when that event came, on every device.)
+                if let Some((old, (content, exec))) = self.moved_in_from(file.as_str(), from) {
+                    let input = Input::FileRenamed {
+                        from: old,
+                        to: file.as_str().to_string(),
+                        content,
+                        exec,
+                    };
+                    out.extend(self.feed(now, input)?);
+                    continue;
+                }
+                out.extend(self.file_changed(now, file.as_str())?);
             }
             for skipped in unreadable {
                 let (path, reason) = (skipped.path, Some(skipped.reason.to_string()));
@@ -3599,6 +3636,60 @@ mod events_behind_the_disk {
             "{kinds:?}"
         );
         assert_eq!(driver.status().files, 1);
+    }
+
+    /// A note moved into a folder a moment after the folder moved (`mv d e; mv f.md e/`),
+    /// its event after the folder's (the same batch or the next): the folder's move finds
+    /// it there, and it is that note renamed, not a new one (which the note's own event
+    /// then deleted: a note made and deleted on every device, a `delete` in the log).
+    #[test]
+    fn a_note_moved_into_a_folder_just_moved_is_a_rename_alone() {
+        for same_batch in [true, false] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let root = dir.path();
+            std::fs::create_dir(root.join("d")).expect("mkdir");
+            std::fs::write(root.join("d/a.md"), "# A\n").expect("write");
+            std::fs::write(root.join("f.md"), "# F\n").expect("write");
+            let ws = Workspace::init(root, Some("ws://127.0.0.1:9"), Some("alice")).expect("init");
+            let mut driver = Driver::open(&ws, &ws.config).expect("driver");
+            driver.startup_scan(now_ms()).expect("scan");
+            mv(root, "d", "e");
+            mv(root, "f.md", "e/f.md");
+            let folder = WatchEvent::DirRenamed {
+                from: rel("d"),
+                to: rel("e"),
+            };
+            let note = WatchEvent::Renamed {
+                from: rel("f.md"),
+                to: rel("e/f.md"),
+            };
+            if same_batch {
+                watched(&mut driver, vec![folder, note]);
+            } else {
+                watched(&mut driver, vec![folder]);
+                watched(&mut driver, vec![note]);
+            }
+            driver.flush().expect("flush");
+            let kinds = activity(&driver);
+            let what = format!("same batch {same_batch}: {kinds:?}");
+            assert!(
+                kinds.contains(&(ActivityKind::Rename, Some("e/f.md".to_string()))),
+                "{what}"
+            );
+            assert!(
+                !kinds.iter().any(|(k, _)| *k == ActivityKind::Delete),
+                "{what}"
+            );
+            assert_eq!(
+                kinds
+                    .iter()
+                    .filter(|(k, _)| *k == ActivityKind::LocalChange)
+                    .count(),
+                2,
+                "only the import's: {what}"
+            );
+            assert_eq!(driver.status().files, 2, "{what}");
+        }
     }
 
     /// Two folders swapped (`mv p t; mv q p; mv t q`) before the watcher looked: it
