@@ -451,6 +451,11 @@ impl Daemon<'_> {
                 return Ok(reply);
             }
             self.follow_mounts(watcher)?;
+            if watcher.watch_unwatched() {
+                tracing::info!("a folder the watcher could not watch may be read now");
+                let out = self.driver.rescan(now_ms())?;
+                self.session.send_all(&mut self.driver, out);
+            }
         }
     }
 

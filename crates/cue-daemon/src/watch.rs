@@ -30,9 +30,11 @@
 //! A change to `.cueignore` reloads the rules, and is reported as `Changed(".cueignore")`
 //! (it is synced) followed by `Rescan`, since paths may have entered or left the rules.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use notify::event::{EventKind, ModifyKind, RenameMode};
@@ -127,6 +129,16 @@ pub struct Watcher {
     watcher: RecommendedWatcher,
     rules: Arc<RwLock<IgnoreRules>>,
     root: PathBuf,
+    /// Folders it may not watch (no permission to read them): watched once readable.
+    unwatched: Arc<Unwatched>,
+}
+
+/// Folders the watcher may not watch, and whether one of them had its attributes
+/// changed since they were last tried (a `chmod` giving the permission back).
+#[derive(Debug, Default)]
+struct Unwatched {
+    folders: Mutex<BTreeSet<PathBuf>>,
+    touched: AtomicBool,
 }
 
 impl Watcher {
@@ -150,7 +162,9 @@ impl Watcher {
             tx,
             out: Default::default(),
             store: store_identity(&root.join(CUEDECK_DIR)),
+            unwatched: Arc::new(Unwatched::default()),
         };
+        let unwatched = translator.unwatched.clone();
         let debounce = config.debounce.max(Duration::from_millis(1));
         let (raw_tx, raw_rx) = channel();
         let mut watcher = RecommendedWatcher::new(
@@ -178,20 +192,46 @@ impl Watcher {
             translator.handle(batch)
         })
         .map_err(WatchError::Thread)?;
-        watcher
-            .watch(&root, RecursiveMode::Recursive)
-            .map_err(|source| WatchError::Notify {
-                path: root.clone(),
-                source,
-            })?;
+        if let Err(source) = watcher.watch(&root, RecursiveMode::Recursive) {
+            // notify stops at the first folder below the root it may not watch (a mode
+            // taking the permission to read it away): the others are watched one by one,
+            // and those it may not are left to the scan, which lists their files as
+            // unreadable (never removed), until a `chmod` gives the permission back.
+            if std::fs::read_dir(&root).is_err() || !watch_each(&mut watcher, &root, &unwatched) {
+                return Err(WatchError::Notify {
+                    path: root.clone(),
+                    source,
+                });
+            }
+        }
         Ok((
             Watcher {
                 watcher,
                 rules,
                 root,
+                unwatched,
             },
             rx,
         ))
+    }
+
+    /// Watches the folders it could not watch that may be read now (a folder's
+    /// attributes changed since it last tried). Whether any is watched now: the
+    /// workspace is then scanned again (what changed in them before).
+    pub fn watch_unwatched(&mut self) -> bool {
+        if !self.unwatched.touched.swap(false, Ordering::Relaxed) {
+            return false;
+        }
+        let folders = std::mem::take(
+            &mut *(self.unwatched.folders.lock()).unwrap_or_else(|p| p.into_inner()),
+        );
+        let mut any = false;
+        for folder in folders {
+            if std::fs::symlink_metadata(&folder).is_ok_and(|m| m.is_dir()) {
+                any |= watch_each(&mut self.watcher, &folder, &self.unwatched);
+            }
+        }
+        any
     }
 
     /// The ignore rules in force now (reloaded when `.cueignore` changes).
@@ -222,6 +262,31 @@ impl Watcher {
     }
 }
 
+/// Watches `folder` and every folder below it (not through links) one by one, each
+/// recursively (so that folders made in it later are watched too); those it may not read
+/// go to `unwatched`. Whether `folder` itself is watched.
+fn watch_each(watcher: &mut RecommendedWatcher, folder: &Path, unwatched: &Unwatched) -> bool {
+    let mut watched = false;
+    let mut todo = vec![folder.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            (unwatched.folders.lock())
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(dir);
+            continue;
+        };
+        // (Below it, it stops again at a folder it may not read: reached here, below.)
+        let _ = watcher.watch(&dir, RecursiveMode::Recursive);
+        watched |= dir == folder;
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(entry.path());
+            }
+        }
+    }
+    watched
+}
+
 /// The path relative to the root, if it is below the root and not a never-synced name
 /// (the store's folder among them).
 fn relative<'a>(root: &Path, abs: &'a Path) -> Option<&'a str> {
@@ -238,6 +303,8 @@ struct Translator {
     /// mass-deletion guard counts a batch's removals).
     tx: Sender<Vec<WatchEvent>>,
     out: std::cell::RefCell<Vec<WatchEvent>>,
+    /// Folders the watcher may not watch (see [`Watcher::watch_unwatched`]).
+    unwatched: Arc<Unwatched>,
     /// The `.cuedeck` folder the daemon opened (device, inode): another one put in its
     /// place (removed and copied back from a backup within one batch) is not its store.
     store: Option<(u64, u64)>,
@@ -325,8 +392,14 @@ impl Translator {
             {
                 self.send(WatchEvent::RootGone);
             }
-            // A folder's own attributes changed (chmod, touch): its files did not.
-            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Metadata(_)) if first.is_dir() => {}
+            // A folder's own attributes changed (chmod, touch): its files did not. (One
+            // the watcher may not watch may be read now: it tries again.)
+            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Metadata(_)) if first.is_dir() => {
+                let folders = (self.unwatched.folders.lock()).unwrap_or_else(|p| p.into_inner());
+                if folders.iter().any(|f| f == first || f.starts_with(first)) {
+                    self.unwatched.touched.store(true, Ordering::Relaxed);
+                }
+            }
             // Creations, modifications, removals, moves in and out: what matters is what
             // is there now.
             _ => self.check(first),
@@ -618,6 +691,11 @@ mod tests {
 
     /// A workspace with `files` in it, watched.
     fn fixture(files: &[(&str, &str)]) -> Fixture {
+        fixture_then(files, |_| {})
+    }
+
+    /// A workspace with `files` in it, `before` done to it, then watched.
+    fn fixture_then(files: &[(&str, &str)], before: impl FnOnce(&Path)) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("ws");
         let outside = dir.path().join("outside");
@@ -629,6 +707,7 @@ mod tests {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, content).unwrap();
         }
+        before(&root);
         let rules = IgnoreRules::load(&root).unwrap();
         let (watcher, rx) = Watcher::start(&root, rules, WatchConfig::default()).unwrap();
         Fixture {
@@ -984,5 +1063,44 @@ mod tests {
             )),
         });
         assert!(!mentions(&seen, &format!("{deep}/far.md")), "{seen:?}");
+    }
+
+    /// A folder the daemon may not read when it starts (mode 000: inotify needs the
+    /// permission to read a folder to watch it) does not stop it from watching the rest
+    /// (it refused to start: nothing synced); that folder is watched once a `chmod` gives
+    /// the permission back. (As a user: root reads every folder.)
+    #[test]
+    fn a_folder_it_may_not_read_at_start_is_watched_once_readable() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let files = [
+            ("open/a.md", "a"),
+            ("closed/b.md", "b"),
+            ("closed/deep/c.md", "c"),
+        ];
+        let mut f = std::thread::scope(|s| {
+            s.spawn(|| {
+                use rustix::thread::{CapabilitySet, capabilities, set_capabilities};
+                let mut caps = capabilities(None).expect("capabilities");
+                caps.effective
+                    .remove(CapabilitySet::DAC_OVERRIDE | CapabilitySet::DAC_READ_SEARCH);
+                set_capabilities(None, caps).expect("drop capabilities");
+                fixture_then(&files, |root| mode(&root.join("closed"), 0o000))
+            })
+            .join()
+            .expect("the watcher starts")
+        });
+        std::fs::write(f.root.join("open/a.md"), "a, edited").unwrap();
+        f.wait_for(&WatchEvent::Changed(p("open/a.md")));
+        mode(&f.root.join("closed"), 0o755);
+        let deadline = Instant::now() + DEADLINE;
+        while !f.watcher.watch_unwatched() {
+            assert!(Instant::now() < deadline, "the folder is never watched");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::fs::write(f.root.join("closed/deep/c.md"), "c, edited").unwrap();
+        f.wait_for(&WatchEvent::Changed(p("closed/deep/c.md")));
     }
 }
