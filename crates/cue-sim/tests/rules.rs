@@ -95,6 +95,34 @@ fn frontmatter_scalar_last_writer_wins_and_loser_is_a_conflict() {
     assert!(w.status(0).conflicts.is_empty());
 }
 
+/// A list made a value on one device while another adds an item to it: the value is
+/// shown, and the list with the item added is set aside as a `frontmatter` conflict on
+/// both devices (before, the item was gone and nothing said so).
+#[test]
+fn frontmatter_list_made_a_value_while_an_item_is_added_is_a_conflict() {
+    let mut w = World::online(2, 9);
+    w.write(0, "g.md", b"---\ntitle: T\ntags: [a, b]\n---\nBody\n");
+    w.settle_converged();
+    w.disconnect(1);
+    w.write(0, "g.md", b"---\ntitle: T\ntags: none\n---\nBody\n");
+    w.write(1, "g.md", b"---\ntitle: T\ntags: [a, b, c]\n---\nBody\n");
+    w.connect(1);
+    w.settle_converged();
+    assert_eq!(
+        w.read(0, "g.md").as_deref(),
+        Some("---\ntitle: T\ntags: none\n---\nBody\n")
+    );
+    for p in 0..2 {
+        let st = w.status(p);
+        assert_eq!(st.conflicts.len(), 1, "peer {p}: {:?}", st.conflicts);
+        assert_eq!(st.conflicts[0].kind, ConflictKind::Frontmatter);
+        assert_eq!(
+            st.conflicts[0].detail, r#"tags: kept "none" (p0); set aside "[a, b, c]" (p1)"#,
+            "peer {p}"
+        );
+    }
+}
+
 #[test]
 fn frontmatter_causal_change_is_not_a_conflict() {
     let mut w = World::online(2, 7);
