@@ -106,6 +106,45 @@ fn held_deletions_go_through_when_applied() {
     assert_eq!(w.read(1, "x.md"), None);
 }
 
+/// Deletions applied with `apply-deletions` are decided: they no longer count toward the
+/// guard's window. A peer's change moments later that deletes nothing here (the deleting
+/// device restoring one note) does not trip the guard again on the deletions already
+/// carried out, which it wrote back (found by exploration: the notes back on that device
+/// only, the two folders different, 6 of 6), nor does one more deletion.
+#[test]
+fn deletions_applied_are_not_held_again_by_the_next_change() {
+    let mut w = World::new(2, 24, Config::default());
+    w.connect_all();
+    let files: Vec<(String, Vec<u8>)> = (1..=25)
+        .map(|i| (format!("n{i}.md"), format!("note {i}\n").into_bytes()))
+        .collect();
+    w.write_many(0, &files);
+    w.write(0, "x.md", b"x\n");
+    w.settle(10);
+    w.disconnect(1);
+    w.write(1, "n2.md", b"note 2\nedited on p1\n");
+    for (p, _) in &files {
+        w.delete(0, p);
+    }
+    w.connect(1);
+    // (All delivered with no time passing: the user applies them within seconds.)
+    while w.step() {}
+    assert!(w.status(1).deletions_paused.is_some());
+    assert_eq!(w.apply_deletions(1), 24);
+    while w.step() {}
+    assert_eq!(w.peers[1].disk.len(), 2, "{:?}", w.peers[1].disk.keys());
+    // Moments later: one more deletion, and one note restored.
+    w.delete(0, "x.md");
+    w.restore(0, "n1.md").expect("restore n1.md");
+    w.settle(10);
+    for p in 0..2 {
+        let mut files: Vec<&str> = w.peers[p].disk.keys().map(String::as_str).collect();
+        files.sort_unstable();
+        assert_eq!(files, ["n1.md", "n2.md"], "peer {p}");
+        assert!(w.status(p).deletions_paused.is_none(), "peer {p}");
+    }
+}
+
 /// A member sends changes and documents that inflate to more than the bound (automerge
 /// would inflate them whole before any check): each is refused unparsed and counted as
 /// oversized, and the peer keeps syncing.

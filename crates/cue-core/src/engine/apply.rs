@@ -1028,6 +1028,11 @@ impl Engine {
             .into_iter()
             .filter(|f| !self.is_live(*f, store))
             .collect();
+        // (A batch that deletes nothing here trips nothing: the window's deletions were
+        // judged when they came.)
+        if dead.is_empty() {
+            return;
+        }
         let by = self.members_view.get(&from).cloned().unwrap_or_default();
         for f in &dead {
             if let Some(path) = live_before.get(f) {

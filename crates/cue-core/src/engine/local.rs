@@ -1026,6 +1026,9 @@ impl Engine {
         self.now_ms = now_ms;
         let held = std::mem::take(&mut self.tail3.held);
         self.tail3.held_reason = None;
+        // Decided: they no longer count toward the guard's window (the next deletion
+        // moments later would trip it again on them, and write them back).
+        self.recent_remote_deletions.clear();
         self.state_dirty = true;
         self.to_reconcile.extend(held.iter().copied());
         (held.len(), self.finish(store))
