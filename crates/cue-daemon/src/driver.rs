@@ -1511,7 +1511,7 @@ impl Driver {
                 .map(|s| s.path.clone())
                 .collect(),
         };
-        let unsyncable = report
+        let unsyncable: BTreeMap<String, String> = report
             .skipped
             .iter()
             .filter(|s| {
@@ -1525,8 +1525,25 @@ impl Driver {
             })
             .map(|s| (s.path.clone(), s.reason.to_string()))
             .collect();
-        let mut out = self.input(now, Input::Unsyncable { files: unsyncable })?;
+        // A link standing where synced files were (a folder moved to another disk and
+        // linked back): their content is behind it, which cue never follows. Kept as
+        // they were and listed, never taken for deleted.
         let mut found = found;
+        let mut unsyncable = unsyncable;
+        for link in (report.skipped.iter()).filter(|s| matches!(s.reason, SkipReason::Symlink)) {
+            let hidden: Vec<String> = (self.engine.on_disk_under(&link.path).into_iter())
+                .filter(|p| p == &link.path || crate::scan::below(p, &link.path))
+                .collect();
+            for path in hidden {
+                let error = match path == link.path {
+                    true => FsError::Symlink { path: path.clone() },
+                    false => FsError::SymlinkOnTheWay { path: path.clone() },
+                };
+                found.unreadable.insert(path.clone());
+                unsyncable.insert(path, SkipReason::Unreadable(error.to_string()).to_string());
+            }
+        }
+        let mut out = self.input(now, Input::Unsyncable { files: unsyncable })?;
         found.ignored = self.newly_ignored(&found);
         // Files listed as too large that are no longer there leave the list. One the
         // engine believes on disk (synced before it grew) is left to the scan's diff,
@@ -1878,14 +1895,20 @@ impl Driver {
                         out.extend(self.file_changed(now, &path)?);
                     }
                 }
-                // Gone, or a folder (or a symlink, a device) stands in its place, or a
-                // file in the place of a folder on the way.
-                Ok(_)
-                | Err(
-                    FsError::Symlink { .. }
-                    | FsError::SymlinkOnTheWay { .. }
-                    | FsError::NotADirectory { .. },
-                ) => {
+                // A link stands in its place or on the way (a folder moved to another
+                // disk and linked back, `mv docs /disk; ln -s /disk/docs docs`): its
+                // content is behind the link, which cue never follows. Listed as not
+                // synced, never taken for a deletion (it was, on every device).
+                Ok(Some(s)) if s.kind == crate::fsio::FileKind::Symlink => {
+                    let error = FsError::Symlink { path: path.clone() };
+                    out.extend(self.unreadable(now, &path, &error)?);
+                }
+                Err(error @ (FsError::Symlink { .. } | FsError::SymlinkOnTheWay { .. })) => {
+                    out.extend(self.unreadable(now, &path, &error)?);
+                }
+                // Gone, or a folder (or a device) stands in its place, or a file in the
+                // place of a folder on the way.
+                Ok(_) | Err(FsError::NotADirectory { .. }) => {
                     out.extend(self.feed(now, Input::FileRemoved { path })?);
                 }
                 // Cannot be looked at (a folder on the way it may not enter): never taken
@@ -3332,6 +3355,62 @@ mod unreadable {
             .unsyncable
             .iter()
             .any(|(p, reason)| p == path && reason.starts_with("unreadable"))
+    }
+
+    /// A synced folder moved to another disk and linked back (`mv docs /disk; ln -s
+    /// /disk/docs docs`), and a note replaced by a link, while the daemon runs or while
+    /// it is stopped: cue never follows the links, so their files are listed as not
+    /// synced and kept as they were, never taken for deleted (they were, on every
+    /// device). The folder put back in place of its link, they sync as before.
+    #[test]
+    fn files_behind_a_link_standing_in_their_place_are_listed_and_never_taken_for_deleted() {
+        for running in [true, false] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (root, disk) = (dir.path().join("ws"), dir.path().join("disk"));
+            std::fs::create_dir_all(root.join("docs")).expect("mkdir");
+            std::fs::create_dir(&disk).expect("mkdir");
+            for name in ["docs/d1.md", "docs/d2.md", "n.md", "top.md"] {
+                std::fs::write(root.join(name), format!("# {name}\n")).expect("write");
+            }
+            let ws = Workspace::init(&root, Some("ws://127.0.0.1:9"), Some("alice")).expect("init");
+            let mut driver = Driver::open(&ws, &ws.config).expect("driver");
+            driver.startup_scan(now_ms()).expect("scan");
+            let link = |from: &str, to: &str| {
+                std::fs::rename(root.join(from), disk.join(to)).expect("mv");
+                std::os::unix::fs::symlink(disk.join(to), root.join(from)).expect("ln -s");
+            };
+            if !running {
+                driver.flush().expect("flush");
+                drop(driver);
+                link("docs", "docs");
+                link("n.md", "n.md");
+                driver = Driver::open(&ws, &ws.config).expect("driver");
+                driver.startup_scan(now_ms()).expect("scan");
+            } else {
+                link("docs", "docs");
+                link("n.md", "n.md");
+                let rel = |p: &str| WorkspacePath::parse(p).expect("path");
+                watched(&mut driver, WatchEvent::Removed(rel("docs"))).expect("docs");
+                watched(&mut driver, WatchEvent::Removed(rel("n.md"))).expect("n.md");
+            }
+            let what = format!("running {running}: {:?}", driver.status().unsyncable);
+            for path in ["docs/d1.md", "docs/d2.md", "n.md"] {
+                assert!(
+                    driver.engine().on_disk(path).is_some(),
+                    "{path} deleted, {what}"
+                );
+                assert!(listed(&mut driver, path), "{path} not listed, {what}");
+            }
+            assert_eq!(driver.status().files, 4, "{what}");
+            // The folder put back in place of its link.
+            std::fs::remove_file(root.join("docs")).expect("rm link");
+            std::fs::rename(disk.join("docs"), root.join("docs")).expect("mv back");
+            for path in ["docs/d1.md", "docs/d2.md"] {
+                changed(&mut driver, path).expect("back");
+                assert!(!listed(&mut driver, path), "{path} still listed, {what}");
+            }
+            assert_eq!(driver.status().files, 4, "{what}");
+        }
     }
 
     /// `chmod 000` of a synced note, a root-only file copied in, a folder the user may
