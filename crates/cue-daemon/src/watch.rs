@@ -197,7 +197,12 @@ impl Watcher {
             // taking the permission to read it away): the others are watched one by one,
             // and those it may not are left to the scan, which lists their files as
             // unreadable (never removed), until a `chmod` gives the permission back.
-            if std::fs::read_dir(&root).is_err() || !watch_each(&mut watcher, &root, &unwatched) {
+            // (Any other error, the system's limit of watches reached among them, still
+            // stops the start: a folder left unwatched would have its saves go unseen.)
+            if !denied(&source)
+                || std::fs::read_dir(&root).is_err()
+                || !watch_each(&mut watcher, &root, &unwatched)
+            {
                 return Err(WatchError::Notify {
                     path: root.clone(),
                     source,
@@ -262,6 +267,11 @@ impl Watcher {
     }
 }
 
+/// Whether notify failed for want of the permission to read a folder.
+fn denied(error: &notify::Error) -> bool {
+    matches!(&error.kind, notify::ErrorKind::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied)
+}
+
 /// Watches `folder` and every folder below it (not through links) one by one, each
 /// recursively (so that folders made in it later are watched too); those it may not read
 /// go to `unwatched`. Whether `folder` itself is watched.
@@ -276,7 +286,11 @@ fn watch_each(watcher: &mut RecommendedWatcher, folder: &Path, unwatched: &Unwat
             continue;
         };
         // (Below it, it stops again at a folder it may not read: reached here, below.)
-        let _ = watcher.watch(&dir, RecursiveMode::Recursive);
+        if let Err(error) = watcher.watch(&dir, RecursiveMode::Recursive)
+            && !denied(&error)
+        {
+            tracing::warn!(%error, folder = %dir.display(), "cannot watch a folder");
+        }
         watched |= dir == folder;
         for entry in entries.flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
