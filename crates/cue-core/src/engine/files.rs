@@ -142,9 +142,9 @@ impl Files {
     }
 
     /// Whether a record other than `file`'s is believed to be at `path` on disk with
-    /// `hash` (two records claiming one path: a rename under way, or a belief a power
-    /// cut left behind).
-    pub(super) fn shared(&self, path: &str, hash: &ContentHash, file: &FileId) -> bool {
+    /// `hash`, or with any bytes when `hash` is `None` (two records claiming one path: a
+    /// rename under way, or a belief a power cut or a twin's write left behind).
+    pub(super) fn shared(&self, path: &str, hash: Option<&ContentHash>, file: &FileId) -> bool {
         let path = key(self.fold, path);
         self.by_path
             .range((path.to_string(), FileId([0; 16]))..)
@@ -155,7 +155,7 @@ impl Files {
                         .metas
                         .get(g)
                         .and_then(|m| m.disk.as_ref())
-                        .is_some_and(|(_, h)| h == hash)
+                        .is_some_and(|(_, h)| hash.is_none_or(|hash| h == hash))
             })
     }
 

@@ -669,8 +669,13 @@ impl Engine {
         // Another record believed at that path with those very bytes: they are (also)
         // its file, removed only if it too should not be there (its own turn). A power
         // cut can leave a file dropped as one with its twin believed where the twin was
-        // written over it: removing it removed the twin's file.
-        if !self.files.shared(&cur_path, &cur_hash, &f) {
+        // written over it: removing it removed the twin's file. For a file dropped as
+        // one, its twin believed there with any bytes: the twin was written over it, and
+        // edited since (a user who then put the first bytes back, the daemon stopped,
+        // had the note removed as the dropped file's, on every device).
+        let dropped = (self.index.tombstone(&f)).is_some_and(|t| t.dropped_as_one());
+        let by_other = if dropped { None } else { Some(&cur_hash) };
+        if !self.files.shared(&cur_path, by_other, &f) {
             let held = self.files.get(&f).map(|m| (f, m.disk_heads.clone()));
             self.record_op(&cur_path, Some(cur_hash), f, held);
             self.out_files.push(Effect::RemoveFile {
