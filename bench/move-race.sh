@@ -18,23 +18,8 @@ set -uo pipefail
 
 CASE=${1:?usage: bench/move-race.sh CASE [BIN]}
 BIN=$(realpath "${2:-target/debug}")
-W=$(mktemp -d /tmp/cue-move-race.XXXXXX)
-cd "$W" && mkdir A B
-PORT=$((20000 + RANDOM % 20000))
-"$BIN/cue-relay" --listen 127.0.0.1:$PORT >relay.log 2>&1 &
-RELAY=$!
-stop() {
-    timeout 20 "$BIN/cue" -C A sync stop >/dev/null 2>&1
-    timeout 20 "$BIN/cue" -C B sync stop >/dev/null 2>&1
-    kill $RELAY 2>/dev/null
-}
-trap stop EXIT
-sleep 0.5
-"$BIN/cue" -C A sync init --relay ws://127.0.0.1:$PORT --name a >/dev/null 2>&1
-TOKEN=$("$BIN/cue" -C A sync invite 2>/dev/null | tail -1)
-"$BIN/cue" -C A sync start >/dev/null
-"$BIN/cue" -C B sync join "$TOKEN" --name b >/dev/null 2>&1
-"$BIN/cue" -C B sync start >/dev/null
+NAME=move-race
+. "$(dirname "$(realpath "$0")")/two-daemons.sh"
 
 # appender PATH TAG: appends "TAG i" lines, logging each one written to written.TAG.
 appender() {
@@ -91,7 +76,6 @@ for k in 1 2 3 4 5; do
     sleep 1.5
 done
 
-listing() { (cd "$1" && find . -path ./.cuedeck -prune -o -type f ! -name '.cue-tmp-*' -print0 | sort -z | xargs -0 -r md5sum); }
 for _ in $(seq 40); do
     [ "$(listing A)" = "$(listing B)" ] && break
     sleep 0.5
@@ -116,4 +100,4 @@ for k in 1 2 3 4 5; do
 done
 echo "split: $split"
 [ "$split" -gt 0 ] && echo "A: $(cd A && find . -path ./.cuedeck -prune -o -type f -print | sort | tr '\n' ' ')"
-rm -rf "$W"
+true

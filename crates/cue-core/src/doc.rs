@@ -1856,26 +1856,31 @@ mod tests {
         b.write("n.md", b"---\ntags: bobvalue\n---\nbody\n", 0)
             .unwrap();
         let text = merged(&mut a, &mut b);
-        let conflicts = a.conflicts();
+        assert_tags_conflict(&mut a, &text, ["bobvalue", "[x, y]"], "");
+    }
+
+    /// `d` reports one frontmatter conflict of `tags` between a value holding `sides[0]`
+    /// and one holding `sides[1]`, the one `text` shows kept.
+    fn assert_tags_conflict(d: &mut FileDoc, text: &str, sides: [&str; 2], what: &str) {
+        let conflicts = d.conflicts();
         let Some(FieldConflict::Frontmatter {
             key,
             winner,
             losers,
         }) = conflicts.first()
         else {
-            panic!("no conflict reported: {conflicts:?} ({text:?})");
+            panic!("{what}: no conflict reported: {conflicts:?} ({text:?})");
         };
         assert_eq!(key, "tags");
         let mut both: Vec<&str> = vec![winner.1.as_str()];
         both.extend(losers.iter().map(|(_, v)| v.as_str()));
         assert!(
-            both.iter().any(|v| v.contains("bobvalue"))
-                && both.iter().any(|v| v.contains("[x, y]")),
-            "{both:?}"
+            sides.iter().all(|s| both.iter().any(|v| v.contains(s))),
+            "{what}: {both:?}"
         );
         assert!(
             text.contains(winner.1.trim_end()),
-            "{text:?} shows {winner:?}"
+            "{what}: {text:?} shows {winner:?}"
         );
     }
 
@@ -1902,27 +1907,8 @@ mod tests {
                 .unwrap();
             let text = merged(&mut a, &mut b);
             for (name, d) in [("a", &mut a), ("b", &mut b)] {
-                let conflicts = d.conflicts();
-                let Some(FieldConflict::Frontmatter {
-                    key,
-                    winner,
-                    losers,
-                }) = conflicts.first()
-                else {
-                    panic!("swap {swap}, {name}: no conflict reported: {conflicts:?} ({text:?})");
-                };
-                assert_eq!(key, "tags");
-                let mut both: Vec<&str> = vec![winner.1.as_str()];
-                both.extend(losers.iter().map(|(_, v)| v.as_str()));
-                assert!(
-                    both.iter().any(|v| v.contains("none"))
-                        && both.iter().any(|v| v.contains("[a, b, c]")),
-                    "swap {swap}, {name}: {both:?}"
-                );
-                assert!(
-                    text.contains(winner.1.trim_end()),
-                    "{text:?} shows {winner:?}"
-                );
+                let what = format!("swap {swap}, {name}");
+                assert_tags_conflict(d, &text, ["none", "[a, b, c]"], &what);
             }
         }
         let (mut a, mut b) = on_two_devices("n.md", b"---\ntags: [a, b]\n---\nbody\n");
