@@ -604,12 +604,12 @@ pub fn diff_scan(engine: &Engine, found: &Found) -> ScanDiff {
 }
 
 /// Files a scan pairs by content as renamed and edited at once: at most this many known
-/// files missing, and as many new files (each pair is a line diff).
+/// files missing, and as many new files (each pair is compared by its lines).
 pub const EDITED_RENAMES_AT_MOST: usize = 64;
 /// ... whose content is at most this long (larger ones stay a deletion and a new file).
 const EDITED_RENAME_BYTES_AT_MOST: usize = 256 * 1024;
 /// ... and half their lines alike at least (git's rename threshold).
-const EDITED_RENAME_LIKENESS: f32 = 0.5;
+const EDITED_RENAME_LIKENESS: f64 = 0.5;
 
 /// A note renamed and edited while nobody watched (the daemon stopped: `mv n.md m.md`,
 /// then a save of `m.md`) is a known file missing and a new file holding most of its
@@ -645,11 +645,30 @@ pub fn pair_edited_renames<H: Host>(engine: &mut Engine, host: &mut H, diff: &mu
     let found: Vec<(&str, String)> = (new.iter())
         .filter_map(|p| Some((p.as_str(), text(host.read_file(p).ok()??.0)?)))
         .collect();
+    // Alike by the lines both hold, in any order (as git compares chunks): linear in
+    // each pair's lines, where a diff of two unrelated notes is quadratic.
+    fn lines(text: &str) -> BTreeMap<&str, usize> {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for line in text.lines() {
+            *counts.entry(line).or_default() += 1;
+        }
+        counts
+    }
+    let found_lines: Vec<BTreeMap<&str, usize>> = found.iter().map(|(_, t)| lines(t)).collect();
     let mut pairs = Vec::new();
     for (i, old) in &gone {
-        for (j, (_, now)) in found.iter().enumerate() {
-            let likeness = similar::TextDiff::from_lines(old.as_str(), now.as_str()).ratio();
-            if likeness >= EDITED_RENAME_LIKENESS && !old.trim().is_empty() {
+        if old.trim().is_empty() {
+            continue;
+        }
+        let old_lines = lines(old);
+        let old_count: usize = old_lines.values().sum();
+        for (j, now_lines) in found_lines.iter().enumerate() {
+            let now_count: usize = now_lines.values().sum();
+            let common: usize = (old_lines.iter())
+                .map(|(line, n)| (*n).min(now_lines.get(line).copied().unwrap_or(0)))
+                .sum();
+            let likeness = (2 * common) as f64 / (old_count + now_count).max(1) as f64;
+            if likeness >= EDITED_RENAME_LIKENESS {
                 pairs.push((likeness, *i, j));
             }
         }
