@@ -1272,9 +1272,7 @@ impl FileDoc {
         }
         out
     }
-}
 
-impl FileDoc {
     /// A list made a value (`op`, the value's write) on one device while another added
     /// an item to it: the write replaced the list's map, and the item with it, though no
     /// two values were written at once. The first such item's operation (which names the

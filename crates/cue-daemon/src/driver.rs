@@ -1511,7 +1511,7 @@ impl Driver {
                 .map(|s| s.path.clone())
                 .collect(),
         };
-        let unsyncable: BTreeMap<String, String> = report
+        let mut unsyncable: BTreeMap<String, String> = report
             .skipped
             .iter()
             .filter(|s| {
@@ -1529,15 +1529,12 @@ impl Driver {
         // linked back): their content is behind it, which cue never follows. Kept as
         // they were and listed, never taken for deleted.
         let mut found = found;
-        let mut unsyncable = unsyncable;
         for link in (report.skipped.iter()).filter(|s| matches!(s.reason, SkipReason::Symlink)) {
-            let hidden: Vec<String> = (self.engine.on_disk_under(&link.path).into_iter())
-                .filter(|p| p == &link.path || crate::scan::below(p, &link.path))
-                .collect();
-            for path in hidden {
-                let error = match path == link.path {
-                    true => FsError::Symlink { path: path.clone() },
-                    false => FsError::SymlinkOnTheWay { path: path.clone() },
+            for path in self.engine.on_disk_under(&link.path) {
+                let error = if path == link.path {
+                    FsError::Symlink { path: path.clone() }
+                } else {
+                    FsError::SymlinkOnTheWay { path: path.clone() }
                 };
                 found.unreadable.insert(path.clone());
                 unsyncable.insert(path, SkipReason::Unreadable(error.to_string()).to_string());
